@@ -1,0 +1,130 @@
+"""create_app: wire settings, store, upstream and metrics into one aiohttp application."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from proxy import handlers
+from proxy.canonical import CACHEABLE_ROUTES
+from proxy.config import Settings
+from proxy.context import SERVICES, Services
+from proxy.errors import ProxyError
+from proxy.fingerprints import FingerprintTracker
+from proxy.metrics import Metrics
+from proxy.store import open_store
+from proxy.store.base import Store, StoreError
+from proxy.upstream import Upstream, client_session
+
+log = logging.getLogger("proxy.app")
+access_log = logging.getLogger("proxy.access")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PASSTHROUGH_ROUTE = "/v1/*"
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    registry: CollectorRegistry | None = None,
+    clock: Callable[[], float] = time.time,
+) -> web.Application:
+    """The proxy application; the store is opened from settings unless one is injected."""
+    app = web.Application(middlewares=[observe], client_max_size=settings.max_body)
+    app.cleanup_ctx.append(_services(settings, store, registry or CollectorRegistry(), clock))
+    for route in sorted(CACHEABLE_ROUTES):
+        app.router.add_post(route, handlers.cacheable)
+    app.router.add_route("*", "/v1/{tail:.*}", handlers.passthrough)
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/readyz", handlers.readyz)
+    app.router.add_get("/metrics", handlers.metrics)
+    app.router.add_get("/admin/fingerprints", handlers.admin_fingerprints)
+    return app
+
+
+def _services(
+    settings: Settings,
+    injected: Store | None,
+    registry: CollectorRegistry,
+    clock: Callable[[], float],
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        store = injected or await open_store(settings.store)
+        metrics = Metrics(registry)
+        session = client_session(settings.connect_timeout, settings.upstream_timeout)
+        app[SERVICES] = Services(
+            settings=settings,
+            store=store,
+            upstream=Upstream(session, settings.upstream, settings.upstream_timeout),
+            metrics=metrics,
+            fingerprints=FingerprintTracker(
+                store, metrics, settings.fingerprint_policy, settings.fingerprint_grace, clock
+            ),
+            secret=await _secret(settings, store),
+            clock=clock,
+        )
+        try:
+            yield
+        finally:
+            await session.close()
+            await store.close()
+
+    return context
+
+
+async def _secret(settings: Settings, store: Store) -> bytes:
+    """The HMAC secret: the setting, else the one shared through the store, else a local one."""
+    if settings.secret:
+        return settings.secret.encode()
+    try:
+        return await store.secret(os.urandom(32))
+    except StoreError:
+        log.warning("store unavailable at start: using a per-process secret; set --secret")
+        return os.urandom(32)
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn our errors into OpenAI-shaped answers; count and log every /v1 request."""
+    services = request.app[SERVICES]
+    started = services.clock()
+    try:
+        response = await handler(request)
+    except ProxyError as exc:
+        response = web.Response(
+            status=exc.status, body=exc.body(), content_type="application/json", headers=exc.headers
+        )
+    if request.path.startswith("/v1/"):
+        _count(services, request, response, services.clock() - started)
+    return response
+
+
+def _count(
+    services: Services, request: web.Request, response: web.StreamResponse, took: float
+) -> None:
+    route = (
+        request.path
+        if request.path in CACHEABLE_ROUTES and request.method == "POST"
+        else PASSTHROUGH_ROUTE
+    )
+    cache = response.headers.get("X-Repro-Cache", "BYPASS").lower()
+    label = "error" if response.status >= 400 else cache
+    services.metrics.requests.labels(route, label).inc()
+    services.metrics.request_duration.labels(route, label).observe(took)
+    access_log.info(
+        "request",
+        extra={
+            "method": request.method,
+            "route": route,
+            "status": response.status,
+            "cache": cache,
+            "ms": round(took * 1000, 2),
+            "key": response.headers.get("X-Repro-Key"),
+        },
+    )

@@ -1,0 +1,205 @@
+"""The life of one cacheable request: decide, look up, forward, record.
+
+`prepare` is pure: everything about the request is decided before any I/O. The rest is a thin
+driver around the store and the upstream that fails open: a store that errs turns a lookup into
+a MISS and a write into a no-op, counted in `repro_store_errors_total`, never a failed request.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from proxy import canonical, policy
+from proxy.context import Services
+from proxy.entry import CorruptEntry, Entry, fingerprint_of, usage_of
+from proxy.policy import Outcome, Plan
+from proxy.store.base import StoreError
+from proxy.upstream import read_body, request_headers, response_headers
+
+log = logging.getLogger("proxy.cache")
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One cacheable request, fully decided before any I/O."""
+
+    route: str
+    model: str
+    key: str
+    body: bytes  # exactly what the upstream receives
+    seed: int | None
+    seed_source: str | None
+    plan: Plan
+    max_age: int | None
+    stream: bool
+
+
+def api_key(headers: CIMultiDictProxy[str]) -> str | None:
+    """The caller's key, from `Authorization: Bearer` or Azure-style `api-key`."""
+    auth = headers.get("Authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return headers.get("api-key") or None
+
+
+def prepare(
+    services: Services, route: str, query: str, raw: bytes, headers: CIMultiDictProxy[str]
+) -> Call:
+    settings = services.settings
+    body = canonical.parse_body(raw)
+    seeded = policy.enforce(body, route, settings.enforce, settings.default_seed)
+    scope = policy.cache_scope(api_key(headers), settings.cache_scope, services.secret)
+    namespace = headers.get("X-Repro-Namespace", "")
+    directives = policy.parse_cache_control(headers.getall("Cache-Control", []))
+    model = body.get("model")
+    return Call(
+        route=route,
+        model=model if isinstance(model, str) else "",
+        key=canonical.request_key(
+            route + (f"?{query}" if query else ""), scope, namespace, seeded.body
+        ),
+        body=raw if settings.enforce is policy.Enforce.OFF else canonical.dumps(seeded.body),
+        seed=seeded.seed,
+        seed_source=seeded.source,
+        plan=policy.plan(settings.cache_mode, directives),
+        max_age=directives.max_age,
+        stream=body.get("stream") is True,
+    )
+
+
+def repro_headers(call: Call, outcome: Outcome, fingerprint: str | None) -> dict[str, str]:
+    headers = {"X-Repro-Cache": outcome.value, "X-Repro-Key": call.key}
+    if call.seed is not None:
+        headers["X-Repro-Seed"] = str(call.seed)
+    if call.seed_source is not None:
+        headers["X-Repro-Seed-Source"] = call.seed_source
+    if fingerprint is not None:
+        headers["X-Repro-Fingerprint"] = fingerprint
+    return headers
+
+
+async def lookup(services: Services, call: Call) -> Entry | None:
+    """The servable entry for this call, or None; a failing store is a miss."""
+    try:
+        accepted = await services.fingerprints.acceptable(call.model)
+        if accepted is not None and not accepted:
+            return None
+        blobs = await services.store.get(call.key, accepted)
+    except StoreError as exc:
+        store_failed(services, "get", exc)
+        return None
+    return choose(services, call, accepted, blobs)
+
+
+def choose(services: Services, call: Call, accepted: Any, blobs: dict[str, bytes]) -> Entry | None:
+    """Prefer the current fingerprint (follow), else the newest entry (pin); skip stale ones."""
+    now = services.clock()
+    entries = []
+    for blob in blobs.values():
+        try:
+            entry = Entry.unpack(blob)
+        except CorruptEntry:
+            continue
+        if policy.is_fresh(entry.stored_at, now, services.settings.ttl, call.max_age):
+            entries.append(entry)
+    if not entries:
+        return None
+    if accepted is None:
+        return max(entries, key=lambda e: e.stored_at)
+    rank = {fp: i for i, fp in enumerate(accepted)}
+    return min(entries, key=lambda e: rank.get(e.fingerprint, len(rank)))
+
+
+def serve_hit(services: Services, call: Call, entry: Entry) -> web.Response:
+    metrics = services.metrics
+    model = metrics.model(call.model)
+    metrics.hits.labels(model).inc()
+    metrics.tokens_saved.labels(model, "prompt").inc(entry.prompt_tokens)
+    metrics.tokens_saved.labels(model, "completion").inc(entry.completion_tokens)
+    headers = repro_headers(call, Outcome.HIT, entry.fingerprint)
+    headers["Age"] = str(max(0, int(services.clock() - entry.stored_at)))
+    headers["Content-Type"] = entry.content_type
+    return web.Response(body=entry.body, headers=headers)
+
+
+def upstream_headers(request: web.Request) -> CIMultiDict[str]:
+    """The client's headers for the upstream; the body is ours now, so its type is JSON."""
+    headers = request_headers(request.headers, drop=("accept-encoding", "content-type"))
+    headers["Content-Type"] = "application/json"
+    return headers
+
+
+async def forward(services: Services, request: web.Request, call: Call) -> web.Response:
+    started = services.clock()
+    async with services.upstream.request(
+        "POST", request.path_qs, upstream_headers(request), call.body
+    ) as upstream:
+        observe_upstream(services, call.route, upstream.status, started)
+        data = await read_body(upstream)
+        headers = response_headers(upstream.headers, decoded=True)
+        status, content_type = upstream.status, upstream.headers.get("Content-Type", "")
+    fingerprint = None
+    parsed = _json_object(data) if status == 200 else None
+    if parsed is not None:
+        fingerprint = fingerprint_of(parsed)
+        await observe_fingerprint(services, call.model, fingerprint)
+        if call.plan.store:
+            prompt, completion = usage_of(parsed)
+            entry = Entry(
+                body=data,
+                content_type=content_type,
+                fingerprint=fingerprint,
+                stored_at=services.clock(),
+                model=call.model,
+                seed=call.seed,
+                seed_source=call.seed_source,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+            )
+            await put(services, call.key, entry)
+    headers.update(repro_headers(call, call.plan.outcome, fingerprint))
+    return web.Response(status=status, body=data, headers=headers)
+
+
+def _json_object(data: bytes) -> dict[str, Any] | None:
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def observe_upstream(services: Services, route: str, status: int, started: float) -> None:
+    services.metrics.upstream_duration.labels(route, str(status)).observe(
+        max(0.0, services.clock() - started)
+    )
+
+
+async def observe_fingerprint(services: Services, model: str, fingerprint: str) -> None:
+    try:
+        await services.fingerprints.observe(model, fingerprint)
+    except StoreError as exc:
+        store_failed(services, "fingerprint", exc)
+
+
+async def put(services: Services, key: str, entry: Entry) -> None:
+    """Store an entry unless it is over the size cap; a failing store only loses the entry."""
+    if len(entry.body) > services.settings.max_entry:
+        log.info("answer not stored: over max-entry", extra={"key": key, "bytes": len(entry.body)})
+        return
+    try:
+        await services.store.put(key, entry.fingerprint, entry.pack(), services.settings.ttl)
+    except StoreError as exc:
+        store_failed(services, "put", exc)
+
+
+def store_failed(services: Services, op: str, exc: StoreError) -> None:
+    services.metrics.store_errors.labels(op).inc()
+    log.warning("store failed, serving without it", extra={"op": op, "error": str(exc)})

@@ -1,0 +1,130 @@
+"""Canonical form of a request body and the cache key derived from it (pure, no I/O).
+
+Two bodies that mean the same thing must produce the same key: key order, whitespace and number
+spelling vanish in the canonical bytes, and parameters given at their documented default (or as
+null) are left out of the key. What the upstream receives keeps every parameter the client sent,
+only respelled, because some models reject parameters they were not sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+
+from proxy.errors import InvalidJSON
+
+MAX_DEPTH = 128
+KEY_VERSION = 1
+_EXACT_INT_LIMIT = 2**53
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+EMBEDDINGS = "/v1/embeddings"
+CACHEABLE_ROUTES = frozenset({CHAT, COMPLETIONS, EMBEDDINGS})
+
+_SAMPLING_DEFAULTS: dict[str, Any] = {
+    "temperature": 1,
+    "top_p": 1,
+    "n": 1,
+    "presence_penalty": 0,
+    "frequency_penalty": 0,
+    "stream": False,
+    "logprobs": False,
+}
+
+# Documented defaults per route: a parameter sent at this value means the same as leaving it out.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    CHAT: {
+        **_SAMPLING_DEFAULTS,
+        "parallel_tool_calls": True,
+        "response_format": {"type": "text"},
+    },
+    COMPLETIONS: {**_SAMPLING_DEFAULTS, "echo": False, "best_of": 1},
+    EMBEDDINGS: {"encoding_format": "float"},
+}
+
+# Fields that label a request for the provider's bookkeeping and cannot change the output.
+NON_SEMANTIC = frozenset({"user", "metadata", "store"})
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """Parse a request body strictly: one JSON object, finite numbers, bounded nesting."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSON(f"We could not parse the JSON body of your request: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidJSON("The request body must be a JSON object.")
+    if _depth(value) > MAX_DEPTH:
+        raise InvalidJSON(f"The request body nests deeper than {MAX_DEPTH} levels.")
+    return value
+
+
+def _depth(value: Any) -> int:
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        node, level = pending.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, level)
+        pending.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def normalize(value: Any) -> Any:
+    """Respell numbers so that 1, 1.0 and 1e0 become one value; everything else is unchanged."""
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < _EXACT_INT_LIMIT:
+            return int(value)
+        return value
+    if isinstance(value, dict):
+        return {k: normalize(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [normalize(v) for v in value]
+    return value
+
+
+def dumps(value: Any) -> bytes:
+    """Canonical bytes: sorted keys, no whitespace, normalized numbers."""
+    return orjson.dumps(normalize(value), option=orjson.OPT_SORT_KEYS)
+
+
+def key_view(route: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The part of a body that decides the answer: defaults, nulls and labels left out."""
+    defaults = DEFAULTS.get(route, {})
+    view = {}
+    for name, value in body.items():
+        if value is None or name in NON_SEMANTIC:
+            continue
+        if name in defaults and _same(normalize(value), defaults[name]):
+            continue
+        view[name] = value
+    if view.get("stream") is not True:
+        view.pop("stream_options", None)
+    return view
+
+
+def _same(value: Any, default: Any) -> bool:
+    """Equality that keeps JSON's true apart from 1 and false apart from 0."""
+    if isinstance(value, bool) or isinstance(default, bool):
+        return value is default
+    return bool(value == default)
+
+
+def request_key(route: str, scope: str, namespace: str, body: dict[str, Any]) -> str:
+    """The cache key: a hex SHA-256 of everything that can change the answer."""
+    material = {
+        "v": KEY_VERSION,
+        "route": route,
+        "scope": scope,
+        "namespace": namespace,
+        "body": key_view(route, body),
+    }
+    return hashlib.sha256(dumps(material)).hexdigest()

@@ -1,0 +1,55 @@
+"""The `repro-proxy` command: `serve` runs the proxy, `sim` a simulated upstream."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from proxy import __version__, config, logs, sim
+from proxy.app import create_app
+
+log = logging.getLogger("proxy.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="repro-proxy",
+        description="Reproducible, cached answers from OpenAI-compatible LLM APIs.",
+    )
+    parser.add_argument("--version", action="version", version=f"repro-proxy {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the proxy")
+    config.add_arguments(serve)
+    simulate = commands.add_parser("sim", help="run a simulated OpenAI-compatible upstream")
+    sim.add_arguments(simulate)
+    return parser
+
+
+def serve(flags: dict[str, str | None]) -> int:
+    try:
+        settings = config.load(flags)
+    except config.SettingError as exc:
+        print(f"repro-proxy: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level)
+    log.info("starting", extra={"settings": repr(settings)})
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        access_log=None,
+        print=lambda _: log.info("listening", extra={"host": settings.host, "port": settings.port}),
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return serve({k: v for k, v in vars(args).items() if k != "command"})
+    sim.run_sim(sim.settings_from_args(args))
+    return 0

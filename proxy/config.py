@@ -1,0 +1,203 @@
+"""Settings: every `serve` flag and its environment variable, resolved into one frozen object.
+
+The flag wins over the environment, the environment over the default. Values are cast and
+checked here, once, with errors that name the setting; secrets never appear in the repr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+from urllib.parse import urlsplit
+
+from proxy.policy import CacheMode, CacheScope, Enforce, FingerprintPolicy, StreamDisconnect
+from proxy.store import parse_size
+
+
+class SettingError(ValueError):
+    """A setting has a value we cannot use; the message names the flag and variable."""
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("expected a number of seconds >= 0")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("expected an integer >= 0")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("expected a port between 0 and 65535")
+    return value
+
+
+def _positive_size(text: str) -> int:
+    value = parse_size(text)
+    if value <= 0:
+        raise ValueError("expected a size > 0")
+    return value
+
+
+def _upstream(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            "expected an http:// or https:// base URL such as https://api.openai.com/v1"
+        )
+    return text.rstrip("/")
+
+
+def _store_url(text: str) -> str:
+    if urlsplit(text).scheme not in ("memory", "redis", "rediss"):
+        raise ValueError("expected memory://, redis://… or rediss://…")
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    name: str
+    default: str | None
+    parse: Callable[[str], Any]
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "REPRO_" + self.name.upper()
+
+
+OPTIONS = (
+    Option("host", "127.0.0.1", str, "listen address"),
+    Option("port", "8080", _port, "listen port"),
+    Option("upstream", "https://api.openai.com/v1", _upstream, "upstream base URL, with its /v1"),
+    Option("store", "memory://", _store_url, "memory://[?max_bytes=256MiB], redis://…, rediss://…"),
+    Option("default_seed", "12345", int, "seed injected into requests that carry none"),
+    Option("enforce", "seed", _choice(*Enforce), "off | seed | strict"),
+    Option("cache_mode", "readwrite", _choice(*CacheMode), "readwrite | replay | record | off"),
+    Option("fingerprint_policy", "follow", _choice(*FingerprintPolicy), "follow | pin"),
+    Option("fingerprint_grace", "0", _seconds, "seconds an older fingerprint stays current"),
+    Option("cache_scope", "key", _choice(*CacheScope), "key | shared"),
+    Option("ttl", "0", _non_negative_int, "seconds an entry lives; 0 = no expiry"),
+    Option("admin_token", None, str, "bearer token for /admin/*; unset = 404"),
+    Option("secret", None, str, "secret of the API-key HMAC"),
+    Option("max_body", "16MiB", _positive_size, "largest request body accepted"),
+    Option(
+        "max_entry", "32MiB", _positive_size, "largest answer stored; larger ones pass uncached"
+    ),
+    Option("connect_timeout", "10", _seconds, "seconds to connect to the upstream"),
+    Option("upstream_timeout", "600", _seconds, "seconds to wait for the upstream (per chunk)"),
+    Option(
+        "stream_disconnect",
+        "finish",
+        _choice(*StreamDisconnect),
+        "finish (read on and store a stream whose client left) | cancel",
+    ),
+    Option("log_level", "info", _choice("debug", "info", "warning", "error"), "log level"),
+)
+_SECRETS = frozenset({"admin_token", "secret"})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    upstream: str = "https://api.openai.com/v1"
+    store: str = "memory://"
+    default_seed: int = 12345
+    enforce: Enforce = Enforce.SEED
+    cache_mode: CacheMode = CacheMode.READWRITE
+    fingerprint_policy: FingerprintPolicy = FingerprintPolicy.FOLLOW
+    fingerprint_grace: float = 0.0
+    cache_scope: CacheScope = CacheScope.KEY
+    ttl: int = 0
+    admin_token: str | None = field(default=None, repr=False)
+    secret: str | None = field(default=None, repr=False)
+    max_body: int = 16 * 1024 * 1024
+    max_entry: int = 32 * 1024 * 1024
+    connect_timeout: float = 10.0
+    upstream_timeout: float = 600.0
+    stream_disconnect: StreamDisconnect = StreamDisconnect.FINISH
+    log_level: str = "info"
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in _SECRETS and value is not None:
+                value = "***"
+            elif f.name == "store":
+                value = _mask_password(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+
+def _mask_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
+
+
+_ENUMS: dict[str, Callable[[str], Any]] = {
+    "enforce": Enforce,
+    "cache_mode": CacheMode,
+    "fingerprint_policy": FingerprintPolicy,
+    "cache_scope": CacheScope,
+    "stream_disconnect": StreamDisconnect,
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for option in OPTIONS:
+        default = "unset" if option.default is None else option.default
+        parser.add_argument(
+            option.flag,
+            dest=option.name,
+            default=None,
+            help=f"{option.help} (env {option.env}, default {default})",
+        )
+
+
+def load(flags: Mapping[str, str | None], environ: Mapping[str, str] = os.environ) -> Settings:
+    """Resolve every option: flag, then environment, then default."""
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        text = flags.get(option.name)
+        if text is None:
+            text = environ.get(option.env) or option.default
+        if text is None:
+            continue
+        try:
+            value = option.parse(text)
+        except ValueError as exc:
+            shown = "***" if option.name in _SECRETS else text
+            raise SettingError(
+                f"{option.flag} / {option.env}: invalid value {shown!r}: {exc}"
+            ) from None
+        enum = _ENUMS.get(option.name)
+        values[option.name] = enum(value) if enum else value
+    return Settings(**values)

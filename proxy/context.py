@@ -1,0 +1,28 @@
+"""The services one proxy process shares between requests, kept in the app, not in globals."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from proxy.config import Settings
+from proxy.fingerprints import FingerprintTracker
+from proxy.metrics import Metrics
+from proxy.store.base import Store
+from proxy.upstream import Upstream
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    settings: Settings
+    store: Store
+    upstream: Upstream
+    metrics: Metrics
+    fingerprints: FingerprintTracker
+    secret: bytes
+    clock: Callable[[], float]
+
+
+SERVICES = web.AppKey("services", Services)

@@ -1,0 +1,67 @@
+"""A stored answer: a little metadata in front of the exact bytes to send back (pure).
+
+The body is kept as the upstream sent it (JSON, or the SSE frames of a stream), so a HIT writes
+it out without parsing; the metadata a HIT needs (fingerprint, seed, usage) sits in a small
+length-prefixed header.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+
+_LENGTH_BYTES = 4
+
+
+class CorruptEntry(ValueError):
+    """A stored value that is not an entry; it is treated as absent."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    body: bytes
+    content_type: str
+    fingerprint: str
+    stored_at: float
+    model: str
+    seed: int | None = None
+    seed_source: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    stream: bool = False
+
+    def pack(self) -> bytes:
+        meta = asdict(self)
+        del meta["body"]
+        header = orjson.dumps(meta)
+        return len(header).to_bytes(_LENGTH_BYTES, "big") + header + self.body
+
+    @classmethod
+    def unpack(cls, blob: bytes) -> Entry:
+        size = int.from_bytes(blob[:_LENGTH_BYTES], "big")
+        end = _LENGTH_BYTES + size
+        try:
+            meta: dict[str, Any] = orjson.loads(blob[_LENGTH_BYTES:end])
+            return cls(body=blob[end:], **meta)
+        except (orjson.JSONDecodeError, TypeError) as exc:
+            raise CorruptEntry("stored value is not an entry") from exc
+
+
+def usage_of(answer: dict[str, Any]) -> tuple[int, int]:
+    """Prompt and completion tokens an answer reports, zero where it reports none."""
+    usage = answer.get("usage")
+    if not isinstance(usage, dict):
+        return 0, 0
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return (
+        prompt if isinstance(prompt, int) else 0,
+        completion if isinstance(completion, int) else 0,
+    )
+
+
+def fingerprint_of(answer: dict[str, Any]) -> str:
+    """The answer's system_fingerprint; a null or missing one is called `none`."""
+    value = answer.get("system_fingerprint")
+    return value if isinstance(value, str) and value else "none"

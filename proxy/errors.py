@@ -1,0 +1,88 @@
+"""Errors the proxy itself answers with, in OpenAI's error shape.
+
+    ProxyError                      status  code
+     ├── InvalidJSON                   400  invalid_json
+     ├── InvalidParameter              400  invalid_value (names the parameter)
+     ├── RequestTooLarge               413  request_too_large
+     ├── Unauthorized                  401  unauthorized (admin routes)
+     ├── CacheMissError                504  cache_miss
+     └── UpstreamError
+          ├── UpstreamUnreachable      502  upstream_unreachable
+          └── UpstreamTimeout          504  upstream_timeout
+
+Upstream answers with 4xx/5xx are not errors of ours: they pass through untouched.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+
+class ProxyError(Exception):
+    status = 500
+    code = "internal_error"
+    type = "server_error"
+
+    def __init__(
+        self, message: str, param: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+    def body(self) -> bytes:
+        return orjson.dumps(
+            {
+                "error": {
+                    "message": self.message,
+                    "type": self.type,
+                    "param": self.param,
+                    "code": self.code,
+                }
+            }
+        )
+
+
+class InvalidJSON(ProxyError):
+    status = 400
+    code = "invalid_json"
+    type = "invalid_request_error"
+
+
+class InvalidParameter(ProxyError):
+    status = 400
+    code = "invalid_value"
+    type = "invalid_request_error"
+
+
+class RequestTooLarge(ProxyError):
+    status = 413
+    code = "request_too_large"
+    type = "invalid_request_error"
+
+
+class Unauthorized(ProxyError):
+    status = 401
+    code = "unauthorized"
+    type = "invalid_request_error"
+
+
+class CacheMissError(ProxyError):
+    status = 504
+    code = "cache_miss"
+    type = "cache_error"
+
+
+class UpstreamError(ProxyError):
+    type = "upstream_error"
+
+
+class UpstreamUnreachable(UpstreamError):
+    status = 502
+    code = "upstream_unreachable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"

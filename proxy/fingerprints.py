@@ -1,0 +1,51 @@
+"""The current system_fingerprint of each model, learned from upstream answers.
+
+The state lives in the store so that replicas share it; this module turns observations into
+metrics and one log line per rotation, and tells the cache which fingerprints are servable.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from proxy.metrics import Metrics
+from proxy.policy import FingerprintPolicy, acceptable_fingerprints
+from proxy.store.base import Store
+
+log = logging.getLogger("proxy.fingerprints")
+
+
+class FingerprintTracker:
+    def __init__(
+        self,
+        store: Store,
+        metrics: Metrics,
+        policy: FingerprintPolicy,
+        grace: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._policy = policy
+        self._grace = grace
+        self._clock = clock
+
+    async def acceptable(self, model: str) -> Sequence[str] | None:
+        """Fingerprints whose entries may be served for `model`; None means any."""
+        if self._policy is FingerprintPolicy.PIN:
+            return None
+        state = await self._store.fingerprints(model)
+        return acceptable_fingerprints(self._policy, state, self._grace, self._clock())
+
+    async def observe(self, model: str, fingerprint: str) -> None:
+        """Record the fingerprint of a fresh upstream answer; count and log a rotation."""
+        seen = await self._store.observe_fingerprint(model, fingerprint, self._clock())
+        if seen.previous != fingerprint:
+            self._metrics.fingerprint_current(model, fingerprint, seen.previous)
+        if seen.new and seen.previous is not None:
+            self._metrics.fingerprint_changes.labels(self._metrics.model(model)).inc()
+            log.warning(
+                "fingerprint rotated",
+                extra={"model": model, "old": seen.previous, "new": fingerprint},
+            )

@@ -1,0 +1,168 @@
+"""Routes: each reads the request, calls the pieces that decide and fetch, and answers."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from proxy.caching import Call, forward, lookup, prepare, repro_headers, serve_hit
+from proxy.context import SERVICES, Services
+from proxy.errors import CacheMissError, RequestTooLarge, Unauthorized
+from proxy.store.base import ModelFingerprints, StoreError
+from proxy.streaming import forward_stream
+from proxy.upstream import request_headers, response_headers
+
+READY_TIMEOUT = 2.0
+
+
+async def cacheable(request: web.Request) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    raw = await read_limited(request, services.settings.max_body)
+    call = prepare(services, request.path, request.query_string, raw, request.headers)
+    return await answer(services, request, call)
+
+
+async def answer(services: Services, request: web.Request, call: Call) -> web.StreamResponse:
+    """Serve a HIT when allowed and found, else go upstream when allowed, else cache_miss."""
+    metrics = services.metrics
+    if call.seed_source == "default":
+        metrics.seed_injected.labels(metrics.model(call.model)).inc()
+    if call.plan.lookup:
+        entry = await lookup(services, call)
+        if entry is not None:
+            return serve_hit(services, call, entry)
+        metrics.misses.labels(metrics.model(call.model)).inc()
+    if not call.plan.upstream:
+        raise CacheMissError(
+            f"No stored answer for key {call.key}, and this request may not reach the upstream "
+            f"(cache mode {services.settings.cache_mode.value} or only-if-cached).",
+            headers=repro_headers(call, call.plan.outcome, None),
+        )
+    if call.stream:
+        return await forward_stream(services, request, call)
+    return await forward(services, request, call)
+
+
+async def read_limited(request: web.Request, limit: int) -> bytes:
+    """The whole body, refused as soon as it is known to exceed `limit`."""
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestTooLarge(_too_large(limit))
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            raise RequestTooLarge(_too_large(limit))
+    return bytes(body)
+
+
+def _too_large(limit: int) -> str:
+    return f"The request body exceeds the limit of {limit} bytes (--max-body)."
+
+
+async def passthrough(request: web.Request) -> web.StreamResponse:
+    """Any other /v1 route, streamed both ways and never cached."""
+    services = request.app[SERVICES]
+    limit = services.settings.max_body
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestTooLarge(_too_large(limit))
+    headers = request_headers(request.headers)
+    if request.content_length is not None:
+        headers["Content-Length"] = str(request.content_length)
+    data = _limited_stream(request, limit) if request.body_exists else None
+    async with services.upstream.request(
+        request.method, request.path_qs, headers, data, decode=False
+    ) as upstream:
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response.headers.update(response_headers(upstream.headers, decoded=False))
+        response.headers["X-Repro-Cache"] = "BYPASS"
+        await response.prepare(request)
+        async for chunk in upstream.content.iter_any():
+            await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+async def _limited_stream(request: web.Request, limit: int) -> AsyncIterator[bytes]:
+    sent = 0
+    async for chunk in request.content.iter_any():
+        sent += len(chunk)
+        if sent > limit:
+            raise RequestTooLarge(_too_large(limit))
+        yield chunk
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"}, dumps=_dumps)
+
+
+async def readyz(request: web.Request) -> web.Response:
+    store = request.app[SERVICES].store
+    try:
+        await asyncio.wait_for(store.ping(), READY_TIMEOUT)
+    except (StoreError, TimeoutError) as exc:
+        reason = str(exc) or f"store did not answer within {READY_TIMEOUT:g}s"
+        return web.json_response(
+            {"status": "unavailable", "reason": reason}, status=503, dumps=_dumps
+        )
+    return web.json_response({"status": "ok"}, dumps=_dumps)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    registry = request.app[SERVICES].metrics.registry
+    response = web.Response(body=generate_latest(registry))
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
+async def admin_fingerprints(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    check_admin(request, services)
+    states = await services.store.all_fingerprints()
+    return web.json_response(
+        {model: fingerprint_report(state) for model, state in sorted(states.items())}, dumps=_dumps
+    )
+
+
+def check_admin(request: web.Request, services: Services) -> None:
+    """Admin routes do not exist without a token, and need it as a bearer when they do."""
+    token = services.settings.admin_token
+    if not token:
+        raise web.HTTPNotFound()
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        raise Unauthorized("This route needs the admin bearer token (--admin-token).")
+
+
+def fingerprint_report(state: ModelFingerprints) -> dict[str, Any]:
+    current = next(s for s in state.seen if s.fingerprint == state.current)
+    return {
+        "current": state.current,
+        "first_seen": rfc3339(current.first_seen),
+        "last_seen": rfc3339(current.last_seen),
+        "count": current.count,
+        "history": [
+            {
+                "fingerprint": s.fingerprint,
+                "first_seen": rfc3339(s.first_seen),
+                "last_seen": rfc3339(s.last_seen),
+                "count": s.count,
+            }
+            for s in state.seen
+        ],
+    }
+
+
+def rfc3339(timestamp: float) -> str:
+    moment = datetime.fromtimestamp(timestamp, UTC).replace(microsecond=0)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()

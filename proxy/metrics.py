@@ -1,0 +1,113 @@
+"""The metric families of the contract, registered on an injected registry.
+
+Label values stay bounded: routes are the fixed cacheable paths or `/v1/*`, and model names are
+taken as clients send them only up to a cap, after which they are counted as `other`, so a client
+inventing model names cannot grow the series without limit.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+MAX_MODELS = 200
+OTHER = "other"
+
+_PROXY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+)
+_UPSTREAM_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self._models: set[str] = set()
+        self.requests = Counter(
+            "repro_requests_total",
+            "Requests by route and cache outcome",
+            ["route", "cache"],
+            registry=registry,
+        )
+        self.hits = Counter(
+            "repro_cache_hits_total", "Answers served from the cache", ["model"], registry=registry
+        )
+        self.misses = Counter(
+            "repro_cache_misses_total",
+            "Lookups that found nothing servable",
+            ["model"],
+            registry=registry,
+        )
+        self.seed_injected = Counter(
+            "repro_seed_injected_total",
+            "Requests that got the default seed",
+            ["model"],
+            registry=registry,
+        )
+        self.fingerprint_changes = Counter(
+            "repro_fingerprint_changes_total",
+            "New system_fingerprints seen per model",
+            ["model"],
+            registry=registry,
+        )
+        self.fingerprint_info = Gauge(
+            "repro_fingerprint_info",
+            "1 for the current fingerprint of a model, 0 for older ones",
+            ["model", "fingerprint"],
+            registry=registry,
+        )
+        self.tokens_saved = Counter(
+            "repro_tokens_saved_total",
+            "Tokens answered from the cache instead of the upstream",
+            ["model", "type"],
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "repro_request_duration_seconds",
+            "Time to answer a client, by route and cache outcome",
+            ["route", "cache"],
+            buckets=_PROXY_BUCKETS,
+            registry=registry,
+        )
+        self.upstream_duration = Histogram(
+            "repro_upstream_duration_seconds",
+            "Time until the upstream's response headers",
+            ["route", "status"],
+            buckets=_UPSTREAM_BUCKETS,
+            registry=registry,
+        )
+        self.store_errors = Counter(
+            "repro_store_errors_total",
+            "Store operations that failed (the proxy failed open)",
+            ["op"],
+            registry=registry,
+        )
+
+    def model(self, name: str) -> str:
+        """A bounded label value for a model name."""
+        if name in self._models:
+            return name
+        if len(self._models) >= MAX_MODELS or not name or len(name) > 128:
+            return OTHER
+        self._models.add(name)
+        return name
+
+    def fingerprint_current(self, model: str, current: str, previous: str | None) -> None:
+        label = self.model(model)
+        if previous is not None and previous != current:
+            self.fingerprint_info.labels(label, previous).set(0)
+        self.fingerprint_info.labels(label, current).set(1)

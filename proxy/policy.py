@@ -1,0 +1,183 @@
+"""Pure decisions: seed and sampling enforcement, tenant scope, Cache-Control, cache plan.
+
+Nothing here does I/O, so every rule can be tested on plain data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from proxy.canonical import CHAT, COMPLETIONS
+from proxy.errors import InvalidParameter
+from proxy.store.base import ModelFingerprints
+
+SEEDED_ROUTES = frozenset({CHAT, COMPLETIONS})
+_SEED_MIN, _SEED_MAX = -(2**63), 2**63 - 1
+ANONYMOUS = "anonymous"
+SHARED = "shared"
+
+
+class Enforce(StrEnum):
+    OFF = "off"
+    SEED = "seed"
+    STRICT = "strict"
+
+
+class CacheMode(StrEnum):
+    READWRITE = "readwrite"
+    REPLAY = "replay"
+    RECORD = "record"
+    OFF = "off"
+
+
+class FingerprintPolicy(StrEnum):
+    FOLLOW = "follow"
+    PIN = "pin"
+
+
+class CacheScope(StrEnum):
+    KEY = "key"
+    SHARED = "shared"
+
+
+class StreamDisconnect(StrEnum):
+    """What happens to a cacheable upstream stream whose client went away."""
+
+    FINISH = "finish"  # read it to the end and store it, so the retry is a HIT
+    CANCEL = "cancel"  # close the upstream connection at once
+
+
+class Outcome(StrEnum):
+    """The X-Repro-Cache header values."""
+
+    HIT = "HIT"
+    MISS = "MISS"
+    REFRESH = "REFRESH"
+    BYPASS = "BYPASS"
+    STALE = "STALE"
+
+
+@dataclass(frozen=True, slots=True)
+class Seeded:
+    body: dict[str, Any]
+    seed: int | None
+    source: str | None  # "client", "default", or None when the route takes no seed
+
+
+def enforce(body: dict[str, Any], route: str, mode: Enforce, default_seed: int) -> Seeded:
+    """Apply the seed policy; `strict` also pins temperature and top_p."""
+    if route not in SEEDED_ROUTES:
+        return Seeded(body, None, None)
+    seed = _client_seed(body)
+    if mode is Enforce.OFF:
+        return Seeded(body, seed, "client" if seed is not None else None)
+    out = dict(body)
+    if seed is None:
+        out["seed"] = seed = default_seed
+        source = "default"
+    else:
+        source = "client"
+    if mode is Enforce.STRICT:
+        out["temperature"] = 0
+        out["top_p"] = 1
+    return Seeded(out, seed, source)
+
+
+def _client_seed(body: dict[str, Any]) -> int | None:
+    seed = body.get("seed")
+    if seed is None:
+        return None
+    if isinstance(seed, float) and seed.is_integer():
+        seed = int(seed)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not _SEED_MIN <= seed <= _SEED_MAX:
+        raise InvalidParameter("'seed' must be an integer between -2^63 and 2^63-1.", "seed")
+    return seed
+
+
+def cache_scope(api_key: str | None, scope: CacheScope, secret: bytes) -> str:
+    """The tenant partition: a keyed HMAC of the API key, never the key itself."""
+    if scope is CacheScope.SHARED:
+        return SHARED
+    if not api_key:
+        return ANONYMOUS
+    return hmac.new(secret, api_key.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class Directives:
+    no_cache: bool = False
+    no_store: bool = False
+    only_if_cached: bool = False
+    max_age: int | None = None
+
+
+def parse_cache_control(values: Iterable[str]) -> Directives:
+    """The request directives we honour; unknown or malformed ones are ignored (RFC 9111)."""
+    found: dict[str, Any] = {}
+    for header in values:
+        for part in header.split(","):
+            name, _, arg = part.strip().partition("=")
+            name = name.strip().lower()
+            if name in ("no-cache", "no-store", "only-if-cached"):
+                found[name.replace("-", "_")] = True
+            elif name == "max-age":
+                arg = arg.strip().strip('"')
+                if arg.isdigit():
+                    found["max_age"] = int(arg)
+    return Directives(**found)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What to do with one cacheable request, before anything is looked up."""
+
+    lookup: bool
+    store: bool
+    upstream: bool
+    outcome: Outcome  # the X-Repro-Cache value when it is not a HIT
+
+
+def plan(mode: CacheMode, directives: Directives) -> Plan:
+    """Combine the process's cache mode with the request's directives.
+
+    In replay mode the cache stands in for the upstream: it is always consulted and the upstream
+    never is, whatever the request asks. only-if-cached never reaches the upstream either.
+    """
+    if mode is CacheMode.REPLAY:
+        return Plan(lookup=True, store=False, upstream=False, outcome=Outcome.MISS)
+    if mode is CacheMode.OFF or directives.no_store:
+        return Plan(False, False, not directives.only_if_cached, Outcome.BYPASS)
+    if directives.only_if_cached:
+        return Plan(lookup=True, store=False, upstream=False, outcome=Outcome.MISS)
+    if mode is CacheMode.RECORD or directives.no_cache:
+        return Plan(lookup=False, store=True, upstream=True, outcome=Outcome.REFRESH)
+    return Plan(lookup=True, store=True, upstream=True, outcome=Outcome.MISS)
+
+
+def acceptable_fingerprints(
+    policy: FingerprintPolicy, state: ModelFingerprints | None, grace: float, now: float
+) -> Sequence[str] | None:
+    """Which stored fingerprints may be served: None means any (pin)."""
+    if policy is FingerprintPolicy.PIN:
+        return None
+    if state is None:
+        return ()
+    recent = [
+        seen.fingerprint
+        for seen in state.seen
+        if seen.fingerprint != state.current and grace > 0 and now - seen.last_seen <= grace
+    ]
+    return [state.current, *recent]
+
+
+def is_fresh(stored_at: float, now: float, ttl: int, max_age: int | None) -> bool:
+    """An entry is served only within its TTL and the client's max-age."""
+    age = now - stored_at
+    if ttl and age >= ttl:
+        return False
+    return max_age is None or age <= max_age

@@ -1,0 +1,84 @@
+"""Recording a server-sent-event stream on the side while it passes through.
+
+The recorder keeps the exact bytes for replay and reads just enough of each frame to know the
+fingerprint, the usage and whether the stream ended cleanly: a finish_reason, then `[DONE]`, no
+error event, and nothing over the size cap. Only such a stream is ever stored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from proxy.entry import fingerprint_of, usage_of
+
+_DONE = b"[DONE]"
+
+
+class StreamRecorder:
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._pending = b""
+        self.frames = 0
+        self.fingerprint: str | None = None
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.finished = False
+        self.done = False
+        self.failed = False
+        self.oversize = False
+
+    def feed(self, data: bytes) -> None:
+        """Take the next bytes as they came from the upstream."""
+        if self.oversize:
+            return
+        self._size += len(data)
+        if self._size > self._max_bytes:
+            self.oversize = True
+            self._chunks.clear()
+            return
+        self._chunks.append(data)
+        frames = (self._pending + data).replace(b"\r\n", b"\n").split(b"\n\n")
+        self._pending = frames.pop()
+        for frame in frames:
+            self._read_frame(frame)
+
+    def _read_frame(self, frame: bytes) -> None:
+        payload = b"\n".join(
+            line[5:].lstrip(b" ") for line in frame.split(b"\n") if line.startswith(b"data:")
+        )
+        if not payload:
+            return
+        self.frames += 1
+        if payload.strip() == _DONE:
+            self.done = True
+            return
+        try:
+            event: Any = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            self.failed = True
+            return
+        if not isinstance(event, dict) or "error" in event:
+            self.failed = True
+            return
+        self._read_event(event)
+
+    def _read_event(self, event: dict[str, Any]) -> None:
+        if self.fingerprint is None and "system_fingerprint" in event:
+            self.fingerprint = fingerprint_of(event)
+        if isinstance(event.get("usage"), dict):
+            self.prompt_tokens, self.completion_tokens = usage_of(event)
+        for choice in event.get("choices") or ():
+            if isinstance(choice, dict) and choice.get("finish_reason"):
+                self.finished = True
+
+    @property
+    def complete(self) -> bool:
+        """A clean end: finish_reason, then [DONE], no error, within the cap."""
+        return self.finished and self.done and not self.failed and not self.oversize
+
+    def body(self) -> bytes:
+        return b"".join(self._chunks)

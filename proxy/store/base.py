@@ -1,0 +1,83 @@
+"""The storage contract every backend fulfils.
+
+A stored answer is addressed by the request key plus the `system_fingerprint` it was made under,
+so answers of several fingerprints can live side by side (`pin`, stale-if-error) while `follow`
+asks only for the current ones. Values are opaque bytes, ready to send: the store never parses
+them. Fingerprint bookkeeping lives here too, because replicas sharing a store must share it and
+its updates must be atomic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class StoreError(Exception):
+    """The backend failed; callers fail open and count it."""
+
+
+@dataclass(frozen=True, slots=True)
+class FingerprintSeen:
+    """One fingerprint of one model: when it first and last answered, and how often."""
+
+    fingerprint: str
+    first_seen: float
+    last_seen: float
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFingerprints:
+    """Everything known about one model's fingerprints, oldest first."""
+
+    current: str
+    seen: tuple[FingerprintSeen, ...] = field(default_factory=tuple)
+
+    def last_seen(self, fingerprint: str) -> float | None:
+        for item in self.seen:
+            if item.fingerprint == fingerprint:
+                return item.last_seen
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What recording one upstream answer's fingerprint changed.
+
+    `new` is true for exactly one caller across all replicas: the one whose answer first showed
+    this fingerprint for this model; `previous` is the current fingerprint before the call.
+    """
+
+    previous: str | None
+    new: bool
+
+
+class Store(Protocol):
+    async def get(self, key: str, fingerprints: Sequence[str] | None) -> dict[str, bytes]:
+        """The values stored under `key` for these fingerprints (all of them when None)."""
+
+    async def put(self, key: str, fingerprint: str, value: bytes, ttl: int) -> None:
+        """Store `value`; `ttl` seconds of life, 0 for none."""
+
+    async def delete(self, key: str) -> None:
+        """Forget every fingerprint's value under `key`."""
+
+    async def observe_fingerprint(self, model: str, fingerprint: str, now: float) -> Observation:
+        """Make `fingerprint` the model's current one, atomically, and say what changed."""
+
+    async def fingerprints(self, model: str) -> ModelFingerprints | None:
+        """The model's fingerprint state, None if it never answered."""
+
+    async def all_fingerprints(self) -> dict[str, ModelFingerprints]:
+        """Every model's fingerprint state, for the admin route."""
+
+    async def secret(self, candidate: bytes) -> bytes:
+        """The HMAC secret shared through this store: the stored one, else `candidate`, now stored."""
+
+    async def ping(self) -> None:
+        """Raise StoreError unless the backend answers."""
+
+    async def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,160 @@
+"""Forwarding a streamed answer: chunks go to the client as they come, recorded on the side.
+
+The response headers wait for the upstream's first bytes, which carry the fingerprint; that
+costs the client nothing, since its first token is in those bytes. The recording is stored only
+after a clean end. When the client leaves mid-stream, `--stream-disconnect finish` reads the
+upstream on and stores it (so the retry is a HIT, as nginx does when it caches); `cancel` closes
+the upstream connection at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from proxy.caching import (
+    Call,
+    observe_fingerprint,
+    observe_upstream,
+    put,
+    repro_headers,
+    upstream_headers,
+)
+from proxy.context import Services
+from proxy.entry import Entry
+from proxy.policy import StreamDisconnect
+from proxy.sse import StreamRecorder
+from proxy.upstream import read_body, response_headers
+
+log = logging.getLogger("proxy.stream")
+
+_CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
+_UPSTREAM_BROKE = (TimeoutError, aiohttp.ClientError)
+
+
+async def forward_stream(
+    services: Services, request: web.Request, call: Call
+) -> web.StreamResponse:
+    started = services.clock()
+    async with services.upstream.request(
+        "POST", request.path_qs, upstream_headers(request), call.body
+    ) as upstream:
+        observe_upstream(services, call.route, upstream.status, started)
+        if upstream.status != 200 or upstream.content_type != "text/event-stream":
+            data = await read_body(upstream)
+            headers = response_headers(upstream.headers, decoded=True)
+            headers.update(repro_headers(call, call.plan.outcome, None))
+            return web.Response(status=upstream.status, body=data, headers=headers)
+        relay = _Relay(services, request, call, upstream)
+        response = await relay.run()
+    await relay.finish()
+    return response
+
+
+class _Relay:
+    """One upstream stream copied to one client, recorded on the side."""
+
+    def __init__(
+        self, services: Services, request: web.Request, call: Call, upstream: aiohttp.ClientResponse
+    ) -> None:
+        self.services = services
+        self.request = request
+        self.call = call
+        self.upstream = upstream
+        self.recorder = StreamRecorder(services.settings.max_entry)
+        self.client_gone = False
+        self.cut = False
+        self.keep_reading = call.plan.store and (
+            services.settings.stream_disconnect is StreamDisconnect.FINISH
+        )
+
+    async def run(self) -> web.StreamResponse:
+        chunks = self._chunks()
+        head = [chunk async for chunk in _until_first_frame(chunks, self.recorder)]
+        response = web.StreamResponse(headers=self._headers())
+        await response.prepare(self.request)
+        for chunk in head:
+            await self._send(response, chunk)
+        async for chunk in chunks:
+            await self._send(response, chunk)
+            if self.client_gone and not self.keep_reading:
+                self.upstream.close()
+                break
+        await self._end(response)
+        return response
+
+    def _headers(self) -> dict[str, str]:
+        headers = dict(response_headers(self.upstream.headers, decoded=True))
+        headers.update(repro_headers(self.call, self.call.plan.outcome, self._fingerprint()))
+        return headers
+
+    def _fingerprint(self) -> str:
+        return self.recorder.fingerprint or "none"
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.upstream.content.iter_any():
+                self.recorder.feed(chunk)
+                yield chunk
+        except _UPSTREAM_BROKE as exc:
+            self.cut = True
+            log.warning(
+                "upstream stream broke", extra={"key": self.call.key, "error": type(exc).__name__}
+            )
+
+    async def _send(self, response: web.StreamResponse, chunk: bytes) -> None:
+        if self.client_gone:
+            return
+        try:
+            await response.write(chunk)
+        except _CLIENT_GONE:
+            self.client_gone = True
+            log.info("client left mid-stream", extra={"key": self.call.key})
+
+    async def _end(self, response: web.StreamResponse) -> None:
+        if self.client_gone:
+            return
+        if self.cut and self.request.transport is not None:
+            # The client must see a broken stream, as it would from the upstream itself.
+            self.request.transport.close()
+            return
+        try:
+            await response.write_eof()
+        except _CLIENT_GONE:
+            self.client_gone = True
+
+    async def finish(self) -> None:
+        """Learn the fingerprint; store the recording if the stream ended cleanly."""
+        recorder, call = self.recorder, self.call
+        if recorder.fingerprint is not None:
+            await observe_fingerprint(self.services, call.model, recorder.fingerprint)
+        if not (call.plan.store and recorder.complete and not self.cut):
+            return
+        if self.client_gone and not self.keep_reading:
+            return
+        entry = Entry(
+            body=recorder.body(),
+            content_type="text/event-stream",
+            fingerprint=self._fingerprint(),
+            stored_at=self.services.clock(),
+            model=call.model,
+            seed=call.seed,
+            seed_source=call.seed_source,
+            prompt_tokens=recorder.prompt_tokens,
+            completion_tokens=recorder.completion_tokens,
+            stream=True,
+        )
+        await put(self.services, call.key, entry)
+
+
+async def _until_first_frame(
+    chunks: AsyncIterator[bytes], recorder: StreamRecorder
+) -> AsyncIterator[bytes]:
+    """The chunks up to the first complete frame, which names the fingerprint."""
+    async for chunk in chunks:
+        yield chunk
+        if recorder.frames or recorder.oversize:
+            return

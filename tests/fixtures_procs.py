@@ -1,0 +1,183 @@
+"""Real processes for end-to-end tests: `repro-proxy sim` as the upstream, `repro-proxy serve`.
+
+Each is started with `python -m proxy` on a free loopback port, waited for (bounded), and
+terminated after the test. The sim is shared by the session and reset before each test.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+START_TIMEOUT = 15.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REPRO_")}
+    env.update(extra or {})
+    return env
+
+
+def _wait_until_up(url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before serving {url}")
+        try:
+            httpx.get(url, timeout=0.5)
+            return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up within {START_TIMEOUT}s")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+@dataclass
+class Sim:
+    """The simulated upstream, with its control routes."""
+
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def v1(self) -> str:
+        return self.url + "/v1"
+
+    def control(self, method: str, path: str, json: Any = None) -> Any:
+        response = httpx.request(method, self.url + "/_sim/" + path, json=json, timeout=5)
+        response.raise_for_status()
+        return response.json() if response.content else None
+
+    def set_fingerprint(self, fingerprint: str | None) -> None:
+        self.control("POST", "fingerprint", {"fingerprint": fingerprint})
+
+    def requests(self) -> list[dict[str, Any]]:
+        return list(self.control("GET", "requests"))
+
+    def llm_requests(self) -> list[dict[str, Any]]:
+        return [r for r in self.requests() if r["method"] == "POST"]
+
+    def fault(self, **spec: Any) -> None:
+        self.control("POST", "faults", spec)
+
+    def settings(self, **values: Any) -> None:
+        self.control("POST", "settings", values)
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self.control("GET", "stats"))
+
+    def reset(self) -> None:
+        self.control("DELETE", "requests")
+        self.control("DELETE", "faults")
+        self.set_fingerprint("fp_sim_0001")
+        self.settings(latency=0.0, chunk_delay=0.0, divergence=0.0)
+
+
+@dataclass
+class Proxy:
+    port: int
+    proc: subprocess.Popen[bytes]
+    flags: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def v1(self) -> str:
+        return self.url + "/v1"
+
+    def metrics(self) -> str:
+        return httpx.get(self.url + "/metrics", timeout=5).text
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample, 0 when it does not exist yet."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        for family in text_string_to_metric_families(self.metrics()):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return float(sample.value)
+        return 0.0
+
+
+@pytest.fixture(scope="session")
+def sim_process() -> Iterator[Sim]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "sim", "--port", str(port)],
+        env=_clean_env(),
+    )
+    sim = Sim(port, proc)
+    try:
+        _wait_until_up(sim.url + "/_sim/fingerprint", proc)
+        yield sim
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture
+def sim(sim_process: Sim) -> Sim:
+    sim_process.reset()
+    return sim_process
+
+
+ProxyFactory = Callable[..., Proxy]
+
+
+@pytest.fixture
+def start_proxy(sim: Sim) -> Iterator[ProxyFactory]:
+    """Start `repro-proxy serve` against the sim; flags as strings, env as a dict."""
+    started: list[Proxy] = []
+
+    def start(*flags: str, env: dict[str, str] | None = None, upstream: str | None = None) -> Proxy:
+        port = free_port()
+        argv = [
+            sys.executable, "-m", "proxy", "serve",
+            "--port", str(port), "--upstream", upstream or sim.v1, *flags,
+        ]
+        proc = subprocess.Popen(argv, env=_clean_env(env))
+        proxy = Proxy(port, proc, flags)
+        started.append(proxy)
+        _wait_until_up(proxy.url + "/healthz", proc)
+        return proxy
+
+    try:
+        yield start
+    finally:
+        for proxy in started:
+            _stop(proxy.proc)
+
+
+@pytest.fixture
+def proxy(start_proxy: ProxyFactory) -> Proxy:
+    """A proxy with default settings and the memory store."""
+    return start_proxy()
