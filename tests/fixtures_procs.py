@@ -124,7 +124,9 @@ class Proxy:
 
         for family in text_string_to_metric_families(self.metrics()):
             for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
                     return float(sample.value)
         return 0.0
 
@@ -161,8 +163,15 @@ def start_proxy(sim: Sim) -> Iterator[ProxyFactory]:
     def start(*flags: str, env: dict[str, str] | None = None, upstream: str | None = None) -> Proxy:
         port = free_port()
         argv = [
-            sys.executable, "-m", "proxy", "serve",
-            "--port", str(port), "--upstream", upstream or sim.v1, *flags,
+            sys.executable,
+            "-m",
+            "proxy",
+            "serve",
+            "--port",
+            str(port),
+            "--upstream",
+            upstream or sim.v1,
+            *flags,
         ]
         proc = subprocess.Popen(argv, env=_clean_env(env))
         proxy = Proxy(port, proc, flags)

@@ -74,7 +74,7 @@ class Store(Protocol):
         """Every model's fingerprint state, for the admin route."""
 
     async def secret(self, candidate: bytes) -> bytes:
-        """The HMAC secret shared through this store: the stored one, else `candidate`, now stored."""
+        """The shared HMAC secret: the stored one, else `candidate`, stored now."""
 
     async def ping(self) -> None:
         """Raise StoreError unless the backend answers."""

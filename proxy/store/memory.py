@@ -1,0 +1,160 @@
+"""The embedded store: a byte-bounded LRU in this process, and the reference for the contract.
+
+Everything runs on one asyncio loop and no method awaits in the middle of an update, so each
+operation is atomic without locks.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from proxy.store.base import FingerprintSeen, ModelFingerprints, Observation
+
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+ENTRY_OVERHEAD = 64
+"""Bytes charged per entry on top of key, fingerprint and value, so tiny entries still count."""
+
+_Slot = tuple[str, str]
+
+
+@dataclass(slots=True)
+class _Entry:
+    value: bytes
+    size: int
+    expires: float
+    sequence: int
+
+
+@dataclass(slots=True)
+class _Model:
+    current: str
+    seen: dict[str, FingerprintSeen] = field(default_factory=dict)
+
+
+class MemoryStore:
+    """Values per (key, fingerprint) in an LRU bounded by bytes; fingerprint state in dicts."""
+
+    def __init__(
+        self, max_bytes: int = DEFAULT_MAX_BYTES, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._max_bytes = max_bytes
+        self._clock = clock
+        self._entries: OrderedDict[_Slot, _Entry] = OrderedDict()
+        self._fingerprints_of: dict[str, dict[str, None]] = {}
+        self._expiries: list[tuple[float, int, _Slot]] = []
+        self._sequence = itertools.count()
+        self._size = 0
+        self._models: dict[str, _Model] = {}
+        self._secret: bytes | None = None
+
+    async def get(self, key: str, fingerprints: Sequence[str] | None) -> dict[str, bytes]:
+        self._drop_expired()
+        wanted = self._fingerprints_of.get(key, {}) if fingerprints is None else fingerprints
+        found: dict[str, bytes] = {}
+        for fingerprint in wanted:
+            entry = self._entries.get((key, fingerprint))
+            if entry is not None:
+                self._entries.move_to_end((key, fingerprint))
+                found[fingerprint] = entry.value
+        return found
+
+    async def put(self, key: str, fingerprint: str, value: bytes, ttl: int) -> None:
+        self._drop_expired()
+        slot = (key, fingerprint)
+        self._remove(slot)
+        size = len(value) + len(key) + len(fingerprint) + ENTRY_OVERHEAD
+        if size > self._max_bytes:
+            return
+        expires = self._clock() + ttl if ttl > 0 else math.inf
+        entry = _Entry(value, size, expires, next(self._sequence))
+        self._entries[slot] = entry
+        self._fingerprints_of.setdefault(key, {})[fingerprint] = None
+        self._size += size
+        if ttl > 0:
+            heapq.heappush(self._expiries, (expires, entry.sequence, slot))
+        self._evict()
+
+    async def delete(self, key: str) -> None:
+        for fingerprint in list(self._fingerprints_of.get(key, {})):
+            self._remove((key, fingerprint))
+
+    async def observe_fingerprint(self, model: str, fingerprint: str, now: float) -> Observation:
+        state = self._models.get(model)
+        previous = state.current if state is not None else None
+        if state is None:
+            state = self._models[model] = _Model(current=fingerprint)
+        seen = state.seen.get(fingerprint)
+        state.seen[fingerprint] = _seen_again(seen, fingerprint, now)
+        state.current = fingerprint
+        return Observation(previous=previous, new=seen is None)
+
+    async def fingerprints(self, model: str) -> ModelFingerprints | None:
+        state = self._models.get(model)
+        return None if state is None else _snapshot(state)
+
+    async def all_fingerprints(self) -> dict[str, ModelFingerprints]:
+        return {model: _snapshot(state) for model, state in self._models.items()}
+
+    async def secret(self, candidate: bytes) -> bytes:
+        if self._secret is None:
+            self._secret = candidate
+        return self._secret
+
+    async def ping(self) -> None:
+        """Always answers: the store is this process."""
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    def _remove(self, slot: _Slot) -> None:
+        entry = self._entries.pop(slot, None)
+        if entry is None:
+            return
+        self._size -= entry.size
+        key, fingerprint = slot
+        fingerprints = self._fingerprints_of[key]
+        del fingerprints[fingerprint]
+        if not fingerprints:
+            del self._fingerprints_of[key]
+
+    def _evict(self) -> None:
+        while self._size > self._max_bytes:
+            self._remove(next(iter(self._entries)))
+
+    def _drop_expired(self) -> None:
+        """Expired entries leave as soon as any call notices, so they stop counting to the bound."""
+        now = self._clock()
+        while self._expiries and self._expiries[0][0] <= now:
+            _, sequence, slot = heapq.heappop(self._expiries)
+            entry = self._entries.get(slot)
+            if entry is not None and entry.sequence == sequence:
+                self._remove(slot)
+        if len(self._expiries) > 2 * len(self._entries) + 64:
+            self._compact_expiries()
+
+    def _compact_expiries(self) -> None:
+        """Forget the schedules of replaced and evicted entries, so they cannot pile up."""
+        self._expiries = [
+            (entry.expires, entry.sequence, slot)
+            for slot, entry in self._entries.items()
+            if entry.expires < math.inf
+        ]
+        heapq.heapify(self._expiries)
+
+
+def _seen_again(seen: FingerprintSeen | None, fingerprint: str, now: float) -> FingerprintSeen:
+    """Count one more answer; `last_seen` never goes back, since replicas report out of order."""
+    if seen is None:
+        return FingerprintSeen(fingerprint, first_seen=now, last_seen=now, count=1)
+    last_seen = max(seen.last_seen, now)
+    return FingerprintSeen(fingerprint, seen.first_seen, last_seen, seen.count + 1)
+
+
+def _snapshot(state: _Model) -> ModelFingerprints:
+    return ModelFingerprints(current=state.current, seen=tuple(state.seen.values()))

@@ -1,0 +1,190 @@
+"""The shared store: Redis or Redis Cluster, for replicas that must agree.
+
+Key layout (every operation touches one key, hash-tagged, so it is Redis Cluster safe):
+
+    {prefix}e:{<key>}          hash  <fingerprint> -> value            one cache key's answers
+    {prefix}fp:{<sha1(model)>} hash  model, current, seen (a counter),
+                                     fp:<fingerprint> -> JSON record   one model's fingerprints
+    {prefix}models             set   model names                       index for the admin route
+    {prefix}secret             string                                  the shared HMAC secret
+
+The model name is hashed inside the braces because it may itself contain braces, which would
+cut the hash tag short. Fingerprint fields carry the `fp:` prefix so that no fingerprint can
+collide with `model`, `current` or `seen`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisClusterException, RedisError
+
+from proxy.store.base import FingerprintSeen, ModelFingerprints, Observation, StoreError
+
+_FAILURES = (RedisError, RedisClusterException, OSError)
+"""What redis-py raises; OSError covers builtin (and asyncio) TimeoutError too."""
+
+_FIELD = "fp:"
+
+# KEYS[1] = the model's hash; ARGV = model, fingerprint, now.
+# Returns {previous current or nil, 1 if the fingerprint is new for the model else 0}.
+# Timestamps are written with %.17g so that they round-trip exactly through JSON.
+_OBSERVE = """
+local key, field, now = KEYS[1], 'fp:' .. ARGV[2], tonumber(ARGV[3])
+local previous = redis.call('HGET', key, 'current')
+local raw = redis.call('HGET', key, field)
+local rec
+if raw then
+  rec = cjson.decode(raw)
+  rec.count = rec.count + 1
+  rec.last_seen = math.max(rec.last_seen, now)
+else
+  rec = {first_seen = now, last_seen = now, count = 1,
+         order = redis.call('HINCRBY', key, 'seen', 1)}
+end
+local json = string.format('{"first_seen":%.17g,"last_seen":%.17g,"count":%d,"order":%d}',
+  rec.first_seen, rec.last_seen, rec.count, rec.order)
+redis.call('HSET', key, 'model', ARGV[1], 'current', ARGV[2], field, json)
+if raw then return {previous, 0} end
+return {previous, 1}
+"""
+
+
+@contextmanager
+def _mapped(operation: str) -> Iterator[None]:
+    """The one boundary where redis-py's errors become StoreError; values never reach the text."""
+    try:
+        yield
+    except _FAILURES as exc:
+        raise StoreError(f"redis {operation} failed: {type(exc).__name__}") from exc
+
+
+class RedisStore:
+    """The Store protocol on an already built Redis or RedisCluster client (bytes responses)."""
+
+    def __init__(
+        self, client: aioredis.Redis | aioredis.RedisCluster, prefix: str = "repro:"
+    ) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._observe = client.register_script(_OBSERVE)
+
+    async def get(self, key: str, fingerprints: Sequence[str] | None) -> dict[str, bytes]:
+        if fingerprints is not None and not fingerprints:
+            return {}
+        with _mapped("get"):
+            if fingerprints is None:
+                found = await self._client.hgetall(self._entry(key))
+                return {_text(fp): _bytes(value) for fp, value in found.items()}
+            values = await self._client.hmget(self._entry(key), list(fingerprints))
+        pairs = zip(fingerprints, values, strict=True)
+        return {fp: _bytes(value) for fp, value in pairs if value is not None}
+
+    async def put(self, key: str, fingerprint: str, value: bytes, ttl: int) -> None:
+        """Store the value; the TTL is per key, so it also renews the key's other fingerprints."""
+        name = self._entry(key)
+        with _mapped("put"):
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.hset(name, fingerprint, value)
+                if ttl > 0:
+                    pipe.expire(name, ttl)
+                else:
+                    pipe.persist(name)
+                await pipe.execute()
+
+    async def delete(self, key: str) -> None:
+        with _mapped("delete"):
+            await self._client.delete(self._entry(key))
+
+    async def observe_fingerprint(self, model: str, fingerprint: str, now: float) -> Observation:
+        """One atomic script on the model's key; the index is only touched by the first caller."""
+        with _mapped("observe_fingerprint"):
+            previous, new = await self._observe(
+                keys=[self._model(model)], args=[model, fingerprint, repr(now)]
+            )
+            if new:
+                await self._client.sadd(self._models(), model)
+        return Observation(previous=_text(previous) if previous else None, new=bool(new))
+
+    async def fingerprints(self, model: str) -> ModelFingerprints | None:
+        with _mapped("fingerprints"):
+            state = await self._client.hgetall(self._model(model))
+        return _parse_model(state)
+
+    async def all_fingerprints(self) -> dict[str, ModelFingerprints]:
+        """The index, then every model's hash in one pipeline (split per node on a cluster)."""
+        with _mapped("all_fingerprints"):
+            models = sorted(_text(name) for name in await self._client.smembers(self._models()))
+            async with self._client.pipeline(transaction=False) as pipe:
+                for model in models:
+                    pipe.hgetall(self._model(model))
+                states = await pipe.execute()
+        parsed = {model: _parse_model(state) for model, state in zip(models, states, strict=True)}
+        return {model: state for model, state in parsed.items() if state is not None}
+
+    async def secret(self, candidate: bytes) -> bytes:
+        """First writer wins; everyone then reads the winner's secret."""
+        name = f"{self._prefix}secret"
+        with _mapped("secret"):
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.set(name, candidate, nx=True)
+                pipe.get(name)
+                _, stored = await pipe.execute()
+        return _bytes(stored)
+
+    async def ping(self) -> None:
+        with _mapped("ping"):
+            await self._client.ping()
+
+    async def close(self) -> None:
+        with _mapped("close"):
+            await self._client.aclose()
+
+    def _entry(self, key: str) -> str:
+        return f"{self._prefix}e:{{{key}}}"
+
+    def _model(self, model: str) -> str:
+        digest = hashlib.sha1(model.encode(), usedforsecurity=False).hexdigest()
+        return f"{self._prefix}fp:{{{digest}}}"
+
+    def _models(self) -> str:
+        return f"{self._prefix}models"
+
+
+def _parse_model(raw_state: Mapping[bytes | str, bytes | str]) -> ModelFingerprints | None:
+    state = {_text(name): value for name, value in raw_state.items()}
+    if "current" not in state:
+        return None
+    records = [
+        (orjson.loads(raw), name.removeprefix(_FIELD))
+        for name, raw in state.items()
+        if name.startswith(_FIELD)
+    ]
+    records.sort(key=lambda item: int(item[0]["order"]))
+    return ModelFingerprints(
+        current=_text(state["current"]),
+        seen=tuple(_parse_seen(fingerprint, record) for record, fingerprint in records),
+    )
+
+
+def _parse_seen(fingerprint: str, record: dict[str, Any]) -> FingerprintSeen:
+    return FingerprintSeen(
+        fingerprint=fingerprint,
+        first_seen=float(record["first_seen"]),
+        last_seen=float(record["last_seen"]),
+        count=int(record["count"]),
+    )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _bytes(value: bytes | str) -> bytes:
+    """Values are bytes on a client built without decode_responses, which this store expects."""
+    return value if isinstance(value, bytes) else value.encode()

@@ -1,0 +1,443 @@
+"""The simulated upstream behaves like the OpenAI API, so the proxy's e2e tests can trust it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from proxy.sim import SimSettings, add_arguments, create_sim_app, settings_from_args
+
+AUTH = {"Authorization": "Bearer sk-test"}
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hi"}], "seed": 7}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+        },
+    },
+}
+
+
+@asynccontextmanager
+async def sim(**overrides: Any) -> AsyncIterator[TestClient[Any, Any]]:
+    async with TestClient(TestServer(create_sim_app(SimSettings(**overrides)))) as client:
+        yield client
+
+
+async def post(client: TestClient[Any, Any], path: str, body: dict[str, Any]) -> Any:
+    resp = await client.post(path, json=body, headers=AUTH)
+    assert resp.status == 200, await resp.text()
+    return await resp.json()
+
+
+async def chat_text(client: TestClient[Any, Any], body: dict[str, Any]) -> str:
+    answer = await post(client, "/v1/chat/completions", body)
+    return str(answer["choices"][0]["message"]["content"])
+
+
+async def stream_frames(client: TestClient[Any, Any], path: str, body: dict[str, Any]) -> list[str]:
+    resp = await client.post(path, json=body | {"stream": True}, headers=AUTH)
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == "text/event-stream"
+    raw = (await resp.read()).decode()
+    assert raw.endswith("\n\n")
+    frames = raw[: -len("\n\n")].split("\n\n")
+    assert all(frame.startswith("data: ") for frame in frames)
+    return [frame[len("data: ") :] for frame in frames]
+
+
+async def add_fault(client: TestClient[Any, Any], **fault: Any) -> None:
+    resp = await client.post("/_sim/faults", json=fault)
+    assert resp.status == 200
+
+
+async def test_auth_is_required_on_v1_routes_only() -> None:
+    async with sim(api_keys=("sk-good",)) as client:
+        for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": "Bearer sk-bad"}):
+            resp = await client.get("/v1/models", headers=headers)
+            assert resp.status == 401
+            error = (await resp.json())["error"]
+            assert error["code"] == "invalid_api_key"
+            assert error["type"] == "invalid_request_error"
+            assert error["param"] is None
+        ok = await client.get("/v1/models", headers={"Authorization": "Bearer sk-good"})
+        assert ok.status == 200
+        assert (await client.get("/_sim/stats")).status == 200
+
+
+async def test_any_key_is_accepted_without_a_key_list() -> None:
+    async with sim() as client:
+        models = await (await client.get("/v1/models", headers=AUTH)).json()
+        assert models["object"] == "list"
+        assert {m["object"] for m in models["data"]} == {"model"}
+
+
+async def test_errors_have_openai_shape() -> None:
+    async with sim() as client:
+        resp = await client.post("/v1/chat/completions", data=b"{nope", headers=AUTH)
+        assert resp.status == 400
+        assert set((await resp.json())["error"]) == {"message", "type", "param", "code"}
+        resp = await client.post("/v1/unknown", json={}, headers=AUTH)
+        assert resp.status == 404
+        assert (await resp.json())["error"]["type"] == "invalid_request_error"
+
+
+async def test_chat_completion_shape() -> None:
+    async with sim() as client:
+        before = int(time.time())
+        answer = await post(client, "/v1/chat/completions", CHAT)
+        assert answer["id"].startswith("chatcmpl-")
+        assert answer["object"] == "chat.completion"
+        assert before <= answer["created"] <= time.time()
+        assert answer["model"] == "gpt-4o-mini"
+        assert answer["system_fingerprint"] == "fp_sim_0001"
+        (choice,) = answer["choices"]
+        assert choice["message"]["role"] == "assistant"
+        assert choice["message"]["refusal"] is None
+        assert choice["logprobs"] is None
+        assert choice["finish_reason"] == "stop"
+        words = len(choice["message"]["content"].split())
+        assert 12 <= words <= 30
+        usage = answer["usage"]
+        assert usage["completion_tokens"] == words
+        assert usage["total_tokens"] == usage["prompt_tokens"] + words
+
+
+async def test_null_fingerprint() -> None:
+    async with sim(fingerprint=None) as client:
+        answer = await post(client, "/v1/chat/completions", CHAT)
+        assert answer["system_fingerprint"] is None
+
+
+async def test_text_completion_shape_and_prompt_list() -> None:
+    async with sim() as client:
+        body = {"model": "gpt-3.5-turbo-instruct", "prompt": ["one", "two"], "seed": 1}
+        answer = await post(client, "/v1/completions", body)
+        assert answer["object"] == "text_completion"
+        assert [c["index"] for c in answer["choices"]] == [0, 1]
+        assert all(c["text"] and c["logprobs"] is None for c in answer["choices"])
+        assert answer["usage"]["prompt_tokens"] == 2
+
+
+async def test_embeddings_are_deterministic_per_input() -> None:
+    async with sim() as client:
+        body = {"model": "text-embedding-3-small", "input": ["a cat", "a dog"]}
+        first = await post(client, "/v1/embeddings", body)
+        assert first["object"] == "list"
+        assert [d["index"] for d in first["data"]] == [0, 1]
+        assert all(len(d["embedding"]) == 16 for d in first["data"])
+        single = await post(client, "/v1/embeddings", body | {"input": "a dog", "seed": 3})
+        assert single["data"][0]["embedding"] == first["data"][1]["embedding"]
+        assert first["usage"] == {"prompt_tokens": 4, "total_tokens": 4}
+        sized = await post(client, "/v1/embeddings", body | {"dimensions": 4})
+        assert len(sized["data"][0]["embedding"]) == 4
+
+
+async def test_embeddings_base64_is_little_endian_float32() -> None:
+    async with sim() as client:
+        body = {"model": "text-embedding-3-small", "input": "hello"}
+        floats = (await post(client, "/v1/embeddings", body))["data"][0]["embedding"]
+        b64 = await post(client, "/v1/embeddings", body | {"encoding_format": "base64"})
+        decoded = struct.unpack("<16f", base64.b64decode(b64["data"][0]["embedding"]))
+        assert decoded == pytest.approx(floats, rel=1e-6)
+
+
+async def test_files_echo_upload_size_and_type() -> None:
+    async with sim() as client:
+        form = aiohttp.FormData()
+        form.add_field("purpose", "batch")
+        form.add_field("file", b"x" * 1000, filename="data.jsonl")
+        resp = await client.post("/v1/files", data=form, headers=AUTH)
+        answer = await resp.json()
+        assert answer["object"] == "file"
+        assert answer["id"].startswith("file-")
+        assert answer["bytes"] > 1000
+        assert answer["content_type"].startswith("multipart/form-data; boundary=")
+
+
+async def test_seeded_answers_follow_body_and_fingerprint() -> None:
+    async with sim() as client:
+        first = await chat_text(client, CHAT)
+        assert await chat_text(client, CHAT | {"user": "someone"}) == first
+        assert await chat_text(client, CHAT | {"seed": 8}) != first
+        await client.post("/_sim/fingerprint", json={"fingerprint": "fp_new"})
+        assert await chat_text(client, CHAT) != first
+        fingerprint = await (await client.get("/_sim/fingerprint")).json()
+        assert fingerprint == {"fingerprint": "fp_new"}
+
+
+async def test_unseeded_answers_vary() -> None:
+    async with sim() as client:
+        unseeded = {k: v for k, v in CHAT.items() if k != "seed"}
+        texts = {await chat_text(client, unseeded) for _ in range(3)}
+        assert len(texts) == 3
+
+
+async def test_full_divergence_breaks_seeded_determinism() -> None:
+    async with sim(divergence=1.0) as client:
+        texts = {await chat_text(client, CHAT) for _ in range(3)}
+        assert len(texts) == 3
+
+
+async def test_n_and_max_tokens() -> None:
+    async with sim() as client:
+        answer = await post(client, "/v1/chat/completions", CHAT | {"n": 3, "max_tokens": 5})
+        assert [c["index"] for c in answer["choices"]] == [0, 1, 2]
+        for choice in answer["choices"]:
+            assert len(choice["message"]["content"].split()) == 5
+            assert choice["finish_reason"] == "length"
+        assert answer["usage"]["completion_tokens"] == 15
+        capped = await post(client, "/v1/chat/completions", CHAT | {"max_completion_tokens": 2})
+        assert capped["choices"][0]["finish_reason"] == "length"
+        resp = await client.post("/v1/chat/completions", json=CHAT | {"n": 0}, headers=AUTH)
+        assert resp.status == 400
+        assert (await resp.json())["error"]["param"] == "n"
+
+
+async def test_forced_tool_call() -> None:
+    async with sim() as client:
+        body = CHAT | {"tools": [WEATHER_TOOL], "tool_choice": "required"}
+        (choice,) = (await post(client, "/v1/chat/completions", body))["choices"]
+        assert choice["finish_reason"] == "tool_calls"
+        assert choice["message"]["content"] is None
+        (call,) = choice["message"]["tool_calls"]
+        assert call["id"].startswith("call_")
+        assert call["type"] == "function"
+        assert call["function"]["name"] == "get_weather"
+        arguments = orjson.loads(call["function"]["arguments"])
+        assert isinstance(arguments["city"], str)
+        assert isinstance(arguments["days"], int)
+        named = {"type": "function", "function": {"name": "get_weather"}}
+        answer = await post(client, "/v1/chat/completions", body | {"tool_choice": named})
+        assert answer["choices"][0]["finish_reason"] == "tool_calls"
+        auto = await post(client, "/v1/chat/completions", body | {"tool_choice": "auto"})
+        assert auto["choices"][0]["message"]["content"]
+
+
+async def test_chunks_are_flushed_as_produced() -> None:
+    async with sim(chunk_delay=0.05) as client:
+        started = time.monotonic()
+        body = CHAT | {"stream": True, "max_tokens": 5}
+        resp = await client.post("/v1/chat/completions", json=body, headers=AUTH)
+        await resp.content.readline()
+        first_chunk = time.monotonic() - started
+        await resp.read()
+        assert first_chunk < 0.15 < time.monotonic() - started
+
+
+async def test_chat_stream_frames_match_the_plain_answer() -> None:
+    async with sim() as client:
+        body = CHAT | {"stream_options": {"include_usage": True}}
+        frames = await stream_frames(client, "/v1/chat/completions", body)
+        assert frames[-1] == "[DONE]"
+        chunks = [orjson.loads(f) for f in frames[:-1]]
+        assert len({(c["id"], c["created"], c["system_fingerprint"]) for c in chunks}) == 1
+        assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+        assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+        assert all(c["usage"] is None for c in chunks[:-1])
+        finish = chunks[-2]["choices"][0]
+        assert (finish["delta"], finish["finish_reason"]) == ({}, "stop")
+        assert chunks[-1]["choices"] == []
+        text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks[:-1])
+        plain = await post(client, "/v1/chat/completions", CHAT)
+        assert text == plain["choices"][0]["message"]["content"]
+        assert chunks[-1]["usage"] == plain["usage"]
+        assert frames[1] == orjson.dumps(chunks[1]).decode()
+
+
+async def test_stream_without_usage_has_no_usage_key() -> None:
+    async with sim() as client:
+        frames = await stream_frames(client, "/v1/chat/completions", CHAT | {"n": 2})
+        chunks = [orjson.loads(f) for f in frames[:-1]]
+        assert all("usage" not in c for c in chunks)
+        assert {c["choices"][0]["index"] for c in chunks} == {0, 1}
+
+
+async def test_text_completion_stream() -> None:
+    async with sim() as client:
+        body = {"model": "gpt-3.5-turbo-instruct", "prompt": "Once", "seed": 2}
+        frames = await stream_frames(client, "/v1/completions", body)
+        chunks = [orjson.loads(f) for f in frames[:-1]]
+        assert {c["object"] for c in chunks} == {"text_completion"}
+        text = "".join(c["choices"][0]["text"] for c in chunks)
+        plain = await post(client, "/v1/completions", body)
+        assert text == plain["choices"][0]["text"]
+        assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_tool_call_stream_builds_the_arguments() -> None:
+    async with sim() as client:
+        body = CHAT | {"tools": [WEATHER_TOOL], "tool_choice": "required"}
+        frames = await stream_frames(client, "/v1/chat/completions", body)
+        deltas = [orjson.loads(f)["choices"][0]["delta"] for f in frames[:-1]]
+        first = deltas[0]["tool_calls"][0]
+        assert first["id"].startswith("call_")
+        assert first["function"] == {"name": "get_weather", "arguments": ""}
+        fragments = [d["tool_calls"][0]["function"]["arguments"] for d in deltas[1:-1]]
+        assert set(orjson.loads("".join(fragments))) == {"city", "days"}
+
+
+async def test_status_fault_applies_count_times_with_headers() -> None:
+    async with sim() as client:
+        await add_fault(client, kind="status", status=429, count=2, headers={"retry-after": "2"})
+        for _ in range(2):
+            resp = await client.post("/v1/chat/completions", json=CHAT, headers=AUTH)
+            assert resp.status == 429
+            assert resp.headers["retry-after"] == "2"
+            assert "error" in await resp.json()
+        await post(client, "/v1/chat/completions", CHAT)
+
+
+async def test_status_fault_with_custom_body_and_clearing() -> None:
+    async with sim() as client:
+        await add_fault(client, kind="status", status=503, body={"oops": True})
+        resp = await client.post("/v1/embeddings", json={"input": "x"}, headers=AUTH)
+        assert (resp.status, await resp.json()) == (503, {"oops": True})
+        await add_fault(client, kind="status", status=500)
+        await client.delete("/_sim/faults")
+        await post(client, "/v1/embeddings", {"input": "x"})
+        resp = await client.post("/_sim/faults", json={"kind": "explode"})
+        assert resp.status == 400
+
+
+async def test_cut_fault_ends_a_stream_without_done() -> None:
+    async with sim() as client:
+        await add_fault(client, kind="cut", after=3)
+        resp = await client.post("/v1/chat/completions", json=CHAT | {"stream": True}, headers=AUTH)
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+
+
+async def test_cut_fault_truncates_a_plain_answer() -> None:
+    async with sim() as client:
+        await add_fault(client, kind="cut")
+        resp = await client.post("/v1/chat/completions", json=CHAT, headers=AUTH)
+        assert resp.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+
+
+async def test_error_event_fault() -> None:
+    async with sim() as client:
+        await add_fault(client, kind="error_event", after=1)
+        frames = await stream_frames(client, "/v1/chat/completions", CHAT)
+        assert len(frames) == 2
+        assert orjson.loads(frames[1])["error"]["type"] == "server_error"
+
+
+async def test_drop_fault_closes_without_answer() -> None:
+    async with sim() as client:
+        await add_fault(client, kind="drop")
+        with pytest.raises(aiohttp.ServerDisconnectedError):
+            await client.post("/v1/chat/completions", json=CHAT, headers=AUTH)
+
+
+async def test_hang_fault_never_answers() -> None:
+    async with sim() as client:
+        await add_fault(client, kind="hang")
+        timeout = aiohttp.ClientTimeout(total=0.2)
+        with pytest.raises(TimeoutError):
+            await client.post("/v1/embeddings", json={"input": "x"}, headers=AUTH, timeout=timeout)
+
+
+async def test_requests_are_recorded_raw() -> None:
+    async with sim() as client:
+        raw = b'{"seed":12345,"model":"m","messages":[]}'
+        headers = AUTH | {"X-Custom": "yes", "Content-Type": "application/json"}
+        await client.post("/v1/chat/completions?a=1", data=raw, headers=headers)
+        await client.post("/v1/files", data=b"\xff\xfe", headers=AUTH)
+        first, second = await (await client.get("/_sim/requests")).json()
+        assert (first["method"], first["query"]) == ("POST", "a=1")
+        assert first["path"] == "/v1/chat/completions"
+        assert first["headers"]["X-Custom"] == "yes"
+        assert first["headers"]["Authorization"] == "Bearer sk-test"
+        assert (first["body"], first["body_base64"]) == (raw.decode(), False)
+        assert base64.b64decode(second["body"]) == b"\xff\xfe"
+        assert second["body_base64"] is True
+        await client.delete("/_sim/requests")
+        assert await (await client.get("/_sim/requests")).json() == []
+
+
+async def test_settings_route_changes_latency() -> None:
+    async with sim() as client:
+        resp = await client.post("/_sim/settings", json={"latency": 0.2, "divergence": 0.5})
+        assert await resp.json() == {"latency": 0.2, "chunk_delay": 0.0, "divergence": 0.5}
+        started = time.monotonic()
+        await post(client, "/v1/chat/completions", CHAT)
+        assert time.monotonic() - started >= 0.2
+        resp = await client.post("/_sim/settings", json={"latency": 0, "divergence": 2})
+        assert resp.status == 400
+        assert (await (await client.get("/_sim/settings")).json())["latency"] == 0.2
+
+
+async def test_stats_count_completed_and_cancelled_streams() -> None:
+    async with sim() as client:
+        await stream_frames(client, "/v1/chat/completions", CHAT)
+        await client.post("/_sim/settings", json={"chunk_delay": 0.05})
+        resp = await client.post("/v1/chat/completions", json=CHAT | {"stream": True}, headers=AUTH)
+        await resp.content.readline()
+        resp.close()
+        for _ in range(50):
+            stats = await (await client.get("/_sim/stats")).json()
+            if stats["streams_cancelled"]:
+                break
+            await asyncio.sleep(0.02)
+        assert stats == {
+            "requests": {"/v1/chat/completions": 2},
+            "streams_completed": 1,
+            "streams_cancelled": 1,
+        }
+
+
+def test_settings_from_args() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = ["--fingerprint", "null", "--api-key", "a", "--api-key", "b", "--chunk-delay", "0.1"]
+    settings = settings_from_args(parser.parse_args(args))
+    assert settings == SimSettings(fingerprint=None, api_keys=("a", "b"), chunk_delay=0.1)
+    assert settings_from_args(parser.parse_args([])) == SimSettings()
+    with pytest.raises(ValueError, match="divergence"):
+        settings_from_args(parser.parse_args(["--divergence", "1.5"]))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_cli_runs_the_simulator_and_stops_on_sigterm() -> None:
+    port = free_port()
+    command = [sys.executable, "-m", "proxy", "sim", "--port", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(100):
+                try:
+                    resp = await session.get(f"http://127.0.0.1:{port}/v1/models", headers=AUTH)
+                    break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.05)
+            assert resp.status == 200
+    finally:
+        process.terminate()
+        stdout, _ = process.communicate(timeout=5)
+    assert process.returncode == 0
+    assert f"127.0.0.1:{port}" in stdout.decode()

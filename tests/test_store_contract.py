@@ -1,0 +1,397 @@
+"""One storage contract, tested once and run per backend: memory, Redis, Redis Cluster.
+
+The memory store is the reference; Redis runs for real (see fixtures_redis), since atomicity
+and key layout cannot be checked against a fake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import cast
+
+import pytest
+from redis.asyncio import Redis, RedisCluster
+
+from proxy.store import MemoryStore, Store, StoreError, open_store, parse_size
+from proxy.store.base import FingerprintSeen, ModelFingerprints, Observation
+from proxy.store.memory import ENTRY_OVERHEAD
+from tests.fixtures_redis import RedisClusterNodes, running_redis
+
+Elapse = Callable[[float], Awaitable[None]]
+T0 = 1_700_000_000.0
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class StoreContract:
+    """What every backend must do; subclasses provide `store` and `elapse` (let time pass)."""
+
+    @pytest.fixture
+    def store(self) -> Store:
+        raise NotImplementedError
+
+    @pytest.fixture
+    def elapse(self) -> Elapse:
+        raise NotImplementedError
+
+    async def test_get_on_empty(self, store: Store) -> None:
+        assert await store.get("k", ["fp_a"]) == {}
+        assert await store.get("k", None) == {}
+
+    async def test_put_then_get_by_fingerprint(self, store: Store) -> None:
+        await store.put("k", "fp_a", b"A", 0)
+        assert await store.get("k", ["fp_a"]) == {"fp_a": b"A"}
+        assert await store.get("k", ["fp_b"]) == {}
+        assert await store.get("other", ["fp_a"]) == {}
+
+    async def test_several_fingerprints_under_one_key(self, store: Store) -> None:
+        await store.put("k", "fp_a", b"A", 0)
+        await store.put("k", "fp_b", b"B", 0)
+        assert await store.get("k", ["fp_b", "fp_c"]) == {"fp_b": b"B"}
+        assert await store.get("k", None) == {"fp_a": b"A", "fp_b": b"B"}
+        assert await store.get("k", []) == {}
+
+    async def test_put_replaces_and_keeps_empty_values(self, store: Store) -> None:
+        await store.put("k", "fp_a", b"old", 0)
+        await store.put("k", "fp_a", b"", 0)
+        assert await store.get("k", ["fp_a"]) == {"fp_a": b""}
+
+    async def test_delete_forgets_every_fingerprint(self, store: Store) -> None:
+        await store.put("k", "fp_a", b"A", 0)
+        await store.put("k", "fp_b", b"B", 0)
+        await store.put("kept", "fp_a", b"K", 0)
+        await store.delete("k")
+        await store.delete("never-stored")
+        assert await store.get("k", None) == {}
+        assert await store.get("kept", None) == {"fp_a": b"K"}
+
+    async def test_ttl_expiry(self, store: Store, elapse: Elapse) -> None:
+        await store.put("short", "fp_a", b"S", 1)
+        await store.put("forever", "fp_a", b"F", 0)
+        assert await store.get("short", None) == {"fp_a": b"S"}
+        await elapse(1)
+        assert await store.get("short", None) == {}
+        assert await store.get("forever", None) == {"fp_a": b"F"}
+
+    async def test_observe_sequence(self, store: Store) -> None:
+        assert await store.observe_fingerprint("m", "fp_a", 100.0) == Observation(None, True)
+        assert await store.observe_fingerprint("m", "fp_a", 101.0) == Observation("fp_a", False)
+        assert await store.observe_fingerprint("m", "fp_b", 102.0) == Observation("fp_a", True)
+        assert await store.observe_fingerprint("m", "fp_a", 103.0) == Observation("fp_b", False)
+        assert await store.fingerprints("m") == ModelFingerprints(
+            current="fp_a",
+            seen=(
+                FingerprintSeen("fp_a", 100.0, 103.0, 3),
+                FingerprintSeen("fp_b", 102.0, 102.0, 1),
+            ),
+        )
+
+    async def test_unknown_model_has_no_fingerprints(self, store: Store) -> None:
+        assert await store.fingerprints("never") is None
+        assert await store.all_fingerprints() == {}
+
+    async def test_times_are_exact_and_last_seen_never_goes_back(self, store: Store) -> None:
+        await store.observe_fingerprint("m", "fp_a", T0 + 0.123456)
+        await store.observe_fingerprint("m", "fp_a", T0 - 50.0)
+        state = await store.fingerprints("m")
+        assert state is not None
+        assert state.seen == (FingerprintSeen("fp_a", T0 + 0.123456, T0 + 0.123456, 2),)
+
+    async def test_all_fingerprints_per_model(self, store: Store) -> None:
+        await store.observe_fingerprint("org/{odd}:model", "fp_1", 1.0)
+        await store.observe_fingerprint("gpt", "fp_2", 2.0)
+        await store.observe_fingerprint("gpt", "fp_3", 3.0)
+        assert await store.all_fingerprints() == {
+            "org/{odd}:model": ModelFingerprints("fp_1", (FingerprintSeen("fp_1", 1.0, 1.0, 1),)),
+            "gpt": ModelFingerprints(
+                "fp_3", (FingerprintSeen("fp_2", 2.0, 2.0, 1), FingerprintSeen("fp_3", 3.0, 3.0, 1))
+            ),
+        }
+
+    async def test_fingerprint_names_do_not_collide_with_bookkeeping(self, store: Store) -> None:
+        for index, name in enumerate(["current", "model", "seen", "fp:x"]):
+            await store.observe_fingerprint("m", name, float(index))
+        state = await store.fingerprints("m")
+        assert state is not None
+        assert state.current == "fp:x"
+        assert [seen.fingerprint for seen in state.seen] == ["current", "model", "seen", "fp:x"]
+
+    async def test_concurrent_observes_agree_on_one_new(self, store: Store) -> None:
+        await store.observe_fingerprint("m", "fp_old", 1.0)
+        observations = await asyncio.gather(
+            *(store.observe_fingerprint("m", "fp_new", 2.0) for _ in range(20))
+        )
+        assert sum(observation.new for observation in observations) == 1
+        state = await store.fingerprints("m")
+        assert state is not None
+        assert state.seen[-1] == FingerprintSeen("fp_new", 2.0, 2.0, 20)
+
+    async def test_secret_first_candidate_wins(self, store: Store) -> None:
+        assert await store.secret(b"first") == b"first"
+        assert await store.secret(b"second") == b"first"
+
+    async def test_concurrent_secrets_agree(self, store: Store) -> None:
+        secrets = await asyncio.gather(*(store.secret(bytes([index])) for index in range(10)))
+        assert len(set(secrets)) == 1
+
+    async def test_ping(self, store: Store) -> None:
+        await store.ping()
+
+
+class TestMemoryStore(StoreContract):
+    @pytest.fixture
+    def clock(self) -> FakeClock:
+        return FakeClock()
+
+    @pytest.fixture
+    def store(self, clock: FakeClock) -> Store:
+        return MemoryStore(clock=clock)
+
+    @pytest.fixture
+    def elapse(self, clock: FakeClock) -> Elapse:
+        async def elapse(seconds: float) -> None:
+            clock.now += seconds
+
+        return elapse
+
+    async def test_lru_evicts_least_recently_used_by_bytes(self) -> None:
+        store = MemoryStore(max_bytes=3 * (100 + 2 + 2 + ENTRY_OVERHEAD))
+        for key in ("k1", "k2", "k3"):
+            await store.put(key, "fp", bytes(100), 0)
+        await store.get("k1", ["fp"])
+        await store.put("k4", "fp", bytes(100), 0)
+        assert [key for key in ("k1", "k2", "k3", "k4") if await store.get(key, None)] == [
+            "k1",
+            "k3",
+            "k4",
+        ]
+
+    async def test_oversize_value_is_not_stored(self) -> None:
+        store = MemoryStore(max_bytes=200)
+        await store.put("small", "fp", b"s", 0)
+        await store.put("big", "fp", bytes(200), 0)
+        assert await store.get("big", None) == {}
+        assert await store.get("small", None) == {"fp": b"s"}
+
+    async def test_expiry_is_exact(self, clock: FakeClock) -> None:
+        store = MemoryStore(clock=clock)
+        await store.put("k", "fp", b"v", 10)
+        clock.now = T0 + 9.999
+        assert await store.get("k", None) == {"fp": b"v"}
+        clock.now = T0 + 10
+        assert await store.get("k", None) == {}
+
+    async def test_expired_entries_stop_counting(self, clock: FakeClock) -> None:
+        store = MemoryStore(max_bytes=2 * (1 + 2 + 2 + ENTRY_OVERHEAD), clock=clock)
+        await store.put("k1", "fp", b"1", 0)
+        await store.put("k2", "fp", b"2", 5)
+        clock.now += 5
+        await store.put("k3", "fp", b"3", 0)
+        assert await store.get("k1", None) == {"fp": b"1"}
+
+    async def test_put_without_ttl_cancels_the_earlier_one(self, clock: FakeClock) -> None:
+        store = MemoryStore(clock=clock)
+        await store.put("k", "fp", b"v1", 1)
+        await store.put("k", "fp", b"v2", 0)
+        clock.now += 2
+        assert await store.get("k", None) == {"fp": b"v2"}
+
+    async def test_expiry_survives_many_rewrites(self, clock: FakeClock) -> None:
+        store = MemoryStore(clock=clock)
+        for _ in range(300):
+            await store.put("long", "fp", b"v", 10)
+        await store.put("short", "fp", b"w", 5)
+        clock.now += 5
+        assert [await store.get(key, None) for key in ("long", "short")] == [{"fp": b"v"}, {}]
+        clock.now += 5
+        assert await store.get("long", None) == {}
+
+
+class RedisContract(StoreContract):
+    """The contract plus what only Redis can get wrong: layout, bytes, TTL, cluster slots."""
+
+    @pytest.fixture
+    def url(self) -> str:
+        raise NotImplementedError
+
+    @pytest.fixture
+    async def store(self, url: str) -> AsyncIterator[Store]:
+        store = await open_store(url)
+        yield store
+        await store.close()
+
+    @pytest.fixture
+    def raw(self) -> Redis | RedisCluster:
+        """A plain client, to look at what the store wrote."""
+        raise NotImplementedError
+
+    @pytest.fixture
+    def elapse(self) -> Elapse:
+        return lambda seconds: asyncio.sleep(seconds + 0.1)
+
+    async def test_keys_carry_hash_tags(self, store: Store, raw: Redis | RedisCluster) -> None:
+        await store.put("abc123", "fp_a", b"v", 0)
+        await store.observe_fingerprint("org/{odd}", "fp_a", 1.0)
+        await store.secret(b"s")
+        keys = await _all_keys(raw)
+        assert [key for key in keys if b"abc123" in key] == [b"repro:e:{abc123}"]
+        assert not [key for key in keys if b"odd" in key]
+        model_keys = [key for key in keys if key.startswith(b"repro:fp:")]
+        assert len(model_keys) == 1
+        assert model_keys[0].count(b"{") == model_keys[0].count(b"}") == 1
+
+    async def test_values_are_exactly_the_bytes_put(
+        self, store: Store, raw: Redis | RedisCluster
+    ) -> None:
+        value = bytes(range(256)) * 3
+        await store.put("k", "fp_a", value, 0)
+        assert await raw.hget("repro:e:{k}", "fp_a") == value
+        assert await store.get("k", None) == {"fp_a": value}
+
+    async def test_ttl_is_set_and_cleared(self, store: Store, raw: Redis | RedisCluster) -> None:
+        await store.put("k", "fp_a", b"v", 30)
+        assert 0 < await raw.ttl("repro:e:{k}") <= 30
+        await store.put("k", "fp_b", b"v", 0)
+        assert await raw.ttl("repro:e:{k}") == -1
+
+
+async def _all_keys(raw: Redis | RedisCluster) -> list[bytes]:
+    """Every key on every primary (raw clients return bytes)."""
+    if isinstance(raw, RedisCluster):
+        keys = await raw.keys(target_nodes=RedisCluster.PRIMARIES)
+    else:
+        keys = await raw.keys()
+    return cast("list[bytes]", keys)
+
+
+class TestRedisStore(RedisContract):
+    @pytest.fixture
+    def url(self, redis_url: str) -> str:
+        return redis_url
+
+    @pytest.fixture
+    async def raw(self, url: str) -> AsyncIterator[Redis]:
+        client = Redis.from_url(url)
+        yield client
+        await client.aclose()
+
+    async def test_forced_cluster_mode_fails_on_a_standalone_server(self, url: str) -> None:
+        store = await open_store(url + "?cluster=true")
+        with pytest.raises(StoreError):
+            await store.ping()
+        await store.close()
+
+    async def test_store_error_when_the_server_is_gone(self, tmp_path: Path) -> None:
+        with running_redis(tmp_path) as server:
+            store = await open_store(server.url)
+            await store.put("k", "fp_a", b"secret-value", 0)
+        with pytest.raises(StoreError, match="redis get failed") as raised:
+            await store.get("k", None)
+        assert "secret-value" not in str(raised.value)
+        await store.close()
+
+
+class TestRedisClusterStore(RedisContract):
+    @pytest.fixture
+    def url(self, redis_cluster_url: str) -> str:
+        return redis_cluster_url
+
+    @pytest.fixture
+    async def raw(self, url: str) -> AsyncIterator[RedisCluster]:
+        client = RedisCluster.from_url(url)
+        yield client
+        await client.aclose()
+
+    async def test_open_store_detects_the_cluster(
+        self, store: Store, redis_cluster: RedisClusterNodes
+    ) -> None:
+        keys = [f"key-{index}" for index in range(30)]
+        for key in keys:
+            await store.put(key, "fp", key.encode(), 0)
+        assert [await store.get(key, ["fp"]) for key in keys] == [
+            {"fp": key.encode()} for key in keys
+        ]
+        standalone = await open_store(redis_cluster.url + "?cluster=false")
+        with pytest.raises(StoreError):
+            for key in keys:
+                await standalone.get(key, ["fp"])
+        await standalone.close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize("query", ["", "?cluster=true"])
+async def test_unreachable_redis_fails_fast_without_failing_to_open(query: str) -> None:
+    started = time.monotonic()
+    store = await open_store(f"redis://127.0.0.1:{_closed_port()}/0{query}")
+    with pytest.raises(StoreError):
+        await store.ping()
+    await store.close()
+    assert time.monotonic() - started < 2
+
+
+async def test_silent_redis_times_out_instead_of_hanging() -> None:
+    """A server that accepts and never answers must not hold a request for redis-py's defaults."""
+    accepted: list[asyncio.StreamWriter] = []
+    server = await asyncio.start_server(lambda _, writer: accepted.append(writer), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = await open_store(f"redis://127.0.0.1:{port}/0?cluster=false")
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="redis ping failed"):
+        await store.ping()
+    assert time.monotonic() - started < 3
+    await store.close()
+    for writer in accepted:
+        writer.close()
+    server.close()
+    await server.wait_closed()
+
+
+async def test_open_store_memory_with_a_bound() -> None:
+    store = await open_store("memory://?max_bytes=1KiB")
+    await store.put("big", "fp", bytes(2000), 0)
+    assert await store.get("big", None) == {}
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("memcached://user:hunter2@host", "--store.*'memcached'"),
+        ("memory://?max_bytes=lots", "--store max_bytes.*'lots'"),
+        ("memory://?size=1", "--store.*'size'"),
+        ("redis://:hunter2@localhost/0?cluster=maybe", "--store.*cluster"),
+    ],
+)
+async def test_open_store_rejects_bad_urls(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as raised:
+        await open_store(url)
+    assert "hunter2" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("0", 0), ("1024", 1024), ("512K", 512 * 1024), ("16MiB", 16 * 1024**2), ("1 gib", 1024**3)],
+)
+def test_parse_size(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "-1", "1.5M", "12TB", "MiB"])
+def test_parse_size_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="invalid size"):
+        parse_size(text)
