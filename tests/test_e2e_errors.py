@@ -1,0 +1,193 @@
+"""Bad input, upstream failures and pass-through routes, against real processes."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import httpx
+import orjson
+import pytest
+from openai import OpenAI
+
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim, free_port
+
+AUTH = {"Authorization": "Bearer sk-alice", "Content-Type": "application/json"}
+BODY = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+
+
+def post(
+    proxy: Proxy, body: bytes, path: str = "/chat/completions", **headers: str
+) -> httpx.Response:
+    return httpx.post(proxy.v1 + path, content=body, headers={**AUTH, **headers}, timeout=10)
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, object]:
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == code
+    assert isinstance(error["message"], str) and error["message"]
+    return dict(error)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{not json",
+        b'{"model": "m", "temperature": NaN}',
+        b'{"model": "m", "temperature": Infinity}',
+        b'{"model": "m", "temperature": -Infinity}',
+        b'[{"model": "m"}]',
+        b'"a string"',
+        b"",
+        b'{"model": "m", "messages": ' + b"[" * 129 + b"]" * 129 + b"}",
+        b'{"model": "m", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"model": "\\ud800"}',
+        b'{"model": "\xff"}',
+    ],
+    ids=[
+        "syntax",
+        "nan",
+        "infinity",
+        "minus-infinity",
+        "array",
+        "string",
+        "empty",
+        "nesting-129",
+        "nesting-100000",
+        "lone-surrogate",
+        "invalid-utf8",
+    ],
+)
+def test_bad_json_is_a_400_and_never_reaches_upstream(proxy: Proxy, sim: Sim, body: bytes) -> None:
+    assert_error(post(proxy, body), 400, "invalid_json")
+    assert sim.llm_requests() == []
+
+
+def test_nesting_up_to_128_levels_is_accepted(proxy: Proxy) -> None:
+    nested = b"[" * 126 + b"]" * 126
+    body = b'{"model": "m", "messages": [], "metadata": {"x": ' + nested + b"}}"
+    assert post(proxy, body).status_code == 200
+
+
+@pytest.mark.parametrize("seed", ['"5"', "1.5", "true", "18446744073709551616", "[1]"])
+def test_non_integer_seed_is_a_400_naming_the_parameter(proxy: Proxy, seed: str) -> None:
+    body = b'{"model": "m", "messages": [], "seed": ' + seed.encode() + b"}"
+    error = assert_error(post(proxy, body), 400, "invalid_value")
+    assert error["param"] == "seed"
+
+
+def test_body_over_the_limit_is_a_413(start_proxy: ProxyFactory, sim: Sim) -> None:
+    proxy = start_proxy("--max-body", "1KiB")
+    big = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * 2000}]})
+    assert_error(post(proxy, big), 413, "request_too_large")
+    chunked = httpx.post(
+        proxy.v1 + "/chat/completions",
+        content=iter([big[:600], big[600:]]),
+        headers=AUTH,
+        timeout=10,
+    )
+    assert_error(chunked, 413, "request_too_large")
+    assert sim.llm_requests() == []
+    assert post(proxy, BODY).status_code == 200
+
+
+def test_upstream_errors_pass_through_with_headers_and_are_not_cached(
+    proxy: Proxy, sim: Sim
+) -> None:
+    sim.fault(
+        kind="status",
+        status=429,
+        count=1,
+        headers={"retry-after": "7", "retry-after-ms": "7000", "x-should-retry": "true"},
+        body={
+            "error": {
+                "message": "slow down",
+                "type": "requests",
+                "param": None,
+                "code": "rate_limit_exceeded",
+            }
+        },
+    )
+    limited = post(proxy, BODY)
+    assert limited.status_code == 429
+    assert limited.headers["retry-after"] == "7"
+    assert limited.headers["retry-after-ms"] == "7000"
+    assert limited.headers["x-should-retry"] == "true"
+    assert limited.json()["error"]["code"] == "rate_limit_exceeded"
+    sim.fault(kind="status", status=503, count=1)
+    assert post(proxy, BODY).status_code == 503
+    assert post(proxy, BODY, **{"Cache-Control": "only-if-cached"}).status_code == 504
+    ok = post(proxy, BODY)
+    assert (ok.status_code, ok.headers["X-Repro-Cache"]) == (200, "MISS")
+    assert len(sim.llm_requests()) == 3
+    assert proxy.metric("repro_requests_total", route="/v1/chat/completions", cache="error") == 3
+
+
+def test_unreachable_upstream_is_a_502(start_proxy: ProxyFactory) -> None:
+    proxy = start_proxy(upstream=f"http://127.0.0.1:{free_port()}/v1")
+    assert_error(post(proxy, BODY), 502, "upstream_unreachable")
+
+
+def test_silent_upstream_is_a_504_within_the_timeout(start_proxy: ProxyFactory) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        proxy = start_proxy("--upstream-timeout", "1", upstream=f"http://127.0.0.1:{port}/v1")
+        started = time.monotonic()
+        response = post(proxy, BODY)
+        took = time.monotonic() - started
+    assert_error(response, 504, "upstream_timeout")
+    assert took < 5
+
+
+def test_hanging_sim_is_a_504(start_proxy: ProxyFactory, sim: Sim) -> None:
+    proxy = start_proxy("--upstream-timeout", "0.5")
+    sim.fault(kind="hang", count=1)
+    assert_error(post(proxy, BODY), 504, "upstream_timeout")
+
+
+def test_other_v1_routes_pass_through(proxy: Proxy, sim: Sim) -> None:
+    sdk = OpenAI(base_url=proxy.v1, api_key="sk-alice", max_retries=0)
+    models = sdk.models.with_raw_response.list()
+    assert models.headers["X-Repro-Cache"] == "BYPASS"
+    assert [m.id for m in models.parse().data]
+    upload = sdk.files.create(file=("data.jsonl", b'{"a": 1}\n' * 1000), purpose="batch")
+    assert upload.bytes > 9000
+    recorded = sim.requests()[-1]
+    assert recorded["path"] == "/v1/files"
+    assert recorded["headers"]["Content-Type"].startswith("multipart/form-data")
+
+
+def test_pass_through_keeps_method_query_and_status(proxy: Proxy, sim: Sim) -> None:
+    response = httpx.get(proxy.v1 + "/nothing-here?limit=3", headers=AUTH, timeout=5)
+    assert response.status_code == 404
+    assert response.headers["X-Repro-Cache"] == "BYPASS"
+    recorded = sim.requests()[-1]
+    assert (recorded["method"], recorded["path"], recorded["query"]) == (
+        "GET",
+        "/v1/nothing-here",
+        "limit=3",
+    )
+
+
+def test_hop_by_hop_headers_are_not_forwarded(proxy: Proxy, sim: Sim) -> None:
+    post(
+        proxy,
+        BODY,
+        Connection="keep-alive, X-Secret-Hop",
+        **{"X-Secret-Hop": "1", "Keep-Alive": "5"},
+    )
+    headers = {k.lower(): v for k, v in sim.llm_requests()[0]["headers"].items()}
+    assert "x-secret-hop" not in headers
+    assert "keep-alive" not in headers
+    assert headers["host"] == f"127.0.0.1:{sim.port}"
+
+
+def test_get_on_a_cacheable_path_passes_through(proxy: Proxy, sim: Sim) -> None:
+    response = httpx.get(proxy.v1 + "/chat/completions", headers=AUTH, timeout=5)
+    assert response.headers["X-Repro-Cache"] == "BYPASS"
+    assert sim.requests()[-1]["method"] == "GET"
