@@ -19,6 +19,7 @@ from proxy.fingerprints import FingerprintTracker
 from proxy.metrics import Metrics
 from proxy.store import open_store
 from proxy.store.base import Store, StoreError
+from proxy.store.guard import GuardedStore
 from proxy.upstream import Upstream, client_session
 
 log = logging.getLogger("proxy.app")
@@ -55,7 +56,9 @@ def _services(
     clock: Callable[[], float],
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def context(app: web.Application) -> AsyncIterator[None]:
-        store = injected or await open_store(settings.store)
+        store = GuardedStore(
+            injected or await open_store(settings.store), timeout=settings.store_timeout
+        )
         metrics = Metrics(registry)
         session = client_session(settings.connect_timeout, settings.upstream_timeout)
         app[SERVICES] = Services(

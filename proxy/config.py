@@ -108,6 +108,9 @@ OPTIONS = (
     Option(
         "max_entry", "32MiB", _positive_size, "largest answer stored; larger ones pass uncached"
     ),
+    Option(
+        "store_timeout", "0.5", _seconds, "deadline of one store call; then the proxy fails open"
+    ),
     Option("connect_timeout", "10", _seconds, "seconds to connect to the upstream"),
     Option("upstream_timeout", "600", _seconds, "seconds to wait for the upstream (per chunk)"),
     Option(
@@ -138,6 +141,7 @@ class Settings:
     secret: str | None = field(default=None, repr=False)
     max_body: int = 16 * 1024 * 1024
     max_entry: int = 32 * 1024 * 1024
+    store_timeout: float = 0.5
     connect_timeout: float = 10.0
     upstream_timeout: float = 600.0
     stream_disconnect: StreamDisconnect = StreamDisconnect.FINISH

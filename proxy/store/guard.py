@@ -1,0 +1,126 @@
+"""A circuit breaker in front of the store, so that a cache never makes a request fail or hang.
+
+Every call gets a deadline. A call that times out opens the circuit at once (a frozen store
+would otherwise cost every request the full timeout); `threshold` fast failures in a row open it
+too. While open, calls fail immediately, and after `cooldown` seconds one probe call is let
+through: success closes the circuit, failure keeps it open for another cooldown. State changes
+are logged once each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+from proxy.store.base import ModelFingerprints, Observation, Store, StoreError
+
+log = logging.getLogger("proxy.store")
+
+T = TypeVar("T")
+
+
+class CircuitOpen(StoreError):
+    """The store is not being asked right now, because it failed recently."""
+
+
+class GuardedStore:
+    def __init__(
+        self,
+        inner: Store,
+        *,
+        timeout: float,
+        threshold: int = 3,
+        cooldown: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.inner = inner
+        self._timeout = timeout
+        self._threshold = threshold
+        self._cooldown = cooldown
+        self._clock = clock
+        self._failures = 0
+        self._open_until: float | None = None
+        self._probing = False
+        self.last_error = ""
+
+    @property
+    def is_open(self) -> bool:
+        return self._open_until is not None
+
+    async def _call(self, op: str, run: Callable[[], Awaitable[T]]) -> T:
+        probe = self._admit(op)
+        try:
+            async with asyncio.timeout(self._timeout):
+                result = await run()
+        except TimeoutError:
+            self._fail(f"{op} timed out after {self._timeout:g}s", at_once=True)
+            raise StoreError(self.last_error) from None
+        except StoreError as exc:
+            self._fail(str(exc), at_once=probe)
+            raise
+        finally:
+            if probe:
+                self._probing = False
+        self._succeed()
+        return result
+
+    def _admit(self, op: str) -> bool:
+        """Let the call through, as a probe when the cooldown is over; else fail fast."""
+        if self._open_until is None:
+            return False
+        if self._clock() >= self._open_until and not self._probing:
+            self._probing = True
+            return True
+        raise CircuitOpen(f"store skipped for {op}: circuit open after: {self.last_error}")
+
+    def _fail(self, error: str, *, at_once: bool) -> None:
+        self.last_error = error
+        self._failures += 1
+        if at_once or self._failures >= self._threshold:
+            if self._open_until is None:
+                log.error("store circuit opened", extra={"error": error})
+            self._open_until = self._clock() + self._cooldown
+
+    def _succeed(self) -> None:
+        self._failures = 0
+        if self._open_until is not None:
+            log.warning("store circuit closed: the store answers again")
+            self._open_until = None
+
+    async def get(self, key: str, fingerprints: Sequence[str] | None) -> dict[str, bytes]:
+        return await self._call("get", lambda: self.inner.get(key, fingerprints))
+
+    async def put(self, key: str, fingerprint: str, value: bytes, ttl: int) -> None:
+        await self._call("put", lambda: self.inner.put(key, fingerprint, value, ttl))
+
+    async def delete(self, key: str) -> None:
+        await self._call("delete", lambda: self.inner.delete(key))
+
+    async def observe_fingerprint(self, model: str, fingerprint: str, now: float) -> Observation:
+        return await self._call(
+            "fingerprint", lambda: self.inner.observe_fingerprint(model, fingerprint, now)
+        )
+
+    async def fingerprints(self, model: str) -> ModelFingerprints | None:
+        return await self._call("fingerprint", lambda: self.inner.fingerprints(model))
+
+    async def all_fingerprints(self) -> dict[str, ModelFingerprints]:
+        return await self._call("fingerprint", self.inner.all_fingerprints)
+
+    async def secret(self, candidate: bytes) -> bytes:
+        return await self._call("secret", lambda: self.inner.secret(candidate))
+
+    async def ping(self) -> None:
+        """Readiness asks the store itself, open circuit or not; an answer closes the circuit."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self.inner.ping()
+        except TimeoutError:
+            raise StoreError(f"store did not answer a ping within {self._timeout:g}s") from None
+        self._succeed()
+
+    async def close(self) -> None:
+        await self.inner.close()
