@@ -62,9 +62,7 @@ def prepare(
     return Call(
         route=route,
         model=model if isinstance(model, str) else "",
-        key=canonical.request_key(
-            route + (f"?{query}" if query else ""), scope, namespace, seeded.body
-        ),
+        key=canonical.request_key(route, scope, namespace, seeded.body, query),
         body=raw if settings.enforce is policy.Enforce.OFF else canonical.dumps(seeded.body),
         seed=seeded.seed,
         seed_source=seeded.source,

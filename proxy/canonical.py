@@ -118,11 +118,14 @@ def _same(value: Any, default: Any) -> bool:
     return bool(value == default)
 
 
-def request_key(route: str, scope: str, namespace: str, body: dict[str, Any]) -> str:
+def request_key(
+    route: str, scope: str, namespace: str, body: dict[str, Any], query: str = ""
+) -> str:
     """The cache key: a hex SHA-256 of everything that can change the answer."""
     material = {
         "v": KEY_VERSION,
         "route": route,
+        "query": query,
         "scope": scope,
         "namespace": namespace,
         "body": key_view(route, body),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -59,6 +60,13 @@ def _positive_size(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    value = int(text)
+    if not -(2**63) <= value < 2**63:
+        raise ValueError("expected an integer between -2^63 and 2^63-1")
+    return value
+
+
 def _upstream(text: str) -> str:
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -95,7 +103,7 @@ OPTIONS = (
     Option("port", "8080", _port, "listen port"),
     Option("upstream", "https://api.openai.com/v1", _upstream, "upstream base URL, with its /v1"),
     Option("store", "memory://", _store_url, "memory://[?max_bytes=256MiB], redis://…, rediss://…"),
-    Option("default_seed", "12345", int, "seed injected into requests that carry none"),
+    Option("default_seed", "12345", _seed, "seed injected into requests that carry none"),
     Option("enforce", "seed", _choice(*Enforce), "off | seed | strict"),
     Option("cache_mode", "readwrite", _choice(*CacheMode), "readwrite | replay | record | off"),
     Option("fingerprint_policy", "follow", _choice(*FingerprintPolicy), "follow | pin"),
@@ -159,11 +167,18 @@ class Settings:
         return f"Settings({', '.join(shown)})"
 
 
+_QUERY_PASSWORD = re.compile(r"(?i)(password=)[^&]*")
+
+
 def _mask_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return url.replace(f":{parts.password}@", ":***@", 1)
+    """The URL with any password, in its userinfo or its query, replaced by ***."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    if password:
+        url = url.replace(f":{password}@", ":***@", 1)
+    return _QUERY_PASSWORD.sub(r"\1***", url)
 
 
 _ENUMS: dict[str, Callable[[str], Any]] = {
@@ -198,7 +213,7 @@ def load(flags: Mapping[str, str | None], environ: Mapping[str, str] = os.enviro
         try:
             value = option.parse(text)
         except ValueError as exc:
-            shown = "***" if option.name in _SECRETS else text
+            shown = "***" if option.name in _SECRETS else _mask_password(text)
             raise SettingError(
                 f"{option.flag} / {option.env}: invalid value {shown!r}: {exc}"
             ) from None

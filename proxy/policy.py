@@ -73,9 +73,12 @@ def enforce(body: dict[str, Any], route: str, mode: Enforce, default_seed: int) 
     """Apply the seed policy; `strict` also pins temperature and top_p."""
     if route not in SEEDED_ROUTES:
         return Seeded(body, None, None)
-    seed = _client_seed(body)
     if mode is Enforce.OFF:
-        return Seeded(body, seed, "client" if seed is not None else None)
+        seed = body.get("seed")
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            return Seeded(body, seed, "client")
+        return Seeded(body, None, None)
+    seed = _client_seed(body)
     out = dict(body)
     if seed is None:
         out["seed"] = seed = default_seed
@@ -127,7 +130,7 @@ def parse_cache_control(values: Iterable[str]) -> Directives:
                 found[name.replace("-", "_")] = True
             elif name == "max-age":
                 arg = arg.strip().strip('"')
-                if arg.isdigit():
+                if arg.isascii() and arg.isdigit():
                     found["max_age"] = int(arg)
     return Directives(**found)
 
@@ -176,8 +179,8 @@ def acceptable_fingerprints(
 
 
 def is_fresh(stored_at: float, now: float, ttl: int, max_age: int | None) -> bool:
-    """An entry is served only within its TTL and the client's max-age."""
+    """An entry is served only within its TTL and younger than the client's max-age."""
     age = now - stored_at
     if ttl and age >= ttl:
         return False
-    return max_age is None or age <= max_age
+    return max_age is None or age < max_age

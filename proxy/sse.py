@@ -3,6 +3,10 @@
 The recorder keeps the exact bytes for replay and reads just enough of each frame to know the
 fingerprint, the usage and whether the stream ended cleanly: a finish_reason, then `[DONE]`, no
 error event, and nothing over the size cap. Only such a stream is ever stored.
+
+A stream over the cap drops its bytes but is still read, so its fingerprint reaches the response
+headers and the fingerprint tracking like any other answer's; only a single frame larger than
+`_FRAME_LIMIT` (or the cap, if larger) stops the reading, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ import orjson
 from proxy.entry import fingerprint_of, usage_of
 
 _DONE = b"[DONE]"
+_FRAME_LIMIT = 1024 * 1024
 
 
 class StreamRecorder:
     def __init__(self, max_bytes: int) -> None:
         self._max_bytes = max_bytes
+        self._max_pending = max(max_bytes, _FRAME_LIMIT)
         self._chunks: list[bytes] = []
         self._size = 0
         self._pending = b""
@@ -30,19 +36,22 @@ class StreamRecorder:
         self.done = False
         self.failed = False
         self.oversize = False
+        self.reading = True
 
     def feed(self, data: bytes) -> None:
         """Take the next bytes as they came from the upstream."""
-        if self.oversize:
-            return
         self._size += len(data)
         if self._size > self._max_bytes:
             self.oversize = True
             self._chunks.clear()
+        else:
+            self._chunks.append(data)
+        if not self.reading:
             return
-        self._chunks.append(data)
         frames = (self._pending + data).replace(b"\r\n", b"\n").split(b"\n\n")
         self._pending = frames.pop()
+        if len(self._pending) > self._max_pending:
+            self.reading, self._pending = False, b""
         for frame in frames:
             self._read_frame(frame)
 

@@ -1,16 +1,20 @@
 """Forwarding a streamed answer: chunks go to the client as they come, recorded on the side.
 
-The response headers wait for the upstream's first bytes, which carry the fingerprint; that
-costs the client nothing, since its first token is in those bytes. The recording is stored only
-after a clean end. When the client leaves mid-stream, `--stream-disconnect finish` reads the
-upstream on and stores it (so the retry is a HIT, as nginx does when it caches); `cancel` closes
-the upstream connection at once.
+The response headers wait for the upstream's first frame, which carries the fingerprint; that
+costs the client nothing, since its first token is in that frame. A stream that breaks before its
+first frame is answered 502, like an upstream that could not be reached.
+
+The recording is stored only after a clean end, and then before the bytes that end it (`[DONE]`)
+are passed on: a client that has seen the end of a stream finds it stored when it asks again,
+even on another connection or another replica sharing the store. When the client leaves
+mid-stream, `--stream-disconnect finish` reads the upstream on and stores it (so the retry is a
+HIT, as nginx does when it caches); `cancel` closes the upstream connection at once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import aiohttp
 from aiohttp import web
@@ -25,6 +29,7 @@ from proxy.caching import (
 )
 from proxy.context import Services
 from proxy.entry import Entry
+from proxy.errors import UpstreamUnreachable
 from proxy.policy import StreamDisconnect
 from proxy.sse import StreamRecorder
 from proxy.upstream import read_body, response_headers
@@ -67,24 +72,37 @@ class _Relay:
         self.recorder = StreamRecorder(services.settings.max_entry)
         self.client_gone = False
         self.cut = False
+        self.committed = False
         self.keep_reading = call.plan.store and (
             services.settings.stream_disconnect is StreamDisconnect.FINISH
         )
 
     async def run(self) -> web.StreamResponse:
         chunks = self._chunks()
-        head = [chunk async for chunk in _until_first_frame(chunks, self.recorder)]
-        response = web.StreamResponse(headers=self._headers())
-        await response.prepare(self.request)
-        for chunk in head:
-            await self._send(response, chunk)
-        async for chunk in chunks:
-            await self._send(response, chunk)
-            if self.client_gone and not self.keep_reading:
-                self.upstream.close()
-                break
+        try:
+            head = [chunk async for chunk in _until_first_frame(chunks, self.recorder)]
+            if self.cut and not self.recorder.frames:
+                raise UpstreamUnreachable("The upstream broke its stream before the first event.")
+            response = web.StreamResponse(headers=self._headers())
+            await response.prepare(self.request)
+            await self._pass(response, b"".join(head))
+            async for chunk in chunks:
+                await self._pass(response, chunk)
+                if self.client_gone and not self.keep_reading:
+                    self.upstream.close()
+                    break
+        finally:
+            await chunks.aclose()
         await self._end(response)
         return response
+
+    async def _pass(self, response: web.StreamResponse, chunk: bytes) -> None:
+        """Store a recording that just became complete before its last bytes reach the client."""
+        if self.recorder.complete and not self.committed:
+            self.committed = True
+            await self._commit()
+        if chunk:
+            await self._send(response, chunk)
 
     def _headers(self) -> dict[str, str]:
         headers = dict(response_headers(self.upstream.headers, decoded=True))
@@ -94,7 +112,7 @@ class _Relay:
     def _fingerprint(self) -> str:
         return self.recorder.fingerprint or "none"
 
-    async def _chunks(self) -> AsyncIterator[bytes]:
+    async def _chunks(self) -> AsyncGenerator[bytes, None]:
         try:
             async for chunk in self.upstream.content.iter_any():
                 self.recorder.feed(chunk)
@@ -127,13 +145,15 @@ class _Relay:
             self.client_gone = True
 
     async def finish(self) -> None:
-        """Learn the fingerprint; store the recording if the stream ended cleanly."""
+        """Learn the fingerprint of a stream that did not end cleanly (a clean one taught it)."""
+        if not self.committed and self.recorder.fingerprint is not None:
+            await observe_fingerprint(self.services, self.call.model, self.recorder.fingerprint)
+
+    async def _commit(self) -> None:
+        """Learn the fingerprint, then store: under `follow` the entry is servable at once."""
         recorder, call = self.recorder, self.call
-        if recorder.fingerprint is not None:
-            await observe_fingerprint(self.services, call.model, recorder.fingerprint)
-        if not (call.plan.store and recorder.complete and not self.cut):
-            return
-        if self.client_gone and not self.keep_reading:
+        await observe_fingerprint(self.services, call.model, self._fingerprint())
+        if not call.plan.store:
             return
         entry = Entry(
             body=recorder.body(),
@@ -156,5 +176,5 @@ async def _until_first_frame(
     """The chunks up to the first complete frame, which names the fingerprint."""
     async for chunk in chunks:
         yield chunk
-        if recorder.frames or recorder.oversize:
+        if recorder.frames or not recorder.reading:
             return

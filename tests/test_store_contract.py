@@ -147,6 +147,27 @@ class StoreContract:
     async def test_ping(self, store: Store) -> None:
         await store.ping()
 
+    async def test_lock_is_exclusive_and_released_only_by_its_holder(self, store: Store) -> None:
+        assert not await store.locked("k")
+        assert await store.lock("k", "leader", 30)
+        assert await store.locked("k")
+        assert not await store.lock("k", "other", 30)
+        await store.unlock("k", "other")
+        assert await store.locked("k")
+        await store.unlock("k", "leader")
+        assert not await store.locked("k")
+        assert await store.lock("k", "other", 30)
+
+    async def test_lock_expires(self, store: Store, elapse: Elapse) -> None:
+        assert await store.lock("k", "leader", 1)
+        await elapse(1)
+        assert not await store.locked("k")
+        assert await store.lock("k", "next", 1)
+
+    async def test_concurrent_lock_attempts_have_one_winner(self, store: Store) -> None:
+        taken = await asyncio.gather(*(store.lock("k", f"t{i}", 30) for i in range(20)))
+        assert sum(taken) == 1
+
 
 class TestMemoryStore(StoreContract):
     @pytest.fixture
@@ -395,3 +416,16 @@ def test_parse_size(text: str, size: int) -> None:
 def test_parse_size_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="invalid size"):
         parse_size(text)
+
+
+async def test_a_burst_on_a_new_cluster_store_does_not_fail(redis_cluster_url: str) -> None:
+    """redis-py clients race on their first concurrent commands unless initialized first."""
+    store = await open_store(redis_cluster_url)
+    try:
+        results = await asyncio.gather(
+            *(store.lock(f"k{index}", "t", 30) for index in range(300)), return_exceptions=True
+        )
+        assert results == [True] * 300
+        assert all(await asyncio.gather(*(store.locked(f"k{i}") for i in range(300))))
+    finally:
+        await store.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
@@ -65,13 +66,22 @@ async def _open_redis(parts: SplitResult) -> Redis | RedisCluster:
     url = urlunsplit(parts._replace(query=rest))
     try:
         if cluster:
-            return RedisCluster.from_url(url, **_client_options())
+            return await _cluster(url)
         client = Redis.from_url(url, **_client_options())
         if cluster is None and await _is_cluster(client):
             await client.aclose()
-            return RedisCluster.from_url(url, **_client_options())
+            return await _cluster(url)
     except RedisClusterException as exc:
         raise ValueError(f"--store: {exc}") from None
+    return client
+
+
+async def _cluster(url: str) -> RedisCluster:
+    """Learn the topology before the first burst of requests: concurrent first commands on an
+    uninitialized redis-py cluster client race each other and fail."""
+    client = RedisCluster.from_url(url, **_client_options())
+    with contextlib.suppress(RedisError, RedisClusterException, OSError):
+        await client.initialize()
     return client
 
 

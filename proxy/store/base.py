@@ -76,6 +76,15 @@ class Store(Protocol):
     async def secret(self, candidate: bytes) -> bytes:
         """The shared HMAC secret: the stored one, else `candidate`, stored now."""
 
+    async def lock(self, key: str, token: str, ttl: float) -> bool:
+        """Take the fill lock of `key` for `ttl` seconds unless someone holds it; True if taken."""
+
+    async def unlock(self, key: str, token: str) -> None:
+        """Release the fill lock of `key` if `token` still holds it."""
+
+    async def locked(self, key: str) -> bool:
+        """Whether anyone holds the fill lock of `key`."""
+
     async def ping(self) -> None:
         """Raise StoreError unless the backend answers."""
 

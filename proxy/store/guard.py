@@ -61,6 +61,9 @@ class GuardedStore:
         except StoreError as exc:
             self._fail(str(exc), at_once=probe)
             raise
+        except Exception as exc:  # a client library's own bug must not fail the request either
+            self._fail(f"{op} failed: {type(exc).__name__}", at_once=probe)
+            raise StoreError(self.last_error) from exc
         finally:
             if probe:
                 self._probing = False
@@ -113,6 +116,15 @@ class GuardedStore:
     async def secret(self, candidate: bytes) -> bytes:
         return await self._call("secret", lambda: self.inner.secret(candidate))
 
+    async def lock(self, key: str, token: str, ttl: float) -> bool:
+        return await self._call("lock", lambda: self.inner.lock(key, token, ttl))
+
+    async def unlock(self, key: str, token: str) -> None:
+        await self._call("lock", lambda: self.inner.unlock(key, token))
+
+    async def locked(self, key: str) -> bool:
+        return await self._call("lock", lambda: self.inner.locked(key))
+
     async def ping(self) -> None:
         """Readiness asks the store itself, open circuit or not; an answer closes the circuit."""
         try:
@@ -120,6 +132,10 @@ class GuardedStore:
                 await self.inner.ping()
         except TimeoutError:
             raise StoreError(f"store did not answer a ping within {self._timeout:g}s") from None
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"ping failed: {type(exc).__name__}") from exc
         self._succeed()
 
     async def close(self) -> None:

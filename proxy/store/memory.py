@@ -52,6 +52,7 @@ class MemoryStore:
         self._size = 0
         self._models: dict[str, _Model] = {}
         self._secret: bytes | None = None
+        self._locks: dict[str, tuple[str, float]] = {}
 
     async def get(self, key: str, fingerprints: Sequence[str] | None) -> dict[str, bytes]:
         self._drop_expired()
@@ -105,6 +106,23 @@ class MemoryStore:
         if self._secret is None:
             self._secret = candidate
         return self._secret
+
+    async def lock(self, key: str, token: str, ttl: float) -> bool:
+        if await self.locked(key):
+            return False
+        self._locks[key] = (token, self._clock() + ttl)
+        return True
+
+    async def unlock(self, key: str, token: str) -> None:
+        if self._locks.get(key, ("", 0.0))[0] == token:
+            del self._locks[key]
+
+    async def locked(self, key: str) -> bool:
+        held = self._locks.get(key)
+        if held is not None and held[1] <= self._clock():
+            del self._locks[key]
+            held = None
+        return held is not None
 
     async def ping(self) -> None:
         """Always answers: the store is this process."""

@@ -7,6 +7,7 @@ Key layout (every operation touches one key, hash-tagged, so it is Redis Cluster
                                      fp:<fingerprint> -> JSON record   one model's fingerprints
     {prefix}models             set   model names                       index for the admin route
     {prefix}secret             string                                  the shared HMAC secret
+    {prefix}l:{<key>}          string  token, with an expiry           one cache key's fill lock
 
 The model name is hashed inside the braces because it may itself contain braces, which would
 cut the hash tag short. Fingerprint fields carry the `fp:` prefix so that no fingerprint can
@@ -18,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -55,6 +56,13 @@ return {previous, 1}
 """
 
 
+# KEYS[1] = a fill lock; ARGV[1] = the holder's token. Deletes only the caller's own lock.
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 @contextmanager
 def _mapped(operation: str) -> Iterator[None]:
     """The one boundary where redis-py's errors become StoreError; values never reach the text."""
@@ -70,9 +78,12 @@ class RedisStore:
     def __init__(
         self, client: aioredis.Redis | aioredis.RedisCluster, prefix: str = "repro:"
     ) -> None:
-        self._client = client
+        # redis-py's annotations mix its sync and async return types; this class maps its
+        # errors at one boundary and checks what it reads, so the client is used untyped.
+        self._client: Any = cast(Any, client)
         self._prefix = prefix
-        self._observe = client.register_script(_OBSERVE)
+        self._observe = self._client.register_script(_OBSERVE)
+        self._unlock = self._client.register_script(_UNLOCK)
 
     async def get(self, key: str, fingerprints: Sequence[str] | None) -> dict[str, bytes]:
         if fingerprints is not None and not fingerprints:
@@ -137,6 +148,21 @@ class RedisStore:
                 _, stored = await pipe.execute()
         return _bytes(stored)
 
+    async def lock(self, key: str, token: str, ttl: float) -> bool:
+        with _mapped("lock"):
+            taken = await self._client.set(
+                self._lock(key), token, nx=True, px=max(1, int(ttl * 1000))
+            )
+        return bool(taken)
+
+    async def unlock(self, key: str, token: str) -> None:
+        with _mapped("unlock"):
+            await self._unlock(keys=[self._lock(key)], args=[token])
+
+    async def locked(self, key: str) -> bool:
+        with _mapped("locked"):
+            return bool(await self._client.exists(self._lock(key)))
+
     async def ping(self) -> None:
         with _mapped("ping"):
             await self._client.ping()
@@ -147,6 +173,9 @@ class RedisStore:
 
     def _entry(self, key: str) -> str:
         return f"{self._prefix}e:{{{key}}}"
+
+    def _lock(self, key: str) -> str:
+        return f"{self._prefix}l:{{{key}}}"
 
     def _model(self, model: str) -> str:
         digest = hashlib.sha1(model.encode(), usedforsecurity=False).hexdigest()
