@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from proxy import handlers
 from proxy.canonical import CACHEABLE_ROUTES
+from proxy.coalesce import Coalescer
 from proxy.config import Settings
 from proxy.context import SERVICES, Services
 from proxy.errors import ProxyError
@@ -69,6 +70,7 @@ def _services(
             fingerprints=FingerprintTracker(
                 store, metrics, settings.fingerprint_policy, settings.fingerprint_grace, clock
             ),
+            coalescer=Coalescer(store, settings.lock_timeout),
             secret=await _secret(settings, store),
             clock=clock,
         )

@@ -117,6 +117,12 @@ OPTIONS = (
         "max_entry", "32MiB", _positive_size, "largest answer stored; larger ones pass uncached"
     ),
     Option(
+        "lock_timeout",
+        "30",
+        _seconds,
+        "seconds identical concurrent misses wait for the first one's answer; 0 = no waiting",
+    ),
+    Option(
         "store_timeout", "0.5", _seconds, "deadline of one store call; then the proxy fails open"
     ),
     Option("connect_timeout", "10", _seconds, "seconds to connect to the upstream"),
@@ -149,6 +155,7 @@ class Settings:
     secret: str | None = field(default=None, repr=False)
     max_body: int = 16 * 1024 * 1024
     max_entry: int = 32 * 1024 * 1024
+    lock_timeout: float = 30.0
     store_timeout: float = 0.5
     connect_timeout: float = 10.0
     upstream_timeout: float = 600.0

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from proxy.coalesce import Coalescer
 from proxy.config import Settings
 from proxy.fingerprints import FingerprintTracker
 from proxy.metrics import Metrics
@@ -21,6 +22,7 @@ class Services:
     upstream: Upstream
     metrics: Metrics
     fingerprints: FingerprintTracker
+    coalescer: Coalescer
     secret: bytes
     clock: Callable[[], float]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,14 +28,40 @@ async def cacheable(request: web.Request) -> web.StreamResponse:
 
 
 async def answer(services: Services, request: web.Request, call: Call) -> web.StreamResponse:
-    """Serve a HIT when allowed and found, else go upstream when allowed, else cache_miss."""
+    """A HIT when allowed and found; else the upstream, once for identical concurrent misses."""
     metrics = services.metrics
     if call.seed_source == "default":
         metrics.seed_injected.labels(metrics.model(call.model)).inc()
-    if call.plan.lookup:
+    if not call.plan.lookup:
+        return await go_upstream(services, request, call)
+    entry = await lookup(services, call)
+    if entry is not None:
+        return serve_hit(services, call, entry)
+    if services.coalescer.enabled and call.plan.store and call.plan.upstream:
+        return await fill(services, request, call)
+    return await go_upstream(services, request, call)
+
+
+async def fill(services: Services, request: web.Request, call: Call) -> web.StreamResponse:
+    """Lead the upstream call for this key, or wait for the leader and look again."""
+    lease = await services.coalescer.acquire(call.key)
+    if lease is None:
         entry = await lookup(services, call)
         if entry is not None:
             return serve_hit(services, call, entry)
+        # The leader failed or is late: answer from the upstream, but leave storing to it.
+        return await go_upstream(
+            services, request, replace(call, plan=replace(call.plan, store=False))
+        )
+    try:
+        return await go_upstream(services, request, call)
+    finally:
+        await services.coalescer.release(lease)
+
+
+async def go_upstream(services: Services, request: web.Request, call: Call) -> web.StreamResponse:
+    metrics = services.metrics
+    if call.plan.lookup:
         metrics.misses.labels(metrics.model(call.model)).inc()
     if not call.plan.upstream:
         raise CacheMissError(

@@ -1,0 +1,93 @@
+"""Identical concurrent misses make one upstream call, in one process and across replicas."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import orjson
+
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim
+
+BODY = orjson.dumps(
+    {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "coalesce me"}]}
+)
+HEADERS = {"Authorization": "Bearer sk-alice", "Content-Type": "application/json"}
+
+
+async def burst(
+    proxies: list[Proxy], count: int, body: bytes = BODY
+) -> list[tuple[int, str, bytes]]:
+    connector = aiohttp.TCPConnector(limit=count)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def one(index: int) -> tuple[int, str, bytes]:
+            url = proxies[index % len(proxies)].v1 + "/chat/completions"
+            async with session.post(url, data=body, headers=HEADERS) as response:
+                return response.status, response.headers["X-Repro-Cache"], await response.read()
+
+        return await asyncio.gather(*(one(index) for index in range(count)))
+
+
+def test_500_identical_misses_make_one_upstream_call(proxy: Proxy, sim: Sim) -> None:
+    sim.settings(latency=0.5)
+    results = asyncio.run(burst([proxy], 500))
+    assert {status for status, _, _ in results} == {200}
+    assert len({body for _, _, body in results}) == 1
+    outcomes = [cache for _, cache, _ in results]
+    assert outcomes.count("MISS") == 1
+    assert outcomes.count("HIT") == 499
+    assert len(sim.llm_requests()) == 1
+    assert proxy.metric("repro_cache_misses_total", model="gpt-4o-mini") == 1
+    assert proxy.metric("repro_cache_hits_total", model="gpt-4o-mini") == 499
+
+
+def test_identical_misses_across_replicas_sharing_redis(
+    start_proxy: ProxyFactory, sim: Sim, redis_url: str
+) -> None:
+    replicas = [start_proxy("--store", redis_url, "--secret", "s") for _ in range(2)]
+    sim.settings(latency=0.5)
+    results = asyncio.run(burst(replicas, 200))
+    assert {status for status, _, _ in results} == {200}
+    assert len({body for _, _, body in results}) == 1
+    assert [cache for _, cache, _ in results].count("MISS") == 1
+    assert len(sim.llm_requests()) == 1
+
+
+def test_followers_go_upstream_when_the_leader_is_late(start_proxy: ProxyFactory, sim: Sim) -> None:
+    proxy = start_proxy("--lock-timeout", "0.3")
+    sim.settings(latency=1.0)
+    results = asyncio.run(burst([proxy], 5))
+    assert {status for status, _, _ in results} == {200}
+    assert len(sim.llm_requests()) == 5
+    hit = asyncio.run(burst([proxy], 1))[0]
+    assert hit[1] == "HIT"
+    leader = [body for _, cache, body in results if cache == "MISS"]
+    assert hit[2] in leader
+
+
+def test_a_failed_leader_lets_followers_call_the_upstream(proxy: Proxy, sim: Sim) -> None:
+    sim.settings(latency=0.3)
+    sim.fault(kind="status", status=503, count=1)
+    results = asyncio.run(burst([proxy], 4))
+    assert sorted(status for status, _, _ in results) == [200, 200, 200, 503]
+    assert len(sim.llm_requests()) == 4
+
+
+def test_uncacheable_requests_never_wait(proxy: Proxy, sim: Sim) -> None:
+    sim.settings(latency=0.3)
+    headers = {**HEADERS, "Cache-Control": "no-store"}
+
+    async def run() -> list[str]:
+        async with aiohttp.ClientSession() as session:
+
+            async def one() -> str:
+                url = proxy.v1 + "/chat/completions"
+                async with session.post(url, data=BODY, headers=headers) as response:
+                    return response.headers["X-Repro-Cache"]
+
+            return await asyncio.gather(*(one() for _ in range(5)))
+
+    assert asyncio.run(run()) == ["BYPASS"] * 5
+    assert len(sim.llm_requests()) == 5
