@@ -54,6 +54,8 @@ def prepare(
 ) -> Call:
     settings = services.settings
     body = canonical.parse_body(raw)
+    if settings.enforce is policy.Enforce.OFF:
+        canonical.reject_duplicate_keys(raw)
     seeded = policy.enforce(body, route, settings.enforce, settings.default_seed)
     scope = policy.cache_scope(api_key(headers), settings.cache_scope, services.secret)
     namespace = headers.get("X-Repro-Namespace", "")

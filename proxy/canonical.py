@@ -9,6 +9,7 @@ only respelled, because some models reject parameters they were not sent.
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 import orjson
@@ -60,6 +61,25 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     if _depth(value) > MAX_DEPTH:
         raise InvalidJSON(f"The request body nests deeper than {MAX_DEPTH} levels.")
     return value
+
+
+def reject_duplicate_keys(raw: bytes) -> None:
+    """Refuse a body naming one key twice.
+
+    Parsers disagree on which copy wins, so a body forwarded as is (`--enforce off`) could mean
+    one thing to the cache key and another to the upstream. Respelled bodies need no such check:
+    the upstream then reads our own serialization. Call after `parse_body`, which bounds depth.
+    """
+    json.loads(raw, object_pairs_hook=_unique_object)
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in obj:
+            raise InvalidJSON(f"The request body names the key {name!r} more than once.")
+        obj[name] = value
+    return obj
 
 
 def _depth(value: Any) -> int:

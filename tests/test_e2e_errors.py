@@ -191,3 +191,19 @@ def test_get_on_a_cacheable_path_passes_through(proxy: Proxy, sim: Sim) -> None:
     response = httpx.get(proxy.v1 + "/chat/completions", headers=AUTH, timeout=5)
     assert response.headers["X-Repro-Cache"] == "BYPASS"
     assert sim.requests()[-1]["method"] == "GET"
+
+
+def test_duplicate_keys_are_refused_when_the_body_is_forwarded_as_is(
+    start_proxy: ProxyFactory, sim: Sim
+) -> None:
+    proxy = start_proxy("--enforce", "off")
+    body = b'{"model": "m", "messages": [], "temperature": 0, "temperature": 2}'
+    error = assert_error(post(proxy, body), 400, "invalid_json")
+    assert "temperature" in str(error["message"])
+    assert sim.llm_requests() == []
+
+
+def test_duplicate_keys_reach_the_upstream_only_once_when_respelled(proxy: Proxy, sim: Sim) -> None:
+    body = b'{"model": "m", "messages": [], "temperature": 0, "temperature": 0.5}'
+    assert post(proxy, body).status_code == 200
+    assert sim.llm_requests()[0]["body"].count("temperature") == 1
