@@ -37,6 +37,7 @@ class Call:
     seed_source: str | None
     plan: Plan
     max_age: int | None
+    stale_if_error: int  # seconds; 0 = never serve stale
     stream: bool
 
 
@@ -70,6 +71,7 @@ def prepare(
         seed_source=seeded.source,
         plan=policy.plan(settings.cache_mode, directives),
         max_age=directives.max_age,
+        stale_if_error=policy.stale_window(settings.stale_if_error, directives.stale_if_error),
         stream=body.get("stream") is True,
     )
 
@@ -117,13 +119,36 @@ def choose(services: Services, call: Call, accepted: Any, blobs: dict[str, bytes
     return min(entries, key=lambda e: rank.get(e.fingerprint, len(rank)))
 
 
-def serve_hit(services: Services, call: Call, entry: Entry) -> web.Response:
+async def stale_entry(services: Services, call: Call) -> Entry | None:
+    """The newest stored answer of any fingerprint within the stale-if-error window."""
+    if call.stale_if_error <= 0:
+        return None
+    try:
+        blobs = await services.store.get(call.key, None)
+    except StoreError as exc:
+        store_failed(services, "get", exc)
+        return None
+    now = services.clock()
+    entries = []
+    for blob in blobs.values():
+        try:
+            entries.append(Entry.unpack(blob))
+        except CorruptEntry:
+            continue
+    usable = [e for e in entries if now - e.stored_at <= call.stale_if_error]
+    return max(usable, key=lambda e: e.stored_at, default=None)
+
+
+def serve_hit(
+    services: Services, call: Call, entry: Entry, outcome: Outcome = Outcome.HIT
+) -> web.Response:
     metrics = services.metrics
     model = metrics.model(call.model)
-    metrics.hits.labels(model).inc()
+    if outcome is Outcome.HIT:
+        metrics.hits.labels(model).inc()
     metrics.tokens_saved.labels(model, "prompt").inc(entry.prompt_tokens)
     metrics.tokens_saved.labels(model, "completion").inc(entry.completion_tokens)
-    headers = repro_headers(call, Outcome.HIT, entry.fingerprint)
+    headers = repro_headers(call, outcome, entry.fingerprint)
     headers["Age"] = str(max(0, int(services.clock() - entry.stored_at)))
     headers["Content-Type"] = entry.content_type
     return web.Response(body=entry.body, headers=headers)

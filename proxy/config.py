@@ -110,6 +110,13 @@ OPTIONS = (
     Option("fingerprint_grace", "0", _seconds, "seconds an older fingerprint stays current"),
     Option("cache_scope", "key", _choice(*CacheScope), "key | shared"),
     Option("ttl", "0", _non_negative_int, "seconds an entry lives; 0 = no expiry"),
+    Option(
+        "stale_if_error",
+        "0",
+        _non_negative_int,
+        "seconds of age within which a stored answer of any fingerprint stands in for a "
+        "failed upstream (RFC 5861); 0 = off",
+    ),
     Option("admin_token", None, str, "bearer token for /admin/*; unset = 404"),
     Option("secret", None, str, "secret of the API-key HMAC"),
     Option("max_body", "16MiB", _positive_size, "largest request body accepted"),
@@ -151,6 +158,7 @@ class Settings:
     fingerprint_grace: float = 0.0
     cache_scope: CacheScope = CacheScope.KEY
     ttl: int = 0
+    stale_if_error: int = 0
     admin_token: str | None = field(default=None, repr=False)
     secret: str | None = field(default=None, repr=False)
     max_body: int = 16 * 1024 * 1024

@@ -12,9 +12,10 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proxy.caching import Call, forward, lookup, prepare, repro_headers, serve_hit
+from proxy.caching import Call, forward, lookup, prepare, repro_headers, serve_hit, stale_entry
 from proxy.context import SERVICES, Services
-from proxy.errors import CacheMissError, RequestTooLarge, Unauthorized
+from proxy.errors import CacheMissError, RequestTooLarge, Unauthorized, UpstreamError
+from proxy.policy import STALE_STATUSES, Outcome
 from proxy.store.base import ModelFingerprints, StoreError
 from proxy.streaming import forward_stream
 from proxy.upstream import request_headers, response_headers
@@ -60,18 +61,34 @@ async def fill(services: Services, request: web.Request, call: Call) -> web.Stre
 
 
 async def go_upstream(services: Services, request: web.Request, call: Call) -> web.StreamResponse:
-    metrics = services.metrics
-    if call.plan.lookup:
-        metrics.misses.labels(metrics.model(call.model)).inc()
+    """Ask the upstream; when it fails, a stored answer within stale-if-error stands in."""
     if not call.plan.upstream:
+        count_miss(services, call)
         raise CacheMissError(
             f"No stored answer for key {call.key}, and this request may not reach the upstream "
             f"(cache mode {services.settings.cache_mode.value} or only-if-cached).",
             headers=repro_headers(call, call.plan.outcome, None),
         )
-    if call.stream:
-        return await forward_stream(services, request, call)
-    return await forward(services, request, call)
+    send = forward_stream if call.stream else forward
+    try:
+        response = await send(services, request, call)
+    except UpstreamError:
+        stale = await stale_entry(services, call)
+        if stale is None:
+            count_miss(services, call)
+            raise
+        return serve_hit(services, call, stale, Outcome.STALE)
+    if response.status in STALE_STATUSES and not response.prepared:
+        stale = await stale_entry(services, call)
+        if stale is not None:
+            return serve_hit(services, call, stale, Outcome.STALE)
+    count_miss(services, call)
+    return response
+
+
+def count_miss(services: Services, call: Call) -> None:
+    if call.plan.lookup:
+        services.metrics.misses.labels(services.metrics.model(call.model)).inc()
 
 
 async def read_limited(request: web.Request, limit: int) -> bytes:

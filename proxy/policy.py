@@ -117,6 +117,7 @@ class Directives:
     no_store: bool = False
     only_if_cached: bool = False
     max_age: int | None = None
+    stale_if_error: int | None = None
 
 
 def parse_cache_control(values: Iterable[str]) -> Directives:
@@ -128,10 +129,10 @@ def parse_cache_control(values: Iterable[str]) -> Directives:
             name = name.strip().lower()
             if name in ("no-cache", "no-store", "only-if-cached"):
                 found[name.replace("-", "_")] = True
-            elif name == "max-age":
+            elif name in ("max-age", "stale-if-error"):
                 arg = arg.strip().strip('"')
                 if arg.isascii() and arg.isdigit():
-                    found["max_age"] = int(arg)
+                    found[name.replace("-", "_")] = int(arg)
     return Directives(**found)
 
 
@@ -176,6 +177,15 @@ def acceptable_fingerprints(
         if seen.fingerprint != state.current and grace > 0 and now - seen.last_seen <= grace
     ]
     return [state.current, *recent]
+
+
+STALE_STATUSES = frozenset({500, 502, 503, 504})
+"""The upstream answers that count as errors for stale-if-error (RFC 5861 section 4)."""
+
+
+def stale_window(setting: int, directive: int | None) -> int:
+    """Seconds of age within which a stored answer may stand in for a failed upstream."""
+    return max(setting, directive or 0)
 
 
 def is_fresh(stored_at: float, now: float, ttl: int, max_age: int | None) -> bool:
