@@ -91,8 +91,12 @@ async def lookup(services: Services, call: Call) -> Entry | None:
     """The servable entry for this call, or None; a failing store is a miss."""
     try:
         accepted = await services.fingerprints.acceptable(call.model)
-        if accepted is not None and not accepted:
-            return None
+    except StoreError as exc:
+        store_failed(services, "fingerprint", exc)
+        return None
+    if accepted is not None and not accepted:
+        return None
+    try:
         blobs = await services.store.get(call.key, accepted)
     except StoreError as exc:
         store_failed(services, "get", exc)

@@ -6,6 +6,7 @@
      ├── RequestTooLarge               413  request_too_large
      ├── Unauthorized                  401  unauthorized (admin routes)
      ├── CacheMissError                504  cache_miss
+     ├── StoreUnavailable              503  store_unavailable (admin routes only)
      └── UpstreamError
           ├── UpstreamUnreachable      502  upstream_unreachable
           └── UpstreamTimeout          504  upstream_timeout
@@ -72,6 +73,13 @@ class CacheMissError(ProxyError):
     status = 504
     code = "cache_miss"
     type = "cache_error"
+
+
+class StoreUnavailable(ProxyError):
+    """Only routes that exist to read the store fail with it; the cache itself fails open."""
+
+    status = 503
+    code = "store_unavailable"
 
 
 class UpstreamError(ProxyError):

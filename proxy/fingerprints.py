@@ -36,13 +36,14 @@ class FingerprintTracker:
         if self._policy is FingerprintPolicy.PIN:
             return None
         state = await self._store.fingerprints(model)
+        if state is not None:
+            self._metrics.fingerprint_current(model, state.current)
         return acceptable_fingerprints(self._policy, state, self._grace, self._clock())
 
     async def observe(self, model: str, fingerprint: str) -> None:
         """Record the fingerprint of a fresh upstream answer; count and log a rotation."""
         seen = await self._store.observe_fingerprint(model, fingerprint, self._clock())
-        if seen.previous != fingerprint:
-            self._metrics.fingerprint_current(model, fingerprint, seen.previous)
+        self._metrics.fingerprint_current(model, fingerprint)
         if seen.new and seen.previous is not None:
             self._metrics.fingerprint_changes.labels(self._metrics.model(model)).inc()
             log.warning(

@@ -14,7 +14,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy.caching import Call, forward, lookup, prepare, repro_headers, serve_hit, stale_entry
 from proxy.context import SERVICES, Services
-from proxy.errors import CacheMissError, RequestTooLarge, Unauthorized, UpstreamError
+from proxy.errors import (
+    CacheMissError,
+    RequestTooLarge,
+    StoreUnavailable,
+    Unauthorized,
+    UpstreamError,
+)
 from proxy.policy import STALE_STATUSES, Outcome
 from proxy.store.base import ModelFingerprints, StoreError
 from proxy.streaming import forward_stream
@@ -165,7 +171,10 @@ async def metrics(request: web.Request) -> web.Response:
 async def admin_fingerprints(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     check_admin(request, services)
-    states = await services.store.all_fingerprints()
+    try:
+        states = await services.store.all_fingerprints()
+    except StoreError as exc:
+        raise StoreUnavailable(f"The store did not answer: {exc}") from exc
     return web.json_response(
         {model: fingerprint_report(state) for model, state in sorted(states.items())}, dumps=_dumps
     )
@@ -176,8 +185,10 @@ def check_admin(request: web.Request, services: Services) -> None:
     token = services.settings.admin_token
     if not token:
         raise web.HTTPNotFound()
-    given = request.headers.get("Authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    ):
         raise Unauthorized("This route needs the admin bearer token (--admin-token).")
 
 

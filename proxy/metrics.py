@@ -37,6 +37,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self._models: set[str] = set()
+        self._fingerprints: dict[str, str] = {}
         self.requests = Counter(
             "repro_requests_total",
             "Requests by route and cache outcome",
@@ -106,8 +107,13 @@ class Metrics:
         self._models.add(name)
         return name
 
-    def fingerprint_current(self, model: str, current: str, previous: str | None) -> None:
+    def fingerprint_current(self, model: str, current: str) -> None:
+        """Show `current` as the model's fingerprint in this process (replicas each report)."""
         label = self.model(model)
-        if previous is not None and previous != current:
-            self.fingerprint_info.labels(label, previous).set(0)
+        reported = self._fingerprints.get(label)
+        if reported == current:
+            return
+        if reported is not None:
+            self.fingerprint_info.labels(label, reported).set(0)
         self.fingerprint_info.labels(label, current).set(1)
+        self._fingerprints[label] = current

@@ -1,0 +1,162 @@
+"""End to end: the proxy follows the upstream's system_fingerprint (policy, grace, admin, metrics).
+
+The proxy learns a model's fingerprint only from upstream answers, so a rotation at the upstream
+becomes visible to it through a request that reaches the upstream; until then the stored answers
+of the old fingerprint are still the current ones.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim
+
+MODEL = "gpt-4o-mini"
+PROMPT = "Say something reproducible."
+FP1, FP2 = "fp_sim_0001", "fp_sim_0002"
+ADMIN = "admin-token-for-tests"
+RFC3339_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
+
+
+def chat(proxy: Proxy, prompt: str = PROMPT, **params: Any) -> Any:
+    """One chat completion through the SDK; the raw response, body already read."""
+    with OpenAI(base_url=proxy.v1, api_key="sk-alice", max_retries=0) as sdk:
+        return sdk.chat.completions.with_raw_response.create(
+            model=MODEL, messages=[{"role": "user", "content": prompt}], **params
+        )
+
+
+def outcome(response: Any) -> tuple[str, str]:
+    return response.headers["X-Repro-Cache"], response.headers["X-Repro-Fingerprint"]
+
+
+def rotate(sim: Sim, proxy: Proxy, fingerprint: str, prompt: str) -> None:
+    """Rotate the upstream and let the proxy see it through a request it has never stored."""
+    sim.set_fingerprint(fingerprint)
+    assert outcome(chat(proxy, prompt)) == ("MISS", fingerprint)
+
+
+def admin_get(proxy: Proxy, **headers: str) -> httpx.Response:
+    return httpx.get(proxy.url + "/admin/fingerprints", headers=headers, timeout=5)
+
+
+def parse_time(text: str) -> float:
+    assert RFC3339_UTC.fullmatch(text), text
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC).timestamp()
+
+
+def test_follow_serves_only_the_current_fingerprint(proxy: Proxy, sim: Sim) -> None:
+    """Default policy follow, default grace 0: a rotation makes older entries unservable."""
+    miss = chat(proxy)
+    hit = chat(proxy)
+    assert outcome(miss) == ("MISS", FP1)
+    assert outcome(hit) == ("HIT", FP1)
+    assert hit.http_response.content == miss.http_response.content
+
+    sim.set_fingerprint(FP2)
+    # Nothing told the proxy yet: the stored answer is still of the current fingerprint.
+    assert outcome(chat(proxy)) == ("HIT", FP1)
+    rotate(sim, proxy, FP2, "Another question.")
+    fresh = chat(proxy)
+    assert outcome(fresh) == ("MISS", FP2)
+    assert fresh.http_response.content != miss.http_response.content
+    again = chat(proxy)
+    assert outcome(again) == ("HIT", FP2)
+    assert again.http_response.content == fresh.http_response.content
+
+    # Back to the first fingerprint: it is current again, so its stored entry is servable again.
+    rotate(sim, proxy, FP1, "A third question.")
+    back = chat(proxy)
+    assert outcome(back) == ("HIT", FP1)
+    assert back.http_response.content == miss.http_response.content
+    assert len(sim.llm_requests()) == 4
+    # Only a fingerprint never seen before counts as a change; the return to FP1 does not.
+    assert proxy.metric("repro_fingerprint_changes_total", model=MODEL) == 1
+    assert proxy.metric("repro_fingerprint_info", model=MODEL, fingerprint=FP1) == 1
+    assert proxy.metric("repro_fingerprint_info", model=MODEL, fingerprint=FP2) == 0
+
+
+def test_pin_serves_entries_of_older_fingerprints(start_proxy: ProxyFactory, sim: Sim) -> None:
+    proxy = start_proxy("--fingerprint-policy", "pin")
+    miss = chat(proxy)
+    rotate(sim, proxy, FP2, "Another question.")
+    pinned = chat(proxy)
+    assert outcome(pinned) == ("HIT", FP1)
+    assert pinned.http_response.content == miss.http_response.content
+    # With entries of two fingerprints under one key, pin serves the newest one.
+    refreshed = chat(proxy, extra_headers={"Cache-Control": "no-cache"})
+    assert outcome(refreshed) == ("REFRESH", FP2)
+    newest = chat(proxy)
+    assert outcome(newest) == ("HIT", FP2)
+    assert newest.http_response.content == refreshed.http_response.content
+    assert len(sim.llm_requests()) == 3
+
+
+@pytest.mark.parametrize(
+    ("grace", "served"), [("30", ("HIT", FP1)), ("0", ("MISS", FP2))], ids=["grace-30", "grace-0"]
+)
+def test_grace_keeps_a_recently_answering_fingerprint_current(
+    start_proxy: ProxyFactory, sim: Sim, grace: str, served: tuple[str, str]
+) -> None:
+    proxy = start_proxy("--fingerprint-grace", grace)
+    miss = chat(proxy)
+    rotate(sim, proxy, FP2, "Another question.")
+    response = chat(proxy)
+    assert outcome(response) == served
+    if served[0] == "HIT":
+        assert response.http_response.content == miss.http_response.content
+    assert len(sim.llm_requests()) == 2 + (served[0] == "MISS")
+
+
+def test_null_fingerprint_is_called_none_and_still_cached(proxy: Proxy, sim: Sim) -> None:
+    sim.set_fingerprint(None)
+    miss = chat(proxy)
+    hit = chat(proxy)
+    assert outcome(miss) == ("MISS", "none")
+    assert outcome(hit) == ("HIT", "none")
+    assert hit.http_response.content == miss.http_response.content
+    assert miss.parse().system_fingerprint is None
+    assert len(sim.llm_requests()) == 1
+    assert proxy.metric("repro_fingerprint_info", model=MODEL, fingerprint="none") == 1
+    assert admin_get(proxy).status_code == 404
+    assert admin_get(proxy, Authorization="Bearer anything").status_code == 404
+
+
+def test_admin_fingerprints_and_fingerprint_metrics(start_proxy: ProxyFactory, sim: Sim) -> None:
+    proxy = start_proxy("--admin-token", ADMIN)
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": ADMIN}):
+        refused = admin_get(proxy, **headers)
+        assert refused.status_code == 401
+        assert refused.json()["error"]["code"] == "unauthorized"
+
+    began = int(time.time())
+    chat(proxy)
+    assert proxy.metric("repro_fingerprint_changes_total", model=MODEL) == 0
+    assert proxy.metric("repro_fingerprint_info", model=MODEL, fingerprint=FP1) == 1
+    rotate(sim, proxy, FP2, "Another question.")
+    ended = time.time()
+    assert proxy.metric("repro_fingerprint_changes_total", model=MODEL) == 1
+    assert proxy.metric("repro_fingerprint_info", model=MODEL, fingerprint=FP1) == 0
+    assert proxy.metric("repro_fingerprint_info", model=MODEL, fingerprint=FP2) == 1
+
+    response = admin_get(proxy, Authorization=f"Bearer {ADMIN}")
+    assert response.status_code == 200
+    report = response.json()
+    assert list(report) == [MODEL]
+    state = report[MODEL]
+    assert state["current"] == FP2
+    history = state["history"]
+    assert [item["fingerprint"] for item in history] == [FP1, FP2]
+    first_seen = [parse_time(item["first_seen"]) for item in history]
+    assert began <= first_seen[0] <= first_seen[1] <= ended
+    assert state["first_seen"] == history[1]["first_seen"]
+    assert first_seen[1] <= parse_time(state["last_seen"]) <= ended
+    # The auth scheme is case-insensitive (RFC 9110, 11.1), as it is for the API key.
+    assert admin_get(proxy, Authorization=f"bearer {ADMIN}").status_code == 200
