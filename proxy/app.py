@@ -17,6 +17,7 @@ from proxy.config import Settings
 from proxy.context import SERVICES, Services
 from proxy.errors import ProxyError
 from proxy.fingerprints import FingerprintTracker
+from proxy.keycheck import KeyChecker
 from proxy.metrics import Metrics
 from proxy.store import open_store
 from proxy.store.base import Store, StoreError
@@ -62,15 +63,17 @@ def _services(
         )
         metrics = Metrics(registry)
         session = client_session(settings.connect_timeout, settings.upstream_timeout)
+        upstream = Upstream(session, settings.upstream, settings.upstream_timeout)
         app[SERVICES] = Services(
             settings=settings,
             store=store,
-            upstream=Upstream(session, settings.upstream, settings.upstream_timeout),
+            upstream=upstream,
             metrics=metrics,
             fingerprints=FingerprintTracker(
                 store, metrics, settings.fingerprint_policy, settings.fingerprint_grace, clock
             ),
             coalescer=Coalescer(store, settings.lock_timeout),
+            keys=KeyChecker(upstream, settings.key_check_interval, clock),
             secret=await _secret(settings, store),
             clock=clock,
         )

@@ -30,6 +30,7 @@ class Call:
     """One cacheable request, fully decided before any I/O."""
 
     route: str
+    tenant: str  # the caller's key HMAC (or anonymous), whatever the cache scope
     model: str
     key: str
     body: bytes  # exactly what the upstream receives
@@ -39,6 +40,11 @@ class Call:
     max_age: int | None
     stale_if_error: int  # seconds; 0 = never serve stale
     stream: bool
+
+
+def auth_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
+    """The caller's credentials exactly as sent, to ask the upstream about them."""
+    return {name: headers[name] for name in ("Authorization", "api-key") if name in headers}
 
 
 def api_key(headers: CIMultiDictProxy[str]) -> str | None:
@@ -58,12 +64,14 @@ def prepare(
     if settings.enforce is policy.Enforce.OFF:
         canonical.reject_duplicate_keys(raw)
     seeded = policy.enforce(body, route, settings.enforce, settings.default_seed)
-    scope = policy.cache_scope(api_key(headers), settings.cache_scope, services.secret)
+    key = api_key(headers)
+    scope = policy.cache_scope(key, settings.cache_scope, services.secret)
     namespace = headers.get("X-Repro-Namespace", "")
     directives = policy.parse_cache_control(headers.getall("Cache-Control", []))
     model = body.get("model")
     return Call(
         route=route,
+        tenant=policy.cache_scope(key, policy.CacheScope.KEY, services.secret),
         model=model if isinstance(model, str) else "",
         key=canonical.request_key(route, scope, namespace, seeded.body, query),
         body=raw if settings.enforce is policy.Enforce.OFF else canonical.dumps(seeded.body),

@@ -124,6 +124,13 @@ OPTIONS = (
         "max_entry", "32MiB", _positive_size, "largest answer stored; larger ones pass uncached"
     ),
     Option(
+        "key_check_interval",
+        "300",
+        _seconds,
+        "seconds an API key stays trusted for cached answers after the upstream accepted it; "
+        "0 = never check",
+    ),
+    Option(
         "lock_timeout",
         "30",
         _seconds,
@@ -163,6 +170,7 @@ class Settings:
     secret: str | None = field(default=None, repr=False)
     max_body: int = 16 * 1024 * 1024
     max_entry: int = 32 * 1024 * 1024
+    key_check_interval: float = 300.0
     lock_timeout: float = 30.0
     store_timeout: float = 0.5
     connect_timeout: float = 10.0

@@ -10,6 +10,7 @@ from aiohttp import web
 from proxy.coalesce import Coalescer
 from proxy.config import Settings
 from proxy.fingerprints import FingerprintTracker
+from proxy.keycheck import KeyChecker
 from proxy.metrics import Metrics
 from proxy.store.base import Store
 from proxy.upstream import Upstream
@@ -23,6 +24,7 @@ class Services:
     metrics: Metrics
     fingerprints: FingerprintTracker
     coalescer: Coalescer
+    keys: KeyChecker
     secret: bytes
     clock: Callable[[], float]
 

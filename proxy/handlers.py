@@ -12,8 +12,18 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proxy.caching import Call, forward, lookup, prepare, repro_headers, serve_hit, stale_entry
+from proxy.caching import (
+    Call,
+    auth_headers,
+    forward,
+    lookup,
+    prepare,
+    repro_headers,
+    serve_hit,
+    stale_entry,
+)
 from proxy.context import SERVICES, Services
+from proxy.entry import Entry
 from proxy.errors import (
     CacheMissError,
     RequestTooLarge,
@@ -21,7 +31,7 @@ from proxy.errors import (
     Unauthorized,
     UpstreamError,
 )
-from proxy.policy import STALE_STATUSES, Outcome
+from proxy.policy import STALE_STATUSES, CacheMode, CacheScope, Outcome
 from proxy.store.base import ModelFingerprints, StoreError
 from proxy.streaming import forward_stream
 from proxy.upstream import request_headers, response_headers
@@ -43,10 +53,37 @@ async def answer(services: Services, request: web.Request, call: Call) -> web.St
         return await go_upstream(services, request, call)
     entry = await lookup(services, call)
     if entry is not None:
-        return serve_hit(services, call, entry)
-    if services.coalescer.enabled and call.plan.store and call.plan.upstream:
+        return await serve_if_trusted(services, request, call, entry)
+    if coalesces(services, call):
         return await fill(services, request, call)
     return await go_upstream(services, request, call)
+
+
+def coalesces(services: Services, call: Call) -> bool:
+    """Only stored, non-streamed misses wait for a leader: a stream follower would lose its
+    first token to the leader's whole stream, so identical streams each go upstream."""
+    return services.coalescer.enabled and call.plan.store and call.plan.upstream and not call.stream
+
+
+async def serve_if_trusted(
+    services: Services, request: web.Request, call: Call, entry: Entry
+) -> web.StreamResponse:
+    """A HIT goes only to a key the upstream accepts; any other key is the upstream's to answer."""
+    if await key_accepted(services, request, call):
+        return serve_hit(services, call, entry)
+    return await go_upstream(
+        services, request, replace(call, plan=replace(call.plan, lookup=False))
+    )
+
+
+async def key_accepted(services: Services, request: web.Request, call: Call) -> bool:
+    """A key the upstream refuses reads nothing; replay mode never asks the upstream."""
+    settings = services.settings
+    if not services.keys.enabled or settings.cache_mode is CacheMode.REPLAY:
+        return True
+    return await services.keys.accepted(
+        call.tenant, auth_headers(request.headers), unknown=settings.cache_scope is CacheScope.KEY
+    )
 
 
 async def fill(services: Services, request: web.Request, call: Call) -> web.StreamResponse:
@@ -55,7 +92,7 @@ async def fill(services: Services, request: web.Request, call: Call) -> web.Stre
     if lease is None:
         entry = await lookup(services, call)
         if entry is not None:
-            return serve_hit(services, call, entry)
+            return await serve_if_trusted(services, request, call, entry)
         # The leader failed or is late: answer from the upstream, but leave storing to it.
         return await go_upstream(
             services, request, replace(call, plan=replace(call.plan, store=False))
@@ -89,6 +126,8 @@ async def go_upstream(services: Services, request: web.Request, call: Call) -> w
         if stale is not None:
             return serve_hit(services, call, stale, Outcome.STALE)
     count_miss(services, call)
+    if 200 <= response.status < 300:
+        services.keys.remember(call.tenant)
     return response
 
 

@@ -658,6 +658,15 @@ async def _set_settings(request: web.Request) -> web.Response:
     return _json(_tunables(state))
 
 
+async def _set_keys(request: web.Request) -> web.Response:
+    """Replace the accepted API keys at run time (an empty list accepts any key): revocation."""
+    keys = _parse_object(await request.read()).get("api_keys")
+    if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+        raise _BadRequest("'api_keys' must be a list of non-empty strings")
+    request.app[STATE].api_keys = frozenset(keys)
+    return _json({"api_keys": sorted(keys)})
+
+
 async def _add_fault(request: web.Request) -> web.Response:
     state = request.app[STATE]
     state.faults.append(Fault.from_json(_parse_object(await request.read())))
@@ -709,6 +718,7 @@ def create_sim_app(settings: SimSettings) -> web.Application:
             web.post("/_sim/fingerprint", _set_fingerprint),
             web.get("/_sim/settings", _get_settings),
             web.post("/_sim/settings", _set_settings),
+            web.post("/_sim/keys", _set_keys),
             web.post("/_sim/faults", _add_fault),
             web.delete("/_sim/faults", _clear_faults),
             web.get("/_sim/requests", _get_requests),

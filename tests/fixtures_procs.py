@@ -91,6 +91,10 @@ class Sim:
     def settings(self, **values: Any) -> None:
         self.control("POST", "settings", values)
 
+    def accept_keys(self, *keys: str) -> None:
+        """Only these keys are accepted from now on; none given: any non-empty key."""
+        self.control("POST", "keys", {"api_keys": list(keys)})
+
     def stats(self) -> dict[str, Any]:
         return dict(self.control("GET", "stats"))
 
@@ -99,6 +103,7 @@ class Sim:
         self.control("DELETE", "faults")
         self.set_fingerprint("fp_sim_0001")
         self.settings(latency=0.0, chunk_delay=0.0, divergence=0.0)
+        self.accept_keys()
 
 
 @dataclass

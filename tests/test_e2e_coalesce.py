@@ -68,7 +68,7 @@ def test_followers_go_upstream_when_the_leader_is_late(start_proxy: ProxyFactory
 
 
 def test_a_failed_leader_lets_followers_call_the_upstream(proxy: Proxy, sim: Sim) -> None:
-    sim.settings(latency=0.3)
+    sim.settings(latency=1.0)  # long enough for all four to arrive while the leader waits
     sim.fault(kind="status", status=503, count=1)
     results = asyncio.run(burst([proxy], 4))
     assert sorted(status for status, _, _ in results) == [200, 200, 200, 503]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import orjson
 
@@ -59,3 +61,51 @@ def test_429_is_not_an_error_that_serves_stale(start_proxy: ProxyFactory, sim: S
     limited = post(proxy, **{"Cache-Control": "no-cache"})
     assert limited.status_code == 429
     assert limited.headers["retry-after"] == "1"
+
+
+def chat_as(proxy: Proxy, key: str | None, **headers: str) -> httpx.Response:
+    auth = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(
+        proxy.v1 + "/chat/completions",
+        content=BODY,
+        headers={"Content-Type": "application/json", **auth, **headers},
+        timeout=10,
+    )
+
+
+def test_shared_scope_serves_only_keys_the_upstream_accepts(
+    start_proxy: ProxyFactory, sim: Sim
+) -> None:
+    sim.accept_keys("sk-alice", "sk-bob")
+    proxy = start_proxy("--cache-scope", "shared")
+    assert chat_as(proxy, "sk-alice").headers["X-Repro-Cache"] == "MISS"
+    assert chat_as(proxy, "sk-bob").headers["X-Repro-Cache"] == "HIT"
+    for intruder in ("sk-mallory", None):
+        refused = chat_as(proxy, intruder)
+        assert refused.status_code == 401
+        assert refused.headers["X-Repro-Cache"] == "MISS"
+        refused = chat_as(proxy, intruder, **{"Cache-Control": "only-if-cached"})
+        assert refused.status_code == 504
+    checks = [r for r in sim.requests() if r["path"] == "/v1/models"]
+    assert len(checks) == 3  # asked only before serving a HIT: bob, mallory, anonymous once each
+
+
+def test_a_revoked_key_stops_getting_hits_after_the_check_interval(
+    start_proxy: ProxyFactory, sim: Sim
+) -> None:
+    proxy = start_proxy("--key-check-interval", "1")
+    assert chat_as(proxy, "sk-alice").headers["X-Repro-Cache"] == "MISS"
+    assert chat_as(proxy, "sk-alice").headers["X-Repro-Cache"] == "HIT"
+    sim.accept_keys("sk-bob")
+    time.sleep(1.1)
+    revoked = chat_as(proxy, "sk-alice")
+    assert revoked.status_code == 401
+    sim.accept_keys()
+    time.sleep(1.1)
+    assert chat_as(proxy, "sk-alice").headers["X-Repro-Cache"] == "HIT"
+
+
+def test_replay_mode_never_asks_about_keys(start_proxy: ProxyFactory, sim: Sim) -> None:
+    proxy = start_proxy("--cache-mode", "replay")
+    assert chat_as(proxy, "sk-alice").status_code == 504
+    assert sim.requests() == []

@@ -1,0 +1,552 @@
+"""Fault injection against real processes: the cache is never why a request fails, hangs or lies.
+
+Every test runs real `repro-proxy serve` processes against the simulated upstream and, where a
+store is involved, against a redis-server of its own (never the session's shared one, since these
+tests freeze, kill and cut it): stopped with SIGSTOP, killed and restarted on the same port, down
+at boot, slowed or cut by `tests.faultproxy`, and a three-master cluster that loses a master.
+The upstream's faults come from the sim (`hang`, `drop`, `cut`, error statuses).
+
+Latency bounds are generous (the proxy's store deadline is 0.5 s; a request that meets a failing
+store may take that plus a margin, never more), every wait is bounded, outcomes are exact.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from proxy.entry import Entry
+from tests.faultproxy import FaultProxy
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim, free_port
+from tests.fixtures_redis import RedisServer, _create_cluster, running_redis
+
+MODEL = "gpt-4o-mini"
+FP = "fp_sim_0001"
+HEADERS = {"Authorization": "Bearer sk-faults", "Content-Type": "application/json"}
+STORE_TIMEOUT = "0.5"
+SLOW_BOUND = 2.5  # one request that meets a failing store: the 0.5 s deadline plus a wide margin
+FAST_BOUND = 0.5  # a request while the circuit is open: no store call at all
+COOLDOWN = 5.0  # the circuit breaker's, in proxy/store/guard.py
+RECOVERY_BOUND = COOLDOWN + 5.0
+CLUSTER_OPTIONS = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def body(prompt: str, **extra: Any) -> bytes:
+    return orjson.dumps(
+        {"model": MODEL, "messages": [{"role": "user", "content": prompt}], **extra}
+    )
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    cache: str
+    content: bytes
+    took: float
+    headers: httpx.Headers
+
+    def json(self) -> Any:
+        return orjson.loads(self.content)
+
+
+def ask(proxy: Proxy, prompt: str, headers: dict[str, str] | None = None) -> Answer:
+    """One chat completion, timed; the client's timeout only detects hangs, far above any bound."""
+    started = time.monotonic()
+    response = httpx.post(
+        proxy.v1 + "/chat/completions",
+        content=body(prompt),
+        headers={**HEADERS, **(headers or {})},
+        timeout=15,
+    )
+    took = time.monotonic() - started
+    return Answer(
+        response.status_code,
+        response.headers.get("X-Repro-Cache", ""),
+        response.content,
+        took,
+        response.headers,
+    )
+
+
+def same_answer(a: bytes, b: bytes) -> bool:
+    """Two answers of the seeded sim to one request: equal but for the per-call id and time."""
+    left, right = orjson.loads(a), orjson.loads(b)
+    for value in (left, right):
+        del value["id"], value["created"]
+    return bool(left == right)
+
+
+def readyz(proxy: Proxy) -> tuple[int, Any, float]:
+    started = time.monotonic()
+    response = httpx.get(proxy.url + "/readyz", timeout=15)
+    return response.status_code, response.json(), time.monotonic() - started
+
+
+def assert_unready(proxy: Proxy) -> str:
+    status, payload, took = readyz(proxy)
+    assert status == 503, payload
+    assert set(payload) == {"status", "reason"}
+    assert payload["status"] == "unavailable"
+    assert isinstance(payload["reason"], str) and payload["reason"]
+    assert took < SLOW_BOUND
+    return str(payload["reason"])
+
+
+def assert_ready(proxy: Proxy) -> None:
+    status, payload, _ = readyz(proxy)
+    assert (status, payload) == (200, {"status": "ok"})
+
+
+def store_errors(proxy: Proxy) -> dict[str, float]:
+    return {
+        sample.labels["op"]: sample.value
+        for family in text_string_to_metric_families(proxy.metrics())
+        for sample in family.samples
+        if sample.name == "repro_store_errors_total"
+    }
+
+
+def entry_name(key: str) -> str:
+    return f"repro:e:{{{key}}}"
+
+
+def stored_bodies(port: int, key: str) -> dict[str, bytes]:
+    """What one Redis server holds for a cache key: fingerprint -> the answer's exact bytes."""
+    with redis.Redis(port=port, socket_timeout=2) as client:
+        fields: dict[bytes, bytes] = client.hgetall(entry_name(key))
+    return {name.decode(): Entry.unpack(blob).body for name, blob in fields.items()}
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str, pause: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout} s")
+        time.sleep(pause)
+
+
+def recover(proxy: Proxy, prompt: str, timeout: float = RECOVERY_BOUND) -> list[Answer]:
+    """Ask the same question until it is a HIT (bounded); every answer on the way must be a 200.
+
+    Nothing else touches the proxy meanwhile (no /readyz), so this is the circuit's own probe.
+    """
+    answers: list[Answer] = []
+    deadline = time.monotonic() + timeout
+    while not answers or answers[-1].cache != "HIT":
+        if time.monotonic() > deadline:
+            pytest.fail(f"no HIT within {timeout} s: {[a.cache for a in answers]}")
+        if answers:
+            time.sleep(0.2)
+        answer = ask(proxy, prompt)
+        assert answer.status == 200, answer.content
+        assert answer.cache in ("MISS", "HIT")
+        assert answer.took < SLOW_BOUND
+        answers.append(answer)
+    return answers
+
+
+def warm(proxy: Proxy, prompt: str) -> Answer:
+    """A MISS that stores, then a HIT of the same bytes."""
+    miss, hit = ask(proxy, prompt), ask(proxy, prompt)
+    assert (miss.status, miss.cache) == (200, "MISS")
+    assert (hit.status, hit.cache) == (200, "HIT")
+    assert hit.content == miss.content
+    return miss
+
+
+def _redis_binary() -> str:
+    path = shutil.which("redis-server")
+    if path is None:
+        pytest.fail("redis-server not found on PATH: install Redis (apt-get install redis-server)")
+    return path
+
+
+def _pings(port: int) -> bool:
+    try:
+        with redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5) as client:
+            return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+class OwnRedis:
+    """A redis-server of this test's own on a port it chooses, so it can be stopped and restarted
+    there; `close` always continues and kills it."""
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.directory = directory
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OwnRedis:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        command = [_redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1"]
+        command += ["--save", "", "--appendonly", "no", "--dir", str(self.directory)]
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        proc = self.proc
+        wait_for(lambda: proc.poll() is None and _pings(self.port), 10, f"redis on {self.port}")
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None and self.proc.poll() is None
+        os.kill(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        self.proc = None
+
+
+@contextmanager
+def own_redis(directory: Path, port: int | None = None, start: bool = True) -> Iterator[OwnRedis]:
+    server = OwnRedis(directory, port)
+    try:
+        yield server.start() if start else server
+    finally:
+        server.kill()
+
+
+def start_redis_proxy(start_proxy: ProxyFactory, url: str, *flags: str) -> Proxy:
+    return start_proxy("--store", url, "--store-timeout", STORE_TIMEOUT, *flags)
+
+
+# --- 1. a frozen Redis (SIGSTOP) --------------------------------------------------------------
+
+
+def test_frozen_redis_costs_one_store_timeout_then_nothing_and_recovers(
+    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
+) -> None:
+    with own_redis(tmp_path / "redis") as server:
+        proxy = start_redis_proxy(start_proxy, server.url, "--secret", "s")
+        stored = warm(proxy, "warm before the freeze")
+        key = stored.headers["X-Repro-Key"]
+        assert stored_bodies(server.port, key) == {FP: stored.content}
+        assert store_errors(proxy) == {}
+        sim_calls = len(sim.llm_requests())
+
+        server.signal(signal.SIGSTOP)
+        try:
+            first = ask(proxy, "warm before the freeze")
+            # The lookup's first store call meets the deadline and opens the circuit at once.
+            assert (first.status, first.cache) == (200, "MISS")
+            assert first.took < SLOW_BOUND
+            assert same_answer(first.content, stored.content)
+            later = [ask(proxy, p) for p in ["warm before the freeze"] * 3 + ["asked frozen"] * 2]
+            for answer in later:
+                assert (answer.status, answer.cache) == (200, "MISS")
+                assert answer.took < FAST_BOUND, [round(a.took, 3) for a in later]
+            assert all(same_answer(a.content, stored.content) for a in later[:3])
+            frozen_key = later[-1].headers["X-Repro-Key"]
+            assert len(sim.llm_requests()) == sim_calls + 6
+            # Per request: the lookup's fingerprint read, the fresh answer's fingerprint and
+            # its write fail (timed out once, then skipped by the open circuit).
+            assert store_errors(proxy) == {"fingerprint": 12.0, "put": 6.0}
+            reason = assert_unready(proxy)
+            assert "0.5" in reason
+            assert httpx.get(proxy.url + "/healthz", timeout=5).status_code == 200
+        finally:
+            server.signal(signal.SIGCONT)
+
+        answers = recover(proxy, "warm before the freeze")
+        assert answers[-1].content == stored.content
+        assert all(a.cache == "MISS" for a in answers[:-1])
+        assert_ready(proxy)
+        # Nothing was written while frozen; the entry from before is intact.
+        assert stored_bodies(server.port, key) == {FP: stored.content}
+        assert stored_bodies(server.port, frozen_key) == {}
+        again = [ask(proxy, "asked frozen") for _ in range(2)]
+        assert [a.cache for a in again] == ["MISS", "HIT"]
+        assert stored_bodies(server.port, frozen_key) == {FP: again[0].content}
+        assert again[1].content == again[0].content
+
+
+# --- 2. Redis killed, then restarted empty on the same port ----------------------------------
+
+
+def test_redis_killed_and_restarted_on_the_same_port(
+    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
+) -> None:
+    with own_redis(tmp_path / "redis") as server:
+        proxy = start_redis_proxy(start_proxy, server.url, "--secret", "s")
+        stored = warm(proxy, "before the crash")
+        server.kill()
+
+        down = [ask(proxy, "before the crash") for _ in range(5)]
+        for answer in down:
+            assert (answer.status, answer.cache) == (200, "MISS")
+            assert answer.took < SLOW_BOUND
+            assert same_answer(answer.content, stored.content)
+        assert sum(a.took for a in down) < SLOW_BOUND  # refused connections fail fast
+        errors = store_errors(proxy)
+        assert set(errors) == {"fingerprint", "put"}
+        assert errors == {"fingerprint": 10.0, "put": 5.0}
+        assert_unready(proxy)
+
+        server.start()  # same port, no data
+        answers = recover(proxy, "before the crash")
+        assert [a.cache for a in answers][-2:] == ["MISS", "HIT"]
+        assert answers[-1].content == answers[-2].content
+        assert same_answer(answers[-1].content, stored.content)
+        key = answers[-1].headers["X-Repro-Key"]
+        assert stored_bodies(server.port, key) == {FP: answers[-1].content}
+        assert_ready(proxy)
+
+
+# --- 3. Redis down when the proxy starts -----------------------------------------------------
+
+
+def test_proxy_starts_and_serves_with_redis_down_then_uses_it_once_it_is_up(
+    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
+) -> None:
+    with own_redis(tmp_path / "redis", start=False) as server:
+        proxy = start_redis_proxy(start_proxy, server.url)  # no --secret: the store holds none
+        assert httpx.get(proxy.url + "/healthz", timeout=5).status_code == 200
+        assert_unready(proxy)
+        down = [ask(proxy, "served without a store") for _ in range(3)]
+        for answer in down:
+            assert (answer.status, answer.cache) == (200, "MISS")
+            assert answer.took < SLOW_BOUND
+        assert same_answer(down[0].content, down[2].content)
+        assert len(sim.llm_requests()) == 3
+        assert store_errors(proxy).get("put") == 3.0
+
+        server.start()
+        answers = recover(proxy, "served without a store")
+        assert [a.cache for a in answers][-2:] == ["MISS", "HIT"]
+        assert answers[-1].content == answers[-2].content
+        key = answers[-1].headers["X-Repro-Key"]
+        assert stored_bodies(server.port, key) == {FP: answers[-1].content}
+        assert_ready(proxy)
+        assert len(sim.llm_requests()) == 3 + len(answers) - 1
+
+
+# --- 4. a slow, silent or cut network to Redis (tests/faultproxy.py) ------------------------
+
+
+@pytest.mark.parametrize("mode", ["delay", "blackhole", "cut"])
+def test_network_faults_between_proxy_and_redis(
+    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path, mode: str
+) -> None:
+    with own_redis(tmp_path / "redis") as server, FaultProxy(server.port) as faults:
+        proxy = start_redis_proxy(
+            start_proxy, f"redis://127.0.0.1:{faults.port}/0", "--secret", "s"
+        )
+        stored = warm(proxy, "over a bad network")
+        key = stored.headers["X-Repro-Key"]
+
+        faults.set_mode(mode, delay_ms=2000)
+        answers = [ask(proxy, "over a bad network") for _ in range(6)]
+        for answer in answers:
+            assert (answer.status, answer.cache) == (200, "MISS")
+            assert same_answer(answer.content, stored.content)
+        # A slow or silent store costs one deadline, then the circuit is open; a cut fails fast.
+        first_bound = FAST_BOUND if mode == "cut" else SLOW_BOUND
+        assert answers[0].took < first_bound
+        for answer in answers[1:]:
+            assert answer.took < FAST_BOUND, [round(a.took, 3) for a in answers]
+        errors = store_errors(proxy)
+        assert errors == {"fingerprint": 12.0, "put": 6.0}
+        assert_unready(proxy)
+
+        faults.set_mode("pass")
+        healed = recover(proxy, "over a bad network")
+        assert healed[-1].content == stored.content
+        assert_ready(proxy)
+        assert stored_bodies(server.port, key) == {FP: stored.content}
+
+
+# --- 5. a Redis Cluster that loses a master --------------------------------------------------
+
+
+def _keys_on(port: int) -> set[str]:
+    with redis.Redis(port=port) as client:
+        return {name.decode() for name in client.scan_iter(count=1000)}
+
+
+def test_cluster_losing_a_master_serves_nothing_wrong(
+    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
+) -> None:
+    with ExitStack() as stack:
+        nodes: tuple[RedisServer, ...] = tuple(
+            stack.enter_context(running_redis(tmp_path / f"node{i}", *CLUSTER_OPTIONS, bus=True))
+            for i in range(3)
+        )
+        _create_cluster(nodes)
+        proxy = start_redis_proxy(start_proxy, nodes[0].url, "--secret", "s")
+        prompts = [f"cluster question {i}" for i in range(20)]
+        first: dict[str, Answer] = {}
+        for prompt in prompts:
+            first[prompt] = ask(proxy, prompt)
+            assert (first[prompt].status, first[prompt].cache) == (200, "MISS")
+        keys = {prompt: first[prompt].headers["X-Repro-Key"] for prompt in prompts}
+        hits = [ask(proxy, prompt) for prompt in prompts]
+        assert [h.cache for h in hits] == ["HIT"] * 20
+        assert [h.content for h in hits] == [first[p].content for p in prompts]
+
+        # Where each entry lives; the victim is a master holding entries but not the model's
+        # fingerprint state, so that keys on the other masters can still be served.
+        holders = {node.port: _keys_on(node.port) for node in nodes}
+        owner = {}
+        for prompt in prompts:
+            places = [port for port, names in holders.items() if entry_name(keys[prompt]) in names]
+            assert len(places) == 1, prompt
+            owner[prompt] = places[0]
+            assert stored_bodies(places[0], keys[prompt]) == {FP: first[prompt].content}
+        candidates = [
+            node
+            for node in nodes
+            if node.port in owner.values()
+            and not any(name.startswith("repro:fp:") for name in holders[node.port])
+        ]
+        assert candidates, "no master holds entries without the fingerprint state"
+        victim = candidates[0]
+        os.kill(victim.pid, signal.SIGKILL)
+        wait_for(lambda: not _pings(victim.port), 5, "the killed master going away")
+        lost = {p for p in prompts if owner[p] == victim.port}
+        assert 0 < len(lost) < 20
+        sim_calls = len(sim.llm_requests())
+
+        for round_ in range(2):
+            after = {prompt: ask(proxy, prompt) for prompt in prompts}
+            for prompt, answer in after.items():
+                assert answer.status == 200, (round_, prompt, answer.content)
+                assert answer.took < SLOW_BOUND
+                if answer.cache == "HIT":
+                    assert prompt not in lost
+                    assert answer.content == first[prompt].content
+                else:
+                    assert answer.cache == "MISS"
+                    assert same_answer(answer.content, first[prompt].content)
+            outcomes = {p: a.cache for p, a in after.items()}
+            assert {p for p, c in outcomes.items() if c == "MISS"} == lost, (round_, outcomes)
+        assert len(sim.llm_requests()) == sim_calls + 2 * len(lost)
+
+
+# --- 6. upstream faults ----------------------------------------------------------------------
+
+
+def assert_error(answer: Answer, status: int, code: str) -> None:
+    assert answer.status == status, answer.content
+    error = answer.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == code
+
+
+def assert_not_stored(proxy: Proxy, prompt: str) -> None:
+    cached = ask(proxy, prompt, {"Cache-Control": "only-if-cached"})
+    assert_error(cached, 504, "cache_miss")
+
+
+def test_hanging_upstream_is_a_504_within_the_upstream_timeout(
+    start_proxy: ProxyFactory, sim: Sim
+) -> None:
+    proxy = start_proxy("--upstream-timeout", "1")
+    sim.fault(kind="hang", count=1)
+    answer = ask(proxy, "hang")
+    assert_error(answer, 504, "upstream_timeout")
+    assert 0.9 <= answer.took < 1 + 1.5
+    assert len(sim.llm_requests()) == 1
+    assert_not_stored(proxy, "hang")
+    assert len(sim.llm_requests()) == 1
+    fine = ask(proxy, "hang")
+    assert (fine.status, fine.cache) == (200, "MISS")
+    assert len(sim.llm_requests()) == 2
+
+
+def test_dropped_connection_is_a_502_and_not_retried(proxy: Proxy, sim: Sim) -> None:
+    sim.fault(kind="drop", count=1)
+    answer = ask(proxy, "drop")
+    assert_error(answer, 502, "upstream_unreachable")
+    assert len(sim.llm_requests()) == 1
+    assert_not_stored(proxy, "drop")
+    fine = ask(proxy, "drop")
+    assert (fine.status, fine.cache) == (200, "MISS")
+    assert len(sim.llm_requests()) == 2
+
+
+def test_truncated_body_is_a_502_and_never_stored(proxy: Proxy, sim: Sim) -> None:
+    sim.fault(kind="cut", count=1)
+    answer = ask(proxy, "cut me")
+    assert_error(answer, 502, "upstream_unreachable")
+    assert len(sim.llm_requests()) == 1
+    assert_not_stored(proxy, "cut me")
+    fine = [ask(proxy, "cut me") for _ in range(2)]
+    assert [a.cache for a in fine] == ["MISS", "HIT"]
+    assert fine[1].content == fine[0].content
+    orjson.loads(fine[1].content)
+    assert len(sim.llm_requests()) == 2
+
+
+def test_cut_stream_breaks_for_the_client_and_is_never_stored(proxy: Proxy, sim: Sim) -> None:
+    sim.fault(kind="cut", count=1, after=2)
+    streamed = body("cut stream", stream=True)
+    received = b""
+    with (
+        pytest.raises(httpx.RemoteProtocolError),
+        httpx.stream(
+            "POST", proxy.v1 + "/chat/completions", content=streamed, headers=HEADERS, timeout=15
+        ) as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["X-Repro-Cache"] == "MISS"
+        for chunk in response.iter_raw():
+            received += chunk
+    assert received.count(b"data: ") == 2
+    assert b"[DONE]" not in received
+    assert len(sim.llm_requests()) == 1
+    cached = httpx.post(
+        proxy.v1 + "/chat/completions",
+        content=streamed,
+        headers={**HEADERS, "Cache-Control": "only-if-cached"},
+        timeout=15,
+    )
+    assert cached.status_code == 504
+    assert cached.json()["error"]["code"] == "cache_miss"
+    assert len(sim.llm_requests()) == 1
+
+
+RETRY_HEADERS = {"retry-after": "3", "retry-after-ms": "3000", "x-should-retry": "true"}
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 503])
+def test_upstream_error_statuses_pass_through_unstored_and_unretried(
+    proxy: Proxy, sim: Sim, status: int
+) -> None:
+    error = {"error": {"message": f"simulated {status}", "type": "t", "param": None, "code": "c"}}
+    sim.fault(kind="status", status=status, count=1, headers=RETRY_HEADERS, body=error)
+    answer = ask(proxy, f"status {status}")
+    assert answer.status == status
+    assert answer.content == orjson.dumps(error)
+    for name, value in RETRY_HEADERS.items():
+        assert answer.headers[name] == value
+    assert len(sim.llm_requests()) == 1
+    assert_not_stored(proxy, f"status {status}")
+    fine = ask(proxy, f"status {status}")
+    assert (fine.status, fine.cache) == (200, "MISS")
+    assert len(sim.llm_requests()) == 2
+    assert proxy.metric("repro_requests_total", route="/v1/chat/completions", cache="error") == 2
