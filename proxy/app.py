@@ -21,6 +21,7 @@ from proxy.keycheck import KeyChecker
 from proxy.metrics import Metrics
 from proxy.store import open_store
 from proxy.store.base import Store, StoreError
+from proxy.store.encrypted import EncryptedStore, parse_keys
 from proxy.store.guard import GuardedStore
 from proxy.upstream import Upstream, client_session
 
@@ -59,7 +60,8 @@ def _services(
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def context(app: web.Application) -> AsyncIterator[None]:
         store = GuardedStore(
-            injected or await open_store(settings.store), timeout=settings.store_timeout
+            _encrypted(settings, injected or await open_store(settings.store)),
+            timeout=settings.store_timeout,
         )
         metrics = Metrics(registry)
         session = client_session(settings.connect_timeout, settings.upstream_timeout)
@@ -84,6 +86,12 @@ def _services(
             await store.close()
 
     return context
+
+
+def _encrypted(settings: Settings, store: Store) -> Store:
+    if settings.encryption_key is None:
+        return store
+    return EncryptedStore(store, parse_keys(settings.encryption_key))
 
 
 async def _secret(settings: Settings, store: Store) -> bytes:

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from proxy.policy import CacheMode, CacheScope, Enforce, FingerprintPolicy, StreamDisconnect
 from proxy.store import parse_size
+from proxy.store.encrypted import parse_keys
 
 
 class SettingError(ValueError):
@@ -65,6 +66,11 @@ def _seed(text: str) -> int:
     if not -(2**63) <= value < 2**63:
         raise ValueError("expected an integer between -2^63 and 2^63-1")
     return value
+
+
+def _encryption_keys(text: str) -> str:
+    parse_keys(text)
+    return text
 
 
 def _upstream(text: str) -> str:
@@ -119,6 +125,12 @@ OPTIONS = (
     ),
     Option("admin_token", None, str, "bearer token for /admin/*; unset = 404"),
     Option("secret", None, str, "secret of the API-key HMAC"),
+    Option(
+        "encryption_key",
+        None,
+        _encryption_keys,
+        "base64 AES-256 key(s), comma-separated, to encrypt stored answers; the first encrypts",
+    ),
     Option("max_body", "16MiB", _positive_size, "largest request body accepted"),
     Option(
         "max_entry", "32MiB", _positive_size, "largest answer stored; larger ones pass uncached"
@@ -149,7 +161,7 @@ OPTIONS = (
     ),
     Option("log_level", "info", _choice("debug", "info", "warning", "error"), "log level"),
 )
-_SECRETS = frozenset({"admin_token", "secret"})
+_SECRETS = frozenset({"admin_token", "secret", "encryption_key"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +180,7 @@ class Settings:
     stale_if_error: int = 0
     admin_token: str | None = field(default=None, repr=False)
     secret: str | None = field(default=None, repr=False)
+    encryption_key: str | None = field(default=None, repr=False)
     max_body: int = 16 * 1024 * 1024
     max_entry: int = 32 * 1024 * 1024
     key_check_interval: float = 300.0

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import os
 import time
 
 import httpx
 import orjson
+import redis
 
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim
 
@@ -109,3 +112,22 @@ def test_replay_mode_never_asks_about_keys(start_proxy: ProxyFactory, sim: Sim) 
     proxy = start_proxy("--cache-mode", "replay")
     assert chat_as(proxy, "sk-alice").status_code == 504
     assert sim.requests() == []
+
+
+def test_encryption_at_rest_keeps_answers_unreadable_in_redis(
+    start_proxy: ProxyFactory, sim: Sim, redis_url: str
+) -> None:
+    key = base64.b64encode(os.urandom(32)).decode()
+    proxy = start_proxy("--store", redis_url, "--encryption-key", key)
+    stored = chat_as(proxy, "sk-alice")
+    assert chat_as(proxy, "sk-alice").content == stored.content
+    answer = orjson.loads(stored.content)["choices"][0]["message"]["content"].encode()
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        values = [raw.dump(name) or b"" for name in raw.scan_iter()]
+    finally:
+        raw.close()
+    assert values
+    assert not any(answer in value for value in values)
+    other = start_proxy("--store", redis_url)  # no key: sealed entries read as absent
+    assert chat_as(other, "sk-alice").headers["X-Repro-Cache"] == "MISS"

@@ -1,0 +1,103 @@
+"""Stored answers encrypted at rest with AES-256-GCM (the `cryptography` package).
+
+Answers can hold whatever the prompts made the model say, and Redis is often shared or backed
+up in the clear. Each value gets a fresh 96-bit nonce, and its slot (cache key and fingerprint)
+is authenticated as associated data, so a value copied under another key fails to decrypt. Keys
+rotate: the first key encrypts, every key given decrypts; a value no key opens reads as absent.
+Fingerprint state and locks stay in the clear: they hold no content.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from collections.abc import Sequence
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from proxy.store.base import ModelFingerprints, Observation, Store
+
+_VERSION = b"\x01"
+_NONCE_BYTES = 12
+
+
+def parse_keys(text: str) -> list[bytes]:
+    """Comma-separated base64 keys of 32 bytes each; the first one encrypts."""
+    keys = []
+    for part in text.split(","):
+        try:
+            key = base64.b64decode(part.strip(), validate=True)
+        except binascii.Error:
+            raise ValueError("each key must be base64 (e.g. `openssl rand -base64 32`)") from None
+        if len(key) != 32:
+            raise ValueError("each key must decode to 32 bytes (AES-256)")
+        keys.append(key)
+    return keys
+
+
+class EncryptedStore:
+    def __init__(self, inner: Store, keys: Sequence[bytes]) -> None:
+        if not keys:
+            raise ValueError("at least one key is needed")
+        self.inner = inner
+        self._ciphers = [AESGCM(key) for key in keys]
+
+    def seal(self, key: str, fingerprint: str, value: bytes) -> bytes:
+        nonce = os.urandom(_NONCE_BYTES)
+        sealed = self._ciphers[0].encrypt(nonce, value, _slot(key, fingerprint))
+        return _VERSION + nonce + sealed
+
+    def open(self, key: str, fingerprint: str, blob: bytes) -> bytes | None:
+        if not blob.startswith(_VERSION):
+            return None
+        nonce, sealed = blob[1 : 1 + _NONCE_BYTES], blob[1 + _NONCE_BYTES :]
+        for cipher in self._ciphers:
+            try:
+                return cipher.decrypt(nonce, sealed, _slot(key, fingerprint))
+            except InvalidTag:
+                continue
+        return None
+
+    async def get(self, key: str, fingerprints: Sequence[str] | None) -> dict[str, bytes]:
+        found = await self.inner.get(key, fingerprints)
+        opened = {fp: self.open(key, fp, blob) for fp, blob in found.items()}
+        return {fp: value for fp, value in opened.items() if value is not None}
+
+    async def put(self, key: str, fingerprint: str, value: bytes, ttl: int) -> None:
+        await self.inner.put(key, fingerprint, self.seal(key, fingerprint, value), ttl)
+
+    async def delete(self, key: str) -> None:
+        await self.inner.delete(key)
+
+    async def observe_fingerprint(self, model: str, fingerprint: str, now: float) -> Observation:
+        return await self.inner.observe_fingerprint(model, fingerprint, now)
+
+    async def fingerprints(self, model: str) -> ModelFingerprints | None:
+        return await self.inner.fingerprints(model)
+
+    async def all_fingerprints(self) -> dict[str, ModelFingerprints]:
+        return await self.inner.all_fingerprints()
+
+    async def secret(self, candidate: bytes) -> bytes:
+        return await self.inner.secret(candidate)
+
+    async def lock(self, key: str, token: str, ttl: float) -> bool:
+        return await self.inner.lock(key, token, ttl)
+
+    async def unlock(self, key: str, token: str) -> None:
+        await self.inner.unlock(key, token)
+
+    async def locked(self, key: str) -> bool:
+        return await self.inner.locked(key)
+
+    async def ping(self) -> None:
+        await self.inner.ping()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def _slot(key: str, fingerprint: str) -> bytes:
+    return f"{key}\x00{fingerprint}".encode()

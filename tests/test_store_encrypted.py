@@ -1,0 +1,87 @@
+"""Encryption at rest: the store contract still holds, and what reaches the backend is sealed."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import pytest
+
+from proxy.config import SettingError, load
+from proxy.store.base import Store
+from proxy.store.encrypted import EncryptedStore, parse_keys
+from proxy.store.memory import MemoryStore
+from tests.test_store_contract import Elapse, FakeClock, StoreContract
+
+KEY_A, KEY_B = os.urandom(32), os.urandom(32)
+
+
+class TestEncryptedMemoryStore(StoreContract):
+    @pytest.fixture
+    def clock(self) -> FakeClock:
+        return FakeClock()
+
+    @pytest.fixture
+    def store(self, clock: FakeClock) -> Store:
+        return EncryptedStore(MemoryStore(clock=clock), [KEY_A])
+
+    @pytest.fixture
+    def elapse(self, clock: FakeClock) -> Elapse:
+        async def elapse(seconds: float) -> None:
+            clock.now += seconds
+
+        return elapse
+
+
+async def test_the_backend_never_sees_the_plaintext() -> None:
+    inner = MemoryStore()
+    store = EncryptedStore(inner, [KEY_A])
+    secret = b'{"content": "the launch code is 0000"}'
+    await store.put("k", "fp", secret, 0)
+    raw = await inner.get("k", None)
+    assert b"launch code" not in raw["fp"]
+    assert await store.get("k", None) == {"fp": secret}
+
+
+async def test_the_same_value_seals_differently_each_time() -> None:
+    store = EncryptedStore(MemoryStore(), [KEY_A])
+    assert store.seal("k", "fp", b"v") != store.seal("k", "fp", b"v")
+
+
+async def test_a_value_moved_to_another_slot_does_not_open() -> None:
+    inner = MemoryStore()
+    store = EncryptedStore(inner, [KEY_A])
+    await store.put("k1", "fp", b"answer for k1", 0)
+    moved = (await inner.get("k1", ["fp"]))["fp"]
+    await inner.put("k2", "fp", moved, 0)
+    await inner.put("k1", "fp_other", moved, 0)
+    assert await store.get("k2", None) == {}
+    assert await store.get("k1", ["fp_other"]) == {}
+
+
+async def test_key_rotation_reads_old_values_and_writes_with_the_new_key() -> None:
+    inner = MemoryStore()
+    await EncryptedStore(inner, [KEY_A]).put("old", "fp", b"old value", 0)
+    rotated = EncryptedStore(inner, [KEY_B, KEY_A])
+    assert await rotated.get("old", None) == {"fp": b"old value"}
+    await rotated.put("new", "fp", b"new value", 0)
+    assert await EncryptedStore(inner, [KEY_B]).get("new", None) == {"fp": b"new value"}
+    assert await EncryptedStore(inner, [KEY_A]).get("new", None) == {}
+
+
+async def test_unencrypted_or_foreign_values_read_as_absent() -> None:
+    inner = MemoryStore()
+    await inner.put("plain", "fp", b"plain bytes", 0)
+    assert await EncryptedStore(inner, [KEY_A]).get("plain", None) == {}
+
+
+def test_keys_are_validated_by_the_setting() -> None:
+    good = base64.b64encode(KEY_A).decode()
+    assert parse_keys(f"{good}, {base64.b64encode(KEY_B).decode()}") == [KEY_A, KEY_B]
+    assert load({"encryption_key": good}, {}).encryption_key == good
+    for bad in ("not base64!", base64.b64encode(b"short").decode()):
+        with pytest.raises(SettingError) as caught:
+            load({"encryption_key": bad}, {})
+        assert "--encryption-key" in str(caught.value)
+        assert bad not in str(caught.value)
+    assert good not in repr(load({"encryption_key": good}, {}))
