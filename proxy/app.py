@@ -38,10 +38,15 @@ def create_app(
     store: Store | None = None,
     registry: CollectorRegistry | None = None,
     clock: Callable[[], float] = time.time,
+    multiprocess_dir: str | None = None,
 ) -> web.Application:
-    """The proxy application; the store is opened from settings unless one is injected."""
+    """The proxy application; the store is opened from settings unless one is injected.
+
+    `multiprocess_dir` is prometheus-client's shared directory when several workers serve.
+    """
     app = web.Application(middlewares=[observe], client_max_size=settings.max_body)
-    app.cleanup_ctx.append(_services(settings, store, registry or CollectorRegistry(), clock))
+    metrics = Metrics(registry or CollectorRegistry(), multiprocess_dir)
+    app.cleanup_ctx.append(_services(settings, store, metrics, clock))
     for route in sorted(CACHEABLE_ROUTES):
         app.router.add_post(route, handlers.cacheable)
     app.router.add_route("*", "/v1/{tail:.*}", handlers.passthrough)
@@ -55,7 +60,7 @@ def create_app(
 def _services(
     settings: Settings,
     injected: Store | None,
-    registry: CollectorRegistry,
+    metrics: Metrics,
     clock: Callable[[], float],
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def context(app: web.Application) -> AsyncIterator[None]:
@@ -63,7 +68,6 @@ def _services(
             _encrypted(settings, injected or await open_store(settings.store)),
             timeout=settings.store_timeout,
         )
-        metrics = Metrics(registry)
         session = client_session(settings.connect_timeout, settings.upstream_timeout)
         upstream = Upstream(session, settings.upstream, settings.upstream_timeout)
         app[SERVICES] = Services(

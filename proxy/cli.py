@@ -7,10 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from aiohttp import web
-
-from proxy import __version__, config, logs, sim
-from proxy.app import create_app
+from proxy import __version__, config, logs, sim, workers
 
 log = logging.getLogger("proxy.cli")
 
@@ -37,13 +34,9 @@ def serve(flags: dict[str, str | None]) -> int:
         return 2
     logs.configure(settings.log_level)
     log.info("starting", extra={"settings": repr(settings)})
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        access_log=None,
-        print=lambda _: log.info("listening", extra={"host": settings.host, "port": settings.port}),
-    )
+    if settings.workers > 1:
+        return workers.supervise(settings)
+    workers.run(settings)
     return 0
 
 

@@ -47,6 +47,13 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("expected an integer >= 1")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -159,6 +166,7 @@ OPTIONS = (
         _choice(*StreamDisconnect),
         "finish (read on and store a stream whose client left) | cancel",
     ),
+    Option("workers", "1", _positive_int, "serving processes on the port (SO_REUSEPORT)"),
     Option("log_level", "info", _choice("debug", "info", "warning", "error"), "log level"),
 )
 _SECRETS = frozenset({"admin_token", "secret", "encryption_key"})
@@ -189,6 +197,7 @@ class Settings:
     connect_timeout: float = 10.0
     upstream_timeout: float = 600.0
     stream_disconnect: StreamDisconnect = StreamDisconnect.FINISH
+    workers: int = 1
     log_level: str = "info"
 
     def __repr__(self) -> str:
@@ -255,4 +264,10 @@ def load(flags: Mapping[str, str | None], environ: Mapping[str, str] = os.enviro
             ) from None
         enum = _ENUMS.get(option.name)
         values[option.name] = enum(value) if enum else value
-    return Settings(**values)
+    settings = Settings(**values)
+    if settings.workers > 1 and settings.store.startswith("memory:"):
+        raise SettingError(
+            "--workers / REPRO_WORKERS: several workers need a shared store "
+            "(--store redis://…); with memory:// each would keep its own cache"
+        )
+    return settings

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy.caching import (
     Call,
@@ -201,8 +201,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    registry = request.app[SERVICES].metrics.registry
-    response = web.Response(body=generate_latest(registry))
+    response = web.Response(body=request.app[SERVICES].metrics.exposition())
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response
 

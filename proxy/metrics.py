@@ -7,7 +7,8 @@ inventing model names cannot grow the series without limit.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 MAX_MODELS = 200
 OTHER = "other"
@@ -34,8 +35,9 @@ _UPSTREAM_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120,
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, multiprocess_dir: str | None = None) -> None:
         self.registry = registry
+        self._multiprocess_dir = multiprocess_dir
         self._models: set[str] = set()
         self._fingerprints: dict[str, str] = {}
         self.requests = Counter(
@@ -70,6 +72,7 @@ class Metrics:
             "1 for the current fingerprint of a model, 0 for older ones",
             ["model", "fingerprint"],
             registry=registry,
+            multiprocess_mode="mostrecent",
         )
         self.tokens_saved = Counter(
             "repro_tokens_saved_total",
@@ -97,6 +100,14 @@ class Metrics:
             ["op"],
             registry=registry,
         )
+
+    def exposition(self) -> bytes:
+        """The text format: this process's metrics, or every worker's when there are several."""
+        if self._multiprocess_dir is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=self._multiprocess_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)
 
     def model(self, name: str) -> str:
         """A bounded label value for a model name."""

@@ -1,0 +1,92 @@
+"""Serving with several processes on one port, and the one loop that runs a proxy process.
+
+Each worker binds the port with SO_REUSEPORT, so the kernel spreads connections across them.
+They share the cache, fingerprint state and fill locks through the store (hence a shared store
+is required), and their metrics through prometheus-client's multiprocess directory, which the
+supervisor creates empty and removes at exit. The supervisor stops every worker when it is told
+to stop or when one of them dies, so an orchestrator sees one process that lives or fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Sequence
+from multiprocessing.process import BaseProcess
+from types import FrameType
+
+from aiohttp import web
+
+from proxy import logs
+from proxy.app import create_app
+from proxy.config import Settings
+
+log = logging.getLogger("proxy.workers")
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+STOP_GRACE = 10.0
+
+
+def run(settings: Settings, *, reuse_port: bool = False) -> None:
+    """Serve in this process until SIGINT or SIGTERM."""
+    logs.configure(settings.log_level)
+    web.run_app(
+        create_app(settings, multiprocess_dir=os.environ.get(MULTIPROC_ENV)),
+        host=settings.host,
+        port=settings.port,
+        reuse_port=reuse_port,
+        access_log=None,
+        print=lambda _: log.info(
+            "listening", extra={"host": settings.host, "port": settings.port, "pid": os.getpid()}
+        ),
+    )
+
+
+def supervise(settings: Settings) -> int:
+    """Run `settings.workers` serving processes; return when they stop."""
+    directory = tempfile.mkdtemp(prefix="repro-metrics-")
+    os.environ[MULTIPROC_ENV] = directory
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=run, args=(settings,), kwargs={"reuse_port": True}, daemon=False)
+        for _ in range(settings.workers)
+    ]
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for worker in workers:
+            worker.start()
+        log.info("workers started", extra={"workers": [w.pid for w in workers]})
+        while not stopping and all(worker.is_alive() for worker in workers):
+            time.sleep(0.2)
+        failed = not stopping
+        if failed:
+            log.error("a worker died: stopping the others")
+        _stop(workers)
+        return 1 if failed else 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _stop(workers: Sequence[BaseProcess]) -> None:
+    for worker in workers:
+        if worker.is_alive() and worker.pid is not None:
+            os.kill(worker.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE
+    for worker in workers:
+        worker.join(max(0.0, deadline - time.monotonic()))
+        if worker.is_alive():
+            worker.kill()
+            worker.join()

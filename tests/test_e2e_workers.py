@@ -1,0 +1,82 @@
+"""Several worker processes on one port share the store and report one set of metrics."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import orjson
+
+from tests.fixtures_procs import ProxyFactory, Sim
+
+AUTH = {"Authorization": "Bearer sk-alice", "Content-Type": "application/json"}
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def serving_children(pid: int) -> list[int]:
+    return [
+        child
+        for child in children(pid)
+        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
+    ]
+
+
+def test_workers_share_the_port_the_cache_and_the_metrics(
+    start_proxy: ProxyFactory, sim: Sim, redis_url: str
+) -> None:
+    proxy = start_proxy("--workers", "2", "--store", redis_url)
+    assert len(serving_children(proxy.proc.pid)) == 2
+    outcomes = []
+    for index in range(40):
+        body = orjson.dumps(
+            {"model": "m", "messages": [{"role": "user", "content": str(index % 10)}]}
+        )
+        with httpx.Client() as fresh:  # a new connection each time, so both workers serve
+            response = fresh.post(proxy.v1 + "/chat/completions", content=body, headers=AUTH)
+        assert response.status_code == 200
+        outcomes.append(response.headers["X-Repro-Cache"])
+    assert outcomes.count("MISS") == 10
+    assert outcomes.count("HIT") == 30
+    assert len(sim.llm_requests()) == 10
+    route = "/v1/chat/completions"
+    assert proxy.metric("repro_requests_total", route=route, cache="hit") == 30
+    assert proxy.metric("repro_requests_total", route=route, cache="miss") == 10
+    assert proxy.metric("repro_fingerprint_info", model="m", fingerprint="fp_sim_0001") == 1
+
+
+def test_the_supervisor_stops_its_workers_and_cleans_up(
+    start_proxy: ProxyFactory, redis_url: str, tmp_path: Path
+) -> None:
+    proxy = start_proxy("--workers", "2", "--store", redis_url, env={"TMPDIR": str(tmp_path)})
+    workers = serving_children(proxy.proc.pid)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("repro-metrics-")]
+    proxy.proc.send_signal(signal.SIGTERM)
+    assert proxy.proc.wait(timeout=15) == 0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_workers_refuse_the_memory_store() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "serve", "--workers", "2"],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert b"--workers" in result.stderr and b"shared store" in result.stderr
