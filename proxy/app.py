@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from proxy import handlers
+from proxy import admin, handlers
 from proxy.canonical import CACHEABLE_ROUTES
 from proxy.coalesce import Coalescer
 from proxy.config import Settings
@@ -53,7 +53,9 @@ def create_app(
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", handlers.metrics)
-    app.router.add_get("/admin/fingerprints", handlers.admin_fingerprints)
+    app.router.add_get("/admin/fingerprints", admin.admin_fingerprints)
+    app.router.add_get("/admin/stats", admin.admin_stats)
+    app.router.add_post("/admin/purge", admin.admin_purge)
     return app
 
 

@@ -19,7 +19,7 @@ from proxy import canonical, policy
 from proxy.context import Services
 from proxy.entry import CorruptEntry, Entry, fingerprint_of, usage_of
 from proxy.policy import Outcome, Plan
-from proxy.store.base import StoreError
+from proxy.store.base import Labels, StoreError
 from proxy.upstream import read_body, request_headers, response_headers
 
 log = logging.getLogger("proxy.cache")
@@ -31,6 +31,7 @@ class Call:
 
     route: str
     tenant: str  # the caller's key HMAC (or anonymous), whatever the cache scope
+    namespace: str
     model: str
     key: str
     body: bytes  # exactly what the upstream receives
@@ -72,6 +73,7 @@ def prepare(
     return Call(
         route=route,
         tenant=policy.cache_scope(key, policy.CacheScope.KEY, services.secret),
+        namespace=namespace,
         model=model if isinstance(model, str) else "",
         key=canonical.request_key(route, scope, namespace, seeded.body, query),
         body=raw if settings.enforce is policy.Enforce.OFF else canonical.dumps(seeded.body),
@@ -200,7 +202,7 @@ async def forward(services: Services, request: web.Request, call: Call) -> web.R
                 prompt_tokens=prompt,
                 completion_tokens=completion,
             )
-            await put(services, call.key, entry)
+            await put(services, call, entry)
     headers.update(repro_headers(call, call.plan.outcome, fingerprint))
     return web.Response(status=status, body=data, headers=headers)
 
@@ -226,13 +228,18 @@ async def observe_fingerprint(services: Services, model: str, fingerprint: str) 
         store_failed(services, "fingerprint", exc)
 
 
-async def put(services: Services, key: str, entry: Entry) -> None:
+async def put(services: Services, call: Call, entry: Entry) -> None:
     """Store an entry unless it is over the size cap; a failing store only loses the entry."""
     if len(entry.body) > services.settings.max_entry:
-        log.info("answer not stored: over max-entry", extra={"key": key, "bytes": len(entry.body)})
+        log.info(
+            "answer not stored: over max-entry", extra={"key": call.key, "bytes": len(entry.body)}
+        )
         return
+    labels = Labels(namespace=call.namespace, model=call.model)
     try:
-        await services.store.put(key, entry.fingerprint, entry.pack(), services.settings.ttl)
+        await services.store.put(
+            call.key, entry.fingerprint, entry.pack(), services.settings.ttl, labels
+        )
     except StoreError as exc:
         store_failed(services, "put", exc)
 

@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from proxy import __version__, config, logs, sim, workers
+from proxy import __version__, admin_cli, config, logs, sim, workers
 
 log = logging.getLogger("proxy.cli")
 
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_arguments(serve)
     simulate = commands.add_parser("sim", help="run a simulated OpenAI-compatible upstream")
     sim.add_arguments(simulate)
+    admin_cli.add_commands(commands)
     return parser
 
 
@@ -44,5 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve({k: v for k, v in vars(args).items() if k != "command"})
-    sim.run_sim(sim.settings_from_args(args))
-    return 0
+    if args.command == "sim":
+        sim.run_sim(sim.settings_from_args(args))
+        return 0
+    return admin_cli.run(args)

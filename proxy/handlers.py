@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -27,12 +25,10 @@ from proxy.entry import Entry
 from proxy.errors import (
     CacheMissError,
     RequestTooLarge,
-    StoreUnavailable,
-    Unauthorized,
     UpstreamError,
 )
 from proxy.policy import STALE_STATUSES, CacheMode, CacheScope, Outcome
-from proxy.store.base import ModelFingerprints, StoreError
+from proxy.store.base import StoreError
 from proxy.streaming import forward_stream
 from proxy.upstream import request_headers, response_headers
 
@@ -204,54 +200,6 @@ async def metrics(request: web.Request) -> web.Response:
     response = web.Response(body=request.app[SERVICES].metrics.exposition())
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response
-
-
-async def admin_fingerprints(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    check_admin(request, services)
-    try:
-        states = await services.store.all_fingerprints()
-    except StoreError as exc:
-        raise StoreUnavailable(f"The store did not answer: {exc}") from exc
-    return web.json_response(
-        {model: fingerprint_report(state) for model, state in sorted(states.items())}, dumps=_dumps
-    )
-
-
-def check_admin(request: web.Request, services: Services) -> None:
-    """Admin routes do not exist without a token, and need it as a bearer when they do."""
-    token = services.settings.admin_token
-    if not token:
-        raise web.HTTPNotFound()
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode(), token.encode()
-    ):
-        raise Unauthorized("This route needs the admin bearer token (--admin-token).")
-
-
-def fingerprint_report(state: ModelFingerprints) -> dict[str, Any]:
-    current = next(s for s in state.seen if s.fingerprint == state.current)
-    return {
-        "current": state.current,
-        "first_seen": rfc3339(current.first_seen),
-        "last_seen": rfc3339(current.last_seen),
-        "count": current.count,
-        "history": [
-            {
-                "fingerprint": s.fingerprint,
-                "first_seen": rfc3339(s.first_seen),
-                "last_seen": rfc3339(s.last_seen),
-                "count": s.count,
-            }
-            for s in state.seen
-        ],
-    }
-
-
-def rfc3339(timestamp: float) -> str:
-    moment = datetime.fromtimestamp(timestamp, UTC).replace(microsecond=0)
-    return moment.isoformat().replace("+00:00", "Z")
 
 
 def _dumps(value: Any) -> str:

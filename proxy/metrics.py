@@ -109,6 +109,10 @@ class Metrics:
         MultiProcessCollector(merged, path=self._multiprocess_dir)  # type: ignore[no-untyped-call]
         return generate_latest(merged)
 
+    def hit_counts(self) -> tuple[int, int]:
+        """Hits and misses this process has counted, over every model."""
+        return _total(self.hits), _total(self.misses)
+
     def model(self, name: str) -> str:
         """A bounded label value for a model name."""
         if name in self._models:
@@ -128,3 +132,14 @@ class Metrics:
             self.fingerprint_info.labels(label, reported).set(0)
         self.fingerprint_info.labels(label, current).set(1)
         self._fingerprints[label] = current
+
+
+def _total(counter: Counter) -> int:
+    return int(
+        sum(
+            sample.value
+            for family in counter.collect()
+            for sample in family.samples
+            if sample.name.endswith("_total")
+        )
+    )

@@ -167,7 +167,7 @@ class _Relay:
             completion_tokens=recorder.completion_tokens,
             stream=True,
         )
-        await put(self.services, call.key, entry)
+        await put(self.services, call, entry)
 
 
 async def _until_first_frame(

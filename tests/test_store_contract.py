@@ -17,7 +17,14 @@ import pytest
 from redis.asyncio import Redis, RedisCluster
 
 from proxy.store import MemoryStore, Store, StoreError, open_store, parse_size
-from proxy.store.base import FingerprintSeen, ModelFingerprints, Observation
+from proxy.store.base import (
+    FingerprintSeen,
+    Labels,
+    ModelFingerprints,
+    Observation,
+    Selector,
+    Usage,
+)
 from proxy.store.memory import ENTRY_OVERHEAD
 from tests.fixtures_redis import RedisClusterNodes, running_redis
 
@@ -164,6 +171,23 @@ class StoreContract:
         assert not await store.locked("k")
         assert await store.lock("k", "next", 1)
 
+    async def test_purge_selects_by_namespace_model_and_fingerprint(self, store: Store) -> None:
+        await store.put("k1", "fp_a", b"1", 0, Labels("ns1", "m1"))
+        await store.put("k1", "fp_b", b"2", 0, Labels("ns1", "m1"))
+        await store.put("k2", "fp_a", b"3", 0, Labels("ns2", "m1"))
+        await store.put("k3", "fp_a", b"4", 0, Labels("ns2", "m2"))
+        assert await store.purge(Selector(namespace="ns1"), dry_run=True) == 2
+        assert await store.get("k1", None) == {"fp_a": b"1", "fp_b": b"2"}
+        assert await store.purge(Selector(model="m1", fingerprint="fp_a"), dry_run=False) == 2
+        assert await store.get("k1", None) == {"fp_b": b"2"}
+        assert await store.get("k2", None) == {}
+        assert await store.get("k3", None) == {"fp_a": b"4"}
+        usage = await store.usage()
+        assert usage.entries == 2
+        assert usage.bytes > 0
+        assert await store.purge(Selector(), dry_run=False) == 2
+        assert await store.usage() == Usage(0, 0)
+
     async def test_concurrent_lock_attempts_have_one_winner(self, store: Store) -> None:
         taken = await asyncio.gather(*(store.lock("k", f"t{i}", 30) for i in range(20)))
         assert sum(taken) == 1
@@ -250,6 +274,16 @@ class RedisContract(StoreContract):
         store = await open_store(url)
         yield store
         await store.close()
+
+    async def test_purge_scans_past_one_batch(self, store: Store) -> None:
+        await asyncio.gather(
+            *(store.put(f"k{i}", "fp", b"v", 0, Labels("big", "m")) for i in range(1200))
+        )
+        await store.put("other", "fp", b"v", 0, Labels("small", "m"))
+        assert await store.purge(Selector(namespace="big"), dry_run=True) == 1200
+        assert await store.purge(Selector(namespace="big"), dry_run=False) == 1200
+        assert (await store.usage()).entries == 1
+        assert await store.get("other", None) == {"fp": b"v"}
 
     @pytest.fixture
     def raw(self) -> Redis | RedisCluster:

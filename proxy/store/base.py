@@ -54,15 +54,59 @@ class Observation:
     new: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Labels:
+    """What an operator selects entries by, kept beside the (possibly encrypted) value."""
+
+    namespace: str = ""
+    model: str = ""
+
+
+NO_LABELS = Labels()
+
+
+@dataclass(frozen=True, slots=True)
+class Selector:
+    """Entries to purge: every given field must match; None matches anything."""
+
+    namespace: str | None = None
+    model: str | None = None
+    fingerprint: str | None = None
+
+    def matches(self, labels: Labels, fingerprint: str) -> bool:
+        return (
+            (self.namespace is None or labels.namespace == self.namespace)
+            and (self.model is None or labels.model == self.model)
+            and (self.fingerprint is None or fingerprint == self.fingerprint)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """How much the store holds: answers (one per key and fingerprint) and their bytes."""
+
+    entries: int
+    bytes: int
+
+
 class Store(Protocol):
     async def get(self, key: str, fingerprints: Sequence[str] | None) -> dict[str, bytes]:
         """The values stored under `key` for these fingerprints (all of them when None)."""
 
-    async def put(self, key: str, fingerprint: str, value: bytes, ttl: int) -> None:
-        """Store `value`; `ttl` seconds of life, 0 for none."""
+    async def put(
+        self, key: str, fingerprint: str, value: bytes, ttl: int, labels: Labels = NO_LABELS
+    ) -> None:
+        """Store `value`; `ttl` seconds of life, 0 for none; `labels` for purges and exports."""
 
     async def delete(self, key: str) -> None:
         """Forget every fingerprint's value under `key`."""
+
+    async def purge(self, selector: Selector, dry_run: bool) -> int:
+        """Delete (or only count, when `dry_run`) the entries `selector` matches, in batches
+        that never block a shared backend."""
+
+    async def usage(self) -> Usage:
+        """Entries and bytes held, for the stats route."""
 
     async def observe_fingerprint(self, model: str, fingerprint: str, now: float) -> Observation:
         """Make `fingerprint` the model's current one, atomically, and say what changed."""

@@ -17,7 +17,15 @@ from collections.abc import Sequence
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from proxy.store.base import ModelFingerprints, Observation, Store
+from proxy.store.base import (
+    NO_LABELS,
+    Labels,
+    ModelFingerprints,
+    Observation,
+    Selector,
+    Store,
+    Usage,
+)
 
 _VERSION = b"\x01"
 _NONCE_BYTES = 12
@@ -65,8 +73,16 @@ class EncryptedStore:
         opened = {fp: self.open(key, fp, blob) for fp, blob in found.items()}
         return {fp: value for fp, value in opened.items() if value is not None}
 
-    async def put(self, key: str, fingerprint: str, value: bytes, ttl: int) -> None:
-        await self.inner.put(key, fingerprint, self.seal(key, fingerprint, value), ttl)
+    async def put(
+        self, key: str, fingerprint: str, value: bytes, ttl: int, labels: Labels = NO_LABELS
+    ) -> None:
+        await self.inner.put(key, fingerprint, self.seal(key, fingerprint, value), ttl, labels)
+
+    async def purge(self, selector: Selector, dry_run: bool) -> int:
+        return await self.inner.purge(selector, dry_run)
+
+    async def usage(self) -> Usage:
+        return await self.inner.usage()
 
     async def delete(self, key: str) -> None:
         await self.inner.delete(key)

@@ -15,7 +15,16 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from proxy.store.base import ModelFingerprints, Observation, Store, StoreError
+from proxy.store.base import (
+    NO_LABELS,
+    Labels,
+    ModelFingerprints,
+    Observation,
+    Selector,
+    Store,
+    StoreError,
+    Usage,
+)
 
 log = logging.getLogger("proxy.store")
 
@@ -49,6 +58,15 @@ class GuardedStore:
     @property
     def is_open(self) -> bool:
         return self._open_until is not None
+
+    async def _admin(self, op: str, work: Awaitable[T]) -> T:
+        """Operator calls run as long as they need; their failures still become StoreError."""
+        try:
+            return await work
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"{op} failed: {type(exc).__name__}") from exc
 
     async def _call(self, op: str, run: Callable[[], Awaitable[T]]) -> T:
         probe = self._admit(op)
@@ -96,8 +114,17 @@ class GuardedStore:
     async def get(self, key: str, fingerprints: Sequence[str] | None) -> dict[str, bytes]:
         return await self._call("get", lambda: self.inner.get(key, fingerprints))
 
-    async def put(self, key: str, fingerprint: str, value: bytes, ttl: int) -> None:
-        await self._call("put", lambda: self.inner.put(key, fingerprint, value, ttl))
+    async def put(
+        self, key: str, fingerprint: str, value: bytes, ttl: int, labels: Labels = NO_LABELS
+    ) -> None:
+        await self._call("put", lambda: self.inner.put(key, fingerprint, value, ttl, labels))
+
+    async def purge(self, selector: Selector, dry_run: bool) -> int:
+        """Not under the call deadline: a purge scans the whole store, in batches."""
+        return await self._admin("purge", self.inner.purge(selector, dry_run))
+
+    async def usage(self) -> Usage:
+        return await self._admin("usage", self.inner.usage())
 
     async def delete(self, key: str) -> None:
         await self._call("delete", lambda: self.inner.delete(key))

@@ -14,7 +14,15 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from proxy.store.base import FingerprintSeen, ModelFingerprints, Observation
+from proxy.store.base import (
+    NO_LABELS,
+    FingerprintSeen,
+    Labels,
+    ModelFingerprints,
+    Observation,
+    Selector,
+    Usage,
+)
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 ENTRY_OVERHEAD = 64
@@ -53,6 +61,7 @@ class MemoryStore:
         self._models: dict[str, _Model] = {}
         self._secret: bytes | None = None
         self._locks: dict[str, tuple[str, float]] = {}
+        self._labels: dict[str, Labels] = {}
 
     async def get(self, key: str, fingerprints: Sequence[str] | None) -> dict[str, bytes]:
         self._drop_expired()
@@ -65,7 +74,9 @@ class MemoryStore:
                 found[fingerprint] = entry.value
         return found
 
-    async def put(self, key: str, fingerprint: str, value: bytes, ttl: int) -> None:
+    async def put(
+        self, key: str, fingerprint: str, value: bytes, ttl: int, labels: Labels = NO_LABELS
+    ) -> None:
         self._drop_expired()
         slot = (key, fingerprint)
         self._remove(slot)
@@ -76,6 +87,7 @@ class MemoryStore:
         entry = _Entry(value, size, expires, next(self._sequence))
         self._entries[slot] = entry
         self._fingerprints_of.setdefault(key, {})[fingerprint] = None
+        self._labels[key] = labels
         self._size += size
         if ttl > 0:
             heapq.heappush(self._expiries, (expires, entry.sequence, slot))
@@ -84,6 +96,22 @@ class MemoryStore:
     async def delete(self, key: str) -> None:
         for fingerprint in list(self._fingerprints_of.get(key, {})):
             self._remove((key, fingerprint))
+
+    async def purge(self, selector: Selector, dry_run: bool) -> int:
+        self._drop_expired()
+        chosen = [
+            (key, fingerprint)
+            for key, fingerprint in self._entries
+            if selector.matches(self._labels.get(key, Labels()), fingerprint)
+        ]
+        if not dry_run:
+            for slot in chosen:
+                self._remove(slot)
+        return len(chosen)
+
+    async def usage(self) -> Usage:
+        self._drop_expired()
+        return Usage(entries=len(self._entries), bytes=self._size)
 
     async def observe_fingerprint(self, model: str, fingerprint: str, now: float) -> Observation:
         state = self._models.get(model)
@@ -140,6 +168,7 @@ class MemoryStore:
         del fingerprints[fingerprint]
         if not fingerprints:
             del self._fingerprints_of[key]
+            self._labels.pop(key, None)
 
     def _evict(self) -> None:
         while self._size > self._max_bytes:

@@ -2,7 +2,8 @@
 
 Key layout (every operation touches one key, hash-tagged, so it is Redis Cluster safe):
 
-    {prefix}e:{<key>}          hash  <fingerprint> -> value            one cache key's answers
+    {prefix}e:{<key>}          hash  <fingerprint> -> value            one cache key's answers,
+                                     NUL"labels" -> {"namespace", "model"} (what purges select)
     {prefix}fp:{<sha1(model)>} hash  model, current, seen (a counter),
                                      fp:<fingerprint> -> JSON record   one model's fingerprints
     {prefix}models             set   model names                       index for the admin route
@@ -25,12 +26,24 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisClusterException, RedisError
 
-from proxy.store.base import FingerprintSeen, ModelFingerprints, Observation, StoreError
+from proxy.store.base import (
+    NO_LABELS,
+    FingerprintSeen,
+    Labels,
+    ModelFingerprints,
+    Observation,
+    Selector,
+    StoreError,
+    Usage,
+)
 
 _FAILURES = (RedisError, RedisClusterException, OSError)
 """What redis-py raises; OSError covers builtin (and asyncio) TimeoutError too."""
 
 _FIELD = "fp:"
+_LABELS = "\x00labels"
+"""The labels field of an entry hash: no fingerprint from an upstream starts with a NUL."""
+_SCAN_BATCH = 500
 
 # KEYS[1] = the model's hash; ARGV = model, fingerprint, now.
 # Returns {previous current or nil, 1 if the fingerprint is new for the model else 0}.
@@ -91,17 +104,21 @@ class RedisStore:
         with _mapped("get"):
             if fingerprints is None:
                 found = await self._client.hgetall(self._entry(key))
-                return {_text(fp): _bytes(value) for fp, value in found.items()}
+                named = ((_text(fp), value) for fp, value in found.items())
+                return {fp: _bytes(value) for fp, value in named if fp != _LABELS}
             values = await self._client.hmget(self._entry(key), list(fingerprints))
         pairs = zip(fingerprints, values, strict=True)
         return {fp: _bytes(value) for fp, value in pairs if value is not None}
 
-    async def put(self, key: str, fingerprint: str, value: bytes, ttl: int) -> None:
+    async def put(
+        self, key: str, fingerprint: str, value: bytes, ttl: int, labels: Labels = NO_LABELS
+    ) -> None:
         """Store the value; the TTL is per key, so it also renews the key's other fingerprints."""
         name = self._entry(key)
+        tags = orjson.dumps({"namespace": labels.namespace, "model": labels.model})
         with _mapped("put"):
             async with self._client.pipeline(transaction=True) as pipe:
-                pipe.hset(name, fingerprint, value)
+                pipe.hset(name, mapping={fingerprint: value, _LABELS: tags})
                 if ttl > 0:
                     pipe.expire(name, ttl)
                 else:
@@ -111,6 +128,65 @@ class RedisStore:
     async def delete(self, key: str) -> None:
         with _mapped("delete"):
             await self._client.delete(self._entry(key))
+
+    async def purge(self, selector: Selector, dry_run: bool) -> int:
+        """SCAN in batches (every node of a cluster), reading labels and field names only."""
+        matched = 0
+        with _mapped("purge"):
+            batch: list[bytes] = []
+            async for name in self._client.scan_iter(match=self._entry("*"), count=_SCAN_BATCH):
+                batch.append(name)
+                if len(batch) >= _SCAN_BATCH:
+                    matched += await self._purge_batch(batch, selector, dry_run)
+                    batch = []
+            if batch:
+                matched += await self._purge_batch(batch, selector, dry_run)
+        return matched
+
+    async def _purge_batch(self, names: list[bytes], selector: Selector, dry_run: bool) -> int:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hget(name, _LABELS)
+                pipe.hkeys(name)
+            replies = await pipe.execute()
+        matched = 0
+        whole: list[bytes] = []
+        partial: list[tuple[bytes, list[str]]] = []
+        for name, raw, fields in zip(names, replies[::2], replies[1::2], strict=True):
+            labels = _parse_labels(raw)
+            fingerprints = [field for field in map(_text, fields) if field != _LABELS]
+            chosen = [fp for fp in fingerprints if selector.matches(labels, fp)]
+            matched += len(chosen)
+            if chosen and len(chosen) == len(fingerprints):
+                whole.append(name)
+            elif chosen:
+                partial.append((name, chosen))
+        if not dry_run and (whole or partial):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for name in whole:
+                    pipe.delete(name)
+                for name, chosen in partial:
+                    pipe.hdel(name, *chosen)
+                await pipe.execute()
+        return matched
+
+    async def usage(self) -> Usage:
+        """Entries by SCAN, bytes as Redis accounts them (MEMORY USAGE), in batches."""
+        entries = size = 0
+        with _mapped("usage"):
+            names = [
+                n async for n in self._client.scan_iter(match=self._entry("*"), count=_SCAN_BATCH)
+            ]
+            for start in range(0, len(names), _SCAN_BATCH):
+                chunk = names[start : start + _SCAN_BATCH]
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for name in chunk:
+                        pipe.hlen(name)
+                        pipe.memory_usage(name)
+                    replies = await pipe.execute()
+                entries += sum(max(0, int(n or 0) - 1) for n in replies[::2])
+                size += sum(int(b or 0) for b in replies[1::2])
+        return Usage(entries=entries, bytes=size)
 
     async def observe_fingerprint(self, model: str, fingerprint: str, now: float) -> Observation:
         """One atomic script on the model's key; the index is only touched by the first caller."""
@@ -183,6 +259,13 @@ class RedisStore:
 
     def _models(self) -> str:
         return f"{self._prefix}models"
+
+
+def _parse_labels(raw: bytes | str | None) -> Labels:
+    if raw is None:
+        return Labels()
+    data = orjson.loads(raw)
+    return Labels(namespace=str(data.get("namespace", "")), model=str(data.get("model", "")))
 
 
 def _parse_model(raw_state: Mapping[bytes | str, bytes | str]) -> ModelFingerprints | None:

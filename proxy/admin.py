@@ -1,0 +1,120 @@
+"""Operator routes under /admin: fingerprints, stats, purge. They exist only with a token."""
+
+from __future__ import annotations
+
+import hmac
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy.context import SERVICES, Services
+from proxy.errors import InvalidJSON, InvalidParameter, StoreUnavailable, Unauthorized
+from proxy.store.base import ModelFingerprints, Selector, StoreError
+
+
+async def admin_fingerprints(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    check_admin(request, services)
+    try:
+        states = await services.store.all_fingerprints()
+    except StoreError as exc:
+        raise StoreUnavailable(f"The store did not answer: {exc}") from exc
+    return _json({model: fingerprint_report(state) for model, state in sorted(states.items())})
+
+
+def check_admin(request: web.Request, services: Services) -> None:
+    """Admin routes do not exist without a token, and need it as a bearer when they do."""
+    token = services.settings.admin_token
+    if not token:
+        raise web.HTTPNotFound()
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    ):
+        raise Unauthorized("This route needs the admin bearer token (--admin-token).")
+
+
+def fingerprint_report(state: ModelFingerprints) -> dict[str, Any]:
+    current = next(s for s in state.seen if s.fingerprint == state.current)
+    return {
+        "current": state.current,
+        "first_seen": rfc3339(current.first_seen),
+        "last_seen": rfc3339(current.last_seen),
+        "count": current.count,
+        "history": [
+            {
+                "fingerprint": s.fingerprint,
+                "first_seen": rfc3339(s.first_seen),
+                "last_seen": rfc3339(s.last_seen),
+                "count": s.count,
+            }
+            for s in state.seen
+        ],
+    }
+
+
+def rfc3339(timestamp: float) -> str:
+    moment = datetime.fromtimestamp(timestamp, UTC).replace(microsecond=0)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+async def admin_stats(request: web.Request) -> web.Response:
+    """What the store holds, and how this process has served since it started."""
+    services = request.app[SERVICES]
+    check_admin(request, services)
+    try:
+        usage = await services.store.usage()
+    except StoreError as exc:
+        raise StoreUnavailable(f"The store did not answer: {exc}") from exc
+    hits, misses = services.metrics.hit_counts()
+    looked = hits + misses
+    return _json(
+        {
+            "entries": usage.entries,
+            "bytes": usage.bytes,
+            "hits": hits,
+            "misses": misses,
+            "hit_ratio": round(hits / looked, 4) if looked else None,
+        }
+    )
+
+
+async def admin_purge(request: web.Request) -> web.Response:
+    """Delete entries by namespace, model and/or fingerprint; `dry_run` only counts them."""
+    services = request.app[SERVICES]
+    check_admin(request, services)
+    selector, dry_run = purge_request(await request.read())
+    try:
+        matched = await services.store.purge(selector, dry_run)
+    except StoreError as exc:
+        raise StoreUnavailable(f"The store did not answer: {exc}") from exc
+    return _json({"matched": matched, "deleted": 0 if dry_run else matched, "dry_run": dry_run})
+
+
+def purge_request(raw: bytes) -> tuple[Selector, bool]:
+    """Parse a purge body; an empty selector must say `"all": true`, so nobody wipes by accident."""
+    try:
+        body = orjson.loads(raw or b"{}")
+    except orjson.JSONDecodeError:
+        raise InvalidJSON("The purge body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise InvalidJSON("The purge body must be a JSON object.")
+    fields = {}
+    for name in ("namespace", "model", "fingerprint"):
+        value = body.get(name)
+        if value is not None and not isinstance(value, str):
+            raise InvalidParameter(f"'{name}' must be a string.", name)
+        fields[name] = value
+    selector = Selector(**fields)
+    if selector == Selector() and body.get("all") is not True:
+        raise InvalidParameter(
+            'Name a namespace, model or fingerprint, or send "all": true to purge everything.',
+            "all",
+        )
+    return selector, body.get("dry_run") is True
+
+
+def _json(value: Any) -> web.Response:
+    return web.Response(body=orjson.dumps(value), content_type="application/json")

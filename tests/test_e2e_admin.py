@@ -1,0 +1,113 @@
+"""Operator routes: stats and purge, through the HTTP API and the CLI, on memory and Redis."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import httpx
+import orjson
+import pytest
+
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim
+
+TOKEN = "admin-secret"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+AUTH = {"Authorization": "Bearer sk-alice", "Content-Type": "application/json"}
+
+
+def ask(proxy: Proxy, content: str, model: str = "gpt-4o-mini", namespace: str = "") -> str:
+    body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": content}]})
+    headers = {**AUTH, "X-Repro-Namespace": namespace} if namespace else AUTH
+    response = httpx.post(proxy.v1 + "/chat/completions", content=body, headers=headers, timeout=10)
+    assert response.status_code == 200
+    return response.headers["X-Repro-Cache"]
+
+
+def purge(proxy: Proxy, **selector: object) -> httpx.Response:
+    return httpx.post(proxy.url + "/admin/purge", json=selector, headers=ADMIN, timeout=30)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def admin_proxy(request: pytest.FixtureRequest, start_proxy: ProxyFactory) -> Proxy:
+    flags = ["--admin-token", TOKEN]
+    if request.param == "redis":
+        flags += ["--store", request.getfixturevalue("redis_url")]
+    return start_proxy(*flags)
+
+
+def test_stats_count_entries_bytes_and_the_hit_ratio(admin_proxy: Proxy) -> None:
+    for content in ("a", "b", "a", "a"):
+        ask(admin_proxy, content)
+    stats = httpx.get(admin_proxy.url + "/admin/stats", headers=ADMIN, timeout=10).json()
+    assert stats["entries"] == 2
+    assert stats["bytes"] > 0
+    assert (stats["hits"], stats["misses"]) == (2, 2)
+    assert stats["hit_ratio"] == 0.5
+
+
+def test_purge_by_namespace_model_and_fingerprint_with_a_dry_run(
+    admin_proxy: Proxy, sim: Sim
+) -> None:
+    ask(admin_proxy, "x", namespace="suite-a")
+    ask(admin_proxy, "y", namespace="suite-a")
+    ask(admin_proxy, "x", namespace="suite-b")
+    ask(admin_proxy, "x", model="gpt-4o")
+    dry = purge(admin_proxy, namespace="suite-a", dry_run=True).json()
+    assert dry == {"matched": 2, "deleted": 0, "dry_run": True}
+    assert ask(admin_proxy, "x", namespace="suite-a") == "HIT"
+    assert purge(admin_proxy, namespace="suite-a").json()["deleted"] == 2
+    assert ask(admin_proxy, "x", namespace="suite-a") == "MISS"
+    assert ask(admin_proxy, "x", namespace="suite-b") == "HIT"
+    assert purge(admin_proxy, model="gpt-4o").json()["deleted"] == 1
+    assert ask(admin_proxy, "x", model="gpt-4o") == "MISS"
+    assert purge(admin_proxy, fingerprint="fp_sim_0001").json()["deleted"] == 3
+    assert ask(admin_proxy, "x", namespace="suite-b") == "MISS"
+
+
+def test_purge_refuses_an_empty_selector_without_all(admin_proxy: Proxy) -> None:
+    ask(admin_proxy, "x")
+    refused = purge(admin_proxy)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "all"
+    assert purge(admin_proxy, model=7).status_code == 400
+    assert purge(admin_proxy, all=True).json()["deleted"] == 1
+
+
+def test_admin_routes_need_the_token(admin_proxy: Proxy, start_proxy: ProxyFactory) -> None:
+    for path, method in (("/admin/stats", "GET"), ("/admin/purge", "POST")):
+        assert httpx.request(method, admin_proxy.url + path, timeout=5).status_code == 401
+    no_token = start_proxy()
+    assert httpx.get(no_token.url + "/admin/stats", timeout=5).status_code == 404
+
+
+def cli(*args: str, token: str = TOKEN) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "REPRO_ADMIN_TOKEN": token},
+    )
+
+
+def test_operator_cli_subcommands(start_proxy: ProxyFactory) -> None:
+    proxy = start_proxy("--admin-token", TOKEN)
+    ask(proxy, "x", namespace="n1")
+    ask(proxy, "y", namespace="n2")
+    stats = cli("stats", "--url", proxy.url)
+    assert stats.returncode == 0, stats.stderr
+    assert orjson.loads(stats.stdout)["entries"] == 2
+    fingerprints = cli("fingerprints", "--url", proxy.url)
+    assert orjson.loads(fingerprints.stdout)["gpt-4o-mini"]["current"] == "fp_sim_0001"
+    dry = cli("purge", "--url", proxy.url, "--namespace", "n1", "--dry-run")
+    assert orjson.loads(dry.stdout) == {"matched": 1, "deleted": 0, "dry_run": True}
+    done = cli("purge", "--url", proxy.url, "--namespace", "n1")
+    assert orjson.loads(done.stdout)["deleted"] == 1
+    refused = cli("purge", "--url", proxy.url)
+    assert refused.returncode == 1
+    assert "all" in refused.stderr
+    wrong = cli("stats", "--url", proxy.url, token="wrong")
+    assert wrong.returncode == 1
+    assert "401" in wrong.stderr
