@@ -19,6 +19,8 @@ from proxy.errors import ProxyError
 from proxy.fingerprints import FingerprintTracker
 from proxy.keycheck import KeyChecker
 from proxy.metrics import Metrics
+from proxy.probe import Prober
+from proxy.probe import running as probing
 from proxy.store import open_store
 from proxy.store.base import Store, StoreError
 from proxy.store.encrypted import EncryptedStore, parse_keys
@@ -72,21 +74,32 @@ def _services(
         )
         session = client_session(settings.connect_timeout, settings.upstream_timeout)
         upstream = Upstream(session, settings.upstream, settings.upstream_timeout)
+        fingerprints = FingerprintTracker(
+            store, metrics, settings.fingerprint_policy, settings.fingerprint_grace, clock
+        )
+        prober = Prober(
+            upstream,
+            fingerprints,
+            interval=settings.probe_interval,
+            api_key=settings.probe_key,
+            seed=settings.default_seed,
+            clock=clock,
+        )
         app[SERVICES] = Services(
             settings=settings,
             store=store,
             upstream=upstream,
             metrics=metrics,
-            fingerprints=FingerprintTracker(
-                store, metrics, settings.fingerprint_policy, settings.fingerprint_grace, clock
-            ),
+            fingerprints=fingerprints,
             coalescer=Coalescer(store, settings.lock_timeout),
             keys=KeyChecker(upstream, settings.key_check_interval, clock),
+            prober=prober,
             secret=await _secret(settings, store),
             clock=clock,
         )
         try:
-            yield
+            async with probing(prober):
+                yield
         finally:
             await session.close()
             await store.close()

@@ -222,6 +222,7 @@ def observe_upstream(services: Services, route: str, status: int, started: float
 
 
 async def observe_fingerprint(services: Services, model: str, fingerprint: str) -> None:
+    services.prober.answered(model)
     try:
         await services.fingerprints.observe(model, fingerprint)
     except StoreError as exc:

@@ -149,6 +149,8 @@ OPTIONS = (
         "seconds an API key stays trusted for cached answers after the upstream accepted it; "
         "0 = never check",
     ),
+    Option("probe_interval", "0", _seconds, "seconds between fingerprint probes; 0 = no probe"),
+    Option("probe_key", None, str, "API key the fingerprint probe uses"),
     Option(
         "lock_timeout",
         "30",
@@ -169,7 +171,7 @@ OPTIONS = (
     Option("workers", "1", _positive_int, "serving processes on the port (SO_REUSEPORT)"),
     Option("log_level", "info", _choice("debug", "info", "warning", "error"), "log level"),
 )
-_SECRETS = frozenset({"admin_token", "secret", "encryption_key"})
+_SECRETS = frozenset({"admin_token", "secret", "encryption_key", "probe_key"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +194,8 @@ class Settings:
     max_body: int = 16 * 1024 * 1024
     max_entry: int = 32 * 1024 * 1024
     key_check_interval: float = 300.0
+    probe_interval: float = 0.0
+    probe_key: str | None = field(default=None, repr=False)
     lock_timeout: float = 30.0
     store_timeout: float = 0.5
     connect_timeout: float = 10.0

@@ -12,6 +12,7 @@ from proxy.config import Settings
 from proxy.fingerprints import FingerprintTracker
 from proxy.keycheck import KeyChecker
 from proxy.metrics import Metrics
+from proxy.probe import Prober
 from proxy.store.base import Store
 from proxy.upstream import Upstream
 
@@ -25,6 +26,7 @@ class Services:
     fingerprints: FingerprintTracker
     coalescer: Coalescer
     keys: KeyChecker
+    prober: Prober
     secret: bytes
     clock: Callable[[], float]
 

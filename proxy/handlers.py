@@ -45,6 +45,7 @@ async def answer(services: Services, request: web.Request, call: Call) -> web.St
     metrics = services.metrics
     if call.seed_source == "default":
         metrics.seed_injected.labels(metrics.model(call.model)).inc()
+    services.prober.requested(call.model, call.route)
     if not call.plan.lookup:
         return await go_upstream(services, request, call)
     entry = await lookup(services, call)

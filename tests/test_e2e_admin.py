@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import httpx
 import orjson
@@ -111,3 +112,29 @@ def test_operator_cli_subcommands(start_proxy: ProxyFactory) -> None:
     wrong = cli("stats", "--url", proxy.url, token="wrong")
     assert wrong.returncode == 1
     assert "401" in wrong.stderr
+
+
+def test_the_probe_learns_a_rotation_of_a_model_served_only_from_the_cache(
+    start_proxy: ProxyFactory, sim: Sim
+) -> None:
+    proxy = start_proxy("--probe-interval", "0.5", "--probe-key", "sk-probe")
+    assert ask(proxy, "x") == "MISS"
+    assert ask(proxy, "x") == "HIT"
+    sim.set_fingerprint("fp_sim_0002")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proxy.metric("repro_fingerprint_changes_total", model="gpt-4o-mini") == 1:
+            break
+        time.sleep(0.1)
+    assert proxy.metric("repro_fingerprint_changes_total", model="gpt-4o-mini") == 1
+    probes = [r for r in sim.llm_requests() if r["headers"]["Authorization"] == "Bearer sk-probe"]
+    body = orjson.loads(probes[0]["body"])
+    assert (body["max_completion_tokens"], body["seed"]) == (1, 12345)
+    assert ask(proxy, "x") == "MISS"
+
+
+def test_no_probe_by_default(proxy: Proxy, sim: Sim) -> None:
+    ask(proxy, "x")
+    ask(proxy, "x")
+    time.sleep(1)
+    assert len(sim.llm_requests()) == 1

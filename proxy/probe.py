@@ -1,0 +1,135 @@
+"""An optional probe that learns fingerprint rotations of models only the cache is answering.
+
+The proxy learns a model's fingerprint from upstream answers. A model whose requests all HIT
+never shows a rotation, so with `--probe-interval` the proxy sends, per model requested within
+the last `ACTIVE_INTERVALS` intervals and not answered by the upstream during the last one, one
+minimal request (one completion token, the default seed) with `--probe-key`. Cost: at most one
+such request per active model per interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+
+from proxy.canonical import CHAT, COMPLETIONS
+from proxy.entry import fingerprint_of
+from proxy.errors import UpstreamError
+from proxy.fingerprints import FingerprintTracker
+from proxy.store.base import StoreError
+from proxy.upstream import Upstream, read_body
+
+log = logging.getLogger("proxy.probe")
+
+ACTIVE_INTERVALS = 10
+
+
+class Prober:
+    def __init__(
+        self,
+        upstream: Upstream,
+        fingerprints: FingerprintTracker,
+        *,
+        interval: float,
+        api_key: str | None,
+        seed: int,
+        clock: Callable[[], float],
+    ) -> None:
+        self._upstream = upstream
+        self._fingerprints = fingerprints
+        self._interval = interval
+        self._api_key = api_key
+        self._seed = seed
+        self._clock = clock
+        self._requested: dict[str, tuple[str, float]] = {}
+        self._answered: dict[str, float] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return self._interval > 0 and bool(self._api_key)
+
+    def requested(self, model: str, route: str) -> None:
+        """A client asked for `model` on `route` (chat or completions)."""
+        if self.enabled and model and route in (CHAT, COMPLETIONS):
+            self._requested[model] = (route, self._clock())
+
+    def answered(self, model: str) -> None:
+        """The upstream answered for `model`: its fingerprint is known to be fresh."""
+        if self.enabled:
+            self._answered[model] = self._clock()
+
+    def due(self) -> list[tuple[str, str]]:
+        """(model, route) pairs to probe now; models idle for long are forgotten."""
+        now = self._clock()
+        for model, (_, last) in list(self._requested.items()):
+            if now - last > ACTIVE_INTERVALS * self._interval:
+                del self._requested[model]
+        return [
+            (model, route)
+            for model, (route, _) in self._requested.items()
+            if now - self._answered.get(model, float("-inf")) >= self._interval
+        ]
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            for model, route in self.due():
+                await self.probe(model, route)
+
+    async def probe(self, model: str, route: str) -> None:
+        for body in _bodies(model, route, self._seed):
+            status, answer = await self._send(route, body)
+            if status == 400:
+                continue  # some models take only max_tokens, others only max_completion_tokens
+            if status == 200 and answer is not None:
+                await self._learn(model, fingerprint_of(answer))
+            else:
+                log.warning("probe failed", extra={"model": model, "status": status})
+            return
+
+    async def _send(self, route: str, body: dict[str, Any]) -> tuple[int | None, Any]:
+        headers = {"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json"}
+        try:
+            async with self._upstream.request("POST", route, headers, orjson.dumps(body)) as resp:
+                data = await read_body(resp)
+                status = resp.status
+        except UpstreamError:
+            return None, None
+        with contextlib.suppress(orjson.JSONDecodeError):
+            answer = orjson.loads(data)
+            return status, answer if isinstance(answer, dict) else None
+        return status, None
+
+    async def _learn(self, model: str, fingerprint: str) -> None:
+        self.answered(model)
+        try:
+            await self._fingerprints.observe(model, fingerprint)
+        except StoreError:
+            log.warning("probe could not record the fingerprint", extra={"model": model})
+
+
+def _bodies(model: str, route: str, seed: int) -> list[dict[str, Any]]:
+    if route == COMPLETIONS:
+        return [{"model": model, "prompt": "ping", "max_tokens": 1, "seed": seed}]
+    message = {"model": model, "messages": [{"role": "user", "content": "ping"}], "seed": seed}
+    return [{**message, "max_completion_tokens": 1}, {**message, "max_tokens": 1}]
+
+
+@contextlib.asynccontextmanager
+async def running(prober: Prober) -> AsyncIterator[None]:
+    """Keep the probe loop alive for the duration of the block."""
+    if not prober.enabled:
+        yield
+        return
+    task = asyncio.create_task(prober.run(), name="fingerprint-probe")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
