@@ -32,6 +32,7 @@ class Call:
     route: str
     tenant: str  # the caller's key HMAC (or anonymous), whatever the cache scope
     namespace: str
+    query: str
     model: str
     key: str
     body: bytes  # exactly what the upstream receives
@@ -74,6 +75,7 @@ def prepare(
         route=route,
         tenant=policy.cache_scope(key, policy.CacheScope.KEY, services.secret),
         namespace=namespace,
+        query=query,
         model=model if isinstance(model, str) else "",
         key=canonical.request_key(route, scope, namespace, seeded.body, query),
         body=raw if settings.enforce is policy.Enforce.OFF else canonical.dumps(seeded.body),
@@ -191,18 +193,8 @@ async def forward(services: Services, request: web.Request, call: Call) -> web.R
         await observe_fingerprint(services, call.model, fingerprint)
         if call.plan.store:
             prompt, completion = usage_of(parsed)
-            entry = Entry(
-                body=data,
-                content_type=content_type,
-                fingerprint=fingerprint,
-                stored_at=services.clock(),
-                model=call.model,
-                seed=call.seed,
-                seed_source=call.seed_source,
-                prompt_tokens=prompt,
-                completion_tokens=completion,
-            )
-            await put(services, call, entry)
+            answer = Answer(data, content_type, fingerprint, prompt, completion, stream=False)
+            await put(services, call, answer)
     headers.update(repro_headers(call, call.plan.outcome, fingerprint))
     return web.Response(status=status, body=data, headers=headers)
 
@@ -229,8 +221,36 @@ async def observe_fingerprint(services: Services, model: str, fingerprint: str) 
         store_failed(services, "fingerprint", exc)
 
 
-async def put(services: Services, call: Call, entry: Entry) -> None:
-    """Store an entry unless it is over the size cap; a failing store only loses the entry."""
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A complete upstream answer, as it is about to be stored."""
+
+    body: bytes
+    content_type: str
+    fingerprint: str
+    prompt_tokens: int
+    completion_tokens: int
+    stream: bool
+
+
+async def put(services: Services, call: Call, answer: Answer) -> None:
+    """Store an answer unless it is over the size cap; a failing store only loses the entry."""
+    entry = Entry(
+        body=answer.body,
+        content_type=answer.content_type,
+        fingerprint=answer.fingerprint,
+        stored_at=services.clock(),
+        model=call.model,
+        seed=call.seed,
+        seed_source=call.seed_source,
+        prompt_tokens=answer.prompt_tokens,
+        completion_tokens=answer.completion_tokens,
+        stream=answer.stream,
+        route=call.route,
+        query=call.query,
+        namespace=call.namespace,
+        request=call.body.decode(),
+    )
     if len(entry.body) > services.settings.max_entry:
         log.info(
             "answer not stored: over max-entry", extra={"key": call.key, "bytes": len(entry.body)}

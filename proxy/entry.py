@@ -31,6 +31,11 @@ class Entry:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     stream: bool = False
+    # What was asked, so that an entry can be exported and keyed again elsewhere (cassettes).
+    route: str = ""
+    query: str = ""
+    namespace: str = ""
+    request: str = ""  # the body the upstream received
 
     def pack(self) -> bytes:
         meta = asdict(self)

@@ -20,6 +20,7 @@ import aiohttp
 from aiohttp import web
 
 from proxy.caching import (
+    Answer,
     Call,
     observe_fingerprint,
     observe_upstream,
@@ -28,7 +29,6 @@ from proxy.caching import (
     upstream_headers,
 )
 from proxy.context import Services
-from proxy.entry import Entry
 from proxy.errors import UpstreamUnreachable
 from proxy.policy import StreamDisconnect
 from proxy.sse import StreamRecorder
@@ -155,19 +155,15 @@ class _Relay:
         await observe_fingerprint(self.services, call.model, self._fingerprint())
         if not call.plan.store:
             return
-        entry = Entry(
+        answer = Answer(
             body=recorder.body(),
             content_type="text/event-stream",
             fingerprint=self._fingerprint(),
-            stored_at=self.services.clock(),
-            model=call.model,
-            seed=call.seed,
-            seed_source=call.seed_source,
             prompt_tokens=recorder.prompt_tokens,
             completion_tokens=recorder.completion_tokens,
             stream=True,
         )
-        await put(self.services, call, entry)
+        await put(self.services, call, answer)
 
 
 async def _until_first_frame(
