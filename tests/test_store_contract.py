@@ -188,6 +188,15 @@ class StoreContract:
         assert await store.purge(Selector(), dry_run=False) == 2
         assert await store.usage() == Usage(0, 0)
 
+    async def test_entries_lists_what_the_selector_matches(self, store: Store) -> None:
+        await store.put("k1", "fp_a", b"1", 0, Labels("ns1", "m1"))
+        await store.put("k1", "fp_b", b"2", 0, Labels("ns1", "m1"))
+        await store.put("k2", "fp_a", b"3", 0, Labels("ns2", "m2"))
+        everything = sorted([item async for item in store.entries(Selector())])
+        assert everything == [("k1", "fp_a", b"1"), ("k1", "fp_b", b"2"), ("k2", "fp_a", b"3")]
+        chosen = [item async for item in store.entries(Selector(model="m2"))]
+        assert chosen == [("k2", "fp_a", b"3")]
+
     async def test_concurrent_lock_attempts_have_one_winner(self, store: Store) -> None:
         taken = await asyncio.gather(*(store.lock("k", f"t{i}", 30) for i in range(20)))
         assert sum(taken) == 1
@@ -276,14 +285,26 @@ class RedisContract(StoreContract):
         await store.close()
 
     async def test_purge_scans_past_one_batch(self, store: Store) -> None:
-        await asyncio.gather(
-            *(store.put(f"k{i}", "fp", b"v", 0, Labels("big", "m")) for i in range(1200))
-        )
+        for start in range(0, 1200, 100):
+            await asyncio.gather(
+                *(
+                    store.put(f"k{i}", "fp", b"v", 0, Labels("big", "m"))
+                    for i in range(start, start + 100)
+                )
+            )
         await store.put("other", "fp", b"v", 0, Labels("small", "m"))
         assert await store.purge(Selector(namespace="big"), dry_run=True) == 1200
         assert await store.purge(Selector(namespace="big"), dry_run=False) == 1200
         assert (await store.usage()).entries == 1
         assert await store.get("other", None) == {"fp": b"v"}
+
+    async def test_entries_reads_past_one_batch(self, store: Store) -> None:
+        for start in range(0, 1100, 100):
+            await asyncio.gather(
+                *(store.put(f"k{i}", "fp", b"v", 0) for i in range(start, start + 100))
+            )
+        keys = {key async for key, _, _ in store.entries(Selector())}
+        assert keys == {f"k{i}" for i in range(1100)}
 
     @pytest.fixture
     def raw(self) -> Redis | RedisCluster:

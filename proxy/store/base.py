@@ -9,7 +9,7 @@ its updates must be atomic.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -107,6 +107,9 @@ class Store(Protocol):
 
     async def usage(self) -> Usage:
         """Entries and bytes held, for the stats route."""
+
+    def entries(self, selector: Selector) -> AsyncIterator[tuple[str, str, bytes]]:
+        """(key, fingerprint, value) of every entry `selector` matches, read in batches."""
 
     async def observe_fingerprint(self, model: str, fingerprint: str, now: float) -> Observation:
         """Make `fingerprint` the model's current one, atomically, and say what changed."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -80,6 +80,12 @@ class EncryptedStore:
 
     async def purge(self, selector: Selector, dry_run: bool) -> int:
         return await self.inner.purge(selector, dry_run)
+
+    async def entries(self, selector: Selector) -> AsyncIterator[tuple[str, str, bytes]]:
+        async for key, fingerprint, blob in self.inner.entries(selector):
+            value = self.open(key, fingerprint, blob)
+            if value is not None:
+                yield key, fingerprint, value
 
     async def usage(self) -> Usage:
         return await self.inner.usage()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from proxy.store.base import (
@@ -122,6 +122,9 @@ class GuardedStore:
     async def purge(self, selector: Selector, dry_run: bool) -> int:
         """Not under the call deadline: a purge scans the whole store, in batches."""
         return await self._admin("purge", self.inner.purge(selector, dry_run))
+
+    def entries(self, selector: Selector) -> AsyncIterator[tuple[str, str, bytes]]:
+        return self.inner.entries(selector)
 
     async def usage(self) -> Usage:
         return await self._admin("usage", self.inner.usage())

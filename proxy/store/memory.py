@@ -11,7 +11,7 @@ import itertools
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from proxy.store.base import (
@@ -108,6 +108,12 @@ class MemoryStore:
             for slot in chosen:
                 self._remove(slot)
         return len(chosen)
+
+    async def entries(self, selector: Selector) -> AsyncIterator[tuple[str, str, bytes]]:
+        self._drop_expired()
+        for (key, fingerprint), entry in list(self._entries.items()):
+            if selector.matches(self._labels.get(key, NO_LABELS), fingerprint):
+                yield key, fingerprint, entry.value
 
     async def usage(self) -> Usage:
         self._drop_expired()

@@ -18,7 +18,7 @@ collide with `model`, `current` or `seen`.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -169,6 +169,37 @@ class RedisStore:
                     pipe.hdel(name, *chosen)
                 await pipe.execute()
         return matched
+
+    async def entries(self, selector: Selector) -> AsyncIterator[tuple[str, str, bytes]]:
+        with _mapped("entries"):
+            batch: list[bytes] = []
+            async for name in self._client.scan_iter(match=self._entry("*"), count=_SCAN_BATCH):
+                batch.append(name)
+                if len(batch) >= _SCAN_BATCH:
+                    for item in await self._read_batch(batch, selector):
+                        yield item
+                    batch = []
+            for item in await self._read_batch(batch, selector):
+                yield item
+
+    async def _read_batch(
+        self, names: list[bytes], selector: Selector
+    ) -> list[tuple[str, str, bytes]]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hgetall(name)
+            replies = await pipe.execute()
+        found = []
+        for name, fields in zip(names, replies, strict=True):
+            named = {_text(field): value for field, value in fields.items()}
+            labels = _parse_labels(named.pop(_LABELS, None))
+            key = _text(name)[len(self._entry("")) - 1 : -1]
+            found += [
+                (key, fp, _bytes(value))
+                for fp, value in named.items()
+                if selector.matches(labels, fp)
+            ]
+        return found
 
     async def usage(self) -> Usage:
         """Entries by SCAN, bytes as Redis accounts them (MEMORY USAGE), in batches."""
