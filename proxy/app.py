@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from proxy import admin, handlers
+from proxy import admin, cassette, handlers
 from proxy.canonical import CACHEABLE_ROUTES
 from proxy.coalesce import Coalescer
 from proxy.config import Settings
@@ -19,6 +19,7 @@ from proxy.errors import ProxyError
 from proxy.fingerprints import FingerprintTracker
 from proxy.keycheck import KeyChecker
 from proxy.metrics import Metrics
+from proxy.policy import SHARED, CacheMode
 from proxy.probe import Prober
 from proxy.probe import running as probing
 from proxy.store import open_store
@@ -97,14 +98,31 @@ def _services(
             secret=await _secret(settings, store),
             clock=clock,
         )
+        await _load_cassette(settings, store)
         try:
             async with probing(prober):
                 yield
+            await _save_cassette(settings, store)
         finally:
             await session.close()
             await store.close()
 
     return context
+
+
+async def _load_cassette(settings: Settings, store: Store) -> None:
+    if settings.cassette is None or not os.path.isfile(settings.cassette):
+        return
+    count = await cassette.load(store, cassette.read(settings.cassette, SHARED))
+    log.info("cassette loaded", extra={"path": settings.cassette, "answers": count})
+
+
+async def _save_cassette(settings: Settings, store: Store) -> None:
+    """Recording sessions leave their answers in the cassette; replay sessions leave it alone."""
+    if settings.cassette is None or settings.cache_mode is CacheMode.REPLAY:
+        return
+    count = await cassette.write(store, settings.cassette)
+    log.info("cassette written", extra={"path": settings.cassette, "answers": count})
 
 
 def _encrypted(settings: Settings, store: Store) -> Store:

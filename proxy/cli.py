@@ -7,7 +7,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from proxy import __version__, admin_cli, config, logs, sim, workers
+from proxy import __version__, admin_cli, cassette_cli, config, logs, sim, workers
+from proxy.cassette import CassetteError
 
 log = logging.getLogger("proxy.cli")
 
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate = commands.add_parser("sim", help="run a simulated OpenAI-compatible upstream")
     sim.add_arguments(simulate)
     admin_cli.add_commands(commands)
+    cassette_cli.add_commands(commands)
     return parser
 
 
@@ -37,7 +39,11 @@ def serve(flags: dict[str, str | None]) -> int:
     log.info("starting", extra={"settings": repr(settings)})
     if settings.workers > 1:
         return workers.supervise(settings)
-    workers.run(settings)
+    try:
+        workers.run(settings)
+    except CassetteError as exc:
+        print(f"repro-proxy: --cassette: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -48,4 +54,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "sim":
         sim.run_sim(sim.settings_from_args(args))
         return 0
+    if args.command in ("export", "import"):
+        return cassette_cli.run(args)
     return admin_cli.run(args)

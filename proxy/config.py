@@ -168,6 +168,13 @@ OPTIONS = (
         _choice(*StreamDisconnect),
         "finish (read on and store a stream whose client left) | cancel",
     ),
+    Option(
+        "cassette",
+        None,
+        str,
+        "JSONL cassette loaded into the store at start (and, unless replaying, written back at "
+        "exit); needs --cache-scope shared",
+    ),
     Option("workers", "1", _positive_int, "serving processes on the port (SO_REUSEPORT)"),
     Option("log_level", "info", _choice("debug", "info", "warning", "error"), "log level"),
 )
@@ -201,6 +208,7 @@ class Settings:
     connect_timeout: float = 10.0
     upstream_timeout: float = 600.0
     stream_disconnect: StreamDisconnect = StreamDisconnect.FINISH
+    cassette: str | None = None
     workers: int = 1
     log_level: str = "info"
 
@@ -228,6 +236,18 @@ def _mask_password(url: str) -> str:
     if password:
         url = url.replace(f":{password}@", ":***@", 1)
     return _QUERY_PASSWORD.sub(r"\1***", url)
+
+
+def _check_cassette(settings: Settings) -> None:
+    if settings.cassette is None:
+        return
+    if settings.cache_scope is not CacheScope.SHARED:
+        raise SettingError(
+            "--cassette / REPRO_CASSETTE: a cassette is replayed for whatever API key the tests "
+            "send, so it needs --cache-scope shared"
+        )
+    if settings.cache_mode is CacheMode.REPLAY and not os.path.isfile(settings.cassette):
+        raise SettingError(f"--cassette / REPRO_CASSETTE: no such file {settings.cassette!r}")
 
 
 _ENUMS: dict[str, Callable[[str], Any]] = {
@@ -269,6 +289,7 @@ def load(flags: Mapping[str, str | None], environ: Mapping[str, str] = os.enviro
         enum = _ENUMS.get(option.name)
         values[option.name] = enum(value) if enum else value
     settings = Settings(**values)
+    _check_cassette(settings)
     if settings.workers > 1 and settings.store.startswith("memory:"):
         raise SettingError(
             "--workers / REPRO_WORKERS: several workers need a shared store "

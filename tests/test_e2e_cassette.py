@@ -1,0 +1,164 @@
+"""Cassettes: record with a proxy, replay offline in CI, move answers between stores."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import orjson
+from openai import OpenAI
+
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim, free_port
+
+MESSAGES = [{"role": "user", "content": "Record me."}]
+
+
+def sdk(proxy: Proxy, key: str) -> OpenAI:
+    return OpenAI(base_url=proxy.v1, api_key=key, max_retries=0)
+
+
+def traffic(proxy: Proxy, key: str) -> list[bytes]:
+    """A chat answer, a streamed chat answer and an embedding, as raw bytes."""
+    client = sdk(proxy, key)
+    chat = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
+    with client.chat.completions.with_streaming_response.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True
+    ) as stream:
+        streamed = stream.read()
+    embedding = client.embeddings.with_raw_response.create(
+        model="text-embedding-3-small", input="Record me."
+    )
+    return [chat.http_response.content, streamed, embedding.http_response.content]
+
+
+def stop(proxy: Proxy) -> None:
+    proxy.proc.send_signal(signal.SIGTERM)
+    assert proxy.proc.wait(timeout=15) == 0
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+
+
+def test_record_then_replay_offline_with_another_key(
+    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
+) -> None:
+    tape = tmp_path / "llm.jsonl"
+    recorder = start_proxy("--cache-scope", "shared", "--cassette", str(tape))
+    recorded = traffic(recorder, "sk-recording-key")
+    stop(recorder)
+    text = tape.read_text()
+    assert len(text.splitlines()) == 3
+    assert "sk-recording-key" not in text
+    assert "Record me." in text
+    offline = f"http://127.0.0.1:{free_port()}/v1"
+    replayer = start_proxy(
+        "--cache-scope",
+        "shared",
+        "--cassette",
+        str(tape),
+        "--cache-mode",
+        "replay",
+        upstream=offline,
+    )
+    assert traffic(replayer, "sk-ci-key") == recorded
+    missing = httpx.post(
+        replayer.v1 + "/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Not recorded."}]},
+        headers={"Authorization": "Bearer sk-ci-key"},
+        timeout=10,
+    )
+    assert missing.status_code == 504
+    error = missing.json()["error"]
+    assert error["code"] == "cache_miss"
+    assert missing.headers["X-Repro-Key"] in error["message"]
+    stop(replayer)
+    assert len(tape.read_text().splitlines()) == 3  # replay never rewrites the cassette
+
+
+def test_a_cassette_needs_the_shared_scope(tmp_path: Path) -> None:
+    result = cli("serve", "--cassette", str(tmp_path / "x.jsonl"))
+    assert result.returncode == 2
+    assert "--cache-scope shared" in result.stderr
+    replay = cli(
+        "serve",
+        "--cassette",
+        str(tmp_path / "none.jsonl"),
+        "--cache-scope",
+        "shared",
+        "--cache-mode",
+        "replay",
+    )
+    assert replay.returncode == 2
+    assert "no such file" in replay.stderr
+
+
+def test_export_and_import_between_redis_stores(
+    start_proxy: ProxyFactory, sim: Sim, redis_server: object, redis_url: str, tmp_path: Path
+) -> None:
+    source = start_proxy("--store", redis_url, "--cache-scope", "shared")
+    recorded = traffic(source, "sk-alice")
+    client = sdk(source, "sk-alice")
+    client.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, extra_headers={"X-Repro-Namespace": "suite-b"}
+    )
+    tape = tmp_path / "all.jsonl"
+    exported = cli("export", "--store", redis_url, "--output", str(tape))
+    assert exported.returncode == 0, exported.stderr
+    assert len(tape.read_text().splitlines()) == 4
+    only_b = cli("export", "--store", redis_url, "--namespace", "suite-b")
+    assert len(only_b.stdout.splitlines()) == 1
+    only_embeddings = cli("export", "--store", redis_url, "--model", "text-embedding-3-small")
+    assert len(only_embeddings.stdout.splitlines()) == 1
+
+    target = redis_url.rsplit("/", 1)[0] + "/1"
+    imported = cli("import", "--store", target, str(tape))
+    assert imported.returncode == 0, imported.stderr
+    offline = f"http://127.0.0.1:{free_port()}/v1"
+    replay = start_proxy(
+        "--store", target, "--cache-scope", "shared", "--cache-mode", "replay", upstream=offline
+    )
+    assert traffic(replay, "sk-anyone") == recorded
+
+
+def test_import_for_one_key_scope(
+    start_proxy: ProxyFactory, sim: Sim, redis_url: str, tmp_path: Path
+) -> None:
+    recorder = start_proxy("--cache-scope", "shared", "--cassette", str(tmp_path / "t.jsonl"))
+    recorded = traffic(recorder, "sk-alice")
+    stop(recorder)
+    imported = cli(
+        "import",
+        "--store",
+        redis_url,
+        "--cache-scope",
+        "key",
+        "--api-key",
+        "sk-alice",
+        "--secret",
+        "s3",
+        str(tmp_path / "t.jsonl"),
+    )
+    assert imported.returncode == 0, imported.stderr
+    offline = f"http://127.0.0.1:{free_port()}/v1"
+    replay = start_proxy(
+        "--store", redis_url, "--secret", "s3", "--cache-mode", "replay", upstream=offline
+    )
+    assert traffic(replay, "sk-alice") == recorded
+    other = httpx.post(
+        replay.v1 + "/chat/completions",
+        content=orjson.dumps({"model": "gpt-4o-mini", "messages": MESSAGES}),
+        headers={"Authorization": "Bearer sk-bob", "Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert other.status_code == 504
