@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -27,6 +28,7 @@ from proxy.store.base import Store, StoreError
 from proxy.store.encrypted import EncryptedStore, parse_keys
 from proxy.store.guard import GuardedStore
 from proxy.upstream import Upstream, client_session
+from proxy.verify import Verifier
 
 log = logging.getLogger("proxy.app")
 access_log = logging.getLogger("proxy.access")
@@ -86,6 +88,7 @@ def _services(
             seed=settings.default_seed,
             clock=clock,
         )
+        verifier = Verifier(upstream, fingerprints, metrics, settings.verify_rate, random.random)
         app[SERVICES] = Services(
             settings=settings,
             store=store,
@@ -95,6 +98,7 @@ def _services(
             coalescer=Coalescer(store, settings.lock_timeout),
             keys=KeyChecker(upstream, settings.key_check_interval, clock),
             prober=prober,
+            verifier=verifier,
             secret=await _secret(settings, store),
             clock=clock,
         )
@@ -104,6 +108,7 @@ def _services(
                 yield
             await _save_cassette(settings, store)
         finally:
+            await verifier.close()
             await session.close()
             await store.close()
 

@@ -40,6 +40,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise ValueError("expected a fraction between 0 and 1")
+    return value
+
+
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -149,6 +156,12 @@ OPTIONS = (
         "seconds an API key stays trusted for cached answers after the upstream accepted it; "
         "0 = never check",
     ),
+    Option(
+        "verify_rate",
+        "0",
+        _fraction,
+        "fraction of HITs re-asked upstream in the background to measure drift; 0 = none",
+    ),
     Option("probe_interval", "0", _seconds, "seconds between fingerprint probes; 0 = no probe"),
     Option("probe_key", None, str, "API key the fingerprint probe uses"),
     Option(
@@ -201,6 +214,7 @@ class Settings:
     max_body: int = 16 * 1024 * 1024
     max_entry: int = 32 * 1024 * 1024
     key_check_interval: float = 300.0
+    verify_rate: float = 0.0
     probe_interval: float = 0.0
     probe_key: str | None = field(default=None, repr=False)
     lock_timeout: float = 30.0

@@ -15,6 +15,7 @@ from proxy.metrics import Metrics
 from proxy.probe import Prober
 from proxy.store.base import Store
 from proxy.upstream import Upstream
+from proxy.verify import Verifier
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +28,7 @@ class Services:
     coalescer: Coalescer
     keys: KeyChecker
     prober: Prober
+    verifier: Verifier
     secret: bytes
     clock: Callable[[], float]
 

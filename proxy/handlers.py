@@ -67,6 +67,7 @@ async def serve_if_trusted(
 ) -> web.StreamResponse:
     """A HIT goes only to a key the upstream accepts; any other key is the upstream's to answer."""
     if await key_accepted(services, request, call):
+        services.verifier.sample(call, entry, auth_headers(request.headers))
         return serve_hit(services, call, entry)
     return await go_upstream(
         services, request, replace(call, plan=replace(call.plan, lookup=False))

@@ -31,6 +31,7 @@ _PROXY_BUCKETS = (
     30,
     60,
 )
+_DISTANCE_BUCKETS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 _UPSTREAM_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 
 
@@ -92,6 +93,19 @@ class Metrics:
             "Time until the upstream's response headers",
             ["route", "status"],
             buckets=_UPSTREAM_BUCKETS,
+            registry=registry,
+        )
+        self.verify = Counter(
+            "repro_verify_total",
+            "HITs re-asked upstream (--verify-rate), by how the fresh answer compared",
+            ["model", "result"],
+            registry=registry,
+        )
+        self.verify_distance = Histogram(
+            "repro_verify_distance",
+            "Normalized edit distance between a stored answer and a fresh one, same fingerprint",
+            ["model", "fingerprint"],
+            buckets=_DISTANCE_BUCKETS,
             registry=registry,
         )
         self.store_errors = Counter(

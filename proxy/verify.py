@@ -1,0 +1,146 @@
+"""Drift sampling: for a fraction of HITs, ask the upstream again, in the background, and compare.
+
+The seed is best effort: the same request under the same fingerprint can still come back
+different. With `--verify-rate R`, a fraction R of HITs is re-asked after the client got its
+answer (never delaying it); the fresh answer's text is compared with the stored one and counted
+as `same`, `differs` (with the distance in a histogram per model and fingerprint), `rotated`
+(the upstream answered under another fingerprint, which it also teaches the tracker) or `error`.
+At most `MAX_IN_FLIGHT` checks run at once; samples beyond that are skipped, not queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from proxy.entry import Entry, fingerprint_of
+from proxy.errors import UpstreamError
+from proxy.fingerprints import FingerprintTracker
+from proxy.metrics import Metrics
+from proxy.sse import StreamRecorder
+from proxy.store.base import StoreError
+from proxy.textdistance import normalized_levenshtein
+from proxy.upstream import Upstream, read_body
+
+if TYPE_CHECKING:
+    from proxy.caching import Call
+
+log = logging.getLogger("proxy.verify")
+
+MAX_IN_FLIGHT = 4
+
+
+def answer_text(body: bytes, stream: bool) -> str:
+    """The text an answer carries (contents, completions, tool-call arguments), in choice order."""
+    parts: dict[int, list[str]] = {}
+    events = _events(body) if stream else [_object(body)]
+    for event in events:
+        for choice in event.get("choices") or ():
+            if isinstance(choice, dict):
+                index = choice.get("index", 0)
+                parts.setdefault(index if isinstance(index, int) else 0, []).extend(_texts(choice))
+    return "\n".join("".join(parts[index]) for index in sorted(parts))
+
+
+def _texts(choice: dict[str, Any]) -> list[str]:
+    found = []
+    for holder in (choice.get("message"), choice.get("delta"), choice):
+        if not isinstance(holder, dict):
+            continue
+        for name in ("content", "text"):
+            if isinstance(holder.get(name), str):
+                found.append(holder[name])
+        for call in holder.get("tool_calls") or ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                found += [v for v in (function.get("name"), function.get("arguments")) if v]
+    return found
+
+
+def _events(body: bytes) -> list[dict[str, Any]]:
+    events = []
+    for line in body.splitlines():
+        if line.startswith(b"data:") and line[5:].strip() != b"[DONE]":
+            events.append(_object(line[5:]))
+    return events
+
+
+def _object(data: bytes) -> dict[str, Any]:
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def fresh_fingerprint(body: bytes, stream: bool) -> str:
+    if not stream:
+        return fingerprint_of(_object(body))
+    recorder = StreamRecorder(len(body) + 1)
+    recorder.feed(body)
+    return recorder.fingerprint or "none"
+
+
+class Verifier:
+    def __init__(
+        self,
+        upstream: Upstream,
+        fingerprints: FingerprintTracker,
+        metrics: Metrics,
+        rate: float,
+        draw: Callable[[], float],
+    ) -> None:
+        self._upstream = upstream
+        self._fingerprints = fingerprints
+        self._metrics = metrics
+        self._rate = rate
+        self._draw = draw
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def sample(self, call: Call, entry: Entry, auth: Mapping[str, str]) -> None:
+        """Maybe start a background check of this HIT; returns at once either way."""
+        if self._rate <= 0 or self._draw() >= self._rate or len(self._tasks) >= MAX_IN_FLIGHT:
+            return
+        task = asyncio.create_task(self._check(call, entry, dict(auth)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _check(self, call: Call, entry: Entry, auth: dict[str, str]) -> None:
+        model = self._metrics.model(call.model)
+        fresh = await self._ask(call, auth)
+        if fresh is None:
+            self._metrics.verify.labels(model, "error").inc()
+            return
+        fingerprint = fresh_fingerprint(fresh, entry.stream)
+        with contextlib.suppress(StoreError):  # the comparison stands without the bookkeeping
+            await self._fingerprints.observe(call.model, fingerprint)
+        if fingerprint != entry.fingerprint:
+            self._metrics.verify.labels(model, "rotated").inc()
+            return
+        distance = normalized_levenshtein(
+            answer_text(entry.body, entry.stream), answer_text(fresh, entry.stream)
+        )
+        self._metrics.verify_distance.labels(model, entry.fingerprint).observe(distance)
+        self._metrics.verify.labels(model, "same" if distance == 0 else "differs").inc()
+
+    async def _ask(self, call: Call, auth: dict[str, str]) -> bytes | None:
+        headers = {**auth, "Content-Type": "application/json"}
+        path = call.route + (f"?{call.query}" if call.query else "")
+        try:
+            async with self._upstream.request("POST", path, headers, call.body) as response:
+                body = await read_body(response)
+                status = response.status
+        except UpstreamError as exc:
+            log.info("verification failed", extra={"key": call.key, "error": exc.code})
+            return None
+        return body if status == 200 else None

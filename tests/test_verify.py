@@ -1,0 +1,93 @@
+"""Drift sampling: the text comparison (pure) and --verify-rate against the sim (real processes)."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import orjson
+
+from proxy.verify import answer_text, fresh_fingerprint
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim
+
+AUTH = {"Authorization": "Bearer sk-alice", "Content-Type": "application/json"}
+
+
+def test_answer_text_of_plain_and_streamed_answers() -> None:
+    plain = orjson.dumps(
+        {
+            "choices": [
+                {"index": 1, "message": {"content": "second"}},
+                {
+                    "index": 0,
+                    "message": {
+                        "content": "first",
+                        "tool_calls": [{"function": {"name": "f", "arguments": '{"a":1}'}}],
+                    },
+                },
+            ]
+        }
+    )
+    assert answer_text(plain, stream=False) == 'firstf{"a":1}\nsecond'
+    frames = [
+        {"system_fingerprint": "fp_x", "choices": [{"index": 0, "delta": {"role": "assistant"}}]},
+        {"choices": [{"index": 0, "delta": {"content": "Hel"}}]},
+        {"choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}]},
+    ]
+    stream = b"".join(b"data: " + orjson.dumps(f) + b"\n\n" for f in frames) + b"data: [DONE]\n\n"
+    assert answer_text(stream, stream=True) == "Hello"
+    assert fresh_fingerprint(stream, stream=True) == "fp_x"
+    assert answer_text(b"not json", stream=False) == ""
+
+
+def ask(proxy: Proxy, content: str) -> httpx.Response:
+    body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": content}]})
+    return httpx.post(proxy.v1 + "/chat/completions", content=body, headers=AUTH, timeout=10)
+
+
+def wait_for(proxy: Proxy, total: float, **labels: str) -> float:
+    deadline = time.monotonic() + 10
+    value = 0.0
+    while time.monotonic() < deadline:
+        value = proxy.metric("repro_verify_total", **labels)
+        if value >= total:
+            break
+        time.sleep(0.05)
+    return value
+
+
+def test_verify_rate_counts_same_and_differs_at_the_sims_divergence(
+    start_proxy: ProxyFactory, sim: Sim
+) -> None:
+    proxy = start_proxy("--verify-rate", "1")
+    for index in range(4):
+        ask(proxy, f"q{index}")
+    for index in range(4):
+        hit = ask(proxy, f"q{index}")
+        assert hit.headers["X-Repro-Cache"] == "HIT"
+        wait_for(proxy, index + 1, model="m", result="same")
+    assert proxy.metric("repro_verify_total", model="m", result="same") == 4
+    sim.settings(divergence=1.0)
+    for index in range(4):
+        ask(proxy, f"q{index}")
+        wait_for(proxy, index + 1, model="m", result="differs")
+    assert proxy.metric("repro_verify_total", model="m", result="differs") == 4
+    assert proxy.metric("repro_verify_distance_count", model="m", fingerprint="fp_sim_0001") == 8
+    assert (
+        proxy.metric("repro_verify_distance_bucket", model="m", fingerprint="fp_sim_0001", le="0.0")
+        == 4
+    )
+    sim.fault(kind="status", status=500, count=1)
+    assert ask(proxy, "q1").headers["X-Repro-Cache"] == "HIT"
+    assert wait_for(proxy, 1, model="m", result="error") == 1
+    sim.set_fingerprint("fp_sim_0002")
+    ask(proxy, "q0")
+    assert wait_for(proxy, 1, model="m", result="rotated") == 1
+    assert ask(proxy, "q2").headers["X-Repro-Cache"] == "MISS"  # the rotation was learned
+
+
+def test_no_verification_by_default(proxy: Proxy, sim: Sim) -> None:
+    ask(proxy, "q")
+    ask(proxy, "q")
+    time.sleep(0.5)
+    assert len(sim.llm_requests()) == 1
