@@ -23,8 +23,9 @@ from proxy.metrics import Metrics
 from proxy.policy import SHARED, CacheMode
 from proxy.probe import Prober
 from proxy.probe import running as probing
+from proxy.secret import Secret
 from proxy.store import open_store
-from proxy.store.base import Store, StoreError
+from proxy.store.base import Store
 from proxy.store.encrypted import EncryptedStore, parse_keys
 from proxy.store.guard import GuardedStore
 from proxy.upstream import Upstream, client_session
@@ -88,6 +89,8 @@ def _services(
             seed=settings.default_seed,
             clock=clock,
         )
+        secret = Secret(store, settings.secret)
+        await secret.settle()
         verifier = Verifier(upstream, fingerprints, metrics, settings.verify_rate, random.random)
         app[SERVICES] = Services(
             settings=settings,
@@ -99,7 +102,7 @@ def _services(
             keys=KeyChecker(upstream, settings.key_check_interval, clock),
             prober=prober,
             verifier=verifier,
-            secret=await _secret(settings, store),
+            secret=secret,
             clock=clock,
         )
         await _load_cassette(settings, store)
@@ -134,17 +137,6 @@ def _encrypted(settings: Settings, store: Store) -> Store:
     if settings.encryption_key is None:
         return store
     return EncryptedStore(store, parse_keys(settings.encryption_key))
-
-
-async def _secret(settings: Settings, store: Store) -> bytes:
-    """The HMAC secret: the setting, else the one shared through the store, else a local one."""
-    if settings.secret:
-        return settings.secret.encode()
-    try:
-        return await store.secret(os.urandom(32))
-    except StoreError:
-        log.warning("store unavailable at start: using a per-process secret; set --secret")
-        return os.urandom(32)
 
 
 @web.middleware

@@ -20,6 +20,7 @@ from proxy.context import Services
 from proxy.entry import CorruptEntry, Entry, fingerprint_of, usage_of
 from proxy.policy import Outcome, Plan
 from proxy.store.base import Labels, StoreError
+from proxy.store.guard import CircuitOpen
 from proxy.upstream import read_body, request_headers, response_headers
 
 log = logging.getLogger("proxy.cache")
@@ -67,13 +68,13 @@ def prepare(
         canonical.reject_duplicate_keys(raw)
     seeded = policy.enforce(body, route, settings.enforce, settings.default_seed)
     key = api_key(headers)
-    scope = policy.cache_scope(key, settings.cache_scope, services.secret)
+    scope = policy.cache_scope(key, settings.cache_scope, services.secret.value)
     namespace = headers.get("X-Repro-Namespace", "")
     directives = policy.parse_cache_control(headers.getall("Cache-Control", []))
     model = body.get("model")
     return Call(
         route=route,
-        tenant=policy.cache_scope(key, policy.CacheScope.KEY, services.secret),
+        tenant=policy.cache_scope(key, policy.CacheScope.KEY, services.secret.value),
         namespace=namespace,
         query=query,
         model=model if isinstance(model, str) else "",
@@ -266,5 +267,7 @@ async def put(services: Services, call: Call, answer: Answer) -> None:
 
 
 def store_failed(services: Services, op: str, exc: StoreError) -> None:
+    """Count every failure; log only real ones: the breaker logs its own state changes."""
     services.metrics.store_errors.labels(op).inc()
-    log.warning("store failed, serving without it", extra={"op": op, "error": str(exc)})
+    if not isinstance(exc, CircuitOpen):
+        log.warning("store failed, serving without it", extra={"op": op, "error": str(exc)})

@@ -13,6 +13,7 @@ from proxy.fingerprints import FingerprintTracker
 from proxy.keycheck import KeyChecker
 from proxy.metrics import Metrics
 from proxy.probe import Prober
+from proxy.secret import Secret
 from proxy.store.base import Store
 from proxy.upstream import Upstream
 from proxy.verify import Verifier
@@ -29,7 +30,7 @@ class Services:
     keys: KeyChecker
     prober: Prober
     verifier: Verifier
-    secret: bytes
+    secret: Secret
     clock: Callable[[], float]
 
 

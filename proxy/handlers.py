@@ -36,6 +36,7 @@ from proxy.upstream import request_headers, response_headers
 async def cacheable(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     raw = await read_limited(request, services.settings.max_body)
+    await services.secret.settle()
     call = prepare(services, request.path, request.query_string, raw, request.headers)
     return await answer(services, request, call)
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -31,10 +33,19 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.entry import Entry
 from tests.faultproxy import FaultProxy
-from tests.fixtures_procs import Proxy, ProxyFactory, Sim, free_port
+from tests.fixtures_procs import (
+    Proxy,
+    ProxyFactory,
+    Sim,
+    _clean_env,
+    _stop,
+    _wait_until_up,
+    free_port,
+)
 from tests.fixtures_redis import RedisServer, _create_cluster, running_redis
 
 MODEL = "gpt-4o-mini"
+ROUTE = "/v1/chat/completions"
 FP = "fp_sim_0001"
 HEADERS = {"Authorization": "Bearer sk-faults", "Content-Type": "application/json"}
 STORE_TIMEOUT = "0.5"
@@ -42,7 +53,34 @@ SLOW_BOUND = 2.5  # one request that meets a failing store: the 0.5 s deadline p
 FAST_BOUND = 0.5  # a request while the circuit is open: no store call at all
 COOLDOWN = 5.0  # the circuit breaker's, in proxy/store/guard.py
 RECOVERY_BOUND = COOLDOWN + 5.0
-CLUSTER_OPTIONS = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+# A node timeout far above the test's length: the dead master is never declared failed while the
+# test runs, so the cluster stays in the state this test is about (one master gone, the others
+# serving their slots). Once it is declared failed, a cluster that requires full coverage (the
+# default) answers CLUSTERDOWN for every key, and the proxy then serves everything upstream.
+CLUSTER_OPTIONS = (
+    "--cluster-enabled",
+    "yes",
+    "--cluster-config-file",
+    "nodes.conf",
+    "--cluster-node-timeout",
+    "60000",
+)
+_CLIENTS: list[httpx.Client] = []
+
+
+def http() -> httpx.Client:
+    """One client for the module: a fresh httpx client per request costs ~50 ms of TLS setup.
+    Its timeout only detects hangs; it is far above every bound asserted here."""
+    if not _CLIENTS or _CLIENTS[0].is_closed:
+        _CLIENTS[:] = [httpx.Client(timeout=15)]
+    return _CLIENTS[0]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_http_client() -> Iterator[None]:
+    yield
+    while _CLIENTS:
+        _CLIENTS.pop().close()
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -67,13 +105,10 @@ class Answer:
 
 
 def ask(proxy: Proxy, prompt: str, headers: dict[str, str] | None = None) -> Answer:
-    """One chat completion, timed; the client's timeout only detects hangs, far above any bound."""
+    """One chat completion, timed."""
     started = time.monotonic()
-    response = httpx.post(
-        proxy.v1 + "/chat/completions",
-        content=body(prompt),
-        headers={**HEADERS, **(headers or {})},
-        timeout=15,
+    response = http().post(
+        proxy.v1 + "/chat/completions", content=body(prompt), headers={**HEADERS, **(headers or {})}
     )
     took = time.monotonic() - started
     return Answer(
@@ -81,6 +116,22 @@ def ask(proxy: Proxy, prompt: str, headers: dict[str, str] | None = None) -> Ans
         response.headers.get("X-Repro-Cache", ""),
         response.content,
         took,
+        response.headers,
+    )
+
+
+def ask_stream(proxy: Proxy, prompt: str) -> Answer:
+    """One streamed chat completion read to its end, timed."""
+    started = time.monotonic()
+    with http().stream(
+        "POST", proxy.v1 + "/chat/completions", content=body(prompt, stream=True), headers=HEADERS
+    ) as response:
+        content = response.read()
+    return Answer(
+        response.status_code,
+        response.headers.get("X-Repro-Cache", ""),
+        content,
+        time.monotonic() - started,
         response.headers,
     )
 
@@ -95,7 +146,7 @@ def same_answer(a: bytes, b: bytes) -> bool:
 
 def readyz(proxy: Proxy) -> tuple[int, Any, float]:
     started = time.monotonic()
-    response = httpx.get(proxy.url + "/readyz", timeout=15)
+    response = http().get(proxy.url + "/readyz")
     return response.status_code, response.json(), time.monotonic() - started
 
 
@@ -128,10 +179,15 @@ def entry_name(key: str) -> str:
 
 
 def stored_bodies(port: int, key: str) -> dict[str, bytes]:
-    """What one Redis server holds for a cache key: fingerprint -> the answer's exact bytes."""
+    """What one Redis server holds for a cache key: fingerprint -> the answer's exact bytes
+    (fields named with a leading NUL are the store's own metadata, not answers)."""
     with redis.Redis(port=port, socket_timeout=2) as client:
         fields: dict[bytes, bytes] = client.hgetall(entry_name(key))
-    return {name.decode(): Entry.unpack(blob).body for name, blob in fields.items()}
+    return {
+        name.decode(): Entry.unpack(blob).body
+        for name, blob in fields.items()
+        if not name.startswith(b"\0")
+    }
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str, pause: float = 0.1) -> None:
@@ -178,6 +234,14 @@ def _redis_binary() -> str:
     return path
 
 
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 def _pings(port: int) -> bool:
     try:
         with redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5) as client:
@@ -187,8 +251,8 @@ def _pings(port: int) -> bool:
 
 
 class OwnRedis:
-    """A redis-server of this test's own on a port it chooses, so it can be stopped and restarted
-    there; `close` always continues and kills it."""
+    """A redis-server of this test's own, on a port it keeps across restarts; `kill` continues a
+    stopped server first, and `own_redis` always kills it at the end."""
 
     def __init__(self, directory: Path, port: int | None = None) -> None:
         self.directory = directory
@@ -235,6 +299,48 @@ def start_redis_proxy(start_proxy: ProxyFactory, url: str, *flags: str) -> Proxy
     return start_proxy("--store", url, "--store-timeout", STORE_TIMEOUT, *flags)
 
 
+@dataclass(frozen=True)
+class LoggedProxy:
+    proxy: Proxy
+    log: Path
+
+    def records(self) -> list[dict[str, Any]]:
+        """The proxy's JSON log lines so far (its stderr)."""
+        lines = self.log.read_bytes().splitlines()
+        return [orjson.loads(x) for x in lines if x.startswith(b"{") and x.endswith(b"}")]
+
+    def alarms(self) -> list[dict[str, Any]]:
+        """Warnings and errors, without the access log."""
+        return [
+            r
+            for r in self.records()
+            if r["level"] in ("warning", "error", "critical") and r["logger"] != "proxy.access"
+        ]
+
+
+@pytest.fixture
+def start_logged_proxy(sim: Sim, tmp_path: Path) -> Iterator[Callable[..., LoggedProxy]]:
+    """`repro-proxy serve` like `start_proxy`, with its stderr (the JSON log) kept in a file."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(*flags: str) -> LoggedProxy:
+        port = free_port()
+        log = tmp_path / f"proxy-{port}.log"
+        argv = [sys.executable, "-m", "proxy", "serve", "--port", str(port)]
+        argv += ["--upstream", sim.v1, *flags]
+        with log.open("wb") as sink:
+            proc = subprocess.Popen(argv, env=_clean_env(), stderr=sink)
+        started.append(proc)
+        _wait_until_up(f"http://127.0.0.1:{port}/healthz", proc)
+        return LoggedProxy(Proxy(port, proc, flags), log)
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            _stop(proc)
+
+
 # --- 1. a frozen Redis (SIGSTOP) --------------------------------------------------------------
 
 
@@ -262,13 +368,17 @@ def test_frozen_redis_costs_one_store_timeout_then_nothing_and_recovers(
                 assert answer.took < FAST_BOUND, [round(a.took, 3) for a in later]
             assert all(same_answer(a.content, stored.content) for a in later[:3])
             frozen_key = later[-1].headers["X-Repro-Key"]
-            assert len(sim.llm_requests()) == sim_calls + 6
+            streamed = ask_stream(proxy, "streamed while frozen")
+            assert (streamed.status, streamed.cache) == (200, "MISS")
+            assert streamed.content.endswith(b"data: [DONE]\n\n")
+            assert streamed.took < FAST_BOUND
+            assert len(sim.llm_requests()) == sim_calls + 7
             # Per request: the lookup's fingerprint read, the fresh answer's fingerprint and
             # its write fail (timed out once, then skipped by the open circuit).
-            assert store_errors(proxy) == {"fingerprint": 12.0, "put": 6.0}
+            assert store_errors(proxy) == {"fingerprint": 14.0, "put": 7.0}
             reason = assert_unready(proxy)
             assert "0.5" in reason
-            assert httpx.get(proxy.url + "/healthz", timeout=5).status_code == 200
+            assert http().get(proxy.url + "/healthz").status_code == 200
         finally:
             server.signal(signal.SIGCONT)
 
@@ -283,6 +393,38 @@ def test_frozen_redis_costs_one_store_timeout_then_nothing_and_recovers(
         assert [a.cache for a in again] == ["MISS", "HIT"]
         assert stored_bodies(server.port, frozen_key) == {FP: again[0].content}
         assert again[1].content == again[0].content
+
+
+def test_an_outage_is_logged_once_per_state_change_not_per_request(
+    start_logged_proxy: Callable[..., LoggedProxy], sim: Sim, tmp_path: Path
+) -> None:
+    """Issue 4: the breaker "logs once per state change". Per-request lines during an outage
+    flood the log exactly when an operator needs to read it."""
+    with own_redis(tmp_path / "redis") as server:
+        logged = start_logged_proxy("--store", server.url, "--store-timeout", STORE_TIMEOUT)
+        proxy = logged.proxy
+        warm(proxy, "logged")
+        assert logged.alarms() == []
+        server.signal(signal.SIGSTOP)
+        try:
+            assert ask(proxy, "logged").status == 200  # opens the circuit
+            time.sleep(0.2)
+            after_first = logged.alarms()
+            for _ in range(10):
+                assert ask(proxy, "logged").status == 200
+            time.sleep(0.2)
+            after_eleven = logged.alarms()
+        finally:
+            server.signal(signal.SIGCONT)
+        assert_ready(proxy)  # an answered ping closes the circuit
+        time.sleep(0.2)
+        final = logged.alarms()
+    opened = [r for r in final if r["msg"] == "store circuit opened"]
+    closed = [r for r in final if r["msg"].startswith("store circuit closed")]
+    assert (len(opened), len(closed)) == (1, 1)
+    assert len(after_eleven) == len(after_first), [
+        (r["logger"], r["msg"], r.get("op")) for r in after_eleven[len(after_first) :]
+    ]
 
 
 # --- 2. Redis killed, then restarted empty on the same port ----------------------------------
@@ -302,9 +444,7 @@ def test_redis_killed_and_restarted_on_the_same_port(
             assert answer.took < SLOW_BOUND
             assert same_answer(answer.content, stored.content)
         assert sum(a.took for a in down) < SLOW_BOUND  # refused connections fail fast
-        errors = store_errors(proxy)
-        assert set(errors) == {"fingerprint", "put"}
-        assert errors == {"fingerprint": 10.0, "put": 5.0}
+        assert store_errors(proxy) == {"fingerprint": 10.0, "put": 5.0}
         assert_unready(proxy)
 
         server.start()  # same port, no data
@@ -325,7 +465,7 @@ def test_proxy_starts_and_serves_with_redis_down_then_uses_it_once_it_is_up(
 ) -> None:
     with own_redis(tmp_path / "redis", start=False) as server:
         proxy = start_redis_proxy(start_proxy, server.url)  # no --secret: the store holds none
-        assert httpx.get(proxy.url + "/healthz", timeout=5).status_code == 200
+        assert http().get(proxy.url + "/healthz").status_code == 200
         assert_unready(proxy)
         down = [ask(proxy, "served without a store") for _ in range(3)]
         for answer in down:
@@ -333,7 +473,7 @@ def test_proxy_starts_and_serves_with_redis_down_then_uses_it_once_it_is_up(
             assert answer.took < SLOW_BOUND
         assert same_answer(down[0].content, down[2].content)
         assert len(sim.llm_requests()) == 3
-        assert store_errors(proxy).get("put") == 3.0
+        assert store_errors(proxy) == {"fingerprint": 6.0, "put": 3.0}
 
         server.start()
         answers = recover(proxy, "served without a store")
@@ -345,38 +485,63 @@ def test_proxy_starts_and_serves_with_redis_down_then_uses_it_once_it_is_up(
         assert len(sim.llm_requests()) == 3 + len(answers) - 1
 
 
+def test_a_replica_started_while_redis_was_down_shares_the_store_secret_once_it_is_up(
+    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
+) -> None:
+    """Contract: without --secret the HMAC secret is the one kept in the store, and processes
+    sharing a store must agree on it. A replica booted during an outage must join the shared
+    cache once the store answers, not keep a private secret (and a private cache) until it is
+    restarted."""
+    with own_redis(tmp_path / "redis", start=False) as server:
+        early = start_redis_proxy(start_proxy, server.url)
+        assert_unready(early)
+        server.start()
+        wait_for(lambda: readyz(early)[0] == 200, RECOVERY_BOUND, "the early replica ready")
+        stored = ask(early, "shared across replicas")
+        assert (stored.status, stored.cache) == (200, "MISS")
+        late = start_redis_proxy(start_proxy, server.url)
+        served = ask(late, "shared across replicas")
+        assert served.headers["X-Repro-Key"] == stored.headers["X-Repro-Key"]
+        assert (served.status, served.cache) == (200, "HIT")
+        assert served.content == stored.content
+        assert len(sim.llm_requests()) == 1
+
+
 # --- 4. a slow, silent or cut network to Redis (tests/faultproxy.py) ------------------------
 
 
-@pytest.mark.parametrize("mode", ["delay", "blackhole", "cut"])
 def test_network_faults_between_proxy_and_redis(
-    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path, mode: str
+    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
 ) -> None:
+    """One proxy through each fault in turn. Recovery by the breaker's own probe is covered
+    above; here an answered /readyz ping closes the circuit, which keeps the test short."""
     with own_redis(tmp_path / "redis") as server, FaultProxy(server.port) as faults:
-        proxy = start_redis_proxy(
-            start_proxy, f"redis://127.0.0.1:{faults.port}/0", "--secret", "s"
-        )
+        url = f"redis://127.0.0.1:{faults.port}/0"
+        proxy = start_redis_proxy(start_proxy, url, "--secret", "s")
         stored = warm(proxy, "over a bad network")
         key = stored.headers["X-Repro-Key"]
+        fingerprint_errors = put_errors = 0.0
 
-        faults.set_mode(mode, delay_ms=2000)
-        answers = [ask(proxy, "over a bad network") for _ in range(6)]
-        for answer in answers:
-            assert (answer.status, answer.cache) == (200, "MISS")
-            assert same_answer(answer.content, stored.content)
-        # A slow or silent store costs one deadline, then the circuit is open; a cut fails fast.
-        first_bound = FAST_BOUND if mode == "cut" else SLOW_BOUND
-        assert answers[0].took < first_bound
-        for answer in answers[1:]:
-            assert answer.took < FAST_BOUND, [round(a.took, 3) for a in answers]
-        errors = store_errors(proxy)
-        assert errors == {"fingerprint": 12.0, "put": 6.0}
-        assert_unready(proxy)
+        for mode in ("delay", "blackhole", "cut"):
+            faults.set_mode(mode, delay_ms=2000)
+            answers = [ask(proxy, "over a bad network") for _ in range(6)]
+            took = [round(a.took, 3) for a in answers]
+            for answer in answers:
+                assert (answer.status, answer.cache) == (200, "MISS"), mode
+                assert same_answer(answer.content, stored.content)
+            # A slow or silent store costs one deadline, then the circuit is open; a cut store
+            # fails fast from the start.
+            assert answers[0].took < (FAST_BOUND if mode == "cut" else SLOW_BOUND), (mode, took)
+            assert all(t < FAST_BOUND for t in took[1:]), (mode, took)
+            fingerprint_errors, put_errors = fingerprint_errors + 12, put_errors + 6
+            assert store_errors(proxy) == {"fingerprint": fingerprint_errors, "put": put_errors}
+            assert_unready(proxy)
 
-        faults.set_mode("pass")
-        healed = recover(proxy, "over a bad network")
-        assert healed[-1].content == stored.content
-        assert_ready(proxy)
+            faults.set_mode("pass")
+            wait_for(lambda: readyz(proxy)[0] == 200, RECOVERY_BOUND, f"ready after {mode}")
+            healed = ask(proxy, "over a bad network")
+            assert (healed.status, healed.cache) == (200, "HIT"), mode
+            assert healed.content == stored.content
         assert stored_bodies(server.port, key) == {FP: stored.content}
 
 
@@ -426,7 +591,7 @@ def test_cluster_losing_a_master_serves_nothing_wrong(
         assert candidates, "no master holds entries without the fingerprint state"
         victim = candidates[0]
         os.kill(victim.pid, signal.SIGKILL)
-        wait_for(lambda: not _pings(victim.port), 5, "the killed master going away")
+        wait_for(lambda: not _listening(victim.port), 5, "the killed master going away")
         lost = {p for p in prompts if owner[p] == victim.port}
         assert 0 < len(lost) < 20
         sim_calls = len(sim.llm_requests())
@@ -450,6 +615,21 @@ def test_cluster_losing_a_master_serves_nothing_wrong(
 # --- 6. upstream faults ----------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def upstream_proxy(sim_process: Sim) -> Iterator[Proxy]:
+    """One memory-store proxy for the upstream-fault tests (each asks its own questions), with
+    a 1 s upstream timeout; the `sim` fixture still resets the sim's faults for each test."""
+    port = free_port()
+    flags = ("--upstream-timeout", "1")
+    argv = [sys.executable, "-m", "proxy", "serve", "--port", str(port)]
+    proc = subprocess.Popen([*argv, "--upstream", sim_process.v1, *flags], env=_clean_env())
+    try:
+        _wait_until_up(f"http://127.0.0.1:{port}/healthz", proc)
+        yield Proxy(port, proc, flags)
+    finally:
+        _stop(proc)
+
+
 def assert_error(answer: Answer, status: int, code: str) -> None:
     assert answer.status == status, answer.content
     error = answer.json()["error"]
@@ -463,9 +643,9 @@ def assert_not_stored(proxy: Proxy, prompt: str) -> None:
 
 
 def test_hanging_upstream_is_a_504_within_the_upstream_timeout(
-    start_proxy: ProxyFactory, sim: Sim
+    upstream_proxy: Proxy, sim: Sim
 ) -> None:
-    proxy = start_proxy("--upstream-timeout", "1")
+    proxy = upstream_proxy
     sim.fault(kind="hang", count=1)
     answer = ask(proxy, "hang")
     assert_error(answer, 504, "upstream_timeout")
@@ -478,7 +658,8 @@ def test_hanging_upstream_is_a_504_within_the_upstream_timeout(
     assert len(sim.llm_requests()) == 2
 
 
-def test_dropped_connection_is_a_502_and_not_retried(proxy: Proxy, sim: Sim) -> None:
+def test_dropped_connection_is_a_502_and_not_retried(upstream_proxy: Proxy, sim: Sim) -> None:
+    proxy = upstream_proxy
     sim.fault(kind="drop", count=1)
     answer = ask(proxy, "drop")
     assert_error(answer, 502, "upstream_unreachable")
@@ -489,7 +670,8 @@ def test_dropped_connection_is_a_502_and_not_retried(proxy: Proxy, sim: Sim) -> 
     assert len(sim.llm_requests()) == 2
 
 
-def test_truncated_body_is_a_502_and_never_stored(proxy: Proxy, sim: Sim) -> None:
+def test_truncated_body_is_a_502_and_never_stored(upstream_proxy: Proxy, sim: Sim) -> None:
+    proxy = upstream_proxy
     sim.fault(kind="cut", count=1)
     answer = ask(proxy, "cut me")
     assert_error(answer, 502, "upstream_unreachable")
@@ -502,14 +684,17 @@ def test_truncated_body_is_a_502_and_never_stored(proxy: Proxy, sim: Sim) -> Non
     assert len(sim.llm_requests()) == 2
 
 
-def test_cut_stream_breaks_for_the_client_and_is_never_stored(proxy: Proxy, sim: Sim) -> None:
+def test_cut_stream_breaks_for_the_client_and_is_never_stored(
+    upstream_proxy: Proxy, sim: Sim
+) -> None:
+    proxy = upstream_proxy
     sim.fault(kind="cut", count=1, after=2)
     streamed = body("cut stream", stream=True)
     received = b""
     with (
         pytest.raises(httpx.RemoteProtocolError),
-        httpx.stream(
-            "POST", proxy.v1 + "/chat/completions", content=streamed, headers=HEADERS, timeout=15
+        http().stream(
+            "POST", proxy.v1 + "/chat/completions", content=streamed, headers=HEADERS
         ) as response,
     ):
         assert response.status_code == 200
@@ -519,11 +704,10 @@ def test_cut_stream_breaks_for_the_client_and_is_never_stored(proxy: Proxy, sim:
     assert received.count(b"data: ") == 2
     assert b"[DONE]" not in received
     assert len(sim.llm_requests()) == 1
-    cached = httpx.post(
+    cached = http().post(
         proxy.v1 + "/chat/completions",
         content=streamed,
         headers={**HEADERS, "Cache-Control": "only-if-cached"},
-        timeout=15,
     )
     assert cached.status_code == 504
     assert cached.json()["error"]["code"] == "cache_miss"
@@ -535,8 +719,10 @@ RETRY_HEADERS = {"retry-after": "3", "retry-after-ms": "3000", "x-should-retry":
 
 @pytest.mark.parametrize("status", [429, 500, 502, 503])
 def test_upstream_error_statuses_pass_through_unstored_and_unretried(
-    proxy: Proxy, sim: Sim, status: int
+    upstream_proxy: Proxy, sim: Sim, status: int
 ) -> None:
+    proxy = upstream_proxy
+    errors_before = proxy.metric("repro_requests_total", route=ROUTE, cache="error")
     error = {"error": {"message": f"simulated {status}", "type": "t", "param": None, "code": "c"}}
     sim.fault(kind="status", status=status, count=1, headers=RETRY_HEADERS, body=error)
     answer = ask(proxy, f"status {status}")
@@ -549,4 +735,5 @@ def test_upstream_error_statuses_pass_through_unstored_and_unretried(
     fine = ask(proxy, f"status {status}")
     assert (fine.status, fine.cache) == (200, "MISS")
     assert len(sim.llm_requests()) == 2
-    assert proxy.metric("repro_requests_total", route="/v1/chat/completions", cache="error") == 2
+    errors = proxy.metric("repro_requests_total", route=ROUTE, cache="error") - errors_before
+    assert errors == 2  # the upstream's error and the only-if-cached 504

@@ -1,0 +1,41 @@
+"""The HMAC secret that partitions the cache by API key, agreed on through the store.
+
+Replicas sharing a store must hash keys with the same secret, or they never share entries. With
+`--secret` it is fixed. Otherwise the first replica to reach the store writes a random one and
+everyone reads it. A replica that starts while the store is down uses a provisional secret of
+its own (its entries are merely unreachable to the others, never wrong) and asks the store again
+on each request until it gets the shared one: while the store's circuit is open that costs
+nothing, and if the store came back empty, the provisional secret becomes the shared one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from proxy.store.base import Store, StoreError
+
+log = logging.getLogger("proxy.secret")
+
+
+class Secret:
+    def __init__(self, store: Store, fixed: str | None) -> None:
+        self._store = store
+        self.value = fixed.encode() if fixed else os.urandom(32)
+        self.provisional = not fixed
+        self._failed = False
+
+    async def settle(self) -> None:
+        """Adopt the store's secret if this one is still provisional; free once settled."""
+        if not self.provisional:
+            return
+        try:
+            self.value = await self._store.secret(self.value)
+        except StoreError:
+            if not self._failed:
+                log.warning("store unavailable: using a provisional secret until it answers")
+            self._failed = True
+            return
+        if self._failed:
+            log.warning("store answers: now using the shared secret")
+        self.provisional = False
