@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from proxy import __version__, admin_cli, cassette_cli, config, logs, sim, workers
+from proxy import __version__, admin_cli, audit, cassette_cli, config, logs, sim, workers
 from proxy.cassette import CassetteError
 
 log = logging.getLogger("proxy.cli")
@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_arguments(serve)
     simulate = commands.add_parser("sim", help="run a simulated OpenAI-compatible upstream")
     sim.add_arguments(simulate)
+    check = commands.add_parser("check", help="audit how reproducible an upstream's answers are")
+    audit.add_arguments(check)
     admin_cli.add_commands(commands)
     cassette_cli.add_commands(commands)
     return parser
@@ -51,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve({k: v for k, v in vars(args).items() if k != "command"})
+    if args.command == "check":
+        return audit.main(args)
     if args.command == "sim":
         sim.run_sim(sim.settings_from_args(args))
         return 0
