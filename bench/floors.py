@@ -1,0 +1,136 @@
+"""The floors of issue 7: what bare aiohttp does in a few lines, to measure the proxy against.
+
+    python bench/floors.py dict        --port P --upstream http://127.0.0.1:S/v1
+    python bench/floors.py redis       --port P --upstream ... --redis redis://127.0.0.1:R/1
+    python bench/floors.py passthrough --port P --upstream ...
+
+`dict` answers from a dict keyed by the raw request body; `redis` does one GET per request
+(redis-py's asyncio client, hiredis parser); `passthrough` forwards every request with one
+keep-alive ClientSession and answers with the upstream's body. `dict` and `redis` fill
+themselves through the upstream on a miss, so the benchmark warms them like the proxy; the hit
+path is the floor. They answer `X-Repro-Cache: HIT|MISS` as the proxy does, so the benchmark
+verifies them the same way, and count what they served at `GET /_floor/stats`. Plain asyncio
+loop, no logging, no access log: the least a Python server can do per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+
+import aiohttp
+import redis.asyncio
+import redis.utils
+from aiohttp import web
+
+ROUTE = "/v1/{tail:.*}"
+HIT = {"X-Repro-Cache": "HIT"}
+MISS = {"X-Repro-Cache": "MISS"}
+FORWARDED = ("Authorization", "Content-Type")
+
+
+def base_app(upstream: str) -> tuple[web.Application, Counter[str], list[aiohttp.ClientSession]]:
+    """An app with /_floor/stats and one keep-alive ClientSession to the upstream."""
+    app, stats, session = web.Application(), Counter[str](), []
+
+    async def open_session(app: web.Application) -> None:
+        session.append(aiohttp.ClientSession(upstream.rstrip("/").removesuffix("/v1")))
+
+    async def close_session(app: web.Application) -> None:
+        await session[0].close()
+
+    async def show_stats(request: web.Request) -> web.Response:
+        return web.json_response(dict(stats))
+
+    app.on_startup.append(open_session)
+    app.on_cleanup.append(close_session)
+    app.router.add_get("/_floor/stats", show_stats)
+    app.router.add_get("/healthz", show_stats)
+    return app, stats, session
+
+
+async def fetch(
+    session: aiohttp.ClientSession, request: web.Request, body: bytes
+) -> tuple[int, bytes, str]:
+    """Send the request on to the upstream; its status, body and Content-Type."""
+    headers = {h: request.headers[h] for h in FORWARDED if h in request.headers}
+    async with session.request(request.method, request.path, data=body, headers=headers) as up:
+        return up.status, await up.read(), up.headers.get("Content-Type", "application/json")
+
+
+def answer(status: int, data: bytes, kind: str, cache: dict[str, str]) -> web.Response:
+    return web.Response(body=data, status=status, headers={"Content-Type": kind, **cache})
+
+
+def dict_floor(upstream: str, _: str) -> web.Application:
+    app, stats, session = base_app(upstream)
+    stored: dict[bytes, tuple[bytes, str]] = {}
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        found = stored.get(body)
+        if found is not None:
+            stats["hit"] += 1
+            return answer(200, found[0], found[1], HIT)
+        stats["miss"] += 1
+        status, data, kind = await fetch(session[0], request, body)
+        if status == 200:
+            stored[body] = (data, kind)
+        return answer(status, data, kind, MISS)
+
+    app.router.add_post(ROUTE, handle)
+    return app
+
+
+def redis_floor(upstream: str, redis_url: str) -> web.Application:
+    if not redis.utils.HIREDIS_AVAILABLE:
+        raise SystemExit("the redis floor needs hiredis (pip install hiredis)")
+    app, stats, session = base_app(upstream)
+    client = redis.asyncio.Redis.from_url(redis_url)
+    sse = b"s"  # first byte of the stored value: s = text/event-stream, j = application/json
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        found = await client.get(body)
+        if found is not None:
+            stats["hit"] += 1
+            kind = "text/event-stream" if found[:1] == sse else "application/json"
+            return answer(200, found[1:], kind, HIT)
+        stats["miss"] += 1
+        status, data, kind = await fetch(session[0], request, body)
+        if status == 200:
+            await client.set(body, (sse if kind.startswith("text/event") else b"j") + data)
+        return answer(status, data, kind, MISS)
+
+    app.router.add_post(ROUTE, handle)
+    return app
+
+
+def passthrough_floor(upstream: str, _: str) -> web.Application:
+    app, stats, session = base_app(upstream)
+
+    async def handle(request: web.Request) -> web.Response:
+        stats["forwarded"] += 1
+        status, data, kind = await fetch(session[0], request, await request.read())
+        return answer(status, data, kind, {})
+
+    app.router.add_route("*", ROUTE, handle)
+    return app
+
+
+FLOORS = {"dict": dict_floor, "redis": redis_floor, "passthrough": passthrough_floor}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("kind", choices=sorted(FLOORS))
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--upstream", required=True, help="base URL with its /v1")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/1", help="for the redis floor")
+    args = parser.parse_args()
+    app = FLOORS[args.kind](args.upstream, args.redis)
+    web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None)
+
+
+if __name__ == "__main__":
+    main()

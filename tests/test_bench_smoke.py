@@ -1,0 +1,110 @@
+"""Smoke run of the throughput benchmark (bench/bench.py --short --json).
+
+It checks that the benchmark runs end to end and that its verification passed (every hit
+workload answered HIT, no answer >= 400, no socket error), and the shape of its results. It
+asserts no speed: CI machines are noisy. wrk and redis-server are required, not optional: a
+missing one fails with the command that installs it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HIT_WORKLOADS = {
+    "hit (memory)": ("proxy memory://", "dict floor"),
+    "hit (Redis)": ("proxy redis://", "redis-GET floor"),
+    "hit many keys (memory)": ("proxy memory://", "dict floor"),
+    "hit many keys (Redis)": ("proxy redis://", "redis-GET floor"),
+    "streaming hit (memory)": ("proxy memory://", "dict floor"),
+    "streaming hit (Redis)": ("proxy redis://", "redis-GET floor"),
+}
+MISS_WORKLOADS = {
+    "miss (memory)": ("proxy memory://", "pass-through floor"),
+    "miss (Redis)": ("proxy redis://", "pass-through floor"),
+}
+FIGURES = ("req_s", "p50_ms", "p99_ms", "cpu_us_per_req")
+
+
+@pytest.fixture(scope="module")
+def result() -> dict[str, object]:
+    for tool, package in (("wrk", "wrk"), ("redis-server", "redis-server")):
+        if shutil.which(tool) is None:
+            pytest.fail(
+                f"{tool} not found on PATH: the benchmark smoke test needs it. "
+                f"Install it with: apt-get install {package}"
+            )
+    done = subprocess.run(
+        [sys.executable, "bench/bench.py", "--short", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=170,
+        check=False,
+    )
+    assert done.stdout.strip(), f"no JSON on stdout (exit {done.returncode}):\n{done.stderr}"
+    data: dict[str, object] = json.loads(done.stdout)
+    assert done.returncode == (0 if data["ok"] else 1), done.stderr
+    return data
+
+
+@pytest.mark.timeout(180)
+def test_verification_passed(result: dict[str, object]) -> None:
+    assert result["errors"] == [], result["errors"]
+    assert result["ok"] is True
+    assert result["mode"] == "short"
+
+
+@pytest.mark.timeout(180)
+def test_every_workload_measured_proxy_and_floor(result: dict[str, object]) -> None:
+    runs = result["runs"]
+    assert isinstance(runs, list)
+    assert all(set(run) >= {*FIGURES, "retried_after", "verified"} for run in runs)
+    by_key = {(run["workload"], run["target"]): run for run in runs}
+    for workload, (proxy, floor) in {**HIT_WORKLOADS, **MISS_WORKLOADS}.items():
+        for target in (proxy, floor):
+            run = by_key[(workload, target)]
+            assert run["ok"] is True, f"{workload} | {target}: {run['error']}"
+            assert run["requests"] > 0
+            for name in FIGURES:
+                assert isinstance(run[name], float) and run[name] > 0, (workload, target, name)
+            assert run["p99_ms"] >= run["p50_ms"]
+            assert not any(run["wrk_errors"].values()), run["wrk_errors"]
+            assert run["verified"], run
+        proxy_run = by_key[(workload, proxy)]
+        assert proxy_run["role"] == "proxy" and proxy_run["floor"] == floor
+        for name in ("ratio_floor", "cpu_ratio_floor", "ratio_gateway"):
+            assert isinstance(proxy_run[name], float) and proxy_run[name] > 0, proxy_run
+        expected = "hit" if workload in HIT_WORKLOADS else "miss"
+        assert f" {expected}, nothing else" in proxy_run["verified"], proxy_run["verified"]
+    for workload in ("hit (Redis)", "hit many keys (Redis)"):
+        assert by_key[(workload, "proxy redis://")]["aux_cpu_us_per_req"] > 0
+
+
+@pytest.mark.timeout(180)
+def test_ratios_and_reference(result: dict[str, object]) -> None:
+    ratios = result["ratios"]
+    assert isinstance(ratios, list)
+    assert {r["workload"] for r in ratios} == set(HIT_WORKLOADS) | set(MISS_WORKLOADS)
+    for ratio in ratios:
+        for name in ("ratio_floor", "cpu_ratio_floor", "ratio_gateway"):
+            assert isinstance(ratio[name], float) and ratio[name] > 0, ratio
+    reference = result["reference"]
+    assert isinstance(reference, dict)
+    assert reference["popular Python LLM gateway + Redis"]["hit_rps"] == 150
+
+
+@pytest.mark.timeout(180)
+def test_streaming_miss_ttfb(result: dict[str, object]) -> None:
+    ttfb = result["ttfb"]
+    assert isinstance(ttfb, dict) and ttfb["ok"] is True, ttfb
+    assert ttfb["direct"]["p50_ms"] > 0
+    for proxy in ("proxy memory://", "proxy redis://"):
+        assert ttfb[proxy]["p50_ms"] > 0
+        assert "paired_delta_p50_ms" in ttfb[proxy]
