@@ -648,6 +648,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.redis:
                 binary = shutil.which("redis-server")
                 if binary is None:
+                    failed = []
                     print("soak: redis-server not found on PATH", file=sys.stderr)
                     return 2
                 redis_port = free_port()
@@ -687,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
                 failed.append("proxy exited")
     except KeyboardInterrupt:
         failed = []
-        print("\nsoak: interrupted, processes stopped", file=sys.stderr)
+        print("\nsoak: interrupted; stopping the processes", file=sys.stderr)
         return 130
     finally:
         for proc in reversed(procs):

@@ -31,7 +31,7 @@ def check_admin(request: web.Request, services: Services) -> None:
         raise web.HTTPNotFound()
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode(), token.encode()
+        given.strip().encode("utf-8", "surrogateescape"), token.encode()
     ):
         raise Unauthorized("This route needs the admin bearer token (--admin-token).")
 

@@ -24,7 +24,7 @@ from proxy.policy import SHARED, CacheMode
 from proxy.probe import Prober
 from proxy.probe import running as probing
 from proxy.secret import Secret
-from proxy.store import open_store
+from proxy.store import MemoryStore, open_store
 from proxy.store.base import Store
 from proxy.store.encrypted import EncryptedStore, parse_keys
 from proxy.store.guard import GuardedStore
@@ -72,10 +72,10 @@ def _services(
     clock: Callable[[], float],
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def context(app: web.Application) -> AsyncIterator[None]:
-        store = GuardedStore(
-            _encrypted(settings, injected or await open_store(settings.store)),
-            timeout=settings.store_timeout,
-        )
+        backend = injected or await open_store(settings.store)
+        store = _encrypted(settings, backend)
+        if not isinstance(backend, MemoryStore):  # this process's memory neither hangs nor fails
+            store = GuardedStore(store, timeout=settings.store_timeout)
         session = client_session(settings.connect_timeout, settings.upstream_timeout)
         upstream = Upstream(session, settings.upstream, settings.upstream_timeout)
         fingerprints = FingerprintTracker(
@@ -147,12 +147,22 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         response = await handler(request)
     except ProxyError as exc:
-        response = web.Response(
-            status=exc.status, body=exc.body(), content_type="application/json", headers=exc.headers
-        )
+        response = _error_response(exc)
+    except web.HTTPException:
+        raise
+    except Exception:
+        # A bug of ours must still answer in OpenAI's shape, be counted and be logged.
+        log.exception("unhandled error", extra={"route": request.path})
+        response = _error_response(ProxyError("The proxy failed to handle this request."))
     if request.path.startswith("/v1/"):
         _count(services, request, response, services.clock() - started)
     return response
+
+
+def _error_response(exc: ProxyError) -> web.Response:
+    return web.Response(
+        status=exc.status, body=exc.body(), content_type="application/json", headers=exc.headers
+    )
 
 
 def _count(
@@ -165,9 +175,10 @@ def _count(
     )
     cache = response.headers.get("X-Repro-Cache", "BYPASS").lower()
     label = "error" if response.status >= 400 else cache
-    services.metrics.requests.labels(route, label).inc()
-    services.metrics.request_duration.labels(route, label).observe(took)
-    access_log.info(
+    services.metrics.served(route, label, took)
+    if not access_log.isEnabledFor(logging.DEBUG):
+        return
+    access_log.debug(
         "request",
         extra={
             "method": request.method,

@@ -8,6 +8,7 @@ a MISS and a write into a no-op, counted in `repro_store_errors_total`, never a 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from proxy import canonical, policy
 from proxy.context import Services
 from proxy.entry import CorruptEntry, Entry, fingerprint_of, usage_of
+from proxy.errors import InvalidParameter
 from proxy.policy import Outcome, Plan
 from proxy.store.base import Labels, StoreError
 from proxy.store.guard import CircuitOpen
@@ -67,14 +69,14 @@ def prepare(
     if settings.enforce is policy.Enforce.OFF:
         canonical.reject_duplicate_keys(raw)
     seeded = policy.enforce(body, route, settings.enforce, settings.default_seed)
-    key = api_key(headers)
-    scope = policy.cache_scope(key, settings.cache_scope, services.secret.value)
-    namespace = headers.get("X-Repro-Namespace", "")
+    tenant = services.secret.tenant(api_key(headers))
+    scope = policy.SHARED if settings.cache_scope is policy.CacheScope.SHARED else tenant
+    namespace = _namespace(headers.get("X-Repro-Namespace", ""))
     directives = policy.parse_cache_control(headers.getall("Cache-Control", []))
     model = body.get("model")
     return Call(
         route=route,
-        tenant=policy.cache_scope(key, policy.CacheScope.KEY, services.secret.value),
+        tenant=tenant,
         namespace=namespace,
         query=query,
         model=model if isinstance(model, str) else "",
@@ -87,6 +89,22 @@ def prepare(
         stale_if_error=policy.stale_window(settings.stale_if_error, directives.stale_if_error),
         stream=body.get("stream") is True,
     )
+
+
+MAX_NAMESPACE = 256
+
+
+def _namespace(value: str) -> str:
+    """A namespace names a partition and labels entries: printable UTF-8 of bounded size."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise InvalidParameter("X-Repro-Namespace must be UTF-8.", "X-Repro-Namespace") from None
+    if len(value) > MAX_NAMESPACE:
+        raise InvalidParameter(
+            f"X-Repro-Namespace is longer than {MAX_NAMESPACE} characters.", "X-Repro-Namespace"
+        )
+    return value
 
 
 def repro_headers(call: Call, outcome: Outcome, fingerprint: str | None) -> dict[str, str]:
@@ -103,18 +121,16 @@ def repro_headers(call: Call, outcome: Outcome, fingerprint: str | None) -> dict
 async def lookup(services: Services, call: Call) -> Entry | None:
     """The servable entry for this call, or None; a failing store is a miss."""
     try:
-        accepted = await services.fingerprints.acceptable(call.model)
-    except StoreError as exc:
-        store_failed(services, "fingerprint", exc)
-        return None
-    if accepted is not None and not accepted:
-        return None
-    try:
-        blobs = await services.store.get(call.key, accepted)
+        state, blobs = await services.store.lookup(call.key, call.model)
     except StoreError as exc:
         store_failed(services, "get", exc)
         return None
-    return choose(services, call, accepted, blobs)
+    accepted = services.fingerprints.acceptable(call.model, state)
+    return choose(services, call, accepted, {fp: blobs[fp] for fp in _allowed(accepted, blobs)})
+
+
+def _allowed(accepted: Sequence[str] | None, blobs: dict[str, bytes]) -> list[str]:
+    return list(blobs) if accepted is None else [fp for fp in accepted if fp in blobs]
 
 
 def choose(services: Services, call: Call, accepted: Any, blobs: dict[str, bytes]) -> Entry | None:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 from proxy.metrics import Metrics
 from proxy.policy import FingerprintPolicy, acceptable_fingerprints
-from proxy.store.base import Store
+from proxy.store.base import ModelFingerprints, Store
 
 log = logging.getLogger("proxy.fingerprints")
 
@@ -31,11 +31,8 @@ class FingerprintTracker:
         self._grace = grace
         self._clock = clock
 
-    async def acceptable(self, model: str) -> Sequence[str] | None:
+    def acceptable(self, model: str, state: ModelFingerprints | None) -> Sequence[str] | None:
         """Fingerprints whose entries may be served for `model`; None means any."""
-        if self._policy is FingerprintPolicy.PIN:
-            return None
-        state = await self._store.fingerprints(model)
         if state is not None:
             self._metrics.fingerprint_current(model, state.current)
         return acceptable_fingerprints(self._policy, state, self._grace, self._clock())

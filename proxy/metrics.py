@@ -41,6 +41,7 @@ class Metrics:
         self._multiprocess_dir = multiprocess_dir
         self._models: set[str] = set()
         self._fingerprints: dict[str, str] = {}
+        self._served: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         self.requests = Counter(
             "repro_requests_total",
             "Requests by route and cache outcome",
@@ -114,6 +115,18 @@ class Metrics:
             ["op"],
             registry=registry,
         )
+
+    def served(self, route: str, cache: str, took: float) -> None:
+        """Count one answered request; the labelled children are looked up once per pair."""
+        pair = (route, cache)
+        children = self._served.get(pair)
+        if children is None:
+            children = self._served[pair] = (
+                self.requests.labels(route, cache),
+                self.request_duration.labels(route, cache),
+            )
+        children[0].inc()
+        children[1].observe(took)
 
     def exposition(self) -> bytes:
         """The text format: this process's metrics, or every worker's when there are several."""

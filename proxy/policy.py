@@ -108,7 +108,9 @@ def cache_scope(api_key: str | None, scope: CacheScope, secret: bytes) -> str:
         return SHARED
     if not api_key:
         return ANONYMOUS
-    return hmac.new(secret, api_key.encode(), hashlib.sha256).hexdigest()[:32]
+    # aiohttp hands undecodable header bytes over as surrogates: hash the bytes as sent.
+    raw = api_key.encode("utf-8", "surrogateescape")
+    return hmac.new(secret, raw, hashlib.sha256).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,8 +134,13 @@ def parse_cache_control(values: Iterable[str]) -> Directives:
             elif name in ("max-age", "stale-if-error"):
                 arg = arg.strip().strip('"')
                 if arg.isascii() and arg.isdigit():
-                    found[name.replace("-", "_")] = int(arg)
+                    found[name.replace("-", "_")] = _delta_seconds(arg)
     return Directives(**found)
+
+
+def _delta_seconds(digits: str) -> int:
+    """RFC 9111 1.2.2: a value too large to represent counts as 2^31 seconds."""
+    return min(int(digits), 2**31) if len(digits) <= 10 else 2**31
 
 
 @dataclass(frozen=True, slots=True)

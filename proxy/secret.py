@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import OrderedDict
 
+from proxy.policy import ANONYMOUS, CacheScope, cache_scope
 from proxy.store.base import Store, StoreError
+
+MAX_REMEMBERED = 4096
 
 log = logging.getLogger("proxy.secret")
 
@@ -24,6 +28,19 @@ class Secret:
         self.value = fixed.encode() if fixed else os.urandom(32)
         self.provisional = not fixed
         self._failed = False
+        self._tenants: OrderedDict[str, str] = OrderedDict()
+
+    def tenant(self, api_key: str | None) -> str:
+        """The key's HMAC (its cache partition), remembered for the busiest keys."""
+        if not api_key:
+            return ANONYMOUS
+        found = self._tenants.get(api_key)
+        if found is None:
+            found = cache_scope(api_key, CacheScope.KEY, self.value)
+            self._tenants[api_key] = found
+            if len(self._tenants) > MAX_REMEMBERED:
+                self._tenants.popitem(last=False)
+        return found
 
     async def settle(self) -> None:
         """Adopt the store's secret if this one is still provisional; free once settled."""
@@ -31,6 +48,7 @@ class Secret:
             return
         try:
             self.value = await self._store.secret(self.value)
+            self._tenants.clear()
         except StoreError:
             if not self._failed:
                 log.warning("store unavailable: using a provisional secret until it answers")

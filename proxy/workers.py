@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
+import uvloop
 from aiohttp import web
 
 from proxy import logs
@@ -35,6 +36,7 @@ STOP_GRACE = 10.0
 def run(settings: Settings, *, reuse_port: bool = False) -> None:
     """Serve in this process until SIGINT or SIGTERM."""
     logs.configure(settings.log_level)
+    uvloop.install()
     web.run_app(
         create_app(settings, multiprocess_dir=os.environ.get(MULTIPROC_ENV)),
         host=settings.host,

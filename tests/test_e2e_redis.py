@@ -218,9 +218,9 @@ def test_unreachable_redis_is_unready_and_requests_fail_open(
         assert outcome(response) == ("MISS", FP1)
         assert response.parse().choices[0].message.content
     assert len(sim.llm_requests()) == 2
-    # Per request: the lookup's fingerprint read fails (so no entry read is tried), then the
+    # Per request: the lookup (fingerprint state and entry in one round trip) fails, then the
     # fingerprint of the fresh answer and its write fail too.
-    assert store_errors(proxy) == {"fingerprint": 4.0, "put": 2.0}
+    assert store_errors(proxy) == {"get": 2.0, "fingerprint": 2.0, "put": 2.0}
     assert httpx.get(proxy.url + "/healthz", timeout=5).status_code == 200
 
 

@@ -375,7 +375,7 @@ def test_frozen_redis_costs_one_store_timeout_then_nothing_and_recovers(
             assert len(sim.llm_requests()) == sim_calls + 7
             # Per request: the lookup's fingerprint read, the fresh answer's fingerprint and
             # its write fail (timed out once, then skipped by the open circuit).
-            assert store_errors(proxy) == {"fingerprint": 14.0, "put": 7.0}
+            assert store_errors(proxy) == {"get": 7.0, "fingerprint": 7.0, "put": 7.0}
             reason = assert_unready(proxy)
             assert "0.5" in reason
             assert http().get(proxy.url + "/healthz").status_code == 200
@@ -444,7 +444,7 @@ def test_redis_killed_and_restarted_on_the_same_port(
             assert answer.took < SLOW_BOUND
             assert same_answer(answer.content, stored.content)
         assert sum(a.took for a in down) < SLOW_BOUND  # refused connections fail fast
-        assert store_errors(proxy) == {"fingerprint": 10.0, "put": 5.0}
+        assert store_errors(proxy) == {"get": 5.0, "fingerprint": 5.0, "put": 5.0}
         assert_unready(proxy)
 
         server.start()  # same port, no data
@@ -473,7 +473,7 @@ def test_proxy_starts_and_serves_with_redis_down_then_uses_it_once_it_is_up(
             assert answer.took < SLOW_BOUND
         assert same_answer(down[0].content, down[2].content)
         assert len(sim.llm_requests()) == 3
-        assert store_errors(proxy) == {"fingerprint": 6.0, "put": 3.0}
+        assert store_errors(proxy) == {"get": 3.0, "fingerprint": 3.0, "put": 3.0}
 
         server.start()
         answers = recover(proxy, "served without a store")
@@ -533,8 +533,12 @@ def test_network_faults_between_proxy_and_redis(
             # fails fast from the start.
             assert answers[0].took < (FAST_BOUND if mode == "cut" else SLOW_BOUND), (mode, took)
             assert all(t < FAST_BOUND for t in took[1:]), (mode, took)
-            fingerprint_errors, put_errors = fingerprint_errors + 12, put_errors + 6
-            assert store_errors(proxy) == {"fingerprint": fingerprint_errors, "put": put_errors}
+            fingerprint_errors, put_errors = fingerprint_errors + 6, put_errors + 6
+            assert store_errors(proxy) == {
+                "get": put_errors,
+                "fingerprint": fingerprint_errors,
+                "put": put_errors,
+            }
             assert_unready(proxy)
 
             faults.set_mode("pass")
@@ -596,6 +600,10 @@ def test_cluster_losing_a_master_serves_nothing_wrong(
         assert 0 < len(lost) < 20
         sim_calls = len(sim.llm_requests())
 
+        # Keys on the dead master can only MISS. Keys elsewhere HIT unless repeated failures
+        # opened the store's circuit for a while (one breaker for the whole cluster): then they
+        # MISS too. Either way every answer is right and every MISS is one upstream call.
+        misses = 0
         for round_ in range(2):
             after = {prompt: ask(proxy, prompt) for prompt in prompts}
             for prompt, answer in after.items():
@@ -608,8 +616,9 @@ def test_cluster_losing_a_master_serves_nothing_wrong(
                     assert answer.cache == "MISS"
                     assert same_answer(answer.content, first[prompt].content)
             outcomes = {p: a.cache for p, a in after.items()}
-            assert {p for p, c in outcomes.items() if c == "MISS"} == lost, (round_, outcomes)
-        assert len(sim.llm_requests()) == sim_calls + 2 * len(lost)
+            assert lost <= {p for p, c in outcomes.items() if c == "MISS"}, (round_, outcomes)
+            misses += sum(c == "MISS" for c in outcomes.values())
+        assert len(sim.llm_requests()) == sim_calls + misses
 
 
 # --- 6. upstream faults ----------------------------------------------------------------------

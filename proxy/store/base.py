@@ -93,6 +93,12 @@ class Store(Protocol):
     async def get(self, key: str, fingerprints: Sequence[str] | None) -> dict[str, bytes]:
         """The values stored under `key` for these fingerprints (all of them when None)."""
 
+    async def lookup(
+        self, key: str, model: str
+    ) -> tuple[ModelFingerprints | None, dict[str, bytes]]:
+        """The model's fingerprint state and every value under `key`, in one round trip: what
+        a HIT under `follow` needs, without waiting for one answer before asking the other."""
+
     async def put(
         self, key: str, fingerprint: str, value: bytes, ttl: int, labels: Labels = NO_LABELS
     ) -> None:

@@ -69,9 +69,17 @@ class EncryptedStore:
         return None
 
     async def get(self, key: str, fingerprints: Sequence[str] | None) -> dict[str, bytes]:
-        found = await self.inner.get(key, fingerprints)
+        return self._open_all(key, await self.inner.get(key, fingerprints))
+
+    def _open_all(self, key: str, found: dict[str, bytes]) -> dict[str, bytes]:
         opened = {fp: self.open(key, fp, blob) for fp, blob in found.items()}
         return {fp: value for fp, value in opened.items() if value is not None}
+
+    async def lookup(
+        self, key: str, model: str
+    ) -> tuple[ModelFingerprints | None, dict[str, bytes]]:
+        state, found = await self.inner.lookup(key, model)
+        return state, self._open_all(key, found)
 
     async def put(
         self, key: str, fingerprint: str, value: bytes, ttl: int, labels: Labels = NO_LABELS

@@ -114,6 +114,11 @@ class GuardedStore:
     async def get(self, key: str, fingerprints: Sequence[str] | None) -> dict[str, bytes]:
         return await self._call("get", lambda: self.inner.get(key, fingerprints))
 
+    async def lookup(
+        self, key: str, model: str
+    ) -> tuple[ModelFingerprints | None, dict[str, bytes]]:
+        return await self._call("get", lambda: self.inner.lookup(key, model))
+
     async def put(
         self, key: str, fingerprint: str, value: bytes, ttl: int, labels: Labels = NO_LABELS
     ) -> None:

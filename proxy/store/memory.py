@@ -74,6 +74,11 @@ class MemoryStore:
                 found[fingerprint] = entry.value
         return found
 
+    async def lookup(
+        self, key: str, model: str
+    ) -> tuple[ModelFingerprints | None, dict[str, bytes]]:
+        return await self.fingerprints(model), await self.get(key, None)
+
     async def put(
         self, key: str, fingerprint: str, value: bytes, ttl: int, labels: Labels = NO_LABELS
     ) -> None:

@@ -110,6 +110,19 @@ class RedisStore:
         pairs = zip(fingerprints, values, strict=True)
         return {fp: _bytes(value) for fp, value in pairs if value is not None}
 
+    async def lookup(
+        self, key: str, model: str
+    ) -> tuple[ModelFingerprints | None, dict[str, bytes]]:
+        """Both reads in one pipeline; on a cluster the two keys may sit on two nodes, which
+        redis-py then asks in parallel."""
+        with _mapped("lookup"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.hgetall(self._model(model))
+                pipe.hgetall(self._entry(key))
+                state, found = await pipe.execute()
+        named = ((_text(fp), value) for fp, value in found.items())
+        return _parse_model(state), {fp: _bytes(v) for fp, v in named if fp != _LABELS}
+
     async def put(
         self, key: str, fingerprint: str, value: bytes, ttl: int, labels: Labels = NO_LABELS
     ) -> None:
