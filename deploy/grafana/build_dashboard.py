@@ -1,0 +1,359 @@
+"""Generate deploy/grafana/dashboards/repro-proxy.json with the Grafana Foundation SDK.
+
+    pip install 'grafana-foundation-sdk==1769699379!11.6.0'
+    python deploy/grafana/build_dashboard.py          # rewrite the JSON
+    python deploy/grafana/build_dashboard.py --check  # exit 1 if the JSON is out of date
+
+The dashboard reads only metrics the proxy exports and the recording rules of
+deploy/prometheus/rules/repro-recording.yml (hit ratio, rotations, upstream error ratio);
+tests/test_deploy.py checks both, and that the committed JSON is this script's output.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from grafana_foundation_sdk.builders import dashboard as db
+from grafana_foundation_sdk.builders import prometheus, stat, table, timeseries
+from grafana_foundation_sdk.builders.common import (
+    ReduceDataOptions,
+    StackingConfig,
+    VizLegendOptions,
+    VizTooltipOptions,
+)
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models.dashboard import (
+    DashboardCursorSync,
+    DataSourceRef,
+    DataTransformerConfig,
+    DynamicConfigValue,
+    VariableHide,
+    VariableRefresh,
+    VariableSort,
+)
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat
+
+OUTPUT = Path(__file__).parent / "dashboards" / "repro-proxy.json"
+UID = "repro-proxy"
+DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
+MODEL = 'model=~"$model"'
+RATE = "$__rate_interval"
+
+# Grafana's Prometheus annotation fields that the SDK's AnnotationQuery does not model.
+ROTATION_ANNOTATION = {
+    "step": "1m",
+    "titleFormat": "Fingerprint rotated: {{model}}",
+    "textFormat": "The upstream answered {{model}} with a new system_fingerprint",
+    "tagKeys": "model",
+    "useValueForTime": False,
+}
+
+
+def query(expr: str, legend: str = "__auto", ref: str = "A") -> prometheus.Dataquery:
+    return prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(ref).range()
+
+
+def instant(expr: str, ref: str = "A") -> prometheus.Dataquery:
+    return prometheus.Dataquery().expr(expr).ref_id(ref).instant()
+
+
+def graph(title: str, description: str, unit: str, width: int = 12) -> timeseries.Panel:
+    return (
+        timeseries.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .unit(unit)
+        .height(8)
+        .span(width)
+        .fill_opacity(10)
+        .legend(
+            VizLegendOptions()
+            .display_mode(common.LegendDisplayMode.TABLE)
+            .placement(common.LegendPlacement.BOTTOM)
+            .show_legend(True)
+            .calcs(["mean", "max"])
+        )
+        .tooltip(VizTooltipOptions().mode(common.TooltipDisplayMode.MULTI))
+    )
+
+
+def single(title: str, description: str, unit: str, expr: str) -> stat.Panel:
+    return (
+        stat.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .unit(unit)
+        .height(8)
+        .span(4)
+        .graph_mode(common.BigValueGraphMode.NONE)
+        .reduce_options(ReduceDataOptions().calcs(["lastNotNull"]))
+        .with_target(instant(expr))
+    )
+
+
+def cache_row(board: db.Dashboard) -> None:
+    board.with_row(db.Row("Cache"))
+    board.with_panel(
+        graph(
+            "Requests by cache status",
+            "Answers per second by X-Repro-Cache (error: any answer with status >= 400).",
+            "reqps",
+        )
+        .stacking(StackingConfig().mode(common.StackingMode.NORMAL))
+        .with_target(query(f"sum by (cache) (rate(repro_requests_total[{RATE}]))", "{{cache}}"))
+    )
+    board.with_panel(
+        graph(
+            "Hit ratio",
+            "Hits / (hits + misses) over 5 minutes (recording rules). REFRESH and BYPASS answers "
+            "never looked the cache up and do not count.",
+            "percentunit",
+            width=8,
+        )
+        .min(0)
+        .max(1)
+        .with_target(query("repro:cache_hit_ratio:rate5m", "all models"))
+        .with_target(query(f"model:repro_cache_hit_ratio:rate5m{{{MODEL}}}", "{{model}}", "B"))
+    )
+    board.with_panel(
+        single(
+            "Hit ratio (time range)",
+            "Hits / (hits + misses) over the dashboard's time range, all models.",
+            "percentunit",
+            "(sum(increase(repro_cache_hits_total[$__range])) or vector(0))"
+            " / ((sum(increase(repro_cache_hits_total[$__range])) or vector(0))"
+            " + (sum(increase(repro_cache_misses_total[$__range])) or vector(0)) > 0)",
+        )
+    )
+    board.with_panel(
+        graph(
+            "Tokens saved",
+            "Tokens per second answered from the cache instead of the upstream.",
+            "short",
+        )
+        .stacking(StackingConfig().mode(common.StackingMode.NORMAL))
+        .with_target(
+            query(
+                f"sum by (model, type) (rate(repro_tokens_saved_total{{{MODEL}}}[{RATE}]))",
+                "{{model}} {{type}}",
+            )
+        )
+    )
+    board.with_panel(
+        graph(
+            "Default seed injected",
+            "Requests per second that carried no seed and got the default one.",
+            "reqps",
+            width=8,
+        ).with_target(
+            query(
+                f"sum by (model) (rate(repro_seed_injected_total{{{MODEL}}}[{RATE}]))", "{{model}}"
+            )
+        )
+    )
+    board.with_panel(
+        single(
+            "Tokens saved (time range)",
+            "Tokens answered from the cache over the dashboard's time range.",
+            "short",
+            f"sum(increase(repro_tokens_saved_total{{{MODEL}}}[$__range]))",
+        )
+    )
+
+
+def fingerprint_row(board: db.Dashboard) -> None:
+    board.with_row(db.Row("Fingerprints"))
+    board.with_panel(
+        table.Panel()
+        .title("Current fingerprint per model")
+        .description(
+            "The system_fingerprint each proxy reports as current (repro_fingerprint_info == 1). "
+            "Two rows for one model: the proxies disagree, usually during a rollout."
+        )
+        .datasource(DATASOURCE)
+        .height(8)
+        .span(12)
+        .with_target(
+            instant(
+                f"count by (model, fingerprint) (repro_fingerprint_info{{{MODEL}}} == 1)"
+            ).format(PromQueryFormat.TABLE)
+        )
+        .with_transformation(
+            DataTransformerConfig(
+                id_val="organize",
+                options={
+                    "excludeByName": {"Time": True},
+                    "indexByName": {"model": 0, "fingerprint": 1, "Value": 2},
+                    "renameByName": {"Value": "proxies reporting it"},
+                },
+            )
+        )
+    )
+    board.with_panel(
+        graph(
+            "Fingerprint rotations (last 15 minutes)",
+            "New system_fingerprints seen per model (recording rule). Each rotation is also an "
+            "annotation on the time panels.",
+            "short",
+        )
+        .decimals(0)
+        .with_target(query(f"model:repro_fingerprint_changes:increase15m{{{MODEL}}}", "{{model}}"))
+    )
+
+
+def latency_row(board: db.Dashboard) -> None:
+    board.with_row(db.Row("Latency"))
+    proxy_latency = graph(
+        "Proxy latency by cache status",
+        "p50 and p99 of the time to answer a client (repro_request_duration_seconds).",
+        "s",
+    )
+    upstream_latency = graph(
+        "Upstream latency by route",
+        "p50 and p99 of the time until the upstream's response headers.",
+        "s",
+    )
+    for quantile, ref in (("0.5", "A"), ("0.99", "B")):
+        name = f"p{round(float(quantile) * 100)}"
+        proxy_latency.with_target(
+            query(
+                f"histogram_quantile({quantile}, sum by (le, cache) "
+                f"(rate(repro_request_duration_seconds_bucket[{RATE}])))",
+                f"{name} {{{{cache}}}}",
+                ref,
+            )
+        )
+        upstream_latency.with_target(
+            query(
+                f"histogram_quantile({quantile}, sum by (le, route) "
+                f"(rate(repro_upstream_duration_seconds_bucket[{RATE}])))",
+                f"{name} {{{{route}}}}",
+                ref,
+            )
+        )
+    board.with_panel(proxy_latency)
+    board.with_panel(upstream_latency)
+
+
+def error_row(board: db.Dashboard) -> None:
+    board.with_row(db.Row("Errors"))
+    board.with_panel(
+        graph(
+            "Upstream answers by status",
+            "Upstream answers per second by HTTP status.",
+            "reqps",
+            width=8,
+        ).with_target(
+            query(
+                f"sum by (status) (rate(repro_upstream_duration_seconds_count[{RATE}]))",
+                "{{status}}",
+            )
+        )
+    )
+    board.with_panel(
+        graph(
+            "Upstream errors",
+            "Share of upstream answers that were 429 or 5xx (recording rule), and error answers "
+            "per second sent to clients (including unreachable upstreams and timeouts).",
+            "percentunit",
+            width=8,
+        )
+        .with_target(query("route:repro_upstream_errors:ratio_rate5m", "error share {{route}}"))
+        .with_target(
+            query(
+                f'sum by (route) (rate(repro_requests_total{{cache="error"}}[{RATE}]))',
+                "errors to clients/s {{route}}",
+                "B",
+            )
+        )
+        .override_by_query(
+            "B",
+            [
+                DynamicConfigValue(id_val="unit", value="reqps"),
+                DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
+            ],
+        )
+    )
+    board.with_panel(
+        graph(
+            "Store errors",
+            "Failed store operations per second; the proxy failed open on each (a lookup became "
+            "a MISS, a write was skipped).",
+            "ops",
+            width=8,
+        ).with_target(query(f"sum by (op) (rate(repro_store_errors_total[{RATE}]))", "{{op}}"))
+    )
+
+
+def variables(board: db.Dashboard) -> None:
+    board.with_variable(db.DatasourceVariable("datasource").label("Prometheus").type("prometheus"))
+    board.with_variable(
+        db.QueryVariable("model")
+        .label("Model")
+        .datasource(DATASOURCE)
+        .query("label_values(repro_fingerprint_info, model)")
+        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(VariableSort.ALPHABETICAL_ASC)
+        .multi(True)
+        .include_all(True)
+        .all_value(".*")
+        .hide(VariableHide.DONT_HIDE)
+    )
+
+
+def build() -> dict[str, Any]:
+    board = (
+        db.Dashboard("repro-proxy")
+        .uid(UID)
+        .description("Cache, fingerprints, latency and errors of repro-proxy.")
+        .tags(["repro-proxy", "llm", "cache"])
+        .time("now-6h", "now")
+        .refresh("30s")
+        .timezone("browser")
+        .tooltip(DashboardCursorSync.CROSSHAIR)
+        .annotation(
+            db.AnnotationQuery()
+            .name("Fingerprint rotations")
+            .datasource(DATASOURCE)
+            .enable(True)
+            .icon_color("orange")
+            .expr(
+                "sum by (model) ("
+                "(repro_fingerprint_changes_total unless repro_fingerprint_changes_total offset 2m)"
+                " or increase(repro_fingerprint_changes_total[2m])"
+                ") > 0"
+            )
+        )
+    )
+    variables(board)
+    for row in (cache_row, fingerprint_row, latency_row, error_row):
+        row(board)
+    data: dict[str, Any] = json.loads(json.dumps(board.build(), cls=JSONEncoder))
+    data["annotations"]["list"][0].update(ROTATION_ANNOTATION)
+    return data
+
+
+def render() -> str:
+    return json.dumps(build(), indent=2, sort_keys=True) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    text = render()
+    if argv == ["--check"]:
+        if OUTPUT.read_text() != text:
+            print(f"{OUTPUT} is out of date: run python {Path(__file__).name}", file=sys.stderr)
+            return 1
+        return 0
+    OUTPUT.write_text(text)
+    print(f"wrote {OUTPUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
