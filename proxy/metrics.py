@@ -147,6 +147,9 @@ class Metrics:
         if len(self._models) >= MAX_MODELS or not name or len(name) > 128:
             return OTHER
         self._models.add(name)
+        # Series born at 0, so that increase() sees the first hit, miss or rotation too.
+        for counter in (self.hits, self.misses, self.fingerprint_changes):
+            counter.labels(name)
         return name
 
     def fingerprint_current(self, model: str, current: str) -> None:
