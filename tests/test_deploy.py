@@ -50,6 +50,7 @@ TARGET_LABELS = frozenset({"job", "instance"})  # added by Prometheus to every s
 KNOWN_VALUES = {
     "cache": {o.lower() for o in Outcome} | {"error"},
     "type": {"prompt", "completion"},
+    "result": {"same", "differs", "rotated", "error"},  # proxy.verify's outcomes of a check
 }
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__range": "1h", "$__interval": "1m"}
 
@@ -104,6 +105,8 @@ def test_exported_series_cover_the_contract() -> None:
     assert series["repro_fingerprint_info"] == {"model", "fingerprint"}
     assert series["repro_request_duration_seconds_bucket"] == {"route", "cache", "le"}
     assert series["repro_upstream_duration_seconds_count"] == {"route", "status"}
+    assert series["repro_verify_total"] == {"model", "result"}
+    assert series["repro_verify_distance_bucket"] == {"model", "fingerprint", "le"}
 
 
 # --- PromQL: names, labels and label values ---------------------------------------------------
@@ -276,7 +279,13 @@ def test_rules_use_only_exported_metrics_and_their_labels() -> None:
     for rule in rules():
         if "alert" in rule:
             promql.check(rule["expr"])
-    assert {"repro_fingerprint_info", "repro_fingerprint_changes_total"} <= promql.used
+    assert {
+        "repro_fingerprint_info",
+        "repro_fingerprint_changes_total",
+        "repro_verify_total",
+        "repro_verify_distance_sum",
+        "repro_verify_distance_count",
+    } <= promql.used
 
 
 @pytest.mark.parametrize(
@@ -293,6 +302,8 @@ def test_rules_use_only_exported_metrics_and_their_labels() -> None:
         ),
         ('repro_requests_total{cache="HIT"}', "cache never takes 'HIT'"),
         ('repro_requests_total{cache=~"hit|stale|expired"}', "cache never takes"),
+        ('repro_verify_total{result="different"}', "result never takes 'different'"),
+        ("sum by (fingerprint) (repro_verify_total)", r"no label \['fingerprint'\]"),
         (
             "sum by (model) (repro_cache_hits_total) / sum(repro_cache_misses_total)",
             "sides never match",
@@ -347,6 +358,10 @@ def test_dashboard_queries_use_only_exported_metrics_and_recorded_series() -> No
         "repro_upstream_duration_seconds_count",
         "repro_store_errors_total",
         "repro:cache_hit_ratio:rate5m",
+        "repro_verify_total",
+        "repro_verify_distance_bucket",
+        "model:repro_verify_determinism:ratio_rate1h",
+        "model_fingerprint:repro_verify_distance:mean1h",
     }
 
 
@@ -391,6 +406,10 @@ def test_dashboard_has_the_panels_operators_need() -> None:
     assert "route:repro_upstream_errors:ratio_rate5m" in series
     assert 'repro_requests_total{cache="error"}' in series
     assert "repro_store_errors_total" in series
+    assert "model:repro_verify_determinism:ratio_rate1h" in series
+    assert "sum by (result) (rate(repro_verify_total{" in series
+    assert "model_fingerprint:repro_verify_distance:mean1h" in series
+    assert "histogram_quantile(0.9, sum by (le, model) (rate(repro_verify_distance_bucket" in series
     (fingerprints,) = by_type["table"]
     assert re.fullmatch(
         r"count by \(model, fingerprint\) \(repro_fingerprint_info\{.*\} == 1\)", fingerprints
@@ -398,6 +417,32 @@ def test_dashboard_has_the_panels_operators_need() -> None:
     (rotations,) = board["annotations"]["list"]
     assert rotations["enable"] and "repro_fingerprint_changes_total" in rotations["expr"]
     assert rotations["titleFormat"] == "Fingerprint rotated: {{model}}"
+
+
+def test_dashboard_determinism_row_holds_the_verify_panels() -> None:
+    rows: dict[str, list[dict[str, Any]]] = {}
+    current: list[dict[str, Any]] = []
+    for panel in sorted(
+        dashboard()["panels"], key=lambda p: (p["gridPos"]["y"], p["gridPos"]["x"])
+    ):
+        if panel["type"] == "row":
+            current = rows.setdefault(panel["title"], [])
+        else:
+            current.append(panel)
+    determinism = {p["title"]: p for p in rows["Determinism"]}
+    ratio = determinism["Determinism ratio"]
+    assert ratio["fieldConfig"]["defaults"]["unit"] == "percentunit"
+    assert [t["expr"] for t in ratio["targets"]] == [
+        'model:repro_verify_determinism:ratio_rate1h{model=~"$model"}'
+    ]
+    results = determinism["Verify results"]
+    assert results["fieldConfig"]["defaults"]["custom"]["stacking"]["mode"] == "normal"
+    assert [t["legendFormat"] for t in results["targets"]] == ["{{result}}"]
+    distance = determinism["Distance between stored and fresh answers"]
+    assert {t["legendFormat"] for t in distance["targets"]} == {
+        "mean {{model}} {{fingerprint}}",
+        "p90 {{model}}",
+    }
 
 
 def test_dashboard_panels_do_not_overlap() -> None:
@@ -462,6 +507,7 @@ def test_compose_proxy_is_a_valid_serve_command_on_redis() -> None:
     assert settings.host == "0.0.0.0"
     assert settings.store == "redis://redis:6379/0"
     assert settings.admin_token is None and settings.probe_interval == 0
+    assert settings.verify_rate == 0  # drift sampling costs upstream requests: opt in
     assert settings.ttl > 0  # Redis runs volatile-lru: only entries with a TTL are evictable
     assert "volatile-lru" in services["redis"]["command"]
     assert proxy["depends_on"]["redis"]["condition"] == "service_healthy"
@@ -596,6 +642,7 @@ def test_sidecar_serves_the_app_on_loopback_with_settings_the_proxy_accepts() ->
     args = cli.build_parser().parse_args(proxy["args"])
     settings = config.load({k: v for k, v in vars(args).items() if k != "command"}, environ)
     assert settings.admin_token and settings.secret  # both from the Secret, never literal
+    assert settings.verify_rate == 0  # drift sampling costs upstream requests: opt in
     assert all("value" not in var for var in proxy["env"])
     (port,) = proxy["ports"]
     assert port["containerPort"] == settings.port

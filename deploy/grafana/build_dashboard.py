@@ -5,8 +5,9 @@
     python deploy/grafana/build_dashboard.py --check  # exit 1 if the JSON is out of date
 
 The dashboard reads only metrics the proxy exports and the recording rules of
-deploy/prometheus/rules/repro-recording.yml (hit ratio, rotations, upstream error ratio);
-tests/test_deploy.py checks both, and that the committed JSON is this script's output.
+deploy/prometheus/rules/repro-recording.yml (hit ratio, rotations, determinism ratio, mean verify
+distance, upstream error ratio); tests/test_deploy.py checks both, and that the committed JSON is
+this script's output.
 """
 
 from __future__ import annotations
@@ -207,6 +208,64 @@ def fingerprint_row(board: db.Dashboard) -> None:
     )
 
 
+def determinism_row(board: db.Dashboard) -> None:
+    board.with_row(db.Row("Determinism"))
+    board.with_panel(
+        graph(
+            "Determinism ratio",
+            "Share of the HITs re-asked upstream (--verify-rate) whose fresh answer was the same "
+            "as the stored one, under the same fingerprint, over the last hour (recording rule; "
+            "rotated and error checks do not count). ReproDeterminismDropped fires below 90%.",
+            "percentunit",
+            width=8,
+        )
+        .min(0)
+        .max(1)
+        .with_target(query(f"model:repro_verify_determinism:ratio_rate1h{{{MODEL}}}", "{{model}}"))
+    )
+    board.with_panel(
+        graph(
+            "Verify results",
+            "Background checks per second by result: same, differs (same fingerprint, another "
+            "answer), rotated (the upstream answered under another fingerprint) and error.",
+            "reqps",
+            width=8,
+        )
+        .stacking(StackingConfig().mode(common.StackingMode.NORMAL))
+        .with_target(
+            query(
+                f"sum by (result) (rate(repro_verify_total{{{MODEL}}}[{RATE}]))",
+                "{{result}}",
+            )
+        )
+    )
+    board.with_panel(
+        graph(
+            "Distance between stored and fresh answers",
+            "Normalized edit distance (0%: identical, 100%: nothing in common): the mean over the "
+            "last hour per model and fingerprint (recording rule), and the p90 per model.",
+            "percentunit",
+            width=8,
+        )
+        .min(0)
+        .max(1)
+        .with_target(
+            query(
+                f"model_fingerprint:repro_verify_distance:mean1h{{{MODEL}}}",
+                "mean {{model}} {{fingerprint}}",
+            )
+        )
+        .with_target(
+            query(
+                f"histogram_quantile(0.9, sum by (le, model) "
+                f"(rate(repro_verify_distance_bucket{{{MODEL}}}[{RATE}])))",
+                "p90 {{model}}",
+                "B",
+            )
+        )
+    )
+
+
 def latency_row(board: db.Dashboard) -> None:
     board.with_row(db.Row("Latency"))
     proxy_latency = graph(
@@ -311,7 +370,7 @@ def build() -> dict[str, Any]:
     board = (
         db.Dashboard("repro-proxy")
         .uid(UID)
-        .description("Cache, fingerprints, latency and errors of repro-proxy.")
+        .description("Cache, fingerprints, determinism, latency and errors of repro-proxy.")
         .tags(["repro-proxy", "llm", "cache"])
         .time("now-6h", "now")
         .refresh("30s")
@@ -332,7 +391,7 @@ def build() -> dict[str, Any]:
         )
     )
     variables(board)
-    for row in (cache_row, fingerprint_row, latency_row, error_row):
+    for row in (cache_row, fingerprint_row, determinism_row, latency_row, error_row):
         row(board)
     data: dict[str, Any] = json.loads(json.dumps(board.build(), cls=JSONEncoder))
     data["annotations"]["list"][0].update(ROTATION_ANNOTATION)
