@@ -284,3 +284,10 @@ def test_unseeded_upstream_answers_differ_but_the_proxy_makes_them_stable(
     proxy = start_proxy("--cache-mode", "record")
     seeded = {chat(proxy).parse().choices[0].message.content for _ in range(3)}
     assert len(seeded) == 1
+
+
+def test_per_attempt_sdk_headers_never_change_the_key(proxy: Proxy) -> None:
+    first = chat(proxy, headers={"x-stainless-retry-count": "0", "x-stainless-read-timeout": "600"})
+    retried = chat(proxy, headers={"x-stainless-retry-count": "2", "x-stainless-read-timeout": "5"})
+    assert retried.headers["X-Repro-Key"] == first.headers["X-Repro-Key"]
+    assert retried.headers["X-Repro-Cache"] == "HIT"
