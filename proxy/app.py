@@ -24,10 +24,11 @@ from proxy.policy import SHARED, CacheMode
 from proxy.probe import Prober
 from proxy.probe import running as probing
 from proxy.secret import Secret
-from proxy.store import MemoryStore, open_store
+from proxy.store import MemoryStore, RedisStore, open_store
 from proxy.store.base import Store
 from proxy.store.encrypted import EncryptedStore, parse_keys
 from proxy.store.guard import GuardedStore
+from proxy.store.near import NearCache, listening
 from proxy.upstream import Upstream, client_session
 from proxy.verify import Verifier
 
@@ -36,6 +37,7 @@ access_log = logging.getLogger("proxy.access")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PASSTHROUGH_ROUTE = "/v1/*"
+INVALIDATIONS = "repro:invalidate"
 
 
 def create_app(
@@ -72,10 +74,13 @@ def _services(
     clock: Callable[[], float],
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def context(app: web.Application) -> AsyncIterator[None]:
-        backend = injected or await open_store(settings.store)
+        channel = INVALIDATIONS if settings.near_cache else ""
+        backend = injected or await open_store(settings.store, invalidations=channel)
         store = _encrypted(settings, backend)
         if not isinstance(backend, MemoryStore):  # this process's memory neither hangs nor fails
             store = GuardedStore(store, timeout=settings.store_timeout)
+        if isinstance(backend, RedisStore) and backend.invalidations:
+            store = NearCache(store, backend, settings.near_cache)
         session = client_session(settings.connect_timeout, settings.upstream_timeout)
         upstream = Upstream(session, settings.upstream, settings.upstream_timeout)
         fingerprints = FingerprintTracker(
@@ -107,7 +112,7 @@ def _services(
         )
         await _load_cassette(settings, store)
         try:
-            async with probing(prober):
+            async with probing(prober), listening(store):
                 yield
             await _save_cassette(settings, store)
         finally:

@@ -68,6 +68,10 @@ def _port(text: str) -> int:
     return value
 
 
+def _size(text: str) -> int:
+    return parse_size(text)
+
+
 def _positive_size(text: str) -> int:
     value = parse_size(text)
     if value <= 0:
@@ -171,6 +175,13 @@ OPTIONS = (
         "seconds identical concurrent misses wait for the first one's answer; 0 = no waiting",
     ),
     Option(
+        "near_cache",
+        "64MiB",
+        _size,
+        "bytes of stored answers kept in this process in front of Redis, coherent through "
+        "pub/sub; 0 = off",
+    ),
+    Option(
         "store_timeout", "0.5", _seconds, "deadline of one store call; then the proxy fails open"
     ),
     Option("connect_timeout", "10", _seconds, "seconds to connect to the upstream"),
@@ -218,6 +229,7 @@ class Settings:
     probe_interval: float = 0.0
     probe_key: str | None = field(default=None, repr=False)
     lock_timeout: float = 30.0
+    near_cache: int = 64 * 1024 * 1024
     store_timeout: float = 0.5
     connect_timeout: float = 10.0
     upstream_timeout: float = 600.0

@@ -296,7 +296,11 @@ def own_redis(directory: Path, port: int | None = None, start: bool = True) -> I
 
 
 def start_redis_proxy(start_proxy: ProxyFactory, url: str, *flags: str) -> Proxy:
-    return start_proxy("--store", url, "--store-timeout", STORE_TIMEOUT, *flags)
+    """Without the near-cache, so that every request meets the faulty store (the near-cache's
+    own behaviour under faults is in test_e2e_nearcache.py)."""
+    return start_proxy(
+        "--store", url, "--store-timeout", STORE_TIMEOUT, "--near-cache", "0", *flags
+    )
 
 
 @dataclass(frozen=True)
@@ -401,7 +405,9 @@ def test_an_outage_is_logged_once_per_state_change_not_per_request(
     """Issue 4: the breaker "logs once per state change". Per-request lines during an outage
     flood the log exactly when an operator needs to read it."""
     with own_redis(tmp_path / "redis") as server:
-        logged = start_logged_proxy("--store", server.url, "--store-timeout", STORE_TIMEOUT)
+        logged = start_logged_proxy(
+            "--store", server.url, "--store-timeout", STORE_TIMEOUT, "--near-cache", "0"
+        )
         proxy = logged.proxy
         warm(proxy, "logged")
         assert logged.alarms() == []

@@ -33,13 +33,16 @@ def parse_size(text: str) -> int:
     return int(number) * _UNITS[unit and unit.upper()]
 
 
-async def open_store(url: str) -> Store:
-    """The store for a `--store` URL; a Redis that is down now does not stop the proxy starting."""
+async def open_store(url: str, invalidations: str = "") -> Store:
+    """The store for a `--store` URL; a Redis that is down now does not stop the proxy starting.
+
+    `invalidations` names the pub/sub channel Redis writes announce themselves on (near-caches).
+    """
     parts = urlsplit(url)
     if parts.scheme == "memory":
         return _open_memory(parts)
     if parts.scheme in ("redis", "rediss"):
-        return RedisStore(await _open_redis(parts))
+        return RedisStore(await _open_redis(parts), invalidations=invalidations)
     raise ValueError(
         f"--store: unsupported URL scheme {parts.scheme!r}; use memory://, redis:// or rediss://"
     )

@@ -18,7 +18,7 @@ collide with `model`, `current` or `seen`.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -39,6 +39,9 @@ from proxy.store.base import (
 
 _FAILURES = (RedisError, RedisClusterException, OSError)
 """What redis-py raises; OSError covers builtin (and asyncio) TimeoutError too."""
+
+ENTRY_CHANGED, MODEL_CHANGED, EVERYTHING_CHANGED = "e\x00", "m\x00", "*"
+"""Invalidation messages: an entry key, a model's fingerprint state, or everything (purge)."""
 
 _FIELD = "fp:"
 _LABELS = "\x00labels"
@@ -64,6 +67,7 @@ end
 local json = string.format('{"first_seen":%.17g,"last_seen":%.17g,"count":%d,"order":%d}',
   rec.first_seen, rec.last_seen, rec.count, rec.order)
 redis.call('HSET', key, 'model', ARGV[1], 'current', ARGV[2], field, json)
+if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], 'm' .. string.char(0) .. ARGV[1]) end
 if raw then return {previous, 0} end
 return {previous, 1}
 """
@@ -89,12 +93,19 @@ class RedisStore:
     """The Store protocol on an already built Redis or RedisCluster client (bytes responses)."""
 
     def __init__(
-        self, client: aioredis.Redis | aioredis.RedisCluster, prefix: str = "repro:"
+        self,
+        client: aioredis.Redis | aioredis.RedisCluster,
+        prefix: str = "repro:",
+        invalidations: str = "",
     ) -> None:
+        """`invalidations`: a pub/sub channel that every write announces itself on, in the same
+        transaction or script as the write, for near-caches in other processes."""
         # redis-py's annotations mix its sync and async return types; this class maps its
         # errors at one boundary and checks what it reads, so the client is used untyped.
         self._client: Any = cast(Any, client)
         self._prefix = prefix
+        # redis-py's asyncio cluster client has no pub/sub: no near-caches to tell there.
+        self.invalidations = "" if isinstance(client, aioredis.RedisCluster) else invalidations
         self._observe = self._client.register_script(_OBSERVE)
         self._unlock = self._client.register_script(_UNLOCK)
 
@@ -136,11 +147,37 @@ class RedisStore:
                     pipe.expire(name, ttl)
                 else:
                     pipe.persist(name)
+                self._announce(pipe, ENTRY_CHANGED + key)
                 await pipe.execute()
 
     async def delete(self, key: str) -> None:
         with _mapped("delete"):
-            await self._client.delete(self._entry(key))
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.delete(self._entry(key))
+                self._announce(pipe, ENTRY_CHANGED + key)
+                await pipe.execute()
+
+    def _announce(self, pipe: Any, message: str) -> None:
+        if self.invalidations:
+            pipe.publish(self.invalidations, message)
+
+    async def listen(
+        self, channel: str, subscribed: Callable[[], None], message: Callable[[str], None]
+    ) -> None:
+        """Deliver `channel`'s messages until the connection fails (then raise)."""
+        pubsub = self._client.pubsub()
+        try:
+            await pubsub.subscribe(channel)
+            while True:
+                event = await pubsub.get_message(timeout=1.0)
+                if event is None:
+                    continue
+                if event["type"] == "subscribe":
+                    subscribed()
+                elif event["type"] == "message":
+                    message(_text(event["data"]))
+        finally:
+            await pubsub.aclose()
 
     async def purge(self, selector: Selector, dry_run: bool) -> int:
         """SCAN in batches (every node of a cluster), reading labels and field names only."""
@@ -154,6 +191,8 @@ class RedisStore:
                     batch = []
             if batch:
                 matched += await self._purge_batch(batch, selector, dry_run)
+            if self.invalidations and not dry_run:
+                await self._client.publish(self.invalidations, EVERYTHING_CHANGED)
         return matched
 
     async def _purge_batch(self, names: list[bytes], selector: Selector, dry_run: bool) -> int:
@@ -236,7 +275,8 @@ class RedisStore:
         """One atomic script on the model's key; the index is only touched by the first caller."""
         with _mapped("observe_fingerprint"):
             previous, new = await self._observe(
-                keys=[self._model(model)], args=[model, fingerprint, repr(now)]
+                keys=[self._model(model)],
+                args=[model, fingerprint, repr(now), self.invalidations],
             )
             if new:
                 await self._client.sadd(self._models(), model)

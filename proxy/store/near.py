@@ -1,0 +1,183 @@
+"""An in-process near-cache in front of Redis, kept coherent by Redis pub/sub.
+
+A stored answer never changes meaning: its key names one request and its field one fingerprint.
+What moves is a rewrite (no-cache, record), a purge, and each model's fingerprint state. Every
+replica publishes those changes on one channel and drops what it holds when it hears them, so a
+HIT can be answered from this process's memory without a round trip. Coherence rules:
+- memory is used only while the subscription is confirmed; a lost subscription empties it;
+- a fetch that raced with any invalidation is not remembered (a generation counter);
+- expiry needs no message: HITs check each entry's age against the TTL themselves.
+Redis Cluster has no asyncio pub/sub in redis-py, so the near-cache serves standalone Redis only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+
+from proxy.store.base import (
+    NO_LABELS,
+    Labels,
+    ModelFingerprints,
+    Observation,
+    Selector,
+    Store,
+    Usage,
+)
+from proxy.store.redis import ENTRY_CHANGED, MODEL_CHANGED, RedisStore
+
+log = logging.getLogger("proxy.store")
+
+RESUBSCRIBE_AFTER = 1.0
+
+
+class NearCache:
+    def __init__(self, inner: Store, bus: RedisStore, max_bytes: int) -> None:
+        self.inner = inner
+        self._bus = bus
+        self._max_bytes = max_bytes
+        self._entries: OrderedDict[str, dict[str, bytes]] = OrderedDict()
+        self._size = 0
+        self._states: dict[str, ModelFingerprints] = {}
+        self._generation = 0
+        self.live = False
+
+    async def run(self) -> None:
+        """Listen for invalidations for as long as the proxy runs, resubscribing after errors."""
+        while True:
+            try:
+                await self._bus.listen(self._bus.invalidations, self._subscribed, self._invalidate)
+            except Exception as exc:  # any failure: forget everything, then try again
+                self._forget(f"subscription lost: {type(exc).__name__}")
+            await asyncio.sleep(RESUBSCRIBE_AFTER)
+
+    def _subscribed(self) -> None:
+        self._forget("")
+        self.live = True
+        log.info("near-cache live")
+
+    def _forget(self, why: str) -> None:
+        if self.live and why:
+            log.warning("near-cache off until resubscribed", extra={"reason": why})
+        self.live = False
+        self._generation += 1
+        self._entries.clear()
+        self._states.clear()
+        self._size = 0
+
+    def _invalidate(self, message: str) -> None:
+        self._generation += 1
+        if message.startswith(ENTRY_CHANGED):
+            self._drop(message[len(ENTRY_CHANGED) :])
+        elif message.startswith(MODEL_CHANGED):
+            self._states.pop(message[len(MODEL_CHANGED) :], None)
+        else:
+            self._entries.clear()
+            self._states.clear()
+            self._size = 0
+
+    def _drop(self, key: str) -> None:
+        values = self._entries.pop(key, None)
+        if values is not None:
+            self._size -= _weight(key, values)
+
+    def _remember(self, key: str, values: dict[str, bytes]) -> None:
+        self._drop(key)
+        weight = _weight(key, values)
+        if weight > self._max_bytes:
+            return
+        self._entries[key] = values
+        self._size += weight
+        while self._size > self._max_bytes:
+            old_key, old = self._entries.popitem(last=False)
+            self._size -= _weight(old_key, old)
+
+    async def lookup(
+        self, key: str, model: str
+    ) -> tuple[ModelFingerprints | None, dict[str, bytes]]:
+        if self.live:
+            values, state = self._entries.get(key), self._states.get(model)
+            if values is not None and state is not None:
+                self._entries.move_to_end(key)
+                return state, dict(values)
+        generation = self._generation
+        state, values = await self.inner.lookup(key, model)
+        if self.live and generation == self._generation and state is not None and values:
+            self._states[model] = state
+            self._remember(key, dict(values))
+        return state, values
+
+    # Writes announce themselves through Redis, in their own transaction or script (see
+    # RedisStore); this process also drops its copy at once, before its own echo arrives.
+
+    async def put(
+        self, key: str, fingerprint: str, value: bytes, ttl: int, labels: Labels = NO_LABELS
+    ) -> None:
+        self._invalidate(ENTRY_CHANGED + key)
+        await self.inner.put(key, fingerprint, value, ttl, labels)
+
+    async def delete(self, key: str) -> None:
+        self._invalidate(ENTRY_CHANGED + key)
+        await self.inner.delete(key)
+
+    async def observe_fingerprint(self, model: str, fingerprint: str, now: float) -> Observation:
+        self._invalidate(MODEL_CHANGED + model)
+        return await self.inner.observe_fingerprint(model, fingerprint, now)
+
+    async def purge(self, selector: Selector, dry_run: bool) -> int:
+        return await self.inner.purge(selector, dry_run)
+
+    async def get(self, key: str, fingerprints: Sequence[str] | None) -> dict[str, bytes]:
+        return await self.inner.get(key, fingerprints)
+
+    def entries(self, selector: Selector) -> AsyncIterator[tuple[str, str, bytes]]:
+        return self.inner.entries(selector)
+
+    async def usage(self) -> Usage:
+        return await self.inner.usage()
+
+    async def fingerprints(self, model: str) -> ModelFingerprints | None:
+        return await self.inner.fingerprints(model)
+
+    async def all_fingerprints(self) -> dict[str, ModelFingerprints]:
+        return await self.inner.all_fingerprints()
+
+    async def secret(self, candidate: bytes) -> bytes:
+        return await self.inner.secret(candidate)
+
+    async def lock(self, key: str, token: str, ttl: float) -> bool:
+        return await self.inner.lock(key, token, ttl)
+
+    async def unlock(self, key: str, token: str) -> None:
+        await self.inner.unlock(key, token)
+
+    async def locked(self, key: str) -> bool:
+        return await self.inner.locked(key)
+
+    async def ping(self) -> None:
+        await self.inner.ping()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def _weight(key: str, values: dict[str, bytes]) -> int:
+    return len(key) + sum(len(fp) + len(value) + 64 for fp, value in values.items())
+
+
+@contextlib.asynccontextmanager
+async def listening(store: Store) -> AsyncIterator[None]:
+    """Run the near-cache's subscription, if the store has one, for the block's duration."""
+    if not isinstance(store, NearCache):
+        yield
+        return
+    task = asyncio.create_task(store.run(), name="near-cache-invalidations")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

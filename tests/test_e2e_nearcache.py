@@ -1,0 +1,106 @@
+"""The near-cache in front of Redis: HITs from memory, kept coherent across replicas by pub/sub."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim
+from tests.fixtures_redis import running_redis
+
+AUTH = {"Authorization": "Bearer sk-alice", "Content-Type": "application/json"}
+ADMIN = {"Authorization": "Bearer t"}
+
+
+def ask(proxy: Proxy, content: str, **headers: str) -> httpx.Response:
+    body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": content}]})
+    return httpx.post(
+        proxy.v1 + "/chat/completions", content=body, headers={**AUTH, **headers}, timeout=10
+    )
+
+
+def eventually(check: object, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def replicas(start_proxy: ProxyFactory, url: str, *flags: str) -> tuple[Proxy, Proxy]:
+    made = [start_proxy("--store", url, "--admin-token", "t", *flags) for _ in range(2)]
+    return made[0], made[1]
+
+
+def test_hits_come_from_memory_while_redis_is_frozen(
+    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
+) -> None:
+    with running_redis(tmp_path / "redis") as server:
+        url = f"redis://127.0.0.1:{server.port}/0"
+        proxy = start_proxy("--store", url)
+        stored = ask(proxy, "q")
+        assert ask(proxy, "q").content == stored.content  # fetched once, now remembered
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            frozen = [ask(proxy, "q") for _ in range(5)]
+            took = time.monotonic() - started
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        assert [r.headers["X-Repro-Cache"] for r in frozen] == ["HIT"] * 5
+        assert all(r.content == stored.content for r in frozen)
+        assert took < 1.0
+
+
+def test_a_purge_on_one_replica_reaches_the_others(
+    start_proxy: ProxyFactory, sim: Sim, redis_url: str
+) -> None:
+    a, b = replicas(start_proxy, redis_url)
+    ask(a, "q")
+    assert ask(b, "q").headers["X-Repro-Cache"] == "HIT"
+    assert ask(b, "q").headers["X-Repro-Cache"] == "HIT"
+    purged = httpx.post(a.url + "/admin/purge", json={"all": True}, headers=ADMIN, timeout=10)
+    assert purged.json()["deleted"] == 1
+    assert eventually(lambda: ask(b, "q", **{"Cache-Control": "only-if-cached"}).status_code == 504)
+
+
+def test_a_rotation_learned_by_one_replica_reaches_the_others(
+    start_proxy: ProxyFactory, sim: Sim, redis_url: str
+) -> None:
+    a, b = replicas(start_proxy, redis_url)
+    ask(a, "q")
+    assert ask(b, "q").headers["X-Repro-Cache"] == "HIT"
+    sim.set_fingerprint("fp_sim_0002")
+    assert ask(a, "another question").headers["X-Repro-Fingerprint"] == "fp_sim_0002"
+    assert eventually(lambda: ask(b, "q", **{"Cache-Control": "only-if-cached"}).status_code == 504)
+
+
+def test_a_refresh_on_one_replica_replaces_the_others_copy(
+    start_proxy: ProxyFactory, sim: Sim, redis_url: str
+) -> None:
+    a, b = replicas(start_proxy, redis_url)
+    first = ask(a, "q")
+    assert ask(b, "q").content == first.content
+    refreshed = ask(a, "q", **{"Cache-Control": "no-cache"})
+    assert refreshed.content != first.content  # a new id, same seeded text
+    assert eventually(lambda: ask(b, "q").content == refreshed.content)
+
+
+def test_near_cache_off(start_proxy: ProxyFactory, sim: Sim, tmp_path: Path) -> None:
+    with running_redis(tmp_path / "redis") as server:
+        url = f"redis://127.0.0.1:{server.port}/0"
+        proxy = start_proxy("--store", url, "--near-cache", "0")
+        ask(proxy, "q")
+        assert ask(proxy, "q").headers["X-Repro-Cache"] == "HIT"
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            frozen = ask(proxy, "q")
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        assert frozen.headers["X-Repro-Cache"] == "MISS"  # the store was asked and timed out
