@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -22,13 +25,12 @@ from proxy.keycheck import KeyChecker
 from proxy.metrics import Metrics
 from proxy.policy import SHARED, CacheMode
 from proxy.probe import Prober
-from proxy.probe import running as probing
 from proxy.secret import Secret
 from proxy.store import MemoryStore, RedisStore, open_store
 from proxy.store.base import Store
 from proxy.store.encrypted import EncryptedStore, parse_keys
 from proxy.store.guard import GuardedStore
-from proxy.store.near import NearCache, listening
+from proxy.store.near import NearCache
 from proxy.upstream import Upstream, client_session
 from proxy.verify import Verifier
 
@@ -112,7 +114,9 @@ def _services(
         )
         await _load_cassette(settings, store)
         try:
-            async with probing(prober), listening(store):
+            probe = prober.run if prober.enabled else None
+            near = store.run if isinstance(store, NearCache) else None
+            async with _background(probe, "fingerprint-probe"), _background(near, "near-cache"):
                 yield
             await _save_cassette(settings, store)
         finally:
@@ -121,6 +125,23 @@ def _services(
             await store.close()
 
     return context
+
+
+@contextlib.asynccontextmanager
+async def _background(
+    work: Callable[[], Coroutine[Any, Any, None]] | None, name: str
+) -> AsyncIterator[None]:
+    """Run `work` as a task for the duration of the block (nothing when there is none)."""
+    if work is None:
+        yield
+        return
+    task = asyncio.create_task(work(), name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _load_cassette(settings: Settings, store: Store) -> None:

@@ -108,7 +108,10 @@ def _store_url(text: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Option:
+    """One setting: its flag and environment variable are spelled out as the contract names them."""
+
     name: str
+    env: str
     default: str | None
     parse: Callable[[str], Any]
     help: str
@@ -117,44 +120,83 @@ class Option:
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
 
-    @property
-    def env(self) -> str:
-        return "REPRO_" + self.name.upper()
-
 
 OPTIONS = (
-    Option("host", "127.0.0.1", str, "listen address"),
-    Option("port", "8080", _port, "listen port"),
-    Option("upstream", "https://api.openai.com/v1", _upstream, "upstream base URL, with its /v1"),
-    Option("store", "memory://", _store_url, "memory://[?max_bytes=256MiB], redis://…, rediss://…"),
-    Option("default_seed", "12345", _seed, "seed injected into requests that carry none"),
-    Option("enforce", "seed", _choice(*Enforce), "off | seed | strict"),
-    Option("cache_mode", "readwrite", _choice(*CacheMode), "readwrite | replay | record | off"),
-    Option("fingerprint_policy", "follow", _choice(*FingerprintPolicy), "follow | pin"),
-    Option("fingerprint_grace", "0", _seconds, "seconds an older fingerprint stays current"),
-    Option("cache_scope", "key", _choice(*CacheScope), "key | shared"),
-    Option("ttl", "0", _non_negative_int, "seconds an entry lives; 0 = no expiry"),
+    Option("host", "REPRO_HOST", "127.0.0.1", str, "listen address"),
+    Option("port", "REPRO_PORT", "8080", _port, "listen port"),
+    Option(
+        "upstream",
+        "REPRO_UPSTREAM",
+        "https://api.openai.com/v1",
+        _upstream,
+        "upstream base URL, with its /v1",
+    ),
+    Option(
+        "store",
+        "REPRO_STORE",
+        "memory://",
+        _store_url,
+        "memory://[?max_bytes=256MiB], redis://…, rediss://…",
+    ),
+    Option(
+        "default_seed",
+        "REPRO_DEFAULT_SEED",
+        "12345",
+        _seed,
+        "seed injected into requests that carry none",
+    ),
+    Option("enforce", "REPRO_ENFORCE", "seed", _choice(*Enforce), "off | seed | strict"),
+    Option(
+        "cache_mode",
+        "REPRO_CACHE_MODE",
+        "readwrite",
+        _choice(*CacheMode),
+        "readwrite | replay | record | off",
+    ),
+    Option(
+        "fingerprint_policy",
+        "REPRO_FINGERPRINT_POLICY",
+        "follow",
+        _choice(*FingerprintPolicy),
+        "follow | pin",
+    ),
+    Option(
+        "fingerprint_grace",
+        "REPRO_FINGERPRINT_GRACE",
+        "0",
+        _seconds,
+        "seconds an older fingerprint stays current",
+    ),
+    Option("cache_scope", "REPRO_CACHE_SCOPE", "key", _choice(*CacheScope), "key | shared"),
+    Option("ttl", "REPRO_TTL", "0", _non_negative_int, "seconds an entry lives; 0 = no expiry"),
     Option(
         "stale_if_error",
+        "REPRO_STALE_IF_ERROR",
         "0",
         _non_negative_int,
         "seconds of age within which a stored answer of any fingerprint stands in for a "
         "failed upstream (RFC 5861); 0 = off",
     ),
-    Option("admin_token", None, str, "bearer token for /admin/*; unset = 404"),
-    Option("secret", None, str, "secret of the API-key HMAC"),
+    Option("admin_token", "REPRO_ADMIN_TOKEN", None, str, "bearer token for /admin/*; unset = 404"),
+    Option("secret", "REPRO_SECRET", None, str, "secret of the API-key HMAC"),
     Option(
         "encryption_key",
+        "REPRO_ENCRYPTION_KEY",
         None,
         _encryption_keys,
         "base64 AES-256 key(s), comma-separated, to encrypt stored answers; the first encrypts",
     ),
-    Option("max_body", "16MiB", _positive_size, "largest request body accepted"),
+    Option("max_body", "REPRO_MAX_BODY", "16MiB", _positive_size, "largest request body accepted"),
     Option(
-        "max_entry", "32MiB", _positive_size, "largest answer stored; larger ones pass uncached"
+        "max_entry",
+        "REPRO_MAX_ENTRY",
+        "32MiB",
+        _positive_size,
+        "largest answer stored; larger ones pass uncached",
     ),
     Option(
         "key_check_interval",
+        "REPRO_KEY_CHECK_INTERVAL",
         "300",
         _seconds,
         "seconds an API key stays trusted for cached answers after the upstream accepted it; "
@@ -162,45 +204,84 @@ OPTIONS = (
     ),
     Option(
         "verify_rate",
+        "REPRO_VERIFY_RATE",
         "0",
         _fraction,
         "fraction of HITs re-asked upstream in the background to measure drift; 0 = none",
     ),
-    Option("probe_interval", "0", _seconds, "seconds between fingerprint probes; 0 = no probe"),
-    Option("probe_key", None, str, "API key the fingerprint probe uses"),
+    Option(
+        "probe_interval",
+        "REPRO_PROBE_INTERVAL",
+        "0",
+        _seconds,
+        "seconds between fingerprint probes; 0 = no probe",
+    ),
+    Option("probe_key", "REPRO_PROBE_KEY", None, str, "API key the fingerprint probe uses"),
     Option(
         "lock_timeout",
+        "REPRO_LOCK_TIMEOUT",
         "30",
         _seconds,
         "seconds identical concurrent misses wait for the first one's answer; 0 = no waiting",
     ),
     Option(
         "near_cache",
+        "REPRO_NEAR_CACHE",
         "64MiB",
         _size,
         "bytes of stored answers kept in this process in front of Redis, coherent through "
         "pub/sub; 0 = off",
     ),
     Option(
-        "store_timeout", "0.5", _seconds, "deadline of one store call; then the proxy fails open"
+        "store_timeout",
+        "REPRO_STORE_TIMEOUT",
+        "0.5",
+        _seconds,
+        "deadline of one store call; then the proxy fails open",
     ),
-    Option("connect_timeout", "10", _seconds, "seconds to connect to the upstream"),
-    Option("upstream_timeout", "600", _seconds, "seconds to wait for the upstream (per chunk)"),
+    Option(
+        "connect_timeout",
+        "REPRO_CONNECT_TIMEOUT",
+        "10",
+        _seconds,
+        "seconds to connect to the upstream",
+    ),
+    Option(
+        "upstream_timeout",
+        "REPRO_UPSTREAM_TIMEOUT",
+        "600",
+        _seconds,
+        "seconds to wait for the upstream (per chunk)",
+    ),
     Option(
         "stream_disconnect",
+        "REPRO_STREAM_DISCONNECT",
         "finish",
         _choice(*StreamDisconnect),
         "finish (read on and store a stream whose client left) | cancel",
     ),
     Option(
         "cassette",
+        "REPRO_CASSETTE",
         None,
         str,
         "JSONL cassette loaded into the store at start (and, unless replaying, written back at "
         "exit); needs --cache-scope shared",
     ),
-    Option("workers", "1", _positive_int, "serving processes on the port (SO_REUSEPORT)"),
-    Option("log_level", "info", _choice("debug", "info", "warning", "error"), "log level"),
+    Option(
+        "workers",
+        "REPRO_WORKERS",
+        "1",
+        _positive_int,
+        "serving processes on the port (SO_REUSEPORT)",
+    ),
+    Option(
+        "log_level",
+        "REPRO_LOG_LEVEL",
+        "info",
+        _choice("debug", "info", "warning", "error"),
+        "log level",
+    ),
 )
 _SECRETS = frozenset({"admin_token", "secret", "encryption_key", "probe_key"})
 

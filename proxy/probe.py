@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -118,18 +118,3 @@ def _bodies(model: str, route: str, seed: int) -> list[dict[str, Any]]:
         return [{"model": model, "prompt": "ping", "max_tokens": 1, "seed": seed}]
     message = {"model": model, "messages": [{"role": "user", "content": "ping"}], "seed": seed}
     return [{**message, "max_completion_tokens": 1}, {**message, "max_tokens": 1}]
-
-
-@contextlib.asynccontextmanager
-async def running(prober: Prober) -> AsyncIterator[None]:
-    """Keep the probe loop alive for the duration of the block."""
-    if not prober.enabled:
-        yield
-        return
-    task = asyncio.create_task(prober.run(), name="fingerprint-probe")
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

@@ -292,3 +292,10 @@ class TestRepr:
         text = repr(load({"port": "9005", "store": "redis://localhost:6379/0"}, {}))
         assert "9005" in text
         assert "redis://localhost:6379/0" in text
+
+
+def test_every_environment_variable_is_the_flag_spelled_as_the_contract_does() -> None:
+    from proxy.config import OPTIONS
+
+    for option in OPTIONS:
+        assert option.env == "REPRO_" + option.flag.removeprefix("--").replace("-", "_").upper()

@@ -13,7 +13,6 @@ Redis Cluster has no asyncio pub/sub in redis-py, so the near-cache serves stand
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
@@ -166,18 +165,3 @@ class NearCache:
 
 def _weight(key: str, values: dict[str, bytes]) -> int:
     return len(key) + sum(len(fp) + len(value) + 64 for fp, value in values.items())
-
-
-@contextlib.asynccontextmanager
-async def listening(store: Store) -> AsyncIterator[None]:
-    """Run the near-cache's subscription, if the store has one, for the block's duration."""
-    if not isinstance(store, NearCache):
-        yield
-        return
-    task = asyncio.create_task(store.run(), name="near-cache-invalidations")
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
