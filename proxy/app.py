@@ -54,18 +54,18 @@ def create_app(
 
     `multiprocess_dir` is prometheus-client's shared directory when several workers serve.
     """
-    app = web.Application(middlewares=[observe], client_max_size=settings.max_body)
+    app = web.Application(client_max_size=settings.max_body)
     metrics = Metrics(registry or CollectorRegistry(), multiprocess_dir)
     app.cleanup_ctx.append(_services(settings, store, metrics, clock))
     for route in sorted(CACHEABLE_ROUTES):
-        app.router.add_post(route, handlers.cacheable)
-    app.router.add_route("*", "/v1/{tail:.*}", handlers.passthrough)
-    app.router.add_get("/healthz", handlers.healthz)
-    app.router.add_get("/readyz", handlers.readyz)
-    app.router.add_get("/metrics", handlers.metrics)
-    app.router.add_get("/admin/fingerprints", admin.admin_fingerprints)
-    app.router.add_get("/admin/stats", admin.admin_stats)
-    app.router.add_post("/admin/purge", admin.admin_purge)
+        app.router.add_post(route, observed(handlers.cacheable, route))
+    app.router.add_route("*", "/v1/{tail:.*}", observed(handlers.passthrough, PASSTHROUGH_ROUTE))
+    app.router.add_get("/healthz", observed(handlers.healthz))
+    app.router.add_get("/readyz", observed(handlers.readyz))
+    app.router.add_get("/metrics", observed(handlers.metrics))
+    app.router.add_get("/admin/fingerprints", observed(admin.admin_fingerprints))
+    app.router.add_get("/admin/stats", observed(admin.admin_stats))
+    app.router.add_post("/admin/purge", observed(admin.admin_purge))
     return app
 
 
@@ -165,24 +165,31 @@ def _encrypted(settings: Settings, store: Store) -> Store:
     return EncryptedStore(store, parse_keys(settings.encryption_key))
 
 
-@web.middleware
-async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn our errors into OpenAI-shaped answers; count and log every /v1 request."""
-    services = request.app[SERVICES]
-    started = services.clock()
-    try:
-        response = await handler(request)
-    except ProxyError as exc:
-        response = _error_response(exc)
-    except web.HTTPException:
-        raise
-    except Exception:
-        # A bug of ours must still answer in OpenAI's shape, be counted and be logged.
-        log.exception("unhandled error", extra={"route": request.path})
-        response = _error_response(ProxyError("The proxy failed to handle this request."))
-    if request.path.startswith("/v1/"):
-        _count(services, request, response, services.clock() - started)
-    return response
+def observed(handler: Handler, route: str | None = None) -> Handler:
+    """Turn our errors into OpenAI-shaped answers; count and log the requests of a /v1 `route`.
+
+    A wrapper per route rather than a middleware: aiohttp then skips its middleware chain,
+    which costs a few microseconds on every HIT.
+    """
+
+    async def observe(request: web.Request) -> web.StreamResponse:
+        services = request.app[SERVICES]
+        started = services.clock()
+        try:
+            response = await handler(request)
+        except ProxyError as exc:
+            response = _error_response(exc)
+        except web.HTTPException:
+            raise
+        except Exception:
+            # A bug of ours must still answer in OpenAI's shape, be counted and be logged.
+            log.exception("unhandled error", extra={"route": request.path})
+            response = _error_response(ProxyError("The proxy failed to handle this request."))
+        if route is not None:
+            _count(services, request, route, response, services.clock() - started)
+        return response
+
+    return observe
 
 
 def _error_response(exc: ProxyError) -> web.Response:
@@ -192,13 +199,12 @@ def _error_response(exc: ProxyError) -> web.Response:
 
 
 def _count(
-    services: Services, request: web.Request, response: web.StreamResponse, took: float
+    services: Services,
+    request: web.Request,
+    route: str,
+    response: web.StreamResponse,
+    took: float,
 ) -> None:
-    route = (
-        request.path
-        if request.path in CACHEABLE_ROUTES and request.method == "POST"
-        else PASSTHROUGH_ROUTE
-    )
     cache = response.headers.get("X-Repro-Cache", "BYPASS").lower()
     label = "error" if response.status >= 400 else cache
     services.metrics.served(route, label, took)

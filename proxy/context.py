@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from proxy.coalesce import Coalescer
 from proxy.config import Settings
+from proxy.entry import Entry
 from proxy.fingerprints import FingerprintTracker
 from proxy.keycheck import KeyChecker
+from proxy.lru import LRU
 from proxy.metrics import Metrics
 from proxy.probe import Prober
 from proxy.secret import Secret
 from proxy.store.base import Store
 from proxy.upstream import Upstream
 from proxy.verify import Verifier
+
+if TYPE_CHECKING:
+    from proxy.caching import Call
+
+# Bounds of the hot path's memos: a few thousand distinct requests and answers in rotation.
+MEMO_ITEMS = 4096
+CALL_MEMO_BYTES = 16 * 1024 * 1024
+ENTRY_MEMO_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +43,11 @@ class Services:
     verifier: Verifier
     secret: Secret
     clock: Callable[[], float]
+    # Results of pure functions, remembered for repeated requests (see proxy/caching.py).
+    calls: LRU[tuple[Any, ...], Call] = field(
+        default_factory=lambda: LRU(MEMO_ITEMS, CALL_MEMO_BYTES)
+    )
+    entries: LRU[bytes, Entry] = field(default_factory=lambda: LRU(MEMO_ITEMS, ENTRY_MEMO_BYTES))
 
 
 SERVICES = web.AppKey("services", Services)

@@ -15,7 +15,7 @@ from proxy.caching import (
     auth_headers,
     forward,
     lookup,
-    prepare,
+    prepared,
     repro_headers,
     serve_hit,
     stale_entry,
@@ -37,15 +37,14 @@ async def cacheable(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     raw = await read_limited(request, services.settings.max_body)
     await services.secret.settle()
-    call = prepare(services, request.path, request.query_string, raw, request.headers)
+    call = prepared(services, request.path, request.query_string, raw, request.headers)
     return await answer(services, request, call)
 
 
 async def answer(services: Services, request: web.Request, call: Call) -> web.StreamResponse:
     """A HIT when allowed and found; else the upstream, once for identical concurrent misses."""
-    metrics = services.metrics
     if call.seed_source == "default":
-        metrics.seed_injected.labels(metrics.model(call.model)).inc()
+        services.metrics.of(call.model).seed_injected.inc()
     services.prober.requested(call.model, call.route)
     if not call.plan.lookup:
         return await go_upstream(services, request, call)
@@ -132,7 +131,7 @@ async def go_upstream(services: Services, request: web.Request, call: Call) -> w
 
 def count_miss(services: Services, call: Call) -> None:
     if call.plan.lookup:
-        services.metrics.misses.labels(services.metrics.model(call.model)).inc()
+        services.metrics.of(call.model).misses.inc()
 
 
 async def read_limited(request: web.Request, limit: int) -> bytes:

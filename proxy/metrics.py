@@ -7,6 +7,8 @@ inventing model names cannot grow the series without limit.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -35,6 +37,18 @@ _DISTANCE_BUCKETS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 _UPSTREAM_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 
 
+@dataclass(frozen=True, slots=True)
+class ModelCounters:
+    """One model's labelled children, prepared once: `.labels()` per request costs a lock and
+    a dict lookup on every hit."""
+
+    hits: Counter
+    misses: Counter
+    seed_injected: Counter
+    prompt_saved: Counter
+    completion_saved: Counter
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry, multiprocess_dir: str | None = None) -> None:
         self.registry = registry
@@ -42,6 +56,7 @@ class Metrics:
         self._models: set[str] = set()
         self._fingerprints: dict[str, str] = {}
         self._served: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        self._per_model: dict[str, ModelCounters] = {}
         self.requests = Counter(
             "repro_requests_total",
             "Requests by route and cache outcome",
@@ -139,6 +154,23 @@ class Metrics:
     def hit_counts(self) -> tuple[int, int]:
         """Hits and misses this process has counted, over every model."""
         return _total(self.hits), _total(self.misses)
+
+    def of(self, model: str) -> ModelCounters:
+        """The counters of `model` (or of `other` past the cap)."""
+        found = self._per_model.get(model)
+        if found is None:
+            label = self.model(model)
+            found = self._per_model.get(label)
+            if found is None:
+                found = ModelCounters(
+                    self.hits.labels(label),
+                    self.misses.labels(label),
+                    self.seed_injected.labels(label),
+                    self.tokens_saved.labels(label, "prompt"),
+                    self.tokens_saved.labels(label, "completion"),
+                )
+                self._per_model[label] = found
+        return found
 
     def model(self, name: str) -> str:
         """A bounded label value for a model name."""

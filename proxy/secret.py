@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import OrderedDict
 
+from proxy.lru import LRU
 from proxy.policy import ANONYMOUS, CacheScope, cache_scope
 from proxy.store.base import Store, StoreError
 
@@ -28,7 +28,7 @@ class Secret:
         self.value = fixed.encode() if fixed else os.urandom(32)
         self.provisional = not fixed
         self._failed = False
-        self._tenants: OrderedDict[str, str] = OrderedDict()
+        self._tenants: LRU[str, str] = LRU(MAX_REMEMBERED)
 
     def tenant(self, api_key: str | None) -> str:
         """The key's HMAC (its cache partition), remembered for the busiest keys."""
@@ -37,9 +37,7 @@ class Secret:
         found = self._tenants.get(api_key)
         if found is None:
             found = cache_scope(api_key, CacheScope.KEY, self.value)
-            self._tenants[api_key] = found
-            if len(self._tenants) > MAX_REMEMBERED:
-                self._tenants.popitem(last=False)
+            self._tenants.put(api_key, found)
         return found
 
     async def settle(self) -> None:
