@@ -17,7 +17,8 @@ V = TypeVar("V")
 
 class LRU(Generic[K, V]):
     def __init__(self, max_items: int, max_bytes: int = 0) -> None:
-        """`max_bytes` 0 bounds by count alone; an item larger than the budget is not kept."""
+        """`max_bytes` 0 bounds by count alone; an item larger than the budget is not kept
+        (and replaces nothing: its key is forgotten)."""
         self._items: OrderedDict[K, tuple[V, int]] = OrderedDict()
         self._max_items = max_items
         self._max_bytes = max_bytes
@@ -34,11 +35,11 @@ class LRU(Generic[K, V]):
         return found[0]
 
     def put(self, key: K, value: V, size: int = 0) -> None:
-        if self._max_bytes and size > self._max_bytes:
-            return
         previous = self._items.pop(key, None)
         if previous is not None:
             self.bytes -= previous[1]
+        if self._max_bytes and size > self._max_bytes:
+            return
         self._items[key] = (value, size)
         self.bytes += size
         while len(self._items) > self._max_items or self._over_budget():
