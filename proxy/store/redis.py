@@ -17,6 +17,8 @@ collide with `model`, `current` or `seen`.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -36,6 +38,7 @@ from proxy.store.base import (
     StoreError,
     Usage,
 )
+from proxy.store.batch import Batcher
 
 _FAILURES = (RedisError, RedisClusterException, OSError)
 """What redis-py raises; OSError covers builtin (and asyncio) TimeoutError too."""
@@ -73,6 +76,16 @@ return {previous, 1}
 """
 
 
+# KEYS[1] = an entry hash; ARGV = fingerprint, value, labels field, labels, ttl, channel, message.
+# A script rather than MULTI/EXEC, so that it is one command and can share a pipeline.
+_PUT = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+if tonumber(ARGV[5]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[5])
+else redis.call('PERSIST', KEYS[1]) end
+if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[6], ARGV[7]) end
+return 1
+"""
+
 # KEYS[1] = a fill lock; ARGV[1] = the holder's token. Deletes only the caller's own lock.
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -106,31 +119,33 @@ class RedisStore:
         self._prefix = prefix
         # redis-py's asyncio cluster client has no pub/sub: no near-caches to tell there.
         self.invalidations = "" if isinstance(client, aioredis.RedisCluster) else invalidations
-        self._observe = self._client.register_script(_OBSERVE)
-        self._unlock = self._client.register_script(_UNLOCK)
+        self._batch = Batcher(self._client)
+
+    async def _script(self, text: str, keys: list[str], args: list[Any]) -> Any:
+        return await self._batch.script(_sha(text), text, keys, args)
 
     async def get(self, key: str, fingerprints: Sequence[str] | None) -> dict[str, bytes]:
         if fingerprints is not None and not fingerprints:
             return {}
         with _mapped("get"):
             if fingerprints is None:
-                found = await self._client.hgetall(self._entry(key))
+                found = await self._batch.call("HGETALL", self._entry(key))
                 named = ((_text(fp), value) for fp, value in found.items())
                 return {fp: _bytes(value) for fp, value in named if fp != _LABELS}
-            values = await self._client.hmget(self._entry(key), list(fingerprints))
+            values = await self._batch.call("HMGET", self._entry(key), *fingerprints)
         pairs = zip(fingerprints, values, strict=True)
         return {fp: _bytes(value) for fp, value in pairs if value is not None}
 
     async def lookup(
         self, key: str, model: str
     ) -> tuple[ModelFingerprints | None, dict[str, bytes]]:
-        """Both reads in one pipeline; on a cluster the two keys may sit on two nodes, which
-        redis-py then asks in parallel."""
+        """Both reads in one pipeline (shared with whatever else is asking at the moment); on a
+        cluster the two keys may sit on two nodes, which redis-py then asks in parallel."""
         with _mapped("lookup"):
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.hgetall(self._model(model))
-                pipe.hgetall(self._entry(key))
-                state, found = await pipe.execute()
+            state, found = await asyncio.gather(
+                self._batch.call("HGETALL", self._model(model)),
+                self._batch.call("HGETALL", self._entry(key)),
+            )
         named = ((_text(fp), value) for fp, value in found.items())
         return _parse_model(state), {fp: _bytes(v) for fp, v in named if fp != _LABELS}
 
@@ -138,17 +153,10 @@ class RedisStore:
         self, key: str, fingerprint: str, value: bytes, ttl: int, labels: Labels = NO_LABELS
     ) -> None:
         """Store the value; the TTL is per key, so it also renews the key's other fingerprints."""
-        name = self._entry(key)
         tags = orjson.dumps({"namespace": labels.namespace, "model": labels.model})
+        args = [fingerprint, value, _LABELS, tags, ttl, self.invalidations, ENTRY_CHANGED + key]
         with _mapped("put"):
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.hset(name, mapping={fingerprint: value, _LABELS: tags})
-                if ttl > 0:
-                    pipe.expire(name, ttl)
-                else:
-                    pipe.persist(name)
-                self._announce(pipe, ENTRY_CHANGED + key)
-                await pipe.execute()
+            await self._script(_PUT, [self._entry(key)], args)
 
     async def delete(self, key: str) -> None:
         with _mapped("delete"):
@@ -274,17 +282,16 @@ class RedisStore:
     async def observe_fingerprint(self, model: str, fingerprint: str, now: float) -> Observation:
         """One atomic script on the model's key; the index is only touched by the first caller."""
         with _mapped("observe_fingerprint"):
-            previous, new = await self._observe(
-                keys=[self._model(model)],
-                args=[model, fingerprint, repr(now), self.invalidations],
+            previous, new = await self._script(
+                _OBSERVE, [self._model(model)], [model, fingerprint, repr(now), self.invalidations]
             )
             if new:
-                await self._client.sadd(self._models(), model)
+                await self._batch.call("SADD", self._models(), model)
         return Observation(previous=_text(previous) if previous else None, new=bool(new))
 
     async def fingerprints(self, model: str) -> ModelFingerprints | None:
         with _mapped("fingerprints"):
-            state = await self._client.hgetall(self._model(model))
+            state = await self._batch.call("HGETALL", self._model(model))
         return _parse_model(state)
 
     async def all_fingerprints(self) -> dict[str, ModelFingerprints]:
@@ -310,18 +317,18 @@ class RedisStore:
 
     async def lock(self, key: str, token: str, ttl: float) -> bool:
         with _mapped("lock"):
-            taken = await self._client.set(
-                self._lock(key), token, nx=True, px=max(1, int(ttl * 1000))
+            taken = await self._batch.call(
+                "SET", self._lock(key), token, "NX", "PX", max(1, int(ttl * 1000))
             )
         return bool(taken)
 
     async def unlock(self, key: str, token: str) -> None:
         with _mapped("unlock"):
-            await self._unlock(keys=[self._lock(key)], args=[token])
+            await self._script(_UNLOCK, [self._lock(key)], [token])
 
     async def locked(self, key: str) -> bool:
         with _mapped("locked"):
-            return bool(await self._client.exists(self._lock(key)))
+            return bool(await self._batch.call("EXISTS", self._lock(key)))
 
     async def ping(self) -> None:
         with _mapped("ping"):
@@ -375,6 +382,11 @@ def _parse_seen(fingerprint: str, record: dict[str, Any]) -> FingerprintSeen:
         last_seen=float(record["last_seen"]),
         count=int(record["count"]),
     )
+
+
+@functools.cache
+def _sha(script: str) -> str:
+    return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
 
 
 def _text(value: bytes | str) -> str:
