@@ -8,6 +8,7 @@ missing one fails with the command that installs it.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -17,17 +18,28 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+NO_NEAR = "proxy redis:// no near-cache"  # --near-cache 0: one Redis round trip per hit
 HIT_WORKLOADS = {
     "hit (memory)": ("proxy memory://", "dict floor"),
     "hit (Redis)": ("proxy redis://", "redis-GET floor"),
+    "hit (Redis, near-cache off)": (NO_NEAR, "redis-GET floor"),
     "hit many keys (memory)": ("proxy memory://", "dict floor"),
     "hit many keys (Redis)": ("proxy redis://", "redis-GET floor"),
+    "hit many keys (Redis, near-cache off)": (NO_NEAR, "redis-GET floor"),
     "streaming hit (memory)": ("proxy memory://", "dict floor"),
     "streaming hit (Redis)": ("proxy redis://", "redis-GET floor"),
 }
 MISS_WORKLOADS = {
     "miss (memory)": ("proxy memory://", "pass-through floor"),
     "miss (Redis)": ("proxy redis://", "pass-through floor"),
+}
+# Measured against the redis-GET floor: their ratio kind, issue target, and gateway ratios.
+REDIS_HIT_KINDS = {
+    "hit (Redis)": ("redis", 1.0),
+    "hit (Redis, near-cache off)": ("redis_no_near", 0.7),
+    "hit many keys (Redis)": ("redis", 1.0),
+    "hit many keys (Redis, near-cache off)": ("redis_no_near", 0.7),
+    "streaming hit (Redis)": ("redis", 1.0),
 }
 FIGURES = ("req_s", "p50_ms", "p99_ms", "cpu_us_per_req")
 
@@ -86,6 +98,10 @@ def test_every_workload_measured_proxy_and_floor(result: dict[str, object]) -> N
     for workload in ("hit (Redis)", "hit many keys (Redis)"):
         # Redis's own CPU is reported; with the near-cache a hit may not touch Redis at all (0).
         assert isinstance(by_key[(workload, "proxy redis://")]["aux_cpu_us_per_req"], float)
+    for workload in ("hit (Redis, near-cache off)", "hit many keys (Redis, near-cache off)"):
+        # Without the near-cache every hit is a Redis round trip: redis-server does work.
+        aux = by_key[(workload, NO_NEAR)]["aux_cpu_us_per_req"]
+        assert isinstance(aux, float) and aux > 0, (workload, aux)
 
 
 @pytest.mark.timeout(180)
@@ -96,9 +112,47 @@ def test_ratios_and_reference(result: dict[str, object]) -> None:
     for ratio in ratios:
         for name in ("ratio_floor", "cpu_ratio_floor", "ratio_gateway"):
             assert isinstance(ratio[name], float) and ratio[name] > 0, ratio
+        assert "ratio_gateway_scaled" in ratio, ratio
+        if ratio["workload"] in REDIS_HIT_KINDS:
+            kind, target = REDIS_HIT_KINDS[ratio["workload"]]
+            assert ratio["ratio_kind"] == kind and ratio["target_floor"] == target, ratio
+            assert ratio["target_gateway"] == 50, ratio
+            assert ratio["reference_floor_rps"] == 13_000, ratio
+            # proxy / (150 x floor / 13,000), next to the unscaled proxy / 150
+            scaled = ratio["ratio_gateway_scaled"]
+            expected = ratio["ratio_gateway"] * 13_000 / ratio["floor_rps"]
+            assert isinstance(scaled, float) and scaled == pytest.approx(expected), ratio
+        else:
+            assert ratio["ratio_gateway_scaled"] is None, ratio
+            assert ratio["target_gateway"] is None, ratio
     reference = result["reference"]
     assert isinstance(reference, dict)
     assert reference["popular Python LLM gateway + Redis"]["hit_rps"] == 150
+
+
+@pytest.mark.timeout(180)
+def test_ratio_table(result: dict[str, object]) -> None:
+    """The printed table (bench.table of the JSON): the near-cache-off target, and the gateway
+    ratio scaled to this machine, labelled as such, next to the raw one for each Redis hit."""
+    spec = importlib.util.spec_from_file_location("bench_under_test", ROOT / "bench" / "bench.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # its dataclasses look their module up there
+    try:
+        spec.loader.exec_module(bench)
+    finally:
+        del sys.modules[spec.name]
+    lines = bench.table(result).splitlines()
+    for workload, (_, target) in REDIS_HIT_KINDS.items():
+        floor_line = next(x for x in lines if x.startswith(f"{workload}: proxy / redis-GET floor"))
+        assert floor_line.endswith(f">= {target:.1f}x"), floor_line
+        raw = next(x for x in lines if x.startswith(f"{workload}: proxy / popular gateway "))
+        assert raw.endswith(">= 50x"), raw
+        scaled = next(
+            x for x in lines if x.startswith(f"{workload}: proxy / popular gateway, scaled")
+        )
+        assert "(scaled by floor " in scaled and scaled.endswith("/13,000)"), scaled
+    assert not any("scaled" in x for x in lines if x.startswith("hit (memory): proxy"))
 
 
 @pytest.mark.timeout(180)
