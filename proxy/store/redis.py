@@ -17,7 +17,6 @@ collide with `model`, `current` or `seen`.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -28,6 +27,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisClusterException, RedisError
 
+from proxy.lru import LRU
 from proxy.store.base import (
     NO_LABELS,
     FingerprintSeen,
@@ -38,7 +38,7 @@ from proxy.store.base import (
     StoreError,
     Usage,
 )
-from proxy.store.batch import Batcher
+from proxy.store.batch import Batcher, replies
 
 _FAILURES = (RedisError, RedisClusterException, OSError)
 """What redis-py raises; OSError covers builtin (and asyncio) TimeoutError too."""
@@ -50,6 +50,7 @@ _FIELD = "fp:"
 _LABELS = "\x00labels"
 """The labels field of an entry hash: no fingerprint from an upstream starts with a NUL."""
 _SCAN_BATCH = 500
+_MODELS_REMEMBERED = 256
 
 # KEYS[1] = the model's hash; ARGV = model, fingerprint, now.
 # Returns {previous current or nil, 1 if the fingerprint is new for the model else 0}.
@@ -120,6 +121,7 @@ class RedisStore:
         # redis-py's asyncio cluster client has no pub/sub: no near-caches to tell there.
         self.invalidations = "" if isinstance(client, aioredis.RedisCluster) else invalidations
         self._batch = Batcher(self._client)
+        self._models_parsed: LRU[frozenset[Any], ModelFingerprints | None] = LRU(_MODELS_REMEMBERED)
 
     async def _script(self, text: str, keys: list[str], args: list[Any]) -> Any:
         return await self._batch.script(_sha(text), text, keys, args)
@@ -142,12 +144,21 @@ class RedisStore:
         """Both reads in one pipeline (shared with whatever else is asking at the moment); on a
         cluster the two keys may sit on two nodes, which redis-py then asks in parallel."""
         with _mapped("lookup"):
-            state, found = await asyncio.gather(
-                self._batch.call("HGETALL", self._model(model)),
-                self._batch.call("HGETALL", self._entry(key)),
+            state, found = await replies(
+                self._batch.send("HGETALL", self._model(model)),
+                self._batch.send("HGETALL", self._entry(key)),
             )
         named = ((_text(fp), value) for fp, value in found.items())
-        return _parse_model(state), {fp: _bytes(v) for fp, v in named if fp != _LABELS}
+        return self._parsed_model(state), {fp: _bytes(v) for fp, v in named if fp != _LABELS}
+
+    def _parsed_model(self, state: Mapping[bytes | str, bytes | str]) -> ModelFingerprints | None:
+        """`_parse_model`, remembered: every HIT reads the model's state, which rarely changes."""
+        raw = frozenset(state.items())
+        found = self._models_parsed.get(raw)
+        if found is None:
+            found = _parse_model(state)
+            self._models_parsed.put(raw, found)
+        return found
 
     async def put(
         self, key: str, fingerprint: str, value: bytes, ttl: int, labels: Labels = NO_LABELS
