@@ -7,7 +7,7 @@ length-prefixed header.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import orjson
@@ -38,8 +38,8 @@ class Entry:
     request: str = ""  # the body the upstream received
 
     def pack(self) -> bytes:
-        meta = asdict(self)
-        del meta["body"]
+        # Field by field: dataclasses.asdict deep-copies, and would copy the body too.
+        meta = {name: getattr(self, name) for name in _META}
         header = orjson.dumps(meta)
         return len(header).to_bytes(_LENGTH_BYTES, "big") + header + self.body
 
@@ -52,6 +52,9 @@ class Entry:
             return cls(body=blob[end:], **meta)
         except (orjson.JSONDecodeError, TypeError) as exc:
             raise CorruptEntry("stored value is not an entry") from exc
+
+
+_META = tuple(f.name for f in fields(Entry) if f.name != "body")
 
 
 def usage_of(answer: dict[str, Any]) -> tuple[int, int]:
