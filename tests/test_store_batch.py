@@ -1,0 +1,102 @@
+"""Automatic pipelining against a real redis-server: shared round trips, isolated failures."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from proxy.store import open_store
+from proxy.store.batch import MAX_BATCH, Batcher, replies
+from proxy.store.redis import RedisStore
+
+
+async def _commands_processed(client: Redis) -> int:
+    return int((await client.info("stats"))["total_commands_processed"])
+
+
+async def test_concurrent_commands_share_one_pipeline_and_each_gets_its_reply(
+    redis_url: str,
+) -> None:
+    client = Redis.from_url(redis_url)
+    try:
+        await client.mset({f"k{i}": f"v{i}" for i in range(50)})
+        batcher = Batcher(client)
+        connections_before = int((await client.info("stats"))["total_connections_received"])
+        got = await asyncio.gather(*(batcher.call("GET", f"k{i}") for i in range(50)))
+        assert got == [f"v{i}".encode() for i in range(50)]
+        # One pipeline on one connection: the pool needed at most one new one for 50 commands.
+        after = int((await client.info("stats"))["total_connections_received"])
+        assert after - connections_before <= 1
+    finally:
+        await client.aclose()
+
+
+async def test_a_failing_command_fails_only_its_caller(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    try:
+        await client.set("plain", "x")
+        batcher = Batcher(client)
+        wrong, right = batcher.send("HGETALL", "plain"), batcher.send("GET", "plain")
+        with pytest.raises(ResponseError, match="WRONGTYPE"):
+            await wrong
+        assert await right == b"x"
+    finally:
+        await client.aclose()
+
+
+async def test_replies_drops_the_others_when_one_fails(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    try:
+        await client.set("plain", "x")
+        batcher = Batcher(client)
+        wrong, other = batcher.send("HGETALL", "plain"), batcher.send("HGETALL", "plain")
+        with pytest.raises(ResponseError):
+            await replies(wrong, other)
+        assert other.done()  # cancelled or failed, and retrieved: nothing left dangling
+    finally:
+        await client.aclose()
+
+
+async def test_more_than_a_batch_is_sent_in_several(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    try:
+        batcher = Batcher(client)
+        count = MAX_BATCH * 2 + 3
+        got = await asyncio.gather(*(batcher.call("ECHO", str(i)) for i in range(count)))
+        assert got == [str(i).encode() for i in range(count)]
+    finally:
+        await client.aclose()
+
+
+async def test_a_broken_connection_fails_every_caller_of_the_batch() -> None:
+    client = Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)  # nothing listens there
+    try:
+        batcher = Batcher(client)
+        futures = [batcher.send("GET", "a"), batcher.send("GET", "b")]
+        for future in futures:
+            with pytest.raises(Exception) as caught:
+                await future
+            assert "onnect" in type(caught.value).__name__ + str(caught.value)
+    finally:
+        await client.aclose()
+
+
+async def test_scripts_reload_after_redis_forgets_them(redis_url: str) -> None:
+    store = await open_store(redis_url)
+    assert isinstance(store, RedisStore)
+    client = Redis.from_url(redis_url)
+    try:
+        await store.put("k", "fp1", b"one", ttl=60)
+        await client.script_flush()
+        await store.put("k", "fp2", b"two", ttl=60)  # EVALSHA fails, EVAL loads it again
+        assert await store.get("k", None) == {"fp1": b"one", "fp2": b"two"}
+        assert await store.lock("k", "t1", 5) is True
+        await client.script_flush()
+        await store.unlock("k", "t1")
+        assert await store.locked("k") is False
+    finally:
+        await client.aclose()
+        await store.close()
