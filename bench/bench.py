@@ -602,12 +602,13 @@ def ratios(runs: list[Run]) -> list[dict[str, Any]]:
         kind = run.ratio_kind or ""
         redis_hit = kind in REDIS_HIT_KINDS
         floor = by_key.get((run.workload, run.floor or ""))
-        floor_ok = floor is not None and floor.ok and floor.req_s > 0
+        if floor is not None and not (floor.ok and floor.req_s > 0):
+            floor = None  # a failed floor gives no ratio
         gateway = GATEWAY_MISS_RPS if kind == "miss" else GATEWAY_HIT_RPS
         gateway_scaled: float | None = None
         if run.ok:
             run.ratio_gateway = run.req_s / gateway
-            if floor is not None and floor_ok:
+            if floor is not None:
                 run.ratio_floor = run.req_s / floor.req_s
                 if run.cpu_us_per_req:
                     run.cpu_ratio_floor = floor.cpu_us_per_req / run.cpu_us_per_req
@@ -630,7 +631,7 @@ def ratios(runs: list[Run]) -> list[dict[str, Any]]:
                 # information only, Redis hit kinds: the gateway's figure scaled to this machine
                 "ratio_gateway_scaled": run.ratio_gateway_scaled,
                 "gateway_scaled_rps": gateway_scaled,
-                "floor_rps": floor.req_s if redis_hit and floor is not None and floor_ok else None,
+                "floor_rps": floor.req_s if redis_hit and floor is not None else None,
                 "reference_floor_rps": REFERENCE_REDIS_FLOOR_RPS if redis_hit else None,
             }
         )

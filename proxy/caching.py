@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from aiohttp import web
@@ -61,27 +61,38 @@ def api_key(headers: CIMultiDictProxy[str]) -> str | None:
     return headers.get("api-key") or None
 
 
-def prepared(
-    services: Services, route: str, query: str, raw: bytes, headers: CIMultiDictProxy[str]
-) -> Call:
+class Asked(NamedTuple):
+    """Everything of a request that `prepare` reads, and so the key of its memo."""
+
+    route: str
+    query: str
+    raw: bytes
+    api_key: str | None
+    namespace: str
+    cache_control: tuple[str, ...]
+
+    @classmethod
+    def of(cls, route: str, query: str, raw: bytes, headers: CIMultiDictProxy[str]) -> Asked:
+        return cls(
+            route,
+            query,
+            raw,
+            api_key(headers),
+            headers.get("X-Repro-Namespace", ""),
+            tuple(headers.getall("Cache-Control", ())),
+        )
+
+
+def prepared(services: Services, asked: Asked) -> Call:
     """`prepare`, remembered: most traffic repeats byte for byte, and preparing (parse,
-    canonical form, SHA-256) is the largest cost of a HIT. The memo is keyed by everything
-    `prepare` reads (route, query, body, the headers it consults, the HMAC secret), so a
-    remembered call is exactly the one `prepare` would return.
+    canonical form, SHA-256) is the largest cost of a HIT. `prepare` reads only `asked`, the
+    settings and the HMAC secret, so a remembered call is exactly the one it would return.
     """
-    facts = (
-        route,
-        query,
-        raw,
-        api_key(headers),
-        headers.get("X-Repro-Namespace", ""),
-        tuple(headers.getall("Cache-Control", ())),
-        services.secret.value,
-    )
+    facts = (asked, services.secret.value)
     call = services.calls.get(facts)
     if call is None:
-        call = prepare(services, route, query, raw, headers)
-        services.calls.put(facts, call, CALL_OVERHEAD + len(raw) + len(call.body))
+        call = prepare(services, asked)
+        services.calls.put(facts, call, CALL_OVERHEAD + len(asked.raw) + len(call.body))
     return call
 
 
@@ -89,26 +100,25 @@ CALL_OVERHEAD = 512
 """Bytes charged per remembered call on top of its two bodies."""
 
 
-def prepare(
-    services: Services, route: str, query: str, raw: bytes, headers: CIMultiDictProxy[str]
-) -> Call:
+def prepare(services: Services, asked: Asked) -> Call:
     settings = services.settings
+    route, raw = asked.route, asked.raw
     body = canonical.parse_body(raw)
     if settings.enforce is policy.Enforce.OFF:
         canonical.reject_duplicate_keys(raw)
     seeded = policy.enforce(body, route, settings.enforce, settings.default_seed)
-    tenant = services.secret.tenant(api_key(headers))
+    tenant = services.secret.tenant(asked.api_key)
     scope = policy.SHARED if settings.cache_scope is policy.CacheScope.SHARED else tenant
-    namespace = _namespace(headers.get("X-Repro-Namespace", ""))
-    directives = policy.parse_cache_control(headers.getall("Cache-Control", []))
+    namespace = _namespace(asked.namespace)
+    directives = policy.parse_cache_control(asked.cache_control)
     model = body.get("model")
     return Call(
         route=route,
         tenant=tenant,
         namespace=namespace,
-        query=query,
+        query=asked.query,
         model=model if isinstance(model, str) else "",
-        key=canonical.request_key(route, scope, namespace, seeded.body, query),
+        key=canonical.request_key(route, scope, namespace, seeded.body, asked.query),
         body=raw if settings.enforce is policy.Enforce.OFF else canonical.dumps(seeded.body),
         seed=seeded.seed,
         seed_source=seeded.source,

@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy.caching import (
+    Asked,
     Call,
     auth_headers,
     forward,
@@ -37,8 +38,8 @@ async def cacheable(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     raw = await read_limited(request, services.settings.max_body)
     await services.secret.settle()
-    call = prepared(services, request.path, request.query_string, raw, request.headers)
-    return await answer(services, request, call)
+    asked = Asked.of(request.path, request.query_string, raw, request.headers)
+    return await answer(services, request, prepared(services, asked))
 
 
 async def answer(services: Services, request: web.Request, call: Call) -> web.StreamResponse:

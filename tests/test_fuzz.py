@@ -30,7 +30,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy import canonical, policy
 from proxy.admin import check_admin
-from proxy.caching import prepare
+from proxy.caching import Asked, prepare
 from proxy.canonical import CHAT, COMPLETIONS, EMBEDDINGS, MAX_DEPTH
 from proxy.config import Settings
 from proxy.errors import ProxyError, Unauthorized
@@ -156,7 +156,7 @@ def headers(pairs: list[tuple[str, str]]) -> CIMultiDictProxy[str]:
 
 def check_prepare(mode: Enforce, route: str, raw: bytes, pairs: list[tuple[str, str]]) -> None:
     try:
-        call = prepare(SERVICES[mode], route, "", raw, headers(pairs))
+        call = prepare(SERVICES[mode], Asked.of(route, "", raw, headers(pairs)))
     except ProxyError as exc:
         refused_with_400(exc)
         return

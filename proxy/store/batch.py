@@ -10,6 +10,8 @@ failing command fails only its caller (a broken connection fails the whole batch
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 from typing import Any
 
 from redis.exceptions import NoScriptError
@@ -38,10 +40,10 @@ class Batcher:
     async def call(self, *args: Any, **options: Any) -> Any:
         return await self.send(*args, **options)
 
-    async def script(self, sha: str, text: str, keys: list[str], args: list[Any]) -> Any:
+    async def script(self, text: str, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA, or EVAL (which also loads it) when Redis does not know the script yet."""
         try:
-            return await self.call("EVALSHA", sha, len(keys), *keys, *args)
+            return await self.call("EVALSHA", _sha(text), len(keys), *keys, *args)
         except NoScriptError:
             return await self.call("EVAL", text, len(keys), *keys, *args)
 
@@ -75,6 +77,11 @@ class Batcher:
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
+
+
+@functools.cache
+def _sha(script: str) -> str:
+    return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
 
 
 async def replies(*futures: asyncio.Future[Any]) -> list[Any]:

@@ -17,7 +17,6 @@ collide with `model`, `current` or `seen`.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -121,10 +120,7 @@ class RedisStore:
         # redis-py's asyncio cluster client has no pub/sub: no near-caches to tell there.
         self.invalidations = "" if isinstance(client, aioredis.RedisCluster) else invalidations
         self._batch = Batcher(self._client)
-        self._models_parsed: LRU[frozenset[Any], ModelFingerprints | None] = LRU(_MODELS_REMEMBERED)
-
-    async def _script(self, text: str, keys: list[str], args: list[Any]) -> Any:
-        return await self._batch.script(_sha(text), text, keys, args)
+        self._models_parsed: LRU[frozenset[Any], ModelFingerprints] = LRU(_MODELS_REMEMBERED)
 
     async def get(self, key: str, fingerprints: Sequence[str] | None) -> dict[str, bytes]:
         if fingerprints is not None and not fingerprints:
@@ -157,7 +153,8 @@ class RedisStore:
         found = self._models_parsed.get(raw)
         if found is None:
             found = _parse_model(state)
-            self._models_parsed.put(raw, found)
+            if found is not None:
+                self._models_parsed.put(raw, found)
         return found
 
     async def put(
@@ -167,7 +164,7 @@ class RedisStore:
         tags = orjson.dumps({"namespace": labels.namespace, "model": labels.model})
         args = [fingerprint, value, _LABELS, tags, ttl, self.invalidations, ENTRY_CHANGED + key]
         with _mapped("put"):
-            await self._script(_PUT, [self._entry(key)], args)
+            await self._batch.script(_PUT, [self._entry(key)], args)
 
     async def delete(self, key: str) -> None:
         with _mapped("delete"):
@@ -293,7 +290,7 @@ class RedisStore:
     async def observe_fingerprint(self, model: str, fingerprint: str, now: float) -> Observation:
         """One atomic script on the model's key; the index is only touched by the first caller."""
         with _mapped("observe_fingerprint"):
-            previous, new = await self._script(
+            previous, new = await self._batch.script(
                 _OBSERVE, [self._model(model)], [model, fingerprint, repr(now), self.invalidations]
             )
             if new:
@@ -335,7 +332,7 @@ class RedisStore:
 
     async def unlock(self, key: str, token: str) -> None:
         with _mapped("unlock"):
-            await self._script(_UNLOCK, [self._lock(key)], [token])
+            await self._batch.script(_UNLOCK, [self._lock(key)], [token])
 
     async def locked(self, key: str) -> bool:
         with _mapped("locked"):
@@ -393,11 +390,6 @@ def _parse_seen(fingerprint: str, record: dict[str, Any]) -> FingerprintSeen:
         last_seen=float(record["last_seen"]),
         count=int(record["count"]),
     )
-
-
-@functools.cache
-def _sha(script: str) -> str:
-    return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
 
 
 def _text(value: bytes | str) -> str:
