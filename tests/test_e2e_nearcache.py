@@ -58,6 +58,28 @@ def test_hits_come_from_memory_while_redis_is_frozen(
         assert took < 1.0
 
 
+def test_misses_with_the_current_fingerprint_leave_the_others_memory_alone(
+    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
+) -> None:
+    """Every miss observes its answer's fingerprint; only a rotation may cost other replicas
+    their remembered model state, else a busy replica would send every other one's HITs to
+    Redis."""
+    with running_redis(tmp_path / "redis") as server:
+        url = f"redis://127.0.0.1:{server.port}/0"
+        a, b = replicas(start_proxy, url)
+        ask(a, "q")
+        assert ask(b, "q").headers["X-Repro-Cache"] == "HIT"  # b now remembers q and m's state
+        for n in range(3):
+            assert ask(a, f"other {n}").headers["X-Repro-Cache"] == "MISS"
+        time.sleep(0.3)  # any announcement has reached b by now
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            frozen = ask(b, "q")
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        assert frozen.headers["X-Repro-Cache"] == "HIT"
+
+
 def test_a_purge_on_one_replica_reaches_the_others(
     start_proxy: ProxyFactory, sim: Sim, redis_url: str
 ) -> None:

@@ -123,8 +123,12 @@ class NearCache:
         await self.inner.delete(key)
 
     async def observe_fingerprint(self, model: str, fingerprint: str, now: float) -> Observation:
-        self._invalidate(MODEL_CHANGED + model)
-        return await self.inner.observe_fingerprint(model, fingerprint, now)
+        """Most answers repeat the current fingerprint: the remembered state then still serves
+        (only the current one's own count and last_seen moved), and every other replica's too."""
+        seen = await self.inner.observe_fingerprint(model, fingerprint, now)
+        if seen.previous != fingerprint:
+            self._invalidate(MODEL_CHANGED + model)
+        return seen
 
     async def purge(self, selector: Selector, dry_run: bool) -> int:
         return await self.inner.purge(selector, dry_run)

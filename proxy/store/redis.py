@@ -53,6 +53,8 @@ _MODELS_REMEMBERED = 256
 
 # KEYS[1] = the model's hash; ARGV = model, fingerprint, now.
 # Returns {previous current or nil, 1 if the fingerprint is new for the model else 0}.
+# Announced only when `current` moves: what a near-cache serves by (the current fingerprint, and
+# the last_seen of the others for the grace window) changes only then.
 # Timestamps are written with %.17g so that they round-trip exactly through JSON.
 _OBSERVE = """
 local key, field, now = KEYS[1], 'fp:' .. ARGV[2], tonumber(ARGV[3])
@@ -70,7 +72,9 @@ end
 local json = string.format('{"first_seen":%.17g,"last_seen":%.17g,"count":%d,"order":%d}',
   rec.first_seen, rec.last_seen, rec.count, rec.order)
 redis.call('HSET', key, 'model', ARGV[1], 'current', ARGV[2], field, json)
-if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], 'm' .. string.char(0) .. ARGV[1]) end
+if ARGV[4] ~= '' and previous ~= ARGV[2] then
+  redis.call('PUBLISH', ARGV[4], 'm' .. string.char(0) .. ARGV[1])
+end
 if raw then return {previous, 0} end
 return {previous, 1}
 """
