@@ -7,6 +7,7 @@ a MISS and a write into a no-op, counted in `repro_store_errors_total`, never a 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy import canonical, policy
+from proxy.coalesce import Lease
 from proxy.context import Services
 from proxy.entry import CorruptEntry, Entry, fingerprint_of, usage_of
 from proxy.errors import InvalidParameter
@@ -241,7 +243,9 @@ def upstream_headers(request: web.Request) -> CIMultiDict[str]:
     return headers
 
 
-async def forward(services: Services, request: web.Request, call: Call) -> web.Response:
+async def forward(
+    services: Services, request: web.Request, call: Call, lease: Lease | None = None
+) -> web.Response:
     started = services.clock()
     async with services.upstream.request(
         "POST", request.path_qs, upstream_headers(request), call.body
@@ -254,11 +258,9 @@ async def forward(services: Services, request: web.Request, call: Call) -> web.R
     parsed = _json_object(data) if status == 200 else None
     if parsed is not None:
         fingerprint = fingerprint_of(parsed)
-        await observe_fingerprint(services, call.model, fingerprint)
-        if call.plan.store:
-            prompt, completion = usage_of(parsed)
-            answer = Answer(data, content_type, fingerprint, prompt, completion, stream=False)
-            await put(services, call, answer)
+        prompt, completion = usage_of(parsed)
+        answer = Answer(data, content_type, fingerprint, prompt, completion, stream=False)
+        await record(services, call, answer, lease)
     headers.update(repro_headers(call, call.plan.outcome, fingerprint))
     return web.Response(status=status, body=data, headers=headers)
 
@@ -297,8 +299,30 @@ class Answer:
     stream: bool
 
 
-async def put(services: Services, call: Call, answer: Answer) -> None:
-    """Store an answer unless it is over the size cap; a failing store only loses the entry."""
+async def record(
+    services: Services, call: Call, answer: Answer, lease: Lease | None = None
+) -> None:
+    """Learn the answer's fingerprint and store the answer (when the plan stores), in one round
+    trip: the observation goes out first and the write rides in the same pipeline, so under
+    `follow` the entry is servable once written. (On a cluster the two may sit on two nodes; a
+    lookup between them, at a rotation only, is a MISS, never a wrong answer.)"""
+    learning = observe_fingerprint(services, call.model, answer.fingerprint)
+    if not call.plan.store:
+        await learning
+    elif not services.store.shared:  # no round trip to save: in order, without a task
+        await learning
+        await put(services, call, answer, lease)
+    else:
+        storing = asyncio.ensure_future(put(services, call, answer, lease))
+        try:
+            await learning
+        finally:
+            await storing
+
+
+async def put(services: Services, call: Call, answer: Answer, lease: Lease | None = None) -> None:
+    """Store an answer unless it is over the size cap; a failing store only loses the entry.
+    A leader's `lease` gives up its store lock in the same write."""
     entry = Entry(
         body=answer.body,
         content_type=answer.content_type,
@@ -321,12 +345,16 @@ async def put(services: Services, call: Call, answer: Answer) -> None:
         )
         return
     labels = Labels(namespace=call.namespace, model=call.model)
+    unlock = lease.token if lease is not None else None
     try:
         await services.store.put(
-            call.key, entry.fingerprint, entry.pack(), services.settings.ttl, labels
+            call.key, entry.fingerprint, entry.pack(), services.settings.ttl, labels, unlock
         )
     except StoreError as exc:
         store_failed(services, "put", exc)
+        return
+    if lease is not None:
+        lease.token = None  # released with the write
 
 
 def store_failed(services: Services, op: str, exc: StoreError) -> None:

@@ -1,11 +1,12 @@
 """One upstream call for identical concurrent misses, as nginx's proxy_cache_lock does.
 
-The first request for a key leads: it holds a local event and the store's fill lock (so leaders
-in other replicas sharing Redis are excluded too) while it calls the upstream and stores the
-answer. Followers wait, in-process on the event or across replicas by polling the lock, then look
-the key up again and usually HIT. A leader that dies or outlives the lock timeout lets the
-followers go: they then call the upstream themselves, so nothing ever deadlocks. A store that
-fails makes everyone a leader: coalescing is an optimisation, never a dependency.
+The first request for a key leads: it holds a local event, and on a shared store the store's fill
+lock (so leaders in other replicas sharing Redis are excluded too), while it calls the upstream and
+stores the answer; the write itself releases the lock. Followers wait, in-process on the event or
+across replicas by polling the lock, then look the key up again and usually HIT. A leader that dies
+or outlives the lock timeout lets the followers go: they then call the upstream themselves, so
+nothing ever deadlocks. A store that fails makes everyone a leader: coalescing is an optimisation,
+never a dependency.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class Lease:
     """The right to fill one key; released when the upstream answer is stored (or not)."""
 
     key: str
-    token: str | None  # None: this process leads without a store lock
+    token: str | None  # None: no store lock to release (none taken, or the write released it)
     event: asyncio.Event
 
 
@@ -52,6 +53,8 @@ class Coalescer:
             return None
         event = asyncio.Event()
         self._local[key] = event
+        if not self._store.shared:  # this process is the only one filling: the event suffices
+            return Lease(key, None, event)
         token = secrets.token_hex(8)
         try:
             taken = await self._store.lock(key, token, self._timeout)

@@ -21,6 +21,7 @@ from proxy.caching import (
     serve_hit,
     stale_entry,
 )
+from proxy.coalesce import Lease
 from proxy.context import SERVICES, Services
 from proxy.entry import Entry
 from proxy.errors import (
@@ -97,13 +98,16 @@ async def fill(services: Services, request: web.Request, call: Call) -> web.Stre
             services, request, replace(call, plan=replace(call.plan, store=False))
         )
     try:
-        return await go_upstream(services, request, call)
+        return await go_upstream(services, request, call, lease)
     finally:
         await services.coalescer.release(lease)
 
 
-async def go_upstream(services: Services, request: web.Request, call: Call) -> web.StreamResponse:
-    """Ask the upstream; when it fails, a stored answer within stale-if-error stands in."""
+async def go_upstream(
+    services: Services, request: web.Request, call: Call, lease: Lease | None = None
+) -> web.StreamResponse:
+    """Ask the upstream; when it fails, a stored answer within stale-if-error stands in.
+    A leader's `lease` lets the write release the fill lock (streams never lead)."""
     if not call.plan.upstream:
         count_miss(services, call)
         raise CacheMissError(
@@ -111,9 +115,11 @@ async def go_upstream(services: Services, request: web.Request, call: Call) -> w
             f"(cache mode {services.settings.cache_mode.value} or only-if-cached).",
             headers=repro_headers(call, call.plan.outcome, None),
         )
-    send = forward_stream if call.stream else forward
     try:
-        response = await send(services, request, call)
+        if call.stream:
+            response = await forward_stream(services, request, call)
+        else:
+            response = await forward(services, request, call, lease)
     except UpstreamError:
         stale = await stale_entry(services, call)
         if stale is None:

@@ -24,7 +24,7 @@ from proxy.caching import (
     Call,
     observe_fingerprint,
     observe_upstream,
-    put,
+    record,
     repro_headers,
     upstream_headers,
 )
@@ -151,10 +151,7 @@ class _Relay:
 
     async def _commit(self) -> None:
         """Learn the fingerprint, then store: under `follow` the entry is servable at once."""
-        recorder, call = self.recorder, self.call
-        await observe_fingerprint(self.services, call.model, self._fingerprint())
-        if not call.plan.store:
-            return
+        recorder = self.recorder
         answer = Answer(
             body=recorder.body(),
             content_type="text/event-stream",
@@ -163,7 +160,7 @@ class _Relay:
             completion_tokens=recorder.completion_tokens,
             stream=True,
         )
-        await put(self.services, call, answer)
+        await record(self.services, self.call, answer)
 
 
 async def _until_first_frame(

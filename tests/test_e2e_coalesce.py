@@ -6,6 +6,7 @@ import asyncio
 
 import aiohttp
 import orjson
+import redis
 
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim
 
@@ -91,3 +92,29 @@ def test_uncacheable_requests_never_wait(proxy: Proxy, sim: Sim) -> None:
 
     assert asyncio.run(run()) == ["BYPASS"] * 5
     assert len(sim.llm_requests()) == 5
+
+
+def test_a_leaders_write_releases_its_lock_in_the_same_script(
+    start_proxy: ProxyFactory, sim: Sim, redis_url: str
+) -> None:
+    """The top-level commands Redis sees for one miss once the model is known: the lookup, the
+    lock, then the observation and the write, which releases the lock (no third script)."""
+    proxy = start_proxy("--store", redis_url)
+    client = redis.Redis.from_url(redis_url)
+    asyncio.run(burst([proxy], 1, body=_body("teach the proxy the model")))
+    client.config_resetstat()
+    results = asyncio.run(burst([proxy], 1, body=_body("a new question")))
+    assert [(status, cache) for status, cache, _ in results] == [(200, "MISS")]
+    calls = {
+        name.removeprefix("cmdstat_"): stats["calls"]
+        for name, stats in client.info("commandstats").items()
+    }
+    assert (calls["hgetall"], calls["set"], calls["evalsha"]) == (2, 1, 2)
+    assert calls["del"] == 1  # inside the write script: the lock released
+    assert client.keys("*l:*") == []
+
+
+def _body(content: str) -> bytes:
+    return orjson.dumps(
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]}
+    )

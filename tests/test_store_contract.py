@@ -165,6 +165,16 @@ class StoreContract:
         assert not await store.locked("k")
         assert await store.lock("k", "other", 30)
 
+    async def test_a_write_releases_only_its_own_lock(self, store: Store) -> None:
+        assert await store.lock("k", "leader", 30)
+        await store.put("k", "fp", b"v", 0, unlock="someone else")
+        assert await store.locked("k")  # the value is written, the lock stays its holder's
+        await store.put("k", "fp", b"v2", 0, unlock="leader")
+        assert not await store.locked("k")
+        assert await store.get("k", None) == {"fp": b"v2"}
+        await store.put("k2", "fp", b"v", 0, unlock="leader")  # no lock: nothing to release
+        assert await store.lock("k2", "other", 30)
+
     async def test_lock_expires(self, store: Store, elapse: Elapse) -> None:
         assert await store.lock("k", "leader", 1)
         await elapse(1)
@@ -236,6 +246,13 @@ class TestMemoryStore(StoreContract):
         await store.put("big", "fp", bytes(200), 0)
         assert await store.get("big", None) == {}
         assert await store.get("small", None) == {"fp": b"s"}
+
+    async def test_a_write_too_large_to_keep_still_releases_its_lock(self) -> None:
+        store = MemoryStore(max_bytes=200)
+        assert await store.lock("k", "leader", 30)
+        await store.put("k", "fp", bytes(200), 0, unlock="leader")
+        assert await store.get("k", None) == {}
+        assert not await store.locked("k")
 
     async def test_expiry_is_exact(self, clock: FakeClock) -> None:
         store = MemoryStore(clock=clock)

@@ -90,6 +90,10 @@ class Usage:
 
 
 class Store(Protocol):
+    shared: bool
+    """Whether other processes use it too: only then do fill locks and write order matter
+    beyond this process, and is a round trip worth saving."""
+
     async def get(self, key: str, fingerprints: Sequence[str] | None) -> dict[str, bytes]:
         """The values stored under `key` for these fingerprints (all of them when None)."""
 
@@ -100,9 +104,19 @@ class Store(Protocol):
         a HIT under `follow` needs, without waiting for one answer before asking the other."""
 
     async def put(
-        self, key: str, fingerprint: str, value: bytes, ttl: int, labels: Labels = NO_LABELS
+        self,
+        key: str,
+        fingerprint: str,
+        value: bytes,
+        ttl: int,
+        labels: Labels = NO_LABELS,
+        unlock: str | None = None,
     ) -> None:
-        """Store `value`; `ttl` seconds of life, 0 for none; `labels` for purges and exports."""
+        """Store `value`; `ttl` seconds of life, 0 for none; `labels` for purges and exports.
+
+        `unlock`: release the fill lock this token holds, in the same step (see `unlock`): a
+        leader's write and its release then cost one round trip, and no follower that sees the
+        lock gone can miss the answer."""
 
     async def delete(self, key: str) -> None:
         """Forget every fingerprint's value under `key`."""

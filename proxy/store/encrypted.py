@@ -50,6 +50,7 @@ class EncryptedStore:
         if not keys:
             raise ValueError("at least one key is needed")
         self.inner = inner
+        self.shared = inner.shared
         self._ciphers = [AESGCM(key) for key in keys]
 
     def seal(self, key: str, fingerprint: str, value: bytes) -> bytes:
@@ -82,9 +83,16 @@ class EncryptedStore:
         return state, self._open_all(key, found)
 
     async def put(
-        self, key: str, fingerprint: str, value: bytes, ttl: int, labels: Labels = NO_LABELS
+        self,
+        key: str,
+        fingerprint: str,
+        value: bytes,
+        ttl: int,
+        labels: Labels = NO_LABELS,
+        unlock: str | None = None,
     ) -> None:
-        await self.inner.put(key, fingerprint, self.seal(key, fingerprint, value), ttl, labels)
+        sealed = self.seal(key, fingerprint, value)
+        await self.inner.put(key, fingerprint, sealed, ttl, labels, unlock)
 
     async def purge(self, selector: Selector, dry_run: bool) -> int:
         return await self.inner.purge(selector, dry_run)

@@ -46,6 +46,7 @@ class GuardedStore:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.inner = inner
+        self.shared = inner.shared
         self._timeout = timeout
         self._threshold = threshold
         self._cooldown = cooldown
@@ -120,9 +121,17 @@ class GuardedStore:
         return await self._call("get", lambda: self.inner.lookup(key, model))
 
     async def put(
-        self, key: str, fingerprint: str, value: bytes, ttl: int, labels: Labels = NO_LABELS
+        self,
+        key: str,
+        fingerprint: str,
+        value: bytes,
+        ttl: int,
+        labels: Labels = NO_LABELS,
+        unlock: str | None = None,
     ) -> None:
-        await self._call("put", lambda: self.inner.put(key, fingerprint, value, ttl, labels))
+        await self._call(
+            "put", lambda: self.inner.put(key, fingerprint, value, ttl, labels, unlock)
+        )
 
     async def purge(self, selector: Selector, dry_run: bool) -> int:
         """Not under the call deadline: a purge scans the whole store, in batches."""

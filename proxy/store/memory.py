@@ -48,6 +48,8 @@ class _Model:
 class MemoryStore:
     """Values per (key, fingerprint) in an LRU bounded by bytes; fingerprint state in dicts."""
 
+    shared = False
+
     def __init__(
         self, max_bytes: int = DEFAULT_MAX_BYTES, clock: Callable[[], float] = time.time
     ) -> None:
@@ -80,8 +82,19 @@ class MemoryStore:
         return await self.fingerprints(model), await self.get(key, None)
 
     async def put(
-        self, key: str, fingerprint: str, value: bytes, ttl: int, labels: Labels = NO_LABELS
+        self,
+        key: str,
+        fingerprint: str,
+        value: bytes,
+        ttl: int,
+        labels: Labels = NO_LABELS,
+        unlock: str | None = None,
     ) -> None:
+        self._store(key, fingerprint, value, ttl, labels)
+        if unlock is not None:
+            await self.unlock(key, unlock)
+
+    def _store(self, key: str, fingerprint: str, value: bytes, ttl: int, labels: Labels) -> None:
         self._drop_expired()
         slot = (key, fingerprint)
         self._remove(slot)

@@ -36,6 +36,7 @@ RESUBSCRIBE_AFTER = 1.0
 class NearCache:
     def __init__(self, inner: Store, bus: RedisStore, max_bytes: int) -> None:
         self.inner = inner
+        self.shared = inner.shared
         self._bus = bus
         self._max_bytes = max_bytes
         self._entries: OrderedDict[str, dict[str, bytes]] = OrderedDict()
@@ -113,10 +114,16 @@ class NearCache:
     # RedisStore); this process also drops its copy at once, before its own echo arrives.
 
     async def put(
-        self, key: str, fingerprint: str, value: bytes, ttl: int, labels: Labels = NO_LABELS
+        self,
+        key: str,
+        fingerprint: str,
+        value: bytes,
+        ttl: int,
+        labels: Labels = NO_LABELS,
+        unlock: str | None = None,
     ) -> None:
         self._invalidate(ENTRY_CHANGED + key)
-        await self.inner.put(key, fingerprint, value, ttl, labels)
+        await self.inner.put(key, fingerprint, value, ttl, labels, unlock)
 
     async def delete(self, key: str) -> None:
         self._invalidate(ENTRY_CHANGED + key)

@@ -80,13 +80,15 @@ return {previous, 1}
 """
 
 
-# KEYS[1] = an entry hash; ARGV = fingerprint, value, labels field, labels, ttl, channel, message.
+# KEYS = an entry hash, its fill lock (same hash tag: same slot on a cluster).
+# ARGV = fingerprint, value, labels field, labels, ttl, channel, message, lock token or ''.
 # A script rather than MULTI/EXEC, so that it is one command and can share a pipeline.
 _PUT = """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 if tonumber(ARGV[5]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[5])
 else redis.call('PERSIST', KEYS[1]) end
 if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[6], ARGV[7]) end
+if ARGV[8] ~= '' and redis.call('GET', KEYS[2]) == ARGV[8] then redis.call('DEL', KEYS[2]) end
 return 1
 """
 
@@ -108,6 +110,8 @@ def _mapped(operation: str) -> Iterator[None]:
 
 class RedisStore:
     """The Store protocol on an already built Redis or RedisCluster client (bytes responses)."""
+
+    shared = True
 
     def __init__(
         self,
@@ -162,13 +166,22 @@ class RedisStore:
         return found
 
     async def put(
-        self, key: str, fingerprint: str, value: bytes, ttl: int, labels: Labels = NO_LABELS
+        self,
+        key: str,
+        fingerprint: str,
+        value: bytes,
+        ttl: int,
+        labels: Labels = NO_LABELS,
+        unlock: str | None = None,
     ) -> None:
         """Store the value; the TTL is per key, so it also renews the key's other fingerprints."""
         tags = orjson.dumps({"namespace": labels.namespace, "model": labels.model})
-        args = [fingerprint, value, _LABELS, tags, ttl, self.invalidations, ENTRY_CHANGED + key]
+        args = [
+            fingerprint, value, _LABELS, tags, ttl, self.invalidations, ENTRY_CHANGED + key,
+            unlock or "",
+        ]  # fmt: skip
         with _mapped("put"):
-            await self._batch.script(_PUT, [self._entry(key)], args)
+            await self._batch.script(_PUT, [self._entry(key), self._lock(key)], args)
 
     async def delete(self, key: str) -> None:
         with _mapped("delete"):
