@@ -21,9 +21,9 @@ async def test_concurrent_commands_share_one_pipeline_and_each_gets_its_reply(
     redis_url: str,
 ) -> None:
     client = Redis.from_url(redis_url)
+    batcher = Batcher(client)
     try:
         await client.mset({f"k{i}": f"v{i}" for i in range(50)})
-        batcher = Batcher(client)
         connections_before = int((await client.info("stats"))["total_connections_received"])
         got = await asyncio.gather(*(batcher.call("GET", f"k{i}") for i in range(50)))
         assert got == [f"v{i}".encode() for i in range(50)]
@@ -31,19 +31,21 @@ async def test_concurrent_commands_share_one_pipeline_and_each_gets_its_reply(
         after = int((await client.info("stats"))["total_connections_received"])
         assert after - connections_before <= 1
     finally:
+        await batcher.close()
         await client.aclose()
 
 
 async def test_a_failing_command_fails_only_its_caller(redis_url: str) -> None:
     client = Redis.from_url(redis_url)
+    batcher = Batcher(client)
     try:
         await client.set("plain", "x")
-        batcher = Batcher(client)
         wrong, right = batcher.send("HGETALL", "plain"), batcher.send("GET", "plain")
         with pytest.raises(ResponseError, match="WRONGTYPE"):
             await wrong
         assert await right == b"x"
     finally:
+        await batcher.close()
         await client.aclose()
 
 
@@ -51,9 +53,9 @@ async def test_replies_drops_the_others_when_one_fails(redis_url: str) -> None:
     """A pending reply is cancelled; a failed one is marked retrieved, so asyncio never logs
     "exception was never retrieved" for it."""
     client = Redis.from_url(redis_url)
+    batcher = Batcher(client)
     try:
         await client.set("plain", "x")
-        batcher = Batcher(client)
         wrong, failed_too = batcher.send("HGETALL", "plain"), batcher.send("HGETALL", "plain")
         pending: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         with pytest.raises(ResponseError):
@@ -62,30 +64,33 @@ async def test_replies_drops_the_others_when_one_fails(redis_url: str) -> None:
         # asyncio's own flag behind that log line (Future.__del__ reads it)
         assert failed_too.done() and failed_too._log_traceback is False
     finally:
+        await batcher.close()
         await client.aclose()
 
 
 async def test_more_than_a_batch_is_sent_in_several(redis_url: str) -> None:
     client = Redis.from_url(redis_url)
+    batcher = Batcher(client)
     try:
-        batcher = Batcher(client)
         count = MAX_BATCH * 2 + 3
         got = await asyncio.gather(*(batcher.call("ECHO", str(i)) for i in range(count)))
         assert got == [str(i).encode() for i in range(count)]
     finally:
+        await batcher.close()
         await client.aclose()
 
 
 async def test_a_broken_connection_fails_every_caller_of_the_batch() -> None:
     client = Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)  # nothing listens there
+    batcher = Batcher(client)
     try:
-        batcher = Batcher(client)
         futures = [batcher.send("GET", "a"), batcher.send("GET", "b")]
         for future in futures:
             with pytest.raises(Exception) as caught:
                 await future
             assert "onnect" in type(caught.value).__name__ + str(caught.value)
     finally:
+        await batcher.close()
         await client.aclose()
 
 

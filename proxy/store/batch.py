@@ -5,6 +5,9 @@ most of a round trip's CPU on its own machinery (connection checkout, retry wrap
 write per call), not on the command, so one pipeline of twenty commands costs little more than
 one command. Each caller still awaits its own reply: the batch is invisible to it, and a
 failing command fails only its caller (a broken connection fails the whole batch).
+
+On a plain-TCP standalone server the batches go over `resp.Link`, which skips redis-py's
+machinery altogether; elsewhere (TLS, unix socket, Cluster) they are redis-py pipelines.
 """
 
 from __future__ import annotations
@@ -16,16 +19,17 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
+from proxy.store.resp import Command, Link
+
 MAX_BATCH = 256
 """Commands per pipeline; more wait for the next one, so a burst cannot build a huge reply."""
-
-_Pending = tuple[tuple[Any, ...], dict[str, Any], "asyncio.Future[Any]"]
 
 
 class Batcher:
     def __init__(self, client: Any) -> None:
         self._client = client
-        self._pending: list[_Pending] = []
+        self._link = Link.of(client)
+        self._pending: list[Command] = []
         self._sending: set[asyncio.Task[None]] = set()
 
     def send(self, *args: Any, **options: Any) -> asyncio.Future[Any]:
@@ -51,11 +55,24 @@ class Batcher:
         batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
         if self._pending:
             asyncio.get_running_loop().call_soon(self._flush)
+        wire = self._link.ready if self._link is not None else None
+        if wire is not None:  # the common case: written now, no task
+            try:
+                wire.write(batch)
+            except Exception as exc:  # a command that cannot be packed, say
+                _fail(batch, exc)
+            return
         task = asyncio.ensure_future(self._send(batch))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _send(self, batch: list[_Pending]) -> None:
+    async def _send(self, batch: list[Command]) -> None:
+        if self._link is not None:
+            try:
+                (await self._link.open()).write(batch)
+            except Exception as exc:  # no connection: every caller learns it
+                _fail(batch, exc)
+            return
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for args, options, _ in batch:
@@ -66,9 +83,7 @@ class Batcher:
                 future.cancel()
             raise
         except Exception as exc:  # the connection failed: every caller learns it
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            _fail(batch, exc)
             return
         for (_, _, future), reply in zip(batch, replies, strict=True):
             if future.done():  # its caller gave up (the store deadline)
@@ -77,6 +92,16 @@ class Batcher:
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
+
+    async def close(self) -> None:
+        if self._link is not None:
+            await self._link.close()
+
+
+def _fail(batch: list[Command], exc: Exception) -> None:
+    for _, _, future in batch:
+        if not future.done():
+            future.set_exception(exc)
 
 
 @functools.cache

@@ -361,6 +361,7 @@ class RedisStore:
 
     async def close(self) -> None:
         with _mapped("close"):
+            await self._batch.close()
             await self._client.aclose()
 
     def _entry(self, key: str) -> str:

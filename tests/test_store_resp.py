@@ -1,0 +1,96 @@
+"""The lean RESP connection under the batcher, against real redis-servers: credentials and
+database from the URL, replies in order when callers leave, and recovery from a silent or
+dropped connection."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from proxy.store.batch import Batcher
+from proxy.store.resp import Link
+from tests.fixtures_redis import running_redis
+
+
+async def test_credentials_and_database_come_from_the_url(tmp_path: Path) -> None:
+    with running_redis(tmp_path) as server:
+        with redis.Redis(port=server.port) as admin:
+            admin.acl_setuser(
+                "alice", enabled=True, passwords=["+s3cret"], keys=["*"], commands=["+@all"]
+            )
+            admin.acl_setuser("default", enabled=False)  # from now on nothing works unnamed
+        client = Redis.from_url(f"redis://alice:s3cret@127.0.0.1:{server.port}/3")
+        batcher = Batcher(client)
+        try:
+            assert Link.of(client) is not None
+            assert await batcher.call("SET", "k", "v") is True  # redis-py's callback shaped it
+            with redis.Redis(port=server.port, username="alice", password="s3cret", db=3) as db3:
+                assert db3.get("k") == b"v"
+        finally:
+            await batcher.close()
+            await client.aclose()
+
+
+async def test_replies_stay_in_order_when_a_caller_leaves(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    batcher = Batcher(client)
+    try:
+        await client.mset({"a": "1", "b": "2", "c": "3"})
+        first, gone, last = (batcher.send("GET", name) for name in "abc")
+        gone.cancel()
+        assert (await first, await last) == (b"1", b"3")
+        assert await batcher.call("HGETALL", "missing") == {}
+    finally:
+        await batcher.close()
+        await client.aclose()
+
+
+async def test_a_silent_server_is_cut_off_and_the_next_batch_connects_again(
+    tmp_path: Path,
+) -> None:
+    with running_redis(tmp_path) as server:
+        client = Redis.from_url(server.url, socket_timeout=0.3, socket_connect_timeout=0.3)
+        batcher = Batcher(client)
+        try:
+            assert await batcher.call("PING") is True
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                with pytest.raises(RedisConnectionError):
+                    await asyncio.wait_for(batcher.call("GET", "k"), timeout=5)
+                assert time.monotonic() - started < 2  # cut off after 0.3 s of silence
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            assert await batcher.call("SET", "k", "after") is True
+            assert await client.get("k") == b"after"
+        finally:
+            await batcher.close()
+            await client.aclose()
+
+
+async def test_a_dropped_connection_is_replaced(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    batcher = Batcher(client)
+    try:
+        await batcher.call("SET", "k", "v")
+        killed = await client.client_kill_filter(_type="normal", skipme=True)
+        assert killed >= 1  # the batcher's own connection
+        await asyncio.sleep(0.1)  # the close reaches this process
+        assert await batcher.call("GET", "k") == b"v"
+    finally:
+        await batcher.close()
+        await client.aclose()
+
+
+def test_only_plain_tcp_standalone_clients_get_a_link(tmp_path: Path) -> None:
+    assert Link.of(Redis.from_url("redis://127.0.0.1:6379/0")) is not None
+    assert Link.of(Redis.from_url("rediss://127.0.0.1:6379/0")) is None
+    assert Link.of(Redis(unix_socket_path=str(tmp_path / "redis.sock"))) is None
