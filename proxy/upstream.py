@@ -9,7 +9,10 @@ from typing import Any
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from proxy import __version__
 from proxy.errors import UpstreamTimeout, UpstreamUnreachable
+
+USER_AGENT = f"repro-proxy/{__version__}"
 
 # RFC 9110 7.6.1: meaningful for one connection only, never forwarded.
 HOP_BY_HOP = frozenset(
@@ -34,7 +37,9 @@ def _hop_by_hop(headers: CIMultiDictProxy[str]) -> set[str]:
 
 
 def request_headers(incoming: CIMultiDictProxy[str], drop: Iterable[str] = ()) -> CIMultiDict[str]:
-    """Headers to send upstream: end-to-end ones only, none of ours, Host left to the client."""
+    """Headers to send upstream: end-to-end ones only, none of ours, Host left to the client.
+    The client's User-Agent passes unchanged; a client without one is named as this proxy
+    (rather than as aiohttp, which names itself when nobody else is)."""
     skip = _hop_by_hop(incoming) | {"host", "content-length", *drop}
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
@@ -42,6 +47,8 @@ def request_headers(incoming: CIMultiDictProxy[str], drop: Iterable[str] = ()) -
         if lower in skip or lower.startswith(("x-repro-", "proxy-")):
             continue
         out.add(name, value)
+    if "User-Agent" not in out:
+        out["User-Agent"] = USER_AGENT
     return out
 
 
@@ -110,7 +117,6 @@ def client_session(connect_timeout: float, read_timeout: float) -> aiohttp.Clien
         timeout=timeout,
         connector=connector,
         auto_decompress=True,
-        skip_auto_headers=("User-Agent",),
         cookie_jar=aiohttp.DummyCookieJar(),
     )
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 
+import aiohttp
 import httpx
 import orjson
 import pytest
 from openai import OpenAI
 
+from proxy import __version__
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim, free_port
 
 AUTH = {"Authorization": "Bearer sk-alice", "Content-Type": "application/json"}
@@ -185,6 +188,24 @@ def test_hop_by_hop_headers_are_not_forwarded(proxy: Proxy, sim: Sim) -> None:
     assert "x-secret-hop" not in headers
     assert "keep-alive" not in headers
     assert headers["host"] == f"127.0.0.1:{sim.port}"
+
+
+def test_the_clients_user_agent_passes_and_a_missing_one_names_the_proxy(
+    proxy: Proxy, sim: Sim
+) -> None:
+    async def send(content: str, headers: dict[str, str]) -> None:
+        body = orjson.dumps(
+            {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]}
+        )
+        async with aiohttp.ClientSession(skip_auto_headers=["User-Agent"]) as session:
+            url = proxy.v1 + "/chat/completions"
+            async with session.post(url, data=body, headers={**AUTH, **headers}) as response:
+                assert response.headers["X-Repro-Cache"] == "MISS"
+
+    asyncio.run(send("one", {"User-Agent": "OpenAI/Python 1.99"}))
+    asyncio.run(send("two", {}))
+    agents = [r["headers"].get("User-Agent") for r in sim.llm_requests()]
+    assert agents == ["OpenAI/Python 1.99", f"repro-proxy/{__version__}"]
 
 
 def test_get_on_a_cacheable_path_passes_through(proxy: Proxy, sim: Sim) -> None:
