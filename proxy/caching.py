@@ -114,14 +114,15 @@ def prepare(services: Services, asked: Asked) -> Call:
     namespace = _namespace(asked.namespace)
     directives = policy.parse_cache_control(asked.cache_control)
     model = body.get("model")
+    key, respelled = canonical.keyed(route, scope, namespace, seeded.body, asked.query)
     return Call(
         route=route,
         tenant=tenant,
         namespace=namespace,
         query=asked.query,
         model=model if isinstance(model, str) else "",
-        key=canonical.request_key(route, scope, namespace, seeded.body, asked.query),
-        body=raw if settings.enforce is policy.Enforce.OFF else canonical.dumps(seeded.body),
+        key=key,
+        body=raw if settings.enforce is policy.Enforce.OFF else respelled,
         seed=seeded.seed,
         seed_source=seeded.source,
         plan=policy.plan(settings.cache_mode, directives),

@@ -51,15 +51,33 @@ NON_SEMANTIC = frozenset({"user", "metadata", "store"})
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
-    """Parse a request body strictly: one JSON object, finite numbers, bounded nesting."""
+    """Parse a request body strictly: one JSON object, finite numbers, bounded nesting.
+
+    The result is already `normalize`d (one walk both bounds the depth and respells numbers),
+    so `keyed` can serialize it without walking it again.
+    """
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidJSON(f"We could not parse the JSON body of your request: {exc}") from None
     if not isinstance(value, dict):
         raise InvalidJSON("The request body must be a JSON object.")
-    if _depth(value) > MAX_DEPTH:
-        raise InvalidJSON(f"The request body nests deeper than {MAX_DEPTH} levels.")
+    checked: dict[str, Any] = _checked(value, 1)
+    return checked
+
+
+def _checked(value: Any, level: int) -> Any:
+    """`normalize`, refusing containers nested deeper than MAX_DEPTH."""
+    if isinstance(value, dict):
+        if level > MAX_DEPTH:
+            raise InvalidJSON(f"The request body nests deeper than {MAX_DEPTH} levels.")
+        return {k: _checked(v, level + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        if level > MAX_DEPTH:
+            raise InvalidJSON(f"The request body nests deeper than {MAX_DEPTH} levels.")
+        return [_checked(v, level + 1) for v in value]
+    if isinstance(value, float) and value.is_integer() and abs(value) < _EXACT_INT_LIMIT:
+        return int(value)
     return value
 
 
@@ -80,22 +98,6 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise InvalidJSON(f"The request body names the key {name!r} more than once.")
         obj[name] = value
     return obj
-
-
-def _depth(value: Any) -> int:
-    deepest = 0
-    pending: list[tuple[Any, int]] = [(value, 1)]
-    while pending:
-        node, level = pending.pop()
-        if isinstance(node, dict):
-            children: Any = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
-            continue
-        deepest = max(deepest, level)
-        pending.extend((child, level + 1) for child in children)
-    return deepest
 
 
 def normalize(value: Any) -> Any:
@@ -142,12 +144,29 @@ def request_key(
     route: str, scope: str, namespace: str, body: dict[str, Any], query: str = ""
 ) -> str:
     """The cache key: a hex SHA-256 of everything that can change the answer."""
-    material = {
-        "v": KEY_VERSION,
-        "route": route,
-        "query": query,
-        "scope": scope,
+    return _key(route, scope, namespace, dumps(key_view(route, body)), query)
+
+
+def keyed(
+    route: str, scope: str, namespace: str, body: dict[str, Any], query: str = ""
+) -> tuple[str, bytes]:
+    """`request_key` and `dumps` of a body from `parse_body` (normalized already), with one
+    serialization for both when the key view is the whole body: no defaults, nulls or labels."""
+    whole = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    view = key_view(route, body)
+    seen = whole if len(view) == len(body) else orjson.dumps(view, option=orjson.OPT_SORT_KEYS)
+    return _key(route, scope, namespace, seen, query), whole
+
+
+def _key(route: str, scope: str, namespace: str, view: bytes, query: str) -> str:
+    """SHA-256 of the canonical bytes of {v, route, query, scope, namespace, body: view}: with
+    sorted keys "body" comes first, so the view's bytes are spliced in, not serialized again."""
+    rest = {
         "namespace": namespace,
-        "body": key_view(route, body),
+        "query": query,
+        "route": route,
+        "scope": scope,
+        "v": KEY_VERSION,
     }
-    return hashlib.sha256(dumps(material)).hexdigest()
+    tail = orjson.dumps(rest, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(b'{"body":' + view + b"," + tail[1:]).hexdigest()

@@ -18,6 +18,7 @@ from proxy.canonical import (
     MAX_DEPTH,
     dumps,
     key_view,
+    keyed,
     normalize,
     parse_body,
     request_key,
@@ -629,3 +630,34 @@ class TestRequestKeyProperties:
         with_defaults = {**extra, **body}
         copy = parse_body(respell(with_defaults, rnd).encode())
         assert key(copy) == key(body)
+
+
+class TestKeysStayStable:
+    """Stored entries outlive proxy versions: a key must never change for the same request."""
+
+    def test_known_keys(self) -> None:
+        raw = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":1.0,'
+        body = parse_body(raw + b'"n":2,"seed":7,"user":"u"}')
+        assert request_key(CHAT, "scope", "ns", body, "q=1") == (
+            "a7f8f9000e4e365a0d018c2ecc12eac8766dcd8ef1aafaca2f25d16f43282a2a"
+        )
+        body = parse_body(
+            b'{"model":"m","messages":[{"role":"user","content":"hi"}],"n":2.0,"seed":7}'
+        )
+        assert request_key(CHAT, "scope", "", body, "") == (
+            "49d0ea077a40a023938d5caef5a1f3b0f4d7578fa693746ca2cd16ff718bd2c8"
+        )
+
+    @pytest.mark.parametrize(
+        "raw",
+        [
+            b'{"model":"m","messages":[{"role":"user","content":"hi"}],"seed":7}',
+            b'{"model":"m","temperature":1.0,"user":"u","stream":false,"stream_options":{}}',
+            b'{"model":"m","top_p":0.5e1,"metadata":null,"n":1}',
+        ],
+    )
+    def test_keyed_agrees_with_request_key_and_dumps(self, raw: bytes) -> None:
+        body = parse_body(raw)
+        key, respelled = keyed(CHAT, "s", "ns", body, "q")
+        assert key == request_key(CHAT, "s", "ns", body, "q")
+        assert respelled == dumps(body)

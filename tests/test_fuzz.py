@@ -102,7 +102,11 @@ def check_body(raw: bytes) -> None:
                 refused_with_400(exc)
                 continue
             check_canonical(seeded.body)
-            canonical.request_key(route, "scope", "ns", seeded.body)
+            # The shared serialization of the hot path gives exactly the general key and bytes.
+            assert canonical.keyed(route, "scope", "ns", seeded.body, "q=1") == (
+                canonical.request_key(route, "scope", "ns", seeded.body, "q=1"),
+                canonical.dumps(seeded.body),
+            )
             if seeded.seed is not None:
                 assert isinstance(seeded.seed, int) and not isinstance(seeded.seed, bool)
                 str(seeded.seed)  # becomes the X-Repro-Seed header
