@@ -77,10 +77,12 @@ def _services(
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def context(app: web.Application) -> AsyncIterator[None]:
         channel = INVALIDATIONS if settings.near_cache else ""
-        backend = injected or await open_store(settings.store, invalidations=channel)
+        timeout = settings.store_timeout
+        backend = injected or await open_store(settings.store, channel, deadline=timeout)
         store = _encrypted(settings, backend)
         if not isinstance(backend, MemoryStore):  # this process's memory neither hangs nor fails
-            store = GuardedStore(store, timeout=settings.store_timeout)
+            bounded = isinstance(backend, RedisStore) and backend.deadline == timeout
+            store = GuardedStore(store, timeout=timeout, bounded=bounded)
         if isinstance(backend, RedisStore) and backend.invalidations:
             store = NearCache(store, backend, settings.near_cache)
         session = client_session(settings.connect_timeout, settings.upstream_timeout)

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from proxy.store import open_store
+from proxy.store.base import StoreError, StoreTimeout
 from proxy.store.batch import MAX_BATCH, Batcher, replies
+from proxy.store.guard import GuardedStore
 from proxy.store.redis import RedisStore
+from tests.fixtures_redis import running_redis
 
 
 async def _commands_processed(client: Redis) -> int:
@@ -110,3 +117,42 @@ async def test_scripts_reload_after_redis_forgets_them(redis_url: str) -> None:
     finally:
         await client.aclose()
         await store.close()
+
+
+async def test_the_deadline_fails_what_a_frozen_server_leaves_unanswered(tmp_path: Path) -> None:
+    """One watchdog per batcher, not a timer per call: an unanswered batch fails after the
+    deadline (well before the connection's own 1 s cut-off), and the store says it timed out,
+    which a bounded guard takes as its own timeout: the circuit opens at the first one."""
+    with running_redis(tmp_path) as server:
+        client = Redis.from_url(server.url, socket_timeout=1.0)
+        store = RedisStore(client, deadline=0.2)
+        guarded = GuardedStore(store, timeout=0.2, bounded=True)
+        try:
+            await store.put("k", "fp", b"v", 0)
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                with pytest.raises(StoreTimeout):
+                    await store.get("k", None)
+                assert 0.15 < time.monotonic() - started < 0.9
+                with pytest.raises(StoreError, match="timed out"):
+                    await guarded.get("k", None)
+                assert guarded.is_open
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            assert await store.get("k", None) == {"fp": b"v"}
+        finally:
+            await store.close()
+
+
+async def test_the_deadline_spares_what_was_answered(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    batcher = Batcher(client, deadline=0.1)
+    try:
+        first = await asyncio.gather(*(batcher.call("ECHO", str(i)) for i in range(20)))
+        await asyncio.sleep(0.3)  # the watchdog has run past every deadline by now
+        second = await batcher.call("ECHO", "after")
+        assert first == [str(i).encode() for i in range(20)] and second == b"after"
+    finally:
+        await batcher.close()
+        await client.aclose()

@@ -33,16 +33,18 @@ def parse_size(text: str) -> int:
     return int(number) * _UNITS[unit and unit.upper()]
 
 
-async def open_store(url: str, invalidations: str = "") -> Store:
+async def open_store(url: str, invalidations: str = "", deadline: float | None = None) -> Store:
     """The store for a `--store` URL; a Redis that is down now does not stop the proxy starting.
 
-    `invalidations` names the pub/sub channel Redis writes announce themselves on (near-caches).
+    `invalidations` names the pub/sub channel Redis writes announce themselves on (near-caches);
+    `deadline` bounds each Redis call (see RedisStore).
     """
     parts = urlsplit(url)
     if parts.scheme == "memory":
         return _open_memory(parts)
     if parts.scheme in ("redis", "rediss"):
-        return RedisStore(await _open_redis(parts), invalidations=invalidations)
+        client = await _open_redis(parts)
+        return RedisStore(client, invalidations=invalidations, deadline=deadline)
     raise ValueError(
         f"--store: unsupported URL scheme {parts.scheme!r}; use memory://, redis:// or rediss://"
     )

@@ -18,6 +18,10 @@ class StoreError(Exception):
     """The backend failed; callers fail open and count it."""
 
 
+class StoreTimeout(StoreError):
+    """The store did not answer within its deadline: a frozen store, not a failing command."""
+
+
 @dataclass(frozen=True, slots=True)
 class FingerprintSeen:
     """One fingerprint of one model: when it first and last answered, and how often."""

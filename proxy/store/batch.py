@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 from redis.exceptions import NoScriptError
@@ -26,11 +28,16 @@ MAX_BATCH = 256
 
 
 class Batcher:
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, deadline: float | None = None) -> None:
+        """`deadline`: seconds after which a command still unanswered fails with TimeoutError.
+        One watchdog serves every batch in flight, instead of a timer per call."""
         self._client = client
         self._link = Link.of(client)
+        self._deadline = deadline
         self._pending: list[Command] = []
         self._sending: set[asyncio.Task[None]] = set()
+        self._in_flight: deque[tuple[float, list[asyncio.Future[Any]]]] = deque()
+        self._watchdog: asyncio.TimerHandle | None = None
 
     def send(self, *args: Any, **options: Any) -> asyncio.Future[Any]:
         """The future reply to one command, as `client.execute_command` would give it."""
@@ -53,14 +60,19 @@ class Batcher:
 
     def _flush(self) -> None:
         batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+        loop = asyncio.get_running_loop()
         if self._pending:
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop.call_soon(self._flush)
+        if self._deadline is not None:
+            self._in_flight.append((loop.time() + self._deadline, _futures(batch)))
+            if self._watchdog is None:
+                self._watchdog = loop.call_later(self._deadline, self._expire)
         wire = self._link.ready if self._link is not None else None
         if wire is not None:  # the common case: written now, no task
             try:
                 wire.write(batch)
             except Exception as exc:  # a command that cannot be packed, say
-                _fail(batch, exc)
+                _fail(_futures(batch), exc)
             return
         task = asyncio.ensure_future(self._send(batch))
         self._sending.add(task)
@@ -71,7 +83,7 @@ class Batcher:
             try:
                 (await self._link.open()).write(batch)
             except Exception as exc:  # no connection: every caller learns it
-                _fail(batch, exc)
+                _fail(_futures(batch), exc)
             return
         try:
             async with self._client.pipeline(transaction=False) as pipe:
@@ -83,7 +95,7 @@ class Batcher:
                 future.cancel()
             raise
         except Exception as exc:  # the connection failed: every caller learns it
-            _fail(batch, exc)
+            _fail(_futures(batch), exc)
             return
         for (_, _, future), reply in zip(batch, replies, strict=True):
             if future.done():  # its caller gave up (the store deadline)
@@ -93,15 +105,36 @@ class Batcher:
             else:
                 future.set_result(reply)
 
+    def _expire(self) -> None:
+        """Fail the commands past their deadline; wake again when the next batch is due."""
+        self._watchdog = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._in_flight:
+            due, futures = self._in_flight[0]
+            if due > now and not all(f.done() for f in futures):
+                self._watchdog = loop.call_at(due, self._expire)
+                return
+            self._in_flight.popleft()
+            late = [f for f in futures if not f.done()]
+            if late:
+                _fail(late, TimeoutError(f"no reply from Redis within {self._deadline:g}s"))
+
     async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self._link is not None:
             await self._link.close()
 
 
-def _fail(batch: list[Command], exc: Exception) -> None:
-    for _, _, future in batch:
+def _fail(futures: Iterable[asyncio.Future[Any]], exc: Exception) -> None:
+    for future in futures:
         if not future.done():
             future.set_exception(exc)
+
+
+def _futures(batch: list[Command]) -> list[asyncio.Future[Any]]:
+    return [future for _, _, future in batch]
 
 
 @functools.cache

@@ -1,10 +1,10 @@
 """A circuit breaker in front of the store, so that a cache never makes a request fail or hang.
 
-Every call gets a deadline. A call that times out opens the circuit at once (a frozen store
-would otherwise cost every request the full timeout); `threshold` fast failures in a row open it
-too. While open, calls fail immediately, and after `cooldown` seconds one probe call is let
-through: success closes the circuit, failure keeps it open for another cooldown. State changes
-are logged once each.
+Every call gets a deadline: its own timer, or the store's (see `bounded`). A call that times out
+opens the circuit at once (a frozen store would otherwise cost every request the full timeout);
+`threshold` fast failures in a row open it too. While open, calls fail immediately, and after
+`cooldown` seconds one probe call is let through: success closes the circuit, failure keeps it open
+for another cooldown. State changes are logged once each.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from proxy.store.base import (
     Selector,
     Store,
     StoreError,
+    StoreTimeout,
     Usage,
 )
 
@@ -44,13 +45,17 @@ class GuardedStore:
         threshold: int = 3,
         cooldown: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        bounded: bool = False,
     ) -> None:
+        """`bounded`: the inner store already fails its calls with StoreTimeout after `timeout`
+        (RedisStore with that deadline, one watchdog per batch), so no timer per call here."""
         self.inner = inner
         self.shared = inner.shared
         self._timeout = timeout
         self._threshold = threshold
         self._cooldown = cooldown
         self._clock = clock
+        self._bounded = bounded
         self._failures = 0
         self._open_until: float | None = None
         self._probing = False
@@ -72,9 +77,12 @@ class GuardedStore:
     async def _call(self, op: str, run: Callable[[], Awaitable[T]]) -> T:
         probe = self._admit(op)
         try:
-            async with asyncio.timeout(self._timeout):
+            if self._bounded:
                 result = await run()
-        except TimeoutError:
+            else:
+                async with asyncio.timeout(self._timeout):
+                    result = await run()
+        except (TimeoutError, StoreTimeout):
             self._fail(f"{op} timed out after {self._timeout:g}s", at_once=True)
             raise StoreError(self.last_error) from None
         except StoreError as exc:

@@ -17,6 +17,7 @@ collide with `model`, `current` or `seen`.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -35,6 +36,7 @@ from proxy.store.base import (
     Observation,
     Selector,
     StoreError,
+    StoreTimeout,
     Usage,
 )
 from proxy.store.batch import Batcher, replies
@@ -104,6 +106,8 @@ def _mapped(operation: str) -> Iterator[None]:
     """The one boundary where redis-py's errors become StoreError; values never reach the text."""
     try:
         yield
+    except TimeoutError as exc:  # the deadline (redis-py's own socket timeouts are RedisError)
+        raise StoreTimeout(f"redis {operation} timed out") from exc
     except _FAILURES as exc:
         raise StoreError(f"redis {operation} failed: {type(exc).__name__}") from exc
 
@@ -118,16 +122,21 @@ class RedisStore:
         client: aioredis.Redis | aioredis.RedisCluster,
         prefix: str = "repro:",
         invalidations: str = "",
+        deadline: float | None = None,
     ) -> None:
         """`invalidations`: a pub/sub channel that every write announces itself on, in the same
-        transaction or script as the write, for near-caches in other processes."""
+        transaction or script as the write, for near-caches in other processes.
+
+        `deadline`: seconds within which every call answers or raises StoreTimeout (bounded
+        per batch on the hot path, per call elsewhere); None leaves calls unbounded."""
         # redis-py's annotations mix its sync and async return types; this class maps its
         # errors at one boundary and checks what it reads, so the client is used untyped.
         self._client: Any = cast(Any, client)
         self._prefix = prefix
         # redis-py's asyncio cluster client has no pub/sub: no near-caches to tell there.
         self.invalidations = "" if isinstance(client, aioredis.RedisCluster) else invalidations
-        self._batch = Batcher(self._client)
+        self.deadline = deadline
+        self._batch = Batcher(self._client, deadline)
         self._models_parsed: LRU[frozenset[Any], ModelFingerprints] = LRU(_MODELS_REMEMBERED)
 
     async def get(self, key: str, fingerprints: Sequence[str] | None) -> dict[str, bytes]:
@@ -185,7 +194,10 @@ class RedisStore:
 
     async def delete(self, key: str) -> None:
         with _mapped("delete"):
-            async with self._client.pipeline(transaction=True) as pipe:
+            async with (
+                asyncio.timeout(self.deadline),
+                self._client.pipeline(transaction=True) as pipe,
+            ):
                 pipe.delete(self._entry(key))
                 self._announce(pipe, ENTRY_CHANGED + key)
                 await pipe.execute()
@@ -322,11 +334,13 @@ class RedisStore:
     async def all_fingerprints(self) -> dict[str, ModelFingerprints]:
         """The index, then every model's hash in one pipeline (split per node on a cluster)."""
         with _mapped("all_fingerprints"):
-            models = sorted(_text(name) for name in await self._client.smembers(self._models()))
-            async with self._client.pipeline(transaction=False) as pipe:
-                for model in models:
-                    pipe.hgetall(self._model(model))
-                states = await pipe.execute()
+            async with asyncio.timeout(self.deadline):
+                names = await self._client.smembers(self._models())
+                models = sorted(_text(name) for name in names)
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for model in models:
+                        pipe.hgetall(self._model(model))
+                    states = await pipe.execute()
         parsed = {model: _parse_model(state) for model, state in zip(models, states, strict=True)}
         return {model: state for model, state in parsed.items() if state is not None}
 
@@ -334,7 +348,10 @@ class RedisStore:
         """First writer wins; everyone then reads the winner's secret."""
         name = f"{self._prefix}secret"
         with _mapped("secret"):
-            async with self._client.pipeline(transaction=True) as pipe:
+            async with (
+                asyncio.timeout(self.deadline),
+                self._client.pipeline(transaction=True) as pipe,
+            ):
                 pipe.set(name, candidate, nx=True)
                 pipe.get(name)
                 _, stored = await pipe.execute()
