@@ -138,6 +138,7 @@ class RedisStore:
         self.deadline = deadline
         self._batch = Batcher(self._client, deadline)
         self._models_parsed: LRU[frozenset[Any], ModelFingerprints] = LRU(_MODELS_REMEMBERED)
+        self._model_keys: LRU[str, str] = LRU(_MODELS_REMEMBERED)
 
     async def get(self, key: str, fingerprints: Sequence[str] | None) -> dict[str, bytes]:
         if fingerprints is not None and not fingerprints:
@@ -388,8 +389,13 @@ class RedisStore:
         return f"{self._prefix}l:{{{key}}}"
 
     def _model(self, model: str) -> str:
-        digest = hashlib.sha1(model.encode(), usedforsecurity=False).hexdigest()
-        return f"{self._prefix}fp:{{{digest}}}"
+        """Every lookup names its model's key; a handful of models make nearly all traffic."""
+        name = self._model_keys.get(model)
+        if name is None:
+            digest = hashlib.sha1(model.encode(), usedforsecurity=False).hexdigest()
+            name = f"{self._prefix}fp:{{{digest}}}"
+            self._model_keys.put(model, name)
+        return name
 
     def _models(self) -> str:
         return f"{self._prefix}models"
