@@ -11,7 +11,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from redis.asyncio import Redis, RedisCluster
@@ -26,6 +26,7 @@ from proxy.store.base import (
     Usage,
 )
 from proxy.store.memory import ENTRY_OVERHEAD
+from proxy.store.redis import RedisStore
 from tests.fixtures_redis import RedisClusterNodes, running_redis
 
 Elapse = Callable[[float], Awaitable[None]]
@@ -383,6 +384,24 @@ class TestRedisStore(RedisContract):
         with pytest.raises(StoreError):
             await store.ping()
         await store.close()
+
+    async def test_a_name_scan_returns_twice_counts_once(self, store: Store) -> None:
+        """SCAN may return a key twice while Redis grows its table: a purge, an export and the
+        stats must each see every entry once."""
+        assert isinstance(store, RedisStore)
+        for n in range(3):
+            await store.put(f"k{n}", "fp", b"v", 0, Labels("ns", "m"))
+        scan = store._client.scan_iter
+
+        async def twice(**options: Any) -> AsyncIterator[bytes]:
+            async for name in scan(**options):
+                yield name
+                yield name
+
+        store._client.scan_iter = twice
+        assert (await store.usage()).entries == 3
+        assert len([item async for item in store.entries(Selector())]) == 3
+        assert await store.purge(Selector(namespace="ns"), dry_run=True) == 3
 
     async def test_store_error_when_the_server_is_gone(self, tmp_path: Path) -> None:
         with running_redis(tmp_path) as server:

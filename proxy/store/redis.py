@@ -229,13 +229,7 @@ class RedisStore:
         """SCAN in batches (every node of a cluster), reading labels and field names only."""
         matched = 0
         with _mapped("purge"):
-            batch: list[bytes] = []
-            async for name in self._client.scan_iter(match=self._entry("*"), count=_SCAN_BATCH):
-                batch.append(name)
-                if len(batch) >= _SCAN_BATCH:
-                    matched += await self._purge_batch(batch, selector, dry_run)
-                    batch = []
-            if batch:
+            async for batch in self._scanned():
                 matched += await self._purge_batch(batch, selector, dry_run)
             if self.invalidations and not dry_run:
                 await self._client.publish(self.invalidations, EVERYTHING_CHANGED)
@@ -270,15 +264,25 @@ class RedisStore:
 
     async def entries(self, selector: Selector) -> AsyncIterator[tuple[str, str, bytes]]:
         with _mapped("entries"):
-            batch: list[bytes] = []
-            async for name in self._client.scan_iter(match=self._entry("*"), count=_SCAN_BATCH):
-                batch.append(name)
-                if len(batch) >= _SCAN_BATCH:
-                    for item in await self._read_batch(batch, selector):
-                        yield item
-                    batch = []
-            for item in await self._read_batch(batch, selector):
-                yield item
+            async for batch in self._scanned():
+                for item in await self._read_batch(batch, selector):
+                    yield item
+
+    async def _scanned(self) -> AsyncIterator[list[bytes]]:
+        """Every entry's name once, in batches. SCAN may return a name twice (while Redis grows
+        its table), which would count or export an entry twice: names are deduplicated here."""
+        seen: set[bytes] = set()
+        batch: list[bytes] = []
+        async for name in self._client.scan_iter(match=self._entry("*"), count=_SCAN_BATCH):
+            if name in seen:
+                continue
+            seen.add(name)
+            batch.append(name)
+            if len(batch) >= _SCAN_BATCH:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
 
     async def _read_batch(
         self, names: list[bytes], selector: Selector
@@ -303,11 +307,7 @@ class RedisStore:
         """Entries by SCAN, bytes as Redis accounts them (MEMORY USAGE), in batches."""
         entries = size = 0
         with _mapped("usage"):
-            names = [
-                n async for n in self._client.scan_iter(match=self._entry("*"), count=_SCAN_BATCH)
-            ]
-            for start in range(0, len(names), _SCAN_BATCH):
-                chunk = names[start : start + _SCAN_BATCH]
+            async for chunk in self._scanned():
                 async with self._client.pipeline(transaction=False) as pipe:
                     for name in chunk:
                         pipe.hlen(name)
