@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from proxy.store.batch import Batcher
+from proxy.store.near import NearCache
+from proxy.store.redis import RedisStore
 from proxy.store.resp import Link
 from tests.fixtures_redis import running_redis
 
@@ -94,3 +97,54 @@ def test_only_plain_tcp_standalone_clients_get_a_link(tmp_path: Path) -> None:
     assert Link.of(Redis.from_url("redis://127.0.0.1:6379/0")) is not None
     assert Link.of(Redis.from_url("rediss://127.0.0.1:6379/0")) is None
     assert Link.of(Redis(unix_socket_path=str(tmp_path / "redis.sock"))) is None
+
+
+async def test_a_subscription_hears_messages_and_raises_when_cut(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    link = Link.of(client)
+    assert link is not None
+    heard: list[bytes] = []
+    ready = asyncio.Event()
+    listening = asyncio.ensure_future(link.listen("chan", ready.set, heard.append))
+    try:
+        await asyncio.wait_for(ready.wait(), timeout=5)
+        await client.publish("other", "not for us")
+        await client.publish("chan", "one")
+        await client.publish("chan", b"two\x00bytes")
+        for _ in range(50):
+            if len(heard) == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert heard == [b"one", b"two\x00bytes"]
+        assert await client.client_kill_filter(_type="pubsub") == 1
+        with pytest.raises(RedisConnectionError, match="subscription lost"):
+            await asyncio.wait_for(listening, timeout=5)
+    finally:
+        listening.cancel()
+        await client.aclose()
+
+
+async def test_the_near_cache_forgets_on_a_lost_subscription_and_comes_back(
+    redis_url: str,
+) -> None:
+    client = Redis.from_url(redis_url)
+    store = RedisStore(Redis.from_url(redis_url), invalidations="near-test")
+    near = NearCache(store, store, 1 << 20)
+    running = asyncio.ensure_future(near.run())
+
+    async def until(check: Callable[[], bool]) -> bool:
+        for _ in range(150):
+            if check():
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
+    try:
+        assert await until(lambda: near.live)
+        assert await client.client_kill_filter(_type="pubsub") == 1
+        assert await until(lambda: not near.live)  # memory is not trusted without the feed
+        assert await until(lambda: near.live)  # resubscribed after RESUBSCRIBE_AFTER
+    finally:
+        running.cancel()
+        await store.close()
+        await client.aclose()

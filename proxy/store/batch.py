@@ -48,6 +48,11 @@ class Batcher:
         self._pending.append((args, options, future))
         return future
 
+    @property
+    def link(self) -> Link | None:
+        """The lean connection's factory, when the client allows one (see resp.Link.of)."""
+        return self._link
+
     async def call(self, *args: Any, **options: Any) -> Any:
         return await self.send(*args, **options)
 

@@ -211,6 +211,11 @@ class RedisStore:
         self, channel: str, subscribed: Callable[[], None], message: Callable[[str], None]
     ) -> None:
         """Deliver `channel`'s messages until the connection fails (then raise)."""
+        link = self._batch.link
+        if link is not None:
+            with _mapped("listen"):
+                await link.listen(channel, subscribed, lambda data: message(_text(data)))
+            return
         pubsub = self._client.pubsub()
         try:
             await pubsub.subscribe(channel)

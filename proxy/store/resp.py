@@ -221,6 +221,27 @@ class Link:
         self._wire = wire
         return wire
 
+    async def listen(
+        self, channel: str, subscribed: Callable[[], None], message: Callable[[bytes], None]
+    ) -> None:
+        """Deliver `channel`'s messages on a connection of their own until it fails, then raise.
+
+        redis-py's PubSub parses every message through its whole client stack; a near-cache
+        hears one per write anywhere, its own included, so this path is kept as lean as `Wire`.
+        """
+        loop = asyncio.get_running_loop()
+        listener = _Listener(channel, subscribed, message)
+        async with asyncio.timeout(self._connect_timeout):
+            transport, _ = await loop.create_connection(lambda: listener, self._host, self._port)
+        try:
+            subscribe: tuple[Any, ...] = ("SUBSCRIBE", channel)
+            commands = [*self._hello, subscribe]
+            transport.write(b"".join([hiredis.pack_command(args) for args in commands]))
+            await listener.lost
+        finally:
+            transport.close()
+        raise RedisConnectionError(f"Redis subscription lost: {listener.why}")
+
     async def close(self) -> None:
         if self._opening is not None:
             self._opening.cancel()
@@ -235,3 +256,44 @@ def _retrieved(future: asyncio.Future[Any]) -> None:
     """A connect that failed after its callers gave up is not an unhandled error."""
     if not future.cancelled():
         future.exception()
+
+
+class _Listener(asyncio.Protocol):
+    """A connection in subscribe mode: messages and the subscription's confirmation."""
+
+    def __init__(
+        self, channel: str, subscribed: Callable[[], None], message: Callable[[bytes], None]
+    ) -> None:
+        self._channel = channel.encode()
+        self._subscribed = subscribed
+        self._message = message
+        self._reader = hiredis.Reader(replyError=_ReplyError)
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.why = "closed by Redis"
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        try:
+            while (reply := self._reader.gets()) is not False:
+                if isinstance(reply, _ReplyError):  # AUTH or SUBSCRIBE refused
+                    raise reply
+                if not isinstance(reply, list) or len(reply) != 3 or reply[1] != self._channel:
+                    continue  # the greeting's +OK replies
+                if reply[0] == b"message":
+                    self._message(reply[2])
+                elif reply[0] == b"subscribe":
+                    self._subscribed()
+        except Exception as exc:
+            self.why = f"{type(exc).__name__}: {exc}"
+            if self._transport is not None:
+                self._transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            self.why = type(exc).__name__
+        if not self.lost.done():
+            self.lost.set_result(None)
