@@ -275,9 +275,7 @@ def _json_object(data: bytes) -> dict[str, Any] | None:
 
 
 def observe_upstream(services: Services, route: str, status: int, started: float) -> None:
-    services.metrics.upstream_duration.labels(route, str(status)).observe(
-        max(0.0, services.clock() - started)
-    )
+    services.metrics.upstream_answered(route, status, max(0.0, services.clock() - started))
 
 
 async def observe_fingerprint(services: Services, model: str, fingerprint: str) -> None:

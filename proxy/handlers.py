@@ -143,8 +143,10 @@ def count_miss(services: Services, call: Call) -> None:
 
 async def read_limited(request: web.Request, limit: int) -> bytes:
     """The whole body, refused as soon as it is known to exceed `limit`."""
-    if request.content_length is not None and request.content_length > limit:
-        raise RequestTooLarge(_too_large(limit))
+    if request.content_length is not None:
+        if request.content_length > limit:
+            raise RequestTooLarge(_too_large(limit))
+        return await request.read()  # the parser stops at the declared length
     body = bytearray()
     async for chunk in request.content.iter_any():
         body += chunk

@@ -56,6 +56,7 @@ class Metrics:
         self._models: set[str] = set()
         self._fingerprints: dict[str, str] = {}
         self._served: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        self._upstream: dict[tuple[str, int], Histogram] = {}
         self._per_model: dict[str, ModelCounters] = {}
         self.requests = Counter(
             "repro_requests_total",
@@ -142,6 +143,15 @@ class Metrics:
             )
         children[0].inc()
         children[1].observe(took)
+
+    def upstream_answered(self, route: str, status: int, took: float) -> None:
+        """Time one upstream answer to its headers; a child per (route, status), as `served`."""
+        child = self._upstream.get((route, status))
+        if child is None:
+            child = self._upstream[route, status] = self.upstream_duration.labels(
+                route, str(status)
+            )
+        child.observe(took)
 
     def exposition(self) -> bytes:
         """The text format: this process's metrics, or every worker's when there are several."""
