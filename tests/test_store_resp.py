@@ -19,8 +19,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from proxy.store.batch import Batcher
 from proxy.store.near import NearCache
 from proxy.store.redis import RedisStore
-from proxy.store.resp import Link
-from tests.fixtures_redis import running_redis
+from proxy.store.resp import Link, Wire
+from tests.fixtures_redis import RedisServer, running_redis
 
 
 async def test_credentials_and_database_come_from_the_url(tmp_path: Path) -> None:
@@ -148,3 +148,24 @@ async def test_the_near_cache_forgets_on_a_lost_subscription_and_comes_back(
         running.cancel()
         await store.close()
         await client.aclose()
+
+
+async def test_a_reply_that_cannot_be_shaped_fails_only_its_caller(
+    redis_server: RedisServer,
+) -> None:
+    def broken(reply: object) -> object:
+        raise ValueError("cannot shape")
+
+    loop = asyncio.get_running_loop()
+    _, wire = await loop.create_connection(
+        lambda: Wire(1.0, {"ECHO": broken}), "127.0.0.1", redis_server.port
+    )
+    try:
+        shaped, plain = loop.create_future(), loop.create_future()
+        wire.write([(("ECHO", "a"), {}, shaped), (("PING",), {}, plain)])
+        with pytest.raises(ValueError, match="cannot shape"):
+            await shaped
+        assert await plain == b"PONG"  # no callback for PING here: the raw reply
+    finally:
+        assert wire.transport is not None
+        wire.transport.close()

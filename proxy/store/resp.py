@@ -107,8 +107,11 @@ class Wire(asyncio.Protocol):
                     continue
                 if isinstance(reply, _ReplyError):
                     future.set_exception(_error(str(reply)))
-                else:
+                    continue
+                try:
                     future.set_result(shape(reply) if shape is not None else reply)
+                except Exception as exc:  # a reply redis-py's callback cannot shape
+                    future.set_exception(exc)
         except Exception as exc:  # a corrupt stream or a reply nobody asked for: start over
             self._abort(exc)
 
