@@ -11,13 +11,16 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import redis
+from redis.asyncio import Redis as AsyncRedis
+
+from proxy.store.batch import Batcher
 
 _START_TIMEOUT = 10.0
 
@@ -144,6 +147,16 @@ def redis_url(redis_server: RedisServer) -> str:
     """The session server's URL, emptied for this test."""
     redis_server.flushall()
     return redis_server.url
+
+
+@pytest.fixture
+async def batched(redis_url: str) -> AsyncIterator[tuple[AsyncRedis, Batcher]]:
+    """A redis-py client on the emptied session server and a Batcher over it, closed after."""
+    client = AsyncRedis.from_url(redis_url)
+    batcher = Batcher(client)
+    yield client, batcher
+    await batcher.close()
+    await client.aclose()
 
 
 @pytest.fixture(scope="session")

@@ -42,49 +42,34 @@ async def test_concurrent_commands_share_one_pipeline_and_each_gets_its_reply(
         await client.aclose()
 
 
-async def test_a_failing_command_fails_only_its_caller(redis_url: str) -> None:
-    client = Redis.from_url(redis_url)
-    batcher = Batcher(client)
-    try:
-        await client.set("plain", "x")
-        wrong, right = batcher.send("HGETALL", "plain"), batcher.send("GET", "plain")
-        with pytest.raises(ResponseError, match="WRONGTYPE"):
-            await wrong
-        assert await right == b"x"
-    finally:
-        await batcher.close()
-        await client.aclose()
+async def test_a_failing_command_fails_only_its_caller(batched: tuple[Redis, Batcher]) -> None:
+    client, batcher = batched
+    await client.set("plain", "x")
+    wrong, right = batcher.send("HGETALL", "plain"), batcher.send("GET", "plain")
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await wrong
+    assert await right == b"x"
 
 
-async def test_replies_drops_the_others_when_one_fails(redis_url: str) -> None:
+async def test_replies_drops_the_others_when_one_fails(batched: tuple[Redis, Batcher]) -> None:
     """A pending reply is cancelled; a failed one is marked retrieved, so asyncio never logs
     "exception was never retrieved" for it."""
-    client = Redis.from_url(redis_url)
-    batcher = Batcher(client)
-    try:
-        await client.set("plain", "x")
-        wrong, failed_too = batcher.send("HGETALL", "plain"), batcher.send("HGETALL", "plain")
-        pending: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        with pytest.raises(ResponseError):
-            await replies(wrong, failed_too, pending)
-        assert pending.cancelled()
-        # asyncio's own flag behind that log line (Future.__del__ reads it)
-        assert failed_too.done() and failed_too._log_traceback is False
-    finally:
-        await batcher.close()
-        await client.aclose()
+    client, batcher = batched
+    await client.set("plain", "x")
+    wrong, failed_too = batcher.send("HGETALL", "plain"), batcher.send("HGETALL", "plain")
+    pending: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    with pytest.raises(ResponseError):
+        await replies(wrong, failed_too, pending)
+    assert pending.cancelled()
+    # asyncio's own flag behind that log line (Future.__del__ reads it)
+    assert failed_too.done() and failed_too._log_traceback is False
 
 
-async def test_more_than_a_batch_is_sent_in_several(redis_url: str) -> None:
-    client = Redis.from_url(redis_url)
-    batcher = Batcher(client)
-    try:
-        count = MAX_BATCH * 2 + 3
-        got = await asyncio.gather(*(batcher.call("ECHO", str(i)) for i in range(count)))
-        assert got == [str(i).encode() for i in range(count)]
-    finally:
-        await batcher.close()
-        await client.aclose()
+async def test_more_than_a_batch_is_sent_in_several(batched: tuple[Redis, Batcher]) -> None:
+    _, batcher = batched
+    count = MAX_BATCH * 2 + 3
+    got = await asyncio.gather(*(batcher.call("ECHO", str(i)) for i in range(count)))
+    assert got == [str(i).encode() for i in range(count)]
 
 
 async def test_a_broken_connection_fails_every_caller_of_the_batch() -> None:

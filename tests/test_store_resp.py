@@ -42,18 +42,13 @@ async def test_credentials_and_database_come_from_the_url(tmp_path: Path) -> Non
             await client.aclose()
 
 
-async def test_replies_stay_in_order_when_a_caller_leaves(redis_url: str) -> None:
-    client = Redis.from_url(redis_url)
-    batcher = Batcher(client)
-    try:
-        await client.mset({"a": "1", "b": "2", "c": "3"})
-        first, gone, last = (batcher.send("GET", name) for name in "abc")
-        gone.cancel()
-        assert (await first, await last) == (b"1", b"3")
-        assert await batcher.call("HGETALL", "missing") == {}
-    finally:
-        await batcher.close()
-        await client.aclose()
+async def test_replies_stay_in_order_when_a_caller_leaves(batched: tuple[Redis, Batcher]) -> None:
+    client, batcher = batched
+    await client.mset({"a": "1", "b": "2", "c": "3"})
+    first, gone, last = (batcher.send("GET", name) for name in "abc")
+    gone.cancel()
+    assert (await first, await last) == (b"1", b"3")
+    assert await batcher.call("HGETALL", "missing") == {}
 
 
 async def test_a_silent_server_is_cut_off_and_the_next_batch_connects_again(
@@ -79,18 +74,13 @@ async def test_a_silent_server_is_cut_off_and_the_next_batch_connects_again(
             await client.aclose()
 
 
-async def test_a_dropped_connection_is_replaced(redis_url: str) -> None:
-    client = Redis.from_url(redis_url)
-    batcher = Batcher(client)
-    try:
-        await batcher.call("SET", "k", "v")
-        killed = await client.client_kill_filter(_type="normal", skipme=True)
-        assert killed >= 1  # the batcher's own connection
-        await asyncio.sleep(0.1)  # the close reaches this process
-        assert await batcher.call("GET", "k") == b"v"
-    finally:
-        await batcher.close()
-        await client.aclose()
+async def test_a_dropped_connection_is_replaced(batched: tuple[Redis, Batcher]) -> None:
+    client, batcher = batched
+    await batcher.call("SET", "k", "v")
+    killed = await client.client_kill_filter(_type="normal", skipme=True)
+    assert killed >= 1  # the batcher's own connection
+    await asyncio.sleep(0.1)  # the close reaches this process
+    assert await batcher.call("GET", "k") == b"v"
 
 
 def test_only_plain_tcp_standalone_clients_get_a_link(tmp_path: Path) -> None:
