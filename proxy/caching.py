@@ -23,7 +23,7 @@ from proxy.context import Services
 from proxy.entry import CorruptEntry, Entry, fingerprint_of, usage_of
 from proxy.errors import InvalidParameter
 from proxy.policy import Outcome, Plan
-from proxy.store.base import Labels, StoreError
+from proxy.store.base import Labels, ModelFingerprints, StoreError
 from proxy.store.guard import CircuitOpen
 from proxy.upstream import read_body, request_headers, response_headers
 
@@ -166,6 +166,28 @@ async def lookup(services: Services, call: Call) -> Entry | None:
     except StoreError as exc:
         store_failed(services, "get", exc)
         return None
+    return _servable(services, call, state, blobs)
+
+
+async def lookup_or_lock(services: Services, call: Call, lease: Lease) -> Entry | None:
+    """`lookup` for a leader, taking the store lock in the same round trip when the key holds
+    nothing (`lease.held`). A failing store is a miss, and the leader goes without a lock."""
+    if lease.token is None:
+        return await lookup(services, call)
+    try:
+        state, blobs, lease.held = await services.store.lookup_or_lock(
+            call.key, call.model, lease.token, services.coalescer.timeout
+        )
+    except StoreError as exc:
+        store_failed(services, "get", exc)
+        lease.token = None
+        return None
+    return _servable(services, call, state, blobs)
+
+
+def _servable(
+    services: Services, call: Call, state: ModelFingerprints | None, blobs: dict[str, bytes]
+) -> Entry | None:
     accepted = services.fingerprints.acceptable(call.model, state)
     return choose(services, call, accepted, {fp: blobs[fp] for fp in _allowed(accepted, blobs)})
 
@@ -344,7 +366,7 @@ async def put(services: Services, call: Call, answer: Answer, lease: Lease | Non
         )
         return
     labels = Labels(namespace=call.namespace, model=call.model)
-    unlock = lease.token if lease is not None else None
+    unlock = lease.token if lease is not None and lease.held else None
     try:
         await services.store.put(
             call.key, entry.fingerprint, entry.pack(), services.settings.ttl, labels, unlock
@@ -353,7 +375,7 @@ async def put(services: Services, call: Call, answer: Answer, lease: Lease | Non
         store_failed(services, "put", exc)
         return
     if lease is not None:
-        lease.token = None  # released with the write
+        lease.held = False  # released with the write
 
 
 def store_failed(services: Services, op: str, exc: StoreError) -> None:

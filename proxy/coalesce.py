@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import secrets
 import time
 from collections.abc import Callable
@@ -28,8 +29,9 @@ class Lease:
     """The right to fill one key; released when the upstream answer is stored (or not)."""
 
     key: str
-    token: str | None  # None: no store lock to release (none taken, or the write released it)
+    token: str | None  # the store lock's token; None when no store lock is to be had
     event: asyncio.Event
+    held: bool = False  # the store lock is held now (released by the write, or by `release`)
 
 
 class Coalescer:
@@ -40,39 +42,59 @@ class Coalescer:
         self._timeout = timeout
         self._clock = clock
         self._local: dict[str, asyncio.Event] = {}
+        self._holder = secrets.token_hex(8)  # this process, among the replicas; plus a counter:
+        self._leases = itertools.count()  # every HIT claims, and urandom per claim costs more
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout
 
     @property
     def enabled(self) -> bool:
         return self._timeout > 0
 
-    async def acquire(self, key: str) -> Lease | None:
-        """A lease when this request should fill the key; None after waiting for another one."""
-        local = self._local.get(key)
-        if local is not None:
-            await _wait(local, self._timeout)
+    def claim(self, key: str) -> Lease | None:
+        """Lead the fill of `key` in this process; None when another request here already does.
+        On a shared store the lease must still win the store lock: `Store.lookup_or_lock` takes
+        it with the lookup, else `lock` does."""
+        if key in self._local:
             return None
         event = asyncio.Event()
         self._local[key] = event
-        if not self._store.shared:  # this process is the only one filling: the event suffices
-            return Lease(key, None, event)
-        token = secrets.token_hex(8)
+        token = f"{self._holder}.{next(self._leases):x}" if self._store.shared else None
+        return Lease(key, token, event)
+
+    async def lock(self, lease: Lease) -> bool:
+        """Win the store lock for a claim that does not hold it yet. False after waiting for
+        another replica's leader (or its lock timeout): the claim is then given up."""
+        if lease.token is None or lease.held:
+            return True
         try:
-            taken = await self._store.lock(key, token, self._timeout)
+            lease.held = await self._store.lock(lease.key, lease.token, self._timeout)
         except StoreError:
-            return Lease(key, None, event)
-        if taken:
-            return Lease(key, token, event)
+            lease.token = None
+            return True
+        if lease.held:
+            return True
+        lease.token = None
         try:
-            await self._wait_remote(key)
+            await self._wait_remote(lease.key)
         finally:
-            self._finish(key, event)
-        return None
+            self._finish(lease.key, lease.event)
+        return False
+
+    async def wait(self, key: str) -> None:
+        """Until this process's leader for `key` is done, or the lock timeout."""
+        local = self._local.get(key)
+        if local is not None:
+            await _wait(local, self._timeout)
 
     async def release(self, lease: Lease) -> None:
         """Let the followers look again; the store lock goes only if it is still ours."""
         self._finish(lease.key, lease.event)
-        if lease.token is None:
+        if lease.token is None or not lease.held:
             return
+        lease.held = False
         with contextlib.suppress(StoreError):  # the lock then expires on its own
             await self._store.unlock(lease.key, lease.token)
 

@@ -16,6 +16,7 @@ from proxy.caching import (
     auth_headers,
     forward,
     lookup,
+    lookup_or_lock,
     prepared,
     repro_headers,
     serve_hit,
@@ -50,11 +51,11 @@ async def answer(services: Services, request: web.Request, call: Call) -> web.St
     services.prober.requested(call.model, call.route)
     if not call.plan.lookup:
         return await go_upstream(services, request, call)
+    if coalesces(services, call):
+        return await fill(services, request, call)
     entry = await lookup(services, call)
     if entry is not None:
         return await serve_if_trusted(services, request, call, entry)
-    if coalesces(services, call):
-        return await fill(services, request, call)
     return await go_upstream(services, request, call)
 
 
@@ -87,20 +88,34 @@ async def key_accepted(services: Services, request: web.Request, call: Call) -> 
 
 
 async def fill(services: Services, request: web.Request, call: Call) -> web.StreamResponse:
-    """Lead the upstream call for this key, or wait for the leader and look again."""
-    lease = await services.coalescer.acquire(call.key)
-    if lease is None:
+    """Look up; on a miss, lead the upstream call for this key, or wait for its leader and look
+    again. A leader's lookup takes the store lock in the same round trip."""
+    coalescer = services.coalescer
+    lease = coalescer.claim(call.key)
+    if lease is None:  # another request of this process leads
         entry = await lookup(services, call)
-        if entry is not None:
-            return await serve_if_trusted(services, request, call, entry)
-        # The leader failed or is late: answer from the upstream, but leave storing to it.
-        return await go_upstream(
-            services, request, replace(call, plan=replace(call.plan, store=False))
-        )
+        if entry is None:
+            await coalescer.wait(call.key)
+            return await after_leader(services, request, call)
+        return await serve_if_trusted(services, request, call, entry)
     try:
-        return await go_upstream(services, request, call, lease)
+        entry = await lookup_or_lock(services, call, lease)
+        if entry is None and await coalescer.lock(lease):
+            return await go_upstream(services, request, call, lease)
     finally:
-        await services.coalescer.release(lease)
+        await coalescer.release(lease)
+    if entry is not None:
+        return await serve_if_trusted(services, request, call, entry)
+    return await after_leader(services, request, call)  # another replica led
+
+
+async def after_leader(services: Services, request: web.Request, call: Call) -> web.StreamResponse:
+    """Look again once the leader is done; if it failed or is late, answer from the upstream
+    but leave storing to it."""
+    entry = await lookup(services, call)
+    if entry is not None:
+        return await serve_if_trusted(services, request, call, entry)
+    return await go_upstream(services, request, replace(call, plan=replace(call.plan, store=False)))
 
 
 async def go_upstream(

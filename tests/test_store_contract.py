@@ -166,6 +166,17 @@ class StoreContract:
         assert not await store.locked("k")
         assert await store.lock("k", "other", 30)
 
+    async def test_lookup_or_lock_takes_the_lock_only_for_an_empty_key(self, store: Store) -> None:
+        await store.observe_fingerprint("m", "fp", 1.0)
+        state, found, locked = await store.lookup_or_lock("k", "m", "leader", 30)
+        assert state is not None and state.current == "fp"
+        assert (found, locked) == ({}, True)
+        assert await store.locked("k")
+        assert (await store.lookup_or_lock("k", "m", "other", 30))[1:] == ({}, False)
+        await store.put("k", "fp", b"v", 0, unlock="leader")
+        assert (await store.lookup_or_lock("k", "m", "other", 30))[1:] == ({"fp": b"v"}, False)
+        assert not await store.locked("k")
+
     async def test_a_write_releases_only_its_own_lock(self, store: Store) -> None:
         assert await store.lock("k", "leader", 30)
         await store.put("k", "fp", b"v", 0, unlock="someone else")

@@ -107,6 +107,12 @@ class Store(Protocol):
         """The model's fingerprint state and every value under `key`, in one round trip: what
         a HIT under `follow` needs, without waiting for one answer before asking the other."""
 
+    async def lookup_or_lock(
+        self, key: str, model: str, token: str, ttl: float
+    ) -> tuple[ModelFingerprints | None, dict[str, bytes], bool]:
+        """`lookup`, and the fill lock of `key` taken for `token` in the same step when `key`
+        holds nothing (True if taken): a leader's miss costs one round trip, not two."""
+
     async def put(
         self,
         key: str,

@@ -156,8 +156,13 @@ async def replies(*futures: asyncio.Future[Any]) -> list[Any]:
         return [await future for future in futures]
     except BaseException:
         for future in futures:
-            if not future.done():
-                future.cancel()
-            elif not future.cancelled():
-                future.exception()  # retrieved: asyncio need not log it
+            dropped(future)
         raise
+
+
+def dropped(future: asyncio.Future[Any]) -> None:
+    """Forget a sent command's reply: cancelled if pending, its failure marked as seen."""
+    if not future.done():
+        future.cancel()
+    elif not future.cancelled():
+        future.exception()  # retrieved: asyncio need not log it

@@ -82,6 +82,12 @@ class EncryptedStore:
         state, found = await self.inner.lookup(key, model)
         return state, self._open_all(key, found)
 
+    async def lookup_or_lock(
+        self, key: str, model: str, token: str, ttl: float
+    ) -> tuple[ModelFingerprints | None, dict[str, bytes], bool]:
+        state, found, locked = await self.inner.lookup_or_lock(key, model, token, ttl)
+        return state, self._open_all(key, found), locked
+
     async def put(
         self,
         key: str,

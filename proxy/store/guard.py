@@ -128,6 +128,11 @@ class GuardedStore:
     ) -> tuple[ModelFingerprints | None, dict[str, bytes]]:
         return await self._call("get", lambda: self.inner.lookup(key, model))
 
+    async def lookup_or_lock(
+        self, key: str, model: str, token: str, ttl: float
+    ) -> tuple[ModelFingerprints | None, dict[str, bytes], bool]:
+        return await self._call("get", lambda: self.inner.lookup_or_lock(key, model, token, ttl))
+
     async def put(
         self,
         key: str,

@@ -81,6 +81,12 @@ class MemoryStore:
     ) -> tuple[ModelFingerprints | None, dict[str, bytes]]:
         return await self.fingerprints(model), await self.get(key, None)
 
+    async def lookup_or_lock(
+        self, key: str, model: str, token: str, ttl: float
+    ) -> tuple[ModelFingerprints | None, dict[str, bytes], bool]:
+        state, found = await self.lookup(key, model)
+        return state, found, not found and await self.lock(key, token, ttl)
+
     async def put(
         self,
         key: str,

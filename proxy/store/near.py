@@ -110,6 +110,22 @@ class NearCache:
             self._remember(key, dict(values))
         return state, values
 
+    async def lookup_or_lock(
+        self, key: str, model: str, token: str, ttl: float
+    ) -> tuple[ModelFingerprints | None, dict[str, bytes], bool]:
+        """From memory when it holds the answer (no lock needed: it is stored); else Redis."""
+        if self.live:
+            values, state = self._entries.get(key), self._states.get(model)
+            if values is not None and state is not None:
+                self._entries.move_to_end(key)
+                return state, dict(values), False
+        generation = self._generation
+        state, values, locked = await self.inner.lookup_or_lock(key, model, token, ttl)
+        if self.live and generation == self._generation and state is not None and values:
+            self._states[model] = state
+            self._remember(key, dict(values))
+        return state, values, locked
+
     # Writes announce themselves through Redis, in their own transaction or script (see
     # RedisStore); this process also drops its copy at once, before its own echo arrives.
 

@@ -39,7 +39,7 @@ from proxy.store.base import (
     StoreTimeout,
     Usage,
 )
-from proxy.store.batch import Batcher, replies
+from proxy.store.batch import Batcher, dropped, replies
 
 _FAILURES = (RedisError, RedisClusterException, OSError)
 """What redis-py raises; OSError covers builtin (and asyncio) TimeoutError too."""
@@ -92,6 +92,16 @@ else redis.call('PERSIST', KEYS[1]) end
 if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[6], ARGV[7]) end
 if ARGV[8] ~= '' and redis.call('GET', KEYS[2]) == ARGV[8] then redis.call('DEL', KEYS[2]) end
 return 1
+"""
+
+# KEYS = an entry hash, its fill lock; ARGV = token, ttl in ms. The entry's fields, and 1 if the
+# lock was taken for the token because the entry holds nothing (else 0).
+_LOOKUP_OR_LOCK = """
+local found = redis.call('HGETALL', KEYS[1])
+if #found == 0 and redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {found, 1}
+end
+return {found, 0}
 """
 
 # KEYS[1] = a fill lock; ARGV[1] = the holder's token. Deletes only the caller's own lock.
@@ -164,6 +174,24 @@ class RedisStore:
             )
         named = ((_text(fp), value) for fp, value in found.items())
         return self._parsed_model(state), {fp: _bytes(v) for fp, v in named if fp != _LABELS}
+
+    async def lookup_or_lock(
+        self, key: str, model: str, token: str, ttl: float
+    ) -> tuple[ModelFingerprints | None, dict[str, bytes], bool]:
+        """As `lookup`, with the entry read by a script that also takes the lock when it is
+        empty (the entry and its lock share a hash tag: one slot on a cluster)."""
+        keys, args = [self._entry(key), self._lock(key)], [token, max(1, int(ttl * 1000))]
+        with _mapped("lookup"):
+            state_reply = self._batch.send("HGETALL", self._model(model))
+            try:  # the script's command joins the same batch: it is sent before any await
+                flat, locked = await self._batch.script(_LOOKUP_OR_LOCK, keys, args)
+            except BaseException:
+                dropped(state_reply)
+                raise
+            state = await state_reply
+        pairs = zip(flat[::2], flat[1::2], strict=True)
+        found = {_text(fp): _bytes(v) for fp, v in pairs if _text(fp) != _LABELS}
+        return self._parsed_model(state), found, bool(locked)
 
     def _parsed_model(self, state: Mapping[bytes | str, bytes | str]) -> ModelFingerprints | None:
         """`_parse_model`, remembered: every HIT reads the model's state, which rarely changes."""
