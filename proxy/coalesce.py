@@ -2,11 +2,11 @@
 
 The first request for a key leads: it holds a local event, and on a shared store the store's fill
 lock (so leaders in other replicas sharing Redis are excluded too), while it calls the upstream and
-stores the answer; the write itself releases the lock. Followers wait, in-process on the event or
-across replicas by polling the lock, then look the key up again and usually HIT. A leader that dies
-or outlives the lock timeout lets the followers go: they then call the upstream themselves, so
-nothing ever deadlocks. A store that fails makes everyone a leader: coalescing is an optimisation,
-never a dependency.
+stores the answer; the leader's lookup takes the lock, and its write releases it. Followers wait,
+in-process on the event or across replicas by polling the lock, then look the key up again and
+usually HIT. A leader that dies or outlives the lock timeout lets the followers go: they then call
+the upstream themselves, so nothing ever deadlocks. A store that fails makes everyone a leader:
+coalescing is an optimisation, never a dependency.
 """
 
 from __future__ import annotations
@@ -42,8 +42,10 @@ class Coalescer:
         self._timeout = timeout
         self._clock = clock
         self._local: dict[str, asyncio.Event] = {}
-        self._holder = secrets.token_hex(8)  # this process, among the replicas; plus a counter:
-        self._leases = itertools.count()  # every HIT claims, and urandom per claim costs more
+        # A lock token names its holder among the replicas: this process, then a counter (every
+        # HIT claims a key, and a random token per claim would cost a urandom call each).
+        self._holder = secrets.token_hex(8)
+        self._leases = itertools.count()
 
     @property
     def timeout(self) -> float:
