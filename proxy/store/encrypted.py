@@ -21,11 +21,10 @@ from proxy.store.base import (
     NO_LABELS,
     Labels,
     ModelFingerprints,
-    Observation,
     Selector,
     Store,
-    Usage,
 )
+from proxy.store.wrapper import StoreWrapper
 
 _VERSION = b"\x01"
 _NONCE_BYTES = 12
@@ -45,12 +44,11 @@ def parse_keys(text: str) -> list[bytes]:
     return keys
 
 
-class EncryptedStore:
+class EncryptedStore(StoreWrapper):
     def __init__(self, inner: Store, keys: Sequence[bytes]) -> None:
         if not keys:
             raise ValueError("at least one key is needed")
-        self.inner = inner
-        self.shared = inner.shared
+        super().__init__(inner)
         self._ciphers = [AESGCM(key) for key in keys]
 
     def seal(self, key: str, fingerprint: str, value: bytes) -> bytes:
@@ -100,47 +98,11 @@ class EncryptedStore:
         sealed = self.seal(key, fingerprint, value)
         await self.inner.put(key, fingerprint, sealed, ttl, labels, unlock)
 
-    async def purge(self, selector: Selector, dry_run: bool) -> int:
-        return await self.inner.purge(selector, dry_run)
-
     async def entries(self, selector: Selector) -> AsyncIterator[tuple[str, str, bytes]]:
         async for key, fingerprint, blob in self.inner.entries(selector):
             value = self.open(key, fingerprint, blob)
             if value is not None:
                 yield key, fingerprint, value
-
-    async def usage(self) -> Usage:
-        return await self.inner.usage()
-
-    async def delete(self, key: str) -> None:
-        await self.inner.delete(key)
-
-    async def observe_fingerprint(self, model: str, fingerprint: str, now: float) -> Observation:
-        return await self.inner.observe_fingerprint(model, fingerprint, now)
-
-    async def fingerprints(self, model: str) -> ModelFingerprints | None:
-        return await self.inner.fingerprints(model)
-
-    async def all_fingerprints(self) -> dict[str, ModelFingerprints]:
-        return await self.inner.all_fingerprints()
-
-    async def secret(self, candidate: bytes) -> bytes:
-        return await self.inner.secret(candidate)
-
-    async def lock(self, key: str, token: str, ttl: float) -> bool:
-        return await self.inner.lock(key, token, ttl)
-
-    async def unlock(self, key: str, token: str) -> None:
-        await self.inner.unlock(key, token)
-
-    async def locked(self, key: str) -> bool:
-        return await self.inner.locked(key)
-
-    async def ping(self) -> None:
-        await self.inner.ping()
-
-    async def close(self) -> None:
-        await self.inner.close()
 
 
 def _slot(key: str, fingerprint: str) -> bytes:

@@ -15,28 +15,25 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
 
 from proxy.store.base import (
     NO_LABELS,
     Labels,
     ModelFingerprints,
     Observation,
-    Selector,
     Store,
-    Usage,
 )
 from proxy.store.redis import ENTRY_CHANGED, MODEL_CHANGED, RedisStore
+from proxy.store.wrapper import StoreWrapper
 
 log = logging.getLogger("proxy.store")
 
 RESUBSCRIBE_AFTER = 1.0
 
 
-class NearCache:
+class NearCache(StoreWrapper):
     def __init__(self, inner: Store, bus: RedisStore, max_bytes: int) -> None:
-        self.inner = inner
-        self.shared = inner.shared
+        super().__init__(inner)
         self._bus = bus
         self._max_bytes = max_bytes
         self._entries: OrderedDict[str, dict[str, bytes]] = OrderedDict()
@@ -152,42 +149,6 @@ class NearCache:
         if seen.previous != fingerprint:
             self._invalidate(MODEL_CHANGED + model)
         return seen
-
-    async def purge(self, selector: Selector, dry_run: bool) -> int:
-        return await self.inner.purge(selector, dry_run)
-
-    async def get(self, key: str, fingerprints: Sequence[str] | None) -> dict[str, bytes]:
-        return await self.inner.get(key, fingerprints)
-
-    def entries(self, selector: Selector) -> AsyncIterator[tuple[str, str, bytes]]:
-        return self.inner.entries(selector)
-
-    async def usage(self) -> Usage:
-        return await self.inner.usage()
-
-    async def fingerprints(self, model: str) -> ModelFingerprints | None:
-        return await self.inner.fingerprints(model)
-
-    async def all_fingerprints(self) -> dict[str, ModelFingerprints]:
-        return await self.inner.all_fingerprints()
-
-    async def secret(self, candidate: bytes) -> bytes:
-        return await self.inner.secret(candidate)
-
-    async def lock(self, key: str, token: str, ttl: float) -> bool:
-        return await self.inner.lock(key, token, ttl)
-
-    async def unlock(self, key: str, token: str) -> None:
-        await self.inner.unlock(key, token)
-
-    async def locked(self, key: str) -> bool:
-        return await self.inner.locked(key)
-
-    async def ping(self) -> None:
-        await self.inner.ping()
-
-    async def close(self) -> None:
-        await self.inner.close()
 
 
 def _weight(key: str, values: dict[str, bytes]) -> int:

@@ -1,0 +1,88 @@
+"""A store in front of another: every call passes through unless a subclass changes it.
+
+The encryption and near-cache layers each change a few calls; the rest of the protocol is theirs
+by inheritance, so a call added to the protocol needs one pass-through, here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+from proxy.store.base import (
+    NO_LABELS,
+    Labels,
+    ModelFingerprints,
+    Observation,
+    Selector,
+    Store,
+    Usage,
+)
+
+
+class StoreWrapper:
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.shared = inner.shared
+
+    async def get(self, key: str, fingerprints: Sequence[str] | None) -> dict[str, bytes]:
+        return await self.inner.get(key, fingerprints)
+
+    async def lookup(
+        self, key: str, model: str
+    ) -> tuple[ModelFingerprints | None, dict[str, bytes]]:
+        return await self.inner.lookup(key, model)
+
+    async def lookup_or_lock(
+        self, key: str, model: str, token: str, ttl: float
+    ) -> tuple[ModelFingerprints | None, dict[str, bytes], bool]:
+        return await self.inner.lookup_or_lock(key, model, token, ttl)
+
+    async def put(
+        self,
+        key: str,
+        fingerprint: str,
+        value: bytes,
+        ttl: int,
+        labels: Labels = NO_LABELS,
+        unlock: str | None = None,
+    ) -> None:
+        await self.inner.put(key, fingerprint, value, ttl, labels, unlock)
+
+    async def delete(self, key: str) -> None:
+        await self.inner.delete(key)
+
+    async def purge(self, selector: Selector, dry_run: bool) -> int:
+        return await self.inner.purge(selector, dry_run)
+
+    async def usage(self) -> Usage:
+        return await self.inner.usage()
+
+    def entries(self, selector: Selector) -> AsyncIterator[tuple[str, str, bytes]]:
+        return self.inner.entries(selector)
+
+    async def observe_fingerprint(self, model: str, fingerprint: str, now: float) -> Observation:
+        return await self.inner.observe_fingerprint(model, fingerprint, now)
+
+    async def fingerprints(self, model: str) -> ModelFingerprints | None:
+        return await self.inner.fingerprints(model)
+
+    async def all_fingerprints(self) -> dict[str, ModelFingerprints]:
+        return await self.inner.all_fingerprints()
+
+    async def secret(self, candidate: bytes) -> bytes:
+        return await self.inner.secret(candidate)
+
+    async def lock(self, key: str, token: str, ttl: float) -> bool:
+        return await self.inner.lock(key, token, ttl)
+
+    async def unlock(self, key: str, token: str) -> None:
+        await self.inner.unlock(key, token)
+
+    async def locked(self, key: str) -> bool:
+        return await self.inner.locked(key)
+
+    async def ping(self) -> None:
+        await self.inner.ping()
+
+    async def close(self) -> None:
+        await self.inner.close()
