@@ -104,6 +104,17 @@ class StoreContract:
             ),
         )
 
+    async def test_the_state_read_follows_every_observation(self, store: Store) -> None:
+        await store.observe_fingerprint("m", "fp_a", 1.0)
+        first = await store.fingerprints("m")
+        await store.observe_fingerprint("m", "fp_a", 2.0)
+        await store.observe_fingerprint("m", "fp_b", 3.0)
+        assert first == ModelFingerprints("fp_a", (FingerprintSeen("fp_a", 1.0, 1.0, 1),))
+        assert await store.fingerprints("m") == ModelFingerprints(
+            "fp_b", (FingerprintSeen("fp_a", 1.0, 2.0, 2), FingerprintSeen("fp_b", 3.0, 3.0, 1))
+        )
+        assert (await store.lookup("k", "m"))[0] == await store.fingerprints("m")
+
     async def test_unknown_model_has_no_fingerprints(self, store: Store) -> None:
         assert await store.fingerprints("never") is None
         assert await store.all_fingerprints() == {}

@@ -43,6 +43,7 @@ class _Entry:
 class _Model:
     current: str
     seen: dict[str, FingerprintSeen] = field(default_factory=dict)
+    frozen: ModelFingerprints | None = None  # the last snapshot, until the next observation
 
 
 class MemoryStore:
@@ -151,6 +152,7 @@ class MemoryStore:
         seen = state.seen.get(fingerprint)
         state.seen[fingerprint] = _seen_again(seen, fingerprint, now)
         state.current = fingerprint
+        state.frozen = None
         return Observation(previous=previous, new=seen is None)
 
     async def fingerprints(self, model: str) -> ModelFingerprints | None:
@@ -234,4 +236,7 @@ def _seen_again(seen: FingerprintSeen | None, fingerprint: str, now: float) -> F
 
 
 def _snapshot(state: _Model) -> ModelFingerprints:
-    return ModelFingerprints(current=state.current, seen=tuple(state.seen.values()))
+    """Every lookup reads its model's state, which changes only on an observation."""
+    if state.frozen is None:
+        state.frozen = ModelFingerprints(current=state.current, seen=tuple(state.seen.values()))
+    return state.frozen
