@@ -49,11 +49,6 @@ class Call:
     stream: bool
 
 
-def auth_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
-    """The caller's credentials exactly as sent, to ask the upstream about them."""
-    return {name: headers[name] for name in ("Authorization", "api-key") if name in headers}
-
-
 def api_key(headers: CIMultiDictProxy[str]) -> str | None:
     """The caller's key, from `Authorization: Bearer` or Azure-style `api-key`."""
     auth = headers.get("Authorization", "")

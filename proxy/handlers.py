@@ -13,7 +13,6 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from proxy.caching import (
     Asked,
     Call,
-    auth_headers,
     forward,
     lookup,
     lookup_or_lock,
@@ -70,7 +69,7 @@ async def serve_if_trusted(
 ) -> web.StreamResponse:
     """A HIT goes only to a key the upstream accepts; any other key is the upstream's to answer."""
     if await key_accepted(services, request, call):
-        services.verifier.sample(call, entry, auth_headers(request.headers))
+        services.verifier.sample(call, entry, request.headers)
         return serve_hit(services, call, entry)
     return await go_upstream(
         services, request, replace(call, plan=replace(call.plan, lookup=False))
@@ -83,7 +82,7 @@ async def key_accepted(services: Services, request: web.Request, call: Call) -> 
     if not services.keys.enabled or settings.cache_mode is CacheMode.REPLAY:
         return True
     return await services.keys.accepted(
-        call.tenant, auth_headers(request.headers), unknown=settings.cache_scope is CacheScope.KEY
+        call.tenant, request.headers, unknown=settings.cache_scope is CacheScope.KEY
     )
 
 

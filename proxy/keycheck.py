@@ -13,8 +13,10 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
+from multidict import CIMultiDictProxy
+
 from proxy.errors import UpstreamError
-from proxy.upstream import Upstream, read_body
+from proxy.upstream import Upstream, auth_headers, read_body
 
 log = logging.getLogger("proxy.keys")
 
@@ -36,8 +38,9 @@ class KeyChecker:
         """The upstream just answered this key with a 2xx."""
         self._record(tenant, True)
 
-    async def accepted(self, tenant: str, auth: Mapping[str, str], unknown: bool) -> bool:
-        """Whether the key in `auth` (whose HMAC is `tenant`) may read the cache now.
+    async def accepted(self, tenant: str, headers: CIMultiDictProxy[str], unknown: bool) -> bool:
+        """Whether the caller's key (from its request `headers`; its HMAC is `tenant`) may read
+        the cache now. The credentials are read only when the upstream must be asked.
 
         `unknown` is the answer when the upstream cannot say (down, no /v1/models) and no
         earlier verdict exists.
@@ -45,7 +48,7 @@ class KeyChecker:
         verdict = self._verdicts.get(tenant)
         if verdict is not None and self._clock() - verdict[1] < self._interval:
             return verdict[0]
-        status = await self._ask(auth)
+        status = await self._ask(auth_headers(headers))
         if status is not None and 200 <= status < 300:
             self._record(tenant, True)
             return True

@@ -52,6 +52,11 @@ def request_headers(incoming: CIMultiDictProxy[str], drop: Iterable[str] = ()) -
     return out
 
 
+def auth_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
+    """The caller's credentials exactly as sent, to ask the upstream about them."""
+    return {name: headers[name] for name in ("Authorization", "api-key") if name in headers}
+
+
 def response_headers(incoming: CIMultiDictProxy[str], decoded: bool) -> CIMultiDict[str]:
     """Headers to send back: end-to-end ones; length and encoding are the server's business."""
     skip = _hop_by_hop(incoming) | {"content-length"}

@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from multidict import CIMultiDictProxy
 
 from proxy.entry import Entry, fingerprint_of
 from proxy.errors import UpstreamError
@@ -25,7 +26,7 @@ from proxy.metrics import Metrics
 from proxy.sse import StreamRecorder
 from proxy.store.base import StoreError
 from proxy.textdistance import normalized_levenshtein
-from proxy.upstream import Upstream, read_body
+from proxy.upstream import Upstream, auth_headers, read_body
 
 if TYPE_CHECKING:
     from proxy.caching import Call
@@ -102,11 +103,12 @@ class Verifier:
         self._draw = draw
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def sample(self, call: Call, entry: Entry, auth: Mapping[str, str]) -> None:
-        """Maybe start a background check of this HIT; returns at once either way."""
+    def sample(self, call: Call, entry: Entry, headers: CIMultiDictProxy[str]) -> None:
+        """Maybe start a background check of this HIT, with the caller's credentials from its
+        request `headers` (read only when sampled); returns at once either way."""
         if self._rate <= 0 or self._draw() >= self._rate or len(self._tasks) >= MAX_IN_FLIGHT:
             return
-        task = asyncio.create_task(self._check(call, entry, dict(auth)))
+        task = asyncio.create_task(self._check(call, entry, auth_headers(headers)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
