@@ -94,7 +94,7 @@ def test_uncacheable_requests_never_wait(proxy: Proxy, sim: Sim) -> None:
     assert len(sim.llm_requests()) == 5
 
 
-def test_a_leaders_miss_takes_and_releases_the_lock_inside_its_two_round_trips(
+def test_a_leaders_miss_takes_and_releases_the_lock_inside_its_scripts(
     start_proxy: ProxyFactory, sim: Sim, redis_url: str
 ) -> None:
     """What Redis sees for one miss once the model is known: the model's state and a lookup

@@ -95,33 +95,48 @@ class NearCache(StoreWrapper):
     async def lookup(
         self, key: str, model: str
     ) -> tuple[ModelFingerprints | None, dict[str, bytes]]:
-        if self.live:
-            values, state = self._entries.get(key), self._states.get(model)
-            if values is not None and state is not None:
-                self._entries.move_to_end(key)
-                return state, dict(values)
+        held = self._held(key, model)
+        if held is not None:
+            return held
         generation = self._generation
         state, values = await self.inner.lookup(key, model)
-        if self.live and generation == self._generation and state is not None and values:
-            self._states[model] = state
-            self._remember(key, dict(values))
+        self._keep(generation, key, model, state, values)
         return state, values
 
     async def lookup_or_lock(
         self, key: str, model: str, token: str, ttl: float
     ) -> tuple[ModelFingerprints | None, dict[str, bytes], bool]:
         """From memory when it holds the answer (no lock needed: it is stored); else Redis."""
-        if self.live:
-            values, state = self._entries.get(key), self._states.get(model)
-            if values is not None and state is not None:
-                self._entries.move_to_end(key)
-                return state, dict(values), False
+        held = self._held(key, model)
+        if held is not None:
+            return *held, False
         generation = self._generation
         state, values, locked = await self.inner.lookup_or_lock(key, model, token, ttl)
+        self._keep(generation, key, model, state, values)
+        return state, values, locked
+
+    def _held(self, key: str, model: str) -> tuple[ModelFingerprints, dict[str, bytes]] | None:
+        """What this process remembers for a lookup, while the feed is live."""
+        if not self.live:
+            return None
+        values, state = self._entries.get(key), self._states.get(model)
+        if values is None or state is None:
+            return None
+        self._entries.move_to_end(key)
+        return state, dict(values)
+
+    def _keep(
+        self,
+        generation: int,
+        key: str,
+        model: str,
+        state: ModelFingerprints | None,
+        values: dict[str, bytes],
+    ) -> None:
+        """Remember a fetch, unless an invalidation came in while it was on its way."""
         if self.live and generation == self._generation and state is not None and values:
             self._states[model] = state
             self._remember(key, dict(values))
-        return state, values, locked
 
     # Writes announce themselves through Redis, in their own transaction or script (see
     # RedisStore); this process also drops its copy at once, before its own echo arrives.

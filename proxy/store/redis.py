@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -156,8 +156,7 @@ class RedisStore:
         with _mapped("get"):
             if fingerprints is None:
                 found = await self._batch.call("HGETALL", self._entry(key))
-                named = ((_text(fp), value) for fp, value in found.items())
-                return {fp: _bytes(value) for fp, value in named if fp != _LABELS}
+                return _values(found.items())
             values = await self._batch.call("HMGET", self._entry(key), *fingerprints)
         pairs = zip(fingerprints, values, strict=True)
         return {fp: _bytes(value) for fp, value in pairs if value is not None}
@@ -172,8 +171,7 @@ class RedisStore:
                 self._batch.send("HGETALL", self._model(model)),
                 self._batch.send("HGETALL", self._entry(key)),
             )
-        named = ((_text(fp), value) for fp, value in found.items())
-        return self._parsed_model(state), {fp: _bytes(v) for fp, v in named if fp != _LABELS}
+        return self._parsed_model(state), _values(found.items())
 
     async def lookup_or_lock(
         self, key: str, model: str, token: str, ttl: float
@@ -189,8 +187,7 @@ class RedisStore:
                 dropped(state_reply)
                 raise
             state = await state_reply
-        pairs = zip(flat[::2], flat[1::2], strict=True)
-        found = {_text(fp): _bytes(v) for fp, v in pairs if _text(fp) != _LABELS}
+        found = _values(zip(flat[::2], flat[1::2], strict=True))
         return self._parsed_model(state), found, bool(locked)
 
     def _parsed_model(self, state: Mapping[bytes | str, bytes | str]) -> ModelFingerprints | None:
@@ -432,6 +429,12 @@ class RedisStore:
 
     def _models(self) -> str:
         return f"{self._prefix}models"
+
+
+def _values(fields: Iterable[tuple[bytes | str, bytes | str]]) -> dict[str, bytes]:
+    """An entry hash's values by fingerprint, without its labels field."""
+    named = ((_text(fp), value) for fp, value in fields)
+    return {fp: _bytes(value) for fp, value in named if fp != _LABELS}
 
 
 def _parse_labels(raw: bytes | str | None) -> Labels:
