@@ -31,7 +31,7 @@ from proxy.store.base import Store
 from proxy.store.encrypted import EncryptedStore, parse_keys
 from proxy.store.guard import GuardedStore
 from proxy.store.near import NearCache
-from proxy.upstream import Upstream, client_session
+from proxy.upstream import Upstream
 from proxy.verify import Verifier
 
 log = logging.getLogger("proxy.app")
@@ -85,8 +85,7 @@ def _services(
             store = GuardedStore(store, timeout=timeout, bounded=bounded)
         if isinstance(backend, RedisStore) and backend.invalidations:
             store = NearCache(store, backend, settings.near_cache)
-        session = client_session(settings.connect_timeout, settings.upstream_timeout)
-        upstream = Upstream(session, settings.upstream, settings.upstream_timeout)
+        upstream = Upstream(settings.upstream, settings.connect_timeout, settings.upstream_timeout)
         fingerprints = FingerprintTracker(
             store, metrics, settings.fingerprint_policy, settings.fingerprint_grace, clock
         )
@@ -123,7 +122,7 @@ def _services(
             await _save_cassette(settings, store)
         finally:
             await verifier.close()
-            await session.close()
+            await upstream.close()
             await store.close()
 
     return context

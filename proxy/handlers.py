@@ -190,7 +190,7 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
         response.headers.update(response_headers(upstream.headers, decoded=False))
         response.headers["X-Repro-Cache"] = "BYPASS"
         await response.prepare(request)
-        async for chunk in upstream.content.iter_any():
+        async for chunk in upstream.iter_any():
             await response.write(chunk)
     await response.write_eof()
     return response

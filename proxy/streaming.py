@@ -30,6 +30,7 @@ from proxy.caching import (
 )
 from proxy.context import Services
 from proxy.errors import UpstreamUnreachable
+from proxy.http1 import HTTPError, Response
 from proxy.policy import StreamDisconnect
 from proxy.sse import StreamRecorder
 from proxy.upstream import read_body, response_headers
@@ -37,7 +38,7 @@ from proxy.upstream import read_body, response_headers
 log = logging.getLogger("proxy.stream")
 
 _CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
-_UPSTREAM_BROKE = (TimeoutError, aiohttp.ClientError)
+_UPSTREAM_BROKE = (TimeoutError, HTTPError)
 
 
 async def forward_stream(
@@ -63,7 +64,7 @@ class _Relay:
     """One upstream stream copied to one client, recorded on the side."""
 
     def __init__(
-        self, services: Services, request: web.Request, call: Call, upstream: aiohttp.ClientResponse
+        self, services: Services, request: web.Request, call: Call, upstream: Response
     ) -> None:
         self.services = services
         self.request = request
@@ -89,7 +90,7 @@ class _Relay:
             async for chunk in chunks:
                 await self._pass(response, chunk)
                 if self.client_gone and not self.keep_reading:
-                    self.upstream.close()
+                    self.upstream.release()
                     break
         finally:
             await chunks.aclose()
@@ -114,7 +115,7 @@ class _Relay:
 
     async def _chunks(self) -> AsyncGenerator[bytes, None]:
         try:
-            async for chunk in self.upstream.content.iter_any():
+            async for chunk in self.upstream.iter_any():
                 self.recorder.feed(chunk)
                 yield chunk
         except _UPSTREAM_BROKE as exc:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
 
-import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from proxy import __version__
 from proxy.errors import UpstreamTimeout, UpstreamUnreachable
+from proxy.http1 import Body, ConnectTimeout, HTTPError, Pool, Response
 
 USER_AGENT = f"repro-proxy/{__version__}"
 
@@ -68,15 +68,16 @@ def response_headers(incoming: CIMultiDictProxy[str], decoded: bool) -> CIMultiD
 class Upstream:
     """Sends requests to the configured base URL only: bodies never choose the destination."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, read_timeout: float) -> None:
-        self._session = session
-        self._base = base_url.rstrip("/")
+    def __init__(self, base_url: str, connect_timeout: float, read_timeout: float) -> None:
+        self._base_path = URL(base_url).raw_path.rstrip("/")
+        self._pool = Pool(base_url, connect_timeout, read_timeout)
+        self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
 
-    def url(self, path_qs: str) -> str:
-        """Map `/v1/x?q` onto the base URL, which carries its own `/v1`."""
+    def target(self, path_qs: str) -> str:
+        """Map `/v1/x?q` onto the base URL's path, which carries its own `/v1`."""
         rest = path_qs[3:] if path_qs.startswith("/v1") else path_qs
-        return self._base + rest
+        return self._base_path + rest
 
     @asynccontextmanager
     async def request(
@@ -84,53 +85,37 @@ class Upstream:
         method: str,
         path_qs: str,
         headers: Mapping[str, str],
-        data: Any,
+        data: Body,
         *,
         decode: bool = True,
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
+    ) -> AsyncIterator[Response]:
         """Open a request; connection failures and timeouts before the headers become ours."""
         try:
-            response = await self._session.request(
-                method,
-                self.url(path_qs),
-                headers=headers,
-                data=data,
-                allow_redirects=False,
-                auto_decompress=decode,
-            )
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            response = await self._pool.request(method, self.target(path_qs), headers, data, decode)
+        except ConnectTimeout as exc:
+            raise UpstreamTimeout(
+                f"Could not connect to the upstream within {self._connect_timeout:g} seconds."
+            ) from exc
+        except TimeoutError as exc:
             raise UpstreamTimeout(
                 f"The upstream did not answer within {self._read_timeout:g} seconds."
             ) from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnreachable(
-                f"Could not reach the upstream: {type(exc).__name__}."
-            ) from exc
+        except HTTPError as exc:
+            raise UpstreamUnreachable(f"Could not reach the upstream: {exc}.") from exc
         try:
             yield response
         finally:
             response.release()
 
-
-def client_session(connect_timeout: float, read_timeout: float) -> aiohttp.ClientSession:
-    """One pooled session for the process; read timeout applies between chunks."""
-    timeout = aiohttp.ClientTimeout(
-        total=None, sock_connect=connect_timeout, connect=connect_timeout, sock_read=read_timeout
-    )
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-    return aiohttp.ClientSession(
-        timeout=timeout,
-        connector=connector,
-        auto_decompress=True,
-        cookie_jar=aiohttp.DummyCookieJar(),
-    )
+    async def close(self) -> None:
+        await self._pool.close()
 
 
-async def read_body(response: aiohttp.ClientResponse) -> bytes:
+async def read_body(response: Response) -> bytes:
     """Read a whole answer, mapping a stall or a cut to our errors."""
     try:
         return await response.read()
-    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+    except TimeoutError as exc:
         raise UpstreamTimeout("The upstream stopped sending its answer.") from exc
-    except aiohttp.ClientError as exc:
-        raise UpstreamUnreachable(f"The upstream connection broke: {type(exc).__name__}.") from exc
+    except HTTPError as exc:
+        raise UpstreamUnreachable(f"The upstream connection broke: {exc}.") from exc
