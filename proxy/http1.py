@@ -419,6 +419,39 @@ def _keeps_alive(version: str, headers: CIMultiDict[str]) -> bool:
 
 Body: TypeAlias = bytes | AsyncIterable[bytes] | None
 
+_FRAMING = frozenset({"host", "content-length", "transfer-encoding"})
+
+
+def request_head(
+    method: str, target: str, authority: str, headers: Mapping[str, str], body: Body, decode: bool
+) -> tuple[bytes, bool]:
+    """The request line and headers, and whether the body goes out chunked. Framing is ours:
+    a caller's Content-Length only says how long a streamed body will be."""
+    lines = [f"{method} {target} HTTP/1.1\r\nHost: {authority}\r\n"]
+    length: str | None = None
+    for name, value in headers.items():
+        if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
+            raise ValueError(f"header {name!r} contains a line break")
+        lower = name.lower()
+        if lower in _FRAMING:
+            length = value if lower == "content-length" else length
+            continue
+        lines.append(f"{name}: {value}\r\n")
+    if decode and "Accept-Encoding" not in headers:
+        lines.append("Accept-Encoding: gzip, deflate\r\n")
+    chunked = False
+    if isinstance(body, bytes):
+        length = str(len(body))
+    elif body is None:
+        length = "0" if method in _BODY_METHODS or length is not None else None
+    elif length is None:
+        chunked = True
+        lines.append("Transfer-Encoding: chunked\r\n")
+    if length is not None:
+        lines.append(f"Content-Length: {length}\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1"), chunked
+
 
 class Pool:
     """Keep-alive connections to one origin; a request takes the most recently idled one."""
@@ -448,8 +481,8 @@ class Pool:
             return await head
         except BaseException:
             connection.close()
-            if not head.done():
-                head.cancel()
+            if not head.cancel() and not head.cancelled():
+                head.exception()  # the error raised here supersedes the connection's
             raise
 
     def idle(self, connection: _Connection) -> None:
@@ -502,24 +535,7 @@ class Pool:
         body: Body,
         decode: bool,
     ) -> None:
-        lines = [f"{method} {target} HTTP/1.1\r\nHost: {self._authority}\r\n"]
-        for name, value in headers.items():
-            if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
-                raise ValueError(f"header {name!r} contains a line break")
-            lines.append(f"{name}: {value}\r\n")
-        if decode and "Accept-Encoding" not in headers:
-            lines.append("Accept-Encoding: gzip, deflate\r\n")
-        chunked = False
-        if isinstance(body, bytes):
-            lines.append(f"Content-Length: {len(body)}\r\n")
-        elif body is None:
-            if method in _BODY_METHODS:
-                lines.append("Content-Length: 0\r\n")
-        elif "Content-Length" not in headers:
-            chunked = True
-            lines.append("Transfer-Encoding: chunked\r\n")
-        lines.append("\r\n")
-        head = "".join(lines).encode("latin-1")
+        head, chunked = request_head(method, target, self._authority, headers, body, decode)
         transport = connection.transport
         if transport is None:
             raise ConnectionBroken("closed before the request")
