@@ -36,6 +36,8 @@ HIGH_WATER = 1024 * 1024
 """Buffered answer bytes at which reading pauses until the caller catches up."""
 
 _NO_BODY_STATUSES = frozenset({204, 304})
+_DIGITS = frozenset("0123456789")
+_HEX = b"0123456789abcdefABCDEF"
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
@@ -132,6 +134,9 @@ class Response:
             tail = self._decoder.flush()
             if tail:
                 self._chunks.append(tail)
+            if not self._decoder.eof:
+                self._fail(MalformedAnswer("compressed body cut short"))
+                return
         self._done = True
         self._wake()
 
@@ -250,7 +255,7 @@ class _Connection(asyncio.Protocol):
 
     def _parse_head(self) -> bool:
         end = self._buffer.find(b"\r\n\r\n")
-        if end < 0:
+        if end < 0 or end > MAX_HEAD:
             if len(self._buffer) > MAX_HEAD:
                 raise MalformedAnswer("answer head too large")
             return False
@@ -284,7 +289,7 @@ class _Connection(asyncio.Protocol):
         if not lengths:
             self._until_close()
             return
-        if len(lengths) > 1 or not all(c.isdigit() for c in next(iter(lengths))):
+        if len(lengths) > 1 or not all(c in _DIGITS for c in next(iter(lengths))):
             raise MalformedAnswer("invalid Content-Length")
         self._remaining = int(lengths.pop())
         self._parse = self._parse_length if self._remaining else self._parse_head
@@ -315,10 +320,9 @@ class _Connection(asyncio.Protocol):
             return False
         size = bytes(self._buffer[:end]).partition(b";")[0].strip()
         del self._buffer[: end + 2]
-        try:
-            self._remaining = int(size, 16)
-        except ValueError:
-            raise MalformedAnswer("invalid chunk size") from None
+        if not size or size.strip(_HEX):
+            raise MalformedAnswer("invalid chunk size")
+        self._remaining = int(size, 16)
         self._parse = self._parse_chunk if self._remaining else self._parse_trailers
         return True
 
@@ -341,6 +345,8 @@ class _Connection(asyncio.Protocol):
     def _parse_trailers(self) -> bool:
         end = self._buffer.find(b"\r\n")
         if end < 0:
+            if len(self._buffer) > MAX_HEAD:
+                raise MalformedAnswer("trailer line too long")
             return False
         del self._buffer[: end + 2]
         if end == 0:  # the empty line after the trailers
@@ -365,6 +371,9 @@ class _Connection(asyncio.Protocol):
         self._head = None
         self._stop_watch()
         response._end()
+        if self._paused and self.transport is not None:  # the answer ended as reading paused
+            self._paused = False
+            self.transport.resume_reading()
         if self._buffer or self._sending or not self._keep_alive or self.transport is None:
             self.close()  # bytes past the answer, answered early, or closing: not reusable
         else:
@@ -427,17 +436,21 @@ def request_head(
 ) -> tuple[bytes, bool]:
     """The request line and headers, and whether the body goes out chunked. Framing is ours:
     a caller's Content-Length only says how long a streamed body will be."""
+    if "\n" in target or "\r" in target or " " in target:
+        raise ValueError("the request target contains a space or a line break")
     lines = [f"{method} {target} HTTP/1.1\r\nHost: {authority}\r\n"]
     length: str | None = None
+    encodings = False
     for name, value in headers.items():
         if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
             raise ValueError(f"header {name!r} contains a line break")
         lower = name.lower()
+        encodings = encodings or lower == "accept-encoding"
         if lower in _FRAMING:
             length = value if lower == "content-length" else length
             continue
         lines.append(f"{name}: {value}\r\n")
-    if decode and "Accept-Encoding" not in headers:
+    if decode and not encodings:
         lines.append("Accept-Encoding: gzip, deflate\r\n")
     chunked = False
     if isinstance(body, bytes):
