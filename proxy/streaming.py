@@ -37,6 +37,7 @@ from proxy.upstream import read_body, response_headers
 
 log = logging.getLogger("proxy.stream")
 
+_FRAME_ENDS = (b"\n\n", b"\r\n\r\n", b"\n\r\n")
 _CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
 _UPSTREAM_BROKE = (TimeoutError, HTTPError)
 
@@ -114,10 +115,16 @@ class _Relay:
         return self.recorder.fingerprint or "none"
 
     async def _chunks(self) -> AsyncGenerator[bytes, None]:
+        """The upstream's bytes as they come, fed to the recorder. Until the first frame is read,
+        a chunk is cut after each frame end: an answer that arrives all at once then reaches the
+        client's first token without waiting for the recorder to read the rest."""
         try:
             async for chunk in self.upstream.iter_any():
-                self.recorder.feed(chunk)
-                yield chunk
+                while chunk:
+                    cut = len(chunk) if self.recorder.frames else _frame_end(chunk)
+                    piece, chunk = (chunk, b"") if cut == len(chunk) else (chunk[:cut], chunk[cut:])
+                    self.recorder.feed(piece)
+                    yield piece
         except _UPSTREAM_BROKE as exc:
             self.cut = True
             log.warning(
@@ -162,6 +169,12 @@ class _Relay:
             stream=True,
         )
         await record(self.services, self.call, answer)
+
+
+def _frame_end(chunk: bytes) -> int:
+    """Just past the first blank line, the end of an SSE frame (any line ending); else the end."""
+    ends = [i + len(sep) for sep in _FRAME_ENDS if (i := chunk.find(sep)) >= 0]
+    return min(ends, default=len(chunk))
 
 
 async def _until_first_frame(
