@@ -23,9 +23,8 @@ def chat(
 ) -> Any:
     params.setdefault("model", "gpt-4o-mini")
     params.setdefault("messages", MESSAGES)
-    return client(proxy, key).chat.completions.with_raw_response.create(
-        extra_headers=headers or {}, **params
-    )
+    with client(proxy, key) as sdk:  # closed here: a client left to the GC may warn of its socket
+        return sdk.chat.completions.with_raw_response.create(extra_headers=headers or {}, **params)
 
 
 def raw_post(
@@ -247,12 +246,12 @@ def test_cache_mode_off_bypasses(start_proxy: ProxyFactory, sim: Sim) -> None:
 
 
 def test_completions_and_embeddings_are_cached(proxy: Proxy, sim: Sim) -> None:
-    sdk = client(proxy)
-    for _ in range(2):
-        completion = sdk.completions.with_raw_response.create(model="davinci-002", prompt="Hi")
-        embedding = sdk.embeddings.with_raw_response.create(
-            model="text-embedding-3-small", input="Hi"
-        )
+    with client(proxy) as sdk:
+        for _ in range(2):
+            completion = sdk.completions.with_raw_response.create(model="davinci-002", prompt="Hi")
+            embedding = sdk.embeddings.with_raw_response.create(
+                model="text-embedding-3-small", input="Hi"
+            )
     assert completion.headers["X-Repro-Cache"] == "HIT"
     assert embedding.headers["X-Repro-Cache"] == "HIT"
     assert "X-Repro-Seed" not in embedding.headers
@@ -275,11 +274,11 @@ def test_ttl_expires_entries(start_proxy: ProxyFactory) -> None:
 def test_unseeded_upstream_answers_differ_but_the_proxy_makes_them_stable(
     start_proxy: ProxyFactory, sim: Sim
 ) -> None:
-    direct = OpenAI(base_url=sim.v1, api_key="sk-alice", max_retries=0)
-    texts = {
-        direct.chat.completions.create(model="m", messages=MESSAGES).choices[0].message.content
-        for _ in range(3)
-    }
+    with OpenAI(base_url=sim.v1, api_key="sk-alice", max_retries=0) as direct:
+        texts = {
+            direct.chat.completions.create(model="m", messages=MESSAGES).choices[0].message.content
+            for _ in range(3)
+        }
     assert len(texts) > 1
     proxy = start_proxy("--cache-mode", "record")
     seeded = {chat(proxy).parse().choices[0].message.content for _ in range(3)}

@@ -22,15 +22,17 @@ def sdk(proxy: Proxy, key: str) -> OpenAI:
 
 def traffic(proxy: Proxy, key: str) -> list[bytes]:
     """A chat answer, a streamed chat answer and an embedding, as raw bytes."""
-    client = sdk(proxy, key)
-    chat = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
-    with client.chat.completions.with_streaming_response.create(
-        model="gpt-4o-mini", messages=MESSAGES, stream=True
-    ) as stream:
-        streamed = stream.read()
-    embedding = client.embeddings.with_raw_response.create(
-        model="text-embedding-3-small", input="Record me."
-    )
+    with sdk(proxy, key) as client:
+        chat = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=MESSAGES
+        )
+        with client.chat.completions.with_streaming_response.create(
+            model="gpt-4o-mini", messages=MESSAGES, stream=True
+        ) as stream:
+            streamed = stream.read()
+        embedding = client.embeddings.with_raw_response.create(
+            model="text-embedding-3-small", input="Record me."
+        )
     return [chat.http_response.content, streamed, embedding.http_response.content]
 
 
@@ -108,10 +110,10 @@ def test_export_and_import_between_redis_stores(
 ) -> None:
     source = start_proxy("--store", redis_url, "--cache-scope", "shared")
     recorded = traffic(source, "sk-alice")
-    client = sdk(source, "sk-alice")
-    client.chat.completions.create(
-        model="gpt-4o-mini", messages=MESSAGES, extra_headers={"X-Repro-Namespace": "suite-b"}
-    )
+    with sdk(source, "sk-alice") as client:
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, extra_headers={"X-Repro-Namespace": "suite-b"}
+        )
     tape = tmp_path / "all.jsonl"
     exported = cli("export", "--store", redis_url, "--output", str(tape))
     assert exported.returncode == 0, exported.stderr

@@ -154,11 +154,11 @@ def test_hanging_sim_is_a_504(start_proxy: ProxyFactory, sim: Sim) -> None:
 
 
 def test_other_v1_routes_pass_through(proxy: Proxy, sim: Sim) -> None:
-    sdk = OpenAI(base_url=proxy.v1, api_key="sk-alice", max_retries=0)
-    models = sdk.models.with_raw_response.list()
-    assert models.headers["X-Repro-Cache"] == "BYPASS"
-    assert [m.id for m in models.parse().data]
-    upload = sdk.files.create(file=("data.jsonl", b'{"a": 1}\n' * 1000), purpose="batch")
+    with OpenAI(base_url=proxy.v1, api_key="sk-alice", max_retries=0) as sdk:
+        models = sdk.models.with_raw_response.list()
+        assert models.headers["X-Repro-Cache"] == "BYPASS"
+        assert [m.id for m in models.parse().data]
+        upload = sdk.files.create(file=("data.jsonl", b'{"a": 1}\n' * 1000), purpose="batch")
     assert upload.bytes > 9000
     recorded = sim.requests()[-1]
     assert recorded["path"] == "/v1/files"
