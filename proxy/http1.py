@@ -30,6 +30,8 @@ from yarl import URL
 IDLE_TTL = 15.0
 """Seconds an idle connection stays reusable (aiohttp's keep-alive default)."""
 MAX_IDLE = 128
+CLOSE_WAIT = 1.0
+"""Seconds `Pool.close` waits for its sockets to close."""
 MAX_HEAD = 64 * 1024
 """Bytes of status line plus headers before an answer is refused as malformed."""
 HIGH_WATER = 1024 * 1024
@@ -168,6 +170,7 @@ class _Connection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.idle_since = 0.0
+        self.lost: asyncio.Future[None] = self.loop.create_future()
         self._pool = pool
         self._buffer = bytearray()
         self._response: Response | None = None
@@ -188,6 +191,8 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self._pool.forget(self)
+        if not self.lost.done():
+            self.lost.set_result(None)
         self._stop_watch()
         if exc is None and self._response is not None and self._parse == self._parse_until_close:
             self._finish()
@@ -211,9 +216,10 @@ class _Connection(asyncio.Protocol):
             await self._drained
 
     def close(self) -> None:
+        """Close for good; the pool forgets it once the transport reports it closed."""
         if self.transport is not None:
             self.transport.close()
-        self._pool.forget(self)
+        self._pool.retire(self)
 
     def begin(self, method: str, decode: bool) -> asyncio.Future[Response]:
         """Expect the answer to a request about to be written; its head resolves the future."""
@@ -504,14 +510,23 @@ class Pool:
         if len(self._idle) > MAX_IDLE:
             self._idle[0].close()
 
-    def forget(self, connection: _Connection) -> None:
-        self._open.discard(connection)
+    def retire(self, connection: _Connection) -> None:
+        """Never hand out this connection again."""
         if connection in self._idle:
             self._idle.remove(connection)
 
+    def forget(self, connection: _Connection) -> None:
+        """The connection is closed (its socket too)."""
+        self._open.discard(connection)
+        self.retire(connection)
+
     async def close(self) -> None:
-        for connection in list(self._open):
+        """Close every connection and wait (briefly) until their sockets are closed."""
+        closing = list(self._open)
+        for connection in closing:
             connection.close()
+        if closing:
+            await asyncio.wait([c.lost for c in closing], timeout=CLOSE_WAIT)
 
     def _take(self) -> _Connection | None:
         while self._idle:
