@@ -202,8 +202,8 @@ def choose(services: Services, call: Call, accepted: Any, blobs: dict[str, bytes
             continue
         if policy.is_fresh(entry.stored_at, now, services.settings.ttl, call.max_age):
             entries.append(entry)
-    if not entries:
-        return None
+    if len(entries) < 2:  # the common case: one fresh entry, already of an accepted fingerprint
+        return entries[0] if entries else None
     if accepted is None:
         return max(entries, key=lambda e: e.stored_at)
     rank = {fp: i for i, fp in enumerate(accepted)}

@@ -178,6 +178,8 @@ def acceptable_fingerprints(
         return None
     if state is None:
         return ()
+    if grace <= 0:
+        return (state.current,)
     recent = [
         seen.fingerprint
         for seen in state.seen
