@@ -483,7 +483,8 @@ class Pool:
         self._connect_timeout = connect_timeout
         self._host = url.host
         self._port = url.port or (443 if url.scheme == "https" else 80)
-        self._authority = url.host_port_subcomponent or url.host
+        host = f"[{url.host}]" if ":" in url.host else url.host
+        self._authority = host if url.is_default_port() else f"{host}:{self._port}"
         self._tls = ssl.create_default_context() if url.scheme == "https" else None
         self._idle: list[_Connection] = []
         self._open: set[_Connection] = set()

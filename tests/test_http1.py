@@ -8,15 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import gzip
+import ipaddress
 import random
 import socket
+import ssl
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from multidict import CIMultiDict
 
 from proxy import http1
@@ -154,8 +162,8 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+    async def start(self, tls: ssl.SSLContext | None = None) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0, ssl=tls)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -974,3 +982,65 @@ async def test_closing_the_pool_closes_idle_and_busy_connections() -> None:
         assert await seen_eof(server.peers[1])
         with pytest.raises(ConnectionBroken):
             await busy.read()
+
+
+# -- TLS -------------------------------------------------------------------------------------
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1, signed by its own key, and that key (PEM files)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "repro-proxy test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_https_verifies_the_server_and_reuses_the_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = self_signed(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    server = Server(canned(OK))
+    await server.start(tls)
+    url = f"https://127.0.0.1:{server.port}"
+    try:
+        untrusting = Pool(url, connect_timeout=2.0, read_timeout=2.0)
+        with pytest.raises(ConnectError, match="SSLCertVerificationError"):
+            await get(untrusting)
+        await untrusting.close()
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # read when the pool makes its context
+        pool = Pool(url, connect_timeout=2.0, read_timeout=2.0)
+        assert await fetch(pool) == b"ok"
+        assert await fetch(pool) == b"ok"
+        await pool.close()
+        requests = server.requests
+        assert [r.line for r in requests] == ["GET / HTTP/1.1", "GET / HTTP/1.1"]
+        assert requests[0].values("Host") == [f"127.0.0.1:{server.port}"]
+        assert server.connections == 1  # both requests on one (a refused handshake never counts)
+    finally:
+        await server.close()
