@@ -305,13 +305,28 @@ class _Connection(asyncio.Protocol):
         self._parse = self._parse_until_close
 
     def _parse_length(self) -> bool:
+        if self._body_part() == 0:
+            self._finish()
+        return True
+
+    def _body_part(self) -> int:
+        """Deliver what has arrived of the `_remaining` body bytes; how many are still due."""
         take = min(self._remaining, len(self._buffer))
         self._deliver(bytes(self._buffer[:take]))
         del self._buffer[:take]
         self._remaining -= take
-        if self._remaining == 0:
-            self._finish()
-        return True
+        return self._remaining
+
+    def _line(self, what: str) -> bytes | None:
+        """The next CRLF-terminated line, taken from the buffer; None until it is complete."""
+        end = self._buffer.find(b"\r\n")
+        if end < 0:
+            if len(self._buffer) > MAX_HEAD:
+                raise MalformedAnswer(f"{what} too long")
+            return None
+        line = bytes(self._buffer[:end])
+        del self._buffer[: end + 2]
+        return line
 
     def _parse_until_close(self) -> bool:
         self._deliver(bytes(self._buffer))
@@ -319,13 +334,10 @@ class _Connection(asyncio.Protocol):
         return False
 
     def _parse_chunk_size(self) -> bool:
-        end = self._buffer.find(b"\r\n")
-        if end < 0:
-            if len(self._buffer) > MAX_HEAD:
-                raise MalformedAnswer("chunk size line too long")
+        line = self._line("chunk size line")
+        if line is None:
             return False
-        size = bytes(self._buffer[:end]).partition(b";")[0].strip()
-        del self._buffer[: end + 2]
+        size = line.partition(b";")[0].strip()
         if not size or size.strip(_HEX):
             raise MalformedAnswer("invalid chunk size")
         self._remaining = int(size, 16)
@@ -333,13 +345,8 @@ class _Connection(asyncio.Protocol):
         return True
 
     def _parse_chunk(self) -> bool:
-        if self._remaining:
-            take = min(self._remaining, len(self._buffer))
-            self._deliver(bytes(self._buffer[:take]))
-            del self._buffer[:take]
-            self._remaining -= take
-            if self._remaining:
-                return False
+        if self._remaining and self._body_part():
+            return False
         if len(self._buffer) < 2:
             return False
         if self._buffer[:2] != b"\r\n":
@@ -349,13 +356,10 @@ class _Connection(asyncio.Protocol):
         return True
 
     def _parse_trailers(self) -> bool:
-        end = self._buffer.find(b"\r\n")
-        if end < 0:
-            if len(self._buffer) > MAX_HEAD:
-                raise MalformedAnswer("trailer line too long")
+        line = self._line("trailer line")
+        if line is None:
             return False
-        del self._buffer[: end + 2]
-        if end == 0:  # the empty line after the trailers
+        if not line:  # the empty line after the trailers
             self._finish()
         return True
 

@@ -390,15 +390,16 @@ PLAIN = b'{"text": "' + b"compressible " * 200 + b'"}'
 COMPRESSED = {"gzip": gzip.compress(PLAIN), "deflate": zlib.compress(PLAIN)}
 
 
+def encoded_answer(coding: str, data: bytes) -> bytes:
+    head = b"HTTP/1.1 200 OK\r\nContent-Encoding: %s\r\nContent-Length: %d\r\n\r\n"
+    return head % (coding.encode(), len(data)) + data
+
+
 @pytest.mark.parametrize("decode", [True, False])
 @pytest.mark.parametrize("coding", ["gzip", "deflate"])
 async def test_compressed_bodies_are_decoded_only_when_asked(coding: str, decode: bool) -> None:
     data = COMPRESSED[coding]
-    answer = b"HTTP/1.1 200 OK\r\nContent-Encoding: %s\r\nContent-Length: %d\r\n\r\n%s" % (
-        coding.encode(),
-        len(data),
-        data,
-    )
+    answer = encoded_answer(coding, data)
     async with serving(canned(answer)) as (server, pool):
         response = await get(pool, decode=decode)
         assert response.headers["Content-Encoding"] == coding
@@ -498,11 +499,7 @@ async def test_a_compressed_body_cut_short_inside_complete_framing_is_malformed(
     coding: str,
 ) -> None:
     data = COMPRESSED[coding][:-6]
-    answer = b"HTTP/1.1 200 OK\r\nContent-Encoding: %s\r\nContent-Length: %d\r\n\r\n%s" % (
-        coding.encode(),
-        len(data),
-        data,
-    )
+    answer = encoded_answer(coding, data)
     async with serving(canned(answer)) as (_, pool):
         response = await get(pool, decode=True)
         with pytest.raises(MalformedAnswer):
@@ -889,17 +886,19 @@ async def test_an_unread_complete_answer_does_not_stall_its_reused_connection() 
 # -- connection reuse ------------------------------------------------------------------------
 
 
-async def test_releasing_an_unfinished_answer_closes_its_connection() -> None:
-    async def handle(peer: Peer) -> None:
-        await peer.request()
-        if peer.index == 0:
-            await peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
-            await peer.wait_eof()
-            return
-        await peer.send(OK)
-        await canned(OK)(peer)
+async def first_unfinished(peer: Peer) -> None:
+    """The first connection's answer stops 90 bytes short; the others answer OK."""
+    await peer.request()
+    if peer.index == 0:
+        await peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+        await peer.wait_eof()
+        return
+    await peer.send(OK)
+    await canned(OK)(peer)
 
-    async with serving(handle) as (server, pool):
+
+async def test_releasing_an_unfinished_answer_closes_its_connection() -> None:
+    async with serving(first_unfinished) as (server, pool):
         response = await get(pool)
         await asyncio.sleep(0.05)
         response.release()
@@ -964,16 +963,7 @@ async def test_an_idle_connection_past_the_ttl_is_not_reused(
 
 
 async def test_closing_the_pool_closes_idle_and_busy_connections() -> None:
-    async def handle(peer: Peer) -> None:
-        await peer.request()
-        if peer.index == 0:
-            await peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
-            await peer.wait_eof()
-            return
-        await peer.send(OK)
-        await canned(OK)(peer)
-
-    async with serving(handle) as (server, pool):
+    async with serving(first_unfinished) as (server, pool):
         busy = await get(pool)  # holds the first connection
         assert await fetch(pool) == b"ok"  # the second one, now idle
         assert server.connections == 2
