@@ -490,8 +490,9 @@ class Pool:
         host = f"[{url.host}]" if ":" in url.host else url.host
         self._authority = host if url.is_default_port() else f"{host}:{self._port}"
         self._tls = ssl.create_default_context() if url.scheme == "https" else None
-        self._idle: list[_Connection] = []
+        self._idle: list[_Connection] = []  # oldest first
         self._open: set[_Connection] = set()
+        self._sweep: asyncio.TimerHandle | None = None
 
     async def request(
         self, method: str, target: str, headers: Mapping[str, str], body: Body, decode: bool
@@ -514,6 +515,19 @@ class Pool:
         self._idle.append(connection)
         if len(self._idle) > MAX_IDLE:
             self._idle[0].close()
+        if self._sweep is None:
+            self._sweep = connection.loop.call_at(self._idle[0].idle_since + IDLE_TTL, self._expire)
+
+    def _expire(self) -> None:
+        """Close the connections idle for IDLE_TTL, also when no request comes to find them."""
+        self._sweep = None
+        if not self._idle:
+            return
+        loop = self._idle[0].loop
+        while self._idle and loop.time() - self._idle[0].idle_since >= IDLE_TTL:
+            self._idle[0].close()
+        if self._idle:
+            self._sweep = loop.call_at(self._idle[0].idle_since + IDLE_TTL, self._expire)
 
     def retire(self, connection: _Connection) -> None:
         """Never hand out this connection again."""
@@ -527,6 +541,9 @@ class Pool:
 
     async def close(self) -> None:
         """Close every connection and wait (briefly) until their sockets are closed."""
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         closing = list(self._open)
         for connection in closing:
             connection.close()

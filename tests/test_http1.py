@@ -240,8 +240,12 @@ async def fetch(pool: Pool, target: str = "/", decode: bool = False) -> bytes:
 async def seen_eof(peer: Peer) -> bool:
     """Whether the client closes this connection within a second (sooner than the default read
     timeout, so a close by the timeout cannot pass for the one under test)."""
+    return await seen_eof_within(peer, 1.0)
+
+
+async def seen_eof_within(peer: Peer, seconds: float) -> bool:
     try:
-        async with asyncio.timeout(1.0):
+        async with asyncio.timeout(seconds):
             await peer.eof.wait()
     except TimeoutError:
         return False
@@ -960,6 +964,21 @@ async def test_an_idle_connection_past_the_ttl_is_not_reused(
         assert await fetch(pool) == b"ok"
         assert server.connections == 2
         assert await seen_eof(server.peers[0])  # the stale one was closed, not leaked
+
+
+async def test_an_idle_connection_is_closed_after_the_ttl_without_another_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(http1, "IDLE_TTL", 0.2)
+    async with serving(canned(OK)) as (server, pool):
+        assert await fetch(pool) == b"ok"
+        await asyncio.sleep(0.1)
+        assert await fetch(pool) == b"ok"  # idle again from here: its TTL starts over
+        assert server.connections == 1
+        assert not await seen_eof_within(server.peers[0], 0.1)
+        assert await seen_eof(server.peers[0])
+        assert await fetch(pool) == b"ok"  # the pool still serves, on a new connection
+        assert server.connections == 2
 
 
 async def test_closing_the_pool_closes_idle_and_busy_connections() -> None:
