@@ -3,7 +3,7 @@ answers.
 
 aiohttp's ClientSession spends most of a miss's CPU on machinery the proxy never uses (URL
 parsing, cookie, trace and timeout contexts, payload registry, a task per request): measured on
-this kind of machine, about 280 us per call where the bytes on the wire need about 90 us. This
+this kind of machine, about 280 us of CPU per keep-alive call, against about 145 us here. This
 speaks HTTP/1.1 over one asyncio.Protocol per connection, to the one base URL it was built for.
 
 Framing follows RFC 9112 6.3: no body for HEAD, 1xx, 204 and 304; chunked when it is the last
@@ -30,6 +30,7 @@ from yarl import URL
 IDLE_TTL = 15.0
 """Seconds an idle connection stays reusable (aiohttp's keep-alive default)."""
 MAX_IDLE = 128
+"""Idle connections kept for reuse; past this the oldest is closed."""
 CLOSE_WAIT = 1.0
 """Seconds `Pool.close` waits for its sockets to close."""
 MAX_HEAD = 64 * 1024
