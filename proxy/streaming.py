@@ -18,6 +18,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
 from proxy.caching import (
     Answer,
@@ -106,8 +107,9 @@ class _Relay:
         if chunk:
             await self._send(response, chunk)
 
-    def _headers(self) -> dict[str, str]:
-        headers = dict(response_headers(self.upstream.headers, decoded=True))
+    def _headers(self) -> CIMultiDict[str]:
+        """The upstream's end-to-end headers, repeated ones too (Set-Cookie), and ours."""
+        headers = response_headers(self.upstream.headers, decoded=True)
         headers.update(repro_headers(self.call, self.call.plan.outcome, self._fingerprint()))
         return headers
 

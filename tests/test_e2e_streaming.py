@@ -8,8 +8,10 @@ section checks the stream recorder (proxy/sse.py) alone, on bytes split in awkwa
 
 from __future__ import annotations
 
+import socketserver
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,7 +25,15 @@ from openai import AsyncOpenAI, OpenAI
 from openai.lib.streaming.chat import ChatCompletionStreamState
 
 from proxy.sse import StreamRecorder
-from tests.fixtures_procs import Proxy, Sim, _clean_env, _stop, _wait_until_up, free_port
+from tests.fixtures_procs import (
+    Proxy,
+    ProxyFactory,
+    Sim,
+    _clean_env,
+    _stop,
+    _wait_until_up,
+    free_port,
+)
 
 MODEL = "gpt-4o-mini"
 MESSAGES = [{"role": "user", "content": "Stream something reproducible."}]
@@ -594,3 +604,62 @@ def test_recorder_stops_reading_a_frame_larger_than_it_can_hold() -> None:
     assert not recorder.reading and recorder.oversize
     recorder.feed(CLEAN)
     assert recorder.fingerprint is None and recorder.frames == 0
+
+
+# --- headers of a streamed answer --------------------------------------------------------------
+
+_SSE_WITH_COOKIES = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"Content-Type: text/event-stream\r\n"
+    b"Set-Cookie: a=1\r\n"
+    b"Set-Cookie: b=2\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n"
+)
+_SSE_FRAMES = [
+    b'data: {"id":"c1","object":"chat.completion.chunk","model":"m","system_fingerprint":"fp_x",'
+    b'"choices":[{"index":0,"delta":{"role":"assistant","content":"hi"},"finish_reason":null}]}'
+    b"\n\n",
+    b'data: {"id":"c1","object":"chat.completion.chunk","model":"m","system_fingerprint":"fp_x",'
+    b'"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n',
+    b"data: [DONE]\n\n",
+]
+
+
+class _CookieUpstream(socketserver.StreamRequestHandler):
+    """Answers any request with a short stream that sets two cookies."""
+
+    def handle(self) -> None:
+        head = self.rfile.readline()
+        length = 0
+        for _ in range(100):
+            line = self.rfile.readline()
+            if line in (b"\r\n", b""):
+                break
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        self.rfile.read(length)
+        assert head.startswith(b"POST ")
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(f), f) for f in _SSE_FRAMES)
+        self.wfile.write(_SSE_WITH_COOKIES + chunks + b"0\r\n\r\n")
+
+
+def test_a_streamed_answer_keeps_repeated_upstream_headers(start_proxy: ProxyFactory) -> None:
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), _CookieUpstream) as upstream:
+        upstream.daemon_threads = True
+        threading.Thread(target=upstream.serve_forever, daemon=True).start()
+        try:
+            proxy = start_proxy(upstream=f"http://127.0.0.1:{upstream.server_address[1]}/v1")
+            body = {"model": "m", "messages": MESSAGES, "stream": True}
+            with httpx.stream(
+                "POST",
+                proxy.v1 + "/chat/completions",
+                json=body,
+                headers={"Authorization": "Bearer sk-cookie"},
+                timeout=10,
+            ) as response:
+                streamed = response.read()
+            assert response.headers.get_list("set-cookie") == ["a=1", "b=2"]
+            assert response.headers["X-Repro-Cache"] == "MISS"
+            assert streamed == b"".join(_SSE_FRAMES)
+        finally:
+            upstream.shutdown()
