@@ -485,7 +485,7 @@ class Pool:
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError(f"not an http(s) URL: {base_url}")
         self.read_timeout = read_timeout
-        self._connect_timeout = connect_timeout
+        self.connect_timeout = connect_timeout
         self._host = url.host
         self._port = url.port or (443 if url.scheme == "https" else 80)
         host = f"[{url.host}]" if ":" in url.host else url.host
@@ -562,7 +562,7 @@ class Pool:
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self._connect_timeout):
+            async with asyncio.timeout(self.connect_timeout):
                 _, connection = await loop.create_connection(
                     lambda: _Connection(self),
                     self._host,
@@ -571,7 +571,7 @@ class Pool:
                     server_hostname=self._host if self._tls else None,
                 )
         except TimeoutError:
-            raise ConnectTimeout(f"no connection within {self._connect_timeout:g} s") from None
+            raise ConnectTimeout(f"no connection within {self.connect_timeout:g} s") from None
         except (OSError, ssl.SSLError) as exc:
             raise ConnectError(type(exc).__name__) from exc
         self._open.add(connection)

@@ -183,7 +183,7 @@ def acceptable_fingerprints(
     recent = [
         seen.fingerprint
         for seen in state.seen
-        if seen.fingerprint != state.current and grace > 0 and now - seen.last_seen <= grace
+        if seen.fingerprint != state.current and now - seen.last_seen <= grace
     ]
     return [state.current, *recent]
 

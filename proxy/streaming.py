@@ -124,7 +124,7 @@ class _Relay:
             async for chunk in self.upstream.iter_any():
                 while chunk:
                     cut = len(chunk) if self.recorder.frames else _frame_end(chunk)
-                    piece, chunk = (chunk, b"") if cut == len(chunk) else (chunk[:cut], chunk[cut:])
+                    piece, chunk = chunk[:cut], chunk[cut:]
                     self.recorder.feed(piece)
                     yield piece
         except _UPSTREAM_BROKE as exc:

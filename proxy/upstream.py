@@ -71,8 +71,6 @@ class Upstream:
     def __init__(self, base_url: str, connect_timeout: float, read_timeout: float) -> None:
         self._base_path = URL(base_url).raw_path.rstrip("/")
         self._pool = Pool(base_url, connect_timeout, read_timeout)
-        self._connect_timeout = connect_timeout
-        self._read_timeout = read_timeout
 
     def target(self, path_qs: str) -> str:
         """Map `/v1/x?q` onto the base URL's path, which carries its own `/v1`."""
@@ -94,11 +92,11 @@ class Upstream:
             response = await self._pool.request(method, self.target(path_qs), headers, data, decode)
         except ConnectTimeout as exc:
             raise UpstreamTimeout(
-                f"Could not connect to the upstream within {self._connect_timeout:g} seconds."
+                f"Could not connect to the upstream within {self._pool.connect_timeout:g} seconds."
             ) from exc
         except TimeoutError as exc:
             raise UpstreamTimeout(
-                f"The upstream did not answer within {self._read_timeout:g} seconds."
+                f"The upstream did not answer within {self._pool.read_timeout:g} seconds."
             ) from exc
         except HTTPError as exc:
             raise UpstreamUnreachable(f"Could not reach the upstream: {exc}.") from exc
