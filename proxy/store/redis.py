@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import orjson
@@ -111,15 +110,25 @@ return 0
 """
 
 
-@contextmanager
-def _mapped(operation: str) -> Iterator[None]:
-    """The one boundary where redis-py's errors become StoreError; values never reach the text."""
-    try:
-        yield
-    except TimeoutError as exc:  # the deadline (redis-py's own socket timeouts are RedisError)
-        raise StoreTimeout(f"redis {operation} timed out") from exc
-    except _FAILURES as exc:
-        raise StoreError(f"redis {operation} failed: {type(exc).__name__}") from exc
+class _mapped:
+    """The one boundary where redis-py's errors become StoreError; values never reach the text.
+    A class, not @contextmanager: it wraps every store call, and a generator costs more."""
+
+    __slots__ = ("operation",)
+
+    def __init__(self, operation: str) -> None:
+        self.operation = operation
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: Any) -> None:
+        if exc is None:
+            return
+        if isinstance(exc, TimeoutError):  # the deadline (redis-py's own timeouts are RedisError)
+            raise StoreTimeout(f"redis {self.operation} timed out") from exc
+        if isinstance(exc, _FAILURES):
+            raise StoreError(f"redis {self.operation} failed: {type(exc).__name__}") from exc
 
 
 class RedisStore:

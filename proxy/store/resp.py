@@ -185,7 +185,8 @@ class Link:
             hello,
             options.get("socket_connect_timeout") or 5.0,
             options.get("socket_timeout") or 5.0,
-            cast(Mapping[str, Callable[..., Any]], client.response_callbacks),
+            # a plain dict: redis-py's CaseInsensitiveDict upper-cases every lookup
+            dict(cast(Mapping[str, Callable[..., Any]], client.response_callbacks)),
         )
 
     @property
