@@ -58,7 +58,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +71,7 @@ from prometheus_client.parser import text_string_to_metric_families
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
+import gateway  # noqa: E402  (LiteLLM, measured with --gateway)
 import stream_ttfb  # noqa: E402  (the TTFB logic of bench/stream_ttfb.py, reused)
 
 START_TIMEOUT = 30.0
@@ -104,6 +105,10 @@ TARGETS = {
     "ttfb_ms": 1.0,
 }
 RATIO_KINDS = ("redis", "redis_no_near", "memory", "miss")
+MODEL = "gpt-4o-mini"  # of every request body
+# --gateway measures LiteLLM in these two workloads: like the proxy there, it caches in Redis.
+GATEWAY_HIT_WORKLOAD = "hit (Redis)"
+GATEWAY_MISS_WORKLOAD = "miss (Redis)"
 REDIS_HIT_KINDS = frozenset({"redis", "redis_no_near"})  # vs the redis-GET floor
 
 
@@ -140,7 +145,7 @@ def chat_body(text: str, *, stream: bool = False) -> str:
     No seed: the proxy injects its default one, the path most clients take.
     """
     body: dict[str, Any] = {
-        "model": "gpt-4o-mini",
+        "model": MODEL,
         "messages": [{"role": "user", "content": text}],
         "n": 4,
     }
@@ -185,12 +190,23 @@ class Server:
 
 
 @contextmanager
-def started(name: str, args: list[str], port: int, logs: Path) -> Iterator[Server]:
-    """Run ARGS (stdout and stderr to a log file) until the block ends."""
+def started(
+    name: str,
+    args: list[str],
+    port: int,
+    logs: Path,
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
+) -> Iterator[Server]:
+    """Run ARGS (stdout and stderr to a log file) until the block ends; ENV adds variables."""
     log_path = logs / (re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-") + ".log")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REPRO_")}  # defaults only
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("REPRO_")}  # defaults only
+    environ.update(env or {})
     with log_path.open("wb") as out:
-        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            args, cwd=cwd, env=environ, stdout=out, stderr=subprocess.STDOUT
+        )
     server = Server(name, proc, port, log_path)
     try:
         yield server
@@ -203,8 +219,8 @@ def started(name: str, args: list[str], port: int, logs: Path) -> Iterator[Serve
             proc.wait(timeout=5)
 
 
-def wait_http(server: Server, path: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
+def wait_http(server: Server, path: str, timeout: float = START_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
             raise BenchError(
@@ -215,7 +231,7 @@ def wait_http(server: Server, path: str) -> None:
             return
         except httpx.TransportError:
             time.sleep(0.05)
-    raise BenchError(f"{server.name} did not answer within {START_TIMEOUT:.0f} s")
+    raise BenchError(f"{server.name} did not answer within {timeout:.0f} s")
 
 
 def wait_redis(server: Server) -> None:
@@ -292,10 +308,28 @@ def rss_mib(pid: int) -> float:
 # --- verification ----------------------------------------------------------------------------
 
 
+def repro_cache(headers: Mapping[str, str]) -> str:
+    """HIT or MISS as the proxy and the floors say it (LiteLLM: gateway.cache_state)."""
+    return headers.get("X-Repro-Cache", "-")
+
+
+def choice_count(data: bytes) -> int:
+    """How many choices a JSON chat answer has (-1: not one)."""
+    try:
+        return len(json.loads(data)["choices"])
+    except (ValueError, KeyError, TypeError):
+        return -1
+
+
 async def send_all(
-    url: str, bodies: list[str], expect: str | None, concurrency: int = 32
+    url: str,
+    bodies: list[str],
+    expect: str | None,
+    concurrency: int = 32,
+    cache_state: Callable[[Mapping[str, str]], str] = repro_cache,
 ) -> Counter[str]:
-    """POST every body once; each must answer 200 (and X-Repro-Cache `expect`, if given)."""
+    """POST every body once; each must answer 200 (and cache state `expect`, if given), and a
+    JSON answer as many choices as its body asked for (n=4: a server must pass it on)."""
     seen: Counter[str] = Counter()
     failures: list[str] = []
     queue = iter(bodies)
@@ -307,14 +341,18 @@ async def send_all(
             for body in queue:
                 async with session.post(url + "/chat/completions", data=body, headers=AUTH) as r:
                     data = await r.read()
-                    cache = r.headers.get("X-Repro-Cache", "-")
+                    cache = cache_state(r.headers)
                 seen[cache] += 1
+                streamed = b'"stream":true' in body.encode()
+                asked, got = json.loads(body).get("n", 1), choice_count(data)
                 if r.status != 200:
                     failures.append(f"status {r.status}: {data[:200]!r}")
                 elif expect is not None and cache != expect:
-                    failures.append(f"X-Repro-Cache {cache}, expected {expect}")
-                elif b'"stream":true' in body.encode() and not data.endswith(b"data: [DONE]\n\n"):
+                    failures.append(f"cache state {cache}, expected {expect}")
+                elif streamed and not data.endswith(b"data: [DONE]\n\n"):
                     failures.append("a streamed answer that does not end with [DONE]")
+                elif not streamed and got != asked:
+                    failures.append(f"{got} choices, the body asked for {asked}")
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     if failures:
@@ -322,9 +360,13 @@ async def send_all(
     return seen
 
 
-def outcomes(server: Server, role: str) -> Counter[str]:
+def outcomes(server: Server, role: str, sim: Server | None = None) -> Counter[str]:
     """What the server says it served so far: the proxy's repro_requests_total by cache label
-    (all routes), a floor's /_floor/stats."""
+    (all routes), a floor's /_floor/stats; for the gateway, which counts nothing we can read
+    without its paid metrics, the chat completions the sim has answered (`upstream`)."""
+    if role == "gateway" and sim is not None:
+        stats = httpx.get(sim.base + "/_sim/stats", timeout=5).json()
+        return Counter({"upstream": int(stats["requests"].get("/v1/chat/completions", 0))})
     if role == "floor":
         stats = httpx.get(server.base + "/_floor/stats", timeout=5).json()
         return Counter({k: int(v) for k, v in stats.items()})
@@ -449,7 +491,7 @@ class Bench:
         try:
             if self.mode.warmup:
                 run_wrk(server.url, load, self.mode.warmup, self.threads, self.connections)
-            before = outcomes(server, role)
+            before = outcomes(server, role, self.servers.get("sim"))
             cpu0 = cpu_ticks(server.pid)
             aux0 = cpu_ticks(self.servers[aux].pid) if aux else 0
             busy0, ours0, wall0 = busy_ticks(), own_ticks(), time.monotonic()
@@ -460,7 +502,7 @@ class Bench:
             cpu1 = cpu_ticks(server.pid)
             aux1 = cpu_ticks(self.servers[aux].pid) if aux else 0
             busy1, ours1, wall1 = busy_ticks(), own_ticks(), time.monotonic()
-            after = outcomes(server, role)
+            after = outcomes(server, role, self.servers.get("sim"))
             self.check(run, load, figures, after - before)
         except BenchError as exc:
             run.error = str(exc) + warnings_in_log(server)
@@ -506,6 +548,19 @@ class Bench:
             if served["miss"] or served["hit"] < figures["requests"]:
                 raise BenchError(f"the floor served {dict(served)}: not all HIT")
             notes.append(f"floor stats: {served['hit']} hit, no miss")
+        elif run.role == "gateway":  # a request LiteLLM does not answer from its cache: the sim
+            calls, requests = served["upstream"], figures["requests"]
+            if load.expect == "HIT" and calls:
+                raise BenchError(
+                    f"the sim answered {calls} chat completions while wrk completed {requests}: "
+                    "LiteLLM did not serve them all from its cache"
+                )
+            if load.expect == "MISS" and calls < requests:
+                raise BenchError(
+                    f"the sim answered {calls} chat completions while wrk completed {requests}: "
+                    "not all MISS"
+                )
+            notes.append(f"sim: {calls} chat completions during the run")
         run.verified = "; ".join(notes)
 
     @contextmanager
@@ -589,12 +644,16 @@ def ratios(runs: list[Run]) -> list[dict[str, Any]]:
     """Fill ratio_floor / ratio_gateway (/ ratio_gateway_scaled) of the proxy runs; one summary
     line per proxy run.
 
-    ratio_gateway is over the issue's absolute figure (150 hit, 90 miss req/s) and is what the
-    gateway target applies to. For the Redis hit kinds, ratio_gateway_scaled is over that figure
-    scaled to this machine by the redis-GET floor of the same workload, measured in the same
-    run: 150 x floor req/s / 13,000 (the reference machine's floor); information only.
+    ratio_gateway is over the gateway measured in the same workload of this run (--gateway:
+    LiteLLM, in "hit (Redis)" and "miss (Redis)"), else over the issue's absolute figure (150
+    hit, 90 miss req/s); the gateway target applies to it. A gateway run that failed gives no
+    ratio, not the issue's figure in its place. For the Redis hit kinds, ratio_gateway_scaled is
+    over the issue's figure scaled to this machine by the redis-GET floor of the same workload,
+    measured in the same run: 150 x floor req/s / 13,000 (the reference machine's floor);
+    information only.
     """
     by_key = {(r.workload, r.target): r for r in runs}
+    gateways = {r.workload: r for r in runs if r.role == "gateway"}
     summary = []
     for run in runs:
         if run.role != "proxy":
@@ -604,16 +663,24 @@ def ratios(runs: list[Run]) -> list[dict[str, Any]]:
         floor = by_key.get((run.workload, run.floor or ""))
         if floor is not None and not (floor.ok and floor.req_s > 0):
             floor = None  # a failed floor gives no ratio
-        gateway = GATEWAY_MISS_RPS if kind == "miss" else GATEWAY_HIT_RPS
+        issue_gateway = GATEWAY_MISS_RPS if kind == "miss" else GATEWAY_HIT_RPS
+        measured = gateways.get(run.workload)
+        gateway: float | None = issue_gateway
+        cpu_ratio_gateway: float | None = None
+        if measured is not None:
+            gateway = measured.req_s if measured.ok and measured.req_s > 0 else None
         gateway_scaled: float | None = None
         if run.ok:
-            run.ratio_gateway = run.req_s / gateway
+            if gateway is not None:
+                run.ratio_gateway = run.req_s / gateway
+            if measured is not None and gateway is not None and run.cpu_us_per_req:
+                cpu_ratio_gateway = measured.cpu_us_per_req / run.cpu_us_per_req
             if floor is not None:
                 run.ratio_floor = run.req_s / floor.req_s
                 if run.cpu_us_per_req:
                     run.cpu_ratio_floor = floor.cpu_us_per_req / run.cpu_us_per_req
                 if redis_hit:
-                    gateway_scaled = gateway * floor.req_s / REFERENCE_REDIS_FLOOR_RPS
+                    gateway_scaled = issue_gateway * floor.req_s / REFERENCE_REDIS_FLOOR_RPS
                     run.ratio_gateway_scaled = run.req_s / gateway_scaled
         summary.append(
             {
@@ -626,6 +693,11 @@ def ratios(runs: list[Run]) -> list[dict[str, Any]]:
                 "target_floor": TARGETS.get(kind),
                 "ratio_gateway": run.ratio_gateway,
                 "gateway_rps": gateway,
+                # "measured": over the gateway's run in this workload (its name in "gateway");
+                # "issue": over the issue's figure from its reference machine
+                "gateway_basis": "issue" if measured is None else "measured",
+                "gateway": measured.target if measured is not None else None,
+                "cpu_ratio_gateway": cpu_ratio_gateway,  # its CPU/req over the proxy's
                 # the issue sets 50x for the proxy at its defaults, i.e. with its near-cache
                 "target_gateway": TARGETS["gateway"] if kind == "redis" else None,
                 # information only, Redis hit kinds: the gateway's figure scaled to this machine
@@ -699,6 +771,12 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         args.profile.mkdir(parents=True, exist_ok=True)
     only = args.only
     wanted = (lambda name: any(o in name for o in only)) if only else (lambda name: True)
+    install: gateway.Install | None = None
+    if args.gateway and (wanted(GATEWAY_HIT_WORKLOAD) or wanted(GATEWAY_MISS_WORKLOAD)):
+        try:
+            install = gateway.ensure_installed(log)
+        except gateway.GatewayError as exc:
+            raise BenchError(f"--gateway: {exc}") from exc
     started_at = time.monotonic()
     load_before = list(os.getloadavg())
     py = sys.executable
@@ -709,14 +787,14 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             logs.mkdir(parents=True, exist_ok=True)
         ports = {
             name: free_port()
-            for name in ("sim", "redis", "mem", "red", "red_nn", "dict", "rget", "pass")
+            for name in ("sim", "redis", "mem", "red", "red_nn", "dict", "rget", "pass", "gw")
         }
         redis_url = f"redis://127.0.0.1:{ports['redis']}"
         servers = bench.servers
         log(f"bench: starting processes (logs in {logs})")
 
-        def start(name: str, role: str, argv: list[str], key: str) -> Server:
-            server = stack.enter_context(started(name, argv, ports[key], logs))
+        def start(name: str, role: str, argv: list[str], key: str, **how: Any) -> Server:
+            server = stack.enter_context(started(name, argv, ports[key], logs, **how))
             servers[name], bench.roles[name] = server, role
             return server
 
@@ -730,6 +808,25 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             ],
             "redis",
         )  # fmt: skip
+        gw: Server | None = None
+        if install is not None:  # first: it takes the longest to start
+            config = gateway.write_config(
+                logs / "litellm-config.yaml",
+                models=[MODEL],
+                upstream=sim.url,
+                redis_port=ports["redis"],
+                api_key=API_KEY,
+            )
+            wait_redis(redis_server)  # it pings Redis and lists the sim's models at start-up
+            wait_http(sim, "/_sim/settings")
+            gw = start(
+                gateway.NAME,
+                "gateway",
+                gateway.command(install, config, ports["gw"]),
+                "gw",
+                env=gateway.ENV,
+                cwd=install.root,
+            )
         up = ["--upstream", sim.url]
         serve = [py, "-m", "proxy", "serve"]
         mem = start("proxy memory://", "proxy", [*serve, "--port", str(ports["mem"]), *up], "mem")
@@ -770,6 +867,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             wait_http(server, "/healthz")
         for server in (dict_floor, rget_floor, pass_floor):
             wait_http(server, "/_floor/stats")
+        if gw is not None:
+            wait_http(gw, gateway.HEALTH_PATH, gateway.START_TIMEOUT)
         log(
             f"bench: up in {time.monotonic() - started_at:.1f} s; mode {mode.name}, "
             f"{mode.duration} s per run, wrk -t{args.threads} -c{args.connections}"
@@ -794,23 +893,33 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
         def verify(server: Server, bodies: list[str] | None) -> str:
             """Before a run: hit bodies are stored (first pass), then must each answer HIT;
-            for a miss workload, a fresh body must answer MISS (proxies only)."""
+            for a miss workload, a fresh body must answer MISS (proxies and the gateway)."""
+            role = bench.roles[server.name]
+            state = gateway.cache_state if role == "gateway" else repro_cache
+            how = f" ({gateway.HIT_HEADER} or not)" if role == "gateway" else ""
             if bodies is None:
-                if bench.roles[server.name] != "proxy":
+                if role not in ("proxy", "gateway"):
                     return ""
-                gather(send_all(server.url, [chat_body(f"probe {uuid.uuid4().hex}")], "MISS"))
-                return "a fresh body answered 200 MISS before the run"
-            gather(send_all(server.url, bodies, None))
-            seen = gather(send_all(server.url, bodies, "HIT"))
-            log(f"    verified {server.name}: {sum(seen.values())} bodies, all HIT")
-            return f"{len(bodies)} bodies each answered 200 HIT before the run"
+                probe = [chat_body(f"probe {uuid.uuid4().hex}")]
+                gather(send_all(server.url, probe, "MISS", cache_state=state))
+                return f"a fresh body answered 200 MISS{how} before the run"
+            gather(send_all(server.url, bodies, None, cache_state=state))
+            seen = gather(send_all(server.url, bodies, "HIT", cache_state=state))
+            log(f"    verified {server.name}: {sum(seen.values())} bodies, all HIT{how}")
+            return f"{len(bodies)} bodies each answered 200 HIT{how} before the run"
+
+        with_gw = {  # (target, floor, ratio kind, aux) of the gateway's runs, with --gateway
+            GATEWAY_HIT_WORKLOAD: [(gw, None, None, "redis-server")] if gw else [],
+            GATEWAY_MISS_WORKLOAD: [(gw, None, None, "sim")] if gw else [],
+        }
 
         plan: list[tuple[str, list[tuple[Server, Server | None, str | None, str | None]],
                          list[str] | None, Load]] = [
             ("hit (memory)", [(dict_floor, None, None, None), (mem, dict_floor, "memory", None)],
              one, hit_load),
             ("hit (Redis)", [(rget_floor, None, None, "redis-server"),
-                             (red, rget_floor, "redis", "redis-server")], one, hit_load),
+                             (red, rget_floor, "redis", "redis-server"),
+                             *with_gw["hit (Redis)"]], one, hit_load),
             ("hit (Redis, near-cache off)",
              [(rget_floor, None, None, "redis-server"),
               (red_nn, rget_floor, "redis_no_near", "redis-server")], one, hit_load),
@@ -831,7 +940,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             ("miss (memory)", [(sim, None, None, None), (pass_floor, None, None, "sim"),
                                (mem, pass_floor, "miss", "sim")], None, miss_load),
             ("miss (Redis)", [(pass_floor, None, None, "sim"),
-                              (red, pass_floor, "miss", "sim")], None, miss_load),
+                              (red, pass_floor, "miss", "sim"), *with_gw["miss (Redis)"]],
+             None, miss_load),
         ]  # fmt: skip
         for workload, targets, bodies, load in plan:
             if not wanted(workload):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -126,3 +128,46 @@ def test_near_cache_off(start_proxy: ProxyFactory, sim: Sim, tmp_path: Path) -> 
         finally:
             os.kill(server.pid, signal.SIGCONT)
         assert frozen.headers["X-Repro-Cache"] == "MISS"  # the store was asked and timed out
+
+
+def monitored(port: int, act: Callable[[], object]) -> list[str]:
+    """The commands Redis received from clients (not from scripts) while `act` ran."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"MONITOR\r\n")
+        assert sock.recv(64).startswith(b"+OK")
+        act()
+        time.sleep(0.3)  # what the proxy sent has reached Redis and MONITOR
+        sock.settimeout(0.3)
+        data = b""
+        for _ in range(1000):  # bounded: until Redis has nothing more to say
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            data += chunk
+    lines = data.decode(errors="replace").splitlines()
+    return [line for line in lines if " lua] " not in line]
+
+
+def test_a_miss_of_a_known_model_reads_only_its_entry(
+    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
+) -> None:
+    """The near-cache holds the model's fingerprint state (kept coherent by announcements), so
+    a miss asks Redis for the entry alone: one command on the way in, not two."""
+    with running_redis(tmp_path / "redis") as server:
+        proxy = start_proxy("--store", f"redis://127.0.0.1:{server.port}/0")
+        assert ask(proxy, "first").headers["X-Repro-Cache"] == "MISS"
+        assert ask(proxy, "second").headers["X-Repro-Cache"] == "MISS"  # state now remembered
+
+        def misses() -> None:
+            for n in range(3):
+                assert ask(proxy, f"fresh {n}").headers["X-Repro-Cache"] == "MISS"
+
+        seen = monitored(server.port, misses)
+        model_reads = [line for line in seen if '"HGETALL"' in line and ":fp:{" in line]
+        entry_reads = [line for line in seen if '"EVALSHA"' in line and ":e:{" in line]
+        assert model_reads == []
+        assert len(entry_reads) >= 3  # the lookups, and the writes' scripts
+        assert ask(proxy, "fresh 0").headers["X-Repro-Cache"] == "HIT"

@@ -188,6 +188,15 @@ class StoreContract:
         assert (await store.lookup_or_lock("k", "m", "other", 30))[1:] == ({"fp": b"v"}, False)
         assert not await store.locked("k")
 
+    async def test_without_a_model_only_the_values_are_read(self, store: Store) -> None:
+        """A caller that holds the model's state (the near-cache) asks for the values alone."""
+        await store.observe_fingerprint("m", "fp", 1.0)
+        await store.put("k", "fp", b"v", 0)
+        assert await store.lookup("k", None) == (None, {"fp": b"v"})
+        assert await store.lookup_or_lock("k", None, "leader", 30) == (None, {"fp": b"v"}, False)
+        assert await store.lookup_or_lock("empty", None, "leader", 30) == (None, {}, True)
+        assert await store.locked("empty")
+
     async def test_a_write_releases_only_its_own_lock(self, store: Store) -> None:
         assert await store.lock("k", "leader", 30)
         await store.put("k", "fp", b"v", 0, unlock="someone else")

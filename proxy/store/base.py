@@ -102,13 +102,15 @@ class Store(Protocol):
         """The values stored under `key` for these fingerprints (all of them when None)."""
 
     async def lookup(
-        self, key: str, model: str
+        self, key: str, model: str | None
     ) -> tuple[ModelFingerprints | None, dict[str, bytes]]:
         """The model's fingerprint state and every value under `key`, in one round trip: what
-        a HIT under `follow` needs, without waiting for one answer before asking the other."""
+        a HIT under `follow` needs, without waiting for one answer before asking the other.
+        `model` None: the caller holds the state already; only the values are read (state None).
+        """
 
     async def lookup_or_lock(
-        self, key: str, model: str, token: str, ttl: float
+        self, key: str, model: str | None, token: str, ttl: float
     ) -> tuple[ModelFingerprints | None, dict[str, bytes], bool]:
         """`lookup`, and the fill lock of `key` taken for `token` in the same step when `key`
         holds nothing (True if taken): a leader's miss costs one round trip, not two."""

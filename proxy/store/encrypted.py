@@ -75,13 +75,13 @@ class EncryptedStore(StoreWrapper):
         return {fp: value for fp, value in opened.items() if value is not None}
 
     async def lookup(
-        self, key: str, model: str
+        self, key: str, model: str | None
     ) -> tuple[ModelFingerprints | None, dict[str, bytes]]:
         state, found = await self.inner.lookup(key, model)
         return state, self._open_all(key, found)
 
     async def lookup_or_lock(
-        self, key: str, model: str, token: str, ttl: float
+        self, key: str, model: str | None, token: str, ttl: float
     ) -> tuple[ModelFingerprints | None, dict[str, bytes], bool]:
         state, found, locked = await self.inner.lookup_or_lock(key, model, token, ttl)
         return state, self._open_all(key, found), locked

@@ -124,12 +124,12 @@ class GuardedStore:
         return await self._call("get", lambda: self.inner.get(key, fingerprints))
 
     async def lookup(
-        self, key: str, model: str
+        self, key: str, model: str | None
     ) -> tuple[ModelFingerprints | None, dict[str, bytes]]:
         return await self._call("get", lambda: self.inner.lookup(key, model))
 
     async def lookup_or_lock(
-        self, key: str, model: str, token: str, ttl: float
+        self, key: str, model: str | None, token: str, ttl: float
     ) -> tuple[ModelFingerprints | None, dict[str, bytes], bool]:
         return await self._call("get", lambda: self.inner.lookup_or_lock(key, model, token, ttl))
 

@@ -78,12 +78,13 @@ class MemoryStore:
         return found
 
     async def lookup(
-        self, key: str, model: str
+        self, key: str, model: str | None
     ) -> tuple[ModelFingerprints | None, dict[str, bytes]]:
-        return await self.fingerprints(model), await self.get(key, None)
+        state = None if model is None else await self.fingerprints(model)
+        return state, await self.get(key, None)
 
     async def lookup_or_lock(
-        self, key: str, model: str, token: str, ttl: float
+        self, key: str, model: str | None, token: str, ttl: float
     ) -> tuple[ModelFingerprints | None, dict[str, bytes], bool]:
         state, found = await self.lookup(key, model)
         return state, found, not found and await self.lock(key, token, ttl)

@@ -93,35 +93,48 @@ class NearCache(StoreWrapper):
             self._size -= _weight(old_key, old)
 
     async def lookup(
-        self, key: str, model: str
+        self, key: str, model: str | None
     ) -> tuple[ModelFingerprints | None, dict[str, bytes]]:
-        held = self._held(key, model)
-        if held is not None:
-            return held
+        """From memory when it holds the answer; else Redis, asked only for what memory lacks."""
+        state, values = self._held(key, model)
+        if values is not None:
+            return state, values
         generation = self._generation
-        state, values = await self.inner.lookup(key, model)
+        asked = model if state is None else None
+        fetched, values = await self.inner.lookup(key, asked)
+        state = state if asked is None else fetched
         self._keep(generation, key, model, state, values)
         return state, values
 
     async def lookup_or_lock(
-        self, key: str, model: str, token: str, ttl: float
+        self, key: str, model: str | None, token: str, ttl: float
     ) -> tuple[ModelFingerprints | None, dict[str, bytes], bool]:
-        """From memory when it holds the answer (no lock needed: it is stored); else Redis."""
-        held = self._held(key, model)
-        if held is not None:
-            return *held, False
+        """As `lookup`; the lock is asked for only when the answer is not in memory (from
+        memory, it is stored: no lock needed)."""
+        state, values = self._held(key, model)
+        if values is not None:
+            return state, values, False
         generation = self._generation
-        state, values, locked = await self.inner.lookup_or_lock(key, model, token, ttl)
+        asked = model if state is None else None
+        fetched, values, locked = await self.inner.lookup_or_lock(key, asked, token, ttl)
+        state = state if asked is None else fetched
         self._keep(generation, key, model, state, values)
         return state, values, locked
 
-    def _held(self, key: str, model: str) -> tuple[ModelFingerprints, dict[str, bytes]] | None:
-        """What this process remembers for a lookup, while the feed is live."""
-        if not self.live:
-            return None
-        values, state = self._entries.get(key), self._states.get(model)
-        if values is None or state is None:
-            return None
+    def _held(
+        self, key: str, model: str | None
+    ) -> tuple[ModelFingerprints | None, dict[str, bytes] | None]:
+        """What this process remembers for a lookup, while the feed is live: the model's state,
+        and the values only when the state is held too (a HIT needs both). Every miss of a
+        known model then reads only its entry from Redis."""
+        if not self.live or model is None:
+            return None, None
+        state = self._states.get(model)
+        if state is None:
+            return None, None
+        values = self._entries.get(key)
+        if values is None:
+            return state, None
         self._entries.move_to_end(key)
         return state, dict(values)
 
@@ -129,13 +142,16 @@ class NearCache(StoreWrapper):
         self,
         generation: int,
         key: str,
-        model: str,
+        model: str | None,
         state: ModelFingerprints | None,
         values: dict[str, bytes],
     ) -> None:
-        """Remember a fetch, unless an invalidation came in while it was on its way."""
-        if self.live and generation == self._generation and state is not None and values:
-            self._states[model] = state
+        """Remember a fetch, unless an invalidation came in while it was on its way: the model's
+        state even when the key holds nothing (the next miss then reads only its entry)."""
+        if not self.live or generation != self._generation or model is None or state is None:
+            return
+        self._states[model] = state
+        if values:
             self._remember(key, dict(values))
 
     # Writes announce themselves through Redis, in their own transaction or script (see

@@ -171,11 +171,14 @@ class RedisStore:
         return {fp: _bytes(value) for fp, value in pairs if value is not None}
 
     async def lookup(
-        self, key: str, model: str
+        self, key: str, model: str | None
     ) -> tuple[ModelFingerprints | None, dict[str, bytes]]:
         """Both reads in one pipeline (shared with whatever else is asking at the moment); on a
         cluster the two keys may sit on two nodes, which redis-py then asks in parallel."""
         with _mapped("lookup"):
+            if model is None:
+                found = await self._batch.call("HGETALL", self._entry(key))
+                return None, _values(found.items())
             state, found = await replies(
                 self._batch.send("HGETALL", self._model(model)),
                 self._batch.send("HGETALL", self._entry(key)),
@@ -183,21 +186,22 @@ class RedisStore:
         return self._parsed_model(state), _values(found.items())
 
     async def lookup_or_lock(
-        self, key: str, model: str, token: str, ttl: float
+        self, key: str, model: str | None, token: str, ttl: float
     ) -> tuple[ModelFingerprints | None, dict[str, bytes], bool]:
         """As `lookup`, with the entry read by a script that also takes the lock when it is
         empty (the entry and its lock share a hash tag: one slot on a cluster)."""
         keys, args = [self._entry(key), self._lock(key)], [token, max(1, int(ttl * 1000))]
         with _mapped("lookup"):
-            state_reply = self._batch.send("HGETALL", self._model(model))
+            state_reply = None if model is None else self._batch.send("HGETALL", self._model(model))
             try:  # the script's command joins the same batch: it is sent before any await
                 flat, locked = await self._batch.script(_LOOKUP_OR_LOCK, keys, args)
             except BaseException:
-                dropped(state_reply)
+                if state_reply is not None:
+                    dropped(state_reply)
                 raise
-            state = await state_reply
+            state = None if state_reply is None else self._parsed_model(await state_reply)
         found = _values(zip(flat[::2], flat[1::2], strict=True))
-        return self._parsed_model(state), found, bool(locked)
+        return state, found, bool(locked)
 
     def _parsed_model(self, state: Mapping[bytes | str, bytes | str]) -> ModelFingerprints | None:
         """`_parse_model`, remembered: every HIT reads the model's state, which rarely changes."""
