@@ -204,9 +204,7 @@ def started(
     environ = {k: v for k, v in os.environ.items() if not k.startswith("REPRO_")}  # defaults only
     environ.update(env or {})
     with log_path.open("wb") as out:
-        proc = subprocess.Popen(
-            args, cwd=cwd, env=environ, stdout=out, stderr=subprocess.STDOUT
-        )
+        proc = subprocess.Popen(args, cwd=cwd, env=environ, stdout=out, stderr=subprocess.STDOUT)
     server = Server(name, proc, port, log_path)
     try:
         yield server
@@ -710,6 +708,35 @@ def ratios(runs: list[Run]) -> list[dict[str, Any]]:
     return summary
 
 
+def gateway_summary(install: gateway.Install | None, runs: list[Run]) -> dict[str, Any] | None:
+    """With --gateway: what was installed, and LiteLLM's figures next to the proxy's Redis hit."""
+    if install is None:
+        return None
+    by_key = {(r.workload, r.role): r for r in runs if r.role in ("gateway", "proxy")}
+
+    def figure(workload: str, role: str, name: str) -> float | None:
+        run = by_key.get((workload, role))
+        return getattr(run, name) if run is not None and run.ok else None
+
+    hit, proxy_hit = figure(GATEWAY_HIT_WORKLOAD, "gateway", "req_s"), None
+    if hit:
+        proxy_hit = figure(GATEWAY_HIT_WORKLOAD, "proxy", "req_s")
+    return {
+        "name": gateway.NAME,
+        "requirement": gateway.REQUIREMENT,
+        "venv": str(install.venv),
+        "install_s": round(install.install_s, 1),
+        "venv_mib": round(install.venv_mib),
+        "reused_install": install.reused,
+        "hit_rps": hit,
+        "cpu_us_per_hit": figure(GATEWAY_HIT_WORKLOAD, "gateway", "cpu_us_per_req"),
+        "miss_rps": figure(GATEWAY_MISS_WORKLOAD, "gateway", "req_s"),
+        "cpu_us_per_miss": figure(GATEWAY_MISS_WORKLOAD, "gateway", "cpu_us_per_req"),
+        "proxy_redis_hit_rps": proxy_hit,
+        "ratio_redis_hit": proxy_hit / hit if hit and proxy_hit else None,
+    }
+
+
 def ttfb(direct: Server, proxies: list[Server], requests: int) -> dict[str, Any]:
     """Streamed MISSes with unique bodies, interleaved: direct to the sim vs each proxy."""
     result: dict[str, Any] = {"requests": requests, "ok": False}
@@ -1005,6 +1032,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "reference": REFERENCE,
         "runs": [run.__dict__ for run in bench.runs],
         "ratios": summary,
+        "gateway": gateway_summary(install, bench.runs),
         "ttfb": ttfb_result,
         "profiles": bench.profiles,
     }
@@ -1020,6 +1048,7 @@ def fmt(value: float | None, spec: str, unit: str = "") -> str:
 def table(result: dict[str, Any]) -> str:
     config = result["config"]
     runs = result["runs"]
+    measured_gw = (result.get("gateway") or {}).get("name")
     wl = max([24, *(len(run["workload"]) + 2 for run in runs)])  # column widths
     tg = max([20, *(len(run["target"]) + 2 for run in runs)])
     lines = [
@@ -1032,6 +1061,14 @@ def table(result: dict[str, Any]) -> str:
             ": other processes share the CPUs, figures are noisy"
             if config["load_average_before"][0] > (config["cpus"] or 1) / 2
             else "",
+        ),
+        *(
+            [
+                f"gateway: {measured_gw} (litellm[proxy], its own venv {result['gateway']['venv']}"
+                f"), one worker, Redis cache in db {gateway.REDIS_DB}"
+            ]
+            if measured_gw
+            else []
         ),
         "",
         f"{'workload':<{wl}}{'target':<{tg}}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}"
@@ -1061,8 +1098,19 @@ def table(result: dict[str, Any]) -> str:
         "other%: share of the machine's CPU used by processes outside the run (noise).",
         "CPU/req ratio: the floor's CPU per request over the proxy's; it holds up better than",
         "req/s when other processes share the CPUs (req/s then measures the scheduler too).",
-        f"vs gateway: over the issue's popular Python gateway, {GATEWAY_HIT_RPS:.0f} hit req/s, "
-        f"{GATEWAY_MISS_RPS:.0f} miss req/s (one worker).",
+        *(
+            [
+                f"vs gateway: over {measured_gw} measured in this run where the workload has it "
+                f"({GATEWAY_HIT_WORKLOAD}, {GATEWAY_MISS_WORKLOAD}); in the others",
+                f"over the issue's popular Python gateway, {GATEWAY_HIT_RPS:.0f} hit req/s, "
+                f"{GATEWAY_MISS_RPS:.0f} miss req/s (one worker, its reference machine).",
+            ]
+            if measured_gw
+            else [
+                f"vs gateway: over the issue's popular Python gateway, {GATEWAY_HIT_RPS:.0f} hit "
+                f"req/s, {GATEWAY_MISS_RPS:.0f} miss req/s (one worker)."
+            ]
+        ),
         f"scaled to this machine (Redis hits): over {GATEWAY_HIT_RPS:.0f} x the workload's "
         f"redis-GET floor req/s / {REFERENCE_REDIS_FLOOR_RPS:,.0f}",
         "(the floor of the issue's reference machine); information only, the issue's gateway",
@@ -1071,10 +1119,16 @@ def table(result: dict[str, Any]) -> str:
     ]
     summary = result["ratios"]
     scaled_suffix = ", scaled to this machine"
+
+    def gateway_name(r: dict[str, Any]) -> str:
+        measured = f" ({r['gateway']}, measured in this run)" if r.get("gateway") else ""
+        return f"{r['workload']}: proxy / popular gateway{measured}"
+
     nw = max(
         [50]
         + [len(f"{r['workload']}: proxy / {r['floor']}") + 2 for r in summary]
         + [len(f"{r['workload']}: proxy / popular gateway{scaled_suffix}") + 2 for r in summary]
+        + [len(gateway_name(r)) + 2 for r in summary]
     )
     lines.append(f"{'ratio (same run)':<{nw}}{'req/s':>8}{'CPU/req':>9}{'issue target':>14}")
     for r in summary:
@@ -1085,11 +1139,12 @@ def table(result: dict[str, Any]) -> str:
             f"{fmt(r['cpu_ratio_floor'], '.2f', 'x'):>9}"
             f"{('>= ' + format(target, '.1f') + 'x') if target else '':>14}"
         )
-        if r["target_gateway"]:
-            name = f"{r['workload']}: proxy / popular gateway"
+        if r["target_gateway"] or r.get("gateway"):  # the target's row, or a measured gateway
+            target = r["target_gateway"]
             lines.append(
-                f"{name:<{nw}}{fmt(r['ratio_gateway'], ',.0f', 'x'):>8}{'':>9}"
-                f"{'>= ' + format(r['target_gateway'], '.0f') + 'x':>14}"
+                f"{gateway_name(r):<{nw}}{fmt(r['ratio_gateway'], ',.0f', 'x'):>8}"
+                f"{fmt(r['cpu_ratio_gateway'], ',.0f', 'x') if r.get('gateway') else '':>9}"
+                f"{('>= ' + format(target, '.0f') + 'x') if target else '':>14}"
             )
         if r.get("reference_floor_rps"):  # the Redis hit workloads: information only
             name = f"{r['workload']}: proxy / popular gateway{scaled_suffix}"
@@ -1153,6 +1208,12 @@ def main() -> int:
         "--profile", type=Path, help="py-spy the proxy during its runs; collapsed stacks here"
     )
     parser.add_argument("--keep-logs", type=Path, help="keep the processes' logs in this folder")
+    parser.add_argument(
+        "--gateway",
+        action="store_true",
+        help=f"also measure {gateway.NAME} with its Redis cache (hit and miss, Redis); the "
+        "first use installs it into its own venv under ~/.cache (downloads packages)",
+    )
     args = parser.parse_args()
     if args.profile and not shutil.which("py-spy"):
         parser.error("--profile needs py-spy (pip install py-spy)")
