@@ -586,6 +586,8 @@ async def _serve_llm(
     state = request.app[STATE]
     fault = state.next_fault()
     if fault is not None and fault.kind in _IMMEDIATE_FAULTS:
+        if fault.kind == "status":  # an error is an answer too: as slow as the others
+            await _pause(state.latency)
         return await _immediate_fault(request, fault)
     reply = build(_parse_object(await request.read()), state)
     await _pause(state.latency)

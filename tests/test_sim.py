@@ -387,6 +387,17 @@ async def test_settings_route_changes_latency() -> None:
         assert (await (await client.get("/_sim/settings")).json())["latency"] == 0.2
 
 
+async def test_a_status_fault_takes_the_latency_of_an_answer() -> None:
+    """A test that races requests against a failing upstream needs the failure to take time."""
+    async with sim() as client:
+        await client.post("/_sim/settings", json={"latency": 0.2})
+        await add_fault(client, kind="status", status=503)
+        started = time.monotonic()
+        resp = await client.post("/v1/chat/completions", json=CHAT, headers=AUTH)
+        assert resp.status == 503
+        assert time.monotonic() - started >= 0.2
+
+
 async def test_stats_count_completed_and_cancelled_streams() -> None:
     async with sim() as client:
         await stream_frames(client, "/v1/chat/completions", CHAT)
