@@ -7,7 +7,6 @@ a MISS and a write into a no-op, counted in `repro_store_errors_total`, never a 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -318,27 +317,33 @@ class Answer:
 async def record(
     services: Services, call: Call, answer: Answer, lease: Lease | None = None
 ) -> None:
-    """Learn the answer's fingerprint and store the answer (when the plan stores), in one round
-    trip: the observation goes out first and the write rides in the same pipeline, so under
-    `follow` the entry is servable once written. (On a cluster the two may sit on two nodes; a
-    lookup between them, at a rotation only, is a MISS, never a wrong answer.)"""
-    learning = observe_fingerprint(services, call.model, answer.fingerprint)
-    if not call.plan.store:
-        await learning
-    elif not services.store.shared:  # no round trip to save: in order, without a task
-        await learning
-        await put(services, call, answer, lease)
-    else:
-        storing = asyncio.ensure_future(put(services, call, answer, lease))
-        try:
-            await learning
-        finally:
-            await storing
+    """Learn the answer's fingerprint and store the answer (when the plan stores), in one step
+    (`Store.record`): the observation comes first, so under `follow` the entry is servable once
+    written. A leader's `lease` gives up its store lock in the same write."""
+    entry = _storable(services, call, answer) if call.plan.store else None
+    if entry is None:
+        await observe_fingerprint(services, call.model, answer.fingerprint)
+        return
+    services.prober.answered(call.model)
+    tracker = services.fingerprints
+    labels = Labels(namespace=call.namespace, model=call.model)
+    unlock = lease.token if lease is not None and lease.held else None
+    try:
+        seen = await services.store.record(
+            call.key, entry.fingerprint, entry.pack(), services.settings.ttl, labels, unlock,
+            call.model, tracker.now(),
+        )  # fmt: skip
+    except StoreError as exc:  # both are lost: the observation and the entry
+        services.metrics.store_errors.labels("fingerprint").inc()
+        store_failed(services, "put", exc)
+        return
+    tracker.learned(call.model, answer.fingerprint, seen)
+    if lease is not None:
+        lease.held = False  # released with the write
 
 
-async def put(services: Services, call: Call, answer: Answer, lease: Lease | None = None) -> None:
-    """Store an answer unless it is over the size cap; a failing store only loses the entry.
-    A leader's `lease` gives up its store lock in the same write."""
+def _storable(services: Services, call: Call, answer: Answer) -> Entry | None:
+    """The entry to store, or None when it is over the size cap (logged)."""
     entry = Entry(
         body=answer.body,
         content_type=answer.content_type,
@@ -359,18 +364,8 @@ async def put(services: Services, call: Call, answer: Answer, lease: Lease | Non
         log.info(
             "answer not stored: over max-entry", extra={"key": call.key, "bytes": len(entry.body)}
         )
-        return
-    labels = Labels(namespace=call.namespace, model=call.model)
-    unlock = lease.token if lease is not None and lease.held else None
-    try:
-        await services.store.put(
-            call.key, entry.fingerprint, entry.pack(), services.settings.ttl, labels, unlock
-        )
-    except StoreError as exc:
-        store_failed(services, "put", exc)
-        return
-    if lease is not None:
-        lease.held = False  # released with the write
+        return None
+    return entry
 
 
 def store_failed(services: Services, op: str, exc: StoreError) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 from proxy.metrics import Metrics
 from proxy.policy import FingerprintPolicy, acceptable_fingerprints
-from proxy.store.base import ModelFingerprints, Store
+from proxy.store.base import ModelFingerprints, Observation, Store
 
 log = logging.getLogger("proxy.fingerprints")
 
@@ -39,7 +39,18 @@ class FingerprintTracker:
 
     async def observe(self, model: str, fingerprint: str) -> None:
         """Record the fingerprint of a fresh upstream answer; count and log a rotation."""
-        seen = await self._store.observe_fingerprint(model, fingerprint, self._clock())
+        self.learned(
+            model,
+            fingerprint,
+            await self._store.observe_fingerprint(model, fingerprint, self.now()),
+        )
+
+    def now(self) -> float:
+        """The time an observation is stamped with."""
+        return self._clock()
+
+    def learned(self, model: str, fingerprint: str, seen: Observation) -> None:
+        """What the store said of an observation (`observe`, or a write's `Store.record`)."""
         self._metrics.fingerprint_current(model, fingerprint)
         if seen.new and seen.previous is not None:
             self._metrics.fingerprint_changes.labels(self._metrics.model(model)).inc()

@@ -197,6 +197,31 @@ class StoreContract:
         assert await store.lookup_or_lock("empty", None, "leader", 30) == (None, {}, True)
         assert await store.locked("empty")
 
+    async def test_record_observes_then_stores_and_releases_the_lock(self, store: Store) -> None:
+        assert await store.lock("k", "leader", 30)
+        labels = Labels(namespace="ns", model="m")
+        seen = await store.record("k", "fp_a", b"A", 0, labels, "leader", "m", 5.0)
+        assert seen == Observation(previous=None, new=True)
+        assert not await store.locked("k")
+        state, found = await store.lookup("k", "m")
+        assert state == ModelFingerprints("fp_a", (FingerprintSeen("fp_a", 5.0, 5.0, 1),))
+        assert found == {"fp_a": b"A"}
+        assert list(await store.all_fingerprints()) == ["m"]  # the model is in the index
+        assert [item[:2] async for item in store.entries(Selector(namespace="ns"))] == [
+            ("k", "fp_a")
+        ]
+        again = await store.record("k2", "fp_a", b"B", 0, labels, None, "m", 6.0)
+        assert again == Observation(previous="fp_a", new=False)
+        rotated = await store.record("k", "fp_b", b"C", 0, labels, None, "m", 7.0)
+        assert rotated == Observation(previous="fp_a", new=True)
+        assert await store.get("k", None) == {"fp_a": b"A", "fp_b": b"C"}
+        state = await store.fingerprints("m")
+        assert state is not None and state.current == "fp_b"
+        assert [(s.fingerprint, s.count, s.last_seen) for s in state.seen] == [
+            ("fp_a", 2, 6.0),
+            ("fp_b", 1, 7.0),
+        ]
+
     async def test_a_write_releases_only_its_own_lock(self, store: Store) -> None:
         assert await store.lock("k", "leader", 30)
         await store.put("k", "fp", b"v", 0, unlock="someone else")

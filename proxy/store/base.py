@@ -130,6 +130,21 @@ class Store(Protocol):
         leader's write and its release then cost one round trip, and no follower that sees the
         lock gone can miss the answer."""
 
+    async def record(
+        self,
+        key: str,
+        fingerprint: str,
+        value: bytes,
+        ttl: int,
+        labels: Labels,
+        unlock: str | None,
+        model: str,
+        now: float,
+    ) -> Observation:
+        """`observe_fingerprint(model, fingerprint, now)`, then `put`, in one step where the
+        backend allows: a fresh upstream answer costs one round trip, and under `follow` it is
+        servable as soon as it is stored."""
+
     async def delete(self, key: str) -> None:
         """Forget every fingerprint's value under `key`."""
 

@@ -21,6 +21,7 @@ from proxy.store.base import (
     NO_LABELS,
     Labels,
     ModelFingerprints,
+    Observation,
     Selector,
     Store,
 )
@@ -97,6 +98,20 @@ class EncryptedStore(StoreWrapper):
     ) -> None:
         sealed = self.seal(key, fingerprint, value)
         await self.inner.put(key, fingerprint, sealed, ttl, labels, unlock)
+
+    async def record(
+        self,
+        key: str,
+        fingerprint: str,
+        value: bytes,
+        ttl: int,
+        labels: Labels,
+        unlock: str | None,
+        model: str,
+        now: float,
+    ) -> Observation:
+        sealed = self.seal(key, fingerprint, value)
+        return await self.inner.record(key, fingerprint, sealed, ttl, labels, unlock, model, now)
 
     async def entries(self, selector: Selector) -> AsyncIterator[tuple[str, str, bytes]]:
         async for key, fingerprint, blob in self.inner.entries(selector):

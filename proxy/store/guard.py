@@ -146,6 +146,22 @@ class GuardedStore:
             "put", lambda: self.inner.put(key, fingerprint, value, ttl, labels, unlock)
         )
 
+    async def record(
+        self,
+        key: str,
+        fingerprint: str,
+        value: bytes,
+        ttl: int,
+        labels: Labels,
+        unlock: str | None,
+        model: str,
+        now: float,
+    ) -> Observation:
+        return await self._call(
+            "record",
+            lambda: self.inner.record(key, fingerprint, value, ttl, labels, unlock, model, now),
+        )
+
     async def purge(self, selector: Selector, dry_run: bool) -> int:
         """Not under the call deadline: a purge scans the whole store, in batches."""
         return await self._admin("purge", self.inner.purge(selector, dry_run))

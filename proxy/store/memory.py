@@ -145,6 +145,21 @@ class MemoryStore:
         self._drop_expired()
         return Usage(entries=len(self._entries), bytes=self._size)
 
+    async def record(
+        self,
+        key: str,
+        fingerprint: str,
+        value: bytes,
+        ttl: int,
+        labels: Labels,
+        unlock: str | None,
+        model: str,
+        now: float,
+    ) -> Observation:
+        seen = await self.observe_fingerprint(model, fingerprint, now)
+        await self.put(key, fingerprint, value, ttl, labels, unlock)
+        return seen
+
     async def observe_fingerprint(self, model: str, fingerprint: str, now: float) -> Observation:
         state = self._models.get(model)
         previous = state.current if state is not None else None

@@ -169,6 +169,23 @@ class NearCache(StoreWrapper):
         self._invalidate(ENTRY_CHANGED + key)
         await self.inner.put(key, fingerprint, value, ttl, labels, unlock)
 
+    async def record(
+        self,
+        key: str,
+        fingerprint: str,
+        value: bytes,
+        ttl: int,
+        labels: Labels,
+        unlock: str | None,
+        model: str,
+        now: float,
+    ) -> Observation:
+        self._invalidate(ENTRY_CHANGED + key)
+        seen = await self.inner.record(key, fingerprint, value, ttl, labels, unlock, model, now)
+        if seen.previous != fingerprint:
+            self._invalidate(MODEL_CHANGED + model)
+        return seen
+
     async def delete(self, key: str) -> None:
         self._invalidate(ENTRY_CHANGED + key)
         await self.inner.delete(key)

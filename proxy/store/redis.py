@@ -52,46 +52,71 @@ _LABELS = "\x00labels"
 _SCAN_BATCH = 500
 _MODELS_REMEMBERED = 256
 
-# KEYS[1] = the model's hash; ARGV = model, fingerprint, now.
-# Returns {previous current or nil, 1 if the fingerprint is new for the model else 0}.
+# The observation of one answer's fingerprint: `key` is the model's hash. Returns {previous
+# current or nil, 1 if the fingerprint is new for the model else 0}.
 # Announced only when `current` moves: what a near-cache serves by (the current fingerprint, and
 # the last_seen of the others for the grace window) changes only then.
 # Timestamps are written with %.17g so that they round-trip exactly through JSON.
-_OBSERVE = """
-local key, field, now = KEYS[1], 'fp:' .. ARGV[2], tonumber(ARGV[3])
-local previous = redis.call('HGET', key, 'current')
-local raw = redis.call('HGET', key, field)
-local rec
-if raw then
-  rec = cjson.decode(raw)
-  rec.count = rec.count + 1
-  rec.last_seen = math.max(rec.last_seen, now)
-else
-  rec = {first_seen = now, last_seen = now, count = 1,
-         order = redis.call('HINCRBY', key, 'seen', 1)}
+_OBSERVE_FUNCTION = """
+local function observe(key, model, fingerprint, now, channel)
+  local field = 'fp:' .. fingerprint
+  local previous = redis.call('HGET', key, 'current')
+  local raw = redis.call('HGET', key, field)
+  local rec
+  if raw then
+    rec = cjson.decode(raw)
+    rec.count = rec.count + 1
+    rec.last_seen = math.max(rec.last_seen, now)
+  else
+    rec = {first_seen = now, last_seen = now, count = 1,
+           order = redis.call('HINCRBY', key, 'seen', 1)}
+  end
+  local json = string.format('{"first_seen":%.17g,"last_seen":%.17g,"count":%d,"order":%d}',
+    rec.first_seen, rec.last_seen, rec.count, rec.order)
+  redis.call('HSET', key, 'model', model, 'current', fingerprint, field, json)
+  if channel ~= '' and previous ~= fingerprint then
+    redis.call('PUBLISH', channel, 'm' .. string.char(0) .. model)
+  end
+  if raw then return {previous, 0} end
+  return {previous, 1}
 end
-local json = string.format('{"first_seen":%.17g,"last_seen":%.17g,"count":%d,"order":%d}',
-  rec.first_seen, rec.last_seen, rec.count, rec.order)
-redis.call('HSET', key, 'model', ARGV[1], 'current', ARGV[2], field, json)
-if ARGV[4] ~= '' and previous ~= ARGV[2] then
-  redis.call('PUBLISH', ARGV[4], 'm' .. string.char(0) .. ARGV[1])
-end
-if raw then return {previous, 0} end
-return {previous, 1}
 """
 
-
-# KEYS = an entry hash, its fill lock (same hash tag: same slot on a cluster).
-# ARGV = fingerprint, value, labels field, labels, ttl, channel, message, lock token or ''.
-# A script rather than MULTI/EXEC, so that it is one command and can share a pipeline.
-_PUT = """
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
-if tonumber(ARGV[5]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[5])
-else redis.call('PERSIST', KEYS[1]) end
-if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[6], ARGV[7]) end
-if ARGV[8] ~= '' and redis.call('GET', KEYS[2]) == ARGV[8] then redis.call('DEL', KEYS[2]) end
-return 1
+# One answer's write: an entry hash and its fill lock (same hash tag: same slot on a cluster);
+# the lock is released when `token` holds it. A script rather than MULTI/EXEC, so that it is
+# one command and can share a pipeline.
+_PUT_FUNCTION = """
+local function put(entry, lock, fingerprint, value, field, labels, ttl, channel, message, token)
+  redis.call('HSET', entry, fingerprint, value, field, labels)
+  if tonumber(ttl) > 0 then redis.call('EXPIRE', entry, ttl)
+  else redis.call('PERSIST', entry) end
+  if channel ~= '' then redis.call('PUBLISH', channel, message) end
+  if token ~= '' and redis.call('GET', lock) == token then redis.call('DEL', lock) end
+end
 """
+
+# KEYS[1] = the model's hash; ARGV = model, fingerprint, now, channel.
+_OBSERVE = _OBSERVE_FUNCTION + (
+    "return observe(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4])"
+)
+
+# KEYS = an entry hash, its lock; ARGV = fingerprint, value, labels field, labels, ttl, channel,
+# message, lock token or ''.
+_PUT = _PUT_FUNCTION + "put(KEYS[1], KEYS[2], unpack(ARGV, 1, 8))\nreturn 1"
+
+# Both in one script, the observation first, for a standalone server (on a cluster the keys sit
+# on several slots). KEYS = the model's hash, the models index, then _PUT's;
+# ARGV = model, now, then _PUT's.
+_RECORD = (
+    _OBSERVE_FUNCTION
+    + _PUT_FUNCTION
+    + """
+local seen = observe(KEYS[1], ARGV[1], ARGV[3], tonumber(ARGV[2]), ARGV[8])
+if seen[2] == 1 then redis.call('SADD', KEYS[2], ARGV[1]) end
+put(KEYS[3], KEYS[4], unpack(ARGV, 3, 10))
+return seen
+"""
+)
 
 # KEYS = an entry hash, its fill lock; ARGV = token, ttl in ms. The entry's fields, and 1 if the
 # lock was taken for the token because the entry holds nothing (else 0).
@@ -153,7 +178,8 @@ class RedisStore:
         self._client: Any = cast(Any, client)
         self._prefix = prefix
         # redis-py's asyncio cluster client has no pub/sub: no near-caches to tell there.
-        self.invalidations = "" if isinstance(client, aioredis.RedisCluster) else invalidations
+        self._cluster = isinstance(client, aioredis.RedisCluster)
+        self.invalidations = "" if self._cluster else invalidations
         self.deadline = deadline
         self._batch = Batcher(self._client, deadline)
         self._models_parsed: LRU[frozenset[Any], ModelFingerprints] = LRU(_MODELS_REMEMBERED)
@@ -223,13 +249,56 @@ class RedisStore:
         unlock: str | None = None,
     ) -> None:
         """Store the value; the TTL is per key, so it also renews the key's other fingerprints."""
+        with _mapped("put"):
+            await self._batch.script(
+                _PUT,
+                self._put_keys(key),
+                self._put_args(key, fingerprint, value, ttl, labels, unlock),
+            )
+
+    async def record(
+        self,
+        key: str,
+        fingerprint: str,
+        value: bytes,
+        ttl: int,
+        labels: Labels,
+        unlock: str | None,
+        model: str,
+        now: float,
+    ) -> Observation:
+        """One script on a standalone server. A cluster keeps the two on their own slots, sent
+        together (the observation first) but not atomically: a lookup between them, at a
+        rotation only, is a MISS, never a wrong answer."""
+        if self._cluster:
+            writing = asyncio.ensure_future(self.put(key, fingerprint, value, ttl, labels, unlock))
+            try:
+                return await self.observe_fingerprint(model, fingerprint, now)
+            finally:
+                await writing
+        keys = [self._model(model), self._models(), *self._put_keys(key)]
+        args = [model, repr(now), *self._put_args(key, fingerprint, value, ttl, labels, unlock)]
+        with _mapped("record"):
+            previous, new = await self._batch.script(_RECORD, keys, args)
+        return Observation(previous=_text(previous) if previous else None, new=bool(new))
+
+    def _put_keys(self, key: str) -> list[str]:
+        return [self._entry(key), self._lock(key)]
+
+    def _put_args(
+        self,
+        key: str,
+        fingerprint: str,
+        value: bytes,
+        ttl: int,
+        labels: Labels,
+        unlock: str | None,
+    ) -> list[Any]:
         tags = orjson.dumps({"namespace": labels.namespace, "model": labels.model})
-        args = [
+        return [
             fingerprint, value, _LABELS, tags, ttl, self.invalidations, ENTRY_CHANGED + key,
             unlock or "",
         ]  # fmt: skip
-        with _mapped("put"):
-            await self._batch.script(_PUT, [self._entry(key), self._lock(key)], args)
 
     async def delete(self, key: str) -> None:
         with _mapped("delete"):

@@ -48,6 +48,19 @@ class StoreWrapper:
     ) -> None:
         await self.inner.put(key, fingerprint, value, ttl, labels, unlock)
 
+    async def record(
+        self,
+        key: str,
+        fingerprint: str,
+        value: bytes,
+        ttl: int,
+        labels: Labels,
+        unlock: str | None,
+        model: str,
+        now: float,
+    ) -> Observation:
+        return await self.inner.record(key, fingerprint, value, ttl, labels, unlock, model, now)
+
     async def delete(self, key: str) -> None:
         await self.inner.delete(key)
 
