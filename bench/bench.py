@@ -1134,7 +1134,8 @@ def table(result: dict[str, Any]) -> str:
     def gateway_name(r: dict[str, Any]) -> str:
         """Which gateway figure a row is over, once a run has both kinds."""
         if r.get("gateway"):
-            basis = f" ({r['gateway']}, measured in this run)"
+            how = "measured in this run" if r["gateway_rps"] else "its run failed, no figure"
+            basis = f" ({r['gateway']}, {how})"
         else:
             basis = " (the issue's figure)" if measured_gw else ""
         return f"{r['workload']}: proxy / popular gateway{basis}"
