@@ -8,7 +8,8 @@ a MISS and a write into a no-op, counted in `repro_store_errors_total`, never a 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -20,7 +21,8 @@ from proxy import canonical, policy
 from proxy.coalesce import Lease
 from proxy.context import Services
 from proxy.entry import CorruptEntry, Entry, fingerprint_of, usage_of
-from proxy.errors import InvalidParameter
+from proxy.errors import InvalidParameter, UpstreamError
+from proxy.http1 import Response
 from proxy.policy import Outcome, Plan
 from proxy.store.base import Labels, ModelFingerprints, StoreError
 from proxy.store.guard import CircuitOpen
@@ -260,14 +262,32 @@ def upstream_headers(request: web.Request) -> CIMultiDict[str]:
     return headers
 
 
+@asynccontextmanager
+async def upstream_call(
+    services: Services, request: web.Request, call: Call
+) -> AsyncIterator[Response]:
+    """The upstream's answer to `call`, timed to its headers in the upstream histogram. No
+    answer at all (unreachable, timed out) counts as the status the client gets instead, 502
+    or 504, as nginx's $upstream_status does: a dead upstream must show in the error ratio."""
+    started = services.clock()
+    answered = False
+    try:
+        async with services.upstream.request(
+            "POST", request.path_qs, upstream_headers(request), call.body
+        ) as upstream:
+            answered = True
+            observe_upstream(services, call.route, upstream.status, started)
+            yield upstream
+    except UpstreamError as exc:
+        if not answered:
+            observe_upstream(services, call.route, exc.status, started)
+        raise
+
+
 async def forward(
     services: Services, request: web.Request, call: Call, lease: Lease | None = None
 ) -> web.Response:
-    started = services.clock()
-    async with services.upstream.request(
-        "POST", request.path_qs, upstream_headers(request), call.body
-    ) as upstream:
-        observe_upstream(services, call.route, upstream.status, started)
+    async with upstream_call(services, request, call) as upstream:
         data = await read_body(upstream)
         headers = response_headers(upstream.headers, decoded=True)
         status, content_type = upstream.status, upstream.headers.get("Content-Type", "")

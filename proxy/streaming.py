@@ -24,10 +24,9 @@ from proxy.caching import (
     Answer,
     Call,
     observe_fingerprint,
-    observe_upstream,
     record,
     repro_headers,
-    upstream_headers,
+    upstream_call,
 )
 from proxy.context import Services
 from proxy.errors import UpstreamUnreachable
@@ -46,11 +45,7 @@ _UPSTREAM_BROKE = (TimeoutError, HTTPError)
 async def forward_stream(
     services: Services, request: web.Request, call: Call
 ) -> web.StreamResponse:
-    started = services.clock()
-    async with services.upstream.request(
-        "POST", request.path_qs, upstream_headers(request), call.body
-    ) as upstream:
-        observe_upstream(services, call.route, upstream.status, started)
+    async with upstream_call(services, request, call) as upstream:
         if upstream.status != 200 or upstream.content_type != "text/event-stream":
             data = await read_body(upstream)
             headers = response_headers(upstream.headers, decoded=True)

@@ -123,6 +123,28 @@ def test_every_metric_family_counts_the_traffic_exactly(
     }
 
 
+def test_an_upstream_that_never_answers_counts_as_what_the_client_gets(
+    start_proxy: ProxyFactory, sim: Sim
+) -> None:
+    """Unreachable counts as 502 and timed out as 504 in the upstream histogram, streamed or
+    not, so that the upstream error ratio (and its alert) sees a dead upstream."""
+    down = start_proxy(upstream=f"http://127.0.0.1:{free_port()}/v1")
+    slow = start_proxy("--upstream-timeout", "0.3")
+    for stream in (False, True):
+        body = orjson.dumps(
+            {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+        )
+        assert post(down, body).status_code == 502
+        sim.fault(kind="hang")
+        assert post(slow, body).status_code == 504
+    assert series(down.metrics(), "repro_upstream_duration_seconds_count") == {
+        labels(route=CHAT, status="502"): 2
+    }
+    assert series(slow.metrics(), "repro_upstream_duration_seconds_count") == {
+        labels(route=CHAT, status="504"): 2
+    }
+
+
 def test_health_routes_on_the_memory_store(proxy: Proxy) -> None:
     for route in ("/healthz", "/readyz"):
         response = httpx.get(proxy.url + route, timeout=5)
