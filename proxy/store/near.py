@@ -5,7 +5,8 @@ What moves is a rewrite (no-cache, record), a purge, and each model's fingerprin
 replica publishes those changes on one channel and drops what it holds when it hears them, so a
 HIT can be answered from this process's memory without a round trip. Coherence rules:
 - memory is used only while the subscription is confirmed; a lost subscription empties it;
-- a fetch that raced with any invalidation is not remembered (a generation counter);
+- a fetch that raced with an invalidation of its key, of a model's state or of everything is not
+  remembered (a set of the keys changed while read, and a generation counter for the rest);
 - expiry needs no message: HITs check each entry's age against the TTL themselves.
 Redis Cluster has no asyncio pub/sub in redis-py, so the near-cache serves standalone Redis only.
 """
@@ -39,7 +40,12 @@ class NearCache(StoreWrapper):
         self._entries: OrderedDict[str, dict[str, bytes]] = OrderedDict()
         self._size = 0
         self._states: dict[str, ModelFingerprints] = {}
+        # What moved while a fetch was on its way. Per key for entries: every replica's writes
+        # reach every near-cache, so a global counter would leave a busy cluster remembering
+        # almost nothing. Model states and purges are rare: one counter serves them.
         self._generation = 0
+        self._fetching: dict[str, int] = {}  # keys with reads in flight, and how many
+        self._changed: set[str] = set()  # those of them invalidated meanwhile
         self.live = False
 
     async def run(self) -> None:
@@ -66,10 +72,14 @@ class NearCache(StoreWrapper):
         self._size = 0
 
     def _invalidate(self, message: str) -> None:
-        self._generation += 1
         if message.startswith(ENTRY_CHANGED):
-            self._drop(message[len(ENTRY_CHANGED) :])
-        elif message.startswith(MODEL_CHANGED):
+            key = message[len(ENTRY_CHANGED) :]
+            if key in self._fetching:
+                self._changed.add(key)
+            self._drop(key)
+            return
+        self._generation += 1
+        if message.startswith(MODEL_CHANGED):
             self._states.pop(message[len(MODEL_CHANGED) :], None)
         else:
             self._entries.clear()
@@ -101,9 +111,13 @@ class NearCache(StoreWrapper):
             return state, values
         generation = self._generation
         asked = model if state is None else None
-        fetched, values = await self.inner.lookup(key, asked)
+        self._fetching[key] = self._fetching.get(key, 0) + 1
+        try:
+            fetched, values = await self.inner.lookup(key, asked)
+        finally:
+            changed = self._fetched(key)
         state = state if asked is None else fetched
-        self._keep(generation, key, model, state, values)
+        self._keep(generation, changed, key, model, state, values)
         return state, values
 
     async def lookup_or_lock(
@@ -116,10 +130,24 @@ class NearCache(StoreWrapper):
             return state, values, False
         generation = self._generation
         asked = model if state is None else None
-        fetched, values, locked = await self.inner.lookup_or_lock(key, asked, token, ttl)
+        self._fetching[key] = self._fetching.get(key, 0) + 1
+        try:
+            fetched, values, locked = await self.inner.lookup_or_lock(key, asked, token, ttl)
+        finally:
+            changed = self._fetched(key)
         state = state if asked is None else fetched
-        self._keep(generation, key, model, state, values)
+        self._keep(generation, changed, key, model, state, values)
         return state, values, locked
+
+    def _fetched(self, key: str) -> bool:
+        """One read of `key` is back: whether the key was invalidated while reads were out."""
+        left = self._fetching.pop(key) - 1
+        changed = key in self._changed
+        if left:
+            self._fetching[key] = left
+        else:
+            self._changed.discard(key)
+        return changed
 
     def _held(
         self, key: str, model: str | None
@@ -141,17 +169,19 @@ class NearCache(StoreWrapper):
     def _keep(
         self,
         generation: int,
+        changed: bool,
         key: str,
         model: str | None,
         state: ModelFingerprints | None,
         values: dict[str, bytes],
     ) -> None:
-        """Remember a fetch, unless an invalidation came in while it was on its way: the model's
-        state even when the key holds nothing (the next miss then reads only its entry)."""
+        """Remember a fetch, unless an invalidation that concerns it came in while it was on its
+        way: the model's state even when the key holds nothing (the next miss then reads only
+        its entry), the values unless the key itself `changed`."""
         if not self.live or generation != self._generation or model is None or state is None:
             return
         self._states[model] = state
-        if values:
+        if values and not changed:
             self._remember(key, dict(values))
 
     # Writes announce themselves through Redis, in their own transaction or script (see

@@ -1,0 +1,109 @@
+"""What the near-cache remembers of a read that was on its way while invalidations came in,
+against a real Redis and its pub/sub feed. A gate holds one read open, so the race is exact."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from redis.asyncio import Redis
+
+from proxy.store.base import ModelFingerprints, Store
+from proxy.store.near import NearCache
+from proxy.store.redis import RedisStore
+from proxy.store.wrapper import StoreWrapper
+
+CHANNEL = "near-race"
+
+
+class Gated(StoreWrapper):
+    """Counts the lookups that reach Redis, and holds their answers until `gate` is set."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner)
+        self.reads: list[str] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def lookup(
+        self, key: str, model: str | None
+    ) -> tuple[ModelFingerprints | None, dict[str, bytes]]:
+        self.reads.append(key)
+        found = await self.inner.lookup(key, model)
+        await self.gate.wait()
+        return found
+
+
+async def until(check: Callable[[], bool]) -> None:
+    for _ in range(250):
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached within 5 s")
+
+
+@pytest.fixture
+async def near(redis_url: str) -> AsyncIterator[tuple[NearCache, Gated, RedisStore]]:
+    """A near-cache over a gated store, and another replica's store writing to the same Redis."""
+    own = RedisStore(Redis.from_url(redis_url), invalidations=CHANNEL)
+    other = RedisStore(Redis.from_url(redis_url), invalidations=CHANNEL)
+    gated = Gated(own)
+    cache = NearCache(gated, own, 1 << 20)
+    listening = asyncio.ensure_future(cache.run())
+    try:
+        await until(lambda: cache.live)
+        await other.observe_fingerprint("m", "fp", 1.0)
+        for key in ("q", "other"):
+            await other.put(key, "fp", b"answer " + key.encode(), 0)
+        yield cache, gated, other
+    finally:
+        listening.cancel()
+        await own.close()
+        await other.close()
+
+
+async def held_read(
+    cache: NearCache, gated: Gated, write: Callable[[], Awaitable[object]]
+) -> list[str]:
+    """Read `q`, and hold Redis's answer while `write` runs and its news arrives; then read `q`
+    again. The keys that reached Redis."""
+    gated.gate.clear()
+    reading = asyncio.ensure_future(cache.lookup("q", "m"))
+    await until(lambda: gated.reads == ["q"])
+    await asyncio.sleep(0.05)  # Redis has answered; the answer waits at the gate
+    await write()
+    await asyncio.sleep(0.2)  # its announcement has reached this process
+    gated.gate.set()
+    state, values = await reading
+    assert state is not None and state.current == "fp"
+    assert values == {"fp": b"answer q"}  # read before the write
+    await cache.lookup("q", "m")
+    return gated.reads
+
+
+async def test_a_write_to_another_key_does_not_stop_a_read_being_remembered(
+    near: tuple[NearCache, Gated, RedisStore],
+) -> None:
+    """Every replica's writes reach every near-cache: a busy cluster must not keep it from
+    remembering what it reads."""
+    cache, gated, other = near
+    reads = await held_read(cache, gated, lambda: other.put("other", "fp", b"new", 0))
+    assert reads == ["q"]  # the second read came from memory
+
+
+async def test_a_write_to_the_key_itself_makes_the_read_forgotten(
+    near: tuple[NearCache, Gated, RedisStore],
+) -> None:
+    cache, gated, other = near
+    reads = await held_read(cache, gated, lambda: other.put("q", "fp", b"rewritten", 0))
+    assert reads == ["q", "q"]  # not remembered: the read may hold the old answer
+    assert (await cache.lookup("q", "m"))[1] == {"fp": b"rewritten"}
+
+
+async def test_a_rotation_makes_the_read_forgotten(
+    near: tuple[NearCache, Gated, RedisStore],
+) -> None:
+    cache, gated, other = near
+    reads = await held_read(cache, gated, lambda: other.observe_fingerprint("m", "fp2", 2.0))
+    assert reads == ["q", "q"]
