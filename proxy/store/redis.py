@@ -1,6 +1,7 @@
 """The shared store: Redis or Redis Cluster, for replicas that must agree.
 
-Key layout (every operation touches one key, hash-tagged, so it is Redis Cluster safe):
+Key layout (hash-tagged: on a cluster every command stays within one slot, an entry and its lock
+sharing a tag; only on a standalone server does `record` write across keys in one script):
 
     {prefix}e:{<key>}          hash  <fingerprint> -> value            one cache key's answers,
                                      NUL"labels" -> {"namespace", "model"} (what purges select)
