@@ -113,6 +113,8 @@ TARGETS = {
     "ttfb_ms": 1.0,
 }
 RATIO_KINDS = ("redis", "redis_no_near", "memory", "miss")
+# The processes whose CPU a run's "+aux us" adds (besides the server under test).
+REDIS, SIM, SIM_REDIS = ("redis-server",), ("sim",), ("sim", "redis-server")
 MODEL = "gpt-4o-mini"  # of every request body
 # --gateway measures LiteLLM in these two workloads: like the proxy there, it caches in Redis.
 GATEWAY_HIT_WORKLOAD = "hit (Redis)"
@@ -447,8 +449,11 @@ class Run:
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     cpu_us_per_req: float = 0.0
-    aux: str | None = None  # the process doing the rest of the work (redis-server, sim)
+    # The processes doing the rest of the work (redis-server, the sim, both for the Redis miss):
+    # their CPU per request, summed and by process.
+    aux: tuple[str, ...] = ()
     aux_cpu_us_per_req: float | None = None
+    aux_cpu_us_by_process: dict[str, float] = field(default_factory=dict)
     bytes_per_req: float = 0.0
     requests: int = 0
     wrk_errors: dict[str, int] = field(default_factory=dict)
@@ -487,7 +492,7 @@ class Bench:
         *,
         floor: str | None = None,
         ratio_kind: str | None = None,
-        aux: str | None = None,
+        aux: tuple[str, ...] = (),
     ) -> Run:
         role = self.roles[target]
         run = Run(workload, target, role, floor=floor, ratio_kind=ratio_kind, aux=aux)
@@ -499,14 +504,14 @@ class Bench:
                 run_wrk(server.url, load, self.mode.warmup, self.threads, self.connections)
             before = outcomes(server, role, self.servers.get("sim"))
             cpu0 = cpu_ticks(server.pid)
-            aux0 = cpu_ticks(self.servers[aux].pid) if aux else 0
+            aux0 = {name: cpu_ticks(self.servers[name].pid) for name in aux}
             busy0, ours0, wall0 = busy_ticks(), own_ticks(), time.monotonic()
             with self.profiling(workload, target, server):
                 figures = run_wrk(
                     server.url, load, self.mode.duration, self.threads, self.connections
                 )
             cpu1 = cpu_ticks(server.pid)
-            aux1 = cpu_ticks(self.servers[aux].pid) if aux else 0
+            aux1 = {name: cpu_ticks(self.servers[name].pid) for name in aux}
             busy1, ours1, wall1 = busy_ticks(), own_ticks(), time.monotonic()
             after = outcomes(server, role, self.servers.get("sim"))
             self.check(run, load, figures, after - before)
@@ -522,10 +527,14 @@ class Bench:
         run.p99_ms = figures["latency_us"]["p99"] / 1000
         run.bytes_per_req = figures["bytes"] / requests
         run.cpu_us_per_req = (cpu1 - cpu0) / CLK_TCK * 1e6 / requests
+        aux_ticks = {name: aux1[name] - aux0[name] for name in aux}
+        run.aux_cpu_us_by_process = {
+            name: ticks / CLK_TCK * 1e6 / requests for name, ticks in aux_ticks.items()
+        }
         if aux:
-            run.aux_cpu_us_per_req = (aux1 - aux0) / CLK_TCK * 1e6 / requests
+            run.aux_cpu_us_per_req = sum(run.aux_cpu_us_by_process.values())
         run.rss_mib = rss_mib(server.pid)
-        others = (busy1 - busy0) - (ours1 - ours0) - (cpu1 - cpu0) - (aux1 - aux0)
+        others = (busy1 - busy0) - (ours1 - ours0) - (cpu1 - cpu0) - sum(aux_ticks.values())
         run.other_cpu_pct = max(0.0, 100 * others / CLK_TCK / ((wall1 - wall0) * CPUS))
         run.ok = True
         return run
@@ -946,38 +955,38 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             return f"{len(bodies)} bodies each answered 200 HIT{how} before the run"
 
         with_gw = {  # (target, floor, ratio kind, aux) of the gateway's runs, with --gateway
-            GATEWAY_HIT_WORKLOAD: [(gw, None, None, "redis-server")] if gw else [],
-            GATEWAY_MISS_WORKLOAD: [(gw, None, None, "sim")] if gw else [],
+            GATEWAY_HIT_WORKLOAD: [(gw, None, None, REDIS)] if gw else [],
+            GATEWAY_MISS_WORKLOAD: [(gw, None, None, SIM_REDIS)] if gw else [],
         }
 
-        plan: list[tuple[str, list[tuple[Server, Server | None, str | None, str | None]],
+        plan: list[tuple[str, list[tuple[Server, Server | None, str | None, tuple[str, ...]]],
                          list[str] | None, Load]] = [
-            ("hit (memory)", [(dict_floor, None, None, None), (mem, dict_floor, "memory", None)],
+            ("hit (memory)", [(dict_floor, None, None, ()), (mem, dict_floor, "memory", ())],
              one, hit_load),
-            ("hit (Redis)", [(rget_floor, None, None, "redis-server"),
-                             (red, rget_floor, "redis", "redis-server"),
+            ("hit (Redis)", [(rget_floor, None, None, REDIS),
+                             (red, rget_floor, "redis", REDIS),
                              *with_gw["hit (Redis)"]], one, hit_load),
             ("hit (Redis, near-cache off)",
-             [(rget_floor, None, None, "redis-server"),
-              (red_nn, rget_floor, "redis_no_near", "redis-server")], one, hit_load),
-            ("hit many keys (memory)", [(dict_floor, None, None, None),
-                                        (mem, dict_floor, "memory", None)], many, many_load),
-            ("hit many keys (Redis)", [(rget_floor, None, None, "redis-server"),
-                                       (red, rget_floor, "redis", "redis-server")],
+             [(rget_floor, None, None, REDIS),
+              (red_nn, rget_floor, "redis_no_near", REDIS)], one, hit_load),
+            ("hit many keys (memory)", [(dict_floor, None, None, ()),
+                                        (mem, dict_floor, "memory", ())], many, many_load),
+            ("hit many keys (Redis)", [(rget_floor, None, None, REDIS),
+                                       (red, rget_floor, "redis", REDIS)],
              many, many_load),
             ("hit many keys (Redis, near-cache off)",
-             [(rget_floor, None, None, "redis-server"),
-              (red_nn, rget_floor, "redis_no_near", "redis-server")], many, many_load),
-            ("streaming hit (memory)", [(dict_floor, None, None, None),
-                                        (mem, dict_floor, "memory", None)], streamed,
+             [(rget_floor, None, None, REDIS),
+              (red_nn, rget_floor, "redis_no_near", REDIS)], many, many_load),
+            ("streaming hit (memory)", [(dict_floor, None, None, ()),
+                                        (mem, dict_floor, "memory", ())], streamed,
              stream_load),
-            ("streaming hit (Redis)", [(rget_floor, None, None, "redis-server"),
-                                       (red, rget_floor, "redis", "redis-server")], streamed,
+            ("streaming hit (Redis)", [(rget_floor, None, None, REDIS),
+                                       (red, rget_floor, "redis", REDIS)], streamed,
              stream_load),
-            ("miss (memory)", [(sim, None, None, None), (pass_floor, None, None, "sim"),
-                               (mem, pass_floor, "miss", "sim")], None, miss_load),
-            ("miss (Redis)", [(pass_floor, None, None, "sim"),
-                              (red, pass_floor, "miss", "sim"), *with_gw["miss (Redis)"]],
+            ("miss (memory)", [(sim, None, None, ()), (pass_floor, None, None, SIM),
+                               (mem, pass_floor, "miss", SIM)], None, miss_load),
+            ("miss (Redis)", [(pass_floor, None, None, SIM_REDIS),
+                              (red, pass_floor, "miss", SIM_REDIS), *with_gw["miss (Redis)"]],
              None, miss_load),
         ]  # fmt: skip
         for workload, targets, bodies, load in plan:
@@ -1102,9 +1111,17 @@ def table(result: dict[str, Any]) -> str:
             + f"{fmt(run['ratio_gateway'], ',.0f', 'x') if run['role'] == 'proxy' else '':>11}"
             + f"{run['other_cpu_pct']:>8.0f}"
         )
+    split = [
+        f"  {run['workload']}, {run['target']}: "
+        + " + ".join(f"{name} {us:.1f}" for name, us in run["aux_cpu_us_by_process"].items())
+        for run in runs
+        if run["ok"] and len(run["aux_cpu_us_by_process"]) > 1
+    ]
     lines += [
         "",
-        "+aux us: CPU per request of redis-server (Redis workloads) or of the sim (miss).",
+        "+aux us: CPU per request of the other processes doing the work: redis-server (Redis",
+        "hits), the sim (misses), both for the Redis miss, split here:",
+        *split,
         "other%: share of the machine's CPU used by processes outside the run (noise).",
         "CPU/req ratio: the floor's CPU per request over the proxy's; it holds up better than",
         "req/s when other processes share the CPUs (req/s then measures the scheduler too).",

@@ -102,6 +102,11 @@ def test_every_workload_measured_proxy_and_floor(result: dict[str, object]) -> N
         # Without the near-cache every hit is a Redis round trip: redis-server does work.
         aux = by_key[(workload, NO_NEAR)]["aux_cpu_us_per_req"]
         assert isinstance(aux, float) and aux > 0, (workload, aux)
+    # A Redis miss's helpers are the sim and redis-server, reported apart and summed.
+    split = by_key[("miss (Redis)", "proxy redis://")]["aux_cpu_us_by_process"]
+    assert set(split) == {"sim", "redis-server"} and split["redis-server"] > 0, split
+    total = by_key[("miss (Redis)", "proxy redis://")]["aux_cpu_us_per_req"]
+    assert total == pytest.approx(sum(split.values()))
 
 
 @pytest.mark.timeout(180)
