@@ -122,6 +122,7 @@ def _services(
             await _save_cassette(settings, store)
         finally:
             await verifier.close()
+            await fingerprints.close()
             await upstream.close()
             await store.close()
 

@@ -337,9 +337,11 @@ class Answer:
 async def record(
     services: Services, call: Call, answer: Answer, lease: Lease | None = None
 ) -> None:
-    """Learn the answer's fingerprint and store the answer (when the plan stores), in one step
-    (`Store.record`): the observation comes first, so under `follow` the entry is servable once
-    written. A leader's `lease` gives up its store lock in the same write."""
+    """Learn the answer's fingerprint and store the answer (when the plan stores). A repeat of
+    the current fingerprint is counted in process (see FingerprintTracker) and only the answer
+    is written; anything else is observed and written in one step (`Store.record`), the
+    observation first, so under `follow` the entry is servable once written. A leader's `lease`
+    gives up its store lock in the same write."""
     entry = _storable(services, call, answer) if call.plan.store else None
     if entry is None:
         await observe_fingerprint(services, call.model, answer.fingerprint)
@@ -348,16 +350,22 @@ async def record(
     tracker = services.fingerprints
     labels = Labels(namespace=call.namespace, model=call.model)
     unlock = lease.token if lease is not None and lease.held else None
+    value, ttl = entry.pack(), services.settings.ttl
+    counted = tracker.counted(call.model, answer.fingerprint)
     try:
-        seen = await services.store.record(
-            call.key, entry.fingerprint, entry.pack(), services.settings.ttl, labels, unlock,
-            call.model, tracker.now(),
-        )  # fmt: skip
+        if counted:
+            await services.store.put(call.key, entry.fingerprint, value, ttl, labels, unlock)
+        else:
+            await tracker.flush(call.model)
+            seen = await services.store.record(
+                call.key, entry.fingerprint, value, ttl, labels, unlock, call.model, tracker.now()
+            )
+            tracker.learned(call.model, answer.fingerprint, seen)
     except StoreError as exc:  # both are lost: the observation and the entry
+        tracker.lost(call.model, counted)
         services.metrics.store_errors.labels("fingerprint").inc()
         store_failed(services, "put", exc)
         return
-    tracker.learned(call.model, answer.fingerprint, seen)
     if lease is not None:
         lease.held = False  # released with the write
 

@@ -2,18 +2,40 @@
 
 The state lives in the store so that replicas share it; this module turns observations into
 metrics and one log line per rotation, and tells the cache which fingerprints are servable.
+
+Most answers repeat the model's current fingerprint, and recording each would write the model's
+record in the store on every miss: a hot key on one node of a cluster, and the larger part of
+Redis's work per miss. A repeat of the fingerprint this process knows to be current is counted
+here instead and reaches the store within `FLUSH_AFTER` seconds as one observation standing for
+all of them. Anything else (a new fingerprint, a rotation back, a model not seen yet) is recorded
+at once, after the repeats counted so far, so the store's order of events is kept.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from proxy.metrics import Metrics
 from proxy.policy import FingerprintPolicy, acceptable_fingerprints
-from proxy.store.base import ModelFingerprints, Observation, Store
+from proxy.store.base import ModelFingerprints, Observation, Store, StoreError
+from proxy.store.guard import CircuitOpen
 
 log = logging.getLogger("proxy.fingerprints")
+
+FLUSH_AFTER = 1.0
+"""Seconds a counted repeat may wait before the store hears of it."""
+
+
+@dataclass(slots=True)
+class _Repeats:
+    """Answers of a model's current fingerprint counted here, not yet in the store."""
+
+    fingerprint: str
+    count: int
+    last_seen: float
 
 
 class FingerprintTracker:
@@ -24,33 +46,69 @@ class FingerprintTracker:
         policy: FingerprintPolicy,
         grace: float,
         clock: Callable[[], float],
+        flush_after: float = FLUSH_AFTER,
     ) -> None:
         self._store = store
         self._metrics = metrics
         self._policy = policy
         self._grace = grace
         self._clock = clock
+        self._flush_after = flush_after
+        self._current: dict[str, str] = {}  # per model, the fingerprint the store said is current
+        self._repeats: dict[str, _Repeats] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._flushing: set[asyncio.Task[None]] = set()
 
     def acceptable(self, model: str, state: ModelFingerprints | None) -> Sequence[str] | None:
         """Fingerprints whose entries may be served for `model`; None means any."""
         if state is not None:
             self._metrics.fingerprint_current(model, state.current)
+            if self._current.get(model, state.current) != state.current:
+                del self._current[model]  # another replica moved it: record the next one at once
         return acceptable_fingerprints(self._policy, state, self._grace, self._clock())
-
-    async def observe(self, model: str, fingerprint: str) -> None:
-        """Record the fingerprint of a fresh upstream answer; count and log a rotation."""
-        self.learned(
-            model,
-            fingerprint,
-            await self._store.observe_fingerprint(model, fingerprint, self.now()),
-        )
 
     def now(self) -> float:
         """The time an observation is stamped with."""
         return self._clock()
 
+    def counted(self, model: str, fingerprint: str) -> bool:
+        """Count a repeat of the model's current fingerprint here (True); False when this answer
+        must be recorded now (`observe`, or the store's `record` after `flush(model)`)."""
+        if self._current.get(model) != fingerprint:
+            return False
+        now = self._clock()
+        repeats = self._repeats.get(model)
+        if repeats is None:
+            self._repeats[model] = _Repeats(fingerprint, 1, now)
+            if self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(self._flush_after, self._due)
+        else:
+            repeats.count += 1
+            repeats.last_seen = max(repeats.last_seen, now)
+        return True
+
+    def lost(self, model: str, counted: bool) -> None:
+        """The store failed to write an answer: its observation is lost with it (a repeat
+        `counted` here is taken back), and until the store confirms a fingerprint again every
+        answer of the model is recorded, not counted."""
+        self._current.pop(model, None)
+        repeats = self._repeats.get(model)
+        if counted and repeats is not None:
+            repeats.count -= 1
+            if not repeats.count:
+                del self._repeats[model]
+
+    async def observe(self, model: str, fingerprint: str) -> None:
+        """Record the fingerprint of a fresh upstream answer; count and log a rotation."""
+        if self.counted(model, fingerprint):
+            return
+        await self.flush(model)
+        seen = await self._store.observe_fingerprint(model, fingerprint, self.now())
+        self.learned(model, fingerprint, seen)
+
     def learned(self, model: str, fingerprint: str, seen: Observation) -> None:
         """What the store said of an observation (`observe`, or a write's `Store.record`)."""
+        self._current[model] = fingerprint
         self._metrics.fingerprint_current(model, fingerprint)
         if seen.new and seen.previous is not None:
             self._metrics.fingerprint_changes.labels(self._metrics.model(model)).inc()
@@ -58,3 +116,37 @@ class FingerprintTracker:
                 "fingerprint rotated",
                 extra={"model": model, "old": seen.previous, "new": fingerprint},
             )
+
+    async def flush(self, model: str | None = None) -> None:
+        """Give the store the repeats counted so far (of one model, or of all). A store that
+        fails loses them, counted in repro_store_errors_total like any failed observation."""
+        models = list(self._repeats) if model is None else [model]
+        for name in models:
+            repeats = self._repeats.pop(name, None)
+            if repeats is None:
+                continue
+            try:
+                seen = await self._store.observe_fingerprint(
+                    name, repeats.fingerprint, repeats.last_seen, repeats.count
+                )
+            except StoreError as exc:
+                self._metrics.store_errors.labels("fingerprint").inc()
+                if not isinstance(exc, CircuitOpen):
+                    log.warning("fingerprint counts lost", extra={"error": str(exc)})
+                continue
+            self.learned(name, repeats.fingerprint, seen)
+
+    def _due(self) -> None:
+        self._timer = None
+        task = asyncio.ensure_future(self.flush())
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+
+    async def close(self) -> None:
+        """Flush what is counted, before the store closes."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._flushing:
+            await asyncio.gather(*self._flushing)
+        await self.flush()

@@ -160,3 +160,22 @@ def test_admin_fingerprints_and_fingerprint_metrics(start_proxy: ProxyFactory, s
     assert first_seen[1] <= parse_time(state["last_seen"]) <= ended
     # The auth scheme is case-insensitive (RFC 9110, 11.1), as it is for the API key.
     assert admin_get(proxy, Authorization=f"bearer {ADMIN}").status_code == 200
+
+
+def test_counts_are_exact_once_repeats_reach_the_store(
+    start_proxy: ProxyFactory, sim: Sim, redis_url: str
+) -> None:
+    """Repeats of the current fingerprint are counted in the proxy and written to Redis within
+    a second, as one observation: the admin route's count is then exact."""
+    proxy = start_proxy("--store", redis_url, "--admin-token", ADMIN)
+    for n in range(6):
+        assert outcome(chat(proxy, f"question {n}"))[0] == "MISS"
+    deadline = time.monotonic() + 5
+    count = 0
+    while time.monotonic() < deadline:  # bounded: the repeats are flushed after 1 s
+        report = admin_get(proxy, Authorization=f"Bearer {ADMIN}").json()
+        count = report[MODEL]["history"][0]["count"]
+        if count == 6:
+            break
+        time.sleep(0.1)
+    assert count == 6

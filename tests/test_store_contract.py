@@ -188,6 +188,12 @@ class StoreContract:
         assert (await store.lookup_or_lock("k", "m", "other", 30))[1:] == ({"fp": b"v"}, False)
         assert not await store.locked("k")
 
+    async def test_an_observation_can_stand_for_several_answers(self, store: Store) -> None:
+        assert await store.observe_fingerprint("m", "fp", 1.0, count=3) == Observation(None, True)
+        assert await store.observe_fingerprint("m", "fp", 4.0, count=2) == Observation("fp", False)
+        state = await store.fingerprints("m")
+        assert state == ModelFingerprints("fp", (FingerprintSeen("fp", 1.0, 4.0, 5),))
+
     async def test_without_a_model_only_the_values_are_read(self, store: Store) -> None:
         """A caller that holds the model's state (the near-cache) asks for the values alone."""
         await store.observe_fingerprint("m", "fp", 1.0)

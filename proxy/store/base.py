@@ -158,8 +158,12 @@ class Store(Protocol):
     def entries(self, selector: Selector) -> AsyncIterator[tuple[str, str, bytes]]:
         """(key, fingerprint, value) of every entry `selector` matches, read in batches."""
 
-    async def observe_fingerprint(self, model: str, fingerprint: str, now: float) -> Observation:
-        """Make `fingerprint` the model's current one, atomically, and say what changed."""
+    async def observe_fingerprint(
+        self, model: str, fingerprint: str, now: float, count: int = 1
+    ) -> Observation:
+        """Make `fingerprint` the model's current one, atomically, and say what changed.
+        `count`: the answers this observation stands for (repeats counted in process, see
+        FingerprintTracker), `now` the last of them."""
 
     async def fingerprints(self, model: str) -> ModelFingerprints | None:
         """The model's fingerprint state, None if it never answered."""

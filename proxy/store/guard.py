@@ -175,9 +175,11 @@ class GuardedStore:
     async def delete(self, key: str) -> None:
         await self._call("delete", lambda: self.inner.delete(key))
 
-    async def observe_fingerprint(self, model: str, fingerprint: str, now: float) -> Observation:
+    async def observe_fingerprint(
+        self, model: str, fingerprint: str, now: float, count: int = 1
+    ) -> Observation:
         return await self._call(
-            "fingerprint", lambda: self.inner.observe_fingerprint(model, fingerprint, now)
+            "fingerprint", lambda: self.inner.observe_fingerprint(model, fingerprint, now, count)
         )
 
     async def fingerprints(self, model: str) -> ModelFingerprints | None:

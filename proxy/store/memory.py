@@ -160,13 +160,15 @@ class MemoryStore:
         await self.put(key, fingerprint, value, ttl, labels, unlock)
         return seen
 
-    async def observe_fingerprint(self, model: str, fingerprint: str, now: float) -> Observation:
+    async def observe_fingerprint(
+        self, model: str, fingerprint: str, now: float, count: int = 1
+    ) -> Observation:
         state = self._models.get(model)
         previous = state.current if state is not None else None
         if state is None:
             state = self._models[model] = _Model(current=fingerprint)
         seen = state.seen.get(fingerprint)
-        state.seen[fingerprint] = _seen_again(seen, fingerprint, now)
+        state.seen[fingerprint] = _seen_again(seen, fingerprint, now, count)
         state.current = fingerprint
         state.frozen = None
         return Observation(previous=previous, new=seen is None)
@@ -243,12 +245,14 @@ class MemoryStore:
         heapq.heapify(self._expiries)
 
 
-def _seen_again(seen: FingerprintSeen | None, fingerprint: str, now: float) -> FingerprintSeen:
-    """Count one more answer; `last_seen` never goes back, since replicas report out of order."""
+def _seen_again(
+    seen: FingerprintSeen | None, fingerprint: str, now: float, count: int
+) -> FingerprintSeen:
+    """Count more answers; `last_seen` never goes back, since replicas report out of order."""
     if seen is None:
-        return FingerprintSeen(fingerprint, first_seen=now, last_seen=now, count=1)
+        return FingerprintSeen(fingerprint, first_seen=now, last_seen=now, count=count)
     last_seen = max(seen.last_seen, now)
-    return FingerprintSeen(fingerprint, seen.first_seen, last_seen, seen.count + 1)
+    return FingerprintSeen(fingerprint, seen.first_seen, last_seen, seen.count + count)
 
 
 def _snapshot(state: _Model) -> ModelFingerprints:

@@ -220,10 +220,12 @@ class NearCache(StoreWrapper):
         self._invalidate(ENTRY_CHANGED + key)
         await self.inner.delete(key)
 
-    async def observe_fingerprint(self, model: str, fingerprint: str, now: float) -> Observation:
+    async def observe_fingerprint(
+        self, model: str, fingerprint: str, now: float, count: int = 1
+    ) -> Observation:
         """Most answers repeat the current fingerprint: the remembered state then still serves
         (only the current one's own count and last_seen moved), and every other replica's too."""
-        seen = await self.inner.observe_fingerprint(model, fingerprint, now)
+        seen = await self.inner.observe_fingerprint(model, fingerprint, now, count)
         if seen.previous != fingerprint:
             self._invalidate(MODEL_CHANGED + model)
         return seen

@@ -59,17 +59,17 @@ _MODELS_REMEMBERED = 256
 # the last_seen of the others for the grace window) changes only then.
 # Timestamps are written with %.17g so that they round-trip exactly through JSON.
 _OBSERVE_FUNCTION = """
-local function observe(key, model, fingerprint, now, channel)
+local function observe(key, model, fingerprint, now, count, channel)
   local field = 'fp:' .. fingerprint
   local previous = redis.call('HGET', key, 'current')
   local raw = redis.call('HGET', key, field)
   local rec
   if raw then
     rec = cjson.decode(raw)
-    rec.count = rec.count + 1
+    rec.count = rec.count + count
     rec.last_seen = math.max(rec.last_seen, now)
   else
-    rec = {first_seen = now, last_seen = now, count = 1,
+    rec = {first_seen = now, last_seen = now, count = count,
            order = redis.call('HINCRBY', key, 'seen', 1)}
   end
   local json = string.format('{"first_seen":%.17g,"last_seen":%.17g,"count":%d,"order":%d}',
@@ -96,9 +96,9 @@ local function put(entry, lock, fingerprint, value, field, labels, ttl, channel,
 end
 """
 
-# KEYS[1] = the model's hash; ARGV = model, fingerprint, now, channel.
+# KEYS[1] = the model's hash; ARGV = model, fingerprint, now, count, channel.
 _OBSERVE = _OBSERVE_FUNCTION + (
-    "return observe(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4])"
+    "return observe(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5])"
 )
 
 # KEYS = an entry hash, its lock; ARGV = fingerprint, value, labels field, labels, ttl, channel,
@@ -112,7 +112,7 @@ _RECORD = (
     _OBSERVE_FUNCTION
     + _PUT_FUNCTION
     + """
-local seen = observe(KEYS[1], ARGV[1], ARGV[3], tonumber(ARGV[2]), ARGV[8])
+local seen = observe(KEYS[1], ARGV[1], ARGV[3], tonumber(ARGV[2]), 1, ARGV[8])
 if seen[2] == 1 then redis.call('SADD', KEYS[2], ARGV[1]) end
 put(KEYS[3], KEYS[4], unpack(ARGV, 3, 10))
 return seen
@@ -430,12 +430,13 @@ class RedisStore:
                 size += sum(int(b or 0) for b in replies[1::2])
         return Usage(entries=entries, bytes=size)
 
-    async def observe_fingerprint(self, model: str, fingerprint: str, now: float) -> Observation:
+    async def observe_fingerprint(
+        self, model: str, fingerprint: str, now: float, count: int = 1
+    ) -> Observation:
         """One atomic script on the model's key; the index is only touched by the first caller."""
+        args = [model, fingerprint, repr(now), count, self.invalidations]
         with _mapped("observe_fingerprint"):
-            previous, new = await self._batch.script(
-                _OBSERVE, [self._model(model)], [model, fingerprint, repr(now), self.invalidations]
-            )
+            previous, new = await self._batch.script(_OBSERVE, [self._model(model)], args)
             if new:
                 await self._batch.call("SADD", self._models(), model)
         return Observation(previous=_text(previous) if previous else None, new=bool(new))

@@ -73,8 +73,10 @@ class StoreWrapper:
     def entries(self, selector: Selector) -> AsyncIterator[tuple[str, str, bytes]]:
         return self.inner.entries(selector)
 
-    async def observe_fingerprint(self, model: str, fingerprint: str, now: float) -> Observation:
-        return await self.inner.observe_fingerprint(model, fingerprint, now)
+    async def observe_fingerprint(
+        self, model: str, fingerprint: str, now: float, count: int = 1
+    ) -> Observation:
+        return await self.inner.observe_fingerprint(model, fingerprint, now, count)
 
     async def fingerprints(self, model: str) -> ModelFingerprints | None:
         return await self.inner.fingerprints(model)
