@@ -109,15 +109,7 @@ class NearCache(StoreWrapper):
         state, values = self._held(key, model)
         if values is not None:
             return state, values
-        generation = self._generation
-        asked = model if state is None else None
-        self._fetching[key] = self._fetching.get(key, 0) + 1
-        try:
-            fetched, values = await self.inner.lookup(key, asked)
-        finally:
-            changed = self._fetched(key)
-        state = state if asked is None else fetched
-        self._keep(generation, changed, key, model, state, values)
+        state, values, _ = await self._fetch(key, model, state, None)
         return state, values
 
     async def lookup_or_lock(
@@ -128,26 +120,35 @@ class NearCache(StoreWrapper):
         state, values = self._held(key, model)
         if values is not None:
             return state, values, False
+        return await self._fetch(key, model, state, (token, ttl))
+
+    async def _fetch(
+        self,
+        key: str,
+        model: str | None,
+        held: ModelFingerprints | None,
+        lock: tuple[str, float] | None,
+    ) -> tuple[ModelFingerprints | None, dict[str, bytes], bool]:
+        """Read `key` from Redis (taking its fill `lock` when it is empty, if given), with the
+        model's state unless memory `held` it; remember what no invalidation raced with."""
         generation = self._generation
-        asked = model if state is None else None
+        asked = model if held is None else None
         self._fetching[key] = self._fetching.get(key, 0) + 1
         try:
-            fetched, values, locked = await self.inner.lookup_or_lock(key, asked, token, ttl)
+            if lock is None:
+                fetched, values = await self.inner.lookup(key, asked)
+                locked = False
+            else:
+                fetched, values, locked = await self.inner.lookup_or_lock(key, asked, *lock)
+            state = held if asked is None else fetched
+            self._keep(generation, key, model, state, values)
         finally:
-            changed = self._fetched(key)
-        state = state if asked is None else fetched
-        self._keep(generation, changed, key, model, state, values)
+            left = self._fetching.pop(key) - 1
+            if left:
+                self._fetching[key] = left
+            else:
+                self._changed.discard(key)
         return state, values, locked
-
-    def _fetched(self, key: str) -> bool:
-        """One read of `key` is back: whether the key was invalidated while reads were out."""
-        left = self._fetching.pop(key) - 1
-        changed = key in self._changed
-        if left:
-            self._fetching[key] = left
-        else:
-            self._changed.discard(key)
-        return changed
 
     def _held(
         self, key: str, model: str | None
@@ -169,7 +170,6 @@ class NearCache(StoreWrapper):
     def _keep(
         self,
         generation: int,
-        changed: bool,
         key: str,
         model: str | None,
         state: ModelFingerprints | None,
@@ -177,11 +177,11 @@ class NearCache(StoreWrapper):
     ) -> None:
         """Remember a fetch, unless an invalidation that concerns it came in while it was on its
         way: the model's state even when the key holds nothing (the next miss then reads only
-        its entry), the values unless the key itself `changed`."""
+        its entry), the values unless the key itself changed."""
         if not self.live or generation != self._generation or model is None or state is None:
             return
         self._states[model] = state
-        if values and not changed:
+        if values and key not in self._changed:
             self._remember(key, dict(values))
 
     # Writes announce themselves through Redis, in their own transaction or script (see

@@ -281,7 +281,7 @@ class RedisStore:
         args = [model, repr(now), *self._put_args(key, fingerprint, value, ttl, labels, unlock)]
         with _mapped("record"):
             previous, new = await self._batch.script(_RECORD, keys, args)
-        return Observation(previous=_text(previous) if previous else None, new=bool(new))
+        return _observation(previous, new)
 
     def _put_keys(self, key: str) -> list[str]:
         return [self._entry(key), self._lock(key)]
@@ -439,7 +439,7 @@ class RedisStore:
             previous, new = await self._batch.script(_OBSERVE, [self._model(model)], args)
             if new:
                 await self._batch.call("SADD", self._models(), model)
-        return Observation(previous=_text(previous) if previous else None, new=bool(new))
+        return _observation(previous, new)
 
     async def fingerprints(self, model: str) -> ModelFingerprints | None:
         with _mapped("fingerprints"):
@@ -513,6 +513,11 @@ class RedisStore:
 
     def _models(self) -> str:
         return f"{self._prefix}models"
+
+
+def _observation(previous: bytes | str | None, new: int) -> Observation:
+    """The observe script's reply: {previous current or nil, 1 if the fingerprint is new}."""
+    return Observation(previous=_text(previous) if previous else None, new=bool(new))
 
 
 def _values(fields: Iterable[tuple[bytes | str, bytes | str]]) -> dict[str, bytes]:
