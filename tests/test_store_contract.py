@@ -228,15 +228,28 @@ class StoreContract:
             ("fp_b", 1, 7.0),
         ]
 
-    async def test_a_write_releases_only_its_own_lock(self, store: Store) -> None:
+    async def test_a_leaders_write_releases_the_lock_even_when_taken_over(
+        self, store: Store
+    ) -> None:
+        """Another holds the lock only after the leader's expired; once the entry is filled,
+        the lock has nothing left to guard, so the write releases it anyway."""
         assert await store.lock("k", "leader", 30)
-        await store.put("k", "fp", b"v", 0, unlock="someone else")
-        assert await store.locked("k")  # the value is written, the lock stays its holder's
+        await store.put("k", "fp", b"v", 0)
+        assert await store.locked("k")  # a write that led nothing leaves the lock alone
+        await store.unlock("k", "leader")
+        assert await store.lock("k", "took over", 30)
         await store.put("k", "fp", b"v2", 0, unlock="leader")
         assert not await store.locked("k")
-        assert await store.get("k", None) == {"fp": b"v2"}
+        assert await store.lookup_or_lock("k", None, "next", 30) == (None, {"fp": b"v2"}, False)
+        assert not await store.locked("k")  # found: no lock taken, none left behind
         await store.put("k2", "fp", b"v", 0, unlock="leader")  # no lock: nothing to release
         assert await store.lock("k2", "other", 30)
+
+    async def test_a_write_with_a_ttl_releases_the_lock_too(self, store: Store) -> None:
+        assert await store.lock("k", "leader", 30)
+        await store.put("k", "fp", b"v", 60, unlock="leader")
+        assert not await store.locked("k")
+        assert await store.get("k", None) == {"fp": b"v"}
 
     async def test_lock_expires(self, store: Store, elapse: Elapse) -> None:
         assert await store.lock("k", "leader", 1)

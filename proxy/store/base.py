@@ -126,9 +126,11 @@ class Store(Protocol):
     ) -> None:
         """Store `value`; `ttl` seconds of life, 0 for none; `labels` for purges and exports.
 
-        `unlock`: release the fill lock this token holds, in the same step (see `unlock`): a
-        leader's write and its release then cost one round trip, and no follower that sees the
-        lock gone can miss the answer."""
+        `unlock`: the token the writer led the fill with; the fill lock is released in the
+        same step, after the value: a leader's write and its release then cost one round
+        trip, and no follower that sees the lock gone can miss the answer. Released whoever
+        holds it by then: another holds it only after the leader's expired, and the entry
+        they would both fill is filled now, which is all the lock guards."""
 
     async def record(
         self,

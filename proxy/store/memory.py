@@ -100,7 +100,7 @@ class MemoryStore:
     ) -> None:
         self._store(key, fingerprint, value, ttl, labels)
         if unlock is not None:
-            await self.unlock(key, unlock)
+            self._locks.pop(key, None)
 
     def _store(self, key: str, fingerprint: str, value: bytes, ttl: int, labels: Labels) -> None:
         self._drop_expired()
