@@ -6,11 +6,12 @@
 
 `dict` answers from a dict keyed by the raw request body; `redis` does one GET per request
 (redis-py's asyncio client, hiredis parser); `passthrough` forwards every request with one
-keep-alive ClientSession and answers with the upstream's body. `dict` and `redis` fill
-themselves through the upstream on a miss, so the benchmark warms them like the proxy; the hit
-path is the floor. They answer `X-Repro-Cache: HIT|MISS` as the proxy does, so the benchmark
-verifies them the same way, and count what they served at `GET /_floor/stats`. Plain asyncio
-loop, no logging, no access log: the least a Python server can do per request.
+keep-alive ClientSession and answers with the upstream's body (a stream chunk by chunk, as it
+comes). `dict` and `redis` fill themselves through the upstream on a miss, so the benchmark
+warms them like the proxy; the hit path is the floor. They answer `X-Repro-Cache: HIT|MISS` as
+the proxy does, so the benchmark verifies them the same way, and count what they served at
+`GET /_floor/stats`. Plain asyncio loop, no logging, no access log: the least a Python server
+can do per request.
 """
 
 from __future__ import annotations
@@ -53,9 +54,14 @@ async def fetch(
     session: aiohttp.ClientSession, request: web.Request, body: bytes
 ) -> tuple[int, bytes, str]:
     """Send the request on to the upstream; its status, body and Content-Type."""
-    headers = {h: request.headers[h] for h in FORWARDED if h in request.headers}
-    async with session.request(request.method, request.path, data=body, headers=headers) as up:
+    async with session.request(
+        request.method, request.path, data=body, headers=forwarded(request)
+    ) as up:
         return up.status, await up.read(), up.headers.get("Content-Type", "application/json")
+
+
+def forwarded(request: web.Request) -> dict[str, str]:
+    return {h: request.headers[h] for h in FORWARDED if h in request.headers}
 
 
 def answer(status: int, data: bytes, kind: str, cache: dict[str, str]) -> web.Response:
@@ -107,12 +113,25 @@ def redis_floor(upstream: str, redis_url: str) -> web.Application:
 
 
 def passthrough_floor(upstream: str, _: str) -> web.Application:
+    """Buffered answers whole, as the proxy's MISS; streamed ones chunk by chunk as they come,
+    the floor of a stream's first byte through one hop."""
     app, stats, session = base_app(upstream)
 
-    async def handle(request: web.Request) -> web.Response:
+    async def handle(request: web.Request) -> web.StreamResponse:
         stats["forwarded"] += 1
-        status, data, kind = await fetch(session[0], request, await request.read())
-        return answer(status, data, kind, {})
+        body = await request.read()
+        async with session[0].request(
+            request.method, request.path, data=body, headers=forwarded(request)
+        ) as up:
+            kind = up.headers.get("Content-Type", "application/json")
+            if not kind.startswith("text/event-stream"):
+                return answer(up.status, await up.read(), kind, {})
+            response = web.StreamResponse(status=up.status, headers={"Content-Type": kind})
+            await response.prepare(request)
+            async for chunk in up.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
 
     app.router.add_route("*", ROUTE, handle)
     return app

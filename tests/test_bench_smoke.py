@@ -168,6 +168,10 @@ def test_streaming_miss_ttfb(result: dict[str, object]) -> None:
     ttfb = result["ttfb"]
     assert isinstance(ttfb, dict) and ttfb["ok"] is True, ttfb
     assert ttfb["direct"]["p50_ms"] > 0
+    floor = ttfb["pass-through floor"]
+    assert floor["floor"] is True and floor["p50_ms"] > 0
     for proxy in ("proxy memory://", "proxy redis://"):
         assert ttfb[proxy]["p50_ms"] > 0
         assert "paired_delta_p50_ms" in ttfb[proxy]
+        over = ttfb[proxy]["p50_ms"] - floor["p50_ms"]
+        assert ttfb[proxy]["over_floor_p50_ms"] == pytest.approx(over)
