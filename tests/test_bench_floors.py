@@ -25,9 +25,9 @@ AUTH = {"Authorization": "Bearer sk-floor"}
 @pytest.fixture
 def floor(sim: Sim) -> Iterator[str]:
     port = free_port()
+    argv = [sys.executable, "bench/floors.py", "passthrough", "--port", str(port)]
     proc = subprocess.Popen(
-        [sys.executable, "bench/floors.py", "passthrough", "--port", str(port)]
-        + ["--upstream", sim.v1],
+        [*argv, "--upstream", sim.v1],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
