@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -122,9 +122,14 @@ class Directives:
     stale_if_error: int | None = None
 
 
-def parse_cache_control(values: Iterable[str]) -> Directives:
+_NO_DIRECTIVES = Directives()
+
+
+def parse_cache_control(values: Sequence[str]) -> Directives:
     """The request directives we honour; unknown or malformed ones are ignored (RFC 9111)."""
     found: dict[str, Any] = {}
+    if not values:
+        return _NO_DIRECTIVES
     for header in values:
         for part in header.split(","):
             name, _, arg = part.strip().partition("=")
@@ -160,14 +165,22 @@ def plan(mode: CacheMode, directives: Directives) -> Plan:
     never is, whatever the request asks. only-if-cached never reaches the upstream either.
     """
     if mode is CacheMode.REPLAY:
-        return Plan(lookup=True, store=False, upstream=False, outcome=Outcome.MISS)
+        return _REPLAY
     if mode is CacheMode.OFF or directives.no_store:
-        return Plan(False, False, not directives.only_if_cached, Outcome.BYPASS)
+        return _BYPASS_CACHED_ONLY if directives.only_if_cached else _BYPASS
     if directives.only_if_cached:
-        return Plan(lookup=True, store=False, upstream=False, outcome=Outcome.MISS)
+        return _REPLAY
     if mode is CacheMode.RECORD or directives.no_cache:
-        return Plan(lookup=False, store=True, upstream=True, outcome=Outcome.REFRESH)
-    return Plan(lookup=True, store=True, upstream=True, outcome=Outcome.MISS)
+        return _REFRESH
+    return _READWRITE
+
+
+# Plans are immutable: one of each, shared by every request.
+_REPLAY = Plan(lookup=True, store=False, upstream=False, outcome=Outcome.MISS)
+_BYPASS = Plan(lookup=False, store=False, upstream=True, outcome=Outcome.BYPASS)
+_BYPASS_CACHED_ONLY = Plan(lookup=False, store=False, upstream=False, outcome=Outcome.BYPASS)
+_REFRESH = Plan(lookup=False, store=True, upstream=True, outcome=Outcome.REFRESH)
+_READWRITE = Plan(lookup=True, store=True, upstream=True, outcome=Outcome.MISS)
 
 
 def acceptable_fingerprints(
