@@ -8,8 +8,7 @@ a MISS and a write into a no-op, counted in `repro_store_errors_total`, never a 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -26,7 +25,7 @@ from proxy.http1 import Response
 from proxy.policy import Outcome, Plan
 from proxy.store.base import Labels, ModelFingerprints, StoreError
 from proxy.store.guard import CircuitOpen
-from proxy.upstream import read_body, request_headers, response_headers
+from proxy.upstream import REQUEST_SKIP, read_body, request_headers, response_headers
 
 log = logging.getLogger("proxy.cache")
 
@@ -255,42 +254,43 @@ def serve_hit(
     return web.Response(body=entry.body, headers=headers)
 
 
+_UPSTREAM_SKIP = REQUEST_SKIP | {"accept-encoding", "content-type"}
+
+
 def upstream_headers(request: web.Request) -> CIMultiDict[str]:
     """The client's headers for the upstream; the body is ours now, so its type is JSON."""
-    headers = request_headers(request.headers, drop=("accept-encoding", "content-type"))
+    headers = request_headers(request.headers, _UPSTREAM_SKIP)
     headers["Content-Type"] = "application/json"
     return headers
 
 
-@asynccontextmanager
-async def upstream_call(
-    services: Services, request: web.Request, call: Call
-) -> AsyncIterator[Response]:
-    """The upstream's answer to `call`, timed to its headers in the upstream histogram. No
-    answer at all (unreachable, timed out) counts as the status the client gets instead, 502
-    or 504, as nginx's $upstream_status does: a dead upstream must show in the error ratio."""
+async def call_upstream(services: Services, request: web.Request, call: Call) -> Response:
+    """The upstream's answer to `call` (the caller releases it), timed to its headers in the
+    upstream histogram. No answer at all (unreachable, timed out) counts as the status the
+    client gets instead, 502 or 504, as nginx's $upstream_status does: a dead upstream must
+    show in the error ratio."""
     started = services.clock()
-    answered = False
     try:
-        async with services.upstream.request(
+        upstream = await services.upstream.send(
             "POST", request.path_qs, upstream_headers(request), call.body
-        ) as upstream:
-            answered = True
-            observe_upstream(services, call.route, upstream.status, started)
-            yield upstream
+        )
     except UpstreamError as exc:
-        if not answered:
-            observe_upstream(services, call.route, exc.status, started)
+        observe_upstream(services, call.route, exc.status, started)
         raise
+    observe_upstream(services, call.route, upstream.status, started)
+    return upstream
 
 
 async def forward(
     services: Services, request: web.Request, call: Call, lease: Lease | None = None
 ) -> web.Response:
-    async with upstream_call(services, request, call) as upstream:
+    upstream = await call_upstream(services, request, call)
+    try:
         data = await read_body(upstream)
-        headers = response_headers(upstream.headers, decoded=True)
-        status, content_type = upstream.status, upstream.headers.get("Content-Type", "")
+    finally:
+        upstream.release()
+    headers = response_headers(upstream.headers, decoded=True)
+    status, content_type = upstream.status, upstream.headers.get("Content-Type", "")
     fingerprint = None
     parsed = _json_object(data) if status == 200 else None
     if parsed is not None:

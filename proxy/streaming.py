@@ -23,10 +23,10 @@ from multidict import CIMultiDict
 from proxy.caching import (
     Answer,
     Call,
+    call_upstream,
     observe_fingerprint,
     record,
     repro_headers,
-    upstream_call,
 )
 from proxy.context import Services
 from proxy.errors import UpstreamUnreachable
@@ -45,7 +45,8 @@ _UPSTREAM_BROKE = (TimeoutError, HTTPError)
 async def forward_stream(
     services: Services, request: web.Request, call: Call
 ) -> web.StreamResponse:
-    async with upstream_call(services, request, call) as upstream:
+    upstream = await call_upstream(services, request, call)
+    try:
         if upstream.status != 200 or upstream.content_type != "text/event-stream":
             data = await read_body(upstream)
             headers = response_headers(upstream.headers, decoded=True)
@@ -53,8 +54,19 @@ async def forward_stream(
             return web.Response(status=upstream.status, body=data, headers=headers)
         relay = _Relay(services, request, call, upstream)
         response = await relay.run()
+    finally:
+        upstream.release()
     await relay.finish()
     return response
+
+
+class _HeadWithFirstFrame(web.StreamResponse):
+    """Headers held back until the first write, then sent in the same packet as the first
+    frame: the client's first token then needs one wakeup, not two. aiohttp's own Response
+    buffers its headers the same way (this class attribute); by default a StreamResponse sends
+    them at once."""
+
+    _send_headers_immediately = False
 
 
 class _Relay:
@@ -81,7 +93,7 @@ class _Relay:
             head = [chunk async for chunk in _until_first_frame(chunks, self.recorder)]
             if self.cut and not self.recorder.frames:
                 raise UpstreamUnreachable("The upstream broke its stream before the first event.")
-            response = web.StreamResponse(headers=self._headers())
+            response = _HeadWithFirstFrame(headers=self._headers())
             await response.prepare(self.request)
             await self._pass(response, b"".join(head))
             async for chunk in chunks:

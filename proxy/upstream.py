@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -30,17 +30,27 @@ HOP_BY_HOP = frozenset(
 )
 
 
-def _hop_by_hop(headers: CIMultiDictProxy[str]) -> set[str]:
-    """The fixed hop-by-hop set plus whatever the Connection header names."""
-    named = {h.strip().lower() for v in headers.getall("Connection", []) for h in v.split(",")}
-    return named | HOP_BY_HOP
+REQUEST_SKIP = HOP_BY_HOP | {"host", "content-length"}
+"""What never goes upstream as the client sent it; callers add to it (lower case)."""
+_RESPONSE_SKIP = HOP_BY_HOP | {"content-length"}
+_DECODED_SKIP = _RESPONSE_SKIP | {"content-encoding"}
 
 
-def request_headers(incoming: CIMultiDictProxy[str], drop: Iterable[str] = ()) -> CIMultiDict[str]:
+def _skipped(headers: CIMultiDictProxy[str], fixed: frozenset[str]) -> frozenset[str]:
+    """`fixed` plus whatever the Connection header names (rarely anything: then no new set)."""
+    named = headers.getall("Connection", ())
+    if not named:
+        return fixed
+    return fixed | {h.strip().lower() for v in named for h in v.split(",")}
+
+
+def request_headers(
+    incoming: CIMultiDictProxy[str], skip: frozenset[str] = REQUEST_SKIP
+) -> CIMultiDict[str]:
     """Headers to send upstream: end-to-end ones only, none of ours, Host left to the client.
     The client's User-Agent passes unchanged; a client without one is named as this proxy
     (rather than as aiohttp, which names itself when nobody else is)."""
-    skip = _hop_by_hop(incoming) | {"host", "content-length", *drop}
+    skip = _skipped(incoming, skip)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
         lower = name.lower()
@@ -59,10 +69,8 @@ def auth_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
 
 def response_headers(incoming: CIMultiDictProxy[str], decoded: bool) -> CIMultiDict[str]:
     """Headers to send back: end-to-end ones; length and encoding are the server's business."""
-    skip = _hop_by_hop(incoming) | {"content-length"}
-    if decoded:
-        skip.add("content-encoding")
-    return CIMultiDict((k, v) for k, v in incoming.items() if k.lower() not in skip)
+    skip = _skipped(incoming, _DECODED_SKIP if decoded else _RESPONSE_SKIP)
+    return CIMultiDict([(k, v) for k, v in incoming.items() if k.lower() not in skip])
 
 
 class Upstream:
@@ -77,8 +85,7 @@ class Upstream:
         rest = path_qs[3:] if path_qs.startswith("/v1") else path_qs
         return self._base_path + rest
 
-    @asynccontextmanager
-    async def request(
+    async def send(
         self,
         method: str,
         path_qs: str,
@@ -86,10 +93,11 @@ class Upstream:
         data: Body,
         *,
         decode: bool = True,
-    ) -> AsyncIterator[Response]:
-        """Open a request; connection failures and timeouts before the headers become ours."""
+    ) -> Response:
+        """The answer's head; connection failures and timeouts before it become ours. The
+        caller releases the answer (`request` does it for a block)."""
         try:
-            response = await self._pool.request(method, self.target(path_qs), headers, data, decode)
+            return await self._pool.request(method, self.target(path_qs), headers, data, decode)
         except ConnectTimeout as exc:
             raise UpstreamTimeout(
                 f"Could not connect to the upstream within {self._pool.connect_timeout:g} seconds."
@@ -100,6 +108,19 @@ class Upstream:
             ) from exc
         except HTTPError as exc:
             raise UpstreamUnreachable(f"Could not reach the upstream: {exc}.") from exc
+
+    @asynccontextmanager
+    async def request(
+        self,
+        method: str,
+        path_qs: str,
+        headers: Mapping[str, str],
+        data: Body,
+        *,
+        decode: bool = True,
+    ) -> AsyncIterator[Response]:
+        """`send`, with the answer released when the block ends."""
+        response = await self.send(method, path_qs, headers, data, decode=decode)
         try:
             yield response
         finally:

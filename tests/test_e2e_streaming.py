@@ -8,6 +8,7 @@ section checks the stream recorder (proxy/sse.py) alone, on bytes split in awkwa
 
 from __future__ import annotations
 
+import socket
 import socketserver
 import subprocess
 import sys
@@ -467,6 +468,28 @@ def test_repro_headers_come_before_the_first_byte(proxy: Proxy, sim: Sim, ns: st
         assert b"[DONE]" not in first  # headers and first frame came well before the end
     sim.settings(chunk_delay=0.0)  # the proxy reads on after we left; let it end and store
     wait_for(lambda: stored(proxy, ns, raw_body()), "the abandoned stream to be stored")
+
+
+def test_a_streamed_miss_sends_its_head_with_the_first_frame(
+    proxy: Proxy, sim: Sim, ns: str
+) -> None:
+    """One write, not two: the client's first token then costs it one wakeup. The sim waits
+    between frames, so a head sent on its own would arrive alone."""
+    sim.settings(chunk_delay=0.2)
+    body = raw_body()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer sk-stream\r\nX-Repro-Namespace: {ns}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as conn:
+        conn.sendall(head.encode() + body)
+        first = conn.recv(65536)
+    status, _, rest = first.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 200") and b"X-Repro-Cache: MISS" in status
+    assert b"data: {" in rest and b"[DONE]" not in rest
+    sim.settings(chunk_delay=0.0)
+    wait_for(lambda: stored(proxy, ns, body), "the abandoned stream to be stored")
 
 
 def test_cache_control_directives_apply_to_streams(proxy: Proxy, sim: Sim, ns: str) -> None:
