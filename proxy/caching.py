@@ -254,11 +254,12 @@ def serve_hit(
     return web.Response(body=entry.body, headers=headers)
 
 
-_UPSTREAM_SKIP = REQUEST_SKIP | {"accept-encoding", "content-type"}
+_UPSTREAM_SKIP = REQUEST_SKIP | {"accept-encoding", "content-encoding", "content-type"}
 
 
 def upstream_headers(request: web.Request) -> CIMultiDict[str]:
-    """The client's headers for the upstream; the body is ours now, so its type is JSON."""
+    """The client's headers for the upstream; the body is ours now: plain JSON, whatever
+    encoding the client sent it in."""
     headers = request_headers(request.headers, _UPSTREAM_SKIP)
     headers["Content-Type"] = "application/json"
     return headers

@@ -156,17 +156,22 @@ def count_miss(services: Services, call: Call) -> None:
 
 
 async def read_limited(request: web.Request, limit: int) -> bytes:
-    """The whole body, refused as soon as it is known to exceed `limit`."""
-    if request.content_length is not None:
-        if request.content_length > limit:
-            raise RequestTooLarge(_too_large(limit))
-        return await request.read()  # the parser stops at the declared length
-    body = bytearray()
-    async for chunk in request.content.iter_any():
-        body += chunk
+    """The whole body (inflated, if it came compressed), refused as soon as it is known to
+    exceed `limit`."""
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestTooLarge(_too_large(limit))
+    content = request.content
+    if content.is_eof():  # all of it came with the head, the common case: no reads to wait on
+        body = content.read_nowait()
         if len(body) > limit:
             raise RequestTooLarge(_too_large(limit))
-    return bytes(body)
+        return body
+    received = bytearray()
+    async for chunk in content.iter_any():
+        received += chunk
+        if len(received) > limit:
+            raise RequestTooLarge(_too_large(limit))
+    return bytes(received)
 
 
 def _too_large(limit: int) -> str:

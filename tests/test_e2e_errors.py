@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import socket
 import time
 
@@ -95,6 +96,22 @@ def test_body_over_the_limit_is_a_413(start_proxy: ProxyFactory, sim: Sim) -> No
     assert_error(chunked, 413, "request_too_large")
     assert sim.llm_requests() == []
     assert post(proxy, BODY).status_code == 200
+
+
+def test_a_gzip_body_is_limited_by_its_decompressed_size(
+    start_proxy: ProxyFactory, sim: Sim
+) -> None:
+    """A compressed body is read as the parser inflates it; the limit applies to what the
+    proxy would parse, and the refusal is ours, in OpenAI's shape."""
+    proxy = start_proxy("--max-body", "1KiB")
+    big = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * 5000}]})
+    assert len(gzip.compress(big)) < 1024
+    refused = post(proxy, gzip.compress(big), **{"Content-Encoding": "gzip"})
+    assert_error(refused, 413, "request_too_large")
+    assert sim.llm_requests() == []
+    small = post(proxy, gzip.compress(BODY), **{"Content-Encoding": "gzip"})
+    assert small.status_code == 200, small.text
+    assert small.headers["X-Repro-Key"] == post(proxy, BODY).headers["X-Repro-Key"]
 
 
 def test_upstream_errors_pass_through_with_headers_and_are_not_cached(
