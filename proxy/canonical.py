@@ -66,16 +66,21 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     return checked
 
 
+_UNCHANGED = frozenset({str, int, bool, type(None)})
+"""What parsed JSON holds besides containers and floats: nothing to respell, nothing to walk."""
+
+
 def _checked(value: Any, level: int) -> Any:
-    """`normalize`, refusing containers nested deeper than MAX_DEPTH."""
+    """`normalize`, refusing containers nested deeper than MAX_DEPTH. Strings and integers,
+    most of a body, are taken as they are, without a call each."""
     if isinstance(value, dict):
         if level > MAX_DEPTH:
             raise InvalidJSON(f"The request body nests deeper than {MAX_DEPTH} levels.")
-        return {k: _checked(v, level + 1) for k, v in value.items()}
+        return {k: v if type(v) in _UNCHANGED else _checked(v, level + 1) for k, v in value.items()}
     if isinstance(value, list):
         if level > MAX_DEPTH:
             raise InvalidJSON(f"The request body nests deeper than {MAX_DEPTH} levels.")
-        return [_checked(v, level + 1) for v in value]
+        return [v if type(v) in _UNCHANGED else _checked(v, level + 1) for v in value]
     if isinstance(value, float) and value.is_integer() and abs(value) < _EXACT_INT_LIMIT:
         return int(value)
     return value

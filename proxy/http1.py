@@ -85,7 +85,12 @@ class Response:
         return self.headers.get("Content-Type", "").partition(";")[0].strip().lower()
 
     async def read(self) -> bytes:
-        """The whole body."""
+        """The whole body; at once when it is all in already (it mostly came with the head)."""
+        if self._done:
+            body = b"".join(self._chunks)
+            self._chunks.clear()
+            self._buffered = 0
+            return body
         parts = [chunk async for chunk in self.iter_any()]
         return b"".join(parts)
 
