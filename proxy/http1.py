@@ -242,9 +242,12 @@ class _Connection(asyncio.Protocol):
         self._arm()
 
     def _arm(self) -> None:
+        """Bound the silence from now on. A timer still pending from an earlier answer on this
+        connection serves (`_check` moves on to the latest `_heard`): no timer per request."""
         if self._response is not None:
             self._heard = self.loop.time()
-            self._watch = self.loop.call_at(self._heard + self._pool.read_timeout, self._check)
+            if self._watch is None:
+                self._watch = self.loop.call_at(self._heard + self._pool.read_timeout, self._check)
 
     def data_received(self, data: bytes) -> None:
         if self._response is None:  # nothing asked: a server talking out of turn
@@ -385,7 +388,6 @@ class _Connection(asyncio.Protocol):
         assert response is not None
         self._response = None
         self._head = None
-        self._stop_watch()
         response._end()
         if self._paused and self.transport is not None:  # the answer ended as reading paused
             self._paused = False
