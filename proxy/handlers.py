@@ -188,15 +188,18 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
     if request.content_length is not None:
         headers["Content-Length"] = str(request.content_length)
     data = _limited_stream(request, limit) if request.body_exists else None
-    async with services.upstream.request(
+    upstream = await services.upstream.send(
         request.method, request.path_qs, headers, data, decode=False
-    ) as upstream:
+    )
+    try:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.update(response_headers(upstream.headers, decoded=False))
         response.headers["X-Repro-Cache"] = "BYPASS"
         await response.prepare(request)
         async for chunk in upstream.iter_any():
             await response.write(chunk)
+    finally:
+        upstream.release()
     await response.write_eof()
     return response
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from multidict import CIMultiDictProxy
 
 from proxy.errors import UpstreamError
-from proxy.upstream import Upstream, auth_headers, read_body
+from proxy.upstream import Upstream, auth_headers
 
 log = logging.getLogger("proxy.keys")
 
@@ -62,11 +62,10 @@ class KeyChecker:
 
     async def _ask(self, auth: Mapping[str, str]) -> int | None:
         try:
-            async with self._upstream.request("GET", "/v1/models", auth, None) as response:
-                await read_body(response)
-                return response.status
+            status, _ = await self._upstream.fetch("GET", "/v1/models", auth, None)
         except UpstreamError:
             return None
+        return status
 
     def _record(self, tenant: str, accepted: bool) -> None:
         self._verdicts[tenant] = (accepted, self._clock())

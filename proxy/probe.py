@@ -22,7 +22,7 @@ from proxy.entry import fingerprint_of
 from proxy.errors import UpstreamError
 from proxy.fingerprints import FingerprintTracker
 from proxy.store.base import StoreError
-from proxy.upstream import Upstream, read_body
+from proxy.upstream import Upstream
 
 log = logging.getLogger("proxy.probe")
 
@@ -95,9 +95,7 @@ class Prober:
     async def _send(self, route: str, body: dict[str, Any]) -> tuple[int | None, Any]:
         headers = {"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json"}
         try:
-            async with self._upstream.request("POST", route, headers, orjson.dumps(body)) as resp:
-                data = await read_body(resp)
-                status = resp.status
+            status, data = await self._upstream.fetch("POST", route, headers, orjson.dumps(body))
         except UpstreamError:
             return None, None
         with contextlib.suppress(orjson.JSONDecodeError):

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
@@ -95,7 +94,7 @@ class Upstream:
         decode: bool = True,
     ) -> Response:
         """The answer's head; connection failures and timeouts before it become ours. The
-        caller releases the answer (`request` does it for a block)."""
+        caller releases the answer."""
         try:
             return await self._pool.request(method, self.target(path_qs), headers, data, decode)
         except ConnectTimeout as exc:
@@ -109,20 +108,13 @@ class Upstream:
         except HTTPError as exc:
             raise UpstreamUnreachable(f"Could not reach the upstream: {exc}.") from exc
 
-    @asynccontextmanager
-    async def request(
-        self,
-        method: str,
-        path_qs: str,
-        headers: Mapping[str, str],
-        data: Body,
-        *,
-        decode: bool = True,
-    ) -> AsyncIterator[Response]:
-        """`send`, with the answer released when the block ends."""
-        response = await self.send(method, path_qs, headers, data, decode=decode)
+    async def fetch(
+        self, method: str, path_qs: str, headers: Mapping[str, str], data: Body
+    ) -> tuple[int, bytes]:
+        """Status and whole body of one answer, for the proxy's own side requests."""
+        response = await self.send(method, path_qs, headers, data)
         try:
-            yield response
+            return response.status, await read_body(response)
         finally:
             response.release()
 

@@ -26,7 +26,7 @@ from proxy.metrics import Metrics
 from proxy.sse import StreamRecorder
 from proxy.store.base import StoreError
 from proxy.textdistance import normalized_levenshtein
-from proxy.upstream import Upstream, auth_headers, read_body
+from proxy.upstream import Upstream, auth_headers
 
 if TYPE_CHECKING:
     from proxy.caching import Call
@@ -139,9 +139,7 @@ class Verifier:
         headers = {**auth, "Content-Type": "application/json"}
         path = call.route + (f"?{call.query}" if call.query else "")
         try:
-            async with self._upstream.request("POST", path, headers, call.body) as response:
-                body = await read_body(response)
-                status = response.status
+            status, body = await self._upstream.fetch("POST", path, headers, call.body)
         except UpstreamError as exc:
             log.info("verification failed", extra={"key": call.key, "error": exc.code})
             return None
