@@ -286,10 +286,7 @@ async def forward(
     services: Services, request: web.Request, call: Call, lease: Lease | None = None
 ) -> web.Response:
     upstream = await call_upstream(services, request, call)
-    try:
-        data = await read_body(upstream)
-    finally:
-        upstream.release()
+    data = await read_body(upstream)
     headers = response_headers(upstream.headers, decoded=True)
     status, content_type = upstream.status, upstream.headers.get("Content-Type", "")
     fingerprint = None

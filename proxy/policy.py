@@ -127,9 +127,9 @@ _NO_DIRECTIVES = Directives()
 
 def parse_cache_control(values: Sequence[str]) -> Directives:
     """The request directives we honour; unknown or malformed ones are ignored (RFC 9111)."""
-    found: dict[str, Any] = {}
     if not values:
         return _NO_DIRECTIVES
+    found: dict[str, Any] = {}
     for header in values:
         for part in header.split(","):
             name, _, arg = part.strip().partition("=")

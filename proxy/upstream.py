@@ -113,20 +113,20 @@ class Upstream:
     ) -> tuple[int, bytes]:
         """Status and whole body of one answer, for the proxy's own side requests."""
         response = await self.send(method, path_qs, headers, data)
-        try:
-            return response.status, await read_body(response)
-        finally:
-            response.release()
+        return response.status, await read_body(response)
 
     async def close(self) -> None:
         await self._pool.close()
 
 
 async def read_body(response: Response) -> bytes:
-    """Read a whole answer, mapping a stall or a cut to our errors."""
+    """Read a whole answer, mapping a stall or a cut to our errors; the answer is released
+    either way (its connection goes back to the pool, or is closed if the answer broke)."""
     try:
         return await response.read()
     except TimeoutError as exc:
         raise UpstreamTimeout("The upstream stopped sending its answer.") from exc
     except HTTPError as exc:
         raise UpstreamUnreachable(f"The upstream connection broke: {exc}.") from exc
+    finally:
+        response.release()
