@@ -18,7 +18,7 @@ from proxy import admin, cassette, handlers
 from proxy.canonical import CACHEABLE_ROUTES
 from proxy.coalesce import Coalescer
 from proxy.config import Settings
-from proxy.context import SERVICES, Services
+from proxy.context import SERVICES, Services, entry_memo
 from proxy.errors import ProxyError
 from proxy.fingerprints import FingerprintTracker
 from proxy.keycheck import KeyChecker
@@ -83,8 +83,10 @@ def _services(
         if not isinstance(backend, MemoryStore):  # this process's memory neither hangs nor fails
             bounded = isinstance(backend, RedisStore) and backend.deadline == timeout
             store = GuardedStore(store, timeout=timeout, bounded=bounded)
+        local_bytes = backend.max_bytes if isinstance(backend, MemoryStore) else 0
         if isinstance(backend, RedisStore) and backend.invalidations:
             store = NearCache(store, backend, settings.near_cache)
+            local_bytes = settings.near_cache
         upstream = Upstream(settings.upstream, settings.connect_timeout, settings.upstream_timeout)
         fingerprints = FingerprintTracker(
             store, metrics, settings.fingerprint_policy, settings.fingerprint_grace, clock
@@ -112,6 +114,7 @@ def _services(
             verifier=verifier,
             secret=secret,
             clock=clock,
+            entries=entry_memo(local_bytes),
         )
         await _load_cassette(settings, store)
         try:

@@ -21,7 +21,7 @@ class LRU(Generic[K, V]):
         (and replaces nothing: its key is forgotten)."""
         self._items: OrderedDict[K, tuple[V, int]] = OrderedDict()
         self._max_items = max_items
-        self._max_bytes = max_bytes
+        self.max_bytes = max_bytes
         self.bytes = 0
 
     def __len__(self) -> int:
@@ -38,7 +38,7 @@ class LRU(Generic[K, V]):
         previous = self._items.pop(key, None)
         if previous is not None:
             self.bytes -= previous[1]
-        if self._max_bytes and size > self._max_bytes:
+        if self.max_bytes and size > self.max_bytes:
             return
         self._items[key] = (value, size)
         self.bytes += size
@@ -47,7 +47,7 @@ class LRU(Generic[K, V]):
             self.bytes -= dropped
 
     def _over_budget(self) -> bool:
-        return bool(self._max_bytes) and self.bytes > self._max_bytes
+        return bool(self.max_bytes) and self.bytes > self.max_bytes
 
     def clear(self) -> None:
         self._items.clear()

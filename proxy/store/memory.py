@@ -66,6 +66,10 @@ class MemoryStore:
         self._locks: dict[str, tuple[str, float]] = {}
         self._labels: dict[str, Labels] = {}
 
+    @property
+    def max_bytes(self) -> int:
+        return self._max_bytes
+
     async def get(self, key: str, fingerprints: Sequence[str] | None) -> dict[str, bytes]:
         self._drop_expired()
         wanted = self._fingerprints_of.get(key, {}) if fingerprints is None else fingerprints
