@@ -18,7 +18,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy import canonical, policy
 from proxy.coalesce import Lease
-from proxy.context import Services
+from proxy.context import EntryMemo, Services
 from proxy.entry import CorruptEntry, Entry, fingerprint_of, usage_of
 from proxy.errors import InvalidParameter, UpstreamError
 from proxy.http1 import Response
@@ -195,9 +195,9 @@ def choose(services: Services, call: Call, accepted: Any, blobs: dict[str, bytes
     """Prefer the current fingerprint (follow), else the newest entry (pin); skip stale ones."""
     now = services.clock()
     entries = []
-    for blob in blobs.values():
+    for fingerprint, blob in blobs.items():
         try:
-            entry = decoded(services, blob)
+            entry = decoded(services.entries, call.key, fingerprint, blob)
         except CorruptEntry:
             continue
         if policy.is_fresh(entry.stored_at, now, services.settings.ttl, call.max_age):
@@ -210,13 +210,17 @@ def choose(services: Services, call: Call, accepted: Any, blobs: dict[str, bytes
     return min(entries, key=lambda e: rank.get(e.fingerprint, len(rank)))
 
 
-def decoded(services: Services, blob: bytes) -> Entry:
-    """`Entry.unpack`, remembered by the blob's bytes: a stored blob never changes, and a HIT
-    then skips parsing its metadata and copying its body."""
-    entry = services.entries.get(blob)
-    if entry is None:
-        entry = Entry.unpack(blob)
-        services.entries.put(blob, entry, len(blob) * 2)
+def decoded(memo: EntryMemo, key: str, fingerprint: str, blob: bytes) -> Entry:
+    """`Entry.unpack`, remembered per stored slot while its blob stays the same (a HIT then
+    skips parsing its metadata and copying its body). Keyed by the slot, not by the blob, so
+    that an answer written again (evicted and filled, or refreshed) replaces its old decoding
+    instead of leaving it in memory beside the new one."""
+    slot = (key, fingerprint)
+    held = memo.get(slot)
+    if held is not None and (held[0] is blob or held[0] == blob):
+        return held[1]
+    entry = Entry.unpack(blob)
+    memo.put(slot, (blob, entry), len(blob) * 2)
     return entry
 
 

@@ -30,10 +30,13 @@ CALL_MEMO_BYTES = 16 * 1024 * 1024
 ENTRY_MEMO_BYTES = 32 * 1024 * 1024
 
 
-def entry_memo(local_bytes: int = 0) -> LRU[bytes, Entry]:
-    """Decoded entries, charged at twice their blob, bounded also by twice the bytes the store
-    keeps in this process (`local_bytes`, 0 for none): a small store's evicted blobs must not
-    outlive it by megabytes, and the memo must fill as fast as the store turns over."""
+# Decoded entries by stored slot (key, fingerprint), with the blob each was decoded from.
+EntryMemo = LRU[tuple[str, str], tuple[bytes, Entry]]
+
+
+def entry_memo(local_bytes: int = 0) -> EntryMemo:
+    """Charged at twice each blob, and never more than twice the bytes the store keeps in this
+    process (`local_bytes`, 0 for none): a small store must not carry a 32 MiB memo."""
     budget = min(ENTRY_MEMO_BYTES, 2 * local_bytes) if local_bytes else ENTRY_MEMO_BYTES
     return LRU(MEMO_ITEMS, budget)
 
@@ -55,7 +58,7 @@ class Services:
     calls: LRU[tuple[Any, ...], Call] = field(
         default_factory=lambda: LRU(MEMO_ITEMS, CALL_MEMO_BYTES)
     )
-    entries: LRU[bytes, Entry] = field(default_factory=entry_memo)
+    entries: EntryMemo = field(default_factory=entry_memo)
 
 
 SERVICES = web.AppKey("services", Services)

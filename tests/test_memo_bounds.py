@@ -1,5 +1,5 @@
-"""The decoded-entry memo is bounded by the store it serves: a small store's evicted answers must
-not stay resident in the memo long after the store dropped them."""
+"""The decoded-entry memo stays small and flat: one decoding per stored slot, bounded by the store
+it serves, so a small store's evicted answers do not stay resident after the store dropped them."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 from aiohttp import web
 
 from proxy.app import create_app
+from proxy.caching import decoded
 from proxy.config import Settings
 from proxy.context import ENTRY_MEMO_BYTES, SERVICES, Services, entry_memo
 from proxy.entry import Entry
@@ -16,20 +17,42 @@ from proxy.entry import Entry
 UNUSED = "http://127.0.0.1:9"  # no request reaches the upstream here
 
 
-def answer(number: int) -> tuple[bytes, Entry]:
-    entry = Entry(b"x" * 400, "application/json", "fp_1", 0.0, "m", seed=number)
+def answer(number: int, stored_at: float = 0.0) -> tuple[bytes, Entry]:
+    entry = Entry(b"x" * 400, "application/json", "fp_1", stored_at, "m", seed=number)
     return entry.pack(), entry
 
 
 def test_the_memo_holds_at_most_twice_what_the_store_keeps() -> None:
     memo = entry_memo(local_bytes=10_000)
     blobs = [answer(number) for number in range(40)]
-    for blob, entry in blobs:
-        memo.put(blob, entry, len(blob) * 2)  # as proxy.caching.decoded charges it
+    for number, (blob, _) in enumerate(blobs):
+        decoded(memo, f"key{number}", "fp_1", blob)
     assert memo.bytes <= 20_000
     assert 0 < len(memo) < 40
-    assert memo.get(blobs[0][0]) is None  # the oldest answers went first
-    assert memo.get(blobs[-1][0]) == blobs[-1][1]
+    assert memo.get(("key0", "fp_1")) is None  # the oldest answers went first
+    assert memo.get(("key39", "fp_1")) == blobs[-1]
+
+
+def test_an_answer_written_again_replaces_its_decoding() -> None:
+    """A small store evicts and fills the same request again and again: each fill is a new
+    blob, and the memo must hold one decoding per slot, never a pile of dead ones."""
+    memo = entry_memo()
+    for second in range(100):
+        blob, entry = answer(7, stored_at=float(second))
+        assert decoded(memo, "key", "fp_1", blob) == entry
+    assert len(memo) == 1
+    assert memo.bytes == 2 * len(blob)
+
+
+def test_a_changed_blob_is_decoded_again_and_an_equal_one_is_not() -> None:
+    memo = entry_memo()
+    old, _ = answer(1, stored_at=1.0)
+    first = decoded(memo, "key", "fp_1", old)
+    assert decoded(memo, "key", "fp_1", bytes(old)) is first  # equal bytes (Redis): remembered
+    new, entry = answer(1, stored_at=2.0)
+    assert decoded(memo, "key", "fp_1", new) == entry
+    assert decoded(memo, "key", "fp_1", new).stored_at == 2.0
+    assert decoded(memo, "key", "fp_2", old) is not first  # another slot, its own decoding
 
 
 def test_without_a_local_store_the_memo_keeps_its_own_bound() -> None:
