@@ -217,7 +217,7 @@ def decoded(memo: EntryMemo, key: str, fingerprint: str, blob: bytes) -> Entry:
     instead of leaving it in memory beside the new one."""
     slot = (key, fingerprint)
     held = memo.get(slot)
-    if held is not None and (held[0] is blob or held[0] == blob):
+    if held is not None and held[0] == blob:  # bytes compare by identity first
         return held[1]
     entry = Entry.unpack(blob)
     memo.put(slot, (blob, entry), len(blob) * 2)

@@ -3,6 +3,7 @@ it serves, so a small store's evicted answers do not stay resident after the sto
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -60,6 +61,7 @@ def test_without_a_local_store_the_memo_keeps_its_own_bound() -> None:
     assert entry_memo(local_bytes=1 << 40).max_bytes == ENTRY_MEMO_BYTES
 
 
+@contextlib.asynccontextmanager
 async def services(settings: Settings) -> AsyncIterator[Services]:
     runner = web.AppRunner(create_app(settings))
     await runner.setup()
@@ -77,11 +79,11 @@ async def services(settings: Settings) -> AsyncIterator[Services]:
     ],
 )
 async def test_the_app_bounds_the_memo_by_its_memory_store(store: str, budget: int) -> None:
-    async for built in services(Settings(store=store, upstream=UNUSED)):
+    async with services(Settings(store=store, upstream=UNUSED)) as built:
         assert built.entries.max_bytes == budget
 
 
 async def test_the_app_bounds_the_memo_by_its_near_cache(redis_url: str) -> None:
     settings = Settings(store=redis_url, upstream=UNUSED, near_cache=4 * 1024 * 1024)
-    async for built in services(settings):
+    async with services(settings) as built:
         assert built.entries.max_bytes == 8 * 1024 * 1024
