@@ -5,6 +5,7 @@
     python bench/bench.py --json     # machine-readable results on stdout (the table on stderr)
     python bench/bench.py --only hit --profile /tmp/prof   # py-spy the proxy during its runs
     python bench/bench.py --gateway  # also LiteLLM, the issue's gateway (installs it once; opt-in)
+    python bench/bench.py --full --rounds 3   # each workload 3 times; ratios are the medians
 
 It starts, on free 127.0.0.1 ports, each as its own process: `repro-proxy sim` (no artificial
 latency), a redis-server of its own, the proxy at its default settings twice (memory:// and
@@ -41,6 +42,12 @@ run's redis-GET floor req/s) / 13,000 (JSON: ratio_gateway_scaled). The issue's 
 to the unscaled ratio. The hit bodies ask for n=4 choices so the sim's answer is about 85
 tokens, like the issue's ~100-token reference answer.
 
+With --rounds N every workload is measured N times in a row, every other round in the opposite
+order (so that neither the floor nor the proxy always runs first, on a machine that drifts);
+each proxy run is compared with its floor's run of the same round, and the ratio table shows the
+median over the rounds next to each round's own req/s ratio (JSON: "medians"; "ratios" keeps
+one line per round). A single run's ratio on a noisy machine moves by 10% from run to run.
+
 With --gateway (never in CI: it downloads packages) that gateway is measured instead of quoted:
 bench/gateway.py installs LiteLLM's proxy once into a venv of its own under ~/.cache, runs it as
 one worker with its Redis cache (db 3 of the bench's redis-server) in front of the sim, and the
@@ -60,6 +67,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -440,6 +448,7 @@ class Run:
     workload: str
     target: str
     role: str  # proxy | floor | direct
+    round: int = 1  # of --rounds: a proxy run is compared with its floor's run of the same round
     floor: str | None = None  # the target this one is compared with
     ratio_kind: str | None = None  # which issue target applies: one of RATIO_KINDS
     ok: bool = False
@@ -472,12 +481,15 @@ class Run:
 
 
 class Bench:
-    def __init__(self, mode: Mode, threads: int, connections: int, profile: Path | None) -> None:
-        self.mode, self.threads, self.connections, self.profile = (
+    def __init__(
+        self, mode: Mode, threads: int, connections: int, profile: Path | None, rounds: int
+    ) -> None:
+        self.mode, self.threads, self.connections, self.profile, self.rounds = (
             mode,
             threads,
             connections,
             profile,
+            rounds,
         )
         self.runs: list[Run] = []
         self.servers: dict[str, Server] = {}
@@ -493,12 +505,13 @@ class Bench:
         floor: str | None = None,
         ratio_kind: str | None = None,
         aux: tuple[str, ...] = (),
+        round: int = 1,
     ) -> Run:
         role = self.roles[target]
-        run = Run(workload, target, role, floor=floor, ratio_kind=ratio_kind, aux=aux)
+        run = Run(workload, target, role, round, floor=floor, ratio_kind=ratio_kind, aux=aux)
         self.runs.append(run)
         server = self.servers[target]
-        log(f"  {workload:<24} {target}")
+        log(f"  {workload:<24} {target}" + (f" (round {round})" if self.rounds > 1 else ""))
         try:
             if self.mode.warmup:
                 run_wrk(server.url, load, self.mode.warmup, self.threads, self.connections)
@@ -665,21 +678,21 @@ def ratios(runs: list[Run]) -> list[dict[str, Any]]:
     ratio, not the issue's figure in its place. For the Redis hit kinds, ratio_gateway_scaled is
     over the issue's figure scaled to this machine by the redis-GET floor of the same workload,
     measured in the same run: 150 x floor req/s / 13,000 (the reference machine's floor);
-    information only.
+    information only. With --rounds, each round's runs are compared among themselves.
     """
-    by_key = {(r.workload, r.target): r for r in runs}
-    gateways = {r.workload: r for r in runs if r.role == "gateway"}
+    by_key = {(r.workload, r.target, r.round): r for r in runs}
+    gateways = {(r.workload, r.round): r for r in runs if r.role == "gateway"}
     summary = []
     for run in runs:
         if run.role != "proxy":
             continue
         kind = run.ratio_kind or ""
         redis_hit = kind in REDIS_HIT_KINDS
-        floor = by_key.get((run.workload, run.floor or ""))
+        floor = by_key.get((run.workload, run.floor or "", run.round))
         if floor is not None and not (floor.ok and floor.req_s > 0):
             floor = None  # a failed floor gives no ratio
         issue_gateway = GATEWAY_MISS_RPS if kind == "miss" else GATEWAY_HIT_RPS
-        measured = gateways.get(run.workload)
+        measured = gateways.get((run.workload, run.round))
         gateway: float | None = issue_gateway
         cpu_ratio_gateway: float | None = None
         if measured is not None:
@@ -701,6 +714,7 @@ def ratios(runs: list[Run]) -> list[dict[str, Any]]:
             {
                 "workload": run.workload,
                 "proxy": run.target,
+                "round": run.round,
                 "floor": run.floor,
                 "ratio_kind": run.ratio_kind,
                 "ratio_floor": run.ratio_floor,
@@ -725,15 +739,46 @@ def ratios(runs: list[Run]) -> list[dict[str, Any]]:
     return summary
 
 
+MEDIAN_FIGURES = (
+    "ratio_floor",
+    "cpu_ratio_floor",
+    "ratio_gateway",
+    "cpu_ratio_gateway",
+    "ratio_gateway_scaled",
+    "gateway_rps",
+    "gateway_scaled_rps",
+    "floor_rps",
+)
+
+
+def medians(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One line per workload and proxy over its rounds: each ratio's median (rounds without
+    the figure left out), and the rounds' own ratios over the floor, in round order."""
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for line in summary:
+        grouped.setdefault((line["workload"], line["proxy"]), []).append(line)
+    result = []
+    for lines in grouped.values():
+        merged = {**lines[0], "round": None}
+        for name in MEDIAN_FIGURES:
+            values = [line[name] for line in lines if line[name] is not None]
+            merged[name] = statistics.median(values) if values else None
+        merged["rounds"] = [line["ratio_floor"] for line in lines]
+        result.append(merged)
+    return result
+
+
 def gateway_summary(install: gateway.Install | None, runs: list[Run]) -> dict[str, Any] | None:
-    """With --gateway: what was installed, and LiteLLM's figures next to the proxy's Redis hit."""
+    """With --gateway: what was installed, and LiteLLM's figures next to the proxy's Redis hit
+    (medians over the rounds)."""
     if install is None:
         return None
-    by_key = {(r.workload, r.role): r for r in runs if r.role in ("gateway", "proxy")}
 
     def figure(workload: str, role: str, name: str) -> float | None:
-        run = by_key.get((workload, role))
-        return getattr(run, name) if run is not None and run.ok else None
+        values = [
+            getattr(r, name) for r in runs if (r.workload, r.role, r.ok) == (workload, role, True)
+        ]
+        return statistics.median(values) if values else None
 
     hit, proxy_hit = figure(GATEWAY_HIT_WORKLOAD, "gateway", "req_s"), None
     if hit:
@@ -814,7 +859,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(
             "bench: redis-server not found on PATH. Install it: apt-get install redis-server"
         )
-    bench = Bench(mode, args.threads, args.connections, args.profile)
+    bench = Bench(mode, args.threads, args.connections, args.profile, args.rounds)
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     only = args.only
@@ -993,12 +1038,20 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                               (red, pass_floor, "miss", SIM_REDIS), *with_gw["miss (Redis)"]],
              None, miss_load),
         ]  # fmt: skip
-        for workload, targets, bodies, load in plan:
+        for workload, targets, bodies, load, number in (
+            (*step, number) for step in plan for number in range(1, args.rounds + 1)
+        ):
             if not wanted(workload):
                 continue
             log(f"bench: {workload}")
-            for server, floor, kind, aux in targets:
-                links = {"floor": floor.name if floor else None, "ratio_kind": kind, "aux": aux}
+            # Every other round the other way round: no target always runs first (or last).
+            for server, floor, kind, aux in targets if number % 2 else targets[::-1]:
+                links = {
+                    "floor": floor.name if floor else None,
+                    "ratio_kind": kind,
+                    "aux": aux,
+                    "round": number,
+                }
                 try:
                     note = verify(server, bodies)
                 except (BenchError, aiohttp.ClientError, TimeoutError) as exc:
@@ -1055,6 +1108,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "reference": REFERENCE,
         "runs": [run.__dict__ for run in bench.runs],
         "ratios": summary,
+        "rounds": args.rounds,
+        "medians": medians(summary) if args.rounds > 1 else None,
         "gateway": gateway_summary(install, bench.runs),
         "ttfb": ttfb_result,
         "profiles": bench.profiles,
@@ -1073,7 +1128,13 @@ def table(result: dict[str, Any]) -> str:
     runs = result["runs"]
     measured_gw = (result.get("gateway") or {}).get("name")
     wl = max([24, *(len(run["workload"]) + 2 for run in runs)])  # column widths
-    tg = max([20, *(len(run["target"]) + 2 for run in runs)])
+    rounds = result.get("rounds", 1)
+    label = (
+        (lambda run: f"{run['target']} #{run['round']}")
+        if rounds > 1
+        else (lambda run: run["target"])
+    )
+    tg = max([20, *(len(label(run)) + 2 for run in runs)])
     lines = [
         f"repro-proxy bench ({result['mode']}): wrk {config['threads']} thread, "
         f"{config['connections']} connections, {config['duration_s']} s per run "
@@ -1102,7 +1163,7 @@ def table(result: dict[str, Any]) -> str:
         if previous is not None and run["workload"] != previous:
             lines.append("")
         previous = run["workload"]
-        head = f"{run['workload']:<{wl}}{run['target']:<{tg}}"
+        head = f"{run['workload']:<{wl}}{label(run):<{tg}}"
         if not run["ok"]:
             lines.append(head + f"ERROR: {run['error']}"[:200])
             continue
@@ -1116,7 +1177,7 @@ def table(result: dict[str, Any]) -> str:
             + f"{run['other_cpu_pct']:>8.0f}"
         )
     split = [
-        f"  {run['workload']}, {run['target']}: "
+        f"  {run['workload']}, {label(run)}: "
         + " + ".join(f"{name} {us:.1f}" for name, us in run["aux_cpu_us_by_process"].items())
         for run in runs
         if run["ok"] and len(run["aux_cpu_us_by_process"]) > 1
@@ -1149,7 +1210,7 @@ def table(result: dict[str, Any]) -> str:
         "target applies to the raw ratio.",
         "",
     ]
-    summary = result["ratios"]
+    summary = result["medians"] if rounds > 1 else result["ratios"]
     scaled_suffix = ", scaled to this machine"
 
     def gateway_name(r: dict[str, Any]) -> str:
@@ -1167,7 +1228,11 @@ def table(result: dict[str, Any]) -> str:
         + [len(f"{r['workload']}: proxy / popular gateway{scaled_suffix}") + 2 for r in summary]
         + [len(gateway_name(r)) + 2 for r in summary]
     )
-    lines.append(f"{'ratio (same run)':<{nw}}{'req/s':>8}{'CPU/req':>9}{'issue target':>14}")
+    heading = f"ratio (median of {rounds} rounds)" if rounds > 1 else "ratio (same run)"
+    lines.append(
+        f"{heading:<{nw}}{'req/s':>8}{'CPU/req':>9}{'issue target':>14}"
+        + ("  req/s ratio by round" if rounds > 1 else "")
+    )
     for r in summary:
         target = r["target_floor"]
         name = f"{r['workload']}: proxy / {r['floor']}"
@@ -1175,6 +1240,7 @@ def table(result: dict[str, Any]) -> str:
             f"{name:<{nw}}{fmt(r['ratio_floor'], '.2f', 'x'):>8}"
             f"{fmt(r['cpu_ratio_floor'], '.2f', 'x'):>9}"
             f"{('>= ' + format(target, '.1f') + 'x') if target else '':>14}"
+            + ("  " + " ".join(fmt(x, ".2f") for x in r["rounds"]) if rounds > 1 else "")
         )
         if r["target_gateway"] or r.get("gateway"):  # the target's row, or a measured gateway
             target = r["target_gateway"]
@@ -1251,6 +1317,13 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="results as JSON on stdout")
     parser.add_argument("--duration", type=int, help="seconds per measured run (override)")
     parser.add_argument("--many-keys", type=int, help="distinct bodies of 'hit many keys'")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every workload this many times, alternating which target goes first; "
+        "the ratios are then the medians over the rounds (1)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (1)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (64)")
     parser.add_argument(
@@ -1267,6 +1340,8 @@ def main() -> int:
         "first use installs it into its own venv under ~/.cache (downloads packages)",
     )
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if args.profile and not shutil.which("py-spy"):
         parser.error("--profile needs py-spy (pip install py-spy)")
 
