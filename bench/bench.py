@@ -768,9 +768,11 @@ def medians(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return result
 
 
-def gateway_summary(install: gateway.Install | None, runs: list[Run]) -> dict[str, Any] | None:
+def gateway_summary(
+    install: gateway.Install | None, runs: list[Run], lines: list[dict[str, Any]]
+) -> dict[str, Any] | None:
     """With --gateway: what was installed, and LiteLLM's figures next to the proxy's Redis hit
-    (medians over the rounds)."""
+    (medians over the rounds; the ratio is the ratio table's, from `lines`)."""
     if install is None:
         return None
 
@@ -783,6 +785,11 @@ def gateway_summary(install: gateway.Install | None, runs: list[Run]) -> dict[st
     hit, proxy_hit = figure(GATEWAY_HIT_WORKLOAD, "gateway", "req_s"), None
     if hit:
         proxy_hit = figure(GATEWAY_HIT_WORKLOAD, "proxy", "req_s")
+    measured = [
+        line["ratio_gateway"]
+        for line in lines
+        if line["workload"] == GATEWAY_HIT_WORKLOAD and line["gateway_basis"] == "measured"
+    ]
     return {
         "name": gateway.NAME,
         "requirement": gateway.REQUIREMENT,
@@ -795,7 +802,7 @@ def gateway_summary(install: gateway.Install | None, runs: list[Run]) -> dict[st
         "miss_rps": figure(GATEWAY_MISS_WORKLOAD, "gateway", "req_s"),
         "cpu_us_per_miss": figure(GATEWAY_MISS_WORKLOAD, "gateway", "cpu_us_per_req"),
         "proxy_redis_hit_rps": proxy_hit,
-        "ratio_redis_hit": proxy_hit / hit if hit and proxy_hit else None,
+        "ratio_redis_hit": measured[0] if measured else None,
     }
 
 
@@ -1083,6 +1090,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             if server.proc.poll() is not None:
                 raise BenchError(f"{server.name} died during the benchmark:\n" + server.log_tail())
     summary = ratios(bench.runs)
+    over_rounds = medians(summary) if args.rounds > 1 else None
     errors = [f"{r.workload} | {r.target}: {r.error}" for r in bench.runs if not r.ok]
     if ttfb_result is not None and not ttfb_result["ok"]:
         errors.append(f"streaming miss TTFB: {ttfb_result.get('error')}")
@@ -1109,8 +1117,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "runs": [run.__dict__ for run in bench.runs],
         "ratios": summary,
         "rounds": args.rounds,
-        "medians": medians(summary) if args.rounds > 1 else None,
-        "gateway": gateway_summary(install, bench.runs),
+        "medians": over_rounds,
+        "gateway": gateway_summary(install, bench.runs, over_rounds or summary),
         "ttfb": ttfb_result,
         "profiles": bench.profiles,
     }

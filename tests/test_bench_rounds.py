@@ -12,7 +12,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -140,3 +140,23 @@ def test_a_failed_floor_round_gives_no_ratio_and_is_left_out_of_the_median() -> 
     (median,) = bench.medians(summary)
     assert median["ratio_floor"] == pytest.approx(0.6)
     assert median["rounds"] == [pytest.approx(0.6), None]
+
+
+def test_the_gateway_summary_quotes_the_ratio_tables_median() -> None:
+    """Its ratio is the median of same-round ratios, as in the table, not a ratio of medians."""
+    workload, proxy = bench.GATEWAY_HIT_WORKLOAD, {"floor": "floor", "ratio_kind": "redis"}
+    runs = []
+    for number, (floor_rps, proxy_rps, gateway_rps) in enumerate(
+        [(1000.0, 1500.0, 10.0), (1000.0, 1000.0, 20.0), (1000.0, 2000.0, 40.0)], start=1
+    ):
+        runs += [
+            run(workload, "floor", "floor", number, floor_rps),
+            run(workload, "proxy", "proxy", number, proxy_rps, **proxy),
+            run(workload, "LiteLLM", "gateway", number, gateway_rps),
+        ]
+    lines = bench.medians(bench.ratios(runs))
+    install = SimpleNamespace(venv=Path("/v"), install_s=1.0, venv_mib=1.0, reused=True)
+    summary = bench.gateway_summary(install, runs, lines)
+    assert [line["ratio_gateway"] for line in bench.ratios(runs)] == [150.0, 50.0, 50.0]
+    assert summary["ratio_redis_hit"] == pytest.approx(50.0)  # 1500 / 20 would be 75
+    assert summary["hit_rps"] == 20.0 and summary["proxy_redis_hit_rps"] == 1500.0
