@@ -12,9 +12,10 @@ latency), a redis-server of its own, the proxy at its default settings twice (me
 redis://, db 0), the proxy once more on redis:// with its near-cache switched off
 (`--near-cache 0`, db 2: "proxy redis:// no near-cache"), and the floors of bench/floors.py (a
 dict hit, one redis GET per hit with hiredis on db 1, a pass-through with one keep-alive
-ClientSession). Then it drives the same workloads at each with wrk (1 thread, 64 connections,
-Lua scripts in bench/wrk/) and reads each server's CPU time (utime + stime of the process and
-its children, from /proc) before and after every run:
+ClientSession, and for the first byte a relay that copies bytes without parsing HTTP). Then it
+drives the same workloads at each with wrk (1 thread, 64 connections, Lua scripts in bench/wrk/)
+and reads each server's CPU time (utime + stime of the process and its children, from /proc)
+before and after every run:
 
     hit               one stored chat body, over and over
     hit many keys     a few thousand distinct stored bodies in rotation (pre-warmed)
@@ -806,16 +807,19 @@ def gateway_summary(
     }
 
 
-def ttfb(direct: Server, floor: Server, proxies: list[Server], requests: int) -> dict[str, Any]:
-    """Streamed MISSes with unique bodies, interleaved: direct to the sim, through the
-    pass-through floor (one bare aiohttp hop), and through each proxy."""
+def ttfb(
+    direct: Server, relay: Server, floor: Server, proxies: list[Server], requests: int
+) -> dict[str, Any]:
+    """Streamed MISSes with unique bodies, interleaved: direct to the sim, through the byte
+    relay (a hop that parses no HTTP), through the pass-through floor (one bare aiohttp hop),
+    and through each proxy."""
     result: dict[str, Any] = {"requests": requests, "ok": False}
     with ExitStack() as stack:
         clients = {
             s.name: stack.enter_context(
                 httpx.Client(base_url=s.url, headers=stream_ttfb.AUTH, timeout=30)
             )
-            for s in [direct, floor, *proxies]
+            for s in [direct, relay, floor, *proxies]
         }
         for client in clients.values():  # warm connections, and each hop's pool to the sim
             for _ in range(5):
@@ -839,7 +843,7 @@ def ttfb(direct: Server, floor: Server, proxies: list[Server], requests: int) ->
         "p50_ms": stream_ttfb.percentile(direct_fb, 50),
         "p99_ms": stream_ttfb.percentile(direct_fb, 99),
     }
-    for hop in [floor, *proxies]:
+    for hop in [relay, floor, *proxies]:
         fb = ms([t.first_byte for t in timings[hop.name]])
         paired = [p - d for p, d in zip(fb, direct_fb, strict=True)]
         result[hop.name] = {
@@ -848,7 +852,7 @@ def ttfb(direct: Server, floor: Server, proxies: list[Server], requests: int) ->
             "delta_p50_ms": stream_ttfb.percentile(fb, 50) - stream_ttfb.percentile(direct_fb, 50),
             "paired_delta_p50_ms": stream_ttfb.percentile(paired, 50),
             "over_floor_p50_ms": stream_ttfb.percentile(fb, 50) - floor_p50,
-            "floor": hop is floor,
+            "floor": hop in (relay, floor),
         }
     result["ok"] = True
     return result
@@ -887,7 +891,18 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             logs.mkdir(parents=True, exist_ok=True)
         ports = {
             name: free_port()
-            for name in ("sim", "redis", "mem", "red", "red_nn", "dict", "rget", "pass", "gw")
+            for name in (
+                "sim",
+                "redis",
+                "mem",
+                "red",
+                "red_nn",
+                "dict",
+                "rget",
+                "pass",
+                "relay",
+                "gw",
+            )
         }
         redis_url = f"redis://127.0.0.1:{ports['redis']}"
         servers = bench.servers
@@ -961,8 +976,12 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             [*floors, "passthrough", "--port", str(ports["pass"]), *up],
             "pass",
         )
+        relay = start(
+            "byte relay", "floor", [*floors, "relay", "--port", str(ports["relay"]), *up], "relay"
+        )
         wait_redis(redis_server)
         wait_http(sim, "/_sim/settings")
+        wait_http(relay, "/_sim/settings")  # through it, to the sim
         for server in (mem, red, red_nn):
             wait_http(server, "/healthz")
         for server in (dict_floor, rget_floor, pass_floor):
@@ -1081,7 +1100,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         if wanted("streaming miss TTFB"):
             log("bench: streaming miss TTFB")
             try:
-                ttfb_result = ttfb(sim, pass_floor, [mem, red], mode.ttfb_requests)
+                ttfb_result = ttfb(sim, relay, pass_floor, [mem, red], mode.ttfb_requests)
             except (httpx.HTTPError, RuntimeError) as exc:
                 ttfb_result = {"requests": mode.ttfb_requests, "ok": False, "error": str(exc)}
             if not ttfb_result["ok"]:
@@ -1293,11 +1312,16 @@ def table(result: dict[str, Any]) -> str:
                         )
                     )
             lines.append(
+                "  byte relay: a hop that copies bytes and parses no HTTP (bench/floors.py): the "
+                "loopback and"
+            )
+            lines.append("  the wake-ups of one more process, and nothing else;")
+            lines.append(
                 "  pass-through floor: one bare aiohttp hop relaying the stream chunk by chunk "
                 "(bench/floors.py);"
             )
             lines.append(
-                "  p50 - floor is what the proxy adds over the least a Python hop costs here."
+                "  p50 - floor is what the proxy adds over the least a Python HTTP hop costs here."
             )
     for name, prof in result.get("profiles", {}).items():
         lines += ["", f"py-spy: {name} ({prof['samples']} samples, {prof['file']})"]

@@ -3,6 +3,7 @@
     python bench/floors.py dict        --port P --upstream http://127.0.0.1:S/v1
     python bench/floors.py redis       --port P --upstream ... --redis redis://127.0.0.1:R/1
     python bench/floors.py passthrough --port P --upstream ...
+    python bench/floors.py relay       --port P --upstream ...
 
 `dict` answers from a dict keyed by the raw request body; `redis` does one GET per request
 (redis-py's asyncio client, hiredis parser); `passthrough` forwards every request with one
@@ -12,12 +13,19 @@ warms them like the proxy; the hit path is the floor. They answer `X-Repro-Cache
 the proxy does, so the benchmark verifies them the same way, and count what they served at
 `GET /_floor/stats`. Plain asyncio loop, no logging, no access log: the least a Python server
 can do per request.
+
+`relay` parses no HTTP at all: it copies bytes between each client connection and an upstream
+connection of its own. It is what a Python hop costs below HTTP (the loopback, the wake-ups,
+the event loop), so the first byte through it shows how much of an HTTP hop's cost is the HTTP.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 from collections import Counter
+from typing import cast
+from urllib.parse import urlsplit
 
 import aiohttp
 import redis.asyncio
@@ -140,13 +148,81 @@ def passthrough_floor(upstream: str, _: str) -> web.Application:
 FLOORS = {"dict": dict_floor, "redis": redis_floor, "passthrough": passthrough_floor}
 
 
+class _Pipe(asyncio.Protocol):
+    """One side of a relayed connection: what it reads goes to the other side. Reading pauses
+    while the other side cannot take more, and either side closing closes both."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.peer: _Pipe | None = None
+        self.early: list[bytes] = []  # read before the peer was connected
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def joined(self, peer: _Pipe) -> None:
+        self.peer = peer
+        if peer.transport is not None:
+            for data in self.early:
+                peer.transport.write(data)
+        self.early.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self.peer is None or self.peer.transport is None:
+            self.early.append(data)
+        else:
+            self.peer.transport.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.close()
+
+    def pause_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.resume_reading()
+
+
+async def relay(upstream: str, port: int) -> None:
+    target = urlsplit(upstream)
+    host, upstream_port = target.hostname or "127.0.0.1", target.port or 80
+    loop = asyncio.get_running_loop()
+
+    async def join(client: _Pipe) -> None:
+        try:
+            _, server = await loop.create_connection(_Pipe, host, upstream_port)
+        except OSError:
+            if client.transport is not None:
+                client.transport.close()
+            return
+        server.joined(client)
+        client.joined(server)
+
+    def accept() -> _Pipe:
+        client = _Pipe()
+        tasks.add(task := loop.create_task(join(client)))
+        task.add_done_callback(tasks.discard)
+        return client
+
+    tasks: set[asyncio.Task[None]] = set()
+    listening = await loop.create_server(accept, "127.0.0.1", port)
+    async with listening:
+        await listening.serve_forever()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("kind", choices=sorted(FLOORS))
+    parser.add_argument("kind", choices=sorted([*FLOORS, "relay"]))
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="base URL with its /v1")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/1", help="for the redis floor")
     args = parser.parse_args()
+    if args.kind == "relay":
+        asyncio.run(relay(args.upstream, args.port))
+        return
     app = FLOORS[args.kind](args.upstream, args.redis)
     web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None)
 

@@ -1,15 +1,18 @@
-"""The pass-through floor of bench/floors.py: what the streaming first byte is measured against.
+"""The pass-through floor and the byte relay of bench/floors.py: what the streaming first byte
+is measured against.
 
-Its figure means something only if it relays a stream as the frames come, as the proxy does;
+Their figures mean something only if they relay a stream as the frames come, as the proxy does;
 one that buffered the answer would make the proxy look better than it is.
 """
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -22,12 +25,14 @@ BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
 AUTH = {"Authorization": "Bearer sk-floor"}
 
 
-@pytest.fixture
-def floor(sim: Sim) -> Iterator[str]:
+@contextmanager
+def started(kind: str, upstream: str, ready: str | None) -> Iterator[str]:
+    """`bench/floors.py KIND` on a free port until the block ends; its base URL once `ready`
+    (a path) answers, or (None) once the port takes connections."""
     port = free_port()
-    argv = [sys.executable, "bench/floors.py", "passthrough", "--port", str(port)]
+    argv = [sys.executable, "bench/floors.py", kind, "--port", str(port)]
     proc = subprocess.Popen(
-        [*argv, "--upstream", sim.v1],
+        [*argv, "--upstream", upstream],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -37,16 +42,26 @@ def floor(sim: Sim) -> Iterator[str]:
         deadline = time.monotonic() + 15
         while True:
             try:
-                httpx.get(url + "/_floor/stats", timeout=1).raise_for_status()
+                if ready is None:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                else:
+                    httpx.get(url + ready, timeout=1).raise_for_status()
                 break
-            except httpx.TransportError:
+            except (httpx.TransportError, OSError):
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise
                 time.sleep(0.05)
-        yield url + "/v1"
+        yield url
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(params=["passthrough", "relay"])
+def floor(request: pytest.FixtureRequest, sim: Sim) -> Iterator[str]:
+    ready = "/_floor/stats" if request.param == "passthrough" else "/_sim/settings"
+    with started(request.param, sim.v1, ready) as url:
+        yield url + "/v1"
 
 
 def test_a_stream_is_relayed_as_its_frames_come(sim: Sim, floor: str) -> None:
@@ -73,3 +88,25 @@ def test_a_buffered_answer_is_passed_whole(sim: Sim, floor: str) -> None:
     assert response.headers["Content-Type"].startswith("application/json")
     assert int(response.headers["Content-Length"]) == len(response.content)
     assert response.json()["object"] == "chat.completion"
+
+
+def test_the_relay_keeps_one_connection_alive_for_many_requests(sim: Sim) -> None:
+    """A client's keep-alive connection maps to one upstream connection, both ways, in order."""
+    with started("relay", sim.v1, "/_sim/settings") as url, httpx.Client(base_url=url) as client:
+        contents = []
+        for word in ("one", "two", "three"):
+            body = {**BODY, "messages": [{"role": "user", "content": word}], "seed": 1}
+            response = client.post("/v1/chat/completions", json=body, headers=AUTH)
+            assert response.status_code == 200
+            contents.append(response.json()["choices"][0]["message"]["content"])
+        assert len(set(contents)) == 3  # each answer is its own request's
+
+
+def test_the_relay_closes_the_client_when_the_upstream_is_gone() -> None:
+    """No upstream to connect to: the client's connection is closed at once, not left hanging."""
+    upstream = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    with started("relay", upstream, None) as url:
+        started_at = time.monotonic()
+        with pytest.raises(httpx.RemoteProtocolError):
+            httpx.post(url + "/v1/chat/completions", json=BODY, headers=AUTH, timeout=10)
+        assert time.monotonic() - started_at < 5

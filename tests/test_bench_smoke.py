@@ -170,6 +170,8 @@ def test_streaming_miss_ttfb(result: dict[str, object]) -> None:
     assert ttfb["direct"]["p50_ms"] > 0
     floor = ttfb["pass-through floor"]
     assert floor["floor"] is True and floor["p50_ms"] > 0
+    relay = ttfb["byte relay"]  # a hop below HTTP: only the loopback and one more process
+    assert relay["floor"] is True and relay["p50_ms"] > 0 and "paired_delta_p50_ms" in relay
     for proxy in ("proxy memory://", "proxy redis://"):
         assert ttfb[proxy]["p50_ms"] > 0
         assert "paired_delta_p50_ms" in ttfb[proxy]
