@@ -7,32 +7,21 @@ the medians are then checked on constructed runs, where the right answer is know
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from tests.bench_module import load_bench
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_rounds", ROOT / "bench" / "bench.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
-    return module
-
-
-bench = load_bench()
+bench = load_bench("bench_rounds")
 
 
 @pytest.fixture(scope="module")

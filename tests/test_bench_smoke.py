@@ -8,7 +8,6 @@ missing one fails with the command that installs it.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -16,6 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.bench_module import load_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_NEAR = "proxy redis:// no near-cache"  # --near-cache 0: one Redis round trip per hit
@@ -139,15 +140,7 @@ def test_ratios_and_reference(result: dict[str, object]) -> None:
 def test_ratio_table(result: dict[str, object]) -> None:
     """The printed table (bench.table of the JSON): the near-cache-off target, and the gateway
     ratio scaled to this machine, labelled as such, next to the raw one for each Redis hit."""
-    spec = importlib.util.spec_from_file_location("bench_under_test", ROOT / "bench" / "bench.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # its dataclasses look their module up there
-    try:
-        spec.loader.exec_module(bench)
-    finally:
-        del sys.modules[spec.name]
-    lines = bench.table(result).splitlines()
+    lines = load_bench().table(result).splitlines()
     for workload, (kind, target) in REDIS_HIT_KINDS.items():
         floor_line = next(x for x in lines if x.startswith(f"{workload}: proxy / redis-GET floor"))
         assert floor_line.endswith(f">= {target:.1f}x"), floor_line
