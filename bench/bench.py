@@ -520,7 +520,7 @@ class Bench:
             cpu0 = cpu_ticks(server.pid)
             aux0 = {name: cpu_ticks(self.servers[name].pid) for name in aux}
             busy0, ours0, wall0 = busy_ticks(), own_ticks(), time.monotonic()
-            with self.profiling(workload, target, server):
+            with self.profiling(workload, target, server, round):
                 figures = run_wrk(
                     server.url, load, self.mode.duration, self.threads, self.connections
                 )
@@ -593,11 +593,14 @@ class Bench:
         run.verified = "; ".join(notes)
 
     @contextmanager
-    def profiling(self, workload: str, target: str, server: Server) -> Iterator[None]:
-        """With --profile, py-spy samples the proxy for the measured run (collapsed stacks)."""
+    def profiling(self, workload: str, target: str, server: Server, round: int) -> Iterator[None]:
+        """With --profile, py-spy samples the proxy for the measured run (collapsed stacks), a
+        file per round when there are several."""
         if self.profile is None or self.roles[target] != "proxy":
             yield
             return
+        if self.rounds > 1:
+            target = f"{target} #{round}"
         name = re.sub(r"[^a-z0-9]+", "-", f"{workload} {target}".lower()).strip("-")
         out = self.profile / f"{name}.txt"
         command = [
