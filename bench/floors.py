@@ -198,6 +198,10 @@ async def relay(upstream: str, port: int) -> None:
             if client.transport is not None:
                 client.transport.close()
             return
+        if client.transport is None or client.transport.is_closing():  # the client left
+            if server.transport is not None:
+                server.transport.close()
+            return
         server.joined(client)
         client.joined(server)
 
