@@ -895,18 +895,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         ports = {
             name: free_port()
             for name in (
-                "sim",
-                "redis",
-                "mem",
-                "red",
-                "red_nn",
-                "dict",
-                "rget",
-                "pass",
-                "relay",
-                "gw",
+                "sim", "redis", "mem", "red", "red_nn", "dict", "rget", "pass", "relay", "gw"
             )
-        }
+        }  # fmt: skip
         redis_url = f"redis://127.0.0.1:{ports['redis']}"
         servers = bench.servers
         log(f"bench: starting processes (logs in {logs})")

@@ -149,41 +149,40 @@ FLOORS = {"dict": dict_floor, "redis": redis_floor, "passthrough": passthrough_f
 
 
 class _Pipe(asyncio.Protocol):
-    """One side of a relayed connection: what it reads goes to the other side. Reading pauses
-    while the other side cannot take more, and either side closing closes both."""
+    """One side of a relayed connection: what it reads goes out on the other side's transport.
+    Reading pauses while the other side cannot take more, and either side closing closes both."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.peer: _Pipe | None = None
-        self.early: list[bytes] = []  # read before the peer was connected
+        self.out: asyncio.Transport | None = None  # the other side's, once both are connected
+        self.early: list[bytes] = []  # read before that
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
 
-    def joined(self, peer: _Pipe) -> None:
-        self.peer = peer
-        if peer.transport is not None:
-            for data in self.early:
-                peer.transport.write(data)
+    def joined(self, out: asyncio.Transport) -> None:
+        self.out = out
+        for data in self.early:
+            out.write(data)
         self.early.clear()
 
     def data_received(self, data: bytes) -> None:
-        if self.peer is None or self.peer.transport is None:
+        if self.out is None:
             self.early.append(data)
         else:
-            self.peer.transport.write(data)
+            self.out.write(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.close()
+        if self.out is not None:
+            self.out.close()
 
-    def pause_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.pause_reading()
+    def pause_writing(self) -> None:  # our transport is full: stop reading what fills it
+        if self.out is not None:
+            self.out.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.resume_reading()
+        if self.out is not None:
+            self.out.resume_reading()
 
 
 async def relay(upstream: str, port: int) -> None:
@@ -192,18 +191,19 @@ async def relay(upstream: str, port: int) -> None:
     loop = asyncio.get_running_loop()
 
     async def join(client: _Pipe) -> None:
+        """Runs before the client's `connection_made`: its transport is known only after the
+        connect has waited."""
         try:
-            _, server = await loop.create_connection(_Pipe, host, upstream_port)
+            up, server = await loop.create_connection(_Pipe, host, upstream_port)
         except OSError:
             if client.transport is not None:
                 client.transport.close()
             return
         if client.transport is None or client.transport.is_closing():  # the client left
-            if server.transport is not None:
-                server.transport.close()
+            up.close()
             return
-        server.joined(client)
-        client.joined(server)
+        server.joined(client.transport)
+        client.joined(up)
 
     def accept() -> _Pipe:
         client = _Pipe()
