@@ -16,7 +16,9 @@ from proxy.caching import (
     forward,
     lookup,
     lookup_or_lock,
-    prepared,
+    prepare,
+    remember,
+    remembered,
     repro_headers,
     serve_hit,
     stale_entry,
@@ -40,7 +42,14 @@ async def cacheable(request: web.Request) -> web.StreamResponse:
     raw = await read_limited(request, services.settings.max_body)
     await services.secret.settle()
     asked = Asked.of(request.path, request.query_string, raw, request.headers)
-    return await answer(services, request, prepared(services, asked))
+    call = remembered(services, asked)
+    if call is not None:
+        return await answer(services, request, call)
+    call = prepare(services, asked)
+    response = await answer(services, request, call)
+    if response.headers.get("X-Repro-Cache") == Outcome.HIT.value:
+        remember(services, asked, call)
+    return response
 
 
 async def answer(services: Services, request: web.Request, call: Call) -> web.StreamResponse:

@@ -1,5 +1,7 @@
-"""The decoded-entry memo stays small and flat: one decoding per stored slot, bounded by the store
-it serves, so a small store's evicted answers do not stay resident after the store dropped them."""
+"""The hot path's memos stay small and flat. The decoded-entry memo holds one decoding per stored
+slot, bounded by the store it serves, so a small store's evicted answers do not stay resident after
+the store dropped them. The prepared-call memo holds only requests that a HIT answered: a MISS is
+usually a one-off."""
 
 from __future__ import annotations
 
@@ -8,12 +10,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from proxy.app import create_app
 from proxy.caching import decoded
 from proxy.config import Settings
 from proxy.context import ENTRY_MEMO_BYTES, SERVICES, Services, entry_memo
 from proxy.entry import Entry
+from tests.fixtures_procs import Sim
 
 UNUSED = "http://127.0.0.1:9"  # no request reaches the upstream here
 
@@ -87,3 +91,31 @@ async def test_the_app_bounds_the_memo_by_its_near_cache(redis_url: str) -> None
     settings = Settings(store=redis_url, upstream=UNUSED, near_cache=4 * 1024 * 1024)
     async with services(settings) as built:
         assert built.entries.max_bytes == 8 * 1024 * 1024
+
+
+def chat(text: str) -> dict[str, object]:
+    return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]}
+
+
+async def test_the_call_memo_keeps_only_the_requests_a_hit_answered(sim: Sim) -> None:
+    app = create_app(Settings(upstream=sim.v1))
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        calls = app[SERVICES].calls
+
+        async def cache_of(body: dict[str, object], **headers: str) -> tuple[str, str]:
+            headers["Authorization"] = "Bearer sk-test"
+            response = await client.post("/v1/chat/completions", json=body, headers=headers)
+            assert response.status == 200
+            await response.read()
+            return response.headers["X-Repro-Cache"], response.headers["X-Repro-Key"]
+
+        first, key = await cache_of(chat("one"))
+        assert (first, len(calls)) == ("MISS", 0)
+        assert await cache_of(chat("one")) == ("HIT", key)
+        assert len(calls) == 1
+        assert await cache_of(chat("one")) == ("HIT", key)  # the remembered call
+        assert len(calls) == 1
+        assert (await cache_of(chat("two")))[0] == "MISS"
+        assert (await cache_of(chat("three"), **{"Cache-Control": "no-store"}))[0] == "BYPASS"
+        assert len(calls) == 1
+    assert len(sim.llm_requests()) == 3
