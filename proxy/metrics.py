@@ -52,7 +52,8 @@ class Observes(Protocol):
 
 class Tally:
     """A counter child's increments, summed in a plain number until `flush`. prometheus-client
-    takes a lock on every `inc`, and a HIT counts five times: about 5% of its CPU (bench/)."""
+    takes a lock on every `inc`, and a HIT counts five times: about 5% of its CPU (README,
+    Performance)."""
 
     __slots__ = ("_child", "_pending")
 
