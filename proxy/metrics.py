@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -40,6 +40,9 @@ _PROXY_BUCKETS = (
 )
 _DISTANCE_BUCKETS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 _UPSTREAM_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+
+
+T = TypeVar("T", "Tally", "HistogramTally")
 
 
 class Counts(Protocol):
@@ -238,16 +241,12 @@ class Metrics:
     def _counts(self, child: Counter) -> Counts:
         """A tally in front of `child`; with several workers, the child itself: another worker
         may serve the next scrape, and it reads only what the shared files hold."""
-        if self._multiprocess_dir is not None:
-            return child
-        tally = Tally(child)
-        self._tallies.append(tally)
-        return tally
+        return child if self._multiprocess_dir is not None else self._kept(Tally(child))
 
     def _observes(self, child: Histogram) -> Observes:
-        if self._multiprocess_dir is not None:
-            return child
-        tally = HistogramTally(child)
+        return child if self._multiprocess_dir is not None else self._kept(HistogramTally(child))
+
+    def _kept(self, tally: T) -> T:
         self._tallies.append(tally)
         return tally
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -38,26 +39,22 @@ def histograms() -> tuple[CollectorRegistry, Histogram, CollectorRegistry, Histo
     return direct, made[0], tallied, made[1]
 
 
-def test_a_histogram_tally_flushes_to_the_same_buckets_and_sum_as_direct_observations() -> None:
+@pytest.mark.parametrize("flush_each", [False, True])
+def test_a_histogram_tally_flushes_to_the_same_buckets_and_sum_as_direct_observations(
+    flush_each: bool,
+) -> None:
     direct_registry, direct, tallied_registry, child = histograms()
     tally = HistogramTally(child)
     for amount in AMOUNTS:
         direct.observe(amount)
         tally.observe(amount)
-    assert samples(tallied_registry)[("h_seconds_count", (("route", "/x"),))] == 0
-    tally.flush()
+        if flush_each:
+            tally.flush()
+    if not flush_each:
+        assert samples(tallied_registry)[("h_seconds_count", (("route", "/x"),))] == 0
+        tally.flush()
     assert samples(tallied_registry) == samples(direct_registry)
     tally.flush()  # nothing pending: nothing added twice
-    assert samples(tallied_registry) == samples(direct_registry)
-
-
-def test_a_histogram_tally_keeps_counting_after_a_flush() -> None:
-    direct_registry, direct, tallied_registry, child = histograms()
-    tally = HistogramTally(child)
-    for amount in AMOUNTS:
-        direct.observe(amount)
-        tally.observe(amount)
-        tally.flush()
     assert samples(tallied_registry) == samples(direct_registry)
 
 
