@@ -8,7 +8,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -31,7 +31,7 @@ from proxy.store.base import Store
 from proxy.store.encrypted import EncryptedStore, parse_keys
 from proxy.store.guard import GuardedStore
 from proxy.store.near import NearCache
-from proxy.upstream import Upstream
+from proxy.upstream import Egress, Upstream, env_proxy
 from proxy.verify import Verifier
 
 log = logging.getLogger("proxy.app")
@@ -49,14 +49,16 @@ def create_app(
     registry: CollectorRegistry | None = None,
     clock: Callable[[], float] = time.time,
     multiprocess_dir: str | None = None,
+    environ: Mapping[str, str] = os.environ,
 ) -> web.Application:
     """The proxy application; the store is opened from settings unless one is injected.
 
-    `multiprocess_dir` is prometheus-client's shared directory when several workers serve.
+    `multiprocess_dir` is prometheus-client's shared directory when several workers serve;
+    `environ` holds the forward-proxy variables (HTTPS_PROXY, HTTP_PROXY, NO_PROXY).
     """
     app = web.Application(client_max_size=settings.max_body)
     metrics = Metrics(registry or CollectorRegistry(), multiprocess_dir)
-    app.cleanup_ctx.append(_services(settings, store, metrics, clock))
+    app.cleanup_ctx.append(_services(settings, store, metrics, clock, environ))
     for route in sorted(CACHEABLE_ROUTES):
         app.router.add_post(route, observed(handlers.cacheable, route))
     app.router.add_route("*", "/v1/{tail:.*}", observed(handlers.passthrough, PASSTHROUGH_ROUTE))
@@ -69,11 +71,22 @@ def create_app(
     return app
 
 
+def egress(settings: Settings, environ: Mapping[str, str]) -> Egress:
+    return Egress(
+        ca=settings.upstream_ca,
+        cert=settings.upstream_cert,
+        key=settings.upstream_key,
+        connections=settings.upstream_connections,
+        proxy=env_proxy(settings.upstream, environ),
+    )
+
+
 def _services(
     settings: Settings,
     injected: Store | None,
     metrics: Metrics,
     clock: Callable[[], float],
+    environ: Mapping[str, str],
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def context(app: web.Application) -> AsyncIterator[None]:
         channel = INVALIDATIONS if settings.near_cache else ""
@@ -87,7 +100,12 @@ def _services(
         if isinstance(backend, RedisStore) and backend.invalidations:
             store = NearCache(store, backend, settings.near_cache)
             local_bytes = settings.near_cache
-        upstream = Upstream(settings.upstream, settings.connect_timeout, settings.upstream_timeout)
+        upstream = Upstream(
+            settings.upstream,
+            settings.connect_timeout,
+            settings.upstream_timeout,
+            egress(settings, environ),
+        )
         fingerprints = FingerprintTracker(
             store, metrics, settings.fingerprint_policy, settings.fingerprint_grace, clock
         )

@@ -19,13 +19,12 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from proxy import canonical, policy
 from proxy.coalesce import Lease
 from proxy.context import EntryMemo, Services
-from proxy.entry import CorruptEntry, Entry, fingerprint_of, usage_of
+from proxy.entry import CorruptEntry, Entry, fingerprint_of, is_answer, usage_of
 from proxy.errors import InvalidParameter, UpstreamError
-from proxy.http1 import Response
 from proxy.policy import Outcome, Plan
 from proxy.store.base import Labels, ModelFingerprints, StoreError
 from proxy.store.guard import CircuitOpen
-from proxy.upstream import REQUEST_SKIP, read_body, request_headers, response_headers
+from proxy.upstream import REQUEST_SKIP, UpstreamResponse, request_headers, response_headers
 
 log = logging.getLogger("proxy.cache")
 
@@ -272,7 +271,7 @@ def upstream_headers(request: web.Request) -> CIMultiDict[str]:
     return headers
 
 
-async def call_upstream(services: Services, request: web.Request, call: Call) -> Response:
+async def call_upstream(services: Services, request: web.Request, call: Call) -> UpstreamResponse:
     """The upstream's answer to `call` (the caller releases it), timed to its headers in the
     upstream histogram. No answer at all (unreachable, timed out) counts as the status the
     client gets instead, 502 or 504, as nginx's $upstream_status does: a dead upstream must
@@ -280,7 +279,7 @@ async def call_upstream(services: Services, request: web.Request, call: Call) ->
     started = services.clock()
     try:
         upstream = await services.upstream.send(
-            "POST", request.path_qs, upstream_headers(request), call.body
+            "POST", request.path_qs, upstream_headers(request), call.body, whole=not call.stream
         )
     except UpstreamError as exc:
         observe_upstream(services, call.route, exc.status, started)
@@ -293,12 +292,15 @@ async def forward(
     services: Services, request: web.Request, call: Call, lease: Lease | None = None
 ) -> web.Response:
     upstream = await call_upstream(services, request, call)
-    data = await read_body(upstream)
+    try:
+        data = await upstream.read(services.settings.max_entry)
+    finally:
+        upstream.release()
     headers = response_headers(upstream.headers, decoded=True)
     status, content_type = upstream.status, upstream.headers.get("Content-Type", "")
     fingerprint = None
     parsed = _json_object(data) if status == 200 else None
-    if parsed is not None:
+    if parsed is not None and is_answer(parsed):
         fingerprint = fingerprint_of(parsed)
         prompt, completion = usage_of(parsed)
         answer = Answer(data, content_type, fingerprint, prompt, completion, stream=False)

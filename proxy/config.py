@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 from proxy.policy import CacheMode, CacheScope, Enforce, FingerprintPolicy, StreamDisconnect
 from proxy.store import parse_size
 from proxy.store.encrypted import parse_keys
+from proxy.upstream import Egress, tls_context
 
 
 class SettingError(ValueError):
@@ -98,6 +100,12 @@ def _upstream(text: str) -> str:
             "expected an http:// or https:// base URL such as https://api.openai.com/v1"
         )
     return text.rstrip("/")
+
+
+def _readable_file(text: str) -> str:
+    if not os.path.isfile(text) or not os.access(text, os.R_OK):
+        raise ValueError("expected a readable file")
+    return text
 
 
 def _store_url(text: str) -> str:
@@ -254,6 +262,34 @@ OPTIONS = (
         "seconds to wait for the upstream (per chunk)",
     ),
     Option(
+        "upstream_ca",
+        "REPRO_UPSTREAM_CA",
+        None,
+        _readable_file,
+        "PEM bundle of CAs trusted for the upstream in addition to the system store",
+    ),
+    Option(
+        "upstream_cert",
+        "REPRO_UPSTREAM_CERT",
+        None,
+        _readable_file,
+        "PEM client certificate for upstreams that ask for one (key inside, or --upstream-key)",
+    ),
+    Option(
+        "upstream_key",
+        "REPRO_UPSTREAM_KEY",
+        None,
+        _readable_file,
+        "PEM private key of --upstream-cert",
+    ),
+    Option(
+        "upstream_connections",
+        "REPRO_UPSTREAM_CONNECTIONS",
+        "0",
+        _non_negative_int,
+        "open upstream connections at most; more requests wait for one; 0 = no cap",
+    ),
+    Option(
         "stream_disconnect",
         "REPRO_STREAM_DISCONNECT",
         "finish",
@@ -314,6 +350,10 @@ class Settings:
     store_timeout: float = 0.5
     connect_timeout: float = 10.0
     upstream_timeout: float = 600.0
+    upstream_ca: str | None = None
+    upstream_cert: str | None = None
+    upstream_key: str | None = None
+    upstream_connections: int = 0
     stream_disconnect: StreamDisconnect = StreamDisconnect.FINISH
     cassette: str | None = None
     workers: int = 1
@@ -357,6 +397,24 @@ def _check_cassette(settings: Settings) -> None:
         raise SettingError(f"--cassette / REPRO_CASSETTE: no such file {settings.cassette!r}")
 
 
+def _check_tls(settings: Settings) -> None:
+    """Load the TLS files once here, so that a wrong one is named at start, not per request."""
+    if settings.upstream_key and not settings.upstream_cert:
+        raise SettingError("--upstream-key / REPRO_UPSTREAM_KEY: needs --upstream-cert")
+    try:
+        tls_context(Egress(ca=settings.upstream_ca))
+    except (OSError, ssl.SSLError) as exc:
+        raise SettingError(
+            f"--upstream-ca / REPRO_UPSTREAM_CA: not a PEM CA bundle: {exc}"
+        ) from None
+    try:
+        tls_context(Egress(cert=settings.upstream_cert, key=settings.upstream_key))
+    except (OSError, ssl.SSLError) as exc:
+        raise SettingError(
+            f"--upstream-cert / REPRO_UPSTREAM_CERT: certificate and key unusable: {exc}"
+        ) from None
+
+
 _ENUMS: dict[str, Callable[[str], Any]] = {
     "enforce": Enforce,
     "cache_mode": CacheMode,
@@ -397,6 +455,7 @@ def load(flags: Mapping[str, str | None], environ: Mapping[str, str] = os.enviro
         values[option.name] = enum(value) if enum else value
     settings = Settings(**values)
     _check_cassette(settings)
+    _check_tls(settings)
     if settings.workers > 1 and settings.store.startswith("memory:"):
         raise SettingError(
             "--workers / REPRO_WORKERS: several workers need a shared store "

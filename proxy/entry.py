@@ -7,6 +7,7 @@ length-prefixed header.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -69,7 +70,22 @@ def usage_of(answer: dict[str, Any]) -> tuple[int, int]:
     )
 
 
+_FINGERPRINT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+=/-]{0,127}")
+_ANSWER_FIELDS = ("choices", "data", "output")
+
+
 def fingerprint_of(answer: dict[str, Any]) -> str:
-    """The answer's system_fingerprint; a null or missing one is called `none`."""
+    """The answer's system_fingerprint; a null, missing or ill-formed one is called `none`.
+    It ends up in headers, metric labels and store fields, so only a short printable token
+    counts: anything else from the upstream is not trusted as a name."""
     value = answer.get("system_fingerprint")
-    return value if isinstance(value, str) and value else "none"
+    if isinstance(value, str) and _FINGERPRINT.fullmatch(value):
+        return value
+    return "none"
+
+
+def is_answer(body: dict[str, Any]) -> bool:
+    """Whether a 200 body is an answer (choices, embeddings data or Responses output) rather
+    than an error some gateways send with status 200: only answers are stored or teach a
+    fingerprint."""
+    return any(name in body for name in _ANSWER_FIELDS)

@@ -8,7 +8,9 @@
      ├── CacheMissError                504  cache_miss
      ├── StoreUnavailable              503  store_unavailable (admin routes only)
      └── UpstreamError
-          ├── UpstreamUnreachable      502  upstream_unreachable
+          ├── UpstreamUnreachable      502  upstream_unreachable (also: an answer that is not
+          │                                  well-formed HTTP, or framed as smugglers frame)
+          ├── UpstreamTooLarge         502  upstream_answer_too_large (over --max-entry)
           └── UpstreamTimeout          504  upstream_timeout
 
 Upstream answers with 4xx/5xx are not errors of ours: they pass through untouched.
@@ -89,6 +91,13 @@ class UpstreamError(ProxyError):
 class UpstreamUnreachable(UpstreamError):
     status = 502
     code = "upstream_unreachable"
+
+
+class UpstreamTooLarge(UpstreamError):
+    """A whole answer is buffered to be stored: past the bound, it is refused, never kept."""
+
+    status = 502
+    code = "upstream_answer_too_large"
 
 
 class UpstreamTimeout(UpstreamError):

@@ -34,7 +34,7 @@ from proxy.errors import (
 from proxy.policy import STALE_STATUSES, CacheMode, CacheScope, Outcome
 from proxy.store.base import StoreError
 from proxy.streaming import forward_stream
-from proxy.upstream import request_headers, response_headers
+from proxy.upstream import REQUEST_SKIP, StreamedBody, request_headers, response_headers
 
 
 async def cacheable(request: web.Request) -> web.StreamResponse:
@@ -193,10 +193,12 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
     limit = services.settings.max_body
     if request.content_length is not None and request.content_length > limit:
         raise RequestTooLarge(_too_large(limit))
-    headers = request_headers(request.headers)
-    if request.content_length is not None:
-        headers["Content-Length"] = str(request.content_length)
-    data = _limited_stream(request, limit) if request.body_exists else None
+    inflated = _inflated(request)
+    headers = request_headers(request.headers, _INFLATED_SKIP if inflated else REQUEST_SKIP)
+    data = None
+    if request.body_exists:
+        length = None if inflated else request.content_length
+        data = StreamedBody(_limited_stream(request, limit), length)
     upstream = await services.upstream.send(
         request.method, request.path_qs, headers, data, decode=False
     )
@@ -205,12 +207,25 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
         response.headers.update(response_headers(upstream.headers, decoded=False))
         response.headers["X-Repro-Cache"] = "BYPASS"
         await response.prepare(request)
-        async for chunk in upstream.iter_any():
+        async for chunk in upstream.chunks():
             await response.write(chunk)
     finally:
         upstream.release()
     await response.write_eof()
     return response
+
+
+# The codings aiohttp's server inflates before a handler reads the body (its parser's list).
+_SERVER_INFLATES = frozenset({"gzip", "deflate", "br", "zstd"})
+_INFLATED_SKIP = REQUEST_SKIP | {"content-encoding"}
+
+
+def _inflated(request: web.Request) -> bool:
+    """Whether the body a handler reads is the inflated form of what the client sent: then it
+    goes upstream inflated (chunked, without the client's Content-Encoding and length), never
+    as a mix of inflated bytes and the compressed framing."""
+    coding = request.headers.get("Content-Encoding", "")
+    return coding.strip().lower() in _SERVER_INFLATES
 
 
 async def _limited_stream(request: web.Request, limit: int) -> AsyncIterator[bytes]:

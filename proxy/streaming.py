@@ -29,17 +29,15 @@ from proxy.caching import (
     repro_headers,
 )
 from proxy.context import Services
-from proxy.errors import UpstreamUnreachable
-from proxy.http1 import HTTPError, Response
+from proxy.errors import UpstreamError, UpstreamUnreachable
 from proxy.policy import StreamDisconnect
 from proxy.sse import StreamRecorder
-from proxy.upstream import read_body, response_headers
+from proxy.upstream import UpstreamResponse, response_headers
 
 log = logging.getLogger("proxy.stream")
 
 _FRAME_ENDS = (b"\n\n", b"\r\n\r\n", b"\n\r\n")
 _CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
-_UPSTREAM_BROKE = (TimeoutError, HTTPError)
 
 
 async def forward_stream(
@@ -48,7 +46,7 @@ async def forward_stream(
     upstream = await call_upstream(services, request, call)
     try:
         if upstream.status != 200 or upstream.content_type != "text/event-stream":
-            data = await read_body(upstream)
+            data = await upstream.read(services.settings.max_entry)
             headers = response_headers(upstream.headers, decoded=True)
             headers.update(repro_headers(call, call.plan.outcome, None))
             return web.Response(status=upstream.status, body=data, headers=headers)
@@ -73,7 +71,7 @@ class _Relay:
     """One upstream stream copied to one client, recorded on the side."""
 
     def __init__(
-        self, services: Services, request: web.Request, call: Call, upstream: Response
+        self, services: Services, request: web.Request, call: Call, upstream: UpstreamResponse
     ) -> None:
         self.services = services
         self.request = request
@@ -128,13 +126,13 @@ class _Relay:
         a chunk is cut after each frame end: an answer that arrives all at once then reaches the
         client's first token without waiting for the recorder to read the rest."""
         try:
-            async for chunk in self.upstream.iter_any():
+            async for chunk in self.upstream.chunks():
                 while chunk:
                     cut = len(chunk) if self.recorder.frames else _frame_end(chunk)
                     piece, chunk = chunk[:cut], chunk[cut:]
                     self.recorder.feed(piece)
                     yield piece
-        except _UPSTREAM_BROKE as exc:
+        except UpstreamError as exc:
             self.cut = True
             log.warning(
                 "upstream stream broke", extra={"key": self.call.key, "error": type(exc).__name__}

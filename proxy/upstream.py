@@ -1,15 +1,37 @@
-"""The one HTTP client to the upstream, and the boundary where its errors become ours."""
+"""The one boundary to the upstream: aiohttp's ClientSession, and where its errors become ours.
+
+Nothing else in the proxy imports the HTTP client. Framing is the library's, computed from the
+bytes actually sent: a body given as bytes carries its own length; a streamed body either goes
+chunked or, when its length is declared, is checked against it on the way (`exact`), so no byte
+past a declared length is ever written on a pooled connection.
+
+What comes back is hostile until checked: headers with control characters are dropped, a
+`Transfer-Encoding` that is not plain `chunked` (or one beside a `Content-Length`) closes the
+connection with a 502, a whole answer is read only up to a size bound and within one deadline
+(a slow drip cannot stretch it), and a streamed one only while it keeps sending.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import re
+import ssl
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import NoReturn
+from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined]
 
+import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy import __version__
-from proxy.errors import UpstreamTimeout, UpstreamUnreachable
-from proxy.http1 import Body, ConnectTimeout, HTTPError, Pool, Response
+from proxy.errors import (
+    ProxyError,
+    UpstreamTimeout,
+    UpstreamTooLarge,
+    UpstreamUnreachable,
+)
 
 USER_AGENT = f"repro-proxy/{__version__}"
 
@@ -28,27 +50,31 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-
-REQUEST_SKIP = HOP_BY_HOP | {"host", "content-length"}
+REQUEST_SKIP = HOP_BY_HOP | {"host", "content-length", "expect"}
 """What never goes upstream as the client sent it; callers add to it (lower case)."""
 _RESPONSE_SKIP = HOP_BY_HOP | {"content-length"}
 _DECODED_SKIP = _RESPONSE_SKIP | {"content-encoding"}
 
+FETCH_LIMIT = 32 * 1024 * 1024
+"""Bytes of an answer to the proxy's own side requests (key checks, probes, drift samples)."""
 
-def _skipped(headers: CIMultiDictProxy[str], fixed: frozenset[str]) -> frozenset[str]:
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_UNSAFE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _skipped(headers: Mapping[str, str], fixed: frozenset[str]) -> frozenset[str]:
     """`fixed` plus whatever the Connection header names (rarely anything: then no new set)."""
-    named = headers.getall("Connection", ())
+    named = headers.get("Connection")
     if not named:
         return fixed
-    return fixed | {h.strip().lower() for v in named for h in v.split(",")}
+    return fixed | {h.strip().lower() for h in named.split(",")}
 
 
 def request_headers(
     incoming: CIMultiDictProxy[str], skip: frozenset[str] = REQUEST_SKIP
 ) -> CIMultiDict[str]:
     """Headers to send upstream: end-to-end ones only, none of ours, Host left to the client.
-    The client's User-Agent passes unchanged; a client without one is named as this proxy
-    (rather than as aiohttp, which names itself when nobody else is)."""
+    The client's User-Agent passes unchanged; a client without one is named as this proxy."""
     skip = _skipped(incoming, skip)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
@@ -66,18 +92,190 @@ def auth_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
     return {name: headers[name] for name in ("Authorization", "api-key") if name in headers}
 
 
-def response_headers(incoming: CIMultiDictProxy[str], decoded: bool) -> CIMultiDict[str]:
+def safe_headers(incoming: Mapping[str, str]) -> CIMultiDict[str]:
+    """The upstream's headers minus any whose name is not a token or whose value holds a line
+    break or another control character: such a header is never sent on or stored."""
+    return CIMultiDict(
+        (name, value)
+        for name, value in incoming.items()
+        if _TOKEN.fullmatch(name) and not _UNSAFE_VALUE.search(value)
+    )
+
+
+def response_headers(incoming: CIMultiDict[str], decoded: bool) -> CIMultiDict[str]:
     """Headers to send back: end-to-end ones; length and encoding are the server's business."""
     skip = _skipped(incoming, _DECODED_SKIP if decoded else _RESPONSE_SKIP)
     return CIMultiDict([(k, v) for k, v in incoming.items() if k.lower() not in skip])
 
 
+def framing_error(headers: Mapping[str, str]) -> str | None:
+    """Why an answer's framing is refused (RFC 9112 6.1, 6.3), or None: a Transfer-Encoding
+    other than `chunked` alone, or beside a Content-Length, is how responses get smuggled."""
+    coding = headers.get("Transfer-Encoding")
+    if coding is None:
+        return None
+    if "Content-Length" in headers:
+        return "both Transfer-Encoding and Content-Length"
+    if coding.strip().lower() != "chunked":
+        return f"Transfer-Encoding {coding[:40]!r}"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Egress:
+    """How the upstream is reached: TLS trust and identity, forward proxy, connection cap."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    connections: int = 0  # 0 = no cap
+    proxy: str | None = None
+
+
+def env_proxy(url: str, environ: Mapping[str, str]) -> str | None:
+    """The forward proxy for `url` from HTTPS_PROXY / HTTP_PROXY / NO_PROXY (lower case first,
+    as curl reads them), or None. Read once at start: there is only one upstream."""
+
+    def get(name: str) -> str:
+        return environ.get(name.lower()) or environ.get(name.upper()) or ""
+
+    parsed = URL(url)
+    proxy = get(f"{parsed.scheme}_proxy")
+    if not proxy or not parsed.host:
+        return None
+    no_proxy = get("no_proxy")
+    if no_proxy and proxy_bypass_environment(parsed.host, {"no": no_proxy}):
+        return None
+    return proxy
+
+
+def tls_context(egress: Egress) -> ssl.SSLContext:
+    """The system's trust store, plus `egress.ca` (in addition, never instead), plus a client
+    certificate when the gateway asks for one. Unreadable files raise OSError / ssl.SSLError."""
+    context = ssl.create_default_context()
+    if egress.ca:
+        context.load_verify_locations(cafile=egress.ca)
+    if egress.cert:
+        context.load_cert_chain(egress.cert, egress.key)
+    return context
+
+
+@dataclass(frozen=True, slots=True)
+class StreamedBody:
+    """A request body that arrives while it is sent; `length` is the client's declared length,
+    or None to send it chunked."""
+
+    chunks: AsyncIterable[bytes]
+    length: int | None = None
+
+
+Body = bytes | StreamedBody | None
+
+
+class BodyLengthMismatch(ProxyError):
+    """The client's body did not match its declared length: nothing more is sent."""
+
+    status = 400
+    code = "invalid_body_length"
+    type = "invalid_request_error"
+
+
+async def exact(chunks: AsyncIterable[bytes], length: int) -> AsyncIterator[bytes]:
+    """`chunks`, refused before the first byte past `length`, and at the end if short."""
+    sent = 0
+    async for chunk in chunks:
+        sent += len(chunk)
+        if sent > length:
+            raise BodyLengthMismatch(f"The request body is longer than its {length} bytes.")
+        yield chunk
+    if sent != length:
+        raise BodyLengthMismatch(f"The request body has {sent} of its {length} bytes.")
+
+
+class UpstreamResponse:
+    """One answer: checked status and headers at once, the body as it arrives."""
+
+    def __init__(self, response: aiohttp.ClientResponse, deadline: float | None) -> None:
+        self._response = response
+        self._deadline = deadline
+        self.status = response.status
+        self.reason = response.reason or ""
+        self.headers = safe_headers(response.headers)
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+
+    async def read(self, limit: int) -> bytes:
+        """The whole body, at most `limit` bytes (decoded), within the answer's deadline."""
+        parts: list[bytes] = []
+        size = 0
+        async with asyncio.timeout_at(self._deadline):
+            async for chunk in self.chunks():
+                size += len(chunk)
+                if size > limit:
+                    raise UpstreamTooLarge(
+                        f"The upstream's answer is larger than {limit} bytes (--max-entry)."
+                    )
+                parts.append(chunk)
+        return b"".join(parts)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body in the pieces that have arrived; a silence longer than the upstream
+        timeout or a broken connection becomes our error."""
+        try:
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+        except Exception as exc:
+            _raise_mapped(exc, "while sending its answer")
+
+    def release(self) -> None:
+        """Done with this answer: an unfinished one closes its connection, never pooled."""
+        if self._response.content.at_eof():
+            self._response.release()
+        else:
+            self._response.close()
+
+
 class Upstream:
     """Sends requests to the configured base URL only: bodies never choose the destination."""
 
-    def __init__(self, base_url: str, connect_timeout: float, read_timeout: float) -> None:
-        self._base_path = URL(base_url).raw_path.rstrip("/")
-        self._pool = Pool(base_url, connect_timeout, read_timeout)
+    def __init__(
+        self,
+        base_url: str,
+        connect_timeout: float,
+        read_timeout: float,
+        egress: Egress | None = None,
+    ) -> None:
+        egress = egress or Egress()
+        url = URL(base_url)
+        self._origin = url.origin()
+        self._base_path = url.raw_path.rstrip("/")
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self._proxy = egress.proxy
+        self._tls = tls_context(egress) if url.scheme == "https" else None
+        self._connections = egress.connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        """Built on first use, inside the running loop, as aiohttp requires."""
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self._connections, ssl=self._tls or True, keepalive_timeout=15
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    sock_connect=self.connect_timeout,
+                    sock_read=self.read_timeout or None,
+                ),
+                auto_decompress=True,
+                trust_env=False,  # no ~/.netrc credentials added behind the caller's back
+                skip_auto_headers=("User-Agent",),
+            )
+        return self._session
 
     def target(self, path_qs: str) -> str:
         """Map `/v1/x?q` onto the base URL's path, which carries its own `/v1`."""
@@ -92,41 +290,92 @@ class Upstream:
         data: Body,
         *,
         decode: bool = True,
-    ) -> Response:
-        """The answer's head; connection failures and timeouts before it become ours. The
-        caller releases the answer."""
+        whole: bool = False,
+    ) -> UpstreamResponse:
+        """The answer's head; failures before it become ours. The caller releases the answer.
+        `whole`: the answer will be read at once, and the upstream timeout bounds all of it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.read_timeout if whole and self.read_timeout else None
+        payload, headers = _payload(data, headers)
+        skip = () if decode else ("Accept-Encoding",)
         try:
-            return await self._pool.request(method, self.target(path_qs), headers, data, decode)
-        except ConnectTimeout as exc:
-            raise UpstreamTimeout(
-                f"Could not connect to the upstream within {self._pool.connect_timeout:g} seconds."
-            ) from exc
-        except TimeoutError as exc:
-            raise UpstreamTimeout(
-                f"The upstream did not answer within {self._pool.read_timeout:g} seconds."
-            ) from exc
-        except HTTPError as exc:
-            raise UpstreamUnreachable(f"Could not reach the upstream: {exc}.") from exc
+            async with asyncio.timeout_at(deadline):
+                response = await self._client().request(
+                    method,
+                    URL(str(self._origin) + self.target(path_qs), encoded=True),
+                    headers=headers,
+                    data=payload,
+                    allow_redirects=False,
+                    auto_decompress=decode,
+                    skip_auto_headers=skip,
+                    proxy=self._proxy,
+                )
+        except Exception as exc:
+            _raise_mapped(exc, "before answering")
+        problem = framing_error(response.headers)
+        if problem is not None:
+            response.close()
+            raise UpstreamUnreachable(f"The upstream's answer has {problem}; connection closed.")
+        return UpstreamResponse(response, deadline)
 
     async def fetch(
-        self, method: str, path_qs: str, headers: Mapping[str, str], data: Body
+        self,
+        method: str,
+        path_qs: str,
+        headers: Mapping[str, str],
+        data: Body,
+        limit: int = FETCH_LIMIT,
     ) -> tuple[int, bytes]:
         """Status and whole body of one answer, for the proxy's own side requests."""
-        response = await self.send(method, path_qs, headers, data)
-        return response.status, await read_body(response)
+        response = await self.send(method, path_qs, headers, data, whole=True)
+        try:
+            return response.status, await response.read(limit)
+        finally:
+            response.release()
 
     async def close(self) -> None:
-        await self._pool.close()
+        if self._session is not None:
+            await self._session.close()
 
 
-async def read_body(response: Response) -> bytes:
-    """Read a whole answer, mapping a stall or a cut to our errors; the answer is released
-    either way (its connection goes back to the pool, or is closed if the answer broke)."""
-    try:
-        return await response.read()
-    except TimeoutError as exc:
-        raise UpstreamTimeout("The upstream stopped sending its answer.") from exc
-    except HTTPError as exc:
-        raise UpstreamUnreachable(f"The upstream connection broke: {exc}.") from exc
-    finally:
-        response.release()
+def _payload(data: Body, headers: Mapping[str, str]) -> tuple[object, Mapping[str, str]]:
+    """What aiohttp sends, and the headers that frame it: a streamed body with a declared
+    length is checked against it, one without goes chunked."""
+    if not isinstance(data, StreamedBody):
+        return data, headers
+    if data.length is None:
+        return data.chunks, headers
+    framed = CIMultiDict(headers)
+    framed["Content-Length"] = str(data.length)
+    return exact(data.chunks, data.length), framed
+
+
+def _raise_mapped(exc: BaseException, when: str) -> NoReturn:
+    """aiohttp's errors, and timeouts, become ours; a refusal of our own (a client body that
+    broke its length or limit) surfaces as itself."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ProxyError):
+            raise cause from None
+        cause = cause.__cause__
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        raise UpstreamTimeout("Could not connect to the upstream in time.") from exc
+    if isinstance(exc, TimeoutError):
+        raise UpstreamTimeout(f"The upstream timed out {when}.") from exc
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        raise UpstreamUnreachable(f"Could not resolve the upstream host {exc.host}.") from exc
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        raise UpstreamUnreachable(
+            f"The upstream's TLS certificate is not trusted: {exc.certificate_error}."
+        ) from exc
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        raise UpstreamUnreachable(f"Could not connect to the forward proxy: {exc}.") from exc
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        raise UpstreamUnreachable(f"The forward proxy refused: {exc.status}.") from exc
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        raise UpstreamUnreachable(f"Could not connect to the upstream: {exc}.") from exc
+    if isinstance(exc, aiohttp.ClientError | OSError | ValueError):
+        raise UpstreamUnreachable(
+            f"The upstream connection broke {when}: {type(exc).__name__}."
+        ) from exc
+    raise exc
