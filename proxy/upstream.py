@@ -210,14 +210,17 @@ class UpstreamResponse:
         """The whole body, at most `limit` bytes (decoded), within the answer's deadline."""
         parts: list[bytes] = []
         size = 0
-        async with asyncio.timeout_at(self._deadline):
-            async for chunk in self.chunks():
-                size += len(chunk)
-                if size > limit:
-                    raise UpstreamTooLarge(
-                        f"The upstream's answer is larger than {limit} bytes (--max-entry)."
-                    )
-                parts.append(chunk)
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                async for chunk in self.chunks():
+                    size += len(chunk)
+                    if size > limit:
+                        raise UpstreamTooLarge(
+                            f"The upstream's answer is larger than {limit} bytes (--max-entry)."
+                        )
+                    parts.append(chunk)
+        except TimeoutError as exc:
+            raise UpstreamTimeout("The upstream did not finish its answer in time.") from exc
         return b"".join(parts)
 
     async def chunks(self) -> AsyncIterator[bytes]:

@@ -1,0 +1,147 @@
+"""Upstreams written for attacks: each runs its own event loop in a thread on 127.0.0.1, so
+synchronous tests can drive a real proxy process against it.
+
+`Scripted` speaks raw bytes: it reads each request (head, then a Content-Length or chunked body)
+off the connection, records it with the connection it came on, and answers with whatever its
+`answer` function returns, byte for byte, so it can frame answers the way a hostile upstream
+would. A request smuggled inside another's body shows up as one more recorded request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from tests.fixtures_procs import free_port
+
+IDLE_LIMIT = 30.0
+
+
+@dataclass
+class Received:
+    connection: int
+    head: bytes
+    body: bytes
+
+    @property
+    def request_line(self) -> str:
+        return self.head.split(b"\r\n", 1)[0].decode("latin-1")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        lines = self.head.decode("latin-1").split("\r\n")[1:]
+        pairs = (line.split(":", 1) for line in lines if ":" in line)
+        return {name.strip().lower(): value.strip() for name, value in pairs}
+
+
+Writer = Callable[[asyncio.StreamWriter, Received], Awaitable[None]]
+
+
+def fixed(data: bytes) -> Writer:
+    """Answer every request with these bytes."""
+
+    async def write(writer: asyncio.StreamWriter, _: Received) -> None:
+        writer.write(data)
+        await writer.drain()
+
+    return write
+
+
+def http_answer(body: bytes, *headers: str, status: str = "200 OK") -> bytes:
+    lines = [f"HTTP/1.1 {status}", *headers, f"Content-Length: {len(body)}", "", ""]
+    return "\r\n".join(lines).encode("latin-1") + body
+
+
+@dataclass
+class Scripted:
+    answer: Writer
+    port: int = field(default_factory=free_port)
+    received: list[Received] = field(default_factory=list)
+    connections: int = 0
+    open_now: int = 0
+    most_open: int = 0
+
+    @property
+    def v1(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self) -> Scripted:
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self._thread.start()
+        if not ready.wait(5):
+            raise RuntimeError("scripted upstream did not start")
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(5)
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._serve(ready))
+        self._loop.close()
+
+    async def _serve(self, ready: threading.Event) -> None:
+        self._stop = asyncio.Event()
+        server = await asyncio.start_server(self._connection, "127.0.0.1", self.port)
+        ready.set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        async with server:
+            await self._stop.wait()
+            server.close()
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self.connections += 1
+        number = self.connections
+        self.open_now += 1
+        self.most_open = max(self.most_open, self.open_now)
+        try:
+            while True:
+                async with asyncio.timeout(IDLE_LIMIT):
+                    request = await _read_request(reader, number)
+                if request is None:
+                    return
+                self.received.append(request)
+                await self.answer(writer, request)
+        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
+            return
+        finally:
+            self.open_now -= 1
+            writer.close()
+            self._tasks.discard(task)
+
+
+async def _read_request(reader: asyncio.StreamReader, connection: int) -> Received | None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        return None
+    request = Received(connection, head[:-4], b"")
+    headers = request.headers
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        request.body = await _read_chunked(reader)
+    else:
+        request.body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return request
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    body = bytearray()
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        if size == 0:
+            while await reader.readuntil(b"\r\n") != b"\r\n":
+                pass
+            return bytes(body)
+        body += await reader.readexactly(size)
+        await reader.readexactly(2)

@@ -1,0 +1,318 @@
+"""Attacks through the upstream boundary, against a real proxy process: a client smuggling a
+request down a pooled upstream connection, and a hostile upstream framing, inflating, dripping
+or dressing up its answers. Each upstream here is written for the attack (tests/hostile.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import socket
+import time
+import zlib
+from collections.abc import AsyncIterator
+
+import httpx
+import orjson
+import pytest
+
+from proxy.errors import UpstreamTooLarge
+from proxy.upstream import BodyLengthMismatch, StreamedBody, Upstream
+from tests.fixtures_procs import ProxyFactory
+from tests.hostile import Received, Scripted, fixed, http_answer
+
+AUTH = {"Authorization": "Bearer sk-victim", "Content-Type": "application/json"}
+
+
+def completion(content: str, fingerprint: object = "fp_hostile") -> bytes:
+    return orjson.dumps(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "model": "gpt-4o-mini",
+            "system_fingerprint": fingerprint,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+        }
+    )
+
+
+def chat(content: str) -> bytes:
+    return orjson.dumps(
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]}
+    )
+
+
+async def echo_digest(writer: asyncio.StreamWriter, request: Received) -> None:
+    """Answers each request with the digest of the body it received: whoever gets an answer
+    can tell whose request it answers."""
+    writer.write(http_answer(completion(digest_of(request.body)), "Content-Type: application/json"))
+    await writer.drain()
+
+
+def digest_of(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()[:16]
+
+
+def raw_exchange(port: int, data: bytes) -> bytes:
+    """Send raw bytes to the proxy, read until it closes or 3 s pass."""
+    with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
+        sock.sendall(data)
+        received = b""
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            try:
+                part = sock.recv(65536)
+            except TimeoutError:
+                break
+            if not part:
+                break
+            received += part
+            if b"\r\n0\r\n\r\n" in received:
+                break
+        return received
+
+
+def test_a_gzip_body_cannot_smuggle_a_request_to_another_tenants_connection(
+    start_proxy: ProxyFactory,
+) -> None:
+    victim_body = chat("the victim's question")
+    smuggled_body = chat("the attacker's answer for everyone")
+    smuggled = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + b"Content-Length: %d\r\n\r\n" % len(smuggled_body)
+        + smuggled_body
+    )
+    inflated = b'{"purpose": "fine-tune"}' + smuggled
+    compressed = gzip.compress(inflated)
+    with Scripted(echo_digest) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        attack = (
+            b"POST /v1/files HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer sk-attacker\r\n"
+            b"Content-Encoding: gzip\r\nContent-Type: application/json\r\n"
+            + b"Content-Length: %d\r\n\r\n" % len(compressed)
+            + compressed
+        )
+        answer = raw_exchange(proxy.port, attack)
+        assert answer.startswith(b"HTTP/1.1 200")
+        victim = httpx.post(
+            proxy.v1 + "/chat/completions", content=victim_body, headers=AUTH, timeout=10
+        )
+        again = httpx.post(
+            proxy.v1 + "/chat/completions", content=victim_body, headers=AUTH, timeout=10
+        )
+    lines = [r.request_line for r in upstream.received]
+    assert lines == ["POST /v1/files HTTP/1.1", "POST /v1/chat/completions HTTP/1.1"]
+    files, chat_call = upstream.received
+    assert files.body == inflated  # the whole inflated body, as one request's body
+    assert "content-encoding" not in files.headers
+    assert files.headers.get("content-length") in (None, str(len(inflated)))
+    assert victim.json()["choices"][0]["message"]["content"] == digest_of(chat_call.body)
+    assert chat_call.body != smuggled_body
+    assert again.headers["X-Repro-Cache"] == "HIT"
+    assert again.content == victim.content
+
+
+def test_an_identity_pass_through_body_goes_with_its_own_length(
+    start_proxy: ProxyFactory,
+) -> None:
+    body = b'{"purpose": "batch"}' * 100
+    with Scripted(echo_digest) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        answer = httpx.post(proxy.v1 + "/files", content=body, headers=AUTH, timeout=10)
+    assert answer.status_code == 200
+    (received,) = upstream.received
+    assert received.body == body
+    assert received.headers["content-length"] == str(len(body))
+    assert answer.headers["X-Repro-Cache"] == "BYPASS"
+
+
+async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        (b"0123456789GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",),
+        (b"0123456789", b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"),
+        (b"01234",),
+    ],
+    ids=["longer-in-one-chunk", "longer-in-a-later-chunk", "shorter"],
+)
+async def test_a_streamed_body_that_breaks_its_declared_length_is_never_written_past_it(
+    parts: tuple[bytes, ...],
+) -> None:
+    with Scripted(echo_digest) as scripted:
+        upstream = Upstream(scripted.v1, 5, 5)
+        try:
+            with pytest.raises(BodyLengthMismatch):
+                response = await upstream.send(
+                    "POST", "/v1/files", {}, StreamedBody(_chunks(*parts), 10)
+                )
+                await response.read(1 << 20)
+            status, _ = await upstream.fetch("POST", "/v1/files", {}, b"next")
+        finally:
+            await upstream.close()
+        await asyncio.sleep(0.1)
+    assert status == 200
+    assert all("smuggled" not in r.request_line for r in scripted.received)
+    assert scripted.received[-1].body == b"next"
+    assert len([r for r in scripted.received if r.body != b"next"]) <= 1
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        ("Content-Length: 5", "Transfer-Encoding: chunked"),
+        ("Transfer-Encoding: gzip",),
+        ("Content-Length: 5", "Content-Length: 7"),
+    ],
+    ids=["length-and-chunked", "not-chunked", "two-lengths"],
+)
+def test_an_answer_framed_as_smugglers_frame_is_a_502_and_its_connection_closed(
+    start_proxy: ProxyFactory, framing: tuple[str, ...]
+) -> None:
+    head = "\r\n".join(["HTTP/1.1 200 OK", "Content-Type: application/json", *framing, "", ""])
+    with Scripted(fixed(head.encode() + b"5\r\nhello\r\n0\r\n\r\n")) as upstream:
+        proxy = start_proxy("--cache-mode", "off", upstream=upstream.v1)
+        first = httpx.post(proxy.v1 + "/chat/completions", content=chat("a"), headers=AUTH)
+        second = httpx.post(proxy.v1 + "/chat/completions", content=chat("b"), headers=AUTH)
+    assert (first.status_code, first.json()["error"]["code"]) == (502, "upstream_unreachable")
+    assert second.status_code == 502
+    assert upstream.connections == 2  # the first connection was not pooled
+
+
+def test_a_transfer_coding_besides_chunked_is_a_502(start_proxy: ProxyFactory) -> None:
+    """Its framing is unambiguous (chunked comes last, so the connection may be reused), but
+    the body is not what it says it is."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+    head += b"Transfer-Encoding: gzip, chunked\r\n\r\n"
+    with Scripted(fixed(head + b"5\r\nhello\r\n0\r\n\r\n")) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        first = httpx.post(proxy.v1 + "/chat/completions", content=chat("a"), headers=AUTH)
+    assert (first.status_code, first.json()["error"]["code"]) == (502, "upstream_unreachable")
+    assert "gzip, chunked" in first.json()["error"]["message"]
+
+
+def test_upstream_headers_with_control_characters_never_reach_the_client(
+    start_proxy: ProxyFactory,
+) -> None:
+    answer = http_answer(
+        completion("fine"), "Content-Type: application/json", "X-Evil: a\x01b", "X-Good: yes"
+    )
+    with Scripted(fixed(answer)) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        first = httpx.post(proxy.v1 + "/chat/completions", content=chat("h"), headers=AUTH)
+        hit = httpx.post(proxy.v1 + "/chat/completions", content=chat("h"), headers=AUTH)
+    for response in (first, hit):
+        assert "X-Evil" not in response.headers
+    if first.status_code == 200:  # the parser may also refuse the whole answer
+        assert first.headers["X-Good"] == "yes"
+        assert hit.headers["X-Repro-Cache"] == "HIT"
+    else:
+        assert first.status_code == 502
+
+
+def _gzip_bomb(inflated_mib: int) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = b"\0" * (1 << 20)
+    return b"".join(packer.compress(block) for _ in range(inflated_mib)) + packer.flush()
+
+
+def _peak_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_a_gzip_bomb_answer_is_a_502_within_tens_of_mib_and_stores_nothing(
+    start_proxy: ProxyFactory,
+) -> None:
+    bomb = _gzip_bomb(300)
+    assert len(bomb) < 400 * 1024
+    answer = http_answer(bomb, "Content-Type: application/json", "Content-Encoding: gzip")
+    with Scripted(fixed(answer)) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        httpx.get(proxy.url + "/metrics", timeout=5)
+        before = _peak_rss_kib(proxy.proc.pid)
+        first = httpx.post(proxy.v1 + "/chat/completions", content=chat("x"), headers=AUTH)
+        second = httpx.post(proxy.v1 + "/chat/completions", content=chat("x"), headers=AUTH)
+        rise_mib = (_peak_rss_kib(proxy.proc.pid) - before) / 1024
+    assert (first.status_code, first.json()["error"]["code"]) == (502, UpstreamTooLarge.code)
+    assert second.status_code == 502  # nothing was stored to answer it
+    assert len(upstream.received) == 2
+    assert rise_mib < 80, f"peak RSS rose {rise_mib:.0f} MiB"
+
+
+def test_a_whole_answer_is_bounded_by_the_upstream_timeout_however_slowly_it_drips(
+    start_proxy: ProxyFactory,
+) -> None:
+    async def drip(writer: asyncio.StreamWriter, _: Received) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+        writer.write(b"Content-Length: 100000\r\n\r\n")
+        for _ in range(100):
+            writer.write(b" ")
+            await writer.drain()
+            await asyncio.sleep(0.2)
+
+    with Scripted(drip) as upstream:
+        proxy = start_proxy("--upstream-timeout", "1", upstream=upstream.v1)
+        started = time.monotonic()
+        answer = httpx.post(
+            proxy.v1 + "/chat/completions", content=chat("d"), headers=AUTH, timeout=30
+        )
+        took = time.monotonic() - started
+    assert (answer.status_code, answer.json()["error"]["code"]) == (504, "upstream_timeout")
+    assert took < 4
+
+
+def test_an_error_body_with_status_200_is_neither_stored_nor_taken_as_a_fingerprint(
+    start_proxy: ProxyFactory,
+) -> None:
+    error = orjson.dumps(
+        {"error": {"message": "quota", "type": "x", "code": "y"}, "system_fingerprint": "fp_err"}
+    )
+    with Scripted(fixed(http_answer(error, "Content-Type: application/json"))) as upstream:
+        proxy = start_proxy("--admin-token", "t0ken", upstream=upstream.v1)
+        answers = [
+            httpx.post(proxy.v1 + "/chat/completions", content=chat("e"), headers=AUTH)
+            for _ in range(2)
+        ]
+        fingerprints = httpx.get(
+            proxy.url + "/admin/fingerprints", headers={"Authorization": "Bearer t0ken"}
+        ).json()
+    assert [a.headers["X-Repro-Cache"] for a in answers] == ["MISS", "MISS"]
+    assert all(a.json()["error"]["message"] == "quota" for a in answers)
+    assert "X-Repro-Fingerprint" not in answers[0].headers
+    assert fingerprints == {}
+    assert len(upstream.received) == 2
+
+
+@pytest.mark.parametrize(
+    "fingerprint",
+    ["fp_x\r\nX-Injected: yes", "fp " + "a" * 300, "fp_\u00e9t\u00e9", 12345, "fp_\x00"],
+    ids=["line-break", "long", "non-ascii", "not-a-string", "nul"],
+)
+def test_a_system_fingerprint_that_is_not_a_short_token_is_read_as_none(
+    start_proxy: ProxyFactory, fingerprint: object
+) -> None:
+    answer = http_answer(completion("ok", fingerprint), "Content-Type: application/json")
+    with Scripted(fixed(answer)) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        first = httpx.post(proxy.v1 + "/chat/completions", content=chat("f"), headers=AUTH)
+        hit = httpx.post(proxy.v1 + "/chat/completions", content=chat("f"), headers=AUTH)
+        metrics = proxy.metrics()
+    assert first.headers["X-Repro-Fingerprint"] == "none"
+    assert "X-Injected" not in first.headers
+    assert (hit.headers["X-Repro-Cache"], hit.headers["X-Repro-Fingerprint"]) == ("HIT", "none")
+    assert "X-Injected" not in metrics and "aaaa" not in metrics
