@@ -9,7 +9,8 @@ In `shared` scope a `/v1/models` 2xx counts only where that endpoint refuses mad
 of the same shape: some gateways list their models to anyone, and then the list proves nothing.
 There, a tenant reads only once the upstream served one of its real requests, or once the
 upstream served this very request to made-up credentials (an open upstream, with nothing to
-protect). A keyless caller is never vouched for by `/v1/models`: only a real keyless 2xx counts.
+protect). A keyless caller is never vouched for by `/v1/models`: it reads, in either scope, only
+within `interval` of a keyless request the upstream served with a 2xx.
 
 Each check has its own deadline (`timeout`), and identical concurrent checks share one upstream
 call. When the upstream cannot say (down, hung, no `/v1/models`), a refusal stands, an accepted
@@ -106,6 +107,8 @@ class KeyChecker:
         if verdict is not None and self._clock() - verdict[1] < self._interval:
             return verdict[0]
         credentials = extract(headers, self._carriers)
+        if not credentials:
+            return False  # nothing to ask about: only a keyless request served 2xx vouches
         found = await self._checks.join(
             call.tenant, lambda: self._deadline(self._check(call, credentials, shared))
         )
@@ -116,8 +119,6 @@ class KeyChecker:
         await self._probes.close()
 
     async def _check(self, call: Call, credentials: Credentials, shared: bool) -> bool | None:
-        if not credentials:
-            return None  # nothing to ask about: only a real keyless 2xx vouches (`remember`)
         status = await self._ask("GET", "/v1/models", upstream_headers(credentials))
         if status in REFUSED:
             log.info("credentials refused by the upstream: no cached answers for them")

@@ -237,6 +237,23 @@ def test_the_openai_sdk_with_azure_style_and_bearer_keys_gets_separate_partition
     assert extra.headers["X-Repro-Cache"] == "MISS"
 
 
+def test_keyless_callers_stop_reading_once_the_upstream_stops_serving_them(
+    start_proxy: ProxyFactory, gateway: Callable[..., Gateway]
+) -> None:
+    open_to_all = True
+    upstream = gateway(lambda h: open_to_all or "Authorization" in h)
+    proxy = start_proxy("--key-check-interval", "1", upstream=upstream.v1)
+    stored = post(proxy)
+    assert post(proxy).headers["X-Repro-Cache"] == "HIT"
+    open_to_all = False
+    time.sleep(1.1)
+    for _ in range(2):
+        refused = post(proxy)
+        assert refused.status_code == 401
+        assert refused.content != stored.content
+    assert upstream.calls("/v1/models") == 0
+
+
 # 2. Stale answers pass the key check -------------------------------------------------------
 
 
