@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from proxy import admin, cassette, handlers
+from proxy import admin, cassette, credentials, handlers
 from proxy.canonical import CACHEABLE_ROUTES
 from proxy.coalesce import Coalescer
 from proxy.config import Settings
@@ -119,7 +119,17 @@ def _services(
         )
         secret = Secret(store, settings.secret)
         await secret.settle()
-        verifier = Verifier(upstream, fingerprints, metrics, settings.verify_rate, random.random)
+        carriers = credentials.names(settings.credential_header)
+        verifier = Verifier(
+            upstream, fingerprints, metrics, settings.verify_rate, random.random, carriers
+        )
+        keys = KeyChecker(
+            upstream,
+            settings.key_check_interval,
+            clock,
+            timeout=settings.key_check_timeout,
+            carriers=carriers,
+        )
         app[SERVICES] = Services(
             settings=settings,
             store=store,
@@ -127,11 +137,12 @@ def _services(
             metrics=metrics,
             fingerprints=fingerprints,
             coalescer=Coalescer(store, settings.lock_timeout),
-            keys=KeyChecker(upstream, settings.key_check_interval, clock),
+            keys=keys,
             prober=prober,
             verifier=verifier,
             secret=secret,
             clock=clock,
+            credential_names=carriers,
             entries=entry_memo(local_bytes),
         )
         await _load_cassette(settings, store)
@@ -143,6 +154,7 @@ def _services(
             await _save_cassette(settings, store)
         finally:
             await verifier.close()
+            await keys.close()
             await fingerprints.close()
             await upstream.close()
             await store.close()

@@ -19,6 +19,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from proxy import canonical, policy
 from proxy.coalesce import Lease
 from proxy.context import EntryMemo, Services
+from proxy.credentials import STANDARD, Credentials, extract
 from proxy.entry import CorruptEntry, Entry, fingerprint_of, is_answer, usage_of
 from proxy.errors import InvalidParameter, UpstreamError
 from proxy.policy import Outcome, Plan
@@ -34,7 +35,7 @@ class Call:
     """One cacheable request, fully decided before any I/O."""
 
     route: str
-    tenant: str  # the caller's key HMAC (or anonymous), whatever the cache scope
+    tenant: str  # the HMAC of the caller's credentials (or anonymous), whatever the scope
     namespace: str
     query: str
     model: str
@@ -48,32 +49,31 @@ class Call:
     stream: bool
 
 
-def api_key(headers: CIMultiDictProxy[str]) -> str | None:
-    """The caller's key, from `Authorization: Bearer` or Azure-style `api-key`."""
-    auth = headers.get("Authorization", "")
-    scheme, _, token = auth.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return headers.get("api-key") or None
-
-
 class Asked(NamedTuple):
     """Everything of a request that `prepare` reads, and so the key of its memo."""
 
     route: str
     query: str
     raw: bytes
-    api_key: str | None
+    credentials: Credentials  # every credential header: the tenant depends on each
     namespace: str
     cache_control: tuple[str, ...]
 
     @classmethod
-    def of(cls, route: str, query: str, raw: bytes, headers: CIMultiDictProxy[str]) -> Asked:
+    def of(
+        cls,
+        route: str,
+        query: str,
+        raw: bytes,
+        headers: CIMultiDictProxy[str],
+        carriers: tuple[str, ...] = STANDARD,
+    ) -> Asked:
+        """The request facts; `carriers` names the credential-bearing headers."""
         return cls(
             route,
             query,
             raw,
-            api_key(headers),
+            extract(headers, carriers),
             headers.get("X-Repro-Namespace", ""),
             tuple(headers.getall("Cache-Control", ())),
         )
@@ -106,7 +106,7 @@ def prepare(services: Services, asked: Asked) -> Call:
     if settings.enforce is policy.Enforce.OFF:
         canonical.reject_duplicate_keys(raw)
     seeded = policy.enforce(body, route, settings.enforce, settings.default_seed)
-    tenant = services.secret.tenant(asked.api_key)
+    tenant = services.secret.tenant(asked.credentials)
     scope = policy.SHARED if settings.cache_scope is policy.CacheScope.SHARED else tenant
     namespace = _namespace(asked.namespace)
     directives = policy.parse_cache_control(asked.cache_control)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit
 
+from proxy.credentials import parse_names
 from proxy.policy import CacheMode, CacheScope, Enforce, FingerprintPolicy, StreamDisconnect
 from proxy.store import parse_size
 from proxy.store.encrypted import parse_keys
@@ -123,6 +124,7 @@ class Option:
     default: str | None
     parse: Callable[[str], Any]
     help: str
+    repeatable: bool = False  # the flag may be given several times; values join with commas
 
     @property
     def flag(self) -> str:
@@ -209,6 +211,22 @@ OPTIONS = (
         _seconds,
         "seconds an API key stays trusted for cached answers after the upstream accepted it; "
         "0 = never check",
+    ),
+    Option(
+        "key_check_timeout",
+        "REPRO_KEY_CHECK_TIMEOUT",
+        "5",
+        _seconds,
+        "seconds the key check may wait for the upstream before a HIT goes on without it",
+    ),
+    Option(
+        "credential_header",
+        "REPRO_CREDENTIAL_HEADER",
+        "",
+        parse_names,
+        "extra header names that carry a tenant's credential (besides Authorization, api-key "
+        "and x-api-key); repeatable or comma-separated",
+        repeatable=True,
     ),
     Option(
         "verify_rate",
@@ -342,6 +360,8 @@ class Settings:
     max_body: int = 16 * 1024 * 1024
     max_entry: int = 32 * 1024 * 1024
     key_check_interval: float = 300.0
+    key_check_timeout: float = 5.0
+    credential_header: tuple[str, ...] = ()
     verify_rate: float = 0.0
     probe_interval: float = 0.0
     probe_key: str | None = field(default=None, repr=False)
@@ -431,15 +451,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             option.flag,
             dest=option.name,
             default=None,
+            action="append" if option.repeatable else "store",
             help=f"{option.help} (env {option.env}, default {default})",
         )
 
 
-def load(flags: Mapping[str, str | None], environ: Mapping[str, str] = os.environ) -> Settings:
+def load(
+    flags: Mapping[str, str | list[str] | None], environ: Mapping[str, str] = os.environ
+) -> Settings:
     """Resolve every option: flag, then environment, then default."""
     values: dict[str, Any] = {}
     for option in OPTIONS:
-        text = flags.get(option.name)
+        given = flags.get(option.name)
+        text = ",".join(given) if isinstance(given, list) else given
         if text is None:
             text = environ.get(option.env) or option.default
         if text is None:

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from proxy.coalesce import Coalescer
 from proxy.config import Settings
+from proxy.credentials import STANDARD
 from proxy.entry import Entry
 from proxy.fingerprints import FingerprintTracker
 from proxy.keycheck import KeyChecker
@@ -54,6 +55,7 @@ class Services:
     verifier: Verifier
     secret: Secret
     clock: Callable[[], float]
+    credential_names: tuple[str, ...] = STANDARD  # headers that carry a tenant's credential
     # Results of pure functions, remembered for repeated requests (see proxy/caching.py).
     calls: LRU[tuple[Any, ...], Call] = field(
         default_factory=lambda: LRU(MEMO_ITEMS, CALL_MEMO_BYTES)

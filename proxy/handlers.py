@@ -41,7 +41,9 @@ async def cacheable(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     raw = await read_limited(request, services.settings.max_body)
     await services.secret.settle()
-    asked = Asked.of(request.path, request.query_string, raw, request.headers)
+    asked = Asked.of(
+        request.path, request.query_string, raw, request.headers, services.credential_names
+    )
     call = remembered(services, asked)
     if call is not None:
         return await answer(services, request, call)
@@ -86,13 +88,12 @@ async def serve_if_trusted(
 
 
 async def key_accepted(services: Services, request: web.Request, call: Call) -> bool:
-    """A key the upstream refuses reads nothing; replay mode never asks the upstream."""
+    """Credentials the upstream refuses read nothing; replay mode never asks the upstream."""
     settings = services.settings
     if not services.keys.enabled or settings.cache_mode is CacheMode.REPLAY:
         return True
-    return await services.keys.accepted(
-        call.tenant, request.headers, unknown=settings.cache_scope is CacheScope.KEY
-    )
+    shared = settings.cache_scope is CacheScope.SHARED
+    return await services.keys.accepted(call, request.headers, shared)
 
 
 async def fill(services: Services, request: web.Request, call: Call) -> web.StreamResponse:
@@ -144,19 +145,28 @@ async def go_upstream(
         else:
             response = await forward(services, request, call, lease)
     except UpstreamError:
-        stale = await stale_entry(services, call)
+        stale = await trusted_stale(services, request, call)
         if stale is None:
             count_miss(services, call)
             raise
         return serve_hit(services, call, stale, Outcome.STALE)
     if response.status in STALE_STATUSES and not response.prepared:
-        stale = await stale_entry(services, call)
+        stale = await trusted_stale(services, request, call)
         if stale is not None:
             return serve_hit(services, call, stale, Outcome.STALE)
     count_miss(services, call)
     if 200 <= response.status < 300:
         services.keys.remember(call.tenant)
     return response
+
+
+async def trusted_stale(services: Services, request: web.Request, call: Call) -> Entry | None:
+    """A stored answer to stand in for a failed upstream, only for credentials that may read
+    the cache: a STALE answer passes the same key check as a HIT."""
+    stale = await stale_entry(services, call)
+    if stale is None or not await key_accepted(services, request, call):
+        return None
+    return stale
 
 
 def count_miss(services: Services, call: Call) -> None:

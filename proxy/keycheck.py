@@ -1,74 +1,197 @@
-"""Only a key the upstream accepts, recently, may receive a cached answer.
+"""Only credentials the upstream accepts, recently, may receive a cached answer.
 
 Without this, a revoked key would keep reading its own entries (scope `key`), and with scope
-`shared` any string in the Authorization header would read everyone's. A key counts as accepted
-when the upstream answered it with a 2xx within `interval` seconds, on a real request or on a
-`GET /v1/models` the proxy sends when it needs to know. Verdicts are kept by the key's HMAC,
-never by the key.
+`shared` any string in a credential header would read everyone's. A tenant counts as accepted
+when the upstream answered its credentials with a 2xx within `interval` seconds, on a real
+request (`remember`) or on a `GET /v1/models` the proxy sends when it needs to know.
+
+In `shared` scope a `/v1/models` 2xx counts only where that endpoint refuses made-up credentials
+of the same shape: some gateways list their models to anyone, and then the list proves nothing.
+There, a tenant reads only once the upstream served one of its real requests, or once the
+upstream served this very request to made-up credentials (an open upstream, with nothing to
+protect). A keyless caller is never vouched for by `/v1/models`: it reads, in either scope, only
+within `interval` of a keyless request the upstream served with a 2xx.
+
+Each check has its own deadline (`timeout`), and identical concurrent checks share one upstream
+call. When the upstream cannot say (down, hung, no `/v1/models`), a refusal stands, an accepted
+tenant keeps reading for at most one more interval, and then it is treated as never checked:
+nothing in `shared` scope, its own partition in `key` scope (answers made for those very
+credentials). Verdicts are kept by the tenant's HMAC, never by the credentials.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Mapping
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from multidict import CIMultiDictProxy
 
+from proxy.credentials import STANDARD, Credentials, extract, shape, stranger, upstream_headers
 from proxy.errors import UpstreamError
-from proxy.upstream import Upstream, auth_headers
+from proxy.lru import LRU
+from proxy.upstream import Upstream
+
+if TYPE_CHECKING:
+    from proxy.caching import Call
 
 log = logging.getLogger("proxy.keys")
 
 MAX_VERDICTS = 10_000
+MAX_LEARNED = 1024
+REFUSED = frozenset({401, 403})
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class Flights(Generic[K, V]):
+    """At most one task per key at a time: callers asking the same thing share its result.
+    A caller that gives up (cancelled) leaves the task running for the others."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[K, asyncio.Task[V]] = {}
+
+    async def join(self, key: K, work: Callable[[], Coroutine[Any, Any, V]]) -> V:
+        task = self._tasks.get(key)
+        if task is None:
+            task = asyncio.create_task(work())
+            self._tasks[key] = task
+            task.add_done_callback(lambda done: self._forget(key, done))
+        return await asyncio.shield(task)
+
+    def _forget(self, key: K, task: asyncio.Task[V]) -> None:
+        if self._tasks.get(key) is task:
+            del self._tasks[key]
+
+    async def close(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class KeyChecker:
-    def __init__(self, upstream: Upstream, interval: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        interval: float,
+        clock: Callable[[], float],
+        *,
+        timeout: float = 5.0,
+        carriers: tuple[str, ...] = STANDARD,
+    ) -> None:
         self._upstream = upstream
         self._interval = interval
         self._clock = clock
-        self._verdicts: OrderedDict[str, tuple[bool, float]] = OrderedDict()
+        self._timeout = timeout
+        self._carriers = carriers
+        self._verdicts: LRU[str, tuple[bool, float]] = LRU(MAX_VERDICTS)
+        self._learned: LRU[Hashable, tuple[bool, float]] = LRU(MAX_LEARNED)
+        self._checks: Flights[str, bool | None] = Flights()
+        self._probes: Flights[Hashable, int | None] = Flights()
 
     @property
     def enabled(self) -> bool:
         return self._interval > 0
 
     def remember(self, tenant: str) -> None:
-        """The upstream just answered this key with a 2xx."""
-        self._record(tenant, True)
+        """The upstream just answered a real request of this tenant with a 2xx."""
+        self._verdicts.put(tenant, (True, self._clock()))
 
-    async def accepted(self, tenant: str, headers: CIMultiDictProxy[str], unknown: bool) -> bool:
-        """Whether the caller's key (from its request `headers`; its HMAC is `tenant`) may read
-        the cache now. The credentials are read only when the upstream must be asked.
-
-        `unknown` is the answer when the upstream cannot say (down, no /v1/models) and no
-        earlier verdict exists.
-        """
-        verdict = self._verdicts.get(tenant)
+    async def accepted(self, call: Call, headers: CIMultiDictProxy[str], shared: bool) -> bool:
+        """Whether the caller of `call` (credentials in its request `headers`, read only when
+        the upstream must be asked) may read the cache now; `shared` is the cache scope."""
+        verdict = self._verdicts.get(call.tenant)
         if verdict is not None and self._clock() - verdict[1] < self._interval:
             return verdict[0]
-        status = await self._ask(auth_headers(headers))
-        if status is not None and 200 <= status < 300:
-            self._record(tenant, True)
-            return True
-        if status in (401, 403):
-            self._record(tenant, False)
-            log.info(
-                "key refused by the upstream: no cached answers for it", extra={"scope": tenant}
-            )
-            return False
-        return verdict[0] if verdict is not None else unknown
+        credentials = extract(headers, self._carriers)
+        if not credentials:
+            return False  # nothing to ask about: only a keyless request served 2xx vouches
+        found = await self._checks.join(
+            call.tenant, lambda: self._deadline(self._check(call, credentials, shared))
+        )
+        return self._fallback(call.tenant, shared) if found is None else found
 
-    async def _ask(self, auth: Mapping[str, str]) -> int | None:
+    async def close(self) -> None:
+        await self._checks.close()
+        await self._probes.close()
+
+    async def _check(self, call: Call, credentials: Credentials, shared: bool) -> bool | None:
+        status = await self._ask("GET", "/v1/models", upstream_headers(credentials))
+        if status in REFUSED:
+            log.info("credentials refused by the upstream: no cached answers for them")
+            return self._record(call.tenant, False)
+        if not _ok(status):
+            return None
+        if not shared or await self._models_tell_apart(credentials):
+            return self._record(call.tenant, True)
+        served = await self._serves_strangers(call, credentials)
+        return None if served is None else self._record(call.tenant, served)
+
+    async def _models_tell_apart(self, credentials: Credentials) -> bool:
+        """Whether `/v1/models` refuses made-up credentials of this shape (learned per
+        interval); when the upstream cannot say, it does not."""
+        key = ("models", shape(credentials))
+        refused = await self._learn(key, "GET", "/v1/models", stranger(credentials), None)
+        return refused is True
+
+    async def _serves_strangers(self, call: Call, credentials: Credentials) -> bool | None:
+        """Whether the upstream answers this request, sent with made-up credentials, with a
+        2xx (learned per shape, route and model, once per interval)."""
+        key = ("route", shape(credentials), call.route, call.model)
+        headers = {**stranger(credentials), "Content-Type": "application/json"}
+        path = call.route + (f"?{call.query}" if call.query else "")
+        refused = await self._learn(key, "POST", path, headers, call.body)
+        return None if refused is None else not refused
+
+    async def _learn(
+        self, key: Hashable, method: str, path: str, headers: Mapping[str, str], body: bytes | None
+    ) -> bool | None:
+        """Whether the upstream refuses these made-up credentials (None: it did not say)."""
+        known = self._learned.get(key)
+        if known is not None and self._clock() - known[1] < self._interval:
+            return known[0]
+        status = await self._probes.join(
+            key, lambda: self._deadline(self._ask(method, path, headers, body))
+        )
+        if status in REFUSED or _ok(status):
+            refused = status in REFUSED
+            self._learned.put(key, (refused, self._clock()))
+            return refused
+        return None
+
+    async def _deadline(self, work: Awaitable[V]) -> V | None:
         try:
-            status, _ = await self._upstream.fetch("GET", "/v1/models", auth, None)
+            async with asyncio.timeout(self._timeout):
+                return await work
+        except TimeoutError:
+            log.info("key check timed out: the upstream did not answer in time")
+            return None
+
+    async def _ask(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes | None = None
+    ) -> int | None:
+        try:
+            status, _ = await self._upstream.fetch(method, path, headers, body)
         except UpstreamError:
             return None
         return status
 
-    def _record(self, tenant: str, accepted: bool) -> None:
-        self._verdicts[tenant] = (accepted, self._clock())
-        self._verdicts.move_to_end(tenant)
-        while len(self._verdicts) > MAX_VERDICTS:
-            self._verdicts.popitem(last=False)
+    def _fallback(self, tenant: str, shared: bool) -> bool:
+        """The upstream cannot say: a refusal stands, an acceptance lasts one more interval."""
+        verdict = self._verdicts.get(tenant)
+        if verdict is not None and not verdict[0]:
+            return False
+        if verdict is not None and self._clock() - verdict[1] < 2 * self._interval:
+            return True
+        return not shared
+
+    def _record(self, tenant: str, accepted: bool) -> bool:
+        self._verdicts.put(tenant, (accepted, self._clock()))
+        return accepted
+
+
+def _ok(status: int | None) -> bool:
+    return status is not None and 200 <= status < 300

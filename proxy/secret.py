@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import os
 
+from proxy.credentials import Credentials, scope
 from proxy.lru import LRU
-from proxy.policy import ANONYMOUS, CacheScope, cache_scope
 from proxy.store.base import Store, StoreError
 
 MAX_REMEMBERED = 4096
@@ -28,16 +28,14 @@ class Secret:
         self.value = fixed.encode() if fixed else os.urandom(32)
         self.provisional = not fixed
         self._failed = False
-        self._tenants: LRU[str, str] = LRU(MAX_REMEMBERED)
+        self._tenants: LRU[Credentials, str] = LRU(MAX_REMEMBERED)
 
-    def tenant(self, api_key: str | None) -> str:
-        """The key's HMAC (its cache partition), remembered for the busiest keys."""
-        if not api_key:
-            return ANONYMOUS
-        found = self._tenants.get(api_key)
+    def tenant(self, credentials: Credentials) -> str:
+        """The credentials' HMAC (their cache partition), remembered for the busiest tenants."""
+        found = self._tenants.get(credentials)
         if found is None:
-            found = cache_scope(api_key, CacheScope.KEY, self.value)
-            self._tenants.put(api_key, found)
+            found = scope(credentials, self.value)
+            self._tenants.put(credentials, found)
         return found
 
     async def settle(self) -> None:

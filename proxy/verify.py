@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 
+from proxy.credentials import STANDARD, extract, upstream_headers
 from proxy.entry import Entry, fingerprint_of
 from proxy.errors import UpstreamError
 from proxy.fingerprints import FingerprintTracker
@@ -26,7 +27,7 @@ from proxy.metrics import Metrics
 from proxy.sse import StreamRecorder
 from proxy.store.base import StoreError
 from proxy.textdistance import normalized_levenshtein
-from proxy.upstream import Upstream, auth_headers
+from proxy.upstream import Upstream
 
 if TYPE_CHECKING:
     from proxy.caching import Call
@@ -95,12 +96,14 @@ class Verifier:
         metrics: Metrics,
         rate: float,
         draw: Callable[[], float],
+        carriers: tuple[str, ...] = STANDARD,
     ) -> None:
         self._upstream = upstream
         self._fingerprints = fingerprints
         self._metrics = metrics
         self._rate = rate
         self._draw = draw
+        self._carriers = carriers
         self._tasks: set[asyncio.Task[None]] = set()
 
     def sample(self, call: Call, entry: Entry, headers: CIMultiDictProxy[str]) -> None:
@@ -108,7 +111,8 @@ class Verifier:
         request `headers` (read only when sampled); returns at once either way."""
         if self._rate <= 0 or self._draw() >= self._rate or len(self._tasks) >= MAX_IN_FLIGHT:
             return
-        task = asyncio.create_task(self._check(call, entry, auth_headers(headers)))
+        auth = upstream_headers(extract(headers, self._carriers))
+        task = asyncio.create_task(self._check(call, entry, auth))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -117,7 +121,7 @@ class Verifier:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _check(self, call: Call, entry: Entry, auth: dict[str, str]) -> None:
+    async def _check(self, call: Call, entry: Entry, auth: Mapping[str, str]) -> None:
         model = self._metrics.model(call.model)
         fresh = await self._ask(call, auth)
         if fresh is None:
@@ -135,8 +139,9 @@ class Verifier:
         self._metrics.verify_distance.labels(model, entry.fingerprint).observe(distance)
         self._metrics.verify.labels(model, "same" if distance == 0 else "differs").inc()
 
-    async def _ask(self, call: Call, auth: dict[str, str]) -> bytes | None:
-        headers = {**auth, "Content-Type": "application/json"}
+    async def _ask(self, call: Call, auth: Mapping[str, str]) -> bytes | None:
+        headers = CIMultiDict(auth)
+        headers["Content-Type"] = "application/json"
         path = call.route + (f"?{call.query}" if call.query else "")
         try:
             status, body = await self._upstream.fetch("POST", path, headers, call.body)

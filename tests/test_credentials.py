@@ -1,0 +1,139 @@
+"""Which headers carry a tenant's credential, and the HMAC input made of them (pure)."""
+
+from __future__ import annotations
+
+import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from proxy.config import SettingError, load
+from proxy.credentials import (
+    STANDARD,
+    Credentials,
+    extract,
+    material,
+    names,
+    parse_names,
+    scope,
+    shape,
+    stranger,
+)
+from proxy.policy import ANONYMOUS, CacheScope, cache_scope
+
+SECRET = b"s" * 32
+
+
+def headers(*pairs: tuple[str, str]) -> CIMultiDictProxy[str]:
+    return CIMultiDictProxy(CIMultiDict(pairs))
+
+
+def tenant(*pairs: tuple[str, str], carriers: tuple[str, ...] = STANDARD) -> str:
+    return scope(extract(headers(*pairs), carriers), SECRET)
+
+
+def test_every_standard_credential_header_of_any_scheme_is_read() -> None:
+    found = extract(
+        headers(
+            ("Authorization", "Basic YTpi"),
+            ("API-Key", "az"),
+            ("X-Api-Key", "an"),
+            ("Accept", "x"),
+        )
+    )
+    assert found == (("authorization", "Basic YTpi"), ("api-key", "az"), ("x-api-key", "an"))
+
+
+def test_anonymous_only_when_no_credential_header_has_a_value() -> None:
+    assert tenant() == ANONYMOUS
+    assert tenant(("Authorization", "  "), ("x-api-key", "")) == ANONYMOUS
+    assert tenant(("Authorization", "Basic YTpi")) != ANONYMOUS
+
+
+def test_any_differing_credential_value_is_another_tenant() -> None:
+    base = [("Authorization", "Bearer sk-a"), ("x-api-key", "k1")]
+    tenants = {
+        tenant(*base),
+        tenant(base[0], ("x-api-key", "k2")),
+        tenant(base[0]),
+        tenant(base[1]),
+        tenant(("Authorization", "Basic sk-a"), base[1]),
+        tenant(*base, ("x-api-key", "k3")),
+    }
+    assert len(tenants) == 6
+
+
+def test_header_name_case_and_order_do_not_matter() -> None:
+    one = tenant(("Authorization", "Bearer sk-a"), ("X-API-KEY", "k"))
+    assert one == tenant(("x-api-key", "k"), ("authorization", "Bearer sk-a"))
+
+
+@pytest.mark.parametrize(
+    ("left", "right"),
+    [
+        ((("x-api-key", "a,b"),), (("x-api-key", "a"), ("x-api-key", "b"))),
+        ((("x-api-key", "ab"),), (("x-api-key", "a"), ("x-api-key", "b"))),
+        ((("api-key", "x"), ("x-api-key", "y")), (("api-key", "x:y"),)),
+        ((("api-key", "1:a,"),), (("api-key", "1"), ("x-api-key", "a"))),
+        ((("x-api-key", "k"),), (("x-k", "api-key"),)),
+    ],
+)
+def test_no_two_sets_of_credentials_give_the_same_hmac_input(
+    left: Credentials, right: Credentials
+) -> None:
+    assert material(left) != material(right)
+
+
+def test_a_lone_bearer_or_api_key_keeps_the_scope_it_always_had() -> None:
+    legacy = cache_scope("sk-a", CacheScope.KEY, SECRET)
+    assert tenant(("Authorization", "Bearer sk-a")) == legacy
+    assert tenant(("Authorization", "bearer  sk-a ")) == legacy
+    assert tenant(("api-key", "sk-a")) == legacy
+    assert tenant(("x-api-key", "sk-a")) != legacy
+    assert material((("authorization", "Bearer \x00x"),)).startswith(b"\x00")
+
+
+def test_undecodable_header_bytes_are_hashed_as_sent() -> None:
+    assert tenant(("x-api-key", "\udcff")) != tenant(("x-api-key", "\udcfe"))
+
+
+def test_extra_names_are_read_only_when_configured() -> None:
+    carriers = names(["X-Org-Token"])
+    assert carriers == (*STANDARD, "x-org-token")
+    assert tenant(("X-Org-Token", "1")) == ANONYMOUS
+    assert tenant(("X-Org-Token", "1"), carriers=carriers) != tenant(
+        ("x-org-token", "2"), carriers=carriers
+    )
+
+
+def test_setting_names_are_validated_and_lower_cased() -> None:
+    assert parse_names(" X-A, x-b ,,") == ("x-a", "x-b")
+    for bad in ("x a", "x:y", "X-Repro-Namespace"):
+        with pytest.raises(ValueError, match="x"):
+            parse_names(bad)
+
+
+def test_the_setting_joins_repeated_flags_and_comma_separated_environment() -> None:
+    assert load({"credential_header": ["X-A", "x-b,x-c"]}, {}).credential_header == (
+        "x-a",
+        "x-b",
+        "x-c",
+    )
+    assert load({}, {"REPRO_CREDENTIAL_HEADER": "X-Tenant"}).credential_header == ("x-tenant",)
+    assert load({}, {}).credential_header == ()
+    with pytest.raises(SettingError, match="--credential-header / REPRO_CREDENTIAL_HEADER"):
+        load({"credential_header": ["bad name"]}, {})
+
+
+def test_the_key_check_timeout_setting() -> None:
+    assert load({}, {}).key_check_timeout == 5.0
+    assert load({}, {"REPRO_KEY_CHECK_TIMEOUT": "1.5"}).key_check_timeout == 1.5
+    with pytest.raises(SettingError, match="--key-check-timeout"):
+        load({"key_check_timeout": "-1"}, {})
+
+
+def test_a_stranger_has_the_same_shape_and_none_of_the_values() -> None:
+    real = (("authorization", "Basic YTpi"), ("x-api-key", "k"))
+    made_up = stranger(real)
+    assert list(made_up) == ["authorization", "x-api-key"]
+    assert made_up["authorization"].startswith("Basic ") and made_up["x-api-key"] != "k"
+    assert shape(real) == ("authorization basic", "x-api-key")
+    assert stranger(real) != made_up
