@@ -234,15 +234,17 @@ def _completion(request: bytes) -> bytes:
 
 
 class Tinyproxy:
-    """tinyproxy in the foreground on a free loopback port, logging each request it forwards."""
+    """tinyproxy in the foreground on a free loopback port, logging each request it receives;
+    with `login`, it wants those Basic credentials."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, login: tuple[str, str] | None = None) -> None:
         self.port = free_port()
         self.log = directory / "tinyproxy.log"
         self.conf = directory / "tinyproxy.conf"
+        auth = f"BasicAuth {login[0]} {login[1]}\n" if login else ""
         self.conf.write_text(
             f"Port {self.port}\nListen 127.0.0.1\nAllow 127.0.0.1\nTimeout 30\n"
-            f'LogFile "{self.log}"\nLogLevel Info\nMaxClients 50\nDisableViaHeader Yes\n'
+            f'LogFile "{self.log}"\nLogLevel Info\nMaxClients 50\nDisableViaHeader Yes\n{auth}'
         )
         self._proc: subprocess.Popen[bytes] | None = None
 

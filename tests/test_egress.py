@@ -118,6 +118,44 @@ class TestForwardProxyVariables:
             assert upstream.requests == 1
         assert tinyproxy.requests() == [f"CONNECT 127.0.0.1:{upstream.port} HTTP/1.1"]
 
+    def test_credentials_in_the_proxy_url_open_a_forward_proxy_that_wants_them(
+        self, start_proxy: ProxyFactory, tmp_path: Path, ca: Authority, server_cert: Issued
+    ) -> None:
+        with (
+            Tinyproxy(tmp_path, login=("egress", "s3cret")) as forward,
+            Upstream(tls=server_tls(server_cert)) as upstream,
+        ):
+            proxy = start_proxy(
+                "--upstream-ca",
+                str(ca.pem),
+                upstream=upstream.v1,
+                env={"HTTPS_PROXY": f"http://egress:s3cret@127.0.0.1:{forward.port}"},
+            )
+            assert chat(proxy, "with proxy credentials").status_code == 200
+            assert upstream.requests == 1
+
+    def test_a_forward_proxy_refusing_the_tunnel_is_a_502_naming_the_forward_proxy(
+        self, start_proxy: ProxyFactory, tmp_path: Path, ca: Authority, server_cert: Issued
+    ) -> None:
+        with (
+            Tinyproxy(tmp_path, login=("egress", "s3cret")) as forward,
+            Upstream(tls=server_tls(server_cert)) as upstream,
+        ):
+            proxy = start_proxy(
+                "--upstream-ca", str(ca.pem), upstream=upstream.v1, env={"HTTPS_PROXY": forward.url}
+            )
+            assert_unreachable(chat(proxy, "no proxy credentials"), "forward proxy refused: 407")
+            assert upstream.requests == 0
+
+    def test_an_unreachable_forward_proxy_is_a_502_that_does_not_show_its_password(
+        self, start_proxy: ProxyFactory
+    ) -> None:
+        closed = f"http://egress:s3cret@127.0.0.1:{free_port()}"
+        proxy = start_proxy(upstream="https://127.0.0.1:9/v1", env={"HTTPS_PROXY": closed})
+        response = chat(proxy, "nobody there")
+        assert_unreachable(response, "Could not connect to the forward proxy")
+        assert "s3cret" not in response.text
+
     def test_http_proxy_is_not_used_for_an_https_upstream(
         self,
         start_proxy: ProxyFactory,
