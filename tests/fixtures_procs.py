@@ -27,8 +27,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# The proxy honours these for its upstream calls: the test machine's own must not route
+# loopback traffic; a test that wants a forward proxy passes them in `extra`.
+_PROXY_VARS = frozenset({"http_proxy", "https_proxy", "no_proxy", "all_proxy"})
+
+
 def _clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REPRO_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("REPRO_") and k.lower() not in _PROXY_VARS
+    }
     env.update(extra or {})
     return env
 

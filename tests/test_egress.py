@@ -1,0 +1,350 @@
+"""Egress as enterprises need it, end to end: the proxy variables with tinyproxy as a real
+forward proxy, a TLS upstream signed by a CA made in the test (--upstream-ca), one that asks for
+a client certificate (--upstream-cert / --upstream-key), and the cap on open upstream
+connections (--upstream-connections)."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from proxy.upstream import Egress, tls_context
+from tests.egress_peers import Authority, Issued, Tinyproxy, Upstream, server_tls
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim, _clean_env, free_port
+
+KEY = "Bearer sk-egress"
+
+
+@pytest.fixture
+def tinyproxy(tmp_path: Path) -> Iterator[Tinyproxy]:
+    with Tinyproxy(tmp_path) as forward:
+        yield forward
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> Authority:
+    """The enterprise's own CA: not in the system store."""
+    return Authority.create(tmp_path, "corporate-ca")
+
+
+@pytest.fixture
+def server_cert(tmp_path: Path, ca: Authority) -> Issued:
+    return ca.issue(tmp_path, "upstream", server=True)
+
+
+@pytest.fixture
+def client_cert(tmp_path: Path, ca: Authority) -> Issued:
+    return ca.issue(tmp_path, "client", server=False)
+
+
+def chat(proxy: Proxy, content: str) -> httpx.Response:
+    """One chat completion through the proxy; never through a proxy of the test machine."""
+    body = {"model": "gpt-egress", "messages": [{"role": "user", "content": content}]}
+    with httpx.Client(trust_env=False, timeout=30) as client:
+        return client.post(
+            proxy.v1 + "/chat/completions", json=body, headers={"Authorization": KEY}
+        )
+
+
+def answer(response: httpx.Response) -> str:
+    return str(response.json()["choices"][0]["message"]["content"])
+
+
+def assert_unreachable(response: httpx.Response, words: str) -> None:
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert error["code"] == "upstream_unreachable"
+    assert words in error["message"]
+
+
+class TestForwardProxyVariables:
+    @pytest.mark.parametrize("name", ["HTTP_PROXY", "http_proxy"])
+    def test_http_upstream_calls_go_through_the_forward_proxy_named_by(
+        self, name: str, start_proxy: ProxyFactory, sim: Sim, tinyproxy: Tinyproxy
+    ) -> None:
+        proxy = start_proxy(env={name: tinyproxy.url})
+        response = chat(proxy, "through the forward proxy")
+        assert response.status_code == 200
+        assert response.json()["system_fingerprint"] == "fp_sim_0001"
+        assert len(sim.llm_requests()) == 1
+        target = f"POST http://127.0.0.1:{sim.port}/v1/chat/completions HTTP/1.1"
+        assert tinyproxy.requests() == [target]
+
+    @pytest.mark.parametrize(
+        "variables",
+        [
+            {"NO_PROXY": "127.0.0.1"},
+            {"NO_PROXY": "localhost,127.0.0.1"},
+            {"no_proxy": "127.0.0.1"},
+        ],
+    )
+    def test_hosts_in_no_proxy_are_called_directly(
+        self,
+        variables: dict[str, str],
+        start_proxy: ProxyFactory,
+        sim: Sim,
+        tinyproxy: Tinyproxy,
+    ) -> None:
+        proxy = start_proxy(env={"HTTP_PROXY": tinyproxy.url, **variables})
+        response = chat(proxy, "straight to the upstream")
+        assert response.status_code == 200
+        assert len(sim.llm_requests()) == 1
+        assert tinyproxy.requests() == []
+
+    def test_an_https_upstream_is_reached_through_a_connect_tunnel_of_https_proxy(
+        self,
+        start_proxy: ProxyFactory,
+        tinyproxy: Tinyproxy,
+        ca: Authority,
+        server_cert: Issued,
+    ) -> None:
+        with Upstream(tls=server_tls(server_cert)) as upstream:
+            proxy = start_proxy(
+                "--upstream-ca",
+                str(ca.pem),
+                upstream=upstream.v1,
+                env={"HTTPS_PROXY": tinyproxy.url},
+            )
+            response = chat(proxy, "inside the tunnel")
+            assert response.status_code == 200
+            assert "inside the tunnel" in answer(response)
+            assert upstream.requests == 1
+        assert tinyproxy.requests() == [f"CONNECT 127.0.0.1:{upstream.port} HTTP/1.1"]
+
+    def test_credentials_in_the_proxy_url_open_a_forward_proxy_that_wants_them(
+        self, start_proxy: ProxyFactory, tmp_path: Path, ca: Authority, server_cert: Issued
+    ) -> None:
+        with (
+            Tinyproxy(tmp_path, login=("egress", "s3cret")) as forward,
+            Upstream(tls=server_tls(server_cert)) as upstream,
+        ):
+            proxy = start_proxy(
+                "--upstream-ca",
+                str(ca.pem),
+                upstream=upstream.v1,
+                env={"HTTPS_PROXY": f"http://egress:s3cret@127.0.0.1:{forward.port}"},
+            )
+            assert chat(proxy, "with proxy credentials").status_code == 200
+            assert upstream.requests == 1
+
+    def test_a_forward_proxy_refusing_the_tunnel_is_a_502_naming_the_forward_proxy(
+        self, start_proxy: ProxyFactory, tmp_path: Path, ca: Authority, server_cert: Issued
+    ) -> None:
+        with (
+            Tinyproxy(tmp_path, login=("egress", "s3cret")) as forward,
+            Upstream(tls=server_tls(server_cert)) as upstream,
+        ):
+            proxy = start_proxy(
+                "--upstream-ca", str(ca.pem), upstream=upstream.v1, env={"HTTPS_PROXY": forward.url}
+            )
+            assert_unreachable(chat(proxy, "no proxy credentials"), "forward proxy refused: 407")
+            assert upstream.requests == 0
+
+    def test_an_unreachable_forward_proxy_is_a_502_that_does_not_show_its_password(
+        self, start_proxy: ProxyFactory
+    ) -> None:
+        closed = f"http://egress:s3cret@127.0.0.1:{free_port()}"
+        proxy = start_proxy(upstream="https://127.0.0.1:9/v1", env={"HTTPS_PROXY": closed})
+        response = chat(proxy, "nobody there")
+        assert_unreachable(response, "Could not connect to the forward proxy")
+        assert "s3cret" not in response.text
+
+    def test_http_proxy_is_not_used_for_an_https_upstream(
+        self,
+        start_proxy: ProxyFactory,
+        tinyproxy: Tinyproxy,
+        ca: Authority,
+        server_cert: Issued,
+    ) -> None:
+        with Upstream(tls=server_tls(server_cert)) as upstream:
+            proxy = start_proxy(
+                "--upstream-ca",
+                str(ca.pem),
+                upstream=upstream.v1,
+                env={"HTTP_PROXY": tinyproxy.url},
+            )
+            assert chat(proxy, "direct over TLS").status_code == 200
+        assert tinyproxy.requests() == []
+
+
+class TestUpstreamCa:
+    def test_an_upstream_signed_by_an_unknown_ca_is_a_502_saying_it_is_not_trusted(
+        self, start_proxy: ProxyFactory, server_cert: Issued
+    ) -> None:
+        with Upstream(tls=server_tls(server_cert)) as upstream:
+            proxy = start_proxy(upstream=upstream.v1)
+            response = chat(proxy, "who are you")
+            assert_unreachable(response, "certificate is not trusted")
+            assert upstream.requests == 0
+
+    def test_upstream_ca_makes_an_upstream_signed_by_that_ca_trusted(
+        self, start_proxy: ProxyFactory, ca: Authority, server_cert: Issued
+    ) -> None:
+        with Upstream(tls=server_tls(server_cert)) as upstream:
+            proxy = start_proxy(env={"REPRO_UPSTREAM_CA": str(ca.pem)}, upstream=upstream.v1)
+            response = chat(proxy, "trusted now")
+            assert response.status_code == 200
+            assert "trusted now" in answer(response)
+
+    def test_upstream_ca_adds_to_the_system_store_rather_than_replacing_it(
+        self, start_proxy: ProxyFactory, tmp_path: Path, ca: Authority
+    ) -> None:
+        # SSL_CERT_FILE is where OpenSSL finds the system store: here a CA of the test's own.
+        system = Authority.create(tmp_path, "system-ca")
+        public = system.issue(tmp_path, "public-upstream", server=True)
+        with Upstream(tls=server_tls(public)) as upstream:
+            proxy = start_proxy(
+                "--upstream-ca",
+                str(ca.pem),
+                upstream=upstream.v1,
+                env={"SSL_CERT_FILE": str(system.pem), "SSL_CERT_DIR": str(tmp_path / "none")},
+            )
+            response = chat(proxy, "signed by the system store")
+            assert response.status_code == 200
+            assert upstream.requests == 1
+
+    def test_the_tls_context_keeps_every_system_ca_and_adds_the_given_one(
+        self, ca: Authority
+    ) -> None:
+        system = ssl.create_default_context()
+        context = tls_context(Egress(ca=str(ca.pem)))
+        stats = context.cert_store_stats()
+        assert stats["x509_ca"] == system.cert_store_stats()["x509_ca"] + 1
+        subjects = [cert["subject"] for cert in context.get_ca_certs()]
+        assert ((("commonName", "corporate-ca"),),) in subjects
+        assert all(cert["subject"] in subjects for cert in system.get_ca_certs())
+
+
+class TestClientCertificate:
+    def test_an_upstream_that_requires_a_client_certificate_refuses_the_proxy_without_one(
+        self, start_proxy: ProxyFactory, ca: Authority, server_cert: Issued
+    ) -> None:
+        with Upstream(tls=server_tls(server_cert, client_ca=ca.pem)) as upstream:
+            proxy = start_proxy("--upstream-ca", str(ca.pem), upstream=upstream.v1)
+            response = chat(proxy, "no identity")
+            assert response.status_code == 502
+            assert response.json()["error"]["code"] == "upstream_unreachable"
+            assert upstream.requests == 0
+
+    def test_upstream_cert_and_key_let_the_proxy_in(
+        self, start_proxy: ProxyFactory, ca: Authority, server_cert: Issued, client_cert: Issued
+    ) -> None:
+        with Upstream(tls=server_tls(server_cert, client_ca=ca.pem)) as upstream:
+            proxy = start_proxy(
+                "--upstream-ca",
+                str(ca.pem),
+                "--upstream-cert",
+                str(client_cert.cert),
+                "--upstream-key",
+                str(client_cert.key),
+                upstream=upstream.v1,
+            )
+            response = chat(proxy, "with identity")
+            assert response.status_code == 200
+            assert "with identity" in answer(response)
+
+    def test_a_client_certificate_file_holding_its_key_needs_no_upstream_key(
+        self,
+        start_proxy: ProxyFactory,
+        tmp_path: Path,
+        ca: Authority,
+        server_cert: Issued,
+        client_cert: Issued,
+    ) -> None:
+        both = tmp_path / "client-with-key.pem"
+        both.write_bytes(client_cert.cert.read_bytes() + client_cert.key.read_bytes())
+        with Upstream(tls=server_tls(server_cert, client_ca=ca.pem)) as upstream:
+            proxy = start_proxy(
+                upstream=upstream.v1,
+                env={"REPRO_UPSTREAM_CA": str(ca.pem), "REPRO_UPSTREAM_CERT": str(both)},
+            )
+            assert chat(proxy, "one file").status_code == 200
+
+
+def serve_exit(*flags: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "proxy", "serve", "--port", str(free_port()), *flags]
+    return subprocess.run(argv, env=_clean_env(env), capture_output=True, text=True, timeout=30)
+
+
+class TestWrongTlsFiles:
+    @pytest.mark.parametrize(
+        ("flags", "named"),
+        [
+            (("--upstream-ca", "{text}"), "--upstream-ca"),
+            (("--upstream-ca", "{missing}"), "--upstream-ca"),
+            (("--upstream-cert", "{text}"), "--upstream-cert"),
+            (("--upstream-cert", "{ca}"), "--upstream-cert"),
+            (("--upstream-cert", "{cert}", "--upstream-key", "{text}"), "--upstream-cert"),
+            (("--upstream-key", "{key}"), "--upstream-key"),
+        ],
+    )
+    def test_a_wrong_file_stops_serve_with_status_2_and_one_line_naming_the_setting(
+        self,
+        flags: tuple[str, ...],
+        named: str,
+        tmp_path: Path,
+        ca: Authority,
+        client_cert: Issued,
+    ) -> None:
+        text = tmp_path / "notes.txt"
+        text.write_text("not a certificate\n")
+        files = {
+            "text": text,
+            "missing": tmp_path / "missing.pem",
+            "ca": ca.pem,
+            "cert": client_cert.cert,
+            "key": client_cert.key,
+        }
+        result = serve_exit(*(flag.format(**files) for flag in flags))
+        assert result.returncode == 2
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1
+        assert lines[0].startswith(f"repro-proxy: {named}")
+
+    def test_a_wrong_file_in_the_environment_is_named_by_its_setting_too(
+        self, tmp_path: Path
+    ) -> None:
+        text = tmp_path / "notes.txt"
+        text.write_text("not a certificate\n")
+        result = serve_exit(env={"REPRO_UPSTREAM_CA": str(text)})
+        assert result.returncode == 2
+        assert result.stderr.count("\n") == 1
+        assert "REPRO_UPSTREAM_CA" in result.stderr
+
+
+def concurrent_chats(proxy: Proxy, count: int) -> list[httpx.Response]:
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(lambda i: chat(proxy, f"distinct body {i}"), range(count)))
+
+
+class TestConnectionCap:
+    @pytest.mark.parametrize(
+        ("flags", "env"),
+        [(("--upstream-connections", "2"), {}), ((), {"REPRO_UPSTREAM_CONNECTIONS": "2"})],
+    )
+    def test_upstream_connections_caps_the_connections_open_at_once(
+        self, flags: tuple[str, ...], env: dict[str, str], start_proxy: ProxyFactory
+    ) -> None:
+        with Upstream(delay=0.5) as upstream:
+            proxy = start_proxy(*flags, env=env, upstream=upstream.v1)
+            responses = concurrent_chats(proxy, 6)
+            assert [r.status_code for r in responses] == [200] * 6
+            assert all(f"distinct body {i}" in answer(r) for i, r in enumerate(responses))
+            assert upstream.requests == 6
+            assert upstream.peak == 2
+
+    def test_without_a_cap_concurrent_calls_open_more_connections(
+        self, start_proxy: ProxyFactory
+    ) -> None:
+        with Upstream(delay=0.5) as upstream:
+            proxy = start_proxy(upstream=upstream.v1)
+            responses = concurrent_chats(proxy, 6)
+            assert [r.status_code for r in responses] == [200] * 6
+            assert upstream.peak > 2
