@@ -155,8 +155,8 @@ async def go_upstream(
         if stale is not None:
             return serve_hit(services, call, stale, Outcome.STALE)
     count_miss(services, call)
-    if 200 <= response.status < 300:
-        services.keys.remember(call.tenant)
+    if 200 <= response.status < 300 and "X-Repro-Fingerprint" in response.headers:
+        services.keys.remember(call.tenant)  # an answer, not an error dressed as a 200
     return response
 
 

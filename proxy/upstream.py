@@ -87,11 +87,6 @@ def request_headers(
     return out
 
 
-def auth_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
-    """The caller's credentials exactly as sent, to ask the upstream about them."""
-    return {name: headers[name] for name in ("Authorization", "api-key") if name in headers}
-
-
 def safe_headers(incoming: Mapping[str, str]) -> CIMultiDict[str]:
     """The upstream's headers minus any whose name is not a token or whose value holds a line
     break or another control character: such a header is never sent on or stored."""
@@ -133,14 +128,14 @@ class Egress:
 
 
 def env_proxy(url: str, environ: Mapping[str, str]) -> str | None:
-    """The forward proxy for `url` from HTTPS_PROXY / HTTP_PROXY / NO_PROXY (lower case first,
-    as curl reads them), or None. Read once at start: there is only one upstream."""
+    """The forward proxy for `url` from HTTPS_PROXY / HTTP_PROXY / ALL_PROXY / NO_PROXY (lower
+    case first, as curl reads them), or None. Read once at start: there is only one upstream."""
 
     def get(name: str) -> str:
         return environ.get(name.lower()) or environ.get(name.upper()) or ""
 
     parsed = URL(url)
-    proxy = get(f"{parsed.scheme}_proxy")
+    proxy = get(f"{parsed.scheme}_proxy") or get("all_proxy")
     if not proxy or not parsed.host:
         return None
     no_proxy = get("no_proxy")
@@ -271,6 +266,7 @@ class Upstream:
                 connector=connector,
                 timeout=aiohttp.ClientTimeout(
                     total=None,
+                    connect=self.read_timeout or None,  # includes waiting for a free connection
                     sock_connect=self.connect_timeout,
                     sock_read=self.read_timeout or None,
                 ),
@@ -362,7 +358,10 @@ def _raise_mapped(exc: BaseException, when: str) -> NoReturn:
             raise cause from None
         cause = cause.__cause__
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        raise UpstreamTimeout("Could not connect to the upstream in time.") from exc
+        raise UpstreamTimeout(
+            "No upstream connection in time (--connect-timeout, or every one of "
+            "--upstream-connections busy for --upstream-timeout)."
+        ) from exc
     if isinstance(exc, TimeoutError):
         raise UpstreamTimeout(f"The upstream timed out {when}.") from exc
     if isinstance(exc, aiohttp.ClientConnectorDNSError):

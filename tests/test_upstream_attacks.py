@@ -316,3 +316,31 @@ def test_a_system_fingerprint_that_is_not_a_short_token_is_read_as_none(
     assert "X-Injected" not in first.headers
     assert (hit.headers["X-Repro-Cache"], hit.headers["X-Repro-Fingerprint"]) == ("HIT", "none")
     assert "X-Injected" not in metrics and "aaaa" not in metrics
+
+
+def test_an_error_dressed_as_a_200_does_not_make_a_made_up_key_trusted(
+    start_proxy: ProxyFactory,
+) -> None:
+    async def gateway(writer: asyncio.StreamWriter, request: Received) -> None:
+        real = request.headers.get("authorization") == "Bearer sk-real"
+        if request.request_line.startswith("GET /v1/models"):
+            answer = http_answer(b'{"data": []}') if real else http_answer(b"{}", status="401 No")
+        elif real:
+            answer = http_answer(completion("the real tenant's answer"))
+        else:
+            answer = http_answer(orjson.dumps({"error": {"message": "bad key"}}))
+        writer.write(answer)
+        await writer.drain()
+
+    fake = {**AUTH, "Authorization": "Bearer sk-made-up"}
+    with Scripted(gateway) as upstream:
+        proxy = start_proxy("--cache-scope", "shared", upstream=upstream.v1)
+        url = proxy.v1 + "/chat/completions"
+        stored = httpx.post(
+            url, content=chat("q"), headers={**AUTH, "Authorization": "Bearer sk-real"}
+        )
+        httpx.post(url, content=chat("another question"), headers=fake)
+        probe = httpx.post(url, content=chat("q"), headers=fake)
+    assert stored.json()["choices"][0]["message"]["content"] == "the real tenant's answer"
+    assert probe.headers["X-Repro-Cache"] != "HIT"
+    assert b"real tenant" not in probe.content
