@@ -10,6 +10,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from proxy import bodies
 from proxy.caching import (
     Asked,
     Call,
@@ -39,7 +40,8 @@ from proxy.upstream import request_headers, response_headers
 
 async def cacheable(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
-    raw = await read_limited(request, services.settings.max_body)
+    settings = services.settings
+    raw = await read_limited(request, settings.max_body, settings.body_timeout)
     await services.secret.settle()
     asked = Asked.of(request.path, request.query_string, raw, request.headers)
     call = remembered(services, asked)
@@ -164,9 +166,9 @@ def count_miss(services: Services, call: Call) -> None:
         services.metrics.of(call.model).misses.inc()
 
 
-async def read_limited(request: web.Request, limit: int) -> bytes:
+async def read_limited(request: web.Request, limit: int, idle: float) -> bytes:
     """The whole body (inflated, if it came compressed), refused as soon as it is known to
-    exceed `limit`."""
+    exceed `limit`, or once it goes silent for `idle` seconds."""
     if request.content_length is not None and request.content_length > limit:
         raise RequestTooLarge(_too_large(limit))
     content = request.content
@@ -176,7 +178,7 @@ async def read_limited(request: web.Request, limit: int) -> bytes:
             raise RequestTooLarge(_too_large(limit))
         return body
     received = bytearray()
-    async for chunk in content.iter_any():
+    async for chunk in bodies.chunks(content, idle):
         received += chunk
         if len(received) > limit:
             raise RequestTooLarge(_too_large(limit))
