@@ -32,6 +32,7 @@ from proxy.errors import (
     RequestTooLarge,
     UpstreamError,
 )
+from proxy.paths import forward_target
 from proxy.policy import STALE_STATUSES, CacheMode, CacheScope, Outcome
 from proxy.store.base import StoreError
 from proxy.streaming import forward_stream
@@ -200,7 +201,7 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
         headers["Content-Length"] = str(request.content_length)
     data = _limited_stream(request, limit) if request.body_exists else None
     upstream = await services.upstream.send(
-        request.method, request.path_qs, headers, data, decode=False
+        request.method, forward_target(request.raw_path), headers, data, decode=False
     )
     try:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
