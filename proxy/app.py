@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mappi
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDictProxy
 from prometheus_client import CollectorRegistry
 
 from proxy import admin, cassette, credentials, handlers
@@ -19,7 +20,7 @@ from proxy.canonical import CACHEABLE_ROUTES
 from proxy.coalesce import Coalescer
 from proxy.config import Settings
 from proxy.context import SERVICES, Services, entry_memo
-from proxy.errors import ProxyError
+from proxy.errors import InvalidHeader, ProxyError
 from proxy.fingerprints import FingerprintTracker
 from proxy.keycheck import KeyChecker
 from proxy.metrics import Metrics
@@ -211,6 +212,7 @@ def observed(handler: Handler, route: str | None = None) -> Handler:
         services = request.app[SERVICES]
         started = services.clock()
         try:
+            check_headers(request.headers)
             response = await handler(request)
         except ProxyError as exc:
             response = _error_response(exc)
@@ -225,6 +227,25 @@ def observed(handler: Handler, route: str | None = None) -> Handler:
         return response
 
     return observe
+
+
+def check_headers(headers: CIMultiDictProxy[str]) -> None:
+    """Refuse a header value outside Latin-1, the character set HTTP defines: forwarded or
+    compared, it would fail to encode (a 500). `X-Repro-*` headers are the proxy's own and are
+    never forwarded, so they may hold any UTF-8 (X-Repro-Namespace does). The common case, all
+    ASCII, is one C-level pass."""
+    if all(map(str.isascii, headers.values())):
+        return
+    for name, value in headers.items():
+        if name.lower().startswith("x-repro-"):
+            continue
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            raise InvalidHeader(
+                f"The value of header {name} is not Latin-1 text; the proxy cannot forward it.",
+                name,
+            ) from None
 
 
 def _error_response(exc: ProxyError) -> web.Response:

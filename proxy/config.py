@@ -43,6 +43,18 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise ValueError("expected a number of seconds > 0")
+    return value
+
+
+def _connections(text: str) -> int | None:
+    """`auto` (None): derived from the descriptor limit when serving starts."""
+    return None if text.strip().lower() == "auto" else _positive_int(text)
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 1:
@@ -308,6 +320,36 @@ OPTIONS = (
         "open upstream connections at most; more requests wait for one; 0 = no cap",
     ),
     Option(
+        "header_timeout",
+        "REPRO_HEADER_TIMEOUT",
+        "10",
+        _positive_seconds,
+        "seconds a client has to send a request's head, from its first byte (from the "
+        "connection's opening for the first request)",
+    ),
+    Option(
+        "body_timeout",
+        "REPRO_BODY_TIMEOUT",
+        "60",
+        _positive_seconds,
+        "seconds a request body may go silent between two reads",
+    ),
+    Option(
+        "keepalive_timeout",
+        "REPRO_KEEPALIVE_TIMEOUT",
+        "75",
+        _positive_seconds,
+        "seconds an idle keep-alive client connection stays open",
+    ),
+    Option(
+        "max_connections",
+        "REPRO_MAX_CONNECTIONS",
+        "auto",
+        _connections,
+        "open client connections per serving process; beyond it a 503; auto = from the "
+        "descriptor limit",
+    ),
+    Option(
         "stream_disconnect",
         "REPRO_STREAM_DISCONNECT",
         "finish",
@@ -374,6 +416,10 @@ class Settings:
     upstream_cert: str | None = None
     upstream_key: str | None = None
     upstream_connections: int = 0
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    keepalive_timeout: float = 75.0
+    max_connections: int | None = None
     stream_disconnect: StreamDisconnect = StreamDisconnect.FINISH
     cassette: str | None = None
     workers: int = 1

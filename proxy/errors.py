@@ -3,10 +3,14 @@
     ProxyError                      status  code
      ├── InvalidJSON                   400  invalid_json
      ├── InvalidParameter              400  invalid_value (names the parameter)
+     ├── InvalidPath                   400  invalid_path (a pass-through path leaving /v1/)
+     ├── InvalidHeader                 400  invalid_header (a value not in Latin-1)
+     ├── RequestTimeout                408  request_timeout (a body that went silent)
      ├── RequestTooLarge               413  request_too_large
      ├── Unauthorized                  401  unauthorized (admin routes)
      ├── CacheMissError                504  cache_miss
      ├── StoreUnavailable              503  store_unavailable (admin routes only)
+     ├── TooManyConnections            503  too_many_connections (--max-connections)
      └── UpstreamError
           ├── UpstreamUnreachable      502  upstream_unreachable (also: an answer that is not
           │                                  well-formed HTTP, or framed as smugglers frame)
@@ -59,6 +63,24 @@ class InvalidParameter(ProxyError):
     type = "invalid_request_error"
 
 
+class InvalidPath(ProxyError):
+    status = 400
+    code = "invalid_path"
+    type = "invalid_request_error"
+
+
+class InvalidHeader(ProxyError):
+    status = 400
+    code = "invalid_header"
+    type = "invalid_request_error"
+
+
+class RequestTimeout(ProxyError):
+    status = 408
+    code = "request_timeout"
+    type = "invalid_request_error"
+
+
 class RequestTooLarge(ProxyError):
     status = 413
     code = "request_too_large"
@@ -82,6 +104,13 @@ class StoreUnavailable(ProxyError):
 
     status = 503
     code = "store_unavailable"
+
+
+class TooManyConnections(ProxyError):
+    """Answered by the listener itself, before aiohttp reads the request."""
+
+    status = 503
+    code = "too_many_connections"
 
 
 class UpstreamError(ProxyError):

@@ -10,6 +10,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from proxy import bodies
 from proxy.caching import (
     Asked,
     Call,
@@ -31,6 +32,7 @@ from proxy.errors import (
     RequestTooLarge,
     UpstreamError,
 )
+from proxy.paths import forward_target
 from proxy.policy import STALE_STATUSES, CacheMode, CacheScope, Outcome
 from proxy.store.base import StoreError
 from proxy.streaming import forward_stream
@@ -39,7 +41,8 @@ from proxy.upstream import REQUEST_SKIP, StreamedBody, request_headers, response
 
 async def cacheable(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
-    raw = await read_limited(request, services.settings.max_body)
+    settings = services.settings
+    raw = await read_limited(request, settings.max_body, settings.body_timeout)
     await services.secret.settle()
     asked = Asked.of(
         request.path, request.query_string, raw, request.headers, services.credential_names
@@ -174,9 +177,9 @@ def count_miss(services: Services, call: Call) -> None:
         services.metrics.of(call.model).misses.inc()
 
 
-async def read_limited(request: web.Request, limit: int) -> bytes:
+async def read_limited(request: web.Request, limit: int, idle: float) -> bytes:
     """The whole body (inflated, if it came compressed), refused as soon as it is known to
-    exceed `limit`."""
+    exceed `limit`, or once it goes silent for `idle` seconds."""
     if request.content_length is not None and request.content_length > limit:
         raise RequestTooLarge(_too_large(limit))
     content = request.content
@@ -186,7 +189,7 @@ async def read_limited(request: web.Request, limit: int) -> bytes:
             raise RequestTooLarge(_too_large(limit))
         return body
     received = bytearray()
-    async for chunk in content.iter_any():
+    async for chunk in bodies.chunks(content, idle):
         received += chunk
         if len(received) > limit:
             raise RequestTooLarge(_too_large(limit))
@@ -208,9 +211,10 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
     data = None
     if request.body_exists:
         length = None if inflated else request.content_length
-        data = StreamedBody(_limited_stream(request, limit), length)
+        stream = _limited_stream(request, limit, services.settings.body_timeout)
+        data = StreamedBody(stream, length)
     upstream = await services.upstream.send(
-        request.method, request.path_qs, headers, data, decode=False
+        request.method, forward_target(request.raw_path), headers, data, decode=False
     )
     try:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
@@ -238,9 +242,9 @@ def _inflated(request: web.Request) -> bool:
     return coding.strip().lower() in _SERVER_INFLATES
 
 
-async def _limited_stream(request: web.Request, limit: int) -> AsyncIterator[bytes]:
+async def _limited_stream(request: web.Request, limit: int, idle: float) -> AsyncIterator[bytes]:
     sent = 0
-    async for chunk in request.content.iter_any():
+    async for chunk in bodies.chunks(request.content, idle):
         sent += len(chunk)
         if sent > limit:
             raise RequestTooLarge(_too_large(limit))

@@ -9,6 +9,7 @@ to stop or when one of them dies, so an orchestrator sees one process that lives
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import multiprocessing
@@ -22,9 +23,8 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 
 import uvloop
-from aiohttp import web
 
-from proxy import logs
+from proxy import logs, serving
 from proxy.app import create_app
 from proxy.config import Settings
 
@@ -41,16 +41,8 @@ def run(settings: Settings, *, reuse_port: bool = False) -> None:
     logs.configure(settings.log_level)
     uvloop.install()
     tune_collector()
-    web.run_app(
-        create_app(settings, multiprocess_dir=os.environ.get(MULTIPROC_ENV)),
-        host=settings.host,
-        port=settings.port,
-        reuse_port=reuse_port,
-        access_log=None,
-        print=lambda _: log.info(
-            "listening", extra={"host": settings.host, "port": settings.port, "pid": os.getpid()}
-        ),
-    )
+    app = create_app(settings, multiprocess_dir=os.environ.get(MULTIPROC_ENV))
+    asyncio.run(serving.serve(app, settings, reuse_port=reuse_port))
 
 
 def tune_collector() -> None:

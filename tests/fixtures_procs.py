@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -174,7 +174,12 @@ def start_proxy(sim: Sim) -> Iterator[ProxyFactory]:
     """Start `repro-proxy serve` against the sim; flags as strings, env as a dict."""
     started: list[Proxy] = []
 
-    def start(*flags: str, env: dict[str, str] | None = None, upstream: str | None = None) -> Proxy:
+    def start(
+        *flags: str,
+        env: dict[str, str] | None = None,
+        upstream: str | None = None,
+        stderr: IO[bytes] | None = None,
+    ) -> Proxy:
         port = free_port()
         argv = [
             sys.executable,
@@ -187,7 +192,7 @@ def start_proxy(sim: Sim) -> Iterator[ProxyFactory]:
             upstream or sim.v1,
             *flags,
         ]
-        proc = subprocess.Popen(argv, env=_clean_env(env))
+        proc = subprocess.Popen(argv, env=_clean_env(env), stderr=stderr)
         proxy = Proxy(port, proc, flags)
         started.append(proxy)
         _wait_until_up(proxy.url + "/healthz", proc)

@@ -1,0 +1,88 @@
+"""The request target a pass-through sends upstream, kept under the upstream's /v1/.
+
+Servers disagree on how to read a path: some decode `%2e%2e` or `%2f` before resolving dot
+segments, some treat `\\` as `/` or drop `;params`, some decode twice. So the proxy resolves the
+dot segments every reader agrees on (`.` and `..`, percent-encoded or not) itself, refuses a
+path that would then leave `/v1/`, and refuses a segment that hides a dot segment any reader
+could find (behind an encoded slash, a backslash, a `;`, or a second encoding): such a segment
+has no single meaning, so none of them is safe to forward. Everything else is forwarded still
+percent-encoded, as the client wrote it.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote, unquote
+
+from proxy.errors import InvalidPath
+
+BASE = "v1"
+# RFC 3986 pchar, with "%" kept for escapes already there; anything else is percent-encoded.
+_SAFE = "!$&'()*+,;=:@%~"
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_SEPARATORS = re.compile(r"[/\\]")
+_DECODINGS = 3
+
+
+def forward_target(raw: str) -> str:
+    """The path and query to send upstream for `raw`, the client's request target as sent.
+    Raises InvalidPath for a target that would leave /v1/ or has no single reading."""
+    target = raw.partition("#")[0]  # a fragment is the client's own business
+    path, mark, query = target.partition("?")
+    if not path.startswith("/"):
+        raise InvalidPath("The request target must be a path such as /v1/files.", "path")
+    segments = _resolved(path.split("/")[1:])
+    if len(segments) < 2 or segments[0] != BASE:
+        raise InvalidPath(f"The path {_shown(path)} leaves /{BASE}/.", "path")
+    return "/" + "/".join(segments) + mark + query
+
+
+def _resolved(segments: list[str]) -> list[str]:
+    """RFC 3986 remove_dot_segments over raw segments, with `%2e` read as `.`."""
+    out: list[str] = []
+    last = len(segments) - 1
+    for index, segment in enumerate(segments):
+        if _BAD_ESCAPE.search(segment):
+            raise InvalidPath("The path has a malformed percent-encoding.", "path")
+        dots = unquote(segment)
+        if dots == "..":
+            if not out:
+                raise InvalidPath("The path climbs above the root.", "path")
+            out.pop()
+        elif dots != ".":
+            out.append(_encoded(segment))
+            continue
+        if index == last:
+            out.append("")  # `/v1/a/..` resolves to `/v1/`, as a directory
+    return out
+
+
+def _encoded(segment: str) -> str:
+    if _hides_dots(segment):
+        raise InvalidPath(
+            "A path segment hides a dot segment (behind an encoded slash, a backslash, a `;` "
+            "or a second encoding).",
+            "path",
+        )
+    try:
+        return quote(segment, safe=_SAFE)
+    except UnicodeEncodeError:
+        raise InvalidPath("The path is not valid UTF-8.", "path") from None
+
+
+def _hides_dots(segment: str) -> bool:
+    """Whether some reader could find `.` or `..` in this one segment."""
+    decoded = segment
+    for _ in range(_DECODINGS + 1):
+        for part in _SEPARATORS.split(decoded):
+            if part.partition(";")[0] in (".", ".."):
+                return True
+        once = unquote(decoded)
+        if once == decoded:
+            return False
+        decoded = once
+    return True  # encoded more often than any reader decodes: no single reading
+
+
+def _shown(path: str) -> str:
+    return path if len(path) <= 200 else path[:200] + "…"

@@ -1,0 +1,225 @@
+"""One process's listener: aiohttp's request handler behind a guard that bounds slow clients.
+
+aiohttp closes connections that sit idle between requests (keep-alive), but it neither bounds
+how long a client may take to send a request's head nor how many connections are open: a client
+sending its head a byte at a time (slowloris) holds a connection for as long as it likes, and
+enough of them exhaust the process's descriptors. `Guard` is a thin asyncio Protocol between
+the transport and aiohttp's `RequestHandler` (made by `AppRunner.server`, the protocol factory
+aiohttp's own sites use): it refuses connections beyond the cap with a 503 before aiohttp sees
+them, and closes a connection whose head is not complete in time.
+
+The guard reads two attributes of aiohttp's handler, the only internals used, because aiohttp
+exposes no event for "a head was parsed": `_request_count` (heads parsed so far) and `_waiter`
+(pending while the handler waits for the next head, so bytes arriving then start one). A head
+that arrives whole in one read, the common case, arms no timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import resource
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from proxy.config import Settings
+from proxy.errors import TooManyConnections
+
+log = logging.getLogger("proxy.serving")
+
+# Descriptors kept out of the client connections' share: store, logs, refusals in flight.
+RESERVED_DESCRIPTORS = 64
+# A refused client may still be sending its request: read and drop it this long, so that
+# closing does not reset the connection before the client has read the 503.
+REFUSAL_GRACE = 1.0
+MAX_REFUSING = 64
+BACKLOG = 128
+
+
+@dataclass(slots=True)
+class Gate:
+    """Open connections of this process against their cap."""
+
+    limit: int
+    header_timeout: float
+    open: int = 0
+    refusing: int = 0
+
+
+class Guard(asyncio.Protocol):
+    """One admitted connection: aiohttp's handler, closed when a head takes too long."""
+
+    __slots__ = ("_count", "_factory", "_gate", "_inner", "_timer", "_transport")
+
+    _inner: RequestHandler
+
+    def __init__(self, factory: Callable[[], RequestHandler], gate: Gate) -> None:
+        self._factory = factory
+        self._gate = gate
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._count = 0
+
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, base)  # uvloop's does not subclass asyncio's
+        gate = self._gate
+        if gate.open >= gate.limit:
+            transport.set_protocol(Refusal(transport, gate))
+            return
+        gate.open += 1
+        self._transport = transport
+        self._inner = self._factory()
+        self._inner.connection_made(transport)
+        self._arm()  # the first head is due from the connection's opening
+
+    def data_received(self, data: bytes) -> None:
+        inner = self._inner
+        waiter = inner._waiter  # pending: these bytes start a new head
+        inner.data_received(data)
+        if self._timer is not None:
+            if inner._request_count != self._count:
+                self._timer.cancel()
+                self._timer = None
+        elif waiter is not None and not waiter.done():
+            self._arm()
+
+    def eof_received(self) -> None:
+        self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is None:
+            return
+        self._gate.open -= 1
+        self._transport = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def _arm(self) -> None:
+        self._count = self._inner._request_count
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_at(loop.time() + self._gate.header_timeout, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self._transport is not None and self._inner._request_count == self._count:
+            self._transport.abort()
+
+
+def _refusal_bytes() -> bytes:
+    error = TooManyConnections(
+        "The proxy has reached its limit of open connections (--max-connections); retry later."
+    )
+    body = error.body()
+    head = (
+        f"HTTP/1.1 {error.status} Service Unavailable\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Retry-After: 1\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+REFUSAL = _refusal_bytes()
+
+
+class Refusal(asyncio.Protocol):
+    """A connection beyond the cap: a 503, then whatever the client sends is dropped until it
+    closes or REFUSAL_GRACE ends."""
+
+    def __init__(self, transport: asyncio.Transport, gate: Gate) -> None:
+        self._gate = gate
+        self._timer: asyncio.TimerHandle | None = None
+        transport.write(REFUSAL)
+        if gate.refusing >= MAX_REFUSING or not transport.can_write_eof():
+            transport.close()
+            return
+        gate.refusing += 1
+        transport.write_eof()
+        self._timer = asyncio.get_running_loop().call_later(REFUSAL_GRACE, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> bool:
+        return False  # close now
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._gate.refusing -= 1
+
+
+def raise_descriptor_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard one (what nginx's worker_rlimit_nofile is set
+    to by hand); return the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard and hard != resource.RLIM_INFINITY:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the descriptor limit", extra={"error": str(exc)})
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def connection_cap(configured: int | None, descriptors: int) -> int:
+    """The setting, or half the descriptors left after the reserve: each client connection
+    may hold an upstream connection too."""
+    if configured is not None:
+        return configured
+    return max(1, (descriptors - RESERVED_DESCRIPTORS) // 2)
+
+
+async def serve(app: web.Application, settings: Settings, *, reuse_port: bool) -> None:
+    """Serve `app` until SIGINT or SIGTERM, then close connections as aiohttp's run_app does."""
+    descriptors = raise_descriptor_limit()
+    gate = Gate(connection_cap(settings.max_connections, descriptors), settings.header_timeout)
+    runner = web.AppRunner(
+        app, access_log=None, keepalive_timeout=settings.keepalive_timeout, handle_signals=False
+    )
+    await runner.setup()
+    factory = runner.server
+    assert factory is not None
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        server = await loop.create_server(
+            lambda: Guard(factory, gate),
+            settings.host,
+            settings.port,
+            reuse_port=reuse_port,
+            backlog=BACKLOG,
+        )
+        port = server.sockets[0].getsockname()[1]
+        log.info(
+            "listening",
+            extra={
+                "host": settings.host,
+                "port": port,
+                "pid": os.getpid(),
+                "max_connections": gate.limit,
+                "descriptors": descriptors,
+            },
+        )
+        await stop.wait()
+        server.close()
+    finally:
+        await runner.cleanup()
