@@ -214,7 +214,7 @@ OPTIONS = (
         "REPRO_MAX_ENTRY",
         "32MiB",
         _positive_size,
-        "largest answer stored; larger ones pass uncached",
+        "largest answer stored and whole answer read (502 beyond); larger streams pass uncached",
     ),
     Option(
         "key_check_interval",
