@@ -53,10 +53,27 @@ async def cacheable(request: web.Request) -> web.StreamResponse:
 
 
 async def answer(services: Services, request: web.Request, call: Call) -> web.StreamResponse:
+    """`decide`, and the request counted once its outcome is known: only a served request
+    names its model (see `Metrics.of`), and only a served model is worth probing."""
+    served = False
+    try:
+        response = await decide(services, request, call)
+        served = is_served(response)
+    finally:
+        if call.seed_source == "default":
+            services.metrics.of(call.model, served).seed_injected.inc()
+        if served:
+            services.prober.requested(call.model, call.route)
+    return response
+
+
+def is_served(response: web.StreamResponse) -> bool:
+    """An answer from the cache (HIT, STALE) or a 2xx from the upstream."""
+    return 200 <= response.status < 300
+
+
+async def decide(services: Services, request: web.Request, call: Call) -> web.StreamResponse:
     """A HIT when allowed and found; else the upstream, once for identical concurrent misses."""
-    if call.seed_source == "default":
-        services.metrics.of(call.model).seed_injected.inc()
-    services.prober.requested(call.model, call.route)
     if not call.plan.lookup:
         return await go_upstream(services, request, call)
     if coalesces(services, call):
@@ -132,7 +149,7 @@ async def go_upstream(
     """Ask the upstream; when it fails, a stored answer within stale-if-error stands in.
     A leader's `lease` lets the write release the fill lock (streams never lead)."""
     if not call.plan.upstream:
-        count_miss(services, call)
+        count_miss(services, call, served=False)
         raise CacheMissError(
             f"No stored answer for key {call.key}, and this request may not reach the upstream "
             f"(cache mode {services.settings.cache_mode.value} or only-if-cached).",
@@ -146,22 +163,23 @@ async def go_upstream(
     except UpstreamError:
         stale = await stale_entry(services, call)
         if stale is None:
-            count_miss(services, call)
+            count_miss(services, call, served=False)
             raise
         return serve_hit(services, call, stale, Outcome.STALE)
     if response.status in STALE_STATUSES and not response.prepared:
         stale = await stale_entry(services, call)
         if stale is not None:
             return serve_hit(services, call, stale, Outcome.STALE)
-    count_miss(services, call)
-    if 200 <= response.status < 300:
+    served = is_served(response)
+    count_miss(services, call, served)
+    if served:
         services.keys.remember(call.tenant)
     return response
 
 
-def count_miss(services: Services, call: Call) -> None:
+def count_miss(services: Services, call: Call, served: bool) -> None:
     if call.plan.lookup:
-        services.metrics.of(call.model).misses.inc()
+        services.metrics.of(call.model, served).misses.inc()
 
 
 async def read_limited(request: web.Request, limit: int) -> bytes:
