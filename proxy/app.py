@@ -124,6 +124,7 @@ def _services(
                 yield
             await _save_cassette(settings, store)
         finally:
+            app[SERVICES].offload.close()
             await verifier.close()
             await fingerprints.close()
             await upstream.close()

@@ -15,6 +15,7 @@ from proxy.fingerprints import FingerprintTracker
 from proxy.keycheck import KeyChecker
 from proxy.lru import LRU
 from proxy.metrics import Metrics
+from proxy.offload import Offload
 from proxy.probe import Prober
 from proxy.secret import Secret
 from proxy.store.base import Store
@@ -59,6 +60,7 @@ class Services:
         default_factory=lambda: LRU(MEMO_ITEMS, CALL_MEMO_BYTES)
     )
     entries: EntryMemo = field(default_factory=entry_memo)
+    offload: Offload = field(default_factory=Offload)
 
 
 SERVICES = web.AppKey("services", Services)

@@ -11,12 +11,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy.caching import (
+    OFF_LOOP_BODY,
     Asked,
     Call,
     forward,
     lookup,
     lookup_or_lock,
     prepare,
+    prepare_aside,
     remember,
     remembered,
     repro_headers,
@@ -42,6 +44,8 @@ async def cacheable(request: web.Request) -> web.StreamResponse:
     raw = await read_limited(request, services.settings.max_body)
     await services.secret.settle()
     asked = Asked.of(request.path, request.query_string, raw, request.headers)
+    if len(raw) >= OFF_LOOP_BODY:  # never remembered: hashing it would hold the loop too
+        return await answer(services, request, await prepare_aside(services, asked))
     call = remembered(services, asked)
     if call is not None:
         return await answer(services, request, call)
