@@ -154,6 +154,7 @@ def _services(
                 yield
             await _save_cassette(settings, store)
         finally:
+            app[SERVICES].offload.close()
             await verifier.close()
             await keys.close()
             await fingerprints.close()

@@ -18,6 +18,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy import canonical, policy
 from proxy.coalesce import Lease
+from proxy.config import Settings
 from proxy.context import EntryMemo, Services
 from proxy.credentials import STANDARD, Credentials, extract
 from proxy.entry import CorruptEntry, Entry, fingerprint_of, is_answer, usage_of
@@ -99,14 +100,29 @@ CALL_OVERHEAD = 512
 """Bytes charged per remembered call on top of its two bodies."""
 
 
+OFF_LOOP_BODY = 1 << 20
+"""Bodies of this size and more are prepared off the event loop (see `prepare_aside`)."""
+
+
+async def prepare_aside(services: Services, asked: Asked) -> Call:
+    """`prepare` in a child process (see proxy/offload.py): parsing, canonical form and key
+    grow with the body, and on the loop a body of several MiB would stall every request the
+    process serves. The tenant's HMAC is taken here: its memo belongs to the loop."""
+    tenant = services.secret.tenant(asked.credentials)
+    return await services.offload.run(prepare_with, services.settings, tenant, asked)
+
+
 def prepare(services: Services, asked: Asked) -> Call:
-    settings = services.settings
+    return prepare_with(services.settings, services.secret.tenant(asked.credentials), asked)
+
+
+def prepare_with(settings: Settings, tenant: str, asked: Asked) -> Call:
+    """Everything about a request decided from its facts, before any I/O (pure)."""
     route, raw = asked.route, asked.raw
     body = canonical.parse_body(raw)
     if settings.enforce is policy.Enforce.OFF:
         canonical.reject_duplicate_keys(raw)
     seeded = policy.enforce(body, route, settings.enforce, settings.default_seed)
-    tenant = services.secret.tenant(asked.credentials)
     scope = policy.SHARED if settings.cache_scope is policy.CacheScope.SHARED else tenant
     namespace = _namespace(asked.namespace)
     directives = policy.parse_cache_control(asked.cache_control)

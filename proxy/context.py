@@ -16,6 +16,7 @@ from proxy.fingerprints import FingerprintTracker
 from proxy.keycheck import KeyChecker
 from proxy.lru import LRU
 from proxy.metrics import Metrics
+from proxy.offload import Offload
 from proxy.probe import Prober
 from proxy.secret import Secret
 from proxy.store.base import Store
@@ -61,6 +62,7 @@ class Services:
         default_factory=lambda: LRU(MEMO_ITEMS, CALL_MEMO_BYTES)
     )
     entries: EntryMemo = field(default_factory=entry_memo)
+    offload: Offload = field(default_factory=Offload)
 
 
 SERVICES = web.AppKey("services", Services)

@@ -12,12 +12,14 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy import bodies
 from proxy.caching import (
+    OFF_LOOP_BODY,
     Asked,
     Call,
     forward,
     lookup,
     lookup_or_lock,
     prepare,
+    prepare_aside,
     remember,
     remembered,
     repro_headers,
@@ -47,6 +49,8 @@ async def cacheable(request: web.Request) -> web.StreamResponse:
     asked = Asked.of(
         request.path, request.query_string, raw, request.headers, services.credential_names
     )
+    if len(raw) >= OFF_LOOP_BODY:  # never remembered: hashing it would hold the loop too
+        return await answer(services, request, await prepare_aside(services, asked))
     call = remembered(services, asked)
     if call is not None:
         return await answer(services, request, call)
@@ -58,10 +62,27 @@ async def cacheable(request: web.Request) -> web.StreamResponse:
 
 
 async def answer(services: Services, request: web.Request, call: Call) -> web.StreamResponse:
+    """`decide`, and the request counted once its outcome is known: only a served request
+    names its model (see `Metrics.of`), and only a served model is worth probing."""
+    served = False
+    try:
+        response = await decide(services, request, call)
+        served = is_served(response)
+    finally:
+        if call.seed_source == "default":
+            services.metrics.of(call.model, served).seed_injected.inc()
+        if served:
+            services.prober.requested(call.model, call.route)
+    return response
+
+
+def is_served(response: web.StreamResponse) -> bool:
+    """An answer from the cache (HIT, STALE) or a 2xx from the upstream."""
+    return 200 <= response.status < 300
+
+
+async def decide(services: Services, request: web.Request, call: Call) -> web.StreamResponse:
     """A HIT when allowed and found; else the upstream, once for identical concurrent misses."""
-    if call.seed_source == "default":
-        services.metrics.of(call.model).seed_injected.inc()
-    services.prober.requested(call.model, call.route)
     if not call.plan.lookup:
         return await go_upstream(services, request, call)
     if coalesces(services, call):
@@ -136,7 +157,7 @@ async def go_upstream(
     """Ask the upstream; when it fails, a stored answer within stale-if-error stands in.
     A leader's `lease` lets the write release the fill lock (streams never lead)."""
     if not call.plan.upstream:
-        count_miss(services, call)
+        count_miss(services, call, served=False)
         raise CacheMissError(
             f"No stored answer for key {call.key}, and this request may not reach the upstream "
             f"(cache mode {services.settings.cache_mode.value} or only-if-cached).",
@@ -150,15 +171,16 @@ async def go_upstream(
     except UpstreamError:
         stale = await trusted_stale(services, request, call)
         if stale is None:
-            count_miss(services, call)
+            count_miss(services, call, served=False)
             raise
         return serve_hit(services, call, stale, Outcome.STALE)
     if response.status in STALE_STATUSES and not response.prepared:
         stale = await trusted_stale(services, request, call)
         if stale is not None:
             return serve_hit(services, call, stale, Outcome.STALE)
-    count_miss(services, call)
-    if 200 <= response.status < 300 and "X-Repro-Fingerprint" in response.headers:
+    served = is_served(response)
+    count_miss(services, call, served)
+    if served and "X-Repro-Fingerprint" in response.headers:
         services.keys.remember(call.tenant)  # an answer, not an error dressed as a 200
     return response
 
@@ -172,9 +194,9 @@ async def trusted_stale(services: Services, request: web.Request, call: Call) ->
     return stale
 
 
-def count_miss(services: Services, call: Call) -> None:
+def count_miss(services: Services, call: Call, served: bool) -> None:
     if call.plan.lookup:
-        services.metrics.of(call.model).misses.inc()
+        services.metrics.of(call.model, served).misses.inc()
 
 
 async def read_limited(request: web.Request, limit: int, idle: float) -> bytes:

@@ -2,7 +2,8 @@
 
 Label values stay bounded: routes are the fixed cacheable paths or `/v1/*`, and model names are
 taken as clients send them only up to a cap, after which they are counted as `other`, so a client
-inventing model names cannot grow the series without limit.
+inventing model names cannot grow the series without limit. Only served requests (a HIT, or an
+upstream 2xx) make a model label, so refused callers cannot use up the cap (see `of`).
 
 What every request counts goes through tallies (see `Tally`), handed to prometheus-client when
 the metrics are read; with several workers, each write goes to the shared files at once instead.
@@ -250,11 +251,14 @@ class Metrics:
         self._tallies.append(tally)
         return tally
 
-    def of(self, model: str) -> ModelCounters:
-        """The counters of `model` (or of `other` past the cap)."""
+    def of(self, model: str, served: bool = True) -> ModelCounters:
+        """The counters of `model` (or of `other` past the cap). A request that was not served
+        (refused, failed) makes no label: it counts under its model's label only if that exists
+        already, else under `other`, so that callers the upstream refuses, or a dead upstream,
+        cannot use up the label slots with names of their own."""
         found = self._per_model.get(model)
         if found is None:
-            label = self.model(model)
+            label = self.model(model) if served else self._known(model)
             found = self._per_model.get(label)
             if found is None:
                 found = ModelCounters(
@@ -266,6 +270,9 @@ class Metrics:
                 )
                 self._per_model[label] = found
         return found
+
+    def _known(self, name: str) -> str:
+        return name if name in self._models else OTHER
 
     def model(self, name: str) -> str:
         """A bounded label value for a model name."""

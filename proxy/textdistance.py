@@ -13,51 +13,19 @@ from collections.abc import Callable, Mapping, Sequence
 from itertools import combinations
 from typing import TypeVar
 
+from rapidfuzz.distance import Levenshtein
+
 T = TypeVar("T")
 
 
-def _match_masks(pattern: str) -> dict[str, int]:
-    """For each character, the bit set of its positions in `pattern`."""
-    masks: dict[str, int] = {}
-    for position, char in enumerate(pattern):
-        masks[char] = masks.get(char, 0) | (1 << position)
-    return masks
-
-
-def levenshtein(a: str, b: str) -> int:
-    """Edit distance (insertions, deletions, substitutions) between two strings.
-
-    Myers' bit-parallel algorithm (in Hyyrö's formulation) on Python's unbounded integers: one
-    column of the edit matrix is a pair of bit vectors, so the Python-level loop runs once per
-    character of the longer string instead of once per cell. LLM answers of a few thousand
-    characters, compared pairwise, stay fast without a C extension.
-    """
-    if len(a) < len(b):
-        a, b = b, a
-    if not b:
-        return len(a)
-    masks, mask, top = _match_masks(b), (1 << len(b)) - 1, 1 << (len(b) - 1)
-    plus, minus, score = mask, 0, len(b)  # vertical deltas of column 0 are all +1
-    for char in a:
-        eq = masks.get(char, 0)
-        xv = eq | minus
-        xh = ((((eq & plus) + plus) & mask) ^ plus) | eq
-        hplus = (minus | ~(xh | plus)) & mask
-        hminus = plus & xh
-        score += 1 if hplus & top else -1 if hminus & top else 0
-        hplus, hminus = ((hplus << 1) | 1) & mask, (hminus << 1) & mask
-        plus, minus = (hminus | ~(xv | hplus)) & mask, hplus & xv
-    return score
-
-
 def normalized_levenshtein(a: str, b: str) -> float:
-    """Edit distance over the longer length: 0 for equal strings, 1 for nothing in common.
+    """Edit distance (insertions, deletions, substitutions) over the longer length: 0 for equal
+    strings, 1 for nothing in common. rapidfuzz's C implementation.
 
     Normalizing makes answers of different lengths comparable, and the mean over pairs readable
     as "the share of characters that change between two answers".
     """
-    longest = max(len(a), len(b))
-    return levenshtein(a, b) / longest if longest else 0.0
+    return float(Levenshtein.normalized_distance(a, b))
 
 
 def cosine_distance(u: Sequence[float], v: Sequence[float]) -> float:

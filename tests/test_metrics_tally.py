@@ -100,3 +100,13 @@ def test_with_workers_every_count_goes_to_prometheus_client_at_once(tmp_path: Pa
     assert not isinstance(counters.hits, Tally)
     counters.hits.inc()
     assert metrics.hits.labels("gpt-x")._value.get() == 1
+
+
+def test_a_request_not_served_counts_under_its_model_only_once_a_served_one_named_it() -> None:
+    metrics = Metrics(CollectorRegistry())
+    metrics.of("gpt-x", served=False).misses.inc()
+    metrics.of("gpt-x").misses.inc()
+    metrics.of("gpt-x", served=False).misses.inc()
+    values = parsed(metrics.exposition())
+    assert values[("repro_cache_misses_total", (("model", "other"),))] == 1
+    assert values[("repro_cache_misses_total", (("model", "gpt-x"),))] == 2

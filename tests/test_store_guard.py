@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from proxy.store.base import StoreError
+from proxy.store.base import StoreError, StoreRefused
 from proxy.store.guard import CircuitOpen, GuardedStore
 from proxy.store.memory import MemoryStore
 
@@ -16,13 +16,15 @@ from proxy.store.memory import MemoryStore
 class FlakyStore(MemoryStore):
     def __init__(self) -> None:
         super().__init__()
-        self.mode = "ok"  # ok | error | hang
+        self.mode = "ok"  # ok | error | refuse | hang
         self.calls = 0
 
     async def get(self, key: str, fingerprints: object) -> dict[str, bytes]:  # type: ignore[override]
         self.calls += 1
         if self.mode == "error":
             raise StoreError("connection refused")
+        if self.mode == "refuse":
+            raise StoreRefused("redis get refused: OOM")
         if self.mode == "hang":
             await asyncio.sleep(3600)
         return {}
@@ -55,6 +57,18 @@ async def test_fast_failures_open_the_circuit_after_the_threshold() -> None:
     with pytest.raises(CircuitOpen):
         await store.get("k", None)
     assert inner.calls == 3
+
+
+async def test_refusals_fail_their_calls_but_never_open_the_circuit() -> None:
+    inner, clock = FlakyStore(), Clock()
+    store = guarded(inner, clock)
+    inner.mode = "refuse"
+    for _ in range(5):
+        with pytest.raises(StoreRefused):
+            await store.get("k", None)
+    assert not store.is_open
+    inner.mode = "ok"
+    assert await store.get("k", None) == {}
 
 
 async def test_a_timeout_opens_the_circuit_at_once_and_bounds_the_call() -> None:

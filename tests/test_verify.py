@@ -7,10 +7,28 @@ import time
 import httpx
 import orjson
 
-from proxy.verify import answer_text, fresh_fingerprint
+from proxy.verify import MAX_COMPARED, answer_text, drift, fresh_fingerprint
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim
 
 AUTH = {"Authorization": "Bearer sk-alice", "Content-Type": "application/json"}
+
+
+def test_drift_is_the_normalized_edit_distance_of_the_texts() -> None:
+    assert drift("same", "same") == 0.0
+    assert drift("kitten", "sitting") == 3 / 7
+    assert drift("", "abcd") == 1.0
+
+
+def test_drift_of_long_answers_compares_a_bounded_prefix_quickly() -> None:
+    stored, fresh = "ab" * 250_000, "ba" * 250_000
+    started = time.perf_counter()
+    assert drift(stored, fresh) == drift(stored[:MAX_COMPARED], fresh[:MAX_COMPARED]) > 0
+    assert time.perf_counter() - started < 1.0
+
+
+def test_answers_that_differ_only_past_the_cap_still_differ() -> None:
+    stored = "a" * (MAX_COMPARED + 10)
+    assert drift(stored, stored + "b") == 1 / (MAX_COMPARED + 11)
 
 
 def test_answer_text_of_plain_and_streamed_answers() -> None:

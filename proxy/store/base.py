@@ -18,6 +18,11 @@ class StoreError(Exception):
     """The backend failed; callers fail open and count it."""
 
 
+class StoreRefused(StoreError):
+    """The store answered, refusing the command (Redis out of memory under noeviction): it is
+    up, and its reads still stand; only this call failed."""
+
+
 class StoreTimeout(StoreError):
     """The store did not answer within its deadline: a frozen store, not a failing command."""
 

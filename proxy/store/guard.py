@@ -4,7 +4,8 @@ Every call gets a deadline: its own timer, or the store's (see `bounded`). A cal
 opens the circuit at once (a frozen store would otherwise cost every request the full timeout);
 `threshold` fast failures in a row open it too. While open, calls fail immediately, and after
 `cooldown` seconds one probe call is let through: success closes the circuit, failure keeps it open
-for another cooldown. State changes are logged once each.
+for another cooldown. State changes are logged once each. A refusal (StoreRefused: Redis out of
+memory) is an answer, not a failure: the circuit stays closed, and reads go on serving HITs.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from proxy.store.base import (
     Selector,
     Store,
     StoreError,
+    StoreRefused,
     StoreTimeout,
     Usage,
 )
@@ -82,6 +84,9 @@ class GuardedStore:
             else:
                 async with asyncio.timeout(self._timeout):
                     result = await run()
+        except StoreRefused:  # the store answered: alive, whatever it refused
+            self._succeed()
+            raise
         except (TimeoutError, StoreTimeout):
             self._fail(f"{op} timed out after {self._timeout:g}s", at_once=True)
             raise StoreError(self.last_error) from None

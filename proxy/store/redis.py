@@ -25,7 +25,7 @@ from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from proxy.lru import LRU
 from proxy.store.base import (
@@ -36,6 +36,7 @@ from proxy.store.base import (
     Observation,
     Selector,
     StoreError,
+    StoreRefused,
     StoreTimeout,
     Usage,
 )
@@ -143,6 +144,8 @@ class _mapped:
             return
         if isinstance(exc, TimeoutError):  # the deadline (redis-py's own timeouts are RedisError)
             raise StoreTimeout(f"redis {self.operation} timed out") from exc
+        if isinstance(exc, ResponseError):  # an error reply: OOM, say; the server is up
+            raise StoreRefused(f"redis {self.operation} refused: {_reason(exc)}") from exc
         if isinstance(exc, _FAILURES):
             raise StoreError(f"redis {self.operation} failed: {type(exc).__name__}") from exc
 
@@ -209,17 +212,22 @@ class RedisStore:
         lock share a hash tag: one slot on a cluster). Commands on one connection run in
         order, so whoever takes the lock then reads the entry as it is after every earlier
         write. A lock taken beside an entry that holds something is released at once, unawaited,
-        and reported not taken, as the store protocol wants. Plain commands, not a script: a
-        script costs Redis about twice the CPU of the commands it runs."""
+        and reported not taken, as the store protocol wants. A lock refused (Redis out of memory
+        refuses every write) is not taken either, and the reads beside it stand: a full Redis
+        still serves HITs. Plain commands, not a script: a script costs Redis about twice the
+        CPU of the commands it runs."""
         ms = max(1, int(ttl * 1000))
         with _mapped("lookup"):
-            sent = [
-                self._batch.send("SET", self._lock(key), token, "NX", "PX", ms),
-                self._batch.send("HGETALL", self._entry(key)),
-            ]
+            lock = self._batch.send("SET", self._lock(key), token, "NX", "PX", ms)
+            reads = [self._batch.send("HGETALL", self._entry(key))]
             if model is not None:
-                sent.append(self._batch.send("HGETALL", self._model(model)))
-            taken, found, *state = await replies(*sent)
+                reads.append(self._batch.send("HGETALL", self._model(model)))
+            try:
+                found, *state = await replies(*reads)
+            except BaseException:
+                dropped(lock)
+                raise
+            taken = await _taken(lock)
         if found and taken:
             dropped(self._batch.send("DEL", self._lock(key)))
         parsed = self._parsed_model(state[0]) if state else None
@@ -525,6 +533,22 @@ class RedisStore:
 
     def _models(self) -> str:
         return f"{self._prefix}models"
+
+
+async def _taken(lock: asyncio.Future[Any]) -> bool:
+    """A fill lock's reply: refused (an error reply, such as OOM) counts as not taken."""
+    try:
+        return bool(await lock)
+    except ResponseError:
+        return False
+
+
+def _reason(exc: ResponseError) -> str:
+    """An error reply's kind: redis-py's class for it (OutOfMemoryError, which drops the code
+    from the text), else its code (OOM, READONLY); never the rest, which may quote values."""
+    if type(exc) is not ResponseError:
+        return type(exc).__name__
+    return str(exc).split(" ", 1)[0] or "ResponseError"
 
 
 def _observation(previous: bytes | str | None, new: int) -> Observation:

@@ -1,0 +1,42 @@
+"""CPU-heavy work on a request kept off the event loop, in a child process.
+
+A thread would not do: orjson parses holding the GIL throughout, and a body of many small values
+(say 12 MiB of one-character messages) holds it, garbage collections included, for hundreds of
+milliseconds, during which a loop in another thread of the process cannot run either. A child
+process has a GIL of its own. It is started on first use, so a proxy that never sees a large
+body pays nothing, and there is one: a flood of large bodies queues for it instead of taking
+every core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class Offload:
+    def __init__(self) -> None:
+        self._pool: ProcessPoolExecutor | None = None
+
+    async def run(self, work: Callable[..., T], *args: object) -> T:
+        """`work(*args)` in the child: a module-level function, its arguments and result
+        picklable (plain data: bytes, dataclasses, enums)."""
+        if self._pool is None:
+            # spawn: a forked copy of a process running an event loop and threads is unsafe
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, work, *args)
+        except BrokenProcessPool:  # the child died (killed, out of memory): a new one next time
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None

@@ -1,0 +1,66 @@
+"""End to end: model labels are made only by requests that were served, so that callers the
+upstream refuses cannot fill the label slots (MAX_MODELS) with names of their own."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import orjson
+
+from proxy.metrics import MAX_MODELS
+from tests.fixtures_procs import ProxyFactory, Sim
+from tests.test_e2e_observability import labels, series
+
+CHAT = "/v1/chat/completions"
+GOOD_KEY = "sk-labels-good"
+MADE_UP = [f"made-up-model-{n:03d}" for n in range(MAX_MODELS + 100)]
+
+
+def body(model: str, prompt: str = "hi") -> bytes:
+    return orjson.dumps({"model": model, "messages": [{"role": "user", "content": prompt}]})
+
+
+async def post_all(url: str, key: str, models: list[str]) -> list[int]:
+    """Every request, 20 at a time; the status of each."""
+    limits = httpx.Limits(max_connections=20)
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    async with httpx.AsyncClient(limits=limits, timeout=10) as client:
+        answers = await asyncio.gather(
+            *(client.post(url, content=body(m), headers=headers) for m in models)
+        )
+    return [a.status_code for a in answers]
+
+
+def test_refused_requests_with_made_up_models_create_no_model_label(
+    start_proxy: ProxyFactory, sim: Sim
+) -> None:
+    sim.accept_keys(GOOD_KEY)
+    proxy = start_proxy()
+    statuses = asyncio.run(post_all(proxy.url + CHAT, "sk-made-up", MADE_UP))
+    assert statuses == [401] * len(MADE_UP)
+
+    served = httpx.post(
+        proxy.url + CHAT,
+        content=body("gpt-legit"),
+        headers={"Authorization": f"Bearer {GOOD_KEY}", "Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert served.status_code == 200
+    again = httpx.post(
+        proxy.url + CHAT,
+        content=body("gpt-legit"),
+        headers={"Authorization": f"Bearer {GOOD_KEY}", "Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert again.headers["X-Repro-Cache"] == "HIT"
+
+    text = proxy.metrics()
+    assert "made-up-model" not in text
+    assert series(text, "repro_seed_injected_total") == {
+        labels(model="other"): len(MADE_UP),
+        labels(model="gpt-legit"): 2,
+    }
+    assert series(text, "repro_cache_misses_total")[labels(model="other")] == len(MADE_UP)
+    assert series(text, "repro_cache_misses_total")[labels(model="gpt-legit")] == 1
+    assert series(text, "repro_cache_hits_total")[labels(model="gpt-legit")] == 1
