@@ -7,8 +7,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from proxy import __version__, admin_cli, audit, cassette_cli, config, logs, sim, workers
-from proxy.cassette import CassetteError
+from proxy import __version__, config, logs
+from proxy.server import workers
+from proxy.store.cassette import CassetteError
+from proxy.tools import admin_cli, audit, cassette_cli, sim
 
 log = logging.getLogger("proxy.cli")
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit
 
-from proxy.credentials import parse_names
-from proxy.policy import CacheMode, CacheScope, Enforce, FingerprintPolicy, StreamDisconnect
+from proxy.core.credentials import parse_names
+from proxy.core.policy import CacheMode, CacheScope, Enforce, FingerprintPolicy, StreamDisconnect
 from proxy.store import parse_size
 from proxy.store.encrypted import parse_keys
-from proxy.upstream import Egress, tls_context
+from proxy.upstream.egress import Egress, tls_context
 
 
 class SettingError(ValueError):

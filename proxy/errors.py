@@ -6,6 +6,7 @@
      ├── InvalidPath                   400  invalid_path (a pass-through path leaving /v1/)
      ├── InvalidHeader                 400  invalid_header (a value not in Latin-1)
      ├── RequestTimeout                408  request_timeout (a body that went silent)
+     ├── InvalidBodyLength             400  invalid_body_length (pass-through)
      ├── RequestTooLarge               413  request_too_large
      ├── Unauthorized                  401  unauthorized (admin routes)
      ├── CacheMissError                504  cache_miss
@@ -78,6 +79,14 @@ class InvalidHeader(ProxyError):
 class RequestTimeout(ProxyError):
     status = 408
     code = "request_timeout"
+    type = "invalid_request_error"
+
+
+class InvalidBodyLength(ProxyError):
+    """A streamed body that broke its declared length: nothing past it is sent upstream."""
+
+    status = 400
+    code = "invalid_body_length"
     type = "invalid_request_error"
 
 

@@ -15,13 +15,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import audit
-from proxy.audit import Answer, ArmReport, Failure, Plan, Report, parse_answer, tally
-from proxy.textdistance import (
+from proxy.core.textdistance import (
     cosine_distance,
     mean_pairwise,
     normalized_levenshtein,
 )
+from proxy.tools import audit
+from proxy.tools.audit import Answer, ArmReport, Failure, Plan, Report, parse_answer, tally
 from tests.fixtures_procs import Proxy, Sim, free_port
 
 ARM_FIELDS = {

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.canonical import (
+from proxy.core.canonical import (
     CHAT,
     COMPLETIONS,
     EMBEDDINGS,

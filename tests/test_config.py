@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from proxy.config import OPTIONS, SettingError, Settings, add_arguments, load
-from proxy.policy import CacheMode, CacheScope, Enforce, FingerprintPolicy
+from proxy.core.policy import CacheMode, CacheScope, Enforce, FingerprintPolicy
 
 # The settings table of the contract: name -> (flag, env, value of the documented default).
 CONTRACT: dict[str, tuple[str, str, Any]] = {

@@ -6,7 +6,7 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.config import SettingError, load
-from proxy.credentials import (
+from proxy.core.credentials import (
     STANDARD,
     Credentials,
     extract,
@@ -17,7 +17,7 @@ from proxy.credentials import (
     shape,
     stranger,
 )
-from proxy.policy import ANONYMOUS, CacheScope, cache_scope
+from proxy.core.policy import ANONYMOUS, CacheScope, cache_scope
 
 SECRET = b"s" * 32
 

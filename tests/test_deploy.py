@@ -33,8 +33,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
 from proxy import cli, config
+from proxy.core.policy import Outcome
 from proxy.metrics import Metrics
-from proxy.policy import Outcome
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

@@ -3,7 +3,7 @@
 The proxies are real `python -m proxy serve` processes, started once for the module and side by
 side (one per configuration); each test works in its own namespace, and tests that read metrics
 use a model name of their own, so they do not see each other's entries or counters. The last
-section checks the stream recorder (proxy/sse.py) alone, on bytes split in awkward places.
+section checks the stream recorder (proxy/core/sse.py) alone, on bytes split in awkward places.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import pytest
 from openai import AsyncOpenAI, OpenAI
 from openai.lib.streaming.chat import ChatCompletionStreamState
 
-from proxy.sse import StreamRecorder
+from proxy.core.sse import StreamRecorder
 from tests.fixtures_procs import (
     Proxy,
     ProxyFactory,

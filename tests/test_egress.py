@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from proxy.upstream import Egress, tls_context
+from proxy.upstream.egress import Egress, tls_context
 from tests.egress_peers import Authority, Issued, Tinyproxy, Upstream, server_tls
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim, _clean_env, free_port
 

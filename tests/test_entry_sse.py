@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.entry import CorruptEntry, Entry, fingerprint_of, usage_of
-from proxy.sse import StreamRecorder
-from proxy.streaming import _frame_end
+from proxy.core.entry import CorruptEntry, Entry, fingerprint_of, usage_of
+from proxy.core.sse import StreamRecorder
+from proxy.server.streaming import _frame_end
 
 # --------------------------------------------------------------------------------------------
 # Entry.pack / Entry.unpack

@@ -31,7 +31,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.entry import Entry
+from proxy.core.entry import Entry
 from tests.faultproxy import FaultProxy
 from tests.fixtures_procs import (
     Proxy,

@@ -8,10 +8,10 @@ import asyncio
 
 from prometheus_client import CollectorRegistry
 
-from proxy.fingerprints import FingerprintTracker
+from proxy.core.fingerprints import FingerprintSeen, ModelFingerprints
+from proxy.core.policy import FingerprintPolicy
 from proxy.metrics import Metrics
-from proxy.policy import FingerprintPolicy
-from proxy.store.base import FingerprintSeen, ModelFingerprints
+from proxy.server.fingerprints import FingerprintTracker
 from proxy.store.memory import MemoryStore
 
 

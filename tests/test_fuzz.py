@@ -28,14 +28,15 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy import canonical, policy
-from proxy.admin import check_admin
-from proxy.caching import Asked, prepare
-from proxy.canonical import CHAT, COMPLETIONS, EMBEDDINGS, MAX_DEPTH
 from proxy.config import Settings
+from proxy.core import canonical, policy
+from proxy.core.call import Asked
+from proxy.core.canonical import CHAT, COMPLETIONS, EMBEDDINGS, MAX_DEPTH
+from proxy.core.policy import CacheScope, Enforce
 from proxy.errors import ProxyError, Unauthorized
-from proxy.policy import CacheScope, Enforce
-from proxy.secret import Secret
+from proxy.server.admin import check_admin
+from proxy.server.caching import prepare
+from proxy.server.secret import Secret
 
 EXAMPLES = int(os.environ.get("REPRO_FUZZ_EXAMPLES", "250"))
 FUZZ = settings(

@@ -27,7 +27,9 @@ def formatted(formatter: JsonFormatter, entry: logging.LogRecord) -> dict[str, s
 
 
 def test_exception_messages_are_withheld_but_their_type_and_traceback_kept() -> None:
-    line = formatted(JsonFormatter(), record("proxy.app", "boom", failing=ValueError("sk-secret")))
+    line = formatted(
+        JsonFormatter(), record("proxy.server.app", "boom", failing=ValueError("sk-secret"))
+    )
     assert "sk-secret" not in line["exc"]
     assert line["exc"].endswith("builtins.ValueError (message withheld)")
     assert "test_logs.py" in line["exc"]
@@ -41,7 +43,7 @@ def test_a_chained_exception_keeps_its_cause_without_either_message() -> None:
         except KeyError as exc:
             raise RuntimeError(second) from exc
     except RuntimeError as exc:
-        entry = record("proxy.app", "boom", failing=exc)
+        entry = record("proxy.server.app", "boom", failing=exc)
     line = formatted(JsonFormatter(), entry)
     assert "sk-" not in line["exc"]
     assert "builtins.KeyError" in line["exc"] and "builtins.RuntimeError" in line["exc"]
@@ -58,7 +60,7 @@ def test_a_library_message_keeps_its_first_line_only() -> None:
 
 
 def test_our_own_messages_and_debug_logging_are_shown_whole() -> None:
-    own = record("proxy.app", "key check for %s", "'quoted'")
+    own = record("proxy.server.app", "key check for %s", "'quoted'")
     assert formatted(JsonFormatter(), own)["msg"] == "key check for 'quoted'"
     revealing = JsonFormatter(reveal=True)
     line = formatted(revealing, record("aiohttp.server", "%r", "sk-x", failing=ValueError("sk-y")))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.lru import LRU
+from proxy.core.lru import LRU
 
 
 def test_forgets_the_least_recently_used_past_the_count() -> None:

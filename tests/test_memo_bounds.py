@@ -12,11 +12,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from proxy.app import create_app
-from proxy.caching import decoded
 from proxy.config import Settings
-from proxy.context import ENTRY_MEMO_BYTES, SERVICES, Services, entry_memo
-from proxy.entry import Entry
+from proxy.core.entry import Entry
+from proxy.server.app import create_app
+from proxy.server.caching import decoded
+from proxy.server.context import ENTRY_MEMO_BYTES, SERVICES, Services, entry_memo
 from tests.fixtures_procs import Sim
 
 UNUSED = "http://127.0.0.1:9"  # no request reaches the upstream here

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from proxy.core.paths import forward_target
 from proxy.errors import InvalidPath
-from proxy.paths import forward_target
 
 
 @pytest.mark.parametrize(

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.canonical import CHAT, COMPLETIONS, EMBEDDINGS
-from proxy.errors import InvalidParameter
-from proxy.policy import (
+from proxy.core.canonical import CHAT, COMPLETIONS, EMBEDDINGS
+from proxy.core.fingerprints import FingerprintSeen, ModelFingerprints
+from proxy.core.policy import (
     CacheMode,
     CacheScope,
     Directives,
@@ -28,7 +28,7 @@ from proxy.policy import (
     parse_cache_control,
     plan,
 )
-from proxy.store.base import FingerprintSeen, ModelFingerprints
+from proxy.errors import InvalidParameter
 
 DEFAULT_SEED = 12345
 CHAT_BODY: dict[str, Any] = {

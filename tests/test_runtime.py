@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from proxy import workers
+from proxy.server import workers
 
 
 def test_the_collector_walks_young_objects_less_often() -> None:

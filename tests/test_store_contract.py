@@ -16,15 +16,9 @@ from typing import Any, cast
 import pytest
 from redis.asyncio import Redis, RedisCluster
 
+from proxy.core.fingerprints import FingerprintSeen, ModelFingerprints, Observation
 from proxy.store import MemoryStore, Store, StoreError, open_store, parse_size
-from proxy.store.base import (
-    FingerprintSeen,
-    Labels,
-    ModelFingerprints,
-    Observation,
-    Selector,
-    Usage,
-)
+from proxy.store.base import Labels, Selector, Usage
 from proxy.store.memory import ENTRY_OVERHEAD
 from proxy.store.redis import RedisStore
 from tests.fixtures_redis import RedisClusterNodes, running_redis

@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from redis.asyncio import Redis
 
-from proxy.store.base import ModelFingerprints, Store
+from proxy.core.fingerprints import ModelFingerprints
+from proxy.store.base import Store
 from proxy.store.near import NearCache
 from proxy.store.redis import RedisStore
 from proxy.store.wrapper import StoreWrapper

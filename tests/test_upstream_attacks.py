@@ -16,8 +16,8 @@ import httpx
 import orjson
 import pytest
 
-from proxy.errors import UpstreamTooLarge
-from proxy.upstream import BodyLengthMismatch, StreamedBody, Upstream
+from proxy.errors import InvalidBodyLength, UpstreamTooLarge
+from proxy.upstream.client import StreamedBody, Upstream
 from tests.fixtures_procs import ProxyFactory
 from tests.hostile import Received, Scripted, fixed, http_answer
 
@@ -153,7 +153,7 @@ async def test_a_streamed_body_that_breaks_its_declared_length_is_never_written_
     with Scripted(echo_digest) as scripted:
         upstream = Upstream(scripted.v1, 5, 5)
         try:
-            with pytest.raises(BodyLengthMismatch):
+            with pytest.raises(InvalidBodyLength):
                 response = await upstream.send(
                     "POST", "/v1/files", {}, StreamedBody(_chunks(*parts), 10)
                 )

@@ -7,7 +7,7 @@ import time
 import httpx
 import orjson
 
-from proxy.verify import MAX_COMPARED, answer_text, drift, fresh_fingerprint
+from proxy.server.verify import MAX_COMPARED, answer_text, drift, fresh_fingerprint
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim
 
 AUTH = {"Authorization": "Bearer sk-alice", "Content-Type": "application/json"}

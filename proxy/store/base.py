@@ -10,8 +10,10 @@ its updates must be atomic.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
+
+from proxy.core.fingerprints import ModelFingerprints, Observation
 
 
 class StoreError(Exception):
@@ -25,42 +27,6 @@ class StoreRefused(StoreError):
 
 class StoreTimeout(StoreError):
     """The store did not answer within its deadline: a frozen store, not a failing command."""
-
-
-@dataclass(frozen=True, slots=True)
-class FingerprintSeen:
-    """One fingerprint of one model: when it first and last answered, and how often."""
-
-    fingerprint: str
-    first_seen: float
-    last_seen: float
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
-class ModelFingerprints:
-    """Everything known about one model's fingerprints, oldest first."""
-
-    current: str
-    seen: tuple[FingerprintSeen, ...] = field(default_factory=tuple)
-
-    def last_seen(self, fingerprint: str) -> float | None:
-        for item in self.seen:
-            if item.fingerprint == fingerprint:
-                return item.last_seen
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class Observation:
-    """What recording one upstream answer's fingerprint changed.
-
-    `new` is true for exactly one caller across all replicas: the one whose answer first showed
-    this fingerprint for this model; `previous` is the current fingerprint before the call.
-    """
-
-    previous: str | None
-    new: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,14 +17,8 @@ from collections.abc import AsyncIterator, Sequence
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from proxy.store.base import (
-    NO_LABELS,
-    Labels,
-    ModelFingerprints,
-    Observation,
-    Selector,
-    Store,
-)
+from proxy.core.fingerprints import ModelFingerprints, Observation
+from proxy.store.base import NO_LABELS, Labels, Selector, Store
 from proxy.store.wrapper import StoreWrapper
 
 _VERSION = b"\x01"

@@ -16,11 +16,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
+from proxy.core.fingerprints import ModelFingerprints, Observation
 from proxy.store.base import (
     NO_LABELS,
     Labels,
-    ModelFingerprints,
-    Observation,
     Selector,
     Store,
     StoreError,

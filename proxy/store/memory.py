@@ -14,15 +14,8 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
-from proxy.store.base import (
-    NO_LABELS,
-    FingerprintSeen,
-    Labels,
-    ModelFingerprints,
-    Observation,
-    Selector,
-    Usage,
-)
+from proxy.core.fingerprints import FingerprintSeen, ModelFingerprints, Observation
+from proxy.store.base import NO_LABELS, Labels, Selector, Usage
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 ENTRY_OVERHEAD = 64

@@ -17,13 +17,8 @@ import asyncio
 import logging
 from collections import OrderedDict
 
-from proxy.store.base import (
-    NO_LABELS,
-    Labels,
-    ModelFingerprints,
-    Observation,
-    Store,
-)
+from proxy.core.fingerprints import ModelFingerprints, Observation
+from proxy.store.base import NO_LABELS, Labels, Store
 from proxy.store.redis import ENTRY_CHANGED, MODEL_CHANGED, RedisStore
 from proxy.store.wrapper import StoreWrapper
 

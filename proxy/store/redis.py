@@ -27,13 +27,11 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
-from proxy.lru import LRU
+from proxy.core.fingerprints import FingerprintSeen, ModelFingerprints, Observation
+from proxy.core.lru import LRU
 from proxy.store.base import (
     NO_LABELS,
-    FingerprintSeen,
     Labels,
-    ModelFingerprints,
-    Observation,
     Selector,
     StoreError,
     StoreRefused,

@@ -8,15 +8,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
-from proxy.store.base import (
-    NO_LABELS,
-    Labels,
-    ModelFingerprints,
-    Observation,
-    Selector,
-    Store,
-    Usage,
-)
+from proxy.core.fingerprints import ModelFingerprints, Observation
+from proxy.store.base import NO_LABELS, Labels, Selector, Store, Usage
 
 
 class StoreWrapper:

@@ -8,23 +8,23 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from proxy.coalesce import Coalescer
 from proxy.config import Settings
-from proxy.credentials import STANDARD
-from proxy.entry import Entry
-from proxy.fingerprints import FingerprintTracker
-from proxy.keycheck import KeyChecker
-from proxy.lru import LRU
+from proxy.core.credentials import STANDARD
+from proxy.core.entry import Entry
+from proxy.core.lru import LRU
 from proxy.metrics import Metrics
-from proxy.offload import Offload
-from proxy.probe import Prober
-from proxy.secret import Secret
+from proxy.server.coalesce import Coalescer
+from proxy.server.fingerprints import FingerprintTracker
+from proxy.server.keycheck import KeyChecker
+from proxy.server.offload import Offload
+from proxy.server.probe import Prober
+from proxy.server.secret import Secret
+from proxy.server.verify import Verifier
 from proxy.store.base import Store
-from proxy.upstream import Upstream
-from proxy.verify import Verifier
+from proxy.upstream.client import Upstream
 
 if TYPE_CHECKING:
-    from proxy.caching import Call
+    from proxy.core.call import Call
 
 # Bounds of the hot path's memos: a few thousand distinct requests and answers in rotation.
 MEMO_ITEMS = 4096

@@ -18,9 +18,10 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from proxy.core.fingerprints import ModelFingerprints, Observation
+from proxy.core.policy import FingerprintPolicy, acceptable_fingerprints
 from proxy.metrics import Metrics
-from proxy.policy import FingerprintPolicy, acceptable_fingerprints
-from proxy.store.base import ModelFingerprints, Observation, Store, StoreError
+from proxy.store.base import Store, StoreError
 from proxy.store.guard import CircuitOpen
 
 log = logging.getLogger("proxy.fingerprints")

@@ -15,25 +15,27 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 from prometheus_client import CollectorRegistry
 
-from proxy import admin, cassette, credentials, handlers
-from proxy.canonical import CACHEABLE_ROUTES
-from proxy.coalesce import Coalescer
 from proxy.config import Settings
-from proxy.context import SERVICES, Services, entry_memo
+from proxy.core import credentials
+from proxy.core.canonical import CACHEABLE_ROUTES
+from proxy.core.policy import SHARED, CacheMode
 from proxy.errors import InvalidHeader, ProxyError
-from proxy.fingerprints import FingerprintTracker
-from proxy.keycheck import KeyChecker
 from proxy.metrics import Metrics
-from proxy.policy import SHARED, CacheMode
-from proxy.probe import Prober
-from proxy.secret import Secret
-from proxy.store import MemoryStore, RedisStore, open_store
+from proxy.server import admin, handlers
+from proxy.server.coalesce import Coalescer
+from proxy.server.context import SERVICES, Services, entry_memo
+from proxy.server.fingerprints import FingerprintTracker
+from proxy.server.keycheck import KeyChecker
+from proxy.server.probe import Prober
+from proxy.server.secret import Secret
+from proxy.server.verify import Verifier
+from proxy.store import MemoryStore, RedisStore, cassette, open_store
 from proxy.store.base import Store
 from proxy.store.encrypted import EncryptedStore, parse_keys
 from proxy.store.guard import GuardedStore
 from proxy.store.near import NearCache
-from proxy.upstream import Egress, Upstream, env_proxy
-from proxy.verify import Verifier
+from proxy.upstream.client import Upstream
+from proxy.upstream.egress import Egress, env_proxy
 
 log = logging.getLogger("proxy.app")
 access_log = logging.getLogger("proxy.access")

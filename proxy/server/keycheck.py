@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from multidict import CIMultiDictProxy
 
-from proxy.credentials import STANDARD, Credentials, extract, shape, stranger, upstream_headers
+from proxy.core.credentials import STANDARD, Credentials, extract, shape, stranger, upstream_headers
+from proxy.core.lru import LRU
 from proxy.errors import UpstreamError
-from proxy.lru import LRU
-from proxy.upstream import Upstream
+from proxy.upstream.client import Upstream
 
 if TYPE_CHECKING:
-    from proxy.caching import Call
+    from proxy.core.call import Call
 
 log = logging.getLogger("proxy.keys")
 

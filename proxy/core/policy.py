@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from proxy.canonical import CHAT, COMPLETIONS
+from proxy.core.canonical import CHAT, COMPLETIONS
+from proxy.core.fingerprints import ModelFingerprints
 from proxy.errors import InvalidParameter
-from proxy.store.base import ModelFingerprints
 
 SEEDED_ROUTES = frozenset({CHAT, COMPLETIONS})
 _SEED_MIN, _SEED_MAX = -(2**63), 2**63 - 1

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.policy import ANONYMOUS
+from proxy.core.policy import ANONYMOUS
 
 STANDARD = ("authorization", "api-key", "x-api-key")
 """Header names read as credentials whatever the settings say."""

@@ -17,12 +17,12 @@ from typing import Any
 
 import orjson
 
-from proxy.canonical import CHAT, COMPLETIONS
-from proxy.entry import fingerprint_of
+from proxy.core.canonical import CHAT, COMPLETIONS
+from proxy.core.entry import fingerprint_of
 from proxy.errors import UpstreamError
-from proxy.fingerprints import FingerprintTracker
+from proxy.server.fingerprints import FingerprintTracker
 from proxy.store.base import StoreError
-from proxy.upstream import Upstream
+from proxy.upstream.client import Upstream
 
 log = logging.getLogger("proxy.probe")
 

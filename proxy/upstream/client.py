@@ -14,145 +14,26 @@ connection with a 502, a whole answer is read only up to a size bound and within
 from __future__ import annotations
 
 import asyncio
-import re
-import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import NoReturn
-from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined]
 
 import aiohttp
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 from yarl import URL
 
-from proxy import __version__
 from proxy.errors import (
+    InvalidBodyLength,
     ProxyError,
     UpstreamTimeout,
     UpstreamTooLarge,
     UpstreamUnreachable,
 )
-
-USER_AGENT = f"repro-proxy/{__version__}"
-
-# RFC 9110 7.6.1: meaningful for one connection only, never forwarded.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-    }
-)
-
-REQUEST_SKIP = HOP_BY_HOP | {"host", "content-length", "expect"}
-"""What never goes upstream as the client sent it; callers add to it (lower case)."""
-_RESPONSE_SKIP = HOP_BY_HOP | {"content-length"}
-_DECODED_SKIP = _RESPONSE_SKIP | {"content-encoding"}
+from proxy.upstream.egress import Egress, tls_context
+from proxy.upstream.headers import framing_error, safe_headers
 
 FETCH_LIMIT = 32 * 1024 * 1024
 """Bytes of an answer to the proxy's own side requests (key checks, probes, drift samples)."""
-
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_UNSAFE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-
-
-def _skipped(headers: Mapping[str, str], fixed: frozenset[str]) -> frozenset[str]:
-    """`fixed` plus whatever the Connection header names (rarely anything: then no new set)."""
-    named = headers.get("Connection")
-    if not named:
-        return fixed
-    return fixed | {h.strip().lower() for h in named.split(",")}
-
-
-def request_headers(
-    incoming: CIMultiDictProxy[str], skip: frozenset[str] = REQUEST_SKIP
-) -> CIMultiDict[str]:
-    """Headers to send upstream: end-to-end ones only, none of ours, Host left to the client.
-    The client's User-Agent passes unchanged; a client without one is named as this proxy."""
-    skip = _skipped(incoming, skip)
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in incoming.items():
-        lower = name.lower()
-        if lower in skip or lower.startswith(("x-repro-", "proxy-")):
-            continue
-        out.add(name, value)
-    if "User-Agent" not in out:
-        out["User-Agent"] = USER_AGENT
-    return out
-
-
-def safe_headers(incoming: Mapping[str, str]) -> CIMultiDict[str]:
-    """The upstream's headers minus any whose name is not a token or whose value holds a line
-    break or another control character: such a header is never sent on or stored."""
-    return CIMultiDict(
-        (name, value)
-        for name, value in incoming.items()
-        if _TOKEN.fullmatch(name) and not _UNSAFE_VALUE.search(value)
-    )
-
-
-def response_headers(incoming: CIMultiDict[str], decoded: bool) -> CIMultiDict[str]:
-    """Headers to send back: end-to-end ones; length and encoding are the server's business."""
-    skip = _skipped(incoming, _DECODED_SKIP if decoded else _RESPONSE_SKIP)
-    return CIMultiDict([(k, v) for k, v in incoming.items() if k.lower() not in skip])
-
-
-def framing_error(headers: Mapping[str, str]) -> str | None:
-    """Why an answer's framing is refused (RFC 9112 6.1, 6.3), or None: a Transfer-Encoding
-    other than `chunked` alone, or beside a Content-Length, is how responses get smuggled."""
-    coding = headers.get("Transfer-Encoding")
-    if coding is None:
-        return None
-    if "Content-Length" in headers:
-        return "both Transfer-Encoding and Content-Length"
-    if coding.strip().lower() != "chunked":
-        return f"Transfer-Encoding {coding[:40]!r}"
-    return None
-
-
-@dataclass(frozen=True, slots=True)
-class Egress:
-    """How the upstream is reached: TLS trust and identity, forward proxy, connection cap."""
-
-    ca: str | None = None
-    cert: str | None = None
-    key: str | None = None
-    connections: int = 0  # 0 = no cap
-    proxy: str | None = None
-
-
-def env_proxy(url: str, environ: Mapping[str, str]) -> str | None:
-    """The forward proxy for `url` from HTTPS_PROXY / HTTP_PROXY / ALL_PROXY / NO_PROXY (lower
-    case first, as curl reads them), or None. Read once at start: there is only one upstream."""
-
-    def get(name: str) -> str:
-        return environ.get(name.lower()) or environ.get(name.upper()) or ""
-
-    parsed = URL(url)
-    proxy = get(f"{parsed.scheme}_proxy") or get("all_proxy")
-    if not proxy or not parsed.host:
-        return None
-    no_proxy = get("no_proxy")
-    if no_proxy and proxy_bypass_environment(parsed.host, {"no": no_proxy}):
-        return None
-    return proxy
-
-
-def tls_context(egress: Egress) -> ssl.SSLContext:
-    """The system's trust store, plus `egress.ca` (in addition, never instead), plus a client
-    certificate when the gateway asks for one. Unreadable files raise OSError / ssl.SSLError."""
-    context = ssl.create_default_context()
-    if egress.ca:
-        context.load_verify_locations(cafile=egress.ca)
-    if egress.cert:
-        context.load_cert_chain(egress.cert, egress.key)
-    return context
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,24 +48,16 @@ class StreamedBody:
 Body = bytes | StreamedBody | None
 
 
-class BodyLengthMismatch(ProxyError):
-    """The client's body did not match its declared length: nothing more is sent."""
-
-    status = 400
-    code = "invalid_body_length"
-    type = "invalid_request_error"
-
-
 async def exact(chunks: AsyncIterable[bytes], length: int) -> AsyncIterator[bytes]:
     """`chunks`, refused before the first byte past `length`, and at the end if short."""
     sent = 0
     async for chunk in chunks:
         sent += len(chunk)
         if sent > length:
-            raise BodyLengthMismatch(f"The request body is longer than its {length} bytes.")
+            raise InvalidBodyLength(f"The request body is longer than its {length} bytes.")
         yield chunk
     if sent != length:
-        raise BodyLengthMismatch(f"The request body has {sent} of its {length} bytes.")
+        raise InvalidBodyLength(f"The request body has {sent} of its {length} bytes.")
 
 
 class UpstreamResponse:

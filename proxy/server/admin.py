@@ -9,9 +9,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.context import SERVICES, Services
+from proxy.core.fingerprints import ModelFingerprints
 from proxy.errors import InvalidJSON, InvalidParameter, StoreUnavailable, Unauthorized
-from proxy.store.base import ModelFingerprints, Selector, StoreError
+from proxy.server.context import SERVICES, Services
+from proxy.store.base import Selector, StoreError
 
 
 async def admin_fingerprints(request: web.Request) -> web.Response:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import os
 
-from proxy.credentials import Credentials, scope
-from proxy.lru import LRU
+from proxy.core.credentials import Credentials, scope
+from proxy.core.lru import LRU
 from proxy.store.base import Store, StoreError
 
 MAX_REMEMBERED = 4096

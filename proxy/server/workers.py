@@ -24,9 +24,10 @@ from types import FrameType
 
 import uvloop
 
-from proxy import logs, serving
-from proxy.app import create_app
+from proxy import logs
 from proxy.config import Settings
+from proxy.server import serving
+from proxy.server.app import create_app
 
 log = logging.getLogger("proxy.workers")
 

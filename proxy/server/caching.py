@@ -9,75 +9,26 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
-from proxy import canonical, policy
-from proxy.coalesce import Lease
-from proxy.config import Settings
-from proxy.context import EntryMemo, Services
-from proxy.credentials import STANDARD, Credentials, extract
-from proxy.entry import CorruptEntry, Entry, fingerprint_of, is_answer, usage_of
-from proxy.errors import InvalidParameter, UpstreamError
-from proxy.policy import Outcome, Plan
-from proxy.store.base import Labels, ModelFingerprints, StoreError
+from proxy.core import policy
+from proxy.core.call import Answer, Asked, Call, prepare_with, repro_headers
+from proxy.core.entry import CorruptEntry, Entry, fingerprint_of, is_answer, usage_of
+from proxy.core.fingerprints import ModelFingerprints
+from proxy.core.policy import Outcome
+from proxy.errors import UpstreamError
+from proxy.server.coalesce import Lease
+from proxy.server.context import EntryMemo, Services
+from proxy.store.base import Labels, StoreError
 from proxy.store.guard import CircuitOpen
-from proxy.upstream import REQUEST_SKIP, UpstreamResponse, request_headers, response_headers
+from proxy.upstream.client import UpstreamResponse
+from proxy.upstream.headers import REQUEST_SKIP, request_headers, response_headers
 
 log = logging.getLogger("proxy.cache")
-
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    """One cacheable request, fully decided before any I/O."""
-
-    route: str
-    tenant: str  # the HMAC of the caller's credentials (or anonymous), whatever the scope
-    namespace: str
-    query: str
-    model: str
-    key: str
-    body: bytes  # exactly what the upstream receives
-    seed: int | None
-    seed_source: str | None
-    plan: Plan
-    max_age: int | None
-    stale_if_error: int  # seconds; 0 = never serve stale
-    stream: bool
-
-
-class Asked(NamedTuple):
-    """Everything of a request that `prepare` reads, and so the key of its memo."""
-
-    route: str
-    query: str
-    raw: bytes
-    credentials: Credentials  # every credential header: the tenant depends on each
-    namespace: str
-    cache_control: tuple[str, ...]
-
-    @classmethod
-    def of(
-        cls,
-        route: str,
-        query: str,
-        raw: bytes,
-        headers: CIMultiDictProxy[str],
-        carriers: tuple[str, ...] = STANDARD,
-    ) -> Asked:
-        """The request facts; `carriers` names the credential-bearing headers."""
-        return cls(
-            route,
-            query,
-            raw,
-            extract(headers, carriers),
-            headers.get("X-Repro-Namespace", ""),
-            tuple(headers.getall("Cache-Control", ())),
-        )
 
 
 def remembered(services: Services, asked: Asked) -> Call | None:
@@ -114,62 +65,6 @@ async def prepare_aside(services: Services, asked: Asked) -> Call:
 
 def prepare(services: Services, asked: Asked) -> Call:
     return prepare_with(services.settings, services.secret.tenant(asked.credentials), asked)
-
-
-def prepare_with(settings: Settings, tenant: str, asked: Asked) -> Call:
-    """Everything about a request decided from its facts, before any I/O (pure)."""
-    route, raw = asked.route, asked.raw
-    body = canonical.parse_body(raw)
-    if settings.enforce is policy.Enforce.OFF:
-        canonical.reject_duplicate_keys(raw)
-    seeded = policy.enforce(body, route, settings.enforce, settings.default_seed)
-    scope = policy.SHARED if settings.cache_scope is policy.CacheScope.SHARED else tenant
-    namespace = _namespace(asked.namespace)
-    directives = policy.parse_cache_control(asked.cache_control)
-    model = body.get("model")
-    key, respelled = canonical.keyed(route, scope, namespace, seeded.body, asked.query)
-    return Call(
-        route=route,
-        tenant=tenant,
-        namespace=namespace,
-        query=asked.query,
-        model=model if isinstance(model, str) else "",
-        key=key,
-        body=raw if settings.enforce is policy.Enforce.OFF else respelled,
-        seed=seeded.seed,
-        seed_source=seeded.source,
-        plan=policy.plan(settings.cache_mode, directives),
-        max_age=directives.max_age,
-        stale_if_error=policy.stale_window(settings.stale_if_error, directives.stale_if_error),
-        stream=body.get("stream") is True,
-    )
-
-
-MAX_NAMESPACE = 256
-
-
-def _namespace(value: str) -> str:
-    """A namespace names a partition and labels entries: printable UTF-8 of bounded size."""
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        raise InvalidParameter("X-Repro-Namespace must be UTF-8.", "X-Repro-Namespace") from None
-    if len(value) > MAX_NAMESPACE:
-        raise InvalidParameter(
-            f"X-Repro-Namespace is longer than {MAX_NAMESPACE} characters.", "X-Repro-Namespace"
-        )
-    return value
-
-
-def repro_headers(call: Call, outcome: Outcome, fingerprint: str | None) -> dict[str, str]:
-    headers = {"X-Repro-Cache": outcome.value, "X-Repro-Key": call.key}
-    if call.seed is not None:
-        headers["X-Repro-Seed"] = str(call.seed)
-    if call.seed_source is not None:
-        headers["X-Repro-Seed-Source"] = call.seed_source
-    if fingerprint is not None:
-        headers["X-Repro-Fingerprint"] = fingerprint
-    return headers
 
 
 async def lookup(services: Services, call: Call) -> Entry | None:
@@ -343,18 +238,6 @@ async def observe_fingerprint(services: Services, model: str, fingerprint: str) 
         await services.fingerprints.observe(model, fingerprint)
     except StoreError as exc:
         store_failed(services, "fingerprint", exc)
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """A complete upstream answer, as it is about to be stored."""
-
-    body: bytes
-    content_type: str
-    fingerprint: str
-    prompt_tokens: int
-    completion_tokens: int
-    stream: bool
 
 
 async def record(

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from proxy.entry import fingerprint_of, usage_of
+from proxy.core.entry import fingerprint_of, usage_of
 
 _DONE = b"[DONE]"
 _FRAME_LIMIT = 1024 * 1024

@@ -29,7 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from proxy.textdistance import cosine_distance, mean_pairwise, normalized_levenshtein
+from proxy.core.textdistance import cosine_distance, mean_pairwise, normalized_levenshtein
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8080/v1"
 DEFAULT_PROMPT = "Describe the sea in three sentences."

@@ -20,18 +20,18 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.credentials import STANDARD, extract, upstream_headers
-from proxy.entry import Entry, fingerprint_of
+from proxy.core.credentials import STANDARD, extract, upstream_headers
+from proxy.core.entry import Entry, fingerprint_of
+from proxy.core.sse import StreamRecorder
+from proxy.core.textdistance import normalized_levenshtein
 from proxy.errors import UpstreamError
-from proxy.fingerprints import FingerprintTracker
 from proxy.metrics import Metrics
-from proxy.sse import StreamRecorder
+from proxy.server.fingerprints import FingerprintTracker
 from proxy.store.base import StoreError
-from proxy.textdistance import normalized_levenshtein
-from proxy.upstream import Upstream
+from proxy.upstream.client import Upstream
 
 if TYPE_CHECKING:
-    from proxy.caching import Call
+    from proxy.core.call import Call
 
 log = logging.getLogger("proxy.verify")
 

@@ -10,11 +10,18 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from proxy import bodies
-from proxy.caching import (
+from proxy.core.call import Asked, Call, repro_headers
+from proxy.core.entry import Entry
+from proxy.core.paths import forward_target
+from proxy.core.policy import STALE_STATUSES, CacheMode, CacheScope, Outcome
+from proxy.errors import (
+    CacheMissError,
+    RequestTooLarge,
+    UpstreamError,
+)
+from proxy.server import bodies
+from proxy.server.caching import (
     OFF_LOOP_BODY,
-    Asked,
-    Call,
     forward,
     lookup,
     lookup_or_lock,
@@ -22,23 +29,15 @@ from proxy.caching import (
     prepare_aside,
     remember,
     remembered,
-    repro_headers,
     serve_hit,
     stale_entry,
 )
-from proxy.coalesce import Lease
-from proxy.context import SERVICES, Services
-from proxy.entry import Entry
-from proxy.errors import (
-    CacheMissError,
-    RequestTooLarge,
-    UpstreamError,
-)
-from proxy.paths import forward_target
-from proxy.policy import STALE_STATUSES, CacheMode, CacheScope, Outcome
+from proxy.server.coalesce import Lease
+from proxy.server.context import SERVICES, Services
+from proxy.server.streaming import forward_stream
 from proxy.store.base import StoreError
-from proxy.streaming import forward_stream
-from proxy.upstream import REQUEST_SKIP, StreamedBody, request_headers, response_headers
+from proxy.upstream.client import StreamedBody
+from proxy.upstream.headers import REQUEST_SKIP, request_headers, response_headers
 
 
 async def cacheable(request: web.Request) -> web.StreamResponse:

@@ -8,8 +8,8 @@ import os
 import sys
 from typing import Any
 
-from proxy import cassette, policy
-from proxy.store import open_store
+from proxy.core import policy
+from proxy.store import cassette, open_store
 from proxy.store.base import Selector, Store
 from proxy.store.encrypted import EncryptedStore, parse_keys
 

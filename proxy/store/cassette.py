@@ -17,8 +17,8 @@ from typing import Any
 
 import orjson
 
-from proxy import canonical
-from proxy.entry import CorruptEntry, Entry
+from proxy.core import canonical
+from proxy.core.entry import CorruptEntry, Entry
 from proxy.errors import ProxyError
 from proxy.store.base import Labels, Selector, Store
 

@@ -20,19 +20,14 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.caching import (
-    Answer,
-    Call,
-    call_upstream,
-    observe_fingerprint,
-    record,
-    repro_headers,
-)
-from proxy.context import Services
+from proxy.core.call import Answer, Call, repro_headers
+from proxy.core.policy import StreamDisconnect
+from proxy.core.sse import StreamRecorder
 from proxy.errors import UpstreamError, UpstreamUnreachable
-from proxy.policy import StreamDisconnect
-from proxy.sse import StreamRecorder
-from proxy.upstream import UpstreamResponse, response_headers
+from proxy.server.caching import call_upstream, observe_fingerprint, record
+from proxy.server.context import Services
+from proxy.upstream.client import UpstreamResponse
+from proxy.upstream.headers import response_headers
 
 log = logging.getLogger("proxy.stream")
 

@@ -1,0 +1,95 @@
+"""Which headers cross the proxy, and which answers are framed too oddly to trust (pure).
+
+Hop-by-hop headers never cross; an upstream's header that is not a token, or whose value holds a
+line break or another control character, is dropped before it is sent on or stored; and an
+answer framed as smugglers frame it (a Transfer-Encoding other than `chunked` alone, or beside a
+Content-Length) is refused.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from proxy import __version__
+
+USER_AGENT = f"repro-proxy/{__version__}"
+
+# RFC 9110 7.6.1: meaningful for one connection only, never forwarded.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+    }
+)
+
+REQUEST_SKIP = HOP_BY_HOP | {"host", "content-length", "expect"}
+"""What never goes upstream as the client sent it; callers add to it (lower case)."""
+_RESPONSE_SKIP = HOP_BY_HOP | {"content-length"}
+_DECODED_SKIP = _RESPONSE_SKIP | {"content-encoding"}
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_UNSAFE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _skipped(headers: Mapping[str, str], fixed: frozenset[str]) -> frozenset[str]:
+    """`fixed` plus whatever the Connection header names (rarely anything: then no new set)."""
+    named = headers.get("Connection")
+    if not named:
+        return fixed
+    return fixed | {h.strip().lower() for h in named.split(",")}
+
+
+def request_headers(
+    incoming: CIMultiDictProxy[str], skip: frozenset[str] = REQUEST_SKIP
+) -> CIMultiDict[str]:
+    """Headers to send upstream: end-to-end ones only, none of ours, Host left to the client.
+    The client's User-Agent passes unchanged; a client without one is named as this proxy."""
+    skip = _skipped(incoming, skip)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        lower = name.lower()
+        if lower in skip or lower.startswith(("x-repro-", "proxy-")):
+            continue
+        out.add(name, value)
+    if "User-Agent" not in out:
+        out["User-Agent"] = USER_AGENT
+    return out
+
+
+def safe_headers(incoming: Mapping[str, str]) -> CIMultiDict[str]:
+    """The upstream's headers minus any whose name is not a token or whose value holds a line
+    break or another control character: such a header is never sent on or stored."""
+    return CIMultiDict(
+        (name, value)
+        for name, value in incoming.items()
+        if _TOKEN.fullmatch(name) and not _UNSAFE_VALUE.search(value)
+    )
+
+
+def response_headers(incoming: CIMultiDict[str], decoded: bool) -> CIMultiDict[str]:
+    """Headers to send back: end-to-end ones; length and encoding are the server's business."""
+    skip = _skipped(incoming, _DECODED_SKIP if decoded else _RESPONSE_SKIP)
+    return CIMultiDict([(k, v) for k, v in incoming.items() if k.lower() not in skip])
+
+
+def framing_error(headers: Mapping[str, str]) -> str | None:
+    """Why an answer's framing is refused (RFC 9112 6.1, 6.3), or None: a Transfer-Encoding
+    other than `chunked` alone, or beside a Content-Length, is how responses get smuggled."""
+    coding = headers.get("Transfer-Encoding")
+    if coding is None:
+        return None
+    if "Content-Length" in headers:
+        return "both Transfer-Encoding and Content-Length"
+    if coding.strip().lower() != "chunked":
+        return f"Transfer-Encoding {coding[:40]!r}"
+    return None
