@@ -13,7 +13,6 @@ connection with a 502, a whole answer is read only up to a size bound and within
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import NoReturn
@@ -31,6 +30,9 @@ from proxy.errors import (
 )
 from proxy.upstream.egress import Egress, tls_context
 from proxy.upstream.headers import framing_error, safe_headers
+
+MAX_URLS = 256
+_KEEP_ENCODING = ("Accept-Encoding",)  # pass-through: the client's own, or none at all
 
 FETCH_LIMIT = 32 * 1024 * 1024
 """Bytes of an answer to the proxy's own side requests (key checks, probes, drift samples)."""
@@ -63,9 +65,8 @@ async def exact(chunks: AsyncIterable[bytes], length: int) -> AsyncIterator[byte
 class UpstreamResponse:
     """One answer: checked status and headers at once, the body as it arrives."""
 
-    def __init__(self, response: aiohttp.ClientResponse, deadline: float | None) -> None:
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
-        self._deadline = deadline
         self.status = response.status
         self.reason = response.reason or ""
         self.headers = safe_headers(response.headers)
@@ -75,20 +76,23 @@ class UpstreamResponse:
         return self.headers.get("Content-Type", "").partition(";")[0].strip().lower()
 
     async def read(self, limit: int) -> bytes:
-        """The whole body, at most `limit` bytes (decoded), within the answer's deadline."""
+        """The whole body, at most `limit` bytes (decoded). A plain body whose length is
+        declared within the limit is read at once; any other is counted as it inflates."""
+        declared = self._response.content_length
+        if declared is not None and declared <= limit and "Content-Encoding" not in self.headers:
+            try:
+                return await self._response.read()
+            except Exception as exc:
+                _raise_mapped(exc, "while sending its answer")
         parts: list[bytes] = []
         size = 0
-        try:
-            async with asyncio.timeout_at(self._deadline):
-                async for chunk in self.chunks():
-                    size += len(chunk)
-                    if size > limit:
-                        raise UpstreamTooLarge(
-                            f"The upstream's answer is larger than {limit} bytes (--max-entry)."
-                        )
-                    parts.append(chunk)
-        except TimeoutError as exc:
-            raise UpstreamTimeout("The upstream did not finish its answer in time.") from exc
+        async for chunk in self.chunks():
+            size += len(chunk)
+            if size > limit:
+                raise UpstreamTooLarge(
+                    f"The upstream's answer is larger than {limit} bytes (--max-entry)."
+                )
+            parts.append(chunk)
         return b"".join(parts)
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -128,6 +132,17 @@ class Upstream:
         self._tls = tls_context(egress) if url.scheme == "https" else None
         self._connections = egress.connections
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, URL] = {}
+        wait = read_timeout or None
+        # A stream is bounded by its silences; a whole answer by one deadline for all of it, so
+        # that an upstream dripping a byte at a time cannot stretch it (the waits include one
+        # for a free connection under --upstream-connections).
+        self._stream_timeout = aiohttp.ClientTimeout(
+            sock_read=wait, connect=wait, sock_connect=connect_timeout
+        )
+        self._whole_timeout = aiohttp.ClientTimeout(
+            total=wait, connect=wait, sock_connect=connect_timeout
+        )
 
     def _client(self) -> aiohttp.ClientSession:
         """Built on first use, inside the running loop, as aiohttp requires."""
@@ -137,12 +152,7 @@ class Upstream:
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    connect=self.read_timeout or None,  # includes waiting for a free connection
-                    sock_connect=self.connect_timeout,
-                    sock_read=self.read_timeout or None,
-                ),
+                timeout=self._stream_timeout,
                 auto_decompress=True,
                 trust_env=False,  # no ~/.netrc credentials added behind the caller's back
                 skip_auto_headers=("User-Agent",),
@@ -153,6 +163,17 @@ class Upstream:
         """Map `/v1/x?q` onto the base URL's path, which carries its own `/v1`."""
         rest = path_qs[3:] if path_qs.startswith("/v1") else path_qs
         return self._base_path + rest
+
+    def _url(self, path_qs: str) -> URL:
+        """The absolute URL of `path_qs`, kept as given (already normalised, still encoded).
+        Cacheable routes repeat a handful of paths: those are parsed once."""
+        url = self._urls.get(path_qs)
+        if url is None:
+            url = URL(str(self._origin) + self.target(path_qs), encoded=True)
+            if len(self._urls) >= MAX_URLS:
+                self._urls.clear()
+            self._urls[path_qs] = url
+        return url
 
     async def send(
         self,
@@ -166,29 +187,26 @@ class Upstream:
     ) -> UpstreamResponse:
         """The answer's head; failures before it become ours. The caller releases the answer.
         `whole`: the answer will be read at once, and the upstream timeout bounds all of it."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.read_timeout if whole and self.read_timeout else None
         payload, headers = _payload(data, headers)
-        skip = () if decode else ("Accept-Encoding",)
         try:
-            async with asyncio.timeout_at(deadline):
-                response = await self._client().request(
-                    method,
-                    URL(str(self._origin) + self.target(path_qs), encoded=True),
-                    headers=headers,
-                    data=payload,
-                    allow_redirects=False,
-                    auto_decompress=decode,
-                    skip_auto_headers=skip,
-                    proxy=self._proxy,
-                )
+            response = await self._client().request(
+                method,
+                self._url(path_qs),
+                headers=headers,
+                data=payload,
+                allow_redirects=False,
+                auto_decompress=decode,
+                skip_auto_headers=None if decode else _KEEP_ENCODING,
+                proxy=self._proxy,
+                timeout=self._whole_timeout if whole else self._stream_timeout,
+            )
         except Exception as exc:
             _raise_mapped(exc, "before answering")
         problem = framing_error(response.headers)
         if problem is not None:
             response.close()
             raise UpstreamUnreachable(f"The upstream's answer has {problem}; connection closed.")
-        return UpstreamResponse(response, deadline)
+        return UpstreamResponse(response)
 
     async def fetch(
         self,
