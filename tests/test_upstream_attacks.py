@@ -334,7 +334,10 @@ def test_an_error_dressed_as_a_200_does_not_make_a_made_up_key_trusted(
 
     fake = {**AUTH, "Authorization": "Bearer sk-made-up"}
     with Scripted(gateway) as upstream:
-        proxy = start_proxy("--cache-scope", "shared", upstream=upstream.v1)
+        # pin: the error (no fingerprint) must not hide the HIT by rotating the current one
+        proxy = start_proxy(
+            "--cache-scope", "shared", "--fingerprint-policy", "pin", upstream=upstream.v1
+        )
         url = proxy.v1 + "/chat/completions"
         stored = httpx.post(
             url, content=chat("q"), headers={**AUTH, "Authorization": "Bearer sk-real"}
