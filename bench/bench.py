@@ -1,10 +1,10 @@
-"""Throughput benchmark of issue 7: the proxy against bare-aiohttp floors, measured in one run.
+"""Throughput of the proxy: req/s and CPU per request over bare-aiohttp floors run alongside.
 
     python bench/bench.py            # --short: a few seconds per workload, for CI and by hand
     python bench/bench.py --full     # the README table: warm-up, then 10 s per workload
     python bench/bench.py --json     # machine-readable results on stdout (the table on stderr)
     python bench/bench.py --only hit --profile /tmp/prof   # py-spy the proxy during its runs
-    python bench/bench.py --gateway  # also LiteLLM, the issue's gateway (installs it once; opt-in)
+    python bench/bench.py --gateway  # also LiteLLM, a popular gateway (installs it once; opt-in)
     python bench/bench.py --full --rounds 3   # each workload 3 times; ratios are the medians
 
 It starts, on free 127.0.0.1 ports, each as its own process: `repro-proxy sim` (no artificial
@@ -35,19 +35,19 @@ any of that is reported as an error, not a figure, and the command exits 1.
 
 Ratios are req/s of the proxy over req/s of its floor measured in the same run (Redis hit vs
 the redis-GET floor, with the near-cache and without it, memory hit vs the dict floor, miss vs
-the pass-through floor), and over the issue's figure for "a popular Python LLM gateway" (150
-hit req/s, 90 miss req/s, one worker). That figure is absolute, from the issue's reference
-machine, whose redis-GET floor was 13,000 req/s; for the Redis hit workloads the ratio table
-also shows, for information, the ratio over that figure scaled to this machine: 150 x (this
-run's redis-GET floor req/s) / 13,000 (JSON: ratio_gateway_scaled). The issue's targets apply
-to the unscaled ratio. The hit bodies ask for n=4 choices so the sim's answer is about 85
-tokens, like the issue's ~100-token reference answer.
+the pass-through floor), and over the reference figures of "a popular Python LLM gateway"
+(GATEWAY_HIT_RPS, GATEWAY_MISS_RPS, one worker). Those figures are absolute, from a reference
+machine whose redis-GET floor was REFERENCE_REDIS_FLOOR_RPS; for the Redis hit workloads the
+ratio table also shows, for information, the ratio over the gateway's figure scaled to this
+machine: GATEWAY_HIT_RPS x (this run's redis-GET floor req/s) / REFERENCE_REDIS_FLOOR_RPS (JSON:
+ratio_gateway_scaled). The TARGETS apply to the unscaled ratio. The hit bodies ask for n=4
+choices so the sim's answer comes close to the reference workload's ~100-token answer.
 
 With --rounds N every workload is measured N times in a row, every other round in the opposite
 order (so that neither the floor nor the proxy always runs first, on a machine that drifts);
 each proxy run is compared with its floor's run of the same round, and the ratio table shows the
 median over the rounds next to each round's own req/s ratio (JSON: "medians"; "ratios" keeps
-one line per round). A single run's ratio on a noisy machine moves by 10% from run to run.
+one line per round): on a noisy machine a single run's ratio moves from run to run.
 
 With --gateway (never in CI: it downloads packages) that gateway is measured instead of quoted:
 bench/gateway.py installs LiteLLM's proxy once into a venv of its own under ~/.cache, runs it as
@@ -98,7 +98,7 @@ STORE_ERRORS = "store errors, op="  # prefix of repro_store_errors_total counts 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CPUS = os.cpu_count() or 1
 
-# Issue 7, "reference figures measured on this kind of machine" (2 cores, loopback, wrk 1 thread,
+# Reference figures measured on this kind of machine (2 cores, loopback, wrk 1 thread,
 # 64 connections, small chat body, ~100-token answer).
 REFERENCE = {
     "nginx proxy_cache (C)": {"hit_rps": 75_000, "miss_rps": 13_000, "cpu_us_per_hit": 14},
@@ -111,14 +111,14 @@ GATEWAY_HIT_RPS = 150.0  # one worker; 250 with two
 GATEWAY_MISS_RPS = 90.0  # one worker; 130 with two
 # The reference machine's redis-GET floor, to scale the gateway's figure to this machine.
 REFERENCE_REDIS_FLOOR_RPS = float(REFERENCE["bare aiohttp, redis GET (hiredis)"]["hit_rps"])
-# Issue 7's targets, printed next to the ratios (information only: nothing is asserted).
+# The targets, printed next to the ratios (information only: nothing is asserted).
 # Floor targets by ratio kind (Run.ratio_kind), then the gateway and TTFB targets.
 TARGETS = {
     "redis": 1.0,  # Redis hit, default near-cache, over the redis-GET floor
     "redis_no_near": 0.7,  # Redis hit, --near-cache 0, over the redis-GET floor
     "memory": 0.6,  # memory hit over the dict floor
     "miss": 0.8,  # miss over the pass-through floor
-    "gateway": 50.0,  # Redis hit over the popular gateway's 150 req/s (unscaled)
+    "gateway": 50.0,  # Redis hit over the popular gateway's GATEWAY_HIT_RPS (unscaled)
     "ttfb_ms": 1.0,
 }
 RATIO_KINDS = ("redis", "redis_no_near", "memory", "miss")
@@ -159,7 +159,7 @@ def log(message: str) -> None:
 
 
 def chat_body(text: str, *, stream: bool = False) -> str:
-    """A small chat request; n=4 makes the sim's answer about 85 tokens (the issue's ~100).
+    """A small chat request; n=4 brings the sim's answer close to the reference's ~100 tokens.
 
     No seed: the proxy injects its default one, the path most clients take.
     """
@@ -451,7 +451,7 @@ class Run:
     role: str  # proxy | floor | direct
     round: int = 1  # of --rounds: a proxy run is compared with its floor's run of the same round
     floor: str | None = None  # the target this one is compared with
-    ratio_kind: str | None = None  # which issue target applies: one of RATIO_KINDS
+    ratio_kind: str | None = None  # which of the TARGETS applies: one of RATIO_KINDS
     ok: bool = False
     error: str | None = None
     verified: str = ""
@@ -677,12 +677,13 @@ def ratios(runs: list[Run]) -> list[dict[str, Any]]:
     line per proxy run.
 
     ratio_gateway is over the gateway measured in the same workload of this run (--gateway:
-    LiteLLM, in "hit (Redis)" and "miss (Redis)"), else over the issue's absolute figure (150
-    hit, 90 miss req/s); the gateway target applies to it. A gateway run that failed gives no
-    ratio, not the issue's figure in its place. For the Redis hit kinds, ratio_gateway_scaled is
-    over the issue's figure scaled to this machine by the redis-GET floor of the same workload,
-    measured in the same run: 150 x floor req/s / 13,000 (the reference machine's floor);
-    information only. With --rounds, each round's runs are compared among themselves.
+    LiteLLM, in "hit (Redis)" and "miss (Redis)"), else over the gateway's absolute reference
+    figure (GATEWAY_HIT_RPS, GATEWAY_MISS_RPS); the gateway target applies to it. A gateway run
+    that failed gives no ratio, not the reference figure in its place. For the Redis hit kinds,
+    ratio_gateway_scaled is over the reference figure scaled to this machine by the redis-GET
+    floor of the same workload, measured in the same run: GATEWAY_HIT_RPS x floor req/s /
+    REFERENCE_REDIS_FLOOR_RPS; information only. With --rounds, each round's runs are compared
+    among themselves.
     """
     by_key = {(r.workload, r.target, r.round): r for r in runs}
     gateways = {(r.workload, r.round): r for r in runs if r.role == "gateway"}
@@ -695,9 +696,9 @@ def ratios(runs: list[Run]) -> list[dict[str, Any]]:
         floor = by_key.get((run.workload, run.floor or "", run.round))
         if floor is not None and not (floor.ok and floor.req_s > 0):
             floor = None  # a failed floor gives no ratio
-        issue_gateway = GATEWAY_MISS_RPS if kind == "miss" else GATEWAY_HIT_RPS
+        reference_gateway = GATEWAY_MISS_RPS if kind == "miss" else GATEWAY_HIT_RPS
         measured = gateways.get((run.workload, run.round))
-        gateway: float | None = issue_gateway
+        gateway: float | None = reference_gateway
         cpu_ratio_gateway: float | None = None
         if measured is not None:
             gateway = measured.req_s if measured.ok and measured.req_s > 0 else None
@@ -712,7 +713,7 @@ def ratios(runs: list[Run]) -> list[dict[str, Any]]:
                 if run.cpu_us_per_req:
                     run.cpu_ratio_floor = floor.cpu_us_per_req / run.cpu_us_per_req
                 if redis_hit:
-                    gateway_scaled = issue_gateway * floor.req_s / REFERENCE_REDIS_FLOOR_RPS
+                    gateway_scaled = reference_gateway * floor.req_s / REFERENCE_REDIS_FLOOR_RPS
                     run.ratio_gateway_scaled = run.req_s / gateway_scaled
         summary.append(
             {
@@ -727,11 +728,11 @@ def ratios(runs: list[Run]) -> list[dict[str, Any]]:
                 "ratio_gateway": run.ratio_gateway,
                 "gateway_rps": gateway,
                 # "measured": over the gateway's run in this workload (its name in "gateway");
-                # "issue": over the issue's figure from its reference machine
-                "gateway_basis": "issue" if measured is None else "measured",
+                # "reference": over the gateway's figure from the reference machine
+                "gateway_basis": "reference" if measured is None else "measured",
                 "gateway": measured.target if measured is not None else None,
                 "cpu_ratio_gateway": cpu_ratio_gateway,  # its CPU/req over the proxy's
-                # the issue sets 50x for the proxy at its defaults, i.e. with its near-cache
+                # the 50x target is for the proxy at its defaults, i.e. with its near-cache
                 "target_gateway": TARGETS["gateway"] if kind == "redis" else None,
                 # information only, Redis hit kinds: the gateway's figure scaled to this machine
                 "ratio_gateway_scaled": run.ratio_gateway_scaled,
@@ -1214,21 +1215,21 @@ def table(result: dict[str, Any]) -> str:
         *(
             [
                 f"vs gateway: over {measured_gw} measured in this run, in the workloads that",
-                f"ran it ({GATEWAY_HIT_WORKLOAD}, {GATEWAY_MISS_WORKLOAD}); in the others over the "
-                "issue's popular Python",
-                f"gateway, {GATEWAY_HIT_RPS:.0f} hit req/s, {GATEWAY_MISS_RPS:.0f} miss req/s (one "
-                "worker, on the issue's reference machine).",
+                f"ran it ({GATEWAY_HIT_WORKLOAD}, {GATEWAY_MISS_WORKLOAD}); in the others over a "
+                "popular Python",
+                f"gateway's reference figures, {GATEWAY_HIT_RPS:.0f} hit req/s, "
+                f"{GATEWAY_MISS_RPS:.0f} miss req/s (one worker, on the reference machine).",
             ]
             if measured_gw
             else [
-                f"vs gateway: over the issue's popular Python gateway, {GATEWAY_HIT_RPS:.0f} hit "
-                f"req/s, {GATEWAY_MISS_RPS:.0f} miss req/s (one worker)."
+                f"vs gateway: over a popular Python gateway's reference figures, "
+                f"{GATEWAY_HIT_RPS:.0f} hit req/s, {GATEWAY_MISS_RPS:.0f} miss req/s (one worker)."
             ]
         ),
         f"scaled to this machine (Redis hits): over {GATEWAY_HIT_RPS:.0f} x the workload's "
         f"redis-GET floor req/s / {REFERENCE_REDIS_FLOOR_RPS:,.0f}",
-        "(the floor of the issue's reference machine); information only, the issue's gateway",
-        "target applies to the raw ratio.",
+        "(the floor of the reference machine); information only, the gateway target applies",
+        "to the raw ratio.",
         "",
     ]
     summary = result["medians"] if rounds > 1 else result["ratios"]
@@ -1240,7 +1241,7 @@ def table(result: dict[str, Any]) -> str:
             how = "measured in this run" if r["gateway_rps"] else "its run failed, no figure"
             basis = f" ({r['gateway']}, {how})"
         else:
-            basis = " (the issue's figure)" if measured_gw else ""
+            basis = " (the reference figure)" if measured_gw else ""
         return f"{r['workload']}: proxy / popular gateway{basis}"
 
     nw = max(
@@ -1251,7 +1252,7 @@ def table(result: dict[str, Any]) -> str:
     )
     heading = f"ratio (median of {rounds} rounds)" if rounds > 1 else "ratio (same run)"
     lines.append(
-        f"{heading:<{nw}}{'req/s':>8}{'CPU/req':>9}{'issue target':>14}"
+        f"{heading:<{nw}}{'req/s':>8}{'CPU/req':>9}{'target':>14}"
         + ("  req/s ratio by round" if rounds > 1 else "")
     )
     for r in summary:
@@ -1302,7 +1303,7 @@ def table(result: dict[str, Any]) -> str:
                             ""
                             if t.get("floor")
                             else f"{t['over_floor_p50_ms']:>13.2f}"
-                            f"   (issue target: p50 - direct within {TARGETS['ttfb_ms']:.0f} ms)"
+                            f"   (target: p50 - direct within {TARGETS['ttfb_ms']:.0f} ms)"
                         )
                     )
             lines.append(

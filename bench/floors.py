@@ -1,4 +1,4 @@
-"""The floors of issue 7: what bare aiohttp does in a few lines, to measure the proxy against.
+"""The floors: what bare aiohttp does in a few lines, to measure the proxy against.
 
     python bench/floors.py dict        --port P --upstream http://127.0.0.1:S/v1
     python bench/floors.py redis       --port P --upstream ... --redis redis://127.0.0.1:R/1

@@ -1,13 +1,13 @@
-"""LiteLLM's proxy, issue 7's "popular Python LLM gateway", for `bench/bench.py --gateway`.
+"""LiteLLM's proxy, a "popular Python LLM gateway", measured by `bench/bench.py --gateway`.
 
-The issue gives that gateway's figures only from its reference machine (150 hit req/s with one
-worker); run here, in the same run and on the same workload, its ratio is a within-one-run
+The bench otherwise quotes that gateway's figures from a reference machine (GATEWAY_HIT_RPS in
+bench/bench.py); run here, in the same run and on the same workload, its ratio is a within-one-run
 ratio like the floors'. LiteLLM is installed once, pinned, into a virtualenv of its own (never
 into the project's environment), which later runs reuse:
 
     ~/.cache/repro-proxy-bench/litellm-<LITELLM_VERSION>/venv     (XDG_CACHE_HOME is honoured)
 
-It runs as one uvicorn worker (one process, as in the issue's 150 req/s) with a config that
+It runs as one uvicorn worker (one process, as for the reference figures) with a config that
 routes the bench's model to `repro-proxy sim` (an OpenAI-compatible upstream) and turns on
 LiteLLM's Redis response cache on the bench's redis-server, in a db of its own (3) and under a
 key prefix: the proxies and the floors use dbs 0 to 2. It needs a master key to start; it is

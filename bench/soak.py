@@ -346,7 +346,7 @@ async def inject_faults(
     tally: Tally,
 ) -> None:
     turn = 0
-    # A session of its own: the load keeps every connection of the clients' pool busy.
+    # A ClientSession of its own: the load keeps every connection of the clients' pool busy.
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as control:
         while True:
             with contextlib.suppress(TimeoutError):

@@ -20,8 +20,9 @@ from proxy.core.textdistance import (
     mean_pairwise,
     normalized_levenshtein,
 )
-from proxy.tools import audit
-from proxy.tools.audit import Answer, ArmReport, Failure, Plan, Report, parse_answer, tally
+from proxy.tools.audit import cli, network
+from proxy.tools.audit.plan import Plan
+from proxy.tools.audit.tally import Answer, ArmReport, Failure, Report, parse_answer, tally
 from tests.fixtures_procs import Proxy, Sim, free_port
 
 ARM_FIELDS = {
@@ -243,7 +244,7 @@ def test_exit_code_is_1_when_an_arm_measured_nothing() -> None:
 
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    audit.add_arguments(parser)
+    cli.add_arguments(parser)
     return parser.parse_args(list(argv))
 
 
@@ -263,7 +264,7 @@ async def test_failed_embeddings_are_reported_not_raised() -> None:
     transport = httpx.MockTransport(upstream)
     async with httpx.AsyncClient(transport=transport, base_url="http://upstream/v1/") as client:
         p = plan(distance="embedding")
-        report = await audit.measure(
+        report = await network.measure(
             client,
             p,
             p.arms[0],
@@ -281,7 +282,7 @@ async def check(
 ) -> tuple[int, dict[str, Any]]:
     """Run the audit in-process with --json; the exit code and the parsed report."""
     ns = parse("--base-url", base_url, "--api-key", "sk-audit", "--json", "--yes", *argv)
-    code = await audit.run(ns)
+    code = await cli.run(ns)
     out = capsys.readouterr().out
     return code, orjson.loads(out)
 
@@ -392,7 +393,7 @@ async def test_exit_code_is_1_when_every_request_fails(
 def test_unreachable_upstream_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
     url = f"http://127.0.0.1:{free_port()}/v1"
     ns = parse("--base-url", url, "--api-key", "k", "-n", "2", "--json")
-    assert audit.main(ns) == 1
+    assert cli.main(ns) == 1
     report = orjson.loads(capsys.readouterr().out)
     assert report["arms"]["seeded"]["errors"] == {"ConnectError": 2}
 
@@ -401,7 +402,7 @@ async def test_table_and_cost_go_to_the_terminal(
     sim: Sim, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ns = parse("--base-url", sim.v1, "--api-key", "k", "-n", "3", "--max-tokens", "20", "--yes")
-    assert await audit.run(ns) == 0
+    assert await cli.run(ns) == 0
     out, err = capsys.readouterr()
     assert "6 chat requests" in err
     assert "at most 120 completion tokens" in err
@@ -420,7 +421,7 @@ async def test_terminal_confirmation_can_abort(
 ) -> None:
     monkeypatch.setattr("sys.stdin", FakeTerminal("n\n"))
     ns = parse("--base-url", sim.v1, "--api-key", "k", "-n", "2")
-    assert await audit.run(ns) == 1
+    assert await cli.run(ns) == 1
     assert "Proceed? [y/N]" in capsys.readouterr().err
     assert sim.llm_requests() == []
 
@@ -430,6 +431,6 @@ async def test_no_prompt_without_a_terminal(
 ) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     ns = parse("--base-url", sim.v1, "--api-key", "k", "-n", "2", "--json")
-    assert await audit.run(ns) == 0
+    assert await cli.run(ns) == 0
     assert "Proceed" not in capsys.readouterr().err
     assert len(sim.llm_requests()) == 4

@@ -34,7 +34,7 @@ MISS_WORKLOADS = {
     "miss (memory)": ("proxy memory://", "pass-through floor"),
     "miss (Redis)": ("proxy redis://", "pass-through floor"),
 }
-# Measured against the redis-GET floor: their ratio kind, issue target, and gateway ratios.
+# Measured against the redis-GET floor: their ratio kind, target, and gateway ratios.
 REDIS_HIT_KINDS = {
     "hit (Redis)": ("redis", 1.0),
     "hit (Redis, near-cache off)": ("redis_no_near", 0.7),

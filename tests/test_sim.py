@@ -19,7 +19,9 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from proxy.tools.sim import SimSettings, add_arguments, create_sim_app, settings_from_args
+from proxy.tools.sim import add_arguments, settings_from_args
+from proxy.tools.sim.app import create_sim_app
+from proxy.tools.sim.state import SimSettings
 
 AUTH = {"Authorization": "Bearer sk-test"}
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hi"}], "seed": 7}

@@ -1,14 +1,20 @@
-"""`repro-proxy stats | fingerprints | purge`: the admin routes, for operators without curl."""
+"""`repro-proxy stats | fingerprints | purge`: the admin routes, for operators without curl.
+
+The parser is built for every command, `serve` included, so httpx is imported only when one of
+these commands runs.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import orjson
+
+if TYPE_CHECKING:
+    import httpx
 
 
 def add_commands(commands: Any) -> None:
@@ -38,6 +44,8 @@ def add_commands(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import httpx
+
     token = args.admin_token or os.environ.get("REPRO_ADMIN_TOKEN", "")
     url = args.url.rstrip("/") + "/admin/" + args.command
     headers = {"Authorization": f"Bearer {token}"}

@@ -1,0 +1,123 @@
+"""The audit's requests, through an injected httpx client: the 2N chats and the embeddings."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+
+import httpx
+import orjson
+
+from proxy.core.textdistance import cosine_distance, mean_pairwise
+from proxy.tools.audit.plan import EMBEDDING_BATCH, Arm, Plan
+from proxy.tools.audit.tally import (
+    ArmReport,
+    Failure,
+    Outcome,
+    Report,
+    Tally,
+    error_reason,
+    parse_answer,
+    tally,
+    text_distance,
+)
+
+NO_CACHE = {"Cache-Control": "no-cache"}
+
+
+class AuditError(Exception):
+    """A step the audit cannot go on without (an embeddings request) failed; says which."""
+
+
+async def ask(client: httpx.AsyncClient, plan: Plan, arm: Arm) -> Outcome:
+    """One chat request; transport errors become Failures so one bad request never stops N."""
+    try:
+        response = await client.post("chat/completions", json=plan.body(arm), headers=NO_CACHE)
+    except httpx.HTTPError as exc:
+        return Failure(type(exc).__name__)
+    return parse_answer(response.status_code, response.headers, response.content)
+
+
+async def collect(
+    client: httpx.AsyncClient, plan: Plan, on_done: Callable[[Arm], None]
+) -> dict[str, list[Outcome]]:
+    """All 2N requests, at most `concurrency` at once, the arms interleaved.
+
+    Interleaving spreads time-dependent upstream changes (a fingerprint rollout, load) over both
+    arms alike instead of blaming them on one.
+    """
+    gate = asyncio.Semaphore(plan.concurrency)
+
+    async def one(arm: Arm) -> tuple[Arm, Outcome]:
+        async with gate:
+            outcome = await ask(client, plan, arm)
+        on_done(arm)
+        return arm, outcome
+
+    results = await asyncio.gather(*(one(arm) for _ in range(plan.n) for arm in plan.arms))
+    outcomes: dict[str, list[Outcome]] = {arm.name: [] for arm in plan.arms}
+    for arm, outcome in results:
+        outcomes[arm.name].append(outcome)
+    return outcomes
+
+
+def _vectors(body: bytes, expected: int) -> list[list[float]]:
+    data = sorted(orjson.loads(body)["data"], key=lambda item: item["index"])
+    vectors = [[float(x) for x in item["embedding"]] for item in data]
+    if len(vectors) != expected:
+        raise ValueError(f"{len(vectors)} embeddings for {expected} inputs")
+    return vectors
+
+
+async def _embed_batch(
+    client: httpx.AsyncClient, model: str, batch: list[str]
+) -> list[list[float]]:
+    try:
+        body = {"model": model, "input": batch}
+        response = await client.post("embeddings", json=body, headers=NO_CACHE)
+    except httpx.HTTPError as exc:
+        raise AuditError(f"embeddings request failed: {type(exc).__name__}") from exc
+    if response.status_code >= 400:
+        reason = error_reason(response.status_code, response.content)
+        raise AuditError(f"embeddings request failed: {reason}")
+    try:
+        return _vectors(response.content, len(batch))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise AuditError(f"embeddings answer malformed: {exc!r}") from exc
+
+
+async def embed(client: httpx.AsyncClient, model: str, texts: Sequence[str]) -> list[list[float]]:
+    """Embeddings of `texts` from the upstream's own /embeddings, in batches it accepts."""
+    vectors: list[list[float]] = []
+    for start in range(0, len(texts), EMBEDDING_BATCH):
+        vectors += await _embed_batch(client, model, list(texts[start : start + EMBEDDING_BATCH]))
+    return vectors
+
+
+async def embedding_distance(
+    client: httpx.AsyncClient, model: str, counts: Mapping[str, int]
+) -> float | None:
+    """Mean pairwise cosine distance; only distinct answers are embedded, none if all agree."""
+    if len(counts) < 2:
+        return mean_pairwise(counts, lambda a, b: 0.0)
+    texts = list(counts)
+    vectors = dict(zip(texts, await embed(client, model, texts), strict=True))
+    return mean_pairwise(counts, lambda a, b: cosine_distance(vectors[a], vectors[b]))
+
+
+async def measure(client: httpx.AsyncClient, plan: Plan, arm: Arm, t: Tally) -> ArmReport:
+    if plan.distance == "text":
+        return ArmReport(arm, t, text_distance(t.answers))
+    try:
+        return ArmReport(arm, t, await embedding_distance(client, plan.embedding_model, t.answers))
+    except (AuditError, ValueError) as exc:
+        return ArmReport(arm, t, None, str(exc))
+
+
+async def audit(
+    client: httpx.AsyncClient, plan: Plan, on_done: Callable[[Arm], None] = lambda arm: None
+) -> Report:
+    """Run the experiment through `client` (its base URL is the upstream or the proxy)."""
+    outcomes = await collect(client, plan, on_done)
+    arms = [await measure(client, plan, arm, tally(outcomes[arm.name])) for arm in plan.arms]
+    return Report(plan, tuple(arms))

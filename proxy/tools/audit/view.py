@@ -1,0 +1,84 @@
+"""The audit on a terminal: progress bars while it runs, then the report as a table."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from proxy.tools.audit.plan import Arm
+from proxy.tools.audit.tally import ArmReport, Report
+
+
+@contextmanager
+def progress(console: Console, arms: Sequence[Arm], n: int) -> Iterator[Callable[[Arm], None]]:
+    """A bar per arm on stderr while requests run; nothing when stderr is not a terminal."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    disable = not console.is_terminal
+    with Progress(
+        *columns, TimeElapsedColumn(), console=console, transient=True, disable=disable
+    ) as bar:
+        tasks = {arm.name: bar.add_task(arm.name, total=n) for arm in arms}
+        yield lambda arm: bar.advance(tasks[arm.name])
+
+
+def _counted(counter: Counter[str]) -> str:
+    return ", ".join(f"{name} x{count}" for name, count in counter.most_common()) or "-"
+
+
+def _heading(arm: Arm) -> str:
+    return "no seed" if arm.seed is None else f"seed {arm.seed}, temperature 0"
+
+
+def _cells(r: ArmReport) -> list[str]:
+    t = r.tally
+    agreement = "n/a" if t.agreement is None else f"{t.agreement:.0%}"
+    distance = "n/a" if r.mean_distance is None else f"{r.mean_distance:.3f}"
+    return [
+        f"{t.ok} / {t.failed}",
+        _counted(t.errors),
+        str(len(t.answers)),
+        agreement,
+        r.distance_error or distance,
+        _counted(t.fingerprints),
+        f"{t.prompt_tokens} / {t.completion_tokens}",
+    ]
+
+
+_LABELS = (
+    "answers / failed",
+    "errors",
+    "distinct answers",
+    "agreement (most common answer)",
+    "mean pairwise distance",
+    "system_fingerprints",
+    "prompt / completion tokens",
+)
+
+
+def _caption(report: Report) -> str | None:
+    injected = sum(r.tally.seed_injected for r in report.arms if r.arm.seed is None)
+    if not injected:
+        return None
+    return (
+        f"The proxy injected its default seed into {injected} unseeded requests: the unseeded "
+        "arm measures the proxy's seed. Point --base-url at the upstream to see the upstream alone."
+    )
+
+
+def render(report: Report) -> Table:
+    """The report as a table: one column per arm, one row per measure."""
+    plan = report.plan
+    title = f"Determinism of {plan.model} at {plan.base_url} ({plan.distance} distance)"
+    table = Table(title=Text(title), caption=_caption(report))
+    table.add_column("")
+    for r in report.arms:
+        table.add_column(Text(_heading(r.arm)), justify="right")
+    for label, *cells in zip(_LABELS, *(_cells(r) for r in report.arms), strict=True):
+        table.add_row(Text(label), *(Text(cell) for cell in cells))
+    return table

@@ -1,0 +1,100 @@
+"""The simulator's /_sim/* control routes: tests steer it at run time through these.
+
+Fingerprint rotation, tunables, accepted keys, queued faults, recorded requests and stream
+statistics; unauthenticated, since the simulator only ever serves tests and demos.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from proxy.tools.sim.handlers import json_response, parse_object
+from proxy.tools.sim.state import JSON, STATE, TUNABLES, BadRequest, Fault, SimState, check_tunable
+
+
+async def _get_fingerprint(request: web.Request) -> web.Response:
+    return json_response({"fingerprint": request.app[STATE].fingerprint})
+
+
+async def _set_fingerprint(request: web.Request) -> web.Response:
+    data = parse_object(await request.read())
+    value = data.get("fingerprint")
+    if "fingerprint" not in data or not (value is None or isinstance(value, str)):
+        raise BadRequest("fingerprint must be a string or null", "fingerprint")
+    request.app[STATE].fingerprint = value
+    return json_response({"fingerprint": value})
+
+
+def _tunables(state: SimState) -> JSON:
+    return {name: getattr(state, name) for name in TUNABLES}
+
+
+async def _get_settings(request: web.Request) -> web.Response:
+    return json_response(_tunables(request.app[STATE]))
+
+
+async def _set_settings(request: web.Request) -> web.Response:
+    """Change latency, chunk_delay or divergence at run time; all or nothing."""
+    state, data = request.app[STATE], parse_object(await request.read())
+    try:
+        updates = {name: check_tunable(name, data[name]) for name in TUNABLES if name in data}
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from exc
+    for name, value in updates.items():
+        setattr(state, name, value)
+    return json_response(_tunables(state))
+
+
+async def _set_keys(request: web.Request) -> web.Response:
+    """Replace the accepted API keys at run time (an empty list accepts any key): revocation."""
+    keys = parse_object(await request.read()).get("api_keys")
+    if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+        raise BadRequest("'api_keys' must be a list of non-empty strings")
+    request.app[STATE].api_keys = frozenset(keys)
+    return json_response({"api_keys": sorted(keys)})
+
+
+async def _add_fault(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    state.faults.append(Fault.from_json(parse_object(await request.read())))
+    return json_response({"queued": len(state.faults)})
+
+
+async def _clear_faults(request: web.Request) -> web.Response:
+    request.app[STATE].faults.clear()
+    return json_response({"queued": 0})
+
+
+async def _get_requests(request: web.Request) -> web.Response:
+    return json_response(list(request.app[STATE].requests))
+
+
+async def _clear_requests(request: web.Request) -> web.Response:
+    request.app[STATE].requests.clear()
+    return json_response([])
+
+
+async def _stats(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return json_response(
+        {
+            "requests": dict(state.hits),
+            "streams_completed": state.streams_completed,
+            "streams_cancelled": state.streams_cancelled,
+        }
+    )
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.get("/_sim/fingerprint", _get_fingerprint),
+        web.post("/_sim/fingerprint", _set_fingerprint),
+        web.get("/_sim/settings", _get_settings),
+        web.post("/_sim/settings", _set_settings),
+        web.post("/_sim/keys", _set_keys),
+        web.post("/_sim/faults", _add_fault),
+        web.delete("/_sim/faults", _clear_faults),
+        web.get("/_sim/requests", _get_requests),
+        web.delete("/_sim/requests", _clear_requests),
+        web.get("/_sim/stats", _stats),
+    ]

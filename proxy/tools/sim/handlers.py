@@ -1,0 +1,242 @@
+"""The simulator's /v1 routes: authentication, recording, faults, latency and SSE streaming.
+
+Every /v1 request is recorded and counted before it is authenticated, so tests see what the
+proxy sent even when the simulator refuses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+from collections.abc import Callable
+
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from proxy.tools.sim.generation import Reply, chat_reply, embeddings_reply, text_reply
+from proxy.tools.sim.state import JSON, STATE, BadRequest, Fault, SimState
+
+_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-3.5-turbo-instruct", "text-embedding-3-small")
+_IMMEDIATE_FAULTS = frozenset({"status", "hang", "drop"})
+_HANG_LIMIT = 3600.0
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+_DONE = b"data: [DONE]\n\n"
+
+
+def json_response(
+    payload: object, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    merged = {"Content-Type": "application/json", **(headers or {})}
+    return web.Response(body=orjson.dumps(payload), status=status, headers=merged)
+
+
+def error_body(message: str, kind: str, code: str | None, param: str | None = None) -> JSON:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def error_response(
+    status: int, message: str, *, code: str | None = None, param: str | None = None
+) -> web.Response:
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    return json_response(error_body(message, kind, code, param), status=status)
+
+
+def parse_object(raw: bytes) -> JSON:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    return data
+
+
+async def _pause(seconds: float) -> None:
+    if seconds > 0:
+        await asyncio.sleep(seconds)
+
+
+def _close(request: web.Request) -> None:
+    """Close the connection under the response, as a crashing or overloaded upstream does."""
+    if request.transport is not None:
+        request.transport.close()
+
+
+async def _recorded(request: web.Request) -> JSON:
+    """The request as received: raw header names and the exact body bytes (base64 if binary)."""
+    raw = await request.read()
+    headers: dict[str, str] = {}
+    for name_bytes, value_bytes in request.raw_headers:
+        name, value = name_bytes.decode("latin-1"), value_bytes.decode("latin-1")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    try:
+        body, encoded = raw.decode(), False
+    except UnicodeDecodeError:
+        body, encoded = base64.b64encode(raw).decode(), True
+    return {
+        "method": request.method,
+        "path": request.path,
+        "query": request.rel_url.raw_query_string,
+        "headers": headers,
+        "body": body,
+        "body_base64": encoded,
+    }
+
+
+def _authorized(request: web.Request, keys: frozenset[str]) -> bool:
+    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+    key = key.strip()
+    return scheme.lower() == "bearer" and bool(key) and (not keys or key in keys)
+
+
+@web.middleware
+async def v1_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Record, count and authenticate every /v1 request; router errors in OpenAI's shape."""
+    if not request.path.startswith("/v1/"):
+        return await handler(request)
+    state = request.app[STATE]
+    state.requests.append(await _recorded(request))
+    state.hits[request.path] += 1
+    if not _authorized(request, state.api_keys):
+        return error_response(401, "Incorrect API key provided.", code="invalid_api_key")
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        return error_response(exc.status, f"Invalid URL ({request.method} {request.path})")
+
+
+@web.middleware
+async def bad_request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except BadRequest as exc:
+        return error_response(400, exc.message, param=exc.param)
+
+
+async def _immediate_fault(request: web.Request, fault: Fault) -> web.StreamResponse:
+    """Faults that replace the whole answer: an error status, a hang, or a dropped socket."""
+    if fault.kind == "status":
+        default = error_body(f"Simulated error {fault.status}.", "server_error", None)
+        body = default if fault.body is None else fault.body
+        return json_response(body, status=fault.status, headers=fault.headers)
+    if fault.kind == "hang":
+        await asyncio.sleep(_HANG_LIMIT)  # cancelled when the client goes away
+        return error_response(504, "Simulated hang ended.")
+    _close(request)
+    return web.Response()
+
+
+async def _truncated(request: web.Request, data: bytes) -> web.StreamResponse:
+    """Half of a JSON body announced in full, then a closed connection."""
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.content_length = len(data)
+    await response.prepare(request)
+    await response.write(data[: len(data) // 2])
+    _close(request)
+    return response
+
+
+def _frame(payload: JSON) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+async def _end_stream(
+    request: web.Request, response: web.StreamResponse, fault: Fault | None, state: SimState
+) -> None:
+    if fault is None:
+        await response.write(_DONE)
+        await response.write_eof()
+        state.streams_completed += 1
+    elif fault.kind == "cut":
+        _close(request)
+    else:
+        error = error_body("The server had an error while streaming.", "server_error", None)
+        await response.write(_frame(error))
+        await response.write_eof()
+
+
+async def _stream(
+    request: web.Request, state: SimState, chunks: list[JSON], fault: Fault | None
+) -> web.StreamResponse:
+    """Send each chunk as it is produced; a client leaving early counts as a cancelled stream."""
+    response = web.StreamResponse(headers=_SSE_HEADERS)
+    stop = len(chunks) if fault is None else fault.after
+    try:
+        await response.prepare(request)
+        for index, chunk in enumerate(chunks[:stop]):
+            if index:
+                await _pause(state.chunk_delay)
+            await response.write(_frame(chunk))
+        await _end_stream(request, response, fault, state)
+    except ConnectionResetError:
+        state.streams_cancelled += 1
+    except asyncio.CancelledError:
+        state.streams_cancelled += 1
+        raise
+    return response
+
+
+async def _answer(request: web.Request, payload: JSON, fault: Fault | None) -> web.StreamResponse:
+    if fault is None:
+        return json_response(payload)
+    if fault.kind == "cut":
+        return await _truncated(request, orjson.dumps(payload))
+    return error_response(500, "The server had an error while processing your request.")
+
+
+async def _serve_llm(
+    request: web.Request, build: Callable[[JSON, SimState], Reply]
+) -> web.StreamResponse:
+    """The flow shared by the LLM routes: fault, validation, latency, then the answer."""
+    state = request.app[STATE]
+    fault = state.next_fault()
+    if fault is not None and fault.kind in _IMMEDIATE_FAULTS:
+        if fault.kind == "status":  # an error is an answer too: as slow as the others
+            await _pause(state.latency)
+        return await _immediate_fault(request, fault)
+    reply = build(parse_object(await request.read()), state)
+    await _pause(state.latency)
+    if isinstance(reply, list):
+        return await _stream(request, state, reply, fault)
+    return await _answer(request, reply, fault)
+
+
+def _llm_route(build: Callable[[JSON, SimState], Reply]) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await _serve_llm(request, build)
+
+    return handle
+
+
+async def _models(request: web.Request) -> web.Response:
+    data = [
+        {"id": model, "object": "model", "created": 1_700_000_000, "owned_by": "system"}
+        for model in _MODELS
+    ]
+    return json_response({"object": "list", "data": data})
+
+
+async def _files(request: web.Request) -> web.Response:
+    """Echo what arrived, so tests can check that uploads pass through the proxy intact."""
+    raw = await request.read()
+    return json_response(
+        {
+            "id": "file-" + secrets.token_hex(12),
+            "object": "file",
+            "bytes": len(raw),
+            "content_type": request.headers.get("Content-Type", ""),
+        }
+    )
+
+
+def routes() -> list[web.RouteDef]:
+    """The OpenAI-compatible routes the proxy calls."""
+    return [
+        web.post("/v1/chat/completions", _llm_route(chat_reply)),
+        web.post("/v1/completions", _llm_route(text_reply)),
+        web.post("/v1/embeddings", _llm_route(embeddings_reply)),
+        web.get("/v1/models", _models),
+        web.post("/v1/files", _files),
+    ]

@@ -1,0 +1,140 @@
+"""The simulator's settings and the state its handlers share: tunables, queued faults, records.
+
+Validation lives here too, since the control routes and the generators refuse bad input alike:
+a `BadRequest` names the offending parameter, as the real API's 400 does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any, TypeGuard
+
+from aiohttp import web
+
+JSON = dict[str, Any]
+
+TUNABLES = ("latency", "chunk_delay", "divergence")
+_FAULT_KINDS = frozenset({"status", "cut", "error_event", "hang", "drop"})
+_RECORD_LIMIT = 1000
+
+
+def check_tunable(name: str, value: object) -> float:
+    """Validate a latency/chunk_delay/divergence value, naming the setting in the error."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if value < 0 or (name == "divergence" and value > 1):
+        bound = "between 0 and 1" if name == "divergence" else "non-negative"
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class SimSettings:
+    """Start-up configuration; tests change the tunables later through /_sim/settings."""
+
+    host: str = "127.0.0.1"
+    port: int = 8090
+    fingerprint: str | None = "fp_sim_0001"
+    latency: float = 0.0
+    chunk_delay: float = 0.0
+    api_keys: tuple[str, ...] = ()
+    divergence: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in TUNABLES:
+            check_tunable(name, getattr(self, name))
+
+
+class BadRequest(Exception):
+    """A request the real API would refuse with 400; carries the offending parameter."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+def is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def int_param(data: JSON, name: str, default: int, lo: int, hi: int | None = None) -> int:
+    """An integer parameter within bounds (null means default), else a 400 naming it."""
+    value = data.get(name)
+    if value is None:
+        return default
+    if not is_int(value) or value < lo or (hi is not None and value > hi):
+        upper = "" if hi is None else f" and at most {hi}"
+        raise BadRequest(f"{name} must be an integer of at least {lo}{upper}", name)
+    return value
+
+
+@dataclass(slots=True)
+class Fault:
+    """One queued misbehaviour, applied to the next `remaining` LLM requests."""
+
+    kind: str
+    remaining: int
+    status: int
+    headers: dict[str, str]
+    body: Any
+    after: int
+
+    @classmethod
+    def from_json(cls, data: JSON) -> Fault:
+        """Validate a POST /_sim/faults body; mistakes answer 400 naming the field."""
+        kind = data.get("kind")
+        if kind not in _FAULT_KINDS:
+            raise BadRequest(f"kind must be one of {sorted(_FAULT_KINDS)}", "kind")
+        headers = data.get("headers") or {}
+        if not isinstance(headers, dict):
+            raise BadRequest("headers must be an object", "headers")
+        return cls(
+            kind=kind,
+            remaining=int_param(data, "count", 1, lo=1),
+            status=int_param(data, "status", 500, lo=100, hi=599),
+            headers={str(k): str(v) for k, v in headers.items()},
+            body=data.get("body"),
+            after=int_param(data, "after", 2, lo=0),
+        )
+
+
+@dataclass(slots=True)
+class SimState:
+    """Everything that changes while the simulator runs, shared by its handlers via the app."""
+
+    fingerprint: str | None
+    latency: float
+    chunk_delay: float
+    divergence: float
+    api_keys: frozenset[str]
+    faults: deque[Fault] = field(default_factory=deque)
+    requests: deque[JSON] = field(default_factory=lambda: deque(maxlen=_RECORD_LIMIT))
+    hits: Counter[str] = field(default_factory=Counter)
+    streams_completed: int = 0
+    streams_cancelled: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: SimSettings) -> SimState:
+        return cls(
+            fingerprint=settings.fingerprint,
+            latency=settings.latency,
+            chunk_delay=settings.chunk_delay,
+            divergence=settings.divergence,
+            api_keys=frozenset(settings.api_keys),
+        )
+
+    def next_fault(self) -> Fault | None:
+        """Take one use of the oldest queued fault (FIFO), dropping it once used up."""
+        if not self.faults:
+            return None
+        fault = self.faults[0]
+        fault.remaining -= 1
+        if fault.remaining <= 0:
+            self.faults.popleft()
+        return fault
+
+
+STATE = web.AppKey("sim_state", SimState)
