@@ -5,18 +5,26 @@ taken as clients send them only up to a cap, after which they are counted as `ot
 inventing model names cannot grow the series without limit. Only served requests (a HIT, or an
 upstream 2xx) make a model label, so refused callers cannot use up the cap (see `of`).
 
-What every request counts goes through tallies (see `Tally`), handed to prometheus-client when
-the metrics are read; with several workers, each write goes to the shared files at once instead.
+What every request counts goes into plain numbers (see `Tally`), which a collector of their own
+shows when the metrics are read; with several workers, each count goes to the shared files at
+once instead (see `Metrics`).
 """
 
 from __future__ import annotations
 
+import math
+import time
 from bisect import bisect_left
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from itertools import accumulate
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 MAX_MODELS = 200
 OTHER = "other"
@@ -43,9 +51,6 @@ _DISTANCE_BUCKETS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 _UPSTREAM_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 
 
-T = TypeVar("T", "Tally", "HistogramTally")
-
-
 class Counts(Protocol):
     def inc(self, amount: float = 1) -> None: ...
 
@@ -54,53 +59,125 @@ class Observes(Protocol):
     def observe(self, amount: float) -> None: ...
 
 
+class CounterFamily(Protocol):
+    def labels(self, *values: str) -> Counts: ...
+
+    def collect(self) -> Iterable[Metric]: ...
+
+
+class HistogramFamily(Protocol):
+    def labels(self, *values: str) -> Observes: ...
+
+
 class Tally:
-    """A counter child's increments, summed in a plain number until `flush`. prometheus-client
-    takes a lock on every `inc`, and a HIT counts five times: about 5% of its CPU (README,
-    Performance)."""
+    """One counter series in a plain number, read when the metrics are read: prometheus-client's
+    own children take a lock on every `inc`, and a HIT counts several times."""
 
-    __slots__ = ("_child", "_pending")
+    __slots__ = ("created", "value")
 
-    def __init__(self, child: Counter) -> None:
-        self._child = child
-        self._pending: float = 0
+    def __init__(self) -> None:
+        self.value: float = 0
+        self.created = time.time()
 
     def inc(self, amount: float = 1) -> None:
-        self._pending += amount
-
-    def flush(self) -> None:
-        if self._pending:
-            pending, self._pending = self._pending, 0
-            self._child.inc(pending)
+        self.value += amount
 
 
 class HistogramTally:
-    """A histogram child's observations, counted per bucket until `flush`, as `Tally`."""
+    """One histogram series as a count per bucket and a sum, read as `Tally` is."""
 
-    __slots__ = ("_bounds", "_child", "_counts", "_sum")
+    __slots__ = ("bounds", "counts", "created", "sum")
 
-    def __init__(self, child: Histogram) -> None:
-        self._child = child
-        self._bounds: list[float] = child._upper_bounds  # ends with +Inf, as observe() needs
-        self._counts = [0] * len(self._bounds)
-        self._sum = 0.0
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * len(bounds)
+        self.sum = 0.0
+        self.created = time.time()
 
     def observe(self, amount: float) -> None:
         """Into the first bucket whose bound is >= amount, as Histogram.observe does."""
-        self._counts[bisect_left(self._bounds, amount)] += 1
-        self._sum += amount
+        self.counts[bisect_left(self.bounds, amount)] += 1
+        self.sum += amount
 
-    def flush(self) -> None:
-        """The child's own values take the sums: its public `observe` takes one value at a
-        time, which would cost what the tally saves."""
-        if not any(self._counts):
-            return
-        self._child._sum.inc(self._sum)
-        for bucket, count in zip(self._child._buckets, self._counts, strict=True):
-            if count:
-                bucket.inc(count)
-        self._counts = [0] * len(self._bounds)
-        self._sum = 0.0
+
+class CounterTallies:
+    """A counter family whose series are tallies, shown as prometheus-client shows a Counter."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, labelnames
+        self._series: dict[tuple[str, ...], Tally] = {}
+
+    def labels(self, *values: str) -> Tally:
+        found = self._series.get(values)
+        if found is None:
+            found = self._series[values] = Tally()
+        return found
+
+    def describe(self) -> Iterable[Metric]:
+        return [CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, tally in list(self._series.items()):
+            family.add_metric(values, tally.value, created=tally.created)
+        return [family]
+
+
+class HistogramTallies:
+    """A histogram family whose series are tallies: cumulative buckets, `+Inf` last, and the
+    `_created` sample prometheus-client's Histogram shows too."""
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float]
+    ) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, labelnames
+        self._bounds = [float(bound) for bound in buckets] + [math.inf]
+        self._les = [floatToGoString(bound) for bound in self._bounds]  # type: ignore[no-untyped-call]
+        self._series: dict[tuple[str, ...], HistogramTally] = {}
+
+    def labels(self, *values: str) -> HistogramTally:
+        found = self._series.get(values)
+        if found is None:
+            found = self._series[values] = HistogramTally(self._bounds)
+        return found
+
+    def describe(self) -> Iterable[Metric]:
+        return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+    def collect(self) -> Iterable[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, tally in list(self._series.items()):
+            cumulative = accumulate(list(tally.counts))
+            family.add_metric(values, list(zip(self._les, cumulative, strict=True)), tally.sum)
+            labels = dict(zip(self.labelnames, values, strict=True))
+            family.samples.append(Sample(f"{self.name}_created", labels, tally.created))
+        return [family]
+
+
+class Tallies:
+    """The tallied families as one prometheus-client collector. `describe` names them, so that
+    the registry refuses a normal metric of the same name."""
+
+    def __init__(self) -> None:
+        self._families: list[CounterTallies | HistogramTallies] = []
+
+    def counter(self, name: str, documentation: str, labelnames: Sequence[str]) -> CounterTallies:
+        family = CounterTallies(name, documentation, labelnames)
+        self._families.append(family)
+        return family
+
+    def histogram(
+        self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float]
+    ) -> HistogramTallies:
+        family = HistogramTallies(name, documentation, labelnames, buckets)
+        self._families.append(family)
+        return family
+
+    def describe(self) -> Iterable[Metric]:
+        return [metric for family in self._families for metric in family.describe()]
+
+    def collect(self) -> Iterable[Metric]:
+        return [metric for family in self._families for metric in family.collect()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +193,10 @@ class ModelCounters:
 
 
 class Metrics:
+    """Every family of the contract. What each request counts is tallied in process (`Tallies`)
+    when one process serves; with several workers it goes to prometheus-client's own metrics,
+    whose values the shared files hold, since another worker may serve the next scrape."""
+
     def __init__(self, registry: CollectorRegistry, multiprocess_dir: str | None = None) -> None:
         self.registry = registry
         self._multiprocess_dir = multiprocess_dir
@@ -123,29 +204,43 @@ class Metrics:
         self._fingerprints: dict[str, str] = {}
         self._served: dict[tuple[str, str], tuple[Counts, Observes]] = {}
         self._upstream: dict[tuple[str, int], Observes] = {}
-        self._tallies: list[Tally | HistogramTally] = []
         self._per_model: dict[str, ModelCounters] = {}
-        self.requests = Counter(
-            "repro_requests_total",
-            "Requests by route and cache outcome",
-            ["route", "cache"],
-            registry=registry,
+        tallies = Tallies() if multiprocess_dir is None else None
+        self.requests = self._counter(
+            tallies, "repro_requests_total", "Requests by route and cache outcome", "route", "cache"
         )
-        self.hits = Counter(
-            "repro_cache_hits_total", "Answers served from the cache", ["model"], registry=registry
+        self.hits = self._counter(
+            tallies, "repro_cache_hits_total", "Answers served from the cache", "model"
         )
-        self.misses = Counter(
-            "repro_cache_misses_total",
-            "Lookups that found nothing servable",
-            ["model"],
-            registry=registry,
+        self.misses = self._counter(
+            tallies, "repro_cache_misses_total", "Lookups that found nothing servable", "model"
         )
-        self.seed_injected = Counter(
-            "repro_seed_injected_total",
-            "Requests that got the default seed",
-            ["model"],
-            registry=registry,
+        self.seed_injected = self._counter(
+            tallies, "repro_seed_injected_total", "Requests that got the default seed", "model"
         )
+        self.tokens_saved = self._counter(
+            tallies,
+            "repro_tokens_saved_total",
+            "Tokens answered from the cache instead of the upstream",
+            "model",
+            "type",
+        )
+        self.request_duration = self._histogram(
+            tallies,
+            "repro_request_duration_seconds",
+            "Time to answer a client, by route and cache outcome",
+            ("route", "cache"),
+            _PROXY_BUCKETS,
+        )
+        self.upstream_duration = self._histogram(
+            tallies,
+            "repro_upstream_duration_seconds",
+            "Time until the upstream's response headers",
+            ("route", "status"),
+            _UPSTREAM_BUCKETS,
+        )
+        if tallies is not None:
+            registry.register(tallies)
         self.fingerprint_changes = Counter(
             "repro_fingerprint_changes_total",
             "New system_fingerprints seen per model",
@@ -158,26 +253,6 @@ class Metrics:
             ["model", "fingerprint"],
             registry=registry,
             multiprocess_mode="mostrecent",
-        )
-        self.tokens_saved = Counter(
-            "repro_tokens_saved_total",
-            "Tokens answered from the cache instead of the upstream",
-            ["model", "type"],
-            registry=registry,
-        )
-        self.request_duration = Histogram(
-            "repro_request_duration_seconds",
-            "Time to answer a client, by route and cache outcome",
-            ["route", "cache"],
-            buckets=_PROXY_BUCKETS,
-            registry=registry,
-        )
-        self.upstream_duration = Histogram(
-            "repro_upstream_duration_seconds",
-            "Time until the upstream's response headers",
-            ["route", "status"],
-            buckets=_UPSTREAM_BUCKETS,
-            registry=registry,
         )
         self.verify = Counter(
             "repro_verify_total",
@@ -199,14 +274,35 @@ class Metrics:
             registry=registry,
         )
 
+    def _counter(
+        self, tallies: Tallies | None, name: str, documentation: str, *labelnames: str
+    ) -> CounterFamily:
+        if tallies is None:
+            return Counter(name, documentation, labelnames, registry=self.registry)
+        return tallies.counter(name, documentation, labelnames)
+
+    def _histogram(
+        self,
+        tallies: Tallies | None,
+        name: str,
+        documentation: str,
+        labelnames: tuple[str, ...],
+        buckets: tuple[float, ...],
+    ) -> HistogramFamily:
+        if tallies is None:
+            return Histogram(
+                name, documentation, labelnames, buckets=buckets, registry=self.registry
+            )
+        return tallies.histogram(name, documentation, labelnames, buckets)
+
     def served(self, route: str, cache: str, took: float) -> None:
         """Count one answered request; the labelled children are looked up once per pair."""
         pair = (route, cache)
         children = self._served.get(pair)
         if children is None:
             children = self._served[pair] = (
-                self._counts(self.requests.labels(route, cache)),
-                self._observes(self.request_duration.labels(route, cache)),
+                self.requests.labels(route, cache),
+                self.request_duration.labels(route, cache),
             )
         children[0].inc()
         children[1].observe(took)
@@ -215,15 +311,14 @@ class Metrics:
         """Time one upstream answer to its headers; a child per (route, status), as `served`."""
         child = self._upstream.get((route, status))
         if child is None:
-            child = self._upstream[route, status] = self._observes(
-                self.upstream_duration.labels(route, str(status))
+            child = self._upstream[route, status] = self.upstream_duration.labels(
+                route, str(status)
             )
         child.observe(took)
 
     def exposition(self) -> bytes:
         """The text format: this process's metrics, or every worker's when there are several."""
         if self._multiprocess_dir is None:
-            self.flush()
             return generate_latest(self.registry)
         merged = CollectorRegistry()
         MultiProcessCollector(merged, path=self._multiprocess_dir)  # type: ignore[no-untyped-call]
@@ -231,25 +326,7 @@ class Metrics:
 
     def hit_counts(self) -> tuple[int, int]:
         """Hits and misses this process has counted, over every model."""
-        self.flush()
         return _total(self.hits), _total(self.misses)
-
-    def flush(self) -> None:
-        """Hand every tally's pending counts to prometheus-client."""
-        for tally in self._tallies:
-            tally.flush()
-
-    def _counts(self, child: Counter) -> Counts:
-        """A tally in front of `child`; with several workers, the child itself: another worker
-        may serve the next scrape, and it reads only what the shared files hold."""
-        return child if self._multiprocess_dir is not None else self._kept(Tally(child))
-
-    def _observes(self, child: Histogram) -> Observes:
-        return child if self._multiprocess_dir is not None else self._kept(HistogramTally(child))
-
-    def _kept(self, tally: T) -> T:
-        self._tallies.append(tally)
-        return tally
 
     def of(self, model: str, served: bool = True) -> ModelCounters:
         """The counters of `model` (or of `other` past the cap). A request that was not served
@@ -262,11 +339,11 @@ class Metrics:
             found = self._per_model.get(label)
             if found is None:
                 found = ModelCounters(
-                    self._counts(self.hits.labels(label)),
-                    self._counts(self.misses.labels(label)),
-                    self._counts(self.seed_injected.labels(label)),
-                    self._counts(self.tokens_saved.labels(label, "prompt")),
-                    self._counts(self.tokens_saved.labels(label, "completion")),
+                    self.hits.labels(label),
+                    self.misses.labels(label),
+                    self.seed_injected.labels(label),
+                    self.tokens_saved.labels(label, "prompt"),
+                    self.tokens_saved.labels(label, "completion"),
                 )
                 self._per_model[label] = found
         return found
@@ -298,7 +375,7 @@ class Metrics:
         self._fingerprints[label] = current
 
 
-def _total(counter: Counter) -> int:
+def _total(counter: CounterFamily) -> int:
     return int(
         sum(
             sample.value

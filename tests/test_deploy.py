@@ -34,7 +34,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from proxy import cli, config
 from proxy.core.policy import Outcome
-from proxy.metrics import Metrics
+from proxy.metrics import CounterTallies, HistogramTallies, Metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -85,10 +85,14 @@ def exported_series() -> dict[str, frozenset[str]]:
     metrics = Metrics(CollectorRegistry())
     series: dict[str, frozenset[str]] = {}
     for family in vars(metrics).values():
-        if not isinstance(family, MetricWrapperBase):
+        if isinstance(family, MetricWrapperBase):
+            labels = frozenset(family._labelnames)  # prometheus-client keeps them on the wrapper
+        elif isinstance(family, CounterTallies | HistogramTallies):
+            labels = frozenset(family.labelnames)
+        else:
             continue
-        # prometheus-client keeps the name (without _total) and label names on the wrapper
-        name, kind, labels = family._name, family._type, frozenset(family._labelnames)
+        (described,) = family.describe()  # the name without _total, and the type
+        name, kind = described.name, described.type
         suffixes = {
             "counter": ("_total", "_created"),
             "gauge": ("",),

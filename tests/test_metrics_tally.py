@@ -1,5 +1,6 @@
-"""The per-request counters and histograms are tallied in process and handed to prometheus-client
-when the metrics are read: what a scrape shows must be exactly what direct counting shows."""
+"""The per-request counters and histograms are tallied in process and shown by a collector of
+their own when the metrics are read: what a scrape shows must be exactly what prometheus-client's
+own metrics show for the same counting."""
 
 from __future__ import annotations
 
@@ -9,65 +10,80 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.metrics import HistogramTally, Metrics, Tally
+from proxy.metrics import Metrics, Tallies
 
 BUCKETS = (0.001, 0.01, 0.1, 1.0)
 # Below every bound, on a bound (the bucket is `le`), between bounds, above all (+Inf), zero.
 AMOUNTS = (0.0005, 0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 7.5, 0.0, 0.001)
 
+Key = tuple[str, tuple[tuple[str, str], ...]]
 
-def samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+
+def samples(registry: CollectorRegistry) -> dict[Key, float]:
     return parsed(generate_latest(registry))
 
 
-def parsed(exposition: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = exposition.decode()
+def parsed(exposition: bytes) -> dict[Key, float]:
+    return {key: value for key, value in every_sample(exposition).items() if not created(key)}
+
+
+def every_sample(exposition: bytes) -> dict[Key, float]:
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
+        for family in text_string_to_metric_families(exposition.decode())
         for s in family.samples
-        if not s.name.endswith("_created")
     }
 
 
-def histograms() -> tuple[CollectorRegistry, Histogram, CollectorRegistry, Histogram]:
-    direct, tallied = CollectorRegistry(), CollectorRegistry()
-    made = [
-        Histogram("h_seconds", "h", ["route"], buckets=BUCKETS, registry=registry).labels("/x")
-        for registry in (direct, tallied)
+def created(key: Key) -> bool:
+    return key[0].endswith("_created")
+
+
+def families(registry: CollectorRegistry) -> list[tuple[str, str, str]]:
+    text = generate_latest(registry).decode()
+    return sorted((f.name, f.type, f.documentation) for f in text_string_to_metric_families(text))
+
+
+def assert_same_exposition(tallied: CollectorRegistry, direct: CollectorRegistry) -> None:
+    """Same families and samples; `_created` timestamps differ only in time, not in series."""
+    assert families(tallied) == families(direct)
+    assert samples(tallied) == samples(direct)
+    created_series = [
+        {key for key in every_sample(generate_latest(r)) if created(key)} for r in (tallied, direct)
     ]
-    return direct, made[0], tallied, made[1]
+    assert created_series[0] == created_series[1]
 
 
-@pytest.mark.parametrize("flush_each", [False, True])
-def test_a_histogram_tally_flushes_to_the_same_buckets_and_sum_as_direct_observations(
-    flush_each: bool,
+@pytest.mark.parametrize("read_between", [False, True])
+def test_a_histogram_tally_shows_the_same_buckets_and_sum_as_direct_observations(
+    read_between: bool,
 ) -> None:
-    direct_registry, direct, tallied_registry, child = histograms()
-    tally = HistogramTally(child)
+    direct_registry, tallied_registry, tallies = CollectorRegistry(), CollectorRegistry(), Tallies()
+    direct = Histogram("h_seconds", "h", ["route"], buckets=BUCKETS, registry=direct_registry)
+    tally = tallies.histogram("h_seconds", "h", ["route"], BUCKETS).labels("/x")
+    tallied_registry.register(tallies)
     for amount in AMOUNTS:
-        direct.observe(amount)
+        direct.labels("/x").observe(amount)
         tally.observe(amount)
-        if flush_each:
-            tally.flush()
-    if not flush_each:
-        assert samples(tallied_registry)[("h_seconds_count", (("route", "/x"),))] == 0
-        tally.flush()
-    assert samples(tallied_registry) == samples(direct_registry)
-    tally.flush()  # nothing pending: nothing added twice
-    assert samples(tallied_registry) == samples(direct_registry)
+        if read_between:
+            assert_same_exposition(tallied_registry, direct_registry)
+    assert_same_exposition(tallied_registry, direct_registry)
+    assert samples(tallied_registry)[("h_seconds_bucket", (("le", "+Inf"), ("route", "/x")))] == 10
+    assert_same_exposition(tallied_registry, direct_registry)  # reading adds nothing
 
 
-def test_a_tally_adds_its_pending_increments_once() -> None:
-    registry = CollectorRegistry()
-    child = Counter("c_total", "c", ["model"], registry=registry).labels("m")
-    tally = Tally(child)
-    tally.inc()
-    tally.inc(41)
-    assert child._value.get() == 0
-    tally.flush()
-    tally.flush()
-    assert child._value.get() == 42
+def test_a_counter_tally_shows_what_direct_increments_show() -> None:
+    direct_registry, tallied_registry, tallies = CollectorRegistry(), CollectorRegistry(), Tallies()
+    direct = Counter("c_total", "c", ["model"], registry=direct_registry)
+    family = tallies.counter("c_total", "c", ["model"])
+    tallied_registry.register(tallies)
+    for amount in (1, 41):
+        direct.labels("m").inc(amount)
+        family.labels("m").inc(amount)
+    direct.labels("zero")  # a series born at 0 shows as 0
+    family.labels("zero")
+    assert_same_exposition(tallied_registry, direct_registry)
+    assert samples(tallied_registry)[("c_total", (("model", "m"),))] == 42
 
 
 def test_the_exposition_and_the_hit_counts_include_what_was_tallied() -> None:
@@ -94,12 +110,41 @@ def test_the_exposition_and_the_hit_counts_include_what_was_tallied() -> None:
     assert metrics.hit_counts() == (2, 2)
 
 
+def test_the_tallies_show_what_prometheus_client_metrics_show_for_the_same_requests(
+    tmp_path: Path,
+) -> None:
+    """With a multiprocess directory, Metrics counts with prometheus-client's own metrics (in this
+    process their values stay in memory): the same requests must expose the same."""
+    tallied, direct = CollectorRegistry(), CollectorRegistry()
+    for metrics in (Metrics(tallied), Metrics(direct, multiprocess_dir=str(tmp_path))):
+        metrics.of("gpt-x").hits.inc()
+        metrics.of("gpt-x").seed_injected.inc()
+        metrics.of("gpt-y").misses.inc()
+        metrics.of("gpt-y").completion_saved.inc(30)
+        for took in (*AMOUNTS, 100.0):
+            metrics.served("/v1/chat/completions", "hit", took)
+        metrics.served("/v1/chat/completions", "error", 0.2)
+        metrics.upstream_answered("/v1/chat/completions", 200, 0.3)
+        metrics.upstream_answered("/v1/chat/completions", 502, 700.0)
+        metrics.store_errors.labels("get").inc()
+        assert metrics.hit_counts() == (1, 1)
+    assert_same_exposition(tallied, direct)
+
+
 def test_with_workers_every_count_goes_to_prometheus_client_at_once(tmp_path: Path) -> None:
     metrics = Metrics(CollectorRegistry(), multiprocess_dir=str(tmp_path))
-    counters = metrics.of("gpt-x")
-    assert not isinstance(counters.hits, Tally)
-    counters.hits.inc()
-    assert metrics.hits.labels("gpt-x")._value.get() == 1
+    assert isinstance(metrics.hits, Counter)
+    metrics.of("gpt-x").hits.inc()
+    child = metrics.hits.labels("gpt-x")
+    assert [s.value for f in child.collect() for s in f.samples if s.name.endswith("_total")] == [1]
+
+
+def test_the_registry_refuses_a_metric_named_as_a_tallied_family() -> None:
+    metrics = Metrics(CollectorRegistry())
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        Counter("repro_requests_total", "again", registry=metrics.registry)
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        Histogram("repro_upstream_duration_seconds", "again", registry=metrics.registry)
 
 
 def test_a_request_not_served_counts_under_its_model_only_once_a_served_one_named_it() -> None:
