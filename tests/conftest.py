@@ -1,3 +1,26 @@
-"""Fixtures live in small plugin modules so each concern can be read alone."""
+"""Fixtures live in small plugin modules so each concern can be read alone.
+
+Tests sit in folders by kind, and each folder marks its tests: `unit` (pure logic, in process),
+`store` (the storage contract, against a real redis-server), `e2e` (real proxy, sim and Redis
+processes) and `ops` (deploy files, Prometheus, the benchmark). `pytest -m "not slow"` runs the
+first two, a contributor's quick loop; `.ci/run` runs everything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
 
 pytest_plugins = ["tests.fixtures_redis", "tests.fixtures_procs"]
+
+SLOW_FOLDERS = frozenset({"e2e", "ops"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    root = Path(__file__).parent
+    for item in items:
+        folder = item.path.relative_to(root).parts[0]
+        if folder in SLOW_FOLDERS:
+            item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.e2e)

@@ -9,8 +9,8 @@ import httpx
 import orjson
 
 from proxy.metrics import MAX_MODELS
+from tests.e2e.test_e2e_observability import labels, series
 from tests.fixtures_procs import ProxyFactory, Sim
-from tests.test_e2e_observability import labels, series
 
 CHAT = "/v1/chat/completions"
 GOOD_KEY = "sk-labels-good"

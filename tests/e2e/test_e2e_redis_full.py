@@ -14,9 +14,9 @@ from openai import OpenAI
 from redis.asyncio import Redis as AsyncRedis
 
 from proxy.store.redis import RedisStore
+from tests.e2e.test_e2e_redis import store_errors
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim
 from tests.fixtures_redis import RedisServer, running_redis
-from tests.test_e2e_redis import store_errors
 
 MODEL = "gpt-4o-mini"
 FILLER = b"x" * 65536

@@ -20,7 +20,7 @@ import pytest
 
 from tests.fixtures_procs import Sim, free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 AUTH = {"Authorization": "Bearer sk-floor"}
 

@@ -12,7 +12,7 @@ and far beyond the 128-level limit, odd whitespace and encodings.
 
 The suite runs a small budget. For a long manual run raise it, e.g.:
 
-    REPRO_FUZZ_EXAMPLES=200000 pytest tests/test_fuzz.py -q -p no:cacheprovider --timeout 0
+    REPRO_FUZZ_EXAMPLES=200000 pytest tests/unit/test_fuzz.py -q -p no:cacheprovider --timeout 0
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from proxy.config import SettingError, load
 from proxy.store.base import Store
 from proxy.store.encrypted import EncryptedStore, parse_keys
 from proxy.store.memory import MemoryStore
-from tests.test_store_contract import Elapse, FakeClock, StoreContract
+from tests.store.test_store_contract import Elapse, FakeClock, StoreContract
 
 KEY_A, KEY_B = os.urandom(32), os.urandom(32)
 

@@ -36,7 +36,7 @@ from proxy import cli, config
 from proxy.core.policy import Outcome
 from proxy.metrics import CounterTallies, HistogramTallies, Metrics
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 PROMETHEUS = DEPLOY / "prometheus"
 RULE_FILES = sorted((PROMETHEUS / "rules").glob("*.yml"))

@@ -18,7 +18,7 @@ import pytest
 
 from tests.bench_module import load_bench
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 bench = load_bench("bench_rounds")

@@ -18,7 +18,7 @@ import pytest
 
 from tests.bench_module import load_bench
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NO_NEAR = "proxy redis:// no near-cache"  # --near-cache 0: one Redis round trip per hit
 HIT_WORKLOADS = {
     "hit (memory)": ("proxy memory://", "dict floor"),

@@ -23,7 +23,7 @@ import yaml
 from openai import OpenAI
 
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim, free_port
-from tests.test_deploy import RULE_FILES, exported_series
+from tests.ops.test_deploy import RULE_FILES, exported_series
 
 MODEL = "gpt-4o-mini"
 FP1, FP2, FP3 = "fp_sim_0001", "fp_sim_0002", "fp_sim_0003"
