@@ -56,7 +56,7 @@ OFF_LOOP_BODY = 1 << 20
 
 
 async def prepare_aside(services: Services, asked: Asked) -> Call:
-    """`prepare` in a child process (see proxy/offload.py): parsing, canonical form and key
+    """`prepare` in a child process (see proxy/server/offload.py): parsing, canonical form and key
     grow with the body, and on the loop a body of several MiB would stall every request the
     process serves. The tenant's HMAC is taken here: its memo belongs to the loop."""
     tenant = services.secret.tenant(asked.credentials)
