@@ -6,8 +6,8 @@
 
 The dashboard reads only metrics the proxy exports and the recording rules of
 deploy/prometheus/rules/repro-recording.yml (hit ratio, rotations, determinism ratio, mean verify
-distance, upstream error ratio); tests/test_deploy.py checks both, and that the committed JSON is
-this script's output.
+distance, upstream error ratio); tests/ops/test_deploy.py checks both, and that the committed
+JSON is this script's output.
 """
 
 from __future__ import annotations

@@ -191,7 +191,7 @@ async def _load_cassette(settings: Settings, store: Store) -> None:
 
 
 async def _save_cassette(settings: Settings, store: Store) -> None:
-    """Recording sessions leave their answers in the cassette; replay sessions leave it alone."""
+    """A recording proxy leaves its answers in the cassette; a replaying one leaves it alone."""
     if settings.cassette is None or settings.cache_mode is CacheMode.REPLAY:
         return
     count = await cassette.write(store, settings.cassette)

@@ -41,8 +41,8 @@ def remembered(services: Services, asked: Asked) -> Call | None:
 def remember(services: Services, asked: Asked, call: Call) -> None:
     """Keep a call that was answered from the cache: HITs are the traffic that repeats byte for
     byte, and preparing (parse, canonical form, SHA-256) is the largest cost of a HIT. Misses
-    are not kept: most are one-offs (unique prompts), and keeping every one cost 6 to 7% of a
-    miss's CPU in A/B runs (the same with the cyclic GC off), for calls nobody asks for again."""
+    are not kept: most are one-offs (unique prompts), and keeping every one costs a miss
+    measurable CPU (bench/bench.py shows it) for calls nobody asks for again."""
     size = CALL_OVERHEAD + len(asked.raw) + len(call.body)
     services.calls.put((asked, services.secret.value), call, size)
 
@@ -56,7 +56,7 @@ OFF_LOOP_BODY = 1 << 20
 
 
 async def prepare_aside(services: Services, asked: Asked) -> Call:
-    """`prepare` in a child process (see proxy/offload.py): parsing, canonical form and key
+    """`prepare` in a child process (see proxy/server/offload.py): parsing, canonical form and key
     grow with the body, and on the loop a body of several MiB would stall every request the
     process serves. The tenant's HMAC is taken here: its memo belongs to the loop."""
     tenant = services.secret.tenant(asked.credentials)

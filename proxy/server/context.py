@@ -57,7 +57,7 @@ class Services:
     secret: Secret
     clock: Callable[[], float]
     credential_names: tuple[str, ...] = STANDARD  # headers that carry a tenant's credential
-    # Results of pure functions, remembered for repeated requests (see proxy/caching.py).
+    # Results of pure functions, remembered for repeated requests (see proxy/server/caching.py).
     calls: LRU[tuple[Any, ...], Call] = field(
         default_factory=lambda: LRU(MEMO_ITEMS, CALL_MEMO_BYTES)
     )

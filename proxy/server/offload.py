@@ -1,11 +1,11 @@
 """CPU-heavy work on a request kept off the event loop, in a child process.
 
-A thread would not do: orjson parses holding the GIL throughout, and a body of many small values
-(say 12 MiB of one-character messages) holds it, garbage collections included, for hundreds of
-milliseconds, during which a loop in another thread of the process cannot run either. A child
-process has a GIL of its own. It is started on first use, so a proxy that never sees a large
-body pays nothing, and there is one: a flood of large bodies queues for it instead of taking
-every core.
+A thread would not do: orjson parses holding the GIL throughout, and a large body of many small
+values (megabytes of one-character messages) holds it, garbage collections included, long enough
+to stall every other request, since a loop in another thread of the process cannot run either.
+A child process has a GIL of its own. It is started on first use, so a proxy that never sees a
+large body pays nothing, and there is one: a flood of large bodies queues for it instead of
+taking every core.
 """
 
 from __future__ import annotations

@@ -49,9 +49,9 @@ def run(settings: Settings, *, reuse_port: bool = False) -> None:
 def tune_collector() -> None:
     """Collect young objects less often. Under load a proxy keeps thousands of objects alive in
     flight (parsed bodies, headers, futures), and every young collection walks them all and
-    promotes them to be walked again by the older ones: at CPython's default that was 5 to 15%
-    of the CPU of a miss (bench/bench.py). Objects in garbage cycles now wait for at most
-    GC_YOUNG_THRESHOLD allocations; the older generations keep their default ratios."""
+    promotes them to be walked again by the older ones: at CPython's default that is a visible
+    share of a miss's CPU (bench/bench.py shows it). Objects in garbage cycles now wait for at
+    most GC_YOUNG_THRESHOLD allocations; the older generations keep their default ratios."""
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 

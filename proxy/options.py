@@ -1,0 +1,423 @@
+"""The settings `serve` takes: each one's flag, environment variable, default, parser and help.
+
+The help texts are what users read: `repro-proxy serve --help` shows them, and the settings table
+of the README is rendered from them (`python3 -m tests.settings_table`), so they stay short and
+true. Each parser turns a text into a value or raises ValueError saying what it expected;
+`proxy.config` names the setting in the error.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from proxy.core.credentials import parse_names
+from proxy.core.policy import CacheMode, CacheScope, Enforce, FingerprintPolicy, StreamDisconnect
+from proxy.store import parse_size
+from proxy.store.encrypted import parse_keys
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("expected a number of seconds >= 0")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise ValueError("expected a number of seconds > 0")
+    return value
+
+
+def _connections(text: str) -> int | None:
+    """`auto` (None): derived from the descriptor limit when serving starts."""
+    return None if text.strip().lower() == "auto" else _positive_int(text)
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise ValueError("expected a fraction between 0 and 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("expected an integer >= 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("expected an integer >= 1")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("expected a port between 0 and 65535")
+    return value
+
+
+def _size(text: str) -> int:
+    return parse_size(text)
+
+
+def _positive_size(text: str) -> int:
+    value = parse_size(text)
+    if value <= 0:
+        raise ValueError("expected a size > 0")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if not -(2**63) <= value < 2**63:
+        raise ValueError("expected an integer between -2^63 and 2^63-1")
+    return value
+
+
+def _encryption_keys(text: str) -> str:
+    parse_keys(text)
+    return text
+
+
+def _upstream(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            "expected an http:// or https:// base URL such as https://api.openai.com/v1"
+        )
+    return text.rstrip("/")
+
+
+def _readable_file(text: str) -> str:
+    if not os.path.isfile(text) or not os.access(text, os.R_OK):
+        raise ValueError("expected a readable file")
+    return text
+
+
+def _store_url(text: str) -> str:
+    if urlsplit(text).scheme not in ("memory", "redis", "rediss"):
+        raise ValueError("expected memory://, redis://… or rediss://…")
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One setting: its flag and environment variable are spelled out as the contract names them."""
+
+    name: str
+    env: str
+    default: str | None
+    parse: Callable[[str], Any]
+    help: str
+    repeatable: bool = False  # the flag may be given several times; values join with commas
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+OPTIONS = (
+    Option("host", "REPRO_HOST", "127.0.0.1", str, "listen address"),
+    Option("port", "REPRO_PORT", "8080", _port, "listen port"),
+    Option(
+        "upstream",
+        "REPRO_UPSTREAM",
+        "https://api.openai.com/v1",
+        _upstream,
+        "base URL of the OpenAI-compatible upstream, with its /v1",
+    ),
+    Option(
+        "store",
+        "REPRO_STORE",
+        "memory://",
+        _store_url,
+        "memory:// (a bounded LRU in this process; memory://?max_bytes=512MiB, default 256MiB) or "
+        "redis://… / rediss://… (Redis or Redis Cluster, detected; ?cluster=true forces cluster "
+        "mode)",
+    ),
+    Option(
+        "default_seed",
+        "REPRO_DEFAULT_SEED",
+        "12345",
+        _seed,
+        "seed injected into requests that carry none",
+    ),
+    Option(
+        "enforce",
+        "REPRO_ENFORCE",
+        "seed",
+        _choice(*Enforce),
+        "off: forward as is; seed: inject the default seed when absent; strict: also temperature "
+        "0 and top_p 1",
+    ),
+    Option(
+        "cache_mode",
+        "REPRO_CACHE_MODE",
+        "readwrite",
+        _choice(*CacheMode),
+        "readwrite; replay: never call the upstream, a miss is a 504 cache_miss; record: always "
+        "call the upstream and store; off",
+    ),
+    Option(
+        "fingerprint_policy",
+        "REPRO_FINGERPRINT_POLICY",
+        "follow",
+        _choice(*FingerprintPolicy),
+        "follow: serve an answer only under the model's current fingerprint; pin: serve any "
+        "stored answer",
+    ),
+    Option(
+        "fingerprint_grace",
+        "REPRO_FINGERPRINT_GRACE",
+        "0",
+        _seconds,
+        "with follow, seconds an older fingerprint still counts as current after the upstream "
+        "last answered with it (rollouts)",
+    ),
+    Option(
+        "cache_scope",
+        "REPRO_CACHE_SCOPE",
+        "key",
+        _choice(*CacheScope),
+        "key: one cache partition per API key (keyed HMAC); shared: one cache for all keys",
+    ),
+    Option("ttl", "REPRO_TTL", "0", _non_negative_int, "seconds an entry lives; 0 = no expiry"),
+    Option(
+        "stale_if_error",
+        "REPRO_STALE_IF_ERROR",
+        "0",
+        _non_negative_int,
+        "seconds of age within which a stored answer of any fingerprint stands in for a failed "
+        "upstream (RFC 5861); 0 = off",
+    ),
+    Option(
+        "admin_token",
+        "REPRO_ADMIN_TOKEN",
+        None,
+        str,
+        "bearer token of the /admin routes; unset, they answer 404",
+    ),
+    Option(
+        "secret",
+        "REPRO_SECRET",
+        None,
+        str,
+        "secret of the API-key HMAC, the same for every proxy sharing a store; unset, a random "
+        "one kept in the store (per process with memory://)",
+    ),
+    Option(
+        "encryption_key",
+        "REPRO_ENCRYPTION_KEY",
+        None,
+        _encryption_keys,
+        "base64 AES-256 keys, comma-separated, encrypting stored answers at rest; the first "
+        "encrypts, all decrypt (rotation)",
+    ),
+    Option(
+        "max_body",
+        "REPRO_MAX_BODY",
+        "16MiB",
+        _positive_size,
+        "largest request body accepted (413 beyond)",
+    ),
+    Option(
+        "max_entry",
+        "REPRO_MAX_ENTRY",
+        "32MiB",
+        _positive_size,
+        "largest answer stored and read whole: a larger stream is served but not stored, a larger "
+        "whole answer is a 502",
+    ),
+    Option(
+        "key_check_interval",
+        "REPRO_KEY_CHECK_INTERVAL",
+        "300",
+        _seconds,
+        "seconds an API key stays trusted for cached answers after the upstream accepted it; 0 = "
+        "never check",
+    ),
+    Option(
+        "key_check_timeout",
+        "REPRO_KEY_CHECK_TIMEOUT",
+        "5",
+        _seconds,
+        "seconds a key check may wait for the upstream; beyond it the HIT goes on without its word",
+    ),
+    Option(
+        "credential_header",
+        "REPRO_CREDENTIAL_HEADER",
+        "",
+        parse_names,
+        "extra header names that carry a tenant's credential, besides Authorization, api-key and "
+        "x-api-key; repeat the flag or separate with commas",
+        repeatable=True,
+    ),
+    Option(
+        "verify_rate",
+        "REPRO_VERIFY_RATE",
+        "0",
+        _fraction,
+        "fraction of HITs re-asked upstream in the background to measure drift; 0 = none",
+    ),
+    Option(
+        "probe_interval",
+        "REPRO_PROBE_INTERVAL",
+        "0",
+        _seconds,
+        "seconds between fingerprint probes of models served only from the cache; 0 = no probe",
+    ),
+    Option(
+        "probe_key",
+        "REPRO_PROBE_KEY",
+        None,
+        str,
+        "API key the fingerprint probe sends (no probe without one)",
+    ),
+    Option(
+        "lock_timeout",
+        "REPRO_LOCK_TIMEOUT",
+        "30",
+        _seconds,
+        "seconds identical concurrent misses wait for the first one's answer; 0 = no coalescing",
+    ),
+    Option(
+        "near_cache",
+        "REPRO_NEAR_CACHE",
+        "64MiB",
+        _size,
+        "bytes of stored answers each process keeps in front of standalone Redis, coherent "
+        "through pub/sub; 0 = off",
+    ),
+    Option(
+        "store_timeout",
+        "REPRO_STORE_TIMEOUT",
+        "0.5",
+        _seconds,
+        "seconds one store call may take; beyond it the proxy serves without the store",
+    ),
+    Option(
+        "connect_timeout",
+        "REPRO_CONNECT_TIMEOUT",
+        "10",
+        _seconds,
+        "seconds to connect to the upstream",
+    ),
+    Option(
+        "upstream_timeout",
+        "REPRO_UPSTREAM_TIMEOUT",
+        "600",
+        _seconds,
+        "seconds the upstream has to send a whole answer, or between two chunks of a stream",
+    ),
+    Option(
+        "upstream_ca",
+        "REPRO_UPSTREAM_CA",
+        None,
+        _readable_file,
+        "PEM bundle of CAs trusted for the upstream in addition to the system store",
+    ),
+    Option(
+        "upstream_cert",
+        "REPRO_UPSTREAM_CERT",
+        None,
+        _readable_file,
+        "PEM client certificate shown to an upstream that asks for one; its key inside or in "
+        "--upstream-key",
+    ),
+    Option(
+        "upstream_key",
+        "REPRO_UPSTREAM_KEY",
+        None,
+        _readable_file,
+        "PEM private key of --upstream-cert",
+    ),
+    Option(
+        "upstream_connections",
+        "REPRO_UPSTREAM_CONNECTIONS",
+        "0",
+        _non_negative_int,
+        "connections each serving process opens to the upstream at most; calls beyond wait for "
+        "one; 0 = no cap",
+    ),
+    Option(
+        "header_timeout",
+        "REPRO_HEADER_TIMEOUT",
+        "10",
+        _positive_seconds,
+        "seconds a client has to send a request's head, from its first byte (from the "
+        "connection's opening for the first request)",
+    ),
+    Option(
+        "body_timeout",
+        "REPRO_BODY_TIMEOUT",
+        "60",
+        _positive_seconds,
+        "seconds a request body may go silent between two reads (408 beyond)",
+    ),
+    Option(
+        "keepalive_timeout",
+        "REPRO_KEEPALIVE_TIMEOUT",
+        "75",
+        _positive_seconds,
+        "seconds an idle keep-alive client connection stays open",
+    ),
+    Option(
+        "max_connections",
+        "REPRO_MAX_CONNECTIONS",
+        "auto",
+        _connections,
+        "client connections each serving process holds at most (503 beyond); auto = half of the "
+        "descriptor limit less 64 reserved",
+    ),
+    Option(
+        "stream_disconnect",
+        "REPRO_STREAM_DISCONNECT",
+        "finish",
+        _choice(*StreamDisconnect),
+        "when a client leaves a cacheable stream: finish reads on and stores it, cancel closes "
+        "the upstream connection",
+    ),
+    Option(
+        "cassette",
+        "REPRO_CASSETTE",
+        None,
+        str,
+        "JSONL cassette loaded at start and, unless replaying, written back at exit; needs "
+        "--cache-scope shared",
+    ),
+    Option(
+        "workers",
+        "REPRO_WORKERS",
+        "1",
+        _positive_int,
+        "serving processes sharing the port (SO_REUSEPORT); more than one needs a shared store",
+    ),
+    Option(
+        "log_level",
+        "REPRO_LOG_LEVEL",
+        "info",
+        _choice("debug", "info", "warning", "error"),
+        "debug, info, warning or error; JSON lines on stderr",
+    ),
+)

@@ -1,0 +1,87 @@
+"""The documents stay true to the code: the settings table, links, and the paths they name."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests import settings_table
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCUMENTS = sorted(
+    [
+        ROOT / "README.md",
+        ROOT / "deploy" / "README.md",
+        *ROOT.glob("docs/*.md"),
+        *ROOT.glob("bench/*.md"),
+    ]
+)
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+REPO_PATH = re.compile(r"`((?:proxy|bench|deploy|tests|docs|\.ci)/[\w./-]*)`")
+FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
+
+
+def ids(paths: list[Path]) -> list[str]:
+    return [str(path.relative_to(ROOT)) for path in paths]
+
+
+def prose(path: Path) -> str:
+    """The document without its code blocks."""
+    return FENCE.sub("", path.read_text(encoding="utf-8"))
+
+
+def slug(heading: str) -> str:
+    """The anchor GitHub gives a heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    return {slug(line.lstrip("#")) for line in prose(path).splitlines() if line.startswith("#")}
+
+
+def test_the_readme_settings_table_is_rendered_from_the_settings() -> None:
+    readme = settings_table.README.read_text(encoding="utf-8")
+    assert settings_table.embedded(readme) == settings_table.render(), (
+        "README.md's settings table differs from proxy/options.py: "
+        "rewrite it with `python3 -m tests.settings_table`"
+    )
+
+
+def test_every_setting_has_a_row_in_the_readme() -> None:
+    table = settings_table.embedded(settings_table.README.read_text(encoding="utf-8"))
+    for option in settings_table.OPTIONS:
+        assert f"`{option.flag}` | `{option.env}`" in table
+
+
+def test_the_readme_is_short() -> None:
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").count("\n")
+    assert lines <= 320, f"README.md has {lines} lines: move details to docs/"
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=ids(DOCUMENTS))
+def test_relative_links_resolve(document: Path) -> None:
+    for target in LINK.findall(prose(document)):
+        if re.match(r"[a-z]+:", target):
+            continue
+        path, _, anchor = target.partition("#")
+        resolved = (document.parent / path).resolve() if path else document
+        assert resolved.exists(), f"{document.name}: {target} does not exist"
+        if anchor and resolved.suffix == ".md":
+            assert anchor in anchors(resolved), f"{document.name}: no heading for {target}"
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=ids(DOCUMENTS))
+def test_the_repository_paths_named_exist(document: Path) -> None:
+    for name in REPO_PATH.findall(document.read_text(encoding="utf-8")):
+        path = ROOT / name.rstrip("/")
+        assert path.exists() or path.with_suffix(".py").exists(), f"{document.name}: {name}"
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=ids(DOCUMENTS))
+def test_no_lab_notes(document: Path) -> None:
+    """Documents are for users: no issue numbers or run letters, which mean nothing to them."""
+    text = document.read_text(encoding="utf-8")
+    assert not re.search(r"\b[Ii]ssue [0-9]|\b[Rr]uns? [A-I]\b", text), document.name
