@@ -64,6 +64,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
+from procs import free_port, stop, wait_until_up
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,12 +105,6 @@ INVALID_BODIES = [
 # processes
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Proc:
     name: str
@@ -121,16 +116,7 @@ class Proc:
         return self.popen.pid
 
     def stop(self) -> None:
-        if self.popen.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGCONT)  # a frozen process cannot act on SIGTERM
-        self.popen.terminate()
-        try:
-            self.popen.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait(timeout=10)
+        stop(self.popen, grace=10)
 
     def tail(self, lines: int = 20) -> str:
         try:
@@ -148,17 +134,11 @@ def start(name: str, argv: list[str], workdir: Path) -> Proc:
     return Proc(name, popen, log)
 
 
-def wait_until_up(proc: Proc, url: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.popen.poll() is not None:
-            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}")
-        try:
-            httpx.get(url, timeout=0.5)
-            return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{proc.name} did not answer {url} within {START_TIMEOUT:.0f} s")
+def wait_until_proc_up(proc: Proc, url: str) -> None:
+    try:
+        wait_until_up(url, proc.popen, START_TIMEOUT)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{proc.name}: {exc}\n{proc.tail()}") from None
 
 
 def wait_for_redis(proc: Proc, port: int) -> None:
@@ -670,8 +650,8 @@ def main(argv: list[str] | None = None) -> int:
             flags += ["--secret", "soak-secret", "--log-level", "warning"]
             proxy = start("proxy", [*python, "serve", "--port", str(proxy_port), *flags], workdir)
             procs.append(proxy)
-            wait_until_up(sim, sim_url + "/_sim/stats")
-            wait_until_up(proxy, proxy_url + "/healthz")
+            wait_until_proc_up(sim, sim_url + "/_sim/stats")
+            wait_until_proc_up(proxy, proxy_url + "/healthz")
             print(
                 f"soak: sim pid {sim.pid}, proxy pid {proxy.pid} ({store})"
                 + (f", redis pid {redis.pid}" if redis else "")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from procs import free_port, stop, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 15.0
@@ -42,12 +42,6 @@ class Timing:
     cache: str
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def process(args: list[str], ready_url: str) -> Iterator[None]:
     """Run `python -m proxy ARGS` until the block ends; wait (bounded) until it answers."""
@@ -58,28 +52,10 @@ def process(args: list[str], ready_url: str) -> Iterator[None]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_until_up(ready_url, proc)
+        wait_until_up(ready_url, proc, START_TIMEOUT)
         yield
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-
-
-def wait_until_up(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
-        try:
-            httpx.get(url, timeout=0.5)
-            return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} did not come up within {START_TIMEOUT}s")
+        stop(proc)
 
 
 def body(text: str) -> bytes:

@@ -7,10 +7,8 @@ terminated after the test. The sim is shared by the session and reset before eac
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -18,14 +16,7 @@ from typing import IO, Any
 import httpx
 import pytest
 
-START_TIMEOUT = 15.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
+from bench.procs import free_port, stop, wait_until_up
 
 # The proxy honours these for its upstream calls: the test machine's own must not route
 # loopback traffic; a test that wants a forward proxy passes them in `extra`.
@@ -40,29 +31,6 @@ def _clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     }
     env.update(extra or {})
     return env
-
-
-def _wait_until_up(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before serving {url}")
-        try:
-            httpx.get(url, timeout=0.5)
-            return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} did not come up within {START_TIMEOUT}s")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 @dataclass
@@ -154,10 +122,10 @@ def sim_process() -> Iterator[Sim]:
     )
     sim = Sim(port, proc)
     try:
-        _wait_until_up(sim.url + "/_sim/fingerprint", proc)
+        wait_until_up(sim.url + "/_sim/fingerprint", proc)
         yield sim
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 @pytest.fixture
@@ -195,14 +163,14 @@ def start_proxy(sim: Sim) -> Iterator[ProxyFactory]:
         proc = subprocess.Popen(argv, env=_clean_env(env), stderr=stderr)
         proxy = Proxy(port, proc, flags)
         started.append(proxy)
-        _wait_until_up(proxy.url + "/healthz", proc)
+        wait_until_up(proxy.url + "/healthz", proc)
         return proxy
 
     try:
         yield start
     finally:
         for proxy in started:
-            _stop(proxy.proc)
+            stop(proxy.proc)
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
 
+from bench.procs import wait_until
 from proxy.store.batch import Batcher
 
 _START_TIMEOUT = 10.0
@@ -83,15 +83,6 @@ def _is_free(port: int) -> bool:
     return True
 
 
-def _wait_until(ready: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + _START_TIMEOUT
-    while time.monotonic() < deadline:
-        if ready():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"{what} not ready within {_START_TIMEOUT:.0f} s")
-
-
 def _answers_ping(port: int) -> bool:
     try:
         with redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5) as client:
@@ -110,7 +101,11 @@ def running_redis(directory: Path, *options: str, bus: bool = False) -> Iterator
     log = (directory / "redis.log").open("wb")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
-        _wait_until(lambda: process.poll() is None and _answers_ping(port), f"redis on {port}")
+        wait_until(
+            lambda: process.poll() is None and _answers_ping(port),
+            f"redis on {port}",
+            _START_TIMEOUT,
+        )
         yield RedisServer(port=port, pid=process.pid)
     finally:
         process.terminate()
@@ -133,7 +128,7 @@ def _create_cluster(nodes: tuple[RedisServer, ...]) -> None:
     done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
     if done.returncode != 0:
         pytest.fail(f"redis-cli --cluster create failed:\n{done.stdout}{done.stderr}")
-    _wait_until(lambda: _cluster_ok(nodes), "redis cluster")
+    wait_until(lambda: _cluster_ok(nodes), "redis cluster", _START_TIMEOUT)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 
-from tests.fixtures_procs import Proxy, ProxyFactory, _stop
+from tests.fixtures_procs import Proxy, ProxyFactory, stop
 
 EURO = "€".encode()  # UTF-8 bytes: outside Latin-1 once read
 
@@ -93,7 +93,7 @@ def test_no_credential_of_a_refused_request_reaches_the_log(
     with path.open("wb") as stderr:
         proxy = start_proxy(stderr=stderr)
         refuse_malformed(proxy)
-        _stop(proxy.proc)
+        stop(proxy.proc)
     lines = [orjson.loads(line) for line in path.read_bytes().splitlines()]
     refused = [line for line in lines if line["logger"] == "aiohttp.server"]
     assert len(refused) == len(MALFORMED)  # still logged, without what the client sent
@@ -108,5 +108,5 @@ def test_debug_logging_shows_a_refused_request_whole_when_asked_for(
     with path.open("wb") as stderr:
         proxy = start_proxy("--log-level", "debug", stderr=stderr)
         refuse_malformed(proxy)
-        _stop(proxy.proc)
+        stop(proxy.proc)
     assert b"sk-secret-line" in path.read_bytes()

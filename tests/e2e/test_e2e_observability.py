@@ -19,9 +19,9 @@ from tests.fixtures_procs import (
     ProxyFactory,
     Sim,
     _clean_env,
-    _stop,
-    _wait_until_up,
     free_port,
+    stop,
+    wait_until_up,
 )
 from tests.fixtures_redis import running_redis
 
@@ -160,10 +160,10 @@ def logged_proxy(sim: Sim, log: Path, *flags: str) -> Iterator[Proxy]:
         proc = subprocess.Popen([*argv, *flags], env=_clean_env(), stderr=sink)
         try:
             proxy = Proxy(port, proc, flags)
-            _wait_until_up(proxy.url + "/healthz", proc)
+            wait_until_up(proxy.url + "/healthz", proc)
             yield proxy
         finally:
-            _stop(proc)
+            stop(proc)
 
 
 def json_lines(log: Path) -> list[dict[str, Any]]:

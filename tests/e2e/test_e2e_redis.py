@@ -7,8 +7,7 @@ OpenAI SDK.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -18,6 +17,7 @@ import redis
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.procs import wait_until
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim, free_port
 from tests.fixtures_redis import RedisClusterNodes
 
@@ -62,14 +62,6 @@ def store_errors(proxy: Proxy) -> dict[str, float]:
         for sample in family.samples
         if sample.name == "repro_store_errors_total"
     }
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} not within {timeout} s")
-        time.sleep(0.05)
 
 
 def redis_contents(client: redis.Redis) -> Iterator[tuple[bytes, list[bytes]]]:
@@ -172,7 +164,7 @@ def test_ttl_expires_entries_in_redis(start_proxy: ProxyFactory, redis_url: str)
         assert len(names) == 1
         assert 0 < client.pttl(names[0]) <= 1000
         assert chat(proxy).headers["X-Repro-Cache"] == "HIT"
-        wait_until(lambda: client.exists(names[0]) == 0, 3.0, "Redis expiring the entry")
+        wait_until(lambda: client.exists(names[0]) == 0, "Redis expiring the entry", 3.0)
         assert chat(proxy).headers["X-Repro-Cache"] == "MISS"
         assert 0 < client.pttl(names[0]) <= 1000
 

@@ -17,9 +17,9 @@ from tests.fixtures_procs import (
     ProxyFactory,
     Sim,
     _clean_env,
-    _stop,
-    _wait_until_up,
     free_port,
+    stop,
+    wait_until_up,
 )
 
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: proxy\r\n\r\n"
@@ -185,7 +185,7 @@ def test_the_soft_descriptor_limit_is_raised_to_the_hard_one_at_start(sim: Sim) 
         preexec_fn=lower,
     )
     try:
-        _wait_until_up(f"http://127.0.0.1:{port}/healthz", proc)
+        wait_until_up(f"http://127.0.0.1:{port}/healthz", proc)
         assert _soft_nofile(proc.pid) == (hard, hard)
     finally:
-        _stop(proc)
+        stop(proc)

@@ -13,9 +13,8 @@ import socketserver
 import subprocess
 import sys
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -25,15 +24,16 @@ import pytest
 from openai import AsyncOpenAI, OpenAI
 from openai.lib.streaming.chat import ChatCompletionStreamState
 
+from bench.procs import wait_until
 from proxy.core.sse import StreamRecorder
 from tests.fixtures_procs import (
     Proxy,
     ProxyFactory,
     Sim,
     _clean_env,
-    _stop,
-    _wait_until_up,
     free_port,
+    stop,
+    wait_until_up,
 )
 
 MODEL = "gpt-4o-mini"
@@ -78,11 +78,11 @@ def proxies(sim_process: Sim) -> Iterator[dict[str, Proxy]]:
             argv += ["--upstream", sim_process.v1, *flags]
             started[name] = Proxy(port, subprocess.Popen(argv, env=_clean_env()), flags)
         for proxy in started.values():
-            _wait_until_up(proxy.url + "/healthz", proxy.proc)
+            wait_until_up(proxy.url + "/healthz", proxy.proc)
         yield started
     finally:
         for proxy in started.values():
-            _stop(proxy.proc)
+            stop(proxy.proc)
 
 
 @pytest.fixture
@@ -160,14 +160,6 @@ def stored(proxy: Proxy, ns: str, body: bytes) -> bool:
     assert response.status_code == 200, response.text
     assert response.headers["X-Repro-Cache"] == "HIT"
     return True
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def assemble(chunks: list[Any], tools: Any = None) -> dict[str, Any]:
@@ -405,8 +397,10 @@ def test_client_disconnect_finishes_the_upstream_stream_and_stores_it(
     completed = sim.stats()["streams_completed"]
     read_two_chunks_and_leave(proxy, ns)
     assert sim.stats()["streams_completed"] == completed  # still streaming when the client left
-    wait_for(lambda: sim.stats()["streams_completed"] == completed + 1, "the stream to finish")
-    wait_for(lambda: stored(proxy, ns, raw_body(max_tokens=60)), "the stream to be stored")
+    wait_until(
+        lambda: sim.stats()["streams_completed"] == completed + 1, "the stream to finish", WAIT
+    )
+    wait_until(lambda: stored(proxy, ns, raw_body(max_tokens=60)), "the stream to be stored", WAIT)
     headers, chunks = stream_sync(sync_client(proxy, ns), max_tokens=60)
     assert headers["X-Repro-Cache"] == "HIT"
     assert chunks[-1].choices[0].finish_reason == "stop"
@@ -420,9 +414,10 @@ def test_client_disconnect_with_cancel_cancels_the_upstream_and_stores_nothing(
     sim.settings(chunk_delay=0.05)
     before = sim.stats()
     read_two_chunks_and_leave(proxy, ns)
-    wait_for(
+    wait_until(
         lambda: sim.stats()["streams_cancelled"] == before["streams_cancelled"] + 1,
         "the upstream stream to be cancelled",
+        WAIT,
     )
     assert sim.stats()["streams_completed"] == before["streams_completed"]
     sim.settings(chunk_delay=0.0)
@@ -467,7 +462,7 @@ def test_repro_headers_come_before_the_first_byte(proxy: Proxy, sim: Sim, ns: st
         assert first.startswith(b"data: {")
         assert b"[DONE]" not in first  # headers and first frame came well before the end
     sim.settings(chunk_delay=0.0)  # the proxy reads on after we left; let it end and store
-    wait_for(lambda: stored(proxy, ns, raw_body()), "the abandoned stream to be stored")
+    wait_until(lambda: stored(proxy, ns, raw_body()), "the abandoned stream to be stored", WAIT)
 
 
 def test_a_streamed_miss_sends_its_head_with_the_first_frame(
@@ -489,7 +484,7 @@ def test_a_streamed_miss_sends_its_head_with_the_first_frame(
     assert status.startswith(b"HTTP/1.1 200") and b"X-Repro-Cache: MISS" in status
     assert b"data: {" in rest and b"[DONE]" not in rest
     sim.settings(chunk_delay=0.0)
-    wait_for(lambda: stored(proxy, ns, body), "the abandoned stream to be stored")
+    wait_until(lambda: stored(proxy, ns, body), "the abandoned stream to be stored", WAIT)
 
 
 def test_cache_control_directives_apply_to_streams(proxy: Proxy, sim: Sim, ns: str) -> None:

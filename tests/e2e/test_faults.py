@@ -31,6 +31,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.procs import wait_until
 from proxy.core.entry import Entry
 from tests.faultproxy import FaultProxy
 from tests.fixtures_procs import (
@@ -38,9 +39,9 @@ from tests.fixtures_procs import (
     ProxyFactory,
     Sim,
     _clean_env,
-    _stop,
-    _wait_until_up,
     free_port,
+    stop,
+    wait_until_up,
 )
 from tests.fixtures_redis import RedisServer, _create_cluster, running_redis
 
@@ -190,14 +191,6 @@ def stored_bodies(port: int, key: str) -> dict[str, bytes]:
     }
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str, pause: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout} s")
-        time.sleep(pause)
-
-
 def recover(proxy: Proxy, prompt: str, timeout: float = RECOVERY_BOUND) -> list[Answer]:
     """Ask the same question until it is a HIT (bounded); every answer on the way must be a 200.
 
@@ -265,7 +258,7 @@ class OwnRedis:
         command += ["--save", "", "--appendonly", "no", "--dir", str(self.directory)]
         self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         proc = self.proc
-        wait_for(lambda: proc.poll() is None and _pings(self.port), 10, f"redis on {self.port}")
+        wait_until(lambda: proc.poll() is None and _pings(self.port), f"redis on {self.port}", 10)
         return self
 
     @property
@@ -335,14 +328,14 @@ def start_logged_proxy(sim: Sim, tmp_path: Path) -> Iterator[Callable[..., Logge
         with log.open("wb") as sink:
             proc = subprocess.Popen(argv, env=_clean_env(), stderr=sink)
         started.append(proc)
-        _wait_until_up(f"http://127.0.0.1:{port}/healthz", proc)
+        wait_until_up(f"http://127.0.0.1:{port}/healthz", proc)
         return LoggedProxy(Proxy(port, proc, flags), log)
 
     try:
         yield start
     finally:
         for proc in started:
-            _stop(proc)
+            stop(proc)
 
 
 # --- 1. a frozen Redis (SIGSTOP) --------------------------------------------------------------
@@ -502,7 +495,7 @@ def test_a_replica_started_while_redis_was_down_shares_the_store_secret_once_it_
         early = start_redis_proxy(start_proxy, server.url)
         assert_unready(early)
         server.start()
-        wait_for(lambda: readyz(early)[0] == 200, RECOVERY_BOUND, "the early replica ready")
+        wait_until(lambda: readyz(early)[0] == 200, "the early replica ready", RECOVERY_BOUND)
         stored = ask(early, "shared across replicas")
         assert (stored.status, stored.cache) == (200, "MISS")
         late = start_redis_proxy(start_proxy, server.url)
@@ -548,7 +541,7 @@ def test_network_faults_between_proxy_and_redis(
             assert_unready(proxy)
 
             faults.set_mode("pass")
-            wait_for(lambda: readyz(proxy)[0] == 200, RECOVERY_BOUND, f"ready after {mode}")
+            wait_until(lambda: readyz(proxy)[0] == 200, f"ready after {mode}", RECOVERY_BOUND)
             healed = ask(proxy, "over a bad network")
             assert (healed.status, healed.cache) == (200, "HIT"), mode
             assert healed.content == stored.content
@@ -601,7 +594,7 @@ def test_cluster_losing_a_master_serves_nothing_wrong(
         assert candidates, "no master holds entries without the fingerprint state"
         victim = candidates[0]
         os.kill(victim.pid, signal.SIGKILL)
-        wait_for(lambda: not _listening(victim.port), 5, "the killed master going away")
+        wait_until(lambda: not _listening(victim.port), "the killed master going away", 5)
         lost = {p for p in prompts if owner[p] == victim.port}
         assert 0 < len(lost) < 20
         sim_calls = len(sim.llm_requests())
@@ -639,10 +632,10 @@ def upstream_proxy(sim_process: Sim) -> Iterator[Proxy]:
     argv = [sys.executable, "-m", "proxy", "serve", "--port", str(port)]
     proc = subprocess.Popen([*argv, "--upstream", sim_process.v1, *flags], env=_clean_env())
     try:
-        _wait_until_up(f"http://127.0.0.1:{port}/healthz", proc)
+        wait_until_up(f"http://127.0.0.1:{port}/healthz", proc)
         yield Proxy(port, proc, flags)
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 def assert_error(answer: Answer, status: int, code: str) -> None:

@@ -1,0 +1,64 @@
+"""Processes on loopback for the tests and the benchmarks: a free port, waiting (bounded) until
+a process answers, and stopping it. One copy, imported by bench scripts (`import procs`) and by
+the tests (`from bench.procs import …`)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+
+import httpx
+
+START_TIMEOUT = 15.0
+STOP_GRACE = 5.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(ready: Callable[[], bool], what: str, timeout: float, pause: float = 0.05) -> None:
+    """Poll `ready` until it holds, at most `timeout` seconds; then fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(pause)
+
+
+def wait_until_up(
+    url: str, proc: subprocess.Popen[bytes], timeout: float = START_TIMEOUT, log: str = ""
+) -> None:
+    """Until `url` answers HTTP at all; a process that exits first fails at once (with `log`,
+    the tail of its output, when the caller has one)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before {url}\n{log}")
+        try:
+            httpx.get(url, timeout=0.5, trust_env=False)
+            return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up within {timeout:g} s")
+
+
+def stop(proc: subprocess.Popen[bytes], grace: float = STOP_GRACE) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds; a stopped (SIGSTOP) process is woken first."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGCONT)
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=grace)
