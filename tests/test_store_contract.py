@@ -1,4 +1,5 @@
-"""One storage contract, tested once and run per backend: memory, Redis, Redis Cluster.
+"""One storage contract, tested once and run per backend: memory, Redis, Redis Cluster, Redis
+over TLS; and per wrapper (circuit breaker, encryption, near-cache) around a real Redis.
 
 The memory store is the reference; Redis runs for real (see fixtures_redis), since atomicity
 and key layout cannot be checked against a fake.
@@ -7,6 +8,7 @@ and key layout cannot be checked against a fake.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,9 +21,13 @@ from redis.asyncio import Redis, RedisCluster
 from proxy.core.fingerprints import FingerprintSeen, ModelFingerprints, Observation
 from proxy.store import MemoryStore, Store, StoreError, open_store, parse_size
 from proxy.store.base import Labels, Selector, Usage, Write
+from proxy.store.encrypted import EncryptedStore
+from proxy.store.guard import GuardedStore
 from proxy.store.memory import ENTRY_OVERHEAD
+from proxy.store.near import NearCache
 from proxy.store.redis import RedisStore
 from tests.fixtures_redis import RedisClusterNodes, running_redis
+from tests.fixtures_tls import TlsRedis, make_certificates
 
 Elapse = Callable[[float], Awaitable[None]]
 T0 = 1_700_000_000.0
@@ -358,7 +364,15 @@ class TestMemoryStore(StoreContract):
         assert await store.get("long", None) == {}
 
 
-class RedisContract(StoreContract):
+class RealTime:
+    """Backends whose time cannot be faked: Redis expires keys by its own clock."""
+
+    @pytest.fixture
+    def elapse(self) -> Elapse:
+        return lambda seconds: asyncio.sleep(seconds + 0.1)
+
+
+class RedisContract(RealTime, StoreContract):
     """The contract plus what only Redis can get wrong: layout, bytes, TTL, cluster slots."""
 
     @pytest.fixture
@@ -397,10 +411,6 @@ class RedisContract(StoreContract):
     def raw(self) -> Redis | RedisCluster:
         """A plain client, to look at what the store wrote."""
         raise NotImplementedError
-
-    @pytest.fixture
-    def elapse(self) -> Elapse:
-        return lambda seconds: asyncio.sleep(seconds + 0.1)
 
     async def test_keys_carry_hash_tags(self, store: Store, raw: Redis | RedisCluster) -> None:
         await store.put(Write("abc123", "fp_a", b"v", 0))
@@ -507,6 +517,74 @@ class TestRedisClusterStore(RedisContract):
             for key in keys:
                 await standalone.get(key, ["fp"])
         await standalone.close()
+
+
+class TestRedisTlsStore(RedisContract):
+    """Standalone Redis over TLS, as managed services offer it: redis-py's TLS connection,
+    trusting the CA the URL names (`ssl_ca_certs`)."""
+
+    @pytest.fixture
+    def url(self, redis_tls: TlsRedis) -> str:
+        redis_tls.flushall()
+        return redis_tls.url
+
+    @pytest.fixture
+    async def raw(self, url: str) -> AsyncIterator[Redis]:
+        client = Redis.from_url(url)
+        yield client
+        await client.aclose()
+
+    async def test_a_certificate_the_ca_did_not_sign_is_refused(
+        self, redis_tls: TlsRedis, tmp_path: Path
+    ) -> None:
+        stranger = make_certificates(tmp_path)
+        url = redis_tls.url.replace(str(redis_tls.files.ca), str(stranger.ca))
+        store = await open_store(url)
+        try:
+            with pytest.raises(StoreError, match="redis ping failed"):
+                await store.ping()
+        finally:
+            await store.close()
+
+
+class TestGuardedRedisStore(RealTime, StoreContract):
+    """As the proxy runs it: the breaker trusts the store's own deadline (`bounded`)."""
+
+    @pytest.fixture
+    async def store(self, redis_url: str) -> AsyncIterator[Store]:
+        store = GuardedStore(await open_store(redis_url, deadline=2.0), timeout=2.0, bounded=True)
+        yield store
+        await store.close()
+
+
+class TestEncryptedRedisStore(RealTime, StoreContract):
+    @pytest.fixture
+    async def store(self, redis_url: str) -> AsyncIterator[Store]:
+        store = EncryptedStore(await open_store(redis_url), [os.urandom(32)])
+        yield store
+        await store.close()
+
+
+class TestNearCacheRedisStore(RealTime, StoreContract):
+    """Every answer it serves from memory must be what Redis holds: its own writes drop its
+    copy at once, and the contract reads right after them."""
+
+    @pytest.fixture
+    async def store(self, redis_url: str) -> AsyncIterator[Store]:
+        backend = await open_store(redis_url, "near-contract")
+        assert isinstance(backend, RedisStore)
+        near = NearCache(backend, backend, 1 << 20)
+        listening = asyncio.ensure_future(near.run())
+        try:
+            for _ in range(250):
+                if near.live:
+                    break
+                await asyncio.sleep(0.02)
+            assert near.live
+            yield near
+        finally:
+            listening.cancel()
+            await near.close()
 
 
 def _closed_port() -> int:
