@@ -1,3 +1,3 @@
 """Fixtures live in small plugin modules so each concern can be read alone."""
 
-pytest_plugins = ["tests.fixtures_redis", "tests.fixtures_tls", "tests.fixtures_procs"]
+pytest_plugins = ["tests.fixtures_redis", "tests.fixtures_procs", "tests.fixtures_tls"]

@@ -26,8 +26,9 @@ from proxy.store.guard import GuardedStore
 from proxy.store.memory import ENTRY_OVERHEAD
 from proxy.store.near import NearCache
 from proxy.store.redis import RedisStore
+from tests.egress_peers import Authority
 from tests.fixtures_redis import RedisClusterNodes, running_redis
-from tests.fixtures_tls import TlsRedis, make_certificates
+from tests.fixtures_tls import TlsRedis
 
 Elapse = Callable[[float], Awaitable[None]]
 T0 = 1_700_000_000.0
@@ -408,9 +409,11 @@ class RedisContract(RealTime, StoreContract):
         assert keys == {f"k{i}" for i in range(1100)}
 
     @pytest.fixture
-    def raw(self) -> Redis | RedisCluster:
-        """A plain client, to look at what the store wrote."""
-        raise NotImplementedError
+    async def raw(self, url: str) -> AsyncIterator[Redis | RedisCluster]:
+        """A plain client, to look at what the store wrote; a standalone one unless overridden."""
+        client = Redis.from_url(url)
+        yield client
+        await client.aclose()
 
     async def test_keys_carry_hash_tags(self, store: Store, raw: Redis | RedisCluster) -> None:
         await store.put(Write("abc123", "fp_a", b"v", 0))
@@ -451,12 +454,6 @@ class TestRedisStore(RedisContract):
     @pytest.fixture
     def url(self, redis_url: str) -> str:
         return redis_url
-
-    @pytest.fixture
-    async def raw(self, url: str) -> AsyncIterator[Redis]:
-        client = Redis.from_url(url)
-        yield client
-        await client.aclose()
 
     async def test_forced_cluster_mode_fails_on_a_standalone_server(self, url: str) -> None:
         store = await open_store(url + "?cluster=true")
@@ -528,17 +525,11 @@ class TestRedisTlsStore(RedisContract):
         redis_tls.flushall()
         return redis_tls.url
 
-    @pytest.fixture
-    async def raw(self, url: str) -> AsyncIterator[Redis]:
-        client = Redis.from_url(url)
-        yield client
-        await client.aclose()
-
     async def test_a_certificate_the_ca_did_not_sign_is_refused(
         self, redis_tls: TlsRedis, tmp_path: Path
     ) -> None:
-        stranger = make_certificates(tmp_path)
-        url = redis_tls.url.replace(str(redis_tls.files.ca), str(stranger.ca))
+        stranger = Authority.create(tmp_path, "stranger")
+        url = redis_tls.url.replace(str(redis_tls.ca), str(stranger.pem))
         store = await open_store(url)
         try:
             with pytest.raises(StoreError, match="redis ping failed"):
