@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+import redis
 from redis.asyncio import Redis, RedisCluster
 
 from proxy.core.fingerprints import FingerprintSeen, ModelFingerprints, Observation
@@ -560,9 +561,18 @@ class TestNearCacheRedisStore(RealTime, StoreContract):
     """Every answer it serves from memory must be what Redis holds: its own writes drop its
     copy at once, and the contract reads right after them."""
 
+    @pytest.fixture(params=["tcp", "tls"])
+    def url(self, request: pytest.FixtureRequest) -> str:
+        """The feed has a connection of its own, which must take the store's TLS settings."""
+        if request.param == "tcp":
+            return cast(str, request.getfixturevalue("redis_url"))
+        server = cast(TlsRedis, request.getfixturevalue("redis_tls"))
+        server.flushall()
+        return server.url
+
     @pytest.fixture
-    async def store(self, redis_url: str) -> AsyncIterator[Store]:
-        backend = await open_store(redis_url, "near-contract")
+    async def store(self, url: str) -> AsyncIterator[Store]:
+        backend = await open_store(url, "near-contract")
         assert isinstance(backend, RedisStore)
         near = NearCache(backend, backend, 1 << 20)
         listening = asyncio.ensure_future(near.run())
@@ -610,6 +620,23 @@ async def test_silent_redis_times_out_instead_of_hanging() -> None:
         writer.close()
     server.close()
     await server.wait_closed()
+
+
+async def test_credentials_and_database_come_from_the_url(tmp_path: Path) -> None:
+    with running_redis(tmp_path) as server:
+        with redis.Redis(port=server.port) as admin:
+            admin.acl_setuser(
+                "alice", enabled=True, passwords=["+s3cret"], keys=["*"], commands=["+@all"]
+            )
+            admin.acl_setuser("default", enabled=False)  # from now on nothing works unnamed
+        store = await open_store(f"redis://alice:s3cret@127.0.0.1:{server.port}/3")
+        try:
+            await store.put(Write("k", "fp", b"v", 0))
+            assert await store.get("k", None) == {"fp": b"v"}
+            with redis.Redis(port=server.port, username="alice", password="s3cret", db=3) as db3:
+                assert db3.hget("repro:e:{k}", "fp") == b"v"
+        finally:
+            await store.close()
 
 
 async def test_open_store_memory_with_a_bound() -> None:
