@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.fixtures_redis", "tests.fixtures_procs"]
+pytest_plugins = ["tests.fixtures_redis", "tests.fixtures_procs", "tests.fixtures_tls"]
 
 SLOW_FOLDERS = frozenset({"e2e", "ops"})
 

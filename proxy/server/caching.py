@@ -23,7 +23,7 @@ from proxy.core.policy import Outcome
 from proxy.errors import UpstreamError
 from proxy.server.coalesce import Lease
 from proxy.server.context import EntryMemo, Services
-from proxy.store.base import Labels, StoreError
+from proxy.store.base import Labels, StoreError, Write
 from proxy.store.guard import CircuitOpen
 from proxy.upstream.client import UpstreamResponse
 from proxy.upstream.headers import REQUEST_SKIP, request_headers, response_headers
@@ -254,18 +254,14 @@ async def record(
         return
     services.prober.answered(call.model)
     tracker = services.fingerprints
-    labels = Labels(namespace=call.namespace, model=call.model)
-    unlock = lease.token if lease is not None and lease.held else None
-    value, ttl = entry.pack(), services.settings.ttl
     counted = tracker.counted(call.model, answer.fingerprint)
     try:
         if counted:
-            await services.store.put(call.key, entry.fingerprint, value, ttl, labels, unlock)
+            await services.store.put(_write(services, call, entry, lease))
         else:
             await tracker.flush(call.model)
-            seen = await services.store.record(
-                call.key, entry.fingerprint, value, ttl, labels, unlock, call.model, tracker.now()
-            )
+            write = _write(services, call, entry, lease, now=tracker.now())
+            seen = await services.store.record(write)
             tracker.learned(call.model, answer.fingerprint, seen)
     except StoreError as exc:  # both are lost: the observation and the entry
         tracker.lost(call.model, counted)
@@ -274,6 +270,22 @@ async def record(
         return
     if lease is not None:
         lease.held = False  # released with the write
+
+
+def _write(
+    services: Services, call: Call, entry: Entry, lease: Lease | None, now: float = 0.0
+) -> Write:
+    """The answer's write; a leader's lease is released with it."""
+    return Write(
+        key=call.key,
+        fingerprint=entry.fingerprint,
+        value=entry.pack(),
+        ttl=services.settings.ttl,
+        labels=Labels(namespace=call.namespace, model=call.model),
+        unlock=lease.token if lease is not None and lease.held else None,
+        model=call.model,
+        now=now,
+    )
 
 
 def _storable(services: Services, call: Call, answer: Answer) -> Entry | None:

@@ -57,6 +57,29 @@ class Selector:
 
 
 @dataclass(frozen=True, slots=True)
+class Write:
+    """One answer to store, as `put` and `record` take it.
+
+    `ttl`: seconds of life, 0 for none; `labels`: what purges and exports select by.
+    `unlock`: the token the writer led the fill with; the fill lock is released in the same
+    step, after the value: a leader's write and its release then cost one round trip, and no
+    follower that sees the lock gone can miss the answer. Released whoever holds it by then:
+    another holds it only after the leader's expired, and the entry they would both fill is
+    filled now, which is all the lock guards.
+    `model` and `now`: for `record` only, the observation of the answer's fingerprint.
+    """
+
+    key: str
+    fingerprint: str
+    value: bytes
+    ttl: int = 0
+    labels: Labels = NO_LABELS
+    unlock: str | None = None
+    model: str = ""
+    now: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Usage:
     """How much the store holds: answers (one per key and fingerprint) and their bytes."""
 
@@ -86,37 +109,13 @@ class Store(Protocol):
         """`lookup`, and the fill lock of `key` taken for `token` in the same step when `key`
         holds nothing (True if taken): a leader's miss costs one round trip, not two."""
 
-    async def put(
-        self,
-        key: str,
-        fingerprint: str,
-        value: bytes,
-        ttl: int,
-        labels: Labels = NO_LABELS,
-        unlock: str | None = None,
-    ) -> None:
-        """Store `value`; `ttl` seconds of life, 0 for none; `labels` for purges and exports.
+    async def put(self, write: Write) -> None:
+        """Store `write.value`; `write.unlock`: see Write. `model` and `now` are not read."""
 
-        `unlock`: the token the writer led the fill with; the fill lock is released in the
-        same step, after the value: a leader's write and its release then cost one round
-        trip, and no follower that sees the lock gone can miss the answer. Released whoever
-        holds it by then: another holds it only after the leader's expired, and the entry
-        they would both fill is filled now, which is all the lock guards."""
-
-    async def record(
-        self,
-        key: str,
-        fingerprint: str,
-        value: bytes,
-        ttl: int,
-        labels: Labels,
-        unlock: str | None,
-        model: str,
-        now: float,
-    ) -> Observation:
-        """`observe_fingerprint(model, fingerprint, now)`, then `put`, in one step where the
-        backend allows: a fresh upstream answer costs one round trip, and under `follow` it is
-        servable as soon as it is stored."""
+    async def record(self, write: Write) -> Observation:
+        """`observe_fingerprint(write.model, write.fingerprint, write.now)`, then `put`, in one
+        step where the backend allows: a fresh upstream answer costs one round trip, and under
+        `follow` it is servable as soon as it is stored."""
 
     async def delete(self, key: str) -> None:
         """Forget every fingerprint's value under `key`."""

@@ -20,7 +20,7 @@ import orjson
 from proxy.core import canonical
 from proxy.core.entry import CorruptEntry, Entry
 from proxy.errors import ProxyError
-from proxy.store.base import Labels, Selector, Store
+from proxy.store.base import Labels, Selector, Store, Write
 
 FORMAT = 1
 _META = (
@@ -101,7 +101,7 @@ async def load(store: Store, entries: list[Loaded]) -> int:
     for item in entries:
         entry = item.entry
         labels = Labels(namespace=entry.namespace, model=entry.model)
-        await store.put(item.key, entry.fingerprint, entry.pack(), 0, labels)
+        await store.put(Write(item.key, entry.fingerprint, entry.pack(), 0, labels))
         await store.observe_fingerprint(entry.model, entry.fingerprint, entry.stored_at)
     return len(entries)
 

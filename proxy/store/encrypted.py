@@ -13,12 +13,13 @@ import base64
 import binascii
 import os
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from proxy.core.fingerprints import ModelFingerprints, Observation
-from proxy.store.base import NO_LABELS, Labels, Selector, Store
+from proxy.store.base import Selector, Store, Write
 from proxy.store.wrapper import StoreWrapper
 
 _VERSION = b"\x01"
@@ -81,31 +82,14 @@ class EncryptedStore(StoreWrapper):
         state, found, locked = await self.inner.lookup_or_lock(key, model, token, ttl)
         return state, self._open_all(key, found), locked
 
-    async def put(
-        self,
-        key: str,
-        fingerprint: str,
-        value: bytes,
-        ttl: int,
-        labels: Labels = NO_LABELS,
-        unlock: str | None = None,
-    ) -> None:
-        sealed = self.seal(key, fingerprint, value)
-        await self.inner.put(key, fingerprint, sealed, ttl, labels, unlock)
+    async def put(self, write: Write) -> None:
+        await self.inner.put(self._sealed(write))
 
-    async def record(
-        self,
-        key: str,
-        fingerprint: str,
-        value: bytes,
-        ttl: int,
-        labels: Labels,
-        unlock: str | None,
-        model: str,
-        now: float,
-    ) -> Observation:
-        sealed = self.seal(key, fingerprint, value)
-        return await self.inner.record(key, fingerprint, sealed, ttl, labels, unlock, model, now)
+    async def record(self, write: Write) -> Observation:
+        return await self.inner.record(self._sealed(write))
+
+    def _sealed(self, write: Write) -> Write:
+        return replace(write, value=self.seal(write.key, write.fingerprint, write.value))
 
     async def entries(self, selector: Selector) -> AsyncIterator[tuple[str, str, bytes]]:
         async for key, fingerprint, blob in self.inner.entries(selector):

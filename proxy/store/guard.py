@@ -18,14 +18,13 @@ from typing import TypeVar
 
 from proxy.core.fingerprints import ModelFingerprints, Observation
 from proxy.store.base import (
-    NO_LABELS,
-    Labels,
     Selector,
     Store,
     StoreError,
     StoreRefused,
     StoreTimeout,
     Usage,
+    Write,
 )
 
 log = logging.getLogger("proxy.store")
@@ -137,34 +136,11 @@ class GuardedStore:
     ) -> tuple[ModelFingerprints | None, dict[str, bytes], bool]:
         return await self._call("get", lambda: self.inner.lookup_or_lock(key, model, token, ttl))
 
-    async def put(
-        self,
-        key: str,
-        fingerprint: str,
-        value: bytes,
-        ttl: int,
-        labels: Labels = NO_LABELS,
-        unlock: str | None = None,
-    ) -> None:
-        await self._call(
-            "put", lambda: self.inner.put(key, fingerprint, value, ttl, labels, unlock)
-        )
+    async def put(self, write: Write) -> None:
+        await self._call("put", lambda: self.inner.put(write))
 
-    async def record(
-        self,
-        key: str,
-        fingerprint: str,
-        value: bytes,
-        ttl: int,
-        labels: Labels,
-        unlock: str | None,
-        model: str,
-        now: float,
-    ) -> Observation:
-        return await self._call(
-            "record",
-            lambda: self.inner.record(key, fingerprint, value, ttl, labels, unlock, model, now),
-        )
+    async def record(self, write: Write) -> Observation:
+        return await self._call("record", lambda: self.inner.record(write))
 
     async def purge(self, selector: Selector, dry_run: bool) -> int:
         """Not under the call deadline: a purge scans the whole store, in batches."""

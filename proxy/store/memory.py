@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from proxy.core.fingerprints import FingerprintSeen, ModelFingerprints, Observation
-from proxy.store.base import NO_LABELS, Labels, Selector, Usage
+from proxy.store.base import NO_LABELS, Labels, Selector, Usage, Write
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 ENTRY_OVERHEAD = 64
@@ -86,21 +86,14 @@ class MemoryStore:
         state, found = await self.lookup(key, model)
         return state, found, not found and await self.lock(key, token, ttl)
 
-    async def put(
-        self,
-        key: str,
-        fingerprint: str,
-        value: bytes,
-        ttl: int,
-        labels: Labels = NO_LABELS,
-        unlock: str | None = None,
-    ) -> None:
-        self._store(key, fingerprint, value, ttl, labels)
-        if unlock is not None:
-            self._locks.pop(key, None)
+    async def put(self, write: Write) -> None:
+        self._store(write)
+        if write.unlock is not None:
+            self._locks.pop(write.key, None)
 
-    def _store(self, key: str, fingerprint: str, value: bytes, ttl: int, labels: Labels) -> None:
+    def _store(self, write: Write) -> None:
         self._drop_expired()
+        key, fingerprint, value, ttl = write.key, write.fingerprint, write.value, write.ttl
         slot = (key, fingerprint)
         self._remove(slot)
         size = len(value) + len(key) + len(fingerprint) + ENTRY_OVERHEAD
@@ -110,7 +103,7 @@ class MemoryStore:
         entry = _Entry(value, size, expires, next(self._sequence))
         self._entries[slot] = entry
         self._fingerprints_of.setdefault(key, {})[fingerprint] = None
-        self._labels[key] = labels
+        self._labels[key] = write.labels
         self._size += size
         if ttl > 0:
             heapq.heappush(self._expiries, (expires, entry.sequence, slot))
@@ -142,19 +135,9 @@ class MemoryStore:
         self._drop_expired()
         return Usage(entries=len(self._entries), bytes=self._size)
 
-    async def record(
-        self,
-        key: str,
-        fingerprint: str,
-        value: bytes,
-        ttl: int,
-        labels: Labels,
-        unlock: str | None,
-        model: str,
-        now: float,
-    ) -> Observation:
-        seen = await self.observe_fingerprint(model, fingerprint, now)
-        await self.put(key, fingerprint, value, ttl, labels, unlock)
+    async def record(self, write: Write) -> Observation:
+        seen = await self.observe_fingerprint(write.model, write.fingerprint, write.now)
+        await self.put(write)
         return seen
 
     async def observe_fingerprint(

@@ -18,7 +18,7 @@ import logging
 from collections import OrderedDict
 
 from proxy.core.fingerprints import ModelFingerprints, Observation
-from proxy.store.base import NO_LABELS, Labels, Store
+from proxy.store.base import Store, Write
 from proxy.store.redis import ENTRY_CHANGED, MODEL_CHANGED, RedisStore
 from proxy.store.wrapper import StoreWrapper
 
@@ -182,33 +182,15 @@ class NearCache(StoreWrapper):
     # Writes announce themselves through Redis, in their own transaction or script (see
     # RedisStore); this process also drops its copy at once, before its own echo arrives.
 
-    async def put(
-        self,
-        key: str,
-        fingerprint: str,
-        value: bytes,
-        ttl: int,
-        labels: Labels = NO_LABELS,
-        unlock: str | None = None,
-    ) -> None:
-        self._invalidate(ENTRY_CHANGED + key)
-        await self.inner.put(key, fingerprint, value, ttl, labels, unlock)
+    async def put(self, write: Write) -> None:
+        self._invalidate(ENTRY_CHANGED + write.key)
+        await self.inner.put(write)
 
-    async def record(
-        self,
-        key: str,
-        fingerprint: str,
-        value: bytes,
-        ttl: int,
-        labels: Labels,
-        unlock: str | None,
-        model: str,
-        now: float,
-    ) -> Observation:
-        self._invalidate(ENTRY_CHANGED + key)
-        seen = await self.inner.record(key, fingerprint, value, ttl, labels, unlock, model, now)
-        if seen.previous != fingerprint:
-            self._invalidate(MODEL_CHANGED + model)
+    async def record(self, write: Write) -> Observation:
+        self._invalidate(ENTRY_CHANGED + write.key)
+        seen = await self.inner.record(write)
+        if seen.previous != write.fingerprint:
+            self._invalidate(MODEL_CHANGED + write.model)
         return seen
 
     async def delete(self, key: str) -> None:

@@ -30,13 +30,13 @@ from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from proxy.core.fingerprints import FingerprintSeen, ModelFingerprints, Observation
 from proxy.core.lru import LRU
 from proxy.store.base import (
-    NO_LABELS,
     Labels,
     Selector,
     StoreError,
     StoreRefused,
     StoreTimeout,
     Usage,
+    Write,
 )
 from proxy.store.batch import Batcher, dropped, replies
 
@@ -241,15 +241,7 @@ class RedisStore:
                 self._models_parsed.put(raw, found)
         return found
 
-    async def put(
-        self,
-        key: str,
-        fingerprint: str,
-        value: bytes,
-        ttl: int,
-        labels: Labels = NO_LABELS,
-        unlock: str | None = None,
-    ) -> None:
+    async def put(self, write: Write) -> None:
         """Store the value; the TTL is per key, so it also renews the key's other fingerprints.
 
         Without a TTL (the default), plain commands in order on one connection: the entry, its
@@ -258,65 +250,44 @@ class RedisStore:
         spends about half the CPU of the same commands in a script. With a TTL, a script, so
         that no value is ever stored without its expiry."""
         with _mapped("put"):
-            if ttl > 0:
-                await self._batch.script(
-                    _PUT,
-                    self._put_keys(key),
-                    self._put_args(key, fingerprint, value, ttl, labels, unlock),
-                )
+            if write.ttl > 0:
+                await self._batch.script(_PUT, self._put_keys(write), self._put_args(write))
                 return
-            entry, tags = self._entry(key), _tags(labels)
+            entry, tags = self._entry(write.key), _tags(write.labels)
             sent = [
-                self._batch.send("HSET", entry, fingerprint, value, _LABELS, tags),
+                self._batch.send("HSET", entry, write.fingerprint, write.value, _LABELS, tags),
                 self._batch.send("PERSIST", entry),
             ]
             if self.invalidations:
-                sent.append(self._batch.send("PUBLISH", self.invalidations, ENTRY_CHANGED + key))
-            if unlock:
-                sent.append(self._batch.send("DEL", self._lock(key)))
+                news = ENTRY_CHANGED + write.key
+                sent.append(self._batch.send("PUBLISH", self.invalidations, news))
+            if write.unlock:
+                sent.append(self._batch.send("DEL", self._lock(write.key)))
             await replies(*sent)
 
-    async def record(
-        self,
-        key: str,
-        fingerprint: str,
-        value: bytes,
-        ttl: int,
-        labels: Labels,
-        unlock: str | None,
-        model: str,
-        now: float,
-    ) -> Observation:
+    async def record(self, write: Write) -> Observation:
         """One script on a standalone server. A cluster keeps the two on their own slots, sent
         together (the observation first) but not atomically: a lookup between them, at a
         rotation only, is a MISS, never a wrong answer."""
         if self._cluster:
-            writing = asyncio.ensure_future(self.put(key, fingerprint, value, ttl, labels, unlock))
+            writing = asyncio.ensure_future(self.put(write))
             try:
-                return await self.observe_fingerprint(model, fingerprint, now)
+                return await self.observe_fingerprint(write.model, write.fingerprint, write.now)
             finally:
                 await writing
-        keys = [self._model(model), self._models(), *self._put_keys(key)]
-        args = [model, repr(now), *self._put_args(key, fingerprint, value, ttl, labels, unlock)]
+        keys = [self._model(write.model), self._models(), *self._put_keys(write)]
+        args = [write.model, repr(write.now), *self._put_args(write)]
         with _mapped("record"):
             previous, new = await self._batch.script(_RECORD, keys, args)
         return _observation(previous, new)
 
-    def _put_keys(self, key: str) -> list[str]:
-        return [self._entry(key), self._lock(key)]
+    def _put_keys(self, write: Write) -> list[str]:
+        return [self._entry(write.key), self._lock(write.key)]
 
-    def _put_args(
-        self,
-        key: str,
-        fingerprint: str,
-        value: bytes,
-        ttl: int,
-        labels: Labels,
-        unlock: str | None,
-    ) -> list[Any]:
+    def _put_args(self, write: Write) -> list[Any]:
         return [
-            fingerprint, value, _LABELS, _tags(labels), ttl,
-            self.invalidations, ENTRY_CHANGED + key, unlock or "",
+            write.fingerprint, write.value, _LABELS, _tags(write.labels), write.ttl,
+            self.invalidations, ENTRY_CHANGED + write.key, write.unlock or "",
         ]  # fmt: skip
 
     async def delete(self, key: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 
 from proxy.core.fingerprints import ModelFingerprints, Observation
-from proxy.store.base import NO_LABELS, Labels, Selector, Store, Usage
+from proxy.store.base import Selector, Store, Usage, Write
 
 
 class StoreWrapper:
@@ -30,29 +30,11 @@ class StoreWrapper:
     ) -> tuple[ModelFingerprints | None, dict[str, bytes], bool]:
         return await self.inner.lookup_or_lock(key, model, token, ttl)
 
-    async def put(
-        self,
-        key: str,
-        fingerprint: str,
-        value: bytes,
-        ttl: int,
-        labels: Labels = NO_LABELS,
-        unlock: str | None = None,
-    ) -> None:
-        await self.inner.put(key, fingerprint, value, ttl, labels, unlock)
+    async def put(self, write: Write) -> None:
+        await self.inner.put(write)
 
-    async def record(
-        self,
-        key: str,
-        fingerprint: str,
-        value: bytes,
-        ttl: int,
-        labels: Labels,
-        unlock: str | None,
-        model: str,
-        now: float,
-    ) -> Observation:
-        return await self.inner.record(key, fingerprint, value, ttl, labels, unlock, model, now)
+    async def record(self, write: Write) -> Observation:
+        return await self.inner.record(write)
 
     async def delete(self, key: str) -> None:
         await self.inner.delete(key)

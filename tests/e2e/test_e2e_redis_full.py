@@ -13,6 +13,7 @@ import redis
 from openai import OpenAI
 from redis.asyncio import Redis as AsyncRedis
 
+from proxy.store.base import Write
 from proxy.store.redis import RedisStore
 from tests.e2e.test_e2e_redis import store_errors
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim
@@ -81,7 +82,7 @@ async def test_a_refused_fill_lock_is_not_held_and_the_read_beside_it_stands(
 ) -> None:
     store = RedisStore(AsyncRedis.from_url(own_redis.url))
     try:
-        await store.put("stored", "fp", b"answer", 0)
+        await store.put(Write("stored", "fp", b"answer", 0))
         fill_up(own_redis)
         assert await store.lookup_or_lock("stored", None, "leader", 30) == (
             None,

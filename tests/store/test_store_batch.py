@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from proxy.store import open_store
-from proxy.store.base import StoreError, StoreTimeout
+from proxy.store.base import StoreError, StoreTimeout, Write
 from proxy.store.batch import MAX_BATCH, Batcher, replies
 from proxy.store.guard import GuardedStore
 from proxy.store.redis import RedisStore
@@ -91,9 +91,9 @@ async def test_scripts_reload_after_redis_forgets_them(redis_url: str) -> None:
     assert isinstance(store, RedisStore)
     client = Redis.from_url(redis_url)
     try:
-        await store.put("k", "fp1", b"one", ttl=60)
+        await store.put(Write("k", "fp1", b"one", ttl=60))
         await client.script_flush()
-        await store.put("k", "fp2", b"two", ttl=60)  # EVALSHA fails, EVAL loads it again
+        await store.put(Write("k", "fp2", b"two", ttl=60))  # EVALSHA fails, EVAL loads it again
         assert await store.get("k", None) == {"fp1": b"one", "fp2": b"two"}
         assert await store.lock("k", "t1", 5) is True
         await client.script_flush()
@@ -113,7 +113,7 @@ async def test_the_deadline_fails_what_a_frozen_server_leaves_unanswered(tmp_pat
         store = RedisStore(client, deadline=0.2)
         guarded = GuardedStore(store, timeout=0.2, bounded=True)
         try:
-            await store.put("k", "fp", b"v", 0)
+            await store.put(Write("k", "fp", b"v", 0))
             os.kill(server.pid, signal.SIGSTOP)
             try:
                 started = time.monotonic()

@@ -1,4 +1,5 @@
-"""One storage contract, tested once and run per backend: memory, Redis, Redis Cluster.
+"""One storage contract, tested once and run per backend: memory, Redis, Redis Cluster, Redis
+over TLS; and per wrapper (circuit breaker, encryption, near-cache) around a real Redis.
 
 The memory store is the reference; Redis runs for real (see fixtures_redis), since atomicity
 and key layout cannot be checked against a fake.
@@ -7,6 +8,7 @@ and key layout cannot be checked against a fake.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,14 +16,20 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+import redis
 from redis.asyncio import Redis, RedisCluster
 
 from proxy.core.fingerprints import FingerprintSeen, ModelFingerprints, Observation
 from proxy.store import MemoryStore, Store, StoreError, open_store, parse_size
-from proxy.store.base import Labels, Selector, Usage
+from proxy.store.base import Labels, Selector, Usage, Write
+from proxy.store.encrypted import EncryptedStore
+from proxy.store.guard import GuardedStore
 from proxy.store.memory import ENTRY_OVERHEAD
+from proxy.store.near import NearCache
 from proxy.store.redis import RedisStore
+from tests.egress_peers import Authority
 from tests.fixtures_redis import RedisClusterNodes, running_redis
+from tests.fixtures_tls import TlsRedis
 
 Elapse = Callable[[float], Awaitable[None]]
 T0 = 1_700_000_000.0
@@ -51,35 +59,35 @@ class StoreContract:
         assert await store.get("k", None) == {}
 
     async def test_put_then_get_by_fingerprint(self, store: Store) -> None:
-        await store.put("k", "fp_a", b"A", 0)
+        await store.put(Write("k", "fp_a", b"A", 0))
         assert await store.get("k", ["fp_a"]) == {"fp_a": b"A"}
         assert await store.get("k", ["fp_b"]) == {}
         assert await store.get("other", ["fp_a"]) == {}
 
     async def test_several_fingerprints_under_one_key(self, store: Store) -> None:
-        await store.put("k", "fp_a", b"A", 0)
-        await store.put("k", "fp_b", b"B", 0)
+        await store.put(Write("k", "fp_a", b"A", 0))
+        await store.put(Write("k", "fp_b", b"B", 0))
         assert await store.get("k", ["fp_b", "fp_c"]) == {"fp_b": b"B"}
         assert await store.get("k", None) == {"fp_a": b"A", "fp_b": b"B"}
         assert await store.get("k", []) == {}
 
     async def test_put_replaces_and_keeps_empty_values(self, store: Store) -> None:
-        await store.put("k", "fp_a", b"old", 0)
-        await store.put("k", "fp_a", b"", 0)
+        await store.put(Write("k", "fp_a", b"old", 0))
+        await store.put(Write("k", "fp_a", b"", 0))
         assert await store.get("k", ["fp_a"]) == {"fp_a": b""}
 
     async def test_delete_forgets_every_fingerprint(self, store: Store) -> None:
-        await store.put("k", "fp_a", b"A", 0)
-        await store.put("k", "fp_b", b"B", 0)
-        await store.put("kept", "fp_a", b"K", 0)
+        await store.put(Write("k", "fp_a", b"A", 0))
+        await store.put(Write("k", "fp_b", b"B", 0))
+        await store.put(Write("kept", "fp_a", b"K", 0))
         await store.delete("k")
         await store.delete("never-stored")
         assert await store.get("k", None) == {}
         assert await store.get("kept", None) == {"fp_a": b"K"}
 
     async def test_ttl_expiry(self, store: Store, elapse: Elapse) -> None:
-        await store.put("short", "fp_a", b"S", 1)
-        await store.put("forever", "fp_a", b"F", 0)
+        await store.put(Write("short", "fp_a", b"S", 1))
+        await store.put(Write("forever", "fp_a", b"F", 0))
         assert await store.get("short", None) == {"fp_a": b"S"}
         await elapse(1)
         assert await store.get("short", None) == {}
@@ -178,7 +186,7 @@ class StoreContract:
         assert (found, locked) == ({}, True)
         assert await store.locked("k")
         assert (await store.lookup_or_lock("k", "m", "other", 30))[1:] == ({}, False)
-        await store.put("k", "fp", b"v", 0, unlock="leader")
+        await store.put(Write("k", "fp", b"v", 0, unlock="leader"))
         assert (await store.lookup_or_lock("k", "m", "other", 30))[1:] == ({"fp": b"v"}, False)
         assert not await store.locked("k")
 
@@ -191,7 +199,7 @@ class StoreContract:
     async def test_without_a_model_only_the_values_are_read(self, store: Store) -> None:
         """A caller that holds the model's state (the near-cache) asks for the values alone."""
         await store.observe_fingerprint("m", "fp", 1.0)
-        await store.put("k", "fp", b"v", 0)
+        await store.put(Write("k", "fp", b"v", 0))
         assert await store.lookup("k", None) == (None, {"fp": b"v"})
         assert await store.lookup_or_lock("k", None, "leader", 30) == (None, {"fp": b"v"}, False)
         assert await store.lookup_or_lock("empty", None, "leader", 30) == (None, {}, True)
@@ -200,7 +208,7 @@ class StoreContract:
     async def test_record_observes_then_stores_and_releases_the_lock(self, store: Store) -> None:
         assert await store.lock("k", "leader", 30)
         labels = Labels(namespace="ns", model="m")
-        seen = await store.record("k", "fp_a", b"A", 0, labels, "leader", "m", 5.0)
+        seen = await store.record(Write("k", "fp_a", b"A", 0, labels, "leader", "m", 5.0))
         assert seen == Observation(previous=None, new=True)
         assert not await store.locked("k")
         state, found = await store.lookup("k", "m")
@@ -210,9 +218,9 @@ class StoreContract:
         assert [item[:2] async for item in store.entries(Selector(namespace="ns"))] == [
             ("k", "fp_a")
         ]
-        again = await store.record("k2", "fp_a", b"B", 0, labels, None, "m", 6.0)
+        again = await store.record(Write("k2", "fp_a", b"B", 0, labels, None, "m", 6.0))
         assert again == Observation(previous="fp_a", new=False)
-        rotated = await store.record("k", "fp_b", b"C", 0, labels, None, "m", 7.0)
+        rotated = await store.record(Write("k", "fp_b", b"C", 0, labels, None, "m", 7.0))
         assert rotated == Observation(previous="fp_a", new=True)
         assert await store.get("k", None) == {"fp_a": b"A", "fp_b": b"C"}
         state = await store.fingerprints("m")
@@ -228,20 +236,20 @@ class StoreContract:
         """Another holds the lock only after the leader's expired; once the entry is filled,
         the lock has nothing left to guard, so the write releases it anyway."""
         assert await store.lock("k", "leader", 30)
-        await store.put("k", "fp", b"v", 0)
+        await store.put(Write("k", "fp", b"v", 0))
         assert await store.locked("k")  # a write that led nothing leaves the lock alone
         await store.unlock("k", "leader")
         assert await store.lock("k", "took over", 30)
-        await store.put("k", "fp", b"v2", 0, unlock="leader")
+        await store.put(Write("k", "fp", b"v2", 0, unlock="leader"))
         assert not await store.locked("k")
         assert await store.lookup_or_lock("k", None, "next", 30) == (None, {"fp": b"v2"}, False)
         assert not await store.locked("k")  # found: no lock taken, none left behind
-        await store.put("k2", "fp", b"v", 0, unlock="leader")  # no lock: nothing to release
+        await store.put(Write("k2", "fp", b"v", 0, unlock="leader"))  # no lock: nothing to release
         assert await store.lock("k2", "other", 30)
 
     async def test_a_write_with_a_ttl_releases_the_lock_too(self, store: Store) -> None:
         assert await store.lock("k", "leader", 30)
-        await store.put("k", "fp", b"v", 60, unlock="leader")
+        await store.put(Write("k", "fp", b"v", 60, unlock="leader"))
         assert not await store.locked("k")
         assert await store.get("k", None) == {"fp": b"v"}
 
@@ -252,10 +260,10 @@ class StoreContract:
         assert await store.lock("k", "next", 1)
 
     async def test_purge_selects_by_namespace_model_and_fingerprint(self, store: Store) -> None:
-        await store.put("k1", "fp_a", b"1", 0, Labels("ns1", "m1"))
-        await store.put("k1", "fp_b", b"2", 0, Labels("ns1", "m1"))
-        await store.put("k2", "fp_a", b"3", 0, Labels("ns2", "m1"))
-        await store.put("k3", "fp_a", b"4", 0, Labels("ns2", "m2"))
+        await store.put(Write("k1", "fp_a", b"1", 0, Labels("ns1", "m1")))
+        await store.put(Write("k1", "fp_b", b"2", 0, Labels("ns1", "m1")))
+        await store.put(Write("k2", "fp_a", b"3", 0, Labels("ns2", "m1")))
+        await store.put(Write("k3", "fp_a", b"4", 0, Labels("ns2", "m2")))
         assert await store.purge(Selector(namespace="ns1"), dry_run=True) == 2
         assert await store.get("k1", None) == {"fp_a": b"1", "fp_b": b"2"}
         assert await store.purge(Selector(model="m1", fingerprint="fp_a"), dry_run=False) == 2
@@ -269,9 +277,9 @@ class StoreContract:
         assert await store.usage() == Usage(0, 0)
 
     async def test_entries_lists_what_the_selector_matches(self, store: Store) -> None:
-        await store.put("k1", "fp_a", b"1", 0, Labels("ns1", "m1"))
-        await store.put("k1", "fp_b", b"2", 0, Labels("ns1", "m1"))
-        await store.put("k2", "fp_a", b"3", 0, Labels("ns2", "m2"))
+        await store.put(Write("k1", "fp_a", b"1", 0, Labels("ns1", "m1")))
+        await store.put(Write("k1", "fp_b", b"2", 0, Labels("ns1", "m1")))
+        await store.put(Write("k2", "fp_a", b"3", 0, Labels("ns2", "m2")))
         everything = sorted([item async for item in store.entries(Selector())])
         assert everything == [("k1", "fp_a", b"1"), ("k1", "fp_b", b"2"), ("k2", "fp_a", b"3")]
         chosen = [item async for item in store.entries(Selector(model="m2"))]
@@ -301,9 +309,9 @@ class TestMemoryStore(StoreContract):
     async def test_lru_evicts_least_recently_used_by_bytes(self) -> None:
         store = MemoryStore(max_bytes=3 * (100 + 2 + 2 + ENTRY_OVERHEAD))
         for key in ("k1", "k2", "k3"):
-            await store.put(key, "fp", bytes(100), 0)
+            await store.put(Write(key, "fp", bytes(100), 0))
         await store.get("k1", ["fp"])
-        await store.put("k4", "fp", bytes(100), 0)
+        await store.put(Write("k4", "fp", bytes(100), 0))
         assert [key for key in ("k1", "k2", "k3", "k4") if await store.get(key, None)] == [
             "k1",
             "k3",
@@ -312,21 +320,21 @@ class TestMemoryStore(StoreContract):
 
     async def test_oversize_value_is_not_stored(self) -> None:
         store = MemoryStore(max_bytes=200)
-        await store.put("small", "fp", b"s", 0)
-        await store.put("big", "fp", bytes(200), 0)
+        await store.put(Write("small", "fp", b"s", 0))
+        await store.put(Write("big", "fp", bytes(200), 0))
         assert await store.get("big", None) == {}
         assert await store.get("small", None) == {"fp": b"s"}
 
     async def test_a_write_too_large_to_keep_still_releases_its_lock(self) -> None:
         store = MemoryStore(max_bytes=200)
         assert await store.lock("k", "leader", 30)
-        await store.put("k", "fp", bytes(200), 0, unlock="leader")
+        await store.put(Write("k", "fp", bytes(200), 0, unlock="leader"))
         assert await store.get("k", None) == {}
         assert not await store.locked("k")
 
     async def test_expiry_is_exact(self, clock: FakeClock) -> None:
         store = MemoryStore(clock=clock)
-        await store.put("k", "fp", b"v", 10)
+        await store.put(Write("k", "fp", b"v", 10))
         clock.now = T0 + 9.999
         assert await store.get("k", None) == {"fp": b"v"}
         clock.now = T0 + 10
@@ -334,31 +342,39 @@ class TestMemoryStore(StoreContract):
 
     async def test_expired_entries_stop_counting(self, clock: FakeClock) -> None:
         store = MemoryStore(max_bytes=2 * (1 + 2 + 2 + ENTRY_OVERHEAD), clock=clock)
-        await store.put("k1", "fp", b"1", 0)
-        await store.put("k2", "fp", b"2", 5)
+        await store.put(Write("k1", "fp", b"1", 0))
+        await store.put(Write("k2", "fp", b"2", 5))
         clock.now += 5
-        await store.put("k3", "fp", b"3", 0)
+        await store.put(Write("k3", "fp", b"3", 0))
         assert await store.get("k1", None) == {"fp": b"1"}
 
     async def test_put_without_ttl_cancels_the_earlier_one(self, clock: FakeClock) -> None:
         store = MemoryStore(clock=clock)
-        await store.put("k", "fp", b"v1", 1)
-        await store.put("k", "fp", b"v2", 0)
+        await store.put(Write("k", "fp", b"v1", 1))
+        await store.put(Write("k", "fp", b"v2", 0))
         clock.now += 2
         assert await store.get("k", None) == {"fp": b"v2"}
 
     async def test_expiry_survives_many_rewrites(self, clock: FakeClock) -> None:
         store = MemoryStore(clock=clock)
         for _ in range(300):
-            await store.put("long", "fp", b"v", 10)
-        await store.put("short", "fp", b"w", 5)
+            await store.put(Write("long", "fp", b"v", 10))
+        await store.put(Write("short", "fp", b"w", 5))
         clock.now += 5
         assert [await store.get(key, None) for key in ("long", "short")] == [{"fp": b"v"}, {}]
         clock.now += 5
         assert await store.get("long", None) == {}
 
 
-class RedisContract(StoreContract):
+class RealTime:
+    """Backends whose time cannot be faked: Redis expires keys by its own clock."""
+
+    @pytest.fixture
+    def elapse(self) -> Elapse:
+        return lambda seconds: asyncio.sleep(seconds + 0.1)
+
+
+class RedisContract(RealTime, StoreContract):
     """The contract plus what only Redis can get wrong: layout, bytes, TTL, cluster slots."""
 
     @pytest.fixture
@@ -375,11 +391,11 @@ class RedisContract(StoreContract):
         for start in range(0, 1200, 100):
             await asyncio.gather(
                 *(
-                    store.put(f"k{i}", "fp", b"v", 0, Labels("big", "m"))
+                    store.put(Write(f"k{i}", "fp", b"v", 0, Labels("big", "m")))
                     for i in range(start, start + 100)
                 )
             )
-        await store.put("other", "fp", b"v", 0, Labels("small", "m"))
+        await store.put(Write("other", "fp", b"v", 0, Labels("small", "m")))
         assert await store.purge(Selector(namespace="big"), dry_run=True) == 1200
         assert await store.purge(Selector(namespace="big"), dry_run=False) == 1200
         assert (await store.usage()).entries == 1
@@ -388,22 +404,20 @@ class RedisContract(StoreContract):
     async def test_entries_reads_past_one_batch(self, store: Store) -> None:
         for start in range(0, 1100, 100):
             await asyncio.gather(
-                *(store.put(f"k{i}", "fp", b"v", 0) for i in range(start, start + 100))
+                *(store.put(Write(f"k{i}", "fp", b"v", 0)) for i in range(start, start + 100))
             )
         keys = {key async for key, _, _ in store.entries(Selector())}
         assert keys == {f"k{i}" for i in range(1100)}
 
     @pytest.fixture
-    def raw(self) -> Redis | RedisCluster:
-        """A plain client, to look at what the store wrote."""
-        raise NotImplementedError
-
-    @pytest.fixture
-    def elapse(self) -> Elapse:
-        return lambda seconds: asyncio.sleep(seconds + 0.1)
+    async def raw(self, url: str) -> AsyncIterator[Redis | RedisCluster]:
+        """A plain client, to look at what the store wrote; a standalone one unless overridden."""
+        client = Redis.from_url(url)
+        yield client
+        await client.aclose()
 
     async def test_keys_carry_hash_tags(self, store: Store, raw: Redis | RedisCluster) -> None:
-        await store.put("abc123", "fp_a", b"v", 0)
+        await store.put(Write("abc123", "fp_a", b"v", 0))
         await store.observe_fingerprint("org/{odd}", "fp_a", 1.0)
         await store.secret(b"s")
         keys = await _all_keys(raw)
@@ -417,14 +431,14 @@ class RedisContract(StoreContract):
         self, store: Store, raw: Redis | RedisCluster
     ) -> None:
         value = bytes(range(256)) * 3
-        await store.put("k", "fp_a", value, 0)
+        await store.put(Write("k", "fp_a", value, 0))
         assert await raw.hget("repro:e:{k}", "fp_a") == value
         assert await store.get("k", None) == {"fp_a": value}
 
     async def test_ttl_is_set_and_cleared(self, store: Store, raw: Redis | RedisCluster) -> None:
-        await store.put("k", "fp_a", b"v", 30)
+        await store.put(Write("k", "fp_a", b"v", 30))
         assert 0 < await raw.ttl("repro:e:{k}") <= 30
-        await store.put("k", "fp_b", b"v", 0)
+        await store.put(Write("k", "fp_b", b"v", 0))
         assert await raw.ttl("repro:e:{k}") == -1
 
 
@@ -442,12 +456,6 @@ class TestRedisStore(RedisContract):
     def url(self, redis_url: str) -> str:
         return redis_url
 
-    @pytest.fixture
-    async def raw(self, url: str) -> AsyncIterator[Redis]:
-        client = Redis.from_url(url)
-        yield client
-        await client.aclose()
-
     async def test_forced_cluster_mode_fails_on_a_standalone_server(self, url: str) -> None:
         store = await open_store(url + "?cluster=true")
         with pytest.raises(StoreError):
@@ -459,7 +467,7 @@ class TestRedisStore(RedisContract):
         stats must each see every entry once."""
         assert isinstance(store, RedisStore)
         for n in range(3):
-            await store.put(f"k{n}", "fp", b"v", 0, Labels("ns", "m"))
+            await store.put(Write(f"k{n}", "fp", b"v", 0, Labels("ns", "m")))
         scan = store._client.scan_iter
 
         async def twice(**options: Any) -> AsyncIterator[bytes]:
@@ -475,7 +483,7 @@ class TestRedisStore(RedisContract):
     async def test_store_error_when_the_server_is_gone(self, tmp_path: Path) -> None:
         with running_redis(tmp_path) as server:
             store = await open_store(server.url)
-            await store.put("k", "fp_a", b"secret-value", 0)
+            await store.put(Write("k", "fp_a", b"secret-value", 0))
         with pytest.raises(StoreError, match="redis get failed") as raised:
             await store.get("k", None)
         assert "secret-value" not in str(raised.value)
@@ -498,7 +506,7 @@ class TestRedisClusterStore(RedisContract):
     ) -> None:
         keys = [f"key-{index}" for index in range(30)]
         for key in keys:
-            await store.put(key, "fp", key.encode(), 0)
+            await store.put(Write(key, "fp", key.encode(), 0))
         assert [await store.get(key, ["fp"]) for key in keys] == [
             {"fp": key.encode()} for key in keys
         ]
@@ -507,6 +515,77 @@ class TestRedisClusterStore(RedisContract):
             for key in keys:
                 await standalone.get(key, ["fp"])
         await standalone.close()
+
+
+class TestRedisTlsStore(RedisContract):
+    """Standalone Redis over TLS, as managed services offer it: redis-py's TLS connection,
+    trusting the CA the URL names (`ssl_ca_certs`)."""
+
+    @pytest.fixture
+    def url(self, redis_tls: TlsRedis) -> str:
+        redis_tls.flushall()
+        return redis_tls.url
+
+    async def test_a_certificate_the_ca_did_not_sign_is_refused(
+        self, redis_tls: TlsRedis, tmp_path: Path
+    ) -> None:
+        stranger = Authority.create(tmp_path, "stranger")
+        url = redis_tls.url.replace(str(redis_tls.ca), str(stranger.pem))
+        store = await open_store(url)
+        try:
+            with pytest.raises(StoreError, match="redis ping failed"):
+                await store.ping()
+        finally:
+            await store.close()
+
+
+class TestGuardedRedisStore(RealTime, StoreContract):
+    """As the proxy runs it: the breaker trusts the store's own deadline (`bounded`)."""
+
+    @pytest.fixture
+    async def store(self, redis_url: str) -> AsyncIterator[Store]:
+        store = GuardedStore(await open_store(redis_url, deadline=2.0), timeout=2.0, bounded=True)
+        yield store
+        await store.close()
+
+
+class TestEncryptedRedisStore(RealTime, StoreContract):
+    @pytest.fixture
+    async def store(self, redis_url: str) -> AsyncIterator[Store]:
+        store = EncryptedStore(await open_store(redis_url), [os.urandom(32)])
+        yield store
+        await store.close()
+
+
+class TestNearCacheRedisStore(RealTime, StoreContract):
+    """Every answer it serves from memory must be what Redis holds: its own writes drop its
+    copy at once, and the contract reads right after them."""
+
+    @pytest.fixture(params=["tcp", "tls"])
+    def url(self, request: pytest.FixtureRequest) -> str:
+        """The feed has a connection of its own, which must take the store's TLS settings."""
+        if request.param == "tcp":
+            return cast(str, request.getfixturevalue("redis_url"))
+        server = cast(TlsRedis, request.getfixturevalue("redis_tls"))
+        server.flushall()
+        return server.url
+
+    @pytest.fixture
+    async def store(self, url: str) -> AsyncIterator[Store]:
+        backend = await open_store(url, "near-contract")
+        assert isinstance(backend, RedisStore)
+        near = NearCache(backend, backend, 1 << 20)
+        listening = asyncio.ensure_future(near.run())
+        try:
+            for _ in range(250):
+                if near.live:
+                    break
+                await asyncio.sleep(0.02)
+            assert near.live
+            yield near
+        finally:
+            listening.cancel()
+            await near.close()
 
 
 def _closed_port() -> int:
@@ -543,9 +622,26 @@ async def test_silent_redis_times_out_instead_of_hanging() -> None:
     await server.wait_closed()
 
 
+async def test_credentials_and_database_come_from_the_url(tmp_path: Path) -> None:
+    with running_redis(tmp_path) as server:
+        with redis.Redis(port=server.port) as admin:
+            admin.acl_setuser(
+                "alice", enabled=True, passwords=["+s3cret"], keys=["*"], commands=["+@all"]
+            )
+            admin.acl_setuser("default", enabled=False)  # from now on nothing works unnamed
+        store = await open_store(f"redis://alice:s3cret@127.0.0.1:{server.port}/3")
+        try:
+            await store.put(Write("k", "fp", b"v", 0))
+            assert await store.get("k", None) == {"fp": b"v"}
+            with redis.Redis(port=server.port, username="alice", password="s3cret", db=3) as db3:
+                assert db3.hget("repro:e:{k}", "fp") == b"v"
+        finally:
+            await store.close()
+
+
 async def test_open_store_memory_with_a_bound() -> None:
     store = await open_store("memory://?max_bytes=1KiB")
-    await store.put("big", "fp", bytes(2000), 0)
+    await store.put(Write("big", "fp", bytes(2000), 0))
     assert await store.get("big", None) == {}
 
 

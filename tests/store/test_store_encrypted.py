@@ -8,7 +8,7 @@ import os
 import pytest
 
 from proxy.config import SettingError, load
-from proxy.store.base import Store
+from proxy.store.base import Store, Write
 from proxy.store.encrypted import EncryptedStore, parse_keys
 from proxy.store.memory import MemoryStore
 from tests.store.test_store_contract import Elapse, FakeClock, StoreContract
@@ -37,7 +37,7 @@ async def test_the_backend_never_sees_the_plaintext() -> None:
     inner = MemoryStore()
     store = EncryptedStore(inner, [KEY_A])
     secret = b'{"content": "the launch code is 0000"}'
-    await store.put("k", "fp", secret, 0)
+    await store.put(Write("k", "fp", secret, 0))
     raw = await inner.get("k", None)
     assert b"launch code" not in raw["fp"]
     assert await store.get("k", None) == {"fp": secret}
@@ -51,27 +51,27 @@ async def test_the_same_value_seals_differently_each_time() -> None:
 async def test_a_value_moved_to_another_slot_does_not_open() -> None:
     inner = MemoryStore()
     store = EncryptedStore(inner, [KEY_A])
-    await store.put("k1", "fp", b"answer for k1", 0)
+    await store.put(Write("k1", "fp", b"answer for k1", 0))
     moved = (await inner.get("k1", ["fp"]))["fp"]
-    await inner.put("k2", "fp", moved, 0)
-    await inner.put("k1", "fp_other", moved, 0)
+    await inner.put(Write("k2", "fp", moved, 0))
+    await inner.put(Write("k1", "fp_other", moved, 0))
     assert await store.get("k2", None) == {}
     assert await store.get("k1", ["fp_other"]) == {}
 
 
 async def test_key_rotation_reads_old_values_and_writes_with_the_new_key() -> None:
     inner = MemoryStore()
-    await EncryptedStore(inner, [KEY_A]).put("old", "fp", b"old value", 0)
+    await EncryptedStore(inner, [KEY_A]).put(Write("old", "fp", b"old value", 0))
     rotated = EncryptedStore(inner, [KEY_B, KEY_A])
     assert await rotated.get("old", None) == {"fp": b"old value"}
-    await rotated.put("new", "fp", b"new value", 0)
+    await rotated.put(Write("new", "fp", b"new value", 0))
     assert await EncryptedStore(inner, [KEY_B]).get("new", None) == {"fp": b"new value"}
     assert await EncryptedStore(inner, [KEY_A]).get("new", None) == {}
 
 
 async def test_unencrypted_or_foreign_values_read_as_absent() -> None:
     inner = MemoryStore()
-    await inner.put("plain", "fp", b"plain bytes", 0)
+    await inner.put(Write("plain", "fp", b"plain bytes", 0))
     assert await EncryptedStore(inner, [KEY_A]).get("plain", None) == {}
 
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from proxy.store.base import StoreError, StoreRefused
+from proxy.store.base import StoreError, StoreRefused, Write
 from proxy.store.guard import CircuitOpen, GuardedStore
 from proxy.store.memory import MemoryStore
 
@@ -81,7 +81,7 @@ async def test_a_timeout_opens_the_circuit_at_once_and_bounds_the_call() -> None
     assert time.monotonic() - started < 1
     assert store.is_open
     with pytest.raises(CircuitOpen):
-        await store.put("k", "fp", b"v", 0)
+        await store.put(Write("k", "fp", b"v", 0))
 
 
 async def test_after_the_cooldown_one_probe_closes_or_reopens() -> None:

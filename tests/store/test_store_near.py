@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from proxy.core.fingerprints import ModelFingerprints
-from proxy.store.base import Store
+from proxy.store.base import Store, Write
 from proxy.store.near import NearCache
 from proxy.store.redis import RedisStore
 from proxy.store.wrapper import StoreWrapper
@@ -56,7 +56,7 @@ async def near(redis_url: str) -> AsyncIterator[tuple[NearCache, Gated, RedisSto
         await until(lambda: cache.live)
         await other.observe_fingerprint("m", "fp", 1.0)
         for key in ("q", "other"):
-            await other.put(key, "fp", b"answer " + key.encode(), 0)
+            await other.put(Write(key, "fp", b"answer " + key.encode(), 0))
         yield cache, gated, other
     finally:
         listening.cancel()
@@ -89,7 +89,7 @@ async def test_a_write_to_another_key_does_not_stop_a_read_being_remembered(
     """Every replica's writes reach every near-cache: a busy cluster must not keep it from
     remembering what it reads."""
     cache, gated, other = near
-    reads = await held_read(cache, gated, lambda: other.put("other", "fp", b"new", 0))
+    reads = await held_read(cache, gated, lambda: other.put(Write("other", "fp", b"new", 0)))
     assert reads == ["q"]  # the second read came from memory
 
 
@@ -97,7 +97,7 @@ async def test_a_write_to_the_key_itself_makes_the_read_forgotten(
     near: tuple[NearCache, Gated, RedisStore],
 ) -> None:
     cache, gated, other = near
-    reads = await held_read(cache, gated, lambda: other.put("q", "fp", b"rewritten", 0))
+    reads = await held_read(cache, gated, lambda: other.put(Write("q", "fp", b"rewritten", 0)))
     assert reads == ["q", "q"]  # not remembered: the read may hold the old answer
     assert (await cache.lookup("q", "m"))[1] == {"fp": b"rewritten"}
 
