@@ -13,24 +13,24 @@ sharing a tag; only on a standalone server does `record` write across keys in on
 
 The model name is hashed inside the braces because it may itself contain braces, which would
 cut the hash tag short. Fingerprint fields carry the `fp:` prefix so that no fingerprint can
-collide with `model`, `current` or `seen`.
+collide with `model`, `current` or `seen`. The Lua scripts are in `scripts.py`; what the
+hashes read back as, in `layout.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, cast
 
-import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
-from proxy.core.fingerprints import FingerprintSeen, ModelFingerprints, Observation
+from proxy.core.fingerprints import ModelFingerprints, Observation
 from proxy.core.lru import LRU
+from proxy.store import layout, scripts
 from proxy.store.base import (
-    Labels,
     Selector,
     StoreError,
     StoreRefused,
@@ -46,83 +46,8 @@ _FAILURES = (RedisError, RedisClusterException, OSError)
 ENTRY_CHANGED, MODEL_CHANGED, EVERYTHING_CHANGED = "e\x00", "m\x00", "*"
 """Invalidation messages: an entry key, a model's fingerprint state, or everything (purge)."""
 
-_FIELD = "fp:"
-_LABELS = "\x00labels"
-"""The labels field of an entry hash: no fingerprint from an upstream starts with a NUL."""
 _SCAN_BATCH = 500
 _MODELS_REMEMBERED = 256
-
-# The observation of one answer's fingerprint: `key` is the model's hash. Returns {previous
-# current or nil, 1 if the fingerprint is new for the model else 0}.
-# Announced only when `current` moves: what a near-cache serves by (the current fingerprint, and
-# the last_seen of the others for the grace window) changes only then.
-# Timestamps are written with %.17g so that they round-trip exactly through JSON.
-_OBSERVE_FUNCTION = """
-local function observe(key, model, fingerprint, now, count, channel)
-  local field = 'fp:' .. fingerprint
-  local previous = redis.call('HGET', key, 'current')
-  local raw = redis.call('HGET', key, field)
-  local rec
-  if raw then
-    rec = cjson.decode(raw)
-    rec.count = rec.count + count
-    rec.last_seen = math.max(rec.last_seen, now)
-  else
-    rec = {first_seen = now, last_seen = now, count = count,
-           order = redis.call('HINCRBY', key, 'seen', 1)}
-  end
-  local json = string.format('{"first_seen":%.17g,"last_seen":%.17g,"count":%d,"order":%d}',
-    rec.first_seen, rec.last_seen, rec.count, rec.order)
-  redis.call('HSET', key, 'model', model, 'current', fingerprint, field, json)
-  if channel ~= '' and previous ~= fingerprint then
-    redis.call('PUBLISH', channel, 'm' .. string.char(0) .. model)
-  end
-  if raw then return {previous, 0} end
-  return {previous, 1}
-end
-"""
-
-# One answer's write: an entry hash and its fill lock (same hash tag: same slot on a cluster);
-# the lock is released when `token` is given (see RedisStore.put). A script rather than
-# MULTI/EXEC, so that it is one command and can share a pipeline.
-_PUT_FUNCTION = """
-local function put(entry, lock, fingerprint, value, field, labels, ttl, channel, message, token)
-  redis.call('HSET', entry, fingerprint, value, field, labels)
-  if tonumber(ttl) > 0 then redis.call('EXPIRE', entry, ttl)
-  else redis.call('PERSIST', entry) end
-  if channel ~= '' then redis.call('PUBLISH', channel, message) end
-  if token ~= '' then redis.call('DEL', lock) end
-end
-"""
-
-# KEYS[1] = the model's hash; ARGV = model, fingerprint, now, count, channel.
-_OBSERVE = _OBSERVE_FUNCTION + (
-    "return observe(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5])"
-)
-
-# KEYS = an entry hash, its lock; ARGV = fingerprint, value, labels field, labels, ttl, channel,
-# message, lock token or ''.
-_PUT = _PUT_FUNCTION + "put(KEYS[1], KEYS[2], unpack(ARGV, 1, 8))\nreturn 1"
-
-# Both in one script, the observation first, for a standalone server (on a cluster the keys sit
-# on several slots). KEYS = the model's hash, the models index, then _PUT's;
-# ARGV = model, now, then _PUT's.
-_RECORD = (
-    _OBSERVE_FUNCTION
-    + _PUT_FUNCTION
-    + """
-local seen = observe(KEYS[1], ARGV[1], ARGV[3], tonumber(ARGV[2]), 1, ARGV[8])
-if seen[2] == 1 then redis.call('SADD', KEYS[2], ARGV[1]) end
-put(KEYS[3], KEYS[4], unpack(ARGV, 3, 10))
-return seen
-"""
-)
-
-# KEYS[1] = a fill lock; ARGV[1] = the holder's token. Deletes only the caller's own lock.
-_UNLOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class _mapped:
@@ -183,10 +108,10 @@ class RedisStore:
         with _mapped("get"):
             if fingerprints is None:
                 found = await self._batch.call("HGETALL", self._entry(key))
-                return _values(found.items())
+                return layout.values(found.items())
             values = await self._batch.call("HMGET", self._entry(key), *fingerprints)
         pairs = zip(fingerprints, values, strict=True)
-        return {fp: _bytes(value) for fp, value in pairs if value is not None}
+        return {fp: layout.as_bytes(value) for fp, value in pairs if value is not None}
 
     async def lookup(
         self, key: str, model: str | None
@@ -196,12 +121,12 @@ class RedisStore:
         with _mapped("lookup"):
             if model is None:
                 found = await self._batch.call("HGETALL", self._entry(key))
-                return None, _values(found.items())
+                return None, layout.values(found.items())
             state, found = await replies(
                 self._batch.send("HGETALL", self._model(model)),
                 self._batch.send("HGETALL", self._entry(key)),
             )
-        return self._parsed_model(state), _values(found.items())
+        return self._parsed_model(state), layout.values(found.items())
 
     async def lookup_or_lock(
         self, key: str, model: str | None, token: str, ttl: float
@@ -229,14 +154,14 @@ class RedisStore:
         if found and taken:
             dropped(self._batch.send("DEL", self._lock(key)))
         parsed = self._parsed_model(state[0]) if state else None
-        return parsed, _values(found.items()), bool(taken) and not found
+        return parsed, layout.values(found.items()), bool(taken) and not found
 
     def _parsed_model(self, state: Mapping[bytes | str, bytes | str]) -> ModelFingerprints | None:
         """`_parse_model`, remembered: every HIT reads the model's state, which rarely changes."""
         raw = frozenset(state.items())
         found = self._models_parsed.get(raw)
         if found is None:
-            found = _parse_model(state)
+            found = layout.parse_model(state)
             if found is not None:
                 self._models_parsed.put(raw, found)
         return found
@@ -251,11 +176,13 @@ class RedisStore:
         that no value is ever stored without its expiry."""
         with _mapped("put"):
             if write.ttl > 0:
-                await self._batch.script(_PUT, self._put_keys(write), self._put_args(write))
+                await self._batch.script(scripts.PUT, self._put_keys(write), self._put_args(write))
                 return
-            entry, tags = self._entry(write.key), _tags(write.labels)
+            entry, tags = self._entry(write.key), layout.tags(write.labels)
             sent = [
-                self._batch.send("HSET", entry, write.fingerprint, write.value, _LABELS, tags),
+                self._batch.send(
+                    "HSET", entry, write.fingerprint, write.value, layout.LABELS, tags
+                ),
                 self._batch.send("PERSIST", entry),
             ]
             if self.invalidations:
@@ -278,15 +205,15 @@ class RedisStore:
         keys = [self._model(write.model), self._models(), *self._put_keys(write)]
         args = [write.model, repr(write.now), *self._put_args(write)]
         with _mapped("record"):
-            previous, new = await self._batch.script(_RECORD, keys, args)
-        return _observation(previous, new)
+            previous, new = await self._batch.script(scripts.RECORD, keys, args)
+        return layout.observation(previous, new)
 
     def _put_keys(self, write: Write) -> list[str]:
         return [self._entry(write.key), self._lock(write.key)]
 
     def _put_args(self, write: Write) -> list[Any]:
         return [
-            write.fingerprint, write.value, _LABELS, _tags(write.labels), write.ttl,
+            write.fingerprint, write.value, layout.LABELS, layout.tags(write.labels), write.ttl,
             self.invalidations, ENTRY_CHANGED + write.key, write.unlock or "",
         ]  # fmt: skip
 
@@ -311,7 +238,7 @@ class RedisStore:
         link = self._batch.link
         if link is not None:
             with _mapped("listen"):
-                await link.listen(channel, subscribed, lambda data: message(_text(data)))
+                await link.listen(channel, subscribed, lambda data: message(layout.text(data)))
             return
         pubsub = self._client.pubsub()
         try:
@@ -323,7 +250,7 @@ class RedisStore:
                 if event["type"] == "subscribe":
                     subscribed()
                 elif event["type"] == "message":
-                    message(_text(event["data"]))
+                    message(layout.text(event["data"]))
         finally:
             await pubsub.aclose()
 
@@ -340,15 +267,15 @@ class RedisStore:
     async def _purge_batch(self, names: list[bytes], selector: Selector, dry_run: bool) -> int:
         async with self._client.pipeline(transaction=False) as pipe:
             for name in names:
-                pipe.hget(name, _LABELS)
+                pipe.hget(name, layout.LABELS)
                 pipe.hkeys(name)
             replies = await pipe.execute()
         matched = 0
         whole: list[bytes] = []
         partial: list[tuple[bytes, list[str]]] = []
         for name, raw, fields in zip(names, replies[::2], replies[1::2], strict=True):
-            labels = _parse_labels(raw)
-            fingerprints = [field for field in map(_text, fields) if field != _LABELS]
+            labels = layout.parse_labels(raw)
+            fingerprints = [field for field in map(layout.text, fields) if field != layout.LABELS]
             chosen = [fp for fp in fingerprints if selector.matches(labels, fp)]
             matched += len(chosen)
             if chosen and len(chosen) == len(fingerprints):
@@ -395,11 +322,11 @@ class RedisStore:
             replies = await pipe.execute()
         found = []
         for name, fields in zip(names, replies, strict=True):
-            named = {_text(field): value for field, value in fields.items()}
-            labels = _parse_labels(named.pop(_LABELS, None))
-            key = _text(name)[len(self._entry("")) - 1 : -1]
+            named = {layout.text(field): value for field, value in fields.items()}
+            labels = layout.parse_labels(named.pop(layout.LABELS, None))
+            key = layout.text(name)[len(self._entry("")) - 1 : -1]
             found += [
-                (key, fp, _bytes(value))
+                (key, fp, layout.as_bytes(value))
                 for fp, value in named.items()
                 if selector.matches(labels, fp)
             ]
@@ -425,27 +352,29 @@ class RedisStore:
         """One atomic script on the model's key; the index is only touched by the first caller."""
         args = [model, fingerprint, repr(now), count, self.invalidations]
         with _mapped("observe_fingerprint"):
-            previous, new = await self._batch.script(_OBSERVE, [self._model(model)], args)
+            previous, new = await self._batch.script(scripts.OBSERVE, [self._model(model)], args)
             if new:
                 await self._batch.call("SADD", self._models(), model)
-        return _observation(previous, new)
+        return layout.observation(previous, new)
 
     async def fingerprints(self, model: str) -> ModelFingerprints | None:
         with _mapped("fingerprints"):
             state = await self._batch.call("HGETALL", self._model(model))
-        return _parse_model(state)
+        return layout.parse_model(state)
 
     async def all_fingerprints(self) -> dict[str, ModelFingerprints]:
         """The index, then every model's hash in one pipeline (split per node on a cluster)."""
         with _mapped("all_fingerprints"):
             async with asyncio.timeout(self.deadline):
                 names = await self._client.smembers(self._models())
-                models = sorted(_text(name) for name in names)
+                models = sorted(layout.text(name) for name in names)
                 async with self._client.pipeline(transaction=False) as pipe:
                     for model in models:
                         pipe.hgetall(self._model(model))
                     states = await pipe.execute()
-        parsed = {model: _parse_model(state) for model, state in zip(models, states, strict=True)}
+        parsed = {
+            model: layout.parse_model(state) for model, state in zip(models, states, strict=True)
+        }
         return {model: state for model, state in parsed.items() if state is not None}
 
     async def secret(self, candidate: bytes) -> bytes:
@@ -459,7 +388,7 @@ class RedisStore:
                 pipe.set(name, candidate, nx=True)
                 pipe.get(name)
                 _, stored = await pipe.execute()
-        return _bytes(stored)
+        return layout.as_bytes(stored)
 
     async def lock(self, key: str, token: str, ttl: float) -> bool:
         with _mapped("lock"):
@@ -470,7 +399,7 @@ class RedisStore:
 
     async def unlock(self, key: str, token: str) -> None:
         with _mapped("unlock"):
-            await self._batch.script(_UNLOCK, [self._lock(key)], [token])
+            await self._batch.script(scripts.UNLOCK, [self._lock(key)], [token])
 
     async def locked(self, key: str) -> bool:
         with _mapped("locked"):
@@ -518,59 +447,3 @@ def _reason(exc: ResponseError) -> str:
     if type(exc) is not ResponseError:
         return type(exc).__name__
     return str(exc).split(" ", 1)[0] or "ResponseError"
-
-
-def _observation(previous: bytes | str | None, new: int) -> Observation:
-    """The observe script's reply: {previous current or nil, 1 if the fingerprint is new}."""
-    return Observation(previous=_text(previous) if previous else None, new=bool(new))
-
-
-def _tags(labels: Labels) -> bytes:
-    return orjson.dumps({"namespace": labels.namespace, "model": labels.model})
-
-
-def _values(fields: Iterable[tuple[bytes | str, bytes | str]]) -> dict[str, bytes]:
-    """An entry hash's values by fingerprint, without its labels field."""
-    named = ((_text(fp), value) for fp, value in fields)
-    return {fp: _bytes(value) for fp, value in named if fp != _LABELS}
-
-
-def _parse_labels(raw: bytes | str | None) -> Labels:
-    if raw is None:
-        return Labels()
-    data = orjson.loads(raw)
-    return Labels(namespace=str(data.get("namespace", "")), model=str(data.get("model", "")))
-
-
-def _parse_model(raw_state: Mapping[bytes | str, bytes | str]) -> ModelFingerprints | None:
-    state = {_text(name): value for name, value in raw_state.items()}
-    if "current" not in state:
-        return None
-    records = [
-        (orjson.loads(raw), name.removeprefix(_FIELD))
-        for name, raw in state.items()
-        if name.startswith(_FIELD)
-    ]
-    records.sort(key=lambda item: int(item[0]["order"]))
-    return ModelFingerprints(
-        current=_text(state["current"]),
-        seen=tuple(_parse_seen(fingerprint, record) for record, fingerprint in records),
-    )
-
-
-def _parse_seen(fingerprint: str, record: dict[str, Any]) -> FingerprintSeen:
-    return FingerprintSeen(
-        fingerprint=fingerprint,
-        first_seen=float(record["first_seen"]),
-        last_seen=float(record["last_seen"]),
-        count=int(record["count"]),
-    )
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _bytes(value: bytes | str) -> bytes:
-    """Values are bytes on a client built without decode_responses, which this store expects."""
-    return value if isinstance(value, bytes) else value.encode()

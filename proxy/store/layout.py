@@ -1,0 +1,74 @@
+"""How the Redis store's hashes read back: an entry's values and labels, a model's fingerprint
+records, the observe script's reply. Pure: bytes in, values out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+
+from proxy.core.fingerprints import FingerprintSeen, ModelFingerprints, Observation
+from proxy.store.base import Labels
+
+FIELD = "fp:"
+"""The prefix of a model hash's fingerprint fields: no fingerprint collides with `model`,
+`current` or `seen`."""
+LABELS = "\x00labels"
+"""The labels field of an entry hash: no fingerprint from an upstream starts with a NUL."""
+
+
+def observation(previous: bytes | str | None, new: int) -> Observation:
+    """The observe script's reply: {previous current or nil, 1 if the fingerprint is new}."""
+    return Observation(previous=text(previous) if previous else None, new=bool(new))
+
+
+def tags(labels: Labels) -> bytes:
+    return orjson.dumps({"namespace": labels.namespace, "model": labels.model})
+
+
+def values(fields: Iterable[tuple[bytes | str, bytes | str]]) -> dict[str, bytes]:
+    """An entry hash's values by fingerprint, without its labels field."""
+    named = ((text(fp), value) for fp, value in fields)
+    return {fp: as_bytes(value) for fp, value in named if fp != LABELS}
+
+
+def parse_labels(raw: bytes | str | None) -> Labels:
+    if raw is None:
+        return Labels()
+    data = orjson.loads(raw)
+    return Labels(namespace=str(data.get("namespace", "")), model=str(data.get("model", "")))
+
+
+def parse_model(raw_state: Mapping[bytes | str, bytes | str]) -> ModelFingerprints | None:
+    state = {text(name): value for name, value in raw_state.items()}
+    if "current" not in state:
+        return None
+    records = [
+        (orjson.loads(raw), name.removeprefix(FIELD))
+        for name, raw in state.items()
+        if name.startswith(FIELD)
+    ]
+    records.sort(key=lambda item: int(item[0]["order"]))
+    return ModelFingerprints(
+        current=text(state["current"]),
+        seen=tuple(_parse_seen(fingerprint, record) for record, fingerprint in records),
+    )
+
+
+def _parse_seen(fingerprint: str, record: dict[str, Any]) -> FingerprintSeen:
+    return FingerprintSeen(
+        fingerprint=fingerprint,
+        first_seen=float(record["first_seen"]),
+        last_seen=float(record["last_seen"]),
+        count=int(record["count"]),
+    )
+
+
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def as_bytes(value: bytes | str) -> bytes:
+    """Values are bytes on a client built without decode_responses, which this store expects."""
+    return value if isinstance(value, bytes) else value.encode()

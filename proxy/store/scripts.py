@@ -1,0 +1,76 @@
+"""The Lua scripts of the Redis store: each one command, atomic on the server, and able to share
+a pipeline with plain commands. Keys and fields as `proxy/store/redis.py` lays them out."""
+
+from __future__ import annotations
+
+# The observation of one answer's fingerprint: `key` is the model's hash. Returns {previous
+# current or nil, 1 if the fingerprint is new for the model else 0}.
+# Announced only when `current` moves: what a near-cache serves by (the current fingerprint, and
+# the last_seen of the others for the grace window) changes only then.
+# Timestamps are written with %.17g so that they round-trip exactly through JSON.
+_OBSERVE_FUNCTION = """
+local function observe(key, model, fingerprint, now, count, channel)
+  local field = 'fp:' .. fingerprint
+  local previous = redis.call('HGET', key, 'current')
+  local raw = redis.call('HGET', key, field)
+  local rec
+  if raw then
+    rec = cjson.decode(raw)
+    rec.count = rec.count + count
+    rec.last_seen = math.max(rec.last_seen, now)
+  else
+    rec = {first_seen = now, last_seen = now, count = count,
+           order = redis.call('HINCRBY', key, 'seen', 1)}
+  end
+  local json = string.format('{"first_seen":%.17g,"last_seen":%.17g,"count":%d,"order":%d}',
+    rec.first_seen, rec.last_seen, rec.count, rec.order)
+  redis.call('HSET', key, 'model', model, 'current', fingerprint, field, json)
+  if channel ~= '' and previous ~= fingerprint then
+    redis.call('PUBLISH', channel, 'm' .. string.char(0) .. model)
+  end
+  if raw then return {previous, 0} end
+  return {previous, 1}
+end
+"""
+
+# One answer's write: an entry hash and its fill lock (same hash tag: same slot on a cluster);
+# the lock is released when `token` is given (see RedisStore.put). A script rather than
+# MULTI/EXEC, so that it is one command and can share a pipeline.
+_PUT_FUNCTION = """
+local function put(entry, lock, fingerprint, value, field, labels, ttl, channel, message, token)
+  redis.call('HSET', entry, fingerprint, value, field, labels)
+  if tonumber(ttl) > 0 then redis.call('EXPIRE', entry, ttl)
+  else redis.call('PERSIST', entry) end
+  if channel ~= '' then redis.call('PUBLISH', channel, message) end
+  if token ~= '' then redis.call('DEL', lock) end
+end
+"""
+
+# KEYS[1] = the model's hash; ARGV = model, fingerprint, now, count, channel.
+OBSERVE = _OBSERVE_FUNCTION + (
+    "return observe(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5])"
+)
+
+# KEYS = an entry hash, its lock; ARGV = fingerprint, value, labels field, labels, ttl, channel,
+# message, lock token or ''.
+PUT = _PUT_FUNCTION + "put(KEYS[1], KEYS[2], unpack(ARGV, 1, 8))\nreturn 1"
+
+# Both in one script, the observation first, for a standalone server (on a cluster the keys sit
+# on several slots). KEYS = the model's hash, the models index, then PUT's;
+# ARGV = model, now, then PUT's.
+RECORD = (
+    _OBSERVE_FUNCTION
+    + _PUT_FUNCTION
+    + """
+local seen = observe(KEYS[1], ARGV[1], ARGV[3], tonumber(ARGV[2]), 1, ARGV[8])
+if seen[2] == 1 then redis.call('SADD', KEYS[2], ARGV[1]) end
+put(KEYS[3], KEYS[4], unpack(ARGV, 3, 10))
+return seen
+"""
+)
+
+# KEYS[1] = a fill lock; ARGV[1] = the holder's token. Deletes only the caller's own lock.
+UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
