@@ -347,3 +347,22 @@ def test_an_error_dressed_as_a_200_does_not_make_a_made_up_key_trusted(
     assert stored.json()["choices"][0]["message"]["content"] == "the real tenant's answer"
     assert probe.headers["X-Repro-Cache"] != "HIT"
     assert b"real tenant" not in probe.content
+
+
+def test_a_pass_through_body_that_goes_silent_is_a_408_and_reaches_nothing_whole(
+    start_proxy: ProxyFactory,
+) -> None:
+    with Scripted(echo_digest) as upstream:
+        proxy = start_proxy("--body-timeout", "1", upstream=upstream.v1)
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-a\r\n"
+                b"Content-Length: 100\r\n\r\n0123456789"
+            )
+            started = time.monotonic()
+            answer = sock.recv(65536)
+            took = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
+    assert b"request_timeout" in answer
+    assert took < 5
+    assert upstream.received == []  # the upstream never got a whole request
