@@ -3,7 +3,8 @@
 Tests sit in folders by kind, and each folder marks its tests: `unit` (pure logic, in process),
 `store` (the storage contract, against a real redis-server), `e2e` (real proxy, sim and Redis
 processes) and `ops` (deploy files, Prometheus, the benchmark). `pytest -m "not slow"` runs the
-first two, a contributor's quick loop; `.ci/run` runs everything.
+first two (less the few store tests marked slow themselves: a Redis Cluster, a broken
+connection's wait), a contributor's loop of under a minute; `.ci/run` runs everything.
 """
 
 from __future__ import annotations

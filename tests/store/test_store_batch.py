@@ -72,6 +72,7 @@ async def test_more_than_a_batch_is_sent_in_several(batched: tuple[Redis, Batche
     assert got == [str(i).encode() for i in range(count)]
 
 
+@pytest.mark.slow
 async def test_a_broken_connection_fails_every_caller_of_the_batch() -> None:
     client = Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)  # nothing listens there
     batcher = Batcher(client)

@@ -491,6 +491,8 @@ class TestRedisStore(RedisContract):
 
 
 class TestRedisClusterStore(RedisContract):
+    pytestmark = pytest.mark.slow  # a three-node cluster takes seconds to form
+
     @pytest.fixture
     def url(self, redis_cluster_url: str) -> str:
         return redis_cluster_url
