@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -41,6 +42,11 @@ def serve(flags: dict[str, str | None]) -> int:
         return 2
     logs.configure(settings.log_level)
     log.info("starting", extra={"settings": repr(settings)})
+    for name, closest in config.unknown_variables(os.environ):
+        log.warning(
+            "environment variable names no setting: ignored",
+            extra={"variable": name, "did_you_mean": closest},
+        )
     if settings.workers > 1:
         return workers.supervise(settings)
     try:

@@ -8,6 +8,7 @@ settings themselves (flag, variable, default, parser, help) are listed in `proxy
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import re
 import ssl
@@ -148,6 +149,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             action="append" if option.repeatable else "store",
             help=f"{option.help} (env {option.env}, default {default})",
         )
+
+
+OTHER_VARIABLES = frozenset({"REPRO_URL"})
+"""Read by the admin commands (`stats`, `purge`…), not by `serve`."""
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """The REPRO_* variables that name no setting, each with the closest name that does: a typo
+    such as REPRO_UPSTRAEM would otherwise leave the default in force without a word."""
+    known = {option.env for option in OPTIONS} | OTHER_VARIABLES
+    return [
+        (name, next(iter(difflib.get_close_matches(name, known, n=1, cutoff=0.8)), None))
+        for name in sorted(environ)
+        if name.startswith("REPRO_") and name not in known
+    ]
 
 
 def load(

@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 
-from proxy.config import OPTIONS, SettingError, Settings, add_arguments, load
+from proxy.config import (
+    OPTIONS,
+    SettingError,
+    Settings,
+    add_arguments,
+    load,
+    unknown_variables,
+)
 from proxy.core.policy import CacheMode, CacheScope, Enforce, FingerprintPolicy
 
 # The settings table of the contract: name -> (flag, env, value of the documented default).
@@ -299,3 +306,17 @@ def test_every_environment_variable_is_the_flag_spelled_as_the_contract_does() -
 
     for option in OPTIONS:
         assert option.env == "REPRO_" + option.flag.removeprefix("--").replace("-", "_").upper()
+
+
+def test_a_misspelt_variable_is_named_with_the_setting_it_resembles() -> None:
+    environ = {
+        "REPRO_UPSTRAEM": "http://127.0.0.1:1/v1",
+        "REPRO_PORT": "8081",
+        "REPRO_URL": "http://127.0.0.1:8080",  # the admin commands' own
+        "REPRO_NOTHING_LIKE_IT": "x",
+        "HOME": "/root",
+    }
+    assert unknown_variables(environ) == [
+        ("REPRO_NOTHING_LIKE_IT", None),
+        ("REPRO_UPSTRAEM", "REPRO_UPSTREAM"),
+    ]
