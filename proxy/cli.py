@@ -54,7 +54,19 @@ def serve(flags: dict[str, str | None]) -> int:
     except CassetteError as exc:
         print(f"repro-proxy: --cassette: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        return cannot_listen(settings.host, settings.port, exc)
     return 0
+
+
+def cannot_listen(host: str, port: int, exc: OSError) -> int:
+    """A port in use (or a host not ours) is one line naming the setting, not a traceback."""
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    print(
+        f"repro-proxy: --host / --port: cannot listen on {host}:{port}: {reason.lower()}",
+        file=sys.stderr,
+    )
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,7 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         return audit.main(args)
     if args.command == "sim":
-        sim.run_sim(sim.settings_from_args(args))
+        settings = sim.settings_from_args(args)
+        try:
+            sim.run_sim(settings)
+        except OSError as exc:
+            return cannot_listen(settings.host, settings.port, exc)
         return 0
     if args.command in ("export", "import"):
         return cassette_cli.run(args)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import tempfile
 
 import orjson
+import pytest
 
-from tests.fixtures_procs import ProxyFactory, stop
+from tests.fixtures_procs import ProxyFactory, _clean_env, stop
 
 
 def test_serve_warns_once_of_a_misspelt_variable_without_showing_its_value(
@@ -23,3 +27,24 @@ def test_serve_warns_once_of_a_misspelt_variable_without_showing_its_value(
     assert warnings[0]["level"] == "warning"
     assert warnings[0]["did_you_mean"] == "REPRO_UPSTREAM"
     assert b"secret-host" not in text
+
+
+@pytest.mark.parametrize("command", ["serve", "sim"])
+def test_a_port_in_use_is_one_line_and_status_2(command: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "proxy", command, "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=_clean_env(),
+        )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == f"repro-proxy: --host / --port: cannot listen on 127.0.0.1:{port}: " + (
+        "address already in use"
+    )
