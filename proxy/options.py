@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from proxy.core.credentials import parse_names
 from proxy.core.policy import CacheMode, CacheScope, Enforce, FingerprintPolicy, StreamDisconnect
-from proxy.store import parse_size
+from proxy.store import check_url, parse_size
 from proxy.store.encrypted import parse_keys
 
 
@@ -30,48 +30,58 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+def _number(text: str, cast: Callable[[str], Any], expected: str) -> Any:
+    """`cast(text)`, or a ValueError saying what was expected rather than Python's wording."""
+    try:
+        return cast(text.strip())
+    except ValueError:
+        raise ValueError(f"expected {expected}") from None
+
+
 def _seconds(text: str) -> float:
-    value = float(text)
+    value: float = _number(text, float, "a number of seconds >= 0")
     if not value >= 0 or value == float("inf"):
         raise ValueError("expected a number of seconds >= 0")
     return value
 
 
 def _positive_seconds(text: str) -> float:
-    value = _seconds(text)
-    if value == 0:
+    value: float = _number(text, float, "a number of seconds > 0")
+    if not value > 0 or value == float("inf"):
         raise ValueError("expected a number of seconds > 0")
     return value
 
 
 def _connections(text: str) -> int | None:
     """`auto` (None): derived from the descriptor limit when serving starts."""
-    return None if text.strip().lower() == "auto" else _positive_int(text)
+    if text.strip().lower() == "auto":
+        return None
+    return _number(text, _positive_int, "auto or an integer >= 1")  # type: ignore[no-any-return]
 
 
 def _fraction(text: str) -> float:
-    value = float(text)
+    value: float = _number(text, float, "a fraction between 0 and 1")
     if not 0 <= value <= 1:
         raise ValueError("expected a fraction between 0 and 1")
     return value
 
 
 def _non_negative_int(text: str) -> int:
-    value = int(text)
+    value: int = _number(text, int, "an integer >= 0")
     if value < 0:
         raise ValueError("expected an integer >= 0")
     return value
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value: int = _number(text, int, "an integer >= 1")
     if value < 1:
         raise ValueError("expected an integer >= 1")
     return value
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    value: int = _number(text, int, "a port between 0 and 65535")
     if not 0 <= value <= 65535:
         raise ValueError("expected a port between 0 and 65535")
     return value
@@ -89,7 +99,7 @@ def _positive_size(text: str) -> int:
 
 
 def _seed(text: str) -> int:
-    value = int(text)
+    value: int = _number(text, int, "an integer between -2^63 and 2^63-1")
     if not -(2**63) <= value < 2**63:
         raise ValueError("expected an integer between -2^63 and 2^63-1")
     return value
@@ -116,8 +126,7 @@ def _readable_file(text: str) -> str:
 
 
 def _store_url(text: str) -> str:
-    if urlsplit(text).scheme not in ("memory", "redis", "rediss"):
-        raise ValueError("expected memory://, redis://… or rediss://…")
+    check_url(text)
     return text
 
 
