@@ -41,7 +41,7 @@ def serve(flags: dict[str, str | None]) -> int:
         print(f"repro-proxy: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level)
-    log.info("starting", extra={"settings": repr(settings)})
+    log.info("starting", extra={"settings": settings.public()})
     for name, closest in config.unknown_variables(os.environ):
         log.warning(
             "environment variable names no setting: ignored",

@@ -59,6 +59,13 @@ def _connections(text: str) -> int | None:
     return _number(text, _positive_int, "auto or an integer >= 1")  # type: ignore[no-any-return]
 
 
+def _switch(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("on", "off", "true", "false", "1", "0", "yes", "no"):
+        raise ValueError("expected on or off")
+    return value in ("on", "true", "1", "yes")
+
+
 def _fraction(text: str) -> float:
     value: float = _number(text, float, "a fraction between 0 and 1")
     if not 0 <= value <= 1:
@@ -140,6 +147,7 @@ class Option:
     parse: Callable[[str], Any]
     help: str
     repeatable: bool = False  # the flag may be given several times; values join with commas
+    switch: bool = False  # on or off; the bare flag means on
 
     @property
     def flag(self) -> str:
@@ -421,6 +429,15 @@ OPTIONS = (
         "1",
         _positive_int,
         "serving processes sharing the port (SO_REUSEPORT); more than one needs a shared store",
+    ),
+    Option(
+        "access_log",
+        "REPRO_ACCESS_LOG",
+        "off",
+        _switch,
+        "on: one info line per request (method, path, status, cache outcome, duration, bytes; "
+        "never a key or a prompt)",
+        switch=True,
     ),
     Option(
         "log_level",

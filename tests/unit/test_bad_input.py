@@ -48,6 +48,7 @@ WRONG = {
     "max_connections": "lots",
     "stream_disconnect": "abort",
     "workers": "0",
+    "access_log": "sometimes",
     "log_level": "loud",
 }
 FREE_TEXT = {"host", "admin_token", "secret", "probe_key", "cassette"}
