@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import pty
 import subprocess
@@ -14,7 +13,6 @@ import orjson
 import pytest
 from openai import OpenAI
 
-from proxy.cli import build_parser
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim, free_port
 
 TOKEN = "admin-secret"
@@ -219,15 +217,3 @@ def test_admin_commands_draw_tables_on_a_terminal_and_print_json_when_asked(
     assert "fp_sim_0001" in models and "1 fingerprint" in models
     purged = on_a_terminal("purge", "--url", proxy.url, "--model", "gpt-4o-mini")
     assert purged.strip() == "purged 1 answer"
-
-
-@pytest.mark.parametrize("command", ["stats", "fingerprints", "purge", "export", "import", "sim"])
-def test_every_option_of_the_operator_commands_is_explained(command: str) -> None:
-    commands = next(
-        action
-        for action in build_parser()._actions
-        if isinstance(action, argparse._SubParsersAction)
-    )
-    parser = commands.choices[command]
-    for action in parser._actions:
-        assert action.help, (command, action.option_strings or action.dest)

@@ -10,9 +10,29 @@ import argparse
 
 from proxy.tools.sim.state import SimSettings
 
+CONTROL_ROUTES = """\
+control routes (unauthenticated; JSON bodies):
+  GET    /_sim/fingerprint   the system_fingerprint answered with
+  POST   /_sim/fingerprint   {"fingerprint": "fp_…" | null}: rotate it
+  GET    /_sim/settings      latency, chunk_delay, divergence
+  POST   /_sim/settings      change any of them at run time
+  POST   /_sim/keys          {"api_keys": […]}: the keys accepted from now on ([] = any)
+  POST   /_sim/faults        queue a fault for the next requests (status, body, headers …)
+  DELETE /_sim/faults        drop the queued faults
+  GET    /_sim/requests      the requests received, as received
+  DELETE /_sim/requests      forget them
+  GET    /_sim/stats         requests per path, streams completed and cancelled
+"""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after each flag, and the route list as written."""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `repro-proxy sim`; the CLI owns the parser, this module owns the options."""
+    parser.formatter_class = HelpFormatter
+    parser.epilog = CONTROL_ROUTES
     defaults = SimSettings()
     parser.add_argument("--host", default=defaults.host, help="listen address")
     parser.add_argument("--port", type=int, default=defaults.port, help="listen port")
