@@ -169,9 +169,9 @@ def _export_url(args: argparse.Namespace) -> int:
             if r.status_code != 200:
                 r.read()
                 raise OSError(f"HTTP {r.status_code}: {error_reason(r)}")
-            for line in r.iter_lines():
-                out.write(line.encode() + b"\n")
-                count += 1
+            for chunk in r.iter_bytes():  # as sent: text decoding could split inside a line
+                out.write(chunk)
+                count += chunk.count(b"\n")
     except httpx.HTTPError as exc:
         raise OSError(f"{url}: {exc}") from None
     return count

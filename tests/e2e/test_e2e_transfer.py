@@ -217,3 +217,25 @@ def test_admin_commands_draw_tables_on_a_terminal_and_print_json_when_asked(
     assert "fp_sim_0001" in models and "1 fingerprint" in models
     purged = on_a_terminal("purge", "--url", proxy.url, "--model", "gpt-4o-mini")
     assert purged.strip() == "purged 1 answer"
+
+
+def test_an_export_keeps_each_answer_on_its_line_whatever_characters_it_holds(
+    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
+) -> None:
+    proxy = start_proxy("--admin-token", TOKEN, "--cache-scope", "shared")
+    traffic(proxy, "sk-alice")
+    exported = httpx.get(proxy.url + "/admin/export", headers=ADMIN, timeout=5).content
+    records = [orjson.loads(line) for line in exported.splitlines()]
+    for record in records:
+        record["body"] += "\u2028\u2029\x85\r"  # line breaks to str.splitlines, not to JSONL
+    target = start_proxy("--admin-token", TOKEN, "--cache-scope", "shared")
+    body = b"".join(orjson.dumps(record) + b"\n" for record in records)
+    assert httpx.post(target.url + "/admin/import", content=body, headers=ADMIN).status_code == 200
+    tape = tmp_path / "tape.jsonl"
+    done = cli("export", "--url", target.url, "-o", str(tape))
+    assert done.stderr.strip() == "exported 2 answers"
+    lines = tape.read_bytes().split(b"\n")
+    assert lines[-1] == b"" and len(lines) == 3
+    assert sorted(orjson.loads(line)["body"] for line in lines[:-1]) == sorted(
+        record["body"] for record in records
+    )
