@@ -56,7 +56,10 @@ def _connections(text: str) -> int | None:
     """`auto` (None): derived from the descriptor limit when serving starts."""
     if text.strip().lower() == "auto":
         return None
-    return _number(text, _positive_int, "auto or an integer >= 1")  # type: ignore[no-any-return]
+    value: int = _number(text, int, "auto or an integer >= 1")
+    if value < 1:
+        raise ValueError("expected auto or an integer >= 1")
+    return value
 
 
 def _switch(text: str) -> bool:

@@ -61,7 +61,10 @@ def add_commands(commands: Any) -> None:
 
 
 def base_url(args: argparse.Namespace) -> str:
-    return str(args.url or os.environ.get("REPRO_URL") or DEFAULT_URL).rstrip("/")
+    url = str(args.url or os.environ.get("REPRO_URL") or DEFAULT_URL).rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise Refused(f"--url / REPRO_URL: expected http://… or https://…, got {url!r}")
+    return url
 
 
 def admin_headers(args: argparse.Namespace) -> dict[str, str]:
@@ -86,12 +89,12 @@ def run(args: argparse.Namespace) -> int:
     import httpx
 
     try:
+        url = f"{base_url(args)}/admin/{args.command}"
         headers = admin_headers(args)
         body = _selector(args) if args.command == "purge" else None
     except Refused as exc:
         print(f"repro-proxy {args.command}: {exc}", file=sys.stderr)
         return 2
-    url = f"{base_url(args)}/admin/{args.command}"
     try:
         if body is not None:
             response = httpx.post(url, json=body, headers=headers, timeout=300)

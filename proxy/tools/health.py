@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with urllib.request.urlopen(url.rstrip("/") + "/healthz", timeout=TIMEOUT) as answer:
             healthy = answer.status == 200
-    except (OSError, urllib.error.URLError) as exc:
+    except (OSError, ValueError, urllib.error.URLError) as exc:
         print(f"repro-proxy health: {url}: {exc}", file=sys.stderr)
         return 1
     return 0 if healthy else 1
