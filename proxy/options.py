@@ -30,36 +30,35 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
-def _number(text: str, cast: Callable[[str], Any], expected: str) -> Any:
-    """`cast(text)`, or a ValueError saying what was expected rather than Python's wording."""
-    try:
-        return cast(text.strip())
-    except ValueError:
-        raise ValueError(f"expected {expected}") from None
+def _ranged(cast: Callable[[str], Any], expected: str, fits: Callable[[Any], bool]) -> Any:
+    """A parser of numbers that fit, whose error says what was expected (not Python's wording)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = cast(text.strip())
+        except ValueError:
+            raise ValueError(f"expected {expected}") from None
+        if not fits(value):
+            raise ValueError(f"expected {expected}")
+        return value
+
+    return parse
 
 
-def _seconds(text: str) -> float:
-    value: float = _number(text, float, "a number of seconds >= 0")
-    if not value >= 0 or value == float("inf"):
-        raise ValueError("expected a number of seconds >= 0")
-    return value
-
-
-def _positive_seconds(text: str) -> float:
-    value: float = _number(text, float, "a number of seconds > 0")
-    if not value > 0 or value == float("inf"):
-        raise ValueError("expected a number of seconds > 0")
-    return value
+_INF = float("inf")
+_seconds = _ranged(float, "a number of seconds >= 0", lambda v: 0 <= v < _INF)
+_positive_seconds = _ranged(float, "a number of seconds > 0", lambda v: 0 < v < _INF)
+_fraction = _ranged(float, "a fraction between 0 and 1", lambda v: 0 <= v <= 1)
+_non_negative_int = _ranged(int, "an integer >= 0", lambda v: v >= 0)
+_positive_int = _ranged(int, "an integer >= 1", lambda v: v >= 1)
+_port = _ranged(int, "a port between 0 and 65535", lambda v: 0 <= v <= 65535)
+_seed = _ranged(int, "an integer between -2^63 and 2^63-1", lambda v: -(2**63) <= v < 2**63)
+_count = _ranged(int, "auto or an integer >= 1", lambda v: v >= 1)
 
 
 def _connections(text: str) -> int | None:
     """`auto` (None): derived from the descriptor limit when serving starts."""
-    if text.strip().lower() == "auto":
-        return None
-    value: int = _number(text, int, "auto or an integer >= 1")
-    if value < 1:
-        raise ValueError("expected auto or an integer >= 1")
-    return value
+    return None if text.strip().lower() == "auto" else int(_count(text))
 
 
 def _switch(text: str) -> bool:
@@ -67,34 +66,6 @@ def _switch(text: str) -> bool:
     if value not in ("on", "off", "true", "false", "1", "0", "yes", "no"):
         raise ValueError("expected on or off")
     return value in ("on", "true", "1", "yes")
-
-
-def _fraction(text: str) -> float:
-    value: float = _number(text, float, "a fraction between 0 and 1")
-    if not 0 <= value <= 1:
-        raise ValueError("expected a fraction between 0 and 1")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value: int = _number(text, int, "an integer >= 0")
-    if value < 0:
-        raise ValueError("expected an integer >= 0")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value: int = _number(text, int, "an integer >= 1")
-    if value < 1:
-        raise ValueError("expected an integer >= 1")
-    return value
-
-
-def _port(text: str) -> int:
-    value: int = _number(text, int, "a port between 0 and 65535")
-    if not 0 <= value <= 65535:
-        raise ValueError("expected a port between 0 and 65535")
-    return value
 
 
 def _size(text: str) -> int:
@@ -105,13 +76,6 @@ def _positive_size(text: str) -> int:
     value = parse_size(text)
     if value <= 0:
         raise ValueError("expected a size > 0")
-    return value
-
-
-def _seed(text: str) -> int:
-    value: int = _number(text, int, "an integer between -2^63 and 2^63-1")
-    if not -(2**63) <= value < 2**63:
-        raise ValueError("expected an integer between -2^63 and 2^63-1")
     return value
 
 
