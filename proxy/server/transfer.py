@@ -19,6 +19,7 @@ from proxy.errors import InvalidParameter, RequestTooLarge, StoreUnavailable
 from proxy.server.admin import check_admin, json_response
 from proxy.server.bodies import chunks
 from proxy.server.context import SERVICES, Services
+from proxy.server.streaming import CLIENT_GONE
 from proxy.store import cassette
 from proxy.store.base import Selector, StoreError
 
@@ -39,21 +40,20 @@ async def admin_export(request: web.Request) -> web.StreamResponse:
         raise StoreUnavailable(f"The store did not answer: {exc}") from exc
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
-    if first is None:
-        await response.write_eof()
-        return response
-    await response.write(first)
     try:
-        async for line in lines:
-            await response.write(line)
+        if first is not None:
+            await response.write(first)
+            async for line in lines:
+                await response.write(line)
+        await response.write_eof()
     except StoreError as exc:
         # The status is sent: cut the connection so the client sees a broken stream, never a
         # cassette that looks whole.
         log.warning("export interrupted: the store failed", extra={"error": str(exc)})
         if request.transport is not None:
             request.transport.abort()
-        return response
-    await response.write_eof()
+    except CLIENT_GONE:
+        log.info("export interrupted: the client left")
     return response
 
 
