@@ -15,11 +15,12 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.core import policy
+from proxy.core import policy, responses
 from proxy.core.call import Answer, Asked, Call, prepare_with, repro_headers
 from proxy.core.entry import CorruptEntry, Entry, fingerprint_of, is_answer, usage_of
 from proxy.core.fingerprints import ModelFingerprints
 from proxy.core.policy import Outcome
+from proxy.core.routes import RESPONSES
 from proxy.errors import UpstreamError
 from proxy.server.coalesce import Lease
 from proxy.server.context import EntryMemo, Services
@@ -211,10 +212,12 @@ async def forward(
     status, content_type = upstream.status, upstream.headers.get("Content-Type", "")
     fingerprint = None
     parsed = _json_object(data) if status == 200 else None
-    if parsed is not None and is_answer(parsed):
+    if parsed is not None and is_answer(parsed, call.kind == RESPONSES):
         fingerprint = fingerprint_of(parsed)
         prompt, completion = usage_of(parsed)
-        answer = Answer(data, content_type, fingerprint, prompt, completion, stream=False)
+        answer = Answer(
+            data, content_type, fingerprint, prompt, completion, False, responses.id_of(parsed)
+        )
         await record(services, call, answer, lease)
     headers.update(repro_headers(call, call.plan.outcome, fingerprint))
     return web.Response(status=status, body=data, headers=headers)
@@ -270,6 +273,32 @@ async def record(
         return
     if lease is not None:
         lease.held = False  # released with the write
+    if answer.response_id is not None:
+        await index_response(services, call, answer.response_id, entry.fingerprint)
+
+
+def scope_of(services: Services, tenant: str) -> str:
+    """The partition a tenant's entries live in under the cache scope."""
+    return policy.SHARED if services.settings.cache_scope is policy.CacheScope.SHARED else tenant
+
+
+async def index_response(
+    services: Services, call: Call, response_id: str, fingerprint: str
+) -> None:
+    """Remember which entry holds the response `response_id`, for `GET /v1/responses/{id}`."""
+    if not responses.valid_id(response_id):
+        return
+    write = Write(
+        key=responses.index_key(scope_of(services, call.tenant), call.namespace, response_id),
+        fingerprint=responses.INDEX_FINGERPRINT,
+        value=responses.index_value(call.key, fingerprint),
+        ttl=services.settings.ttl,
+        labels=Labels(namespace=call.namespace, model=call.model),
+    )
+    try:
+        await services.store.put(write)
+    except StoreError as exc:
+        store_failed(services, "put", exc)
 
 
 def _write(
