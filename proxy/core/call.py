@@ -44,6 +44,7 @@ class Call:
     namespace: str
     query: str
     model: str
+    lineage: str  # the name the model's fingerprints are tracked under (routes.lineage)
     key: str
     body: bytes  # exactly what the upstream receives
     seed: int | None
@@ -94,7 +95,8 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
     scope = policy.SHARED if settings.cache_scope is policy.CacheScope.SHARED else tenant
     namespace = checked_namespace(asked.namespace)
     directives = policy.parse_cache_control(asked.cache_control)
-    model = body.get("model")
+    named = body.get("model")
+    model = named if isinstance(named, str) else routes.deployment_of(route)
     key, respelled = canonical.keyed(route, scope, namespace, seeded.body, asked.query)
     kind = routes.kind(route)
     return Call(
@@ -103,7 +105,8 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
         tenant=tenant,
         namespace=namespace,
         query=asked.query,
-        model=model if isinstance(model, str) else routes.deployment_of(route),
+        model=model,
+        lineage=routes.lineage(model, route),
         key=key,
         body=raw if settings.enforce is policy.Enforce.OFF else respelled,
         seed=seeded.seed,

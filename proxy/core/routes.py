@@ -88,3 +88,14 @@ def azure_target(path: str, raw_path: str, query: str) -> tuple[str, str]:
     if path.startswith(DEPLOYMENTS):
         check_deployment(deployment_of(path))
     return path, check_query(query)
+
+
+RESPONSES_LINEAGE = "@responses"
+
+
+def lineage(model: str, route: str) -> str:
+    """The name a model's fingerprints are tracked under on `route`. The Responses API
+    reports no fingerprint where chat reports one for the same model: tracked together, each
+    answer of one would look like a rotation away from the other's, and under `follow` the two
+    would evict each other's answers. So the Responses API keeps a history of its own."""
+    return model + RESPONSES_LINEAGE if model and kind(route) == RESPONSES else model

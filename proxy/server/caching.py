@@ -71,7 +71,7 @@ def prepare(services: Services, asked: Asked) -> Call:
 async def lookup(services: Services, call: Call) -> Entry | None:
     """The servable entry for this call, or None; a failing store is a miss."""
     try:
-        state, blobs = await services.store.lookup(call.key, call.model)
+        state, blobs = await services.store.lookup(call.key, call.lineage)
     except StoreError as exc:
         store_failed(services, "get", exc)
         return None
@@ -85,7 +85,7 @@ async def lookup_or_lock(services: Services, call: Call, lease: Lease) -> Entry 
         return await lookup(services, call)
     try:
         state, blobs, lease.held = await services.store.lookup_or_lock(
-            call.key, call.model, lease.token, services.coalescer.timeout
+            call.key, call.lineage, lease.token, services.coalescer.timeout
         )
     except StoreError as exc:
         store_failed(services, "get", exc)
@@ -97,7 +97,7 @@ async def lookup_or_lock(services: Services, call: Call, lease: Lease) -> Entry 
 def _servable(
     services: Services, call: Call, state: ModelFingerprints | None, blobs: dict[str, bytes]
 ) -> Entry | None:
-    accepted = services.fingerprints.acceptable(call.model, state)
+    accepted = services.fingerprints.acceptable(call.lineage, state)
     return choose(services, call, accepted, {fp: blobs[fp] for fp in _allowed(accepted, blobs)})
 
 
@@ -253,21 +253,21 @@ async def record(
     gives up its store lock in the same write."""
     entry = _storable(services, call, answer) if call.plan.store else None
     if entry is None:
-        await observe_fingerprint(services, call.model, answer.fingerprint)
+        await observe_fingerprint(services, call.lineage, answer.fingerprint)
         return
     services.prober.answered(call.model)
     tracker = services.fingerprints
-    counted = tracker.counted(call.model, answer.fingerprint)
+    counted = tracker.counted(call.lineage, answer.fingerprint)
     try:
         if counted:
             await services.store.put(_write(services, call, entry, lease))
         else:
-            await tracker.flush(call.model)
+            await tracker.flush(call.lineage)
             write = _write(services, call, entry, lease, now=tracker.now())
             seen = await services.store.record(write)
-            tracker.learned(call.model, answer.fingerprint, seen)
+            tracker.learned(call.lineage, answer.fingerprint, seen)
     except StoreError as exc:  # both are lost: the observation and the entry
-        tracker.lost(call.model, counted)
+        tracker.lost(call.lineage, counted)
         services.metrics.store_errors.labels("fingerprint").inc()
         store_failed(services, "put", exc)
         return
@@ -312,7 +312,7 @@ def _write(
         ttl=services.settings.ttl,
         labels=Labels(namespace=call.namespace, model=call.model),
         unlock=lease.token if lease is not None and lease.held else None,
-        model=call.model,
+        model=call.lineage,
         now=now,
     )
 

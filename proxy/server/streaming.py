@@ -159,7 +159,7 @@ class _Relay:
     async def finish(self) -> None:
         """Learn the fingerprint of a stream that did not end cleanly (a clean one taught it)."""
         if not self.committed and self.recorder.fingerprint is not None:
-            await observe_fingerprint(self.services, self.call.model, self.recorder.fingerprint)
+            await observe_fingerprint(self.services, self.call.lineage, self.recorder.fingerprint)
 
     async def _commit(self) -> None:
         """Learn the fingerprint, then store: under `follow` the entry is servable at once."""

@@ -151,7 +151,7 @@ class Verifier:
             return
         fingerprint = fresh_fingerprint(fresh, entry.stream)
         with contextlib.suppress(StoreError):  # the comparison stands without the bookkeeping
-            await self._fingerprints.observe(call.model, fingerprint)
+            await self._fingerprints.observe(call.lineage, fingerprint)
         if fingerprint != entry.fingerprint:
             self._metrics.verify.labels(model, "rotated").inc()
             return

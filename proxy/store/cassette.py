@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from proxy.core import canonical
+from proxy.core import canonical, routes
 from proxy.core.entry import CorruptEntry, Entry
 from proxy.errors import ProxyError
 from proxy.store.base import Labels, Selector, Store, Write
@@ -102,7 +102,8 @@ async def load(store: Store, entries: list[Loaded]) -> int:
         entry = item.entry
         labels = Labels(namespace=entry.namespace, model=entry.model)
         await store.put(Write(item.key, entry.fingerprint, entry.pack(), 0, labels))
-        await store.observe_fingerprint(entry.model, entry.fingerprint, entry.stored_at)
+        lineage = routes.lineage(entry.model, entry.route)
+        await store.observe_fingerprint(lineage, entry.fingerprint, entry.stored_at)
     return len(entries)
 
 
