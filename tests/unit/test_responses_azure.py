@@ -18,6 +18,7 @@ from proxy.core.paths import forward_target
 from proxy.core.policy import CacheMode, CacheScope, Enforce, Outcome, enforce
 from proxy.core.sse import StreamRecorder
 from proxy.errors import InvalidParameter, InvalidPath
+from proxy.server.verify import answer_text, fresh_fingerprint
 
 BODY: dict[str, Any] = {"model": "gpt-4o-mini", "input": "Name a colour."}
 
@@ -357,3 +358,19 @@ def test_azure_pass_through_paths_stay_under_openai() -> None:
     for raw in ("/openai/../v1/files", "/openai/%2e%2e/admin", "/openai/.."):
         with pytest.raises(InvalidPath):
             forward_target(raw)
+
+
+# --- drift sampling --------------------------------------------------------------------------
+
+
+def test_drift_sampling_reads_the_text_of_whole_and_streamed_responses() -> None:
+    output = [
+        {"type": "message", "content": [{"type": "output_text", "text": "Hi there."}]},
+        {"type": "function_call", "name": "f", "arguments": '{"a":1}'},
+    ]
+    whole = orjson.dumps({"object": "response", "status": "completed", "output": output})
+    assert answer_text(whole, stream=False) == 'Hi there.f{"a":1}'
+    streamed = START + typed("response.completed", response={**DONE, "output": output})
+    assert answer_text(streamed, stream=True) == 'Hi there.f{"a":1}'
+    fingerprinted = typed("response.created", response={**RESPONSE, "system_fingerprint": "fp_9"})
+    assert fresh_fingerprint(fingerprinted + END, stream=True, responses=True) == "fp_9"
