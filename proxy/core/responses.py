@@ -88,3 +88,15 @@ def final_response(sse: bytes) -> bytes | None:
             return orjson.dumps(response) if isinstance(response, dict) else None
         return None
     return None
+
+
+def stored_id(body: bytes, stream: bool) -> str | None:
+    """The id of the response a stored answer holds (whole, or the stream's completed one)."""
+    whole = final_response(body) if stream else body
+    if whole is None:
+        return None
+    try:
+        answer = orjson.loads(whole)
+    except orjson.JSONDecodeError:
+        return None
+    return id_of(answer) if isinstance(answer, dict) else None

@@ -395,3 +395,25 @@ def test_a_replay_of_a_recorded_response_never_reaches_the_upstream(
         client(replayer, ns).responses.create(model=MODEL, input="never recorded")
     assert caught.value.response.json()["error"]["code"] == "cache_miss"
     assert len(sim.requests()) == sent
+
+
+def test_a_cassette_replays_responses_and_their_fetch_by_id(
+    start_proxy: ProxyFactory, sim: Sim, ns: str, tmp_path: Any
+) -> None:
+    cassette = str(tmp_path / "llm.jsonl")
+    flags = ("--cache-scope", "shared", "--cassette", cassette)
+    recorder = start_proxy(*flags, "--cache-mode", "record")
+    whole = client(recorder, ns).responses.create(model=MODEL, input=INPUT)
+    with client(recorder, ns).responses.stream(model=MODEL, input="Stream it.") as stream:
+        streamed = stream.get_final_response()
+    stop(recorder.proc)  # the cassette is written at exit
+    sent = len(sim.requests())
+
+    replayer = start_proxy(*flags, "--cache-mode", "replay")
+    sdk = client(replayer, ns, key="sk-ci")
+    again = sdk.responses.with_raw_response.create(model=MODEL, input=INPUT)
+    assert again.headers["X-Repro-Cache"] == "HIT"
+    assert essence(again.parse()) == essence(whole)
+    for created in (whole, streamed):
+        assert essence(sdk.responses.retrieve(created.id)) == essence(created)
+    assert len(sim.requests()) == sent
