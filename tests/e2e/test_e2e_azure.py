@@ -117,8 +117,16 @@ def test_azure_responses_are_cached_and_get_no_seed(azure: Proxy, sim: Sim, ns: 
     runs = [client.responses.with_raw_response.create(model="dep", input="x") for _ in range(2)]
     assert [r.headers["X-Repro-Cache"] for r in runs] == ["MISS", "HIT"]
     assert runs[1].parse().output_text == runs[0].parse().output_text
-    (sent,) = upstream(sim)
-    assert sent["path"] == "/openai/responses" and "seed" not in orjson.loads(sent["body"])
+    streams = []
+    for _ in range(2):
+        raw = client.responses.with_raw_response.create(model="dep", input="x", stream=True)
+        streams.append((raw.headers["X-Repro-Cache"], [e.to_dict() for e in raw.parse()]))
+    assert [outcome for outcome, _ in streams] == ["MISS", "HIT"]
+    assert streams[0][1] == streams[1][1]
+    assert streams[0][1][-1]["type"] == "response.completed"
+    sent = upstream(sim)
+    assert [r["path"] for r in sent] == ["/openai/responses"] * 2
+    assert all("seed" not in orjson.loads(r["body"]) for r in sent)
 
 
 def test_the_openai_v1_shape_is_cached_for_chat_and_responses(

@@ -7,6 +7,7 @@ cache in replay mode, only to the tenant (and namespace) that created it.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import uuid
@@ -190,6 +191,19 @@ def test_metrics_count_the_responses_route(proxy: Proxy, sim: Sim, ns: str) -> N
     assert proxy.metric("repro_requests_total", route="/v1/responses", cache="hit") == before + 1
 
 
+async def test_identical_concurrent_misses_make_one_upstream_call(
+    proxy: Proxy, sim: Sim, ns: str
+) -> None:
+    sim.settings(latency=0.5)
+    headers = {"Authorization": "Bearer sk-resp", "X-Repro-Namespace": ns}
+    body = {"model": MODEL, "input": INPUT}
+    async with httpx.AsyncClient(base_url=proxy.v1, headers=headers, timeout=10) as http:
+        answers = await asyncio.gather(*(http.post("/responses", json=body) for _ in range(4)))
+    assert sorted(a.headers["X-Repro-Cache"] for a in answers) == ["HIT", "HIT", "HIT", "MISS"]
+    assert len({a.content for a in answers}) == 1
+    assert len(upstream_bodies(sim)) == 1
+
+
 # --- streams ---------------------------------------------------------------------------------
 
 
@@ -315,6 +329,11 @@ def test_outside_replay_a_fetch_by_id_passes_through(proxy: Proxy, sim: Sim, ns:
     assert fetched.headers["X-Repro-Cache"] == "BYPASS"
     assert fetched.parse().output_text == created.output_text
     assert [r["path"] for r in sim.requests()][-1] == f"/v1/responses/{created.id}"
+    deleted = httpx.delete(
+        proxy.v1 + f"/responses/{created.id}", headers={"Authorization": "Bearer k"}
+    )
+    assert deleted.headers["X-Repro-Cache"] == "BYPASS"
+    assert sim.requests()[-1]["method"] == "DELETE"
 
 
 def essence(response: Any) -> tuple[Any, ...]:
