@@ -436,3 +436,29 @@ def test_a_cassette_replays_responses_and_their_fetch_by_id(
     for created in (whole, streamed):
         assert essence(sdk.responses.retrieve(created.id)) == essence(created)
     assert len(sim.requests()) == sent
+
+
+def test_a_hostile_upstream_cannot_plant_ids_or_fingerprints(
+    recorded: tuple[Proxy, Proxy], sim: Sim, ns: str
+) -> None:
+    """A response whose id or fingerprint is not a plain short name is served and stored like
+    any answer, but indexes nothing and names no fingerprint."""
+    recorder, replayer = recorded
+    hostile_id = "resp_" + "x" * 300
+    answer = {
+        "object": "response",
+        "status": "completed",
+        "output": [],
+        "id": hostile_id,
+        "system_fingerprint": "fp bad\\r\\nX-Evil: 1",
+    }
+    sim.fault(kind="status", status=200, body=answer)
+    first = post(recorder, ns, {"model": MODEL, "input": INPUT})
+    assert first.headers["X-Repro-Fingerprint"] == "none" and "X-Evil" not in first.headers
+    again = post(replayer, ns, {"model": MODEL, "input": INPUT})
+    assert again.headers["X-Repro-Cache"] == "HIT" and again.json() == answer
+    fetched = httpx.get(
+        replayer.v1 + f"/responses/{hostile_id}",
+        headers={"Authorization": "Bearer sk-resp", "X-Repro-Namespace": ns},
+    )
+    assert fetched.status_code == 504
