@@ -6,9 +6,9 @@ the Responses API at `/openai/responses`. Each is cached like its OpenAI counter
 `kind`: the same defaults, seed rule and answer checks. The path itself (deployment included)
 and the query (`api-version`) stay in the key, so two deployments never share an answer.
 
-A deployment name and an `api-version` end up in cache keys, metric-free labels and the
-upstream's URL: only short names of a plain character set are accepted, and a query naming
-`api-version` twice is refused, since readers disagree on which copy wins.
+A deployment name and an `api-version` end up in cache keys and the upstream's URL: only short
+names of a plain character set are accepted, and a query naming `api-version` twice (in any
+letter case) is refused, since readers disagree on which copy wins.
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ def check_deployment(raw_segment: str) -> str:
 def check_query(query: str) -> str:
     """An Azure route's query, refused when `api-version` is repeated or not a short plain
     version name; returned unchanged, since the upstream reads it as sent."""
-    versions = [v for k, v in parse_qsl(query, keep_blank_values=True) if k == "api-version"]
+    pairs = parse_qsl(query, keep_blank_values=True)
+    versions = [v for k, v in pairs if k.lower() == "api-version"]  # Azure ignores the case
     if len(versions) > 1:
         raise InvalidParameter("The query names api-version more than once.", "api-version")
     if versions and not _API_VERSION.fullmatch(versions[0]):
