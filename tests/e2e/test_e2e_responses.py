@@ -361,6 +361,13 @@ def test_in_replay_a_fetch_by_id_is_served_from_the_cache(
         raw = sdk.responses.with_raw_response.retrieve(created.id)
         assert raw.headers["X-Repro-Cache"] == "HIT"
         assert essence(raw.parse()) == essence(created)
+    headers = {"Authorization": "Bearer sk-resp", "X-Repro-Namespace": ns}
+    events = httpx.get(replayer.v1 + f"/responses/{streamed.id}?stream=true", headers=headers)
+    assert events.headers["Content-Type"].startswith("text/event-stream")
+    assert events.content.startswith(b"event: response.created\n")
+    assert b"event: response.completed\n" in events.content
+    whole_events = httpx.get(replayer.v1 + f"/responses/{whole.id}?stream=true", headers=headers)
+    assert whole_events.status_code == 504
     assert len(sim.requests()) == sent
 
 
