@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -34,14 +35,27 @@ def ns() -> str:
     return "t-" + uuid.uuid4().hex
 
 
+_CLIENTS: list[OpenAI] = []
+
+
+@pytest.fixture(autouse=True)
+def close_clients() -> Iterator[None]:
+    """Close every client a test made, with its connections, even when the test failed."""
+    yield
+    while _CLIENTS:
+        _CLIENTS.pop().close()
+
+
 def az(proxy: Proxy, ns: str, key: str = "az-key", version: str = VERSION) -> AzureOpenAI:
-    return AzureOpenAI(
+    made = AzureOpenAI(
         azure_endpoint=proxy.url,
         api_version=version,
         api_key=key,
         max_retries=0,
         default_headers={"X-Repro-Namespace": ns},
     )
+    _CLIENTS.append(made)
+    return made
 
 
 def upstream(sim: Sim) -> list[dict[str, Any]]:
@@ -138,6 +152,7 @@ def test_the_openai_v1_shape_is_cached_for_chat_and_responses(
         max_retries=0,
         default_headers={"X-Repro-Namespace": ns},
     )
+    _CLIENTS.append(client)
     chats = [
         client.chat.completions.with_raw_response.create(model="dep", messages=MESSAGES)  # type: ignore[arg-type]
         for _ in range(2)

@@ -69,11 +69,24 @@ def ns() -> str:
     return "t-" + uuid.uuid4().hex
 
 
+_CLIENTS: list[OpenAI] = []
+
+
+@pytest.fixture(autouse=True)
+def close_clients() -> Iterator[None]:
+    """Close every client a test made, with its connections, even when the test failed."""
+    yield
+    while _CLIENTS:
+        _CLIENTS.pop().close()
+
+
 def client(proxy: Proxy, ns: str, key: str = "sk-resp") -> OpenAI:
     headers = {"X-Repro-Namespace": ns}
-    return OpenAI(
+    made = OpenAI(
         base_url=proxy.v1, api_key=key, max_retries=0, timeout=10, default_headers=headers
     )
+    _CLIENTS.append(made)
+    return made
 
 
 def post(proxy: Proxy, ns: str, body: dict[str, Any], **headers: str) -> httpx.Response:
