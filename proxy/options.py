@@ -129,7 +129,7 @@ OPTIONS = (
         "REPRO_UPSTREAM",
         "https://api.openai.com/v1",
         _upstream,
-        "base URL of the OpenAI-compatible upstream, with its /v1",
+        "base URL of the OpenAI-compatible upstream, with its /v1 (Azure: the resource root)",
     ),
     Option(
         "store",

@@ -19,9 +19,10 @@ from proxy.config import Settings
 from proxy.core import credentials
 from proxy.core.canonical import CACHEABLE_ROUTES
 from proxy.core.policy import SHARED, CacheMode
+from proxy.core.routes import AZURE_RESPONSES, AZURE_V1, DEPLOYMENT_CALLS, DEPLOYMENTS
 from proxy.errors import InvalidHeader, ProxyError, UpstreamError
 from proxy.metrics import Metrics
-from proxy.server import admin, handlers, transfer
+from proxy.server import admin, handlers, responses, transfer
 from proxy.server.coalesce import Coalescer
 from proxy.server.context import SERVICES, Services, entry_memo
 from proxy.server.fingerprints import FingerprintTracker
@@ -42,6 +43,7 @@ access_log = logging.getLogger("proxy.access")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PASSTHROUGH_ROUTE = "/v1/*"
+AZURE_PASSTHROUGH_ROUTE = "/openai/*"
 INVALIDATIONS = "repro:invalidate"
 
 
@@ -62,9 +64,14 @@ def create_app(
     app = web.Application(client_max_size=settings.max_body)
     metrics = Metrics(registry or CollectorRegistry(), multiprocess_dir)
     app.cleanup_ctx.append(_services(settings, store, metrics, clock, environ))
-    for route in sorted(CACHEABLE_ROUTES):
+    for route in cacheable_routes():
         app.router.add_post(route, observed(handlers.cacheable, route))
+    for route in ("/v1/responses/{id}", AZURE_V1 + "responses/{id}", AZURE_RESPONSES + "/{id}"):
+        app.router.add_get(route, observed(responses.by_id, route))
     app.router.add_route("*", "/v1/{tail:.*}", observed(handlers.passthrough, PASSTHROUGH_ROUTE))
+    app.router.add_route(
+        "*", "/openai/{tail:.*}", observed(handlers.passthrough, AZURE_PASSTHROUGH_ROUTE)
+    )
     app.router.add_get("/healthz", observed(handlers.healthz))
     app.router.add_get("/readyz", observed(handlers.readyz))
     app.router.add_get("/metrics", observed(handlers.metrics))
@@ -74,6 +81,15 @@ def create_app(
     app.router.add_get("/admin/export", observed(transfer.admin_export))
     app.router.add_post("/admin/import", observed(transfer.admin_import))
     return app
+
+
+def cacheable_routes() -> list[str]:
+    """The OpenAI routes, and Azure OpenAI's three shapes of them; each pattern is also the
+    metrics' route label."""
+    openai = sorted(CACHEABLE_ROUTES)
+    azure_v1 = [AZURE_V1 + route.removeprefix("/v1/") for route in openai]
+    deployments = [DEPLOYMENTS + "{deployment}/" + call for call in DEPLOYMENT_CALLS]
+    return [*openai, *azure_v1, *deployments, AZURE_RESPONSES]
 
 
 def egress(settings: Settings, environ: Mapping[str, str]) -> Egress:

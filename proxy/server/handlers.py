@@ -10,6 +10,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from proxy.core import routes
 from proxy.core.call import Asked, Call, repro_headers
 from proxy.core.entry import Entry
 from proxy.core.paths import forward_target
@@ -43,11 +44,12 @@ from proxy.upstream.headers import REQUEST_SKIP, request_headers, response_heade
 async def cacheable(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     settings = services.settings
+    route, query = request.path, request.query_string
+    if routes.is_azure(route):
+        route, query = routes.azure_target(route, request.raw_path, query)
     raw = await read_limited(request, settings.max_body, settings.body_timeout)
     await services.secret.settle()
-    asked = Asked.of(
-        request.path, request.query_string, raw, request.headers, services.credential_names
-    )
+    asked = Asked.of(route, query, raw, request.headers, services.credential_names)
     if len(raw) >= OFF_LOOP_BODY:  # never remembered: hashing it would hold the loop too
         return await answer(services, request, await prepare_aside(services, asked))
     call = remembered(services, asked)

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from proxy.core import canonical
+from proxy.core import canonical, responses, routes
 from proxy.core.entry import CorruptEntry, Entry
 from proxy.errors import ProxyError
 from proxy.store.base import Labels, Selector, Store, Write
@@ -70,6 +70,7 @@ def _json_or_text(request: str) -> Any:
 class Loaded:
     key: str
     entry: Entry
+    index: str | None = None  # a Responses answer's id-index key under the target's scope
 
 
 def from_record(record: dict[str, Any], scope: str) -> Loaded:
@@ -90,7 +91,15 @@ def from_record(record: dict[str, Any], scope: str) -> Loaded:
     raw_request = request if isinstance(request, str) else canonical.dumps(request).decode()
     entry = Entry(body=answer, request=raw_request, **{name: record[name] for name in _META})
     key = canonical.request_key(entry.route, scope, entry.namespace, body, entry.query)
-    return Loaded(key, entry)
+    return Loaded(key, entry, _index(entry, scope))
+
+
+def _index(entry: Entry, scope: str) -> str | None:
+    """The key of a loaded response's id index, so it can be fetched by id in replay."""
+    if routes.kind(entry.route) != routes.RESPONSES:
+        return None
+    found = responses.stored_id(entry.body, entry.stream)
+    return None if found is None else responses.index_key(scope, entry.namespace, found)
 
 
 def parse(text_lines: Iterable[bytes], scope: str) -> list[Loaded]:
@@ -112,7 +121,11 @@ async def load(store: Store, entries: list[Loaded]) -> int:
         entry = item.entry
         labels = Labels(namespace=entry.namespace, model=entry.model)
         await store.put(Write(item.key, entry.fingerprint, entry.pack(), 0, labels))
-        await store.observe_fingerprint(entry.model, entry.fingerprint, entry.stored_at)
+        if item.index is not None:
+            pointer = responses.index_value(item.key, entry.fingerprint)
+            await store.put(Write(item.index, responses.INDEX_FINGERPRINT, pointer, 0, labels))
+        lineage = routes.lineage(entry.model, entry.route)
+        await store.observe_fingerprint(lineage, entry.fingerprint, entry.stored_at)
     return len(entries)
 
 
