@@ -69,7 +69,11 @@ async def _serve(settings: SimSettings) -> None:
     from proxy.tools.sim.app import create_sim_app
 
     runner = web.AppRunner(
-        create_sim_app(settings), access_log=None, handler_cancellation=True, handle_signals=False
+        create_sim_app(settings),
+        access_log=None,
+        handler_cancellation=True,
+        handle_signals=False,
+        shutdown_timeout=1.0,
     )
     await runner.setup()
     stop = asyncio.Event()
@@ -77,7 +81,7 @@ async def _serve(settings: SimSettings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        site = web.TCPSite(runner, settings.host, settings.port, shutdown_timeout=1.0)
+        site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
         print(f"repro-proxy sim: listening on {site.name}", file=sys.stderr, flush=True)
         await stop.wait()

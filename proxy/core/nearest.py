@@ -1,0 +1,100 @@
+"""The recorded request closest to one that was not recorded, and what tells them apart (pure).
+
+A replay that misses is most often a request that changed a little: a reworded prompt, a new
+parameter, one more tool. Showing the nearest recorded request and a diff of the two canonical
+bodies says which, where "no match" says nothing. Bodies are compared as indented JSON with
+sorted keys, so the diff reads line by line, one field or message per hunk.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from rapidfuzz import process
+from rapidfuzz.distance import Levenshtein
+
+MAX_DIFF_LINES = 60
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What was asked, as a replay matches it: route, partition and the canonical body."""
+
+    route: str
+    model: str
+    namespace: str
+    query: str
+    body: str  # indented JSON, sorted keys (see `readable`)
+
+
+def readable(body: bytes | str | dict[str, Any]) -> str:
+    """A request body as indented JSON with sorted keys; text that is not JSON as it is."""
+    value: Any = body
+    if not isinstance(body, dict):
+        try:
+            value = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return body.decode(errors="replace") if isinstance(body, bytes) else body
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
+
+
+def closest(wanted: Request, recorded: Sequence[Request]) -> tuple[Request, float] | None:
+    """The recorded request most like `wanted` and how alike (0..1): among those of its route
+    and model if any, else of its route, else all; None when nothing is recorded."""
+    for pool in (
+        [r for r in recorded if (r.route, r.model) == (wanted.route, wanted.model)],
+        [r for r in recorded if r.route == wanted.route],
+        list(recorded),
+    ):
+        if pool:
+            found = process.extractOne(
+                wanted.body,
+                [r.body for r in pool],
+                scorer=Levenshtein.normalized_similarity,
+            )
+            assert found is not None  # a non-empty pool always has a best match
+            _, score, index = found
+            return pool[index], float(score)
+    return None
+
+
+def body_diff(recorded: str, wanted: str, limit: int = MAX_DIFF_LINES) -> str:
+    """A unified diff from the recorded body to the requested one, cut after `limit` lines."""
+    lines = list(
+        difflib.unified_diff(
+            recorded.splitlines(), wanted.splitlines(), "recorded", "requested", lineterm="", n=2
+        )
+    )
+    if len(lines) > limit:
+        lines = [*lines[:limit], f"... {len(lines) - limit} more diff lines"]
+    return "\n".join(lines)
+
+
+def explain(wanted: Request, recorded: Sequence[Request]) -> str:
+    """Why a request missed: the closest recorded request and a diff of the two bodies."""
+    head = f"POST {wanted.route} (model {wanted.model or 'none'!r})"
+    found = closest(wanted, recorded)
+    if found is None:
+        return f"{head}: nothing is recorded."
+    near, alike = found
+    where = [
+        f"{name} {value!r}"
+        for name, value, own in (
+            ("route", near.route, wanted.route),
+            ("model", near.model, wanted.model),
+            ("namespace", near.namespace, wanted.namespace),
+            ("query", near.query, wanted.query),
+        )
+        if value != own
+    ]
+    place = f" (recorded under {', '.join(where)})" if where else ""
+    if near.body == wanted.body:
+        return f"{head}: the same body is recorded{place}."
+    return (
+        f"{head}: the closest recorded request is {alike:.0%} alike{place}:\n"
+        f"{body_diff(near.body, wanted.body)}"
+    )
