@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import re
 import signal
 import subprocess
 import sys
@@ -16,10 +15,9 @@ from openai import APIStatusError, InternalServerError, OpenAI
 
 from bench.procs import stop as stop_process
 from bench.procs import wait_until_up
-from tests.fixtures_procs import Proxy, ProxyFactory, Sim, _clean_env
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim, _clean_env, started
 
 ASK = [{"role": "user", "content": "Replay me."}]
-LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:(\d+))")
 
 
 def stop(proxy: Proxy) -> None:
@@ -135,20 +133,6 @@ def test_a_cassette_recorded_across_rotations_replays_every_answer(
     following = replayer(start_proxy, tape, "--fingerprint-policy", "follow")
     assert ask(following, "Prompt 1.").status_code == 504  # a policy set by the user stands
     assert ask(following, "Prompt 2.").headers["X-Repro-Cache"] == "HIT"
-
-
-def started(argv: list[str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """A process started with --port 0, and the URL it says it listens on."""
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(argv, env=_clean_env(), stderr=sink)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and proc.poll() is None:
-        found = LISTENING.search(log.read_text())
-        if found:
-            return proc, found.group(1)
-        time.sleep(0.05)
-    stop_process(proc)
-    raise AssertionError(f"no listening line: {log.read_text()}")
 
 
 def test_port_0_binds_a_free_port_and_says_which(sim: Sim, tmp_path: Path) -> None:
