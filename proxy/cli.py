@@ -82,6 +82,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as exc:
             return cannot_listen(settings.host, settings.port, exc)
         return 0
-    if args.command in ("export", "import"):
+    if args.command in ("export", "import", "cassette"):
         return cassette_cli.run(args)
     return admin_cli.run(args)

@@ -1,4 +1,5 @@
-"""`repro-proxy export | import`: move stored answers between stores through cassette files."""
+"""`repro-proxy export | import`: move stored answers between stores through cassette files;
+`repro-proxy cassette diff`: compare two recordings."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from proxy.core import policy
 from proxy.store import cassette, open_store
 from proxy.store.base import Selector, Store
 from proxy.store.encrypted import EncryptedStore, parse_keys
+from proxy.tools import cassette_diff
 
 
 def add_commands(commands: Any) -> None:
@@ -31,6 +33,12 @@ def add_commands(commands: Any) -> None:
     )
     load.add_argument("--api-key", help="with --cache-scope key: the key the entries are for")
     load.add_argument("--secret", help="with --cache-scope key: the proxies' --secret")
+    files = commands.add_parser("cassette", help="work with cassette files")
+    actions = files.add_subparsers(dest="cassette_command", required=True)
+    diff = actions.add_parser(
+        "diff", help="compare two recordings of the same requests (exit 1 when anything changed)"
+    )
+    cassette_diff.add_arguments(diff)
 
 
 def _store_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +55,8 @@ def _store_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.command == "cassette":
+        return cassette_diff.main(args)
     try:
         return asyncio.run(_export(args) if args.command == "export" else _import(args))
     except (OSError, ValueError) as exc:
