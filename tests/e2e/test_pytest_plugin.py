@@ -12,10 +12,8 @@ import pytest
 
 from bench.procs import free_port, stop
 from tests.fixtures_procs import Sim, _clean_env, started
+from tests.llm_project import ROOT, plugin_args
 
-pytest_plugins = ["pytester"]
-
-ROOT = Path(__file__).resolve().parents[2]
 CASSETTE = Path("tests/cassettes/llm.jsonl")
 RECORDING_KEY = "sk-recording-key-0123456789"
 
@@ -31,25 +29,9 @@ def ask(content):
 """
 
 
-def plugin_args() -> list[str]:
-    """Installed, the entry point loads the plugin; from a checkout not yet installed, `-p`."""
-    installed = importlib.metadata.entry_points(group="pytest11", name="repro_proxy")
-    return [] if installed else ["-p", "proxy.testing.plugin"]
-
-
-@pytest.fixture
-def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """A user's project: OPENAI_* unset, as on a CI runner."""
-    for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "REPRO_UPSTREAM"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # for pytest's subprocesses and xdist workers
-    pytester.makepyfile(llm_helpers=ASKING)
-    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
-    return pytester
-
-
 def tests_asking(project: pytest.Pytester, **prompts: str) -> None:
     """One test per prompt, each asserting the answer it gets."""
+    project.makepyfile(llm_helpers=ASKING)
     body = "from llm_helpers import ask\n"
     for name, prompt in prompts.items():
         body += f"\ndef test_{name}():\n    assert ask({prompt!r})\n"
