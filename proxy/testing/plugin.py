@@ -7,6 +7,9 @@ when an `--llm-*` option is given, the `llm_cassette` ini option is set, the cas
 process (per worker under pytest-xdist) serves on a free port, `OPENAI_BASE_URL` points at it for
 the session, and a request the cassette lacks fails the test that made it. `-p no:repro_proxy`
 disables it.
+
+The proxy and everything it needs are imported only by a session that uses it: an idle session
+pays for this module alone.
 """
 
 from __future__ import annotations
@@ -14,16 +17,17 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Generator
+from typing import TYPE_CHECKING
 
 import pytest
 
-from proxy import config as proxy_config
-from proxy.store import cassette
-from proxy.testing.local import ProxyFailed
-from proxy.testing.session import LLMSession, RecordMode, upstream, write
+if TYPE_CHECKING:
+    from proxy.testing.session import LLMSession
 
 DEFAULT_CASSETTE = "tests/cassettes/llm.jsonl"
-SESSION = pytest.StashKey[LLMSession]()
+DEFAULT_UPSTREAM = "https://api.openai.com/v1"
+RECORD_MODES = ("none", "once", "new_episodes", "all")
+SESSION = pytest.StashKey["LLMSession"]()
 BATCHES = pytest.StashKey[list[list[bytes]]]()
 SUMMARY = pytest.StashKey[str]()
 WORKER_OUTPUT = "repro_proxy_cassette"
@@ -33,7 +37,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("repro-proxy", "deterministic LLM tests (repro-proxy)")
     group.addoption(
         "--llm-record-mode",
-        choices=[mode.value for mode in RecordMode],
+        choices=RECORD_MODES,
         default=None,
         help="none (default): replay only, a request not in the cassette fails its test; once: "
         "record if the cassette does not exist, else replay; new_episodes: replay what is "
@@ -64,6 +68,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if _controller(config):
         config.stash[BATCHES] = []
     if llm.loads:  # a bad cassette is one clear error, before any worker starts
+        from proxy.store import cassette
+
         try:
             cassette.read(llm.cassette, "")
         except (cassette.CassetteError, OSError) as exc:
@@ -86,9 +92,12 @@ def _cassette_path(config: pytest.Config) -> str:
 
 
 def _session(config: pytest.Config) -> LLMSession:
+    from proxy.testing.session import LLMSession, RecordMode
+
     path = _cassette_path(config)
     mode = RecordMode(config.getoption("llm_record_mode") or RecordMode.NONE)
-    return LLMSession(mode, path, upstream(config.getoption("llm_upstream")), os.path.isfile(path))
+    upstream = config.getoption("llm_upstream") or os.environ.get("REPRO_UPSTREAM")
+    return LLMSession(mode, path, upstream or DEFAULT_UPSTREAM, os.path.isfile(path))
 
 
 def _controller(config: pytest.Config) -> bool:
@@ -97,9 +106,13 @@ def _controller(config: pytest.Config) -> bool:
 
 
 def _start(llm: LLMSession) -> str:
+    from proxy.config import SettingError
+    from proxy.store.cassette import CassetteError
+    from proxy.testing.local import ProxyFailed
+
     try:
         return llm.start()
-    except (cassette.CassetteError, proxy_config.SettingError, ProxyFailed, OSError) as exc:
+    except (CassetteError, SettingError, ProxyFailed, OSError) as exc:
         raise pytest.UsageError(f"repro-proxy: {exc}") from None
 
 
@@ -161,6 +174,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         if llm.records:
             _write(config, llm, config.stash[BATCHES])
         return
+    from proxy.testing.local import ProxyFailed
+
     try:
         lines = llm.stop()
     except ProxyFailed as exc:
@@ -175,6 +190,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 def _write(config: pytest.Config, llm: LLMSession, batches: list[list[bytes]]) -> None:
+    from proxy.testing.session import write
+
     count = write(llm.cassette, batches)
     done = f"wrote {_answers(count)} to {llm.cassette}" if count else "recorded nothing"
     config.stash[SUMMARY] = f"{done} (--llm-record-mode={llm.mode})"

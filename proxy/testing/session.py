@@ -17,7 +17,7 @@ the recorded answer. The cassette is written once, at the end, and only by a rec
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -30,7 +30,6 @@ from proxy.core.policy import SHARED
 from proxy.store import cassette
 from proxy.testing.local import LocalProxy
 
-DEFAULT_UPSTREAM = "https://api.openai.com/v1"
 PLACEHOLDER_KEY = "sk-repro-replay-placeholder"
 MEMORY_STORE = "memory://?max_bytes=4GiB"  # a cassette is never evicted from its session
 
@@ -137,7 +136,3 @@ def write(path: str, batches: Iterable[Iterable[bytes]]) -> int:
         return 0
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     return cassette.save(path, lines)
-
-
-def upstream(option: str | None, environ: Mapping[str, str] = os.environ) -> str:
-    return option or environ.get("REPRO_UPSTREAM") or DEFAULT_UPSTREAM

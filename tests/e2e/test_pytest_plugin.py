@@ -11,6 +11,8 @@ import orjson
 import pytest
 
 from bench.procs import free_port, stop
+from proxy.testing.plugin import RECORD_MODES
+from proxy.testing.session import RecordMode
 from tests.fixtures_procs import Sim, _clean_env, started
 from tests.llm_project import ROOT, plugin_args
 
@@ -18,7 +20,9 @@ CASSETTE = Path("tests/cassettes/llm.jsonl")
 RECORDING_KEY = "sk-recording-key-0123456789"
 
 ASKING = """
-from openai import OpenAI
+import asyncio
+
+from openai import AsyncOpenAI, OpenAI
 
 def ask(content):
     client = OpenAI()
@@ -26,6 +30,21 @@ def ask(content):
         model="gpt-4o-mini", messages=[{"role": "user", "content": content}]
     )
     return answer.choices[0].message.content
+
+def ask_streamed(content):
+    stream = OpenAI().chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": content}], stream=True
+    )
+    return "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+
+def ask_async(content):
+    async def asking():
+        async with AsyncOpenAI() as client:
+            answer = await client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": content}]
+            )
+        return answer.choices[0].message.content
+    return asyncio.run(asking())
 """
 
 
@@ -47,24 +66,39 @@ def cassette_lines(project: pytest.Pytester) -> list[dict[str, object]]:
     return [orjson.loads(line) for line in text.splitlines()]
 
 
+ANSWERS_SEEN = """
+import json, pathlib
+from llm_helpers import ask, ask_async, ask_streamed
+
+def test_every_kind_of_call():
+    seen = [ask_streamed("Stream a colour."), ask_async("Await a river.")]
+    out = pathlib.Path("seen.json")
+    runs = json.loads(out.read_text()) if out.exists() else []
+    out.write_text(json.dumps([*runs, seen]))
+"""
+
+
 def test_record_once_then_replay_with_the_upstream_gone(
     project: pytest.Pytester, tmp_path: Path
 ) -> None:
     sim_argv = [sys.executable, "-m", "proxy", "sim", "--port", "0"]
     own_sim, url = started(sim_argv, tmp_path / "sim.log")
     tests_asking(project, colour="Name a colour.", river="Name a river.")
+    project.makepyfile(test_kinds=ANSWERS_SEEN)
     try:
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("OPENAI_API_KEY", RECORDING_KEY)
             recorded = run(project, "--llm-record-mode=once", f"--llm-upstream={url}/v1")
     finally:
         stop(own_sim)
-    recorded.assert_outcomes(passed=2)
-    recorded.stdout.fnmatch_lines(["repro-proxy: wrote 2 answers to *llm.jsonl*"])
+    recorded.assert_outcomes(passed=3)
+    recorded.stdout.fnmatch_lines(["repro-proxy: wrote 4 answers to *llm.jsonl*"])
     lines = cassette_lines(project)
     assert [line["request"]["messages"][0]["content"] for line in lines] == [  # type: ignore[index]
+        "Await a river.",
         "Name a colour.",
         "Name a river.",
+        "Stream a colour.",
     ]
     for line in lines:
         assert {"model", "fingerprint", "recorded_at"} <= line.keys()
@@ -72,10 +106,12 @@ def test_record_once_then_replay_with_the_upstream_gone(
     text = (project.path / CASSETTE).read_text()
     assert RECORDING_KEY not in text and "uthorization" not in text
     replayed = run(project)  # no option: the cassette exists, so the plugin replays it
-    replayed.assert_outcomes(passed=2)
-    replayed.stdout.fnmatch_lines(["repro-proxy: replayed from *llm.jsonl (2 answers)"])
+    replayed.assert_outcomes(passed=3)
+    replayed.stdout.fnmatch_lines(["repro-proxy: replayed from *llm.jsonl (4 answers)"])
     again = run(project, "--llm-record-mode=once")  # the cassette exists: replay, no upstream
-    again.assert_outcomes(passed=2)
+    again.assert_outcomes(passed=3)
+    seen = orjson.loads((project.path / "seen.json").read_bytes())
+    assert len(seen) == 3 and seen[0] == seen[1] == seen[2] and all(seen[0])
 
 
 def record(project: pytest.Pytester, sim: Sim, mode: str = "once") -> pytest.RunResult:
@@ -191,14 +227,16 @@ def test_a_session_that_does_not_use_it_starts_nothing(project: pytest.Pytester)
     project.makepyfile(
         test_plain="""
         import os
+        import sys
         import threading
 
         def test_untouched():
             assert "OPENAI_BASE_URL" not in os.environ
             assert not [t for t in threading.enumerate() if t.name == "repro-proxy"]
+            assert "proxy.server.app" not in sys.modules  # not even imported
         """
     )
-    result = run(project)
+    result = project.runpytest_subprocess(*plugin_args())
     result.assert_outcomes(passed=1)
     assert "repro-proxy" not in result.stdout.str()
 
@@ -238,6 +276,10 @@ def test_a_hostile_cassette_line_is_one_clear_error(
     result.stderr.fnmatch_lines([f"ERROR: repro-proxy: *llm.jsonl: {said}"])
     assert "Traceback" not in result.stderr.str() + result.stdout.str()
     assert "sk-live" not in result.stderr.str()
+
+
+def test_the_plugin_offers_the_record_modes_the_session_knows() -> None:
+    assert tuple(RecordMode) == RECORD_MODES
 
 
 def test_the_entry_point_names_the_plugin() -> None:
