@@ -241,6 +241,20 @@ def test_a_session_that_does_not_use_it_starts_nothing(project: pytest.Pytester)
     assert "repro-proxy" not in result.stdout.str()
 
 
+def test_the_ini_option_moves_the_cassette(project: pytest.Pytester, sim: Sim) -> None:
+    project.makeini(
+        "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
+        "llm_cassette = recordings/answers.jsonl\n"
+    )
+    tests_asking(project, colour="Name a colour.")
+    record(project, sim).assert_outcomes(passed=1)
+    assert (project.path / "recordings/answers.jsonl").is_file()
+    assert not (project.path / CASSETTE).exists()
+    sim.reset()
+    run(project, f"--llm-upstream=http://127.0.0.1:{free_port()}/v1").assert_outcomes(passed=1)
+    assert sim.requests() == []
+
+
 def test_a_missing_cassette_in_none_mode_says_how_to_record(project: pytest.Pytester) -> None:
     tests_asking(project, colour="Name a colour.")
     result = run(project, "--llm-cassette=elsewhere/llm.jsonl")
