@@ -68,11 +68,11 @@ def pytest_configure(config: pytest.Config) -> None:
     if _controller(config):
         config.stash[BATCHES] = []
     if llm.loads:  # a bad cassette is one clear error, before any worker starts
-        from proxy.store import cassette
+        from proxy.store.cassette import CassetteError
 
         try:
-            cassette.read(llm.cassette, "")
-        except (cassette.CassetteError, OSError) as exc:
+            llm.read()
+        except (CassetteError, OSError) as exc:
             raise pytest.UsageError(f"repro-proxy: {llm.cassette}: {exc}") from None
 
 

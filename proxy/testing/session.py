@@ -28,6 +28,7 @@ from proxy.core.entry import Entry
 from proxy.core.nearest import Request, explain, readable
 from proxy.core.policy import SHARED
 from proxy.store import cassette
+from proxy.store.cassette import Loaded
 from proxy.testing.local import LocalProxy
 
 PLACEHOLDER_KEY = "sk-repro-replay-placeholder"
@@ -50,6 +51,7 @@ class LLMSession:
     proxy: LocalProxy | None = None
     recorded: list[Request] = field(default_factory=list)
     saved_env: dict[str, str | None] = field(default_factory=dict)
+    _loaded: list[Loaded] | None = None
 
     @property
     def records(self) -> bool:
@@ -78,9 +80,15 @@ class LLMSession:
         except config.SettingError as exc:
             raise config.SettingError(f"--llm-upstream: {exc}") from None
 
+    def read(self) -> list[Loaded]:
+        """The answers to replay (read once; CassetteError names a bad line)."""
+        if self._loaded is None:
+            self._loaded = cassette.read(self.cassette, SHARED) if self.loads else []
+        return self._loaded
+
     def start(self, environ: MutableMapping[str, str] = os.environ) -> str:
         """Load the cassette, serve, and point the OpenAI SDKs of this process at the proxy."""
-        loaded = cassette.read(self.cassette, SHARED) if self.loads else []
+        loaded = self.read()
         self.recorded = [_request(item.entry) for item in loaded]
         self.proxy = LocalProxy(self.settings(), loaded)
         url = self.proxy.start()

@@ -292,6 +292,13 @@ def test_a_hostile_cassette_line_is_one_clear_error(
     assert "sk-live" not in result.stderr.str()
 
 
+def test_an_unusable_upstream_is_one_clear_error(project: pytest.Pytester) -> None:
+    tests_asking(project, colour="Name a colour.")
+    result = run(project, "--llm-record-mode=once", "--llm-upstream=ftp://example.com/v1")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: repro-proxy: --llm-upstream: *'ftp://example.com/v1'*"])
+
+
 def test_the_plugin_offers_the_record_modes_the_session_knows() -> None:
     assert tuple(RecordMode) == RECORD_MODES
 
