@@ -18,6 +18,7 @@ from rapidfuzz import process
 from rapidfuzz.distance import Levenshtein
 
 MAX_DIFF_LINES = 60
+MAX_LINE_CHARS = 240
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,12 +72,16 @@ def body_diff(recorded: str, wanted: str, limit: int = MAX_DIFF_LINES) -> str:
     )
     if len(lines) > limit:
         lines = [*lines[:limit], f"... {len(lines) - limit} more diff lines"]
-    return "\n".join(lines)
+    return "\n".join(_cut(line) for line in lines)
+
+
+def _cut(line: str) -> str:
+    return line if len(line) <= MAX_LINE_CHARS else line[:MAX_LINE_CHARS] + "…"
 
 
 def explain(wanted: Request, recorded: Sequence[Request]) -> str:
     """Why a request missed: the closest recorded request and a diff of the two bodies."""
-    head = f"POST {wanted.route} (model {wanted.model or 'none'!r})"
+    head = _cut(f"POST {wanted.route} (model {wanted.model or 'none'!r})")
     found = closest(wanted, recorded)
     if found is None:
         return f"{head}: nothing is recorded."

@@ -192,18 +192,27 @@ def cache_miss(services: Services, call: Call) -> CacheMissError:
     """The error of a request that found nothing and may not ask the upstream, logged at info
     (route, model and key, never the prompt) so a replaying CI run shows what it lacked."""
     mode = services.settings.cache_mode.value
+    model = shown(call.model)
     log.info(
         "cache miss: not allowed to call the upstream",
-        extra={"route": call.route, "model": call.model, "key": call.key, "cache_mode": mode},
+        extra={"route": call.route, "model": model, "key": call.key, "cache_mode": mode},
     )
     if services.on_miss is not None:
         services.on_miss(call)
     return CacheMissError(
-        f"No stored answer for POST {call.route} (model {call.model or 'none'!r}, key "
+        f"No stored answer for POST {call.route} (model {model or 'none'!r}, key "
         f"{call.key}), and this request may not reach the upstream (cache mode {mode} or "
         "only-if-cached).",
         headers={**repro_headers(call, call.plan.outcome, None), **NO_RETRY},
     )
+
+
+MAX_SHOWN = 128
+
+
+def shown(model: str) -> str:
+    """A client's model name as logs and messages show it: bounded, as the client chose it."""
+    return model if len(model) <= MAX_SHOWN else model[:MAX_SHOWN] + "…"
 
 
 async def trusted_stale(services: Services, request: web.Request, call: Call) -> Entry | None:

@@ -109,13 +109,23 @@ def test_a_miss_is_logged_at_info_without_the_prompt(
             stderr=sink,
         )  # fmt: skip
         assert ask(proxy, "A secret prompt.").status_code == 504
+        long_model = httpx.post(
+            proxy.v1 + "/chat/completions",
+            json={"model": "m" * 100_000, "messages": ASK},
+            headers={"Authorization": "Bearer sk-ci"},
+            timeout=10,
+        )
+        assert long_model.status_code == 504
+        assert len(long_model.content) < 1000  # a hostile model name is not echoed whole
         stop(proxy)
-    lines = [line for line in log.read_text().splitlines() if "cache miss" in line]
-    assert len(lines) == 1
+    text = log.read_text()
+    lines = [line for line in text.splitlines() if "cache miss" in line]
+    assert len(lines) == 2
     assert '"level":"info"' in lines[0]
     assert '"route":"/v1/chat/completions"' in lines[0]
     assert '"model":"gpt-4o-mini"' in lines[0]
-    assert "A secret prompt." not in log.read_text()
+    assert "A secret prompt." not in text
+    assert max(len(line) for line in text.splitlines()) < 5000
 
 
 def test_a_cassette_recorded_across_rotations_replays_every_answer(

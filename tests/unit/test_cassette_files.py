@@ -125,6 +125,8 @@ def test_a_miss_explained_shows_what_changed() -> None:
     assert "the same body is recorded" not in other_model
     assert "recorded under model 'gpt-4o-mini'" in other_model
     assert explain(request("Hi."), []).endswith("nothing is recorded.")
+    huge = explain(request("word " * 100_000), [request("Hi.")])
+    assert max(len(line) for line in huge.splitlines()) <= 241
 
 
 def test_answers_compare_by_what_they_say_not_how_they_were_sent() -> None:
