@@ -125,6 +125,9 @@ def test_a_miss_explained_shows_what_changed() -> None:
     assert "the same body is recorded" not in other_model
     assert "recorded under model 'gpt-4o-mini'" in other_model
     assert explain(request("Hi."), []).endswith("nothing is recorded.")
+    long_talk = "word " * 10_000
+    tail = explain(request(long_talk + "end."), [request(long_talk + "stop.")])
+    assert "over 99% alike" in tail and "+" + '      "content": "word' in tail
     huge = explain(request("word " * 100_000), [request("Hi.")])
     assert max(len(line) for line in huge.splitlines()) <= 241
 
