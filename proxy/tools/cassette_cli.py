@@ -13,7 +13,6 @@ from proxy.core import policy
 from proxy.store import cassette, open_store
 from proxy.store.base import Selector, Store
 from proxy.store.encrypted import EncryptedStore, parse_keys
-from proxy.tools import cassette_diff
 
 
 def add_commands(commands: Any) -> None:
@@ -38,7 +37,9 @@ def add_commands(commands: Any) -> None:
     diff = actions.add_parser(
         "diff", help="compare two recordings of the same requests (exit 1 when anything changed)"
     )
-    cassette_diff.add_arguments(diff)
+    diff.add_argument("old", help="the earlier cassette")
+    diff.add_argument("new", help="the later cassette")
+    diff.add_argument("--json", action="store_true", help="a JSON report instead of a table")
 
 
 def _store_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +57,8 @@ def _store_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.command == "cassette":
+        from proxy.tools import cassette_diff  # rich, only when the command runs
+
         return cassette_diff.main(args)
     try:
         return asyncio.run(_export(args) if args.command == "export" else _import(args))

@@ -46,12 +46,6 @@ class Compared:
     new: Side | None
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("old", help="the earlier cassette")
-    parser.add_argument("new", help="the later cassette")
-    parser.add_argument("--json", action="store_true", help="a JSON report instead of a table")
-
-
 def main(args: argparse.Namespace) -> int:
     try:
         rows = compare(cassette.records(args.old), cassette.records(args.new))

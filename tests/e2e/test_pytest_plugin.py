@@ -25,17 +25,18 @@ import asyncio
 from openai import AsyncOpenAI, OpenAI
 
 def ask(content):
-    client = OpenAI()
-    answer = client.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": content}]
-    )
+    with OpenAI() as client:
+        answer = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": content}]
+        )
     return answer.choices[0].message.content
 
 def ask_streamed(content):
-    stream = OpenAI().chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": content}], stream=True
-    )
-    return "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    with OpenAI() as client:
+        stream = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": content}], stream=True
+        )
+        return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
 
 def ask_async(content):
     async def asking():

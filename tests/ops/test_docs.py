@@ -95,7 +95,7 @@ def test_no_lab_notes(document: Path) -> None:
 
 def test_the_readme_ci_recipe_works_as_written(project: pytest.Pytester, sim: Sim) -> None:
     """The CI section's snippets, run as a user would: its files written into a project, its
-    commands run in order. Recording reaches the sim (through REPRO_UPSTREAM, as documented);
+    commands run in order, each a pytest process of its own. Recording reaches the sim (through REPRO_UPSTREAM, as documented);
     every other command runs with the upstream gone and without OPENAI_API_KEY."""
     marked = MARKED.findall((ROOT / "README.md").read_text(encoding="utf-8"))
     commands = [text for target, text in marked if target == "run"]
@@ -115,7 +115,7 @@ def test_the_readme_ci_recipe_works_as_written(project: pytest.Pytester, sim: Si
         with pytest.MonkeyPatch.context() as patch:
             for name, value in env.items():
                 patch.setenv(name, value)
-            result = project.runpytest(*plugin_args(), *argv[1:])
+            result = project.runpytest_subprocess(*plugin_args(), *argv[1:])
         assert result.ret == 0, result.stdout.str()
         ran += 1
     assert ran == 2
