@@ -95,8 +95,9 @@ def test_no_lab_notes(document: Path) -> None:
 
 def test_the_readme_ci_recipe_works_as_written(project: pytest.Pytester, sim: Sim) -> None:
     """The CI section's snippets, run as a user would: its files written into a project, its
-    commands run in order, each a pytest process of its own. Recording reaches the sim (through REPRO_UPSTREAM, as documented);
-    every other command runs with the upstream gone and without OPENAI_API_KEY."""
+    commands run in order, each a pytest process of its own. Recording reaches the sim (through
+    REPRO_UPSTREAM, as documented); every other command runs with the upstream gone and without
+    OPENAI_API_KEY."""
     marked = MARKED.findall((ROOT / "README.md").read_text(encoding="utf-8"))
     commands = [text for target, text in marked if target == "run"]
     assert len(commands) == 1 and len(marked) > 1
