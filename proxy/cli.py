@@ -88,6 +88,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "health":
         return health.run(args)
-    if args.command in ("export", "import"):
+    if args.command in ("export", "import", "cassette"):
         return cassette_cli.run(args)
     return admin_cli.run(args)

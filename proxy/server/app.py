@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from proxy.config import Settings
 from proxy.core import credentials
+from proxy.core.call import Call
 from proxy.core.canonical import CACHEABLE_ROUTES
 from proxy.core.policy import SHARED, CacheMode
 from proxy.core.routes import AZURE_RESPONSES, AZURE_V1, DEPLOYMENT_CALLS, DEPLOYMENTS
@@ -55,15 +56,17 @@ def create_app(
     clock: Callable[[], float] = time.time,
     multiprocess_dir: str | None = None,
     environ: Mapping[str, str] = os.environ,
+    on_miss: Callable[[Call], None] | None = None,
 ) -> web.Application:
     """The proxy application; the store is opened from settings unless one is injected.
 
     `multiprocess_dir` is prometheus-client's shared directory when several workers serve;
-    `environ` holds the forward-proxy variables (HTTPS_PROXY, HTTP_PROXY, NO_PROXY).
+    `environ` holds the forward-proxy variables (HTTPS_PROXY, HTTP_PROXY, NO_PROXY); `on_miss`
+    is told of every request refused as a cache miss.
     """
     app = web.Application(client_max_size=settings.max_body)
     metrics = Metrics(registry or CollectorRegistry(), multiprocess_dir)
-    app.cleanup_ctx.append(_services(settings, store, metrics, clock, environ))
+    app.cleanup_ctx.append(_services(settings, store, metrics, clock, environ, on_miss))
     for route in cacheable_routes():
         app.router.add_post(route, observed(handlers.cacheable, route))
     for route in ("/v1/responses/{id}", AZURE_V1 + "responses/{id}", AZURE_RESPONSES + "/{id}"):
@@ -108,7 +111,11 @@ def _services(
     metrics: Metrics,
     clock: Callable[[], float],
     environ: Mapping[str, str],
+    on_miss: Callable[[Call], None] | None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
+    # Replay never reaches the upstream: no probe, no drift check (key checks are skipped).
+    calls_upstream = settings.cache_mode is not CacheMode.REPLAY
+
     async def context(app: web.Application) -> AsyncIterator[None]:
         channel = INVALIDATIONS if settings.near_cache else ""
         timeout = settings.store_timeout
@@ -133,7 +140,7 @@ def _services(
         prober = Prober(
             upstream,
             fingerprints,
-            interval=settings.probe_interval,
+            interval=settings.probe_interval if calls_upstream else 0.0,
             api_key=settings.probe_key,
             seed=settings.default_seed,
             clock=clock,
@@ -141,9 +148,8 @@ def _services(
         secret = Secret(store, settings.secret)
         await secret.settle()
         carriers = credentials.names(settings.credential_header)
-        verifier = Verifier(
-            upstream, fingerprints, metrics, settings.verify_rate, random.random, carriers
-        )
+        rate = settings.verify_rate if calls_upstream else 0.0
+        verifier = Verifier(upstream, fingerprints, metrics, rate, random.random, carriers)
         keys = KeyChecker(
             upstream,
             settings.key_check_interval,
@@ -165,6 +171,7 @@ def _services(
             clock=clock,
             credential_names=carriers,
             entries=entry_memo(local_bytes),
+            on_miss=on_miss,
         )
         await _load_cassette(settings, store)
         try:
