@@ -49,6 +49,13 @@ def _connections(text: str) -> int | None:
     return None if text.strip().lower() == "auto" else _positive_int(text)
 
 
+def _compression(text: str) -> int:
+    value = 0 if text.strip().lower() == "off" else int(text)
+    if not 0 <= value <= 19:
+        raise ValueError("expected a zstd level from 1 to 19, or 0 (off)")
+    return value
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 1:
@@ -248,6 +255,14 @@ OPTIONS = (
         _positive_size,
         "largest answer stored and read whole: a larger stream is served but not stored, a larger "
         "whole answer is a 502",
+    ),
+    Option(
+        "compression",
+        "REPRO_COMPRESSION",
+        "1",
+        _compression,
+        "zstd level stored answers are compressed at, 1 (fastest) to 19 (smallest); 0 or off = "
+        "stored uncompressed (entries of either kind stay readable)",
     ),
     Option(
         "key_check_interval",

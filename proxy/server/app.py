@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from proxy.config import Settings
 from proxy.core import credentials
 from proxy.core.canonical import CACHEABLE_ROUTES
+from proxy.core.codec import Codec
 from proxy.core.policy import SHARED, CacheMode
 from proxy.errors import InvalidHeader, ProxyError
 from proxy.metrics import Metrics
@@ -145,16 +146,17 @@ def _services(
             verifier=verifier,
             secret=secret,
             clock=clock,
+            codec=codec(settings),
             credential_names=carriers,
             entries=entry_memo(local_bytes),
         )
-        await _load_cassette(settings, store)
+        await _load_cassette(settings, store, app[SERVICES].codec)
         try:
             probe = prober.run if prober.enabled else None
             near = store.run if isinstance(store, NearCache) else None
             async with _background(probe, "fingerprint-probe"), _background(near, "near-cache"):
                 yield
-            await _save_cassette(settings, store)
+            await _save_cassette(settings, store, app[SERVICES].codec)
         finally:
             app[SERVICES].offload.close()
             await verifier.close()
@@ -183,18 +185,28 @@ async def _background(
             await task
 
 
-async def _load_cassette(settings: Settings, store: Store) -> None:
+def codec(settings: Settings) -> Codec:
+    """Stored values may expand to an answer under --max-entry and its request under --max-body,
+    and to nothing more: a blob claiming more is not unpacked."""
+    return Codec(settings.compression, settings.max_entry + settings.max_body + ENTRY_SLACK)
+
+
+ENTRY_SLACK = 64 * 1024
+"""Bytes of an entry's metadata, beyond its answer and request."""
+
+
+async def _load_cassette(settings: Settings, store: Store, codec: Codec) -> None:
     if settings.cassette is None or not os.path.isfile(settings.cassette):
         return
-    count = await cassette.load(store, cassette.read(settings.cassette, SHARED))
+    count = await cassette.load(store, cassette.read(settings.cassette, SHARED), codec)
     log.info("cassette loaded", extra={"path": settings.cassette, "answers": count})
 
 
-async def _save_cassette(settings: Settings, store: Store) -> None:
+async def _save_cassette(settings: Settings, store: Store, codec: Codec) -> None:
     """A recording proxy leaves its answers in the cassette; a replaying one leaves it alone."""
     if settings.cassette is None or settings.cache_mode is CacheMode.REPLAY:
         return
-    count = await cassette.write(store, settings.cassette)
+    count = await cassette.write(store, settings.cassette, codec)
     log.info("cassette written", extra={"path": settings.cassette, "answers": count})
 
 

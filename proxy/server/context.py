@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from proxy.config import Settings
+from proxy.core.codec import Codec
 from proxy.core.credentials import STANDARD
 from proxy.core.entry import Entry
 from proxy.core.lru import LRU
@@ -37,8 +38,9 @@ EntryMemo = LRU[tuple[str, str], tuple[bytes, Entry]]
 
 
 def entry_memo(local_bytes: int = 0) -> EntryMemo:
-    """Charged at twice each blob, and never more than twice the bytes the store keeps in this
-    process (`local_bytes`, 0 for none): a small store must not carry a 32 MiB memo."""
+    """Charged at each blob plus what it decodes to, and never more than twice the bytes the
+    store keeps in this process (`local_bytes`, 0 for none): a small store must not carry a
+    32 MiB memo."""
     budget = min(ENTRY_MEMO_BYTES, 2 * local_bytes) if local_bytes else ENTRY_MEMO_BYTES
     return LRU(MEMO_ITEMS, budget)
 
@@ -56,6 +58,7 @@ class Services:
     verifier: Verifier
     secret: Secret
     clock: Callable[[], float]
+    codec: Codec
     credential_names: tuple[str, ...] = STANDARD  # headers that carry a tenant's credential
     # Results of pure functions, remembered for repeated requests (see proxy/server/caching.py).
     calls: LRU[tuple[Any, ...], Call] = field(

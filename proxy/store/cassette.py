@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from proxy.core import canonical
+from proxy.core.codec import Codec
 from proxy.core.entry import CorruptEntry, Entry
 from proxy.errors import ProxyError
 from proxy.store.base import Labels, Selector, Store, Write
@@ -33,11 +34,11 @@ class CassetteError(ValueError):
     """A cassette line we cannot use; the message names the line."""
 
 
-async def lines(store: Store, selector: Selector) -> AsyncIterator[bytes]:
+async def lines(store: Store, selector: Selector, codec: Codec) -> AsyncIterator[bytes]:
     """One JSON line per stored answer the selector matches, oldest first within a batch."""
     async for key, _fingerprint, value in store.entries(selector):
         try:
-            entry = Entry.unpack(value)
+            entry = codec.unpack(value)
         except CorruptEntry:
             continue
         yield orjson.dumps(to_record(key, entry)) + b"\n"
@@ -54,11 +55,11 @@ def to_record(key: str, entry: Entry) -> dict[str, Any]:
     return record
 
 
-def _json_or_text(request: str) -> Any:
+def _json_or_text(request: bytes) -> Any:
     try:
         return orjson.loads(request)
     except orjson.JSONDecodeError:
-        return request
+        return request.decode(errors="replace")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +78,7 @@ def from_record(record: dict[str, Any], scope: str) -> Loaded:
         answer = base64.b64decode(record["body_base64"])
     else:
         answer = str(record["body"]).encode()
-    raw_request = request if isinstance(request, str) else canonical.dumps(request).decode()
+    raw_request = request.encode() if isinstance(request, str) else canonical.dumps(request)
     entry = Entry(body=answer, request=raw_request, **{name: record[name] for name in _META})
     key = canonical.request_key(entry.route, scope, entry.namespace, body, entry.query)
     return Loaded(key, entry)
@@ -96,12 +97,12 @@ def parse(text_lines: Iterable[bytes], scope: str) -> list[Loaded]:
     return sorted(loaded, key=lambda item: item.entry.stored_at)
 
 
-async def load(store: Store, entries: list[Loaded]) -> int:
+async def load(store: Store, entries: list[Loaded], codec: Codec) -> int:
     """Write the entries, then teach the store each model's fingerprints in time order."""
     for item in entries:
         entry = item.entry
         labels = Labels(namespace=entry.namespace, model=entry.model)
-        await store.put(Write(item.key, entry.fingerprint, entry.pack(), 0, labels))
+        await store.put(Write(item.key, entry.fingerprint, codec.pack(entry), 0, labels))
         await store.observe_fingerprint(entry.model, entry.fingerprint, entry.stored_at)
     return len(entries)
 
@@ -111,12 +112,12 @@ def read(path: str, scope: str) -> list[Loaded]:
         return parse(handle, scope)
 
 
-async def write(store: Store, path: str) -> int:
+async def write(store: Store, path: str, codec: Codec) -> int:
     """Write every stored answer to `path`, replacing it only once the new file is complete."""
     temporary = f"{path}.tmp-{os.getpid()}"
     count = 0
     with open(temporary, "wb") as handle:
-        async for line in lines(store, Selector()):
+        async for line in lines(store, Selector(), codec):
             handle.write(line)
             count += 1
     os.replace(temporary, path)

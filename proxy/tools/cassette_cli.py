@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from proxy.core import policy
+from proxy.core.codec import Codec
 from proxy.store import cassette, open_store
 from proxy.store.base import Selector, Store
 from proxy.store.encrypted import EncryptedStore, parse_keys
@@ -67,7 +68,7 @@ async def _export(args: argparse.Namespace) -> int:
     try:
         out = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")  # noqa: SIM115
         count = 0
-        async for line in cassette.lines(store, selector):
+        async for line in cassette.lines(store, selector, Codec()):
             out.write(line)
             count += 1
         out.flush()
@@ -85,7 +86,7 @@ async def _import(args: argparse.Namespace) -> int:
         scope = policy.CacheScope(args.cache_scope)
         secret = args.secret.encode() if args.secret else await store.secret(os.urandom(32))
         entries = cassette.read(args.cassette, policy.cache_scope(args.api_key, scope, secret))
-        count = await cassette.load(store, entries)
+        count = await cassette.load(store, entries, Codec())
     finally:
         await store.close()
     print(f"imported {count} answers", file=sys.stderr)

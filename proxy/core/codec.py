@@ -1,0 +1,151 @@
+"""How an entry becomes the bytes a store keeps, and back (pure).
+
+    byte 0     format version (2); the first format began with a 4-byte length, so a 0
+    byte 1     codec: 0 plain, 1 zstd, 2 zstd with a trained dictionary
+    bytes 2-5  the payload's size once decompressed (big-endian), read without decompressing
+    bytes 6-9  the dictionary's id, with codec 2 only
+    then the payload, compressed by the codec:
+        4-byte length, the metadata as a JSON array | 4-byte length, the request | the answer
+
+The request is kept as the bytes the upstream received, beside the answer, rather than escaped
+inside JSON, and both go through one zstd frame, so an answer's words may refer to the prompt's.
+Stored values come back from a store other processes write to: a blob that is not an entry (a
+wrong version, a dictionary this process does not know, a frame claiming more than `max_raw`
+bytes, a truncated one) raises CorruptEntry, which every reader treats as absent.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import orjson
+import zstandard
+
+from proxy.core.entry import CorruptEntry, Entry
+
+FORMAT = 2
+PLAIN, ZSTD, ZSTD_DICTIONARY = 0, 1, 2
+_HEAD = struct.Struct(">BBI")
+_ID = struct.Struct(">I")
+_LENGTH = struct.Struct(">I")
+_MAX_RAW = 0xFFFFFFFF
+
+_META = (
+    "content_type", "fingerprint", "stored_at", "model", "seed", "seed_source",
+    "prompt_tokens", "completion_tokens", "stream", "route", "query", "namespace",
+)  # fmt: skip
+_TYPES: tuple[type | tuple[type, ...], ...] = (
+    str, str, (float, int), str, (int, type(None)), (str, type(None)),
+    int, int, bool, str, str, str,
+)  # fmt: skip
+
+
+class TooLarge(ValueError):
+    """An entry whose payload the format cannot describe (4 GiB and over)."""
+
+
+class Codec:
+    """Packs entries at one zstd level (0: stored plain) and unpacks any format version.
+
+    One compression context serves every write (a fresh one per entry costs more than the
+    compression of a small entry); like the event loop that uses it, it is not for threads."""
+
+    def __init__(self, level: int = 1, max_raw: int = _MAX_RAW) -> None:
+        self.level = level
+        self.max_raw = min(max_raw, _MAX_RAW)
+        self._compressor = _compressor(level) if level else None
+        self._decompressor = zstandard.ZstdDecompressor()
+
+    def pack(self, entry: Entry) -> bytes:
+        meta = orjson.dumps([getattr(entry, name) for name in _META])
+        request = entry.request
+        payload = b"".join(
+            (_LENGTH.pack(len(meta)), meta, _LENGTH.pack(len(request)), request, entry.body)
+        )
+        if len(payload) > _MAX_RAW:
+            raise TooLarge("entry over 4 GiB")
+        if self._compressor is None:
+            return _HEAD.pack(FORMAT, PLAIN, len(payload)) + payload
+        return _HEAD.pack(FORMAT, ZSTD, len(payload)) + self._compressor.compress(payload)
+
+    def unpack(self, blob: bytes) -> Entry:
+        if blob[:1] == b"\x00":
+            return _legacy(blob)
+        if len(blob) < _HEAD.size:
+            raise CorruptEntry("stored value too short")
+        version, codec, raw = _HEAD.unpack_from(blob)
+        if version != FORMAT:
+            raise CorruptEntry(f"unknown entry format {version}")
+        if raw > self.max_raw:
+            raise CorruptEntry("stored value expands beyond the entry bound")
+        if codec == PLAIN:
+            payload = blob[_HEAD.size :]
+        elif codec == ZSTD:
+            payload = self._decompressed(blob[_HEAD.size :], raw)
+        else:
+            raise CorruptEntry(f"unknown codec {codec}")
+        if len(payload) != raw:
+            raise CorruptEntry("stored value has the wrong size")
+        return _parsed(payload)
+
+    def _decompressed(self, frame: bytes, raw: int) -> bytes:
+        """The frame's content, allocated only after its declared size was checked: zstd
+        allocates what the frame header claims."""
+        try:
+            if zstandard.frame_content_size(frame) != raw:
+                raise CorruptEntry("stored value declares another size than its frame")
+            return self._decompressor.decompress(frame, allow_extra_data=False)
+        except zstandard.ZstdError as exc:
+            raise CorruptEntry("stored value does not decompress") from exc
+
+
+def raw_size(blob: bytes) -> int:
+    """The bytes a stored value stands for uncompressed (its own size if it is not an entry of
+    this format): what `/admin/stats` reports beside the stored bytes."""
+    if len(blob) >= _HEAD.size and blob[0] == FORMAT:
+        return int(_HEAD.unpack_from(blob)[2])
+    return len(blob)
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    return zstandard.ZstdCompressor(
+        level=level, write_checksum=False, write_content_size=True, write_dict_id=False
+    )
+
+
+def _parsed(payload: bytes) -> Entry:
+    try:
+        meta_end = _LENGTH.size + _LENGTH.unpack_from(payload)[0]
+        meta = orjson.loads(payload[_LENGTH.size : meta_end])
+        request_end = meta_end + _LENGTH.size + _LENGTH.unpack_from(payload, meta_end)[0]
+    except (struct.error, orjson.JSONDecodeError) as exc:
+        raise CorruptEntry("stored value is not an entry") from exc
+    if request_end > len(payload) or not _well_typed(meta):
+        raise CorruptEntry("stored value is not an entry")
+    request = payload[meta_end + _LENGTH.size : request_end]
+    return Entry(payload[request_end:], *meta[: len(_META)], request=request)  # type: ignore[misc]
+
+
+def _well_typed(meta: Any) -> bool:
+    """Later versions may append fields: the known ones must be there, each of its type."""
+    if not isinstance(meta, list) or len(meta) < len(_META):
+        return False
+    return all(isinstance(value, kind) for value, kind in zip(meta, _TYPES, strict=False))
+
+
+_LEGACY_LENGTH = 4
+
+
+def _legacy(blob: bytes) -> Entry:
+    """The first format: a 4-byte length, the metadata as a JSON object, then the body."""
+    end = _LEGACY_LENGTH + int.from_bytes(blob[:_LEGACY_LENGTH], "big")
+    try:
+        meta: dict[str, Any] = orjson.loads(blob[_LEGACY_LENGTH:end])
+        request = meta.pop("request", "")
+        entry = Entry(body=blob[end:], request=str(request).encode(), **meta)
+    except (orjson.JSONDecodeError, TypeError, AttributeError) as exc:
+        raise CorruptEntry("stored value is not an entry") from exc
+    if not _well_typed([getattr(entry, name) for name in _META]):
+        raise CorruptEntry("stored value is not an entry")
+    return entry
