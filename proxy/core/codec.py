@@ -16,6 +16,7 @@ bytes, a truncated one) raises CorruptEntry, which every reader treats as absent
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any
 
@@ -27,6 +28,7 @@ from proxy.core.entry import CorruptEntry, Entry
 FORMAT = 2
 PLAIN, ZSTD, ZSTD_DICTIONARY = 0, 1, 2
 _HEAD = struct.Struct(">BBI")
+HEAD_SIZE = _HEAD.size
 _ID = struct.Struct(">I")
 _LENGTH = struct.Struct(">I")
 _MAX_RAW = 0xFFFFFFFF
@@ -56,6 +58,12 @@ class Codec:
         self.max_raw = min(max_raw, _MAX_RAW)
         self._compressor = _compressor(level) if level else None
         self._decompressor = zstandard.ZstdDecompressor()
+        self.packed_bytes = 0  # of every value packed, and what they stand for uncompressed
+        self.raw_bytes = 0
+
+    def ratio(self) -> float:
+        """Bytes packed over the bytes they stand for, NaN before the first entry."""
+        return self.packed_bytes / self.raw_bytes if self.raw_bytes else math.nan
 
     def pack(self, entry: Entry) -> bytes:
         meta = orjson.dumps([getattr(entry, name) for name in _META])
@@ -66,8 +74,12 @@ class Codec:
         if len(payload) > _MAX_RAW:
             raise TooLarge("entry over 4 GiB")
         if self._compressor is None:
-            return _HEAD.pack(FORMAT, PLAIN, len(payload)) + payload
-        return _HEAD.pack(FORMAT, ZSTD, len(payload)) + self._compressor.compress(payload)
+            blob = _HEAD.pack(FORMAT, PLAIN, len(payload)) + payload
+        else:
+            blob = _HEAD.pack(FORMAT, ZSTD, len(payload)) + self._compressor.compress(payload)
+        self.packed_bytes += len(blob)
+        self.raw_bytes += len(payload)
+        return blob
 
     def unpack(self, blob: bytes) -> Entry:
         if blob[:1] == b"\x00":

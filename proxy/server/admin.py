@@ -75,6 +75,10 @@ async def admin_stats(request: web.Request) -> web.Response:
         {
             "entries": usage.entries,
             "bytes": usage.bytes,
+            "raw_bytes": usage.raw_bytes,
+            "compression_ratio": round(usage.bytes / usage.raw_bytes, 4)
+            if usage.raw_bytes
+            else None,
             "hits": hits,
             "misses": misses,
             "hit_ratio": round(hits / looked, 4) if looked else None,

@@ -81,10 +81,12 @@ class Write:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """How much the store holds: answers (one per key and fingerprint) and their bytes."""
+    """How much the store holds: answers (one per key and fingerprint), the bytes they take, and
+    the bytes they would take were every value stored uncompressed (see proxy.core.codec)."""
 
     entries: int
     bytes: int
+    raw_bytes: int
 
 
 class Store(Protocol):

@@ -333,18 +333,21 @@ class RedisStore:
         return found
 
     async def usage(self) -> Usage:
-        """Entries by SCAN, bytes as Redis accounts them (MEMORY USAGE), in batches."""
-        entries = size = 0
+        """Entries by SCAN, bytes as Redis accounts them (MEMORY USAGE), in batches; each entry
+        measured by a script, so that no value crosses the network."""
+        entries = size = expansion = 0
         with _mapped("usage"):
             async for chunk in self._scanned():
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for name in chunk:
-                        pipe.hlen(name)
-                        pipe.memory_usage(name)
-                    replies = await pipe.execute()
-                entries += sum(max(0, int(n or 0) - 1) for n in replies[::2])
-                size += sum(int(b or 0) for b in replies[1::2])
-        return Usage(entries=entries, bytes=size)
+                measured = await asyncio.gather(
+                    *(
+                        self._batch.script(scripts.USAGE, [layout.text(name)], [layout.LABELS])
+                        for name in chunk
+                    )
+                )
+                entries += sum(int(answers) for answers, _, _ in measured)
+                size += sum(int(used) for _, used, _ in measured)
+                expansion += sum(int(grows) for _, _, grows in measured)
+        return Usage(entries, size, size + expansion)
 
     async def observe_fingerprint(
         self, model: str, fingerprint: str, now: float, count: int = 1
