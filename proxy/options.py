@@ -265,6 +265,14 @@ OPTIONS = (
         "stored uncompressed (entries of either kind stay readable)",
     ),
     Option(
+        "compression_dictionary",
+        "REPRO_COMPRESSION_DICTIONARY",
+        "1000",
+        _non_negative_int,
+        "answers stored before a zstd dictionary is trained from them and shared through the "
+        "store, for every process to compress with; 0 = no dictionary",
+    ),
+    Option(
         "key_check_interval",
         "REPRO_KEY_CHECK_INTERVAL",
         "300",

@@ -3,12 +3,16 @@
     byte 0     format version (2); the first format began with a 4-byte length, so a 0
     byte 1     codec: 0 plain, 1 zstd, 2 zstd with a trained dictionary
     bytes 2-5  the payload's size once decompressed (big-endian), read without decompressing
-    bytes 6-9  the dictionary's id, with codec 2 only
+    bytes 6-9  the dictionary's id (see `dictionary_id`), with codec 2 only
     then the payload, compressed by the codec:
         4-byte length, the metadata as a JSON array | 4-byte length, the request | the answer
 
 The request is kept as the bytes the upstream received, beside the answer, rather than escaped
 inside JSON, and both go through one zstd frame, so an answer's words may refer to the prompt's.
+A dictionary trained on the store's own entries (`train`) compresses ~1 KB records far better
+than zstd alone, and faster; it lives in the store, shared by every process, and each entry
+names the one it needs.
+
 Stored values come back from a store other processes write to: a blob that is not an entry (a
 wrong version, a dictionary this process does not know, a frame claiming more than `max_raw`
 bytes, a truncated one) raises CorruptEntry, which every reader treats as absent.
@@ -16,6 +20,7 @@ bytes, a truncated one) raises CorruptEntry, which every reader treats as absent
 
 from __future__ import annotations
 
+import hashlib
 import math
 import struct
 from typing import Any
@@ -32,6 +37,7 @@ HEAD_SIZE = _HEAD.size
 _ID = struct.Struct(">I")
 _LENGTH = struct.Struct(">I")
 _MAX_RAW = 0xFFFFFFFF
+DICTIONARY_BYTES = 16 * 1024
 
 _META = (
     "content_type", "fingerprint", "stored_at", "model", "seed", "seed_source",
@@ -47,19 +53,79 @@ class TooLarge(ValueError):
     """An entry whose payload the format cannot describe (4 GiB and over)."""
 
 
+class UnknownDictionary(CorruptEntry):
+    """An entry compressed with a dictionary this process does not hold (yet): absent for now;
+    the caller may fetch the store's dictionary and read it next time."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__(f"unknown dictionary {number:08x}")
+        self.number = number
+
+
+def dictionary_id(data: bytes) -> int:
+    """A dictionary's id, from its content: every process that holds it names it alike."""
+    return int.from_bytes(hashlib.sha256(data).digest()[:4], "big")
+
+
+def train(samples: list[bytes], size: int = DICTIONARY_BYTES) -> bytes:
+    """A zstd dictionary from entries' payloads (zstd's own trainer, made for ~1 KB records)."""
+    chosen: list[bytes | bytearray | memoryview] = list(samples)
+    return bytes(zstandard.train_dictionary(size, chosen).as_bytes())
+
+
 class Codec:
     """Packs entries at one zstd level (0: stored plain) and unpacks any format version.
 
     One compression context serves every write (a fresh one per entry costs more than the
     compression of a small entry); like the event loop that uses it, it is not for threads."""
 
-    def __init__(self, level: int = 1, max_raw: int = _MAX_RAW) -> None:
+    def __init__(self, level: int = 1, max_raw: int = _MAX_RAW, samples: int = 0) -> None:
+        """`samples`: payloads of this many entries are kept, as they are packed, to train a
+        dictionary from (`samples_ready`), unless the codec holds one already."""
         self.level = level
         self.max_raw = min(max_raw, _MAX_RAW)
         self._compressor = _compressor(level) if level else None
         self._decompressor = zstandard.ZstdDecompressor()
+        self._dictionaries: dict[int, zstandard.ZstdDecompressor] = {}
+        self.dictionary: int | None = None  # the id new entries are compressed with
+        self.samples: list[bytes] = []
+        self._wanted = samples if level else 0
         self.packed_bytes = 0  # of every value packed, and what they stand for uncompressed
         self.raw_bytes = 0
+
+    def use(self, data: bytes) -> int:
+        """Read entries compressed with this dictionary, and compress new ones with it. Tried
+        once first (zstd.ZstdError if it is no dictionary), so packing cannot fail later."""
+        number = dictionary_id(data)
+        trained = zstandard.ZstdCompressionDict(data)
+        decompressor = zstandard.ZstdDecompressor(dict_data=trained)
+        compressor = _compressor(self.level or 1, trained)
+        if decompressor.decompress(compressor.compress(b"probe")) != b"probe":
+            raise zstandard.ZstdError("the dictionary does not round-trip")
+        self._dictionaries[number] = decompressor
+        if self.level:
+            self._compressor = compressor
+            self.dictionary = number
+        self._wanted = 0
+        self.samples = []
+        return number
+
+    def knows(self, number: int) -> bool:
+        return number in self._dictionaries
+
+    @property
+    def samples_ready(self) -> bool:
+        return bool(self._wanted) and len(self.samples) >= self._wanted
+
+    def take_samples(self) -> list[bytes]:
+        """The payloads kept, now in the caller's hands; none are kept until `collect`."""
+        samples, self.samples, self._wanted = self.samples, [], 0
+        return samples
+
+    def collect(self, count: int) -> None:
+        """Keep the payloads of the next `count` entries packed (while no dictionary is used)."""
+        if self.level and self.dictionary is None:
+            self._wanted = count
 
     def ratio(self) -> float:
         """Bytes packed over the bytes they stand for, NaN before the first entry."""
@@ -75,8 +141,13 @@ class Codec:
             raise TooLarge("entry over 4 GiB")
         if self._compressor is None:
             blob = _HEAD.pack(FORMAT, PLAIN, len(payload)) + payload
-        else:
+        elif self.dictionary is None:
             blob = _HEAD.pack(FORMAT, ZSTD, len(payload)) + self._compressor.compress(payload)
+            if len(self.samples) < self._wanted:
+                self.samples.append(payload)
+        else:
+            head = _HEAD.pack(FORMAT, ZSTD_DICTIONARY, len(payload)) + _ID.pack(self.dictionary)
+            blob = head + self._compressor.compress(payload)
         self.packed_bytes += len(blob)
         self.raw_bytes += len(payload)
         return blob
@@ -94,20 +165,27 @@ class Codec:
         if codec == PLAIN:
             payload = blob[_HEAD.size :]
         elif codec == ZSTD:
-            payload = self._decompressed(blob[_HEAD.size :], raw)
+            payload = self._decompressed(self._decompressor, blob[_HEAD.size :], raw)
+        elif codec == ZSTD_DICTIONARY and len(blob) >= _HEAD.size + _ID.size:
+            number = _ID.unpack_from(blob, _HEAD.size)[0]
+            decompressor = self._dictionaries.get(number)
+            if decompressor is None:
+                raise UnknownDictionary(number)
+            payload = self._decompressed(decompressor, blob[_HEAD.size + _ID.size :], raw)
         else:
             raise CorruptEntry(f"unknown codec {codec}")
         if len(payload) != raw:
             raise CorruptEntry("stored value has the wrong size")
         return _parsed(payload)
 
-    def _decompressed(self, frame: bytes, raw: int) -> bytes:
+    @staticmethod
+    def _decompressed(decompressor: zstandard.ZstdDecompressor, frame: bytes, raw: int) -> bytes:
         """The frame's content, allocated only after its declared size was checked: zstd
         allocates what the frame header claims."""
         try:
             if zstandard.frame_content_size(frame) != raw:
                 raise CorruptEntry("stored value declares another size than its frame")
-            return self._decompressor.decompress(frame, allow_extra_data=False)
+            return decompressor.decompress(frame, allow_extra_data=False)
         except zstandard.ZstdError as exc:
             raise CorruptEntry("stored value does not decompress") from exc
 
@@ -120,9 +198,15 @@ def raw_size(blob: bytes) -> int:
     return len(blob)
 
 
-def _compressor(level: int) -> zstandard.ZstdCompressor:
+def _compressor(
+    level: int, dictionary: zstandard.ZstdCompressionDict | None = None
+) -> zstandard.ZstdCompressor:
     return zstandard.ZstdCompressor(
-        level=level, write_checksum=False, write_content_size=True, write_dict_id=False
+        level=level,
+        dict_data=dictionary,
+        write_checksum=False,
+        write_content_size=True,
+        write_dict_id=False,
     )
 
 

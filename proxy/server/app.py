@@ -25,6 +25,7 @@ from proxy.metrics import Metrics
 from proxy.server import admin, handlers
 from proxy.server.coalesce import Coalescer
 from proxy.server.context import SERVICES, Services, entry_memo
+from proxy.server.dictionary import Dictionaries
 from proxy.server.fingerprints import FingerprintTracker
 from proxy.server.keycheck import KeyChecker
 from proxy.server.probe import Prober
@@ -123,6 +124,9 @@ def _services(
         )
         secret = Secret(store, settings.secret)
         await secret.settle()
+        packing = codec(settings)
+        dictionaries = Dictionaries(store, packing, settings.compression_dictionary, clock)
+        await dictionaries.settle()
         carriers = credentials.names(settings.credential_header)
         verifier = Verifier(
             upstream, fingerprints, metrics, settings.verify_rate, random.random, carriers
@@ -146,19 +150,22 @@ def _services(
             verifier=verifier,
             secret=secret,
             clock=clock,
-            codec=codec(settings),
+            codec=packing,
+            dictionaries=dictionaries,
             credential_names=carriers,
             entries=entry_memo(local_bytes),
         )
-        await _load_cassette(settings, store, app[SERVICES].codec)
+        await _load_cassette(settings, store, packing)
         try:
             probe = prober.run if prober.enabled else None
             near = store.run if isinstance(store, NearCache) else None
             async with _background(probe, "fingerprint-probe"), _background(near, "near-cache"):
                 yield
-            await _save_cassette(settings, store, app[SERVICES].codec)
+            await dictionaries.settle()  # one another process trained, which entries may name
+            await _save_cassette(settings, store, packing)
         finally:
             app[SERVICES].offload.close()
+            await dictionaries.close()
             await verifier.close()
             await keys.close()
             await fingerprints.close()
@@ -188,7 +195,8 @@ async def _background(
 def codec(settings: Settings) -> Codec:
     """Stored values may expand to an answer under --max-entry and its request under --max-body,
     and to nothing more: a blob claiming more is not unpacked."""
-    return Codec(settings.compression, settings.max_entry + settings.max_body + ENTRY_SLACK)
+    max_raw = settings.max_entry + settings.max_body + ENTRY_SLACK
+    return Codec(settings.compression, max_raw, samples=settings.compression_dictionary)
 
 
 ENTRY_SLACK = 64 * 1024

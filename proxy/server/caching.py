@@ -17,7 +17,7 @@ from multidict import CIMultiDict
 
 from proxy.core import policy
 from proxy.core.call import Answer, Asked, Call, prepare_with, repro_headers
-from proxy.core.codec import Codec
+from proxy.core.codec import Codec, UnknownDictionary
 from proxy.core.entry import CorruptEntry, Entry, fingerprint_of, is_answer, usage_of
 from proxy.core.fingerprints import ModelFingerprints
 from proxy.core.policy import Outcome
@@ -112,6 +112,9 @@ def choose(services: Services, call: Call, accepted: Any, blobs: dict[str, bytes
     for fingerprint, blob in blobs.items():
         try:
             entry = decoded(services.codec, services.entries, call.key, fingerprint, blob)
+        except UnknownDictionary:
+            services.dictionaries.unknown()
+            continue
         except CorruptEntry:
             continue
         if policy.is_fresh(entry.stored_at, now, services.settings.ttl, call.max_age):
@@ -269,6 +272,7 @@ async def record(
         services.metrics.store_errors.labels("fingerprint").inc()
         store_failed(services, "put", exc)
         return
+    services.dictionaries.written()
     if lease is not None:
         lease.held = False  # released with the write
 

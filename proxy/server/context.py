@@ -15,6 +15,7 @@ from proxy.core.entry import Entry
 from proxy.core.lru import LRU
 from proxy.metrics import Metrics
 from proxy.server.coalesce import Coalescer
+from proxy.server.dictionary import Dictionaries
 from proxy.server.fingerprints import FingerprintTracker
 from proxy.server.keycheck import KeyChecker
 from proxy.server.offload import Offload
@@ -59,6 +60,7 @@ class Services:
     secret: Secret
     clock: Callable[[], float]
     codec: Codec
+    dictionaries: Dictionaries
     credential_names: tuple[str, ...] = STANDARD  # headers that carry a tenant's credential
     # Results of pure functions, remembered for repeated requests (see proxy/server/caching.py).
     calls: LRU[tuple[Any, ...], Call] = field(

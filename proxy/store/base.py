@@ -148,6 +148,10 @@ class Store(Protocol):
     async def secret(self, candidate: bytes) -> bytes:
         """The shared HMAC secret: the stored one, else `candidate`, stored now."""
 
+    async def dictionary(self, candidate: bytes | None) -> bytes | None:
+        """The shared compression dictionary: the stored one, else `candidate`, stored now
+        (None: only read). Like the secret, the first writer wins, so replicas agree."""
+
     async def lock(self, key: str, token: str, ttl: float) -> bool:
         """Take the fill lock of `key` for `ttl` seconds unless someone holds it; True if taken."""
 

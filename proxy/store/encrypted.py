@@ -28,6 +28,7 @@ from proxy.store.wrapper import StoreWrapper
 _VERSION = b"\x01"  # the whole value sealed; the slot is the associated data
 _ENTRY = bytes([FORMAT])  # an entry's head in the clear, associated data with the slot
 _NONCE_BYTES = 12
+_DICTIONARY = "\x00dictionary"  # the dictionary's slot: no cache key starts with a NUL
 
 
 def parse_keys(text: str) -> list[bytes]:
@@ -99,6 +100,12 @@ class EncryptedStore(StoreWrapper):
 
     def _sealed(self, write: Write) -> Write:
         return replace(write, value=self.seal(write.key, write.fingerprint, write.value))
+
+    async def dictionary(self, candidate: bytes | None) -> bytes | None:
+        """Sealed like the answers it was trained on: it holds pieces of their text."""
+        sealed = None if candidate is None else self.seal(_DICTIONARY, "", candidate)
+        stored = await self.inner.dictionary(sealed)
+        return None if stored is None else self.open(_DICTIONARY, "", stored)
 
     async def entries(self, selector: Selector) -> AsyncIterator[tuple[str, str, bytes]]:
         async for key, fingerprint, blob in self.inner.entries(selector):

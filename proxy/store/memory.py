@@ -60,6 +60,7 @@ class MemoryStore:
         self._expansion = 0
         self._models: dict[str, _Model] = {}
         self._secret: bytes | None = None
+        self._dictionary: bytes | None = None
         self._locks: dict[str, tuple[str, float]] = {}
         self._labels: dict[str, Labels] = {}
 
@@ -170,6 +171,11 @@ class MemoryStore:
         if self._secret is None:
             self._secret = candidate
         return self._secret
+
+    async def dictionary(self, candidate: bytes | None) -> bytes | None:
+        if self._dictionary is None:
+            self._dictionary = candidate
+        return self._dictionary
 
     async def lock(self, key: str, token: str, ttl: float) -> bool:
         if await self.locked(key):

@@ -62,13 +62,22 @@ async def _open(args: argparse.Namespace) -> Store:
     return store
 
 
+async def _codec(store: Store) -> Codec:
+    """A codec that reads (and writes) with the store's dictionary, if it has one."""
+    codec = Codec()
+    dictionary = await store.dictionary(None)
+    if dictionary is not None:
+        codec.use(dictionary)
+    return codec
+
+
 async def _export(args: argparse.Namespace) -> int:
     store = await _open(args)
     selector = Selector(namespace=args.namespace, model=args.model)
     try:
         out = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")  # noqa: SIM115
         count = 0
-        async for line in cassette.lines(store, selector, Codec()):
+        async for line in cassette.lines(store, selector, await _codec(store)):
             out.write(line)
             count += 1
         out.flush()
@@ -86,7 +95,7 @@ async def _import(args: argparse.Namespace) -> int:
         scope = policy.CacheScope(args.cache_scope)
         secret = args.secret.encode() if args.secret else await store.secret(os.urandom(32))
         entries = cassette.read(args.cassette, policy.cache_scope(args.api_key, scope, secret))
-        count = await cassette.load(store, entries, Codec())
+        count = await cassette.load(store, entries, await _codec(store))
     finally:
         await store.close()
     print(f"imported {count} answers", file=sys.stderr)

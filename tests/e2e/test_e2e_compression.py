@@ -5,13 +5,15 @@ is a MISS that the proxy refills, never an error."""
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import orjson
 import pytest
 import redis
 import zstandard
 
-from proxy.core.codec import FORMAT, PLAIN, ZSTD
+from proxy.core.codec import FORMAT, PLAIN, ZSTD, ZSTD_DICTIONARY, dictionary_id
 from tests.fixtures_procs import Proxy, ProxyFactory
 
 TOKEN = "admin-secret"
@@ -120,3 +122,65 @@ def test_the_memory_store_counts_compressed_bytes(start_proxy: ProxyFactory) -> 
     stats = httpx.get(proxy.url + "/admin/stats", headers=ADMIN, timeout=10).json()
     assert stats["entries"] == 5
     assert stats["bytes"] < 0.8 * stats["raw_bytes"]
+
+
+def passage(number: int) -> str:
+    """Prompts alike in vocabulary, each one distinct."""
+    words = PROSE.split()
+    return " ".join(words[(number * 11 + i) % len(words)] for i in range(150)) + f" ({number})"
+
+
+def wait_for_codec(redis_url: str, proxy: Proxy, codec: int, limit: int = 200) -> int:
+    """Store new prompts until one is written with `codec` (bounded); the prompt's number."""
+    for number in range(1000, 1000 + limit):
+        if stored(redis_url, ask(proxy, passage(number)).headers["X-Repro-Key"])[1] == codec:
+            return number
+    raise AssertionError(f"no entry written with codec {codec} in {limit} tries")
+
+
+def test_replicas_train_share_and_adopt_one_dictionary(
+    start_proxy: ProxyFactory, redis_url: str
+) -> None:
+    shared = ("--store", redis_url, "--near-cache", "0", "--compression-dictionary", "40")
+    early = start_proxy(*shared)
+    trainer = start_proxy(*shared)
+    for number in range(40):
+        ask(trainer, passage(number))
+    number = wait_for_codec(redis_url, trainer, ZSTD_DICTIONARY)
+    with redis.Redis.from_url(redis_url) as client:
+        dictionary = client.get("repro:dictionary")
+    assert dictionary is not None and dictionary.startswith(b"\x37\xa4\x30\xec")  # zstd's magic
+    value = stored(redis_url, ask(trainer, passage(number)).headers["X-Repro-Key"])
+    assert value[6:10] == dictionary_id(dictionary).to_bytes(4, "big")
+    late = start_proxy(*shared)  # adopts it at start
+    assert ask(late, passage(number)).headers["X-Repro-Cache"] == "HIT"
+    # Started before the dictionary existed: a miss, then it fetches the store's, then HITs.
+    outcomes = []
+    for _ in range(50):
+        outcomes.append(ask(early, passage(number)).headers["X-Repro-Cache"])
+        if outcomes[-1] == "HIT":
+            break
+        time.sleep(0.1)
+    assert outcomes[-1] == "HIT"
+    fresh = ask(early, passage(5000))
+    assert stored(redis_url, fresh.headers["X-Repro-Key"])[:2] == bytes([FORMAT, ZSTD_DICTIONARY])
+
+
+def test_no_dictionary_when_switched_off(start_proxy: ProxyFactory, redis_url: str) -> None:
+    proxy = start_proxy("--store", redis_url, "--compression-dictionary", "0")
+    for number in range(30):
+        response = ask(proxy, passage(number))
+        assert stored(redis_url, response.headers["X-Repro-Key"])[1] == ZSTD
+    with redis.Redis.from_url(redis_url) as client:
+        assert client.get("repro:dictionary") is None
+
+
+def test_a_hostile_dictionary_in_the_store_is_refused_and_entries_still_serve(
+    start_proxy: ProxyFactory, redis_url: str
+) -> None:
+    with redis.Redis.from_url(redis_url) as client:
+        client.set("repro:dictionary", b"\x37\xa4\x30\xec" + b"\xff" * 64)
+    proxy = start_proxy("--store", redis_url, "--near-cache", "0")
+    first = ask(proxy, PROSE + "hostile")
+    assert ask(proxy, PROSE + "hostile").content == first.content
+    assert stored(redis_url, first.headers["X-Repro-Key"])[1] in (ZSTD, ZSTD_DICTIONARY)

@@ -163,6 +163,15 @@ class StoreContract:
         assert await store.secret(b"first") == b"first"
         assert await store.secret(b"second") == b"first"
 
+    async def test_the_first_dictionary_wins_and_reading_stores_nothing(self, store: Store) -> None:
+        assert await store.dictionary(None) is None
+        assert await store.dictionary(None) is None
+        assert await store.dictionary(b"first") == b"first"
+        assert await store.dictionary(b"second") == b"first"
+        assert await store.dictionary(None) == b"first"
+        assert await store.secret(b"s") == b"s"  # a separate value
+        assert await store.dictionary(None) == b"first"
+
     async def test_concurrent_secrets_agree(self, store: Store) -> None:
         secrets = await asyncio.gather(*(store.secret(bytes([index])) for index in range(10)))
         assert len(set(secrets)) == 1

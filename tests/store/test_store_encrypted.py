@@ -125,3 +125,14 @@ def test_keys_are_validated_by_the_setting() -> None:
         assert "--encryption-key" in str(caught.value)
         assert bad not in str(caught.value)
     assert good not in repr(load({"encryption_key": good}, {}))
+
+
+async def test_the_dictionary_is_sealed_like_the_answers_it_was_trained_on() -> None:
+    inner = MemoryStore()
+    store = EncryptedStore(inner, [KEY_A])
+    dictionary = b"\x37\xa4\x30\xec the prompts the launch code came from"
+    assert await store.dictionary(dictionary) == dictionary
+    held = await inner.dictionary(None)
+    assert held is not None and b"launch code" not in held
+    assert await EncryptedStore(inner, [KEY_B, KEY_A]).dictionary(None) == dictionary
+    assert await EncryptedStore(inner, [KEY_B]).dictionary(None) is None  # cannot open it

@@ -15,7 +15,17 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.core.codec import FORMAT, PLAIN, ZSTD, ZSTD_DICTIONARY, Codec, raw_size
+from proxy.core.codec import (
+    FORMAT,
+    PLAIN,
+    ZSTD,
+    ZSTD_DICTIONARY,
+    Codec,
+    UnknownDictionary,
+    dictionary_id,
+    raw_size,
+    train,
+)
 from proxy.core.entry import CorruptEntry, Entry
 
 DATA = Path(__file__).parent / "data"
@@ -227,3 +237,70 @@ class TestHostileBlobs:
         packed[at : at + len(noise)] = noise
         with contextlib.suppress(CorruptEntry):
             CODEC.unpack(bytes(packed))
+
+
+def prose_entry(number: int) -> Entry:
+    """Entries alike in shape and vocabulary, as a real cache's are: what a dictionary learns."""
+    words = PROSE.split()
+    text = " ".join(words[(number * 7 + i) % len(words)] for i in range(120))
+    return replace(ENTRY, request=orjson.dumps({"messages": [{"content": text}]}), seed=number)
+
+
+class TestDictionary:
+    def test_a_codec_keeps_payloads_to_train_from_until_it_has_enough(self) -> None:
+        codec = Codec(level=1, samples=3)
+        for number in range(5):
+            codec.pack(prose_entry(number))
+        assert codec.samples_ready and len(codec.samples) == 3
+        assert len(codec.take_samples()) == 3
+        assert not codec.samples_ready and codec.samples == []
+        codec.pack(prose_entry(9))
+        assert codec.samples == []  # not collecting again until asked
+        codec.collect(1)
+        codec.pack(prose_entry(9))
+        assert codec.samples_ready
+
+    def test_compression_off_keeps_no_samples(self) -> None:
+        codec = Codec(level=0, samples=3)
+        for number in range(5):
+            codec.pack(prose_entry(number))
+        assert not codec.samples_ready and codec.samples == []
+
+    def test_entries_name_the_dictionary_and_round_trip_through_any_codec_that_holds_it(
+        self,
+    ) -> None:
+        trainer = Codec(level=1, samples=200)
+        for number in range(200):
+            trainer.pack(prose_entry(number))
+        data = train(trainer.take_samples(), size=4096)
+        number = trainer.use(data)
+        assert number == dictionary_id(data) and trainer.dictionary == number
+        packed = trainer.pack(prose_entry(500))
+        assert packed[:2] == bytes([FORMAT, ZSTD_DICTIONARY])
+        assert struct.unpack_from(">I", packed, 6)[0] == number
+        assert len(packed) < len(CODEC.pack(prose_entry(500)))
+        reader = Codec(level=0)
+        with pytest.raises(UnknownDictionary) as unknown:
+            reader.unpack(packed)
+        assert unknown.value.number == number
+        assert isinstance(unknown.value, CorruptEntry)
+        reader.use(data)
+        assert reader.unpack(packed) == prose_entry(500)
+        assert reader.pack(ENTRY)[:2] == bytes([FORMAT, PLAIN])  # off stays off
+        assert trainer.unpack(CODEC.pack(ENTRY)) == ENTRY  # entries without one still read
+
+    def test_a_truncated_dictionary_entry_is_corrupt(self) -> None:
+        codec = Codec(level=1)
+        codec.use(train([prose_entry(n).request for n in range(200)], size=4096))
+        packed = codec.pack(prose_entry(1))
+        for cut in range(len(packed)):
+            with pytest.raises(CorruptEntry):
+                codec.unpack(packed[:cut])
+
+    def test_a_dictionary_that_is_none_is_refused_and_changes_nothing(self) -> None:
+        data = b"\x37\xa4\x30\xec" + b"\xff" * 64  # zstd's magic, then garbage
+        codec = Codec(level=1, samples=5)
+        with pytest.raises(zstandard.ZstdError):
+            codec.use(data)
+        assert codec.dictionary is None and not codec.knows(dictionary_id(data))
+        assert codec.unpack(codec.pack(ENTRY)) == ENTRY
