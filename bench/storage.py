@@ -3,23 +3,31 @@
     python bench/storage.py                       # bytes, then a short throughput comparison
     python bench/storage.py --seconds 10 --rounds 3   # throughput on a quiet machine
     python bench/storage.py --bytes-only          # bytes alone (not a timing: any machine will do)
+    python bench/storage.py --choices 1           # shorter answers (n=1: 12-30 words)
     python bench/storage.py --json                # results as JSON on stdout (the table on stderr)
 
 It starts, on free 127.0.0.1 ports, `repro-proxy sim`, a redis-server of its own and the proxy
-four times at default settings: memory:// and redis:// (db 0), each with compression at its
-default and with `--compression 0` (redis db 1). Prompts are prose of 1-2 KB, each a distinct
-slice of Python's own reference documentation (pydoc_data), never repeated text.
+five times: on redis:// with compression and its dictionary (db 0), with zstd alone
+(`--compression-dictionary 0`, db 2) and with `--compression 0` (db 1); on memory:// with
+compression and its dictionary, and with `--compression 0`. The dictionary is trained after
+100 answers rather than the default 1000, so that the prose at hand suffices (fewer samples make
+a weaker dictionary, so the figures err on the safe side): the bench first sends those answers
+(prose of their own), then checks that new entries name the dictionary. Prompts are prose of
+1-2 KB, each a distinct slice of Python's own reference documentation (pydoc_data), never
+repeated text; every request asks n=4 choices, so that the sim's answer comes close to ~100
+tokens, as in bench/bench.py.
 
-Bytes: the same chat requests (then streamed ones) go to both Redis proxies; each entry is
+Bytes: the same chat requests (then streamed ones) go to the three Redis proxies; each entry is
 weighed with `MEMORY USAGE <key> SAMPLES 0` (every field counted) and set against the raw bytes
 it stands for: the request the upstream received plus the answer for a chat entry (as the
-targets say), the stream's own bytes for a streamed one.
+targets say), the stream's own bytes for a streamed one. The CPU of compressing each chat entry,
+with zstd alone and with the dictionary, is measured beside.
 
 Throughput: wrk (1 thread, 64 connections) drives a hit workload (one stored prose request) and
 a miss workload (a unique prose request each time) at the proxy with compression and without, in
 alternating order per round; the ratio is req/s with compression over req/s without (median over
 rounds), with the CPU each proxy spent per request beside it, which holds up better on a busy
-machine. Hits and misses are checked before they are measured.
+machine. Hits are checked before they are measured, and wrk must see no error.
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
 import bench  # noqa: E402  (processes, wrk and CPU helpers of bench/bench.py)
-from proxy.core.codec import Codec  # noqa: E402
+from proxy.core.codec import ZSTD_DICTIONARY, Codec  # noqa: E402
 
 TARGETS = {
     "chat": 0.5,  # Redis bytes per chat entry over the raw request + answer bytes, at most
@@ -52,7 +60,9 @@ TARGETS = {
     "hit": 0.95,  # hit req/s with compression over without, at least
     "miss": 0.95,  # miss req/s with compression over without, at least
 }
-CODEC = Codec()
+TRAIN_AFTER = 100  # --compression-dictionary of the bench's proxies (the default is 1000)
+# Where in the prose each part of the run takes its passages, so that none repeats another's.
+PROSE_TRAINING, PROSE_PROBES, PROSE_WORKLOADS = 250_000, 400_000, 425_000
 
 
 def prose(count: int, offset: int = 0) -> list[str]:
@@ -98,99 +108,74 @@ def fill(proxy: bench.Server, bodies: list[dict[str, Any]]) -> list[str]:
 
 def weigh(client: redis.Redis, keys: list[str], stream: bool) -> dict[str, float]:
     """Redis bytes of the entries against the raw bytes they stand for."""
+    codec = Codec()
+    dictionary = client.get("repro:dictionary")
+    if dictionary is not None:
+        codec.use(dictionary)
     stored = raw = 0
     for key in keys:
         name = f"repro:e:{{{key}}}"
         stored += int(client.execute_command("MEMORY", "USAGE", name, "SAMPLES", "0"))
-        values = [v for f, v in client.hgetall(name).items() if not f.startswith(b"\0")]
-        entry = CODEC.unpack(values[0])
+        entry = codec.unpack(_value(client.hgetall(name)))
         raw += len(entry.body) if stream else len(entry.body) + len(entry.request)
     return {"entries": len(keys), "stored": stored / len(keys), "raw": raw / len(keys)}
 
 
+def _value(fields: dict[bytes, bytes]) -> bytes:
+    return next(value for name, value in fields.items() if not name.startswith(b"\0"))
+
+
+def train_dictionaries(servers: list[bench.Server], redis_port: int, choices: int) -> None:
+    """Send the proxies that train a dictionary enough distinct answers to train it from, and
+    wait (bounded) until the Redis one writes with it."""
+    bodies = [chat(text, choices) for text in prose(TRAIN_AFTER, offset=PROSE_TRAINING)]
+    for server in servers:
+        fill(server, bodies)
+    probe = prose(10, offset=PROSE_PROBES)
+    with redis.Redis(port=redis_port, db=0) as client:
+        for text in probe:
+            (key,) = fill(servers[0], [chat(text, choices)])
+            if _value(client.hgetall(f"repro:e:{{{key}}}"))[1] == ZSTD_DICTIONARY:
+                return
+            time.sleep(0.2)
+    raise bench.BenchError("the proxy did not train its dictionary")
+
+
 def measure_bytes(
-    on: bench.Server, off: bench.Server, redis_port: int, count: int, choices: int
-) -> tuple[list[Any], dict[str, list[str]]]:
-    rows, stored_keys = [], {}
+    proxies: list[tuple[bench.Server, int, bool]], redis_port: int, count: int, choices: int
+) -> list[Any]:
+    """`proxies`: each Redis proxy, its db, and whether the targets apply to it."""
+    rows = []
     passages = prose(2 * count)
     for kind, texts in (("chat", passages[:count]), ("stream", passages[count:])):
         bodies = [chat(text, choices, stream=kind == "stream") for text in texts]
-        for server, db in ((on, 0), (off, 1)):
+        for server, db, targeted in proxies:
             keys = fill(server, bodies)
-            if server is on:
-                stored_keys[kind] = keys
             with redis.Redis(port=redis_port, db=db) as client:
                 row = weigh(client, keys, stream=kind == "stream")
             row.update(kind=kind, proxy=server.name, ratio=row["stored"] / row["raw"])
-            row["compressed"] = server is on
+            row["compressed"] = targeted
             rows.append(row)
             bench.log(f"bytes: {kind} via {server.name}: {row['ratio']:.3f}x")
-    return rows, stored_keys
-
-
-def measure_dictionary(redis_port: int, stored_keys: dict[str, list[str]]) -> list[Any]:
-    """What a zstd dictionary trained on the store's own entries would give (the proxy has
-    none): trained on the first half of each kind's entries, it compresses the second half,
-    which is written to db 2 in the proxy's layout and weighed there, beside the plain zstd
-    entries of db 0, with the CPU of each compression."""
-    rows = []
-    with redis.Redis(port=redis_port, db=0) as source, redis.Redis(port=redis_port, db=2) as sink:
-        for kind, keys in stored_keys.items():
-            named = [(f"repro:e:{{{key}}}", source.hgetall(f"repro:e:{{{key}}}")) for key in keys]
-            payloads = [_payload(fields) for _, fields in named]
-            half = len(payloads) // 2
-            started = time.perf_counter()
-            trained = zstandard.train_dictionary(DICTIONARY_BYTES, payloads[:half])
-            trained_in = time.perf_counter() - started
-            with_dictionary = zstandard.ZstdCompressor(
-                level=1, dict_data=trained, write_checksum=False, write_dict_id=False
-            )
-            plain = zstandard.ZstdCompressor(level=1, write_checksum=False, write_dict_id=False)
-            cpu = {
-                "zstd": _cpu_us(plain, payloads[half:]),
-                "dict": _cpu_us(with_dictionary, payloads[half:]),
-            }
-            stored = {"zstd": 0, "dict": 0}
-            raw = 0
-            for (name, fields), payload in zip(named[half:], payloads[half:], strict=True):
-                value = next(v for f, v in fields.items() if not f.startswith(b"\0"))
-                entry = CODEC.unpack(value)
-                raw += len(entry.body) if kind == "stream" else len(entry.body) + len(entry.request)
-                stored["zstd"] += int(
-                    source.execute_command("MEMORY", "USAGE", name, "SAMPLES", "0")
-                )
-                mapping = dict(fields)
-                for field in mapping:
-                    if not field.startswith(b"\0"):  # the head grows by the dictionary's id
-                        mapping[field] = value[:6] + bytes(4) + with_dictionary.compress(payload)
-                sink.hset(name, mapping=mapping)
-                stored["dict"] += int(sink.execute_command("MEMORY", "USAGE", name, "SAMPLES", "0"))
-            count = len(payloads) - half
-            rows.append(
-                {
-                    "kind": kind,
-                    "entries": count,
-                    "ratio_zstd": stored["zstd"] / raw,
-                    "ratio_dict": stored["dict"] / raw,
-                    "cpu_us_zstd": cpu["zstd"],
-                    "cpu_us_dict": cpu["dict"],
-                    "train_ms": trained_in * 1000,
-                }
-            )
-            bench.log(f"dictionary: {kind}: {stored['dict'] / raw:.3f}x")
     return rows
 
 
-DICTIONARY_BYTES = 16 * 1024
-
-
-def _payload(fields: dict[bytes, bytes]) -> bytes:
-    value = next(v for f, v in fields.items() if not f.startswith(b"\0"))
-    return zstandard.ZstdDecompressor().decompress(value[6:])
+def compression_cpu(redis_port: int) -> dict[str, float]:
+    """CPU per entry of zstd alone and with the store's dictionary, on the chat entries the
+    zstd-only proxy stored (db 2), best of three passes: what the dictionary costs or saves."""
+    with redis.Redis(port=redis_port, db=2) as plain, redis.Redis(port=redis_port) as trained:
+        names = list(plain.scan_iter(match="repro:e:*", count=500))
+        blobs = [_value(plain.hgetall(name)) for name in names]
+        dictionary = trained.get("repro:dictionary")
+    payloads = [zstandard.ZstdDecompressor().decompress(blob[6:]) for blob in blobs]
+    options: dict[str, Any] = {"level": 1, "write_checksum": False, "write_dict_id": False}
+    alone = zstandard.ZstdCompressor(**options)
+    shared = zstandard.ZstdCompressionDict(dictionary or b"")
+    with_dictionary = zstandard.ZstdCompressor(dict_data=shared, **options)
+    return {"zstd": _cpu_us(alone, payloads), "dictionary": _cpu_us(with_dictionary, payloads)}
 
 
 def _cpu_us(compressor: zstandard.ZstdCompressor, payloads: list[bytes]) -> float:
-    """CPU per compression, the best of three passes."""
     best = float("inf")
     for _ in range(3):
         started = time.process_time()
@@ -202,7 +187,7 @@ def _cpu_us(compressor: zstandard.ZstdCompressor, payloads: list[bytes]) -> floa
 
 def workload_bodies(folder: Path, choices: int) -> dict[str, Path]:
     """One stored prose request (hit) and a template for unique ones (miss, see unique.lua)."""
-    hit_text, miss_text = prose(2, offset=400_000)
+    hit_text, miss_text = prose(2, offset=PROSE_WORKLOADS)
     paths = {"hit": folder / "hit.jsonl", "miss": folder / "miss.jsonl"}
     paths["hit"].write_text(json.dumps(chat(hit_text, choices)) + "\n")
     paths["miss"].write_text(json.dumps(chat("__N__ " + miss_text, choices)) + "\n")
@@ -271,28 +256,22 @@ def table(result: dict[str, Any]) -> str:
     lines = [
         "Redis bytes per entry (MEMORY USAGE) over the raw bytes it stands for "
         f"(n={result['choices']})",
-        f"{'entries':<8} {'proxy':<30} {'stored B':>9} {'raw B':>8} {'ratio':>7} {'target':>8}",
+        f"{'entries':<8} {'proxy':<32} {'stored B':>9} {'raw B':>8} {'ratio':>7} {'target':>8}",
     ]
     for row in result["bytes"]:
         target = TARGETS[row["kind"]]
         mark = "ok" if row["ratio"] <= target else "MISSED"
         shown = f"<={target}x {mark}" if row["compressed"] else ""
         lines.append(
-            f"{row['kind']:<8} {row['proxy']:<30} {row['stored']:>9.0f} {row['raw']:>8.0f} "
+            f"{row['kind']:<8} {row['proxy']:<32} {row['stored']:>9.0f} {row['raw']:>8.0f} "
             f"{row['ratio']:>6.3f}x {shown}"
         )
+    cpu = result["compression_cpu"]
     lines += [
         "",
-        "A trained dictionary, measured (the proxy has none): the second half of the entries, "
-        f"the first half training a {DICTIONARY_BYTES // 1024} KiB dictionary",
-        f"{'entries':<8} {'zstd':>7} {'zstd+dict':>10} {'CPU us zstd':>12} {'CPU us dict':>12} "
-        f"{'training ms':>12}",
+        f"CPU per chat entry compressed: zstd alone {cpu['zstd']:.1f} us, with the store's "
+        f"dictionary {cpu['dictionary']:.1f} us",
     ]
-    for row in result["dictionary"]:
-        lines.append(
-            f"{row['kind']:<8} {row['ratio_zstd']:>6.3f}x {row['ratio_dict']:>9.3f}x "
-            f"{row['cpu_us_zstd']:>12.1f} {row['cpu_us_dict']:>12.1f} {row['train_ms']:>12.0f}"
-        )
     if result["throughput"]:
         lines += [
             "",
@@ -323,7 +302,10 @@ def run_storage(args: argparse.Namespace) -> dict[str, Any]:
     py = sys.executable
     with ExitStack() as stack:
         logs = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="repro-storage-")))
-        ports = {name: bench.free_port() for name in ("sim", "redis", "ron", "roff", "mon", "moff")}
+        ports = {
+            name: bench.free_port()
+            for name in ("sim", "redis", "ron", "rzstd", "roff", "mon", "moff")
+        }
 
         def start(name: str, argv: list[str], key: str) -> bench.Server:
             if key not in ("sim", "redis"):
@@ -339,12 +321,17 @@ def run_storage(args: argparse.Namespace) -> dict[str, Any]:
         url = f"redis://127.0.0.1:{ports['redis']}"
         serve = [py, "-m", "proxy", "serve", "--upstream", sim.url]
         off = ["--compression", "0"]
+        trains = ["--compression-dictionary", str(TRAIN_AFTER)]
+        alone = ["--compression-dictionary", "0"]
         servers = {
-            "ron": start("proxy redis://", [*serve, "--store", url + "/0"], "ron"),
+            "ron": start("proxy redis://", [*serve, "--store", url + "/0", *trains], "ron"),
+            "rzstd": start(
+                "proxy redis://, no dictionary", [*serve, "--store", url + "/2", *alone], "rzstd"
+            ),
             "roff": start(
                 "proxy redis:// --compression 0", [*serve, "--store", url + "/1", *off], "roff"
             ),
-            "mon": start("proxy memory://", serve, "mon"),
+            "mon": start("proxy memory://", [*serve, *trains], "mon"),
             "moff": start("proxy memory:// --compression 0", [*serve, *off], "moff"),
         }
         for server in servers.values():
@@ -354,11 +341,11 @@ def run_storage(args: argparse.Namespace) -> dict[str, Any]:
             "seconds": args.seconds,
             "choices": args.choices,
         }
-        rows, stored_keys = measure_bytes(
-            servers["ron"], servers["roff"], ports["redis"], args.entries, args.choices
-        )
-        result["bytes"] = rows
-        result["dictionary"] = measure_dictionary(ports["redis"], stored_keys)
+        train_dictionaries([servers["ron"], servers["mon"]], ports["redis"], args.choices)
+        proxies = [(servers["ron"], 0, True), (servers["rzstd"], 2, False)]
+        proxies.append((servers["roff"], 1, False))
+        result["bytes"] = measure_bytes(proxies, ports["redis"], args.entries, args.choices)
+        result["compression_cpu"] = compression_cpu(ports["redis"])
         result["throughput"] = []
         if not args.bytes_only:
             pairs = {
@@ -378,7 +365,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--entries", type=int, default=100, help="chat and streamed entries (100)")
+    parser.add_argument("--entries", type=int, default=80, help="chat and streamed entries (80)")
     parser.add_argument("--seconds", type=int, default=3, help="seconds per wrk run (3)")
     parser.add_argument("--rounds", type=int, default=1, help="throughput rounds (1)")
     parser.add_argument(
