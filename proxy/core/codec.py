@@ -38,6 +38,8 @@ _ID = struct.Struct(">I")
 _LENGTH = struct.Struct(">I")
 _MAX_RAW = 0xFFFFFFFF
 DICTIONARY_BYTES = 16 * 1024
+MAX_DICTIONARY_BYTES = 1024 * 1024
+"""The largest dictionary adopted from a store: a value that big is no dictionary we trained."""
 
 _META = (
     "content_type", "fingerprint", "stored_at", "model", "seed", "seed_source",
@@ -96,6 +98,8 @@ class Codec:
     def use(self, data: bytes) -> int:
         """Read entries compressed with this dictionary, and compress new ones with it. Tried
         once first (zstd.ZstdError if it is no dictionary), so packing cannot fail later."""
+        if len(data) > MAX_DICTIONARY_BYTES:
+            raise zstandard.ZstdError("the dictionary is too large to be one")
         number = dictionary_id(data)
         trained = zstandard.ZstdCompressionDict(data)
         decompressor = zstandard.ZstdDecompressor(dict_data=trained)

@@ -66,13 +66,15 @@ class Dictionaries:
         self._task = None
 
     async def _train(self, samples: list[bytes]) -> None:
-        """Training takes tens of milliseconds of CPU: in a thread, so the loop keeps serving."""
+        """Training takes tens of milliseconds of CPU: in a thread (zstd lets go of the GIL), so
+        the loop keeps serving. Without a dictionary after all, the next answers are kept to try
+        again."""
         try:
             data = await asyncio.to_thread(train, samples)
         except zstandard.ZstdError as exc:  # too few or too alike to learn from
             log.info("no compression dictionary trained", extra={"error": str(exc)})
-            return
-        if not await self._adopt(data):
+            data = None
+        if data is None or not await self._adopt(data):
             self._codec.collect(self._samples)
 
     async def _adopt(self, candidate: bytes | None) -> bool:

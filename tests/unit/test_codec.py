@@ -297,8 +297,12 @@ class TestDictionary:
             with pytest.raises(CorruptEntry):
                 codec.unpack(packed[:cut])
 
-    def test_a_dictionary_that_is_none_is_refused_and_changes_nothing(self) -> None:
-        data = b"\x37\xa4\x30\xec" + b"\xff" * 64  # zstd's magic, then garbage
+    @pytest.mark.parametrize(
+        "data",
+        [b"\x37\xa4\x30\xec" + b"\xff" * 64, b"\x37\xa4\x30\xec" + bytes(2 << 20)],
+        ids=["zstd-magic-then-garbage", "too-large"],
+    )
+    def test_a_dictionary_that_is_none_is_refused_and_changes_nothing(self, data: bytes) -> None:
         codec = Codec(level=1, samples=5)
         with pytest.raises(zstandard.ZstdError):
             codec.use(data)
