@@ -125,7 +125,9 @@ def _services(
         secret = Secret(store, settings.secret)
         await secret.settle()
         packing = codec(settings)
-        dictionaries = Dictionaries(store, packing, settings.compression_dictionary, clock)
+        dictionaries = Dictionaries(
+            store, packing, settings.compression_dictionary, clock, settings.store_timeout
+        )
         await dictionaries.settle()
         carriers = credentials.names(settings.credential_header)
         verifier = Verifier(

@@ -27,9 +27,17 @@ FETCH_INTERVAL = 1.0
 
 class Dictionaries:
     def __init__(
-        self, store: Store, codec: Codec, samples: int, clock: Callable[[], float]
+        self,
+        store: Store,
+        codec: Codec,
+        samples: int,
+        clock: Callable[[], float],
+        timeout: float | None = None,
     ) -> None:
+        """`timeout`: seconds each store call may take (the store's breaker does not bound
+        these calls: none is on a request's path)."""
         self._store = store
+        self._timeout = timeout
         self._codec = codec
         self._samples = samples  # entries to train from, again after a failed attempt
         self._clock = clock
@@ -80,8 +88,9 @@ class Dictionaries:
     async def _adopt(self, candidate: bytes | None) -> bool:
         """Take the store's dictionary (offering `candidate`); False if none could be had."""
         try:
-            data = await self._store.dictionary(candidate)
-        except StoreError as exc:
+            async with asyncio.timeout(self._timeout):
+                data = await self._store.dictionary(candidate)
+        except (StoreError, TimeoutError) as exc:
             log.warning("compression dictionary not shared", extra={"error": str(exc)})
             return False
         if data is None:
