@@ -39,6 +39,9 @@ _LENGTH = struct.Struct(">I")
 _MAX_RAW = 0xFFFFFFFF
 DICTIONARY_BYTES = 16 * 1024
 MAX_DICTIONARY_BYTES = 1024 * 1024
+SAMPLE_BYTES = 16 * 1024
+"""The largest payload kept to train from: dictionaries are for small records (zstd compresses
+large ones well alone), and the samples kept stay bounded by count times this."""
 """The largest dictionary adopted from a store: a value that big is no dictionary we trained."""
 
 _META = (
@@ -147,7 +150,7 @@ class Codec:
             blob = _HEAD.pack(FORMAT, PLAIN, len(payload)) + payload
         elif self.dictionary is None:
             blob = _HEAD.pack(FORMAT, ZSTD, len(payload)) + self._compressor.compress(payload)
-            if len(self.samples) < self._wanted:
+            if len(self.samples) < self._wanted and len(payload) <= SAMPLE_BYTES:
                 self.samples.append(payload)
         else:
             head = _HEAD.pack(FORMAT, ZSTD_DICTIONARY, len(payload)) + _ID.pack(self.dictionary)

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from proxy.core.codec import (
     FORMAT,
     PLAIN,
+    SAMPLE_BYTES,
     ZSTD,
     ZSTD_DICTIONARY,
     Codec,
@@ -259,6 +260,12 @@ class TestDictionary:
         codec.collect(1)
         codec.pack(prose_entry(9))
         assert codec.samples_ready
+
+    def test_large_entries_are_not_kept_to_train_from(self) -> None:
+        codec = Codec(level=1, samples=3)
+        codec.pack(replace(ENTRY, body=bytes(SAMPLE_BYTES)))
+        codec.pack(ENTRY)
+        assert len(codec.samples) == 1
 
     def test_compression_off_keeps_no_samples(self) -> None:
         codec = Codec(level=0, samples=3)
