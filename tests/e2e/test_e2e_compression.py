@@ -69,6 +69,7 @@ def test_a_miss_stores_a_compressed_entry_and_the_hit_serves_the_same_bytes(
     stats = httpx.get(proxy.url + "/admin/stats", headers=ADMIN, timeout=10).json()
     assert stats["raw_bytes"] > stats["bytes"] > 0
     assert 0 < stats["compression_ratio"] < 1
+    assert stats["dictionary"] is None  # not before 1000 answers
     assert 0 < proxy.metric("repro_store_compression_ratio") < 0.7
 
 
@@ -152,7 +153,9 @@ def test_replicas_train_share_and_adopt_one_dictionary(
     assert dictionary is not None and dictionary.startswith(b"\x37\xa4\x30\xec")  # zstd's magic
     value = stored(redis_url, ask(trainer, passage(number)).headers["X-Repro-Key"])
     assert value[6:10] == dictionary_id(dictionary).to_bytes(4, "big")
-    late = start_proxy(*shared)  # adopts it at start
+    late = start_proxy(*shared, "--admin-token", TOKEN)  # adopts it at start
+    stats = httpx.get(late.url + "/admin/stats", headers=ADMIN, timeout=10).json()
+    assert stats["dictionary"] == f"{dictionary_id(dictionary):08x}"
     assert ask(late, passage(number)).headers["X-Repro-Cache"] == "HIT"
     # Started before the dictionary existed: a miss, then it fetches the store's, then HITs.
     outcomes = []
