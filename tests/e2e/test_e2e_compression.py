@@ -5,6 +5,8 @@ is a MISS that the proxy refills, never an error."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import httpx
@@ -167,6 +169,17 @@ def test_replicas_train_share_and_adopt_one_dictionary(
     assert outcomes[-1] == "HIT"
     fresh = ask(early, passage(5000))
     assert stored(redis_url, fresh.headers["X-Repro-Key"])[:2] == bytes([FORMAT, ZSTD_DICTIONARY])
+    # The cassette export reads entries of every kind, those naming the dictionary included.
+    exported = subprocess.run(
+        [sys.executable, "-m", "proxy", "export", "--store", redis_url],
+        capture_output=True,
+        timeout=60,
+        check=True,
+        env={"PATH": "/usr/bin:/bin"},
+    ).stdout.splitlines()
+    with redis.Redis.from_url(redis_url) as client:
+        assert len(exported) == sum(1 for _ in client.scan_iter(match="repro:e:*"))
+    assert passage(5000).encode() in b"".join(exported)
 
 
 def test_no_dictionary_when_switched_off(start_proxy: ProxyFactory, redis_url: str) -> None:
