@@ -334,21 +334,17 @@ class RedisStore:
         return found
 
     async def usage(self) -> Usage:
-        """Entries by SCAN, bytes as Redis accounts them (MEMORY USAGE), in batches; each entry
-        measured by a script, so that no value crosses the network."""
-        entries = size = expansion = 0
+        """Entries by SCAN, bytes as Redis accounts them (MEMORY USAGE), in batches; a script
+        measures each entry, so that no value crosses the network (see scripts.USAGE)."""
+        totals = [0, 0, 0]  # answers, bytes, what they grow by uncompressed
         with _mapped("usage"):
             async for chunk in self._scanned():
-                measured = await asyncio.gather(
-                    *(
-                        self._batch.script(scripts.USAGE, [layout.text(name)], [layout.LABELS])
-                        for name in chunk
-                    )
-                )
-                entries += sum(int(answers) for answers, _, _ in measured)
-                size += sum(int(used) for _, used, _ in measured)
-                expansion += sum(int(grows) for _, _, grows in measured)
-        return Usage(entries, size, size + expansion)
+                for measured in await asyncio.gather(*map(self._measure, chunk)):
+                    totals = [t + int(m) for t, m in zip(totals, measured, strict=True)]
+        return Usage(totals[0], totals[1], totals[1] + totals[2])
+
+    def _measure(self, name: bytes) -> Any:
+        return self._batch.script(scripts.USAGE, [layout.text(name)], [layout.LABELS])
 
     async def observe_fingerprint(
         self, model: str, fingerprint: str, now: float, count: int = 1
