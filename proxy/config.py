@@ -51,6 +51,8 @@ class Settings:
     encryption_key: str | None = field(default=None, repr=False)
     max_body: int = 16 * 1024 * 1024
     max_entry: int = 32 * 1024 * 1024
+    compression: int = 1
+    compression_dictionary: int = 1000
     key_check_interval: float = 300.0
     key_check_timeout: float = 5.0
     credential_header: tuple[str, ...] = ()

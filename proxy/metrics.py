@@ -285,6 +285,12 @@ class Metrics:
             buckets=_DISTANCE_BUCKETS,
             registry=registry,
         )
+        self.compression = Gauge(
+            "repro_store_compression_ratio",
+            "Bytes of the answers this process stored over the bytes they stand for uncompressed",
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
         self.store_errors = Counter(
             "repro_store_errors_total",
             "Store operations that failed (the proxy failed open)",

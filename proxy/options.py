@@ -68,6 +68,13 @@ def _switch(text: str) -> bool:
     return value in ("on", "true", "1", "yes")
 
 
+_zstd_level = _ranged(int, "a zstd level from 1 to 19, or 0 (off)", lambda v: 0 <= v <= 19)
+
+
+def _compression(text: str) -> int:
+    return 0 if text.strip().lower() == "off" else int(_zstd_level(text))
+
+
 def _size(text: str) -> int:
     return parse_size(text)
 
@@ -238,6 +245,22 @@ OPTIONS = (
         _positive_size,
         "largest answer stored and read whole: a larger stream is served but not stored, a larger "
         "whole answer is a 502",
+    ),
+    Option(
+        "compression",
+        "REPRO_COMPRESSION",
+        "1",
+        _compression,
+        "zstd level stored answers are compressed at, 1 (fastest) to 19 (smallest); 0 or off = "
+        "stored uncompressed (entries of either kind stay readable)",
+    ),
+    Option(
+        "compression_dictionary",
+        "REPRO_COMPRESSION_DICTIONARY",
+        "1000",
+        _non_negative_int,
+        "answers stored before a zstd dictionary is trained from them and shared through the "
+        "store, for every process to compress with; 0 = no dictionary",
     ),
     Option(
         "key_check_interval",

@@ -350,6 +350,21 @@ def error_row(board: db.Dashboard) -> None:
     )
 
 
+def storage_row(board: db.Dashboard) -> None:
+    board.with_row(db.Row("Storage"))
+    board.with_panel(
+        graph(
+            "Compression of stored answers",
+            "Bytes of the answers each process stored over the bytes they stand for uncompressed "
+            "(request and answer); 1 or more with --compression 0. What the store holds in all: "
+            "repro-proxy stats.",
+            "percentunit",
+        )
+        .min(0)
+        .with_target(query("repro_store_compression_ratio", "{{instance}}"))
+    )
+
+
 def variables(board: db.Dashboard) -> None:
     board.with_variable(db.DatasourceVariable("datasource").label("Prometheus").type("prometheus"))
     board.with_variable(
@@ -391,7 +406,14 @@ def build() -> dict[str, Any]:
         )
     )
     variables(board)
-    for row in (cache_row, fingerprint_row, determinism_row, latency_row, error_row):
+    for row in (
+        cache_row,
+        fingerprint_row,
+        determinism_row,
+        latency_row,
+        error_row,
+        storage_row,
+    ):
         row(board)
     data: dict[str, Any] = json.loads(json.dumps(board.build(), cls=JSONEncoder))
     data["annotations"]["list"][0].update(ROTATION_ANNOTATION)

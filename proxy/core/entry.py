@@ -1,19 +1,14 @@
-"""A stored answer: a little metadata in front of the exact bytes to send back (pure).
+"""A stored answer: the exact bytes to send back, and the little a HIT needs beside them (pure).
 
 The body is kept as the upstream sent it (JSON, or the SSE frames of a stream), so a HIT writes
-it out without parsing; the metadata a HIT needs (fingerprint, seed, usage) sits in a small
-length-prefixed header.
+it out without parsing. How an entry is laid out in a store is `proxy.core.codec`'s business.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
-
-import orjson
-
-_LENGTH_BYTES = 4
 
 
 class CorruptEntry(ValueError):
@@ -36,26 +31,7 @@ class Entry:
     route: str = ""
     query: str = ""
     namespace: str = ""
-    request: str = ""  # the body the upstream received
-
-    def pack(self) -> bytes:
-        # Field by field: dataclasses.asdict deep-copies, and would copy the body too.
-        meta = {name: getattr(self, name) for name in _META}
-        header = orjson.dumps(meta)
-        return len(header).to_bytes(_LENGTH_BYTES, "big") + header + self.body
-
-    @classmethod
-    def unpack(cls, blob: bytes) -> Entry:
-        size = int.from_bytes(blob[:_LENGTH_BYTES], "big")
-        end = _LENGTH_BYTES + size
-        try:
-            meta: dict[str, Any] = orjson.loads(blob[_LENGTH_BYTES:end])
-            return cls(body=blob[end:], **meta)
-        except (orjson.JSONDecodeError, TypeError) as exc:
-            raise CorruptEntry("stored value is not an entry") from exc
-
-
-_META = tuple(f.name for f in fields(Entry) if f.name != "body")
+    request: bytes = b""  # the body the upstream received
 
 
 def usage_of(answer: dict[str, Any]) -> tuple[int, int]:

@@ -73,15 +73,23 @@ async def admin_stats(request: web.Request) -> web.Response:
         raise StoreUnavailable(f"The store did not answer: {exc}") from exc
     hits, misses = services.metrics.hit_counts()
     looked = hits + misses
+    raw = usage.raw_bytes
     return json_response(
         {
             "entries": usage.entries,
             "bytes": usage.bytes,
+            "raw_bytes": raw,
+            "compression_ratio": round(usage.bytes / raw, 4) if raw else None,
+            "dictionary": _dictionary(services.codec.dictionary),
             "hits": hits,
             "misses": misses,
             "hit_ratio": round(hits / looked, 4) if looked else None,
         }
     )
+
+
+def _dictionary(number: int | None) -> str | None:
+    return None if number is None else f"{number:08x}"
 
 
 async def admin_purge(request: web.Request) -> web.Response:

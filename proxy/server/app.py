@@ -19,6 +19,7 @@ from proxy.config import Settings
 from proxy.core import credentials
 from proxy.core.call import Call
 from proxy.core.canonical import CACHEABLE_ROUTES
+from proxy.core.codec import Codec
 from proxy.core.policy import SHARED, CacheMode
 from proxy.core.routes import AZURE_RESPONSES, AZURE_V1, DEPLOYMENT_CALLS, DEPLOYMENTS
 from proxy.errors import InvalidHeader, ProxyError, UpstreamError
@@ -26,6 +27,7 @@ from proxy.metrics import Metrics
 from proxy.server import admin, handlers, responses, transfer
 from proxy.server.coalesce import Coalescer
 from proxy.server.context import SERVICES, Services, entry_memo
+from proxy.server.dictionary import Dictionaries
 from proxy.server.fingerprints import FingerprintTracker
 from proxy.server.keycheck import KeyChecker
 from proxy.server.probe import Prober
@@ -147,6 +149,11 @@ def _services(
         )
         secret = Secret(store, settings.secret)
         await secret.settle()
+        packing = codec(settings)
+        dictionaries = Dictionaries(
+            store, packing, settings.compression_dictionary, clock, settings.store_timeout
+        )
+        await dictionaries.settle()
         carriers = credentials.names(settings.credential_header)
         rate = settings.verify_rate if calls_upstream else 0.0
         verifier = Verifier(upstream, fingerprints, metrics, rate, random.random, carriers)
@@ -169,19 +176,23 @@ def _services(
             verifier=verifier,
             secret=secret,
             clock=clock,
+            codec=packing,
+            dictionaries=dictionaries,
             credential_names=carriers,
             entries=entry_memo(local_bytes),
             on_miss=on_miss,
         )
-        await _load_cassette(settings, store)
+        await _load_cassette(settings, store, packing)
         try:
             probe = prober.run if prober.enabled else None
             near = store.run if isinstance(store, NearCache) else None
             async with _background(probe, "fingerprint-probe"), _background(near, "near-cache"):
                 yield
-            await _save_cassette(settings, store)
+            await dictionaries.settle()  # one another process trained, which entries may name
+            await _save_cassette(settings, store, packing)
         finally:
             app[SERVICES].offload.close()
+            await dictionaries.close()
             await verifier.close()
             await keys.close()
             await fingerprints.close()
@@ -208,18 +219,29 @@ async def _background(
             await task
 
 
-async def _load_cassette(settings: Settings, store: Store) -> None:
+def codec(settings: Settings) -> Codec:
+    """Stored values may expand to an answer under --max-entry and its request under --max-body,
+    and to nothing more: a blob claiming more is not unpacked."""
+    max_raw = settings.max_entry + settings.max_body + ENTRY_SLACK
+    return Codec(settings.compression, max_raw, samples=settings.compression_dictionary)
+
+
+ENTRY_SLACK = 64 * 1024
+"""Bytes of an entry's metadata, beyond its answer and request."""
+
+
+async def _load_cassette(settings: Settings, store: Store, codec: Codec) -> None:
     if settings.cassette is None or not os.path.isfile(settings.cassette):
         return
-    count = await cassette.load(store, cassette.read(settings.cassette, SHARED))
+    count = await cassette.load(store, cassette.read(settings.cassette, SHARED), codec)
     log.info("cassette loaded", extra={"path": settings.cassette, "answers": count})
 
 
-async def _save_cassette(settings: Settings, store: Store) -> None:
+async def _save_cassette(settings: Settings, store: Store, codec: Codec) -> None:
     """A recording proxy leaves its answers in the cassette; a replaying one leaves it alone."""
     if settings.cassette is None or settings.cache_mode is CacheMode.REPLAY:
         return
-    count = await cassette.write(store, settings.cassette)
+    count = await cassette.write(store, settings.cassette, codec)
     log.info("cassette written", extra={"path": settings.cassette, "answers": count})
 
 

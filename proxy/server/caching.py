@@ -17,6 +17,7 @@ from multidict import CIMultiDict
 
 from proxy.core import policy, responses
 from proxy.core.call import Answer, Asked, Call, prepare_with, repro_headers
+from proxy.core.codec import Codec, UnknownDictionary
 from proxy.core.entry import CorruptEntry, Entry, fingerprint_of, is_answer, usage_of
 from proxy.core.fingerprints import ModelFingerprints
 from proxy.core.policy import Outcome
@@ -111,7 +112,10 @@ def choose(services: Services, call: Call, accepted: Any, blobs: dict[str, bytes
     entries = []
     for fingerprint, blob in blobs.items():
         try:
-            entry = decoded(services.entries, call.key, fingerprint, blob)
+            entry = decoded(services.codec, services.entries, call.key, fingerprint, blob)
+        except UnknownDictionary:
+            services.dictionaries.unknown()
+            continue
         except CorruptEntry:
             continue
         if policy.is_fresh(entry.stored_at, now, services.settings.ttl, call.max_age):
@@ -124,17 +128,17 @@ def choose(services: Services, call: Call, accepted: Any, blobs: dict[str, bytes
     return min(entries, key=lambda e: rank.get(e.fingerprint, len(rank)))
 
 
-def decoded(memo: EntryMemo, key: str, fingerprint: str, blob: bytes) -> Entry:
-    """`Entry.unpack`, remembered per stored slot while its blob stays the same (a HIT then
-    skips parsing its metadata and copying its body). Keyed by the slot, not by the blob, so
-    that an answer written again (evicted and filled, or refreshed) replaces its old decoding
-    instead of leaving it in memory beside the new one."""
+def decoded(codec: Codec, memo: EntryMemo, key: str, fingerprint: str, blob: bytes) -> Entry:
+    """`Codec.unpack`, remembered per stored slot while its blob stays the same: a HIT then
+    decompresses once, and later ones skip parsing and copying. Keyed by the slot, not by the
+    blob, so that an answer written again (evicted and filled, or refreshed) replaces its old
+    decoding instead of leaving it in memory beside the new one."""
     slot = (key, fingerprint)
     held = memo.get(slot)
     if held is not None and held[0] == blob:  # bytes compare by identity first
         return held[1]
-    entry = Entry.unpack(blob)
-    memo.put(slot, (blob, entry), len(blob) * 2)
+    entry = codec.unpack(blob)
+    memo.put(slot, (blob, entry), len(blob) + len(entry.body) + len(entry.request))
     return entry
 
 
@@ -151,7 +155,7 @@ async def stale_entry(services: Services, call: Call) -> Entry | None:
     entries = []
     for blob in blobs.values():
         try:
-            entries.append(Entry.unpack(blob))
+            entries.append(services.codec.unpack(blob))
         except CorruptEntry:
             continue
     usable = [e for e in entries if now - e.stored_at <= call.stale_if_error]
@@ -271,6 +275,7 @@ async def record(
         services.metrics.store_errors.labels("fingerprint").inc()
         store_failed(services, "put", exc)
         return
+    services.dictionaries.written()
     if lease is not None:
         lease.held = False  # released with the write
     if answer.response_id is not None:
@@ -308,7 +313,7 @@ def _write(
     return Write(
         key=call.key,
         fingerprint=entry.fingerprint,
-        value=entry.pack(),
+        value=services.codec.pack(entry),
         ttl=services.settings.ttl,
         labels=Labels(namespace=call.namespace, model=call.model),
         unlock=lease.token if lease is not None and lease.held else None,
@@ -333,7 +338,7 @@ def _storable(services: Services, call: Call, answer: Answer) -> Entry | None:
         route=call.route,
         query=call.query,
         namespace=call.namespace,
-        request=call.body.decode(),
+        request=call.body,
     )
     if len(entry.body) > services.settings.max_entry:
         log.info(

@@ -9,11 +9,13 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from proxy.config import Settings
+from proxy.core.codec import Codec
 from proxy.core.credentials import STANDARD
 from proxy.core.entry import Entry
 from proxy.core.lru import LRU
 from proxy.metrics import Metrics
 from proxy.server.coalesce import Coalescer
+from proxy.server.dictionary import Dictionaries
 from proxy.server.fingerprints import FingerprintTracker
 from proxy.server.keycheck import KeyChecker
 from proxy.server.offload import Offload
@@ -37,8 +39,9 @@ EntryMemo = LRU[tuple[str, str], tuple[bytes, Entry]]
 
 
 def entry_memo(local_bytes: int = 0) -> EntryMemo:
-    """Charged at twice each blob, and never more than twice the bytes the store keeps in this
-    process (`local_bytes`, 0 for none): a small store must not carry a 32 MiB memo."""
+    """Charged at each blob plus what it decodes to, and never more than twice the bytes the
+    store keeps in this process (`local_bytes`, 0 for none): a small store must not carry a
+    32 MiB memo."""
     budget = min(ENTRY_MEMO_BYTES, 2 * local_bytes) if local_bytes else ENTRY_MEMO_BYTES
     return LRU(MEMO_ITEMS, budget)
 
@@ -56,6 +59,8 @@ class Services:
     verifier: Verifier
     secret: Secret
     clock: Callable[[], float]
+    codec: Codec
+    dictionaries: Dictionaries
     credential_names: tuple[str, ...] = STANDARD  # headers that carry a tenant's credential
     # Told of every request refused as a cache miss (the pytest plugin fails the test with it).
     on_miss: Callable[[Call], None] | None = None

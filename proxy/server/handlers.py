@@ -328,7 +328,9 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    response = web.Response(body=request.app[SERVICES].metrics.exposition())
+    services = request.app[SERVICES]
+    services.metrics.compression.set(services.codec.ratio())
+    response = web.Response(body=services.metrics.exposition())
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response
 

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from proxy.core import responses
 from proxy.core.call import checked_namespace
+from proxy.core.codec import UnknownDictionary
 from proxy.core.credentials import extract
 from proxy.core.entry import CorruptEntry, Entry
 from proxy.core.policy import CacheMode, Outcome
@@ -71,7 +72,10 @@ async def _held(
     if blob is None:
         return None
     try:
-        return target[0], Entry.unpack(blob)
+        return target[0], services.codec.unpack(blob)
+    except UnknownDictionary:
+        services.dictionaries.unknown()
+        return None
     except CorruptEntry:
         return None
 

@@ -33,7 +33,7 @@ async def admin_export(request: web.Request) -> web.StreamResponse:
     check_admin(request, services)
     query = request.query
     selector = Selector(namespace=query.get("namespace"), model=query.get("model"))
-    lines = cassette.lines(services.store, selector)
+    lines = cassette.lines(services.store, selector, services.codec)
     try:
         first = await anext(lines, None)
     except StoreError as exc:
@@ -67,7 +67,7 @@ async def admin_import(request: web.Request) -> web.Response:
     except cassette.CassetteError as exc:
         raise InvalidParameter(f"The cassette is not valid: {exc}", "body") from None
     try:
-        count = await cassette.load(services.store, entries)
+        count = await cassette.load(services.store, entries, services.codec)
     except StoreError as exc:
         raise StoreUnavailable(f"The store did not answer: {exc}") from exc
     return json_response({"imported": count})

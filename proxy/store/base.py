@@ -81,10 +81,12 @@ class Write:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """How much the store holds: answers (one per key and fingerprint) and their bytes."""
+    """How much the store holds: answers (one per key and fingerprint), the bytes they take, and
+    the bytes they would take were every value stored uncompressed (see proxy.core.codec)."""
 
     entries: int
     bytes: int
+    raw_bytes: int
 
 
 class Store(Protocol):
@@ -145,6 +147,10 @@ class Store(Protocol):
 
     async def secret(self, candidate: bytes) -> bytes:
         """The shared HMAC secret: the stored one, else `candidate`, stored now."""
+
+    async def dictionary(self, candidate: bytes | None) -> bytes | None:
+        """The shared compression dictionary: the stored one, else `candidate`, stored now
+        (None: only read). Like the secret, the first writer wins, so replicas agree."""
 
     async def lock(self, key: str, token: str, ttl: float) -> bool:
         """Take the fill lock of `key` for `ttl` seconds unless someone holds it; True if taken."""

@@ -24,6 +24,7 @@ from typing import IO, Any
 import orjson
 
 from proxy.core import canonical, responses, routes
+from proxy.core.codec import Codec
 from proxy.core.entry import CorruptEntry, Entry
 from proxy.errors import ProxyError
 from proxy.store.base import Labels, Selector, Store, Write
@@ -50,11 +51,11 @@ class CassetteError(ValueError):
     """A cassette line we cannot use; the message names the line."""
 
 
-async def lines(store: Store, selector: Selector) -> AsyncIterator[bytes]:
+async def lines(store: Store, selector: Selector, codec: Codec) -> AsyncIterator[bytes]:
     """One JSON line per stored answer the selector matches, oldest first within a batch."""
     async for key, _fingerprint, value in store.entries(selector):
         try:
-            entry = Entry.unpack(value)
+            entry = codec.unpack(value)
         except CorruptEntry:
             continue
         yield orjson.dumps(to_record(key, entry)) + b"\n"
@@ -74,11 +75,11 @@ def to_record(key: str, entry: Entry) -> dict[str, Any]:
     return record
 
 
-def _json_or_text(request: str) -> Any:
+def _json_or_text(request: bytes) -> Any:
     try:
         return orjson.loads(request)
     except orjson.JSONDecodeError:
-        return request
+        return request.decode(errors="replace")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +105,7 @@ def from_record(record: dict[str, Any], scope: str) -> Loaded:
         answer = base64.b64decode(record["body_base64"])
     else:
         answer = str(record["body"]).encode()
-    raw_request = request if isinstance(request, str) else canonical.dumps(request).decode()
+    raw_request = request.encode() if isinstance(request, str) else canonical.dumps(request)
     entry = Entry(body=answer, request=raw_request, **{name: record[name] for name in _META})
     key = canonical.request_key(entry.route, scope, entry.namespace, body, entry.query)
     return Loaded(key, entry, _index(entry, scope))
@@ -143,12 +144,12 @@ def parse(text_lines: Iterable[bytes], scope: str) -> list[Loaded]:
     return sorted(loaded, key=lambda item: item.entry.stored_at)
 
 
-async def load(store: Store, entries: list[Loaded]) -> int:
+async def load(store: Store, entries: list[Loaded], codec: Codec) -> int:
     """Write the entries, then teach the store each model's fingerprints in time order."""
     for item in entries:
         entry = item.entry
         labels = Labels(namespace=entry.namespace, model=entry.model)
-        await store.put(Write(item.key, entry.fingerprint, entry.pack(), 0, labels))
+        await store.put(Write(item.key, entry.fingerprint, codec.pack(entry), 0, labels))
         if item.index is not None:
             pointer = responses.index_value(item.key, entry.fingerprint)
             await store.put(Write(item.index, responses.INDEX_FINGERPRINT, pointer, 0, labels))
@@ -224,6 +225,6 @@ def save(path: str, batch: Iterable[bytes]) -> int:
     return len(sorted_lines)
 
 
-async def write(store: Store, path: str) -> int:
+async def write(store: Store, path: str, codec: Codec) -> int:
     """Write every stored answer to `path` (see `save`)."""
-    return save(path, [line async for line in lines(store, Selector())])
+    return save(path, [line async for line in lines(store, Selector(), codec)])

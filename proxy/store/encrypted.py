@@ -4,7 +4,9 @@ Answers can hold whatever the prompts made the model say, and Redis is often sha
 up in the clear. Each value gets a fresh 96-bit nonce, and its slot (cache key and fingerprint)
 is authenticated as associated data, so a value copied under another key fails to decrypt. Keys
 rotate: the first key encrypts, every key given decrypts; a value no key opens reads as absent.
-Fingerprint state and locks stay in the clear: they hold no content.
+Fingerprint state and locks stay in the clear: they hold no content. So does the head of an
+entry (its format, codec and uncompressed size, see proxy.core.codec), authenticated with the
+slot, so that the store can count what its answers stand for without a key.
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ from dataclasses import replace
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from proxy.core.codec import FORMAT, HEAD_SIZE
 from proxy.core.fingerprints import ModelFingerprints, Observation
 from proxy.store.base import Selector, Store, Write
 from proxy.store.wrapper import StoreWrapper
 
-_VERSION = b"\x01"
+_VERSION = b"\x01"  # the whole value sealed; the slot is the associated data
+_ENTRY = bytes([FORMAT])  # an entry's head in the clear, associated data with the slot
 _NONCE_BYTES = 12
+_DICTIONARY = "\x00dictionary"  # the dictionary's slot: no cache key starts with a NUL
 
 
 def parse_keys(text: str) -> list[bytes]:
@@ -48,17 +53,22 @@ class EncryptedStore(StoreWrapper):
         self._ciphers = [AESGCM(key) for key in keys]
 
     def seal(self, key: str, fingerprint: str, value: bytes) -> bytes:
+        head = _head(value)
         nonce = os.urandom(_NONCE_BYTES)
-        sealed = self._ciphers[0].encrypt(nonce, value, _slot(key, fingerprint))
-        return _VERSION + nonce + sealed
+        sealed = self._ciphers[0].encrypt(
+            nonce, value[len(head) :], _associated(key, fingerprint, head)
+        )
+        return (head or _VERSION) + nonce + sealed
 
     def open(self, key: str, fingerprint: str, blob: bytes) -> bytes | None:
-        if not blob.startswith(_VERSION):
+        head = _head(blob)
+        if not head and not blob.startswith(_VERSION):
             return None
-        nonce, sealed = blob[1 : 1 + _NONCE_BYTES], blob[1 + _NONCE_BYTES :]
+        start = len(head) or len(_VERSION)
+        nonce, sealed = blob[start : start + _NONCE_BYTES], blob[start + _NONCE_BYTES :]
         for cipher in self._ciphers:
             try:
-                return cipher.decrypt(nonce, sealed, _slot(key, fingerprint))
+                return head + cipher.decrypt(nonce, sealed, _associated(key, fingerprint, head))
             except InvalidTag:
                 continue
         return None
@@ -91,6 +101,12 @@ class EncryptedStore(StoreWrapper):
     def _sealed(self, write: Write) -> Write:
         return replace(write, value=self.seal(write.key, write.fingerprint, write.value))
 
+    async def dictionary(self, candidate: bytes | None) -> bytes | None:
+        """Sealed like the answers it was trained on: it holds pieces of their text."""
+        sealed = None if candidate is None else self.seal(_DICTIONARY, "", candidate)
+        stored = await self.inner.dictionary(sealed)
+        return None if stored is None else self.open(_DICTIONARY, "", stored)
+
     async def entries(self, selector: Selector) -> AsyncIterator[tuple[str, str, bytes]]:
         async for key, fingerprint, blob in self.inner.entries(selector):
             value = self.open(key, fingerprint, blob)
@@ -98,5 +114,11 @@ class EncryptedStore(StoreWrapper):
                 yield key, fingerprint, value
 
 
-def _slot(key: str, fingerprint: str) -> bytes:
-    return f"{key}\x00{fingerprint}".encode()
+def _head(value: bytes) -> bytes:
+    """An entry's head, kept in the clear; empty for any other value (sealed whole)."""
+    return value[:HEAD_SIZE] if value[:1] == _ENTRY and len(value) >= HEAD_SIZE else b""
+
+
+def _associated(key: str, fingerprint: str, head: bytes) -> bytes:
+    """The slot (a value copied under another key fails to open) and the head in the clear."""
+    return f"{key}\x00{fingerprint}".encode() + head

@@ -171,6 +171,10 @@ class GuardedStore:
     async def secret(self, candidate: bytes) -> bytes:
         return await self._call("secret", lambda: self.inner.secret(candidate))
 
+    async def dictionary(self, candidate: bytes | None) -> bytes | None:
+        """Asked in the background, never on a request's path: it does not move the breaker."""
+        return await self._admin("dictionary", self.inner.dictionary(candidate))
+
     async def lock(self, key: str, token: str, ttl: float) -> bool:
         return await self._call("lock", lambda: self.inner.lock(key, token, ttl))
 

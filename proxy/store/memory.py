@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
+from proxy.core.codec import raw_size
 from proxy.core.fingerprints import FingerprintSeen, ModelFingerprints, Observation
 from proxy.store.base import NO_LABELS, Labels, Selector, Usage, Write
 
@@ -30,6 +31,7 @@ class _Entry:
     size: int
     expires: float
     sequence: int
+    expansion: int  # what the value grows by uncompressed
 
 
 @dataclass(slots=True)
@@ -40,7 +42,8 @@ class _Model:
 
 
 class MemoryStore:
-    """Values per (key, fingerprint) in an LRU bounded by bytes; fingerprint state in dicts."""
+    """Values per (key, fingerprint) in an LRU bounded by bytes, as stored (compressed: the bound
+    counts what memory holds); fingerprint state in dicts."""
 
     shared = False
 
@@ -54,8 +57,10 @@ class MemoryStore:
         self._expiries: list[tuple[float, int, _Slot]] = []
         self._sequence = itertools.count()
         self._size = 0
+        self._expansion = 0
         self._models: dict[str, _Model] = {}
         self._secret: bytes | None = None
+        self._dictionary: bytes | None = None
         self._locks: dict[str, tuple[str, float]] = {}
         self._labels: dict[str, Labels] = {}
 
@@ -100,11 +105,13 @@ class MemoryStore:
         if size > self._max_bytes:
             return
         expires = self._clock() + ttl if ttl > 0 else math.inf
-        entry = _Entry(value, size, expires, next(self._sequence))
+        expansion = raw_size(value) - len(value)
+        entry = _Entry(value, size, expires, next(self._sequence), expansion)
         self._entries[slot] = entry
         self._fingerprints_of.setdefault(key, {})[fingerprint] = None
         self._labels[key] = write.labels
         self._size += size
+        self._expansion += expansion
         if ttl > 0:
             heapq.heappush(self._expiries, (expires, entry.sequence, slot))
         self._evict()
@@ -133,7 +140,7 @@ class MemoryStore:
 
     async def usage(self) -> Usage:
         self._drop_expired()
-        return Usage(entries=len(self._entries), bytes=self._size)
+        return Usage(len(self._entries), self._size, self._size + self._expansion)
 
     async def record(self, write: Write) -> Observation:
         seen = await self.observe_fingerprint(write.model, write.fingerprint, write.now)
@@ -165,6 +172,11 @@ class MemoryStore:
             self._secret = candidate
         return self._secret
 
+    async def dictionary(self, candidate: bytes | None) -> bytes | None:
+        if self._dictionary is None:
+            self._dictionary = candidate
+        return self._dictionary
+
     async def lock(self, key: str, token: str, ttl: float) -> bool:
         if await self.locked(key):
             return False
@@ -193,6 +205,7 @@ class MemoryStore:
         if entry is None:
             return
         self._size -= entry.size
+        self._expansion -= entry.expansion
         key, fingerprint = slot
         fingerprints = self._fingerprints_of[key]
         del fingerprints[fingerprint]

@@ -9,6 +9,7 @@ sharing a tag; only on a standalone server does `record` write across keys in on
                                      fp:<fingerprint> -> JSON record   one model's fingerprints
     {prefix}models             set   model names                       index for the admin route
     {prefix}secret             string                                  the shared HMAC secret
+    {prefix}dictionary         string                                  the shared zstd dictionary
     {prefix}l:{<key>}          string  token, with an expiry           one cache key's fill lock
 
 The model name is hashed inside the braces because it may itself contain braces, which would
@@ -333,18 +334,17 @@ class RedisStore:
         return found
 
     async def usage(self) -> Usage:
-        """Entries by SCAN, bytes as Redis accounts them (MEMORY USAGE), in batches."""
-        entries = size = 0
+        """Entries by SCAN, bytes as Redis accounts them (MEMORY USAGE), in batches; a script
+        measures each entry, so that no value crosses the network (see scripts.USAGE)."""
+        totals = [0, 0, 0]  # answers, bytes, what they grow by uncompressed
         with _mapped("usage"):
             async for chunk in self._scanned():
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for name in chunk:
-                        pipe.hlen(name)
-                        pipe.memory_usage(name)
-                    replies = await pipe.execute()
-                entries += sum(max(0, int(n or 0) - 1) for n in replies[::2])
-                size += sum(int(b or 0) for b in replies[1::2])
-        return Usage(entries=entries, bytes=size)
+                for measured in await asyncio.gather(*map(self._measure, chunk)):
+                    totals = [t + int(m) for t, m in zip(totals, measured, strict=True)]
+        return Usage(totals[0], totals[1], totals[1] + totals[2])
+
+    def _measure(self, name: bytes) -> Any:
+        return self._batch.script(scripts.USAGE, [layout.text(name)], [layout.LABELS])
 
     async def observe_fingerprint(
         self, model: str, fingerprint: str, now: float, count: int = 1
@@ -378,17 +378,19 @@ class RedisStore:
         return {model: state for model, state in parsed.items() if state is not None}
 
     async def secret(self, candidate: bytes) -> bytes:
-        """First writer wins; everyone then reads the winner's secret."""
-        name = f"{self._prefix}secret"
-        with _mapped("secret"):
-            async with (
-                asyncio.timeout(self.deadline),
-                self._client.pipeline(transaction=True) as pipe,
-            ):
-                pipe.set(name, candidate, nx=True)
-                pipe.get(name)
-                _, stored = await pipe.execute()
-        return layout.as_bytes(stored)
+        return cast(bytes, await self._first_wins("secret", candidate))
+
+    async def dictionary(self, candidate: bytes | None) -> bytes | None:
+        return await self._first_wins("dictionary", candidate)
+
+    async def _first_wins(self, name: str, candidate: bytes | None) -> bytes | None:
+        """First writer wins; everyone then reads the winner's value (None: only read)."""
+        with _mapped(name):
+            async with asyncio.timeout(self.deadline), self._client.pipeline() as pipe:
+                if candidate is not None:
+                    pipe.set(self._prefix + name, candidate, nx=True)
+                stored = (await pipe.get(self._prefix + name).execute())[-1]
+        return None if stored is None else layout.as_bytes(stored)
 
     async def lock(self, key: str, token: str, ttl: float) -> bool:
         with _mapped("lock"):

@@ -74,3 +74,21 @@ UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+# KEYS[1] = an entry hash; ARGV[1] = its labels field. Returns {answers, bytes as Redis accounts
+# them, what the answers grow by uncompressed}: an entry of the codec's format (first byte 2)
+# says its uncompressed size in bytes 3-6; any other value counts as itself.
+USAGE = """
+local answers, expansion = 0, 0
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if all[i] ~= ARGV[1] then
+    answers = answers + 1
+    local value = all[i + 1]
+    if #value >= 6 and string.byte(value, 1) == 2 then
+      expansion = expansion + struct.unpack('>I4', value, 3) - #value
+    end
+  end
+end
+return {answers, redis.call('MEMORY', 'USAGE', KEYS[1]) or 0, expansion}
+"""

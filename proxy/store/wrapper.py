@@ -62,6 +62,9 @@ class StoreWrapper:
     async def secret(self, candidate: bytes) -> bytes:
         return await self.inner.secret(candidate)
 
+    async def dictionary(self, candidate: bytes | None) -> bytes | None:
+        return await self.inner.dictionary(candidate)
+
     async def lock(self, key: str, token: str, ttl: float) -> bool:
         return await self.inner.lock(key, token, ttl)
 

@@ -97,13 +97,13 @@ class LocalProxy:
         )
         await runner.setup()
         try:
-            store = app[SERVICES].store
-            await cassette.load(store, list(self._recorded))
+            store, codec = app[SERVICES].store, app[SERVICES].codec
+            await cassette.load(store, list(self._recorded), codec)
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
             self.port = site.port
             self._ready.set()
             await self._stop.wait()
-            self.lines = [line async for line in cassette.lines(store, Selector())]
+            self.lines = [line async for line in cassette.lines(store, Selector(), codec)]
         finally:
             await runner.cleanup()

@@ -20,6 +20,7 @@ from typing import IO, Any
 import orjson
 
 from proxy.core import policy
+from proxy.core.codec import Codec
 from proxy.store import cassette, open_store
 from proxy.store.base import Selector, Store
 from proxy.store.encrypted import EncryptedStore, parse_keys
@@ -144,13 +145,22 @@ def _output(path: str) -> Iterator[IO[bytes]]:
             raise
 
 
+async def _codec(store: Store) -> Codec:
+    """A codec that reads (and writes) with the store's dictionary, if it has one."""
+    codec = Codec()
+    dictionary = await store.dictionary(None)
+    if dictionary is not None:
+        codec.use(dictionary)
+    return codec
+
+
 async def _export(args: argparse.Namespace, url: str) -> int:
     store = await _open(args, url)
     selector = Selector(namespace=args.namespace, model=args.model)
     count = 0
     try:
         with _output(args.output) as out:
-            async for line in cassette.lines(store, selector):
+            async for line in cassette.lines(store, selector, await _codec(store)):
                 out.write(line)
                 count += 1
     finally:
@@ -164,7 +174,7 @@ async def _import(args: argparse.Namespace, url: str) -> int:
         scope = policy.CacheScope(_scope(args) or "shared")
         secret = args.secret.encode() if args.secret else await store.secret(os.urandom(32))
         entries = cassette.read(args.cassette, policy.cache_scope(args.api_key, scope, secret))
-        return await cassette.load(store, entries)
+        return await cassette.load(store, entries, await _codec(store))
     finally:
         await store.close()
 

@@ -43,6 +43,7 @@ def test_stats_count_entries_bytes_and_the_hit_ratio(admin_proxy: Proxy) -> None
     stats = httpx.get(admin_proxy.url + "/admin/stats", headers=ADMIN, timeout=10).json()
     assert stats["entries"] == 2
     assert stats["bytes"] > 0
+    assert stats["raw_bytes"] > 0 and stats["compression_ratio"] is not None
     assert (stats["hits"], stats["misses"]) == (2, 2)
     assert stats["hit_ratio"] == 0.5
 
@@ -99,7 +100,10 @@ def test_operator_cli_subcommands(start_proxy: ProxyFactory) -> None:
     ask(proxy, "y", namespace="n2")
     stats = cli("stats", "--url", proxy.url)
     assert stats.returncode == 0, stats.stderr
-    assert orjson.loads(stats.stdout)["entries"] == 2
+    shown = orjson.loads(stats.stdout)
+    assert shown["entries"] == 2
+    assert shown["raw_bytes"] >= shown["bytes"] > 0
+    assert shown["compression_ratio"] == round(shown["bytes"] / shown["raw_bytes"], 4)
     fingerprints = cli("fingerprints", "--url", proxy.url)
     assert orjson.loads(fingerprints.stdout)["gpt-4o-mini"]["current"] == "fp_sim_0001"
     dry = cli("purge", "--url", proxy.url, "--namespace", "n1", "--dry-run")

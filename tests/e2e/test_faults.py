@@ -32,7 +32,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.procs import wait_until
-from proxy.core.entry import Entry
+from proxy.core.codec import Codec
 from tests.faultproxy import FaultProxy
 from tests.fixtures_procs import (
     Proxy,
@@ -185,7 +185,7 @@ def stored_bodies(port: int, key: str) -> dict[str, bytes]:
     with redis.Redis(port=port, socket_timeout=2) as client:
         fields: dict[bytes, bytes] = client.hgetall(entry_name(key))
     return {
-        name.decode(): Entry.unpack(blob).body
+        name.decode(): Codec().unpack(blob).body
         for name, blob in fields.items()
         if not name.startswith(b"\0")
     }

@@ -6,6 +6,7 @@ usually a one-off."""
 from __future__ import annotations
 
 import contextlib
+import random
 from collections.abc import AsyncIterator
 
 import pytest
@@ -13,25 +14,28 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from proxy.config import Settings
+from proxy.core.codec import Codec
 from proxy.core.entry import Entry
 from proxy.server.app import create_app
 from proxy.server.caching import decoded
 from proxy.server.context import ENTRY_MEMO_BYTES, SERVICES, Services, entry_memo
 from tests.fixtures_procs import Sim
 
+CODEC = Codec()
 UNUSED = "http://127.0.0.1:9"  # no request reaches the upstream here
 
 
 def answer(number: int, stored_at: float = 0.0) -> tuple[bytes, Entry]:
-    entry = Entry(b"x" * 400, "application/json", "fp_1", stored_at, "m", seed=number)
-    return entry.pack(), entry
+    body = random.Random(number).randbytes(400)  # incompressible: the memo is bound by both sizes
+    entry = Entry(body, "application/json", "fp_1", stored_at, "m", seed=number)
+    return CODEC.pack(entry), entry
 
 
 def test_the_memo_holds_at_most_twice_what_the_store_keeps() -> None:
     memo = entry_memo(local_bytes=10_000)
     blobs = [answer(number) for number in range(40)]
     for number, (blob, _) in enumerate(blobs):
-        decoded(memo, f"key{number}", "fp_1", blob)
+        decoded(CODEC, memo, f"key{number}", "fp_1", blob)
     assert memo.bytes <= 20_000
     assert 0 < len(memo) < 40
     assert memo.get(("key0", "fp_1")) is None  # the oldest answers went first
@@ -44,20 +48,22 @@ def test_an_answer_written_again_replaces_its_decoding() -> None:
     memo = entry_memo()
     for second in range(100):
         blob, entry = answer(7, stored_at=float(second))
-        assert decoded(memo, "key", "fp_1", blob) == entry
+        assert decoded(CODEC, memo, "key", "fp_1", blob) == entry
     assert len(memo) == 1
-    assert memo.bytes == 2 * len(blob)
+    assert memo.bytes == len(blob) + len(entry.body) + len(entry.request)
 
 
 def test_a_changed_blob_is_decoded_again_and_an_equal_one_is_not() -> None:
     memo = entry_memo()
     old, _ = answer(1, stored_at=1.0)
-    first = decoded(memo, "key", "fp_1", old)
-    assert decoded(memo, "key", "fp_1", bytes(old)) is first  # equal bytes (Redis): remembered
+    first = decoded(CODEC, memo, "key", "fp_1", old)
+    assert (
+        decoded(CODEC, memo, "key", "fp_1", bytes(old)) is first
+    )  # equal bytes (Redis): remembered
     new, entry = answer(1, stored_at=2.0)
-    assert decoded(memo, "key", "fp_1", new) == entry
-    assert decoded(memo, "key", "fp_1", new).stored_at == 2.0
-    assert decoded(memo, "key", "fp_2", old) is not first  # another slot, its own decoding
+    assert decoded(CODEC, memo, "key", "fp_1", new) == entry
+    assert decoded(CODEC, memo, "key", "fp_1", new).stored_at == 2.0
+    assert decoded(CODEC, memo, "key", "fp_2", old) is not first  # another slot, its own decoding
 
 
 def test_without_a_local_store_the_memo_keeps_its_own_bound() -> None:

@@ -19,6 +19,8 @@ import pytest
 import redis
 from redis.asyncio import Redis, RedisCluster
 
+from proxy.core.codec import Codec, raw_size
+from proxy.core.entry import Entry
 from proxy.core.fingerprints import FingerprintSeen, ModelFingerprints, Observation
 from proxy.store import MemoryStore, Store, StoreError, open_store, parse_size
 from proxy.store.base import Labels, Selector, Usage, Write
@@ -161,6 +163,15 @@ class StoreContract:
         assert await store.secret(b"first") == b"first"
         assert await store.secret(b"second") == b"first"
 
+    async def test_the_first_dictionary_wins_and_reading_stores_nothing(self, store: Store) -> None:
+        assert await store.dictionary(None) is None
+        assert await store.dictionary(None) is None
+        assert await store.dictionary(b"first") == b"first"
+        assert await store.dictionary(b"second") == b"first"
+        assert await store.dictionary(None) == b"first"
+        assert await store.secret(b"s") == b"s"  # a separate value
+        assert await store.dictionary(None) == b"first"
+
     async def test_concurrent_secrets_agree(self, store: Store) -> None:
         secrets = await asyncio.gather(*(store.secret(bytes([index])) for index in range(10)))
         assert len(set(secrets)) == 1
@@ -274,7 +285,19 @@ class StoreContract:
         assert usage.entries == 2
         assert usage.bytes > 0
         assert await store.purge(Selector(), dry_run=False) == 2
-        assert await store.usage() == Usage(0, 0)
+        assert await store.usage() == Usage(0, 0, 0)
+
+    async def test_usage_counts_what_compressed_answers_stand_for(self, store: Store) -> None:
+        entry = Entry(b'{"choices": []}' * 50, "application/json", "fp_a", 1.0, "m1")
+        packed, plain = Codec(level=1).pack(entry), Codec(level=0).pack(entry)
+        await store.put(Write("k1", "fp_a", packed, 0, Labels("ns1", "m1")))
+        await store.put(Write("k2", "fp_a", b"not an entry", 0, Labels("ns1", "m1")))
+        usage = await store.usage()
+        assert usage.entries == 2
+        saved = raw_size(packed) - len(packed)
+        assert saved > 500
+        assert saved - 28 <= usage.raw_bytes - usage.bytes <= saved  # encrypted: nonce and tag
+        assert raw_size(packed) == len(plain) - 6
 
     async def test_entries_lists_what_the_selector_matches(self, store: Store) -> None:
         await store.put(Write("k1", "fp_a", b"1", 0, Labels("ns1", "m1")))

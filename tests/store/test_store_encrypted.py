@@ -6,8 +6,11 @@ import base64
 import os
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from proxy.config import SettingError, load
+from proxy.core.codec import HEAD_SIZE, Codec, raw_size
+from proxy.core.entry import Entry
 from proxy.store.base import Store, Write
 from proxy.store.encrypted import EncryptedStore, parse_keys
 from proxy.store.memory import MemoryStore
@@ -59,6 +62,43 @@ async def test_a_value_moved_to_another_slot_does_not_open() -> None:
     assert await store.get("k1", ["fp_other"]) == {}
 
 
+async def test_an_entry_is_compressed_before_it_is_sealed_and_keeps_its_head_in_the_clear() -> None:
+    inner = MemoryStore()
+    store = EncryptedStore(inner, [KEY_A])
+    entry = Entry(
+        b'{"content": "the launch code is 0000"}' * 20, "application/json", "fp", 1.0, "m"
+    )
+    packed = Codec(level=1).pack(entry)
+    await store.put(Write("k", "fp", packed, 0))
+    sealed = (await inner.get("k", None))["fp"]
+    assert b"launch code" not in sealed
+    assert sealed[:HEAD_SIZE] == packed[:HEAD_SIZE]
+    assert len(sealed) == len(packed) + 12 + 16  # sealed after compression: as small as it
+    assert raw_size(sealed) == raw_size(packed)
+    assert Codec().unpack((await store.get("k", None))["fp"]) == entry
+
+
+async def test_a_tampered_head_does_not_open() -> None:
+    inner = MemoryStore()
+    store = EncryptedStore(inner, [KEY_A])
+    packed = Codec(level=1).pack(Entry(b"answer" * 50, "application/json", "fp", 1.0, "m"))
+    await store.put(Write("k", "fp", packed, 0))
+    sealed = (await inner.get("k", None))["fp"]
+    lying = sealed[:2] + (raw_size(sealed) + 1).to_bytes(4, "big") + sealed[HEAD_SIZE:]
+    await inner.put(Write("k", "fp", lying, 0))
+    assert await store.get("k", None) == {}
+
+
+async def test_values_sealed_by_the_first_layout_still_open() -> None:
+    """The first layout sealed every value whole, behind one version byte, the slot as the
+    associated data: values written so before an upgrade stay readable."""
+    store = EncryptedStore(MemoryStore(), [KEY_A])
+    packed = Codec(level=1).pack(Entry(b"answer" * 50, "application/json", "fp", 1.0, "m"))
+    nonce = os.urandom(12)
+    first = b"\x01" + nonce + AESGCM(KEY_A).encrypt(nonce, packed, b"k\x00fp")
+    assert store.open("k", "fp", first) == packed
+
+
 async def test_key_rotation_reads_old_values_and_writes_with_the_new_key() -> None:
     inner = MemoryStore()
     await EncryptedStore(inner, [KEY_A]).put(Write("old", "fp", b"old value", 0))
@@ -85,3 +125,14 @@ def test_keys_are_validated_by_the_setting() -> None:
         assert "--encryption-key" in str(caught.value)
         assert bad not in str(caught.value)
     assert good not in repr(load({"encryption_key": good}, {}))
+
+
+async def test_the_dictionary_is_sealed_like_the_answers_it_was_trained_on() -> None:
+    inner = MemoryStore()
+    store = EncryptedStore(inner, [KEY_A])
+    dictionary = b"\x37\xa4\x30\xec the prompts the launch code came from"
+    assert await store.dictionary(dictionary) == dictionary
+    held = await inner.dictionary(None)
+    assert held is not None and b"launch code" not in held
+    assert await EncryptedStore(inner, [KEY_B, KEY_A]).dictionary(None) == dictionary
+    assert await EncryptedStore(inner, [KEY_B]).dictionary(None) is None  # cannot open it

@@ -28,6 +28,8 @@ WRONG = {
     "encryption_key": "not base64!",
     "max_body": "lots",
     "max_entry": "huge",
+    "compression": "fast",
+    "compression_dictionary": "-5",
     "key_check_interval": "often",
     "key_check_timeout": "-1",
     "credential_header": "bad header",

@@ -1,9 +1,8 @@
-"""Unit tests of proxy.entry (the stored answer) and proxy.sse (recording a stream on the side)."""
+"""Unit tests of proxy.core.entry (what an answer says of itself) and proxy.core.sse (recording a
+stream on the side). How entries are packed: tests/unit/test_codec.py."""
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -11,129 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.core.entry import CorruptEntry, Entry, fingerprint_of, usage_of
+from proxy.core.entry import fingerprint_of, usage_of
 from proxy.core.sse import StreamRecorder
 from proxy.server.streaming import _frame_end
-
-# --------------------------------------------------------------------------------------------
-# Entry.pack / Entry.unpack
-
-ENTRY = Entry(
-    body=b'{"id":"chatcmpl-1","choices":[]}',
-    content_type="application/json",
-    fingerprint="fp_abc",
-    stored_at=1_700_000_000.25,
-    model="gpt-4o-mini",
-    seed=12345,
-    seed_source="default",
-    prompt_tokens=9,
-    completion_tokens=3,
-    stream=False,
-)
-
-entries = st.builds(
-    Entry,
-    body=st.binary(max_size=2048),
-    content_type=st.sampled_from(["application/json", "text/event-stream; charset=utf-8"])
-    | st.text(max_size=30),
-    fingerprint=st.text(max_size=20),
-    stored_at=st.floats(allow_nan=False, allow_infinity=False),
-    model=st.text(max_size=30),
-    seed=st.none() | st.integers(min_value=-(2**63), max_value=2**63 - 1),
-    seed_source=st.sampled_from([None, "client", "default"]),
-    prompt_tokens=st.integers(min_value=0, max_value=2**40),
-    completion_tokens=st.integers(min_value=0, max_value=2**40),
-    stream=st.booleans(),
-)
-
-
-class TestEntry:
-    def test_round_trip(self) -> None:
-        assert Entry.unpack(ENTRY.pack()) == ENTRY
-
-    def test_defaults_round_trip(self) -> None:
-        entry = Entry(
-            body=b"", content_type="application/json", fingerprint="none", stored_at=0.0, model=""
-        )
-        assert Entry.unpack(entry.pack()) == entry
-
-    def test_body_is_kept_verbatim_at_the_end(self) -> None:
-        body = b"data: {}\n\n\x00\xff data: [DONE]\n\n"
-        packed = replace(ENTRY, body=body, stream=True).pack()
-        assert packed.endswith(body)
-        assert Entry.unpack(packed).body == body
-
-    @settings(max_examples=100, deadline=None)
-    @given(entries)
-    def test_round_trip_any(self, entry: Entry) -> None:
-        back = Entry.unpack(entry.pack())
-        assert back == entry
-        assert back.body == entry.body
-        assert type(back.body) is bytes
-
-    @settings(max_examples=100, deadline=None)
-    @given(st.binary(max_size=4096))
-    def test_round_trip_any_body(self, body: bytes) -> None:
-        entry = replace(ENTRY, body=body)
-        assert Entry.unpack(entry.pack()).body == body
-
-    @pytest.mark.parametrize(
-        "blob",
-        [
-            pytest.param(b"", id="empty"),
-            pytest.param(b"\x00", id="short-prefix"),
-            pytest.param(b"\x00\x00\x00", id="three-bytes"),
-            pytest.param(b"\x00\x00\x00\x00", id="empty-header"),
-            pytest.param(b"\x00\x00\x00\x00body", id="empty-header-with-body"),
-            pytest.param(b"\x00\x00\x00\x05hello", id="header-not-json"),
-            pytest.param(b"\xff\xff\xff\xff{}", id="length-beyond-blob"),
-            pytest.param(b'{"body": "x"}', id="no-prefix"),
-            pytest.param(b"plain text answer", id="text"),
-            pytest.param(b"\x00\x00\x00\x02[]", id="header-is-array"),
-            pytest.param(b"\x00\x00\x00\x04null", id="header-is-null"),
-            pytest.param(b'\x00\x00\x00\x03"x"', id="header-is-string"),
-            pytest.param(b"\x00\x00\x00\x02{}", id="header-missing-fields"),
-        ],
-    )
-    def test_corrupt_blobs(self, blob: bytes) -> None:
-        with pytest.raises(CorruptEntry):
-            Entry.unpack(blob)
-
-    def test_header_with_unknown_field(self) -> None:
-        meta = orjson.loads(ENTRY.pack()[4 : 4 + int.from_bytes(ENTRY.pack()[:4], "big")])
-        header = orjson.dumps({**meta, "surprise": 1})
-        with pytest.raises(CorruptEntry):
-            Entry.unpack(len(header).to_bytes(4, "big") + header + b"body")
-
-    def test_header_with_body_field(self) -> None:
-        meta = orjson.loads(ENTRY.pack()[4 : 4 + int.from_bytes(ENTRY.pack()[:4], "big")])
-        header = orjson.dumps({**meta, "body": "x"})
-        with pytest.raises(CorruptEntry):
-            Entry.unpack(len(header).to_bytes(4, "big") + header + b"body")
-
-    def test_truncated_header(self) -> None:
-        packed = ENTRY.pack()
-        size = int.from_bytes(packed[:4], "big")
-        for cut in (5, 4 + size // 2, 4 + size - 1):
-            with pytest.raises(CorruptEntry):
-                Entry.unpack(packed[:cut])
-
-    def test_corrupt_entry_is_a_value_error(self) -> None:
-        assert issubclass(CorruptEntry, ValueError)
-
-    @settings(max_examples=200, deadline=None)
-    @given(st.binary(max_size=64))
-    def test_random_bytes_never_raise_anything_else(self, blob: bytes) -> None:
-        with contextlib.suppress(CorruptEntry):
-            Entry.unpack(blob)
-
-    @settings(max_examples=100, deadline=None)
-    @given(st.binary(min_size=4, max_size=4), st.binary(max_size=64))
-    def test_random_prefix_on_real_header(self, prefix: bytes, tail: bytes) -> None:
-        packed = ENTRY.pack()
-        with contextlib.suppress(CorruptEntry):
-            Entry.unpack(prefix + packed[4:] + tail)
-
 
 # --------------------------------------------------------------------------------------------
 # usage_of / fingerprint_of

@@ -13,7 +13,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from proxy.core import responses, routes
 from proxy.core.call import Asked, Call, prepare_with
 from proxy.core.canonical import CHAT, EMBEDDINGS, RESPONSES, key_view, request_key
-from proxy.core.entry import CorruptEntry, Entry, is_answer, usage_of
+from proxy.core.codec import Codec
+from proxy.core.entry import CorruptEntry, is_answer, usage_of
 from proxy.core.paths import forward_target
 from proxy.core.policy import CacheMode, CacheScope, Enforce, Outcome, enforce
 from proxy.core.sse import StreamRecorder
@@ -378,4 +379,4 @@ def test_drift_sampling_reads_the_text_of_whole_and_streamed_responses() -> None
 
 def test_an_index_entry_is_never_read_as_an_answer() -> None:
     with pytest.raises(CorruptEntry):
-        Entry.unpack(responses.index_value("a" * 64, "none"))
+        Codec().unpack(responses.index_value("a" * 64, "none"))
