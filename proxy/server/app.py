@@ -110,7 +110,12 @@ def _services(
             egress(settings, environ),
         )
         fingerprints = FingerprintTracker(
-            store, metrics, settings.fingerprint_policy, settings.fingerprint_grace, clock
+            store,
+            metrics,
+            settings.fingerprint_policy,
+            settings.fingerprint_grace,
+            clock,
+            flap_window=settings.fingerprint_flap_window,
         )
         prober = Prober(
             upstream,
