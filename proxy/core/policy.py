@@ -191,11 +191,20 @@ the new one); an upstream answering with two fingerprints at random makes one ev
 
 def alternating(state: ModelFingerprints, now: float, window: float) -> bool:
     """Whether the model's current fingerprint moved back often enough, lately, to call its
-    recent fingerprints one generation: a fleet mid-rollout, not a rotation."""
+    recent fingerprints one generation: a fleet mid-rollout, not a rotation. Only moves back
+    since the current fingerprint first answered count: a fingerprint never seen before is a
+    rotation, followed at once, even right after an alternation."""
     if window <= 0:
         return False
-    recent = sum(1 for moment in state.changes_back if now - moment <= window)
-    return recent >= FLAPS_TO_ALTERNATE
+    since = max(now - window, _first_seen(state, state.current))
+    return sum(1 for moment in state.changes_back if moment >= since) >= FLAPS_TO_ALTERNATE
+
+
+def _first_seen(state: ModelFingerprints, fingerprint: str) -> float:
+    for seen in state.seen:
+        if seen.fingerprint == fingerprint:
+            return seen.first_seen
+    return float("-inf")
 
 
 def acceptable_fingerprints(
@@ -209,13 +218,15 @@ def acceptable_fingerprints(
 
     `follow` serves the current fingerprint, and those answered with within `grace` seconds.
     A model alternating within `flap_window` serves every fingerprint it answered with in that
-    window, oldest first, so that one request keeps one answer while the current one flips."""
+    window since its current one first answered, oldest first, so that one request keeps one
+    answer while the current one flips."""
     if policy is FingerprintPolicy.PIN:
         return None
     if state is None:
         return ()
     if alternating(state, now, flap_window):
-        generation = [s.fingerprint for s in state.seen if now - s.last_seen <= flap_window]
+        since = max(now - flap_window, _first_seen(state, state.current))
+        generation = [s.fingerprint for s in state.seen if s.last_seen >= since]
         return generation if state.current in generation else [state.current, *generation]
     if grace <= 0:
         return (state.current,)

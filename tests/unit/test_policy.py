@@ -539,6 +539,14 @@ class TestAlternation:
         assert not alternating(state, NOW, 600)
         assert not alternating(self.flapping(NOW - 3, NOW - 2, NOW - 1), NOW, 0)
 
+    def test_a_new_fingerprint_after_an_alternation_is_a_rotation_followed_at_once(self) -> None:
+        flapped = self.flapping(NOW - 30, NOW - 20, NOW - 10)
+        rotated = ModelFingerprints(
+            "fp_c", (*flapped.seen, FingerprintSeen("fp_c", NOW - 5, NOW, 1)), flapped.changes_back
+        )
+        assert not alternating(rotated, NOW, 600)
+        assert acceptable_fingerprints(FingerprintPolicy.FOLLOW, rotated, 0, NOW, 600) == ("fp_c",)
+
     def test_pin_is_unchanged_by_alternation(self) -> None:
         state = self.flapping(NOW - 3, NOW - 2, NOW - 1)
         assert acceptable_fingerprints(FingerprintPolicy.PIN, state, 0, NOW, 600) is None

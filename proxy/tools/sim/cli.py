@@ -36,6 +36,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="fraction (0..1) of seeded answers that differ anyway, as on the real service",
     )
+    parser.add_argument(
+        "--drift",
+        type=float,
+        default=defaults.drift,
+        help="fraction (0..1) of seeded requests whose answer changes with the fingerprint",
+    )
+    parser.add_argument(
+        "--fingerprints",
+        default="",
+        help="comma-separated fingerprints to answer with at random (a fleet mid-rollout)",
+    )
 
 
 def settings_from_args(ns: argparse.Namespace) -> SimSettings:
@@ -48,6 +59,8 @@ def settings_from_args(ns: argparse.Namespace) -> SimSettings:
         chunk_delay=ns.chunk_delay,
         api_keys=tuple(ns.api_keys),
         divergence=ns.divergence,
+        drift=ns.drift,
+        fingerprints=tuple(name for name in ns.fingerprints.split(",") if name),
     )
 
 
