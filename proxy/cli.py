@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from proxy import __version__, config, logs
 from proxy.server import workers
 from proxy.store.cassette import CassetteError
-from proxy.tools import admin_cli, audit, cassette_cli, sim
+from proxy.tools import admin_cli, audit, cassette_cli, rotations_cli, sim
 
 log = logging.getLogger("proxy.cli")
 
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_arguments(check)
     admin_cli.add_commands(commands)
     cassette_cli.add_commands(commands)
+    rotations_cli.add_command(commands)
     return parser
 
 
@@ -84,4 +85,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command in ("export", "import"):
         return cassette_cli.run(args)
+    if args.command == "rotations":
+        return rotations_cli.run(args)
     return admin_cli.run(args)

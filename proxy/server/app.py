@@ -21,7 +21,7 @@ from proxy.core.canonical import CACHEABLE_ROUTES
 from proxy.core.policy import SHARED, CacheMode
 from proxy.errors import InvalidHeader, ProxyError
 from proxy.metrics import Metrics
-from proxy.server import admin, handlers
+from proxy.server import admin, handlers, rotations
 from proxy.server.coalesce import Coalescer
 from proxy.server.context import SERVICES, Services, entry_memo
 from proxy.server.fingerprints import FingerprintTracker
@@ -71,6 +71,7 @@ def create_app(
     app.router.add_get("/admin/fingerprints", observed(admin.admin_fingerprints))
     app.router.add_get("/admin/stats", observed(admin.admin_stats))
     app.router.add_post("/admin/purge", observed(admin.admin_purge))
+    app.router.add_get("/admin/rotations", observed(rotations.admin_rotations))
     return app
 
 

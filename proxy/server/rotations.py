@@ -1,0 +1,178 @@
+"""`GET /admin/rotations`: each model's fingerprint rotations, and how the answers of the same
+requests changed across each one.
+
+The answers come from the store's own batched reads (`Store.entries`: SCAN on Redis, never a
+blocking KEYS), at most `MAX_ENTRIES` entries and `MAX_HELD_CHARS` characters of answers per
+report, each answer clipped to `comparison.TEXT_LIMIT`: a store of millions of keys or an
+upstream of huge answers makes a partial report (`complete` false), never an unbounded one.
+The edit distances run in the offload child when there is much to compare.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy.core.comparison import Pair, clipped, summary, text_distances
+from proxy.core.entry import CorruptEntry, Entry
+from proxy.core.fingerprints import ModelFingerprints, Rotation
+from proxy.errors import InvalidParameter, StoreUnavailable
+from proxy.server.admin import check_admin, rfc3339
+from proxy.server.context import SERVICES, Services
+from proxy.server.verify import answer_text
+from proxy.store.base import Selector, StoreError
+
+MAX_ENTRIES = 20_000
+MAX_HELD_CHARS = 32 * 1024 * 1024
+EXAMPLE_CHARS = 2_000
+MAX_EXAMPLES = 10
+MAX_PAIRS = 256
+INLINE_CHARS = 1_000_000
+"""Below this many characters to compare, the distances run on the loop (a few milliseconds)."""
+
+
+@dataclass(slots=True)
+class Budget:
+    """What one report may still read; shared by its models."""
+
+    entries: int = 0
+    chars: int = 0
+    exhausted: bool = False
+
+    def take(self, text: str) -> bool:
+        if self.entries >= MAX_ENTRIES or self.chars + len(text) > MAX_HELD_CHARS:
+            self.exhausted = True
+            return False
+        self.entries += 1
+        self.chars += len(text)
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class Asked:
+    model: str | None
+    examples: int
+    pairs: int
+
+
+async def admin_rotations(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    check_admin(request, services)
+    asked = Asked(
+        request.query.get("model"),
+        _count(request, "examples", 3, MAX_EXAMPLES),
+        _count(request, "pairs", 0, MAX_PAIRS),
+    )
+    try:
+        body = await rotations_report(services, asked)
+    except StoreError as exc:
+        raise StoreUnavailable(f"The store did not answer: {exc}") from exc
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+def _count(request: web.Request, name: str, default: int, most: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or int(raw) > most:
+        raise InvalidParameter(f"'{name}' must be an integer from 0 to {most}.", name)
+    return int(raw)
+
+
+async def rotations_report(services: Services, asked: Asked) -> dict[str, Any]:
+    states = await services.store.all_fingerprints()
+    budget = Budget()
+    models = {}
+    for model, state in sorted(states.items()):
+        if asked.model is None or model == asked.model:
+            models[model] = await _model_report(services, model, state, budget, asked)
+    return {"models": models, "scanned": budget.entries, "complete": not budget.exhausted}
+
+
+async def _model_report(
+    services: Services, model: str, state: ModelFingerprints, budget: Budget, asked: Asked
+) -> dict[str, Any]:
+    rotations = await services.store.rotations(model)
+    answers = await _answers(services, model, rotations, budget) if rotations else {}
+    compared: dict[frozenset[str], tuple[list[Pair], list[float]]] = {}
+    report = []
+    for rotation in rotations:
+        pair = frozenset((rotation.old, rotation.new))
+        if pair not in compared:
+            pairs = _pairs(answers, rotation.old, rotation.new)
+            compared[pair] = (pairs, await _distances(services, pairs))
+        pairs, distances = compared[pair]
+        report.append(_rotation(rotation, pairs, distances, asked))
+    return {"current": state.current, "rotations": report}
+
+
+async def _answers(
+    services: Services, model: str, rotations: Sequence[Rotation], budget: Budget
+) -> dict[str, dict[str, str]]:
+    """The text of every stored answer of the rotations' fingerprints, by key and fingerprint."""
+    wanted = {r.old for r in rotations} | {r.new for r in rotations}
+    found: dict[str, dict[str, str]] = {}
+    read = 0
+    async for key, fingerprint, value in services.store.entries(Selector(model=model)):
+        read += 1
+        if read % 256 == 0:
+            await asyncio.sleep(0)  # a memory store's scan must not hold the loop
+        if fingerprint not in wanted:
+            continue
+        try:
+            entry = Entry.unpack(value)
+        except CorruptEntry:
+            continue
+        text = clipped(answer_text(entry.body, entry.stream))
+        if not budget.take(text):
+            break
+        found.setdefault(key, {})[fingerprint] = text
+    return found
+
+
+def _pairs(answers: dict[str, dict[str, str]], old: str, new: str) -> list[Pair]:
+    return [
+        Pair(key, texts[old], texts[new])
+        for key, texts in sorted(answers.items())
+        if old in texts and new in texts
+    ]
+
+
+async def _distances(services: Services, pairs: list[Pair]) -> list[float]:
+    texts = [(pair.old, pair.new) for pair in pairs]
+    if sum(len(old) + len(new) for old, new in texts) <= INLINE_CHARS:
+        return text_distances(texts)
+    return await services.offload.run(text_distances, texts)
+
+
+def _rotation(
+    rotation: Rotation, pairs: list[Pair], distances: list[float], asked: Asked
+) -> dict[str, Any]:
+    stats = summary(distances)
+    ranked = sorted(zip(pairs, distances, strict=True), key=lambda item: -item[1])
+    changed = [(pair, distance) for pair, distance in ranked if distance > 0]
+    return {
+        "from": rotation.old,
+        "to": rotation.new,
+        "at": rfc3339(rotation.at),
+        "change": "rotated back" if rotation.back else "rotated",
+        "requests": stats.pop("requests"),
+        "identical": stats.pop("identical"),
+        "distance": stats,
+        "examples": [_example(pair, distance) for pair, distance in changed[: asked.examples]],
+        "pairs": [_example(pair, distance) for pair, distance in ranked[: asked.pairs]],
+    }
+
+
+def _example(pair: Pair, distance: float) -> dict[str, Any]:
+    return {
+        "key": pair.key,
+        "distance": round(distance, 4),
+        "old": pair.old[:EXAMPLE_CHARS],
+        "new": pair.new[:EXAMPLE_CHARS],
+    }
