@@ -342,6 +342,10 @@ class Metrics:
         """Hits and misses this process has counted, over every model."""
         return _total(self.hits), _total(self.misses)
 
+    def tokens_saved_total(self) -> int:
+        """Tokens (prompt and completion) this process answered from the cache."""
+        return _total(self.tokens_saved)
+
     def of(self, model: str, served: bool = True) -> ModelCounters:
         """The counters of `model` (or of `other` past the cap). A request that was not served
         (refused, failed) makes no label: it counts under its model's label only if that exists

@@ -21,7 +21,7 @@ from proxy.core.canonical import CACHEABLE_ROUTES
 from proxy.core.policy import SHARED, CacheMode
 from proxy.errors import InvalidHeader, ProxyError
 from proxy.metrics import Metrics
-from proxy.server import admin, handlers, rotations
+from proxy.server import admin, handlers, rotations, ui
 from proxy.server.coalesce import Coalescer
 from proxy.server.context import SERVICES, Services, entry_memo
 from proxy.server.fingerprints import FingerprintTracker
@@ -72,6 +72,10 @@ def create_app(
     app.router.add_get("/admin/stats", observed(admin.admin_stats))
     app.router.add_post("/admin/purge", observed(admin.admin_purge))
     app.router.add_get("/admin/rotations", observed(rotations.admin_rotations))
+    app.router.add_get("/admin/ui", observed(ui.admin_ui))
+    app.router.add_post("/admin/ui/login", observed(ui.ui_login))
+    app.router.add_post("/admin/ui/logout", observed(ui.ui_logout))
+    app.router.add_get("/admin/ui/static/{name}", observed(ui.ui_static))
     return app
 
 
