@@ -194,7 +194,7 @@ def alternating(state: ModelFingerprints, now: float, window: float) -> bool:
     recent fingerprints one generation: a fleet mid-rollout, not a rotation. Only moves back
     since the current fingerprint first answered count: a fingerprint never seen before is a
     rotation, followed at once, even right after an alternation."""
-    if window <= 0:
+    if window <= 0 or len(state.changes_back) < FLAPS_TO_ALTERNATE:
         return False
     since = max(now - window, _first_seen(state, state.current))
     return sum(1 for moment in state.changes_back if moment >= since) >= FLAPS_TO_ALTERNATE

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 
 from bench.procs import stop
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim
@@ -32,10 +33,12 @@ def client(proxy: Proxy) -> httpx.Client:
     return httpx.Client(base_url=proxy.url, headers={"Authorization": "Bearer sk-a"}, timeout=10)
 
 
+@pytest.mark.parametrize("store", ["memory", "redis"])
 def test_alternation_keeps_every_answer_and_a_real_rotation_is_followed(
-    start_proxy: ProxyFactory, sim: Sim
+    start_proxy: ProxyFactory, sim: Sim, store: str, request: pytest.FixtureRequest
 ) -> None:
-    proxy = start_proxy()
+    flags = ["--store", request.getfixturevalue("redis_url")] if store == "redis" else []
+    proxy = start_proxy(*flags)
     sim.control("POST", "fingerprint", {"fingerprints": ["fp_a", "fp_b"]})
     with client(proxy) as http:
         first = [ask(http, i) for i in range(PROMPTS)]

@@ -48,8 +48,12 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_rotations_json_matches_what_the_sim_did(start_proxy: ProxyFactory, sim: Sim) -> None:
-    proxy = start_proxy("--admin-token", ADMIN)
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_rotations_json_matches_what_the_sim_did(
+    start_proxy: ProxyFactory, sim: Sim, store: str, request: pytest.FixtureRequest
+) -> None:
+    flags = ["--store", request.getfixturevalue("redis_url")] if store == "redis" else []
+    proxy = start_proxy("--admin-token", ADMIN, *flags)
     sim.settings(drift=0.5)
     headers = {"Authorization": "Bearer sk-a"}
     with httpx.Client(base_url=proxy.url, headers=headers, timeout=10) as http:
