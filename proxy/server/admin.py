@@ -27,15 +27,18 @@ async def admin_fingerprints(request: web.Request) -> web.Response:
 
 
 def check_admin(request: web.Request, services: Services) -> None:
-    """Admin routes do not exist without a token, and need it as a bearer when they do; a read
-    (GET) also accepts the operators' page's session cookie, which a cross-site request never
-    carries (SameSite=Strict): a write needs the bearer, so no page can forge one."""
+    """Admin routes do not exist without a token, and need it as a bearer when they do. A read
+    (GET) without an Authorization header may show the operators' page's session cookie
+    instead, which a cross-site request never carries (SameSite=Strict): a write needs the
+    bearer, so no page can forge one."""
     token = services.settings.admin_token
     if not token:
         raise web.HTTPNotFound()
-    if request.method == "GET" and session.valid(request, token, services.clock()):
+    header = request.headers.get("Authorization")
+    is_read = header is None and request.method == "GET"
+    if is_read and session.valid(request, token, services.clock()):
         return
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    scheme, _, given = (header or "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(
         given.strip().encode("utf-8", "surrogateescape"), token.encode()
     ):
