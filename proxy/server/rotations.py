@@ -2,16 +2,17 @@
 requests changed across each one.
 
 The answers come from the store's own batched reads (`Store.entries`: SCAN on Redis, never a
-blocking KEYS), at most `MAX_ENTRIES` entries and `MAX_HELD_CHARS` characters of answers per
-report, each answer clipped to `comparison.TEXT_LIMIT`: a store of millions of keys or an
-upstream of huge answers makes a partial report (`complete` false), never an unbounded one.
+blocking KEYS), one pass for all models: at most `MAX_SCANNED` stored answers read, of which
+`MAX_ENTRIES` (and `MAX_HELD_CHARS` characters) held for comparison, each clipped to
+`comparison.TEXT_LIMIT`. A store of millions of keys or an upstream of huge answers makes a
+partial report (`complete` false), never an unbounded one.
 The edit distances run in the offload child when there is much to compare.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from proxy.server.context import SERVICES, Services
 from proxy.server.verify import answer_text
 from proxy.store.base import Selector, StoreError
 
+MAX_SCANNED = 200_000
 MAX_ENTRIES = 20_000
 MAX_HELD_CHARS = 32 * 1024 * 1024
 EXAMPLE_CHARS = 2_000
@@ -38,11 +40,19 @@ INLINE_CHARS = 1_000_000
 
 @dataclass(slots=True)
 class Budget:
-    """What one report may still read; shared by its models."""
+    """What one report may still read: stored answers scanned, answers held, their text."""
 
+    scanned: int = 0
     entries: int = 0
     chars: int = 0
     exhausted: bool = False
+
+    def read(self) -> bool:
+        if self.scanned >= MAX_SCANNED:
+            self.exhausted = True
+            return False
+        self.scanned += 1
+        return True
 
     def take(self, text: str) -> bool:
         if self.entries >= MAX_ENTRIES or self.chars + len(text) > MAX_HELD_CHARS:
@@ -85,20 +95,26 @@ def _count(request: web.Request, name: str, default: int, most: int) -> int:
 
 
 async def rotations_report(services: Services, asked: Asked) -> dict[str, Any]:
+    """One pass over the store for every model asked for, however many there are."""
     states = await services.store.all_fingerprints()
+    chosen = {m: s for m, s in sorted(states.items()) if asked.model in (None, m)}
+    history = {model: await services.store.rotations(model) for model in chosen}
     budget = Budget()
-    models = {}
-    for model, state in sorted(states.items()):
-        if asked.model is None or model == asked.model:
-            models[model] = await _model_report(services, model, state, budget, asked)
-    return {"models": models, "scanned": budget.entries, "complete": not budget.exhausted}
+    answers = await _answers(services, asked.model, history, budget)
+    models = {
+        model: await _model_report(services, state, history[model], answers.get(model, {}), asked)
+        for model, state in chosen.items()
+    }
+    return {"models": models, "scanned": budget.scanned, "complete": not budget.exhausted}
 
 
 async def _model_report(
-    services: Services, model: str, state: ModelFingerprints, budget: Budget, asked: Asked
+    services: Services,
+    state: ModelFingerprints,
+    rotations: Sequence[Rotation],
+    answers: dict[str, dict[str, str]],
+    asked: Asked,
 ) -> dict[str, Any]:
-    rotations = await services.store.rotations(model)
-    answers = await _answers(services, model, rotations, budget) if rotations else {}
     compared: dict[frozenset[str], tuple[list[Pair], list[float]]] = {}
     report = []
     for rotation in rotations:
@@ -112,26 +128,34 @@ async def _model_report(
 
 
 async def _answers(
-    services: Services, model: str, rotations: Sequence[Rotation], budget: Budget
-) -> dict[str, dict[str, str]]:
-    """The text of every stored answer of the rotations' fingerprints, by key and fingerprint."""
-    wanted = {r.old for r in rotations} | {r.new for r in rotations}
-    found: dict[str, dict[str, str]] = {}
-    read = 0
+    services: Services,
+    model: str | None,
+    history: Mapping[str, Sequence[Rotation]],
+    budget: Budget,
+) -> dict[str, dict[str, dict[str, str]]]:
+    """The text of every stored answer of a rotation's fingerprints: by model, key, fingerprint."""
+    wanted = {m: {r.old for r in rs} | {r.new for r in rs} for m, rs in history.items() if rs}
+    if not wanted:
+        return {}
+    any_wanted = set().union(*wanted.values())
+    found: dict[str, dict[str, dict[str, str]]] = {}
     async for key, fingerprint, value in services.store.entries(Selector(model=model)):
-        read += 1
-        if read % 256 == 0:
+        if not budget.read():
+            break
+        if budget.scanned % 256 == 0:
             await asyncio.sleep(0)  # a memory store's scan must not hold the loop
-        if fingerprint not in wanted:
+        if fingerprint not in any_wanted:
             continue
         try:
             entry = Entry.unpack(value)
         except CorruptEntry:
             continue
+        if fingerprint not in wanted.get(entry.model, ()):
+            continue
         text = clipped(answer_text(entry.body, entry.stream))
         if not budget.take(text):
             break
-        found.setdefault(key, {})[fingerprint] = text
+        found.setdefault(entry.model, {}).setdefault(key, {})[fingerprint] = text
     return found
 
 

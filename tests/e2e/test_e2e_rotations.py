@@ -152,8 +152,22 @@ async def test_many_keys_make_a_partial_report_not_an_unbounded_one(
     monkeypatch.setattr(rotations, "MAX_ENTRIES", 50)
     await fill(store, 100, "same", "same")
     body = await report(client)
-    assert (body["complete"], body["scanned"]) == (False, 50)
+    assert (body["complete"], body["scanned"]) == (False, 51)
     assert body["models"][MODEL]["rotations"][0]["requests"] <= 25
+
+
+async def test_answers_of_other_fingerprints_count_towards_the_scan_bound(
+    served: tuple[TestClient[Any, Any], MemoryStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, store = served
+    monkeypatch.setattr(rotations, "MAX_SCANNED", 30)
+    await fill(store, 1, "old", "new")
+    for number in range(100):
+        entry = Entry(chat_body("x"), "application/json", "fp_unrelated", 1.0, MODEL)
+        labels = Labels(model=MODEL)
+        await store.put(Write(f"other{number}", "fp_unrelated", entry.pack(), labels=labels))
+    body = await report(client)
+    assert (body["complete"], body["scanned"]) == (False, 30)
 
 
 async def test_an_answer_is_data_in_the_json_not_markup(
@@ -188,3 +202,31 @@ async def test_out_of_range_counts_are_refused(
     response = await client.get("/admin/rotations", params=params, headers=auth)
     assert response.status == 400
     assert (await response.json())["error"]["param"] in params
+
+
+def test_the_embedding_distance_measures_every_pair(start_proxy: ProxyFactory, sim: Sim) -> None:
+    proxy = start_proxy("--admin-token", ADMIN)
+    sim.settings(drift=0.5)
+    with httpx.Client(base_url=proxy.url, headers={"Authorization": "Bearer sk-a"}) as http:
+        before = {key: text for key, _, text in (ask(http, i) for i in range(12))}
+        sim.set_fingerprint("fp_sim_0002")
+        ask(http, 99)
+        after = {key: text for key, _, text in (ask(http, i) for i in range(12))}
+    same = sum(before[key] == after[key] for key in before)
+    assert 0 < same < 12
+    done = cli(
+        "--json", "--url", proxy.url, "--admin-token", ADMIN, "--distance", "embedding",
+        "--api-key", "sk-a", "--embedding-model", "text-embedding-3-small",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = orjson.loads(done.stdout)
+    assert report["distance_kind"] == "embedding"
+    (rotation,) = report["models"][MODEL]["rotations"]
+    assert "pairs" not in rotation
+    assert (rotation["requests"], rotation["identical"]) == (12, same)
+    distance = rotation["distance"]
+    assert distance["measured"] == 12
+    assert distance["histogram"][0] == {"le": 0.0, "count": same}
+    assert 0 < distance["max"] <= 2
+    embedded = [r for r in sim.llm_requests() if r["path"].endswith("/embeddings")]
+    assert embedded and all(r["headers"].get("Authorization") == "Bearer sk-a" for r in embedded)
