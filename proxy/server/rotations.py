@@ -115,14 +115,16 @@ async def _model_report(
     answers: dict[str, dict[str, str]],
     asked: Asked,
 ) -> dict[str, Any]:
-    compared: dict[frozenset[str], tuple[list[Pair], list[float]]] = {}
+    compared: dict[frozenset[str], tuple[str, list[Pair], list[float]]] = {}
     report = []
     for rotation in rotations:
-        pair = frozenset((rotation.old, rotation.new))
-        if pair not in compared:
+        both = frozenset((rotation.old, rotation.new))
+        if both not in compared:  # an alternating model repeats its pairs: measured once
             pairs = _pairs(answers, rotation.old, rotation.new)
-            compared[pair] = (pairs, await _distances(services, pairs))
-        pairs, distances = compared[pair]
+            compared[both] = (rotation.old, pairs, await _distances(services, pairs))
+        first_old, pairs, distances = compared[both]
+        if first_old != rotation.old:  # the same two fingerprints, the other way round
+            pairs = [Pair(pair.key, pair.new, pair.old) for pair in pairs]
         report.append(_rotation(rotation, pairs, distances, asked))
     return {"current": state.current, "rotations": report}
 

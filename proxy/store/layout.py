@@ -1,5 +1,5 @@
 """How the Redis store's hashes read back: an entry's values and labels, a model's fingerprint
-records, the observe script's reply. Pure: bytes in, values out."""
+records and rotations, the observe script's reply. Pure: bytes in, values out."""
 
 from __future__ import annotations
 
@@ -29,6 +29,12 @@ def observation(reply: list[Any], fingerprint: str, moves: bool = True) -> Obser
     the script applies core.fingerprints.observed's rule, so the outcome reads back through it."""
     previous, new = reply[0], reply[1]
     return observed(text(previous) if previous else None, fingerprint, bool(new), moves)
+
+
+def history_key(model_key: str) -> str:
+    """A model's rotation list: its hash's name with `rot:`, so the same hash tag and slot."""
+    prefix, _, tag = model_key.rpartition("fp:{")
+    return f"{prefix}rot:{{{tag}"
 
 
 def parse_rotation(raw: bytes | str) -> Rotation:

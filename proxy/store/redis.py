@@ -205,7 +205,7 @@ class RedisStore:
             finally:
                 await writing
         model = self._model(write.model)
-        keys = [model, _history(model), self._models(), *self._put_keys(write)]
+        keys = [model, layout.history_key(model), self._models(), *self._put_keys(write)]
         args = [write.model, repr(write.now), *self._put_args(write)]
         with _mapped("record"):
             reply = await self._batch.script(scripts.RECORD, keys, args)
@@ -356,7 +356,9 @@ class RedisStore:
         args = [model, fingerprint, repr(now), count, self.invalidations, int(moves)]
         name = self._model(model)
         with _mapped("observe_fingerprint"):
-            reply = await self._batch.script(scripts.OBSERVE, [name, _history(name)], args)
+            reply = await self._batch.script(
+                scripts.OBSERVE, [name, layout.history_key(name)], args
+            )
             if reply[1]:
                 await self._batch.call("SADD", self._models(), model)
         return layout.observation(reply, fingerprint, moves)
@@ -384,7 +386,7 @@ class RedisStore:
     async def rotations(self, model: str) -> tuple[Rotation, ...]:
         """One bounded list (ROTATIONS_KEPT), read whole."""
         with _mapped("rotations"):
-            raw = await self._batch.call("LRANGE", _history(self._model(model)), 0, -1)
+            raw = await self._batch.call("LRANGE", layout.history_key(self._model(model)), 0, -1)
         return tuple(layout.parse_rotation(item) for item in reversed(raw))
 
     async def secret(self, candidate: bytes) -> bytes:
@@ -441,12 +443,6 @@ class RedisStore:
 
     def _models(self) -> str:
         return f"{self._prefix}models"
-
-
-def _history(model_key: str) -> str:
-    """A model's rotation list: its hash's name with `rot:`, so the same hash tag and slot."""
-    prefix, _, tag = model_key.rpartition("fp:{")
-    return f"{prefix}rot:{{{tag}"
 
 
 async def _taken(lock: asyncio.Future[Any]) -> bool:

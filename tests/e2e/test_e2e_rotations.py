@@ -230,3 +230,21 @@ def test_the_embedding_distance_measures_every_pair(start_proxy: ProxyFactory, s
     assert 0 < distance["max"] <= 2
     embedded = [r for r in sim.llm_requests() if r["path"].endswith("/embeddings")]
     assert embedded and all(r["headers"].get("Authorization") == "Bearer sk-a" for r in embedded)
+
+
+async def test_a_rotation_back_shows_its_answers_the_other_way_round(
+    served: tuple[TestClient[Any, Any], MemoryStore],
+) -> None:
+    client, store = served
+    await fill(store, 1, "first answer", "second answer")
+    await store.observe_fingerprint(MODEL, "fp_1", 3.0)
+    forth, back = (await report(client))["models"][MODEL]["rotations"]
+    assert (forth["change"], back["change"]) == ("rotated", "rotated back")
+    assert (forth["examples"][0]["old"], forth["examples"][0]["new"]) == (
+        "first answer",
+        "second answer",
+    )
+    assert (back["examples"][0]["old"], back["examples"][0]["new"]) == (
+        "second answer",
+        "first answer",
+    )

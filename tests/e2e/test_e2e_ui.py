@@ -103,7 +103,9 @@ def test_the_page_shows_models_fingerprints_and_a_side_by_side_diff(
     assert driver.find_element(By.ID, "tokens-saved").text.isdigit()
     assert "answers" in driver.find_element(By.ID, "store-size").text
 
-    pairs = driver.find_elements(By.CSS_SELECTOR, "#examples .side-by-side")
+    heads = driver.find_element(By.CSS_SELECTOR, "#examples .heads").text
+    assert heads.split() == ["before:", "fp_sim_0001", "after:", "fp_sim_0002"]
+    pairs = driver.find_elements(By.CSS_SELECTOR, "#examples .example")
     assert len(pairs) == 5
     shown = {
         (p.find_element(By.CLASS_NAME, "old").text, p.find_element(By.CLASS_NAME, "new").text)
@@ -154,7 +156,7 @@ def test_a_hostile_answer_renders_as_text(
             ask(http, "teach the rotation")
             ask(http, "same question")
         sign_in(driver, proxy)
-        (pair,) = driver.find_elements(By.CSS_SELECTOR, "#examples .side-by-side")
+        (pair,) = driver.find_elements(By.CSS_SELECTOR, "#examples .example")
         assert pair.find_element(By.CLASS_NAME, "old").text == texts["fp_1"]
         assert pair.find_element(By.CLASS_NAME, "new").text == texts["fp_2"]
         assert driver.execute_script("return window.__xss") is None

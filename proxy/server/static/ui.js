@@ -114,6 +114,11 @@ function showRotation(rotation) {
   const d = rotation.distance;
   summary.textContent = rotation.requests + " requests answered under both, " + rotation.identical +
     " identical" + (d.mean === null ? "" : ", mean distance " + d.mean.toFixed(3) + ", p90 " + d.p90.toFixed(3));
+  if (rotation.examples.length) {
+    const heads = el("div", undefined, "side-by-side heads");
+    heads.append(el("strong", "before: " + rotation.from), el("strong", "after: " + rotation.to));
+    examples.append(heads);
+  }
   if (!rotation.examples.length && rotation.requests) {
     examples.append(el("p", "Every answer is the same under both fingerprints."));
   }
