@@ -9,9 +9,12 @@ FROM python:3.11-slim
 COPY --from=build /install /usr/local
 RUN useradd --system --uid 10001 --no-create-home repro
 USER 10001
-ENV PYTHONUNBUFFERED=1
+# Listen on every interface of the container whatever arguments `docker run` passes to serve.
+ENV PYTHONUNBUFFERED=1 \
+    REPRO_HOST=0.0.0.0
 EXPOSE 8080
+# `health` follows the port the server was started with (--port or REPRO_PORT).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('REPRO_PORT', '8080'), timeout=2)"]
+    CMD ["repro-proxy", "health"]
 ENTRYPOINT ["repro-proxy"]
-CMD ["serve", "--host", "0.0.0.0"]
+CMD ["serve"]

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from proxy import __version__, config, logs
 from proxy.server import workers
 from proxy.store.cassette import CassetteError
-from proxy.tools import admin_cli, audit, cassette_cli, rotations_cli, sim
+from proxy.tools import admin_cli, audit, cassette_cli, health, rotations_cli, sim
 
 log = logging.getLogger("proxy.cli")
 
@@ -30,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="audit how reproducible an upstream's answers are")
     audit.add_arguments(check)
     admin_cli.add_commands(commands)
+    checkup = commands.add_parser(
+        "health", help="exit 0 if a running proxy answers /healthz (a container's HEALTHCHECK)"
+    )
+    health.add_arguments(checkup)
     cassette_cli.add_commands(commands)
     rotations_cli.add_command(commands)
     return parser
@@ -42,7 +46,7 @@ def serve(flags: dict[str, str | None]) -> int:
         print(f"repro-proxy: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level)
-    log.info("starting", extra={"settings": repr(settings)})
+    log.info("starting", extra={"settings": settings.public()})
     for name, closest in config.unknown_variables(os.environ):
         log.warning(
             "environment variable names no setting: ignored",
@@ -83,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as exc:
             return cannot_listen(settings.host, settings.port, exc)
         return 0
+    if args.command == "health":
+        return health.run(args)
     if args.command in ("export", "import"):
         return cassette_cli.run(args)
     if args.command == "rotations":

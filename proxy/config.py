@@ -14,6 +14,7 @@ import re
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from enum import Enum
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -73,24 +74,34 @@ class Settings:
     stream_disconnect: StreamDisconnect = StreamDisconnect.FINISH
     cassette: str | None = None
     workers: int = 1
+    access_log: bool = False
     log_level: str = "info"
 
-    def __repr__(self) -> str:
-        shown = []
+    def public(self) -> dict[str, Any]:
+        """Every setting as a JSON value, secrets masked: what the start-up log line shows."""
+        shown: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in _SECRETS and value is not None:
                 value = "***"
             elif f.name == "store":
-                value = _mask_password(value)
-            shown.append(f"{f.name}={value!r}")
-        return f"Settings({', '.join(shown)})"
+                value = mask_password(value)
+            elif isinstance(value, Enum):
+                value = value.value
+            elif isinstance(value, tuple):
+                value = list(value)
+            shown[f.name] = value
+        return shown
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={value!r}" for name, value in self.public().items())
+        return f"Settings({shown})"
 
 
 _QUERY_PASSWORD = re.compile(r"(?i)(password=)[^&]*")
 
 
-def _mask_password(url: str) -> str:
+def mask_password(url: str) -> str:
     """The URL with any password, in its userinfo or its query, replaced by ***."""
     try:
         password = urlsplit(url).password
@@ -148,6 +159,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             dest=option.name,
             default=None,
             action="append" if option.repeatable else "store",
+            nargs="?" if option.switch else None,
+            const="on" if option.switch else None,
             help=f"{option.help} (env {option.env}, default {default})",
         )
 
@@ -182,7 +195,7 @@ def load(
         try:
             value = option.parse(text)
         except ValueError as exc:
-            shown = "***" if option.name in _SECRETS else _mask_password(text)
+            shown = "***" if option.name in _SECRETS else mask_password(text)
             raise SettingError(
                 f"{option.flag} / {option.env}: invalid value {shown!r}: {exc}"
             ) from None

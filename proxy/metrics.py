@@ -20,7 +20,16 @@ from dataclasses import dataclass
 from itertools import accumulate
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.samples import Sample
@@ -192,6 +201,14 @@ class ModelCounters:
     completion_saved: Counts
 
 
+def _register_runtime(registry: CollectorRegistry) -> None:
+    """process_* (CPU, memory, descriptors), python_info and python_gc_*, as every exporter
+    shows them. One process only: with several workers each scrape reaches one of them, and its
+    own figures would pass for the whole proxy's, so only python_info is shown then."""
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        registry.register(collector)
+
+
 class Metrics:
     """Every family of the contract. What each request counts is tallied in process (`Tallies`)
     when one process serves; with several workers it goes to prometheus-client's own metrics,
@@ -242,6 +259,7 @@ class Metrics:
         )
         if tallies is not None:
             registry.register(tallies)
+            _register_runtime(registry)
         self.fingerprint_changes = Counter(
             "repro_fingerprint_changes_total",
             "Changes of a model's current system_fingerprint, to a new one or back",
@@ -336,6 +354,7 @@ class Metrics:
             return generate_latest(self.registry)
         merged = CollectorRegistry()
         MultiProcessCollector(merged, path=self._multiprocess_dir)  # type: ignore[no-untyped-call]
+        merged.register(PLATFORM_COLLECTOR)
         return generate_latest(merged)
 
     def hit_counts(self) -> tuple[int, int]:

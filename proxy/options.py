@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from proxy.core.credentials import parse_names
 from proxy.core.policy import CacheMode, CacheScope, Enforce, FingerprintPolicy, StreamDisconnect
-from proxy.store import parse_size
+from proxy.store import check_url, parse_size
 from proxy.store.encrypted import parse_keys
 
 
@@ -30,51 +30,42 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not value >= 0 or value == float("inf"):
-        raise ValueError("expected a number of seconds >= 0")
-    return value
+def _ranged(cast: Callable[[str], Any], expected: str, fits: Callable[[Any], bool]) -> Any:
+    """A parser of numbers that fit, whose error says what was expected (not Python's wording)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = cast(text.strip())
+        except ValueError:
+            raise ValueError(f"expected {expected}") from None
+        if not fits(value):
+            raise ValueError(f"expected {expected}")
+        return value
+
+    return parse
 
 
-def _positive_seconds(text: str) -> float:
-    value = _seconds(text)
-    if value == 0:
-        raise ValueError("expected a number of seconds > 0")
-    return value
+_INF = float("inf")
+_seconds = _ranged(float, "a number of seconds >= 0", lambda v: 0 <= v < _INF)
+_positive_seconds = _ranged(float, "a number of seconds > 0", lambda v: 0 < v < _INF)
+_fraction = _ranged(float, "a fraction between 0 and 1", lambda v: 0 <= v <= 1)
+_non_negative_int = _ranged(int, "an integer >= 0", lambda v: v >= 0)
+_positive_int = _ranged(int, "an integer >= 1", lambda v: v >= 1)
+_port = _ranged(int, "a port between 0 and 65535", lambda v: 0 <= v <= 65535)
+_seed = _ranged(int, "an integer between -2^63 and 2^63-1", lambda v: -(2**63) <= v < 2**63)
+_count = _ranged(int, "auto or an integer >= 1", lambda v: v >= 1)
 
 
 def _connections(text: str) -> int | None:
     """`auto` (None): derived from the descriptor limit when serving starts."""
-    return None if text.strip().lower() == "auto" else _positive_int(text)
+    return None if text.strip().lower() == "auto" else int(_count(text))
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise ValueError("expected a fraction between 0 and 1")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError("expected an integer >= 0")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError("expected an integer >= 1")
-    return value
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise ValueError("expected a port between 0 and 65535")
-    return value
+def _switch(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("on", "off", "true", "false", "1", "0", "yes", "no"):
+        raise ValueError("expected on or off")
+    return value in ("on", "true", "1", "yes")
 
 
 def _size(text: str) -> int:
@@ -85,13 +76,6 @@ def _positive_size(text: str) -> int:
     value = parse_size(text)
     if value <= 0:
         raise ValueError("expected a size > 0")
-    return value
-
-
-def _seed(text: str) -> int:
-    value = int(text)
-    if not -(2**63) <= value < 2**63:
-        raise ValueError("expected an integer between -2^63 and 2^63-1")
     return value
 
 
@@ -116,8 +100,7 @@ def _readable_file(text: str) -> str:
 
 
 def _store_url(text: str) -> str:
-    if urlsplit(text).scheme not in ("memory", "redis", "rediss"):
-        raise ValueError("expected memory://, redis://… or rediss://…")
+    check_url(text)
     return text
 
 
@@ -131,6 +114,7 @@ class Option:
     parse: Callable[[str], Any]
     help: str
     repeatable: bool = False  # the flag may be given several times; values join with commas
+    switch: bool = False  # on or off; the bare flag means on
 
     @property
     def flag(self) -> str:
@@ -420,6 +404,15 @@ OPTIONS = (
         "1",
         _positive_int,
         "serving processes sharing the port (SO_REUSEPORT); more than one needs a shared store",
+    ),
+    Option(
+        "access_log",
+        "REPRO_ACCESS_LOG",
+        "off",
+        _switch,
+        "on: one info line per request (method, path, status, cache outcome, duration, bytes; "
+        "never a key or a prompt)",
+        switch=True,
     ),
     Option(
         "log_level",

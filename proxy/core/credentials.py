@@ -36,7 +36,9 @@ def parse_names(text: str) -> tuple[str, ...]:
         if not name:
             continue
         if not _TOKEN.match(name):
-            raise ValueError(f"{name!r} is not an HTTP header name")
+            raise ValueError(
+                f"{name!r} is not an HTTP header name: expected letters, digits and -_.!#$%&'*+^`|~"
+            )
         if name.startswith("x-repro-"):
             raise ValueError(f"{name!r} is read by the proxy and never reaches the upstream")
         found.append(name)

@@ -23,7 +23,9 @@ async def admin_fingerprints(request: web.Request) -> web.Response:
         states = await services.store.all_fingerprints()
     except StoreError as exc:
         raise StoreUnavailable(f"The store did not answer: {exc}") from exc
-    return _json({model: fingerprint_report(state) for model, state in sorted(states.items())})
+    return json_response(
+        {model: fingerprint_report(state) for model, state in sorted(states.items())}
+    )
 
 
 def check_admin(request: web.Request, services: Services) -> None:
@@ -79,7 +81,7 @@ async def admin_stats(request: web.Request) -> web.Response:
         raise StoreUnavailable(f"The store did not answer: {exc}") from exc
     hits, misses = services.metrics.hit_counts()
     looked = hits + misses
-    return _json(
+    return json_response(
         {
             "entries": usage.entries,
             "bytes": usage.bytes,
@@ -100,7 +102,9 @@ async def admin_purge(request: web.Request) -> web.Response:
         matched = await services.store.purge(selector, dry_run)
     except StoreError as exc:
         raise StoreUnavailable(f"The store did not answer: {exc}") from exc
-    return _json({"matched": matched, "deleted": 0 if dry_run else matched, "dry_run": dry_run})
+    return json_response(
+        {"matched": matched, "deleted": 0 if dry_run else matched, "dry_run": dry_run}
+    )
 
 
 def purge_request(raw: bytes) -> tuple[Selector, bool]:
@@ -126,5 +130,5 @@ def purge_request(raw: bytes) -> tuple[Selector, bool]:
     return selector, body.get("dry_run") is True
 
 
-def _json(value: Any) -> web.Response:
+def json_response(value: Any) -> web.Response:
     return web.Response(body=orjson.dumps(value), content_type="application/json")

@@ -19,9 +19,9 @@ from proxy.config import Settings
 from proxy.core import credentials
 from proxy.core.canonical import CACHEABLE_ROUTES
 from proxy.core.policy import SHARED, CacheMode
-from proxy.errors import InvalidHeader, ProxyError
+from proxy.errors import InvalidHeader, ProxyError, UpstreamError
 from proxy.metrics import Metrics
-from proxy.server import admin, handlers, rotations, ui
+from proxy.server import admin, handlers, rotations, transfer, ui
 from proxy.server.coalesce import Coalescer
 from proxy.server.context import SERVICES, Services, entry_memo
 from proxy.server.fingerprints import FingerprintTracker
@@ -71,6 +71,8 @@ def create_app(
     app.router.add_get("/admin/fingerprints", observed(admin.admin_fingerprints))
     app.router.add_get("/admin/stats", observed(admin.admin_stats))
     app.router.add_post("/admin/purge", observed(admin.admin_purge))
+    app.router.add_get("/admin/export", observed(transfer.admin_export))
+    app.router.add_post("/admin/import", observed(transfer.admin_import))
     app.router.add_get("/admin/rotations", observed(rotations.admin_rotations))
     app.router.add_get("/admin/ui", observed(ui.admin_ui))
     app.router.add_post("/admin/ui/login", observed(ui.ui_login))
@@ -227,6 +229,10 @@ def observed(handler: Handler, route: str | None = None) -> Handler:
         try:
             check_headers(request.headers)
             response = await handler(request)
+        except UpstreamError as exc:
+            # Our own wording, naming the host or the timeout; nothing of the request.
+            log.warning("upstream failed", extra={"path": request.path, "error": exc.message})
+            response = _error_response(exc)
         except ProxyError as exc:
             response = _error_response(exc)
         except web.HTTPException:
@@ -235,8 +241,11 @@ def observed(handler: Handler, route: str | None = None) -> Handler:
             # A bug of ours must still answer in OpenAI's shape, be counted and be logged.
             log.exception("unhandled error", extra={"route": request.path})
             response = _error_response(ProxyError("The proxy failed to handle this request."))
+        took = services.clock() - started
         if route is not None:
-            _count(services, request, route, response, services.clock() - started)
+            _count(services, request, route, response, took)
+        if services.settings.access_log:
+            _access(request, response, took)
         return response
 
     return observe
@@ -277,7 +286,7 @@ def _count(
     cache = response.headers.get("X-Repro-Cache", "BYPASS").lower()
     label = "error" if response.status >= 400 else cache
     services.metrics.served(route, label, took)
-    if not access_log.isEnabledFor(logging.DEBUG):
+    if not access_log.isEnabledFor(logging.DEBUG) or services.settings.access_log:
         return
     access_log.debug(
         "request",
@@ -288,5 +297,21 @@ def _count(
             "cache": cache,
             "ms": round(took * 1000, 2),
             "key": response.headers.get("X-Repro-Key"),
+        },
+    )
+
+
+def _access(request: web.Request, response: web.StreamResponse, took: float) -> None:
+    """The access log line: what was asked and answered, never who asked nor the prompt."""
+    sent = response.body_length if response.prepared else response.content_length
+    access_log.info(
+        "request",
+        extra={
+            "method": request.method,
+            "path": request.path,
+            "status": response.status,
+            "cache": response.headers.get("X-Repro-Cache", "BYPASS").lower(),
+            "ms": round(took * 1000, 2),
+            "bytes": sent or 0,
         },
     )

@@ -29,7 +29,11 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from proxy.config import Settings
+from proxy.core.policy import CacheMode
 from proxy.errors import TooManyConnections
+from proxy.server.context import SERVICES
+from proxy.server.preflight import check_store, check_upstream
+from proxy.upstream.egress import env_proxy
 
 log = logging.getLogger("proxy.serving")
 
@@ -194,6 +198,10 @@ async def serve(app: web.Application, settings: Settings, *, reuse_port: bool) -
         app, access_log=None, keepalive_timeout=settings.keepalive_timeout, handle_signals=False
     )
     await runner.setup()
+    await check_store(app[SERVICES].store, settings.store)
+    if settings.cache_mode is not CacheMode.REPLAY:
+        proxied = env_proxy(settings.upstream, os.environ) is not None
+        await check_upstream(app[SERVICES].upstream, settings.upstream, proxied=proxied)
     factory = runner.server
     assert factory is not None
     loop = asyncio.get_running_loop()

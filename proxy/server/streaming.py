@@ -32,7 +32,7 @@ from proxy.upstream.headers import response_headers
 log = logging.getLogger("proxy.stream")
 
 _FRAME_ENDS = (b"\n\n", b"\r\n\r\n", b"\n\r\n")
-_CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
+CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
 
 
 async def forward_stream(
@@ -138,7 +138,7 @@ class _Relay:
             return
         try:
             await response.write(chunk)
-        except _CLIENT_GONE:
+        except CLIENT_GONE:
             self.client_gone = True
             log.info("client left mid-stream", extra={"key": self.call.key})
 
@@ -151,7 +151,7 @@ class _Relay:
             return
         try:
             await response.write_eof()
-        except _CLIENT_GONE:
+        except CLIENT_GONE:
             self.client_gone = True
 
     async def finish(self) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import re
 from typing import Any
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisClusterException, RedisError
@@ -16,7 +18,15 @@ from proxy.store.base import Store, StoreError
 from proxy.store.memory import MemoryStore
 from proxy.store.redis import RedisStore
 
-__all__ = ["MemoryStore", "RedisStore", "Store", "StoreError", "open_store", "parse_size"]
+__all__ = [
+    "MemoryStore",
+    "RedisStore",
+    "Store",
+    "StoreError",
+    "check_url",
+    "open_store",
+    "parse_size",
+]
 
 _SIZE = re.compile(r"(\d+)\s*(?:([KMG])(?:iB)?)?", re.IGNORECASE)
 _UNITS = {None: 1, "K": 1024, "M": 1024**2, "G": 1024**3}
@@ -28,9 +38,50 @@ def parse_size(text: str) -> int:
     """Bytes from `1048576`, `512K`, `16MiB`, `1G`; units are binary, as memory is sized."""
     match = _SIZE.fullmatch(text.strip())
     if match is None:
-        raise ValueError(f"invalid size {text!r}: use bytes or a K, M, G, KiB, MiB or GiB suffix")
+        raise ValueError("expected a number of bytes, or with a K, M, G, KiB, MiB or GiB suffix")
     number, unit = match.groups()
     return int(number) * _UNITS[unit and unit.upper()]
+
+
+_REDIS_OPTIONS = frozenset(n for n in URL_QUERY_ARGUMENT_PARSERS if not n.startswith("ssl_")) | {
+    "cluster",
+    "client_name",
+    "password",
+    "username",
+}
+_TLS_OPTIONS = frozenset(
+    {"ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_ciphers"}
+) | {name for name in URL_QUERY_ARGUMENT_PARSERS if name.startswith("ssl_")}
+
+
+def check_url(url: str) -> None:
+    """Refuse a `--store` URL whose options we or redis-py would not understand, before anything
+    connects: redis-py passes an unknown query option on to a constructor, which fails with a
+    TypeError far from the typo."""
+    parts = urlsplit(url)
+    if parts.scheme == "memory":
+        _memory_size(parts)
+        return
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError("expected memory://, redis://… or rediss://…")
+    known = _REDIS_OPTIONS | (_TLS_OPTIONS if parts.scheme == "rediss" else frozenset())
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    for name, _ in query:
+        if name in _TLS_OPTIONS and parts.scheme == "redis":
+            raise ValueError(f"{name} is a TLS option: it needs a rediss:// URL")
+        if name not in known:
+            raise ValueError(_unknown(name, parts.scheme, known))
+    _cluster_flag([value for name, value in query if name == "cluster"])
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (see redis-py's connection URL options)") from None
+
+
+def _unknown(name: str, scheme: str, known: frozenset[str]) -> str:
+    closest = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f"did you mean {closest[0]!r}? " if closest else ""
+    return f"unknown {scheme}:// option {name!r}; {hint}known: {', '.join(sorted(known))}"
 
 
 async def open_store(url: str, invalidations: str = "", deadline: float | None = None) -> Store:
@@ -39,28 +90,38 @@ async def open_store(url: str, invalidations: str = "", deadline: float | None =
     `invalidations` names the pub/sub channel Redis writes announce themselves on (near-caches);
     `deadline` bounds each Redis call (see RedisStore).
     """
+    try:
+        check_url(url)
+    except ValueError as exc:
+        raise ValueError(f"--store: {exc}") from None
     parts = urlsplit(url)
     if parts.scheme == "memory":
         return _open_memory(parts)
     if parts.scheme in ("redis", "rediss"):
         client = await _open_redis(parts)
         return RedisStore(client, invalidations=invalidations, deadline=deadline)
-    raise ValueError(
-        f"--store: unsupported URL scheme {parts.scheme!r}; use memory://, redis:// or rediss://"
-    )
+    raise AssertionError(parts.scheme)  # check_url refused it
 
 
 def _open_memory(parts: SplitResult) -> MemoryStore:
+    size = _memory_size(parts)
+    return MemoryStore() if size is None else MemoryStore(max_bytes=size)
+
+
+def _memory_size(parts: SplitResult) -> int | None:
     options = dict(parse_qsl(parts.query, keep_blank_values=True))
     unknown = sorted(options.keys() - {"max_bytes"})
     if unknown:
-        raise ValueError(f"--store: unknown memory:// option {unknown[0]!r}; known: max_bytes")
+        raise ValueError(_unknown(unknown[0], "memory", frozenset({"max_bytes"})))
     if "max_bytes" not in options:
-        return MemoryStore()
+        return None
     try:
-        return MemoryStore(max_bytes=parse_size(options["max_bytes"]))
+        size = parse_size(options["max_bytes"])
     except ValueError as exc:
-        raise ValueError(f"--store max_bytes: {exc}") from None
+        raise ValueError(f"max_bytes: {exc}") from None
+    if size <= 0:
+        raise ValueError("max_bytes: expected a size > 0")
+    return size
 
 
 async def _open_redis(parts: SplitResult) -> Redis | RedisCluster:
@@ -95,7 +156,7 @@ def _cluster_flag(values: list[str]) -> bool | None:
         return None
     value = values[-1].lower()
     if value not in _TRUE | _FALSE:
-        raise ValueError(f"--store: cluster={values[-1]!r} is not a boolean (true or false)")
+        raise ValueError(f"cluster={values[-1]!r} is not a boolean: expected true or false")
     return value in _TRUE
 
 

@@ -27,6 +27,11 @@ _META = (
     "route", "query", "namespace", "model", "fingerprint", "stored_at", "seed", "seed_source",
     "stream", "content_type", "prompt_tokens", "completion_tokens",
 )  # fmt: skip
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "route": str, "query": str, "namespace": str, "model": str, "fingerprint": str,
+    "stored_at": (int, float), "seed": (int, type(None)), "seed_source": (str, type(None)),
+    "stream": bool, "content_type": str, "prompt_tokens": int, "completion_tokens": int,
+}  # fmt: skip
 
 
 class CassetteError(ValueError):
@@ -69,8 +74,13 @@ class Loaded:
 
 def from_record(record: dict[str, Any], scope: str) -> Loaded:
     """The entry and its key under `scope` (the target store's tenant partition)."""
+    if not isinstance(record, dict):
+        raise CassetteError("a line must be a JSON object")
     if record.get("format") != FORMAT:
         raise CassetteError(f"unknown cassette format {record.get('format')!r}")
+    for name, kind in _TYPES.items():
+        if not isinstance(record[name], kind):
+            raise CassetteError(f"{name!r} has the wrong type")
     request = record["request"]
     body = request if isinstance(request, dict) else canonical.parse_body(request.encode())
     if "body_base64" in record:

@@ -1,92 +1,211 @@
-"""`repro-proxy export | import`: move stored answers between stores through cassette files."""
+"""`repro-proxy export | import`: move stored answers between stores through cassette files.
+
+Either straight to a shared store (`--store redis://…`), or through a running proxy's admin
+routes (`--url`, `--admin-token`): the only way to reach a `memory://` proxy's answers. A
+`memory://` store of the command's own would start empty and vanish at exit, so it is refused.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
-from typing import Any
+from collections.abc import Iterator
+from typing import IO, Any
+
+import orjson
 
 from proxy.core import policy
 from proxy.store import cassette, open_store
 from proxy.store.base import Selector, Store
 from proxy.store.encrypted import EncryptedStore, parse_keys
+from proxy.tools.admin_cli import Refused, add_connection_arguments, admin_headers, base_url
+from proxy.tools.admin_cli import reason as error_reason
+from proxy.tools.output import plural
+
+BATCH_BYTES = 4 * 1024 * 1024
+"""Cassette bytes per import request: well under the proxy's default --max-body."""
 
 
 def add_commands(commands: Any) -> None:
     export = commands.add_parser("export", help="write stored answers to a JSONL cassette")
-    _store_arguments(export)
-    export.add_argument("--namespace", help="only this X-Repro-Namespace")
-    export.add_argument("--model", help="only this model")
+    _source_arguments(export)
+    export.add_argument("--namespace", help="only answers of this X-Repro-Namespace")
+    export.add_argument("--model", help="only answers of this model")
     export.add_argument("--output", "-o", default="-", help="file to write (default stdout)")
-    load = commands.add_parser("import", help="load a JSONL cassette into a store")
-    _store_arguments(load)
+    load = commands.add_parser("import", help="load a JSONL cassette into a store or a proxy")
+    _source_arguments(load)
     load.add_argument("cassette", help="the cassette file")
     load.add_argument(
         "--cache-scope",
         choices=[scope.value for scope in policy.CacheScope],
-        default=os.environ.get("REPRO_CACHE_SCOPE", "shared"),
-        help="scope to key the entries for (env REPRO_CACHE_SCOPE, default shared)",
+        default=os.environ.get("REPRO_CACHE_SCOPE"),
+        help="scope to key the answers for (env REPRO_CACHE_SCOPE; default shared, or with "
+        "--url the proxy's own)",
     )
-    load.add_argument("--api-key", help="with --cache-scope key: the key the entries are for")
-    load.add_argument("--secret", help="with --cache-scope key: the proxies' --secret")
+    load.add_argument("--api-key", help="with --cache-scope key: the key the answers are for")
+    load.add_argument("--secret", help="with --cache-scope key and --store: the proxies' --secret")
 
 
-def _store_arguments(parser: argparse.ArgumentParser) -> None:
+def _source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--store",
-        default=os.environ.get("REPRO_STORE", "memory://"),
-        help="store URL (env REPRO_STORE)",
+        default=None,
+        help="a shared store's URL, redis://… or rediss://… (env REPRO_STORE)",
     )
     parser.add_argument(
         "--encryption-key",
         default=os.environ.get("REPRO_ENCRYPTION_KEY"),
-        help="the store's --encryption-key, if it has one (env REPRO_ENCRYPTION_KEY)",
+        help="with --store: the store's --encryption-key, if it has one (env REPRO_ENCRYPTION_KEY)",
     )
+    add_connection_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        return asyncio.run(_export(args) if args.command == "export" else _import(args))
+        target = _target(args)
+        if args.command == "import" and _scope(args) == "key" and not args.api_key:
+            raise Refused("--cache-scope key needs --api-key: the key the answers are for")
+    except Refused as exc:
+        print(f"repro-proxy {args.command}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if target is None:
+            count = _export_url(args) if args.command == "export" else _import_url(args)
+        else:
+            work = _export(args, target) if args.command == "export" else _import(args, target)
+            count = asyncio.run(work)
+    except Refused as exc:
+        print(f"repro-proxy {args.command}: {exc}", file=sys.stderr)
+        return 2
     except (OSError, ValueError) as exc:
         print(f"repro-proxy {args.command}: {exc}", file=sys.stderr)
         return 1
+    print(f"{args.command}ed {plural(count, 'answer')}", file=sys.stderr)
+    return 0
 
 
-async def _open(args: argparse.Namespace) -> Store:
-    store = await open_store(args.store)
+def _target(args: argparse.Namespace) -> str | None:
+    """The store URL to open, or None to go through the running proxy at --url."""
+    if args.store and args.url:
+        raise Refused("give --store or --url, not both")
+    if args.url:
+        return None
+    store = args.store or os.environ.get("REPRO_STORE") or "memory://"
+    if not store.startswith("memory:"):
+        return str(store)
+    if args.store is None and os.environ.get("REPRO_URL"):
+        return None
+    raise Refused(
+        f"--store {store} would be an empty store of this command's own; reach a running "
+        "proxy with --url (and --admin-token), or its Redis with --store redis://…"
+    )
+
+
+def _scope(args: argparse.Namespace) -> str | None:
+    return str(args.cache_scope) if args.cache_scope else None
+
+
+async def _open(args: argparse.Namespace, url: str) -> Store:
+    store = await open_store(url)
     if args.encryption_key:
         return EncryptedStore(store, parse_keys(args.encryption_key))
     return store
 
 
-async def _export(args: argparse.Namespace) -> int:
-    store = await _open(args)
+@contextlib.contextmanager
+def _output(path: str) -> Iterator[IO[bytes]]:
+    """stdout, or a file that is removed again if the export fails half-way."""
+    if path == "-":
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    with open(path, "wb") as out:
+        try:
+            yield out
+        except BaseException:
+            os.unlink(path)
+            raise
+
+
+async def _export(args: argparse.Namespace, url: str) -> int:
+    store = await _open(args, url)
     selector = Selector(namespace=args.namespace, model=args.model)
+    count = 0
     try:
-        out = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")  # noqa: SIM115
-        count = 0
-        async for line in cassette.lines(store, selector):
-            out.write(line)
-            count += 1
-        out.flush()
-        if out is not sys.stdout.buffer:
-            out.close()
+        with _output(args.output) as out:
+            async for line in cassette.lines(store, selector):
+                out.write(line)
+                count += 1
     finally:
         await store.close()
-    print(f"exported {count} answers", file=sys.stderr)
-    return 0
+    return count
 
 
-async def _import(args: argparse.Namespace) -> int:
-    store = await _open(args)
+async def _import(args: argparse.Namespace, url: str) -> int:
+    store = await _open(args, url)
     try:
-        scope = policy.CacheScope(args.cache_scope)
+        scope = policy.CacheScope(_scope(args) or "shared")
         secret = args.secret.encode() if args.secret else await store.secret(os.urandom(32))
         entries = cassette.read(args.cassette, policy.cache_scope(args.api_key, scope, secret))
-        count = await cassette.load(store, entries)
+        return await cassette.load(store, entries)
     finally:
         await store.close()
-    print(f"imported {count} answers", file=sys.stderr)
-    return 0
+
+
+def _export_url(args: argparse.Namespace) -> int:
+    import httpx
+
+    params = {k: v for k, v in (("namespace", args.namespace), ("model", args.model)) if v}
+    url = f"{base_url(args)}/admin/export"
+    count = 0
+    try:
+        with (
+            httpx.stream("GET", url, params=params, headers=admin_headers(args), timeout=60) as r,
+            _output(args.output) as out,
+        ):
+            if r.status_code != 200:
+                r.read()
+                raise OSError(f"HTTP {r.status_code}: {error_reason(r)}")
+            for chunk in r.iter_bytes():  # as sent: text decoding could split inside a line
+                out.write(chunk)
+                count += chunk.count(b"\n")
+    except httpx.HTTPError as exc:
+        raise OSError(f"{url}: {exc}") from None
+    return count
+
+
+def _import_url(args: argparse.Namespace) -> int:
+    import httpx
+
+    url = f"{base_url(args)}/admin/import"
+    headers = admin_headers(args) | {"Content-Type": "application/x-ndjson"}
+    if args.api_key:
+        headers["X-Repro-Api-Key"] = args.api_key
+    params = {"cache_scope": scope} if (scope := _scope(args)) else {}
+    count = 0
+    with httpx.Client(headers=headers, timeout=300) as client:
+        for batch in _batches(cassette.read(args.cassette, policy.SHARED)):
+            try:
+                response = client.post(url, params=params, content=batch)
+            except httpx.HTTPError as exc:
+                raise OSError(f"{url}: {exc}") from None
+            if response.status_code != 200:
+                raise OSError(f"HTTP {response.status_code}: {error_reason(response)}")
+            count += int(response.json()["imported"])
+    return count
+
+
+def _batches(entries: list[cassette.Loaded]) -> Iterator[bytes]:
+    """The cassette, checked and in time order, cut in bodies of about BATCH_BYTES."""
+    batch = bytearray()
+    for item in entries:
+        line = orjson.dumps(cassette.to_record(item.key, item.entry)) + b"\n"
+        if batch and len(batch) + len(line) > BATCH_BYTES:
+            yield bytes(batch)
+            batch.clear()
+        batch += line
+    if batch:
+        yield bytes(batch)

@@ -7,7 +7,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.metrics import Metrics, Tallies
@@ -128,7 +136,21 @@ def test_the_tallies_show_what_prometheus_client_metrics_show_for_the_same_reque
         metrics.upstream_answered("/v1/chat/completions", 502, 700.0)
         metrics.store_errors.labels("get").inc()
         assert metrics.hit_counts() == (1, 1)
+    for runtime in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        tallied.unregister(runtime)  # shown by one process only: see the test below
     assert_same_exposition(tallied, direct)
+
+
+def test_one_process_shows_its_runtime_and_workers_only_the_python_version(
+    tmp_path: Path,
+) -> None:
+    alone = Metrics(CollectorRegistry()).exposition().decode()
+    for name in ("process_resident_memory_bytes", "process_open_fds", "python_info"):
+        assert f"\n{name}" in alone, name
+    assert "python_gc_collections_total" in alone
+    workers = Metrics(CollectorRegistry(), str(tmp_path)).exposition().decode()
+    assert "python_info" in workers
+    assert "process_" not in workers
 
 
 def test_with_workers_every_count_goes_to_prometheus_client_at_once(tmp_path: Path) -> None:

@@ -46,7 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--system", help="an optional system message")
     add("--seed", type=int, default=12345, help="seed of the seeded arm (default 12345)")
     add("--max-tokens", type=_at_least(1), default=128, help="per request (default 128)")
-    add("--distance", choices=("text", "embedding"), default="text", help="default: text")
+    add(
+        "--distance",
+        choices=("text", "embedding"),
+        default="text",
+        help="text: normalized edit distance, 0 to 1; embedding: cosine distance (1 - cosine "
+        "similarity) of the upstream's embeddings, 0 to 2 (default: text)",
+    )
     add("--embedding-model", default="text-embedding-3-small", help="for --distance embedding")
     add("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
     add("--json", action="store_true", help="print one JSON object to stdout")

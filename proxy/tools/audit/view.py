@@ -13,6 +13,7 @@ from rich.text import Text
 
 from proxy.tools.audit.plan import Arm
 from proxy.tools.audit.tally import ArmReport, Report
+from proxy.tools.output import plural
 
 
 @contextmanager
@@ -25,6 +26,12 @@ def progress(console: Console, arms: Sequence[Arm], n: int) -> Iterator[Callable
     ) as bar:
         tasks = {arm.name: bar.add_task(arm.name, total=n) for arm in arms}
         yield lambda arm: bar.advance(tasks[arm.name])
+
+
+DISTANCES = {
+    "text": "text distance, 0 to 1",
+    "embedding": "embedding cosine distance, 0 to 2",
+}
 
 
 def _counted(counter: Counter[str]) -> str:
@@ -66,15 +73,16 @@ def _caption(report: Report) -> str | None:
     if not injected:
         return None
     return (
-        f"The proxy injected its default seed into {injected} unseeded requests: the unseeded "
-        "arm measures the proxy's seed. Point --base-url at the upstream to see the upstream alone."
+        f"The proxy injected its default seed into {plural(injected, 'unseeded request')}: the "
+        "unseeded arm measures the proxy's seed. Point --base-url at the upstream to see the "
+        "upstream alone."
     )
 
 
 def render(report: Report) -> Table:
     """The report as a table: one column per arm, one row per measure."""
     plan = report.plan
-    title = f"Determinism of {plan.model} at {plan.base_url} ({plan.distance} distance)"
+    title = f"Determinism of {plan.model} at {plan.base_url} ({DISTANCES[plan.distance]})"
     table = Table(title=Text(title), caption=_caption(report))
     table.add_column("")
     for r in report.arms:

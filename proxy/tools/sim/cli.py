@@ -7,22 +7,47 @@ only when the simulator runs.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
-from proxy.tools.sim.state import SimSettings
+from proxy.tools.sim.state import SimSettings, check_tunable
+
+CONTROL_ROUTES = """\
+control routes (unauthenticated; JSON bodies):
+  GET    /_sim/fingerprint   the system_fingerprint answered with
+  POST   /_sim/fingerprint   {"fingerprint": "fp_…" | null}: rotate it
+  GET    /_sim/settings      latency, chunk_delay, divergence
+  POST   /_sim/settings      change any of them at run time
+  POST   /_sim/keys          {"api_keys": […]}: the keys accepted from now on ([] = any)
+  POST   /_sim/faults        queue a fault for the next requests (status, body, headers …)
+  DELETE /_sim/faults        drop the queued faults
+  GET    /_sim/requests      the requests received, as received
+  DELETE /_sim/requests      forget them
+  GET    /_sim/stats         requests per path, streams completed and cancelled
+"""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after each flag, and the route list as written."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `repro-proxy sim`; the CLI owns the parser, this module owns the options."""
+    parser.formatter_class = HelpFormatter
+    parser.epilog = CONTROL_ROUTES
     defaults = SimSettings()
     parser.add_argument("--host", default=defaults.host, help="listen address")
-    parser.add_argument("--port", type=int, default=defaults.port, help="listen port")
+    parser.add_argument("--port", type=_port, default=defaults.port, help="listen port")
     parser.add_argument(
         "--fingerprint",
         default=defaults.fingerprint,
         help='system_fingerprint to answer with; "null" answers with null',
     )
-    parser.add_argument("--latency", type=float, default=0.0, help="seconds before answering")
-    parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between chunks")
+    parser.add_argument(
+        "--latency", type=_tunable("latency"), default=0.0, help="seconds before answering"
+    )
+    parser.add_argument(
+        "--chunk-delay", type=_tunable("chunk_delay"), default=0.0, help="seconds between chunks"
+    )
     parser.add_argument(
         "--api-key",
         dest="api_keys",
@@ -32,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--divergence",
-        type=float,
+        type=_tunable("divergence"),
         default=0.0,
         help="fraction (0..1) of seeded answers that differ anyway, as on the real service",
     )
@@ -47,6 +72,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="",
         help="comma-separated fingerprints to answer with at random (a fleet mid-rollout)",
     )
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port between 0 and 65535, got {text!r}")
+    return value
+
+
+def _tunable(name: str) -> Callable[[str], float]:
+    """An argparse type that checks a value as /_sim/settings does."""
+
+    def parse(text: str) -> float:
+        try:
+            return check_tunable(name, float(text))
+        except ValueError as exc:
+            message = str(exc) if "must" in str(exc) else f"{name} must be a number, got {text!r}"
+            raise argparse.ArgumentTypeError(message) from None
+
+    return parse
 
 
 def settings_from_args(ns: argparse.Namespace) -> SimSettings:

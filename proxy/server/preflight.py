@@ -1,0 +1,92 @@
+"""One look at the upstream and the store before serving. A base URL without its `/v1` is the
+commonest first-hour mistake, and otherwise shows only as bare 404s to every client.
+
+The look resolves the upstream's host and, when the base URL does not end in `/v1`, asks
+`GET <upstream>/models` without any credential (a 401 then means the path exists). It is bounded
+by a few seconds and only warns in the log whatever it finds: the proxy serves anyway, since the
+upstream may simply be down for now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from urllib.parse import urlsplit
+
+from yarl import URL
+
+from proxy.config import mask_password
+from proxy.errors import UpstreamError
+from proxy.store.base import Store, StoreError
+from proxy.upstream.client import Upstream
+from proxy.upstream.headers import USER_AGENT
+
+TIMEOUT = 3.0
+LIMIT = 64 * 1024
+CHECK_AGENT = f"{USER_AGENT} (start-up check)"
+
+log = logging.getLogger("proxy.preflight")
+
+
+async def check_upstream(
+    upstream: Upstream, base_url: str, *, proxied: bool, timeout: float = TIMEOUT
+) -> None:
+    """Resolve the upstream's host (unless a forward proxy does); ask for its models list only
+    when the base URL does not end in `/v1`, the one case where a 404 tells something."""
+    url = URL(base_url)
+    shown = str(url.with_user(None))
+    try:
+        async with asyncio.timeout(timeout):
+            if not proxied:
+                await asyncio.get_running_loop().getaddrinfo(url.host, url.port)
+            if url.path.rstrip("/").endswith("/v1"):
+                return
+            status, _ = await upstream.fetch(
+                "GET", "/v1/models", {"User-Agent": CHECK_AGENT}, None, LIMIT
+            )
+    except TimeoutError:
+        log.warning(
+            "the upstream did not answer at start", extra={"upstream": shown, "seconds": timeout}
+        )
+        return
+    except OSError:
+        log.warning("cannot resolve the upstream host", extra={"upstream": shown, "host": url.host})
+        return
+    except UpstreamError as exc:
+        log.warning("the upstream is unreachable", extra={"upstream": shown, "error": exc.message})
+        return
+    if status == 404:
+        log.warning(
+            "the upstream answers 404 for its models list: does --upstream lack its /v1?",
+            extra={
+                "upstream": shown,
+                "path": url.path.rstrip("/") + "/models",
+                "suggestion": suggestion(shown),
+            },
+        )
+
+
+def suggestion(base_url: str) -> str:
+    """The base URL with `/v1`, or the advice to check it when it already ends so."""
+    trimmed = base_url.rstrip("/")
+    if trimmed.endswith("/v1"):
+        return "check the path of --upstream"
+    return f"--upstream {trimmed}/v1"
+
+
+async def check_store(store: Store, url: str) -> None:
+    """A store down at start is named (without its password) with the cause: the proxy serves
+    without it, failing open, until it answers (`/readyz` says so meanwhile)."""
+    try:
+        await store.ping()
+    except StoreError as exc:
+        password = urlsplit(url).password
+        cause = str(exc) or type(exc).__name__
+        if exc.__cause__ is not None and str(exc.__cause__):
+            cause = f"{cause}: {exc.__cause__}"
+        if password:
+            cause = cause.replace(password, "***")
+        log.warning(
+            "the store is unavailable at start: serving without it until it answers",
+            extra={"store": mask_password(url), "error": cause},
+        )

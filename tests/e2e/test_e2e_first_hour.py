@@ -1,0 +1,183 @@
+"""What a newcomer sees in the first hour: warnings at start about the upstream and the store,
+the settings line, the access log and the process metrics, read from real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import tempfile
+from collections.abc import Iterator
+from typing import IO, Any
+
+import httpx
+import orjson
+import pytest
+
+from proxy.server.preflight import CHECK_AGENT
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim, free_port, stop
+from tests.hostile import Received, Scripted, http_answer
+
+SECRET_KEY = "sk-first-hour-secret-0042"
+PROMPT = "a purple prompt nobody may log"
+AUTH = {"Authorization": f"Bearer {SECRET_KEY}"}
+
+
+class Logged:
+    """A proxy started with its stderr captured; `lines()` reads what it logged so far."""
+
+    def __init__(self, start: ProxyFactory, file: IO[bytes]) -> None:
+        self._start = start
+        self._file = file
+        self.proxy: Proxy | None = None
+
+    def start(self, *flags: str, **kwargs: Any) -> Proxy:
+        self.proxy = self._start(*flags, stderr=self._file, **kwargs)
+        return self.proxy
+
+    def text(self) -> bytes:
+        assert self.proxy is not None
+        stop(self.proxy.proc)
+        self._file.seek(0)
+        return self._file.read()
+
+    def lines(self) -> list[dict[str, Any]]:
+        return [orjson.loads(line) for line in self.text().splitlines() if line.startswith(b"{")]
+
+
+@pytest.fixture
+def logged(start_proxy: ProxyFactory) -> Iterator[Logged]:
+    with tempfile.TemporaryFile() as file:
+        yield Logged(start_proxy, file)
+
+
+def chat(proxy: Proxy, headers: dict[str, str] = AUTH) -> httpx.Response:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": PROMPT}]}
+    return httpx.post(proxy.v1 + "/chat/completions", json=body, headers=headers, timeout=10)
+
+
+def by_logger(lines: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [line for line in lines if line["logger"] == name]
+
+
+def test_a_base_url_without_v1_is_named_at_start_without_any_key(logged: Logged) -> None:
+    async def not_found(writer: asyncio.StreamWriter, _: Received) -> None:
+        writer.write(http_answer(b'{"detail": "Not Found"}', status="404 Not Found"))
+        await writer.drain()
+
+    with Scripted(not_found) as upstream:
+        root = f"http://127.0.0.1:{upstream.port}"
+        logged.start("--probe-key", SECRET_KEY, upstream=root)
+        warnings = by_logger(logged.lines(), "proxy.preflight")
+    assert len(warnings) == 1
+    assert warnings[0]["level"] == "warning"
+    assert warnings[0]["suggestion"] == f"--upstream {root}/v1"
+    (check,) = upstream.received
+    assert check.request_line == "GET /models HTTP/1.1"
+    assert "authorization" not in check.headers
+    assert check.headers["user-agent"] == CHECK_AGENT
+
+
+def test_a_base_url_with_v1_starts_without_a_word_or_a_request(logged: Logged, sim: Sim) -> None:
+    logged.start()
+    assert by_logger(logged.lines(), "proxy.preflight") == []
+    assert sim.requests() == []
+
+
+def test_a_replaying_proxy_never_looks_at_the_upstream(logged: Logged, sim: Sim) -> None:
+    logged.start("--cache-mode", "replay", upstream=sim.url)
+    assert by_logger(logged.lines(), "proxy.preflight") == []
+
+
+def test_an_upstream_that_never_answers_delays_the_start_by_seconds_only(logged: Logged) -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        logged.start(upstream=f"http://127.0.0.1:{port}")
+        warnings = by_logger(logged.lines(), "proxy.preflight")
+    assert [w["msg"] for w in warnings] == ["the upstream did not answer at start"]
+
+
+def test_an_unresolvable_upstream_host_is_named_at_start_and_to_clients(logged: Logged) -> None:
+    proxy = logged.start(upstream="http://no-such-host.invalid/v1")
+    answer = chat(proxy)
+    assert answer.status_code == 502
+    assert "no-such-host.invalid" in answer.json()["error"]["message"]
+    lines = logged.lines()
+    (start,) = by_logger(lines, "proxy.preflight")
+    assert start["host"] == "no-such-host.invalid"
+    failed = [line for line in lines if line["msg"] == "upstream failed"]
+    assert len(failed) == 1 and "no-such-host.invalid" in failed[0]["error"]
+
+
+def test_a_store_down_at_start_is_named_without_its_password(logged: Logged) -> None:
+    url = f"redis://:hunter2-pw@127.0.0.1:{free_port()}/0"
+    proxy = logged.start("--store", url)
+    ready = httpx.get(proxy.url + "/readyz", timeout=5)
+    assert ready.status_code == 503
+    text = logged.text()
+    assert b"hunter2-pw" not in text
+    lines = [orjson.loads(line) for line in text.splitlines() if line.startswith(b"{")]
+    (down,) = [line for line in lines if line["msg"].startswith("the store is unavailable")]
+    assert down["store"] == url.replace("hunter2-pw", "***")
+    assert "Connection refused" in down["error"]
+
+
+def test_the_settings_line_holds_json_values(logged: Logged, sim: Sim) -> None:
+    logged.start("--admin-token", "tok-hidden", "--credential-header", "x-tenant")
+    text = logged.text()
+    assert b"<Enforce" not in text and b"tok-hidden" not in text
+    lines = [orjson.loads(line) for line in text.splitlines() if line.startswith(b"{")]
+    (starting,) = [line for line in lines if line["msg"] == "starting"]
+    settings = starting["settings"]
+    assert settings["enforce"] == "seed"
+    assert settings["cache_mode"] == "readwrite"
+    assert settings["admin_token"] == "***"
+    assert settings["credential_header"] == ["x-tenant"]
+    assert settings["access_log"] is False
+
+
+@pytest.mark.parametrize("switch", [("--access-log",), ("--access-log", "on"), "env"])
+def test_the_access_log_has_a_line_per_request_and_never_the_key_or_prompt(
+    start_proxy: ProxyFactory, sim: Sim, switch: tuple[str, ...] | str
+) -> None:
+    with tempfile.TemporaryFile() as stderr:
+        if switch == "env":
+            proxy = start_proxy(env={"REPRO_ACCESS_LOG": "on"}, stderr=stderr)
+        else:
+            proxy = start_proxy(*switch, stderr=stderr)
+        first, second = chat(proxy), chat(proxy)
+        httpx.get(proxy.url + "/healthz", timeout=5)
+        stop(proxy.proc)
+        stderr.seek(0)
+        text = stderr.read()
+    assert SECRET_KEY.encode() not in text and PROMPT.encode() not in text
+    lines = [orjson.loads(line) for line in text.splitlines() if line.startswith(b"{")]
+    access = by_logger(lines, "proxy.access")[-3:]  # before them, the fixture's wait for /healthz
+    assert [(a["method"], a["path"], a["status"], a["cache"]) for a in access] == [
+        ("POST", "/v1/chat/completions", 200, "miss"),
+        ("POST", "/v1/chat/completions", 200, "hit"),
+        ("GET", "/healthz", 200, "bypass"),
+    ]
+    assert all(a["level"] == "info" and a["ms"] >= 0 for a in access)
+    assert access[0]["bytes"] == len(first.content)
+    assert access[1]["bytes"] == len(second.content)
+
+
+def test_without_the_access_log_requests_log_nothing(logged: Logged, sim: Sim) -> None:
+    chat(logged.start())
+    assert by_logger(logged.lines(), "proxy.access") == []
+
+
+def test_metrics_show_the_process_and_count_refused_answers_as_errors(
+    start_proxy: ProxyFactory, sim: Sim
+) -> None:
+    proxy = start_proxy()
+    sim.accept_keys("sk-someone-else")
+    assert chat(proxy).status_code == 401
+    text = proxy.metrics()
+    for name in ("process_resident_memory_bytes", "process_cpu_seconds_total", "python_info"):
+        assert f"\n{name}" in text, name
+    assert "python_gc_objects_collected_total" in text
+    error = proxy.metric("repro_requests_total", route="/v1/chat/completions", cache="error")
+    assert error == 1

@@ -1,0 +1,163 @@
+"""Every wrong value of a setting is refused at start with one line that names the setting, the
+value and what is accepted; the store URL's options are checked before anything connects."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from proxy.config import SettingError, load
+from proxy.options import OPTIONS
+
+# One wrong value per setting that parses its text; free-text settings (host, tokens, paths
+# read later) are absent on purpose, and the test below keeps the table complete.
+WRONG = {
+    "port": "eighty",
+    "upstream": "localhost:8000",
+    "store": "memory://?max_bytes=lots",
+    "default_seed": "random",
+    "enforce": "always",
+    "cache_mode": "read",
+    "fingerprint_policy": "latest",
+    "fingerprint_grace": "soon",
+    "cache_scope": "tenant",
+    "ttl": "abc",
+    "stale_if_error": "1h",
+    "encryption_key": "not base64!",
+    "max_body": "lots",
+    "max_entry": "huge",
+    "key_check_interval": "often",
+    "key_check_timeout": "-1",
+    "credential_header": "bad header",
+    "verify_rate": "half",
+    "probe_interval": "nan",
+    "lock_timeout": "inf",
+    "near_cache": "big",
+    "store_timeout": "fast",
+    "connect_timeout": "x",
+    "upstream_timeout": "1e400",
+    "upstream_ca": "/nonexistent/ca.pem",
+    "upstream_cert": "/nonexistent/cert.pem",
+    "upstream_key": "/nonexistent/key.pem",
+    "upstream_connections": "many",
+    "header_timeout": "0",
+    "body_timeout": "",
+    "keepalive_timeout": "forever",
+    "max_connections": "lots",
+    "stream_disconnect": "abort",
+    "workers": "0",
+    "access_log": "sometimes",
+    "log_level": "loud",
+}
+FREE_TEXT = {"host", "admin_token", "secret", "probe_key", "cassette"}
+HIDDEN = {"encryption_key"}  # a secret: named, never shown
+
+
+def test_every_setting_that_parses_its_value_has_a_wrong_value_here() -> None:
+    assert {option.name for option in OPTIONS} - FREE_TEXT == WRONG.keys()
+
+
+@pytest.mark.parametrize(("name", "value"), sorted(WRONG.items()))
+def test_a_wrong_value_names_the_setting_the_value_and_what_is_accepted(
+    name: str, value: str
+) -> None:
+    option = next(option for option in OPTIONS if option.name == name)
+    with pytest.raises(SettingError) as info:
+        load({name: value}, {})
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{option.flag} / {option.env}: ")
+    if name not in HIDDEN:
+        assert repr(value) in message
+    assert "invalid literal" not in message
+    assert "could not convert" not in message
+    assert any(word in message for word in ("expected", "known", "must", "needs"))
+
+
+STORE_URLS = [
+    ("memory://?max_bytes=lots", "expected a number of bytes"),
+    ("memory://?max_bytes=0", "expected a size > 0"),
+    ("memory://?maxbytes=1M", "did you mean 'max_bytes'"),
+    ("redis://127.0.0.1:6379/0?clustr=true", "did you mean 'cluster'"),
+    ("redis://127.0.0.1:6379/0?cluster=maybe", "expected true or false"),
+    ("redis://127.0.0.1:6379/0?db=x", "Invalid value for 'db'"),
+    ("redis://127.0.0.1:6379/0?decode_responses=true", "known: "),
+    ("redis://127.0.0.1:6379/0?ssl_cert_reqs=none", "needs a rediss:// URL"),
+    ("redis://127.0.0.1:port/0", "Port could not be cast"),
+    ("mysql://127.0.0.1/0", "expected memory://"),
+]
+
+
+@pytest.mark.parametrize(("url", "expected"), STORE_URLS)
+def test_a_store_url_redis_py_would_choke_on_is_refused_before_connecting(
+    url: str, expected: str
+) -> None:
+    with pytest.raises(SettingError) as info:
+        load({"store": url}, {})
+    assert expected in str(info.value)
+    assert str(info.value).startswith("--store / REPRO_STORE: ")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0?cluster=true&socket_timeout=2&client_name=repro",
+        "rediss://:pw@cache.internal:6380/0?ssl_cert_reqs=none&ssl_ca_certs=/etc/ca.pem",
+        "memory://?max_bytes=512MiB",
+    ],
+)
+def test_the_store_options_users_rely_on_still_pass(url: str) -> None:
+    assert load({"store": url}, {}).store == url
+
+
+def test_a_wrong_store_url_never_shows_its_password() -> None:
+    with pytest.raises(SettingError) as info:
+        load({"store": "redis://user:hunter2@cache:6379/0?clustr=1"}, {})
+    assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["serve", "--store", "memory://?max_bytes=lots"],
+        ["serve", "--store", "memory://?colour=blue"],
+        ["serve", "--store", "redis://127.0.0.1:6379/0?clustr=true"],
+        ["serve", "--ttl", "abc"],
+        ["serve", "--max-connections", "-3"],
+    ],
+)
+def test_serve_with_a_wrong_value_prints_one_line_and_exits_2(argv: list[str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy", *argv], capture_output=True, timeout=60, check=False
+    )
+    lines = done.stderr.decode().strip().splitlines()
+    assert done.returncode == 2
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"repro-proxy: {argv[1]} / REPRO_")
+    assert argv[2] in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["sim", "--port", "70000"], "--port"),
+        (["sim", "--latency", "-1"], "--latency"),
+        (["sim", "--divergence", "3"], "--divergence"),
+        (["sim", "--chunk-delay", "soon"], "--chunk-delay"),
+        (["stats", "--url", "localhost:8080", "--admin-token", "t"], "--url"),
+    ],
+)
+def test_the_other_commands_refuse_a_wrong_value_without_a_traceback(
+    argv: list[str], named: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy", *argv], capture_output=True, timeout=60, check=False
+    )
+    stderr = done.stderr.decode()
+    assert done.returncode == 2
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert named in last and argv[2] in last
+    assert "expected" in last or "must be" in last
