@@ -462,8 +462,11 @@ def test_settings_from_args() -> None:
     settings = settings_from_args(parser.parse_args(args))
     assert settings == SimSettings(fingerprint=None, api_keys=("a", "b"), chunk_delay=0.1)
     assert settings_from_args(parser.parse_args([])) == SimSettings()
-    with pytest.raises(ValueError, match="divergence"):
-        settings_from_args(parser.parse_args(["--divergence", "1.5"]))
+    for flag in ("--divergence", "--drift"):
+        with pytest.raises(SystemExit):  # argparse's one line naming the flag, status 2
+            parser.parse_args([flag, "1.5"])
+    alternating = settings_from_args(parser.parse_args(["--fingerprints", "fp_a,fp_b"]))
+    assert alternating.fingerprints == ("fp_a", "fp_b")
 
 
 def free_port() -> int:

@@ -14,8 +14,9 @@ from proxy.tools.sim.state import SimSettings, check_tunable
 CONTROL_ROUTES = """\
 control routes (unauthenticated; JSON bodies):
   GET    /_sim/fingerprint   the system_fingerprint answered with
-  POST   /_sim/fingerprint   {"fingerprint": "fp_…" | null}: rotate it
-  GET    /_sim/settings      latency, chunk_delay, divergence
+  POST   /_sim/fingerprint   {"fingerprint": "fp_…" | null}: rotate it (ends an alternation);
+                             {"fingerprints": ["fp_a", "fp_b"]}: one at random per answer
+  GET    /_sim/settings      latency, chunk_delay, divergence, drift
   POST   /_sim/settings      change any of them at run time
   POST   /_sim/keys          {"api_keys": […]}: the keys accepted from now on ([] = any)
   POST   /_sim/faults        queue a fault for the next requests (status, body, headers …)
@@ -63,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--drift",
-        type=float,
+        type=_tunable("drift"),
         default=defaults.drift,
         help="fraction (0..1) of seeded requests whose answer changes with the fingerprint",
     )
