@@ -4,7 +4,7 @@ Reads `GET /admin/rotations` (the admin token, like `stats`): per model each rot
 when), and for the requests stored under both fingerprints how many, how many identical, and how
 far apart. `--distance embedding` measures the pairs again as the cosine distance of their
 embeddings (`check`'s), fetched through the proxy's own /v1/embeddings. A table on a terminal,
-JSON with `--json` (fields in docs/reference.md).
+JSON with `--json` or when piped (fields in docs/reference.md).
 """
 
 from __future__ import annotations
@@ -13,26 +13,25 @@ import argparse
 import asyncio
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import orjson
-
-if TYPE_CHECKING:
-    import httpx
+from proxy.tools.admin_cli import (
+    Refused,
+    add_connection_arguments,
+    admin_headers,
+    base_url,
+    reason,
+)
+from proxy.tools.output import print_json, wants_json
 
 HELP = "each fingerprint rotation of a running proxy, and how the same requests' answers changed"
 
 
 def add_command(commands: Any) -> None:
     parser = commands.add_parser("rotations", help=HELP, description=HELP)
+    add_connection_arguments(parser)
     add = parser.add_argument
-    add(
-        "--url",
-        default=os.environ.get("REPRO_URL", "http://127.0.0.1:8080"),
-        help="the proxy's base URL (env REPRO_URL, default http://127.0.0.1:8080)",
-    )
-    add("--admin-token", default=None, help="bearer token of /admin/* (env REPRO_ADMIN_TOKEN)")
-    add("--json", action="store_true", help="print JSON instead of a table")
+    add("--json", action="store_true", help="print JSON (the default when stdout is not a TTY)")
     add("--model", help="only this model")
     add("--examples", type=int, default=3, help="changed answers shown per rotation (0-10)")
     add("--distance", choices=("text", "embedding"), default="text", help="default: text")
@@ -45,22 +44,20 @@ def run(args: argparse.Namespace) -> int:
 
     from proxy.tools.audit.network import AuditError
 
-    token = args.admin_token or os.environ.get("REPRO_ADMIN_TOKEN", "")
-    base = args.url.rstrip("/")
+    try:
+        base, headers = base_url(args), admin_headers(args)
+    except Refused as exc:
+        print(f"repro-proxy rotations: {exc}", file=sys.stderr)
+        return 2
     params: dict[str, Any] = {"examples": max(0, min(args.examples, 10))}
     if args.model:
         params["model"] = args.model
     if args.distance == "embedding":
         params["pairs"] = 256
     try:
-        response = httpx.get(
-            base + "/admin/rotations",
-            params=params,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=300,
-        )
+        response = httpx.get(base + "/admin/rotations", params=params, headers=headers, timeout=300)
         if response.status_code != 200:
-            print(f"repro-proxy rotations: HTTP {response.status_code}: {_reason(response)}",
+            print(f"repro-proxy rotations: HTTP {response.status_code}: {reason(response)}",
                   file=sys.stderr)  # fmt: skip
             return 1
         report = response.json()
@@ -70,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"repro-proxy rotations: {base}: {exc}", file=sys.stderr)
         return 1
     report["distance_kind"] = args.distance
-    if args.json:
-        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+    if wants_json(args.json):
+        print_json(report)
     else:
         from proxy.tools.rotations_view import render
 
@@ -107,10 +104,3 @@ async def _embedding_distances(base: str, args: argparse.Namespace, report: Any)
 
 
 _DISTANCE = ("mean", "p50", "p90", "max", "histogram")
-
-
-def _reason(response: httpx.Response) -> str:
-    try:
-        return str(response.json()["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return response.text[:200] or response.reason_phrase

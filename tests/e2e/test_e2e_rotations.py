@@ -4,6 +4,7 @@ no token, huge answers, many keys."""
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import httpx
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from rich.console import Console
 
 from proxy.config import Settings
 from proxy.core.entry import Entry
@@ -21,6 +23,7 @@ from proxy.server import rotations
 from proxy.server.app import create_app
 from proxy.store.base import Labels, Write
 from proxy.store.memory import MemoryStore
+from proxy.tools.rotations_view import render
 from tests.fixtures_procs import ProxyFactory, Sim
 
 MODEL = "gpt-4o-mini"
@@ -86,9 +89,13 @@ def test_rotations_json_matches_what_the_sim_did(
         assert (example["old"], example["new"]) == (before[example["key"]], after[example["key"]])
         assert example["distance"] > 0
 
-    table = cli("--url", proxy.url, "--admin-token", ADMIN)
-    assert table.returncode == 0, table.stderr
-    assert "fp_sim_0001" in table.stdout and "rotated" in table.stdout
+    piped = cli("--url", proxy.url, "--admin-token", ADMIN)  # not a terminal: JSON
+    assert piped.returncode == 0, piped.stderr
+    assert orjson.loads(piped.stdout)["models"][MODEL]["rotations"][0]["identical"] == same
+    console = Console(file=io.StringIO(), width=160)
+    render(report, console)
+    table = console.file.getvalue()
+    assert "fp_sim_0001" in table and "rotated" in table and f"{same}" in table
 
 
 def test_the_command_without_the_token_fails_with_the_reason(
@@ -99,6 +106,8 @@ def test_the_command_without_the_token_fails_with_the_reason(
     assert done.returncode == 1
     assert "HTTP 401" in done.stderr and "admin" in done.stderr
     assert ADMIN not in done.stderr + done.stdout
+    missing = cli("--url", proxy.url)
+    assert missing.returncode == 2 and "no admin token" in missing.stderr
 
 
 # --- in process, with a store filled directly: the bounds -------------------------------------
