@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "health":
         return health.run(args)
-    if args.command in ("export", "import"):
+    if args.command in ("export", "import", "cassette"):
         return cassette_cli.run(args)
     if args.command == "rotations":
         return rotations_cli.run(args)

@@ -185,11 +185,16 @@ def load(
 ) -> Settings:
     """Resolve every option: flag, then environment, then default."""
     values: dict[str, Any] = {}
+    explicit: set[str] = set()  # set by a flag or a variable, not left at the default
     for option in OPTIONS:
         given = flags.get(option.name)
         text = ",".join(given) if isinstance(given, list) else given
         if text is None:
-            text = environ.get(option.env) or option.default
+            text = environ.get(option.env) or None
+        if text is None:
+            text = option.default
+        else:
+            explicit.add(option.name)
         if text is None:
             continue
         try:
@@ -201,9 +206,17 @@ def load(
             ) from None
         enum = _ENUMS.get(option.name)
         values[option.name] = enum(value) if enum else value
+    if values.get("cache_mode") is CacheMode.REPLAY and "fingerprint_policy" not in explicit:
+        # A replay serves what was recorded, whichever fingerprint it was recorded under.
+        values["fingerprint_policy"] = FingerprintPolicy.PIN
     settings = Settings(**values)
     _check_cassette(settings)
     _check_tls(settings)
+    if settings.workers > 1 and settings.port == 0:
+        raise SettingError(
+            "--port / REPRO_PORT: 0 (a free port) needs --workers 1: each worker would bind a "
+            "port of its own"
+        )
     if settings.workers > 1 and settings.store.startswith("memory:"):
         raise SettingError(
             "--workers / REPRO_WORKERS: several workers need a shared store "

@@ -10,6 +10,7 @@
      ├── RequestTooLarge               413  request_too_large
      ├── Unauthorized                  401  unauthorized (admin routes)
      ├── CacheMissError                504  cache_miss
+     ├── ReplayPassthrough             501  replay_passthrough (a route replay cannot answer)
      ├── StoreUnavailable              503  store_unavailable (admin routes only)
      ├── TooManyConnections            503  too_many_connections (--max-connections)
      └── UpstreamError
@@ -105,6 +106,15 @@ class Unauthorized(ProxyError):
 class CacheMissError(ProxyError):
     status = 504
     code = "cache_miss"
+    type = "cache_error"
+
+
+class ReplayPassthrough(ProxyError):
+    """Replay mode answers only from the cache: a pass-through route would reach the upstream.
+    501, as for a method the server does not implement, and never worth a retry."""
+
+    status = 501
+    code = "replay_passthrough"
     type = "cache_error"
 
 

@@ -123,13 +123,19 @@ class Option:
 
 OPTIONS = (
     Option("host", "REPRO_HOST", "127.0.0.1", str, "listen address"),
-    Option("port", "REPRO_PORT", "8080", _port, "listen port"),
+    Option(
+        "port",
+        "REPRO_PORT",
+        "8080",
+        _port,
+        "listen port; 0 = a free port, reported at start (listening on http://HOST:PORT)",
+    ),
     Option(
         "upstream",
         "REPRO_UPSTREAM",
         "https://api.openai.com/v1",
         _upstream,
-        "base URL of the OpenAI-compatible upstream, with its /v1",
+        "base URL of the OpenAI-compatible upstream, with its /v1 (Azure: the resource root)",
     ),
     Option(
         "store",
@@ -160,8 +166,8 @@ OPTIONS = (
         "REPRO_CACHE_MODE",
         "readwrite",
         _choice(*CacheMode),
-        "readwrite; replay: never call the upstream, a miss is a 504 cache_miss; record: always "
-        "call the upstream and store; off",
+        "readwrite; replay: never call the upstream (implies --fingerprint-policy pin unless "
+        "set), a miss is a 504 cache_miss; record: always call the upstream and store; off",
     ),
     Option(
         "fingerprint_policy",

@@ -13,7 +13,13 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.fixtures_redis", "tests.fixtures_procs", "tests.fixtures_tls"]
+pytest_plugins = [
+    "pytester",
+    "tests.fixtures_redis",
+    "tests.fixtures_procs",
+    "tests.fixtures_tls",
+    "tests.llm_project",
+]
 
 SLOW_FOLDERS = frozenset({"e2e", "ops"})
 

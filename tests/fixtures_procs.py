@@ -7,16 +7,21 @@ terminated after the test. The sim is shared by the session and reset before eac
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 import httpx
 import pytest
 
 from bench.procs import free_port, stop, wait_until_up
+
+LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
 
 # The proxy honours these for its upstream calls: the test machine's own must not route
 # loopback traffic; a test that wants a forward proxy passes them in `extra`.
@@ -177,3 +182,17 @@ def start_proxy(sim: Sim) -> Iterator[ProxyFactory]:
 def proxy(start_proxy: ProxyFactory) -> Proxy:
     """A proxy with default settings and the memory store."""
     return start_proxy()
+
+
+def started(argv: list[str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A process started with --port 0, and the URL it says it listens on."""
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(argv, env=_clean_env(), stderr=sink)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = LISTENING.search(log.read_text())
+        if found:
+            return proc, found.group(1)
+        time.sleep(0.05)
+    stop(proc)
+    raise AssertionError(f"no listening line: {log.read_text()}")

@@ -13,7 +13,7 @@ from typing import NamedTuple, Protocol
 
 from multidict import CIMultiDictProxy
 
-from proxy.core import canonical, policy
+from proxy.core import canonical, policy, routes
 from proxy.core.credentials import STANDARD, Credentials, extract
 from proxy.core.policy import CacheMode, CacheScope, Enforce, Outcome, Plan
 from proxy.errors import InvalidParameter
@@ -38,11 +38,13 @@ class Rules(Protocol):
 class Call:
     """One cacheable request, fully decided before any I/O."""
 
-    route: str
+    route: str  # the request path (an Azure one names its deployment)
+    kind: str  # the OpenAI route it stands for: its defaults, seed rule and answer shape
     tenant: str  # the HMAC of the caller's credentials (or anonymous), whatever the scope
     namespace: str
     query: str
     model: str
+    lineage: str  # the name the model's fingerprints are tracked under (routes.lineage)
     key: str
     body: bytes  # exactly what the upstream receives
     seed: int | None
@@ -91,31 +93,44 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
         canonical.reject_duplicate_keys(raw)
     seeded = policy.enforce(body, route, settings.enforce, settings.default_seed)
     scope = policy.SHARED if settings.cache_scope is policy.CacheScope.SHARED else tenant
-    namespace = _namespace(asked.namespace)
+    namespace = checked_namespace(asked.namespace)
     directives = policy.parse_cache_control(asked.cache_control)
-    model = body.get("model")
+    named = body.get("model")
+    model = named if isinstance(named, str) else routes.deployment_of(route)
     key, respelled = canonical.keyed(route, scope, namespace, seeded.body, asked.query)
+    kind = routes.kind(route)
     return Call(
         route=route,
+        kind=kind,
         tenant=tenant,
         namespace=namespace,
         query=asked.query,
-        model=model if isinstance(model, str) else "",
+        model=model,
+        lineage=routes.lineage(model, route),
         key=key,
         body=raw if settings.enforce is policy.Enforce.OFF else respelled,
         seed=seeded.seed,
         seed_source=seeded.source,
-        plan=policy.plan(settings.cache_mode, directives),
+        plan=_plan(settings.cache_mode, directives, kind, body),
         max_age=directives.max_age,
         stale_if_error=policy.stale_window(settings.stale_if_error, directives.stale_if_error),
         stream=body.get("stream") is True,
     )
 
 
+def _plan(
+    mode: policy.CacheMode, directives: policy.Directives, kind: str, body: dict[str, object]
+) -> Plan:
+    """A background response is a job the client polls for, not an answer: never cached."""
+    if kind == routes.RESPONSES and body.get("background") is True:
+        return policy.uncached(mode)
+    return policy.plan(mode, directives)
+
+
 MAX_NAMESPACE = 256
 
 
-def _namespace(value: str) -> str:
+def checked_namespace(value: str) -> str:
     """A namespace names a partition and labels entries: printable UTF-8 of bounded size."""
     try:
         value.encode()
@@ -149,3 +164,4 @@ class Answer:
     prompt_tokens: int
     completion_tokens: int
     stream: bool
+    response_id: str | None = None  # a Responses API answer's id, to find it by id later

@@ -14,16 +14,18 @@ from typing import Any
 
 import orjson
 
+from proxy.core.routes import CHAT as CHAT
+from proxy.core.routes import COMPLETIONS as COMPLETIONS
+from proxy.core.routes import EMBEDDINGS as EMBEDDINGS
+from proxy.core.routes import RESPONSES as RESPONSES
+from proxy.core.routes import kind
 from proxy.errors import InvalidJSON
 
 MAX_DEPTH = 128
 KEY_VERSION = 1
 _EXACT_INT_LIMIT = 2**53
 
-CHAT = "/v1/chat/completions"
-COMPLETIONS = "/v1/completions"
-EMBEDDINGS = "/v1/embeddings"
-CACHEABLE_ROUTES = frozenset({CHAT, COMPLETIONS, EMBEDDINGS})
+CACHEABLE_ROUTES = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES})
 
 _SAMPLING_DEFAULTS: dict[str, Any] = {
     "temperature": 1,
@@ -44,10 +46,23 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     COMPLETIONS: {**_SAMPLING_DEFAULTS, "echo": False, "best_of": 1},
     EMBEDDINGS: {"encoding_format": "float"},
+    RESPONSES: {
+        "temperature": 1,
+        "top_p": 1,
+        "stream": False,
+        "background": False,
+        "parallel_tool_calls": True,
+        "truncation": "disabled",
+        "tool_choice": "auto",
+        "text": {"format": {"type": "text"}},
+    },
 }
 
 # Fields that label a request for the provider's bookkeeping and cannot change the output.
 NON_SEMANTIC = frozenset({"user", "metadata", "store"})
+_LABELS: dict[str, frozenset[str]] = {
+    RESPONSES: NON_SEMANTIC | {"safety_identifier", "prompt_cache_key"},
+}
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -124,11 +139,14 @@ def dumps(value: Any) -> bytes:
 
 
 def key_view(route: str, body: dict[str, Any]) -> dict[str, Any]:
-    """The part of a body that decides the answer: defaults, nulls and labels left out."""
-    defaults = DEFAULTS.get(route, {})
+    """The part of a body that decides the answer: defaults, nulls and labels left out.
+    An Azure route keys with the defaults of the OpenAI route it stands for."""
+    counterpart = kind(route)
+    defaults = DEFAULTS.get(counterpart, {})
+    labels = _LABELS.get(counterpart, NON_SEMANTIC)
     view = {}
     for name, value in body.items():
-        if value is None or name in NON_SEMANTIC:
+        if value is None or name in labels:
             continue
         if name in defaults and _same(normalize(value), defaults[name]):
             continue

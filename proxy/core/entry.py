@@ -59,11 +59,13 @@ _META = tuple(f.name for f in fields(Entry) if f.name != "body")
 
 
 def usage_of(answer: dict[str, Any]) -> tuple[int, int]:
-    """Prompt and completion tokens an answer reports, zero where it reports none."""
+    """Prompt and completion tokens an answer reports, zero where it reports none. The
+    Responses API names them input and output tokens."""
     usage = answer.get("usage")
     if not isinstance(usage, dict):
         return 0, 0
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+    completion = usage.get("completion_tokens", usage.get("output_tokens"))
     return (
         prompt if isinstance(prompt, int) else 0,
         completion if isinstance(completion, int) else 0,
@@ -84,8 +86,15 @@ def fingerprint_of(answer: dict[str, Any]) -> str:
     return "none"
 
 
-def is_answer(body: dict[str, Any]) -> bool:
+def is_answer(body: dict[str, Any], responses: bool = False) -> bool:
     """Whether a 200 body is an answer (choices, embeddings data or Responses output) rather
     than an error some gateways send with status 200: only answers are stored or teach a
-    fingerprint."""
+    fingerprint. On the Responses API only a completed response is one: a queued, failed or
+    incomplete one is not the answer a retry would get."""
+    if responses:
+        return (
+            body.get("object") == "response"
+            and body.get("status") == "completed"
+            and isinstance(body.get("output"), list)
+        )
     return any(name in body for name in _ANSWER_FIELDS)

@@ -1,4 +1,4 @@
-"""The request target a pass-through sends upstream, kept under the upstream's /v1/.
+"""The request target a pass-through sends upstream, kept under /v1/ (or Azure's /openai/).
 
 Servers disagree on how to read a path: some decode `%2e%2e` or `%2f` before resolving dot
 segments, some treat `\\` as `/` or drop `;params`, some decode twice. So the proxy resolves the
@@ -16,7 +16,7 @@ from urllib.parse import quote, unquote
 
 from proxy.errors import InvalidPath
 
-BASE = "v1"
+BASES = ("v1", "openai")
 # RFC 3986 pchar, with "%" kept for escapes already there; anything else is percent-encoded.
 _SAFE = "!$&'()*+,;=:@%~"
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
@@ -26,14 +26,17 @@ _DECODINGS = 3
 
 def forward_target(raw: str) -> str:
     """The path and query to send upstream for `raw`, the client's request target as sent.
-    Raises InvalidPath for a target that would leave /v1/ or has no single reading."""
+    Raises InvalidPath for a target that would leave the base it names (/v1/ or /openai/)
+    or has no single reading."""
     target = raw.partition("#")[0]  # a fragment is the client's own business
     path, mark, query = target.partition("?")
     if not path.startswith("/"):
         raise InvalidPath("The request target must be a path such as /v1/files.", "path")
-    segments = _resolved(path.split("/")[1:])
-    if len(segments) < 2 or segments[0] != BASE:
-        raise InvalidPath(f"The path {_shown(path)} leaves /{BASE}/.", "path")
+    raw_segments = path.split("/")[1:]
+    segments = _resolved(raw_segments)
+    base = raw_segments[0] if raw_segments[0] in BASES else BASES[0]
+    if len(segments) < 2 or segments[0] != base:
+        raise InvalidPath(f"The path {_shown(path)} leaves /{base}/.", "path")
     return "/" + "/".join(segments) + mark + query
 
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from proxy.core.canonical import CHAT, COMPLETIONS
 from proxy.core.fingerprints import ModelFingerprints
+from proxy.core.routes import CHAT, COMPLETIONS, RESPONSES, kind
 from proxy.errors import InvalidParameter
 
 SEEDED_ROUTES = frozenset({CHAT, COMPLETIONS})
@@ -70,8 +70,12 @@ class Seeded:
 
 
 def enforce(body: dict[str, Any], route: str, mode: Enforce, default_seed: int) -> Seeded:
-    """Apply the seed policy; `strict` also pins temperature and top_p."""
-    if route not in SEEDED_ROUTES:
+    """Apply the seed policy; `strict` also pins temperature and top_p. The Responses API
+    takes no seed (strict upstreams refuse unknown fields): there `strict` only pins."""
+    counterpart = kind(route)
+    if counterpart == RESPONSES:
+        return Seeded(_pinned(body) if mode is Enforce.STRICT else body, None, None)
+    if counterpart not in SEEDED_ROUTES:
         return Seeded(body, None, None)
     if mode is Enforce.OFF:
         seed = body.get("seed")
@@ -89,6 +93,19 @@ def enforce(body: dict[str, Any], route: str, mode: Enforce, default_seed: int) 
         out["temperature"] = 0
         out["top_p"] = 1
     return Seeded(out, seed, source)
+
+
+_REASONING_MODELS = ("o1", "o3", "o4", "gpt-5")
+
+
+def _pinned(body: dict[str, Any]) -> dict[str, Any]:
+    """temperature 0 and top_p 1, except for reasoning models, which refuse both: a request
+    asking for `reasoning`, or naming an o-series or gpt-5 model."""
+    model = body.get("model")
+    named = isinstance(model, str) and model.lower().startswith(_REASONING_MODELS)
+    if named or isinstance(body.get("reasoning"), dict):
+        return body
+    return {**body, "temperature": 0, "top_p": 1}
 
 
 def _client_seed(body: dict[str, Any]) -> int | None:
@@ -173,6 +190,12 @@ def plan(mode: CacheMode, directives: Directives) -> Plan:
     if mode is CacheMode.RECORD or directives.no_cache:
         return _REFRESH
     return _READWRITE
+
+
+def uncached(mode: CacheMode) -> Plan:
+    """The plan of a request that is never cached (a background response): forwarded, except
+    in replay mode, which never reaches the upstream."""
+    return _BYPASS_CACHED_ONLY if mode is CacheMode.REPLAY else _BYPASS
 
 
 # Plans are immutable: one of each, shared by every request.

@@ -1,8 +1,11 @@
 """Recording a server-sent-event stream on the side while it passes through.
 
 The recorder keeps the exact bytes for replay and reads just enough of each frame to know the
-fingerprint, the usage and whether the stream ended cleanly: a finish_reason, then `[DONE]`, no
-error event, and nothing over the size cap. Only such a stream is ever stored.
+fingerprint, the usage and whether the stream ended cleanly, and nothing went over the size cap.
+Only such a stream is ever stored. A clean end depends on the route: chat and text completions
+end with a finish_reason, then `[DONE]`, and no error event; the Responses API's typed events
+end with `response.completed`, and a `response.failed`, `response.incomplete` or `error` event
+spoils the stream, whatever follows.
 
 A stream over the cap drops its bytes but is still read, so its fingerprint reaches the response
 headers and the fingerprint tracking like any other answer's; only a single frame larger than
@@ -19,11 +22,16 @@ from proxy.core.entry import fingerprint_of, usage_of
 
 _DONE = b"[DONE]"
 _FRAME_LIMIT = 1024 * 1024
+_COMPLETED = "response.completed"
+_SPOILED = frozenset({"response.failed", "response.incomplete", "error"})
 
 
 class StreamRecorder:
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, responses: bool = False) -> None:
+        """`responses`: the stream is the Responses API's typed events."""
         self._max_bytes = max_bytes
+        self._responses = responses
+        self.response_id: str | None = None
         self._max_pending = max(max_bytes, _FRAME_LIMIT)
         self._chunks: list[bytes] = []
         self._size = 0
@@ -63,7 +71,7 @@ class StreamRecorder:
             return
         self.frames += 1
         if payload.strip() == _DONE:
-            self.done = True
+            self.done = not self._responses
             return
         try:
             event: Any = orjson.loads(payload)
@@ -73,7 +81,32 @@ class StreamRecorder:
         if not isinstance(event, dict) or "error" in event:
             self.failed = True
             return
-        self._read_event(event)
+        if self._responses:
+            self._read_typed(event)
+        else:
+            self._read_event(event)
+
+    def _read_typed(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind in _SPOILED:
+            self.failed = True
+            return
+        response = event.get("response")
+        if not isinstance(response, dict):
+            return
+        if self.fingerprint is None:
+            self._read_fingerprint(event, response)
+        if isinstance(response.get("id"), str):
+            self.response_id = response["id"]
+        if kind == _COMPLETED:
+            self.prompt_tokens, self.completion_tokens = usage_of(response)
+            self.finished = self.done = response.get("status", "completed") == "completed"
+
+    def _read_fingerprint(self, event: dict[str, Any], response: dict[str, Any]) -> None:
+        for holder in (event, response):
+            if "system_fingerprint" in holder:
+                self.fingerprint = fingerprint_of(holder)
+                return
 
     def _read_event(self, event: dict[str, Any]) -> None:
         if self.fingerprint is None and "system_fingerprint" in event:

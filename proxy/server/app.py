@@ -17,11 +17,13 @@ from prometheus_client import CollectorRegistry
 
 from proxy.config import Settings
 from proxy.core import credentials
+from proxy.core.call import Call
 from proxy.core.canonical import CACHEABLE_ROUTES
 from proxy.core.policy import SHARED, CacheMode
+from proxy.core.routes import AZURE_RESPONSES, AZURE_V1, DEPLOYMENT_CALLS, DEPLOYMENTS
 from proxy.errors import InvalidHeader, ProxyError, UpstreamError
 from proxy.metrics import Metrics
-from proxy.server import admin, handlers, rotations, transfer, ui
+from proxy.server import admin, handlers, responses, rotations, transfer, ui
 from proxy.server.coalesce import Coalescer
 from proxy.server.context import SERVICES, Services, entry_memo
 from proxy.server.fingerprints import FingerprintTracker
@@ -42,6 +44,7 @@ access_log = logging.getLogger("proxy.access")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PASSTHROUGH_ROUTE = "/v1/*"
+AZURE_PASSTHROUGH_ROUTE = "/openai/*"
 INVALIDATIONS = "repro:invalidate"
 
 
@@ -53,18 +56,25 @@ def create_app(
     clock: Callable[[], float] = time.time,
     multiprocess_dir: str | None = None,
     environ: Mapping[str, str] = os.environ,
+    on_miss: Callable[[Call], None] | None = None,
 ) -> web.Application:
     """The proxy application; the store is opened from settings unless one is injected.
 
     `multiprocess_dir` is prometheus-client's shared directory when several workers serve;
-    `environ` holds the forward-proxy variables (HTTPS_PROXY, HTTP_PROXY, NO_PROXY).
+    `environ` holds the forward-proxy variables (HTTPS_PROXY, HTTP_PROXY, NO_PROXY); `on_miss`
+    is told of every request refused as a cache miss.
     """
     app = web.Application(client_max_size=settings.max_body)
     metrics = Metrics(registry or CollectorRegistry(), multiprocess_dir)
-    app.cleanup_ctx.append(_services(settings, store, metrics, clock, environ))
-    for route in sorted(CACHEABLE_ROUTES):
+    app.cleanup_ctx.append(_services(settings, store, metrics, clock, environ, on_miss))
+    for route in cacheable_routes():
         app.router.add_post(route, observed(handlers.cacheable, route))
+    for route in ("/v1/responses/{id}", AZURE_V1 + "responses/{id}", AZURE_RESPONSES + "/{id}"):
+        app.router.add_get(route, observed(responses.by_id, route))
     app.router.add_route("*", "/v1/{tail:.*}", observed(handlers.passthrough, PASSTHROUGH_ROUTE))
+    app.router.add_route(
+        "*", "/openai/{tail:.*}", observed(handlers.passthrough, AZURE_PASSTHROUGH_ROUTE)
+    )
     app.router.add_get("/healthz", observed(handlers.healthz))
     app.router.add_get("/readyz", observed(handlers.readyz))
     app.router.add_get("/metrics", observed(handlers.metrics))
@@ -79,6 +89,15 @@ def create_app(
     app.router.add_post("/admin/ui/logout", observed(ui.ui_logout))
     app.router.add_get("/admin/ui/static/{name}", observed(ui.ui_static))
     return app
+
+
+def cacheable_routes() -> list[str]:
+    """The OpenAI routes, and Azure OpenAI's three shapes of them; each pattern is also the
+    metrics' route label."""
+    openai = sorted(CACHEABLE_ROUTES)
+    azure_v1 = [AZURE_V1 + route.removeprefix("/v1/") for route in openai]
+    deployments = [DEPLOYMENTS + "{deployment}/" + call for call in DEPLOYMENT_CALLS]
+    return [*openai, *azure_v1, *deployments, AZURE_RESPONSES]
 
 
 def egress(settings: Settings, environ: Mapping[str, str]) -> Egress:
@@ -97,7 +116,11 @@ def _services(
     metrics: Metrics,
     clock: Callable[[], float],
     environ: Mapping[str, str],
+    on_miss: Callable[[Call], None] | None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
+    # Replay never reaches the upstream: no probe, no drift check (key checks are skipped).
+    calls_upstream = settings.cache_mode is not CacheMode.REPLAY
+
     async def context(app: web.Application) -> AsyncIterator[None]:
         channel = INVALIDATIONS if settings.near_cache else ""
         timeout = settings.store_timeout
@@ -127,7 +150,7 @@ def _services(
         prober = Prober(
             upstream,
             fingerprints,
-            interval=settings.probe_interval,
+            interval=settings.probe_interval if calls_upstream else 0.0,
             api_key=settings.probe_key,
             seed=settings.default_seed,
             clock=clock,
@@ -135,9 +158,8 @@ def _services(
         secret = Secret(store, settings.secret)
         await secret.settle()
         carriers = credentials.names(settings.credential_header)
-        verifier = Verifier(
-            upstream, fingerprints, metrics, settings.verify_rate, random.random, carriers
-        )
+        rate = settings.verify_rate if calls_upstream else 0.0
+        verifier = Verifier(upstream, fingerprints, metrics, rate, random.random, carriers)
         keys = KeyChecker(
             upstream,
             settings.key_check_interval,
@@ -159,6 +181,7 @@ def _services(
             clock=clock,
             credential_names=carriers,
             entries=entry_memo(local_bytes),
+            on_miss=on_miss,
         )
         await _load_cassette(settings, store)
         try:

@@ -15,11 +15,12 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.core import policy
+from proxy.core import policy, responses
 from proxy.core.call import Answer, Asked, Call, prepare_with, repro_headers
 from proxy.core.entry import CorruptEntry, Entry, fingerprint_of, is_answer, usage_of
 from proxy.core.fingerprints import ModelFingerprints
 from proxy.core.policy import Outcome
+from proxy.core.routes import RESPONSES
 from proxy.errors import UpstreamError
 from proxy.server.coalesce import Lease
 from proxy.server.context import EntryMemo, Services
@@ -70,7 +71,7 @@ def prepare(services: Services, asked: Asked) -> Call:
 async def lookup(services: Services, call: Call) -> Entry | None:
     """The servable entry for this call, or None; a failing store is a miss."""
     try:
-        state, blobs = await services.store.lookup(call.key, call.model)
+        state, blobs = await services.store.lookup(call.key, call.lineage)
     except StoreError as exc:
         store_failed(services, "get", exc)
         return None
@@ -84,7 +85,7 @@ async def lookup_or_lock(services: Services, call: Call, lease: Lease) -> Entry 
         return await lookup(services, call)
     try:
         state, blobs, lease.held = await services.store.lookup_or_lock(
-            call.key, call.model, lease.token, services.coalescer.timeout
+            call.key, call.lineage, lease.token, services.coalescer.timeout
         )
     except StoreError as exc:
         store_failed(services, "get", exc)
@@ -96,7 +97,7 @@ async def lookup_or_lock(services: Services, call: Call, lease: Lease) -> Entry 
 def _servable(
     services: Services, call: Call, state: ModelFingerprints | None, blobs: dict[str, bytes]
 ) -> Entry | None:
-    accepted = services.fingerprints.acceptable(call.model, state)
+    accepted = services.fingerprints.acceptable(call.lineage, state)
     return choose(services, call, accepted, {fp: blobs[fp] for fp in _allowed(accepted, blobs)})
 
 
@@ -211,10 +212,12 @@ async def forward(
     status, content_type = upstream.status, upstream.headers.get("Content-Type", "")
     fingerprint = None
     parsed = _json_object(data) if status == 200 else None
-    if parsed is not None and is_answer(parsed):
+    if parsed is not None and is_answer(parsed, call.kind == RESPONSES):
         fingerprint = fingerprint_of(parsed)
         prompt, completion = usage_of(parsed)
-        answer = Answer(data, content_type, fingerprint, prompt, completion, stream=False)
+        answer = Answer(
+            data, content_type, fingerprint, prompt, completion, False, responses.id_of(parsed)
+        )
         await record(services, call, answer, lease)
     headers.update(repro_headers(call, call.plan.outcome, fingerprint))
     return web.Response(status=status, body=data, headers=headers)
@@ -250,26 +253,52 @@ async def record(
     gives up its store lock in the same write."""
     entry = _storable(services, call, answer) if call.plan.store else None
     if entry is None:
-        await observe_fingerprint(services, call.model, answer.fingerprint)
+        await observe_fingerprint(services, call.lineage, answer.fingerprint)
         return
     services.prober.answered(call.model)
     tracker = services.fingerprints
-    counted = tracker.counted(call.model, answer.fingerprint)
+    counted = tracker.counted(call.lineage, answer.fingerprint)
     try:
         if counted:
             await services.store.put(_write(services, call, entry, lease))
         else:
-            await tracker.flush(call.model)
+            await tracker.flush(call.lineage)
             write = _write(services, call, entry, lease, now=tracker.now())
             seen = await services.store.record(write)
-            tracker.learned(call.model, answer.fingerprint, seen)
+            tracker.learned(call.lineage, answer.fingerprint, seen)
     except StoreError as exc:  # both are lost: the observation and the entry
-        tracker.lost(call.model, counted)
+        tracker.lost(call.lineage, counted)
         services.metrics.store_errors.labels("fingerprint").inc()
         store_failed(services, "put", exc)
         return
     if lease is not None:
         lease.held = False  # released with the write
+    if answer.response_id is not None:
+        await index_response(services, call, answer.response_id, entry.fingerprint)
+
+
+def scope_of(services: Services, tenant: str) -> str:
+    """The partition a tenant's entries live in under the cache scope."""
+    return policy.SHARED if services.settings.cache_scope is policy.CacheScope.SHARED else tenant
+
+
+async def index_response(
+    services: Services, call: Call, response_id: str, fingerprint: str
+) -> None:
+    """Remember which entry holds the response `response_id`, for `GET /v1/responses/{id}`."""
+    if not responses.valid_id(response_id):
+        return
+    write = Write(
+        key=responses.index_key(scope_of(services, call.tenant), call.namespace, response_id),
+        fingerprint=responses.INDEX_FINGERPRINT,
+        value=responses.index_value(call.key, fingerprint),
+        ttl=services.settings.ttl,
+        labels=Labels(namespace=call.namespace, model=call.model),
+    )
+    try:
+        await services.store.put(write)
+    except StoreError as exc:
+        store_failed(services, "put", exc)
 
 
 def _write(
@@ -283,7 +312,7 @@ def _write(
         ttl=services.settings.ttl,
         labels=Labels(namespace=call.namespace, model=call.model),
         unlock=lease.token if lease is not None and lease.held else None,
-        model=call.model,
+        model=call.lineage,
         now=now,
     )
 

@@ -57,6 +57,8 @@ class Services:
     secret: Secret
     clock: Callable[[], float]
     credential_names: tuple[str, ...] = STANDARD  # headers that carry a tenant's credential
+    # Told of every request refused as a cache miss (the pytest plugin fails the test with it).
+    on_miss: Callable[[Call], None] | None = None
     # Results of pure functions, remembered for repeated requests (see proxy/server/caching.py).
     calls: LRU[tuple[Any, ...], Call] = field(
         default_factory=lambda: LRU(MEMO_ITEMS, CALL_MEMO_BYTES)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -10,12 +11,14 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from proxy.core import routes
 from proxy.core.call import Asked, Call, repro_headers
 from proxy.core.entry import Entry
 from proxy.core.paths import forward_target
 from proxy.core.policy import STALE_STATUSES, CacheMode, CacheScope, Outcome
 from proxy.errors import (
     CacheMissError,
+    ReplayPassthrough,
     RequestTooLarge,
     UpstreamError,
 )
@@ -39,15 +42,22 @@ from proxy.store.base import StoreError
 from proxy.upstream.client import StreamedBody
 from proxy.upstream.headers import REQUEST_SKIP, request_headers, response_headers
 
+log = logging.getLogger("proxy.handlers")
+
+# The OpenAI SDKs retry 5xx answers unless told not to: an answer that cannot change on a
+# retry (a miss in replay, a refused pass-through) must cost one request, not three.
+NO_RETRY = {"x-should-retry": "false"}
+
 
 async def cacheable(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     settings = services.settings
+    route, query = request.path, request.query_string
+    if routes.is_azure(route):
+        route, query = routes.azure_target(route, request.raw_path, query)
     raw = await read_limited(request, settings.max_body, settings.body_timeout)
     await services.secret.settle()
-    asked = Asked.of(
-        request.path, request.query_string, raw, request.headers, services.credential_names
-    )
+    asked = Asked.of(route, query, raw, request.headers, services.credential_names)
     if len(raw) >= OFF_LOOP_BODY:  # never remembered: hashing it would hold the loop too
         return await answer(services, request, await prepare_aside(services, asked))
     call = remembered(services, asked)
@@ -157,11 +167,7 @@ async def go_upstream(
     A leader's `lease` lets the write release the fill lock (streams never lead)."""
     if not call.plan.upstream:
         count_miss(services, call, served=False)
-        raise CacheMissError(
-            f"No stored answer for key {call.key}, and this request may not reach the upstream "
-            f"(cache mode {services.settings.cache_mode.value} or only-if-cached).",
-            headers=repro_headers(call, call.plan.outcome, None),
-        )
+        raise cache_miss(services, call)
     try:
         if call.stream:
             response = await forward_stream(services, request, call)
@@ -182,6 +188,33 @@ async def go_upstream(
     if served and "X-Repro-Fingerprint" in response.headers:
         services.keys.remember(call.tenant)  # an answer, not an error dressed as a 200
     return response
+
+
+def cache_miss(services: Services, call: Call) -> CacheMissError:
+    """The error of a request that found nothing and may not ask the upstream, logged at info
+    (route, model and key, never the prompt) so a replaying CI run shows what it lacked."""
+    mode = services.settings.cache_mode.value
+    model = shown(call.model)
+    log.info(
+        "cache miss: not allowed to call the upstream",
+        extra={"route": call.route, "model": model, "key": call.key, "cache_mode": mode},
+    )
+    if services.on_miss is not None:
+        services.on_miss(call)
+    return CacheMissError(
+        f"No stored answer for POST {call.route} (model {model or 'none'!r}, key "
+        f"{call.key}), and this request may not reach the upstream (cache mode {mode} or "
+        "only-if-cached).",
+        headers={**repro_headers(call, call.plan.outcome, None), **NO_RETRY},
+    )
+
+
+MAX_SHOWN = 128
+
+
+def shown(model: str) -> str:
+    """A client's model name as logs and messages show it: bounded, as the client chose it."""
+    return model if len(model) <= MAX_SHOWN else model[:MAX_SHOWN] + "…"
 
 
 async def trusted_stale(services: Services, request: web.Request, call: Call) -> Entry | None:
@@ -222,8 +255,14 @@ def _too_large(limit: int) -> str:
 
 
 async def passthrough(request: web.Request) -> web.StreamResponse:
-    """Any other /v1 route, streamed both ways and never cached."""
+    """Any other /v1 route, streamed both ways and never cached; refused in replay mode."""
     services = request.app[SERVICES]
+    if services.settings.cache_mode is CacheMode.REPLAY:
+        raise ReplayPassthrough(
+            f"{request.method} {request.path} is not answered from the cache, and in replay mode "
+            "(--cache-mode replay) the proxy never calls the upstream.",
+            headers={"X-Repro-Cache": Outcome.BYPASS.value, **NO_RETRY},
+        )
     limit = services.settings.max_body
     if request.content_length is not None and request.content_length > limit:
         raise RequestTooLarge(_too_large(limit))

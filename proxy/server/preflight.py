@@ -39,7 +39,7 @@ async def check_upstream(
         async with asyncio.timeout(timeout):
             if not proxied:
                 await asyncio.get_running_loop().getaddrinfo(url.host, url.port)
-            if url.path.rstrip("/").endswith("/v1"):
+            if not asks_models(url):
                 return
             status, _ = await upstream.fetch(
                 "GET", "/v1/models", {"User-Agent": CHECK_AGENT}, None, LIMIT
@@ -64,6 +64,18 @@ async def check_upstream(
                 "suggestion": suggestion(shown),
             },
         )
+
+
+AZURE_HOSTS = (".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com")
+"""Azure OpenAI is given without `/v1` (its paths start with `/openai/`): no models list there."""
+
+
+def asks_models(url: URL) -> bool:
+    """Whether a 404 for `<base>/models` would mean a missing `/v1`: not when the base ends in
+    it already, nor for an Azure OpenAI resource, which is rightly given without it."""
+    if url.path.rstrip("/").endswith("/v1"):
+        return False
+    return not (url.host or "").lower().rstrip(".").endswith(AZURE_HOSTS)
 
 
 def suggestion(base_url: str) -> str:

@@ -21,6 +21,7 @@ import logging
 import os
 import resource
 import signal
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -190,6 +191,16 @@ def connection_cap(configured: int | None, descriptors: int) -> int:
     return max(1, (descriptors - RESERVED_DESCRIPTORS) // 2)
 
 
+def url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def announce(line: str) -> None:
+    """One plain line on stderr besides the JSON log, for whoever started the process (with
+    --port 0, the port bound is known only now)."""
+    print(line, file=sys.stderr, flush=True)
+
+
 async def serve(app: web.Application, settings: Settings, *, reuse_port: bool) -> None:
     """Serve `app` until SIGINT or SIGTERM, then close connections as aiohttp's run_app does."""
     descriptors = raise_descriptor_limit()
@@ -217,11 +228,13 @@ async def serve(app: web.Application, settings: Settings, *, reuse_port: bool) -
             backlog=BACKLOG,
         )
         port = server.sockets[0].getsockname()[1]
+        announce(f"repro-proxy: listening on {url(settings.host, port)}")
         log.info(
             "listening",
             extra={
                 "host": settings.host,
                 "port": port,
+                "url": url(settings.host, port),
                 "pid": os.getpid(),
                 "max_connections": gate.limit,
                 "descriptors": descriptors,

@@ -4,9 +4,10 @@ The response headers wait for the upstream's first frame, which carries the fing
 costs the client nothing, since its first token is in that frame. A stream that breaks before its
 first frame is answered 502, like an upstream that could not be reached.
 
-The recording is stored only after a clean end, and then before the bytes that end it (`[DONE]`)
-are passed on: a client that has seen the end of a stream finds it stored when it asks again,
-even on another connection or another replica sharing the store. When the client leaves
+The recording is stored only after a clean end, and then before the bytes that end it (`[DONE]`,
+or the Responses API's `response.completed`) are passed on: a client that has seen the end of a
+stream finds it stored when it asks again, even on another connection or another replica
+sharing the store. When the client leaves
 mid-stream, `--stream-disconnect finish` reads the upstream on and stores it (so the retry is a
 HIT, as nginx does when it caches); `cancel` closes the upstream connection at once.
 """
@@ -22,6 +23,7 @@ from multidict import CIMultiDict
 
 from proxy.core.call import Answer, Call, repro_headers
 from proxy.core.policy import StreamDisconnect
+from proxy.core.routes import RESPONSES
 from proxy.core.sse import StreamRecorder
 from proxy.errors import UpstreamError, UpstreamUnreachable
 from proxy.server.caching import call_upstream, observe_fingerprint, record
@@ -72,7 +74,7 @@ class _Relay:
         self.request = request
         self.call = call
         self.upstream = upstream
-        self.recorder = StreamRecorder(services.settings.max_entry)
+        self.recorder = StreamRecorder(services.settings.max_entry, call.kind == RESPONSES)
         self.client_gone = False
         self.cut = False
         self.committed = False
@@ -157,7 +159,7 @@ class _Relay:
     async def finish(self) -> None:
         """Learn the fingerprint of a stream that did not end cleanly (a clean one taught it)."""
         if not self.committed and self.recorder.fingerprint is not None:
-            await observe_fingerprint(self.services, self.call.model, self.recorder.fingerprint)
+            await observe_fingerprint(self.services, self.call.lineage, self.recorder.fingerprint)
 
     async def _commit(self) -> None:
         """Learn the fingerprint, then store: under `follow` the entry is servable at once."""
@@ -169,6 +171,7 @@ class _Relay:
             prompt_tokens=recorder.prompt_tokens,
             completion_tokens=recorder.completion_tokens,
             stream=True,
+            response_id=recorder.response_id,
         )
         await record(self.services, self.call, answer)
 

@@ -22,6 +22,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.core.credentials import STANDARD, extract, upstream_headers
 from proxy.core.entry import Entry, fingerprint_of
+from proxy.core.routes import RESPONSES
 from proxy.core.sse import StreamRecorder
 from proxy.core.textdistance import normalized_levenshtein
 from proxy.errors import UpstreamError
@@ -39,10 +40,14 @@ MAX_IN_FLIGHT = 4
 
 
 def answer_text(body: bytes, stream: bool) -> str:
-    """The text an answer carries (contents, completions, tool-call arguments), in choice order."""
+    """The text an answer carries (contents, completions, tool-call arguments), in choice order;
+    for the Responses API, in output order (a stream's, from its `response.completed`)."""
     parts: dict[int, list[str]] = {}
     events = _events(body) if stream else [_object(body)]
     for event in events:
+        response = event.get("response") if event.get("type") == "response.completed" else event
+        if isinstance(response, dict) and isinstance(response.get("output"), list):
+            parts.setdefault(0, []).extend(_output_texts(response["output"]))
         for choice in event.get("choices") or ():
             if isinstance(choice, dict):
                 index = choice.get("index", 0)
@@ -62,6 +67,19 @@ def _texts(choice: dict[str, Any]) -> list[str]:
             function = call.get("function") if isinstance(call, dict) else None
             if isinstance(function, dict):
                 found += [v for v in (function.get("name"), function.get("arguments")) if v]
+    return found
+
+
+def _output_texts(output: list[Any]) -> list[str]:
+    """Texts of Responses output items: message text, function names and arguments."""
+    found = []
+    for item in output:
+        if not isinstance(item, dict):
+            continue
+        for part in item.get("content") or ():
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                found.append(part["text"])
+        found += [v for v in (item.get("name"), item.get("arguments")) if isinstance(v, str)]
     return found
 
 
@@ -102,10 +120,10 @@ def drift(stored: str, fresh: str) -> float:
     return distance or 1 / max(len(stored), len(fresh))
 
 
-def fresh_fingerprint(body: bytes, stream: bool) -> str:
+def fresh_fingerprint(body: bytes, stream: bool, responses: bool = False) -> str:
     if not stream:
         return fingerprint_of(_object(body))
-    recorder = StreamRecorder(len(body) + 1)
+    recorder = StreamRecorder(len(body) + 1, responses)
     recorder.feed(body)
     return recorder.fingerprint or "none"
 
@@ -149,9 +167,9 @@ class Verifier:
         if fresh is None:
             self._metrics.verify.labels(model, "error").inc()
             return
-        fingerprint = fresh_fingerprint(fresh, entry.stream)
+        fingerprint = fresh_fingerprint(fresh, entry.stream, call.kind == RESPONSES)
         with contextlib.suppress(StoreError):  # the comparison stands without the bookkeeping
-            await self._fingerprints.observe(call.model, fingerprint)
+            await self._fingerprints.observe(call.lineage, fingerprint)
         if fingerprint != entry.fingerprint:
             self._metrics.verify.labels(model, "rotated").inc()
             return

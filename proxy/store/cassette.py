@@ -5,19 +5,25 @@ upstream received) and never an API key. Cache keys are not portable, since they
 scope, so loading recomputes each key for the target's scope: with `shared` every caller can
 replay the cassette (the usual choice in CI); with `key`, it is bound to one API key. Loading also
 replays the fingerprint history, so `follow` serves the newest fingerprint of each model.
+
+A file is written whole and then moved into place, its lines sorted by what was asked, so that
+recording the same requests again changes only the lines whose answers changed. Reading refuses
+a line that is not one of ours (a field we do not write, such as headers or a key) and one too
+large to be an answer, naming the line.
 """
 
 from __future__ import annotations
 
 import base64
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from datetime import UTC, datetime
+from typing import IO, Any
 
 import orjson
 
-from proxy.core import canonical
+from proxy.core import canonical, responses, routes
 from proxy.core.entry import CorruptEntry, Entry
 from proxy.errors import ProxyError
 from proxy.store.base import Labels, Selector, Store, Write
@@ -32,6 +38,12 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "stored_at": (int, float), "seed": (int, type(None)), "seed_source": (str, type(None)),
     "stream": bool, "content_type": str, "prompt_tokens": int, "completion_tokens": int,
 }  # fmt: skip
+
+
+_FIELDS = frozenset({"format", "key", "request", "body", "body_base64", "recorded_at", *_META})
+# Fields a hand-edited or foreign line may carry that must never be committed with a cassette.
+_SECRET_FIELDS = ("header", "authorization", "api_key", "api-key", "token", "secret", "cookie")
+MAX_LINE = 64 * 1024 * 1024  # above the largest answer stored (--max-entry), base64 included
 
 
 class CassetteError(ValueError):
@@ -51,6 +63,9 @@ async def lines(store: Store, selector: Selector) -> AsyncIterator[bytes]:
 def to_record(key: str, entry: Entry) -> dict[str, Any]:
     record: dict[str, Any] = {"format": FORMAT, "key": key}
     record.update({name: getattr(entry, name) for name in _META})
+    record["recorded_at"] = datetime.fromtimestamp(entry.stored_at, UTC).isoformat(
+        timespec="seconds"
+    )
     record["request"] = _json_or_text(entry.request)
     try:
         record["body"] = entry.body.decode()
@@ -70,14 +85,16 @@ def _json_or_text(request: str) -> Any:
 class Loaded:
     key: str
     entry: Entry
+    index: str | None = None  # a Responses answer's id-index key under the target's scope
 
 
 def from_record(record: dict[str, Any], scope: str) -> Loaded:
     """The entry and its key under `scope` (the target store's tenant partition)."""
     if not isinstance(record, dict):
-        raise CassetteError("a line must be a JSON object")
+        raise CassetteError("not a JSON object")
     if record.get("format") != FORMAT:
         raise CassetteError(f"unknown cassette format {record.get('format')!r}")
+    _check_fields(record)
     for name, kind in _TYPES.items():
         if not isinstance(record[name], kind):
             raise CassetteError(f"{name!r} has the wrong type")
@@ -90,7 +107,27 @@ def from_record(record: dict[str, Any], scope: str) -> Loaded:
     raw_request = request if isinstance(request, str) else canonical.dumps(request).decode()
     entry = Entry(body=answer, request=raw_request, **{name: record[name] for name in _META})
     key = canonical.request_key(entry.route, scope, entry.namespace, body, entry.query)
-    return Loaded(key, entry)
+    return Loaded(key, entry, _index(entry, scope))
+
+
+def _index(entry: Entry, scope: str) -> str | None:
+    """The key of a loaded response's id index, so it can be fetched by id in replay."""
+    if routes.kind(entry.route) != routes.RESPONSES:
+        return None
+    found = responses.stored_id(entry.body, entry.stream)
+    return None if found is None else responses.index_key(scope, entry.namespace, found)
+
+
+def _check_fields(record: dict[str, Any]) -> None:
+    for name in record:
+        if name in _FIELDS:
+            continue
+        if any(word in name.lower() for word in _SECRET_FIELDS):
+            raise CassetteError(
+                f"field {name!r}: a cassette never holds headers or credentials; remove it, "
+                "and revoke the credential if it was real"
+            )
+        raise CassetteError(f"unknown field {name!r}")
 
 
 def parse(text_lines: Iterable[bytes], scope: str) -> list[Loaded]:
@@ -112,22 +149,81 @@ async def load(store: Store, entries: list[Loaded]) -> int:
         entry = item.entry
         labels = Labels(namespace=entry.namespace, model=entry.model)
         await store.put(Write(item.key, entry.fingerprint, entry.pack(), 0, labels))
-        await store.observe_fingerprint(entry.model, entry.fingerprint, entry.stored_at)
+        if item.index is not None:
+            pointer = responses.index_value(item.key, entry.fingerprint)
+            await store.put(Write(item.index, responses.INDEX_FINGERPRINT, pointer, 0, labels))
+        lineage = routes.lineage(entry.model, entry.route)
+        await store.observe_fingerprint(lineage, entry.fingerprint, entry.stored_at)
     return len(entries)
 
 
 def read(path: str, scope: str) -> list[Loaded]:
     with open(path, "rb") as handle:
-        return parse(handle, scope)
+        return parse(bounded(handle), scope)
+
+
+def bounded(handle: IO[bytes], limit: int = MAX_LINE) -> Iterator[bytes]:
+    """The lines of a file, refusing one over `limit` bytes before it is read whole."""
+    number = 0
+    while line := handle.readline(limit + 1):
+        number += 1
+        if len(line) > limit:
+            raise CassetteError(f"cassette line {number}: longer than {limit} bytes")
+        yield line
+
+
+def records(path: str) -> list[dict[str, Any]]:
+    """Every line of a cassette as the record it holds, each checked as loading checks it."""
+    found = []
+    with open(path, "rb") as handle:
+        for number, line in enumerate(bounded(handle), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = orjson.loads(line)
+                from_record(record, "")
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, ProxyError) as exc:
+                raise CassetteError(f"cassette line {number}: {exc}") from None
+            found.append(record)
+    return found
+
+
+def identity(record: dict[str, Any]) -> tuple[str, str, str, str]:
+    """What was asked: the same request recorded twice has the same identity."""
+    request = record.get("request")
+    asked = request if isinstance(request, str) else canonical.dumps(request).decode()
+    return (str(record["route"]), str(record["namespace"]), str(record["query"]), asked)
+
+
+def _order(record: dict[str, Any]) -> tuple[Any, ...]:
+    route, namespace, query, asked = identity(record)
+    return (route, str(record["model"]), namespace, query, asked, str(record["fingerprint"]))
+
+
+def merged(batches: Iterable[Iterable[bytes]]) -> list[bytes]:
+    """Lines of several recordings as one cassette: one answer per request and fingerprint (the
+    earliest recorded), sorted."""
+    chosen: dict[tuple[Any, ...], tuple[float, bytes]] = {}
+    for batch in batches:
+        for line in batch:
+            record = orjson.loads(line)
+            slot = _order(record)
+            stored_at = float(record["stored_at"])
+            if slot not in chosen or stored_at < chosen[slot][0]:
+                chosen[slot] = (stored_at, line if line.endswith(b"\n") else line + b"\n")
+    return [chosen[slot][1] for slot in sorted(chosen)]
+
+
+def save(path: str, batch: Iterable[bytes]) -> int:
+    """Write the lines sorted to `path`, replacing it only once the new file is complete."""
+    sorted_lines = merged([batch])
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "wb") as handle:
+        handle.writelines(sorted_lines)
+    os.replace(temporary, path)
+    return len(sorted_lines)
 
 
 async def write(store: Store, path: str) -> int:
-    """Write every stored answer to `path`, replacing it only once the new file is complete."""
-    temporary = f"{path}.tmp-{os.getpid()}"
-    count = 0
-    with open(temporary, "wb") as handle:
-        async for line in lines(store, Selector()):
-            handle.write(line)
-            count += 1
-    os.replace(temporary, path)
-    return count
+    """Write every stored answer to `path` (see `save`)."""
+    return save(path, [line async for line in lines(store, Selector())])

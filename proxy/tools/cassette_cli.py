@@ -1,8 +1,10 @@
-"""`repro-proxy export | import`: move stored answers between stores through cassette files.
+"""`repro-proxy export | import`: move stored answers between stores through cassette files;
+`repro-proxy cassette diff`: compare two recordings.
 
-Either straight to a shared store (`--store redis://…`), or through a running proxy's admin
-routes (`--url`, `--admin-token`): the only way to reach a `memory://` proxy's answers. A
-`memory://` store of the command's own would start empty and vanish at exit, so it is refused.
+Export and import go either straight to a shared store (`--store redis://…`), or through a
+running proxy's admin routes (`--url`, `--admin-token`): the only way to reach a `memory://`
+proxy's answers. A `memory://` store of the command's own would start empty and vanish at exit,
+so it is refused.
 """
 
 from __future__ import annotations
@@ -47,6 +49,14 @@ def add_commands(commands: Any) -> None:
     )
     load.add_argument("--api-key", help="with --cache-scope key: the key the answers are for")
     load.add_argument("--secret", help="with --cache-scope key and --store: the proxies' --secret")
+    files = commands.add_parser("cassette", help="work with cassette files")
+    actions = files.add_subparsers(dest="cassette_command", required=True)
+    diff = actions.add_parser(
+        "diff", help="compare two recordings of the same requests (exit 1 when anything changed)"
+    )
+    diff.add_argument("old", help="the earlier cassette")
+    diff.add_argument("new", help="the later cassette")
+    diff.add_argument("--json", action="store_true", help="a JSON report instead of a table")
 
 
 def _source_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,6 +74,10 @@ def _source_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.command == "cassette":
+        from proxy.tools import cassette_diff  # rich, only when the command runs
+
+        return cassette_diff.main(args)
     try:
         target = _target(args)
         if args.command == "import" and _scope(args) == "key" and not args.api_key:

@@ -164,3 +164,33 @@ def test_import_for_one_key_scope(
         timeout=10,
     )
     assert other.status_code == 504
+
+
+def test_cassette_diff_tells_a_rerecording_that_drifted(
+    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
+) -> None:
+    def recording(name: str) -> str:
+        tape = tmp_path / name
+        recorder = start_proxy("--cache-scope", "shared", "--cassette", str(tape))
+        traffic(recorder, "sk-recording-key")
+        stop(recorder)
+        return str(tape)
+
+    first, again = recording("first.jsonl"), recording("again.jsonl")
+    same = cli("cassette", "diff", first, again, "--json")
+    assert same.returncode == 0, same.stderr
+    assert orjson.loads(same.stdout)["summary"]["identical"] == 3
+    sim.set_fingerprint("fp_rotated")  # the sim's seeded answers change with its fingerprint
+    rotated = recording("rotated.jsonl")
+    drifted = cli("cassette", "diff", first, rotated)
+    assert drifted.returncode == 1
+    assert "2 changed, 0 only_old, 0 only_new, 1 identical" in drifted.stdout  # chat and stream
+    report = orjson.loads(cli("cassette", "diff", first, rotated, "--json").stdout)
+    changed = [row for row in report["requests"] if row["status"] == "changed"]
+    assert {(row["old"]["fingerprint"], row["new"]["fingerprint"]) for row in changed} == {
+        ("fp_sim_0001", "fp_rotated")
+    }
+    assert all(0 < row["distance"] <= 1 for row in changed)
+    missing = cli("cassette", "diff", first, str(tmp_path / "none.jsonl"))
+    assert missing.returncode == 2
+    assert missing.stderr.startswith("repro-proxy cassette diff: ")

@@ -490,6 +490,6 @@ async def test_cli_runs_the_simulator_and_stops_on_sigterm() -> None:
             assert resp.status == 200
     finally:
         process.terminate()
-        stdout, _ = process.communicate(timeout=5)
+        _, stderr = process.communicate(timeout=5)
     assert process.returncode == 0
-    assert f"127.0.0.1:{port}" in stdout.decode()
+    assert f"repro-proxy sim: listening on http://127.0.0.1:{port}" in stderr.decode()

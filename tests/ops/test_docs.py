@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 import pytest
 
+from bench.procs import free_port
 from tests import settings_table
+from tests.fixtures_procs import Sim
+from tests.llm_project import plugin_args
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTS = sorted(
@@ -21,6 +25,8 @@ DOCUMENTS = sorted(
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 REPO_PATH = re.compile(r"`((?:proxy|bench|deploy|tests|docs|\.ci)/[\w./-]*)`")
 FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
+# A code block the README marks for pytester: a file of the user's project, or commands to run.
+MARKED = re.compile(r"^<!-- pytester: (\S+) -->\n```\w*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 
 def ids(paths: list[Path]) -> list[str]:
@@ -85,3 +91,34 @@ def test_no_lab_notes(document: Path) -> None:
     """Documents are for users: no issue numbers or run letters, which mean nothing to them."""
     text = document.read_text(encoding="utf-8")
     assert not re.search(r"\b[Ii]ssue [0-9]|\b[Rr]uns? [A-I]\b", text), document.name
+
+
+def test_the_readme_ci_recipe_works_as_written(project: pytest.Pytester, sim: Sim) -> None:
+    """The CI section's snippets, run as a user would: its files written into a project, its
+    commands run in order, each a pytest process of its own. Recording reaches the sim (through
+    REPRO_UPSTREAM, as documented); every other command runs with the upstream gone and without
+    OPENAI_API_KEY."""
+    marked = MARKED.findall((ROOT / "README.md").read_text(encoding="utf-8"))
+    commands = [text for target, text in marked if target == "run"]
+    assert len(commands) == 1 and len(marked) > 1
+    for target, text in marked:
+        if target != "run":
+            (project.path / target).parent.mkdir(parents=True, exist_ok=True)
+            (project.path / target).write_text(text, encoding="utf-8")
+    ran = 0
+    for line in commands[0].splitlines():
+        words = shlex.split(line, comments=True)
+        env = dict(word.split("=", 1) for word in words if "=" in word and word[0].isupper())
+        argv = [word for word in words if word.split("=", 1)[0] not in env]
+        assert argv[0] == "pytest", line
+        recording = any(word.startswith("--llm-record-mode=") for word in argv[1:])
+        env["REPRO_UPSTREAM"] = sim.v1 if recording else f"http://127.0.0.1:{free_port()}/v1"
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in env.items():
+                patch.setenv(name, value)
+            result = project.runpytest_subprocess(*plugin_args(), *argv[1:])
+        assert result.ret == 0, result.stdout.str()
+        ran += 1
+    assert ran == 2
+    assert (project.path / "tests/cassettes/llm.jsonl").is_file()
+    assert len(sim.llm_requests()) == 1  # recorded once, replayed offline

@@ -320,3 +320,20 @@ def test_a_misspelt_variable_is_named_with_the_setting_it_resembles() -> None:
         ("REPRO_NOTHING_LIKE_IT", None),
         ("REPRO_UPSTRAEM", "REPRO_UPSTREAM"),
     ]
+
+
+def test_replay_serves_every_recorded_fingerprint_unless_a_policy_is_set() -> None:
+    assert load({"cache_mode": "replay"}, {}).fingerprint_policy is FingerprintPolicy.PIN
+    env = {"REPRO_CACHE_MODE": "replay"}
+    assert load({}, env).fingerprint_policy is FingerprintPolicy.PIN
+    chosen = {**env, "REPRO_FINGERPRINT_POLICY": "follow"}
+    assert load({}, chosen).fingerprint_policy is FingerprintPolicy.FOLLOW
+    flagged = {"cache_mode": "replay", "fingerprint_policy": "follow"}
+    assert load(flagged, {}).fingerprint_policy is FingerprintPolicy.FOLLOW
+    assert load({}, {}).fingerprint_policy is FingerprintPolicy.FOLLOW
+
+
+def test_port_0_is_a_free_port_but_not_for_several_workers() -> None:
+    assert load({"port": "0"}, {}).port == 0
+    with pytest.raises(SettingError, match=r"--port / REPRO_PORT.*--workers 1"):
+        load({"port": "0", "workers": "2", "store": "redis://127.0.0.1:6390/0"}, {})

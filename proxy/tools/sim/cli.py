@@ -7,6 +7,9 @@ only when the simulator runs.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import signal
+import sys
 from collections.abc import Callable
 
 from proxy.tools.sim.state import SimSettings, check_tunable
@@ -37,7 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = CONTROL_ROUTES
     defaults = SimSettings()
     parser.add_argument("--host", default=defaults.host, help="listen address")
-    parser.add_argument("--port", type=_port, default=defaults.port, help="listen port")
+    parser.add_argument(
+        "--port", type=_port, default=defaults.port, help="listen port; 0: a free one, reported"
+    )
     parser.add_argument(
         "--fingerprint",
         default=defaults.fingerprint,
@@ -114,18 +119,33 @@ def settings_from_args(ns: argparse.Namespace) -> SimSettings:
 
 
 def run_sim(settings: SimSettings) -> None:
-    """Serve until SIGINT/SIGTERM, which run_app turns into a graceful, quick shutdown."""
+    """Serve until SIGINT/SIGTERM, then shut down gracefully and quickly."""
+    asyncio.run(_serve(settings))
+
+
+async def _serve(settings: SimSettings) -> None:
+    """Like aiohttp's run_app, but announcing the port actually bound (--port 0: a free one)
+    on stderr, where a fixture reads it."""
     from aiohttp import web
 
     from proxy.tools.sim.app import create_sim_app
 
-    url = f"http://{settings.host}:{settings.port}"
-    web.run_app(
+    runner = web.AppRunner(
         create_sim_app(settings),
-        host=settings.host,
-        port=settings.port,
-        print=lambda _: print(f"repro-proxy sim listening on {url}", flush=True),
         access_log=None,
         handler_cancellation=True,
+        handle_signals=False,
         shutdown_timeout=1.0,
     )
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        print(f"repro-proxy sim: listening on {site.name}", file=sys.stderr, flush=True)
+        await stop.wait()
+    finally:
+        await runner.cleanup()

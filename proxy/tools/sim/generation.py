@@ -35,7 +35,7 @@ _VOLATILE = frozenset({"stream", "stream_options", "user"})
 
 
 @dataclass(frozen=True, slots=True)
-class _Answer:
+class Answer:
     """One choice: its streamed pieces (words or tool-call argument fragments) and its end."""
 
     pieces: tuple[str, ...]
@@ -67,7 +67,7 @@ def drifts(material: bytes, drift: float) -> bool:
     return draw < drift
 
 
-def _sentence(rng: random.Random, limit: int | None) -> _Answer:
+def sentence(rng: random.Random, limit: int | None) -> Answer:
     """12-30 words, one token each; a max_tokens cap cuts it short with finish_reason length."""
     count = rng.randint(12, 30)
     size = count if limit is None else min(limit, count)
@@ -75,11 +75,12 @@ def _sentence(rng: random.Random, limit: int | None) -> _Answer:
     if words:
         words[0] = words[0].capitalize()
     pieces = [w + " " for w in words[:-1]] + [w + "." for w in words[-1:]]
-    return _Answer(tuple(pieces), "length" if size < count else "stop")
+    return Answer(tuple(pieces), "length" if size < count else "stop")
 
 
-def _max_tokens(body: JSON) -> int | None:
-    for name in ("max_completion_tokens", "max_tokens"):
+def max_tokens(body: JSON, *names: str) -> int | None:
+    """The cap on generated tokens, from the first of `names` the body sets."""
+    for name in names or ("max_completion_tokens", "max_tokens"):
         if body.get(name) is not None:
             return int_param(body, name, 0, lo=1)
     return None
@@ -114,28 +115,28 @@ def _schema_value(spec: object, rng: random.Random) -> object:
     return " ".join(rng.choices(_VOCAB, k=2))
 
 
-def _tool_call(function: JSON, rng: random.Random) -> _Answer:
+def tool_call(function: JSON, rng: random.Random) -> Answer:
     params = function.get("parameters")
     props = params.get("properties") if isinstance(params, dict) else None
     args = {k: _schema_value(v, rng) for k, v in props.items()} if isinstance(props, dict) else {}
     text = orjson.dumps(args).decode()
     pieces = tuple(text[i : i + 8] for i in range(0, len(text), 8))
     call_id = "call_" + secrets.token_hex(12)
-    return _Answer(pieces, "tool_calls", tool=function["name"], call_id=call_id)
+    return Answer(pieces, "tool_calls", tool=function["name"], call_id=call_id)
 
 
-def _word_count(value: object) -> int:
+def word_count(value: object) -> int:
     """Prompt size in simulated tokens: words of every string, one per token id."""
     if isinstance(value, str):
         return len(value.split())
     if isinstance(value, list):
-        return sum(_word_count(v) for v in value)
+        return sum(word_count(v) for v in value)
     if isinstance(value, dict):
-        return sum(_word_count(v) for v in value.values())
+        return sum(word_count(v) for v in value.values())
     return 1 if is_int(value) else 0
 
 
-def _usage(prompt_tokens: int, answers: list[_Answer]) -> JSON:
+def _usage(prompt_tokens: int, answers: list[Answer]) -> JSON:
     completion = sum(len(a.pieces) for a in answers)
     return {
         "prompt_tokens": prompt_tokens,
@@ -172,7 +173,7 @@ def _chunks(head: JSON, choices: Iterator[JSON], usage: JSON, include_usage: boo
     return chunks
 
 
-def _chat_choice(index: int, answer: _Answer) -> JSON:
+def _chat_choice(index: int, answer: Answer) -> JSON:
     message: JSON = {"role": "assistant", "content": answer.text, "refusal": None}
     if answer.tool is not None:
         function = {"name": answer.tool, "arguments": answer.text}
@@ -182,7 +183,7 @@ def _chat_choice(index: int, answer: _Answer) -> JSON:
     return {"index": index, "message": message, "logprobs": None, "finish_reason": reason}
 
 
-def _chat_deltas(answer: _Answer) -> Iterator[JSON]:
+def _chat_deltas(answer: Answer) -> Iterator[JSON]:
     """One choice's deltas as OpenAI streams them: the role first, then the pieces."""
     if answer.tool is None:
         yield {"role": "assistant", "content": ""}
@@ -195,14 +196,14 @@ def _chat_deltas(answer: _Answer) -> Iterator[JSON]:
         yield {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
 
 
-def _chat_choices(answers: list[_Answer]) -> Iterator[JSON]:
+def _chat_choices(answers: list[Answer]) -> Iterator[JSON]:
     for index, answer in enumerate(answers):
         for delta in _chat_deltas(answer):
             yield {"index": index, "delta": delta, "logprobs": None, "finish_reason": None}
         yield {"index": index, "delta": {}, "logprobs": None, "finish_reason": answer.finish_reason}
 
 
-def _text_choices(answers: list[_Answer]) -> Iterator[JSON]:
+def _text_choices(answers: list[Answer]) -> Iterator[JSON]:
     for index, answer in enumerate(answers):
         for piece in answer.pieces:
             yield {"text": piece, "index": index, "logprobs": None, "finish_reason": None}
@@ -212,16 +213,16 @@ def _text_choices(answers: list[_Answer]) -> Iterator[JSON]:
 def chat_reply(body: JSON, state: SimState) -> Reply:
     if not isinstance(body.get("messages"), list):
         raise BadRequest("messages is a required array", "messages")
-    n, limit = int_param(body, "n", 1, lo=1, hi=128), _max_tokens(body)
+    n, limit = int_param(body, "n", 1, lo=1, hi=128), max_tokens(body)
     fingerprint = state.answer_fingerprint()
     rng = _text_rng(body, fingerprint, state)
     function = _forced_function(body)
     if function is None:
-        answers = [_sentence(rng, limit) for _ in range(n)]
+        answers = [sentence(rng, limit) for _ in range(n)]
     else:
-        answers = [_tool_call(function, rng) for _ in range(n)]
+        answers = [tool_call(function, rng) for _ in range(n)]
     head = _head("chatcmpl", "chat.completion", body, fingerprint)
-    usage = _usage(_word_count(body["messages"]), answers)
+    usage = _usage(word_count(body["messages"]), answers)
     if _wants_stream(body):
         head["object"] = "chat.completion.chunk"
         return _chunks(head, _chat_choices(answers), usage, _include_usage(body))
@@ -239,12 +240,12 @@ def _prompts(body: JSON) -> list[Any]:
 
 def text_reply(body: JSON, state: SimState) -> Reply:
     prompts = _prompts(body)
-    n, limit = int_param(body, "n", 1, lo=1, hi=128), _max_tokens(body)
+    n, limit = int_param(body, "n", 1, lo=1, hi=128), max_tokens(body)
     fingerprint = state.answer_fingerprint()
     rng = _text_rng(body, fingerprint, state)
-    answers = [_sentence(rng, limit) for _ in prompts for _ in range(n)]
+    answers = [sentence(rng, limit) for _ in prompts for _ in range(n)]
     head = _head("cmpl", "text_completion", body, fingerprint)
-    usage = _usage(_word_count(prompts), answers)
+    usage = _usage(word_count(prompts), answers)
     if _wants_stream(body):
         return _chunks(head, _text_choices(answers), usage, _include_usage(body))
     choices = [
@@ -284,6 +285,6 @@ def embeddings_reply(body: JSON, state: SimState) -> Reply:
         if encoding == "base64":
             vector = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
         data.append({"object": "embedding", "index": index, "embedding": vector})
-    tokens = _word_count(inputs)
+    tokens = word_count(inputs)
     usage = {"prompt_tokens": tokens, "total_tokens": tokens}
     return {"object": "list", "data": data, "model": body.get("model"), "usage": usage}

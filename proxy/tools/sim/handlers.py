@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from proxy.tools.sim import responses
 from proxy.tools.sim.generation import Reply, chat_reply, embeddings_reply, text_reply
 from proxy.tools.sim.state import JSON, STATE, BadRequest, Fault, SimState
 
@@ -23,6 +25,7 @@ _IMMEDIATE_FAULTS = frozenset({"status", "hang", "drop"})
 _HANG_LIMIT = 3600.0
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _DONE = b"data: [DONE]\n\n"
+_ENDINGS = {"response_failed": "failed", "response_incomplete": "incomplete"}
 
 
 def json_response(
@@ -86,15 +89,18 @@ async def _recorded(request: web.Request) -> JSON:
 
 
 def _authorized(request: web.Request, keys: frozenset[str]) -> bool:
+    """A bearer key, or Azure's `api-key` header."""
     scheme, _, key = request.headers.get("Authorization", "").partition(" ")
-    key = key.strip()
-    return scheme.lower() == "bearer" and bool(key) and (not keys or key in keys)
+    key = key.strip() if scheme.lower() == "bearer" else ""
+    key = key or request.headers.get("api-key", "").strip()
+    return bool(key) and (not keys or key in keys)
 
 
 @web.middleware
 async def v1_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Record, count and authenticate every /v1 request; router errors in OpenAI's shape."""
-    if not request.path.startswith("/v1/"):
+    """Record, count and authenticate every /v1 (and Azure /openai) request; router errors in
+    OpenAI's shape."""
+    if not request.path.startswith(("/v1/", "/openai/")):
         return await handler(request)
     state = request.app[STATE]
     state.requests.append(await _recorded(request))
@@ -142,6 +148,11 @@ def _frame(payload: JSON) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
+def _typed_frame(event: JSON) -> bytes:
+    """A Responses API event: its type named on an `event:` line too, as the real API does."""
+    return b"event: " + str(event["type"]).encode() + b"\n" + _frame(event)
+
+
 async def _end_stream(
     request: web.Request, response: web.StreamResponse, fault: Fault | None, state: SimState
 ) -> None:
@@ -157,19 +168,54 @@ async def _end_stream(
         await response.write_eof()
 
 
+async def _end_typed_stream(
+    created: JSON,
+    request: web.Request,
+    response: web.StreamResponse,
+    fault: Fault | None,
+    state: SimState,
+) -> None:
+    """No `[DONE]`: a typed stream ends with its last event (`response.completed`), or, when
+    it fails, with an `error`, `response.failed` or `response.incomplete` event."""
+    if fault is None:
+        await response.write_eof()
+        state.streams_completed += 1
+        return
+    if fault.kind == "cut":
+        _close(request)
+        return
+    if fault.kind in _ENDINGS:
+        event = responses.ended_badly(created, _ENDINGS[fault.kind])
+    else:
+        event = {"type": "error", "code": "server_error", "param": None}
+        event["message"] = "The server had an error while streaming."
+    await response.write(_typed_frame({**event, "sequence_number": fault.after}))
+    await response.write_eof()
+
+
 async def _stream(
-    request: web.Request, state: SimState, chunks: list[JSON], fault: Fault | None
+    request: web.Request,
+    state: SimState,
+    chunks: list[JSON],
+    fault: Fault | None,
+    created: JSON | None = None,
 ) -> web.StreamResponse:
-    """Send each chunk as it is produced; a client leaving early counts as a cancelled stream."""
+    """Send each chunk as it is produced; a client leaving early counts as a cancelled stream.
+    `created`: the response a typed stream (the Responses API's) streams."""
     response = web.StreamResponse(headers=_SSE_HEADERS)
     stop = len(chunks) if fault is None else fault.after
+    frame: Callable[[JSON], bytes] = _frame
+    end: Callable[[web.Request, web.StreamResponse, Fault | None, SimState], Awaitable[None]]
+    end = _end_stream
+    if created is not None:
+        frame, end = _typed_frame, functools.partial(_end_typed_stream, created)
     try:
         await response.prepare(request)
         for index, chunk in enumerate(chunks[:stop]):
             if index:
                 await _pause(state.chunk_delay)
-            await response.write(_frame(chunk))
-        await _end_stream(request, response, fault, state)
+            await response.write(frame(chunk))
+        await end(request, response, fault, state)
     except ConnectionResetError:
         state.streams_cancelled += 1
     except asyncio.CancelledError:
@@ -210,6 +256,34 @@ def _llm_route(build: Callable[[JSON, SimState], Reply]) -> Handler:
     return handle
 
 
+async def _create_response(request: web.Request) -> web.StreamResponse:
+    """`POST /v1/responses`: whole, streamed as typed events, or queued (`background`)."""
+    state = request.app[STATE]
+    fault = state.next_fault()
+    if fault is not None and fault.kind in _IMMEDIATE_FAULTS:
+        if fault.kind == "status":
+            await _pause(state.latency)
+        return await _immediate_fault(request, fault)
+    body = parse_object(await request.read())
+    response, answer = responses.answer_of(body, state)
+    await _pause(state.latency)
+    if fault is None or fault.kind not in _ENDINGS:
+        state.keep_response(response)
+    if body.get("background") is True:
+        return json_response({**response, "status": "queued", "background": True})
+    if body.get("stream") is True:
+        return await _stream(request, state, responses.events(response, answer), fault, response)
+    return await _answer(request, response, fault)
+
+
+async def _get_response(request: web.Request) -> web.Response:
+    found = request.app[STATE].responses.get(request.match_info["id"])
+    if found is None:
+        message = f"No response found with id '{request.match_info['id'][:128]}'."
+        return error_response(404, message, param="response_id")
+    return json_response(found)
+
+
 async def _models(request: web.Request) -> web.Response:
     data = [
         {"id": model, "object": "model", "created": 1_700_000_000, "owned_by": "system"}
@@ -232,11 +306,23 @@ async def _files(request: web.Request) -> web.Response:
 
 
 def routes() -> list[web.RouteDef]:
-    """The OpenAI-compatible routes the proxy calls."""
-    return [
-        web.post("/v1/chat/completions", _llm_route(chat_reply)),
-        web.post("/v1/completions", _llm_route(text_reply)),
-        web.post("/v1/embeddings", _llm_route(embeddings_reply)),
-        web.get("/v1/models", _models),
-        web.post("/v1/files", _files),
+    """The OpenAI-compatible routes the proxy calls, and Azure OpenAI's shapes of them: per
+    deployment, under /openai/v1, and /openai/responses."""
+    chat, text, embed = (_llm_route(b) for b in (chat_reply, text_reply, embeddings_reply))
+    deployment = "/openai/deployments/{deployment}"
+    listed = [
+        web.post(deployment + "/chat/completions", chat),
+        web.post(deployment + "/completions", text),
+        web.post(deployment + "/embeddings", embed),
+        web.post("/openai/responses", _create_response),
+        web.get("/openai/responses/{id}", _get_response),
     ]
+    for base in ("/v1", "/openai/v1"):
+        listed += [
+            web.post(base + "/chat/completions", chat),
+            web.post(base + "/completions", text),
+            web.post(base + "/embeddings", embed),
+            web.post(base + "/responses", _create_response),
+            web.get(base + "/responses/{id}", _get_response),
+        ]
+    return [*listed, web.get("/v1/models", _models), web.post("/v1/files", _files)]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
@@ -18,8 +18,11 @@ JSON = dict[str, Any]
 
 TUNABLES = ("latency", "chunk_delay", "divergence", "drift")
 _SHARES = frozenset({"divergence", "drift"})
-_FAULT_KINDS = frozenset({"status", "cut", "error_event", "hang", "drop"})
+_FAULT_KINDS = frozenset(
+    {"status", "cut", "error_event", "hang", "drop", "response_failed", "response_incomplete"}
+)
 _RECORD_LIMIT = 1000
+_RESPONSES_KEPT = 1000
 
 
 def check_tunable(name: str, value: object) -> float:
@@ -129,6 +132,7 @@ class SimState:
     hits: Counter[str] = field(default_factory=Counter)
     streams_completed: int = 0
     streams_cancelled: int = 0
+    responses: OrderedDict[str, JSON] = field(default_factory=OrderedDict)
 
     @classmethod
     def from_settings(cls, settings: SimSettings) -> SimState:
@@ -158,6 +162,12 @@ class SimState:
         if fault.remaining <= 0:
             self.faults.popleft()
         return fault
+
+    def keep_response(self, response: JSON) -> None:
+        """Keep a response for `GET /v1/responses/{id}`, the newest few only."""
+        self.responses[response["id"]] = response
+        while len(self.responses) > _RESPONSES_KEPT:
+            self.responses.popitem(last=False)
 
 
 STATE = web.AppKey("sim_state", SimState)

@@ -1,0 +1,92 @@
+"""What an answer says, apart from how it was sent (pure).
+
+Two recordings of the same request differ in ids, timestamps and framing even when the model
+said the same thing; a drift report compares only what was said: the text of each choice, tool
+calls, embedding vectors, Responses output, whether it came whole or streamed.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import orjson
+
+VOLATILE = frozenset({"id", "created", "created_at", "system_fingerprint", "usage"})
+
+
+def text(body: bytes, stream: bool) -> str:
+    """The content of an answer, as one string comparable across recordings."""
+    if stream:
+        return _streamed(body)
+    try:
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body.decode(errors="replace")
+    return _whole(answer) if isinstance(answer, dict) else body.decode(errors="replace")
+
+
+def _whole(answer: dict[str, Any]) -> str:
+    if isinstance(answer.get("choices"), list):
+        return "\n".join(
+            _choice(choice.get("message") or choice) for choice in _dicts(answer["choices"])
+        )
+    if isinstance(answer.get("data"), list):
+        return orjson.dumps([item.get("embedding") for item in _dicts(answer["data"])]).decode()
+    if isinstance(answer.get("output"), list):
+        return "\n".join(_output(item) for item in _dicts(answer["output"]))
+    kept = {name: value for name, value in answer.items() if name not in VOLATILE}
+    return orjson.dumps(kept, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _choice(message: dict[str, Any]) -> str:
+    parts = [
+        part for part in (message.get("content"), message.get("text")) if isinstance(part, str)
+    ]
+    for call in _dicts(message.get("tool_calls")):
+        function = call.get("function") or {}
+        parts.append(f"{function.get('name')}({function.get('arguments')})")
+    return "".join(parts)
+
+
+def _output(item: dict[str, Any]) -> str:
+    texts = [part.get("text") for part in _dicts(item.get("content"))]
+    if any(isinstance(t, str) for t in texts):
+        return "".join(t for t in texts if isinstance(t, str))
+    kept = {name: value for name, value in item.items() if name not in VOLATILE}
+    return orjson.dumps(kept, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _streamed(body: bytes) -> str:
+    """The deltas of an SSE stream, joined per choice (chat, completions, Responses)."""
+    choices: dict[int, list[str]] = defaultdict(list)
+    for line in body.splitlines():
+        payload = line.removeprefix(b"data:").strip()
+        if not line.startswith(b"data:") or payload == b"[DONE]":
+            continue
+        try:
+            event = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(event, dict):
+            continue
+        if event.get("type") == "response.output_text.delta":
+            choices[0].append(str(event.get("delta", "")))
+        for choice in _dicts(event.get("choices")):
+            index = choice.get("index")
+            index = index if isinstance(index, int) else 0
+            choices[index].append(_delta(choice.get("delta") or choice))
+    return "\n".join("".join(choices[index]) for index in sorted(choices))
+
+
+def _delta(delta: dict[str, Any]) -> str:
+    """A chunk's piece: text, or a tool call's name and arguments as they arrive."""
+    parts = [part for part in (delta.get("content"), delta.get("text")) if isinstance(part, str)]
+    for call in _dicts(delta.get("tool_calls")):
+        function = call.get("function") or {}
+        parts.extend(p for p in (function.get("name"), function.get("arguments")) if p)
+    return "".join(str(part) for part in parts)
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []

@@ -1,0 +1,102 @@
+"""Responses API answers found again by their id (pure): the index entry and what it serves.
+
+SDK flows fetch a response by id (`GET /v1/responses/{id}`) after creating it. In replay mode
+the upstream is out of reach, so the proxy keeps, beside each stored response, a small index
+entry from its id to the cache key and fingerprint that hold it. The index key hashes the id
+with the tenant scope and the namespace, as the answer's own key does: a tenant that learns
+another's response id still finds nothing under its own scope.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+import orjson
+
+from proxy.core.canonical import KEY_VERSION
+
+INDEX_FINGERPRINT = "id-index"
+_INDEX_PREFIX = b"repro-index:1:"
+_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def valid_id(response_id: str) -> bool:
+    """A response id the proxy looks up: short, of a plain character set."""
+    return _ID.fullmatch(response_id) is not None
+
+
+def index_key(scope: str, namespace: str, response_id: str) -> str:
+    """The key of the index entry for `response_id` in this scope and namespace; a domain of
+    its own, so it never equals a request's key."""
+    material = {
+        "id": response_id,
+        "index": "response",
+        "namespace": namespace,
+        "scope": scope,
+        "v": KEY_VERSION,
+    }
+    return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def index_value(key: str, fingerprint: str) -> bytes:
+    """Not an Entry (its unpacking fails), so exports and lookups pass it by."""
+    return _INDEX_PREFIX + orjson.dumps([key, fingerprint])
+
+
+def parse_index(value: bytes) -> tuple[str, str] | None:
+    """The (key, fingerprint) an index entry points at, None for anything else."""
+    if not value.startswith(_INDEX_PREFIX):
+        return None
+    try:
+        found = orjson.loads(value[len(_INDEX_PREFIX) :])
+    except orjson.JSONDecodeError:
+        return None
+    if (
+        isinstance(found, list)
+        and len(found) == 2
+        and all(isinstance(part, str) for part in found)
+        and _HEX.fullmatch(found[0])
+    ):
+        return found[0], found[1]
+    return None
+
+
+def id_of(answer: dict[str, Any]) -> str | None:
+    """The id of a whole response object, when it is one the proxy can index."""
+    value = answer.get("id")
+    return value if isinstance(value, str) and valid_id(value) else None
+
+
+def final_response(sse: bytes) -> bytes | None:
+    """The response object a recorded stream completed with: what `GET /v1/responses/{id}`
+    answers for a response that was created streaming."""
+    for frame in reversed(sse.replace(b"\r\n", b"\n").split(b"\n\n")):
+        payload = b"\n".join(
+            line[5:].lstrip(b" ") for line in frame.split(b"\n") if line.startswith(b"data:")
+        )
+        if not payload or payload.strip() == b"[DONE]":
+            continue
+        try:
+            event = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return None
+        if isinstance(event, dict) and event.get("type") == "response.completed":
+            response = event.get("response")
+            return orjson.dumps(response) if isinstance(response, dict) else None
+        return None
+    return None
+
+
+def stored_id(body: bytes, stream: bool) -> str | None:
+    """The id of the response a stored answer holds (whole, or the stream's completed one)."""
+    whole = final_response(body) if stream else body
+    if whole is None:
+        return None
+    try:
+        answer = orjson.loads(whole)
+    except orjson.JSONDecodeError:
+        return None
+    return id_of(answer) if isinstance(answer, dict) else None

@@ -1,0 +1,102 @@
+"""Which request paths are cacheable, and the OpenAI route each one stands for (pure).
+
+Azure OpenAI serves the same calls under other paths: per deployment
+(`/openai/deployments/{deployment}/chat/completions?api-version=…`), under `/openai/v1/…`, and
+the Responses API at `/openai/responses`. Each is cached like its OpenAI counterpart, its
+`kind`: the same defaults, seed rule and answer checks. The path itself (deployment included)
+and the query (`api-version`) stay in the key, so two deployments never share an answer.
+
+A deployment name and an `api-version` end up in cache keys and the upstream's URL: only short
+names of a plain character set are accepted, and a query naming `api-version` twice (in any
+letter case) is refused, since readers disagree on which copy wins.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qsl
+
+from proxy.errors import InvalidParameter, InvalidPath
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+EMBEDDINGS = "/v1/embeddings"
+RESPONSES = "/v1/responses"
+KINDS = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES})
+
+DEPLOYMENTS = "/openai/deployments/"
+AZURE_V1 = "/openai/v1/"
+AZURE_RESPONSES = "/openai/responses"
+DEPLOYMENT_CALLS = ("chat/completions", "completions", "embeddings")
+
+_DEPLOYMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_API_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
+
+
+def kind(route: str) -> str:
+    """The OpenAI route `route` stands for (itself for an OpenAI route)."""
+    if route.startswith(DEPLOYMENTS):
+        return "/v1/" + route[len(DEPLOYMENTS) :].partition("/")[2]
+    if route.startswith(AZURE_V1):
+        return "/v1/" + route[len(AZURE_V1) :]
+    if route == AZURE_RESPONSES:
+        return RESPONSES
+    return route
+
+
+def deployment_of(route: str) -> str:
+    """The Azure deployment a per-deployment route names, else ""."""
+    if not route.startswith(DEPLOYMENTS):
+        return ""
+    return route[len(DEPLOYMENTS) :].partition("/")[0]
+
+
+def check_deployment(raw_segment: str) -> str:
+    """A deployment name as the client sent it (still percent-encoded), refused unless plain:
+    an encoded slash or dot segment would make the key name one deployment and the upstream
+    another."""
+    if not _DEPLOYMENT.fullmatch(raw_segment) or raw_segment.strip(".") == "":
+        raise InvalidPath(
+            "The deployment name must be 1 to 64 letters, digits, '.', '_' or '-'.", "deployment"
+        )
+    return raw_segment
+
+
+def check_query(query: str) -> str:
+    """An Azure route's query, refused when `api-version` is repeated or not a short plain
+    version name; returned unchanged, since the upstream reads it as sent."""
+    pairs = parse_qsl(query, keep_blank_values=True)
+    versions = [v for k, v in pairs if k.lower() == "api-version"]  # Azure ignores the case
+    if len(versions) > 1:
+        raise InvalidParameter("The query names api-version more than once.", "api-version")
+    if versions and not _API_VERSION.fullmatch(versions[0]):
+        raise InvalidParameter(
+            "api-version must be 1 to 32 letters, digits, '.', '_' or '-'.", "api-version"
+        )
+    return query
+
+
+def is_azure(route: str) -> bool:
+    return route.startswith("/openai/")
+
+
+def azure_target(path: str, raw_path: str, query: str) -> tuple[str, str]:
+    """The route and query an Azure request keys with, refused unless the path was sent
+    plain (no dot segment, no percent-encoding: then the key, the metrics and the upstream
+    all read the one deployment the client named)."""
+    if raw_path.partition("?")[0] != path:
+        raise InvalidPath("An Azure OpenAI path must be sent without dot segments or escapes.")
+    if path.startswith(DEPLOYMENTS):
+        check_deployment(deployment_of(path))
+    return path, check_query(query)
+
+
+RESPONSES_LINEAGE = "@responses"
+
+
+def lineage(model: str, route: str) -> str:
+    """The name a model's fingerprints are tracked under on `route`. The Responses API
+    reports no fingerprint where chat reports one for the same model: tracked together, each
+    answer of one would look like a rotation away from the other's, and under `follow` the two
+    would evict each other's answers. So the Responses API keeps a history of its own."""
+    return model + RESPONSES_LINEAGE if model and kind(route) == RESPONSES else model

@@ -1,0 +1,84 @@
+"""`GET /v1/responses/{id}`: a response the proxy holds, served from the cache in replay mode.
+
+SDK flows fetch a response by id after creating it; in replay mode the upstream is out of reach,
+so the id is looked up in the index the proxy keeps beside each stored response (see
+proxy/core/responses.py), under the caller's own scope and namespace. In every other mode the
+upstream holds the truth (a background response's progress, a deletion), and the request
+passes through.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from proxy.core import responses
+from proxy.core.call import checked_namespace
+from proxy.core.credentials import extract
+from proxy.core.entry import CorruptEntry, Entry
+from proxy.core.policy import CacheMode, Outcome
+from proxy.errors import CacheMissError
+from proxy.server.caching import scope_of, store_failed
+from proxy.server.context import SERVICES, Services
+from proxy.server.handlers import passthrough
+from proxy.store.base import StoreError
+
+
+async def by_id(request: web.Request) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    if services.settings.cache_mode is not CacheMode.REPLAY:
+        return await passthrough(request)
+    response_id = request.match_info["id"]
+    found = await _held(services, request, response_id)
+    streamed = request.query.get("stream") == "true"
+    body = None if found is None else _body(found[1], streamed)
+    if found is None or body is None:
+        raise CacheMissError(
+            f"No stored response with id {response_id[:128]} for this caller and namespace, "
+            "and in replay mode the request may not reach the upstream.",
+            headers={"X-Repro-Cache": Outcome.MISS.value},
+        )
+    key, entry = found
+    headers = {
+        "X-Repro-Cache": Outcome.HIT.value,
+        "X-Repro-Key": key,
+        "X-Repro-Fingerprint": entry.fingerprint,
+        "Age": str(max(0, int(services.clock() - entry.stored_at))),
+        "Content-Type": "text/event-stream" if streamed else "application/json",
+    }
+    return web.Response(body=body, headers=headers)
+
+
+async def _held(
+    services: Services, request: web.Request, response_id: str
+) -> tuple[str, Entry] | None:
+    """The key and entry of the response `response_id` in the caller's partition."""
+    if not responses.valid_id(response_id):
+        return None
+    await services.secret.settle()
+    tenant = services.secret.tenant(extract(request.headers, services.credential_names))
+    namespace = checked_namespace(request.headers.get("X-Repro-Namespace", ""))
+    index = responses.index_key(scope_of(services, tenant), namespace, response_id)
+    try:
+        pointer = await services.store.get(index, [responses.INDEX_FINGERPRINT])
+        target = responses.parse_index(pointer.get(responses.INDEX_FINGERPRINT, b""))
+        if target is None:
+            return None
+        blobs = await services.store.get(target[0], [target[1]])
+    except StoreError as exc:
+        store_failed(services, "get", exc)
+        return None
+    blob = blobs.get(target[1])
+    if blob is None:
+        return None
+    try:
+        return target[0], Entry.unpack(blob)
+    except CorruptEntry:
+        return None
+
+
+def _body(entry: Entry, streamed: bool) -> bytes | None:
+    """What the fetch answers: the response object, or, asked with `stream=true`, the stored
+    events of a response that was created streaming."""
+    if streamed:
+        return entry.body if entry.stream else None
+    return responses.final_response(entry.body) if entry.stream else entry.body

@@ -1,0 +1,109 @@
+"""One proxy for a test session, served from a thread of the test process on a free port.
+
+In process rather than a child process: the session reads the store at its end (the answers to
+write to the cassette) and learns of every cache miss as it happens, without a protocol between
+two processes. The proxy has its own event loop in its own thread, so it serves tests whatever
+loop (or none) they run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from proxy.config import Settings
+from proxy.core.call import Call
+from proxy.server.app import create_app
+from proxy.server.context import SERVICES
+from proxy.store import cassette
+from proxy.store.base import Selector
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 30.0
+SHUTDOWN_TIMEOUT = 1.0  # for requests still open when the session ends
+
+
+class ProxyFailed(RuntimeError):
+    """The session's proxy could not start, or stopped."""
+
+
+class LocalProxy:
+    def __init__(self, settings: Settings, recorded: Sequence[cassette.Loaded]) -> None:
+        self._settings = settings
+        self._recorded = recorded
+        self._misses: list[Call] = []
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="repro-proxy", daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self.port = 0
+        self.lines: list[bytes] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def start(self) -> str:
+        """Serve; return the base URL (with /v1) once the proxy answers."""
+        self._thread.start()
+        if not self._ready.wait(START_TIMEOUT):
+            raise ProxyFailed(f"the proxy did not start within {START_TIMEOUT:g} s")
+        if self._error is not None:
+            raise ProxyFailed(f"the proxy did not start: {self._error}") from self._error
+        return self.url
+
+    def stop(self) -> list[bytes]:
+        """Stop serving; return the cassette lines of every answer the store holds."""
+        if self._loop is not None and self._stop is not None and self.alive:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(STOP_TIMEOUT)
+        if self._error is not None:
+            raise ProxyFailed(f"the proxy failed: {self._error}") from self._error
+        return self.lines
+
+    def take_misses(self) -> list[Call]:
+        """The requests refused as cache misses since the last call."""
+        with self._lock:
+            taken, self._misses = self._misses, []
+        return taken
+
+    def _missed(self, call: Call) -> None:
+        with self._lock:
+            self._misses.append(call)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # reported to the session by start() or stop()
+            self._error = exc
+        finally:
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        app = create_app(self._settings, on_miss=self._missed)
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT
+        )
+        await runner.setup()
+        try:
+            store = app[SERVICES].store
+            await cassette.load(store, list(self._recorded))
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            self.port = site.port
+            self._ready.set()
+            await self._stop.wait()
+            self.lines = [line async for line in cassette.lines(store, Selector())]
+        finally:
+            await runner.cleanup()

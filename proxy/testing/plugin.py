@@ -1,0 +1,216 @@
+"""The pytest plugin (entry point `pytest11`, name `repro_proxy`): tests that call an LLM through
+the OpenAI SDKs record to a cassette once and replay it offline, deterministically, afterwards.
+
+Installed with repro-proxy, it stays idle in sessions that do not use it: it starts its proxy only
+when an `--llm-*` option is given, the `llm_cassette` ini option is set, the cassette exists
+(`tests/cassettes/llm.jsonl` by default), or a test asks for `llm_base_url`. Then one proxy per
+process (per worker under pytest-xdist) serves on a free port, `OPENAI_BASE_URL` points at it for
+the session, and a request the cassette lacks fails the test that made it. `-p no:repro_proxy`
+disables it.
+
+The proxy and everything it needs are imported only by a session that uses it: an idle session
+pays for this module alone.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Generator
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from proxy.testing.session import LLMSession
+
+DEFAULT_CASSETTE = "tests/cassettes/llm.jsonl"
+DEFAULT_UPSTREAM = "https://api.openai.com/v1"
+RECORD_MODES = ("none", "once", "new_episodes", "all")
+SESSION = pytest.StashKey["LLMSession"]()
+BATCHES = pytest.StashKey[list[list[bytes]]]()
+SUMMARY = pytest.StashKey[str]()
+WORKER_OUTPUT = "repro_proxy_cassette"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("repro-proxy", "deterministic LLM tests (repro-proxy)")
+    group.addoption(
+        "--llm-record-mode",
+        choices=RECORD_MODES,
+        default=None,
+        help="none (default): replay only, a request not in the cassette fails its test; once: "
+        "record if the cassette does not exist, else replay; new_episodes: replay what is "
+        "recorded, record the rest; all: record everything anew",
+    )
+    group.addoption(
+        "--llm-cassette",
+        default=None,
+        metavar="PATH",
+        help=f"the cassette (default: the llm_cassette ini option, else {DEFAULT_CASSETTE} "
+        "under the rootdir)",
+    )
+    group.addoption(
+        "--llm-upstream",
+        default=None,
+        metavar="URL",
+        help="where recordings come from, with its /v1 (default: REPRO_UPSTREAM, else "
+        "https://api.openai.com/v1)",
+    )
+    parser.addini("llm_cassette", f"the cassette, relative to the rootdir ({DEFAULT_CASSETTE})")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not _wanted(config):
+        return
+    llm = _session(config)
+    config.stash[SESSION] = llm
+    if _controller(config):
+        config.stash[BATCHES] = []
+    if llm.loads:  # a bad cassette is one clear error, before any worker starts
+        from proxy.store.cassette import CassetteError
+
+        try:
+            llm.read()
+        except (CassetteError, OSError) as exc:
+            raise pytest.UsageError(f"repro-proxy: {llm.cassette}: {exc}") from None
+
+
+def _wanted(config: pytest.Config) -> bool:
+    given = ("llm_record_mode", "llm_cassette", "llm_upstream")
+    if any(config.getoption(name) is not None for name in given) or config.getini("llm_cassette"):
+        return True
+    return os.path.isfile(_cassette_path(config))
+
+
+def _cassette_path(config: pytest.Config) -> str:
+    given = config.getoption("llm_cassette")
+    if given:
+        return os.path.abspath(os.path.join(config.invocation_params.dir, given))
+    ini = config.getini("llm_cassette") or DEFAULT_CASSETTE
+    return str(config.rootpath / str(ini))
+
+
+def _session(config: pytest.Config) -> LLMSession:
+    from proxy.testing.session import LLMSession, RecordMode
+
+    path = _cassette_path(config)
+    mode = RecordMode(config.getoption("llm_record_mode") or RecordMode.NONE)
+    upstream = config.getoption("llm_upstream") or os.environ.get("REPRO_UPSTREAM")
+    return LLMSession(mode, path, upstream or DEFAULT_UPSTREAM, os.path.isfile(path))
+
+
+def _controller(config: pytest.Config) -> bool:
+    """The pytest-xdist controller runs no test: its workers each start a proxy."""
+    return not hasattr(config, "workerinput") and getattr(config.option, "dist", "no") != "no"
+
+
+def _start(llm: LLMSession) -> str:
+    from proxy.config import SettingError
+    from proxy.store.cassette import CassetteError
+    from proxy.testing.local import ProxyFailed
+
+    try:
+        return llm.start()
+    except (CassetteError, SettingError, ProxyFailed, OSError) as exc:
+        raise pytest.UsageError(f"repro-proxy: {exc}") from None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    llm = session.config.stash.get(SESSION, None)
+    if llm is not None and not _controller(session.config):
+        _start(llm)
+
+
+@pytest.fixture(scope="session")
+def llm_base_url(pytestconfig: pytest.Config) -> str:
+    """The session proxy's base URL (with /v1), for code that takes one explicitly."""
+    llm = pytestconfig.stash.get(SESSION, None)
+    if llm is None:
+        llm = pytestconfig.stash[SESSION] = _session(pytestconfig)
+    if llm.proxy is None:
+        return _start(llm)
+    return llm.proxy.url
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, object, object]:
+    return (yield from _guarded(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    return (yield from _guarded(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, object, object]:
+    return (yield from _guarded(item))
+
+
+def _guarded(item: pytest.Item) -> Generator[None, object, object]:
+    """Run a test phase; fail it when one of its requests was not in the cassette, or when the
+    session's proxy has stopped."""
+    try:
+        return (yield)
+    finally:
+        llm = item.config.stash.get(SESSION, None)
+        proxy = None if llm is None else llm.proxy
+        if llm is not None and proxy is not None:
+            misses = proxy.take_misses()
+            if misses:
+                pytest.fail(llm.explain(misses), pytrace=False)
+            if not proxy.alive:
+                pytest.fail("repro-proxy: the session's proxy has stopped", pytrace=False)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    llm = config.stash.get(SESSION, None)
+    if llm is None:
+        return
+    if _controller(config):
+        if llm.records:
+            _write(config, llm, config.stash[BATCHES])
+        return
+    from proxy.testing.local import ProxyFailed
+
+    try:
+        lines = llm.stop()
+    except ProxyFailed as exc:
+        print(f"repro-proxy: {exc}", file=sys.stderr)
+        return
+    if hasattr(config, "workeroutput"):
+        config.workeroutput[WORKER_OUTPUT] = [line.decode() for line in lines]
+    elif llm.records:
+        _write(config, llm, [lines])
+    elif llm.proxy is not None:
+        config.stash[SUMMARY] = f"replayed from {llm.cassette} ({_answers(len(llm.recorded))})"
+
+
+def _write(config: pytest.Config, llm: LLMSession, batches: list[list[bytes]]) -> None:
+    from proxy.testing.session import write
+
+    count = write(llm.cassette, batches)
+    done = f"wrote {_answers(count)} to {llm.cassette}" if count else "recorded nothing"
+    config.stash[SUMMARY] = f"{done} (--llm-record-mode={llm.mode})"
+
+
+def _answers(count: int) -> str:
+    return f"{count} answer" if count == 1 else f"{count} answers"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    """A pytest-xdist worker is done: keep what it recorded for the one write at the end."""
+    output = getattr(node, "workeroutput", {})
+    config = getattr(node, "config", None)
+    if config is not None and WORKER_OUTPUT in output and BATCHES in config.stash:
+        config.stash[BATCHES].append([line.encode() for line in output[WORKER_OUTPUT]])
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    summary = terminalreporter.config.stash.get(SUMMARY, None)
+    if summary:
+        terminalreporter.write_line(f"repro-proxy: {summary}")

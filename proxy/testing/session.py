@@ -1,0 +1,146 @@
+"""What one test session does with its cassette: the record mode's decisions, the proxy's
+settings, the environment, and the message of a request the cassette lacks.
+
+Record modes, named as pytest-recording (vcrpy) names them:
+
+    mode          cassette exists          cassette missing
+    none          replay                   replay (every request misses)
+    once          replay                   record
+    new_episodes  replay, record the rest  record
+    all           record everything anew   record
+
+"Replay" is the proxy's replay mode: nothing reaches the upstream. "Record" is read-write under
+`pin` on a memory store: each distinct request goes upstream once, and repeats in the session get
+the recorded answer. The cassette is written once, at the end, and only by a recording session.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, MutableMapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from proxy import config
+from proxy.config import Settings
+from proxy.core.call import Call
+from proxy.core.entry import Entry
+from proxy.core.nearest import Request, explain, readable
+from proxy.core.policy import SHARED
+from proxy.store import cassette
+from proxy.store.cassette import Loaded
+from proxy.testing.local import LocalProxy
+
+PLACEHOLDER_KEY = "sk-repro-replay-placeholder"
+MEMORY_STORE = "memory://?max_bytes=4GiB"  # a cassette is never evicted from its session
+
+
+class RecordMode(StrEnum):
+    NONE = "none"
+    ONCE = "once"
+    NEW_EPISODES = "new_episodes"
+    ALL = "all"
+
+
+@dataclass
+class LLMSession:
+    mode: RecordMode
+    cassette: str
+    upstream: str
+    exists: bool = False
+    proxy: LocalProxy | None = None
+    recorded: list[Request] = field(default_factory=list)
+    saved_env: dict[str, str | None] = field(default_factory=dict)
+    _loaded: list[Loaded] | None = None
+
+    @property
+    def records(self) -> bool:
+        """Whether this session calls the upstream and writes the cassette."""
+        if self.mode is RecordMode.ONCE:
+            return not self.exists
+        return self.mode is not RecordMode.NONE
+
+    @property
+    def loads(self) -> bool:
+        return self.exists and self.mode is not RecordMode.ALL
+
+    def settings(self) -> Settings:
+        flags = {
+            "port": "0",
+            "upstream": self.upstream,
+            "store": MEMORY_STORE,
+            "cache_scope": "shared",
+            "cache_mode": "readwrite" if self.records else "replay",
+            "fingerprint_policy": "pin",
+            "key_check_interval": "0",  # one tenant, the test suite: nobody to keep out
+            "log_level": "warning",
+        }
+        try:
+            return config.load(flags, environ={})
+        except config.SettingError as exc:
+            raise config.SettingError(f"--llm-upstream: {exc}") from None
+
+    def read(self) -> list[Loaded]:
+        """The answers to replay (read once; CassetteError names a bad line)."""
+        if self._loaded is None:
+            self._loaded = cassette.read(self.cassette, SHARED) if self.loads else []
+        return self._loaded
+
+    def start(self, environ: MutableMapping[str, str] = os.environ) -> str:
+        """Load the cassette, serve, and point the OpenAI SDKs of this process at the proxy."""
+        loaded = self.read()
+        self.recorded = [_request(item.entry) for item in loaded]
+        self.proxy = LocalProxy(self.settings(), loaded)
+        url = self.proxy.start()
+        self._set(environ, "OPENAI_BASE_URL", url)
+        if not self.records and not environ.get("OPENAI_API_KEY"):
+            self._set(environ, "OPENAI_API_KEY", PLACEHOLDER_KEY)
+        return url
+
+    def stop(self, environ: MutableMapping[str, str] = os.environ) -> list[bytes]:
+        """Stop serving, put the environment back; the lines to write when recording."""
+        for name, value in self.saved_env.items():
+            if value is None:
+                environ.pop(name, None)
+            else:
+                environ[name] = value
+        self.saved_env.clear()
+        if self.proxy is None:
+            return []
+        lines = self.proxy.stop()
+        return lines if self.records else []
+
+    def _set(self, environ: MutableMapping[str, str], name: str, value: str) -> None:
+        self.saved_env.setdefault(name, environ.get(name))
+        environ[name] = value
+
+    def explain(self, misses: Iterable[Call]) -> str:
+        """The failure of a test whose requests the cassette lacks."""
+        parts = [f"LLM request not in the cassette {self.cassette} (--llm-record-mode={self.mode})"]
+        for call in misses:
+            parts.append(explain(_request(call), self.recorded))
+        if not self.exists:
+            parts.append(
+                "There is no cassette yet: record one with --llm-record-mode=once (needs the "
+                "upstream and its API key)."
+            )
+        else:
+            parts.append(
+                "Record what is missing with --llm-record-mode=new_episodes, or everything "
+                "anew with --llm-record-mode=all."
+            )
+        return "\n".join(parts)
+
+
+def _request(asked: Call | Entry) -> Request:
+    body = asked.body if isinstance(asked, Call) else asked.request
+    return Request(asked.route, asked.model, asked.namespace, asked.query, readable(body))
+
+
+def write(path: str, batches: Iterable[Iterable[bytes]]) -> int:
+    """Write the recorded lines as one cassette; nothing when nothing was recorded."""
+    lines = cassette.merged(batches)
+    if not lines:
+        return 0
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return cassette.save(path, lines)

@@ -1,0 +1,174 @@
+"""The Responses API's answers (pure): a response object, or the typed events that stream it.
+
+The Responses API takes no seed, so the text is fixed by the body and the system_fingerprint
+alone. Ids are fresh on every answer, as on the real service. A forced function (`tool_choice`
+"required" or naming one) gets a `function_call` item with arguments fitting its schema, so
+agent loops that call tools can run against the simulator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import secrets
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+
+from proxy.tools.sim.generation import Answer, max_tokens, sentence, tool_call, word_count
+from proxy.tools.sim.state import JSON, BadRequest, SimState
+
+_VOLATILE = frozenset({"stream", "stream_options", "user", "metadata", "store", "background"})
+
+
+def _rng(body: JSON, fingerprint: str | None) -> random.Random:
+    stable = {k: v for k, v in body.items() if k not in _VOLATILE}
+    material = orjson.dumps(stable, option=orjson.OPT_SORT_KEYS) + (fingerprint or "").encode()
+    return random.Random(hashlib.sha256(material).digest())
+
+
+def _forced_function(body: JSON) -> JSON | None:
+    """The function a request forces: "required" takes the first, an object names one."""
+    tools, choice = body.get("tools"), body.get("tool_choice")
+    if not isinstance(tools, list):
+        return None
+    named = [
+        t
+        for t in tools
+        if isinstance(t, dict) and t.get("type") == "function" and isinstance(t.get("name"), str)
+    ]
+    if choice == "required" and named:
+        return named[0]
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        return next((t for t in named if t["name"] == choice.get("name")), None)
+    return None
+
+
+def _item(answer: Answer) -> JSON:
+    """The output item of one answer, as it stands complete."""
+    if answer.tool is not None:
+        return {
+            "id": "fc_" + secrets.token_hex(12),
+            "type": "function_call",
+            "status": "completed",
+            "call_id": answer.call_id,
+            "name": answer.tool,
+            "arguments": answer.text,
+        }
+    part = {"type": "output_text", "text": answer.text, "annotations": [], "logprobs": []}
+    return {
+        "id": "msg_" + secrets.token_hex(12),
+        "type": "message",
+        "status": "completed",
+        "role": "assistant",
+        "content": [part],
+    }
+
+
+def _response(body: JSON, state: SimState, output: list[JSON], usage: JSON | None) -> JSON:
+    return {
+        "id": "resp_" + secrets.token_hex(24),
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "completed",
+        "background": False,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "model": body.get("model"),
+        "output": output,
+        "parallel_tool_calls": body.get("parallel_tool_calls", True),
+        "previous_response_id": body.get("previous_response_id"),
+        "reasoning": {"effort": None, "summary": None},
+        "store": body.get("store", True),
+        "temperature": body.get("temperature", 1.0),
+        "text": body.get("text") or {"format": {"type": "text"}},
+        "tool_choice": body.get("tool_choice", "auto"),
+        "tools": body.get("tools") or [],
+        "top_p": body.get("top_p", 1.0),
+        "truncation": body.get("truncation", "disabled"),
+        "usage": usage,
+        "user": None,
+        "metadata": body.get("metadata") or {},
+    }
+
+
+def _usage(body: JSON, answer: Answer) -> JSON:
+    prompt = word_count(body.get("input")) + word_count(body.get("instructions") or "")
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": len(answer.pieces),
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": prompt + len(answer.pieces),
+    }
+
+
+def answer_of(body: JSON, state: SimState) -> tuple[JSON, Answer]:
+    """The complete response object, and the answer it holds (for streaming it piece by piece)."""
+    if not isinstance(body.get("input"), str | list):
+        raise BadRequest("input must be a string or an array of items", "input")
+    rng = _rng(body, state.fingerprint)
+    function = _forced_function(body)
+    answer = sentence(rng, max_tokens(body, "max_output_tokens"))
+    if function is not None:
+        answer = tool_call(function, rng)
+    return _response(body, state, [_item(answer)], _usage(body, answer)), answer
+
+
+def events(response: JSON, answer: Answer) -> list[JSON]:
+    """The typed events of a streamed response, numbered in order; the last is completed."""
+    item = response["output"][0]
+    pending = {**response, "status": "in_progress", "output": [], "usage": None}
+    listed: list[JSON] = [
+        {"type": "response.created", "response": pending},
+        {"type": "response.in_progress", "response": pending},
+        *_item_events(item, answer),
+        {"type": "response.completed", "response": response},
+    ]
+    return [{**event, "sequence_number": n} for n, event in enumerate(listed)]
+
+
+def _item_events(item: JSON, answer: Answer) -> Iterator[JSON]:
+    where: dict[str, Any] = {"item_id": item["id"], "output_index": 0}
+    if item["type"] == "function_call":
+        yield {"type": "response.output_item.added", "output_index": 0, "item": _open(item)}
+        for piece in answer.pieces:
+            yield {"type": "response.function_call_arguments.delta", **where, "delta": piece}
+        done = {"arguments": item["arguments"]}
+        yield {"type": "response.function_call_arguments.done", **where, **done}
+        yield {"type": "response.output_item.done", "output_index": 0, "item": item}
+        return
+    part = item["content"][0]
+    empty = {**part, "text": ""}
+    text_at = {**where, "content_index": 0}
+    yield {"type": "response.output_item.added", "output_index": 0, "item": _open(item)}
+    yield {"type": "response.content_part.added", **text_at, "part": empty}
+    for piece in answer.pieces:
+        yield {"type": "response.output_text.delta", **text_at, "delta": piece, "logprobs": []}
+    done = {"text": part["text"], "logprobs": []}
+    yield {"type": "response.output_text.done", **text_at, **done}
+    yield {"type": "response.content_part.done", **text_at, "part": part}
+    yield {"type": "response.output_item.done", "output_index": 0, "item": item}
+
+
+def _open(item: JSON) -> JSON:
+    """An item as it is announced: in progress, with nothing in it yet."""
+    if item["type"] == "function_call":
+        return {**item, "status": "in_progress", "arguments": ""}
+    return {**item, "status": "in_progress", "content": []}
+
+
+def ended_badly(response: JSON, kind: str) -> JSON:
+    """The terminal event of a stream that fails (`failed`) or stops short (`incomplete`)."""
+    if kind == "incomplete":
+        details = {"reason": "max_output_tokens"}
+        return {
+            "type": "response.incomplete",
+            "response": {**response, "status": "incomplete", "incomplete_details": details},
+        }
+    error = {"code": "server_error", "message": "The simulated response failed."}
+    return {"type": "response.failed", "response": {**response, "status": "failed", "error": error}}
