@@ -19,13 +19,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy.core import answers as said
+from proxy.core import routes
 from proxy.core.comparison import Pair, clipped, summary, text_distances
 from proxy.core.entry import CorruptEntry, Entry
 from proxy.core.fingerprints import ModelFingerprints, Rotation
 from proxy.errors import InvalidParameter, StoreUnavailable
 from proxy.server.admin import check_admin, rfc3339
 from proxy.server.context import SERVICES, Services
-from proxy.server.verify import answer_text
 from proxy.store.base import Selector, StoreError
 
 MAX_SCANNED = 200_000
@@ -141,7 +142,8 @@ async def _answers(
         return {}
     any_wanted = set().union(*wanted.values())
     found: dict[str, dict[str, dict[str, str]]] = {}
-    async for key, fingerprint, value in services.store.entries(Selector(model=model)):
+    selected = None if model is None else model.removesuffix(routes.RESPONSES_LINEAGE)
+    async for key, fingerprint, value in services.store.entries(Selector(model=selected)):
         if not budget.read():
             break
         if budget.scanned % 256 == 0:
@@ -152,12 +154,13 @@ async def _answers(
             entry = Entry.unpack(value)
         except CorruptEntry:
             continue
-        if fingerprint not in wanted.get(entry.model, ()):
+        lineage = routes.lineage(entry.model, entry.route)  # what its fingerprints are told by
+        if fingerprint not in wanted.get(lineage, ()):
             continue
-        text = clipped(answer_text(entry.body, entry.stream))
+        text = clipped(said.text(entry.body, entry.stream))
         if not budget.take(text):
             break
-        found.setdefault(entry.model, {}).setdefault(key, {})[fingerprint] = text
+        found.setdefault(lineage, {}).setdefault(key, {})[fingerprint] = text
     return found
 
 

@@ -257,3 +257,20 @@ async def test_a_rotation_back_shows_its_answers_the_other_way_round(
         "second answer",
         "first answer",
     )
+
+
+async def test_responses_answers_are_compared_under_their_own_lineage(
+    served: tuple[TestClient[Any, Any], MemoryStore],
+) -> None:
+    client, store = served
+    lineage = MODEL + "@responses"
+    await store.observe_fingerprint(lineage, "fp_1", 1.0)
+    await store.observe_fingerprint(lineage, "fp_2", 2.0)
+    for fingerprint, text in (("fp_1", "before"), ("fp_2", "after")):
+        item = {"type": "message", "content": [{"type": "output_text", "text": text}]}
+        body = orjson.dumps({"object": "response", "output": [item]})
+        entry = Entry(body, "application/json", fingerprint, 1.0, MODEL, route="/v1/responses")
+        await store.put(Write("k" * 64, fingerprint, entry.pack(), labels=Labels(model=MODEL)))
+    (rotation,) = (await report(client, model=lineage))["models"][lineage]["rotations"]
+    assert rotation["requests"] == 1
+    assert (rotation["examples"][0]["old"], rotation["examples"][0]["new"]) == ("before", "after")
