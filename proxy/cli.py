@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from proxy import __version__, config, logs
 from proxy.server import workers
 from proxy.store.cassette import CassetteError
-from proxy.tools import admin_cli, audit, cassette_cli, health, sim
+from proxy.tools import admin_cli, audit, cassette_cli, health, rotations_cli, sim
 
 log = logging.getLogger("proxy.cli")
 
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health.add_arguments(checkup)
     cassette_cli.add_commands(commands)
+    rotations_cli.add_command(commands)
     return parser
 
 
@@ -90,4 +91,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return health.run(args)
     if args.command in ("export", "import", "cassette"):
         return cassette_cli.run(args)
+    if args.command == "rotations":
+        return rotations_cli.run(args)
     return admin_cli.run(args)

@@ -43,6 +43,7 @@ class Settings:
     cache_mode: CacheMode = CacheMode.READWRITE
     fingerprint_policy: FingerprintPolicy = FingerprintPolicy.FOLLOW
     fingerprint_grace: float = 0.0
+    fingerprint_flap_window: float = 600.0
     cache_scope: CacheScope = CacheScope.KEY
     ttl: int = 0
     stale_if_error: int = 0

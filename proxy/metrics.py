@@ -219,6 +219,7 @@ class Metrics:
         self._multiprocess_dir = multiprocess_dir
         self._models: set[str] = set()
         self._fingerprints: dict[str, str] = {}
+        self._alternating: dict[str, bool] = {}
         self._served: dict[tuple[str, str], tuple[Counts, Observes]] = {}
         self._upstream: dict[tuple[str, int], Observes] = {}
         self._per_model: dict[str, ModelCounters] = {}
@@ -261,9 +262,22 @@ class Metrics:
             _register_runtime(registry)
         self.fingerprint_changes = Counter(
             "repro_fingerprint_changes_total",
-            "New system_fingerprints seen per model",
+            "Changes of a model's current system_fingerprint, to a new one or back",
             ["model"],
             registry=registry,
+        )
+        self.fingerprint_flaps = Counter(
+            "repro_fingerprint_flaps_total",
+            "Changes of a model's current system_fingerprint back to one it answered with before",
+            ["model"],
+            registry=registry,
+        )
+        self.alternation = Gauge(
+            "repro_fingerprint_alternating",
+            "1 while a model's recent fingerprints are served as one generation (flapping)",
+            ["model"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
         )
         self.fingerprint_info = Gauge(
             "repro_fingerprint_info",
@@ -353,6 +367,10 @@ class Metrics:
         """Hits and misses this process has counted, over every model."""
         return _total(self.hits), _total(self.misses)
 
+    def tokens_saved_total(self) -> int:
+        """Tokens (prompt and completion) this process answered from the cache."""
+        return _total(self.tokens_saved)
+
     def of(self, model: str, served: bool = True) -> ModelCounters:
         """The counters of `model` (or of `other` past the cap). A request that was not served
         (refused, failed) makes no label: it counts under its model's label only if that exists
@@ -384,9 +402,23 @@ class Metrics:
             return OTHER
         self._models.add(name)
         # Series born at 0, so that increase() sees the first hit, miss or rotation too.
-        for counter in (self.hits, self.misses, self.fingerprint_changes):
+        for counter in (self.hits, self.misses, self.fingerprint_changes, self.fingerprint_flaps):
             counter.labels(name)
         return name
+
+    def fingerprint_changed(self, model: str, back: bool) -> None:
+        label = self.model(model)
+        self.fingerprint_changes.labels(label).inc()
+        if back:
+            self.fingerprint_flaps.labels(label).inc()
+
+    def fingerprint_alternating(self, model: str, alternating: bool) -> None:
+        """Every lookup reports; the gauge is touched only when the answer changes."""
+        label = self.model(model)
+        if self._alternating.get(label) is alternating:
+            return
+        self._alternating[label] = alternating
+        self.alternation.labels(label).set(1 if alternating else 0)
 
     def fingerprint_current(self, model: str, current: str) -> None:
         """Show `current` as the model's fingerprint in this process (replicas each report)."""

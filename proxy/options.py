@@ -193,6 +193,14 @@ OPTIONS = (
         "last answered with it (rollouts)",
     ),
     Option(
+        "fingerprint_flap_window",
+        "REPRO_FINGERPRINT_FLAP_WINDOW",
+        "600",
+        _seconds,
+        "with follow, a model whose fingerprint moved back 3 times within this many seconds is "
+        "alternating: every fingerprint it answered with in the window counts as current; 0: off",
+    ),
+    Option(
         "cache_scope",
         "REPRO_CACHE_SCOPE",
         "key",

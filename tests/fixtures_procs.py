@@ -84,7 +84,7 @@ class Sim:
         self.control("DELETE", "requests")
         self.control("DELETE", "faults")
         self.set_fingerprint("fp_sim_0001")
-        self.settings(latency=0.0, chunk_delay=0.0, divergence=0.0)
+        self.settings(latency=0.0, chunk_delay=0.0, divergence=0.0, drift=1.0)
         self.accept_keys()
 
 

@@ -29,6 +29,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models.dashboard import (
     DashboardCursorSync,
+    DashboardLinkType,
     DataSourceRef,
     DataTransformerConfig,
     DynamicConfigValue,
@@ -44,14 +45,31 @@ DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 MODEL = 'model=~"$model"'
 RATE = "$__rate_interval"
 
-# Grafana's Prometheus annotation fields that the SDK's AnnotationQuery does not model.
-ROTATION_ANNOTATION = {
-    "step": "1m",
-    "titleFormat": "Fingerprint rotated: {{model}}",
-    "textFormat": "The upstream answered {{model}} with a new system_fingerprint",
-    "tagKeys": "model",
-    "useValueForTime": False,
-}
+# Grafana's Prometheus annotation fields that the SDK's AnnotationQuery does not model: one
+# annotation per kind of change, so that each says "rotated" or "rotated back".
+ROTATION_ANNOTATIONS = (
+    {
+        "step": "1m",
+        "titleFormat": "Fingerprint rotated: {{model}}",
+        "textFormat": "The upstream answered {{model}} with a new system_fingerprint",
+        "tagKeys": "model",
+        "useValueForTime": False,
+    },
+    {
+        "step": "1m",
+        "titleFormat": "Fingerprint rotated back: {{model}}",
+        "textFormat": "The upstream answered {{model}} with an earlier system_fingerprint again",
+        "tagKeys": "model",
+        "useValueForTime": False,
+    },
+)
+PAGE_URL = "${proxy_url}/admin/ui"
+
+
+def changed(counter: str) -> str:
+    """Per model, what a counter gained in the last 2 minutes, counting a series born at its
+    first change with its whole value."""
+    return f"sum by (model) (({counter} unless {counter} offset 2m) or increase({counter}[2m]))"
 
 
 def query(expr: str, legend: str = "__auto", ref: str = "A") -> prometheus.Dataquery:
@@ -368,6 +386,12 @@ def storage_row(board: db.Dashboard) -> None:
 def variables(board: db.Dashboard) -> None:
     board.with_variable(db.DatasourceVariable("datasource").label("Prometheus").type("prometheus"))
     board.with_variable(
+        db.TextBoxVariable("proxy_url")
+        .label("Proxy URL (for the page link)")
+        .default_value("http://127.0.0.1:8080")
+        .description("Where operators reach the proxy: the dashboard links to its /admin/ui")
+    )
+    board.with_variable(
         db.QueryVariable("model")
         .label("Model")
         .datasource(DATASOURCE)
@@ -398,11 +422,25 @@ def build() -> dict[str, Any]:
             .enable(True)
             .icon_color("orange")
             .expr(
-                "sum by (model) ("
-                "(repro_fingerprint_changes_total unless repro_fingerprint_changes_total offset 2m)"
-                " or increase(repro_fingerprint_changes_total[2m])"
-                ") > 0"
+                f"{changed('repro_fingerprint_changes_total')}"
+                f" - {changed('repro_fingerprint_flaps_total')} > 0"
             )
+        )
+        .annotation(
+            db.AnnotationQuery()
+            .name("Fingerprint rotations back")
+            .datasource(DATASOURCE)
+            .enable(True)
+            .icon_color("purple")
+            .expr(f"{changed('repro_fingerprint_flaps_total')} > 0")
+        )
+        .link(
+            db.DashboardLink("repro-proxy operators' page")
+            .type(DashboardLinkType.LINK)
+            .url(PAGE_URL)
+            .tooltip("Fingerprint timelines and what changed at each rotation (admin token)")
+            .icon("external link")
+            .target_blank(True)
         )
     )
     variables(board)
@@ -416,7 +454,8 @@ def build() -> dict[str, Any]:
     ):
         row(board)
     data: dict[str, Any] = json.loads(json.dumps(board.build(), cls=JSONEncoder))
-    data["annotations"]["list"][0].update(ROTATION_ANNOTATION)
+    for annotation, fields in zip(data["annotations"]["list"], ROTATION_ANNOTATIONS, strict=True):
+        annotation.update(fields)
     return data
 
 

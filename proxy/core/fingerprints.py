@@ -8,6 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+ROTATIONS_KEPT = 50
+"""Rotations remembered per model, newest first out of the store: enough to see a rollout's
+flapping and a year of real rotations, small enough to read in one call."""
+
+BACKS_KEPT = 8
+"""Times of the latest changes back to an earlier fingerprint kept in the model's state: what
+the policy needs to tell an alternating upstream from a rotated one."""
+
 
 @dataclass(frozen=True, slots=True)
 class FingerprintSeen:
@@ -21,10 +29,14 @@ class FingerprintSeen:
 
 @dataclass(frozen=True, slots=True)
 class ModelFingerprints:
-    """Everything known about one model's fingerprints, oldest first."""
+    """Everything known about one model's fingerprints, oldest first.
+
+    `changes_back`: when the current fingerprint last moved back to an earlier one (at most
+    BACKS_KEPT times, oldest first)."""
 
     current: str
     seen: tuple[FingerprintSeen, ...] = field(default_factory=tuple)
+    changes_back: tuple[float, ...] = ()
 
     def last_seen(self, fingerprint: str) -> float | None:
         for item in self.seen:
@@ -35,11 +47,43 @@ class ModelFingerprints:
 
 @dataclass(frozen=True, slots=True)
 class Observation:
-    """What recording one upstream answer's fingerprint changed.
+    """What recording one upstream answer's fingerprint changed, decided by the store at once.
 
-    `new` is true for exactly one caller across all replicas: the one whose answer first showed
-    this fingerprint for this model; `previous` is the current fingerprint before the call.
+    `new`: this caller's answer first showed this fingerprint for this model (exactly one caller
+    across all replicas). `changed`: this caller moved the model's current fingerprint (to a new
+    one or back to an earlier one; again exactly one caller per move). `previous` is the current
+    fingerprint before the call, `current` after it: a flush of repeats does not move it back.
     """
 
     previous: str | None
     new: bool
+    changed: bool
+    current: str
+
+    @property
+    def back(self) -> bool:
+        """A change to a fingerprint the model answered with before: a rollback or a flap."""
+        return self.changed and not self.new
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    """One change of a model's current fingerprint; `back`: to one it had before."""
+
+    old: str
+    new: str
+    at: float
+    back: bool
+
+
+def observed(previous: str | None, fingerprint: str, new: bool, moves: bool = True) -> Observation:
+    """The outcome of an observation, the one rule every store applies.
+
+    `moves` False (repeats counted in a process and flushed late) never moves the current
+    fingerprint away: another replica's newer answer moved it meanwhile, and moving it back would
+    log a rotation the upstream never made. A fingerprint the store never saw moves it anyway."""
+    if previous is None or previous == fingerprint:
+        return Observation(previous, new, changed=False, current=fingerprint)
+    if not moves and not new:
+        return Observation(previous, new, changed=False, current=previous)
+    return Observation(previous, new, changed=True, current=fingerprint)

@@ -206,14 +206,51 @@ _REFRESH = Plan(lookup=False, store=True, upstream=True, outcome=Outcome.REFRESH
 _READWRITE = Plan(lookup=True, store=True, upstream=True, outcome=Outcome.MISS)
 
 
+FLAPS_TO_ALTERNATE = 3
+"""Changes back within the flap window that make a model count as alternating. A real rotation
+with an answer of the old fingerprint still in flight makes two (back to the old one, back to
+the new one); an upstream answering with two fingerprints at random makes one every few misses."""
+
+
+def alternating(state: ModelFingerprints, now: float, window: float) -> bool:
+    """Whether the model's current fingerprint moved back often enough, lately, to call its
+    recent fingerprints one generation: a fleet mid-rollout, not a rotation. Only moves back
+    since the current fingerprint first answered count: a fingerprint never seen before is a
+    rotation, followed at once, even right after an alternation."""
+    if window <= 0 or len(state.changes_back) < FLAPS_TO_ALTERNATE:
+        return False
+    since = max(now - window, _first_seen(state, state.current))
+    return sum(1 for moment in state.changes_back if moment >= since) >= FLAPS_TO_ALTERNATE
+
+
+def _first_seen(state: ModelFingerprints, fingerprint: str) -> float:
+    for seen in state.seen:
+        if seen.fingerprint == fingerprint:
+            return seen.first_seen
+    return float("-inf")
+
+
 def acceptable_fingerprints(
-    policy: FingerprintPolicy, state: ModelFingerprints | None, grace: float, now: float
+    policy: FingerprintPolicy,
+    state: ModelFingerprints | None,
+    grace: float,
+    now: float,
+    flap_window: float = 0.0,
 ) -> Sequence[str] | None:
-    """Which stored fingerprints may be served: None means any (pin)."""
+    """Which stored fingerprints may be served, preferred first: None means any (pin).
+
+    `follow` serves the current fingerprint, and those answered with within `grace` seconds.
+    A model alternating within `flap_window` serves every fingerprint it answered with in that
+    window since its current one first answered, oldest first, so that one request keeps one
+    answer while the current one flips."""
     if policy is FingerprintPolicy.PIN:
         return None
     if state is None:
         return ()
+    if alternating(state, now, flap_window):
+        since = max(now - flap_window, _first_seen(state, state.current))
+        generation = [s.fingerprint for s in state.seen if s.last_seen >= since]
+        return generation if state.current in generation else [state.current, *generation]
     if grace <= 0:
         return (state.current,)
     recent = [

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from proxy.core.fingerprints import ModelFingerprints
 from proxy.errors import InvalidJSON, InvalidParameter, StoreUnavailable, Unauthorized
+from proxy.server import session
 from proxy.server.context import SERVICES, Services
 from proxy.store.base import Selector, StoreError
 
@@ -28,11 +29,18 @@ async def admin_fingerprints(request: web.Request) -> web.Response:
 
 
 def check_admin(request: web.Request, services: Services) -> None:
-    """Admin routes do not exist without a token, and need it as a bearer when they do."""
+    """Admin routes do not exist without a token, and need it as a bearer when they do. A read
+    (GET) without an Authorization header may show the operators' page's session cookie
+    instead, which a cross-site request never carries (SameSite=Strict): a write needs the
+    bearer, so no page can forge one."""
     token = services.settings.admin_token
     if not token:
         raise web.HTTPNotFound()
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    header = request.headers.get("Authorization")
+    is_read = header is None and request.method == "GET"
+    if is_read and session.valid(request, token, services.clock()):
+        return
+    scheme, _, given = (header or "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(
         given.strip().encode("utf-8", "surrogateescape"), token.encode()
     ):
@@ -84,6 +92,7 @@ async def admin_stats(request: web.Request) -> web.Response:
             "hits": hits,
             "misses": misses,
             "hit_ratio": round(hits / looked, 4) if looked else None,
+            "tokens_saved": services.metrics.tokens_saved_total(),
         }
     )
 

@@ -24,7 +24,7 @@ from proxy.core.policy import SHARED, CacheMode
 from proxy.core.routes import AZURE_RESPONSES, AZURE_V1, DEPLOYMENT_CALLS, DEPLOYMENTS
 from proxy.errors import InvalidHeader, ProxyError, UpstreamError
 from proxy.metrics import Metrics
-from proxy.server import admin, handlers, responses, transfer
+from proxy.server import admin, handlers, responses, rotations, transfer, ui
 from proxy.server.coalesce import Coalescer
 from proxy.server.context import SERVICES, Services, entry_memo
 from proxy.server.dictionary import Dictionaries
@@ -85,6 +85,11 @@ def create_app(
     app.router.add_post("/admin/purge", observed(admin.admin_purge))
     app.router.add_get("/admin/export", observed(transfer.admin_export))
     app.router.add_post("/admin/import", observed(transfer.admin_import))
+    app.router.add_get("/admin/rotations", observed(rotations.admin_rotations))
+    app.router.add_get("/admin/ui", observed(ui.admin_ui))
+    app.router.add_post("/admin/ui/login", observed(ui.ui_login))
+    app.router.add_post("/admin/ui/logout", observed(ui.ui_logout))
+    app.router.add_get("/admin/ui/static/{name}", observed(ui.ui_static))
     return app
 
 
@@ -137,7 +142,12 @@ def _services(
             egress(settings, environ),
         )
         fingerprints = FingerprintTracker(
-            store, metrics, settings.fingerprint_policy, settings.fingerprint_grace, clock
+            store,
+            metrics,
+            settings.fingerprint_policy,
+            settings.fingerprint_grace,
+            clock,
+            flap_window=settings.fingerprint_flap_window,
         )
         prober = Prober(
             upstream,

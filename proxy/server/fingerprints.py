@@ -1,7 +1,9 @@
 """The current system_fingerprint of each model, learned from upstream answers.
 
 The state lives in the store so that replicas share it; this module turns observations into
-metrics and one log line per rotation, and tells the cache which fingerprints are servable.
+metrics and one log line per change of the current fingerprint ("rotated" to a new one, "rotated
+back" to an earlier one: the store tells exactly one caller of each), and tells the cache which
+fingerprints are servable.
 
 Most answers repeat the model's current fingerprint, and recording each would write the model's
 record in the store on every miss: a hot key on one node of a cluster, and the larger part of
@@ -19,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from proxy.core.fingerprints import ModelFingerprints, Observation
-from proxy.core.policy import FingerprintPolicy, acceptable_fingerprints
+from proxy.core.policy import FingerprintPolicy, acceptable_fingerprints, alternating
 from proxy.metrics import Metrics
 from proxy.store.base import Store, StoreError
 from proxy.store.guard import CircuitOpen
@@ -48,11 +50,13 @@ class FingerprintTracker:
         grace: float,
         clock: Callable[[], float],
         flush_after: float = FLUSH_AFTER,
+        flap_window: float = 0.0,
     ) -> None:
         self._store = store
         self._metrics = metrics
         self._policy = policy
         self._grace = grace
+        self._flap_window = flap_window
         self._clock = clock
         self._flush_after = flush_after
         self._current: dict[str, str] = {}  # per model, the fingerprint the store said is current
@@ -62,11 +66,13 @@ class FingerprintTracker:
 
     def acceptable(self, model: str, state: ModelFingerprints | None) -> Sequence[str] | None:
         """Fingerprints whose entries may be served for `model`; None means any."""
+        now = self._clock()
         if state is not None:
             self._metrics.fingerprint_current(model, state.current)
+            self._metrics.fingerprint_alternating(model, alternating(state, now, self._flap_window))
             if self._current.get(model, state.current) != state.current:
                 del self._current[model]  # another replica moved it: record the next one at once
-        return acceptable_fingerprints(self._policy, state, self._grace, self._clock())
+        return acceptable_fingerprints(self._policy, state, self._grace, now, self._flap_window)
 
     def now(self) -> float:
         """The time an observation is stamped with."""
@@ -109,13 +115,17 @@ class FingerprintTracker:
 
     def learned(self, model: str, fingerprint: str, seen: Observation) -> None:
         """What the store said of an observation (`observe`, or a write's `Store.record`)."""
-        self._current[model] = fingerprint
-        self._metrics.fingerprint_current(model, fingerprint)
-        if seen.new and seen.previous is not None:
-            self._metrics.fingerprint_changes.labels(self._metrics.model(model)).inc()
+        if seen.current == fingerprint:
+            self._current[model] = fingerprint
+        else:  # a late flush of repeats: another replica moved it since
+            self._current.pop(model, None)
+        self._metrics.fingerprint_current(model, seen.current)
+        if seen.changed:
+            change = "rotated back" if seen.back else "rotated"
+            self._metrics.fingerprint_changed(model, back=seen.back)
             log.warning(
-                "fingerprint rotated",
-                extra={"model": model, "old": seen.previous, "new": fingerprint},
+                f"fingerprint {change}",
+                extra={"model": model, "old": seen.previous, "new": fingerprint, "change": change},
             )
 
     async def flush(self, model: str | None = None) -> None:
@@ -128,7 +138,7 @@ class FingerprintTracker:
                 continue
             try:
                 seen = await self._store.observe_fingerprint(
-                    name, repeats.fingerprint, repeats.last_seen, repeats.count
+                    name, repeats.fingerprint, repeats.last_seen, repeats.count, moves=False
                 )
             except StoreError as exc:
                 self._metrics.store_errors.labels("fingerprint").inc()

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from proxy.core.fingerprints import ModelFingerprints, Observation
+from proxy.core.fingerprints import ModelFingerprints, Observation, Rotation
 
 
 class StoreError(Exception):
@@ -133,17 +133,22 @@ class Store(Protocol):
         """(key, fingerprint, value) of every entry `selector` matches, read in batches."""
 
     async def observe_fingerprint(
-        self, model: str, fingerprint: str, now: float, count: int = 1
+        self, model: str, fingerprint: str, now: float, count: int = 1, moves: bool = True
     ) -> Observation:
-        """Make `fingerprint` the model's current one, atomically, and say what changed.
+        """Make `fingerprint` the model's current one, atomically, and say what changed (see
+        `core.fingerprints.observed`); a change joins the model's rotation history.
         `count`: the answers this observation stands for (repeats counted in process, see
-        FingerprintTracker), `now` the last of them."""
+        FingerprintTracker), `now` the last of them; `moves` False for such a flush."""
 
     async def fingerprints(self, model: str) -> ModelFingerprints | None:
         """The model's fingerprint state, None if it never answered."""
 
     async def all_fingerprints(self) -> dict[str, ModelFingerprints]:
         """Every model's fingerprint state, for the admin route."""
+
+    async def rotations(self, model: str) -> tuple[Rotation, ...]:
+        """The model's latest changes of current fingerprint (at most ROTATIONS_KEPT), oldest
+        first."""
 
     async def secret(self, candidate: bytes) -> bytes:
         """The shared HMAC secret: the stored one, else `candidate`, stored now."""

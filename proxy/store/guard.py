@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from proxy.core.fingerprints import ModelFingerprints, Observation
+from proxy.core.fingerprints import ModelFingerprints, Observation, Rotation
 from proxy.store.base import (
     Selector,
     Store,
@@ -156,10 +156,11 @@ class GuardedStore:
         await self._call("delete", lambda: self.inner.delete(key))
 
     async def observe_fingerprint(
-        self, model: str, fingerprint: str, now: float, count: int = 1
+        self, model: str, fingerprint: str, now: float, count: int = 1, moves: bool = True
     ) -> Observation:
         return await self._call(
-            "fingerprint", lambda: self.inner.observe_fingerprint(model, fingerprint, now, count)
+            "fingerprint",
+            lambda: self.inner.observe_fingerprint(model, fingerprint, now, count, moves),
         )
 
     async def fingerprints(self, model: str) -> ModelFingerprints | None:
@@ -167,6 +168,9 @@ class GuardedStore:
 
     async def all_fingerprints(self) -> dict[str, ModelFingerprints]:
         return await self._call("fingerprint", self.inner.all_fingerprints)
+
+    async def rotations(self, model: str) -> tuple[Rotation, ...]:
+        return await self._admin("rotations", self.inner.rotations(model))
 
     async def secret(self, candidate: bytes) -> bytes:
         return await self._call("secret", lambda: self.inner.secret(candidate))

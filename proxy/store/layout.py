@@ -1,5 +1,5 @@
 """How the Redis store's hashes read back: an entry's values and labels, a model's fingerprint
-records, the observe script's reply. Pure: bytes in, values out."""
+records and rotations, the observe script's reply. Pure: bytes in, values out."""
 
 from __future__ import annotations
 
@@ -8,7 +8,13 @@ from typing import Any
 
 import orjson
 
-from proxy.core.fingerprints import FingerprintSeen, ModelFingerprints, Observation
+from proxy.core.fingerprints import (
+    FingerprintSeen,
+    ModelFingerprints,
+    Observation,
+    Rotation,
+    observed,
+)
 from proxy.store.base import Labels
 
 FIELD = "fp:"
@@ -18,9 +24,27 @@ LABELS = "\x00labels"
 """The labels field of an entry hash: no fingerprint from an upstream starts with a NUL."""
 
 
-def observation(previous: bytes | str | None, new: int) -> Observation:
-    """The observe script's reply: {previous current or nil, 1 if the fingerprint is new}."""
-    return Observation(previous=text(previous) if previous else None, new=bool(new))
+def observation(reply: list[Any], fingerprint: str, moves: bool = True) -> Observation:
+    """The observe script's reply: {previous current or nil, 1 if new, 1 if it moved current};
+    the script applies core.fingerprints.observed's rule, so the outcome reads back through it."""
+    previous, new = reply[0], reply[1]
+    return observed(text(previous) if previous else None, fingerprint, bool(new), moves)
+
+
+def history_key(model_key: str) -> str:
+    """A model's rotation list: its hash's name with `rot:`, so the same hash tag and slot."""
+    prefix, _, tag = model_key.rpartition("fp:{")
+    return f"{prefix}rot:{{{tag}"
+
+
+def parse_rotation(raw: bytes | str) -> Rotation:
+    record = orjson.loads(raw)
+    return Rotation(
+        old=str(record["old"]),
+        new=str(record["new"]),
+        at=float(record["at"]),
+        back=bool(record["back"]),
+    )
 
 
 def tags(labels: Labels) -> bytes:
@@ -50,9 +74,11 @@ def parse_model(raw_state: Mapping[bytes | str, bytes | str]) -> ModelFingerprin
         if name.startswith(FIELD)
     ]
     records.sort(key=lambda item: int(item[0]["order"]))
+    backs = text(state.get("backs", b"")).split()
     return ModelFingerprints(
         current=text(state["current"]),
         seen=tuple(_parse_seen(fingerprint, record) for record, fingerprint in records),
+        changes_back=tuple(float(stamp) for stamp in backs),
     )
 
 

@@ -10,12 +10,20 @@ import heapq
 import itertools
 import math
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from proxy.core.codec import raw_size
-from proxy.core.fingerprints import FingerprintSeen, ModelFingerprints, Observation
+from proxy.core.fingerprints import (
+    BACKS_KEPT,
+    ROTATIONS_KEPT,
+    FingerprintSeen,
+    ModelFingerprints,
+    Observation,
+    Rotation,
+    observed,
+)
 from proxy.store.base import NO_LABELS, Labels, Selector, Usage, Write
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
@@ -38,6 +46,8 @@ class _Entry:
 class _Model:
     current: str
     seen: dict[str, FingerprintSeen] = field(default_factory=dict)
+    rotations: deque[Rotation] = field(default_factory=lambda: deque(maxlen=ROTATIONS_KEPT))
+    backs: deque[float] = field(default_factory=lambda: deque(maxlen=BACKS_KEPT))
     frozen: ModelFingerprints | None = None  # the last snapshot, until the next observation
 
 
@@ -148,7 +158,7 @@ class MemoryStore:
         return seen
 
     async def observe_fingerprint(
-        self, model: str, fingerprint: str, now: float, count: int = 1
+        self, model: str, fingerprint: str, now: float, count: int = 1, moves: bool = True
     ) -> Observation:
         state = self._models.get(model)
         previous = state.current if state is not None else None
@@ -156,9 +166,14 @@ class MemoryStore:
             state = self._models[model] = _Model(current=fingerprint)
         seen = state.seen.get(fingerprint)
         state.seen[fingerprint] = _seen_again(seen, fingerprint, now, count)
-        state.current = fingerprint
+        outcome = observed(previous, fingerprint, seen is None, moves)
+        if outcome.changed and previous is not None:
+            state.rotations.append(Rotation(previous, fingerprint, now, outcome.back))
+            if outcome.back:
+                state.backs.append(now)
+        state.current = outcome.current
         state.frozen = None
-        return Observation(previous=previous, new=seen is None)
+        return outcome
 
     async def fingerprints(self, model: str) -> ModelFingerprints | None:
         state = self._models.get(model)
@@ -166,6 +181,10 @@ class MemoryStore:
 
     async def all_fingerprints(self) -> dict[str, ModelFingerprints]:
         return {model: _snapshot(state) for model, state in self._models.items()}
+
+    async def rotations(self, model: str) -> tuple[Rotation, ...]:
+        state = self._models.get(model)
+        return () if state is None else tuple(state.rotations)
 
     async def secret(self, candidate: bytes) -> bytes:
         if self._secret is None:
@@ -251,5 +270,7 @@ def _seen_again(
 def _snapshot(state: _Model) -> ModelFingerprints:
     """Every lookup reads its model's state, which changes only on an observation."""
     if state.frozen is None:
-        state.frozen = ModelFingerprints(current=state.current, seen=tuple(state.seen.values()))
+        state.frozen = ModelFingerprints(
+            current=state.current, seen=tuple(state.seen.values()), changes_back=tuple(state.backs)
+        )
     return state.frozen

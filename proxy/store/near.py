@@ -189,7 +189,7 @@ class NearCache(StoreWrapper):
     async def record(self, write: Write) -> Observation:
         self._invalidate(ENTRY_CHANGED + write.key)
         seen = await self.inner.record(write)
-        if seen.previous != write.fingerprint:
+        if seen.previous != seen.current:
             self._invalidate(MODEL_CHANGED + write.model)
         return seen
 
@@ -198,12 +198,12 @@ class NearCache(StoreWrapper):
         await self.inner.delete(key)
 
     async def observe_fingerprint(
-        self, model: str, fingerprint: str, now: float, count: int = 1
+        self, model: str, fingerprint: str, now: float, count: int = 1, moves: bool = True
     ) -> Observation:
         """Most answers repeat the current fingerprint: the remembered state then still serves
         (only the current one's own count and last_seen moved), and every other replica's too."""
-        seen = await self.inner.observe_fingerprint(model, fingerprint, now, count)
-        if seen.previous != fingerprint:
+        seen = await self.inner.observe_fingerprint(model, fingerprint, now, count, moves)
+        if seen.previous != seen.current:
             self._invalidate(MODEL_CHANGED + model)
         return seen
 

@@ -6,7 +6,9 @@ sharing a tag; only on a standalone server does `record` write across keys in on
     {prefix}e:{<key>}          hash  <fingerprint> -> value            one cache key's answers,
                                      NUL"labels" -> {"namespace", "model"} (what purges select)
     {prefix}fp:{<sha1(model)>} hash  model, current, seen (a counter),
+                                     backs (times of the latest moves back),
                                      fp:<fingerprint> -> JSON record   one model's fingerprints
+    {prefix}rot:{<sha1(model)>} list JSON {old, new, at, back}, newest first, bounded: rotations
     {prefix}models             set   model names                       index for the admin route
     {prefix}secret             string                                  the shared HMAC secret
     {prefix}dictionary         string                                  the shared zstd dictionary
@@ -28,7 +30,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
-from proxy.core.fingerprints import ModelFingerprints, Observation
+from proxy.core.fingerprints import ModelFingerprints, Observation, Rotation
 from proxy.core.lru import LRU
 from proxy.store import layout, scripts
 from proxy.store.base import (
@@ -203,11 +205,12 @@ class RedisStore:
                 return await self.observe_fingerprint(write.model, write.fingerprint, write.now)
             finally:
                 await writing
-        keys = [self._model(write.model), self._models(), *self._put_keys(write)]
+        model = self._model(write.model)
+        keys = [model, layout.history_key(model), self._models(), *self._put_keys(write)]
         args = [write.model, repr(write.now), *self._put_args(write)]
         with _mapped("record"):
-            previous, new = await self._batch.script(scripts.RECORD, keys, args)
-        return layout.observation(previous, new)
+            reply = await self._batch.script(scripts.RECORD, keys, args)
+        return layout.observation(reply, write.fingerprint)
 
     def _put_keys(self, write: Write) -> list[str]:
         return [self._entry(write.key), self._lock(write.key)]
@@ -347,15 +350,18 @@ class RedisStore:
         return self._batch.script(scripts.USAGE, [layout.text(name)], [layout.LABELS])
 
     async def observe_fingerprint(
-        self, model: str, fingerprint: str, now: float, count: int = 1
+        self, model: str, fingerprint: str, now: float, count: int = 1, moves: bool = True
     ) -> Observation:
-        """One atomic script on the model's key; the index is only touched by the first caller."""
-        args = [model, fingerprint, repr(now), count, self.invalidations]
+        """One atomic script on the model's keys; the index is only touched by the first caller."""
+        args = [model, fingerprint, repr(now), count, self.invalidations, int(moves)]
+        name = self._model(model)
         with _mapped("observe_fingerprint"):
-            previous, new = await self._batch.script(scripts.OBSERVE, [self._model(model)], args)
-            if new:
+            reply = await self._batch.script(
+                scripts.OBSERVE, [name, layout.history_key(name)], args
+            )
+            if reply[1]:
                 await self._batch.call("SADD", self._models(), model)
-        return layout.observation(previous, new)
+        return layout.observation(reply, fingerprint, moves)
 
     async def fingerprints(self, model: str) -> ModelFingerprints | None:
         with _mapped("fingerprints"):
@@ -376,6 +382,12 @@ class RedisStore:
             model: layout.parse_model(state) for model, state in zip(models, states, strict=True)
         }
         return {model: state for model, state in parsed.items() if state is not None}
+
+    async def rotations(self, model: str) -> tuple[Rotation, ...]:
+        """One bounded list (ROTATIONS_KEPT), read whole."""
+        with _mapped("rotations"):
+            raw = await self._batch.call("LRANGE", layout.history_key(self._model(model)), 0, -1)
+        return tuple(layout.parse_rotation(item) for item in reversed(raw))
 
     async def secret(self, candidate: bytes) -> bytes:
         return cast(bytes, await self._first_wins("secret", candidate))

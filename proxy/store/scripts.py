@@ -3,13 +3,17 @@ a pipeline with plain commands. Keys and fields as `proxy/store/redis.py` lays t
 
 from __future__ import annotations
 
-# The observation of one answer's fingerprint: `key` is the model's hash. Returns {previous
-# current or nil, 1 if the fingerprint is new for the model else 0}.
+from proxy.core.fingerprints import BACKS_KEPT, ROTATIONS_KEPT
+
+# The observation of one answer's fingerprint: `key` is the model's hash, `rotations` its
+# history list. Returns {previous current or nil, 1 if the fingerprint is new for the model else 0,
+# 1 if this call moved the current fingerprint else 0}: the rule of core.fingerprints.observed.
+# A move is pushed onto the history (bounded), a move back also onto the hash's `backs`.
 # Announced only when `current` moves: what a near-cache serves by (the current fingerprint, and
 # the last_seen of the others for the grace window) changes only then.
 # Timestamps are written with %.17g so that they round-trip exactly through JSON.
 _OBSERVE_FUNCTION = """
-local function observe(key, model, fingerprint, now, count, channel)
+local function observe(key, rotations, model, fingerprint, now, count, channel, moves)
   local field = 'fp:' .. fingerprint
   local previous = redis.call('HGET', key, 'current')
   local raw = redis.call('HGET', key, field)
@@ -24,14 +28,34 @@ local function observe(key, model, fingerprint, now, count, channel)
   end
   local json = string.format('{"first_seen":%.17g,"last_seen":%.17g,"count":%d,"order":%d}',
     rec.first_seen, rec.last_seen, rec.count, rec.order)
-  redis.call('HSET', key, 'model', model, 'current', fingerprint, field, json)
-  if channel ~= '' and previous ~= fingerprint then
+  local new, changed, current = 1, 0, fingerprint
+  if raw then new = 0 end
+  if previous and previous ~= fingerprint then
+    if moves == 0 and raw then current = previous else changed = 1 end
+  end
+  redis.call('HSET', key, 'model', model, 'current', current, field, json)
+  if changed == 1 then
+    local back = 1 - new
+    local move = string.format('{"old":%s,"new":%s,"at":%.17g,"back":%d}',
+      cjson.encode(previous), cjson.encode(fingerprint), now, back)
+    redis.call('LPUSH', rotations, move)
+    redis.call('LTRIM', rotations, 0, ROTATIONS_KEPT - 1)
+    if back == 1 then
+      local backs = {}
+      for stamp in string.gmatch(redis.call('HGET', key, 'backs') or '', '%S+') do
+        table.insert(backs, stamp)
+      end
+      table.insert(backs, string.format('%.17g', now))
+      while #backs > BACKS_KEPT do table.remove(backs, 1) end
+      redis.call('HSET', key, 'backs', table.concat(backs, ' '))
+    end
+  end
+  if channel ~= '' and previous ~= current then
     redis.call('PUBLISH', channel, 'm' .. string.char(0) .. model)
   end
-  if raw then return {previous, 0} end
-  return {previous, 1}
+  return {previous, new, changed}
 end
-"""
+""".replace("ROTATIONS_KEPT", str(ROTATIONS_KEPT)).replace("BACKS_KEPT", str(BACKS_KEPT))
 
 # One answer's write: an entry hash and its fill lock (same hash tag: same slot on a cluster);
 # the lock is released when `token` is given (see RedisStore.put). A script rather than
@@ -46,9 +70,10 @@ local function put(entry, lock, fingerprint, value, field, labels, ttl, channel,
 end
 """
 
-# KEYS[1] = the model's hash; ARGV = model, fingerprint, now, count, channel.
+# KEYS = the model's hash, its history; ARGV = model, fingerprint, now, count, channel, moves.
 OBSERVE = _OBSERVE_FUNCTION + (
-    "return observe(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5])"
+    "return observe(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]),"
+    " ARGV[5], tonumber(ARGV[6]))"
 )
 
 # KEYS = an entry hash, its lock; ARGV = fingerprint, value, labels field, labels, ttl, channel,
@@ -56,15 +81,15 @@ OBSERVE = _OBSERVE_FUNCTION + (
 PUT = _PUT_FUNCTION + "put(KEYS[1], KEYS[2], unpack(ARGV, 1, 8))\nreturn 1"
 
 # Both in one script, the observation first, for a standalone server (on a cluster the keys sit
-# on several slots). KEYS = the model's hash, the models index, then PUT's;
+# on several slots). KEYS = the model's hash, its history, the models index, then PUT's;
 # ARGV = model, now, then PUT's.
 RECORD = (
     _OBSERVE_FUNCTION
     + _PUT_FUNCTION
     + """
-local seen = observe(KEYS[1], ARGV[1], ARGV[3], tonumber(ARGV[2]), 1, ARGV[8])
-if seen[2] == 1 then redis.call('SADD', KEYS[2], ARGV[1]) end
-put(KEYS[3], KEYS[4], unpack(ARGV, 3, 10))
+local seen = observe(KEYS[1], KEYS[2], ARGV[1], ARGV[3], tonumber(ARGV[2]), 1, ARGV[8], 1)
+if seen[2] == 1 then redis.call('SADD', KEYS[3], ARGV[1]) end
+put(KEYS[4], KEYS[5], unpack(ARGV, 3, 10))
 return seen
 """
 )

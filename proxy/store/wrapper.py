@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
-from proxy.core.fingerprints import ModelFingerprints, Observation
+from proxy.core.fingerprints import ModelFingerprints, Observation, Rotation
 from proxy.store.base import Selector, Store, Usage, Write
 
 
@@ -49,15 +49,18 @@ class StoreWrapper:
         return self.inner.entries(selector)
 
     async def observe_fingerprint(
-        self, model: str, fingerprint: str, now: float, count: int = 1
+        self, model: str, fingerprint: str, now: float, count: int = 1, moves: bool = True
     ) -> Observation:
-        return await self.inner.observe_fingerprint(model, fingerprint, now, count)
+        return await self.inner.observe_fingerprint(model, fingerprint, now, count, moves)
 
     async def fingerprints(self, model: str) -> ModelFingerprints | None:
         return await self.inner.fingerprints(model)
 
     async def all_fingerprints(self) -> dict[str, ModelFingerprints]:
         return await self.inner.all_fingerprints()
+
+    async def rotations(self, model: str) -> tuple[Rotation, ...]:
+        return await self.inner.rotations(model)
 
     async def secret(self, candidate: bytes) -> bytes:
         return await self.inner.secret(candidate)

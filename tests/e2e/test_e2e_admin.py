@@ -46,6 +46,10 @@ def test_stats_count_entries_bytes_and_the_hit_ratio(admin_proxy: Proxy) -> None
     assert stats["raw_bytes"] > 0 and stats["compression_ratio"] is not None
     assert (stats["hits"], stats["misses"]) == (2, 2)
     assert stats["hit_ratio"] == 0.5
+    saved = sum(
+        admin_proxy.metric("repro_tokens_saved_total", type=t) for t in ("prompt", "completion")
+    )
+    assert stats["tokens_saved"] == saved > 0
 
 
 def test_purge_by_namespace_model_and_fingerprint_with_a_dry_run(

@@ -77,8 +77,9 @@ def test_follow_serves_only_the_current_fingerprint(proxy: Proxy, sim: Sim) -> N
     assert outcome(back) == ("HIT", FP1)
     assert back.http_response.content == miss.http_response.content
     assert len(sim.llm_requests()) == 4
-    # Only a fingerprint never seen before counts as a change; the return to FP1 does not.
-    assert proxy.metric("repro_fingerprint_changes_total", model=MODEL) == 1
+    # Every change of the current fingerprint counts, the return to FP1 too (also as a flap).
+    assert proxy.metric("repro_fingerprint_changes_total", model=MODEL) == 2
+    assert proxy.metric("repro_fingerprint_flaps_total", model=MODEL) == 1
     assert proxy.metric("repro_fingerprint_info", model=MODEL, fingerprint=FP1) == 1
     assert proxy.metric("repro_fingerprint_info", model=MODEL, fingerprint=FP2) == 0
 

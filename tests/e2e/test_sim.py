@@ -182,7 +182,38 @@ async def test_seeded_answers_follow_body_and_fingerprint() -> None:
         await client.post("/_sim/fingerprint", json={"fingerprint": "fp_new"})
         assert await chat_text(client, CHAT) != first
         fingerprint = await (await client.get("/_sim/fingerprint")).json()
-        assert fingerprint == {"fingerprint": "fp_new"}
+        assert fingerprint == {"fingerprint": "fp_new", "fingerprints": []}
+
+
+async def test_alternating_fingerprints_answer_with_each_and_text_to_match() -> None:
+    async with sim() as client:
+        resp = await client.post("/_sim/fingerprint", json={"fingerprints": ["fp_a", "fp_b"]})
+        assert await resp.json() == {"fingerprint": "fp_sim_0001", "fingerprints": ["fp_a", "fp_b"]}
+        texts: dict[str, set[str]] = {}
+        for _ in range(40):  # both show with probability 1 - 2**-39
+            answer = await post(client, "/v1/chat/completions", CHAT)
+            content = answer["choices"][0]["message"]["content"]
+            texts.setdefault(answer["system_fingerprint"], set()).add(content)
+        assert set(texts) == {"fp_a", "fp_b"}
+        assert all(len(seen) == 1 for seen in texts.values())  # text fixed per fingerprint
+        assert texts["fp_a"] != texts["fp_b"]
+        await client.post("/_sim/fingerprint", json={"fingerprint": "fp_c"})  # ends alternation
+        assert (await post(client, "/v1/chat/completions", CHAT))["system_fingerprint"] == "fp_c"
+        for bad in ({"fingerprints": "fp_a"}, {"fingerprints": [""]}, {}):
+            assert (await client.post("/_sim/fingerprint", json=bad)).status == 400
+
+
+async def test_drift_changes_that_share_of_answers_at_a_rotation() -> None:
+    bodies = [CHAT | {"messages": [{"role": "user", "content": f"q{i}"}]} for i in range(200)]
+    async with sim(drift=0.3) as client:
+        before = [await chat_text(client, body) for body in bodies]
+        await client.post("/_sim/fingerprint", json={"fingerprint": "fp_next"})
+        after = [await chat_text(client, body) for body in bodies]
+        changed = sum(old != new for old, new in zip(before, after, strict=True))
+        assert 40 <= changed <= 80  # 60 expected; the draw is fixed per body, so is this count
+        assert [await chat_text(client, body) for body in bodies] == after
+        resp = await client.post("/_sim/settings", json={"drift": 1.5})
+        assert resp.status == 400
 
 
 async def test_unseeded_answers_vary() -> None:
@@ -380,7 +411,12 @@ async def test_requests_are_recorded_raw() -> None:
 async def test_settings_route_changes_latency() -> None:
     async with sim() as client:
         resp = await client.post("/_sim/settings", json={"latency": 0.2, "divergence": 0.5})
-        assert await resp.json() == {"latency": 0.2, "chunk_delay": 0.0, "divergence": 0.5}
+        assert await resp.json() == {
+            "latency": 0.2,
+            "chunk_delay": 0.0,
+            "divergence": 0.5,
+            "drift": 1.0,
+        }
         started = time.monotonic()
         await post(client, "/v1/chat/completions", CHAT)
         assert time.monotonic() - started >= 0.2
@@ -426,8 +462,11 @@ def test_settings_from_args() -> None:
     settings = settings_from_args(parser.parse_args(args))
     assert settings == SimSettings(fingerprint=None, api_keys=("a", "b"), chunk_delay=0.1)
     assert settings_from_args(parser.parse_args([])) == SimSettings()
-    with pytest.raises(ValueError, match="divergence"):
-        settings_from_args(parser.parse_args(["--divergence", "1.5"]))
+    for flag in ("--divergence", "--drift"):
+        with pytest.raises(SystemExit):  # argparse's one line naming the flag, status 2
+            parser.parse_args([flag, "1.5"])
+    alternating = settings_from_args(parser.parse_args(["--fingerprints", "fp_a,fp_b"]))
+    assert alternating.fingerprints == ("fp_a", "fp_b")
 
 
 def free_port() -> int:

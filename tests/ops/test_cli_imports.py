@@ -30,7 +30,7 @@ def test_the_parser_and_the_server_import_no_tool_dependencies() -> None:
     assert done.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("command", ["check", "stats", "sim"])
+@pytest.mark.parametrize("command", ["check", "stats", "sim", "rotations"])
 def test_each_tool_command_still_explains_its_flags(command: str) -> None:
     done = python("-m", "proxy", command, "--help")
     assert done.returncode == 0, done.stderr

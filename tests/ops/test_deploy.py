@@ -419,9 +419,15 @@ def test_dashboard_has_the_panels_operators_need() -> None:
     assert re.fullmatch(
         r"count by \(model, fingerprint\) \(repro_fingerprint_info\{.*\} == 1\)", fingerprints
     )
-    (rotations,) = board["annotations"]["list"]
+    rotations, back = board["annotations"]["list"]
     assert rotations["enable"] and "repro_fingerprint_changes_total" in rotations["expr"]
+    assert "- sum by (model) ((repro_fingerprint_flaps_total" in rotations["expr"]
     assert rotations["titleFormat"] == "Fingerprint rotated: {{model}}"
+    assert back["enable"] and "repro_fingerprint_changes_total" not in back["expr"]
+    assert "repro_fingerprint_flaps_total" in back["expr"]
+    assert back["titleFormat"] == "Fingerprint rotated back: {{model}}"
+    (page,) = board["links"]
+    assert (page["type"], page["url"]) == ("link", "${proxy_url}/admin/ui")
 
 
 def test_dashboard_determinism_row_holds_the_verify_panels() -> None:

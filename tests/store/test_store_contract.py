@@ -21,7 +21,14 @@ from redis.asyncio import Redis, RedisCluster
 
 from proxy.core.codec import Codec, raw_size
 from proxy.core.entry import Entry
-from proxy.core.fingerprints import FingerprintSeen, ModelFingerprints, Observation
+from proxy.core.fingerprints import (
+    BACKS_KEPT,
+    ROTATIONS_KEPT,
+    FingerprintSeen,
+    ModelFingerprints,
+    Observation,
+    Rotation,
+)
 from proxy.store import MemoryStore, Store, StoreError, open_store, parse_size
 from proxy.store.base import Labels, Selector, Usage, Write
 from proxy.store.encrypted import EncryptedStore
@@ -96,17 +103,66 @@ class StoreContract:
         assert await store.get("forever", None) == {"fp_a": b"F"}
 
     async def test_observe_sequence(self, store: Store) -> None:
-        assert await store.observe_fingerprint("m", "fp_a", 100.0) == Observation(None, True)
-        assert await store.observe_fingerprint("m", "fp_a", 101.0) == Observation("fp_a", False)
-        assert await store.observe_fingerprint("m", "fp_b", 102.0) == Observation("fp_a", True)
-        assert await store.observe_fingerprint("m", "fp_a", 103.0) == Observation("fp_b", False)
+        observe = store.observe_fingerprint
+        assert await observe("m", "fp_a", 100.0) == Observation(None, True, False, "fp_a")
+        assert await observe("m", "fp_a", 101.0) == Observation("fp_a", False, False, "fp_a")
+        assert await observe("m", "fp_b", 102.0) == Observation("fp_a", True, True, "fp_b")
+        assert await observe("m", "fp_a", 103.0) == Observation("fp_b", False, True, "fp_a")
         assert await store.fingerprints("m") == ModelFingerprints(
             current="fp_a",
             seen=(
                 FingerprintSeen("fp_a", 100.0, 103.0, 3),
                 FingerprintSeen("fp_b", 102.0, 102.0, 1),
             ),
+            changes_back=(103.0,),
         )
+
+    async def test_every_change_of_current_joins_the_history(self, store: Store) -> None:
+        for moment, fingerprint in enumerate(["fp_1", "fp_2", "fp_2", "fp_1", "fp_3", "fp_2"]):
+            await store.observe_fingerprint("m", fingerprint, float(moment))
+        assert await store.rotations("m") == (
+            Rotation("fp_1", "fp_2", 1.0, back=False),
+            Rotation("fp_2", "fp_1", 3.0, back=True),
+            Rotation("fp_1", "fp_3", 4.0, back=False),
+            Rotation("fp_3", "fp_2", 5.0, back=True),
+        )
+        state = await store.fingerprints("m")
+        assert state is not None and state.changes_back == (3.0, 5.0)
+        assert await store.rotations("never") == ()
+
+    async def test_the_history_and_the_changes_back_stay_bounded(self, store: Store) -> None:
+        for moment in range(ROTATIONS_KEPT + 10):
+            await store.observe_fingerprint("m", f"fp_{moment % 2}", float(moment))
+        rotations = await store.rotations("m")
+        assert len(rotations) == ROTATIONS_KEPT
+        assert rotations[-1] == Rotation("fp_0", "fp_1", float(ROTATIONS_KEPT + 9), back=True)
+        state = await store.fingerprints("m")
+        assert state is not None
+        assert state.changes_back == tuple(
+            float(t) for t in range(ROTATIONS_KEPT + 10 - BACKS_KEPT, ROTATIONS_KEPT + 10)
+        )
+
+    async def test_concurrent_changes_back_agree_on_one_change(self, store: Store) -> None:
+        await store.observe_fingerprint("m", "fp_a", 1.0)
+        await store.observe_fingerprint("m", "fp_b", 2.0)
+        observations = await asyncio.gather(
+            *(store.observe_fingerprint("m", "fp_a", 3.0) for _ in range(20))
+        )
+        assert sum(observation.changed for observation in observations) == 1
+        assert [o.back for o in observations if o.changed] == [True]
+        assert len(await store.rotations("m")) == 2
+
+    async def test_a_late_flush_of_repeats_does_not_move_current_back(self, store: Store) -> None:
+        await store.observe_fingerprint("m", "fp_a", 1.0)
+        await store.observe_fingerprint("m", "fp_b", 2.0)
+        late = await store.observe_fingerprint("m", "fp_a", 1.5, count=4, moves=False)
+        assert late == Observation("fp_b", False, False, "fp_b")
+        state = await store.fingerprints("m")
+        assert state is not None and state.current == "fp_b"
+        assert state.seen[0] == FingerprintSeen("fp_a", 1.0, 1.5, 5)
+        assert len(await store.rotations("m")) == 1
+        unknown = await store.observe_fingerprint("m", "fp_c", 3.0, moves=False)
+        assert unknown == Observation("fp_b", True, True, "fp_c")
 
     async def test_the_state_read_follows_every_observation(self, store: Store) -> None:
         await store.observe_fingerprint("m", "fp_a", 1.0)
@@ -202,8 +258,10 @@ class StoreContract:
         assert not await store.locked("k")
 
     async def test_an_observation_can_stand_for_several_answers(self, store: Store) -> None:
-        assert await store.observe_fingerprint("m", "fp", 1.0, count=3) == Observation(None, True)
-        assert await store.observe_fingerprint("m", "fp", 4.0, count=2) == Observation("fp", False)
+        first = await store.observe_fingerprint("m", "fp", 1.0, count=3)
+        assert first == Observation(None, True, False, "fp")
+        again = await store.observe_fingerprint("m", "fp", 4.0, count=2)
+        assert again == Observation("fp", False, False, "fp")
         state = await store.fingerprints("m")
         assert state == ModelFingerprints("fp", (FingerprintSeen("fp", 1.0, 4.0, 5),))
 
@@ -220,7 +278,7 @@ class StoreContract:
         assert await store.lock("k", "leader", 30)
         labels = Labels(namespace="ns", model="m")
         seen = await store.record(Write("k", "fp_a", b"A", 0, labels, "leader", "m", 5.0))
-        assert seen == Observation(previous=None, new=True)
+        assert seen == Observation(previous=None, new=True, changed=False, current="fp_a")
         assert not await store.locked("k")
         state, found = await store.lookup("k", "m")
         assert state == ModelFingerprints("fp_a", (FingerprintSeen("fp_a", 5.0, 5.0, 1),))
@@ -230,9 +288,9 @@ class StoreContract:
             ("k", "fp_a")
         ]
         again = await store.record(Write("k2", "fp_a", b"B", 0, labels, None, "m", 6.0))
-        assert again == Observation(previous="fp_a", new=False)
+        assert again == Observation(previous="fp_a", new=False, changed=False, current="fp_a")
         rotated = await store.record(Write("k", "fp_b", b"C", 0, labels, None, "m", 7.0))
-        assert rotated == Observation(previous="fp_a", new=True)
+        assert rotated == Observation(previous="fp_a", new=True, changed=True, current="fp_b")
         assert await store.get("k", None) == {"fp_a": b"A", "fp_b": b"C"}
         state = await store.fingerprints("m")
         assert state is not None and state.current == "fp_b"

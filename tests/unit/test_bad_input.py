@@ -22,6 +22,7 @@ WRONG = {
     "cache_mode": "read",
     "fingerprint_policy": "latest",
     "fingerprint_grace": "soon",
+    "fingerprint_flap_window": "-5",
     "cache_scope": "tenant",
     "ttl": "abc",
     "stale_if_error": "1h",

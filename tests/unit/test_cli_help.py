@@ -24,7 +24,10 @@ def subcommand(name: str) -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = ["serve", "sim", "check", "stats", "fingerprints", "purge", "export", "import", "health"]
+COMMANDS = [
+    "serve", "sim", "check", "stats", "fingerprints", "purge", "export", "import", "health",
+    "rotations",
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -5,7 +5,9 @@ holding or the order of its events."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from proxy.core.fingerprints import FingerprintSeen, ModelFingerprints
@@ -97,3 +99,58 @@ async def test_another_replicas_rotation_ends_the_counting() -> None:
     other = ModelFingerprints("fp2", (FingerprintSeen("fp2", 1.0, 1.0, 1),))
     fingerprints.acceptable("m", other)
     assert not fingerprints.counted("m", "fp")
+
+
+def changes(metrics: Metrics, model: str = "m") -> tuple[float, float]:
+    return (
+        metrics.fingerprint_changes.labels(model)._value.get(),
+        metrics.fingerprint_flaps.labels(model)._value.get(),
+    )
+
+
+async def test_a_rotation_back_is_counted_and_logged_as_rotated_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = MemoryStore()
+    fingerprints, metrics = tracker(store)
+    caplog.set_level(logging.WARNING, "proxy.fingerprints")
+    for fingerprint in ("fp_1", "fp_2", "fp_1"):
+        await fingerprints.observe("m", fingerprint)
+    assert changes(metrics) == (2, 1)
+    told = [(r.getMessage(), r.__dict__["old"], r.__dict__["new"]) for r in caplog.records]
+    assert told == [
+        ("fingerprint rotated", "fp_1", "fp_2"),
+        ("fingerprint rotated back", "fp_2", "fp_1"),
+    ]
+    assert [r.back for r in await store.rotations("m")] == [False, True]
+
+
+async def test_a_late_flush_after_another_replicas_rotation_logs_nothing() -> None:
+    """Replica A counted repeats of fp_1; replica B saw fp_2 meanwhile. A's flush must not move
+    the model back, or every rotation would read as a flap on a fleet."""
+    store = MemoryStore()
+    replica_a, metrics_a = tracker(store)
+    replica_b, metrics_b = tracker(store)
+    await replica_a.observe("m", "fp_1")
+    await replica_a.observe("m", "fp_1")  # counted in A
+    await replica_b.observe("m", "fp_2")
+    await replica_a.flush()
+    state = await store.fingerprints("m")
+    assert state is not None and state.current == "fp_2"
+    assert changes(metrics_a) == (0, 0)
+    assert changes(metrics_b) == (1, 0)
+    assert not replica_a.counted("m", "fp_1")  # A records its next answer at once
+
+
+async def test_an_alternating_model_shows_in_the_gauge() -> None:
+    store = MemoryStore()
+    metrics = Metrics(CollectorRegistry())
+    fingerprints = FingerprintTracker(
+        store, metrics, FingerprintPolicy.FOLLOW, 0.0, Clock(), 60.0, flap_window=600.0
+    )
+    for fingerprint in ("fp_1", "fp_2", "fp_1", "fp_2", "fp_1"):
+        await fingerprints.observe("m", fingerprint)
+    state = await store.fingerprints("m")
+    assert fingerprints.acceptable("m", state) == ["fp_1", "fp_2"]
+    assert metrics.alternation.labels("m")._value.get() == 1
+    assert changes(metrics) == (4, 3)

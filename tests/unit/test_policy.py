@@ -22,6 +22,7 @@ from proxy.core.policy import (
     Outcome,
     Plan,
     acceptable_fingerprints,
+    alternating,
     cache_scope,
     enforce,
     is_fresh,
@@ -512,3 +513,40 @@ class TestIsFresh:
         assert not is_fresh(1000.0, 1050.0, ttl=60, max_age=30)  # too old for max-age
         assert not is_fresh(1000.0, 1070.0, ttl=60, max_age=100)  # expired by ttl
         assert is_fresh(1000.0, 1020.0, ttl=60, max_age=30)
+
+
+class TestAlternation:
+    """Three changes back within the flap window make the recent fingerprints one generation."""
+
+    @staticmethod
+    def flapping(*backs: float) -> ModelFingerprints:
+        state = _state("fp_b", ("fp_gone", NOW - 5000), ("fp_a", NOW - 30), ("fp_b", NOW))
+        return ModelFingerprints(state.current, state.seen, changes_back=backs)
+
+    def test_an_alternating_model_serves_its_recent_fingerprints_oldest_first(self) -> None:
+        state = self.flapping(NOW - 200, NOW - 100, NOW - 10)
+        result = acceptable_fingerprints(FingerprintPolicy.FOLLOW, state, 0, NOW, 600)
+        assert list(result or ()) == ["fp_a", "fp_b"]
+        assert alternating(state, NOW, 600)
+
+    def test_two_changes_back_are_a_rotation_with_a_straggler_not_alternation(self) -> None:
+        state = self.flapping(NOW - 100, NOW - 10)
+        assert not alternating(state, NOW, 600)
+        assert acceptable_fingerprints(FingerprintPolicy.FOLLOW, state, 0, NOW, 600) == ("fp_b",)
+
+    def test_changes_back_older_than_the_window_do_not_count(self) -> None:
+        state = self.flapping(NOW - 900, NOW - 800, NOW - 10)
+        assert not alternating(state, NOW, 600)
+        assert not alternating(self.flapping(NOW - 3, NOW - 2, NOW - 1), NOW, 0)
+
+    def test_a_new_fingerprint_after_an_alternation_is_a_rotation_followed_at_once(self) -> None:
+        flapped = self.flapping(NOW - 30, NOW - 20, NOW - 10)
+        rotated = ModelFingerprints(
+            "fp_c", (*flapped.seen, FingerprintSeen("fp_c", NOW - 5, NOW, 1)), flapped.changes_back
+        )
+        assert not alternating(rotated, NOW, 600)
+        assert acceptable_fingerprints(FingerprintPolicy.FOLLOW, rotated, 0, NOW, 600) == ("fp_c",)
+
+    def test_pin_is_unchanged_by_alternation(self) -> None:
+        state = self.flapping(NOW - 3, NOW - 2, NOW - 1)
+        assert acceptable_fingerprints(FingerprintPolicy.PIN, state, 0, NOW, 600) is None

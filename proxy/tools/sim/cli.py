@@ -17,8 +17,9 @@ from proxy.tools.sim.state import SimSettings, check_tunable
 CONTROL_ROUTES = """\
 control routes (unauthenticated; JSON bodies):
   GET    /_sim/fingerprint   the system_fingerprint answered with
-  POST   /_sim/fingerprint   {"fingerprint": "fp_…" | null}: rotate it
-  GET    /_sim/settings      latency, chunk_delay, divergence
+  POST   /_sim/fingerprint   {"fingerprint": "fp_…" | null}: rotate it (ends an alternation);
+                             {"fingerprints": ["fp_a", "fp_b"]}: one at random per answer
+  GET    /_sim/settings      latency, chunk_delay, divergence, drift
   POST   /_sim/settings      change any of them at run time
   POST   /_sim/keys          {"api_keys": […]}: the keys accepted from now on ([] = any)
   POST   /_sim/faults        queue a fault for the next requests (status, body, headers …)
@@ -66,6 +67,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="fraction (0..1) of seeded answers that differ anyway, as on the real service",
     )
+    parser.add_argument(
+        "--drift",
+        type=_tunable("drift"),
+        default=defaults.drift,
+        help="fraction (0..1) of seeded requests whose answer changes with the fingerprint",
+    )
+    parser.add_argument(
+        "--fingerprints",
+        default="",
+        help="comma-separated fingerprints to answer with at random (a fleet mid-rollout)",
+    )
 
 
 def _port(text: str) -> int:
@@ -101,6 +113,8 @@ def settings_from_args(ns: argparse.Namespace) -> SimSettings:
         chunk_delay=ns.chunk_delay,
         api_keys=tuple(ns.api_keys),
         divergence=ns.divergence,
+        drift=ns.drift,
+        fingerprints=tuple(name for name in ns.fingerprints.split(",") if name),
     )
 
 

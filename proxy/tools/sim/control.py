@@ -9,20 +9,38 @@ from __future__ import annotations
 from aiohttp import web
 
 from proxy.tools.sim.handlers import json_response, parse_object
-from proxy.tools.sim.state import JSON, STATE, TUNABLES, BadRequest, Fault, SimState, check_tunable
+from proxy.tools.sim.state import (
+    JSON,
+    STATE,
+    TUNABLES,
+    BadRequest,
+    Fault,
+    SimState,
+    check_fingerprints,
+    check_tunable,
+)
 
 
 async def _get_fingerprint(request: web.Request) -> web.Response:
-    return json_response({"fingerprint": request.app[STATE].fingerprint})
+    state = request.app[STATE]
+    return json_response({"fingerprint": state.fingerprint, "fingerprints": state.fingerprints})
 
 
 async def _set_fingerprint(request: web.Request) -> web.Response:
-    data = parse_object(await request.read())
-    value = data.get("fingerprint")
-    if "fingerprint" not in data or not (value is None or isinstance(value, str)):
+    """`fingerprint`: answer with it from now on (a rotation; ends any alternation);
+    `fingerprints`: answer with one of them at random (a fleet mid-rollout), [] to stop."""
+    state, data = request.app[STATE], parse_object(await request.read())
+    if "fingerprint" not in data and "fingerprints" not in data:
+        raise BadRequest("give fingerprint or fingerprints", "fingerprint")
+    value = data.get("fingerprint", state.fingerprint)
+    if not (value is None or isinstance(value, str)):
         raise BadRequest("fingerprint must be a string or null", "fingerprint")
-    request.app[STATE].fingerprint = value
-    return json_response({"fingerprint": value})
+    try:
+        alternation = check_fingerprints(data.get("fingerprints", []))
+    except ValueError as exc:
+        raise BadRequest(str(exc), "fingerprints") from exc
+    state.fingerprint, state.fingerprints = value, alternation
+    return json_response({"fingerprint": value, "fingerprints": alternation})
 
 
 def _tunables(state: SimState) -> JSON:

@@ -48,13 +48,23 @@ class Answer:
         return "".join(self.pieces)
 
 
-def _text_rng(body: JSON, fingerprint: str | None, divergence: float) -> random.Random:
-    """Seeded requests get text fixed by body and fingerprint, like the real service (mostly)."""
-    if not is_int(body.get("seed")) or random.random() < divergence:
+def _text_rng(body: JSON, fingerprint: str | None, state: SimState) -> random.Random:
+    """Seeded requests get text fixed by body and fingerprint, like the real service (mostly).
+    With `drift` below 1, only that share of requests (fixed per body) answer differently under
+    another fingerprint: a rotation that changes some answers, not all."""
+    if not is_int(body.get("seed")) or random.random() < state.divergence:
         return random.Random(secrets.randbits(64))
     stable = {k: v for k, v in body.items() if k not in _VOLATILE}
-    material = orjson.dumps(stable, option=orjson.OPT_SORT_KEYS) + (fingerprint or "").encode()
+    material = orjson.dumps(stable, option=orjson.OPT_SORT_KEYS)
+    if drifts(material, state.drift):
+        material += (fingerprint or "").encode()
     return random.Random(hashlib.sha256(material).digest())
+
+
+def drifts(material: bytes, drift: float) -> bool:
+    """Whether a request's answer depends on the fingerprint: a share `drift` of requests do."""
+    draw = int.from_bytes(hashlib.sha256(b"drift" + material).digest()[:8], "big") / 2**64
+    return draw < drift
 
 
 def sentence(rng: random.Random, limit: int | None) -> Answer:
@@ -135,13 +145,13 @@ def _usage(prompt_tokens: int, answers: list[Answer]) -> JSON:
     }
 
 
-def _head(prefix: str, kind: str, body: JSON, state: SimState) -> JSON:
+def _head(prefix: str, kind: str, body: JSON, fingerprint: str | None) -> JSON:
     return {
         "id": f"{prefix}-{secrets.token_hex(14)}",
         "object": kind,
         "created": int(time.time()),
         "model": body.get("model"),
-        "system_fingerprint": state.fingerprint,
+        "system_fingerprint": fingerprint,
     }
 
 
@@ -204,13 +214,14 @@ def chat_reply(body: JSON, state: SimState) -> Reply:
     if not isinstance(body.get("messages"), list):
         raise BadRequest("messages is a required array", "messages")
     n, limit = int_param(body, "n", 1, lo=1, hi=128), max_tokens(body)
-    rng = _text_rng(body, state.fingerprint, state.divergence)
+    fingerprint = state.answer_fingerprint()
+    rng = _text_rng(body, fingerprint, state)
     function = _forced_function(body)
     if function is None:
         answers = [sentence(rng, limit) for _ in range(n)]
     else:
         answers = [tool_call(function, rng) for _ in range(n)]
-    head = _head("chatcmpl", "chat.completion", body, state)
+    head = _head("chatcmpl", "chat.completion", body, fingerprint)
     usage = _usage(word_count(body["messages"]), answers)
     if _wants_stream(body):
         head["object"] = "chat.completion.chunk"
@@ -230,9 +241,10 @@ def _prompts(body: JSON) -> list[Any]:
 def text_reply(body: JSON, state: SimState) -> Reply:
     prompts = _prompts(body)
     n, limit = int_param(body, "n", 1, lo=1, hi=128), max_tokens(body)
-    rng = _text_rng(body, state.fingerprint, state.divergence)
+    fingerprint = state.answer_fingerprint()
+    rng = _text_rng(body, fingerprint, state)
     answers = [sentence(rng, limit) for _ in prompts for _ in range(n)]
-    head = _head("cmpl", "text_completion", body, state)
+    head = _head("cmpl", "text_completion", body, fingerprint)
     usage = _usage(word_count(prompts), answers)
     if _wants_stream(body):
         return _chunks(head, _text_choices(answers), usage, _include_usage(body))

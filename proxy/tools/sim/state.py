@@ -7,6 +7,7 @@ a `BadRequest` names the offending parameter, as the real API's 400 does.
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
@@ -15,7 +16,8 @@ from aiohttp import web
 
 JSON = dict[str, Any]
 
-TUNABLES = ("latency", "chunk_delay", "divergence")
+TUNABLES = ("latency", "chunk_delay", "divergence", "drift")
+_SHARES = frozenset({"divergence", "drift"})
 _FAULT_KINDS = frozenset(
     {"status", "cut", "error_event", "hang", "drop", "response_failed", "response_incomplete"}
 )
@@ -24,11 +26,11 @@ _RESPONSES_KEPT = 1000
 
 
 def check_tunable(name: str, value: object) -> float:
-    """Validate a latency/chunk_delay/divergence value, naming the setting in the error."""
+    """Validate a tunable's value, naming the setting in the error."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ValueError(f"{name} must be a number, got {value!r}")
-    if value < 0 or (name == "divergence" and value > 1):
-        bound = "between 0 and 1" if name == "divergence" else "non-negative"
+    if value < 0 or (name in _SHARES and value > 1):
+        bound = "between 0 and 1" if name in _SHARES else "non-negative"
         raise ValueError(f"{name} must be {bound}, got {value!r}")
     return float(value)
 
@@ -44,10 +46,20 @@ class SimSettings:
     chunk_delay: float = 0.0
     api_keys: tuple[str, ...] = ()
     divergence: float = 0.0
+    drift: float = 1.0
+    fingerprints: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in TUNABLES:
             check_tunable(name, getattr(self, name))
+        check_fingerprints(self.fingerprints)
+
+
+def check_fingerprints(value: object) -> tuple[str, ...]:
+    """Fingerprints to alternate between: a list of non-empty strings (empty: no alternation)."""
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"fingerprints must be a list of non-empty strings, got {value!r}")
+    return tuple(value)
 
 
 class BadRequest(Exception):
@@ -113,6 +125,8 @@ class SimState:
     chunk_delay: float
     divergence: float
     api_keys: frozenset[str]
+    drift: float = 1.0
+    fingerprints: tuple[str, ...] = ()
     faults: deque[Fault] = field(default_factory=deque)
     requests: deque[JSON] = field(default_factory=lambda: deque(maxlen=_RECORD_LIMIT))
     hits: Counter[str] = field(default_factory=Counter)
@@ -128,7 +142,16 @@ class SimState:
             chunk_delay=settings.chunk_delay,
             divergence=settings.divergence,
             api_keys=frozenset(settings.api_keys),
+            drift=settings.drift,
+            fingerprints=settings.fingerprints,
         )
+
+    def answer_fingerprint(self) -> str | None:
+        """The fingerprint of the next answer: one of `fingerprints` at random while they are
+        set (a fleet mid-rollout), else `fingerprint`."""
+        if self.fingerprints:
+            return random.choice(self.fingerprints)
+        return self.fingerprint
 
     def next_fault(self) -> Fault | None:
         """Take one use of the oldest queued fault (FIFO), dropping it once used up."""

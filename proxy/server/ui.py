@@ -1,0 +1,110 @@
+"""`/admin/ui`: the operators' page, behind the admin token.
+
+Static files from the package (no build step, no CDN): a login form that posts the token once,
+then a page whose script reads the admin routes with the session cookie (see `session`). The
+token never appears in a URL, a cookie or a log. Every answer shown is the upstream's text, so
+the script writes it as text only (`textContent`), and the Content-Security-Policy allows no
+inline script, no other origin, and no framing.
+"""
+
+from __future__ import annotations
+
+import hmac
+from importlib import resources
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from proxy.server import session
+from proxy.server.context import SERVICES
+
+STATIC = frozenset({"ui.css", "ui.js"})
+MAX_LOGIN_BODY = 4096
+HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",  # no-referrer would make a browser post Origin: null
+    "Cache-Control": "no-store",
+}
+_FAILED = b'<p id="error" class="error" hidden>'
+_FAILED_SHOWN = b'<p id="error" class="error">'
+
+
+def _file(name: str) -> bytes:
+    return resources.files("proxy.server").joinpath("static", name).read_bytes()
+
+
+def _token(request: web.Request) -> str:
+    token = request.app[SERVICES].settings.admin_token
+    if not token:
+        raise web.HTTPNotFound()
+    return token
+
+
+def _page(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(
+        body=body, status=status, content_type="text/html", charset="utf-8", headers=HEADERS
+    )
+
+
+async def admin_ui(request: web.Request) -> web.Response:
+    """The page for a session, else the login form."""
+    token = _token(request)
+    if session.valid(request, token, request.app[SERVICES].clock()):
+        return _page(_file("ui.html"))
+    return _page(_file("login.html"))
+
+
+async def ui_static(request: web.Request) -> web.Response:
+    _token(request)
+    name = request.match_info["name"]
+    if name not in STATIC:
+        raise web.HTTPNotFound()
+    kind = "text/css" if name.endswith(".css") else "text/javascript"
+    return web.Response(body=_file(name), content_type=kind, charset="utf-8", headers=HEADERS)
+
+
+async def ui_login(request: web.Request) -> web.Response:
+    """Check the posted token (constant time) and set the session cookie: HttpOnly (no script
+    reads it), SameSite=Strict (no other site's request carries it), Secure over HTTPS."""
+    token = _token(request)
+    _same_origin(request)
+    if (request.content_length or 0) > MAX_LOGIN_BODY:
+        raise web.HTTPRequestEntityTooLarge(MAX_LOGIN_BODY, request.content_length or 0)
+    form = await request.post()
+    given = form.get("token")
+    if not isinstance(given, str) or not hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), token.encode()
+    ):
+        return _page(_file("login.html").replace(_FAILED, _FAILED_SHOWN), status=401)
+    response = web.HTTPSeeOther("/admin/ui", headers=HEADERS)
+    response.set_cookie(
+        session.COOKIE,
+        session.issue(token, request.app[SERVICES].clock()),
+        max_age=session.LIFETIME,
+        path="/admin",
+        httponly=True,
+        samesite="Strict",
+        secure=request.secure,
+    )
+    raise response
+
+
+async def ui_logout(request: web.Request) -> web.Response:
+    _token(request)
+    _same_origin(request)
+    response = web.HTTPSeeOther("/admin/ui", headers=HEADERS)
+    response.del_cookie(session.COOKIE, path="/admin")
+    raise response
+
+
+def _same_origin(request: web.Request) -> None:
+    """A form posted from another site (or an opaque origin, "null") is refused: browsers name
+    the posting page's origin. Clients without one (curl) are not browsers to forge with."""
+    origin = request.headers.get("Origin")
+    if origin is not None and urlsplit(origin).netloc != request.host:
+        raise web.HTTPForbidden(text="cross-site form refused")

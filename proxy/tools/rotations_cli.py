@@ -1,0 +1,106 @@
+"""`repro-proxy rotations`: what changed at each fingerprint rotation of a running proxy.
+
+Reads `GET /admin/rotations` (the admin token, like `stats`): per model each rotation (from, to,
+when), and for the requests stored under both fingerprints how many, how many identical, and how
+far apart. `--distance embedding` measures the pairs again as the cosine distance of their
+embeddings (`check`'s), fetched through the proxy's own /v1/embeddings. A table on a terminal,
+JSON with `--json` or when piped (fields in docs/reference.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from typing import Any
+
+from proxy.tools.admin_cli import (
+    Refused,
+    add_connection_arguments,
+    admin_headers,
+    base_url,
+    reason,
+)
+from proxy.tools.output import print_json, wants_json
+
+HELP = "each fingerprint rotation of a running proxy, and how the same requests' answers changed"
+
+
+def add_command(commands: Any) -> None:
+    parser = commands.add_parser("rotations", help=HELP, description=HELP)
+    add_connection_arguments(parser)
+    add = parser.add_argument
+    add("--json", action="store_true", help="print JSON (the default when stdout is not a TTY)")
+    add("--model", help="only this model")
+    add("--examples", type=int, default=3, help="changed answers shown per rotation (0-10)")
+    add("--distance", choices=("text", "embedding"), default="text", help="default: text")
+    add("--embedding-model", default="text-embedding-3-small", help="for --distance embedding")
+    add("--api-key", help="API key for the embeddings (default: $OPENAI_API_KEY)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import httpx
+
+    from proxy.tools.audit.network import AuditError
+
+    try:
+        base, headers = base_url(args), admin_headers(args)
+    except Refused as exc:
+        print(f"repro-proxy rotations: {exc}", file=sys.stderr)
+        return 2
+    params: dict[str, Any] = {"examples": max(0, min(args.examples, 10))}
+    if args.model:
+        params["model"] = args.model
+    if args.distance == "embedding":
+        params["pairs"] = 256
+    try:
+        response = httpx.get(base + "/admin/rotations", params=params, headers=headers, timeout=300)
+        if response.status_code != 200:
+            print(f"repro-proxy rotations: HTTP {response.status_code}: {reason(response)}",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+        report = response.json()
+        if args.distance == "embedding":
+            asyncio.run(_embedding_distances(base, args, report))
+    except (httpx.HTTPError, ValueError, AuditError) as exc:
+        print(f"repro-proxy rotations: {base}: {exc}", file=sys.stderr)
+        return 1
+    report["distance_kind"] = args.distance
+    if wants_json(args.json):
+        print_json(report)
+    else:
+        from proxy.tools.rotations_view import render
+
+        render(report)
+    return 0
+
+
+async def _embedding_distances(base: str, args: argparse.Namespace, report: Any) -> None:
+    """Replace each rotation's distances by the embeddings' cosine distances of its pairs (the
+    first 256; `requests` and `identical` still count them all)."""
+    import httpx
+
+    from proxy.core.comparison import summary
+    from proxy.core.textdistance import cosine_distance
+    from proxy.tools.audit.network import embed
+
+    key = args.api_key or os.environ.get("OPENAI_API_KEY", "")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with httpx.AsyncClient(base_url=base + "/v1/", headers=headers, timeout=120) as client:
+        for model in report["models"].values():
+            for rotation in model["rotations"]:
+                pairs = rotation.pop("pairs")
+                texts = [p["old"] for p in pairs] + [p["new"] for p in pairs]
+                vectors = await embed(client, args.embedding_model, texts) if texts else []
+                half = len(pairs)
+                distances = [
+                    cosine_distance(vectors[i], vectors[half + i]) if p["distance"] else 0.0
+                    for i, p in enumerate(pairs)
+                ]
+                measured = summary(distances)
+                rotation["distance"] = {k: v for k, v in measured.items() if k in _DISTANCE}
+                rotation["distance"]["measured"] = len(distances)
+
+
+_DISTANCE = ("mean", "p50", "p90", "max", "histogram")

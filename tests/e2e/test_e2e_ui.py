@@ -1,0 +1,239 @@
+"""`/admin/ui` in a real browser (Debian's headless chromium through chromedriver): the models,
+their fingerprints and a side-by-side diff after a rotation in the sim; a hostile answer renders
+as text. Then the session's rules over plain HTTP: login, cookie, cross-site posts, no token."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from proxy.config import Settings
+from proxy.server import session
+from proxy.server.app import create_app
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim
+from tests.hostile import Received, Scripted, http_answer
+
+ADMIN = "ui-admin-token-for-tests"
+MODEL = "gpt-4o-mini"
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+browser_only = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
+)
+
+
+@pytest.fixture
+def driver() -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    made = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    made.set_page_load_timeout(30)
+    try:
+        yield made
+    finally:
+        made.quit()
+
+
+def sign_in(driver: Any, proxy: Proxy) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(proxy.url + "/admin/ui")
+    driver.find_element(By.ID, "token").send_keys(ADMIN)
+    driver.find_element(By.ID, "sign-in").click()
+    WebDriverWait(driver, 20).until(
+        lambda d: d.execute_script("return document.body.dataset.loaded === 'true'")
+    )
+
+
+def ask(http: httpx.Client, prompt: str) -> tuple[str, str]:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": prompt}], "seed": 5}
+    response = http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200
+    return response.headers["X-Repro-Key"], response.json()["choices"][0]["message"]["content"]
+
+
+def client(proxy: Proxy) -> httpx.Client:
+    return httpx.Client(base_url=proxy.url, headers={"Authorization": "Bearer sk-a"}, timeout=10)
+
+
+@browser_only
+def test_the_page_shows_models_fingerprints_and_a_side_by_side_diff(
+    start_proxy: ProxyFactory, sim: Sim, driver: Any, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    log = tmp_path / "proxy.log"
+    with log.open("wb") as sink:
+        proxy = start_proxy("--admin-token", ADMIN, stderr=sink)
+    sim.settings(drift=1.0)
+    with client(proxy) as http:
+        before = dict(ask(http, f"q{i}") for i in range(5))
+        sim.set_fingerprint("fp_sim_0002")
+        ask(http, "teach the rotation")
+        after = dict(ask(http, f"q{i}") for i in range(5))
+
+    sign_in(driver, proxy)
+    assert "token" not in driver.current_url and ADMIN not in driver.current_url
+    (cookie,) = driver.get_cookies()
+    assert (cookie["name"], cookie["httpOnly"], cookie["sameSite"]) == (
+        "repro_admin",
+        True,
+        "Strict",
+    )
+    assert ADMIN not in cookie["value"]
+    rows = driver.find_elements(By.CSS_SELECTOR, "#models tbody tr")
+    assert [row.find_element(By.CLASS_NAME, "model").text for row in rows] == [MODEL]
+    assert rows[0].find_element(By.CLASS_NAME, "current").text == "fp_sim_0002"
+    timeline = rows[0].find_element(By.CLASS_NAME, "timeline").text
+    assert "rotated fp_sim_0001 → fp_sim_0002" in timeline
+    assert driver.find_element(By.ID, "tokens-saved").text.isdigit()
+    assert "answers" in driver.find_element(By.ID, "store-size").text
+
+    heads = driver.find_element(By.CSS_SELECTOR, "#examples .heads").text
+    assert heads.split() == ["before:", "fp_sim_0001", "after:", "fp_sim_0002"]
+    pairs = driver.find_elements(By.CSS_SELECTOR, "#examples .example")
+    assert len(pairs) == 5
+    shown = {
+        (p.find_element(By.CLASS_NAME, "old").text, p.find_element(By.CLASS_NAME, "new").text)
+        for p in pairs
+    }
+    assert shown == {(before[key], after[key]) for key in before}
+    assert pairs[0].find_elements(By.TAG_NAME, "del") and pairs[0].find_elements(By.TAG_NAME, "ins")
+    assert ADMIN.encode() not in log.read_bytes()
+
+
+@browser_only
+def test_a_hostile_answer_renders_as_text(
+    start_proxy: ProxyFactory, driver: Any, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    texts = {
+        "fp_1": '<script>window.__xss=1</script><img src=x onerror="window.__xss=2">',
+        "fp_2": "<b>bold</b><script>window.__xss=3</script>",
+    }
+    current = ["fp_1"]
+
+    async def answer(writer: asyncio.StreamWriter, _: Received) -> None:
+        body = orjson.dumps(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "model": MODEL,
+                "system_fingerprint": current[0],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": texts[current[0]]},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            }
+        )
+        writer.write(http_answer(body, "Content-Type: application/json"))
+        await writer.drain()
+
+    with Scripted(answer) as upstream:
+        proxy = start_proxy("--admin-token", ADMIN, upstream=upstream.v1)
+        with client(proxy) as http:
+            ask(http, "same question")
+            current[0] = "fp_2"
+            ask(http, "teach the rotation")
+            ask(http, "same question")
+        sign_in(driver, proxy)
+        (pair,) = driver.find_elements(By.CSS_SELECTOR, "#examples .example")
+        assert pair.find_element(By.CLASS_NAME, "old").text == texts["fp_1"]
+        assert pair.find_element(By.CLASS_NAME, "new").text == texts["fp_2"]
+        assert driver.execute_script("return window.__xss") is None
+        examples = driver.find_element(By.ID, "examples")
+        for tag in ("script", "img", "b"):
+            assert examples.find_elements(By.TAG_NAME, tag) == []
+
+
+# --- the session over plain HTTP, in process --------------------------------------------------
+
+
+@pytest.fixture
+async def page() -> AsyncIterator[TestClient[Any, Any]]:
+    app = create_app(Settings(upstream="http://127.0.0.1:9", admin_token=ADMIN))
+    async with TestClient(TestServer(app)) as made:
+        yield made
+
+
+async def test_without_a_session_the_page_is_the_login_form(page: TestClient[Any, Any]) -> None:
+    response = await page.get("/admin/ui")
+    assert response.status == 200
+    text = await response.text()
+    assert 'action="/admin/ui/login"' in text and 'type="password"' in text
+    assert "script-src 'self'" in response.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+
+
+async def test_a_wrong_token_is_refused_and_sets_no_cookie(page: TestClient[Any, Any]) -> None:
+    response = await page.post("/admin/ui/login", data={"token": "nope"}, allow_redirects=False)
+    assert response.status == 401
+    assert "Set-Cookie" not in response.headers
+    assert "That is not the admin token." in await response.text()
+
+
+async def test_the_session_reads_but_never_writes(page: TestClient[Any, Any]) -> None:
+    response = await page.post("/admin/ui/login", data={"token": ADMIN}, allow_redirects=False)
+    assert response.status == 303 and response.headers["Location"] == "/admin/ui"
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/admin" in cookie
+    assert ADMIN not in cookie
+    assert "ui.js" in await (await page.get("/admin/ui")).text()
+    assert (await page.get("/admin/stats")).status == 200
+    purge = await page.post("/admin/purge", json={"all": True})
+    assert purge.status == 401
+
+
+async def test_a_forged_or_expired_session_is_refused(page: TestClient[Any, Any]) -> None:
+    expired = session.issue(ADMIN, 0.0)
+    forged = session.issue("another-token", 4_000_000_000.0)
+    for value in (expired, forged, "9999999999.00", "x", ""):
+        page.session.cookie_jar.clear()
+        page.session.cookie_jar.update_cookies({session.COOKIE: value})
+        assert (await page.get("/admin/stats")).status == 401
+        assert 'action="/admin/ui/login"' in await (await page.get("/admin/ui")).text()
+
+
+async def test_a_cross_site_login_or_logout_is_refused(page: TestClient[Any, Any]) -> None:
+    for path in ("/admin/ui/login", "/admin/ui/logout"):
+        for origin in ("https://evil.example", "null"):
+            response = await page.post(path, data={"token": ADMIN}, headers={"Origin": origin})
+            assert response.status == 403
+            assert "Set-Cookie" not in response.headers
+
+
+async def test_a_huge_login_body_is_refused(page: TestClient[Any, Any]) -> None:
+    response = await page.post("/admin/ui/login", data={"token": "x" * 100_000})
+    assert response.status == 413
+
+
+async def test_only_the_page_files_are_served(page: TestClient[Any, Any]) -> None:
+    assert (await page.get("/admin/ui/static/ui.js")).status == 200
+    for name in ("login.html", "..%2Fui.py", "ui.py"):
+        assert (await page.get(f"/admin/ui/static/{name}")).status == 404
+
+
+async def test_no_admin_token_no_page() -> None:
+    app = create_app(Settings(upstream="http://127.0.0.1:9"))
+    async with TestClient(TestServer(app)) as made:
+        assert (await made.get("/admin/ui")).status == 404
+        assert (await made.post("/admin/ui/login", data={"token": ""})).status == 404
