@@ -216,12 +216,12 @@ async def forward(
     status, content_type = upstream.status, upstream.headers.get("Content-Type", "")
     fingerprint = None
     parsed = _json_object(data) if status == 200 else None
-    if parsed is not None and is_answer(parsed, call.kind == RESPONSES):
+    is_response = call.kind == RESPONSES
+    if parsed is not None and is_answer(parsed, is_response):
         fingerprint = fingerprint_of(parsed)
         prompt, completion = usage_of(parsed)
-        answer = Answer(
-            data, content_type, fingerprint, prompt, completion, False, responses.id_of(parsed)
-        )
+        found_by = responses.id_of(parsed) if is_response else None  # only responses are fetched
+        answer = Answer(data, content_type, fingerprint, prompt, completion, False, found_by)
         await record(services, call, answer, lease)
     headers.update(repro_headers(call, call.plan.outcome, fingerprint))
     return web.Response(status=status, body=data, headers=headers)
