@@ -196,8 +196,9 @@ def url(host: str, port: int) -> str:
 
 
 def announce(line: str) -> None:
-    """One plain line on stderr besides the JSON log, for whoever started the process (with
-    --port 0, the port bound is known only now)."""
+    """One plain line on stderr besides the JSON log, for whoever started the process with
+    --port 0: the port bound is known only now. Otherwise stderr stays JSON lines alone, for
+    the log collectors that read it."""
     print(line, file=sys.stderr, flush=True)
 
 
@@ -228,7 +229,8 @@ async def serve(app: web.Application, settings: Settings, *, reuse_port: bool) -
             backlog=BACKLOG,
         )
         port = server.sockets[0].getsockname()[1]
-        announce(f"repro-proxy: listening on {url(settings.host, port)}")
+        if settings.port == 0:
+            announce(f"repro-proxy: listening on {url(settings.host, port)}")
         log.info(
             "listening",
             extra={

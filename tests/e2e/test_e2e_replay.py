@@ -153,7 +153,7 @@ def test_port_0_binds_a_free_port_and_says_which(sim: Sim, tmp_path: Path) -> No
     try:
         assert not proxy_url.endswith(":0") and not sim_url.endswith(":0")
         wait_until_up(proxy_url + "/healthz", proxy)
-        assert httpx.get(sim_url + "/_sim/fingerprint").json() == {"fingerprint": "fp_sim_0001"}
+        assert httpx.get(sim_url + "/_sim/fingerprint").json()["fingerprint"] == "fp_sim_0001"
         log = (tmp_path / "serve.log").read_text()
         assert f'"url":"{proxy_url}"' in log  # the JSON listening line names the port too
     finally:
