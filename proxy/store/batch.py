@@ -1,13 +1,19 @@
 """Automatic pipelining: the Redis commands issued in one turn of the event loop travel together.
 
 Under load, many requests reach the store at once, each with a command or two. redis-py spends
-most of a round trip's CPU on its own machinery (connection checkout, retry wrapper, one socket
-write per call), not on the command, so one pipeline of twenty commands costs little more than
-one command. Each caller still awaits its own reply: the batch is invisible to it, and a
-failing command fails only its caller (a broken connection fails the whole batch).
+most of a round trip's CPU on its own machinery (connection checkout, retry wrapper, packing and
+parsing), not on the command, so one pipeline of twenty commands costs little more than one
+command. Each caller still awaits its own reply: the batch is invisible to it, and a failing
+command fails only its caller (a broken connection fails the whole batch).
 
-On a plain-TCP standalone server the batches go over `resp.Link`, which skips redis-py's
-machinery altogether; elsewhere (TLS, unix socket, Cluster) they are redis-py pipelines.
+On a standalone server a batch goes down one connection of the client's own class and options
+(TCP, TLS or a unix socket, credentials, database, protocol), opened once and kept: redis-py's
+public `pack_commands`, `send_packed_command` and `read_response`, with its response callbacks,
+so replies are what `execute_command` gives. Checking a connection out of redis-py's pool and
+its pipeline machinery cost more CPU than the commands of a typical batch, and with one batch in
+flight at a time one connection is all a batcher uses. Its `socket_timeout` bounds a whole batch
+rather than each reply. On Redis Cluster a batch is a redis-py cluster pipeline without a
+transaction, which routes each command to its node.
 """
 
 from __future__ import annotations
@@ -19,42 +25,75 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-from redis.exceptions import NoScriptError
-
-from proxy.store.resp import Command, Link
+from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 MAX_BATCH = 256
 """Commands per pipeline; more wait for the next one, so a burst cannot build a huge reply."""
 
+MAX_IN_FLIGHT = 8
+"""Batches on their way at once down a standalone server's connection: each is written as soon
+as its tick ends, and their replies are read in the order they were written."""
+
+CLUSTER_IN_FLIGHT = 1
+"""Cluster pipelines on their way at once: each takes connections of its own, so a second one
+could overtake the first; commands issued meanwhile wait for the next one, and stay in order."""
+
+Command = tuple[tuple[Any, ...], "asyncio.Future[Any]"]
+"""(arguments, the caller's future), as the batcher queues them."""
+
 
 class Batcher:
     def __init__(self, client: Any, deadline: float | None = None) -> None:
-        """`deadline`: seconds after which a command still unanswered fails with TimeoutError.
-        One watchdog serves every batch in flight, instead of a timer per call."""
+        """`client`: a redis-py asyncio Redis or RedisCluster. `deadline`: seconds after which a
+        command still unanswered fails with TimeoutError, counted from when it was issued. One
+        watchdog serves every command, instead of a timer per call."""
         self._client = client
-        self._link = Link.of(client)
+        self._connection, timeout = _untimed(client)
+        bounds = [bound for bound in (deadline, timeout) if bound is not None]
+        # A batch whose callers have all given up is cut off: the next one must not wait for it.
+        self._cutoff = min(bounds, default=None)
         self._deadline = deadline
-        self._pending: list[Command] = []
+        self._tick: list[Command] | None = None
+        self._pending: deque[list[Command]] = deque()
+        self._taken = 0  # commands of the first pending tick already sent
         self._sending: set[asyncio.Task[None]] = set()
-        self._in_flight: deque[tuple[float, list[asyncio.Future[Any]]]] = deque()
+        self._in_flight: deque[tuple[float, list[Command]]] = deque()
         self._watchdog: asyncio.TimerHandle | None = None
+        self._most = CLUSTER_IN_FLIGHT if self._connection is None else MAX_IN_FLIGHT
+        self._writing = asyncio.Lock()
+        self._read: asyncio.Future[None] | None = None  # the last written batch's replies read
 
-    def send(self, *args: Any, **options: Any) -> asyncio.Future[Any]:
+    def send(self, *args: Any) -> asyncio.Future[Any]:
         """The future reply to one command, as `client.execute_command` would give it."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        if not self._pending:
-            loop.call_soon(self._flush)
-        self._pending.append((args, options, future))
+        tick = self._tick
+        if tick is None:
+            tick = self._tick = self._begin_tick(loop)
+        tick.append((args, future))
         return future
 
-    @property
-    def link(self) -> Link | None:
-        """The lean connection's factory, when the client allows one (see resp.Link.of)."""
-        return self._link
+    def _begin_tick(self, loop: asyncio.AbstractEventLoop) -> list[Command]:
+        """The commands of this turn of the loop: queued together, under one deadline."""
+        tick: list[Command] = []
+        self._pending.append(tick)
+        loop.call_soon(self._end_tick)
+        if self._deadline is not None:
+            self._in_flight.append((loop.time() + self._deadline, tick))
+            if self._watchdog is None:
+                self._watchdog = loop.call_later(self._deadline, self._expire)
+        return tick
 
-    async def call(self, *args: Any, **options: Any) -> Any:
-        return await self.send(*args, **options)
+    def _end_tick(self) -> None:
+        self._tick = None
+        self._flush()
+
+    async def call(self, *args: Any) -> Any:
+        return await self.send(*args)
 
     async def script(self, text: str, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA, or EVAL (which also loads it) when Redis does not know the script yet."""
@@ -64,45 +103,47 @@ class Batcher:
             return await self.call("EVAL", text, len(keys), *keys, *args)
 
     def _flush(self) -> None:
-        batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-        loop = asyncio.get_running_loop()
-        if self._pending:
-            loop.call_soon(self._flush)
-        if self._deadline is not None:
-            self._in_flight.append((loop.time() + self._deadline, _futures(batch)))
-            if self._watchdog is None:
-                self._watchdog = loop.call_later(self._deadline, self._expire)
-        wire = self._link.ready if self._link is not None else None
-        if wire is not None:  # the common case: written now, no task
-            try:
-                wire.write(batch)
-            except Exception as exc:  # a command that cannot be packed, say
-                _fail(_futures(batch), exc)
-            return
-        task = asyncio.ensure_future(self._send(batch))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+        """Send the ticks that ended, unless a pipeline is on its way: its end sends them."""
+        while self._ready() and len(self._sending) < self._most:
+            task = asyncio.ensure_future(self._send(self._next_batch()))
+            self._sending.add(task)
+            task.add_done_callback(self._sent)
+
+    def _ready(self) -> bool:
+        return bool(self._pending) and self._pending[0] is not self._tick
+
+    def _next_batch(self) -> list[Command]:
+        """Ended ticks, up to MAX_BATCH commands; a larger tick goes in slices."""
+        batch: list[Command] = []
+        while self._ready() and len(batch) < MAX_BATCH:
+            tick = self._pending[0]
+            taken = tick[self._taken : self._taken + MAX_BATCH - len(batch)]
+            batch += taken
+            self._taken += len(taken)
+            if self._taken == len(tick):
+                self._pending.popleft()
+                self._taken = 0
+        return batch
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        self._flush()
 
     async def _send(self, batch: list[Command]) -> None:
-        if self._link is not None:
-            try:
-                (await self._link.open()).write(batch)
-            except Exception as exc:  # no connection: every caller learns it
-                _fail(_futures(batch), exc)
-            return
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for args, options, _ in batch:
-                    pipe.execute_command(*args, **options)
-                replies = await pipe.execute(raise_on_error=False)
+            async with asyncio.timeout(self._cutoff):
+                if self._connection is None:
+                    replies = await self._pipelined(batch)
+                else:
+                    replies = await self._direct(self._connection, batch)
         except asyncio.CancelledError:
-            for _, _, future in batch:
+            for _, future in batch:
                 future.cancel()
             raise
         except Exception as exc:  # the connection failed: every caller learns it
             _fail(_futures(batch), exc)
             return
-        for (_, _, future), reply in zip(batch, replies, strict=True):
+        for (_, future), reply in zip(batch, replies, strict=True):
             if future.done():  # its caller gave up (the store deadline)
                 continue
             if isinstance(reply, Exception):
@@ -110,26 +151,99 @@ class Batcher:
             else:
                 future.set_result(reply)
 
+    async def _pipelined(self, batch: list[Command]) -> list[Any]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for args, _ in batch:
+                pipe.execute_command(*args)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+            return replies
+
+    async def _direct(self, connection: AbstractConnection, batch: list[Command]) -> list[Any]:
+        """The batch down the batcher's own connection, written in turn and read in the same
+        turn; an error reply is its command's alone. Anything else (a broken or cut-off
+        connection) closes it: the batches after it fail too, and the next one opens it again."""
+        loop = asyncio.get_running_loop()
+        read: asyncio.Future[None] = loop.create_future()
+        try:
+            async with self._writing:
+                previous, self._read = self._read, read
+                if previous is not None and not connection.is_connected:
+                    await asyncio.wait([previous])  # its failure closed the connection
+                if previous is None or previous.done():
+                    await _ready(connection)  # nothing in flight: safe to check and reopen
+                await connection.send_packed_command(
+                    connection.pack_commands([args for args, _ in batch]), check_health=False
+                )
+            if previous is not None:
+                await asyncio.wait([previous])
+            replies: list[Any] = []
+            for args, _ in batch:
+                try:
+                    reply = await connection.read_response()
+                except ResponseError as exc:
+                    replies.append(exc)
+                    continue
+                shape = self._client.response_callbacks.get(args[0])
+                replies.append(reply if shape is None else shape(reply))
+            return replies
+        except BaseException:
+            await connection.disconnect(nowait=True)
+            raise
+        finally:
+            read.set_result(None)
+            if self._read is read:
+                self._read = None
+
     def _expire(self) -> None:
-        """Fail the commands past their deadline; wake again when the next batch is due."""
+        """Fail the commands past their deadline; wake again when the next tick is due."""
         self._watchdog = None
         loop = asyncio.get_running_loop()
         now = loop.time()
         while self._in_flight:
-            due, futures = self._in_flight[0]
-            if due > now and not all(f.done() for f in futures):
+            due, tick = self._in_flight[0]
+            if due > now and not all(future.done() for _, future in tick):
                 self._watchdog = loop.call_at(due, self._expire)
                 return
             self._in_flight.popleft()
-            late = [f for f in futures if not f.done()]
+            late = [future for _, future in tick if not future.done()]
             if late:
                 _fail(late, TimeoutError(f"no reply from Redis within {self._deadline:g}s"))
 
     async def close(self) -> None:
+        """Stop the watchdog and the batches still on their way: their callers get cancelled."""
         if self._watchdog is not None:
             self._watchdog.cancel()
-        if self._link is not None:
-            await self._link.close()
+        sending = list(self._sending)
+        for task in sending:
+            task.cancel()
+        await asyncio.gather(*sending, return_exceptions=True)
+        if self._connection is not None:
+            await self._connection.disconnect()
+
+
+async def _ready(connection: AbstractConnection) -> None:
+    """Connected, and not closed by the server meanwhile (its idle `timeout`, a restart): the
+    check redis-py's pool makes before it hands a connection out."""
+    await connection.connect()  # type: ignore[no-untyped-call]
+    try:
+        stale = await connection.can_read_destructive()  # type: ignore[no-untyped-call]
+    except (RedisConnectionError, RedisTimeoutError, OSError):
+        stale = True
+    if stale:
+        await connection.disconnect()
+        await connection.connect()  # type: ignore[no-untyped-call]
+
+
+def _untimed(client: Any) -> tuple[AbstractConnection | None, float | None]:
+    """For a standalone client, a connection of its class and options that times no single
+    reply, and the seconds a whole batch may take instead (the client's `socket_timeout`):
+    redis-py arms a timer per reply, which costs more than the reply. None for a cluster."""
+    if not isinstance(client, Redis):
+        return None, None
+    pool = client.connection_pool
+    options = {**pool.connection_kwargs, "socket_timeout": None}
+    connection: AbstractConnection = pool.connection_class(**options)
+    return connection, pool.connection_kwargs.get("socket_timeout")
 
 
 def _fail(futures: Iterable[asyncio.Future[Any]], exc: Exception) -> None:
@@ -139,7 +253,7 @@ def _fail(futures: Iterable[asyncio.Future[Any]], exc: Exception) -> None:
 
 
 def _futures(batch: list[Command]) -> list[asyncio.Future[Any]]:
-    return [future for _, _, future in batch]
+    return [future for _, future in batch]
 
 
 @functools.cache

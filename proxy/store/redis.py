@@ -28,6 +28,8 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from proxy.core.fingerprints import ModelFingerprints, Observation, Rotation
@@ -239,24 +241,22 @@ class RedisStore:
         self, channel: str, subscribed: Callable[[], None], message: Callable[[str], None]
     ) -> None:
         """Deliver `channel`'s messages until the connection fails (then raise)."""
-        link = self._batch.link
-        if link is not None:
-            with _mapped("listen"):
-                await link.listen(channel, subscribed, lambda data: message(layout.text(data)))
-            return
-        pubsub = self._client.pubsub()
+        listener = _listener(self._client)
+        pubsub: Any = listener.pubsub()
         try:
-            await pubsub.subscribe(channel)
-            while True:
-                event = await pubsub.get_message(timeout=1.0)
-                if event is None:
-                    continue
-                if event["type"] == "subscribe":
-                    subscribed()
-                elif event["type"] == "message":
-                    message(layout.text(event["data"]))
+            with _mapped("listen"):
+                await pubsub.subscribe(channel)
+                while True:
+                    event = await pubsub.get_message(timeout=None)
+                    if event is None:
+                        continue
+                    if event["type"] == "subscribe":
+                        subscribed()
+                    elif event["type"] == "message":
+                        message(layout.text(event["data"]))
         finally:
             await pubsub.aclose()
+            await listener.aclose()
 
     async def purge(self, selector: Selector, dry_run: bool) -> int:
         """SCAN in batches (every node of a cluster), reading labels and field names only."""
@@ -445,6 +445,18 @@ class RedisStore:
 
     def _models(self) -> str:
         return f"{self._prefix}models"
+
+
+def _listener(client: aioredis.Redis) -> aioredis.Redis:
+    """A client of its own for a subscription, that never reconnects unseen: a subscription lost
+    for a moment has lost the messages sent meanwhile, so its listener must hear of it. It waits
+    for messages without a timer: a quiet channel is no failure."""
+    pool = client.connection_pool
+    never = Retry(NoBackoff(), 0, supported_errors=())
+    options = {**pool.connection_kwargs, "retry": never, "socket_timeout": None}
+    return aioredis.Redis.from_pool(
+        aioredis.ConnectionPool(connection_class=pool.connection_class, **options)
+    )
 
 
 async def _taken(lock: asyncio.Future[Any]) -> bool:

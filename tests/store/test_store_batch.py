@@ -1,4 +1,5 @@
-"""Automatic pipelining against a real redis-server: shared round trips, isolated failures."""
+"""Automatic pipelining against a real redis-server: shared round trips, isolated failures,
+replies in order, and recovery from a silent or dropped connection."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -150,3 +152,81 @@ async def test_the_deadline_spares_what_was_answered(redis_url: str) -> None:
         loop.set_exception_handler(None)
         await batcher.close()
         await client.aclose()
+
+
+async def test_replies_stay_in_order_when_a_caller_leaves(batched: tuple[Redis, Batcher]) -> None:
+    client, batcher = batched
+    await client.mset({"a": "1", "b": "2", "c": "3"})
+    first, gone, last = (batcher.send("GET", name) for name in "abc")
+    gone.cancel()
+    assert (await first, await last) == (b"1", b"3")
+    assert await batcher.call("HGETALL", "missing") == {}
+
+
+async def test_a_silent_server_is_cut_off_and_the_next_batch_connects_again(
+    tmp_path: Path,
+) -> None:
+    """Without a store deadline, the client's socket_timeout bounds a whole batch."""
+    with running_redis(tmp_path) as server:
+        client = Redis.from_url(server.url, socket_timeout=0.3, socket_connect_timeout=0.3)
+        batcher = Batcher(client)
+        try:
+            assert await batcher.call("PING") is True
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(batcher.call("GET", "k"), timeout=5)
+                assert time.monotonic() - started < 2  # cut off after 0.3 s of silence
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            assert await batcher.call("SET", "k", "after") is True
+            assert await client.get("k") == b"after"
+        finally:
+            await batcher.close()
+            await client.aclose()
+
+
+async def test_a_dropped_connection_is_replaced(batched: tuple[Redis, Batcher]) -> None:
+    client, batcher = batched
+    await batcher.call("SET", "k", "v")
+    killed = await client.client_kill_filter(_type="normal", skipme=True)
+    assert killed >= 1  # the batcher's own connection
+    await asyncio.sleep(0.1)  # the close reaches this process
+    assert await batcher.call("GET", "k") == b"v"
+
+
+_BUSY = """
+local function now() local t = redis.call('TIME') return t[1] * 1000000 + t[2] end
+local start = now()
+repeat until now() - start >= 800000
+return 'slow'
+"""
+"""A script that keeps Redis busy for 0.8 s."""
+
+
+async def test_batches_of_later_ticks_go_out_before_earlier_replies_and_keep_their_order(
+    batched: tuple[Redis, Batcher], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While Redis is busy with a slow script, the ticks after it are written too (pipelined on
+    the one connection, not queued behind its reply), and every caller gets its own reply."""
+    _, batcher = batched
+    await batcher.call("PING")  # the connection is open
+    connection = batcher._connection
+    assert connection is not None
+    writes: list[bool] = []  # per write: had the slow script answered yet?
+    real = connection.send_packed_command
+
+    async def counted(*args: Any, **kwargs: Any) -> None:
+        writes.append(slow.done())
+        await real(*args, **kwargs)
+
+    monkeypatch.setattr(connection, "send_packed_command", counted)
+    slow = batcher.send("EVAL", _BUSY, 0)
+    later: list[asyncio.Future[Any]] = []
+    for i in range(5):  # five more ticks, each a batch of its own
+        await asyncio.sleep(0.01)
+        later.append(batcher.send("ECHO", f"m{i}"))
+    assert await slow == b"slow"
+    assert [await f for f in later] == [f"m{i}".encode() for i in range(5)]
+    assert writes == [False] * 6  # all six written while the script still ran

@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from proxy.core.fingerprints import ModelFingerprints
-from proxy.store.base import Store, Write
+from proxy.store.base import Store, StoreError, Write
 from proxy.store.near import NearCache
 from proxy.store.redis import RedisStore
 from proxy.store.wrapper import StoreWrapper
@@ -108,3 +108,45 @@ async def test_a_rotation_makes_the_read_forgotten(
     cache, gated, other = near
     reads = await held_read(cache, gated, lambda: other.observe_fingerprint("m", "fp2", 2.0))
     assert reads == ["q", "q"]
+
+
+async def test_a_subscription_hears_messages_and_raises_when_cut(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    store = RedisStore(Redis.from_url(redis_url))
+    heard: list[str] = []
+    ready = asyncio.Event()
+    listening = asyncio.ensure_future(store.listen("chan", ready.set, heard.append))
+    try:
+        await asyncio.wait_for(ready.wait(), timeout=5)
+        await client.publish("other", "not for us")
+        await client.publish("chan", "one")
+        await client.publish("chan", b"two\x00bytes")
+        await until(lambda: len(heard) == 2)
+        assert heard == ["one", "two\x00bytes"]
+        assert await client.client_kill_filter(_type="pubsub") == 1
+        with pytest.raises(StoreError, match="redis listen failed"):
+            await asyncio.wait_for(listening, timeout=5)
+    finally:
+        listening.cancel()
+        await store.close()
+        await client.aclose()
+
+
+async def test_the_near_cache_forgets_on_a_lost_subscription_and_comes_back(
+    redis_url: str,
+) -> None:
+    """The feed is never reconnected unseen: messages sent while it was down are lost, so the
+    memory goes with it until a new subscription is confirmed."""
+    client = Redis.from_url(redis_url)
+    store = RedisStore(Redis.from_url(redis_url), invalidations="near-test")
+    near = NearCache(store, store, 1 << 20)
+    running = asyncio.ensure_future(near.run())
+    try:
+        await until(lambda: near.live)
+        assert await client.client_kill_filter(_type="pubsub") == 1
+        await until(lambda: not near.live)
+        await until(lambda: near.live)  # resubscribed after RESUBSCRIBE_AFTER
+    finally:
+        running.cancel()
+        await store.close()
+        await client.aclose()
