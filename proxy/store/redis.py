@@ -28,54 +28,23 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, cast
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from proxy.core.fingerprints import ModelFingerprints, Observation, Rotation
 from proxy.core.lru import LRU
-from proxy.store import layout, scripts
+from proxy.store import layout, redis_client, scripts
 from proxy.store.base import (
     Selector,
-    StoreError,
-    StoreRefused,
-    StoreTimeout,
     Usage,
     Write,
 )
 from proxy.store.batch import Batcher, dropped, replies
-
-_FAILURES = (RedisError, RedisClusterException, OSError)
-"""What redis-py raises; OSError covers builtin (and asyncio) TimeoutError too."""
+from proxy.store.redis_client import mapped
 
 ENTRY_CHANGED, MODEL_CHANGED, EVERYTHING_CHANGED = "e\x00", "m\x00", "*"
 """Invalidation messages: an entry key, a model's fingerprint state, or everything (purge)."""
 
 _SCAN_BATCH = 500
 _MODELS_REMEMBERED = 256
-
-
-class _mapped:
-    """The one boundary where redis-py's errors become StoreError; values never reach the text.
-    A class, not @contextmanager: it wraps every store call, and a generator costs more."""
-
-    __slots__ = ("operation",)
-
-    def __init__(self, operation: str) -> None:
-        self.operation = operation
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: Any) -> None:
-        if exc is None:
-            return
-        if isinstance(exc, TimeoutError):  # the deadline (redis-py's own timeouts are RedisError)
-            raise StoreTimeout(f"redis {self.operation} timed out") from exc
-        if isinstance(exc, ResponseError):  # an error reply: OOM, say; the server is up
-            raise StoreRefused(f"redis {self.operation} refused: {_reason(exc)}") from exc
-        if isinstance(exc, _FAILURES):
-            raise StoreError(f"redis {self.operation} failed: {type(exc).__name__}") from exc
 
 
 class RedisStore:
@@ -110,7 +79,7 @@ class RedisStore:
     async def get(self, key: str, fingerprints: Sequence[str] | None) -> dict[str, bytes]:
         if fingerprints is not None and not fingerprints:
             return {}
-        with _mapped("get"):
+        with mapped("get"):
             if fingerprints is None:
                 found = await self._batch.call("HGETALL", self._entry(key))
                 return layout.values(found.items())
@@ -123,7 +92,7 @@ class RedisStore:
     ) -> tuple[ModelFingerprints | None, dict[str, bytes]]:
         """Both reads in one pipeline (shared with whatever else is asking at the moment); on a
         cluster the two keys may sit on two nodes, which redis-py then asks in parallel."""
-        with _mapped("lookup"):
+        with mapped("lookup"):
             if model is None:
                 found = await self._batch.call("HGETALL", self._entry(key))
                 return None, layout.values(found.items())
@@ -145,7 +114,7 @@ class RedisStore:
         still serves HITs. Plain commands, not a script: a script costs Redis about twice the
         CPU of the commands it runs."""
         ms = max(1, int(ttl * 1000))
-        with _mapped("lookup"):
+        with mapped("lookup"):
             lock = self._batch.send("SET", self._lock(key), token, "NX", "PX", ms)
             reads = [self._batch.send("HGETALL", self._entry(key))]
             if model is not None:
@@ -155,7 +124,7 @@ class RedisStore:
             except BaseException:
                 dropped(lock)
                 raise
-            taken = await _taken(lock)
+            taken = await redis_client.taken(lock)
         if found and taken:
             dropped(self._batch.send("DEL", self._lock(key)))
         parsed = self._parsed_model(state[0]) if state else None
@@ -179,7 +148,7 @@ class RedisStore:
         and was taken over finds the entry filled, which is all the lock waited for). Redis
         spends about half the CPU of the same commands in a script. With a TTL, a script, so
         that no value is ever stored without its expiry."""
-        with _mapped("put"):
+        with mapped("put"):
             if write.ttl > 0:
                 await self._batch.script(scripts.PUT, self._put_keys(write), self._put_args(write))
                 return
@@ -210,7 +179,7 @@ class RedisStore:
         model = self._model(write.model)
         keys = [model, layout.history_key(model), self._models(), *self._put_keys(write)]
         args = [write.model, repr(write.now), *self._put_args(write)]
-        with _mapped("record"):
+        with mapped("record"):
             reply = await self._batch.script(scripts.RECORD, keys, args)
         return layout.observation(reply, write.fingerprint)
 
@@ -224,7 +193,7 @@ class RedisStore:
         ]  # fmt: skip
 
     async def delete(self, key: str) -> None:
-        with _mapped("delete"):
+        with mapped("delete"):
             async with (
                 asyncio.timeout(self.deadline),
                 self._client.pipeline(transaction=True) as pipe,
@@ -241,10 +210,10 @@ class RedisStore:
         self, channel: str, subscribed: Callable[[], None], message: Callable[[str], None]
     ) -> None:
         """Deliver `channel`'s messages until the connection fails (then raise)."""
-        listener = _listener(self._client)
+        listener = redis_client.listener(self._client)
         pubsub: Any = listener.pubsub()
         try:
-            with _mapped("listen"):
+            with mapped("listen"):
                 await pubsub.subscribe(channel)
                 while True:
                     event = await pubsub.get_message(timeout=None)
@@ -261,7 +230,7 @@ class RedisStore:
     async def purge(self, selector: Selector, dry_run: bool) -> int:
         """SCAN in batches (every node of a cluster), reading labels and field names only."""
         matched = 0
-        with _mapped("purge"):
+        with mapped("purge"):
             async for batch in self._scanned():
                 matched += await self._purge_batch(batch, selector, dry_run)
             if self.invalidations and not dry_run:
@@ -296,7 +265,7 @@ class RedisStore:
         return matched
 
     async def entries(self, selector: Selector) -> AsyncIterator[tuple[str, str, bytes]]:
-        with _mapped("entries"):
+        with mapped("entries"):
             async for batch in self._scanned():
                 for item in await self._read_batch(batch, selector):
                     yield item
@@ -340,7 +309,7 @@ class RedisStore:
         """Entries by SCAN, bytes as Redis accounts them (MEMORY USAGE), in batches; a script
         measures each entry, so that no value crosses the network (see scripts.USAGE)."""
         totals = [0, 0, 0]  # answers, bytes, what they grow by uncompressed
-        with _mapped("usage"):
+        with mapped("usage"):
             async for chunk in self._scanned():
                 for measured in await asyncio.gather(*map(self._measure, chunk)):
                     totals = [t + int(m) for t, m in zip(totals, measured, strict=True)]
@@ -355,7 +324,7 @@ class RedisStore:
         """One atomic script on the model's keys; the index is only touched by the first caller."""
         args = [model, fingerprint, repr(now), count, self.invalidations, int(moves)]
         name = self._model(model)
-        with _mapped("observe_fingerprint"):
+        with mapped("observe_fingerprint"):
             reply = await self._batch.script(
                 scripts.OBSERVE, [name, layout.history_key(name)], args
             )
@@ -364,13 +333,13 @@ class RedisStore:
         return layout.observation(reply, fingerprint, moves)
 
     async def fingerprints(self, model: str) -> ModelFingerprints | None:
-        with _mapped("fingerprints"):
+        with mapped("fingerprints"):
             state = await self._batch.call("HGETALL", self._model(model))
         return layout.parse_model(state)
 
     async def all_fingerprints(self) -> dict[str, ModelFingerprints]:
         """The index, then every model's hash in one pipeline (split per node on a cluster)."""
-        with _mapped("all_fingerprints"):
+        with mapped("all_fingerprints"):
             async with asyncio.timeout(self.deadline):
                 names = await self._client.smembers(self._models())
                 models = sorted(layout.text(name) for name in names)
@@ -385,7 +354,7 @@ class RedisStore:
 
     async def rotations(self, model: str) -> tuple[Rotation, ...]:
         """One bounded list (ROTATIONS_KEPT), read whole."""
-        with _mapped("rotations"):
+        with mapped("rotations"):
             raw = await self._batch.call("LRANGE", layout.history_key(self._model(model)), 0, -1)
         return tuple(layout.parse_rotation(item) for item in reversed(raw))
 
@@ -397,7 +366,7 @@ class RedisStore:
 
     async def _first_wins(self, name: str, candidate: bytes | None) -> bytes | None:
         """First writer wins; everyone then reads the winner's value (None: only read)."""
-        with _mapped(name):
+        with mapped(name):
             async with asyncio.timeout(self.deadline), self._client.pipeline() as pipe:
                 if candidate is not None:
                     pipe.set(self._prefix + name, candidate, nx=True)
@@ -405,26 +374,26 @@ class RedisStore:
         return None if stored is None else layout.as_bytes(stored)
 
     async def lock(self, key: str, token: str, ttl: float) -> bool:
-        with _mapped("lock"):
+        with mapped("lock"):
             taken = await self._batch.call(
                 "SET", self._lock(key), token, "NX", "PX", max(1, int(ttl * 1000))
             )
         return bool(taken)
 
     async def unlock(self, key: str, token: str) -> None:
-        with _mapped("unlock"):
+        with mapped("unlock"):
             await self._batch.script(scripts.UNLOCK, [self._lock(key)], [token])
 
     async def locked(self, key: str) -> bool:
-        with _mapped("locked"):
+        with mapped("locked"):
             return bool(await self._batch.call("EXISTS", self._lock(key)))
 
     async def ping(self) -> None:
-        with _mapped("ping"):
+        with mapped("ping"):
             await self._client.ping()
 
     async def close(self) -> None:
-        with _mapped("close"):
+        with mapped("close"):
             await self._batch.close()
             await self._client.aclose()
 
@@ -445,31 +414,3 @@ class RedisStore:
 
     def _models(self) -> str:
         return f"{self._prefix}models"
-
-
-def _listener(client: aioredis.Redis) -> aioredis.Redis:
-    """A client of its own for a subscription, that never reconnects unseen: a subscription lost
-    for a moment has lost the messages sent meanwhile, so its listener must hear of it. It waits
-    for messages without a timer: a quiet channel is no failure."""
-    pool = client.connection_pool
-    never = Retry(NoBackoff(), 0, supported_errors=())
-    options = {**pool.connection_kwargs, "retry": never, "socket_timeout": None}
-    return aioredis.Redis.from_pool(
-        aioredis.ConnectionPool(connection_class=pool.connection_class, **options)
-    )
-
-
-async def _taken(lock: asyncio.Future[Any]) -> bool:
-    """A fill lock's reply: refused (an error reply, such as OOM) counts as not taken."""
-    try:
-        return bool(await lock)
-    except ResponseError:
-        return False
-
-
-def _reason(exc: ResponseError) -> str:
-    """An error reply's kind: redis-py's class for it (OutOfMemoryError, which drops the code
-    from the text), else its code (OOM, READONLY); never the rest, which may quote values."""
-    if type(exc) is not ResponseError:
-        return type(exc).__name__
-    return str(exc).split(" ", 1)[0] or "ResponseError"

@@ -1,0 +1,68 @@
+"""redis-py at the Redis store's boundary: its errors become StoreError, without a value in the
+text; a subscription gets a client of its own; a refused fill lock counts as not taken."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
+
+from proxy.store.base import StoreError, StoreRefused, StoreTimeout
+
+_FAILURES = (RedisError, RedisClusterException, OSError)
+"""What redis-py raises; OSError covers builtin (and asyncio) TimeoutError too."""
+
+
+class mapped:
+    """The one boundary where redis-py's errors become StoreError; values never reach the text.
+    A class, not @contextmanager: it wraps every store call, and a generator costs more."""
+
+    __slots__ = ("operation",)
+
+    def __init__(self, operation: str) -> None:
+        self.operation = operation
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: Any) -> None:
+        if exc is None:
+            return
+        if isinstance(exc, TimeoutError):  # the deadline (redis-py's own timeouts are RedisError)
+            raise StoreTimeout(f"redis {self.operation} timed out") from exc
+        if isinstance(exc, ResponseError):  # an error reply: OOM, say; the server is up
+            raise StoreRefused(f"redis {self.operation} refused: {reason(exc)}") from exc
+        if isinstance(exc, _FAILURES):
+            raise StoreError(f"redis {self.operation} failed: {type(exc).__name__}") from exc
+
+
+def listener(client: aioredis.Redis) -> aioredis.Redis:
+    """A client of its own for a subscription, that never reconnects unseen: a subscription lost
+    for a moment has lost the messages sent meanwhile, so its listener must hear of it. It waits
+    for messages without a timer: a quiet channel is no failure."""
+    pool = client.connection_pool
+    never = Retry(NoBackoff(), 0, supported_errors=())
+    options = {**pool.connection_kwargs, "retry": never, "socket_timeout": None}
+    return aioredis.Redis.from_pool(
+        aioredis.ConnectionPool(connection_class=pool.connection_class, **options)
+    )
+
+
+async def taken(lock: asyncio.Future[Any]) -> bool:
+    """A fill lock's reply: refused (an error reply, such as OOM) counts as not taken."""
+    try:
+        return bool(await lock)
+    except ResponseError:
+        return False
+
+
+def reason(exc: ResponseError) -> str:
+    """An error reply's kind: redis-py's class for it (OutOfMemoryError, which drops the code
+    from the text), else its code (OOM, READONLY); never the rest, which may quote values."""
+    if type(exc) is not ResponseError:
+        return type(exc).__name__
+    return str(exc).split(" ", 1)[0] or "ResponseError"
