@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from rich.console import Console
 
 from proxy.config import Settings
+from proxy.core.codec import Codec
 from proxy.core.entry import Entry
 from proxy.server import rotations
 from proxy.server.app import create_app
@@ -113,6 +114,9 @@ def test_the_command_without_the_token_fails_with_the_reason(
 # --- in process, with a store filled directly: the bounds -------------------------------------
 
 
+CODEC = Codec()  # what the proxy reads stored values with (no dictionary yet)
+
+
 def chat_body(text: str) -> bytes:
     return orjson.dumps({"choices": [{"index": 0, "message": {"content": text}}]})
 
@@ -125,7 +129,7 @@ async def fill(store: MemoryStore, keys: int, old: str, new: str) -> None:
         for fingerprint, text in (("fp_1", old), ("fp_2", new)):
             entry = Entry(chat_body(text), "application/json", fingerprint, 1.0, MODEL)
             labels = Labels(model=MODEL)
-            await store.put(Write(f"{number:064x}", fingerprint, entry.pack(), labels=labels))
+            await store.put(Write(f"{number:064x}", fingerprint, CODEC.pack(entry), labels=labels))
 
 
 @pytest.fixture
@@ -174,7 +178,7 @@ async def test_answers_of_other_fingerprints_count_towards_the_scan_bound(
     for number in range(100):
         entry = Entry(chat_body("x"), "application/json", "fp_unrelated", 1.0, MODEL)
         labels = Labels(model=MODEL)
-        await store.put(Write(f"other{number}", "fp_unrelated", entry.pack(), labels=labels))
+        await store.put(Write(f"other{number}", "fp_unrelated", CODEC.pack(entry), labels=labels))
     body = await report(client)
     assert (body["complete"], body["scanned"]) == (False, 30)
 
@@ -270,7 +274,7 @@ async def test_responses_answers_are_compared_under_their_own_lineage(
         item = {"type": "message", "content": [{"type": "output_text", "text": text}]}
         body = orjson.dumps({"object": "response", "output": [item]})
         entry = Entry(body, "application/json", fingerprint, 1.0, MODEL, route="/v1/responses")
-        await store.put(Write("k" * 64, fingerprint, entry.pack(), labels=Labels(model=MODEL)))
+        await store.put(Write("k" * 64, fingerprint, CODEC.pack(entry), labels=Labels(model=MODEL)))
     (rotation,) = (await report(client, model=lineage))["models"][lineage]["rotations"]
     assert rotation["requests"] == 1
     assert (rotation["examples"][0]["old"], rotation["examples"][0]["new"]) == ("before", "after")
