@@ -59,7 +59,9 @@ def tests_asking(project: pytest.Pytester, **prompts: str) -> None:
 
 
 def run(project: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return project.runpytest(*plugin_args(), *args)
+    """In a pytest process of its own: an in-process run would unload, at its end, the modules
+    it imported first (openai's, pydantic's), half-breaking them for the tests after it."""
+    return project.runpytest_subprocess(*plugin_args(), *args)
 
 
 def cassette_lines(project: pytest.Pytester) -> list[dict[str, object]]:
