@@ -7,13 +7,14 @@ command. Each caller still awaits its own reply: the batch is invisible to it, a
 command fails only its caller (a broken connection fails the whole batch).
 
 On a standalone server a batch goes down one connection of the client's own class and options
-(TCP, TLS or a unix socket, credentials, database, protocol), opened once and kept: redis-py's
-public `pack_commands`, `send_packed_command` and `read_response`, with its response callbacks,
-so replies are what `execute_command` gives. Checking a connection out of redis-py's pool and
-its pipeline machinery cost more CPU than the commands of a typical batch, and with one batch in
-flight at a time one connection is all a batcher uses. Its `socket_timeout` bounds a whole batch
-rather than each reply. On Redis Cluster a batch is a redis-py cluster pipeline without a
-transaction, which routes each command to its node.
+(TCP, TLS or a unix socket, credentials, database, protocol), opened once and kept: packed by
+hiredis (redis-py's asyncio connection packs in Python, a few microseconds a command), written
+with redis-py's public `send_packed_command` and read back with `read_response`, with its
+response callbacks, so replies are what `execute_command` gives. Checking a connection out of
+redis-py's pool and its pipeline machinery cost more CPU than the commands of a typical batch.
+Several batches may be on their way, their replies read in the order they were written. The
+client's `socket_timeout` bounds a whole batch rather than each reply. On Redis Cluster a batch
+is a redis-py cluster pipeline without a transaction, which routes each command to its node.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
+import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -171,9 +173,8 @@ class Batcher:
                     await asyncio.wait([previous])  # its failure closed the connection
                 if previous is None or previous.done():
                     await _ready(connection)  # nothing in flight: safe to check and reopen
-                await connection.send_packed_command(
-                    connection.pack_commands([args for args, _ in batch]), check_health=False
-                )
+                packed = b"".join([hiredis.pack_command(args) for args, _ in batch])
+                await connection.send_packed_command(packed, check_health=False)
             if previous is not None:
                 await asyncio.wait([previous])
             replies: list[Any] = []

@@ -210,22 +210,21 @@ class RedisStore:
         self, channel: str, subscribed: Callable[[], None], message: Callable[[str], None]
     ) -> None:
         """Deliver `channel`'s messages until the connection fails (then raise)."""
-        listener = redis_client.listener(self._client)
-        pubsub: Any = listener.pubsub()
+        connection = redis_client.listener(self._client)
         try:
             with mapped("listen"):
-                await pubsub.subscribe(channel)
+                await connection.connect()  # type: ignore[no-untyped-call]
+                await connection.send_command("SUBSCRIBE", channel)
                 while True:
-                    event = await pubsub.get_message(timeout=None)
-                    if event is None:
+                    reply = await connection.read_response(push_request=True)  # RESP3 too
+                    if not isinstance(reply, list) or len(reply) != 3:
                         continue
-                    if event["type"] == "subscribe":
+                    if reply[0] == b"message":
+                        message(layout.text(reply[2]))
+                    elif reply[0] == b"subscribe":
                         subscribed()
-                    elif event["type"] == "message":
-                        message(layout.text(event["data"]))
         finally:
-            await pubsub.aclose()
-            await listener.aclose()
+            await connection.disconnect()
 
     async def purge(self, selector: Selector, dry_run: bool) -> int:
         """SCAN in batches (every node of a cluster), reading labels and field names only."""

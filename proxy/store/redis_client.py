@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
@@ -40,16 +41,17 @@ class mapped:
             raise StoreError(f"redis {self.operation} failed: {type(exc).__name__}") from exc
 
 
-def listener(client: aioredis.Redis) -> aioredis.Redis:
-    """A client of its own for a subscription, that never reconnects unseen: a subscription lost
-    for a moment has lost the messages sent meanwhile, so its listener must hear of it. It waits
-    for messages without a timer: a quiet channel is no failure."""
+def listener(client: aioredis.Redis) -> AbstractConnection:
+    """A connection of its own for a subscription, of the client's class and options, that never
+    reconnects unseen: a subscription lost for a moment has lost the messages sent meanwhile, so
+    its listener must hear of it. It waits for messages without a timer: a quiet channel is no
+    failure. A bare connection, not redis-py's PubSub: a near-cache hears one message per write
+    anywhere, its own included, and PubSub's bookkeeping per message costs more than the message."""
     pool = client.connection_pool
     never = Retry(NoBackoff(), 0, supported_errors=())
     options = {**pool.connection_kwargs, "retry": never, "socket_timeout": None}
-    return aioredis.Redis.from_pool(
-        aioredis.ConnectionPool(connection_class=pool.connection_class, **options)
-    )
+    connection: AbstractConnection = pool.connection_class(**options)
+    return connection
 
 
 async def taken(lock: asyncio.Future[Any]) -> bool:

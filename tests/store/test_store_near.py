@@ -150,3 +150,37 @@ async def test_the_near_cache_forgets_on_a_lost_subscription_and_comes_back(
         running.cancel()
         await store.close()
         await client.aclose()
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_another_replicas_write_reaches_the_near_cache_over_either_protocol(
+    redis_url: str, protocol: int
+) -> None:
+    """The feed is a bare redis-py connection: under RESP3 its messages arrive as pushes, which
+    it must read too, or the near-cache would serve an overwritten answer forever."""
+    url = f"{redis_url}?protocol={protocol}"
+    own = RedisStore(Redis.from_url(url), invalidations=CHANNEL)
+    other = RedisStore(Redis.from_url(url), invalidations=CHANNEL)
+    cache = NearCache(own, own, 1 << 20)
+    listening = asyncio.ensure_future(cache.run())
+    try:
+        await until(lambda: cache.live)
+        await other.put(Write("k", "fp", b"first", 0))
+        assert (await cache.lookup("k", None))[1] == {"fp": b"first"}  # now held near
+        await other.put(Write("k", "fp", b"second", 0))
+        answers: list[dict[str, bytes]] = []
+
+        async def fresh() -> None:
+            for _ in range(250):
+                answers.append((await cache.lookup("k", None))[1])
+                if answers[-1] == {"fp": b"second"}:
+                    return
+                await asyncio.sleep(0.02)
+
+        await fresh()  # only the write's news can make the near-cache ask Redis again
+        assert answers[-1] == {"fp": b"second"}
+    finally:
+        listening.cancel()
+        await asyncio.gather(listening, return_exceptions=True)
+        await own.close()
+        await other.close()
