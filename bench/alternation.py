@@ -19,17 +19,11 @@ from __future__ import annotations
 
 import argparse
 import random
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
-from procs import free_port, stop, wait_until_up
+from procs import free_port, process
 
-ROOT = Path(__file__).resolve().parents[1]
 AUTH = {"Authorization": "Bearer sk-bench"}
 CONFIGS = {
     "today: grace 0, no flap window": [
@@ -47,21 +41,6 @@ CONFIGS = {
 class Result:
     hit_ratio: float
     followed: float
-
-
-@contextmanager
-def process(args: list[str], ready_url: str) -> Iterator[None]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy", *args],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until_up(ready_url, proc)
-        yield
-    finally:
-        stop(proc)
 
 
 def body(index: int) -> dict[str, object]:

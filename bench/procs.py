@@ -9,12 +9,15 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 
 START_TIMEOUT = 15.0
+ROOT = Path(__file__).resolve().parents[1]
 STOP_GRACE = 5.0
 
 
@@ -62,3 +65,19 @@ def stop(proc: subprocess.Popen[bytes], grace: float = STOP_GRACE) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=grace)
+
+
+@contextlib.contextmanager
+def process(args: list[str], ready_url: str) -> Iterator[None]:
+    """Run `python -m proxy ARGS` until the block ends; wait (bounded) until it answers."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until_up(ready_url, proc)
+        yield
+    finally:
+        stop(proc)

@@ -18,20 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
-from procs import free_port, stop, wait_until_up
+from procs import free_port, process
 
-ROOT = Path(__file__).resolve().parents[1]
-START_TIMEOUT = 15.0
 AUTH = {"Authorization": "Bearer sk-bench", "Content-Type": "application/json"}
 
 
@@ -40,22 +34,6 @@ class Timing:
     first_byte: float
     first_content: float
     cache: str
-
-
-@contextmanager
-def process(args: list[str], ready_url: str) -> Iterator[None]:
-    """Run `python -m proxy ARGS` until the block ends; wait (bounded) until it answers."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy", *args],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until_up(ready_url, proc, START_TIMEOUT)
-        yield
-    finally:
-        stop(proc)
 
 
 def body(text: str) -> bytes:
