@@ -31,6 +31,9 @@ class ProxyError(Exception):
     status = 500
     code = "internal_error"
     type = "server_error"
+    final = False
+    """An answer a retry cannot change: it says `x-should-retry: false`, which the OpenAI SDKs
+    honour instead of retrying a 5xx (one request, not three)."""
 
     def __init__(
         self, message: str, param: str | None = None, headers: dict[str, str] | None = None
@@ -39,6 +42,8 @@ class ProxyError(Exception):
         self.message = message
         self.param = param
         self.headers = headers or {}
+        if self.final:
+            self.headers["x-should-retry"] = "false"
 
     def body(self) -> bytes:
         return orjson.dumps(
@@ -107,6 +112,7 @@ class CacheMissError(ProxyError):
     status = 504
     code = "cache_miss"
     type = "cache_error"
+    final = True
 
 
 class ReplayPassthrough(ProxyError):
@@ -116,6 +122,7 @@ class ReplayPassthrough(ProxyError):
     status = 501
     code = "replay_passthrough"
     type = "cache_error"
+    final = True
 
 
 class StoreUnavailable(ProxyError):

@@ -44,10 +44,6 @@ from proxy.upstream.headers import REQUEST_SKIP, request_headers, response_heade
 
 log = logging.getLogger("proxy.handlers")
 
-# The OpenAI SDKs retry 5xx answers unless told not to: an answer that cannot change on a
-# retry (a miss in replay, a refused pass-through) must cost one request, not three.
-NO_RETRY = {"x-should-retry": "false"}
-
 
 async def cacheable(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
@@ -205,7 +201,7 @@ def cache_miss(services: Services, call: Call) -> CacheMissError:
         f"No stored answer for POST {call.route} (model {model or 'none'!r}, key "
         f"{call.key}), and this request may not reach the upstream (cache mode {mode} or "
         "only-if-cached).",
-        headers={**repro_headers(call, call.plan.outcome, None), **NO_RETRY},
+        headers=repro_headers(call, call.plan.outcome, None),
     )
 
 
@@ -261,7 +257,7 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
         raise ReplayPassthrough(
             f"{request.method} {request.path} is not answered from the cache, and in replay mode "
             "(--cache-mode replay) the proxy never calls the upstream.",
-            headers={"X-Repro-Cache": Outcome.BYPASS.value, **NO_RETRY},
+            headers={"X-Repro-Cache": Outcome.BYPASS.value},
         )
     limit = services.settings.max_body
     if request.content_length is not None and request.content_length > limit:

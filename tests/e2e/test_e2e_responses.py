@@ -391,6 +391,7 @@ def test_in_replay_an_unknown_id_is_a_cache_miss(
         client(recorded[1], ns).responses.retrieve("resp_unknown")
     assert caught.value.status_code == 504
     assert caught.value.response.json()["error"]["code"] == "cache_miss"
+    assert caught.value.response.headers["x-should-retry"] == "false"  # like every cache_miss
     assert sim.requests() == []
 
 
