@@ -1,10 +1,17 @@
-"""Automatic pipelining: the Redis commands issued in one turn of the event loop travel together.
+"""Automatic pipelining: the Redis commands issued while a batch is on its way travel together.
 
 Under load, many requests reach the store at once, each with a command or two. redis-py spends
 most of a round trip's CPU on its own machinery (connection checkout, retry wrapper, packing and
-parsing), not on the command, so one pipeline of twenty commands costs little more than one
-command. Each caller still awaits its own reply: the batch is invisible to it, and a failing
-command fails only its caller (a broken connection fails the whole batch).
+parsing), not on the command, and every round trip costs a write and a read on the socket, so one
+pipeline of twenty commands costs little more than one command. Each caller still awaits its own
+reply: the batch is invisible to it, and a failing command fails only its caller (a broken
+connection fails the whole batch).
+
+One batch is on its way at a time, as Nagle's algorithm keeps one small segment in flight: an
+idle store gets each command at the end of the loop turn that issued it, a busy one gets, with
+each reply, the next batch of everything issued meanwhile. Allowing several batches in flight
+sent smaller ones, each paying its own write, read and wake-up: measured on the miss workload of
+bench/bench.py, that cost about a fifth more CPU per request, for no gain in throughput.
 
 On a standalone server a batch goes down one connection of the client's own class and options
 (TCP, TLS or a unix socket, credentials, database, protocol), opened once and kept: packed by
@@ -12,9 +19,8 @@ hiredis (redis-py's asyncio connection packs in Python, a few microseconds a com
 with redis-py's public `send_packed_command` and read back with `read_response`, with its
 response callbacks, so replies are what `execute_command` gives. Checking a connection out of
 redis-py's pool and its pipeline machinery cost more CPU than the commands of a typical batch.
-Several batches may be on their way, their replies read in the order they were written. The
-client's `socket_timeout` bounds a whole batch rather than each reply. On Redis Cluster a batch
-is a redis-py cluster pipeline without a transaction, which routes each command to its node.
+The client's `socket_timeout` bounds a whole batch rather than each reply. On Redis Cluster a
+batch is a redis-py cluster pipeline without a transaction, which routes each command to its node.
 """
 
 from __future__ import annotations
@@ -36,14 +42,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 MAX_BATCH = 256
 """Commands per pipeline; more wait for the next one, so a burst cannot build a huge reply."""
 
-MAX_IN_FLIGHT = 8
-"""Batches on their way at once down a standalone server's connection: each is written as soon
-as its tick ends, and their replies are read in the order they were written."""
-
-CLUSTER_IN_FLIGHT = 1
-"""Cluster pipelines on their way at once: each takes connections of its own, so a second one
-could overtake the first; commands issued meanwhile wait for the next one, and stay in order."""
-
 Command = tuple[tuple[Any, ...], "asyncio.Future[Any]"]
 """(arguments, the caller's future), as the batcher queues them."""
 
@@ -62,12 +60,9 @@ class Batcher:
         self._tick: list[Command] | None = None
         self._pending: deque[list[Command]] = deque()
         self._taken = 0  # commands of the first pending tick already sent
-        self._sending: set[asyncio.Task[None]] = set()
+        self._sending: asyncio.Task[None] | None = None  # the batch on its way
         self._in_flight: deque[tuple[float, list[Command]]] = deque()
         self._watchdog: asyncio.TimerHandle | None = None
-        self._most = CLUSTER_IN_FLIGHT if self._connection is None else MAX_IN_FLIGHT
-        self._writing = asyncio.Lock()
-        self._read: asyncio.Future[None] | None = None  # the last written batch's replies read
 
     def send(self, *args: Any) -> asyncio.Future[Any]:
         """The future reply to one command, as `client.execute_command` would give it."""
@@ -105,11 +100,10 @@ class Batcher:
             return await self.call("EVAL", text, len(keys), *keys, *args)
 
     def _flush(self) -> None:
-        """Send the ticks that ended, unless a pipeline is on its way: its end sends them."""
-        while self._ready() and len(self._sending) < self._most:
-            task = asyncio.ensure_future(self._send(self._next_batch()))
-            self._sending.add(task)
-            task.add_done_callback(self._sent)
+        """Send the ticks that ended, unless a batch is on its way: its end sends them."""
+        if self._ready() and self._sending is None:
+            self._sending = asyncio.ensure_future(self._send(self._next_batch()))
+            self._sending.add_done_callback(self._sent)
 
     def _ready(self) -> bool:
         return bool(self._pending) and self._pending[0] is not self._tick
@@ -127,8 +121,8 @@ class Batcher:
                 self._taken = 0
         return batch
 
-    def _sent(self, task: asyncio.Task[None]) -> None:
-        self._sending.discard(task)
+    def _sent(self, _: asyncio.Task[None]) -> None:
+        self._sending = None
         self._flush()
 
     async def _send(self, batch: list[Command]) -> None:
@@ -161,22 +155,13 @@ class Batcher:
             return replies
 
     async def _direct(self, connection: AbstractConnection, batch: list[Command]) -> list[Any]:
-        """The batch down the batcher's own connection, written in turn and read in the same
-        turn; an error reply is its command's alone. Anything else (a broken or cut-off
-        connection) closes it: the batches after it fail too, and the next one opens it again."""
-        loop = asyncio.get_running_loop()
-        read: asyncio.Future[None] = loop.create_future()
+        """The batch down the batcher's own connection; an error reply is its command's alone.
+        Anything else (a broken or cut-off connection) closes it, and the next batch opens it
+        again."""
         try:
-            async with self._writing:
-                previous, self._read = self._read, read
-                if previous is not None and not connection.is_connected:
-                    await asyncio.wait([previous])  # its failure closed the connection
-                if previous is None or previous.done():
-                    await _ready(connection)  # nothing in flight: safe to check and reopen
-                packed = b"".join([hiredis.pack_command(args) for args, _ in batch])
-                await connection.send_packed_command(packed, check_health=False)
-            if previous is not None:
-                await asyncio.wait([previous])
+            await _ready(connection)
+            packed = b"".join([hiredis.pack_command(args) for args, _ in batch])
+            await connection.send_packed_command(packed, check_health=False)
             replies: list[Any] = []
             for args, _ in batch:
                 try:
@@ -190,10 +175,6 @@ class Batcher:
         except BaseException:
             await connection.disconnect(nowait=True)
             raise
-        finally:
-            read.set_result(None)
-            if self._read is read:
-                self._read = None
 
     def _expire(self) -> None:
         """Fail the commands past their deadline; wake again when the next tick is due."""
@@ -211,13 +192,12 @@ class Batcher:
                 _fail(late, TimeoutError(f"no reply from Redis within {self._deadline:g}s"))
 
     async def close(self) -> None:
-        """Stop the watchdog and the batches still on their way: their callers get cancelled."""
+        """Stop the watchdog and the batch on its way: its callers get cancelled."""
         if self._watchdog is not None:
             self._watchdog.cancel()
-        sending = list(self._sending)
-        for task in sending:
-            task.cancel()
-        await asyncio.gather(*sending, return_exceptions=True)
+        if self._sending is not None:
+            self._sending.cancel()
+            await asyncio.gather(self._sending, return_exceptions=True)
         if self._connection is not None:
             await self._connection.disconnect()
 

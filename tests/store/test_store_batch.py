@@ -205,28 +205,28 @@ return 'slow'
 """A script that keeps Redis busy for 0.8 s."""
 
 
-async def test_batches_of_later_ticks_go_out_before_earlier_replies_and_keep_their_order(
+async def test_ticks_issued_while_a_batch_is_on_its_way_go_together_after_it_in_order(
     batched: tuple[Redis, Batcher], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """While Redis is busy with a slow script, the ticks after it are written too (pipelined on
-    the one connection, not queued behind its reply), and every caller gets its own reply."""
+    """While Redis is busy with a slow script, the ticks after it wait, and then go in one
+    write (one round trip for all of them, not one each); every caller gets its own reply."""
     _, batcher = batched
     await batcher.call("PING")  # the connection is open
     connection = batcher._connection
     assert connection is not None
-    writes: list[bool] = []  # per write: had the slow script answered yet?
+    writes: list[tuple[bool, int]] = []  # per write: had the slow script answered, commands
     real = connection.send_packed_command
 
-    async def counted(*args: Any, **kwargs: Any) -> None:
-        writes.append(slow.done())
-        await real(*args, **kwargs)
+    async def counted(packed: bytes, *args: Any, **kwargs: Any) -> None:
+        writes.append((slow.done(), packed.count(b"ECHO")))
+        await real(packed, *args, **kwargs)
 
     monkeypatch.setattr(connection, "send_packed_command", counted)
     slow = batcher.send("EVAL", _BUSY, 0)
     later: list[asyncio.Future[Any]] = []
-    for i in range(5):  # five more ticks, each a batch of its own
+    for i in range(5):  # five more ticks
         await asyncio.sleep(0.01)
         later.append(batcher.send("ECHO", f"m{i}"))
     assert await slow == b"slow"
     assert [await f for f in later] == [f"m{i}".encode() for i in range(5)]
-    assert writes == [False] * 6  # all six written while the script still ran
+    assert writes == [(False, 0), (True, 5)]  # the script alone, then the five ticks at once
