@@ -154,6 +154,9 @@ class Upstream:
                 connector=connector,
                 timeout=self._stream_timeout,
                 auto_decompress=True,
+                # One session serves every tenant: a cookie jar would hand one tenant's upstream
+                # session to the next. Set-Cookie still reaches the client it was meant for.
+                cookie_jar=aiohttp.DummyCookieJar(),
                 trust_env=False,  # no ~/.netrc credentials added behind the caller's back
                 skip_auto_headers=("User-Agent",),
             )

@@ -366,3 +366,36 @@ def test_a_pass_through_body_that_goes_silent_is_a_408_and_reaches_nothing_whole
     assert b"request_timeout" in answer
     assert took < 5
     assert upstream.received == []  # the upstream never got a whole request
+
+
+async def sets_a_cookie(writer: asyncio.StreamWriter, request: Received) -> None:
+    """Answers every request and hands its caller a session cookie naming the caller's key,
+    as gateways with sticky sessions or bot checks do."""
+    key = request.headers.get("authorization", "").removeprefix("Bearer ")
+    cookies = [
+        f"Set-Cookie: session={key}; Path=/",
+        f"Set-Cookie: sticky={key}; Domain=localhost; Path=/v1; Max-Age=3600",
+    ]
+    body = completion(digest_of(request.body))
+    writer.write(http_answer(body, "Content-Type: application/json", *cookies))
+    await writer.drain()
+
+
+@pytest.mark.parametrize("route", ["/chat/completions", "/files"])
+def test_a_cookie_the_upstream_sets_for_one_tenant_never_goes_with_anothers_request(
+    start_proxy: ProxyFactory, route: str
+) -> None:
+    """The upstream client keeps no cookies: one held for every request would carry the first
+    tenant's session to every later one, on cached and pass-through routes alike. The cookie
+    still reaches the client it was set for, whose own Cookie header is its own business."""
+    with Scripted(sets_a_cookie) as upstream:
+        # By name: aiohttp's cookie jar would take no cookie from an IP address anyway.
+        proxy = start_proxy(upstream=upstream.v1.replace("127.0.0.1", "localhost"))
+        first = httpx.post(proxy.v1 + route, content=chat("one"), headers=AUTH, timeout=10)
+        other = {**AUTH, "Authorization": "Bearer sk-other-tenant"}
+        httpx.post(proxy.v1 + route, content=chat("two"), headers=other, timeout=10)
+        own = {**other, "Cookie": "mine=1"}
+        httpx.post(proxy.v1 + route, content=chat("three"), headers=own, timeout=10)
+    assert "session=sk-victim" in first.headers.get_list("set-cookie")[0]
+    sent = [r.headers.get("cookie") for r in upstream.received]
+    assert sent == [None, None, "mine=1"]
