@@ -11,10 +11,11 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol, TypeVar
 
 import httpx
 import pytest
@@ -118,8 +119,9 @@ class Proxy:
         return 0.0
 
 
-@pytest.fixture(scope="session")
-def sim_process() -> Iterator[Sim]:
+@contextmanager
+def running_sim() -> Iterator[Sim]:
+    """A `repro-proxy sim` on a free port, up; stopped on exit."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "proxy", "sim", "--port", str(port)],
@@ -131,6 +133,86 @@ def sim_process() -> Iterator[Sim]:
         yield sim
     finally:
         stop(proc)
+
+
+def launch_proxy(
+    upstream: str,
+    *flags: str,
+    env: dict[str, str] | None = None,
+    stderr: IO[bytes] | int | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> Proxy:
+    """`repro-proxy serve` on a free port against `upstream`, not yet waited for: several
+    launched together pay one start-up."""
+    port = free_port()
+    argv = [sys.executable, "-m", "proxy", "serve", "--port", str(port), "--upstream", upstream]
+    proc = subprocess.Popen(
+        [*argv, *flags], env=_clean_env(env), stderr=stderr, preexec_fn=preexec_fn
+    )
+    return Proxy(port, proc, flags)
+
+
+def wait_up(proxy: Proxy) -> Proxy:
+    wait_until_up(proxy.url + "/healthz", proxy.proc)
+    return proxy
+
+
+@contextmanager
+def running_proxies(
+    upstream: str, configs: Mapping[str, tuple[str, ...]]
+) -> Iterator[dict[str, Proxy]]:
+    """One proxy per named set of flags, launched side by side; all stopped on exit."""
+    started: dict[str, Proxy] = {}
+    try:
+        for name, flags in configs.items():
+            started[name] = launch_proxy(upstream, *flags)
+        for proxy in started.values():
+            wait_up(proxy)
+        yield started
+    finally:
+        for proxy in started.values():
+            stop(proxy.proc)
+
+
+@contextmanager
+def running_proxy(
+    upstream: str,
+    *flags: str,
+    stderr: IO[bytes] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> Iterator[Proxy]:
+    """One proxy, up; stopped on exit."""
+    proxy = launch_proxy(upstream, *flags, stderr=stderr, preexec_fn=preexec_fn)
+    try:
+        yield wait_up(proxy)
+    finally:
+        stop(proxy.proc)
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+_C = TypeVar("_C", bound=_Closable)
+_OPEN_CLIENTS: list[_Closable] = []
+
+
+def closed_after_test(client: _C) -> _C:
+    """`client`, closed with its connections when the test ends, even when it failed (the
+    `close_clients` fixture of tests/e2e does it)."""
+    _OPEN_CLIENTS.append(client)
+    return client
+
+
+def close_open_clients() -> None:
+    while _OPEN_CLIENTS:
+        _OPEN_CLIENTS.pop().close()
+
+
+@pytest.fixture(scope="session")
+def sim_process() -> Iterator[Sim]:
+    with running_sim() as sim:
+        yield sim
 
 
 @pytest.fixture
@@ -153,23 +235,9 @@ def start_proxy(sim: Sim) -> Iterator[ProxyFactory]:
         upstream: str | None = None,
         stderr: IO[bytes] | None = None,
     ) -> Proxy:
-        port = free_port()
-        argv = [
-            sys.executable,
-            "-m",
-            "proxy",
-            "serve",
-            "--port",
-            str(port),
-            "--upstream",
-            upstream or sim.v1,
-            *flags,
-        ]
-        proc = subprocess.Popen(argv, env=_clean_env(env), stderr=stderr)
-        proxy = Proxy(port, proc, flags)
+        proxy = launch_proxy(upstream or sim.v1, *flags, env=env, stderr=stderr)
         started.append(proxy)
-        wait_until_up(proxy.url + "/healthz", proc)
-        return proxy
+        return wait_up(proxy)
 
     try:
         yield start

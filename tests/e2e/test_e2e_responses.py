@@ -8,9 +8,6 @@ cache in replay mode, only to the tenant (and namespace) that created it.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,10 +21,9 @@ from tests.fixtures_procs import (
     Proxy,
     ProxyFactory,
     Sim,
-    _clean_env,
-    free_port,
+    closed_after_test,
+    running_proxies,
     stop,
-    wait_until_up,
 )
 
 MODEL = "gpt-4o-mini"
@@ -44,19 +40,8 @@ CONFIGS = {"default": (), "strict": ("--enforce", "strict")}
 
 @pytest.fixture(scope="module")
 def proxies(sim_process: Sim) -> Iterator[dict[str, Proxy]]:
-    started: dict[str, Proxy] = {}
-    try:
-        for name, flags in CONFIGS.items():
-            port = free_port()
-            argv = [sys.executable, "-m", "proxy", "serve", "--port", str(port)]
-            argv += ["--upstream", sim_process.v1, *flags]
-            started[name] = Proxy(port, subprocess.Popen(argv, env=_clean_env()), flags)
-        for proxy in started.values():
-            wait_until_up(proxy.url + "/healthz", proxy.proc)
+    with running_proxies(sim_process.v1, CONFIGS) as started:
         yield started
-    finally:
-        for proxy in started.values():
-            stop(proxy.proc)
 
 
 @pytest.fixture
@@ -64,29 +49,11 @@ def proxy(proxies: dict[str, Proxy], sim: Sim) -> Proxy:
     return proxies["default"]
 
 
-@pytest.fixture
-def ns() -> str:
-    return "t-" + uuid.uuid4().hex
-
-
-_CLIENTS: list[OpenAI] = []
-
-
-@pytest.fixture(autouse=True)
-def close_clients() -> Iterator[None]:
-    """Close every client a test made, with its connections, even when the test failed."""
-    yield
-    while _CLIENTS:
-        _CLIENTS.pop().close()
-
-
 def client(proxy: Proxy, ns: str, key: str = "sk-resp") -> OpenAI:
     headers = {"X-Repro-Namespace": ns}
-    made = OpenAI(
-        base_url=proxy.v1, api_key=key, max_retries=0, timeout=10, default_headers=headers
+    return closed_after_test(
+        OpenAI(base_url=proxy.v1, api_key=key, max_retries=0, timeout=10, default_headers=headers)
     )
-    _CLIENTS.append(made)
-    return made
 
 
 def post(proxy: Proxy, ns: str, body: dict[str, Any], **headers: str) -> httpx.Response:

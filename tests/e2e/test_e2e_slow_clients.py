@@ -5,22 +5,12 @@ from __future__ import annotations
 
 import resource
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import orjson
 
-from tests.fixtures_procs import (
-    Proxy,
-    ProxyFactory,
-    Sim,
-    _clean_env,
-    free_port,
-    stop,
-    wait_until_up,
-)
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim, running_proxy
 
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: proxy\r\n\r\n"
 
@@ -178,14 +168,5 @@ def test_the_soft_descriptor_limit_is_raised_to_the_hard_one_at_start(sim: Sim) 
     def lower() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
 
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy", "serve", "--port", str(port), "--upstream", sim.v1],
-        env=_clean_env(),
-        preexec_fn=lower,
-    )
-    try:
-        wait_until_up(f"http://127.0.0.1:{port}/healthz", proc)
-        assert _soft_nofile(proc.pid) == (hard, hard)
-    finally:
-        stop(proc)
+    with running_proxy(sim.v1, preexec_fn=lower) as proxy:
+        assert _soft_nofile(proxy.proc.pid) == (hard, hard)

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import socket
 import socketserver
-import subprocess
-import sys
 import threading
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,10 +27,8 @@ from tests.fixtures_procs import (
     Proxy,
     ProxyFactory,
     Sim,
-    _clean_env,
-    free_port,
-    stop,
-    wait_until_up,
+    closed_after_test,
+    running_proxies,
 )
 
 MODEL = "gpt-4o-mini"
@@ -70,19 +65,8 @@ WAIT = 5.0
 @pytest.fixture(scope="module")
 def proxies(sim_process: Sim) -> Iterator[dict[str, Proxy]]:
     """One proxy per configuration, launched together so the module pays one start-up."""
-    started: dict[str, Proxy] = {}
-    try:
-        for name, flags in CONFIGS.items():
-            port = free_port()
-            argv = [sys.executable, "-m", "proxy", "serve", "--port", str(port)]
-            argv += ["--upstream", sim_process.v1, *flags]
-            started[name] = Proxy(port, subprocess.Popen(argv, env=_clean_env()), flags)
-        for proxy in started.values():
-            wait_until_up(proxy.url + "/healthz", proxy.proc)
+    with running_proxies(sim_process.v1, CONFIGS) as started:
         yield started
-    finally:
-        for proxy in started.values():
-            stop(proxy.proc)
 
 
 @pytest.fixture
@@ -90,24 +74,7 @@ def proxy(proxies: dict[str, Proxy], sim: Sim) -> Proxy:
     return proxies["default"]
 
 
-@pytest.fixture(autouse=True)
-def close_clients() -> Iterator[None]:
-    """Close every sync client a test made, with its connections, even when the test failed."""
-    yield
-    while _CLIENTS:
-        _CLIENTS.pop().close()
-
-
-@pytest.fixture
-def ns() -> str:
-    """A namespace of this test's own: a fresh, empty partition of the shared proxies' cache."""
-    return "t-" + uuid.uuid4().hex
-
-
 # --- helpers ---------------------------------------------------------------------------------
-
-
-_CLIENTS: list[OpenAI] = []
 
 
 def sync_client(proxy: Proxy, ns: str) -> OpenAI:
@@ -118,8 +85,7 @@ def sync_client(proxy: Proxy, ns: str) -> OpenAI:
         timeout=10,
         default_headers={"X-Repro-Namespace": ns},
     )
-    _CLIENTS.append(client)
-    return client
+    return closed_after_test(client)
 
 
 def async_client(proxy: Proxy, ns: str) -> AsyncOpenAI:
