@@ -17,7 +17,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -38,10 +37,11 @@ from tests.fixtures_procs import (
     Proxy,
     ProxyFactory,
     Sim,
-    _clean_env,
     free_port,
+    launch_proxy,
+    running_proxy,
     stop,
-    wait_until_up,
+    wait_up,
 )
 from tests.fixtures_redis import RedisServer, _create_cluster, running_redis
 
@@ -318,24 +318,20 @@ class LoggedProxy:
 @pytest.fixture
 def start_logged_proxy(sim: Sim, tmp_path: Path) -> Iterator[Callable[..., LoggedProxy]]:
     """`repro-proxy serve` like `start_proxy`, with its stderr (the JSON log) kept in a file."""
-    started: list[subprocess.Popen[bytes]] = []
+    started: list[Proxy] = []
 
     def start(*flags: str) -> LoggedProxy:
-        port = free_port()
-        log = tmp_path / f"proxy-{port}.log"
-        argv = [sys.executable, "-m", "proxy", "serve", "--port", str(port)]
-        argv += ["--upstream", sim.v1, *flags]
+        log = tmp_path / f"proxy-{len(started)}.log"
         with log.open("wb") as sink:
-            proc = subprocess.Popen(argv, env=_clean_env(), stderr=sink)
-        started.append(proc)
-        wait_until_up(f"http://127.0.0.1:{port}/healthz", proc)
-        return LoggedProxy(Proxy(port, proc, flags), log)
+            proxy = launch_proxy(sim.v1, *flags, stderr=sink)
+        started.append(proxy)
+        return LoggedProxy(wait_up(proxy), log)
 
     try:
         yield start
     finally:
-        for proc in started:
-            stop(proc)
+        for proxy in started:
+            stop(proxy.proc)
 
 
 # --- 1. a frozen Redis (SIGSTOP) --------------------------------------------------------------
@@ -627,15 +623,8 @@ def test_cluster_losing_a_master_serves_nothing_wrong(
 def upstream_proxy(sim_process: Sim) -> Iterator[Proxy]:
     """One memory-store proxy for the upstream-fault tests (each asks its own questions), with
     a 1 s upstream timeout; the `sim` fixture still resets the sim's faults for each test."""
-    port = free_port()
-    flags = ("--upstream-timeout", "1")
-    argv = [sys.executable, "-m", "proxy", "serve", "--port", str(port)]
-    proc = subprocess.Popen([*argv, "--upstream", sim_process.v1, *flags], env=_clean_env())
-    try:
-        wait_until_up(f"http://127.0.0.1:{port}/healthz", proc)
-        yield Proxy(port, proc, flags)
-    finally:
-        stop(proc)
+    with running_proxy(sim_process.v1, "--upstream-timeout", "1") as proxy:
+        yield proxy
 
 
 def assert_error(answer: Answer, status: int, code: str) -> None:
@@ -650,17 +639,26 @@ def assert_not_stored(proxy: Proxy, prompt: str) -> None:
     assert_error(cached, 504, "cache_miss")
 
 
+def assert_failed_once_unstored(
+    proxy: Proxy, sim: Sim, kind: str, prompt: str, status: int, code: str
+) -> Answer:
+    """The upstream's one fault of `kind` is the client's error `code`, after exactly one
+    upstream call, and nothing was stored."""
+    sim.fault(kind=kind, count=1)
+    answer = ask(proxy, prompt)
+    assert_error(answer, status, code)
+    assert len(sim.llm_requests()) == 1
+    assert_not_stored(proxy, prompt)
+    assert len(sim.llm_requests()) == 1
+    return answer
+
+
 def test_hanging_upstream_is_a_504_within_the_upstream_timeout(
     upstream_proxy: Proxy, sim: Sim
 ) -> None:
     proxy = upstream_proxy
-    sim.fault(kind="hang", count=1)
-    answer = ask(proxy, "hang")
-    assert_error(answer, 504, "upstream_timeout")
+    answer = assert_failed_once_unstored(proxy, sim, "hang", "hang", 504, "upstream_timeout")
     assert 0.9 <= answer.took < 1 + 1.5
-    assert len(sim.llm_requests()) == 1
-    assert_not_stored(proxy, "hang")
-    assert len(sim.llm_requests()) == 1
     fine = ask(proxy, "hang")
     assert (fine.status, fine.cache) == (200, "MISS")
     assert len(sim.llm_requests()) == 2
@@ -668,11 +666,7 @@ def test_hanging_upstream_is_a_504_within_the_upstream_timeout(
 
 def test_dropped_connection_is_a_502_and_not_retried(upstream_proxy: Proxy, sim: Sim) -> None:
     proxy = upstream_proxy
-    sim.fault(kind="drop", count=1)
-    answer = ask(proxy, "drop")
-    assert_error(answer, 502, "upstream_unreachable")
-    assert len(sim.llm_requests()) == 1
-    assert_not_stored(proxy, "drop")
+    assert_failed_once_unstored(proxy, sim, "drop", "drop", 502, "upstream_unreachable")
     fine = ask(proxy, "drop")
     assert (fine.status, fine.cache) == (200, "MISS")
     assert len(sim.llm_requests()) == 2
@@ -680,11 +674,7 @@ def test_dropped_connection_is_a_502_and_not_retried(upstream_proxy: Proxy, sim:
 
 def test_truncated_body_is_a_502_and_never_stored(upstream_proxy: Proxy, sim: Sim) -> None:
     proxy = upstream_proxy
-    sim.fault(kind="cut", count=1)
-    answer = ask(proxy, "cut me")
-    assert_error(answer, 502, "upstream_unreachable")
-    assert len(sim.llm_requests()) == 1
-    assert_not_stored(proxy, "cut me")
+    assert_failed_once_unstored(proxy, sim, "cut", "cut me", 502, "upstream_unreachable")
     fine = [ask(proxy, "cut me") for _ in range(2)]
     assert [a.cache for a in fine] == ["MISS", "HIT"]
     assert fine[1].content == fine[0].content
