@@ -252,6 +252,22 @@ def proxy(start_proxy: ProxyFactory) -> Proxy:
     return start_proxy()
 
 
+def run_cli(*args: str, admin_token: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`repro-proxy ARGS` as an operator's shell runs it: a bare PATH and nothing else from the
+    test machine, the admin token (when given) in REPRO_ADMIN_TOKEN."""
+    env = {"PATH": "/usr/bin:/bin"}
+    if admin_token is not None:
+        env["REPRO_ADMIN_TOKEN"] = admin_token
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+
+
 def started(argv: list[str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
     """A process started with --port 0, and the URL it says it listens on."""
     with log.open("wb") as sink:
