@@ -8,7 +8,6 @@ cache in replay mode, only to the tenant (and namespace) that created it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -16,13 +15,13 @@ import openai
 import orjson
 import pytest
 from openai import AsyncOpenAI, OpenAI
+from openai.types.responses import Response
 
 from tests.fixtures_procs import (
     Proxy,
     ProxyFactory,
     Sim,
     closed_after_test,
-    running_proxies,
     stop,
 )
 
@@ -35,13 +34,8 @@ TOOLS = [
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
     }
 ]
+# The shared proxies, by name: the `proxies` fixture of tests/e2e/conftest.py starts them.
 CONFIGS = {"default": (), "strict": ("--enforce", "strict")}
-
-
-@pytest.fixture(scope="module")
-def proxies(sim_process: Sim) -> Iterator[dict[str, Proxy]]:
-    with running_proxies(sim_process.v1, CONFIGS) as started:
-        yield started
 
 
 @pytest.fixture
@@ -328,6 +322,12 @@ def recorded(start_proxy: ProxyFactory, redis_url: str, sim: Sim) -> tuple[Proxy
     return start_proxy(*shared), start_proxy(*shared, "--cache-mode", "replay")
 
 
+def created_for_replay(recorded: tuple[Proxy, Proxy], ns: str) -> tuple[Proxy, Response]:
+    """The replaying proxy, and a response created through the recording one."""
+    recorder, replayer = recorded
+    return replayer, client(recorder, ns).responses.create(model=MODEL, input=INPUT)
+
+
 def test_in_replay_a_fetch_by_id_is_served_from_the_cache(
     recorded: tuple[Proxy, Proxy], sim: Sim, ns: str
 ) -> None:
@@ -365,8 +365,7 @@ def test_in_replay_an_unknown_id_is_a_cache_miss(
 def test_another_tenant_or_namespace_cannot_fetch_a_response_by_its_id(
     recorded: tuple[Proxy, Proxy], sim: Sim, ns: str
 ) -> None:
-    recorder, replayer = recorded
-    created = client(recorder, ns).responses.create(model=MODEL, input=INPUT)
+    replayer, created = created_for_replay(recorded, ns)
     assert client(replayer, ns).responses.retrieve(created.id).id == created.id
     for intruder in (client(replayer, ns, key="sk-attacker"), client(replayer, ns + "-other")):
         with pytest.raises(openai.APIStatusError) as caught:
@@ -392,8 +391,7 @@ def test_a_hostile_id_in_replay_is_a_miss_and_reaches_nothing(
 def test_a_replay_of_a_recorded_response_never_reaches_the_upstream(
     recorded: tuple[Proxy, Proxy], sim: Sim, ns: str
 ) -> None:
-    recorder, replayer = recorded
-    first = client(recorder, ns).responses.create(model=MODEL, input=INPUT)
+    replayer, first = created_for_replay(recorded, ns)
     sent = len(sim.requests())
     again = client(replayer, ns).responses.with_raw_response.create(model=MODEL, input=INPUT)
     assert again.headers["X-Repro-Cache"] == "HIT"

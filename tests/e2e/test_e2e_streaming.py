@@ -11,7 +11,6 @@ from __future__ import annotations
 import socket
 import socketserver
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -28,7 +27,6 @@ from tests.fixtures_procs import (
     ProxyFactory,
     Sim,
     closed_after_test,
-    running_proxies,
 )
 
 MODEL = "gpt-4o-mini"
@@ -50,6 +48,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "usage": {"stream_options": {"include_usage": True}},
     "tools": {"tools": TOOLS, "tool_choice": "required"},
 }
+# The shared proxies, by name: the `proxies` fixture of tests/e2e/conftest.py starts them.
 CONFIGS = {
     "default": (),
     "cancel": ("--stream-disconnect", "cancel"),
@@ -60,13 +59,6 @@ WAIT = 5.0
 
 
 # --- processes -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def proxies(sim_process: Sim) -> Iterator[dict[str, Proxy]]:
-    """One proxy per configuration, launched together so the module pays one start-up."""
-    with running_proxies(sim_process.v1, CONFIGS) as started:
-        yield started
 
 
 @pytest.fixture
