@@ -15,12 +15,15 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
 import httpx
 import pytest
 
 from bench.procs import free_port, stop, wait_until_up
+
+if TYPE_CHECKING:
+    from prometheus_client.samples import Sample
 
 LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
 
@@ -40,8 +43,8 @@ def _clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 @dataclass
-class Sim:
-    """The simulated upstream, with its control routes."""
+class Served:
+    """A process of ours listening on a loopback port."""
 
     port: int
     proc: subprocess.Popen[bytes]
@@ -53,6 +56,11 @@ class Sim:
     @property
     def v1(self) -> str:
         return self.url + "/v1"
+
+
+@dataclass
+class Sim(Served):
+    """The simulated upstream, with its control routes."""
 
     def control(self, method: str, path: str, json: Any = None) -> Any:
         response = httpx.request(method, self.url + "/_sim/" + path, json=json, timeout=5)
@@ -90,33 +98,32 @@ class Sim:
 
 
 @dataclass
-class Proxy:
-    port: int
-    proc: subprocess.Popen[bytes]
+class Proxy(Served):
     flags: tuple[str, ...] = field(default_factory=tuple)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def v1(self) -> str:
-        return self.url + "/v1"
 
     def metrics(self) -> str:
         return httpx.get(self.url + "/metrics", timeout=5).text
 
-    def metric(self, name: str, **labels: str) -> float:
-        """The value of one sample, 0 when it does not exist yet."""
+    def samples(self) -> Iterator[Sample]:
         from prometheus_client.parser import text_string_to_metric_families
 
         for family in text_string_to_metric_families(self.metrics()):
-            for sample in family.samples:
-                if sample.name == name and all(
-                    sample.labels.get(k) == v for k, v in labels.items()
-                ):
-                    return float(sample.value)
+            yield from family.samples
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample, 0 when it does not exist yet."""
+        for sample in self.samples():
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
         return 0.0
+
+    def store_errors(self) -> dict[str, float]:
+        """The store errors counted so far, by the operation that failed."""
+        return {
+            sample.labels["op"]: sample.value
+            for sample in self.samples()
+            if sample.name == "repro_store_errors_total"
+        }
 
 
 @contextmanager

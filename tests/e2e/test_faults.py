@@ -13,7 +13,6 @@ store may take that plus a margin, never more), every wait is bounded, outcomes 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,7 +27,6 @@ import httpx
 import orjson
 import pytest
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.procs import wait_until
 from proxy.core.codec import Codec
@@ -43,7 +41,13 @@ from tests.fixtures_procs import (
     stop,
     wait_up,
 )
-from tests.fixtures_redis import RedisServer, _create_cluster, running_redis
+from tests.fixtures_redis import (
+    RedisServer,
+    _answers_ping,
+    _binary,
+    _create_cluster,
+    running_redis,
+)
 
 MODEL = "gpt-4o-mini"
 ROUTE = "/v1/chat/completions"
@@ -166,15 +170,6 @@ def assert_ready(proxy: Proxy) -> None:
     assert (status, payload) == (200, {"status": "ok"})
 
 
-def store_errors(proxy: Proxy) -> dict[str, float]:
-    return {
-        sample.labels["op"]: sample.value
-        for family in text_string_to_metric_families(proxy.metrics())
-        for sample in family.samples
-        if sample.name == "repro_store_errors_total"
-    }
-
-
 def entry_name(key: str) -> str:
     return f"repro:e:{{{key}}}"
 
@@ -220,26 +215,11 @@ def warm(proxy: Proxy, prompt: str) -> Answer:
     return miss
 
 
-def _redis_binary() -> str:
-    path = shutil.which("redis-server")
-    if path is None:
-        pytest.fail("redis-server not found on PATH: install Redis (apt-get install redis-server)")
-    return path
-
-
 def _listening(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return True
     except OSError:
-        return False
-
-
-def _pings(port: int) -> bool:
-    try:
-        with redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5) as client:
-            return bool(client.ping())
-    except redis.RedisError:
         return False
 
 
@@ -254,11 +234,13 @@ class OwnRedis:
 
     def start(self) -> OwnRedis:
         self.directory.mkdir(parents=True, exist_ok=True)
-        command = [_redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1"]
+        command = [_binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1"]
         command += ["--save", "", "--appendonly", "no", "--dir", str(self.directory)]
         self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         proc = self.proc
-        wait_until(lambda: proc.poll() is None and _pings(self.port), f"redis on {self.port}", 10)
+        wait_until(
+            lambda: proc.poll() is None and _answers_ping(self.port), f"redis on {self.port}", 10
+        )
         return self
 
     @property
@@ -345,7 +327,7 @@ def test_frozen_redis_costs_one_store_timeout_then_nothing_and_recovers(
         stored = warm(proxy, "warm before the freeze")
         key = stored.headers["X-Repro-Key"]
         assert stored_bodies(server.port, key) == {FP: stored.content}
-        assert store_errors(proxy) == {}
+        assert proxy.store_errors() == {}
         sim_calls = len(sim.llm_requests())
 
         server.signal(signal.SIGSTOP)
@@ -368,7 +350,7 @@ def test_frozen_redis_costs_one_store_timeout_then_nothing_and_recovers(
             assert len(sim.llm_requests()) == sim_calls + 7
             # Per request: the lookup's fingerprint read, the fresh answer's fingerprint and
             # its write fail (timed out once, then skipped by the open circuit).
-            assert store_errors(proxy) == {"get": 7.0, "fingerprint": 7.0, "put": 7.0}
+            assert proxy.store_errors() == {"get": 7.0, "fingerprint": 7.0, "put": 7.0}
             reason = assert_unready(proxy)
             assert "0.5" in reason
             assert http().get(proxy.url + "/healthz").status_code == 200
@@ -439,7 +421,7 @@ def test_redis_killed_and_restarted_on_the_same_port(
             assert answer.took < SLOW_BOUND
             assert same_answer(answer.content, stored.content)
         assert sum(a.took for a in down) < SLOW_BOUND  # refused connections fail fast
-        assert store_errors(proxy) == {"get": 5.0, "fingerprint": 5.0, "put": 5.0}
+        assert proxy.store_errors() == {"get": 5.0, "fingerprint": 5.0, "put": 5.0}
         assert_unready(proxy)
 
         server.start()  # same port, no data
@@ -468,7 +450,7 @@ def test_proxy_starts_and_serves_with_redis_down_then_uses_it_once_it_is_up(
             assert answer.took < SLOW_BOUND
         assert same_answer(down[0].content, down[2].content)
         assert len(sim.llm_requests()) == 3
-        assert store_errors(proxy) == {"get": 3.0, "fingerprint": 3.0, "put": 3.0}
+        assert proxy.store_errors() == {"get": 3.0, "fingerprint": 3.0, "put": 3.0}
 
         server.start()
         answers = recover(proxy, "served without a store")
@@ -529,7 +511,7 @@ def test_network_faults_between_proxy_and_redis(
             assert answers[0].took < (FAST_BOUND if mode == "cut" else SLOW_BOUND), (mode, took)
             assert all(t < FAST_BOUND for t in took[1:]), (mode, took)
             fingerprint_errors, put_errors = fingerprint_errors + 6, put_errors + 6
-            assert store_errors(proxy) == {
+            assert proxy.store_errors() == {
                 "get": put_errors,
                 "fingerprint": fingerprint_errors,
                 "put": put_errors,
