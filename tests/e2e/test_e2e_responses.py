@@ -50,6 +50,11 @@ def client(proxy: Proxy, ns: str, key: str = "sk-resp") -> OpenAI:
     )
 
 
+def async_client(proxy: Proxy, ns: str) -> AsyncOpenAI:
+    headers = {"X-Repro-Namespace": ns}
+    return AsyncOpenAI(base_url=proxy.v1, api_key="sk-resp", max_retries=0, default_headers=headers)
+
+
 def post(proxy: Proxy, ns: str, body: dict[str, Any], **headers: str) -> httpx.Response:
     sent = {"Authorization": "Bearer sk-resp", "X-Repro-Namespace": ns, **headers}
     return httpx.post(proxy.v1 + "/responses", json=body, headers=sent, timeout=10)
@@ -84,12 +89,7 @@ def test_sync_create_is_a_miss_then_a_hit_with_the_same_response(
 
 
 async def test_async_create_is_a_miss_then_a_hit(proxy: Proxy, sim: Sim, ns: str) -> None:
-    async with AsyncOpenAI(
-        base_url=proxy.v1,
-        api_key="sk-resp",
-        max_retries=0,
-        default_headers={"X-Repro-Namespace": ns},
-    ) as sdk:
+    async with async_client(proxy, ns) as sdk:
         outcomes, texts = [], []
         for _ in range(2):
             raw = await sdk.responses.with_raw_response.create(model=MODEL, input=INPUT)
@@ -237,12 +237,7 @@ def test_a_forced_function_call_streams_and_replays(proxy: Proxy, sim: Sim, ns: 
 
 
 async def test_async_stream_is_a_miss_then_a_hit(proxy: Proxy, sim: Sim, ns: str) -> None:
-    async with AsyncOpenAI(
-        base_url=proxy.v1,
-        api_key="sk-resp",
-        max_retries=0,
-        default_headers={"X-Repro-Namespace": ns},
-    ) as sdk:
+    async with async_client(proxy, ns) as sdk:
         runs = []
         for _ in range(2):
             async with sdk.responses.with_streaming_response.create(
