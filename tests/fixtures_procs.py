@@ -11,15 +11,19 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
 import httpx
 import pytest
 
 from bench.procs import free_port, stop, wait_until_up
+
+if TYPE_CHECKING:
+    from prometheus_client.samples import Sample
 
 LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
 
@@ -39,8 +43,8 @@ def _clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 @dataclass
-class Sim:
-    """The simulated upstream, with its control routes."""
+class Served:
+    """A process of ours listening on a loopback port."""
 
     port: int
     proc: subprocess.Popen[bytes]
@@ -52,6 +56,11 @@ class Sim:
     @property
     def v1(self) -> str:
         return self.url + "/v1"
+
+
+@dataclass
+class Sim(Served):
+    """The simulated upstream, with its control routes."""
 
     def control(self, method: str, path: str, json: Any = None) -> Any:
         response = httpx.request(method, self.url + "/_sim/" + path, json=json, timeout=5)
@@ -89,37 +98,37 @@ class Sim:
 
 
 @dataclass
-class Proxy:
-    port: int
-    proc: subprocess.Popen[bytes]
+class Proxy(Served):
     flags: tuple[str, ...] = field(default_factory=tuple)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def v1(self) -> str:
-        return self.url + "/v1"
 
     def metrics(self) -> str:
         return httpx.get(self.url + "/metrics", timeout=5).text
 
-    def metric(self, name: str, **labels: str) -> float:
-        """The value of one sample, 0 when it does not exist yet."""
+    def samples(self) -> Iterator[Sample]:
         from prometheus_client.parser import text_string_to_metric_families
 
         for family in text_string_to_metric_families(self.metrics()):
-            for sample in family.samples:
-                if sample.name == name and all(
-                    sample.labels.get(k) == v for k, v in labels.items()
-                ):
-                    return float(sample.value)
+            yield from family.samples
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample, 0 when it does not exist yet."""
+        for sample in self.samples():
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
         return 0.0
 
+    def store_errors(self) -> dict[str, float]:
+        """The store errors counted so far, by the operation that failed."""
+        return {
+            sample.labels["op"]: sample.value
+            for sample in self.samples()
+            if sample.name == "repro_store_errors_total"
+        }
 
-@pytest.fixture(scope="session")
-def sim_process() -> Iterator[Sim]:
+
+@contextmanager
+def running_sim() -> Iterator[Sim]:
+    """A `repro-proxy sim` on a free port, up; stopped on exit."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "proxy", "sim", "--port", str(port)],
@@ -131,6 +140,86 @@ def sim_process() -> Iterator[Sim]:
         yield sim
     finally:
         stop(proc)
+
+
+def launch_proxy(
+    upstream: str,
+    *flags: str,
+    env: dict[str, str] | None = None,
+    stderr: IO[bytes] | int | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> Proxy:
+    """`repro-proxy serve` on a free port against `upstream`, not yet waited for: several
+    launched together pay one start-up."""
+    port = free_port()
+    argv = [sys.executable, "-m", "proxy", "serve", "--port", str(port), "--upstream", upstream]
+    proc = subprocess.Popen(
+        [*argv, *flags], env=_clean_env(env), stderr=stderr, preexec_fn=preexec_fn
+    )
+    return Proxy(port, proc, flags)
+
+
+def wait_up(proxy: Proxy) -> Proxy:
+    wait_until_up(proxy.url + "/healthz", proxy.proc)
+    return proxy
+
+
+@contextmanager
+def running_proxies(
+    upstream: str, configs: Mapping[str, tuple[str, ...]]
+) -> Iterator[dict[str, Proxy]]:
+    """One proxy per named set of flags, launched side by side; all stopped on exit."""
+    started: dict[str, Proxy] = {}
+    try:
+        for name, flags in configs.items():
+            started[name] = launch_proxy(upstream, *flags)
+        for proxy in started.values():
+            wait_up(proxy)
+        yield started
+    finally:
+        for proxy in started.values():
+            stop(proxy.proc)
+
+
+@contextmanager
+def running_proxy(
+    upstream: str,
+    *flags: str,
+    stderr: IO[bytes] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> Iterator[Proxy]:
+    """One proxy, up; stopped on exit."""
+    proxy = launch_proxy(upstream, *flags, stderr=stderr, preexec_fn=preexec_fn)
+    try:
+        yield wait_up(proxy)
+    finally:
+        stop(proxy.proc)
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+_C = TypeVar("_C", bound=_Closable)
+_OPEN_CLIENTS: list[_Closable] = []
+
+
+def closed_after_test(client: _C) -> _C:
+    """`client`, closed with its connections when the test ends, even when it failed (the
+    `close_clients` fixture of tests/e2e does it)."""
+    _OPEN_CLIENTS.append(client)
+    return client
+
+
+def close_open_clients() -> None:
+    while _OPEN_CLIENTS:
+        _OPEN_CLIENTS.pop().close()
+
+
+@pytest.fixture(scope="session")
+def sim_process() -> Iterator[Sim]:
+    with running_sim() as sim:
+        yield sim
 
 
 @pytest.fixture
@@ -153,23 +242,9 @@ def start_proxy(sim: Sim) -> Iterator[ProxyFactory]:
         upstream: str | None = None,
         stderr: IO[bytes] | None = None,
     ) -> Proxy:
-        port = free_port()
-        argv = [
-            sys.executable,
-            "-m",
-            "proxy",
-            "serve",
-            "--port",
-            str(port),
-            "--upstream",
-            upstream or sim.v1,
-            *flags,
-        ]
-        proc = subprocess.Popen(argv, env=_clean_env(env), stderr=stderr)
-        proxy = Proxy(port, proc, flags)
+        proxy = launch_proxy(upstream or sim.v1, *flags, env=env, stderr=stderr)
         started.append(proxy)
-        wait_until_up(proxy.url + "/healthz", proc)
-        return proxy
+        return wait_up(proxy)
 
     try:
         yield start
@@ -182,6 +257,22 @@ def start_proxy(sim: Sim) -> Iterator[ProxyFactory]:
 def proxy(start_proxy: ProxyFactory) -> Proxy:
     """A proxy with default settings and the memory store."""
     return start_proxy()
+
+
+def run_cli(*args: str, admin_token: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`repro-proxy ARGS` as an operator's shell runs it: a bare PATH and nothing else from the
+    test machine, the admin token (when given) in REPRO_ADMIN_TOKEN."""
+    env = {"PATH": "/usr/bin:/bin"}
+    if admin_token is not None:
+        env["REPRO_ADMIN_TOKEN"] = admin_token
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
 
 
 def started(argv: list[str], log: Path) -> tuple[subprocess.Popen[bytes], str]:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 
 import httpx
 import orjson
 import pytest
 
-from tests.fixtures_procs import Proxy, ProxyFactory, Sim
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim, run_cli
 
 TOKEN = "admin-secret"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -88,14 +87,7 @@ def test_admin_routes_need_the_token(admin_proxy: Proxy, start_proxy: ProxyFacto
 
 
 def cli(*args: str, token: str = TOKEN) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        env={"PATH": "/usr/bin:/bin", "REPRO_ADMIN_TOKEN": token},
-    )
+    return run_cli(*args, admin_token=token)
 
 
 def test_operator_cli_subcommands(start_proxy: ProxyFactory) -> None:

@@ -9,22 +9,12 @@ streamed or not, without a byte reaching any upstream.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 from openai import AsyncOpenAI
 
-from tests.fixtures_procs import (
-    Proxy,
-    ProxyFactory,
-    Sim,
-    _clean_env,
-    free_port,
-    stop,
-    wait_until_up,
-)
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim, running_sim, stop
 
 agents = pytest.importorskip("agents")
 
@@ -35,16 +25,8 @@ QUESTION = "What is the weather in Paris?"
 @pytest.fixture
 def own_sim() -> Any:
     """A sim only this test uses, so it can be stopped halfway."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy", "sim", "--port", str(port)], env=_clean_env()
-    )
-    sim = Sim(port, proc)
-    try:
-        wait_until_up(sim.url + "/_sim/fingerprint", proc)
+    with running_sim() as sim:
         yield sim
-    finally:
-        stop(proc)
 
 
 def build_agent(client: AsyncOpenAI, calls: list[str]) -> Any:

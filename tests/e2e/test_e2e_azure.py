@@ -10,8 +10,6 @@ refused before anything reaches the upstream.
 from __future__ import annotations
 
 import socket
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -19,7 +17,7 @@ import orjson
 import pytest
 from openai import AsyncAzureOpenAI, AzureOpenAI, OpenAI
 
-from tests.fixtures_procs import Proxy, ProxyFactory, Sim
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim, closed_after_test
 
 VERSION = "2024-10-21"
 MESSAGES = [{"role": "user", "content": "Name a colour."}]
@@ -30,22 +28,6 @@ def azure(start_proxy: ProxyFactory, sim: Sim) -> Proxy:
     return start_proxy(upstream=sim.url)
 
 
-@pytest.fixture
-def ns() -> str:
-    return "t-" + uuid.uuid4().hex
-
-
-_CLIENTS: list[OpenAI] = []
-
-
-@pytest.fixture(autouse=True)
-def close_clients() -> Iterator[None]:
-    """Close every client a test made, with its connections, even when the test failed."""
-    yield
-    while _CLIENTS:
-        _CLIENTS.pop().close()
-
-
 def az(proxy: Proxy, ns: str, key: str = "az-key", version: str = VERSION) -> AzureOpenAI:
     made = AzureOpenAI(
         azure_endpoint=proxy.url,
@@ -54,8 +36,7 @@ def az(proxy: Proxy, ns: str, key: str = "az-key", version: str = VERSION) -> Az
         max_retries=0,
         default_headers={"X-Repro-Namespace": ns},
     )
-    _CLIENTS.append(made)
-    return made
+    return closed_after_test(made)
 
 
 def upstream(sim: Sim) -> list[dict[str, Any]]:
@@ -146,13 +127,14 @@ def test_azure_responses_are_cached_and_get_no_seed(azure: Proxy, sim: Sim, ns: 
 def test_the_openai_v1_shape_is_cached_for_chat_and_responses(
     azure: Proxy, sim: Sim, ns: str
 ) -> None:
-    client = OpenAI(
-        base_url=azure.url + "/openai/v1",
-        api_key="az-key",
-        max_retries=0,
-        default_headers={"X-Repro-Namespace": ns},
+    client = closed_after_test(
+        OpenAI(
+            base_url=azure.url + "/openai/v1",
+            api_key="az-key",
+            max_retries=0,
+            default_headers={"X-Repro-Namespace": ns},
+        )
     )
-    _CLIENTS.append(client)
     chats = [
         client.chat.completions.with_raw_response.create(model="dep", messages=MESSAGES)  # type: ignore[arg-type]
         for _ in range(2)

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import orjson
 from openai import OpenAI
 
-from tests.fixtures_procs import Proxy, ProxyFactory, Sim, free_port
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim, free_port, run_cli
 
 MESSAGES = [{"role": "user", "content": "Record me."}]
 
@@ -39,17 +37,6 @@ def traffic(proxy: Proxy, key: str) -> list[bytes]:
 def stop(proxy: Proxy) -> None:
     proxy.proc.send_signal(signal.SIGTERM)
     assert proxy.proc.wait(timeout=15) == 0
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={"PATH": "/usr/bin:/bin"},
-    )
 
 
 def test_record_then_replay_offline_with_another_key(
@@ -89,10 +76,10 @@ def test_record_then_replay_offline_with_another_key(
 
 
 def test_a_cassette_needs_the_shared_scope(tmp_path: Path) -> None:
-    result = cli("serve", "--cassette", str(tmp_path / "x.jsonl"))
+    result = run_cli("serve", "--cassette", str(tmp_path / "x.jsonl"))
     assert result.returncode == 2
     assert "--cache-scope shared" in result.stderr
-    replay = cli(
+    replay = run_cli(
         "serve",
         "--cassette",
         str(tmp_path / "none.jsonl"),
@@ -115,16 +102,16 @@ def test_export_and_import_between_redis_stores(
             model="gpt-4o-mini", messages=MESSAGES, extra_headers={"X-Repro-Namespace": "suite-b"}
         )
     tape = tmp_path / "all.jsonl"
-    exported = cli("export", "--store", redis_url, "--output", str(tape))
+    exported = run_cli("export", "--store", redis_url, "--output", str(tape))
     assert exported.returncode == 0, exported.stderr
     assert len(tape.read_text().splitlines()) == 4
-    only_b = cli("export", "--store", redis_url, "--namespace", "suite-b")
+    only_b = run_cli("export", "--store", redis_url, "--namespace", "suite-b")
     assert len(only_b.stdout.splitlines()) == 1
-    only_embeddings = cli("export", "--store", redis_url, "--model", "text-embedding-3-small")
+    only_embeddings = run_cli("export", "--store", redis_url, "--model", "text-embedding-3-small")
     assert len(only_embeddings.stdout.splitlines()) == 1
 
     target = redis_url.rsplit("/", 1)[0] + "/1"
-    imported = cli("import", "--store", target, str(tape))
+    imported = run_cli("import", "--store", target, str(tape))
     assert imported.returncode == 0, imported.stderr
     offline = f"http://127.0.0.1:{free_port()}/v1"
     replay = start_proxy(
@@ -139,7 +126,7 @@ def test_import_for_one_key_scope(
     recorder = start_proxy("--cache-scope", "shared", "--cassette", str(tmp_path / "t.jsonl"))
     recorded = traffic(recorder, "sk-alice")
     stop(recorder)
-    imported = cli(
+    imported = run_cli(
         "import",
         "--store",
         redis_url,
@@ -177,20 +164,20 @@ def test_cassette_diff_tells_a_rerecording_that_drifted(
         return str(tape)
 
     first, again = recording("first.jsonl"), recording("again.jsonl")
-    same = cli("cassette", "diff", first, again, "--json")
+    same = run_cli("cassette", "diff", first, again, "--json")
     assert same.returncode == 0, same.stderr
     assert orjson.loads(same.stdout)["summary"]["identical"] == 3
     sim.set_fingerprint("fp_rotated")  # the sim's seeded answers change with its fingerprint
     rotated = recording("rotated.jsonl")
-    drifted = cli("cassette", "diff", first, rotated)
+    drifted = run_cli("cassette", "diff", first, rotated)
     assert drifted.returncode == 1
     assert "2 changed, 0 only_old, 0 only_new, 1 identical" in drifted.stdout  # chat and stream
-    report = orjson.loads(cli("cassette", "diff", first, rotated, "--json").stdout)
+    report = orjson.loads(run_cli("cassette", "diff", first, rotated, "--json").stdout)
     changed = [row for row in report["requests"] if row["status"] == "changed"]
     assert {(row["old"]["fingerprint"], row["new"]["fingerprint"]) for row in changed} == {
         ("fp_sim_0001", "fp_rotated")
     }
     assert all(0 < row["distance"] <= 1 for row in changed)
-    missing = cli("cassette", "diff", first, str(tmp_path / "none.jsonl"))
+    missing = run_cli("cassette", "diff", first, str(tmp_path / "none.jsonl"))
     assert missing.returncode == 2
     assert missing.stderr.startswith("repro-proxy cassette diff: ")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,15 +12,7 @@ import orjson
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fixtures_procs import (
-    Proxy,
-    ProxyFactory,
-    Sim,
-    _clean_env,
-    free_port,
-    stop,
-    wait_until_up,
-)
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim, free_port, running_proxy
 from tests.fixtures_redis import running_redis
 
 MODEL = "gpt-4o-mini"
@@ -154,16 +144,8 @@ def test_health_routes_on_the_memory_store(proxy: Proxy) -> None:
 @contextmanager
 def logged_proxy(sim: Sim, log: Path, *flags: str) -> Iterator[Proxy]:
     """A proxy at the default log level whose stderr goes to `log`; stopped on exit."""
-    port = free_port()
-    argv = [sys.executable, "-m", "proxy", "serve", "--port", str(port), "--upstream", sim.v1]
-    with log.open("wb") as sink:
-        proc = subprocess.Popen([*argv, *flags], env=_clean_env(), stderr=sink)
-        try:
-            proxy = Proxy(port, proc, flags)
-            wait_until_up(proxy.url + "/healthz", proc)
-            yield proxy
-        finally:
-            stop(proc)
+    with log.open("wb") as sink, running_proxy(sim.v1, *flags, stderr=sink) as proxy:
+        yield proxy
 
 
 def json_lines(log: Path) -> list[dict[str, Any]]:

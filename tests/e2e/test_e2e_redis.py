@@ -15,7 +15,6 @@ import httpx
 import pytest
 import redis
 from openai import OpenAI
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.procs import wait_until
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim, free_port
@@ -53,15 +52,6 @@ def admin_fingerprints(proxy: Proxy) -> Any:
     )
     assert response.status_code == 200
     return response.json()
-
-
-def store_errors(proxy: Proxy) -> dict[str, float]:
-    return {
-        sample.labels["op"]: sample.value
-        for family in text_string_to_metric_families(proxy.metrics())
-        for sample in family.samples
-        if sample.name == "repro_store_errors_total"
-    }
 
 
 def redis_contents(client: redis.Redis) -> Iterator[tuple[bytes, list[bytes]]]:
@@ -212,7 +202,7 @@ def test_unreachable_redis_is_unready_and_requests_fail_open(
     assert len(sim.llm_requests()) == 2
     # Per request: the lookup (fingerprint state and entry in one round trip) fails, then the
     # fingerprint of the fresh answer and its write fail too.
-    assert store_errors(proxy) == {"get": 2.0, "fingerprint": 2.0, "put": 2.0}
+    assert proxy.store_errors() == {"get": 2.0, "fingerprint": 2.0, "put": 2.0}
     assert httpx.get(proxy.url + "/healthz", timeout=5).status_code == 200
 
 

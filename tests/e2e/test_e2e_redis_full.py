@@ -15,7 +15,6 @@ from redis.asyncio import Redis as AsyncRedis
 
 from proxy.store.base import Write
 from proxy.store.redis import RedisStore
-from tests.e2e.test_e2e_redis import store_errors
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim
 from tests.fixtures_redis import RedisServer, running_redis
 
@@ -71,7 +70,7 @@ def test_a_full_redis_still_serves_hits_and_misses_reach_the_upstream(
     assert [r.headers["X-Repro-Cache"] for r in [*hits, after]] == ["HIT"] * 5
     assert [r.headers["X-Repro-Cache"] for r in misses] == ["MISS"] * 4
     assert all(r.parse().choices[0].message.content for r in misses)
-    errors = store_errors(proxy)
+    errors = proxy.store_errors()
     assert errors.get("get", 0) == 0  # every read was answered
     assert errors["put"] == 4  # every miss's write was refused, and counted once
     assert chat(proxy, "New question 0.").headers["X-Repro-Cache"] == "MISS"  # nothing stored

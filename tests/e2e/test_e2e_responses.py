@@ -8,10 +8,6 @@ cache in replay mode, only to the tenant (and namespace) that created it.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -19,15 +15,14 @@ import openai
 import orjson
 import pytest
 from openai import AsyncOpenAI, OpenAI
+from openai.types.responses import Response
 
 from tests.fixtures_procs import (
     Proxy,
     ProxyFactory,
     Sim,
-    _clean_env,
-    free_port,
+    closed_after_test,
     stop,
-    wait_until_up,
 )
 
 MODEL = "gpt-4o-mini"
@@ -39,24 +34,8 @@ TOOLS = [
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
     }
 ]
+# The shared proxies, by name: the `proxies` fixture of tests/e2e/conftest.py starts them.
 CONFIGS = {"default": (), "strict": ("--enforce", "strict")}
-
-
-@pytest.fixture(scope="module")
-def proxies(sim_process: Sim) -> Iterator[dict[str, Proxy]]:
-    started: dict[str, Proxy] = {}
-    try:
-        for name, flags in CONFIGS.items():
-            port = free_port()
-            argv = [sys.executable, "-m", "proxy", "serve", "--port", str(port)]
-            argv += ["--upstream", sim_process.v1, *flags]
-            started[name] = Proxy(port, subprocess.Popen(argv, env=_clean_env()), flags)
-        for proxy in started.values():
-            wait_until_up(proxy.url + "/healthz", proxy.proc)
-        yield started
-    finally:
-        for proxy in started.values():
-            stop(proxy.proc)
 
 
 @pytest.fixture
@@ -64,29 +43,16 @@ def proxy(proxies: dict[str, Proxy], sim: Sim) -> Proxy:
     return proxies["default"]
 
 
-@pytest.fixture
-def ns() -> str:
-    return "t-" + uuid.uuid4().hex
-
-
-_CLIENTS: list[OpenAI] = []
-
-
-@pytest.fixture(autouse=True)
-def close_clients() -> Iterator[None]:
-    """Close every client a test made, with its connections, even when the test failed."""
-    yield
-    while _CLIENTS:
-        _CLIENTS.pop().close()
-
-
 def client(proxy: Proxy, ns: str, key: str = "sk-resp") -> OpenAI:
     headers = {"X-Repro-Namespace": ns}
-    made = OpenAI(
-        base_url=proxy.v1, api_key=key, max_retries=0, timeout=10, default_headers=headers
+    return closed_after_test(
+        OpenAI(base_url=proxy.v1, api_key=key, max_retries=0, timeout=10, default_headers=headers)
     )
-    _CLIENTS.append(made)
-    return made
+
+
+def async_client(proxy: Proxy, ns: str) -> AsyncOpenAI:
+    headers = {"X-Repro-Namespace": ns}
+    return AsyncOpenAI(base_url=proxy.v1, api_key="sk-resp", max_retries=0, default_headers=headers)
 
 
 def post(proxy: Proxy, ns: str, body: dict[str, Any], **headers: str) -> httpx.Response:
@@ -123,12 +89,7 @@ def test_sync_create_is_a_miss_then_a_hit_with_the_same_response(
 
 
 async def test_async_create_is_a_miss_then_a_hit(proxy: Proxy, sim: Sim, ns: str) -> None:
-    async with AsyncOpenAI(
-        base_url=proxy.v1,
-        api_key="sk-resp",
-        max_retries=0,
-        default_headers={"X-Repro-Namespace": ns},
-    ) as sdk:
+    async with async_client(proxy, ns) as sdk:
         outcomes, texts = [], []
         for _ in range(2):
             raw = await sdk.responses.with_raw_response.create(model=MODEL, input=INPUT)
@@ -276,12 +237,7 @@ def test_a_forced_function_call_streams_and_replays(proxy: Proxy, sim: Sim, ns: 
 
 
 async def test_async_stream_is_a_miss_then_a_hit(proxy: Proxy, sim: Sim, ns: str) -> None:
-    async with AsyncOpenAI(
-        base_url=proxy.v1,
-        api_key="sk-resp",
-        max_retries=0,
-        default_headers={"X-Repro-Namespace": ns},
-    ) as sdk:
+    async with async_client(proxy, ns) as sdk:
         runs = []
         for _ in range(2):
             async with sdk.responses.with_streaming_response.create(
@@ -361,6 +317,12 @@ def recorded(start_proxy: ProxyFactory, redis_url: str, sim: Sim) -> tuple[Proxy
     return start_proxy(*shared), start_proxy(*shared, "--cache-mode", "replay")
 
 
+def created_for_replay(recorded: tuple[Proxy, Proxy], ns: str) -> tuple[Proxy, Response]:
+    """The replaying proxy, and a response created through the recording one."""
+    recorder, replayer = recorded
+    return replayer, client(recorder, ns).responses.create(model=MODEL, input=INPUT)
+
+
 def test_in_replay_a_fetch_by_id_is_served_from_the_cache(
     recorded: tuple[Proxy, Proxy], sim: Sim, ns: str
 ) -> None:
@@ -398,8 +360,7 @@ def test_in_replay_an_unknown_id_is_a_cache_miss(
 def test_another_tenant_or_namespace_cannot_fetch_a_response_by_its_id(
     recorded: tuple[Proxy, Proxy], sim: Sim, ns: str
 ) -> None:
-    recorder, replayer = recorded
-    created = client(recorder, ns).responses.create(model=MODEL, input=INPUT)
+    replayer, created = created_for_replay(recorded, ns)
     assert client(replayer, ns).responses.retrieve(created.id).id == created.id
     for intruder in (client(replayer, ns, key="sk-attacker"), client(replayer, ns + "-other")):
         with pytest.raises(openai.APIStatusError) as caught:
@@ -425,8 +386,7 @@ def test_a_hostile_id_in_replay_is_a_miss_and_reaches_nothing(
 def test_a_replay_of_a_recorded_response_never_reaches_the_upstream(
     recorded: tuple[Proxy, Proxy], sim: Sim, ns: str
 ) -> None:
-    recorder, replayer = recorded
-    first = client(recorder, ns).responses.create(model=MODEL, input=INPUT)
+    replayer, first = created_for_replay(recorded, ns)
     sent = len(sim.requests())
     again = client(replayer, ns).responses.with_raw_response.create(model=MODEL, input=INPUT)
     assert again.headers["X-Repro-Cache"] == "HIT"

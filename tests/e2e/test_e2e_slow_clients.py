@@ -5,22 +5,13 @@ from __future__ import annotations
 
 import resource
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import orjson
+import pytest
 
-from tests.fixtures_procs import (
-    Proxy,
-    ProxyFactory,
-    Sim,
-    _clean_env,
-    free_port,
-    stop,
-    wait_until_up,
-)
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim, running_proxy
 
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: proxy\r\n\r\n"
 
@@ -77,39 +68,46 @@ def dribble_until_closed(sock: socket.socket, data: bytes, every: float, within:
 SLOW_HEAD = b"GET /healthz HTTP/1.1\r\nHost: proxy\r\nX-Padding: " + b"a" * 200
 
 
+@pytest.fixture
+def short_heads(start_proxy: ProxyFactory) -> Proxy:
+    """A proxy that waits at most a second for a request's head."""
+    return start_proxy("--header-timeout", "1")
+
+
+def assert_slow_head_is_closed(sock: socket.socket) -> None:
+    took = dribble_until_closed(sock, SLOW_HEAD, every=0.05, within=6)
+    assert 0.8 < took < 3
+
+
+def assert_healthz_served(sock: socket.socket) -> None:
+    sock.sendall(HEALTHZ)
+    assert read_answer(sock).startswith(b"HTTP/1.1 200")
+
+
 def test_a_head_sent_a_byte_at_a_time_is_closed_once_the_header_timeout_passes(
-    start_proxy: ProxyFactory,
+    short_heads: Proxy,
 ) -> None:
-    proxy = start_proxy("--header-timeout", "1")
-    with connect(proxy) as sock:
-        took = dribble_until_closed(sock, SLOW_HEAD, every=0.05, within=6)
-    assert 0.8 < took < 3
+    with connect(short_heads) as sock:
+        assert_slow_head_is_closed(sock)
 
 
-def test_a_slow_second_head_on_a_kept_alive_connection_is_closed_too(
-    start_proxy: ProxyFactory,
-) -> None:
-    proxy = start_proxy("--header-timeout", "1")
-    with connect(proxy) as sock:
-        sock.sendall(HEALTHZ)
-        assert read_answer(sock).startswith(b"HTTP/1.1 200")
+def test_a_slow_second_head_on_a_kept_alive_connection_is_closed_too(short_heads: Proxy) -> None:
+    with connect(short_heads) as sock:
+        assert_healthz_served(sock)
         time.sleep(1.5)  # idle between requests is the keep-alive timeout's, not this one's
-        took = dribble_until_closed(sock, SLOW_HEAD, every=0.05, within=6)
-    assert 0.8 < took < 3
+        assert_slow_head_is_closed(sock)
 
 
 def test_a_head_in_pieces_within_the_timeout_and_an_idle_keepalive_are_served(
-    start_proxy: ProxyFactory,
+    short_heads: Proxy,
 ) -> None:
-    proxy = start_proxy("--header-timeout", "1")
-    with connect(proxy) as sock:
+    with connect(short_heads) as sock:
         for piece in (HEALTHZ[:10], HEALTHZ[10:20], HEALTHZ[20:]):
             sock.sendall(piece)
             time.sleep(0.2)
         assert read_answer(sock).startswith(b"HTTP/1.1 200")
         time.sleep(1.5)
-        sock.sendall(HEALTHZ)
-        assert read_answer(sock).startswith(b"HTTP/1.1 200")
+        assert_healthz_served(sock)
 
 
 def test_a_request_body_that_goes_silent_is_answered_408_after_the_body_timeout(
@@ -178,14 +176,5 @@ def test_the_soft_descriptor_limit_is_raised_to_the_hard_one_at_start(sim: Sim) 
     def lower() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
 
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy", "serve", "--port", str(port), "--upstream", sim.v1],
-        env=_clean_env(),
-        preexec_fn=lower,
-    )
-    try:
-        wait_until_up(f"http://127.0.0.1:{port}/healthz", proc)
-        assert _soft_nofile(proc.pid) == (hard, hard)
-    finally:
-        stop(proc)
+    with running_proxy(sim.v1, preexec_fn=lower) as proxy:
+        assert _soft_nofile(proxy.proc.pid) == (hard, hard)

@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import socket
 import socketserver
-import subprocess
-import sys
 import threading
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -30,10 +26,7 @@ from tests.fixtures_procs import (
     Proxy,
     ProxyFactory,
     Sim,
-    _clean_env,
-    free_port,
-    stop,
-    wait_until_up,
+    closed_after_test,
 )
 
 MODEL = "gpt-4o-mini"
@@ -55,6 +48,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "usage": {"stream_options": {"include_usage": True}},
     "tools": {"tools": TOOLS, "tool_choice": "required"},
 }
+# The shared proxies, by name: the `proxies` fixture of tests/e2e/conftest.py starts them.
 CONFIGS = {
     "default": (),
     "cancel": ("--stream-disconnect", "cancel"),
@@ -67,47 +61,12 @@ WAIT = 5.0
 # --- processes -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def proxies(sim_process: Sim) -> Iterator[dict[str, Proxy]]:
-    """One proxy per configuration, launched together so the module pays one start-up."""
-    started: dict[str, Proxy] = {}
-    try:
-        for name, flags in CONFIGS.items():
-            port = free_port()
-            argv = [sys.executable, "-m", "proxy", "serve", "--port", str(port)]
-            argv += ["--upstream", sim_process.v1, *flags]
-            started[name] = Proxy(port, subprocess.Popen(argv, env=_clean_env()), flags)
-        for proxy in started.values():
-            wait_until_up(proxy.url + "/healthz", proxy.proc)
-        yield started
-    finally:
-        for proxy in started.values():
-            stop(proxy.proc)
-
-
 @pytest.fixture
 def proxy(proxies: dict[str, Proxy], sim: Sim) -> Proxy:
     return proxies["default"]
 
 
-@pytest.fixture(autouse=True)
-def close_clients() -> Iterator[None]:
-    """Close every sync client a test made, with its connections, even when the test failed."""
-    yield
-    while _CLIENTS:
-        _CLIENTS.pop().close()
-
-
-@pytest.fixture
-def ns() -> str:
-    """A namespace of this test's own: a fresh, empty partition of the shared proxies' cache."""
-    return "t-" + uuid.uuid4().hex
-
-
 # --- helpers ---------------------------------------------------------------------------------
-
-
-_CLIENTS: list[OpenAI] = []
 
 
 def sync_client(proxy: Proxy, ns: str) -> OpenAI:
@@ -118,8 +77,7 @@ def sync_client(proxy: Proxy, ns: str) -> OpenAI:
         timeout=10,
         default_headers={"X-Repro-Namespace": ns},
     )
-    _CLIENTS.append(client)
-    return client
+    return closed_after_test(client)
 
 
 def async_client(proxy: Proxy, ns: str) -> AsyncOpenAI:

@@ -13,25 +13,16 @@ import orjson
 import pytest
 from openai import OpenAI
 
-from tests.fixtures_procs import Proxy, ProxyFactory, Sim, free_port
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim, free_port, run_cli
 
 TOKEN = "admin-secret"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 MESSAGES = [{"role": "user", "content": "Carry me over."}]
+SHARED = ("--admin-token", TOKEN, "--cache-scope", "shared")
 
 
 def cli(*args: str, token: str | None = TOKEN) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": "/usr/bin:/bin"}
-    if token is not None:
-        env["REPRO_ADMIN_TOKEN"] = token
-    return subprocess.run(
-        [sys.executable, "-m", "proxy", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=env,
-    )
+    return run_cli(*args, admin_token=token)
 
 
 def on_a_terminal(*args: str) -> str:
@@ -73,6 +64,12 @@ def traffic(proxy: Proxy, key: str) -> list[bytes]:
     return [chat.http_response.content, embedding.http_response.content]
 
 
+def recorded_source(start_proxy: ProxyFactory) -> tuple[Proxy, list[bytes]]:
+    """A proxy holding one tenant's answers in the shared scope, and those answers."""
+    source = start_proxy(*SHARED)
+    return source, traffic(source, "sk-alice")
+
+
 def offline() -> str:
     return f"http://127.0.0.1:{free_port()}/v1"
 
@@ -80,8 +77,7 @@ def offline() -> str:
 def test_a_memory_proxy_is_exported_and_another_one_replays_the_import(
     start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
 ) -> None:
-    source = start_proxy("--admin-token", TOKEN, "--cache-scope", "shared")
-    recorded = traffic(source, "sk-alice")
+    source, recorded = recorded_source(start_proxy)
     tape = tmp_path / "tape.jsonl"
     exported = cli("export", "--url", source.url, "--output", str(tape))
     assert exported.returncode == 0, exported.stderr
@@ -91,8 +87,7 @@ def test_a_memory_proxy_is_exported_and_another_one_replays_the_import(
     assert len(only_chat.stdout.splitlines()) == 1
     assert only_chat.stderr.strip() == "exported 1 answer"
 
-    flags = ("--admin-token", TOKEN, "--cache-scope", "shared", "--cache-mode", "replay")
-    target = start_proxy(*flags, upstream=offline())
+    target = start_proxy(*SHARED, "--cache-mode", "replay", upstream=offline())
     imported = cli("import", "--url", target.url, str(tape))
     assert imported.returncode == 0, imported.stderr
     assert imported.stderr.strip() == "imported 2 answers"
@@ -102,8 +97,7 @@ def test_a_memory_proxy_is_exported_and_another_one_replays_the_import(
 def test_an_import_into_a_per_key_proxy_is_for_the_key_named(
     start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
 ) -> None:
-    source = start_proxy("--admin-token", TOKEN, "--cache-scope", "shared")
-    recorded = traffic(source, "sk-alice")
+    source, recorded = recorded_source(start_proxy)
     tape = tmp_path / "tape.jsonl"
     assert cli("export", "--url", source.url, "-o", str(tape)).returncode == 0
     target = start_proxy("--admin-token", TOKEN, "--cache-mode", "replay", upstream=offline())
@@ -138,10 +132,9 @@ def stored(proxy: Proxy) -> int:
 def test_a_hostile_import_is_refused_whole(
     start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
 ) -> None:
-    source = start_proxy("--admin-token", TOKEN, "--cache-scope", "shared")
-    traffic(source, "sk-alice")
+    source, _ = recorded_source(start_proxy)
     good = httpx.get(source.url + "/admin/export", headers=ADMIN, timeout=5).content
-    target = start_proxy("--admin-token", TOKEN, "--cache-scope", "shared", "--max-body", "4KiB")
+    target = start_proxy(*SHARED, "--max-body", "4KiB")
     url = target.url + "/admin/import"
 
     huge = httpx.post(url, content=b"{" * (64 * 1024), headers=ADMIN, timeout=10)
@@ -222,13 +215,12 @@ def test_admin_commands_draw_tables_on_a_terminal_and_print_json_when_asked(
 def test_an_export_keeps_each_answer_on_its_line_whatever_characters_it_holds(
     start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
 ) -> None:
-    proxy = start_proxy("--admin-token", TOKEN, "--cache-scope", "shared")
-    traffic(proxy, "sk-alice")
+    proxy, _ = recorded_source(start_proxy)
     exported = httpx.get(proxy.url + "/admin/export", headers=ADMIN, timeout=5).content
     records = [orjson.loads(line) for line in exported.splitlines()]
     for record in records:
         record["body"] += "\u2028\u2029\x85\r"  # line breaks to str.splitlines, not to JSONL
-    target = start_proxy("--admin-token", TOKEN, "--cache-scope", "shared")
+    target = start_proxy(*SHARED)
     body = b"".join(orjson.dumps(record) + b"\n" for record in records)
     assert httpx.post(target.url + "/admin/import", content=body, headers=ADMIN).status_code == 200
     tape = tmp_path / "tape.jsonl"

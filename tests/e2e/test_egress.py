@@ -44,6 +44,21 @@ def client_cert(tmp_path: Path, ca: Authority) -> Issued:
     return ca.issue(tmp_path, "client", server=False)
 
 
+@pytest.fixture
+def tls_upstream(server_cert: Issued) -> Iterator[Upstream]:
+    """An HTTPS upstream whose certificate the test's CA signed."""
+    with Upstream(tls=server_tls(server_cert)) as upstream:
+        yield upstream
+
+
+def start_trusting(
+    start_proxy: ProxyFactory, ca: Authority, upstream: Upstream, *flags: str, **env: str
+) -> Proxy:
+    """A proxy for the HTTPS `upstream` that trusts the test's CA, with `env` (the forward-proxy
+    variables) for its process."""
+    return start_proxy("--upstream-ca", str(ca.pem), *flags, upstream=upstream.v1, env=env)
+
+
 def chat(proxy: Proxy, content: str) -> httpx.Response:
     """One chat completion through the proxy; never through a proxy of the test machine."""
     body = {"model": "gpt-egress", "messages": [{"role": "user", "content": content}]}
@@ -103,49 +118,31 @@ class TestForwardProxyVariables:
         start_proxy: ProxyFactory,
         tinyproxy: Tinyproxy,
         ca: Authority,
-        server_cert: Issued,
+        tls_upstream: Upstream,
     ) -> None:
-        with Upstream(tls=server_tls(server_cert)) as upstream:
-            proxy = start_proxy(
-                "--upstream-ca",
-                str(ca.pem),
-                upstream=upstream.v1,
-                env={"HTTPS_PROXY": tinyproxy.url},
-            )
-            response = chat(proxy, "inside the tunnel")
-            assert response.status_code == 200
-            assert "inside the tunnel" in answer(response)
-            assert upstream.requests == 1
-        assert tinyproxy.requests() == [f"CONNECT 127.0.0.1:{upstream.port} HTTP/1.1"]
+        proxy = start_trusting(start_proxy, ca, tls_upstream, HTTPS_PROXY=tinyproxy.url)
+        response = chat(proxy, "inside the tunnel")
+        assert response.status_code == 200
+        assert "inside the tunnel" in answer(response)
+        assert tls_upstream.requests == 1
+        assert tinyproxy.requests() == [f"CONNECT 127.0.0.1:{tls_upstream.port} HTTP/1.1"]
 
     def test_credentials_in_the_proxy_url_open_a_forward_proxy_that_wants_them(
-        self, start_proxy: ProxyFactory, tmp_path: Path, ca: Authority, server_cert: Issued
+        self, start_proxy: ProxyFactory, tmp_path: Path, ca: Authority, tls_upstream: Upstream
     ) -> None:
-        with (
-            Tinyproxy(tmp_path, login=("egress", "s3cret")) as forward,
-            Upstream(tls=server_tls(server_cert)) as upstream,
-        ):
-            proxy = start_proxy(
-                "--upstream-ca",
-                str(ca.pem),
-                upstream=upstream.v1,
-                env={"HTTPS_PROXY": f"http://egress:s3cret@127.0.0.1:{forward.port}"},
-            )
+        with Tinyproxy(tmp_path, login=("egress", "s3cret")) as forward:
+            with_login = f"http://egress:s3cret@127.0.0.1:{forward.port}"
+            proxy = start_trusting(start_proxy, ca, tls_upstream, HTTPS_PROXY=with_login)
             assert chat(proxy, "with proxy credentials").status_code == 200
-            assert upstream.requests == 1
+            assert tls_upstream.requests == 1
 
     def test_a_forward_proxy_refusing_the_tunnel_is_a_502_naming_the_forward_proxy(
-        self, start_proxy: ProxyFactory, tmp_path: Path, ca: Authority, server_cert: Issued
+        self, start_proxy: ProxyFactory, tmp_path: Path, ca: Authority, tls_upstream: Upstream
     ) -> None:
-        with (
-            Tinyproxy(tmp_path, login=("egress", "s3cret")) as forward,
-            Upstream(tls=server_tls(server_cert)) as upstream,
-        ):
-            proxy = start_proxy(
-                "--upstream-ca", str(ca.pem), upstream=upstream.v1, env={"HTTPS_PROXY": forward.url}
-            )
+        with Tinyproxy(tmp_path, login=("egress", "s3cret")) as forward:
+            proxy = start_trusting(start_proxy, ca, tls_upstream, HTTPS_PROXY=forward.url)
             assert_unreachable(chat(proxy, "no proxy credentials"), "forward proxy refused: 407")
-            assert upstream.requests == 0
+            assert tls_upstream.requests == 0
 
     def test_an_unreachable_forward_proxy_is_a_502_that_does_not_show_its_password(
         self, start_proxy: ProxyFactory
@@ -161,16 +158,10 @@ class TestForwardProxyVariables:
         start_proxy: ProxyFactory,
         tinyproxy: Tinyproxy,
         ca: Authority,
-        server_cert: Issued,
+        tls_upstream: Upstream,
     ) -> None:
-        with Upstream(tls=server_tls(server_cert)) as upstream:
-            proxy = start_proxy(
-                "--upstream-ca",
-                str(ca.pem),
-                upstream=upstream.v1,
-                env={"HTTP_PROXY": tinyproxy.url},
-            )
-            assert chat(proxy, "direct over TLS").status_code == 200
+        proxy = start_trusting(start_proxy, ca, tls_upstream, HTTP_PROXY=tinyproxy.url)
+        assert chat(proxy, "direct over TLS").status_code == 200
         assert tinyproxy.requests() == []
 
 
@@ -200,11 +191,12 @@ class TestUpstreamCa:
         system = Authority.create(tmp_path, "system-ca")
         public = system.issue(tmp_path, "public-upstream", server=True)
         with Upstream(tls=server_tls(public)) as upstream:
-            proxy = start_proxy(
-                "--upstream-ca",
-                str(ca.pem),
-                upstream=upstream.v1,
-                env={"SSL_CERT_FILE": str(system.pem), "SSL_CERT_DIR": str(tmp_path / "none")},
+            proxy = start_trusting(
+                start_proxy,
+                ca,
+                upstream,
+                SSL_CERT_FILE=str(system.pem),
+                SSL_CERT_DIR=str(tmp_path / "none"),
             )
             response = chat(proxy, "signed by the system store")
             assert response.status_code == 200
@@ -227,7 +219,7 @@ class TestClientCertificate:
         self, start_proxy: ProxyFactory, ca: Authority, server_cert: Issued
     ) -> None:
         with Upstream(tls=server_tls(server_cert, client_ca=ca.pem)) as upstream:
-            proxy = start_proxy("--upstream-ca", str(ca.pem), upstream=upstream.v1)
+            proxy = start_trusting(start_proxy, ca, upstream)
             response = chat(proxy, "no identity")
             assert response.status_code == 502
             assert response.json()["error"]["code"] == "upstream_unreachable"
@@ -237,14 +229,14 @@ class TestClientCertificate:
         self, start_proxy: ProxyFactory, ca: Authority, server_cert: Issued, client_cert: Issued
     ) -> None:
         with Upstream(tls=server_tls(server_cert, client_ca=ca.pem)) as upstream:
-            proxy = start_proxy(
-                "--upstream-ca",
-                str(ca.pem),
+            proxy = start_trusting(
+                start_proxy,
+                ca,
+                upstream,
                 "--upstream-cert",
                 str(client_cert.cert),
                 "--upstream-key",
                 str(client_cert.key),
-                upstream=upstream.v1,
             )
             response = chat(proxy, "with identity")
             assert response.status_code == 200

@@ -13,11 +13,9 @@ store may take that plus a margin, never more), every wait is bounded, outcomes 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -29,7 +27,6 @@ import httpx
 import orjson
 import pytest
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.procs import wait_until
 from proxy.core.codec import Codec
@@ -38,12 +35,19 @@ from tests.fixtures_procs import (
     Proxy,
     ProxyFactory,
     Sim,
-    _clean_env,
     free_port,
+    launch_proxy,
+    running_proxy,
     stop,
-    wait_until_up,
+    wait_up,
 )
-from tests.fixtures_redis import RedisServer, _create_cluster, running_redis
+from tests.fixtures_redis import (
+    RedisServer,
+    _answers_ping,
+    _binary,
+    _create_cluster,
+    running_redis,
+)
 
 MODEL = "gpt-4o-mini"
 ROUTE = "/v1/chat/completions"
@@ -166,15 +170,6 @@ def assert_ready(proxy: Proxy) -> None:
     assert (status, payload) == (200, {"status": "ok"})
 
 
-def store_errors(proxy: Proxy) -> dict[str, float]:
-    return {
-        sample.labels["op"]: sample.value
-        for family in text_string_to_metric_families(proxy.metrics())
-        for sample in family.samples
-        if sample.name == "repro_store_errors_total"
-    }
-
-
 def entry_name(key: str) -> str:
     return f"repro:e:{{{key}}}"
 
@@ -220,26 +215,11 @@ def warm(proxy: Proxy, prompt: str) -> Answer:
     return miss
 
 
-def _redis_binary() -> str:
-    path = shutil.which("redis-server")
-    if path is None:
-        pytest.fail("redis-server not found on PATH: install Redis (apt-get install redis-server)")
-    return path
-
-
 def _listening(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return True
     except OSError:
-        return False
-
-
-def _pings(port: int) -> bool:
-    try:
-        with redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5) as client:
-            return bool(client.ping())
-    except redis.RedisError:
         return False
 
 
@@ -254,11 +234,13 @@ class OwnRedis:
 
     def start(self) -> OwnRedis:
         self.directory.mkdir(parents=True, exist_ok=True)
-        command = [_redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1"]
+        command = [_binary("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1"]
         command += ["--save", "", "--appendonly", "no", "--dir", str(self.directory)]
         self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         proc = self.proc
-        wait_until(lambda: proc.poll() is None and _pings(self.port), f"redis on {self.port}", 10)
+        wait_until(
+            lambda: proc.poll() is None and _answers_ping(self.port), f"redis on {self.port}", 10
+        )
         return self
 
     @property
@@ -318,24 +300,20 @@ class LoggedProxy:
 @pytest.fixture
 def start_logged_proxy(sim: Sim, tmp_path: Path) -> Iterator[Callable[..., LoggedProxy]]:
     """`repro-proxy serve` like `start_proxy`, with its stderr (the JSON log) kept in a file."""
-    started: list[subprocess.Popen[bytes]] = []
+    started: list[Proxy] = []
 
     def start(*flags: str) -> LoggedProxy:
-        port = free_port()
-        log = tmp_path / f"proxy-{port}.log"
-        argv = [sys.executable, "-m", "proxy", "serve", "--port", str(port)]
-        argv += ["--upstream", sim.v1, *flags]
+        log = tmp_path / f"proxy-{len(started)}.log"
         with log.open("wb") as sink:
-            proc = subprocess.Popen(argv, env=_clean_env(), stderr=sink)
-        started.append(proc)
-        wait_until_up(f"http://127.0.0.1:{port}/healthz", proc)
-        return LoggedProxy(Proxy(port, proc, flags), log)
+            proxy = launch_proxy(sim.v1, *flags, stderr=sink)
+        started.append(proxy)
+        return LoggedProxy(wait_up(proxy), log)
 
     try:
         yield start
     finally:
-        for proc in started:
-            stop(proc)
+        for proxy in started:
+            stop(proxy.proc)
 
 
 # --- 1. a frozen Redis (SIGSTOP) --------------------------------------------------------------
@@ -349,7 +327,7 @@ def test_frozen_redis_costs_one_store_timeout_then_nothing_and_recovers(
         stored = warm(proxy, "warm before the freeze")
         key = stored.headers["X-Repro-Key"]
         assert stored_bodies(server.port, key) == {FP: stored.content}
-        assert store_errors(proxy) == {}
+        assert proxy.store_errors() == {}
         sim_calls = len(sim.llm_requests())
 
         server.signal(signal.SIGSTOP)
@@ -372,7 +350,7 @@ def test_frozen_redis_costs_one_store_timeout_then_nothing_and_recovers(
             assert len(sim.llm_requests()) == sim_calls + 7
             # Per request: the lookup's fingerprint read, the fresh answer's fingerprint and
             # its write fail (timed out once, then skipped by the open circuit).
-            assert store_errors(proxy) == {"get": 7.0, "fingerprint": 7.0, "put": 7.0}
+            assert proxy.store_errors() == {"get": 7.0, "fingerprint": 7.0, "put": 7.0}
             reason = assert_unready(proxy)
             assert "0.5" in reason
             assert http().get(proxy.url + "/healthz").status_code == 200
@@ -443,7 +421,7 @@ def test_redis_killed_and_restarted_on_the_same_port(
             assert answer.took < SLOW_BOUND
             assert same_answer(answer.content, stored.content)
         assert sum(a.took for a in down) < SLOW_BOUND  # refused connections fail fast
-        assert store_errors(proxy) == {"get": 5.0, "fingerprint": 5.0, "put": 5.0}
+        assert proxy.store_errors() == {"get": 5.0, "fingerprint": 5.0, "put": 5.0}
         assert_unready(proxy)
 
         server.start()  # same port, no data
@@ -472,7 +450,7 @@ def test_proxy_starts_and_serves_with_redis_down_then_uses_it_once_it_is_up(
             assert answer.took < SLOW_BOUND
         assert same_answer(down[0].content, down[2].content)
         assert len(sim.llm_requests()) == 3
-        assert store_errors(proxy) == {"get": 3.0, "fingerprint": 3.0, "put": 3.0}
+        assert proxy.store_errors() == {"get": 3.0, "fingerprint": 3.0, "put": 3.0}
 
         server.start()
         answers = recover(proxy, "served without a store")
@@ -533,7 +511,7 @@ def test_network_faults_between_proxy_and_redis(
             assert answers[0].took < (FAST_BOUND if mode == "cut" else SLOW_BOUND), (mode, took)
             assert all(t < FAST_BOUND for t in took[1:]), (mode, took)
             fingerprint_errors, put_errors = fingerprint_errors + 6, put_errors + 6
-            assert store_errors(proxy) == {
+            assert proxy.store_errors() == {
                 "get": put_errors,
                 "fingerprint": fingerprint_errors,
                 "put": put_errors,
@@ -627,15 +605,8 @@ def test_cluster_losing_a_master_serves_nothing_wrong(
 def upstream_proxy(sim_process: Sim) -> Iterator[Proxy]:
     """One memory-store proxy for the upstream-fault tests (each asks its own questions), with
     a 1 s upstream timeout; the `sim` fixture still resets the sim's faults for each test."""
-    port = free_port()
-    flags = ("--upstream-timeout", "1")
-    argv = [sys.executable, "-m", "proxy", "serve", "--port", str(port)]
-    proc = subprocess.Popen([*argv, "--upstream", sim_process.v1, *flags], env=_clean_env())
-    try:
-        wait_until_up(f"http://127.0.0.1:{port}/healthz", proc)
-        yield Proxy(port, proc, flags)
-    finally:
-        stop(proc)
+    with running_proxy(sim_process.v1, "--upstream-timeout", "1") as proxy:
+        yield proxy
 
 
 def assert_error(answer: Answer, status: int, code: str) -> None:
@@ -650,17 +621,26 @@ def assert_not_stored(proxy: Proxy, prompt: str) -> None:
     assert_error(cached, 504, "cache_miss")
 
 
+def assert_failed_once_unstored(
+    proxy: Proxy, sim: Sim, kind: str, prompt: str, status: int, code: str
+) -> Answer:
+    """The upstream's one fault of `kind` is the client's error `code`, after exactly one
+    upstream call, and nothing was stored."""
+    sim.fault(kind=kind, count=1)
+    answer = ask(proxy, prompt)
+    assert_error(answer, status, code)
+    assert len(sim.llm_requests()) == 1
+    assert_not_stored(proxy, prompt)
+    assert len(sim.llm_requests()) == 1
+    return answer
+
+
 def test_hanging_upstream_is_a_504_within_the_upstream_timeout(
     upstream_proxy: Proxy, sim: Sim
 ) -> None:
     proxy = upstream_proxy
-    sim.fault(kind="hang", count=1)
-    answer = ask(proxy, "hang")
-    assert_error(answer, 504, "upstream_timeout")
+    answer = assert_failed_once_unstored(proxy, sim, "hang", "hang", 504, "upstream_timeout")
     assert 0.9 <= answer.took < 1 + 1.5
-    assert len(sim.llm_requests()) == 1
-    assert_not_stored(proxy, "hang")
-    assert len(sim.llm_requests()) == 1
     fine = ask(proxy, "hang")
     assert (fine.status, fine.cache) == (200, "MISS")
     assert len(sim.llm_requests()) == 2
@@ -668,11 +648,7 @@ def test_hanging_upstream_is_a_504_within_the_upstream_timeout(
 
 def test_dropped_connection_is_a_502_and_not_retried(upstream_proxy: Proxy, sim: Sim) -> None:
     proxy = upstream_proxy
-    sim.fault(kind="drop", count=1)
-    answer = ask(proxy, "drop")
-    assert_error(answer, 502, "upstream_unreachable")
-    assert len(sim.llm_requests()) == 1
-    assert_not_stored(proxy, "drop")
+    assert_failed_once_unstored(proxy, sim, "drop", "drop", 502, "upstream_unreachable")
     fine = ask(proxy, "drop")
     assert (fine.status, fine.cache) == (200, "MISS")
     assert len(sim.llm_requests()) == 2
@@ -680,11 +656,7 @@ def test_dropped_connection_is_a_502_and_not_retried(upstream_proxy: Proxy, sim:
 
 def test_truncated_body_is_a_502_and_never_stored(upstream_proxy: Proxy, sim: Sim) -> None:
     proxy = upstream_proxy
-    sim.fault(kind="cut", count=1)
-    answer = ask(proxy, "cut me")
-    assert_error(answer, 502, "upstream_unreachable")
-    assert len(sim.llm_requests()) == 1
-    assert_not_stored(proxy, "cut me")
+    assert_failed_once_unstored(proxy, sim, "cut", "cut me", 502, "upstream_unreachable")
     fine = [ask(proxy, "cut me") for _ in range(2)]
     assert [a.cache for a in fine] == ["MISS", "HIT"]
     assert fine[1].content == fine[0].content

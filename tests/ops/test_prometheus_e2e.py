@@ -22,7 +22,7 @@ import pytest
 import yaml
 from openai import OpenAI
 
-from tests.fixtures_procs import Proxy, ProxyFactory, Sim, free_port
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim, free_port, stop
 from tests.ops.test_deploy import RULE_FILES, exported_series
 
 MODEL = "gpt-4o-mini"
@@ -105,12 +105,7 @@ def start_prometheus(tmp_path: Path) -> Iterator[Callable[[Proxy], Prometheus]]:
         yield start
     finally:
         for proc in started:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+            stop(proc)
 
 
 def _ready(prometheus: Prometheus) -> bool:
