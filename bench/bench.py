@@ -65,6 +65,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -938,7 +939,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 cwd=install.root,
             )
         up = ["--upstream", sim.url]
-        serve = [py, "-m", "proxy", "serve"]
+        serve = [py, "-m", "proxy", "serve", *shlex.split(args.proxy_args)]
         mem = start("proxy memory://", "proxy", [*serve, "--port", str(ports["mem"]), *up], "mem")
         red = start(
             "proxy redis://",
@@ -1119,6 +1120,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             "wrk": wrk_version,
             "threads": args.threads,
             "connections": args.connections,
+            "proxy_args": args.proxy_args,
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "machine": platform.machine(),
@@ -1161,7 +1163,8 @@ def table(result: dict[str, Any]) -> str:
         f"repro-proxy bench ({result['mode']}): wrk {config['threads']} thread, "
         f"{config['connections']} connections, {config['duration_s']} s per run "
         f"(after {config['warmup_s']} s warm-up), {config['cpus']} CPUs, "
-        f"Python {config['python']}; many keys = {config['many_keys']} bodies",
+        f"Python {config['python']}; many keys = {config['many_keys']} bodies"
+        + (f"; proxies started with {config['proxy_args']}" if config.get("proxy_args") else ""),
         "load average (1 min) {:.1f} before the run{}".format(
             config["load_average_before"][0],
             ": other processes share the CPUs, figures are noisy"
@@ -1360,6 +1363,12 @@ def main() -> int:
         "--profile", type=Path, help="py-spy the proxy during its runs; collapsed stacks here"
     )
     parser.add_argument("--keep-logs", type=Path, help="keep the processes' logs in this folder")
+    parser.add_argument(
+        "--proxy-args",
+        default="",
+        help="more options for every proxy the bench starts, as one string, to see what a "
+        "setting costs (for example --proxy-args '--compression 0')",
+    )
     parser.add_argument(
         "--gateway",
         action="store_true",
