@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -28,7 +29,12 @@ from proxy.server.context import EntryMemo, Services
 from proxy.store.base import Labels, StoreError, Write
 from proxy.store.guard import CircuitOpen
 from proxy.upstream.client import UpstreamResponse
-from proxy.upstream.headers import REQUEST_SKIP, request_headers, response_headers
+from proxy.upstream.headers import (
+    REQUEST_SKIP,
+    Headers,
+    request_headers,
+    response_headers,
+)
 
 log = logging.getLogger("proxy.cache")
 
@@ -212,6 +218,7 @@ async def forward(
         data = await upstream.read(services.settings.max_entry)
     finally:
         upstream.release()
+    call = as_upstream_allows(services, call, upstream.headers)
     headers = response_headers(upstream.headers, decoded=True)
     status, content_type = upstream.status, upstream.headers.get("Content-Type", "")
     fingerprint = None
@@ -225,6 +232,23 @@ async def forward(
         await record(services, call, answer, lease)
     headers.update(repro_headers(call, call.plan.outcome, fingerprint))
     return web.Response(status=status, body=data, headers=headers)
+
+
+def as_upstream_allows(services: Services, call: Call, headers: Headers) -> Call:
+    """`call`, not stored when the upstream's answer says it must not be (see
+    `policy.refused_by_upstream`). The credential headers count as keyed only where they
+    partition the cache (`--cache-scope key`)."""
+    if not call.plan.store:
+        return call
+    shared = services.settings.cache_scope is policy.CacheScope.SHARED
+    keyed = frozenset(() if shared else services.credential_names)
+    reason = policy.refused_by_upstream(
+        headers.getall("Cache-Control", ()), headers.getall("Vary", ()), keyed
+    )
+    if reason is None:
+        return call
+    log.info("answer not stored: the upstream forbids it", extra={"key": call.key, "by": reason})
+    return replace(call, plan=replace(call.plan, store=False))
 
 
 def _json_object(data: bytes) -> dict[str, Any] | None:

@@ -1,0 +1,143 @@
+"""Inputs the cache key does not cover, against a real proxy process and an upstream written
+for the attack (tests/hostile.py): an answer the upstream says depends on something else than
+the body and the caller's key, or says may not be stored, must never reach another caller."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import orjson
+import pytest
+
+from tests.fixtures_procs import ProxyFactory
+from tests.hostile import Received, Scripted, Writer, http_answer
+
+AUTH = {"Authorization": "Bearer sk-victim", "Content-Type": "application/json"}
+CHAT = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+STREAM = orjson.dumps(
+    {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+)
+
+
+def whose(request: Received) -> str:
+    """What in the request this upstream's answer depends on besides the body."""
+    return request.headers.get("openai-organization", "none")
+
+
+def completion(content: str) -> bytes:
+    return orjson.dumps(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "model": "gpt-4o-mini",
+            "system_fingerprint": "fp_hostile",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": "stop",
+                }
+            ],
+        }
+    )
+
+
+def frames(content: str) -> bytes:
+    chunk = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "model": "gpt-4o-mini",
+        "system_fingerprint": "fp_hostile",
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": "stop"}],
+    }
+    return b"data: " + orjson.dumps(chunk) + b"\n\ndata: [DONE]\n\n"
+
+
+def answering_with(*extra: str) -> Writer:
+    """An upstream whose answer names the caller's organization, sent with `extra` headers."""
+
+    async def write(writer: asyncio.StreamWriter, request: Received) -> None:
+        if b'"stream":true' in request.body:
+            body, kind = frames(whose(request)), "text/event-stream"
+        else:
+            body, kind = completion(whose(request)), "application/json"
+        writer.write(http_answer(body, f"Content-Type: {kind}", *extra))
+        await writer.drain()
+
+    return write
+
+
+def content_of(response: httpx.Response) -> str:
+    if response.headers["content-type"].startswith("text/event-stream"):
+        first = response.text.split("\n\n")[0].removeprefix("data: ")
+        return str(orjson.loads(first)["choices"][0]["delta"]["content"])
+    return str(response.json()["choices"][0]["message"]["content"])
+
+
+def ask_as(proxy_v1: str, organization: str, body: bytes) -> httpx.Response:
+    headers = {**AUTH, "OpenAI-Organization": organization}
+    return httpx.post(proxy_v1 + "/chat/completions", content=body, headers=headers, timeout=10)
+
+
+REFUSING = [
+    ("Vary: OpenAI-Organization",),
+    ("Vary: Accept-Encoding, openai-organization",),
+    ("Vary: *",),
+    ("Cache-Control: private",),
+    ("Cache-Control: no-store",),
+    ("Cache-Control: max-age=0, No-Store",),
+]
+
+
+@pytest.mark.parametrize("body", [CHAT, STREAM], ids=["whole", "stream"])
+@pytest.mark.parametrize("extra", REFUSING, ids=[h[0] for h in REFUSING])
+def test_an_answer_the_upstream_varies_or_forbids_storing_is_never_served_to_another_request(
+    start_proxy: ProxyFactory, extra: tuple[str, ...], body: bytes
+) -> None:
+    """As Varnish and nginx read them: `Vary` naming a header the key does not cover, or
+    `Cache-Control: no-store` / `private`, means the answer is not stored, so one
+    organization's answer is never a HIT for another one sending the same body."""
+    with Scripted(answering_with(*extra)) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        first = ask_as(proxy.v1, "org-victim", body)
+        second = ask_as(proxy.v1, "org-attacker", body)
+        again = ask_as(proxy.v1, "org-victim", body)
+    assert content_of(first) == "org-victim"
+    assert content_of(second) == "org-attacker"
+    assert content_of(again) == "org-victim"
+    assert [r.headers["x-repro-cache"] for r in (first, second, again)] == ["MISS"] * 3
+    assert len(upstream.received) == 3
+
+
+ALLOWING = [
+    ("Cache-Control: no-cache, must-revalidate",),  # what Azure OpenAI sends
+    ("Vary: Accept-Encoding",),  # the proxy asks with its own and stores the answer decoded
+    ("Vary: Authorization, api-key",),  # the caller's key partitions the cache
+]
+
+
+@pytest.mark.parametrize("extra", ALLOWING, ids=[h[0] for h in ALLOWING])
+def test_an_answer_varying_only_by_what_the_key_covers_is_still_stored(
+    start_proxy: ProxyFactory, extra: tuple[str, ...]
+) -> None:
+    with Scripted(answering_with(*extra)) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        first = ask_as(proxy.v1, "org-one", CHAT)
+        second = ask_as(proxy.v1, "org-one", CHAT)
+    assert [first.headers["x-repro-cache"], second.headers["x-repro-cache"]] == ["MISS", "HIT"]
+    assert second.content == first.content
+    assert len(upstream.received) == 1
+
+
+def test_in_shared_scope_an_answer_varying_by_the_callers_key_is_not_stored(
+    start_proxy: ProxyFactory,
+) -> None:
+    """One cache for all keys covers no key: `Vary: Authorization` then says the next caller
+    could get another answer."""
+    with Scripted(answering_with("Vary: Authorization")) as upstream:
+        proxy = start_proxy("--cache-scope", "shared", upstream=upstream.v1)
+        first = ask_as(proxy.v1, "org-one", CHAT)
+        second = ask_as(proxy.v1, "org-one", CHAT)
+    assert [first.headers["x-repro-cache"], second.headers["x-repro-cache"]] == ["MISS", "MISS"]
+    assert len([r for r in upstream.received if "chat" in r.request_line]) == 2
