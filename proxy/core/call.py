@@ -54,6 +54,12 @@ class Call:
     stale_if_error: int  # seconds; 0 = never serve stale
     stream: bool
 
+    @property
+    def target(self) -> str:
+        """The path and query the upstream receives: exactly the ones the key names, so that
+        no spelling of the path (`%63ompletions`) reaches a resource the key does not name."""
+        return self.route + "?" + self.query if self.query else self.route
+
 
 class Asked(NamedTuple):
     """Everything of a request that `prepare` reads, and so the key of its memo."""

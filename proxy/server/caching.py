@@ -201,7 +201,7 @@ async def call_upstream(services: Services, request: web.Request, call: Call) ->
     started = services.clock()
     try:
         upstream = await services.upstream.send(
-            "POST", request.path_qs, upstream_headers(request), call.body, whole=not call.stream
+            "POST", call.target, upstream_headers(request), call.body, whole=not call.stream
         )
     except UpstreamError as exc:
         observe_upstream(services, call.route, exc.status, started)

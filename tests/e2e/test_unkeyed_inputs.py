@@ -141,3 +141,42 @@ def test_in_shared_scope_an_answer_varying_by_the_callers_key_is_not_stored(
         second = ask_as(proxy.v1, "org-one", CHAT)
     assert [first.headers["x-repro-cache"], second.headers["x-repro-cache"]] == ["MISS", "MISS"]
     assert len([r for r in upstream.received if "chat" in r.request_line]) == 2
+
+
+async def routes_by_exact_path(writer: asyncio.StreamWriter, request: Received) -> None:
+    """Matches paths as sent, without decoding them (as Express does), and hands anything it
+    does not know to another backend that answers 200 too."""
+    target = request.request_line.split(" ")[1]
+    path = target.partition("?")[0]
+    backend = "chat" if path == "/v1/chat/completions" else "catch-all"
+    writer.write(http_answer(completion(backend), "Content-Type: application/json"))
+    await writer.drain()
+
+
+@pytest.mark.parametrize(
+    "spelling", ["/v1/chat/%63ompletions", "/v1/%63hat/completions", "/v1/chat/completion%73"]
+)
+def test_the_upstream_receives_the_very_path_the_key_names_however_the_client_spelled_it(
+    start_proxy: ProxyFactory, spelling: str
+) -> None:
+    """The router reads `%63ompletions` as `completions`, and so does the key: an upstream
+    that does not must still get the path the key names, or an attacker's request would store
+    another resource's answer under everyone's key for the plain path."""
+    with Scripted(routes_by_exact_path) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        with httpx.Client(timeout=10) as client:
+            poison = client.send(
+                client.build_request(
+                    "POST",
+                    proxy.url + "/v1/chat/completions",
+                    content=CHAT,
+                    headers=AUTH,
+                    extensions={"target": (spelling + "?q=a%26b").encode()},
+                )
+            )
+        victim = httpx.post(proxy.v1 + "/chat/completions?q=a%26b", content=CHAT, headers=AUTH)
+    assert content_of(poison) == "chat"
+    assert content_of(victim) == "chat"
+    assert victim.headers["x-repro-key"] == poison.headers["x-repro-key"]
+    lines = [r.request_line for r in upstream.received]
+    assert lines == ["POST /v1/chat/completions?q=a%26b HTTP/1.1"]
