@@ -96,7 +96,7 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
     route, raw = asked.route, asked.raw
     body = canonical.parse_body(raw)
     if settings.enforce is policy.Enforce.OFF:
-        canonical.reject_duplicate_keys(raw)
+        canonical.reject_ambiguous(raw)
     seeded = policy.enforce(body, route, settings.enforce, settings.default_seed)
     scope = policy.SHARED if settings.cache_scope is policy.CacheScope.SHARED else tenant
     namespace = checked_namespace(asked.namespace)

@@ -180,3 +180,36 @@ def test_the_upstream_receives_the_very_path_the_key_names_however_the_client_sp
     assert victim.headers["x-repro-key"] == poison.headers["x-repro-key"]
     lines = [r.request_line for r in upstream.received]
     assert lines == ["POST /v1/chat/completions?q=a%26b HTTP/1.1"]
+
+
+async def echo_max_tokens(writer: asyncio.StreamWriter, request: Received) -> None:
+    """Answers with the max_tokens it read, as Python's parser reads it: exactly."""
+    import json
+
+    asked = json.loads(request.body).get("max_tokens")
+    writer.write(http_answer(completion(str(asked)), "Content-Type: application/json"))
+    await writer.drain()
+
+
+def test_two_integers_beyond_64_bits_never_share_a_key_when_bodies_are_forwarded_as_is(
+    start_proxy: ProxyFactory,
+) -> None:
+    """The key reads an integer beyond 64 bits as the nearest double; with `--enforce off`
+    the upstream reads the bytes as sent, maybe exactly: 2^64 and 2^64 + 1 would share a key,
+    the second caller getting the first one's answer. Both are refused with OpenAI's 400
+    before the upstream is asked; 2^64 - 1 still goes through exactly."""
+
+    def ask(number: int) -> httpx.Response:
+        body = b'{"model": "m", "messages": [], "max_tokens": ' + str(number).encode() + b"}"
+        return httpx.post(proxy.v1 + "/chat/completions", content=body, headers=AUTH, timeout=10)
+
+    with Scripted(echo_max_tokens) as upstream:
+        proxy = start_proxy("--enforce", "off", upstream=upstream.v1)
+        wide = [ask(2**64), ask(2**64 + 1), ask(-(2**63) - 1)]
+        widest = ask(2**64 - 1)
+    assert [r.status_code for r in wide] == [400, 400, 400]
+    assert {r.json()["error"]["code"] for r in wide} == {"invalid_json"}
+    assert "beyond 64 bits" in wide[1].json()["error"]["message"]
+    assert widest.status_code == 200
+    assert content_of(widest) == str(2**64 - 1)
+    assert len(upstream.received) == 1
