@@ -213,3 +213,41 @@ def test_two_integers_beyond_64_bits_never_share_a_key_when_bodies_are_forwarded
     assert widest.status_code == 200
     assert content_of(widest) == str(2**64 - 1)
     assert len(upstream.received) == 1
+
+
+async def fingerprint_per_deployment(writer: asyncio.StreamWriter, request: Received) -> None:
+    """Azure OpenAI: the deployment in the path decides the model; the body's `model` is not
+    read. Each deployment answers with its own fingerprint."""
+    deployment = request.request_line.partition("/deployments/")[2].partition("/")[0]
+    answer = orjson.loads(completion("from " + deployment))
+    answer["system_fingerprint"] = "fp_" + deployment
+    writer.write(http_answer(orjson.dumps(answer), "Content-Type: application/json"))
+    await writer.drain()
+
+
+def test_a_deployments_fingerprint_is_tracked_under_it_whatever_model_the_body_names(
+    start_proxy: ProxyFactory,
+) -> None:
+    """Under `follow` an entry is served while its fingerprint is its model's current one. On
+    a per-deployment route the deployment answers, whatever the body's `model` says: were that
+    name the one tracked, any tenant could post to a small deployment naming another
+    deployment's model, make the small one's fingerprint that model's current one, and so
+    turn every tenant's stored answers for it into misses (and a rotation in the metrics)."""
+
+    def ask(deployment: str, model: str, key: str) -> httpx.Response:
+        body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+        path = f"/openai/deployments/{deployment}/chat/completions?api-version=2024-10-21"
+        headers = {"api-key": key, "Content-Type": "application/json"}
+        return httpx.post(proxy.url + path, content=body, headers=headers, timeout=10)
+
+    with Scripted(fingerprint_per_deployment) as upstream:
+        proxy = start_proxy(upstream=upstream.v1.removesuffix("/v1"))
+        stored = ask("big", "big", "az-victim")
+        attack = ask("mini", "big", "az-attacker")
+        again = ask("big", "big", "az-victim")
+        changes = proxy.metric("repro_fingerprint_changes_total", model="big")
+    assert stored.headers["x-repro-fingerprint"] == "fp_big"
+    assert attack.headers["x-repro-fingerprint"] == "fp_mini"
+    assert again.headers["x-repro-cache"] == "HIT"
+    assert changes == 0
+    assert len([r for r in upstream.received if r.request_line.startswith("POST")]) == 2

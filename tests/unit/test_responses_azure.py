@@ -178,6 +178,13 @@ def test_responses_keep_a_fingerprint_history_apart_from_chat() -> None:
     assert decide(CHAT, {"model": "gpt-4o-mini", "messages": []}).lineage == "gpt-4o-mini"
 
 
+def test_a_deployment_keeps_its_fingerprint_history_whatever_model_the_body_names() -> None:
+    route = "/openai/deployments/mini/chat/completions"
+    call = decide(route, {"model": "gpt-4o", "messages": []})
+    assert (call.lineage, call.model) == ("mini", "gpt-4o")
+    assert routes.lineage("dep-1", "/openai/v1/chat/completions") == "dep-1"
+
+
 # --- answers ---------------------------------------------------------------------------------
 
 COMPLETED = {"object": "response", "status": "completed", "output": [], "id": "resp_1"}
