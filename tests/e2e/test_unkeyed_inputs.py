@@ -251,3 +251,52 @@ def test_a_deployments_fingerprint_is_tracked_under_it_whatever_model_the_body_n
     assert again.headers["x-repro-cache"] == "HIT"
     assert changes == 0
     assert len([r for r in upstream.received if r.request_line.startswith("POST")]) == 2
+
+
+GATEWAY_KEYS = {
+    "ocp-apim-subscription-key": "apim-victim",  # Azure API Management before Azure OpenAI
+    "cf-aig-authorization": "Bearer cf-victim",  # Cloudflare AI Gateway
+    "x-goog-api-key": "goog-victim",  # Google's APIs
+    "x-portkey-api-key": "pk-victim",
+    "x-portkey-virtual-key": "vk-victim",
+}
+
+
+def gateway_checking(name: str, valid: str) -> Writer:
+    """A gateway that takes its callers' key in `name` and refuses any other request."""
+
+    async def write(writer: asyncio.StreamWriter, request: Received) -> None:
+        if request.headers.get(name) == valid:
+            answer = http_answer(completion("for " + valid), "Content-Type: application/json")
+        else:
+            refusal = b'{"error": {"message": "no key", "type": "invalid_request_error"}}'
+            answer = http_answer(refusal, "Content-Type: application/json", status="401 No")
+        writer.write(answer)
+        await writer.drain()
+
+    return write
+
+
+@pytest.mark.parametrize("name", sorted(GATEWAY_KEYS))
+def test_a_gateways_own_key_header_partitions_the_cache_without_being_configured(
+    start_proxy: ProxyFactory, name: str
+) -> None:
+    """A well-known gateway's key header counts as a credential by default: read as none, its
+    callers were all `anonymous`, and once the gateway served one of them any caller without a
+    key (or with a made-up one) read their answers."""
+    valid = GATEWAY_KEYS[name]
+    with Scripted(gateway_checking(name, valid)) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+
+        def ask(headers: dict[str, str]) -> httpx.Response:
+            headers = {"Content-Type": "application/json", **headers}
+            url = proxy.v1 + "/chat/completions"
+            return httpx.post(url, content=CHAT, headers=headers, timeout=10)
+
+        victim = ask({name: valid})
+        keyless = ask({})
+        made_up = ask({name: "made-up"})
+        again = ask({name: valid})
+    assert victim.status_code == 200
+    assert [keyless.status_code, made_up.status_code] == [401, 401]
+    assert again.headers["x-repro-cache"] == "HIT"
