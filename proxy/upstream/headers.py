@@ -85,9 +85,17 @@ def safe_headers(incoming: Headers) -> Headers:
 
 
 def response_headers(incoming: Headers, decoded: bool) -> CIMultiDict[str]:
-    """Headers to send back: end-to-end ones; length and encoding are the server's business."""
+    """Headers to send back: end-to-end ones; length and encoding are the server's business.
+    `X-Repro-*` headers are this proxy's word (on the cache, the seed, the fingerprint): an
+    upstream's, or another repro-proxy's before it, never pass for it."""
     skip = _skipped(incoming, _DECODED_SKIP if decoded else _RESPONSE_SKIP)
-    return CIMultiDict([(k, v) for k, v in incoming.items() if k.lower() not in skip])
+    return CIMultiDict(
+        [
+            (k, v)
+            for k, v in incoming.items()
+            if k.lower() not in skip and not k.lower().startswith("x-repro-")
+        ]
+    )
 
 
 def framing_error(headers: Mapping[str, str]) -> str | None:

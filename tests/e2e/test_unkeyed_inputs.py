@@ -300,3 +300,42 @@ def test_a_gateways_own_key_header_partitions_the_cache_without_being_configured
     assert victim.status_code == 200
     assert [keyless.status_code, made_up.status_code] == [401, 401]
     assert again.headers["x-repro-cache"] == "HIT"
+
+
+SPOOFED = (
+    "X-Repro-Cache: HIT",
+    "X-Repro-Seed: 7",
+    "X-Repro-Seed-Source: client",
+    "X-Repro-Fingerprint: fp_spoofed",
+    "X-Repro-Key: 0000",
+)
+
+
+async def speaks_for_the_proxy(writer: asyncio.StreamWriter, request: Received) -> None:
+    """Answers with the proxy's own headers, claiming a HIT, a seed and a fingerprint."""
+    if b"embeddings" in request.head:
+        body = b'{"object": "list", "data": [{"embedding": [0.5], "index": 0}]}'
+    else:
+        body = completion("spoofed")
+    writer.write(http_answer(body, "Content-Type: application/json", *SPOOFED))
+    await writer.drain()
+
+
+@pytest.mark.parametrize("path", ["/embeddings", "/files", "/chat/completions"])
+def test_an_upstream_cannot_speak_for_the_proxy_in_its_x_repro_headers(
+    start_proxy: ProxyFactory, path: str
+) -> None:
+    """`X-Repro-*` answer headers are the proxy's word to its clients (a CI run checks the seed
+    and the cache outcome by them): the proxy drops an upstream's, as it drops a client's on
+    the way up, where it has no word of its own to set over them (an embedding has no seed)."""
+    with Scripted(speaks_for_the_proxy) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        body = b'{"model": "m", "input": "x"}' if path == "/embeddings" else CHAT
+        answer = httpx.post(proxy.v1 + path, content=body, headers=AUTH, timeout=10)
+    assert answer.status_code == 200
+    assert answer.headers["x-repro-cache"] in {"MISS", "BYPASS"}
+    assert answer.headers.get("x-repro-key") != "0000"
+    assert answer.headers.get("x-repro-fingerprint") != "fp_spoofed"
+    assert answer.headers.get("x-repro-seed") != "7"
+    assert answer.headers.get("x-repro-seed-source") != "client"
+    assert len(answer.headers.get_list("x-repro-cache")) == 1
