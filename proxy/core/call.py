@@ -127,10 +127,20 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
 def _plan(
     mode: policy.CacheMode, directives: policy.Directives, kind: str, body: dict[str, object]
 ) -> Plan:
-    """A background response is a job the client polls for, not an answer: never cached."""
-    if kind == routes.RESPONSES and body.get("background") is True:
+    """A background response is a job the client polls for, not an answer: never cached. Nor
+    is a response that reads state the upstream changes between calls, which the key cannot
+    name: a `conversation` (each answer adds its turn to it, so the same body asks about a
+    longer conversation each time, and a HIT would not add the turn), or a stored `prompt`
+    without a `version` (its latest one, which its owner may publish anew at any time)."""
+    if kind == routes.RESPONSES and (body.get("background") is True or _reads_state(body)):
         return policy.uncached(mode)
     return policy.plan(mode, directives)
+
+
+def _reads_state(body: dict[str, object]) -> bool:
+    prompt = body.get("prompt")
+    unpinned = isinstance(prompt, dict) and prompt.get("version") is None
+    return body.get("conversation") is not None or unpinned
 
 
 MAX_NAMESPACE = 256

@@ -339,3 +339,62 @@ def test_an_upstream_cannot_speak_for_the_proxy_in_its_x_repro_headers(
     assert answer.headers.get("x-repro-seed") != "7"
     assert answer.headers.get("x-repro-seed-source") != "client"
     assert len(answer.headers.get_list("x-repro-cache")) == 1
+
+
+def keeps_conversations() -> Writer:
+    """A Responses upstream that keeps state, as OpenAI's does: each answer in a conversation
+    adds its turn to it, and a stored prompt's latest version is whatever was published last."""
+    turns: dict[str, int] = {}
+
+    async def write(writer: asyncio.StreamWriter, request: Received) -> None:
+        asked = orjson.loads(request.body)
+        conversation = str(asked.get("conversation"))
+        turns[conversation] = turns.get(conversation, 0) + 1
+        text = f"turn {turns[conversation]} of {conversation}"
+        answer = {
+            "id": f"resp_{len(turns)}_{turns[conversation]}",
+            "object": "response",
+            "status": "completed",
+            "model": "gpt-4o-mini",
+            "output": [{"type": "message", "content": [{"type": "output_text", "text": text}]}],
+        }
+        writer.write(http_answer(orjson.dumps(answer), "Content-Type: application/json"))
+        await writer.drain()
+
+    return write
+
+
+@pytest.mark.parametrize(
+    "state",
+    [{"conversation": "conv_1"}, {"conversation": {"id": "conv_1"}}, {"prompt": {"id": "pmpt_1"}}],
+    ids=["conversation", "conversation-object", "prompt-unpinned"],
+)
+def test_a_response_reading_state_the_upstream_changes_is_never_answered_from_the_cache(
+    start_proxy: ProxyFactory, state: dict[str, object]
+) -> None:
+    """The same body in a conversation asks about a longer conversation each time (and a HIT
+    would not add the turn the upstream keeps); an unpinned stored prompt is its latest
+    version. Neither the key can name: both are forwarded each time, never stored."""
+    body = orjson.dumps({"model": "gpt-4o-mini", "input": "and then?", **state})
+    with Scripted(keeps_conversations()) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        answers = [
+            httpx.post(proxy.v1 + "/responses", content=body, headers=AUTH, timeout=10)
+            for _ in range(2)
+        ]
+    texts = [a.json()["output"][0]["content"][0]["text"] for a in answers]
+    assert [t.split(" of ")[0] for t in texts] == ["turn 1", "turn 2"]
+    assert [a.headers["x-repro-cache"] for a in answers] == ["BYPASS", "BYPASS"]
+
+
+def test_a_response_with_a_pinned_prompt_version_is_cached(start_proxy: ProxyFactory) -> None:
+    body = orjson.dumps(
+        {"model": "gpt-4o-mini", "input": "hi", "prompt": {"id": "pmpt_1", "version": "3"}}
+    )
+    with Scripted(keeps_conversations()) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        answers = [
+            httpx.post(proxy.v1 + "/responses", content=body, headers=AUTH, timeout=10)
+            for _ in range(2)
+        ]
+    assert [a.headers["x-repro-cache"] for a in answers] == ["MISS", "HIT"]
