@@ -182,7 +182,30 @@ def serve_hit(
     return web.Response(body=entry.body, headers=headers)
 
 
-_UPSTREAM_SKIP = REQUEST_SKIP | {"accept-encoding", "content-encoding", "content-type"}
+REROUTING = frozenset(
+    {
+        "x-original-url",
+        "x-rewrite-url",
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "x-forwarded-host",
+        "x-forwarded-server",
+        "x-forwarded-prefix",
+        "x-forwarded-proto",
+        "x-forwarded-scheme",
+        "x-forwarded-port",
+        "x-host",
+        "forwarded",
+    }
+)
+"""Headers some servers and frameworks read instead of the request line or the Host (IIS and
+Symfony route by X-Original-URL, Express and others honour method overrides, many build URLs
+from X-Forwarded-Host): on a cached route the answer would be another resource's, or name
+another host, stored under a key that names neither. They never go upstream from a cached
+route (web cache poisoning's classic unkeyed inputs)."""
+
+_UPSTREAM_SKIP = REQUEST_SKIP | REROUTING | {"accept-encoding", "content-encoding", "content-type"}
 
 
 def upstream_headers(request: web.Request) -> CIMultiDict[str]:

@@ -398,3 +398,37 @@ def test_a_response_with_a_pinned_prompt_version_is_cached(start_proxy: ProxyFac
             for _ in range(2)
         ]
     assert [a.headers["x-repro-cache"] for a in answers] == ["MISS", "HIT"]
+
+
+REROUTES = {
+    "X-Original-URL": "/v1/other",  # IIS URL Rewrite, Symfony
+    "X-Rewrite-URL": "/v1/other",
+    "X-HTTP-Method-Override": "GET",  # Express's method-override, Google's APIs
+    "X-Forwarded-Host": "attacker.example",  # absolute URLs built from it
+    "Forwarded": "host=attacker.example;proto=http",
+}
+
+
+async def reads_rerouting_headers(writer: asyncio.StreamWriter, request: Received) -> None:
+    """An upstream (or a framework in front of it) that honours every header in REROUTES."""
+    honoured = [name for name in REROUTES if name.lower() in request.headers]
+    content = "rerouted by " + honoured[0] if honoured else "chat"
+    writer.write(http_answer(completion(content), "Content-Type: application/json"))
+    await writer.drain()
+
+
+@pytest.mark.parametrize("name", sorted(REROUTES))
+def test_a_header_that_reroutes_the_request_upstream_never_poisons_a_cached_route(
+    start_proxy: ProxyFactory, name: str
+) -> None:
+    """The key names the path, the method and the upstream's host; a header some servers read
+    instead of them must not reach the upstream from a cached route, or the attacker's
+    rerouted answer would be stored under everyone's key for the plain request."""
+    with Scripted(reads_rerouting_headers) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        url = proxy.v1 + "/chat/completions"
+        poison = httpx.post(url, content=CHAT, headers={**AUTH, name: REROUTES[name]}, timeout=10)
+        victim = httpx.post(url, content=CHAT, headers=AUTH, timeout=10)
+    assert content_of(poison) == "chat"
+    assert content_of(victim) == "chat"
+    assert all(name.lower() not in r.headers for r in upstream.received)
