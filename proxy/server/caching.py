@@ -30,6 +30,7 @@ from proxy.store.base import Labels, StoreError, Write
 from proxy.store.guard import CircuitOpen
 from proxy.upstream.client import UpstreamResponse
 from proxy.upstream.headers import (
+    INERT,
     REQUEST_SKIP,
     Headers,
     request_headers,
@@ -179,6 +180,7 @@ def serve_hit(
     headers = repro_headers(call, outcome, entry.fingerprint)
     headers["Age"] = str(max(0, int(services.clock() - entry.stored_at)))
     headers["Content-Type"] = entry.content_type
+    headers.update(INERT)
     return web.Response(body=entry.body, headers=headers)
 
 
