@@ -210,11 +210,14 @@ def refused_by_upstream(
     `private` forbid a shared cache to store it; a `Vary` naming `*` or a request header the key
     does not cover (`keyed`, lower case, and ALWAYS_KEYED) says that another caller sending the
     same body could get another answer. `no-cache` allows storing (Azure OpenAI sends it with
-    every answer), and reusing without asking again is what this cache is for."""
+    every answer), and reusing without asking again is what this cache is for; so does
+    `private="field"`, which keeps only the fields named from others, and no stored answer
+    keeps the upstream's fields."""
     for header in cache_control:
         for part in header.split(","):
-            name = part.partition("=")[0].strip().lower()
-            if name in ("no-store", "private"):
+            name, qualified, _ = part.partition("=")
+            name = name.strip().lower()
+            if name == "no-store" or (name == "private" and not qualified):
                 return f"Cache-Control: {name}"
     for header in vary:
         for part in header.split(","):
