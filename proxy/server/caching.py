@@ -150,7 +150,8 @@ def decoded(codec: Codec, memo: EntryMemo, key: str, fingerprint: str, blob: byt
 
 
 async def stale_entry(services: Services, call: Call) -> Entry | None:
-    """The newest stored answer of any fingerprint within the stale-if-error window."""
+    """The newest stored answer of any fingerprint within the stale-if-error window, and
+    within `--ttl` (how long an answer may be served at all), which a store may outlive."""
     if call.stale_if_error <= 0:
         return None
     try:
@@ -165,7 +166,12 @@ async def stale_entry(services: Services, call: Call) -> Entry | None:
             entries.append(services.codec.unpack(blob))
         except CorruptEntry:
             continue
-    usable = [e for e in entries if now - e.stored_at <= call.stale_if_error]
+    ttl = services.settings.ttl
+    usable = [
+        e
+        for e in entries
+        if now - e.stored_at <= call.stale_if_error and policy.is_fresh(e.stored_at, now, ttl, None)
+    ]
     return max(usable, key=lambda e: e.stored_at, default=None)
 
 
