@@ -7,6 +7,7 @@
      ├── InvalidHeader                 400  invalid_header (a value not in Latin-1)
      ├── RequestTimeout                408  request_timeout (a body that went silent)
      ├── InvalidBodyLength             400  invalid_body_length (pass-through)
+     ├── InvalidBody                   400  invalid_body (broken chunks or Content-Encoding)
      ├── RequestTooLarge               413  request_too_large
      ├── Unauthorized                  401  unauthorized (admin routes)
      ├── CacheMissError                504  cache_miss
@@ -93,6 +94,15 @@ class InvalidBodyLength(ProxyError):
 
     status = 400
     code = "invalid_body_length"
+    type = "invalid_request_error"
+
+
+class InvalidBody(ProxyError):
+    """A body that cannot be read as its framing says: a broken chunk, or bytes that are not
+    the gzip (deflate, br, zstd) their Content-Encoding names."""
+
+    status = 400
+    code = "invalid_body"
     type = "invalid_request_error"
 
 

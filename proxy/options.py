@@ -290,8 +290,9 @@ OPTIONS = (
         "REPRO_CREDENTIAL_HEADER",
         "",
         parse_names,
-        "extra header names that carry a tenant's credential, besides Authorization, api-key and "
-        "x-api-key; repeat the flag or separate with commas",
+        "extra header names that carry a tenant's credential, besides Authorization, api-key, "
+        "x-api-key and well-known gateways' (docs/security.md); repeat the flag or separate "
+        "with commas",
         repeatable=True,
     ),
     Option(

@@ -54,6 +54,12 @@ class Call:
     stale_if_error: int  # seconds; 0 = never serve stale
     stream: bool
 
+    @property
+    def target(self) -> str:
+        """The path and query the upstream receives: exactly the ones the key names, so that
+        no spelling of the path (`%63ompletions`) reaches a resource the key does not name."""
+        return self.route + "?" + self.query if self.query else self.route
+
 
 class Asked(NamedTuple):
     """Everything of a request that `prepare` reads, and so the key of its memo."""
@@ -90,7 +96,7 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
     route, raw = asked.route, asked.raw
     body = canonical.parse_body(raw)
     if settings.enforce is policy.Enforce.OFF:
-        canonical.reject_duplicate_keys(raw)
+        canonical.reject_ambiguous(raw)
     seeded = policy.enforce(body, route, settings.enforce, settings.default_seed)
     scope = policy.SHARED if settings.cache_scope is policy.CacheScope.SHARED else tenant
     namespace = checked_namespace(asked.namespace)
@@ -121,10 +127,20 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
 def _plan(
     mode: policy.CacheMode, directives: policy.Directives, kind: str, body: dict[str, object]
 ) -> Plan:
-    """A background response is a job the client polls for, not an answer: never cached."""
-    if kind == routes.RESPONSES and body.get("background") is True:
+    """A background response is a job the client polls for, not an answer: never cached. Nor
+    is a response that reads state the upstream changes between calls, which the key cannot
+    name: a `conversation` (each answer adds its turn to it, so the same body asks about a
+    longer conversation each time, and a HIT would not add the turn), or a stored `prompt`
+    without a `version` (its latest one, which its owner may publish anew at any time)."""
+    if kind == routes.RESPONSES and (body.get("background") is True or _reads_state(body)):
         return policy.uncached(mode)
     return policy.plan(mode, directives)
+
+
+def _reads_state(body: dict[str, object]) -> bool:
+    prompt = body.get("prompt")
+    unpinned = isinstance(prompt, dict) and prompt.get("version") is None
+    return body.get("conversation") is not None or unpinned
 
 
 MAX_NAMESPACE = 256

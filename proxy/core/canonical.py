@@ -101,14 +101,31 @@ def _checked(value: Any, level: int) -> Any:
     return value
 
 
-def reject_duplicate_keys(raw: bytes) -> None:
-    """Refuse a body naming one key twice.
+def reject_ambiguous(raw: bytes) -> None:
+    """Refuse a body that other parsers could read otherwise than the key does: one naming a
+    key twice (parsers disagree on which copy wins), or holding an integer beyond 64 bits
+    (`parse_body` reads it as the nearest double, so 2^64 and 2^64 + 1 share a key, where the
+    upstream may read each exactly). Only bodies forwarded as is (`--enforce off`) need it:
+    respelled ones reach the upstream in our own serialization. Call after `parse_body`,
+    which bounds depth."""
+    json.loads(raw, object_pairs_hook=_unique_object, parse_int=_int_within_range)
 
-    Parsers disagree on which copy wins, so a body forwarded as is (`--enforce off`) could mean
-    one thing to the cache key and another to the upstream. Respelled bodies need no such check:
-    the upstream then reads our own serialization. Call after `parse_body`, which bounds depth.
-    """
-    json.loads(raw, object_pairs_hook=_unique_object)
+
+_INT_RANGE = (-(2**63), 2**64 - 1)
+
+
+def _int_within_range(digits: str) -> int:
+    """The integer, or InvalidJSON; never converts more than 21 digits (Python refuses over
+    4,300 with a ValueError of its own)."""
+    if len(digits) <= 21:
+        value = int(digits)
+        if _INT_RANGE[0] <= value <= _INT_RANGE[1]:
+            return value
+    shown = digits if len(digits) <= 24 else digits[:24] + "…"
+    raise InvalidJSON(
+        f"The request body holds the integer {shown}, beyond 64 bits: forwarded as is "
+        "(--enforce off), it would not mean what its cache key means."
+    )
 
 
 def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """Which request headers carry a tenant's credential, and what of them partitions the cache.
 
 Every credential-bearing header present counts, whatever its scheme: `Authorization` (Bearer,
-Basic, anything), Azure's `api-key`, Anthropic-style `x-api-key`, and the names an operator adds
-with `--credential-header`. A request carrying none is `anonymous`. Two requests that differ in
-any of these values must never share a partition, so the HMAC input encodes every name and value
-without ambiguity. Names are compared in lower case, as HTTP does.
+Basic, anything), Azure's `api-key`, Anthropic-style `x-api-key`, well-known gateways' key
+headers (`STANDARD`), and the names an operator adds with `--credential-header`. A request
+carrying none is `anonymous`. Two requests that differ in any of these values must never share
+a partition, so the HMAC input encodes every name and value without ambiguity. Names are
+compared in lower case, as HTTP does.
 """
 
 from __future__ import annotations
@@ -19,8 +20,19 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.core.policy import ANONYMOUS
 
-STANDARD = ("authorization", "api-key", "x-api-key")
-"""Header names read as credentials whatever the settings say."""
+STANDARD = (
+    "authorization",
+    "api-key",
+    "x-api-key",
+    "ocp-apim-subscription-key",  # Azure API Management, often in front of Azure OpenAI
+    "cf-aig-authorization",  # Cloudflare AI Gateway
+    "x-goog-api-key",
+    "x-portkey-api-key",
+    "x-portkey-virtual-key",
+)
+"""Header names read as credentials whatever the settings say: the APIs' own, and well-known
+gateways' whose callers may send no other. A key read as none makes its caller `anonymous`,
+whose answers, once the gateway served one, every keyless caller reads."""
 
 Credentials = tuple[tuple[str, str], ...]
 """(lower-case name, value) pairs, in the order of `names` and then as sent."""

@@ -198,6 +198,35 @@ def uncached(mode: CacheMode) -> Plan:
     return _BYPASS_CACHED_ONLY if mode is CacheMode.REPLAY else _BYPASS
 
 
+ALWAYS_KEYED = frozenset({"accept-encoding", "content-type", "content-length", "content-encoding"})
+"""Request headers whose effect on an answer the key already covers: the proxy sends its own
+Accept-Encoding and stores the answer decoded, and the body it sends (keyed) is plain JSON."""
+
+
+def refused_by_upstream(
+    cache_control: Sequence[str], vary: Sequence[str], keyed: frozenset[str]
+) -> str | None:
+    """Why the upstream's answer must not be stored, or None (RFC 9111 3, 4.1). `no-store` and
+    `private` forbid a shared cache to store it; a `Vary` naming `*` or a request header the key
+    does not cover (`keyed`, lower case, and ALWAYS_KEYED) says that another caller sending the
+    same body could get another answer. `no-cache` allows storing (Azure OpenAI sends it with
+    every answer), and reusing without asking again is what this cache is for; so does
+    `private="field"`, which keeps only the fields named from others, and no stored answer
+    keeps the upstream's fields."""
+    for header in cache_control:
+        for part in header.split(","):
+            name, qualified, _ = part.partition("=")
+            name = name.strip().lower()
+            if name == "no-store" or (name == "private" and not qualified):
+                return f"Cache-Control: {name}"
+    for header in vary:
+        for part in header.split(","):
+            name = part.strip().lower()
+            if name and name not in keyed and name not in ALWAYS_KEYED:
+                return "Vary"
+    return None
+
+
 # Plans are immutable: one of each, shared by every request.
 _REPLAY = Plan(lookup=True, store=False, upstream=False, outcome=Outcome.MISS)
 _BYPASS = Plan(lookup=False, store=False, upstream=True, outcome=Outcome.BYPASS)

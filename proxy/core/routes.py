@@ -98,5 +98,9 @@ def lineage(model: str, route: str) -> str:
     """The name a model's fingerprints are tracked under on `route`. The Responses API
     reports no fingerprint where chat reports one for the same model: tracked together, each
     answer of one would look like a rotation away from the other's, and under `follow` the two
-    would evict each other's answers. So the Responses API keeps a history of its own."""
+    would evict each other's answers. So the Responses API keeps a history of its own.
+    On a per-deployment route the deployment answers, not the body's `model` (Azure does not
+    read it): tracked under that name, any caller could make one deployment's fingerprint
+    another's current one, and every stored answer of that one a miss."""
+    model = deployment_of(route) or model
     return model + RESPONSES_LINEAGE if model and kind(route) == RESPONSES else model

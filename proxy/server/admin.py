@@ -138,5 +138,10 @@ def purge_request(raw: bytes) -> tuple[Selector, bool]:
     return selector, body.get("dry_run") is True
 
 
+NOT_KEPT = {"Cache-Control": "no-store"}
+"""Admin answers hold stored prompts and answers, read by a browser with the page's session
+too: no cache on the way, nor the browser's own, may keep a copy."""
+
+
 def json_response(value: Any) -> web.Response:
-    return web.Response(body=orjson.dumps(value), content_type="application/json")
+    return web.Response(body=orjson.dumps(value), content_type="application/json", headers=NOT_KEPT)

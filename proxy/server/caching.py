@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -28,7 +29,13 @@ from proxy.server.context import EntryMemo, Services
 from proxy.store.base import Labels, StoreError, Write
 from proxy.store.guard import CircuitOpen
 from proxy.upstream.client import UpstreamResponse
-from proxy.upstream.headers import REQUEST_SKIP, request_headers, response_headers
+from proxy.upstream.headers import (
+    INERT,
+    REQUEST_SKIP,
+    Headers,
+    request_headers,
+    response_headers,
+)
 
 log = logging.getLogger("proxy.cache")
 
@@ -143,7 +150,8 @@ def decoded(codec: Codec, memo: EntryMemo, key: str, fingerprint: str, blob: byt
 
 
 async def stale_entry(services: Services, call: Call) -> Entry | None:
-    """The newest stored answer of any fingerprint within the stale-if-error window."""
+    """The newest stored answer of any fingerprint within the stale-if-error window, and
+    within `--ttl` (how long an answer may be served at all), which a store may outlive."""
     if call.stale_if_error <= 0:
         return None
     try:
@@ -158,7 +166,12 @@ async def stale_entry(services: Services, call: Call) -> Entry | None:
             entries.append(services.codec.unpack(blob))
         except CorruptEntry:
             continue
-    usable = [e for e in entries if now - e.stored_at <= call.stale_if_error]
+    ttl = services.settings.ttl
+    usable = [
+        e
+        for e in entries
+        if now - e.stored_at <= call.stale_if_error and policy.is_fresh(e.stored_at, now, ttl, None)
+    ]
     return max(usable, key=lambda e: e.stored_at, default=None)
 
 
@@ -173,10 +186,34 @@ def serve_hit(
     headers = repro_headers(call, outcome, entry.fingerprint)
     headers["Age"] = str(max(0, int(services.clock() - entry.stored_at)))
     headers["Content-Type"] = entry.content_type
+    headers.update(INERT)
     return web.Response(body=entry.body, headers=headers)
 
 
-_UPSTREAM_SKIP = REQUEST_SKIP | {"accept-encoding", "content-encoding", "content-type"}
+REROUTING = frozenset(
+    {
+        "x-original-url",
+        "x-rewrite-url",
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "x-forwarded-host",
+        "x-forwarded-server",
+        "x-forwarded-prefix",
+        "x-forwarded-proto",
+        "x-forwarded-scheme",
+        "x-forwarded-port",
+        "x-host",
+        "forwarded",
+    }
+)
+"""Headers some servers and frameworks read instead of the request line or the Host (IIS and
+Symfony route by X-Original-URL, Express and others honour method overrides, many build URLs
+from X-Forwarded-Host): on a cached route the answer would be another resource's, or name
+another host, stored under a key that names neither. They never go upstream from a cached
+route (web cache poisoning's classic unkeyed inputs)."""
+
+_UPSTREAM_SKIP = REQUEST_SKIP | REROUTING | {"accept-encoding", "content-encoding", "content-type"}
 
 
 def upstream_headers(request: web.Request) -> CIMultiDict[str]:
@@ -195,7 +232,7 @@ async def call_upstream(services: Services, request: web.Request, call: Call) ->
     started = services.clock()
     try:
         upstream = await services.upstream.send(
-            "POST", request.path_qs, upstream_headers(request), call.body, whole=not call.stream
+            "POST", call.target, upstream_headers(request), call.body, whole=not call.stream
         )
     except UpstreamError as exc:
         observe_upstream(services, call.route, exc.status, started)
@@ -212,6 +249,7 @@ async def forward(
         data = await upstream.read(services.settings.max_entry)
     finally:
         upstream.release()
+    call = as_upstream_allows(services, call, upstream.headers)
     headers = response_headers(upstream.headers, decoded=True)
     status, content_type = upstream.status, upstream.headers.get("Content-Type", "")
     fingerprint = None
@@ -225,6 +263,23 @@ async def forward(
         await record(services, call, answer, lease)
     headers.update(repro_headers(call, call.plan.outcome, fingerprint))
     return web.Response(status=status, body=data, headers=headers)
+
+
+def as_upstream_allows(services: Services, call: Call, headers: Headers) -> Call:
+    """`call`, not stored when the upstream's answer says it must not be (see
+    `policy.refused_by_upstream`). The credential headers count as keyed only where they
+    partition the cache (`--cache-scope key`)."""
+    if not call.plan.store:
+        return call
+    shared = services.settings.cache_scope is policy.CacheScope.SHARED
+    keyed = frozenset(() if shared else services.credential_names)
+    reason = policy.refused_by_upstream(
+        headers.getall("Cache-Control", ()), headers.getall("Vary", ()), keyed
+    )
+    if reason is None:
+        return call
+    log.info("answer not stored: the upstream forbids it", extra={"key": call.key, "by": reason})
+    return replace(call, plan=replace(call.plan, store=False))
 
 
 def _json_object(data: bytes) -> dict[str, Any] | None:

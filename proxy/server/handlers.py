@@ -234,7 +234,7 @@ async def read_limited(request: web.Request, limit: int, idle: float) -> bytes:
         raise RequestTooLarge(_too_large(limit))
     content = request.content
     if content.is_eof():  # all of it came with the head, the common case: no reads to wait on
-        body = content.read_nowait()
+        body = bodies.received(content)
         if len(body) > limit:
             raise RequestTooLarge(_too_large(limit))
         return body

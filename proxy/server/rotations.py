@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from proxy.core import answers as said
@@ -25,7 +24,7 @@ from proxy.core.comparison import Pair, clipped, summary, text_distances
 from proxy.core.entry import CorruptEntry
 from proxy.core.fingerprints import ModelFingerprints, Rotation
 from proxy.errors import InvalidParameter, StoreUnavailable
-from proxy.server.admin import check_admin, rfc3339
+from proxy.server.admin import check_admin, json_response, rfc3339
 from proxy.server.context import SERVICES, Services
 from proxy.store.base import Selector, StoreError
 
@@ -83,7 +82,7 @@ async def admin_rotations(request: web.Request) -> web.Response:
         body = await rotations_report(services, asked)
     except StoreError as exc:
         raise StoreUnavailable(f"The store did not answer: {exc}") from exc
-    return web.Response(body=orjson.dumps(body), content_type="application/json")
+    return json_response(body)
 
 
 def _count(request: web.Request, name: str, default: int, most: int) -> int:

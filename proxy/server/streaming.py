@@ -26,7 +26,12 @@ from proxy.core.policy import StreamDisconnect
 from proxy.core.routes import RESPONSES
 from proxy.core.sse import StreamRecorder
 from proxy.errors import UpstreamError, UpstreamUnreachable
-from proxy.server.caching import call_upstream, observe_fingerprint, record
+from proxy.server.caching import (
+    as_upstream_allows,
+    call_upstream,
+    observe_fingerprint,
+    record,
+)
 from proxy.server.context import Services
 from proxy.upstream.client import UpstreamResponse
 from proxy.upstream.headers import response_headers
@@ -47,6 +52,7 @@ async def forward_stream(
             headers = response_headers(upstream.headers, decoded=True)
             headers.update(repro_headers(call, call.plan.outcome, None))
             return web.Response(status=upstream.status, body=data, headers=headers)
+        call = as_upstream_allows(services, call, upstream.headers)
         relay = _Relay(services, request, call, upstream)
         response = await relay.run()
     finally:

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from proxy.core.policy import SHARED, CacheScope
 from proxy.errors import InvalidParameter, RequestTooLarge, StoreUnavailable
-from proxy.server.admin import check_admin, json_response
+from proxy.server.admin import NOT_KEPT, check_admin, json_response
 from proxy.server.bodies import chunks
 from proxy.server.context import SERVICES, Services
 from proxy.server.streaming import CLIENT_GONE
@@ -38,7 +38,7 @@ async def admin_export(request: web.Request) -> web.StreamResponse:
         first = await anext(lines, None)
     except StoreError as exc:
         raise StoreUnavailable(f"The store did not answer: {exc}") from exc
-    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", **NOT_KEPT})
     await response.prepare(request)
     try:
         if first is not None:

@@ -180,9 +180,8 @@ class Verifier:
     async def _ask(self, call: Call, auth: Mapping[str, str]) -> bytes | None:
         headers = CIMultiDict(auth)
         headers["Content-Type"] = "application/json"
-        path = call.route + (f"?{call.query}" if call.query else "")
         try:
-            status, body = await self._upstream.fetch("POST", path, headers, call.body)
+            status, body = await self._upstream.fetch("POST", call.target, headers, call.body)
         except UpstreamError as exc:
             log.info("verification failed", extra={"key": call.key, "error": exc.code})
             return None

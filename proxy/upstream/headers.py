@@ -84,10 +84,31 @@ def safe_headers(incoming: Headers) -> Headers:
     )
 
 
+INERT = {
+    "Content-Security-Policy": "sandbox; default-src 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
+"""On every answer that carries the upstream's bytes, fresh or stored. The proxy's origin also
+serves the operators' page, whose session reads every stored prompt and answer: a page the
+upstream (or a path to an http:// upstream) answered with, or a model's text under a Content-Type
+that says HTML, must never run there. Sandboxed, it has an opaque origin and no session."""
+
+
 def response_headers(incoming: Headers, decoded: bool) -> CIMultiDict[str]:
-    """Headers to send back: end-to-end ones; length and encoding are the server's business."""
+    """Headers to send back: end-to-end ones; length and encoding are the server's business.
+    `X-Repro-*` headers are this proxy's word (on the cache, the seed, the fingerprint): an
+    upstream's, or another repro-proxy's before it, never pass for it. INERT goes over the
+    upstream's own."""
     skip = _skipped(incoming, _DECODED_SKIP if decoded else _RESPONSE_SKIP)
-    return CIMultiDict([(k, v) for k, v in incoming.items() if k.lower() not in skip])
+    out = CIMultiDict(
+        [
+            (k, v)
+            for k, v in incoming.items()
+            if k.lower() not in skip and not k.lower().startswith("x-repro-")
+        ]
+    )
+    out.update(INERT)
+    return out
 
 
 def framing_error(headers: Mapping[str, str]) -> str | None:

@@ -127,3 +127,31 @@ async def test_the_grace_keeps_an_older_fingerprint_current_for_its_seconds_only
         "MISS",
         "fp_sim_0002",
     )
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_stale_if_error_never_serves_an_entry_older_than_the_ttl(
+    started: Callable[..., Awaitable[Post]],
+    clock: Clock,
+    sim: Sim,
+    store: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    """`--ttl` bounds how long an answer may be served at all (a retention rule): a stored
+    copy the store still holds (Redis keeps a key's older fingerprints while newer ones are
+    written, the near-cache keeps what it read) must not come back as STALE past it, whatever
+    window the client asks for."""
+    flags = {"ttl": "60"}
+    if store == "redis":
+        flags["store"] = request.getfixturevalue("redis_url")
+    post = await started(**flags)
+    assert (await post()).headers["X-Repro-Cache"] == "MISS"
+    sim.fault(kind="status", status=503)
+    clock.advance(59)
+    within = await post(**{"Cache-Control": "no-cache, stale-if-error=100000"})
+    assert within.headers["X-Repro-Cache"] == "STALE"
+    clock.advance(2)
+    sim.fault(kind="status", status=503)
+    past = await post(**{"Cache-Control": "no-cache, stale-if-error=100000"})
+    assert past.status == 503
+    assert past.headers.get("X-Repro-Cache") != "STALE"

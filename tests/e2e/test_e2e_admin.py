@@ -138,3 +138,17 @@ def test_no_probe_by_default(proxy: Proxy, sim: Sim) -> None:
     ask(proxy, "x")
     time.sleep(1)
     assert len(sim.llm_requests()) == 1
+
+
+def test_no_cache_may_keep_an_admin_answer(start_proxy: ProxyFactory) -> None:
+    """They hold stored prompts and answers (export, rotations) or the store's state, and the
+    operators' page reads them in a browser: neither its cache nor one on the way may keep a
+    copy for the next user of the machine or the path."""
+    proxy = start_proxy("--admin-token", TOKEN)
+    ask(proxy, "kept nowhere")
+    for path in ("fingerprints", "stats", "rotations", "export"):
+        answer = httpx.get(f"{proxy.url}/admin/{path}", headers=ADMIN, timeout=10)
+        assert answer.status_code == 200, path
+        assert answer.headers["cache-control"] == "no-store", path
+    purged = httpx.post(proxy.url + "/admin/purge", json={"all": True}, headers=ADMIN, timeout=10)
+    assert purged.headers["cache-control"] == "no-store"

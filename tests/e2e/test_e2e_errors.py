@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import socket
+import tempfile
 import time
 
 import aiohttp
@@ -14,7 +15,7 @@ import pytest
 from openai import OpenAI
 
 from proxy import __version__
-from tests.fixtures_procs import Proxy, ProxyFactory, Sim, free_port
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim, free_port, stop
 
 AUTH = {"Authorization": "Bearer sk-alice", "Content-Type": "application/json"}
 BODY = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
@@ -112,6 +113,28 @@ def test_a_gzip_body_is_limited_by_its_decompressed_size(
     small = post(proxy, gzip.compress(BODY), **{"Content-Encoding": "gzip"})
     assert small.status_code == 200, small.text
     assert small.headers["X-Repro-Key"] == post(proxy, BODY).headers["X-Repro-Key"]
+
+
+@pytest.mark.parametrize("path", ["/chat/completions", "/files"])
+@pytest.mark.parametrize(
+    "body",
+    [b"not gzip at all", gzip.compress(BODY)[:20] + b"\x00" * 40],
+    ids=["not-gzip", "corrupt"],
+)
+def test_a_body_that_is_not_the_gzip_it_claims_is_a_400_in_openais_shape(
+    start_proxy: ProxyFactory, sim: Sim, path: str, body: bytes
+) -> None:
+    """The server inflates it while reading: a broken one was an unhandled error (a 500, and a
+    traceback logged at error for any client to cause), on cached and pass-through routes."""
+    with tempfile.TemporaryFile() as log:
+        proxy = start_proxy(stderr=log)
+        refused = post(proxy, body, path, **{"Content-Encoding": "gzip"})
+        assert_error(refused, 400, "invalid_body")
+        assert sim.llm_requests() == []
+        assert post(proxy, BODY).status_code == 200  # the proxy serves on
+        stop(proxy.proc)
+        log.seek(0)
+        assert b"unhandled error" not in log.read()
 
 
 def test_upstream_errors_pass_through_with_headers_and_are_not_cached(

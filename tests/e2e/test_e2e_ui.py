@@ -19,7 +19,7 @@ from proxy.config import Settings
 from proxy.server import session
 from proxy.server.app import create_app
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim
-from tests.hostile import Received, Scripted, http_answer
+from tests.hostile import Received, Scripted, fixed, http_answer
 
 ADMIN = "ui-admin-token-for-tests"
 MODEL = "gpt-4o-mini"
@@ -237,3 +237,73 @@ async def test_no_admin_token_no_page() -> None:
     async with TestClient(TestServer(app)) as made:
         assert (await made.get("/admin/ui")).status == 404
         assert (await made.post("/admin/ui/login", data={"token": ""})).status == 404
+
+
+STEALS_THE_EXPORT = b"""<!doctype html><title>inert</title><script>
+document.title = "ran";
+fetch("/admin/export").then(r => r.text().then(t => { document.title = r.status + ":" + t; }));
+</script>"""
+
+
+@browser_only
+@pytest.mark.parametrize("path", ["/v1/files/file-1/content", "/v1/chat/completions"])
+def test_an_upstreams_html_never_runs_on_the_proxys_origin(
+    start_proxy: ProxyFactory, driver: Any, path: str
+) -> None:
+    """The proxy's origin also serves the operators' page, whose session reads every stored
+    prompt and answer (/admin/export). A page the upstream (or a network path to an http://
+    upstream) answers with, relayed as it came, would run there with that session: every
+    answer relayed from the upstream is sandboxed (an opaque origin, no session) and never
+    sniffed into HTML."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with Scripted(fixed(http_answer(STEALS_THE_EXPORT, "Content-Type: text/html"))) as upstream:
+        proxy = start_proxy("--admin-token", ADMIN, upstream=upstream.v1)
+        with client(proxy) as http:
+            relayed = http.request("POST" if "chat" in path else "GET", path, json={})
+        sign_in(driver, proxy)  # the operator's browser holds the session
+        driver.get("about:blank")  # then follows another site's link, or its form
+        if "chat" in path:  # text/plain, so that the form's body is JSON
+            driver.execute_script(
+                "const f = document.createElement('form'); f.method = 'POST';"
+                "f.enctype = 'text/plain'; f.action = arguments[0];"
+                "const i = document.createElement('input');"
+                'i.name = \'{"model": "m", "messages": [], "pad": "\'; i.value = \'"}\';'
+                "f.append(i); document.body.append(f); f.submit();",
+                proxy.url + path,
+            )
+        else:
+            driver.get(proxy.url + path)
+        WebDriverWait(driver, 20).until(
+            lambda d: (
+                d.current_url.startswith(proxy.url)
+                and d.execute_script("return document.readyState") == "complete"
+            )
+        )
+        title = driver.title  # an inline script runs before the page completes loading
+    assert title == "inert", title[:200]  # unsandboxed: "ran", then "200:" and the export
+    assert "sandbox" in relayed.headers["content-security-policy"]
+    assert relayed.headers["x-content-type-options"] == "nosniff"
+
+
+def test_a_stored_answer_labelled_html_is_served_inert_on_a_hit(start_proxy: ProxyFactory) -> None:
+    """A model's text is the prompt writer's to steer: under an upstream's `text/html` it would
+    be a page on the proxy's origin, for every later caller whose browser is led to it."""
+    answer = orjson.dumps(
+        {
+            "id": "x",
+            "object": "chat.completion",
+            "model": MODEL,
+            "system_fingerprint": "fp_1",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "<script>"}}],
+        }
+    )
+    with Scripted(fixed(http_answer(answer, "Content-Type: text/html"))) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        with client(proxy) as http:
+            body = {"model": MODEL, "messages": []}
+            miss, hit = (http.post("/v1/chat/completions", json=body) for _ in range(2))
+    assert [miss.headers["x-repro-cache"], hit.headers["x-repro-cache"]] == ["MISS", "HIT"]
+    for served in (miss, hit):
+        assert served.headers["content-security-policy"] == "sandbox; default-src 'none'"
+        assert served.headers["x-content-type-options"] == "nosniff"

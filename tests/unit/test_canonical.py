@@ -21,6 +21,7 @@ from proxy.core.canonical import (
     keyed,
     normalize,
     parse_body,
+    reject_ambiguous,
     request_key,
 )
 from proxy.errors import InvalidJSON
@@ -661,3 +662,27 @@ class TestKeysStayStable:
         key, respelled = keyed(CHAT, "s", "ns", body, "q")
         assert key == request_key(CHAT, "s", "ns", body, "q")
         assert respelled == dumps(body)
+
+
+@pytest.mark.parametrize("number", ["18446744073709551616", "-9223372036854775809", "1" + "0" * 30])
+def test_an_integer_beyond_64_bits_is_refused_where_the_body_is_forwarded_as_is(
+    number: str,
+) -> None:
+    """The key reads it as the nearest double, the upstream maybe exactly: two of them would
+    share a key and get each other's answers."""
+    raw = b'{"model": "m", "max_tokens": ' + number.encode() + b"}"
+    parse_body(raw)  # respelled (--enforce seed|strict), the upstream reads the key's double
+    with pytest.raises(InvalidJSON, match="beyond 64 bits"):
+        reject_ambiguous(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"n": 18446744073709551615}',
+        b'{"n": -9223372036854775808}',
+        b'{"n": 1e30, "s": "1234567890123456789012"}',
+    ],
+)
+def test_64_bit_integers_floats_and_long_digit_strings_are_not_ambiguous(raw: bytes) -> None:
+    reject_ambiguous(raw)

@@ -87,7 +87,7 @@ def check_body(raw: bytes) -> None:
     assert isinstance(body, dict)
     check_canonical(body)
     try:
-        canonical.reject_duplicate_keys(raw)
+        canonical.reject_ambiguous(raw)
     except ProxyError as exc:
         refused_with_400(exc)
     respelled = orjson.loads(canonical.dumps(body))
@@ -124,7 +124,7 @@ def check_upstream_reads_the_same(raw: bytes) -> None:
     """
     try:
         body = canonical.parse_body(raw)
-        canonical.reject_duplicate_keys(raw)
+        canonical.reject_ambiguous(raw)
     except ProxyError:
         return
     upstream_view = json.loads(raw)
@@ -329,7 +329,7 @@ JSONISH = st.one_of(
 
 
 # --------------------------------------------------------------------------------------------
-# The body path: parse_body, reject_duplicate_keys, enforce, request_key, dumps, prepare
+# The body path: parse_body, reject_ambiguous, enforce, request_key, dumps, prepare
 
 
 @FUZZ

@@ -28,6 +28,7 @@ from proxy.core.policy import (
     is_fresh,
     parse_cache_control,
     plan,
+    refused_by_upstream,
 )
 from proxy.errors import InvalidParameter
 
@@ -550,3 +551,23 @@ class TestAlternation:
     def test_pin_is_unchanged_by_alternation(self) -> None:
         state = self.flapping(NOW - 3, NOW - 2, NOW - 1)
         assert acceptable_fingerprints(FingerprintPolicy.PIN, state, 0, NOW, 600) is None
+
+
+@pytest.mark.parametrize(
+    ("cache_control", "vary", "reason"),
+    [
+        ((), (), None),
+        (("no-cache, must-revalidate",), ("Accept-Encoding",), None),
+        (("max-age=0, NO-STORE",), (), "Cache-Control: no-store"),
+        (("public, Private",), (), "Cache-Control: private"),
+        (('private="set-cookie"',), (), None),
+        ((), ("accept-encoding", "OpenAI-Organization"), "Vary"),
+        ((), ("*",), "Vary"),
+        ((), ("Authorization, ,",), None),
+    ],
+)
+def test_the_upstream_refuses_storing_by_no_store_private_or_a_vary_the_key_misses(
+    cache_control: tuple[str, ...], vary: tuple[str, ...], reason: str | None
+) -> None:
+    keyed = frozenset({"authorization"})
+    assert refused_by_upstream(cache_control, vary, keyed) == reason

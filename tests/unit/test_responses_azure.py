@@ -167,6 +167,19 @@ def test_a_background_response_is_never_cached() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "state",
+    [{"conversation": "conv_1"}, {"conversation": {"id": "c"}}, {"prompt": {"id": "pmpt_1"}}],
+)
+def test_a_response_reading_state_the_upstream_changes_is_never_cached(
+    state: dict[str, Any],
+) -> None:
+    plan = decide(RESPONSES, {**BODY, **state}).plan
+    assert (plan.lookup, plan.store, plan.outcome) == (False, False, Outcome.BYPASS)
+    pinned = decide(RESPONSES, {**BODY, "prompt": {"id": "pmpt_1", "version": "2"}}).plan
+    assert pinned.lookup and pinned.store
+
+
 def test_a_background_response_in_replay_mode_never_reaches_the_upstream() -> None:
     replay = Rules(cache_mode=CacheMode.REPLAY)
     plan = decide(RESPONSES, {**BODY, "background": True}, rules=replay).plan
@@ -176,6 +189,13 @@ def test_a_background_response_in_replay_mode_never_reaches_the_upstream() -> No
 def test_responses_keep_a_fingerprint_history_apart_from_chat() -> None:
     assert decide(RESPONSES, BODY).lineage == "gpt-4o-mini@responses"
     assert decide(CHAT, {"model": "gpt-4o-mini", "messages": []}).lineage == "gpt-4o-mini"
+
+
+def test_a_deployment_keeps_its_fingerprint_history_whatever_model_the_body_names() -> None:
+    route = "/openai/deployments/mini/chat/completions"
+    call = decide(route, {"model": "gpt-4o", "messages": []})
+    assert (call.lineage, call.model) == ("mini", "gpt-4o")
+    assert routes.lineage("dep-1", "/openai/v1/chat/completions") == "dep-1"
 
 
 # --- answers ---------------------------------------------------------------------------------
