@@ -8,6 +8,7 @@
      ├── RequestTimeout                408  request_timeout (a body that went silent)
      ├── InvalidBodyLength             400  invalid_body_length (pass-through)
      ├── InvalidBody                   400  invalid_body (broken chunks or Content-Encoding)
+     ├── MalformedRequest              400  invalid_http (not HTTP/1.1 the server can parse)
      ├── RequestTooLarge               413  request_too_large
      ├── Unauthorized                  401  unauthorized (admin routes)
      ├── CacheMissError                504  cache_miss
@@ -103,6 +104,14 @@ class InvalidBody(ProxyError):
 
     status = 400
     code = "invalid_body"
+    type = "invalid_request_error"
+
+
+class MalformedRequest(ProxyError):
+    """A request the HTTP server could not parse: its request line, a header or its framing."""
+
+    status = 400
+    code = "invalid_http"
     type = "invalid_request_error"
 
 

@@ -11,12 +11,14 @@ them, and closes a connection whose head is not complete in time.
 The guard reads two attributes of aiohttp's handler, the only internals used, because aiohttp
 exposes no event for "a head was parsed": `_request_count` (heads parsed so far) and `_waiter`
 (pending while the handler waits for the next head, so bytes arriving then start one). A head
-that arrives whole in one read, the common case, arms no timer.
+that arrives whole in one read, the common case, arms no timer. The handler itself is aiohttp's,
+but for requests it cannot parse (see `Handler`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import resource
@@ -28,10 +30,11 @@ from typing import cast
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from proxy.config import Settings
 from proxy.core.policy import CacheMode
-from proxy.errors import TooManyConnections
+from proxy.errors import MalformedRequest, TooManyConnections
 from proxy.server.context import SERVICES
 from proxy.server.preflight import check_store, check_upstream
 from proxy.upstream.egress import env_proxy
@@ -124,6 +127,33 @@ class Guard(asyncio.Protocol):
             self._transport.abort()
 
 
+class Handler(RequestHandler):
+    """aiohttp's request handler, but a request that is not HTTP/1.1 it can parse is the
+    client's error, not the server's: answered in OpenAI's shape, quoting none of its bytes, and
+    logged at info with the kind of error only. aiohttp answers such a request in plain text
+    quoting the offending line (credentials included) and logs it as an error with a traceback,
+    so that any client could fill the error log. Failures of the server itself (5xx) keep
+    aiohttp's handling."""
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500 or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        kind = type(exc).__name__ if exc is not None else "unknown"
+        log.info("malformed request refused", extra={"status": status, "error": kind})
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("malformed request", extra={"detail": message or str(exc)})
+        error = MalformedRequest(f"The request is not HTTP/1.1 the proxy can read ({kind}).")
+        response = web.Response(status=status, body=error.body(), content_type="application/json")
+        response.force_close()
+        return response
+
+
 def _refusal_bytes() -> bytes:
     error = TooManyConnections(
         "The proxy has reached its limit of open connections (--max-connections); retry later."
@@ -206,17 +236,25 @@ async def serve(app: web.Application, settings: Settings, *, reuse_port: bool) -
     """Serve `app` until SIGINT or SIGTERM, then close connections as aiohttp's run_app does."""
     descriptors = raise_descriptor_limit()
     gate = Gate(connection_cap(settings.max_connections, descriptors), settings.header_timeout)
-    runner = web.AppRunner(
-        app, access_log=None, keepalive_timeout=settings.keepalive_timeout, handle_signals=False
-    )
+    keepalive = settings.keepalive_timeout
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, keepalive_timeout=keepalive)
     await runner.setup()
     await check_store(app[SERVICES].store, settings.store)
     if settings.cache_mode is not CacheMode.REPLAY:
         proxied = env_proxy(settings.upstream, os.environ) is not None
         await check_upstream(app[SERVICES].upstream, settings.upstream, proxied=proxied)
-    factory = runner.server
-    assert factory is not None
+    manager = runner.server
+    assert manager is not None
     loop = asyncio.get_running_loop()
+    # access_log=None turns aiohttp's access log off, as AppRunner's does; its annotation
+    # names only a Logger.
+    factory = functools.partial(
+        Handler,
+        manager,
+        loop=loop,
+        access_log=None,  # type: ignore[arg-type]
+        keepalive_timeout=keepalive,
+    )
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
