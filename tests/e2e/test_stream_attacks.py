@@ -1,0 +1,96 @@
+"""Attacks through a streamed answer, against a real proxy process: a hostile upstream that
+never ends its stream, or answers a stream request in some other shape (tests/hostile.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+
+import httpx
+import orjson
+
+from tests.fixtures_procs import ProxyFactory
+from tests.hostile import Received, Scripted
+
+AUTH = {"Authorization": "Bearer sk-victim", "Content-Type": "application/json"}
+SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
+WAIT = 20.0
+
+
+def stream_request(content: str) -> bytes:
+    return orjson.dumps(
+        {"model": "m", "messages": [{"role": "user", "content": content}], "stream": True}
+    )
+
+
+def frame(content: str) -> bytes:
+    event = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "system_fingerprint": "fp_hostile",
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}],
+    }
+    return b"data: " + orjson.dumps(event) + b"\n\n"
+
+
+def chunked(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+@dataclass
+class Endless:
+    """An upstream whose stream never ends and never goes silent: a frame every `gap` seconds,
+    `limit` at most (so the test stays bounded), until the proxy closes the connection."""
+
+    padding: int = 0
+    gap: float = 0.02
+    limit: int = 3000
+    sent: int = 0
+    closed: threading.Event = field(default_factory=threading.Event)
+
+    async def __call__(self, writer: asyncio.StreamWriter, _: Received) -> None:
+        writer.write(SSE_HEAD)
+        try:
+            for number in range(self.limit):
+                writer.write(chunked(frame(f"{number} " + "x" * self.padding)))
+                await writer.drain()
+                self.sent += 1
+                await asyncio.sleep(self.gap)
+        except ConnectionError:
+            self.closed.set()
+            raise
+
+
+def read_first_frame_and_leave(port: int, content: str) -> None:
+    with httpx.stream(
+        "POST",
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        content=stream_request(content),
+        headers=AUTH,
+        timeout=10,
+    ) as response:
+        assert response.status_code == 200
+        next(response.iter_raw())
+
+
+def test_a_left_stream_over_the_cap_is_not_read_on(start_proxy: ProxyFactory) -> None:
+    endless = Endless(padding=1000)
+    with Scripted(endless) as upstream:
+        proxy = start_proxy("--max-entry", "64KiB", upstream=upstream.v1)
+        read_first_frame_and_leave(proxy.port, "over the cap")
+        assert endless.closed.wait(WAIT), "the proxy still reads a stream it can never store"
+    assert endless.sent < 200
+
+
+def test_a_left_stream_is_read_on_for_at_most_the_upstream_timeout(
+    start_proxy: ProxyFactory,
+) -> None:
+    endless = Endless()
+    with Scripted(endless) as upstream:
+        proxy = start_proxy("--upstream-timeout", "2", upstream=upstream.v1)
+        read_first_frame_and_leave(proxy.port, "never ends")
+        assert endless.closed.wait(WAIT), "the proxy still reads a stream nobody reads"
+    assert endless.sent < endless.limit
