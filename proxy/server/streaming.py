@@ -49,7 +49,8 @@ async def forward_stream(
     upstream = await call_upstream(services, request, call)
     try:
         if upstream.status != 200 or upstream.content_type != "text/event-stream":
-            data = await upstream.read(services.settings.max_entry)
+            within = services.settings.upstream_timeout or None
+            data = await upstream.read(services.settings.max_entry, within)
             headers = response_headers(upstream.headers, decoded=True)
             headers.update(repro_headers(call, call.plan.outcome, None))
             return web.Response(status=upstream.status, body=data, headers=headers)

@@ -94,3 +94,31 @@ def test_a_left_stream_is_read_on_for_at_most_the_upstream_timeout(
         read_first_frame_and_leave(proxy.port, "never ends")
         assert endless.closed.wait(WAIT), "the proxy still reads a stream nobody reads"
     assert endless.sent < endless.limit
+
+
+def test_a_whole_answer_to_a_stream_request_is_bounded_by_the_upstream_timeout(
+    start_proxy: ProxyFactory,
+) -> None:
+    """A stream request's connection waits only on silences; an answer that turns out to be
+    JSON (or an error status) is read whole, so one deadline bounds all of it."""
+    dripped = threading.Event()
+
+    async def drip(writer: asyncio.StreamWriter, _: Received) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+        writer.write(b"Content-Length: 100000\r\n\r\n")
+        for _ in range(300):
+            writer.write(b" ")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+        dripped.set()
+
+    with Scripted(drip) as upstream:
+        proxy = start_proxy("--upstream-timeout", "1", upstream=upstream.v1)
+        answer = httpx.post(
+            proxy.v1 + "/chat/completions",
+            content=stream_request("drip"),
+            headers=AUTH,
+            timeout=WAIT,
+        )
+        assert not dripped.is_set()
+    assert (answer.status_code, answer.json()["error"]["code"]) == (504, "upstream_timeout")
