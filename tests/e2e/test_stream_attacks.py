@@ -4,7 +4,9 @@ never ends its stream, or answers a stream request in some other shape (tests/ho
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
+import time
 from dataclasses import dataclass, field
 
 import httpx
@@ -122,3 +124,46 @@ def test_a_whole_answer_to_a_stream_request_is_bounded_by_the_upstream_timeout(
         )
         assert not dripped.is_set()
     assert (answer.status_code, answer.json()["error"]["code"]) == (504, "upstream_timeout")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_frame_sent_in_many_pieces_costs_its_length_once(start_proxy: ProxyFactory) -> None:
+    """A frame that never ends, up to the recorder's bound (--max-entry), in 16 KiB pieces
+    that arrive one by one: split again whole at each piece, its cost grew with the square of
+    its length, a minute of the proxy's CPU for the 32 MiB the default cap lets through."""
+    piece = b"x" * (16 * 1024)
+
+    async def one_long_line(writer: asyncio.StreamWriter, _: Received) -> None:
+        writer.write(SSE_HEAD + chunked(frame("first")) + chunked(b"data: "))
+        for _ in range(8 * 64):
+            writer.write(chunked(piece))
+            await writer.drain()
+            await asyncio.sleep(0.01)  # one read per piece, as over a network
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    with Scripted(one_long_line) as upstream:
+        proxy = start_proxy("--max-entry", "8MiB", upstream=upstream.v1)
+        before = cpu_seconds(proxy.proc.pid)
+        deadline = time.monotonic() + 30
+        size = 0
+        with httpx.stream(
+            "POST",
+            proxy.v1 + "/chat/completions",
+            content=stream_request("long line"),
+            headers=AUTH,
+            timeout=10,
+        ) as response:
+            for part in response.iter_raw():
+                size += len(part)
+                if time.monotonic() > deadline:
+                    break
+        used = cpu_seconds(proxy.proc.pid) - before
+    assert size == len(frame("first")) + len(b"data: ") + 8 * 1024 * 1024
+    assert used < 1  # split again at each piece: 3.6 s here, 16 times that at the default cap
