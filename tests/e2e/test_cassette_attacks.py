@@ -90,3 +90,28 @@ def test_a_line_from_the_future_is_stored_as_of_now(
     assert exported["stored_at"] <= time.time()
     hit = ask(target)
     assert (hit.status_code, hit.headers["X-Repro-Cache"]) == (200, "HIT")
+
+
+def test_a_response_fetched_by_id_is_never_older_than_the_ttl(start_proxy: ProxyFactory) -> None:
+    """A fetch by id is a HIT like any other: an answer the store still holds past --ttl (an
+    old cassette's, or an older fingerprint in a Redis hash) is not served by its id either."""
+    source = start_proxy(*SHARED)
+    created = httpx.post(
+        source.v1 + "/responses",
+        json={"model": "gpt-4o-mini", "input": "Carry me over."},
+        headers={"Authorization": "Bearer sk-alice"},
+        timeout=10,
+    ).json()
+    line = orjson.loads(admin_get(source, "/admin/export").content)
+    line["stored_at"] = time.time() - 3600
+    target = start_proxy(*SHARED, "--cache-mode", "replay", "--ttl", "60")
+    imported = httpx.post(
+        target.url + "/admin/import", content=orjson.dumps(line), headers=ADMIN, timeout=10
+    )
+    assert imported.json() == {"imported": 1}
+    fetched = httpx.get(
+        f"{target.v1}/responses/{created['id']}",
+        headers={"Authorization": "Bearer sk-alice"},
+        timeout=10,
+    )
+    assert (fetched.status_code, fetched.json()["error"]["code"]) == (504, "cache_miss")
