@@ -57,9 +57,11 @@ def fingerprint_of(answer: dict[str, Any]) -> str:
     It ends up in headers, metric labels and store fields, so only a short printable token
     counts: anything else from the upstream is not trusted as a name."""
     value = answer.get("system_fingerprint")
-    if isinstance(value, str) and _FINGERPRINT.fullmatch(value):
-        return value
-    return "none"
+    return value if isinstance(value, str) and is_fingerprint(value) else "none"
+
+
+def is_fingerprint(value: str) -> bool:
+    return _FINGERPRINT.fullmatch(value) is not None
 
 
 def is_answer(body: dict[str, Any], responses: bool = False) -> bool:

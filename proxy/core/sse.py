@@ -22,6 +22,7 @@ from proxy.core.entry import fingerprint_of, usage_of
 
 _DONE = b"[DONE]"
 _FRAME_LIMIT = 1024 * 1024
+_ENDS = (b"\n\n", b"\n\r\n")  # a blank line, whatever ends the line before it
 _COMPLETED = "response.completed"
 _SPOILED = frozenset({"response.failed", "response.incomplete", "error"})
 
@@ -35,7 +36,7 @@ class StreamRecorder:
         self._max_pending = max(max_bytes, _FRAME_LIMIT)
         self._chunks: list[bytes] = []
         self._size = 0
-        self._pending = b""
+        self._pending = bytearray()
         self.frames = 0
         self.fingerprint: str | None = None
         self.prompt_tokens = 0
@@ -56,11 +57,20 @@ class StreamRecorder:
             self._chunks.append(data)
         if not self.reading:
             return
-        frames = (self._pending + data).replace(b"\r\n", b"\n").split(b"\n\n")
-        self._pending = frames.pop()
-        if len(self._pending) > self._max_pending:
-            self.reading, self._pending = False, b""
-        for frame in frames:
+        # Only the new bytes (and the two before them) can hold a new frame end, and only the
+        # frames ended are split: a frame sent in many pieces costs its length once, not once
+        # per piece.
+        start = max(0, len(self._pending) - 2)
+        self._pending += data
+        found = [at + len(sep) for sep in _ENDS if (at := self._pending.rfind(sep, start)) >= 0]
+        if not found:
+            if len(self._pending) > self._max_pending:
+                self.reading, self._pending = False, bytearray()
+            return
+        end = max(found)
+        ended = bytes(self._pending[:end])
+        del self._pending[:end]
+        for frame in ended.replace(b"\r\n", b"\n").split(b"\n\n")[:-1]:
             self._read_frame(frame)
 
     def _read_frame(self, frame: bytes) -> None:

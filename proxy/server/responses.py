@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proxy.core import responses
+from proxy.core import policy, responses
 from proxy.core.call import checked_namespace
 from proxy.core.codec import UnknownDictionary
 from proxy.core.credentials import extract
@@ -72,12 +72,15 @@ async def _held(
     if blob is None:
         return None
     try:
-        return target[0], services.codec.unpack(blob)
+        entry = services.codec.unpack(blob)
     except UnknownDictionary:
         services.dictionaries.unknown()
         return None
     except CorruptEntry:
         return None
+    # --ttl bounds every answer served, and a store may hold one past it.
+    fresh = policy.is_fresh(entry.stored_at, services.clock(), services.settings.ttl, None)
+    return (target[0], entry) if fresh else None
 
 
 def _body(entry: Entry, streamed: bool) -> bytes | None:

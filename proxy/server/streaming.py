@@ -14,6 +14,7 @@ HIT, as nginx does when it caches); `cancel` closes the upstream connection at o
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 
@@ -48,7 +49,8 @@ async def forward_stream(
     upstream = await call_upstream(services, request, call)
     try:
         if upstream.status != 200 or upstream.content_type != "text/event-stream":
-            data = await upstream.read(services.settings.max_entry)
+            within = services.settings.upstream_timeout or None
+            data = await upstream.read(services.settings.max_entry, within)
             headers = response_headers(upstream.headers, decoded=True)
             headers.update(repro_headers(call, call.plan.outcome, None))
             return web.Response(status=upstream.status, body=data, headers=headers)
@@ -87,6 +89,7 @@ class _Relay:
         self.keep_reading = call.plan.store and (
             services.settings.stream_disconnect is StreamDisconnect.FINISH
         )
+        self.gone_at = 0.0
 
     async def run(self) -> web.StreamResponse:
         chunks = self._chunks()
@@ -99,7 +102,7 @@ class _Relay:
             await self._pass(response, b"".join(head))
             async for chunk in chunks:
                 await self._pass(response, chunk)
-                if self.client_gone and not self.keep_reading:
+                if self.client_gone and not self._worth_reading():
                     self.upstream.release()
                     break
         finally:
@@ -114,6 +117,19 @@ class _Relay:
             await self._commit()
         if chunk:
             await self._send(response, chunk)
+
+    def _worth_reading(self) -> bool:
+        """Read on for a client that left only while the recording may still be stored, and
+        for at most --upstream-timeout after it left: a stream nobody reads is a whole answer,
+        so an upstream sending a frame a second forever (or on past its end) cannot pin the
+        connection and the recorder."""
+        recorder = self.recorder
+        if not self.keep_reading or self.committed or recorder.oversize or recorder.failed:
+            return False
+        if not recorder.reading:
+            return False
+        limit = self.services.settings.upstream_timeout
+        return not limit or asyncio.get_running_loop().time() - self.gone_at < limit
 
     def _headers(self) -> CIMultiDict[str]:
         """The upstream's end-to-end headers, repeated ones too (Set-Cookie), and ours."""
@@ -148,6 +164,7 @@ class _Relay:
             await response.write(chunk)
         except CLIENT_GONE:
             self.client_gone = True
+            self.gone_at = asyncio.get_running_loop().time()
             log.info("client left mid-stream", extra={"key": self.call.key})
 
     async def _end(self, response: web.StreamResponse) -> None:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import base64
 import os
+import re
+import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,7 +27,7 @@ import orjson
 
 from proxy.core import canonical, responses, routes
 from proxy.core.codec import Codec
-from proxy.core.entry import CorruptEntry, Entry
+from proxy.core.entry import CorruptEntry, Entry, is_fingerprint
 from proxy.errors import ProxyError
 from proxy.store.base import Labels, Selector, Store, Write
 
@@ -44,6 +46,8 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
 _FIELDS = frozenset({"format", "key", "request", "body", "body_base64", "recorded_at", *_META})
 # Fields a hand-edited or foreign line may carry that must never be committed with a cassette.
 _SECRET_FIELDS = ("header", "authorization", "api_key", "api-key", "token", "secret", "cookie")
+_CONTENT_TYPE = re.compile(r"[ -~]{1,255}")
+_YEAR_9999 = 253402300800.0  # what a datetime can name, so an export can write recorded_at
 MAX_LINE = 64 * 1024 * 1024  # above the largest answer stored (--max-entry), base64 included
 
 
@@ -106,9 +110,40 @@ def from_record(record: dict[str, Any], scope: str) -> Loaded:
     else:
         answer = str(record["body"]).encode()
     raw_request = request.encode() if isinstance(request, str) else canonical.dumps(request)
-    entry = Entry(body=answer, request=raw_request, **{name: record[name] for name in _META})
+    meta = {name: record[name] for name in _META}
+    meta["stored_at"] = min(_checked(meta, body), time.time())
+    entry = Entry(body=answer, request=raw_request, **meta)
     key = canonical.request_key(entry.route, scope, entry.namespace, body, entry.query)
     return Loaded(key, entry, _index(entry, scope))
+
+
+def _checked(meta: dict[str, Any], body: dict[str, Any]) -> float:
+    """The line's stored_at, once what the line says of its answer is what a live answer to
+    its request would have said: the key is recomputed from the request alone, so a model,
+    stream flag or fingerprint of the line's own choosing would teach another model's
+    fingerprint, or serve one kind of answer to the other kind of request. Its values reach
+    response headers, metrics and exports as they are, so each is bounded as the proxy bounds
+    the upstream's. A stored_at from the future would be served past --ttl: `from_record`
+    is taken as now."""
+    named = body.get("model")
+    if meta["model"] != (named if isinstance(named, str) else routes.deployment_of(meta["route"])):
+        raise CassetteError("'model' is not the model its request names")
+    if meta["stream"] != (body.get("stream") is True):
+        raise CassetteError("'stream' does not say what its request asked")
+    if not is_fingerprint(meta["fingerprint"]):
+        raise CassetteError("'fingerprint' is not a short printable token")
+    content_type = meta["content_type"]
+    if not _CONTENT_TYPE.fullmatch(content_type) or (
+        meta["stream"] and content_type != "text/event-stream"
+    ):
+        raise CassetteError("'content_type' is not one an answer of its kind can have")
+    for name, least in (("prompt_tokens", 0), ("completion_tokens", 0), ("seed", -(2**63))):
+        if meta[name] is not None and not least <= meta[name] < 2**63:
+            raise CassetteError(f"{name!r} is out of range")
+    stored_at = float(meta["stored_at"])
+    if not 0 <= stored_at < _YEAR_9999:
+        raise CassetteError("'stored_at' is out of range")
+    return stored_at
 
 
 def _index(entry: Entry, scope: str) -> str | None:

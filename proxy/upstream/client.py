@@ -13,6 +13,7 @@ connection with a 502, a whole answer is read only up to a size bound and within
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import NoReturn
@@ -75,9 +76,20 @@ class UpstreamResponse:
     def content_type(self) -> str:
         return self.headers.get("Content-Type", "").partition(";")[0].strip().lower()
 
-    async def read(self, limit: int) -> bytes:
-        """The whole body, at most `limit` bytes (decoded). A plain body whose length is
-        declared within the limit is read at once; any other is counted as it inflates."""
+    async def read(self, limit: int, within: float | None = None) -> bytes:
+        """The whole body, at most `limit` bytes (decoded), within `within` seconds in all if
+        given: an answer sent as a stream is bounded only by its silences, however long it
+        drips. A plain body whose length is declared within the limit is read at once; any
+        other is counted as it inflates."""
+        if within is None:
+            return await self._read(limit)
+        try:
+            async with asyncio.timeout(within):
+                return await self._read(limit)
+        except TimeoutError as exc:
+            raise UpstreamTimeout("The upstream timed out while sending its answer.") from exc
+
+    async def _read(self, limit: int) -> bytes:
         declared = self._response.content_length
         if declared is not None and declared <= limit and "Content-Encoding" not in self.headers:
             try:

@@ -1,0 +1,44 @@
+"""What a second writer to the proxy's Redis can forge (docs/security.md: such a writer is
+trusted, but what it writes must not crash the proxy): each forgery fails open or misses."""
+
+from __future__ import annotations
+
+import httpx
+import redis
+
+from tests.fixtures_procs import Proxy, ProxyFactory
+
+TOKEN = "t0ken"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def ask(proxy: Proxy, content: str) -> httpx.Response:
+    return httpx.post(
+        proxy.v1 + "/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]},
+        headers={"Authorization": "Bearer sk-tenant"},
+        timeout=10,
+    )
+
+
+def test_forged_fingerprint_state_and_invalidations_fail_open(
+    start_proxy: ProxyFactory, redis_url: str
+) -> None:
+    proxy = start_proxy("--store", redis_url, "--admin-token", TOKEN)
+    assert ask(proxy, "one").status_code == 200
+    client = redis.Redis.from_url(redis_url)
+    (model,) = client.scan_iter("repro:fp:*")
+    client.rpush(model.replace(b"repro:fp:", b"repro:rot:"), b"not json", b'{"old": 1}', b"\xff")
+    for channel in client.pubsub_channels():
+        client.publish(channel, b"\xff\xfe")
+        client.publish(channel, b"e:" + b"x" * 1_000_000)
+    rotations = httpx.get(proxy.url + "/admin/rotations", headers=ADMIN, timeout=10)
+    assert (rotations.status_code, rotations.json()["error"]["code"]) == (503, "store_unavailable")
+    assert ask(proxy, "one").headers["X-Repro-Cache"] == "HIT"
+
+    client.hset(model, mapping={"current": b"\xff", "backs": b"x y", "fp:forged": b"not json"})
+    for content in ("one", "two"):
+        answer = ask(proxy, content)
+        assert (answer.status_code, answer.headers["X-Repro-Cache"]) == (200, "MISS")
+    fingerprints = httpx.get(proxy.url + "/admin/fingerprints", headers=ADMIN, timeout=10)
+    assert fingerprints.status_code == 503

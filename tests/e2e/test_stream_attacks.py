@@ -1,0 +1,169 @@
+"""Attacks through a streamed answer, against a real proxy process: a hostile upstream that
+never ends its stream, or answers a stream request in some other shape (tests/hostile.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+import httpx
+import orjson
+
+from tests.fixtures_procs import ProxyFactory
+from tests.hostile import Received, Scripted
+
+AUTH = {"Authorization": "Bearer sk-victim", "Content-Type": "application/json"}
+SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
+WAIT = 20.0
+
+
+def stream_request(content: str) -> bytes:
+    return orjson.dumps(
+        {"model": "m", "messages": [{"role": "user", "content": content}], "stream": True}
+    )
+
+
+def frame(content: str) -> bytes:
+    event = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "system_fingerprint": "fp_hostile",
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}],
+    }
+    return b"data: " + orjson.dumps(event) + b"\n\n"
+
+
+def chunked(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+@dataclass
+class Endless:
+    """An upstream whose stream never ends and never goes silent: a frame every `gap` seconds,
+    `limit` at most (so the test stays bounded), until the proxy closes the connection."""
+
+    padding: int = 0
+    gap: float = 0.02
+    limit: int = 3000
+    sent: int = 0
+    closed: threading.Event = field(default_factory=threading.Event)
+
+    async def __call__(self, writer: asyncio.StreamWriter, _: Received) -> None:
+        writer.write(SSE_HEAD)
+        try:
+            for number in range(self.limit):
+                writer.write(chunked(frame(f"{number} " + "x" * self.padding)))
+                await writer.drain()
+                self.sent += 1
+                await asyncio.sleep(self.gap)
+        except ConnectionError:
+            self.closed.set()
+            raise
+
+
+def read_first_frame_and_leave(port: int, content: str) -> None:
+    with httpx.stream(
+        "POST",
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        content=stream_request(content),
+        headers=AUTH,
+        timeout=10,
+    ) as response:
+        assert response.status_code == 200
+        next(response.iter_raw())
+
+
+def test_a_left_stream_over_the_cap_is_not_read_on(start_proxy: ProxyFactory) -> None:
+    endless = Endless(padding=1000)
+    with Scripted(endless) as upstream:
+        proxy = start_proxy("--max-entry", "64KiB", upstream=upstream.v1)
+        read_first_frame_and_leave(proxy.port, "over the cap")
+        assert endless.closed.wait(WAIT), "the proxy still reads a stream it can never store"
+    assert endless.sent < 200
+
+
+def test_a_left_stream_is_read_on_for_at_most_the_upstream_timeout(
+    start_proxy: ProxyFactory,
+) -> None:
+    endless = Endless()
+    with Scripted(endless) as upstream:
+        proxy = start_proxy("--upstream-timeout", "2", upstream=upstream.v1)
+        read_first_frame_and_leave(proxy.port, "never ends")
+        assert endless.closed.wait(WAIT), "the proxy still reads a stream nobody reads"
+    assert endless.sent < endless.limit
+
+
+def test_a_whole_answer_to_a_stream_request_is_bounded_by_the_upstream_timeout(
+    start_proxy: ProxyFactory,
+) -> None:
+    """A stream request's connection waits only on silences; an answer that turns out to be
+    JSON (or an error status) is read whole, so one deadline bounds all of it."""
+    dripped = threading.Event()
+
+    async def drip(writer: asyncio.StreamWriter, _: Received) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+        writer.write(b"Content-Length: 100000\r\n\r\n")
+        for _ in range(300):
+            writer.write(b" ")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+        dripped.set()
+
+    with Scripted(drip) as upstream:
+        proxy = start_proxy("--upstream-timeout", "1", upstream=upstream.v1)
+        answer = httpx.post(
+            proxy.v1 + "/chat/completions",
+            content=stream_request("drip"),
+            headers=AUTH,
+            timeout=WAIT,
+        )
+        assert not dripped.is_set()
+    assert (answer.status_code, answer.json()["error"]["code"]) == (504, "upstream_timeout")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_frame_sent_in_many_pieces_costs_its_length_once(start_proxy: ProxyFactory) -> None:
+    """A frame that never ends, up to the recorder's bound (--max-entry), in 16 KiB pieces
+    that arrive one by one: split again whole at each piece, its cost grew with the square of
+    its length, a minute of the proxy's CPU for the 32 MiB the default cap lets through."""
+    piece = b"x" * (16 * 1024)
+
+    async def one_long_line(writer: asyncio.StreamWriter, _: Received) -> None:
+        writer.write(SSE_HEAD + chunked(frame("first")) + chunked(b"data: "))
+        for _ in range(8 * 64):
+            writer.write(chunked(piece))
+            await writer.drain()
+            await asyncio.sleep(0.01)  # one read per piece, as over a network
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    with Scripted(one_long_line) as upstream:
+        proxy = start_proxy("--max-entry", "8MiB", upstream=upstream.v1)
+        before = cpu_seconds(proxy.proc.pid)
+        deadline = time.monotonic() + 30
+        size = 0
+        with httpx.stream(
+            "POST",
+            proxy.v1 + "/chat/completions",
+            content=stream_request("long line"),
+            headers=AUTH,
+            timeout=10,
+        ) as response:
+            for part in response.iter_raw():
+                size += len(part)
+                if time.monotonic() > deadline:
+                    break
+        used = cpu_seconds(proxy.proc.pid) - before
+    assert size == len(frame("first")) + len(b"data: ") + 8 * 1024 * 1024
+    assert used < 1  # split again at each piece: 3.6 s here, 16 times that at the default cap
