@@ -49,6 +49,24 @@ def fixed(data: bytes) -> Writer:
     return write
 
 
+def dripping_json(drips: int, pause: float, done: threading.Event | None = None) -> Writer:
+    """Answer with a JSON head declaring 100000 bytes, then a byte every `pause` seconds,
+    `drips` times (then set `done`): an answer that never goes silent long enough to time out
+    between reads."""
+
+    async def write(writer: asyncio.StreamWriter, _: Received) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+        writer.write(b"Content-Length: 100000\r\n\r\n")
+        for _ in range(drips):
+            writer.write(b" ")
+            await writer.drain()
+            await asyncio.sleep(pause)
+        if done is not None:
+            done.set()
+
+    return write
+
+
 def http_answer(body: bytes, *headers: str, status: str = "200 OK") -> bytes:
     lines = [f"HTTP/1.1 {status}", *headers, f"Content-Length: {len(body)}", "", ""]
     return "\r\n".join(lines).encode("latin-1") + body

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -147,17 +147,29 @@ def parse_cache_control(values: Sequence[str]) -> Directives:
     if not values:
         return _NO_DIRECTIVES
     found: dict[str, Any] = {}
+    for name, arg in directives(values):
+        if name in ("no-cache", "no-store", "only-if-cached"):
+            found[name.replace("-", "_")] = True
+        elif name in ("max-age", "stale-if-error") and arg is not None:
+            arg = arg.strip().strip('"')
+            if arg.isascii() and arg.isdigit():
+                found[name.replace("-", "_")] = _delta_seconds(arg)
+    return Directives(**found)
+
+
+def directives(values: Sequence[str]) -> Iterator[tuple[str, str | None]]:
+    """(lower-case name, argument or None) of each directive of Cache-Control header values."""
+    for item in list_items(values):
+        name, equals, arg = item.partition("=")
+        yield name.strip().lower(), arg if equals else None
+
+
+def list_items(values: Sequence[str]) -> Iterator[str]:
+    """The items of comma-separated header values (Cache-Control, Vary), stripped, none empty."""
     for header in values:
         for part in header.split(","):
-            name, _, arg = part.strip().partition("=")
-            name = name.strip().lower()
-            if name in ("no-cache", "no-store", "only-if-cached"):
-                found[name.replace("-", "_")] = True
-            elif name in ("max-age", "stale-if-error"):
-                arg = arg.strip().strip('"')
-                if arg.isascii() and arg.isdigit():
-                    found[name.replace("-", "_")] = _delta_seconds(arg)
-    return Directives(**found)
+            if item := part.strip():
+                yield item
 
 
 def _delta_seconds(digits: str) -> int:
@@ -204,7 +216,7 @@ Accept-Encoding and stores the answer decoded, and the body it sends (keyed) is 
 
 
 def refused_by_upstream(
-    cache_control: Sequence[str], vary: Sequence[str], keyed: frozenset[str]
+    cache_control: Sequence[str], vary: Sequence[str], keyed: Collection[str]
 ) -> str | None:
     """Why the upstream's answer must not be stored, or None (RFC 9111 3, 4.1). `no-store` and
     `private` forbid a shared cache to store it; a `Vary` naming `*` or a request header the key
@@ -213,17 +225,13 @@ def refused_by_upstream(
     every answer), and reusing without asking again is what this cache is for; so does
     `private="field"`, which keeps only the fields named from others, and no stored answer
     keeps the upstream's fields."""
-    for header in cache_control:
-        for part in header.split(","):
-            name, qualified, _ = part.partition("=")
-            name = name.strip().lower()
-            if name == "no-store" or (name == "private" and not qualified):
-                return f"Cache-Control: {name}"
-    for header in vary:
-        for part in header.split(","):
-            name = part.strip().lower()
-            if name and name not in keyed and name not in ALWAYS_KEYED:
-                return "Vary"
+    for name, arg in directives(cache_control):
+        if name == "no-store" or (name == "private" and arg is None):
+            return f"Cache-Control: {name}"
+    for item in list_items(vary):
+        name = item.lower()
+        if name not in keyed and name not in ALWAYS_KEYED:
+            return "Vary"
     return None
 
 

@@ -272,9 +272,10 @@ def as_upstream_allows(services: Services, call: Call, headers: Headers) -> Call
     if not call.plan.store:
         return call
     shared = services.settings.cache_scope is policy.CacheScope.SHARED
-    keyed = frozenset(() if shared else services.credential_names)
     reason = policy.refused_by_upstream(
-        headers.getall("Cache-Control", ()), headers.getall("Vary", ()), keyed
+        headers.getall("Cache-Control", ()),
+        headers.getall("Vary", ()),
+        () if shared else services.credential_names,
     )
     if reason is None:
         return call

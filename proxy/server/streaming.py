@@ -49,8 +49,7 @@ async def forward_stream(
     upstream = await call_upstream(services, request, call)
     try:
         if upstream.status != 200 or upstream.content_type != "text/event-stream":
-            within = services.settings.upstream_timeout or None
-            data = await upstream.read(services.settings.max_entry, within)
+            data = await upstream.read(services.settings.max_entry)
             headers = response_headers(upstream.headers, decoded=True)
             headers.update(repro_headers(call, call.plan.outcome, None))
             return web.Response(status=upstream.status, body=data, headers=headers)
@@ -124,9 +123,8 @@ class _Relay:
         so an upstream sending a frame a second forever (or on past its end) cannot pin the
         connection and the recorder."""
         recorder = self.recorder
-        if not self.keep_reading or self.committed or recorder.oversize or recorder.failed:
-            return False
-        if not recorder.reading:
+        stored = self.keep_reading and recorder.reading and not self.committed
+        if not stored or recorder.oversize or recorder.failed:
             return False
         limit = self.services.settings.upstream_timeout
         return not limit or asyncio.get_running_loop().time() - self.gone_at < limit

@@ -66,8 +66,11 @@ async def exact(chunks: AsyncIterable[bytes], length: int) -> AsyncIterator[byte
 class UpstreamResponse:
     """One answer: checked status and headers at once, the body as it arrives."""
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, deadline: float | None = None) -> None:
+        """`deadline`: seconds a whole read may take in all, for an answer to a request sent
+        as a stream, whose connection waits only on silences (a whole one has its own)."""
         self._response = response
+        self._deadline = deadline
         self.status = response.status
         self.reason = response.reason or ""
         self.headers = safe_headers(response.headers)
@@ -76,15 +79,15 @@ class UpstreamResponse:
     def content_type(self) -> str:
         return self.headers.get("Content-Type", "").partition(";")[0].strip().lower()
 
-    async def read(self, limit: int, within: float | None = None) -> bytes:
-        """The whole body, at most `limit` bytes (decoded), within `within` seconds in all if
-        given: an answer sent as a stream is bounded only by its silences, however long it
-        drips. A plain body whose length is declared within the limit is read at once; any
-        other is counted as it inflates."""
-        if within is None:
+    async def read(self, limit: int) -> bytes:
+        """The whole body, at most `limit` bytes (decoded), within the deadline in all: an
+        answer read whole is bounded by one deadline however slowly it drips. A plain body
+        whose length is declared within the limit is read at once; any other is counted as
+        it inflates."""
+        if self._deadline is None:
             return await self._read(limit)
         try:
-            async with asyncio.timeout(within):
+            async with asyncio.timeout(self._deadline):
                 return await self._read(limit)
         except TimeoutError as exc:
             raise UpstreamTimeout("The upstream timed out while sending its answer.") from exc
@@ -221,7 +224,7 @@ class Upstream:
         if problem is not None:
             response.close()
             raise UpstreamUnreachable(f"The upstream's answer has {problem}; connection closed.")
-        return UpstreamResponse(response)
+        return UpstreamResponse(response, None if whole else self.read_timeout or None)
 
     async def fetch(
         self,

@@ -100,13 +100,11 @@ def response_headers(incoming: Headers, decoded: bool) -> CIMultiDict[str]:
     upstream's, or another repro-proxy's before it, never pass for it. INERT goes over the
     upstream's own."""
     skip = _skipped(incoming, _DECODED_SKIP if decoded else _RESPONSE_SKIP)
-    out = CIMultiDict(
-        [
-            (k, v)
-            for k, v in incoming.items()
-            if k.lower() not in skip and not k.lower().startswith("x-repro-")
-        ]
-    )
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        lower = name.lower()
+        if lower not in skip and not lower.startswith("x-repro-"):
+            out.add(name, value)
     out.update(INERT)
     return out
 

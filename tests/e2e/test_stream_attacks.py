@@ -13,7 +13,7 @@ import httpx
 import orjson
 
 from tests.fixtures_procs import ProxyFactory
-from tests.hostile import Received, Scripted
+from tests.hostile import Received, Scripted, dripping_json
 
 AUTH = {"Authorization": "Bearer sk-victim", "Content-Type": "application/json"}
 SSE_HEAD = (
@@ -104,17 +104,7 @@ def test_a_whole_answer_to_a_stream_request_is_bounded_by_the_upstream_timeout(
     """A stream request's connection waits only on silences; an answer that turns out to be
     JSON (or an error status) is read whole, so one deadline bounds all of it."""
     dripped = threading.Event()
-
-    async def drip(writer: asyncio.StreamWriter, _: Received) -> None:
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
-        writer.write(b"Content-Length: 100000\r\n\r\n")
-        for _ in range(300):
-            writer.write(b" ")
-            await writer.drain()
-            await asyncio.sleep(0.1)
-        dripped.set()
-
-    with Scripted(drip) as upstream:
+    with Scripted(dripping_json(300, 0.1, dripped)) as upstream:
         proxy = start_proxy("--upstream-timeout", "1", upstream=upstream.v1)
         answer = httpx.post(
             proxy.v1 + "/chat/completions",

@@ -19,7 +19,7 @@ import pytest
 from proxy.errors import InvalidBodyLength, UpstreamTooLarge
 from proxy.upstream.client import StreamedBody, Upstream
 from tests.fixtures_procs import ProxyFactory
-from tests.hostile import Received, Scripted, fixed, http_answer
+from tests.hostile import Received, Scripted, dripping_json, fixed, http_answer
 
 AUTH = {"Authorization": "Bearer sk-victim", "Content-Type": "application/json"}
 
@@ -257,15 +257,7 @@ def test_a_gzip_bomb_answer_is_a_502_within_tens_of_mib_and_stores_nothing(
 def test_a_whole_answer_is_bounded_by_the_upstream_timeout_however_slowly_it_drips(
     start_proxy: ProxyFactory,
 ) -> None:
-    async def drip(writer: asyncio.StreamWriter, _: Received) -> None:
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
-        writer.write(b"Content-Length: 100000\r\n\r\n")
-        for _ in range(100):
-            writer.write(b" ")
-            await writer.drain()
-            await asyncio.sleep(0.2)
-
-    with Scripted(drip) as upstream:
+    with Scripted(dripping_json(100, 0.2)) as upstream:
         proxy = start_proxy("--upstream-timeout", "1", upstream=upstream.v1)
         started = time.monotonic()
         answer = httpx.post(
