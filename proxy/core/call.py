@@ -8,7 +8,6 @@ computes) and the request, so it can run anywhere, in a child process included.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from multidict import CIMultiDictProxy
@@ -34,8 +33,7 @@ class Rules(Protocol):
     def stale_if_error(self) -> int: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
+class Call(NamedTuple):
     """One cacheable request, fully decided before any I/O."""
 
     route: str  # the request path (an Azure one names its deployment)
@@ -170,8 +168,7 @@ def repro_headers(call: Call, outcome: Outcome, fingerprint: str | None) -> dict
     return headers
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
+class Answer(NamedTuple):
     """A complete upstream answer, as it is about to be stored."""
 
     body: bytes

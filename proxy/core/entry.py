@@ -7,16 +7,14 @@ it out without parsing. How an entry is laid out in a store is `proxy.core.codec
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class CorruptEntry(ValueError):
     """A stored value that is not an entry; it is treated as absent."""
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     body: bytes
     content_type: str
     fingerprint: str

@@ -10,7 +10,7 @@ import hmac
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from proxy.core.fingerprints import ModelFingerprints
 from proxy.core.routes import CHAT, COMPLETIONS, RESPONSES, kind
@@ -62,8 +62,7 @@ class Outcome(StrEnum):
     STALE = "STALE"
 
 
-@dataclass(frozen=True, slots=True)
-class Seeded:
+class Seeded(NamedTuple):
     body: dict[str, Any]
     seed: int | None
     source: str | None  # "client", "default", or None when the route takes no seed

@@ -280,7 +280,7 @@ def as_upstream_allows(services: Services, call: Call, headers: Headers) -> Call
     if reason is None:
         return call
     log.info("answer not stored: the upstream forbids it", extra={"key": call.key, "by": reason})
-    return replace(call, plan=replace(call.plan, store=False))
+    return call._replace(plan=replace(call.plan, store=False))
 
 
 def _json_object(data: bytes) -> dict[str, Any] | None:

@@ -112,7 +112,7 @@ async def serve_if_trusted(
         services.verifier.sample(call, entry, request.headers)
         return serve_hit(services, call, entry)
     return await go_upstream(
-        services, request, replace(call, plan=replace(call.plan, lookup=False))
+        services, request, call._replace(plan=replace(call.plan, lookup=False))
     )
 
 
@@ -153,7 +153,7 @@ async def after_leader(services: Services, request: web.Request, call: Call) -> 
     entry = await lookup(services, call)
     if entry is not None:
         return await serve_if_trusted(services, request, call, entry)
-    return await go_upstream(services, request, replace(call, plan=replace(call.plan, store=False)))
+    return await go_upstream(services, request, call._replace(plan=replace(call.plan, store=False)))
 
 
 async def go_upstream(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from proxy.core.fingerprints import ModelFingerprints, Observation, Rotation
 
@@ -29,8 +29,7 @@ class StoreTimeout(StoreError):
     """The store did not answer within its deadline: a frozen store, not a failing command."""
 
 
-@dataclass(frozen=True, slots=True)
-class Labels:
+class Labels(NamedTuple):
     """What an operator selects entries by, kept beside the (possibly encrypted) value."""
 
     namespace: str = ""
@@ -56,8 +55,7 @@ class Selector:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Write:
+class Write(NamedTuple):
     """One answer to store, as `put` and `record` take it.
 
     `ttl`: seconds of life, 0 for none; `labels`: what purges and exports select by.

@@ -15,7 +15,6 @@ import base64
 import binascii
 import os
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import replace
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -99,7 +98,7 @@ class EncryptedStore(StoreWrapper):
         return await self.inner.record(self._sealed(write))
 
     def _sealed(self, write: Write) -> Write:
-        return replace(write, value=self.seal(write.key, write.fingerprint, write.value))
+        return write._replace(value=self.seal(write.key, write.fingerprint, write.value))
 
     async def dictionary(self, candidate: bytes | None) -> bytes | None:
         """Sealed like the answers it was trained on: it holds pieces of their text."""

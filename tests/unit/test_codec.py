@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import struct
-from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -216,7 +215,7 @@ class TestHostileBlobs:
             CODEC.unpack(framed(PLAIN, len(payload), payload))
 
     def test_a_request_length_beyond_the_payload_is_corrupt(self) -> None:
-        payload = PLAIN_CODEC.pack(replace(ENTRY, request=b""))[6:]
+        payload = PLAIN_CODEC.pack(ENTRY._replace(request=b""))[6:]
         meta_end = 4 + int.from_bytes(payload[:4], "big")
         lying = payload[:meta_end] + (1 << 30).to_bytes(4, "big") + payload[meta_end + 4 :]
         with pytest.raises(CorruptEntry):
@@ -242,7 +241,7 @@ def prose_entry(number: int) -> Entry:
     """Entries alike in shape and vocabulary, as a real cache's are: what a dictionary learns."""
     words = PROSE.split()
     text = " ".join(words[(number * 7 + i) % len(words)] for i in range(120))
-    return replace(ENTRY, request=orjson.dumps({"messages": [{"content": text}]}), seed=number)
+    return ENTRY._replace(request=orjson.dumps({"messages": [{"content": text}]}), seed=number)
 
 
 class TestDictionary:
@@ -261,7 +260,7 @@ class TestDictionary:
 
     def test_large_entries_are_not_kept_to_train_from(self) -> None:
         codec = Codec(level=1, samples=3)
-        codec.pack(replace(ENTRY, body=bytes(SAMPLE_BYTES)))
+        codec.pack(ENTRY._replace(body=bytes(SAMPLE_BYTES)))
         codec.pack(ENTRY)
         assert len(codec.samples) == 1
 
