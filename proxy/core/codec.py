@@ -139,7 +139,8 @@ class Codec:
         return self.packed_bytes / self.raw_bytes if self.raw_bytes else math.nan
 
     def pack(self, entry: Entry) -> bytes:
-        meta = orjson.dumps([getattr(entry, name) for name in _META])
+        # The fields after the body, in the order `_parsed` reads them back.
+        meta = orjson.dumps(entry[1 : 1 + len(_META)])
         request = entry.request
         payload = b"".join(
             (_LENGTH.pack(len(meta)), meta, _LENGTH.pack(len(request)), request, entry.body)
