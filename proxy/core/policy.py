@@ -224,6 +224,8 @@ def refused_by_upstream(
     every answer), and reusing without asking again is what this cache is for; so does
     `private="field"`, which keeps only the fields named from others, and no stored answer
     keeps the upstream's fields."""
+    if not cache_control and not vary:  # most answers: nothing to parse
+        return None
     for name, arg in directives(cache_control):
         if name == "no-store" or (name == "private" and arg is None):
             return f"Cache-Control: {name}"
