@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import httpx
 import orjson
 import pytest
+import zstandard
 
 from bench.procs import wait_until
 from tests.e2e.test_e2e_errors import AUTH, assert_error, post
@@ -114,7 +115,8 @@ def test_a_pass_through_body_cut_while_it_streams_upstream_is_aborted_there(
             sock.sendall(
                 b"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-a\r\n"
                 b"Content-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
-                + b"%x\r\n%s\r\n" % (len(first), first)
+                + b"%x\r\n%s\r\n"
+                % (len(first), first)
             )
             wait_until(lambda: upstream.connections == 1, "the proxy calling the upstream", 5)
             sock.sendall(b"0\r\n\r\n")
@@ -123,4 +125,51 @@ def test_a_pass_through_body_cut_while_it_streams_upstream_is_aborted_there(
     assert answer.startswith(b"HTTP/1.1 400"), answer[:80]
     assert b"invalid_body" in answer
     assert upstream.received == []
-    assert all(PREFIX.startswith(cut.body) for cut in upstream.cut)
+    (cut,) = upstream.cut  # the prefix went upstream, and then the connection closed on it
+    assert cut.request_line == "POST /v1/files HTTP/1.1"
+    assert cut.body == PREFIX
+
+
+# zlib's header, empty blocks that are not the last, the last (empty too) and the checksum of
+# nothing: bytes sent that inflate to nothing at all.
+EMPTY_BLOCKS = (
+    b"\x78\x9c" + b"\x00\x00\x00\xff\xff" * 400 + b"\x01\x00\x00\xff\xff" + b"\x00\x00\x00\x01"
+)
+
+
+def test_a_compressed_body_is_bounded_by_the_bytes_sent_too(start_proxy: ProxyFactory) -> None:
+    """Blocks that inflate to nothing would let a client send for ever under a bound on the
+    inflated size alone."""
+    assert zlib.decompress(EMPTY_BLOCKS) == b"" and len(EMPTY_BLOCKS) > 1024
+    with Scripted(echo_digest) as upstream:
+        proxy = start_proxy("--max-body", "1KiB", upstream=upstream.v1)
+        for path in ("/chat/completions", "/files"):
+            refused = send(proxy, EMPTY_BLOCKS, "deflate", path, chunked=True)
+            assert_error(refused, 413, "request_too_large")
+        wait_until(lambda: upstream.open_now == 0, "the upstream connection closed", 5)
+    assert upstream.received == []
+
+
+@pytest.mark.parametrize(
+    ("coding", "body"),
+    [
+        ("zstd", zstandard.ZstdCompressor().compress(CHAT)),
+        ("br", b"bytes the proxy does not read"),
+        ("x-gzip", gzip.compress(CHAT)),
+        ("gzip, gzip", gzip.compress(gzip.compress(CHAT))),
+    ],
+)
+def test_a_body_in_a_coding_the_proxy_does_not_inflate_is_never_read_as_plain(
+    start_proxy: ProxyFactory, coding: str, body: bytes
+) -> None:
+    """A cached route must read the JSON: it refuses. A pass-through route forwards the body
+    exactly as sent, with its own Content-Encoding and length, for the upstream to read."""
+    with Scripted(echo_digest) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        assert_error(send(proxy, body, coding, "/chat/completions"), 400, "invalid_body")
+        forwarded = send(proxy, body, coding, "/files")
+    assert forwarded.status_code == 200, forwarded.text
+    (received,) = upstream.received
+    assert received.body == body
+    assert received.headers["content-encoding"] == coding
+    assert received.headers["content-length"] == str(len(body))
