@@ -109,15 +109,14 @@ def test_a_pass_through_body_cut_while_it_streams_upstream_is_aborted_there(
     """The inflated prefix is on its way upstream when the client ends its body short: the
     upstream sees its request cut off, never ended with the last chunk."""
     first, *_ = flushed(GZIP, PREFIX, TAIL)
+    head = (
+        b"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-a\r\n"
+        b"Content-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
     with Scripted(echo_digest) as upstream:
         proxy = start_proxy(upstream=upstream.v1)
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
-            sock.sendall(
-                b"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-a\r\n"
-                b"Content-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
-                + b"%x\r\n%s\r\n"
-                % (len(first), first)
-            )
+            sock.sendall(head + b"%x\r\n%s\r\n" % (len(first), first))
             wait_until(lambda: upstream.connections == 1, "the proxy calling the upstream", 5)
             sock.sendall(b"0\r\n\r\n")
             answer = sock.recv(65536)
