@@ -99,8 +99,9 @@ class InvalidBodyLength(ProxyError):
 
 
 class InvalidBody(ProxyError):
-    """A body that cannot be read as its framing says: a broken chunk, or bytes that are not
-    the gzip (deflate, br, zstd) their Content-Encoding names."""
+    """A body that cannot be read as its framing says: a broken chunk, bytes that are not the
+    gzip or deflate their Content-Encoding names (or that end before or after its stream does),
+    or a coding the proxy does not inflate on a route that must read the body."""
 
     status = 400
     code = "invalid_body"

@@ -4,7 +4,8 @@ synchronous tests can drive a real proxy process against it.
 `Scripted` speaks raw bytes: it reads each request (head, then a Content-Length or chunked body)
 off the connection, records it with the connection it came on, and answers with whatever its
 `answer` function returns, byte for byte, so it can frame answers the way a hostile upstream
-would. A request smuggled inside another's body shows up as one more recorded request.
+would. A request smuggled inside another's body shows up as one more recorded request; one whose
+body the connection's end cut short is recorded apart (`cut`), with what arrived of it.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class Scripted:
     answer: Writer
     port: int = field(default_factory=free_port)
     received: list[Received] = field(default_factory=list)
+    cut: list[Received] = field(default_factory=list)
     connections: int = 0
     open_now: int = 0
     most_open: int = 0
@@ -131,6 +133,8 @@ class Scripted:
                     return
                 self.received.append(request)
                 await self.answer(writer, request)
+        except _Cut as cut:
+            self.cut.append(cut.request)
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
             return
         finally:
@@ -146,20 +150,35 @@ async def _read_request(reader: asyncio.StreamReader, connection: int) -> Receiv
         return None
     request = Received(connection, head[:-4], b"")
     headers = request.headers
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        request.body = await _read_chunked(reader)
-    else:
-        request.body = await reader.readexactly(int(headers.get("content-length", "0")))
+    chunked = headers.get("transfer-encoding", "").lower() == "chunked"
+    body = bytearray()
+    try:
+        if chunked:
+            await _read_chunked(reader, body)
+        else:
+            body += await reader.readexactly(int(headers.get("content-length", "0")))
+    except (ConnectionError, asyncio.IncompleteReadError) as exc:
+        if not chunked and isinstance(exc, asyncio.IncompleteReadError):
+            body += exc.partial
+        request.body = bytes(body)
+        raise _Cut(request) from exc
+    request.body = bytes(body)
     return request
 
 
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    body = bytearray()
+class _Cut(Exception):
+    """The connection ended inside a request's body."""
+
+    def __init__(self, request: Received) -> None:
+        self.request = request
+
+
+async def _read_chunked(reader: asyncio.StreamReader, body: bytearray) -> None:
     while True:
         size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
         if size == 0:
             while await reader.readuntil(b"\r\n") != b"\r\n":
                 pass
-            return bytes(body)
+            return
         body += await reader.readexactly(size)
         await reader.readexactly(2)

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from proxy.core.fingerprints import ModelFingerprints
 from proxy.errors import InvalidJSON, InvalidParameter, StoreUnavailable, Unauthorized
-from proxy.server import session
+from proxy.server import bodies, session
 from proxy.server.context import SERVICES, Services
 from proxy.store.base import Selector, StoreError
 
@@ -105,7 +105,10 @@ async def admin_purge(request: web.Request) -> web.Response:
     """Delete entries by namespace, model and/or fingerprint; `dry_run` only counts them."""
     services = request.app[SERVICES]
     check_admin(request, services)
-    selector, dry_run = purge_request(await request.read())
+    settings = services.settings
+    selector, dry_run = purge_request(
+        await bodies.read(request, settings.max_body, settings.body_timeout)
+    )
     try:
         matched = await services.store.purge(selector, dry_run)
     except StoreError as exc:

@@ -24,7 +24,7 @@ from proxy.core.policy import SHARED, CacheMode
 from proxy.core.routes import AZURE_RESPONSES, AZURE_V1, DEPLOYMENT_CALLS, DEPLOYMENTS
 from proxy.errors import InvalidHeader, ProxyError, UpstreamError
 from proxy.metrics import Metrics
-from proxy.server import admin, handlers, responses, rotations, transfer, ui
+from proxy.server import admin, bodies, handlers, responses, rotations, transfer, ui
 from proxy.server.coalesce import Coalescer
 from proxy.server.context import SERVICES, Services, entry_memo
 from proxy.server.dictionary import Dictionaries
@@ -66,7 +66,7 @@ def create_app(
     `environ` holds the forward-proxy variables (HTTPS_PROXY, HTTP_PROXY, NO_PROXY); `on_miss`
     is told of every request refused as a cache miss.
     """
-    app = web.Application(client_max_size=settings.max_body)
+    app = web.Application(client_max_size=settings.max_body, handler_args=bodies.HANDLER_ARGS)
     metrics = Metrics(registry or CollectorRegistry(), multiprocess_dir)
     app.cleanup_ctx.append(_services(settings, store, metrics, clock, environ, on_miss))
     for route in cacheable_routes():

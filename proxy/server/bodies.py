@@ -1,21 +1,104 @@
-"""Request bodies read with a bound on silence (nginx's client_body_timeout): a client may not
-hold a request, and the connection under it, by pausing between chunks."""
+"""Request bodies as handlers read them: bounded in size, in silence (nginx's
+client_body_timeout), and inflated here rather than by aiohttp's server.
+
+aiohttp's server inflates a gzip body while parsing it but never checks that its stream ended:
+a body cut short reads as its prefix, without error. Its inflation is turned off
+(`HANDLER_ARGS`, for every server of the app) and `proxy.core.inflate` does it instead, so a
+compressed body that does not end where its format says is refused with 400 `invalid_body`
+before a handler takes it as whole; a body streamed upstream then fails its upstream request
+before it ends. A limit applies to what the client sends and to what it inflates to.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from types import MappingProxyType
+from typing import Any
 
-from aiohttp import StreamReader
+from aiohttp import StreamReader, web
 from aiohttp.web import RequestPayloadError
 
-from proxy.errors import InvalidBody, RequestTimeout
+from proxy.core.inflate import CODINGS, Inflater
+from proxy.errors import InvalidBody, RequestTimeout, RequestTooLarge
+
+HANDLER_ARGS: Mapping[str, Any] = MappingProxyType({"auto_decompress": False})
+"""aiohttp's request handler arguments: the raw body, which only this module inflates."""
 
 
-async def next_chunk(content: StreamReader, idle: float) -> bytes:
+def coding(request: web.Request) -> str:
+    """The body's Content-Encoding, lower case; "" for a plain body."""
+    value = request.headers.get("Content-Encoding", "").strip().lower()
+    return "" if value == "identity" else value
+
+
+def inflates(request: web.Request) -> bool:
+    """Whether the body handlers read is the inflated form of what the client sent."""
+    return coding(request) in CODINGS
+
+
+async def read(request: web.Request, limit: int, idle: float) -> bytes:
+    """The whole body, inflated; refused once it is known to exceed `limit` (sent or
+    inflated), goes silent for `idle` seconds, or is in a coding the proxy cannot read."""
+    encoding = coding(request)
+    if encoding and encoding not in CODINGS:
+        raise InvalidBody(
+            f"The request body's Content-Encoding {encoding!r} is not one the proxy reads: "
+            "send it plain, or as gzip or deflate."
+        )
+    content = _checked(request, limit)
+    if content.is_eof() and not encoding:  # all of it came with the head: no reads to wait on
+        body = _received(content)
+        if len(body) > limit:
+            raise RequestTooLarge(_too_large(limit))
+        return body
+    received = bytearray()
+    async for chunk in _chunks(content, encoding, limit, idle):
+        received += chunk
+    return bytes(received)
+
+
+def stream(request: web.Request, limit: int, idle: float) -> AsyncIterator[bytes]:
+    """The body as it arrives: inflated when it came as gzip or deflate, else as sent. Its
+    declared length is checked now, the rest as it comes, and a compressed one's end last."""
+    return _chunks(_checked(request, limit), coding(request), limit, idle)
+
+
+async def _chunks(
+    content: StreamReader, encoding: str, limit: int, idle: float
+) -> AsyncIterator[bytes]:
+    inflater = Inflater(encoding) if encoding in CODINGS else None
+    sent = inflated = 0
+    while chunk := await _next_chunk(content, idle):
+        sent += len(chunk)
+        if sent > limit:
+            raise RequestTooLarge(_too_large(limit))
+        if inflater is None:
+            yield chunk
+            continue
+        for piece in inflater.feed(chunk):
+            inflated += len(piece)
+            if inflated > limit:
+                raise RequestTooLarge(_too_large(limit))
+            yield piece
+    if inflater is not None:
+        inflater.finish()
+
+
+def _checked(request: web.Request, limit: int) -> StreamReader:
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestTooLarge(_too_large(limit))
+    return request.content
+
+
+def _too_large(limit: int) -> str:
+    return f"The request body exceeds the limit of {limit} bytes (--max-body)."
+
+
+async def _next_chunk(content: StreamReader, idle: float) -> bytes:
     """The next chunk of a body, b"" at its end. Bytes already received are taken without a
     timer; a wait for more is bounded by `idle` seconds."""
-    chunk = received(content)
+    chunk = _received(content)
     if chunk or content.is_eof():
         return chunk
     try:
@@ -29,7 +112,7 @@ async def next_chunk(content: StreamReader, idle: float) -> bytes:
         raise _unreadable() from None
 
 
-def received(content: StreamReader) -> bytes:
+def _received(content: StreamReader) -> bytes:
     """The bytes of a body received so far, without waiting."""
     try:
         return content.read_nowait()
@@ -39,13 +122,4 @@ def received(content: StreamReader) -> bytes:
 
 def _unreadable() -> InvalidBody:
     """aiohttp's parser found the body broken (its message withheld: it may quote the body)."""
-    return InvalidBody(
-        "The request body could not be read: a broken chunk, or bytes that are not what its "
-        "Content-Encoding says."
-    )
-
-
-async def chunks(content: StreamReader, idle: float) -> AsyncIterator[bytes]:
-    """Every chunk of a body as it comes, each wait bounded by `idle` seconds."""
-    while chunk := await next_chunk(content, idle):
-        yield chunk
+    return InvalidBody("The request body could not be read: a chunk is broken.")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -19,7 +18,6 @@ from proxy.core.policy import STALE_STATUSES, CacheMode, CacheScope, Outcome
 from proxy.errors import (
     CacheMissError,
     ReplayPassthrough,
-    RequestTooLarge,
     UpstreamError,
 )
 from proxy.server import bodies
@@ -51,7 +49,7 @@ async def cacheable(request: web.Request) -> web.StreamResponse:
     route, query = request.path, request.query_string
     if routes.is_azure(route):
         route, query = routes.azure_target(route, request.raw_path, query)
-    raw = await read_limited(request, settings.max_body, settings.body_timeout)
+    raw = await bodies.read(request, settings.max_body, settings.body_timeout)
     await services.secret.settle()
     asked = Asked.of(route, query, raw, request.headers, services.credential_names)
     if len(raw) >= OFF_LOOP_BODY:  # never remembered: hashing it would hold the loop too
@@ -227,29 +225,6 @@ def count_miss(services: Services, call: Call, served: bool) -> None:
         services.metrics.of(call.model, served).misses.inc()
 
 
-async def read_limited(request: web.Request, limit: int, idle: float) -> bytes:
-    """The whole body (inflated, if it came compressed), refused as soon as it is known to
-    exceed `limit`, or once it goes silent for `idle` seconds."""
-    if request.content_length is not None and request.content_length > limit:
-        raise RequestTooLarge(_too_large(limit))
-    content = request.content
-    if content.is_eof():  # all of it came with the head, the common case: no reads to wait on
-        body = bodies.received(content)
-        if len(body) > limit:
-            raise RequestTooLarge(_too_large(limit))
-        return body
-    received = bytearray()
-    async for chunk in bodies.chunks(content, idle):
-        received += chunk
-        if len(received) > limit:
-            raise RequestTooLarge(_too_large(limit))
-    return bytes(received)
-
-
-def _too_large(limit: int) -> str:
-    return f"The request body exceeds the limit of {limit} bytes (--max-body)."
-
-
 async def passthrough(request: web.Request) -> web.StreamResponse:
     """Any other /v1 route, streamed both ways and never cached; refused in replay mode."""
     services = request.app[SERVICES]
@@ -259,16 +234,15 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
             "(--cache-mode replay) the proxy never calls the upstream.",
             headers={"X-Repro-Cache": Outcome.BYPASS.value},
         )
-    limit = services.settings.max_body
-    if request.content_length is not None and request.content_length > limit:
-        raise RequestTooLarge(_too_large(limit))
-    inflated = _inflated(request)
+    # An inflated body goes upstream chunked, without the client's Content-Encoding and
+    # length; any other exactly as sent, never a mix of inflated bytes and compressed framing.
+    inflated = bodies.inflates(request)
     headers = request_headers(request.headers, _INFLATED_SKIP if inflated else REQUEST_SKIP)
     data = None
     if request.body_exists:
-        length = None if inflated else request.content_length
-        stream = _limited_stream(request, limit, services.settings.body_timeout)
-        data = StreamedBody(stream, length)
+        settings = services.settings
+        chunks = bodies.stream(request, settings.max_body, settings.body_timeout)
+        data = StreamedBody(chunks, None if inflated else request.content_length)
     upstream = await services.upstream.send(
         request.method, forward_target(request.raw_path), headers, data, decode=False
     )
@@ -285,26 +259,7 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
     return response
 
 
-# The codings aiohttp's server inflates before a handler reads the body (its parser's list).
-_SERVER_INFLATES = frozenset({"gzip", "deflate", "br", "zstd"})
 _INFLATED_SKIP = REQUEST_SKIP | {"content-encoding"}
-
-
-def _inflated(request: web.Request) -> bool:
-    """Whether the body a handler reads is the inflated form of what the client sent: then it
-    goes upstream inflated (chunked, without the client's Content-Encoding and length), never
-    as a mix of inflated bytes and the compressed framing."""
-    coding = request.headers.get("Content-Encoding", "")
-    return coding.strip().lower() in _SERVER_INFLATES
-
-
-async def _limited_stream(request: web.Request, limit: int, idle: float) -> AsyncIterator[bytes]:
-    sent = 0
-    async for chunk in bodies.chunks(request.content, idle):
-        sent += len(chunk)
-        if sent > limit:
-            raise RequestTooLarge(_too_large(limit))
-        yield chunk
 
 
 async def healthz(request: web.Request) -> web.Response:

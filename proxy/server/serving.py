@@ -35,6 +35,7 @@ from aiohttp.web_request import BaseRequest
 from proxy.config import Settings
 from proxy.core.policy import CacheMode
 from proxy.errors import MalformedRequest, TooManyConnections
+from proxy.server import bodies
 from proxy.server.context import SERVICES
 from proxy.server.preflight import check_store, check_upstream
 from proxy.upstream.egress import env_proxy
@@ -254,6 +255,7 @@ async def serve(app: web.Application, settings: Settings, *, reuse_port: bool) -
         loop=loop,
         access_log=None,  # type: ignore[arg-type]
         keepalive_timeout=keepalive,
+        **bodies.HANDLER_ARGS,
     )
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

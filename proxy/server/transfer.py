@@ -17,7 +17,7 @@ from aiohttp import web
 from proxy.core.policy import SHARED, CacheScope
 from proxy.errors import InvalidParameter, RequestTooLarge, StoreUnavailable
 from proxy.server.admin import NOT_KEPT, check_admin, json_response
-from proxy.server.bodies import chunks
+from proxy.server.bodies import read
 from proxy.server.context import SERVICES, Services
 from proxy.server.streaming import CLIENT_GONE
 from proxy.store import cassette
@@ -98,14 +98,10 @@ async def _tenant(request: web.Request, services: Services) -> str:
 
 async def _body(request: web.Request, services: Services) -> bytes:
     limit = services.settings.max_body
-    if request.content_length is not None and request.content_length > limit:
-        raise _too_large(limit)
-    body = bytearray()
-    async for chunk in chunks(request.content, services.settings.body_timeout):
-        body += chunk
-        if len(body) > limit:
-            raise _too_large(limit)
-    return bytes(body)
+    try:
+        return await read(request, limit, services.settings.body_timeout)
+    except RequestTooLarge:
+        raise _too_large(limit) from None
 
 
 def _too_large(limit: int) -> RequestTooLarge:
