@@ -315,6 +315,9 @@ def run_storage(args: argparse.Namespace) -> dict[str, Any]:
         sim = start("sim", [py, "-m", "proxy", "sim", "--port", str(ports["sim"])], "sim")
         redis_argv = [redis_binary, "--port", str(ports["redis"]), "--bind", "127.0.0.1"]
         redis_argv += ["--save", "", "--appendonly", "no", "--dir", str(logs)]
+        for setting in args.redis_config:
+            name, _, value = setting.partition("=")
+            redis_argv += [f"--{name}", value]
         redis_server = start("redis-server", redis_argv, "redis")
         bench.wait_redis(redis_server)
         bench.wait_http(sim, "/_sim/settings")
@@ -375,6 +378,13 @@ def main() -> int:
         help="n of each request (4: the sim's answer is then ~100 tokens, as in bench/bench.py)",
     )
     parser.add_argument("--bytes-only", action="store_true", help="skip the throughput runs")
+    parser.add_argument(
+        "--redis-config",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a redis-server setting for its Redis (repeatable), e.g. hash-max-listpack-value=4096",
+    )
     parser.add_argument("--json", action="store_true", help="results as JSON on stdout")
     args = parser.parse_args()
     try:

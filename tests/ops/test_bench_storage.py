@@ -39,3 +39,27 @@ def test_the_storage_bench_weighs_and_compares_in_one_run() -> None:
     assert workloads == {"hit, memory", "miss, memory", "hit, Redis", "miss, Redis"}
     assert all(row["rps_on"] > 0 and row["rps_off"] > 0 for row in result["throughput"])
     assert "Redis bytes per entry" in done.stderr
+
+
+def _bytes(*extra: str) -> dict[tuple[str, str], dict[str, float]]:
+    done = subprocess.run(
+        [sys.executable, "bench/storage.py", "--bytes-only", "--entries", "10", "--json", *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {(row["kind"], row["proxy"]): row for row in json.loads(done.stdout)["bytes"]}
+
+
+def test_a_compact_hash_setting_stores_every_entry_smaller() -> None:
+    """What docs/operations.md advises: with hash-max-listpack-value above an entry's size,
+    Redis keeps each cache key's hash compactly, whatever the entry's compression."""
+    default = _bytes()
+    compact = _bytes("--redis-config", "hash-max-listpack-value=4096")
+    for kind in ("chat", "stream"):
+        row = (kind, "proxy redis://")
+        assert abs(compact[row]["raw"] - default[row]["raw"]) < 0.01 * default[row]["raw"]
+        assert compact[row]["stored"] < default[row]["stored"] - 50
