@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import base64
 import sys
+import unicodedata
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -140,6 +141,18 @@ def _side(record: dict[str, Any] | None) -> Side | None:
     return Side(str(record["fingerprint"]), str(record.get("recorded_at", record["stored_at"])))
 
 
+def shown(text: str) -> str:
+    """A cassette's text as the terminal may print it: control and format characters (escape
+    sequences that move the cursor, erase a row or retitle the window; bidirectional overrides
+    that reorder what is read) are written as escapes, visibly."""
+    if text.isprintable():
+        return text
+    return "".join(
+        char if char.isprintable() or unicodedata.category(char) == "Zs" else ascii(char)[1:-1]
+        for char in text
+    )
+
+
 def report(rows: list[Compared]) -> dict[str, Any]:
     summary = {status: sum(row.status == status for row in rows) for status in STATUSES}
     return {"summary": summary, "requests": [asdict(row) for row in rows]}
@@ -158,7 +171,7 @@ def render(rows: list[Compared], console: Console) -> None:
         fingerprint = was if was == now else f"{was} -> {now}"
         style = "dim" if row.status == "identical" else None
         cells = (row.status, row.route, row.model, row.prompt, distance, fingerprint)
-        table.add_row(*(Text(cell) for cell in cells), style=style)  # never read as markup
+        table.add_row(*(Text(shown(cell)) for cell in cells), style=style)  # never as markup
     console.print(table)
     summary = report(rows)["summary"]
     console.print(", ".join(f"{count} {status}" for status, count in summary.items()))

@@ -3,28 +3,31 @@ whose fields have the wrong types, answers long enough to make a diff run for ho
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from pathlib import Path
 
 import orjson
 import pytest
+from rich.console import Console
 
 from proxy.core.entry import Entry
 from proxy.store import cassette
+from proxy.tools import cassette_diff
 from proxy.tools.cassette_diff import MAX_COMPARED, bounded_distance
 from tests.fixtures_procs import run_cli
 
 
-def line(content: str, *, prompt: str = "Hi.") -> bytes:
-    request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]}
+def line(content: str, *, prompt: str = "Hi.", model: str = "gpt-4o-mini") -> bytes:
+    request = {"model": model, "messages": [{"role": "user", "content": prompt}]}
     answer = {"id": "c", "choices": [{"index": 0, "message": {"content": content}}]}
     entry = Entry(
         body=orjson.dumps(answer),
         content_type="application/json",
         fingerprint="fp_a",
         stored_at=1.0,
-        model="gpt-4o-mini",
+        model=model,
         route="/v1/chat/completions",
         request=orjson.dumps(request).decode(),
     )
@@ -118,3 +121,22 @@ def test_the_bounded_distance_is_exact_when_few_edits_and_an_upper_bound_beyond(
     unrelated = bounded_distance("ab" * long, "cd" * long)
     assert unrelated == 1.0
     assert bounded_distance("kitten", "sitting") == 3 / 7
+
+
+def test_a_diff_prints_no_escape_sequence_a_cassette_carries(tmp_path: Path) -> None:
+    """Such a sequence could erase the row of a changed answer from a reviewer's terminal."""
+    erase = "\x1b[1A\x1b[2K"  # cursor up one line, erase it
+    model = f"gpt-4o-mini{erase}\x1b]0;title\x07"
+    prompt = f"Hi.{erase}\u202eevil"
+    old, new = tmp_path / "old.jsonl", tmp_path / "new.jsonl"
+    old.write_bytes(line("1", prompt=prompt, model=model))
+    new.write_bytes(line("2", prompt=prompt, model=model))
+    result = run_cli("cassette", "diff", str(old), str(new))
+    assert result.returncode == 1
+    assert "\x1b" not in result.stdout and "\u202e" not in result.stdout
+    assert "\x07" not in result.stdout
+    wide = io.StringIO()
+    rows = cassette_diff.compare(cassette.records(str(old)), cassette.records(str(new)))
+    cassette_diff.render(rows, Console(file=wide, width=400, force_terminal=True))
+    assert "gpt-4o-mini\\x1b[1A\\x1b[2K\\x1b]0;title\\x07" in wide.getvalue()
+    assert "Hi.\\x1b[1A\\x1b[2K\\u202eevil" in wide.getvalue()
