@@ -105,7 +105,7 @@ def from_record(record: dict[str, Any], scope: str) -> Loaded:
     if not isinstance(record, dict):
         raise CassetteError("not a JSON object")
     if record.get("format") != FORMAT:
-        raise CassetteError(f"unknown cassette format {record.get('format')!r}")
+        raise CassetteError(f"unknown cassette format {_quoted(record.get('format'))}")
     _check_fields(record)
     for name, kind in _TYPES.items():
         if not isinstance(record[name], kind):
@@ -170,10 +170,16 @@ def _check_fields(record: dict[str, Any]) -> None:
             continue
         if any(word in name.lower() for word in _SECRET_FIELDS):
             raise CassetteError(
-                f"field {name!r}: a cassette never holds headers or credentials; remove it, "
+                f"field {_quoted(name)}: a cassette never holds headers or credentials; remove it, "
                 "and revoke the credential if it was real"
             )
-        raise CassetteError(f"unknown field {name!r}")
+        raise CassetteError(f"unknown field {_quoted(name)}")
+
+
+def _quoted(value: Any) -> str:
+    """A line's own value in an error message, cut short: the message reaches a terminal."""
+    shown = repr(value)
+    return shown if len(shown) <= 80 else shown[:79] + "…"
 
 
 def parse(text_lines: Iterable[bytes], scope: str) -> list[Loaded]:

@@ -140,3 +140,17 @@ def test_a_diff_prints_no_escape_sequence_a_cassette_carries(tmp_path: Path) -> 
     cassette_diff.render(rows, Console(file=wide, width=400, force_terminal=True))
     assert "gpt-4o-mini\\x1b[1A\\x1b[2K\\x1b]0;title\\x07" in wide.getvalue()
     assert "Hi.\\x1b[1A\\x1b[2K\\u202eevil" in wide.getvalue()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [b'{"format": "%s"}\n', b'{"format": 1, "%s": 1}\n', b'{"format": 1, "token%s": 1}\n'],
+    ids=["format", "field", "secret-field"],
+)
+def test_an_error_quotes_a_line_briefly(tmp_path: Path, text: bytes) -> None:
+    path = tmp_path / "llm.jsonl"
+    path.write_bytes(text.replace(b"%s", b"x" * 1_000_000))
+    with pytest.raises(cassette.CassetteError) as refused:
+        cassette.records(str(path))
+    assert "'xxxx" in str(refused.value) or "'tokenxxx" in str(refused.value)
+    assert len(str(refused.value)) < 300
