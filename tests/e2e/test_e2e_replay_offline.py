@@ -17,6 +17,7 @@ from tests.hostile import Scripted, fixed, http_answer
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Offline."}]}
 RESPONSE = {"model": "gpt-4o-mini", "input": "Offline."}
 KEY = {"Authorization": "Bearer sk-ci"}
+ADMIN = {"Authorization": "Bearer adm-offline"}
 
 
 def stop(proxy: Proxy) -> None:
@@ -64,6 +65,16 @@ def asked(response_id: str) -> list[tuple[str, str, dict[str, object] | None, di
         ("POST", "/openai/v1/chat/completions", CHAT, {"api-key": "azure-ci"}),
         ("POST", "/openai/responses?api-version=2025-04-01-preview", RESPONSE, {}),
     ]
+    cases += [
+        ("GET", f"/openai/v1/responses/{response_id}", None, {}),
+        ("GET", "/openai/v1/models", None, {}),
+        ("POST", "/openai/deployments/gpt-4o-mini/files?api-version=2024-10-21", None, {}),
+    ]
+    cases += [("GET", path, None, {}) for path in ("/healthz", "/readyz", "/metrics")]
+    cases += [
+        ("GET", f"/admin/{name}", None, ADMIN)
+        for name in ("stats", "fingerprints", "rotations", "export", "ui")
+    ]
     for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"):
         for path in (
             "/v1/models",
@@ -88,19 +99,30 @@ def test_replay_opens_no_connection_to_the_upstream(
             "--cache-scope", "shared", "--cassette", str(tape), "--cache-mode", "replay",
             "--verify-rate", "1", "--probe-interval", "0.05", "--probe-key", "sk-probe",
             "--key-check-interval", "0.05", "--fingerprint-policy", "follow",
+            "--admin-token", "adm-offline",
             upstream=upstream.v1,
         )  # fmt: skip
         root = replayer.v1.removesuffix("/v1")
-        served = 0
+        statuses: dict[tuple[str, str], int] = {}
         with httpx.Client(base_url=root, headers=KEY, timeout=10) as client:
             for method, path, body, headers in asked(response_id):
                 reply = client.request(method, path, json=body, headers=headers)
                 assert reply.status_code < 500 or reply.status_code in (501, 504), (path, reply)
-                served += reply.status_code == 200
+                statuses.setdefault((method, path), reply.status_code)
+            imported = client.post(
+                "/admin/import",
+                content=tape.read_bytes(),
+                headers=ADMIN | {"Content-Type": "application/x-ndjson"},
+            )
+            assert imported.status_code == 200
             time.sleep(0.5)  # ten probe and key-check intervals
             again = client.post("/v1/chat/completions", json=CHAT)
         assert again.headers["X-Repro-Cache"] == "HIT"
-        assert served >= 3  # the recorded chat, its stream-less repeats and the response by id
+        assert statuses["POST", "/v1/chat/completions"] == 200
+        assert statuses["GET", f"/v1/responses/{response_id}"] == 200
+        assert statuses["GET", f"/openai/v1/responses/{response_id}"] == 200
+        assert statuses["GET", "/v1/models"] == statuses["POST", "/v1/files"] == 501
+        assert statuses["GET", "/admin/export"] == 200
         stop(replayer)
         assert upstream.connections == 0
         assert upstream.received == []
