@@ -26,6 +26,12 @@ CREDENTIALS = [
     ("/v1/chat/completions", {"api-key": "Apikey-77c2"}),
     ("/v1/chat/completions", {"x-api-key": "Xapikey-d01e"}),
     ("/v1/chat/completions", {"Ocp-Apim-Subscription-Key": "Apim-5ab3"}),
+    ("/v1/chat/completions", {"cf-aig-authorization": "Bearer Cloudflare-2c1a"}),
+    ("/v1/chat/completions", {"x-goog-api-key": "Goog-8d2e"}),
+    (
+        "/v1/chat/completions",
+        {"x-portkey-api-key": "Portkey-51f9", "x-portkey-virtual-key": "Vk-0b7c"},
+    ),
     ("/v1/chat/completions", {"X-Gateway-Key": "Gateway-90bd"}),
     ("/v1/chat/completions", {"Authorization": "Bearer sk-Two-aa01", "x-api-key": "Both-c3d4"}),
     ("/v1/embeddings", {"api-key": "Embedding-6f1e"}),
@@ -57,7 +63,8 @@ def test_no_credential_reaches_a_cassette_an_export_or_a_diff(
                 "model": "gpt-4o-mini",
                 "messages": [{"role": "user", "content": f"Ask {number}."}],
             }
-        sent = headers if "Bearer" in str(headers) else {"api-key": carrier(number)} | headers
+        own = "Bearer" in headers.get("Authorization", "") or "api-key" in headers
+        sent = headers if own else {"api-key": carrier(number)} | headers
         answer = httpx.post(base + path, json=body, headers=sent, timeout=10)
         assert answer.status_code == 200, (headers, answer.text)
         assert answer.headers["X-Repro-Cache"] == "MISS"
