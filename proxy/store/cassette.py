@@ -275,7 +275,7 @@ def save(path: str, batch: Iterable[bytes]) -> int:
     being replaced keeps its permissions; a new one gets what the umask gives."""
     sorted_lines = merged([batch])
     folder, name = os.path.split(os.path.abspath(path))
-    temporary = os.path.join(folder, f".{name}.{secrets.token_hex(8)}.tmp")
+    temporary = os.path.join(folder, f".{name[:200]}.{secrets.token_hex(8)}.tmp")  # NAME_MAX
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
     descriptor = os.open(temporary, flags, 0o666)
     try:

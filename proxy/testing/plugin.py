@@ -196,7 +196,7 @@ def _write(session: pytest.Session, llm: LLMSession, batches: list[list[bytes]])
     config = session.config
     try:
         count = write(llm.cassette, batches)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a path with a NUL byte
         print(f"repro-proxy: the cassette was not written: {exc}", file=sys.stderr)
         config.stash[SUMMARY] = f"recorded answers lost: {llm.cassette} could not be written"
         session.exitstatus = pytest.ExitCode.USAGE_ERROR

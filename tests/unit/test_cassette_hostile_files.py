@@ -154,3 +154,9 @@ def test_an_error_quotes_a_line_briefly(tmp_path: Path, text: bytes) -> None:
         cassette.records(str(path))
     assert "'xxxx" in str(refused.value) or "'tokenxxx" in str(refused.value)
     assert len(str(refused.value)) < 300
+
+
+def test_a_cassette_with_the_longest_name_a_folder_allows_is_written(tmp_path: Path) -> None:
+    path = tmp_path / ("c" * 249 + ".jsonl")
+    assert cassette.save(str(path), [line("Hello.")]) == 1
+    assert os.listdir(tmp_path) == [path.name]
