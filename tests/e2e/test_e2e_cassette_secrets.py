@@ -7,7 +7,6 @@ import signal
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.fixtures_procs import ProxyFactory, Sim, run_cli
 
@@ -46,7 +45,6 @@ SECRETS = [
 ]
 
 
-@pytest.mark.slow
 def test_no_credential_reaches_a_cassette_an_export_or_a_diff(
     start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
 ) -> None:

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim
 from tests.hostile import Scripted, fixed, http_answer
@@ -87,7 +86,6 @@ def asked(response_id: str) -> list[tuple[str, str, dict[str, object] | None, di
     return cases
 
 
-@pytest.mark.slow
 def test_replay_opens_no_connection_to_the_upstream(
     start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
 ) -> None:
