@@ -15,8 +15,11 @@ large to be an answer, naming the line.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
+import secrets
+import stat
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
@@ -40,6 +43,10 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "route": str, "query": str, "namespace": str, "model": str, "fingerprint": str,
     "stored_at": (int, float), "seed": (int, type(None)), "seed_source": (str, type(None)),
     "stream": bool, "content_type": str, "prompt_tokens": int, "completion_tokens": int,
+}  # fmt: skip
+# Fields every reader (load, import, diff) takes as they are: a wrong type is refused here.
+_OPTIONAL_TYPES: dict[str, type | tuple[type, ...]] = {
+    "request": (dict, str), "body": str, "body_base64": str, "recorded_at": str,
 }  # fmt: skip
 
 
@@ -98,10 +105,13 @@ def from_record(record: dict[str, Any], scope: str) -> Loaded:
     if not isinstance(record, dict):
         raise CassetteError("not a JSON object")
     if record.get("format") != FORMAT:
-        raise CassetteError(f"unknown cassette format {record.get('format')!r}")
+        raise CassetteError(f"unknown cassette format {_quoted(record.get('format'))}")
     _check_fields(record)
     for name, kind in _TYPES.items():
         if not isinstance(record[name], kind):
+            raise CassetteError(f"{name!r} has the wrong type")
+    for name, kind in _OPTIONAL_TYPES.items():
+        if name in record and not isinstance(record[name], kind):
             raise CassetteError(f"{name!r} has the wrong type")
     request = record["request"]
     body = request if isinstance(request, dict) else canonical.parse_body(request.encode())
@@ -160,10 +170,16 @@ def _check_fields(record: dict[str, Any]) -> None:
             continue
         if any(word in name.lower() for word in _SECRET_FIELDS):
             raise CassetteError(
-                f"field {name!r}: a cassette never holds headers or credentials; remove it, "
+                f"field {_quoted(name)}: a cassette never holds headers or credentials; remove it, "
                 "and revoke the credential if it was real"
             )
-        raise CassetteError(f"unknown field {name!r}")
+        raise CassetteError(f"unknown field {_quoted(name)}")
+
+
+def _quoted(value: Any) -> str:
+    """A line's own value in an error message, cut short: the message reaches a terminal."""
+    shown = repr(value)
+    return shown if len(shown) <= 80 else shown[:79] + "…"
 
 
 def parse(text_lines: Iterable[bytes], scope: str) -> list[Loaded]:
@@ -251,13 +267,39 @@ def merged(batches: Iterable[Iterable[bytes]]) -> list[bytes]:
 
 
 def save(path: str, batch: Iterable[bytes]) -> int:
-    """Write the lines sorted to `path`, replacing it only once the new file is complete."""
+    """Write the lines sorted to `path`, replacing it only once the new file is complete.
+
+    The new file is created under a name no one can have planted (random, exclusive, never
+    through a symlink), so a link left in a checkout or a shared directory cannot turn the
+    write onto another file; a link at `path` itself is replaced, not followed. A cassette
+    being replaced keeps its permissions; a new one gets what the umask gives."""
     sorted_lines = merged([batch])
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "wb") as handle:
-        handle.writelines(sorted_lines)
-    os.replace(temporary, path)
+    folder, name = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(folder, f".{name[:200]}.{secrets.token_hex(8)}.tmp")  # NAME_MAX
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    descriptor = os.open(temporary, flags, 0o666)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            kept = _kept_mode(path)
+            if kept is not None:
+                os.fchmod(handle.fileno(), kept)
+            handle.writelines(sorted_lines)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
     return len(sorted_lines)
+
+
+def _kept_mode(path: str) -> int | None:
+    try:
+        found = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return stat.S_IMODE(found.st_mode) if stat.S_ISREG(found.st_mode) else None
 
 
 async def write(store: Store, path: str, codec: Codec) -> int:

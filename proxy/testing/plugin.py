@@ -172,7 +172,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     if _controller(config):
         if llm.records:
-            _write(config, llm, config.stash[BATCHES])
+            _write(session, llm, config.stash[BATCHES])
         return
     from proxy.testing.local import ProxyFailed
 
@@ -184,15 +184,23 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if hasattr(config, "workeroutput"):
         config.workeroutput[WORKER_OUTPUT] = [line.decode() for line in lines]
     elif llm.records:
-        _write(config, llm, [lines])
+        _write(session, llm, [lines])
     elif llm.proxy is not None:
         config.stash[SUMMARY] = f"replayed from {llm.cassette} ({_answers(len(llm.recorded))})"
 
 
-def _write(config: pytest.Config, llm: LLMSession, batches: list[list[bytes]]) -> None:
+def _write(session: pytest.Session, llm: LLMSession, batches: list[list[bytes]]) -> None:
+    """Write the cassette; one that cannot be written fails the run with one line saying why."""
     from proxy.testing.session import write
 
-    count = write(llm.cassette, batches)
+    config = session.config
+    try:
+        count = write(llm.cassette, batches)
+    except (OSError, ValueError) as exc:  # ValueError: a path with a NUL byte
+        print(f"repro-proxy: the cassette was not written: {exc}", file=sys.stderr)
+        config.stash[SUMMARY] = f"recorded answers lost: {llm.cassette} could not be written"
+        session.exitstatus = pytest.ExitCode.USAGE_ERROR
+        return
     done = f"wrote {_answers(count)} to {llm.cassette}" if count else "recorded nothing"
     config.stash[SUMMARY] = f"{done} (--llm-record-mode={llm.mode})"
 

@@ -12,19 +12,24 @@ from __future__ import annotations
 import argparse
 import base64
 import sys
+import unicodedata
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
+from rapidfuzz.distance import Levenshtein
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from proxy.core import answers
-from proxy.core.textdistance import normalized_levenshtein
 from proxy.store import cassette
 
 PREVIEW = 48
+MAX_COMPARED = 16_384
+MAX_EDITS = 1_024
+"""Edit distance costs the product of the two lengths, or of the longer and a bound on the
+edits: a gate on a re-recording must end, whatever the answers (see bounded_distance)."""
 STATUSES = ("changed", "only_old", "only_new", "identical")
 
 
@@ -69,7 +74,7 @@ def compare(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[Compar
         assert record is not None
         distance = None
         if was is not None and now is not None:
-            distance = normalized_levenshtein(_said(was), _said(now))
+            distance = bounded_distance(_said(was), _said(now))
             status = "identical" if distance == 0 else "changed"
         else:
             status = "only_new" if was is None else "only_old"
@@ -86,6 +91,21 @@ def compare(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[Compar
             )
         )
     return sorted(rows, key=lambda row: STATUSES.index(row.status))
+
+
+def bounded_distance(was: str, now: str) -> float:
+    """The normalized edit distance (0 only for equal texts), at a bounded cost: exact for
+    answers of up to MAX_COMPARED characters, or up to MAX_EDITS edits apart; beyond both, an
+    upper bound (the edits between their first MAX_COMPARED characters, and every character
+    after them counted as changed)."""
+    longest = max(len(was), len(now))
+    if longest <= MAX_COMPARED:
+        return float(Levenshtein.normalized_distance(was, now))
+    edits = Levenshtein.distance(was, now, score_cutoff=MAX_EDITS)
+    if edits > MAX_EDITS:
+        start = Levenshtein.distance(was[:MAX_COMPARED], now[:MAX_COMPARED])
+        edits = max(MAX_EDITS + 1, start + longest - MAX_COMPARED)
+    return min(1.0, edits / longest)
 
 
 def _latest(records: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], dict[str, Any]]:
@@ -121,6 +141,18 @@ def _side(record: dict[str, Any] | None) -> Side | None:
     return Side(str(record["fingerprint"]), str(record.get("recorded_at", record["stored_at"])))
 
 
+def shown(text: str) -> str:
+    """A cassette's text as the terminal may print it: control and format characters (escape
+    sequences that move the cursor, erase a row or retitle the window; bidirectional overrides
+    that reorder what is read) are written as escapes, visibly."""
+    if text.isprintable():
+        return text
+    return "".join(
+        char if char.isprintable() or unicodedata.category(char) == "Zs" else ascii(char)[1:-1]
+        for char in text
+    )
+
+
 def report(rows: list[Compared]) -> dict[str, Any]:
     summary = {status: sum(row.status == status for row in rows) for status in STATUSES}
     return {"summary": summary, "requests": [asdict(row) for row in rows]}
@@ -139,7 +171,7 @@ def render(rows: list[Compared], console: Console) -> None:
         fingerprint = was if was == now else f"{was} -> {now}"
         style = "dim" if row.status == "identical" else None
         cells = (row.status, row.route, row.model, row.prompt, distance, fingerprint)
-        table.add_row(*(Text(cell) for cell in cells), style=style)  # never read as markup
+        table.add_row(*(Text(shown(cell)) for cell in cells), style=style)  # never as markup
     console.print(table)
     summary = report(rows)["summary"]
     console.print(", ".join(f"{count} {status}" for status, count in summary.items()))

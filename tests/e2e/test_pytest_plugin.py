@@ -340,3 +340,19 @@ def test_p_no_disables_the_installed_plugin(project: pytest.Pytester, tmp_path: 
     disabled = pytest_run("-p", "no:repro_proxy", "--llm-record-mode=none")
     assert disabled.returncode == pytest.ExitCode.USAGE_ERROR
     assert "unrecognized arguments: --llm-record-mode=none" in disabled.stderr
+
+
+def test_a_cassette_that_cannot_be_written_is_one_clear_error(
+    project: pytest.Pytester, sim: Sim
+) -> None:
+    tests_asking(project, colour="Name a colour.")
+    (project.path / CASSETTE).mkdir(parents=True)  # a directory where the cassette goes
+    result = record(project, sim)
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR  # the recording is lost: the run fails
+    result.stderr.fnmatch_lines(["repro-proxy: the cassette was not written: *Is a directory*"])
+    result.stdout.fnmatch_lines(["repro-proxy: recorded answers lost: *llm.jsonl could not be *"])
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+    assert (project.path / CASSETTE).is_dir() and not list(
+        (project.path / CASSETTE).parent.glob(".*")
+    )

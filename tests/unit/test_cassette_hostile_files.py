@@ -1,0 +1,162 @@
+"""Cassette files as an attacker leaves them: links planted where the cassette is written, lines
+whose fields have the wrong types, answers long enough to make a diff run for hours."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+from pathlib import Path
+
+import orjson
+import pytest
+from rich.console import Console
+
+from proxy.core.entry import Entry
+from proxy.store import cassette
+from proxy.tools import cassette_diff
+from proxy.tools.cassette_diff import MAX_COMPARED, bounded_distance
+from tests.fixtures_procs import run_cli
+
+
+def line(content: str, *, prompt: str = "Hi.", model: str = "gpt-4o-mini") -> bytes:
+    request = {"model": model, "messages": [{"role": "user", "content": prompt}]}
+    answer = {"id": "c", "choices": [{"index": 0, "message": {"content": content}}]}
+    entry = Entry(
+        body=orjson.dumps(answer),
+        content_type="application/json",
+        fingerprint="fp_a",
+        stored_at=1.0,
+        model=model,
+        route="/v1/chat/completions",
+        request=orjson.dumps(request).decode(),
+    )
+    return orjson.dumps(cassette.to_record("k", entry)) + b"\n"
+
+
+def test_a_link_planted_at_a_temporary_name_is_not_written_through(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    path = tmp_path / "llm.jsonl"
+    planted = tmp_path / f"llm.jsonl.tmp-{os.getpid()}"  # a name a writer could predict
+    planted.symlink_to(victim)
+    cassette.save(str(path), [line("Hello.")])
+    assert victim.read_bytes() == b"precious"
+    assert path.is_file() and not path.is_symlink()
+    assert cassette.records(str(path))[0]["body"].endswith('"content":"Hello."}}]}')
+    assert sorted(os.listdir(tmp_path)) == ["llm.jsonl", planted.name, "victim"]
+
+
+def test_a_link_at_the_cassette_itself_is_replaced_not_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    path = tmp_path / "llm.jsonl"
+    path.symlink_to(victim)
+    cassette.save(str(path), [line("Hello.")])
+    assert victim.read_bytes() == b"precious"
+    assert not path.is_symlink() and len(cassette.records(str(path))) == 1
+
+
+def test_a_rewritten_cassette_keeps_its_permissions(tmp_path: Path) -> None:
+    path = tmp_path / "llm.jsonl"
+    path.write_bytes(line("Old."))
+    path.chmod(0o640)
+    cassette.save(str(path), [line("New.")])
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path: Path) -> None:
+    path = tmp_path / "llm.jsonl"
+    path.mkdir()  # written in full, then it cannot be moved into place
+    with pytest.raises(IsADirectoryError):
+        cassette.save(str(path), [line("New.")])
+    assert os.listdir(tmp_path) == ["llm.jsonl"]
+
+
+def wrong(field: str, value: object) -> bytes:
+    record = orjson.loads(line("Hello."))
+    if field == "body_base64":
+        del record["body"]
+    record[field] = value
+    return orjson.dumps(record) + b"\n"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("request", 5), ("request", [1]), ("body", 5), ("body_base64", 5), ("recorded_at", [1])],
+)
+def test_a_field_of_the_wrong_type_is_one_line_of_error_not_a_traceback(
+    tmp_path: Path, field: str, value: object
+) -> None:
+    good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+    good.write_bytes(line("Hello."))
+    bad.write_bytes(line("Hello.", prompt="Other.") + wrong(field, value))
+    result = run_cli("cassette", "diff", str(good), str(bad))
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"repro-proxy cassette diff: cassette line 2: {field!r} has the wrong type\n"
+    )
+    with pytest.raises(cassette.CassetteError, match=f"line 2: {field!r} has the wrong type"):
+        cassette.read(str(bad), "shared")
+
+
+def test_a_diff_of_long_answers_ends_and_still_tells_what_changed(tmp_path: Path) -> None:
+    """Three million characters each: an unbounded edit distance would take minutes per pair."""
+    old, new = tmp_path / "old.jsonl", tmp_path / "new.jsonl"
+    old.write_bytes(line("ab" * 1_500_000))
+    new.write_bytes(line("ba" * 1_500_000) + line("x" * 3_000_000, prompt="Two."))
+    old.write_bytes(old.read_bytes() + line("x" * 2_999_999 + "y", prompt="Two."))
+    result = run_cli("cassette", "diff", "--json", str(old), str(new))
+    assert result.returncode == 1, result.stderr
+    report = orjson.loads(result.stdout)
+    assert report["summary"] == {"changed": 2, "only_old": 0, "only_new": 0, "identical": 0}
+    distances = sorted(row["distance"] for row in report["requests"])
+    assert distances == [1 / 3_000_000, 2 / 3_000_000]
+
+
+def test_the_bounded_distance_is_exact_when_few_edits_and_an_upper_bound_beyond() -> None:
+    long = MAX_COMPARED * 4
+    assert bounded_distance("a" * long, "a" * long) == 0
+    assert bounded_distance("a" * long, "a" * (long - 3)) == 3 / long
+    unrelated = bounded_distance("ab" * long, "cd" * long)
+    assert unrelated == 1.0
+    assert bounded_distance("kitten", "sitting") == 3 / 7
+
+
+def test_a_diff_prints_no_escape_sequence_a_cassette_carries(tmp_path: Path) -> None:
+    """Such a sequence could erase the row of a changed answer from a reviewer's terminal."""
+    erase = "\x1b[1A\x1b[2K"  # cursor up one line, erase it
+    model = f"gpt-4o-mini{erase}\x1b]0;title\x07"
+    prompt = f"Hi.{erase}\u202eevil"
+    old, new = tmp_path / "old.jsonl", tmp_path / "new.jsonl"
+    old.write_bytes(line("1", prompt=prompt, model=model))
+    new.write_bytes(line("2", prompt=prompt, model=model))
+    result = run_cli("cassette", "diff", str(old), str(new))
+    assert result.returncode == 1
+    assert "\x1b" not in result.stdout and "\u202e" not in result.stdout
+    assert "\x07" not in result.stdout
+    wide = io.StringIO()
+    rows = cassette_diff.compare(cassette.records(str(old)), cassette.records(str(new)))
+    cassette_diff.render(rows, Console(file=wide, width=400, force_terminal=True))
+    assert "gpt-4o-mini\\x1b[1A\\x1b[2K\\x1b]0;title\\x07" in wide.getvalue()
+    assert "Hi.\\x1b[1A\\x1b[2K\\u202eevil" in wide.getvalue()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [b'{"format": "%s"}\n', b'{"format": 1, "%s": 1}\n', b'{"format": 1, "token%s": 1}\n'],
+    ids=["format", "field", "secret-field"],
+)
+def test_an_error_quotes_a_line_briefly(tmp_path: Path, text: bytes) -> None:
+    path = tmp_path / "llm.jsonl"
+    path.write_bytes(text.replace(b"%s", b"x" * 1_000_000))
+    with pytest.raises(cassette.CassetteError) as refused:
+        cassette.records(str(path))
+    assert "'xxxx" in str(refused.value) or "'tokenxxx" in str(refused.value)
+    assert len(str(refused.value)) < 300
+
+
+def test_a_cassette_with_the_longest_name_a_folder_allows_is_written(tmp_path: Path) -> None:
+    path = tmp_path / ("c" * 249 + ".jsonl")
+    assert cassette.save(str(path), [line("Hello.")]) == 1
+    assert os.listdir(tmp_path) == [path.name]
