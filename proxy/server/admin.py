@@ -32,7 +32,7 @@ def check_admin(request: web.Request, services: Services) -> None:
     """Admin routes do not exist without a token, and need it as a bearer when they do. A read
     (GET) without an Authorization header may show the operators' page's session cookie
     instead, which a cross-site request never carries (SameSite=Strict): a write needs the
-    bearer, so no page can forge one."""
+    bearer, so no page can forge one. Wrong bearers are counted per address (`guesses`)."""
     token = services.settings.admin_token
     if not token:
         raise web.HTTPNotFound()
@@ -40,11 +40,19 @@ def check_admin(request: web.Request, services: Services) -> None:
     is_read = header is None and request.method == "GET"
     if is_read and session.valid(request, token, services.clock()):
         return
-    scheme, _, given = (header or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode("utf-8", "surrogateescape"), token.encode()
-    ):
+    if header is None:
         raise Unauthorized("This route needs the admin bearer token (--admin-token).")
+    now = services.clock()
+    services.guesses.check(request.remote, now)
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not same_token(given.strip(), token):
+        services.guesses.failed(request.remote, now)
+        raise Unauthorized("This route needs the admin bearer token (--admin-token).")
+
+
+def same_token(given: str, token: str) -> bool:
+    """Compared in constant time, whatever bytes were given."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token.encode())
 
 
 def fingerprint_report(state: ModelFingerprints) -> dict[str, Any]:

@@ -9,13 +9,13 @@ inline script, no other origin, and no framing.
 
 from __future__ import annotations
 
-import hmac
 from importlib import resources
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from proxy.server import session
+from proxy.server.admin import same_token
 from proxy.server.context import SERVICES
 
 STATIC = frozenset({"ui.css", "ui.js"})
@@ -69,17 +69,20 @@ async def ui_static(request: web.Request) -> web.Response:
 
 
 async def ui_login(request: web.Request) -> web.Response:
-    """Check the posted token (constant time) and set the session cookie: HttpOnly (no script
-    reads it), SameSite=Strict (no other site's request carries it), Secure over HTTPS."""
+    """Check the posted token (constant time, wrong ones counted per address) and set the
+    session cookie: HttpOnly (no script reads it), SameSite=Strict (no other site's request
+    carries it), Secure over HTTPS, the proxy's own or a terminating proxy's."""
     token = _token(request)
     _same_origin(request)
     if (request.content_length or 0) > MAX_LOGIN_BODY:
         raise web.HTTPRequestEntityTooLarge(MAX_LOGIN_BODY, request.content_length or 0)
+    services = request.app[SERVICES]
+    now = services.clock()
+    services.guesses.check(request.remote, now)
     form = await request.post()
     given = form.get("token")
-    if not isinstance(given, str) or not hmac.compare_digest(
-        given.encode("utf-8", "surrogateescape"), token.encode()
-    ):
+    if not isinstance(given, str) or not same_token(given, token):
+        services.guesses.failed(request.remote, now)
         return _page(_file("login.html").replace(_FAILED, _FAILED_SHOWN), status=401)
     response = web.HTTPSeeOther("/admin/ui", headers=HEADERS)
     response.set_cookie(
@@ -89,7 +92,7 @@ async def ui_login(request: web.Request) -> web.Response:
         path="/admin",
         httponly=True,
         samesite="Strict",
-        secure=request.secure,
+        secure=over_https(request),
     )
     raise response
 
@@ -108,3 +111,15 @@ def _same_origin(request: web.Request) -> None:
     origin = request.headers.get("Origin")
     if origin is not None and urlsplit(origin).netloc != request.host:
         raise web.HTTPForbidden(text="cross-site form refused")
+
+
+def over_https(request: web.Request) -> bool:
+    """HTTPS here, or at a TLS-terminating proxy in front that says so (`X-Forwarded-Proto`,
+    `Forwarded: proto=`). Believing a client that claims it only adds `Secure`, which a
+    browser on plain HTTP then refuses to store: no one gains a cookie by lying."""
+    if request.secure:
+        return True
+    claimed = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    return claimed == "https" or any(
+        hop.get("proto", "").lower() == "https" for hop in request.forwarded[:1]
+    )
