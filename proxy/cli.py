@@ -54,6 +54,14 @@ def serve(flags: dict[str, str | None]) -> int:
         )
     if settings.workers > 1:
         return workers.supervise(settings)
+    if workers.inherited_directory():
+        print(
+            f"repro-proxy: {workers.MULTIPROC_ENV} is set: serve makes its own private "
+            "directory for prometheus-client's files when it runs --workers, and one process "
+            "needs none; unset it",
+            file=sys.stderr,
+        )
+        return 2
     try:
         workers.run(settings)
     except CassetteError as exc:

@@ -37,12 +37,15 @@ STOP_GRACE = 10.0
 GC_YOUNG_THRESHOLD = 10_000
 
 
-def run(settings: Settings, *, reuse_port: bool = False) -> None:
-    """Serve in this process until SIGINT or SIGTERM."""
+def run(
+    settings: Settings, *, reuse_port: bool = False, multiprocess_dir: str | None = None
+) -> None:
+    """Serve in this process until SIGINT or SIGTERM; a worker is given its supervisor's
+    metrics directory, never one found in the environment."""
     logs.configure(settings.log_level)
     uvloop.install()
     tune_collector()
-    app = create_app(settings, multiprocess_dir=os.environ.get(MULTIPROC_ENV))
+    app = create_app(settings, multiprocess_dir=multiprocess_dir)
     asyncio.run(serving.serve(app, settings, reuse_port=reuse_port))
 
 
@@ -56,13 +59,21 @@ def tune_collector() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
+def inherited_directory() -> str | None:
+    """A multiprocess directory set before `serve` started. prometheus-client reads and writes
+    its files whoever made them: one that another local user can write would let them plant
+    figures in the proxy's metrics. The supervisor's own is made private (0700, a fresh name)."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
 def supervise(settings: Settings) -> int:
     """Run `settings.workers` serving processes; return when they stop."""
     directory = tempfile.mkdtemp(prefix="repro-metrics-")
-    os.environ[MULTIPROC_ENV] = directory
+    os.environ[MULTIPROC_ENV] = directory  # read by prometheus-client as each worker imports it
     context = multiprocessing.get_context("spawn")
+    kwargs = {"reuse_port": True, "multiprocess_dir": directory}
     workers = [
-        context.Process(target=run, args=(settings,), kwargs={"reuse_port": True}, daemon=False)
+        context.Process(target=run, args=(settings,), kwargs=kwargs, daemon=False)
         for _ in range(settings.workers)
     ]
     stopping = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -80,3 +81,51 @@ def test_workers_refuse_the_memory_store() -> None:
     )
     assert result.returncode == 2
     assert b"--workers" in result.stderr and b"shared store" in result.stderr
+
+
+PLANT = """
+from prometheus_client import Counter
+Counter("repro_cache_hits_total", "planted", ["model"]).labels("planted").inc(12345)
+"""
+
+
+def planted(directory: Path) -> dict[str, bytes]:
+    """A directory another local user could write, holding a figure they made up."""
+    directory.mkdir(mode=0o777)
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    subprocess.run([sys.executable, "-c", PLANT], env=env, check=True, timeout=30)
+    return {p.name: p.read_bytes() for p in directory.iterdir()}
+
+
+def test_one_process_refuses_an_inherited_metrics_directory(tmp_path: Path) -> None:
+    """prometheus-client would read every file there into /metrics, and write its own."""
+    shared = tmp_path / "shared"
+    before = planted(shared)
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "serve", "--port", "0"],
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(shared)},
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert b"PROMETHEUS_MULTIPROC_DIR is set" in result.stderr
+    assert {p.name: p.read_bytes() for p in shared.iterdir()} == before
+
+
+def test_workers_keep_their_metrics_in_a_private_directory(
+    start_proxy: ProxyFactory, redis_url: str, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared"
+    before = planted(shared)
+    proxy = start_proxy(
+        "--workers",
+        "2",
+        "--store",
+        redis_url,
+        env={"PROMETHEUS_MULTIPROC_DIR": str(shared), "TMPDIR": str(tmp_path)},
+    )
+    assert "planted" not in proxy.metrics()
+    assert {p.name: p.read_bytes() for p in shared.iterdir()} == before
+    (own,) = [p for p in tmp_path.iterdir() if p.name.startswith("repro-metrics-")]
+    assert own.stat().st_mode & 0o777 == 0o700
