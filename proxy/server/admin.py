@@ -14,6 +14,7 @@ from proxy.errors import InvalidJSON, InvalidParameter, StoreUnavailable, Unauth
 from proxy.server import bodies, session
 from proxy.server.context import SERVICES, Services
 from proxy.store.base import Selector, StoreError
+from proxy.upstream.headers import INERT
 
 
 async def admin_fingerprints(request: web.Request) -> web.Response:
@@ -149,9 +150,11 @@ def purge_request(raw: bytes) -> tuple[Selector, bool]:
     return selector, body.get("dry_run") is True
 
 
-NOT_KEPT = {"Cache-Control": "no-store"}
+NOT_KEPT = {"Cache-Control": "no-store", **INERT}
 """Admin answers hold stored prompts and answers, read by a browser with the page's session
-too: no cache on the way, nor the browser's own, may keep a copy."""
+too: no cache on the way, nor the browser's own, may keep a copy; and as every answer carrying
+the upstream's bytes, they never run as a page on the proxy's origin, whatever a browser makes
+of them."""
 
 
 def json_response(value: Any) -> web.Response:

@@ -129,3 +129,20 @@ async def test_the_session_cookie_is_secure_behind_a_tls_terminator(
         response = await log_in(http, proxy, **headers)
         assert response.status == 303
         assert bool(response.cookies[session.COOKIE]["secure"]) is secure
+
+
+async def test_admin_answers_holding_stored_text_are_inert_and_not_kept(
+    start_proxy: ProxyFactory,
+) -> None:
+    """The export and the rotations report carry stored prompts and answers, hostile text, on
+    the origin of the operators' page: like every answer with the upstream's bytes they must
+    never be taken for a page that runs with the session, nor be kept by a cache."""
+    proxy = start_proxy("--admin-token", ADMIN)
+    bearer = {"Authorization": f"Bearer {ADMIN}"}
+    async with aiohttp.ClientSession() as http:
+        for path in ("/admin/export", "/admin/rotations", "/admin/stats", "/admin/fingerprints"):
+            async with http.get(proxy.url + path, headers=bearer) as response:
+                assert response.status == 200, path
+                assert response.headers["Cache-Control"] == "no-store", path
+                assert response.headers["X-Content-Type-Options"] == "nosniff", path
+                assert "sandbox" in response.headers["Content-Security-Policy"], path
