@@ -12,10 +12,13 @@ locks the operators out for a minute at a time, never lets them in.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import math
 from collections import OrderedDict, deque
 
 from proxy.errors import TooManyGuesses
+
+log = logging.getLogger("proxy.admin")
 
 ALLOWED = 10
 WINDOW = 60.0
@@ -45,6 +48,8 @@ class Guesses:
         times = self._wrong.pop(network, None) or deque(maxlen=ALLOWED)
         times.append(now)
         self._wrong[network] = times
+        if len(times) == ALLOWED and now - times[0] < WINDOW:
+            log.warning("admin token guessed wrong too often: refusing", extra={"from": network})
         while len(self._wrong) > ADDRESSES:
             self._wrong.popitem(last=False)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from proxy.errors import TooManyGuesses
@@ -44,3 +46,13 @@ def test_the_table_is_bounded_and_forgets_the_stalest() -> None:
         guesses.failed(f"10.{n // 65536}.{n // 256 % 256}.{n % 256}", 1.0)
     assert len(guesses) == ADDRESSES
     guesses.check("198.51.100.1", 2.0)  # forgotten, not refused
+
+
+def test_a_lockout_is_logged_with_the_address_only(caplog: pytest.LogCaptureFixture) -> None:
+    guesses = Guesses()
+    with caplog.at_level(logging.WARNING, "proxy.admin"):
+        guessed(guesses, "192.0.2.9", ALLOWED - 1)
+        assert not caplog.records
+        guessed(guesses, "192.0.2.9", 1)
+    (record,) = caplog.records
+    assert record.__dict__["from"] == "192.0.2.9"
