@@ -10,16 +10,17 @@ inline script, no other origin, and no framing.
 from __future__ import annotations
 
 from importlib import resources
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from aiohttp import web
 
-from proxy.server import session
+from proxy.server import bodies, session
 from proxy.server.admin import same_token
 from proxy.server.context import SERVICES
 
 STATIC = frozenset({"ui.css", "ui.js"})
 MAX_LOGIN_BODY = 4096
+FORM = "application/x-www-form-urlencoded"
 HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -74,14 +75,11 @@ async def ui_login(request: web.Request) -> web.Response:
     carries it), Secure over HTTPS, the proxy's own or a terminating proxy's."""
     token = _token(request)
     _same_origin(request)
-    if (request.content_length or 0) > MAX_LOGIN_BODY:
-        raise web.HTTPRequestEntityTooLarge(MAX_LOGIN_BODY, request.content_length or 0)
     services = request.app[SERVICES]
     now = services.clock()
     services.guesses.check(request.remote, now)
-    form = await request.post()
-    given = form.get("token")
-    if not isinstance(given, str) or not same_token(given, token):
+    given = await _posted_token(request, services.settings.body_timeout)
+    if given is None or not same_token(given, token):
         services.guesses.failed(request.remote, now)
         return _page(_file("login.html").replace(_FAILED, _FAILED_SHOWN), status=401)
     response = web.HTTPSeeOther("/admin/ui", headers=HEADERS)
@@ -95,6 +93,20 @@ async def ui_login(request: web.Request) -> web.Response:
         secure=over_https(request),
     )
     raise response
+
+
+async def _posted_token(request: web.Request, idle: float) -> str | None:
+    """The login form's one field, read as every body is (bounded in size and in silence), and
+    only as the form sends it: aiohttp's own form reader would take a chunked body up to
+    --max-body, without a pause limit, and spool multipart files to disk for anyone."""
+    if request.content_type != FORM:
+        raise web.HTTPUnsupportedMediaType(text=f"the login form posts {FORM}")
+    raw = await bodies.read(request, MAX_LOGIN_BODY, idle)
+    try:
+        fields = parse_qs(raw.decode("latin-1"), max_num_fields=8)
+    except ValueError:  # more fields than the form has
+        return None
+    return fields.get("token", [None])[0]
 
 
 async def ui_logout(request: web.Request) -> web.Response:

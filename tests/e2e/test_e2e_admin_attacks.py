@@ -3,6 +3,7 @@ real proxy process, raw aiohttp requests carrying exactly the headers a browser 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -146,3 +147,42 @@ async def test_admin_answers_holding_stored_text_are_inert_and_not_kept(
                 assert response.headers["Cache-Control"] == "no-store", path
                 assert response.headers["X-Content-Type-Options"] == "nosniff", path
                 assert "sandbox" in response.headers["Content-Security-Policy"], path
+
+
+async def test_the_login_body_is_bounded_in_size_kind_and_silence(
+    start_proxy: ProxyFactory,
+) -> None:
+    """The login form is open to anyone who reaches the port: its body is read as every other
+    body, never by a reader that takes a chunked body up to --max-body, waits on a silent one
+    for ever, or spools multipart files to disk."""
+    proxy = start_proxy("--admin-token", ADMIN, "--body-timeout", "1")
+    form = {"Origin": proxy.url, "Content-Type": "application/x-www-form-urlencoded"}
+
+    async def chunked() -> Any:
+        for _ in range(100):
+            yield b"token=" + b"x" * 1000 + b"&"
+
+    async with aiohttp.ClientSession() as http:
+        url = proxy.url + "/admin/ui/login"
+        async with http.post(url, data=chunked(), headers=form) as response:
+            assert response.status == 413
+        files = aiohttp.FormData()
+        files.add_field("token", b"x" * 100_000, filename="spooled.bin")
+        async with http.post(url, data=files, headers={"Origin": proxy.url}) as response:
+            assert response.status == 415
+        many = "&".join(f"f{n}=1" for n in range(50)) + f"&token={ADMIN}"
+        async with http.post(url, data=many, headers=form, allow_redirects=False) as response:
+            assert response.status == 401
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        writer.write(
+            b"POST /admin/ui/login HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n"
+            b"token=slo"
+        )
+        await writer.drain()
+        status = await asyncio.wait_for(reader.readline(), 20)  # then it goes silent
+    finally:
+        writer.close()
+    assert status.startswith(b"HTTP/1.1 408"), status
