@@ -4,6 +4,7 @@ real proxy process, raw aiohttp requests carrying exactly the headers a browser 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -186,3 +187,17 @@ async def test_the_login_body_is_bounded_in_size_kind_and_silence(
     finally:
         writer.close()
     assert status.startswith(b"HTTP/1.1 408"), status
+
+
+def test_a_secret_flag_is_warned_about_without_its_value(
+    start_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """`--admin-token` on the command line is in every local user's `ps`."""
+    log = tmp_path / "proxy.log"
+    with log.open("wb") as sink:
+        proxy = start_proxy("--admin-token", ADMIN, stderr=sink)
+        proxy.proc.terminate()
+        proxy.proc.wait(timeout=15)
+    text = log.read_text()
+    assert '"flag":"--admin-token","variable":"REPRO_ADMIN_TOKEN"' in text
+    assert ADMIN not in text
