@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import orjson
 
+from bench.procs import wait_until
 from tests.fixtures_procs import ProxyFactory, Sim
 
 AUTH = {"Authorization": "Bearer sk-alice", "Content-Type": "application/json"}
@@ -129,3 +130,27 @@ def test_workers_keep_their_metrics_in_a_private_directory(
     assert {p.name: p.read_bytes() for p in shared.iterdir()} == before
     (own,) = [p for p in tmp_path.iterdir() if p.name.startswith("repro-metrics-")]
     assert own.stat().st_mode & 0o777 == 0o700
+
+
+def test_workers_stop_when_the_supervisor_is_killed(
+    start_proxy: ProxyFactory, redis_url: str, tmp_path: Path
+) -> None:
+    """SIGKILL (or the OOM killer) gives the supervisor no chance to stop its workers: the
+    kernel must, or they go on serving the port with no one left to stop them."""
+    proxy = start_proxy("--workers", "2", "--store", redis_url, env={"TMPDIR": str(tmp_path)})
+    workers = serving_children(proxy.proc.pid)
+    assert len(workers) == 2
+    proxy.proc.kill()
+    proxy.proc.wait(timeout=15)
+
+    def gone() -> bool:
+        for pid in workers:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != "Z":
+                return False
+        return True
+
+    wait_until(gone, "the workers to stop", timeout=20)
