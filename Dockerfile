@@ -7,8 +7,9 @@ RUN pip install --no-cache-dir --prefix=/install .
 
 FROM python:3.11-slim
 COPY --from=build /install /usr/local
-RUN useradd --system --uid 10001 --no-create-home repro
-USER 10001
+RUN groupadd --system --gid 10001 repro \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home repro
+USER 10001:10001
 # Listen on every interface of the container whatever arguments `docker run` passes to serve.
 ENV PYTHONUNBUFFERED=1 \
     REPRO_HOST=0.0.0.0

@@ -47,6 +47,12 @@ def serve(flags: dict[str, str | None]) -> int:
         return 2
     logs.configure(settings.log_level)
     log.info("starting", extra={"settings": settings.public()})
+    for option in config.secrets_on_command_line(flags):
+        log.warning(
+            "a secret on the command line is readable by every local user: set it in the "
+            "environment instead",
+            extra={"flag": option.flag, "variable": option.env},
+        )
     for name, closest in config.unknown_variables(os.environ):
         log.warning(
             "environment variable names no setting: ignored",
@@ -54,6 +60,14 @@ def serve(flags: dict[str, str | None]) -> int:
         )
     if settings.workers > 1:
         return workers.supervise(settings)
+    if workers.inherited_directory():
+        print(
+            f"repro-proxy: {workers.MULTIPROC_ENV} is set: serve makes its own private "
+            "directory for prometheus-client's files when it runs --workers, and one process "
+            "needs none; unset it",
+            file=sys.stderr,
+        )
+        return 2
     try:
         workers.run(settings)
     except CassetteError as exc:

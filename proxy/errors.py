@@ -11,6 +11,7 @@
      ├── MalformedRequest              400  invalid_http (not HTTP/1.1 the server can parse)
      ├── RequestTooLarge               413  request_too_large
      ├── Unauthorized                  401  unauthorized (admin routes)
+     ├── TooManyGuesses                429  too_many_guesses (wrong admin tokens)
      ├── CacheMissError                504  cache_miss
      ├── ReplayPassthrough             501  replay_passthrough (a route replay cannot answer)
      ├── StoreUnavailable              503  store_unavailable (admin routes only)
@@ -126,6 +127,16 @@ class Unauthorized(ProxyError):
     status = 401
     code = "unauthorized"
     type = "invalid_request_error"
+
+
+class TooManyGuesses(ProxyError):
+    """The admin token was guessed wrong too often from one address; `Retry-After` says when
+    the next attempt is heard."""
+
+    status = 429
+    code = "too_many_guesses"
+    type = "invalid_request_error"
+    final = True
 
 
 class CacheMissError(ProxyError):

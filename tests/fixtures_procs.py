@@ -259,10 +259,12 @@ def proxy(start_proxy: ProxyFactory) -> Proxy:
     return start_proxy()
 
 
-def run_cli(*args: str, admin_token: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, admin_token: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """`repro-proxy ARGS` as an operator's shell runs it: a bare PATH and nothing else from the
-    test machine, the admin token (when given) in REPRO_ADMIN_TOKEN."""
-    env = {"PATH": "/usr/bin:/bin"}
+    test machine but `env`, the admin token (when given) in REPRO_ADMIN_TOKEN."""
+    env = {"PATH": "/usr/bin:/bin", **(env or {})}
     if admin_token is not None:
         env["REPRO_ADMIN_TOKEN"] = admin_token
     return subprocess.run(

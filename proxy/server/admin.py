@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +15,7 @@ from proxy.errors import InvalidJSON, InvalidParameter, StoreUnavailable, Unauth
 from proxy.server import bodies, session
 from proxy.server.context import SERVICES, Services
 from proxy.store.base import Selector, StoreError
+from proxy.upstream.headers import INERT
 
 
 async def admin_fingerprints(request: web.Request) -> web.Response:
@@ -32,7 +34,7 @@ def check_admin(request: web.Request, services: Services) -> None:
     """Admin routes do not exist without a token, and need it as a bearer when they do. A read
     (GET) without an Authorization header may show the operators' page's session cookie
     instead, which a cross-site request never carries (SameSite=Strict): a write needs the
-    bearer, so no page can forge one."""
+    bearer, so no page can forge one. Wrong bearers are counted per address (`guesses`)."""
     token = services.settings.admin_token
     if not token:
         raise web.HTTPNotFound()
@@ -40,11 +42,23 @@ def check_admin(request: web.Request, services: Services) -> None:
     is_read = header is None and request.method == "GET"
     if is_read and session.valid(request, token, services.clock()):
         return
-    scheme, _, given = (header or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode("utf-8", "surrogateescape"), token.encode()
-    ):
+    if header is None:
         raise Unauthorized("This route needs the admin bearer token (--admin-token).")
+    now = services.clock()
+    services.guesses.check(request.remote, now)
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not same_token(given.strip(), token):
+        services.guesses.failed(request.remote, now)
+        raise Unauthorized("This route needs the admin bearer token (--admin-token).")
+
+
+def same_token(given: str, token: str) -> bool:
+    """Compared in constant time, whatever bytes were given: their digests, since comparing
+    strings of different lengths returns at once and would tell the token's length."""
+    return hmac.compare_digest(
+        hashlib.sha256(given.encode("utf-8", "surrogateescape")).digest(),
+        hashlib.sha256(token.encode()).digest(),
+    )
 
 
 def fingerprint_report(state: ModelFingerprints) -> dict[str, Any]:
@@ -141,9 +155,11 @@ def purge_request(raw: bytes) -> tuple[Selector, bool]:
     return selector, body.get("dry_run") is True
 
 
-NOT_KEPT = {"Cache-Control": "no-store"}
+NOT_KEPT = {"Cache-Control": "no-store", **INERT}
 """Admin answers hold stored prompts and answers, read by a browser with the page's session
-too: no cache on the way, nor the browser's own, may keep a copy."""
+too: no cache on the way, nor the browser's own, may keep a copy; and as every answer carrying
+the upstream's bytes, they never run as a page on the proxy's origin, whatever a browser makes
+of them."""
 
 
 def json_response(value: Any) -> web.Response:

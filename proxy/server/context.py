@@ -17,6 +17,7 @@ from proxy.metrics import Metrics
 from proxy.server.coalesce import Coalescer
 from proxy.server.dictionary import Dictionaries
 from proxy.server.fingerprints import FingerprintTracker
+from proxy.server.guesses import Guesses
 from proxy.server.keycheck import KeyChecker
 from proxy.server.offload import Offload
 from proxy.server.probe import Prober
@@ -70,6 +71,7 @@ class Services:
     )
     entries: EntryMemo = field(default_factory=entry_memo)
     offload: Offload = field(default_factory=Offload)
+    guesses: Guesses = field(default_factory=Guesses)  # wrong admin tokens per address
 
 
 SERVICES = web.AppKey("services", Services)

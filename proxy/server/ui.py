@@ -9,17 +9,18 @@ inline script, no other origin, and no framing.
 
 from __future__ import annotations
 
-import hmac
 from importlib import resources
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from aiohttp import web
 
-from proxy.server import session
+from proxy.server import bodies, session
+from proxy.server.admin import same_token
 from proxy.server.context import SERVICES
 
 STATIC = frozenset({"ui.css", "ui.js"})
 MAX_LOGIN_BODY = 4096
+FORM = "application/x-www-form-urlencoded"
 HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -69,17 +70,17 @@ async def ui_static(request: web.Request) -> web.Response:
 
 
 async def ui_login(request: web.Request) -> web.Response:
-    """Check the posted token (constant time) and set the session cookie: HttpOnly (no script
-    reads it), SameSite=Strict (no other site's request carries it), Secure over HTTPS."""
+    """Check the posted token (constant time, wrong ones counted per address) and set the
+    session cookie: HttpOnly (no script reads it), SameSite=Strict (no other site's request
+    carries it), Secure over HTTPS, the proxy's own or a terminating proxy's."""
     token = _token(request)
     _same_origin(request)
-    if (request.content_length or 0) > MAX_LOGIN_BODY:
-        raise web.HTTPRequestEntityTooLarge(MAX_LOGIN_BODY, request.content_length or 0)
-    form = await request.post()
-    given = form.get("token")
-    if not isinstance(given, str) or not hmac.compare_digest(
-        given.encode("utf-8", "surrogateescape"), token.encode()
-    ):
+    services = request.app[SERVICES]
+    now = services.clock()
+    services.guesses.check(request.remote, now)
+    given = await _posted_token(request, services.settings.body_timeout)
+    if given is None or not same_token(given, token):
+        services.guesses.failed(request.remote, now)
         return _page(_file("login.html").replace(_FAILED, _FAILED_SHOWN), status=401)
     response = web.HTTPSeeOther("/admin/ui", headers=HEADERS)
     response.set_cookie(
@@ -89,9 +90,23 @@ async def ui_login(request: web.Request) -> web.Response:
         path="/admin",
         httponly=True,
         samesite="Strict",
-        secure=request.secure,
+        secure=over_https(request),
     )
     raise response
+
+
+async def _posted_token(request: web.Request, idle: float) -> str | None:
+    """The login form's one field, read as every body is (bounded in size and in silence), and
+    only as the form sends it: aiohttp's own form reader would take a chunked body up to
+    --max-body, without a pause limit, and spool multipart files to disk for anyone."""
+    if request.content_type != FORM:
+        raise web.HTTPUnsupportedMediaType(text=f"the login form posts {FORM}")
+    raw = await bodies.read(request, MAX_LOGIN_BODY, idle)
+    try:
+        fields = parse_qs(raw.decode("latin-1"), max_num_fields=8)
+    except ValueError:  # more fields than the form has
+        return None
+    return fields.get("token", [None])[0]
 
 
 async def ui_logout(request: web.Request) -> web.Response:
@@ -108,3 +123,15 @@ def _same_origin(request: web.Request) -> None:
     origin = request.headers.get("Origin")
     if origin is not None and urlsplit(origin).netloc != request.host:
         raise web.HTTPForbidden(text="cross-site form refused")
+
+
+def over_https(request: web.Request) -> bool:
+    """HTTPS here, or at a TLS-terminating proxy in front that says so (`X-Forwarded-Proto`,
+    `Forwarded: proto=`). Believing a client that claims it only adds `Secure`, which a
+    browser on plain HTTP then refuses to store: no one gains a cookie by lying."""
+    if request.secure:
+        return True
+    claimed = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    return claimed == "https" or any(
+        hop.get("proto", "").lower() == "https" for hop in request.forwarded[:1]
+    )

@@ -10,12 +10,14 @@ to stop or when one of them dies, so an orchestrator sees one process that lives
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
 import multiprocessing
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -35,15 +37,37 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 STOP_GRACE = 10.0
 # Allocations between two young collections of the cyclic GC (CPython's default is 700).
 GC_YOUNG_THRESHOLD = 10_000
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
-def run(settings: Settings, *, reuse_port: bool = False) -> None:
-    """Serve in this process until SIGINT or SIGTERM."""
+def run(
+    settings: Settings,
+    *,
+    reuse_port: bool = False,
+    multiprocess_dir: str | None = None,
+    supervisor: int | None = None,
+) -> None:
+    """Serve in this process until SIGINT or SIGTERM; a worker is given its supervisor's
+    metrics directory, never one found in the environment, and stops when the supervisor dies."""
+    if supervisor is not None:
+        die_with(supervisor)
     logs.configure(settings.log_level)
     uvloop.install()
     tune_collector()
-    app = create_app(settings, multiprocess_dir=os.environ.get(MULTIPROC_ENV))
+    app = create_app(settings, multiprocess_dir=multiprocess_dir)
     asyncio.run(serving.serve(app, settings, reuse_port=reuse_port))
+
+
+def die_with(supervisor: int) -> None:
+    """Have the kernel send SIGTERM when the supervisor dies, however it dies (SIGKILL, OOM):
+    else the workers would go on serving the port with no one to stop them, nor anyone left to
+    remove the metrics directory they write to. Linux only (prctl)."""
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor:  # it died before the request above was made
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def tune_collector() -> None:
@@ -56,13 +80,21 @@ def tune_collector() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
+def inherited_directory() -> str | None:
+    """A multiprocess directory set before `serve` started. prometheus-client reads and writes
+    its files whoever made them: one that another local user can write would let them plant
+    figures in the proxy's metrics. The supervisor's own is made private (0700, a fresh name)."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
 def supervise(settings: Settings) -> int:
     """Run `settings.workers` serving processes; return when they stop."""
     directory = tempfile.mkdtemp(prefix="repro-metrics-")
-    os.environ[MULTIPROC_ENV] = directory
+    os.environ[MULTIPROC_ENV] = directory  # read by prometheus-client as each worker imports it
     context = multiprocessing.get_context("spawn")
+    kwargs = {"reuse_port": True, "multiprocess_dir": directory, "supervisor": os.getpid()}
     workers = [
-        context.Process(target=run, args=(settings,), kwargs={"reuse_port": True}, daemon=False)
+        context.Process(target=run, args=(settings,), kwargs=kwargs, daemon=False)
         for _ in range(settings.workers)
     ]
     stopping = False

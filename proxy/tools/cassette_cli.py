@@ -48,8 +48,17 @@ def add_commands(commands: Any) -> None:
         help="scope to key the answers for (env REPRO_CACHE_SCOPE; default shared, or with "
         "--url the proxy's own)",
     )
-    load.add_argument("--api-key", help="with --cache-scope key: the key the answers are for")
-    load.add_argument("--secret", help="with --cache-scope key and --store: the proxies' --secret")
+    # Secrets are read from the environment too: an argument is visible to every local user.
+    load.add_argument(
+        "--api-key",
+        default=os.environ.get("OPENAI_API_KEY"),
+        help="with --cache-scope key: the key the answers are for (env OPENAI_API_KEY)",
+    )
+    load.add_argument(
+        "--secret",
+        default=os.environ.get("REPRO_SECRET"),
+        help="with --cache-scope key and --store: the proxies' --secret (env REPRO_SECRET)",
+    )
     files = commands.add_parser("cassette", help="work with cassette files")
     actions = files.add_subparsers(dest="cassette_command", required=True)
     diff = actions.add_parser(
@@ -82,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         target = _target(args)
         if args.command == "import" and _scope(args) == "key" and not args.api_key:
-            raise Refused("--cache-scope key needs --api-key: the key the answers are for")
+            raise Refused(
+                "--cache-scope key needs --api-key (or OPENAI_API_KEY): the key the answers are for"
+            )
     except Refused as exc:
         print(f"repro-proxy {args.command}: {exc}", file=sys.stderr)
         return 2

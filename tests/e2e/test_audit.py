@@ -434,3 +434,19 @@ async def test_no_prompt_without_a_terminal(
     assert await cli.run(ns) == 0
     assert "Proceed" not in capsys.readouterr().err
     assert len(sim.llm_requests()) == 4
+
+
+async def test_reports_never_print_credentials_in_the_base_url(
+    sim: Sim, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Reports are pasted into tickets and kept as CI artifacts: a gateway's password in the
+    URL's user info, or a key in its query, must not travel with them."""
+    port = sim.v1.split(":")[2].split("/")[0]
+    url = f"http://ops:gw-password@127.0.0.1:{port}/v1?api-key=gw-query-key"
+    for output in (["--json"], []):
+        ns = parse("--base-url", url, "--api-key", "sk-audit", "-n", "2", "--yes", *output)
+        await cli.run(ns)
+        out, err = capsys.readouterr()
+        assert f"127.0.0.1:{port}/v1" in out + err
+        for secret in ("gw-password", "gw-query-key", "sk-audit"):
+            assert secret not in out + err, (output, secret)

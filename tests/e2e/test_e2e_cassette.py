@@ -126,17 +126,15 @@ def test_import_for_one_key_scope(
     recorder = start_proxy("--cache-scope", "shared", "--cassette", str(tmp_path / "t.jsonl"))
     recorded = traffic(recorder, "sk-alice")
     stop(recorder)
+    # The key and the secret from the environment: arguments are visible to every local user.
     imported = run_cli(
         "import",
         "--store",
         redis_url,
         "--cache-scope",
         "key",
-        "--api-key",
-        "sk-alice",
-        "--secret",
-        "s3",
         str(tmp_path / "t.jsonl"),
+        env={"OPENAI_API_KEY": "sk-alice", "REPRO_SECRET": "s3"},
     )
     assert imported.returncode == 0, imported.stderr
     offline = f"http://127.0.0.1:{free_port()}/v1"

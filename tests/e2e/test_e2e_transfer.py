@@ -108,7 +108,15 @@ def test_an_import_into_a_per_key_proxy_is_for_the_key_named(
     wrong_scope = cli("import", "--url", target.url, "--cache-scope", "shared", str(tape))
     assert "--cache-scope key" in wrong_scope.stderr
 
-    keyed = cli("import", "--url", target.url, "--api-key", "sk-alice", str(tape))
+    # The key from the environment, where other local users cannot read it (argv is in `ps`).
+    keyed = run_cli(
+        "import",
+        "--url",
+        target.url,
+        str(tape),
+        admin_token=TOKEN,
+        env={"OPENAI_API_KEY": "sk-alice"},
+    )
     assert keyed.returncode == 0, keyed.stderr
     assert traffic(target, "sk-alice") == recorded
     with pytest.raises(Exception, match="504"):

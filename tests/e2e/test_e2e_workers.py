@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 import httpx
 import orjson
 
+from bench.procs import wait_until
 from tests.fixtures_procs import ProxyFactory, Sim
 
 AUTH = {"Authorization": "Bearer sk-alice", "Content-Type": "application/json"}
@@ -80,3 +82,75 @@ def test_workers_refuse_the_memory_store() -> None:
     )
     assert result.returncode == 2
     assert b"--workers" in result.stderr and b"shared store" in result.stderr
+
+
+PLANT = """
+from prometheus_client import Counter
+Counter("repro_cache_hits_total", "planted", ["model"]).labels("planted").inc(12345)
+"""
+
+
+def planted(directory: Path) -> dict[str, bytes]:
+    """A directory another local user could write, holding a figure they made up."""
+    directory.mkdir(mode=0o777)
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    subprocess.run([sys.executable, "-c", PLANT], env=env, check=True, timeout=30)
+    return {p.name: p.read_bytes() for p in directory.iterdir()}
+
+
+def test_one_process_refuses_an_inherited_metrics_directory(tmp_path: Path) -> None:
+    """prometheus-client would read every file there into /metrics, and write its own."""
+    shared = tmp_path / "shared"
+    before = planted(shared)
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "serve", "--port", "0"],
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(shared)},
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert b"PROMETHEUS_MULTIPROC_DIR is set" in result.stderr
+    assert {p.name: p.read_bytes() for p in shared.iterdir()} == before
+
+
+def test_workers_keep_their_metrics_in_a_private_directory(
+    start_proxy: ProxyFactory, redis_url: str, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared"
+    before = planted(shared)
+    proxy = start_proxy(
+        "--workers",
+        "2",
+        "--store",
+        redis_url,
+        env={"PROMETHEUS_MULTIPROC_DIR": str(shared), "TMPDIR": str(tmp_path)},
+    )
+    assert "planted" not in proxy.metrics()
+    assert {p.name: p.read_bytes() for p in shared.iterdir()} == before
+    (own,) = [p for p in tmp_path.iterdir() if p.name.startswith("repro-metrics-")]
+    assert own.stat().st_mode & 0o777 == 0o700
+
+
+def test_workers_stop_when_the_supervisor_is_killed(
+    start_proxy: ProxyFactory, redis_url: str, tmp_path: Path
+) -> None:
+    """SIGKILL (or the OOM killer) gives the supervisor no chance to stop its workers: the
+    kernel must, or they go on serving the port with no one left to stop them."""
+    proxy = start_proxy("--workers", "2", "--store", redis_url, env={"TMPDIR": str(tmp_path)})
+    workers = serving_children(proxy.proc.pid)
+    assert len(workers) == 2
+    proxy.proc.kill()
+    proxy.proc.wait(timeout=15)
+
+    def gone() -> bool:
+        for pid in workers:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != "Z":
+                return False
+        return True
+
+    wait_until(gone, "the workers to stop", timeout=20)

@@ -526,6 +526,16 @@ def test_compose_proxy_is_a_valid_serve_command_on_redis() -> None:
     assert cli.build_parser().parse_args(services["sim"]["command"]).command == "sim"
 
 
+def test_compose_runs_the_image_locked_down_and_bounded() -> None:
+    for name, service in compose()["services"].items():
+        if service.get("image") != f"repro-proxy:{VERSION}":
+            continue
+        assert service["read_only"] is True, name
+        assert service["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in service["security_opt"], name
+        assert service["mem_limit"] and service["pids_limit"] > 0, name
+
+
 def test_compose_mounts_exist_and_services_point_at_each_other() -> None:
     file = compose()
     services = file["services"]
@@ -610,7 +620,9 @@ def validate(doc: dict[str, Any]) -> None:
 
 def test_every_kubernetes_resource_validates_against_its_schema() -> None:
     kinds = sorted(d["kind"] for d in rendered())
-    expected = "ConfigMap Secret Secret Service Service Deployment StatefulSet NetworkPolicy"
+    expected = (
+        "ConfigMap Secret Secret Service Service Deployment StatefulSet NetworkPolicy NetworkPolicy"
+    )
     assert kinds == sorted([*expected.split(), "ServiceMonitor", "PrometheusRule"])
     for doc in rendered():
         validate(doc)
@@ -652,7 +664,11 @@ def test_sidecar_serves_the_app_on_loopback_with_settings_the_proxy_accepts() ->
     assert {k for k in environ if k.startswith("REPRO_")} <= {o.env for o in config.OPTIONS}
     args = cli.build_parser().parse_args(proxy["args"])
     settings = config.load({k: v for k, v in vars(args).items() if k != "command"}, environ)
-    assert settings.admin_token and settings.secret  # both from the Secret, never literal
+    from_secret = {v["name"] for v in proxy["env"] if "secretKeyRef" in v["valueFrom"]}
+    assert {"REPRO_ADMIN_TOKEN", "REPRO_SECRET"} <= from_secret
+    # Applied as shipped, no value from this repository is a credential: no admin routes, and a
+    # random HMAC secret kept in the store, rather than a placeholder everyone can read here.
+    assert settings.admin_token is None and settings.secret is None
     assert settings.verify_rate == 0  # drift sampling costs upstream requests: opt in
     assert all("value" not in var for var in proxy["env"])
     (port,) = proxy["ports"]
@@ -694,10 +710,34 @@ def test_sidecar_probes_resources_and_security() -> None:
             resources = container["resources"]
             assert resources["requests"]["cpu"] and resources["requests"]["memory"], name
             assert resources["limits"]["memory"], name
-    assert proxy["securityContext"]["runAsUser"] == 10001  # the Dockerfile's user
-    assert "USER 10001" in (ROOT / "Dockerfile").read_text()
+    user = re.search(r"^USER (\d+):(\d+)$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    assert user, "the image runs as a numeric user and group, never root"
+    security = proxy["securityContext"]
+    assert (security["runAsUser"], security["runAsGroup"]) == (int(user[1]), int(user[2]))
     mounts = {m["mountPath"] for m in proxy["volumeMounts"]}
     assert "/tmp" in mounts  # tempfile (the --workers metrics dir) on a read-only root
+
+
+def test_redis_admits_only_the_proxy_pods() -> None:
+    """Redis holds every stored prompt and answer and takes writes from whoever connects."""
+    redis = resource("StatefulSet", "repro-redis")["spec"]["template"]
+    app_labels = resource("Deployment")["spec"]["template"]["metadata"]["labels"]
+    (port,) = containers(redis["spec"])["redis"]["ports"]
+    policies = [
+        p
+        for p in rendered()
+        if p["kind"] == "NetworkPolicy"
+        and p["spec"]["podSelector"]["matchLabels"].items() <= redis["metadata"]["labels"].items()
+    ]
+    assert policies, "no NetworkPolicy selects the Redis pods: every pod in the cluster reaches it"
+    for policy in policies:
+        assert "Ingress" in policy["spec"]["policyTypes"]
+        for rule in policy["spec"].get("ingress", []):
+            assert rule["from"], "a rule without `from` admits every source"
+            for peer in rule["from"]:
+                assert set(peer) == {"podSelector"}, peer  # this namespace's pods, no more
+                assert peer["podSelector"]["matchLabels"].items() <= app_labels.items()
+            assert [p["port"] for p in rule["ports"]] in ([port["name"]], [port["containerPort"]])
 
 
 def test_service_monitor_scrapes_the_sidecar_port() -> None:
@@ -718,7 +758,7 @@ def test_service_monitor_scrapes_the_sidecar_port() -> None:
     assert service["spec"]["selector"].items() <= pod_labels.items()
     proxy = containers(deployment["spec"]["template"]["spec"])["repro-proxy"]
     assert port["targetPort"] == proxy["ports"][0]["name"]
-    policy = resource("NetworkPolicy")
+    policy = resource("NetworkPolicy", "my-app")
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
     named = {
         p["name"]

@@ -13,6 +13,7 @@ from proxy.config import (
     Settings,
     add_arguments,
     load,
+    secrets_on_command_line,
     unknown_variables,
 )
 from proxy.core.policy import CacheMode, CacheScope, Enforce, FingerprintPolicy
@@ -337,3 +338,17 @@ def test_port_0_is_a_free_port_but_not_for_several_workers() -> None:
     assert load({"port": "0"}, {}).port == 0
     with pytest.raises(SettingError, match=r"--port / REPRO_PORT.*--workers 1"):
         load({"port": "0", "workers": "2", "store": "redis://127.0.0.1:6390/0"}, {})
+
+
+def test_secrets_given_as_flags_are_named_for_a_warning() -> None:
+    """A process's arguments are readable by every local user; its environment is not."""
+    flags: dict[str, str | list[str] | None] = {
+        "admin_token": "t",
+        "secret": None,
+        "encryption_key": "k",
+        "store": "redis://:pw@127.0.0.1:6379/0",
+        "upstream": "http://127.0.0.1:9/v1",
+    }
+    named = [o.env for o in secrets_on_command_line(flags)]
+    assert named == ["REPRO_STORE", "REPRO_ADMIN_TOKEN", "REPRO_ENCRYPTION_KEY"]
+    assert secrets_on_command_line({"store": "redis://127.0.0.1:6379/0"}) == []

@@ -36,6 +36,7 @@ from proxy.core.policy import CacheScope, Enforce
 from proxy.errors import ProxyError, Unauthorized
 from proxy.server.admin import check_admin
 from proxy.server.caching import prepare
+from proxy.server.guesses import Guesses
 from proxy.server.secret import Secret
 
 EXAMPLES = int(os.environ.get("REPRO_FUZZ_EXAMPLES", "250"))
@@ -469,8 +470,10 @@ def test_max_age_beyond_any_clock_is_no_error() -> None:
 def test_admin_token_check_only_refuses(given_token: bytes) -> None:
     """A wrong admin bearer is a 401, whatever its bytes (a live proxy answers 500 to b"\\xff")."""
     bearer = "Bearer " + as_received(given_token)
-    request = SimpleNamespace(headers=headers([("Authorization", bearer)]))
-    admin_services = SimpleNamespace(settings=Settings(admin_token="tok"))
+    request = SimpleNamespace(headers=headers([("Authorization", bearer)]), remote="192.0.2.1")
+    admin_services = SimpleNamespace(
+        settings=Settings(admin_token="tok"), clock=lambda: 0.0, guesses=Guesses()
+    )
     try:
         check_admin(cast(Any, request), cast(Any, admin_services))
     except Unauthorized:

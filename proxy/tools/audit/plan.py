@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8080/v1"
 DEFAULT_PROMPT = "Describe the sea in three sentences."
@@ -35,6 +36,14 @@ class Plan:
     embedding_model: str
 
     @property
+    def shown_url(self) -> str:
+        """The base URL as the plan and the reports print it, without what may be a credential:
+        a gateway's user and password, or a key in the query. Reports are shared; keys are not."""
+        parts = urlsplit(self.base_url)
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+    @property
     def arms(self) -> tuple[Arm, Arm]:
         return Arm("unseeded", None, None), Arm("seeded", self.seed, 0.0)
 
@@ -57,7 +66,7 @@ class Plan:
         """The cost, printed before anything is sent: the audit spends real tokens."""
         text = (
             f"check: {2 * self.n} chat requests ({self.n} per arm) of {self.model} "
-            f"at {self.base_url}, at most {2 * self.n * self.max_tokens} completion tokens "
+            f"at {self.shown_url}, at most {2 * self.n * self.max_tokens} completion tokens "
             f"({self.max_tokens} per request)"
         )
         if self.distance == "embedding":

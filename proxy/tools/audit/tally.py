@@ -163,7 +163,7 @@ class Report:
     def to_json(self) -> dict[str, Any]:
         p = self.plan
         return {
-            "base_url": p.base_url,
+            "base_url": p.shown_url,
             "model": p.model,
             "requests_per_arm": p.n,
             "max_tokens": p.max_tokens,

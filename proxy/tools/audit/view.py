@@ -82,7 +82,7 @@ def _caption(report: Report) -> str | None:
 def render(report: Report) -> Table:
     """The report as a table: one column per arm, one row per measure."""
     plan = report.plan
-    title = f"Determinism of {plan.model} at {plan.base_url} ({DISTANCES[plan.distance]})"
+    title = f"Determinism of {plan.model} at {plan.shown_url} ({DISTANCES[plan.distance]})"
     table = Table(title=Text(title), caption=_caption(report))
     table.add_column("")
     for r in report.arms:
