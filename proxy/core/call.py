@@ -13,7 +13,7 @@ from typing import NamedTuple, Protocol
 from multidict import CIMultiDictProxy
 
 from proxy.core import canonical, policy, routes
-from proxy.core.credentials import STANDARD, Credentials, extract
+from proxy.core.credentials import STANDARD, Credentials, of_request, split_query
 from proxy.core.policy import CacheMode, CacheScope, Enforce, Outcome, Plan
 from proxy.errors import InvalidParameter
 
@@ -40,7 +40,8 @@ class Call(NamedTuple):
     kind: str  # the OpenAI route it stands for: its defaults, seed rule and answer shape
     tenant: str  # the HMAC of the caller's credentials (or anonymous), whatever the scope
     namespace: str
-    query: str
+    query: str  # as sent, credential parameters included: what the upstream receives
+    keyed_query: str  # without credential parameters: what the key names and a store keeps
     model: str
     lineage: str  # the name the model's fingerprints are tracked under (routes.lineage)
     key: str
@@ -54,8 +55,9 @@ class Call(NamedTuple):
 
     @property
     def target(self) -> str:
-        """The path and query the upstream receives: exactly the ones the key names, so that
-        no spelling of the path (`%63ompletions`) reaches a resource the key does not name."""
+        """The path and query the upstream receives: the ones the key names (so that no spelling
+        of the path, `%63ompletions`, reaches a resource the key does not name), and the
+        query's credential parameters, which partition by tenant instead."""
         return self.route + "?" + self.query if self.query else self.route
 
 
@@ -83,7 +85,7 @@ class Asked(NamedTuple):
             route,
             query,
             raw,
-            extract(headers, carriers),
+            of_request(headers, query, carriers),
             headers.get("X-Repro-Namespace", ""),
             tuple(headers.getall("Cache-Control", ())),
         )
@@ -101,7 +103,8 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
     directives = policy.parse_cache_control(asked.cache_control)
     named = body.get("model")
     model = named if isinstance(named, str) else routes.deployment_of(route)
-    key, respelled = canonical.keyed(route, scope, namespace, seeded.body, asked.query)
+    keyed_query = split_query(asked.query)[0]
+    key, respelled = canonical.keyed(route, scope, namespace, seeded.body, keyed_query)
     kind = routes.kind(route)
     return Call(
         route=route,
@@ -109,6 +112,7 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
         tenant=tenant,
         namespace=namespace,
         query=asked.query,
+        keyed_query=keyed_query,
         model=model,
         lineage=routes.lineage(model, route),
         key=key,

@@ -2,7 +2,9 @@
 
 Every credential-bearing header present counts, whatever its scheme: `Authorization` (Bearer,
 Basic, anything), Azure's `api-key`, Anthropic-style `x-api-key`, well-known gateways' key
-headers (`STANDARD`), and the names an operator adds with `--credential-header`. A request
+headers (`STANDARD`), and the names an operator adds with `--credential-header`; so do the query
+parameters gateways read a key from (`QUERY_PARAMETERS`), which are then neither keyed nor
+stored: an answer recorded into a cassette must not carry the key it was asked with. A request
 carrying none is `anonymous`. Two requests that differ in any of these values must never share
 a partition, so the HMAC input encodes every name and value without ambiguity. Names are
 compared in lower case, as HTTP does.
@@ -15,6 +17,7 @@ import hmac
 import re
 import secrets
 from collections.abc import Iterable
+from urllib.parse import unquote_plus
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -34,8 +37,17 @@ STANDARD = (
 gateways' whose callers may send no other. A key read as none makes its caller `anonymous`,
 whose answers, once the gateway served one, every keyless caller reads."""
 
+QUERY_PARAMETERS = frozenset({"subscription-key", "api-key", "api_key", "key"})
+"""Query parameters read as credentials: Azure API Management's `subscription-key`, Google's
+`key`, and the spellings of `api-key` some gateways take in a URL."""
+
+IN_QUERY = "?"
+"""The prefix of a credential's name when it came as a query parameter (`?subscription-key`):
+no header name starts with it."""
+
 Credentials = tuple[tuple[str, str], ...]
-"""(lower-case name, value) pairs, in the order of `names` and then as sent."""
+"""(lower-case name, value) pairs, in the order of `names` and then as sent; a query
+parameter's value as it was written in the URL (still percent-encoded)."""
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 5.6.2
 
@@ -71,6 +83,45 @@ def extract(headers: CIMultiDictProxy[str], carriers: tuple[str, ...] = STANDARD
                 if value.strip():
                     found.append((name, value))
     return tuple(found)
+
+
+def split_query(query: str) -> tuple[str, Credentials]:
+    """The query without its credential parameters, and those parameters as credentials. A
+    query that names none, nearly every one, comes back as it is, byte for byte; otherwise the
+    other parameters keep their order and spelling. A parameter's name is read as a server
+    reads it (percent-decoded, any case), so `%6Bey=` is `key=` too."""
+    if not query or not any(name in query.lower() for name in ("key", "%")):
+        return query, ()
+    kept: list[str] = []
+    found: list[tuple[str, str]] = []
+    for item in query.split("&"):
+        name, _, value = item.partition("=")
+        if unquote_plus(name).strip().lower() in QUERY_PARAMETERS:
+            if value:
+                found.append((IN_QUERY + unquote_plus(name).strip().lower(), value))
+        else:
+            kept.append(item)
+    if not found and len(kept) == len(query.split("&")):
+        return query, ()
+    return "&".join(kept), tuple(found)
+
+
+def of_request(
+    headers: CIMultiDictProxy[str], query: str, carriers: tuple[str, ...] = STANDARD
+) -> Credentials:
+    """Every credential a request carries: its credential headers, then its query's."""
+    return extract(headers, carriers) + split_query(query)[1]
+
+
+def in_query(credentials: Credentials) -> str:
+    """The credentials that came as query parameters, as a query string to send them again."""
+    return "&".join(f"{name[1:]}={value}" for name, value in credentials if name[:1] == IN_QUERY)
+
+
+def with_query(path: str, query: str, credentials: Credentials) -> str:
+    """`path` with `query` and the query credentials among `credentials` appended."""
+    full = "&".join(part for part in (query, in_query(credentials)) if part)
+    return f"{path}?{full}" if full else path
 
 
 def material(credentials: Credentials) -> bytes:
@@ -111,21 +162,22 @@ def scope(credentials: Credentials, secret: bytes) -> str:
 
 
 def upstream_headers(credentials: Credentials) -> CIMultiDict[str]:
-    """The caller's credentials exactly as sent, to ask the upstream about them."""
-    return CIMultiDict(credentials)
+    """The caller's credential headers exactly as sent, to ask the upstream about them (those
+    that came in the query go in the query again: `with_query`)."""
+    return CIMultiDict((name, value) for name, value in credentials if name[:1] != IN_QUERY)
 
 
-def stranger(credentials: Credentials) -> CIMultiDict[str]:
+def stranger(credentials: Credentials) -> Credentials:
     """Credentials of the same shape (names, Authorization scheme) with made-up values: what
     an upstream answers to these shows whether it tells a real key from a random one."""
-    out: CIMultiDict[str] = CIMultiDict()
+    out: list[tuple[str, str]] = []
     for name, value in credentials:
         made_up = "sk-repro-" + secrets.token_urlsafe(24)
         scheme, space, _ = value.partition(" ")
         if name == "authorization" and space:
             made_up = f"{scheme} {made_up}"
-        out.add(name, made_up)
-    return out
+        out.append((name, made_up))
+    return tuple(out)
 
 
 def shape(credentials: Credentials) -> tuple[str, ...]:

@@ -392,7 +392,7 @@ def _storable(services: Services, call: Call, answer: Answer) -> Entry | None:
         completion_tokens=answer.completion_tokens,
         stream=answer.stream,
         route=call.route,
-        query=call.query,
+        query=call.keyed_query,
         namespace=call.namespace,
         request=call.body,
     )

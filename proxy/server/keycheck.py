@@ -28,7 +28,15 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from multidict import CIMultiDictProxy
 
-from proxy.core.credentials import STANDARD, Credentials, extract, shape, stranger, upstream_headers
+from proxy.core.credentials import (
+    STANDARD,
+    Credentials,
+    of_request,
+    shape,
+    stranger,
+    upstream_headers,
+    with_query,
+)
 from proxy.core.lru import LRU
 from proxy.errors import UpstreamError
 from proxy.upstream.client import Upstream
@@ -106,7 +114,7 @@ class KeyChecker:
         verdict = self._verdicts.get(call.tenant)
         if verdict is not None and self._clock() - verdict[1] < self._interval:
             return verdict[0]
-        credentials = extract(headers, self._carriers)
+        credentials = of_request(headers, call.query, self._carriers)
         if not credentials:
             return False  # nothing to ask about: only a keyless request served 2xx vouches
         found = await self._checks.join(
@@ -119,7 +127,8 @@ class KeyChecker:
         await self._probes.close()
 
     async def _check(self, call: Call, credentials: Credentials, shared: bool) -> bool | None:
-        status = await self._ask("GET", "/v1/models", upstream_headers(credentials))
+        models = with_query("/v1/models", "", credentials)
+        status = await self._ask("GET", models, upstream_headers(credentials))
         if status in REFUSED:
             log.info("credentials refused by the upstream: no cached answers for them")
             return self._record(call.tenant, False)
@@ -134,15 +143,18 @@ class KeyChecker:
         """Whether `/v1/models` refuses made-up credentials of this shape (learned per
         interval); when the upstream cannot say, it does not."""
         key = ("models", shape(credentials))
-        refused = await self._learn(key, "GET", "/v1/models", stranger(credentials), None)
+        made_up = stranger(credentials)
+        models = with_query("/v1/models", "", made_up)
+        refused = await self._learn(key, "GET", models, upstream_headers(made_up), None)
         return refused is True
 
     async def _serves_strangers(self, call: Call, credentials: Credentials) -> bool | None:
         """Whether the upstream answers this request, sent with made-up credentials, with a
         2xx (learned per shape, route and model, once per interval)."""
         key = ("route", shape(credentials), call.route, call.model)
-        headers = {**stranger(credentials), "Content-Type": "application/json"}
-        path = call.route + (f"?{call.query}" if call.query else "")
+        made_up = stranger(credentials)
+        headers = {**upstream_headers(made_up), "Content-Type": "application/json"}
+        path = with_query(call.route, call.keyed_query, made_up)
         refused = await self._learn(key, "POST", path, headers, call.body)
         return None if refused is None else not refused
 

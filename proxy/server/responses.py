@@ -14,7 +14,7 @@ from aiohttp import web
 from proxy.core import policy, responses
 from proxy.core.call import checked_namespace
 from proxy.core.codec import UnknownDictionary
-from proxy.core.credentials import extract
+from proxy.core.credentials import of_request
 from proxy.core.entry import CorruptEntry, Entry
 from proxy.core.policy import CacheMode, Outcome
 from proxy.errors import CacheMissError
@@ -56,7 +56,8 @@ async def _held(
     if not responses.valid_id(response_id):
         return None
     await services.secret.settle()
-    tenant = services.secret.tenant(extract(request.headers, services.credential_names))
+    credentials = of_request(request.headers, request.query_string, services.credential_names)
+    tenant = services.secret.tenant(credentials)
     namespace = checked_namespace(request.headers.get("X-Repro-Namespace", ""))
     index = responses.index_key(scope_of(services, tenant), namespace, response_id)
     try:

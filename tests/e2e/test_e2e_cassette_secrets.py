@@ -86,3 +86,48 @@ def test_no_credential_reaches_a_cassette_an_export_or_a_diff(
         for output in outputs:
             assert secret.encode() not in output, secret
             assert secret.lower().encode() not in output.lower(), secret
+
+
+def test_a_key_in_the_query_makes_the_tenant_and_reaches_no_cassette(
+    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
+) -> None:
+    """Azure API Management takes `subscription-key` in the URL, Google `key`: read as
+    credentials, they partition the cache as a header does and are neither keyed nor stored."""
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Ask by URL."}]}
+    bearer = {"Authorization": "Bearer sk-Query-7e21"}
+    query = "subscription-key=Query-Sub-1a2b&key=Query-Key-3c4d"
+
+    def ask(proxy_v1: str, query: str) -> httpx.Response:
+        url = f"{proxy_v1}/chat/completions?{query}"
+        return httpx.post(url, json=body, headers=bearer, timeout=10)
+
+    partitioned = start_proxy()  # --cache-scope key, the default
+    assert ask(partitioned.v1, query).headers["X-Repro-Cache"] == "MISS"
+    assert ask(partitioned.v1, query).headers["X-Repro-Cache"] == "HIT"
+    other = ask(partitioned.v1, "subscription-key=Query-Sub-ffff&key=Query-Key-3c4d")
+    assert other.headers["X-Repro-Cache"] == "MISS"  # another key in the URL: another tenant
+
+    tape = tmp_path / "llm.jsonl"
+    recorder = start_proxy(
+        "--cache-scope", "shared", "--cassette", str(tape), "--admin-token", ADMIN
+    )  # fmt: skip
+    first = ask(recorder.v1, query)
+    assert first.status_code == 200 and first.headers["X-Repro-Cache"] == "MISS"
+    base = recorder.v1.removesuffix("/v1")
+    export = httpx.get(
+        base + "/admin/export", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10
+    )
+    assert export.status_code == 200 and b"Ask by URL." in export.content
+    recorder.proc.send_signal(signal.SIGTERM)
+    assert recorder.proc.wait(timeout=15) == 0
+    written = tape.read_bytes()
+    assert b"Ask by URL." in written
+    for output in (written, export.content):
+        for secret in (b"Query-Sub-1a2b", b"Query-Key-3c4d", b"sk-Query-7e21"):
+            assert secret not in output
+    replayer = start_proxy(
+        "--cache-scope", "shared", "--cassette", str(tape), "--cache-mode", "replay"
+    )  # fmt: skip
+    replayed = ask(replayer.v1, query)
+    assert replayed.status_code == 200 and replayed.headers["X-Repro-Cache"] == "HIT"
+    assert replayed.content == first.content

@@ -10,12 +10,16 @@ from proxy.core.credentials import (
     STANDARD,
     Credentials,
     extract,
+    in_query,
     material,
     names,
     parse_names,
     scope,
     shape,
+    split_query,
     stranger,
+    upstream_headers,
+    with_query,
 )
 from proxy.core.policy import ANONYMOUS, CacheScope, cache_scope
 
@@ -132,8 +136,30 @@ def test_the_key_check_timeout_setting() -> None:
 
 def test_a_stranger_has_the_same_shape_and_none_of_the_values() -> None:
     real = (("authorization", "Basic YTpi"), ("x-api-key", "k"))
-    made_up = stranger(real)
+    made_up = dict(stranger(real))
     assert list(made_up) == ["authorization", "x-api-key"]
     assert made_up["authorization"].startswith("Basic ") and made_up["x-api-key"] != "k"
     assert shape(real) == ("authorization basic", "x-api-key")
-    assert stranger(real) != made_up
+    assert dict(stranger(real)) != made_up
+
+
+def test_a_query_without_credential_parameters_is_kept_byte_for_byte() -> None:
+    for query in ("", "api-version=2024-06-01", "a=%20b&c=d+e&&f", "keyword=x&monkey=y"):
+        assert split_query(query) == (query, ())
+
+
+def test_credential_parameters_leave_the_query_and_become_credentials() -> None:
+    kept, found = split_query("api-version=1&subscription-key=s%2Fk&x=2&KEY=g&api_key=&%6Bey=h")
+    assert kept == "api-version=1&x=2"  # an empty one is dropped and carries nothing
+    assert found == (("?subscription-key", "s%2Fk"), ("?key", "g"), ("?key", "h"))
+    assert in_query(found) == "subscription-key=s%2Fk&key=g&key=h"
+    assert with_query("/v1/models", "", found) == "/v1/models?" + in_query(found)
+    assert with_query("/v1/x", "a=1", ()) == "/v1/x?a=1" and with_query("/v1/x", "", ()) == "/v1/x"
+    assert upstream_headers((("authorization", "Bearer a"), *found)) == {
+        "authorization": "Bearer a"
+    }
+
+
+def test_a_key_in_the_query_makes_a_tenant_as_one_in_a_header_does() -> None:
+    assert scope(split_query("subscription-key=a")[1], b"s") != scope((), b"s")
+    assert scope(split_query("key=a")[1], b"s") != scope(split_query("key=b")[1], b"s")
