@@ -107,20 +107,25 @@ class Scripted:
 
     async def _serve(self, ready: threading.Event) -> None:
         self._stop = asyncio.Event()
-        server = await asyncio.start_server(self._connection, "127.0.0.1", self.port)
+        self._tasks: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
         ready.set()
-        self._tasks: set[asyncio.Task[None]] = set()
         async with server:
             await self._stop.wait()
             server.close()
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            for writer in self._tasks.values():  # closed already, or its task never got to run
+                writer.close()
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Each connection's task and writer are known from its first moment: one that arrives
+        as the upstream stops is closed with the rest, never left for the collector."""
+        task = asyncio.get_running_loop().create_task(self._connection(reader, writer))
+        self._tasks[task] = writer
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
         self.connections += 1
         number = self.connections
         self.open_now += 1
@@ -140,7 +145,6 @@ class Scripted:
         finally:
             self.open_now -= 1
             writer.close()
-            self._tasks.discard(task)
 
 
 async def _read_request(reader: asyncio.StreamReader, connection: int) -> Received | None:
