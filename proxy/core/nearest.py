@@ -17,6 +17,8 @@ import orjson
 from rapidfuzz import process
 from rapidfuzz.distance import Levenshtein
 
+from proxy.core.terminal import shown
+
 MAX_DIFF_LINES = 60
 MAX_LINE_CHARS = 240
 # Ranking compares the start of each body: edit distance is quadratic, and a cassette of long
@@ -36,14 +38,17 @@ class Request:
 
 
 def readable(body: bytes | str | dict[str, Any]) -> str:
-    """A request body as indented JSON with sorted keys; text that is not JSON as it is."""
+    """A request body as indented JSON with sorted keys; text that is not JSON as it is. Either
+    is printed in a test's failure: its control and format characters are shown as escapes."""
     value: Any = body
     if not isinstance(body, dict):
         try:
             value = orjson.loads(body)
         except orjson.JSONDecodeError:
-            return body.decode(errors="replace") if isinstance(body, bytes) else body
-    return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
+            text = body.decode(errors="replace") if isinstance(body, bytes) else body
+            return shown(text, keep="\n")
+    dumped = orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
+    return shown(dumped, keep="\n")
 
 
 def closest(wanted: Request, recorded: Sequence[Request]) -> tuple[Request, float] | None:

@@ -133,8 +133,12 @@ class LLMSession:
 
 
 def _request(asked: Call | Entry) -> Request:
-    body = asked.body if isinstance(asked, Call) else asked.request
-    return Request(asked.route, asked.model, asked.namespace, asked.query, readable(body))
+    """What a failure shows of a request: its query as keyed, without a key sent in the URL."""
+    if isinstance(asked, Call):
+        body, query = asked.body, asked.keyed_query
+    else:
+        body, query = asked.request, asked.query
+    return Request(asked.route, asked.model, asked.namespace, query, readable(body))
 
 
 def write(path: str, batches: Iterable[Iterable[bytes]]) -> int:

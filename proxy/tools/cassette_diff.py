@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import base64
 import sys
-import unicodedata
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -23,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from proxy.core import answers
+from proxy.core.terminal import shown
 from proxy.store import cassette
 
 PREVIEW = 48
@@ -139,18 +139,6 @@ def _side(record: dict[str, Any] | None) -> Side | None:
     if record is None:
         return None
     return Side(str(record["fingerprint"]), str(record.get("recorded_at", record["stored_at"])))
-
-
-def shown(text: str) -> str:
-    """A cassette's text as the terminal may print it: control and format characters (escape
-    sequences that move the cursor, erase a row or retitle the window; bidirectional overrides
-    that reorder what is read) are written as escapes, visibly."""
-    if text.isprintable():
-        return text
-    return "".join(
-        char if char.isprintable() or unicodedata.category(char) == "Zs" else ascii(char)[1:-1]
-        for char in text
-    )
 
 
 def report(rows: list[Compared]) -> dict[str, Any]:

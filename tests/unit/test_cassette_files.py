@@ -11,11 +11,15 @@ from typing import Any
 
 import orjson
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
 
+from proxy.config import Settings
 from proxy.core import answers
+from proxy.core.call import Asked, prepare_with
 from proxy.core.entry import Entry
 from proxy.core.nearest import Request, closest, explain, readable
 from proxy.store import cassette
+from proxy.testing import session
 from proxy.tools import cassette_diff
 
 
@@ -188,3 +192,19 @@ def test_a_prompt_with_markup_is_shown_as_written(
 ) -> None:
     diff(tmp_path, [line("[b]x[/b]", "1")], [line("[b]x[/b]", "2")])
     assert "[b]x[/b]" in capsys.readouterr().out
+
+
+def test_a_miss_is_shown_without_format_characters_nor_a_key_from_its_url() -> None:
+    """A failure's text reaches a terminal and CI logs: no bidi override nor escape sequence
+    from a prompt acts there, and a key sent in the URL's query is not printed."""
+    raw = orjson.dumps(
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi.\u202eevil"}]}
+    )
+    headers = CIMultiDictProxy(CIMultiDict({"Authorization": "Bearer sk-a"}))
+    asked = Asked.of("/v1/chat/completions", "subscription-key=Sub-Secret-1&x=1", raw, headers)
+    call = prepare_with(Settings(upstream="http://127.0.0.1:9/v1"), "tenant", asked)
+    shown = session._request(call)
+    said = explain(shown, [request("Hi.")])
+    assert "\u202e" not in said and "\\u202e" in said
+    assert shown.query == "x=1" and "Sub-Secret-1" not in said
+    assert "\n" in readable({"a": 1}) and readable("plain\x1b[2Ktext\n") == "plain\\x1b[2Ktext\n"
