@@ -10,13 +10,15 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_storage_bench_weighs_and_compares_in_one_run() -> None:
+def storage(*args: str) -> tuple[dict[str, Any], str]:
+    """bench/storage.py's JSON result and its report (on stderr)."""
     done = subprocess.run(
-        [sys.executable, "bench/storage.py", "--entries", "20", "--seconds", "1", "--json"],
+        [sys.executable, "bench/storage.py", "--json", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -24,7 +26,11 @@ def test_the_storage_bench_weighs_and_compares_in_one_run() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout)
+    return json.loads(done.stdout), done.stderr
+
+
+def test_the_storage_bench_weighs_and_compares_in_one_run() -> None:
+    result, report = storage("--entries", "20", "--seconds", "1")
     for kind in ("chat", "stream"):
         rows = {row["proxy"]: row for row in result["bytes"] if row["kind"] == kind}
         trained = rows["proxy redis://"]
@@ -38,20 +44,12 @@ def test_the_storage_bench_weighs_and_compares_in_one_run() -> None:
     workloads = {row["workload"] for row in result["throughput"]}
     assert workloads == {"hit, memory", "miss, memory", "hit, Redis", "miss, Redis"}
     assert all(row["rps_on"] > 0 and row["rps_off"] > 0 for row in result["throughput"])
-    assert "Redis bytes per entry" in done.stderr
+    assert "Redis bytes per entry" in report
 
 
 def _bytes(*extra: str) -> dict[tuple[str, str], dict[str, float]]:
-    done = subprocess.run(
-        [sys.executable, "bench/storage.py", "--bytes-only", "--entries", "10", "--json", *extra],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return {(row["kind"], row["proxy"]): row for row in json.loads(done.stdout)["bytes"]}
+    result, _ = storage("--bytes-only", "--entries", "10", *extra)
+    return {(row["kind"], row["proxy"]): row for row in result["bytes"]}
 
 
 def test_a_compact_hash_setting_stores_every_entry_smaller() -> None:
