@@ -107,6 +107,7 @@ def test_the_relay_closes_the_client_when_the_upstream_is_gone() -> None:
     upstream = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     with started("relay", upstream, None) as url:
         started_at = time.monotonic()
-        with pytest.raises(httpx.RemoteProtocolError):
+        # Closed as the request arrives, or just before: a clean end or a reset, never a hang.
+        with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
             httpx.post(url + "/v1/chat/completions", json=BODY, headers=AUTH, timeout=10)
         assert time.monotonic() - started_at < 5
