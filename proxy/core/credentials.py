@@ -90,18 +90,19 @@ def split_query(query: str) -> tuple[str, Credentials]:
     query that names none, nearly every one, comes back as it is, byte for byte; otherwise the
     other parameters keep their order and spelling. A parameter's name is read as a server
     reads it (percent-decoded, any case), so `%6Bey=` is `key=` too."""
-    if not query or not any(name in query.lower() for name in ("key", "%")):
+    if "key" not in query.lower() and "%" not in query:
         return query, ()
+    items = query.split("&")
     kept: list[str] = []
     found: list[tuple[str, str]] = []
-    for item in query.split("&"):
-        name, _, value = item.partition("=")
-        if unquote_plus(name).strip().lower() in QUERY_PARAMETERS:
-            if value:
-                found.append((IN_QUERY + unquote_plus(name).strip().lower(), value))
-        else:
+    for item in items:
+        raw_name, _, value = item.partition("=")
+        name = unquote_plus(raw_name).strip().lower()
+        if name not in QUERY_PARAMETERS:
             kept.append(item)
-    if not found and len(kept) == len(query.split("&")):
+        elif value:
+            found.append((IN_QUERY + name, value))
+    if len(kept) == len(items):
         return query, ()
     return "&".join(kept), tuple(found)
 

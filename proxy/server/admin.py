@@ -42,14 +42,22 @@ def check_admin(request: web.Request, services: Services) -> None:
     is_read = header is None and request.method == "GET"
     if is_read and session.valid(request, token, services.clock()):
         return
-    if header is None:
+    scheme, _, given = (header or "").partition(" ")
+    bearer = given.strip() if header is not None and scheme.lower() == "bearer" else None
+    if header is None or not token_accepted(request, services, bearer, token):
         raise Unauthorized("This route needs the admin bearer token (--admin-token).")
+
+
+def token_accepted(request: web.Request, services: Services, given: str | None, token: str) -> bool:
+    """Whether `given` (None: no token in the expected form) is the admin token; a wrong one
+    counts against the caller's address, and an address out of guesses is refused (429)
+    whatever it gives (`guesses`)."""
     now = services.clock()
     services.guesses.check(request.remote, now)
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not same_token(given.strip(), token):
-        services.guesses.failed(request.remote, now)
-        raise Unauthorized("This route needs the admin bearer token (--admin-token).")
+    if given is not None and same_token(given, token):
+        return True
+    services.guesses.failed(request.remote, now)
+    return False
 
 
 def same_token(given: str, token: str) -> bool:

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 from aiohttp import web
 
 from proxy.server import bodies, session
-from proxy.server.admin import same_token
+from proxy.server.admin import token_accepted
 from proxy.server.context import SERVICES
 
 STATIC = frozenset({"ui.css", "ui.js"})
@@ -76,11 +76,9 @@ async def ui_login(request: web.Request) -> web.Response:
     token = _token(request)
     _same_origin(request)
     services = request.app[SERVICES]
-    now = services.clock()
-    services.guesses.check(request.remote, now)
+    services.guesses.check(request.remote, services.clock())  # before reading the body
     given = await _posted_token(request, services.settings.body_timeout)
-    if given is None or not same_token(given, token):
-        services.guesses.failed(request.remote, now)
+    if not token_accepted(request, services, given, token):
         return _page(_file("login.html").replace(_FAILED, _FAILED_SHOWN), status=401)
     response = web.HTTPSeeOther("/admin/ui", headers=HEADERS)
     response.set_cookie(
