@@ -7,10 +7,12 @@ operation is atomic without locks.
 from __future__ import annotations
 
 import heapq
+import sys
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from proxy.core.codec import raw_size
 from proxy.core.fingerprints import (
@@ -22,13 +24,17 @@ from proxy.core.fingerprints import (
     Rotation,
     observed,
 )
-from proxy.store.base import NO_LABELS, Labels, Selector, Usage, Write
+from proxy.store.base import NO_LABELS, Selector, Usage, Write
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
-ENTRY_OVERHEAD = 64
-"""Bytes charged per entry on top of key, fingerprint and value, so tiny entries still count."""
+ENTRY_OVERHEAD = 200
+"""Bytes charged per answer on top of its value, key and fingerprint: what Python spends on
+holding it (object headers, the LRU's and the tuple's slots), so that a bound bounds memory
+(tests/store/test_memory_accounting.py measures it)."""
 
-_Slot = tuple[str, str]
+_Held = tuple[Any, ...]
+"""What a key holds: its labels, then each fingerprint followed by its value. One flat tuple per
+key, not an object per answer: a cache of small answers is then mostly their bytes."""
 
 
 @dataclass(slots=True)
@@ -41,13 +47,12 @@ class _Model:
 
 
 class MemoryStore:
-    """Values per (key, fingerprint) in an LRU bounded by bytes, as stored (compressed: the bound
-    counts what memory holds); fingerprint state in dicts.
+    """Answers per key in an LRU bounded by bytes, as stored (compressed: the bound counts what
+    memory holds); fingerprint state in dicts.
 
-    Per answer it keeps the value alone: its size and what it grows by uncompressed follow from
-    it, and only an answer stored with a TTL has an expiry. A cache of many small answers is
-    then mostly their bytes, and each miss allocates (and keeps) a few objects fewer, which
-    costs a miss measurable CPU."""
+    A key's answers (one per fingerprint) live and leave together, and a TTL is the key's, as in
+    Redis: a write with a TTL renews the key's other answers, one without makes them all
+    persist. Only a key written with a TTL has an expiry."""
 
     shared = False
 
@@ -56,17 +61,17 @@ class MemoryStore:
     ) -> None:
         self._max_bytes = max_bytes
         self._clock = clock
-        self._entries: OrderedDict[_Slot, bytes] = OrderedDict()
-        self._fingerprints_of: dict[str, tuple[str, ...]] = {}
-        self._expires: dict[_Slot, float] = {}  # of the answers stored with a TTL
-        self._expiries: list[tuple[float, _Slot]] = []  # a schedule; `_expires` is the truth
+        self._entries: OrderedDict[str, _Held] = OrderedDict()
+        self._answers = 0
+        self._expires: dict[str, float] = {}  # of the keys written with a TTL
+        self._expiries: list[tuple[float, str]] = []  # a schedule; `_expires` is the truth
         self._size = 0
         self._expansion = 0
+        self._labels = NO_LABELS  # the last labels written, shared by the answers that match
         self._models: dict[str, _Model] = {}
         self._secret: bytes | None = None
         self._dictionary: bytes | None = None
         self._locks: dict[str, tuple[str, float]] = {}
-        self._labels: dict[str, Labels] = {}
 
     @property
     def max_bytes(self) -> int:
@@ -74,14 +79,15 @@ class MemoryStore:
 
     async def get(self, key: str, fingerprints: Sequence[str] | None) -> dict[str, bytes]:
         self._drop_expired()
-        wanted = self._fingerprints_of.get(key, ()) if fingerprints is None else fingerprints
-        found: dict[str, bytes] = {}
-        for fingerprint in wanted:
-            slot = (key, fingerprint)
-            value = self._entries.get(slot)
-            if value is not None:
-                self._entries.move_to_end(slot)
-                found[fingerprint] = value
+        held = self._entries.get(key)
+        if held is None:
+            return {}
+        if len(held) == 3:  # the common case: one answer
+            found = {held[1]: held[2]} if fingerprints is None or held[1] in fingerprints else {}
+        else:
+            found = {fp: value for fp, value in _answers(held) if _wanted(fp, fingerprints)}
+        if found:
+            self._entries.move_to_end(key)
         return found
 
     async def lookup(
@@ -103,49 +109,52 @@ class MemoryStore:
 
     def _store(self, write: Write) -> None:
         self._drop_expired()
-        key, fingerprint, value, ttl = write.key, write.fingerprint, write.value, write.ttl
-        slot = (key, fingerprint)
-        self._remove(slot)
-        size = _charged(slot, value)
-        if size > self._max_bytes:
+        key, value = write.key, write.value
+        fingerprint = sys.intern(write.fingerprint)  # a handful of distinct ones, shared
+        labels = write.labels
+        if labels == self._labels:
+            labels = self._labels
+        else:
+            self._labels = labels
+        held = self._remove(key)  # and its expiry: a write without a TTL makes the key persist
+        answers = () if held is None else _without(held, fingerprint)
+        if charged(key, fingerprint, value) <= self._max_bytes:
+            answers += (fingerprint, value)
+        if not answers:
             return
-        self._entries[slot] = value
-        others = self._fingerprints_of.get(key, ())
-        self._fingerprints_of[key] = (*others, fingerprint)
-        self._labels[key] = write.labels
-        self._size += size
-        self._expansion += raw_size(value) - len(value)
-        if ttl > 0:
-            expires = self._clock() + ttl
-            self._expires[slot] = expires
-            heapq.heappush(self._expiries, (expires, slot))
+        self._keep(key, (labels, *answers))
+        if write.ttl > 0:
+            expires = self._clock() + write.ttl
+            self._expires[key] = expires
+            heapq.heappush(self._expiries, (expires, key))
         self._evict()
 
     async def delete(self, key: str) -> None:
-        for fingerprint in self._fingerprints_of.get(key, ()):
-            self._remove((key, fingerprint))
+        self._remove(key)
 
     async def purge(self, selector: Selector, dry_run: bool) -> int:
         self._drop_expired()
         chosen = [
             (key, fingerprint)
-            for key, fingerprint in self._entries
-            if selector.matches(self._labels.get(key, Labels()), fingerprint)
+            for key, held in self._entries.items()
+            for fingerprint, _ in _answers(held)
+            if selector.matches(held[0], fingerprint)
         ]
         if not dry_run:
-            for slot in chosen:
-                self._remove(slot)
+            for key, fingerprint in chosen:
+                self._forget(key, fingerprint)
         return len(chosen)
 
     async def entries(self, selector: Selector) -> AsyncIterator[tuple[str, str, bytes]]:
         self._drop_expired()
-        for (key, fingerprint), value in list(self._entries.items()):
-            if selector.matches(self._labels.get(key, NO_LABELS), fingerprint):
-                yield key, fingerprint, value
+        for key, held in list(self._entries.items()):
+            for fingerprint, value in _answers(held):
+                if selector.matches(held[0], fingerprint):
+                    yield key, fingerprint, value
 
     async def usage(self) -> Usage:
         self._drop_expired()
-        return Usage(len(self._entries), self._size, self._size + self._expansion)
+        return Usage(self._answers, self._size, self._size + self._expansion)
 
     async def record(self, write: Write) -> Observation:
         seen = await self.observe_fingerprint(write.model, write.fingerprint, write.now)
@@ -214,46 +223,76 @@ class MemoryStore:
     async def close(self) -> None:
         """Nothing to release."""
 
-    def _remove(self, slot: _Slot) -> None:
-        value = self._entries.pop(slot, None)
-        if value is None:
+    def _keep(self, key: str, held: _Held) -> None:
+        self._entries[key] = held
+        for fingerprint, value in _answers(held):
+            self._answers += 1
+            self._size += charged(key, fingerprint, value)
+            self._expansion += raw_size(value) - len(value)
+
+    def _remove(self, key: str) -> _Held | None:
+        held = self._entries.pop(key, None)
+        if held is None:
+            return None
+        for fingerprint, value in _answers(held):
+            self._answers -= 1
+            self._size -= charged(key, fingerprint, value)
+            self._expansion -= raw_size(value) - len(value)
+        self._expires.pop(key, None)
+        return held
+
+    def _forget(self, key: str, fingerprint: str) -> None:
+        """One answer of a key; the others stay, with the key's place and expiry."""
+        expires = self._expires.get(key)
+        held = self._remove(key)
+        if held is None:
             return
-        self._size -= _charged(slot, value)
-        self._expansion -= raw_size(value) - len(value)
-        self._expires.pop(slot, None)
-        key, fingerprint = slot
-        others = tuple(other for other in self._fingerprints_of[key] if other != fingerprint)
-        if others:
-            self._fingerprints_of[key] = others
-        else:
-            del self._fingerprints_of[key]
-            self._labels.pop(key, None)
+        rest = _without(held, fingerprint)
+        if rest:
+            self._keep(key, (held[0], *rest))
+            self._entries.move_to_end(key, last=False)
+            if expires is not None:
+                self._expires[key] = expires
 
     def _evict(self) -> None:
         while self._size > self._max_bytes:
             self._remove(next(iter(self._entries)))
 
     def _drop_expired(self) -> None:
-        """Expired entries leave as soon as any call notices, so they stop counting to the bound."""
+        """Expired keys leave as soon as any call notices, so they stop counting to the bound."""
         if not self._expiries:
             return
         now = self._clock()
         while self._expiries and self._expiries[0][0] <= now:
-            expires, slot = heapq.heappop(self._expiries)
-            if self._expires.get(slot) == expires:  # else replaced or removed since
-                self._remove(slot)
+            expires, key = heapq.heappop(self._expiries)
+            if self._expires.get(key) == expires:  # else rewritten or removed since
+                self._remove(key)
         if len(self._expiries) > 2 * len(self._expires) + 64:
             self._compact_expiries()
 
     def _compact_expiries(self) -> None:
-        """Forget the schedules of replaced and evicted entries, so they cannot pile up."""
-        self._expiries = [(expires, slot) for slot, expires in self._expires.items()]
+        """Forget the schedules of rewritten and evicted keys, so they cannot pile up."""
+        self._expiries = [(expires, key) for key, expires in self._expires.items()]
         heapq.heapify(self._expiries)
 
 
-def _charged(slot: _Slot, value: bytes) -> int:
-    """What an answer counts against the bound: its value, its address, and ENTRY_OVERHEAD."""
-    return len(value) + len(slot[0]) + len(slot[1]) + ENTRY_OVERHEAD
+def _answers(held: _Held) -> Iterator[tuple[str, bytes]]:
+    return zip(held[1::2], held[2::2], strict=True)
+
+
+def _without(held: _Held, fingerprint: str) -> tuple[Any, ...]:
+    """A key's other answers, flat as `_Held` keeps them."""
+    return tuple(item for pair in _answers(held) if pair[0] != fingerprint for item in pair)
+
+
+def _wanted(fingerprint: str, fingerprints: Sequence[str] | None) -> bool:
+    return fingerprints is None or fingerprint in fingerprints
+
+
+def charged(key: str, fingerprint: str, value: bytes) -> int:
+    """What an answer held in this process counts against a bound: its value, its address,
+    and ENTRY_OVERHEAD."""
+    return len(value) + len(key) + len(fingerprint) + ENTRY_OVERHEAD
 
 
 def _seen_again(

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections import OrderedDict
+from typing import Any
 
 from proxy.core.fingerprints import ModelFingerprints, Observation
 from proxy.store.base import Store, Write
+from proxy.store.memory import charged
 from proxy.store.redis import ENTRY_CHANGED, MODEL_CHANGED, RedisStore
 from proxy.store.wrapper import StoreWrapper
 
@@ -32,7 +35,7 @@ class NearCache(StoreWrapper):
         super().__init__(inner)
         self._bus = bus
         self._max_bytes = max_bytes
-        self._entries: OrderedDict[str, dict[str, bytes]] = OrderedDict()
+        self._entries: OrderedDict[str, _Flat] = OrderedDict()
         self._size = 0
         self._states: dict[str, ModelFingerprints] = {}
         # What moved while a fetch was on its way. Per key for entries: every replica's writes
@@ -88,10 +91,11 @@ class NearCache(StoreWrapper):
 
     def _remember(self, key: str, values: dict[str, bytes]) -> None:
         self._drop(key)
-        weight = _weight(key, values)
+        flat = tuple(item for fp, value in values.items() for item in (sys.intern(fp), value))
+        weight = _weight(key, flat)
         if weight > self._max_bytes:
             return
-        self._entries[key] = values
+        self._entries[key] = flat
         self._size += weight
         while self._size > self._max_bytes:
             old_key, old = self._entries.popitem(last=False)
@@ -160,7 +164,7 @@ class NearCache(StoreWrapper):
         if values is None:
             return state, None
         self._entries.move_to_end(key)
-        return state, dict(values)
+        return state, dict(zip(values[::2], values[1::2], strict=True))
 
     def _keep(
         self,
@@ -177,7 +181,7 @@ class NearCache(StoreWrapper):
             return
         self._states[model] = state
         if values and key not in self._changed:
-            self._remember(key, dict(values))
+            self._remember(key, values)
 
     # Writes announce themselves through Redis, in their own transaction or script (see
     # RedisStore); this process also drops its copy at once, before its own echo arrives.
@@ -208,5 +212,11 @@ class NearCache(StoreWrapper):
         return seen
 
 
-def _weight(key: str, values: dict[str, bytes]) -> int:
-    return len(key) + sum(len(fp) + len(value) + 64 for fp, value in values.items())
+_Flat = tuple[Any, ...]
+"""A key's answers as this process keeps them: each fingerprint followed by its value, one flat
+tuple per key rather than a dict (a cache of small answers is then mostly their bytes)."""
+
+
+def _weight(key: str, flat: _Flat) -> int:
+    """Charged as the memory store charges its answers, so that `--near-cache` bounds memory."""
+    return sum(charged(key, fp, value) for fp, value in zip(flat[::2], flat[1::2], strict=True))

@@ -400,7 +400,7 @@ class TestMemoryStore(StoreContract):
         ]
 
     async def test_oversize_value_is_not_stored(self) -> None:
-        store = MemoryStore(max_bytes=200)
+        store = MemoryStore(max_bytes=100 + ENTRY_OVERHEAD)
         await store.put(Write("small", "fp", b"s", 0))
         await store.put(Write("big", "fp", bytes(200), 0))
         assert await store.get("big", None) == {}
