@@ -225,34 +225,32 @@ class MemoryStore:
 
     def _keep(self, key: str, held: _Held) -> None:
         self._entries[key] = held
-        for fingerprint, value in _answers(held):
-            self._answers += 1
-            self._size += charged(key, fingerprint, value)
-            self._expansion += raw_size(value) - len(value)
+        self._count(key, held, 1)
 
     def _remove(self, key: str) -> _Held | None:
         held = self._entries.pop(key, None)
-        if held is None:
-            return None
-        for fingerprint, value in _answers(held):
-            self._answers -= 1
-            self._size -= charged(key, fingerprint, value)
-            self._expansion -= raw_size(value) - len(value)
-        self._expires.pop(key, None)
+        if held is not None:
+            self._count(key, held, -1)
+            self._expires.pop(key, None)
         return held
 
     def _forget(self, key: str, fingerprint: str) -> None:
-        """One answer of a key; the others stay, with the key's place and expiry."""
-        expires = self._expires.get(key)
-        held = self._remove(key)
+        """One answer of a key; the others keep the key's place in the LRU and its expiry."""
+        held = self._entries.get(key)
         if held is None:
             return
         rest = _without(held, fingerprint)
-        if rest:
-            self._keep(key, (held[0], *rest))
-            self._entries.move_to_end(key, last=False)
-            if expires is not None:
-                self._expires[key] = expires
+        if not rest:
+            self._remove(key)
+            return
+        self._count(key, held, -1)
+        self._keep(key, (held[0], *rest))  # an existing key keeps its place
+
+    def _count(self, key: str, held: _Held, sign: int) -> None:
+        for fingerprint, value in _answers(held):
+            self._answers += sign
+            self._size += sign * charged(key, fingerprint, value)
+            self._expansion += sign * (raw_size(value) - len(value))
 
     def _evict(self) -> None:
         while self._size > self._max_bytes:

@@ -399,6 +399,22 @@ class TestMemoryStore(StoreContract):
             "k4",
         ]
 
+    async def test_a_purge_of_one_answer_leaves_the_key_its_place(self) -> None:
+        one = 100 + 2 + 2 + ENTRY_OVERHEAD
+        store = MemoryStore(max_bytes=3 * one)
+        await store.put(Write("k1", "fa", bytes(100), 0))
+        await store.put(Write("k1", "fb", bytes(100), 0))
+        await store.put(Write("k2", "fa", bytes(100), 0))
+        assert await store.purge(Selector(fingerprint="fb"), dry_run=False) == 1
+        await store.put(Write("k3", "fa", bytes(100), 0))
+        await store.put(Write("k4", "fa", bytes(100), 0))
+        assert [key for key in ("k1", "k2", "k3", "k4") if await store.get(key, None)] == [
+            "k2",
+            "k3",
+            "k4",
+        ]
+        assert (await store.usage()).entries == 3
+
     async def test_oversize_value_is_not_stored(self) -> None:
         store = MemoryStore(max_bytes=100 + ENTRY_OVERHEAD)
         await store.put(Write("small", "fp", b"s", 0))
