@@ -78,6 +78,9 @@ class MemoryStore:
         return self._max_bytes
 
     async def get(self, key: str, fingerprints: Sequence[str] | None) -> dict[str, bytes]:
+        return self._get(key, fingerprints)
+
+    def _get(self, key: str, fingerprints: Sequence[str] | None) -> dict[str, bytes]:
         self._drop_expired()
         held = self._entries.get(key)
         if held is None:
@@ -93,8 +96,8 @@ class MemoryStore:
     async def lookup(
         self, key: str, model: str | None
     ) -> tuple[ModelFingerprints | None, dict[str, bytes]]:
-        state = None if model is None else await self.fingerprints(model)
-        return state, await self.get(key, None)
+        state = None if model is None else self._state_of(model)
+        return state, self._get(key, None)
 
     async def lookup_or_lock(
         self, key: str, model: str | None, token: str, ttl: float
@@ -180,6 +183,9 @@ class MemoryStore:
         return outcome
 
     async def fingerprints(self, model: str) -> ModelFingerprints | None:
+        return self._state_of(model)
+
+    def _state_of(self, model: str) -> ModelFingerprints | None:
         state = self._models.get(model)
         return None if state is None else _snapshot(state)
 
