@@ -164,6 +164,8 @@ class NearCache(StoreWrapper):
         if values is None:
             return state, None
         self._entries.move_to_end(key)
+        if len(values) == 2:  # the common case: one answer
+            return state, {values[0]: values[1]}
         return state, dict(zip(values[::2], values[1::2], strict=True))
 
     def _keep(
