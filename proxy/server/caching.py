@@ -16,7 +16,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.core import policy, responses
+from proxy.core import policy, responses, routes
 from proxy.core.call import Answer, Asked, Call, prepare_with, repro_headers
 from proxy.core.codec import Codec, UnknownDictionary
 from proxy.core.entry import CorruptEntry, Entry, fingerprint_of, is_answer, usage_of
@@ -292,7 +292,8 @@ def _json_object(data: bytes) -> dict[str, Any] | None:
 
 
 def observe_upstream(services: Services, route: str, status: int, started: float) -> None:
-    services.metrics.upstream_answered(route, status, max(0.0, services.clock() - started))
+    took = max(0.0, services.clock() - started)
+    services.metrics.upstream_answered(routes.pattern(route), status, took)
 
 
 async def observe_fingerprint(services: Services, model: str, fingerprint: str) -> None:

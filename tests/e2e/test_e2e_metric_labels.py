@@ -64,3 +64,26 @@ def test_refused_requests_with_made_up_models_create_no_model_label(
     assert series(text, "repro_cache_misses_total")[labels(model="other")] == len(MADE_UP)
     assert series(text, "repro_cache_misses_total")[labels(model="gpt-legit")] == 1
     assert series(text, "repro_cache_hits_total")[labels(model="gpt-legit")] == 1
+
+
+def test_azure_deployment_names_make_no_route_label(start_proxy: ProxyFactory, sim: Sim) -> None:
+    """A deployment name is the client's to choose (any of 64 characters, each request a new
+    one, a made-up key enough: the upstream's 404 or 401 is timed too); the route label is
+    the route's pattern, never the path, so no caller can grow the series without limit."""
+    sim.accept_keys("az-good")
+    proxy = start_proxy(upstream=sim.url)
+    headers = {"api-key": "az-made-up", "Content-Type": "application/json"}
+    deployments = [f"made-up-dep-{n:03d}" for n in range(20)]
+    for deployment in deployments:
+        answer = httpx.post(
+            f"{proxy.url}/openai/deployments/{deployment}/chat/completions?api-version=2024-10-21",
+            content=body("gpt-x"),
+            headers=headers,
+            timeout=10,
+        )
+        assert answer.status_code == 401
+    text = proxy.metrics()
+    assert "made-up-dep" not in text
+    pattern = "/openai/deployments/{deployment}/chat/completions"
+    upstream = series(text, "repro_upstream_duration_seconds_count")
+    assert sum(v for k, v in upstream.items() if ("route", pattern) in k) == len(deployments)
