@@ -246,6 +246,26 @@ class StoreContract:
         assert not await store.locked("k")
         assert await store.lock("k", "other", 30)
 
+    async def test_attempts_keep_the_newest_within_the_window(self, store: Store) -> None:
+        assert await store.attempts("a", T0, 60, 3, False) == ()
+        for step in range(5):
+            await store.attempts("a", T0 + step, 60, 3, True)
+        assert await store.attempts("a", T0 + 5, 60, 3, False) == (T0 + 2, T0 + 3, T0 + 4)
+        assert await store.attempts("b", T0 + 5, 60, 3, False) == ()
+        assert await store.attempts("a", T0 + 62.5, 60, 3, False) == (T0 + 3, T0 + 4)
+        assert await store.attempts("a", T0 + 63.5, 60, 3, True) == (T0 + 4, T0 + 63.5)
+
+    async def test_a_revocation_holds_until_its_time_is_over(
+        self, store: Store, elapse: Elapse
+    ) -> None:
+        assert not await store.revoked("s")
+        await store.revoke("s", 0.3)
+        await store.revoke("long", 60)
+        assert await store.revoked("s") and not await store.revoked("t")
+        await elapse(0.3)
+        assert not await store.revoked("s")
+        assert await store.revoked("long")
+
     async def test_lookup_or_lock_takes_the_lock_only_for_an_empty_key(self, store: Store) -> None:
         await store.observe_fingerprint("m", "fp", 1.0)
         state, found, locked = await store.lookup_or_lock("k", "m", "leader", 30)
