@@ -348,6 +348,18 @@ class StoreContract:
         assert not await store.locked("k")
         assert await store.lock("k", "next", 1)
 
+    async def test_purge_selectors_match_literally_never_as_patterns(self, store: Store) -> None:
+        """An operator's selector may come from anywhere (a namespace a client chose): glob or
+        regex syntax in it matches only itself, at the cost of a comparison."""
+        await store.put(Write("k1", "fp_a", b"1", 0, Labels("ns1", "m1")))
+        await store.put(Write("k2", "fp_a", b"2", 0, Labels("*", "m[0-9]")))
+        for hostile in ("*", "ns?", "ns[0-9]", ".*", "(a+)+$", "\\", "ns1\x00"):
+            assert await store.purge(Selector(model=hostile), dry_run=True) == 0
+            assert await store.purge(Selector(fingerprint=hostile), dry_run=True) == 0
+        assert await store.purge(Selector(namespace="*"), dry_run=False) == 1
+        assert await store.purge(Selector(model="m1"), dry_run=True) == 1
+        assert [key async for key, _, _ in store.entries(Selector(namespace="ns?"))] == []
+
     async def test_purge_selects_by_namespace_model_and_fingerprint(self, store: Store) -> None:
         await store.put(Write("k1", "fp_a", b"1", 0, Labels("ns1", "m1")))
         await store.put(Write("k1", "fp_b", b"2", 0, Labels("ns1", "m1")))
