@@ -19,6 +19,7 @@ from multidict import CIMultiDict
 from proxy.core import policy, responses, routes
 from proxy.core.call import Answer, Asked, Call, prepare_with, repro_headers
 from proxy.core.codec import Codec, UnknownDictionary
+from proxy.core.credentials import Carriers
 from proxy.core.entry import CorruptEntry, Entry, fingerprint_of, is_answer, usage_of
 from proxy.core.fingerprints import ModelFingerprints
 from proxy.core.policy import Outcome
@@ -267,15 +268,15 @@ async def forward(
 
 def as_upstream_allows(services: Services, call: Call, headers: Headers) -> Call:
     """`call`, not stored when the upstream's answer says it must not be (see
-    `policy.refused_by_upstream`). The credential headers count as keyed only where they
-    partition the cache (`--cache-scope key`)."""
+    `policy.refused_by_upstream`). The credential headers (listed, or named as one) count as
+    keyed only where they partition the cache (`--cache-scope key`)."""
     if not call.plan.store:
         return call
     shared = services.settings.cache_scope is policy.CacheScope.SHARED
     reason = policy.refused_by_upstream(
         headers.getall("Cache-Control", ()),
         headers.getall("Vary", ()),
-        () if shared else services.credential_names,
+        () if shared else Carriers(services.credential_names),
     )
     if reason is None:
         return call
