@@ -134,10 +134,18 @@ def extract(headers: CIMultiDictProxy[str], carriers: tuple[str, ...] = STANDARD
                 if value.strip():
                     found.append((name, value))
     for raw_name, value in headers.items():
-        name = raw_name.lower()
-        if name not in carriers and named_as_one(name) and value.strip():
-            found.append((name, value))
+        named = _as_named(raw_name)
+        if named is not None and named not in carriers and value.strip():
+            found.append((named, value))
     return tuple(found)
+
+
+@functools.lru_cache(maxsize=1024)
+def _as_named(raw_name: str) -> str | None:
+    """A header name as sent, lower case if it says it holds a credential, else None: asked of
+    every header of every request, and remembered by the name as sent."""
+    name = raw_name.lower()
+    return name if named_as_one(name) else None
 
 
 def split_query(query: str) -> tuple[str, Credentials]:
