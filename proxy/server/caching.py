@@ -53,12 +53,12 @@ def remember(services: Services, asked: Asked, call: Call) -> None:
     byte, and preparing (parse, canonical form, SHA-256) is the largest cost of a HIT. Misses
     are not kept: most are one-offs (unique prompts), and keeping every one costs a miss
     measurable CPU (bench/bench.py shows it) for calls nobody asks for again."""
-    size = CALL_OVERHEAD + len(asked.raw) + len(call.body)
+    size = CALL_OVERHEAD + asked.size + len(call.body)
     services.calls.put((asked, services.secret.value), call, size)
 
 
 CALL_OVERHEAD = 512
-"""Bytes charged per remembered call on top of its two bodies."""
+"""Bytes charged per remembered call on top of what its request holds and the body sent."""
 
 
 OFF_LOOP_BODY = 1 << 20

@@ -125,3 +125,20 @@ async def test_the_call_memo_keeps_only_the_requests_a_hit_answered(sim: Sim) ->
         assert (await cache_of(chat("three"), **{"Cache-Control": "no-store"}))[0] == "BYPASS"
         assert len(calls) == 1
     assert len(sim.llm_requests()) == 3
+
+
+async def test_the_call_memo_charges_a_remembered_call_for_its_credentials_too(sim: Sim) -> None:
+    """A request's credentials are part of what the memo keeps: up to 128 headers of 8 KiB
+    each, which a permissive upstream accepts. Were only the bodies charged, 4096 remembered
+    HITs of such requests would hold gigabytes under a 16 MiB bound."""
+    app = create_app(Settings(upstream=sim.v1))
+    many = [("Authorization", "Bearer sk-test")]
+    many += [("x-api-key", f"{n:03d}" + "k" * 8000) for n in range(40)]
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        for expected in ("MISS", "HIT"):
+            response = await client.post("/v1/chat/completions", json=chat("big"), headers=many)
+            assert response.headers["X-Repro-Cache"] == expected
+            await response.read()
+        calls = app[SERVICES].calls
+        assert len(calls) == 1
+        assert calls.bytes >= 40 * 8000
