@@ -245,9 +245,11 @@ def stranger(credentials: Credentials) -> Credentials:
     return tuple(out)
 
 
-def shape(credentials: Credentials) -> tuple[str, ...]:
-    """What `stranger` keeps of the credentials: names, and the Authorization scheme."""
-    return tuple(
+def shape(credentials: Credentials) -> str:
+    """What `stranger` keeps of the credentials (names, and the Authorization scheme), as a
+    digest: remembered per shape, and a request may carry 128 header names of 8 KiB."""
+    names = (
         f"{name} {value.partition(' ')[0].lower()}" if name == "authorization" else name
         for name, value in credentials
     )
+    return hashlib.sha256("\n".join(names).encode("utf-8", "surrogateescape")).hexdigest()

@@ -142,3 +142,19 @@ async def test_the_call_memo_charges_a_remembered_call_for_its_credentials_too(s
         calls = app[SERVICES].calls
         assert len(calls) == 1
         assert calls.bytes >= 40 * 8000
+
+
+async def test_the_tenant_memo_is_bounded_by_bytes_for_callers_without_a_key(sim: Sim) -> None:
+    """Every request's credentials are hashed and the HMAC remembered, a refused caller's too:
+    kept by count alone, 4096 requests of 128 headers of 8 KiB would hold 4 GiB."""
+    sim.accept_keys("sk-good")
+    app = create_app(Settings(upstream=sim.v1))
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        for caller in range(8):
+            headers = [("x-api-key", f"{caller}-{n:03d}" + "k" * 8000) for n in range(40)]
+            response = await client.post("/v1/chat/completions", json=chat("x"), headers=headers)
+            assert response.status == 401
+            await response.read()
+        tenants = app[SERVICES].secret.tenants
+        assert tenants.bytes <= tenants.max_bytes <= 1 << 20
+        assert len(tenants) < 8

@@ -162,7 +162,9 @@ def test_a_stranger_has_the_same_shape_and_none_of_the_values() -> None:
     made_up = dict(stranger(real))
     assert list(made_up) == ["authorization", "x-api-key"]
     assert made_up["authorization"].startswith("Basic ") and made_up["x-api-key"] != "k"
-    assert shape(real) == ("authorization basic", "x-api-key")
+    assert shape(real) == shape(stranger(real)) == shape((("authorization", "basic x"), real[1]))
+    assert shape(real) != shape((("authorization", "Bearer k"), real[1]))
+    assert len(shape((("x-" + "a" * 8000 + "-token", "t"),) * 128)) == 64  # a digest, bounded
     assert dict(stranger(real)) != made_up
 
 
