@@ -49,6 +49,7 @@ ENTRY_CHANGED, MODEL_CHANGED, EVERYTHING_CHANGED = "e\x00", "m\x00", "*"
 
 _SCAN_BATCH = 500
 _MODELS_REMEMBERED = 256
+_MODEL_NAME_REMEMBERED = 256
 
 
 class RedisStore:
@@ -426,12 +427,15 @@ class RedisStore:
         return f"{self._prefix}l:{{{key}}}"
 
     def _model(self, model: str) -> str:
-        """Every lookup names its model's key; a handful of models make nearly all traffic."""
+        """Every lookup names its model's key; a handful of models make nearly all traffic, and
+        only names of a model's length are remembered: a name is the client's, as long as a
+        body allows, and a refused caller's lookups name one too."""
         name = self._model_keys.get(model)
         if name is None:
             digest = hashlib.sha1(model.encode(), usedforsecurity=False).hexdigest()
             name = f"{self._prefix}fp:{{{digest}}}"
-            self._model_keys.put(model, name)
+            if len(model) <= _MODEL_NAME_REMEMBERED:
+                self._model_keys.put(model, name)
         return name
 
     def _named(self, kind: str, name: str) -> str:
