@@ -3,7 +3,8 @@
 Below debug, nothing a client sent reaches a log line through text we do not write ourselves:
 libraries' messages (aiohttp echoes a malformed request line or header, credential included,
 when it refuses one) have their quoted literals withheld, and every exception is logged as its
-traceback and type without its message. `--log-level debug` shows them whole.
+traceback and type without its message. `--log-level debug` shows them whole. Fields are
+written with control and format characters escaped, whatever the level.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import traceback
 from datetime import UTC, datetime
 
 import orjson
+
+from proxy.core.terminal import shown
 
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
@@ -33,13 +36,13 @@ class JsonFormatter(logging.Formatter):
         self.reveal = reveal
 
     def format(self, record: logging.LogRecord) -> str:
-        line = {
+        line: dict[str, object] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": self._message(record),
+            "msg": shown(self._message(record)),
         }
-        line.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        line.update({k: _printable(v) for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             exc = record.exc_info[1]
             if self.reveal or exc is None:
@@ -53,6 +56,13 @@ class JsonFormatter(logging.Formatter):
         if self.reveal or record.name.startswith(OWN_LOGGERS):
             return message
         return _QUOTED.sub(WITHHELD, message.partition("\n")[0])
+
+
+def _printable(value: object) -> object:
+    """A field's text with control and format characters written as escapes: a model name or
+    a path is the client's to choose, and JSON escapes only C0 controls, so a C1 CSI or a
+    bidi override would reach the terminal that shows the log as it is."""
+    return shown(value) if isinstance(value, str) else value
 
 
 def withheld(exc: BaseException) -> str:

@@ -2,7 +2,8 @@
 
 Label values stay bounded: routes are the fixed cacheable paths or `/v1/*`, and model names are
 taken as clients send them only up to a cap, after which they are counted as `other`, so a client
-inventing model names cannot grow the series without limit. Only served requests (a HIT, or an
+inventing model names cannot grow the series without limit; so are each model's fingerprints,
+which the upstream names. Only served requests (a HIT, or an
 upstream 2xx) make a model label, so refused callers cannot use up the cap (see `of`).
 
 What every request counts goes into plain numbers (see `Tally`), which a collector of their own
@@ -36,6 +37,9 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 MAX_MODELS = 200
+MAX_FINGERPRINTS = 16
+"""Fingerprint label values per model label: they are the upstream's to name, and a real model
+rotates a few times a year, while a hostile upstream could name a new one per answer."""
 OTHER = "other"
 
 _PROXY_BUCKETS = (
@@ -219,6 +223,7 @@ class Metrics:
         self._multiprocess_dir = multiprocess_dir
         self._models: set[str] = set()
         self._fingerprints: dict[str, str] = {}
+        self._fingerprint_labels: dict[str, set[str]] = {}
         self._alternating: dict[str, bool] = {}
         self._served: dict[tuple[str, str], tuple[Counts, Observes]] = {}
         self._upstream: dict[tuple[str, int], Observes] = {}
@@ -420,9 +425,21 @@ class Metrics:
         self._alternating[label] = alternating
         self.alternation.labels(label).set(1 if alternating else 0)
 
-    def fingerprint_current(self, model: str, current: str) -> None:
-        """Show `current` as the model's fingerprint in this process (replicas each report)."""
+    def fingerprint(self, model_label: str, fingerprint: str) -> str:
+        """A bounded label value for one of a model's fingerprints (`other` past the cap)."""
+        known = self._fingerprint_labels.setdefault(model_label, set())
+        if fingerprint in known:
+            return fingerprint
+        if len(known) >= MAX_FINGERPRINTS:
+            return OTHER
+        known.add(fingerprint)
+        return fingerprint
+
+    def fingerprint_current(self, model: str, fingerprint: str) -> None:
+        """Show `fingerprint` as the model's current one in this process (replicas each
+        report)."""
         label = self.model(model)
+        current = self.fingerprint(label, fingerprint)
         reported = self._fingerprints.get(label)
         if reported == current:
             return

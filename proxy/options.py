@@ -291,8 +291,8 @@ OPTIONS = (
         "",
         parse_names,
         "extra header names that carry a tenant's credential, besides Authorization, api-key, "
-        "x-api-key and well-known gateways' (docs/security.md); repeat the flag or separate "
-        "with commas",
+        "x-api-key, well-known gateways' and names that say so (apikey, X-Auth-Token, ...: "
+        "docs/security.md); repeat the flag or separate with commas",
         repeatable=True,
     ),
     Option(

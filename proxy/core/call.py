@@ -71,6 +71,14 @@ class Asked(NamedTuple):
     namespace: str
     cache_control: tuple[str, ...]
 
+    @property
+    def size(self) -> int:
+        """Bytes these facts hold, for a memo that keeps them: a request may carry 128 headers
+        of 8 KiB, credentials all, beside its body."""
+        held = len(self.route) + len(self.query) + len(self.raw) + len(self.namespace)
+        held += sum(len(name) + len(value) for name, value in self.credentials)
+        return held + sum(map(len, self.cache_control))
+
     @classmethod
     def of(
         cls,

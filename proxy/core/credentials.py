@@ -2,21 +2,23 @@
 
 Every credential-bearing header present counts, whatever its scheme: `Authorization` (Bearer,
 Basic, anything), Azure's `api-key`, Anthropic-style `x-api-key`, well-known gateways' key
-headers (`STANDARD`), and the names an operator adds with `--credential-header`; so do the query
-parameters gateways read a key from (`QUERY_PARAMETERS`), which are then neither keyed nor
-stored: an answer recorded into a cassette must not carry the key it was asked with. A request
-carrying none is `anonymous`. Two requests that differ in any of these values must never share
-a partition, so the HMAC input encodes every name and value without ambiguity. Names are
-compared in lower case, as HTTP does.
+headers (`STANDARD`), the names an operator adds with `--credential-header`, and any other
+whose name says it holds one (`named_as_one`: `apikey`, `X-Auth-Token`, …); so do the query
+parameters gateways read a key from (`QUERY_PARAMETERS`, and names that say so alike), which
+are then neither keyed nor stored: an answer recorded into a cassette must not carry the key
+it was asked with. A request carrying none is `anonymous`. Two requests that differ in any of
+these values must never share a partition, so the HMAC input encodes every name and value
+without ambiguity. Names are compared in lower case, as HTTP does.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from urllib.parse import unquote_plus
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -40,6 +42,54 @@ whose answers, once the gateway served one, every keyless caller reads."""
 QUERY_PARAMETERS = frozenset({"subscription-key", "api-key", "api_key", "key"})
 """Query parameters read as credentials: Azure API Management's `subscription-key`, Google's
 `key`, and the spellings of `api-key` some gateways take in a URL."""
+
+CREDENTIAL_WORDS = frozenset(
+    {"auth", "authorization", "apikey", "key", "token", "secret", "password", "passwd",
+     "credential", "credentials", "cookie"}
+)  # fmt: skip
+"""Words of a header or parameter name that say it holds a credential (see `named_as_one`)."""
+
+NOT_CREDENTIALS = frozenset({"idempotency-key", "idempotency_key"})
+"""Names made of those words that hold no credential: a retry's identity, new per request."""
+
+_WORD_CUES = ("key", "token", "auth", "secret", "pass", "credential", "cookie")
+_WORDS = re.compile(r"[^a-z0-9]+")
+
+
+@functools.lru_cache(maxsize=1024)
+def named_as_one(name: str) -> bool:
+    """Whether a (lower-case) header or query parameter name says it holds a credential:
+    one of its words (split at anything but letters and digits) is in CREDENTIAL_WORDS, or
+    ends in `apikey` or `token` (`x-myapikey`, `authtoken`). Gateways take keys under
+    names no list holds (Kong's `apikey`, LiteLLM's `x-litellm-api-key`, `X-Auth-Token`); read
+    as no key, their callers would all be `anonymous`, one partition. A name read so wrongly
+    only splits a tenant's cache, never joins two. Remembered: a few names make nearly all
+    traffic, and hostile ones only evict each other."""
+    if name in NOT_CREDENTIALS or name.startswith(("x-repro-", "proxy-")):
+        return False  # the proxy's own, and hop-by-hop ones no upstream ever receives
+    return any(
+        word in CREDENTIAL_WORDS or word.endswith(("apikey", "token"))
+        for word in _WORDS.split(name)
+    )
+
+
+class Carriers:
+    """The credential-bearing header names as a collection: those listed, and any other a
+    request carries whose name says it is one (`named_as_one`). What a `Vary` is checked
+    against, so that an answer varying by any of them counts as keyed where they partition."""
+
+    def __init__(self, listed: tuple[str, ...] = ()) -> None:
+        self.listed = listed
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and (name in self.listed or named_as_one(name.lower()))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.listed)
+
+    def __len__(self) -> int:
+        return len(self.listed)
+
 
 IN_QUERY = "?"
 """The prefix of a credential's name when it came as a query parameter (`?subscription-key`):
@@ -75,14 +125,27 @@ def names(extra: Iterable[str]) -> tuple[str, ...]:
 
 
 def extract(headers: CIMultiDictProxy[str], carriers: tuple[str, ...] = STANDARD) -> Credentials:
-    """Every non-empty value of a credential-bearing header; an empty tuple means anonymous."""
+    """Every non-empty value of a credential-bearing header: those `carriers` lists, in its
+    order, then any other whose name says it is one, as sent. An empty tuple means anonymous."""
     found: list[tuple[str, str]] = []
     for name in carriers:
         if name in headers:  # most are absent, and a miss is cheaper to test than to getall
             for value in headers.getall(name):
                 if value.strip():
                     found.append((name, value))
+    for raw_name, value in headers.items():
+        named = _as_named(raw_name)
+        if named is not None and named not in carriers and value.strip():
+            found.append((named, value))
     return tuple(found)
+
+
+@functools.lru_cache(maxsize=1024)
+def _as_named(raw_name: str) -> str | None:
+    """A header name as sent, lower case if it says it holds a credential, else None: asked of
+    every header of every request, and remembered by the name as sent."""
+    name = raw_name.lower()
+    return name if named_as_one(name) else None
 
 
 def split_query(query: str) -> tuple[str, Credentials]:
@@ -90,7 +153,8 @@ def split_query(query: str) -> tuple[str, Credentials]:
     query that names none, nearly every one, comes back as it is, byte for byte; otherwise the
     other parameters keep their order and spelling. A parameter's name is read as a server
     reads it (percent-decoded, any case), so `%6Bey=` is `key=` too."""
-    if "key" not in query.lower() and "%" not in query:
+    lowered = query.lower()
+    if "%" not in query and not any(cue in lowered for cue in _WORD_CUES):
         return query, ()
     items = query.split("&")
     kept: list[str] = []
@@ -98,7 +162,7 @@ def split_query(query: str) -> tuple[str, Credentials]:
     for item in items:
         raw_name, _, value = item.partition("=")
         name = unquote_plus(raw_name).strip().lower()
-        if name not in QUERY_PARAMETERS:
+        if name not in QUERY_PARAMETERS and not named_as_one(name):
             kept.append(item)
         elif value:
             found.append((IN_QUERY + name, value))
@@ -181,9 +245,11 @@ def stranger(credentials: Credentials) -> Credentials:
     return tuple(out)
 
 
-def shape(credentials: Credentials) -> tuple[str, ...]:
-    """What `stranger` keeps of the credentials: names, and the Authorization scheme."""
-    return tuple(
+def shape(credentials: Credentials) -> str:
+    """What `stranger` keeps of the credentials (names, and the Authorization scheme), as a
+    digest: remembered per shape, and a request may carry 128 header names of 8 KiB."""
+    names = (
         f"{name} {value.partition(' ')[0].lower()}" if name == "authorization" else name
         for name, value in credentials
     )
+    return hashlib.sha256("\n".join(names).encode("utf-8", "surrogateescape")).hexdigest()

@@ -44,6 +44,14 @@ def kind(route: str) -> str:
     return route
 
 
+def pattern(route: str) -> str:
+    """The route as metrics name it: a per-deployment path with `{deployment}` in place of the
+    name, which is the client's to choose (a label per name would grow without limit)."""
+    if not route.startswith(DEPLOYMENTS):
+        return route
+    return DEPLOYMENTS + "{deployment}/" + route[len(DEPLOYMENTS) :].partition("/")[2]
+
+
 def deployment_of(route: str) -> str:
     """The Azure deployment a per-deployment route names, else ""."""
     if not route.startswith(DEPLOYMENTS):

@@ -20,7 +20,7 @@ from proxy.upstream.headers import INERT
 
 async def admin_fingerprints(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    check_admin(request, services)
+    await check_admin(request, services)
     try:
         states = await services.store.all_fingerprints()
     except StoreError as exc:
@@ -30,7 +30,7 @@ async def admin_fingerprints(request: web.Request) -> web.Response:
     )
 
 
-def check_admin(request: web.Request, services: Services) -> None:
+async def check_admin(request: web.Request, services: Services) -> None:
     """Admin routes do not exist without a token, and need it as a bearer when they do. A read
     (GET) without an Authorization header may show the operators' page's session cookie
     instead, which a cross-site request never carries (SameSite=Strict): a write needs the
@@ -40,23 +40,25 @@ def check_admin(request: web.Request, services: Services) -> None:
         raise web.HTTPNotFound()
     header = request.headers.get("Authorization")
     is_read = header is None and request.method == "GET"
-    if is_read and session.valid(request, token, services.clock()):
+    if is_read and await session.valid(request, token, services.clock(), services.store):
         return
     scheme, _, given = (header or "").partition(" ")
     bearer = given.strip() if header is not None and scheme.lower() == "bearer" else None
-    if header is None or not token_accepted(request, services, bearer, token):
+    if header is None or not await token_accepted(request, services, bearer, token):
         raise Unauthorized("This route needs the admin bearer token (--admin-token).")
 
 
-def token_accepted(request: web.Request, services: Services, given: str | None, token: str) -> bool:
+async def token_accepted(
+    request: web.Request, services: Services, given: str | None, token: str
+) -> bool:
     """Whether `given` (None: no token in the expected form) is the admin token; a wrong one
     counts against the caller's address, and an address out of guesses is refused (429)
     whatever it gives (`guesses`)."""
     now = services.clock()
-    services.guesses.check(request.remote, now)
+    await services.guesses.check(services.store, request.remote, now)
     if given is not None and same_token(given, token):
         return True
-    services.guesses.failed(request.remote, now)
+    await services.guesses.failed(services.store, request.remote, now)
     return False
 
 
@@ -96,7 +98,7 @@ def rfc3339(timestamp: float) -> str:
 async def admin_stats(request: web.Request) -> web.Response:
     """What the store holds, and how this process has served since it started."""
     services = request.app[SERVICES]
-    check_admin(request, services)
+    await check_admin(request, services)
     try:
         usage = await services.store.usage()
     except StoreError as exc:
@@ -126,7 +128,7 @@ def _dictionary(number: int | None) -> str | None:
 async def admin_purge(request: web.Request) -> web.Response:
     """Delete entries by namespace, model and/or fingerprint; `dry_run` only counts them."""
     services = request.app[SERVICES]
-    check_admin(request, services)
+    await check_admin(request, services)
     settings = services.settings
     selector, dry_run = purge_request(
         await bodies.read(request, settings.max_body, settings.body_timeout)

@@ -276,7 +276,7 @@ def observed(handler: Handler, route: str | None = None) -> Handler:
             response = await handler(request)
         except UpstreamError as exc:
             # Our own wording, naming the host or the timeout; nothing of the request.
-            log.warning("upstream failed", extra={"path": request.path, "error": exc.message})
+            log.warning("upstream failed", extra={"route": _where(request), "error": exc.message})
             response = _error_response(exc)
         except ProxyError as exc:
             response = _error_response(exc)
@@ -284,7 +284,7 @@ def observed(handler: Handler, route: str | None = None) -> Handler:
             raise
         except Exception:
             # A bug of ours must still answer in OpenAI's shape, be counted and be logged.
-            log.exception("unhandled error", extra={"route": request.path})
+            log.exception("unhandled error", extra={"route": _where(request)})
             response = _error_response(ProxyError("The proxy failed to handle this request."))
         took = services.clock() - started
         if route is not None:
@@ -313,6 +313,12 @@ def check_headers(headers: CIMultiDictProxy[str]) -> None:
                 f"The value of header {name} is not Latin-1 text; the proxy cannot forward it.",
                 name,
             ) from None
+
+
+def _where(request: web.Request) -> str:
+    """The route a request matched, as the router names it (`/v1/{tail}`): a path is the
+    client's to write, a few KiB of anything, and must not reach a log line at warning."""
+    return request.match_info.route.resource.canonical if request.match_info.route.resource else "?"
 
 
 def _error_response(exc: ProxyError) -> web.Response:

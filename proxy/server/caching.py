@@ -16,9 +16,10 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.core import policy, responses
+from proxy.core import policy, responses, routes
 from proxy.core.call import Answer, Asked, Call, prepare_with, repro_headers
 from proxy.core.codec import Codec, UnknownDictionary
+from proxy.core.credentials import Carriers
 from proxy.core.entry import CorruptEntry, Entry, fingerprint_of, is_answer, usage_of
 from proxy.core.fingerprints import ModelFingerprints
 from proxy.core.policy import Outcome
@@ -52,12 +53,12 @@ def remember(services: Services, asked: Asked, call: Call) -> None:
     byte, and preparing (parse, canonical form, SHA-256) is the largest cost of a HIT. Misses
     are not kept: most are one-offs (unique prompts), and keeping every one costs a miss
     measurable CPU (bench/bench.py shows it) for calls nobody asks for again."""
-    size = CALL_OVERHEAD + len(asked.raw) + len(call.body)
+    size = CALL_OVERHEAD + asked.size + len(call.body)
     services.calls.put((asked, services.secret.value), call, size)
 
 
 CALL_OVERHEAD = 512
-"""Bytes charged per remembered call on top of its two bodies."""
+"""Bytes charged per remembered call on top of what its request holds and the body sent."""
 
 
 OFF_LOOP_BODY = 1 << 20
@@ -267,15 +268,15 @@ async def forward(
 
 def as_upstream_allows(services: Services, call: Call, headers: Headers) -> Call:
     """`call`, not stored when the upstream's answer says it must not be (see
-    `policy.refused_by_upstream`). The credential headers count as keyed only where they
-    partition the cache (`--cache-scope key`)."""
+    `policy.refused_by_upstream`). The credential headers (listed, or named as one) count as
+    keyed only where they partition the cache (`--cache-scope key`)."""
     if not call.plan.store:
         return call
     shared = services.settings.cache_scope is policy.CacheScope.SHARED
     reason = policy.refused_by_upstream(
         headers.getall("Cache-Control", ()),
         headers.getall("Vary", ()),
-        () if shared else services.credential_names,
+        () if shared else Carriers(services.credential_names),
     )
     if reason is None:
         return call
@@ -292,7 +293,8 @@ def _json_object(data: bytes) -> dict[str, Any] | None:
 
 
 def observe_upstream(services: Services, route: str, status: int, started: float) -> None:
-    services.metrics.upstream_answered(route, status, max(0.0, services.clock() - started))
+    took = max(0.0, services.clock() - started)
+    services.metrics.upstream_answered(routes.pattern(route), status, took)
 
 
 async def observe_fingerprint(services: Services, model: str, fingerprint: str) -> None:

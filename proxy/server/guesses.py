@@ -4,9 +4,14 @@ A wrong bearer on an /admin route, or a wrong token posted to the operators' log
 against the address it came from (an IPv6 address by its /64, which one host holds whole).
 Past `ALLOWED` within `WINDOW` seconds, every attempt from there answers 429, the right token
 included (else the limit would only slow the search, not stop it), until the oldest wrong guess
-leaves the window. Per process, and bounded: at most `ADDRESSES` remembered, the stalest
-forgotten first. Behind a reverse proxy every caller shares its address, so a guesser there
-locks the operators out for a minute at a time, never lets them in.
+leaves the window.
+
+Counted twice: in this process (at most `ADDRESSES` remembered, the stalest forgotten first),
+and in the store, which every worker and replica sharing a Redis shares, so that spreading the
+guesses over them gains nothing. The stricter count decides; a store that fails leaves the
+process's own. With `memory://` each process's store is its own: N workers allow N times the
+guesses. Behind a reverse proxy every caller shares its address, so a guesser there locks the
+operators out for a minute at a time, never lets them in.
 """
 
 from __future__ import annotations
@@ -15,8 +20,10 @@ import ipaddress
 import logging
 import math
 from collections import OrderedDict, deque
+from collections.abc import Sequence
 
 from proxy.errors import TooManyGuesses
+from proxy.store.base import Store, StoreError
 
 log = logging.getLogger("proxy.admin")
 
@@ -32,26 +39,47 @@ class Guesses:
     def __len__(self) -> int:
         return len(self._wrong)
 
-    def check(self, address: str | None, now: float) -> None:
+    async def check(self, store: Store | None, address: str | None, now: float) -> None:
         """Refuse an attempt from an address that has used up its wrong guesses."""
-        times = self._wrong.get(_network(address))
-        if times is None or len(times) < ALLOWED or now - times[0] >= WINDOW:
-            return
-        wait = math.ceil(WINDOW - (now - times[0]))
-        raise TooManyGuesses(
-            "Too many wrong admin tokens from this address: try again later.",
-            headers={"Retry-After": str(max(1, wait))},
-        )
+        network = _network(address)
+        wait = _refusal(self._wrong.get(network, ()), now)
+        if wait is None:
+            wait = _refusal(await _shared(store, network, now, add=False), now)
+        if wait is not None:
+            raise TooManyGuesses(
+                "Too many wrong admin tokens from this address: try again later.",
+                headers={"Retry-After": str(wait)},
+            )
 
-    def failed(self, address: str | None, now: float) -> None:
+    async def failed(self, store: Store | None, address: str | None, now: float) -> None:
         network = _network(address)
         times = self._wrong.pop(network, None) or deque(maxlen=ALLOWED)
         times.append(now)
         self._wrong[network] = times
-        if len(times) == ALLOWED and now - times[0] < WINDOW:
-            log.warning("admin token guessed wrong too often: refusing", extra={"from": network})
         while len(self._wrong) > ADDRESSES:
             self._wrong.popitem(last=False)
+        shared = await _shared(store, network, now, add=True)
+        if _refusal(times, now) is not None or _refusal(shared, now) is not None:
+            log.warning("admin token guessed wrong too often: refusing", extra={"from": network})
+
+
+def _refusal(times: Sequence[float], now: float) -> int | None:
+    """Seconds until the next attempt is heard, or None when it is heard now (pure)."""
+    recent = [moment for moment in times if now - moment < WINDOW]
+    if len(recent) < ALLOWED:
+        return None
+    return max(1, math.ceil(WINDOW - (now - recent[-ALLOWED])))
+
+
+async def _shared(store: Store | None, network: str, now: float, add: bool) -> Sequence[float]:
+    """The guesses every process sharing the store counted; none when it fails, or when the
+    store is this process's own (its count is the one kept here)."""
+    if store is None or not store.shared:
+        return ()
+    try:
+        return await store.attempts("guesses:" + network, now, WINDOW, ALLOWED, add)
+    except StoreError:
+        return ()
 
 
 def _network(address: str | None) -> str:

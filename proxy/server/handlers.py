@@ -88,12 +88,28 @@ async def decide(services: Services, request: web.Request, call: Call) -> web.St
     """A HIT when allowed and found; else the upstream, once for identical concurrent misses."""
     if not call.plan.lookup:
         return await go_upstream(services, request, call)
+    if not await may_look(services, request, call):
+        return await go_upstream(services, request, unlooked(call))
     if coalesces(services, call):
         return await fill(services, request, call)
     entry = await lookup(services, call)
     if entry is not None:
         return await serve_if_trusted(services, request, call, entry)
     return await go_upstream(services, request, call)
+
+
+async def may_look(services: Services, request: web.Request, call: Call) -> bool:
+    """In `shared` scope the key is checked before the lookup, not only before a HIT: a caller
+    the upstream refuses would otherwise learn whether anyone asked its question before (a
+    key check made only when something is stored) or is asking it now (a follower waiting
+    for the fill in flight). In `key` scope a caller looks only into its own partition."""
+    if services.settings.cache_scope is not CacheScope.SHARED:
+        return True
+    return await key_accepted(services, request, call)
+
+
+def unlooked(call: Call) -> Call:
+    return call._replace(plan=replace(call.plan, lookup=False))
 
 
 def coalesces(services: Services, call: Call) -> bool:
@@ -109,9 +125,12 @@ async def serve_if_trusted(
     if await key_accepted(services, request, call):
         services.verifier.sample(call, entry, request.headers)
         return serve_hit(services, call, entry)
-    return await go_upstream(
-        services, request, call._replace(plan=replace(call.plan, lookup=False))
-    )
+    return await go_upstream(services, request, unlooked(call))
+
+
+KEY_VERDICT = web.RequestKey("repro_key_verdict", bool)
+"""A request's key check, made at most once: a hung upstream then costs a HIT one
+`--key-check-timeout`, not one per place that asks (before the lookup, the HIT, a stale one)."""
 
 
 async def key_accepted(services: Services, request: web.Request, call: Call) -> bool:
@@ -119,8 +138,11 @@ async def key_accepted(services: Services, request: web.Request, call: Call) -> 
     settings = services.settings
     if not services.keys.enabled or settings.cache_mode is CacheMode.REPLAY:
         return True
-    shared = settings.cache_scope is CacheScope.SHARED
-    return await services.keys.accepted(call, request.headers, shared)
+    known = request.get(KEY_VERDICT)
+    if known is None:
+        shared = settings.cache_scope is CacheScope.SHARED
+        known = request[KEY_VERDICT] = await services.keys.accepted(call, request.headers, shared)
+    return known
 
 
 async def fill(services: Services, request: web.Request, call: Call) -> web.StreamResponse:

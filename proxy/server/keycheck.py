@@ -22,6 +22,7 @@ credentials). Verdicts are kept by the tenant's HMAC, never by the credentials.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -151,7 +152,8 @@ class KeyChecker:
     async def _serves_strangers(self, call: Call, credentials: Credentials) -> bool | None:
         """Whether the upstream answers this request, sent with made-up credentials, with a
         2xx (learned per shape, route and model, once per interval)."""
-        key = ("route", shape(credentials), call.route, call.model)
+        model = hashlib.sha256(call.model.encode("utf-8", "surrogateescape")).hexdigest()
+        key = ("route", shape(credentials), call.route, model)  # a model name may be huge
         made_up = stranger(credentials)
         headers = {**upstream_headers(made_up), "Content-Type": "application/json"}
         path = with_query(call.route, call.keyed_query, made_up)

@@ -18,6 +18,9 @@ from proxy.core.lru import LRU
 from proxy.store.base import Store, StoreError
 
 MAX_REMEMBERED = 4096
+MAX_REMEMBERED_BYTES = 1 << 20
+"""Credentials held by the tenant memo: every request's are hashed, a refused caller's too, and
+a request may carry 128 headers of 8 KiB."""
 
 log = logging.getLogger("proxy.secret")
 
@@ -28,14 +31,15 @@ class Secret:
         self.value = fixed.encode() if fixed else os.urandom(32)
         self.provisional = not fixed
         self._failed = False
-        self._tenants: LRU[Credentials, str] = LRU(MAX_REMEMBERED)
+        self.tenants: LRU[Credentials, str] = LRU(MAX_REMEMBERED, MAX_REMEMBERED_BYTES)
 
     def tenant(self, credentials: Credentials) -> str:
         """The credentials' HMAC (their cache partition), remembered for the busiest tenants."""
-        found = self._tenants.get(credentials)
+        found = self.tenants.get(credentials)
         if found is None:
             found = scope(credentials, self.value)
-            self._tenants.put(credentials, found)
+            held = 64 + sum(len(name) + len(value) for name, value in credentials)
+            self.tenants.put(credentials, found, held)
         return found
 
     async def settle(self) -> None:
@@ -44,7 +48,7 @@ class Secret:
             return
         try:
             self.value = await self._store.secret(self.value)
-            self._tenants.clear()
+            self.tenants.clear()
         except StoreError:
             if not self._failed:
                 log.warning("store unavailable: using a provisional secret until it answers")

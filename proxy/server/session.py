@@ -1,34 +1,75 @@
 """The operators' page's session: a cookie derived from the admin token, never the token itself.
 
-Stateless, so every worker and replica with the same token accepts it: `<expiry>.<HMAC-SHA256
-of the expiry under the token>`. It proves the holder once posted the token, expires after
-`LIFETIME`, and all sessions end when the token changes. Compared in constant time.
+`<expiry>.<nonce>.<HMAC-SHA256 of both under the token>`: every worker and replica with the
+same token can check it, in constant time. It proves the holder once posted the token, expires
+after `LIFETIME`, and all sessions end when the token changes. Logging out revokes the session
+in the store (its name is a digest of the cookie) until it would have expired, so a copy of the
+cookie taken before reads nothing after, on every process that shares the store; the random
+nonce makes each login's cookie a new one. A store that cannot say whether a session was
+revoked admits none: the bearer still works.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import secrets
 
 from aiohttp import web
+
+from proxy.store.base import Store, StoreError
 
 COOKIE = "repro_admin"
 LIFETIME = 12 * 3600
 
+log = logging.getLogger("proxy.admin")
+
 
 def issue(token: str, now: float) -> str:
     expires = int(now) + LIFETIME
-    return f"{expires}.{_mac(token, expires)}"
+    nonce = secrets.token_hex(16)
+    return f"{expires}.{nonce}.{_mac(token, expires, nonce)}"
 
 
-def valid(request: web.Request, token: str, now: float) -> bool:
+def _expiry(value: str, token: str, now: float) -> int | None:
+    """The expiry of a genuine, unexpired session cookie; None for anything else."""
+    expires, _, rest = value.partition(".")
+    nonce, _, mac = rest.partition(".")
+    if not expires.isdigit() or len(expires) > 12 or int(expires) <= now or len(nonce) != 32:
+        return None
+    if not hmac.compare_digest(mac.encode(), _mac(token, int(expires), nonce).encode()):
+        return None
+    return int(expires)
+
+
+async def valid(request: web.Request, token: str, now: float, store: Store) -> bool:
     value = request.cookies.get(COOKIE, "")
-    expires, _, mac = value.partition(".")
-    if not expires.isdigit() or len(expires) > 12 or int(expires) <= now:
+    if _expiry(value, token, now) is None:
         return False
-    return hmac.compare_digest(mac.encode(), _mac(token, int(expires)).encode())
+    try:
+        return not await store.revoked(_name(value))
+    except StoreError:
+        return False
 
 
-def _mac(token: str, expires: int) -> str:
-    message = f"repro-proxy admin page session {expires}".encode()
+async def revoke(request: web.Request, token: str, now: float, store: Store) -> None:
+    """End the request's session everywhere the store is shared (a session only: anyone may
+    post a logout, and only the holder of a real session can make the store remember one)."""
+    value = request.cookies.get(COOKIE, "")
+    expires = _expiry(value, token, now)
+    if expires is None:
+        return
+    try:
+        await store.revoke(_name(value), expires - now)
+    except StoreError:
+        log.warning("logout not remembered: the store failed; the cookie lives until it expires")
+
+
+def _name(value: str) -> str:
+    return "session:" + hashlib.sha256(value.encode()).hexdigest()
+
+
+def _mac(token: str, expires: int, nonce: str) -> str:
+    message = f"repro-proxy admin page session {expires} {nonce}".encode()
     return hmac.new(token.encode(), message, hashlib.sha256).hexdigest()

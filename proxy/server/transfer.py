@@ -30,7 +30,7 @@ log = logging.getLogger("proxy.admin")
 
 async def admin_export(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
-    check_admin(request, services)
+    await check_admin(request, services)
     query = request.query
     selector = Selector(namespace=query.get("namespace"), model=query.get("model"))
     lines = cassette.lines(services.store, selector, services.codec)
@@ -59,7 +59,7 @@ async def admin_export(request: web.Request) -> web.StreamResponse:
 
 async def admin_import(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    check_admin(request, services)
+    await check_admin(request, services)
     tenant = await _tenant(request, services)
     raw = await _body(request, services)
     try:

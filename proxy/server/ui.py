@@ -55,7 +55,8 @@ def _page(body: bytes, status: int = 200) -> web.Response:
 async def admin_ui(request: web.Request) -> web.Response:
     """The page for a session, else the login form."""
     token = _token(request)
-    if session.valid(request, token, request.app[SERVICES].clock()):
+    services = request.app[SERVICES]
+    if await session.valid(request, token, services.clock(), services.store):
         return _page(_file("ui.html"))
     return _page(_file("login.html"))
 
@@ -76,9 +77,10 @@ async def ui_login(request: web.Request) -> web.Response:
     token = _token(request)
     _same_origin(request)
     services = request.app[SERVICES]
-    services.guesses.check(request.remote, services.clock())  # before reading the body
+    # before reading the body
+    await services.guesses.check(services.store, request.remote, services.clock())
     given = await _posted_token(request, services.settings.body_timeout)
-    if not token_accepted(request, services, given, token):
+    if not await token_accepted(request, services, given, token):
         return _page(_file("login.html").replace(_FAILED, _FAILED_SHOWN), status=401)
     response = web.HTTPSeeOther("/admin/ui", headers=HEADERS)
     response.set_cookie(
@@ -108,8 +110,11 @@ async def _posted_token(request: web.Request, idle: float) -> str | None:
 
 
 async def ui_logout(request: web.Request) -> web.Response:
-    _token(request)
+    """Delete the browser's cookie, and revoke its session for every copy of it (`session`)."""
+    token = _token(request)
     _same_origin(request)
+    services = request.app[SERVICES]
+    await session.revoke(request, token, services.clock(), services.store)
     response = web.HTTPSeeOther("/admin/ui", headers=HEADERS)
     response.del_cookie(session.COOKIE, path="/admin")
     raise response

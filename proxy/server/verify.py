@@ -174,7 +174,8 @@ class Verifier:
             self._metrics.verify.labels(model, "rotated").inc()
             return
         distance = await asyncio.to_thread(answers_drift, entry.body, fresh, entry.stream)
-        self._metrics.verify_distance.labels(model, entry.fingerprint).observe(distance)
+        fingerprint = self._metrics.fingerprint(model, entry.fingerprint)
+        self._metrics.verify_distance.labels(model, fingerprint).observe(distance)
         self._metrics.verify.labels(model, "same" if distance == 0 else "differs").inc()
 
     async def _ask(self, call: Call, auth: Mapping[str, str]) -> bytes | None:

@@ -164,6 +164,19 @@ class Store(Protocol):
     async def locked(self, key: str) -> bool:
         """Whether anyone holds the fill lock of `key`."""
 
+    async def attempts(
+        self, name: str, now: float, window: float, keep: int, add: bool
+    ) -> tuple[float, ...]:
+        """The times of `name`'s attempts within the last `window` seconds before `now` (at
+        most the newest `keep`, oldest first), after adding one at `now` when `add`: the
+        admin token's guesses, counted once for every process that shares the store."""
+
+    async def revoke(self, name: str, ttl: float) -> None:
+        """Remember `name` as revoked for `ttl` seconds (an admin session logged out)."""
+
+    async def revoked(self, name: str) -> bool:
+        """Whether `name` was revoked, and its time is not over."""
+
     async def ping(self) -> None:
         """Raise StoreError unless the backend answers."""
 

@@ -30,6 +30,7 @@ import orjson
 
 from proxy.core import canonical, responses, routes
 from proxy.core.codec import Codec
+from proxy.core.credentials import split_query
 from proxy.core.entry import CorruptEntry, Entry, is_fingerprint
 from proxy.errors import ProxyError
 from proxy.store.base import Labels, Selector, Store, Write
@@ -121,6 +122,7 @@ def from_record(record: dict[str, Any], scope: str) -> Loaded:
         answer = str(record["body"]).encode()
     raw_request = request.encode() if isinstance(request, str) else canonical.dumps(request)
     meta = {name: record[name] for name in _META}
+    meta["query"] = split_query(meta["query"])[0]  # a credential is never keyed nor kept
     meta["stored_at"] = min(_checked(meta, body), time.time())
     entry = Entry(body=answer, request=raw_request, **meta)
     key = canonical.request_key(entry.route, scope, entry.namespace, body, entry.query)

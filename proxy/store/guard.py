@@ -188,6 +188,17 @@ class GuardedStore:
     async def locked(self, key: str) -> bool:
         return await self._call("lock", lambda: self.inner.locked(key))
 
+    async def attempts(
+        self, name: str, now: float, window: float, keep: int, add: bool
+    ) -> tuple[float, ...]:
+        return await self._call("admin", lambda: self.inner.attempts(name, now, window, keep, add))
+
+    async def revoke(self, name: str, ttl: float) -> None:
+        await self._call("admin", lambda: self.inner.revoke(name, ttl))
+
+    async def revoked(self, name: str) -> bool:
+        return await self._call("admin", lambda: self.inner.revoked(name))
+
     async def ping(self) -> None:
         """Readiness asks the store itself, open circuit or not; an answer closes the circuit."""
         try:

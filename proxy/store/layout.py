@@ -98,3 +98,8 @@ def text(value: bytes | str) -> str:
 def as_bytes(value: bytes | str) -> bytes:
     """Values are bytes on a client built without decode_responses, which this store expects."""
     return value if isinstance(value, bytes) else value.encode()
+
+
+def times(reply: Iterable[bytes | str]) -> tuple[float, ...]:
+    """The attempts script's reply: the times left, oldest first."""
+    return tuple(float(text(value)) for value in reply)

@@ -32,6 +32,9 @@ ENTRY_OVERHEAD = 200
 holding it (object headers, the LRU's and the tuple's slots), so that a bound bounds memory
 (tests/store/test_memory_accounting.py measures it)."""
 
+REMEMBERED = 4096
+"""Names kept by `attempts` and `revoke`."""
+
 _Held = tuple[Any, ...]
 """What a key holds: its labels, then each fingerprint followed by its value. One flat tuple per
 key, not an object per answer: a cache of small answers is then mostly their bytes."""
@@ -72,6 +75,8 @@ class MemoryStore:
         self._secret: bytes | None = None
         self._dictionary: bytes | None = None
         self._locks: dict[str, tuple[str, float]] = {}
+        self._attempts: OrderedDict[str, deque[float]] = OrderedDict()
+        self._revoked: OrderedDict[str, float] = OrderedDict()  # name -> until
 
     @property
     def max_bytes(self) -> int:
@@ -222,6 +227,36 @@ class MemoryStore:
             del self._locks[key]
             held = None
         return held is not None
+
+    async def attempts(
+        self, name: str, now: float, window: float, keep: int, add: bool
+    ) -> tuple[float, ...]:
+        """Bounded: at most `keep` times per name, and `REMEMBERED` names, the stalest
+        forgotten first."""
+        times = self._attempts.pop(name, None) or deque(maxlen=keep)
+        while times and now - times[0] >= window:
+            times.popleft()
+        if add:
+            times.append(now)
+        if times:
+            self._attempts[name] = times
+            while len(self._attempts) > REMEMBERED:
+                self._attempts.popitem(last=False)
+        return tuple(times)
+
+    async def revoke(self, name: str, ttl: float) -> None:
+        """Bounded as `attempts`: only a valid session is revoked, so the names are few."""
+        self._revoked.pop(name, None)
+        self._revoked[name] = self._clock() + ttl
+        while len(self._revoked) > REMEMBERED:
+            self._revoked.popitem(last=False)
+
+    async def revoked(self, name: str) -> bool:
+        until = self._revoked.get(name)
+        if until is not None and until <= self._clock():
+            del self._revoked[name]
+            until = None
+        return until is not None
 
     async def ping(self) -> None:
         """Always answers: the store is this process."""

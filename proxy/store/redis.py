@@ -13,6 +13,8 @@ sharing a tag; only on a standalone server does `record` write across keys in on
     {prefix}secret             string                                  the shared HMAC secret
     {prefix}dictionary         string                                  the shared zstd dictionary
     {prefix}l:{<key>}          string  token, with an expiry           one cache key's fill lock
+    {prefix}g:{<sha256(name)>} zset  attempt times, expiring           wrong admin tokens
+    {prefix}rv:{<sha256(name)>} string "1", with an expiry             a logged-out session
 
 The model name is hashed inside the braces because it may itself contain braces, which would
 cut the hash tag short. Fingerprint fields carry the `fp:` prefix so that no fingerprint can
@@ -24,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
+import secrets
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, cast
 
@@ -45,6 +49,7 @@ ENTRY_CHANGED, MODEL_CHANGED, EVERYTHING_CHANGED = "e\x00", "m\x00", "*"
 
 _SCAN_BATCH = 500
 _MODELS_REMEMBERED = 256
+_MODEL_NAME_REMEMBERED = 256
 
 
 class RedisStore:
@@ -387,6 +392,25 @@ class RedisStore:
         with mapped("locked"):
             return bool(await self._batch.call("EXISTS", self._lock(key)))
 
+    async def attempts(
+        self, name: str, now: float, window: float, keep: int, add: bool
+    ) -> tuple[float, ...]:
+        member = f"{now!r}:{secrets.token_hex(8)}"
+        args = [repr(now), repr(window), keep, int(add), member]
+        with mapped("attempts"):
+            found = await self._batch.script(scripts.ATTEMPTS, [self._named("g", name)], args)
+        return layout.times(found)
+
+    async def revoke(self, name: str, ttl: float) -> None:
+        with mapped("revoke"):
+            await self._batch.call(
+                "SET", self._named("rv", name), b"1", "PX", max(1, math.ceil(ttl * 1000))
+            )
+
+    async def revoked(self, name: str) -> bool:
+        with mapped("revoked"):
+            return bool(await self._batch.call("EXISTS", self._named("rv", name)))
+
     async def ping(self) -> None:
         with mapped("ping"):
             await self._client.ping()
@@ -403,13 +427,21 @@ class RedisStore:
         return f"{self._prefix}l:{{{key}}}"
 
     def _model(self, model: str) -> str:
-        """Every lookup names its model's key; a handful of models make nearly all traffic."""
+        """Every lookup names its model's key; a handful of models make nearly all traffic, and
+        only names of a model's length are remembered: a name is the client's, as long as a
+        body allows, and a refused caller's lookups name one too."""
         name = self._model_keys.get(model)
         if name is None:
             digest = hashlib.sha1(model.encode(), usedforsecurity=False).hexdigest()
             name = f"{self._prefix}fp:{{{digest}}}"
-            self._model_keys.put(model, name)
+            if len(model) <= _MODEL_NAME_REMEMBERED:
+                self._model_keys.put(model, name)
         return name
+
+    def _named(self, kind: str, name: str) -> str:
+        """A key of the admin state: the name hashed, since it may hold braces or be long."""
+        digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        return f"{self._prefix}{kind}:{{{digest}}}"
 
     def _models(self) -> str:
         return f"{self._prefix}models"

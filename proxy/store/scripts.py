@@ -100,6 +100,24 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# KEYS[1] = a sorted set of attempt times; ARGV = now, window (seconds), keep, add (1 or 0),
+# a member unique to this attempt. Drops the times out of the window, adds `now` if asked
+# (keeping the newest `keep`, the set expiring with the window), and returns the times left,
+# oldest first, as %.17g strings so that they round-trip exactly.
+ATTEMPTS = """
+local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.17g', now - window))
+if ARGV[4] == '1' then
+  redis.call('ZADD', KEYS[1], string.format('%.17g', now), ARGV[5])
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[3]) + 1))
+  redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000))
+end
+local scored = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local times = {}
+for i = 2, #scored, 2 do times[#times + 1] = string.format('%.17g', tonumber(scored[i])) end
+return times
+"""
+
 # KEYS[1] = an entry hash; ARGV[1] = its labels field. Returns {answers, bytes as Redis accounts
 # them, what the answers grow by uncompressed}: an entry of the codec's format (first byte 2)
 # says its uncompressed size in bytes 3-6; any other value counts as itself.

@@ -77,6 +77,17 @@ class StoreWrapper:
     async def locked(self, key: str) -> bool:
         return await self.inner.locked(key)
 
+    async def attempts(
+        self, name: str, now: float, window: float, keep: int, add: bool
+    ) -> tuple[float, ...]:
+        return await self.inner.attempts(name, now, window, keep, add)
+
+    async def revoke(self, name: str, ttl: float) -> None:
+        await self.inner.revoke(name, ttl)
+
+    async def revoked(self, name: str) -> bool:
+        return await self.inner.revoked(name)
+
     async def ping(self) -> None:
         await self.inner.ping()
 

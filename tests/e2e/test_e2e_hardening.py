@@ -89,7 +89,9 @@ def test_shared_scope_serves_only_keys_the_upstream_accepts(
         refused = chat_as(proxy, intruder, **{"Cache-Control": "only-if-cached"})
         assert refused.status_code == 504
     checks = [r for r in sim.requests() if r["path"] == "/v1/models"]
-    assert len(checks) == 3  # asked only before serving a HIT: bob, mallory, anonymous once each
+    # Asked before every lookup of credentials not checked yet, whether or not anything is
+    # stored: alice (and once made-up credentials of her shape), bob, mallory; never anonymous.
+    assert len(checks) == 4
 
 
 def test_replay_mode_never_asks_about_keys(start_proxy: ProxyFactory, sim: Sim) -> None:

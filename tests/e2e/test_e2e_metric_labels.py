@@ -1,16 +1,20 @@
 """End to end: model labels are made only by requests that were served, so that callers the
-upstream refuses cannot fill the label slots (MAX_MODELS) with names of their own."""
+upstream refuses cannot fill the label slots (MAX_MODELS) with names of their own; nor can a
+client's deployment names or a hostile upstream's fingerprints grow the series."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+from collections.abc import Awaitable, Callable
 
 import httpx
 import orjson
 
-from proxy.metrics import MAX_MODELS
+from proxy.metrics import MAX_FINGERPRINTS, MAX_MODELS
 from tests.e2e.test_e2e_observability import labels, series
 from tests.fixtures_procs import ProxyFactory, Sim
+from tests.hostile import Received, Scripted, http_answer
 
 CHAT = "/v1/chat/completions"
 GOOD_KEY = "sk-labels-good"
@@ -64,3 +68,66 @@ def test_refused_requests_with_made_up_models_create_no_model_label(
     assert series(text, "repro_cache_misses_total")[labels(model="other")] == len(MADE_UP)
     assert series(text, "repro_cache_misses_total")[labels(model="gpt-legit")] == 1
     assert series(text, "repro_cache_hits_total")[labels(model="gpt-legit")] == 1
+
+
+def test_azure_deployment_names_make_no_route_label(start_proxy: ProxyFactory, sim: Sim) -> None:
+    """A deployment name is the client's to choose (any of 64 characters, each request a new
+    one, a made-up key enough: the upstream's 404 or 401 is timed too); the route label is
+    the route's pattern, never the path, so no caller can grow the series without limit."""
+    sim.accept_keys("az-good")
+    proxy = start_proxy(upstream=sim.url)
+    headers = {"api-key": "az-made-up", "Content-Type": "application/json"}
+    deployments = [f"made-up-dep-{n:03d}" for n in range(20)]
+    for deployment in deployments:
+        answer = httpx.post(
+            f"{proxy.url}/openai/deployments/{deployment}/chat/completions?api-version=2024-10-21",
+            content=body("gpt-x"),
+            headers=headers,
+            timeout=10,
+        )
+        assert answer.status_code == 401
+    text = proxy.metrics()
+    assert "made-up-dep" not in text
+    pattern = "/openai/deployments/{deployment}/chat/completions"
+    upstream = series(text, "repro_upstream_duration_seconds_count")
+    assert sum(v for k, v in upstream.items() if ("route", pattern) in k) == len(deployments)
+
+
+def fingerprint_per_answer() -> Callable[[asyncio.StreamWriter, Received], Awaitable[None]]:
+    """A hostile upstream: every answer names a fingerprint never seen before."""
+    numbers = itertools.count()
+
+    async def write(writer: asyncio.StreamWriter, _: Received) -> None:
+        answer = {
+            "object": "chat.completion",
+            "system_fingerprint": f"fp_hostile_{next(numbers):05d}",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "x"}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
+        writer.write(http_answer(orjson.dumps(answer), "Content-Type: application/json"))
+        await writer.drain()
+
+    return write
+
+
+def test_an_upstream_naming_a_new_fingerprint_per_answer_cannot_grow_the_series(
+    start_proxy: ProxyFactory,
+) -> None:
+    """Fingerprints are the upstream's to name, and each new one becomes the model's current
+    one: the fingerprint label values kept per model are bounded, the rest counted as `other`."""
+    answers = MAX_FINGERPRINTS + 40
+    with Scripted(fingerprint_per_answer()) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        prompts = [f"prompt {n}" for n in range(answers)]
+        headers = {"Authorization": "Bearer sk-any", "Content-Type": "application/json"}
+        with httpx.Client(timeout=10) as client:
+            for prompt in prompts:
+                sent = client.post(
+                    proxy.v1 + "/chat/completions", content=body("gpt-x", prompt), headers=headers
+                )
+                assert sent.status_code == 200
+        text = proxy.metrics()
+    shown = series(text, "repro_fingerprint_info")
+    assert len(shown) <= MAX_FINGERPRINTS + 1
+    assert shown[labels(model="gpt-x", fingerprint="other")] == 1
+    assert proxy.metric("repro_fingerprint_changes_total", model="gpt-x") == answers - 1

@@ -12,6 +12,7 @@ import orjson
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.procs import stop
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim, free_port, running_proxy
 from tests.fixtures_redis import running_redis
 
@@ -194,3 +195,21 @@ def test_logs_are_json_without_the_api_key_or_the_prompt(sim: Sim, tmp_path: Pat
     # The dead store is logged when it fails and when the circuit opens, not on every call.
     assert any(line["msg"] == "store circuit opened" for line in dead_lines)
     assert any(line["msg"] == "store failed, serving without it" for line in dead_lines)
+
+
+def test_a_failed_upstream_is_logged_by_route_never_by_the_clients_path(
+    start_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """A pass-through path is the client's to write, a few KiB of anything; each request while
+    the upstream is down makes a warning, which names the route, not the path."""
+    log = tmp_path / "proxy.log"
+    with log.open("wb") as sink:
+        proxy = start_proxy(upstream=f"http://127.0.0.1:{free_port()}/v1", stderr=sink)
+        marker = "client-chosen-" + "words-" * 200
+        answer = httpx.get(f"{proxy.v1}/files/{marker}", timeout=10)
+        assert answer.status_code == 502
+        stop(proxy.proc)
+    lines = json_lines(log)
+    failed = [line for line in lines if line["msg"] == "upstream failed"]
+    assert [line["route"] for line in failed] == ["/v1/{tail}"]
+    assert "client-chosen" not in log.read_text()

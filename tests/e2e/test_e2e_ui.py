@@ -203,6 +203,19 @@ async def test_the_session_reads_but_never_writes(page: TestClient[Any, Any]) ->
     assert purge.status == 401
 
 
+async def test_a_copy_of_the_cookie_reads_nothing_after_the_logout(
+    page: TestClient[Any, Any],
+) -> None:
+    response = await page.post("/admin/ui/login", data={"token": ADMIN}, allow_redirects=False)
+    copied = response.cookies[session.COOKIE].value
+    assert (await page.post("/admin/ui/logout", allow_redirects=False)).status == 303
+    page.session.cookie_jar.update_cookies({session.COOKIE: copied})
+    assert (await page.get("/admin/stats")).status == 401
+    again = await page.post("/admin/ui/login", data={"token": ADMIN}, allow_redirects=False)
+    assert again.cookies[session.COOKIE].value != copied  # each login a session of its own
+    assert (await page.get("/admin/stats")).status == 200
+
+
 async def test_a_forged_or_expired_session_is_refused(page: TestClient[Any, Any]) -> None:
     expired = session.issue(ADMIN, 0.0)
     forged = session.issue("another-token", 4_000_000_000.0)

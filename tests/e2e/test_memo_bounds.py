@@ -5,8 +5,11 @@ usually a one-off."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import gc
 import random
+import tracemalloc
 from collections.abc import AsyncIterator
 
 import pytest
@@ -16,10 +19,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from proxy.config import Settings
 from proxy.core.codec import Codec
 from proxy.core.entry import Entry
+from proxy.core.policy import CacheScope
 from proxy.server.app import create_app
 from proxy.server.caching import decoded
 from proxy.server.context import ENTRY_MEMO_BYTES, SERVICES, Services, entry_memo
 from tests.fixtures_procs import Sim
+from tests.hostile import Received, Scripted, http_answer
 
 CODEC = Codec()
 UNUSED = "http://127.0.0.1:9"  # no request reaches the upstream here
@@ -125,3 +130,94 @@ async def test_the_call_memo_keeps_only_the_requests_a_hit_answered(sim: Sim) ->
         assert (await cache_of(chat("three"), **{"Cache-Control": "no-store"}))[0] == "BYPASS"
         assert len(calls) == 1
     assert len(sim.llm_requests()) == 3
+
+
+async def test_the_call_memo_charges_a_remembered_call_for_its_credentials_too(sim: Sim) -> None:
+    """A request's credentials are part of what the memo keeps: up to 128 headers of 8 KiB
+    each, which a permissive upstream accepts. Were only the bodies charged, 4096 remembered
+    HITs of such requests would hold gigabytes under a 16 MiB bound."""
+    app = create_app(Settings(upstream=sim.v1))
+    many = [("Authorization", "Bearer sk-test")]
+    many += [("x-api-key", f"{n:03d}" + "k" * 8000) for n in range(40)]
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        for expected in ("MISS", "HIT"):
+            response = await client.post("/v1/chat/completions", json=chat("big"), headers=many)
+            assert response.headers["X-Repro-Cache"] == expected
+            await response.read()
+        calls = app[SERVICES].calls
+        assert len(calls) == 1
+        assert calls.bytes >= 40 * 8000
+
+
+async def test_the_tenant_memo_is_bounded_by_bytes_for_callers_without_a_key(sim: Sim) -> None:
+    """Every request's credentials are hashed and the HMAC remembered, a refused caller's too:
+    kept by count alone, 4096 requests of 128 headers of 8 KiB would hold 4 GiB."""
+    sim.accept_keys("sk-good")
+    app = create_app(Settings(upstream=sim.v1))
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        for caller in range(8):
+            headers = [("x-api-key", f"{caller}-{n:03d}" + "k" * 8000) for n in range(40)]
+            response = await client.post("/v1/chat/completions", json=chat("x"), headers=headers)
+            assert response.status == 401
+            await response.read()
+        tenants = app[SERVICES].secret.tenants
+        assert tenants.bytes <= tenants.max_bytes <= 1 << 20
+        assert len(tenants) < 8
+
+
+HUGE_MODELS = 16
+MODEL_BYTES = 512 * 1024  # a body under 1 MiB: one the client sends without a warning
+
+
+async def retained_by_huge_models(app: web.Application, key: str) -> int:
+    """Bytes still allocated after `HUGE_MODELS` requests, each naming a model of 512 KiB with
+    a new key made from `key` (which the upstream refuses), once the requests are gone."""
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        warm = await client.post("/v1/chat/completions", json=chat("w"), headers={"api-key": key})
+        await warm.read()
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for number in range(HUGE_MODELS):
+                body = {**chat("x"), "model": f"{number:02d}" + "m" * MODEL_BYTES}
+                made_up = {"api-key": f"{key}-{number}"}  # each one new: nothing known of it
+                answer = await client.post("/v1/chat/completions", json=body, headers=made_up)
+                assert answer.status == 401
+                await answer.read()
+            del body, answer
+            gc.collect()
+            return tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+
+
+async def test_model_names_a_caller_makes_up_are_not_kept_by_the_redis_store(
+    sim: Sim, redis_url: str
+) -> None:
+    """Each lookup names its model's key, remembered for the next: a model name is the
+    client's, as long as the body allows, and a refused caller's lookups count too."""
+    sim.accept_keys("sk-good")
+    app = create_app(Settings(store=redis_url, upstream=sim.v1))
+    assert await retained_by_huge_models(app, "sk-made-up") < HUGE_MODELS * MODEL_BYTES // 4
+
+
+async def test_model_names_a_caller_makes_up_are_not_kept_by_the_key_checker() -> None:
+    """Shared scope, and an upstream listing its models to anyone: the key checker learns
+    whether this request is served to made-up credentials, per route and model."""
+    with Scripted(models_public_chat_refused) as upstream:
+        app = create_app(Settings(upstream=upstream.v1, cache_scope=CacheScope.SHARED))
+        assert await retained_by_huge_models(app, "sk-made-up") < HUGE_MODELS * MODEL_BYTES // 4
+
+
+async def models_public_chat_refused(writer: asyncio.StreamWriter, request: Received) -> None:
+    request.body = b""  # recorded requests live in this process, beside the proxy measured
+    if request.request_line.startswith("GET /v1/models"):
+        answer = http_answer(b'{"object":"list","data":[]}', "Content-Type: application/json")
+    else:
+        error = (
+            b'{"error":{"message":"no","type":"invalid_request_error","code":"invalid_api_key"}}'
+        )
+        answer = http_answer(error, "Content-Type: application/json", status="401 Unauthorized")
+    writer.write(answer)
+    await writer.drain()

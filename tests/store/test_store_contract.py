@@ -246,6 +246,26 @@ class StoreContract:
         assert not await store.locked("k")
         assert await store.lock("k", "other", 30)
 
+    async def test_attempts_keep_the_newest_within_the_window(self, store: Store) -> None:
+        assert await store.attempts("a", T0, 60, 3, False) == ()
+        for step in range(5):
+            await store.attempts("a", T0 + step, 60, 3, True)
+        assert await store.attempts("a", T0 + 5, 60, 3, False) == (T0 + 2, T0 + 3, T0 + 4)
+        assert await store.attempts("b", T0 + 5, 60, 3, False) == ()
+        assert await store.attempts("a", T0 + 62.5, 60, 3, False) == (T0 + 3, T0 + 4)
+        assert await store.attempts("a", T0 + 63.5, 60, 3, True) == (T0 + 4, T0 + 63.5)
+
+    async def test_a_revocation_holds_until_its_time_is_over(
+        self, store: Store, elapse: Elapse
+    ) -> None:
+        assert not await store.revoked("s")
+        await store.revoke("s", 0.3)
+        await store.revoke("long", 60)
+        assert await store.revoked("s") and not await store.revoked("t")
+        await elapse(0.3)
+        assert not await store.revoked("s")
+        assert await store.revoked("long")
+
     async def test_lookup_or_lock_takes_the_lock_only_for_an_empty_key(self, store: Store) -> None:
         await store.observe_fingerprint("m", "fp", 1.0)
         state, found, locked = await store.lookup_or_lock("k", "m", "leader", 30)
@@ -327,6 +347,18 @@ class StoreContract:
         await elapse(1)
         assert not await store.locked("k")
         assert await store.lock("k", "next", 1)
+
+    async def test_purge_selectors_match_literally_never_as_patterns(self, store: Store) -> None:
+        """An operator's selector may come from anywhere (a namespace a client chose): glob or
+        regex syntax in it matches only itself, at the cost of a comparison."""
+        await store.put(Write("k1", "fp_a", b"1", 0, Labels("ns1", "m1")))
+        await store.put(Write("k2", "fp_a", b"2", 0, Labels("*", "m[0-9]")))
+        for hostile in ("*", "ns?", "ns[0-9]", ".*", "(a+)+$", "\\", "ns1\x00"):
+            assert await store.purge(Selector(model=hostile), dry_run=True) == 0
+            assert await store.purge(Selector(fingerprint=hostile), dry_run=True) == 0
+        assert await store.purge(Selector(namespace="*"), dry_run=False) == 1
+        assert await store.purge(Selector(model="m1"), dry_run=True) == 1
+        assert [key async for key, _, _ in store.entries(Selector(namespace="ns?"))] == []
 
     async def test_purge_selects_by_namespace_model_and_fingerprint(self, store: Store) -> None:
         await store.put(Write("k1", "fp_a", b"1", 0, Labels("ns1", "m1")))

@@ -160,3 +160,16 @@ def test_a_cassette_with_the_longest_name_a_folder_allows_is_written(tmp_path: P
     path = tmp_path / ("c" * 249 + ".jsonl")
     assert cassette.save(str(path), [line("Hello.")]) == 1
     assert os.listdir(tmp_path) == [path.name]
+
+
+def test_a_credential_in_a_lines_query_is_neither_keyed_nor_kept() -> None:
+    """A cassette written before a parameter was read as a credential (or by hand) may hold
+    one in its query: loaded, the line keys as the live request does, without it, and no
+    store or later export holds it."""
+    record = orjson.loads(line("Hello."))
+    plain, keyed = dict(record, query="api-version=1"), dict(record)
+    keyed["query"] = "api-version=1&apikey=sk-leaked&access_token=tok-leaked"
+    (clean,), (loaded,) = (cassette.parse([orjson.dumps(r)], "shared") for r in (plain, keyed))
+    assert loaded.key == clean.key
+    assert loaded.entry.query == "api-version=1"
+    assert b"leaked" not in orjson.dumps(cassette.to_record(loaded.key, loaded.entry))

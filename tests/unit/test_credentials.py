@@ -8,6 +8,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from proxy.config import SettingError, load
 from proxy.core.credentials import (
     STANDARD,
+    Carriers,
     Credentials,
     extract,
     in_query,
@@ -100,12 +101,34 @@ def test_undecodable_header_bytes_are_hashed_as_sent() -> None:
 
 
 def test_extra_names_are_read_only_when_configured() -> None:
-    carriers = names(["X-Org-Token"])
-    assert carriers == (*STANDARD, "x-org-token")
-    assert tenant(("X-Org-Token", "1")) == ANONYMOUS
-    assert tenant(("X-Org-Token", "1"), carriers=carriers) != tenant(
-        ("x-org-token", "2"), carriers=carriers
+    carriers = names(["X-Org-Id"])
+    assert carriers == (*STANDARD, "x-org-id")
+    assert tenant(("X-Org-Id", "1")) == ANONYMOUS
+    assert tenant(("X-Org-Id", "1"), carriers=carriers) != tenant(
+        ("x-org-id", "2"), carriers=carriers
     )
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["apikey", "X-Apikey", "x-litellm-api-key", "Helicone-Auth", "X-Auth-Token", "Cookie",
+     "x-client-secret", "X-Access-Token", "x-myapikey", "X-Password"],
+)  # fmt: skip
+def test_a_name_that_says_it_holds_a_credential_is_read_as_one(name: str) -> None:
+    assert tenant((name, "1")) != ANONYMOUS
+    assert tenant((name, "1")) != tenant((name, "2"))
+    assert name.lower() in Carriers(STANDARD)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["Idempotency-Key", "X-Repro-Api-Key", "Proxy-Authorization", "OpenAI-Organization",
+     "OpenAI-Project", "OpenAI-Beta", "x-stainless-retry-count", "Keep-Alive", "X-Monkey",
+     "x-max-tokens"],
+)  # fmt: skip
+def test_other_names_are_not(name: str) -> None:
+    assert tenant((name, "1")) == ANONYMOUS
+    assert name.lower() not in Carriers(STANDARD)
 
 
 def test_setting_names_are_validated_and_lower_cased() -> None:
@@ -139,13 +162,21 @@ def test_a_stranger_has_the_same_shape_and_none_of_the_values() -> None:
     made_up = dict(stranger(real))
     assert list(made_up) == ["authorization", "x-api-key"]
     assert made_up["authorization"].startswith("Basic ") and made_up["x-api-key"] != "k"
-    assert shape(real) == ("authorization basic", "x-api-key")
+    assert shape(real) == shape(stranger(real)) == shape((("authorization", "basic x"), real[1]))
+    assert shape(real) != shape((("authorization", "Bearer k"), real[1]))
+    assert len(shape((("x-" + "a" * 8000 + "-token", "t"),) * 128)) == 64  # a digest, bounded
     assert dict(stranger(real)) != made_up
 
 
 def test_a_query_without_credential_parameters_is_kept_byte_for_byte() -> None:
     for query in ("", "api-version=2024-06-01", "a=%20b&c=d+e&&f", "keyword=x&monkey=y"):
         assert split_query(query) == (query, ())
+
+
+def test_a_parameter_named_as_a_credential_is_one() -> None:
+    kept, found = split_query("api-version=1&apikey=k1&access_token=t1&max_tokens=9")
+    assert kept == "api-version=1&max_tokens=9"
+    assert found == (("?apikey", "k1"), ("?access_token", "t1"))
 
 
 def test_credential_parameters_leave_the_query_and_become_credentials() -> None:

@@ -17,6 +17,7 @@ The suite runs a small budget. For a long manual run raise it, e.g.:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from types import SimpleNamespace
@@ -38,6 +39,7 @@ from proxy.server.admin import check_admin
 from proxy.server.caching import prepare
 from proxy.server.guesses import Guesses
 from proxy.server.secret import Secret
+from proxy.store import MemoryStore
 
 EXAMPLES = int(os.environ.get("REPRO_FUZZ_EXAMPLES", "250"))
 FUZZ = settings(
@@ -472,10 +474,13 @@ def test_admin_token_check_only_refuses(given_token: bytes) -> None:
     bearer = "Bearer " + as_received(given_token)
     request = SimpleNamespace(headers=headers([("Authorization", bearer)]), remote="192.0.2.1")
     admin_services = SimpleNamespace(
-        settings=Settings(admin_token="tok"), clock=lambda: 0.0, guesses=Guesses()
+        settings=Settings(admin_token="tok"),
+        clock=lambda: 0.0,
+        guesses=Guesses(),
+        store=MemoryStore(),
     )
     try:
-        check_admin(cast(Any, request), cast(Any, admin_services))
+        asyncio.run(check_admin(cast(Any, request), cast(Any, admin_services)))
     except Unauthorized:
         return
     assert given_token.strip(b" \t") == b"tok"

@@ -8,51 +8,69 @@ import pytest
 
 from proxy.errors import TooManyGuesses
 from proxy.server.guesses import ADDRESSES, ALLOWED, WINDOW, Guesses
+from proxy.store import MemoryStore
 
 
-def guessed(guesses: Guesses, address: str, times: int, now: float = 0.0) -> None:
+async def guessed(guesses: Guesses, address: str, times: int, now: float = 0.0) -> None:
     for _ in range(times):
-        guesses.check(address, now)
-        guesses.failed(address, now)
+        await guesses.check(None, address, now)
+        await guesses.failed(None, address, now)
 
 
-def test_the_allowance_then_refusal_until_the_oldest_guess_leaves_the_window() -> None:
+async def test_the_allowance_then_refusal_until_the_oldest_guess_leaves_the_window() -> None:
     guesses = Guesses()
-    guesses.failed("192.0.2.1", 0.0)
-    guessed(guesses, "192.0.2.1", ALLOWED - 1, now=30.0)
+    await guesses.failed(None, "192.0.2.1", 0.0)
+    await guessed(guesses, "192.0.2.1", ALLOWED - 1, now=30.0)
     with pytest.raises(TooManyGuesses) as refused:
-        guesses.check("192.0.2.1", 30.0)
+        await guesses.check(None, "192.0.2.1", 30.0)
     assert refused.value.headers["Retry-After"] == str(int(WINDOW - 30))
-    guesses.check("192.0.2.2", 30.0)  # another address is heard
-    guesses.check("192.0.2.1", WINDOW)  # the first guess has left the window: one more try
-    guesses.failed("192.0.2.1", WINDOW)
+    await guesses.check(None, "192.0.2.2", 30.0)  # another address is heard
+    await guesses.check(None, "192.0.2.1", WINDOW)  # the first guess has left: one more try
+    await guesses.failed(None, "192.0.2.1", WINDOW)
     with pytest.raises(TooManyGuesses):
-        guesses.check("192.0.2.1", WINDOW)
+        await guesses.check(None, "192.0.2.1", WINDOW)
 
 
-def test_an_ipv6_host_counts_as_its_whole_slash_64() -> None:
+async def test_an_ipv6_host_counts_as_its_whole_slash_64() -> None:
     guesses = Guesses()
     for host in range(ALLOWED):
-        guesses.failed(f"2001:db8:0:1::{host + 1:x}", 0.0)
+        await guesses.failed(None, f"2001:db8:0:1::{host + 1:x}", 0.0)
     with pytest.raises(TooManyGuesses):
-        guesses.check("2001:db8:0:1:ffff::1", 1.0)
-    guesses.check("2001:db8:0:2::1", 1.0)
+        await guesses.check(None, "2001:db8:0:1:ffff::1", 1.0)
+    await guesses.check(None, "2001:db8:0:2::1", 1.0)
 
 
-def test_the_table_is_bounded_and_forgets_the_stalest() -> None:
+async def test_the_table_is_bounded_and_forgets_the_stalest() -> None:
     guesses = Guesses()
-    guessed(guesses, "198.51.100.1", ALLOWED)
+    await guessed(guesses, "198.51.100.1", ALLOWED)
     for n in range(ADDRESSES):
-        guesses.failed(f"10.{n // 65536}.{n // 256 % 256}.{n % 256}", 1.0)
+        await guesses.failed(None, f"10.{n // 65536}.{n // 256 % 256}.{n % 256}", 1.0)
     assert len(guesses) == ADDRESSES
-    guesses.check("198.51.100.1", 2.0)  # forgotten, not refused
+    await guesses.check(None, "198.51.100.1", 2.0)  # forgotten, not refused
 
 
-def test_a_lockout_is_logged_with_the_address_only(caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_lockout_is_logged_with_the_address_only(caplog: pytest.LogCaptureFixture) -> None:
     guesses = Guesses()
     with caplog.at_level(logging.WARNING, "proxy.admin"):
-        guessed(guesses, "192.0.2.9", ALLOWED - 1)
+        await guessed(guesses, "192.0.2.9", ALLOWED - 1)
         assert not caplog.records
-        guessed(guesses, "192.0.2.9", 1)
+        await guessed(guesses, "192.0.2.9", 1)
     (record,) = caplog.records
     assert record.__dict__["from"] == "192.0.2.9"
+
+
+async def test_guesses_counted_by_another_process_sharing_the_store_refuse_here_too() -> None:
+    class Shared(MemoryStore):
+        shared = True
+
+    store = Shared()
+    elsewhere, here = Guesses(), Guesses()
+    for _ in range(ALLOWED):
+        await elsewhere.check(store, "192.0.2.7", 1.0)
+        await elsewhere.failed(store, "192.0.2.7", 1.0)
+    with pytest.raises(TooManyGuesses) as refused:
+        await here.check(store, "192.0.2.7", 2.0)
+    assert refused.value.headers["Retry-After"] == str(int(WINDOW - 1))
+    await here.check(store, "192.0.2.8", 2.0)
+    await here.check(store, "192.0.2.7", 1.0 + WINDOW)  # the window has passed
+    await here.check(MemoryStore(), "192.0.2.7", 2.0)  # a process's own store: its own count

@@ -65,3 +65,15 @@ def test_our_own_messages_and_debug_logging_are_shown_whole() -> None:
     revealing = JsonFormatter(reveal=True)
     line = formatted(revealing, record("aiohttp.server", "%r", "sk-x", failing=ValueError("sk-y")))
     assert line["msg"] == "'sk-x'" and "ValueError: sk-y" in line["exc"]
+
+
+def test_a_field_a_client_chose_reaches_the_line_without_control_or_format_characters() -> None:
+    """A model name, a path: JSON escapes C0 controls, but a C1 CSI (U+009B) or a bidi
+    override (U+202E) would pass raw to the terminal that shows the log."""
+    entry = record("proxy.cache", "cache miss")
+    entry.model = "gpt\u202e\u009b2J\x1b]0;owned\x07"
+    entry.count = 3
+    line = JsonFormatter().format(entry)
+    assert all(char.isprintable() for char in line)
+    assert orjson.loads(line)["model"] == "gpt\\u202e\\x9b2J\\x1b]0;owned\\x07"
+    assert orjson.loads(line)["count"] == 3
