@@ -1,0 +1,247 @@
+"""The commands that talk to a server (`stats`, `fingerprints`, `purge`, `rotations`, `import`) against a hostile one: each answer is written in the test, byte for byte.
+
+What a server says reaches the operator's terminal only as literal text (no escape sequence, no
+rich markup), a wrong answer is one line and exit 1 (never a traceback), an answer is read only
+so far and so long, and a credential goes only where it was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pty
+import select
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import orjson
+import pytest
+
+from proxy.core.entry import Entry
+from proxy.store import cassette
+from tests.fixtures_procs import run_cli
+from tests.hostile import Received, Scripted, Writer, dripping_json, fixed, http_answer
+
+TOKEN = "admin-token-for-tests"
+HOSTILE = "\x1b]0;pwned\x07\x1b[2J[link=https://evil.example/]click[/link][bold]x[/bold]\u202e"
+"""A window title, a screen erase, a hyperlink and a style in rich markup, and a bidi override."""
+
+
+def json_answer(value: object, status: str = "200 OK") -> bytes:
+    return http_answer(orjson.dumps(value), "Content-Type: application/json", status=status)
+
+
+def run_tty(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """`repro-proxy ARGS` with stdout and stderr on a terminal (a pty), as an operator runs it:
+    the exit status and every byte the terminal received."""
+    leader, follower = pty.openpty()
+    environ = {"PATH": "/usr/bin:/bin", "COLUMNS": "2000", "TERM": "xterm-256color", **(env or {})}
+    environ["REPRO_ADMIN_TOKEN"] = TOKEN
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=follower,
+        stderr=follower,
+        env=environ,
+    )
+    os.close(follower)
+    seen = bytearray()
+    try:
+        while True:
+            ready, _, _ = select.select([leader], [], [], 60)
+            if not ready:
+                raise TimeoutError("the command wrote nothing for 60 s")
+            try:
+                data = os.read(leader, 65536)
+            except OSError:  # EIO: the command closed the terminal
+                break
+            if not data:
+                break
+            seen += data
+        status = proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        os.close(leader)
+    return status, seen.decode(errors="replace")
+
+
+def assert_literal(shown: str) -> None:
+    """The hostile text reached the terminal only as visible characters."""
+    assert "\x1b]0;" not in shown and "\x1b[2J" not in shown and "\x07" not in shown
+    assert "\x1b]8;" not in shown  # no hyperlink made of the markup
+    assert "\u202e" not in shown
+    assert "[link=https://evil.example/]" in shown
+    assert "\\x1b" in shown and "\\u202e" in shown
+
+
+FINGERPRINTS = {
+    HOSTILE: {
+        "current": HOSTILE,
+        "first_seen": HOSTILE,
+        "last_seen": "2026-01-01T00:00:00Z",
+        "history": [],
+    }
+}
+
+
+def test_fingerprints_table_shows_a_servers_text_literally() -> None:
+    with Scripted(fixed(json_answer(FINGERPRINTS))) as server:
+        status, shown = run_tty("fingerprints", "--url", f"http://127.0.0.1:{server.port}")
+    assert status == 0, shown
+    assert_literal(shown)
+
+
+def test_an_error_message_from_the_server_is_shown_literally() -> None:
+    error = {"error": {"message": HOSTILE}}
+    with Scripted(fixed(json_answer(error, status="500 Internal Server Error"))) as server:
+        status, shown = run_tty("stats", "--url", f"http://127.0.0.1:{server.port}")
+    assert status == 1, shown
+    assert_literal(shown)
+    assert "Traceback" not in shown
+
+
+def test_a_non_json_error_body_is_shown_literally() -> None:
+    page = http_answer(HOSTILE.encode(), "Content-Type: text/html", status="502 Bad Gateway")
+    with Scripted(fixed(page)) as server:
+        status, shown = run_tty("stats", "--url", f"http://127.0.0.1:{server.port}")
+    assert status == 1, shown
+    assert_literal(shown)
+
+
+ROTATIONS = {
+    "models": {
+        HOSTILE: {
+            "rotations": [
+                {
+                    "at": HOSTILE,
+                    "change": "new",
+                    "from": HOSTILE,
+                    "to": "fp_b",
+                    "requests": HOSTILE,
+                    "identical": 0,
+                    "distance": {"mean": 0.5, "p90": 0.5},
+                    "examples": [{"key": HOSTILE, "distance": 0.5, "old": HOSTILE, "new": "x"}],
+                }
+            ]
+        }
+    },
+    "complete": False,
+    "scanned": HOSTILE,
+}
+
+
+def test_rotations_report_shows_a_servers_text_literally() -> None:
+    with Scripted(fixed(json_answer(ROTATIONS))) as server:
+        status, shown = run_tty("rotations", "--url", f"http://127.0.0.1:{server.port}")
+    assert status == 0, shown
+    assert_literal(shown)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        json_answer({"entries": "many", "bytes": [], "hits": None, "misses": 1}),
+        json_answer([1, 2, 3]),
+        http_answer(b"<html>not json</html>", "Content-Type: text/html"),
+        http_answer(b"[" * 100_000 + b"]" * 100_000, "Content-Type: application/json"),
+    ],
+    ids=["wrong-types", "a-list", "not-json", "deeply-nested"],
+)
+def test_a_wrong_answer_is_one_line_not_a_traceback(answer: bytes) -> None:
+    with Scripted(fixed(answer)) as server:
+        for command in ("stats", "fingerprints", "rotations"):
+            status, shown = run_tty(command, "--url", f"http://127.0.0.1:{server.port}")
+            assert status == 1, shown
+            assert "Traceback" not in shown
+            assert len(shown.strip().splitlines()) == 1, shown
+
+
+def test_import_reads_a_wrong_answer_as_one_line(tmp_path: Path) -> None:
+    request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi."}]}
+    answer = {"choices": [{"message": {"role": "assistant", "content": "Hello."}}]}
+    entry = Entry(
+        body=orjson.dumps(answer),
+        content_type="application/json",
+        fingerprint="fp_a",
+        stored_at=1.0,
+        model="gpt-4o-mini",
+        route="/v1/chat/completions",
+        request=orjson.dumps(request),
+    )
+    recorded = tmp_path / "llm.jsonl"
+    recorded.write_bytes(orjson.dumps(cassette.to_record("k", entry)) + b"\n")
+    with Scripted(fixed(json_answer({"imported": {"n": 1}}))) as server:
+        url = f"http://127.0.0.1:{server.port}"
+        done = run_cli("import", str(recorded), "--url", url, admin_token=TOKEN)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def endless(sent: list[int]) -> Writer:
+    """A 200 that declares a gigabyte of JSON and sends it as fast as it is read."""
+
+    async def write(writer: asyncio.StreamWriter, _: Received) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+        writer.write(b"Content-Length: 1073741824\r\n\r\n[")
+        piece = b"0," * 512 * 1024
+        for _ in range(1024):
+            writer.write(piece)
+            await writer.drain()
+            sent[0] += len(piece)
+
+    return write
+
+
+def test_an_endless_answer_is_read_only_so_far() -> None:
+    sent = [0]
+    with Scripted(endless(sent)) as server:
+        done = run_cli("stats", "--url", f"http://127.0.0.1:{server.port}", admin_token=TOKEN)
+    assert done.returncode == 1
+    assert "larger than" in done.stderr, done.stderr
+    assert sent[0] < 256 * 1024 * 1024
+
+
+def test_an_answer_that_drips_forever_ends_at_the_timeout() -> None:
+    finished = threading.Event()
+    with Scripted(dripping_json(40, 0.5, finished)) as server:
+        url = f"http://127.0.0.1:{server.port}"
+        done = run_cli("stats", "--url", url, "--timeout", "2", admin_token=TOKEN)
+        assert not finished.is_set()  # the command gave up while the answer still dripped
+    assert done.returncode == 1
+    assert "timeout" in done.stderr.lower() or "did not answer" in done.stderr, done.stderr
+
+
+def test_a_redirect_takes_neither_the_token_nor_the_request_elsewhere() -> None:
+    with Scripted(fixed(json_answer({"entries": 1}))) as elsewhere:
+        redirect = http_answer(b"", f"Location: http://127.0.0.1:{elsewhere.port}/admin/stats",
+                               status="307 Temporary Redirect")  # fmt: skip
+        with Scripted(fixed(redirect)) as server:
+            done = run_cli("stats", "--url", f"http://127.0.0.1:{server.port}", admin_token=TOKEN)
+        assert elsewhere.received == []
+    assert done.returncode == 1
+    assert "307" in done.stderr
+
+
+def test_a_password_in_the_url_is_never_printed() -> None:
+    error = json_answer({"error": {"message": "down"}}, status="503 Service Unavailable")
+    with Scripted(fixed(error)) as server:
+        url = f"http://operator:pa55word@127.0.0.1:{server.port}/?key=s3cret"
+        for command in ("stats", "rotations"):
+            done = run_cli(command, "--url", url, admin_token=TOKEN)
+            assert done.returncode == 1
+            assert "pa55word" not in done.stderr and "s3cret" not in done.stderr, done.stderr
+    done = run_cli("stats", "--url", "http://operator:pa55word@127.0.0.1:9", admin_token=TOKEN)
+    assert done.returncode == 1
+    assert "pa55word" not in done.stderr, done.stderr
+
+
+def test_the_admin_token_in_the_clear_to_another_host_is_warned_of() -> None:
+    done = run_cli("stats", "--url", "http://192.0.2.1:9", "--timeout", "1", admin_token=TOKEN)
+    assert done.returncode == 1
+    assert "in the clear" in done.stderr, done.stderr
+    with Scripted(fixed(json_answer({"entries": 0, "bytes": 0, "hits": 0, "misses": 0}))) as s:
+        done = run_cli("stats", "--url", f"http://127.0.0.1:{s.port}", admin_token=TOKEN)
+    assert "in the clear" not in done.stderr, done.stderr
