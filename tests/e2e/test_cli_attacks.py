@@ -1,4 +1,5 @@
-"""The commands that talk to a server (`stats`, `fingerprints`, `purge`, `rotations`, `import`) against a hostile one: each answer is written in the test, byte for byte.
+"""The commands that talk to a server (`stats`, `fingerprints`, `purge`, `rotations`, `import`,
+`check`, `health`) against a hostile one: each answer is written in the test, byte for byte.
 
 What a server says reaches the operator's terminal only as literal text (no escape sequence, no
 rich markup), a wrong answer is one line and exit 1 (never a traceback), an answer is read only
@@ -137,6 +138,58 @@ def test_rotations_report_shows_a_servers_text_literally() -> None:
         status, shown = run_tty("rotations", "--url", f"http://127.0.0.1:{server.port}")
     assert status == 0, shown
     assert_literal(shown)
+
+
+def chat_answer(content: str, fingerprint: object, usage: object) -> bytes:
+    body = {
+        "choices": [{"message": {"role": "assistant", "content": content}}],
+        "system_fingerprint": fingerprint,
+        "usage": usage,
+    }
+    return json_answer(body)
+
+
+def test_check_report_shows_an_upstreams_fingerprint_and_error_code_literally() -> None:
+    async def write(writer: asyncio.StreamWriter, received: Received) -> None:
+        if b'"seed"' in received.body:
+            error = {"error": {"message": "no", "code": HOSTILE}}
+            writer.write(json_answer(error, status="429 Too Many Requests"))
+        else:
+            writer.write(chat_answer("same", HOSTILE, {"prompt_tokens": 1}))
+        await writer.drain()
+
+    with Scripted(write) as upstream:
+        status, shown = run_tty("check", "--base-url", upstream.v1, "-n", "2", "--yes")
+    assert status == 1, shown  # the seeded arm got no answer
+    assert_literal(shown)
+
+
+def test_check_reads_an_answer_with_usage_of_the_wrong_type_as_malformed() -> None:
+    answer = chat_answer("same", "fp_a", [1, 2])
+    with Scripted(fixed(answer)) as upstream:
+        done = run_cli("check", "--base-url", upstream.v1, "-n", "2", "--yes", "--json")
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 1
+    arms = orjson.loads(done.stdout)["arms"]
+    assert arms["seeded"]["errors"] == {"malformed answer": 2}
+
+
+def test_check_compares_huge_distinct_answers_in_bounded_time() -> None:
+    """Two answers of millions of characters would cost hours of exact edit distance: the
+    command must end (run_cli gives it 60 s) with the distance as an upper bound."""
+    answers = iter(range(1000))
+
+    async def write(writer: asyncio.StreamWriter, _: Received) -> None:
+        number = next(answers)
+        text = "".join(chr(97 + (i * 7 + number) % 26) for i in range(3_000_000))
+        writer.write(chat_answer(text, "fp_a", {}))
+        await writer.drain()
+
+    with Scripted(write) as upstream:
+        done = run_cli("check", "--base-url", upstream.v1, "-n", "2", "--yes", "--json")
+    assert done.returncode == 0, done.stderr
+    distance = orjson.loads(done.stdout)["arms"]["seeded"]["mean_distance"]
+    assert 0 < distance <= 1
 
 
 @pytest.mark.parametrize(

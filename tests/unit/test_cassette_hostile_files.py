@@ -13,9 +13,9 @@ import pytest
 from rich.console import Console
 
 from proxy.core.entry import Entry
+from proxy.core.textdistance import MAX_COMPARED, bounded_distance
 from proxy.store import cassette
 from proxy.tools import cassette_diff
-from proxy.tools.cassette_diff import MAX_COMPARED, bounded_distance
 from tests.fixtures_procs import run_cli
 
 
