@@ -298,3 +298,26 @@ def test_the_admin_token_in_the_clear_to_another_host_is_warned_of() -> None:
     with Scripted(fixed(json_answer({"entries": 0, "bytes": 0, "hits": 0, "misses": 0}))) as s:
         done = run_cli("stats", "--url", f"http://127.0.0.1:{s.port}", admin_token=TOKEN)
     assert "in the clear" not in done.stderr, done.stderr
+
+
+def test_health_asks_the_proxy_itself_never_a_forward_proxy() -> None:
+    """A container that reaches the upstream through HTTP_PROXY must still check its own port."""
+    healthy = http_answer(b"ok", "Content-Type: text/plain")
+    with Scripted(fixed(healthy)) as proxy, Scripted(fixed(healthy)) as forward:
+        env = {"HTTP_PROXY": f"http://127.0.0.1:{forward.port}"}
+        env["http_proxy"] = env["HTTP_PROXY"]
+        done = run_cli("health", "--url", f"http://127.0.0.1:{proxy.port}", env=env)
+        assert forward.received == []
+        assert len(proxy.received) == 1
+    assert done.returncode == 0, done.stderr
+
+
+def test_health_does_not_follow_a_redirect_to_a_healthy_server() -> None:
+    healthy = http_answer(b"ok", "Content-Type: text/plain")
+    with Scripted(fixed(healthy)) as elsewhere:
+        redirect = http_answer(b"", f"Location: http://127.0.0.1:{elsewhere.port}/healthz",
+                               status="302 Found")  # fmt: skip
+        with Scripted(fixed(redirect)) as server:
+            done = run_cli("health", "--url", f"http://127.0.0.1:{server.port}")
+        assert elsewhere.received == []
+    assert done.returncode == 1
