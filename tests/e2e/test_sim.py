@@ -493,3 +493,28 @@ async def test_cli_runs_the_simulator_and_stops_on_sigterm() -> None:
         _, stderr = process.communicate(timeout=5)
     assert process.returncode == 0
     assert f"repro-proxy sim: listening on http://127.0.0.1:{port}" in stderr.decode()
+
+
+async def test_a_client_inventing_paths_or_posting_big_bodies_is_held_in_bounded_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the simulator keeps of its clients (counts per path, recorded requests, queued
+    faults) stays bounded, whatever they send: it may serve a load test or a shared demo."""
+    from proxy.tools.sim import state
+
+    monkeypatch.setattr(state, "MAX_COUNTED", 8)
+    monkeypatch.setattr(state, "RECORD_BYTES", 1024 * 1024)
+    monkeypatch.setattr(state, "MAX_FAULTS", 3)
+    async with sim() as client:
+        for n in range(20):
+            await client.get(f"/v1/invented/{n}", headers=AUTH)
+        counted = (await (await client.get("/_sim/stats")).json())["requests"]
+        assert len(counted) == 9 and counted["other"] == 12
+        big = {"model": "gpt-4o-mini", "input": "x" * 300_000}
+        for _ in range(6):
+            await client.post("/v1/embeddings", json=big, headers=AUTH)
+        kept = await (await client.get("/_sim/requests")).json()
+        assert 0 < sum(len(r["body"]) for r in kept) <= 1024 * 1024 and len(kept) == 3
+        for n in range(4):
+            resp = await client.post("/_sim/faults", json={"kind": "status", "count": 1})
+            assert resp.status == (200 if n < 3 else 400)

@@ -74,7 +74,7 @@ async def _set_keys(request: web.Request) -> web.Response:
 
 async def _add_fault(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    state.faults.append(Fault.from_json(parse_object(await request.read())))
+    state.queue(Fault.from_json(parse_object(await request.read())))
     return json_response({"queued": len(state.faults)})
 
 
@@ -88,7 +88,7 @@ async def _get_requests(request: web.Request) -> web.Response:
 
 
 async def _clear_requests(request: web.Request) -> web.Response:
-    request.app[STATE].requests.clear()
+    request.app[STATE].forget_requests()
     return json_response([])
 
 
