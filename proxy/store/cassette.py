@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import os
 import re
 import secrets
@@ -56,6 +57,9 @@ _SECRET_FIELDS = ("header", "authorization", "api_key", "api-key", "token", "sec
 _CONTENT_TYPE = re.compile(r"[ -~]{1,255}")
 _YEAR_9999 = 253402300800.0  # what a datetime can name, so an export can write recorded_at
 MAX_LINE = 64 * 1024 * 1024  # above the largest answer stored (--max-entry), base64 included
+MAX_CASSETTE = 1024 * 1024 * 1024
+"""Every reader (the proxy, the plugin, import, diff) holds the whole file: beyond this it is
+refused, not read until memory runs out. Its lines are independent: a larger export splits."""
 
 
 class CassetteError(ValueError):
@@ -214,13 +218,24 @@ def read(path: str, scope: str) -> list[Loaded]:
         return parse(bounded(handle), scope)
 
 
-def bounded(handle: IO[bytes], limit: int = MAX_LINE) -> Iterator[bytes]:
-    """The lines of a file, refusing one over `limit` bytes before it is read whole."""
-    number = 0
+def bounded(handle: IO[bytes], limit: int = MAX_LINE, total: int = MAX_CASSETTE) -> Iterator[bytes]:
+    """The lines of a file, refusing one over `limit` bytes before it is read whole, and the
+    file once over `total` bytes in all (a regular file's size is known before the first)."""
+    too_large = f"larger than {total} bytes in all; split it (its lines are independent)"
+    try:
+        size = os.fstat(handle.fileno())
+    except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
+        size = None
+    if size is not None and stat.S_ISREG(size.st_mode) and size.st_size > total:
+        raise CassetteError(f"the cassette is {too_large}")
+    number = read = 0
     while line := handle.readline(limit + 1):
         number += 1
+        read += len(line)
         if len(line) > limit:
             raise CassetteError(f"cassette line {number}: longer than {limit} bytes")
+        if read > total:
+            raise CassetteError(f"cassette line {number}: the cassette is {too_large}")
         yield line
 
 

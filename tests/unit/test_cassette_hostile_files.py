@@ -160,3 +160,21 @@ def test_a_cassette_with_the_longest_name_a_folder_allows_is_written(tmp_path: P
     path = tmp_path / ("c" * 249 + ".jsonl")
     assert cassette.save(str(path), [line("Hello.")]) == 1
     assert os.listdir(tmp_path) == [path.name]
+
+
+def test_a_cassette_too_large_in_all_is_refused_before_it_is_read_whole(tmp_path: Path) -> None:
+    """Each line may be up to MAX_LINE, but every reader holds the whole file: a cassette of
+    many long lines is refused with one line, not read until memory runs out."""
+    with pytest.raises(cassette.CassetteError, match=r"line 1: .*larger than 50 bytes in all"):
+        list(cassette.bounded(io.BytesIO(b"x" * 99 + b"\n"), limit=100, total=50))
+    handle = io.BytesIO((b"y" * 99 + b"\n") * 3)
+    with pytest.raises(cassette.CassetteError, match=r"line 3: .*larger than 250 bytes in all"):
+        list(cassette.bounded(handle, limit=100, total=250))
+    big = tmp_path / "llm.jsonl"
+    with big.open("wb") as out:  # sparse: larger than MAX_CASSETTE, no disk used
+        out.truncate(cassette.MAX_CASSETTE + 1)
+    for reader in (lambda: cassette.read(str(big), "shared"), lambda: cassette.records(str(big))):
+        with pytest.raises(cassette.CassetteError, match="in all"):
+            reader()
+    done = run_cli("cassette", "diff", str(big), str(big))
+    assert done.returncode == 2 and "in all" in done.stderr and "Traceback" not in done.stderr
