@@ -518,3 +518,26 @@ async def test_a_client_inventing_paths_or_posting_big_bodies_is_held_in_bounded
         for n in range(4):
             resp = await client.post("/_sim/faults", json={"kind": "status", "count": 1})
             assert resp.status == (200 if n < 3 else 400)
+
+
+async def test_an_embeddings_request_asks_for_at_most_2048_vectors() -> None:
+    """Each input costs a vector: millions of empty strings in a 64 MiB body would ask for
+    billions of floats. OpenAI refuses more than 2048 inputs, and so does the simulator."""
+    async with sim() as client:
+        body = {"model": "text-embedding-3-small", "dimensions": 1}
+        resp = await client.post("/v1/embeddings", json=body | {"input": [""] * 2049}, headers=AUTH)
+        assert resp.status == 400
+        assert (await resp.json())["error"]["param"] == "input"
+        answer = await post(client, "/v1/embeddings", body | {"input": ["a"] * 2048})
+        assert len(answer["data"]) == 2048
+
+
+async def test_a_control_body_is_small() -> None:
+    """Queued faults keep their bodies: a control request may not hold megabytes."""
+    async with sim() as client:
+        fault = {"kind": "status", "body": "x" * 70_000}
+        resp = await client.post("/_sim/faults", json=fault)
+        assert resp.status == 400
+        assert (await (await client.get("/_sim/stats")).json())["requests"] == {}
+        small = await client.post("/_sim/faults", json=fault | {"body": "x" * 1000})
+        assert small.status == 200
