@@ -282,13 +282,21 @@ def merged(batches: Iterable[Iterable[bytes]]) -> list[bytes]:
 
 
 def save(path: str, batch: Iterable[bytes]) -> int:
-    """Write the lines sorted to `path`, replacing it only once the new file is complete.
-
-    The new file is created under a name no one can have planted (random, exclusive, never
-    through a symlink), so a link left in a checkout or a shared directory cannot turn the
-    write onto another file; a link at `path` itself is replaced, not followed. A cassette
-    being replaced keeps its permissions; a new one gets what the umask gives."""
+    """Write the lines sorted to `path`, replacing it only once the new file is complete."""
     sorted_lines = merged([batch])
+    with replacing(path) as handle:
+        handle.writelines(sorted_lines)
+    return len(sorted_lines)
+
+
+@contextlib.contextmanager
+def replacing(path: str) -> Iterator[IO[bytes]]:
+    """A new file that replaces `path` once written whole; a failure leaves what was there.
+
+    It is created under a name no one can have planted (random, exclusive, never through a
+    symlink), so a link left in a checkout or a shared directory cannot turn the write onto
+    another file; a link at `path` itself is replaced, not followed. A file being replaced
+    keeps its permissions; a new one gets what the umask gives."""
     folder, name = os.path.split(os.path.abspath(path))
     temporary = os.path.join(folder, f".{name[:200]}.{secrets.token_hex(8)}.tmp")  # NAME_MAX
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -298,7 +306,7 @@ def save(path: str, batch: Iterable[bytes]) -> int:
             kept = _kept_mode(path)
             if kept is not None:
                 os.fchmod(handle.fileno(), kept)
-            handle.writelines(sorted_lines)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
@@ -306,7 +314,6 @@ def save(path: str, batch: Iterable[bytes]) -> int:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
-    return len(sorted_lines)
 
 
 def _kept_mode(path: str) -> int | None:

@@ -146,17 +146,14 @@ async def _open(args: argparse.Namespace, url: str) -> Store:
 
 @contextlib.contextmanager
 def _output(path: str) -> Iterator[IO[bytes]]:
-    """stdout, or a file that is removed again if the export fails half-way."""
+    """stdout, or a file that replaces `path` only once the export is complete: a failed or
+    cut export (a server that stops half-way) leaves what was there."""
     if path == "-":
         yield sys.stdout.buffer
         sys.stdout.buffer.flush()
         return
-    with open(path, "wb") as out:
-        try:
-            yield out
-        except BaseException:
-            os.unlink(path)
-            raise
+    with cassette.replacing(path) as out:
+        yield out
 
 
 async def _codec(store: Store) -> Codec:

@@ -321,3 +321,23 @@ def test_health_does_not_follow_a_redirect_to_a_healthy_server() -> None:
             done = run_cli("health", "--url", f"http://127.0.0.1:{server.port}")
         assert elsewhere.received == []
     assert done.returncode == 1
+
+
+def test_an_export_cut_short_leaves_the_previous_export(tmp_path: Path) -> None:
+    """A server that stops half-way (or lies about its length) must not cost the operator the
+    export already on disk: the new one replaces it only once complete."""
+    previous = tmp_path / "export.jsonl"
+    previous.write_bytes(b'{"kept": true}\n')
+
+    async def write(writer: asyncio.StreamWriter, _: Received) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n")
+        writer.write(b"Content-Length: 100000\r\n\r\n" + b'{"half": "way"}\n' * 10)
+        await writer.drain()
+        writer.close()
+
+    with Scripted(write) as server:
+        url = f"http://127.0.0.1:{server.port}"
+        done = run_cli("export", "--url", url, "-o", str(previous), admin_token=TOKEN)
+    assert done.returncode == 1, done.stderr
+    assert previous.read_bytes() == b'{"kept": true}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export.jsonl"]  # no temporary left
