@@ -201,7 +201,8 @@ def _export_url(args: argparse.Namespace) -> int:
     count = 0
     try:
         with (
-            httpx.stream("GET", url, params=params, headers=headers, timeout=args.timeout) as r,
+            httpx.Client(timeout=args.timeout, trust_env=remote.trusts_environment(url)) as web,
+            web.stream("GET", url, params=params, headers=headers) as r,
             _output(args.output) as out,
         ):
             if r.status_code != 200:
@@ -234,7 +235,8 @@ def _import_url(args: argparse.Namespace) -> int:
         headers["X-Repro-Api-Key"] = args.api_key
     params = {"cache_scope": scope} if (scope := _scope(args)) else {}
     count = 0
-    with httpx.Client(follow_redirects=False, timeout=args.timeout) as client:
+    trust_env = remote.trusts_environment(url)
+    with httpx.Client(follow_redirects=False, timeout=args.timeout, trust_env=trust_env) as client:
         for batch in _batches(cassette.read(args.cassette, policy.SHARED)):
             try:
                 status, body = remote.fetch(

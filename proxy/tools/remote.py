@@ -35,16 +35,30 @@ def shown_url(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
+def loopback(url: str) -> bool:
+    """Whether `url` names this machine (a loopback address, or localhost)."""
+    host = urlsplit(url).hostname
+    if host is None:
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def in_the_clear(url: str) -> bool:
     """Whether a credential sent to `url` crosses a network unencrypted: plain http to a host
     other than this machine's loopback."""
-    parts = urlsplit(url)
-    if parts.scheme != "http" or parts.hostname in (None, "localhost"):
-        return False
-    try:
-        return not ipaddress.ip_address(parts.hostname).is_loopback
-    except ValueError:
-        return not parts.hostname.endswith(".localhost")
+    return urlsplit(url).scheme == "http" and not loopback(url)
+
+
+def trusts_environment(url: str) -> bool:
+    """Whether the HTTP client may read HTTP_PROXY and its kin for `url`: never for loopback,
+    which no forward proxy can reach, and where it would only be handed the admin token or the
+    API key (in the clear, for http://) to fail the request."""
+    return not loopback(url)
 
 
 def cleartext_warning(url: str, what: str) -> str | None:
@@ -74,7 +88,9 @@ def fetch(
 
     deadline = time.monotonic() + timeout
     own = client is None
-    session = client or httpx.Client(follow_redirects=False, timeout=timeout)
+    session = client or httpx.Client(
+        follow_redirects=False, timeout=timeout, trust_env=trusts_environment(url)
+    )
     try:
         asked = {"Accept-Encoding": "identity", **headers}
         request = session.build_request(

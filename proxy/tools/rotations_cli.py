@@ -89,12 +89,17 @@ async def _embedding_distances(base: str, args: argparse.Namespace, report: Any)
 
     key = args.api_key or os.environ.get("OPENAI_API_KEY", "")
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    async with httpx.AsyncClient(base_url=base + "/v1/", headers=headers, timeout=120) as client:
+    trust_env = remote.trusts_environment(base)
+    async with httpx.AsyncClient(
+        base_url=base + "/v1/", headers=headers, timeout=args.timeout, trust_env=trust_env
+    ) as client:
         for model in report["models"].values():
             for rotation in model["rotations"]:
                 pairs = rotation.pop("pairs")
                 texts = [p["old"] for p in pairs] + [p["new"] for p in pairs]
-                vectors = await embed(client, args.embedding_model, texts) if texts else []
+                vectors = (
+                    await embed(client, args.embedding_model, texts, args.timeout) if texts else []
+                )
                 half = len(pairs)
                 distances = [
                     cosine_distance(vectors[i], vectors[half + i]) if p["distance"] else 0.0

@@ -341,3 +341,23 @@ def test_an_export_cut_short_leaves_the_previous_export(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stderr
     assert previous.read_bytes() == b'{"kept": true}\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export.jsonl"]  # no temporary left
+
+
+def test_a_forward_proxy_is_never_handed_a_token_for_loopback() -> None:
+    """HTTP_PROXY (set on many operators' machines) cannot reach this machine's loopback: an
+    admin command or `check` sent through it would only hand it the admin token or API key,
+    in the clear, and fail."""
+    stats = json_answer({"entries": 0, "bytes": 0, "hits": 0, "misses": 0})
+    with Scripted(fixed(stats)) as server, Scripted(fixed(stats)) as forward:
+        env = {name: f"http://127.0.0.1:{forward.port}" for name in ("HTTP_PROXY", "http_proxy")}
+        env |= {"ALL_PROXY": env["HTTP_PROXY"], "OPENAI_API_KEY": "sk-operator"}
+        url = f"http://127.0.0.1:{server.port}"
+        done = run_cli("stats", "--url", url, admin_token=TOKEN, env=env)
+        assert done.returncode == 0, done.stderr
+        exported = run_cli("export", "--url", url, admin_token=TOKEN, env=env)
+        assert exported.returncode == 0, exported.stderr
+        checked = run_cli("check", "--base-url", f"http://localhost:{server.port}/v1",
+                          "-n", "2", "--yes", "--json", env=env)  # fmt: skip
+        assert "Traceback" not in checked.stderr, checked.stderr
+        assert forward.received == []
+        assert len(server.received) == 2 + 4

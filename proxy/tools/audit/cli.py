@@ -91,11 +91,16 @@ def _confirmed(skip: bool) -> bool:
 def _client(ns: argparse.Namespace) -> httpx.AsyncClient:
     import httpx
 
+    from proxy.tools.remote import trusts_environment
+
     key = ns.api_key or os.environ.get("OPENAI_API_KEY")
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     limits = httpx.Limits(max_connections=ns.concurrency)
     base_url = ns.base_url.rstrip("/") + "/"
-    return httpx.AsyncClient(base_url=base_url, headers=headers, timeout=ns.timeout, limits=limits)
+    trust_env = trusts_environment(base_url)
+    return httpx.AsyncClient(
+        base_url=base_url, headers=headers, timeout=ns.timeout, limits=limits, trust_env=trust_env
+    )
 
 
 async def run(ns: argparse.Namespace) -> int:
