@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
 from tests.e2e.test_pytest_plugin import ASKING, CASSETTE, RECORDING_KEY, run
+from tests.egress_peers import Tinyproxy
 from tests.fixtures_procs import Sim
 
 OTHER_USER = 65534  # nobody
@@ -96,3 +98,24 @@ def test_only_the_sessions_own_user_asking_as_a_program_reaches_its_proxy(
     }
     text = (intruding.path / CASSETTE).read_text()
     assert "Planted" not in text
+
+
+def test_the_sdk_asks_the_sessions_proxy_directly_whatever_http_proxy_says(
+    project: pytest.Pytester, sim: Sim, tmp_path: Path
+) -> None:
+    """A developer behind a corporate forward proxy has HTTP_PROXY set: the SDK must not send
+    the session's requests, and the API key with them, to it (it cannot reach loopback). The
+    proxy's own upstream calls go through it, as `serve`'s do."""
+    project.makepyfile(llm_helpers=ASKING)
+    project.makepyfile(test_first=FIRST)
+    with Tinyproxy(tmp_path) as forward:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("OPENAI_API_KEY", RECORDING_KEY)
+            for name in ("HTTP_PROXY", "http_proxy"):
+                patch.setenv(name, forward.url)
+            patch.setenv("NO_PROXY", "internal.example")
+            done = run(project, "--llm-record-mode=once", f"--llm-upstream={sim.v1}")
+        asked = forward.requests()
+    done.assert_outcomes(passed=1)
+    assert asked, "the upstream call went through the forward proxy"
+    assert all(f"127.0.0.1:{sim.port}/" in line for line in asked), asked
