@@ -80,7 +80,10 @@ def admin_headers(args: argparse.Namespace) -> dict[str, str]:
             "no admin token: pass --admin-token or set REPRO_ADMIN_TOKEN to the proxy's "
             "--admin-token"
         )
-    return {"Authorization": f"Bearer {token}"}
+    try:
+        return {"Authorization": f"Bearer {remote.header_safe(token, 'the admin token')}"}
+    except remote.Unusable as exc:
+        raise Refused(str(exc)) from None
 
 
 def connect(args: argparse.Namespace) -> tuple[str, dict[str, str]]:

@@ -232,7 +232,10 @@ def _import_url(args: argparse.Namespace) -> int:
     url = f"{base}/admin/import"
     headers |= {"Content-Type": "application/x-ndjson"}
     if args.api_key:
-        headers["X-Repro-Api-Key"] = args.api_key
+        try:
+            headers["X-Repro-Api-Key"] = remote.header_safe(args.api_key, "the API key")
+        except remote.Unusable as exc:
+            raise Refused(str(exc)) from None
     params = {"cache_scope": scope} if (scope := _scope(args)) else {}
     count = 0
     trust_env = remote.trusts_environment(url)

@@ -28,6 +28,14 @@ class Unusable(Exception):
     """An answer the command cannot use, or none in time; the message is one line."""
 
 
+def header_safe(value: str, source: str) -> str:
+    """A credential as an HTTP header can carry it (printable ASCII), else a one-line refusal
+    naming where it came from: never a traceback, never the value."""
+    if value.isascii() and value.isprintable():
+        return value
+    raise Unusable(f"{source}: not printable ASCII (a stray newline, tab or typographic quote?)")
+
+
 def shown_url(url: str) -> str:
     """The URL as messages print it: without user info or query, where a password or a key may
     be. Messages reach terminals and CI logs; credentials must not."""

@@ -88,7 +88,7 @@ async def _embedding_distances(base: str, args: argparse.Namespace, report: Any)
     from proxy.tools.audit.network import embed
 
     key = args.api_key or os.environ.get("OPENAI_API_KEY", "")
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers = {"Authorization": f"Bearer {remote.header_safe(key, 'the API key')}"} if key else {}
     trust_env = remote.trusts_environment(base)
     async with httpx.AsyncClient(
         base_url=base + "/v1/", headers=headers, timeout=args.timeout, trust_env=trust_env

@@ -361,3 +361,19 @@ def test_a_forward_proxy_is_never_handed_a_token_for_loopback() -> None:
         assert "Traceback" not in checked.stderr, checked.stderr
         assert forward.received == []
         assert len(server.received) == 2 + 4
+
+
+@pytest.mark.parametrize("token", ["tok\u20acen", "tok\r\nX-Injected: 1", "\u201ctoken\u201d"])
+def test_a_credential_no_header_can_carry_is_one_line_naming_its_source(token: str) -> None:
+    """A pasted typographic quote or a stray newline: one line saying so, no traceback, no
+    request sent, and the value itself never printed."""
+    with Scripted(fixed(json_answer({"entries": 0}))) as server:
+        url = f"http://127.0.0.1:{server.port}"
+        stats = run_cli("stats", "--url", url, admin_token=token)
+        checked = run_cli("check", "--base-url", url + "/v1", "--yes", "-n", "2",
+                          env={"OPENAI_API_KEY": token})  # fmt: skip
+        assert server.received == []
+    for done, source in ((stats, "the admin token"), (checked, "the API key")):
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr and source in done.stderr, done.stderr
+        assert "tok" not in done.stderr.replace("token", ""), done.stderr

@@ -110,9 +110,14 @@ async def run(ns: argparse.Namespace) -> int:
     from proxy.tools.audit.network import audit
     from proxy.tools.audit.view import progress, render
     from proxy.tools.output import literal
-    from proxy.tools.remote import cleartext_warning
+    from proxy.tools.remote import Unusable, cleartext_warning, header_safe
 
     plan, err = plan_from_args(ns), Console(stderr=True, highlight=False)
+    try:
+        header_safe(ns.api_key or os.environ.get("OPENAI_API_KEY") or "", "the API key")
+    except Unusable as exc:
+        err.print(literal(f"repro-proxy check: {exc}"))
+        return 2
     err.print(plan.describe(), markup=False)
     if not (ns.api_key or os.environ.get("OPENAI_API_KEY")):
         err.print("note: no API key (--api-key or OPENAI_API_KEY); sending none", markup=False)
