@@ -119,3 +119,16 @@ def test_the_sdk_asks_the_sessions_proxy_directly_whatever_http_proxy_says(
     done.assert_outcomes(passed=1)
     assert asked, "the upstream call went through the forward proxy"
     assert all(f"127.0.0.1:{sim.port}/" in line for line in asked), asked
+
+
+def test_recording_from_a_plain_http_upstream_elsewhere_is_warned_of(
+    project: pytest.Pytester,
+) -> None:
+    """The proxy forwards the user's API key to the upstream: over http:// to another host,
+    anyone on the path reads it."""
+    project.makepyfile(test_nothing="def test_nothing():\n    pass\n")
+    done = run(project, "--llm-record-mode=once", "--llm-upstream=http://192.0.2.1:9/v1")
+    done.assert_outcomes(passed=1)
+    done.stdout.fnmatch_lines(["*repro-proxy: warning: the API key goes in the clear*"])
+    local = run(project, "--llm-record-mode=once", "--llm-upstream=http://127.0.0.1:9/v1")
+    assert "in the clear" not in local.stdout.str()
