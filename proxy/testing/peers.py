@@ -40,14 +40,16 @@ class NotThisSession(ProxyError):
 
 def socket_owner(client: tuple[str, int], server: tuple[str, int], table: str = TCP_TABLE) -> int:
     """The uid owning the IPv4 socket at `client` connected to `server`; -1 when the kernel
-    lists none such (no /proc, or the socket is gone)."""
+    lists none such (no /proc, or the socket is gone). A socket its process let go of (inode
+    0: a client that sent its request and exited) is listed as root's, whoever made it, so it
+    counts as nobody's."""
     wanted = (_address(*client), _address(*server))
     try:
         with open(table, encoding="ascii") as handle:
             next(handle, None)
             for line in handle:
                 fields = line.split()
-                if len(fields) > 7 and (fields[1], fields[2]) == wanted:
+                if len(fields) > 9 and (fields[1], fields[2]) == wanted and fields[9] != "0":
                     return int(fields[7])
     except OSError:
         return -1

@@ -11,7 +11,10 @@ import pytest
 
 from proxy.testing.peers import TCP_TABLE, socket_owner
 
-HEAD = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid\n"
+HEAD = (
+    "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
+    "timeout inode\n"
+)
 
 
 @pytest.mark.skipif(sys.byteorder != "little", reason="the table below is little-endian")
@@ -20,12 +23,18 @@ def test_the_client_end_names_its_owner_and_the_server_end_does_not_count(tmp_pa
     table.write_text(
         HEAD
         # the server's accepted end (127.0.0.1:8080 <- 127.0.0.1:40000), owned by uid 0
-        + "   0: 0100007F:1F90 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0\n"
+        + "   0: 0100007F:1F90 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0 "
+        + "0 111\n"
         # the client's end (127.0.0.1:40000 -> 127.0.0.1:8080), owned by uid 1000
-        + "   1: 0100007F:9C40 0100007F:1F90 01 00000000:00000000 00:00000000 00000000  1000\n"
+        + "   1: 0100007F:9C40 0100007F:1F90 01 00000000:00000000 00:00000000 00000000  1000 "
+        + "0 222\n"
+        # a client end its process let go of (FIN_WAIT2, no inode): listed as root's
+        + "   2: 0100007F:9C42 0100007F:1F90 05 00000000:00000000 03:00000000 00000000     0 "
+        + "0 0\n"
     )
     assert socket_owner(("127.0.0.1", 40000), ("127.0.0.1", 8080), str(table)) == 1000
     assert socket_owner(("127.0.0.1", 40001), ("127.0.0.1", 8080), str(table)) == -1
+    assert socket_owner(("127.0.0.1", 40002), ("127.0.0.1", 8080), str(table)) == -1
     assert socket_owner(("127.0.0.1", 40000), ("127.0.0.1", 8080), str(tmp_path / "no")) == -1
 
 
