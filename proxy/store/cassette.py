@@ -118,7 +118,7 @@ def from_record(record: dict[str, Any], scope: str) -> Loaded:
         if name in record and not isinstance(record[name], kind):
             raise CassetteError(f"{name!r} has the wrong type")
     request = record["request"]
-    body = request if isinstance(request, dict) else canonical.parse_body(request.encode())
+    body = canonical.parse_body(_request_bytes(request))
     if "body_base64" in record:
         answer = base64.b64decode(record["body_base64"])
     else:
@@ -129,6 +129,19 @@ def from_record(record: dict[str, Any], scope: str) -> Loaded:
     entry = Entry(body=answer, request=raw_request, **meta)
     key = canonical.request_key(entry.route, scope, entry.namespace, body, entry.query)
     return Loaded(key, entry, _index(entry, scope))
+
+
+def _request_bytes(request: dict[str, Any] | str) -> bytes:
+    """The line's request as the bytes a client would have sent, for `parse_body` to read as it
+    reads every request body: one object, finite numbers, nesting within MAX_DEPTH. Read as
+    it stood, a request nested a thousand levels deep made every reader recurse until Python
+    gave up."""
+    if isinstance(request, str):
+        return request.encode()
+    try:
+        return orjson.dumps(request)
+    except TypeError:  # orjson stops past 254 levels
+        raise CassetteError("'request' nests deeper than a request may") from None
 
 
 def _checked(meta: dict[str, Any], body: dict[str, Any]) -> float:
