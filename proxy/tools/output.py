@@ -38,11 +38,19 @@ def print_json(value: Any) -> None:
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
+def plain(value: object) -> str:
+    """A server's scalar as text; a list or an object where text belongs is a TypeError (a
+    wrong answer), never printed as Python would, which recurses without bound."""
+    if isinstance(value, list | dict | tuple | set):
+        raise TypeError(f"{type(value).__name__} where text belongs")
+    return str(value)
+
+
 def literal(value: object, keep: str = "") -> Text:
     """`value` as a table cell or a line shows it: its text, never markup, never an escape."""
     from rich.text import Text
 
-    return Text(shown(str(value), keep))
+    return Text(shown(plain(value), keep))
 
 
 def fail(command: str, message: object) -> None:

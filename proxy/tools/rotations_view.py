@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from proxy.tools.output import literal
+from proxy.tools.output import literal, plain
 
 
 def render(report: dict[str, Any], console: Console | None = None) -> None:
@@ -36,14 +36,14 @@ def render(report: dict[str, Any], console: Console | None = None) -> None:
     console.print(table)
     for model, rotation, example in examples:
         heading = (
-            f"{model} {rotation['from']} -> {rotation['to']}, key {str(example['key'])[:16]}…, "
-            f"distance {_number(example['distance'])}"
+            f"{plain(model)} {plain(rotation['from'])} -> {plain(rotation['to'])}, "
+            f"key {plain(example['key'])[:16]}…, distance {_number(example['distance'])}"
         )
         console.print(literal(heading), style="bold")
-        console.print(literal("  old: " + str(example["old"]), keep="\n"))
-        console.print(literal("  new: " + str(example["new"]), keep="\n"))
+        console.print(literal("  old: " + plain(example["old"]), keep="\n"))
+        console.print(literal("  new: " + plain(example["new"]), keep="\n"))
     if not report["complete"]:
-        console.print(literal(f"partial: stopped after {report['scanned']} stored answers"))
+        console.print(literal(f"partial: stopped after {plain(report['scanned'])} stored answers"))
 
 
 _NUMBERS = frozenset({"requests", "identical", "mean", "p90"})

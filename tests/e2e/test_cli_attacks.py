@@ -164,8 +164,21 @@ def test_check_report_shows_an_upstreams_fingerprint_and_error_code_literally() 
     assert_literal(shown)
 
 
-def test_check_reads_an_answer_with_usage_of_the_wrong_type_as_malformed() -> None:
-    answer = chat_answer("same", "fp_a", [1, 2])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        chat_answer("same", "fp_a", [1, 2]),
+        http_answer(
+            b'{"choices": [{"message": {"content": "same"}}], "system_fingerprint": '
+            + b"[" * 1000
+            + b"]" * 1000
+            + b"}",
+            "Content-Type: application/json",
+        ),
+    ],
+    ids=["usage-a-list", "fingerprint-nested-past-recursion"],
+)
+def test_check_reads_an_answer_with_fields_of_the_wrong_type_as_malformed(answer: bytes) -> None:
     with Scripted(fixed(answer)) as upstream:
         done = run_cli("check", "--base-url", upstream.v1, "-n", "2", "--yes", "--json")
     assert "Traceback" not in done.stderr, done.stderr
@@ -377,3 +390,27 @@ def test_a_credential_no_header_can_carry_is_one_line_naming_its_source(token: s
         assert done.returncode == 2, done.stderr
         assert "Traceback" not in done.stderr and source in done.stderr, done.stderr
         assert "tok" not in done.stderr.replace("token", ""), done.stderr
+
+
+DEEP = "[" * 1000 + "]" * 1000  # within orjson's limit, past Python's recursion
+
+
+@pytest.mark.parametrize(
+    ("command", "answer"),
+    [
+        ("fingerprints", '{"m": {"current": DEEP, "first_seen": "a", "last_seen": "b", '
+                         '"history": []}}'.replace("DEEP", DEEP)),
+        ("rotations", orjson.dumps(ROTATIONS).decode().replace('"fp_b"', DEEP)),
+        ("rotations", orjson.dumps(ROTATIONS).decode().replace('"x"', DEEP)),
+    ],
+)  # fmt: skip
+def test_a_container_where_text_belongs_is_one_line_not_a_traceback(
+    command: str, answer: str
+) -> None:
+    """A cell is text: a list or an object in its place is a wrong answer, not something to
+    print as Python would (which recurses without bound)."""
+    page = http_answer(answer.encode(), "Content-Type: application/json")
+    with Scripted(fixed(page)) as server:
+        status, shown = run_tty(command, "--url", f"http://127.0.0.1:{server.port}")
+    assert status == 1, shown
+    assert "Traceback" not in shown and "not what a repro-proxy sends" in shown, shown

@@ -67,9 +67,11 @@ def parse_answer(status: int, headers: Mapping[str, str], body: bytes) -> Outcom
         usage = data.get("usage") or {}
         if not isinstance(usage, dict):
             raise TypeError("usage is not an object")
+        fingerprint = data.get("system_fingerprint")
+        if isinstance(fingerprint, list | dict):  # str() of it would recurse without bound
+            raise TypeError("system_fingerprint is not a scalar")
     except (orjson.JSONDecodeError, TypeError, KeyError, IndexError, AttributeError):
         return Failure("malformed answer")
-    fingerprint = data.get("system_fingerprint")
     return Answer(
         text=text,
         fingerprint="none" if fingerprint is None else str(fingerprint),
