@@ -541,6 +541,29 @@ def test_compose_runs_the_image_locked_down_and_bounded() -> None:
         assert service["mem_limit"] and service["pids_limit"] > 0, name
 
 
+def test_compose_runs_every_service_without_privileges() -> None:
+    """Redis holds every stored prompt and answer, Grafana and Prometheus read what the proxy
+    exports: none needs a capability or a way to gain one, and Redis runs as its own user
+    (never root: its image's entry script only drops to that user when started as root) on a
+    read-only root, as in Kubernetes, bounded in memory and processes."""
+    services = compose()["services"]
+    for name, service in services.items():
+        assert service.get("cap_drop") == ["ALL"], name
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+    redis = services["redis"]
+    k8s_redis = resource("StatefulSet", "repro-redis")["spec"]["template"]["spec"]
+    user = k8s_redis["securityContext"]["runAsUser"], k8s_redis["securityContext"]["runAsGroup"]
+    assert redis["user"] == f"{user[0]}:{user[1]}"
+    assert redis["read_only"] is True and redis["mem_limit"] and redis["pids_limit"] > 0
+    maxmemory = redis["command"][redis["command"].index("--maxmemory") + 1]
+    assert _bytes(maxmemory) < _bytes(redis["mem_limit"])  # Redis evicts before it is killed
+
+
+def _bytes(size: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)\s*([kmg]?)b?", size.lower()).groups()  # type: ignore[union-attr]
+    return int(number) * 1024 ** " kmg".index(unit or " ")
+
+
 def test_compose_mounts_exist_and_services_point_at_each_other() -> None:
     file = compose()
     services = file["services"]
