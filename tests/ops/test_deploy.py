@@ -794,6 +794,11 @@ def test_redis_asks_the_password_the_proxies_send(tmp_path: Path) -> None:
             timeout=30,
         )
         assert done.stdout.strip() == "PONG", done.stdout + done.stderr
+    shipped_args = [expanded(arg, environment(redis_container)) for arg in redis_container["args"]]
+    with running_redis(tmp_path / "shipped", *shipped_args) as server:  # applied as shipped
+        shipped = environment(proxy)["REPRO_STORE"]
+        local = shipped.replace("repro-redis:6379", f"127.0.0.1:{server.port}")
+        assert asyncio.run(store_answers(local))
 
 
 async def store_answers(url: str) -> bool:
