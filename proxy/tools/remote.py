@@ -3,8 +3,9 @@
 An answer is read only up to MAX_ANSWER bytes and within a deadline in all (a server dripping a
 byte a second never holds a command past it), parsed by orjson (whose nesting limit makes a
 deeply nested answer an error, not a RecursionError), and every failure is `Unusable`: one line
-for the operator, never a traceback. Redirects are never followed, so neither a token nor a
-request goes anywhere but the URL given. httpx is imported only when a command runs.
+for the operator, never a traceback. Redirects are never followed, and a loopback URL is
+never asked through HTTP_PROXY and its kin, so neither a token nor a request goes anywhere but
+the URL given. httpx is imported only when a command runs.
 """
 
 from __future__ import annotations
