@@ -83,17 +83,22 @@ def _is_free(port: int) -> bool:
     return True
 
 
-def _answers_ping(port: int) -> bool:
+def _answers_ping(port: int, password: str | None = None) -> bool:
     try:
-        with redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5) as client:
+        with redis.Redis(
+            port=port, password=password, socket_timeout=0.5, socket_connect_timeout=0.5
+        ) as client:
             return bool(client.ping())
     except redis.RedisError:
         return False
 
 
 @contextmanager
-def running_redis(directory: Path, *options: str, bus: bool = False) -> Iterator[RedisServer]:
-    """Start a redis-server in `directory`, wait for PING, and stop it on exit."""
+def running_redis(
+    directory: Path, *options: str, bus: bool = False, password: str | None = None
+) -> Iterator[RedisServer]:
+    """Start a redis-server in `directory`, wait for PING (with `password`, when the options
+    set one), and stop it on exit."""
     directory.mkdir(parents=True, exist_ok=True)
     port = _free_port(bus)
     command = [_binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1"]
@@ -102,7 +107,7 @@ def running_redis(directory: Path, *options: str, bus: bool = False) -> Iterator
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_until(
-            lambda: process.poll() is None and _answers_ping(port),
+            lambda: process.poll() is None and _answers_ping(port, password),
             f"redis on {port}",
             _START_TIMEOUT,
         )

@@ -16,7 +16,18 @@ VOLATILE = frozenset({"id", "created", "created_at", "system_fingerprint", "usag
 
 
 def text(body: bytes, stream: bool) -> str:
-    """The content of an answer, as one string comparable across recordings."""
+    """The content of an answer, as one string comparable across recordings.
+
+    The answer is an upstream's or a cassette's bytes: one nested too deeply to flatten (JSON
+    allows 1024 levels, serializing 254, Python's own recursion about 1000) is compared as the
+    bytes it is, never an error that would stop a diff or a rotations report."""
+    try:
+        return _text(body, stream)
+    except (TypeError, ValueError, RecursionError):
+        return body.decode(errors="replace")
+
+
+def _text(body: bytes, stream: bool) -> str:
     if stream:
         return _streamed(body)
     try:

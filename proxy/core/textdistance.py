@@ -28,6 +28,28 @@ def normalized_levenshtein(a: str, b: str) -> float:
     return float(Levenshtein.normalized_distance(a, b))
 
 
+MAX_COMPARED = 16_384
+MAX_EDITS = 1_024
+"""Edit distance costs the product of the two lengths, or of the longer and a bound on the
+edits: a comparison of hostile answers (an upstream's, a cassette's) must end, whatever they
+are (see bounded_distance)."""
+
+
+def bounded_distance(was: str, now: str) -> float:
+    """The normalized edit distance (0 only for equal texts), at a bounded cost: exact for
+    answers of up to MAX_COMPARED characters, or up to MAX_EDITS edits apart; beyond both, an
+    upper bound (the edits between their first MAX_COMPARED characters, and every character
+    after them counted as changed)."""
+    longest = max(len(was), len(now))
+    if longest <= MAX_COMPARED:
+        return float(Levenshtein.normalized_distance(was, now))
+    edits = Levenshtein.distance(was, now, score_cutoff=MAX_EDITS)
+    if edits > MAX_EDITS:
+        start = Levenshtein.distance(was[:MAX_COMPARED], now[:MAX_COMPARED])
+        edits = max(MAX_EDITS + 1, start + longest - MAX_COMPARED)
+    return min(1.0, edits / longest)
+
+
 def cosine_distance(u: Sequence[float], v: Sequence[float]) -> float:
     """1 - cosine similarity (0 = same direction, 2 = opposite), as embedding users know it."""
     if len(u) != len(v):

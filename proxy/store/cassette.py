@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import os
 import re
 import secrets
@@ -57,6 +58,9 @@ _SECRET_FIELDS = ("header", "authorization", "api_key", "api-key", "token", "sec
 _CONTENT_TYPE = re.compile(r"[ -~]{1,255}")
 _YEAR_9999 = 253402300800.0  # what a datetime can name, so an export can write recorded_at
 MAX_LINE = 64 * 1024 * 1024  # above the largest answer stored (--max-entry), base64 included
+MAX_CASSETTE = 1024 * 1024 * 1024
+"""Every reader (the proxy, the plugin, import, diff) holds the whole file: beyond this it is
+refused, not read until memory runs out. Its lines are independent: a larger export splits."""
 
 
 class CassetteError(ValueError):
@@ -115,7 +119,7 @@ def from_record(record: dict[str, Any], scope: str) -> Loaded:
         if name in record and not isinstance(record[name], kind):
             raise CassetteError(f"{name!r} has the wrong type")
     request = record["request"]
-    body = request if isinstance(request, dict) else canonical.parse_body(request.encode())
+    body = canonical.parse_body(_request_bytes(request))
     if "body_base64" in record:
         answer = base64.b64decode(record["body_base64"])
     else:
@@ -127,6 +131,19 @@ def from_record(record: dict[str, Any], scope: str) -> Loaded:
     entry = Entry(body=answer, request=raw_request, **meta)
     key = canonical.request_key(entry.route, scope, entry.namespace, body, entry.query)
     return Loaded(key, entry, _index(entry, scope))
+
+
+def _request_bytes(request: dict[str, Any] | str) -> bytes:
+    """The line's request as the bytes a client would have sent, for `parse_body` to read as it
+    reads every request body: one object, finite numbers, nesting within MAX_DEPTH. Read as
+    it stood, a request nested a thousand levels deep made every reader recurse until Python
+    gave up."""
+    if isinstance(request, str):
+        return request.encode()
+    try:
+        return orjson.dumps(request)
+    except TypeError:  # orjson stops past 254 levels
+        raise CassetteError("'request' nests deeper than a request may") from None
 
 
 def _checked(meta: dict[str, Any], body: dict[str, Any]) -> float:
@@ -216,13 +233,24 @@ def read(path: str, scope: str) -> list[Loaded]:
         return parse(bounded(handle), scope)
 
 
-def bounded(handle: IO[bytes], limit: int = MAX_LINE) -> Iterator[bytes]:
-    """The lines of a file, refusing one over `limit` bytes before it is read whole."""
-    number = 0
+def bounded(handle: IO[bytes], limit: int = MAX_LINE, total: int = MAX_CASSETTE) -> Iterator[bytes]:
+    """The lines of a file, refusing one over `limit` bytes before it is read whole, and the
+    file once over `total` bytes in all (a regular file's size is known before the first)."""
+    too_large = f"larger than {total} bytes in all; split it (its lines are independent)"
+    try:
+        size = os.fstat(handle.fileno())
+    except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
+        size = None
+    if size is not None and stat.S_ISREG(size.st_mode) and size.st_size > total:
+        raise CassetteError(f"the cassette is {too_large}")
+    number = read = 0
     while line := handle.readline(limit + 1):
         number += 1
+        read += len(line)
         if len(line) > limit:
             raise CassetteError(f"cassette line {number}: longer than {limit} bytes")
+        if read > total:
+            raise CassetteError(f"cassette line {number}: the cassette is {too_large}")
         yield line
 
 
@@ -269,13 +297,21 @@ def merged(batches: Iterable[Iterable[bytes]]) -> list[bytes]:
 
 
 def save(path: str, batch: Iterable[bytes]) -> int:
-    """Write the lines sorted to `path`, replacing it only once the new file is complete.
-
-    The new file is created under a name no one can have planted (random, exclusive, never
-    through a symlink), so a link left in a checkout or a shared directory cannot turn the
-    write onto another file; a link at `path` itself is replaced, not followed. A cassette
-    being replaced keeps its permissions; a new one gets what the umask gives."""
+    """Write the lines sorted to `path`, replacing it only once the new file is complete."""
     sorted_lines = merged([batch])
+    with replacing(path) as handle:
+        handle.writelines(sorted_lines)
+    return len(sorted_lines)
+
+
+@contextlib.contextmanager
+def replacing(path: str) -> Iterator[IO[bytes]]:
+    """A new file that replaces `path` once written whole; a failure leaves what was there.
+
+    It is created under a name no one can have planted (random, exclusive, never through a
+    symlink), so a link left in a checkout or a shared directory cannot turn the write onto
+    another file; a link at `path` itself is replaced, not followed. A file being replaced
+    keeps its permissions; a new one gets what the umask gives."""
     folder, name = os.path.split(os.path.abspath(path))
     temporary = os.path.join(folder, f".{name[:200]}.{secrets.token_hex(8)}.tmp")  # NAME_MAX
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -285,7 +321,7 @@ def save(path: str, batch: Iterable[bytes]) -> int:
             kept = _kept_mode(path)
             if kept is not None:
                 os.fchmod(handle.fileno(), kept)
-            handle.writelines(sorted_lines)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
@@ -293,7 +329,6 @@ def save(path: str, batch: Iterable[bytes]) -> int:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
-    return len(sorted_lines)
 
 
 def _kept_mode(path: str) -> int | None:

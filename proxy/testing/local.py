@@ -20,6 +20,7 @@ from proxy.server.app import create_app
 from proxy.server.context import SERVICES
 from proxy.store import cassette
 from proxy.store.base import Selector
+from proxy.testing.peers import own_user_only
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
@@ -92,6 +93,7 @@ class LocalProxy:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         app = create_app(self._settings, on_miss=self._missed)
+        app.middlewares.insert(0, own_user_only(lambda: self.port))
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT
         )

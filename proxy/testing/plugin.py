@@ -65,6 +65,11 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     llm = _session(config)
     config.stash[SESSION] = llm
+    from proxy.tools.remote import cleartext_warning
+
+    warning = cleartext_warning(llm.upstream, "the API key") if llm.records else None
+    if warning is not None and not hasattr(config, "workerinput"):  # once, not per worker
+        config.issue_config_time_warning(pytest.PytestConfigWarning(f"repro-proxy: {warning}"), 2)
     if _controller(config):
         config.stash[BATCHES] = []
     if llm.loads:  # a bad cassette is one clear error, before any worker starts

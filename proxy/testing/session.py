@@ -93,6 +93,8 @@ class LLMSession:
         self.proxy = LocalProxy(self.settings(), loaded)
         url = self.proxy.start()
         self._set(environ, "OPENAI_BASE_URL", url)
+        for name in ("NO_PROXY", "no_proxy"):  # httpx reads either, the lower-case first
+            self._set(environ, name, _without_proxy(environ.get(name)))
         if not self.records and not environ.get("OPENAI_API_KEY"):
             self._set(environ, "OPENAI_API_KEY", PLACEHOLDER_KEY)
         return url
@@ -130,6 +132,14 @@ class LLMSession:
                 "anew with --llm-record-mode=all."
             )
         return "\n".join(parts)
+
+
+def _without_proxy(listed: str | None) -> str:
+    """NO_PROXY with the proxy's loopback address added: an SDK reading HTTP_PROXY (a corporate
+    forward proxy) would send it every request, the user's API key with it, in the clear, and
+    fail, since no forward proxy reaches this machine's loopback."""
+    hosts = [host.strip() for host in (listed or "").split(",") if host.strip()]
+    return ",".join([*hosts, *(h for h in ("127.0.0.1", "localhost") if h not in hosts)])
 
 
 def _request(asked: Call | Entry) -> Request:

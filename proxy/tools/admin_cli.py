@@ -10,12 +10,11 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from proxy.tools.output import plural, print_json, print_table, size, wants_json
-
-if TYPE_CHECKING:
-    import httpx
+from proxy.core.terminal import shown
+from proxy.tools import remote
+from proxy.tools.output import fail, plural, print_json, print_table, size, wants_json
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -24,8 +23,9 @@ class Refused(Exception):
     """The command cannot do what was asked; the message says which option to change."""
 
 
-def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
-    """--url and --admin-token, as every command that talks to a running proxy takes them."""
+def add_connection_arguments(parser: argparse.ArgumentParser, timeout: float = 30) -> None:
+    """--url, --admin-token and --timeout, as every command that talks to a running proxy
+    takes them."""
     parser.add_argument(
         "--url",
         default=None,
@@ -35,6 +35,12 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
         "--admin-token",
         default=None,
         help="the proxy's --admin-token, sent as a bearer token (env REPRO_ADMIN_TOKEN)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=timeout,
+        help=f"seconds to wait for the whole answer (default {timeout:g})",
     )
 
 
@@ -46,7 +52,7 @@ def add_commands(commands: Any) -> None:
         ("purge", "delete stored answers by namespace, model and/or fingerprint"),
     ):
         parser = commands.add_parser(name, help=help_text, description=help_text)
-        add_connection_arguments(parser)
+        add_connection_arguments(parser, timeout=300 if name == "purge" else 30)
         parser.add_argument(
             "--json", action="store_true", help="print JSON (the default when stdout is not a TTY)"
         )
@@ -74,46 +80,54 @@ def admin_headers(args: argparse.Namespace) -> dict[str, str]:
             "no admin token: pass --admin-token or set REPRO_ADMIN_TOKEN to the proxy's "
             "--admin-token"
         )
-    return {"Authorization": f"Bearer {token}"}
-
-
-def reason(response: httpx.Response) -> str:
-    """The proxy's one-line error message, or the start of whatever else answered."""
     try:
-        return str(response.json()["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return response.text[:200] or response.reason_phrase
+        return {"Authorization": f"Bearer {remote.header_safe(token, 'the admin token')}"}
+    except remote.Unusable as exc:
+        raise Refused(str(exc)) from None
+
+
+def connect(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
+    """The base URL and the admin headers, once the operator was warned of a token about to
+    cross a network in the clear."""
+    url, headers = base_url(args), admin_headers(args)
+    warning = remote.cleartext_warning(url, "the admin token")
+    if warning is not None:
+        print(shown(warning), file=sys.stderr)
+    return url, headers
 
 
 def run(args: argparse.Namespace) -> int:
-    import httpx
-
     try:
-        url = f"{base_url(args)}/admin/{args.command}"
-        headers = admin_headers(args)
+        base, headers = connect(args)
         body = _selector(args) if args.command == "purge" else None
     except Refused as exc:
-        print(f"repro-proxy {args.command}: {exc}", file=sys.stderr)
+        fail(args.command, exc)
         return 2
+    url = f"{base}/admin/{args.command}"
     try:
-        if body is not None:
-            response = httpx.post(url, json=body, headers=headers, timeout=300)
+        method = "GET" if body is None else "POST"
+        status, answer = remote.fetch(method, url, headers=headers, json=body, timeout=args.timeout)
+        if status != 200:
+            raise remote.Unusable(remote.reason(status, answer))
+        found = remote.parsed(answer)
+        if wants_json(args.json):
+            print_json(found)
         else:
-            response = httpx.get(url, headers=headers, timeout=30)
-    except httpx.HTTPError as exc:
-        print(f"repro-proxy {args.command}: {url}: {exc}", file=sys.stderr)
+            shape_checked(_SHOW[args.command], found)
+    except remote.Unusable as exc:
+        fail(args.command, f"{remote.shown_url(url)}: {exc}")
         return 1
-    if response.status_code != 200:
-        print(
-            f"repro-proxy {args.command}: HTTP {response.status_code}: {reason(response)}",
-            file=sys.stderr,
-        )
-        return 1
-    if wants_json(args.json):
-        print_json(response.json())
-    else:
-        _SHOW[args.command](response.json())
     return 0
+
+
+def shape_checked(show: Callable[[Any], None], found: Any) -> None:
+    """Show an answer; one not shaped as a repro-proxy's is `Unusable`, not a traceback."""
+    try:
+        show(found)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise remote.Unusable(
+            f"the answer is not what a repro-proxy sends ({type(exc).__name__})"
+        ) from None
 
 
 def _selector(args: argparse.Namespace) -> dict[str, Any]:

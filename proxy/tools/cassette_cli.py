@@ -15,7 +15,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
@@ -24,9 +24,12 @@ from proxy.core.codec import Codec
 from proxy.store import cassette, open_store
 from proxy.store.base import Selector, Store
 from proxy.store.encrypted import EncryptedStore, parse_keys
-from proxy.tools.admin_cli import Refused, add_connection_arguments, admin_headers, base_url
-from proxy.tools.admin_cli import reason as error_reason
-from proxy.tools.output import plural
+from proxy.tools import remote
+from proxy.tools.admin_cli import Refused, add_connection_arguments, connect
+from proxy.tools.output import fail, plural
+
+if TYPE_CHECKING:
+    import httpx
 
 BATCH_BYTES = 4 * 1024 * 1024
 """Cassette bytes per import request: well under the proxy's default --max-body."""
@@ -80,7 +83,7 @@ def _source_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("REPRO_ENCRYPTION_KEY"),
         help="with --store: the store's --encryption-key, if it has one (env REPRO_ENCRYPTION_KEY)",
     )
-    add_connection_arguments(parser)
+    add_connection_arguments(parser, timeout=300)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
                 "--cache-scope key needs --api-key (or OPENAI_API_KEY): the key the answers are for"
             )
     except Refused as exc:
-        print(f"repro-proxy {args.command}: {exc}", file=sys.stderr)
+        fail(args.command, exc)
         return 2
     try:
         if target is None:
@@ -104,10 +107,10 @@ def run(args: argparse.Namespace) -> int:
             work = _export(args, target) if args.command == "export" else _import(args, target)
             count = asyncio.run(work)
     except Refused as exc:
-        print(f"repro-proxy {args.command}: {exc}", file=sys.stderr)
+        fail(args.command, exc)
         return 2
     except (OSError, ValueError) as exc:
-        print(f"repro-proxy {args.command}: {exc}", file=sys.stderr)
+        fail(args.command, exc)
         return 1
     print(f"{args.command}ed {plural(count, 'answer')}", file=sys.stderr)
     return 0
@@ -143,17 +146,14 @@ async def _open(args: argparse.Namespace, url: str) -> Store:
 
 @contextlib.contextmanager
 def _output(path: str) -> Iterator[IO[bytes]]:
-    """stdout, or a file that is removed again if the export fails half-way."""
+    """stdout, or a file that replaces `path` only once the export is complete: a failed or
+    cut export (a server that stops half-way) leaves what was there."""
     if path == "-":
         yield sys.stdout.buffer
         sys.stdout.buffer.flush()
         return
-    with open(path, "wb") as out:
-        try:
-            yield out
-        except BaseException:
-            os.unlink(path)
-            raise
+    with cassette.replacing(path) as out:
+        yield out
 
 
 async def _codec(store: Store) -> Codec:
@@ -191,45 +191,69 @@ async def _import(args: argparse.Namespace, url: str) -> int:
 
 
 def _export_url(args: argparse.Namespace) -> int:
+    """The proxy's export, streamed to the output as sent (text decoding could split inside a
+    line): a store's worth may be long, so only silence (--timeout between reads) ends it."""
     import httpx
 
+    base, headers = connect(args)
     params = {k: v for k, v in (("namespace", args.namespace), ("model", args.model)) if v}
-    url = f"{base_url(args)}/admin/export"
+    url = f"{base}/admin/export"
     count = 0
     try:
         with (
-            httpx.stream("GET", url, params=params, headers=admin_headers(args), timeout=60) as r,
+            httpx.Client(timeout=args.timeout, trust_env=remote.trusts_environment(url)) as web,
+            web.stream("GET", url, params=params, headers=headers) as r,
             _output(args.output) as out,
         ):
             if r.status_code != 200:
-                r.read()
-                raise OSError(f"HTTP {r.status_code}: {error_reason(r)}")
-            for chunk in r.iter_bytes():  # as sent: text decoding could split inside a line
+                raise OSError(remote.reason(r.status_code, _start(r)))
+            for chunk in r.iter_bytes():
                 out.write(chunk)
                 count += chunk.count(b"\n")
     except httpx.HTTPError as exc:
-        raise OSError(f"{url}: {exc}") from None
+        raise OSError(f"{remote.shown_url(url)}: {type(exc).__name__}: {exc}") from None
     return count
+
+
+def _start(response: httpx.Response, limit: int = 4096) -> bytes:
+    """The first bytes of an error answer: enough for its message, never all of it."""
+    start = bytearray()
+    for chunk in response.iter_raw():
+        start += chunk
+        if len(start) >= limit:
+            break
+    return bytes(start[:limit])
 
 
 def _import_url(args: argparse.Namespace) -> int:
     import httpx
 
-    url = f"{base_url(args)}/admin/import"
-    headers = admin_headers(args) | {"Content-Type": "application/x-ndjson"}
+    base, headers = connect(args)
+    url = f"{base}/admin/import"
+    headers |= {"Content-Type": "application/x-ndjson"}
     if args.api_key:
-        headers["X-Repro-Api-Key"] = args.api_key
+        try:
+            headers["X-Repro-Api-Key"] = remote.header_safe(args.api_key, "the API key")
+        except remote.Unusable as exc:
+            raise Refused(str(exc)) from None
     params = {"cache_scope": scope} if (scope := _scope(args)) else {}
     count = 0
-    with httpx.Client(headers=headers, timeout=300) as client:
+    trust_env = remote.trusts_environment(url)
+    with httpx.Client(follow_redirects=False, timeout=args.timeout, trust_env=trust_env) as client:
         for batch in _batches(cassette.read(args.cassette, policy.SHARED)):
             try:
-                response = client.post(url, params=params, content=batch)
-            except httpx.HTTPError as exc:
-                raise OSError(f"{url}: {exc}") from None
-            if response.status_code != 200:
-                raise OSError(f"HTTP {response.status_code}: {error_reason(response)}")
-            count += int(response.json()["imported"])
+                status, body = remote.fetch(
+                    "POST", url, headers=headers, params=params, content=batch,
+                    timeout=args.timeout, client=client,
+                )  # fmt: skip
+                if status != 200:
+                    raise remote.Unusable(remote.reason(status, body))
+                imported = remote.parsed(body)
+                if not isinstance(imported, dict) or type(imported.get("imported")) is not int:
+                    raise remote.Unusable("the answer is not what a repro-proxy sends")
+            except remote.Unusable as exc:
+                raise OSError(f"{remote.shown_url(url)}: {exc}") from None
+            count += imported["imported"]
     return count
 
 

@@ -16,20 +16,16 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
-from rapidfuzz.distance import Levenshtein
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from proxy.core import answers
 from proxy.core.terminal import shown
+from proxy.core.textdistance import bounded_distance
 from proxy.store import cassette
 
 PREVIEW = 48
-MAX_COMPARED = 16_384
-MAX_EDITS = 1_024
-"""Edit distance costs the product of the two lengths, or of the longer and a bound on the
-edits: a gate on a re-recording must end, whatever the answers (see bounded_distance)."""
 STATUSES = ("changed", "only_old", "only_new", "identical")
 
 
@@ -91,21 +87,6 @@ def compare(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[Compar
             )
         )
     return sorted(rows, key=lambda row: STATUSES.index(row.status))
-
-
-def bounded_distance(was: str, now: str) -> float:
-    """The normalized edit distance (0 only for equal texts), at a bounded cost: exact for
-    answers of up to MAX_COMPARED characters, or up to MAX_EDITS edits apart; beyond both, an
-    upper bound (the edits between their first MAX_COMPARED characters, and every character
-    after them counted as changed)."""
-    longest = max(len(was), len(now))
-    if longest <= MAX_COMPARED:
-        return float(Levenshtein.normalized_distance(was, now))
-    edits = Levenshtein.distance(was, now, score_cutoff=MAX_EDITS)
-    if edits > MAX_EDITS:
-        start = Levenshtein.distance(was[:MAX_COMPARED], now[:MAX_COMPARED])
-        edits = max(MAX_EDITS + 1, start + longest - MAX_COMPARED)
-    return min(1.0, edits / longest)
 
 
 def _latest(records: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], dict[str, Any]]:

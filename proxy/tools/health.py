@@ -17,6 +17,8 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 
 from proxy import config
+from proxy.core.terminal import shown
+from proxy.tools.remote import shown_url
 
 TIMEOUT = 2.0
 _ADDRESS = ("REPRO_HOST", "REPRO_PORT")
@@ -42,15 +44,27 @@ def run(args: argparse.Namespace) -> int:
     try:
         url = args.url or address(*served_by(args.pid))
     except config.SettingError as exc:
-        print(f"repro-proxy health: {exc}", file=sys.stderr)
+        print(f"repro-proxy health: {shown(str(exc))}", file=sys.stderr)
         return 1
     try:
-        with urllib.request.urlopen(url.rstrip("/") + "/healthz", timeout=TIMEOUT) as answer:
+        with _OPENER.open(url.rstrip("/") + "/healthz", timeout=TIMEOUT) as answer:
             healthy = answer.status == 200
     except (OSError, ValueError, urllib.error.URLError) as exc:
-        print(f"repro-proxy health: {url}: {exc}", file=sys.stderr)
+        print(f"repro-proxy health: {shown_url(url)}: {shown(str(exc))}", file=sys.stderr)
         return 1
     return 0 if healthy else 1
+
+
+class _Unfollowed(urllib.request.HTTPRedirectHandler):
+    """A redirect is the answer: 3xx is not the proxy saying it is healthy."""
+
+    def redirect_request(self, *_: object) -> None:
+        return None
+
+
+# The proxy's own port, asked directly: HTTP_PROXY and its kin, set for the upstream's egress,
+# would send the check to a forward proxy (which fails it, or answers for a dead server).
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _Unfollowed())
 
 
 def served_by(pid: int) -> tuple[list[str], Mapping[str, str]]:

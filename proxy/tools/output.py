@@ -1,19 +1,31 @@
 """What the operator commands print: a table on a terminal, JSON when asked or when piped.
 
-rich is imported only when a table is drawn, so scripts reading JSON never pay for it.
+Whatever a server, an upstream or a cassette said is hostile text: it reaches the terminal only
+through `literal` (a table cell, never rich markup) or `fail` (a message), with every control and
+format character written as an escape, so no answer can retitle the window, erase a line, add a
+hyperlink or restyle the report. rich is imported only when a table is drawn, so scripts reading
+JSON never pay for it.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from proxy.core.terminal import shown
+
+if TYPE_CHECKING:
+    from rich.text import Text
+
 
 def plural(count: int, noun: str, nouns: str | None = None) -> str:
-    """`1 answer`, `2 answers`, `0 answers`."""
+    """`1 answer`, `2 answers`, `0 answers`; a count that is no integer (from a hostile
+    answer) is a TypeError, as arithmetic on it would be."""
+    if not isinstance(count, int) or isinstance(count, bool):
+        raise TypeError(f"a count must be an integer, not {type(count).__name__}")
     return f"{count} {noun if count == 1 else nouns or noun + 's'}"
 
 
@@ -26,16 +38,35 @@ def print_json(value: Any) -> None:
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
-def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def plain(value: object) -> str:
+    """A server's scalar as text; a list or an object where text belongs is a TypeError (a
+    wrong answer), never printed as Python would, which recurses without bound."""
+    if isinstance(value, list | dict | tuple | set):
+        raise TypeError(f"{type(value).__name__} where text belongs")
+    return str(value)
+
+
+def literal(value: object, keep: str = "") -> Text:
+    """`value` as a table cell or a line shows it: its text, never markup, never an escape."""
     from rich.text import Text
 
-    table = Table(title=Text(title))
+    return Text(shown(plain(value), keep))
+
+
+def fail(command: str, message: object) -> None:
+    """One line on stderr, `repro-proxy COMMAND: MESSAGE`, the message shown literally."""
+    print(f"repro-proxy {command}: {shown(str(message))}", file=sys.stderr)
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=literal(title))
     for column in columns:
-        table.add_column(column)
+        table.add_column(literal(column))
     for row in rows:
-        table.add_row(*(Text(cell) for cell in row))
+        table.add_row(*(literal(cell) for cell in row))
     Console(highlight=False).print(table)
 
 

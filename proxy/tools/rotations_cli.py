@@ -12,24 +12,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 from typing import Any
 
-from proxy.tools.admin_cli import (
-    Refused,
-    add_connection_arguments,
-    admin_headers,
-    base_url,
-    reason,
-)
-from proxy.tools.output import print_json, wants_json
+from proxy.tools import remote
+from proxy.tools.admin_cli import Refused, add_connection_arguments, connect, shape_checked
+from proxy.tools.output import fail, print_json, wants_json
 
 HELP = "each fingerprint rotation of a running proxy, and how the same requests' answers changed"
 
 
 def add_command(commands: Any) -> None:
     parser = commands.add_parser("rotations", help=HELP, description=HELP)
-    add_connection_arguments(parser)
+    add_connection_arguments(parser, timeout=300)
     add = parser.add_argument
     add("--json", action="store_true", help="print JSON (the default when stdout is not a TTY)")
     add("--model", help="only this model")
@@ -40,40 +34,48 @@ def add_command(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import httpx
-
-    from proxy.tools.audit.network import AuditError
-
     try:
-        base, headers = base_url(args), admin_headers(args)
+        base, headers = connect(args)
     except Refused as exc:
-        print(f"repro-proxy rotations: {exc}", file=sys.stderr)
+        fail("rotations", exc)
         return 2
     params: dict[str, Any] = {"examples": max(0, min(args.examples, 10))}
     if args.model:
         params["model"] = args.model
     if args.distance == "embedding":
         params["pairs"] = 256
+    url = base + "/admin/rotations"
     try:
-        response = httpx.get(base + "/admin/rotations", params=params, headers=headers, timeout=300)
-        if response.status_code != 200:
-            print(f"repro-proxy rotations: HTTP {response.status_code}: {reason(response)}",
-                  file=sys.stderr)  # fmt: skip
-            return 1
-        report = response.json()
+        status, body = remote.fetch(
+            "GET", url, params=params, headers=headers, timeout=args.timeout
+        )
+        if status != 200:
+            raise remote.Unusable(remote.reason(status, body))
+        report = remote.parsed(body)
         if args.distance == "embedding":
-            asyncio.run(_embedding_distances(base, args, report))
-    except (httpx.HTTPError, ValueError, AuditError) as exc:
-        print(f"repro-proxy rotations: {base}: {exc}", file=sys.stderr)
-        return 1
-    report["distance_kind"] = args.distance
-    if wants_json(args.json):
-        print_json(report)
-    else:
-        from proxy.tools.rotations_view import render
+            shape_checked(lambda found: _measure(base, args, found), report)
+        if not isinstance(report, dict):
+            raise remote.Unusable("the answer is not what a repro-proxy sends (not an object)")
+        report["distance_kind"] = args.distance
+        if wants_json(args.json):
+            print_json(report)
+        else:
+            from proxy.tools.rotations_view import render
 
-        render(report)
+            shape_checked(render, report)
+    except remote.Unusable as exc:
+        fail("rotations", f"{remote.shown_url(url)}: {exc}")
+        return 1
     return 0
+
+
+def _measure(base: str, args: argparse.Namespace, report: Any) -> None:
+    from proxy.tools.audit.network import AuditError
+
+    try:
+        asyncio.run(_embedding_distances(base, args, report))
+    except AuditError as exc:
+        raise remote.Unusable(str(exc)) from None
 
 
 async def _embedding_distances(base: str, args: argparse.Namespace, report: Any) -> None:
@@ -86,13 +88,18 @@ async def _embedding_distances(base: str, args: argparse.Namespace, report: Any)
     from proxy.tools.audit.network import embed
 
     key = args.api_key or os.environ.get("OPENAI_API_KEY", "")
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    async with httpx.AsyncClient(base_url=base + "/v1/", headers=headers, timeout=120) as client:
+    headers = {"Authorization": f"Bearer {remote.header_safe(key, 'the API key')}"} if key else {}
+    trust_env = remote.trusts_environment(base)
+    async with httpx.AsyncClient(
+        base_url=base + "/v1/", headers=headers, timeout=args.timeout, trust_env=trust_env
+    ) as client:
         for model in report["models"].values():
             for rotation in model["rotations"]:
                 pairs = rotation.pop("pairs")
                 texts = [p["old"] for p in pairs] + [p["new"] for p in pairs]
-                vectors = await embed(client, args.embedding_model, texts) if texts else []
+                vectors = (
+                    await embed(client, args.embedding_model, texts, args.timeout) if texts else []
+                )
                 half = len(pairs)
                 distances = [
                     cosine_distance(vectors[i], vectors[half + i]) if p["distance"] else 0.0

@@ -1,7 +1,8 @@
 """`repro-proxy rotations` on a terminal: one table of rotations, then a few changed answers.
 
-Answers are the upstream's text: printed as plain text (`markup=False`, `Text`), never as rich
-markup, so an answer cannot restyle or hide the report.
+Everything in the report is the server's text, answers the upstream's: each cell and line is
+written with `literal` (never rich markup, every control character escaped), so no answer can
+restyle, hide or rewrite the report.
 """
 
 from __future__ import annotations
@@ -10,42 +11,45 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
+
+from proxy.tools.output import literal, plain
 
 
 def render(report: dict[str, Any], console: Console | None = None) -> None:
-    console = console or Console()
-    table = Table(title=f"Fingerprint rotations ({report['distance_kind']} distance)")
+    console = console or Console(highlight=False)
+    table = Table(title=literal(f"Fingerprint rotations ({report['distance_kind']} distance)"))
     for column in ("model", "when", "change", "from", "to", "requests", "identical", "mean", "p90"):
         table.add_column(column, justify="right" if column in _NUMBERS else "left")
     examples = []
     for model, state in report["models"].items():
         for rotation in state["rotations"]:
             distance = rotation["distance"]
+            cells = (model, rotation["at"], rotation["change"], rotation["from"], rotation["to"])
             table.add_row(
-                *(Text(str(cell)) for cell in (model, rotation["at"], rotation["change"])),
-                Text(rotation["from"]),
-                Text(rotation["to"]),
-                str(rotation["requests"]),
-                str(rotation["identical"]),
-                _number(distance["mean"]),
-                _number(distance["p90"]),
+                *(literal(cell) for cell in cells),
+                literal(rotation["requests"]),
+                literal(rotation["identical"]),
+                literal(_number(distance["mean"])),
+                literal(_number(distance["p90"])),
             )
             examples += [(model, rotation, example) for example in rotation["examples"]]
     console.print(table)
     for model, rotation, example in examples:
-        console.print(
-            Text(f"{model} {rotation['from']} -> {rotation['to']}, key {example['key'][:16]}…, "
-                 f"distance {example['distance']:.3f}", style="bold")
-        )  # fmt: skip
-        console.print(Text("  old: " + example["old"]))
-        console.print(Text("  new: " + example["new"]))
+        heading = (
+            f"{plain(model)} {plain(rotation['from'])} -> {plain(rotation['to'])}, "
+            f"key {plain(example['key'])[:16]}…, distance {_number(example['distance'])}"
+        )
+        console.print(literal(heading), style="bold")
+        console.print(literal("  old: " + plain(example["old"]), keep="\n"))
+        console.print(literal("  new: " + plain(example["new"]), keep="\n"))
     if not report["complete"]:
-        console.print(f"partial: stopped after {report['scanned']} stored answers", markup=False)
+        console.print(literal(f"partial: stopped after {plain(report['scanned'])} stored answers"))
 
 
 _NUMBERS = frozenset({"requests", "identical", "mean", "p90"})
 
 
 def _number(value: float | None) -> str:
+    if value is not None and not isinstance(value, int | float):
+        raise TypeError(f"a distance must be a number, not {type(value).__name__}")
     return "-" if value is None else f"{value:.3f}"

@@ -493,3 +493,51 @@ async def test_cli_runs_the_simulator_and_stops_on_sigterm() -> None:
         _, stderr = process.communicate(timeout=5)
     assert process.returncode == 0
     assert f"repro-proxy sim: listening on http://127.0.0.1:{port}" in stderr.decode()
+
+
+async def test_a_client_inventing_paths_or_posting_big_bodies_is_held_in_bounded_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the simulator keeps of its clients (counts per path, recorded requests, queued
+    faults) stays bounded, whatever they send: it may serve a load test or a shared demo."""
+    from proxy.tools.sim import state
+
+    monkeypatch.setattr(state, "MAX_COUNTED", 8)
+    monkeypatch.setattr(state, "RECORD_BYTES", 1024 * 1024)
+    monkeypatch.setattr(state, "MAX_FAULTS", 3)
+    async with sim() as client:
+        for n in range(20):
+            await client.get(f"/v1/invented/{n}", headers=AUTH)
+        counted = (await (await client.get("/_sim/stats")).json())["requests"]
+        assert len(counted) == 9 and counted["other"] == 12
+        big = {"model": "gpt-4o-mini", "input": "x" * 300_000}
+        for _ in range(6):
+            await client.post("/v1/embeddings", json=big, headers=AUTH)
+        kept = await (await client.get("/_sim/requests")).json()
+        assert 0 < sum(len(r["body"]) for r in kept) <= 1024 * 1024 and len(kept) == 3
+        for n in range(4):
+            resp = await client.post("/_sim/faults", json={"kind": "status", "count": 1})
+            assert resp.status == (200 if n < 3 else 400)
+
+
+async def test_an_embeddings_request_asks_for_at_most_2048_vectors() -> None:
+    """Each input costs a vector: millions of empty strings in a 64 MiB body would ask for
+    billions of floats. OpenAI refuses more than 2048 inputs, and so does the simulator."""
+    async with sim() as client:
+        body = {"model": "text-embedding-3-small", "dimensions": 1}
+        resp = await client.post("/v1/embeddings", json=body | {"input": [""] * 2049}, headers=AUTH)
+        assert resp.status == 400
+        assert (await resp.json())["error"]["param"] == "input"
+        answer = await post(client, "/v1/embeddings", body | {"input": ["a"] * 2048})
+        assert len(answer["data"]) == 2048
+
+
+async def test_a_control_body_is_small() -> None:
+    """Queued faults keep their bodies: a control request may not hold megabytes."""
+    async with sim() as client:
+        fault = {"kind": "status", "body": "x" * 70_000}
+        resp = await client.post("/_sim/faults", json=fault)
+        assert resp.status == 400
+        assert (await (await client.get("/_sim/stats")).json())["requests"] == {}
+        small = await client.post("/_sim/faults", json=fault | {"body": "x" * 1000})
+        assert small.status == 200

@@ -12,10 +12,12 @@ is checked against the proxy's own CLI parser and settings loader.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import importlib.util
 import json
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -35,6 +37,9 @@ from prometheus_client.metrics import MetricWrapperBase
 from proxy import cli, config
 from proxy.core.policy import Outcome
 from proxy.metrics import CounterTallies, HistogramTallies, Metrics
+from proxy.store import open_store
+from proxy.store.base import StoreError
+from tests.fixtures_redis import running_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -536,6 +541,29 @@ def test_compose_runs_the_image_locked_down_and_bounded() -> None:
         assert service["mem_limit"] and service["pids_limit"] > 0, name
 
 
+def test_compose_runs_every_service_without_privileges() -> None:
+    """Redis holds every stored prompt and answer, Grafana and Prometheus read what the proxy
+    exports: none needs a capability or a way to gain one, and Redis runs as its own user
+    (never root: its image's entry script only drops to that user when started as root) on a
+    read-only root, as in Kubernetes, bounded in memory and processes."""
+    services = compose()["services"]
+    for name, service in services.items():
+        assert service.get("cap_drop") == ["ALL"], name
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+    redis = services["redis"]
+    k8s_redis = resource("StatefulSet", "repro-redis")["spec"]["template"]["spec"]
+    user = k8s_redis["securityContext"]["runAsUser"], k8s_redis["securityContext"]["runAsGroup"]
+    assert redis["user"] == f"{user[0]}:{user[1]}"
+    assert redis["read_only"] is True and redis["mem_limit"] and redis["pids_limit"] > 0
+    maxmemory = redis["command"][redis["command"].index("--maxmemory") + 1]
+    assert _bytes(maxmemory) < _bytes(redis["mem_limit"])  # Redis evicts before it is killed
+
+
+def _bytes(size: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)\s*([kmg]?)b?", size.lower()).groups()  # type: ignore[union-attr]
+    return int(number) * 1024 ** " kmg".index(unit or " ")
+
+
 def test_compose_mounts_exist_and_services_point_at_each_other() -> None:
     file = compose()
     services = file["services"]
@@ -643,15 +671,33 @@ def containers(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["name"]: c for c in pod.get("initContainers", []) + pod["containers"]}
 
 
-def proxy_environment(container: dict[str, Any]) -> dict[str, str]:
-    """The REPRO_* environment the sidecar gets, secrets resolved from the bundle's Secrets."""
+def expanded(value: str, environ: Mapping[str, str]) -> str:
+    """`$(NAME)` as Kubernetes expands it in `value` and `args`: from the variables defined
+    before; an unknown name stays as written."""
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: environ.get(m[1], m[0]), value)
+
+
+def environment(
+    container: dict[str, Any], filled: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment a container gets, secrets resolved from the bundle's Secrets (or from
+    `filled`, a Secret's keys as an operator set them), `$(NAME)` references expanded."""
     environ: dict[str, str] = {}
-    for source in container["envFrom"]:
+    for source in container.get("envFrom", []):
         environ |= resource("ConfigMap", source["configMapRef"]["name"])["data"]
-    for var in container["env"]:
+    for var in container.get("env", []):
+        if "value" in var:
+            environ[var["name"]] = expanded(var["value"], environ)
+            continue
         ref = var["valueFrom"]["secretKeyRef"]
-        environ[var["name"]] = resource("Secret", ref["name"])["stringData"][ref["key"]]
+        shipped = resource("Secret", ref["name"])["stringData"][ref["key"]]
+        environ[var["name"]] = (filled or {}).get(ref["key"], shipped)
     return environ
+
+
+def proxy_environment(container: dict[str, Any]) -> dict[str, str]:
+    """The REPRO_* environment the sidecar gets, as shipped."""
+    return environment(container)
 
 
 def test_sidecar_serves_the_app_on_loopback_with_settings_the_proxy_accepts() -> None:
@@ -664,19 +710,24 @@ def test_sidecar_serves_the_app_on_loopback_with_settings_the_proxy_accepts() ->
     assert {k for k in environ if k.startswith("REPRO_")} <= {o.env for o in config.OPTIONS}
     args = cli.build_parser().parse_args(proxy["args"])
     settings = config.load({k: v for k, v in vars(args).items() if k != "command"}, environ)
-    from_secret = {v["name"] for v in proxy["env"] if "secretKeyRef" in v["valueFrom"]}
+    from_secret = {v["name"] for v in proxy["env"] if "secretKeyRef" in v.get("valueFrom", {})}
     assert {"REPRO_ADMIN_TOKEN", "REPRO_SECRET"} <= from_secret
     # Applied as shipped, no value from this repository is a credential: no admin routes, and a
     # random HMAC secret kept in the store, rather than a placeholder everyone can read here.
     assert settings.admin_token is None and settings.secret is None
     assert settings.verify_rate == 0  # drift sampling costs upstream requests: opt in
-    assert all("value" not in var for var in proxy["env"])
+    # A literal value holds no secret: the store URL only a reference Kubernetes expands from
+    # the Secret; every other secret setting comes from a Secret whole.
+    for var in proxy["env"]:
+        if "value" in var:
+            assert var["name"] == "REPRO_STORE", var
+            assert ":$(REDIS_PASSWORD)@" in var["value"], var
     (port,) = proxy["ports"]
     assert port["containerPort"] == settings.port
     app_env = {v["name"]: v.get("value") for v in app["env"]}
     assert app_env["OPENAI_BASE_URL"] == f"http://127.0.0.1:{settings.port}/v1"
 
-    store = re.fullmatch(r"redis://([\w-]+):(\d+)/0", settings.store)
+    store = re.fullmatch(r"redis://(?::@)?([\w-]+):(\d+)/0", settings.store)
     assert store, settings.store
     redis = resource("Service", store[1])
     assert int(store[2]) in [p["port"] for p in redis["spec"]["ports"]]
@@ -716,6 +767,51 @@ def test_sidecar_probes_resources_and_security() -> None:
     assert (security["runAsUser"], security["runAsGroup"]) == (int(user[1]), int(user[2]))
     mounts = {m["mountPath"] for m in proxy["volumeMounts"]}
     assert "/tmp" in mounts  # tempfile (the --workers metrics dir) on a read-only root
+
+
+def test_redis_asks_the_password_the_proxies_send(tmp_path: Path) -> None:
+    """With redis-password set in the Secret, the Redis the manifests start refuses a client
+    without it, and the proxy's store URL and the readiness probe both carry it."""
+    password = secrets.token_hex(16)
+    filled = {"redis-password": password}
+    redis_pod = resource("StatefulSet", "repro-redis")["spec"]["template"]["spec"]
+    redis_container = containers(redis_pod)["redis"]
+    redis_env = environment(redis_container, filled)
+    args = [expanded(arg, redis_env) for arg in redis_container["args"]]
+    assert args[args.index("--requirepass") + 1] == password
+    proxy = containers(resource("Deployment")["spec"]["template"]["spec"])["repro-proxy"]
+    store = environment(proxy, filled)["REPRO_STORE"]
+    with running_redis(tmp_path, *args, password=password) as server:
+        here = f"127.0.0.1:{server.port}"
+        assert asyncio.run(store_answers(store.replace("repro-redis:6379", here)))
+        assert not asyncio.run(store_answers(f"redis://{here}/0"))
+        probe = redis_container["readinessProbe"]["exec"]["command"]
+        done = subprocess.run(
+            [probe[0], "-p", str(server.port), *probe[1:]],
+            env={"PATH": "/usr/bin:/bin", **redis_env},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.stdout.strip() == "PONG", done.stdout + done.stderr
+    shipped_args = [expanded(arg, environment(redis_container)) for arg in redis_container["args"]]
+    with running_redis(tmp_path / "shipped", *shipped_args) as server:  # applied as shipped
+        shipped = environment(proxy)["REPRO_STORE"]
+        local = shipped.replace("repro-redis:6379", f"127.0.0.1:{server.port}")
+        assert asyncio.run(store_answers(local))
+
+
+async def store_answers(url: str) -> bool:
+    """Whether the proxy's own store client, opened from `url` as `serve` opens it, is
+    served by the Redis there (rather than refused for want of the password)."""
+    store = await open_store(url)
+    try:
+        await store.secret(b"s" * 32)
+    except StoreError:
+        return False
+    finally:
+        await store.close()
+    return True
 
 
 def test_redis_admits_only_the_proxy_pods() -> None:

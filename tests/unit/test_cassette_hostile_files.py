@@ -12,10 +12,11 @@ import orjson
 import pytest
 from rich.console import Console
 
+from proxy.core import answers
 from proxy.core.entry import Entry
+from proxy.core.textdistance import MAX_COMPARED, bounded_distance
 from proxy.store import cassette
 from proxy.tools import cassette_diff
-from proxy.tools.cassette_diff import MAX_COMPARED, bounded_distance
 from tests.fixtures_procs import run_cli
 
 
@@ -173,3 +174,72 @@ def test_a_credential_in_a_lines_query_is_neither_keyed_nor_kept() -> None:
     assert loaded.key == clean.key
     assert loaded.entry.query == "api-version=1"
     assert b"leaked" not in orjson.dumps(cassette.to_record(loaded.key, loaded.entry))
+
+
+def test_a_cassette_too_large_in_all_is_refused_before_it_is_read_whole(tmp_path: Path) -> None:
+    """Each line may be up to MAX_LINE, but every reader holds the whole file: a cassette of
+    many long lines is refused with one line, not read until memory runs out."""
+    with pytest.raises(cassette.CassetteError, match=r"line 1: .*larger than 50 bytes in all"):
+        list(cassette.bounded(io.BytesIO(b"x" * 99 + b"\n"), limit=100, total=50))
+    handle = io.BytesIO((b"y" * 99 + b"\n") * 3)
+    with pytest.raises(cassette.CassetteError, match=r"line 3: .*larger than 250 bytes in all"):
+        list(cassette.bounded(handle, limit=100, total=250))
+    big = tmp_path / "llm.jsonl"
+    with big.open("wb") as out:  # sparse: larger than MAX_CASSETTE, no disk used
+        out.truncate(cassette.MAX_CASSETTE + 1)
+    for reader in (lambda: cassette.read(str(big), "shared"), lambda: cassette.records(str(big))):
+        with pytest.raises(cassette.CassetteError, match="in all"):
+            reader()
+    done = run_cli("cassette", "diff", str(big), str(big))
+    assert done.returncode == 2 and "in all" in done.stderr and "Traceback" not in done.stderr
+
+
+DEEP_LIST = b"[" * 1000 + b"]" * 1000
+
+
+@pytest.mark.parametrize(
+    ("body", "stream"),
+    [
+        (b'{"choices":[{"message":{"tool_calls":[{"function":{"arguments":' + DEEP_LIST
+         + b"}}]}}]}", False),
+        (b'{"data":[{"embedding":' + DEEP_LIST + b"}]}", False),
+        (b'{"output":[{"type":"x","deep":' + DEEP_LIST + b"}]}", False),
+        (b'{"kept":' + DEEP_LIST + b"}", False),
+    ],
+)  # fmt: skip
+def test_an_answer_nested_too_deeply_to_flatten_is_compared_as_its_bytes(
+    body: bytes, stream: bool
+) -> None:
+    """orjson reads 1024 levels but writes 254, and Python recurses about 1000 deep: an
+    upstream's or a cassette's answer must never make the text of an answer an error."""
+    assert answers.text(body, stream) == body.decode()
+
+
+def test_a_request_nested_past_the_proxys_bound_is_one_line_naming_its_line(
+    tmp_path: Path,
+) -> None:
+    """Every reader recomputes a line's key from its request: one nested a thousand levels deep
+    made them recurse until Python gave up (a traceback in diff, the plugin and serve)."""
+    good = orjson.loads(line("fine"))
+    for depth in (129, 300, 1000):
+        record = dict(good, request={"model": "gpt-4o-mini", "messages": [], "metadata": "D"})
+        text = orjson.dumps(record).replace(b'"D"', b'{"a":' * depth + b"{}" + b"}" * depth)
+        path = tmp_path / f"deep{depth}.jsonl"
+        path.write_bytes(text + b"\n")
+        with pytest.raises(cassette.CassetteError, match="cassette line 1: "):
+            cassette.read(str(path), "shared")
+        done = run_cli("cassette", "diff", str(path), str(path))
+        assert done.returncode == 2 and "line 1" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_diff_compares_answers_nested_too_deeply_to_flatten(tmp_path: Path) -> None:
+    old, new = tmp_path / "old.jsonl", tmp_path / "new.jsonl"
+    record = orjson.loads(line("fine"))
+    old.write_bytes(orjson.dumps(record) + b"\n")
+    deep = b'{"choices":[{"message":{"tool_calls":[{"function":{"arguments":' + DEEP_LIST
+    deep += b"}}]}}]}"
+    new.write_bytes(orjson.dumps(dict(record, body=deep.decode(), stored_at=2.0)) + b"\n")
+    done = run_cli("cassette", "diff", str(old), str(new), "--json")
+    assert done.returncode == 1, done.stderr  # changed: an exit status a gate can trust
+    assert orjson.loads(done.stdout)["summary"]["changed"] == 1

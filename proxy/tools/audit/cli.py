@@ -54,7 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "similarity) of the upstream's embeddings, 0 to 2 (default: text)",
     )
     add("--embedding-model", default="text-embedding-3-small", help="for --distance embedding")
-    add("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
+    add(
+        "--timeout",
+        type=float,
+        default=120.0,
+        help="seconds per request, its whole answer included (default 120)",
+    )
     add("--json", action="store_true", help="print one JSON object to stdout")
     add("--yes", "-y", action="store_true", help="start without asking for confirmation")
 
@@ -71,6 +76,7 @@ def plan_from_args(ns: argparse.Namespace) -> Plan:
         concurrency=ns.concurrency,
         distance=ns.distance,
         embedding_model=ns.embedding_model,
+        timeout=ns.timeout,
     )
 
 
@@ -85,11 +91,16 @@ def _confirmed(skip: bool) -> bool:
 def _client(ns: argparse.Namespace) -> httpx.AsyncClient:
     import httpx
 
+    from proxy.tools.remote import trusts_environment
+
     key = ns.api_key or os.environ.get("OPENAI_API_KEY")
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     limits = httpx.Limits(max_connections=ns.concurrency)
     base_url = ns.base_url.rstrip("/") + "/"
-    return httpx.AsyncClient(base_url=base_url, headers=headers, timeout=ns.timeout, limits=limits)
+    trust_env = trusts_environment(base_url)
+    return httpx.AsyncClient(
+        base_url=base_url, headers=headers, timeout=ns.timeout, limits=limits, trust_env=trust_env
+    )
 
 
 async def run(ns: argparse.Namespace) -> int:
@@ -98,11 +109,20 @@ async def run(ns: argparse.Namespace) -> int:
 
     from proxy.tools.audit.network import audit
     from proxy.tools.audit.view import progress, render
+    from proxy.tools.output import literal
+    from proxy.tools.remote import Unusable, cleartext_warning, header_safe
 
     plan, err = plan_from_args(ns), Console(stderr=True, highlight=False)
+    try:
+        header_safe(ns.api_key or os.environ.get("OPENAI_API_KEY") or "", "the API key")
+    except Unusable as exc:
+        err.print(literal(f"repro-proxy check: {exc}"))
+        return 2
     err.print(plan.describe(), markup=False)
     if not (ns.api_key or os.environ.get("OPENAI_API_KEY")):
         err.print("note: no API key (--api-key or OPENAI_API_KEY); sending none", markup=False)
+    elif warning := cleartext_warning(ns.base_url, "the API key"):
+        err.print(literal(warning))
     if not _confirmed(ns.yes):
         err.print("aborted", markup=False)
         return 1

@@ -21,6 +21,7 @@ from proxy.tools.audit.tally import (
     tally,
     text_distance,
 )
+from proxy.tools.remote import Unusable, exchange
 
 NO_CACHE = {"Cache-Control": "no-cache"}
 
@@ -30,12 +31,17 @@ class AuditError(Exception):
 
 
 async def ask(client: httpx.AsyncClient, plan: Plan, arm: Arm) -> Outcome:
-    """One chat request; transport errors become Failures so one bad request never stops N."""
+    """One chat request; transport errors, and answers too large or too slow, become Failures
+    so one bad request never stops N."""
     try:
-        response = await client.post("chat/completions", json=plan.body(arm), headers=NO_CACHE)
+        status, headers, body = await exchange(
+            client, "chat/completions", plan.body(arm), NO_CACHE, plan.timeout
+        )
     except httpx.HTTPError as exc:
         return Failure(type(exc).__name__)
-    return parse_answer(response.status_code, response.headers, response.content)
+    except Unusable:
+        return Failure("answer too large or too slow")
+    return parse_answer(status, headers, body)
 
 
 async def collect(
@@ -63,45 +69,56 @@ async def collect(
 
 def _vectors(body: bytes, expected: int) -> list[list[float]]:
     data = sorted(orjson.loads(body)["data"], key=lambda item: item["index"])
-    vectors = [[float(x) for x in item["embedding"]] for item in data]
+    vectors = [[_number(x) for x in item["embedding"]] for item in data]
     if len(vectors) != expected:
         raise ValueError(f"{len(vectors)} embeddings for {expected} inputs")
     return vectors
 
 
+def _number(value: object) -> float:
+    """A vector's component: a JSON number, never a string such as "nan" or "inf"."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"an embedding holds {type(value).__name__}, not a number")
+    return float(value)
+
+
 async def _embed_batch(
-    client: httpx.AsyncClient, model: str, batch: list[str]
+    client: httpx.AsyncClient, model: str, batch: list[str], timeout: float
 ) -> list[list[float]]:
     try:
         body = {"model": model, "input": batch}
-        response = await client.post("embeddings", json=body, headers=NO_CACHE)
+        status, _, answer = await exchange(client, "embeddings", body, NO_CACHE, timeout)
     except httpx.HTTPError as exc:
         raise AuditError(f"embeddings request failed: {type(exc).__name__}") from exc
-    if response.status_code >= 400:
-        reason = error_reason(response.status_code, response.content)
-        raise AuditError(f"embeddings request failed: {reason}")
+    except Unusable as exc:
+        raise AuditError(f"embeddings request failed: {exc}") from None
+    if status >= 400:
+        raise AuditError(f"embeddings request failed: {error_reason(status, answer)}")
     try:
-        return _vectors(response.content, len(batch))
+        return _vectors(answer, len(batch))
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise AuditError(f"embeddings answer malformed: {exc!r}") from exc
 
 
-async def embed(client: httpx.AsyncClient, model: str, texts: Sequence[str]) -> list[list[float]]:
+async def embed(
+    client: httpx.AsyncClient, model: str, texts: Sequence[str], timeout: float = 120.0
+) -> list[list[float]]:
     """Embeddings of `texts` from the upstream's own /embeddings, in batches it accepts."""
     vectors: list[list[float]] = []
     for start in range(0, len(texts), EMBEDDING_BATCH):
-        vectors += await _embed_batch(client, model, list(texts[start : start + EMBEDDING_BATCH]))
+        batch = list(texts[start : start + EMBEDDING_BATCH])
+        vectors += await _embed_batch(client, model, batch, timeout)
     return vectors
 
 
 async def embedding_distance(
-    client: httpx.AsyncClient, model: str, counts: Mapping[str, int]
+    client: httpx.AsyncClient, model: str, counts: Mapping[str, int], timeout: float = 120.0
 ) -> float | None:
     """Mean pairwise cosine distance; only distinct answers are embedded, none if all agree."""
     if len(counts) < 2:
         return mean_pairwise(counts, lambda a, b: 0.0)
     texts = list(counts)
-    vectors = dict(zip(texts, await embed(client, model, texts), strict=True))
+    vectors = dict(zip(texts, await embed(client, model, texts, timeout), strict=True))
     return mean_pairwise(counts, lambda a, b: cosine_distance(vectors[a], vectors[b]))
 
 
@@ -109,7 +126,8 @@ async def measure(client: httpx.AsyncClient, plan: Plan, arm: Arm, t: Tally) -> 
     if plan.distance == "text":
         return ArmReport(arm, t, text_distance(t.answers))
     try:
-        return ArmReport(arm, t, await embedding_distance(client, plan.embedding_model, t.answers))
+        distance = await embedding_distance(client, plan.embedding_model, t.answers, plan.timeout)
+        return ArmReport(arm, t, distance)
     except (AuditError, ValueError) as exc:
         return ArmReport(arm, t, None, str(exc))
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+
+from proxy.tools.remote import shown_url
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8080/v1"
 DEFAULT_PROMPT = "Describe the sea in three sentences."
@@ -34,14 +35,13 @@ class Plan:
     concurrency: int
     distance: str
     embedding_model: str
+    timeout: float = 120.0  # seconds for each request, its whole answer included
 
     @property
     def shown_url(self) -> str:
         """The base URL as the plan and the reports print it, without what may be a credential:
         a gateway's user and password, or a key in the query. Reports are shared; keys are not."""
-        parts = urlsplit(self.base_url)
-        host = parts.netloc.rpartition("@")[2]
-        return urlunsplit((parts.scheme, host, parts.path, "", ""))
+        return shown_url(self.base_url)
 
     @property
     def arms(self) -> tuple[Arm, Arm]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from proxy.core.textdistance import mean_pairwise, normalized_levenshtein
+from proxy.core.textdistance import bounded_distance, mean_pairwise
 from proxy.tools.audit.plan import Arm, Plan
 
 
@@ -65,9 +65,13 @@ def parse_answer(status: int, headers: Mapping[str, str], body: bytes) -> Outcom
         data = orjson.loads(body)
         text = _answer_text(data["choices"][0])
         usage = data.get("usage") or {}
+        if not isinstance(usage, dict):
+            raise TypeError("usage is not an object")
+        fingerprint = data.get("system_fingerprint")
+        if isinstance(fingerprint, list | dict):  # str() of it would recurse without bound
+            raise TypeError("system_fingerprint is not a scalar")
     except (orjson.JSONDecodeError, TypeError, KeyError, IndexError, AttributeError):
         return Failure("malformed answer")
-    fingerprint = data.get("system_fingerprint")
     return Answer(
         text=text,
         fingerprint="none" if fingerprint is None else str(fingerprint),
@@ -174,4 +178,4 @@ class Report:
 
 
 def text_distance(counts: Mapping[str, int]) -> float | None:
-    return mean_pairwise(counts, normalized_levenshtein)
+    return mean_pairwise(counts, bounded_distance)

@@ -1,4 +1,7 @@
-"""The audit on a terminal: progress bars while it runs, then the report as a table."""
+"""The audit on a terminal: progress bars while it runs, then the report as a table.
+
+Fingerprints, error codes and distance errors are the upstream's text: every cell is `literal`.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +12,10 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from rich.text import Text
 
 from proxy.tools.audit.plan import Arm
 from proxy.tools.audit.tally import ArmReport, Report
-from proxy.tools.output import plural
+from proxy.tools.output import literal, plural
 
 
 @contextmanager
@@ -83,10 +85,11 @@ def render(report: Report) -> Table:
     """The report as a table: one column per arm, one row per measure."""
     plan = report.plan
     title = f"Determinism of {plan.model} at {plan.shown_url} ({DISTANCES[plan.distance]})"
-    table = Table(title=Text(title), caption=_caption(report))
+    caption = _caption(report)
+    table = Table(title=literal(title), caption=None if caption is None else literal(caption))
     table.add_column("")
     for r in report.arms:
-        table.add_column(Text(_heading(r.arm)), justify="right")
+        table.add_column(literal(_heading(r.arm)), justify="right")
     for label, *cells in zip(_LABELS, *(_cells(r) for r in report.arms), strict=True):
-        table.add_row(Text(label), *(Text(cell) for cell in cells))
+        table.add_row(literal(label), *(literal(cell) for cell in cells))
     return table

@@ -20,6 +20,17 @@ from proxy.tools.sim.state import (
     check_tunable,
 )
 
+MAX_CONTROL_BODY = 64 * 1024
+"""A control request steers the simulator; only /v1 bodies may be large. Queued faults keep
+their bodies, so this bounds them (with MAX_FAULTS) too."""
+
+
+async def _control_body(request: web.Request) -> JSON:
+    raw = await request.read()
+    if len(raw) > MAX_CONTROL_BODY:
+        raise BadRequest(f"a control request's body may hold at most {MAX_CONTROL_BODY} bytes")
+    return parse_object(raw)
+
 
 async def _get_fingerprint(request: web.Request) -> web.Response:
     state = request.app[STATE]
@@ -29,7 +40,7 @@ async def _get_fingerprint(request: web.Request) -> web.Response:
 async def _set_fingerprint(request: web.Request) -> web.Response:
     """`fingerprint`: answer with it from now on (a rotation; ends any alternation);
     `fingerprints`: answer with one of them at random (a fleet mid-rollout), [] to stop."""
-    state, data = request.app[STATE], parse_object(await request.read())
+    state, data = request.app[STATE], await _control_body(request)
     if "fingerprint" not in data and "fingerprints" not in data:
         raise BadRequest("give fingerprint or fingerprints", "fingerprint")
     value = data.get("fingerprint", state.fingerprint)
@@ -53,7 +64,7 @@ async def _get_settings(request: web.Request) -> web.Response:
 
 async def _set_settings(request: web.Request) -> web.Response:
     """Change latency, chunk_delay or divergence at run time; all or nothing."""
-    state, data = request.app[STATE], parse_object(await request.read())
+    state, data = request.app[STATE], await _control_body(request)
     try:
         updates = {name: check_tunable(name, data[name]) for name in TUNABLES if name in data}
     except ValueError as exc:
@@ -65,7 +76,7 @@ async def _set_settings(request: web.Request) -> web.Response:
 
 async def _set_keys(request: web.Request) -> web.Response:
     """Replace the accepted API keys at run time (an empty list accepts any key): revocation."""
-    keys = parse_object(await request.read()).get("api_keys")
+    keys = (await _control_body(request)).get("api_keys")
     if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
         raise BadRequest("'api_keys' must be a list of non-empty strings")
     request.app[STATE].api_keys = frozenset(keys)
@@ -74,7 +85,7 @@ async def _set_keys(request: web.Request) -> web.Response:
 
 async def _add_fault(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    state.faults.append(Fault.from_json(parse_object(await request.read())))
+    state.queue(Fault.from_json(await _control_body(request)))
     return json_response({"queued": len(state.faults)})
 
 
@@ -88,7 +99,7 @@ async def _get_requests(request: web.Request) -> web.Response:
 
 
 async def _clear_requests(request: web.Request) -> web.Response:
-    request.app[STATE].requests.clear()
+    request.app[STATE].forget_requests()
     return json_response([])
 
 

@@ -264,12 +264,20 @@ def _vector(item: object, dims: int) -> list[float]:
     return [x / norm for x in raw]
 
 
+MAX_INPUTS = 2048  # OpenAI's own limit of inputs per embeddings request
+
+
 def _embedding_inputs(body: JSON) -> list[Any]:
+    """The inputs, at most MAX_INPUTS as OpenAI allows: each costs a vector of up to 4096
+    floats, so a body of millions of empty strings would ask for billions."""
     value = body.get("input")
     if isinstance(value, str):
         return [value]
     if isinstance(value, list) and value:
-        return value if isinstance(value[0], str | list) else [value]
+        inputs = value if isinstance(value[0], str | list) else [value]
+        if len(inputs) > MAX_INPUTS:
+            raise BadRequest(f"input must hold at most {MAX_INPUTS} items", "input")
+        return inputs
     raise BadRequest("input must be a string or a non-empty array", "input")
 
 

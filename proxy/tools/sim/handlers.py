@@ -103,8 +103,9 @@ async def v1_middleware(request: web.Request, handler: Handler) -> web.StreamRes
     if not request.path.startswith(("/v1/", "/openai/")):
         return await handler(request)
     state = request.app[STATE]
-    state.requests.append(await _recorded(request))
-    state.hits[request.path] += 1
+    recorded = await _recorded(request)
+    state.record(recorded, len(recorded["body"]))
+    state.count(request.path)
     if not _authorized(request, state.api_keys):
         return error_response(401, "Incorrect API key provided.", code="invalid_api_key")
     try:

@@ -22,6 +22,9 @@ _FAULT_KINDS = frozenset(
     {"status", "cut", "error_event", "hang", "drop", "response_failed", "response_incomplete"}
 )
 _RECORD_LIMIT = 1000
+RECORD_BYTES = 256 * 1024 * 1024
+MAX_COUNTED = 1024  # distinct paths /_sim/stats counts apart
+MAX_FAULTS = 1024
 _RESPONSES_KEPT = 1000
 
 
@@ -128,7 +131,9 @@ class SimState:
     drift: float = 1.0
     fingerprints: tuple[str, ...] = ()
     faults: deque[Fault] = field(default_factory=deque)
-    requests: deque[JSON] = field(default_factory=lambda: deque(maxlen=_RECORD_LIMIT))
+    requests: deque[JSON] = field(default_factory=deque)
+    recorded_sizes: deque[int] = field(default_factory=deque)
+    recorded_bytes: int = 0
     hits: Counter[str] = field(default_factory=Counter)
     streams_completed: int = 0
     streams_cancelled: int = 0
@@ -152,6 +157,34 @@ class SimState:
         if self.fingerprints:
             return random.choice(self.fingerprints)
         return self.fingerprint
+
+    def record(self, request: JSON, size: int) -> None:
+        """Keep a request for /_sim/requests: the newest _RECORD_LIMIT, and of them only as many
+        as hold RECORD_BYTES of bodies in all (bodies may be up to 64 MiB each)."""
+        self.requests.append(request)
+        self.recorded_sizes.append(size)
+        self.recorded_bytes += size
+        while len(self.requests) > _RECORD_LIMIT or self.recorded_bytes > RECORD_BYTES:
+            self.requests.popleft()
+            self.recorded_bytes -= self.recorded_sizes.popleft()
+
+    def forget_requests(self) -> None:
+        self.requests.clear()
+        self.recorded_sizes.clear()
+        self.recorded_bytes = 0
+
+    def count(self, path: str) -> None:
+        """Count a request under its path; once MAX_COUNTED paths are counted, a new one counts
+        as `other`: a client inventing paths must not grow the simulator's memory."""
+        if path in self.hits or len(self.hits) < MAX_COUNTED:
+            self.hits[path] += 1
+        else:
+            self.hits["other"] += 1
+
+    def queue(self, fault: Fault) -> None:
+        if len(self.faults) >= MAX_FAULTS:
+            raise BadRequest(f"at most {MAX_FAULTS} faults may be queued", "kind")
+        self.faults.append(fault)
 
     def next_fault(self) -> Fault | None:
         """Take one use of the oldest queued fault (FIFO), dropping it once used up."""
