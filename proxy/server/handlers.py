@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from proxy.core import routes
 from proxy.core.call import Asked, Call, repro_headers
 from proxy.core.entry import Entry
-from proxy.core.paths import forward_target
+from proxy.core.paths import forward_target, raw_query
 from proxy.core.policy import STALE_STATUSES, CacheMode, CacheScope, Outcome
 from proxy.errors import (
     CacheMissError,
@@ -46,7 +46,7 @@ log = logging.getLogger("proxy.handlers")
 async def cacheable(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     settings = services.settings
-    route, query = request.path, request.query_string
+    route, query = request.path, raw_query(request.raw_path)
     if routes.is_azure(route):
         route, query = routes.azure_target(route, request.raw_path, query)
     raw = await bodies.read(request, settings.max_body, settings.body_timeout)

@@ -1,0 +1,80 @@
+"""Parser differentials on the cached routes, against a real proxy process and an upstream
+written for the attack (tests/hostile.py): whatever the key covers must be exactly what the
+upstream reads, or the request is refused with a 400 in OpenAI's shape; and what the upstream
+answers is stored only as it was sent."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import orjson
+import pytest
+
+from tests.fixtures_procs import ProxyFactory
+from tests.hostile import Received, Scripted, http_answer
+
+AUTH = {"Authorization": "Bearer sk-victim", "Content-Type": "application/json"}
+CHAT = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+
+
+def completion(content: str) -> bytes:
+    return orjson.dumps(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "model": "gpt-4o-mini",
+            "system_fingerprint": "fp_hostile",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": "stop",
+                }
+            ],
+        }
+    )
+
+
+async def answers_its_request_line(writer: asyncio.StreamWriter, request: Received) -> None:
+    writer.write(http_answer(completion(request.request_line), "Content-Type: application/json"))
+    await writer.drain()
+
+
+def post_target(proxy_url: str, target: str, body: bytes = CHAT) -> httpx.Response:
+    """POST with this exact request target, as a client wrote it (httpx would respell it)."""
+    with httpx.Client(timeout=10) as client:
+        request = client.build_request(
+            "POST", proxy_url + "/v1/chat/completions", content=body, headers=AUTH
+        )
+        request.extensions["target"] = target.encode()
+        return client.send(request)
+
+
+QUERIES = [
+    "tag=a%20b",  # a space, escaped: sent decoded, it splits the request line
+    "tag=a+b",
+    "note=100%25",  # a lone `%` upstream
+    "note=%2525",  # decoded once too often
+    "ref=%23top",  # a `#` upstream starts a fragment: the rest of the query is lost
+    "name=caf%C3%A9",  # raw UTF-8 in the request line
+    "x=%20HTTP/1.1%0D%0AHost:%20evil%0D%0A%0D%0AGET%20/v1/models",  # request splitting
+]
+
+
+@pytest.mark.parametrize("query", QUERIES)
+def test_a_cached_routes_query_reaches_the_upstream_exactly_as_the_client_sent_it(
+    start_proxy: ProxyFactory, query: str
+) -> None:
+    """The key names the query as the client wrote it, and the upstream must receive those very
+    bytes: a query decoded on the way sends a request line with spaces, raw bytes or a `#` in
+    it (one the upstream splits or cuts elsewhere than the client meant) and changes what each
+    parameter says (`%2525` arrives as `%25`)."""
+    with Scripted(answers_its_request_line) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        first = post_target(proxy.url, "/v1/chat/completions?" + query)
+        again = post_target(proxy.url, "/v1/chat/completions?" + query)
+    expected = f"POST /v1/chat/completions?{query} HTTP/1.1"
+    assert [r.request_line for r in upstream.received] == [expected]
+    assert first.json()["choices"][0]["message"]["content"] == expected
+    assert again.headers["x-repro-cache"] == "HIT"
