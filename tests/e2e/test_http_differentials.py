@@ -78,3 +78,58 @@ def test_a_cached_routes_query_reaches_the_upstream_exactly_as_the_client_sent_i
     assert [r.request_line for r in upstream.received] == [expected]
     assert first.json()["choices"][0]["message"]["content"] == expected
     assert again.headers["x-repro-cache"] == "HIT"
+
+
+def chat_with(**fields: object) -> bytes:
+    return orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields})
+
+
+ODD_FLAGS = [
+    ("/v1/chat/completions", chat_with(stream=1), "stream", "an integer"),
+    ("/v1/chat/completions", chat_with(stream="true"), "stream", "a string"),
+    (
+        "/v1/completions",
+        orjson.dumps({"model": "m", "prompt": "hi", "stream": [True]}),
+        "stream",
+        "an array",
+    ),
+    (
+        "/v1/responses",
+        orjson.dumps({"model": "m", "input": "hi", "background": 1}),
+        "background",
+        "an integer",
+    ),
+    (
+        "/v1/responses",
+        orjson.dumps({"model": "m", "input": "hi", "stream": 1.5}),
+        "stream",
+        "a decimal number",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "param", "got"), ODD_FLAGS, ids=[f"{p}-{g}" for _, _, p, g in ODD_FLAGS]
+)
+def test_a_flag_the_proxy_acts_on_must_be_a_boolean(
+    start_proxy: ProxyFactory, route: str, body: bytes, param: str, got: str
+) -> None:
+    """The proxy reads `"stream": 1` as no stream, and `"background": 1` as no job; an upstream
+    that coerces (pydantic's lax mode does) streams, or queues a job, and the proxy would store
+    that as one whole answer for every later caller. OpenAI itself refuses them; so does the
+    proxy, in OpenAI's words, before the upstream is asked."""
+    with Scripted(answers_its_request_line) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        response = httpx.post(proxy.url + route, content=body, headers=AUTH, timeout=10)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["param"], error["type"]) == (
+        "invalid_type",
+        param,
+        "invalid_request_error",
+    )
+    assert (
+        error["message"]
+        == f"Invalid type for '{param}': expected a boolean, but got {got} instead."
+    )
+    assert upstream.received == []

@@ -169,7 +169,13 @@ def test_a_background_response_is_never_cached() -> None:
 
 @pytest.mark.parametrize(
     "state",
-    [{"conversation": "conv_1"}, {"conversation": {"id": "c"}}, {"prompt": {"id": "pmpt_1"}}],
+    [
+        {"conversation": "conv_1"},
+        {"conversation": {"id": "c"}},
+        {"prompt": {"id": "pmpt_1"}},
+        {"prompt": "pmpt_1"},  # not the API's shape: whatever an upstream makes of it, unpinned
+        {"prompt": ["pmpt_1", "2"]},
+    ],
 )
 def test_a_response_reading_state_the_upstream_changes_is_never_cached(
     state: dict[str, Any],
