@@ -282,6 +282,27 @@ def test_an_error_event_spoils_a_stream_even_if_completed_follows() -> None:
     assert not record(START + typed("error", message="x") + END).complete
 
 
+@pytest.mark.parametrize(
+    "frame",
+    [
+        typed("response.output_text.delta", delta="!").replace(
+            b"event: response.output_", b"event: error\nevent: response.output_"
+        ),
+        typed("response.output_text.delta", delta="!").replace(
+            b"event: response.output_text.delta", b"event: response.failed"
+        ),
+        typed("response.output_text.delta", delta="!").replace(
+            b"event: response.output_text.delta", b"event: error"
+        ),
+        b"event: response.failed\n\n",
+    ],
+    ids=["two-names", "failed-above-a-delta", "error-above-a-delta", "failed-without-data"],
+)
+def test_a_typed_frame_named_otherwise_than_its_type_spoils_the_stream(frame: bytes) -> None:
+    assert record(START + END).complete
+    assert not record(START + frame + END).complete
+
+
 def test_a_completed_event_whose_response_did_not_complete_is_not_a_clean_end() -> None:
     bad = typed("response.completed", response={**RESPONSE, "status": "failed"})
     assert not record(START + bad).complete
