@@ -85,6 +85,19 @@ def extract(headers: CIMultiDictProxy[str], carriers: tuple[str, ...] = STANDARD
     return tuple(found)
 
 
+def hop_by_hop(connection: Iterable[str], carriers: tuple[str, ...] = STANDARD) -> str | None:
+    """The first credential header a request's Connection header names, if any. A proxy
+    removes the headers Connection names before forwarding (RFC 9110 7.6.1): the upstream would
+    answer without the credential the tenant is made of, and its 2xx would vouch for those
+    credentials, revoked or made up, as if it had accepted them."""
+    for value in connection:
+        for item in value.split(","):
+            name = item.strip().lower()
+            if name in carriers:
+                return name
+    return None
+
+
 def split_query(query: str) -> tuple[str, Credentials]:
     """The query without its credential parameters, and those parameters as credentials. A
     query that names none, nearly every one, comes back as it is, byte for byte; otherwise the

@@ -12,11 +12,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy.core import routes
 from proxy.core.call import Asked, Call, repro_headers
+from proxy.core.credentials import hop_by_hop
 from proxy.core.entry import Entry
 from proxy.core.paths import forward_target, raw_query
 from proxy.core.policy import STALE_STATUSES, CacheMode, CacheScope, Outcome
 from proxy.errors import (
     CacheMissError,
+    InvalidHeader,
     ReplayPassthrough,
     UpstreamError,
 )
@@ -49,6 +51,13 @@ async def cacheable(request: web.Request) -> web.StreamResponse:
     route, query = request.path, raw_query(request.raw_path)
     if routes.is_azure(route):
         route, query = routes.azure_target(route, request.raw_path, query)
+    named = hop_by_hop(request.headers.getall("Connection", ()), services.credential_names)
+    if named is not None:
+        raise InvalidHeader(
+            f"The Connection header names {named}, a credential: the proxy would remove it "
+            "before forwarding, and answer for credentials the upstream never saw.",
+            "Connection",
+        )
     raw = await bodies.read(request, settings.max_body, settings.body_timeout)
     await services.secret.settle()
     asked = Asked.of(route, query, raw, request.headers, services.credential_names)

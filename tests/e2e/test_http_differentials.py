@@ -133,3 +133,33 @@ def test_a_flag_the_proxy_acts_on_must_be_a_boolean(
         == f"Invalid type for '{param}': expected a boolean, but got {got} instead."
     )
     assert upstream.received == []
+
+
+@pytest.mark.parametrize(
+    ("credential", "connection"),
+    [
+        ("Authorization: Bearer sk-revoked", "keep-alive, Authorization"),
+        ("api-key: sk-revoked", "API-Key"),
+        ("x-api-key: sk-revoked", "close, x-api-key"),
+        ("X-Gateway-Key: sk-revoked", "x-gateway-key"),
+    ],
+)
+def test_a_credential_the_client_names_as_hop_by_hop_is_refused_not_stripped(
+    start_proxy: ProxyFactory, credential: str, connection: str
+) -> None:
+    """A proxy removes the headers its client's Connection header names. The tenant is made
+    of the credential; stripped, the upstream would answer without it (an optional-auth
+    gateway serves that as anonymous), and its 2xx would vouch for a revoked or made-up key
+    as if the upstream had accepted it: that key would then read its partition's answers.
+    Such a request is refused in OpenAI's shape, and the upstream never receives it."""
+    name, _, value = credential.partition(": ")
+    headers = {"Content-Type": "application/json", name: value, "Connection": connection}
+    with Scripted(answers_its_request_line) as upstream:
+        proxy = start_proxy("--credential-header", "X-Gateway-Key", upstream=upstream.v1)
+        response = httpx.post(
+            proxy.v1 + "/chat/completions", content=CHAT, headers=headers, timeout=10
+        )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("invalid_header", "Connection")
+    assert upstream.received == []
