@@ -30,7 +30,7 @@ from proxy.errors import (
     UpstreamUnreachable,
 )
 from proxy.upstream.egress import Egress, tls_context
-from proxy.upstream.headers import framing_error, safe_headers
+from proxy.upstream.headers import coding_error, framing_error, safe_headers
 
 MAX_URLS = 256
 _KEEP_ENCODING = ("Accept-Encoding",)  # pass-through: the client's own, or none at all
@@ -220,8 +220,8 @@ class Upstream:
             )
         except Exception as exc:
             _raise_mapped(exc, "before answering")
-        problem = framing_error(response.headers)
-        if problem is not None:
+        problem = framing_error(response.headers) or (decode and coding_error(response.headers))
+        if problem:
             response.close()
             raise UpstreamUnreachable(f"The upstream's answer has {problem}; connection closed.")
         return UpstreamResponse(response, None if whole else self.read_timeout or None)

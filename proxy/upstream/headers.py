@@ -94,11 +94,36 @@ upstream (or a path to an http:// upstream) answered with, or a model's text und
 that says HTML, must never run there. Sandboxed, it has an opaque origin and no session."""
 
 
+DECODED = frozenset({"gzip", "deflate", "br", "zstd"})
+"""The codings aiohttp's client decodes when asked to (br and zstd only with their library, and
+it refuses the answer without): it reads the first Content-Encoding line, whole."""
+
+
+def undecoded(headers: Headers) -> str | None:
+    """The Content-Encoding of an answer the client was asked to decode and did not (`x-gzip`,
+    `gzip, gzip`, a name of its own), or None: that body is not what the proxy reads as the
+    answer, and its coding must reach the client with it."""
+    coding = headers.get("Content-Encoding")
+    if coding is None or coding.strip().lower() in DECODED | {"", "identity"}:
+        return None
+    return coding
+
+
+def coding_error(headers: Headers) -> str | None:
+    """Why an answer to be decoded is refused, or None: with two Content-Encoding lines the
+    client decodes by the first alone, so no header passed on or dropped would describe the
+    bytes."""
+    if len(headers.getall("Content-Encoding", ())) > 1:
+        return "Content-Encoding twice"
+    return None
+
+
 def response_headers(incoming: Headers, decoded: bool) -> CIMultiDict[str]:
     """Headers to send back: end-to-end ones; length and encoding are the server's business.
     `X-Repro-*` headers are this proxy's word (on the cache, the seed, the fingerprint): an
     upstream's, or another repro-proxy's before it, never pass for it. INERT goes over the
-    upstream's own."""
+    upstream's own. A `decoded` answer keeps a Content-Encoding that was not decoded."""
+    decoded = decoded and undecoded(incoming) is None
     skip = _skipped(incoming, _DECODED_SKIP if decoded else _RESPONSE_SKIP)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():

@@ -6,6 +6,7 @@ answers is stored only as it was sent."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 
 import httpx
 import orjson
@@ -163,3 +164,67 @@ def test_a_credential_the_client_names_as_hop_by_hop_is_refused_not_stripped(
     error = response.json()["error"]
     assert (error["code"], error["param"]) == ("invalid_header", "Connection")
     assert upstream.received == []
+
+
+def coded(coding: str, body: bytes) -> bytes:
+    return http_answer(body, "Content-Type: application/json", f"Content-Encoding: {coding}")
+
+
+UNREAD_CODINGS = [
+    ("x-gzip", coded("x-gzip", gzip.compress(completion("zipped")))),
+    ("gzip-twice", coded("gzip, gzip", gzip.compress(gzip.compress(completion("zipped"))))),
+    ("unknown", coded("x-custom", completion("plain under another name"))),
+]
+
+
+@pytest.mark.parametrize(
+    "answer", [a for _, a in UNREAD_CODINGS], ids=[name for name, _ in UNREAD_CODINGS]
+)
+def test_an_answer_in_a_coding_the_proxy_did_not_decode_keeps_its_coding_and_is_not_stored(
+    start_proxy: ProxyFactory, answer: bytes
+) -> None:
+    """The proxy asks for answers it decodes (gzip, deflate) and drops their Content-Encoding;
+    an answer in another coding (`x-gzip`, two codings, a name of its own) is not decoded. With
+    its Content-Encoding dropped, the client read compressed bytes as plain JSON, and one that
+    happened to parse was stored and served as what the upstream never said it was."""
+
+    async def write(writer: asyncio.StreamWriter, _: Received) -> None:
+        writer.write(answer)
+        await writer.drain()
+
+    coding = answer.split(b"Content-Encoding: ")[1].split(b"\r\n")[0].decode()
+    with Scripted(write) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        with httpx.Client(timeout=10) as client:  # raw bytes: httpx would decode gzip itself
+            answers = []
+            for _ in range(2):
+                with client.stream(
+                    "POST", proxy.v1 + "/chat/completions", content=CHAT, headers=AUTH
+                ) as response:
+                    answers.append((response, b"".join(response.iter_raw())))
+    assert [r.headers.get("content-encoding") for r, _ in answers] == [coding, coding]
+    assert [r.headers["x-repro-cache"] for r, _ in answers] == ["MISS", "MISS"]
+    assert answers[0][1] == answer.partition(b"\r\n\r\n")[2]
+    assert len(upstream.received) == 2
+
+
+def test_an_answer_naming_its_coding_twice_is_a_502(start_proxy: ProxyFactory) -> None:
+    """Two Content-Encoding lines: aiohttp decodes the first one only, so neither the coding
+    passed on nor the one dropped would describe the bytes."""
+    twice = http_answer(
+        gzip.compress(gzip.compress(completion("zipped"))),
+        "Content-Type: application/json",
+        "Content-Encoding: gzip",
+        "Content-Encoding: gzip",
+    )
+
+    async def write(writer: asyncio.StreamWriter, _: Received) -> None:
+        writer.write(twice)
+        await writer.drain()
+
+    with Scripted(write) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        response = httpx.post(proxy.v1 + "/chat/completions", content=CHAT, headers=AUTH)
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_unreachable"
+    assert "Content-Encoding" in response.json()["error"]["message"]
