@@ -35,7 +35,7 @@ from proxy.upstream.headers import (
     Headers,
     request_headers,
     response_headers,
-    undecoded,
+    unstorable,
 )
 
 log = logging.getLogger("proxy.cache")
@@ -268,9 +268,9 @@ async def forward(
 
 def as_upstream_allows(services: Services, call: Call, headers: Headers) -> Call:
     """`call`, not stored when the upstream's answer says it must not be (see
-    `policy.refused_by_upstream`), or is in a coding the proxy did not decode (not the
-    answer it read). The credential headers count as keyed only where they partition the
-    cache (`--cache-scope key`)."""
+    `policy.refused_by_upstream`), or cannot be stored as the bytes it is (`unstorable`).
+    The credential headers count as keyed only where they partition the cache
+    (`--cache-scope key`)."""
     if not call.plan.store:
         return call
     shared = services.settings.cache_scope is policy.CacheScope.SHARED
@@ -278,7 +278,7 @@ def as_upstream_allows(services: Services, call: Call, headers: Headers) -> Call
         headers.getall("Cache-Control", ()),
         headers.getall("Vary", ()),
         () if shared else services.credential_names,
-    ) or ("Content-Encoding" if undecoded(headers) else None)
+    ) or unstorable(headers)
     if reason is None:
         return call
     log.info("answer not stored: the upstream forbids it", extra={"key": call.key, "by": reason})

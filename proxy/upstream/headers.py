@@ -109,6 +109,17 @@ def undecoded(headers: Headers) -> str | None:
     return coding
 
 
+def unstorable(headers: Headers) -> str | None:
+    """Why an answer cannot be stored as the bytes it is, or None: in a coding the client did
+    not decode (`undecoded`), or labelled by two Content-Type lines, of which its caller reads
+    one of its choice and a stored answer would keep one only."""
+    if undecoded(headers) is not None:
+        return "Content-Encoding"
+    if len(headers.getall("Content-Type", ())) > 1:
+        return "Content-Type twice"
+    return None
+
+
 def coding_error(headers: Headers) -> str | None:
     """Why an answer to be decoded is refused, or None: with two Content-Encoding lines the
     client decodes by the first alone, so no header passed on or dropped would describe the

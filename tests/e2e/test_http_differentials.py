@@ -228,3 +228,70 @@ def test_an_answer_naming_its_coding_twice_is_a_502(start_proxy: ProxyFactory) -
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "upstream_unreachable"
     assert "Content-Encoding" in response.json()["error"]["message"]
+
+
+def sse_frames(content: str) -> bytes:
+    chunk = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "model": "gpt-4o-mini",
+        "system_fingerprint": "fp_hostile",
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": "stop"}],
+    }
+    return b"data: " + orjson.dumps(chunk) + b"\n\ndata: [DONE]\n\n"
+
+
+STREAM = orjson.dumps(
+    {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+)
+
+
+def answering(*extra: str) -> Scripted:
+    """An upstream answering a stream or a whole completion, with `extra` headers."""
+
+    async def write(writer: asyncio.StreamWriter, request: Received) -> None:
+        if b'"stream":true' in request.body:
+            body, first = sse_frames("streamed"), "text/event-stream"
+        else:
+            body, first = completion("whole"), "application/json"
+        writer.write(http_answer(body, f"Content-Type: {first}", *extra))
+        await writer.drain()
+
+    return Scripted(write)
+
+
+@pytest.mark.parametrize("body", [CHAT, STREAM], ids=["whole", "stream"])
+def test_a_cookie_the_upstream_sets_is_never_stored_nor_replayed(
+    start_proxy: ProxyFactory, body: bytes
+) -> None:
+    """A HIT carries the stored answer and the proxy's own headers only: a Set-Cookie the
+    upstream sent with the answer (a gateway's session) went to its own caller alone."""
+    with answering("Set-Cookie: session=sk-victim-session; Path=/") as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        miss, hit = (
+            httpx.post(proxy.v1 + "/chat/completions", content=body, headers=AUTH, timeout=10)
+            for _ in range(2)
+        )
+    assert miss.headers.get_list("set-cookie") == ["session=sk-victim-session; Path=/"]
+    assert hit.headers["x-repro-cache"] == "HIT"
+    assert "set-cookie" not in hit.headers
+    assert hit.content == miss.content
+
+
+@pytest.mark.parametrize("body", [CHAT, STREAM], ids=["whole", "stream"])
+def test_an_answer_with_two_content_types_is_passed_on_but_not_stored(
+    start_proxy: ProxyFactory, body: bytes
+) -> None:
+    """Two Content-Type lines: the client of the MISS gets both (and reads one of its choice),
+    while a stored answer keeps one; a HIT would label the bytes otherwise than the answer
+    they were (`text/html`, say). Such an answer is not stored."""
+    with answering("Content-Type: text/html") as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        answers = [
+            httpx.post(proxy.v1 + "/chat/completions", content=body, headers=AUTH, timeout=10)
+            for _ in range(2)
+        ]
+    assert [a.status_code for a in answers] == [200, 200]
+    assert [a.headers["x-repro-cache"] for a in answers] == ["MISS", "MISS"]
+    assert all("text/html" in a.headers["content-type"] for a in answers)
+    assert len(upstream.received) == 2
