@@ -134,13 +134,23 @@ class StreamRecorder:
                 return
 
     def _read_event(self, event: dict[str, Any]) -> None:
-        if self.fingerprint is None and "system_fingerprint" in event:
-            self.fingerprint = fingerprint_of(event)
+        if "system_fingerprint" in event:
+            self._read_chunk_fingerprint(fingerprint_of(event))
         if isinstance(event.get("usage"), dict):
             self.prompt_tokens, self.completion_tokens = usage_of(event)
         for choice in event.get("choices") or ():
             if isinstance(choice, dict) and choice.get("finish_reason"):
                 self.finished = True
+
+    def _read_chunk_fingerprint(self, fingerprint: str) -> None:
+        """The first chunk's fingerprint names the stream; one chunk naming another (a
+        hostile upstream, or two backends answering one stream) spoils it: stored, it would
+        be served as the first fingerprint's answer though another produced part of it. A
+        chunk naming none is no contradiction."""
+        if self.fingerprint is None:
+            self.fingerprint = fingerprint
+        elif fingerprint != self.fingerprint and "none" not in (fingerprint, self.fingerprint):
+            self.failed = True
 
     @property
     def complete(self) -> bool:

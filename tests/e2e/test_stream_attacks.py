@@ -185,3 +185,33 @@ def test_a_stream_carrying_an_error_event_is_never_stored(start_proxy: ProxyFact
     assert [a.headers["x-repro-cache"] for a in answers] == ["MISS", "MISS"]
     assert all(b"event: error" in a.content for a in answers)
     assert len(upstream.received) == 2
+
+
+def test_a_stream_whose_fingerprint_changes_midway_is_never_stored(
+    start_proxy: ProxyFactory,
+) -> None:
+    """Its first chunks name one fingerprint, the rest another: stored, it would be served as
+    the first fingerprint's answer though another produced part of it."""
+    first = frame("a")
+    other = frame("!").replace(b'"finish_reason":null', b'"finish_reason":"stop"')
+    other = other.replace(b"fp_hostile", b"fp_other")
+
+    async def changes_midway(writer: asyncio.StreamWriter, _: Received) -> None:
+        parts = (first, other, b"data: [DONE]\n\n")
+        writer.write(SSE_HEAD + b"".join(chunked(part) for part in parts) + b"0\r\n\r\n")
+        await writer.drain()
+
+    with Scripted(changes_midway) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        answers = [
+            httpx.post(
+                proxy.v1 + "/chat/completions",
+                content=stream_request("changes"),
+                headers=AUTH,
+                timeout=WAIT,
+            )
+            for _ in range(2)
+        ]
+    assert [a.headers["x-repro-cache"] for a in answers] == ["MISS", "MISS"]
+    assert [a.headers["x-repro-fingerprint"] for a in answers] == ["fp_hostile"] * 2
+    assert len(upstream.received) == 2

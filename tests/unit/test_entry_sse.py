@@ -186,6 +186,16 @@ class TestStreamRecorder:
         assert recorder.complete
         assert recorder.fingerprint in (None, "none")
 
+    def test_a_fingerprint_changing_mid_stream_is_not_complete(self) -> None:
+        events = [*EVENTS[:2], *({**e, "system_fingerprint": "fp_other"} for e in EVENTS[2:])]
+        recorder = record(sse(events))
+        assert recorder.fingerprint == "fp_44709d6fcb"
+        assert not recorder.complete
+
+    def test_a_chunk_naming_no_fingerprint_contradicts_none(self) -> None:
+        events = [EVENTS[0], *({**e, "system_fingerprint": None} for e in EVENTS[1:])]
+        assert_clean(record(sse(events)), sse(events))
+
     def test_missing_done_not_complete(self) -> None:
         data = sse(EVENTS, done=False)
         recorder = record(data)
