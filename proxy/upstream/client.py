@@ -30,7 +30,7 @@ from proxy.errors import (
     UpstreamUnreachable,
 )
 from proxy.upstream.egress import Egress, tls_context
-from proxy.upstream.headers import coding_error, framing_error, safe_headers
+from proxy.upstream.headers import coding_error, framing_error, safe_headers, status_error
 
 MAX_URLS = 256
 _KEEP_ENCODING = ("Accept-Encoding",)  # pass-through: the client's own, or none at all
@@ -220,7 +220,11 @@ class Upstream:
             )
         except Exception as exc:
             _raise_mapped(exc, "before answering")
-        problem = framing_error(response.headers) or (decode and coding_error(response.headers))
+        problem = (
+            status_error(response.status)
+            or framing_error(response.headers)
+            or (decode and coding_error(response.headers))
+        )
         if problem:
             response.close()
             raise UpstreamUnreachable(f"The upstream's answer has {problem}; connection closed.")

@@ -3,7 +3,8 @@
 Hop-by-hop headers never cross; an upstream's header that is not a token, or whose value holds a
 line break or another control character, is dropped before it is sent on or stored; and an
 answer framed as smugglers frame it (a Transfer-Encoding other than `chunked` alone, or beside a
-Content-Length) is refused.
+Content-Length), or whose status is no final answer (a 101 the proxy never asked for), is
+refused.
 """
 
 from __future__ import annotations
@@ -143,6 +144,17 @@ def response_headers(incoming: Headers, decoded: bool) -> CIMultiDict[str]:
             out.add(name, value)
     out.update(INERT)
     return out
+
+
+def status_error(status: int) -> str | None:
+    """Why a status is no final answer to the proxy's request, or None. The HTTP client reads
+    past informational answers (100, 103) but hands a 101 over as final; the proxy never asks
+    for an upgrade, so passed on, a 101 would tell its client (or a reverse proxy pooling its
+    connections to this one) that the connection switched protocols, and the bytes after it
+    would be read as the new protocol's. Beyond 599 there is no HTTP status."""
+    if 200 <= status <= 599:
+        return None
+    return f"status {status}, which is no final answer to this request"
 
 
 def framing_error(headers: Mapping[str, str]) -> str | None:

@@ -295,3 +295,41 @@ def test_an_answer_with_two_content_types_is_passed_on_but_not_stored(
     assert [a.headers["x-repro-cache"] for a in answers] == ["MISS", "MISS"]
     assert all("text/html" in a.headers["content-type"] for a in answers)
     assert len(upstream.received) == 2
+
+
+SWITCHING = (
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    + completion("after the switch")
+)
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "answer"),
+    [
+        ("/chat/completions", CHAT, SWITCHING),
+        ("/chat/completions", STREAM, SWITCHING),
+        ("/files", CHAT, SWITCHING),
+        ("/chat/completions", CHAT, http_answer(completion("odd"), status="999 Odd")),
+        ("/models", b"", http_answer(completion("odd"), status="600 Odd")),
+    ],
+    ids=["101-whole", "101-stream", "101-pass-through", "999", "600-pass-through"],
+)
+def test_a_status_that_is_no_final_answer_is_a_502(
+    start_proxy: ProxyFactory, route: str, body: bytes, answer: bytes
+) -> None:
+    """The proxy never asks for an upgrade (it drops the client's Upgrade), so a 101 is no
+    answer to its request; passed on, it told the client (or a reverse proxy pooling its
+    connections to this one) that the connection switched protocols, and the bytes after it
+    were read as the new protocol's. A status beyond 599 is no HTTP status at all."""
+
+    async def write(writer: asyncio.StreamWriter, _: Received) -> None:
+        writer.write(answer)
+        await writer.drain()
+
+    with Scripted(write) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        response = httpx.post(proxy.v1 + route, content=body, headers=AUTH, timeout=10)
+        after = httpx.get(proxy.url + "/healthz", timeout=10)
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_unreachable"
+    assert after.status_code == 200
