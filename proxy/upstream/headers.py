@@ -157,12 +157,15 @@ def status_error(status: int) -> str | None:
     return f"status {status}, which is no final answer to this request"
 
 
-def framing_error(headers: Mapping[str, str]) -> str | None:
+def framing_error(headers: Headers) -> str | None:
     """Why an answer's framing is refused (RFC 9112 6.1, 6.3), or None: a Transfer-Encoding
-    other than `chunked` alone, or beside a Content-Length, is how responses get smuggled."""
-    coding = headers.get("Transfer-Encoding")
-    if coding is None:
+    other than `chunked` alone, or beside a Content-Length, is how responses get smuggled.
+    Every Transfer-Encoding line counts: `chunked` on one and `gzip` on the next is a body
+    read to the connection's end by a reader of both, and a chunked one by a reader of the
+    first alone."""
+    if "Transfer-Encoding" not in headers:
         return None
+    coding = ", ".join(headers.getall("Transfer-Encoding"))
     if "Content-Length" in headers:
         return "both Transfer-Encoding and Content-Length"
     if coding.strip().lower() != "chunked":

@@ -174,8 +174,11 @@ async def test_a_streamed_body_that_breaks_its_declared_length_is_never_written_
         ("Content-Length: 5", "Transfer-Encoding: chunked"),
         ("Transfer-Encoding: gzip",),
         ("Content-Length: 5", "Content-Length: 7"),
+        # On two lines: a reader of the first one alone sees chunked, the HTTP client reads
+        # the answer to the connection's end (gzip comes last).
+        ("Transfer-Encoding: chunked", "Transfer-Encoding: gzip"),
     ],
-    ids=["length-and-chunked", "not-chunked", "two-lengths"],
+    ids=["length-and-chunked", "not-chunked", "two-lengths", "chunked-then-gzip"],
 )
 def test_an_answer_framed_as_smugglers_frame_is_a_502_and_its_connection_closed(
     start_proxy: ProxyFactory, framing: tuple[str, ...]
@@ -190,16 +193,26 @@ def test_an_answer_framed_as_smugglers_frame_is_a_502_and_its_connection_closed(
     assert upstream.connections == 2  # the first connection was not pooled
 
 
-def test_a_transfer_coding_besides_chunked_is_a_502(start_proxy: ProxyFactory) -> None:
+@pytest.mark.parametrize(
+    ("lines", "named"),
+    [
+        (b"Transfer-Encoding: gzip, chunked\r\n", "gzip, chunked"),
+        # chunked may be applied once only (RFC 9112 7): a reader of one line sees it once
+        (b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", "chunked, chunked"),
+    ],
+    ids=["gzip-then-chunked", "chunked-twice"],
+)
+def test_a_transfer_coding_besides_chunked_is_a_502(
+    start_proxy: ProxyFactory, lines: bytes, named: str
+) -> None:
     """Its framing is unambiguous (chunked comes last, so the connection may be reused), but
     the body is not what it says it is."""
-    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-    head += b"Transfer-Encoding: gzip, chunked\r\n\r\n"
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + lines + b"\r\n"
     with Scripted(fixed(head + b"5\r\nhello\r\n0\r\n\r\n")) as upstream:
         proxy = start_proxy(upstream=upstream.v1)
         first = httpx.post(proxy.v1 + "/chat/completions", content=chat("a"), headers=AUTH)
     assert (first.status_code, first.json()["error"]["code"]) == (502, "upstream_unreachable")
-    assert "gzip, chunked" in first.json()["error"]["message"]
+    assert named in first.json()["error"]["message"]
 
 
 def test_upstream_headers_with_control_characters_never_reach_the_client(
