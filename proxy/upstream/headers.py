@@ -10,7 +10,6 @@ refused.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -45,11 +44,12 @@ _TOKENS = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+(?: [!#$%&'*+.^_`|~0-9A-Za-z-]
 _UNSAFE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
-def _skipped(headers: Mapping[str, str], fixed: frozenset[str]) -> frozenset[str]:
-    """`fixed` plus whatever the Connection header names (rarely anything: then no new set)."""
-    named = headers.get("Connection")
-    if not named:
+def _skipped(headers: Headers, fixed: frozenset[str]) -> frozenset[str]:
+    """`fixed` plus whatever the Connection header names, on any of its lines (rarely
+    anything: then no new set)."""
+    if "Connection" not in headers:
         return fixed
+    named = ",".join(headers.getall("Connection"))
     return fixed | {h.strip().lower() for h in named.split(",")}
 
 
