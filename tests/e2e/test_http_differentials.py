@@ -333,3 +333,80 @@ def test_a_status_that_is_no_final_answer_is_a_502(
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "upstream_unreachable"
     assert after.status_code == 200
+
+
+def test_pipelined_requests_are_answered_in_order_a_hit_never_overtaking_a_miss(
+    start_proxy: ProxyFactory,
+) -> None:
+    """Three requests written at once on one connection: a slow MISS, a HIT, a MISS. Answered
+    out of order, the second caller's answer would be read as the first's."""
+
+    async def slow_first(writer: asyncio.StreamWriter, request: Received) -> None:
+        if b"slow" in request.body:
+            await asyncio.sleep(0.5)  # the HIT behind it is ready long before
+        writer.write(
+            http_answer(completion(request.body.decode()), "Content-Type: application/json")
+        )
+        await writer.drain()
+
+    with Scripted(slow_first) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        assert post_target(proxy.url, "/v1/chat/completions", ask_body("hi")).status_code == 200
+        received = asyncio.run(pipelined(proxy.port, [ask("slow"), ask("hi"), ask("last")]))
+    caches = [r.split(b"X-Repro-Cache: ")[1].split(b"\r\n")[0] for r in received]
+    assert caches == [b"MISS", b"HIT", b"MISS"]
+    assert b"slow" in received[0] and b"last" in received[2]
+
+
+def ask_body(content: str) -> bytes:
+    return orjson.dumps({"model": "m", "messages": [{"role": "user", "content": content}]})
+
+
+def ask(content: str) -> bytes:
+    """A whole request, as written on a connection."""
+    body = ask_body(content)
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: proxy\r\n"
+        f"Authorization: Bearer sk-victim\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def pipelined(port: int, requests: list[bytes]) -> list[bytes]:
+    """Write the requests at once, and read as many answers (each framed by its length)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"".join(requests))
+        await writer.drain()
+        answers = []
+        async with asyncio.timeout(10):
+            for _ in requests:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                answers.append(head + await reader.readexactly(length))
+        return answers
+    finally:
+        writer.close()
+
+
+def test_two_authorization_lines_make_a_partition_of_their_own(
+    start_proxy: ProxyFactory,
+) -> None:
+    """Which line an upstream reads (the first, the last, or both joined) is its own affair:
+    the tenant is made of both, so a request adding a second line to a key it holds reads
+    nothing that key stored, and the upstream receives both lines to read as it reads."""
+    with Scripted(answers_its_request_line) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        alone = httpx.post(proxy.v1 + "/chat/completions", content=CHAT, headers=AUTH)
+        both = httpx.post(
+            proxy.v1 + "/chat/completions",
+            content=CHAT,
+            headers=[*AUTH.items(), ("Authorization", "Bearer sk-attacker")],
+        )
+    assert (alone.headers["x-repro-cache"], both.headers["x-repro-cache"]) == ("MISS", "MISS")
+    assert alone.headers["x-repro-key"] != both.headers["x-repro-key"]
+    lines = upstream.received[1].head.split(b"\r\n")
+    assert [line for line in lines if line.lower().startswith(b"authorization:")] == [
+        b"Authorization: Bearer sk-victim",
+        b"Authorization: Bearer sk-attacker",
+    ]
