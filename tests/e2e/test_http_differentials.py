@@ -410,3 +410,24 @@ def test_two_authorization_lines_make_a_partition_of_their_own(
         b"Authorization: Bearer sk-victim",
         b"Authorization: Bearer sk-attacker",
     ]
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/files"])
+def test_a_request_in_a_transfer_coding_besides_chunked_is_refused(
+    start_proxy: ProxyFactory, path: str
+) -> None:
+    """`Transfer-Encoding: gzip, chunked`: the HTTP server takes the chunks off and hands the
+    gzip coding's bytes over as the body, undecoded; a reader that decodes it (a proxy in
+    front) and this one then read two bodies. The coding is refused, whatever the route."""
+    body = CHAT
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer sk-victim\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+    ).encode() + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    with Scripted(answers_its_request_line) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        (answer,) = asyncio.run(pipelined(proxy.port, [request]))
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    error = orjson.loads(answer.partition(b"\r\n\r\n")[2])["error"]
+    assert error["code"] == "invalid_body"
+    assert upstream.received == []
