@@ -431,3 +431,40 @@ def test_a_request_in_a_transfer_coding_besides_chunked_is_refused(
     error = orjson.loads(answer.partition(b"\r\n\r\n")[2])["error"]
     assert error["code"] == "invalid_body"
     assert upstream.received == []
+
+
+def framed(*lines: str, body: bytes = CHAT) -> bytes:
+    head = ["POST /v1/chat/completions HTTP/1.1", "Host: proxy", "Authorization: Bearer sk-v"]
+    return ("\r\n".join([*head, *lines, "", ""])).encode() + body
+
+
+AMBIGUOUS_FRAMING = {
+    "two-equal-lengths": framed(f"Content-Length: {len(CHAT)}", f"Content-Length: {len(CHAT)}"),
+    "length-list": framed(f"Content-Length: {len(CHAT)}, {len(CHAT)}"),
+    "chunked-twice": framed(
+        "Transfer-Encoding: chunked, chunked", body=b"%x\r\n%s\r\n0\r\n\r\n" % (len(CHAT), CHAT)
+    ),
+    "obs-fold": framed("X-Note: a", " folded", f"Content-Length: {len(CHAT)}"),
+    "two-content-types": framed(
+        "Content-Type: text/plain", "Content-Type: application/json", f"Content-Length: {len(CHAT)}"
+    ),
+    "two-hosts": framed("Host: other", f"Content-Length: {len(CHAT)}"),
+    "bare-lf-chunks": framed(
+        "Transfer-Encoding: chunked", body=b"%x\n%s\n0\n\n" % (len(CHAT), CHAT)
+    ),
+}
+
+
+@pytest.mark.parametrize("request_bytes", AMBIGUOUS_FRAMING.values(), ids=AMBIGUOUS_FRAMING)
+def test_a_request_other_readers_could_frame_otherwise_is_refused_whole(
+    start_proxy: ProxyFactory, request_bytes: bytes
+) -> None:
+    """Each of these is read one way by some servers and another by others (which length,
+    which header, where a chunk ends): a proxy in front of this one may have read another
+    request than the one it would forward. Refused as malformed, and nothing goes upstream."""
+    with Scripted(answers_its_request_line) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        (answer,) = asyncio.run(pipelined(proxy.port, [request_bytes]))
+    assert answer.split(b"\r\n")[0].endswith(b" 400 Bad Request")
+    assert orjson.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == "invalid_http"
+    assert upstream.received == []
