@@ -468,3 +468,56 @@ def test_a_request_other_readers_could_frame_otherwise_is_refused_whole(
     assert answer.split(b"\r\n")[0].endswith(b" 400 Bad Request")
     assert orjson.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == "invalid_http"
     assert upstream.received == []
+
+
+def test_an_informational_answer_before_the_answer_is_read_past_and_leaves_nothing(
+    start_proxy: ProxyFactory,
+) -> None:
+    """A 103 Early Hints (with a cookie of its own) before the 200: the answer is the 200,
+    stored and served as such, and nothing of the 103 reaches the client or the store."""
+    hints = b"HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\nSet-Cookie: early=1\r\n\r\n"
+
+    async def hinted(writer: asyncio.StreamWriter, _: Received) -> None:
+        writer.write(
+            hints + http_answer(completion("after hints"), "Content-Type: application/json")
+        )
+        await writer.drain()
+
+    with Scripted(hinted) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        miss, hit = (
+            httpx.post(proxy.v1 + "/chat/completions", content=CHAT, headers=AUTH, timeout=10)
+            for _ in range(2)
+        )
+    assert [miss.status_code, hit.status_code] == [200, 200]
+    assert [miss.headers["x-repro-cache"], hit.headers["x-repro-cache"]] == ["MISS", "HIT"]
+    assert hit.json()["choices"][0]["message"]["content"] == "after hints"
+    assert "set-cookie" not in miss.headers and "link" not in hit.headers
+
+
+@pytest.mark.parametrize("status", ["204 No Content", "304 Not Modified"])
+def test_a_bodiless_status_with_a_body_never_answers_the_next_request(
+    start_proxy: ProxyFactory, status: str
+) -> None:
+    """A 204 or 304 has no body by definition; an upstream that sends one anyway (here, a
+    whole answer of its own choosing) must not leave it on a pooled connection, where it would
+    be read as the answer to the next request, another tenant's, and stored under its key."""
+    poison = http_answer(completion("poisoned"), "Content-Type: application/json")
+
+    async def smuggles(writer: asyncio.StreamWriter, request: Received) -> None:
+        if b"attacker" in request.body:
+            writer.write(f"HTTP/1.1 {status}\r\n\r\n".encode() + poison)
+        else:
+            writer.write(http_answer(completion("honest"), "Content-Type: application/json"))
+        await writer.drain()
+
+    with Scripted(smuggles) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        first = httpx.post(
+            proxy.v1 + "/chat/completions", content=chat_with(note="attacker"), headers=AUTH
+        )
+        other = {**AUTH, "Authorization": "Bearer sk-other"}
+        victim = httpx.post(proxy.v1 + "/chat/completions", content=CHAT, headers=other)
+    assert (first.status_code, first.content) == (int(status[:3]), b"")
+    assert victim.json()["choices"][0]["message"]["content"] == "honest"
+    assert len(upstream.received) == 2
