@@ -153,9 +153,15 @@ class StreamRecorder:
             self.failed = True
 
     @property
+    def answered(self) -> bool:
+        """An answer to its clean end, whatever its size: finish_reason, then [DONE] (or
+        `response.completed`), and no error."""
+        return self.finished and self.done and not self.failed
+
+    @property
     def complete(self) -> bool:
-        """A clean end: finish_reason, then [DONE], no error, within the cap."""
-        return self.finished and self.done and not self.failed and not self.oversize
+        """A clean end within the cap: what may be stored."""
+        return self.answered and not self.oversize
 
     def body(self) -> bytes:
         return b"".join(self._chunks)

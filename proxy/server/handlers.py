@@ -188,8 +188,9 @@ async def go_upstream(
             return serve_hit(services, call, stale, Outcome.STALE)
     served = is_served(response)
     count_miss(services, call, served)
-    if served and "X-Repro-Fingerprint" in response.headers:
+    if served and not call.stream and "X-Repro-Fingerprint" in response.headers:
         services.keys.remember(call.tenant)  # an answer, not an error dressed as a 200
+    # A stream's headers go before its end is known: the relay vouches once it ended clean.
     return response
 
 

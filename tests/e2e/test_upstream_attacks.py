@@ -354,6 +354,49 @@ def test_an_error_dressed_as_a_200_does_not_make_a_made_up_key_trusted(
     assert b"real tenant" not in probe.content
 
 
+def test_an_error_streamed_with_a_200_does_not_make_a_made_up_key_trusted(
+    start_proxy: ProxyFactory,
+) -> None:
+    """A gateway that opens every stream with a 200 and reports a bad key as an error event:
+    that stream answered nobody, so it vouches for no key, or a made-up one would read the
+    shared cache after asking for any stream."""
+    sse_head = "Content-Type: text/event-stream"
+    error_event = b'data: {"error": {"message": "bad key", "type": "invalid_request_error"}}\n\n'
+
+    async def gateway(writer: asyncio.StreamWriter, request: Received) -> None:
+        real = request.headers.get("authorization") == "Bearer sk-real"
+        if request.request_line.startswith("GET /v1/models"):
+            answer = http_answer(b'{"data": []}') if real else http_answer(b"{}", status="401 No")
+        elif real:
+            answer = http_answer(completion("the real tenant's answer"))
+        elif b'"stream":true' in request.body:
+            answer = http_answer(error_event + b"data: [DONE]\n\n", sse_head)
+        else:
+            answer = http_answer(orjson.dumps({"error": {"message": "bad key"}}), status="401 No")
+        writer.write(answer)
+        await writer.drain()
+
+    fake = {**AUTH, "Authorization": "Bearer sk-made-up"}
+    streamed = orjson.dumps(
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "s"}], "stream": True}
+    )
+    with Scripted(gateway) as upstream:
+        proxy = start_proxy(
+            "--cache-scope", "shared", "--fingerprint-policy", "pin", upstream=upstream.v1
+        )
+        url = proxy.v1 + "/chat/completions"
+        real = {**AUTH, "Authorization": "Bearer sk-real"}
+        stored = httpx.post(url, content=chat("q"), headers=real)
+        refused = httpx.post(url, content=chat("q"), headers=fake)
+        error = httpx.post(url, content=streamed, headers=fake)
+        probe = httpx.post(url, content=chat("q"), headers=fake)
+    assert stored.json()["choices"][0]["message"]["content"] == "the real tenant's answer"
+    assert refused.status_code == 401
+    assert (error.status_code, error.content) == (200, error_event + b"data: [DONE]\n\n")
+    assert probe.headers["X-Repro-Cache"] != "HIT"
+    assert b"real tenant" not in probe.content
+
+
 def test_a_pass_through_body_that_goes_silent_is_a_408_and_reaches_nothing_whole(
     start_proxy: ProxyFactory,
 ) -> None:
