@@ -12,14 +12,20 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.core import policy, responses
 from proxy.core.call import Answer, Asked, Call, prepare_with, repro_headers
 from proxy.core.codec import Codec, UnknownDictionary
-from proxy.core.entry import CorruptEntry, Entry, fingerprint_of, is_answer, usage_of
+from proxy.core.entry import (
+    CorruptEntry,
+    Entry,
+    fingerprint_of,
+    is_answer,
+    json_object,
+    usage_of,
+)
 from proxy.core.fingerprints import ModelFingerprints
 from proxy.core.policy import Outcome
 from proxy.core.routes import RESPONSES
@@ -254,7 +260,7 @@ async def forward(
     headers = response_headers(upstream.headers, decoded=True)
     status, content_type = upstream.status, upstream.headers.get("Content-Type", "")
     fingerprint = None
-    parsed = _json_object(data) if status == 200 else None
+    parsed = json_object(data) if status == 200 else None
     is_response = call.kind == RESPONSES
     if parsed is not None and is_answer(parsed, is_response):
         fingerprint = fingerprint_of(parsed)
@@ -283,14 +289,6 @@ def as_upstream_allows(services: Services, call: Call, headers: Headers) -> Call
         return call
     log.info("answer not stored: the upstream forbids it", extra={"key": call.key, "by": reason})
     return call._replace(plan=replace(call.plan, store=False))
-
-
-def _json_object(data: bytes) -> dict[str, Any] | None:
-    try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def observe_upstream(services: Services, route: str, status: int, started: float) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import gzip
 import hashlib
 import socket
+import threading
 import time
 import zlib
 from collections.abc import AsyncIterator
@@ -349,6 +350,50 @@ def test_an_error_dressed_as_a_200_does_not_make_a_made_up_key_trusted(
         )
         httpx.post(url, content=chat("another question"), headers=fake)
         probe = httpx.post(url, content=chat("q"), headers=fake)
+    assert stored.json()["choices"][0]["message"]["content"] == "the real tenant's answer"
+    assert probe.headers["X-Repro-Cache"] != "HIT"
+    assert b"real tenant" not in probe.content
+
+
+@pytest.mark.parametrize("scope", ["shared", "key"])
+def test_a_key_check_answered_by_an_error_dressed_as_a_200_vouches_for_nothing(
+    start_proxy: ProxyFactory, scope: str
+) -> None:
+    """A gateway that answers a bad key with a 200 and an error body everywhere, its model
+    list included: the key check took any 2xx for acceptance, so in `shared` scope a made-up
+    key was found accepted (its model list, a stranger's, and a stranger's very request all
+    "served"), and in `key` scope a revoked one read its own stored answers again."""
+    revoked = threading.Event()
+
+    async def gateway(writer: asyncio.StreamWriter, request: Received) -> None:
+        key = request.headers.get("authorization")
+        if key == "Bearer sk-real" and not revoked.is_set():
+            if request.request_line.startswith("GET /v1/models"):
+                answer = http_answer(b'{"object": "list", "data": []}')
+            else:
+                answer = http_answer(completion("the real tenant's answer"))
+        else:
+            answer = http_answer(orjson.dumps({"error": {"message": "bad key"}}))
+        writer.write(answer)
+        await writer.drain()
+
+    real = {**AUTH, "Authorization": "Bearer sk-real"}
+    reader = real if scope == "key" else {**AUTH, "Authorization": "Bearer sk-made-up"}
+    with Scripted(gateway) as upstream:
+        proxy = start_proxy(
+            "--cache-scope",
+            scope,
+            "--fingerprint-policy",
+            "pin",
+            "--key-check-interval",
+            "1",
+            upstream=upstream.v1,
+        )
+        url = proxy.v1 + "/chat/completions"
+        stored = httpx.post(url, content=chat("q"), headers=real)
+        revoked.set()
+        time.sleep(1.5)  # the acceptance the stored answer earned has expired
+        probe = httpx.post(url, content=chat("q"), headers=reader)
     assert stored.json()["choices"][0]["message"]["content"] == "the real tenant's answer"
     assert probe.headers["X-Repro-Cache"] != "HIT"
     assert b"real tenant" not in probe.content
