@@ -33,7 +33,9 @@ from proxy.upstream.egress import Egress, tls_context
 from proxy.upstream.headers import coding_error, framing_error, safe_headers, status_error
 
 MAX_URLS = 256
-_KEEP_ENCODING = ("Accept-Encoding",)  # pass-through: the client's own, or none at all
+_CLIENTS_OWN = ("Accept-Encoding", "Accept", "Content-Type")
+"""Headers the HTTP client would add on its own (a body labelled `application/octet-stream`,
+`Accept: */*`): a pass-through carries the client's, or none at all."""
 
 FETCH_LIMIT = 32 * 1024 * 1024
 """Bytes of an answer to the proxy's own side requests (key checks, probes, drift samples)."""
@@ -214,7 +216,7 @@ class Upstream:
                 data=payload,
                 allow_redirects=False,
                 auto_decompress=decode,
-                skip_auto_headers=None if decode else _KEEP_ENCODING,
+                skip_auto_headers=None if decode else _CLIENTS_OWN,
                 proxy=self._proxy,
                 timeout=self._whole_timeout if whole else self._stream_timeout,
             )

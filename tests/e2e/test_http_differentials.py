@@ -521,3 +521,35 @@ def test_a_bodiless_status_with_a_body_never_answers_the_next_request(
     assert (first.status_code, first.content) == (int(status[:3]), b"")
     assert victim.json()["choices"][0]["message"]["content"] == "honest"
     assert len(upstream.received) == 2
+
+
+def test_a_pass_through_request_carries_no_header_its_client_did_not_send(
+    start_proxy: ProxyFactory,
+) -> None:
+    """The HTTP client labels a body without a Content-Type `application/octet-stream` and
+    adds `Accept: */*`: the upstream would read a type the client never claimed (and not sniff
+    it as it would otherwise). A pass-through goes with the client's headers only (and the
+    framing of the bytes sent)."""
+    request = (
+        b"POST /v1/files HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer sk-v\r\n"
+        b"User-Agent: client\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"
+    )
+    with Scripted(answers_its_request_line) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        answer = asyncio.run(until_closed(proxy.port, request))
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    (received,) = upstream.received
+    names = sorted(line.split(b":")[0].lower() for line in received.head.split(b"\r\n")[1:])
+    assert names == [b"authorization", b"content-length", b"host", b"user-agent"]
+
+
+async def until_closed(port: int, request: bytes) -> bytes:
+    """Write one request and read until the proxy closes the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        async with asyncio.timeout(10):
+            return await reader.read()
+    finally:
+        writer.close()
