@@ -98,6 +98,17 @@ def hop_by_hop(connection: Iterable[str], carriers: tuple[str, ...] = STANDARD) 
     return None
 
 
+def underscored(names: Iterable[str], carriers: tuple[str, ...] = STANDARD) -> str | None:
+    """The first header name that spells a credential header with underscores (`api_key`,
+    `X_API_KEY`), if any. The proxy does not read it as a credential, so its caller counts as
+    keyless; servers behind CGI-style gateways (WSGI among them) read `api_key` and `api-key`
+    as one name, so the upstream may take it for the key and serve the keyless partition."""
+    for name in names:
+        if "_" in name and name.lower().replace("_", "-") in carriers:
+            return name
+    return None
+
+
 def split_query(query: str) -> tuple[str, Credentials]:
     """The query without its credential parameters, and those parameters as credentials. A
     query that names none, nearly every one, comes back as it is, byte for byte; otherwise the

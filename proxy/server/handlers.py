@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy.core import routes
 from proxy.core.call import Asked, Call, repro_headers
-from proxy.core.credentials import hop_by_hop
+from proxy.core.credentials import hop_by_hop, underscored
 from proxy.core.entry import Entry
 from proxy.core.paths import forward_target, raw_query
 from proxy.core.policy import STALE_STATUSES, CacheMode, CacheScope, Outcome
@@ -51,13 +51,7 @@ async def cacheable(request: web.Request) -> web.StreamResponse:
     route, query = request.path, raw_query(request.raw_path)
     if routes.is_azure(route):
         route, query = routes.azure_target(route, request.raw_path, query)
-    named = hop_by_hop(request.headers.getall("Connection", ()), services.credential_names)
-    if named is not None:
-        raise InvalidHeader(
-            f"The Connection header names {named}, a credential: the proxy would remove it "
-            "before forwarding, and answer for credentials the upstream never saw.",
-            "Connection",
-        )
+    check_credential_headers(request, services.credential_names)
     raw = await bodies.read(request, settings.max_body, settings.body_timeout)
     await services.secret.settle()
     asked = Asked.of(route, query, raw, request.headers, services.credential_names)
@@ -71,6 +65,25 @@ async def cacheable(request: web.Request) -> web.StreamResponse:
     if response.headers.get("X-Repro-Cache") == Outcome.HIT.value:
         remember(services, asked, call)
     return response
+
+
+def check_credential_headers(request: web.Request, carriers: tuple[str, ...]) -> None:
+    """Refuse a credential header the upstream may read otherwise than the proxy: named as
+    hop-by-hop (stripped before forwarding), or spelled with underscores (not read here)."""
+    named = hop_by_hop(request.headers.getall("Connection", ()), carriers)
+    if named is not None:
+        raise InvalidHeader(
+            f"The Connection header names {named}, a credential: the proxy would remove it "
+            "before forwarding, and answer for credentials the upstream never saw.",
+            "Connection",
+        )
+    spelled = underscored(request.headers.keys(), carriers)
+    if spelled is not None:
+        raise InvalidHeader(
+            f"The header {spelled} spells a credential header with underscores, which some "
+            "servers read as the credential and this proxy does not: use hyphens.",
+            spelled,
+        )
 
 
 async def answer(services: Services, request: web.Request, call: Call) -> web.StreamResponse:

@@ -553,3 +553,25 @@ async def until_closed(port: int, request: bytes) -> bytes:
             return await reader.read()
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize("name", ["api_key", "X_API_KEY", "x_gateway_key"])
+def test_a_credential_header_spelled_with_underscores_is_refused(
+    start_proxy: ProxyFactory, name: str
+) -> None:
+    """`api_key` is no credential header to the proxy, so its caller counts as keyless; a
+    server behind a CGI-style gateway (WSGI among them) reads it as `api-key`, and answers it
+    as the key's owner: that answer, stored for keyless callers, would be served to every
+    keyless caller. Refused in OpenAI's shape; the upstream never receives it."""
+    headers = {"Content-Type": "application/json", name: "sk-someone"}
+    with Scripted(answers_its_request_line) as upstream:
+        proxy = start_proxy("--credential-header", "x-gateway-key", upstream=upstream.v1)
+        response = httpx.post(
+            proxy.v1 + "/chat/completions", content=CHAT, headers=headers, timeout=10
+        )
+    assert response.status_code == 400
+    assert (response.json()["error"]["code"], response.json()["error"]["param"]) == (
+        "invalid_header",
+        name,
+    )
+    assert upstream.received == []

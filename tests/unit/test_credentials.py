@@ -19,6 +19,7 @@ from proxy.core.credentials import (
     shape,
     split_query,
     stranger,
+    underscored,
     upstream_headers,
     with_query,
 )
@@ -172,3 +173,9 @@ def test_a_connection_header_naming_a_credential_is_found_in_any_of_its_values()
         "x-gateway-key"
     )
     assert hop_by_hop(["keep-alive, close", "x-authorization"]) is None
+
+
+def test_a_credential_header_spelled_with_underscores_is_found() -> None:
+    assert underscored(["Content-Type", "API_KEY"]) == "API_KEY"
+    assert underscored(["x_gateway_key"], ("authorization", "x-gateway-key")) == "x_gateway_key"
+    assert underscored(["x_request_id", "api-key", "authorization_"]) is None
