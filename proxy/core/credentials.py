@@ -109,14 +109,20 @@ def underscored(names: Iterable[str], carriers: tuple[str, ...] = STANDARD) -> s
     return None
 
 
+_SEPARATORS = re.compile("[&;]")
+"""What separates query parameters: `&`, and `;` as Rack, older Python and others read it."""
+
+
 def split_query(query: str) -> tuple[str, Credentials]:
     """The query without its credential parameters, and those parameters as credentials. A
     query that names none, nearly every one, comes back as it is, byte for byte; otherwise the
-    other parameters keep their order and spelling. A parameter's name is read as a server
-    reads it (percent-decoded, any case), so `%6Bey=` is `key=` too."""
+    other parameters keep their order and spelling (joined by `&`). A parameter's name is read
+    as a server reads it (percent-decoded, any case, after a `&` or a `;`), so `%6Bey=` is
+    `key=` too, and `a=1;key=` names one: otherwise a server splitting at `;` would take the
+    key the proxy kept in the cache key and stored, its caller counted as keyless."""
     if "key" not in query.lower() and "%" not in query:
         return query, ()
-    items = query.split("&")
+    items = _SEPARATORS.split(query)
     kept: list[str] = []
     found: list[tuple[str, str]] = []
     for item in items:

@@ -179,3 +179,9 @@ def test_a_credential_header_spelled_with_underscores_is_found() -> None:
     assert underscored(["Content-Type", "API_KEY"]) == "API_KEY"
     assert underscored(["x_gateway_key"], ("authorization", "x-gateway-key")) == "x_gateway_key"
     assert underscored(["x_request_id", "api-key", "authorization_"]) is None
+
+
+def test_a_credential_after_a_semicolon_is_a_credential() -> None:
+    """Rack (and Python before 3.9.2) split a query at `;` as at `&`."""
+    assert split_query("a=1;key=sk-x&b=2") == ("a=1&b=2", (("?key", "sk-x"),))
+    assert split_query("a=1;b=2") == ("a=1;b=2", ())
