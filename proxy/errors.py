@@ -3,6 +3,7 @@
     ProxyError                      status  code
      ├── InvalidJSON                   400  invalid_json
      ├── InvalidParameter              400  invalid_value (names the parameter)
+ │    └── InvalidType              400  invalid_type (a parameter the proxy acts on)
      ├── InvalidPath                   400  invalid_path (a pass-through path leaving /v1/)
      ├── InvalidHeader                 400  invalid_header (a value not in Latin-1)
      ├── RequestTimeout                408  request_timeout (a body that went silent)
@@ -71,6 +72,13 @@ class InvalidParameter(ProxyError):
     status = 400
     code = "invalid_value"
     type = "invalid_request_error"
+
+
+class InvalidType(InvalidParameter):
+    """A parameter the proxy acts on (`stream`, `background`) of another JSON type than the
+    API's: a lenient upstream could read `"true"` or `1` as true where the proxy does not."""
+
+    code = "invalid_type"
 
 
 class InvalidPath(ProxyError):

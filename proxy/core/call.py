@@ -15,7 +15,7 @@ from multidict import CIMultiDictProxy
 from proxy.core import canonical, policy, routes
 from proxy.core.credentials import STANDARD, Credentials, of_request, split_query
 from proxy.core.policy import CacheMode, CacheScope, Enforce, Outcome, Plan
-from proxy.errors import InvalidParameter
+from proxy.errors import InvalidParameter, InvalidType
 
 
 class Rules(Protocol):
@@ -103,6 +103,8 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
     """Everything about a request decided from its facts, before any I/O (pure)."""
     route, raw = asked.route, asked.raw
     body = canonical.parse_body(raw)
+    kind = routes.kind(route)
+    checked_flags(body, kind)
     if settings.enforce is policy.Enforce.OFF:
         canonical.reject_ambiguous(raw)
     seeded = policy.enforce(body, route, settings.enforce, settings.default_seed)
@@ -113,7 +115,6 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
     model = named if isinstance(named, str) else routes.deployment_of(route)
     keyed_query = split_query(asked.query)[0]
     key, respelled = canonical.keyed(route, scope, namespace, seeded.body, keyed_query)
-    kind = routes.kind(route)
     return Call(
         route=route,
         kind=kind,
@@ -134,6 +135,28 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
     )
 
 
+FLAGS = ("stream",)
+RESPONSES_FLAGS = (*FLAGS, "background")
+"""Body fields the proxy acts on itself (a stream is relayed and recorded, a background job is
+never cached): booleans, or null, as the API defines them. Any other type is refused, since
+an upstream that reads `1` or `"true"` as true would answer a stream, or queue a job, where
+the proxy expects one whole answer and stores it."""
+
+_JSON_TYPES = {str: "a string", int: "an integer", float: "a decimal number"}
+
+
+def checked_flags(body: dict[str, object], kind: str) -> None:
+    for name in RESPONSES_FLAGS if kind == routes.RESPONSES else FLAGS:
+        value = body.get(name)
+        if value is not None and not isinstance(value, bool):
+            got = _JSON_TYPES.get(
+                type(value), "an object" if isinstance(value, dict) else "an array"
+            )
+            raise InvalidType(
+                f"Invalid type for '{name}': expected a boolean, but got {got} instead.", name
+            )
+
+
 def _plan(
     mode: policy.CacheMode, directives: policy.Directives, kind: str, body: dict[str, object]
 ) -> Plan:
@@ -149,7 +172,8 @@ def _plan(
 
 def _reads_state(body: dict[str, object]) -> bool:
     prompt = body.get("prompt")
-    unpinned = isinstance(prompt, dict) and prompt.get("version") is None
+    pinned = isinstance(prompt, dict) and prompt.get("version") is not None
+    unpinned = prompt is not None and not pinned
     return body.get("conversation") is not None or unpinned
 
 

@@ -18,7 +18,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from urllib.parse import unquote_plus
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -148,15 +148,34 @@ def _as_named(raw_name: str) -> str | None:
     return name if named_as_one(name) else None
 
 
+def hop_by_hop(connection: Iterable[str], carriers: Collection[str] = STANDARD) -> str | None:
+    """The first credential header a request's Connection header names, if any. A proxy
+    removes the headers Connection names before forwarding (RFC 9110 7.6.1): the upstream would
+    answer without the credential the tenant is made of, and its 2xx would vouch for those
+    credentials, revoked or made up, as if it had accepted them."""
+    for value in connection:
+        for item in value.split(","):
+            name = item.strip().lower()
+            if name in carriers:
+                return name
+    return None
+
+
+_SEPARATORS = re.compile("[&;]")
+"""What separates query parameters: `&`, and `;` as Rack, older Python and others read it."""
+
+
 def split_query(query: str) -> tuple[str, Credentials]:
     """The query without its credential parameters, and those parameters as credentials. A
     query that names none, nearly every one, comes back as it is, byte for byte; otherwise the
-    other parameters keep their order and spelling. A parameter's name is read as a server
-    reads it (percent-decoded, any case), so `%6Bey=` is `key=` too."""
+    other parameters keep their order and spelling (joined by `&`). A parameter's name is read
+    as a server reads it (percent-decoded, any case, after a `&` or a `;`), so `%6Bey=` is
+    `key=` too, and `a=1;key=` names one: otherwise a server splitting at `;` would take the
+    key the proxy kept in the cache key and stored, its caller counted as keyless."""
     lowered = query.lower()
     if "%" not in query and not any(cue in lowered for cue in _WORD_CUES):
         return query, ()
-    items = query.split("&")
+    items = _SEPARATORS.split(query)
     kept: list[str] = []
     found: list[tuple[str, str]] = []
     for item in items:

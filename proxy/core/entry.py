@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any, NamedTuple
 
+import orjson
+
 
 class CorruptEntry(ValueError):
     """A stored value that is not an entry; it is treated as absent."""
@@ -48,6 +50,15 @@ def usage_of(answer: dict[str, Any]) -> tuple[int, int]:
 
 _FINGERPRINT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+=/-]{0,127}")
 _ANSWER_FIELDS = ("choices", "data", "output")
+
+
+def json_object(data: bytes) -> dict[str, Any] | None:
+    """`data` parsed, if it is one JSON object; None for anything else."""
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def fingerprint_of(answer: dict[str, Any]) -> str:

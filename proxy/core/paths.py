@@ -40,6 +40,14 @@ def forward_target(raw: str) -> str:
     return "/" + "/".join(segments) + mark + query
 
 
+def raw_query(raw: str) -> str:
+    """The query of `raw`, the client's request target, exactly as sent (still
+    percent-encoded): what a cached route keys and the upstream receives. A decoded query sent
+    on would put spaces, `#` or raw bytes in the upstream's request line, and change what each
+    parameter says (`%2525` would arrive as `%25`)."""
+    return raw.partition("#")[0].partition("?")[2]
+
+
 def _resolved(segments: list[str]) -> list[str]:
     """RFC 3986 remove_dot_segments over raw segments, with `%2e` read as `.`."""
     out: list[str] = []

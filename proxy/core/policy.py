@@ -82,12 +82,11 @@ def enforce(body: dict[str, Any], route: str, mode: Enforce, default_seed: int) 
             return Seeded(body, seed, "client")
         return Seeded(body, None, None)
     seed = _client_seed(body)
-    out = dict(body)
+    source = "client"
     if seed is None:
-        out["seed"] = seed = default_seed
-        source = "default"
-    else:
-        source = "client"
+        seed, source = default_seed, "default"
+    # The integer reported, even where the client sent an integral float (`1e18`).
+    out = {**body, "seed": seed}
     if mode is Enforce.STRICT:
         out["temperature"] = 0
         out["top_p"] = 1

@@ -5,7 +5,10 @@ fingerprint, the usage and whether the stream ended cleanly, and nothing went ov
 Only such a stream is ever stored. A clean end depends on the route: chat and text completions
 end with a finish_reason, then `[DONE]`, and no error event; the Responses API's typed events
 end with `response.completed`, and a `response.failed`, `response.incomplete` or `error` event
-spoils the stream, whatever follows.
+spoils the stream, whatever follows. So does a frame whose `event:` name says something else
+than its data: clients that dispatch on the name (an EventSource's `error` listener) and this
+recorder, which reads the data, would disagree on what was answered, and an `event: error`
+above data that reads as a token would be stored and replayed as a clean answer.
 
 A stream over the cap drops its bytes but is still read, so its fingerprint reaches the response
 headers and the fingerprint tracking like any other answer's; only a single frame larger than
@@ -25,6 +28,11 @@ _FRAME_LIMIT = 1024 * 1024
 _ENDS = (b"\n\n", b"\n\r\n")  # a blank line, whatever ends the line before it
 _COMPLETED = "response.completed"
 _SPOILED = frozenset({"response.failed", "response.incomplete", "error"})
+
+
+def _value(field: bytes) -> bytes:
+    """A field's value as the SSE specification reads it: one leading space dropped."""
+    return field[1:] if field.startswith(b" ") else field
 
 
 class StreamRecorder:
@@ -74,12 +82,16 @@ class StreamRecorder:
             self._read_frame(frame)
 
     def _read_frame(self, frame: bytes) -> None:
-        payload = b"\n".join(
-            line[5:].lstrip(b" ") for line in frame.split(b"\n") if line.startswith(b"data:")
-        )
+        lines = frame.split(b"\n")
+        payload = b"\n".join(line[5:].lstrip(b" ") for line in lines if line.startswith(b"data:"))
+        names = [_value(line[6:]) for line in lines if line.startswith(b"event:")]
         if not payload:
+            self.failed = self.failed or bool(names)  # a named event with no data to read
             return
         self.frames += 1
+        if len(names) > 1 or (names and not self._responses and names != [b"message"]):
+            self.failed = True  # a chat frame may be named `message` only, and only once
+            return
         if payload.strip() == _DONE:
             self.done = not self._responses
             return
@@ -90,6 +102,9 @@ class StreamRecorder:
             return
         if not isinstance(event, dict) or "error" in event:
             self.failed = True
+            return
+        if names and self._responses and names[0] != str(event.get("type")).encode():
+            self.failed = True  # a typed frame may be named by its own type only
             return
         if self._responses:
             self._read_typed(event)
@@ -119,18 +134,34 @@ class StreamRecorder:
                 return
 
     def _read_event(self, event: dict[str, Any]) -> None:
-        if self.fingerprint is None and "system_fingerprint" in event:
-            self.fingerprint = fingerprint_of(event)
+        if "system_fingerprint" in event:
+            self._read_chunk_fingerprint(fingerprint_of(event))
         if isinstance(event.get("usage"), dict):
             self.prompt_tokens, self.completion_tokens = usage_of(event)
         for choice in event.get("choices") or ():
             if isinstance(choice, dict) and choice.get("finish_reason"):
                 self.finished = True
 
+    def _read_chunk_fingerprint(self, fingerprint: str) -> None:
+        """The first chunk's fingerprint names the stream; one chunk naming another (a
+        hostile upstream, or two backends answering one stream) spoils it: stored, it would
+        be served as the first fingerprint's answer though another produced part of it. A
+        chunk naming none is no contradiction."""
+        if self.fingerprint is None:
+            self.fingerprint = fingerprint
+        elif fingerprint != self.fingerprint and "none" not in (fingerprint, self.fingerprint):
+            self.failed = True
+
+    @property
+    def answered(self) -> bool:
+        """An answer to its clean end, whatever its size: finish_reason, then [DONE] (or
+        `response.completed`), and no error."""
+        return self.finished and self.done and not self.failed
+
     @property
     def complete(self) -> bool:
-        """A clean end: finish_reason, then [DONE], no error, within the cap."""
-        return self.finished and self.done and not self.failed and not self.oversize
+        """A clean end within the cap: what may be stored."""
+        return self.answered and not self.oversize
 
     def body(self) -> bytes:
         return b"".join(self._chunks)

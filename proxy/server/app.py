@@ -22,7 +22,7 @@ from proxy.core.canonical import CACHEABLE_ROUTES
 from proxy.core.codec import Codec
 from proxy.core.policy import SHARED, CacheMode
 from proxy.core.routes import AZURE_RESPONSES, AZURE_V1, DEPLOYMENT_CALLS, DEPLOYMENTS
-from proxy.errors import InvalidHeader, ProxyError, UpstreamError
+from proxy.errors import InvalidBody, InvalidHeader, ProxyError, UpstreamError
 from proxy.metrics import Metrics
 from proxy.server import admin, bodies, handlers, responses, rotations, transfer, ui
 from proxy.server.coalesce import Coalescer
@@ -40,6 +40,7 @@ from proxy.store.guard import GuardedStore
 from proxy.store.near import NearCache
 from proxy.upstream.client import Upstream
 from proxy.upstream.egress import Egress, env_proxy
+from proxy.upstream.headers import framing_error
 
 log = logging.getLogger("proxy.app")
 access_log = logging.getLogger("proxy.access")
@@ -300,7 +301,14 @@ def check_headers(headers: CIMultiDictProxy[str]) -> None:
     """Refuse a header value outside Latin-1, the character set HTTP defines: forwarded or
     compared, it would fail to encode (a 500). `X-Repro-*` headers are the proxy's own and are
     never forwarded, so they may hold any UTF-8 (X-Repro-Namespace does). The common case, all
-    ASCII, is one C-level pass."""
+    ASCII, is one C-level pass. Refuse a body in a transfer coding besides `chunked` alone
+    too: the HTTP server takes the chunks off and hands the other coding's bytes over as the
+    body, undecoded, where a reader before the proxy may have decoded them."""
+    framing = framing_error(headers)
+    if framing is not None:
+        raise InvalidBody(
+            f"The request body has {framing}: send it chunked, or with a Content-Length."
+        )
     if all(map(str.isascii, headers.values())):
         return
     for name, value in headers.items():

@@ -27,8 +27,9 @@ HANDLER_ARGS: Mapping[str, Any] = MappingProxyType({"auto_decompress": False})
 
 
 def coding(request: web.Request) -> str:
-    """The body's Content-Encoding, lower case; "" for a plain body."""
-    value = request.headers.get("Content-Encoding", "").strip().lower()
+    """The body's Content-Encoding, lower case, every line of it (two `gzip` lines are
+    `gzip, gzip`, not `gzip`); "" for a plain body."""
+    value = ", ".join(request.headers.getall("Content-Encoding", ())).strip().lower()
     return "" if value == "identity" else value
 
 

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
@@ -20,7 +19,14 @@ from proxy.core import policy, responses, routes
 from proxy.core.call import Answer, Asked, Call, prepare_with, repro_headers
 from proxy.core.codec import Codec, UnknownDictionary
 from proxy.core.credentials import Carriers
-from proxy.core.entry import CorruptEntry, Entry, fingerprint_of, is_answer, usage_of
+from proxy.core.entry import (
+    CorruptEntry,
+    Entry,
+    fingerprint_of,
+    is_answer,
+    json_object,
+    usage_of,
+)
 from proxy.core.fingerprints import ModelFingerprints
 from proxy.core.policy import Outcome
 from proxy.core.routes import RESPONSES
@@ -36,6 +42,7 @@ from proxy.upstream.headers import (
     Headers,
     request_headers,
     response_headers,
+    unstorable,
 )
 
 log = logging.getLogger("proxy.cache")
@@ -254,7 +261,7 @@ async def forward(
     headers = response_headers(upstream.headers, decoded=True)
     status, content_type = upstream.status, upstream.headers.get("Content-Type", "")
     fingerprint = None
-    parsed = _json_object(data) if status == 200 else None
+    parsed = json_object(data) if status == 200 else None
     is_response = call.kind == RESPONSES
     if parsed is not None and is_answer(parsed, is_response):
         fingerprint = fingerprint_of(parsed)
@@ -268,8 +275,9 @@ async def forward(
 
 def as_upstream_allows(services: Services, call: Call, headers: Headers) -> Call:
     """`call`, not stored when the upstream's answer says it must not be (see
-    `policy.refused_by_upstream`). The credential headers (listed, or named as one) count as
-    keyed only where they partition the cache (`--cache-scope key`)."""
+    `policy.refused_by_upstream`), or cannot be stored as the bytes it is (`unstorable`).
+    The credential headers (listed, or named as one) count as keyed only where they partition
+    the cache (`--cache-scope key`)."""
     if not call.plan.store:
         return call
     shared = services.settings.cache_scope is policy.CacheScope.SHARED
@@ -277,19 +285,11 @@ def as_upstream_allows(services: Services, call: Call, headers: Headers) -> Call
         headers.getall("Cache-Control", ()),
         headers.getall("Vary", ()),
         () if shared else Carriers(services.credential_names),
-    )
+    ) or unstorable(headers)
     if reason is None:
         return call
     log.info("answer not stored: the upstream forbids it", extra={"key": call.key, "by": reason})
     return call._replace(plan=replace(call.plan, store=False))
-
-
-def _json_object(data: bytes) -> dict[str, Any] | None:
-    try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def observe_upstream(services: Services, route: str, status: int, started: float) -> None:

@@ -12,11 +12,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy.core import routes
 from proxy.core.call import Asked, Call, repro_headers
+from proxy.core.credentials import Carriers, hop_by_hop
 from proxy.core.entry import Entry
-from proxy.core.paths import forward_target
+from proxy.core.paths import forward_target, raw_query
 from proxy.core.policy import STALE_STATUSES, CacheMode, CacheScope, Outcome
 from proxy.errors import (
     CacheMissError,
+    InvalidHeader,
     ReplayPassthrough,
     UpstreamError,
 )
@@ -46,9 +48,10 @@ log = logging.getLogger("proxy.handlers")
 async def cacheable(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     settings = services.settings
-    route, query = request.path, request.query_string
+    route, query = request.path, raw_query(request.raw_path)
     if routes.is_azure(route):
         route, query = routes.azure_target(route, request.raw_path, query)
+    check_credential_headers(request, Carriers(services.credential_names))
     raw = await bodies.read(request, settings.max_body, settings.body_timeout)
     await services.secret.settle()
     asked = Asked.of(route, query, raw, request.headers, services.credential_names)
@@ -62,6 +65,18 @@ async def cacheable(request: web.Request) -> web.StreamResponse:
     if response.headers.get("X-Repro-Cache") == Outcome.HIT.value:
         remember(services, asked, call)
     return response
+
+
+def check_credential_headers(request: web.Request, carriers: Carriers) -> None:
+    """Refuse a credential header the proxy would strip while the tenant is made of it: one
+    that Connection names as hop-by-hop."""
+    named = hop_by_hop(request.headers.getall("Connection", ()), carriers)
+    if named is not None:
+        raise InvalidHeader(
+            f"The Connection header names {named}, a credential: the proxy would remove it "
+            "before forwarding, and answer for credentials the upstream never saw.",
+            "Connection",
+        )
 
 
 async def answer(services: Services, request: web.Request, call: Call) -> web.StreamResponse:
@@ -201,8 +216,9 @@ async def go_upstream(
             return serve_hit(services, call, stale, Outcome.STALE)
     served = is_served(response)
     count_miss(services, call, served)
-    if served and "X-Repro-Fingerprint" in response.headers:
+    if served and not call.stream and "X-Repro-Fingerprint" in response.headers:
         services.keys.remember(call.tenant)  # an answer, not an error dressed as a 200
+    # A stream's headers go before its end is known: the relay vouches once it ended clean.
     return response
 
 

@@ -3,7 +3,9 @@
 Without this, a revoked key would keep reading its own entries (scope `key`), and with scope
 `shared` any string in a credential header would read everyone's. A tenant counts as accepted
 when the upstream answered its credentials with a 2xx within `interval` seconds, on a real
-request (`remember`) or on a `GET /v1/models` the proxy sends when it needs to know.
+request (`remember`) or on a `GET /v1/models` the proxy sends when it needs to know. A 2xx
+counts only as an answer (a model list, a completion): gateways refuse a bad key with a 200
+and an error body, which is a refusal.
 
 In `shared` scope a `/v1/models` 2xx counts only where that endpoint refuses made-up credentials
 of the same shape: some gateways list their models to anyone, and then the list proves nothing.
@@ -25,6 +27,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from multidict import CIMultiDictProxy
@@ -38,7 +41,10 @@ from proxy.core.credentials import (
     upstream_headers,
     with_query,
 )
+from proxy.core.entry import is_answer, json_object
 from proxy.core.lru import LRU
+from proxy.core.routes import RESPONSES
+from proxy.core.sse import StreamRecorder
 from proxy.errors import UpstreamError
 from proxy.upstream.client import Upstream
 
@@ -99,7 +105,7 @@ class KeyChecker:
         self._verdicts: LRU[str, tuple[bool, float]] = LRU(MAX_VERDICTS)
         self._learned: LRU[Hashable, tuple[bool, float]] = LRU(MAX_LEARNED)
         self._checks: Flights[str, bool | None] = Flights()
-        self._probes: Flights[Hashable, int | None] = Flights()
+        self._probes: Flights[Hashable, bool | None] = Flights()
 
     @property
     def enabled(self) -> bool:
@@ -129,11 +135,11 @@ class KeyChecker:
 
     async def _check(self, call: Call, credentials: Credentials, shared: bool) -> bool | None:
         models = with_query("/v1/models", "", credentials)
-        status = await self._ask("GET", models, upstream_headers(credentials))
-        if status in REFUSED:
+        served = await self._ask("GET", models, upstream_headers(credentials), None, lists_models)
+        if served is False:
             log.info("credentials refused by the upstream: no cached answers for them")
             return self._record(call.tenant, False)
-        if not _ok(status):
+        if served is None:
             return None
         if not shared or await self._models_tell_apart(credentials):
             return self._record(call.tenant, True)
@@ -146,35 +152,41 @@ class KeyChecker:
         key = ("models", shape(credentials))
         made_up = stranger(credentials)
         models = with_query("/v1/models", "", made_up)
-        refused = await self._learn(key, "GET", models, upstream_headers(made_up), None)
-        return refused is True
+        served = await self._learn(
+            key, "GET", models, upstream_headers(made_up), None, lists_models
+        )
+        return served is False
 
     async def _serves_strangers(self, call: Call, credentials: Credentials) -> bool | None:
-        """Whether the upstream answers this request, sent with made-up credentials, with a
-        2xx (learned per shape, route and model, once per interval)."""
+        """Whether the upstream answers this request, sent with made-up credentials, with an
+        answer (learned per shape, route and model, once per interval)."""
         model = hashlib.sha256(call.model.encode("utf-8", "surrogateescape")).hexdigest()
         key = ("route", shape(credentials), call.route, model)  # a model name may be huge
         made_up = stranger(credentials)
         headers = {**upstream_headers(made_up), "Content-Type": "application/json"}
         path = with_query(call.route, call.keyed_query, made_up)
-        refused = await self._learn(key, "POST", path, headers, call.body)
-        return None if refused is None else not refused
+        judge = partial(answers, stream=call.stream, responses=call.kind == RESPONSES)
+        return await self._learn(key, "POST", path, headers, call.body, judge)
 
     async def _learn(
-        self, key: Hashable, method: str, path: str, headers: Mapping[str, str], body: bytes | None
+        self,
+        key: Hashable,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        judge: Callable[[bytes], bool],
     ) -> bool | None:
-        """Whether the upstream refuses these made-up credentials (None: it did not say)."""
+        """Whether the upstream serves these made-up credentials (None: it did not say)."""
         known = self._learned.get(key)
         if known is not None and self._clock() - known[1] < self._interval:
             return known[0]
-        status = await self._probes.join(
-            key, lambda: self._deadline(self._ask(method, path, headers, body))
+        served = await self._probes.join(
+            key, lambda: self._deadline(self._ask(method, path, headers, body, judge))
         )
-        if status in REFUSED or _ok(status):
-            refused = status in REFUSED
-            self._learned.put(key, (refused, self._clock()))
-            return refused
-        return None
+        if served is not None:
+            self._learned.put(key, (served, self._clock()))
+        return served
 
     async def _deadline(self, work: Awaitable[V]) -> V | None:
         try:
@@ -185,13 +197,23 @@ class KeyChecker:
             return None
 
     async def _ask(
-        self, method: str, path: str, headers: Mapping[str, str], body: bytes | None = None
-    ) -> int | None:
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        judge: Callable[[bytes], bool],
+    ) -> bool | None:
+        """Whether the upstream served this request (None: it did not say). A 2xx whose body
+        `judge` finds no answer is a refusal: gateways refuse a bad key with a 200 and an
+        error body, and such an answer vouches for nothing."""
         try:
-            status, _ = await self._upstream.fetch(method, path, headers, body)
+            status, answer = await self._upstream.fetch(method, path, headers, body)
         except UpstreamError:
             return None
-        return status
+        if status in REFUSED:
+            return False
+        return judge(answer) if _ok(status) else None
 
     def _fallback(self, tenant: str, shared: bool) -> bool:
         """The upstream cannot say: a refusal stands, an acceptance lasts one more interval."""
@@ -209,3 +231,20 @@ class KeyChecker:
 
 def _ok(status: int | None) -> bool:
     return status is not None and 200 <= status < 300
+
+
+def lists_models(body: bytes) -> bool:
+    """A model list (`{"object": "list", "data": [...]}`), not an error dressed as a 200."""
+    listed = json_object(body)
+    return listed is not None and isinstance(listed.get("data"), list)
+
+
+def answers(body: bytes, stream: bool, responses: bool) -> bool:
+    """Whether a 2xx body answers the request it came for: a whole answer, or a stream that
+    was an answer to its clean end."""
+    if not stream:
+        answer = json_object(body)
+        return answer is not None and is_answer(answer, responses)
+    recorder = StreamRecorder(len(body), responses)
+    recorder.feed(body)
+    return recorder.answered

@@ -16,6 +16,7 @@ from proxy.core.call import checked_namespace
 from proxy.core.codec import UnknownDictionary
 from proxy.core.credentials import of_request
 from proxy.core.entry import CorruptEntry, Entry
+from proxy.core.paths import raw_query
 from proxy.core.policy import CacheMode, Outcome
 from proxy.errors import CacheMissError
 from proxy.server.caching import scope_of, store_failed
@@ -56,7 +57,9 @@ async def _held(
     if not responses.valid_id(response_id):
         return None
     await services.secret.settle()
-    credentials = of_request(request.headers, request.query_string, services.credential_names)
+    credentials = of_request(
+        request.headers, raw_query(request.raw_path), services.credential_names
+    )
     tenant = services.secret.tenant(credentials)
     namespace = checked_namespace(request.headers.get("X-Repro-Namespace", ""))
     index = responses.index_key(scope_of(services, tenant), namespace, response_id)

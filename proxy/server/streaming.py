@@ -178,7 +178,12 @@ class _Relay:
             self.client_gone = True
 
     async def finish(self) -> None:
-        """Learn the fingerprint of a stream that did not end cleanly (a clean one taught it)."""
+        """Vouch for the caller's credentials if the stream was an answer to its end (one
+        that opened with a 200 and then reported an error, as gateways report a bad key,
+        answered nobody); learn the fingerprint of a stream that did not end cleanly (a clean
+        one taught it)."""
+        if self.recorder.answered:
+            self.services.keys.remember(self.call.tenant)
         if not self.committed and self.recorder.fingerprint is not None:
             await observe_fingerprint(self.services, self.call.lineage, self.recorder.fingerprint)
 

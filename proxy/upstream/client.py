@@ -30,10 +30,12 @@ from proxy.errors import (
     UpstreamUnreachable,
 )
 from proxy.upstream.egress import Egress, tls_context
-from proxy.upstream.headers import framing_error, safe_headers
+from proxy.upstream.headers import coding_error, framing_error, safe_headers, status_error
 
 MAX_URLS = 256
-_KEEP_ENCODING = ("Accept-Encoding",)  # pass-through: the client's own, or none at all
+_CLIENTS_OWN = ("Accept-Encoding", "Accept", "Content-Type")
+"""Headers the HTTP client would add on its own (a body labelled `application/octet-stream`,
+`Accept: */*`): a pass-through carries the client's, or none at all."""
 
 FETCH_LIMIT = 32 * 1024 * 1024
 """Bytes of an answer to the proxy's own side requests (key checks, probes, drift samples)."""
@@ -214,14 +216,18 @@ class Upstream:
                 data=payload,
                 allow_redirects=False,
                 auto_decompress=decode,
-                skip_auto_headers=None if decode else _KEEP_ENCODING,
+                skip_auto_headers=None if decode else _CLIENTS_OWN,
                 proxy=self._proxy,
                 timeout=self._whole_timeout if whole else self._stream_timeout,
             )
         except Exception as exc:
             _raise_mapped(exc, "before answering")
-        problem = framing_error(response.headers)
-        if problem is not None:
+        problem = (
+            status_error(response.status)
+            or framing_error(response.headers)
+            or (decode and coding_error(response.headers))
+        )
+        if problem:
             response.close()
             raise UpstreamUnreachable(f"The upstream's answer has {problem}; connection closed.")
         return UpstreamResponse(response, None if whole else self.read_timeout or None)

@@ -3,13 +3,13 @@
 Hop-by-hop headers never cross; an upstream's header that is not a token, or whose value holds a
 line break or another control character, is dropped before it is sent on or stored; and an
 answer framed as smugglers frame it (a Transfer-Encoding other than `chunked` alone, or beside a
-Content-Length) is refused.
+Content-Length), or whose status is no final answer (a 101 the proxy never asked for), is
+refused.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -44,11 +44,12 @@ _TOKENS = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+(?: [!#$%&'*+.^_`|~0-9A-Za-z-]
 _UNSAFE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
-def _skipped(headers: Mapping[str, str], fixed: frozenset[str]) -> frozenset[str]:
-    """`fixed` plus whatever the Connection header names (rarely anything: then no new set)."""
-    named = headers.get("Connection")
-    if not named:
+def _skipped(headers: Headers, fixed: frozenset[str]) -> frozenset[str]:
+    """`fixed` plus whatever the Connection header names, on any of its lines (rarely
+    anything: then no new set)."""
+    if "Connection" not in headers:
         return fixed
+    named = ",".join(headers.getall("Connection"))
     return fixed | {h.strip().lower() for h in named.split(",")}
 
 
@@ -94,11 +95,47 @@ upstream (or a path to an http:// upstream) answered with, or a model's text und
 that says HTML, must never run there. Sandboxed, it has an opaque origin and no session."""
 
 
+DECODED = frozenset({"gzip", "deflate", "br", "zstd"})
+"""The codings aiohttp's client decodes when asked to (br and zstd only with their library, and
+it refuses the answer without): it reads the first Content-Encoding line, whole."""
+
+
+def undecoded(headers: Headers) -> str | None:
+    """The Content-Encoding of an answer the client was asked to decode and did not (`x-gzip`,
+    `gzip, gzip`, a name of its own), or None: that body is not what the proxy reads as the
+    answer, and its coding must reach the client with it."""
+    coding = headers.get("Content-Encoding")
+    if coding is None or coding.strip().lower() in DECODED | {"", "identity"}:
+        return None
+    return coding
+
+
+def unstorable(headers: Headers) -> str | None:
+    """Why an answer cannot be stored as the bytes it is, or None: in a coding the client did
+    not decode (`undecoded`), or labelled by two Content-Type lines, of which its caller reads
+    one of its choice and a stored answer would keep one only."""
+    if undecoded(headers) is not None:
+        return "Content-Encoding"
+    if len(headers.getall("Content-Type", ())) > 1:
+        return "Content-Type twice"
+    return None
+
+
+def coding_error(headers: Headers) -> str | None:
+    """Why an answer to be decoded is refused, or None: with two Content-Encoding lines the
+    client decodes by the first alone, so no header passed on or dropped would describe the
+    bytes."""
+    if len(headers.getall("Content-Encoding", ())) > 1:
+        return "Content-Encoding twice"
+    return None
+
+
 def response_headers(incoming: Headers, decoded: bool) -> CIMultiDict[str]:
     """Headers to send back: end-to-end ones; length and encoding are the server's business.
     `X-Repro-*` headers are this proxy's word (on the cache, the seed, the fingerprint): an
     upstream's, or another repro-proxy's before it, never pass for it. INERT goes over the
-    upstream's own."""
+    upstream's own. A `decoded` answer keeps a Content-Encoding that was not decoded."""
+    decoded = decoded and undecoded(incoming) is None
     skip = _skipped(incoming, _DECODED_SKIP if decoded else _RESPONSE_SKIP)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
@@ -109,12 +146,26 @@ def response_headers(incoming: Headers, decoded: bool) -> CIMultiDict[str]:
     return out
 
 
-def framing_error(headers: Mapping[str, str]) -> str | None:
-    """Why an answer's framing is refused (RFC 9112 6.1, 6.3), or None: a Transfer-Encoding
-    other than `chunked` alone, or beside a Content-Length, is how responses get smuggled."""
-    coding = headers.get("Transfer-Encoding")
-    if coding is None:
+def status_error(status: int) -> str | None:
+    """Why a status is no final answer to the proxy's request, or None. The HTTP client reads
+    past informational answers (100, 103) but hands a 101 over as final; the proxy never asks
+    for an upgrade, so passed on, a 101 would tell its client (or a reverse proxy pooling its
+    connections to this one) that the connection switched protocols, and the bytes after it
+    would be read as the new protocol's. Beyond 599 there is no HTTP status."""
+    if 200 <= status <= 599:
         return None
+    return f"status {status}, which is no final answer to this request"
+
+
+def framing_error(headers: Headers) -> str | None:
+    """Why an answer's framing is refused (RFC 9112 6.1, 6.3), or None: a Transfer-Encoding
+    other than `chunked` alone, or beside a Content-Length, is how responses get smuggled.
+    Every Transfer-Encoding line counts: `chunked` on one and `gzip` on the next is a body
+    read to the connection's end by a reader of both, and a chunked one by a reader of the
+    first alone."""
+    if "Transfer-Encoding" not in headers:
+        return None
+    coding = ", ".join(headers.getall("Transfer-Encoding"))
     if "Content-Length" in headers:
         return "both Transfer-Encoding and Content-Length"
     if coding.strip().lower() != "chunked":

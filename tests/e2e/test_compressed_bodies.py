@@ -172,3 +172,22 @@ def test_a_body_in_a_coding_the_proxy_does_not_inflate_is_never_read_as_plain(
     assert received.body == body
     assert received.headers["content-encoding"] == coding
     assert received.headers["content-length"] == str(len(body))
+
+
+def test_a_coding_named_on_two_lines_is_read_as_both(start_proxy: ProxyFactory) -> None:
+    """`Content-Encoding: gzip` twice is the list `gzip, gzip`. Read by its first line alone,
+    the body was inflated once and forwarded without its coding: the upstream got gzip bytes
+    labelled plain, a mix of inflated framing and compressed bytes. Now as on one line: a
+    cached route refuses it, a pass-through forwards it exactly as sent."""
+    body = gzip.compress(gzip.compress(CHAT))
+    headers = [*AUTH.items(), ("Content-Encoding", "gzip"), ("Content-Encoding", "gzip")]
+    with Scripted(echo_digest) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        cached = httpx.post(proxy.v1 + "/chat/completions", content=body, headers=headers)
+        forwarded = httpx.post(proxy.v1 + "/files", content=body, headers=headers)
+    assert_error(cached, 400, "invalid_body")
+    assert forwarded.status_code == 200, forwarded.text
+    (received,) = upstream.received
+    assert received.body == body
+    assert received.head.count(b"\r\nContent-Encoding: gzip") == 2
+    assert received.headers["content-length"] == str(len(body))

@@ -51,6 +51,10 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
         b'{"model": "m", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
         b'{"model": "\\ud800"}',
         b'{"model": "\xff"}',
+        b'\xef\xbb\xbf{"model": "m"}',  # Python's json skips a BOM: the upstream may read it
+        b'{"model": "m", "temperature": 1e400}',  # infinity once parsed, by other readers
+        b'{"model": "\xed\xa0\x80"}',  # a surrogate in UTF-8 bytes (CESU-8)
+        b'{"model": "\xc0\xaf"}',  # an overlong `/`
     ],
     ids=[
         "syntax",
@@ -64,6 +68,10 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
         "nesting-100000",
         "lone-surrogate",
         "invalid-utf8",
+        "bom",
+        "number-overflow",
+        "utf8-surrogate",
+        "overlong-utf8",
     ],
 )
 def test_bad_json_is_a_400_and_never_reaches_upstream(proxy: Proxy, sim: Sim, body: bytes) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import gzip
 import hashlib
 import socket
+import threading
 import time
 import zlib
 from collections.abc import AsyncIterator
@@ -174,8 +175,11 @@ async def test_a_streamed_body_that_breaks_its_declared_length_is_never_written_
         ("Content-Length: 5", "Transfer-Encoding: chunked"),
         ("Transfer-Encoding: gzip",),
         ("Content-Length: 5", "Content-Length: 7"),
+        # On two lines: a reader of the first one alone sees chunked, the HTTP client reads
+        # the answer to the connection's end (gzip comes last).
+        ("Transfer-Encoding: chunked", "Transfer-Encoding: gzip"),
     ],
-    ids=["length-and-chunked", "not-chunked", "two-lengths"],
+    ids=["length-and-chunked", "not-chunked", "two-lengths", "chunked-then-gzip"],
 )
 def test_an_answer_framed_as_smugglers_frame_is_a_502_and_its_connection_closed(
     start_proxy: ProxyFactory, framing: tuple[str, ...]
@@ -190,16 +194,26 @@ def test_an_answer_framed_as_smugglers_frame_is_a_502_and_its_connection_closed(
     assert upstream.connections == 2  # the first connection was not pooled
 
 
-def test_a_transfer_coding_besides_chunked_is_a_502(start_proxy: ProxyFactory) -> None:
+@pytest.mark.parametrize(
+    ("lines", "named"),
+    [
+        (b"Transfer-Encoding: gzip, chunked\r\n", "gzip, chunked"),
+        # chunked may be applied once only (RFC 9112 7): a reader of one line sees it once
+        (b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", "chunked, chunked"),
+    ],
+    ids=["gzip-then-chunked", "chunked-twice"],
+)
+def test_a_transfer_coding_besides_chunked_is_a_502(
+    start_proxy: ProxyFactory, lines: bytes, named: str
+) -> None:
     """Its framing is unambiguous (chunked comes last, so the connection may be reused), but
     the body is not what it says it is."""
-    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-    head += b"Transfer-Encoding: gzip, chunked\r\n\r\n"
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + lines + b"\r\n"
     with Scripted(fixed(head + b"5\r\nhello\r\n0\r\n\r\n")) as upstream:
         proxy = start_proxy(upstream=upstream.v1)
         first = httpx.post(proxy.v1 + "/chat/completions", content=chat("a"), headers=AUTH)
     assert (first.status_code, first.json()["error"]["code"]) == (502, "upstream_unreachable")
-    assert "gzip, chunked" in first.json()["error"]["message"]
+    assert named in first.json()["error"]["message"]
 
 
 def test_upstream_headers_with_control_characters_never_reach_the_client(
@@ -337,6 +351,93 @@ def test_an_error_dressed_as_a_200_does_not_make_a_made_up_key_trusted(
         httpx.post(url, content=chat("another question"), headers=fake)
         probe = httpx.post(url, content=chat("q"), headers=fake)
     assert stored.json()["choices"][0]["message"]["content"] == "the real tenant's answer"
+    assert probe.headers["X-Repro-Cache"] != "HIT"
+    assert b"real tenant" not in probe.content
+
+
+@pytest.mark.parametrize("scope", ["shared", "key"])
+def test_a_key_check_answered_by_an_error_dressed_as_a_200_vouches_for_nothing(
+    start_proxy: ProxyFactory, scope: str
+) -> None:
+    """A gateway that answers a bad key with a 200 and an error body everywhere, its model
+    list included: the key check took any 2xx for acceptance, so in `shared` scope a made-up
+    key was found accepted (its model list, a stranger's, and a stranger's very request all
+    "served"), and in `key` scope a revoked one read its own stored answers again."""
+    revoked = threading.Event()
+
+    async def gateway(writer: asyncio.StreamWriter, request: Received) -> None:
+        key = request.headers.get("authorization")
+        if key == "Bearer sk-real" and not revoked.is_set():
+            if request.request_line.startswith("GET /v1/models"):
+                answer = http_answer(b'{"object": "list", "data": []}')
+            else:
+                answer = http_answer(completion("the real tenant's answer"))
+        else:
+            answer = http_answer(orjson.dumps({"error": {"message": "bad key"}}))
+        writer.write(answer)
+        await writer.drain()
+
+    real = {**AUTH, "Authorization": "Bearer sk-real"}
+    reader = real if scope == "key" else {**AUTH, "Authorization": "Bearer sk-made-up"}
+    with Scripted(gateway) as upstream:
+        proxy = start_proxy(
+            "--cache-scope",
+            scope,
+            "--fingerprint-policy",
+            "pin",
+            "--key-check-interval",
+            "1",
+            upstream=upstream.v1,
+        )
+        url = proxy.v1 + "/chat/completions"
+        stored = httpx.post(url, content=chat("q"), headers=real)
+        revoked.set()
+        time.sleep(1.5)  # the acceptance the stored answer earned has expired
+        probe = httpx.post(url, content=chat("q"), headers=reader)
+    assert stored.json()["choices"][0]["message"]["content"] == "the real tenant's answer"
+    assert probe.headers["X-Repro-Cache"] != "HIT"
+    assert b"real tenant" not in probe.content
+
+
+def test_an_error_streamed_with_a_200_does_not_make_a_made_up_key_trusted(
+    start_proxy: ProxyFactory,
+) -> None:
+    """A gateway that opens every stream with a 200 and reports a bad key as an error event:
+    that stream answered nobody, so it vouches for no key, or a made-up one would read the
+    shared cache after asking for any stream."""
+    sse_head = "Content-Type: text/event-stream"
+    error_event = b'data: {"error": {"message": "bad key", "type": "invalid_request_error"}}\n\n'
+
+    async def gateway(writer: asyncio.StreamWriter, request: Received) -> None:
+        real = request.headers.get("authorization") == "Bearer sk-real"
+        if request.request_line.startswith("GET /v1/models"):
+            answer = http_answer(b'{"data": []}') if real else http_answer(b"{}", status="401 No")
+        elif real:
+            answer = http_answer(completion("the real tenant's answer"))
+        elif b'"stream":true' in request.body:
+            answer = http_answer(error_event + b"data: [DONE]\n\n", sse_head)
+        else:
+            answer = http_answer(orjson.dumps({"error": {"message": "bad key"}}), status="401 No")
+        writer.write(answer)
+        await writer.drain()
+
+    fake = {**AUTH, "Authorization": "Bearer sk-made-up"}
+    streamed = orjson.dumps(
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "s"}], "stream": True}
+    )
+    with Scripted(gateway) as upstream:
+        proxy = start_proxy(
+            "--cache-scope", "shared", "--fingerprint-policy", "pin", upstream=upstream.v1
+        )
+        url = proxy.v1 + "/chat/completions"
+        real = {**AUTH, "Authorization": "Bearer sk-real"}
+        stored = httpx.post(url, content=chat("q"), headers=real)
+        refused = httpx.post(url, content=chat("q"), headers=fake)
+        error = httpx.post(url, content=streamed, headers=fake)
+        probe = httpx.post(url, content=chat("q"), headers=fake)
+    assert stored.json()["choices"][0]["message"]["content"] == "the real tenant's answer"
+    assert refused.status_code == 401
+    assert (error.status_code, error.content) == (200, error_event + b"data: [DONE]\n\n")
     assert probe.headers["X-Repro-Cache"] != "HIT"
     assert b"real tenant" not in probe.content
 

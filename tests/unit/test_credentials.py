@@ -11,6 +11,7 @@ from proxy.core.credentials import (
     Carriers,
     Credentials,
     extract,
+    hop_by_hop,
     in_query,
     material,
     names,
@@ -194,3 +195,20 @@ def test_credential_parameters_leave_the_query_and_become_credentials() -> None:
 def test_a_key_in_the_query_makes_a_tenant_as_one_in_a_header_does() -> None:
     assert scope(split_query("subscription-key=a")[1], b"s") != scope((), b"s")
     assert scope(split_query("key=a")[1], b"s") != scope(split_query("key=b")[1], b"s")
+
+
+def test_a_connection_header_naming_a_credential_is_found_in_any_of_its_values() -> None:
+    assert hop_by_hop(["keep-alive", " Upgrade , X-API-KEY "]) == "x-api-key"
+    assert hop_by_hop(["keep-alive, x-gateway-key"], ("authorization", "x-gateway-key")) == (
+        "x-gateway-key"
+    )
+    assert hop_by_hop(["keep-alive, close", "x-authorization"]) is None
+    assert hop_by_hop(["keep-alive, X-Auth-Token"], Carriers(("authorization",))) == (
+        "x-auth-token"
+    )  # named as a credential, though no setting lists it
+
+
+def test_a_credential_after_a_semicolon_is_a_credential() -> None:
+    """Rack (and Python before 3.9.2) split a query at `;` as at `&`."""
+    assert split_query("a=1;key=sk-x&b=2") == ("a=1&b=2", (("?key", "sk-x"),))
+    assert split_query("a=1;b=2") == ("a=1;b=2", ())

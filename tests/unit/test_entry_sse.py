@@ -186,6 +186,16 @@ class TestStreamRecorder:
         assert recorder.complete
         assert recorder.fingerprint in (None, "none")
 
+    def test_a_fingerprint_changing_mid_stream_is_not_complete(self) -> None:
+        events = [*EVENTS[:2], *({**e, "system_fingerprint": "fp_other"} for e in EVENTS[2:])]
+        recorder = record(sse(events))
+        assert recorder.fingerprint == "fp_44709d6fcb"
+        assert not recorder.complete
+
+    def test_a_chunk_naming_no_fingerprint_contradicts_none(self) -> None:
+        events = [EVENTS[0], *({**e, "system_fingerprint": None} for e in EVENTS[1:])]
+        assert_clean(record(sse(events)), sse(events))
+
     def test_missing_done_not_complete(self) -> None:
         data = sse(EVENTS, done=False)
         recorder = record(data)
@@ -219,6 +229,26 @@ class TestStreamRecorder:
     def test_error_event_alone_not_complete(self) -> None:
         recorder = record(b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n')
         assert not recorder.complete
+
+    @pytest.mark.parametrize(
+        "named",
+        [
+            b"event: error\n",  # above a token: EventSource's error listener gets it
+            b"event: message\nevent: error\n",  # which one wins depends on the reader
+            b"event: message \n",  # a name with a trailing space is another name
+            b"event: thread.message.delta\n",
+        ],
+    )
+    def test_a_frame_named_otherwise_than_message_is_not_complete(self, named: bytes) -> None:
+        data = sse([ROLE, *CONTENT, FINISH]).replace(b"data: ", named + b"data: ", 2)
+        assert not record(data).complete
+
+    def test_a_named_event_without_data_is_not_complete(self) -> None:
+        assert not record(b"event: error\n\n" + STREAM).complete
+
+    def test_frames_named_message_are_plain_frames(self) -> None:
+        data = STREAM.replace(b"data: ", b"event: message\ndata: ")
+        assert_clean(record(data), data)
 
     def test_garbage_event_not_complete(self) -> None:
         recorder = record(

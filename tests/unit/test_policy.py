@@ -185,6 +185,19 @@ class TestEnforce:
         assert out.source == "client"
         assert out.body["seed"] == 5
 
+    @pytest.mark.parametrize("seed", [2.0**53, 1e18, -(2.0**63)])
+    @pytest.mark.parametrize("mode", [Enforce.SEED, Enforce.STRICT])
+    def test_a_large_integral_float_seed_reaches_the_upstream_as_the_integer_reported(
+        self, seed: float, mode: Enforce
+    ) -> None:
+        """Parsing keeps floats beyond 2^53 as floats: sent on, `1e18` would reach the upstream
+        as a decimal number (refused, or rounded its own way) while X-Repro-Seed reports an
+        integer. The body the upstream reads holds the very integer reported."""
+        out = enforce({**CHAT_BODY, "seed": seed}, CHAT, mode, DEFAULT_SEED)
+        assert out.seed == int(seed)
+        assert type(out.body["seed"]) is int
+        assert out.body["seed"] == out.seed
+
     @settings(max_examples=50, deadline=None)
     @given(st.integers(min_value=-(2**63), max_value=2**63 - 1))
     def test_any_int64_seed_kept(self, seed: int) -> None:

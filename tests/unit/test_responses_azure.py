@@ -169,7 +169,13 @@ def test_a_background_response_is_never_cached() -> None:
 
 @pytest.mark.parametrize(
     "state",
-    [{"conversation": "conv_1"}, {"conversation": {"id": "c"}}, {"prompt": {"id": "pmpt_1"}}],
+    [
+        {"conversation": "conv_1"},
+        {"conversation": {"id": "c"}},
+        {"prompt": {"id": "pmpt_1"}},
+        {"prompt": "pmpt_1"},  # not the API's shape: whatever an upstream makes of it, unpinned
+        {"prompt": ["pmpt_1", "2"]},
+    ],
 )
 def test_a_response_reading_state_the_upstream_changes_is_never_cached(
     state: dict[str, Any],
@@ -274,6 +280,27 @@ def test_a_typed_stream_that_does_not_complete_is_never_complete(ending: bytes) 
 
 def test_an_error_event_spoils_a_stream_even_if_completed_follows() -> None:
     assert not record(START + typed("error", message="x") + END).complete
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        typed("response.output_text.delta", delta="!").replace(
+            b"event: response.output_", b"event: error\nevent: response.output_"
+        ),
+        typed("response.output_text.delta", delta="!").replace(
+            b"event: response.output_text.delta", b"event: response.failed"
+        ),
+        typed("response.output_text.delta", delta="!").replace(
+            b"event: response.output_text.delta", b"event: error"
+        ),
+        b"event: response.failed\n\n",
+    ],
+    ids=["two-names", "failed-above-a-delta", "error-above-a-delta", "failed-without-data"],
+)
+def test_a_typed_frame_named_otherwise_than_its_type_spoils_the_stream(frame: bytes) -> None:
+    assert record(START + END).complete
+    assert not record(START + frame + END).complete
 
 
 def test_a_completed_event_whose_response_did_not_complete_is_not_a_clean_end() -> None:
