@@ -6,20 +6,15 @@ inventing model names cannot grow the series without limit; so are each model's 
 which the upstream names. Only served requests (a HIT, or an
 upstream 2xx) make a model label, so refused callers cannot use up the cap (see `of`).
 
-What every request counts goes into plain numbers (see `Tally`), which a collector of their own
-shows when the metrics are read; with several workers, each count goes to the shared files at
-once instead (see `Metrics`).
+What every request counts goes into plain numbers (see `proxy.tallies`), which a collector of
+their own shows when the metrics are read; with several workers, each count goes to the shared
+files at once instead (see `Metrics`).
 """
 
 from __future__ import annotations
 
-import math
-import time
-from bisect import bisect_left
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import accumulate
-from typing import Protocol
+from http import HTTPStatus
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -31,16 +26,27 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.samples import Sample
-from prometheus_client.utils import floatToGoString
+
+from proxy.tallies import CounterFamily, Counts, HistogramFamily, Observes, Tallies
 
 MAX_MODELS = 200
 MAX_FINGERPRINTS = 16
 """Fingerprint label values per model label: they are the upstream's to name, and a real model
 rotates a few times a year, while a hostile upstream could name a new one per answer."""
 OTHER = "other"
+
+KNOWN_STATUSES = frozenset(HTTPStatus)
+
+
+def status_label(status: int) -> str:
+    """An upstream status as a label: itself when HTTP names it, else its class (`5xx`), or
+    `other` beyond 599. The status is the upstream's to choose: a hostile one answering each
+    request with another number would otherwise grow the series without end."""
+    if status in KNOWN_STATUSES:
+        return str(status)
+    return f"{status // 100}xx" if 100 <= status <= 599 else OTHER
+
 
 _PROXY_BUCKETS = (
     0.0005,
@@ -62,135 +68,6 @@ _PROXY_BUCKETS = (
 )
 _DISTANCE_BUCKETS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 _UPSTREAM_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
-
-
-class Counts(Protocol):
-    def inc(self, amount: float = 1) -> None: ...
-
-
-class Observes(Protocol):
-    def observe(self, amount: float) -> None: ...
-
-
-class CounterFamily(Protocol):
-    def labels(self, *values: str) -> Counts: ...
-
-    def collect(self) -> Iterable[Metric]: ...
-
-
-class HistogramFamily(Protocol):
-    def labels(self, *values: str) -> Observes: ...
-
-
-class Tally:
-    """One counter series in a plain number, read when the metrics are read: prometheus-client's
-    own children take a lock on every `inc`, and a HIT counts several times."""
-
-    __slots__ = ("created", "value")
-
-    def __init__(self) -> None:
-        self.value: float = 0
-        self.created = time.time()
-
-    def inc(self, amount: float = 1) -> None:
-        self.value += amount
-
-
-class HistogramTally:
-    """One histogram series as a count per bucket and a sum, read as `Tally` is."""
-
-    __slots__ = ("bounds", "counts", "created", "sum")
-
-    def __init__(self, bounds: Sequence[float]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * len(bounds)
-        self.sum = 0.0
-        self.created = time.time()
-
-    def observe(self, amount: float) -> None:
-        """Into the first bucket whose bound is >= amount, as Histogram.observe does."""
-        self.counts[bisect_left(self.bounds, amount)] += 1
-        self.sum += amount
-
-
-class CounterTallies:
-    """A counter family whose series are tallies, shown as prometheus-client shows a Counter."""
-
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
-        self.name, self.documentation, self.labelnames = name, documentation, labelnames
-        self._series: dict[tuple[str, ...], Tally] = {}
-
-    def labels(self, *values: str) -> Tally:
-        found = self._series.get(values)
-        if found is None:
-            found = self._series[values] = Tally()
-        return found
-
-    def describe(self) -> Iterable[Metric]:
-        return [CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)]
-
-    def collect(self) -> Iterable[Metric]:
-        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        for values, tally in list(self._series.items()):
-            family.add_metric(values, tally.value, created=tally.created)
-        return [family]
-
-
-class HistogramTallies:
-    """A histogram family whose series are tallies: cumulative buckets, `+Inf` last, and the
-    `_created` sample prometheus-client's Histogram shows too."""
-
-    def __init__(
-        self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float]
-    ) -> None:
-        self.name, self.documentation, self.labelnames = name, documentation, labelnames
-        self._bounds = [float(bound) for bound in buckets] + [math.inf]
-        self._les = [floatToGoString(bound) for bound in self._bounds]  # type: ignore[no-untyped-call]
-        self._series: dict[tuple[str, ...], HistogramTally] = {}
-
-    def labels(self, *values: str) -> HistogramTally:
-        found = self._series.get(values)
-        if found is None:
-            found = self._series[values] = HistogramTally(self._bounds)
-        return found
-
-    def describe(self) -> Iterable[Metric]:
-        return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
-
-    def collect(self) -> Iterable[Metric]:
-        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        for values, tally in list(self._series.items()):
-            cumulative = accumulate(list(tally.counts))
-            family.add_metric(values, list(zip(self._les, cumulative, strict=True)), tally.sum)
-            labels = dict(zip(self.labelnames, values, strict=True))
-            family.samples.append(Sample(f"{self.name}_created", labels, tally.created))
-        return [family]
-
-
-class Tallies:
-    """The tallied families as one prometheus-client collector. `describe` names them, so that
-    the registry refuses a normal metric of the same name."""
-
-    def __init__(self) -> None:
-        self._families: list[CounterTallies | HistogramTallies] = []
-
-    def counter(self, name: str, documentation: str, labelnames: Sequence[str]) -> CounterTallies:
-        family = CounterTallies(name, documentation, labelnames)
-        self._families.append(family)
-        return family
-
-    def histogram(
-        self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float]
-    ) -> HistogramTallies:
-        family = HistogramTallies(name, documentation, labelnames, buckets)
-        self._families.append(family)
-        return family
-
-    def describe(self) -> Iterable[Metric]:
-        return [metric for family in self._families for metric in family.describe()]
-
-    def collect(self) -> Iterable[Metric]:
-        return [metric for family in self._families for metric in family.collect()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,7 +232,7 @@ class Metrics:
         child = self._upstream.get((route, status))
         if child is None:
             child = self._upstream[route, status] = self.upstream_duration.labels(
-                route, str(status)
+                route, status_label(status)
             )
         child.observe(took)
 

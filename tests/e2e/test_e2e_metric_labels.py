@@ -131,3 +131,32 @@ def test_an_upstream_naming_a_new_fingerprint_per_answer_cannot_grow_the_series(
     assert len(shown) <= MAX_FINGERPRINTS + 1
     assert shown[labels(model="gpt-x", fingerprint="other")] == 1
     assert proxy.metric("repro_fingerprint_changes_total", model="gpt-x") == answers - 1
+
+
+def test_an_upstream_answering_with_made_up_statuses_cannot_grow_the_series(
+    start_proxy: ProxyFactory,
+) -> None:
+    """The status is the upstream's to choose: the upstream histogram names those HTTP names,
+    and gives any other its class (`4xx`), so that a new number per answer adds no series."""
+    statuses = itertools.count(431)
+
+    async def made_up_status(writer: asyncio.StreamWriter, _: Received) -> None:
+        status = next(statuses)
+        error = orjson.dumps({"error": {"message": "no", "type": "x", "code": None}})
+        head = f"{status} Whatever"
+        writer.write(http_answer(error, "Content-Type: application/json", status=head))
+        await writer.drain()
+
+    with Scripted(made_up_status) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        headers = {"Authorization": "Bearer sk-any", "Content-Type": "application/json"}
+        with httpx.Client(timeout=10) as client:
+            got = [
+                client.post(proxy.url + CHAT, content=body("gpt-x", f"p{n}"), headers=headers)
+                for n in range(40)
+            ]
+        text = proxy.metrics()
+    assert {answer.status_code for answer in got} == set(range(431, 471))
+    counts = series(text, "repro_upstream_duration_seconds_count")
+    assert {dict(key)["status"] for key in counts} == {"431", "451", "4xx"}
+    assert sum(counts.values()) == 40

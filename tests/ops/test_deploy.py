@@ -36,9 +36,10 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from proxy import cli, config
 from proxy.core.policy import Outcome
-from proxy.metrics import CounterTallies, HistogramTallies, Metrics
+from proxy.metrics import Metrics
 from proxy.store import open_store
 from proxy.store.base import StoreError
+from proxy.tallies import CounterTallies, HistogramTallies
 from tests.fixtures_redis import running_redis
 
 ROOT = Path(__file__).resolve().parents[2]

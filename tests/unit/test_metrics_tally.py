@@ -18,7 +18,8 @@ from prometheus_client import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.metrics import Metrics, Tallies
+from proxy.metrics import Metrics
+from proxy.tallies import Tallies
 
 BUCKETS = (0.001, 0.01, 0.1, 1.0)
 # Below every bound, on a bound (the bucket is `le`), between bounds, above all (+Inf), zero.
