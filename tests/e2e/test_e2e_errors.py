@@ -229,11 +229,11 @@ def test_hop_by_hop_headers_are_not_forwarded(proxy: Proxy, sim: Sim) -> None:
     post(
         proxy,
         BODY,
-        Connection="keep-alive, X-Secret-Hop",
-        **{"X-Secret-Hop": "1", "Keep-Alive": "5"},
+        Connection="keep-alive, X-Trace-Hop",
+        **{"X-Trace-Hop": "1", "Keep-Alive": "5"},
     )
     headers = {k.lower(): v for k, v in sim.llm_requests()[0]["headers"].items()}
-    assert "x-secret-hop" not in headers
+    assert "x-trace-hop" not in headers
     assert "keep-alive" not in headers
     assert headers["host"] == f"127.0.0.1:{sim.port}"
 
