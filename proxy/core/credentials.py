@@ -172,6 +172,8 @@ def split_query(query: str) -> tuple[str, Credentials]:
     as a server reads it (percent-decoded, any case, after a `&` or a `;`), so `%6Bey=` is
     `key=` too, and `a=1;key=` names one: otherwise a server splitting at `;` would take the
     key the proxy kept in the cache key and stored, its caller counted as keyless."""
+    if not query:  # most requests
+        return query, ()
     lowered = query.lower()
     if "%" not in query and not any(cue in lowered for cue in _WORD_CUES):
         return query, ()

@@ -29,7 +29,10 @@ HANDLER_ARGS: Mapping[str, Any] = MappingProxyType({"auto_decompress": False})
 def coding(request: web.Request) -> str:
     """The body's Content-Encoding, lower case, every line of it (two `gzip` lines are
     `gzip, gzip`, not `gzip`); "" for a plain body."""
-    value = ", ".join(request.headers.getall("Content-Encoding", ())).strip().lower()
+    lines = request.headers.getall("Content-Encoding", ())
+    if not lines:  # most bodies
+        return ""
+    value = ", ".join(lines).strip().lower()
     return "" if value == "identity" else value
 
 

@@ -100,10 +100,16 @@ def is_served(response: web.StreamResponse) -> bool:
 
 
 async def decide(services: Services, request: web.Request, call: Call) -> web.StreamResponse:
-    """A HIT when allowed and found; else the upstream, once for identical concurrent misses."""
+    """A HIT when allowed and found; else the upstream, once for identical concurrent misses.
+
+    In `shared` scope the key is checked before the lookup, not only before a HIT: a caller the
+    upstream refuses would otherwise learn whether anyone asked its question before (a key check
+    made only when something is stored) or is asking it now (a follower waiting for the fill in
+    flight). In `key` scope a caller looks only into its own partition."""
     if not call.plan.lookup:
         return await go_upstream(services, request, call)
-    if not await may_look(services, request, call):
+    shared = services.settings.cache_scope is CacheScope.SHARED
+    if shared and not await key_accepted(services, request, call):
         return await go_upstream(services, request, unlooked(call))
     if coalesces(services, call):
         return await fill(services, request, call)
@@ -111,16 +117,6 @@ async def decide(services: Services, request: web.Request, call: Call) -> web.St
     if entry is not None:
         return await serve_if_trusted(services, request, call, entry)
     return await go_upstream(services, request, call)
-
-
-async def may_look(services: Services, request: web.Request, call: Call) -> bool:
-    """In `shared` scope the key is checked before the lookup, not only before a HIT: a caller
-    the upstream refuses would otherwise learn whether anyone asked its question before (a
-    key check made only when something is stored) or is asking it now (a follower waiting
-    for the fill in flight). In `key` scope a caller looks only into its own partition."""
-    if services.settings.cache_scope is not CacheScope.SHARED:
-        return True
-    return await key_accepted(services, request, call)
 
 
 def unlooked(call: Call) -> Call:
@@ -153,7 +149,9 @@ async def key_accepted(services: Services, request: web.Request, call: Call) -> 
     settings = services.settings
     if not services.keys.enabled or settings.cache_mode is CacheMode.REPLAY:
         return True
-    known = request.get(KEY_VERDICT)
+    known = services.keys.known(call.tenant)
+    if known is None:
+        known = request.get(KEY_VERDICT)  # a check this request made, even one with no answer
     if known is None:
         shared = settings.cache_scope is CacheScope.SHARED
         known = request[KEY_VERDICT] = await services.keys.accepted(call, request.headers, shared)

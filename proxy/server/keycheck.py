@@ -115,12 +115,19 @@ class KeyChecker:
         """The upstream just answered a real request of this tenant with a 2xx."""
         self._verdicts.put(tenant, (True, self._clock()))
 
+    def known(self, tenant: str) -> bool | None:
+        """The verdict on `tenant` while it is fresh, else None: what nearly every HIT reads."""
+        verdict = self._verdicts.get(tenant)
+        if verdict is not None and self._clock() - verdict[1] < self._interval:
+            return verdict[0]
+        return None
+
     async def accepted(self, call: Call, headers: CIMultiDictProxy[str], shared: bool) -> bool:
         """Whether the caller of `call` (credentials in its request `headers`, read only when
         the upstream must be asked) may read the cache now; `shared` is the cache scope."""
-        verdict = self._verdicts.get(call.tenant)
-        if verdict is not None and self._clock() - verdict[1] < self._interval:
-            return verdict[0]
+        known = self.known(call.tenant)
+        if known is not None:
+            return known
         credentials = of_request(headers, call.query, self._carriers)
         if not credentials:
             return False  # nothing to ask about: only a keyless request served 2xx vouches
