@@ -12,29 +12,12 @@ import httpx
 import orjson
 import pytest
 
+from tests.e2e.test_unkeyed_inputs import completion
 from tests.fixtures_procs import ProxyFactory
 from tests.hostile import Received, Scripted, http_answer
 
 AUTH = {"Authorization": "Bearer sk-victim", "Content-Type": "application/json"}
 CHAT = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
-
-
-def completion(content: str) -> bytes:
-    return orjson.dumps(
-        {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "model": "gpt-4o-mini",
-            "system_fingerprint": "fp_hostile",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": content},
-                    "finish_reason": "stop",
-                }
-            ],
-        }
-    )
 
 
 async def answers_its_request_line(writer: asyncio.StreamWriter, request: Received) -> None:

@@ -159,29 +159,37 @@ def test_a_frame_sent_in_many_pieces_costs_its_length_once(start_proxy: ProxyFac
     assert used < 1  # split again at each piece: 3.6 s here, 16 times that at the default cap
 
 
+def asked_twice(
+    start_proxy: ProxyFactory, parts: tuple[bytes, ...], prompt: str
+) -> tuple[list[httpx.Response], Scripted]:
+    """The same stream request twice, to an upstream streaming these frames each time."""
+
+    async def streams(writer: asyncio.StreamWriter, _: Received) -> None:
+        writer.write(SSE_HEAD + b"".join(chunked(part) for part in parts) + b"0\r\n\r\n")
+        await writer.drain()
+
+    with Scripted(streams) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        answers = [
+            httpx.post(
+                proxy.v1 + "/chat/completions",
+                content=stream_request(prompt),
+                headers=AUTH,
+                timeout=WAIT,
+            )
+            for _ in range(2)
+        ]
+    return answers, upstream
+
+
 def test_a_stream_carrying_an_error_event_is_never_stored(start_proxy: ProxyFactory) -> None:
     """An `event: error` frame whose data reads as a token: a client dispatching on the event
     name saw an error, yet the stream ends with a finish_reason and `[DONE]`. Stored, every
     later caller would get that error replayed as a clean answer; it is asked for again."""
     error = b'event: error\ndata: {"message": "overloaded", "choices": []}\n\n'
     finish = frame("!").replace(b'"finish_reason":null', b'"finish_reason":"stop"')
-
-    async def errs_mid_stream(writer: asyncio.StreamWriter, _: Received) -> None:
-        parts = (frame("a"), error, finish, b"data: [DONE]\n\n")
-        writer.write(SSE_HEAD + b"".join(chunked(part) for part in parts) + b"0\r\n\r\n")
-        await writer.drain()
-
-    with Scripted(errs_mid_stream) as upstream:
-        proxy = start_proxy(upstream=upstream.v1)
-        answers = [
-            httpx.post(
-                proxy.v1 + "/chat/completions",
-                content=stream_request("errs"),
-                headers=AUTH,
-                timeout=WAIT,
-            )
-            for _ in range(2)
-        ]
+    parts = (frame("a"), error, finish, b"data: [DONE]\n\n")
+    answers, upstream = asked_twice(start_proxy, parts, "errs")
     assert [a.headers["x-repro-cache"] for a in answers] == ["MISS", "MISS"]
     assert all(b"event: error" in a.content for a in answers)
     assert len(upstream.received) == 2
@@ -192,26 +200,11 @@ def test_a_stream_whose_fingerprint_changes_midway_is_never_stored(
 ) -> None:
     """Its first chunks name one fingerprint, the rest another: stored, it would be served as
     the first fingerprint's answer though another produced part of it."""
-    first = frame("a")
     other = frame("!").replace(b'"finish_reason":null', b'"finish_reason":"stop"')
     other = other.replace(b"fp_hostile", b"fp_other")
-
-    async def changes_midway(writer: asyncio.StreamWriter, _: Received) -> None:
-        parts = (first, other, b"data: [DONE]\n\n")
-        writer.write(SSE_HEAD + b"".join(chunked(part) for part in parts) + b"0\r\n\r\n")
-        await writer.drain()
-
-    with Scripted(changes_midway) as upstream:
-        proxy = start_proxy(upstream=upstream.v1)
-        answers = [
-            httpx.post(
-                proxy.v1 + "/chat/completions",
-                content=stream_request("changes"),
-                headers=AUTH,
-                timeout=WAIT,
-            )
-            for _ in range(2)
-        ]
+    answers, upstream = asked_twice(
+        start_proxy, (frame("a"), other, b"data: [DONE]\n\n"), "changes"
+    )
     assert [a.headers["x-repro-cache"] for a in answers] == ["MISS", "MISS"]
     assert [a.headers["x-repro-fingerprint"] for a in answers] == ["fp_hostile"] * 2
     assert len(upstream.received) == 2
