@@ -43,6 +43,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         **_SAMPLING_DEFAULTS,
         "parallel_tool_calls": True,
         "response_format": {"type": "text"},
+        "store": False,
     },
     COMPLETIONS: {**_SAMPLING_DEFAULTS, "echo": False, "best_of": 1},
     EMBEDDINGS: {"encoding_format": "float"},
@@ -55,11 +56,15 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "truncation": "disabled",
         "tool_choice": "auto",
         "text": {"format": {"type": "text"}},
+        "store": True,
     },
 }
 
 # Fields that label a request for the provider's bookkeeping and cannot change the output.
-NON_SEMANTIC = frozenset({"user", "metadata", "store"})
+# `store` is not one: a stored answer's id is fetched (`GET /v1/responses/{id}`, stored chat
+# completions) or chained (`previous_response_id`) later, which only works when the upstream
+# kept it; an answer made with `store: false` must not answer a request that asked to keep it.
+NON_SEMANTIC = frozenset({"user", "metadata"})
 _LABELS: dict[str, frozenset[str]] = {
     RESPONSES: NON_SEMANTIC | {"safety_identifier", "prompt_cache_key"},
 }

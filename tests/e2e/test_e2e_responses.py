@@ -112,6 +112,22 @@ def test_defaults_and_bookkeeping_share_a_key_and_no_seed_ever_goes_upstream(
     assert all("seed" not in body for body in upstream_bodies(sim))
 
 
+def test_a_response_the_upstream_did_not_keep_never_answers_one_asked_to_be_kept(
+    proxy: Proxy, sim: Sim, ns: str
+) -> None:
+    """`store: false` leaves no response upstream to fetch or chain from: served to a request
+    that asked to keep it, its id would be a 404 the moment it was used."""
+    sdk = client(proxy, ns)
+    outcomes = [
+        sdk.responses.with_raw_response.create(model=MODEL, input=INPUT, **kept).headers[
+            "X-Repro-Cache"
+        ]
+        for kept in ({"store": False}, {"store": True}, {}, {"store": False})
+    ]
+    assert outcomes == ["MISS", "MISS", "HIT", "HIT"]
+    assert [body.get("store") for body in upstream_bodies(sim)] == [False, True]
+
+
 def test_strict_pins_temperature_and_top_p_and_adds_no_seed(
     proxies: dict[str, Proxy], sim: Sim, ns: str
 ) -> None:

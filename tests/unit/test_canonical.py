@@ -371,7 +371,7 @@ class TestKeyViewDropsWhatCannotMatter:
             pytest.param({"temperature": None, "max_tokens": None}, id="sampling-null"),
             pytest.param({"user": "alice"}, id="user"),
             pytest.param({"metadata": {"run": "42"}}, id="metadata"),
-            pytest.param({"store": True}, id="store"),
+            pytest.param({"store": False}, id="store-false"),
             pytest.param(
                 {"stream_options": {"include_usage": True}}, id="stream_options-no-stream"
             ),
@@ -601,7 +601,7 @@ defaults = st.fixed_dictionaries(
         "parallel_tool_calls": st.just(True),
         "response_format": st.just({"type": "text"}),
         "user": st.text(max_size=5),
-        "store": st.booleans(),
+        "store": st.just(False),
         "tool_choice": st.none(),
         "stream_options": st.just({"include_usage": True}),
     },

@@ -60,7 +60,7 @@ def test_responses_defaults_and_bookkeeping_do_not_change_the_key() -> None:
         "text": {"format": {"type": "text"}},
         "user": "u-1",
         "metadata": {"run": "7"},
-        "store": False,
+        "store": True,
         "safety_identifier": "hash-1",
         "prompt_cache_key": "pck",
         "previous_response_id": None,
@@ -86,12 +86,24 @@ def test_responses_defaults_and_bookkeeping_do_not_change_the_key() -> None:
         {"stream": True},
         {"tool_choice": "required"},
         {"truncation": "auto"},
+        {"store": False},
     ],
 )
 def test_everything_that_can_change_a_response_changes_the_key(extra: dict[str, Any]) -> None:
     assert request_key(RESPONSES, "s", "", {**BODY, **extra}) != request_key(
         RESPONSES, "s", "", BODY
     )
+
+
+def test_an_answer_the_upstream_did_not_keep_never_answers_a_request_that_asks_it_to() -> None:
+    """Its id would be fetched or chained later (`previous_response_id`, stored chat
+    completions) and the upstream would not know it."""
+    chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    assert request_key(CHAT, "s", "", {**chat, "store": True}) != request_key(CHAT, "s", "", chat)
+    assert request_key(CHAT, "s", "", {**chat, "store": False}) == request_key(CHAT, "s", "", chat)
+    kept, dropped = {**BODY, "store": True}, {**BODY, "store": False}
+    assert request_key(RESPONSES, "s", "", kept) == request_key(RESPONSES, "s", "", BODY)
+    assert request_key(RESPONSES, "s", "", dropped) != request_key(RESPONSES, "s", "", BODY)
 
 
 def test_responses_and_chat_with_one_body_never_share_a_key() -> None:
