@@ -71,6 +71,7 @@ class Settings:
     upstream_connections: int = 0
     header_timeout: float = 10.0
     body_timeout: float = 60.0
+    send_timeout: float = 60.0
     keepalive_timeout: float = 75.0
     max_connections: int | None = None
     stream_disconnect: StreamDisconnect = StreamDisconnect.FINISH

@@ -398,6 +398,14 @@ OPTIONS = (
         "seconds a request body may go silent between two reads (408 beyond)",
     ),
     Option(
+        "send_timeout",
+        "REPRO_SEND_TIMEOUT",
+        "60",
+        _positive_seconds,
+        "seconds a client may leave its answer unread (not one byte taken) before its connection "
+        "is closed",
+    ),
+    Option(
         "keepalive_timeout",
         "REPRO_KEEPALIVE_TIMEOUT",
         "75",

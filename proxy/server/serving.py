@@ -6,7 +6,9 @@ sending its head a byte at a time (slowloris) holds a connection for as long as 
 enough of them exhaust the process's descriptors. `Guard` is a thin asyncio Protocol between
 the transport and aiohttp's `RequestHandler` (made by `AppRunner.server`, the protocol factory
 aiohttp's own sites use): it refuses connections beyond the cap with a 503 before aiohttp sees
-them, and closes a connection whose head is not complete in time.
+them, closes a connection whose head is not complete in time, and closes one whose client
+stops reading its answer (`--send-timeout`, nginx's `send_timeout`): aiohttp would wait on such
+a client forever, holding the answer's unsent bytes and, for a stream, an upstream connection.
 
 The guard reads two attributes of aiohttp's handler, the only internals used, because aiohttp
 exposes no event for "a head was parsed": `_request_count` (heads parsed so far) and `_waiter`
@@ -57,6 +59,7 @@ class Gate:
 
     limit: int
     header_timeout: float
+    send_timeout: float
     open: int = 0
     refusing: int = 0
 
@@ -64,7 +67,16 @@ class Gate:
 class Guard(asyncio.Protocol):
     """One admitted connection: aiohttp's handler, closed when a head takes too long."""
 
-    __slots__ = ("_count", "_factory", "_gate", "_inner", "_timer", "_transport")
+    __slots__ = (
+        "_count",
+        "_factory",
+        "_gate",
+        "_inner",
+        "_stall",
+        "_timer",
+        "_transport",
+        "_unsent",
+    )
 
     _inner: RequestHandler
 
@@ -74,6 +86,8 @@ class Guard(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._count = 0
+        self._stall: asyncio.TimerHandle | None = None  # armed while the client reads nothing
+        self._unsent = 0
 
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, base)  # uvloop's does not subclass asyncio's
@@ -109,13 +123,41 @@ class Guard(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
         self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
+        """The client's socket takes no more for now: it has `send_timeout` to take some."""
         self._inner.pause_writing()
+        if self._transport is not None:
+            self._watch(self._transport.get_write_buffer_size())
 
     def resume_writing(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
         self._inner.resume_writing()
+
+    def _watch(self, unsent: int) -> None:
+        self._unsent = unsent
+        loop = asyncio.get_running_loop()
+        self._stall = loop.call_at(loop.time() + self._gate.send_timeout, self._stalled)
+
+    def _stalled(self) -> None:
+        """Closed only when not one byte left in `send_timeout`, as nginx does: a client that
+        reads slowly but reads keeps its connection."""
+        self._stall = None
+        transport = self._transport
+        if transport is None:
+            return
+        unsent = transport.get_write_buffer_size()
+        if unsent < self._unsent:
+            self._watch(unsent)
+            return
+        log.info("client closed: it read none of its answer in time", extra={"unsent": unsent})
+        transport.abort()
 
     def _arm(self) -> None:
         self._count = self._inner._request_count
@@ -236,7 +278,8 @@ def announce(line: str) -> None:
 async def serve(app: web.Application, settings: Settings, *, reuse_port: bool) -> None:
     """Serve `app` until SIGINT or SIGTERM, then close connections as aiohttp's run_app does."""
     descriptors = raise_descriptor_limit()
-    gate = Gate(connection_cap(settings.max_connections, descriptors), settings.header_timeout)
+    cap = connection_cap(settings.max_connections, descriptors)
+    gate = Gate(cap, settings.header_timeout, settings.send_timeout)
     keepalive = settings.keepalive_timeout
     runner = web.AppRunner(app, handle_signals=False, access_log=None, keepalive_timeout=keepalive)
     await runner.setup()

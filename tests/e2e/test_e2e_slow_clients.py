@@ -3,15 +3,18 @@ connections, and the descriptor limit. The attacking client is a raw socket on l
 
 from __future__ import annotations
 
+import asyncio
 import resource
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import pytest
 
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim, running_proxy
+from tests.hostile import Received, Scripted, Writer, fixed, http_answer
 
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: proxy\r\n\r\n"
 
@@ -178,3 +181,132 @@ def test_the_soft_descriptor_limit_is_raised_to_the_hard_one_at_start(sim: Sim) 
 
     with running_proxy(sim.v1, preexec_fn=lower) as proxy:
         assert _soft_nofile(proxy.proc.pid) == (hard, hard)
+
+
+# --- clients that stop reading their answer ---------------------------------------------------
+
+BIG = 8 * 1024 * 1024  # beyond what loopback's socket buffers take: the proxy must wait on it
+
+
+def huge_completion() -> bytes:
+    return orjson.dumps(
+        {
+            "id": "chatcmpl-big",
+            "object": "chat.completion",
+            "model": "gpt-4o-mini",
+            "system_fingerprint": "fp_big",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "x" * BIG},
+                    "finish_reason": "stop",
+                }
+            ],
+        }
+    )
+
+
+def endless_stream(ended: list[str]) -> Writer:
+    """An SSE stream far longer than any socket buffer; `ended` gets how its writing ended."""
+    frame = b'data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,'
+    frame += b'"delta":{"content":"' + b"x" * 4000 + b'"}}]}\n\n'
+    chunk = b"%x\r\n%s\r\n" % (len(frame), frame)
+
+    async def write(writer: asyncio.StreamWriter, _: Received) -> None:
+        writer.write(SSE_HEAD)
+        try:
+            for _ in range(20_000):
+                writer.write(chunk)
+                await writer.drain()
+            ended.append("finished")
+        except OSError as exc:
+            ended.append(type(exc).__name__)
+
+    return write
+
+
+SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
+
+
+def asking(proxy: Proxy, body: bytes, tiny: bool = True) -> socket.socket:
+    """A client that sends its request and reads nothing yet (from a tiny receive buffer)."""
+    sock = socket.socket()
+    if tiny:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", proxy.port))
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Authorization: Bearer sk-reader\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    return sock
+
+
+def read_all(sock: socket.socket, pause: float = 0.0, piece: int = 256 * 1024) -> int:
+    """Bytes the proxy sent before closing (or before the answer went quiet for 5 s)."""
+    sock.settimeout(5)
+    total = 0
+    try:
+        while chunk := sock.recv(piece):
+            total += len(chunk)
+            time.sleep(pause)
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return total
+
+
+def until(condition: Callable[[], bool], within: float = 20) -> bool:
+    deadline = time.monotonic() + within
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return condition()
+
+
+def chat(prompt: str, stream: bool = False) -> bytes:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]}
+    return orjson.dumps({**body, "stream": True} if stream else body)
+
+
+def test_a_client_that_reads_none_of_a_stream_is_closed_and_frees_the_upstream(
+    start_proxy: ProxyFactory,
+) -> None:
+    """Without a send timeout the relay waited on the client forever, holding the upstream
+    connection (and, with --upstream-connections, a slot every other caller needs)."""
+    ended: list[str] = []
+    with Scripted(endless_stream(ended)) as upstream:
+        proxy = start_proxy(
+            "--send-timeout", "1", "--stream-disconnect", "cancel", upstream=upstream.v1
+        )
+        with asking(proxy, chat("never read", stream=True)) as sock:
+            assert until(lambda: bool(ended)), "the upstream is still held by a silent client"
+            assert ended != ["finished"]
+            assert read_all(sock) < 20_000 * 4000
+
+
+def test_a_client_that_reads_none_of_a_whole_answer_is_closed(
+    start_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    answer = http_answer(huge_completion(), "Content-Type: application/json")
+    log = tmp_path / "proxy.log"
+    with Scripted(fixed(answer)) as upstream, log.open("wb") as sink:
+        proxy = start_proxy("--send-timeout", "1", upstream=upstream.v1, stderr=sink)
+        with asking(proxy, chat("big, never read")) as sock:
+            closed = until(lambda: b"it read none of its answer in time" in log.read_bytes())
+            assert closed, "the proxy still waits on a client that reads nothing"
+            assert read_all(sock) < BIG
+        assert b"never read" not in log.read_bytes()  # no prompt in the log line
+
+
+def test_a_client_that_reads_slowly_but_steadily_gets_its_whole_answer(
+    start_proxy: ProxyFactory,
+) -> None:
+    """As nginx's send_timeout: the bound is on a silence, not on the whole transfer (several
+    seconds here, at a few MB/s)."""
+    answer = http_answer(huge_completion(), "Content-Type: application/json")
+    with Scripted(fixed(answer)) as upstream:
+        proxy = start_proxy("--send-timeout", "1", upstream=upstream.v1)
+        with asking(proxy, chat("big, read slowly"), tiny=False) as sock:
+            received = read_all(sock, pause=0.02, piece=64 * 1024)
+    assert received > len(huge_completion())

@@ -47,6 +47,7 @@ WRONG = {
     "upstream_connections": "many",
     "header_timeout": "0",
     "body_timeout": "",
+    "send_timeout": "-1",
     "keepalive_timeout": "forever",
     "max_connections": "lots",
     "stream_disconnect": "abort",
