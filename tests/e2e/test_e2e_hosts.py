@@ -8,12 +8,15 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+from pathlib import Path
 
 import openai
 import orjson
 import pytest
 from openai import OpenAI
 
+from proxy.testing.local import LocalProxy
+from proxy.testing.session import LLMSession, RecordMode
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim, running_proxies
 
 AUTH = "Bearer sk-alice"
@@ -256,3 +259,20 @@ def test_the_sdk_gets_a_permission_error_naming_the_setting(proxy: Proxy) -> Non
     assert info.value.code == "host_not_allowed"
     assert "--allowed-host" in info.value.message
     assert info.value.response.headers["x-should-retry"] == "false"
+
+
+def test_the_pytest_plugins_proxy_refuses_a_rebound_name_once_with_its_own_check(
+    sim: Sim, tmp_path: Path
+) -> None:
+    session = LLMSession(RecordMode.ONCE, str(tmp_path / "llm.jsonl"), sim.v1)
+    local = LocalProxy(session.settings(), [])
+    local.start()
+    try:
+        port = local.port
+        for host in ("evil.example", f"evil.example:{port}", f"127.0.0.1.evil.example:{port}"):
+            status, answer = ask(port, request("GET", "/healthz", host))
+            assert (status, code(answer)) == (403, "not_this_session"), host
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"LocalHost.:{port}"):
+            assert ask(port, request("GET", "/healthz", host))[0] == 200, host
+    finally:
+        local.stop()
