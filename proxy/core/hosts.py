@@ -26,8 +26,8 @@ from enum import Enum
 ANY = "*"
 LOCALHOST = "localhost"
 MEMO = 256
-"""Distinct Host values whose verdict is remembered: a few make nearly all traffic, and a client
-sending a new one each time pays for reading it, nothing more."""
+"""Distinct Host values whose verdict is remembered: a few make nearly all traffic. A client
+sending a new one each time empties the memo every MEMO values, and the few come back at once."""
 
 _NAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
 _PORT = re.compile(r"[0-9]{0,5}")
@@ -142,7 +142,7 @@ def allowed_hosts(listen: str, listed: Iterable[str]) -> AllowedHosts:
 
 
 class HostCheck:
-    """The verdict on each Host value, remembered for the MEMO first distinct ones."""
+    """The verdict on each Host value, remembered (at most MEMO of them)."""
 
     __slots__ = ("_verdicts", "allowed", "any")
 
@@ -160,6 +160,7 @@ class HostCheck:
             found = Verdict.INVALID
         else:
             found = Verdict.ALLOWED if self.allowed.allows(host) else Verdict.REFUSED
-        if len(self._verdicts) < MEMO:
-            self._verdicts[value] = found
+        if len(self._verdicts) >= MEMO:
+            self._verdicts.clear()
+        self._verdicts[value] = found
         return found
