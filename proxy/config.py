@@ -36,6 +36,7 @@ _SECRETS = frozenset({"admin_token", "secret", "encryption_key", "probe_key"})
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
+    allowed_host: tuple[str, ...] = ()
     upstream: str = "https://api.openai.com/v1"
     store: str = "memory://"
     default_seed: int = 12345

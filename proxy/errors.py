@@ -6,6 +6,8 @@
  │    └── InvalidType              400  invalid_type (a parameter the proxy acts on)
      ├── InvalidPath                   400  invalid_path (a pass-through path leaving /v1/)
      ├── InvalidHeader                 400  invalid_header (a value not in Latin-1)
+     ├── InvalidHost                   400  invalid_host (no Host in HTTP/1.1, or not a host)
+     ├── HostNotAllowed                403  host_not_allowed (--allowed-host)
      ├── RequestTimeout                408  request_timeout (a body that went silent)
      ├── InvalidBodyLength             400  invalid_body_length (pass-through)
      ├── InvalidBody                   400  invalid_body (broken chunks or Content-Encoding)
@@ -91,6 +93,25 @@ class InvalidHeader(ProxyError):
     status = 400
     code = "invalid_header"
     type = "invalid_request_error"
+
+
+class InvalidHost(ProxyError):
+    """HTTP/1.1 requires a Host header, and one naming a host (RFC 9112 3.2)."""
+
+    status = 400
+    code = "invalid_host"
+    type = "invalid_request_error"
+
+
+class HostNotAllowed(ProxyError):
+    """A name the proxy does not serve: the mark of a page that rebound its own name to the
+    proxy's address (DNS rebinding). 403, as the dev servers that check Host answer: 421
+    Misdirected Request invites a client to retry on another connection."""
+
+    status = 403
+    code = "host_not_allowed"
+    type = "permission_error"
+    final = True
 
 
 class RequestTimeout(ProxyError):

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from proxy.core.credentials import parse_names
+from proxy.core.hosts import parse_allowed
 from proxy.core.policy import CacheMode, CacheScope, Enforce, FingerprintPolicy, StreamDisconnect
 from proxy.store import check_url, parse_size
 from proxy.store.encrypted import parse_keys
@@ -136,6 +137,17 @@ OPTIONS = (
         "8080",
         _port,
         "listen port; 0 = a free port, reported at start (listening on http://HOST:PORT)",
+    ),
+    Option(
+        "allowed_host",
+        "REPRO_ALLOWED_HOST",
+        "",
+        parse_allowed,
+        "names a request may give in Host (against DNS rebinding): with a loopback --host, "
+        "localhost and these; with another, any unless some are given (then these and "
+        "localhost); .example.com: it and every name under it; *: any; addresses always pass; "
+        "repeat the flag or separate with commas",
+        repeatable=True,
     ),
     Option(
         "upstream",

@@ -189,8 +189,13 @@ def plan(mode: CacheMode, directives: Directives) -> Plan:
     """Combine the process's cache mode with the request's directives.
 
     In replay mode the cache stands in for the upstream: it is always consulted and the upstream
-    never is, whatever the request asks. only-if-cached never reaches the upstream either.
+    never is, whatever else the request asks. only-if-cached never reaches the upstream either;
+    with no-cache (no stored answer without the upstream's word) or no-store (no lookup) it
+    refuses every answer there is, so it gets the 504 of a miss in every mode (RFC 9111
+    5.2.1.7: a stored response "consistent with the other constraints of the request", or 504).
     """
+    if directives.only_if_cached and (directives.no_cache or directives.no_store):
+        return _BYPASS_CACHED_ONLY
     if mode is CacheMode.REPLAY:
         return _REPLAY
     if mode is CacheMode.OFF or directives.no_store:
@@ -308,8 +313,10 @@ def stale_window(setting: int, directive: int | None) -> int:
 
 
 def is_fresh(stored_at: float, now: float, ttl: int, max_age: int | None) -> bool:
-    """An entry is served only within its TTL and younger than the client's max-age."""
+    """An entry is served only within its TTL and at most the client's max-age old, in the
+    whole seconds its `Age` header shows: RFC 9111 5.2.1.1 accepts an age "less than or equal
+    to" max-age, so max-age=0 takes an entry stored within the current second (Age: 0)."""
     age = now - stored_at
     if ttl and age >= ttl:
         return False
-    return max_age is None or age < max_age
+    return max_age is None or age < max_age + 1

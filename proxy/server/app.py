@@ -20,6 +20,7 @@ from proxy.core import credentials
 from proxy.core.call import Call
 from proxy.core.canonical import CACHEABLE_ROUTES
 from proxy.core.codec import Codec
+from proxy.core.hosts import HostCheck, allowed_hosts
 from proxy.core.policy import SHARED, CacheMode
 from proxy.core.routes import AZURE_RESPONSES, AZURE_V1, DEPLOYMENT_CALLS, DEPLOYMENTS
 from proxy.errors import InvalidBody, InvalidHeader, ProxyError, UpstreamError
@@ -29,6 +30,7 @@ from proxy.server.coalesce import Coalescer
 from proxy.server.context import SERVICES, Services, entry_memo
 from proxy.server.dictionary import Dictionaries
 from proxy.server.fingerprints import FingerprintTracker
+from proxy.server.hostcheck import check_host
 from proxy.server.keycheck import KeyChecker
 from proxy.server.probe import Prober
 from proxy.server.secret import Secret
@@ -189,6 +191,7 @@ def _services(
             clock=clock,
             codec=packing,
             dictionaries=dictionaries,
+            hosts=HostCheck(allowed_hosts(settings.host, settings.allowed_host)),
             credential_names=carriers,
             entries=entry_memo(local_bytes),
             on_miss=on_miss,
@@ -273,6 +276,7 @@ def observed(handler: Handler, route: str | None = None) -> Handler:
         services = request.app[SERVICES]
         started = services.clock()
         try:
+            check_host(request, services.hosts)
             check_headers(request.headers)
             response = await handler(request)
         except UpstreamError as exc:

@@ -12,6 +12,7 @@ from proxy.config import Settings
 from proxy.core.codec import Codec
 from proxy.core.credentials import STANDARD
 from proxy.core.entry import Entry
+from proxy.core.hosts import HostCheck
 from proxy.core.lru import LRU
 from proxy.metrics import Metrics
 from proxy.server.coalesce import Coalescer
@@ -62,6 +63,7 @@ class Services:
     clock: Callable[[], float]
     codec: Codec
     dictionaries: Dictionaries
+    hosts: HostCheck  # the Host names served (against DNS rebinding)
     credential_names: tuple[str, ...] = STANDARD  # headers that carry a tenant's credential
     # Told of every request refused as a cache miss (the pytest plugin fails the test with it).
     on_miss: Callable[[Call], None] | None = None

@@ -231,9 +231,13 @@ def cache_miss(services: Services, call: Call) -> CacheMissError:
     )
     if services.on_miss is not None:
         services.on_miss(call)
+    asked = f"POST {call.route} (model {model or 'none'!r}, key {call.key})"
+    if call.plan.lookup:
+        found = f"No stored answer for {asked}"
+    else:  # only-if-cached with no-cache or no-store, cache mode off, a response never cached
+        found = f"{asked} may not be answered from the cache (cache mode {mode} or Cache-Control)"
     return CacheMissError(
-        f"No stored answer for POST {call.route} (model {model or 'none'!r}, key "
-        f"{call.key}), and this request may not reach the upstream (cache mode {mode} or "
+        f"{found}, and this request may not reach the upstream (cache mode {mode} or "
         "only-if-cached).",
         headers=repro_headers(call, call.plan.outcome, None),
     )

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from proxy.core.hosts import LOCALHOST, is_loopback, read_host
 from proxy.errors import ProxyError
 
 TCP_TABLE = "/proc/net/tcp"
@@ -62,12 +63,21 @@ def _address(host: str, port: int) -> str:
     return f"{word:08X}:{port:04X}"
 
 
+def own_host(value: str, port: int) -> bool:
+    """Whether a Host value names this proxy: a loopback name or address, as the proxy's own
+    check reads names (`proxy.core.hosts`), and the session's port. Stricter than that check,
+    which runs after this one: a request this one admits is never refused by it."""
+    host = read_host(value)
+    if host is None or not value.endswith(f":{port}"):
+        return False
+    return host.name == LOCALHOST or (host.address and is_loopback(host.name))
+
+
 def refusal(request: web.Request, port: int, uid: int, table: str = TCP_TABLE) -> str | None:
     """Why this request may not use the session's proxy, or None."""
     if any(name in request.headers for name in BROWSER_HEADERS):
         return "a request a browser sent"
-    host = request.headers.get("Host", "").lower()
-    if host not in (f"127.0.0.1:{port}", f"localhost:{port}"):
+    if not own_host(request.headers.get("Host", ""), port):
         return "a request for another host name"
     transport = request.transport
     peer = transport.get_extra_info("peername") if transport else None

@@ -110,7 +110,7 @@ def test_a_pass_through_body_cut_while_it_streams_upstream_is_aborted_there(
     upstream sees its request cut off, never ended with the last chunk."""
     first, *_ = flushed(GZIP, PREFIX, TAIL)
     head = (
-        b"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-a\r\n"
+        b"POST /v1/files HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer sk-a\r\n"
         b"Content-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
     with Scripted(echo_digest) as upstream:

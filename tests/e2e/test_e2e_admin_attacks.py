@@ -178,7 +178,7 @@ async def test_the_login_body_is_bounded_in_size_kind_and_silence(
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
     try:
         writer.write(
-            b"POST /admin/ui/login HTTP/1.1\r\nHost: x\r\n"
+            b"POST /admin/ui/login HTTP/1.1\r\nHost: localhost\r\n"
             b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n"
             b"token=slo"
         )

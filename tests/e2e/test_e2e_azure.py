@@ -160,7 +160,8 @@ def raw_request(proxy: Proxy, target: str) -> tuple[int, bytes, bytes]:
     """One request sent byte for byte (clients normalise dot segments away)."""
     body = orjson.dumps({"messages": MESSAGES})
     head = (
-        f"POST {target} HTTP/1.1\r\nHost: x\r\napi-key: k\r\nContent-Type: application/json\r\n"
+        f"POST {target} HTTP/1.1\r\nHost: localhost\r\napi-key: k\r\n"
+        "Content-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     ).encode()
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:

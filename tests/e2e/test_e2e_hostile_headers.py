@@ -24,7 +24,7 @@ def ask(proxy: Proxy, head: bytes, body: bytes = b"") -> tuple[int, bytes]:
 
 
 def request(method: bytes, path: bytes, *headers: bytes, body: bytes = b"") -> bytes:
-    lines = [method + b" " + path + b" HTTP/1.1", b"Host: proxy", b"Connection: close"]
+    lines = [method + b" " + path + b" HTTP/1.1", b"Host: localhost", b"Connection: close"]
     lines += [*headers, b"Content-Length: " + str(len(body)).encode()]
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
@@ -71,11 +71,12 @@ def test_the_namespace_header_may_still_carry_utf8(proxy: Proxy) -> None:
 
 
 MALFORMED = [
-    b"GET /v1/models HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer sk-secret-ctl\x01x\r\n\r\n",
-    b"GET /v1/models HTTP/1.1 Bearer sk-secret-line\r\nHost: proxy\r\n\r\n",
-    b"GET /v1/sk-secret-path\x01 HTTP/1.1\r\nHost: proxy\r\n\r\n",
-    b"GET /v1/models HTTP/1.1\r\nHost: proxy\r\nAuthorization : Bearer sk-secret-token\r\n\r\n",
-    b"POST /v1/chat/completions HTTP/1.1\r\nHost: proxy\r\nContent-Length: 1\r\n"
+    b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\n"
+    b"Authorization: Bearer sk-secret-ctl\x01x\r\n\r\n",
+    b"GET /v1/models HTTP/1.1 Bearer sk-secret-line\r\nHost: localhost\r\n\r\n",
+    b"GET /v1/sk-secret-path\x01 HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nAuthorization : Bearer sk-secret-token\r\n\r\n",
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\n"
     b"Transfer-Encoding: chunked\r\nAuthorization: Bearer sk-secret-te\r\n\r\n",
 ]
 

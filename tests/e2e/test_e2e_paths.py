@@ -66,7 +66,7 @@ def ask(proxy: Proxy, target: str) -> tuple[int, bytes]:
     """Send `target` exactly as written (an HTTP library would resolve it first)."""
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
         sock.sendall(
-            b"GET " + target.encode("latin-1") + b" HTTP/1.1\r\nHost: proxy\r\n"
+            b"GET " + target.encode("latin-1") + b" HTTP/1.1\r\nHost: localhost\r\n"
             b"Authorization: Bearer sk-tenant\r\nConnection: close\r\n\r\n"
         )
         data = b""

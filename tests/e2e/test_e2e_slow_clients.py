@@ -16,7 +16,7 @@ import pytest
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim, running_proxy
 from tests.hostile import Received, Scripted, Writer, fixed, http_answer
 
-HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: proxy\r\n\r\n"
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
 
 
 def connect(proxy: Proxy) -> socket.socket:
@@ -68,7 +68,7 @@ def dribble_until_closed(sock: socket.socket, data: bytes, every: float, within:
     return time.monotonic() - started
 
 
-SLOW_HEAD = b"GET /healthz HTTP/1.1\r\nHost: proxy\r\nX-Padding: " + b"a" * 200
+SLOW_HEAD = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Padding: " + b"a" * 200
 
 
 @pytest.fixture
@@ -119,7 +119,7 @@ def test_a_request_body_that_goes_silent_is_answered_408_after_the_body_timeout(
     proxy = start_proxy("--body-timeout", "1")
     with connect(proxy) as sock:
         sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: proxy\r\n"
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
             b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
             b'{"model": '
         )

@@ -349,7 +349,7 @@ def ask(content: str) -> bytes:
     """A whole request, as written on a connection."""
     body = ask_body(content)
     head = (
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: proxy\r\n"
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
         f"Authorization: Bearer sk-victim\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
@@ -404,7 +404,7 @@ def test_a_request_in_a_transfer_coding_besides_chunked_is_refused(
     front) and this one then read two bodies. The coding is refused, whatever the route."""
     body = CHAT
     request = (
-        f"POST {path} HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer sk-victim\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer sk-victim\r\n"
         "Content-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
     ).encode() + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
     with Scripted(answers_its_request_line) as upstream:
@@ -417,7 +417,7 @@ def test_a_request_in_a_transfer_coding_besides_chunked_is_refused(
 
 
 def framed(*lines: str, body: bytes = CHAT) -> bytes:
-    head = ["POST /v1/chat/completions HTTP/1.1", "Host: proxy", "Authorization: Bearer sk-v"]
+    head = ["POST /v1/chat/completions HTTP/1.1", "Host: localhost", "Authorization: Bearer sk-v"]
     return ("\r\n".join([*head, *lines, "", ""])).encode() + body
 
 
@@ -514,7 +514,7 @@ def test_a_pass_through_request_carries_no_header_its_client_did_not_send(
     it as it would otherwise). A pass-through goes with the client's headers only (and the
     framing of the bytes sent)."""
     request = (
-        b"POST /v1/files HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer sk-v\r\n"
+        b"POST /v1/files HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer sk-v\r\n"
         b"User-Agent: client\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"
     )
     with Scripted(answers_its_request_line) as upstream:

@@ -86,7 +86,8 @@ def test_a_gzip_body_cannot_smuggle_a_request_to_another_tenants_connection(
     victim_body = chat("the victim's question")
     smuggled_body = chat("the attacker's answer for everyone")
     smuggled = (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
+        + b"Content-Type: application/json\r\n"
         + b"Content-Length: %d\r\n\r\n" % len(smuggled_body)
         + smuggled_body
     )
@@ -142,8 +143,8 @@ async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
 @pytest.mark.parametrize(
     "parts",
     [
-        (b"0123456789GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",),
-        (b"0123456789", b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"),
+        (b"0123456789GET /smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n",),
+        (b"0123456789", b"GET /smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n"),
         (b"01234",),
     ],
     ids=["longer-in-one-chunk", "longer-in-a-later-chunk", "shorter"],
@@ -449,7 +450,7 @@ def test_a_pass_through_body_that_goes_silent_is_a_408_and_reaches_nothing_whole
         proxy = start_proxy("--body-timeout", "1", upstream=upstream.v1)
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
             sock.sendall(
-                b"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-a\r\n"
+                b"POST /v1/files HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer sk-a\r\n"
                 b"Content-Length: 100\r\n\r\n0123456789"
             )
             started = time.monotonic()

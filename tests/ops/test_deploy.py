@@ -35,6 +35,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
 from proxy import cli, config
+from proxy.core.hosts import HostCheck, Verdict, allowed_hosts
 from proxy.core.policy import Outcome
 from proxy.metrics import Metrics
 from proxy.store import open_store
@@ -530,6 +531,15 @@ def test_compose_proxy_is_a_valid_serve_command_on_redis() -> None:
     assert proxy["depends_on"]["redis"]["condition"] == "service_healthy"
     assert proxy["ports"] == [f"127.0.0.1:{settings.port}:{settings.port}"]
     assert cli.build_parser().parse_args(services["sim"]["command"]).command == "sim"
+    # Published on the developer's machine: a page rebinding its name is refused, while
+    # Prometheus (its scrape target), the host's browser and the health check are answered.
+    hosts = HostCheck(allowed_hosts(settings.host, settings.allowed_host))
+    (target,) = load_yaml(PROMETHEUS / "prometheus.yml")["scrape_configs"][0]["static_configs"][0][
+        "targets"
+    ]
+    for served in (target, f"localhost:{settings.port}", f"127.0.0.1:{settings.port}"):
+        assert hosts.verdict(served) is Verdict.ALLOWED, served
+    assert hosts.verdict(f"evil.example:{settings.port}") is Verdict.REFUSED
 
 
 def test_compose_runs_the_image_locked_down_and_bounded() -> None:
@@ -727,6 +737,10 @@ def test_sidecar_serves_the_app_on_loopback_with_settings_the_proxy_accepts() ->
     assert port["containerPort"] == settings.port
     app_env = {v["name"]: v.get("value") for v in app["env"]}
     assert app_env["OPENAI_BASE_URL"] == f"http://127.0.0.1:{settings.port}/v1"
+    # The kubelet's probes and Prometheus ask by the pod's address, the app by 127.0.0.1.
+    hosts = HostCheck(allowed_hosts(settings.host, settings.allowed_host))
+    for asked in (f"10.244.3.17:{settings.port}", f"127.0.0.1:{settings.port}"):
+        assert hosts.verdict(asked) is Verdict.ALLOWED
 
     store = re.fullmatch(r"redis://(?::@)?([\w-]+):(\d+)/0", settings.store)
     assert store, settings.store

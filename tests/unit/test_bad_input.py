@@ -15,6 +15,7 @@ from proxy.options import OPTIONS
 # read later) are absent on purpose, and the test below keeps the table complete.
 WRONG = {
     "port": "eighty",
+    "allowed_host": "proxy:8080",
     "upstream": "localhost:8000",
     "store": "memory://?max_bytes=lots",
     "default_seed": "random",

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.testing.peers import TCP_TABLE, socket_owner
+from proxy.core.hosts import HostCheck, Verdict, allowed_hosts
+from proxy.testing.peers import TCP_TABLE, own_host, socket_owner
 
 HEAD = (
     "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
@@ -45,3 +46,31 @@ def test_a_real_loopback_connection_is_owned_by_this_process_user() -> None:
         socket.create_connection(server.getsockname()) as client,
     ):
         assert socket_owner(client.getsockname(), server.getsockname()) == os.geteuid()
+
+
+@pytest.mark.parametrize(
+    ("value", "own"),
+    [
+        ("127.0.0.1:8080", True),
+        ("localhost:8080", True),
+        ("LOCALHOST:8080", True),
+        ("localhost.:8080", True),
+        ("[::1]:8080", True),
+        ("127.0.0.2:8080", True),
+        ("localhost:8081", False),
+        ("localhost", False),
+        ("evil.example:8080", False),
+        ("127.0.0.1.evil.example:8080", False),
+        ("10.0.0.1:8080", False),
+        ("localhost:18080", False),
+        ("", False),
+    ],
+)
+def test_the_session_answers_loopback_names_of_its_own_port_only(value: str, own: bool) -> None:
+    assert own_host(value, 8080) is own
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1:8080", "localhost.:8080", "[::1]:8080"])
+def test_what_the_session_admits_the_proxys_own_host_check_admits_too(value: str) -> None:
+    assert own_host(value, 8080)
+    assert HostCheck(allowed_hosts("127.0.0.1", ())).verdict(value) is Verdict.ALLOWED

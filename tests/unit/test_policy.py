@@ -349,6 +349,8 @@ NONE = Directives()
 NO_CACHE = Directives(no_cache=True)
 NO_STORE = Directives(no_store=True)
 ONLY_IF_CACHED = Directives(only_if_cached=True)
+NO_CACHE_ONLY_IF_CACHED = Directives(no_cache=True, only_if_cached=True)
+NO_STORE_ONLY_IF_CACHED = Directives(no_store=True, only_if_cached=True)
 
 #                                   lookup store  upstream outcome
 LOOKUP_STORE_FETCH = Plan(True, True, True, Outcome.MISS)
@@ -374,6 +376,9 @@ PLAN_TABLE = [
     (CacheMode.OFF, NO_CACHE, BYPASS),
     (CacheMode.OFF, NO_STORE, BYPASS),
     (CacheMode.OFF, ONLY_IF_CACHED, NOTHING),
+    # RFC 9111 5.2.1.7: nothing satisfies a stored-only request that refuses stored answers.
+    *((mode, NO_CACHE_ONLY_IF_CACHED, NOTHING) for mode in CacheMode),
+    *((mode, NO_STORE_ONLY_IF_CACHED, NOTHING) for mode in CacheMode),
 ]
 
 
@@ -393,7 +398,16 @@ class TestPlan:
 
     def test_table_is_complete(self) -> None:
         assert {(m, d) for m, d, _ in PLAN_TABLE} == {
-            (m, d) for m in CacheMode for d in (NONE, NO_CACHE, NO_STORE, ONLY_IF_CACHED)
+            (m, d)
+            for m in CacheMode
+            for d in (
+                NONE,
+                NO_CACHE,
+                NO_STORE,
+                ONLY_IF_CACHED,
+                NO_CACHE_ONLY_IF_CACHED,
+                NO_STORE_ONLY_IF_CACHED,
+            )
         }
 
     @pytest.mark.parametrize("mode", list(CacheMode))
@@ -412,7 +426,10 @@ class TestPlan:
     )
     def test_invariants(self, mode: CacheMode, directives: Directives) -> None:
         p = plan(mode, directives)
-        if mode is CacheMode.REPLAY:
+        unsatisfiable = directives.only_if_cached and (directives.no_cache or directives.no_store)
+        if unsatisfiable:
+            assert p == NOTHING  # in every mode: a 504, as for any only-if-cached miss
+        elif mode is CacheMode.REPLAY:
             assert p.lookup and not p.upstream and not p.store
         if directives.only_if_cached:
             assert not p.upstream
@@ -518,10 +535,21 @@ class TestIsFresh:
     def test_max_age(self, age: float, fresh: bool) -> None:
         assert is_fresh(1000.0, 1000.0 + age, ttl=0, max_age=10) is fresh
 
-    def test_max_age_means_strictly_younger(self) -> None:
-        assert not is_fresh(1000.0, 1000.0, ttl=0, max_age=0)
-        assert is_fresh(1000.0, 1000.5, ttl=0, max_age=1)
-        assert not is_fresh(1000.0, 1001.0, ttl=0, max_age=1)
+    @pytest.mark.parametrize(
+        ("age", "max_age", "fresh"),
+        [
+            (0, 0, True),  # Age: 0 is "less than or equal to" max-age=0 (RFC 9111 5.2.1.1)
+            (0.999, 0, True),
+            (1, 0, False),
+            (1.5, 1, True),  # Age: 1
+            (2, 1, False),
+            (-3, 0, True),  # stored by a replica whose clock runs ahead: Age: 0
+        ],
+    )
+    def test_max_age_counts_whole_seconds_as_age_shows_them(
+        self, age: float, max_age: int, fresh: bool
+    ) -> None:
+        assert is_fresh(1000.0, 1000.0 + age, ttl=0, max_age=max_age) is fresh
 
     def test_both_limits_apply(self) -> None:
         assert not is_fresh(1000.0, 1050.0, ttl=60, max_age=30)  # too old for max-age

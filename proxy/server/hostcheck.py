@@ -1,0 +1,51 @@
+"""The Host check as the server applies it to each request (the names: `proxy.core.hosts`)."""
+
+from __future__ import annotations
+
+from aiohttp import hdrs, web
+from yarl import URL
+
+from proxy.core.hosts import HostCheck, Verdict, read_host
+from proxy.errors import HostNotAllowed, InvalidHost
+
+
+def check_host(request: web.Request, hosts: HostCheck) -> None:
+    """Refuse a request naming a host the proxy does not serve (`proxy.core.hosts`). A request
+    target in absolute form (`GET http://name/...`) names its host itself, and HTTP reads it
+    instead of Host (RFC 9112 3.2.2): both are checked. The HTTP server has already refused an
+    HTTP/1.1 request without Host, or with two; an HTTP/1.0 one without it names nothing to
+    check (a browser sends Host always). Each request pays a header lookup, a remembered
+    verdict and a look at its target's first character."""
+    if hosts.any:
+        return
+    value = request.headers.get(hdrs.HOST)
+    if value is not None:
+        _judge(hosts, value, "Host")
+    target = request.raw_path
+    if target[:1] != "/" and target != "*":
+        _judge(hosts, _authority(target), "the request target")
+
+
+def _judge(hosts: HostCheck, value: str, where: str) -> None:
+    verdict = hosts.verdict(value)
+    if verdict is Verdict.ALLOWED:
+        return
+    host = read_host(value)
+    if verdict is Verdict.INVALID or host is None:
+        raise InvalidHost(f"The host in {where} is not a host name with an optional port.")
+    raise HostNotAllowed(
+        f"This proxy does not serve the host {host.name[:253]!r} ({where}): name it with "
+        "--allowed-host / REPRO_ALLOWED_HOST. Unlisted names are refused against DNS rebinding."
+    )
+
+
+def _authority(target: str) -> str:
+    """The host and port of an absolute-form target (the whole of an authority-form one); a
+    user name or password in it makes it no host at all (RFC 9110 4.2.4)."""
+    if "://" not in target:
+        return target
+    try:
+        authority = URL(target, encoded=True).raw_authority
+    except ValueError:
+        return ""
+    return "" if "@" in authority else authority
