@@ -313,10 +313,8 @@ def stale_window(setting: int, directive: int | None) -> int:
 
 
 def is_fresh(stored_at: float, now: float, ttl: int, max_age: int | None) -> bool:
-    """An entry is served only within its TTL and at most the client's max-age old, in the
-    whole seconds its `Age` header shows: RFC 9111 5.2.1.1 accepts an age "less than or equal
-    to" max-age, so max-age=0 takes an entry stored within the current second (Age: 0)."""
+    """An entry is served only within its TTL and younger than the client's max-age."""
     age = now - stored_at
     if ttl and age >= ttl:
         return False
-    return max_age is None or age < max_age + 1
+    return max_age is None or age < max_age
