@@ -99,7 +99,9 @@ class _Relay:
                 raise UpstreamUnreachable("The upstream broke its stream before the first event.")
             response = _HeadWithFirstFrame(headers=self._headers())
             await response.prepare(self.request)
-            await self._pass(response, b"".join(head))
+            for chunk in head:  # the recorder's own objects: joined, they would be a copy
+                await self._pass(response, chunk)
+            del head
             async for chunk in chunks:
                 await self._pass(response, chunk)
                 if self.client_gone and not self._worth_reading():
