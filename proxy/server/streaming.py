@@ -126,7 +126,8 @@ class _Relay:
             if not self.cut:
                 self.committed = True
                 await self._commit()
-        await self._send_held(response)
+        if self.held:
+            await self._send_held(response)
         if chunk:
             await self._send(response, chunk)
 
