@@ -123,8 +123,8 @@ def unstorable(headers: Headers) -> str | None:
 
 
 def coding_error(headers: Headers) -> str | None:
-    """Why an answer to be decoded is refused, or None: with two Content-Encoding lines the
-    client decodes by the first alone, so no header passed on or dropped would describe the
+    """Why an answer to be decoded is refused, or None: with two Content-Encoding lines a
+    decoder reads the first alone, so no header passed on or dropped would describe the
     bytes."""
     if len(headers.getall("Content-Encoding", ())) > 1:
         return "Content-Encoding twice"
