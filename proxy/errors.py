@@ -11,6 +11,7 @@
      ├── RequestTimeout                408  request_timeout (a body that went silent)
      ├── InvalidBodyLength             400  invalid_body_length (pass-through)
      ├── InvalidBody                   400  invalid_body (broken chunks or Content-Encoding)
+     ├── UnsupportedEncoding           415  unsupported_content_encoding (br, zstd, ...)
      ├── MalformedRequest              400  invalid_http (not HTTP/1.1 the server can parse)
      ├── RequestTooLarge               413  request_too_large
      ├── Unauthorized                  401  unauthorized (admin routes)
@@ -130,11 +131,19 @@ class InvalidBodyLength(ProxyError):
 
 class InvalidBody(ProxyError):
     """A body that cannot be read as its framing says: a broken chunk, bytes that are not the
-    gzip or deflate their Content-Encoding names (or that end before or after its stream does),
-    or a coding the proxy does not inflate on a route that must read the body."""
+    gzip or deflate their Content-Encoding names (or that end before or after its stream does)."""
 
     status = 400
     code = "invalid_body"
+    type = "invalid_request_error"
+
+
+class UnsupportedEncoding(ProxyError):
+    """A body in a coding the proxy does not inflate, on a route that must read it: the answer
+    names the codings it does read, in `Accept-Encoding` as RFC 9110 (15.5.16) asks."""
+
+    status = 415
+    code = "unsupported_content_encoding"
     type = "invalid_request_error"
 
 

@@ -12,7 +12,10 @@ above data that reads as a token would be stored and replayed as a clean answer.
 
 A stream over the cap drops its bytes but is still read, so its fingerprint reaches the response
 headers and the fingerprint tracking like any other answer's; only a single frame larger than
-`_FRAME_LIMIT` (or the cap, if larger) stops the reading, so memory stays bounded.
+the cap stops the reading. The frame not yet ended is kept as the chunks it came in, the same
+objects the recording holds, never a copy of them: however the upstream frames its stream
+(one frame that never ends, say), the recorder holds at most the cap and the chunk that crossed
+it, and joins a frame's bytes only once it has ended, to read it.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ import orjson
 from proxy.core.entry import fingerprint_of, usage_of
 
 _DONE = b"[DONE]"
-_FRAME_LIMIT = 1024 * 1024
 _ENDS = (b"\n\n", b"\n\r\n")  # a blank line, whatever ends the line before it
 _COMPLETED = "response.completed"
 _SPOILED = frozenset({"response.failed", "response.incomplete", "error"})
@@ -41,10 +43,10 @@ class StreamRecorder:
         self._max_bytes = max_bytes
         self._responses = responses
         self.response_id: str | None = None
-        self._max_pending = max(max_bytes, _FRAME_LIMIT)
         self._chunks: list[bytes] = []
         self._size = 0
-        self._pending = bytearray()
+        self._pending: list[bytes] = []
+        self._pending_size = 0
         self.frames = 0
         self.fingerprint: str | None = None
         self.prompt_tokens = 0
@@ -63,23 +65,42 @@ class StreamRecorder:
             self._chunks.clear()
         else:
             self._chunks.append(data)
-        if not self.reading:
-            return
-        # Only the new bytes (and the two before them) can hold a new frame end, and only the
-        # frames ended are split: a frame sent in many pieces costs its length once, not once
-        # per piece.
-        start = max(0, len(self._pending) - 2)
-        self._pending += data
-        found = [at + len(sep) for sep in _ENDS if (at := self._pending.rfind(sep, start)) >= 0]
+        if self.reading and data:
+            self._split(data)
+
+    def _split(self, data: bytes) -> None:
+        """Read the frames `data` ends. Only the new bytes (and the two before them) can hold
+        a new frame end, and only the frames ended are joined: a frame sent in many pieces
+        costs its length once, not once per piece."""
+        before = self._last_two()
+        probe = before + data if before else data
+        found = [at + len(sep) for sep in _ENDS if (at := probe.rfind(sep)) >= 0]
         if not found:
-            if len(self._pending) > self._max_pending:
-                self.reading, self._pending = False, bytearray()
+            self._hold(data)
             return
-        end = max(found)
-        ended = bytes(self._pending[:end])
-        del self._pending[:end]
+        end = max(found) - len(before)
+        ended = b"".join([*self._pending, data[:end]]) if self._pending else data[:end]
+        self._pending, self._pending_size = [], 0
+        if end < len(data):
+            self._hold(data[end:])
         for frame in ended.replace(b"\r\n", b"\n").split(b"\n\n")[:-1]:
             self._read_frame(frame)
+
+    def _hold(self, data: bytes) -> None:
+        """Keep the start of a frame not yet ended; one larger than the cap stops the reading."""
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size > self._max_bytes:
+            self.reading, self._pending = False, []
+
+    def _last_two(self) -> bytes:
+        """The last two bytes of the frame not yet ended: a frame end may begin in them."""
+        if not self._pending:
+            return b""
+        last = self._pending[-1]
+        if len(last) >= 2 or len(self._pending) == 1:
+            return last[-2:]
+        return self._pending[-2][-1:] + last
 
     def _read_frame(self, frame: bytes) -> None:
         lines = frame.split(b"\n")

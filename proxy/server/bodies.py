@@ -20,7 +20,13 @@ from aiohttp import StreamReader, web
 from aiohttp.web import RequestPayloadError
 
 from proxy.core.inflate import CODINGS, Inflater
-from proxy.errors import InvalidBody, RequestTimeout, RequestTooLarge
+from proxy.errors import InvalidBody, RequestTimeout, RequestTooLarge, UnsupportedEncoding
+
+ACCEPTED = "identity, gzip, deflate"
+"""The request codings the proxy reads. Not zstd: the zstandard library's streaming
+decompressor returns all that one input inflates to, with no bound on it, so a small bomb
+would be allocated whole before any limit could refuse it; nor br, whose library the proxy
+does not carry. A pass-through route forwards either exactly as sent."""
 
 HANDLER_ARGS: Mapping[str, Any] = MappingProxyType({"auto_decompress": False})
 """aiohttp's request handler arguments: the raw body, which only this module inflates."""
@@ -46,9 +52,10 @@ async def read(request: web.Request, limit: int, idle: float) -> bytes:
     inflated), goes silent for `idle` seconds, or is in a coding the proxy cannot read."""
     encoding = coding(request)
     if encoding and encoding not in CODINGS:
-        raise InvalidBody(
-            f"The request body's Content-Encoding {encoding!r} is not one the proxy reads: "
-            "send it plain, or as gzip or deflate."
+        raise UnsupportedEncoding(
+            f"The request body's Content-Encoding {encoding[:40]!r} is not one the proxy reads: "
+            "send it plain (identity), gzip or deflate.",
+            headers={"Accept-Encoding": ACCEPTED},
         )
     content = _checked(request, limit)
     if content.is_eof() and not encoding:  # all of it came with the head: no reads to wait on

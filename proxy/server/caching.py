@@ -224,11 +224,17 @@ route (web cache poisoning's classic unkeyed inputs)."""
 _UPSTREAM_SKIP = REQUEST_SKIP | REROUTING | {"accept-encoding", "content-encoding", "content-type"}
 
 
+ANSWER_CODINGS = "gzip, deflate"
+"""The answer codings a cached route asks for: the ones the proxy inflates itself (aiohttp's
+own default would grow with the libraries installed, to codings the proxy does not read)."""
+
+
 def upstream_headers(request: web.Request) -> CIMultiDict[str]:
     """The client's headers for the upstream; the body is ours now: plain JSON, whatever
     encoding the client sent it in."""
     headers = request_headers(request.headers, _UPSTREAM_SKIP)
     headers["Content-Type"] = "application/json"
+    headers["Accept-Encoding"] = ANSWER_CODINGS
     return headers
 
 

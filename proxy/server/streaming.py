@@ -85,6 +85,7 @@ class _Relay:
         self.client_gone = False
         self.cut = False
         self.committed = False
+        self.held: list[bytes] = []
         self.keep_reading = call.plan.store and (
             services.settings.stream_disconnect is StreamDisconnect.FINISH
         )
@@ -98,7 +99,9 @@ class _Relay:
                 raise UpstreamUnreachable("The upstream broke its stream before the first event.")
             response = _HeadWithFirstFrame(headers=self._headers())
             await response.prepare(self.request)
-            await self._pass(response, b"".join(head))
+            for chunk in head:  # the recorder's own objects: joined, they would be a copy
+                await self._pass(response, chunk)
+            del head
             async for chunk in chunks:
                 await self._pass(response, chunk)
                 if self.client_gone and not self._worth_reading():
@@ -106,15 +109,31 @@ class _Relay:
                     break
         finally:
             await chunks.aclose()
+        await self._pass(response, b"")
+        await self._send_held(response)
         await self._end(response)
         return response
 
     async def _pass(self, response: web.StreamResponse, chunk: bytes) -> None:
-        """Store a recording that just became complete before its last bytes reach the client."""
+        """Store a recording that just became complete before its last bytes reach the client.
+        An inflated answer's are held until its compressed stream is seen to end: one cut
+        short is never stored, and its held bytes go on after all (bounded by the recording's
+        cap, past which it is no longer complete)."""
         if self.recorder.complete and not self.committed:
-            self.committed = True
-            await self._commit()
+            if self.upstream.end_unchecked and not self.cut:
+                self.held.append(chunk)
+                return
+            if not self.cut:
+                self.committed = True
+                await self._commit()
+        if self.held:
+            await self._send_held(response)
         if chunk:
+            await self._send(response, chunk)
+
+    async def _send_held(self, response: web.StreamResponse) -> None:
+        held, self.held = self.held, []
+        for chunk in held:
             await self._send(response, chunk)
 
     def _worth_reading(self) -> bool:

@@ -8,7 +8,9 @@ past a declared length is ever written on a pooled connection.
 What comes back is hostile until checked: headers with control characters are dropped, a
 `Transfer-Encoding` that is not plain `chunked` (or one beside a `Content-Length`) closes the
 connection with a 502, a whole answer is read only up to a size bound and within one deadline
-(a slow drip cannot stretch it), and a streamed one only while it keeps sending.
+(a slow drip cannot stretch it), and a streamed one only while it keeps sending. A gzip or
+deflate answer is inflated here, not by aiohttp, whose client takes a gzip stream cut before its
+trailer for the whole answer: one that does not end where its format says is an error.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from proxy.core.inflate import CODINGS, Inflater
 from proxy.errors import (
     InvalidBodyLength,
     ProxyError,
@@ -68,14 +71,25 @@ async def exact(chunks: AsyncIterable[bytes], length: int) -> AsyncIterator[byte
 class UpstreamResponse:
     """One answer: checked status and headers at once, the body as it arrives."""
 
-    def __init__(self, response: aiohttp.ClientResponse, deadline: float | None = None) -> None:
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        deadline: float | None = None,
+        decode: bool = False,
+    ) -> None:
         """`deadline`: seconds a whole read may take in all, for an answer to a request sent
-        as a stream, whose connection waits only on silences (a whole one has its own)."""
+        as a stream, whose connection waits only on silences (a whole one has its own).
+        `decode`: inflate a gzip or deflate answer."""
         self._response = response
         self._deadline = deadline
         self.status = response.status
         self.reason = response.reason or ""
         self.headers = safe_headers(response.headers)
+        coding = self.headers.get("Content-Encoding", "").strip().lower() if decode else ""
+        self._coding = coding if coding in CODINGS else None
+        self.end_unchecked = self._coding is not None
+        """The body's last bytes may still break its coding: only true of an inflated answer,
+        until its compressed stream was seen to end where the body does."""
 
     @property
     def content_type(self) -> str:
@@ -112,9 +126,23 @@ class UpstreamResponse:
             parts.append(chunk)
         return b"".join(parts)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The body in the pieces that have arrived; a silence longer than the upstream
-        timeout or a broken connection becomes our error."""
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body in the pieces that have arrived, inflated if its coding is one the proxy
+        reads; a silence longer than the upstream timeout, a broken connection or a compressed
+        stream that does not end with the body becomes our error."""
+        if self._coding is None:
+            return self._received()
+        return self._inflated(self._coding)
+
+    async def _inflated(self, coding: str) -> AsyncIterator[bytes]:
+        inflater = Inflater(coding, UpstreamUnreachable, "The upstream's answer")
+        async for chunk in self._received():
+            for piece in inflater.feed(chunk):
+                yield piece
+        inflater.finish()
+        self.end_unchecked = False
+
+    async def _received(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in self._response.content.iter_any():
                 yield chunk
@@ -170,7 +198,7 @@ class Upstream:
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=self._stream_timeout,
-                auto_decompress=True,
+                auto_decompress=False,  # UpstreamResponse inflates, and checks the end
                 # One session serves every tenant: a cookie jar would hand one tenant's upstream
                 # session to the next. Set-Cookie still reaches the client it was meant for.
                 cookie_jar=aiohttp.DummyCookieJar(),
@@ -215,7 +243,6 @@ class Upstream:
                 headers=headers,
                 data=payload,
                 allow_redirects=False,
-                auto_decompress=decode,
                 skip_auto_headers=None if decode else _CLIENTS_OWN,
                 proxy=self._proxy,
                 timeout=self._whole_timeout if whole else self._stream_timeout,
@@ -230,7 +257,8 @@ class Upstream:
         if problem:
             response.close()
             raise UpstreamUnreachable(f"The upstream's answer has {problem}; connection closed.")
-        return UpstreamResponse(response, None if whole else self.read_timeout or None)
+        deadline = None if whole else self.read_timeout or None
+        return UpstreamResponse(response, deadline, decode)
 
     async def fetch(
         self,

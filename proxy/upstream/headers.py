@@ -14,6 +14,7 @@ import re
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy import __version__
+from proxy.core.inflate import CODINGS
 
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]
 
@@ -95,9 +96,9 @@ upstream (or a path to an http:// upstream) answered with, or a model's text und
 that says HTML, must never run there. Sandboxed, it has an opaque origin and no session."""
 
 
-DECODED = frozenset({"gzip", "deflate", "br", "zstd"})
-"""The codings aiohttp's client decodes when asked to (br and zstd only with their library, and
-it refuses the answer without): it reads the first Content-Encoding line, whole."""
+DECODED = CODINGS
+"""The codings of an answer the client is asked to decode (the proxy's own inflation reads the
+one Content-Encoding line, whole); any other reaches the client as it came, labelled."""
 
 
 def undecoded(headers: Headers) -> str | None:
@@ -122,8 +123,8 @@ def unstorable(headers: Headers) -> str | None:
 
 
 def coding_error(headers: Headers) -> str | None:
-    """Why an answer to be decoded is refused, or None: with two Content-Encoding lines the
-    client decodes by the first alone, so no header passed on or dropped would describe the
+    """Why an answer to be decoded is refused, or None: with two Content-Encoding lines a
+    decoder reads the first alone, so no header passed on or dropped would describe the
     bytes."""
     if len(headers.getall("Content-Encoding", ())) > 1:
         return "Content-Encoding twice"

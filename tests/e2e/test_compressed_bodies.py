@@ -15,6 +15,7 @@ import httpx
 import orjson
 import pytest
 import zstandard
+from openai import OpenAI
 
 from bench.procs import wait_until
 from tests.e2e.test_e2e_errors import AUTH, assert_error, post
@@ -149,23 +150,33 @@ def test_a_compressed_body_is_bounded_by_the_bytes_sent_too(start_proxy: ProxyFa
     assert upstream.received == []
 
 
+# A zstd frame that declares (and inflates to) 64 MiB from a few kilobytes, over any --max-body.
+ZSTD_BOMB = zstandard.ZstdCompressor().compress(bytes(64 << 20))
+
+
 @pytest.mark.parametrize(
     ("coding", "body"),
     [
         ("zstd", zstandard.ZstdCompressor().compress(CHAT)),
+        ("zstd", ZSTD_BOMB),
         ("br", b"bytes the proxy does not read"),
         ("x-gzip", gzip.compress(CHAT)),
         ("gzip, gzip", gzip.compress(gzip.compress(CHAT))),
     ],
+    ids=["zstd", "zstd-bomb", "br", "x-gzip", "gzip-twice"],
 )
 def test_a_body_in_a_coding_the_proxy_does_not_inflate_is_never_read_as_plain(
     start_proxy: ProxyFactory, coding: str, body: bytes
 ) -> None:
-    """A cached route must read the JSON: it refuses. A pass-through route forwards the body
-    exactly as sent, with its own Content-Encoding and length, for the upstream to read."""
+    """A cached route must read the JSON: it refuses with 415, naming the codings it reads,
+    without inflating a byte (a zstd bomb is not allocated). A pass-through route forwards the
+    body exactly as sent, with its own Content-Encoding and length, for the upstream to read."""
     with Scripted(echo_digest) as upstream:
-        proxy = start_proxy(upstream=upstream.v1)
-        assert_error(send(proxy, body, coding, "/chat/completions"), 400, "invalid_body")
+        proxy = start_proxy("--max-body", "1MiB", upstream=upstream.v1)
+        refused = send(proxy, body, coding, "/chat/completions")
+        assert_error(refused, 415, "unsupported_content_encoding")
+        assert refused.headers["Accept-Encoding"] == "identity, gzip, deflate"
+        assert "gzip or deflate" in refused.json()["error"]["message"]
         forwarded = send(proxy, body, coding, "/files")
     assert forwarded.status_code == 200, forwarded.text
     (received,) = upstream.received
@@ -185,9 +196,24 @@ def test_a_coding_named_on_two_lines_is_read_as_both(start_proxy: ProxyFactory) 
         proxy = start_proxy(upstream=upstream.v1)
         cached = httpx.post(proxy.v1 + "/chat/completions", content=body, headers=headers)
         forwarded = httpx.post(proxy.v1 + "/files", content=body, headers=headers)
-    assert_error(cached, 400, "invalid_body")
+    assert_error(cached, 415, "unsupported_content_encoding")
     assert forwarded.status_code == 200, forwarded.text
     (received,) = upstream.received
     assert received.body == body
     assert received.head.count(b"\r\nContent-Encoding: gzip") == 2
     assert received.headers["content-length"] == str(len(body))
+
+
+def test_a_body_labelled_identity_or_gzip_is_read_on_a_cached_route(proxy: Proxy, sim: Sim) -> None:
+    """The codings the 415 names are the ones read: the SDK's plain body labelled `identity`,
+    and the same request gzipped, are one cached answer."""
+    message = [{"role": "user", "content": "cut short"}]
+    with OpenAI(base_url=proxy.v1, api_key="sk-alice", max_retries=0) as sdk:
+        first = sdk.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=message, extra_headers={"Content-Encoding": "identity"}
+        )
+    assert first.headers["X-Repro-Cache"] == "MISS"
+    again = send(proxy, gzip.compress(CHAT), "gzip", "/chat/completions")
+    assert again.status_code == 200, again.text
+    assert again.headers["X-Repro-Cache"] == "HIT"
+    assert len(sim.llm_requests()) == 1

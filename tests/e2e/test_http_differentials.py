@@ -11,6 +11,7 @@ import gzip
 import httpx
 import orjson
 import pytest
+import zstandard
 
 from tests.e2e.test_unkeyed_inputs import completion
 from tests.fixtures_procs import ProxyFactory
@@ -157,6 +158,8 @@ UNREAD_CODINGS = [
     ("x-gzip", coded("x-gzip", gzip.compress(completion("zipped")))),
     ("gzip-twice", coded("gzip, gzip", gzip.compress(gzip.compress(completion("zipped"))))),
     ("unknown", coded("x-custom", completion("plain under another name"))),
+    ("br", coded("br", b"\x1b brotli bytes the proxy never asked for")),
+    ("zstd", coded("zstd", zstandard.ZstdCompressor().compress(completion("zstd")))),
 ]
 
 
@@ -167,7 +170,8 @@ def test_an_answer_in_a_coding_the_proxy_did_not_decode_keeps_its_coding_and_is_
     start_proxy: ProxyFactory, answer: bytes
 ) -> None:
     """The proxy asks for answers it decodes (gzip, deflate) and drops their Content-Encoding;
-    an answer in another coding (`x-gzip`, two codings, a name of its own) is not decoded. With
+    an answer in another coding (`x-gzip`, two codings, a name of its own, or br and zstd,
+    which it does not ask for) is not decoded. With
     its Content-Encoding dropped, the client read compressed bytes as plain JSON, and one that
     happened to parse was stored and served as what the upstream never said it was."""
 

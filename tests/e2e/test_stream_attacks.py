@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import httpx
 import orjson
+import pytest
+from openai import OpenAI
 
 from tests.fixtures_procs import ProxyFactory
 from tests.hostile import Received, Scripted, dripping_json
@@ -208,3 +210,84 @@ def test_a_stream_whose_fingerprint_changes_midway_is_never_stored(
     assert [a.headers["x-repro-cache"] for a in answers] == ["MISS", "MISS"]
     assert [a.headers["x-repro-fingerprint"] for a in answers] == ["fp_hostile"] * 2
     assert len(upstream.received) == 2
+
+
+def peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.parametrize("first", [b"", frame("first")], ids=["first-frame", "after-a-frame"])
+def test_a_frame_that_never_ends_holds_no_more_than_the_cap(
+    start_proxy: ProxyFactory, first: bytes
+) -> None:
+    """One `data:` line three times --max-entry long, never ended by a blank line: the
+    recording, the frame being read and the bytes held for the response head each kept their
+    own copy of it, about three times the cap at once. Now the proxy's peak memory rises by
+    about the cap, and every byte still reaches the client as it comes."""
+    cap_mib, pieces, piece = 16, 3 * 16 * 16, b"x" * (64 * 1024)
+
+    async def one_endless_frame(writer: asyncio.StreamWriter, _: Received) -> None:
+        writer.write(SSE_HEAD + (chunked(first) if first else b"") + chunked(b"data: "))
+        for _ in range(pieces):
+            writer.write(chunked(piece))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    with Scripted(one_endless_frame) as upstream:
+        proxy = start_proxy("--max-entry", f"{cap_mib}MiB", upstream=upstream.v1)
+        httpx.get(proxy.url + "/metrics", timeout=5)
+        before = peak_rss_mib(proxy.proc.pid)
+        size = 0
+        with httpx.stream(
+            "POST",
+            proxy.v1 + "/chat/completions",
+            content=stream_request("endless"),
+            headers=AUTH,
+            timeout=WAIT,
+        ) as response:
+            outcome = response.headers["x-repro-cache"]
+            for part in response.iter_raw():
+                size += len(part)
+        rise = peak_rss_mib(proxy.proc.pid) - before
+    assert outcome == "MISS"
+    assert size == len(first) + len(b"data: ") + pieces * len(piece)
+    assert rise < 1.5 * cap_mib, f"peak RSS rose {rise:.0f} MiB for a {cap_mib} MiB cap"
+
+
+def test_a_long_stream_under_the_cap_is_still_stored(start_proxy: ProxyFactory) -> None:
+    """The user's side of the bound: a stream of about three quarters of --max-entry, one long
+    frame among many short ones, arriving in small pieces, is relayed to the SDK and stored."""
+    words = [f"{n} " for n in range(600)]
+    long = "z" * (512 * 1024)
+    finish = frame("!").replace(b'"finish_reason":null', b'"finish_reason":"stop"')
+    body = b"".join(frame(w) for w in [*words, long]) + finish + b"data: [DONE]\n\n"
+    assert 512 * 1024 < len(body) < 1024 * 1024
+
+    async def in_pieces(writer: asyncio.StreamWriter, _: Received) -> None:
+        writer.write(SSE_HEAD)
+        for at in range(0, len(body), 4096):
+            writer.write(chunked(body[at : at + 4096]))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    with Scripted(in_pieces) as upstream:
+        proxy = start_proxy("--max-entry", "1MiB", upstream=upstream.v1)
+        with OpenAI(base_url=proxy.v1, api_key="sk-victim", max_retries=0) as sdk:
+            texts, outcomes = [], []
+            for _ in range(2):
+                with sdk.chat.completions.with_streaming_response.create(
+                    model="m", messages=[{"role": "user", "content": "long"}], stream=True
+                ) as response:
+                    outcomes.append(response.headers["X-Repro-Cache"])
+                    texts.append(
+                        "".join(c.choices[0].delta.content or "" for c in response.parse())
+                    )
+    assert outcomes == ["MISS", "HIT"]
+    assert texts == ["".join(words) + long + "!"] * 2
+    assert len(upstream.received) == 1

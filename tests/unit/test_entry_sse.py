@@ -3,6 +3,7 @@ stream on the side). How entries are packed: tests/unit/test_codec.py."""
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 import orjson
@@ -324,3 +325,32 @@ def test_cutting_at_frame_ends_reads_the_same_frames(parts: list[bytes]) -> None
         cut.feed(data[:end])
         data = data[end:]
     assert (cut.frames, cut.failed, cut.body()) == (whole.frames, whole.failed, whole.body())
+
+
+def test_a_frame_that_never_ends_holds_at_most_the_cap_and_one_chunk() -> None:
+    """One `data:` line three times the cap, in pieces: the recording and the frame not yet
+    ended are the same chunks, never a copy (a copy held the frame twice, and up to 1 MiB
+    of it whatever the cap)."""
+    cap, piece = 256 * 1024, 16 * 1024
+    recorder = StreamRecorder(cap)
+    tracemalloc.start()
+    try:
+        recorder.feed(b"data: ")
+        for _ in range(3 * cap // piece):
+            recorder.feed(b"x" * piece)  # a new object each time, as from the network
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert recorder.oversize and not recorder.reading
+    assert peak < cap + 2 * piece, f"{peak} bytes held at the peak"
+
+
+def test_a_frame_nearly_as_long_as_the_cap_in_small_pieces_is_read_and_kept() -> None:
+    cap = 64 * 1024
+    long = _chunk([_delta({"content": "y" * (cap - 2048)})])
+    stream = sse([ROLE, long, FINISH, USAGE])
+    assert cap // 2 < len(stream) <= cap
+    recorder = StreamRecorder(cap)
+    for at in range(0, len(stream), 100):
+        recorder.feed(stream[at : at + 100])
+    assert recorder.complete and recorder.body() == stream
