@@ -157,7 +157,7 @@ class Keying:
     def __contains__(self, name: object) -> bool:
         """Whether the key covers a (lower-case) header name, as a `Vary` naming it asks: keyed
         by its value, or, in `key` scope, a credential partitioning the cache."""
-        if not isinstance(name, str):
+        if not isinstance(name, str) or name == "*":  # `Vary: *`: varies by what no key names
             return False
         if self.keys(name):
             return True

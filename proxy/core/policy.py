@@ -231,7 +231,7 @@ def refused_by_upstream(
             return f"Cache-Control: {name}"
     for item in list_items(vary):
         name = item.lower()
-        if name not in keyed and name not in ALWAYS_KEYED:
+        if name == "*" or (name not in keyed and name not in ALWAYS_KEYED):
             return "Vary"
     return None
 
