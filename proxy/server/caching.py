@@ -372,6 +372,7 @@ def _storable(services: Services, call: Call, answer: Answer) -> Entry | None:
         query=call.keyed_query,
         namespace=call.namespace,
         request=call.body,
+        vary=call.vary,
     )
     if len(entry.body) > services.settings.max_entry:
         log.info(
