@@ -172,6 +172,8 @@ class Keying:
         found = []
         spellings = self._unkeyed_spellings
         for name, value in headers.items():
+            if name in spellings:
+                continue
             lower = name.lower()
             if self.keys(lower):
                 found.append((lower, value))
