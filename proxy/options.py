@@ -302,7 +302,7 @@ OPTIONS = (
         "",
         parse_unkeyed,
         "request header names that never change an answer, left out of the cache key besides "
-        "the built-in ones (User-Agent, X-Stainless-*, tracing ids: docs/security.md); a name "
+        "the built-in ones (User-Agent, X-Stainless-*, tracing ids: docs/reference.md); a name "
         "or a prefix* (x-trace-*); repeat the flag or separate with commas",
         repeatable=True,
     ),

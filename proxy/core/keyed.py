@@ -112,8 +112,10 @@ INERT = frozenset(
 )
 """Request headers known not to change an answer: never keyed (lower case)."""
 
-INERT_PREFIXES = ("x-stainless-", "x-b3-", "x-datadog-", "uberctx-")
-"""Families of INERT names: the OpenAI SDKs' per-call headers, Zipkin's, Datadog's, Jaeger's."""
+INERT_PREFIXES = ("x-stainless-", "x-b3-", "x-datadog-", "uberctx-", "sec-fetch-", "sec-ch-")
+"""Families of INERT names: the OpenAI SDKs' per-call headers, Zipkin's, Datadog's, Jaeger's,
+and the fetch metadata and client hints a runtime adds by itself (Node's fetch sends
+`sec-fetch-mode`)."""
 
 _NEVER_KEYED_PREFIXES = ("x-repro-", "proxy-")  # read by the proxy, or hop-by-hop
 

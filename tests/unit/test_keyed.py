@@ -50,6 +50,7 @@ SDK = [  # what openai 3.x sends with every call (read from a real client), and 
     ("Cache-Control", "max-age=60"),
     ("X-Forwarded-For", "10.0.0.7"),
     ("X-Repro-Namespace", "suite"),
+    ("sec-fetch-mode", "cors"),  # Node's fetch adds it
 ]
 
 
