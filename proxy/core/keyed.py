@@ -136,7 +136,6 @@ class Keying:
         """`unkeyed`: the operator's inert names (lower case, `prefix*` for a family);
         `carriers`: the credential headers listed; `shared`: the cache is one for all keys."""
         names = tuple(unkeyed)
-        self.unkeyed = names
         self._inert = INERT | NOT_SENT | KEYED_OTHERWISE | {n for n in names if not n.endswith("*")}
         self._prefixes = (
             *INERT_PREFIXES,
