@@ -13,6 +13,7 @@ import openai
 import orjson
 import pytest
 
+from bench.procs import wait_until
 from tests.e2e.test_unkeyed_inputs import (
     CHAT,
     STREAM,
@@ -210,3 +211,18 @@ def test_a_cassette_replays_a_keyed_request_only_with_the_same_header(
     )
     assert same.headers["x-repro-cache"] == "HIT" and same.content == recorded.content
     assert [other.status_code, plain.status_code] == [504, 504]
+
+
+def test_a_drift_check_asks_again_with_the_headers_the_answer_was_keyed_by(
+    start_proxy: ProxyFactory,
+) -> None:
+    """Asked again without them, the gateway would answer from another backend: the drift
+    metrics would count a difference that is none, and that backend's fingerprint would be
+    taught as the model's."""
+    with Scripted(routing_gateway("x-portkey-provider")) as upstream:
+        proxy = start_proxy("--verify-rate", "1", upstream=upstream.v1)
+        routed = {"x-portkey-provider": "anthropic"}
+        answers = [ask(proxy.v1, "sk-victim", routed) for _ in range(2)]
+        wait_until(lambda: len(posts(upstream)) == 2, "the drift check", timeout=10)
+    assert [r.headers["x-repro-cache"] for r in answers] == ["MISS", "HIT"]
+    assert [r.headers.get("x-portkey-provider") for r in posts(upstream)] == ["anthropic"] * 2
