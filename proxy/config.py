@@ -58,6 +58,7 @@ class Settings:
     key_check_interval: float = 300.0
     key_check_timeout: float = 5.0
     credential_header: tuple[str, ...] = ()
+    unkeyed_header: tuple[str, ...] = ()
     verify_rate: float = 0.0
     probe_interval: float = 0.0
     probe_key: str | None = field(default=None, repr=False)

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from proxy.core.credentials import parse_names
 from proxy.core.hosts import parse_allowed
+from proxy.core.keyed import parse_unkeyed
 from proxy.core.policy import CacheMode, CacheScope, Enforce, FingerprintPolicy, StreamDisconnect
 from proxy.store import check_url, parse_size
 from proxy.store.encrypted import parse_keys
@@ -305,6 +306,16 @@ OPTIONS = (
         "extra header names that carry a tenant's credential, besides Authorization, api-key, "
         "x-api-key, well-known gateways' and names that say so (apikey, X-Auth-Token, ...: "
         "docs/security.md); repeat the flag or separate with commas",
+        repeatable=True,
+    ),
+    Option(
+        "unkeyed_header",
+        "REPRO_UNKEYED_HEADER",
+        "",
+        parse_unkeyed,
+        "request header names that never change an answer, left out of the cache key besides "
+        "the built-in ones (User-Agent, X-Stainless-*, tracing ids: docs/reference.md); a name "
+        "or a prefix* (x-trace-*); repeat the flag or separate with commas",
         repeatable=True,
     ),
     Option(

@@ -14,6 +14,7 @@ from multidict import CIMultiDictProxy
 
 from proxy.core import canonical, policy, routes
 from proxy.core.credentials import STANDARD, Credentials, of_request, split_query
+from proxy.core.keyed import HeaderLines, Keying, digest
 from proxy.core.policy import CacheMode, CacheScope, Enforce, Outcome, Plan
 from proxy.errors import InvalidParameter, InvalidType
 
@@ -52,6 +53,8 @@ class Call(NamedTuple):
     max_age: int | None
     stale_if_error: int  # seconds; 0 = never serve stale
     stream: bool
+    vary: str = ""  # the digest of `headers` the key names, "" for none
+    headers: HeaderLines = ()  # the keyed request headers, sent upstream as the client sent them
 
     @property
     def target(self) -> str:
@@ -70,13 +73,15 @@ class Asked(NamedTuple):
     credentials: Credentials  # every credential header: the tenant depends on each
     namespace: str
     cache_control: tuple[str, ...]
+    headers: HeaderLines = ()  # the keyed ones (`proxy.core.keyed`)
 
     @property
     def size(self) -> int:
         """Bytes these facts hold, for a memo that keeps them: a request may carry 128 headers
-        of 8 KiB, credentials all, beside its body."""
+        of 8 KiB, credentials or keyed ones, beside its body."""
         held = len(self.route) + len(self.query) + len(self.raw) + len(self.namespace)
-        held += sum(len(name) + len(value) for name, value in self.credentials)
+        for lines in (self.credentials, self.headers):
+            held += sum(len(name) + len(value) for name, value in lines)
         return held + sum(map(len, self.cache_control))
 
     @classmethod
@@ -87,8 +92,11 @@ class Asked(NamedTuple):
         raw: bytes,
         headers: CIMultiDictProxy[str],
         carriers: tuple[str, ...] = STANDARD,
+        keying: Keying | None = None,
     ) -> Asked:
-        """The request facts; `carriers` names the credential-bearing headers."""
+        """The request facts; `carriers` names the credential-bearing headers, `keying` says
+        which others the key covers (by default, the built-in rule in `key` scope)."""
+        keying = Keying(carriers=carriers) if keying is None else keying
         return cls(
             route,
             query,
@@ -96,6 +104,7 @@ class Asked(NamedTuple):
             of_request(headers, query, carriers),
             headers.get("X-Repro-Namespace", ""),
             tuple(headers.getall("Cache-Control", ())),
+            keying.lines(headers),
         )
 
 
@@ -114,7 +123,8 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
     named = body.get("model")
     model = named if isinstance(named, str) else routes.deployment_of(route)
     keyed_query = split_query(asked.query)[0]
-    key, respelled = canonical.keyed(route, scope, namespace, seeded.body, keyed_query)
+    vary = digest(asked.headers)
+    key, respelled = canonical.keyed(route, scope, namespace, seeded.body, keyed_query, vary)
     return Call(
         route=route,
         kind=kind,
@@ -132,6 +142,8 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
         max_age=directives.max_age,
         stale_if_error=policy.stale_window(settings.stale_if_error, directives.stale_if_error),
         stream=body.get("stream") is True,
+        vary=vary,
+        headers=asked.headers,
     )
 
 

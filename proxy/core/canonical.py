@@ -186,25 +186,27 @@ def _same(value: Any, default: Any) -> bool:
 
 
 def request_key(
-    route: str, scope: str, namespace: str, body: dict[str, Any], query: str = ""
+    route: str, scope: str, namespace: str, body: dict[str, Any], query: str = "", vary: str = ""
 ) -> str:
-    """The cache key: a hex SHA-256 of everything that can change the answer."""
-    return _key(route, scope, namespace, dumps(key_view(route, body)), query)
+    """The cache key: a hex SHA-256 of everything that can change the answer. `vary` is the
+    digest of the request's keyed headers (`proxy.core.keyed.digest`), "" for none."""
+    return _key(route, scope, namespace, dumps(key_view(route, body)), query, vary)
 
 
 def keyed(
-    route: str, scope: str, namespace: str, body: dict[str, Any], query: str = ""
+    route: str, scope: str, namespace: str, body: dict[str, Any], query: str = "", vary: str = ""
 ) -> tuple[str, bytes]:
     """`request_key` and `dumps` of a body from `parse_body` (normalized already), with one
     serialization for both when the key view is the whole body: no defaults, nulls or labels."""
     whole = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
     view = key_view(route, body)
     seen = whole if len(view) == len(body) else orjson.dumps(view, option=orjson.OPT_SORT_KEYS)
-    return _key(route, scope, namespace, seen, query), whole
+    return _key(route, scope, namespace, seen, query, vary), whole
 
 
-def _key(route: str, scope: str, namespace: str, view: bytes, query: str) -> str:
-    """SHA-256 of the canonical bytes of {v, route, query, scope, namespace, body: view}: with
+def _key(route: str, scope: str, namespace: str, view: bytes, query: str, vary: str) -> str:
+    """SHA-256 of the canonical bytes of {v, route, query, scope, namespace, body: view} (and
+    `vary` when a request has keyed headers: without, the key stays what it always was): with
     sorted keys "body" comes first, so the view's bytes are spliced in, not serialized again."""
     rest = {
         "namespace": namespace,
@@ -213,5 +215,7 @@ def _key(route: str, scope: str, namespace: str, view: bytes, query: str) -> str
         "scope": scope,
         "v": KEY_VERSION,
     }
+    if vary:
+        rest["vary"] = vary
     tail = orjson.dumps(rest, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(b'{"body":' + view + b"," + tail[1:]).hexdigest()

@@ -139,8 +139,10 @@ class Codec:
         return self.packed_bytes / self.raw_bytes if self.raw_bytes else math.nan
 
     def pack(self, entry: Entry) -> bytes:
-        # The fields after the body, in the order `_parsed` reads them back.
-        meta = orjson.dumps(entry[1 : 1 + len(_META)])
+        # The fields after the body, in the order `_parsed` reads them back; `vary` after
+        # them only when there is one, so an entry without stays byte for byte what it was.
+        fields = entry[1 : 1 + len(_META)]
+        meta = orjson.dumps((*fields, entry.vary) if entry.vary else fields)
         request = entry.request
         payload = b"".join(
             (_LENGTH.pack(len(meta)), meta, _LENGTH.pack(len(request)), request, entry.body)
@@ -228,7 +230,10 @@ def _parsed(payload: bytes) -> Entry:
     if request_end > len(payload) or not _well_typed(meta):
         raise CorruptEntry("stored value is not an entry")
     request = payload[meta_end + _LENGTH.size : request_end]
-    return Entry(payload[request_end:], *meta[: len(_META)], request=request)  # type: ignore[misc]
+    vary = meta[len(_META)] if len(meta) > len(_META) else ""
+    vary = vary if isinstance(vary, str) else ""
+    body = payload[request_end:]
+    return Entry(body, *meta[: len(_META)], request=request, vary=vary)  # type: ignore[misc]
 
 
 def _well_typed(meta: Any) -> bool:

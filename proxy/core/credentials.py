@@ -75,8 +75,7 @@ def named_as_one(name: str) -> bool:
 
 class Carriers:
     """The credential-bearing header names as a collection: those listed, and any other a
-    request carries whose name says it is one (`named_as_one`). What a `Vary` is checked
-    against, so that an answer varying by any of them counts as keyed where they partition."""
+    request carries whose name says it is one (`named_as_one`)."""
 
     def __init__(self, listed: tuple[str, ...] = ()) -> None:
         self.listed = listed

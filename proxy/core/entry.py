@@ -32,6 +32,7 @@ class Entry(NamedTuple):
     query: str = ""
     namespace: str = ""
     request: bytes = b""  # the body the upstream received
+    vary: str = ""  # the digest of the keyed request headers (`proxy.core.keyed`), never them
 
 
 def usage_of(answer: dict[str, Any]) -> tuple[int, int]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple
@@ -219,13 +219,14 @@ Accept-Encoding and stores the answer decoded, and the body it sends (keyed) is 
 
 
 def refused_by_upstream(
-    cache_control: Sequence[str], vary: Sequence[str], keyed: Collection[str]
+    cache_control: Sequence[str], vary: Sequence[str], keyed: Container[str]
 ) -> str | None:
     """Why the upstream's answer must not be stored, or None (RFC 9111 3, 4.1). `no-store` and
     `private` forbid a shared cache to store it; a `Vary` naming `*` or a request header the key
-    does not cover (`keyed`, lower case, and ALWAYS_KEYED) says that another caller sending the
-    same body could get another answer. `no-cache` allows storing (Azure OpenAI sends it with
-    every answer), and reusing without asking again is what this cache is for; so does
+    does not cover (`keyed`, lower case, as `proxy.core.keyed.Keying` says, and ALWAYS_KEYED)
+    says that another caller sending the same body could get another answer. `no-cache` allows
+    storing (Azure OpenAI sends it with every answer), and reusing without asking again is what
+    this cache is for; so does
     `private="field"`, which keeps only the fields named from others, and no stored answer
     keeps the upstream's fields."""
     if not cache_control and not vary:  # most answers: nothing to parse
@@ -235,7 +236,7 @@ def refused_by_upstream(
             return f"Cache-Control: {name}"
     for item in list_items(vary):
         name = item.lower()
-        if name not in keyed and name not in ALWAYS_KEYED:
+        if name == "*" or (name not in keyed and name not in ALWAYS_KEYED):
             return "Vary"
     return None
 

@@ -21,7 +21,8 @@ from proxy.core.call import Call
 from proxy.core.canonical import CACHEABLE_ROUTES
 from proxy.core.codec import Codec
 from proxy.core.hosts import HostCheck, allowed_hosts
-from proxy.core.policy import SHARED, CacheMode
+from proxy.core.keyed import Keying
+from proxy.core.policy import SHARED, CacheMode, CacheScope
 from proxy.core.routes import AZURE_RESPONSES, AZURE_V1, DEPLOYMENT_CALLS, DEPLOYMENTS
 from proxy.errors import InvalidBody, InvalidHeader, ProxyError, UpstreamError
 from proxy.metrics import Metrics
@@ -168,6 +169,7 @@ def _services(
         )
         await dictionaries.settle()
         carriers = credentials.names(settings.credential_header)
+        shared = settings.cache_scope is CacheScope.SHARED
         rate = settings.verify_rate if calls_upstream else 0.0
         verifier = Verifier(upstream, fingerprints, metrics, rate, random.random, carriers)
         keys = KeyChecker(
@@ -193,6 +195,7 @@ def _services(
             dictionaries=dictionaries,
             hosts=HostCheck(allowed_hosts(settings.host, settings.allowed_host)),
             credential_names=carriers,
+            keying=Keying(settings.unkeyed_header, carriers, shared),
             entries=entry_memo(local_bytes),
             on_miss=on_miss,
         )

@@ -18,7 +18,6 @@ from multidict import CIMultiDict
 from proxy.core import policy, responses, routes
 from proxy.core.call import Answer, Asked, Call, prepare_with, repro_headers
 from proxy.core.codec import Codec, UnknownDictionary
-from proxy.core.credentials import Carriers
 from proxy.core.entry import (
     CorruptEntry,
     Entry,
@@ -28,6 +27,7 @@ from proxy.core.entry import (
     usage_of,
 )
 from proxy.core.fingerprints import ModelFingerprints
+from proxy.core.keyed import KEYED_OTHERWISE, REROUTING
 from proxy.core.policy import Outcome
 from proxy.core.routes import RESPONSES
 from proxy.errors import UpstreamError
@@ -198,30 +198,8 @@ def serve_hit(
     return web.Response(body=entry.body, headers=headers)
 
 
-REROUTING = frozenset(
-    {
-        "x-original-url",
-        "x-rewrite-url",
-        "x-http-method-override",
-        "x-http-method",
-        "x-method-override",
-        "x-forwarded-host",
-        "x-forwarded-server",
-        "x-forwarded-prefix",
-        "x-forwarded-proto",
-        "x-forwarded-scheme",
-        "x-forwarded-port",
-        "x-host",
-        "forwarded",
-    }
-)
-"""Headers some servers and frameworks read instead of the request line or the Host (IIS and
-Symfony route by X-Original-URL, Express and others honour method overrides, many build URLs
-from X-Forwarded-Host): on a cached route the answer would be another resource's, or name
-another host, stored under a key that names neither. They never go upstream from a cached
-route (web cache poisoning's classic unkeyed inputs)."""
-
-_UPSTREAM_SKIP = REQUEST_SKIP | REROUTING | {"accept-encoding", "content-encoding", "content-type"}
+_UPSTREAM_SKIP = REQUEST_SKIP | REROUTING | KEYED_OTHERWISE
+"""What a cached route never forwards as the client sent it (see `proxy.core.keyed`)."""
 
 
 ANSWER_CODINGS = "gzip, deflate"
@@ -282,15 +260,12 @@ async def forward(
 def as_upstream_allows(services: Services, call: Call, headers: Headers) -> Call:
     """`call`, not stored when the upstream's answer says it must not be (see
     `policy.refused_by_upstream`), or cannot be stored as the bytes it is (`unstorable`).
-    The credential headers (listed, or named as one) count as keyed only where they partition
-    the cache (`--cache-scope key`)."""
+    What the key covers is `services.keying`'s to say: the keyed headers, and the credential
+    headers where they partition the cache (`--cache-scope key`)."""
     if not call.plan.store:
         return call
-    shared = services.settings.cache_scope is policy.CacheScope.SHARED
     reason = policy.refused_by_upstream(
-        headers.getall("Cache-Control", ()),
-        headers.getall("Vary", ()),
-        () if shared else Carriers(services.credential_names),
+        headers.getall("Cache-Control", ()), headers.getall("Vary", ()), services.keying
     ) or unstorable(headers)
     if reason is None:
         return call
@@ -403,6 +378,7 @@ def _storable(services: Services, call: Call, answer: Answer) -> Entry | None:
         query=call.keyed_query,
         namespace=call.namespace,
         request=call.body,
+        vary=call.vary,
     )
     if len(entry.body) > services.settings.max_entry:
         log.info(

@@ -13,6 +13,7 @@ from proxy.core.codec import Codec
 from proxy.core.credentials import STANDARD
 from proxy.core.entry import Entry
 from proxy.core.hosts import HostCheck
+from proxy.core.keyed import Keying
 from proxy.core.lru import LRU
 from proxy.metrics import Metrics
 from proxy.server.coalesce import Coalescer
@@ -65,6 +66,7 @@ class Services:
     dictionaries: Dictionaries
     hosts: HostCheck  # the Host names served (against DNS rebinding)
     credential_names: tuple[str, ...] = STANDARD  # headers that carry a tenant's credential
+    keying: Keying = field(default_factory=Keying)  # which other request headers the key covers
     # Told of every request refused as a cache miss (the pytest plugin fails the test with it).
     on_miss: Callable[[Call], None] | None = None
     # Results of pure functions, remembered for repeated requests (see proxy/server/caching.py).

@@ -54,7 +54,7 @@ async def cacheable(request: web.Request) -> web.StreamResponse:
     check_credential_headers(request, Carriers(services.credential_names))
     raw = await bodies.read(request, settings.max_body, settings.body_timeout)
     await services.secret.settle()
-    asked = Asked.of(route, query, raw, request.headers, services.credential_names)
+    asked = Asked.of(route, query, raw, request.headers, services.credential_names, services.keying)
     if len(raw) >= OFF_LOOP_BODY:  # never remembered: hashing it would hold the loop too
         return await answer(services, request, await prepare_aside(services, asked))
     call = remembered(services, asked)

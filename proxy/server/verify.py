@@ -180,6 +180,7 @@ class Verifier:
 
     async def _ask(self, call: Call, auth: Mapping[str, str]) -> bytes | None:
         headers = CIMultiDict(auth)
+        headers.extend(call.headers)  # what the answer was keyed by (its gateway route, its org)
         headers["Content-Type"] = "application/json"
         try:
             status, body = await self._upstream.fetch("POST", call.target, headers, call.body)

@@ -1,7 +1,8 @@
 """Cassettes: stored answers as a JSONL file a repository can commit, loadable into any store.
 
 A line holds one answer with what was asked (route, query, namespace, the request body the
-upstream received) and never an API key. Cache keys are not portable, since they hash the tenant
+upstream received, and the digest its key names of the request's keyed headers, `vary`) and
+never an API key or a header's value. Cache keys are not portable, since they hash the tenant
 scope, so loading recomputes each key for the target's scope: with `shared` every caller can
 replay the cassette (the usual choice in CI); with `key`, it is bound to one API key. Loading also
 replays the fingerprint history, so `follow` serves the newest fingerprint of each model.
@@ -48,14 +49,17 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
 }  # fmt: skip
 # Fields every reader (load, import, diff) takes as they are: a wrong type is refused here.
 _OPTIONAL_TYPES: dict[str, type | tuple[type, ...]] = {
-    "request": (dict, str), "body": str, "body_base64": str, "recorded_at": str,
+    "request": (dict, str), "body": str, "body_base64": str, "recorded_at": str, "vary": str,
 }  # fmt: skip
 
 
-_FIELDS = frozenset({"format", "key", "request", "body", "body_base64", "recorded_at", *_META})
+_FIELDS = frozenset(
+    {"format", "key", "request", "body", "body_base64", "recorded_at", "vary", *_META}
+)
 # Fields a hand-edited or foreign line may carry that must never be committed with a cassette.
 _SECRET_FIELDS = ("header", "authorization", "api_key", "api-key", "token", "secret", "cookie")
 _CONTENT_TYPE = re.compile(r"[ -~]{1,255}")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 _YEAR_9999 = 253402300800.0  # what a datetime can name, so an export can write recorded_at
 MAX_LINE = 64 * 1024 * 1024  # above the largest answer stored (--max-entry), base64 included
 MAX_CASSETTE = 1024 * 1024 * 1024
@@ -84,6 +88,8 @@ def to_record(key: str, entry: Entry) -> dict[str, Any]:
         timespec="seconds"
     )
     record["request"] = _json_or_text(entry.request)
+    if entry.vary:
+        record["vary"] = entry.vary
     try:
         record["body"] = entry.body.decode()
     except UnicodeDecodeError:
@@ -128,8 +134,11 @@ def from_record(record: dict[str, Any], scope: str) -> Loaded:
     meta = {name: record[name] for name in _META}
     meta["query"] = split_query(meta["query"])[0]  # a credential is never keyed nor kept
     meta["stored_at"] = min(_checked(meta, body), time.time())
-    entry = Entry(body=answer, request=raw_request, **meta)
-    key = canonical.request_key(entry.route, scope, entry.namespace, body, entry.query)
+    vary = record.get("vary", "")
+    if vary and not _DIGEST.fullmatch(vary):
+        raise CassetteError("'vary' is not the SHA-256 of a request's keyed headers")
+    entry = Entry(body=answer, request=raw_request, vary=vary, **meta)
+    key = canonical.request_key(entry.route, scope, entry.namespace, body, entry.query, vary)
     return Loaded(key, entry, _index(entry, scope))
 
 
@@ -270,16 +279,19 @@ def records(path: str) -> list[dict[str, Any]]:
     return found
 
 
-def identity(record: dict[str, Any]) -> tuple[str, str, str, str]:
-    """What was asked: the same request recorded twice has the same identity."""
+def identity(record: dict[str, Any]) -> tuple[str, str, str, str, str]:
+    """What was asked: the same request recorded twice has the same identity (the same body
+    with other keyed headers is another request)."""
     request = record.get("request")
     asked = request if isinstance(request, str) else canonical.dumps(request).decode()
-    return (str(record["route"]), str(record["namespace"]), str(record["query"]), asked)
+    route, namespace, query = (str(record[name]) for name in ("route", "namespace", "query"))
+    return (route, namespace, query, asked, str(record.get("vary", "")))
 
 
 def _order(record: dict[str, Any]) -> tuple[Any, ...]:
-    route, namespace, query, asked = identity(record)
-    return (route, str(record["model"]), namespace, query, asked, str(record["fingerprint"]))
+    route, namespace, query, asked, vary = identity(record)
+    model, fingerprint = str(record["model"]), str(record["fingerprint"])
+    return (route, model, namespace, query, asked, vary, fingerprint)
 
 
 def merged(batches: Iterable[Iterable[bytes]]) -> list[bytes]:

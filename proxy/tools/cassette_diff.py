@@ -89,9 +89,9 @@ def compare(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[Compar
     return sorted(rows, key=lambda row: STATUSES.index(row.status))
 
 
-def _latest(records: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], dict[str, Any]]:
+def _latest(records: list[dict[str, Any]]) -> dict[tuple[str, ...], dict[str, Any]]:
     """Per request, its latest recording (a cassette may hold one per fingerprint)."""
-    found: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    found: dict[tuple[str, ...], dict[str, Any]] = {}
     for record in sorted(records, key=lambda r: float(r["stored_at"])):
         found[cassette.identity(record)] = record
     return found

@@ -15,25 +15,11 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy import __version__
 from proxy.core.inflate import CODINGS
+from proxy.core.keyed import HOP_BY_HOP
 
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]
 
 USER_AGENT = f"repro-proxy/{__version__}"
-
-# RFC 9110 7.6.1: meaningful for one connection only, never forwarded.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-    }
-)
 
 REQUEST_SKIP = HOP_BY_HOP | {"host", "content-length", "expect"}
 """What never goes upstream as the client sent it; callers add to it (lower case)."""

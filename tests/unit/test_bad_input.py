@@ -35,6 +35,7 @@ WRONG = {
     "key_check_interval": "often",
     "key_check_timeout": "-1",
     "credential_header": "bad header",
+    "unkeyed_header": "x-trace-*-id",
     "verify_rate": "half",
     "probe_interval": "nan",
     "lock_timeout": "inf",

@@ -69,6 +69,7 @@ entries = st.builds(
     query=st.text(max_size=30),
     namespace=st.text(max_size=30),
     request=st.binary(max_size=2048),
+    vary=st.sampled_from(["", "ab" * 32]),
 )
 
 
@@ -108,11 +109,24 @@ class TestRoundTrip:
         assert CODEC.unpack(CODEC.pack(entry)) == entry
 
     def test_a_later_version_may_append_metadata(self) -> None:
-        payload = PLAIN_CODEC.pack(ENTRY)[6:]
+        varied = ENTRY._replace(vary="ab" * 32)
+        payload = PLAIN_CODEC.pack(varied)[6:]
         meta_end = 4 + int.from_bytes(payload[:4], "big")
         meta = orjson.dumps([*orjson.loads(payload[4:meta_end]), "more"])
         longer = len(meta).to_bytes(4, "big") + meta + payload[meta_end:]
-        assert CODEC.unpack(framed(PLAIN, len(longer), longer)) == ENTRY
+        assert CODEC.unpack(framed(PLAIN, len(longer), longer)) == varied
+
+    def test_an_entry_without_keyed_headers_packs_as_it_always_did(self) -> None:
+        """Entries written before keyed headers existed, and entries of requests with none,
+        hold the same twelve fields: processes of either version read each other's."""
+        payload = PLAIN_CODEC.pack(ENTRY)[6:]
+        meta = orjson.loads(payload[4 : 4 + int.from_bytes(payload[:4], "big")])
+        assert len(meta) == 12 and meta[-1] == ENTRY.namespace
+        varied = PLAIN_CODEC.pack(ENTRY._replace(vary="ab" * 32))[6:]
+        assert orjson.loads(varied[4 : 4 + int.from_bytes(varied[:4], "big")]) == [
+            *meta,
+            "ab" * 32,
+        ]
 
 
 class TestFirstFormat:

@@ -1,0 +1,222 @@
+"""Which request headers the cache key covers (pure): every one a cached route sends upstream,
+by name and value, unless it is known not to change the answer.
+
+Deny by default, as a cache reading `Vary` on every header would: gateways route by headers no
+list can name ahead (Portkey's `x-portkey-provider` and `x-portkey-custom-host`, Helicone's
+`Helicone-Target-Url`, Kong's `X-Host-Override`, `OpenAI-Organization`, ...). Left unkeyed, one
+tenant's `x-portkey-custom-host: <its own server>` would store that server's answer under the
+plain request's key, for every other tenant's HIT. Left out of the key are only:
+
+- INERT names (and INERT_PREFIXES): what SDKs and the infrastructure around them send per call,
+  which no upstream answers by: the OpenAI SDKs' `User-Agent`, `Accept` and `X-Stainless-*`
+  (their retry count, their timeout), `Idempotency-Key`, tracing and correlation ids, the
+  client's address as load balancers pass it, and the cache's own `Cache-Control`;
+- names that never reach the upstream as sent (NOT_SENT: hop-by-hop, `Host`, framing,
+  REROUTING, `X-Repro-*`, `Proxy-*`) or whose effect the key covers already (the body it hashes
+  is sent as plain JSON: `Content-Type`, `Content-Encoding`, `Accept-Encoding`);
+- credential headers: the tenant's, which partition the cache in `key` scope and are shared by
+  design in `shared` scope (every accepted key gets the same answers), except `Cookie` there,
+  which carries state besides identity (sticky backends, experiments, sessions);
+- names the operator adds (`--unkeyed-header`), exactly or as a `prefix*`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+
+from proxy.core.credentials import STANDARD, named_as_one, parse_names
+
+HeaderLines = tuple[tuple[str, str], ...]
+"""(lower-case name, value) of every keyed header line, sorted by name; a name's lines keep
+the order they were sent in."""
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+    }
+)
+"""RFC 9110 7.6.1: meaningful for one connection only, never forwarded."""
+
+REROUTING = frozenset(
+    {
+        "x-original-url",
+        "x-rewrite-url",
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "x-forwarded-host",
+        "x-forwarded-server",
+        "x-forwarded-prefix",
+        "x-forwarded-proto",
+        "x-forwarded-scheme",
+        "x-forwarded-port",
+        "x-host",
+        "forwarded",
+    }
+)
+"""Headers some servers and frameworks read instead of the request line or the Host (IIS and
+Symfony route by X-Original-URL, Express and others honour method overrides, many build URLs
+from X-Forwarded-Host): on a cached route the answer would be another resource's, or name
+another host, stored under a key that names neither. They never go upstream from a cached
+route (web cache poisoning's classic unkeyed inputs)."""
+
+NOT_SENT = HOP_BY_HOP | REROUTING | {"host", "content-length", "expect"}
+"""Never sent upstream from a cached route as the client sent them."""
+
+KEYED_OTHERWISE = frozenset({"accept-encoding", "content-type", "content-encoding"})
+"""The proxy sends its own Accept-Encoding and the body as plain JSON, which the key hashes."""
+
+INERT = frozenset(
+    {
+        # what the OpenAI SDKs (and HTTP clients) send with every call, beside X-Stainless-*
+        "user-agent",
+        "accept",
+        "idempotency-key",
+        # the client's word to this cache, read by the proxy itself
+        "cache-control",
+        "pragma",
+        # tracing and correlation
+        "traceparent",
+        "tracestate",
+        "baggage",
+        "sentry-trace",
+        "b3",
+        "uber-trace-id",
+        "x-cloud-trace-context",
+        "x-amzn-trace-id",
+        "x-request-id",
+        "x-correlation-id",
+        "x-client-request-id",
+        "x-ms-client-request-id",
+        "x-ot-span-context",
+        "newrelic",
+        "elastic-apm-traceparent",
+        "x-request-start",
+        "x-envoy-attempt-count",
+        # who asks, from where, as the load balancers in front of the proxy say
+        "x-forwarded-for",
+        "x-real-ip",
+        "true-client-ip",
+        "cf-connecting-ip",
+        "cf-ray",
+    }
+)
+"""Request headers known not to change an answer: never keyed (lower case)."""
+
+INERT_PREFIXES = ("x-stainless-", "x-b3-", "x-datadog-", "uberctx-", "sec-fetch-", "sec-ch-")
+"""Families of INERT names: the OpenAI SDKs' per-call headers, Zipkin's, Datadog's, Jaeger's,
+and the fetch metadata and client hints a runtime adds by itself (Node's fetch sends
+`sec-fetch-mode`)."""
+
+_NEVER_KEYED_PREFIXES = ("x-repro-", "proxy-")  # read by the proxy, or hop-by-hop
+
+MAX_SPELLINGS = 4096
+"""Names as sent that a process remembers as never keyed (see `Keying.lines`): a client may
+spell each name in any case, and hostile ones only make the next request take the longer way."""
+
+
+class Keying:
+    """One process's rule: which header names the key covers, and the keyed lines of a request.
+
+    A request whose every header name (as sent) was seen before to be unkeyed, nearly every
+    request, is checked in one set operation over its names, without a copy."""
+
+    def __init__(
+        self, unkeyed: Iterable[str] = (), carriers: Iterable[str] = STANDARD, shared: bool = False
+    ) -> None:
+        """`unkeyed`: the operator's inert names (lower case, `prefix*` for a family);
+        `carriers`: the credential headers listed; `shared`: the cache is one for all keys."""
+        names = tuple(unkeyed)
+        self._inert = INERT | NOT_SENT | KEYED_OTHERWISE | {n for n in names if not n.endswith("*")}
+        self._prefixes = (
+            *INERT_PREFIXES,
+            *_NEVER_KEYED_PREFIXES,
+            *(n[:-1] for n in names if n.endswith("*")),
+        )
+        self._carriers = frozenset(carriers)
+        self._shared = shared
+        self._base = {spelled for name in self._inert for spelled in (name, _titled(name))}
+        self._unkeyed_spellings = set(self._base)
+
+    def keys(self, name: str) -> bool:
+        """Whether a (lower-case) header name is keyed, by its value, when a request sends it."""
+        if name in self._inert or name.startswith(self._prefixes):
+            return False
+        if name in self._carriers or named_as_one(name):
+            return self._shared and name == "cookie"
+        return True
+
+    def __contains__(self, name: object) -> bool:
+        """Whether the key covers a (lower-case) header name, as a `Vary` naming it asks: keyed
+        by its value, or, in `key` scope, a credential partitioning the cache."""
+        if not isinstance(name, str) or name == "*":  # `Vary: *`: varies by what no key names
+            return False
+        if self.keys(name):
+            return True
+        credential = name in self._carriers or named_as_one(name)
+        return credential and not self._shared and not name.startswith(_NEVER_KEYED_PREFIXES)
+
+    def lines(self, headers: Mapping[str, str]) -> HeaderLines:
+        """The keyed lines of a request's headers (a multidict: every line, repeated names
+        too). Names seen unkeyed before, as spelled, need no lower-casing nor rule."""
+        if self._unkeyed_spellings.issuperset(headers):
+            return ()
+        found = []
+        spellings = self._unkeyed_spellings
+        for name, value in headers.items():
+            if name in spellings:
+                continue
+            lower = name.lower()
+            if self.keys(lower):
+                found.append((lower, value))
+                continue
+            if len(spellings) >= MAX_SPELLINGS:
+                spellings.clear()
+                spellings.update(self._base)
+            spellings.add(name)
+        found.sort(key=_name)
+        return tuple(found)
+
+
+def _name(line: tuple[str, str]) -> str:
+    return line[0]
+
+
+def _titled(name: str) -> str:
+    return "-".join(part.capitalize() for part in name.split("-"))
+
+
+def digest(lines: HeaderLines) -> str:
+    """What the key and a stored entry name of the keyed lines: SHA-256 of each name and value
+    as netstrings of the bytes sent (a value aiohttp could not decode holds them as
+    surrogates), so no two sets of lines give the same input; "" for none. A digest, not the
+    values: a cassette names it and never holds a header."""
+    if not lines:
+        return ""
+    out = bytearray()
+    for name, value in lines:
+        for part in (name, value):
+            raw = part.encode("utf-8", "surrogateescape")
+            out += b"%d:%s," % (len(raw), raw)
+    return hashlib.sha256(out).hexdigest()
+
+
+def parse_unkeyed(text: str) -> tuple[str, ...]:
+    """`--unkeyed-header`: header names, each exact or a `prefix*`; ValueError names a bad one."""
+    found = parse_names(text)
+    for name in found:
+        if "*" in name[:-1] or name == "*":
+            raise ValueError(
+                f"{name!r}: expected a name, or a prefix ending in one '*' (a bare '*' would "
+                "leave every header out of the key)"
+            )
+    return found

@@ -1,0 +1,229 @@
+"""Request headers the key reads, against a real proxy process: a gateway's routing header
+(Portkey's `x-portkey-custom-host`, or one no list knows) keys the answer it routed, so one
+tenant's routed answer never reaches another; what SDKs and tracing send per call does not."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import httpx
+import openai
+import orjson
+import pytest
+
+from bench.procs import wait_until
+from tests.e2e.test_unkeyed_inputs import (
+    CHAT,
+    STREAM,
+    answering_with,
+    ask_as,
+    completion,
+    content_of,
+)
+from tests.fixtures_procs import ProxyFactory
+from tests.hostile import Received, Scripted, Writer, http_answer
+
+KEYS = {"Bearer sk-attacker", "Bearer sk-victim"}
+MODELS = b'{"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]}'
+REFUSAL = b'{"error": {"message": "bad key", "type": "invalid_request_error", "code": null}}'
+
+
+def routing_gateway(*routing: str) -> Writer:
+    """A gateway that asks another backend when a request names one in any of the `routing`
+    headers (the attacker's server, answering "poisoned"), and its own model otherwise. Its
+    model list answers the two real keys only, so each tenant's key check passes and a made-up
+    key's does not: the victim does read the shared cache."""
+
+    async def write(writer: asyncio.StreamWriter, request: Received) -> None:
+        if request.request_line.startswith("GET"):
+            known = request.headers.get("authorization") in KEYS
+            status = "200 OK" if known else "401 Unauthorized"
+            answer = http_answer(
+                MODELS if known else REFUSAL, "Content-Type: application/json", status=status
+            )
+        else:
+            routed = any(name in request.headers for name in routing)
+            answer = http_answer(
+                completion("poisoned" if routed else "plain"), "Content-Type: application/json"
+            )
+        writer.write(answer)
+        await writer.drain()
+
+    return write
+
+
+def ask(proxy_v1: str, key: str, extra: dict[str, str], body: bytes = CHAT) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json", **extra}
+    return httpx.post(proxy_v1 + "/chat/completions", content=body, headers=headers, timeout=10)
+
+
+def posts(upstream: Scripted) -> list[Received]:
+    return [r for r in upstream.received if r.request_line.startswith("POST")]
+
+
+ROUTING = [("x-portkey-custom-host", "https://evil.example"), ("X-Made-Up-Route", "2")]
+
+
+@pytest.mark.parametrize(("name", "value"), ROUTING, ids=[name for name, _ in ROUTING])
+def test_in_shared_scope_one_tenants_routing_header_never_poisons_another_tenants_answer(
+    start_proxy: ProxyFactory, name: str, value: str
+) -> None:
+    """The attacker, a tenant with a key the upstream accepts, asks a common prompt with a
+    header that makes the gateway ask its own server; the victim asks the same prompt plainly
+    and must get the gateway's own answer. A header no list knows is keyed too (deny by
+    default); identical values of it still share one answer."""
+    with Scripted(routing_gateway(name.lower())) as upstream:
+        proxy = start_proxy("--cache-scope", "shared", upstream=upstream.v1)
+        poison = ask(proxy.v1, "sk-attacker", {name: value})
+        poison_again = ask(proxy.v1, "sk-attacker", {name: value})
+        victim = ask(proxy.v1, "sk-victim", {})
+        victim_again = ask(proxy.v1, "sk-victim", {})
+        other_value = ask(proxy.v1, "sk-victim", {name: value + "0"})
+    assert content_of(poison) == content_of(poison_again) == "poisoned"
+    assert content_of(victim) == content_of(victim_again) == "plain"
+    outcomes = [r.headers["x-repro-cache"] for r in (poison, poison_again, victim, victim_again)]
+    assert outcomes == ["MISS", "HIT", "MISS", "HIT"]
+    assert victim.headers["x-repro-key"] != poison.headers["x-repro-key"]
+    assert other_value.headers["x-repro-cache"] == "MISS"
+    assert other_value.headers["x-repro-key"] not in {
+        victim.headers["x-repro-key"],
+        poison.headers["x-repro-key"],
+    }
+    assert [r.headers.get(name.lower()) for r in posts(upstream)] == [value, None, value + "0"]
+
+
+def test_in_shared_scope_a_cookie_is_keyed(start_proxy: ProxyFactory) -> None:
+    """A cookie would route a sticky-session or experiment gateway as a header does."""
+    with Scripted(routing_gateway("cookie")) as upstream:
+        proxy = start_proxy("--cache-scope", "shared", upstream=upstream.v1)
+        poison = ask(proxy.v1, "sk-attacker", {"Cookie": "backend=evil"})
+        victim = ask(proxy.v1, "sk-victim", {})
+    assert [content_of(poison), content_of(victim)] == ["poisoned", "plain"]
+    assert victim.headers["x-repro-cache"] == "MISS"
+
+
+def failing_once() -> Writer:
+    """A 500 to the first request, then answers: the SDK retries with its retry count up."""
+    answered = [0]
+
+    async def write(writer: asyncio.StreamWriter, request: Received) -> None:
+        answered[0] += 1
+        if answered[0] == 1:
+            body = b'{"error": {"message": "try again", "type": "server_error", "code": null}}'
+            writer.write(http_answer(body, "Content-Type: application/json", status="500 Oops"))
+        else:
+            writer.write(http_answer(completion("plain"), "Content-Type: application/json"))
+        await writer.drain()
+
+    return write
+
+
+def test_the_official_sdks_per_call_headers_and_tracing_never_split_the_cache(
+    start_proxy: ProxyFactory,
+) -> None:
+    """openai's client sends `x-stainless-retry-count` (1 on its retry), its read timeout, its
+    version and platform; a traced service adds `traceparent`, new per call. The second call
+    is still a HIT of the answer the retry stored."""
+    with Scripted(failing_once()) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        client = openai.OpenAI(base_url=proxy.v1, api_key="sk-a", max_retries=2)
+        answers = []
+        for trace in ("0af7651916cd43dd8448eb211c80319c", "4bf92f3577b34da6a3ce929d0e0e4736"):
+            answers.append(
+                client.chat.completions.with_raw_response.create(
+                    model="gpt-4o-mini",
+                    messages=[{"role": "user", "content": "hi"}],
+                    extra_headers={"traceparent": f"00-{trace}-b7ad6b7169203331-01"},
+                )
+            )
+        client.close()
+    assert [a.headers["x-repro-cache"] for a in answers] == ["MISS", "HIT"]
+    assert answers[1].parse().choices[0].message.content == "plain"
+    sent = posts(upstream)
+    assert [r.headers["x-stainless-retry-count"] for r in sent] == ["0", "1"]
+    assert all("traceparent" in r.headers for r in sent)
+
+
+def test_an_unkeyed_header_setting_makes_a_header_inert_exactly_or_by_prefix(
+    start_proxy: ProxyFactory,
+) -> None:
+    with Scripted(answering_with()) as upstream:
+        flags = ("--unkeyed-header", "X-Team-Run", "--unkeyed-header", "x-myco-*")
+        proxy = start_proxy(*flags, upstream=upstream.v1)
+        inert = [ask(proxy.v1, "sk-a", {"X-Team-Run": run, "X-MyCo-Span": run}) for run in "12"]
+        keyed = [ask(proxy.v1, "sk-a", {"X-Team-Other": run}) for run in "12"]
+    assert [r.headers["x-repro-cache"] for r in inert] == ["MISS", "HIT"]
+    assert [r.headers["x-repro-cache"] for r in keyed] == ["MISS", "MISS"]
+    assert posts(upstream)[0].headers["x-team-run"] == "1"  # inert, and still sent
+
+
+@pytest.mark.parametrize("body", [CHAT, STREAM], ids=["whole", "stream"])
+@pytest.mark.parametrize(
+    "vary", ["", "Vary: OpenAI-Organization", "Vary: Accept-Encoding, openai-organization"]
+)
+def test_an_answer_varying_by_a_keyed_header_is_stored_per_value_and_served_only_to_it(
+    start_proxy: ProxyFactory, vary: str, body: bytes
+) -> None:
+    """One tenant (one key) asking as two organizations: `OpenAI-Organization` is in the key,
+    so each organization's answer is stored under its own key and a HIT goes only to the same
+    organization, whether or not the upstream says it varies by it."""
+    with Scripted(answering_with(*filter(None, [vary]))) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        asked = [ask_as(proxy.v1, org, body) for org in ("org-victim", "org-attacker") * 2]
+    assert [content_of(r) for r in asked] == ["org-victim", "org-attacker"] * 2
+    assert [r.headers["x-repro-cache"] for r in asked] == ["MISS", "MISS", "HIT", "HIT"]
+    assert len(upstream.received) == 2
+
+
+def test_a_cassette_replays_a_keyed_request_only_with_the_same_header(
+    start_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """Recorded with `OpenAI-Organization`, a cassette line names the header's digest (never
+    its value) and keys again alike when loaded: the same organization replays, another one
+    or none is a miss."""
+    path = tmp_path / "llm.jsonl"
+    with Scripted(routing_gateway()) as upstream:
+        recorder = start_proxy(
+            "--cassette", str(path), "--cache-scope", "shared", upstream=upstream.v1
+        )
+        recorded = ask_as(recorder.v1, "org-secret-1", CHAT)
+        recorder.proc.send_signal(signal.SIGTERM)
+        assert recorder.proc.wait(timeout=15) == 0
+    line = orjson.loads(path.read_bytes().splitlines()[0])
+    assert "org-secret-1" not in path.read_text() and len(line["vary"]) == 64
+    replayer = start_proxy(
+        "--cassette",
+        str(path),
+        "--cache-scope",
+        "shared",
+        "--cache-mode",
+        "replay",
+        upstream=upstream.v1,
+    )
+    same = ask_as(replayer.v1, "org-secret-1", CHAT)
+    other = ask_as(replayer.v1, "org-secret-2", CHAT)
+    plain = httpx.post(
+        replayer.v1 + "/chat/completions",
+        content=CHAT,
+        headers={"Authorization": "Bearer sk-victim", "Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert same.headers["x-repro-cache"] == "HIT" and same.content == recorded.content
+    assert [other.status_code, plain.status_code] == [504, 504]
+
+
+def test_a_drift_check_asks_again_with_the_headers_the_answer_was_keyed_by(
+    start_proxy: ProxyFactory,
+) -> None:
+    """Asked again without them, the gateway would answer from another backend: the drift
+    metrics would count a difference that is none, and that backend's fingerprint would be
+    taught as the model's."""
+    with Scripted(routing_gateway("x-portkey-provider")) as upstream:
+        proxy = start_proxy("--verify-rate", "1", upstream=upstream.v1)
+        routed = {"x-portkey-provider": "anthropic"}
+        answers = [ask(proxy.v1, "sk-victim", routed) for _ in range(2)]
+        wait_until(lambda: len(posts(upstream)) == 2, "the drift check", timeout=10)
+    assert [r.headers["x-repro-cache"] for r in answers] == ["MISS", "HIT"]
+    assert [r.headers.get("x-portkey-provider") for r in posts(upstream)] == ["anthropic"] * 2
