@@ -2,115 +2,20 @@
 
 The help texts are what users read: `repro-proxy serve --help` shows them, and the settings table
 of the README is rendered from them (`python3 -m tests.settings_table`), so they stay short and
-true. Each parser turns a text into a value or raises ValueError saying what it expected;
-`proxy.config` names the setting in the error.
+true. The parsers are in `proxy.values`.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
+from proxy import values
 from proxy.core.credentials import parse_names
 from proxy.core.hosts import parse_allowed
 from proxy.core.keyed import parse_unkeyed
 from proxy.core.policy import CacheMode, CacheScope, Enforce, FingerprintPolicy, StreamDisconnect
-from proxy.store import check_url, parse_size
-from proxy.store.encrypted import parse_keys
-
-
-def _choice(*allowed: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        value = text.strip().lower()
-        if value not in allowed:
-            raise ValueError(f"expected one of {', '.join(allowed)}")
-        return value
-
-    return parse
-
-
-def _ranged(cast: Callable[[str], Any], expected: str, fits: Callable[[Any], bool]) -> Any:
-    """A parser of numbers that fit, whose error says what was expected (not Python's wording)."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = cast(text.strip())
-        except ValueError:
-            raise ValueError(f"expected {expected}") from None
-        if not fits(value):
-            raise ValueError(f"expected {expected}")
-        return value
-
-    return parse
-
-
-_INF = float("inf")
-_seconds = _ranged(float, "a number of seconds >= 0", lambda v: 0 <= v < _INF)
-_positive_seconds = _ranged(float, "a number of seconds > 0", lambda v: 0 < v < _INF)
-_fraction = _ranged(float, "a fraction between 0 and 1", lambda v: 0 <= v <= 1)
-_non_negative_int = _ranged(int, "an integer >= 0", lambda v: v >= 0)
-_positive_int = _ranged(int, "an integer >= 1", lambda v: v >= 1)
-_port = _ranged(int, "a port between 0 and 65535", lambda v: 0 <= v <= 65535)
-_seed = _ranged(int, "an integer between -2^63 and 2^63-1", lambda v: -(2**63) <= v < 2**63)
-_count = _ranged(int, "auto or an integer >= 1", lambda v: v >= 1)
-
-
-def _connections(text: str) -> int | None:
-    """`auto` (None): derived from the descriptor limit when serving starts."""
-    return None if text.strip().lower() == "auto" else int(_count(text))
-
-
-def _switch(text: str) -> bool:
-    value = text.strip().lower()
-    if value not in ("on", "off", "true", "false", "1", "0", "yes", "no"):
-        raise ValueError("expected on or off")
-    return value in ("on", "true", "1", "yes")
-
-
-_zstd_level = _ranged(int, "a zstd level from 1 to 19, or 0 (off)", lambda v: 0 <= v <= 19)
-
-
-def _compression(text: str) -> int:
-    return 0 if text.strip().lower() == "off" else int(_zstd_level(text))
-
-
-def _size(text: str) -> int:
-    return parse_size(text)
-
-
-def _positive_size(text: str) -> int:
-    value = parse_size(text)
-    if value <= 0:
-        raise ValueError("expected a size > 0")
-    return value
-
-
-def _encryption_keys(text: str) -> str:
-    parse_keys(text)
-    return text
-
-
-def _upstream(text: str) -> str:
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(
-            "expected an http:// or https:// base URL such as https://api.openai.com/v1"
-        )
-    return text.rstrip("/")
-
-
-def _readable_file(text: str) -> str:
-    if not os.path.isfile(text) or not os.access(text, os.R_OK):
-        raise ValueError("expected a readable file")
-    return text
-
-
-def _store_url(text: str) -> str:
-    check_url(text)
-    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +41,7 @@ OPTIONS = (
         "port",
         "REPRO_PORT",
         "8080",
-        _port,
+        values.port,
         "listen port; 0 = a free port, reported at start (listening on http://HOST:PORT)",
     ),
     Option(
@@ -154,14 +59,14 @@ OPTIONS = (
         "upstream",
         "REPRO_UPSTREAM",
         "https://api.openai.com/v1",
-        _upstream,
+        values.upstream,
         "base URL of the OpenAI-compatible upstream, with its /v1 (Azure: the resource root)",
     ),
     Option(
         "store",
         "REPRO_STORE",
         "memory://",
-        _store_url,
+        values.store_url,
         "memory:// (a bounded LRU in this process; memory://?max_bytes=512MiB, default 256MiB) or "
         "redis://… / rediss://… (Redis or Redis Cluster, detected; ?cluster=true forces cluster "
         "mode)",
@@ -170,14 +75,14 @@ OPTIONS = (
         "default_seed",
         "REPRO_DEFAULT_SEED",
         "12345",
-        _seed,
+        values.seed,
         "seed injected into requests that carry none",
     ),
     Option(
         "enforce",
         "REPRO_ENFORCE",
         "seed",
-        _choice(*Enforce),
+        values.choice(*Enforce),
         "off: forward as is; seed: inject the default seed when absent; strict: also temperature "
         "0 and top_p 1",
     ),
@@ -185,7 +90,7 @@ OPTIONS = (
         "cache_mode",
         "REPRO_CACHE_MODE",
         "readwrite",
-        _choice(*CacheMode),
+        values.choice(*CacheMode),
         "readwrite; replay: never call the upstream (implies --fingerprint-policy pin unless "
         "set), a miss is a 504 cache_miss; record: always call the upstream and store; off",
     ),
@@ -193,7 +98,7 @@ OPTIONS = (
         "fingerprint_policy",
         "REPRO_FINGERPRINT_POLICY",
         "follow",
-        _choice(*FingerprintPolicy),
+        values.choice(*FingerprintPolicy),
         "follow: serve an answer only under the model's current fingerprint; pin: serve any "
         "stored answer",
     ),
@@ -201,7 +106,7 @@ OPTIONS = (
         "fingerprint_grace",
         "REPRO_FINGERPRINT_GRACE",
         "0",
-        _seconds,
+        values.seconds,
         "with follow, seconds an older fingerprint still counts as current after the upstream "
         "last answered with it (rollouts)",
     ),
@@ -209,7 +114,7 @@ OPTIONS = (
         "fingerprint_flap_window",
         "REPRO_FINGERPRINT_FLAP_WINDOW",
         "600",
-        _seconds,
+        values.seconds,
         "with follow, a model whose fingerprint moved back 3 times within this many seconds is "
         "alternating: every fingerprint it answered with in the window counts as current; 0: off",
     ),
@@ -217,15 +122,17 @@ OPTIONS = (
         "cache_scope",
         "REPRO_CACHE_SCOPE",
         "key",
-        _choice(*CacheScope),
+        values.choice(*CacheScope),
         "key: one cache partition per API key (keyed HMAC); shared: one cache for all keys",
     ),
-    Option("ttl", "REPRO_TTL", "0", _non_negative_int, "seconds an entry lives; 0 = no expiry"),
+    Option(
+        "ttl", "REPRO_TTL", "0", values.non_negative_int, "seconds an entry lives; 0 = no expiry"
+    ),
     Option(
         "stale_if_error",
         "REPRO_STALE_IF_ERROR",
         "0",
-        _non_negative_int,
+        values.non_negative_int,
         "seconds of age within which a stored answer of any fingerprint stands in for a failed "
         "upstream (RFC 5861); 0 = off",
     ),
@@ -248,7 +155,7 @@ OPTIONS = (
         "encryption_key",
         "REPRO_ENCRYPTION_KEY",
         None,
-        _encryption_keys,
+        values.encryption_keys,
         "base64 AES-256 keys, comma-separated, encrypting stored answers at rest; the first "
         "encrypts, all decrypt (rotation)",
     ),
@@ -256,14 +163,14 @@ OPTIONS = (
         "max_body",
         "REPRO_MAX_BODY",
         "16MiB",
-        _positive_size,
+        values.positive_size,
         "largest request body accepted (413 beyond)",
     ),
     Option(
         "max_entry",
         "REPRO_MAX_ENTRY",
         "32MiB",
-        _positive_size,
+        values.positive_size,
         "largest answer stored and read whole: a larger stream is served but not stored, a larger "
         "whole answer is a 502",
     ),
@@ -271,7 +178,7 @@ OPTIONS = (
         "compression",
         "REPRO_COMPRESSION",
         "1",
-        _compression,
+        values.compression,
         "zstd level stored answers are compressed at, 1 (fastest) to 19 (smallest); 0 or off = "
         "stored uncompressed (entries of either kind stay readable)",
     ),
@@ -279,7 +186,7 @@ OPTIONS = (
         "compression_dictionary",
         "REPRO_COMPRESSION_DICTIONARY",
         "1000",
-        _non_negative_int,
+        values.non_negative_int,
         "answers stored before a zstd dictionary is trained from them and shared through the "
         "store, for every process to compress with; 0 = no dictionary",
     ),
@@ -287,7 +194,7 @@ OPTIONS = (
         "key_check_interval",
         "REPRO_KEY_CHECK_INTERVAL",
         "300",
-        _seconds,
+        values.seconds,
         "seconds an API key stays trusted for cached answers after the upstream accepted it; 0 = "
         "never check",
     ),
@@ -295,7 +202,7 @@ OPTIONS = (
         "key_check_timeout",
         "REPRO_KEY_CHECK_TIMEOUT",
         "5",
-        _seconds,
+        values.seconds,
         "seconds a key check may wait for the upstream; beyond it the HIT goes on without its word",
     ),
     Option(
@@ -322,14 +229,14 @@ OPTIONS = (
         "verify_rate",
         "REPRO_VERIFY_RATE",
         "0",
-        _fraction,
+        values.fraction,
         "fraction of HITs re-asked upstream in the background to measure drift; 0 = none",
     ),
     Option(
         "probe_interval",
         "REPRO_PROBE_INTERVAL",
         "0",
-        _seconds,
+        values.seconds,
         "seconds between fingerprint probes of models served only from the cache; 0 = no probe",
     ),
     Option(
@@ -343,14 +250,14 @@ OPTIONS = (
         "lock_timeout",
         "REPRO_LOCK_TIMEOUT",
         "30",
-        _seconds,
+        values.seconds,
         "seconds identical concurrent misses wait for the first one's answer; 0 = no coalescing",
     ),
     Option(
         "near_cache",
         "REPRO_NEAR_CACHE",
         "64MiB",
-        _size,
+        values.size,
         "bytes of stored answers each process keeps in front of standalone Redis, coherent "
         "through pub/sub; 0 = off",
     ),
@@ -358,35 +265,35 @@ OPTIONS = (
         "store_timeout",
         "REPRO_STORE_TIMEOUT",
         "0.5",
-        _seconds,
+        values.seconds,
         "seconds one store call may take; beyond it the proxy serves without the store",
     ),
     Option(
         "connect_timeout",
         "REPRO_CONNECT_TIMEOUT",
         "10",
-        _seconds,
+        values.seconds,
         "seconds to connect to the upstream",
     ),
     Option(
         "upstream_timeout",
         "REPRO_UPSTREAM_TIMEOUT",
         "600",
-        _seconds,
+        values.seconds,
         "seconds the upstream has to send a whole answer, or between two chunks of a stream",
     ),
     Option(
         "upstream_ca",
         "REPRO_UPSTREAM_CA",
         None,
-        _readable_file,
+        values.readable_file,
         "PEM bundle of CAs trusted for the upstream in addition to the system store",
     ),
     Option(
         "upstream_cert",
         "REPRO_UPSTREAM_CERT",
         None,
-        _readable_file,
+        values.readable_file,
         "PEM client certificate shown to an upstream that asks for one; its key inside or in "
         "--upstream-key",
     ),
@@ -394,14 +301,14 @@ OPTIONS = (
         "upstream_key",
         "REPRO_UPSTREAM_KEY",
         None,
-        _readable_file,
+        values.readable_file,
         "PEM private key of --upstream-cert",
     ),
     Option(
         "upstream_connections",
         "REPRO_UPSTREAM_CONNECTIONS",
         "0",
-        _non_negative_int,
+        values.non_negative_int,
         "connections each serving process opens to the upstream at most; calls beyond wait for "
         "one; 0 = no cap",
     ),
@@ -409,7 +316,7 @@ OPTIONS = (
         "header_timeout",
         "REPRO_HEADER_TIMEOUT",
         "10",
-        _positive_seconds,
+        values.positive_seconds,
         "seconds a client has to send a request's head, from its first byte (from the "
         "connection's opening for the first request)",
     ),
@@ -417,14 +324,14 @@ OPTIONS = (
         "body_timeout",
         "REPRO_BODY_TIMEOUT",
         "60",
-        _positive_seconds,
+        values.positive_seconds,
         "seconds a request body may go silent between two reads (408 beyond)",
     ),
     Option(
         "send_timeout",
         "REPRO_SEND_TIMEOUT",
         "60",
-        _positive_seconds,
+        values.positive_seconds,
         "seconds a client may leave its answer unread (not one byte taken) before its connection "
         "is closed",
     ),
@@ -432,14 +339,14 @@ OPTIONS = (
         "keepalive_timeout",
         "REPRO_KEEPALIVE_TIMEOUT",
         "75",
-        _positive_seconds,
+        values.positive_seconds,
         "seconds an idle keep-alive client connection stays open",
     ),
     Option(
         "max_connections",
         "REPRO_MAX_CONNECTIONS",
         "auto",
-        _connections,
+        values.connections,
         "client connections each serving process holds at most (503 beyond); auto = half of the "
         "descriptor limit less 64 reserved",
     ),
@@ -447,7 +354,7 @@ OPTIONS = (
         "stream_disconnect",
         "REPRO_STREAM_DISCONNECT",
         "finish",
-        _choice(*StreamDisconnect),
+        values.choice(*StreamDisconnect),
         "when a client leaves a cacheable stream: finish reads on and stores it, cancel closes "
         "the upstream connection",
     ),
@@ -463,14 +370,14 @@ OPTIONS = (
         "workers",
         "REPRO_WORKERS",
         "1",
-        _positive_int,
+        values.positive_int,
         "serving processes sharing the port (SO_REUSEPORT); more than one needs a shared store",
     ),
     Option(
         "access_log",
         "REPRO_ACCESS_LOG",
         "off",
-        _switch,
+        values.switch,
         "on: one info line per request (method, path, status, cache outcome, duration, bytes; "
         "never a key or a prompt)",
         switch=True,
@@ -479,7 +386,7 @@ OPTIONS = (
         "log_level",
         "REPRO_LOG_LEVEL",
         "info",
-        _choice("debug", "info", "warning", "error"),
+        values.choice("debug", "info", "warning", "error"),
         "debug, info, warning or error; JSON lines on stderr",
     ),
 )
