@@ -16,7 +16,10 @@ plain request's key, for every other tenant's HIT. Left out of the key are only:
   is sent as plain JSON: `Content-Type`, `Content-Encoding`, `Accept-Encoding`);
 - credential headers: the tenant's, which partition the cache in `key` scope and are shared by
   design in `shared` scope (every accepted key gets the same answers), except `Cookie` there,
-  which carries state besides identity (sticky backends, experiments, sessions);
+  which carries state besides identity (sticky backends, experiments, sessions). There only the
+  names listed (`STANDARD`, `--credential-header`) count: a name read as a credential for its
+  words alone (`cf-aig-cache-key`, which names a gateway's cache entry) is keyed, so that a name
+  misread splits the cache and never joins two requests;
 - names the operator adds (`--unkeyed-header`), exactly or as a `prefix*`.
 """
 
@@ -151,9 +154,9 @@ class Keying:
         """Whether a (lower-case) header name is keyed, by its value, when a request sends it."""
         if name in self._inert or name.startswith(self._prefixes):
             return False
-        if name in self._carriers or named_as_one(name):
+        if name in self._carriers:
             return self._shared and name == "cookie"
-        return True
+        return self._shared or not named_as_one(name)
 
     def __contains__(self, name: object) -> bool:
         """Whether the key covers a (lower-case) header name, as a `Vary` naming it asks: keyed

@@ -94,6 +94,23 @@ def test_in_shared_scope_one_tenants_routing_header_never_poisons_another_tenant
     assert [r.headers.get(name.lower()) for r in posts(upstream)] == [value, None, value + "0"]
 
 
+def test_in_shared_scope_a_header_only_named_like_a_credential_is_keyed(
+    start_proxy: ProxyFactory,
+) -> None:
+    """Cloudflare AI Gateway's `cf-aig-cache-key` names the gateway's own cache entry: the
+    attacker fills it with a prompt of its own, then asks the victim's prompt under that
+    name and gets its own answer back. Its name holds the word `key`, so it reads as a
+    credential, but it is no credential any list names, and in `shared` scope a name read
+    so wrongly must split the cache, never join two requests."""
+    with Scripted(routing_gateway("cf-aig-cache-key")) as upstream:
+        proxy = start_proxy("--cache-scope", "shared", upstream=upstream.v1)
+        poison = ask(proxy.v1, "sk-attacker", {"cf-aig-cache-key": "planted"})
+        victim = ask(proxy.v1, "sk-victim", {})
+    assert [content_of(poison), content_of(victim)] == ["poisoned", "plain"]
+    assert victim.headers["x-repro-cache"] == "MISS"
+    assert victim.headers["x-repro-key"] != poison.headers["x-repro-key"]
+
+
 def test_in_shared_scope_a_cookie_is_keyed(start_proxy: ProxyFactory) -> None:
     """A cookie would route a sticky-session or experiment gateway as a header does."""
     with Scripted(routing_gateway("cookie")) as upstream:
