@@ -11,9 +11,10 @@ plain request's key, for every other tenant's HIT. Left out of the key are only:
   which no upstream answers by: the OpenAI SDKs' `User-Agent`, `Accept` and `X-Stainless-*`
   (their retry count, their timeout), `Idempotency-Key`, tracing and correlation ids, the
   client's address as load balancers pass it, and the cache's own `Cache-Control`;
-- names that never reach the upstream as sent (NOT_SENT: hop-by-hop, `Host`, framing,
-  REROUTING, `X-Repro-*`, `Proxy-*`) or whose effect the key covers already (the body it hashes
-  is sent as plain JSON: `Content-Type`, `Content-Encoding`, `Accept-Encoding`);
+- names that never reach the upstream as sent (NOT_SENT: hop-by-hop and what `Connection`
+  names, `Host`, framing, REROUTING, `X-Repro-*`, `Proxy-*`) or whose effect the key covers
+  already (the body it hashes is sent as plain JSON: `Content-Type`, `Content-Encoding`,
+  `Accept-Encoding`);
 - credential headers: the tenant's, which partition the cache in `key` scope and are shared by
   design in `shared` scope (every accepted key gets the same answers), except `Cookie` there,
   which carries state besides identity (sticky backends, experiments, sessions). There only the
@@ -26,7 +27,9 @@ plain request's key, for every other tenant's HIT. Left out of the key are only:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
+
+from multidict import MultiMapping
 
 from proxy.core.credentials import STANDARD, named_as_one, parse_names
 
@@ -168,7 +171,7 @@ class Keying:
         credential = name in self._carriers or named_as_one(name)
         return credential and not self._shared and not name.startswith(_NEVER_KEYED_PREFIXES)
 
-    def lines(self, headers: Mapping[str, str]) -> HeaderLines:
+    def lines(self, headers: MultiMapping[str]) -> HeaderLines:
         """The keyed lines of a request's headers (a multidict: every line, repeated names
         too). Names seen unkeyed before, as spelled, need no lower-casing nor rule."""
         if self._unkeyed_spellings.issuperset(headers):
@@ -186,8 +189,18 @@ class Keying:
                 spellings.clear()
                 spellings.update(self._base)
             spellings.add(name)
+        if found and "Connection" in headers:
+            found = _sent(found, headers.getall("Connection"))
         found.sort(key=_name)
         return tuple(found)
+
+
+def _sent(found: list[tuple[str, str]], connection: list[str]) -> list[tuple[str, str]]:
+    """The lines of `found` the proxy forwards: none that `Connection` names as hop-by-hop (on
+    any of its lines). Keyed by a value never sent, the answer to a request without it would
+    be stored under the key of one with it."""
+    dropped = {name.strip().lower() for line in connection for name in line.split(",")}
+    return [line for line in found if line[0] not in dropped]
 
 
 def _name(line: tuple[str, str]) -> str:

@@ -111,6 +111,28 @@ def test_in_shared_scope_a_header_only_named_like_a_credential_is_keyed(
     assert victim.headers["x-repro-key"] != poison.headers["x-repro-key"]
 
 
+def test_a_keyed_header_that_connection_drops_is_not_keyed_by_the_value_never_sent(
+    start_proxy: ProxyFactory,
+) -> None:
+    """A header named in `Connection` is hop-by-hop and never forwarded: keyed by its value all
+    the same, the upstream's answer to a request without it would be stored under the key of
+    a request with it, and the next tenant asking through that route (here in `shared` scope)
+    would get the unrouted answer."""
+    route = {"X-Made-Up-Route": "2"}
+    with Scripted(routing_gateway("x-made-up-route")) as upstream:
+        proxy = start_proxy("--cache-scope", "shared", upstream=upstream.v1)
+        dropped = ask(proxy.v1, "sk-attacker", {**route, "Connection": "X-Made-Up-Route"})
+        routed = ask(proxy.v1, "sk-victim", route)
+        plain = ask(proxy.v1, "sk-victim", {})
+    assert [content_of(dropped), content_of(routed), content_of(plain)] == [
+        "plain",
+        "poisoned",
+        "plain",
+    ]
+    assert [r.headers["x-repro-cache"] for r in (dropped, routed, plain)] == ["MISS", "MISS", "HIT"]
+    assert [r.headers.get("x-made-up-route") for r in posts(upstream)] == [None, "2"]
+
+
 def test_in_shared_scope_a_cookie_is_keyed(start_proxy: ProxyFactory) -> None:
     """A cookie would route a sticky-session or experiment gateway as a header does."""
     with Scripted(routing_gateway("cookie")) as upstream:

@@ -127,6 +127,13 @@ def test_every_line_of_a_repeated_header_counts_in_the_order_sent() -> None:
     assert digest(both) != digest(lines([("X-Route", "a, b")]))
 
 
+def test_a_header_connection_names_is_not_keyed_as_it_is_never_sent() -> None:
+    sent = [("X-Route", "a"), ("X-Other", "b"), ("Connection", "keep-alive")]
+    dropped = [*sent, ("Connection", "close,  x-ROUTE")]
+    assert lines(dropped) == (("x-other", "b"),)
+    assert lines(sent) == (("x-other", "b"), ("x-route", "a"))
+
+
 def test_other_names_may_come_in_any_order() -> None:
     one = lines([("X-B", "1"), ("X-A", "1"), ("User-Agent", "u"), ("X-A", "2")])
     other = lines([("X-A", "1"), ("traceparent", "t"), ("X-A", "2"), ("X-B", "1")])
