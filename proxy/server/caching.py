@@ -333,7 +333,9 @@ async def index_response(
     if not responses.valid_id(response_id):
         return
     write = Write(
-        key=responses.index_key(scope_of(services, call.tenant), call.namespace, response_id),
+        key=responses.index_key(
+            scope_of(services, call.tenant), call.namespace, response_id, call.vary
+        ),
         fingerprint=responses.INDEX_FINGERPRINT,
         value=responses.index_value(call.key, fingerprint),
         ttl=services.settings.ttl,

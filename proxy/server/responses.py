@@ -16,6 +16,7 @@ from proxy.core.call import checked_namespace
 from proxy.core.codec import UnknownDictionary
 from proxy.core.credentials import of_request
 from proxy.core.entry import CorruptEntry, Entry
+from proxy.core.keyed import digest
 from proxy.core.paths import raw_query
 from proxy.core.policy import CacheMode, Outcome
 from proxy.errors import CacheMissError
@@ -53,7 +54,8 @@ async def by_id(request: web.Request) -> web.StreamResponse:
 async def _held(
     services: Services, request: web.Request, response_id: str
 ) -> tuple[str, Entry] | None:
-    """The key and entry of the response `response_id` in the caller's partition."""
+    """The key and entry of the response `response_id` in the caller's partition, created with
+    the keyed headers this fetch sends."""
     if not responses.valid_id(response_id):
         return None
     await services.secret.settle()
@@ -62,7 +64,8 @@ async def _held(
     )
     tenant = services.secret.tenant(credentials)
     namespace = checked_namespace(request.headers.get("X-Repro-Namespace", ""))
-    index = responses.index_key(scope_of(services, tenant), namespace, response_id)
+    vary = digest(services.keying.lines(request.headers))
+    index = responses.index_key(scope_of(services, tenant), namespace, response_id, vary)
     try:
         pointer = await services.store.get(index, [responses.INDEX_FINGERPRINT])
         target = responses.parse_index(pointer.get(responses.INDEX_FINGERPRINT, b""))

@@ -54,9 +54,15 @@ def routing_gateway(*routing: str) -> Writer:
     return write
 
 
-def ask(proxy_v1: str, key: str, extra: dict[str, str], body: bytes = CHAT) -> httpx.Response:
+def ask(
+    proxy_v1: str,
+    key: str,
+    extra: dict[str, str],
+    body: bytes = CHAT,
+    route: str = "/chat/completions",
+) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json", **extra}
-    return httpx.post(proxy_v1 + "/chat/completions", content=body, headers=headers, timeout=10)
+    return httpx.post(proxy_v1 + route, content=body, headers=headers, timeout=10)
 
 
 def posts(upstream: Scripted) -> list[Received]:
@@ -266,3 +272,56 @@ def test_a_drift_check_asks_again_with_the_headers_the_answer_was_keyed_by(
         wait_until(lambda: len(posts(upstream)) == 2, "the drift check", timeout=10)
     assert [r.headers["x-repro-cache"] for r in answers] == ["MISS", "HIT"]
     assert [r.headers.get("x-portkey-provider") for r in posts(upstream)] == ["anthropic"] * 2
+
+
+def responses_gateway(response_id: str) -> Writer:
+    """`routing_gateway` for the Responses API: every answer carries the same id, as an
+    attacker's own server answers with the id of a response it read from the shared cache."""
+
+    async def write(writer: asyncio.StreamWriter, request: Received) -> None:
+        if request.request_line.startswith("GET"):
+            writer.write(http_answer(MODELS, "Content-Type: application/json"))
+        else:
+            routed = "x-portkey-custom-host" in request.headers
+            answer = {
+                "object": "response",
+                "id": response_id,
+                "status": "completed",
+                "model": "gpt-4o-mini",
+                "output": [{"type": "message", "content": [{"type": "output_text", "text": ""}]}],
+                "metadata": {"from": "poisoned" if routed else "plain"},
+            }
+            writer.write(http_answer(orjson.dumps(answer), "Content-Type: application/json"))
+        await writer.drain()
+
+    return write
+
+
+def test_a_routed_response_never_answers_a_fetch_of_its_id_asked_without_the_route(
+    start_proxy: ProxyFactory, redis_url: str
+) -> None:
+    """In `shared` scope the attacker reads a common response's id from the cache, then has
+    its own server answer another prompt with that id: the id's index must not point the
+    victim's `GET /v1/responses/{id}` in replay at the attacker's answer."""
+    flags = ("--cache-scope", "shared", "--store", redis_url, "--secret", "s3cret")
+    with Scripted(responses_gateway("resp_shared1")) as upstream:
+        recorder = start_proxy(*flags, upstream=upstream.v1)
+        replayer = start_proxy(*flags, "--cache-mode", "replay", upstream=upstream.v1)
+        body = b'{"model": "gpt-4o-mini", "input": "Name three rivers."}'
+        other = b'{"model": "gpt-4o-mini", "input": "Name a river."}'
+        plain = ask(recorder.v1, "sk-victim", {}, body, "/responses")
+        routed = {"x-portkey-custom-host": "https://evil.example"}
+        poison = ask(recorder.v1, "sk-attacker", routed, other, "/responses")
+        fetched = httpx.get(
+            replayer.v1 + "/responses/resp_shared1",
+            headers={"Authorization": "Bearer sk-victim"},
+            timeout=10,
+        )
+        own = httpx.get(
+            replayer.v1 + "/responses/resp_shared1",
+            headers={"Authorization": "Bearer sk-attacker", **routed},
+            timeout=10,
+        )
+    assert [r.json()["metadata"]["from"] for r in (plain, poison)] == ["plain", "poisoned"]
+    assert fetched.status_code == 200 and fetched.json()["metadata"]["from"] == "plain"
+    assert own.status_code == 200 and own.json()["metadata"]["from"] == "poisoned"
