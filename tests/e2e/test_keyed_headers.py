@@ -325,3 +325,20 @@ def test_a_routed_response_never_answers_a_fetch_of_its_id_asked_without_the_rou
     assert [r.json()["metadata"]["from"] for r in (plain, poison)] == ["plain", "poisoned"]
     assert fetched.status_code == 200 and fetched.json()["metadata"]["from"] == "plain"
     assert own.status_code == 200 and own.json()["metadata"]["from"] == "poisoned"
+
+
+@pytest.mark.parametrize("name", ["Cookie", "X-Auth-Token"])
+def test_a_drift_check_sends_a_header_both_credential_and_keyed_once(
+    start_proxy: ProxyFactory, name: str
+) -> None:
+    """In `shared` scope a cookie, or a name read as a credential for its words, is both what
+    the drift check sends as the caller's credentials and a keyed header: sent twice, the
+    upstream reads another request (two Cookie lines are two cookies) than the one it
+    answered."""
+    with Scripted(routing_gateway()) as upstream:
+        proxy = start_proxy("--cache-scope", "shared", "--verify-rate", "1", upstream=upstream.v1)
+        answers = [ask(proxy.v1, "sk-victim", {name: "route=a"}) for _ in range(2)]
+        wait_until(lambda: len(posts(upstream)) == 2, "the drift check", timeout=10)
+    assert [r.headers["x-repro-cache"] for r in answers] == ["MISS", "HIT"]
+    heads = [r.head.lower().count(name.lower().encode() + b":") for r in posts(upstream)]
+    assert heads == [1, 1]
