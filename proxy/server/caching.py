@@ -35,7 +35,7 @@ from proxy.server.coalesce import Lease
 from proxy.server.context import EntryMemo, Services
 from proxy.store.base import Labels, StoreError, Write
 from proxy.store.guard import CircuitOpen
-from proxy.upstream.client import UpstreamResponse
+from proxy.upstream.client import ANSWER_CODINGS, UpstreamResponse
 from proxy.upstream.headers import (
     INERT,
     REQUEST_SKIP,
@@ -200,11 +200,6 @@ def serve_hit(
 
 _UPSTREAM_SKIP = REQUEST_SKIP | REROUTING | KEYED_OTHERWISE
 """What a cached route never forwards as the client sent it (see `proxy.core.keyed`)."""
-
-
-ANSWER_CODINGS = "gzip, deflate"
-"""The answer codings a cached route asks for: the ones the proxy inflates itself (aiohttp's
-own default would grow with the libraries installed, to codings the proxy does not read)."""
 
 
 def upstream_headers(request: web.Request) -> CIMultiDict[str]:
