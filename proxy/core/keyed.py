@@ -31,7 +31,14 @@ from collections.abc import Iterable
 
 from multidict import MultiMapping
 
-from proxy.core.credentials import STANDARD, named_as_one, parse_names
+from proxy.core.credentials import (
+    IN_QUERY,
+    QUERY_PARAMETERS,
+    STANDARD,
+    Credentials,
+    named_as_one,
+    parse_names,
+)
 
 HeaderLines = tuple[tuple[str, str], ...]
 """(lower-case name, value) of every keyed header line, sorted by name; a name's lines keep
@@ -209,6 +216,18 @@ def _name(line: tuple[str, str]) -> str:
 
 def _titled(name: str) -> str:
     return "-".join(part.capitalize() for part in name.split("-"))
+
+
+def vary_of(headers: HeaderLines, in_query: Credentials, shared: bool) -> str:
+    """The digest the key (and a response's id index) names besides body and keyed query: the
+    keyed headers, and in `shared` scope the query parameters `split_query` read as
+    credentials for their words alone (`?route_token=`): sent upstream, they are no listed
+    credential there either (see `Keying.keys`). A digest, so their values stay out of a store
+    as the keyed query would not."""
+    if shared and in_query:
+        misread = tuple(p for p in in_query if p[0][len(IN_QUERY) :] not in QUERY_PARAMETERS)
+        return digest((*headers, *misread))
+    return digest(headers)
 
 
 def digest(lines: HeaderLines) -> str:

@@ -14,9 +14,9 @@ from aiohttp import web
 from proxy.core import policy, responses
 from proxy.core.call import checked_namespace
 from proxy.core.codec import UnknownDictionary
-from proxy.core.credentials import of_request
+from proxy.core.credentials import of_request, split_query
 from proxy.core.entry import CorruptEntry, Entry
-from proxy.core.keyed import digest
+from proxy.core.keyed import vary_of
 from proxy.core.paths import raw_query
 from proxy.core.policy import CacheMode, Outcome
 from proxy.errors import CacheMissError
@@ -64,8 +64,11 @@ async def _held(
     )
     tenant = services.secret.tenant(credentials)
     namespace = checked_namespace(request.headers.get("X-Repro-Namespace", ""))
-    vary = digest(services.keying.lines(request.headers))
-    index = responses.index_key(scope_of(services, tenant), namespace, response_id, vary)
+    scope = scope_of(services, tenant)
+    shared = services.settings.cache_scope is policy.CacheScope.SHARED
+    in_query = split_query(raw_query(request.raw_path))[1]
+    vary = vary_of(services.keying.lines(request.headers), in_query, shared)
+    index = responses.index_key(scope, namespace, response_id, vary)
     try:
         pointer = await services.store.get(index, [responses.INDEX_FINGERPRINT])
         target = responses.parse_index(pointer.get(responses.INDEX_FINGERPRINT, b""))

@@ -342,3 +342,41 @@ def test_a_drift_check_sends_a_header_both_credential_and_keyed_once(
     assert [r.headers["x-repro-cache"] for r in answers] == ["MISS", "HIT"]
     heads = [r.head.lower().count(name.lower().encode() + b":") for r in posts(upstream)]
     assert heads == [1, 1]
+
+
+def routing_by_query(parameter: str) -> Writer:
+    """A gateway that asks another backend when the query names `parameter`."""
+
+    async def write(writer: asyncio.StreamWriter, request: Received) -> None:
+        if request.request_line.startswith("GET"):
+            writer.write(http_answer(MODELS, "Content-Type: application/json"))
+        else:
+            routed = parameter + "=" in request.request_line.split(" ")[1]
+            body = completion("poisoned" if routed else "plain")
+            writer.write(http_answer(body, "Content-Type: application/json"))
+        await writer.drain()
+
+    return write
+
+
+def test_in_shared_scope_a_query_parameter_only_named_like_a_credential_is_keyed(
+    start_proxy: ProxyFactory,
+) -> None:
+    """The query's twin of `cf-aig-cache-key`: `route_token` reads as a credential for its
+    word `token`, so it never entered the key, yet it is sent upstream. Keyed (by a digest,
+    never its value in a store), the attacker's routed answer stays its own. With no value it
+    holds no credential, and is keyed in the query as any other parameter is, in every scope."""
+    with Scripted(routing_by_query("route_token")) as upstream:
+        proxy = start_proxy("--cache-scope", "shared", upstream=upstream.v1)
+        poison = ask(proxy.v1, "sk-attacker", {}, CHAT, "/chat/completions?route_token=evil")
+        victim = ask(proxy.v1, "sk-victim", {})
+        again = ask(proxy.v1, "sk-attacker", {}, CHAT, "/chat/completions?route_token=evil")
+        empty = ask(proxy.v1, "sk-attacker", {}, CHAT, "/chat/completions?route_token=")
+    assert [content_of(poison), content_of(victim), content_of(again), content_of(empty)] == [
+        "poisoned",
+        "plain",
+        "poisoned",
+        "poisoned",
+    ]
+    outcomes = [r.headers["x-repro-cache"] for r in (poison, victim, again, empty)]
+    assert outcomes == ["MISS", "MISS", "HIT", "MISS"]
