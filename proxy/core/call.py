@@ -14,7 +14,7 @@ from multidict import CIMultiDictProxy
 
 from proxy.core import canonical, policy, routes
 from proxy.core.credentials import STANDARD, Credentials, of_request, split_query
-from proxy.core.keyed import HeaderLines, Keying, digest
+from proxy.core.keyed import HeaderLines, Keying, vary_of
 from proxy.core.policy import CacheMode, CacheScope, Enforce, Outcome, Plan
 from proxy.errors import InvalidParameter, InvalidType
 
@@ -53,7 +53,7 @@ class Call(NamedTuple):
     max_age: int | None
     stale_if_error: int  # seconds; 0 = never serve stale
     stream: bool
-    vary: str = ""  # the digest of `headers` the key names, "" for none
+    vary: str = ""  # the digest of `headers` (`keyed.vary_of`) the key names, "" for none
     headers: HeaderLines = ()  # the keyed request headers, sent upstream as the client sent them
 
     @property
@@ -117,13 +117,14 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
     if settings.enforce is policy.Enforce.OFF:
         canonical.reject_ambiguous(raw)
     seeded = policy.enforce(body, route, settings.enforce, settings.default_seed)
-    scope = policy.SHARED if settings.cache_scope is policy.CacheScope.SHARED else tenant
+    shared = settings.cache_scope is policy.CacheScope.SHARED
+    scope = policy.SHARED if shared else tenant
     namespace = checked_namespace(asked.namespace)
     directives = policy.parse_cache_control(asked.cache_control)
     named = body.get("model")
     model = named if isinstance(named, str) else routes.deployment_of(route)
-    keyed_query = split_query(asked.query)[0]
-    vary = digest(asked.headers)
+    keyed_query, in_query = split_query(asked.query)
+    vary = vary_of(asked.headers, in_query, shared)
     key, respelled = canonical.keyed(route, scope, namespace, seeded.body, keyed_query, vary)
     return Call(
         route=route,

@@ -182,9 +182,9 @@ def split_query(query: str) -> tuple[str, Credentials]:
     for item in items:
         raw_name, _, value = item.partition("=")
         name = unquote_plus(raw_name).strip().lower()
-        if name not in QUERY_PARAMETERS and not named_as_one(name):
-            kept.append(item)
-        elif value:
+        if not value or (name not in QUERY_PARAMETERS and not named_as_one(name)):
+            kept.append(item)  # one without a value holds no credential, and is still sent
+        else:
             found.append((IN_QUERY + name, value))
     if len(kept) == len(items):
         return query, ()

@@ -11,21 +11,34 @@ plain request's key, for every other tenant's HIT. Left out of the key are only:
   which no upstream answers by: the OpenAI SDKs' `User-Agent`, `Accept` and `X-Stainless-*`
   (their retry count, their timeout), `Idempotency-Key`, tracing and correlation ids, the
   client's address as load balancers pass it, and the cache's own `Cache-Control`;
-- names that never reach the upstream as sent (NOT_SENT: hop-by-hop, `Host`, framing,
-  REROUTING, `X-Repro-*`, `Proxy-*`) or whose effect the key covers already (the body it hashes
-  is sent as plain JSON: `Content-Type`, `Content-Encoding`, `Accept-Encoding`);
+- names that never reach the upstream as sent (NOT_SENT: hop-by-hop and what `Connection`
+  names, `Host`, framing, REROUTING, `X-Repro-*`, `Proxy-*`) or whose effect the key covers
+  already (the body it hashes is sent as plain JSON: `Content-Type`, `Content-Encoding`,
+  `Accept-Encoding`);
 - credential headers: the tenant's, which partition the cache in `key` scope and are shared by
   design in `shared` scope (every accepted key gets the same answers), except `Cookie` there,
-  which carries state besides identity (sticky backends, experiments, sessions);
+  which carries state besides identity (sticky backends, experiments, sessions). There only the
+  names listed (`STANDARD`, `--credential-header`) count: a name read as a credential for its
+  words alone (`cf-aig-cache-key`, which names a gateway's cache entry) is keyed, so that a name
+  misread splits the cache and never joins two requests;
 - names the operator adds (`--unkeyed-header`), exactly or as a `prefix*`.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
-from proxy.core.credentials import STANDARD, named_as_one, parse_names
+from multidict import MultiMapping
+
+from proxy.core.credentials import (
+    IN_QUERY,
+    QUERY_PARAMETERS,
+    STANDARD,
+    Credentials,
+    named_as_one,
+    parse_names,
+)
 
 HeaderLines = tuple[tuple[str, str], ...]
 """(lower-case name, value) of every keyed header line, sorted by name; a name's lines keep
@@ -151,9 +164,9 @@ class Keying:
         """Whether a (lower-case) header name is keyed, by its value, when a request sends it."""
         if name in self._inert or name.startswith(self._prefixes):
             return False
-        if name in self._carriers or named_as_one(name):
+        if name in self._carriers:
             return self._shared and name == "cookie"
-        return True
+        return self._shared or not named_as_one(name)
 
     def __contains__(self, name: object) -> bool:
         """Whether the key covers a (lower-case) header name, as a `Vary` naming it asks: keyed
@@ -165,7 +178,7 @@ class Keying:
         credential = name in self._carriers or named_as_one(name)
         return credential and not self._shared and not name.startswith(_NEVER_KEYED_PREFIXES)
 
-    def lines(self, headers: Mapping[str, str]) -> HeaderLines:
+    def lines(self, headers: MultiMapping[str]) -> HeaderLines:
         """The keyed lines of a request's headers (a multidict: every line, repeated names
         too). Names seen unkeyed before, as spelled, need no lower-casing nor rule."""
         if self._unkeyed_spellings.issuperset(headers):
@@ -183,8 +196,18 @@ class Keying:
                 spellings.clear()
                 spellings.update(self._base)
             spellings.add(name)
+        if found and "Connection" in headers:
+            found = _sent(found, headers.getall("Connection"))
         found.sort(key=_name)
         return tuple(found)
+
+
+def _sent(found: list[tuple[str, str]], connection: list[str]) -> list[tuple[str, str]]:
+    """The lines of `found` the proxy forwards: none that `Connection` names as hop-by-hop (on
+    any of its lines). Keyed by a value never sent, the answer to a request without it would
+    be stored under the key of one with it."""
+    dropped = {name.strip().lower() for line in connection for name in line.split(",")}
+    return [line for line in found if line[0] not in dropped]
 
 
 def _name(line: tuple[str, str]) -> str:
@@ -193,6 +216,18 @@ def _name(line: tuple[str, str]) -> str:
 
 def _titled(name: str) -> str:
     return "-".join(part.capitalize() for part in name.split("-"))
+
+
+def vary_of(headers: HeaderLines, in_query: Credentials, shared: bool) -> str:
+    """The digest the key (and a response's id index) names besides body and keyed query: the
+    keyed headers, and in `shared` scope the query parameters `split_query` read as
+    credentials for their words alone (`?route_token=`): sent upstream, they are no listed
+    credential there either (see `Keying.keys`). A digest, so their values stay out of a store
+    as the keyed query would not."""
+    if shared and in_query:
+        misread = tuple(p for p in in_query if p[0][len(IN_QUERY) :] not in QUERY_PARAMETERS)
+        return digest((*headers, *misread))
+    return digest(headers)
 
 
 def digest(lines: HeaderLines) -> str:

@@ -28,9 +28,12 @@ def valid_id(response_id: str) -> bool:
     return _ID.fullmatch(response_id) is not None
 
 
-def index_key(scope: str, namespace: str, response_id: str) -> str:
-    """The key of the index entry for `response_id` in this scope and namespace; a domain of
-    its own, so it never equals a request's key."""
+def index_key(scope: str, namespace: str, response_id: str, vary: str = "") -> str:
+    """The key of the index entry for `response_id` in this scope and namespace, and with the
+    keyed request headers' digest `vary` (as its entry's key has them, "" for none): an id is
+    whatever the upstream answering says, and an answer routed by a header (a tenant's own
+    server behind a gateway) may name another answer's id; it must answer only a fetch asked
+    through the same route. A domain of its own, so it never equals a request's key."""
     material = {
         "id": response_id,
         "index": "response",
@@ -38,6 +41,8 @@ def index_key(scope: str, namespace: str, response_id: str) -> str:
         "scope": scope,
         "v": KEY_VERSION,
     }
+    if vary:
+        material["vary"] = vary
     return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 

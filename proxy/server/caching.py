@@ -35,7 +35,7 @@ from proxy.server.coalesce import Lease
 from proxy.server.context import EntryMemo, Services
 from proxy.store.base import Labels, StoreError, Write
 from proxy.store.guard import CircuitOpen
-from proxy.upstream.client import UpstreamResponse
+from proxy.upstream.client import ANSWER_CODINGS, UpstreamResponse
 from proxy.upstream.headers import (
     INERT,
     REQUEST_SKIP,
@@ -202,11 +202,6 @@ _UPSTREAM_SKIP = REQUEST_SKIP | REROUTING | KEYED_OTHERWISE
 """What a cached route never forwards as the client sent it (see `proxy.core.keyed`)."""
 
 
-ANSWER_CODINGS = "gzip, deflate"
-"""The answer codings a cached route asks for: the ones the proxy inflates itself (aiohttp's
-own default would grow with the libraries installed, to codings the proxy does not read)."""
-
-
 def upstream_headers(request: web.Request) -> CIMultiDict[str]:
     """The client's headers for the upstream; the body is ours now: plain JSON, whatever
     encoding the client sent it in."""
@@ -333,7 +328,9 @@ async def index_response(
     if not responses.valid_id(response_id):
         return
     write = Write(
-        key=responses.index_key(scope_of(services, call.tenant), call.namespace, response_id),
+        key=responses.index_key(
+            scope_of(services, call.tenant), call.namespace, response_id, call.vary
+        ),
         fingerprint=responses.INDEX_FINGERPRINT,
         value=responses.index_value(call.key, fingerprint),
         ttl=services.settings.ttl,

@@ -14,8 +14,9 @@ from aiohttp import web
 from proxy.core import policy, responses
 from proxy.core.call import checked_namespace
 from proxy.core.codec import UnknownDictionary
-from proxy.core.credentials import of_request
+from proxy.core.credentials import of_request, split_query
 from proxy.core.entry import CorruptEntry, Entry
+from proxy.core.keyed import vary_of
 from proxy.core.paths import raw_query
 from proxy.core.policy import CacheMode, Outcome
 from proxy.errors import CacheMissError
@@ -53,7 +54,8 @@ async def by_id(request: web.Request) -> web.StreamResponse:
 async def _held(
     services: Services, request: web.Request, response_id: str
 ) -> tuple[str, Entry] | None:
-    """The key and entry of the response `response_id` in the caller's partition."""
+    """The key and entry of the response `response_id` in the caller's partition, created with
+    the keyed headers this fetch sends."""
     if not responses.valid_id(response_id):
         return None
     await services.secret.settle()
@@ -62,7 +64,11 @@ async def _held(
     )
     tenant = services.secret.tenant(credentials)
     namespace = checked_namespace(request.headers.get("X-Repro-Namespace", ""))
-    index = responses.index_key(scope_of(services, tenant), namespace, response_id)
+    scope = scope_of(services, tenant)
+    shared = services.settings.cache_scope is policy.CacheScope.SHARED
+    in_query = split_query(raw_query(request.raw_path))[1]
+    vary = vary_of(services.keying.lines(request.headers), in_query, shared)
+    index = responses.index_key(scope, namespace, response_id, vary)
     try:
         pointer = await services.store.get(index, [responses.INDEX_FINGERPRINT])
         target = responses.parse_index(pointer.get(responses.INDEX_FINGERPRINT, b""))

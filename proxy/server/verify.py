@@ -180,7 +180,9 @@ class Verifier:
 
     async def _ask(self, call: Call, auth: Mapping[str, str]) -> bytes | None:
         headers = CIMultiDict(auth)
-        headers.extend(call.headers)  # what the answer was keyed by (its gateway route, its org)
+        # What the answer was keyed by (its gateway route, its org); a credential keyed too (a
+        # cookie in `shared` scope) is among `auth` already, and sent twice it asks otherwise.
+        headers.extend((name, value) for name, value in call.headers if name not in auth)
         headers["Content-Type"] = "application/json"
         try:
             status, body = await self._upstream.fetch("POST", call.target, headers, call.body)

@@ -189,7 +189,9 @@ def _index(entry: Entry, scope: str) -> str | None:
     if routes.kind(entry.route) != routes.RESPONSES:
         return None
     found = responses.stored_id(entry.body, entry.stream)
-    return None if found is None else responses.index_key(scope, entry.namespace, found)
+    if found is None:
+        return None
+    return responses.index_key(scope, entry.namespace, found, entry.vary)
 
 
 def _check_fields(record: dict[str, Any]) -> None:

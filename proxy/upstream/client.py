@@ -36,6 +36,11 @@ from proxy.upstream.egress import Egress, tls_context
 from proxy.upstream.headers import coding_error, framing_error, safe_headers, status_error
 
 MAX_URLS = 256
+ANSWER_CODINGS = "gzip, deflate"
+"""The answer codings asked for where the answer is read: the ones `UpstreamResponse` inflates.
+aiohttp's own default grows with the libraries installed (br with Brotli, zstd on Python 3.14),
+to codings the proxy would read as the answer undecoded."""
+
 _CLIENTS_OWN = ("Accept-Encoding", "Accept", "Content-Type")
 """Headers the HTTP client would add on its own (a body labelled `application/octet-stream`,
 `Accept: */*`): a pass-through carries the client's, or none at all."""
@@ -236,6 +241,9 @@ class Upstream:
         """The answer's head; failures before it become ours. The caller releases the answer.
         `whole`: the answer will be read at once, and the upstream timeout bounds all of it."""
         payload, headers = _payload(data, headers)
+        if decode and "Accept-Encoding" not in headers:
+            headers = CIMultiDict(headers)
+            headers["Accept-Encoding"] = ANSWER_CODINGS
         try:
             response = await self._client().request(
                 method,

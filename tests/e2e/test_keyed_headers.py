@@ -54,9 +54,15 @@ def routing_gateway(*routing: str) -> Writer:
     return write
 
 
-def ask(proxy_v1: str, key: str, extra: dict[str, str], body: bytes = CHAT) -> httpx.Response:
+def ask(
+    proxy_v1: str,
+    key: str,
+    extra: dict[str, str],
+    body: bytes = CHAT,
+    route: str = "/chat/completions",
+) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json", **extra}
-    return httpx.post(proxy_v1 + "/chat/completions", content=body, headers=headers, timeout=10)
+    return httpx.post(proxy_v1 + route, content=body, headers=headers, timeout=10)
 
 
 def posts(upstream: Scripted) -> list[Received]:
@@ -92,6 +98,45 @@ def test_in_shared_scope_one_tenants_routing_header_never_poisons_another_tenant
         poison.headers["x-repro-key"],
     }
     assert [r.headers.get(name.lower()) for r in posts(upstream)] == [value, None, value + "0"]
+
+
+def test_in_shared_scope_a_header_only_named_like_a_credential_is_keyed(
+    start_proxy: ProxyFactory,
+) -> None:
+    """Cloudflare AI Gateway's `cf-aig-cache-key` names the gateway's own cache entry: the
+    attacker fills it with a prompt of its own, then asks the victim's prompt under that
+    name and gets its own answer back. Its name holds the word `key`, so it reads as a
+    credential, but it is no credential any list names, and in `shared` scope a name read
+    so wrongly must split the cache, never join two requests."""
+    with Scripted(routing_gateway("cf-aig-cache-key")) as upstream:
+        proxy = start_proxy("--cache-scope", "shared", upstream=upstream.v1)
+        poison = ask(proxy.v1, "sk-attacker", {"cf-aig-cache-key": "planted"})
+        victim = ask(proxy.v1, "sk-victim", {})
+    assert [content_of(poison), content_of(victim)] == ["poisoned", "plain"]
+    assert victim.headers["x-repro-cache"] == "MISS"
+    assert victim.headers["x-repro-key"] != poison.headers["x-repro-key"]
+
+
+def test_a_keyed_header_that_connection_drops_is_not_keyed_by_the_value_never_sent(
+    start_proxy: ProxyFactory,
+) -> None:
+    """A header named in `Connection` is hop-by-hop and never forwarded: keyed by its value all
+    the same, the upstream's answer to a request without it would be stored under the key of
+    a request with it, and the next tenant asking through that route (here in `shared` scope)
+    would get the unrouted answer."""
+    route = {"X-Made-Up-Route": "2"}
+    with Scripted(routing_gateway("x-made-up-route")) as upstream:
+        proxy = start_proxy("--cache-scope", "shared", upstream=upstream.v1)
+        dropped = ask(proxy.v1, "sk-attacker", {**route, "Connection": "X-Made-Up-Route"})
+        routed = ask(proxy.v1, "sk-victim", route)
+        plain = ask(proxy.v1, "sk-victim", {})
+    assert [content_of(dropped), content_of(routed), content_of(plain)] == [
+        "plain",
+        "poisoned",
+        "plain",
+    ]
+    assert [r.headers["x-repro-cache"] for r in (dropped, routed, plain)] == ["MISS", "MISS", "HIT"]
+    assert [r.headers.get("x-made-up-route") for r in posts(upstream)] == [None, "2"]
 
 
 def test_in_shared_scope_a_cookie_is_keyed(start_proxy: ProxyFactory) -> None:
@@ -227,3 +272,111 @@ def test_a_drift_check_asks_again_with_the_headers_the_answer_was_keyed_by(
         wait_until(lambda: len(posts(upstream)) == 2, "the drift check", timeout=10)
     assert [r.headers["x-repro-cache"] for r in answers] == ["MISS", "HIT"]
     assert [r.headers.get("x-portkey-provider") for r in posts(upstream)] == ["anthropic"] * 2
+
+
+def responses_gateway(response_id: str) -> Writer:
+    """`routing_gateway` for the Responses API: every answer carries the same id, as an
+    attacker's own server answers with the id of a response it read from the shared cache."""
+
+    async def write(writer: asyncio.StreamWriter, request: Received) -> None:
+        if request.request_line.startswith("GET"):
+            writer.write(http_answer(MODELS, "Content-Type: application/json"))
+        else:
+            routed = "x-portkey-custom-host" in request.headers
+            answer = {
+                "object": "response",
+                "id": response_id,
+                "status": "completed",
+                "model": "gpt-4o-mini",
+                "output": [{"type": "message", "content": [{"type": "output_text", "text": ""}]}],
+                "metadata": {"from": "poisoned" if routed else "plain"},
+            }
+            writer.write(http_answer(orjson.dumps(answer), "Content-Type: application/json"))
+        await writer.drain()
+
+    return write
+
+
+def test_a_routed_response_never_answers_a_fetch_of_its_id_asked_without_the_route(
+    start_proxy: ProxyFactory, redis_url: str
+) -> None:
+    """In `shared` scope the attacker reads a common response's id from the cache, then has
+    its own server answer another prompt with that id: the id's index must not point the
+    victim's `GET /v1/responses/{id}` in replay at the attacker's answer."""
+    flags = ("--cache-scope", "shared", "--store", redis_url, "--secret", "s3cret")
+    with Scripted(responses_gateway("resp_shared1")) as upstream:
+        recorder = start_proxy(*flags, upstream=upstream.v1)
+        replayer = start_proxy(*flags, "--cache-mode", "replay", upstream=upstream.v1)
+        body = b'{"model": "gpt-4o-mini", "input": "Name three rivers."}'
+        other = b'{"model": "gpt-4o-mini", "input": "Name a river."}'
+        plain = ask(recorder.v1, "sk-victim", {}, body, "/responses")
+        routed = {"x-portkey-custom-host": "https://evil.example"}
+        poison = ask(recorder.v1, "sk-attacker", routed, other, "/responses")
+        fetched = httpx.get(
+            replayer.v1 + "/responses/resp_shared1",
+            headers={"Authorization": "Bearer sk-victim"},
+            timeout=10,
+        )
+        own = httpx.get(
+            replayer.v1 + "/responses/resp_shared1",
+            headers={"Authorization": "Bearer sk-attacker", **routed},
+            timeout=10,
+        )
+    assert [r.json()["metadata"]["from"] for r in (plain, poison)] == ["plain", "poisoned"]
+    assert fetched.status_code == 200 and fetched.json()["metadata"]["from"] == "plain"
+    assert own.status_code == 200 and own.json()["metadata"]["from"] == "poisoned"
+
+
+@pytest.mark.parametrize("name", ["Cookie", "X-Auth-Token"])
+def test_a_drift_check_sends_a_header_both_credential_and_keyed_once(
+    start_proxy: ProxyFactory, name: str
+) -> None:
+    """In `shared` scope a cookie, or a name read as a credential for its words, is both what
+    the drift check sends as the caller's credentials and a keyed header: sent twice, the
+    upstream reads another request (two Cookie lines are two cookies) than the one it
+    answered."""
+    with Scripted(routing_gateway()) as upstream:
+        proxy = start_proxy("--cache-scope", "shared", "--verify-rate", "1", upstream=upstream.v1)
+        answers = [ask(proxy.v1, "sk-victim", {name: "route=a"}) for _ in range(2)]
+        wait_until(lambda: len(posts(upstream)) == 2, "the drift check", timeout=10)
+    assert [r.headers["x-repro-cache"] for r in answers] == ["MISS", "HIT"]
+    heads = [r.head.lower().count(name.lower().encode() + b":") for r in posts(upstream)]
+    assert heads == [1, 1]
+
+
+def routing_by_query(parameter: str) -> Writer:
+    """A gateway that asks another backend when the query names `parameter`."""
+
+    async def write(writer: asyncio.StreamWriter, request: Received) -> None:
+        if request.request_line.startswith("GET"):
+            writer.write(http_answer(MODELS, "Content-Type: application/json"))
+        else:
+            routed = parameter + "=" in request.request_line.split(" ")[1]
+            body = completion("poisoned" if routed else "plain")
+            writer.write(http_answer(body, "Content-Type: application/json"))
+        await writer.drain()
+
+    return write
+
+
+def test_in_shared_scope_a_query_parameter_only_named_like_a_credential_is_keyed(
+    start_proxy: ProxyFactory,
+) -> None:
+    """The query's twin of `cf-aig-cache-key`: `route_token` reads as a credential for its
+    word `token`, so it never entered the key, yet it is sent upstream. Keyed (by a digest,
+    never its value in a store), the attacker's routed answer stays its own. With no value it
+    holds no credential, and is keyed in the query as any other parameter is, in every scope."""
+    with Scripted(routing_by_query("route_token")) as upstream:
+        proxy = start_proxy("--cache-scope", "shared", upstream=upstream.v1)
+        poison = ask(proxy.v1, "sk-attacker", {}, CHAT, "/chat/completions?route_token=evil")
+        victim = ask(proxy.v1, "sk-victim", {})
+        again = ask(proxy.v1, "sk-attacker", {}, CHAT, "/chat/completions?route_token=evil")
+        empty = ask(proxy.v1, "sk-attacker", {}, CHAT, "/chat/completions?route_token=")
+    assert [content_of(poison), content_of(victim), content_of(again), content_of(empty)] == [
+        "poisoned",
+        "plain",
+        "poisoned",
+        "poisoned",
+    ]
+    outcomes = [r.headers["x-repro-cache"] for r in (poison, victim, again, empty)]
+    assert outcomes == ["MISS", "MISS", "HIT", "MISS"]

@@ -493,3 +493,23 @@ def test_a_cookie_the_upstream_sets_for_one_tenant_never_goes_with_anothers_requ
     assert "session=sk-victim" in first.headers.get_list("set-cookie")[0]
     sent = [r.headers.get("cookie") for r in upstream.received]
     assert sent == [None, None, "mine=1"]
+
+
+async def test_every_request_whose_answer_is_read_asks_only_for_codings_the_proxy_inflates() -> (
+    None
+):
+    """aiohttp's default Accept-Encoding adds br with Brotli installed and zstd on Python 3.14:
+    a side request (key check, drift check, probe) would get an answer in a coding the proxy
+    reads as its bytes, and a hostile or plain upstream's br answer would read as no answer.
+    A pass-through keeps the client's own, or none."""
+    with Scripted(fixed(http_answer(b"{}", "Content-Type: application/json"))) as scripted:
+        upstream = Upstream(scripted.v1, 5, 5)
+        try:
+            await upstream.fetch("GET", "/v1/models", {}, b"")
+            await upstream.fetch("POST", "/v1/x", {"Accept-Encoding": "gzip"}, b"{}")
+            raw = await upstream.send("POST", "/v1/files", {}, b"{}", decode=False)
+            raw.release()
+        finally:
+            await upstream.close()
+    codings = [r.headers.get("accept-encoding") for r in scripted.received]
+    assert codings == ["gzip, deflate", "gzip", None]

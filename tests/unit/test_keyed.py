@@ -12,6 +12,7 @@ from proxy.core import keyed
 from proxy.core.call import Asked, Call, prepare_with
 from proxy.core.canonical import CHAT, parse_body, request_key
 from proxy.core.codec import Codec
+from proxy.core.credentials import STANDARD
 from proxy.core.entry import Entry
 from proxy.core.keyed import Keying, digest, parse_unkeyed
 from proxy.core.policy import SHARED, CacheScope, refused_by_upstream
@@ -126,6 +127,13 @@ def test_every_line_of_a_repeated_header_counts_in_the_order_sent() -> None:
     assert digest(both) != digest(lines([("X-Route", "a, b")]))
 
 
+def test_a_header_connection_names_is_not_keyed_as_it_is_never_sent() -> None:
+    sent = [("X-Route", "a"), ("X-Other", "b"), ("Connection", "keep-alive")]
+    dropped = [*sent, ("Connection", "close,  x-ROUTE")]
+    assert lines(dropped) == (("x-other", "b"),)
+    assert lines(sent) == (("x-other", "b"), ("x-route", "a"))
+
+
 def test_other_names_may_come_in_any_order() -> None:
     one = lines([("X-B", "1"), ("X-A", "1"), ("User-Agent", "u"), ("X-A", "2")])
     other = lines([("X-A", "1"), ("traceparent", "t"), ("X-A", "2"), ("X-B", "1")])
@@ -165,13 +173,28 @@ def test_what_never_goes_upstream_as_sent_is_never_keyed() -> None:
 
 def test_credentials_are_the_tenants_never_keyed_as_headers() -> None:
     """In `key` scope they partition the cache already; in `shared` scope every accepted key
-    shares the answers by design. The key stays exactly the scope's."""
+    of a listed credential header shares the answers by design. The key stays exactly the
+    scope's."""
     creds = [("Authorization", "Bearer sk-b"), ("api-key", "az"), ("X-Auth-Token", "t")]
     assert lines([*SDK, *creds]) == ()
-    assert Keying(shared=True).lines(headers([*SDK, *creds])) == ()
+    assert Keying(("x-auth-token",), shared=True).lines(headers([*SDK, *creds])) == ()
+    listed = Keying(carriers=(*STANDARD, "x-auth-token"), shared=True)
+    assert listed.lines(headers([*SDK, *creds])) == ()
     assert call_of([*SDK, *creds], rules=SHARED_RULES).key == request_key(
         CHAT, SHARED, "suite", SEEDED
     )
+
+
+def test_in_shared_scope_a_name_read_as_a_credential_only_for_its_words_is_keyed() -> None:
+    """There a misread name would join two requests the upstream answers apart
+    (`cf-aig-cache-key` names a gateway's cache entry); in `key` scope it partitions."""
+    named = [("cf-aig-cache-key", "planted"), ("X-Auth-Token", "t")]
+    assert lines(named) == ()
+    assert Keying(shared=True).lines(headers(named)) == (
+        ("cf-aig-cache-key", "planted"),
+        ("x-auth-token", "t"),
+    )
+    assert "cf-aig-cache-key" in Keying(shared=True) and "cf-aig-cache-key" in Keying()
 
 
 def test_a_cookie_is_keyed_in_shared_scope_only() -> None:
