@@ -104,7 +104,8 @@ def test_a_cut_compressed_stream_is_relayed_without_its_clean_end_and_never_stor
     frames = sse_frames("a stream cut before its trailer")
     body = cut(coding, frames)
     request = (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer sk-alice\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
+        b"Authorization: Bearer sk-alice\r\n"
         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(STREAM) + STREAM
     )
     with answering(framed(body, "text/event-stream", coding, chunked)) as upstream:
