@@ -100,6 +100,21 @@ def test_in_shared_scope_one_tenants_routing_header_never_poisons_another_tenant
     assert [r.headers.get(name.lower()) for r in posts(upstream)] == [value, None, value + "0"]
 
 
+def poisoned_then_asked_plainly(
+    start_proxy: ProxyFactory, routed: dict[str, str]
+) -> tuple[httpx.Response, httpx.Response]:
+    """In `shared` scope, the attacker asks with `routed` (its one header is what the gateway
+    routes by), then the victim asks plainly: the victim must get the plain answer, a MISS."""
+    ((name, _),) = routed.items()
+    with Scripted(routing_gateway(name.lower())) as upstream:
+        proxy = start_proxy("--cache-scope", "shared", upstream=upstream.v1)
+        poison = ask(proxy.v1, "sk-attacker", routed)
+        victim = ask(proxy.v1, "sk-victim", {})
+    assert [content_of(poison), content_of(victim)] == ["poisoned", "plain"]
+    assert victim.headers["x-repro-cache"] == "MISS"
+    return poison, victim
+
+
 def test_in_shared_scope_a_header_only_named_like_a_credential_is_keyed(
     start_proxy: ProxyFactory,
 ) -> None:
@@ -108,12 +123,7 @@ def test_in_shared_scope_a_header_only_named_like_a_credential_is_keyed(
     name and gets its own answer back. Its name holds the word `key`, so it reads as a
     credential, but it is no credential any list names, and in `shared` scope a name read
     so wrongly must split the cache, never join two requests."""
-    with Scripted(routing_gateway("cf-aig-cache-key")) as upstream:
-        proxy = start_proxy("--cache-scope", "shared", upstream=upstream.v1)
-        poison = ask(proxy.v1, "sk-attacker", {"cf-aig-cache-key": "planted"})
-        victim = ask(proxy.v1, "sk-victim", {})
-    assert [content_of(poison), content_of(victim)] == ["poisoned", "plain"]
-    assert victim.headers["x-repro-cache"] == "MISS"
+    poison, victim = poisoned_then_asked_plainly(start_proxy, {"cf-aig-cache-key": "planted"})
     assert victim.headers["x-repro-key"] != poison.headers["x-repro-key"]
 
 
@@ -141,12 +151,7 @@ def test_a_keyed_header_that_connection_drops_is_not_keyed_by_the_value_never_se
 
 def test_in_shared_scope_a_cookie_is_keyed(start_proxy: ProxyFactory) -> None:
     """A cookie would route a sticky-session or experiment gateway as a header does."""
-    with Scripted(routing_gateway("cookie")) as upstream:
-        proxy = start_proxy("--cache-scope", "shared", upstream=upstream.v1)
-        poison = ask(proxy.v1, "sk-attacker", {"Cookie": "backend=evil"})
-        victim = ask(proxy.v1, "sk-victim", {})
-    assert [content_of(poison), content_of(victim)] == ["poisoned", "plain"]
-    assert victim.headers["x-repro-cache"] == "MISS"
+    poisoned_then_asked_plainly(start_proxy, {"Cookie": "backend=evil"})
 
 
 def failing_once() -> Writer:
