@@ -23,6 +23,7 @@ from urllib.parse import unquote_plus
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from proxy.core.hops import connection_named
 from proxy.core.policy import ANONYMOUS
 
 STANDARD = (
@@ -152,12 +153,7 @@ def hop_by_hop(connection: Iterable[str], carriers: Collection[str] = STANDARD) 
     removes the headers Connection names before forwarding (RFC 9110 7.6.1): the upstream would
     answer without the credential the tenant is made of, and its 2xx would vouch for those
     credentials, revoked or made up, as if it had accepted them."""
-    for value in connection:
-        for item in value.split(","):
-            name = item.strip().lower()
-            if name in carriers:
-                return name
-    return None
+    return next((name for name in sorted(connection_named(connection)) if name in carriers), None)
 
 
 _SEPARATORS = re.compile("[&;]")

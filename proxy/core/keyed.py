@@ -39,25 +39,11 @@ from proxy.core.credentials import (
     named_as_one,
     parse_names,
 )
+from proxy.core.hops import HOP_BY_HOP, connection_named
 
 HeaderLines = tuple[tuple[str, str], ...]
 """(lower-case name, value) of every keyed header line, sorted by name; a name's lines keep
 the order they were sent in."""
-
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-    }
-)
-"""RFC 9110 7.6.1: meaningful for one connection only, never forwarded."""
 
 REROUTING = frozenset(
     {
@@ -206,7 +192,7 @@ def _sent(found: list[tuple[str, str]], connection: list[str]) -> list[tuple[str
     """The lines of `found` the proxy forwards: none that `Connection` names as hop-by-hop (on
     any of its lines). Keyed by a value never sent, the answer to a request without it would
     be stored under the key of one with it."""
-    dropped = {name.strip().lower() for line in connection for name in line.split(",")}
+    dropped = connection_named(connection)
     return [line for line in found if line[0] not in dropped]
 
 

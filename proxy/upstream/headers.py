@@ -14,8 +14,8 @@ import re
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy import __version__
+from proxy.core.hops import HOP_BY_HOP, connection_named
 from proxy.core.inflate import CODINGS
-from proxy.core.keyed import HOP_BY_HOP
 
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]
 
@@ -36,8 +36,7 @@ def _skipped(headers: Headers, fixed: frozenset[str]) -> frozenset[str]:
     anything: then no new set)."""
     if "Connection" not in headers:
         return fixed
-    named = ",".join(headers.getall("Connection"))
-    return fixed | {h.strip().lower() for h in named.split(",")}
+    return fixed | connection_named(headers.getall("Connection"))
 
 
 def request_headers(
