@@ -23,6 +23,7 @@ from enum import StrEnum
 
 from proxy import config
 from proxy.config import Settings
+from proxy.core import routes
 from proxy.core.call import Call
 from proxy.core.entry import Entry
 from proxy.core.nearest import Request, explain, readable
@@ -117,9 +118,18 @@ class LLMSession:
         environ[name] = value
 
     def explain(self, misses: Iterable[Call]) -> str:
-        """The failure of a test whose requests the cassette lacks."""
-        parts = [f"LLM request not in the cassette {self.cassette} (--llm-record-mode={self.mode})"]
-        for call in misses:
+        """The failure of a test whose requests the cassette lacks, or that refuse any stored
+        answer (only-if-cached with no-cache or no-store): no recording would serve those."""
+        calls = list(misses)
+        refused = [call for call in calls if not call.plan.lookup]
+        absent = [call for call in calls if call.plan.lookup]
+        parts = [_refusing(call, self.mode) for call in refused]
+        if not absent:
+            return "\n".join(parts)
+        parts.append(
+            f"LLM request not in the cassette {self.cassette} (--llm-record-mode={self.mode})"
+        )
+        for call in absent:
             parts.append(explain(_request(call), self.recorded))
         if not self.exists:
             parts.append(
@@ -132,6 +142,20 @@ class LLMSession:
                 "anew with --llm-record-mode=all."
             )
         return "\n".join(parts)
+
+
+def _refusing(call: Call, mode: str) -> str:
+    """Why a request the cassette may hold still could not be answered from it."""
+    why = "its Cache-Control (only-if-cached with no-cache or no-store) refuses every stored answer"
+    if call.kind == routes.RESPONSES:
+        why = (
+            "it is never cached (a background response, one continuing a conversation, a stored "
+            f"prompt without a version), or {why}"
+        )
+    return (
+        f"LLM request {call.route} (model {call.model!r}) cannot be answered from the cassette: "
+        f"{why}; nor may it reach the upstream (--llm-record-mode={mode})."
+    )
 
 
 def _without_proxy(listed: str | None) -> str:

@@ -148,6 +148,39 @@ def test_a_changed_prompt_fails_its_test_with_a_diff_and_no_network_call(
     assert sim.requests() == []
 
 
+def test_a_request_refusing_stored_answers_is_told_so_not_sent_to_record(
+    project: pytest.Pytester, sim: Sim
+) -> None:
+    """Recorded or not, a request with only-if-cached and no-cache gets no stored answer: the
+    failure says so, instead of a diff against itself and advice to record it again."""
+    tests_asking(project, colour="Name a colour.")
+    record(project, sim).assert_outcomes(passed=1)
+    project.makepyfile(
+        test_llm="""
+from openai import OpenAI
+
+def test_colour():
+    with OpenAI() as client:
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "Name a colour."}],
+            extra_headers={"Cache-Control": "only-if-cached, no-cache"},
+        )
+"""
+    )
+    result = run(project, f"--llm-upstream={sim.v1}")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*LLM request /v1/chat/completions (model 'gpt-4o-mini') cannot be answered from the "
+            "cassette: its Cache-Control (only-if-cached with no-cache or no-store) refuses every "
+            "stored answer; nor may it reach the upstream (--llm-record-mode=none).*"
+        ]
+    )
+    result.stdout.no_fnmatch_line("*not in the cassette*")
+    result.stdout.no_fnmatch_line("*--llm-record-mode=new_episodes*")
+
+
 def test_a_test_that_swallows_the_error_still_fails(project: pytest.Pytester, sim: Sim) -> None:
     tests_asking(project, colour="Name a colour.")
     record(project, sim).assert_outcomes(passed=1)
