@@ -153,7 +153,9 @@ def hop_by_hop(connection: Iterable[str], carriers: Collection[str] = STANDARD) 
     removes the headers Connection names before forwarding (RFC 9110 7.6.1): the upstream would
     answer without the credential the tenant is made of, and its 2xx would vouch for those
     credentials, revoked or made up, as if it had accepted them."""
-    return next((name for name in sorted(connection_named(connection)) if name in carriers), None)
+    if not connection:  # nearly every request
+        return None
+    return min((name for name in connection_named(connection) if name in carriers), default=None)
 
 
 _SEPARATORS = re.compile("[&;]")
