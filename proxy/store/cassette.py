@@ -115,11 +115,13 @@ def from_record(record: dict[str, Any], scope: str) -> Loaded:
     """The entry and its key under `scope` (the target store's tenant partition)."""
     if not isinstance(record, dict):
         raise CassetteError("not a JSON object")
-    if record.get("format") != FORMAT:
+    if type(record.get("format")) is not int or record["format"] != FORMAT:
         raise CassetteError(f"unknown cassette format {_quoted(record.get('format'))}")
     _check_fields(record)
     for name, kind in _TYPES.items():
-        if not isinstance(record[name], kind):
+        value = record[name]
+        # JSON's true is no number, though Python's bool is an int
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             raise CassetteError(f"{name!r} has the wrong type")
     for name, kind in _OPTIONAL_TYPES.items():
         if name in record and not isinstance(record[name], kind):
