@@ -78,6 +78,8 @@ async def lines(store: Store, selector: Selector, codec: Codec) -> AsyncIterator
             entry = codec.unpack(value)
         except CorruptEntry:
             continue
+        if not 0 <= entry.stored_at < _YEAR_9999:  # a line could not say when (a forged value)
+            continue
         yield orjson.dumps(to_record(key, entry)) + b"\n"
 
 
