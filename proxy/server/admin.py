@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -142,20 +143,30 @@ async def admin_purge(request: web.Request) -> web.Response:
     )
 
 
+SELECTED_BY = ("namespace", "model", "fingerprint")
+_PURGE_FLAGS = ("all", "dry_run")
+
+
 def purge_request(raw: bytes) -> tuple[Selector, bool]:
-    """Parse a purge body; an empty selector must say `"all": true`, so nobody wipes by accident."""
+    """Parse a purge body; an empty selector must say `"all": true`, so nobody wipes by accident.
+    A field the route does not read, or a flag that is not a JSON boolean, is refused: read as
+    absent, a misspelt filter would purge a whole namespace, and `"dry_run": "true"` for real."""
     try:
         body = orjson.loads(raw or b"{}")
     except orjson.JSONDecodeError:
         raise InvalidJSON("The purge body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise InvalidJSON("The purge body must be a JSON object.")
+    refuse_unknown(body, (*SELECTED_BY, *_PURGE_FLAGS))
     fields = {}
-    for name in ("namespace", "model", "fingerprint"):
+    for name in SELECTED_BY:
         value = body.get(name)
         if value is not None and not isinstance(value, str):
             raise InvalidParameter(f"'{name}' must be a string.", name)
         fields[name] = value
+    for name in _PURGE_FLAGS:
+        if not isinstance(body.get(name, False), bool):
+            raise InvalidParameter(f"'{name}' must be true or false.", name)
     selector = Selector(**fields)
     if selector == Selector() and body.get("all") is not True:
         raise InvalidParameter(
@@ -163,6 +174,18 @@ def purge_request(raw: bytes) -> tuple[Selector, bool]:
             "all",
         )
     return selector, body.get("dry_run") is True
+
+
+def refuse_unknown(given: Iterable[str], known: Iterable[str]) -> None:
+    """Refuse the first name a route does not read, rather than select more than was asked."""
+    allowed = set(known)
+    for name in given:
+        if name not in allowed:
+            shown = name if len(name) <= 64 else name[:63] + "…"
+            raise InvalidParameter(
+                f"Unknown selector {shown!r}: this route reads {', '.join(sorted(allowed))}.",
+                shown,
+            )
 
 
 NOT_KEPT = {"Cache-Control": "no-store", **INERT}

@@ -90,7 +90,10 @@ async def _held(
         return None
     # --ttl bounds every answer served, and a store may hold one past it.
     fresh = policy.is_fresh(entry.stored_at, services.clock(), services.settings.ttl, None)
-    return (target[0], entry) if fresh else None
+    # A refresh, or a purge and the same request again, puts another response (another id)
+    # where the index points: it is not the one asked for.
+    same = responses.stored_id(entry.body, entry.stream) == response_id
+    return (target[0], entry) if fresh and same else None
 
 
 def _body(entry: Entry, streamed: bool) -> bytes | None:

@@ -89,7 +89,7 @@ def _count(request: web.Request, name: str, default: int, most: int) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or int(raw) > most:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > most:
         raise InvalidParameter(f"'{name}' must be an integer from 0 to {most}.", name)
     return int(raw)
 

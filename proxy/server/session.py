@@ -36,7 +36,10 @@ def _expiry(value: str, token: str, now: float) -> int | None:
     """The expiry of a genuine, unexpired session cookie; None for anything else."""
     expires, _, rest = value.partition(".")
     nonce, _, mac = rest.partition(".")
-    if not expires.isdigit() or len(expires) > 12 or int(expires) <= now or len(nonce) != 32:
+    # isascii: str.isdigit also takes superscripts, which int() refuses
+    if not (expires.isascii() and expires.isdigit()) or len(expires) > 12:
+        return None
+    if int(expires) <= now or len(nonce) != 32:
         return None
     if not hmac.compare_digest(mac.encode(), _mac(token, int(expires), nonce).encode()):
         return None

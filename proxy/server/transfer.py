@@ -16,7 +16,13 @@ from aiohttp import web
 
 from proxy.core.policy import SHARED, CacheScope
 from proxy.errors import InvalidParameter, RequestTooLarge, StoreUnavailable
-from proxy.server.admin import NOT_KEPT, check_admin, json_response
+from proxy.server.admin import (
+    NOT_KEPT,
+    SELECTED_BY,
+    check_admin,
+    json_response,
+    refuse_unknown,
+)
 from proxy.server.bodies import read
 from proxy.server.context import SERVICES, Services
 from proxy.server.streaming import CLIENT_GONE
@@ -32,7 +38,8 @@ async def admin_export(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     await check_admin(request, services)
     query = request.query
-    selector = Selector(namespace=query.get("namespace"), model=query.get("model"))
+    refuse_unknown(query, SELECTED_BY)
+    selector = Selector(**{name: query.get(name) for name in SELECTED_BY})
     lines = cassette.lines(services.store, selector, services.codec)
     try:
         first = await anext(lines, None)

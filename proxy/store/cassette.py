@@ -78,6 +78,8 @@ async def lines(store: Store, selector: Selector, codec: Codec) -> AsyncIterator
             entry = codec.unpack(value)
         except CorruptEntry:
             continue
+        if not 0 <= entry.stored_at < _YEAR_9999:  # a line could not say when (a forged value)
+            continue
         yield orjson.dumps(to_record(key, entry)) + b"\n"
 
 
@@ -115,11 +117,13 @@ def from_record(record: dict[str, Any], scope: str) -> Loaded:
     """The entry and its key under `scope` (the target store's tenant partition)."""
     if not isinstance(record, dict):
         raise CassetteError("not a JSON object")
-    if record.get("format") != FORMAT:
+    if type(record.get("format")) is not int or record["format"] != FORMAT:
         raise CassetteError(f"unknown cassette format {_quoted(record.get('format'))}")
     _check_fields(record)
     for name, kind in _TYPES.items():
-        if not isinstance(record[name], kind):
+        value = record[name]
+        # JSON's true is no number, though Python's bool is an int
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             raise CassetteError(f"{name!r} has the wrong type")
     for name, kind in _OPTIONAL_TYPES.items():
         if name in record and not isinstance(record[name], kind):

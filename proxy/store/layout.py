@@ -42,9 +42,21 @@ def parse_rotation(raw: bytes | str) -> Rotation:
     return Rotation(
         old=str(record["old"]),
         new=str(record["new"]),
-        at=float(record["at"]),
+        at=moment(record["at"]),
         back=bool(record["back"]),
     )
+
+
+_YEAR_9999 = 253402300800.0
+
+
+def moment(value: Any) -> float:
+    """A time as the proxy writes one: a date can name it (a forged 1e300 or "nan" cannot be
+    shown, and failed every report that tried)."""
+    found = float(value)
+    if not 0 <= found < _YEAR_9999:  # NaN fails both
+        raise ValueError("not a moment the proxy writes")
+    return found
 
 
 def tags(labels: Labels) -> bytes:
@@ -75,18 +87,21 @@ def parse_model(raw_state: Mapping[bytes | str, bytes | str]) -> ModelFingerprin
     ]
     records.sort(key=lambda item: int(item[0]["order"]))
     backs = text(state.get("backs", b"")).split()
+    current = text(state["current"])
+    if not any(fingerprint == current for _, fingerprint in records):
+        raise ValueError("the current fingerprint has no record")  # the proxy writes both
     return ModelFingerprints(
-        current=text(state["current"]),
+        current=current,
         seen=tuple(_parse_seen(fingerprint, record) for record, fingerprint in records),
-        changes_back=tuple(float(stamp) for stamp in backs),
+        changes_back=tuple(moment(stamp) for stamp in backs),
     )
 
 
 def _parse_seen(fingerprint: str, record: dict[str, Any]) -> FingerprintSeen:
     return FingerprintSeen(
         fingerprint=fingerprint,
-        first_seen=float(record["first_seen"]),
-        last_seen=float(record["last_seen"]),
+        first_seen=moment(record["first_seen"]),
+        last_seen=moment(record["last_seen"]),
         count=int(record["count"]),
     )
 

@@ -192,10 +192,13 @@ async def _import(args: argparse.Namespace, url: str) -> int:
 
 def _export_url(args: argparse.Namespace) -> int:
     """The proxy's export, streamed to the output as sent (text decoding could split inside a
-    line): a store's worth may be long, so only silence (--timeout between reads) ends it."""
+    line): a store's worth may be long, so only silence (--timeout between reads) ends it.
+    Asked and read uncompressed: the HTTP client inflates a compressed read whole, and 64 KiB
+    of zstd can say 2 GiB."""
     import httpx
 
     base, headers = connect(args)
+    headers["Accept-Encoding"] = "identity"
     params = {k: v for k, v in (("namespace", args.namespace), ("model", args.model)) if v}
     url = f"{base}/admin/export"
     count = 0
@@ -207,7 +210,10 @@ def _export_url(args: argparse.Namespace) -> int:
         ):
             if r.status_code != 200:
                 raise OSError(remote.reason(r.status_code, _start(r)))
-            for chunk in r.iter_bytes():
+            coding = r.headers.get("Content-Encoding", "identity").strip().lower()
+            if coding not in ("", "identity"):
+                raise OSError(f"the export came in an encoding it was not asked in: {coding!r}")
+            for chunk in r.iter_raw():
                 out.write(chunk)
                 count += chunk.count(b"\n")
     except httpx.HTTPError as exc:

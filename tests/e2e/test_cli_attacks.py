@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pty
+import resource
 import select
 import subprocess
 import sys
@@ -354,6 +355,42 @@ def test_an_export_cut_short_leaves_the_previous_export(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stderr
     assert previous.read_bytes() == b'{"kept": true}\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export.jsonl"]  # no temporary left
+
+
+def zstd_bomb(blocks: int) -> bytes:
+    """A zstd frame of RLE blocks: 4 bytes on the wire for each 128 KiB it inflates to."""
+    frame = bytearray(b"\x28\xb5\x2f\xfd\x00\x38")  # magic; no size given; 128 KiB window
+    for number in range(blocks):
+        last = number == blocks - 1
+        frame += ((128 * 1024) << 3 | 1 << 1 | last).to_bytes(3, "little") + b"\x00"
+    return bytes(frame)
+
+
+def test_an_export_is_not_inflated_without_bound(tmp_path: Path) -> None:
+    """The export streams to disk, so its size is the server's to choose; its memory is not. A
+    64 KiB answer labelled `Content-Encoding: zstd` inflates to 2 GiB in one read, which the
+    HTTP client would hold whole (and copy) before the command wrote a byte."""
+    previous = tmp_path / "export.jsonl"
+    previous.write_bytes(b'{"kept": true}\n')
+    bomb = http_answer(zstd_bomb(16 * 1024), "Content-Type: application/x-ndjson",
+                       "Content-Encoding: zstd")  # fmt: skip
+    limit = 1536 * 1024 * 1024  # the command's address space: the bomb cannot reach the machine
+
+    def bounded() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    with Scripted(fixed(bomb)) as server:
+        url = f"http://127.0.0.1:{server.port}"
+        done = subprocess.run(
+            [sys.executable, "-m", "proxy", "export", "--url", url, "-o", str(previous)],
+            capture_output=True, text=True, timeout=120, check=False, preexec_fn=bounded,
+            env={"PATH": "/usr/bin:/bin", "REPRO_ADMIN_TOKEN": TOKEN},
+        )  # fmt: skip
+        asked = server.received[0].headers.get("accept-encoding")
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "encoding" in done.stderr, done.stderr
+    assert asked == "identity"
+    assert previous.read_bytes() == b'{"kept": true}\n'
 
 
 def test_a_forward_proxy_is_never_handed_a_token_for_loopback() -> None:

@@ -201,3 +201,79 @@ def test_a_secret_flag_is_warned_about_without_its_value(
     text = log.read_text()
     assert '"flag":"--admin-token","variable":"REPRO_ADMIN_TOKEN"' in text
     assert ADMIN not in text
+
+
+async def _store(http: aiohttp.ClientSession, proxy: Proxy, content: str, namespace: str) -> None:
+    ask = {"model": MODEL, "messages": [{"role": "user", "content": content}], "seed": 1}
+    headers = {"Authorization": "Bearer sk-a", "X-Repro-Namespace": namespace}
+    async with http.post(proxy.v1 + "/chat/completions", json=ask, headers=headers) as made:
+        assert made.status == 200
+
+
+@pytest.mark.parametrize(
+    ("selector", "param"),
+    [
+        ({"namespace": "kept", "fingreprint": "fp_none"}, "fingreprint"),  # a typo'd filter
+        ({"namespace": "kept", "dry_run": "true"}, "dry_run"),  # a dry run by another spelling
+        ({"namespace": "kept", "dry_run": 1}, "dry_run"),
+        ({"all": "yes"}, "all"),
+    ],
+)
+async def test_a_purge_selector_that_says_something_unread_is_refused(
+    start_proxy: ProxyFactory, selector: dict[str, Any], param: str
+) -> None:
+    """A filter the route does not know, or a flag of the wrong type, read as absent would
+    purge more than was asked (a whole namespace for a misspelt fingerprint, a real purge for
+    a dry run spelt `"true"`): it is refused before anything is deleted."""
+    proxy = start_proxy("--admin-token", ADMIN)
+    bearer = {"Authorization": f"Bearer {ADMIN}"}
+    async with aiohttp.ClientSession() as http:
+        await _store(http, proxy, "one", "kept")
+        await _store(http, proxy, "two", "kept")
+        async with http.post(proxy.url + "/admin/purge", json=selector, headers=bearer) as r:
+            assert r.status == 400
+            assert (await r.json())["error"]["param"] == param
+        assert await entries(http, proxy) == 2
+
+
+async def test_an_export_selector_that_says_something_unread_is_refused(
+    start_proxy: ProxyFactory,
+) -> None:
+    """An export filtered by a parameter it does not read would hand out every answer; one it
+    reads (fingerprint, as purge does) selects."""
+    proxy = start_proxy("--admin-token", ADMIN)
+    bearer = {"Authorization": f"Bearer {ADMIN}"}
+    async with aiohttp.ClientSession() as http:
+        await _store(http, proxy, "one", "a")
+        await _store(http, proxy, "two", "b")
+        url = proxy.url + "/admin/export"
+        async with http.get(url, params={"namepsace": "a"}, headers=bearer) as r:
+            assert r.status == 400
+            assert (await r.json())["error"]["param"] == "namepsace"
+        async with http.get(url, params={"fingerprint": "fp_other"}, headers=bearer) as r:
+            assert r.status == 200
+            assert await r.read() == b""
+        async with http.get(url, params={"namespace": "a"}, headers=bearer) as r:
+            assert r.status == 200
+            assert (await r.read()).count(b"\n") == 1
+
+
+@pytest.mark.parametrize("digits", ["\u00b2", "\u00b9" * 12])
+async def test_a_session_cookie_or_count_of_other_digits_is_refused_not_a_crash(
+    start_proxy: ProxyFactory, digits: str
+) -> None:
+    """Superscript digits are digits to `str.isdigit` and not to `int`: a cookie or a query
+    count made of them was an internal error, for anyone, before any token was asked for."""
+    proxy = start_proxy("--admin-token", ADMIN)
+    forged = {"Cookie": f"{session.COOKIE}={digits}.{'a' * 32}.00"}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(proxy.url + "/admin/stats", headers=forged) as response:
+            assert response.status == 401
+        async with http.get(proxy.url + "/admin/ui", headers=forged) as response:
+            assert response.status == 200
+            assert b'name="token"' in await response.read()
+        bearer = {"Authorization": f"Bearer {ADMIN}"}
+        url = proxy.url + "/admin/rotations"
+        async with http.get(url, params={"examples": digits}, headers=bearer) as response:
+            assert response.status == 400
+            assert (await response.json())["error"]["param"] == "examples"

@@ -387,6 +387,26 @@ def test_another_tenant_or_namespace_cannot_fetch_a_response_by_its_id(
     assert keyless.status_code == 504
 
 
+def test_an_id_whose_answer_was_replaced_fetches_nothing_else(
+    recorded: tuple[Proxy, Proxy], sim: Sim, ns: str
+) -> None:
+    """A refresh (or a purge, then the same request again) stores a new response, with a new id,
+    under the same key and fingerprint: the old id's index still pointed there, and fetching it
+    answered the new response, whose id is another."""
+    recorder, replayer = recorded
+    first = client(recorder, ns).responses.create(model=MODEL, input=INPUT)
+    again = {"model": MODEL, "input": INPUT}
+    refreshed = post(recorder, ns, again, **{"Cache-Control": "no-cache"})
+    second = refreshed.json()["id"]
+    assert (refreshed.headers["X-Repro-Cache"], second != first.id) == ("REFRESH", True)
+    sdk = client(replayer, ns)
+    assert sdk.responses.retrieve(second).id == second
+    with pytest.raises(openai.APIStatusError) as caught:
+        sdk.responses.retrieve(first.id)
+    assert caught.value.status_code == 504
+    assert second not in caught.value.response.text
+
+
 @pytest.mark.parametrize("hostile", ["..%2F..%2Fadmin", "resp_" + "x" * 300, "%00", "a;b"])
 def test_a_hostile_id_in_replay_is_a_miss_and_reaches_nothing(
     recorded: tuple[Proxy, Proxy], sim: Sim, hostile: str

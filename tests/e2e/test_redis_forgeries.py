@@ -4,8 +4,13 @@ trusted, but what it writes must not crash the proxy): each forgery fails open o
 from __future__ import annotations
 
 import httpx
+import orjson
 import redis
 
+from proxy.core.codec import Codec
+from proxy.core.entry import Entry
+from proxy.store import layout
+from proxy.store.base import Labels
 from tests.fixtures_procs import Proxy, ProxyFactory
 
 TOKEN = "t0ken"
@@ -42,3 +47,61 @@ def test_forged_fingerprint_state_and_invalidations_fail_open(
         assert (answer.status_code, answer.headers["X-Repro-Cache"]) == (200, "MISS")
     fingerprints = httpx.get(proxy.url + "/admin/fingerprints", headers=ADMIN, timeout=10)
     assert fingerprints.status_code == 503
+
+
+def test_a_well_formed_but_impossible_fingerprint_state_is_a_store_failure(
+    start_proxy: ProxyFactory, redis_url: str
+) -> None:
+    """Records that parse but say what the proxy never writes (a current fingerprint with no
+    record of its own, a moment no date can name) were an internal error on the admin routes
+    that show them: read as a store failure, as a record that does not parse is."""
+    proxy = start_proxy("--store", redis_url, "--admin-token", TOKEN)
+    assert ask(proxy, "one").status_code == 200
+    client = redis.Redis.from_url(redis_url)
+    (model,) = client.scan_iter("repro:fp:*")
+    (field,) = (name for name in client.hkeys(model) if name.startswith(b"fp:"))
+    record = client.hget(model, field)
+    history = model.replace(b"repro:fp:", b"repro:rot:")
+    moment = b'{"old": "fp_a", "new": "fp_sim_0001", "at": %s, "back": false}'
+    forgeries = [
+        {"current": b"fp_with_no_record"},
+        {field: record.replace(b'"first_seen":', b'"first_seen":1e300,"was":')},
+        {field: record.replace(b'"last_seen":', b'"last_seen":"nan","was":')},
+    ]
+    written = client.hgetall(model)
+    for forged in forgeries:
+        client.hset(model, mapping={**written, **forged})
+        for path in ("/admin/fingerprints", "/admin/rotations"):
+            shown = httpx.get(proxy.url + path, headers=ADMIN, timeout=10)
+            assert (shown.status_code, path, forged) == (503, path, forged)
+        client.delete(model)
+        client.hset(model, mapping=written)
+        assert httpx.get(proxy.url + "/admin/fingerprints", headers=ADMIN).status_code == 200
+    for at in (b"1e300", b'"nan"', b"-1"):
+        client.delete(history)
+        client.rpush(history, moment % at)
+        shown = httpx.get(proxy.url + "/admin/rotations", headers=ADMIN, timeout=10)
+        assert (shown.status_code, at) == (503, at)
+
+
+def test_an_entry_from_no_datable_moment_is_left_out_of_an_export(
+    start_proxy: ProxyFactory, redis_url: str
+) -> None:
+    """A value that unpacks but was stored at 1e300 cannot say when it was recorded: the export
+    broke off with an internal error at it, so one forged value cost every export after."""
+    proxy = start_proxy("--store", redis_url, "--admin-token", TOKEN)
+    assert ask(proxy, "one").status_code == 200
+    forged = Entry(
+        body=b"{}", content_type="application/json", fingerprint="fp_x", stored_at=1e300,
+        model="gpt-4o-mini", route="/v1/chat/completions", request=b'{"model":"gpt-4o-mini"}',
+    )  # fmt: skip
+    client = redis.Redis.from_url(redis_url)
+    client.hset(
+        "repro:e:{" + "ab" * 32 + "}",
+        mapping={"fp_x": Codec(level=0).pack(forged), layout.LABELS: layout.tags(Labels())},
+    )
+    exported = httpx.get(proxy.url + "/admin/export", headers=ADMIN, timeout=10)
+    assert exported.status_code == 200
+    assert [orjson.loads(line)["fingerprint"] for line in exported.content.splitlines()] == [
+        "fp_sim_0001"
+    ]

@@ -101,6 +101,16 @@ def test_a_field_of_the_wrong_type_is_one_line_of_error_not_a_traceback(
         cassette.read(str(bad), "shared")
 
 
+@pytest.mark.parametrize(
+    "field", ["prompt_tokens", "completion_tokens", "seed", "stored_at", "format"]
+)
+def test_a_boolean_where_a_number_belongs_is_the_wrong_type(field: str) -> None:
+    """JSON's true is no number, though Python's bool is an int: `"format": true` read as
+    format 1 and `"prompt_tokens": true` was kept, and exported back, as a count."""
+    with pytest.raises(cassette.CassetteError, match=r"line 1: .*(wrong type|format)"):
+        cassette.parse([wrong(field, True)], "shared")
+
+
 def test_a_diff_of_long_answers_ends_and_still_tells_what_changed(tmp_path: Path) -> None:
     """Three million characters each: an unbounded edit distance would take minutes per pair."""
     old, new = tmp_path / "old.jsonl", tmp_path / "new.jsonl"
