@@ -15,7 +15,9 @@ names the one it needs.
 
 Stored values come back from a store other processes write to: a blob that is not an entry (a
 wrong version, a dictionary this process does not know, a frame claiming more than `max_raw`
-bytes, a truncated one) raises CorruptEntry, which every reader treats as absent.
+bytes, a truncated one) raises CorruptEntry, which every reader treats as absent. So does one
+whose fields say what no answer can (a fingerprint or content type that is no header value, a
+count below zero): they reach a HIT's headers and metrics as they are.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 import orjson
 import zstandard
 
-from proxy.core.entry import CorruptEntry, Entry
+from proxy.core.entry import CorruptEntry, Entry, is_content_type, is_count, is_fingerprint
 
 FORMAT = 2
 PLAIN, ZSTD, ZSTD_DICTIONARY = 0, 1, 2
@@ -240,8 +242,18 @@ def _well_typed(meta: Any) -> bool:
     """Later versions may append fields: the known ones must be there, each of its type."""
     if not isinstance(meta, list) or len(meta) < len(_META):
         return False
-    return all(isinstance(value, kind) for value, kind in zip(meta, _TYPES, strict=False))
+    if not all(isinstance(value, kind) for value, kind in zip(meta, _TYPES, strict=False)):
+        return False
+    content_type, fingerprint, *_, prompt_tokens, completion_tokens = meta[: _COMPLETION + 1]
+    return (
+        is_fingerprint(fingerprint)
+        and is_content_type(content_type)
+        and is_count(prompt_tokens)
+        and is_count(completion_tokens)
+    )
 
+
+_COMPLETION = _META.index("completion_tokens")
 
 _LEGACY_LENGTH = 4
 

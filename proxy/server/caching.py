@@ -132,6 +132,7 @@ def choose(services: Services, call: Call, accepted: Any, blobs: dict[str, bytes
             services.dictionaries.unknown()
             continue
         except CorruptEntry:
+            unreadable(services)
             continue
         if policy.is_fresh(entry.stored_at, now, services.settings.ttl, call.max_age):
             entries.append(entry)
@@ -173,6 +174,7 @@ async def stale_entry(services: Services, call: Call) -> Entry | None:
         try:
             entries.append(services.codec.unpack(blob))
         except CorruptEntry:
+            unreadable(services)
             continue
     ttl = services.settings.ttl
     usable = [
@@ -383,6 +385,12 @@ def _storable(services: Services, call: Call, answer: Answer) -> Entry | None:
         )
         return None
     return entry
+
+
+def unreadable(services: Services) -> None:
+    """A stored value that is no entry this process can serve reads as absent, and is counted:
+    another writer (a replica of another version, a client of the store) left it there."""
+    services.metrics.store_errors.labels("unreadable").inc()
 
 
 def store_failed(services: Services, op: str, exc: StoreError) -> None:

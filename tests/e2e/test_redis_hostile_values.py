@@ -1,0 +1,63 @@
+"""Values another writer to the proxy's Redis leaves where the proxy reads (an older or newer
+replica, a buggy client, anyone with write access): each reads as absent, a MISS answered from
+the upstream, never a dropped connection, a 500 or a wait (docs/security.md)."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+import redis
+
+from proxy.core.codec import Codec
+from tests.fixtures_procs import Proxy, ProxyFactory
+
+
+def ask(proxy: Proxy, content: str) -> httpx.Response:
+    return httpx.post(
+        proxy.v1 + "/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]},
+        headers={"Authorization": "Bearer sk-tenant"},
+        timeout=60,
+    )
+
+
+def stored(client: redis.Redis, proxy: Proxy, content: str) -> tuple[bytes, bytes, bytes]:
+    """Ask once, and return the entry's key, its one fingerprint field and that field's value."""
+    before = set(client.scan_iter("repro:e:*"))
+    assert ask(proxy, content).headers["X-Repro-Cache"] == "MISS"
+    (key,) = set(client.scan_iter("repro:e:*")) - before
+    ((field, value),) = [(f, v) for f, v in client.hgetall(key).items() if f[:1] != b"\x00"]
+    return key, field, value
+
+
+@pytest.mark.parametrize(
+    "forgery",
+    [
+        {"fingerprint": "fp\r\nX-Injected: 1"},
+        {"fingerprint": "f" * 100_000},
+        {"content_type": "application/json\r\nX-Injected: 1"},
+        {"content_type": "x" * 100_000},
+        {"prompt_tokens": -1},
+        {"completion_tokens": -(2**40)},
+    ],
+    ids=["crlf-fingerprint", "long-fingerprint", "crlf-type", "long-type", "tokens", "negative"],
+)
+def test_an_entry_whose_fields_no_answer_has_is_a_miss(
+    start_proxy: ProxyFactory, redis_url: str, forgery: dict[str, object]
+) -> None:
+    """A well-formed value whose fields say what no upstream answer can (a header split by CR LF,
+    a count below zero, which a metric cannot count) reaches the response's headers or the
+    metrics on a HIT: it is no answer, and reads as absent."""
+    proxy = start_proxy("--store", redis_url, "--near-cache", "0")
+    client = redis.Redis.from_url(redis_url)
+    key, field, value = stored(client, proxy, "forged fields")
+    entry = Codec().unpack(value)
+    client.hset(key, field, Codec().pack(entry._replace(stored_at=time.time(), **forgery)))
+
+    answer = ask(proxy, "forged fields")
+    assert (answer.status_code, answer.headers["X-Repro-Cache"]) == (200, "MISS")
+    assert "X-Injected" not in answer.headers
+    assert answer.json()["choices"][0]["message"]["content"]
+    assert proxy.store_errors().get("unreadable", 0) >= 1
