@@ -3,11 +3,13 @@ records and rotations, the observe script's reply. Pure: bytes in, values out.""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
 
+from proxy.core.entry import is_count, is_fingerprint
 from proxy.core.fingerprints import (
     FingerprintSeen,
     ModelFingerprints,
@@ -20,6 +22,7 @@ from proxy.store.base import Labels
 FIELD = "fp:"
 """The prefix of a model hash's fingerprint fields: no fingerprint collides with `model`,
 `current` or `seen`."""
+_FIELD = FIELD.encode()
 LABELS = "\x00labels"
 """The labels field of an entry hash: no fingerprint from an upstream starts with a NUL."""
 
@@ -52,43 +55,79 @@ def tags(labels: Labels) -> bytes:
 
 
 def values(fields: Iterable[tuple[bytes | str, bytes | str]]) -> dict[str, bytes]:
-    """An entry hash's values by fingerprint, without its labels field."""
-    named = ((text(fp), value) for fp, value in fields)
-    return {fp: as_bytes(value) for fp, value in named if fp != LABELS}
+    """An entry hash's values by fingerprint, without its labels field, nor a field that is no
+    text (so no fingerprint: another writer's), which reads as absent."""
+    found: dict[str, bytes] = {}
+    for field, value in fields:
+        try:
+            fingerprint = field.decode() if isinstance(field, bytes) else field
+        except UnicodeDecodeError:
+            continue
+        if fingerprint != LABELS:
+            found[fingerprint] = value if isinstance(value, bytes) else value.encode()
+    return found
 
 
 def parse_labels(raw: bytes | str | None) -> Labels:
-    if raw is None:
-        return Labels()
-    data = orjson.loads(raw)
+    """An entry's labels; none where they are not what `tags` writes (another writer's), so
+    that only a purge of everything selects it, and one bad entry stops no purge."""
+    try:
+        data = orjson.loads(raw) if raw is not None else {}
+    except orjson.JSONDecodeError:
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
     return Labels(namespace=str(data.get("namespace", "")), model=str(data.get("model", "")))
 
 
+def named(field: bytes) -> str:
+    """A hash field as a selector reads it: one that is no text still names something."""
+    return field.decode(errors="replace")
+
+
 def parse_model(raw_state: Mapping[bytes | str, bytes | str]) -> ModelFingerprints | None:
-    state = {text(name): value for name, value in raw_state.items()}
-    if "current" not in state:
+    """A model's state; ValueError for one no version of the scripts writes (a current that is
+    no fingerprint, a record that is no record): it reaches headers, labels and the admin
+    routes. A record under a name that is no fingerprint is left out, as absent."""
+    state = {as_bytes(name): value for name, value in raw_state.items()}
+    if b"current" not in state:
         return None
-    records = [
-        (orjson.loads(raw), name.removeprefix(FIELD))
-        for name, raw in state.items()
-        if name.startswith(FIELD)
-    ]
-    records.sort(key=lambda item: int(item[0]["order"]))
-    backs = text(state.get("backs", b"")).split()
+    current = text(state[b"current"])
+    if not is_fingerprint(current):
+        raise ValueError("the current fingerprint is no fingerprint")
+    records = []
+    for name, raw in state.items():
+        fingerprint = name.removeprefix(_FIELD).decode(errors="replace")
+        if name.startswith(_FIELD) and is_fingerprint(fingerprint):
+            records.append(_parse_seen(fingerprint, orjson.loads(raw)))
+    records.sort(key=lambda item: item[0])
+    backs = text(state.get(b"backs", b"")).split()
     return ModelFingerprints(
-        current=text(state["current"]),
-        seen=tuple(_parse_seen(fingerprint, record) for record, fingerprint in records),
-        changes_back=tuple(float(stamp) for stamp in backs),
+        current=current,
+        seen=tuple(seen for _, seen in records),
+        changes_back=tuple(_time(stamp) for stamp in backs),
     )
 
 
-def _parse_seen(fingerprint: str, record: dict[str, Any]) -> FingerprintSeen:
-    return FingerprintSeen(
+def _parse_seen(fingerprint: str, record: dict[str, Any]) -> tuple[int, FingerprintSeen]:
+    """(its order, the record); ValueError (or TypeError, KeyError) for what no script wrote."""
+    count, order = record["count"], record["order"]
+    if not all(isinstance(n, int) and is_count(n) for n in (count, order)):
+        raise ValueError("a fingerprint's count is no count")
+    seen = FingerprintSeen(
         fingerprint=fingerprint,
-        first_seen=float(record["first_seen"]),
-        last_seen=float(record["last_seen"]),
-        count=int(record["count"]),
+        first_seen=_time(record["first_seen"]),
+        last_seen=_time(record["last_seen"]),
+        count=count,
     )
+    return order, seen
+
+
+def _time(value: Any) -> float:
+    stamp = float(value)
+    if not math.isfinite(stamp):
+        raise ValueError("a time is no time")
+    return stamp
 
 
 def text(value: bytes | str) -> str:

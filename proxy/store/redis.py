@@ -105,7 +105,7 @@ class RedisStore:
                 self._batch.send("HGETALL", self._model(model)),
                 self._batch.send("HGETALL", self._entry(key)),
             )
-        return self._parsed_model(state), layout.values(found.items())
+            return self._parsed_model(state), layout.values(found.items())
 
     async def lookup_or_lock(
         self, key: str, model: str | None, token: str, ttl: float
@@ -130,10 +130,15 @@ class RedisStore:
                 dropped(lock)
                 raise
             taken = await redis_client.taken(lock)
-        if found and taken:
-            dropped(self._batch.send("DEL", self._lock(key)))
-        parsed = self._parsed_model(state[0]) if state else None
-        return parsed, layout.values(found.items()), bool(taken) and not found
+            try:
+                parsed = self._parsed_model(state[0]) if state else None
+            except BaseException:
+                taken = found = True  # no one fills it: let it go
+                raise
+            finally:
+                if found and taken:
+                    dropped(self._batch.send("DEL", self._lock(key)))
+            return parsed, layout.values(found.items()), bool(taken) and not found
 
     def _parsed_model(self, state: Mapping[bytes | str, bytes | str]) -> ModelFingerprints | None:
         """`_parse_model`, remembered: every HIT reads the model's state, which rarely changes."""
@@ -186,7 +191,7 @@ class RedisStore:
         args = [write.model, repr(write.now), *self._put_args(write)]
         with mapped("record"):
             reply = await self._batch.script(scripts.RECORD, keys, args)
-        return layout.observation(reply, write.fingerprint)
+            return layout.observation(reply, write.fingerprint)
 
     def _put_keys(self, write: Write) -> list[str]:
         return [self._entry(write.key), self._lock(write.key)]
@@ -249,11 +254,11 @@ class RedisStore:
             replies = await pipe.execute()
         matched = 0
         whole: list[bytes] = []
-        partial: list[tuple[bytes, list[str]]] = []
+        partial: list[tuple[bytes, list[bytes]]] = []
         for name, raw, fields in zip(names, replies[::2], replies[1::2], strict=True):
             labels = layout.parse_labels(raw)
-            fingerprints = [field for field in map(layout.text, fields) if field != layout.LABELS]
-            chosen = [fp for fp in fingerprints if selector.matches(labels, fp)]
+            fingerprints = [field for field in fields if field != layout.LABELS.encode()]
+            chosen = [fp for fp in fingerprints if selector.matches(labels, layout.named(fp))]
             matched += len(chosen)
             if chosen and len(chosen) == len(fingerprints):
                 whole.append(name)
@@ -299,8 +304,8 @@ class RedisStore:
             replies = await pipe.execute()
         found = []
         for name, fields in zip(names, replies, strict=True):
-            named = {layout.text(field): value for field, value in fields.items()}
-            labels = layout.parse_labels(named.pop(layout.LABELS, None))
+            labels = layout.parse_labels(fields.get(layout.LABELS.encode()))
+            named = layout.values(fields.items())
             key = layout.text(name)[len(self._entry("")) - 1 : -1]
             found += [
                 (key, fp, layout.as_bytes(value))
@@ -334,12 +339,12 @@ class RedisStore:
             )
             if reply[1]:
                 await self._batch.call("SADD", self._models(), model)
-        return layout.observation(reply, fingerprint, moves)
+            return layout.observation(reply, fingerprint, moves)
 
     async def fingerprints(self, model: str) -> ModelFingerprints | None:
         with mapped("fingerprints"):
             state = await self._batch.call("HGETALL", self._model(model))
-        return layout.parse_model(state)
+            return layout.parse_model(state)
 
     async def all_fingerprints(self) -> dict[str, ModelFingerprints]:
         """The index, then every model's hash in one pipeline (split per node on a cluster)."""
@@ -351,16 +356,17 @@ class RedisStore:
                     for model in models:
                         pipe.hgetall(self._model(model))
                     states = await pipe.execute()
-        parsed = {
-            model: layout.parse_model(state) for model, state in zip(models, states, strict=True)
-        }
+            parsed = {
+                model: layout.parse_model(state)
+                for model, state in zip(models, states, strict=True)
+            }
         return {model: state for model, state in parsed.items() if state is not None}
 
     async def rotations(self, model: str) -> tuple[Rotation, ...]:
         """One bounded list (ROTATIONS_KEPT), read whole."""
         with mapped("rotations"):
             raw = await self._batch.call("LRANGE", layout.history_key(self._model(model)), 0, -1)
-        return tuple(layout.parse_rotation(item) for item in reversed(raw))
+            return tuple(layout.parse_rotation(item) for item in reversed(raw))
 
     async def secret(self, candidate: bytes) -> bytes:
         return cast(bytes, await self._first_wins("secret", candidate))
@@ -399,7 +405,7 @@ class RedisStore:
         args = [repr(now), repr(window), keep, int(add), member]
         with mapped("attempts"):
             found = await self._batch.script(scripts.ATTEMPTS, [self._named("g", name)], args)
-        return layout.times(found)
+            return layout.times(found)
 
     async def revoke(self, name: str, ttl: float) -> None:
         with mapped("revoke"):

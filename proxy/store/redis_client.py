@@ -1,5 +1,6 @@
 """redis-py at the Redis store's boundary: its errors become StoreError, without a value in the
-text; a subscription gets a client of its own; a refused fill lock counts as not taken."""
+text, and so do values it cannot read; a subscription gets a client of its own; a refused fill
+lock counts as not taken."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ from proxy.store.base import StoreError, StoreRefused, StoreTimeout
 
 _FAILURES = (RedisError, RedisClusterException, OSError)
 """What redis-py raises; OSError covers builtin (and asyncio) TimeoutError too."""
+_UNREADABLE = (ValueError, TypeError, KeyError, AttributeError)
+"""What reading a value another writer left raises (not UTF-8, not JSON, a record of the wrong
+shape): the store answered, so it is a refusal of that one call, never a failing store, which
+would open the circuit for every key because of one."""
 
 
 class mapped:
@@ -39,6 +44,11 @@ class mapped:
             raise StoreRefused(f"redis {self.operation} refused: {reason(exc)}") from exc
         if isinstance(exc, _FAILURES):
             raise StoreError(f"redis {self.operation} failed: {type(exc).__name__}") from exc
+        if isinstance(exc, _UNREADABLE):  # an answer no version of the proxy writes
+            what = type(exc).__name__
+            raise StoreRefused(
+                f"redis {self.operation} answered what it cannot read: {what}"
+            ) from exc
 
 
 def listener(client: aioredis.Redis) -> AbstractConnection:

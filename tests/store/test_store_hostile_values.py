@@ -1,0 +1,100 @@
+"""What another writer to the proxy's Redis leaves where the store reads (an older or newer
+replica, a buggy client): the call it spoils fails as a refusal, an answer from a live store,
+and never opens the circuit for every other key; what is no fingerprint reads as absent."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from proxy.store.base import Labels, Selector, StoreRefused, Write
+from proxy.store.guard import GuardedStore
+from proxy.store.redis import RedisStore
+
+
+async def model_key(client: aioredis.Redis, model: bytes) -> bytes:
+    (name,) = [
+        n async for n in client.scan_iter("repro:fp:*") if await client.hget(n, "model") == model
+    ]
+    return name
+
+
+@pytest.fixture
+async def stores(redis_url: str) -> AsyncIterator[tuple[GuardedStore, aioredis.Redis]]:
+    client = aioredis.Redis.from_url(redis_url)
+    await client.flushdb()
+    store = GuardedStore(RedisStore(aioredis.Redis.from_url(redis_url)), timeout=5, threshold=3)
+    labels = Labels(namespace="", model="m")
+    await store.record(Write("good", "fp_a", b"the good answer", 0, labels, model="m"))
+    await store.record(Write("forged", "fp_a", b"an answer", 0, model="n"))
+    try:
+        yield store, client
+    finally:
+        await store.close()
+        await client.aclose()
+
+
+async def test_a_field_that_is_no_fingerprint_reads_as_absent(
+    stores: tuple[GuardedStore, aioredis.Redis],
+) -> None:
+    store, client = stores
+    await client.hset("repro:e:{forged}", b"\xff\xfe", b"left by another writer")
+    for _ in range(4):
+        state, values = await store.lookup("forged", "n")
+        assert values == {"fp_a": b"an answer"} and state is not None
+    assert await store.get("forged", None) == {"fp_a": b"an answer"}
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        {"current": b"\xff"},
+        {"current": b"fp\r\nX-Injected: 1"},
+        {"current": b"x" * 100_000},
+        {"fp:fp_a": b"not json"},
+        {"fp:fp_a": b'{"first_seen": 1, "last_seen": 1, "count": -1, "order": 1}'},
+        {"fp:fp_a": b'{"first_seen": 1, "last_seen": 1, "count": 1e30, "order": 1}'},
+        {"fp:fp_a": b"[]"},
+        {"backs": b"yesterday"},
+    ],
+)
+async def test_an_unreadable_model_state_refuses_its_own_reads_only(
+    stores: tuple[GuardedStore, aioredis.Redis], forged: dict[bytes | str, bytes]
+) -> None:
+    store, client = stores
+    name = await model_key(client, b"n")
+    await client.hset(name, mapping=forged)
+    for _ in range(4):
+        with pytest.raises(StoreRefused):
+            await store.lookup("forged", "n")
+    assert not store.is_open
+    state, values = await store.lookup("good", "m")
+    assert state is not None and values == {"fp_a": b"the good answer"}
+
+
+async def test_a_fingerprint_record_of_no_fingerprint_is_left_out(
+    stores: tuple[GuardedStore, aioredis.Redis],
+) -> None:
+    store, client = stores
+    name = await model_key(client, b"n")
+    record = b'{"first_seen": 1, "last_seen": 1, "count": 1, "order": 9}'
+    await client.hset(name, mapping={b"fp:a\r\nb": record, b"fp:\xff": record})
+    state, _ = await store.lookup("forged", "n")
+    assert state is not None and [seen.fingerprint for seen in state.seen] == ["fp_a"]
+
+
+async def test_an_entry_of_no_labels_and_no_fingerprint_stops_no_purge(
+    stores: tuple[GuardedStore, aioredis.Redis],
+) -> None:
+    """An operator purges to clean up: one bad entry must not make every purge fail."""
+    store, client = stores
+    await client.hset("repro:e:{forged}", mapping={b"\xff": b"x", b"\x00labels": b"[1]"})
+    await client.hset("repro:e:{odd}", mapping={b"fp_a": b"x", b"\x00labels": b"not json"})
+    assert await store.purge(Selector(model="m"), dry_run=False) == 1
+    assert await store.lookup("good", "m") == (await store.fingerprints("m"), {})
+    exported = sorted([(key, fp) async for key, fp, _ in store.entries(Selector())])
+    assert exported == [("forged", "fp_a"), ("odd", "fp_a")]
+    assert await store.purge(Selector(), dry_run=False) == 3
+    assert await client.keys("repro:e:*") == []
