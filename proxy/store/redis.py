@@ -384,10 +384,11 @@ class RedisStore:
         return None if stored is None else layout.as_bytes(stored)
 
     async def lock(self, key: str, token: str, ttl: float) -> bool:
+        """A script, not SET NX: a follower bounds a lock no leader could hold (see LOCK). Only
+        misses that found the key locked ask; the lookup beside a HIT takes locks plainly."""
         with mapped("lock"):
-            taken = await self._batch.call(
-                "SET", self._lock(key), token, "NX", "PX", max(1, int(ttl * 1000))
-            )
+            ms = max(1, int(ttl * 1000))
+            taken = await self._batch.script(scripts.LOCK, [self._lock(key)], [token, ms])
         return bool(taken)
 
     async def unlock(self, key: str, token: str) -> None:

@@ -94,6 +94,17 @@ return seen
 """
 )
 
+# KEYS[1] = a fill lock; ARGV = a token, the lock's time to live (ms). Takes the lock if no one
+# holds it (1); else (0) bounds the holder's by the same time to live: every proxy's lock has one
+# (its --lock-timeout), so a lock without (or a longer one, or a value of another type) is no
+# leader's, and would make every miss of its key wait a whole lock timeout while it stayed.
+LOCK = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+local left = redis.call('PTTL', KEYS[1])
+if left == -1 or left > tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
 # KEYS[1] = a fill lock; ARGV[1] = the holder's token. Deletes only the caller's own lock.
 UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end

@@ -61,3 +61,20 @@ def test_an_entry_whose_fields_no_answer_has_is_a_miss(
     assert "X-Injected" not in answer.headers
     assert answer.json()["choices"][0]["message"]["content"]
     assert proxy.store_errors().get("unreadable", 0) >= 1
+
+
+def test_a_fill_lock_left_without_expiry_is_bounded_by_the_first_miss_it_holds(
+    start_proxy: ProxyFactory, redis_url: str
+) -> None:
+    """A lock no leader holds (a crashed writer of another version, a client's SET) made every
+    miss of its key wait the whole --lock-timeout for as long as it stayed; the first miss to
+    wait on it gives it that timeout, so it holds no one after."""
+    proxy = start_proxy("--store", redis_url, "--near-cache", "0", "--lock-timeout", "1")
+    client = redis.Redis.from_url(redis_url)
+    key = ask(proxy, "locked out").headers["X-Repro-Key"]
+    client.delete(f"repro:e:{{{key}}}")
+    client.set(f"repro:l:{{{key}}}", b"nobody's")
+
+    answer = ask(proxy, "locked out")
+    assert (answer.status_code, answer.headers["X-Repro-Cache"]) == (200, "MISS")
+    assert client.pttl(f"repro:l:{{{key}}}") in (-2, *range(1, 1001))

@@ -4,6 +4,7 @@ and never opens the circuit for every other key; what is no fingerprint reads as
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -98,3 +99,49 @@ async def test_an_entry_of_no_labels_and_no_fingerprint_stops_no_purge(
     assert exported == [("forged", "fp_a"), ("odd", "fp_a")]
     assert await store.purge(Selector(), dry_run=False) == 3
     assert await client.keys("repro:e:*") == []
+
+
+@pytest.mark.parametrize(
+    "plant",
+    [
+        pytest.param({"value": b"a dead replica's"}, id="no-expiry"),
+        pytest.param({"value": b"a buggy client's", "px": 86_400_000}, id="a-day"),
+        pytest.param({"mapping": {"a": "b"}}, id="a-hash"),
+    ],
+)
+async def test_a_fill_lock_no_leader_could_hold_ends_within_the_lock_timeout(
+    redis_url: str, plant: dict[str, object]
+) -> None:
+    """Every proxy's lock expires within its --lock-timeout. One that would not (no expiry, a
+    day's, a value of another type) is given that bound by the first follower to find it:
+    left as it is, it made every miss of its key wait a whole lock timeout, for as long as
+    it stayed."""
+    client = aioredis.Redis.from_url(redis_url)
+    store = RedisStore(aioredis.Redis.from_url(redis_url))
+    try:
+        await client.delete("repro:l:{k}")
+        if "mapping" in plant:
+            await client.hset("repro:l:{k}", mapping=plant["mapping"])  # type: ignore[arg-type]
+        else:
+            await client.set("repro:l:{k}", plant["value"], px=plant.get("px"))  # type: ignore[arg-type]
+        assert not await store.lock("k", "mine", 0.2)
+        assert 0 < await client.pttl("repro:l:{k}") <= 200
+        with contextlib.suppress(StoreRefused):  # another type: refused, as coalescing expects
+            await store.unlock("k", "mine")  # not ours: left to expire
+        assert await client.exists("repro:l:{k}")
+    finally:
+        await store.close()
+        await client.aclose()
+
+
+async def test_a_fill_lock_within_the_lock_timeout_is_left_alone(redis_url: str) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    store = RedisStore(aioredis.Redis.from_url(redis_url))
+    try:
+        await client.set("repro:l:{k}", b"another replica's", px=60_000)
+        assert not await store.lock("k", "mine", 120)
+        assert 30_000 < await client.pttl("repro:l:{k}") <= 60_000
+        assert await client.get("repro:l:{k}") == b"another replica's"
+    finally:
+        await store.close()
+        await client.aclose()
