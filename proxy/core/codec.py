@@ -45,6 +45,9 @@ SAMPLE_BYTES = 16 * 1024
 """The largest payload kept to train from: dictionaries are for small records (zstd compresses
 large ones well alone), and the samples kept stay bounded by count times this."""
 """The largest dictionary adopted from a store: a value that big is no dictionary we trained."""
+DICTIONARIES_HELD = 4
+"""Dictionaries held to read entries with, the newest: one is adopted each time the store's is
+replaced, which another writer may do without end; entries naming an older one read as a miss."""
 
 _META = (
     "content_type", "fingerprint", "stored_at", "model", "seed", "seed_source",
@@ -112,6 +115,8 @@ class Codec:
         if decompressor.decompress(compressor.compress(b"probe")) != b"probe":
             raise zstandard.ZstdError("the dictionary does not round-trip")
         self._dictionaries[number] = decompressor
+        while len(self._dictionaries) > DICTIONARIES_HELD:
+            del self._dictionaries[next(iter(self._dictionaries))]
         if self.level:
             self._compressor = compressor
             self.dictionary = number

@@ -10,6 +10,7 @@ nothing, and if the store came back empty, the provisional secret becomes the sh
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 
@@ -28,7 +29,7 @@ log = logging.getLogger("proxy.secret")
 class Secret:
     def __init__(self, store: Store, fixed: str | None) -> None:
         self._store = store
-        self.value = fixed.encode() if fixed else os.urandom(32)
+        self.value = _keyed(fixed.encode()) if fixed else os.urandom(32)
         self.provisional = not fixed
         self._failed = False
         self.tenants: LRU[Credentials, str] = LRU(MAX_REMEMBERED, MAX_REMEMBERED_BYTES)
@@ -47,7 +48,7 @@ class Secret:
         if not self.provisional:
             return
         try:
-            self.value = await self._store.secret(self.value)
+            self.value = _keyed(await self._store.secret(self.value))
             self.tenants.clear()
         except StoreError:
             if not self._failed:
@@ -57,3 +58,13 @@ class Secret:
         if self._failed:
             log.warning("store answers: now using the shared secret")
         self.provisional = False
+
+
+def _keyed(secret: bytes) -> bytes:
+    """The secret as HMAC-SHA256 keys with it: a key longer than SHA-256's block is hashed first
+    (RFC 2104), once here rather than in every tenant's HMAC, so the partitions are the same.
+    Whoever writes the store chooses its length: megabytes would be hashed per new tenant."""
+    return hashlib.sha256(secret).digest() if len(secret) > _BLOCK else secret
+
+
+_BLOCK = hashlib.sha256().block_size

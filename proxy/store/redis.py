@@ -33,6 +33,7 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
+from proxy.core.codec import MAX_DICTIONARY_BYTES
 from proxy.core.fingerprints import ModelFingerprints, Observation, Rotation
 from proxy.core.lru import LRU
 from proxy.store import layout, redis_client, scripts
@@ -372,16 +373,28 @@ class RedisStore:
         return cast(bytes, await self._first_wins("secret", candidate))
 
     async def dictionary(self, candidate: bytes | None) -> bytes | None:
-        return await self._first_wins("dictionary", candidate)
+        """At most one byte more than a dictionary may hold: enough to refuse a larger value
+        without reading it whole (it is asked for again while entries name one unknown)."""
+        return await self._first_wins("dictionary", candidate, MAX_DICTIONARY_BYTES + 1)
 
-    async def _first_wins(self, name: str, candidate: bytes | None) -> bytes | None:
-        """First writer wins; everyone then reads the winner's value (None: only read)."""
+    async def _first_wins(
+        self, name: str, candidate: bytes | None, limit: int | None = None
+    ) -> bytes | None:
+        """First writer wins; everyone then reads the winner's value (None: only read), or its
+        first `limit` bytes."""
+        key = self._prefix + name
         with mapped(name):
             async with asyncio.timeout(self.deadline), self._client.pipeline() as pipe:
                 if candidate is not None:
-                    pipe.set(self._prefix + name, candidate, nx=True)
-                stored = (await pipe.get(self._prefix + name).execute())[-1]
-        return None if stored is None else layout.as_bytes(stored)
+                    pipe.set(key, candidate, nx=True)
+                if limit is None:
+                    pipe.get(key)
+                else:
+                    pipe.getrange(key, 0, limit - 1)
+                stored = (await pipe.execute())[-1]
+        if stored is None or (limit is not None and not stored):  # GETRANGE: "" when absent
+            return None
+        return layout.as_bytes(stored)
 
     async def lock(self, key: str, token: str, ttl: float) -> bool:
         """A script, not SET NX: a follower bounds a lock no leader could hold (see LOCK). Only

@@ -5,11 +5,17 @@ and never opens the circuit for every other key; what is no fingerprint reads as
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+import zstandard
 
+from proxy.core.codec import DICTIONARIES_HELD, MAX_DICTIONARY_BYTES, Codec, dictionary_id
+from proxy.core.credentials import scope
+from proxy.server.dictionary import Dictionaries
+from proxy.server.secret import Secret
 from proxy.store.base import Labels, Selector, StoreRefused, Write
 from proxy.store.guard import GuardedStore
 from proxy.store.redis import RedisStore
@@ -142,6 +148,54 @@ async def test_a_fill_lock_within_the_lock_timeout_is_left_alone(redis_url: str)
         assert not await store.lock("k", "mine", 120)
         assert 30_000 < await client.pttl("repro:l:{k}") <= 60_000
         assert await client.get("repro:l:{k}") == b"another replica's"
+    finally:
+        await store.close()
+        await client.aclose()
+
+
+async def test_a_dictionary_replaced_again_and_again_holds_bounded_memory(redis_url: str) -> None:
+    """Each dictionary adopted is held to read the entries it compressed: replaced under a
+    running proxy without end, the older ones are let go (their entries then read as a miss)."""
+    client = aioredis.Redis.from_url(redis_url)
+    store = RedisStore(aioredis.Redis.from_url(redis_url))
+    codec = Codec()
+    dictionaries = Dictionaries(store, codec, 0, lambda: 0.0)
+    try:
+        adopted = []
+        for _ in range(2 * DICTIONARIES_HELD):
+            data = os.urandom(64 * 1024)
+            await client.set("repro:dictionary", data)
+            await dictionaries.settle()
+            adopted.append(dictionary_id(data))
+        assert codec.dictionary == adopted[-1]
+        assert [codec.knows(number) for number in adopted] == [False] * DICTIONARIES_HELD + [
+            True
+        ] * DICTIONARIES_HELD
+    finally:
+        await store.close()
+        await client.aclose()
+
+
+async def test_the_dictionary_and_the_secret_are_read_within_their_bounds(redis_url: str) -> None:
+    """A dictionary is read at most once a second while entries name one this process lacks,
+    and the secret on every request until it is shared: a value of many MiB at either key
+    would be read whole each time, and a secret that long hashed in every new tenant's HMAC."""
+    client = aioredis.Redis.from_url(redis_url)
+    store = RedisStore(aioredis.Redis.from_url(redis_url))
+    try:
+        huge = os.urandom(1 << 20) * 16
+        await client.set("repro:dictionary", huge)
+        found = await store.dictionary(None)
+        assert found is not None and len(found) == MAX_DICTIONARY_BYTES + 1  # refused as too large
+        with pytest.raises(zstandard.ZstdError):
+            Codec().use(found)
+
+        await client.set("repro:secret", huge)
+        secret = Secret(store, None)
+        await secret.settle()
+        assert not secret.provisional and len(secret.value) <= 64
+        credentials = (("authorization", "Bearer sk-tenant"),)
+        assert secret.tenant(credentials) == scope(credentials, huge)  # partitions unchanged
     finally:
         await store.close()
         await client.aclose()
