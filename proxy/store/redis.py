@@ -48,6 +48,10 @@ from proxy.store.redis_client import mapped
 ENTRY_CHANGED, MODEL_CHANGED, EVERYTHING_CHANGED = "e\x00", "m\x00", "*"
 """Invalidation messages: an entry key, a model's fingerprint state, or everything (purge)."""
 
+HEARTBEAT = 2.0
+"""Seconds of silence after which a subscription is pinged, and then counts as lost: longer
+than a Redis busy with a slow command, short next to how long a replaced answer may be served."""
+
 _SCAN_BATCH = 500
 _MODELS_REMEMBERED = 256
 _MODEL_NAME_REMEMBERED = 256
@@ -218,17 +222,32 @@ class RedisStore:
             pipe.publish(self.invalidations, message)
 
     async def listen(
-        self, channel: str, subscribed: Callable[[], None], message: Callable[[str], None]
+        self,
+        channel: str,
+        subscribed: Callable[[], None],
+        message: Callable[[str], None],
+        heartbeat: float = HEARTBEAT,
     ) -> None:
-        """Deliver `channel`'s messages until the connection fails (then raise)."""
+        """Deliver `channel`'s messages until the connection fails (then raise). A connection
+        can die without a reset ever arriving (a partition, a firewall or NAT dropping it while
+        idle), its messages then lost unseen: after `heartbeat` seconds of silence it is pinged,
+        and one silent for `heartbeat` more counts as failed."""
         connection = redis_client.listener(self._client)
         try:
             with mapped("listen"):
                 await connection.connect()  # type: ignore[no-untyped-call]
                 await connection.send_command("SUBSCRIBE", channel)
+                pinged = False
                 while True:
-                    reply = await connection.read_response(push_request=True)  # RESP3 too
-                    if not isinstance(reply, list) or len(reply) != 3:
+                    reply = await connection.read_response(timeout=heartbeat, push_request=True)
+                    if reply is None:  # silence (a reply is never None): ask, once
+                        if pinged:
+                            raise TimeoutError
+                        await connection.send_command("PING")
+                        pinged = True
+                        continue
+                    pinged = False
+                    if not isinstance(reply, list) or len(reply) != 3:  # a pong, among others
                         continue
                     if reply[0] == b"message":
                         message(layout.text(reply[2]))
