@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from proxy.core.entry import is_count, is_fingerprint
+from proxy.core.entry import is_fingerprint
 from proxy.core.fingerprints import (
     FingerprintSeen,
     ModelFingerprints,
@@ -31,7 +31,8 @@ def observation(reply: list[Any], fingerprint: str, moves: bool = True) -> Obser
     """The observe script's reply: {previous current or nil, 1 if new, 1 if it moved current};
     the script applies core.fingerprints.observed's rule, so the outcome reads back through it."""
     previous, new = reply[0], reply[1]
-    return observed(text(previous) if previous else None, fingerprint, bool(new), moves)
+    named = as_bytes(previous).decode(errors="replace") if previous else None
+    return observed(named, fingerprint, bool(new), moves)
 
 
 def history_key(model_key: str) -> str:
@@ -86,48 +87,69 @@ def named(field: bytes) -> str:
 
 
 def parse_model(raw_state: Mapping[bytes | str, bytes | str]) -> ModelFingerprints | None:
-    """A model's state; ValueError for one no version of the scripts writes (a current that is
-    no fingerprint, a record that is no record): it reaches headers, labels and the admin
-    routes. A record under a name that is no fingerprint is left out, as absent."""
+    """A model's state, what no version of the scripts writes read as absent (it reaches
+    headers, labels and the admin routes): a record that is no record, or under a name that is
+    no fingerprint, is left out, and a current that is no fingerprint, or has no record, makes
+    no state. The next observation of the model writes them over (see scripts.OBSERVE)."""
     state = {as_bytes(name): value for name, value in raw_state.items()}
-    if b"current" not in state:
+    current = _fingerprint(state.get(b"current", b""))
+    if current is None:
         return None
-    current = text(state[b"current"])
-    if not is_fingerprint(current):
-        raise ValueError("the current fingerprint is no fingerprint")
     records = []
     for name, raw in state.items():
-        fingerprint = name.removeprefix(_FIELD).decode(errors="replace")
-        if name.startswith(_FIELD) and is_fingerprint(fingerprint):
-            records.append(_parse_seen(fingerprint, orjson.loads(raw)))
+        fingerprint = _fingerprint(name.removeprefix(_FIELD)) if name.startswith(_FIELD) else None
+        found = None if fingerprint is None else _parse_seen(fingerprint, raw)
+        if found is not None:
+            records.append(found)
+    if all(seen.fingerprint != current for _, seen in records):
+        return None
     records.sort(key=lambda item: item[0])
-    backs = text(state.get(b"backs", b"")).split()
     return ModelFingerprints(
         current=current,
         seen=tuple(seen for _, seen in records),
-        changes_back=tuple(_time(stamp) for stamp in backs),
+        changes_back=tuple(
+            stamp
+            for stamp in map(_time, as_bytes(state.get(b"backs", b"")).split())
+            if stamp is not None
+        ),
     )
 
 
-def _parse_seen(fingerprint: str, record: dict[str, Any]) -> tuple[int, FingerprintSeen]:
-    """(its order, the record); ValueError (or TypeError, KeyError) for what no script wrote."""
-    count, order = record["count"], record["order"]
-    if not all(isinstance(n, int) and is_count(n) for n in (count, order)):
-        raise ValueError("a fingerprint's count is no count")
-    seen = FingerprintSeen(
-        fingerprint=fingerprint,
-        first_seen=_time(record["first_seen"]),
-        last_seen=_time(record["last_seen"]),
-        count=count,
-    )
-    return order, seen
+def _fingerprint(raw: bytes | str) -> str | None:
+    name = as_bytes(raw).decode(errors="replace")
+    return name if is_fingerprint(name) else None
 
 
-def _time(value: Any) -> float:
-    stamp = float(value)
-    if not math.isfinite(stamp):
-        raise ValueError("a time is no time")
-    return stamp
+def _parse_seen(fingerprint: str, raw: bytes | str) -> tuple[int, FingerprintSeen] | None:
+    """(its order, the record), or None for what no script wrote."""
+    try:
+        record = orjson.loads(raw)
+        count, order = _count(record["count"]), _count(record["order"])
+        first_seen, last_seen = _time(record["first_seen"]), _time(record["last_seen"])
+    except (orjson.JSONDecodeError, TypeError, KeyError):
+        return None
+    if count is None or order is None or first_seen is None or last_seen is None:
+        return None
+    return order, FingerprintSeen(fingerprint, first_seen, last_seen, count)
+
+
+def _count(value: Any) -> int | None:
+    """A count as the scripts write it (Lua's %d), within what a counter holds."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return min(max(int(value), 0), 2**63 - 1)
+
+
+def _time(value: Any) -> float | None:
+    """A time a date can name (the admin routes write them as dates)."""
+    try:
+        stamp = float(value)
+    except (TypeError, ValueError):
+        return None
+    return stamp if 0 <= stamp < _YEAR_10000 else None
+
+
+_YEAR_10000 = 253402300800.0
 
 
 def text(value: bytes | str) -> str:

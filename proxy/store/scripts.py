@@ -13,13 +13,26 @@ from proxy.core.fingerprints import BACKS_KEPT, ROTATIONS_KEPT
 # the last_seen of the others for the grace window) changes only then.
 # Timestamps are written with %.17g so that they round-trip exactly through JSON.
 _OBSERVE_FUNCTION = """
+local function dated(stamp)  -- a time a date can name, as layout.parse_model reads them
+  return type(stamp) == 'number' and stamp >= 0 and stamp < 253402300800
+end
+
 local function observe(key, rotations, model, fingerprint, now, count, channel, moves)
   local field = 'fp:' .. fingerprint
   local previous = redis.call('HGET', key, 'current')
   local raw = redis.call('HGET', key, field)
   local rec
   if raw then
-    rec = cjson.decode(raw)
+    local ok, found = pcall(cjson.decode, raw)
+    if ok and type(found) == 'table' and type(found.count) == 'number' and found.count >= 0
+        and type(found.order) == 'number' and dated(found.first_seen)
+        and dated(found.last_seen) then
+      rec = found
+    else
+      raw = false  -- a record no script wrote: written over, as a new one
+    end
+  end
+  if raw then
     rec.count = rec.count + count
     rec.last_seen = math.max(rec.last_seen, now)
   else

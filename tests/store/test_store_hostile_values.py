@@ -55,30 +55,49 @@ async def test_a_field_that_is_no_fingerprint_reads_as_absent(
 
 
 @pytest.mark.parametrize(
-    "forged",
+    ("forged", "current", "seen"),
     [
-        {"current": b"\xff"},
-        {"current": b"fp\r\nX-Injected: 1"},
-        {"current": b"x" * 100_000},
-        {"fp:fp_a": b"not json"},
-        {"fp:fp_a": b'{"first_seen": 1, "last_seen": 1, "count": -1, "order": 1}'},
-        {"fp:fp_a": b'{"first_seen": 1, "last_seen": 1, "count": 1e30, "order": 1}'},
-        {"fp:fp_a": b"[]"},
-        {"backs": b"yesterday"},
+        ({"current": b"\xff"}, None, None),
+        ({"current": b"fp\r\nX-Injected: 1"}, None, None),
+        ({"current": b"x" * 100_000}, None, None),
+        ({"fp:fp_a": b"not json"}, None, None),
+        ({"fp:fp_a": b"[]"}, None, None),
+        ({"fp:fp_a": b'{"first_seen": "a", "last_seen": 1, "count": 1, "order": 1}'}, None, None),
+        ({"fp:fp_a": b'{"first_seen": 1e300, "last_seen": 1, "count": 1, "order": 1}'}, None, None),
+        ({"fp:fp_a": b'{"first_seen": 1, "last_seen": 1, "count": -1, "order": 1}'}, "fp_a", 0),
+        (
+            {"fp:fp_a": b'{"first_seen": 1, "last_seen": 1, "count": 1e30, "order": 1}'},
+            "fp_a",
+            2**63 - 1,
+        ),
+        ({"backs": b"yesterday \xff 5"}, "fp_a", 1),
     ],
 )
-async def test_an_unreadable_model_state_refuses_its_own_reads_only(
-    stores: tuple[GuardedStore, aioredis.Redis], forged: dict[bytes | str, bytes]
+async def test_a_forged_model_state_reads_as_absent_and_the_next_answer_writes_it_over(
+    stores: tuple[GuardedStore, aioredis.Redis],
+    forged: dict[bytes | str, bytes],
+    current: str | None,
+    seen: int | None,
 ) -> None:
+    """A model's state reaches headers, metric labels and the admin routes: what no script
+    writes is left out (a current that is no fingerprint leaves no state), never a failing
+    read of every request for the model, nor of every key once the circuit opened."""
     store, client = stores
     name = await model_key(client, b"n")
     await client.hset(name, mapping=forged)
     for _ in range(4):
-        with pytest.raises(StoreRefused):
-            await store.lookup("forged", "n")
+        state, values = await store.lookup("forged", "n")
+        assert values == {"fp_a": b"an answer"}
+        assert (state and state.current) == current
+        if seen is not None:
+            assert state is not None and [s.count for s in state.seen] == [seen]
     assert not store.is_open
-    state, values = await store.lookup("good", "m")
-    assert state is not None and values == {"fp_a": b"the good answer"}
+    assert (await store.lookup("good", "m"))[1] == {"fp_a": b"the good answer"}
+
+    await store.record(Write("forged", "fp_a", b"answered again", 0, model="n"))
+    state, values = await store.lookup("forged", "n")
+    assert values == {"fp_a": b"answered again"}
+    assert state is not None and state.current == "fp_a" and len(state.seen) == 1
 
 
 async def test_a_fingerprint_record_of_no_fingerprint_is_left_out(
