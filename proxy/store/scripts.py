@@ -126,8 +126,8 @@ return 0
 
 # KEYS[1] = a sorted set of attempt times; ARGV = now, window (seconds), keep, add (1 or 0),
 # a member unique to this attempt. Drops the times out of the window, adds `now` if asked
-# (keeping the newest `keep`, the set expiring with the window), and returns the times left,
-# oldest first, as %.17g strings so that they round-trip exactly.
+# (keeping the newest `keep`, the set expiring with the window), and returns the newest `keep`
+# times left, oldest first, as %.17g strings so that they round-trip exactly.
 ATTEMPTS = """
 local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.17g', now - window))
@@ -136,7 +136,7 @@ if ARGV[4] == '1' then
   redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[3]) + 1))
   redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000))
 end
-local scored = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local scored = redis.call('ZRANGE', KEYS[1], -tonumber(ARGV[3]), -1, 'WITHSCORES')
 local times = {}
 for i = 2, #scored, 2 do times[#times + 1] = string.format('%.17g', tonumber(scored[i])) end
 return times

@@ -3,7 +3,11 @@ trusted, but what it writes must not crash the proxy): each forgery fails open o
 
 from __future__ import annotations
 
+import hashlib
+import math
+
 import httpx
+import pytest
 import redis
 
 from tests.fixtures_procs import Proxy, ProxyFactory
@@ -61,3 +65,18 @@ def test_a_forged_fingerprint_record_is_left_out_of_the_admin_routes(
     assert fingerprints.status_code == 200
     assert "a\\r\\nb" not in fingerprints.text and "gpt-4o-mini" not in fingerprints.text
     assert ask(proxy, "one").status_code == 200
+
+
+@pytest.mark.parametrize("at", [math.inf, 1e12], ids=["never", "far-ahead"])
+def test_forged_guess_times_lock_no_one_out(
+    start_proxy: ProxyFactory, redis_url: str, at: float
+) -> None:
+    """The shared count of wrong admin tokens is a sorted set of times: ones no clock of a
+    replica could have written (forever, or years ahead) count for nothing, and are never a
+    500 on the admin routes."""
+    proxy = start_proxy("--store", redis_url, "--admin-token", TOKEN)
+    client = redis.Redis.from_url(redis_url)
+    digest = hashlib.sha256(b"guesses:127.0.0.1").hexdigest()[:32]
+    client.zadd(f"repro:g:{{{digest}}}", {f"forged{n}": at for n in range(1000)})
+    answer = httpx.get(proxy.url + "/admin/fingerprints", headers=ADMIN, timeout=10)
+    assert answer.status_code == 200

@@ -5,6 +5,7 @@ and never opens the circuit for every other key; what is no fingerprint reads as
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import AsyncIterator
 
@@ -215,6 +216,21 @@ async def test_the_dictionary_and_the_secret_are_read_within_their_bounds(redis_
         assert not secret.provisional and len(secret.value) <= 64
         credentials = (("authorization", "Bearer sk-tenant"),)
         assert secret.tenant(credentials) == scope(credentials, huge)  # partitions unchanged
+    finally:
+        await store.close()
+        await client.aclose()
+
+
+async def test_the_shared_count_of_guesses_is_read_within_what_it_keeps(redis_url: str) -> None:
+    """A set grown by another writer is read as its newest `keep`, not whole on every attempt."""
+    client = aioredis.Redis.from_url(redis_url)
+    store = RedisStore(aioredis.Redis.from_url(redis_url))
+    try:
+        digest = hashlib.sha256(b"guesses:192.0.2.1").hexdigest()[:32]
+        name = f"repro:g:{{{digest}}}"
+        await client.zadd(name, {f"forged{n}": 1000.0 + n / 1000 for n in range(50_000)})
+        times = await store.attempts("guesses:192.0.2.1", 1010.0, 60.0, 10, add=False)
+        assert times == tuple(1000.0 + n / 1000 for n in range(49_990, 50_000))
     finally:
         await store.close()
         await client.aclose()
