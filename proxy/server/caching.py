@@ -128,10 +128,9 @@ def choose(services: Services, call: Call, accepted: Any, blobs: dict[str, bytes
     for fingerprint, blob in blobs.items():
         try:
             entry = decoded(services.codec, services.entries, call.key, fingerprint, blob)
-        except UnknownDictionary:
-            services.dictionaries.unknown()
-            continue
-        except CorruptEntry:
+        except CorruptEntry as exc:
+            if isinstance(exc, UnknownDictionary):
+                services.dictionaries.unknown()
             unreadable(services)
             continue
         if policy.is_fresh(entry.stored_at, now, services.settings.ttl, call.max_age):

@@ -4,7 +4,9 @@ the upstream, never a dropped connection, a 500 or a wait (docs/security.md)."""
 
 from __future__ import annotations
 
+import struct
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -78,3 +80,50 @@ def test_a_fill_lock_left_without_expiry_is_bounded_by_the_first_miss_it_holds(
     answer = ask(proxy, "locked out")
     assert (answer.status_code, answer.headers["X-Repro-Cache"]) == (200, "MISS")
     assert client.pttl(f"repro:l:{{{key}}}") in (-2, *range(1, 1001))
+
+
+def _head(value: bytes, raw: int) -> bytes:
+    return value[:2] + struct.pack(">I", raw) + value[6:]
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        pytest.param(lambda v: b"\x07" + v[1:], id="format"),
+        pytest.param(lambda v: v[: len(v) // 2], id="truncated"),
+        pytest.param(lambda v: v[:1], id="short"),
+        pytest.param(lambda v: _head(v, 0xFFFFFFFF), id="claims-4GiB"),
+        pytest.param(lambda v: _head(v, len(v) * 1000), id="claims-more-than-its-frame"),
+        pytest.param(lambda v: b"\x02\x02" + v[2:6] + b"\xde\xad\xbe\xef" + v[6:], id="dictionary"),
+        pytest.param(lambda v: b"\x02\x09" + v[2:], id="codec"),
+    ],
+)
+def test_a_value_that_is_no_entry_is_a_counted_miss(
+    start_proxy: ProxyFactory, redis_url: str, forge: Callable[[bytes], bytes]
+) -> None:
+    proxy = start_proxy("--store", redis_url, "--near-cache", "0")
+    client = redis.Redis.from_url(redis_url)
+    key, field, value = stored(client, proxy, "no entry")
+    client.hset(key, field, forge(value))
+    answer = ask(proxy, "no entry")
+    assert (answer.status_code, answer.headers["X-Repro-Cache"]) == (200, "MISS")
+    assert proxy.store_errors().get("unreadable") == 1
+    assert ask(proxy, "no entry").headers["X-Repro-Cache"] == "HIT"  # written over
+
+
+def test_a_key_of_another_type_or_with_odd_fields_is_read_as_far_as_it_can_be(
+    start_proxy: ProxyFactory, redis_url: str
+) -> None:
+    proxy = start_proxy("--store", redis_url, "--near-cache", "0")
+    client = redis.Redis.from_url(redis_url)
+    key, _, _ = stored(client, proxy, "odd fields")
+    client.hset(key, mapping={b"\xff\xfe": b"x", b"fp_other": b"not an entry", b"": b""})
+    assert ask(proxy, "odd fields").headers["X-Repro-Cache"] == "HIT"
+
+    client.delete(key)
+    client.set(key, b"a string where a hash belongs")
+    for _ in range(4):
+        answer = ask(proxy, "odd fields")
+        assert (answer.status_code, answer.headers["X-Repro-Cache"]) == (200, "MISS")
+    assert proxy.store_errors()["get"] == 4  # refused (WRONGTYPE), counted
+    assert httpx.get(proxy.url + "/readyz", timeout=10).status_code == 200  # circuit closed
