@@ -138,11 +138,11 @@ class RedisStore:
             try:
                 parsed = self._parsed_model(state[0]) if state else None
             except BaseException:
-                taken = found = True  # no one fills it: let it go
-                raise
-            finally:
-                if found and taken:
+                if taken:  # no one fills it now
                     dropped(self._batch.send("DEL", self._lock(key)))
+                raise
+            if found and taken:
+                dropped(self._batch.send("DEL", self._lock(key)))
             return parsed, layout.values(found.items()), bool(taken) and not found
 
     def _parsed_model(self, state: Mapping[bytes | str, bytes | str]) -> ModelFingerprints | None:
