@@ -392,9 +392,9 @@ class RedisStore:
         return cast(bytes, await self._first_wins("secret", candidate))
 
     async def dictionary(self, candidate: bytes | None) -> bytes | None:
-        """At most one byte more than a dictionary may hold: enough to refuse a larger value
-        without reading it whole (it is asked for again while entries name one unknown)."""
-        return await self._first_wins("dictionary", candidate, MAX_DICTIONARY_BYTES + 1)
+        """At most a little more than a dictionary may hold (room for a seal): enough to refuse
+        a larger value without reading it whole (asked again while entries name one unknown)."""
+        return await self._first_wins("dictionary", candidate, MAX_DICTIONARY_BYTES + 1024)
 
     async def _first_wins(
         self, name: str, candidate: bytes | None, limit: int | None = None
