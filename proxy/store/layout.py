@@ -81,6 +81,14 @@ def parse_labels(raw: bytes | str | None) -> Labels:
     return Labels(namespace=str(data.get("namespace", "")), model=str(data.get("model", "")))
 
 
+def name(raw: bytes | str) -> str | None:
+    """A key or member name, None for one that is no text (no name the proxy writes)."""
+    try:
+        return raw.decode() if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError:
+        return None
+
+
 def named(field: bytes) -> str:
     """A hash field as a selector reads it: one that is no text still names something."""
     return field.decode(errors="replace")

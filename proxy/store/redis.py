@@ -271,11 +271,13 @@ class RedisStore:
             for name in names:
                 pipe.hget(name, layout.LABELS)
                 pipe.hkeys(name)
-            replies = await pipe.execute()
+            replies = await pipe.execute(raise_on_error=False)
         matched = 0
         whole: list[bytes] = []
         partial: list[tuple[bytes, list[bytes]]] = []
         for name, raw, fields in zip(names, replies[::2], replies[1::2], strict=True):
+            if isinstance(fields, Exception):  # a key of another type: another writer's
+                continue
             labels = layout.parse_labels(raw)
             fingerprints = [field for field in fields if field != layout.LABELS.encode()]
             chosen = [fp for fp in fingerprints if selector.matches(labels, layout.named(fp))]
@@ -321,12 +323,15 @@ class RedisStore:
         async with self._client.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.hgetall(name)
-            replies = await pipe.execute()
+            replies = await pipe.execute(raise_on_error=False)
         found = []
         for name, fields in zip(names, replies, strict=True):
+            text = layout.name(name)
+            if text is None or isinstance(fields, Exception):  # no key the proxy writes
+                continue
             labels = layout.parse_labels(fields.get(layout.LABELS.encode()))
             named = layout.values(fields.items())
-            key = layout.text(name)[len(self._entry("")) - 1 : -1]
+            key = text[len(self._entry("")) - 1 : -1]
             found += [
                 (key, fp, layout.as_bytes(value))
                 for fp, value in named.items()
@@ -371,7 +376,7 @@ class RedisStore:
         with mapped("all_fingerprints"):
             async with asyncio.timeout(self.deadline):
                 names = await self._client.smembers(self._models())
-                models = sorted(layout.text(name) for name in names)
+                models = sorted(filter(None, map(layout.name, names)))
                 async with self._client.pipeline(transaction=False) as pipe:
                     for model in models:
                         pipe.hgetall(self._model(model))

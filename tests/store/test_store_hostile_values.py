@@ -258,3 +258,27 @@ async def test_a_sealed_value_too_short_to_open_reads_as_absent(
     finally:
         await store.close()
         await client.aclose()
+
+
+async def test_names_that_are_no_text_stop_no_listing(
+    stores: tuple[GuardedStore, aioredis.Redis],
+) -> None:
+    """A key or model name that is not UTF-8 is no name the proxy writes: one of them must not
+    fail every export or fingerprint report."""
+    store, client = stores
+    await client.hset(b"repro:e:{\xff}", mapping={b"fp_a": b"x"})
+    await client.sadd("repro:models", b"\xff\xfe")
+    exported = sorted([(key, fp) async for key, fp, _ in store.entries(Selector())])
+    assert exported == [("forged", "fp_a"), ("good", "fp_a")]
+    assert sorted(await store.all_fingerprints()) == ["m", "n"]
+    assert await store.purge(Selector(), dry_run=False) == 3
+
+
+async def test_a_key_of_another_type_among_the_entries_stops_no_listing(
+    stores: tuple[GuardedStore, aioredis.Redis],
+) -> None:
+    store, client = stores
+    await client.set("repro:e:{a-string}", b"not a hash")
+    exported = sorted([(key, fp) async for key, fp, _ in store.entries(Selector())])
+    assert exported == [("forged", "fp_a"), ("good", "fp_a")]
+    assert await store.purge(Selector(), dry_run=False) == 2
