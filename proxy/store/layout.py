@@ -41,14 +41,17 @@ def history_key(model_key: str) -> str:
     return f"{prefix}rot:{{{tag}"
 
 
-def parse_rotation(raw: bytes | str) -> Rotation:
-    record = orjson.loads(raw)
-    return Rotation(
-        old=str(record["old"]),
-        new=str(record["new"]),
-        at=float(record["at"]),
-        back=bool(record["back"]),
-    )
+def parse_rotation(raw: bytes | str) -> Rotation | None:
+    """A rotation as the observe script writes it; None (left out) for anything else."""
+    try:
+        record = orjson.loads(raw)
+        old, new, at, back = record["old"], record["new"], _time(record["at"]), record["back"]
+    except (orjson.JSONDecodeError, TypeError, KeyError):
+        return None
+    names = [_fingerprint(name) if isinstance(name, str) else None for name in (old, new)]
+    if None in names or at is None or back not in (0, 1):
+        return None
+    return Rotation(old=old, new=new, at=at, back=bool(back))
 
 
 def tags(labels: Labels) -> bytes:

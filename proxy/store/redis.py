@@ -391,7 +391,8 @@ class RedisStore:
         """One bounded list (ROTATIONS_KEPT), read whole."""
         with mapped("rotations"):
             raw = await self._batch.call("LRANGE", layout.history_key(self._model(model)), 0, -1)
-            return tuple(layout.parse_rotation(item) for item in reversed(raw))
+            parsed = map(layout.parse_rotation, reversed(raw))
+            return tuple(rotation for rotation in parsed if rotation is not None)
 
     async def secret(self, candidate: bytes) -> bytes:
         return cast(bytes, await self._first_wins("secret", candidate))

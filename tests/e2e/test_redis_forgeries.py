@@ -37,7 +37,7 @@ def test_forged_fingerprint_state_and_invalidations_fail_open(
         client.publish(channel, b"\xff\xfe")
         client.publish(channel, b"e:" + b"x" * 1_000_000)
     rotations = httpx.get(proxy.url + "/admin/rotations", headers=ADMIN, timeout=10)
-    assert (rotations.status_code, rotations.json()["error"]["code"]) == (503, "store_unavailable")
+    assert rotations.status_code == 200  # what is no rotation is left out
     assert ask(proxy, "one").headers["X-Repro-Cache"] == "HIT"
 
     client.hset(model, mapping={"current": b"\xff", "backs": b"x y", "fp:forged": b"not json"})

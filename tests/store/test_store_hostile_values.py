@@ -282,3 +282,17 @@ async def test_a_key_of_another_type_among_the_entries_stops_no_listing(
     exported = sorted([(key, fp) async for key, fp, _ in store.entries(Selector())])
     assert exported == [("forged", "fp_a"), ("good", "fp_a")]
     assert await store.purge(Selector(), dry_run=False) == 2
+
+
+async def test_a_rotation_no_script_wrote_is_left_out(
+    stores: tuple[GuardedStore, aioredis.Redis],
+) -> None:
+    store, client = stores
+    await store.record(Write("forged", "fp_b", b"moved", 0, model="n", now=5.0))
+    name = (await model_key(client, b"n")).replace(b"repro:fp:", b"repro:rot:")
+    forged = [b"not json", b'{"old": 1, "new": "fp_b", "at": 1, "back": 0}', b"\xff", b"[]"]
+    forged += [b'{"old": "a\\nb", "new": "fp_b", "at": 1, "back": 0}']
+    forged += [b'{"old": "fp_a", "new": "fp_b", "at": 1e300, "back": 0}']
+    await client.lpush(name, *forged)
+    rotations = await store.rotations("n")
+    assert [(r.old, r.new, r.at, r.back) for r in rotations] == [("fp_a", "fp_b", 5.0, False)]
