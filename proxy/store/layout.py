@@ -29,9 +29,11 @@ LABELS = "\x00labels"
 
 def observation(reply: list[Any], fingerprint: str, moves: bool = True) -> Observation:
     """The observe script's reply: {previous current or nil, 1 if new, 1 if it moved current};
-    the script applies core.fingerprints.observed's rule, so the outcome reads back through it."""
+    the script applies core.fingerprints.observed's rule, so the outcome reads back through it.
+    A previous current that is no fingerprint reads as none: it would name a metric label and
+    fill a log line."""
     previous, new = reply[0], reply[1]
-    named = as_bytes(previous).decode(errors="replace") if previous else None
+    named = _fingerprint(previous) if previous else None  # what no script wrote: none
     return observed(named, fingerprint, bool(new), moves)
 
 

@@ -296,3 +296,13 @@ async def test_a_rotation_no_script_wrote_is_left_out(
     await client.lpush(name, *forged)
     rotations = await store.rotations("n")
     assert [(r.old, r.new, r.at, r.back) for r in rotations] == [("fp_a", "fp_b", 5.0, False)]
+
+
+@pytest.mark.parametrize("moves", [True, False])
+async def test_a_forged_current_is_never_reported_as_the_previous_fingerprint(
+    stores: tuple[GuardedStore, aioredis.Redis], moves: bool
+) -> None:
+    store, client = stores
+    await client.hset(await model_key(client, b"n"), "current", b"x\n" * 50_000)
+    seen = await store.observe_fingerprint("n", "fp_a", 9.0, 1, moves)
+    assert (seen.previous, seen.current) == (None, "fp_a")
