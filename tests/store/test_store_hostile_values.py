@@ -17,10 +17,11 @@ from proxy.core.codec import DICTIONARIES_HELD, MAX_DICTIONARY_BYTES, Codec, dic
 from proxy.core.credentials import scope
 from proxy.server.dictionary import Dictionaries
 from proxy.server.secret import Secret
-from proxy.store.base import Labels, Selector, StoreRefused, Write
+from proxy.store.base import Labels, Selector, Store, StoreRefused, Write
 from proxy.store.encrypted import EncryptedStore
 from proxy.store.guard import GuardedStore
 from proxy.store.redis import RedisStore
+from proxy.store.wrapper import StoreWrapper
 
 
 async def model_key(client: aioredis.Redis, model: bytes) -> bytes:
@@ -306,3 +307,40 @@ async def test_a_forged_current_is_never_reported_as_the_previous_fingerprint(
     await client.hset(await model_key(client, b"n"), "current", b"x\n" * 50_000)
     seen = await store.observe_fingerprint("n", "fp_a", 9.0, 1, moves)
     assert (seen.previous, seen.current) == (None, "fp_a")
+
+
+class Counting(StoreWrapper):
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner)
+        self.asked = 0
+
+    async def secret(self, candidate: bytes) -> bytes:
+        self.asked += 1
+        return await self.inner.secret(candidate)
+
+
+async def test_a_secret_the_store_cannot_give_is_not_asked_for_on_every_request(
+    redis_url: str,
+) -> None:
+    """A key of another type at the secret's refuses each read, and the circuit stays closed
+    (the store answered): asked on every request, it would cost each a round trip, forever."""
+    client = aioredis.Redis.from_url(redis_url)
+    store = Counting(RedisStore(aioredis.Redis.from_url(redis_url)))
+    try:
+        await client.delete("repro:secret")
+        await client.hset("repro:secret", mapping={"a": "b"})
+        clock = [100.0]
+        secret = Secret(store, None, clock=lambda: clock[0])
+        for _ in range(50):
+            await secret.settle()
+        assert secret.provisional and store.asked == 1
+        clock[0] += 1.0
+        await secret.settle()
+        assert store.asked == 2
+        await client.delete("repro:secret")
+        clock[0] += 1.0
+        await secret.settle()
+        assert not secret.provisional and store.asked == 3
+    finally:
+        await store.close()
+        await client.aclose()
