@@ -144,9 +144,11 @@ return times
 
 # KEYS[1] = an entry hash; ARGV[1] = its labels field. Returns {answers, bytes as Redis accounts
 # them, what the answers grow by uncompressed}: an entry of the codec's format (first byte 2)
-# says its uncompressed size in bytes 3-6; any other value counts as itself.
+# says its uncompressed size in bytes 3-6; any other value counts as itself; a key of another
+# type is none of the proxy's, and counts for nothing.
 USAGE = """
 local answers, expansion = 0, 0
+if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return {0, 0, 0} end  -- not an entry
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
   if all[i] ~= ARGV[1] then

@@ -282,6 +282,7 @@ async def test_a_key_of_another_type_among_the_entries_stops_no_listing(
     await client.set("repro:e:{a-string}", b"not a hash")
     exported = sorted([(key, fp) async for key, fp, _ in store.entries(Selector())])
     assert exported == [("forged", "fp_a"), ("good", "fp_a")]
+    assert (await store.usage()).entries == 2
     assert await store.purge(Selector(), dry_run=False) == 2
 
 
