@@ -5,7 +5,7 @@ What moves is a rewrite (no-cache, record), a purge, and each model's fingerprin
 replica publishes those changes on one channel and drops what it holds when it hears them, so a
 HIT can be answered from this process's memory without a round trip. Coherence rules:
 - memory is used only while the subscription is confirmed; a lost subscription empties it, and
-  so does one silent beyond its heartbeat (see RedisStore.listen), which may be lost unseen;
+  so does one silent beyond its heartbeat (see subscription.listen), which may be lost unseen;
 - a fetch that raced with an invalidation of its key, of a model's state or of everything is not
   remembered (a set of the keys changed while read, and a generation counter for the rest);
 - expiry needs no message: HITs check each entry's age against the TTL themselves.
@@ -23,7 +23,8 @@ from typing import Any
 from proxy.core.fingerprints import ModelFingerprints, Observation
 from proxy.store.base import Store, Write
 from proxy.store.memory import charged
-from proxy.store.redis import ENTRY_CHANGED, HEARTBEAT, MODEL_CHANGED, RedisStore
+from proxy.store.redis import ENTRY_CHANGED, MODEL_CHANGED, RedisStore
+from proxy.store.subscription import HEARTBEAT
 from proxy.store.wrapper import StoreWrapper
 
 log = logging.getLogger("proxy.store")
@@ -55,7 +56,10 @@ class NearCache(StoreWrapper):
         while True:
             try:
                 await self._bus.listen(
-                    self._bus.invalidations, self._subscribed, self._invalidate, self._heartbeat
+                    self._bus.invalidations,
+                    self._subscribed,
+                    self._invalidate,
+                    heartbeat=self._heartbeat,
                 )
             except Exception as exc:  # any failure: forget everything, then try again
                 self._forget(f"subscription lost: {type(exc).__name__}")

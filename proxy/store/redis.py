@@ -28,7 +28,7 @@ import asyncio
 import hashlib
 import math
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -36,7 +36,7 @@ import redis.asyncio as aioredis
 from proxy.core.codec import MAX_DICTIONARY_BYTES
 from proxy.core.fingerprints import ModelFingerprints, Observation, Rotation
 from proxy.core.lru import LRU
-from proxy.store import layout, redis_client, scripts
+from proxy.store import layout, redis_client, scripts, subscription
 from proxy.store.base import (
     Selector,
     Usage,
@@ -44,13 +44,10 @@ from proxy.store.base import (
 )
 from proxy.store.batch import Batcher, dropped, replies
 from proxy.store.redis_client import mapped
+from proxy.store.subscription import HEARTBEAT
 
 ENTRY_CHANGED, MODEL_CHANGED, EVERYTHING_CHANGED = "e\x00", "m\x00", "*"
 """Invalidation messages: an entry key, a model's fingerprint state, or everything (purge)."""
-
-HEARTBEAT = 2.0
-"""Seconds of silence after which a subscription is pinged, and then counts as lost: longer
-than a Redis busy with a slow command, short next to how long a replaced answer may be served."""
 
 _SCAN_BATCH = 500
 _MODELS_REMEMBERED = 256
@@ -135,15 +132,10 @@ class RedisStore:
                 dropped(lock)
                 raise
             taken = await redis_client.taken(lock)
-            try:
-                parsed = self._parsed_model(state[0]) if state else None
-            except BaseException:
-                if taken:  # no one fills it now
-                    dropped(self._batch.send("DEL", self._lock(key)))
-                raise
-            if found and taken:
-                dropped(self._batch.send("DEL", self._lock(key)))
-            return parsed, layout.values(found.items()), bool(taken) and not found
+        if found and taken:
+            dropped(self._batch.send("DEL", self._lock(key)))
+        parsed = self._parsed_model(state[0]) if state else None  # never raises: see layout
+        return parsed, layout.values(found.items()), bool(taken) and not found
 
     def _parsed_model(self, state: Mapping[bytes | str, bytes | str]) -> ModelFingerprints | None:
         """`_parse_model`, remembered: every HIT reads the model's state, which rarely changes."""
@@ -221,40 +213,9 @@ class RedisStore:
         if self.invalidations:
             pipe.publish(self.invalidations, message)
 
-    async def listen(
-        self,
-        channel: str,
-        subscribed: Callable[[], None],
-        message: Callable[[str], None],
-        heartbeat: float = HEARTBEAT,
-    ) -> None:
-        """Deliver `channel`'s messages until the connection fails (then raise). A connection
-        can die without a reset ever arriving (a partition, a firewall or NAT dropping it while
-        idle), its messages then lost unseen: after `heartbeat` seconds of silence it is pinged,
-        and one silent for `heartbeat` more counts as failed."""
-        connection = redis_client.listener(self._client)
-        try:
-            with mapped("listen"):
-                await connection.connect()  # type: ignore[no-untyped-call]
-                await connection.send_command("SUBSCRIBE", channel)
-                pinged = False
-                while True:
-                    reply = await connection.read_response(timeout=heartbeat, push_request=True)
-                    if reply is None:  # silence (a reply is never None): ask, once
-                        if pinged:
-                            raise TimeoutError
-                        await connection.send_command("PING")
-                        pinged = True
-                        continue
-                    pinged = False
-                    if not isinstance(reply, list) or len(reply) != 3:  # a pong, among others
-                        continue
-                    if reply[0] == b"message":
-                        message(layout.text(reply[2]))
-                    elif reply[0] == b"subscribe":
-                        subscribed()
-        finally:
-            await connection.disconnect()
+    async def listen(self, channel: str, *callbacks: Any, heartbeat: float = HEARTBEAT) -> None:
+        """Deliver `channel`'s messages until the connection fails (see subscription.listen)."""
+        await subscription.listen(self._client, channel, *callbacks, heartbeat=heartbeat)
 
     async def purge(self, selector: Selector, dry_run: bool) -> int:
         """SCAN in batches (every node of a cluster), reading labels and field names only."""
@@ -381,10 +342,7 @@ class RedisStore:
                     for model in models:
                         pipe.hgetall(self._model(model))
                     states = await pipe.execute()
-            parsed = {
-                model: layout.parse_model(state)
-                for model, state in zip(models, states, strict=True)
-            }
+            parsed = {m: layout.parse_model(state) for m, state in zip(models, states, strict=True)}
         return {model: state for model, state in parsed.items() if state is not None}
 
     async def rotations(self, model: str) -> tuple[Rotation, ...]:
