@@ -12,10 +12,11 @@ from proxy.store.base import StoreError, StoreRefused, StoreTimeout
 
 _FAILURES = (RedisError, RedisClusterException, OSError)
 """What redis-py raises; OSError covers builtin (and asyncio) TimeoutError too."""
-_UNREADABLE = (ValueError, TypeError, KeyError, AttributeError)
-"""What reading a value another writer left raises (not UTF-8, not JSON, a record of the wrong
-shape): the store answered, so it is a refusal of that one call, never a failing store, which
-would open the circuit for every key because of one."""
+_UNREADABLE = (ValueError, KeyError)
+"""What reading a value another writer left raises (not UTF-8, not JSON, a record without its
+fields): the store answered, so it is a refusal of that one call, never a failing store, which
+would open the circuit for every key because of one. Not TypeError nor AttributeError, which
+redis-py raises on a connection in a broken state: a failure."""
 
 
 class mapped:
