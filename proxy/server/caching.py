@@ -147,12 +147,23 @@ def decoded(codec: Codec, memo: EntryMemo, key: str, fingerprint: str, blob: byt
     """`Codec.unpack`, remembered per stored slot while its blob stays the same: a HIT then
     decompresses once, and later ones skip parsing and copying. Keyed by the slot, not by the
     blob, so that an answer written again (evicted and filled, or refreshed) replaces its old
-    decoding instead of leaving it in memory beside the new one."""
+    decoding instead of leaving it in memory beside the new one. A blob that is no entry is
+    remembered too (`memo.unreadable`, asked only when the memo has no entry, so a HIT pays
+    nothing for it): a value of a few KiB may claim tens of MiB, and decompressing it on each
+    request held the loop."""
     slot = (key, fingerprint)
     held = memo.get(slot)
     if held is not None and held[0] == blob:  # bytes compare by identity first
         return held[1]
-    entry = codec.unpack(blob)
+    if memo.unreadable.get(slot) == blob:
+        raise CorruptEntry("stored value found unreadable before")
+    try:
+        entry = codec.unpack(blob)
+    except UnknownDictionary:  # not remembered: the dictionary may come
+        raise
+    except CorruptEntry:
+        memo.unreadable.put(slot, blob, len(blob))
+        raise
     memo.put(slot, (blob, entry), len(blob) + len(entry.body) + len(entry.request))
     return entry
 
