@@ -218,3 +218,25 @@ async def test_a_subscription_that_goes_silent_is_lost_and_its_memory_with_it(
             await asyncio.gather(running, return_exceptions=True)
             await own.close()
             await other.close()
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_a_quiet_subscription_that_answers_its_pings_stays_live(
+    redis_url: str, protocol: int
+) -> None:
+    """Silence alone is no loss: a quiet channel is pinged, over either protocol, and stays."""
+    url = f"{redis_url}?protocol={protocol}"
+    store = RedisStore(Redis.from_url(url), invalidations="near-quiet")
+    cache = NearCache(store, store, 1 << 20, heartbeat=0.25)
+    running = asyncio.ensure_future(cache.run())
+    lost: list[bool] = []
+    try:
+        await until(lambda: cache.live)
+        for _ in range(60):  # six heartbeats
+            await asyncio.sleep(0.025)
+            lost.append(not cache.live)
+        assert not any(lost)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await store.close()
