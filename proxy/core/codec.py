@@ -15,7 +15,9 @@ names the one it needs.
 
 Stored values come back from a store other processes write to: a blob that is not an entry (a
 wrong version, a dictionary this process does not know, a frame claiming more than `max_raw`
-bytes, a truncated one) raises CorruptEntry, which every reader treats as absent.
+bytes, a truncated one) raises CorruptEntry, which every reader treats as absent. So does one
+whose fields say what no answer can (a fingerprint or content type that is no header value, a
+count below zero): they reach a HIT's headers and metrics as they are.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 import orjson
 import zstandard
 
-from proxy.core.entry import CorruptEntry, Entry
+from proxy.core.entry import CorruptEntry, Entry, is_content_type, is_count, is_fingerprint
 
 FORMAT = 2
 PLAIN, ZSTD, ZSTD_DICTIONARY = 0, 1, 2
@@ -43,6 +45,9 @@ SAMPLE_BYTES = 16 * 1024
 """The largest payload kept to train from: dictionaries are for small records (zstd compresses
 large ones well alone), and the samples kept stay bounded by count times this."""
 """The largest dictionary adopted from a store: a value that big is no dictionary we trained."""
+DICTIONARIES_HELD = 4
+"""Dictionaries held to read entries with, the newest: one is adopted each time the store's is
+replaced, which another writer may do without end; entries naming an older one read as a miss."""
 
 _META = (
     "content_type", "fingerprint", "stored_at", "model", "seed", "seed_source",
@@ -110,6 +115,8 @@ class Codec:
         if decompressor.decompress(compressor.compress(b"probe")) != b"probe":
             raise zstandard.ZstdError("the dictionary does not round-trip")
         self._dictionaries[number] = decompressor
+        while len(self._dictionaries) > DICTIONARIES_HELD:
+            del self._dictionaries[next(iter(self._dictionaries))]
         if self.level:
             self._compressor = compressor
             self.dictionary = number
@@ -240,8 +247,18 @@ def _well_typed(meta: Any) -> bool:
     """Later versions may append fields: the known ones must be there, each of its type."""
     if not isinstance(meta, list) or len(meta) < len(_META):
         return False
-    return all(isinstance(value, kind) for value, kind in zip(meta, _TYPES, strict=False))
+    if not all(isinstance(value, kind) for value, kind in zip(meta, _TYPES, strict=False)):
+        return False
+    content_type, fingerprint, *_, prompt_tokens, completion_tokens = meta[: _COMPLETION + 1]
+    return (
+        is_fingerprint(fingerprint)
+        and is_content_type(content_type)
+        and is_count(prompt_tokens)
+        and is_count(completion_tokens)
+    )
 
+
+_COMPLETION = _META.index("completion_tokens")
 
 _LEGACY_LENGTH = 4
 

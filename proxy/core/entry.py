@@ -36,20 +36,22 @@ class Entry(NamedTuple):
 
 
 def usage_of(answer: dict[str, Any]) -> tuple[int, int]:
-    """Prompt and completion tokens an answer reports, zero where it reports none. The
-    Responses API names them input and output tokens."""
+    """Prompt and completion tokens an answer reports, zero where it reports none, or a count
+    no counter can add (below zero, beyond 64 bits). The Responses API names them input and
+    output tokens."""
     usage = answer.get("usage")
     if not isinstance(usage, dict):
         return 0, 0
     prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
     completion = usage.get("completion_tokens", usage.get("output_tokens"))
     return (
-        prompt if isinstance(prompt, int) else 0,
-        completion if isinstance(completion, int) else 0,
+        prompt if isinstance(prompt, int) and is_count(prompt) else 0,
+        completion if isinstance(completion, int) and is_count(completion) else 0,
     )
 
 
 _FINGERPRINT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+=/-]{0,127}")
+_HEADER_VALUE = re.compile(r"[^\x00-\x1f\x7f]{0,8190}")
 _ANSWER_FIELDS = ("choices", "data", "output")
 
 
@@ -72,6 +74,17 @@ def fingerprint_of(answer: dict[str, Any]) -> str:
 
 def is_fingerprint(value: str) -> bool:
     return _FINGERPRINT.fullmatch(value) is not None
+
+
+def is_content_type(value: str) -> bool:
+    """A type a stored answer can be labelled with: a header value as an upstream's can be
+    (no control character, within the HTTP client's bound on a header), or none."""
+    return _HEADER_VALUE.fullmatch(value) is not None
+
+
+def is_count(value: int) -> bool:
+    """A token count as a counter can add it: not negative, within 64 bits."""
+    return 0 <= value < 2**63
 
 
 def is_answer(body: dict[str, Any], responses: bool = False) -> bool:

@@ -128,10 +128,10 @@ def choose(services: Services, call: Call, accepted: Any, blobs: dict[str, bytes
     for fingerprint, blob in blobs.items():
         try:
             entry = decoded(services.codec, services.entries, call.key, fingerprint, blob)
-        except UnknownDictionary:
-            services.dictionaries.unknown()
-            continue
-        except CorruptEntry:
+        except CorruptEntry as exc:
+            if isinstance(exc, UnknownDictionary):
+                services.dictionaries.unknown()
+            unreadable(services)
             continue
         if policy.is_fresh(entry.stored_at, now, services.settings.ttl, call.max_age):
             entries.append(entry)
@@ -147,12 +147,23 @@ def decoded(codec: Codec, memo: EntryMemo, key: str, fingerprint: str, blob: byt
     """`Codec.unpack`, remembered per stored slot while its blob stays the same: a HIT then
     decompresses once, and later ones skip parsing and copying. Keyed by the slot, not by the
     blob, so that an answer written again (evicted and filled, or refreshed) replaces its old
-    decoding instead of leaving it in memory beside the new one."""
+    decoding instead of leaving it in memory beside the new one. A blob that is no entry is
+    remembered too (`memo.unreadable`, asked only when the memo has no entry, so a HIT pays
+    nothing for it): a value of a few KiB may claim tens of MiB, and decompressing it on each
+    request held the loop."""
     slot = (key, fingerprint)
     held = memo.get(slot)
     if held is not None and held[0] == blob:  # bytes compare by identity first
         return held[1]
-    entry = codec.unpack(blob)
+    if memo.unreadable.get(slot) == blob:
+        raise CorruptEntry("stored value found unreadable before")
+    try:
+        entry = codec.unpack(blob)
+    except UnknownDictionary:  # not remembered: the dictionary may come
+        raise
+    except CorruptEntry:
+        memo.unreadable.put(slot, blob, len(blob))
+        raise
     memo.put(slot, (blob, entry), len(blob) + len(entry.body) + len(entry.request))
     return entry
 
@@ -173,6 +184,7 @@ async def stale_entry(services: Services, call: Call) -> Entry | None:
         try:
             entries.append(services.codec.unpack(blob))
         except CorruptEntry:
+            unreadable(services)
             continue
     ttl = services.settings.ttl
     usable = [
@@ -383,6 +395,12 @@ def _storable(services: Services, call: Call, answer: Answer) -> Entry | None:
         )
         return None
     return entry
+
+
+def unreadable(services: Services) -> None:
+    """A stored value that is no entry this process can serve reads as absent, and is counted:
+    another writer (a replica of another version, a client of the store) left it there."""
+    services.metrics.store_errors.labels("unreadable").inc()
 
 
 def store_failed(services: Services, op: str, exc: StoreError) -> None:

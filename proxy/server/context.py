@@ -35,10 +35,16 @@ if TYPE_CHECKING:
 MEMO_ITEMS = 4096
 CALL_MEMO_BYTES = 16 * 1024 * 1024
 ENTRY_MEMO_BYTES = 32 * 1024 * 1024
+UNREADABLE_BYTES = 1024 * 1024
 
 
-# Decoded entries by stored slot (key, fingerprint), with the blob each was decoded from.
-EntryMemo = LRU[tuple[str, str], tuple[bytes, Entry]]
+class EntryMemo(LRU[tuple[str, str], tuple[bytes, Entry]]):
+    """Decoded entries by stored slot (key, fingerprint), with the blob each was decoded from;
+    and the blobs found to be no entry, by slot (`unreadable`), so each is decoded once."""
+
+    def __init__(self, max_items: int, max_bytes: int) -> None:
+        super().__init__(max_items, max_bytes)
+        self.unreadable: LRU[tuple[str, str], bytes] = LRU(max_items, UNREADABLE_BYTES)
 
 
 def entry_memo(local_bytes: int = 0) -> EntryMemo:
@@ -46,7 +52,7 @@ def entry_memo(local_bytes: int = 0) -> EntryMemo:
     store keeps in this process (`local_bytes`, 0 for none): a small store must not carry a
     32 MiB memo."""
     budget = min(ENTRY_MEMO_BYTES, 2 * local_bytes) if local_bytes else ENTRY_MEMO_BYTES
-    return LRU(MEMO_ITEMS, budget)
+    return EntryMemo(MEMO_ITEMS, budget)
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,8 +64,10 @@ class Guesses:
 
 
 def _refusal(times: Sequence[float], now: float) -> int | None:
-    """Seconds until the next attempt is heard, or None when it is heard now (pure)."""
-    recent = [moment for moment in times if now - moment < WINDOW]
+    """Seconds until the next attempt is heard, or None when it is heard now (pure). A time
+    more than a window ahead is no replica's clock (the shared count is the store's to say):
+    it counts for nothing, so that the wait stays within two windows."""
+    recent = [moment for moment in times if -WINDOW < now - moment < WINDOW]
     if len(recent) < ALLOWED:
         return None
     return max(1, math.ceil(WINDOW - (now - recent[-ALLOWED])))

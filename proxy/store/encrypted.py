@@ -65,6 +65,8 @@ class EncryptedStore(StoreWrapper):
             return None
         start = len(head) or len(_VERSION)
         nonce, sealed = blob[start : start + _NONCE_BYTES], blob[start + _NONCE_BYTES :]
+        if len(nonce) != _NONCE_BYTES:  # the cipher raises on a short nonce: another writer's
+            return None
         for cipher in self._ciphers:
             try:
                 return head + cipher.decrypt(nonce, sealed, _associated(key, fingerprint, head))

@@ -3,11 +3,13 @@ records and rotations, the observe script's reply. Pure: bytes in, values out.""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
 
+from proxy.core.entry import is_fingerprint
 from proxy.core.fingerprints import (
     FingerprintSeen,
     ModelFingerprints,
@@ -20,15 +22,19 @@ from proxy.store.base import Labels
 FIELD = "fp:"
 """The prefix of a model hash's fingerprint fields: no fingerprint collides with `model`,
 `current` or `seen`."""
+_FIELD = FIELD.encode()
 LABELS = "\x00labels"
 """The labels field of an entry hash: no fingerprint from an upstream starts with a NUL."""
 
 
 def observation(reply: list[Any], fingerprint: str, moves: bool = True) -> Observation:
     """The observe script's reply: {previous current or nil, 1 if new, 1 if it moved current};
-    the script applies core.fingerprints.observed's rule, so the outcome reads back through it."""
+    the script applies core.fingerprints.observed's rule, so the outcome reads back through it.
+    A previous current that is no fingerprint reads as none: it would name a metric label and
+    fill a log line."""
     previous, new = reply[0], reply[1]
-    return observed(text(previous) if previous else None, fingerprint, bool(new), moves)
+    named = _fingerprint(previous) if previous else None  # what no script wrote: none
+    return observed(named, fingerprint, bool(new), moves)
 
 
 def history_key(model_key: str) -> str:
@@ -37,26 +43,17 @@ def history_key(model_key: str) -> str:
     return f"{prefix}rot:{{{tag}"
 
 
-def parse_rotation(raw: bytes | str) -> Rotation:
-    record = orjson.loads(raw)
-    return Rotation(
-        old=str(record["old"]),
-        new=str(record["new"]),
-        at=moment(record["at"]),
-        back=bool(record["back"]),
-    )
-
-
-_YEAR_9999 = 253402300800.0
-
-
-def moment(value: Any) -> float:
-    """A time as the proxy writes one: a date can name it (a forged 1e300 or "nan" cannot be
-    shown, and failed every report that tried)."""
-    found = float(value)
-    if not 0 <= found < _YEAR_9999:  # NaN fails both
-        raise ValueError("not a moment the proxy writes")
-    return found
+def parse_rotation(raw: bytes | str) -> Rotation | None:
+    """A rotation as the observe script writes it; None (left out) for anything else."""
+    try:
+        record = orjson.loads(raw)
+        old, new, at, back = record["old"], record["new"], _time(record["at"]), record["back"]
+    except (orjson.JSONDecodeError, TypeError, KeyError):
+        return None
+    names = [_fingerprint(name) if isinstance(name, str) else None for name in (old, new)]
+    if None in names or at is None or back not in (0, 1):
+        return None
+    return Rotation(old=old, new=new, at=at, back=bool(back))
 
 
 def tags(labels: Labels) -> bytes:
@@ -64,46 +61,108 @@ def tags(labels: Labels) -> bytes:
 
 
 def values(fields: Iterable[tuple[bytes | str, bytes | str]]) -> dict[str, bytes]:
-    """An entry hash's values by fingerprint, without its labels field."""
-    named = ((text(fp), value) for fp, value in fields)
-    return {fp: as_bytes(value) for fp, value in named if fp != LABELS}
+    """An entry hash's values by fingerprint, without its labels field, nor a field that is no
+    text (so no fingerprint: another writer's), which reads as absent."""
+    found: dict[str, bytes] = {}
+    for field, value in fields:
+        try:
+            fingerprint = field.decode() if isinstance(field, bytes) else field
+        except UnicodeDecodeError:
+            continue
+        if fingerprint != LABELS:
+            found[fingerprint] = value if isinstance(value, bytes) else value.encode()
+    return found
 
 
 def parse_labels(raw: bytes | str | None) -> Labels:
-    if raw is None:
-        return Labels()
-    data = orjson.loads(raw)
+    """An entry's labels; none where they are not what `tags` writes (another writer's), so
+    that only a purge of everything selects it, and one bad entry stops no purge."""
+    try:
+        data = orjson.loads(raw) if raw is not None else {}
+    except orjson.JSONDecodeError:
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
     return Labels(namespace=str(data.get("namespace", "")), model=str(data.get("model", "")))
 
 
-def parse_model(raw_state: Mapping[bytes | str, bytes | str]) -> ModelFingerprints | None:
-    state = {text(name): value for name, value in raw_state.items()}
-    if "current" not in state:
+def name(raw: bytes | str) -> str | None:
+    """A key or member name, None for one that is no text (no name the proxy writes)."""
+    try:
+        return raw.decode() if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError:
         return None
-    records = [
-        (orjson.loads(raw), name.removeprefix(FIELD))
-        for name, raw in state.items()
-        if name.startswith(FIELD)
-    ]
-    records.sort(key=lambda item: int(item[0]["order"]))
-    backs = text(state.get("backs", b"")).split()
-    current = text(state["current"])
-    if not any(fingerprint == current for _, fingerprint in records):
-        raise ValueError("the current fingerprint has no record")  # the proxy writes both
+
+
+def named(field: bytes) -> str:
+    """A hash field as a selector reads it: one that is no text still names something."""
+    return field.decode(errors="replace")
+
+
+def parse_model(raw_state: Mapping[bytes | str, bytes | str]) -> ModelFingerprints | None:
+    """A model's state, what no version of the scripts writes read as absent (it reaches
+    headers, labels and the admin routes): a record that is no record, or under a name that is
+    no fingerprint, is left out, and a current that is no fingerprint, or has no record, makes
+    no state. The next observation of the model writes them over (see scripts.OBSERVE)."""
+    state = {as_bytes(name): value for name, value in raw_state.items()}
+    current = _fingerprint(state.get(b"current", b""))
+    if current is None:
+        return None
+    records = []
+    for name, raw in state.items():
+        fingerprint = _fingerprint(name.removeprefix(_FIELD)) if name.startswith(_FIELD) else None
+        found = None if fingerprint is None else _parse_seen(fingerprint, raw)
+        if found is not None:
+            records.append(found)
+    if all(seen.fingerprint != current for _, seen in records):
+        return None
+    records.sort(key=lambda item: item[0])
     return ModelFingerprints(
         current=current,
-        seen=tuple(_parse_seen(fingerprint, record) for record, fingerprint in records),
-        changes_back=tuple(moment(stamp) for stamp in backs),
+        seen=tuple(seen for _, seen in records),
+        changes_back=tuple(
+            stamp
+            for stamp in map(_time, as_bytes(state.get(b"backs", b"")).split())
+            if stamp is not None
+        ),
     )
 
 
-def _parse_seen(fingerprint: str, record: dict[str, Any]) -> FingerprintSeen:
-    return FingerprintSeen(
-        fingerprint=fingerprint,
-        first_seen=moment(record["first_seen"]),
-        last_seen=moment(record["last_seen"]),
-        count=int(record["count"]),
-    )
+def _fingerprint(raw: bytes | str) -> str | None:
+    name = as_bytes(raw).decode(errors="replace")
+    return name if is_fingerprint(name) else None
+
+
+def _parse_seen(fingerprint: str, raw: bytes | str) -> tuple[int, FingerprintSeen] | None:
+    """(its order, the record), or None for what no script wrote."""
+    try:
+        record = orjson.loads(raw)
+        count, order = _count(record["count"]), _count(record["order"])
+        first_seen, last_seen = _time(record["first_seen"]), _time(record["last_seen"])
+    except (orjson.JSONDecodeError, TypeError, KeyError):
+        return None
+    if count is None or order is None or first_seen is None or last_seen is None:
+        return None
+    return order, FingerprintSeen(fingerprint, first_seen, last_seen, count)
+
+
+def _count(value: Any) -> int | None:
+    """A count as the scripts write it (Lua's %d), within what a counter holds."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return min(max(int(value), 0), 2**63 - 1)
+
+
+def _time(value: Any) -> float | None:
+    """A time a date can name (the admin routes write them as dates)."""
+    try:
+        stamp = float(value)
+    except (TypeError, ValueError):
+        return None
+    return stamp if 0 <= stamp < _YEAR_10000 else None
+
+
+_YEAR_10000 = 253402300800.0
 
 
 def text(value: bytes | str) -> str:

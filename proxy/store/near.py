@@ -4,7 +4,8 @@ A stored answer never changes meaning: its key names one request and its field o
 What moves is a rewrite (no-cache, record), a purge, and each model's fingerprint state. Every
 replica publishes those changes on one channel and drops what it holds when it hears them, so a
 HIT can be answered from this process's memory without a round trip. Coherence rules:
-- memory is used only while the subscription is confirmed; a lost subscription empties it;
+- memory is used only while the subscription is confirmed; a lost subscription empties it, and
+  so does one silent beyond its heartbeat (see subscription.listen), which may be lost unseen;
 - a fetch that raced with an invalidation of its key, of a model's state or of everything is not
   remembered (a set of the keys changed while read, and a generation counter for the rest);
 - expiry needs no message: HITs check each entry's age against the TTL themselves.
@@ -23,6 +24,7 @@ from proxy.core.fingerprints import ModelFingerprints, Observation
 from proxy.store.base import Store, Write
 from proxy.store.memory import charged
 from proxy.store.redis import ENTRY_CHANGED, MODEL_CHANGED, RedisStore
+from proxy.store.subscription import HEARTBEAT
 from proxy.store.wrapper import StoreWrapper
 
 log = logging.getLogger("proxy.store")
@@ -31,9 +33,12 @@ RESUBSCRIBE_AFTER = 1.0
 
 
 class NearCache(StoreWrapper):
-    def __init__(self, inner: Store, bus: RedisStore, max_bytes: int) -> None:
+    def __init__(
+        self, inner: Store, bus: RedisStore, max_bytes: int, heartbeat: float = HEARTBEAT
+    ) -> None:
         super().__init__(inner)
         self._bus = bus
+        self._heartbeat = heartbeat
         self._max_bytes = max_bytes
         self._entries: OrderedDict[str, _Flat] = OrderedDict()
         self._size = 0
@@ -50,7 +55,12 @@ class NearCache(StoreWrapper):
         """Listen for invalidations for as long as the proxy runs, resubscribing after errors."""
         while True:
             try:
-                await self._bus.listen(self._bus.invalidations, self._subscribed, self._invalidate)
+                await self._bus.listen(
+                    self._bus.invalidations,
+                    self._subscribed,
+                    self._invalidate,
+                    heartbeat=self._heartbeat,
+                )
             except Exception as exc:  # any failure: forget everything, then try again
                 self._forget(f"subscription lost: {type(exc).__name__}")
             await asyncio.sleep(RESUBSCRIBE_AFTER)

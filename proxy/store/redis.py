@@ -28,14 +28,15 @@ import asyncio
 import hashlib
 import math
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, cast
 
 import redis.asyncio as aioredis
 
+from proxy.core.codec import MAX_DICTIONARY_BYTES
 from proxy.core.fingerprints import ModelFingerprints, Observation, Rotation
 from proxy.core.lru import LRU
-from proxy.store import layout, redis_client, scripts
+from proxy.store import layout, redis_client, scripts, subscription
 from proxy.store.base import (
     Selector,
     Usage,
@@ -43,6 +44,7 @@ from proxy.store.base import (
 )
 from proxy.store.batch import Batcher, dropped, replies
 from proxy.store.redis_client import mapped
+from proxy.store.subscription import HEARTBEAT
 
 ENTRY_CHANGED, MODEL_CHANGED, EVERYTHING_CHANGED = "e\x00", "m\x00", "*"
 """Invalidation messages: an entry key, a model's fingerprint state, or everything (purge)."""
@@ -105,7 +107,7 @@ class RedisStore:
                 self._batch.send("HGETALL", self._model(model)),
                 self._batch.send("HGETALL", self._entry(key)),
             )
-        return self._parsed_model(state), layout.values(found.items())
+            return self._parsed_model(state), layout.values(found.items())
 
     async def lookup_or_lock(
         self, key: str, model: str | None, token: str, ttl: float
@@ -132,7 +134,7 @@ class RedisStore:
             taken = await redis_client.taken(lock)
         if found and taken:
             dropped(self._batch.send("DEL", self._lock(key)))
-        parsed = self._parsed_model(state[0]) if state else None
+        parsed = self._parsed_model(state[0]) if state else None  # never raises: see layout
         return parsed, layout.values(found.items()), bool(taken) and not found
 
     def _parsed_model(self, state: Mapping[bytes | str, bytes | str]) -> ModelFingerprints | None:
@@ -186,7 +188,7 @@ class RedisStore:
         args = [write.model, repr(write.now), *self._put_args(write)]
         with mapped("record"):
             reply = await self._batch.script(scripts.RECORD, keys, args)
-        return layout.observation(reply, write.fingerprint)
+            return layout.observation(reply, write.fingerprint)
 
     def _put_keys(self, write: Write) -> list[str]:
         return [self._entry(write.key), self._lock(write.key)]
@@ -211,25 +213,9 @@ class RedisStore:
         if self.invalidations:
             pipe.publish(self.invalidations, message)
 
-    async def listen(
-        self, channel: str, subscribed: Callable[[], None], message: Callable[[str], None]
-    ) -> None:
-        """Deliver `channel`'s messages until the connection fails (then raise)."""
-        connection = redis_client.listener(self._client)
-        try:
-            with mapped("listen"):
-                await connection.connect()  # type: ignore[no-untyped-call]
-                await connection.send_command("SUBSCRIBE", channel)
-                while True:
-                    reply = await connection.read_response(push_request=True)  # RESP3 too
-                    if not isinstance(reply, list) or len(reply) != 3:
-                        continue
-                    if reply[0] == b"message":
-                        message(layout.text(reply[2]))
-                    elif reply[0] == b"subscribe":
-                        subscribed()
-        finally:
-            await connection.disconnect()
+    async def listen(self, channel: str, *callbacks: Any, heartbeat: float = HEARTBEAT) -> None:
+        """Deliver `channel`'s messages until the connection fails (see subscription.listen)."""
+        await subscription.listen(self._client, channel, *callbacks, heartbeat=heartbeat)
 
     async def purge(self, selector: Selector, dry_run: bool) -> int:
         """SCAN in batches (every node of a cluster), reading labels and field names only."""
@@ -246,14 +232,16 @@ class RedisStore:
             for name in names:
                 pipe.hget(name, layout.LABELS)
                 pipe.hkeys(name)
-            replies = await pipe.execute()
+            replies = await pipe.execute(raise_on_error=False)
         matched = 0
         whole: list[bytes] = []
-        partial: list[tuple[bytes, list[str]]] = []
+        partial: list[tuple[bytes, list[bytes]]] = []
         for name, raw, fields in zip(names, replies[::2], replies[1::2], strict=True):
+            if isinstance(fields, Exception):  # a key of another type: another writer's
+                continue
             labels = layout.parse_labels(raw)
-            fingerprints = [field for field in map(layout.text, fields) if field != layout.LABELS]
-            chosen = [fp for fp in fingerprints if selector.matches(labels, fp)]
+            fingerprints = [field for field in fields if field != layout.LABELS.encode()]
+            chosen = [fp for fp in fingerprints if selector.matches(labels, layout.named(fp))]
             matched += len(chosen)
             if chosen and len(chosen) == len(fingerprints):
                 whole.append(name)
@@ -296,12 +284,15 @@ class RedisStore:
         async with self._client.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.hgetall(name)
-            replies = await pipe.execute()
+            replies = await pipe.execute(raise_on_error=False)
         found = []
         for name, fields in zip(names, replies, strict=True):
-            named = {layout.text(field): value for field, value in fields.items()}
-            labels = layout.parse_labels(named.pop(layout.LABELS, None))
-            key = layout.text(name)[len(self._entry("")) - 1 : -1]
+            text = layout.name(name)
+            if text is None or isinstance(fields, Exception):  # no key the proxy writes
+                continue
+            labels = layout.parse_labels(fields.get(layout.LABELS.encode()))
+            named = layout.values(fields.items())
+            key = text[len(self._entry("")) - 1 : -1]
             found += [
                 (key, fp, layout.as_bytes(value))
                 for fp, value in named.items()
@@ -334,54 +325,66 @@ class RedisStore:
             )
             if reply[1]:
                 await self._batch.call("SADD", self._models(), model)
-        return layout.observation(reply, fingerprint, moves)
+            return layout.observation(reply, fingerprint, moves)
 
     async def fingerprints(self, model: str) -> ModelFingerprints | None:
         with mapped("fingerprints"):
             state = await self._batch.call("HGETALL", self._model(model))
-        return layout.parse_model(state)
+            return layout.parse_model(state)
 
     async def all_fingerprints(self) -> dict[str, ModelFingerprints]:
         """The index, then every model's hash in one pipeline (split per node on a cluster)."""
         with mapped("all_fingerprints"):
             async with asyncio.timeout(self.deadline):
                 names = await self._client.smembers(self._models())
-                models = sorted(layout.text(name) for name in names)
+                models = sorted(filter(None, map(layout.name, names)))
                 async with self._client.pipeline(transaction=False) as pipe:
                     for model in models:
                         pipe.hgetall(self._model(model))
                     states = await pipe.execute()
-        parsed = {
-            model: layout.parse_model(state) for model, state in zip(models, states, strict=True)
-        }
+            parsed = {m: layout.parse_model(state) for m, state in zip(models, states, strict=True)}
         return {model: state for model, state in parsed.items() if state is not None}
 
     async def rotations(self, model: str) -> tuple[Rotation, ...]:
         """One bounded list (ROTATIONS_KEPT), read whole."""
         with mapped("rotations"):
             raw = await self._batch.call("LRANGE", layout.history_key(self._model(model)), 0, -1)
-        return tuple(layout.parse_rotation(item) for item in reversed(raw))
+            parsed = map(layout.parse_rotation, reversed(raw))
+            return tuple(rotation for rotation in parsed if rotation is not None)
 
     async def secret(self, candidate: bytes) -> bytes:
         return cast(bytes, await self._first_wins("secret", candidate))
 
     async def dictionary(self, candidate: bytes | None) -> bytes | None:
-        return await self._first_wins("dictionary", candidate)
+        """At most a little more than a dictionary may hold (room for a seal): enough to refuse
+        a larger value without reading it whole (asked again while entries name one unknown)."""
+        return await self._first_wins("dictionary", candidate, MAX_DICTIONARY_BYTES + 1024)
 
-    async def _first_wins(self, name: str, candidate: bytes | None) -> bytes | None:
-        """First writer wins; everyone then reads the winner's value (None: only read)."""
+    async def _first_wins(
+        self, name: str, candidate: bytes | None, limit: int | None = None
+    ) -> bytes | None:
+        """First writer wins; everyone then reads the winner's value (None: only read), or its
+        first `limit` bytes."""
+        key = self._prefix + name
         with mapped(name):
             async with asyncio.timeout(self.deadline), self._client.pipeline() as pipe:
                 if candidate is not None:
-                    pipe.set(self._prefix + name, candidate, nx=True)
-                stored = (await pipe.get(self._prefix + name).execute())[-1]
-        return None if stored is None else layout.as_bytes(stored)
+                    pipe.set(key, candidate, nx=True)
+                if limit is None:
+                    pipe.get(key)
+                else:
+                    pipe.getrange(key, 0, limit - 1)
+                stored = (await pipe.execute())[-1]
+        if stored is None or (limit is not None and not stored):  # GETRANGE: "" when absent
+            return None
+        return layout.as_bytes(stored)
 
     async def lock(self, key: str, token: str, ttl: float) -> bool:
+        """A script, not SET NX: a follower bounds a lock no leader could hold (see LOCK). Only
+        misses that found the key locked ask; the lookup beside a HIT takes locks plainly."""
         with mapped("lock"):
-            taken = await self._batch.call(
-                "SET", self._lock(key), token, "NX", "PX", max(1, int(ttl * 1000))
-            )
+            ms = max(1, int(ttl * 1000))
+            taken = await self._batch.script(scripts.LOCK, [self._lock(key)], [token, ms])
         return bool(taken)
 
     async def unlock(self, key: str, token: str) -> None:
@@ -399,7 +402,7 @@ class RedisStore:
         args = [repr(now), repr(window), keep, int(add), member]
         with mapped("attempts"):
             found = await self._batch.script(scripts.ATTEMPTS, [self._named("g", name)], args)
-        return layout.times(found)
+            return layout.times(found)
 
     async def revoke(self, name: str, ttl: float) -> None:
         with mapped("revoke"):

@@ -1,21 +1,22 @@
 """redis-py at the Redis store's boundary: its errors become StoreError, without a value in the
-text; a subscription gets a client of its own; a refused fill lock counts as not taken."""
+text, and so do values it cannot read; a refused fill lock counts as not taken."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.connection import AbstractConnection
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from proxy.store.base import StoreError, StoreRefused, StoreTimeout
 
 _FAILURES = (RedisError, RedisClusterException, OSError)
 """What redis-py raises; OSError covers builtin (and asyncio) TimeoutError too."""
+_UNREADABLE = (ValueError, KeyError)
+"""What reading a value another writer left raises (not UTF-8, not JSON, a record without its
+fields): the store answered, so it is a refusal of that one call, never a failing store, which
+would open the circuit for every key because of one. Not TypeError nor AttributeError, which
+redis-py raises on a connection in a broken state: a failure."""
 
 
 class mapped:
@@ -39,19 +40,11 @@ class mapped:
             raise StoreRefused(f"redis {self.operation} refused: {reason(exc)}") from exc
         if isinstance(exc, _FAILURES):
             raise StoreError(f"redis {self.operation} failed: {type(exc).__name__}") from exc
-
-
-def listener(client: aioredis.Redis) -> AbstractConnection:
-    """A connection of its own for a subscription, of the client's class and options, that never
-    reconnects unseen: a subscription lost for a moment has lost the messages sent meanwhile, so
-    its listener must hear of it. It waits for messages without a timer: a quiet channel is no
-    failure. A bare connection, not redis-py's PubSub: a near-cache hears one message per write
-    anywhere, its own included, and PubSub's bookkeeping per message costs more than the message."""
-    pool = client.connection_pool
-    never = Retry(NoBackoff(), 0, supported_errors=())
-    options = {**pool.connection_kwargs, "retry": never, "socket_timeout": None}
-    connection: AbstractConnection = pool.connection_class(**options)
-    return connection
+        if isinstance(exc, _UNREADABLE):  # an answer no version of the proxy writes
+            what = type(exc).__name__
+            raise StoreRefused(
+                f"redis {self.operation} answered what it cannot read: {what}"
+            ) from exc
 
 
 async def taken(lock: asyncio.Future[Any]) -> bool:

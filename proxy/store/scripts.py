@@ -13,13 +13,26 @@ from proxy.core.fingerprints import BACKS_KEPT, ROTATIONS_KEPT
 # the last_seen of the others for the grace window) changes only then.
 # Timestamps are written with %.17g so that they round-trip exactly through JSON.
 _OBSERVE_FUNCTION = """
+local function dated(stamp)  -- a time a date can name, as layout.parse_model reads them
+  return type(stamp) == 'number' and stamp >= 0 and stamp < 253402300800
+end
+
 local function observe(key, rotations, model, fingerprint, now, count, channel, moves)
   local field = 'fp:' .. fingerprint
   local previous = redis.call('HGET', key, 'current')
   local raw = redis.call('HGET', key, field)
   local rec
   if raw then
-    rec = cjson.decode(raw)
+    local ok, found = pcall(cjson.decode, raw)
+    if ok and type(found) == 'table' and type(found.count) == 'number' and found.count >= 0
+        and type(found.order) == 'number' and dated(found.first_seen)
+        and dated(found.last_seen) then
+      rec = found
+    else
+      raw = false  -- a record no script wrote: written over, as a new one
+    end
+  end
+  if raw then
     rec.count = rec.count + count
     rec.last_seen = math.max(rec.last_seen, now)
   else
@@ -94,6 +107,17 @@ return seen
 """
 )
 
+# KEYS[1] = a fill lock; ARGV = a token, the lock's time to live (ms). Takes the lock if no one
+# holds it (1); else (0) bounds the holder's by the same time to live: every proxy's lock has one
+# (its --lock-timeout), so a lock without (or a longer one, or a value of another type) is no
+# leader's, and would make every miss of its key wait a whole lock timeout while it stayed.
+LOCK = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+local left = redis.call('PTTL', KEYS[1])
+if left == -1 or left > tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
 # KEYS[1] = a fill lock; ARGV[1] = the holder's token. Deletes only the caller's own lock.
 UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -102,8 +126,8 @@ return 0
 
 # KEYS[1] = a sorted set of attempt times; ARGV = now, window (seconds), keep, add (1 or 0),
 # a member unique to this attempt. Drops the times out of the window, adds `now` if asked
-# (keeping the newest `keep`, the set expiring with the window), and returns the times left,
-# oldest first, as %.17g strings so that they round-trip exactly.
+# (keeping the newest `keep`, the set expiring with the window), and returns the newest `keep`
+# times left, oldest first, as %.17g strings so that they round-trip exactly.
 ATTEMPTS = """
 local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.17g', now - window))
@@ -112,7 +136,7 @@ if ARGV[4] == '1' then
   redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[3]) + 1))
   redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000))
 end
-local scored = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local scored = redis.call('ZRANGE', KEYS[1], -tonumber(ARGV[3]), -1, 'WITHSCORES')
 local times = {}
 for i = 2, #scored, 2 do times[#times + 1] = string.format('%.17g', tonumber(scored[i])) end
 return times
@@ -120,9 +144,11 @@ return times
 
 # KEYS[1] = an entry hash; ARGV[1] = its labels field. Returns {answers, bytes as Redis accounts
 # them, what the answers grow by uncompressed}: an entry of the codec's format (first byte 2)
-# says its uncompressed size in bytes 3-6; any other value counts as itself.
+# says its uncompressed size in bytes 3-6; any other value counts as itself; a key of another
+# type is none of the proxy's, and counts for nothing.
 USAGE = """
 local answers, expansion = 0, 0
+if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return {0, 0, 0} end  -- not an entry
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
   if all[i] ~= ARGV[1] then

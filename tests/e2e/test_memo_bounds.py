@@ -9,16 +9,18 @@ import asyncio
 import contextlib
 import gc
 import random
+import struct
 import tracemalloc
 from collections.abc import AsyncIterator
 
 import pytest
+import zstandard
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from proxy.config import Settings
 from proxy.core.codec import Codec
-from proxy.core.entry import Entry
+from proxy.core.entry import CorruptEntry, Entry
 from proxy.core.policy import CacheScope
 from proxy.server.app import create_app
 from proxy.server.caching import decoded
@@ -221,3 +223,31 @@ async def models_public_chat_refused(writer: asyncio.StreamWriter, request: Rece
         answer = http_answer(error, "Content-Type: application/json", status="401 Unauthorized")
     writer.write(answer)
     await writer.drain()
+
+
+class Counting(Codec):
+    def __init__(self) -> None:
+        super().__init__(max_raw=48 << 20)
+        self.unpacked = 0
+
+    def unpack(self, blob: bytes) -> Entry:
+        self.unpacked += 1
+        return super().unpack(blob)
+
+
+def test_a_value_that_is_no_entry_is_decompressed_once_while_it_stays() -> None:
+    """A few KiB in the store may claim tens of MiB that are no entry: decompressed on every
+    request for its key, it held the event loop tens of milliseconds each time."""
+    codec, memo = Counting(), entry_memo()
+    frame = zstandard.ZstdCompressor(level=19).compress(bytes(48 << 20))
+    bomb = struct.pack(">BBI", 2, 1, 48 << 20) + frame
+    assert len(bomb) < 4096
+    for _ in range(3):
+        with pytest.raises(CorruptEntry):
+            decoded(codec, memo, "key", "fp_1", bytes(bomb))
+    assert codec.unpacked == 1
+    fixed, entry = answer(7)
+    assert decoded(codec, memo, "key", "fp_1", fixed) == entry  # written over: read again
+    with pytest.raises(CorruptEntry):
+        decoded(codec, memo, "key", "fp_2", bomb)  # another slot is its own
+    assert codec.unpacked == 3

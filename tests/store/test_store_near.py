@@ -14,6 +14,8 @@ from proxy.store.base import Store, StoreError, Write
 from proxy.store.near import NearCache
 from proxy.store.redis import RedisStore
 from proxy.store.wrapper import StoreWrapper
+from tests.faultproxy import FaultProxy
+from tests.fixtures_redis import RedisServer
 
 CHANNEL = "near-race"
 
@@ -184,3 +186,57 @@ async def test_another_replicas_write_reaches_the_near_cache_over_either_protoco
         await asyncio.gather(listening, return_exceptions=True)
         await own.close()
         await other.close()
+
+
+async def test_a_subscription_that_goes_silent_is_lost_and_its_memory_with_it(
+    redis_server: RedisServer,
+) -> None:
+    """A feed can die without a reset ever arriving (a network partition, a firewall or NAT
+    dropping an idle connection): invalidations then vanish unseen, and memory would serve
+    answers other replicas replaced or purged for as long as the process runs. A quiet feed is
+    pinged; one that does not answer counts as lost, as a cut one does."""
+    other = RedisStore(Redis.from_url(redis_server.url), invalidations="near-silent")
+    with FaultProxy(redis_server.port) as faults:
+        url = f"redis://127.0.0.1:{faults.port}/0"
+        own = RedisStore(Redis.from_url(url), invalidations="near-silent", deadline=1.0)
+        cache = NearCache(own, own, 1 << 20, heartbeat=0.2)
+        running = asyncio.ensure_future(cache.run())
+        try:
+            await until(lambda: cache.live)
+            await other.observe_fingerprint("m", "fp", 1.0)
+            await other.put(Write("q", "fp", b"old", 0))
+            await cache.lookup("q", "m")
+            assert (await cache.lookup("q", "m"))[1] == {"fp": b"old"}
+            faults.set_mode("blackhole")
+            await other.put(Write("q", "fp", b"replaced", 0))  # its news is swallowed
+            await until(lambda: not cache.live)
+            faults.set_mode("pass")
+            await until(lambda: cache.live)
+            assert (await cache.lookup("q", "m"))[1] == {"fp": b"replaced"}
+        finally:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+            await own.close()
+            await other.close()
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_a_quiet_subscription_that_answers_its_pings_stays_live(
+    redis_url: str, protocol: int
+) -> None:
+    """Silence alone is no loss: a quiet channel is pinged, over either protocol, and stays."""
+    url = f"{redis_url}?protocol={protocol}"
+    store = RedisStore(Redis.from_url(url), invalidations="near-quiet")
+    cache = NearCache(store, store, 1 << 20, heartbeat=0.25)
+    running = asyncio.ensure_future(cache.run())
+    lost: list[bool] = []
+    try:
+        await until(lambda: cache.live)
+        for _ in range(60):  # six heartbeats
+            await asyncio.sleep(0.025)
+            lost.append(not cache.live)
+        assert not any(lost)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await store.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import struct
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -56,8 +57,9 @@ entries = st.builds(
     Entry,
     body=st.binary(max_size=2048),
     content_type=st.sampled_from(["application/json", "text/event-stream; charset=utf-8"])
-    | st.text(max_size=30),
-    fingerprint=st.text(max_size=20),
+    | st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=30),
+    fingerprint=st.sampled_from(["none"])
+    | st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:+=/-]{0,19}", fullmatch=True),
     stored_at=st.floats(allow_nan=False, allow_infinity=False),
     model=st.text(max_size=30),
     seed=st.none() | st.integers(min_value=-(2**63), max_value=2**63 - 1),
@@ -227,6 +229,30 @@ class TestHostileBlobs:
         payload = len(meta).to_bytes(4, "big") + meta + b"\x00\x00\x00\x00body"
         with pytest.raises(CorruptEntry):
             CODEC.unpack(framed(PLAIN, len(payload), payload))
+
+    @pytest.mark.parametrize(
+        "fields",
+        [
+            {"fingerprint": "fp\r\nX-Injected: 1"},
+            {"fingerprint": ""},
+            {"fingerprint": "f" * 129},
+            {"content_type": "text/plain\nX-Injected: 1"},
+            {"content_type": "t" * 8191},
+            {"prompt_tokens": -1},
+            {"completion_tokens": 2**63},
+        ],
+    )
+    @pytest.mark.parametrize("codec", [CODEC, PLAIN_CODEC], ids=["zstd", "plain"])
+    def test_fields_no_answer_has_are_corrupt(self, codec: Codec, fields: dict[str, Any]) -> None:
+        """They reach a HIT's headers and metrics as they are: a header split in two, a
+        counter that goes down."""
+        with pytest.raises(CorruptEntry):
+            codec.unpack(codec.pack(ENTRY._replace(**fields)))
+
+    def test_fields_no_answer_has_are_corrupt_in_the_first_format_too(self) -> None:
+        meta = b'{"content_type":"a","fingerprint":"a\\r\\nb","stored_at":1.0,"model":"m"}'
+        with pytest.raises(CorruptEntry):
+            CODEC.unpack(len(meta).to_bytes(4, "big") + meta + b"body")
 
     def test_a_request_length_beyond_the_payload_is_corrupt(self) -> None:
         payload = PLAIN_CODEC.pack(ENTRY._replace(request=b""))[6:]

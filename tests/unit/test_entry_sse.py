@@ -34,6 +34,7 @@ class TestUsageOf:
             {"usage": {}},
             {"usage": {"prompt_tokens": None, "completion_tokens": None}},
             {"usage": {"prompt_tokens": "9", "completion_tokens": "3"}},
+            {"usage": {"prompt_tokens": -9, "completion_tokens": 2**64}},  # no counter adds them
         ],
     )
     def test_no_usage_is_zero(self, answer: dict[str, Any]) -> None:
