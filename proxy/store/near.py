@@ -21,9 +21,9 @@ from collections import OrderedDict
 from typing import Any
 
 from proxy.core.fingerprints import ModelFingerprints, Observation
-from proxy.store.base import Store, Write
+from proxy.store.base import Selector, Store, Write
 from proxy.store.memory import charged
-from proxy.store.redis import ENTRY_CHANGED, MODEL_CHANGED, RedisStore
+from proxy.store.redis import ENTRY_CHANGED, EVERYTHING_CHANGED, MODEL_CHANGED, RedisStore
 from proxy.store.subscription import HEARTBEAT
 from proxy.store.wrapper import StoreWrapper
 
@@ -212,6 +212,14 @@ class NearCache(StoreWrapper):
     async def delete(self, key: str) -> None:
         self._invalidate(ENTRY_CHANGED + key)
         await self.inner.delete(key)
+
+    async def purge(self, selector: Selector, dry_run: bool) -> int:
+        """Everything goes, as the purge's own announcement would have it: once the purge has
+        answered, no HIT of this process may serve what it removed."""
+        purged = await self.inner.purge(selector, dry_run)
+        if not dry_run:
+            self._invalidate(EVERYTHING_CHANGED)
+        return purged
 
     async def observe_fingerprint(
         self, model: str, fingerprint: str, now: float, count: int = 1, moves: bool = True

@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from proxy.core.fingerprints import ModelFingerprints
-from proxy.store.base import Store, StoreError, Write
+from proxy.store.base import Labels, Selector, Store, StoreError, Write
 from proxy.store.near import NearCache
 from proxy.store.redis import RedisStore
 from proxy.store.wrapper import StoreWrapper
@@ -240,3 +240,31 @@ async def test_a_quiet_subscription_that_answers_its_pings_stays_live(
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
         await store.close()
+
+
+async def test_a_purge_is_forgotten_when_it_answers_not_when_its_news_arrives(
+    redis_url: str,
+) -> None:
+    """Its own announcement reaches this process after the purge has answered: until then a
+    HIT served what an operator was told is gone. The feed is stopped here, so nothing but the
+    purge itself can make the memory forget."""
+    own = RedisStore(Redis.from_url(redis_url), invalidations=CHANNEL)
+    cache = NearCache(own, own, 1 << 20)
+    listening = asyncio.ensure_future(cache.run())
+    try:
+        await until(lambda: cache.live)
+        await own.observe_fingerprint("m", "fp", 1.0)
+        await own.put(Write("q", "fp", b"answer", 0))
+        await own.put(Write("kept", "fp", b"kept", 0, Labels(namespace="other")))
+        assert (await cache.lookup("q", "m"))[1] == {"fp": b"answer"}  # now in memory
+        listening.cancel()
+        await asyncio.gather(listening, return_exceptions=True)
+        assert cache.live  # no news from here on, and the memory still serves
+        assert await cache.purge(Selector(namespace="other"), dry_run=True) == 1
+        assert (await cache.lookup("q", "m"))[1] == {"fp": b"answer"}  # a dry run removes nothing
+        assert await cache.purge(Selector(namespace=""), dry_run=False) == 1
+        assert (await cache.lookup("q", "m"))[1] == {}
+        assert (await cache.lookup("kept", "m"))[1] == {"fp": b"kept"}
+    finally:
+        listening.cancel()
+        await own.close()
