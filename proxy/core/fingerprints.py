@@ -6,11 +6,18 @@ to decide which stored answers are current.
 
 from __future__ import annotations
 
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 
 ROTATIONS_KEPT = 50
 """Rotations remembered per model, newest first out of the store: enough to see a rollout's
 flapping and a year of real rotations, small enough to read in one call."""
+
+FINGERPRINTS_KEPT = 32
+"""Fingerprints remembered per model. Real ones change a few times a year, and a fleet in a
+rollout answers with two or three; an upstream naming a new one with every answer would grow the
+state every lookup reads without end. Past this, a new fingerprint makes the model forget the
+one it saw last longest ago (never the current one)."""
 
 BACKS_KEPT = 8
 """Times of the latest changes back to an earlier fingerprint kept in the model's state: what
@@ -87,3 +94,11 @@ def observed(previous: str | None, fingerprint: str, new: bool, moves: bool = Tr
     if not moves and not new:
         return Observation(previous, new, changed=False, current=previous)
     return Observation(previous, new, changed=True, current=fingerprint)
+
+
+def least_recent(seen: Iterable[FingerprintSeen], keep: Container[str]) -> str | None:
+    """The fingerprint seen last longest ago, among those not in `keep` (see
+    FINGERPRINTS_KEPT)."""
+    candidates = [record for record in seen if record.fingerprint not in keep]
+    oldest = min(candidates, key=lambda record: record.last_seen, default=None)
+    return None if oldest is None else oldest.fingerprint

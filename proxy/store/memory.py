@@ -17,11 +17,13 @@ from typing import Any
 from proxy.core.codec import raw_size
 from proxy.core.fingerprints import (
     BACKS_KEPT,
+    FINGERPRINTS_KEPT,
     ROTATIONS_KEPT,
     FingerprintSeen,
     ModelFingerprints,
     Observation,
     Rotation,
+    least_recent,
     observed,
 )
 from proxy.store.base import NO_LABELS, Selector, Usage, Write
@@ -184,6 +186,10 @@ class MemoryStore:
             if outcome.back:
                 state.backs.append(now)
         state.current = outcome.current
+        if seen is None and len(state.seen) > FINGERPRINTS_KEPT:
+            oldest = least_recent(state.seen.values(), {state.current, fingerprint})
+            if oldest is not None:
+                del state.seen[oldest]
         state.frozen = None
         return outcome
 

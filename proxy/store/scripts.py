@@ -3,7 +3,7 @@ a pipeline with plain commands. Keys and fields as `proxy/store/redis.py` lays t
 
 from __future__ import annotations
 
-from proxy.core.fingerprints import BACKS_KEPT, ROTATIONS_KEPT
+from proxy.core.fingerprints import BACKS_KEPT, FINGERPRINTS_KEPT, ROTATIONS_KEPT
 
 # The observation of one answer's fingerprint: `key` is the model's hash, `rotations` its
 # history list. Returns {previous current or nil, 1 if the fingerprint is new for the model else 0,
@@ -12,9 +12,31 @@ from proxy.core.fingerprints import BACKS_KEPT, ROTATIONS_KEPT
 # Announced only when `current` moves: what a near-cache serves by (the current fingerprint, and
 # the last_seen of the others for the grace window) changes only then.
 # Timestamps are written with %.17g so that they round-trip exactly through JSON.
-_OBSERVE_FUNCTION = """
+_OBSERVE_FUNCTION = (
+    """
 local function dated(stamp)  -- a time a date can name, as layout.parse_model reads them
   return type(stamp) == 'number' and stamp >= 0 and stamp < 253402300800
+end
+
+-- Past FINGERPRINTS_KEPT records, the one seen last longest ago goes (never `keep1`, `keep2`):
+-- as MemoryStore does, with core.fingerprints.least_recent. A record no script wrote goes first.
+local function forget_oldest(key, keep1, keep2)
+  local fields = redis.call('HGETALL', key)
+  local records, oldest, oldest_seen = 0, nil, nil
+  for i = 1, #fields, 2 do
+    local name = fields[i]
+    if string.sub(name, 1, 3) == 'fp:' then
+      records = records + 1
+      local fingerprint = string.sub(name, 4)
+      if fingerprint ~= keep1 and fingerprint ~= keep2 then
+        local ok, rec = pcall(cjson.decode, fields[i + 1])
+        local seen = -1
+        if ok and type(rec) == 'table' and dated(rec.last_seen) then seen = rec.last_seen end
+        if oldest == nil or seen < oldest_seen then oldest, oldest_seen = name, seen end
+      end
+    end
+  end
+  if records > FINGERPRINTS_KEPT and oldest then redis.call('HDEL', key, oldest) end
 end
 
 local function observe(key, rotations, model, fingerprint, now, count, channel, moves)
@@ -47,6 +69,7 @@ local function observe(key, rotations, model, fingerprint, now, count, channel, 
     if moves == 0 and raw then current = previous else changed = 1 end
   end
   redis.call('HSET', key, 'model', model, 'current', current, field, json)
+  if new == 1 then forget_oldest(key, current, fingerprint) end
   if changed == 1 then
     local back = 1 - new
     local move = string.format('{"old":%s,"new":%s,"at":%.17g,"back":%d}',
@@ -68,7 +91,10 @@ local function observe(key, rotations, model, fingerprint, now, count, channel, 
   end
   return {previous, new, changed}
 end
-""".replace("ROTATIONS_KEPT", str(ROTATIONS_KEPT)).replace("BACKS_KEPT", str(BACKS_KEPT))
+""".replace("ROTATIONS_KEPT", str(ROTATIONS_KEPT))
+    .replace("BACKS_KEPT", str(BACKS_KEPT))
+    .replace("FINGERPRINTS_KEPT", str(FINGERPRINTS_KEPT))
+)
 
 # One answer's write: an entry hash and its fill lock (same hash tag: same slot on a cluster);
 # the lock is released when `token` is given (see RedisStore.put). A script rather than

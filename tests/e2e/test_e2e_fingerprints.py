@@ -16,6 +16,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from proxy.core.fingerprints import FINGERPRINTS_KEPT
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim
 
 MODEL = "gpt-4o-mini"
@@ -180,3 +181,24 @@ def test_counts_are_exact_once_repeats_reach_the_store(
             break
         time.sleep(0.1)
     assert count == 6
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_an_upstream_naming_a_new_fingerprint_each_time_fills_no_unbounded_history(
+    start_proxy: ProxyFactory, sim: Sim, redis_url: str, store: str
+) -> None:
+    """A hostile (or broken) upstream answering with a new fingerprint every time: the model's
+    state, which every lookup reads, keeps FINGERPRINTS_KEPT of them, the current one among
+    them, and each new one is still followed."""
+    where = redis_url if store == "redis" else "memory://"
+    proxy = start_proxy("--store", where, "--admin-token", ADMIN)
+    names = [f"fp_hostile_{index:03d}" for index in range(FINGERPRINTS_KEPT + 8)]
+    try:
+        for index, name in enumerate(names):
+            rotate(sim, proxy, name, f"{PROMPT} {index}")
+    finally:
+        sim.set_fingerprint(FP1)
+    state = admin_get(proxy, Authorization=f"Bearer {ADMIN}").json()[MODEL]
+    shown = [item["fingerprint"] for item in state["history"]]
+    assert shown == names[-FINGERPRINTS_KEPT:]
+    assert state["current"] == names[-1]

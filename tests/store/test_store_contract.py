@@ -23,6 +23,7 @@ from proxy.core.codec import Codec, raw_size
 from proxy.core.entry import Entry
 from proxy.core.fingerprints import (
     BACKS_KEPT,
+    FINGERPRINTS_KEPT,
     ROTATIONS_KEPT,
     FingerprintSeen,
     ModelFingerprints,
@@ -196,6 +197,23 @@ class StoreContract:
                 "fp_3", (FingerprintSeen("fp_2", 2.0, 2.0, 1), FingerprintSeen("fp_3", 3.0, 3.0, 1))
             ),
         }
+
+    async def test_a_model_remembers_a_bounded_number_of_fingerprints(self, store: Store) -> None:
+        """An upstream naming a new fingerprint with every answer must not grow what each
+        lookup reads: past the bound, the one seen last longest ago goes, never the current."""
+        await store.observe_fingerprint("m", "fp_first", 1.0)
+        await store.observe_fingerprint("m", "fp_first", 500.0)  # seen again, late
+        for index in range(FINGERPRINTS_KEPT + 8):
+            await store.observe_fingerprint("m", f"fp_{index}", 10.0 + index)
+        state = await store.fingerprints("m")
+        assert state is not None
+        kept = [seen.fingerprint for seen in state.seen]
+        assert len(kept) == FINGERPRINTS_KEPT
+        assert state.current == kept[-1] == f"fp_{FINGERPRINTS_KEPT + 7}"
+        assert "fp_first" in kept  # its last_seen is the latest but the current's
+        assert kept[1:] == [f"fp_{i}" for i in range(9, FINGERPRINTS_KEPT + 8)]
+        observation = await store.observe_fingerprint("m", "fp_0", 1000.0)  # forgotten: new
+        assert observation.new and observation.changed and not observation.back
 
     async def test_fingerprint_names_do_not_collide_with_bookkeeping(self, store: Store) -> None:
         for index, name in enumerate(["current", "model", "seen", "fp:x"]):
