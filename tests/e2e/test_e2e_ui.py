@@ -326,7 +326,7 @@ HOSTILE_MODELS = (
     '<img src=x onerror="window.__xss=1">',
     '</script><script>window.__xss=2</script>',
     "javascript:window.__xss=3",
-    "\u202eevil\u202c",
+    "\u202eevil",  # a right-to-left override never closed
     "__proto__",
     "constructor",
     "toString",
@@ -364,6 +364,10 @@ def test_hostile_model_names_render_as_text_and_the_page_stays_usable(
         assert driver.find_elements(By.CSS_SELECTOR, f"#models {tag}, #examples {tag}") == []
     options = driver.find_elements(By.CSS_SELECTOR, "#rotation option")
     assert len(options) == len(HOSTILE_MODELS)
+    labels = [option.get_attribute("textContent") for option in options]
+    assert sorted(label.split("\u2069: ")[0] for label in labels) == sorted(
+        "\u2068" + model for model in HOSTILE_MODELS
+    ), "a model name in the rotation list is not isolated from the fingerprints after it"
     assert driver.execute_script(
         "return document.documentElement.scrollWidth <= window.innerWidth"
     ), "a long model name widened the page past the window"
