@@ -324,7 +324,7 @@ def test_a_stored_answer_labelled_html_is_served_inert_on_a_hit(start_proxy: Pro
 
 HOSTILE_MODELS = (
     '<img src=x onerror="window.__xss=1">',
-    '</script><script>window.__xss=2</script>',
+    "</script><script>window.__xss=2</script>",
     "javascript:window.__xss=3",
     "\u202eevil",  # a right-to-left override never closed
     "__proto__",
