@@ -4,7 +4,7 @@ Below debug, nothing a client sent reaches a log line through text we do not wri
 libraries' messages (aiohttp echoes a malformed request line or header, credential included,
 when it refuses one) have their quoted literals withheld, and every exception is logged as its
 traceback and type without its message. `--log-level debug` shows them whole. Fields are
-written with control and format characters escaped, whatever the level.
+written with control and format characters escaped and bounded in length, whatever the level.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ WITHHELD = "…"
 # Quoted literals (a repr of str or bytes) of a library's message: where request data shows.
 _QUOTED = re.compile(r"""b?'(?:[^'\\]|\\.)*'|b?"(?:[^"\\]|\\.)*\"""")
 _MAX_CHAIN = 8
+MAX_FIELD = 1024
 
 
 class JsonFormatter(logging.Formatter):
@@ -61,8 +62,14 @@ class JsonFormatter(logging.Formatter):
 def _printable(value: object) -> object:
     """A field's text with control and format characters written as escapes: a model name or
     a path is the client's to choose, and JSON escapes only C0 controls, so a C1 CSI or a
-    bidi override would reach the terminal that shows the log as it is."""
-    return shown(value) if isinstance(value, str) else value
+    bidi override would reach the terminal that shows the log as it is. At most MAX_FIELD
+    characters of it, and how many more there were: a model name may be as long as a request
+    body, and so would every line that names it."""
+    if not isinstance(value, str):
+        return value
+    if len(value) > MAX_FIELD:
+        value = f"{value[:MAX_FIELD]}{WITHHELD}({len(value) - MAX_FIELD} more characters)"
+    return shown(value)
 
 
 def withheld(exc: BaseException) -> str:

@@ -19,9 +19,19 @@ rollout answers with two or three; an upstream naming a new one with every answe
 state every lookup reads without end. Past this, a new fingerprint makes the model forget the
 one it saw last longest ago (never the current one)."""
 
+MAX_MODEL_NAME = 256
+"""Characters of a model name the proxy keeps anything for (fingerprints, answers, probes). The
+name is the client's to choose, as long as a request body, and each new one is state kept for
+good: a model named longer than any real one is passed through, learned and stored nothing."""
+
 BACKS_KEPT = 8
 """Times of the latest changes back to an earlier fingerprint kept in the model's state: what
 the policy needs to tell an alternating upstream from a rotated one."""
+
+
+def tracked(model: str) -> bool:
+    """Whether the proxy keeps state for a model of this name (`MAX_MODEL_NAME`)."""
+    return len(model) <= MAX_MODEL_NAME
 
 
 @dataclass(frozen=True, slots=True)

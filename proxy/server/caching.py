@@ -26,7 +26,7 @@ from proxy.core.entry import (
     json_object,
     usage_of,
 )
-from proxy.core.fingerprints import ModelFingerprints
+from proxy.core.fingerprints import ModelFingerprints, tracked
 from proxy.core.keyed import KEYED_OTHERWISE, REROUTING
 from proxy.core.policy import Outcome
 from proxy.core.routes import RESPONSES
@@ -286,6 +286,8 @@ def observe_upstream(services: Services, route: str, status: int, started: float
 
 
 async def observe_fingerprint(services: Services, model: str, fingerprint: str) -> None:
+    if not tracked(model):
+        return
     services.prober.answered(model)
     try:
         await services.fingerprints.observe(model, fingerprint)
@@ -300,7 +302,10 @@ async def record(
     the current fingerprint is counted in process (see FingerprintTracker) and only the answer
     is written; anything else is observed and written in one step (`Store.record`), the
     observation first, so under `follow` the entry is servable once written. A leader's `lease`
-    gives up its store lock in the same write."""
+    gives up its store lock in the same write. A model whose name is too long to keep state
+    for (`tracked`) is neither learned nor stored."""
+    if not tracked(call.lineage):
+        return
     entry = _storable(services, call, answer) if call.plan.store else None
     if entry is None:
         await observe_fingerprint(services, call.lineage, answer.fingerprint)

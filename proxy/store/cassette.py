@@ -329,15 +329,16 @@ def replacing(path: str) -> Iterator[IO[bytes]]:
     It is created under a name no one can have planted (random, exclusive, never through a
     symlink), so a link left in a checkout or a shared directory cannot turn the write onto
     another file; a link at `path` itself is replaced, not followed. A file being replaced
-    keeps its permissions; a new one gets what the umask gives."""
+    keeps its permissions, from its creation on (whoever opens a file keeps reading it through
+    a later chmod); a new one gets what the umask gives."""
     folder, name = os.path.split(os.path.abspath(path))
     temporary = os.path.join(folder, f".{name[:200]}.{secrets.token_hex(8)}.tmp")  # NAME_MAX
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-    descriptor = os.open(temporary, flags, 0o666)
+    kept = _kept_mode(path)
+    descriptor = os.open(temporary, flags, 0o666 if kept is None else kept & 0o777)
     try:
         with os.fdopen(descriptor, "wb") as handle:
-            kept = _kept_mode(path)
-            if kept is not None:
+            if kept is not None:  # what the umask took off the kept mode
                 os.fchmod(handle.fileno(), kept)
             yield handle
             handle.flush()

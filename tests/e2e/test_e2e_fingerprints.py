@@ -16,7 +16,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from proxy.core.fingerprints import FINGERPRINTS_KEPT
+from proxy.core.fingerprints import FINGERPRINTS_KEPT, MAX_MODEL_NAME
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim
 
 MODEL = "gpt-4o-mini"
@@ -202,3 +202,25 @@ def test_an_upstream_naming_a_new_fingerprint_each_time_fills_no_unbounded_histo
     shown = [item["fingerprint"] for item in state["history"]]
     assert shown == names[-FINGERPRINTS_KEPT:]
     assert state["current"] == names[-1]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_model_named_longer_than_any_real_one_is_passed_through_and_kept_nowhere(
+    start_proxy: ProxyFactory, stream: bool
+) -> None:
+    """A client names its model freely, as long as its body: each new name used to be state
+    kept for good (a process held every name of a megabyte it was sent, whatever --store's
+    bound). Such a model is answered, but neither its fingerprint nor its answer is kept."""
+    proxy = start_proxy("--admin-token", ADMIN)
+    long, longest_kept = "m" * (1 << 20), "k" * MAX_MODEL_NAME
+    auth = {"Authorization": "Bearer sk-alice"}
+    with httpx.Client(base_url=proxy.url, headers=auth, timeout=60) as http:
+        for model in (long, longest_kept):
+            body = {"model": model, "messages": [{"role": "user", "content": PROMPT}]}
+            if stream:
+                body["stream"] = True
+            seen = [http.post("/v1/chat/completions", json=body) for _ in range(2)]
+            assert [r.status_code for r in seen] == [200, 200]
+            expected = ["MISS", "MISS"] if model == long else ["MISS", "HIT"]
+            assert [r.headers["X-Repro-Cache"] for r in seen] == expected
+    assert list(admin_get(proxy, Authorization=f"Bearer {ADMIN}").json()) == [longest_kept]

@@ -16,6 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from proxy.config import Settings
+from proxy.core.fingerprints import MAX_MODEL_NAME
 from proxy.server import session
 from proxy.server.app import create_app
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim
@@ -320,3 +321,54 @@ def test_a_stored_answer_labelled_html_is_served_inert_on_a_hit(start_proxy: Pro
     for served in (miss, hit):
         assert served.headers["content-security-policy"] == "sandbox; default-src 'none'"
         assert served.headers["x-content-type-options"] == "nosniff"
+
+
+HOSTILE_MODELS = (
+    '<img src=x onerror="window.__xss=1">',
+    "</script><script>window.__xss=2</script>",
+    "javascript:window.__xss=3",
+    "\u202eevil",  # a right-to-left override never closed
+    "__proto__",
+    "constructor",
+    "toString",
+    "hasOwnProperty",
+    "x" * MAX_MODEL_NAME,  # the longest name the proxy keeps, with no place to break
+)
+
+
+@browser_only
+def test_hostile_model_names_render_as_text_and_the_page_stays_usable(
+    start_proxy: ProxyFactory, sim: Sim, driver: Any
+) -> None:
+    """A client names its model freely, and the page lists every model: markup runs nowhere,
+    a name that is also a property every object has (`constructor`) is a model like the others,
+    and a name with no place to break does not push the page past the window."""
+    from selenium.webdriver.common.by import By
+
+    proxy = start_proxy("--admin-token", ADMIN)
+
+    def ask_all(http: httpx.Client, prompt: str) -> None:
+        for model in HOSTILE_MODELS:
+            body = {"model": model, "messages": [{"role": "user", "content": prompt}], "seed": 5}
+            assert http.post("/v1/chat/completions", json=body).status_code == 200
+
+    with client(proxy) as http:
+        ask_all(http, "before")
+        sim.set_fingerprint("fp_sim_0002")
+        ask_all(http, "after")
+    sign_in(driver, proxy)
+    assert driver.execute_script("return window.__xss") is None
+    shown = [cell.text for cell in driver.find_elements(By.CSS_SELECTOR, "#models td.model")]
+    assert sorted(shown) == sorted(HOSTILE_MODELS)
+    assert driver.find_element(By.ID, "status").get_attribute("hidden") is not None
+    for tag in ("img", "script"):
+        assert driver.find_elements(By.CSS_SELECTOR, f"#models {tag}, #examples {tag}") == []
+    options = driver.find_elements(By.CSS_SELECTOR, "#rotation option")
+    assert len(options) == len(HOSTILE_MODELS)
+    labels = [option.get_attribute("textContent") for option in options]
+    assert sorted(label.split("\u2069: ")[0] for label in labels) == sorted(
+        "\u2068" + model for model in HOSTILE_MODELS
+    ), "a model name in the rotation list is not isolated from the fingerprints after it"
+    assert driver.execute_script(
+        "return document.documentElement.scrollWidth <= window.innerWidth"
+    ), "a long model name widened the page past the window"

@@ -154,3 +154,17 @@ def test_workers_stop_when_the_supervisor_is_killed(
         return True
 
     wait_until(gone, "the workers to stop", timeout=20)
+
+
+def test_a_worker_that_dies_stops_the_rest_without_a_restart_loop(
+    start_proxy: ProxyFactory, redis_url: str, tmp_path: Path
+) -> None:
+    """A request that killed a worker (or the OOM killer choosing one) is not retried by a
+    supervisor restarting it forever: the whole proxy stops, failed, for its orchestrator to
+    see, and leaves no metrics files behind for a later supervisor's workers to sum."""
+    proxy = start_proxy("--workers", "2", "--store", redis_url, env={"TMPDIR": str(tmp_path)})
+    first, second = serving_children(proxy.proc.pid)
+    os.kill(first, signal.SIGKILL)
+    assert proxy.proc.wait(timeout=30) == 1
+    assert not Path(f"/proc/{second}").exists()  # stopped and reaped by the supervisor
+    assert list(tmp_path.iterdir()) == []

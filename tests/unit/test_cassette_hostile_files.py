@@ -66,6 +66,32 @@ def test_a_rewritten_cassette_keeps_its_permissions(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
 
 
+def test_a_private_cassettes_next_version_is_never_readable_by_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new file is in the folder from its creation: another local user who opens it then
+    (inotify names it at once) keeps reading through that descriptor whatever mode it gets
+    after, so it must be born with the cassette's permissions, not the umask's."""
+    path = tmp_path / "llm.jsonl"
+    path.write_bytes(line("Old."))
+    path.chmod(0o600)
+    seen: list[int] = []
+    chmod = os.fchmod
+
+    def first_look(descriptor: int, mode: int) -> None:  # the writer's next step after creating
+        seen.append(stat.S_IMODE(os.fstat(descriptor).st_mode))
+        chmod(descriptor, mode)
+
+    monkeypatch.setattr(os, "fchmod", first_look)
+    previous = os.umask(0o022)
+    try:
+        cassette.save(str(path), [line("New.")])
+    finally:
+        os.umask(previous)
+    assert seen and all(mode & 0o077 == 0 for mode in seen), [oct(mode) for mode in seen]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
 def test_a_failed_write_leaves_no_temporary_file(tmp_path: Path) -> None:
     path = tmp_path / "llm.jsonl"
     path.mkdir()  # written in full, then it cannot be moved into place

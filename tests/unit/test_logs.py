@@ -77,3 +77,10 @@ def test_a_field_a_client_chose_reaches_the_line_without_control_or_format_chara
     assert all(char.isprintable() for char in line)
     assert orjson.loads(line)["model"] == "gpt\\u202e\\x9b2J\\x1b]0;owned\\x07"
     assert orjson.loads(line)["count"] == 3
+
+
+def test_a_field_as_long_as_a_request_body_is_cut_and_says_by_how_much() -> None:
+    entry = record("proxy.fingerprints", "fingerprint rotated")
+    entry.model = "\u202e" + "x" * 50_000
+    line = formatted(JsonFormatter(reveal=True), entry)
+    assert line["model"] == "\\u202e" + "x" * 1023 + "…(48977 more characters)"

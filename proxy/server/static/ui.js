@@ -21,6 +21,12 @@ async function getJSON(path) {
   return response.json();
 }
 
+// A client's name between bidi isolates: its direction controls cannot reorder the text after it
+// on the same line (an option's label is one line, unlike a table cell).
+function isolated(text) {
+  return "\u2068" + text + "\u2069";
+}
+
 function bytes(n) {
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
   let i = 0;
@@ -143,7 +149,7 @@ function showRotations(report) {
   select.replaceChildren();
   choices.forEach((choice, index) => {
     const r = choice.rotation;
-    select.append(el("option", choice.model + ": " + r.from + " \u2192 " + r.to + " (" + r.change + ", " + r.at + ")"));
+    select.append(el("option", isolated(choice.model) + ": " + r.from + " \u2192 " + r.to + " (" + r.change + ", " + r.at + ")"));
     select.lastChild.value = String(index);
   });
   select.onchange = () => showRotation(choices[Number(select.value)].rotation);
