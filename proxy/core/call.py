@@ -14,6 +14,7 @@ from multidict import CIMultiDictProxy
 
 from proxy.core import canonical, policy, routes
 from proxy.core.credentials import STANDARD, Credentials, of_request, split_query
+from proxy.core.fingerprints import tracked
 from proxy.core.keyed import HeaderLines, Keying, vary_of
 from proxy.core.policy import CacheMode, CacheScope, Enforce, Outcome, Plan
 from proxy.errors import InvalidParameter, InvalidType
@@ -123,6 +124,7 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
     directives = policy.parse_cache_control(asked.cache_control)
     named = body.get("model")
     model = named if isinstance(named, str) else routes.deployment_of(route)
+    lineage = routes.lineage(model, route)
     keyed_query, in_query = split_query(asked.query)
     vary = vary_of(asked.headers, in_query, shared)
     key, respelled = canonical.keyed(route, scope, namespace, seeded.body, keyed_query, vary)
@@ -134,12 +136,12 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
         query=asked.query,
         keyed_query=keyed_query,
         model=model,
-        lineage=routes.lineage(model, route),
+        lineage=lineage,
         key=key,
         body=raw if settings.enforce is policy.Enforce.OFF else respelled,
         seed=seeded.seed,
         seed_source=seeded.source,
-        plan=_plan(settings.cache_mode, directives, kind, body),
+        plan=_plan(settings.cache_mode, directives, kind, body, lineage),
         max_age=directives.max_age,
         stale_if_error=policy.stale_window(settings.stale_if_error, directives.stale_if_error),
         stream=body.get("stream") is True,
@@ -171,13 +173,20 @@ def checked_flags(body: dict[str, object], kind: str) -> None:
 
 
 def _plan(
-    mode: policy.CacheMode, directives: policy.Directives, kind: str, body: dict[str, object]
+    mode: policy.CacheMode,
+    directives: policy.Directives,
+    kind: str,
+    body: dict[str, object],
+    lineage: str,
 ) -> Plan:
     """A background response is a job the client polls for, not an answer: never cached. Nor
     is a response that reads state the upstream changes between calls, which the key cannot
     name: a `conversation` (each answer adds its turn to it, so the same body asks about a
     longer conversation each time, and a HIT would not add the turn), or a stored `prompt`
-    without a `version` (its latest one, which its owner may publish anew at any time)."""
+    without a `version` (its latest one, which its owner may publish anew at any time). Nor a
+    model named longer than any real one (`tracked`): the proxy keeps no state for it."""
+    if not tracked(lineage):
+        return policy.uncached(mode)
     if kind == routes.RESPONSES and (body.get("background") is True or _reads_state(body)):
         return policy.uncached(mode)
     return policy.plan(mode, directives)

@@ -302,10 +302,7 @@ async def record(
     the current fingerprint is counted in process (see FingerprintTracker) and only the answer
     is written; anything else is observed and written in one step (`Store.record`), the
     observation first, so under `follow` the entry is servable once written. A leader's `lease`
-    gives up its store lock in the same write. A model whose name is too long to keep state
-    for (`tracked`) is neither learned nor stored."""
-    if not tracked(call.lineage):
-        return
+    gives up its store lock in the same write."""
     entry = _storable(services, call, answer) if call.plan.store else None
     if entry is None:
         await observe_fingerprint(services, call.lineage, answer.fingerprint)
