@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from proxy.core.canonical import CHAT, COMPLETIONS
-from proxy.core.entry import fingerprint_of
+from proxy.core.entry import fingerprint_of, is_answer
 from proxy.errors import UpstreamError
 from proxy.server.fingerprints import FingerprintTracker
 from proxy.store.base import StoreError
@@ -86,7 +86,7 @@ class Prober:
             status, answer = await self._send(route, body)
             if status == 400:
                 continue  # some models take only max_tokens, others only max_completion_tokens
-            if status == 200 and answer is not None:
+            if status == 200 and answer is not None and is_answer(answer):
                 await self._learn(model, fingerprint_of(answer))
             else:
                 log.warning("probe failed", extra={"model": model, "status": status})
