@@ -10,6 +10,7 @@ from collections.abc import Callable
 import httpx
 import orjson
 
+from proxy.server.probe import MAX_PROBED
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim
 
 AUTH = {"Authorization": "Bearer sk-alice", "Content-Type": "application/json"}
@@ -71,3 +72,28 @@ def test_a_200_error_answer_to_a_probe_teaches_no_fingerprint(
     assert settled(probes, 2) >= 2
     assert proxy.metric("repro_fingerprint_changes_total", model=MODEL) == 0
     assert ask(proxy, "x") == "HIT"
+
+
+def test_the_probe_spends_its_key_on_a_bounded_number_of_models(
+    start_proxy: ProxyFactory, sim: Sim
+) -> None:
+    """Which models are probed is the clients' to choose (any model name an upstream serves):
+    the operator's key asks for at most MAX_PROBED of them, the most recently requested."""
+    proxy = start_proxy("--probe-interval", "0.3", "--probe-key", "sk-probe")
+    models = [f"model-{number:03d}" for number in range(MAX_PROBED + 16)]
+    with httpx.Client(timeout=10) as client:
+        for model in models:
+            body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": "q"}]})
+            answer = client.post(proxy.v1 + "/chat/completions", content=body, headers=AUTH)
+            assert answer.status_code == 200
+
+    def probes() -> list[str]:
+        asked = sim.llm_requests()
+        return [
+            orjson.loads(r["body"])["model"]
+            for r in asked
+            if r["headers"].get("Authorization") == "Bearer sk-probe"
+        ]
+
+    assert settled(lambda: len(probes()), 2 * MAX_PROBED + 1) > 2 * MAX_PROBED
+    assert set(probes()) == set(models[-MAX_PROBED:])
