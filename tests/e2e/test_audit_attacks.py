@@ -86,3 +86,27 @@ def test_check_refuses_an_embedding_longer_than_any_models_before_holding_it() -
     for arm in orjson.loads(done.stdout)["arms"].values():
         assert arm["ok"] == 2
         assert "embedding of more than" in arm["distance_error"]
+
+
+def test_check_names_why_an_answer_was_unusable() -> None:
+    """An answer in a coding the command does not read (zstd) is not "too large or too slow":
+    the report says what was wrong with it, as the other commands do."""
+    answer = http_answer(b"\x28\xb5\x2f\xfd\x00", "Content-Type: application/json",
+                         "Content-Encoding: zstd")  # fmt: skip
+
+    async def write(writer: asyncio.StreamWriter, _: Received) -> None:
+        writer.write(answer)
+        await writer.drain()
+
+    with Scripted(write) as upstream:
+        argv = ["check", "--base-url", upstream.v1, "-n", "2", "--yes", "--json"]
+        done = subprocess.run(
+            [sys.executable, "-m", "proxy", *argv],
+            capture_output=True, text=True, timeout=60, check=False,
+            env={"PATH": "/usr/bin:/bin"},
+        )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    reason = "the answer is in an encoding this command does not read: 'zstd'"
+    for arm in orjson.loads(done.stdout)["arms"].values():
+        assert arm["errors"] == {reason: 2}

@@ -12,12 +12,14 @@ import orjson
 from proxy.core.textdistance import cosine_distance, mean_pairwise
 from proxy.tools.audit.plan import EMBEDDING_BATCH, Arm, Plan
 from proxy.tools.audit.tally import (
+    MAX_NAME,
     ArmReport,
     Failure,
     Outcome,
     Report,
     Tally,
     error_reason,
+    kept,
     parse_answer,
     tally,
     text_distance,
@@ -32,16 +34,16 @@ class AuditError(Exception):
 
 
 async def ask(client: httpx.AsyncClient, plan: Plan, arm: Arm) -> Outcome:
-    """One chat request; transport errors, and answers too large or too slow, become Failures
-    so one bad request never stops N."""
+    """One chat request; transport errors, and answers the command cannot use (too large, too
+    slow, in a coding it does not read), become Failures so one bad request never stops N."""
     try:
         status, headers, body = await exchange(
             client, "chat/completions", plan.body(arm), NO_CACHE, plan.timeout
         )
     except httpx.HTTPError as exc:
         return Failure(type(exc).__name__)
-    except Unusable:
-        return Failure("answer too large or too slow")
+    except Unusable as exc:
+        return Failure(kept(str(exc), MAX_NAME))
     return parse_answer(status, headers, body)
 
 
