@@ -4,7 +4,7 @@ The proxy learns a model's fingerprint from upstream answers. A model whose requ
 never shows a rotation, so with `--probe-interval` the proxy sends, per model requested within
 the last `ACTIVE_INTERVALS` intervals and not answered by the upstream during the last one, one
 minimal request (one completion token, the default seed) with `--probe-key`. Cost: at most one
-such request per active model per interval.
+such request per active model per interval, for at most MAX_PROBED models.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 from proxy.core.canonical import CHAT, COMPLETIONS
-from proxy.core.entry import fingerprint_of
+from proxy.core.entry import fingerprint_of, is_answer
 from proxy.errors import UpstreamError
 from proxy.server.fingerprints import FingerprintTracker
 from proxy.store.base import StoreError
@@ -26,7 +26,13 @@ from proxy.upstream.client import Upstream
 
 log = logging.getLogger("proxy.probe")
 
+V = TypeVar("V")
+
 ACTIVE_INTERVALS = 10
+MAX_PROBED = 64
+"""Models probed per interval at most, the most recently requested: which models are requested
+is the clients' to choose (any name the upstream serves), and each probe is a request billed to
+`--probe-key`."""
 
 
 class Prober:
@@ -56,12 +62,12 @@ class Prober:
     def requested(self, model: str, route: str) -> None:
         """A client asked for `model` on `route` (chat or completions)."""
         if self.enabled and model and route in (CHAT, COMPLETIONS):
-            self._requested[model] = (route, self._clock())
+            _newest(self._requested, model, (route, self._clock()))
 
     def answered(self, model: str) -> None:
         """The upstream answered for `model`: its fingerprint is known to be fresh."""
         if self.enabled:
-            self._answered[model] = self._clock()
+            _newest(self._answered, model, self._clock())
 
     def due(self) -> list[tuple[str, str]]:
         """(model, route) pairs to probe now; models idle for long are forgotten."""
@@ -86,7 +92,7 @@ class Prober:
             status, answer = await self._send(route, body)
             if status == 400:
                 continue  # some models take only max_tokens, others only max_completion_tokens
-            if status == 200 and answer is not None:
+            if status == 200 and answer is not None and is_answer(answer):
                 await self._learn(model, fingerprint_of(answer))
             else:
                 log.warning("probe failed", extra={"model": model, "status": status})
@@ -109,6 +115,15 @@ class Prober:
             await self._fingerprints.observe(model, fingerprint)
         except StoreError:
             log.warning("probe could not record the fingerprint", extra={"model": model})
+
+
+def _newest(recent: dict[str, V], model: str, value: V) -> None:
+    """`model` last in `recent` (a dict keeps its order of insertion), the oldest past
+    MAX_PROBED forgotten: the models the clients name are theirs to choose."""
+    recent.pop(model, None)
+    recent[model] = value
+    if len(recent) > MAX_PROBED:
+        del recent[next(iter(recent))]
 
 
 def _bodies(model: str, route: str, seed: int) -> list[dict[str, Any]]:

@@ -6,7 +6,8 @@ answer (never delaying it); the fresh answer's text is compared with the stored 
 as `same`, `differs` (with the distance in a histogram per model and fingerprint), `rotated`
 (the upstream answered under another fingerprint, which it also teaches the tracker) or `error`.
 At most `MAX_IN_FLIGHT` checks run at once; samples beyond that are skipped, not queued. The
-texts are compared in a thread, over a bounded length (MAX_COMPARED), never on the event loop.
+fresh answer is parsed, and the texts compared, in a thread, over a bounded length
+(MAX_COMPARED), never on the event loop.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.core.credentials import STANDARD, extract, upstream_headers
-from proxy.core.entry import Entry, fingerprint_of
+from proxy.core.entry import Entry, fingerprint_of, is_answer
 from proxy.core.routes import RESPONSES
 from proxy.core.sse import StreamRecorder
 from proxy.core.textdistance import normalized_levenshtein
@@ -120,12 +121,19 @@ def drift(stored: str, fresh: str) -> float:
     return distance or 1 / max(len(stored), len(fresh))
 
 
-def fresh_fingerprint(body: bytes, stream: bool, responses: bool = False) -> str:
+def fresh_fingerprint(body: bytes, stream: bool, responses: bool = False) -> str | None:
+    """The fingerprint the fresh answer teaches, as the client path would learn it from the
+    same answer; None for one that teaches nothing (an error some gateways send with status
+    200, a stream that named no fingerprint and never ended cleanly): such an answer is an
+    `error`, not a rotation to `none` that would make every stored answer of the model stale."""
     if not stream:
-        return fingerprint_of(_object(body))
+        answer = _object(body)
+        return fingerprint_of(answer) if is_answer(answer, responses) else None
     recorder = StreamRecorder(len(body) + 1, responses)
     recorder.feed(body)
-    return recorder.fingerprint or "none"
+    if recorder.fingerprint is None and recorder.answered:
+        return "none"
+    return recorder.fingerprint
 
 
 class Verifier:
@@ -167,7 +175,11 @@ class Verifier:
         if fresh is None:
             self._metrics.verify.labels(model, "error").inc()
             return
-        fingerprint = fresh_fingerprint(fresh, entry.stream, call.kind == RESPONSES)
+        responses = call.kind == RESPONSES
+        fingerprint = await asyncio.to_thread(fresh_fingerprint, fresh, entry.stream, responses)
+        if fingerprint is None:
+            self._metrics.verify.labels(model, "error").inc()
+            return
         with contextlib.suppress(StoreError):  # the comparison stands without the bookkeeping
             await self._fingerprints.observe(call.lineage, fingerprint)
         if fingerprint != entry.fingerprint:

@@ -58,6 +58,19 @@ def test_answer_text_of_plain_and_streamed_answers() -> None:
     assert answer_text(b"not json", stream=False) == ""
 
 
+def test_a_fresh_answer_that_is_no_answer_teaches_no_fingerprint() -> None:
+    """An error with status 200, a stream that reported one, or JSON where a stream was asked
+    for: None (the check's `error`), never `none`, which would be a rotation."""
+    error = orjson.dumps({"error": {"message": "Rate limited."}, "system_fingerprint": "fp_x"})
+    assert fresh_fingerprint(error, stream=False) is None
+    assert fresh_fingerprint(b'data: {"error": {"message": "no"}}\n\n', stream=True) is None
+    answer = orjson.dumps({"choices": [{"message": {"content": "hi"}}]})
+    assert fresh_fingerprint(answer, stream=True) is None
+    assert fresh_fingerprint(answer, stream=False) == "none"
+    done = b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\n'
+    assert fresh_fingerprint(done + b"data: [DONE]\n\n", stream=True) == "none"
+
+
 def ask(proxy: Proxy, content: str) -> httpx.Response:
     body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": content}]})
     return httpx.post(proxy.v1 + "/chat/completions", content=body, headers=AUTH, timeout=10)

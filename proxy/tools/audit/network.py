@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from array import array
 from collections.abc import Callable, Mapping, Sequence
 
 import httpx
@@ -11,12 +12,14 @@ import orjson
 from proxy.core.textdistance import cosine_distance, mean_pairwise
 from proxy.tools.audit.plan import EMBEDDING_BATCH, Arm, Plan
 from proxy.tools.audit.tally import (
+    MAX_NAME,
     ArmReport,
     Failure,
     Outcome,
     Report,
     Tally,
     error_reason,
+    kept,
     parse_answer,
     tally,
     text_distance,
@@ -31,16 +34,16 @@ class AuditError(Exception):
 
 
 async def ask(client: httpx.AsyncClient, plan: Plan, arm: Arm) -> Outcome:
-    """One chat request; transport errors, and answers too large or too slow, become Failures
-    so one bad request never stops N."""
+    """One chat request; transport errors, and answers the command cannot use (too large, too
+    slow, in a coding it does not read), become Failures so one bad request never stops N."""
     try:
         status, headers, body = await exchange(
             client, "chat/completions", plan.body(arm), NO_CACHE, plan.timeout
         )
     except httpx.HTTPError as exc:
         return Failure(type(exc).__name__)
-    except Unusable:
-        return Failure("answer too large or too slow")
+    except Unusable as exc:
+        return Failure(kept(str(exc), MAX_NAME))
     return parse_answer(status, headers, body)
 
 
@@ -67,12 +70,19 @@ async def collect(
     return outcomes
 
 
-def _vectors(body: bytes, expected: int) -> list[list[float]]:
+MAX_DIMENSIONS = 65_536
+"""Numbers in one embedding, far above any embedding model's (thousands): an upstream's vector
+of millions would cost the audit a GiB of floats to hold and seconds of arithmetic to compare."""
+
+
+def _vectors(body: bytes, expected: int) -> list[Sequence[float]]:
     data = sorted(orjson.loads(body)["data"], key=lambda item: item["index"])
-    vectors = [[_number(x) for x in item["embedding"]] for item in data]
-    if len(vectors) != expected:
-        raise ValueError(f"{len(vectors)} embeddings for {expected} inputs")
-    return vectors
+    if len(data) != expected:
+        raise ValueError(f"{len(data)} embeddings for {expected} inputs")
+    for item in data:
+        if len(item["embedding"]) > MAX_DIMENSIONS:
+            raise ValueError(f"an embedding of more than {MAX_DIMENSIONS} numbers")
+    return [array("d", (_number(x) for x in item["embedding"])) for item in data]
 
 
 def _number(value: object) -> float:
@@ -84,7 +94,7 @@ def _number(value: object) -> float:
 
 async def _embed_batch(
     client: httpx.AsyncClient, model: str, batch: list[str], timeout: float
-) -> list[list[float]]:
+) -> list[Sequence[float]]:
     try:
         body = {"model": model, "input": batch}
         status, _, answer = await exchange(client, "embeddings", body, NO_CACHE, timeout)
@@ -102,9 +112,9 @@ async def _embed_batch(
 
 async def embed(
     client: httpx.AsyncClient, model: str, texts: Sequence[str], timeout: float = 120.0
-) -> list[list[float]]:
+) -> list[Sequence[float]]:
     """Embeddings of `texts` from the upstream's own /embeddings, in batches it accepts."""
-    vectors: list[list[float]] = []
+    vectors: list[Sequence[float]] = []
     for start in range(0, len(texts), EMBEDDING_BATCH):
         batch = list(texts[start : start + EMBEDDING_BATCH])
         vectors += await _embed_batch(client, model, batch, timeout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -11,6 +12,23 @@ import orjson
 
 from proxy.core.textdistance import bounded_distance, mean_pairwise
 from proxy.tools.audit.plan import Arm, Plan
+
+MAX_KEPT = 65_536
+"""Characters of an answer's text the audit keeps: it holds every answer until the report, and
+N answers of tens of MiB each (an upstream's to choose, within the read bound) would hold N
+times that. Longer texts are compared and reported by their start, their length and a hash of
+the whole, so two answers that differ only past the start still count as distinct."""
+
+MAX_NAME = 256
+"""Characters kept of an upstream's name for something (a fingerprint, an error code)."""
+
+
+def kept(text: str, limit: int = MAX_KEPT) -> str:
+    """`text`, or its first `limit` characters and what identifies the rest."""
+    if len(text) <= limit:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{text[:limit]}... [{len(text) - limit} more characters, sha256 {digest}]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +63,7 @@ def error_reason(status: int, body: bytes) -> str:
         code = error.get("code") or error.get("type")
     except (orjson.JSONDecodeError, AttributeError):
         code = None
-    return f"HTTP {status} {code}" if isinstance(code, str) else f"HTTP {status}"
+    return f"HTTP {status} {kept(code, MAX_NAME)}" if isinstance(code, str) else f"HTTP {status}"
 
 
 def _answer_text(choice: Mapping[str, Any]) -> str:
@@ -73,8 +91,8 @@ def parse_answer(status: int, headers: Mapping[str, str], body: bytes) -> Outcom
     except (orjson.JSONDecodeError, TypeError, KeyError, IndexError, AttributeError):
         return Failure("malformed answer")
     return Answer(
-        text=text,
-        fingerprint="none" if fingerprint is None else str(fingerprint),
+        text=kept(text),
+        fingerprint="none" if fingerprint is None else kept(str(fingerprint), MAX_NAME),
         prompt_tokens=_int(usage.get("prompt_tokens")),
         completion_tokens=_int(usage.get("completion_tokens")),
         seed_injected=headers.get("x-repro-seed-source") == "default",
