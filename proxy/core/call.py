@@ -12,8 +12,9 @@ from typing import NamedTuple, Protocol
 
 from multidict import CIMultiDictProxy
 
-from proxy.core import canonical, policy, routes
+from proxy.core import canonical, policy, responses, routes
 from proxy.core.credentials import STANDARD, Credentials, of_request, split_query
+from proxy.core.entry import fingerprint_of, is_answer, json_object, usage_of
 from proxy.core.fingerprints import tracked
 from proxy.core.keyed import HeaderLines, Keying, vary_of
 from proxy.core.policy import CacheMode, CacheScope, Enforce, Outcome, Plan
@@ -224,6 +225,23 @@ def repro_headers(call: Call, outcome: Outcome, fingerprint: str | None) -> dict
     if fingerprint is not None:
         headers["X-Repro-Fingerprint"] = fingerprint
     return headers
+
+
+Facts = tuple[str, int, int, str | None]
+"""What the proxy reads of a whole answer: its fingerprint, prompt and completion tokens, and a
+Responses answer's id."""
+
+
+def facts_of(body: bytes, is_response: bool) -> Facts | None:
+    """What the proxy reads of a 200's body; None for one that is no answer (an error some
+    gateways send with a 200). Plain data in and out, so that a large body can be read in a
+    child process and only its facts come back (see `proxy.server.caching.read_facts`)."""
+    parsed = json_object(body)
+    if parsed is None or not is_answer(parsed, is_response):
+        return None
+    prompt, completion = usage_of(parsed)
+    found_by = responses.id_of(parsed) if is_response else None  # only responses are fetched
+    return fingerprint_of(parsed), prompt, completion, found_by
 
 
 class Answer(NamedTuple):

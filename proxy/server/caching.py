@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from typing import Any
 
@@ -16,15 +17,11 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.core import policy, responses, routes
-from proxy.core.call import Answer, Asked, Call, prepare_with, repro_headers
+from proxy.core.call import Answer, Asked, Call, Facts, facts_of, prepare_with, repro_headers
 from proxy.core.codec import Codec, UnknownDictionary
 from proxy.core.entry import (
     CorruptEntry,
     Entry,
-    fingerprint_of,
-    is_answer,
-    json_object,
-    usage_of,
 )
 from proxy.core.fingerprints import ModelFingerprints, tracked
 from proxy.core.keyed import KEYED_OTHERWISE, REROUTING
@@ -252,16 +249,26 @@ async def forward(
     headers = response_headers(upstream.headers, decoded=True)
     status, content_type = upstream.status, upstream.headers.get("Content-Type", "")
     fingerprint = None
-    parsed = json_object(data) if status == 200 else None
-    is_response = call.kind == RESPONSES
-    if parsed is not None and is_answer(parsed, is_response):
-        fingerprint = fingerprint_of(parsed)
-        prompt, completion = usage_of(parsed)
-        found_by = responses.id_of(parsed) if is_response else None  # only responses are fetched
+    facts = await read_facts(services, data, call.kind == RESPONSES) if status == 200 else None
+    if facts is not None:
+        fingerprint, prompt, completion, found_by = facts
         answer = Answer(data, content_type, fingerprint, prompt, completion, False, found_by)
         await record(services, call, answer, lease)
     headers.update(repro_headers(call, call.plan.outcome, fingerprint))
     return web.Response(status=status, body=data, headers=headers)
+
+
+async def read_facts(services: Services, data: bytes, is_response: bool) -> Facts | None:
+    """`facts_of`, in the offload child for an answer of OFF_LOOP_BODY and more: parsing tens of
+    MiB of an upstream's JSON on the loop would stall every request the process serves. A child
+    that died (out of memory) leaves the answer unread: served, not stored."""
+    if len(data) < OFF_LOOP_BODY:
+        return facts_of(data, is_response)
+    try:
+        return await services.offload.run(facts_of, data, is_response)
+    except BrokenProcessPool:
+        log.warning("answer not stored: the process reading it died", extra={"bytes": len(data)})
+        return None
 
 
 def as_upstream_allows(services: Services, call: Call, headers: Headers) -> Call:
