@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import httpx
 import orjson
@@ -31,18 +32,18 @@ def large_body(n: int) -> bytes:
     return orjson.dumps({"model": "gpt-4o-mini", "messages": messages, "temperature": 0.7})
 
 
-async def worst_health_latency(url: str, bodies: list[bytes]) -> tuple[float, list[int]]:
-    """Post `bodies` one after another (from a thread, so that this loop only polls) while
-    /healthz is polled every 5 ms; the slowest /healthz answer, and the posts' statuses."""
+async def worst_health_latency(url: str, work: Callable[[], list[int]]) -> tuple[float, list[int]]:
+    """Run `work` (requests one after another, in a thread, so that this loop only polls) while
+    /healthz is polled every 5 ms; the slowest /healthz answer, and the statuses `work` got."""
     worst = 0.0
-    posting = asyncio.ensure_future(asyncio.to_thread(post_all, url, bodies))
+    working = asyncio.ensure_future(asyncio.to_thread(work))
     async with httpx.AsyncClient(timeout=60) as client:
-        while not posting.done():
+        while not working.done():
             started = time.perf_counter()
             assert (await client.get(url + "/healthz")).status_code == 200
             worst = max(worst, time.perf_counter() - started)
             await asyncio.sleep(POLL_INTERVAL)
-    return worst, await posting
+    return worst, await working
 
 
 def post_all(url: str, bodies: list[bytes]) -> list[int]:
@@ -61,7 +62,9 @@ def test_large_bodies_do_not_stall_the_event_loop(start_proxy: ProxyFactory, sim
     proxy = start_proxy()
     bodies = [large_body(n) for n in range(BODIES)]
     assert all(14 * 2**20 < len(b) < 16 * 2**20 for b in bodies)
-    worst, statuses = asyncio.run(worst_health_latency(proxy.url, bodies))
+    worst, statuses = asyncio.run(
+        worst_health_latency(proxy.url, lambda: post_all(proxy.url, bodies))
+    )
     assert statuses == [504] * BODIES  # parsed, keyed, and not in the cache
     # Parsed on the loop, each body stalled it 830 to 860 ms; off it, the worst /healthz took
     # 20 to 65 ms on a busy 2-core machine (the same as with no large bodies at all).
@@ -109,32 +112,16 @@ def large_answer() -> bytes:
     )
 
 
-async def worst_health_latency_asking(url: str, times: int) -> tuple[float, list[int]]:
-    """Ask `times` distinct questions one after another (from a thread) while /healthz is
-    polled every 5 ms; the slowest /healthz answer, and the questions' statuses."""
-
-    def ask_all() -> list[int]:
-        with httpx.Client(timeout=60, headers={"Authorization": "Bearer sk-large"}) as client:
-            return [
-                client.post(
-                    url + CHAT,
-                    json={
-                        "model": "gpt-4o-mini",
-                        "messages": [{"role": "user", "content": f"{n}"}],
-                    },
-                ).status_code
-                for n in range(times)
-            ]
-
-    worst = 0.0
-    asking = asyncio.ensure_future(asyncio.to_thread(ask_all))
-    async with httpx.AsyncClient(timeout=60) as client:
-        while not asking.done():
-            started = time.perf_counter()
-            assert (await client.get(url + "/healthz")).status_code == 200
-            worst = max(worst, time.perf_counter() - started)
-            await asyncio.sleep(POLL_INTERVAL)
-    return worst, await asking
+def ask_all(url: str, times: int) -> list[int]:
+    """Ask `times` distinct questions one after another; their statuses."""
+    with httpx.Client(timeout=60, headers={"Authorization": "Bearer sk-large"}) as client:
+        return [
+            client.post(
+                url + CHAT,
+                json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"{n}"}]},
+            ).status_code
+            for n in range(times)
+        ]
 
 
 def test_large_answers_do_not_stall_the_event_loop(start_proxy: ProxyFactory) -> None:
@@ -145,7 +132,9 @@ def test_large_answers_do_not_stall_the_event_loop(start_proxy: ProxyFactory) ->
     head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
     with Scripted(fixed(head % len(answer) + answer)) as upstream:
         proxy = start_proxy(upstream=upstream.v1)
-        worst, statuses = asyncio.run(worst_health_latency_asking(proxy.url, BODIES))
+        worst, statuses = asyncio.run(
+            worst_health_latency(proxy.url, lambda: ask_all(proxy.url, BODIES))
+        )
         assert statuses == [200] * BODIES
         stored = httpx.get(proxy.url + "/metrics", timeout=10).text
     assert 'repro_fingerprint_info{fingerprint="fp_large",model="gpt-4o-mini"} 1.0' in stored
