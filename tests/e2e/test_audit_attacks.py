@@ -19,6 +19,21 @@ ADDRESS_SPACE = 1536 * 1024 * 1024
 """The command's address space: what 2N answers held whole would pass, what N in flight do not."""
 
 
+def bounded() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
+
+
+def check(upstream: Scripted, *args: str) -> subprocess.CompletedProcess[str]:
+    """`repro-proxy check` against `upstream` (JSON out, no prompt), in an address space of
+    ADDRESS_SPACE, with no environment besides PATH (no proxy variables, no API key)."""
+    argv = ["check", "--base-url", upstream.v1, *args, "--yes", "--json"]
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *argv],
+        capture_output=True, text=True, timeout=300, check=False, preexec_fn=bounded,
+        env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+
+
 def test_check_keeps_a_bounded_part_of_each_huge_answer() -> None:
     """Each answer is 48 KiB on the wire (deflate) and 48 MiB of distinct text: 16 of them held
     whole (the tally's, the report's) need 768 MiB, 32 of them more than the command may take."""
@@ -31,16 +46,8 @@ def test_check_keeps_a_bounded_part_of_each_huge_answer() -> None:
                                  "Content-Encoding: deflate"))  # fmt: skip
         await writer.drain()
 
-    def bounded() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
-
     with Scripted(write) as upstream:
-        argv = ["check", "--base-url", upstream.v1, "-n", "16", "--yes", "--json"]
-        done = subprocess.run(
-            [sys.executable, "-m", "proxy", *argv],
-            capture_output=True, text=True, timeout=300, check=False, preexec_fn=bounded,
-            env={"PATH": "/usr/bin:/bin"},
-        )  # fmt: skip
+        done = check(upstream, "-n", "16")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     arms = orjson.loads(done.stdout)["arms"]
@@ -71,16 +78,8 @@ def test_check_refuses_an_embedding_longer_than_any_models_before_holding_it() -
                                  "Content-Encoding: deflate"))  # fmt: skip
         await writer.drain()
 
-    def bounded() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
-
     with Scripted(write) as upstream:
-        argv = ["check", "--base-url", upstream.v1, "-n", "2", "--distance", "embedding"]
-        done = subprocess.run(
-            [sys.executable, "-m", "proxy", *argv, "--yes", "--json"],
-            capture_output=True, text=True, timeout=300, check=False, preexec_fn=bounded,
-            env={"PATH": "/usr/bin:/bin"},
-        )  # fmt: skip
+        done = check(upstream, "-n", "2", "--distance", "embedding")
     assert done.returncode == 1, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     for arm in orjson.loads(done.stdout)["arms"].values():
@@ -99,12 +98,7 @@ def test_check_names_why_an_answer_was_unusable() -> None:
         await writer.drain()
 
     with Scripted(write) as upstream:
-        argv = ["check", "--base-url", upstream.v1, "-n", "2", "--yes", "--json"]
-        done = subprocess.run(
-            [sys.executable, "-m", "proxy", *argv],
-            capture_output=True, text=True, timeout=60, check=False,
-            env={"PATH": "/usr/bin:/bin"},
-        )  # fmt: skip
+        done = check(upstream, "-n", "2")
     assert done.returncode == 1, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     reason = "the answer is in an encoding this command does not read: 'zstd'"
