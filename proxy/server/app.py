@@ -171,7 +171,9 @@ def _services(
         carriers = credentials.names(settings.credential_header)
         shared = settings.cache_scope is CacheScope.SHARED
         rate = settings.verify_rate if calls_upstream else 0.0
-        verifier = Verifier(upstream, fingerprints, metrics, rate, random.random, carriers)
+        verifier = Verifier(
+            upstream, fingerprints, metrics, rate, random.random, carriers, settings.max_entry
+        )
         keys = KeyChecker(
             upstream,
             settings.key_check_interval,

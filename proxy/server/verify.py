@@ -5,8 +5,9 @@ different. With `--verify-rate R`, a fraction R of HITs is re-asked after the cl
 answer (never delaying it); the fresh answer's text is compared with the stored one and counted
 as `same`, `differs` (with the distance in a histogram per model and fingerprint), `rotated`
 (the upstream answered under another fingerprint, which it also teaches the tracker) or `error`.
-At most `MAX_IN_FLIGHT` checks run at once; samples beyond that are skipped, not queued. The
-fresh answer is parsed, and the texts compared, in a thread, over a bounded length
+At most `MAX_IN_FLIGHT` checks run at once; samples beyond that are skipped, not queued. A fresh
+answer is read up to `--max-entry`, as large as the stored one may be; beyond, it is an `error`.
+The fresh answer is parsed, and the texts compared, in a thread, over a bounded length
 (MAX_COMPARED), never on the event loop.
 """
 
@@ -30,7 +31,7 @@ from proxy.errors import UpstreamError
 from proxy.metrics import Metrics
 from proxy.server.fingerprints import FingerprintTracker
 from proxy.store.base import StoreError
-from proxy.upstream.client import Upstream
+from proxy.upstream.client import FETCH_LIMIT, Upstream
 
 if TYPE_CHECKING:
     from proxy.core.call import Call
@@ -145,8 +146,10 @@ class Verifier:
         rate: float,
         draw: Callable[[], float],
         carriers: tuple[str, ...] = STANDARD,
+        limit: int = FETCH_LIMIT,
     ) -> None:
         self._upstream = upstream
+        self._limit = limit
         self._fingerprints = fingerprints
         self._metrics = metrics
         self._rate = rate
@@ -197,7 +200,9 @@ class Verifier:
         headers.extend((name, value) for name, value in call.headers if name not in auth)
         headers["Content-Type"] = "application/json"
         try:
-            status, body = await self._upstream.fetch("POST", call.target, headers, call.body)
+            status, body = await self._upstream.fetch(
+                "POST", call.target, headers, call.body, self._limit
+            )
         except UpstreamError as exc:
             log.info("verification failed", extra={"key": call.key, "error": exc.code})
             return None

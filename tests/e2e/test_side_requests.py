@@ -56,6 +56,28 @@ def test_a_200_error_answer_to_the_drift_re_ask_is_an_error_not_a_rotation(
     assert ask(proxy, "q1") == "HIT"  # the model's answers were not all made stale
 
 
+def test_the_drift_re_ask_reads_no_more_than_an_entry_may_hold(
+    start_proxy: ProxyFactory, sim: Sim
+) -> None:
+    """A fresh answer larger than --max-entry could never have been stored: it is an `error`,
+    not read whole (up to the 32 MiB bound of the proxy's other side requests) and compared."""
+    proxy = start_proxy("--verify-rate", "1", "--max-entry", "16384")
+    body = orjson.dumps({"model": MODEL, "messages": [{"role": "user", "content": "q0"}]})
+    first = httpx.post(proxy.v1 + "/chat/completions", content=body, headers=AUTH, timeout=10)
+    assert first.headers["X-Repro-Cache"] == "MISS"
+    huge = first.json()
+    huge["choices"][0]["message"]["content"] = "x" * 48_000
+    sim.fault(kind="status", status=200, body=huge, count=1)
+    assert ask(proxy, "q0") == "HIT"
+
+    def verified() -> float:
+        results = ("same", "differs", "rotated", "error")
+        return sum(proxy.metric("repro_verify_total", model=MODEL, result=r) for r in results)
+
+    assert settled(verified, 1) == 1
+    assert proxy.metric("repro_verify_total", model=MODEL, result="error") == 1
+
+
 def test_a_200_error_answer_to_a_probe_teaches_no_fingerprint(
     start_proxy: ProxyFactory, sim: Sim
 ) -> None:
