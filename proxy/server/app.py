@@ -33,6 +33,7 @@ from proxy.server.dictionary import Dictionaries
 from proxy.server.fingerprints import FingerprintTracker
 from proxy.server.hostcheck import check_host
 from proxy.server.keycheck import KeyChecker
+from proxy.server.offload import Offload
 from proxy.server.probe import Prober
 from proxy.server.secret import Secret
 from proxy.server.verify import Verifier
@@ -171,11 +172,20 @@ def _services(
         carriers = credentials.names(settings.credential_header)
         shared = settings.cache_scope is CacheScope.SHARED
         rate = settings.verify_rate if calls_upstream else 0.0
+        offload = Offload()
         verifier = Verifier(
-            upstream, fingerprints, metrics, rate, random.random, carriers, settings.max_entry
+            upstream,
+            offload,
+            fingerprints,
+            metrics,
+            rate,
+            random.random,
+            carriers,
+            settings.max_entry,
         )
         keys = KeyChecker(
             upstream,
+            offload,
             settings.key_check_interval,
             clock,
             timeout=settings.key_check_timeout,
@@ -189,6 +199,7 @@ def _services(
             fingerprints=fingerprints,
             coalescer=Coalescer(store, settings.lock_timeout),
             keys=keys,
+            offload=offload,
             prober=prober,
             verifier=verifier,
             secret=secret,

@@ -65,10 +65,6 @@ CALL_OVERHEAD = 512
 """Bytes charged per remembered call on top of what its request holds and the body sent."""
 
 
-OFF_LOOP_BODY = 1 << 20
-"""Bodies of this size and more are prepared off the event loop (see `prepare_aside`)."""
-
-
 async def prepare_aside(services: Services, asked: Asked) -> Call:
     """`prepare` in a child process (see proxy/server/offload.py): parsing, canonical form and key
     grow with the body, and on the loop a body of several MiB would stall every request the
@@ -262,10 +258,8 @@ async def read_facts(services: Services, data: bytes, is_response: bool) -> Fact
     """`facts_of`, in the offload child for an answer of OFF_LOOP_BODY and more: parsing tens of
     MiB of an upstream's JSON on the loop would stall every request the process serves. A child
     that died (out of memory) leaves the answer unread: served, not stored."""
-    if len(data) < OFF_LOOP_BODY:
-        return facts_of(data, is_response)
     try:
-        return await services.offload.run(facts_of, data, is_response)
+        return await services.offload.parse(facts_of, data, is_response)
     except BrokenProcessPool:
         log.warning("answer not stored: the process reading it died", extra={"bytes": len(data)})
         return None

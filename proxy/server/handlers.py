@@ -24,7 +24,6 @@ from proxy.errors import (
 )
 from proxy.server import bodies
 from proxy.server.caching import (
-    OFF_LOOP_BODY,
     forward,
     lookup,
     lookup_or_lock,
@@ -37,6 +36,7 @@ from proxy.server.caching import (
 )
 from proxy.server.coalesce import Lease
 from proxy.server.context import SERVICES, Services
+from proxy.server.offload import OFF_LOOP_BODY
 from proxy.server.streaming import forward_stream
 from proxy.store.base import StoreError
 from proxy.upstream.client import StreamedBody

@@ -27,6 +27,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Mapping
+from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -46,6 +47,7 @@ from proxy.core.lru import LRU
 from proxy.core.routes import RESPONSES
 from proxy.core.sse import StreamRecorder
 from proxy.errors import UpstreamError
+from proxy.server.offload import Offload
 from proxy.upstream.client import Upstream
 
 if TYPE_CHECKING:
@@ -91,6 +93,7 @@ class KeyChecker:
     def __init__(
         self,
         upstream: Upstream,
+        offload: Offload,
         interval: float,
         clock: Callable[[], float],
         *,
@@ -98,6 +101,7 @@ class KeyChecker:
         carriers: tuple[str, ...] = STANDARD,
     ) -> None:
         self._upstream = upstream
+        self._offload = offload
         self._interval = interval
         self._clock = clock
         self._timeout = timeout
@@ -213,14 +217,20 @@ class KeyChecker:
     ) -> bool | None:
         """Whether the upstream served this request (None: it did not say). A 2xx whose body
         `judge` finds no answer is a refusal: gateways refuse a bad key with a 200 and an
-        error body, and such an answer vouches for nothing."""
+        error body, and such an answer vouches for nothing. A large answer (a gateway's list of
+        every model it routes to) is judged in the offload child, off the loop."""
         try:
             status, answer = await self._upstream.fetch(method, path, headers, body)
         except UpstreamError:
             return None
         if status in REFUSED:
             return False
-        return judge(answer) if _ok(status) else None
+        if not _ok(status):
+            return None
+        try:
+            return await self._offload.parse(judge, answer)
+        except BrokenProcessPool:
+            return None
 
     def _fallback(self, tenant: str, shared: bool) -> bool:
         """The upstream cannot say: a refusal stands, an acceptance lasts one more interval."""

@@ -19,6 +19,9 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
+OFF_LOOP_BODY = 1 << 20
+"""Bytes from which a body, a client's or the upstream's, is parsed in the child."""
+
 
 class Offload:
     def __init__(self) -> None:
@@ -35,6 +38,13 @@ class Offload:
         except BrokenProcessPool:  # the child died (killed, out of memory): a new one next time
             self.close()
             raise
+
+    async def parse(self, work: Callable[..., T], data: bytes, *args: object) -> T:
+        """`work(data, *args)`: at once for a small `data`, in the child from OFF_LOOP_BODY
+        (BrokenProcessPool if the child died)."""
+        if len(data) < OFF_LOOP_BODY:
+            return work(data, *args)
+        return await self.run(work, data, *args)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -7,8 +7,8 @@ as `same`, `differs` (with the distance in a histogram per model and fingerprint
 (the upstream answered under another fingerprint, which it also teaches the tracker) or `error`.
 At most `MAX_IN_FLIGHT` checks run at once; samples beyond that are skipped, not queued. A fresh
 answer is read up to `--max-entry`, as large as the stored one may be; beyond, it is an `error`.
-The fresh answer is parsed, and the texts compared, in a thread, over a bounded length
-(MAX_COMPARED), never on the event loop.
+The fresh answer is parsed, and the texts compared over a bounded length (MAX_COMPARED), in a
+thread, or in the offload child when either answer is large: orjson holds the GIL throughout.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
+from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -30,6 +31,7 @@ from proxy.core.textdistance import normalized_levenshtein
 from proxy.errors import UpstreamError
 from proxy.metrics import Metrics
 from proxy.server.fingerprints import FingerprintTracker
+from proxy.server.offload import OFF_LOOP_BODY, Offload
 from proxy.store.base import StoreError
 from proxy.upstream.client import FETCH_LIMIT, Upstream
 
@@ -141,6 +143,7 @@ class Verifier:
     def __init__(
         self,
         upstream: Upstream,
+        offload: Offload,
         fingerprints: FingerprintTracker,
         metrics: Metrics,
         rate: float,
@@ -149,6 +152,7 @@ class Verifier:
         limit: int = FETCH_LIMIT,
     ) -> None:
         self._upstream = upstream
+        self._offload = offload
         self._limit = limit
         self._fingerprints = fingerprints
         self._metrics = metrics
@@ -179,7 +183,12 @@ class Verifier:
             self._metrics.verify.labels(model, "error").inc()
             return
         responses = call.kind == RESPONSES
-        fingerprint = await asyncio.to_thread(fresh_fingerprint, fresh, entry.stream, responses)
+        large = max(len(fresh), len(entry.body)) >= OFF_LOOP_BODY
+        aside = self._offload.run if large else asyncio.to_thread
+        try:
+            fingerprint = await aside(fresh_fingerprint, fresh, entry.stream, responses)
+        except BrokenProcessPool:
+            fingerprint = None
         if fingerprint is None:
             self._metrics.verify.labels(model, "error").inc()
             return
@@ -188,7 +197,11 @@ class Verifier:
         if fingerprint != entry.fingerprint:
             self._metrics.verify.labels(model, "rotated").inc()
             return
-        distance = await asyncio.to_thread(answers_drift, entry.body, fresh, entry.stream)
+        try:
+            distance = await aside(answers_drift, entry.body, fresh, entry.stream)
+        except BrokenProcessPool:
+            self._metrics.verify.labels(model, "error").inc()
+            return
         fingerprint = self._metrics.fingerprint(model, entry.fingerprint)
         self._metrics.verify_distance.labels(model, fingerprint).observe(distance)
         self._metrics.verify.labels(model, "same" if distance == 0 else "differs").inc()
