@@ -38,6 +38,12 @@ def settled(read: Callable[[], float], at_least: float) -> float:
     return value
 
 
+def verified(proxy: Proxy) -> float:
+    """Drift checks done so far, whatever their result."""
+    results = ("same", "differs", "rotated", "error")
+    return sum(proxy.metric("repro_verify_total", model=MODEL, result=r) for r in results)
+
+
 def test_a_200_error_answer_to_the_drift_re_ask_is_an_error_not_a_rotation(
     start_proxy: ProxyFactory, sim: Sim
 ) -> None:
@@ -45,12 +51,7 @@ def test_a_200_error_answer_to_the_drift_re_ask_is_an_error_not_a_rotation(
     assert (ask(proxy, "q0"), ask(proxy, "q1")) == ("MISS", "MISS")
     sim.fault(**ERROR_WITH_200, count=1)
     assert ask(proxy, "q0") == "HIT"
-
-    def verified() -> float:
-        results = ("same", "differs", "rotated", "error")
-        return sum(proxy.metric("repro_verify_total", model=MODEL, result=r) for r in results)
-
-    assert settled(verified, 1) == 1
+    assert settled(lambda: verified(proxy), 1) == 1
     assert proxy.metric("repro_verify_total", model=MODEL, result="error") == 1
     assert proxy.metric("repro_fingerprint_changes_total", model=MODEL) == 0
     assert ask(proxy, "q1") == "HIT"  # the model's answers were not all made stale
@@ -69,12 +70,7 @@ def test_the_drift_re_ask_reads_no_more_than_an_entry_may_hold(
     huge["choices"][0]["message"]["content"] = "x" * 48_000
     sim.fault(kind="status", status=200, body=huge, count=1)
     assert ask(proxy, "q0") == "HIT"
-
-    def verified() -> float:
-        results = ("same", "differs", "rotated", "error")
-        return sum(proxy.metric("repro_verify_total", model=MODEL, result=r) for r in results)
-
-    assert settled(verified, 1) == 1
+    assert settled(lambda: verified(proxy), 1) == 1
     assert proxy.metric("repro_verify_total", model=MODEL, result="error") == 1
 
 
