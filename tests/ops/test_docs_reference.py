@@ -15,6 +15,7 @@ from proxy import cli, config, errors
 from proxy.metrics import Metrics
 from proxy.server.app import create_app
 from proxy.testing import peers, plugin
+from proxy.tools.sim import control
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "docs" / "reference.md"
@@ -50,7 +51,7 @@ def section(text: str, heading: str) -> str:
 
 def table_rows(text: str) -> list[list[str]]:
     """The cells of the rows of the first markdown table in `text`, less its header."""
-    lines = text[text.index("\n|") + 1 :].splitlines()
+    lines = [*text[text.index("\n|") + 1 :].splitlines(), ""]
     table = [line for line in lines[: next(i for i, x in enumerate(lines) if x[:1] != "|")]]
     return [[cell.strip() for cell in re.split(r"(?<!\\)\|", row.strip("|"))] for row in table[2:]]
 
@@ -220,3 +221,14 @@ def test_every_repro_variable_named_exists() -> None:
     for document in USER_DOCUMENTS:
         for name in set(re.findall(r"\bREPRO_[A-Z_]+\b", document.read_text(encoding="utf-8"))):
             assert f'"{name}"' in source, f"{document.name}: {name}"
+
+
+def test_every_control_route_of_the_sim_is_in_the_reference() -> None:
+    """Rows name one path and its methods: "`GET`, `POST /_sim/fingerprint`"."""
+    documented = set()
+    for row in table_rows(section(reference(), "The simulated upstream")):
+        words = " ".join(CODE.findall(row[0])).replace(",", "").split()
+        paths = [word for word in words if word.startswith("/")]
+        documented |= {(method, paths[0]) for method in words if not method.startswith("/")}
+    in_code = {(route.method, route.path) for route in control.routes()}
+    both_ways(documented, in_code)
