@@ -232,3 +232,11 @@ def test_every_control_route_of_the_sim_is_in_the_reference() -> None:
         documented |= {(method, paths[0]) for method in words if not method.startswith("/")}
     in_code = {(route.method, route.path) for route in control.routes()}
     both_ways(documented, in_code)
+
+
+def test_the_variables_the_compose_stack_passes_through_are_in_the_deploy_readme() -> None:
+    compose = (ROOT / "deploy" / "compose" / "docker-compose.yml").read_text(encoding="utf-8")
+    readme = (ROOT / "deploy" / "README.md").read_text(encoding="utf-8")
+    passed = set(re.findall(r"\$\{(REPRO_[A-Z_]+):-", compose))
+    assert passed
+    assert not {name for name in passed if f"`{name}`" not in readme}
