@@ -201,7 +201,8 @@ def test_every_command_and_its_flags_are_in_the_reference() -> None:
 
 
 def test_every_flag_named_exists() -> None:
-    known = set().union(*commands(cli.build_parser()).values())
+    parser = cli.build_parser()
+    known = long_flags(parser).union(*commands(parser).values())
     known |= set(re.findall(r'addoption\(\s*"(--[\w-]+)"', Path(plugin.__file__).read_text()))
     known |= set(OTHER_PROGRAMS_FLAGS)
     for document in USER_DOCUMENTS:
