@@ -158,7 +158,7 @@ _ENUMS: dict[str, Callable[[str], Any]] = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     for option in OPTIONS:
-        default = "unset" if option.default is None else option.default
+        default = option.default or "unset"
         parser.add_argument(
             option.flag,
             dest=option.name,

@@ -1,12 +1,12 @@
 """Errors the proxy itself answers with, in OpenAI's error shape.
 
-    ProxyError                      status  code
+    ProxyError                         500  internal_error (a fault of our own)
      ├── InvalidJSON                   400  invalid_json
      ├── InvalidParameter              400  invalid_value (names the parameter)
- │    └── InvalidType              400  invalid_type (a parameter the proxy acts on)
+     │    └── InvalidType              400  invalid_type (a parameter the proxy acts on)
      ├── InvalidPath                   400  invalid_path (a pass-through path leaving /v1/)
      ├── InvalidHeader                 400  invalid_header (a value not in Latin-1)
-     ├── InvalidHost                   400  invalid_host (no Host in HTTP/1.1, or not a host)
+     ├── InvalidHost                   400  invalid_host (a Host that names no host)
      ├── HostNotAllowed                403  host_not_allowed (--allowed-host)
      ├── RequestTimeout                408  request_timeout (a body that went silent)
      ├── InvalidBodyLength             400  invalid_body_length (pass-through)

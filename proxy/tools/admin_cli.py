@@ -23,9 +23,13 @@ class Refused(Exception):
     """The command cannot do what was asked; the message says which option to change."""
 
 
-def add_connection_arguments(parser: argparse.ArgumentParser, timeout: float = 30) -> None:
+def add_connection_arguments(
+    parser: argparse.ArgumentParser,
+    timeout: float = 30,
+    waits: str = "seconds to wait for the whole answer",
+) -> None:
     """--url, --admin-token and --timeout, as every command that talks to a running proxy
-    takes them."""
+    takes them; `waits` says what the timeout bounds, which differs for streamed commands."""
     parser.add_argument(
         "--url",
         default=None,
@@ -40,7 +44,7 @@ def add_connection_arguments(parser: argparse.ArgumentParser, timeout: float = 3
         "--timeout",
         type=float,
         default=timeout,
-        help=f"seconds to wait for the whole answer (default {timeout:g})",
+        help=f"{waits} (default {timeout:g})",
     )
 
 

@@ -37,12 +37,12 @@ BATCH_BYTES = 4 * 1024 * 1024
 
 def add_commands(commands: Any) -> None:
     export = commands.add_parser("export", help="write stored answers to a JSONL cassette")
-    _source_arguments(export)
+    _source_arguments(export, "seconds the export may go silent between two reads")
     export.add_argument("--namespace", help="only answers of this X-Repro-Namespace")
     export.add_argument("--model", help="only answers of this model")
     export.add_argument("--output", "-o", default="-", help="file to write (default stdout)")
     load = commands.add_parser("import", help="load a JSONL cassette into a store or a proxy")
-    _source_arguments(load)
+    _source_arguments(load, "seconds to wait for the answer to each batch of the cassette")
     load.add_argument("cassette", help="the cassette file")
     load.add_argument(
         "--cache-scope",
@@ -72,7 +72,7 @@ def add_commands(commands: Any) -> None:
     diff.add_argument("--json", action="store_true", help="a JSON report instead of a table")
 
 
-def _source_arguments(parser: argparse.ArgumentParser) -> None:
+def _source_arguments(parser: argparse.ArgumentParser, waits: str) -> None:
     parser.add_argument(
         "--store",
         default=None,
@@ -83,7 +83,7 @@ def _source_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("REPRO_ENCRYPTION_KEY"),
         help="with --store: the store's --encryption-key, if it has one (env REPRO_ENCRYPTION_KEY)",
     )
-    add_connection_arguments(parser, timeout=300)
+    add_connection_arguments(parser, timeout=300, waits=waits)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,7 +22,8 @@ control routes (unauthenticated; JSON bodies):
   GET    /_sim/settings      latency, chunk_delay, divergence, drift
   POST   /_sim/settings      change any of them at run time
   POST   /_sim/keys          {"api_keys": […]}: the keys accepted from now on ([] = any)
-  POST   /_sim/faults        queue a fault for the next requests (status, body, headers …)
+  POST   /_sim/faults        {"kind": "status"|"cut"|"error_event"|"hang"|"drop"|…, "count": N, …}:
+                             fail the next N LLM requests (status, headers, body, after)
   DELETE /_sim/faults        drop the queued faults
   GET    /_sim/requests      the requests received, as received
   DELETE /_sim/requests      forget them
