@@ -30,6 +30,7 @@ class SettingError(ValueError):
 
 
 _SECRETS = frozenset({"admin_token", "secret", "encryption_key", "probe_key"})
+_SHOWN = 80  # characters of a wrong value the error repeats: enough to recognise it
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,17 @@ def mask_password(url: str) -> str:
     if password:
         url = url.replace(f":{password}@", ":***@", 1)
     return _QUERY_PASSWORD.sub(r"\1***", url)
+
+
+def _shown(option: Option, text: str) -> str:
+    """A wrong value as its error repeats it: never a secret, a password or a URL's query (where
+    keys travel), and not thousands of characters."""
+    if option.name in _SECRETS:
+        return "***"
+    shown = mask_password(text)
+    if option.name == "upstream":
+        shown = re.sub(r"[?#].*", "?…", shown, flags=re.DOTALL)
+    return shown if len(shown) <= _SHOWN else shown[: _SHOWN - 1] + "…"
 
 
 def _check_cassette(settings: Settings) -> None:
@@ -216,9 +228,8 @@ def load(
         try:
             value = option.parse(text)
         except ValueError as exc:
-            shown = "***" if option.name in _SECRETS else mask_password(text)
             raise SettingError(
-                f"{option.flag} / {option.env}: invalid value {shown!r}: {exc}"
+                f"{option.flag} / {option.env}: invalid value {_shown(option, text)!r}: {exc}"
             ) from None
         enum = _ENUMS.get(option.name)
         values[option.name] = enum(value) if enum else value

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from proxy.core.numbers import decimal, integer
 from proxy.store import check_url, parse_size
 from proxy.store.encrypted import parse_keys
 
@@ -37,15 +38,30 @@ def ranged(cast: Callable[[str], Any], expected: str, fits: Callable[[Any], bool
     return parse
 
 
-_INF = float("inf")
-seconds = ranged(float, "a number of seconds >= 0", lambda v: 0 <= v < _INF)
-positive_seconds = ranged(float, "a number of seconds > 0", lambda v: 0 < v < _INF)
-fraction = ranged(float, "a fraction between 0 and 1", lambda v: 0 <= v <= 1)
-non_negative_int = ranged(int, "an integer >= 0", lambda v: v >= 0)
-positive_int = ranged(int, "an integer >= 1", lambda v: v >= 1)
-port = ranged(int, "a port between 0 and 65535", lambda v: 0 <= v <= 65535)
-seed = ranged(int, "an integer between -2^63 and 2^63-1", lambda v: -(2**63) <= v < 2**63)
-count = ranged(int, "auto or an integer >= 1", lambda v: v >= 1)
+MAX_SECONDS = 10 * 365 * 24 * 3600
+"""Ten years: longer than any wait or lifetime a setting means, and far inside what every clock
+and timer under the proxy takes (a C `time_t`, Redis's expiries, threading's TIMEOUT_MAX)."""
+MAX_COUNT = 2**31 - 1
+_TEN_YEARS = f"at most {MAX_SECONDS} (ten years)"
+
+seconds = ranged(
+    decimal, f"a number of seconds >= 0, {_TEN_YEARS}", lambda v: 0 <= v <= MAX_SECONDS
+)
+positive_seconds = ranged(
+    decimal, f"a number of seconds > 0, {_TEN_YEARS}", lambda v: 0 < v <= MAX_SECONDS
+)
+whole_seconds = ranged(
+    integer, f"a whole number of seconds >= 0, {_TEN_YEARS}", lambda v: 0 <= v <= MAX_SECONDS
+)
+fraction = ranged(decimal, "a fraction between 0 and 1", lambda v: 0 <= v <= 1)
+non_negative_int = ranged(
+    integer, f"an integer from 0 to {MAX_COUNT}", lambda v: 0 <= v <= MAX_COUNT
+)
+port = ranged(integer, "a port between 0 and 65535", lambda v: 0 <= v <= 65535)
+seed = ranged(integer, "an integer between -2^63 and 2^63-1", lambda v: -(2**63) <= v < 2**63)
+count = ranged(integer, f"auto or an integer from 1 to {MAX_COUNT}", lambda v: 1 <= v <= MAX_COUNT)
+MAX_WORKERS = 1024
+workers = ranged(integer, f"an integer from 1 to {MAX_WORKERS}", lambda v: 1 <= v <= MAX_WORKERS)
 
 
 def connections(text: str) -> int | None:
@@ -60,7 +76,7 @@ def switch(text: str) -> bool:
     return value in ("on", "true", "1", "yes")
 
 
-zstd_level = ranged(int, "a zstd level from 1 to 19, or 0 (off)", lambda v: 0 <= v <= 19)
+zstd_level = ranged(integer, "a zstd level from 1 to 19, or 0 (off)", lambda v: 0 <= v <= 19)
 
 
 def compression(text: str) -> int:
@@ -83,18 +99,82 @@ def encryption_keys(text: str) -> str:
     return text
 
 
-def upstream(text: str) -> str:
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+def _plain(text: str) -> bool:
+    """No spaces or control characters: what an address, a URL or a header value allows."""
+    return all(c.isprintable() and not c.isspace() for c in text)
+
+
+def host(text: str) -> str:
+    """An address or name to listen on. An empty one would make aiohttp listen on every
+    interface, the opposite of what an empty REPRO_HOST means (the default, loopback)."""
+    if not text or not _plain(text) or not text.isascii():
         raise ValueError(
-            "expected an http:// or https:// base URL such as https://api.openai.com/v1"
+            "expected an address or host name to listen on, such as 127.0.0.1, or 0.0.0.0 / :: "
+            "for every interface"
+        )
+    return text
+
+
+def upstream(text: str) -> str:
+    expected = "expected an http:// or https:// base URL such as https://api.openai.com/v1"
+    if not _plain(text):
+        raise ValueError(f"{expected}, without spaces or control characters")
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:  # an unclosed [IPv6 address, a port out of range or not a number
+        raise ValueError(f"{expected}, with a port from 1 to 65535 if any") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(expected)
+    if port == 0:
+        raise ValueError(f"{expected}, with a port from 1 to 65535 if any")
+    if "@" in parts.netloc:
+        raise ValueError(
+            "user:password@ in the base URL is never sent; the upstream's key comes with each "
+            "request (Authorization, api-key)"
+        )
+    if parts.query or parts.fragment or "?" in text or "#" in text:
+        raise ValueError(
+            "a ?query or #fragment in the base URL is never sent: requests keep only its path"
         )
     return text.rstrip("/")
 
 
+MAX_FILE = 16 * 1024 * 1024
+"""Above any PEM bundle or key: a larger file is a wrong path, not one to read at start."""
+
+
 def readable_file(text: str) -> str:
     if not os.path.isfile(text) or not os.access(text, os.R_OK):
-        raise ValueError("expected a readable file")
+        raise ValueError("expected a readable file (not a directory, a device or a pipe)")
+    if os.path.getsize(text) > MAX_FILE:
+        raise ValueError(f"expected a PEM file, not one of more than {MAX_FILE} bytes")
+    return text
+
+
+def header_token(text: str) -> str:
+    """A token an HTTP header carries whole: printable ASCII, no space at either end (a bearer
+    is read stripped, and a client cannot send a newline)."""
+    if not (text.isascii() and text.isprintable()) or text != text.strip():
+        raise ValueError(
+            "expected printable ASCII without a space at either end, as an HTTP header carries "
+            "it (a stray newline, tab or typographic quote?)"
+        )
+    return text
+
+
+def cassette(text: str) -> str:
+    """A JSONL file to read at start and write at exit: a directory, a device or a pipe is
+    neither, and a missing directory would lose the recording only at exit."""
+    if not text or not _plain(text[:1] + text[-1:]):
+        raise ValueError("expected the path of a JSONL file")
+    if os.path.exists(text):
+        if not os.path.isfile(text):
+            raise ValueError("expected a regular file (not a directory, a device or a pipe)")
+        return text
+    folder = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(folder):
+        raise ValueError(f"no directory {folder!r} to write it in")
     return text
 
 
