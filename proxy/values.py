@@ -3,14 +3,31 @@ what it expected, in words a user reads (`proxy.config` names the setting in the
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Callable
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, TypeVar
+from urllib.parse import SplitResult, urlsplit
 
 from proxy.core.numbers import decimal, integer
 from proxy.store import check_url, parse_size
 from proxy.store.encrypted import parse_keys
+
+T = TypeVar("T")
+
+
+def argument(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """A parser as an argparse type, for the commands besides `serve`: a wrong value is then
+    argparse's usage and one line naming the flag, the value and what was expected."""
+
+    def checked(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            shown = text if len(text) <= 80 else text[:79] + "…"
+            raise argparse.ArgumentTypeError(f"{exc}, got {shown!r}") from None
+
+    return checked
 
 
 def choice(*allowed: str) -> Callable[[str], str]:
@@ -115,20 +132,30 @@ def host(text: str) -> str:
     return text
 
 
-def upstream(text: str) -> str:
-    expected = "expected an http:// or https:// base URL such as https://api.openai.com/v1"
+def _http(text: str, expected: str) -> SplitResult:
+    """The parts of an http:// or https:// URL with a host, parsed here: a port out of range,
+    an unclosed [ or a stray space is then a line saying what was expected, not the HTTP
+    client's traceback (or, for a newline, which urlsplit drops, another host)."""
     if not _plain(text):
         raise ValueError(f"{expected}, without spaces or control characters")
     try:
         parts = urlsplit(text)
         port = parts.port
-    except ValueError:  # an unclosed [IPv6 address, a port out of range or not a number
-        raise ValueError(f"{expected}, with a port from 1 to 65535 if any") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(expected)
+    except ValueError:
+        port = 0
+    else:
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(expected)
     if port == 0:
-        raise ValueError(f"{expected}, with a port from 1 to 65535 if any")
-    if "@" in parts.netloc:
+        raise ValueError(f"{expected}, with a port from 1 to 65535 if any, an IPv6 address in [ ]")
+    return parts
+
+
+def upstream(text: str) -> str:
+    parts = _http(
+        text, "expected an http:// or https:// base URL such as https://api.openai.com/v1"
+    )
+    if parts.username is not None:
         raise ValueError(
             "user:password@ in the base URL is never sent; the upstream's key comes with each "
             "request (Authorization, api-key)"
@@ -138,6 +165,15 @@ def upstream(text: str) -> str:
             "a ?query or #fragment in the base URL is never sent: requests keep only its path"
         )
     return text.rstrip("/")
+
+
+def http_url(text: str) -> str:
+    """The base URL of a server a command talks to (a proxy, an upstream): the command adds
+    its paths, which a ?query or #fragment would swallow."""
+    parts = _http(text, "expected an http:// or https:// URL such as http://127.0.0.1:8080")
+    if parts.query or parts.fragment or "?" in text or "#" in text:
+        raise ValueError("a base URL takes no ?query or #fragment")
+    return text
 
 
 MAX_FILE = 16 * 1024 * 1024

@@ -93,6 +93,11 @@ def run(args: argparse.Namespace) -> int:
         return cassette_diff.main(args)
     try:
         target = _target(args)
+        if args.encryption_key:
+            _check_keys(args.encryption_key)
+        if args.command == "import":
+            _check_readable(args.cassette)
+            _check_scope(_scope(args))
         if args.command == "import" and _scope(args) == "key" and not args.api_key:
             raise Refused(
                 "--cache-scope key needs --api-key (or OPENAI_API_KEY): the key the answers are for"
@@ -114,6 +119,33 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"{args.command}ed {plural(count, 'answer')}", file=sys.stderr)
     return 0
+
+
+def _check_keys(text: str) -> None:
+    """Named, never shown."""
+    try:
+        parse_keys(text)
+    except ValueError as exc:
+        raise Refused(f"--encryption-key / REPRO_ENCRYPTION_KEY: {exc}") from None
+
+
+def _check_scope(scope: str | None) -> None:
+    """REPRO_CACHE_SCOPE is the flag's default, which argparse never checks against choices."""
+    known = [scope.value for scope in policy.CacheScope]
+    if scope is not None and scope not in known:
+        raise Refused(
+            f"--cache-scope / REPRO_CACHE_SCOPE: expected {' or '.join(known)}, got {scope!r}"
+        )
+
+
+def _check_readable(path: str) -> None:
+    """The cassette is read before anything is asked of a store or a proxy."""
+    try:
+        cassette.opened(path).close()
+    except OSError as exc:
+        raise Refused(f"cassette {path!r}: {(exc.strerror or str(exc)).lower()}") from None
+    except cassette.CassetteError as exc:
+        raise Refused(f"cassette: {exc}") from None
 
 
 def _target(args: argparse.Namespace) -> str | None:
