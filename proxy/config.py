@@ -145,6 +145,13 @@ def _check_tls(settings: Settings) -> None:
     """Load the TLS files once here, so that a wrong one is named at start, not per request."""
     if settings.upstream_key and not settings.upstream_cert:
         raise SettingError("--upstream-key / REPRO_UPSTREAM_KEY: needs --upstream-cert")
+    given = [o for o in OPTIONS if o.name in ("upstream_ca", "upstream_cert")]
+    for option in given:
+        if getattr(settings, option.name) and not settings.upstream.lower().startswith("https:"):
+            raise SettingError(
+                f"{option.flag} / {option.env}: applies to an https:// --upstream only; this "
+                "one is plain http://, where it would be ignored"
+            )
     try:
         tls_context(Egress(ca=settings.upstream_ca))
     except (OSError, ssl.SSLError) as exc:
@@ -239,6 +246,11 @@ def load(
     settings = Settings(**values)
     _check_cassette(settings)
     _check_tls(settings)
+    if settings.probe_interval > 0 and not settings.probe_key:
+        raise SettingError(
+            "--probe-interval / REPRO_PROBE_INTERVAL: probes need --probe-key / REPRO_PROBE_KEY, "
+            "the API key they send; without one none would be sent"
+        )
     if settings.workers > 1 and settings.port == 0:
         raise SettingError(
             "--port / REPRO_PORT: 0 (a free port) needs --workers 1: each worker would bind a "

@@ -234,3 +234,20 @@ def test_a_tls_file_larger_than_any_pem_is_refused_before_it_is_read(
         handle.truncate(64 * 1024**3)  # sparse: 64 GiB OpenSSL would read through
     message = refused(BY_NAME[name], str(path), env=True)
     assert "PEM file" in message
+
+
+def test_probes_without_a_key_to_send_are_refused() -> None:
+    # The prober stays idle without a key: --probe-interval alone did nothing, silently.
+    with pytest.raises(SettingError, match=r"^--probe-interval / REPRO_PROBE_INTERVAL: .*key"):
+        load({}, {"REPRO_PROBE_INTERVAL": "3600"})
+    settings = load({}, {"REPRO_PROBE_INTERVAL": "3600", "REPRO_PROBE_KEY": "sk-probe"})
+    assert settings.probe_interval == 3600
+
+
+@pytest.mark.parametrize("name", ["upstream_ca", "upstream_cert"])
+def test_tls_files_for_a_plain_http_upstream_are_refused(name: str) -> None:
+    # The TLS context is built for an https:// upstream only: the file was ignored.
+    option = BY_NAME[name]
+    flags = {name: "/etc/hostname", "upstream": "http://127.0.0.1:9/v1"}
+    with pytest.raises(SettingError, match=rf"^{option.flag} / {option.env}: .*https://"):
+        load(flags, {})
