@@ -18,9 +18,10 @@ from enum import Enum
 from typing import Any
 from urllib.parse import urlsplit
 
+from proxy import values
 from proxy.core.policy import CacheMode, CacheScope, Enforce, FingerprintPolicy, StreamDisconnect
 from proxy.options import OPTIONS, Option
-from proxy.upstream.egress import Egress, tls_context
+from proxy.upstream.egress import Egress, env_proxy, tls_context
 
 __all__ = ["OPTIONS", "Option", "SettingError", "Settings", "add_arguments", "load"]
 
@@ -166,6 +167,26 @@ def _check_tls(settings: Settings) -> None:
         ) from None
 
 
+def _check_forward_proxy(upstream: str, environ: Mapping[str, str]) -> None:
+    """The forward proxy the upstream is reached through, from HTTPS_PROXY and its kin, is read
+    once here: one aiohttp cannot use would fail every upstream call, not the start."""
+    proxy = env_proxy(upstream, environ)
+    if proxy is None:
+        return
+    try:
+        parts = urlsplit(proxy)
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # an unclosed [, a port out of range or not a number
+        usable = False
+    if not usable or not values.plain(proxy):
+        shown = mask_password(proxy)
+        shown = shown if len(shown) <= _SHOWN else shown[: _SHOWN - 1] + "…"
+        raise SettingError(
+            f"HTTPS_PROXY / HTTP_PROXY / ALL_PROXY: the forward proxy for the upstream, {shown!r}, "
+            "is not usable: expected http://host:port (user:password@ allowed)"
+        )
+
+
 _ENUMS: dict[str, Callable[[str], Any]] = {
     "enforce": Enforce,
     "cache_mode": CacheMode,
@@ -246,6 +267,7 @@ def load(
     settings = Settings(**values)
     _check_cassette(settings)
     _check_tls(settings)
+    _check_forward_proxy(settings.upstream, environ)
     if settings.probe_interval > 0 and not settings.probe_key:
         raise SettingError(
             "--probe-interval / REPRO_PROBE_INTERVAL: probes need --probe-key / REPRO_PROBE_KEY, "

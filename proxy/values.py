@@ -116,7 +116,7 @@ def encryption_keys(text: str) -> str:
     return text
 
 
-def _plain(text: str) -> bool:
+def plain(text: str) -> bool:
     """No spaces or control characters: what an address, a URL or a header value allows."""
     return all(c.isprintable() and not c.isspace() for c in text)
 
@@ -124,7 +124,7 @@ def _plain(text: str) -> bool:
 def host(text: str) -> str:
     """An address or name to listen on. An empty one would make aiohttp listen on every
     interface, the opposite of what an empty REPRO_HOST means (the default, loopback)."""
-    if not text or not _plain(text) or not text.isascii():
+    if not text or not plain(text) or not text.isascii():
         raise ValueError(
             "expected an address or host name to listen on, such as 127.0.0.1, or 0.0.0.0 / :: "
             "for every interface"
@@ -136,7 +136,7 @@ def _http(text: str, expected: str) -> SplitResult:
     """The parts of an http:// or https:// URL with a host, parsed here: a port out of range,
     an unclosed [ or a stray space is then a line saying what was expected, not the HTTP
     client's traceback (or, for a newline, which urlsplit drops, another host)."""
-    if not _plain(text):
+    if not plain(text):
         raise ValueError(f"{expected}, without spaces or control characters")
     try:
         parts = urlsplit(text)
@@ -202,7 +202,7 @@ def header_token(text: str) -> str:
 def cassette(text: str) -> str:
     """A JSONL file to read at start and write at exit: a directory, a device or a pipe is
     neither, and a missing directory would lose the recording only at exit."""
-    if not text or not _plain(text[:1] + text[-1:]):
+    if not text or not plain(text[:1] + text[-1:]):
         raise ValueError("expected the path of a JSONL file")
     if os.path.exists(text):
         if not os.path.isfile(text):

@@ -251,3 +251,20 @@ def test_tls_files_for_a_plain_http_upstream_are_refused(name: str) -> None:
     flags = {name: "/etc/hostname", "upstream": "http://127.0.0.1:9/v1"}
     with pytest.raises(SettingError, match=rf"^{option.flag} / {option.env}: .*https://"):
         load(flags, {})
+
+
+@pytest.mark.parametrize(
+    "proxy",
+    ["proxy.corp:3128", "socks5://h:1080", "http://[::1", "http://h:abc", "http://u:hunter2@h:0"],
+)
+def test_a_forward_proxy_no_upstream_call_could_use_is_refused(proxy: str) -> None:
+    # It was read at each upstream call, which all failed; the start went fine.
+    with pytest.raises(SettingError, match=r"^HTTPS_PROXY / HTTP_PROXY / ALL_PROXY: ") as info:
+        load({}, {"HTTPS_PROXY": proxy})
+    assert "hunter2" not in str(info.value)
+
+
+def test_a_forward_proxy_the_upstream_bypasses_or_with_credentials_still_passes() -> None:
+    environ = {"HTTPS_PROXY": "socks5://h:1080", "NO_PROXY": "api.openai.com"}
+    assert load({}, environ).upstream == "https://api.openai.com/v1"
+    assert load({}, {"https_proxy": "http://u:pw@proxy.corp:3128"}).upstream.startswith("https")
