@@ -31,7 +31,6 @@ class SettingError(ValueError):
 
 
 _SECRETS = frozenset({"admin_token", "secret", "encryption_key", "probe_key"})
-_SHOWN = 80  # characters of a wrong value the error repeats: enough to recognise it
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,10 +123,7 @@ def _shown(option: Option, text: str) -> str:
     keys travel), and not thousands of characters."""
     if option.name in _SECRETS:
         return "***"
-    shown = mask_password(text)
-    if option.name == "upstream":
-        shown = re.sub(r"[?#].*", "?…", shown, flags=re.DOTALL)
-    return shown if len(shown) <= _SHOWN else shown[: _SHOWN - 1] + "…"
+    return values.shown(mask_password(text), query=option.name == "upstream")
 
 
 def _check_cassette(settings: Settings) -> None:
@@ -179,8 +175,7 @@ def _check_forward_proxy(upstream: str, environ: Mapping[str, str]) -> None:
     except ValueError:  # an unclosed [, a port out of range or not a number
         usable = False
     if not usable or not values.plain(proxy):
-        shown = mask_password(proxy)
-        shown = shown if len(shown) <= _SHOWN else shown[: _SHOWN - 1] + "…"
+        shown = values.shown(proxy)
         raise SettingError(
             f"HTTPS_PROXY / HTTP_PROXY / ALL_PROXY: the forward proxy for the upstream, {shown!r}, "
             "is not usable: expected http://host:port (user:password@ allowed)"

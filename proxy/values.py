@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import SplitResult, urlsplit
@@ -24,10 +25,21 @@ def argument(parse: Callable[[str], T]) -> Callable[[str], T]:
         try:
             return parse(text)
         except ValueError as exc:
-            shown = text if len(text) <= 80 else text[:79] + "…"
-            raise argparse.ArgumentTypeError(f"{exc}, got {shown!r}") from None
+            raise argparse.ArgumentTypeError(f"{exc}, got {shown(text)!r}") from None
 
     return checked
+
+
+_USERINFO = re.compile(r"//([^/?#]*)@")  # greedy: a password may hold an @ itself
+
+
+def shown(text: str, *, query: bool = True) -> str:
+    """A wrong value as an error repeats it: a URL's user info and (unless `query` is false)
+    its query, where gateways take keys, masked; cut to 80 characters."""
+    text = _USERINFO.sub("//***@", text)
+    if query:
+        text = re.sub(r"\?.*", "?…", text, flags=re.DOTALL)
+    return text if len(text) <= 80 else text[:79] + "…"
 
 
 def choice(*allowed: str) -> Callable[[str], str]:
@@ -169,10 +181,10 @@ def upstream(text: str) -> str:
 
 def http_url(text: str) -> str:
     """The base URL of a server a command talks to (a proxy, an upstream): the command adds
-    its paths, which a ?query or #fragment would swallow."""
+    its paths, which a #fragment would swallow."""
     parts = _http(text, "expected an http:// or https:// URL such as http://127.0.0.1:8080")
-    if parts.query or parts.fragment or "?" in text or "#" in text:
-        raise ValueError("a base URL takes no ?query or #fragment")
+    if parts.fragment or "#" in text:
+        raise ValueError("a base URL takes no #fragment")
     return text
 
 

@@ -5,12 +5,14 @@ space, a `1_000`, a value copied from a right-to-left document, a URL with a pas
 
 from __future__ import annotations
 
+import argparse
 import os
 import stat
 from pathlib import Path
 
 import pytest
 
+from proxy import values
 from proxy.config import SettingError, load
 from proxy.options import OPTIONS, Option
 
@@ -268,3 +270,28 @@ def test_a_forward_proxy_the_upstream_bypasses_or_with_credentials_still_passes(
     environ = {"HTTPS_PROXY": "socks5://h:1080", "NO_PROXY": "api.openai.com"}
     assert load({}, environ).upstream == "https://api.openai.com/v1"
     assert load({}, {"https_proxy": "http://u:pw@proxy.corp:3128"}).upstream.startswith("https")
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("store", "redis://u:hunter2@[::1/0"),
+        ("store", "rediss://u:hunt@er2@h:6380/x"),
+        ("upstream", "http://u:hunter2@[::1/v1"),
+    ],
+)
+def test_a_url_too_broken_to_parse_never_shows_its_password(name: str, text: str) -> None:
+    # The password was masked through urlsplit, which raises on an unclosed [: the URL was
+    # repeated whole.
+    message = refused(BY_NAME[name], text, env=True)
+    assert "hunter2" not in message
+    assert "hunt" not in message
+
+
+def test_a_command_flag_never_repeats_a_password_or_query() -> None:
+    parse = values.argument(values.http_url)
+    with pytest.raises(argparse.ArgumentTypeError) as info:
+        parse("http://ops:hunter2@127.0.0.1:99999/v1?api-key=sk-query")
+    assert "hunter2" not in str(info.value)
+    assert "sk-query" not in str(info.value)
+    assert parse("http://ops:pw@127.0.0.1:8080/v1?api-key=k").endswith("?api-key=k")
