@@ -19,6 +19,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
+from proxy import values
 from proxy.core import policy
 from proxy.core.codec import Codec
 from proxy.store import cassette, open_store
@@ -95,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         target = _target(args)
         if args.encryption_key:
             _check_keys(args.encryption_key)
+        if args.command == "export" and args.output != "-":
+            _check_writable(args.output)
         if args.command == "import":
             _check_readable(args.cassette)
             _check_scope(_scope(args))
@@ -127,6 +130,15 @@ def _check_keys(text: str) -> None:
         parse_keys(text)
     except ValueError as exc:
         raise Refused(f"--encryption-key / REPRO_ENCRYPTION_KEY: {exc}") from None
+
+
+def _check_writable(path: str) -> None:
+    """Before anything is fetched: a directory would fail only once the export is complete, and
+    a device or a pipe (/dev/null, /dev/stdout) would be replaced by the new file."""
+    try:
+        values.cassette(path)
+    except ValueError as exc:
+        raise Refused(f"--output: {exc}, got {path!r} (- writes to stdout)") from None
 
 
 def _check_scope(scope: str | None) -> None:

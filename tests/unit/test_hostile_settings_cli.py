@@ -6,6 +6,7 @@ serving or waiting instead fails the test at its timeout."""
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -128,3 +129,12 @@ def test_export_names_the_encryption_key_it_refuses_and_never_shows_it() -> None
     argv = ["export", "--store", "redis://127.0.0.1:9/0"]
     last = refused(argv, "--encryption-key", REPRO_ENCRYPTION_KEY="hunter2hunter2")
     assert "hunter2" not in last
+
+
+def test_export_refuses_an_output_it_would_replace_or_fail_on(tmp_path: Path, fifo: str) -> None:
+    # The new file replaced whatever stood at --output once the export was done: a pipe, or
+    # /dev/null for root, became a regular file; a directory failed only after the download.
+    for output in (fifo, str(tmp_path), str(tmp_path / "absent" / "out.jsonl")):
+        argv = ["export", "--url", "http://127.0.0.1:9", "--output", output]
+        assert output in refused(argv, "--output", REPRO_ADMIN_TOKEN="t")
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
