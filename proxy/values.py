@@ -136,6 +136,7 @@ def plain(text: str) -> bool:
 def host(text: str) -> str:
     """An address or name to listen on. An empty one would make aiohttp listen on every
     interface, the opposite of what an empty REPRO_HOST means (the default, loopback)."""
+    text = text.strip()  # as numbers are: a newline left by a file the value was read from
     if not text or not plain(text) or not text.isascii():
         raise ValueError(
             "expected an address or host name to listen on, such as 127.0.0.1, or 0.0.0.0 / :: "
@@ -164,6 +165,7 @@ def _http(text: str, expected: str) -> SplitResult:
 
 
 def upstream(text: str) -> str:
+    text = text.strip()
     parts = _http(
         text, "expected an http:// or https:// base URL such as https://api.openai.com/v1"
     )
@@ -201,12 +203,16 @@ def readable_file(text: str) -> str:
 
 
 def header_token(text: str) -> str:
-    """A token an HTTP header carries whole: printable ASCII, no space at either end (a bearer
-    is read stripped, and a client cannot send a newline)."""
-    if not (text.isascii() and text.isprintable()) or text != text.strip():
+    """A token as an HTTP header carries it: printable ASCII, and stripped, as the proxy reads a
+    bearer and `repro-proxy stats` sends one (a token ending in a newline, as a mounted secret
+    file often does, matched no request)."""
+    text = text.strip()
+    if not text:
+        raise ValueError("expected a token, not blanks")
+    if not (text.isascii() and text.isprintable()):
         raise ValueError(
-            "expected printable ASCII without a space at either end, as an HTTP header carries "
-            "it (a stray newline, tab or typographic quote?)"
+            "expected printable ASCII, as an HTTP header carries it (a stray newline, tab or "
+            "typographic quote?)"
         )
     return text
 
@@ -227,5 +233,6 @@ def cassette(text: str) -> str:
 
 
 def store_url(text: str) -> str:
+    text = text.strip()
     check_url(text)
     return text

@@ -64,7 +64,7 @@ def test_serve_refuses_at_start(argv: list[str], env: dict[str, str], named: str
 
 
 def test_serve_never_repeats_a_token_it_refuses() -> None:
-    last = refused(serve(), "--admin-token", REPRO_ADMIN_TOKEN="hunter2-admin\n")
+    last = refused(serve(), "--admin-token", REPRO_ADMIN_TOKEN="hunter2\nadmin")
     assert "hunter2" not in last
 
 
