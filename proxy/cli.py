@@ -80,7 +80,9 @@ def serve(flags: dict[str, str | None]) -> int:
 
 def cannot_listen(host: str, port: int, exc: OSError) -> int:
     """A port in use (or a host not ours) is one line naming the setting, not a traceback."""
-    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    # A name that does not resolve is a getaddrinfo error, whose negative errno os.strerror
+    # does not know ("unknown error -2"); its own text says it.
+    reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or str(exc)
     print(
         f"repro-proxy: --host / --port: cannot listen on {host}:{port}: {reason.lower()}",
         file=sys.stderr,

@@ -18,9 +18,10 @@ from enum import Enum
 from typing import Any
 from urllib.parse import urlsplit
 
+from proxy import values
 from proxy.core.policy import CacheMode, CacheScope, Enforce, FingerprintPolicy, StreamDisconnect
 from proxy.options import OPTIONS, Option
-from proxy.upstream.egress import Egress, tls_context
+from proxy.upstream.egress import Egress, env_proxy, tls_context
 
 __all__ = ["OPTIONS", "Option", "SettingError", "Settings", "add_arguments", "load"]
 
@@ -117,6 +118,14 @@ def mask_password(url: str) -> str:
     return _QUERY_PASSWORD.sub(r"\1***", url)
 
 
+def _shown(option: Option, text: str) -> str:
+    """A wrong value as its error repeats it: never a secret, a password or a URL's query (where
+    keys travel), and not thousands of characters."""
+    if option.name in _SECRETS:
+        return "***"
+    return values.shown(mask_password(text), query=option.name == "upstream")
+
+
 def _check_cassette(settings: Settings) -> None:
     if settings.cassette is None:
         return
@@ -133,6 +142,13 @@ def _check_tls(settings: Settings) -> None:
     """Load the TLS files once here, so that a wrong one is named at start, not per request."""
     if settings.upstream_key and not settings.upstream_cert:
         raise SettingError("--upstream-key / REPRO_UPSTREAM_KEY: needs --upstream-cert")
+    given = [o for o in OPTIONS if o.name in ("upstream_ca", "upstream_cert")]
+    for option in given:
+        if getattr(settings, option.name) and not settings.upstream.lower().startswith("https:"):
+            raise SettingError(
+                f"{option.flag} / {option.env}: applies to an https:// --upstream only; this "
+                "one is plain http://, where it would be ignored"
+            )
     try:
         tls_context(Egress(ca=settings.upstream_ca))
     except (OSError, ssl.SSLError) as exc:
@@ -145,6 +161,25 @@ def _check_tls(settings: Settings) -> None:
         raise SettingError(
             f"--upstream-cert / REPRO_UPSTREAM_CERT: certificate and key unusable: {exc}"
         ) from None
+
+
+def _check_forward_proxy(upstream: str, environ: Mapping[str, str]) -> None:
+    """The forward proxy the upstream is reached through, from HTTPS_PROXY and its kin, is read
+    once here: one aiohttp cannot use would fail every upstream call, not the start."""
+    proxy = env_proxy(upstream, environ)
+    if proxy is None:
+        return
+    try:
+        parts = urlsplit(proxy)
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # an unclosed [, a port out of range or not a number
+        usable = False
+    if not usable or not values.plain(proxy):
+        shown = values.shown(proxy)
+        raise SettingError(
+            f"HTTPS_PROXY / HTTP_PROXY / ALL_PROXY: the forward proxy for the upstream, {shown!r}, "
+            "is not usable: expected http://host:port (user:password@ allowed)"
+        )
 
 
 _ENUMS: dict[str, Callable[[str], Any]] = {
@@ -216,9 +251,8 @@ def load(
         try:
             value = option.parse(text)
         except ValueError as exc:
-            shown = "***" if option.name in _SECRETS else mask_password(text)
             raise SettingError(
-                f"{option.flag} / {option.env}: invalid value {shown!r}: {exc}"
+                f"{option.flag} / {option.env}: invalid value {_shown(option, text)!r}: {exc}"
             ) from None
         enum = _ENUMS.get(option.name)
         values[option.name] = enum(value) if enum else value
@@ -228,6 +262,12 @@ def load(
     settings = Settings(**values)
     _check_cassette(settings)
     _check_tls(settings)
+    _check_forward_proxy(settings.upstream, environ)
+    if settings.probe_interval > 0 and not settings.probe_key:
+        raise SettingError(
+            "--probe-interval / REPRO_PROBE_INTERVAL: probes need --probe-key / REPRO_PROBE_KEY, "
+            "the API key they send; without one none would be sent"
+        )
     if settings.workers > 1 and settings.port == 0:
         raise SettingError(
             "--port / REPRO_PORT: 0 (a free port) needs --workers 1: each worker would bind a "

@@ -36,7 +36,7 @@ class Option:
 
 
 OPTIONS = (
-    Option("host", "REPRO_HOST", "127.0.0.1", str, "listen address"),
+    Option("host", "REPRO_HOST", "127.0.0.1", values.host, "listen address"),
     Option(
         "port",
         "REPRO_PORT",
@@ -125,14 +125,12 @@ OPTIONS = (
         values.choice(*CacheScope),
         "key: one cache partition per API key (keyed HMAC); shared: one cache for all keys",
     ),
-    Option(
-        "ttl", "REPRO_TTL", "0", values.non_negative_int, "seconds an entry lives; 0 = no expiry"
-    ),
+    Option("ttl", "REPRO_TTL", "0", values.whole_seconds, "seconds an entry lives; 0 = no expiry"),
     Option(
         "stale_if_error",
         "REPRO_STALE_IF_ERROR",
         "0",
-        values.non_negative_int,
+        values.whole_seconds,
         "seconds of age within which a stored answer of any fingerprint stands in for a failed "
         "upstream (RFC 5861); 0 = off",
     ),
@@ -140,7 +138,7 @@ OPTIONS = (
         "admin_token",
         "REPRO_ADMIN_TOKEN",
         None,
-        str,
+        values.header_token,
         "bearer token of the /admin routes; unset, they answer 404",
     ),
     Option(
@@ -243,7 +241,7 @@ OPTIONS = (
         "probe_key",
         "REPRO_PROBE_KEY",
         None,
-        str,
+        values.header_token,
         "API key the fingerprint probe sends (no probe without one)",
     ),
     Option(
@@ -362,7 +360,7 @@ OPTIONS = (
         "cassette",
         "REPRO_CASSETTE",
         None,
-        str,
+        values.cassette,
         "JSONL cassette loaded at start and, unless replaying, written back at exit; needs "
         "--cache-scope shared",
     ),
@@ -370,7 +368,7 @@ OPTIONS = (
         "workers",
         "REPRO_WORKERS",
         "1",
-        values.positive_int,
+        values.workers,
         "serving processes sharing the port (SO_REUSEPORT); more than one needs a shared store",
     ),
     Option(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -14,6 +15,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisClusterException, RedisError
 
+from proxy.core.numbers import decimal, integer
 from proxy.store.base import Store, StoreError
 from proxy.store.memory import MemoryStore
 from proxy.store.redis import RedisStore
@@ -28,7 +30,9 @@ __all__ = [
     "parse_size",
 ]
 
-_SIZE = re.compile(r"(\d+)\s*(?:([KMG])(?:iB)?)?", re.IGNORECASE)
+_SIZE = re.compile(r"([0-9]{1,30})\s*(?:([KMG])(?:iB)?)?", re.IGNORECASE | re.ASCII)
+MAX_SIZE = 2**63 - 1
+"""What a 64-bit counter (Redis, the JSON logs) holds; any size a setting may name is below."""
 _UNITS = {None: 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -40,7 +44,10 @@ def parse_size(text: str) -> int:
     if match is None:
         raise ValueError("expected a number of bytes, or with a K, M, G, KiB, MiB or GiB suffix")
     number, unit = match.groups()
-    return int(number) * _UNITS[unit and unit.upper()]
+    size = int(number) * _UNITS[unit and unit.upper()]
+    if size > MAX_SIZE:
+        raise ValueError("expected a number of bytes below 2^63")
+    return size
 
 
 _REDIS_OPTIONS = frozenset(n for n in URL_QUERY_ARGUMENT_PARSERS if not n.startswith("ssl_")) | {
@@ -59,23 +66,64 @@ def check_url(url: str) -> None:
     connects: redis-py passes an unknown query option on to a constructor, which fails with a
     TypeError far from the typo."""
     parts = urlsplit(url)
+    if any(not c.isprintable() or c.isspace() for c in url):
+        raise ValueError("expected a URL without spaces or control characters")
+    if parts.fragment or url.endswith("#"):
+        raise ValueError("a #fragment means nothing to a store: remove it")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    names = [name for name, _ in query]
+    if twice := sorted({name for name in names if names.count(name) > 1}):
+        raise ValueError(f"option {twice[0]!r} given twice")
     if parts.scheme == "memory":
+        if parts.netloc or parts.path.strip("/"):
+            raise ValueError("memory:// takes no host or path, only ?max_bytes=")
         _memory_size(parts)
         return
     if parts.scheme not in ("redis", "rediss"):
         raise ValueError("expected memory://, redis://… or rediss://…")
     known = _REDIS_OPTIONS | (_TLS_OPTIONS if parts.scheme == "rediss" else frozenset())
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    for name, _ in query:
+    for name, value in query:
         if name in _TLS_OPTIONS and parts.scheme == "redis":
             raise ValueError(f"{name} is a TLS option: it needs a rediss:// URL")
         if name not in known:
             raise ValueError(_unknown(name, parts.scheme, known))
+        _check_number(name, value)
     _cluster_flag([value for name, value in query if name == "cluster"])
     try:
         parse_url(url)
+        port = parts.port
     except ValueError as exc:
         raise ValueError(f"{exc} (see redis-py's connection URL options)") from None
+    if port == 0:
+        raise ValueError("port 0 cannot be connected to: expected 1 to 65535")
+    if parts.path.strip("/"):
+        _check_number("db", parts.path.strip("/"))
+
+
+_NUMBERS: dict[str, tuple[Callable[[str], float], float, str]] = {
+    "db": (integer, 0, "a database number >= 0"),
+    "max_connections": (integer, 1, "an integer >= 1"),
+    "health_check_interval": (integer, 0, "a number of seconds >= 0"),
+    "socket_timeout": (decimal, 0, "a number of seconds > 0"),
+    "socket_connect_timeout": (decimal, 0, "a number of seconds > 0"),
+    "timeout": (decimal, 0, "a number of seconds > 0"),
+}
+_MAX_OPTION = 2**31 - 1
+
+
+def _check_number(name: str, text: str) -> None:
+    """redis-py casts these with int() and float(), which take NaN, `-1` and `١٢`: each would
+    fail far from the URL, once connecting, or never (a timeout of NaN)."""
+    if name not in _NUMBERS:
+        return
+    cast, low, expected = _NUMBERS[name]
+    try:
+        value = cast(text)
+    except ValueError:
+        value = None
+    strict = cast is decimal  # a timeout of 0 would fail every call
+    if value is None or value < low or (strict and value == low) or value > _MAX_OPTION:
+        raise ValueError(f"{name}={text!r}: expected {expected}")
 
 
 def _unknown(name: str, scheme: str, known: frozenset[str]) -> str:

@@ -244,8 +244,22 @@ async def load(store: Store, entries: list[Loaded], codec: Codec) -> int:
 
 
 def read(path: str, scope: str) -> list[Loaded]:
-    with open(path, "rb") as handle:
+    with opened(path) as handle:
         return parse(bounded(handle), scope)
+
+
+def opened(path: str) -> IO[bytes]:
+    """A cassette opened for reading, if it is a regular file: opening a named pipe would wait
+    for a writer that may never come, and a device or a directory is no recording."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise CassetteError(f"{path!r} is not a regular file (a directory, a device or a pipe)")
+        os.set_blocking(descriptor, True)
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
 
 
 def bounded(handle: IO[bytes], limit: int = MAX_LINE, total: int = MAX_CASSETTE) -> Iterator[bytes]:
@@ -272,7 +286,7 @@ def bounded(handle: IO[bytes], limit: int = MAX_LINE, total: int = MAX_CASSETTE)
 def records(path: str) -> list[dict[str, Any]]:
     """Every line of a cassette as the record it holds, each checked as loading checks it."""
     found = []
-    with open(path, "rb") as handle:
+    with opened(path) as handle:
         for number, line in enumerate(bounded(handle), start=1):
             if not line.strip():
                 continue

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from proxy import values
 from proxy.core.terminal import shown
 from proxy.tools import remote
 from proxy.tools.output import fail, plural, print_json, print_table, size, wants_json
@@ -42,7 +43,7 @@ def add_connection_arguments(
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=values.argument(values.positive_seconds),
         default=timeout,
         help=f"{waits} (default {timeout:g})",
     )
@@ -72,8 +73,10 @@ def add_commands(commands: Any) -> None:
 
 def base_url(args: argparse.Namespace) -> str:
     url = str(args.url or os.environ.get("REPRO_URL") or DEFAULT_URL).rstrip("/")
-    if not url.startswith(("http://", "https://")):
-        raise Refused(f"--url / REPRO_URL: expected http://… or https://…, got {url!r}")
+    try:
+        values.http_url(url)
+    except ValueError as exc:
+        raise Refused(f"--url / REPRO_URL: {exc}, got {remote.shown_url(url)!r}") from None
     return url
 
 

@@ -19,6 +19,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
+from proxy import values
 from proxy.core import policy
 from proxy.core.codec import Codec
 from proxy.store import cassette, open_store
@@ -93,6 +94,13 @@ def run(args: argparse.Namespace) -> int:
         return cassette_diff.main(args)
     try:
         target = _target(args)
+        if args.encryption_key:
+            _check_keys(args.encryption_key)
+        if args.command == "export" and args.output != "-":
+            _check_writable(args.output)
+        if args.command == "import":
+            _check_readable(args.cassette)
+            _check_scope(_scope(args))
         if args.command == "import" and _scope(args) == "key" and not args.api_key:
             raise Refused(
                 "--cache-scope key needs --api-key (or OPENAI_API_KEY): the key the answers are for"
@@ -114,6 +122,42 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"{args.command}ed {plural(count, 'answer')}", file=sys.stderr)
     return 0
+
+
+def _check_keys(text: str) -> None:
+    """Named, never shown."""
+    try:
+        parse_keys(text)
+    except ValueError as exc:
+        raise Refused(f"--encryption-key / REPRO_ENCRYPTION_KEY: {exc}") from None
+
+
+def _check_writable(path: str) -> None:
+    """Before anything is fetched: a directory would fail only once the export is complete, and
+    a device or a pipe (/dev/null, /dev/stdout) would be replaced by the new file."""
+    try:
+        values.cassette(path)
+    except ValueError as exc:
+        raise Refused(f"--output: {exc}, got {path!r} (- writes to stdout)") from None
+
+
+def _check_scope(scope: str | None) -> None:
+    """REPRO_CACHE_SCOPE is the flag's default, which argparse never checks against choices."""
+    known = [scope.value for scope in policy.CacheScope]
+    if scope is not None and scope not in known:
+        raise Refused(
+            f"--cache-scope / REPRO_CACHE_SCOPE: expected {' or '.join(known)}, got {scope!r}"
+        )
+
+
+def _check_readable(path: str) -> None:
+    """The cassette is read before anything is asked of a store or a proxy."""
+    try:
+        cassette.opened(path).close()
+    except OSError as exc:
+        raise Refused(f"cassette {path!r}: {(exc.strerror or str(exc)).lower()}") from None
+    except cassette.CassetteError as exc:
+        raise Refused(f"cassette: {exc}") from None
 
 
 def _target(args: argparse.Namespace) -> str | None:

@@ -16,11 +16,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 
-from proxy import config
+from proxy import config, values
+from proxy.core.numbers import integer
 from proxy.core.terminal import shown
 from proxy.tools.remote import shown_url
 
 TIMEOUT = 2.0
+PID = values.ranged(integer, "a process id >= 1", lambda v: 1 <= v < 2**31)
 _ADDRESS = ("REPRO_HOST", "REPRO_PORT")
 _ANY = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
@@ -28,12 +30,13 @@ _ANY = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--url",
+        type=values.argument(values.http_url),
         default=None,
         help="the proxy's base URL; default: the address of the `serve` process --pid names",
     )
     parser.add_argument(
         "--pid",
-        type=int,
+        type=values.argument(PID),
         default=1,
         help="process whose --host/--port (or REPRO_HOST/REPRO_PORT) to follow (default 1, the "
         "server in a container)",

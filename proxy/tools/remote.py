@@ -40,7 +40,11 @@ def header_safe(value: str, source: str) -> str:
 def shown_url(url: str) -> str:
     """The URL as messages print it: without user info or query, where a password or a key may
     be. Messages reach terminals and CI logs; credentials must not."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unclosed [: the text up to any query, without user info
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://{rest.rpartition('@')[2]}".partition("?")[0].partition("#")[0]
     return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 

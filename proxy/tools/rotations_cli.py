@@ -14,10 +14,13 @@ import asyncio
 import os
 from typing import Any
 
+from proxy import values
+from proxy.core.numbers import integer
 from proxy.tools import remote
 from proxy.tools.admin_cli import Refused, add_connection_arguments, connect, shape_checked
 from proxy.tools.output import fail, print_json, wants_json
 
+EXAMPLES = values.ranged(integer, "an integer from 0 to 10", lambda v: 0 <= v <= 10)
 HELP = "each fingerprint rotation of a running proxy, and how the same requests' answers changed"
 
 
@@ -27,7 +30,12 @@ def add_command(commands: Any) -> None:
     add = parser.add_argument
     add("--json", action="store_true", help="print JSON (the default when stdout is not a TTY)")
     add("--model", help="only this model")
-    add("--examples", type=int, default=3, help="changed answers shown per rotation (0-10)")
+    add(
+        "--examples",
+        type=values.argument(EXAMPLES),
+        default=3,
+        help="changed answers shown per rotation (0-10)",
+    )
     add("--distance", choices=("text", "embedding"), default="text", help="default: text")
     add("--embedding-model", default="text-embedding-3-small", help="for --distance embedding")
     add("--api-key", help="API key for the embeddings (default: $OPENAI_API_KEY)")
@@ -39,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     except Refused as exc:
         fail("rotations", exc)
         return 2
-    params: dict[str, Any] = {"examples": max(0, min(args.examples, 10))}
+    params: dict[str, Any] = {"examples": args.examples}
     if args.model:
         params["model"] = args.model
     if args.distance == "embedding":

@@ -88,7 +88,7 @@ STORE_URLS = [
     ("memory://?maxbytes=1M", "did you mean 'max_bytes'"),
     ("redis://127.0.0.1:6379/0?clustr=true", "did you mean 'cluster'"),
     ("redis://127.0.0.1:6379/0?cluster=maybe", "expected true or false"),
-    ("redis://127.0.0.1:6379/0?db=x", "Invalid value for 'db'"),
+    ("redis://127.0.0.1:6379/0?db=x", "db='x': expected a database number"),
     ("redis://127.0.0.1:6379/0?decode_responses=true", "known: "),
     ("redis://127.0.0.1:6379/0?ssl_cert_reqs=none", "needs a rediss:// URL"),
     ("redis://127.0.0.1:port/0", "Port could not be cast"),

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from proxy import values
+from proxy.core.numbers import integer
 from proxy.tools.audit.plan import DEFAULT_BASE_URL, DEFAULT_PROMPT, Plan
 
 if TYPE_CHECKING:
@@ -22,29 +24,31 @@ if TYPE_CHECKING:
 
 
 def _at_least(low: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
-        return value
-
-    return parse
+    expected = f"an integer from {low} to {values.MAX_COUNT}"
+    return values.argument(values.ranged(integer, expected, lambda v: low <= v <= values.MAX_COUNT))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `repro-proxy check`; the CLI owns the parser, this module owns the options."""
     add = parser.add_argument
-    add("--base-url", default=DEFAULT_BASE_URL, help="the proxy's or an upstream's URL, with /v1")
+    add(
+        "--base-url",
+        type=values.argument(values.http_url),
+        default=DEFAULT_BASE_URL,
+        help="the proxy's or an upstream's URL, with /v1",
+    )
     add("--api-key", help="API key (default: $OPENAI_API_KEY)")
     add("-n", "--requests", type=_at_least(2), default=10, help="requests per arm (default 10)")
     add("--concurrency", type=_at_least(1), default=4, help="requests in flight (default 4)")
     add("--model", default="gpt-4o-mini", help="chat model (default gpt-4o-mini)")
     add("--prompt", default=DEFAULT_PROMPT, help="the user message")
     add("--system", help="an optional system message")
-    add("--seed", type=int, default=12345, help="seed of the seeded arm (default 12345)")
+    add(
+        "--seed",
+        type=values.argument(values.seed),
+        default=12345,
+        help="seed of the seeded arm (default 12345)",
+    )
     add("--max-tokens", type=_at_least(1), default=128, help="per request (default 128)")
     add(
         "--distance",
@@ -56,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--embedding-model", default="text-embedding-3-small", help="for --distance embedding")
     add(
         "--timeout",
-        type=float,
+        type=values.argument(values.positive_seconds),
         default=120.0,
         help="seconds per request, its whole answer included (default 120)",
     )

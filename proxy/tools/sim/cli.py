@@ -12,6 +12,8 @@ import signal
 import sys
 from collections.abc import Callable
 
+from proxy import values
+from proxy.core.numbers import decimal
 from proxy.tools.sim.state import SimSettings, check_tunable
 
 CONTROL_ROUTES = """\
@@ -40,9 +42,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = HelpFormatter
     parser.epilog = CONTROL_ROUTES
     defaults = SimSettings()
-    parser.add_argument("--host", default=defaults.host, help="listen address")
     parser.add_argument(
-        "--port", type=_port, default=defaults.port, help="listen port; 0: a free one, reported"
+        "--host", type=values.argument(values.host), default=defaults.host, help="listen address"
+    )
+    parser.add_argument(
+        "--port",
+        type=values.argument(values.port),
+        default=defaults.port,
+        help="listen port; 0: a free one, reported",
     )
     parser.add_argument(
         "--fingerprint",
@@ -81,22 +88,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port between 0 and 65535, got {text!r}")
-    return value
-
-
 def _tunable(name: str) -> Callable[[str], float]:
     """An argparse type that checks a value as /_sim/settings does."""
 
     def parse(text: str) -> float:
         try:
-            return check_tunable(name, float(text))
+            return check_tunable(name, decimal(text.strip()))
         except ValueError as exc:
             message = str(exc) if "must" in str(exc) else f"{name} must be a number, got {text!r}"
             raise argparse.ArgumentTypeError(message) from None
