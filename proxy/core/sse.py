@@ -10,6 +10,12 @@ than its data: clients that dispatch on the name (an EventSource's `error` liste
 recorder, which reads the data, would disagree on what was answered, and an `event: error`
 above data that reads as a token would be stored and replayed as a clean answer.
 
+Lines are read as the SSE specification and the official SDK read them: a line ends with CRLF,
+LF or CR alone, a field's value loses one leading space. Whatever the SDK would fail on is no
+clean end either (an event it dispatches without data, a line that is not UTF-8, `[DONE]`
+before a Responses stream completed, a byte-order mark the SDK and an EventSource read
+differently): stored, it would be replayed as an answer though every reader fails on it.
+
 A stream over the cap drops its bytes but is still read, so its fingerprint reaches the response
 headers and the fingerprint tracking like any other answer's; only a single frame larger than
 the cap stops the reading. The frame not yet ended is kept as the chunks it came in, the same
@@ -27,7 +33,10 @@ import orjson
 from proxy.core.entry import fingerprint_of, usage_of
 
 _DONE = b"[DONE]"
-_ENDS = (b"\n\n", b"\n\r\n")  # a blank line, whatever ends the line before it
+# Two line ends in a row, a blank line, whatever ends each (CRLF, LF or CR): a CRLF's LF
+# followed by anything, or a CR followed by a CR.
+_ENDS = (b"\n\n", b"\r\r", b"\n\r")
+_BOM = b"\xef\xbb\xbf"
 _COMPLETED = "response.completed"
 _SPOILED = frozenset({"response.failed", "response.incomplete", "error"})
 
@@ -35,6 +44,48 @@ _SPOILED = frozenset({"response.failed", "response.incomplete", "error"})
 def _value(field: bytes) -> bytes:
     """A field's value as the SSE specification reads it: one leading space dropped."""
     return field[1:] if field.startswith(b" ") else field
+
+
+def _past(data: bytes, at: int) -> int:
+    """Just past the blank line whose two line ends start at `at` (and the LF of a CRLF)."""
+    end = at + 2
+    return end + 1 if data[end - 1] == 13 and data[end : end + 1] == b"\n" else end
+
+
+def frame_end(data: bytes) -> int:
+    """Just past the first blank line of `data`, the end of its first frame; else its end."""
+    ends = [_past(data, at) for sep in _ENDS if (at := data.find(sep)) >= 0]
+    return min(ends, default=len(data))
+
+
+def _last_end(data: bytes) -> int:
+    """Just past the last blank line of `data`, -1 if it has none."""
+    return max((_past(data, at) for sep in _ENDS if (at := data.rfind(sep)) >= 0), default=-1)
+
+
+def _text(line: bytes) -> bool:
+    try:
+        line.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def payloads(stream: bytes) -> list[bytes]:
+    """The data of each event of a whole stream, in order, its lines read as `StreamRecorder`
+    reads them."""
+    found: list[bytes] = []
+    data: list[bytes] = []
+    for line in [*stream.splitlines(), b""]:
+        if not line:
+            if data:
+                found.append(b"\n".join(data))
+            data = []
+        else:
+            name, _, value = line.partition(b":")
+            if name == b"data":
+                data.append(_value(value))
+    return found
 
 
 class StreamRecorder:
@@ -47,6 +98,9 @@ class StreamRecorder:
         self._size = 0
         self._pending: list[bytes] = []
         self._pending_size = 0
+        self._after_cr = False  # the last frame read ended with a CR: an LF next ends that line
+        self._started = False
+        self._named_by_id = False  # the SDK dispatches every blank line after an `id:` field
         self.frames = 0
         self.fingerprint: str | None = None
         self.prompt_tokens = 0
@@ -69,22 +123,20 @@ class StreamRecorder:
             self._split(data)
 
     def _split(self, data: bytes) -> None:
-        """Read the frames `data` ends. Only the new bytes (and the two before them) can hold
+        """Read the frames `data` ends. Only the new bytes (and the one before them) can hold
         a new frame end, and only the frames ended are joined: a frame sent in many pieces
         costs its length once, not once per piece."""
-        before = self._last_two()
-        probe = before + data if before else data
-        found = [at + len(sep) for sep in _ENDS if (at := probe.rfind(sep)) >= 0]
-        if not found:
+        before = self._pending[-1][-1:] if self._pending else b""
+        found = _last_end(before + data if before else data)
+        if found < 0:
             self._hold(data)
             return
-        end = max(found) - len(before)
+        end = found - len(before)
         ended = b"".join([*self._pending, data[:end]]) if self._pending else data[:end]
         self._pending, self._pending_size = [], 0
         if end < len(data):
             self._hold(data[end:])
-        for frame in ended.replace(b"\r\n", b"\n").split(b"\n\n")[:-1]:
-            self._read_frame(frame)
+        self._read_frames(ended)
 
     def _hold(self, data: bytes) -> None:
         """Keep the start of a frame not yet ended; one larger than the cap stops the reading."""
@@ -93,28 +145,52 @@ class StreamRecorder:
         if self._pending_size > self._max_bytes:
             self.reading, self._pending = False, []
 
-    def _last_two(self) -> bytes:
-        """The last two bytes of the frame not yet ended: a frame end may begin in them."""
-        if not self._pending:
-            return b""
-        last = self._pending[-1]
-        if len(last) >= 2 or len(self._pending) == 1:
-            return last[-2:]
-        return self._pending[-2][-1:] + last
+    def _read_frames(self, ended: bytes) -> None:
+        """Read lines as the SDK's decoder does, dispatching an event at each blank line."""
+        lines = ended.splitlines()
+        start = 1 if self._after_cr and ended.startswith(b"\n") else 0  # a CRLF's LF
+        self._after_cr = ended.endswith(b"\r")
+        if not self._started:
+            self._started = True
+            self.failed = self.failed or ended.startswith(_BOM)
+        data: list[bytes] = []
+        names: list[bytes] = []
+        retry = False
+        for line in lines[start:]:
+            if not line:
+                if data or names or retry or self._named_by_id:
+                    self._read_frame(names, data)
+                data, names, retry = [], [], False
+                continue
+            if line.startswith(b":"):
+                self.failed = self.failed or not _text(line)
+                continue
+            name, _, value = line.partition(b":")
+            value = _value(value)
+            if name == b"data":
+                data.append(value)
+                continue
+            if not _text(line):
+                self.failed = True
+            elif name == b"event":
+                names.append(value)
+            elif name == b"id" and value:
+                self._named_by_id = True
+            elif name == b"retry":
+                retry = True
 
-    def _read_frame(self, frame: bytes) -> None:
-        lines = frame.split(b"\n")
-        payload = b"\n".join(line[5:].lstrip(b" ") for line in lines if line.startswith(b"data:"))
-        names = [_value(line[6:]) for line in lines if line.startswith(b"event:")]
-        if not payload:
-            self.failed = self.failed or bool(names)  # a named event with no data to read
+    def _read_frame(self, names: list[bytes], data: list[bytes]) -> None:
+        if not data:
+            self.failed = True  # dispatched without data: the SDK fails to parse it
             return
         self.frames += 1
         if len(names) > 1 or (names and not self._responses and names != [b"message"]):
             self.failed = True  # a chat frame may be named `message` only, and only once
             return
-        if payload.strip() == _DONE:
-            self.done = not self._responses
+        payload = b"\n".join(data)
+        if payload.startswith(_DONE):  # where the SDK stops reading: after the answer only
+            self.done = self.done or not self._responses
+            self.failed = self.failed or not self.finished or payload.rstrip() != _DONE
             return
         try:
             event: Any = orjson.loads(payload)
@@ -138,21 +214,16 @@ class StreamRecorder:
             self.failed = True
             return
         response = event.get("response")
+        for holder in (event, response):
+            if isinstance(holder, dict) and "system_fingerprint" in holder:
+                self._read_chunk_fingerprint(fingerprint_of(holder))
         if not isinstance(response, dict):
             return
-        if self.fingerprint is None:
-            self._read_fingerprint(event, response)
         if isinstance(response.get("id"), str):
             self.response_id = response["id"]
         if kind == _COMPLETED:
             self.prompt_tokens, self.completion_tokens = usage_of(response)
             self.finished = self.done = response.get("status", "completed") == "completed"
-
-    def _read_fingerprint(self, event: dict[str, Any], response: dict[str, Any]) -> None:
-        for holder in (event, response):
-            if "system_fingerprint" in holder:
-                self.fingerprint = fingerprint_of(holder)
-                return
 
     def _read_event(self, event: dict[str, Any]) -> None:
         if "system_fingerprint" in event:
@@ -164,7 +235,7 @@ class StreamRecorder:
                 self.finished = True
 
     def _read_chunk_fingerprint(self, fingerprint: str) -> None:
-        """The first chunk's fingerprint names the stream; one chunk naming another (a
+        """The first fingerprint named names the stream; a chunk or event naming another (a
         hostile upstream, or two backends answering one stream) spoils it: stored, it would
         be served as the first fingerprint's answer though another produced part of it. A
         chunk naming none is no contradiction."""

@@ -25,7 +25,7 @@ from multidict import CIMultiDict
 from proxy.core.call import Answer, Call, repro_headers
 from proxy.core.policy import StreamDisconnect
 from proxy.core.routes import RESPONSES
-from proxy.core.sse import StreamRecorder
+from proxy.core.sse import StreamRecorder, frame_end
 from proxy.errors import UpstreamError, UpstreamUnreachable
 from proxy.server.caching import (
     as_upstream_allows,
@@ -39,7 +39,6 @@ from proxy.upstream.headers import response_headers
 
 log = logging.getLogger("proxy.stream")
 
-_FRAME_ENDS = (b"\n\n", b"\r\n\r\n", b"\n\r\n")
 CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
 
 
@@ -164,7 +163,7 @@ class _Relay:
         try:
             async for chunk in self.upstream.chunks():
                 while chunk:
-                    cut = len(chunk) if self.recorder.frames else _frame_end(chunk)
+                    cut = len(chunk) if self.recorder.frames else frame_end(chunk)
                     piece, chunk = chunk[:cut], chunk[cut:]
                     self.recorder.feed(piece)
                     yield piece
@@ -201,10 +200,11 @@ class _Relay:
         that opened with a 200 and then reported an error, as gateways report a bad key,
         answered nobody); learn the fingerprint of a stream that did not end cleanly (a clean
         one taught it)."""
-        if self.recorder.answered:
+        recorder = self.recorder
+        if recorder.answered:
             self.services.keys.remember(self.call.tenant)
-        if not self.committed and self.recorder.fingerprint is not None:
-            await observe_fingerprint(self.services, self.call.lineage, self.recorder.fingerprint)
+        if not self.committed and recorder.fingerprint is not None:
+            await observe_fingerprint(self.services, self.call.lineage, recorder.fingerprint)
 
     async def _commit(self) -> None:
         """Learn the fingerprint, then store: under `follow` the entry is servable at once."""
@@ -219,12 +219,6 @@ class _Relay:
             response_id=recorder.response_id,
         )
         await record(self.services, self.call, answer)
-
-
-def _frame_end(chunk: bytes) -> int:
-    """Just past the first blank line, the end of an SSE frame (any line ending); else the end."""
-    ends = [i + len(sep) for sep in _FRAME_ENDS if (i := chunk.find(sep)) >= 0]
-    return min(ends, default=len(chunk))
 
 
 async def _until_first_frame(

@@ -15,7 +15,7 @@ import pytest
 from openai import OpenAI
 
 from tests.fixtures_procs import ProxyFactory
-from tests.hostile import Received, Scripted, dripping_json
+from tests.hostile import Received, Scripted, Writer, dripping_json
 
 AUTH = {"Authorization": "Bearer sk-victim", "Content-Type": "application/json"}
 SSE_HEAD = (
@@ -291,3 +291,108 @@ def test_a_long_stream_under_the_cap_is_still_stored(start_proxy: ProxyFactory) 
     assert outcomes == ["MISS", "HIT"]
     assert texts == ["".join(words) + long + "!"] * 2
     assert len(upstream.received) == 1
+
+
+def finish_frame(fingerprint: str = "fp_hostile") -> bytes:
+    return (
+        frame("!")
+        .replace(b'"finish_reason":null', b'"finish_reason":"stop"')
+        .replace(b"fp_hostile", fingerprint.encode())
+    )
+
+
+def gated(first: bytes, rest: bytes, gate: threading.Event, opened: list[bool]) -> Writer:
+    """Stream `first`, wait (bounded) until the test opens `gate`, then stream `rest`; `opened`
+    says whether the gate opened before the wait ran out."""
+
+    async def write(writer: asyncio.StreamWriter, _: Received) -> None:
+        writer.write(SSE_HEAD + chunked(first))
+        await writer.drain()
+        for _ in range(int(WAIT / 0.01)):
+            if gate.is_set():
+                break
+            await asyncio.sleep(0.01)
+        opened.append(gate.is_set())
+        writer.write(chunked(rest) + b"0\r\n\r\n")
+        await writer.drain()
+
+    return write
+
+
+def test_a_stream_ended_by_cr_alone_reaches_the_client_as_it_comes_and_is_replayed(
+    start_proxy: ProxyFactory,
+) -> None:
+    """CR alone ends a line, as the SSE specification and the SDK read it. The proxy found no
+    frame in such a stream: it held the client's head and every byte back until the upstream
+    ended, and never stored it."""
+    first = frame("a").replace(b"\n", b"\r")
+    rest = (finish_frame() + b"data: [DONE]\n\n").replace(b"\n", b"\r")
+    gate, opened = threading.Event(), []
+    with Scripted(gated(first, rest, gate, opened)) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        with OpenAI(base_url=proxy.v1, api_key="sk-victim", max_retries=0, timeout=WAIT) as sdk:
+            runs = []
+            for _ in range(2):
+                with sdk.chat.completions.with_streaming_response.create(
+                    model="m", messages=[{"role": "user", "content": "cr"}], stream=True
+                ) as response:
+                    gate.set()  # the head came before the upstream's end
+                    chunks = [c.to_dict() for c in response.parse()]
+                    runs.append((response.headers["X-Repro-Cache"], chunks))
+                    fingerprint = response.headers["X-Repro-Fingerprint"]
+    assert opened == [True]
+    assert [outcome for outcome, _ in runs] == ["MISS", "HIT"]
+    assert runs[0][1] == runs[1][1] and len(runs[0][1]) == 2
+    assert fingerprint == "fp_hostile"
+    assert len(upstream.received) == 1
+
+
+HIDDEN_ERROR = b': ok\rdata: {"error": {"message": "overloaded", "type": "server_error"}}\n\n'
+
+
+@pytest.mark.parametrize(
+    "spoiler",
+    [HIDDEN_ERROR, b"retry: 3000\n\n", b"data:\n\n"],
+    ids=["error-behind-a-cr", "retry-alone", "empty-data"],
+)
+def test_a_stream_the_sdk_fails_on_is_never_stored(
+    start_proxy: ProxyFactory, spoiler: bytes
+) -> None:
+    """A frame the recorder read as nothing, while the SDK reads an error (a `data:` line after
+    a comment ended by CR) or an event it cannot parse: the stream was stored, and every later
+    caller got the failure replayed from the cache."""
+    parts = (frame("a"), spoiler, finish_frame(), b"data: [DONE]\n\n")
+    answers, upstream = asked_twice(start_proxy, parts, "spoiled")
+    assert [a.headers["x-repro-cache"] for a in answers] == ["MISS", "MISS"]
+    assert all(spoiler in a.content for a in answers)
+    assert len(upstream.received) == 2
+
+
+def test_a_responses_stream_whose_fingerprint_changes_midway_is_never_stored(
+    start_proxy: ProxyFactory,
+) -> None:
+    def typed(kind: str, **fields: object) -> bytes:
+        event = orjson.dumps({"type": kind, **fields})
+        return b"event: " + kind.encode() + b"\ndata: " + event + b"\n\n"
+
+    response = {"id": "resp_1", "object": "response", "status": "in_progress", "output": []}
+    completed = {**response, "status": "completed", "system_fingerprint": "fp_other"}
+    parts = (
+        typed("response.created", response={**response, "system_fingerprint": "fp_one"}),
+        typed("response.completed", response=completed),
+    )
+
+    async def streams(writer: asyncio.StreamWriter, _: Received) -> None:
+        writer.write(SSE_HEAD + b"".join(chunked(part) for part in parts) + b"0\r\n\r\n")
+        await writer.drain()
+
+    body = orjson.dumps({"model": "m", "input": "changes", "stream": True})
+    with Scripted(streams) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        answers = [
+            httpx.post(proxy.v1 + "/responses", content=body, headers=AUTH, timeout=WAIT)
+            for _ in range(2)
+        ]
+    assert [a.headers["x-repro-cache"] for a in answers] == ["MISS", "MISS"]
+    assert [a.headers["x-repro-fingerprint"] for a in answers] == ["fp_one"] * 2
+    assert len(upstream.received) == 2
