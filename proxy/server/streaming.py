@@ -198,12 +198,13 @@ class _Relay:
     async def finish(self) -> None:
         """Vouch for the caller's credentials if the stream was an answer to its end (one
         that opened with a 200 and then reported an error, as gateways report a bad key,
-        answered nobody); learn the fingerprint of a stream that did not end cleanly (a clean
-        one taught it)."""
+        answered nobody); learn the fingerprint of a stream cut short (a clean one taught
+        it), never of one that carried an error or contradicted itself: as an error answer
+        never does, it would make a model rotate, and its stored answers stop being served."""
         recorder = self.recorder
         if recorder.answered:
             self.services.keys.remember(self.call.tenant)
-        if not self.committed and recorder.fingerprint is not None:
+        if not self.committed and recorder.fingerprint is not None and not recorder.failed:
             await observe_fingerprint(self.services, self.call.lineage, recorder.fingerprint)
 
     async def _commit(self) -> None:
@@ -224,8 +225,10 @@ class _Relay:
 async def _until_first_frame(
     chunks: AsyncIterator[bytes], recorder: StreamRecorder
 ) -> AsyncIterator[bytes]:
-    """The chunks up to the first complete frame, which names the fingerprint."""
+    """The chunks up to the first complete frame, which names the fingerprint, or up to the
+    cap's worth without one: an upstream sending comments (`: ping`) and no event for ever would
+    otherwise make these chunks grow without bound, and the client wait for its head."""
     async for chunk in chunks:
         yield chunk
-        if recorder.frames or not recorder.reading:
+        if recorder.frames or not recorder.reading or recorder.oversize:
             return

@@ -368,6 +368,63 @@ def test_a_stream_the_sdk_fails_on_is_never_stored(
     assert len(upstream.received) == 2
 
 
+def test_a_stream_of_comments_past_the_cap_gets_its_head_without_waiting_for_an_event(
+    start_proxy: ProxyFactory,
+) -> None:
+    """Comments (`: ping`) and no event: the proxy held every chunk back, waiting for a first
+    frame to name the fingerprint, without bound in memory and with the client waiting for
+    its head. Past --max-entry the stream cannot be stored anyway: the head goes."""
+    pings = b": ping\n\n" * (256 * 1024 // 8)
+    rest = frame("a") + finish_frame() + b"data: [DONE]\n\n"
+    gate, opened = threading.Event(), []
+    with Scripted(gated(pings, rest, gate, opened)) as upstream:
+        proxy = start_proxy("--max-entry", "64KiB", upstream=upstream.v1)
+        with httpx.stream(
+            "POST",
+            proxy.v1 + "/chat/completions",
+            content=stream_request("pings"),
+            headers=AUTH,
+            timeout=2 * WAIT,
+        ) as response:
+            gate.set()
+            head = (response.status_code, response.headers["x-repro-cache"])
+            body = response.read()
+    assert opened == [True]
+    assert head == (200, "MISS")
+    assert body == pings + rest
+
+
+def test_a_stream_carrying_an_error_teaches_no_fingerprint(start_proxy: ProxyFactory) -> None:
+    """A stream whose chunks name a new fingerprint, then report an error: the proxy learned
+    the new fingerprint from it, so under `follow` the model's stored answers (all of the old
+    one) were no longer served. An error answer never teaches one; a stream that is one
+    neither."""
+    error = b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n'
+    clean = SSE_HEAD + b"".join(
+        chunked(p) for p in (frame("a"), finish_frame(), b"data: [DONE]\n\n")
+    )
+    spoiled = SSE_HEAD + chunked(frame("b").replace(b"fp_hostile", b"fp_other") + error)
+
+    async def answer(writer: asyncio.StreamWriter, request: Received) -> None:
+        writer.write((spoiled if b"errs" in request.body else clean) + b"0\r\n\r\n")
+        await writer.drain()
+
+    with Scripted(answer) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        outcomes = [
+            httpx.post(
+                proxy.v1 + "/chat/completions",
+                content=stream_request(prompt),
+                headers=AUTH,
+                timeout=WAIT,
+            ).headers["x-repro-cache"]
+            for prompt in ("kept", "errs", "kept")
+        ]
+        changes = proxy.metric("repro_fingerprint_changes_total", model="m")
+    assert outcomes == ["MISS", "MISS", "HIT"]
+    assert changes == 0
+
+
 def test_a_responses_stream_whose_fingerprint_changes_midway_is_never_stored(
     start_proxy: ProxyFactory,
 ) -> None:
