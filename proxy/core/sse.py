@@ -39,6 +39,7 @@ _ENDS = (b"\n\n", b"\r\r", b"\n\r")
 _BOM = b"\xef\xbb\xbf"
 _COMPLETED = "response.completed"
 _SPOILED = frozenset({"response.failed", "response.incomplete", "error"})
+_MAX_CHOICES = 128  # the API's bound on `n`
 
 
 def _value(field: bytes) -> bytes:
@@ -101,6 +102,8 @@ class StreamRecorder:
         self._after_cr = False  # the last frame read ended with a CR: an LF next ends that line
         self._started = False
         self._named_by_id = False  # the SDK dispatches every blank line after an `id:` field
+        self._open: set[int] = set()
+        self._ended: set[int] = set()
         self.frames = 0
         self.fingerprint: str | None = None
         self.prompt_tokens = 0
@@ -231,8 +234,28 @@ class StreamRecorder:
         if isinstance(event.get("usage"), dict):
             self.prompt_tokens, self.completion_tokens = usage_of(event)
         for choice in event.get("choices") or ():
-            if isinstance(choice, dict) and choice.get("finish_reason"):
-                self.finished = True
+            if isinstance(choice, dict):
+                self._read_choice(choice)
+        self.finished = bool(self._ended) and not self._open
+
+    def _read_choice(self, choice: dict[str, Any]) -> None:
+        """Every choice the stream opened must have finished: with `n` above 1, one cut short
+        beside another that finished is no more an answer than a stream with no finish. No
+        request asks for more than _MAX_CHOICES; a stream naming more is refused, not tracked."""
+        index = choice.get("index", 0)
+        if not isinstance(index, int):
+            self.failed = True
+        if self.failed or index in self._ended:
+            return
+        if choice.get("finish_reason"):
+            self._open.discard(index)
+            self._ended.add(index)
+        else:
+            self._open.add(index)
+        if len(self._open) + len(self._ended) > _MAX_CHOICES:
+            self.failed = True
+            self._open.clear()
+            self._ended.clear()
 
     def _read_chunk_fingerprint(self, fingerprint: str) -> None:
         """The first fingerprint named names the stream; a chunk or event naming another (a

@@ -215,3 +215,29 @@ def test_a_typed_stream_ended_by_cr_alone_is_complete_and_found_again() -> None:
     stream = (created + done).replace(b"\n", b"\r")
     assert recorded(stream, list(range(len(stream))), typed=True).complete
     assert orjson.loads(responses.final_response(stream) or b"null") == COMPLETED
+
+
+def test_a_choice_that_never_finished_leaves_the_stream_unfinished() -> None:
+    """Two choices, a finish_reason for the first only, then `[DONE]`: the second was cut
+    short, as a stream with no finish_reason at all is, and such a stream is not stored.
+    A chunk for a choice already finished (a content filter's note, say) changes nothing."""
+    both = {"choices": [{"index": 0, "delta": {"content": "a"}}, {"index": 1, "delta": {}}]}
+    first = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    second = {"choices": [{"index": 1, "delta": {}, "finish_reason": "length"}]}
+    note = {"choices": [{"index": 0, "delta": {}, "finish_reason": None, "content_filter": {}}]}
+
+    def stream(*events: Any) -> bytes:
+        return joined([line for e in events for line in (data(e), b"")] + [b"data: [DONE]", b""])
+
+    assert not recorded(stream(both, first)).complete
+    assert recorded(stream(both, first, second)).complete
+    assert recorded(stream(both, second, first, note)).complete
+
+
+def test_a_stream_naming_more_choices_than_any_request_asks_for_is_refused() -> None:
+    """Each choice is tracked until it finishes: one chunk per new index would otherwise grow
+    the recorder's state with the stream."""
+    events = [{"choices": [{"index": n, "delta": {}, "finish_reason": "stop"}]} for n in range(129)]
+    lines = [line for e in events for line in (data(e), b"")] + [b"data: [DONE]", b""]
+    assert not recorded(joined(lines)).complete
+    assert recorded(joined(lines[2:])).complete
