@@ -161,24 +161,25 @@ def test_a_frame_sent_in_many_pieces_costs_its_length_once(start_proxy: ProxyFac
     assert used < 1  # split again at each piece: 3.6 s here, 16 times that at the default cap
 
 
+AZURE_CHAT = "/openai/deployments/dep/chat/completions?api-version=2024-10-21"
+
+
 def asked_twice(
-    start_proxy: ProxyFactory, parts: tuple[bytes, ...], prompt: str
+    start_proxy: ProxyFactory, parts: tuple[bytes, ...], prompt: str, route: str = ""
 ) -> tuple[list[httpx.Response], Scripted]:
-    """The same stream request twice, to an upstream streaming these frames each time."""
+    """The same stream request twice, to an upstream streaming these frames each time; on
+    /v1/chat/completions, or on an Azure `route` (the upstream then the resource's root)."""
 
     async def streams(writer: asyncio.StreamWriter, _: Received) -> None:
         writer.write(SSE_HEAD + b"".join(chunked(part) for part in parts) + b"0\r\n\r\n")
         await writer.drain()
 
     with Scripted(streams) as upstream:
-        proxy = start_proxy(upstream=upstream.v1)
+        root = upstream.v1.removesuffix("/v1") if route else upstream.v1
+        proxy = start_proxy(upstream=root)
+        url = proxy.url + route if route else proxy.v1 + "/chat/completions"
         answers = [
-            httpx.post(
-                proxy.v1 + "/chat/completions",
-                content=stream_request(prompt),
-                headers=AUTH,
-                timeout=WAIT,
-            )
+            httpx.post(url, content=stream_request(prompt), headers=AUTH, timeout=WAIT)
             for _ in range(2)
         ]
     return answers, upstream
@@ -351,21 +352,28 @@ HIDDEN_ERROR = b': ok\rdata: {"error": {"message": "overloaded", "type": "server
 
 
 @pytest.mark.parametrize(
-    "spoiler",
-    [HIDDEN_ERROR, b"retry: 3000\n\n", b"data:\n\n"],
-    ids=["error-behind-a-cr", "retry-alone", "empty-data"],
+    ("spoiler", "route"),
+    [
+        (HIDDEN_ERROR, ""),
+        (b"retry: 3000\n\n", ""),
+        (b"data:\n\n", ""),
+        (HIDDEN_ERROR, AZURE_CHAT),
+    ],
+    ids=["error-behind-a-cr", "retry-alone", "empty-data", "azure-error-behind-a-cr"],
 )
 def test_a_stream_the_sdk_fails_on_is_never_stored(
-    start_proxy: ProxyFactory, spoiler: bytes
+    start_proxy: ProxyFactory, spoiler: bytes, route: str
 ) -> None:
     """A frame the recorder read as nothing, while the SDK reads an error (a `data:` line after
     a comment ended by CR) or an event it cannot parse: the stream was stored, and every later
     caller got the failure replayed from the cache."""
     parts = (frame("a"), spoiler, finish_frame(), b"data: [DONE]\n\n")
-    answers, upstream = asked_twice(start_proxy, parts, "spoiled")
+    answers, upstream = asked_twice(start_proxy, parts, "spoiled", route)
     assert [a.headers["x-repro-cache"] for a in answers] == ["MISS", "MISS"]
     assert all(spoiler in a.content for a in answers)
-    assert len(upstream.received) == 2
+    asked = [r.request_line for r in upstream.received if r.request_line.startswith("POST")]
+    assert len(asked) == 2
+    assert all(line.startswith("POST " + (route[:24] or "/v1/chat")) for line in asked)
 
 
 def test_a_stream_of_comments_past_the_cap_gets_its_head_without_waiting_for_an_event(
