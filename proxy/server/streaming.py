@@ -102,6 +102,9 @@ class _Relay:
                 await self._pass(response, chunk)
             del head
             async for chunk in chunks:
+                if self.committed:  # past the clean end stored: see `_past_the_end`
+                    self._past_the_end()
+                    break
                 await self._pass(response, chunk)
                 if self.client_gone and not self._worth_reading():
                     self.upstream.release()
@@ -129,6 +132,14 @@ class _Relay:
             await self._send_held(response)
         if chunk:
             await self._send(response, chunk)
+
+    def _past_the_end(self) -> None:
+        """Bytes after a clean end that is stored are not passed on: a HIT will not have them
+        (an `error` event after `response.completed`, which the SDK reads on to), and the
+        client gets the answer as stored, its stream ended cleanly. The upstream connection,
+        not read to its end, is closed."""
+        log.info("upstream sent on past the stream's end", extra={"key": self.call.key})
+        self.upstream.release()
 
     async def _send_held(self, response: web.StreamResponse) -> None:
         held, self.held = self.held, []
@@ -186,7 +197,7 @@ class _Relay:
     async def _end(self, response: web.StreamResponse) -> None:
         if self.client_gone:
             return
-        if self.cut and self.request.transport is not None:
+        if self.cut and not self.committed and self.request.transport is not None:
             # The client must see a broken stream, as it would from the upstream itself.
             self.request.transport.close()
             return
@@ -202,7 +213,7 @@ class _Relay:
         it), never of one that carried an error or contradicted itself: as an error answer
         never does, it would make a model rotate, and its stored answers stop being served."""
         recorder = self.recorder
-        if recorder.answered:
+        if recorder.answered or self.committed:
             self.services.keys.remember(self.call.tenant)
         if not self.committed and recorder.fingerprint is not None and not recorder.failed:
             await observe_fingerprint(self.services, self.call.lineage, recorder.fingerprint)

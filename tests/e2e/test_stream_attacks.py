@@ -461,3 +461,61 @@ def test_a_responses_stream_whose_fingerprint_changes_midway_is_never_stored(
     assert [a.headers["x-repro-cache"] for a in answers] == ["MISS", "MISS"]
     assert [a.headers["x-repro-fingerprint"] for a in answers] == ["fp_one"] * 2
     assert len(upstream.received) == 2
+
+
+def typed(kind: str, **fields: object) -> bytes:
+    event = orjson.dumps({"type": kind, **fields})
+    return b"event: " + kind.encode() + b"\ndata: " + event + b"\n\n"
+
+
+RESPONSE = {"id": "resp_1", "object": "response", "status": "in_progress", "output": []}
+CLEAN_TYPED = typed("response.created", response=RESPONSE) + typed(
+    "response.completed", response={**RESPONSE, "status": "completed"}
+)
+
+
+@pytest.mark.parametrize("cut", [False, True], ids=["ended", "cut"])
+def test_what_follows_a_stored_clean_end_never_reaches_the_first_client(
+    start_proxy: ProxyFactory, cut: bool
+) -> None:
+    """A Responses stream completes, and is stored; then the upstream sends an `error` event
+    and (or) breaks the connection. The SDK reads a Responses stream to its end: the first
+    client got the error, or an APIConnectionError, after `response.completed`, and every
+    later one the clean answer stored. The first now gets what the stored answer holds."""
+    junk = typed("error", message="late", code="server_error")
+    gate = threading.Event()
+
+    async def answer(writer: asyncio.StreamWriter, _: Received) -> None:
+        writer.write(SSE_HEAD + chunked(CLEAN_TYPED))
+        await writer.drain()
+        for _ in range(int(WAIT / 0.01)):
+            if gate.is_set():
+                break
+            await asyncio.sleep(0.01)
+        writer.write(chunked(junk) + (b"" if cut else b"0\r\n\r\n"))
+        await writer.drain()
+        if cut:
+            writer.close()
+
+    body = orjson.dumps({"model": "m", "input": "late junk", "stream": True})
+    with Scripted(answer) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        seen: list[tuple[str, bytes]] = []
+        for _ in range(2):
+            with httpx.stream(
+                "POST", proxy.v1 + "/responses", content=body, headers=AUTH, timeout=WAIT
+            ) as response:
+                got = b""
+                for part in response.iter_raw():
+                    got += part
+                    if b"response.completed" in got:
+                        gate.set()
+                seen.append((response.headers["x-repro-cache"], got))
+        with OpenAI(base_url=proxy.v1, api_key="sk-victim", max_retries=0) as sdk:
+            events = [
+                e.type for e in sdk.responses.create(model="m", input="late junk", stream=True)
+            ]
+    assert [outcome for outcome, _ in seen] == ["MISS", "HIT"]
+    assert seen[0][1] == seen[1][1] == CLEAN_TYPED
+    assert events == ["response.created", "response.completed"]
+    assert len([r for r in upstream.received if r.request_line.startswith("POST")]) == 1
