@@ -9,9 +9,9 @@ or the Responses API's `response.completed`) are passed on: a client that has se
 stream finds it stored when it asks again, even on another connection or another replica
 sharing the store. Nothing the upstream sends after that end reaches the client, and a break
 after it ends the client's stream cleanly: the first client gets what a HIT replays. When the
-client leaves
-mid-stream, `--stream-disconnect finish` reads the upstream on and stores it (so the retry is a
-HIT, as nginx does when it caches); `cancel` closes the upstream connection at once.
+client leaves mid-stream, `--stream-disconnect finish` reads the upstream on and stores it (so
+the retry is a HIT, as nginx does when it caches); `cancel` closes the upstream connection at
+once.
 """
 
 from __future__ import annotations
