@@ -268,6 +268,17 @@ class StreamRecorder:
             self.failed = True
 
     @property
+    def named(self) -> bool:
+        """A frame read names the answer for its head: a fingerprint, or a chat chunk carrying
+        a choice (Azure's first chunk, of prompt filter results, carries neither), or any typed
+        event. A frame that spoiled the stream ends the wait too."""
+        if self.fingerprint is not None:
+            return True
+        return self.frames > 0 and (
+            self._responses or self.failed or bool(self._open or self._ended)
+        )
+
+    @property
     def answered(self) -> bool:
         """An answer to its clean end, whatever its size: finish_reason, then [DONE] (or
         `response.completed`), and no error."""

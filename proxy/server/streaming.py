@@ -1,7 +1,8 @@
 """Forwarding a streamed answer: chunks go to the client as they come, recorded on the side.
 
-The response headers wait for the upstream's first frame, which carries the fingerprint; that
-costs the client nothing, since its first token is in that frame. A stream that breaks before its
+The response headers wait for the upstream's first frame that names the fingerprint or carries
+a token (see `StreamRecorder.named`); that costs the client nothing, since its first token is
+in that frame. A stream that breaks before its
 first frame is answered 502, like an upstream that could not be reached.
 
 The recording is stored only after a clean end, and then before the bytes that end it (`[DONE]`,
@@ -170,13 +171,13 @@ class _Relay:
         return self.recorder.fingerprint or "none"
 
     async def _chunks(self) -> AsyncGenerator[bytes, None]:
-        """The upstream's bytes as they come, fed to the recorder. Until the first frame is read,
-        a chunk is cut after each frame end: an answer that arrives all at once then reaches the
-        client's first token without waiting for the recorder to read the rest."""
+        """The upstream's bytes as they come, fed to the recorder. Until a frame names the
+        answer, a chunk is cut after each frame end: an answer that arrives all at once then
+        reaches the client's first token without waiting for the recorder to read the rest."""
         try:
             async for chunk in self.upstream.chunks():
                 while chunk:
-                    cut = len(chunk) if self.recorder.frames else frame_end(chunk)
+                    cut = len(chunk) if self.recorder.named else frame_end(chunk)
                     piece, chunk = chunk[:cut], chunk[cut:]
                     self.recorder.feed(piece)
                     yield piece
@@ -238,10 +239,11 @@ class _Relay:
 async def _until_first_frame(
     chunks: AsyncIterator[bytes], recorder: StreamRecorder
 ) -> AsyncIterator[bytes]:
-    """The chunks up to the first complete frame, which names the fingerprint, or up to the
-    cap's worth without one: an upstream sending comments (`: ping`) and no event for ever would
-    otherwise make these chunks grow without bound, and the client wait for its head."""
+    """The chunks up to the first frame that names the answer (`StreamRecorder.named`), or up
+    to the cap's worth without one: an upstream sending comments (`: ping`) and no event for
+    ever would otherwise make these chunks grow without bound, and the client wait for its
+    head."""
     async for chunk in chunks:
         yield chunk
-        if recorder.frames or not recorder.reading or recorder.oversize:
+        if recorder.named or not recorder.reading or recorder.oversize:
             return

@@ -519,3 +519,19 @@ def test_what_follows_a_stored_clean_end_never_reaches_the_first_client(
     assert seen[0][1] == seen[1][1] == CLEAN_TYPED
     assert events == ["response.created", "response.completed"]
     assert len([r for r in upstream.received if r.request_line.startswith("POST")]) == 1
+
+
+def test_a_first_chunk_naming_no_fingerprint_does_not_name_the_answer(
+    start_proxy: ProxyFactory,
+) -> None:
+    """Azure opens a stream with a chunk of prompt filter results: no choice, no
+    system_fingerprint. The head went with it, so the first client read `none` in
+    X-Repro-Fingerprint, and every later one the fingerprint the answer is stored under. The
+    head now waits for the first chunk that names a fingerprint or carries a choice, which
+    costs the client nothing: its first token is in that chunk."""
+    filters = b'data: {"choices":[],"id":"","model":"","prompt_filter_results":[]}\n\n'
+    parts = (filters, frame("a"), finish_frame(), b"data: [DONE]\n\n")
+    answers, _ = asked_twice(start_proxy, parts, "filtered", AZURE_CHAT)
+    assert [a.headers["x-repro-cache"] for a in answers] == ["MISS", "HIT"]
+    assert [a.headers["x-repro-fingerprint"] for a in answers] == ["fp_hostile"] * 2
+    assert answers[0].content == answers[1].content == b"".join(parts)
