@@ -38,7 +38,7 @@ from proxy.server.caching import (
 )
 from proxy.server.context import Services
 from proxy.upstream.client import UpstreamResponse
-from proxy.upstream.headers import response_headers
+from proxy.upstream.headers import response_headers, undecoded
 
 log = logging.getLogger("proxy.stream")
 
@@ -84,6 +84,10 @@ class _Relay:
         self.call = call
         self.upstream = upstream
         self.recorder = StreamRecorder(services.settings.max_entry, call.kind == RESPONSES)
+        if undecoded(upstream.headers) is not None:
+            # Bytes in a coding the proxy does not decode are no frames to read: read as SSE,
+            # they held the head back for a frame, or named a fingerprint they do not carry.
+            self.recorder.reading = False
         self.client_gone = False
         self.cut = False
         self.committed = False
@@ -177,7 +181,7 @@ class _Relay:
         try:
             async for chunk in self.upstream.chunks():
                 while chunk:
-                    cut = len(chunk) if self.recorder.named else frame_end(chunk)
+                    cut = frame_end(chunk) if _before_head(self.recorder) else len(chunk)
                     piece, chunk = chunk[:cut], chunk[cut:]
                     self.recorder.feed(piece)
                     yield piece
@@ -245,5 +249,9 @@ async def _until_first_frame(
     head."""
     async for chunk in chunks:
         yield chunk
-        if recorder.named or not recorder.reading or recorder.oversize:
+        if not _before_head(recorder):
             return
+
+
+def _before_head(recorder: StreamRecorder) -> bool:
+    return recorder.reading and not recorder.named and not recorder.oversize

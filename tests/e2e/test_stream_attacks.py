@@ -535,3 +535,44 @@ def test_a_first_chunk_naming_no_fingerprint_does_not_name_the_answer(
     assert [a.headers["x-repro-cache"] for a in answers] == ["MISS", "HIT"]
     assert [a.headers["x-repro-fingerprint"] for a in answers] == ["fp_hostile"] * 2
     assert answers[0].content == answers[1].content == b"".join(parts)
+
+
+def test_a_stream_in_a_coding_the_proxy_does_not_decode_is_not_read(
+    start_proxy: ProxyFactory,
+) -> None:
+    """A stream in `br`, which the proxy never asks for, is passed on as sent and never stored.
+    Its bytes were still read as SSE: its head waited for a frame that compressed bytes
+    never hold (up to --max-entry of them, or the stream's end), and bytes that did read as a
+    frame named the answer's fingerprint, and taught it to the model."""
+    head = SSE_HEAD.replace(b"Transfer-Encoding", b"Content-Encoding: br\r\nTransfer-Encoding")
+    first, rest = frame("a"), finish_frame() + b"data: [DONE]\n\n"
+    gate, opened = threading.Event(), []
+
+    async def answer(writer: asyncio.StreamWriter, _: Received) -> None:
+        writer.write(head + chunked(first[:20]))
+        await writer.drain()
+        for _ in range(int(WAIT / 0.01)):
+            if gate.is_set():
+                break
+            await asyncio.sleep(0.01)
+        opened.append(gate.is_set())
+        writer.write(chunked(first[20:] + rest) + b"0\r\n\r\n")
+        await writer.drain()
+
+    with Scripted(answer) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        with httpx.stream(
+            "POST",
+            proxy.v1 + "/chat/completions",
+            content=stream_request("brotli"),
+            headers=AUTH,
+            timeout=2 * WAIT,
+        ) as response:
+            gate.set()
+            got = (response.headers["content-encoding"], response.headers["x-repro-fingerprint"])
+            body = b"".join(response.iter_raw())
+        learned = proxy.metric("repro_fingerprint_info", model="m", fingerprint="fp_hostile")
+    assert opened == [True]
+    assert got == ("br", "none")
+    assert body == first + rest
+    assert learned == 0
