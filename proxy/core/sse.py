@@ -26,6 +26,8 @@ it, and joins a frame's bytes only once it has ended, to read it.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -37,6 +39,8 @@ _DONE = b"[DONE]"
 # followed by anything, or a CR followed by a CR.
 _ENDS = (b"\n\n", b"\r\r", b"\n\r")
 _BOM = b"\xef\xbb\xbf"
+_LINE_END = re.compile(rb"\r\n?|\n")
+_SPLIT_AT_ONCE = 256 * 1024
 _COMPLETED = "response.completed"
 _SPOILED = frozenset({"response.failed", "response.incomplete", "error"})
 _MAX_CHOICES = 128  # the API's bound on `n`
@@ -64,6 +68,21 @@ def _last_end(data: bytes) -> int:
     return max((_past(data, at) for sep in _ENDS if (at := data.rfind(sep)) >= 0), default=-1)
 
 
+def _lines(ended: bytes, at: int) -> Iterator[bytes]:
+    """The lines of `ended` from `at`: all at once from a region of up to a read's size (the
+    faster way), one at a time from a longer one, whose lines as objects could take many
+    times its size."""
+    if len(ended) <= _SPLIT_AT_ONCE:
+        return iter(ended[at:].splitlines() if at else ended.splitlines())
+    return (ended[start:end] for start, end in _spans(ended, at))
+
+
+def _spans(ended: bytes, at: int) -> Iterator[tuple[int, int]]:
+    for found in _LINE_END.finditer(ended, at):
+        yield at, found.start()
+        at = found.end()
+
+
 def _text(line: bytes) -> bool:
     try:
         line.decode()
@@ -87,6 +106,28 @@ def payloads(stream: bytes) -> list[bytes]:
             if name == b"data":
                 data.append(_value(value))
     return found
+
+
+class _Event:
+    """The fields of the event being read: its data lines joined, its `event:` name."""
+
+    __slots__ = ("data", "name", "names", "retry")
+
+    def __init__(self) -> None:
+        self.data: bytes | bytearray | None = None
+        self.name: bytes | None = None
+        self.names = 0
+        self.retry = False
+
+    def add(self, value: bytes) -> None:
+        """One more data line: the first kept as it is, more joined in one buffer."""
+        if self.data is None:
+            self.data = value
+            return
+        if isinstance(self.data, bytes):
+            self.data = bytearray(self.data)
+        self.data += b"\n"
+        self.data += value
 
 
 class StreamRecorder:
@@ -149,67 +190,68 @@ class StreamRecorder:
             self.reading, self._pending = False, []
 
     def _read_frames(self, ended: bytes) -> None:
-        """Read lines as the SDK's decoder does, dispatching an event at each blank line."""
-        lines = ended.splitlines()
-        start = 1 if self._after_cr and ended.startswith(b"\n") else 0  # a CRLF's LF
+        """Read lines as the SDK's decoder does, dispatching an event at each blank line. One
+        line at a time, and the data of an event in one buffer: a frame of a million short
+        lines cost an object per line, many times the frame's own size."""
+        at = 1 if self._after_cr and ended.startswith(b"\n") else 0  # a CRLF's LF
         self._after_cr = ended.endswith(b"\r")
         if not self._started:
             self._started = True
             self.failed = self.failed or ended.startswith(_BOM)
-        data: list[bytes] = []
-        names: list[bytes] = []
-        retry = False
-        for line in lines[start:]:
+        event = _Event()
+        for line in _lines(ended, at):
             if not line:
-                if data or names or retry or self._named_by_id:
-                    self._read_frame(names, data)
-                data, names, retry = [], [], False
-                continue
-            if line.startswith(b":"):
+                if event.data is not None or event.names or event.retry or self._named_by_id:
+                    self._read_frame(event)
+                    event = _Event()
+            elif line.startswith(b":"):
                 self.failed = self.failed or not _text(line)
-                continue
-            name, _, value = line.partition(b":")
-            value = _value(value)
-            if name == b"data":
-                data.append(value)
-                continue
-            if not _text(line):
-                self.failed = True
-            elif name == b"event":
-                names.append(value)
-            elif name == b"id" and value:
-                self._named_by_id = True
-            elif name == b"retry":
-                retry = True
+            else:
+                self._read_field(event, line)
 
-    def _read_frame(self, names: list[bytes], data: list[bytes]) -> None:
-        if not data:
+    def _read_field(self, event: _Event, line: bytes) -> None:
+        name, _, value = line.partition(b":")
+        value = _value(value)
+        if name == b"data":
+            event.add(value)
+        elif not _text(line):
+            self.failed = True
+        elif name == b"event":
+            event.name, event.names = value, event.names + 1
+        elif name == b"id" and value:
+            self._named_by_id = True
+        elif name == b"retry":
+            event.retry = True
+
+    def _read_frame(self, event: _Event) -> None:
+        payload = event.data
+        if payload is None:
             self.failed = True  # dispatched without data: the SDK fails to parse it
             return
         self.frames += 1
-        if len(names) > 1 or (names and not self._responses and names != [b"message"]):
+        name = event.name
+        if event.names > 1 or (name is not None and not self._responses and name != b"message"):
             self.failed = True  # a chat frame may be named `message` only, and only once
             return
-        payload = b"\n".join(data)
         if payload.startswith(_DONE):  # where the SDK stops reading: after the answer only
             self.done = self.done or not self._responses
             self.failed = self.failed or not self.finished or payload.rstrip() != _DONE
             return
         try:
-            event: Any = orjson.loads(payload)
+            parsed: Any = orjson.loads(payload)
         except orjson.JSONDecodeError:
             self.failed = True
             return
-        if not isinstance(event, dict) or "error" in event:
+        if not isinstance(parsed, dict) or "error" in parsed:
             self.failed = True
             return
-        if names and self._responses and names[0] != str(event.get("type")).encode():
+        if name is not None and self._responses and name != str(parsed.get("type")).encode():
             self.failed = True  # a typed frame may be named by its own type only
             return
         if self._responses:
-            self._read_typed(event)
+            self._read_typed(parsed)
         else:
-            self._read_event(event)
+            self._read_event(parsed)
 
     def _read_typed(self, event: dict[str, Any]) -> None:
         kind = event.get("type")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import tracemalloc
 from typing import Any
 
 import orjson
@@ -241,3 +242,22 @@ def test_a_stream_naming_more_choices_than_any_request_asks_for_is_refused() -> 
     lines = [line for e in events for line in (data(e), b"")] + [b"data: [DONE]", b""]
     assert not recorded(joined(lines)).complete
     assert recorded(joined(lines[2:])).complete
+
+
+def test_a_frame_of_many_short_lines_costs_a_few_times_its_size_to_read() -> None:
+    """A frame of `data: x` lines up to the cap, in pieces as from the network: its lines were
+    split into an object each, and their values into another, about nineteen times the
+    frame's size at once (over 600 MiB for the default --max-entry)."""
+    cap = 2 << 20
+    stream = b"data: x\n" * (cap // 8 - 1) + b"\n"
+    pieces = [stream[at : at + 65536] for at in range(0, len(stream), 65536)]
+    recorder = StreamRecorder(cap)
+    tracemalloc.start()
+    try:
+        for piece in pieces:
+            recorder.feed(piece)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert recorder.frames == 1 and recorder.failed  # `x` lines are no JSON
+    assert peak < 6 * cap, f"{peak / cap:.1f} times the frame's size"
