@@ -15,7 +15,7 @@ import pytest
 from openai import OpenAI
 
 from tests.fixtures_procs import ProxyFactory
-from tests.hostile import Received, Scripted, Writer, dripping_json
+from tests.hostile import Received, Scripted, Writer, dripping_json, http_answer
 
 AUTH = {"Authorization": "Bearer sk-victim", "Content-Type": "application/json"}
 SSE_HEAD = (
@@ -576,3 +576,45 @@ def test_a_stream_in_a_coding_the_proxy_does_not_decode_is_not_read(
     assert got == ("br", "none")
     assert body == first + rest
     assert learned == 0
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "text/plain"], ids=["json", "plain-text"]
+)
+def test_a_stream_request_answered_in_another_shape_is_passed_on_and_never_stored(
+    start_proxy: ProxyFactory, content_type: str
+) -> None:
+    """A whole completion (or SSE bytes labelled otherwise) answering a stream request: stored
+    under the stream's key, it would replay to clients whose SDK expects events; its
+    fingerprint is not learned either, as no stream's is until it was read."""
+    whole = orjson.dumps(
+        {
+            "object": "chat.completion",
+            "system_fingerprint": "fp_whole",
+            "choices": [{"index": 0, "message": {"content": "hi"}, "finish_reason": "stop"}],
+        }
+    )
+    body = whole if content_type == "application/json" else frame("a") + b"data: [DONE]\n\n"
+
+    async def answer(writer: asyncio.StreamWriter, _: Received) -> None:
+        writer.write(http_answer(body, f"Content-Type: {content_type}"))
+        await writer.drain()
+
+    with Scripted(answer) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        answers = [
+            httpx.post(
+                proxy.v1 + "/chat/completions",
+                content=stream_request("shape"),
+                headers=AUTH,
+                timeout=WAIT,
+            )
+            for _ in range(2)
+        ]
+        learned = [
+            s.labels for s in proxy.samples() if s.name == "repro_fingerprint_info" and s.value
+        ]
+    assert [(a.status_code, a.headers["x-repro-cache"]) for a in answers] == [(200, "MISS")] * 2
+    assert all(a.content == body for a in answers)
+    assert all(a.headers["content-type"].startswith(content_type) for a in answers)
+    assert learned == []
