@@ -79,17 +79,19 @@ def id_of(answer: dict[str, Any]) -> str | None:
 def final_response(sse: bytes) -> bytes | None:
     """The response object a recorded stream completed with: what `GET /v1/responses/{id}`
     answers for a response that was created streaming."""
-    for payload in reversed(payloads(sse)):
-        if payload.strip() == b"[DONE]":
-            continue
-        try:
-            event = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            return None
-        if isinstance(event, dict) and event.get("type") == "response.completed":
-            response = event.get("response")
-            return orjson.dumps(response) if isinstance(response, dict) else None
+    last = None
+    for payload in payloads(sse):
+        if payload.strip() != b"[DONE]":
+            last = payload
+    if last is None:
         return None
+    try:
+        event = orjson.loads(last)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(event, dict) and event.get("type") == "response.completed":
+        response = event.get("response")
+        return orjson.dumps(response) if isinstance(response, dict) else None
     return None
 
 

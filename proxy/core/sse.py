@@ -26,6 +26,7 @@ it, and joins a frame's bytes only once it has ended, to read it.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -91,21 +92,19 @@ def _text(line: bytes) -> bool:
     return True
 
 
-def payloads(stream: bytes) -> list[bytes]:
+def payloads(stream: bytes) -> Iterator[bytes]:
     """The data of each event of a whole stream, in order, its lines read as `StreamRecorder`
     reads them."""
-    found: list[bytes] = []
     data: list[bytes] = []
-    for line in [*stream.splitlines(), b""]:
+    for line in itertools.chain(_lines(stream, 0), [b""]):
         if not line:
             if data:
-                found.append(b"\n".join(data))
+                yield b"\n".join(data)
             data = []
         else:
             name, _, value = line.partition(b":")
             if name == b"data":
                 data.append(_value(value))
-    return found
 
 
 class _Event:
