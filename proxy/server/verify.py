@@ -24,7 +24,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from proxy.core.credentials import STANDARD, extract, upstream_headers
 from proxy.core.entry import Entry, fingerprint_of, is_answer
 from proxy.core.routes import RESPONSES
-from proxy.core.sse import StreamRecorder
+from proxy.core.sse import StreamRecorder, payloads
 from proxy.core.textdistance import normalized_levenshtein
 from proxy.errors import UpstreamError
 from proxy.metrics import Metrics
@@ -85,11 +85,7 @@ def _output_texts(output: list[Any]) -> list[str]:
 
 
 def _events(body: bytes) -> list[dict[str, Any]]:
-    events = []
-    for line in body.splitlines():
-        if line.startswith(b"data:") and line[5:].strip() != b"[DONE]":
-            events.append(_object(line[5:]))
-    return events
+    return [_object(data) for data in payloads(body) if data.strip() != b"[DONE]"]
 
 
 def _object(data: bytes) -> dict[str, Any]:

@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 from openai._streaming import SSEDecoder
 
 from proxy.core import responses
+from proxy.core.answers import text as text_of
 from proxy.core.sse import StreamRecorder, frame_end
+from proxy.server.verify import answer_text
 
 CHUNK = {"system_fingerprint": "fp_a", "choices": [{"index": 0, "delta": {"content": "Hi é✓"}}]}
 FINISH = {
@@ -261,3 +263,12 @@ def test_a_frame_of_many_short_lines_costs_a_few_times_its_size_to_read() -> Non
         tracemalloc.stop()
     assert recorder.frames == 1 and recorder.failed  # `x` lines are no JSON
     assert peak < 6 * cap, f"{peak / cap:.1f} times the frame's size"
+
+
+def test_the_text_of_a_stream_is_read_with_the_recorders_rules() -> None:
+    """Drift checks and rotation reports compare a stream's text: an event whose data spans
+    lines (which they read as nothing) is read as the recorder and the SDK read it."""
+    split = b'data: {"choices": [{"index": 0,\ndata: "delta": {"content": "Hel"}}]}\n\n'
+    stream = split + joined(CLEAN[:2]).replace(b"\n", b"\r")
+    assert answer_text(stream, stream=True) == "HelHi é✓"
+    assert text_of(stream, stream=True) == "HelHi é✓"
