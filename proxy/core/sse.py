@@ -19,9 +19,11 @@ differently): stored, it would be replayed as an answer though every reader fail
 A stream over the cap drops its bytes but is still read, so its fingerprint reaches the response
 headers and the fingerprint tracking like any other answer's; only a single frame larger than
 the cap stops the reading. The frame not yet ended is kept as the chunks it came in, the same
-objects the recording holds, never a copy of them: however the upstream frames its stream
-(one frame that never ends, say), the recorder holds at most the cap and the chunk that crossed
-it, and joins a frame's bytes only once it has ended, to read it.
+objects the recording holds, never a copy of them (but for pieces of a few bytes, which both
+gather in a buffer, an object per few bytes costing more than the bytes): however the upstream
+frames or paces its stream (one frame that never ends, three bytes at a time), the recorder
+holds about the cap and the chunk that crossed it, and joins a frame's bytes only once it has
+ended, to read it.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ _ENDS = (b"\n\n", b"\r\r", b"\n\r")
 _BOM = b"\xef\xbb\xbf"
 _LINE_END = re.compile(rb"\r\n?|\n")
 _SPLIT_AT_ONCE = 256 * 1024
+_SMALL = 256  # pieces shorter than this are gathered (see `_Pieces`), in buffers of _GATHERED
+_GATHERED = 4096
 _COMPLETED = "response.completed"
 _SPOILED = frozenset({"response.failed", "response.incomplete", "error"})
 _MAX_CHOICES = 128  # the API's bound on `n`
@@ -107,6 +111,42 @@ def payloads(stream: bytes) -> Iterator[bytes]:
                 data.append(_value(value))
 
 
+class _Pieces:
+    """Bytes kept as the objects they came in, but for small ones, gathered in one buffer: a
+    stream arriving a few bytes at a time would otherwise cost an object of tens of bytes
+    per few bytes kept, many times what it holds."""
+
+    __slots__ = ("parts", "size", "tail")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.tail = bytearray()
+        self.size = 0
+
+    def append(self, data: bytes) -> None:
+        self.size += len(data)
+        if len(data) >= _SMALL:
+            self._settle()
+            self.parts.append(data)
+            return
+        self.tail += data
+        if len(self.tail) >= _GATHERED:
+            self._settle()
+
+    def _settle(self) -> None:
+        if self.tail:
+            self.parts.append(bytes(self.tail))
+            self.tail = bytearray()
+
+    def last_byte(self) -> bytes:
+        if self.tail:
+            return bytes(self.tail[-1:])
+        return self.parts[-1][-1:] if self.parts else b""
+
+    def joined(self, more: bytes = b"") -> bytes:
+        return b"".join([*self.parts, self.tail, more])
+
+
 class _Event:
     """The fields of the event being read: its data lines joined, its `event:` name."""
 
@@ -135,10 +175,8 @@ class StreamRecorder:
         self._max_bytes = max_bytes
         self._responses = responses
         self.response_id: str | None = None
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self._pending: list[bytes] = []
-        self._pending_size = 0
+        self._chunks = _Pieces()
+        self._pending = _Pieces()
         self._after_cr = False  # the last frame read ended with a CR: an LF next ends that line
         self._started = False
         self._named_by_id = False  # the SDK dispatches every blank line after an `id:` field
@@ -156,10 +194,11 @@ class StreamRecorder:
 
     def feed(self, data: bytes) -> None:
         """Take the next bytes as they came from the upstream."""
-        self._size += len(data)
-        if self._size > self._max_bytes:
+        if self.oversize:
+            pass
+        elif self._chunks.size + len(data) > self._max_bytes:
             self.oversize = True
-            self._chunks.clear()
+            self._chunks = _Pieces()
         else:
             self._chunks.append(data)
         if self.reading and data:
@@ -169,14 +208,18 @@ class StreamRecorder:
         """Read the frames `data` ends. Only the new bytes (and the one before them) can hold
         a new frame end, and only the frames ended are joined: a frame sent in many pieces
         costs its length once, not once per piece."""
-        before = self._pending[-1][-1:] if self._pending else b""
+        pending = self._pending
+        before = pending.last_byte() if pending.size else b""
         found = _last_end(before + data if before else data)
         if found < 0:
             self._hold(data)
             return
         end = found - len(before)
-        ended = b"".join([*self._pending, data[:end]]) if self._pending else data[:end]
-        self._pending, self._pending_size = [], 0
+        if pending.size:
+            ended = pending.joined(data[:end])
+            self._pending = _Pieces()
+        else:
+            ended = data[:end] if end < len(data) else data
         if end < len(data):
             self._hold(data[end:])
         self._read_frames(ended)
@@ -184,9 +227,8 @@ class StreamRecorder:
     def _hold(self, data: bytes) -> None:
         """Keep the start of a frame not yet ended; one larger than the cap stops the reading."""
         self._pending.append(data)
-        self._pending_size += len(data)
-        if self._pending_size > self._max_bytes:
-            self.reading, self._pending = False, []
+        if self._pending.size > self._max_bytes:
+            self.reading, self._pending = False, _Pieces()
 
     def _read_frames(self, ended: bytes) -> None:
         """Read lines as the SDK's decoder does, dispatching an event at each blank line. One
@@ -331,4 +373,4 @@ class StreamRecorder:
         return self.answered and not self.oversize
 
     def body(self) -> bytes:
-        return b"".join(self._chunks)
+        return self._chunks.joined()

@@ -272,3 +272,22 @@ def test_the_text_of_a_stream_is_read_with_the_recorders_rules() -> None:
     stream = split + joined(CLEAN[:2]).replace(b"\n", b"\r")
     assert answer_text(stream, stream=True) == "HelHi é✓"
     assert text_of(stream, stream=True) == "HelHi é✓"
+
+
+@pytest.mark.parametrize("ends", [False, True], ids=["one-frame-never-ended", "tiny-frames"])
+def test_a_stream_arriving_a_few_bytes_at_a_time_holds_about_what_it_holds(ends: bool) -> None:
+    """Each piece the upstream's pace delivers was kept as its own object, in the recording
+    and in the frame not yet ended: three bytes at a time, a stream held about fifteen times
+    its size (and the cap bounds only the bytes)."""
+    cap, size = 1 << 20, 600_000
+    stream = (b"data: {}\n\n" if ends else b"x") * (size // (10 if ends else 1))
+    recorder = StreamRecorder(cap)
+    tracemalloc.start()
+    try:
+        for at in range(0, len(stream), 3):
+            recorder.feed(stream[at : at + 3])  # a new object each time, as from the network
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert recorder.body() == stream
+    assert held < 3 * size, f"{held / size:.1f} times the bytes held"
