@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from proxy.core.sse import payloads
+
 VOLATILE = frozenset({"id", "created", "created_at", "system_fingerprint", "usage"})
 
 
@@ -71,9 +73,8 @@ def _output(item: dict[str, Any]) -> str:
 def _streamed(body: bytes) -> str:
     """The deltas of an SSE stream, joined per choice (chat, completions, Responses)."""
     choices: dict[int, list[str]] = defaultdict(list)
-    for line in body.splitlines():
-        payload = line.removeprefix(b"data:").strip()
-        if not line.startswith(b"data:") or payload == b"[DONE]":
+    for payload in payloads(body):
+        if payload.strip() == b"[DONE]":
             continue
         try:
             event = orjson.loads(payload)

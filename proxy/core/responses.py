@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from proxy.core.canonical import KEY_VERSION
+from proxy.core.sse import payloads
 
 INDEX_FINGERPRINT = "id-index"
 _INDEX_PREFIX = b"repro-index:1:"
@@ -78,20 +79,19 @@ def id_of(answer: dict[str, Any]) -> str | None:
 def final_response(sse: bytes) -> bytes | None:
     """The response object a recorded stream completed with: what `GET /v1/responses/{id}`
     answers for a response that was created streaming."""
-    for frame in reversed(sse.replace(b"\r\n", b"\n").split(b"\n\n")):
-        payload = b"\n".join(
-            line[5:].lstrip(b" ") for line in frame.split(b"\n") if line.startswith(b"data:")
-        )
-        if not payload or payload.strip() == b"[DONE]":
-            continue
-        try:
-            event = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            return None
-        if isinstance(event, dict) and event.get("type") == "response.completed":
-            response = event.get("response")
-            return orjson.dumps(response) if isinstance(response, dict) else None
+    last = None
+    for payload in payloads(sse):
+        if payload.strip() != b"[DONE]":
+            last = payload
+    if last is None:
         return None
+    try:
+        event = orjson.loads(last)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(event, dict) and event.get("type") == "response.completed":
+        response = event.get("response")
+        return orjson.dumps(response) if isinstance(response, dict) else None
     return None
 
 

@@ -10,16 +10,27 @@ than its data: clients that dispatch on the name (an EventSource's `error` liste
 recorder, which reads the data, would disagree on what was answered, and an `event: error`
 above data that reads as a token would be stored and replayed as a clean answer.
 
+Lines are read as the SSE specification and the official SDK read them: a line ends with CRLF,
+LF or CR alone, a field's value loses one leading space. Whatever the SDK would fail on is no
+clean end either (an event it dispatches without data, a line that is not UTF-8, `[DONE]`
+before a Responses stream completed, a byte-order mark the SDK and an EventSource read
+differently): stored, it would be replayed as an answer though every reader fails on it.
+
 A stream over the cap drops its bytes but is still read, so its fingerprint reaches the response
 headers and the fingerprint tracking like any other answer's; only a single frame larger than
 the cap stops the reading. The frame not yet ended is kept as the chunks it came in, the same
-objects the recording holds, never a copy of them: however the upstream frames its stream
-(one frame that never ends, say), the recorder holds at most the cap and the chunk that crossed
-it, and joins a frame's bytes only once it has ended, to read it.
+objects the recording holds, never a copy of them (but for pieces of a few bytes, which both
+gather in a buffer, an object per few bytes costing more than the bytes): however the upstream
+frames or paces its stream (one frame that never ends, three bytes at a time), the recorder
+holds about the cap and the chunk that crossed it, and joins a frame's bytes only once it has
+ended, to read it.
 """
 
 from __future__ import annotations
 
+import itertools
+import re
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -27,14 +38,135 @@ import orjson
 from proxy.core.entry import fingerprint_of, usage_of
 
 _DONE = b"[DONE]"
-_ENDS = (b"\n\n", b"\n\r\n")  # a blank line, whatever ends the line before it
+# Two line ends in a row, a blank line, whatever ends each (CRLF, LF or CR): a CRLF's LF
+# followed by anything, or a CR followed by a CR.
+_ENDS = (b"\n\n", b"\r\r", b"\n\r")
+_BOM = b"\xef\xbb\xbf"
+_LINE_END = re.compile(rb"\r\n?|\n")
+_SPLIT_AT_ONCE = 256 * 1024
+_SMALL = 256  # pieces shorter than this are gathered (see `_Pieces`), in buffers of _GATHERED
+_GATHERED = 4096
 _COMPLETED = "response.completed"
 _SPOILED = frozenset({"response.failed", "response.incomplete", "error"})
+_MAX_CHOICES = 128  # the API's bound on `n`
 
 
 def _value(field: bytes) -> bytes:
     """A field's value as the SSE specification reads it: one leading space dropped."""
     return field[1:] if field.startswith(b" ") else field
+
+
+def _past(data: bytes, at: int) -> int:
+    """Just past the blank line whose two line ends start at `at` (and the LF of a CRLF)."""
+    end = at + 2
+    return end + 1 if data[end - 1] == 13 and data[end : end + 1] == b"\n" else end
+
+
+def frame_end(data: bytes) -> int:
+    """Just past the first blank line of `data`, the end of its first frame; else its end."""
+    ends = [_past(data, at) for sep in _ENDS if (at := data.find(sep)) >= 0]
+    return min(ends, default=len(data))
+
+
+def _last_end(data: bytes) -> int:
+    """Just past the last blank line of `data`, -1 if it has none."""
+    return max((_past(data, at) for sep in _ENDS if (at := data.rfind(sep)) >= 0), default=-1)
+
+
+def _lines(ended: bytes, at: int) -> Iterator[bytes]:
+    """The lines of `ended` from `at`: all at once from a region of up to a read's size (the
+    faster way), one at a time from a longer one, whose lines as objects could take many
+    times its size."""
+    if len(ended) <= _SPLIT_AT_ONCE:
+        return iter(ended[at:].splitlines() if at else ended.splitlines())
+    return (ended[start:end] for start, end in _spans(ended, at))
+
+
+def _spans(ended: bytes, at: int) -> Iterator[tuple[int, int]]:
+    for found in _LINE_END.finditer(ended, at):
+        yield at, found.start()
+        at = found.end()
+
+
+def _text(line: bytes) -> bool:
+    try:
+        line.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def payloads(stream: bytes) -> Iterator[bytes]:
+    """The data of each event of a whole stream, in order, its lines read as `StreamRecorder`
+    reads them."""
+    data: list[bytes] = []
+    for line in itertools.chain(_lines(stream, 0), [b""]):
+        if not line:
+            if data:
+                yield b"\n".join(data)
+            data = []
+        else:
+            name, _, value = line.partition(b":")
+            if name == b"data":
+                data.append(_value(value))
+
+
+class _Pieces:
+    """Bytes kept as the objects they came in, but for small ones, gathered in one buffer: a
+    stream arriving a few bytes at a time would otherwise cost an object of tens of bytes
+    per few bytes kept, many times what it holds."""
+
+    __slots__ = ("parts", "size", "tail")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.tail = bytearray()
+        self.size = 0
+
+    def append(self, data: bytes) -> None:
+        self.size += len(data)
+        if len(data) >= _SMALL:
+            self._settle()
+            self.parts.append(data)
+            return
+        self.tail += data
+        if len(self.tail) >= _GATHERED:
+            self._settle()
+
+    def _settle(self) -> None:
+        if self.tail:
+            self.parts.append(bytes(self.tail))
+            self.tail = bytearray()
+
+    def last_byte(self) -> bytes:
+        if self.tail:
+            return bytes(self.tail[-1:])
+        return self.parts[-1][-1:] if self.parts else b""
+
+    def joined(self, more: bytes = b"") -> bytes:
+        return b"".join([*self.parts, self.tail, more])
+
+
+class _Event:
+    """The fields of the event being read: its data lines joined, its `event:` name."""
+
+    __slots__ = ("data", "name", "names", "retry")
+
+    def __init__(self) -> None:
+        self.data: bytes | bytearray | None = None
+        self.name: bytes | None = None
+        self.names = 0
+        self.retry = False
+
+    def add(self, value: bytes) -> None:
+        """One more data line: the first kept as it is, more joined in one buffer."""
+        if self.data is None:
+            self.data = value
+            return
+        if isinstance(self.data, bytes):
+            self.data = bytearray(self.data)
+        self.data += b"\n"
+        self.data += value
 
 
 class StreamRecorder:
@@ -43,10 +175,13 @@ class StreamRecorder:
         self._max_bytes = max_bytes
         self._responses = responses
         self.response_id: str | None = None
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self._pending: list[bytes] = []
-        self._pending_size = 0
+        self._chunks = _Pieces()
+        self._pending = _Pieces()
+        self._after_cr = False  # the last frame read ended with a CR: an LF next ends that line
+        self._started = False
+        self._named_by_id = False  # the SDK dispatches every blank line after an `id:` field
+        self._open: set[int] = set()
+        self._ended: set[int] = set()
         self.frames = 0
         self.fingerprint: str | None = None
         self.prompt_tokens = 0
@@ -59,78 +194,105 @@ class StreamRecorder:
 
     def feed(self, data: bytes) -> None:
         """Take the next bytes as they came from the upstream."""
-        self._size += len(data)
-        if self._size > self._max_bytes:
+        if self.oversize:
+            pass
+        elif self._chunks.size + len(data) > self._max_bytes:
             self.oversize = True
-            self._chunks.clear()
+            self._chunks = _Pieces()
         else:
             self._chunks.append(data)
         if self.reading and data:
             self._split(data)
 
     def _split(self, data: bytes) -> None:
-        """Read the frames `data` ends. Only the new bytes (and the two before them) can hold
+        """Read the frames `data` ends. Only the new bytes (and the one before them) can hold
         a new frame end, and only the frames ended are joined: a frame sent in many pieces
         costs its length once, not once per piece."""
-        before = self._last_two()
-        probe = before + data if before else data
-        found = [at + len(sep) for sep in _ENDS if (at := probe.rfind(sep)) >= 0]
-        if not found:
+        pending = self._pending
+        before = pending.last_byte() if pending.size else b""
+        found = _last_end(before + data if before else data)
+        if found < 0:
             self._hold(data)
             return
-        end = max(found) - len(before)
-        ended = b"".join([*self._pending, data[:end]]) if self._pending else data[:end]
-        self._pending, self._pending_size = [], 0
+        end = found - len(before)
+        if pending.size:
+            ended = pending.joined(data[:end])
+            self._pending = _Pieces()
+        else:
+            ended = data[:end] if end < len(data) else data
         if end < len(data):
             self._hold(data[end:])
-        for frame in ended.replace(b"\r\n", b"\n").split(b"\n\n")[:-1]:
-            self._read_frame(frame)
+        self._read_frames(ended)
 
     def _hold(self, data: bytes) -> None:
         """Keep the start of a frame not yet ended; one larger than the cap stops the reading."""
         self._pending.append(data)
-        self._pending_size += len(data)
-        if self._pending_size > self._max_bytes:
-            self.reading, self._pending = False, []
+        if self._pending.size > self._max_bytes:
+            self.reading, self._pending = False, _Pieces()
 
-    def _last_two(self) -> bytes:
-        """The last two bytes of the frame not yet ended: a frame end may begin in them."""
-        if not self._pending:
-            return b""
-        last = self._pending[-1]
-        if len(last) >= 2 or len(self._pending) == 1:
-            return last[-2:]
-        return self._pending[-2][-1:] + last
+    def _read_frames(self, ended: bytes) -> None:
+        """Read lines as the SDK's decoder does, dispatching an event at each blank line. One
+        line at a time, and the data of an event in one buffer: a frame of a million short
+        lines cost an object per line, many times the frame's own size."""
+        at = 1 if self._after_cr and ended.startswith(b"\n") else 0  # a CRLF's LF
+        self._after_cr = ended.endswith(b"\r")
+        if not self._started:
+            self._started = True
+            self.failed = self.failed or ended.startswith(_BOM)
+        event = _Event()
+        for line in _lines(ended, at):
+            if not line:
+                if event.data is not None or event.names or event.retry or self._named_by_id:
+                    self._read_frame(event)
+                    event = _Event()
+            elif line.startswith(b":"):
+                self.failed = self.failed or not _text(line)
+            else:
+                self._read_field(event, line)
 
-    def _read_frame(self, frame: bytes) -> None:
-        lines = frame.split(b"\n")
-        payload = b"\n".join(line[5:].lstrip(b" ") for line in lines if line.startswith(b"data:"))
-        names = [_value(line[6:]) for line in lines if line.startswith(b"event:")]
-        if not payload:
-            self.failed = self.failed or bool(names)  # a named event with no data to read
+    def _read_field(self, event: _Event, line: bytes) -> None:
+        name, _, value = line.partition(b":")
+        value = _value(value)
+        if name == b"data":
+            event.add(value)
+        elif not _text(line):
+            self.failed = True
+        elif name == b"event":
+            event.name, event.names = value, event.names + 1
+        elif name == b"id" and value:
+            self._named_by_id = True
+        elif name == b"retry":
+            event.retry = True
+
+    def _read_frame(self, event: _Event) -> None:
+        payload = event.data
+        if payload is None:
+            self.failed = True  # dispatched without data: the SDK fails to parse it
             return
         self.frames += 1
-        if len(names) > 1 or (names and not self._responses and names != [b"message"]):
+        name = event.name
+        if event.names > 1 or (name is not None and not self._responses and name != b"message"):
             self.failed = True  # a chat frame may be named `message` only, and only once
             return
-        if payload.strip() == _DONE:
-            self.done = not self._responses
+        if payload.startswith(_DONE):  # where the SDK stops reading: after the answer only
+            self.done = self.done or not self._responses
+            self.failed = self.failed or not self.finished or payload.rstrip() != _DONE
             return
         try:
-            event: Any = orjson.loads(payload)
+            parsed: Any = orjson.loads(payload)
         except orjson.JSONDecodeError:
             self.failed = True
             return
-        if not isinstance(event, dict) or "error" in event:
+        if not isinstance(parsed, dict) or "error" in parsed:
             self.failed = True
             return
-        if names and self._responses and names[0] != str(event.get("type")).encode():
+        if name is not None and self._responses and name != str(parsed.get("type")).encode():
             self.failed = True  # a typed frame may be named by its own type only
             return
         if self._responses:
-            self._read_typed(event)
+            self._read_typed(parsed)
         else:
-            self._read_event(event)
+            self._read_event(parsed)
 
     def _read_typed(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -138,21 +300,16 @@ class StreamRecorder:
             self.failed = True
             return
         response = event.get("response")
+        for holder in (event, response):
+            if isinstance(holder, dict) and "system_fingerprint" in holder:
+                self._read_chunk_fingerprint(fingerprint_of(holder))
         if not isinstance(response, dict):
             return
-        if self.fingerprint is None:
-            self._read_fingerprint(event, response)
         if isinstance(response.get("id"), str):
             self.response_id = response["id"]
         if kind == _COMPLETED:
             self.prompt_tokens, self.completion_tokens = usage_of(response)
             self.finished = self.done = response.get("status", "completed") == "completed"
-
-    def _read_fingerprint(self, event: dict[str, Any], response: dict[str, Any]) -> None:
-        for holder in (event, response):
-            if "system_fingerprint" in holder:
-                self.fingerprint = fingerprint_of(holder)
-                return
 
     def _read_event(self, event: dict[str, Any]) -> None:
         if "system_fingerprint" in event:
@@ -160,11 +317,31 @@ class StreamRecorder:
         if isinstance(event.get("usage"), dict):
             self.prompt_tokens, self.completion_tokens = usage_of(event)
         for choice in event.get("choices") or ():
-            if isinstance(choice, dict) and choice.get("finish_reason"):
-                self.finished = True
+            if isinstance(choice, dict):
+                self._read_choice(choice)
+        self.finished = bool(self._ended) and not self._open
+
+    def _read_choice(self, choice: dict[str, Any]) -> None:
+        """Every choice the stream opened must have finished: with `n` above 1, one cut short
+        beside another that finished is no more an answer than a stream with no finish. No
+        request asks for more than _MAX_CHOICES; a stream naming more is refused, not tracked."""
+        index = choice.get("index", 0)
+        if not isinstance(index, int):
+            self.failed = True
+        if self.failed or index in self._ended:
+            return
+        if choice.get("finish_reason"):
+            self._open.discard(index)
+            self._ended.add(index)
+        else:
+            self._open.add(index)
+        if len(self._open) + len(self._ended) > _MAX_CHOICES:
+            self.failed = True
+            self._open.clear()
+            self._ended.clear()
 
     def _read_chunk_fingerprint(self, fingerprint: str) -> None:
-        """The first chunk's fingerprint names the stream; one chunk naming another (a
+        """The first fingerprint named names the stream; a chunk or event naming another (a
         hostile upstream, or two backends answering one stream) spoils it: stored, it would
         be served as the first fingerprint's answer though another produced part of it. A
         chunk naming none is no contradiction."""
@@ -172,6 +349,17 @@ class StreamRecorder:
             self.fingerprint = fingerprint
         elif fingerprint != self.fingerprint and "none" not in (fingerprint, self.fingerprint):
             self.failed = True
+
+    @property
+    def named(self) -> bool:
+        """A frame read names the answer for its head: a fingerprint, or a chat chunk carrying
+        a choice (Azure's first chunk, of prompt filter results, carries neither), or any typed
+        event. A frame that spoiled the stream ends the wait too."""
+        if self.fingerprint is not None:
+            return True
+        return self.frames > 0 and (
+            self._responses or self.failed or bool(self._open or self._ended)
+        )
 
     @property
     def answered(self) -> bool:
@@ -185,4 +373,4 @@ class StreamRecorder:
         return self.answered and not self.oversize
 
     def body(self) -> bytes:
-        return b"".join(self._chunks)
+        return self._chunks.joined()

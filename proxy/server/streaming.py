@@ -1,15 +1,18 @@
 """Forwarding a streamed answer: chunks go to the client as they come, recorded on the side.
 
-The response headers wait for the upstream's first frame, which carries the fingerprint; that
-costs the client nothing, since its first token is in that frame. A stream that breaks before its
+The response headers wait for the upstream's first frame that names the fingerprint or carries
+a token (see `StreamRecorder.named`); that costs the client nothing, since its first token is
+in that frame. A stream that breaks before its
 first frame is answered 502, like an upstream that could not be reached.
 
 The recording is stored only after a clean end, and then before the bytes that end it (`[DONE]`,
 or the Responses API's `response.completed`) are passed on: a client that has seen the end of a
 stream finds it stored when it asks again, even on another connection or another replica
-sharing the store. When the client leaves
-mid-stream, `--stream-disconnect finish` reads the upstream on and stores it (so the retry is a
-HIT, as nginx does when it caches); `cancel` closes the upstream connection at once.
+sharing the store. Nothing the upstream sends after that end reaches the client, and a break
+after it ends the client's stream cleanly: the first client gets what a HIT replays. When the
+client leaves mid-stream, `--stream-disconnect finish` reads the upstream on and stores it (so
+the retry is a HIT, as nginx does when it caches); `cancel` closes the upstream connection at
+once.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from multidict import CIMultiDict
 from proxy.core.call import Answer, Call, repro_headers
 from proxy.core.policy import StreamDisconnect
 from proxy.core.routes import RESPONSES
-from proxy.core.sse import StreamRecorder
+from proxy.core.sse import StreamRecorder, frame_end
 from proxy.errors import UpstreamError, UpstreamUnreachable
 from proxy.server.caching import (
     as_upstream_allows,
@@ -35,11 +38,10 @@ from proxy.server.caching import (
 )
 from proxy.server.context import Services
 from proxy.upstream.client import UpstreamResponse
-from proxy.upstream.headers import response_headers
+from proxy.upstream.headers import response_headers, undecoded
 
 log = logging.getLogger("proxy.stream")
 
-_FRAME_ENDS = (b"\n\n", b"\r\n\r\n", b"\n\r\n")
 CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
 
 
@@ -82,6 +84,10 @@ class _Relay:
         self.call = call
         self.upstream = upstream
         self.recorder = StreamRecorder(services.settings.max_entry, call.kind == RESPONSES)
+        if undecoded(upstream.headers) is not None:
+            # Bytes in a coding the proxy does not decode are no frames to read: read as SSE,
+            # they held the head back for a frame, or named a fingerprint they do not carry.
+            self.recorder.reading = False
         self.client_gone = False
         self.cut = False
         self.committed = False
@@ -103,6 +109,9 @@ class _Relay:
                 await self._pass(response, chunk)
             del head
             async for chunk in chunks:
+                if self.committed:  # past the clean end stored: see `_past_the_end`
+                    self._past_the_end()
+                    break
                 await self._pass(response, chunk)
                 if self.client_gone and not self._worth_reading():
                     self.upstream.release()
@@ -131,6 +140,14 @@ class _Relay:
         if chunk:
             await self._send(response, chunk)
 
+    def _past_the_end(self) -> None:
+        """Bytes after a clean end that is stored are not passed on: a HIT will not have them
+        (an `error` event after `response.completed`, which the SDK reads on to), and the
+        client gets the answer as stored, its stream ended cleanly. The upstream connection,
+        not read to its end, is closed."""
+        log.info("upstream sent on past the stream's end", extra={"key": self.call.key})
+        self.upstream.release()
+
     async def _send_held(self, response: web.StreamResponse) -> None:
         held, self.held = self.held, []
         for chunk in held:
@@ -158,13 +175,13 @@ class _Relay:
         return self.recorder.fingerprint or "none"
 
     async def _chunks(self) -> AsyncGenerator[bytes, None]:
-        """The upstream's bytes as they come, fed to the recorder. Until the first frame is read,
-        a chunk is cut after each frame end: an answer that arrives all at once then reaches the
-        client's first token without waiting for the recorder to read the rest."""
+        """The upstream's bytes as they come, fed to the recorder. Until a frame names the
+        answer, a chunk is cut after each frame end: an answer that arrives all at once then
+        reaches the client's first token without waiting for the recorder to read the rest."""
         try:
             async for chunk in self.upstream.chunks():
                 while chunk:
-                    cut = len(chunk) if self.recorder.frames else _frame_end(chunk)
+                    cut = frame_end(chunk) if _before_head(self.recorder) else len(chunk)
                     piece, chunk = chunk[:cut], chunk[cut:]
                     self.recorder.feed(piece)
                     yield piece
@@ -187,7 +204,7 @@ class _Relay:
     async def _end(self, response: web.StreamResponse) -> None:
         if self.client_gone:
             return
-        if self.cut and self.request.transport is not None:
+        if self.cut and not self.committed and self.request.transport is not None:
             # The client must see a broken stream, as it would from the upstream itself.
             self.request.transport.close()
             return
@@ -199,12 +216,14 @@ class _Relay:
     async def finish(self) -> None:
         """Vouch for the caller's credentials if the stream was an answer to its end (one
         that opened with a 200 and then reported an error, as gateways report a bad key,
-        answered nobody); learn the fingerprint of a stream that did not end cleanly (a clean
-        one taught it)."""
-        if self.recorder.answered:
+        answered nobody); learn the fingerprint of a stream cut short (a clean one taught
+        it), never of one that carried an error or contradicted itself: as an error answer
+        never does, it would make a model rotate, and its stored answers stop being served."""
+        recorder = self.recorder
+        if recorder.answered or self.committed:
             self.services.keys.remember(self.call.tenant)
-        if not self.committed and self.recorder.fingerprint is not None:
-            await observe_fingerprint(self.services, self.call.lineage, self.recorder.fingerprint)
+        if not self.committed and recorder.fingerprint is not None and not recorder.failed:
+            await observe_fingerprint(self.services, self.call.lineage, recorder.fingerprint)
 
     async def _commit(self) -> None:
         """Learn the fingerprint, then store: under `follow` the entry is servable at once."""
@@ -221,17 +240,18 @@ class _Relay:
         await record(self.services, self.call, answer)
 
 
-def _frame_end(chunk: bytes) -> int:
-    """Just past the first blank line, the end of an SSE frame (any line ending); else the end."""
-    ends = [i + len(sep) for sep in _FRAME_ENDS if (i := chunk.find(sep)) >= 0]
-    return min(ends, default=len(chunk))
-
-
 async def _until_first_frame(
     chunks: AsyncIterator[bytes], recorder: StreamRecorder
 ) -> AsyncIterator[bytes]:
-    """The chunks up to the first complete frame, which names the fingerprint."""
+    """The chunks up to the first frame that names the answer (`StreamRecorder.named`), or up
+    to the cap's worth without one: an upstream sending comments (`: ping`) and no event for
+    ever would otherwise make these chunks grow without bound, and the client wait for its
+    head."""
     async for chunk in chunks:
         yield chunk
-        if recorder.frames or not recorder.reading:
+        if not _before_head(recorder):
             return
+
+
+def _before_head(recorder: StreamRecorder) -> bool:
+    return recorder.reading and not recorder.named and not recorder.oversize

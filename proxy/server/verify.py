@@ -26,7 +26,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from proxy.core.credentials import STANDARD, extract, upstream_headers
 from proxy.core.entry import Entry, fingerprint_of, is_answer
 from proxy.core.routes import RESPONSES
-from proxy.core.sse import StreamRecorder
+from proxy.core.sse import StreamRecorder, payloads
 from proxy.core.textdistance import normalized_levenshtein
 from proxy.errors import UpstreamError
 from proxy.metrics import Metrics
@@ -88,11 +88,7 @@ def _output_texts(output: list[Any]) -> list[str]:
 
 
 def _events(body: bytes) -> list[dict[str, Any]]:
-    events = []
-    for line in body.splitlines():
-        if line.startswith(b"data:") and line[5:].strip() != b"[DONE]":
-            events.append(_object(line[5:]))
-    return events
+    return [_object(data) for data in payloads(body) if data.strip() != b"[DONE]"]
 
 
 def _object(data: bytes) -> dict[str, Any]:
@@ -134,6 +130,8 @@ def fresh_fingerprint(body: bytes, stream: bool, responses: bool = False) -> str
         return fingerprint_of(answer) if is_answer(answer, responses) else None
     recorder = StreamRecorder(len(body) + 1, responses)
     recorder.feed(body)
+    if recorder.failed:  # an error, or two fingerprints: the client path learns neither
+        return None
     if recorder.fingerprint is None and recorder.answered:
         return "none"
     return recorder.fingerprint

@@ -67,6 +67,10 @@ def test_a_fresh_answer_that_is_no_answer_teaches_no_fingerprint() -> None:
     assert fresh_fingerprint(answer, stream=False) == "none"
     done = b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\n'
     assert fresh_fingerprint(done + b"data: [DONE]\n\n", stream=True) == "none"
+    named = b'data: {"system_fingerprint": "fp_new", "choices": []}\n\n'
+    spoiled = named + b'data: {"error": {"message": "overloaded"}}\n\n'
+    assert fresh_fingerprint(spoiled, stream=True) is None  # as the client path: not learned
+    assert fresh_fingerprint(named, stream=True) == "fp_new"  # cut short: learned
 
 
 def ask(proxy: Proxy, content: str) -> httpx.Response:

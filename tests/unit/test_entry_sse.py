@@ -12,8 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.core.entry import fingerprint_of, usage_of
-from proxy.core.sse import StreamRecorder
-from proxy.server.streaming import _frame_end
+from proxy.core.sse import StreamRecorder, frame_end
 
 # --------------------------------------------------------------------------------------------
 # usage_of / fingerprint_of
@@ -310,7 +309,7 @@ class TestStreamRecorder:
     ],
 )
 def test_frame_end_is_just_past_the_first_blank_line(chunk: bytes, end: int) -> None:
-    assert _frame_end(chunk) == end
+    assert frame_end(chunk) == end
 
 
 @given(st.lists(st.sampled_from([b"data: {}\n\n", b"data: x\r\n\r\n", b"\n", b"da", b"ta"])))
@@ -322,7 +321,7 @@ def test_cutting_at_frame_ends_reads_the_same_frames(parts: list[bytes]) -> None
     for _ in range(len(data) + 1):
         if not data:
             break
-        end = _frame_end(data)
+        end = frame_end(data)
         cut.feed(data[:end])
         data = data[end:]
     assert (cut.frames, cut.failed, cut.body()) == (whole.frames, whole.failed, whole.body())
