@@ -19,6 +19,7 @@ DOCUMENTS = sorted(
         ROOT / "README.md",
         ROOT / "deploy" / "README.md",
         *ROOT.glob("docs/*.md"),
+        *ROOT.glob("docs/*/*.md"),
         *ROOT.glob("bench/*.md"),
     ]
 )
@@ -91,6 +92,16 @@ def test_no_lab_notes(document: Path) -> None:
     """Documents are for users: no issue numbers or run letters, which mean nothing to them."""
     text = document.read_text(encoding="utf-8")
     assert not re.search(r"\b[Ii]ssue [0-9]|\b[Rr]uns? [A-I]\b", text), document.name
+
+
+def test_the_persian_quickstart_runs_what_the_readme_runs() -> None:
+    """The translation's code blocks are the README's, with Gilas as the upstream: a command or
+    snippet changed in the README fails here until the translation follows it."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = FENCE.findall((ROOT / "docs" / "fa" / "README.md").read_text(encoding="utf-8"))
+    assert len(blocks) == 5
+    for block in blocks:
+        assert block.replace("https://api.gilas.io/v1", "https://api.openai.com/v1") in readme
 
 
 def test_the_readme_ci_recipe_works_as_written(project: pytest.Pytester, sim: Sim) -> None:

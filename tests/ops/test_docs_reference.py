@@ -26,6 +26,7 @@ USER_DOCUMENTS = [
     ROOT / "docs" / "operations.md",
     ROOT / "docs" / "security.md",
     ROOT / "docs" / "architecture.md",
+    ROOT / "docs" / "fa" / "README.md",
 ]
 CODE = re.compile(r"`([^`\n]+)`")
 LONG_FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*[a-z0-9])(?![\w-])")
