@@ -14,7 +14,7 @@ from aiohttp import web
 from proxy.core import policy, responses
 from proxy.core.call import checked_namespace
 from proxy.core.codec import UnknownDictionary
-from proxy.core.credentials import of_request, split_query
+from proxy.core.credentials import Credentials, of_request, split_query
 from proxy.core.entry import CorruptEntry, Entry
 from proxy.core.keyed import vary_of
 from proxy.core.paths import raw_query
@@ -31,13 +31,16 @@ async def by_id(request: web.Request) -> web.StreamResponse:
     if services.settings.cache_mode is not CacheMode.REPLAY:
         return await passthrough(request)
     response_id = request.match_info["id"]
-    found = await _held(services, request, response_id)
-    streamed = request.query.get("stream") == "true"
-    body = None if found is None else _body(found[1], streamed)
-    if found is None or body is None:
+    query, in_query = split_query(raw_query(request.raw_path))
+    fetch = responses.fetch_of(query)
+    found = None
+    if fetch is not None:
+        found = await _held(services, request, response_id, fetch.version, in_query)
+    body = None if found is None or fetch is None else _body(found[1], fetch.streamed)
+    if found is None or body is None or fetch is None:
         raise CacheMissError(
-            f"No stored response with id {response_id[:128]} for this caller and namespace, "
-            "and in replay mode the request may not reach the upstream.",
+            f"No stored response with id {response_id[:128]} for this caller and namespace "
+            "answers this query, and in replay mode the request may not reach the upstream.",
             headers={"X-Repro-Cache": Outcome.MISS.value},
         )
     key, entry = found
@@ -46,16 +49,20 @@ async def by_id(request: web.Request) -> web.StreamResponse:
         "X-Repro-Key": key,
         "X-Repro-Fingerprint": entry.fingerprint,
         "Age": str(max(0, int(services.clock() - entry.stored_at))),
-        "Content-Type": "text/event-stream" if streamed else "application/json",
+        "Content-Type": "text/event-stream" if fetch.streamed else "application/json",
     }
     return web.Response(body=body, headers=headers)
 
 
 async def _held(
-    services: Services, request: web.Request, response_id: str
+    services: Services,
+    request: web.Request,
+    response_id: str,
+    version: str,
+    in_query: Credentials,
 ) -> tuple[str, Entry] | None:
     """The key and entry of the response `response_id` in the caller's partition, created with
-    the keyed headers this fetch sends."""
+    the keyed headers and the api-version this fetch sends."""
     if not responses.valid_id(response_id):
         return None
     await services.secret.settle()
@@ -66,9 +73,8 @@ async def _held(
     namespace = checked_namespace(request.headers.get("X-Repro-Namespace", ""))
     scope = scope_of(services, tenant)
     shared = services.settings.cache_scope is policy.CacheScope.SHARED
-    in_query = split_query(raw_query(request.raw_path))[1]
     vary = vary_of(services.keying.lines(request.headers), in_query, shared)
-    index = responses.index_key(scope, namespace, response_id, vary)
+    index = responses.index_key(scope, namespace, response_id, vary, version)
     try:
         pointer = await services.store.get(index, [responses.INDEX_FINGERPRINT])
         target = responses.parse_index(pointer.get(responses.INDEX_FINGERPRINT, b""))

@@ -230,6 +230,7 @@ COMPLETED = {"object": "response", "status": "completed", "output": [], "id": "r
         {"object": "response", "status": "queued", "output": []},
         {"object": "response", "status": "completed", "output": "not a list"},
         {"output": [], "status": "completed"},
+        {**COMPLETED, "error": {"code": "server_error", "message": "boom"}},
     ],
 )
 def test_only_a_completed_response_object_is_an_answer(body: dict[str, Any]) -> None:
@@ -345,8 +346,51 @@ def test_the_index_key_depends_on_scope_namespace_and_id() -> None:
         responses.index_key("tenant-b", "", "resp_1"),
         responses.index_key("tenant-a", "ns", "resp_1"),
         responses.index_key("tenant-a", "", "resp_2"),
+        responses.index_key("tenant-a", "", "resp_1", version="2025-03-01-preview"),
+        responses.index_key("tenant-a", "", "resp_1", version="2025-04-01-preview"),
     }
-    assert len(keys) == 4
+    assert len(keys) == 6
+    assert responses.index_key("t", "", "resp_1", version="") == responses.index_key(
+        "t", "", "resp_1"
+    )
+
+
+def test_a_response_the_upstream_did_not_keep_has_no_id_to_find_it_by() -> None:
+    assert responses.id_of({**COMPLETED, "store": True}) == "resp_1"
+    assert responses.id_of({**COMPLETED, "store": False}) is None
+    unkept = orjson.dumps({**COMPLETED, "store": False})
+    assert responses.stored_id(unkept, stream=False) is None
+
+
+@pytest.mark.parametrize(
+    ("query", "fetch"),
+    [
+        ("", responses.Fetch(False, "")),
+        ("stream=true", responses.Fetch(True, "")),
+        ("stream=false", responses.Fetch(False, "")),
+        ("api-version=2025-03-01-preview", responses.Fetch(False, "2025-03-01-preview")),
+        ("Api-Version=v1&stream=true", responses.Fetch(True, "v1")),
+        ("include[]=message.output_text.logprobs", None),
+        ("include=reasoning.encrypted_content", None),
+        ("stream=true&starting_after=3", None),
+        ("include_obfuscation=false", None),
+        ("stream=1", None),
+        ("stream=true&stream=false", None),
+        ("api-version=a&API-VERSION=b", None),
+        ("a;stream=true", None),
+    ],
+)
+def test_a_fetch_is_answered_only_for_what_a_stored_response_holds(
+    query: str, fetch: responses.Fetch | None
+) -> None:
+    assert responses.fetch_of(query) == fetch
+
+
+def test_the_api_version_a_query_names() -> None:
+    assert responses.api_version("") == ""
+    assert responses.api_version("api-version=v1") == "v1"
+    assert responses.api_version("API-version=v1&x=1") == "v1"
+    assert responses.api_version("api-version=a&Api-Version=b") is None
 
 
 def test_an_index_value_round_trips_and_hostile_values_are_refused() -> None:

@@ -1,0 +1,171 @@
+"""Attacks on the Responses API's ids, non-streamed: fetching by id in replay, chaining with
+`previous_response_id`, and Azure's `/openai/responses/{id}`, through the official SDK.
+
+A fetch by id is answered from the cache only with what the upstream would answer: a response
+it kept (never one made with `store: false`), fetched as it was stored (a query asking for
+more, `include` or `starting_after`, is a miss), to the tenant, namespace and api-version that
+created it. A chain on another tenant's id is never answered from the cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from openai import AzureOpenAI
+
+from tests.e2e.test_e2e_responses import INPUT, MODEL, client, post, stored
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim, closed_after_test
+
+
+@pytest.fixture
+def recorded(start_proxy: ProxyFactory, redis_url: str, sim: Sim) -> tuple[Proxy, Proxy]:
+    """A recording proxy and a replaying one sharing one Redis store."""
+    shared = ("--store", redis_url, "--secret", "s3cret")
+    return start_proxy(*shared), start_proxy(*shared, "--cache-mode", "replay")
+
+
+def missed(call: Any) -> openai.APIStatusError:
+    with pytest.raises(openai.APIStatusError) as caught:
+        call()
+    assert caught.value.status_code == 504, caught.value.response.text
+    assert caught.value.response.json()["error"]["code"] == "cache_miss"
+    return caught.value
+
+
+def test_a_response_the_upstream_did_not_keep_is_not_found_by_its_id(
+    recorded: tuple[Proxy, Proxy], sim: Sim, ns: str
+) -> None:
+    """The upstream answers 404 for the id of a `store: false` response: a replay that served
+    it would pass a flow the real API fails."""
+    recorder, replayer = recorded
+    unkept = client(recorder, ns).responses.create(model=MODEL, input=INPUT, store=False)
+    kept = client(recorder, ns).responses.create(model=MODEL, input="Kept.")
+    sdk = client(replayer, ns)
+    assert sdk.responses.retrieve(kept.id).id == kept.id
+    assert (
+        sdk.responses.with_raw_response.create(model=MODEL, input=INPUT, store=False).headers[
+            "X-Repro-Cache"
+        ]
+        == "HIT"
+    )
+    shown = missed(lambda: sdk.responses.retrieve(unkept.id))
+    assert unkept.output_text not in shown.response.text
+
+
+@pytest.mark.parametrize(
+    "asked",
+    [
+        {"include": ["message.output_text.logprobs"]},
+        {"include_obfuscation": False},
+        {"starting_after": 3},
+        {"extra_query": {"strem": "true"}},
+    ],
+)
+def test_a_fetch_asking_for_what_the_stored_response_lacks_is_a_miss(
+    recorded: tuple[Proxy, Proxy], sim: Sim, ns: str, asked: dict[str, Any]
+) -> None:
+    """`include` asks the upstream to add fields the stored object does not hold, and
+    `starting_after` to skip events: answered with the stored object as is, the client would
+    read a response that is not what it asked for."""
+    recorder, replayer = recorded
+    created = client(recorder, ns).responses.create(model=MODEL, input=INPUT)
+    sdk = client(replayer, ns)
+    assert sdk.responses.retrieve(created.id).id == created.id
+    missed(lambda: sdk.responses.retrieve(created.id, **asked))
+    assert [r["method"] for r in sim.requests()] == ["POST"]
+
+
+def test_a_chain_on_another_tenants_id_is_never_answered_from_the_cache(
+    recorded: tuple[Proxy, Proxy], sim: Sim, ns: str
+) -> None:
+    recorder, replayer = recorded
+    owner = client(recorder, ns)
+    first = owner.responses.create(model=MODEL, input=INPUT)
+    chained = owner.responses.create(
+        model=MODEL, input="And one more?", previous_response_id=first.id
+    )
+    assert (
+        client(replayer, ns)
+        .responses.create(model=MODEL, input="And one more?", previous_response_id=first.id)
+        .id
+        == chained.id
+    )
+    intruder = client(replayer, ns, key="sk-intruder")
+    shown = missed(
+        lambda: intruder.responses.create(
+            model=MODEL, input="And one more?", previous_response_id=first.id
+        )
+    )
+    assert chained.output_text not in shown.response.text
+    missed(lambda: intruder.responses.retrieve(chained.id))
+
+
+def test_a_completed_response_carrying_an_error_is_not_stored(
+    start_proxy: ProxyFactory, sim: Sim, ns: str
+) -> None:
+    """An upstream that says `completed` and `error` at once has not said which: a retry may
+    get either, so the answer is relayed but never stored."""
+    proxy = start_proxy()
+    answer = {
+        "object": "response",
+        "id": "resp_odd",
+        "status": "completed",
+        "output": [],
+        "error": {"code": "server_error", "message": "boom"},
+    }
+    sim.fault(kind="status", status=200, body=answer)
+    body = {"model": MODEL, "input": INPUT}
+    relayed = post(proxy, ns, body)
+    assert relayed.status_code == 200 and relayed.json() == answer
+    assert not stored(proxy, ns, body)
+
+
+# --- Azure: /openai/responses/{id} ------------------------------------------------------------
+
+
+def azure_client(proxy: Proxy, ns: str, key: str = "az-key", version: str = "v1") -> AzureOpenAI:
+    made = AzureOpenAI(
+        azure_endpoint=proxy.url,
+        api_version=version,
+        api_key=key,
+        max_retries=0,
+        default_headers={"X-Repro-Namespace": ns},
+    )
+    return closed_after_test(made)
+
+
+@pytest.fixture
+def azure_recorded(start_proxy: ProxyFactory, redis_url: str, sim: Sim) -> tuple[Proxy, Proxy]:
+    shared = ("--store", redis_url, "--secret", "s3cret")
+    return (
+        start_proxy(*shared, upstream=sim.url),
+        start_proxy(*shared, "--cache-mode", "replay", upstream=sim.url),
+    )
+
+
+def test_azure_fetch_by_id_is_scoped_by_api_key_and_api_version(
+    azure_recorded: tuple[Proxy, Proxy], sim: Sim, ns: str
+) -> None:
+    """The `api-key` header is the tenant's credential, and an api-version names the shape the
+    object is served in: a fetch under another of either finds nothing."""
+    recorder, replayer = azure_recorded
+    created = azure_client(recorder, ns, version="2025-03-01-preview").responses.create(
+        model="dep", input=INPUT
+    )
+    own = azure_client(replayer, ns, version="2025-03-01-preview")
+    raw = own.responses.with_raw_response.retrieve(created.id)
+    assert raw.headers["X-Repro-Cache"] == "HIT" and raw.parse().id == created.id
+    other_key = azure_client(replayer, ns, key="az-other", version="2025-03-01-preview")
+    other_version = azure_client(replayer, ns, version="2025-04-01-preview")
+    for other in (other_key, other_version):
+        shown = missed(lambda other=other: other.responses.retrieve(created.id))  # type: ignore[misc]
+        assert created.output_text not in shown.response.text
+    bearer = httpx.get(
+        replayer.url + f"/openai/responses/{created.id}?api-version=2025-03-01-preview",
+        headers={"Authorization": "Bearer az-other", "X-Repro-Namespace": ns},
+    )
+    assert bearer.status_code == 504
+    assert [r["method"] for r in sim.requests()] == ["POST"]
