@@ -9,6 +9,7 @@ created it. A chain on another tenant's id is never answered from the cache.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ from openai import AzureOpenAI
 
 from tests.e2e.test_e2e_responses import INPUT, MODEL, client, post, stored
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim, closed_after_test
+from tests.hostile import Scripted, fixed, http_answer
 
 
 @pytest.fixture
@@ -169,3 +171,88 @@ def test_azure_fetch_by_id_is_scoped_by_api_key_and_api_version(
     )
     assert bearer.status_code == 504
     assert [r["method"] for r in sim.requests()] == ["POST"]
+
+
+# --- hostile output ---------------------------------------------------------------------------
+
+
+def completed(output: bytes) -> bytes:
+    return b'{"object":"response","id":"resp_deep","status":"completed","output":' + output + b"}"
+
+
+def test_an_output_too_deep_to_read_is_relayed_but_never_stored(
+    start_proxy: ProxyFactory, ns: str
+) -> None:
+    """Deeper than any JSON reader follows: the proxy cannot tell it is an answer."""
+    answer = completed(b"[" * 5000 + b"]" * 5000)
+    with Scripted(fixed(http_answer(answer, "Content-Type: application/json"))) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        body = {"model": MODEL, "input": INPUT}
+        relayed = post(proxy, ns, body)
+        assert relayed.status_code == 200 and relayed.content == answer
+        assert not stored(proxy, ns, body)
+        assert post(proxy, ns, body).headers["X-Repro-Cache"] == "MISS"
+
+
+def test_an_output_larger_than_max_entry_is_refused_and_never_stored(
+    start_proxy: ProxyFactory, ns: str
+) -> None:
+    answer = completed(b'[{"type":"message","content":"' + b"x" * 2_000_000 + b'"}]')
+    with Scripted(fixed(http_answer(answer, "Content-Type: application/json"))) as upstream:
+        proxy = start_proxy("--max-entry", "1000000", upstream=upstream.v1)
+        body = {"model": MODEL, "input": INPUT}
+        refused = post(proxy, ns, body)
+        assert refused.status_code == 502
+        assert refused.json()["error"]["code"] == "upstream_answer_too_large"
+        assert not stored(proxy, ns, body)
+        assert httpx.get(proxy.url + "/healthz").status_code == 200
+
+
+# --- ids with path tricks, outside replay -----------------------------------------------------
+
+HOSTILE_IDS = [
+    "..%2F..%2Fadmin",
+    "r%2F..%2F..%2Ffiles",
+    "%2e%2e/%2e%2e/%2e%2e/admin",
+    "r/../../../admin",
+    "%252e%252e%252fadmin",
+    "r%5C..%5C..%5Cadmin",
+    "resp_" + "x" * 4000,
+    "%C3%A9t%C3%A9",
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "suffix"),
+    [("GET", ""), ("DELETE", ""), ("POST", "/cancel"), ("GET", "/input_items")],
+)
+def test_a_hostile_id_never_reaches_the_upstream_outside_v1_responses(
+    start_proxy: ProxyFactory, method: str, suffix: str
+) -> None:
+    """Every fetch, deletion, cancellation and item listing passes through outside replay: an
+    id that climbs out of its route is refused, and any other arrives upstream as one segment
+    under /v1/responses/, with no dot segment or encoded slash for the upstream to resolve."""
+    with Scripted(fixed(http_answer(b"{}", "Content-Type: application/json"))) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        for hostile in HOSTILE_IDS:
+            sent = len(upstream.received)
+            head = (
+                f"{method} /v1/responses/{hostile}{suffix} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                "Authorization: Bearer sk-a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+                sock.sendall(head.encode())
+                answer = b""
+                while part := sock.recv(65536):
+                    answer += part
+            status = int(answer.split(b" ", 2)[1])
+            if status == 400:
+                assert len(upstream.received) == sent, hostile
+                continue
+            assert status == 200, (hostile, answer[:200])
+            (seen,) = upstream.received[sent:]
+            target = seen.request_line.split(" ")[1]
+            assert target.startswith("/v1/responses/"), target
+            tail = target[len("/v1/responses/") :].lower()
+            assert ".." not in tail and "%2f" not in tail and "%5c" not in tail, target
+            assert tail.count("/") == suffix.count("/"), target
