@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -265,8 +266,11 @@ def count_miss(services: Services, call: Call, served: bool) -> None:
         services.metrics.of(call.model, served).misses.inc()
 
 
-async def passthrough(request: web.Request) -> web.StreamResponse:
-    """Any other /v1 route, streamed both ways and never cached; refused in replay mode."""
+async def passthrough(
+    request: web.Request, answering: Callable[[int], Awaitable[None]] | None = None
+) -> web.StreamResponse:
+    """Any other /v1 route, streamed both ways and never cached; refused in replay mode.
+    `answering` is told the upstream's status before the client hears a byte of it."""
     services = request.app[SERVICES]
     if services.settings.cache_mode is CacheMode.REPLAY:
         raise ReplayPassthrough(
@@ -287,6 +291,8 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
         request.method, forward_target(request.raw_path), headers, data, decode=False
     )
     try:
+        if answering is not None:
+            await answering(upstream.status)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.update(response_headers(upstream.headers, decoded=False))
         response.headers["X-Repro-Cache"] = "BYPASS"

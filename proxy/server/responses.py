@@ -54,6 +54,31 @@ async def by_id(request: web.Request) -> web.StreamResponse:
     return web.Response(body=body, headers=headers)
 
 
+async def delete_by_id(request: web.Request) -> web.StreamResponse:
+    """A deletion passes through; once the upstream has deleted the response, the proxy
+    forgets it too, before the client hears so: otherwise the request that created it would
+    still be answered with an id the upstream no longer knows (a 404 to fetch, an error to
+    chain on with `previous_response_id`), where without the proxy it would make a new one."""
+    services = request.app[SERVICES]
+
+    async def forget(status: int) -> None:
+        if status // 100 != 2:
+            return
+        query, in_query = split_query(raw_query(request.raw_path))
+        version = responses.api_version(query)
+        found = None
+        if version is not None:
+            found = await _held(services, request, request.match_info["id"], version, in_query)
+        if found is None:
+            return
+        try:
+            await services.store.delete(found[0])
+        except StoreError as exc:
+            store_failed(services, "delete", exc)
+
+    return await passthrough(request, forget)
+
+
 async def _held(
     services: Services,
     request: web.Request,
@@ -62,7 +87,7 @@ async def _held(
     in_query: Credentials,
 ) -> tuple[str, Entry] | None:
     """The key and entry of the response `response_id` in the caller's partition, created with
-    the keyed headers and the api-version this fetch sends."""
+    the keyed headers and the api-version this request sends."""
     if not responses.valid_id(response_id):
         return None
     await services.secret.settle()

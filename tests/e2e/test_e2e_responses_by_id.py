@@ -105,6 +105,36 @@ def test_a_chain_on_another_tenants_id_is_never_answered_from_the_cache(
     missed(lambda: intruder.responses.retrieve(chained.id))
 
 
+def test_a_response_deleted_upstream_no_longer_answers_the_request_that_made_it(
+    start_proxy: ProxyFactory, sim: Sim, ns: str
+) -> None:
+    """Without the proxy, the same request after a deletion makes a new response, which a
+    client can fetch and chain on; a HIT would hand back the deleted id instead."""
+    proxy = start_proxy()
+    owner, other = client(proxy, ns), client(proxy, ns, key="sk-other")
+    first = owner.responses.create(model=MODEL, input=INPUT)
+    theirs = other.responses.create(model=MODEL, input=INPUT)
+    hit = owner.responses.with_raw_response.create(model=MODEL, input=INPUT)
+    assert (hit.headers["X-Repro-Cache"], hit.parse().id) == ("HIT", first.id)
+
+    other.responses.delete(first.id)  # the upstream obliges; the owner's entry is not theirs
+    assert (
+        owner.responses.with_raw_response.create(model=MODEL, input=INPUT).headers["X-Repro-Cache"]
+        == "HIT"
+    )
+    with pytest.raises(openai.NotFoundError):
+        owner.responses.delete(first.id)  # already gone upstream: the cache keeps its answer
+    assert stored(proxy, ns, {"model": MODEL, "input": INPUT})
+
+    second = owner.responses.create(model=MODEL, input="Another.")
+    owner.responses.delete(second.id)
+    again = owner.responses.with_raw_response.create(model=MODEL, input="Another.")
+    assert again.headers["X-Repro-Cache"] == "MISS" and again.parse().id != second.id
+    assert owner.responses.retrieve(again.parse().id).id == again.parse().id
+    kept = other.responses.with_raw_response.create(model=MODEL, input=INPUT)
+    assert (kept.headers["X-Repro-Cache"], kept.parse().id) == ("HIT", theirs.id)
+
+
 def test_a_completed_response_carrying_an_error_is_not_stored(
     start_proxy: ProxyFactory, sim: Sim, ns: str
 ) -> None:
