@@ -135,6 +135,26 @@ def test_a_response_deleted_upstream_no_longer_answers_the_request_that_made_it(
     assert (kept.headers["X-Repro-Cache"], kept.parse().id) == ("HIT", theirs.id)
 
 
+def test_a_background_response_polled_to_completion_is_never_stored_nor_found_by_id(
+    recorded: tuple[Proxy, Proxy], sim: Sim, ns: str
+) -> None:
+    """Its creation is a queued job and each poll a pass-through: none of it is an answer the
+    proxy may store, even once the poll says `completed`."""
+    recorder, replayer = recorded
+    sdk = client(recorder, ns)
+    queued = sdk.responses.with_raw_response.create(model=MODEL, input=INPUT, background=True)
+    job = queued.parse()
+    assert (queued.headers["X-Repro-Cache"], job.status) == ("BYPASS", "queued")
+    polled = sdk.responses.with_raw_response.retrieve(job.id)
+    assert (polled.headers["X-Repro-Cache"], polled.parse().status) == ("BYPASS", "completed")
+    sent = len(sim.requests())
+    # only-if-cached: a stored answer or a 504, never a second job queued upstream
+    assert not stored(recorder, ns, {"model": MODEL, "input": INPUT, "background": True})
+    assert not stored(recorder, ns, {"model": MODEL, "input": INPUT})
+    assert len(sim.requests()) == sent
+    missed(lambda: client(replayer, ns).responses.retrieve(job.id))
+
+
 def test_a_completed_response_carrying_an_error_is_not_stored(
     start_proxy: ProxyFactory, sim: Sim, ns: str
 ) -> None:

@@ -204,6 +204,25 @@ def test_a_background_response_in_replay_mode_never_reaches_the_upstream() -> No
     assert not plan.upstream and not plan.store
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {**BODY, "background": True},
+        {**BODY, "conversation": "conv_1"},
+        {**BODY, "model": "m" * 1000},  # named longer than any model the proxy tracks
+    ],
+)
+def test_only_if_cached_never_reaches_the_upstream_for_a_request_never_cached(
+    body: dict[str, Any],
+) -> None:
+    """RFC 9111: a stored response or a 504. A request the proxy never caches has none, and
+    forwarded it would queue a job, or add a turn to a conversation, the client did not ask for."""
+    headers = {"Authorization": "Bearer sk-a", "Cache-Control": "only-if-cached"}
+    asked = Asked.of(RESPONSES, "", orjson.dumps(body), CIMultiDictProxy(CIMultiDict(headers)))
+    plan = prepare_with(Rules(), "tenant-a", asked).plan
+    assert (plan.lookup, plan.store, plan.upstream) == (False, False, False)
+
+
 def test_responses_keep_a_fingerprint_history_apart_from_chat() -> None:
     assert decide(RESPONSES, BODY).lineage == "gpt-4o-mini@responses"
     assert decide(CHAT, {"model": "gpt-4o-mini", "messages": []}).lineage == "gpt-4o-mini"
@@ -450,6 +469,11 @@ def test_an_azure_path_sent_with_dot_segments_or_escapes_is_refused() -> None:
         "api-version=" + "9" * 1000,
         "api-version=a%2Fb",
         "api-version=",
+        "api-version=1&API-Version=2",
+        "api%2Dversion=1&api-version=2",
+        "api-version=1;api-version=2",
+        "api-version=%C3%A9",
+        "api-version=1%0D%0AX-Evil:%201",
     ],
 )
 def test_a_query_with_a_repeated_or_odd_api_version_is_refused(query: str) -> None:
