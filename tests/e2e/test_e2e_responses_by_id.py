@@ -1,11 +1,12 @@
-"""Attacks on the Responses API's ids, non-streamed: fetching by id in replay, chaining with
-`previous_response_id`, and Azure's `/openai/responses/{id}`, through the official SDK.
+"""Attacks on the Responses API's ids, non-streamed, through the official SDK: fetching by id
+in replay, deleting, chaining with `previous_response_id`, background jobs, Azure's
+`/openai/responses/{id}`, and hostile ids and outputs.
 
 A fetch by id is answered from the cache only with what the upstream would answer: a response
 it kept (never one made with `store: false`), fetched as it was stored (a query asking for
 more, `include` or `starting_after`, is a miss), to the tenant, namespace and api-version that
-created it. A chain on another tenant's id is never answered from the cache.
-"""
+created it. A response the upstream deleted no longer answers the request that made it. A
+chain on another tenant's id is never answered from the cache."""
 
 from __future__ import annotations
 
@@ -178,7 +179,7 @@ def test_a_completed_response_carrying_an_error_is_not_stored(
 # --- Azure: /openai/responses/{id} ------------------------------------------------------------
 
 
-def azure_client(proxy: Proxy, ns: str, key: str = "az-key", version: str = "v1") -> AzureOpenAI:
+def azure_client(proxy: Proxy, ns: str, version: str, key: str = "az-key") -> AzureOpenAI:
     made = AzureOpenAI(
         azure_endpoint=proxy.url,
         api_version=version,
