@@ -60,6 +60,9 @@ async def delete_by_id(request: web.Request) -> web.StreamResponse:
     still be answered with an id the upstream no longer knows (a 404 to fetch, an error to
     chain on with `previous_response_id`), where without the proxy it would make a new one."""
     services = request.app[SERVICES]
+    # Refused before the upstream deletes anything, not after, when the client would be told
+    # a deletion failed that took place.
+    checked_namespace(request.headers.get("X-Repro-Namespace", ""))
 
     async def forget(status: int) -> None:
         if status // 100 != 2:

@@ -135,6 +135,14 @@ def test_a_response_deleted_upstream_no_longer_answers_the_request_that_made_it(
     kept = other.responses.with_raw_response.create(model=MODEL, input=INPUT)
     assert (kept.headers["X-Repro-Cache"], kept.parse().id) == ("HIT", theirs.id)
 
+    third = owner.responses.create(model=MODEL, input="A third.")
+    refused = httpx.delete(
+        proxy.v1 + f"/responses/{third.id}",
+        headers={"Authorization": "Bearer sk-resp", "X-Repro-Namespace": "n" * 300},
+    )
+    assert refused.status_code == 400  # before the upstream deletes anything
+    assert owner.responses.retrieve(third.id).id == third.id
+
 
 def test_a_background_response_polled_to_completion_is_never_stored_nor_found_by_id(
     recorded: tuple[Proxy, Proxy], sim: Sim, ns: str
