@@ -16,7 +16,13 @@ from proxy.core.call import Asked, Call, repro_headers
 from proxy.core.credentials import Carriers, hop_by_hop
 from proxy.core.entry import Entry
 from proxy.core.paths import forward_target, raw_query
-from proxy.core.policy import STALE_STATUSES, CacheMode, CacheScope, Outcome
+from proxy.core.policy import (
+    STALE_STATUSES,
+    CacheMode,
+    CacheScope,
+    Outcome,
+    parse_cache_control,
+)
 from proxy.errors import (
     CacheMissError,
     InvalidHeader,
@@ -278,6 +284,12 @@ async def passthrough(
             "(--cache-mode replay) the proxy never calls the upstream.",
             headers={"X-Repro-Cache": Outcome.BYPASS.value},
         )
+    if only_if_cached(request):
+        raise CacheMissError(
+            f"{request.method} {request.path} is not answered from the cache, and "
+            "Cache-Control: only-if-cached forbids calling the upstream.",
+            headers={"X-Repro-Cache": Outcome.BYPASS.value},
+        )
     # An inflated body goes upstream chunked, without the client's Content-Encoding and
     # length; any other exactly as sent, never a mix of inflated bytes and compressed framing.
     inflated = bodies.inflates(request)
@@ -306,6 +318,12 @@ async def passthrough(
 
 
 _INFLATED_SKIP = REQUEST_SKIP | {"content-encoding"}
+
+
+def only_if_cached(request: web.Request) -> bool:
+    """Whether the client asked for a stored answer or a 504, never the upstream's (RFC 9111)."""
+    cache_control = tuple(request.headers.getall("Cache-Control", ()))
+    return parse_cache_control(cache_control).only_if_cached
 
 
 async def healthz(request: web.Request) -> web.Response:

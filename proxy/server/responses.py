@@ -1,4 +1,5 @@
-"""`GET /v1/responses/{id}`: a response the proxy holds, served from the cache in replay mode.
+"""`GET /v1/responses/{id}`: a response the proxy holds, served from the cache in replay mode
+(or asked `only-if-cached`); `DELETE`, which the proxy follows.
 
 SDK flows fetch a response by id after creating it; in replay mode the upstream is out of reach,
 so the id is looked up in the index the proxy keeps beside each stored response (see
@@ -22,13 +23,13 @@ from proxy.core.policy import CacheMode, Outcome
 from proxy.errors import CacheMissError
 from proxy.server.caching import scope_of, store_failed
 from proxy.server.context import SERVICES, Services
-from proxy.server.handlers import passthrough
+from proxy.server.handlers import only_if_cached, passthrough
 from proxy.store.base import StoreError
 
 
 async def by_id(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
-    if services.settings.cache_mode is not CacheMode.REPLAY:
+    if services.settings.cache_mode is not CacheMode.REPLAY and not only_if_cached(request):
         return await passthrough(request)
     response_id = request.match_info["id"]
     query, in_query = split_query(raw_query(request.raw_path))

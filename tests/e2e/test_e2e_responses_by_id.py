@@ -164,6 +164,27 @@ def test_a_background_response_polled_to_completion_is_never_stored_nor_found_by
     missed(lambda: client(replayer, ns).responses.retrieve(job.id))
 
 
+def test_only_if_cached_never_reaches_the_upstream_on_a_by_id_or_pass_through_route(
+    start_proxy: ProxyFactory, sim: Sim, ns: str
+) -> None:
+    """`Cache-Control: only-if-cached` promises a stored answer or a 504: a fetch by id is
+    answered from the proxy's index, as in replay, and a deletion, or any pass-through route,
+    never leaves the proxy."""
+    proxy = start_proxy()
+    created = client(proxy, ns).responses.create(model=MODEL, input=INPUT)
+    sent = len(sim.requests())
+    cached_only = client(proxy, ns).with_options(
+        default_headers={"X-Repro-Namespace": ns, "Cache-Control": "only-if-cached"}
+    )
+    fetched = cached_only.responses.with_raw_response.retrieve(created.id)
+    assert (fetched.headers["X-Repro-Cache"], fetched.parse().id) == ("HIT", created.id)
+    missed(lambda: cached_only.responses.retrieve("resp_unknown"))
+    missed(lambda: cached_only.responses.delete(created.id))
+    missed(lambda: cached_only.models.list())
+    assert len(sim.requests()) == sent
+    assert client(proxy, ns).responses.retrieve(created.id).id == created.id  # still upstream
+
+
 def test_a_completed_response_carrying_an_error_is_not_stored(
     start_proxy: ProxyFactory, sim: Sim, ns: str
 ) -> None:
