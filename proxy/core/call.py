@@ -187,9 +187,9 @@ def _plan(
     without a `version` (its latest one, which its owner may publish anew at any time). Nor a
     model named longer than any real one (`tracked`): the proxy keeps no state for it."""
     if not tracked(lineage):
-        return policy.uncached(mode)
+        return policy.uncached(mode, directives)
     if kind == routes.RESPONSES and (body.get("background") is True or _reads_state(body)):
-        return policy.uncached(mode)
+        return policy.uncached(mode, directives)
     return policy.plan(mode, directives)
 
 

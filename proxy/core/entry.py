@@ -91,11 +91,13 @@ def is_answer(body: dict[str, Any], responses: bool = False) -> bool:
     """Whether a 200 body is an answer (choices, embeddings data or Responses output) rather
     than an error some gateways send with status 200: only answers are stored or teach a
     fingerprint. On the Responses API only a completed response is one: a queued, failed or
-    incomplete one is not the answer a retry would get."""
+    incomplete one is not the answer a retry would get, nor one naming an `error` beside a
+    `completed` status, which has not said which it is."""
     if responses:
         return (
             body.get("object") == "response"
             and body.get("status") == "completed"
+            and body.get("error") is None
             and isinstance(body.get("output"), list)
         )
     return any(name in body for name in _ANSWER_FIELDS)

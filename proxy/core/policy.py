@@ -207,10 +207,11 @@ def plan(mode: CacheMode, directives: Directives) -> Plan:
     return _READWRITE
 
 
-def uncached(mode: CacheMode) -> Plan:
+def uncached(mode: CacheMode, directives: Directives) -> Plan:
     """The plan of a request that is never cached (a background response): forwarded, except
-    in replay mode, which never reaches the upstream."""
-    return _BYPASS_CACHED_ONLY if mode is CacheMode.REPLAY else _BYPASS
+    in replay mode and under only-if-cached, which never reach the upstream."""
+    cached_only = mode is CacheMode.REPLAY or directives.only_if_cached
+    return _BYPASS_CACHED_ONLY if cached_only else _BYPASS
 
 
 ALWAYS_KEYED = frozenset({"accept-encoding", "content-type", "content-length", "content-encoding"})

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
+from typing import Any, NamedTuple
+from urllib.parse import parse_qsl
 
 import orjson
 
@@ -29,12 +30,16 @@ def valid_id(response_id: str) -> bool:
     return _ID.fullmatch(response_id) is not None
 
 
-def index_key(scope: str, namespace: str, response_id: str, vary: str = "") -> str:
+def index_key(
+    scope: str, namespace: str, response_id: str, vary: str = "", version: str = ""
+) -> str:
     """The key of the index entry for `response_id` in this scope and namespace, and with the
     keyed request headers' digest `vary` (as its entry's key has them, "" for none): an id is
     whatever the upstream answering says, and an answer routed by a header (a tenant's own
     server behind a gateway) may name another answer's id; it must answer only a fetch asked
-    through the same route. A domain of its own, so it never equals a request's key."""
+    through the same route. Likewise an Azure `api-version` (`version`, "" for none) names the
+    shape the object is served in: fetched under another, it is not the one stored. A domain
+    of its own, so it never equals a request's key."""
     material = {
         "id": response_id,
         "index": "response",
@@ -44,6 +49,8 @@ def index_key(scope: str, namespace: str, response_id: str, vary: str = "") -> s
     }
     if vary:
         material["vary"] = vary
+    if version:
+        material["version"] = version
     return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -71,9 +78,48 @@ def parse_index(value: bytes) -> tuple[str, str] | None:
 
 
 def id_of(answer: dict[str, Any]) -> str | None:
-    """The id of a whole response object, when it is one the proxy can index."""
+    """The id of a whole response object, when it is one the proxy can index: not one made with
+    `store: false`, which the upstream never kept, so a fetch of its id is a 404 there."""
     value = answer.get("id")
-    return value if isinstance(value, str) and valid_id(value) else None
+    kept = answer.get("store") is not False
+    return value if kept and isinstance(value, str) and valid_id(value) else None
+
+
+def api_version(query: str) -> str | None:
+    """The `api-version` a query names (any letter case, as Azure reads it), "" for none, and
+    None when it names more than one."""
+    versions = [
+        v for k, v in parse_qsl(query, keep_blank_values=True) if k.lower() == "api-version"
+    ]
+    if len(versions) > 1:
+        return None
+    return versions[0] if versions else ""
+
+
+class Fetch(NamedTuple):
+    """What a fetch by id asks for, of what a stored response can answer."""
+
+    streamed: bool
+    version: str
+
+
+_STREAM = {"true": True, "false": False}
+
+
+def fetch_of(query: str) -> Fetch | None:
+    """The fetch a query (without its credential parameters) asks for, or None when it asks
+    for what the stored object does not hold: `include` adds fields to it, `starting_after`
+    skips events, and any other parameter may mean something the proxy does not know."""
+    streamed: bool | None = None
+    version: str | None = None
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name.lower() == "api-version" and version is None:
+            version = value
+        elif name == "stream" and streamed is None and value in _STREAM:
+            streamed = _STREAM[value]
+        else:
+            return None
+    return Fetch(streamed is True, version or "")
 
 
 def final_response(sse: bytes) -> bytes | None:

@@ -78,6 +78,7 @@ def create_app(
         app.router.add_post(route, observed(handlers.cacheable, route))
     for route in ("/v1/responses/{id}", AZURE_V1 + "responses/{id}", AZURE_RESPONSES + "/{id}"):
         app.router.add_get(route, observed(responses.by_id, route))
+        app.router.add_delete(route, observed(responses.delete_by_id, route))
     app.router.add_route("*", "/v1/{tail:.*}", observed(handlers.passthrough, PASSTHROUGH_ROUTE))
     app.router.add_route(
         "*", "/openai/{tail:.*}", observed(handlers.passthrough, AZURE_PASSTHROUGH_ROUTE)

@@ -340,11 +340,12 @@ async def index_response(
     services: Services, call: Call, response_id: str, fingerprint: str
 ) -> None:
     """Remember which entry holds the response `response_id`, for `GET /v1/responses/{id}`."""
-    if not responses.valid_id(response_id):
+    version = responses.api_version(call.keyed_query)
+    if version is None or not responses.valid_id(response_id):
         return
     write = Write(
         key=responses.index_key(
-            scope_of(services, call.tenant), call.namespace, response_id, call.vary
+            scope_of(services, call.tenant), call.namespace, response_id, call.vary, version
         ),
         fingerprint=responses.INDEX_FINGERPRINT,
         value=responses.index_value(call.key, fingerprint),

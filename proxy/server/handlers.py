@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -15,7 +16,13 @@ from proxy.core.call import Asked, Call, repro_headers
 from proxy.core.credentials import Carriers, hop_by_hop
 from proxy.core.entry import Entry
 from proxy.core.paths import forward_target, raw_query
-from proxy.core.policy import STALE_STATUSES, CacheMode, CacheScope, Outcome
+from proxy.core.policy import (
+    STALE_STATUSES,
+    CacheMode,
+    CacheScope,
+    Outcome,
+    parse_cache_control,
+)
 from proxy.errors import (
     CacheMissError,
     InvalidHeader,
@@ -265,13 +272,22 @@ def count_miss(services: Services, call: Call, served: bool) -> None:
         services.metrics.of(call.model, served).misses.inc()
 
 
-async def passthrough(request: web.Request) -> web.StreamResponse:
-    """Any other /v1 route, streamed both ways and never cached; refused in replay mode."""
+async def passthrough(
+    request: web.Request, answering: Callable[[int], Awaitable[None]] | None = None
+) -> web.StreamResponse:
+    """Any other /v1 route, streamed both ways and never cached; refused in replay mode.
+    `answering` is told the upstream's status before the client hears a byte of it."""
     services = request.app[SERVICES]
     if services.settings.cache_mode is CacheMode.REPLAY:
         raise ReplayPassthrough(
             f"{request.method} {request.path} is not answered from the cache, and in replay mode "
             "(--cache-mode replay) the proxy never calls the upstream.",
+            headers={"X-Repro-Cache": Outcome.BYPASS.value},
+        )
+    if only_if_cached(request):
+        raise CacheMissError(
+            f"{request.method} {request.path} is not answered from the cache, and "
+            "Cache-Control: only-if-cached forbids calling the upstream.",
             headers={"X-Repro-Cache": Outcome.BYPASS.value},
         )
     # An inflated body goes upstream chunked, without the client's Content-Encoding and
@@ -287,6 +303,8 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
         request.method, forward_target(request.raw_path), headers, data, decode=False
     )
     try:
+        if answering is not None:
+            await answering(upstream.status)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.update(response_headers(upstream.headers, decoded=False))
         response.headers["X-Repro-Cache"] = "BYPASS"
@@ -300,6 +318,12 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
 
 
 _INFLATED_SKIP = REQUEST_SKIP | {"content-encoding"}
+
+
+def only_if_cached(request: web.Request) -> bool:
+    """Whether the client asked for a stored answer or a 504, never the upstream's (RFC 9111)."""
+    cache_control = tuple(request.headers.getall("Cache-Control", ()))
+    return parse_cache_control(cache_control).only_if_cached
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -1,4 +1,5 @@
-"""`GET /v1/responses/{id}`: a response the proxy holds, served from the cache in replay mode.
+"""`GET /v1/responses/{id}`: a response the proxy holds, served from the cache in replay mode
+(or asked `only-if-cached`); `DELETE`, which the proxy follows.
 
 SDK flows fetch a response by id after creating it; in replay mode the upstream is out of reach,
 so the id is looked up in the index the proxy keeps beside each stored response (see
@@ -14,7 +15,7 @@ from aiohttp import web
 from proxy.core import policy, responses
 from proxy.core.call import checked_namespace
 from proxy.core.codec import UnknownDictionary
-from proxy.core.credentials import of_request, split_query
+from proxy.core.credentials import Credentials, of_request, split_query
 from proxy.core.entry import CorruptEntry, Entry
 from proxy.core.keyed import vary_of
 from proxy.core.paths import raw_query
@@ -22,22 +23,25 @@ from proxy.core.policy import CacheMode, Outcome
 from proxy.errors import CacheMissError
 from proxy.server.caching import scope_of, store_failed
 from proxy.server.context import SERVICES, Services
-from proxy.server.handlers import passthrough
+from proxy.server.handlers import only_if_cached, passthrough
 from proxy.store.base import StoreError
 
 
 async def by_id(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
-    if services.settings.cache_mode is not CacheMode.REPLAY:
+    if services.settings.cache_mode is not CacheMode.REPLAY and not only_if_cached(request):
         return await passthrough(request)
     response_id = request.match_info["id"]
-    found = await _held(services, request, response_id)
-    streamed = request.query.get("stream") == "true"
-    body = None if found is None else _body(found[1], streamed)
-    if found is None or body is None:
+    query, in_query = split_query(raw_query(request.raw_path))
+    fetch = responses.fetch_of(query)
+    found = None
+    if fetch is not None:
+        found = await _held(services, request, response_id, fetch.version, in_query)
+    body = None if found is None or fetch is None else _body(found[1], fetch.streamed)
+    if found is None or body is None or fetch is None:
         raise CacheMissError(
-            f"No stored response with id {response_id[:128]} for this caller and namespace, "
-            "and in replay mode the request may not reach the upstream.",
+            f"No stored response with id {response_id[:128]} for this caller and namespace "
+            "answers this query, and in replay mode the request may not reach the upstream.",
             headers={"X-Repro-Cache": Outcome.MISS.value},
         )
     key, entry = found
@@ -46,16 +50,48 @@ async def by_id(request: web.Request) -> web.StreamResponse:
         "X-Repro-Key": key,
         "X-Repro-Fingerprint": entry.fingerprint,
         "Age": str(max(0, int(services.clock() - entry.stored_at))),
-        "Content-Type": "text/event-stream" if streamed else "application/json",
+        "Content-Type": "text/event-stream" if fetch.streamed else "application/json",
     }
     return web.Response(body=body, headers=headers)
 
 
+async def delete_by_id(request: web.Request) -> web.StreamResponse:
+    """A deletion passes through; once the upstream has deleted the response, the proxy
+    forgets it too, before the client hears so: otherwise the request that created it would
+    still be answered with an id the upstream no longer knows (a 404 to fetch, an error to
+    chain on with `previous_response_id`), where without the proxy it would make a new one."""
+    services = request.app[SERVICES]
+    # Refused before the upstream deletes anything, not after, when the client would be told
+    # a deletion failed that took place.
+    checked_namespace(request.headers.get("X-Repro-Namespace", ""))
+
+    async def forget(status: int) -> None:
+        if status // 100 != 2:
+            return
+        query, in_query = split_query(raw_query(request.raw_path))
+        version = responses.api_version(query)
+        found = None
+        if version is not None:
+            found = await _held(services, request, request.match_info["id"], version, in_query)
+        if found is None:
+            return
+        try:
+            await services.store.delete(found[0])
+        except StoreError as exc:
+            store_failed(services, "delete", exc)
+
+    return await passthrough(request, forget)
+
+
 async def _held(
-    services: Services, request: web.Request, response_id: str
+    services: Services,
+    request: web.Request,
+    response_id: str,
+    version: str,
+    in_query: Credentials,
 ) -> tuple[str, Entry] | None:
     """The key and entry of the response `response_id` in the caller's partition, created with
-    the keyed headers this fetch sends."""
+    the keyed headers and the api-version this request sends."""
     if not responses.valid_id(response_id):
         return None
     await services.secret.settle()
@@ -66,9 +102,8 @@ async def _held(
     namespace = checked_namespace(request.headers.get("X-Repro-Namespace", ""))
     scope = scope_of(services, tenant)
     shared = services.settings.cache_scope is policy.CacheScope.SHARED
-    in_query = split_query(raw_query(request.raw_path))[1]
     vary = vary_of(services.keying.lines(request.headers), in_query, shared)
-    index = responses.index_key(scope, namespace, response_id, vary)
+    index = responses.index_key(scope, namespace, response_id, vary, version)
     try:
         pointer = await services.store.get(index, [responses.INDEX_FINGERPRINT])
         target = responses.parse_index(pointer.get(responses.INDEX_FINGERPRINT, b""))

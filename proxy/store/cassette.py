@@ -193,9 +193,10 @@ def _index(entry: Entry, scope: str) -> str | None:
     if routes.kind(entry.route) != routes.RESPONSES:
         return None
     found = responses.stored_id(entry.body, entry.stream)
-    if found is None:
+    version = responses.api_version(entry.query)
+    if found is None or version is None:
         return None
-    return responses.index_key(scope, entry.namespace, found, entry.vary)
+    return responses.index_key(scope, entry.namespace, found, entry.vary, version)
 
 
 def _check_fields(record: dict[str, Any]) -> None:

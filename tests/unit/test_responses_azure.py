@@ -204,6 +204,25 @@ def test_a_background_response_in_replay_mode_never_reaches_the_upstream() -> No
     assert not plan.upstream and not plan.store
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {**BODY, "background": True},
+        {**BODY, "conversation": "conv_1"},
+        {**BODY, "model": "m" * 1000},  # named longer than any model the proxy tracks
+    ],
+)
+def test_only_if_cached_never_reaches_the_upstream_for_a_request_never_cached(
+    body: dict[str, Any],
+) -> None:
+    """RFC 9111: a stored response or a 504. A request the proxy never caches has none, and
+    forwarded it would queue a job, or add a turn to a conversation, the client did not ask for."""
+    headers = {"Authorization": "Bearer sk-a", "Cache-Control": "only-if-cached"}
+    asked = Asked.of(RESPONSES, "", orjson.dumps(body), CIMultiDictProxy(CIMultiDict(headers)))
+    plan = prepare_with(Rules(), "tenant-a", asked).plan
+    assert (plan.lookup, plan.store, plan.upstream) == (False, False, False)
+
+
 def test_responses_keep_a_fingerprint_history_apart_from_chat() -> None:
     assert decide(RESPONSES, BODY).lineage == "gpt-4o-mini@responses"
     assert decide(CHAT, {"model": "gpt-4o-mini", "messages": []}).lineage == "gpt-4o-mini"
@@ -230,6 +249,7 @@ COMPLETED = {"object": "response", "status": "completed", "output": [], "id": "r
         {"object": "response", "status": "queued", "output": []},
         {"object": "response", "status": "completed", "output": "not a list"},
         {"output": [], "status": "completed"},
+        {**COMPLETED, "error": {"code": "server_error", "message": "boom"}},
     ],
 )
 def test_only_a_completed_response_object_is_an_answer(body: dict[str, Any]) -> None:
@@ -345,8 +365,51 @@ def test_the_index_key_depends_on_scope_namespace_and_id() -> None:
         responses.index_key("tenant-b", "", "resp_1"),
         responses.index_key("tenant-a", "ns", "resp_1"),
         responses.index_key("tenant-a", "", "resp_2"),
+        responses.index_key("tenant-a", "", "resp_1", version="2025-03-01-preview"),
+        responses.index_key("tenant-a", "", "resp_1", version="2025-04-01-preview"),
     }
-    assert len(keys) == 4
+    assert len(keys) == 6
+    assert responses.index_key("t", "", "resp_1", version="") == responses.index_key(
+        "t", "", "resp_1"
+    )
+
+
+def test_a_response_the_upstream_did_not_keep_has_no_id_to_find_it_by() -> None:
+    assert responses.id_of({**COMPLETED, "store": True}) == "resp_1"
+    assert responses.id_of({**COMPLETED, "store": False}) is None
+    unkept = orjson.dumps({**COMPLETED, "store": False})
+    assert responses.stored_id(unkept, stream=False) is None
+
+
+@pytest.mark.parametrize(
+    ("query", "fetch"),
+    [
+        ("", responses.Fetch(False, "")),
+        ("stream=true", responses.Fetch(True, "")),
+        ("stream=false", responses.Fetch(False, "")),
+        ("api-version=2025-03-01-preview", responses.Fetch(False, "2025-03-01-preview")),
+        ("Api-Version=v1&stream=true", responses.Fetch(True, "v1")),
+        ("include[]=message.output_text.logprobs", None),
+        ("include=reasoning.encrypted_content", None),
+        ("stream=true&starting_after=3", None),
+        ("include_obfuscation=false", None),
+        ("stream=1", None),
+        ("stream=true&stream=false", None),
+        ("api-version=a&API-VERSION=b", None),
+        ("a;stream=true", None),
+    ],
+)
+def test_a_fetch_is_answered_only_for_what_a_stored_response_holds(
+    query: str, fetch: responses.Fetch | None
+) -> None:
+    assert responses.fetch_of(query) == fetch
+
+
+def test_the_api_version_a_query_names() -> None:
+    assert responses.api_version("") == ""
+    assert responses.api_version("api-version=v1") == "v1"
+    assert responses.api_version("API-version=v1&x=1") == "v1"
+    assert responses.api_version("api-version=a&Api-Version=b") is None
 
 
 def test_an_index_value_round_trips_and_hostile_values_are_refused() -> None:
@@ -406,6 +469,11 @@ def test_an_azure_path_sent_with_dot_segments_or_escapes_is_refused() -> None:
         "api-version=" + "9" * 1000,
         "api-version=a%2Fb",
         "api-version=",
+        "api-version=1&API-Version=2",
+        "api%2Dversion=1&api-version=2",
+        "api-version=1;api-version=2",
+        "api-version=%C3%A9",
+        "api-version=1%0D%0AX-Evil:%201",
     ],
 )
 def test_a_query_with_a_repeated_or_odd_api_version_is_refused(query: str) -> None:

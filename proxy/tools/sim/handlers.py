@@ -268,7 +268,7 @@ async def _create_response(request: web.Request) -> web.StreamResponse:
     body = parse_object(await request.read())
     response, answer = responses.answer_of(body, state)
     await _pause(state.latency)
-    if fault is None or fault.kind not in _ENDINGS:
+    if (fault is None or fault.kind not in _ENDINGS) and body.get("store") is not False:
         state.keep_response(response)
     if body.get("background") is True:
         return json_response({**response, "status": "queued", "background": True})
@@ -283,6 +283,14 @@ async def _get_response(request: web.Request) -> web.Response:
         message = f"No response found with id '{request.match_info['id'][:128]}'."
         return error_response(404, message, param="response_id")
     return json_response(found)
+
+
+async def _delete_response(request: web.Request) -> web.Response:
+    response_id = request.match_info["id"]
+    if request.app[STATE].responses.pop(response_id, None) is None:
+        message = f"No response found with id '{response_id[:128]}'."
+        return error_response(404, message, param="response_id")
+    return json_response({"id": response_id, "object": "response.deleted", "deleted": True})
 
 
 async def _models(request: web.Request) -> web.Response:
@@ -317,6 +325,7 @@ def routes() -> list[web.RouteDef]:
         web.post(deployment + "/embeddings", embed),
         web.post("/openai/responses", _create_response),
         web.get("/openai/responses/{id}", _get_response),
+        web.delete("/openai/responses/{id}", _delete_response),
     ]
     for base in ("/v1", "/openai/v1"):
         listed += [
@@ -325,5 +334,6 @@ def routes() -> list[web.RouteDef]:
             web.post(base + "/embeddings", embed),
             web.post(base + "/responses", _create_response),
             web.get(base + "/responses/{id}", _get_response),
+            web.delete(base + "/responses/{id}", _delete_response),
         ]
     return [*listed, web.get("/v1/models", _models), web.post("/v1/files", _files)]
