@@ -57,6 +57,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "tool_choice": "auto",
         "text": {"format": {"type": "text"}},
         "store": True,
+        "metadata": {},
     },
 }
 
@@ -64,10 +65,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 # `store` is not one: a stored answer's id is fetched (`GET /v1/responses/{id}`, stored chat
 # completions) or chained (`previous_response_id`) later, which only works when the upstream
 # kept it; an answer made with `store: false` must not answer a request that asked to keep it.
+# Nor are they on the Responses API, whose answer echoes `metadata`, `user`, `safety_identifier`
+# and `prompt_cache_key`: served to a request with other labels, one caller's answer would hand
+# another caller's labels (in `shared` scope, another tenant's) back as its own.
 NON_SEMANTIC = frozenset({"user", "metadata"})
-_LABELS: dict[str, frozenset[str]] = {
-    RESPONSES: NON_SEMANTIC | {"safety_identifier", "prompt_cache_key"},
-}
+_LABELS: dict[str, frozenset[str]] = {RESPONSES: frozenset()}
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:

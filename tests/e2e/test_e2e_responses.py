@@ -99,17 +99,46 @@ async def test_async_create_is_a_miss_then_a_hit(proxy: Proxy, sim: Sim, ns: str
     assert len(upstream_bodies(sim)) == 1
 
 
-def test_defaults_and_bookkeeping_share_a_key_and_no_seed_ever_goes_upstream(
+def test_defaults_share_a_key_and_no_seed_ever_goes_upstream(
     proxy: Proxy, sim: Sim, ns: str
 ) -> None:
     plain = post(proxy, ns, {"model": MODEL, "input": INPUT})
     noisy = post(
         proxy,
         ns,
-        {"input": INPUT, "model": MODEL, "temperature": 1.0, "user": "u", "store": True},
+        {"input": INPUT, "model": MODEL, "temperature": 1.0, "metadata": {}, "store": True},
     )
     assert plain.headers["X-Repro-Cache"] == "MISS" and noisy.headers["X-Repro-Cache"] == "HIT"
     assert all("seed" not in body for body in upstream_bodies(sim))
+
+
+def test_the_labels_a_response_echoes_are_never_served_to_other_labels(
+    start_proxy: ProxyFactory, sim: Sim
+) -> None:
+    """A response echoes the request's `metadata`, `user`, `safety_identifier` and
+    `prompt_cache_key`. Left out of the key, one tenant's HIT (here in `shared` scope) handed
+    it another tenant's labels: `{"patient": "alice"}` to Bob."""
+    proxy = start_proxy("--cache-scope", "shared")
+    asked: list[tuple[str, dict[str, Any]]] = [
+        ("sk-alice", {"metadata": {"patient": "alice"}, "user": "u-alice"}),
+        ("sk-bob", {"metadata": {"patient": "bob"}, "user": "u-bob"}),
+        ("sk-bob", {}),
+        ("sk-bob", {"prompt_cache_key": "alice-cache"}),
+        ("sk-bob", {"metadata": {"patient": "alice"}, "user": "u-alice"}),
+    ]
+    seen = []
+    for key, labels in asked:
+        sdk = client(proxy, "labels", key=key)
+        raw = sdk.responses.with_raw_response.create(model=MODEL, input=INPUT, **labels)
+        answer = raw.parse()
+        seen.append((raw.headers["X-Repro-Cache"], answer.metadata, answer.user))
+    assert seen == [
+        ("MISS", {"patient": "alice"}, "u-alice"),
+        ("MISS", {"patient": "bob"}, "u-bob"),
+        ("MISS", {}, None),
+        ("MISS", {}, None),
+        ("HIT", {"patient": "alice"}, "u-alice"),  # the same labels: the answer they were given
+    ]
 
 
 def test_a_response_the_upstream_did_not_keep_never_answers_one_asked_to_be_kept(

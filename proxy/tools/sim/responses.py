@@ -20,7 +20,18 @@ import orjson
 from proxy.tools.sim.generation import Answer, max_tokens, sentence, tool_call, word_count
 from proxy.tools.sim.state import JSON, BadRequest, SimState
 
-_VOLATILE = frozenset({"stream", "stream_options", "user", "metadata", "store", "background"})
+_VOLATILE = frozenset(
+    {
+        "stream",
+        "stream_options",
+        "user",
+        "metadata",
+        "safety_identifier",
+        "prompt_cache_key",
+        "store",
+        "background",
+    }
+)
 
 
 def _rng(body: JSON, fingerprint: str | None) -> random.Random:
@@ -91,7 +102,9 @@ def _response(body: JSON, state: SimState, output: list[JSON], usage: JSON | Non
         "top_p": body.get("top_p", 1.0),
         "truncation": body.get("truncation", "disabled"),
         "usage": usage,
-        "user": None,
+        "user": body.get("user"),
+        "safety_identifier": body.get("safety_identifier"),
+        "prompt_cache_key": body.get("prompt_cache_key"),
         "metadata": body.get("metadata") or {},
     }
 
