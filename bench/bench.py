@@ -91,6 +91,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 import gateway  # noqa: E402  (LiteLLM, measured with --gateway)
 import stream_ttfb  # noqa: E402  (the TTFB logic of bench/stream_ttfb.py, reused)
+from procs import free_port  # noqa: E402
 
 START_TIMEOUT = 30.0
 API_KEY = "sk-bench"
@@ -175,10 +176,6 @@ def chat_body(text: str, *, stream: bool = False) -> str:
 
 
 # --- processes -------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    return stream_ttfb.free_port()
 
 
 @dataclass

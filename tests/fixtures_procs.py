@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 import httpx
 import pytest
 
-from bench.procs import free_port, stop, wait_until_up
+from bench.procs import free_port, settled, stop, wait_until_up
 
 if TYPE_CHECKING:
     from prometheus_client.samples import Sample
@@ -116,6 +116,13 @@ class Proxy(Served):
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return float(sample.value)
         return 0.0
+
+    def metric_reaching(
+        self, name: str, at_least: float, within: float = 10.0, **labels: str
+    ) -> float:
+        """The sample once it reaches `at_least`, else its value after `within` seconds: what
+        the proxy counts after it has answered (drift checks, probes) lands a little later."""
+        return settled(lambda: self.metric(name, **labels), lambda v: v >= at_least, within)
 
     def store_errors(self) -> dict[str, float]:
         """The store errors counted so far, by the operation that failed."""

@@ -121,12 +121,8 @@ def test_the_probe_learns_a_rotation_of_a_model_served_only_from_the_cache(
     assert ask(proxy, "x") == "MISS"
     assert ask(proxy, "x") == "HIT"
     sim.set_fingerprint("fp_sim_0002")
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if proxy.metric("repro_fingerprint_changes_total", model="gpt-4o-mini") == 1:
-            break
-        time.sleep(0.1)
-    assert proxy.metric("repro_fingerprint_changes_total", model="gpt-4o-mini") == 1
+    changes = proxy.metric_reaching("repro_fingerprint_changes_total", 1, model="gpt-4o-mini")
+    assert changes == 1
     probes = [r for r in sim.llm_requests() if r["headers"]["Authorization"] == "Bearer sk-probe"]
     body = orjson.loads(probes[0]["body"])
     assert (body["max_completion_tokens"], body["seed"]) == (1, 12345)

@@ -4,7 +4,6 @@ never ends its stream, or answers a stream request in some other shape (tests/ho
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ import orjson
 import pytest
 from openai import OpenAI
 
+from bench.procs import cpu_seconds, peak_rss_kib
 from tests.fixtures_procs import ProxyFactory
 from tests.hostile import Received, Scripted, Writer, dripping_json, http_answer
 
@@ -118,13 +118,6 @@ def test_a_whole_answer_to_a_stream_request_is_bounded_by_the_upstream_timeout(
     assert (answer.status_code, answer.json()["error"]["code"]) == (504, "upstream_timeout")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time a process has used so far."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def test_a_frame_sent_in_many_pieces_costs_its_length_once(start_proxy: ProxyFactory) -> None:
     """A frame that never ends, up to the recorder's bound (--max-entry), in 16 KiB pieces
     that arrive one by one: split again whole at each piece, its cost grew with the square of
@@ -213,14 +206,6 @@ def test_a_stream_whose_fingerprint_changes_midway_is_never_stored(
     assert len(upstream.received) == 2
 
 
-def peak_rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
-
-
 @pytest.mark.parametrize("first", [b"", frame("first")], ids=["first-frame", "after-a-frame"])
 def test_a_frame_that_never_ends_holds_no_more_than_the_cap(
     start_proxy: ProxyFactory, first: bytes
@@ -242,7 +227,7 @@ def test_a_frame_that_never_ends_holds_no_more_than_the_cap(
     with Scripted(one_endless_frame) as upstream:
         proxy = start_proxy("--max-entry", f"{cap_mib}MiB", upstream=upstream.v1)
         httpx.get(proxy.url + "/metrics", timeout=5)
-        before = peak_rss_mib(proxy.proc.pid)
+        before = peak_rss_kib(proxy.proc.pid)
         size = 0
         with httpx.stream(
             "POST",
@@ -254,7 +239,7 @@ def test_a_frame_that_never_ends_holds_no_more_than_the_cap(
             outcome = response.headers["x-repro-cache"]
             for part in response.iter_raw():
                 size += len(part)
-        rise = peak_rss_mib(proxy.proc.pid) - before
+        rise = (peak_rss_kib(proxy.proc.pid) - before) / 1024
     assert outcome == "MISS"
     assert size == len(first) + len(b"data: ") + pieces * len(piece)
     assert rise < 1.5 * cap_mib, f"peak RSS rose {rise:.0f} MiB for a {cap_mib} MiB cap"

@@ -17,6 +17,7 @@ import httpx
 import orjson
 import pytest
 
+from bench.procs import peak_rss_kib
 from proxy.errors import InvalidBodyLength, UpstreamTooLarge
 from proxy.upstream.client import StreamedBody, Upstream
 from tests.fixtures_procs import ProxyFactory
@@ -242,14 +243,6 @@ def _gzip_bomb(inflated_mib: int) -> bytes:
     return b"".join(packer.compress(block) for _ in range(inflated_mib)) + packer.flush()
 
 
-def _peak_rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmHWM")
-
-
 def test_a_gzip_bomb_answer_is_a_502_within_tens_of_mib_and_stores_nothing(
     start_proxy: ProxyFactory,
 ) -> None:
@@ -259,10 +252,10 @@ def test_a_gzip_bomb_answer_is_a_502_within_tens_of_mib_and_stores_nothing(
     with Scripted(fixed(answer)) as upstream:
         proxy = start_proxy(upstream=upstream.v1)
         httpx.get(proxy.url + "/metrics", timeout=5)
-        before = _peak_rss_kib(proxy.proc.pid)
+        before = peak_rss_kib(proxy.proc.pid)
         first = httpx.post(proxy.v1 + "/chat/completions", content=chat("x"), headers=AUTH)
         second = httpx.post(proxy.v1 + "/chat/completions", content=chat("x"), headers=AUTH)
-        rise_mib = (_peak_rss_kib(proxy.proc.pid) - before) / 1024
+        rise_mib = (peak_rss_kib(proxy.proc.pid) - before) / 1024
     assert (first.status_code, first.json()["error"]["code"]) == (502, UpstreamTooLarge.code)
     assert second.status_code == 502  # nothing was stored to answer it
     assert len(upstream.received) == 2

@@ -79,14 +79,7 @@ def ask(proxy: Proxy, content: str) -> httpx.Response:
 
 
 def wait_for(proxy: Proxy, total: float, **labels: str) -> float:
-    deadline = time.monotonic() + 10
-    value = 0.0
-    while time.monotonic() < deadline:
-        value = proxy.metric("repro_verify_total", **labels)
-        if value >= total:
-            break
-        time.sleep(0.05)
-    return value
+    return proxy.metric_reaching("repro_verify_total", total, **labels)
 
 
 def test_verify_rate_counts_same_and_differs_at_the_sims_divergence(
