@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import httpx
@@ -27,6 +28,26 @@ WAIT = 20.0
 def stream_request(content: str) -> bytes:
     return orjson.dumps(
         {"model": "m", "messages": [{"role": "user", "content": content}], "stream": True}
+    )
+
+
+def streaming(
+    v1: str, content: str, timeout: float = WAIT
+) -> AbstractContextManager[httpx.Response]:
+    """A stream request to the proxy whose API root is `v1`, its answer read as it comes."""
+    return httpx.stream(
+        "POST",
+        v1 + "/chat/completions",
+        content=stream_request(content),
+        headers=AUTH,
+        timeout=timeout,
+    )
+
+
+def asked(v1: str, content: str) -> httpx.Response:
+    """A stream request to the proxy whose API root is `v1`, its answer read whole."""
+    return httpx.post(
+        v1 + "/chat/completions", content=stream_request(content), headers=AUTH, timeout=WAIT
     )
 
 
@@ -69,13 +90,7 @@ class Endless:
 
 
 def read_first_frame_and_leave(port: int, content: str) -> None:
-    with httpx.stream(
-        "POST",
-        f"http://127.0.0.1:{port}/v1/chat/completions",
-        content=stream_request(content),
-        headers=AUTH,
-        timeout=10,
-    ) as response:
+    with streaming(f"http://127.0.0.1:{port}/v1", content, timeout=10) as response:
         assert response.status_code == 200
         next(response.iter_raw())
 
@@ -108,12 +123,7 @@ def test_a_whole_answer_to_a_stream_request_is_bounded_by_the_upstream_timeout(
     dripped = threading.Event()
     with Scripted(dripping_json(300, 0.1, dripped)) as upstream:
         proxy = start_proxy("--upstream-timeout", "1", upstream=upstream.v1)
-        answer = httpx.post(
-            proxy.v1 + "/chat/completions",
-            content=stream_request("drip"),
-            headers=AUTH,
-            timeout=WAIT,
-        )
+        answer = asked(proxy.v1, "drip")
         assert not dripped.is_set()
     assert (answer.status_code, answer.json()["error"]["code"]) == (504, "upstream_timeout")
 
@@ -138,13 +148,7 @@ def test_a_frame_sent_in_many_pieces_costs_its_length_once(start_proxy: ProxyFac
         before = cpu_seconds(proxy.proc.pid)
         deadline = time.monotonic() + 30
         size = 0
-        with httpx.stream(
-            "POST",
-            proxy.v1 + "/chat/completions",
-            content=stream_request("long line"),
-            headers=AUTH,
-            timeout=10,
-        ) as response:
+        with streaming(proxy.v1, "long line", timeout=10) as response:
             for part in response.iter_raw():
                 size += len(part)
                 if time.monotonic() > deadline:
@@ -229,13 +233,7 @@ def test_a_frame_that_never_ends_holds_no_more_than_the_cap(
         httpx.get(proxy.url + "/metrics", timeout=5)
         before = peak_rss_kib(proxy.proc.pid)
         size = 0
-        with httpx.stream(
-            "POST",
-            proxy.v1 + "/chat/completions",
-            content=stream_request("endless"),
-            headers=AUTH,
-            timeout=WAIT,
-        ) as response:
+        with streaming(proxy.v1, "endless") as response:
             outcome = response.headers["x-repro-cache"]
             for part in response.iter_raw():
                 size += len(part)
@@ -287,12 +285,14 @@ def finish_frame(fingerprint: str = "fp_hostile") -> bytes:
     )
 
 
-def gated(first: bytes, rest: bytes, gate: threading.Event, opened: list[bool]) -> Writer:
+def gated(
+    first: bytes, rest: bytes, gate: threading.Event, opened: list[bool], head: bytes = SSE_HEAD
+) -> Writer:
     """Stream `first`, wait (bounded) until the test opens `gate`, then stream `rest`; `opened`
     says whether the gate opened before the wait ran out."""
 
     async def write(writer: asyncio.StreamWriter, _: Received) -> None:
-        writer.write(SSE_HEAD + chunked(first))
+        writer.write(head + chunked(first))
         await writer.drain()
         for _ in range(int(WAIT / 0.01)):
             if gate.is_set():
@@ -372,13 +372,7 @@ def test_a_stream_of_comments_past_the_cap_gets_its_head_without_waiting_for_an_
     gate, opened = threading.Event(), []
     with Scripted(gated(pings, rest, gate, opened)) as upstream:
         proxy = start_proxy("--max-entry", "64KiB", upstream=upstream.v1)
-        with httpx.stream(
-            "POST",
-            proxy.v1 + "/chat/completions",
-            content=stream_request("pings"),
-            headers=AUTH,
-            timeout=2 * WAIT,
-        ) as response:
+        with streaming(proxy.v1, "pings", timeout=2 * WAIT) as response:
             gate.set()
             head = (response.status_code, response.headers["x-repro-cache"])
             body = response.read()
@@ -405,13 +399,7 @@ def test_a_stream_carrying_an_error_teaches_no_fingerprint(start_proxy: ProxyFac
     with Scripted(answer) as upstream:
         proxy = start_proxy(upstream=upstream.v1)
         outcomes = [
-            httpx.post(
-                proxy.v1 + "/chat/completions",
-                content=stream_request(prompt),
-                headers=AUTH,
-                timeout=WAIT,
-            ).headers["x-repro-cache"]
-            for prompt in ("kept", "errs", "kept")
+            asked(proxy.v1, prompt).headers["x-repro-cache"] for prompt in ("kept", "errs", "kept")
         ]
         changes = proxy.metric("repro_fingerprint_changes_total", model="m")
     assert outcomes == ["MISS", "MISS", "HIT"]
@@ -532,27 +520,9 @@ def test_a_stream_in_a_coding_the_proxy_does_not_decode_is_not_read(
     head = SSE_HEAD.replace(b"Transfer-Encoding", b"Content-Encoding: br\r\nTransfer-Encoding")
     first, rest = frame("a"), finish_frame() + b"data: [DONE]\n\n"
     gate, opened = threading.Event(), []
-
-    async def answer(writer: asyncio.StreamWriter, _: Received) -> None:
-        writer.write(head + chunked(first[:20]))
-        await writer.drain()
-        for _ in range(int(WAIT / 0.01)):
-            if gate.is_set():
-                break
-            await asyncio.sleep(0.01)
-        opened.append(gate.is_set())
-        writer.write(chunked(first[20:] + rest) + b"0\r\n\r\n")
-        await writer.drain()
-
-    with Scripted(answer) as upstream:
+    with Scripted(gated(first[:20], first[20:] + rest, gate, opened, head)) as upstream:
         proxy = start_proxy(upstream=upstream.v1)
-        with httpx.stream(
-            "POST",
-            proxy.v1 + "/chat/completions",
-            content=stream_request("brotli"),
-            headers=AUTH,
-            timeout=2 * WAIT,
-        ) as response:
+        with streaming(proxy.v1, "brotli", timeout=2 * WAIT) as response:
             gate.set()
             got = (response.headers["content-encoding"], response.headers["x-repro-fingerprint"])
             body = b"".join(response.iter_raw())
@@ -587,15 +557,7 @@ def test_a_stream_request_answered_in_another_shape_is_passed_on_and_never_store
 
     with Scripted(answer) as upstream:
         proxy = start_proxy(upstream=upstream.v1)
-        answers = [
-            httpx.post(
-                proxy.v1 + "/chat/completions",
-                content=stream_request("shape"),
-                headers=AUTH,
-                timeout=WAIT,
-            )
-            for _ in range(2)
-        ]
+        answers = [asked(proxy.v1, "shape") for _ in range(2)]
         learned = [
             s.labels for s in proxy.samples() if s.name == "repro_fingerprint_info" and s.value
         ]
