@@ -265,15 +265,14 @@ def test_a_gzip_bomb_answer_is_a_502_within_tens_of_mib_and_stores_nothing(
 def test_a_whole_answer_is_bounded_by_the_upstream_timeout_however_slowly_it_drips(
     start_proxy: ProxyFactory,
 ) -> None:
-    with Scripted(dripping_json(100, 0.2)) as upstream:
+    dripped = threading.Event()
+    with Scripted(dripping_json(100, 0.2, dripped)) as upstream:
         proxy = start_proxy("--upstream-timeout", "1", upstream=upstream.v1)
-        started = time.monotonic()
         answer = httpx.post(
             proxy.v1 + "/chat/completions", content=chat("d"), headers=AUTH, timeout=30
         )
-        took = time.monotonic() - started
+        assert not dripped.is_set()  # answered while the upstream was still dripping
     assert (answer.status_code, answer.json()["error"]["code"]) == (504, "upstream_timeout")
-    assert took < 4
 
 
 def test_an_error_body_with_status_200_is_neither_stored_nor_taken_as_a_fingerprint(
@@ -446,12 +445,11 @@ def test_a_pass_through_body_that_goes_silent_is_a_408_and_reaches_nothing_whole
                 b"POST /v1/files HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer sk-a\r\n"
                 b"Content-Length: 100\r\n\r\n0123456789"
             )
-            started = time.monotonic()
+            # Answered within the socket's 10 s, far below the default --body-timeout of 60:
+            # the 408 is the configured second's.
             answer = sock.recv(65536)
-            took = time.monotonic() - started
     assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
     assert b"request_timeout" in answer
-    assert took < 5
     assert upstream.received == []  # the upstream never got a whole request
 
 
