@@ -9,7 +9,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.fixtures_procs import Proxy, ProxyFactory, Sim, run_cli
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim, free_port, run_cli
 
 TOKEN = "admin-secret"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -148,3 +148,26 @@ def test_no_cache_may_keep_an_admin_answer(start_proxy: ProxyFactory) -> None:
         assert answer.headers["cache-control"] == "no-store", path
     purged = httpx.post(proxy.url + "/admin/purge", json={"all": True}, headers=ADMIN, timeout=10)
     assert purged.headers["cache-control"] == "no-store"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/admin/fingerprints"),
+        ("GET", "/admin/stats"),
+        ("POST", "/admin/purge"),
+        ("GET", "/admin/rotations"),
+    ],
+)
+def test_an_admin_route_whose_store_is_down_is_a_503_in_openai_shape(
+    start_proxy: ProxyFactory, method: str, path: str
+) -> None:
+    """The cache fails open, but a route that exists to read the store has nothing to answer
+    with: it says so, naming the store, rather than an empty report."""
+    proxy = start_proxy("--store", f"redis://127.0.0.1:{free_port()}/0", "--admin-token", TOKEN)
+    body = {"namespace": "n"} if method == "POST" else None
+    answer = httpx.request(method, proxy.url + path, json=body, headers=ADMIN, timeout=30)
+    assert answer.status_code == 503
+    error = answer.json()["error"]
+    assert (error["code"], error["type"]) == ("store_unavailable", "server_error")
+    assert error["message"].startswith("The store did not answer: ")
