@@ -21,28 +21,9 @@ from bench.procs import peak_rss_kib
 from proxy.errors import InvalidBodyLength, UpstreamTooLarge
 from proxy.upstream.client import StreamedBody, Upstream
 from tests.fixtures_procs import ProxyFactory
-from tests.hostile import Received, Scripted, dripping_json, fixed, http_answer
+from tests.hostile import Received, Scripted, completion, dripping_json, fixed, http_answer
 
 AUTH = {"Authorization": "Bearer sk-victim", "Content-Type": "application/json"}
-
-
-def completion(content: str, fingerprint: object = "fp_hostile") -> bytes:
-    return orjson.dumps(
-        {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "model": "gpt-4o-mini",
-            "system_fingerprint": fingerprint,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": content},
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
-        }
-    )
 
 
 def chat(content: str) -> bytes:
