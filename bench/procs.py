@@ -69,6 +69,23 @@ def wait_until_up(
     raise RuntimeError(f"{url} did not come up within {timeout:g} s")
 
 
+def wait_redis_up(port: int, proc: subprocess.Popen[bytes], timeout: float = START_TIMEOUT) -> None:
+    """Until the redis-server on `port` answers PING; one that exits first fails at once."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {proc.returncode} before answering")
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock,
+        ):
+            sock.sendall(b"PING\r\n")
+            if sock.recv(64).startswith(b"+PONG"):
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"redis-server on {port} did not answer PING within {timeout:g} s")
+
+
 def cpu_seconds(pid: int) -> float:
     """User and system CPU time a process has used so far."""
     with open(f"/proc/{pid}/stat") as stat:
