@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -288,11 +287,12 @@ def started(argv: list[str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
     """A process started with --port 0, and the URL it says it listens on."""
     with log.open("wb") as sink:
         proc = subprocess.Popen(argv, env=_clean_env(), stderr=sink)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and proc.poll() is None:
-        found = LISTENING.search(log.read_text())
-        if found:
-            return proc, found.group(1)
-        time.sleep(0.05)
+    found = settled(
+        lambda: LISTENING.search(log.read_text()),
+        lambda line: line is not None or proc.poll() is not None,
+        within=15,
+    )
+    if found:
+        return proc, found.group(1)
     stop(proc)
     raise AssertionError(f"no listening line: {log.read_text()}")
