@@ -116,6 +116,24 @@ class Proxy(Served):
                 return float(sample.value)
         return 0.0
 
+    def chat(
+        self,
+        content: str,
+        *,
+        model: str = "gpt-4o-mini",
+        key: str = "sk-tenant",
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 10,
+    ) -> httpx.Response:
+        """One chat question as raw HTTP, so that the test reads the proxy's own headers and
+        statuses (the SDK would retry an error and hide both)."""
+        return httpx.post(
+            self.v1 + "/chat/completions",
+            json={"model": model, "messages": [{"role": "user", "content": content}]},
+            headers={"Authorization": f"Bearer {key}", **(headers or {})},
+            timeout=timeout,
+        )
+
     def metric_reaching(
         self, name: str, at_least: float, within: float = 10.0, **labels: str
     ) -> float:

@@ -10,21 +10,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import orjson
 
 from bench.procs import settled
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim
 from tests.fixtures_redis import running_redis
 
-AUTH = {"Authorization": "Bearer sk-alice", "Content-Type": "application/json"}
 ADMIN = {"Authorization": "Bearer t"}
 
 
 def ask(proxy: Proxy, content: str, **headers: str) -> httpx.Response:
-    body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": content}]})
-    return httpx.post(
-        proxy.v1 + "/chat/completions", content=body, headers={**AUTH, **headers}, timeout=10
-    )
+    return proxy.chat(content, model="m", key="sk-alice", headers=headers)
 
 
 def replicas(start_proxy: ProxyFactory, url: str, *flags: str) -> tuple[Proxy, Proxy]:
