@@ -13,13 +13,11 @@ from tests.fixtures_procs import Proxy, ProxyFactory, Sim, free_port, run_cli
 
 TOKEN = "admin-secret"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
-AUTH = {"Authorization": "Bearer sk-alice", "Content-Type": "application/json"}
 
 
 def ask(proxy: Proxy, content: str, model: str = "gpt-4o-mini", namespace: str = "") -> str:
-    body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": content}]})
-    headers = {**AUTH, "X-Repro-Namespace": namespace} if namespace else AUTH
-    response = httpx.post(proxy.v1 + "/chat/completions", content=body, headers=headers, timeout=10)
+    headers = {"X-Repro-Namespace": namespace} if namespace else {}
+    response = proxy.chat(content, model=model, key="sk-alice", headers=headers)
     assert response.status_code == 200
     return response.headers["X-Repro-Cache"]
 

@@ -21,8 +21,7 @@ ERROR_WITH_200 = {
 
 
 def ask(proxy: Proxy, content: str) -> str:
-    body = orjson.dumps({"model": MODEL, "messages": [{"role": "user", "content": content}]})
-    answer = httpx.post(proxy.v1 + "/chat/completions", content=body, headers=AUTH, timeout=10)
+    answer = proxy.chat(content, model=MODEL, key="sk-alice")
     assert answer.status_code == 200
     return answer.headers["X-Repro-Cache"]
 
