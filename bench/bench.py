@@ -68,7 +68,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -91,6 +90,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 import gateway  # noqa: E402  (LiteLLM, measured with --gateway)
 import stream_ttfb  # noqa: E402  (the TTFB logic of bench/stream_ttfb.py, reused)
+from procs import free_port, stop, wait_redis_up, wait_until_up  # noqa: E402
 
 START_TIMEOUT = 30.0
 API_KEY = "sk-bench"
@@ -177,10 +177,6 @@ def chat_body(text: str, *, stream: bool = False) -> str:
 # --- processes -------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    return stream_ttfb.free_port()
-
-
 @dataclass
 class Server:
     """One process the benchmark started; `url` is its base URL (with /v1 for HTTP servers)."""
@@ -229,43 +225,21 @@ def started(
     try:
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop(proc, grace=10)
 
 
 def wait_http(server: Server, path: str, timeout: float = START_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            raise BenchError(
-                f"{server.name} exited with {server.proc.returncode}:\n" + server.log_tail()
-            )
-        try:
-            httpx.get(server.base + path, timeout=0.5)
-            return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise BenchError(f"{server.name} did not answer within {timeout:.0f} s")
+    try:
+        wait_until_up(server.base + path, server.proc, timeout)
+    except RuntimeError as exc:
+        raise BenchError(f"{server.name}: {exc}\n{server.log_tail()}") from None
 
 
 def wait_redis(server: Server) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            raise BenchError(f"redis-server exited:\n{server.log_tail()}")
-        try:
-            with socket.create_connection(("127.0.0.1", server.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(64).startswith(b"+PONG"):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise BenchError(f"redis-server did not answer within {START_TIMEOUT:.0f} s")
+    try:
+        wait_redis_up(server.port, server.proc, START_TIMEOUT)
+    except RuntimeError as exc:
+        raise BenchError(f"{exc}:\n{server.log_tail()}") from None
 
 
 def cpu_ticks(pid: int) -> int:

@@ -1,6 +1,7 @@
 """Processes on loopback for the tests and the benchmarks: a free port, waiting (bounded) until
-a process answers, and stopping it. One copy, imported by bench scripts (`import procs`) and by
-the tests (`from bench.procs import …`)."""
+a process answers or a reading settles, what a process has used (CPU, peak memory), and stopping
+it. One copy, imported by bench scripts (`import procs`) and by the tests (`from bench.procs
+import …`)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
 START_TIMEOUT = 15.0
 ROOT = Path(__file__).resolve().parents[1]
 STOP_GRACE = 5.0
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -27,13 +30,26 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def settled(
+    read: Callable[[], T],
+    done: Callable[[T], object] = bool,
+    within: float = 10.0,
+    pause: float = 0.05,
+) -> T:
+    """`read()` again until `done` holds of its value, at most `within` seconds; the last value
+    read, so that the caller's assertion shows what was there rather than a timeout."""
+    deadline = time.monotonic() + within
+    value = read()
+    while not done(value) and time.monotonic() < deadline:
+        time.sleep(pause)
+        value = read()
+    return value
+
+
 def wait_until(ready: Callable[[], bool], what: str, timeout: float, pause: float = 0.05) -> None:
     """Poll `ready` until it holds, at most `timeout` seconds; then fail naming `what`."""
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(pause)
+    if not settled(ready, within=timeout, pause=pause):
+        raise AssertionError(f"timed out waiting for {what}")
 
 
 def wait_until_up(
@@ -51,6 +67,39 @@ def wait_until_up(
         except httpx.TransportError:
             time.sleep(0.05)
     raise RuntimeError(f"{url} did not come up within {timeout:g} s")
+
+
+def wait_redis_up(port: int, proc: subprocess.Popen[bytes], timeout: float = START_TIMEOUT) -> None:
+    """Until the redis-server on `port` answers PING; one that exits first fails at once."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {proc.returncode} before answering")
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock,
+        ):
+            sock.sendall(b"PING\r\n")
+            if sock.recv(64).startswith(b"+PONG"):
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"redis-server on {port} did not answer PING within {timeout:g} s")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_kib(pid: int) -> int:
+    """The most resident memory a process has held so far (VmHWM)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM")
 
 
 def stop(proc: subprocess.Popen[bytes], grace: float = STOP_GRACE) -> None:

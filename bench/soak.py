@@ -49,7 +49,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -64,7 +63,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
-from procs import free_port, stop, wait_until_up
+from procs import free_port, stop, wait_redis_up, wait_until_up
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,16 +141,10 @@ def wait_until_proc_up(proc: Proc, url: str) -> None:
 
 
 def wait_for_redis(proc: Proc, port: int) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.popen.poll() is not None:
-            raise RuntimeError(f"redis-server exited:\n{proc.tail()}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5) as s:
-            s.sendall(b"PING\r\n")
-            if s.recv(16).startswith(b"+PONG"):
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"redis-server on {port} did not answer PING")
+    try:
+        wait_redis_up(port, proc.popen, START_TIMEOUT)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}:\n{proc.tail()}") from None
 
 
 # --------------------------------------------------------------------------------------------

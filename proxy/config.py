@@ -260,6 +260,13 @@ def load(
         # A replay serves what was recorded, whichever fingerprint it was recorded under.
         values["fingerprint_policy"] = FingerprintPolicy.PIN
     settings = Settings(**values)
+    _check_together(settings, environ)
+    return settings
+
+
+def _check_together(settings: Settings, environ: Mapping[str, str]) -> None:
+    """Values each valid alone that together would do nothing, or the wrong thing, without a
+    word: refused at start, naming the setting to change."""
     _check_cassette(settings)
     _check_tls(settings)
     _check_forward_proxy(settings.upstream, environ)
@@ -278,4 +285,3 @@ def load(
             "--workers / REPRO_WORKERS: several workers need a shared store "
             "(--store redis://…); with memory:// each would keep its own cache"
         )
-    return settings

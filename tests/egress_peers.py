@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from bench.procs import settled
 from tests.fixtures_procs import free_port
 
 _DAY = datetime.timedelta(days=1)
@@ -273,11 +274,12 @@ class Tinyproxy:
 
 
 def _wait_for_line(path: Path, text: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"tinyproxy exited with {proc.returncode}")
-        if path.exists() and text in path.read_text():
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"tinyproxy did not log {text!r} within 10s")
+    logged = settled(
+        lambda: path.exists() and text in path.read_text(),
+        lambda done: done or proc.poll() is not None,
+        within=10,
+    )
+    if proc.poll() is not None:
+        raise RuntimeError(f"tinyproxy exited with {proc.returncode}")
+    if not logged:
+        raise RuntimeError(f"tinyproxy did not log {text!r} within 10s")

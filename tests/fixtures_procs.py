@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 import httpx
 import pytest
 
-from bench.procs import free_port, stop, wait_until_up
+from bench.procs import free_port, settled, stop, wait_until_up
 
 if TYPE_CHECKING:
     from prometheus_client.samples import Sample
@@ -116,6 +115,31 @@ class Proxy(Served):
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return float(sample.value)
         return 0.0
+
+    def chat(
+        self,
+        content: str,
+        *,
+        model: str = "gpt-4o-mini",
+        key: str = "sk-tenant",
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 10,
+    ) -> httpx.Response:
+        """One chat question as raw HTTP, so that the test reads the proxy's own headers and
+        statuses (the SDK would retry an error and hide both)."""
+        return httpx.post(
+            self.v1 + "/chat/completions",
+            json={"model": model, "messages": [{"role": "user", "content": content}]},
+            headers={"Authorization": f"Bearer {key}", **(headers or {})},
+            timeout=timeout,
+        )
+
+    def metric_reaching(
+        self, name: str, at_least: float, within: float = 10.0, **labels: str
+    ) -> float:
+        """The sample once it reaches `at_least`, else its value after `within` seconds: what
+        the proxy counts after it has answered (drift checks, probes) lands a little later."""
+        return settled(lambda: self.metric(name, **labels), lambda v: v >= at_least, within)
 
     def store_errors(self) -> dict[str, float]:
         """The store errors counted so far, by the operation that failed."""
@@ -281,11 +305,12 @@ def started(argv: list[str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
     """A process started with --port 0, and the URL it says it listens on."""
     with log.open("wb") as sink:
         proc = subprocess.Popen(argv, env=_clean_env(), stderr=sink)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and proc.poll() is None:
-        found = LISTENING.search(log.read_text())
-        if found:
-            return proc, found.group(1)
-        time.sleep(0.05)
+    found = settled(
+        lambda: LISTENING.search(log.read_text()),
+        lambda line: line is not None or proc.poll() is not None,
+        within=15,
+    )
+    if found:
+        return proc, found.group(1)
     stop(proc)
     raise AssertionError(f"no listening line: {log.read_text()}")

@@ -15,9 +15,15 @@ import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import orjson
+
 from tests.fixtures_procs import free_port
 
 IDLE_LIMIT = 30.0
+CHAT = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+STREAM = orjson.dumps(
+    {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+)
 
 
 @dataclass
@@ -66,6 +72,38 @@ def dripping_json(drips: int, pause: float, done: threading.Event | None = None)
             done.set()
 
     return write
+
+
+def completion(content: str, fingerprint: object = "fp_hostile") -> bytes:
+    """A whole chat completion's body saying `content`."""
+    return orjson.dumps(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "model": "gpt-4o-mini",
+            "system_fingerprint": fingerprint,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+        }
+    )
+
+
+def sse_frames(content: str) -> bytes:
+    """A whole streamed chat completion's body saying `content`: one chunk, then [DONE]."""
+    chunk = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "model": "gpt-4o-mini",
+        "system_fingerprint": "fp_hostile",
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": "stop"}],
+    }
+    return b"data: " + orjson.dumps(chunk) + b"\n\ndata: [DONE]\n\n"
 
 
 def http_answer(body: bytes, *headers: str, status: str = "200 OK") -> bytes:

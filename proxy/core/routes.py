@@ -22,7 +22,6 @@ CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 EMBEDDINGS = "/v1/embeddings"
 RESPONSES = "/v1/responses"
-KINDS = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES})
 
 DEPLOYMENTS = "/openai/deployments/"
 AZURE_V1 = "/openai/v1/"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,13 +23,21 @@ from proxy.upstream.headers import INERT
 async def admin_fingerprints(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     await check_admin(request, services)
-    try:
+    with store_answers():
         states = await services.store.all_fingerprints()
-    except StoreError as exc:
-        raise StoreUnavailable(f"The store did not answer: {exc}") from exc
     return json_response(
         {model: fingerprint_report(state) for model, state in sorted(states.items())}
     )
+
+
+@contextlib.contextmanager
+def store_answers() -> Iterator[None]:
+    """An admin route whose store fails answers 503 in OpenAI's shape, naming the failure:
+    the operator asked for the store's state, which no fallback can stand in for."""
+    try:
+        yield
+    except StoreError as exc:
+        raise StoreUnavailable(f"The store did not answer: {exc}") from exc
 
 
 async def check_admin(request: web.Request, services: Services) -> None:
@@ -100,10 +109,8 @@ async def admin_stats(request: web.Request) -> web.Response:
     """What the store holds, and how this process has served since it started."""
     services = request.app[SERVICES]
     await check_admin(request, services)
-    try:
+    with store_answers():
         usage = await services.store.usage()
-    except StoreError as exc:
-        raise StoreUnavailable(f"The store did not answer: {exc}") from exc
     hits, misses = services.metrics.hit_counts()
     looked = hits + misses
     raw = usage.raw_bytes
@@ -134,10 +141,8 @@ async def admin_purge(request: web.Request) -> web.Response:
     selector, dry_run = purge_request(
         await bodies.read(request, settings.max_body, settings.body_timeout)
     )
-    try:
+    with store_answers():
         matched = await services.store.purge(selector, dry_run)
-    except StoreError as exc:
-        raise StoreUnavailable(f"The store did not answer: {exc}") from exc
     return json_response(
         {"matched": matched, "deleted": 0 if dry_run else matched, "dry_run": dry_run}
     )

@@ -8,11 +8,10 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any
 
 from aiohttp import web
-from multidict import CIMultiDictProxy
 from prometheus_client import CollectorRegistry
 
 from proxy.config import Settings
@@ -24,15 +23,14 @@ from proxy.core.hosts import HostCheck, allowed_hosts
 from proxy.core.keyed import Keying
 from proxy.core.policy import SHARED, CacheMode, CacheScope
 from proxy.core.routes import AZURE_RESPONSES, AZURE_V1, DEPLOYMENT_CALLS, DEPLOYMENTS
-from proxy.errors import InvalidBody, InvalidHeader, ProxyError, UpstreamError
 from proxy.metrics import Metrics
 from proxy.server import admin, bodies, handlers, responses, rotations, transfer, ui
 from proxy.server.coalesce import Coalescer
 from proxy.server.context import SERVICES, Services, entry_memo
 from proxy.server.dictionary import Dictionaries
 from proxy.server.fingerprints import FingerprintTracker
-from proxy.server.hostcheck import check_host
 from proxy.server.keycheck import KeyChecker
+from proxy.server.observed import observed
 from proxy.server.offload import Offload
 from proxy.server.probe import Prober
 from proxy.server.secret import Secret
@@ -44,12 +42,9 @@ from proxy.store.guard import GuardedStore
 from proxy.store.near import NearCache
 from proxy.upstream.client import Upstream
 from proxy.upstream.egress import Egress, env_proxy
-from proxy.upstream.headers import framing_error
 
 log = logging.getLogger("proxy.app")
-access_log = logging.getLogger("proxy.access")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PASSTHROUGH_ROUTE = "/v1/*"
 AZURE_PASSTHROUGH_ROUTE = "/openai/*"
 INVALIDATIONS = "repro:invalidate"
@@ -126,111 +121,139 @@ def _services(
     environ: Mapping[str, str],
     on_miss: Callable[[Call], None] | None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
-    # Replay never reaches the upstream: no probe, no drift check (key checks are skipped).
-    calls_upstream = settings.cache_mode is not CacheMode.REPLAY
-
     async def context(app: web.Application) -> AsyncIterator[None]:
-        channel = INVALIDATIONS if settings.near_cache else ""
-        timeout = settings.store_timeout
-        backend = injected or await open_store(settings.store, channel, deadline=timeout)
-        store = _encrypted(settings, backend)
-        if not isinstance(backend, MemoryStore):  # this process's memory neither hangs nor fails
-            bounded = isinstance(backend, RedisStore) and backend.deadline == timeout
-            store = GuardedStore(store, timeout=timeout, bounded=bounded)
-        local_bytes = backend.max_bytes if isinstance(backend, MemoryStore) else 0
-        if isinstance(backend, RedisStore) and backend.invalidations:
-            store = NearCache(store, backend, settings.near_cache)
-            local_bytes = settings.near_cache
-        upstream = Upstream(
-            settings.upstream,
-            settings.connect_timeout,
-            settings.upstream_timeout,
-            egress(settings, environ),
-        )
-        fingerprints = FingerprintTracker(
-            store,
-            metrics,
-            settings.fingerprint_policy,
-            settings.fingerprint_grace,
-            clock,
-            flap_window=settings.fingerprint_flap_window,
-        )
-        prober = Prober(
-            upstream,
-            fingerprints,
-            interval=settings.probe_interval if calls_upstream else 0.0,
-            api_key=settings.probe_key,
-            seed=settings.default_seed,
-            clock=clock,
-        )
-        secret = Secret(store, settings.secret)
-        await secret.settle()
-        packing = codec(settings)
-        dictionaries = Dictionaries(
-            store, packing, settings.compression_dictionary, clock, settings.store_timeout
-        )
-        await dictionaries.settle()
-        carriers = credentials.names(settings.credential_header)
-        shared = settings.cache_scope is CacheScope.SHARED
-        rate = settings.verify_rate if calls_upstream else 0.0
-        offload = Offload()
-        verifier = Verifier(
-            upstream,
-            offload,
-            fingerprints,
-            metrics,
-            rate,
-            random.random,
-            carriers,
-            settings.max_entry,
-        )
-        keys = KeyChecker(
-            upstream,
-            offload,
-            settings.key_check_interval,
-            clock,
-            timeout=settings.key_check_timeout,
-            carriers=carriers,
-        )
-        app[SERVICES] = Services(
-            settings=settings,
-            store=store,
-            upstream=upstream,
-            metrics=metrics,
-            fingerprints=fingerprints,
-            coalescer=Coalescer(store, settings.lock_timeout),
-            keys=keys,
-            offload=offload,
-            prober=prober,
-            verifier=verifier,
-            secret=secret,
-            clock=clock,
-            codec=packing,
-            dictionaries=dictionaries,
-            hosts=HostCheck(allowed_hosts(settings.host, settings.allowed_host)),
-            credential_names=carriers,
-            keying=Keying(settings.unkeyed_header, carriers, shared),
-            entries=entry_memo(local_bytes),
-            on_miss=on_miss,
-        )
-        await _load_cassette(settings, store, packing)
+        store, local_bytes = await _layered_store(settings, injected)
+        services = await _assemble(settings, store, local_bytes, metrics, clock, environ, on_miss)
+        app[SERVICES] = services
+        await _load_cassette(settings, store, services.codec)
         try:
+            prober = services.prober
             probe = prober.run if prober.enabled else None
             near = store.run if isinstance(store, NearCache) else None
             async with _background(probe, "fingerprint-probe"), _background(near, "near-cache"):
                 yield
-            await dictionaries.settle()  # one another process trained, which entries may name
-            await _save_cassette(settings, store, packing)
+            # A dictionary another process trained meanwhile, which stored entries may name.
+            await services.dictionaries.settle()
+            await _save_cassette(settings, store, services.codec)
         finally:
-            app[SERVICES].offload.close()
-            await dictionaries.close()
-            await verifier.close()
-            await keys.close()
-            await fingerprints.close()
-            await upstream.close()
-            await store.close()
+            await _close(services)
 
     return context
+
+
+async def _layered_store(settings: Settings, injected: Store | None) -> tuple[Store, int]:
+    """The store the handlers use, and how many bytes of entries it keeps in this process (the
+    memo of decoded entries is sized after it): the backend, encrypted when a key is set,
+    guarded when it can hang or fail, fronted by the near-cache when Redis announces changes."""
+    channel = INVALIDATIONS if settings.near_cache else ""
+    timeout = settings.store_timeout
+    backend = injected or await open_store(settings.store, channel, deadline=timeout)
+    store = _encrypted(settings, backend)
+    if not isinstance(backend, MemoryStore):  # this process's memory neither hangs nor fails
+        bounded = isinstance(backend, RedisStore) and backend.deadline == timeout
+        store = GuardedStore(store, timeout=timeout, bounded=bounded)
+    local_bytes = backend.max_bytes if isinstance(backend, MemoryStore) else 0
+    if isinstance(backend, RedisStore) and backend.invalidations:
+        store = NearCache(store, backend, settings.near_cache)
+        local_bytes = settings.near_cache
+    return store, local_bytes
+
+
+async def _assemble(
+    settings: Settings,
+    store: Store,
+    local_bytes: int,
+    metrics: Metrics,
+    clock: Callable[[], float],
+    environ: Mapping[str, str],
+    on_miss: Callable[[Call], None] | None,
+) -> Services:
+    """Every part the handlers share, built on `store`; the secret and the compression
+    dictionary are settled with the other processes before the first request."""
+    # Replay never reaches the upstream: no probe, no drift check (key checks are skipped).
+    calls_upstream = settings.cache_mode is not CacheMode.REPLAY
+    upstream = Upstream(
+        settings.upstream,
+        settings.connect_timeout,
+        settings.upstream_timeout,
+        egress(settings, environ),
+    )
+    fingerprints = FingerprintTracker(
+        store,
+        metrics,
+        settings.fingerprint_policy,
+        settings.fingerprint_grace,
+        clock,
+        flap_window=settings.fingerprint_flap_window,
+    )
+    prober = Prober(
+        upstream,
+        fingerprints,
+        interval=settings.probe_interval if calls_upstream else 0.0,
+        api_key=settings.probe_key,
+        seed=settings.default_seed,
+        clock=clock,
+    )
+    secret = Secret(store, settings.secret)
+    await secret.settle()
+    packing = codec(settings)
+    dictionaries = Dictionaries(
+        store, packing, settings.compression_dictionary, clock, settings.store_timeout
+    )
+    await dictionaries.settle()
+    carriers = credentials.names(settings.credential_header)
+    shared = settings.cache_scope is CacheScope.SHARED
+    rate = settings.verify_rate if calls_upstream else 0.0
+    offload = Offload()
+    verifier = Verifier(
+        upstream,
+        offload,
+        fingerprints,
+        metrics,
+        rate,
+        random.random,
+        carriers,
+        settings.max_entry,
+    )
+    keys = KeyChecker(
+        upstream,
+        offload,
+        settings.key_check_interval,
+        clock,
+        timeout=settings.key_check_timeout,
+        carriers=carriers,
+    )
+    return Services(
+        settings=settings,
+        store=store,
+        upstream=upstream,
+        metrics=metrics,
+        fingerprints=fingerprints,
+        coalescer=Coalescer(store, settings.lock_timeout),
+        keys=keys,
+        offload=offload,
+        prober=prober,
+        verifier=verifier,
+        secret=secret,
+        clock=clock,
+        codec=packing,
+        dictionaries=dictionaries,
+        hosts=HostCheck(allowed_hosts(settings.host, settings.allowed_host)),
+        credential_names=carriers,
+        keying=Keying(settings.unkeyed_header, carriers, shared),
+        entries=entry_memo(local_bytes),
+        on_miss=on_miss,
+    )
+
+
+async def _close(services: Services) -> None:
+    services.offload.close()
+    await services.dictionaries.close()
+    await services.verifier.close()
+    await services.keys.close()
+    await services.fingerprints.close()
+    await services.upstream.close()
+    await services.store.close()
 
 
 @contextlib.asynccontextmanager
@@ -280,118 +303,3 @@ def _encrypted(settings: Settings, store: Store) -> Store:
     if settings.encryption_key is None:
         return store
     return EncryptedStore(store, parse_keys(settings.encryption_key))
-
-
-def observed(handler: Handler, route: str | None = None) -> Handler:
-    """Turn our errors into OpenAI-shaped answers; count and log the requests of a /v1 `route`.
-
-    A wrapper per route rather than a middleware: aiohttp then skips its middleware chain,
-    which costs a few microseconds on every HIT.
-    """
-
-    async def observe(request: web.Request) -> web.StreamResponse:
-        services = request.app[SERVICES]
-        started = services.clock()
-        try:
-            check_host(request, services.hosts)
-            check_headers(request.headers)
-            response = await handler(request)
-        except UpstreamError as exc:
-            # Our own wording, naming the host or the timeout; nothing of the request.
-            log.warning("upstream failed", extra={"route": _where(request), "error": exc.message})
-            response = _error_response(exc)
-        except ProxyError as exc:
-            response = _error_response(exc)
-        except web.HTTPException:
-            raise
-        except Exception:
-            # A bug of ours must still answer in OpenAI's shape, be counted and be logged.
-            log.exception("unhandled error", extra={"route": _where(request)})
-            response = _error_response(ProxyError("The proxy failed to handle this request."))
-        took = services.clock() - started
-        if route is not None:
-            _count(services, request, route, response, took)
-        if services.settings.access_log:
-            _access(request, response, took)
-        return response
-
-    return observe
-
-
-def check_headers(headers: CIMultiDictProxy[str]) -> None:
-    """Refuse a header value outside Latin-1, the character set HTTP defines: forwarded or
-    compared, it would fail to encode (a 500). `X-Repro-*` headers are the proxy's own and are
-    never forwarded, so they may hold any UTF-8 (X-Repro-Namespace does). The common case, all
-    ASCII, is one C-level pass. Refuse a body in a transfer coding besides `chunked` alone
-    too: the HTTP server takes the chunks off and hands the other coding's bytes over as the
-    body, undecoded, where a reader before the proxy may have decoded them."""
-    framing = framing_error(headers)
-    if framing is not None:
-        raise InvalidBody(
-            f"The request body has {framing}: send it chunked, or with a Content-Length."
-        )
-    if all(map(str.isascii, headers.values())):
-        return
-    for name, value in headers.items():
-        if name.lower().startswith("x-repro-"):
-            continue
-        try:
-            value.encode("latin-1")
-        except UnicodeEncodeError:
-            raise InvalidHeader(
-                f"The value of header {name} is not Latin-1 text; the proxy cannot forward it.",
-                name,
-            ) from None
-
-
-def _where(request: web.Request) -> str:
-    """The route a request matched, as the router names it (`/v1/{tail}`): a path is the
-    client's to write, a few KiB of anything, and must not reach a log line at warning."""
-    return request.match_info.route.resource.canonical if request.match_info.route.resource else "?"
-
-
-def _error_response(exc: ProxyError) -> web.Response:
-    return web.Response(
-        status=exc.status, body=exc.body(), content_type="application/json", headers=exc.headers
-    )
-
-
-def _count(
-    services: Services,
-    request: web.Request,
-    route: str,
-    response: web.StreamResponse,
-    took: float,
-) -> None:
-    cache = response.headers.get("X-Repro-Cache", "BYPASS").lower()
-    label = "error" if response.status >= 400 else cache
-    services.metrics.served(route, label, took)
-    if not access_log.isEnabledFor(logging.DEBUG) or services.settings.access_log:
-        return
-    access_log.debug(
-        "request",
-        extra={
-            "method": request.method,
-            "route": route,
-            "status": response.status,
-            "cache": cache,
-            "ms": round(took * 1000, 2),
-            "key": response.headers.get("X-Repro-Key"),
-        },
-    )
-
-
-def _access(request: web.Request, response: web.StreamResponse, took: float) -> None:
-    """The access log line: what was asked and answered, never who asked nor the prompt."""
-    sent = response.body_length if response.prepared else response.content_length
-    access_log.info(
-        "request",
-        extra={
-            "method": request.method,
-            "path": request.path,
-            "status": response.status,
-            "cache": response.headers.get("X-Repro-Cache", "BYPASS").lower(),
-            "ms": round(took * 1000, 2),
-            "bytes": sent or 0,
-        },
-    )

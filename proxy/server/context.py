@@ -50,7 +50,7 @@ class EntryMemo(LRU[tuple[str, str], tuple[bytes, Entry]]):
 def entry_memo(local_bytes: int = 0) -> EntryMemo:
     """Charged at each blob plus what it decodes to, and never more than twice the bytes the
     store keeps in this process (`local_bytes`, 0 for none): a small store must not carry a
-    32 MiB memo."""
+    memo many times its own size."""
     budget = min(ENTRY_MEMO_BYTES, 2 * local_bytes) if local_bytes else ENTRY_MEMO_BYTES
     return EntryMemo(MEMO_ITEMS, budget)
 

@@ -23,10 +23,10 @@ from proxy.core import routes
 from proxy.core.comparison import Pair, clipped, summary, text_distances
 from proxy.core.entry import CorruptEntry
 from proxy.core.fingerprints import ModelFingerprints, Rotation
-from proxy.errors import InvalidParameter, StoreUnavailable
-from proxy.server.admin import check_admin, json_response, rfc3339
+from proxy.errors import InvalidParameter
+from proxy.server.admin import check_admin, json_response, rfc3339, store_answers
 from proxy.server.context import SERVICES, Services
-from proxy.store.base import Selector, StoreError
+from proxy.store.base import Selector
 
 MAX_SCANNED = 200_000
 MAX_ENTRIES = 20_000
@@ -78,10 +78,8 @@ async def admin_rotations(request: web.Request) -> web.Response:
         _count(request, "examples", 3, MAX_EXAMPLES),
         _count(request, "pairs", 0, MAX_PAIRS),
     )
-    try:
+    with store_answers():
         body = await rotations_report(services, asked)
-    except StoreError as exc:
-        raise StoreUnavailable(f"The store did not answer: {exc}") from exc
     return json_response(body)
 
 

@@ -283,10 +283,7 @@ async def serve(app: web.Application, settings: Settings, *, reuse_port: bool) -
     keepalive = settings.keepalive_timeout
     runner = web.AppRunner(app, handle_signals=False, access_log=None, keepalive_timeout=keepalive)
     await runner.setup()
-    await check_store(app[SERVICES].store, settings.store)
-    if settings.cache_mode is not CacheMode.REPLAY:
-        proxied = env_proxy(settings.upstream, os.environ) is not None
-        await check_upstream(app[SERVICES].upstream, settings.upstream, proxied=proxied)
+    await _preflight(app, settings)
     manager = runner.server
     assert manager is not None
     loop = asyncio.get_running_loop()
@@ -311,21 +308,33 @@ async def serve(app: web.Application, settings: Settings, *, reuse_port: bool) -
             reuse_port=reuse_port,
             backlog=BACKLOG,
         )
-        port = server.sockets[0].getsockname()[1]
-        if settings.port == 0:
-            announce(f"repro-proxy: listening on {url(settings.host, port)}")
-        log.info(
-            "listening",
-            extra={
-                "host": settings.host,
-                "port": port,
-                "url": url(settings.host, port),
-                "pid": os.getpid(),
-                "max_connections": gate.limit,
-                "descriptors": descriptors,
-            },
-        )
+        _listening(settings, server.sockets[0].getsockname()[1], gate, descriptors)
         await stop.wait()
         server.close()
     finally:
         await runner.cleanup()
+
+
+async def _preflight(app: web.Application, settings: Settings) -> None:
+    """Name a store or an upstream that will fail every request now, at start, where the
+    operator looks, rather than in the first client's error (replay never calls upstream)."""
+    await check_store(app[SERVICES].store, settings.store)
+    if settings.cache_mode is not CacheMode.REPLAY:
+        proxied = env_proxy(settings.upstream, os.environ) is not None
+        await check_upstream(app[SERVICES].upstream, settings.upstream, proxied=proxied)
+
+
+def _listening(settings: Settings, port: int, gate: Gate, descriptors: int) -> None:
+    if settings.port == 0:
+        announce(f"repro-proxy: listening on {url(settings.host, port)}")
+    log.info(
+        "listening",
+        extra={
+            "host": settings.host,
+            "port": port,
+            "url": url(settings.host, port),
+            "pid": os.getpid(),
+            "max_connections": gate.limit,
+            "descriptors": descriptors,
+        },
+    )

@@ -19,7 +19,8 @@ sharing a tag; only on a standalone server does `record` write across keys in on
 The model name is hashed inside the braces because it may itself contain braces, which would
 cut the hash tag short. Fingerprint fields carry the `fp:` prefix so that no fingerprint can
 collide with `model`, `current` or `seen`. The Lua scripts are in `scripts.py`; what the
-hashes read back as, in `layout.py`.
+hashes read back as, in `layout.py`; the admin routes' walks over every entry, in
+`redis_scan.py`.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import redis.asyncio as aioredis
 from proxy.core.codec import MAX_DICTIONARY_BYTES
 from proxy.core.fingerprints import ModelFingerprints, Observation, Rotation
 from proxy.core.lru import LRU
-from proxy.store import layout, redis_client, scripts, subscription
+from proxy.store import layout, redis_client, redis_scan, scripts, subscription
 from proxy.store.base import (
     Selector,
     Usage,
@@ -49,7 +50,6 @@ from proxy.store.subscription import HEARTBEAT
 ENTRY_CHANGED, MODEL_CHANGED, EVERYTHING_CHANGED = "e\x00", "m\x00", "*"
 """Invalidation messages: an entry key, a model's fingerprint state, or everything (purge)."""
 
-_SCAN_BATCH = 500
 _MODELS_REMEMBERED = 256
 _MODEL_NAME_REMEMBERED = 256
 
@@ -118,8 +118,8 @@ class RedisStore:
         write. A lock taken beside an entry that holds something is released at once, unawaited,
         and reported not taken, as the store protocol wants. A lock refused (Redis out of memory
         refuses every write) is not taken either, and the reads beside it stand: a full Redis
-        still serves HITs. Plain commands, not a script: a script costs Redis about twice the
-        CPU of the commands it runs."""
+        still serves HITs. Plain commands, not a script: a script costs Redis more CPU than
+        the commands it runs."""
         ms = max(1, int(ttl * 1000))
         with mapped("lookup"):
             lock = self._batch.send("SET", self._lock(key), token, "NX", "PX", ms)
@@ -221,91 +221,28 @@ class RedisStore:
         """SCAN in batches (every node of a cluster), reading labels and field names only."""
         matched = 0
         with mapped("purge"):
-            async for batch in self._scanned():
-                matched += await self._purge_batch(batch, selector, dry_run)
+            async for batch in self._walk():
+                matched += await redis_scan.purge_batch(self._client, batch, selector, dry_run)
             if self.invalidations and not dry_run:
                 await self._client.publish(self.invalidations, EVERYTHING_CHANGED)
         return matched
 
-    async def _purge_batch(self, names: list[bytes], selector: Selector, dry_run: bool) -> int:
-        async with self._client.pipeline(transaction=False) as pipe:
-            for name in names:
-                pipe.hget(name, layout.LABELS)
-                pipe.hkeys(name)
-            replies = await pipe.execute(raise_on_error=False)
-        matched = 0
-        whole: list[bytes] = []
-        partial: list[tuple[bytes, list[bytes]]] = []
-        for name, raw, fields in zip(names, replies[::2], replies[1::2], strict=True):
-            if isinstance(fields, Exception):  # a key of another type: another writer's
-                continue
-            labels = layout.parse_labels(raw)
-            fingerprints = [field for field in fields if field != layout.LABELS.encode()]
-            chosen = [fp for fp in fingerprints if selector.matches(labels, layout.named(fp))]
-            matched += len(chosen)
-            if chosen and len(chosen) == len(fingerprints):
-                whole.append(name)
-            elif chosen:
-                partial.append((name, chosen))
-        if not dry_run and (whole or partial):
-            async with self._client.pipeline(transaction=False) as pipe:
-                for name in whole:
-                    pipe.delete(name)
-                for name, chosen in partial:
-                    pipe.hdel(name, *chosen)
-                await pipe.execute()
-        return matched
-
     async def entries(self, selector: Selector) -> AsyncIterator[tuple[str, str, bytes]]:
+        key_at = len(self._entry("")) - 1  # just inside the brace
         with mapped("entries"):
-            async for batch in self._scanned():
-                for item in await self._read_batch(batch, selector):
+            async for batch in self._walk():
+                for item in await redis_scan.read_batch(self._client, batch, selector, key_at):
                     yield item
 
-    async def _scanned(self) -> AsyncIterator[list[bytes]]:
-        """Every entry's name once, in batches. SCAN may return a name twice (while Redis grows
-        its table), which would count or export an entry twice: names are deduplicated here."""
-        seen: set[bytes] = set()
-        batch: list[bytes] = []
-        async for name in self._client.scan_iter(match=self._entry("*"), count=_SCAN_BATCH):
-            if name in seen:
-                continue
-            seen.add(name)
-            batch.append(name)
-            if len(batch) >= _SCAN_BATCH:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
-
-    async def _read_batch(
-        self, names: list[bytes], selector: Selector
-    ) -> list[tuple[str, str, bytes]]:
-        async with self._client.pipeline(transaction=False) as pipe:
-            for name in names:
-                pipe.hgetall(name)
-            replies = await pipe.execute(raise_on_error=False)
-        found = []
-        for name, fields in zip(names, replies, strict=True):
-            text = layout.name(name)
-            if text is None or isinstance(fields, Exception):  # no key the proxy writes
-                continue
-            labels = layout.parse_labels(fields.get(layout.LABELS.encode()))
-            named = layout.values(fields.items())
-            key = text[len(self._entry("")) - 1 : -1]
-            found += [
-                (key, fp, layout.as_bytes(value))
-                for fp, value in named.items()
-                if selector.matches(labels, fp)
-            ]
-        return found
+    def _walk(self) -> AsyncIterator[list[bytes]]:
+        return redis_scan.entry_names(self._client, self._entry("*"))
 
     async def usage(self) -> Usage:
         """Entries by SCAN, bytes as Redis accounts them (MEMORY USAGE), in batches; a script
         measures each entry, so that no value crosses the network (see scripts.USAGE)."""
         totals = [0, 0, 0]  # answers, bytes, what they grow by uncompressed
         with mapped("usage"):
-            async for chunk in self._scanned():
+            async for chunk in self._walk():
                 for measured in await asyncio.gather(*map(self._measure, chunk)):
                     totals = [t + int(m) for t, m in zip(totals, measured, strict=True)]
         return Usage(totals[0], totals[1], totals[1] + totals[2])

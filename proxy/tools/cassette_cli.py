@@ -98,13 +98,14 @@ def run(args: argparse.Namespace) -> int:
             _check_keys(args.encryption_key)
         if args.command == "export" and args.output != "-":
             _check_writable(args.output)
-        if args.command == "import":
-            _check_readable(args.cassette)
+        if args.command == "import":  # the flags first, then the file they are about
             _check_scope(_scope(args))
-        if args.command == "import" and _scope(args) == "key" and not args.api_key:
-            raise Refused(
-                "--cache-scope key needs --api-key (or OPENAI_API_KEY): the key the answers are for"
-            )
+            if _scope(args) == "key" and not args.api_key:
+                raise Refused(
+                    "--cache-scope key needs --api-key (or OPENAI_API_KEY): "
+                    "the key the answers are for"
+                )
+            _check_readable(args.cassette)
     except Refused as exc:
         fail(args.command, exc)
         return 2

@@ -16,10 +16,9 @@ import pytest
 from openai import OpenAI
 
 from tests.e2e.test_e2e_errors import AUTH
-from tests.e2e.test_http_differentials import STREAM, sse_frames
-from tests.e2e.test_upstream_attacks import chat, completion
+from tests.e2e.test_upstream_attacks import chat
 from tests.fixtures_procs import ProxyFactory
-from tests.hostile import Received, Scripted
+from tests.hostile import STREAM, Received, Scripted, completion, sse_frames
 
 ANSWER = completion("inflated, but cut short")
 

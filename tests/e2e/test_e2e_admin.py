@@ -9,17 +9,15 @@ import httpx
 import orjson
 import pytest
 
-from tests.fixtures_procs import Proxy, ProxyFactory, Sim, run_cli
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim, free_port, run_cli
 
 TOKEN = "admin-secret"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
-AUTH = {"Authorization": "Bearer sk-alice", "Content-Type": "application/json"}
 
 
 def ask(proxy: Proxy, content: str, model: str = "gpt-4o-mini", namespace: str = "") -> str:
-    body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": content}]})
-    headers = {**AUTH, "X-Repro-Namespace": namespace} if namespace else AUTH
-    response = httpx.post(proxy.v1 + "/chat/completions", content=body, headers=headers, timeout=10)
+    headers = {"X-Repro-Namespace": namespace} if namespace else {}
+    response = proxy.chat(content, model=model, key="sk-alice", headers=headers)
     assert response.status_code == 200
     return response.headers["X-Repro-Cache"]
 
@@ -121,12 +119,8 @@ def test_the_probe_learns_a_rotation_of_a_model_served_only_from_the_cache(
     assert ask(proxy, "x") == "MISS"
     assert ask(proxy, "x") == "HIT"
     sim.set_fingerprint("fp_sim_0002")
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if proxy.metric("repro_fingerprint_changes_total", model="gpt-4o-mini") == 1:
-            break
-        time.sleep(0.1)
-    assert proxy.metric("repro_fingerprint_changes_total", model="gpt-4o-mini") == 1
+    changes = proxy.metric_reaching("repro_fingerprint_changes_total", 1, model="gpt-4o-mini")
+    assert changes == 1
     probes = [r for r in sim.llm_requests() if r["headers"]["Authorization"] == "Bearer sk-probe"]
     body = orjson.loads(probes[0]["body"])
     assert (body["max_completion_tokens"], body["seed"]) == (1, 12345)
@@ -152,3 +146,26 @@ def test_no_cache_may_keep_an_admin_answer(start_proxy: ProxyFactory) -> None:
         assert answer.headers["cache-control"] == "no-store", path
     purged = httpx.post(proxy.url + "/admin/purge", json={"all": True}, headers=ADMIN, timeout=10)
     assert purged.headers["cache-control"] == "no-store"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/admin/fingerprints"),
+        ("GET", "/admin/stats"),
+        ("POST", "/admin/purge"),
+        ("GET", "/admin/rotations"),
+    ],
+)
+def test_an_admin_route_whose_store_is_down_is_a_503_in_openai_shape(
+    start_proxy: ProxyFactory, method: str, path: str
+) -> None:
+    """The cache fails open, but a route that exists to read the store has nothing to answer
+    with: it says so, naming the store, rather than an empty report."""
+    proxy = start_proxy("--store", f"redis://127.0.0.1:{free_port()}/0", "--admin-token", TOKEN)
+    body = {"namespace": "n"} if method == "POST" else None
+    answer = httpx.request(method, proxy.url + path, json=body, headers=ADMIN, timeout=30)
+    assert answer.status_code == 503
+    error = answer.json()["error"]
+    assert (error["code"], error["type"]) == ("store_unavailable", "server_error")
+    assert error["message"].startswith("The store did not answer: ")

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from bench.procs import settled
 from proxy.core.fingerprints import FINGERPRINTS_KEPT, MAX_MODEL_NAME
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim
 
@@ -172,15 +173,13 @@ def test_counts_are_exact_once_repeats_reach_the_store(
     proxy = start_proxy("--store", redis_url, "--admin-token", ADMIN)
     for n in range(6):
         assert outcome(chat(proxy, f"question {n}"))[0] == "MISS"
-    deadline = time.monotonic() + 5
-    count = 0
-    while time.monotonic() < deadline:  # bounded: the repeats are flushed after 1 s
+
+    def count() -> int:
         report = admin_get(proxy, Authorization=f"Bearer {ADMIN}").json()
-        count = report[MODEL]["history"][0]["count"]
-        if count == 6:
-            break
-        time.sleep(0.1)
-    assert count == 6
+        return int(report[MODEL]["history"][0]["count"])
+
+    # the repeats are flushed after a second
+    assert settled(count, lambda n: n == 6, within=5, pause=0.1) == 6
 
 
 @pytest.mark.parametrize("store", ["memory", "redis"])

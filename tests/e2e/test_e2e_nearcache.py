@@ -10,29 +10,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import orjson
 
+from bench.procs import settled
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim
 from tests.fixtures_redis import running_redis
 
-AUTH = {"Authorization": "Bearer sk-alice", "Content-Type": "application/json"}
 ADMIN = {"Authorization": "Bearer t"}
 
 
 def ask(proxy: Proxy, content: str, **headers: str) -> httpx.Response:
-    body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": content}]})
-    return httpx.post(
-        proxy.v1 + "/chat/completions", content=body, headers={**AUTH, **headers}, timeout=10
-    )
-
-
-def eventually(check: object, seconds: float = 5.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
+    return proxy.chat(content, model="m", key="sk-alice", headers=headers)
 
 
 def replicas(start_proxy: ProxyFactory, url: str, *flags: str) -> tuple[Proxy, Proxy]:
@@ -100,7 +87,7 @@ def test_a_purge_on_one_replica_reaches_the_others(
     assert ask(b, "q").headers["X-Repro-Cache"] == "HIT"
     purged = httpx.post(a.url + "/admin/purge", json={"all": True}, headers=ADMIN, timeout=10)
     assert purged.json()["deleted"] == 1
-    assert eventually(lambda: not cached(b, "q"))
+    assert settled(lambda: not cached(b, "q"), within=5)
 
 
 def test_a_rotation_learned_by_one_replica_reaches_the_others(
@@ -109,7 +96,7 @@ def test_a_rotation_learned_by_one_replica_reaches_the_others(
     a, b = answered_on_both(start_proxy, redis_url)
     sim.set_fingerprint("fp_sim_0002")
     assert ask(a, "another question").headers["X-Repro-Fingerprint"] == "fp_sim_0002"
-    assert eventually(lambda: not cached(b, "q"))
+    assert settled(lambda: not cached(b, "q"), within=5)
 
 
 def test_a_refresh_on_one_replica_replaces_the_others_copy(
@@ -120,7 +107,7 @@ def test_a_refresh_on_one_replica_replaces_the_others_copy(
     assert ask(b, "q").content == first.content
     refreshed = ask(a, "q", **{"Cache-Control": "no-cache"})
     assert refreshed.content != first.content  # a new id, same seeded text
-    assert eventually(lambda: ask(b, "q").content == refreshed.content)
+    assert settled(lambda: ask(b, "q").content == refreshed.content, within=5)
 
 
 def test_near_cache_off(start_proxy: ProxyFactory, sim: Sim, tmp_path: Path) -> None:

@@ -7,12 +7,12 @@ import asyncio
 import resource
 import socket
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import pytest
 
+from bench.procs import settled
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim, running_proxy
 from tests.hostile import Received, Scripted, Writer, fixed, http_answer
 
@@ -80,6 +80,13 @@ def short_heads(start_proxy: ProxyFactory) -> Proxy:
 def assert_slow_head_is_closed(sock: socket.socket) -> None:
     took = dribble_until_closed(sock, SLOW_HEAD, every=0.05, within=6)
     assert 0.8 < took < 3
+
+
+def healthz_once(proxy: Proxy) -> bytes:
+    """The answer to /healthz on a connection of its own."""
+    with connect(proxy) as sock:
+        sock.sendall(HEALTHZ)
+        return read_answer(sock)
 
 
 def assert_healthz_served(sock: socket.socket) -> None:
@@ -150,14 +157,9 @@ def test_connections_beyond_the_cap_get_a_503_in_openai_shape_and_are_closed(
         error = orjson.loads(answer.partition(b"\r\n\r\n")[2])["error"]
         assert error["code"] == "too_many_connections"
         held.pop().close()
-        deadline = time.monotonic() + 5
-        while True:  # the slot frees once the proxy sees the close
-            with connect(proxy) as fresh:
-                fresh.sendall(HEALTHZ)
-                answer = read_answer(fresh)
-            if answer.startswith(b"HTTP/1.1 200") or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
+        answer = settled(  # the slot frees once the proxy sees the close
+            lambda: healthz_once(proxy), lambda a: a.startswith(b"HTTP/1.1 200"), 5, 0.1
+        )
         assert answer.startswith(b"HTTP/1.1 200")
     finally:
         for sock in held:
@@ -257,13 +259,6 @@ def read_all(sock: socket.socket, pause: float = 0.0, piece: int = 256 * 1024) -
     return total
 
 
-def until(condition: Callable[[], bool], within: float = 20) -> bool:
-    deadline = time.monotonic() + within
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return condition()
-
-
 def chat(prompt: str, stream: bool = False) -> bytes:
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]}
     return orjson.dumps({**body, "stream": True} if stream else body)
@@ -280,7 +275,9 @@ def test_a_client_that_reads_none_of_a_stream_is_closed_and_frees_the_upstream(
             "--send-timeout", "1", "--stream-disconnect", "cancel", upstream=upstream.v1
         )
         with asking(proxy, chat("never read", stream=True)) as sock:
-            assert until(lambda: bool(ended)), "the upstream is still held by a silent client"
+            assert settled(lambda: bool(ended), within=20, pause=0.1), (
+                "the upstream is still held by a silent client"
+            )
             assert ended != ["finished"]
             assert read_all(sock) < 20_000 * 4000
 
@@ -293,7 +290,9 @@ def test_a_client_that_reads_none_of_a_whole_answer_is_closed(
     with Scripted(fixed(answer)) as upstream, log.open("wb") as sink:
         proxy = start_proxy("--send-timeout", "1", upstream=upstream.v1, stderr=sink)
         with asking(proxy, chat("big, never read")) as sock:
-            closed = until(lambda: b"it read none of its answer in time" in log.read_bytes())
+            closed = settled(
+                lambda: b"it read none of its answer in time" in log.read_bytes(), within=20
+            )
             assert closed, "the proxy still waits on a client that reads nothing"
             assert read_all(sock) < BIG
         assert b"never read" not in log.read_bytes()  # no prompt in the log line

@@ -13,12 +13,10 @@ import orjson
 import pytest
 import zstandard
 
-from tests.e2e.test_unkeyed_inputs import completion
 from tests.fixtures_procs import ProxyFactory
-from tests.hostile import Received, Scripted, http_answer
+from tests.hostile import CHAT, STREAM, Received, Scripted, completion, http_answer, sse_frames
 
 AUTH = {"Authorization": "Bearer sk-victim", "Content-Type": "application/json"}
-CHAT = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
 
 
 async def answers_its_request_line(writer: asyncio.StreamWriter, request: Received) -> None:
@@ -215,22 +213,6 @@ def test_an_answer_naming_its_coding_twice_is_a_502(start_proxy: ProxyFactory) -
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "upstream_unreachable"
     assert "Content-Encoding" in response.json()["error"]["message"]
-
-
-def sse_frames(content: str) -> bytes:
-    chunk = {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "model": "gpt-4o-mini",
-        "system_fingerprint": "fp_hostile",
-        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": "stop"}],
-    }
-    return b"data: " + orjson.dumps(chunk) + b"\n\ndata: [DONE]\n\n"
-
-
-STREAM = orjson.dumps(
-    {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True}
-)
 
 
 def answering(*extra: str) -> Scripted:

@@ -15,15 +15,12 @@ import pytest
 
 from bench.procs import wait_until
 from tests.e2e.test_unkeyed_inputs import (
-    CHAT,
-    STREAM,
     answering_with,
     ask_as,
-    completion,
     content_of,
 )
 from tests.fixtures_procs import ProxyFactory
-from tests.hostile import Received, Scripted, Writer, http_answer
+from tests.hostile import CHAT, STREAM, Received, Scripted, Writer, completion, http_answer
 
 KEYS = {"Bearer sk-attacker", "Bearer sk-victim"}
 MODELS = b'{"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]}'

@@ -22,12 +22,7 @@ ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def ask(proxy: Proxy, content: str) -> httpx.Response:
-    return httpx.post(
-        proxy.v1 + "/chat/completions",
-        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]},
-        headers={"Authorization": "Bearer sk-tenant"},
-        timeout=10,
-    )
+    return proxy.chat(content)
 
 
 def test_forged_fingerprint_state_and_invalidations_fail_open(

@@ -17,12 +17,7 @@ from tests.fixtures_procs import Proxy, ProxyFactory
 
 
 def ask(proxy: Proxy, content: str) -> httpx.Response:
-    return httpx.post(
-        proxy.v1 + "/chat/completions",
-        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]},
-        headers={"Authorization": "Bearer sk-tenant"},
-        timeout=60,
-    )
+    return proxy.chat(content, timeout=60)
 
 
 def stored(client: redis.Redis, proxy: Proxy, content: str) -> tuple[bytes, bytes, bytes]:

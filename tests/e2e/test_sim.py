@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import socket
 import struct
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from bench.procs import free_port
 from proxy.tools.sim import add_arguments, settings_from_args
 from proxy.tools.sim.app import create_sim_app
 from proxy.tools.sim.state import SimSettings
@@ -467,12 +467,6 @@ def test_settings_from_args() -> None:
             parser.parse_args([flag, "1.5"])
     alternating = settings_from_args(parser.parse_args(["--fingerprints", "fp_a,fp_b"]))
     assert alternating.fingerprints == ("fp_a", "fp_b")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_cli_runs_the_simulator_and_stops_on_sigterm() -> None:

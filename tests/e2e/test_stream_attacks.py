@@ -4,9 +4,9 @@ never ends its stream, or answers a stream request in some other shape (tests/ho
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import httpx
@@ -14,6 +14,7 @@ import orjson
 import pytest
 from openai import OpenAI
 
+from bench.procs import cpu_seconds, peak_rss_kib
 from tests.fixtures_procs import ProxyFactory
 from tests.hostile import Received, Scripted, Writer, dripping_json, http_answer
 
@@ -27,6 +28,26 @@ WAIT = 20.0
 def stream_request(content: str) -> bytes:
     return orjson.dumps(
         {"model": "m", "messages": [{"role": "user", "content": content}], "stream": True}
+    )
+
+
+def streaming(
+    v1: str, content: str, timeout: float = WAIT
+) -> AbstractContextManager[httpx.Response]:
+    """A stream request to the proxy whose API root is `v1`, its answer read as it comes."""
+    return httpx.stream(
+        "POST",
+        v1 + "/chat/completions",
+        content=stream_request(content),
+        headers=AUTH,
+        timeout=timeout,
+    )
+
+
+def asked(v1: str, content: str) -> httpx.Response:
+    """A stream request to the proxy whose API root is `v1`, its answer read whole."""
+    return httpx.post(
+        v1 + "/chat/completions", content=stream_request(content), headers=AUTH, timeout=WAIT
     )
 
 
@@ -69,13 +90,7 @@ class Endless:
 
 
 def read_first_frame_and_leave(port: int, content: str) -> None:
-    with httpx.stream(
-        "POST",
-        f"http://127.0.0.1:{port}/v1/chat/completions",
-        content=stream_request(content),
-        headers=AUTH,
-        timeout=10,
-    ) as response:
+    with streaming(f"http://127.0.0.1:{port}/v1", content, timeout=10) as response:
         assert response.status_code == 200
         next(response.iter_raw())
 
@@ -108,21 +123,9 @@ def test_a_whole_answer_to_a_stream_request_is_bounded_by_the_upstream_timeout(
     dripped = threading.Event()
     with Scripted(dripping_json(300, 0.1, dripped)) as upstream:
         proxy = start_proxy("--upstream-timeout", "1", upstream=upstream.v1)
-        answer = httpx.post(
-            proxy.v1 + "/chat/completions",
-            content=stream_request("drip"),
-            headers=AUTH,
-            timeout=WAIT,
-        )
+        answer = asked(proxy.v1, "drip")
         assert not dripped.is_set()
     assert (answer.status_code, answer.json()["error"]["code"]) == (504, "upstream_timeout")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time a process has used so far."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_a_frame_sent_in_many_pieces_costs_its_length_once(start_proxy: ProxyFactory) -> None:
@@ -145,13 +148,7 @@ def test_a_frame_sent_in_many_pieces_costs_its_length_once(start_proxy: ProxyFac
         before = cpu_seconds(proxy.proc.pid)
         deadline = time.monotonic() + 30
         size = 0
-        with httpx.stream(
-            "POST",
-            proxy.v1 + "/chat/completions",
-            content=stream_request("long line"),
-            headers=AUTH,
-            timeout=10,
-        ) as response:
+        with streaming(proxy.v1, "long line", timeout=10) as response:
             for part in response.iter_raw():
                 size += len(part)
                 if time.monotonic() > deadline:
@@ -213,14 +210,6 @@ def test_a_stream_whose_fingerprint_changes_midway_is_never_stored(
     assert len(upstream.received) == 2
 
 
-def peak_rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
-
-
 @pytest.mark.parametrize("first", [b"", frame("first")], ids=["first-frame", "after-a-frame"])
 def test_a_frame_that_never_ends_holds_no_more_than_the_cap(
     start_proxy: ProxyFactory, first: bytes
@@ -242,19 +231,13 @@ def test_a_frame_that_never_ends_holds_no_more_than_the_cap(
     with Scripted(one_endless_frame) as upstream:
         proxy = start_proxy("--max-entry", f"{cap_mib}MiB", upstream=upstream.v1)
         httpx.get(proxy.url + "/metrics", timeout=5)
-        before = peak_rss_mib(proxy.proc.pid)
+        before = peak_rss_kib(proxy.proc.pid)
         size = 0
-        with httpx.stream(
-            "POST",
-            proxy.v1 + "/chat/completions",
-            content=stream_request("endless"),
-            headers=AUTH,
-            timeout=WAIT,
-        ) as response:
+        with streaming(proxy.v1, "endless") as response:
             outcome = response.headers["x-repro-cache"]
             for part in response.iter_raw():
                 size += len(part)
-        rise = peak_rss_mib(proxy.proc.pid) - before
+        rise = (peak_rss_kib(proxy.proc.pid) - before) / 1024
     assert outcome == "MISS"
     assert size == len(first) + len(b"data: ") + pieces * len(piece)
     assert rise < 1.5 * cap_mib, f"peak RSS rose {rise:.0f} MiB for a {cap_mib} MiB cap"
@@ -302,12 +285,14 @@ def finish_frame(fingerprint: str = "fp_hostile") -> bytes:
     )
 
 
-def gated(first: bytes, rest: bytes, gate: threading.Event, opened: list[bool]) -> Writer:
+def gated(
+    first: bytes, rest: bytes, gate: threading.Event, opened: list[bool], head: bytes = SSE_HEAD
+) -> Writer:
     """Stream `first`, wait (bounded) until the test opens `gate`, then stream `rest`; `opened`
     says whether the gate opened before the wait ran out."""
 
     async def write(writer: asyncio.StreamWriter, _: Received) -> None:
-        writer.write(SSE_HEAD + chunked(first))
+        writer.write(head + chunked(first))
         await writer.drain()
         for _ in range(int(WAIT / 0.01)):
             if gate.is_set():
@@ -387,13 +372,7 @@ def test_a_stream_of_comments_past_the_cap_gets_its_head_without_waiting_for_an_
     gate, opened = threading.Event(), []
     with Scripted(gated(pings, rest, gate, opened)) as upstream:
         proxy = start_proxy("--max-entry", "64KiB", upstream=upstream.v1)
-        with httpx.stream(
-            "POST",
-            proxy.v1 + "/chat/completions",
-            content=stream_request("pings"),
-            headers=AUTH,
-            timeout=2 * WAIT,
-        ) as response:
+        with streaming(proxy.v1, "pings", timeout=2 * WAIT) as response:
             gate.set()
             head = (response.status_code, response.headers["x-repro-cache"])
             body = response.read()
@@ -420,13 +399,7 @@ def test_a_stream_carrying_an_error_teaches_no_fingerprint(start_proxy: ProxyFac
     with Scripted(answer) as upstream:
         proxy = start_proxy(upstream=upstream.v1)
         outcomes = [
-            httpx.post(
-                proxy.v1 + "/chat/completions",
-                content=stream_request(prompt),
-                headers=AUTH,
-                timeout=WAIT,
-            ).headers["x-repro-cache"]
-            for prompt in ("kept", "errs", "kept")
+            asked(proxy.v1, prompt).headers["x-repro-cache"] for prompt in ("kept", "errs", "kept")
         ]
         changes = proxy.metric("repro_fingerprint_changes_total", model="m")
     assert outcomes == ["MISS", "MISS", "HIT"]
@@ -547,27 +520,9 @@ def test_a_stream_in_a_coding_the_proxy_does_not_decode_is_not_read(
     head = SSE_HEAD.replace(b"Transfer-Encoding", b"Content-Encoding: br\r\nTransfer-Encoding")
     first, rest = frame("a"), finish_frame() + b"data: [DONE]\n\n"
     gate, opened = threading.Event(), []
-
-    async def answer(writer: asyncio.StreamWriter, _: Received) -> None:
-        writer.write(head + chunked(first[:20]))
-        await writer.drain()
-        for _ in range(int(WAIT / 0.01)):
-            if gate.is_set():
-                break
-            await asyncio.sleep(0.01)
-        opened.append(gate.is_set())
-        writer.write(chunked(first[20:] + rest) + b"0\r\n\r\n")
-        await writer.drain()
-
-    with Scripted(answer) as upstream:
+    with Scripted(gated(first[:20], first[20:] + rest, gate, opened, head)) as upstream:
         proxy = start_proxy(upstream=upstream.v1)
-        with httpx.stream(
-            "POST",
-            proxy.v1 + "/chat/completions",
-            content=stream_request("brotli"),
-            headers=AUTH,
-            timeout=2 * WAIT,
-        ) as response:
+        with streaming(proxy.v1, "brotli", timeout=2 * WAIT) as response:
             gate.set()
             got = (response.headers["content-encoding"], response.headers["x-repro-fingerprint"])
             body = b"".join(response.iter_raw())
@@ -602,15 +557,7 @@ def test_a_stream_request_answered_in_another_shape_is_passed_on_and_never_store
 
     with Scripted(answer) as upstream:
         proxy = start_proxy(upstream=upstream.v1)
-        answers = [
-            httpx.post(
-                proxy.v1 + "/chat/completions",
-                content=stream_request("shape"),
-                headers=AUTH,
-                timeout=WAIT,
-            )
-            for _ in range(2)
-        ]
+        answers = [asked(proxy.v1, "shape") for _ in range(2)]
         learned = [
             s.labels for s in proxy.samples() if s.name == "repro_fingerprint_info" and s.value
         ]

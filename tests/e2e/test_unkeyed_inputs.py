@@ -11,13 +11,18 @@ import orjson
 import pytest
 
 from tests.fixtures_procs import ProxyFactory
-from tests.hostile import Received, Scripted, Writer, http_answer
+from tests.hostile import (
+    CHAT,
+    STREAM,
+    Received,
+    Scripted,
+    Writer,
+    completion,
+    http_answer,
+    sse_frames,
+)
 
 AUTH = {"Authorization": "Bearer sk-victim", "Content-Type": "application/json"}
-CHAT = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
-STREAM = orjson.dumps(
-    {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True}
-)
 
 
 def whose(request: Received) -> str:
@@ -25,41 +30,12 @@ def whose(request: Received) -> str:
     return request.headers.get("openai-organization", "none")
 
 
-def completion(content: str) -> bytes:
-    return orjson.dumps(
-        {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "model": "gpt-4o-mini",
-            "system_fingerprint": "fp_hostile",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": content},
-                    "finish_reason": "stop",
-                }
-            ],
-        }
-    )
-
-
-def frames(content: str) -> bytes:
-    chunk = {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "model": "gpt-4o-mini",
-        "system_fingerprint": "fp_hostile",
-        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": "stop"}],
-    }
-    return b"data: " + orjson.dumps(chunk) + b"\n\ndata: [DONE]\n\n"
-
-
 def answering_with(*extra: str) -> Writer:
     """An upstream whose answer names the caller's organization, sent with `extra` headers."""
 
     async def write(writer: asyncio.StreamWriter, request: Received) -> None:
         if b'"stream":true' in request.body:
-            body, kind = frames(whose(request)), "text/event-stream"
+            body, kind = sse_frames(whose(request)), "text/event-stream"
         else:
             body, kind = completion(whose(request)), "application/json"
         writer.write(http_answer(body, f"Content-Type: {kind}", *extra))

@@ -17,31 +17,13 @@ import httpx
 import orjson
 import pytest
 
+from bench.procs import peak_rss_kib
 from proxy.errors import InvalidBodyLength, UpstreamTooLarge
 from proxy.upstream.client import StreamedBody, Upstream
 from tests.fixtures_procs import ProxyFactory
-from tests.hostile import Received, Scripted, dripping_json, fixed, http_answer
+from tests.hostile import Received, Scripted, completion, dripping_json, fixed, http_answer
 
 AUTH = {"Authorization": "Bearer sk-victim", "Content-Type": "application/json"}
-
-
-def completion(content: str, fingerprint: object = "fp_hostile") -> bytes:
-    return orjson.dumps(
-        {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "model": "gpt-4o-mini",
-            "system_fingerprint": fingerprint,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": content},
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
-        }
-    )
 
 
 def chat(content: str) -> bytes:
@@ -242,14 +224,6 @@ def _gzip_bomb(inflated_mib: int) -> bytes:
     return b"".join(packer.compress(block) for _ in range(inflated_mib)) + packer.flush()
 
 
-def _peak_rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmHWM")
-
-
 def test_a_gzip_bomb_answer_is_a_502_within_tens_of_mib_and_stores_nothing(
     start_proxy: ProxyFactory,
 ) -> None:
@@ -259,10 +233,10 @@ def test_a_gzip_bomb_answer_is_a_502_within_tens_of_mib_and_stores_nothing(
     with Scripted(fixed(answer)) as upstream:
         proxy = start_proxy(upstream=upstream.v1)
         httpx.get(proxy.url + "/metrics", timeout=5)
-        before = _peak_rss_kib(proxy.proc.pid)
+        before = peak_rss_kib(proxy.proc.pid)
         first = httpx.post(proxy.v1 + "/chat/completions", content=chat("x"), headers=AUTH)
         second = httpx.post(proxy.v1 + "/chat/completions", content=chat("x"), headers=AUTH)
-        rise_mib = (_peak_rss_kib(proxy.proc.pid) - before) / 1024
+        rise_mib = (peak_rss_kib(proxy.proc.pid) - before) / 1024
     assert (first.status_code, first.json()["error"]["code"]) == (502, UpstreamTooLarge.code)
     assert second.status_code == 502  # nothing was stored to answer it
     assert len(upstream.received) == 2
@@ -272,15 +246,14 @@ def test_a_gzip_bomb_answer_is_a_502_within_tens_of_mib_and_stores_nothing(
 def test_a_whole_answer_is_bounded_by_the_upstream_timeout_however_slowly_it_drips(
     start_proxy: ProxyFactory,
 ) -> None:
-    with Scripted(dripping_json(100, 0.2)) as upstream:
+    dripped = threading.Event()
+    with Scripted(dripping_json(100, 0.2, dripped)) as upstream:
         proxy = start_proxy("--upstream-timeout", "1", upstream=upstream.v1)
-        started = time.monotonic()
         answer = httpx.post(
             proxy.v1 + "/chat/completions", content=chat("d"), headers=AUTH, timeout=30
         )
-        took = time.monotonic() - started
+        assert not dripped.is_set()  # answered while the upstream was still dripping
     assert (answer.status_code, answer.json()["error"]["code"]) == (504, "upstream_timeout")
-    assert took < 4
 
 
 def test_an_error_body_with_status_200_is_neither_stored_nor_taken_as_a_fingerprint(
@@ -453,12 +426,11 @@ def test_a_pass_through_body_that_goes_silent_is_a_408_and_reaches_nothing_whole
                 b"POST /v1/files HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer sk-a\r\n"
                 b"Content-Length: 100\r\n\r\n0123456789"
             )
-            started = time.monotonic()
+            # Answered within the socket's 10 s, far below the default --body-timeout of 60:
+            # the 408 is the configured second's.
             answer = sock.recv(65536)
-            took = time.monotonic() - started
     assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
     assert b"request_timeout" in answer
-    assert took < 5
     assert upstream.received == []  # the upstream never got a whole request
 
 

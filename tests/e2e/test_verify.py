@@ -10,8 +10,6 @@ import orjson
 from proxy.server.verify import MAX_COMPARED, answer_text, drift, fresh_fingerprint
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim
 
-AUTH = {"Authorization": "Bearer sk-alice", "Content-Type": "application/json"}
-
 
 def test_drift_is_the_normalized_edit_distance_of_the_texts() -> None:
     assert drift("same", "same") == 0.0
@@ -74,19 +72,11 @@ def test_a_fresh_answer_that_is_no_answer_teaches_no_fingerprint() -> None:
 
 
 def ask(proxy: Proxy, content: str) -> httpx.Response:
-    body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": content}]})
-    return httpx.post(proxy.v1 + "/chat/completions", content=body, headers=AUTH, timeout=10)
+    return proxy.chat(content, model="m", key="sk-alice")
 
 
 def wait_for(proxy: Proxy, total: float, **labels: str) -> float:
-    deadline = time.monotonic() + 10
-    value = 0.0
-    while time.monotonic() < deadline:
-        value = proxy.metric("repro_verify_total", **labels)
-        if value >= total:
-            break
-        time.sleep(0.05)
-    return value
+    return proxy.metric_reaching("repro_verify_total", total, **labels)
 
 
 def test_verify_rate_counts_same_and_differs_at_the_sims_divergence(

@@ -105,9 +105,8 @@ def test_the_relay_keeps_one_connection_alive_for_many_requests(sim: Sim) -> Non
 def test_the_relay_closes_the_client_when_the_upstream_is_gone() -> None:
     """No upstream to connect to: the client's connection is closed at once, not left hanging."""
     upstream = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
-    with started("relay", upstream, None) as url:
-        started_at = time.monotonic()
-        # Closed as the request arrives, or just before: a clean end or a reset, never a hang.
-        with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
-            httpx.post(url + "/v1/chat/completions", json=BODY, headers=AUTH, timeout=10)
-        assert time.monotonic() - started_at < 5
+    # Closed as the request arrives, or just before: a clean end or a reset, never a hang
+    # (which would end in httpx.ReadTimeout, neither of these).
+    closed = pytest.raises((httpx.RemoteProtocolError, httpx.ReadError))
+    with started("relay", upstream, None) as url, closed:
+        httpx.post(url + "/v1/chat/completions", json=BODY, headers=AUTH, timeout=10)

@@ -1,0 +1,135 @@
+"""The wrapper every route is served through: our errors answered in OpenAI's shape, the
+request counted in the metrics and, when asked for, written to the access log."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from multidict import CIMultiDictProxy
+
+from proxy.errors import InvalidBody, InvalidHeader, ProxyError, UpstreamError
+from proxy.server.context import SERVICES, Services
+from proxy.server.hostcheck import check_host
+from proxy.upstream.headers import framing_error
+
+log = logging.getLogger("proxy.app")
+access_log = logging.getLogger("proxy.access")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def observed(handler: Handler, route: str | None = None) -> Handler:
+    """Turn our errors into OpenAI-shaped answers; count and log the requests of a /v1 `route`.
+
+    A wrapper per route rather than a middleware: aiohttp then skips its middleware chain,
+    which every HIT would otherwise pass through.
+    """
+
+    async def observe(request: web.Request) -> web.StreamResponse:
+        services = request.app[SERVICES]
+        started = services.clock()
+        try:
+            check_host(request, services.hosts)
+            check_headers(request.headers)
+            response = await handler(request)
+        except UpstreamError as exc:
+            # Our own wording, naming the host or the timeout; nothing of the request.
+            log.warning("upstream failed", extra={"route": _where(request), "error": exc.message})
+            response = _error_response(exc)
+        except ProxyError as exc:
+            response = _error_response(exc)
+        except web.HTTPException:
+            raise
+        except Exception:
+            # A bug of ours must still answer in OpenAI's shape, be counted and be logged.
+            log.exception("unhandled error", extra={"route": _where(request)})
+            response = _error_response(ProxyError("The proxy failed to handle this request."))
+        took = services.clock() - started
+        if route is not None:
+            _count(services, request, route, response, took)
+        if services.settings.access_log:
+            _access(request, response, took)
+        return response
+
+    return observe
+
+
+def check_headers(headers: CIMultiDictProxy[str]) -> None:
+    """Refuse a header value outside Latin-1, the character set HTTP defines: forwarded or
+    compared, it would fail to encode (a 500). `X-Repro-*` headers are the proxy's own and are
+    never forwarded, so they may hold any UTF-8 (X-Repro-Namespace does). The common case, all
+    ASCII, is one C-level pass. Refuse a body in a transfer coding besides `chunked` alone
+    too: the HTTP server takes the chunks off and hands the other coding's bytes over as the
+    body, undecoded, where a reader before the proxy may have decoded them."""
+    framing = framing_error(headers)
+    if framing is not None:
+        raise InvalidBody(
+            f"The request body has {framing}: send it chunked, or with a Content-Length."
+        )
+    if all(map(str.isascii, headers.values())):
+        return
+    for name, value in headers.items():
+        if name.lower().startswith("x-repro-"):
+            continue
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            raise InvalidHeader(
+                f"The value of header {name} is not Latin-1 text; the proxy cannot forward it.",
+                name,
+            ) from None
+
+
+def _where(request: web.Request) -> str:
+    """The route a request matched, as the router names it (`/v1/{tail}`): a path is the
+    client's to write, a few KiB of anything, and must not reach a log line at warning."""
+    return request.match_info.route.resource.canonical if request.match_info.route.resource else "?"
+
+
+def _error_response(exc: ProxyError) -> web.Response:
+    return web.Response(
+        status=exc.status, body=exc.body(), content_type="application/json", headers=exc.headers
+    )
+
+
+def _count(
+    services: Services,
+    request: web.Request,
+    route: str,
+    response: web.StreamResponse,
+    took: float,
+) -> None:
+    cache = response.headers.get("X-Repro-Cache", "BYPASS").lower()
+    label = "error" if response.status >= 400 else cache
+    services.metrics.served(route, label, took)
+    if not access_log.isEnabledFor(logging.DEBUG) or services.settings.access_log:
+        return
+    access_log.debug(
+        "request",
+        extra={
+            "method": request.method,
+            "route": route,
+            "status": response.status,
+            "cache": cache,
+            "ms": round(took * 1000, 2),
+            "key": response.headers.get("X-Repro-Key"),
+        },
+    )
+
+
+def _access(request: web.Request, response: web.StreamResponse, took: float) -> None:
+    """The access log line: what was asked and answered, never who asked nor the prompt."""
+    sent = response.body_length if response.prepared else response.content_length
+    access_log.info(
+        "request",
+        extra={
+            "method": request.method,
+            "path": request.path,
+            "status": response.status,
+            "cache": response.headers.get("X-Repro-Cache", "BYPASS").lower(),
+            "ms": round(took * 1000, 2),
+            "bytes": sent or 0,
+        },
+    )
