@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from proxy.core.entry import fingerprint_of, usage_of
+from proxy.core.entry import fingerprint_of, is_answer, usage_of
 
 _DONE = b"[DONE]"
 # Two line ends in a row, a blank line, whatever ends each (CRLF, LF or CR): a CRLF's LF
@@ -309,7 +309,8 @@ class StreamRecorder:
             self.response_id = response["id"]
         if kind == _COMPLETED:
             self.prompt_tokens, self.completion_tokens = usage_of(response)
-            self.finished = self.done = response.get("status", "completed") == "completed"
+            # A stored stream answers as its whole form would: by the same rule (see is_answer).
+            self.finished = self.done = is_answer(response, responses=True)
 
     def _read_event(self, event: dict[str, Any]) -> None:
         if "system_fingerprint" in event:

@@ -212,6 +212,27 @@ def test_done_before_a_typed_stream_completed_is_not_complete() -> None:
     assert recorded(created + done + b"data: [DONE]\n\n", typed=True).complete
 
 
+@pytest.mark.parametrize(
+    "completed",
+    [
+        {**COMPLETED, "error": {"code": "server_error", "message": "overloaded"}},
+        {key: value for key, value in COMPLETED.items() if key != "status"},
+        {**COMPLETED, "output": None},
+    ],
+    ids=["an error beside completed", "no status", "no output"],
+)
+def test_a_completed_event_its_whole_form_would_not_store_leaves_the_stream_incomplete(
+    completed: dict[str, Any],
+) -> None:
+    """A stored stream answers as the whole response would, so by the same rule: a completed
+    status that names an error too, or a response that says no status, is not an answer."""
+    created = typed("response.created", response=RESPONSE)
+    assert not recorded(
+        created + typed("response.completed", response=completed), typed=True
+    ).complete
+    assert recorded(created + typed("response.completed", response=COMPLETED), typed=True).complete
+
+
 def test_a_typed_stream_ended_by_cr_alone_is_complete_and_found_again() -> None:
     created = typed("response.created", response=RESPONSE)
     done = typed("response.completed", response=COMPLETED)
