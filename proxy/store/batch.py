@@ -10,12 +10,12 @@ connection fails the whole batch).
 One batch is on its way at a time, as Nagle's algorithm keeps one small segment in flight: an
 idle store gets each command at the end of the loop turn that issued it, a busy one gets, with
 each reply, the next batch of everything issued meanwhile. Allowing several batches in flight
-sent smaller ones, each paying its own write, read and wake-up: measured on the miss workload of
-bench/bench.py, that cost about a fifth more CPU per request, for no gain in throughput.
+sent smaller ones, each paying its own write, read and wake-up: more CPU per request on the miss
+workload of bench/bench.py, for no gain in throughput.
 
 On a standalone server a batch goes down one connection of the client's own class and options
 (TCP, TLS or a unix socket, credentials, database, protocol), opened once and kept: packed by
-hiredis (redis-py's asyncio connection packs in Python, a few microseconds a command), written
+hiredis (redis-py's asyncio connection packs each command in Python), written
 with redis-py's public `send_packed_command` and read back with `read_response`, with its
 response callbacks, so replies are what `execute_command` gives. Checking a connection out of
 redis-py's pool and its pipeline machinery cost more CPU than the commands of a typical batch.
