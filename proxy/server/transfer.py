@@ -15,13 +15,14 @@ import logging
 from aiohttp import web
 
 from proxy.core.policy import SHARED, CacheScope
-from proxy.errors import InvalidParameter, RequestTooLarge, StoreUnavailable
+from proxy.errors import InvalidParameter, RequestTooLarge
 from proxy.server.admin import (
     NOT_KEPT,
     SELECTED_BY,
     check_admin,
     json_response,
     refuse_unknown,
+    store_answers,
 )
 from proxy.server.bodies import read
 from proxy.server.context import SERVICES, Services
@@ -41,10 +42,8 @@ async def admin_export(request: web.Request) -> web.StreamResponse:
     refuse_unknown(query, SELECTED_BY)
     selector = Selector(**{name: query.get(name) for name in SELECTED_BY})
     lines = cassette.lines(services.store, selector, services.codec)
-    try:
+    with store_answers():
         first = await anext(lines, None)
-    except StoreError as exc:
-        raise StoreUnavailable(f"The store did not answer: {exc}") from exc
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", **NOT_KEPT})
     await response.prepare(request)
     try:
@@ -73,10 +72,8 @@ async def admin_import(request: web.Request) -> web.Response:
         entries = cassette.parse(raw.splitlines(), tenant)
     except cassette.CassetteError as exc:
         raise InvalidParameter(f"The cassette is not valid: {exc}", "body") from None
-    try:
+    with store_answers():
         count = await cassette.load(services.store, entries, services.codec)
-    except StoreError as exc:
-        raise StoreUnavailable(f"The store did not answer: {exc}") from exc
     return json_response({"imported": count})
 
 
