@@ -155,6 +155,7 @@ def test_no_cache_may_keep_an_admin_answer(start_proxy: ProxyFactory) -> None:
         ("GET", "/admin/stats"),
         ("POST", "/admin/purge"),
         ("GET", "/admin/rotations"),
+        ("GET", "/admin/export"),
     ],
 )
 def test_an_admin_route_whose_store_is_down_is_a_503_in_openai_shape(

@@ -94,6 +94,19 @@ def test_a_memory_proxy_is_exported_and_another_one_replays_the_import(
     assert traffic(target, "sk-anyone") == recorded
 
 
+def test_an_import_into_a_store_that_is_down_is_a_503_in_openai_shape(
+    start_proxy: ProxyFactory, sim: Sim
+) -> None:
+    source, _ = recorded_source(start_proxy)
+    tape = httpx.get(source.url + "/admin/export", headers=ADMIN, timeout=10).content
+    assert len(tape.splitlines()) == 2
+    down = f"redis://127.0.0.1:{free_port()}/0"
+    target = start_proxy(*SHARED, "--store", down, "--cache-mode", "replay", upstream=offline())
+    answer = httpx.post(target.url + "/admin/import", content=tape, headers=ADMIN, timeout=30)
+    assert answer.status_code == 503
+    assert answer.json()["error"]["code"] == "store_unavailable"
+
+
 def test_an_import_into_a_per_key_proxy_is_for_the_key_named(
     start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
 ) -> None:
