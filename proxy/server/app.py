@@ -216,7 +216,12 @@ def _services(
         try:
             probe = prober.run if prober.enabled else None
             near = store.run if isinstance(store, NearCache) else None
-            async with _background(probe, "fingerprint-probe"), _background(near, "near-cache"):
+            keep = secret.run if store.shared and not secret.fixed else None
+            async with (
+                _background(probe, "fingerprint-probe"),
+                _background(near, "near-cache"),
+                _background(keep, "secret"),
+            ):
                 yield
             await dictionaries.settle()  # one another process trained, which entries may name
             await _save_cassette(settings, store, packing)
