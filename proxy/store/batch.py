@@ -99,6 +99,20 @@ class Batcher:
         except NoScriptError:
             return await self.call("EVAL", text, len(keys), *keys, *args)
 
+    def script_sent(self, text: str, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
+        """As `script`, with EVALSHA queued now, ahead of what is sent after it (EVAL, when
+        Redis does not know the script, goes in a later batch)."""
+        sent = self.send("EVALSHA", _sha(text), len(keys), *keys, *args)
+        return asyncio.ensure_future(self._loaded(sent, text, keys, args))
+
+    async def _loaded(
+        self, sent: asyncio.Future[Any], text: str, keys: list[str], args: list[Any]
+    ) -> Any:
+        try:
+            return await sent
+        except NoScriptError:
+            return await self.call("EVAL", text, len(keys), *keys, *args)
+
     def _flush(self) -> None:
         """Send the ticks that ended, unless a batch is on its way: its end sends them."""
         if self._ready() and self._sending is None:

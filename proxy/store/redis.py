@@ -153,10 +153,22 @@ class RedisStore(Scans):
         news, then the lock, which is deleted whoever holds it (a holder whose lock expired
         and was taken over finds the entry filled, which is all the lock waited for). Redis
         spends about half the CPU of the same commands in a script. With a TTL, a script, so
-        that no value is ever stored without its expiry."""
+        that no value is ever stored without its expiry.
+
+        On a cluster, one key per command: the script writes the entry alone and a DEL after it
+        releases the lock. While a slot moves, a command naming two of its keys is refused
+        (TRYAGAIN) as long as one has moved and the other not, and redis-py asks again for
+        almost half a second, holding up every command of its batch."""
         with mapped("put"):
-            if write.ttl > 0:
+            if write.ttl > 0 and not self._cluster:
                 await self._batch.script(scripts.PUT, self._put_keys(write), self._put_args(write))
+                return
+            if write.ttl > 0:
+                args = self._put_args(write._replace(unlock=None))
+                sent = [self._batch.script_sent(scripts.PUT, [self._entry(write.key)], args)]
+                if write.unlock:
+                    sent.append(self._batch.send("DEL", self._lock(write.key)))
+                await replies(*sent)
                 return
             entry, tags = self._entry(write.key), layout.tags(write.labels)
             sent = [
@@ -322,9 +334,15 @@ class RedisStore(Scans):
             await self._client.ping()
 
     async def close(self) -> None:
+        """On a cluster, every node's connections as `aclose` would close them: redis-py's
+        does nothing once it has reset itself (after a run of MOVED replies, as while a slot
+        moves), though its nodes have connected again since."""
         with mapped("close"):
             await self._batch.close()
             await self._client.aclose()
+            if self._cluster:
+                await self._client.nodes_manager.aclose()
+                await self._client.nodes_manager.aclose("startup_nodes")
 
     def _entry(self, key: str) -> str:
         return f"{self._prefix}e:{{{key}}}"

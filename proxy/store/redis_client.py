@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
+from redis.exceptions import ClusterError, RedisClusterException, RedisError, ResponseError
 
 from proxy.store.base import StoreError, StoreRefused, StoreTimeout
 
@@ -38,6 +38,8 @@ class mapped:
             raise StoreTimeout(f"redis {self.operation} timed out") from exc
         if isinstance(exc, ResponseError):  # an error reply: OOM, say; the server is up
             raise StoreRefused(f"redis {self.operation} refused: {reason(exc)}") from exc
+        if isinstance(exc, ClusterError):  # redirected or told to retry past redis-py's bound
+            raise StoreRefused(f"redis {self.operation} refused: a slot on the move") from exc
         if isinstance(exc, _FAILURES):
             raise StoreError(f"redis {self.operation} failed: {type(exc).__name__}") from exc
         if isinstance(exc, _UNREADABLE):  # an answer no version of the proxy writes
