@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoPermissionError
 
 from proxy.core.codec import MAX_DICTIONARY_BYTES
 from proxy.core.fingerprints import ModelFingerprints, Observation, Rotation
@@ -40,7 +41,7 @@ from proxy.store import layout, redis_client, scripts, subscription
 from proxy.store.base import (
     Write,
 )
-from proxy.store.batch import Batcher, dropped, replies
+from proxy.store.batch import Batcher, dropped, replies, sha
 from proxy.store.redis_client import mapped
 from proxy.store.redis_scan import Scans
 from proxy.store.subscription import HEARTBEAT
@@ -328,6 +329,28 @@ class RedisStore(Scans):
     async def revoked(self, name: str) -> bool:
         with mapped("revoked"):
             return bool(await self._batch.call("EXISTS", self._named("rv", name)))
+
+    async def denied(self) -> list[str]:
+        """The commands the proxy runs beside plain reads and writes that the Redis user may
+        not run (ACL): the scripts every write with a TTL and every fingerprint record is, and
+        the near-caches' news. Checked without side effects (a script that returns, news of no
+        key); a store that does not answer now denies nothing."""
+        probe = "return 1"
+        checks: list[tuple[Any, ...]] = [("EVAL", probe, 0), ("EVALSHA", sha(probe), 0)]
+        if self.invalidations:
+            checks.append(("PUBLISH", self.invalidations, ENTRY_CHANGED))
+        try:
+            async with asyncio.timeout(self.deadline), self._client.pipeline(False) as pipe:
+                for args in checks:
+                    pipe.execute_command(*args)
+                answers = await pipe.execute(raise_on_error=False)
+        except (*redis_client.FAILURES, TimeoutError):
+            return []
+        return [
+            args[0]
+            for args, answer in zip(checks, answers, strict=True)
+            if isinstance(answer, NoPermissionError)
+        ]
 
     async def ping(self) -> None:
         with mapped("ping"):

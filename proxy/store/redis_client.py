@@ -10,7 +10,7 @@ from redis.exceptions import ClusterError, RedisClusterException, RedisError, Re
 
 from proxy.store.base import StoreError, StoreRefused, StoreTimeout
 
-_FAILURES = (RedisError, RedisClusterException, OSError)
+FAILURES = (RedisError, RedisClusterException, OSError)
 """What redis-py raises; OSError covers builtin (and asyncio) TimeoutError too."""
 _UNREADABLE = (ValueError, KeyError)
 """What reading a value another writer left raises (not UTF-8, not JSON, a record without its
@@ -40,7 +40,7 @@ class mapped:
             raise StoreRefused(f"redis {self.operation} refused: {reason(exc)}") from exc
         if isinstance(exc, ClusterError):  # redirected or told to retry past redis-py's bound
             raise StoreRefused(f"redis {self.operation} refused: a slot on the move") from exc
-        if isinstance(exc, _FAILURES):
+        if isinstance(exc, FAILURES):
             raise StoreError(f"redis {self.operation} failed: {type(exc).__name__}") from exc
         if isinstance(exc, _UNREADABLE):  # an answer no version of the proxy writes
             what = type(exc).__name__
@@ -62,4 +62,5 @@ def reason(exc: ResponseError) -> str:
     from the text), else its code (OOM, READONLY); never the rest, which may quote values."""
     if type(exc) is not ResponseError:
         return type(exc).__name__
-    return str(exc).split(" ", 1)[0] or "ResponseError"
+    code = str(exc).split(" ", 1)[0]
+    return code if code.isupper() else "ResponseError"  # a script's errors have no code
