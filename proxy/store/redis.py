@@ -333,8 +333,8 @@ class RedisStore(Scans):
     async def denied(self) -> list[str]:
         """The commands the proxy runs beside plain reads and writes that the Redis user may
         not run (ACL): the scripts every write with a TTL and every fingerprint record is, and
-        the near-caches' news. Checked without side effects (a script that returns, news of no
-        key); a store that does not answer now denies nothing."""
+        the near-caches' news and their subscription. Checked without side effects (a script
+        that returns, news of no key); a store that does not answer now denies nothing."""
         probe = "return 1"
         checks: list[tuple[Any, ...]] = [("EVAL", probe, 0), ("EVALSHA", sha(probe), 0)]
         if self.invalidations:
@@ -346,11 +346,12 @@ class RedisStore(Scans):
                 answers = await pipe.execute(raise_on_error=False)
         except (*redis_client.FAILURES, TimeoutError):
             return []
-        return [
-            args[0]
-            for args, answer in zip(checks, answers, strict=True)
-            if isinstance(answer, NoPermissionError)
-        ]
+        named = zip(checks, answers, strict=True)
+        denied = [args[0] for args, answer in named if isinstance(answer, NoPermissionError)]
+        channel = self.invalidations
+        if channel and not await subscription.permitted(self._client, channel, self.deadline):
+            denied.append("SUBSCRIBE")
+        return denied
 
     async def ping(self) -> None:
         with mapped("ping"):

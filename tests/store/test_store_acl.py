@@ -22,6 +22,7 @@ USERS = {
     "everything": ("+@all",),
     "noscript": ("+@all", "-@scripting"),
     "nopublish": ("+@all", "-publish"),
+    "nosubscribe": ("+@all", "-subscribe"),
 }
 
 
@@ -45,6 +46,7 @@ def url(server: RedisServer, user: str) -> str:
         ("noscript", "", ["EVAL", "EVALSHA"]),
         ("nopublish", "repro:invalidate", ["PUBLISH"]),
         ("nopublish", "", []),  # no near-cache: no news to publish
+        ("nosubscribe", "repro:invalidate", ["SUBSCRIBE"]),
     ],
 )
 async def test_what_the_user_may_not_run_is_named(
