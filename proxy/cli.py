@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from proxy import __version__, config, logs
 from proxy.server import workers
+from proxy.store.base import StoreUnusable
 from proxy.store.cassette import CassetteError
 from proxy.tools import admin_cli, audit, cassette_cli, health, rotations_cli, sim
 
@@ -72,6 +73,9 @@ def serve(flags: dict[str, str | None]) -> int:
         workers.run(settings)
     except CassetteError as exc:
         print(f"repro-proxy: --cassette: {exc}", file=sys.stderr)
+        return 2
+    except StoreUnusable as exc:
+        print(f"repro-proxy: --store: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         return cannot_listen(settings.host, settings.port, exc)

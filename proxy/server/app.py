@@ -36,7 +36,7 @@ from proxy.server.probe import Prober
 from proxy.server.secret import Secret
 from proxy.server.verify import Verifier
 from proxy.store import MemoryStore, RedisStore, cassette, open_store
-from proxy.store.base import Store
+from proxy.store.base import Store, StoreUnusable
 from proxy.store.encrypted import EncryptedStore, parse_keys
 from proxy.store.guard import GuardedStore
 from proxy.store.near import NearCache
@@ -130,7 +130,13 @@ def _services(
             prober = services.prober
             probe = prober.run if prober.enabled else None
             near = store.run if isinstance(store, NearCache) else None
-            async with _background(probe, "fingerprint-probe"), _background(near, "near-cache"):
+            secret = services.secret
+            keep = secret.run if store.shared and not secret.fixed else None
+            async with (
+                _background(probe, "fingerprint-probe"),
+                _background(near, "near-cache"),
+                _background(keep, "secret"),
+            ):
                 yield
             # A dictionary another process trained meanwhile, which stored entries may name.
             await services.dictionaries.settle()
@@ -148,6 +154,12 @@ async def _layered_store(settings: Settings, injected: Store | None) -> tuple[St
     channel = INVALIDATIONS if settings.near_cache else ""
     timeout = settings.store_timeout
     backend = injected or await open_store(settings.store, channel, deadline=timeout)
+    if isinstance(backend, RedisStore) and (denied := await backend.denied()):
+        await backend.close()
+        raise StoreUnusable(
+            f"the Redis user may not run {', '.join(denied)}, which the proxy needs: "
+            "grant them (see the Redis section of docs/operations.md)"
+        )
     store = _encrypted(settings, backend)
     if not isinstance(backend, MemoryStore):  # this process's memory neither hangs nor fails
         bounded = isinstance(backend, RedisStore) and backend.deadline == timeout

@@ -7,10 +7,17 @@ its own (its entries are merely unreachable to the others, never wrong) and asks
 on each request until it gets the shared one (while the store's circuit is open that costs
 nothing; a store that answers without one is asked once a second); if the store came back
 empty, the provisional secret becomes the shared one.
+
+A store can lose the secret while replicas run (a Redis restarted without persistence, a
+FLUSHALL, an eviction): a replica started then would write one of its own, and it and the
+running ones would never share a cache again. So every `KEEP_EVERY` seconds a settled replica
+offers its secret again, first writer winning as at start: an emptied store gets back the one the
+running replicas use, and a replica that finds another adopts it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -25,6 +32,9 @@ MAX_REMEMBERED = 4096
 MAX_REMEMBERED_BYTES = 1 << 20
 """Credentials held by the tenant memo: every request's are hashed, a refused caller's too, and
 a request may carry 128 headers of 8 KiB."""
+
+KEEP_EVERY = 5.0
+"""Seconds between offers of the settled secret (one small write and read each)."""
 
 ASK_AGAIN_AFTER = 1.0
 """Seconds before asking again a store that answered but could not give a secret (a key of
@@ -42,6 +52,8 @@ class Secret:
         self._clock = clock
         self._refused_at = -ASK_AGAIN_AFTER
         self.value = _keyed(fixed.encode()) if fixed else os.urandom(32)
+        self._offered = self.value  # as the store holds it, before `_keyed`
+        self.fixed = bool(fixed)
         self.provisional = not fixed
         self._failed = False
         self.tenants: LRU[Credentials, str] = LRU(MAX_REMEMBERED, MAX_REMEMBERED_BYTES)
@@ -60,8 +72,7 @@ class Secret:
         if not self.provisional or self._clock() - self._refused_at < ASK_AGAIN_AFTER:
             return
         try:
-            self.value = _keyed(await self._store.secret(self.value))
-            self.tenants.clear()
+            self._use(await self._store.secret(self.value))
         except StoreError as exc:
             if isinstance(exc, StoreRefused):
                 self._refused_at = self._clock()
@@ -72,6 +83,30 @@ class Secret:
         if self._failed:
             log.warning("store answers: now using the shared secret")
         self.provisional = False
+
+    async def run(self, every: float = KEEP_EVERY) -> None:
+        """Offer the settled secret every `every` seconds, for as long as the proxy runs."""
+        while True:
+            await asyncio.sleep(every)
+            await self.keep()
+
+    async def keep(self) -> None:
+        """Offer the settled secret again; adopt the store's if it holds another (see above). A
+        failing store is left to the breaker: the next offer asks again."""
+        if self.fixed or self.provisional:
+            return
+        try:
+            stored = await self._store.secret(self._offered)
+        except StoreError:
+            return
+        if stored != self._offered:
+            log.warning("the store holds another secret: now using it")
+            self._use(stored)
+
+    def _use(self, stored: bytes) -> None:
+        self._offered = stored
+        self.value = _keyed(stored)
+        self.tenants.clear()
 
 
 def _keyed(secret: bytes) -> bytes:

@@ -29,6 +29,11 @@ class StoreTimeout(StoreError):
     """The store did not answer within its deadline: a frozen store, not a failing command."""
 
 
+class StoreUnusable(Exception):
+    """The store answers but may never do what the proxy needs (a Redis user without the
+    commands it runs): refused at start, rather than failing every write while serving."""
+
+
 class Labels(NamedTuple):
     """What an operator selects entries by, kept beside the (possibly encrypted) value."""
 

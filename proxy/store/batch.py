@@ -95,7 +95,21 @@ class Batcher:
     async def script(self, text: str, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA, or EVAL (which also loads it) when Redis does not know the script yet."""
         try:
-            return await self.call("EVALSHA", _sha(text), len(keys), *keys, *args)
+            return await self.call("EVALSHA", sha(text), len(keys), *keys, *args)
+        except NoScriptError:
+            return await self.call("EVAL", text, len(keys), *keys, *args)
+
+    def script_sent(self, text: str, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
+        """As `script`, with EVALSHA queued now, ahead of what is sent after it (EVAL, when
+        Redis does not know the script, goes in a later batch)."""
+        sent = self.send("EVALSHA", sha(text), len(keys), *keys, *args)
+        return asyncio.ensure_future(self._loaded(sent, text, keys, args))
+
+    async def _loaded(
+        self, sent: asyncio.Future[Any], text: str, keys: list[str], args: list[Any]
+    ) -> Any:
+        try:
+            return await sent
         except NoScriptError:
             return await self.call("EVAL", text, len(keys), *keys, *args)
 
@@ -238,7 +252,7 @@ def _futures(batch: list[Command]) -> list[asyncio.Future[Any]]:
 
 
 @functools.cache
-def _sha(script: str) -> str:
+def sha(script: str) -> str:
     return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
 
 

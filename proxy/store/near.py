@@ -23,7 +23,8 @@ from typing import Any
 from proxy.core.fingerprints import ModelFingerprints, Observation
 from proxy.store.base import Selector, Store, Write
 from proxy.store.memory import charged
-from proxy.store.redis import ENTRY_CHANGED, EVERYTHING_CHANGED, MODEL_CHANGED, RedisStore
+from proxy.store.redis import ENTRY_CHANGED, MODEL_CHANGED, RedisStore
+from proxy.store.redis_scan import EVERYTHING_CHANGED
 from proxy.store.subscription import HEARTBEAT
 from proxy.store.wrapper import StoreWrapper
 

@@ -19,8 +19,7 @@ sharing a tag; only on a standalone server does `record` write across keys in on
 The model name is hashed inside the braces because it may itself contain braces, which would
 cut the hash tag short. Fingerprint fields carry the `fp:` prefix so that no fingerprint can
 collide with `model`, `current` or `seen`. The Lua scripts are in `scripts.py`; what the
-hashes read back as, in `layout.py`; the admin routes' walks over every entry, in
-`redis_scan.py`.
+hashes read back as, in `layout.py`.
 """
 
 from __future__ import annotations
@@ -29,33 +28,34 @@ import asyncio
 import hashlib
 import math
 import secrets
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoPermissionError
 
 from proxy.core.codec import MAX_DICTIONARY_BYTES
 from proxy.core.fingerprints import ModelFingerprints, Observation, Rotation
 from proxy.core.lru import LRU
-from proxy.store import layout, redis_client, redis_scan, scripts, subscription
+from proxy.store import layout, redis_client, scripts, subscription
 from proxy.store.base import (
-    Selector,
-    Usage,
     Write,
 )
-from proxy.store.batch import Batcher, dropped, replies
+from proxy.store.batch import Batcher, dropped, replies, sha
 from proxy.store.redis_client import mapped
+from proxy.store.redis_scan import Scans
 from proxy.store.subscription import HEARTBEAT
 
-ENTRY_CHANGED, MODEL_CHANGED, EVERYTHING_CHANGED = "e\x00", "m\x00", "*"
-"""Invalidation messages: an entry key, a model's fingerprint state, or everything (purge)."""
+ENTRY_CHANGED, MODEL_CHANGED = "e\x00", "m\x00"
+"""Invalidation messages: an entry key, a model's fingerprint state (a purge's: redis_scan)."""
 
 _MODELS_REMEMBERED = 256
 _MODEL_NAME_REMEMBERED = 256
 
 
-class RedisStore:
-    """The Store protocol on an already built Redis or RedisCluster client (bytes responses)."""
+class RedisStore(Scans):
+    """The Store protocol on an already built Redis or RedisCluster client (bytes responses);
+    the calls that walk every entry are in redis_scan."""
 
     shared = True
 
@@ -152,12 +152,24 @@ class RedisStore:
 
         Without a TTL (the default), plain commands in order on one connection: the entry, its
         news, then the lock, which is deleted whoever holds it (a holder whose lock expired
-        and was taken over finds the entry filled, which is all the lock waited for). Redis
-        spends about half the CPU of the same commands in a script. With a TTL, a script, so
-        that no value is ever stored without its expiry."""
+        and was taken over finds the entry filled, which is all the lock waited for): Redis spends
+        less CPU on them than on the same commands in a script. With a TTL, a script, so
+        that no value is ever stored without its expiry.
+
+        On a cluster, one key per command: the script writes the entry alone and a DEL after it
+        releases the lock. While a slot moves, a command naming two of its keys is refused
+        (TRYAGAIN) as long as one has moved and the other not, and redis-py asks again for
+        almost half a second, holding up every command of its batch."""
         with mapped("put"):
-            if write.ttl > 0:
+            if write.ttl > 0 and not self._cluster:
                 await self._batch.script(scripts.PUT, self._put_keys(write), self._put_args(write))
+                return
+            if write.ttl > 0:
+                args = self._put_args(write._replace(unlock=None))
+                sent = [self._batch.script_sent(scripts.PUT, [self._entry(write.key)], args)]
+                if write.unlock:
+                    sent.append(self._batch.send("DEL", self._lock(write.key)))
+                await replies(*sent)
                 return
             entry, tags = self._entry(write.key), layout.tags(write.labels)
             sent = [
@@ -216,39 +228,6 @@ class RedisStore:
     async def listen(self, channel: str, *callbacks: Any, heartbeat: float = HEARTBEAT) -> None:
         """Deliver `channel`'s messages until the connection fails (see subscription.listen)."""
         await subscription.listen(self._client, channel, *callbacks, heartbeat=heartbeat)
-
-    async def purge(self, selector: Selector, dry_run: bool) -> int:
-        """SCAN in batches (every node of a cluster), reading labels and field names only."""
-        matched = 0
-        with mapped("purge"):
-            async for batch in self._walk():
-                matched += await redis_scan.purge_batch(self._client, batch, selector, dry_run)
-            if self.invalidations and not dry_run:
-                await self._client.publish(self.invalidations, EVERYTHING_CHANGED)
-        return matched
-
-    async def entries(self, selector: Selector) -> AsyncIterator[tuple[str, str, bytes]]:
-        key_at = len(self._entry("")) - 1  # just inside the brace
-        with mapped("entries"):
-            async for batch in self._walk():
-                for item in await redis_scan.read_batch(self._client, batch, selector, key_at):
-                    yield item
-
-    def _walk(self) -> AsyncIterator[list[bytes]]:
-        return redis_scan.entry_names(self._client, self._entry("*"))
-
-    async def usage(self) -> Usage:
-        """Entries by SCAN, bytes as Redis accounts them (MEMORY USAGE), in batches; a script
-        measures each entry, so that no value crosses the network (see scripts.USAGE)."""
-        totals = [0, 0, 0]  # answers, bytes, what they grow by uncompressed
-        with mapped("usage"):
-            async for chunk in self._walk():
-                for measured in await asyncio.gather(*map(self._measure, chunk)):
-                    totals = [t + int(m) for t, m in zip(totals, measured, strict=True)]
-        return Usage(totals[0], totals[1], totals[1] + totals[2])
-
-    def _measure(self, name: bytes) -> Any:
-        return self._batch.script(scripts.USAGE, [layout.text(name)], [layout.LABELS])
 
     async def observe_fingerprint(
         self, model: str, fingerprint: str, now: float, count: int = 1, moves: bool = True
@@ -351,14 +330,43 @@ class RedisStore:
         with mapped("revoked"):
             return bool(await self._batch.call("EXISTS", self._named("rv", name)))
 
+    async def denied(self) -> list[str]:
+        """The commands the proxy runs beside plain reads and writes that the Redis user may
+        not run (ACL): the scripts every write with a TTL and every fingerprint record is, and
+        the near-caches' news and their subscription. Checked without side effects (a script
+        that returns, news of no key); a store that does not answer now denies nothing."""
+        probe = "return 1"
+        checks: list[tuple[Any, ...]] = [("EVAL", probe, 0), ("EVALSHA", sha(probe), 0)]
+        if self.invalidations:
+            checks.append(("PUBLISH", self.invalidations, ENTRY_CHANGED))
+        try:
+            async with asyncio.timeout(self.deadline), self._client.pipeline(False) as pipe:
+                for args in checks:
+                    pipe.execute_command(*args)
+                answers = await pipe.execute(raise_on_error=False)
+        except (*redis_client.FAILURES, TimeoutError):
+            return []
+        named = zip(checks, answers, strict=True)
+        denied = [args[0] for args, answer in named if isinstance(answer, NoPermissionError)]
+        channel = self.invalidations
+        if channel and not await subscription.permitted(self._client, channel, self.deadline):
+            denied.append("SUBSCRIBE")
+        return denied
+
     async def ping(self) -> None:
         with mapped("ping"):
             await self._client.ping()
 
     async def close(self) -> None:
+        """On a cluster, every node's connections as `aclose` would close them: redis-py's
+        does nothing once it has reset itself (after a run of MOVED replies, as while a slot
+        moves), though its nodes have connected again since."""
         with mapped("close"):
             await self._batch.close()
             await self._client.aclose()
+            if self._cluster:
+                await self._client.nodes_manager.aclose()
+                await self._client.nodes_manager.aclose("startup_nodes")
 
     def _entry(self, key: str) -> str:
         return f"{self._prefix}e:{{{key}}}"

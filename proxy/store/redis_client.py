@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
+from redis.exceptions import ClusterError, RedisClusterException, RedisError, ResponseError
 
 from proxy.store.base import StoreError, StoreRefused, StoreTimeout
 
-_FAILURES = (RedisError, RedisClusterException, OSError)
+FAILURES = (RedisError, RedisClusterException, OSError)
 """What redis-py raises; OSError covers builtin (and asyncio) TimeoutError too."""
 _UNREADABLE = (ValueError, KeyError)
 """What reading a value another writer left raises (not UTF-8, not JSON, a record without its
@@ -38,7 +38,9 @@ class mapped:
             raise StoreTimeout(f"redis {self.operation} timed out") from exc
         if isinstance(exc, ResponseError):  # an error reply: OOM, say; the server is up
             raise StoreRefused(f"redis {self.operation} refused: {reason(exc)}") from exc
-        if isinstance(exc, _FAILURES):
+        if isinstance(exc, ClusterError):  # redirected or told to retry past redis-py's bound
+            raise StoreRefused(f"redis {self.operation} refused: a slot on the move") from exc
+        if isinstance(exc, FAILURES):
             raise StoreError(f"redis {self.operation} failed: {type(exc).__name__}") from exc
         if isinstance(exc, _UNREADABLE):  # an answer no version of the proxy writes
             what = type(exc).__name__
@@ -60,4 +62,5 @@ def reason(exc: ResponseError) -> str:
     from the text), else its code (OOM, READONLY); never the rest, which may quote values."""
     if type(exc) is not ResponseError:
         return type(exc).__name__
-    return str(exc).split(" ", 1)[0] or "ResponseError"
+    code = str(exc).split(" ", 1)[0]
+    return code if code.isupper() else "ResponseError"  # a script's errors have no code

@@ -1,91 +1,126 @@
-"""The Redis store's walks over every entry: SCAN for the names, pipelines for the reads.
-
-Only the admin routes walk (purge, export, stats); requests read one key each through the
-store's batcher. A walk asks every node of a cluster, deduplicates what SCAN returns twice, and
-reads and deletes in batches of `SCAN_BATCH` names, so that no reply holds the whole keyspace.
-"""
+"""The Redis store's operator calls: purge, export and usage walk every entry with SCAN, in
+batches (on every node of a cluster), never blocking the server, apart from the hot path."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from proxy.store import layout
-from proxy.store.base import Selector
+from proxy.store import layout, scripts
+from proxy.store.base import Selector, Usage
+from proxy.store.batch import Batcher
+from proxy.store.redis_client import mapped
 
-SCAN_BATCH = 500
+EVERYTHING_CHANGED = "*"
+"""The invalidation a purge announces: near-caches drop everything."""
+
+_SCAN_BATCH = 500
 
 
-async def entry_names(client: Any, pattern: str) -> AsyncIterator[list[bytes]]:
-    """Every entry's name once, in batches. SCAN may return a name twice (while Redis grows
-    its table), which would count or export an entry twice: names are deduplicated here."""
-    seen: set[bytes] = set()
-    batch: list[bytes] = []
-    async for name in client.scan_iter(match=pattern, count=SCAN_BATCH):
-        if name in seen:
-            continue
-        seen.add(name)
-        batch.append(name)
-        if len(batch) >= SCAN_BATCH:
+class Scans:
+    """What RedisStore walks its entries with; it provides the client, the batcher, the channel
+    writes announce themselves on, and the entries' key names."""
+
+    _client: Any
+    _batch: Batcher
+    invalidations: str
+
+    def _entry(self, key: str) -> str:
+        raise NotImplementedError
+
+    async def purge(self, selector: Selector, dry_run: bool) -> int:
+        """SCAN in batches (every node of a cluster), reading labels and field names only."""
+        matched = 0
+        with mapped("purge"):
+            async for batch in self._scanned():
+                matched += await self._purge_batch(batch, selector, dry_run)
+            if self.invalidations and not dry_run:
+                await self._client.publish(self.invalidations, EVERYTHING_CHANGED)
+        return matched
+
+    async def _purge_batch(self, names: list[bytes], selector: Selector, dry_run: bool) -> int:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hget(name, layout.LABELS)
+                pipe.hkeys(name)
+            replies = await pipe.execute(raise_on_error=False)
+        matched = 0
+        whole: list[bytes] = []
+        partial: list[tuple[bytes, list[bytes]]] = []
+        for name, raw, fields in zip(names, replies[::2], replies[1::2], strict=True):
+            if isinstance(fields, Exception):  # a key of another type: another writer's
+                continue
+            labels = layout.parse_labels(raw)
+            fingerprints = [field for field in fields if field != layout.LABELS.encode()]
+            chosen = [fp for fp in fingerprints if selector.matches(labels, layout.named(fp))]
+            matched += len(chosen)
+            if chosen and len(chosen) == len(fingerprints):
+                whole.append(name)
+            elif chosen:
+                partial.append((name, chosen))
+        if not dry_run and (whole or partial):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for name in whole:
+                    pipe.delete(name)
+                for name, chosen in partial:
+                    pipe.hdel(name, *chosen)
+                await pipe.execute()
+        return matched
+
+    async def entries(self, selector: Selector) -> AsyncIterator[tuple[str, str, bytes]]:
+        with mapped("entries"):
+            async for batch in self._scanned():
+                for item in await self._read_batch(batch, selector):
+                    yield item
+
+    async def _scanned(self) -> AsyncIterator[list[bytes]]:
+        """Every entry's name once, in batches. SCAN may return a name twice (while Redis grows
+        its table), which would count or export an entry twice: names are deduplicated here."""
+        seen: set[bytes] = set()
+        batch: list[bytes] = []
+        async for name in self._client.scan_iter(match=self._entry("*"), count=_SCAN_BATCH):
+            if name in seen:
+                continue
+            seen.add(name)
+            batch.append(name)
+            if len(batch) >= _SCAN_BATCH:
+                yield batch
+                batch = []
+        if batch:
             yield batch
-            batch = []
-    if batch:
-        yield batch
 
+    async def _read_batch(
+        self, names: list[bytes], selector: Selector
+    ) -> list[tuple[str, str, bytes]]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hgetall(name)
+            replies = await pipe.execute(raise_on_error=False)
+        found = []
+        for name, fields in zip(names, replies, strict=True):
+            text = layout.name(name)
+            if text is None or isinstance(fields, Exception):  # no key the proxy writes
+                continue
+            labels = layout.parse_labels(fields.get(layout.LABELS.encode()))
+            named = layout.values(fields.items())
+            key = text[len(self._entry("")) - 1 : -1]
+            found += [
+                (key, fp, layout.as_bytes(value))
+                for fp, value in named.items()
+                if selector.matches(labels, fp)
+            ]
+        return found
 
-async def purge_batch(client: Any, names: list[bytes], selector: Selector, dry_run: bool) -> int:
-    """How many answers of these entries `selector` matches; unless `dry_run`, they are
-    deleted: a whole entry when all its answers match, else the matching fields. Labels and
-    field names are read, never the values."""
-    async with client.pipeline(transaction=False) as pipe:
-        for name in names:
-            pipe.hget(name, layout.LABELS)
-            pipe.hkeys(name)
-        replies = await pipe.execute(raise_on_error=False)
-    matched = 0
-    whole: list[bytes] = []
-    partial: list[tuple[bytes, list[bytes]]] = []
-    for name, raw, fields in zip(names, replies[::2], replies[1::2], strict=True):
-        if isinstance(fields, Exception):  # a key of another type: another writer's
-            continue
-        labels = layout.parse_labels(raw)
-        fingerprints = [field for field in fields if field != layout.LABELS.encode()]
-        chosen = [fp for fp in fingerprints if selector.matches(labels, layout.named(fp))]
-        matched += len(chosen)
-        if chosen and len(chosen) == len(fingerprints):
-            whole.append(name)
-        elif chosen:
-            partial.append((name, chosen))
-    if not dry_run and (whole or partial):
-        async with client.pipeline(transaction=False) as pipe:
-            for name in whole:
-                pipe.delete(name)
-            for name, chosen in partial:
-                pipe.hdel(name, *chosen)
-            await pipe.execute()
-    return matched
+    async def usage(self) -> Usage:
+        """Entries by SCAN, bytes as Redis accounts them (MEMORY USAGE), in batches; a script
+        measures each entry, so that no value crosses the network (see scripts.USAGE)."""
+        totals = [0, 0, 0]  # answers, bytes, what they grow by uncompressed
+        with mapped("usage"):
+            async for chunk in self._scanned():
+                for measured in await asyncio.gather(*map(self._measure, chunk)):
+                    totals = [t + int(m) for t, m in zip(totals, measured, strict=True)]
+        return Usage(totals[0], totals[1], totals[1] + totals[2])
 
-
-async def read_batch(
-    client: Any, names: list[bytes], selector: Selector, key_at: int
-) -> list[tuple[str, str, bytes]]:
-    """(key, fingerprint, value) of each answer of these entries that `selector` matches; an
-    entry's cache key starts at `key_at` in its name and runs to the closing brace."""
-    async with client.pipeline(transaction=False) as pipe:
-        for name in names:
-            pipe.hgetall(name)
-        replies = await pipe.execute(raise_on_error=False)
-    found = []
-    for name, fields in zip(names, replies, strict=True):
-        text = layout.name(name)
-        if text is None or isinstance(fields, Exception):  # no key the proxy writes
-            continue
-        labels = layout.parse_labels(fields.get(layout.LABELS.encode()))
-        named = layout.values(fields.items())
-        key = text[key_at:-1]
-        found += [
-            (key, fp, layout.as_bytes(value))
-            for fp, value in named.items()
-            if selector.matches(labels, fp)
-        ]
-    return found
+    def _measure(self, name: bytes) -> Any:
+        return self._batch.script(scripts.USAGE, [layout.text(name)], [layout.LABELS])

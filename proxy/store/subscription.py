@@ -3,6 +3,7 @@ until it fails, and never trusted to be alive only because it is quiet."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -10,9 +11,10 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import NoPermissionError
 
 from proxy.store import layout
-from proxy.store.redis_client import mapped
+from proxy.store.redis_client import FAILURES, mapped
 
 HEARTBEAT = 2.0
 """Seconds of silence after which a subscription is pinged, and then counts as lost: longer
@@ -54,6 +56,24 @@ async def listen(
                     subscribed()
     finally:
         await connection.disconnect()
+
+
+async def permitted(client: Any, channel: str, timeout: float | None) -> bool:
+    """Whether the user may subscribe to `channel` (ACLs); a server that does not answer
+    within `timeout` refuses nothing."""
+    connection = listener(client)
+    try:
+        async with asyncio.timeout(timeout):
+            await connection.connect()  # type: ignore[no-untyped-call]
+            await connection.send_command("SUBSCRIBE", channel)
+            await connection.read_response()
+    except NoPermissionError:
+        return False
+    except (*FAILURES, TimeoutError):
+        return True
+    finally:
+        await connection.disconnect()
+    return True
 
 
 def listener(client: aioredis.Redis) -> AbstractConnection:

@@ -7,6 +7,7 @@ OpenAI SDK.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
@@ -18,7 +19,7 @@ from openai import OpenAI
 
 from bench.procs import wait_until
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim, free_port
-from tests.fixtures_redis import RedisClusterNodes
+from tests.fixtures_redis import RedisClusterNodes, RedisServer
 
 MODEL = "gpt-4o-mini"
 PROMPT = "Say something reproducible."
@@ -246,3 +247,27 @@ def test_cluster_one_proxy_then_two_share_entries_secret_and_fingerprints(
     assert len(sim.llm_requests()) == 3
     ready = httpx.get(b.url + "/readyz", timeout=5)
     assert (ready.status_code, ready.json()) == (200, {"status": "ok"})
+
+
+def test_replicas_share_one_secret_again_after_redis_lost_it(
+    start_proxy: ProxyFactory, sim: Sim, redis_server: RedisServer, redis_url: str
+) -> None:
+    """Redis restarted empty (here FLUSHALL) while a replica runs, then another starts: the new
+    one writes a secret of its own, and the two must come to share one cache again without a
+    restart, rather than each missing the other's entries for as long as they run."""
+    running = start_proxy("--store", redis_url)
+    assert chat(running).headers["X-Repro-Cache"] == "MISS"
+    redis_server.flushall()
+    late = start_proxy("--store", redis_url)
+    asked = itertools.count()
+
+    def shared() -> bool:
+        prompt = f"asked of the late replica {next(asked)}"
+        stored = chat(late, prompt)
+        served = chat(running, prompt)
+        return bool(served.headers["X-Repro-Key"] == stored.headers["X-Repro-Key"])
+
+    wait_until(shared, "the replicas sharing one secret", 20, pause=0.5)
+    prompt = "asked once the replicas agree"
+    assert chat(late, prompt).headers["X-Repro-Cache"] == "MISS"
+    assert chat(running, prompt).headers["X-Repro-Cache"] == "HIT"

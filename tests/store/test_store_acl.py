@@ -1,0 +1,94 @@
+"""A Redis user an operator limited with ACLs: a user without the scripts or the near-caches'
+PUBLISH is refused when the proxy starts, naming what to grant, rather than failing every write
+while the proxy serves on."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from proxy.store import open_store
+from proxy.store.base import Labels, StoreRefused, Write
+from proxy.store.redis import RedisStore
+from tests.fixtures_procs import free_port
+from tests.fixtures_redis import RedisServer, running_redis
+
+USERS = {
+    "everything": ("+@all",),
+    "noscript": ("+@all", "-@scripting"),
+    "nopublish": ("+@all", "-publish"),
+    "nosubscribe": ("+@all", "-subscribe"),
+}
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with running_redis(tmp_path_factory.mktemp("acl")) as server:
+        with redis.Redis(port=server.port) as client:
+            for name, rules in USERS.items():
+                client.execute_command("ACL", "SETUSER", name, "on", ">pw", "~*", "&*", *rules)
+        yield server
+
+
+def url(server: RedisServer, user: str) -> str:
+    return f"redis://{user}:pw@127.0.0.1:{server.port}/0"
+
+
+@pytest.mark.parametrize(
+    ("user", "channel", "denied"),
+    [
+        ("everything", "repro:invalidate", []),
+        ("noscript", "", ["EVAL", "EVALSHA"]),
+        ("nopublish", "repro:invalidate", ["PUBLISH"]),
+        ("nopublish", "", []),  # no near-cache: no news to publish
+        ("nosubscribe", "repro:invalidate", ["SUBSCRIBE"]),
+    ],
+)
+async def test_what_the_user_may_not_run_is_named(
+    limited: RedisServer, user: str, channel: str, denied: list[str]
+) -> None:
+    store = await open_store(url(limited, user), channel, deadline=1.0)
+    assert isinstance(store, RedisStore)
+    try:
+        assert await store.denied() == denied
+    finally:
+        await store.close()
+
+
+async def test_a_store_that_does_not_answer_denies_nothing() -> None:
+    store = await open_store(f"redis://127.0.0.1:{free_port()}/0?cluster=false", deadline=1.0)
+    assert isinstance(store, RedisStore)
+    try:
+        assert await store.denied() == []
+    finally:
+        await store.close()
+
+
+def test_serve_refuses_a_user_without_scripts_naming_what_to_grant(
+    limited: RedisServer, tmp_path: Path
+) -> None:
+    argv = [sys.executable, "-m", "proxy", "serve", "--port", str(free_port())]
+    argv += ["--upstream", "http://127.0.0.1:9/v1", "--store", url(limited, "noscript")]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "repro-proxy: --store: the Redis user may not run EVAL, EVALSHA" in done.stderr
+    assert ":pw@" not in done.stderr  # the password stays out of what is printed
+
+
+async def test_a_refusal_inside_a_script_is_named_by_its_kind_not_its_first_word(
+    limited: RedisServer,
+) -> None:
+    """A script's error reply has no code ("The user executing the script can't run..."):
+    it reads as a ResponseError, and no word of the reply reaches the log."""
+    store = await open_store(url(limited, "nopublish"), "repro:invalidate", deadline=1.0)
+    try:
+        with pytest.raises(StoreRefused) as refused:
+            await store.put(Write("k", "fp_a", b"v", 60, Labels("", "m")))
+        assert str(refused.value) == "redis put refused: ResponseError"
+    finally:
+        await store.close()
