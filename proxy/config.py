@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from proxy import values
 from proxy.core.policy import CacheMode, CacheScope, Enforce, FingerprintPolicy, StreamDisconnect
 from proxy.options import OPTIONS, Option
-from proxy.upstream.egress import Egress, env_proxy, tls_context
+from proxy.upstream.egress import Egress, EncryptedKey, env_proxy, tls_context
 
 __all__ = ["OPTIONS", "Option", "SettingError", "Settings", "add_arguments", "load"]
 
@@ -157,6 +157,9 @@ def _check_tls(settings: Settings) -> None:
         ) from None
     try:
         tls_context(Egress(cert=settings.upstream_cert, key=settings.upstream_key))
+    except EncryptedKey as exc:
+        where = "KEY" if settings.upstream_key else "CERT"
+        raise SettingError(f"--upstream-{where.lower()} / REPRO_UPSTREAM_{where}: {exc}") from None
     except (OSError, ssl.SSLError) as exc:
         raise SettingError(
             f"--upstream-cert / REPRO_UPSTREAM_CERT: certificate and key unusable: {exc}"

@@ -319,7 +319,12 @@ def _raise_mapped(exc: BaseException, when: str) -> NoReturn:
         raise UpstreamUnreachable(f"Could not resolve the upstream host {exc.host}.") from exc
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         raise UpstreamUnreachable(
-            f"The upstream's TLS certificate is not trusted: {exc.certificate_error}."
+            f"The upstream's TLS certificate is not trusted ({exc.host}:{exc.port}): "
+            f"{_tls_reason(exc.certificate_error)}."
+        ) from exc
+    if isinstance(exc, aiohttp.ClientConnectorSSLError):
+        raise UpstreamUnreachable(
+            f"No TLS with the upstream ({exc.host}:{exc.port}): {_tls_reason(exc.os_error)}."
         ) from exc
     if isinstance(exc, aiohttp.ClientProxyConnectionError):
         raise UpstreamUnreachable(f"Could not connect to the forward proxy: {exc}.") from exc
@@ -332,3 +337,15 @@ def _raise_mapped(exc: BaseException, when: str) -> NoReturn:
             f"The upstream connection broke {when}: {type(exc).__name__}."
         ) from exc
     raise exc
+
+
+def _tls_reason(error: BaseException) -> str:
+    """OpenSSL's reason, without the C source line: `certificate has expired`, `Hostname
+    mismatch, certificate is not valid for 'x'`, `wrong version number` (a plain HTTP answer)."""
+    verify = getattr(error, "verify_message", None)
+    if isinstance(verify, str) and verify:
+        return verify
+    reason = getattr(error, "reason", None)
+    if isinstance(reason, str) and reason:
+        return reason.replace("_", " ").lower()
+    return type(error).__name__
