@@ -194,6 +194,10 @@ class Upstream:
         self.requests = 0
         self.open = 0
         self.peak = 0
+        self.names: list[str | None] = []
+        """The server name (SNI) each TLS handshake asked for; None when none was sent."""
+        if tls is not None:
+            tls.sni_callback = lambda _socket, name, _context: self.names.append(name)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None

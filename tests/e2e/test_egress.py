@@ -444,3 +444,39 @@ class TestUpstreamCertificates:
         assert_unreachable(response, f"No TLS with the upstream (127.0.0.1:{sim.port})")
         assert "wrong version number" in response.json()["error"]["message"]
         assert sim.llm_requests() == []
+
+
+class TestHandshake:
+    def test_the_upstreams_host_name_is_sent_as_sni_and_a_bare_address_sends_none(
+        self, start_proxy: ProxyFactory, ca: Authority, tls_upstream: Upstream
+    ) -> None:
+        by_name = tls_upstream.v1.replace("127.0.0.1", "localhost")
+        proxy = start_proxy("--upstream-ca", str(ca.pem), upstream=by_name)
+        assert chat(proxy, "by name").status_code == 200
+        by_address = start_trusting(start_proxy, ca, tls_upstream)
+        assert chat(by_address, "by address").status_code == 200
+        assert tls_upstream.names == ["localhost", None]
+
+    def test_through_a_tunnel_the_sni_is_the_upstreams_not_the_forward_proxys(
+        self, start_proxy: ProxyFactory, tinyproxy: Tinyproxy, ca: Authority, tls_upstream: Upstream
+    ) -> None:
+        by_name = tls_upstream.v1.replace("127.0.0.1", "localhost")
+        proxy = start_proxy(
+            "--upstream-ca", str(ca.pem), upstream=by_name, env={"HTTPS_PROXY": tinyproxy.url}
+        )
+        assert chat(proxy, "tunnelled by name").status_code == 200
+        assert tinyproxy.requests() == [f"CONNECT localhost:{tls_upstream.port} HTTP/1.1"]
+        assert tls_upstream.names == ["localhost"]
+
+    def test_a_certificate_chain_past_openssls_bound_is_refused_not_read_on(
+        self, start_proxy: ProxyFactory, tmp_path: Path, ca: Authority, server_cert: Issued
+    ) -> None:
+        padding = [Authority.create(tmp_path, f"pad-{i}").pem.read_bytes() for i in range(400)]
+        chain = tmp_path / "huge-chain.pem"
+        chain.write_bytes(server_cert.cert.read_bytes() + b"".join(padding))
+        with Upstream(tls=server_tls(Issued(chain, server_cert.key))) as upstream:
+            proxy = start_trusting(start_proxy, ca, upstream)
+            response = chat(proxy, "a chain of 200 KB")
+            assert_unreachable(response, f"No TLS with the upstream (127.0.0.1:{upstream.port})")
+            assert "excessive message size" in response.json()["error"]["message"]
+            assert upstream.requests == 0
