@@ -59,6 +59,11 @@ def serve(flags: dict[str, str | None]) -> int:
             "environment variable names no setting: ignored",
             extra={"variable": name, "did_you_mean": closest},
         )
+    for setting, path in config.exposed_keys(settings):
+        log.warning(
+            "a private key file is readable by every local user: chmod o-r it",
+            extra={"setting": setting, "path": path},
+        )
     for weak in weakened_tls(settings.store):
         log.warning(
             "the store's TLS certificate is not checked: whoever is on the network path to "

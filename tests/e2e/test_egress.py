@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from bench.procs import stop
@@ -347,6 +348,33 @@ class TestWrongTlsFiles:
         assert "upstream failed" in text
         secret = client_cert.key.read_text().splitlines()[1]
         assert "PRIVATE KEY" not in text and secret not in text
+
+    @pytest.mark.parametrize(("mode", "warned"), [(0o644, True), (0o640, False), (0o600, False)])
+    def test_a_key_file_every_local_user_can_read_is_warned_about_at_start(
+        self,
+        mode: int,
+        warned: bool,
+        start_proxy: ProxyFactory,
+        tmp_path: Path,
+        client_cert: Issued,
+        tls_upstream: Upstream,
+    ) -> None:
+        client_cert.key.chmod(mode)
+        log = tmp_path / "proxy.log"
+        with log.open("wb") as stderr:
+            flags = (
+                "--upstream-cert",
+                str(client_cert.cert),
+                "--upstream-key",
+                str(client_cert.key),
+            )
+            proxy = start_proxy(*flags, upstream=tls_upstream.v1, stderr=stderr)
+            stop(proxy.proc)
+        lines = [orjson.loads(line) for line in log.read_bytes().splitlines()]
+        exposed = [line for line in lines if "readable by every local user" in line["msg"]]
+        expected = {"setting": "--upstream-key / REPRO_UPSTREAM_KEY", "path": str(client_cert.key)}
+        assert [{k: line[k] for k in expected} for line in exposed] == [expected] * warned
+        assert "PRIVATE KEY" not in log.read_text()
 
     def test_a_wrong_file_in_the_environment_is_named_by_its_setting_too(
         self, tmp_path: Path

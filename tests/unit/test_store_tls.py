@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import SettingError, load
+from proxy.config import SettingError, exposed_keys, load
 from proxy.store import weakened_tls
 from tests.egress_peers import Authority, Issued, encrypted_key
 
@@ -103,3 +103,22 @@ def test_the_options_that_turn_verification_off_are_named(query: str, named: lis
 
 def test_a_plain_redis_url_is_never_named_weakened() -> None:
     assert weakened_tls("redis://127.0.0.1:6379/0") == []
+
+
+@pytest.mark.parametrize("together", [False, True])
+def test_a_store_key_every_local_user_can_read_is_named_for_the_starts_warning(
+    together: bool, tmp_path: Path, client: Issued
+) -> None:
+    if together:
+        both = tmp_path / "both.pem"
+        both.write_bytes(client.cert.read_bytes() + client.key.read_bytes())
+        query, named, path = f"ssl_certfile={both}", "ssl_certfile", both
+    else:
+        query = f"ssl_certfile={client.cert}&ssl_keyfile={client.key}"
+        named, path = "ssl_keyfile", client.key
+    path.chmod(0o644)
+    client.cert.chmod(0o644)
+    settings = load({"store": f"rediss://127.0.0.1:6380/0?{query}"}, {})
+    assert exposed_keys(settings) == [(f"--store / REPRO_STORE ({named})", str(path))]
+    path.chmod(0o600)
+    assert exposed_keys(settings) == []
