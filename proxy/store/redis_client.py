@@ -4,11 +4,11 @@ text, and so do values it cannot read; a refused fill lock counts as not taken."
 from __future__ import annotations
 
 import asyncio
-import ssl
 from typing import Any
 
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
+from proxy.core.tlsreason import tls_reason
 from proxy.store.base import StoreError, StoreRefused, StoreTimeout
 
 _FAILURES = (RedisError, RedisClusterException, OSError)
@@ -40,7 +40,8 @@ class mapped:
         if isinstance(exc, ResponseError):  # an error reply: OOM, say; the server is up
             raise StoreRefused(f"redis {self.operation} refused: {reason(exc)}") from exc
         if isinstance(exc, _FAILURES):
-            what = f"{type(exc).__name__}{tls_reason(exc)}"
+            tls = tls_reason(exc.__cause__ or exc.__context__)
+            what = type(exc).__name__ + (f" (TLS: {tls})" if tls else "")
             raise StoreError(f"redis {self.operation} failed: {what}") from exc
         if isinstance(exc, _UNREADABLE):  # an answer no version of the proxy writes
             what = type(exc).__name__
@@ -63,20 +64,3 @@ def reason(exc: ResponseError) -> str:
     if type(exc) is not ResponseError:
         return type(exc).__name__
     return str(exc).split(" ", 1)[0] or "ResponseError"
-
-
-def tls_reason(exc: BaseException) -> str:
-    """` (TLS: OpenSSL's reason)` when a handshake is what failed (a certificate the CA did not
-    sign, a server that does not speak TLS), else nothing: the operator's one clue, which
-    redis-py keeps only in the exception it wraps."""
-    cause = exc.__cause__ or exc.__context__
-    for _ in range(4):  # redis-py wraps once or twice; bounded all the same
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return f" (TLS: {cause.verify_message})"
-        if isinstance(cause, ssl.SSLError):
-            reason = getattr(cause, "reason", None) or type(cause).__name__
-            return f" (TLS: {reason.replace('_', ' ').lower()})"
-        if cause is None:
-            return ""
-        cause = cause.__cause__ or cause.__context__
-    return ""

@@ -78,3 +78,19 @@ async def test_check_against_an_https_upstream_trusts_the_ca_ssl_cert_file_names
     report = orjson.loads(capsys.readouterr().out)
     assert code == 0
     assert report["arms"]["seeded"]["failed"] == 0
+
+
+async def test_check_counts_a_refused_certificate_under_its_tls_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Upstream(tls=server_tls(self_signed(tmp_path, "rogue"))) as up:
+        parser = argparse.ArgumentParser()
+        audit_cli.add_arguments(parser)
+        ns = parser.parse_args(
+            ["--base-url", up.v1, "--api-key", "sk-x", "-n", "2", "--json", "-y"]
+        )
+        code = await audit_cli.run(ns)
+        assert up.requests == 0
+    report = orjson.loads(capsys.readouterr().out)
+    assert code == 1
+    assert report["arms"]["seeded"]["errors"] == {"ConnectError (TLS: self-signed certificate)": 2}
