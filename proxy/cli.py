@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from proxy import __version__, config, logs
 from proxy.server import workers
+from proxy.store import weakened_tls
 from proxy.store.base import StoreUnusable
 from proxy.store.cassette import CassetteError
 from proxy.tools import admin_cli, audit, cassette_cli, health, rotations_cli, sim
@@ -58,6 +59,17 @@ def serve(flags: dict[str, str | None]) -> int:
         log.warning(
             "environment variable names no setting: ignored",
             extra={"variable": name, "did_you_mean": closest},
+        )
+    for setting, path in config.exposed_keys(settings):
+        log.warning(
+            "a private key file is readable by every local user: chmod o-r it",
+            extra={"setting": setting, "path": path},
+        )
+    for weak in weakened_tls(settings.store):
+        log.warning(
+            "the store's TLS certificate is not checked: whoever is on the network path to "
+            "Redis can read and forge cache entries",
+            extra={"setting": "--store / REPRO_STORE", "option": weak},
         )
     if settings.workers > 1:
         return workers.supervise(settings)

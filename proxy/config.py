@@ -16,12 +16,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from proxy import values
 from proxy.core.policy import CacheMode, CacheScope, Enforce, FingerprintPolicy, StreamDisconnect
 from proxy.options import OPTIONS, Option
-from proxy.upstream.egress import Egress, env_proxy, tls_context
+from proxy.upstream.egress import Egress, EncryptedKey, env_proxy, tls_context
 
 __all__ = ["OPTIONS", "Option", "SettingError", "Settings", "add_arguments", "load"]
 
@@ -157,6 +157,9 @@ def _check_tls(settings: Settings) -> None:
         ) from None
     try:
         tls_context(Egress(cert=settings.upstream_cert, key=settings.upstream_key))
+    except EncryptedKey as exc:
+        where = "KEY" if settings.upstream_key else "CERT"
+        raise SettingError(f"--upstream-{where.lower()} / REPRO_UPSTREAM_{where}: {exc}") from None
     except (OSError, ssl.SSLError) as exc:
         raise SettingError(
             f"--upstream-cert / REPRO_UPSTREAM_CERT: certificate and key unusable: {exc}"
@@ -229,6 +232,30 @@ def secrets_on_command_line(flags: Mapping[str, str | list[str] | None]) -> list
         if isinstance(given := flags.get(option.name), str)
         and (option.name in _SECRETS or (option.name == "store" and mask_password(given) != given))
     ]
+
+
+def exposed_keys(settings: Settings) -> list[tuple[str, str]]:
+    """The private key files every local user may read, each with the setting naming it: a
+    client certificate's key (--upstream-key, or the --upstream-cert file holding it) and a
+    rediss:// store's ssl_keyfile. Group access is left alone (Debian's ssl-cert group)."""
+    query = dict(parse_qsl(urlsplit(settings.store).query)) if settings.store else {}
+    candidates = [
+        ("--upstream-key / REPRO_UPSTREAM_KEY", settings.upstream_key),
+        ("--upstream-cert / REPRO_UPSTREAM_CERT", settings.upstream_cert),
+        ("--store / REPRO_STORE (ssl_keyfile)", query.get("ssl_keyfile")),
+        ("--store / REPRO_STORE (ssl_certfile)", query.get("ssl_certfile")),
+    ]
+    return [(name, path) for name, path in candidates if path and _world_readable_key(path)]
+
+
+def _world_readable_key(path: str) -> bool:
+    try:
+        if not os.stat(path).st_mode & 0o004:
+            return False
+        with open(path, "rb") as file:
+            return b"PRIVATE KEY-----" in file.read(1 << 20)
+    except OSError:
+        return False
 
 
 def load(

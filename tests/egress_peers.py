@@ -49,13 +49,14 @@ class Authority:
     key: ec.EllipticCurvePrivateKey
 
     @classmethod
-    def create(cls, directory: Path, name: str) -> Authority:
+    def create(cls, directory: Path, name: str, *, signs: bool = True) -> Authority:
+        """`signs`=False: a CA whose key usage does not allow signing certificates."""
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         cert = (
             _builder(subject, subject, key.public_key())
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(_usage(cert_sign=True), critical=True)
+            .add_extension(_usage(cert_sign=signs), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
             .sign(key, hashes.SHA256())
         )
@@ -63,36 +64,38 @@ class Authority:
         pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return cls(pem, cert, key)
 
-    def issue(self, directory: Path, name: str, *, server: bool) -> Issued:
-        """A leaf for 127.0.0.1 and localhost: a server's, or else a client's."""
+    def issue(
+        self,
+        directory: Path,
+        name: str,
+        *,
+        server: bool,
+        hosts: tuple[str, ...] = ("localhost", "127.0.0.1"),
+        valid: tuple[datetime.timedelta, datetime.timedelta] = (-_DAY, _DAY),
+    ) -> Issued:
+        """A leaf for `hosts` (names or addresses), valid from now + valid[0] to now + valid[1]:
+        a server's, or else a client's."""
         key = ec.generate_private_key(ec.SECP256R1())
         purpose = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-        names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         authority_key = x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key())
         cert = (
-            _builder(subject, self.cert.subject, key.public_key())
+            _builder(subject, self.cert.subject, key.public_key(), valid)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(_usage(cert_sign=False), critical=True)
             .add_extension(x509.ExtendedKeyUsage([purpose]), critical=False)
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.SubjectAlternativeName(_names(hosts)), critical=False)
             .add_extension(authority_key, critical=False)
             .sign(self.key, hashes.SHA256())
         )
-        issued = Issued(directory / f"{name}.crt", directory / f"{name}.key")
-        issued.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        issued.key.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        return issued
+        return _written(directory, name, cert, key)
 
 
 def _builder(
-    subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey
+    subject: x509.Name,
+    issuer: x509.Name,
+    public_key: ec.EllipticCurvePublicKey,
+    valid: tuple[datetime.timedelta, datetime.timedelta] = (-_DAY, _DAY),
 ) -> x509.CertificateBuilder:
     now = datetime.datetime.now(datetime.UTC)
     return (
@@ -101,9 +104,58 @@ def _builder(
         .issuer_name(issuer)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _DAY)
-        .not_valid_after(now + _DAY)
+        .not_valid_before(now + valid[0])
+        .not_valid_after(now + valid[1])
     )
+
+
+def _written(
+    directory: Path, name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey
+) -> Issued:
+    issued = Issued(directory / f"{name}.crt", directory / f"{name}.key")
+    issued.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    issued.key.write_bytes(_pem(key, serialization.NoEncryption()))
+    return issued
+
+
+def encrypted_key(issued: Issued, passphrase: bytes) -> Path:
+    """A copy of `issued`'s key encrypted with `passphrase`, beside it."""
+    key = serialization.load_pem_private_key(issued.key.read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    path = issued.key.with_suffix(".encrypted.key")
+    path.write_bytes(_pem(key, serialization.BestAvailableEncryption(passphrase)))
+    return path
+
+
+def _pem(
+    key: ec.EllipticCurvePrivateKey, encryption: serialization.KeySerializationEncryption
+) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+    )
+
+
+def _names(hosts: tuple[str, ...]) -> list[x509.GeneralName]:
+    """Subject alternative names: an address as an IP entry, anything else as a DNS name."""
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    return names
+
+
+def self_signed(directory: Path, name: str) -> Issued:
+    """A server certificate for 127.0.0.1 and localhost that signs itself: no CA vouches for it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (
+        _builder(subject, subject, key.public_key())
+        .add_extension(x509.SubjectAlternativeName(_names(("localhost", "127.0.0.1"))), False)
+        .sign(key, hashes.SHA256())
+    )
+    return _written(directory, name, cert, key)
 
 
 def _usage(*, cert_sign: bool) -> x509.KeyUsage:
@@ -142,6 +194,10 @@ class Upstream:
         self.requests = 0
         self.open = 0
         self.peak = 0
+        self.names: list[str | None] = []
+        """The server name (SNI) each TLS handshake asked for; None when none was sent."""
+        if tls is not None:
+            tls.sni_callback = lambda _socket, name, _context: self.names.append(name)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None

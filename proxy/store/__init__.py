@@ -19,6 +19,7 @@ from proxy.core.numbers import decimal, integer
 from proxy.store.base import Store, StoreError
 from proxy.store.memory import MemoryStore
 from proxy.store.redis import RedisStore
+from proxy.store.tls import check_tls, weakened
 
 __all__ = [
     "MemoryStore",
@@ -28,6 +29,7 @@ __all__ = [
     "check_url",
     "open_store",
     "parse_size",
+    "weakened_tls",
 ]
 
 _SIZE = re.compile(r"([0-9]{1,30})\s*(?:([KMG])(?:iB)?)?", re.IGNORECASE | re.ASCII)
@@ -98,6 +100,16 @@ def check_url(url: str) -> None:
         raise ValueError("port 0 cannot be connected to: expected 1 to 65535")
     if parts.path.strip("/"):
         _check_number("db", parts.path.strip("/"))
+    if parts.scheme == "rediss":
+        check_tls(dict(query))
+
+
+def weakened_tls(url: str) -> list[str]:
+    """The options of a `rediss://` URL that turn a check of the server's certificate off."""
+    parts = urlsplit(url)
+    if parts.scheme != "rediss":
+        return []
+    return weakened(dict(parse_qsl(parts.query, keep_blank_values=True)))
 
 
 _NUMBERS: dict[str, tuple[Callable[[str], float], float, str]] = {

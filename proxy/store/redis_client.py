@@ -8,6 +8,7 @@ from typing import Any
 
 from redis.exceptions import ClusterError, RedisClusterException, RedisError, ResponseError
 
+from proxy.core.tlsreason import tls_reason
 from proxy.store.base import StoreError, StoreRefused, StoreTimeout
 
 FAILURES = (RedisError, RedisClusterException, OSError)
@@ -41,7 +42,9 @@ class mapped:
         if isinstance(exc, ClusterError):  # redirected or told to retry past redis-py's bound
             raise StoreRefused(f"redis {self.operation} refused: a slot on the move") from exc
         if isinstance(exc, FAILURES):
-            raise StoreError(f"redis {self.operation} failed: {type(exc).__name__}") from exc
+            tls = tls_reason(exc.__cause__ or exc.__context__)
+            what = type(exc).__name__ + (f" (TLS: {tls})" if tls else "")
+            raise StoreError(f"redis {self.operation} failed: {what}") from exc
         if isinstance(exc, _UNREADABLE):  # an answer no version of the proxy writes
             what = type(exc).__name__
             raise StoreRefused(

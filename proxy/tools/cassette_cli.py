@@ -249,7 +249,11 @@ def _export_url(args: argparse.Namespace) -> int:
     count = 0
     try:
         with (
-            httpx.Client(timeout=args.timeout, trust_env=remote.trusts_environment(url)) as web,
+            httpx.Client(
+                timeout=args.timeout,
+                trust_env=remote.trusts_environment(url),
+                verify=remote.trust(),
+            ) as web,
             web.stream("GET", url, params=params, headers=headers) as r,
             _output(args.output) as out,
         ):
@@ -290,7 +294,9 @@ def _import_url(args: argparse.Namespace) -> int:
     params = {"cache_scope": scope} if (scope := _scope(args)) else {}
     count = 0
     trust_env = remote.trusts_environment(url)
-    with httpx.Client(follow_redirects=False, timeout=args.timeout, trust_env=trust_env) as client:
+    with httpx.Client(
+        follow_redirects=False, timeout=args.timeout, trust_env=trust_env, verify=remote.trust()
+    ) as client:
         for batch in _batches(cassette.read(args.cassette, policy.SHARED)):
             try:
                 status, body = remote.fetch(

@@ -11,6 +11,7 @@ the URL given. httpx is imported only when a command runs.
 from __future__ import annotations
 
 import ipaddress
+import ssl
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -84,6 +85,17 @@ def cleartext_warning(url: str, what: str) -> str | None:
     )
 
 
+def trust() -> ssl.SSLContext:
+    """What the commands trust over https: the system's store (which SSL_CERT_FILE and
+    SSL_CERT_DIR name, as for the proxy itself, OpenSSL and curl) plus certifi's bundle, httpx's
+    own default; one in addition to the other, never instead, whatever the host."""
+    import certifi
+
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=certifi.where())
+    return context
+
+
 def fetch(
     method: str,
     url: str,
@@ -102,7 +114,7 @@ def fetch(
     deadline = time.monotonic() + timeout
     own = client is None
     session = client or httpx.Client(
-        follow_redirects=False, timeout=timeout, trust_env=trusts_environment(url)
+        follow_redirects=False, timeout=timeout, trust_env=trusts_environment(url), verify=trust()
     )
     try:
         asked = {"Accept-Encoding": "identity", **headers}

@@ -99,7 +99,11 @@ async def _embedding_distances(base: str, args: argparse.Namespace, report: Any)
     headers = {"Authorization": f"Bearer {remote.header_safe(key, 'the API key')}"} if key else {}
     trust_env = remote.trusts_environment(base)
     async with httpx.AsyncClient(
-        base_url=base + "/v1/", headers=headers, timeout=args.timeout, trust_env=trust_env
+        base_url=base + "/v1/",
+        headers=headers,
+        timeout=args.timeout,
+        trust_env=trust_env,
+        verify=remote.trust(),
     ) as client:
         for model in report["models"].values():
             for rotation in model["rotations"]:

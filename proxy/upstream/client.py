@@ -25,6 +25,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.core.inflate import CODINGS, Inflater
+from proxy.core.tlsreason import tls_reason
 from proxy.errors import (
     InvalidBodyLength,
     ProxyError,
@@ -318,8 +319,14 @@ def _raise_mapped(exc: BaseException, when: str) -> NoReturn:
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         raise UpstreamUnreachable(f"Could not resolve the upstream host {exc.host}.") from exc
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        why = tls_reason(exc.certificate_error) or exc.certificate_error
         raise UpstreamUnreachable(
-            f"The upstream's TLS certificate is not trusted: {exc.certificate_error}."
+            f"The upstream's TLS certificate is not trusted ({exc.host}:{exc.port}): {why}."
+        ) from exc
+    if isinstance(exc, aiohttp.ClientConnectorSSLError):
+        why = tls_reason(exc.os_error) or type(exc.os_error).__name__
+        raise UpstreamUnreachable(
+            f"No TLS with the upstream ({exc.host}:{exc.port}): {why}."
         ) from exc
     if isinstance(exc, aiohttp.ClientProxyConnectionError):
         raise UpstreamUnreachable(f"Could not connect to the forward proxy: {exc}.") from exc

@@ -38,12 +38,26 @@ def env_proxy(url: str, environ: Mapping[str, str]) -> str | None:
     return proxy
 
 
+class EncryptedKey(ValueError):
+    """The client certificate's key wants a passphrase, which the proxy has none of."""
+
+
+def no_passphrase() -> bytes:
+    """OpenSSL's passphrase callback: without one it asks the terminal, which would hold a
+    start under a TTY and fail without one with a bare EINVAL."""
+    raise EncryptedKey(
+        "the private key is encrypted and the proxy takes no passphrase: decrypt it "
+        "(openssl pkey -in KEY -out PLAIN) into a file only the proxy's user can read"
+    )
+
+
 def tls_context(egress: Egress) -> ssl.SSLContext:
     """The system's trust store, plus `egress.ca` (in addition, never instead), plus a client
-    certificate when the gateway asks for one. Unreadable files raise OSError / ssl.SSLError."""
+    certificate when the gateway asks for one. Unreadable files raise OSError / ssl.SSLError,
+    an encrypted key EncryptedKey."""
     context = ssl.create_default_context()
     if egress.ca:
         context.load_verify_locations(cafile=egress.ca)
     if egress.cert:
-        context.load_cert_chain(egress.cert, egress.key)
+        context.load_cert_chain(egress.cert, egress.key, password=no_passphrase)
     return context

@@ -5,6 +5,7 @@ connections (--upstream-connections)."""
 
 from __future__ import annotations
 
+import datetime
 import ssl
 import subprocess
 import sys
@@ -13,10 +14,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
+from bench.procs import stop
 from proxy.upstream.egress import Egress, tls_context
-from tests.egress_peers import Authority, Issued, Tinyproxy, Upstream, server_tls
+from tests.egress_peers import (
+    Authority,
+    Issued,
+    Tinyproxy,
+    Upstream,
+    encrypted_key,
+    self_signed,
+    server_tls,
+)
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim, _clean_env, free_port
 
 KEY = "Bearer sk-egress"
@@ -275,6 +286,7 @@ class TestWrongTlsFiles:
             (("--upstream-cert", "{ca}"), "--upstream-cert"),
             (("--upstream-cert", "{cert}", "--upstream-key", "{text}"), "--upstream-cert"),
             (("--upstream-key", "{key}"), "--upstream-key"),
+            (("--upstream-cert", "{cert}", "--upstream-key", "{other_key}"), "--upstream-cert"),
         ],
     )
     def test_a_wrong_file_stops_serve_with_status_2_and_one_line_naming_the_setting(
@@ -284,6 +296,7 @@ class TestWrongTlsFiles:
         tmp_path: Path,
         ca: Authority,
         client_cert: Issued,
+        server_cert: Issued,
     ) -> None:
         text = tmp_path / "notes.txt"
         text.write_text("not a certificate\n")
@@ -293,12 +306,75 @@ class TestWrongTlsFiles:
             "ca": ca.pem,
             "cert": client_cert.cert,
             "key": client_cert.key,
+            "other_key": server_cert.key,
         }
         result = serve_exit(*(flag.format(**files) for flag in flags))
         assert result.returncode == 2
         lines = result.stderr.splitlines()
         assert len(lines) == 1
         assert lines[0].startswith(f"repro-proxy: {named}")
+
+    @pytest.mark.parametrize("separate", [True, False])
+    def test_an_encrypted_key_stops_serve_with_one_line_instead_of_asking_a_terminal(
+        self, separate: bool, tmp_path: Path, client_cert: Issued
+    ) -> None:
+        key = encrypted_key(client_cert, b"correct horse")
+        if separate:
+            flags = ("--upstream-cert", str(client_cert.cert), "--upstream-key", str(key))
+        else:
+            both = tmp_path / "both.pem"
+            both.write_bytes(client_cert.cert.read_bytes() + key.read_bytes())
+            flags = ("--upstream-cert", str(both))
+        result = serve_exit("--upstream", "https://127.0.0.1:9/v1", *flags)
+        assert result.returncode == 2
+        assert "pass phrase" not in result.stdout + result.stderr
+        [line] = result.stderr.splitlines()
+        named = "--upstream-key / REPRO_UPSTREAM_KEY" if separate else "--upstream-cert"
+        assert line.startswith(f"repro-proxy: {named}")
+        assert "the private key is encrypted" in line
+        assert "BEGIN" not in line and "correct horse" not in line
+
+    def test_a_certificate_file_holding_its_key_is_never_logged(
+        self, start_proxy: ProxyFactory, tmp_path: Path, client_cert: Issued
+    ) -> None:
+        both = tmp_path / "both.pem"
+        both.write_bytes(client_cert.cert.read_bytes() + client_cert.key.read_bytes())
+        log = tmp_path / "proxy.log"
+        with log.open("wb") as stderr, Upstream(tls=server_tls(self_signed(tmp_path, "s"))) as up:
+            proxy = start_proxy("--upstream-cert", str(both), upstream=up.v1, stderr=stderr)
+            assert_unreachable(chat(proxy, "hello"), "self-signed certificate")
+            stop(proxy.proc)
+        text = log.read_text()
+        assert "upstream failed" in text
+        secret = client_cert.key.read_text().splitlines()[1]
+        assert "PRIVATE KEY" not in text and secret not in text
+
+    @pytest.mark.parametrize(("mode", "warned"), [(0o644, True), (0o640, False), (0o600, False)])
+    def test_a_key_file_every_local_user_can_read_is_warned_about_at_start(
+        self,
+        mode: int,
+        warned: bool,
+        start_proxy: ProxyFactory,
+        tmp_path: Path,
+        client_cert: Issued,
+        tls_upstream: Upstream,
+    ) -> None:
+        client_cert.key.chmod(mode)
+        log = tmp_path / "proxy.log"
+        with log.open("wb") as stderr:
+            flags = (
+                "--upstream-cert",
+                str(client_cert.cert),
+                "--upstream-key",
+                str(client_cert.key),
+            )
+            proxy = start_proxy(*flags, upstream=tls_upstream.v1, stderr=stderr)
+            stop(proxy.proc)
+        lines = [orjson.loads(line) for line in log.read_bytes().splitlines()]
+        exposed = [line for line in lines if "readable by every local user" in line["msg"]]
+        expected = {"setting": "--upstream-key / REPRO_UPSTREAM_KEY", "path": str(client_cert.key)}
+        assert [{k: line[k] for k in expected} for line in exposed] == [expected] * warned
+        assert "PRIVATE KEY" not in log.read_text()
 
     def test_a_wrong_file_in_the_environment_is_named_by_its_setting_too(
         self, tmp_path: Path
@@ -340,3 +416,95 @@ class TestConnectionCap:
             responses = concurrent_chats(proxy, 6)
             assert [r.status_code for r in responses] == [200] * 6
             assert upstream.peak > 2
+
+
+HOUR = datetime.timedelta(hours=1)
+
+
+def wrong_certificates(directory: Path, ca: Authority) -> dict[str, Issued]:
+    """Server certificates the proxy must refuse although `ca` is trusted; a CA that may not
+    sign certificates is added to `ca`'s bundle."""
+    lame = Authority.create(directory, "lame-ca", signs=False)
+    ca.pem.write_bytes(ca.pem.read_bytes() + lame.pem.read_bytes())
+    return {
+        "another host": ca.issue(directory, "other", server=True, hosts=("api.example.com",)),
+        "expired": ca.issue(directory, "expired", server=True, valid=(-2 * HOUR, -HOUR)),
+        "not yet valid": ca.issue(directory, "early", server=True, valid=(HOUR, 2 * HOUR)),
+        "self-signed": self_signed(directory, "selfish"),
+        "a client's": ca.issue(directory, "client-as-server", server=False),
+        "signed by a CA that may not sign": lame.issue(directory, "by-lame", server=True),
+    }
+
+
+REASONS = {
+    "another host": "IP address mismatch",
+    "expired": "certificate has expired",
+    "not yet valid": "certificate is not yet valid",
+    "self-signed": "self-signed certificate",
+    "a client's": "unsuitable certificate purpose",
+    "signed by a CA that may not sign": "invalid CA certificate",
+}
+
+
+class TestUpstreamCertificates:
+    """Each certificate a man in the middle or a misconfigured gateway could present: the
+    proxy sends nothing, and its 502 names the upstream and OpenSSL's reason, in one line."""
+
+    @pytest.mark.parametrize("kind", list(REASONS))
+    def test_a_wrong_certificate_is_a_502_naming_the_upstream_and_the_reason(
+        self, kind: str, start_proxy: ProxyFactory, tmp_path: Path, ca: Authority
+    ) -> None:
+        with Upstream(tls=server_tls(wrong_certificates(tmp_path, ca)[kind])) as upstream:
+            proxy = start_trusting(start_proxy, ca, upstream)
+            response = chat(proxy, "secret prompt")
+            assert_unreachable(response, "certificate is not trusted")
+            message = response.json()["error"]["message"]
+            assert f"127.0.0.1:{upstream.port}" in message
+            assert REASONS[kind] in message
+            assert "_ssl.c" not in message and "\n" not in message
+            assert upstream.requests == 0
+
+    def test_an_https_upstream_answering_plain_http_is_a_502_not_a_cleartext_call(
+        self, start_proxy: ProxyFactory, sim: Sim
+    ) -> None:
+        proxy = start_proxy(upstream=f"https://127.0.0.1:{sim.port}/v1")
+        response = chat(proxy, "must not go in the clear")
+        assert_unreachable(response, f"No TLS with the upstream (127.0.0.1:{sim.port})")
+        assert "wrong version number" in response.json()["error"]["message"]
+        assert sim.llm_requests() == []
+
+
+class TestHandshake:
+    def test_the_upstreams_host_name_is_sent_as_sni_and_a_bare_address_sends_none(
+        self, start_proxy: ProxyFactory, ca: Authority, tls_upstream: Upstream
+    ) -> None:
+        by_name = tls_upstream.v1.replace("127.0.0.1", "localhost")
+        proxy = start_proxy("--upstream-ca", str(ca.pem), upstream=by_name)
+        assert chat(proxy, "by name").status_code == 200
+        by_address = start_trusting(start_proxy, ca, tls_upstream)
+        assert chat(by_address, "by address").status_code == 200
+        assert tls_upstream.names == ["localhost", None]
+
+    def test_through_a_tunnel_the_sni_is_the_upstreams_not_the_forward_proxys(
+        self, start_proxy: ProxyFactory, tinyproxy: Tinyproxy, ca: Authority, tls_upstream: Upstream
+    ) -> None:
+        by_name = tls_upstream.v1.replace("127.0.0.1", "localhost")
+        proxy = start_proxy(
+            "--upstream-ca", str(ca.pem), upstream=by_name, env={"HTTPS_PROXY": tinyproxy.url}
+        )
+        assert chat(proxy, "tunnelled by name").status_code == 200
+        assert tinyproxy.requests() == [f"CONNECT localhost:{tls_upstream.port} HTTP/1.1"]
+        assert tls_upstream.names == ["localhost"]
+
+    def test_a_certificate_chain_past_openssls_bound_is_refused_not_read_on(
+        self, start_proxy: ProxyFactory, tmp_path: Path, ca: Authority, server_cert: Issued
+    ) -> None:
+        padding = [Authority.create(tmp_path, f"pad-{i}").pem.read_bytes() for i in range(400)]
+        chain = tmp_path / "huge-chain.pem"
+        chain.write_bytes(server_cert.cert.read_bytes() + b"".join(padding))
+        with Upstream(tls=server_tls(Issued(chain, server_cert.key))) as upstream:
+            proxy = start_trusting(start_proxy, ca, upstream)
+            response = chat(proxy, "a chain of 200 KB")
+            assert_unreachable(response, f"No TLS with the upstream (127.0.0.1:{upstream.port})")
+            assert "excessive message size" in response.json()["error"]["message"]
+            assert upstream.requests == 0

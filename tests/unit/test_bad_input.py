@@ -110,7 +110,7 @@ def test_a_store_url_redis_py_would_choke_on_is_refused_before_connecting(
     "url",
     [
         "redis://127.0.0.1:6379/0?cluster=true&socket_timeout=2&client_name=repro",
-        "rediss://:pw@cache.internal:6380/0?ssl_cert_reqs=none&ssl_ca_certs=/etc/ca.pem",
+        "rediss://:pw@cache.internal:6380/0?ssl_cert_reqs=none&ssl_ca_certs=/etc/ssl/certs/ca-certificates.crt",
         "memory://?max_bytes=512MiB",
     ],
 )

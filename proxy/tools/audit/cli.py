@@ -95,7 +95,7 @@ def _confirmed(skip: bool) -> bool:
 def _client(ns: argparse.Namespace) -> httpx.AsyncClient:
     import httpx
 
-    from proxy.tools.remote import trusts_environment
+    from proxy.tools.remote import trust, trusts_environment
 
     key = ns.api_key or os.environ.get("OPENAI_API_KEY")
     headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -103,7 +103,12 @@ def _client(ns: argparse.Namespace) -> httpx.AsyncClient:
     base_url = ns.base_url.rstrip("/") + "/"
     trust_env = trusts_environment(base_url)
     return httpx.AsyncClient(
-        base_url=base_url, headers=headers, timeout=ns.timeout, limits=limits, trust_env=trust_env
+        base_url=base_url,
+        headers=headers,
+        timeout=ns.timeout,
+        limits=limits,
+        trust_env=trust_env,
+        verify=trust(),
     )
 
 

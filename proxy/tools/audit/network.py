@@ -10,6 +10,7 @@ import httpx
 import orjson
 
 from proxy.core.textdistance import cosine_distance, mean_pairwise
+from proxy.core.tlsreason import tls_reason
 from proxy.tools.audit.plan import EMBEDDING_BATCH, Arm, Plan
 from proxy.tools.audit.tally import (
     MAX_NAME,
@@ -41,7 +42,10 @@ async def ask(client: httpx.AsyncClient, plan: Plan, arm: Arm) -> Outcome:
             client, "chat/completions", plan.body(arm), NO_CACHE, plan.timeout
         )
     except httpx.HTTPError as exc:
-        return Failure(type(exc).__name__)
+        tls = tls_reason(exc)
+        return Failure(
+            kept(f"{type(exc).__name__} (TLS: {tls})", MAX_NAME) if tls else type(exc).__name__
+        )
     except Unusable as exc:
         return Failure(kept(str(exc), MAX_NAME))
     return parse_answer(status, headers, body)
