@@ -22,6 +22,7 @@ import pytest
 from bench.procs import free_port, settled, stop, wait_until_up
 
 if TYPE_CHECKING:
+    from openai import AzureOpenAI
     from prometheus_client.samples import Sample
 
 LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
@@ -233,6 +234,25 @@ def closed_after_test(client: _C) -> _C:
     `close_clients` fixture of tests/e2e does it)."""
     _OPEN_CLIENTS.append(client)
     return client
+
+
+AZURE_VERSION = "2024-10-21"
+
+
+def azure_client(
+    proxy: Proxy, ns: str, key: str = "az-key", version: str = AZURE_VERSION
+) -> AzureOpenAI:
+    """The SDK's Azure client, against the proxy, in namespace `ns`, closed after the test."""
+    from openai import AzureOpenAI
+
+    made = AzureOpenAI(
+        azure_endpoint=proxy.url,
+        api_version=version,
+        api_key=key,
+        max_retries=0,
+        default_headers={"X-Repro-Namespace": ns},
+    )
+    return closed_after_test(made)
 
 
 def close_open_clients() -> None:

@@ -62,18 +62,21 @@ def test_stats_over_https_refuses_a_self_signed_certificate_in_one_line(tmp_path
     assert "t0ken-secret" not in line and "Traceback" not in result.stderr
 
 
+async def check_twice(up: Upstream) -> int:
+    """`repro-proxy check -n 2 --json` against `up`: its exit status (the report is on stdout)."""
+    parser = argparse.ArgumentParser()
+    audit_cli.add_arguments(parser)
+    args = ["--base-url", up.v1, "--api-key", "sk-x", "-n", "2", "--json", "-y"]
+    return await audit_cli.run(parser.parse_args(args))
+
+
 async def test_check_against_an_https_upstream_trusts_the_ca_ssl_cert_file_names(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     corporate = Authority.create(tmp_path, "corporate-ca")
     monkeypatch.setenv("SSL_CERT_FILE", str(corporate.pem))
     with Upstream(tls=server_tls(corporate.issue(tmp_path, "upstream", server=True))) as up:
-        parser = argparse.ArgumentParser()
-        audit_cli.add_arguments(parser)
-        ns = parser.parse_args(
-            ["--base-url", up.v1, "--api-key", "sk-x", "-n", "2", "--json", "-y"]
-        )
-        code = await audit_cli.run(ns)
+        code = await check_twice(up)
         assert up.requests == 4
     report = orjson.loads(capsys.readouterr().out)
     assert code == 0
@@ -84,12 +87,7 @@ async def test_check_counts_a_refused_certificate_under_its_tls_reason(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with Upstream(tls=server_tls(self_signed(tmp_path, "rogue"))) as up:
-        parser = argparse.ArgumentParser()
-        audit_cli.add_arguments(parser)
-        ns = parser.parse_args(
-            ["--base-url", up.v1, "--api-key", "sk-x", "-n", "2", "--json", "-y"]
-        )
-        code = await audit_cli.run(ns)
+        code = await check_twice(up)
         assert up.requests == 0
     report = orjson.loads(capsys.readouterr().out)
     assert code == 1

@@ -17,26 +17,22 @@ import orjson
 import pytest
 from openai import AsyncAzureOpenAI, AzureOpenAI, OpenAI
 
-from tests.fixtures_procs import Proxy, ProxyFactory, Sim, closed_after_test
+from tests.fixtures_procs import (
+    AZURE_VERSION,
+    Proxy,
+    ProxyFactory,
+    Sim,
+    azure_client,
+    closed_after_test,
+)
 
-VERSION = "2024-10-21"
+VERSION = AZURE_VERSION
 MESSAGES = [{"role": "user", "content": "Name a colour."}]
 
 
 @pytest.fixture
 def azure(start_proxy: ProxyFactory, sim: Sim) -> Proxy:
     return start_proxy(upstream=sim.url)
-
-
-def az(proxy: Proxy, ns: str, key: str = "az-key", version: str = VERSION) -> AzureOpenAI:
-    made = AzureOpenAI(
-        azure_endpoint=proxy.url,
-        api_version=version,
-        api_key=key,
-        max_retries=0,
-        default_headers={"X-Repro-Namespace": ns},
-    )
-    return closed_after_test(made)
 
 
 def upstream(sim: Sim) -> list[dict[str, Any]]:
@@ -46,7 +42,7 @@ def upstream(sim: Sim) -> list[dict[str, Any]]:
 def test_azure_chat_is_a_miss_then_a_hit_with_the_seed_injected(
     azure: Proxy, sim: Sim, ns: str
 ) -> None:
-    client = az(azure, ns)
+    client = azure_client(azure, ns)
     runs = [
         client.chat.completions.with_raw_response.create(model="chat-dep", messages=MESSAGES)  # type: ignore[arg-type]
         for _ in range(2)
@@ -71,16 +67,16 @@ def test_the_deployment_the_api_version_and_the_api_key_each_partition_the_cache
         return str(raw.headers["X-Repro-Key"])
 
     keys = {
-        ask(az(azure, ns), "dep-a"),
-        ask(az(azure, ns), "dep-b"),
-        ask(az(azure, ns, version="2025-01-01-preview"), "dep-a"),
-        ask(az(azure, ns, key="az-other-tenant"), "dep-a"),
+        ask(azure_client(azure, ns), "dep-a"),
+        ask(azure_client(azure, ns), "dep-b"),
+        ask(azure_client(azure, ns, version="2025-01-01-preview"), "dep-a"),
+        ask(azure_client(azure, ns, key="az-other-tenant"), "dep-a"),
     }
     assert len(keys) == 4 and len(upstream(sim)) == 4
 
 
 def test_azure_embeddings_are_cached_without_a_seed(azure: Proxy, sim: Sim, ns: str) -> None:
-    client = az(azure, ns)
+    client = azure_client(azure, ns)
     runs = [client.embeddings.with_raw_response.create(model="emb", input="x") for _ in range(2)]
     assert [r.headers["X-Repro-Cache"] for r in runs] == ["MISS", "HIT"]
     assert "seed" not in orjson.loads(upstream(sim)[0]["body"])
@@ -108,7 +104,7 @@ async def test_async_azure_chat_stream_is_replayed(azure: Proxy, sim: Sim, ns: s
 
 
 def test_azure_responses_are_cached_and_get_no_seed(azure: Proxy, sim: Sim, ns: str) -> None:
-    client = az(azure, ns)
+    client = azure_client(azure, ns)
     runs = [client.responses.with_raw_response.create(model="dep", input="x") for _ in range(2)]
     assert [r.headers["X-Repro-Cache"] for r in runs] == ["MISS", "HIT"]
     assert runs[1].parse().output_text == runs[0].parse().output_text

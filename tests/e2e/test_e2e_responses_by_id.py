@@ -16,10 +16,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from openai import AzureOpenAI
 
 from tests.e2e.test_e2e_responses import INPUT, MODEL, client, post, stored
-from tests.fixtures_procs import Proxy, ProxyFactory, Sim, closed_after_test
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim, azure_client
 from tests.hostile import Scripted, fixed, http_answer
 
 
@@ -206,17 +205,6 @@ def test_a_completed_response_carrying_an_error_is_not_stored(
 
 
 # --- Azure: /openai/responses/{id} ------------------------------------------------------------
-
-
-def azure_client(proxy: Proxy, ns: str, version: str, key: str = "az-key") -> AzureOpenAI:
-    made = AzureOpenAI(
-        azure_endpoint=proxy.url,
-        api_version=version,
-        api_key=key,
-        max_retries=0,
-        default_headers={"X-Repro-Namespace": ns},
-    )
-    return closed_after_test(made)
 
 
 @pytest.fixture
