@@ -35,6 +35,7 @@ OTHER_PROGRAMS_FLAGS = {
     "--init": "docker run",
     "--profile": "docker compose",
     "--build": "docker compose",
+    "--cluster": "redis-cli",
 }
 ROUTE = re.compile(r"^(?:(GET|POST|PUT|PATCH|DELETE) )?(/\S*)$")
 # A metric name in prose; recording rules (`model:repro_cache_hits:rate5m`) are not metrics.
