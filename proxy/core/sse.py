@@ -341,7 +341,8 @@ class StreamRecorder:
         """Every choice the stream opened must have finished: with `n` above 1, one cut short
         beside another that finished is no more an answer than a stream with no finish. No
         request asks for more than _MAX_CHOICES; a stream naming more is refused, not tracked."""
-        self.token = self.token or _carries_token(choice)
+        if not self.token:
+            self.token = _carries_token(choice)
         index = choice.get("index", 0)
         if not isinstance(index, int):
             self.failed = True
@@ -366,7 +367,7 @@ class StreamRecorder:
         `none`: it names something, and not the stream's fingerprint (kept as a digest, as one
         can be as long as a frame)."""
         value = holder.get("system_fingerprint")
-        if value is None:
+        if value is None or value == self._claim:  # a digest, bytes, equals no parsed value
             return
         fingerprint = fingerprint_of(holder)
         claim = (
