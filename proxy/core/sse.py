@@ -28,6 +28,7 @@ ended, to read it.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import re
 from collections.abc import Iterator
@@ -169,6 +170,19 @@ class _Event:
         self.data += value
 
 
+def _carries_token(choice: dict[str, Any]) -> bool:
+    """A choice carrying anything a client shows or acts on: text, a delta beyond the role
+    (content, a refusal, a tool call), log probabilities or a finish_reason."""
+    delta = choice.get("delta")
+    fields = delta.items() if isinstance(delta, dict) else ()
+    return bool(
+        choice.get("text")
+        or choice.get("logprobs")
+        or choice.get("finish_reason")
+        or any(value for name, value in fields if name != "role")
+    )
+
+
 class StreamRecorder:
     def __init__(self, max_bytes: int, responses: bool = False) -> None:
         """`responses`: the stream is the Responses API's typed events."""
@@ -184,6 +198,8 @@ class StreamRecorder:
         self._ended: set[int] = set()
         self.frames = 0
         self.fingerprint: str | None = None
+        self._claim: str | bytes | None = None
+        self.token = False  # a chat chunk carried more than its role: text, a tool call, an end
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.finished = False
@@ -301,8 +317,8 @@ class StreamRecorder:
             return
         response = event.get("response")
         for holder in (event, response):
-            if isinstance(holder, dict) and "system_fingerprint" in holder:
-                self._read_chunk_fingerprint(fingerprint_of(holder))
+            if isinstance(holder, dict):
+                self._read_claim(holder)
         if not isinstance(response, dict):
             return
         if isinstance(response.get("id"), str):
@@ -313,8 +329,7 @@ class StreamRecorder:
             self.finished = self.done = is_answer(response, responses=True)
 
     def _read_event(self, event: dict[str, Any]) -> None:
-        if "system_fingerprint" in event:
-            self._read_chunk_fingerprint(fingerprint_of(event))
+        self._read_claim(event)
         if isinstance(event.get("usage"), dict):
             self.prompt_tokens, self.completion_tokens = usage_of(event)
         for choice in event.get("choices") or ():
@@ -326,6 +341,8 @@ class StreamRecorder:
         """Every choice the stream opened must have finished: with `n` above 1, one cut short
         beside another that finished is no more an answer than a stream with no finish. No
         request asks for more than _MAX_CHOICES; a stream naming more is refused, not tracked."""
+        if not self.token:
+            self.token = _carries_token(choice)
         index = choice.get("index", 0)
         if not isinstance(index, int):
             self.failed = True
@@ -341,32 +358,54 @@ class StreamRecorder:
             self._open.clear()
             self._ended.clear()
 
-    def _read_chunk_fingerprint(self, fingerprint: str) -> None:
-        """The first fingerprint named names the stream; a chunk or event naming another (a
-        hostile upstream, or two backends answering one stream) spoils it: stored, it would
-        be served as the first fingerprint's answer though another produced part of it. A
-        chunk naming none is no contradiction."""
-        if self.fingerprint is None:
+    def _read_claim(self, holder: dict[str, Any]) -> None:
+        """The first chunk or event that names a fingerprint names the stream, whether or not
+        chunks before it carried a null one (OpenAI's sometimes do): a null or missing one
+        claims nothing. One naming another value (a hostile upstream, or two backends
+        answering one stream) spoils it: stored, it would be served as the first one's answer
+        though another produced part of it. An ill-formed value is a claim too, labelled
+        `none`: it names something, and not the stream's fingerprint (kept as a digest, as one
+        can be as long as a frame)."""
+        value = holder.get("system_fingerprint")
+        if value is None or value == self._claim:  # a digest, bytes, equals no parsed value
+            return
+        fingerprint = fingerprint_of(holder)
+        claim = (
+            fingerprint if fingerprint != "none" else hashlib.sha256(orjson.dumps(value)).digest()
+        )
+        if self._claim is None:
+            self._claim = claim
             self.fingerprint = fingerprint
-        elif fingerprint != self.fingerprint and "none" not in (fingerprint, self.fingerprint):
+        elif claim != self._claim:
             self.failed = True
 
     @property
     def named(self) -> bool:
         """A frame read names the answer for its head: a fingerprint, or a chat chunk carrying
-        a choice (Azure's first chunk, of prompt filter results, carries neither), or any typed
+        a token (Azure's first chunk, of prompt filter results, carries neither; OpenAI's first,
+        of the role alone, may name a null fingerprint the next one names), or any typed
         event. A frame that spoiled the stream ends the wait too."""
         if self.fingerprint is not None:
             return True
-        return self.frames > 0 and (
-            self._responses or self.failed or bool(self._open or self._ended)
-        )
+        return self.frames > 0 and (self._responses or self.failed or self.token)
 
     @property
     def answered(self) -> bool:
         """An answer to its clean end, whatever its size: finish_reason, then [DONE] (or
         `response.completed`), and no error."""
         return self.finished and self.done and not self.failed
+
+    @property
+    def taught(self) -> str | None:
+        """The fingerprint the stream teaches the model's tracking: the one it named, or `none`
+        for an answer that named none to its clean end. Nothing from a stream that spoiled
+        itself (an error, two fingerprints: an error answer never teaches one), nor from one
+        cut before it named one, whose next chunk might have."""
+        if self.failed:
+            return None
+        if self.fingerprint is None and self.answered:
+            return "none"
+        return self.fingerprint
 
     @property
     def complete(self) -> bool:

@@ -217,13 +217,14 @@ class _Relay:
         """Vouch for the caller's credentials if the stream was an answer to its end (one
         that opened with a 200 and then reported an error, as gateways report a bad key,
         answered nobody); learn the fingerprint of a stream cut short (a clean one taught
-        it), never of one that carried an error or contradicted itself: as an error answer
-        never does, it would make a model rotate, and its stored answers stop being served."""
+        it), never of one that carried an error or named two fingerprints: as an error answer
+        never does, it would make a model rotate, and its stored answers stop being served
+        (see `StreamRecorder.taught`)."""
         recorder = self.recorder
         if recorder.answered or self.committed:
             self.services.keys.remember(self.call.tenant)
-        if not self.committed and recorder.fingerprint is not None and not recorder.failed:
-            await observe_fingerprint(self.services, self.call.lineage, recorder.fingerprint)
+        if not self.committed and recorder.taught is not None:
+            await observe_fingerprint(self.services, self.call.lineage, recorder.taught)
 
     async def _commit(self) -> None:
         """Learn the fingerprint, then store: under `follow` the entry is servable at once."""

@@ -286,10 +286,16 @@ def finish_frame(fingerprint: str = "fp_hostile") -> bytes:
 
 
 def gated(
-    first: bytes, rest: bytes, gate: threading.Event, opened: list[bool], head: bytes = SSE_HEAD
+    first: bytes,
+    rest: bytes,
+    gate: threading.Event,
+    opened: list[bool] | None = None,
+    head: bytes = SSE_HEAD,
+    cut: bool = False,
 ) -> Writer:
-    """Stream `first`, wait (bounded) until the test opens `gate`, then stream `rest`; `opened`
-    says whether the gate opened before the wait ran out."""
+    """Stream `first`, wait (bounded) until the test opens `gate`, then stream `rest`, and end
+    the stream, or with `cut` break the connection instead; `opened` says whether the gate
+    opened before the wait ran out."""
 
     async def write(writer: asyncio.StreamWriter, _: Received) -> None:
         writer.write(head + chunked(first))
@@ -298,9 +304,12 @@ def gated(
             if gate.is_set():
                 break
             await asyncio.sleep(0.01)
-        opened.append(gate.is_set())
-        writer.write(chunked(rest) + b"0\r\n\r\n")
+        if opened is not None:
+            opened.append(gate.is_set())
+        writer.write(chunked(rest) + (b"" if cut else b"0\r\n\r\n"))
         await writer.drain()
+        if cut:
+            writer.close()
 
     return write
 
@@ -457,21 +466,8 @@ def test_what_follows_a_stored_clean_end_never_reaches_the_first_client(
     later one the clean answer stored. The first now gets what the stored answer holds."""
     junk = typed("error", message="late", code="server_error")
     gate = threading.Event()
-
-    async def answer(writer: asyncio.StreamWriter, _: Received) -> None:
-        writer.write(SSE_HEAD + chunked(CLEAN_TYPED))
-        await writer.drain()
-        for _ in range(int(WAIT / 0.01)):
-            if gate.is_set():
-                break
-            await asyncio.sleep(0.01)
-        writer.write(chunked(junk) + (b"" if cut else b"0\r\n\r\n"))
-        await writer.drain()
-        if cut:
-            writer.close()
-
     body = orjson.dumps({"model": "m", "input": "late junk", "stream": True})
-    with Scripted(answer) as upstream:
+    with Scripted(gated(CLEAN_TYPED, junk, gate, cut=cut)) as upstream:
         proxy = start_proxy(upstream=upstream.v1)
         seen: list[tuple[str, bytes]] = []
         for _ in range(2):
