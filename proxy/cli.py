@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from proxy import __version__, config, logs
 from proxy.server import workers
@@ -18,8 +19,17 @@ from proxy.tools import admin_cli, audit, cassette_cli, health, rotations_cli, s
 log = logging.getLogger("proxy.cli")
 
 
+class Parser(argparse.ArgumentParser):
+    """A parser that takes flags by their whole name only: with abbreviations, `--up` works
+    today and means something else, or nothing, the day another flag starting so is added.
+    Subcommands are built by the parser class of their parent, so each takes this one."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="repro-proxy",
         description="Reproducible, cached answers from OpenAI-compatible LLM APIs.",
     )

@@ -1,0 +1,84 @@
+"""How the real command reads its flags: only whole names (an abbreviation that works today
+would change meaning the day a flag sharing its prefix lands), numbers the simulator can wait
+for, a --secret worth its name, and a list flag given twice keeping both values."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from proxy.cli import build_parser
+
+
+def run(argv: list[str], **env: str) -> tuple[int, str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("REPRO_")} | env
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy", *argv],
+        capture_output=True,
+        env=environ,
+        stdin=subprocess.DEVNULL,
+        timeout=30,
+        check=False,
+    )
+    return done.returncode, done.stderr.decode(errors="replace")
+
+
+def commands(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """Every command and nested subcommand, with the words that name it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*path, name), sub
+                yield from commands(sub, (*path, name))
+
+
+def abbreviation(parser: argparse.ArgumentParser) -> str | None:
+    """A prefix of one of the command's long flags that no other flag shares."""
+    flags = [s for a in parser._actions for s in a.option_strings if s.startswith("--")]
+    for flag in flags:
+        if flag != "--help" and sum(f.startswith(flag[:-1]) for f in flags) == 1:
+            return flag[:-1]
+    return None
+
+
+def placeholders(parser: argparse.ArgumentParser) -> list[str]:
+    positional = [a for a in parser._actions if not a.option_strings]
+    return ["x" for a in positional if not isinstance(a, argparse._SubParsersAction)]
+
+
+LEAVES = [
+    (path, parser)
+    for path, parser in commands(build_parser())
+    if not any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)
+]
+
+
+def test_the_walk_reaches_every_command() -> None:
+    names = {" ".join(path) for path, _ in LEAVES}
+    assert {"serve", "sim", "check", "stats", "export", "import", "cassette diff"} <= names
+    assert all(abbreviation(parser) for _, parser in LEAVES)
+
+
+@pytest.mark.parametrize(("path", "parser"), LEAVES, ids=[" ".join(p) for p, _ in LEAVES])
+def test_no_command_takes_an_abbreviated_flag(
+    path: tuple[str, ...], parser: argparse.ArgumentParser
+) -> None:
+    short = abbreviation(parser)
+    assert short is not None
+    status, stderr = run([*path, *placeholders(parser), short, "x"], REPRO_ADMIN_TOKEN="t")
+    assert status == 2, stderr
+    assert "Traceback" not in stderr
+    assert f"unrecognized arguments: {short} x" in stderr.strip().splitlines()[-1]
+
+
+def test_serve_names_the_abbreviation_it_refuses_rather_than_serving() -> None:
+    status, stderr = run(["serve", "--port", "0", "--up", "http://127.0.0.1:9/v1"])
+    assert status == 2, stderr
+    assert "unrecognized arguments: --up" in stderr
