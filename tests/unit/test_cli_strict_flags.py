@@ -82,3 +82,25 @@ def test_serve_names_the_abbreviation_it_refuses_rather_than_serving() -> None:
     status, stderr = run(["serve", "--port", "0", "--up", "http://127.0.0.1:9/v1"])
     assert status == 2, stderr
     assert "unrecognized arguments: --up" in stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--latency", "1e300"),  # started, then slept for ever on the first request
+        ("--latency", "315360001"),  # beyond ten years, the bound of serve's seconds
+        ("--chunk-delay", "1e300"),
+        ("--latency", "nan"),
+        ("--chunk-delay", "inf"),
+        ("--latency", "-1"),
+        ("--latency", "1_000"),
+        ("--chunk-delay", "\u0661"),
+        ("--divergence", "1e300"),
+        ("--drift", "-0.5"),
+    ],
+)
+def test_sim_refuses_a_number_it_cannot_wait_for(flag: str, value: str) -> None:
+    status, stderr = run(["sim", "--port", "0", flag, value])
+    assert status == 2, stderr
+    assert "Traceback" not in stderr
+    assert f"argument {flag}: " in stderr.strip().splitlines()[-1]
