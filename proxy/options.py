@@ -145,9 +145,9 @@ OPTIONS = (
         "secret",
         "REPRO_SECRET",
         None,
-        str,
-        "secret of the API-key HMAC, the same for every proxy sharing a store; unset, a random "
-        "one kept in the store (per process with memory://)",
+        values.secret,
+        "secret of the API-key HMAC, at least 16 bytes, the same for every proxy sharing a "
+        "store; unset, a random one kept in the store (per process with memory://)",
     ),
     Option(
         "encryption_key",

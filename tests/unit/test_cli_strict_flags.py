@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -104,3 +105,43 @@ def test_sim_refuses_a_number_it_cannot_wait_for(flag: str, value: str) -> None:
     assert status == 2, stderr
     assert "Traceback" not in stderr
     assert f"argument {flag}: " in stderr.strip().splitlines()[-1]
+
+
+SERVE = ["serve", "--port", "0", "--upstream", "http://127.0.0.1:9/v1"]
+
+
+@pytest.mark.parametrize(
+    ("flag", "env"),
+    [
+        ("", None),
+        (None, " \t "),
+        (None, "\n"),
+        ("shortsecret12345"[:15], None),  # one byte short of the 16 asked for
+        ("sixteen-bytes-ok\x7f", None),
+        ("sixteen-bytes-ok\x1b[2J", None),
+        (None, "two-lines-of-a\nsecret-file"),
+        (None, "sixteen-bytes-ok\n\n"),
+        (None, "sixteen-bytes-ok\udcff"),  # a byte the locale does not decode
+    ],
+    ids=["empty", "blank", "newline", "15-bytes", "delete", "escape", "two-lines", "two-newlines",
+         "undecodable"],
+)  # fmt: skip
+def test_serve_refuses_a_secret_without_repeating_it(flag: str | None, env: str | None) -> None:
+    argv = SERVE + (["--secret", flag] if flag is not None else [])
+    status, stderr = run(argv, **({"REPRO_SECRET": env} if env is not None else {}))
+    assert status == 2, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("repro-proxy: --secret / REPRO_SECRET: ")
+    for given in (flag, env):
+        if given and given.strip():
+            assert given.strip()[:8] not in stderr
+
+
+def test_import_refuses_a_short_secret_before_connecting(tmp_path: Path) -> None:
+    cassette = tmp_path / "empty.jsonl"
+    cassette.write_bytes(b"")
+    argv = ["import", "--store", "redis://127.0.0.1:9/0", "--cache-scope", "key"]
+    status, stderr = run([*argv, "--api-key", "k", str(cassette)], REPRO_SECRET="hunter2")
+    assert status == 2, stderr
+    assert "--secret / REPRO_SECRET" in stderr.strip().splitlines()[-1]
+    assert "hunter2" not in stderr
