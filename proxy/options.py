@@ -154,8 +154,9 @@ OPTIONS = (
         "REPRO_ENCRYPTION_KEY",
         None,
         values.encryption_keys,
-        "base64 AES-256 keys, comma-separated, encrypting stored answers at rest; the first "
-        "encrypts, all decrypt (rotation)",
+        "base64 AES-256 keys encrypting stored answers at rest; the first encrypts, all decrypt "
+        "(rotation); repeat the flag or separate with commas",
+        repeatable=True,
     ),
     Option(
         "max_body",

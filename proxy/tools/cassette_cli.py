@@ -81,8 +81,9 @@ def _source_arguments(parser: argparse.ArgumentParser, waits: str) -> None:
     )
     parser.add_argument(
         "--encryption-key",
-        default=os.environ.get("REPRO_ENCRYPTION_KEY"),
-        help="with --store: the store's --encryption-key, if it has one (env REPRO_ENCRYPTION_KEY)",
+        action="append",
+        help="with --store: the store's --encryption-key, if it has one; repeat the flag or "
+        "separate with commas (env REPRO_ENCRYPTION_KEY)",
     )
     add_connection_arguments(parser, timeout=300, waits=waits)
 
@@ -92,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
         from proxy.tools import cassette_diff  # rich, only when the command runs
 
         return cassette_diff.main(args)
+    # Appended to a default, the flags would add to the variable's keys instead of replacing them.
+    given = args.encryption_key
+    args.encryption_key = ",".join(given) if given else os.environ.get("REPRO_ENCRYPTION_KEY")
     try:
         target = _target(args)
         if args.encryption_key:
