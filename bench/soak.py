@@ -640,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
                     if port:
                         PEERS[str(port)] = "redis"
             flags = ["--upstream", sim_url + "/v1", "--store", store]
-            flags += ["--secret", "soak-secret", "--log-level", "warning"]
+            flags += ["--secret", "soak-secret-of-16-bytes", "--log-level", "warning"]
             proxy = start("proxy", [*python, "serve", "--port", str(proxy_port), *flags], workdir)
             procs.append(proxy)
             wait_until_proc_up(sim, sim_url + "/_sim/stats")

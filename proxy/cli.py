@@ -7,19 +7,27 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from proxy import __version__, config, logs
 from proxy.server import workers
 from proxy.store import weakened_tls
-from proxy.store.base import StoreUnusable
-from proxy.store.cassette import CassetteError
 from proxy.tools import admin_cli, audit, cassette_cli, health, rotations_cli, sim
 
 log = logging.getLogger("proxy.cli")
 
 
+class Parser(argparse.ArgumentParser):
+    """A parser that takes flags by their whole name only: with abbreviations, `--up` works
+    today and means something else, or nothing, the day another flag starting so is added.
+    Subcommands are built by the parser class of their parent, so each takes this one."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="repro-proxy",
         description="Reproducible, cached answers from OpenAI-compatible LLM APIs.",
     )
@@ -83,27 +91,10 @@ def serve(flags: dict[str, str | None]) -> int:
         return 2
     try:
         workers.run(settings)
-    except CassetteError as exc:
-        print(f"repro-proxy: --cassette: {exc}", file=sys.stderr)
+    except workers.STARTING as exc:
+        print(f"repro-proxy: {workers.start_failure(settings, exc)}", file=sys.stderr)
         return 2
-    except StoreUnusable as exc:
-        print(f"repro-proxy: --store: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        return cannot_listen(settings.host, settings.port, exc)
     return 0
-
-
-def cannot_listen(host: str, port: int, exc: OSError) -> int:
-    """A port in use (or a host not ours) is one line naming the setting, not a traceback."""
-    # A name that does not resolve is a getaddrinfo error, whose negative errno os.strerror
-    # does not know ("unknown error -2"); its own text says it.
-    reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or str(exc)
-    print(
-        f"repro-proxy: --host / --port: cannot listen on {host}:{port}: {reason.lower()}",
-        file=sys.stderr,
-    )
-    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -117,7 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             sim.run_sim(settings)
         except OSError as exc:
-            return cannot_listen(settings.host, settings.port, exc)
+            line = workers.cannot_listen(settings.host, settings.port, exc)
+            print(f"repro-proxy: {line}", file=sys.stderr)
+            return 2
         return 0
     if args.command == "health":
         return health.run(args)

@@ -226,12 +226,15 @@ def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]
 def secrets_on_command_line(flags: Mapping[str, str | list[str] | None]) -> list[Option]:
     """The secret settings given as flags: any local user reads a process's arguments (`ps`,
     /proc/PID/cmdline), not its environment."""
-    return [
-        option
-        for option in OPTIONS
-        if isinstance(given := flags.get(option.name), str)
-        and (option.name in _SECRETS or (option.name == "store" and mask_password(given) != given))
-    ]
+    found = []
+    for option in OPTIONS:
+        given = flags.get(option.name)
+        text = ",".join(given) if isinstance(given, list) else given
+        if text is not None and (
+            option.name in _SECRETS or (option.name == "store" and mask_password(text) != text)
+        ):
+            found.append(option)
+    return found
 
 
 def exposed_keys(settings: Settings) -> list[tuple[str, str]]:

@@ -145,17 +145,18 @@ OPTIONS = (
         "secret",
         "REPRO_SECRET",
         None,
-        str,
-        "secret of the API-key HMAC, the same for every proxy sharing a store; unset, a random "
-        "one kept in the store (per process with memory://)",
+        values.secret,
+        "secret of the API-key HMAC, at least 16 bytes, the same for every proxy sharing a "
+        "store; unset, a random one kept in the store (per process with memory://)",
     ),
     Option(
         "encryption_key",
         "REPRO_ENCRYPTION_KEY",
         None,
         values.encryption_keys,
-        "base64 AES-256 keys, comma-separated, encrypting stored answers at rest; the first "
-        "encrypts, all decrypt (rotation)",
+        "base64 AES-256 keys encrypting stored answers at rest; the first encrypts, all decrypt "
+        "(rotation); repeat the flag or separate with commas",
+        repeatable=True,
     ),
     Option(
         "max_body",

@@ -217,6 +217,28 @@ def header_token(text: str) -> str:
     return text
 
 
+MIN_SECRET = 16
+"""Bytes a --secret has at least: fewer are guessed, and the API keys hashed with it with them."""
+
+
+def secret(text: str) -> str:
+    """The HMAC secret, without the one newline a mounted secret file ends with (as a token is
+    read): every replica must hash with the same bytes, whichever way it was given them."""
+    text = text.removesuffix("\n").removesuffix("\r")
+    if not text.strip():
+        raise ValueError("expected a secret, not blanks")
+    if not text.isprintable():
+        raise ValueError(
+            "expected printable characters (a stray newline, tab or control character, or a byte "
+            "the locale does not decode?)"
+        )
+    if len(text.encode()) < MIN_SECRET:
+        raise ValueError(
+            f"expected at least {MIN_SECRET} bytes, such as the output of openssl rand -hex 32"
+        )
+    return text
+
+
 def cassette(text: str) -> str:
     """A JSONL file to read at start and write at exit: a directory, a device or a pipe is
     neither, and a missing directory would lose the recording only at exit."""

@@ -22,7 +22,9 @@ import tempfile
 import time
 from collections.abc import Sequence
 from multiprocessing.process import BaseProcess
+from multiprocessing.queues import SimpleQueue
 from types import FrameType
+from typing import Any
 
 import uvloop
 
@@ -30,10 +32,16 @@ from proxy import logs
 from proxy.config import Settings
 from proxy.server import serving
 from proxy.server.app import create_app
+from proxy.store.base import StoreUnusable
+from proxy.store.cassette import CassetteError
 
 log = logging.getLogger("proxy.workers")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+START_FAILED = 2
+"""The exit status of a start refused for a setting, as for any other setting refused."""
+STARTING = (CassetteError, StoreUnusable, OSError)
+"""What a process that cannot serve with its settings raises: each is one line naming one."""
 STOP_GRACE = 10.0
 # Allocations between two young collections of the cyclic GC (CPython's default is 700).
 GC_YOUNG_THRESHOLD = 10_000
@@ -56,6 +64,33 @@ def run(
     tune_collector()
     app = create_app(settings, multiprocess_dir=multiprocess_dir)
     asyncio.run(serving.serve(app, settings, reuse_port=reuse_port))
+
+
+def start_failure(settings: Settings, exc: BaseException) -> str:
+    """The line naming the setting a process could not start with."""
+    if isinstance(exc, CassetteError):
+        return f"--cassette: {exc}"
+    if isinstance(exc, StoreUnusable):
+        return f"--store: {exc}"
+    assert isinstance(exc, OSError)
+    return cannot_listen(settings.host, settings.port, exc)
+
+
+def cannot_listen(host: str, port: int, exc: OSError) -> str:
+    """A port in use (or a host not ours) is one line naming the setting, not a traceback."""
+    # A name that does not resolve is a getaddrinfo error, whose negative errno os.strerror
+    # does not know ("unknown error -2"); its own text says it.
+    reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or str(exc)
+    return f"--host / --port: cannot listen on {host}:{port}: {reason.lower()}"
+
+
+def _worker(settings: Settings, failures: SimpleQueue[str], **kwargs: Any) -> None:
+    """One worker: a failure to start goes to the supervisor as its line, not a traceback."""
+    try:
+        run(settings, **kwargs)
+    except STARTING as exc:
+        failures.put(start_failure(settings, exc))
+        sys.exit(START_FAILED)
 
 
 def die_with(supervisor: int) -> None:
@@ -93,8 +128,9 @@ def supervise(settings: Settings) -> int:
     os.environ[MULTIPROC_ENV] = directory  # read by prometheus-client as each worker imports it
     context = multiprocessing.get_context("spawn")
     kwargs = {"reuse_port": True, "multiprocess_dir": directory, "supervisor": os.getpid()}
+    failures: SimpleQueue[str] = context.SimpleQueue()
     workers = [
-        context.Process(target=run, args=(settings,), kwargs=kwargs, daemon=False)
+        context.Process(target=_worker, args=(settings, failures), kwargs=kwargs, daemon=False)
         for _ in range(settings.workers)
     ]
     stopping = False
@@ -111,9 +147,13 @@ def supervise(settings: Settings) -> int:
         while not stopping and all(worker.is_alive() for worker in workers):
             time.sleep(0.2)
         failed = not stopping
-        if failed:
+        refused = None if stopping or failures.empty() else failures.get()
+        if refused is None and failed:
             log.error("a worker died: stopping the others")
         _stop(workers)
+        if refused is not None:
+            print(f"repro-proxy: {refused}", file=sys.stderr)
+            return START_FAILED
         return 1 if failed else 0
     finally:
         for sig, handler in previous.items():

@@ -60,7 +60,7 @@ def add_commands(commands: Any) -> None:
     )
     load.add_argument(
         "--secret",
-        default=os.environ.get("REPRO_SECRET"),
+        default=os.environ.get("REPRO_SECRET") or None,
         help="with --cache-scope key and --store: the proxies' --secret (env REPRO_SECRET)",
     )
     files = commands.add_parser("cassette", help="work with cassette files")
@@ -81,8 +81,9 @@ def _source_arguments(parser: argparse.ArgumentParser, waits: str) -> None:
     )
     parser.add_argument(
         "--encryption-key",
-        default=os.environ.get("REPRO_ENCRYPTION_KEY"),
-        help="with --store: the store's --encryption-key, if it has one (env REPRO_ENCRYPTION_KEY)",
+        action="append",
+        help="with --store: the store's --encryption-key, if it has one; repeat the flag or "
+        "separate with commas (env REPRO_ENCRYPTION_KEY)",
     )
     add_connection_arguments(parser, timeout=300, waits=waits)
 
@@ -92,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
         from proxy.tools import cassette_diff  # rich, only when the command runs
 
         return cassette_diff.main(args)
+    # Appended to a default, the flags would add to the variable's keys instead of replacing them.
+    given = args.encryption_key
+    args.encryption_key = ",".join(given) if given else os.environ.get("REPRO_ENCRYPTION_KEY")
     try:
         target = _target(args)
         if args.encryption_key:
@@ -100,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
             _check_writable(args.output)
         if args.command == "import":  # the flags first, then the file they are about
             _check_scope(_scope(args))
+            if args.secret is not None:
+                args.secret = _checked_secret(args.secret)
             if _scope(args) == "key" and not args.api_key:
                 raise Refused(
                     "--cache-scope key needs --api-key (or OPENAI_API_KEY): "
@@ -131,6 +137,14 @@ def _check_keys(text: str) -> None:
         parse_keys(text)
     except ValueError as exc:
         raise Refused(f"--encryption-key / REPRO_ENCRYPTION_KEY: {exc}") from None
+
+
+def _checked_secret(text: str) -> str:
+    """Read as `serve` reads it, or the answers would be keyed for no proxy; never shown."""
+    try:
+        return values.secret(text)
+    except ValueError as exc:
+        raise Refused(f"--secret / REPRO_SECRET: {exc}") from None
 
 
 def _check_writable(path: str) -> None:

@@ -87,7 +87,7 @@ def served_by(pid: int) -> tuple[list[str], Mapping[str, str]]:
 
 def address(arguments: Sequence[str], environ: Mapping[str, str]) -> str:
     """The URL `serve` with these arguments and environment listens on, as seen from here."""
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     config.add_arguments(parser)
     flags, _ = parser.parse_known_args(list(arguments))
     given = {name: getattr(flags, name) for name in ("host", "port")}

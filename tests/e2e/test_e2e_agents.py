@@ -67,7 +67,7 @@ async def run(proxy: Proxy, streamed: bool) -> tuple[str, list[str], list[str]]:
 async def test_an_agents_run_recorded_against_the_sim_replays_with_the_sim_stopped(
     start_proxy: ProxyFactory, redis_url: str, own_sim: Sim
 ) -> None:
-    shared = ("--store", redis_url, "--secret", "agents-secret")
+    shared = ("--store", redis_url, "--secret", "agents-secret-of-16-bytes")
     recorder = start_proxy(*shared, "--cache-mode", "record", upstream=own_sim.v1)
     recorded = {streamed: await run(recorder, streamed) for streamed in (False, True)}
     for answer, calls, kinds in recorded.values():

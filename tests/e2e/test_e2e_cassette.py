@@ -134,12 +134,18 @@ def test_import_for_one_key_scope(
         "--cache-scope",
         "key",
         str(tmp_path / "t.jsonl"),
-        env={"OPENAI_API_KEY": "sk-alice", "REPRO_SECRET": "s3"},
+        env={"OPENAI_API_KEY": "sk-alice", "REPRO_SECRET": "s3-sixteen-bytes"},
     )
     assert imported.returncode == 0, imported.stderr
     offline = f"http://127.0.0.1:{free_port()}/v1"
     replay = start_proxy(
-        "--store", redis_url, "--secret", "s3", "--cache-mode", "replay", upstream=offline
+        "--store",
+        redis_url,
+        "--secret",
+        "s3-sixteen-bytes",
+        "--cache-mode",
+        "replay",
+        upstream=offline,
     )
     assert traffic(replay, "sk-alice") == recorded
     other = httpx.post(

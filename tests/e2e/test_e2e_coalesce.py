@@ -48,7 +48,7 @@ def test_500_identical_misses_make_one_upstream_call(proxy: Proxy, sim: Sim) -> 
 def test_identical_misses_across_replicas_sharing_redis(
     start_proxy: ProxyFactory, sim: Sim, redis_url: str
 ) -> None:
-    replicas = [start_proxy("--store", redis_url, "--secret", "s") for _ in range(2)]
+    replicas = [start_proxy("--store", redis_url, "--secret", "s-sixteen-bytes!") for _ in range(2)]
     sim.settings(latency=0.5)
     results = asyncio.run(burst(replicas, 200))
     assert {status for status, _, _ in results} == {200}

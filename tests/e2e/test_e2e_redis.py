@@ -85,7 +85,9 @@ def cluster_key_names(cluster: RedisClusterNodes) -> list[bytes]:
 def test_two_proxies_with_one_secret_share_entries_and_fingerprints(
     start_proxy: ProxyFactory, sim: Sim, redis_url: str
 ) -> None:
-    a, b = start_pair(start_proxy, "--store", redis_url, "--secret", "s3", "--admin-token", ADMIN)
+    a, b = start_pair(
+        start_proxy, "--store", redis_url, "--secret", "s3-sixteen-bytes", "--admin-token", ADMIN
+    )
     miss = chat(a)
     hit = chat(b)
     assert outcome(miss) == ("MISS", FP1)

@@ -358,7 +358,7 @@ def essence(response: Any) -> tuple[Any, ...]:
 @pytest.fixture
 def recorded(start_proxy: ProxyFactory, redis_url: str, sim: Sim) -> tuple[Proxy, Proxy]:
     """A recording proxy and a replaying one sharing one Redis store."""
-    shared = ("--store", redis_url, "--secret", "s3cret")
+    shared = ("--store", redis_url, "--secret", "s3cret-of-16-bytes")
     return start_proxy(*shared), start_proxy(*shared, "--cache-mode", "replay")
 
 

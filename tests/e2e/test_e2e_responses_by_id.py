@@ -25,7 +25,7 @@ from tests.hostile import Scripted, fixed, http_answer
 @pytest.fixture
 def recorded(start_proxy: ProxyFactory, redis_url: str, sim: Sim) -> tuple[Proxy, Proxy]:
     """A recording proxy and a replaying one sharing one Redis store."""
-    shared = ("--store", redis_url, "--secret", "s3cret")
+    shared = ("--store", redis_url, "--secret", "s3cret-of-16-bytes")
     return start_proxy(*shared), start_proxy(*shared, "--cache-mode", "replay")
 
 
@@ -209,7 +209,7 @@ def test_a_completed_response_carrying_an_error_is_not_stored(
 
 @pytest.fixture
 def azure_recorded(start_proxy: ProxyFactory, redis_url: str, sim: Sim) -> tuple[Proxy, Proxy]:
-    shared = ("--store", redis_url, "--secret", "s3cret")
+    shared = ("--store", redis_url, "--secret", "s3cret-of-16-bytes")
     return (
         start_proxy(*shared, upstream=sim.url),
         start_proxy(*shared, "--cache-mode", "replay", upstream=sim.url),

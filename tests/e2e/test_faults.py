@@ -323,7 +323,7 @@ def test_frozen_redis_costs_one_store_timeout_then_nothing_and_recovers(
     start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
 ) -> None:
     with own_redis(tmp_path / "redis") as server:
-        proxy = start_redis_proxy(start_proxy, server.url, "--secret", "s")
+        proxy = start_redis_proxy(start_proxy, server.url, "--secret", "s-sixteen-bytes!")
         stored = warm(proxy, "warm before the freeze")
         key = stored.headers["X-Repro-Key"]
         assert stored_bodies(server.port, key) == {FP: stored.content}
@@ -411,7 +411,7 @@ def test_redis_killed_and_restarted_on_the_same_port(
     start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
 ) -> None:
     with own_redis(tmp_path / "redis") as server:
-        proxy = start_redis_proxy(start_proxy, server.url, "--secret", "s")
+        proxy = start_redis_proxy(start_proxy, server.url, "--secret", "s-sixteen-bytes!")
         stored = warm(proxy, "before the crash")
         server.kill()
 
@@ -494,7 +494,7 @@ def test_network_faults_between_proxy_and_redis(
     above; here an answered /readyz ping closes the circuit, which keeps the test short."""
     with own_redis(tmp_path / "redis") as server, FaultProxy(server.port) as faults:
         url = f"redis://127.0.0.1:{faults.port}/0"
-        proxy = start_redis_proxy(start_proxy, url, "--secret", "s")
+        proxy = start_redis_proxy(start_proxy, url, "--secret", "s-sixteen-bytes!")
         stored = warm(proxy, "over a bad network")
         key = stored.headers["X-Repro-Key"]
         fingerprint_errors = put_errors = 0.0
@@ -543,7 +543,7 @@ def test_cluster_losing_a_master_serves_nothing_wrong(
             for i in range(3)
         )
         _create_cluster(nodes)
-        proxy = start_redis_proxy(start_proxy, nodes[0].url, "--secret", "s")
+        proxy = start_redis_proxy(start_proxy, nodes[0].url, "--secret", "s-sixteen-bytes!")
         prompts = [f"cluster question {i}" for i in range(20)]
         first: dict[str, Answer] = {}
         for prompt in prompts:

@@ -305,7 +305,7 @@ def test_a_routed_response_never_answers_a_fetch_of_its_id_asked_without_the_rou
     """In `shared` scope the attacker reads a common response's id from the cache, then has
     its own server answer another prompt with that id: the id's index must not point the
     victim's `GET /v1/responses/{id}` in replay at the attacker's answer."""
-    flags = ("--cache-scope", "shared", "--store", redis_url, "--secret", "s3cret")
+    flags = ("--cache-scope", "shared", "--store", redis_url, "--secret", "s3cret-of-16-bytes")
     with Scripted(responses_gateway("resp_shared1")) as upstream:
         recorder = start_proxy(*flags, upstream=upstream.v1)
         replayer = start_proxy(*flags, "--cache-mode", "replay", upstream=upstream.v1)

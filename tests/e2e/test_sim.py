@@ -425,6 +425,15 @@ async def test_settings_route_changes_latency() -> None:
         assert (await (await client.get("/_sim/settings")).json())["latency"] == 0.2
 
 
+async def test_settings_route_refuses_a_wait_beyond_ten_years() -> None:
+    async with sim() as client:
+        for body in ({"latency": 1e300}, {"chunk_delay": 315360001}):
+            resp = await client.post("/_sim/settings", json=body)
+            assert resp.status == 400
+            assert "from 0 to 315360000" in (await resp.text())
+        assert (await (await client.get("/_sim/settings")).json())["latency"] == 0.0
+
+
 async def test_a_status_fault_takes_the_latency_of_an_answer() -> None:
     """A test that races requests against a failing upstream needs the failure to take time."""
     async with sim() as client:

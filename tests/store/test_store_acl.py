@@ -4,10 +4,10 @@ while the proxy serves on."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -69,14 +69,23 @@ async def test_a_store_that_does_not_answer_denies_nothing() -> None:
         await store.close()
 
 
+@pytest.mark.parametrize("workers", ["1", "2", "3"])
 def test_serve_refuses_a_user_without_scripts_naming_what_to_grant(
-    limited: RedisServer, tmp_path: Path
+    limited: RedisServer, workers: str
 ) -> None:
+    """With several workers the supervisor says the line a worker could not start with, once,
+    and exits as one process would: each worker's traceback and a plain 1 told nothing."""
     argv = [sys.executable, "-m", "proxy", "serve", "--port", str(free_port())]
-    argv += ["--upstream", "http://127.0.0.1:9/v1", "--store", url(limited, "noscript")]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    argv += ["--upstream", "http://127.0.0.1:9/v1", "--workers", workers, "--log-level", "error"]
+    environ = {"PATH": "/usr/bin:/bin", "REPRO_STORE": url(limited, "noscript")}
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=60, check=False, env=environ
+    )
     assert done.returncode == 2, done.stderr
-    assert "repro-proxy: --store: the Redis user may not run EVAL, EVALSHA" in done.stderr
+    assert "Traceback" not in done.stderr
+    line = "repro-proxy: --store: the Redis user may not run EVAL, EVALSHA"
+    assert done.stderr.count(line) == 1, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(line)
     assert ":pw@" not in done.stderr  # the password stays out of what is printed
 
 
@@ -92,3 +101,22 @@ async def test_a_refusal_inside_a_script_is_named_by_its_kind_not_its_first_word
         assert str(refused.value) == "redis put refused: ResponseError"
     finally:
         await store.close()
+
+
+def test_workers_that_cannot_bind_their_port_say_so_once(limited: RedisServer) -> None:
+    port = free_port()
+    with socket.socket() as holder:  # no SO_REUSEPORT: the workers cannot share it
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        argv = [sys.executable, "-m", "proxy", "serve", "--port", str(port), "--workers", "2"]
+        argv += ["--upstream", "http://127.0.0.1:9/v1", "--log-level", "error"]
+        environ = {"PATH": "/usr/bin:/bin", "REPRO_STORE": url(limited, "everything")}
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=60, check=False, env=environ
+        )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    line = (
+        f"repro-proxy: --host / --port: cannot listen on 127.0.0.1:{port}: address already in use"
+    )
+    assert done.stderr.count(line) == 1, done.stderr

@@ -83,8 +83,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--fingerprints",
-        default="",
-        help="comma-separated fingerprints to answer with at random (a fleet mid-rollout)",
+        action="append",
+        default=[],
+        help="fingerprints to answer with at random (a fleet mid-rollout); repeat the flag or "
+        "separate with commas",
     )
 
 
@@ -112,7 +114,7 @@ def settings_from_args(ns: argparse.Namespace) -> SimSettings:
         api_keys=tuple(ns.api_keys),
         divergence=ns.divergence,
         drift=ns.drift,
-        fingerprints=tuple(name for name in ns.fingerprints.split(",") if name),
+        fingerprints=tuple(name for given in ns.fingerprints for name in given.split(",") if name),
     )
 
 

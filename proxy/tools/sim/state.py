@@ -14,6 +14,8 @@ from typing import Any, TypeGuard
 
 from aiohttp import web
 
+from proxy.values import MAX_SECONDS
+
 JSON = dict[str, Any]
 
 TUNABLES = ("latency", "chunk_delay", "divergence", "drift")
@@ -32,9 +34,13 @@ def check_tunable(name: str, value: object) -> float:
     """Validate a tunable's value, naming the setting in the error."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ValueError(f"{name} must be a number, got {value!r}")
-    if value < 0 or (name in _SHARES and value > 1):
-        bound = "between 0 and 1" if name in _SHARES else "non-negative"
-        raise ValueError(f"{name} must be {bound}, got {value!r}")
+    if name in _SHARES and not 0 <= value <= 1:
+        raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
+    if not 0 <= value <= MAX_SECONDS:
+        # A wait of 1e300 seconds is a hang, not a latency; serve's seconds stop at the same.
+        raise ValueError(
+            f"{name} must be a number of seconds from 0 to {MAX_SECONDS}, got {value!r}"
+        )
     return float(value)
 
 
