@@ -20,6 +20,9 @@ from proxy.core.canonical import KEY_VERSION
 from proxy.core.sse import payloads
 
 INDEX_FINGERPRINT = "id-index"
+DELETED_FINGERPRINT = "deleted"
+DELETED_VALUE = b"repro-deleted:1"
+"""A deletion's mark: not an Entry either, so exports and lookups pass it by."""
 _INDEX_PREFIX = b"repro-index:1:"
 _ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _HEX = re.compile(r"[0-9a-f]{64}")
@@ -52,6 +55,20 @@ def index_key(
     if version:
         material["version"] = version
     return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def deleted_key(response_id: str) -> str:
+    """The key of the mark a deletion leaves for `response_id`: one for every scope and
+    namespace, since the upstream deleted the response for everyone it would have answered."""
+    material = {"id": response_id, "index": "deleted", "v": KEY_VERSION}
+    return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def chained_on(body: dict[str, Any]) -> str | None:
+    """The response a request continues (`previous_response_id`), when it names one the proxy
+    could have seen deleted: an id of the plain form."""
+    value = body.get("previous_response_id")
+    return value if isinstance(value, str) and valid_id(value) else None
 
 
 def index_value(key: str, fingerprint: str) -> bytes:

@@ -344,9 +344,7 @@ async def index_response(
     if version is None or not responses.valid_id(response_id):
         return
     write = Write(
-        key=responses.index_key(
-            scope_of(services, call.tenant), call.namespace, response_id, call.vary, version
-        ),
+        key=responses.index_key(call.scope, call.namespace, response_id, call.vary, version),
         fingerprint=responses.INDEX_FINGERPRINT,
         value=responses.index_value(call.key, fingerprint),
         ttl=services.settings.ttl,
@@ -356,6 +354,35 @@ async def index_response(
         await services.store.put(write)
     except StoreError as exc:
         store_failed(services, "put", exc)
+
+
+async def mark_deleted(services: Services, response_id: str) -> None:
+    """Remember that the upstream deleted `response_id`, for as long as an answer stored before
+    may be served (`--ttl`): a request continuing it must then reach the upstream. An entry of
+    the store, bounded and shared as entries are."""
+    write = Write(
+        key=responses.deleted_key(response_id),
+        fingerprint=responses.DELETED_FINGERPRINT,
+        value=responses.DELETED_VALUE,
+        ttl=services.settings.ttl,
+    )
+    try:
+        await services.store.put(write)
+    except StoreError as exc:
+        store_failed(services, "put", exc)
+
+
+async def was_deleted(services: Services, response_id: str) -> bool:
+    """Whether the upstream deleted `response_id` through a proxy on this store; a failing
+    store says yes, so that the upstream, which knows, answers."""
+    try:
+        found = await services.store.get(
+            responses.deleted_key(response_id), [responses.DELETED_FINGERPRINT]
+        )
+    except StoreError as exc:
+        store_failed(services, "get", exc)
+        return True
+    return responses.DELETED_FINGERPRINT in found
 
 
 def _write(

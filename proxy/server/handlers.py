@@ -40,6 +40,7 @@ from proxy.server.caching import (
     remembered,
     serve_hit,
     stale_entry,
+    was_deleted,
 )
 from proxy.server.coalesce import Lease
 from proxy.server.context import SERVICES, Services
@@ -112,7 +113,11 @@ async def decide(services: Services, request: web.Request, call: Call) -> web.St
     In `shared` scope the key is checked before the lookup, not only before a HIT: a caller the
     upstream refuses would otherwise learn whether anyone asked its question before (a key check
     made only when something is stored) or is asking it now (a follower waiting for the fill in
-    flight). In `key` scope a caller looks only into its own partition."""
+    flight). In `key` scope a caller looks only into its own partition. A request continuing
+    a response the upstream deleted is the upstream's to answer (a `previous_response_not_found`
+    there), never a stored answer's, stale ones included."""
+    if call.chained is not None and await was_deleted(services, call.chained):
+        call = unlooked(call)._replace(stale_if_error=0)
     if not call.plan.lookup:
         return await go_upstream(services, request, call)
     shared = services.settings.cache_scope is CacheScope.SHARED
