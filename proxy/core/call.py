@@ -42,7 +42,6 @@ class Call(NamedTuple):
     route: str  # the request path (an Azure one names its deployment)
     kind: str  # the OpenAI route it stands for: its defaults, seed rule and answer shape
     tenant: str  # the HMAC of the caller's credentials (or anonymous), whatever the scope
-    scope: str  # the partition the key and a response's id index are in (`key_scope`)
     namespace: str
     query: str  # as sent, credential parameters included: what the upstream receives
     keyed_query: str  # without credential parameters: what the key names and a store keeps
@@ -122,7 +121,7 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
         canonical.reject_ambiguous(raw)
     seeded = policy.enforce(body, route, settings.enforce, settings.default_seed)
     shared = settings.cache_scope is policy.CacheScope.SHARED
-    scope = key_scope(shared, tenant, kind, body)
+    scope = policy.SHARED if shared else tenant
     namespace = checked_namespace(asked.namespace)
     directives = policy.parse_cache_control(asked.cache_control)
     named = body.get("model")
@@ -135,7 +134,6 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
         route=route,
         kind=kind,
         tenant=tenant,
-        scope=scope,
         namespace=namespace,
         query=asked.query,
         keyed_query=keyed_query,
@@ -153,15 +151,6 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
         headers=asked.headers,
         chained=responses.chained_on(body) if kind == routes.RESPONSES else None,
     )
-
-
-def key_scope(shared: bool, tenant: str, kind: str, body: dict[str, object]) -> str:
-    """The caller's own partition, and in `shared` scope everyone's, but for a Responses request
-    that continues another (`previous_response_id`): its answer reads the conversation stored
-    under that id, which the upstream serves only to the id's owner (another key gets a
-    `previous_response_not_found`); shared, it would go to anyone who sends the id along."""
-    continues = kind == routes.RESPONSES and body.get("previous_response_id") is not None
-    return policy.SHARED if shared and not continues else tenant
 
 
 FLAGS = ("stream",)

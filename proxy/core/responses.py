@@ -21,8 +21,10 @@ from proxy.core.sse import payloads
 
 INDEX_FINGERPRINT = "id-index"
 DELETED_FINGERPRINT = "deleted"
-DELETED_VALUE = b"repro-deleted:1"
-"""A deletion's mark: not an Entry either, so exports and lookups pass it by."""
+HOLDER_FINGERPRINT = "holder"
+MARK = b"repro-mark:1"
+"""The value of a deletion's or a holder's mark: not an Entry either, so exports and lookups
+pass it by."""
 _INDEX_PREFIX = b"repro-index:1:"
 _ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _HEX = re.compile(r"[0-9a-f]{64}")
@@ -61,6 +63,13 @@ def deleted_key(response_id: str) -> str:
     """The key of the mark a deletion leaves for `response_id`: one for every scope and
     namespace, since the upstream deleted the response for everyone it would have answered."""
     material = {"id": response_id, "index": "deleted", "v": KEY_VERSION}
+    return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def holder_key(tenant: str, key: str) -> str:
+    """The key of the mark that says the tenant `tenant` was answered with the entry `key`: in
+    `shared` scope, whoever asked a response's request may continue it, or fetch it by id."""
+    material = {"index": "holder", "key": key, "tenant": tenant, "v": KEY_VERSION}
     return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 

@@ -344,7 +344,9 @@ async def index_response(
     if version is None or not responses.valid_id(response_id):
         return
     write = Write(
-        key=responses.index_key(call.scope, call.namespace, response_id, call.vary, version),
+        key=responses.index_key(
+            scope_of(services, call.tenant), call.namespace, response_id, call.vary, version
+        ),
         fingerprint=responses.INDEX_FINGERPRINT,
         value=responses.index_value(call.key, fingerprint),
         ttl=services.settings.ttl,
@@ -354,35 +356,43 @@ async def index_response(
         await services.store.put(write)
     except StoreError as exc:
         store_failed(services, "put", exc)
+    await hold(services, call, fresh=True)
 
 
-async def mark_deleted(services: Services, response_id: str) -> None:
-    """Remember that the upstream deleted `response_id`, for as long as an answer stored before
-    may be served (`--ttl`): a request continuing it must then reach the upstream. An entry of
-    the store, bounded and shared as entries are."""
+HELD_FOR = 60.0
+"""Seconds a process trusts a holder mark it wrote to be in the store still."""
+
+
+async def hold(services: Services, call: Call, fresh: bool = False) -> None:
+    """In `shared` scope, remember that this tenant was answered with the response `call.key`
+    holds: it may continue that response, or fetch it by id (see proxy/server/chains.py). A
+    HIT rewrites a mark this process wrote within HELD_FOR only once that has passed, so that a
+    mark lost since (evicted, purged) costs its tenant MISSes for that long at most; a `fresh`
+    answer, just stored, always writes."""
+    if services.settings.cache_scope is not policy.CacheScope.SHARED or call.kind != RESPONSES:
+        return
+    mark, now, ttl = (
+        responses.holder_key(call.tenant, call.key),
+        services.clock(),
+        services.settings.ttl,
+    )
+    written = services.held.get(mark)
+    trusted = min(HELD_FOR, ttl / 2) if ttl else HELD_FOR  # the mark expires with --ttl
+    if not fresh and written is not None and 0 <= now - written < trusted:
+        return
     write = Write(
-        key=responses.deleted_key(response_id),
-        fingerprint=responses.DELETED_FINGERPRINT,
-        value=responses.DELETED_VALUE,
-        ttl=services.settings.ttl,
+        key=mark,
+        fingerprint=responses.HOLDER_FINGERPRINT,
+        value=responses.MARK,
+        ttl=ttl,
+        labels=Labels(namespace=call.namespace, model=call.model),
     )
     try:
         await services.store.put(write)
     except StoreError as exc:
         store_failed(services, "put", exc)
-
-
-async def was_deleted(services: Services, response_id: str) -> bool:
-    """Whether the upstream deleted `response_id` through a proxy on this store; a failing
-    store says yes, so that the upstream, which knows, answers."""
-    try:
-        found = await services.store.get(
-            responses.deleted_key(response_id), [responses.DELETED_FINGERPRINT]
-        )
-    except StoreError as exc:
-        store_failed(services, "get", exc)
-        return True
-    return responses.DELETED_FINGERPRINT in found
+        return
+    services.held.put(mark, now)
 
 
 def _write(

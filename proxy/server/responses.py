@@ -21,7 +21,8 @@ from proxy.core.keyed import vary_of
 from proxy.core.paths import raw_query
 from proxy.core.policy import CacheMode, Outcome
 from proxy.errors import CacheMissError
-from proxy.server.caching import mark_deleted, scope_of, store_failed, was_deleted
+from proxy.server.caching import scope_of, store_failed
+from proxy.server.chains import holds, mark_deleted, was_deleted
 from proxy.server.context import SERVICES, Services
 from proxy.server.handlers import only_if_cached, passthrough
 from proxy.store.base import StoreError
@@ -95,9 +96,8 @@ async def _held(
     in_query: Credentials,
 ) -> tuple[str, Entry] | None:
     """The key and entry of the response `response_id` in the caller's partition, created with
-    the keyed headers and the api-version this request sends. In `shared` scope that is
-    everyone's partition, or, for a response that continued another, the caller's own (see
-    `proxy.core.call.key_scope`)."""
+    the keyed headers and the api-version this request sends; in `shared` scope, only for a
+    caller that was answered with it (see proxy/server/chains.py)."""
     if not responses.valid_id(response_id) or await was_deleted(services, response_id):
         return None
     await services.secret.settle()
@@ -106,17 +106,18 @@ async def _held(
     )
     tenant = services.secret.tenant(credentials)
     namespace = checked_namespace(request.headers.get("X-Repro-Namespace", ""))
+    scope = scope_of(services, tenant)
     shared = services.settings.cache_scope is policy.CacheScope.SHARED
     vary = vary_of(services.keying.lines(request.headers), in_query, shared)
-    for scope in dict.fromkeys((scope_of(services, tenant), tenant)):
-        index = responses.index_key(scope, namespace, response_id, vary, version)
-        found = await _indexed(services, index, response_id)
-        if found is not None:
-            return found
-    return None
+    index = responses.index_key(scope, namespace, response_id, vary, version)
+    found = await _indexed(services, index, response_id)
+    if found is None or not await holds(services, tenant, found[0]):
+        return None
+    return found
 
 
 async def _indexed(services: Services, index: str, response_id: str) -> tuple[str, Entry] | None:
+    """The key and entry the index entry `index` points at, while it holds `response_id`."""
     try:
         pointer = await services.store.get(index, [responses.INDEX_FINGERPRINT])
         target = responses.parse_index(pointer.get(responses.INDEX_FINGERPRINT, b""))

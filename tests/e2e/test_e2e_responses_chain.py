@@ -1,14 +1,16 @@
 """Attacks on Responses API chains (`previous_response_id`), through the official SDK, the sim
-and a real Redis: another tenant's chain in `shared` scope, a chain on a deleted response, and
-the id index of a streamed response the upstream did not keep.
+and a real Redis: a chain on an id learnt elsewhere in `shared` scope, a chain on a deleted
+response, and the id index of a streamed response the upstream did not keep.
 
 The upstream answers a chain only for the response's owner, and only while the response
-exists: a cache that answered a chain for another tenant (who learnt or guessed the id) would
-hand over a continuation of the owner's private conversation, and one that answered a chain on
-a deleted response would pass a flow the real API refuses (`previous_response_not_found`)."""
+exists: a cache that answered a chain for a tenant who merely learnt the id (a log, a guess)
+would hand over a continuation of the owner's private conversation, and one that answered a
+chain on a deleted response would pass a flow the real API refuses
+(`previous_response_not_found`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -18,7 +20,7 @@ import redis
 from proxy.core import policy, responses
 from tests.e2e.test_e2e_responses import INPUT, MODEL, client
 from tests.e2e.test_e2e_responses_by_id import missed
-from tests.fixtures_procs import Proxy, ProxyFactory, Sim
+from tests.fixtures_procs import ProxyFactory, Sim, free_port, stop
 
 MORE = "And one more?"
 SHARED = ("--cache-scope", "shared")
@@ -45,35 +47,40 @@ def refused_upstream(call: Any) -> openai.BadRequestError:
 # --- 1. another tenant's chain in `shared` scope -----------------------------------------------
 
 
-def test_in_shared_scope_a_chain_on_another_tenants_id_goes_to_the_upstream(
+def test_in_shared_scope_a_chain_on_an_id_learnt_elsewhere_goes_to_the_upstream(
     start_proxy: ProxyFactory, sim: Sim, ns: str
 ) -> None:
-    """The intruder learns the owner's id the way `shared` scope allows, a HIT on the same
-    first question, and sends the owner's next turn on it: the owner's stored continuation
-    must not be what answers."""
+    """An intruder who learnt the owner's id from a log, and sends the owner's next turn on it,
+    never gets the owner's stored continuation. A colleague who asked the same first question
+    was answered with that very response (`shared` scope shares answers) and knows the whole
+    conversation: the cache continues it for them."""
     proxy = start_proxy(*SHARED)
-    owner, intruder = client(proxy, ns), client(proxy, ns, key="sk-intruder")
+    owner = client(proxy, ns)
     first = owner.responses.create(model=MODEL, input=INPUT)
     made = chain(owner, first.id)
-    assert chain(owner, first.id).headers["X-Repro-Cache"] == "HIT"  # cached for its owner
-    learnt = intruder.responses.with_raw_response.create(model=MODEL, input=INPUT)
-    assert (learnt.headers["X-Repro-Cache"], learnt.parse().id) == ("HIT", first.id)
+    assert made.headers["X-Repro-Cache"] == "MISS"
+    assert chain(owner, first.id).headers["X-Repro-Cache"] == "HIT"
 
-    sent = posted(sim)
-    theirs = chain(intruder, first.id)
-    assert theirs.headers["X-Repro-Cache"] == "MISS" and posted(sim) == sent + 1
-    assert theirs.parse().id != made.parse().id
-    assert theirs.headers["X-Repro-Key"] != made.headers["X-Repro-Key"]
-    # each tenant's chain is cached for that tenant alone
-    assert chain(intruder, first.id).parse().id == theirs.parse().id
-    assert chain(owner, first.id).parse().id == made.parse().id
+    intruder = client(proxy, ns, key="sk-intruder")
+    for _ in range(2):
+        sent = posted(sim)
+        theirs = chain(intruder, first.id)
+        assert theirs.headers["X-Repro-Cache"] == "MISS" and posted(sim) == sent + 1
+        assert theirs.parse().id != made.parse().id
+    with pytest.raises(openai.BadRequestError):  # the sim's answer: no previous response
+        chain(intruder, "resp_" + "0" * 48)
+
+    colleague = client(proxy, ns, key="sk-colleague")
+    asked = colleague.responses.with_raw_response.create(model=MODEL, input=INPUT)
+    assert (asked.headers["X-Repro-Cache"], asked.parse().id) == ("HIT", first.id)
+    assert chain(colleague, first.id).headers["X-Repro-Cache"] == "HIT"
 
 
-def test_in_shared_scope_a_replayed_chain_and_its_id_are_only_the_owners(
+def test_in_shared_scope_a_replayed_chain_and_its_id_are_only_for_who_asked_them(
     start_proxy: ProxyFactory, redis_url: str, sim: Sim, ns: str
 ) -> None:
-    """In replay the upstream is out of reach: an intruder who knows both ids (the chain's
-    from a log, say) gets a 504, never the owner's continuation, by chaining or by fetching."""
+    """In replay the upstream is out of reach: an intruder who knows both ids gets a 504,
+    never the owner's responses, by chaining or by fetching, through any proxy on the store."""
     common = (*SHARED, "--store", redis_url, "--secret", "s3cret")
     recorder, replayer = start_proxy(*common), start_proxy(*common, "--cache-mode", "replay")
     first = client(recorder, ns).responses.create(model=MODEL, input=INPUT)
@@ -82,13 +89,40 @@ def test_in_shared_scope_a_replayed_chain_and_its_id_are_only_the_owners(
     owner = client(replayer, ns)
     assert chain(owner, first.id).parse().id == made.id
     assert owner.responses.retrieve(made.id).output_text == made.output_text
-    for key in ("sk-intruder", "sk-other"):
-        intruder = client(replayer, ns, key=key)
-        assert intruder.responses.retrieve(first.id).id == first.id  # shared: anyone's to read
-        shown = missed(lambda sdk=intruder: chain(sdk, first.id))
+    assert owner.responses.retrieve(first.id).id == first.id
+    intruder = client(replayer, ns, key="sk-intruder")
+    for response_id in (first.id, made.id):
+        shown = missed(lambda i=response_id: intruder.responses.retrieve(i))
         assert made.output_text not in shown.response.text
-        shown = missed(lambda sdk=intruder: sdk.responses.retrieve(made.id))
-        assert made.output_text not in shown.response.text
+    shown = missed(lambda: chain(intruder, first.id))
+    assert made.output_text not in shown.response.text
+
+    colleague = client(replayer, ns, key="sk-colleague")
+    assert colleague.responses.create(model=MODEL, input=INPUT).id == first.id
+    assert colleague.responses.retrieve(first.id).id == first.id
+    assert chain(colleague, first.id).parse().id == made.id
+    assert colleague.responses.retrieve(made.id).id == made.id
+
+
+def test_a_cassette_replays_a_chain_for_another_key_that_asks_it_from_the_start(
+    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
+) -> None:
+    """What the pytest plugin does: record a conversation with one key, replay it in CI with
+    another; the chain replays for the key that asked its first turn, and for no other."""
+    tape = tmp_path / "llm.jsonl"
+    recorder = start_proxy(*SHARED, "--cassette", str(tape))
+    recording = client(recorder, "", key="sk-recording-key")
+    first = recording.responses.create(model=MODEL, input=INPUT)
+    made = chain(recording, first.id).parse()
+    stop(recorder.proc)
+    offline = f"http://127.0.0.1:{free_port()}/v1"
+    flags = (*SHARED, "--cassette", str(tape), "--cache-mode", "replay")
+    replayer = start_proxy(*flags, upstream=offline)
+    ci = client(replayer, "", key="sk-ci-key")
+    assert ci.responses.create(model=MODEL, input=INPUT).id == first.id
+    assert chain(ci, first.id).parse().output_text == made.output_text
+    assert ci.responses.retrieve(made.id).id == made.id
+    missed(lambda: chain(client(replayer, "", key="sk-intruder"), first.id))
 
 
 # --- 2. a chain on a deleted response ----------------------------------------------------------
