@@ -213,6 +213,30 @@ def test_a_deletion_the_upstream_refuses_leaves_every_chain_cached(
     assert redis.Redis.from_url(redis_url).keys(f"*{responses.deleted_key(first.id)}*") == []
 
 
+def test_a_streamed_chain_follows_the_same_rules(
+    start_proxy: ProxyFactory, redis_url: str, sim: Sim, ns: str
+) -> None:
+    proxy = start_proxy(*SHARED, "--store", redis_url)
+    owner, intruder = client(proxy, ns), client(proxy, ns, key="sk-intruder")
+    with owner.responses.stream(model=MODEL, input=INPUT) as events:
+        first = events.get_final_response().id
+
+    def streamed(sdk: openai.OpenAI) -> tuple[str, str]:
+        raw = sdk.responses.with_raw_response.create(
+            model=MODEL, input=MORE, previous_response_id=first, stream=True
+        )
+        completed = [e for e in raw.parse() if e.type == "response.completed"]
+        return raw.headers["X-Repro-Cache"], completed[0].response.id
+
+    made = streamed(owner)
+    assert made[0] == "MISS" and streamed(owner) == ("HIT", made[1])
+    assert streamed(intruder)[0] == "MISS"
+    owner.responses.delete(first)
+    with pytest.raises(openai.BadRequestError) as caught:
+        streamed(owner)
+    assert caught.value.code == "previous_response_not_found"
+
+
 # --- 3. the id index of a streamed response made with `store: false` ---------------------------
 
 
