@@ -4,9 +4,9 @@ SDK flows fetch a response by id (`GET /v1/responses/{id}`) after creating it. I
 the upstream is out of reach, so the proxy keeps, beside each stored response, a small index
 entry from its id to the cache key and fingerprint that hold it. The index key hashes the id
 with the tenant scope and the namespace, as the answer's own key does: a tenant that learns
-another's response id still finds nothing under its own scope. Two marks of the same kind say
-who may continue a response or fetch it (see proxy/server/chains.py): that the upstream
-deleted it, and, in `shared` scope, which tenants were answered with it.
+another's response id still finds nothing under its own scope. Two marks, store entries as
+the index is, say who may continue a response or fetch it (see proxy/server/chains.py): that
+the upstream deleted it, and, in `shared` scope, which tenants were answered with it.
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ async def delete_by_id(request: web.Request) -> web.StreamResponse:
         found = None
         if version is not None:
             found = await _held(services, request, response_id, version, in_query)
-        # Whoever made a request continuing it, in any scope or namespace.
+        # Every scope and namespace: whoever sent a request continuing it.
         await mark_deleted(services, response_id)
         if found is None:
             return

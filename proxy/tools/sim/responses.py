@@ -3,9 +3,9 @@
 The Responses API takes no seed, so the text is fixed by the body and the system_fingerprint
 alone. Ids are fresh on every answer, as on the real service, and a request may continue
 (`previous_response_id`) only a response the simulator keeps: one made with `store` on and
-not deleted. A forced function (`tool_choice`
-"required" or naming one) gets a `function_call` item with arguments fitting its schema, so
-agent loops that call tools can run against the simulator.
+not deleted. A forced function (`tool_choice` "required" or naming one) gets a
+`function_call` item with arguments fitting its schema, so agent loops that call tools can run
+against the simulator.
 """
 
 from __future__ import annotations
