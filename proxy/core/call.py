@@ -57,6 +57,7 @@ class Call(NamedTuple):
     stream: bool
     vary: str = ""  # the digest of `headers` (`keyed.vary_of`) the key names, "" for none
     headers: HeaderLines = ()  # the keyed request headers, sent upstream as the client sent them
+    chained: str | None = None  # the response a Responses request continues (`chained_on`)
 
     @property
     def target(self) -> str:
@@ -148,6 +149,7 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
         stream=body.get("stream") is True,
         vary=vary,
         headers=asked.headers,
+        chained=responses.chained_on(body) if kind == routes.RESPONSES else None,
     )
 
 

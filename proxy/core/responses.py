@@ -4,7 +4,9 @@ SDK flows fetch a response by id (`GET /v1/responses/{id}`) after creating it. I
 the upstream is out of reach, so the proxy keeps, beside each stored response, a small index
 entry from its id to the cache key and fingerprint that hold it. The index key hashes the id
 with the tenant scope and the namespace, as the answer's own key does: a tenant that learns
-another's response id still finds nothing under its own scope.
+another's response id still finds nothing under its own scope. Two marks, store entries as
+the index is, say who may continue a response or fetch it (see proxy/server/chains.py): that
+the upstream deleted it, and, in `shared` scope, which tenants were answered with it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ from proxy.core.canonical import KEY_VERSION
 from proxy.core.sse import payloads
 
 INDEX_FINGERPRINT = "id-index"
+DELETED_FINGERPRINT = "deleted"
+HOLDER_FINGERPRINT = "holder"
+MARK = b"repro-mark:1"
+"""The value of a deletion's or a holder's mark: not an Entry either, so exports and lookups
+pass it by."""
 _INDEX_PREFIX = b"repro-index:1:"
 _ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _HEX = re.compile(r"[0-9a-f]{64}")
@@ -52,6 +59,27 @@ def index_key(
     if version:
         material["version"] = version
     return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def deleted_key(response_id: str) -> str:
+    """The key of the mark a deletion leaves for `response_id`: one for every scope and
+    namespace, since the upstream deleted the response for everyone it would have answered."""
+    material = {"id": response_id, "index": "deleted", "v": KEY_VERSION}
+    return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def holder_key(tenant: str, key: str) -> str:
+    """The key of the mark that says the tenant `tenant` was answered with the entry `key`: in
+    `shared` scope, whoever asked a response's request may continue it, or fetch it by id."""
+    material = {"index": "holder", "key": key, "tenant": tenant, "v": KEY_VERSION}
+    return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def chained_on(body: dict[str, Any]) -> str | None:
+    """The response a request continues (`previous_response_id`), when it names one the proxy
+    could have seen deleted: an id of the plain form."""
+    value = body.get("previous_response_id")
+    return value if isinstance(value, str) and valid_id(value) else None
 
 
 def index_value(key: str, fingerprint: str) -> bytes:

@@ -322,7 +322,10 @@ class StreamRecorder:
         if not isinstance(response, dict):
             return
         if isinstance(response.get("id"), str):
-            self.response_id = response["id"]
+            # Nor is a response made with `store: false` found by its id: the upstream never
+            # kept it (the rule `responses.id_of` reads in a whole answer).
+            kept = response.get("store") is not False
+            self.response_id = response["id"] if kept else None
         if kind == _COMPLETED:
             self.prompt_tokens, self.completion_tokens = usage_of(response)
             # A stored stream answers as its whole form would: by the same rule (see is_answer).

@@ -356,6 +356,43 @@ async def index_response(
         await services.store.put(write)
     except StoreError as exc:
         store_failed(services, "put", exc)
+    await hold(services, call, fresh=True)
+
+
+HELD_FOR = 60.0
+"""Seconds a process trusts a holder mark it wrote to be in the store still."""
+
+
+async def hold(services: Services, call: Call, fresh: bool = False) -> None:
+    """In `shared` scope, remember that this tenant was answered with the response `call.key`
+    holds: it may continue that response, or fetch it by id (see proxy/server/chains.py). A
+    HIT rewrites a mark this process wrote within HELD_FOR only once that has passed, so that a
+    mark lost since (evicted, purged) costs its tenant MISSes for that long at most; a `fresh`
+    answer, just stored, always writes."""
+    if services.settings.cache_scope is not policy.CacheScope.SHARED or call.kind != RESPONSES:
+        return
+    mark, now, ttl = (
+        responses.holder_key(call.tenant, call.key),
+        services.clock(),
+        services.settings.ttl,
+    )
+    written = services.held.get(mark)
+    trusted = min(HELD_FOR, ttl / 2) if ttl else HELD_FOR  # the mark expires with --ttl
+    if not fresh and written is not None and 0 <= now - written < trusted:
+        return
+    write = Write(
+        key=mark,
+        fingerprint=responses.HOLDER_FINGERPRINT,
+        value=responses.MARK,
+        ttl=ttl,
+        labels=Labels(namespace=call.namespace, model=call.model),
+    )
+    try:
+        await services.store.put(write)
+    except StoreError as exc:
+        store_failed(services, "put", exc)
+        return
+    services.held.put(mark, now)
 
 
 def _write(

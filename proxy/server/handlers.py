@@ -32,6 +32,7 @@ from proxy.errors import (
 from proxy.server import bodies
 from proxy.server.caching import (
     forward,
+    hold,
     lookup,
     lookup_or_lock,
     prepare,
@@ -41,6 +42,7 @@ from proxy.server.caching import (
     serve_hit,
     stale_entry,
 )
+from proxy.server.chains import continuable
 from proxy.server.coalesce import Lease
 from proxy.server.context import SERVICES, Services
 from proxy.server.offload import OFF_LOOP_BODY
@@ -112,7 +114,12 @@ async def decide(services: Services, request: web.Request, call: Call) -> web.St
     In `shared` scope the key is checked before the lookup, not only before a HIT: a caller the
     upstream refuses would otherwise learn whether anyone asked its question before (a key check
     made only when something is stored) or is asking it now (a follower waiting for the fill in
-    flight). In `key` scope a caller looks only into its own partition."""
+    flight). In `key` scope a caller looks only into its own partition. A request continuing
+    a response the cache may not continue for this caller (proxy/server/chains.py) is the
+    upstream's to answer, never a stored answer's, stale ones included."""
+    reads = call.plan.lookup or call.stale_if_error > 0
+    if reads and not await continuable(services, call):
+        call = unlooked(call)._replace(stale_if_error=0)
     if not call.plan.lookup:
         return await go_upstream(services, request, call)
     shared = services.settings.cache_scope is CacheScope.SHARED
@@ -142,6 +149,7 @@ async def serve_if_trusted(
     """A HIT goes only to a key the upstream accepts; any other key is the upstream's to answer."""
     if await key_accepted(services, request, call):
         services.verifier.sample(call, entry, request.headers)
+        await hold(services, call)
         return serve_hit(services, call, entry)
     return await go_upstream(services, request, unlooked(call))
 
@@ -260,10 +268,11 @@ def shown(model: str) -> str:
 
 async def trusted_stale(services: Services, request: web.Request, call: Call) -> Entry | None:
     """A stored answer to stand in for a failed upstream, only for credentials that may read
-    the cache: a STALE answer passes the same key check as a HIT."""
+    the cache: a STALE answer passes the same key check as a HIT, and is held as one."""
     stale = await stale_entry(services, call)
     if stale is None or not await key_accepted(services, request, call):
         return None
+    await hold(services, call)
     return stale
 
 

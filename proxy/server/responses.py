@@ -22,6 +22,7 @@ from proxy.core.paths import raw_query
 from proxy.core.policy import CacheMode, Outcome
 from proxy.errors import CacheMissError
 from proxy.server.caching import scope_of, store_failed
+from proxy.server.chains import holds, mark_deleted, was_deleted
 from proxy.server.context import SERVICES, Services
 from proxy.server.handlers import only_if_cached, passthrough
 from proxy.store.base import StoreError
@@ -59,20 +60,24 @@ async def delete_by_id(request: web.Request) -> web.StreamResponse:
     """A deletion passes through; once the upstream has deleted the response, the proxy
     forgets it too, before the client hears so: otherwise the request that created it would
     still be answered with an id the upstream no longer knows (a 404 to fetch, an error to
-    chain on with `previous_response_id`), where without the proxy it would make a new one."""
+    chain on with `previous_response_id`), where without the proxy it would make a new one; and
+    a request continuing it would still be answered, where the upstream refuses it."""
     services = request.app[SERVICES]
     # Refused before the upstream deletes anything, not after, when the client would be told
     # a deletion failed that took place.
     checked_namespace(request.headers.get("X-Repro-Namespace", ""))
 
     async def forget(status: int) -> None:
-        if status // 100 != 2:
+        response_id = request.match_info["id"]
+        if status // 100 != 2 or not responses.valid_id(response_id):
             return
         query, in_query = split_query(raw_query(request.raw_path))
         version = responses.api_version(query)
         found = None
         if version is not None:
-            found = await _held(services, request, request.match_info["id"], version, in_query)
+            found = await _held(services, request, response_id, version, in_query)
+        # Every scope and namespace: whoever sent a request continuing it.
+        await mark_deleted(services, response_id)
         if found is None:
             return
         try:
@@ -91,8 +96,9 @@ async def _held(
     in_query: Credentials,
 ) -> tuple[str, Entry] | None:
     """The key and entry of the response `response_id` in the caller's partition, created with
-    the keyed headers and the api-version this request sends."""
-    if not responses.valid_id(response_id):
+    the keyed headers and the api-version this request sends; in `shared` scope, only for a
+    caller that was answered with it (see proxy/server/chains.py)."""
+    if not responses.valid_id(response_id) or await was_deleted(services, response_id):
         return None
     await services.secret.settle()
     credentials = of_request(
@@ -104,6 +110,14 @@ async def _held(
     shared = services.settings.cache_scope is policy.CacheScope.SHARED
     vary = vary_of(services.keying.lines(request.headers), in_query, shared)
     index = responses.index_key(scope, namespace, response_id, vary, version)
+    found = await _indexed(services, index, response_id)
+    if found is None or not await holds(services, tenant, found[0]):
+        return None
+    return found
+
+
+async def _indexed(services: Services, index: str, response_id: str) -> tuple[str, Entry] | None:
+    """The key and entry the index entry `index` points at, while it holds `response_id`."""
     try:
         pointer = await services.store.get(index, [responses.INDEX_FINGERPRINT])
         target = responses.parse_index(pointer.get(responses.INDEX_FINGERPRINT, b""))

@@ -479,8 +479,15 @@ def test_a_cassette_replays_responses_and_their_fetch_by_id(
     again = sdk.responses.with_raw_response.create(model=MODEL, input=INPUT)
     assert again.headers["X-Repro-Cache"] == "HIT"
     assert essence(again.parse()) == essence(whole)
+    with sdk.responses.stream(model=MODEL, input="Stream it.") as stream:
+        assert stream.get_final_response().id == streamed.id
     for created in (whole, streamed):
         assert essence(sdk.responses.retrieve(created.id)) == essence(created)
+    # in `shared` scope a response is fetched by whoever was answered with it, not by its id alone
+    stranger = client(replayer, ns, key="sk-stranger")
+    with pytest.raises(openai.APIStatusError) as caught:
+        stranger.responses.retrieve(streamed.id)
+    assert caught.value.status_code == 504
     assert len(sim.requests()) == sent
 
 

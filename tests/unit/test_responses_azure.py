@@ -384,6 +384,48 @@ def test_a_response_the_upstream_did_not_keep_has_no_id_to_find_it_by() -> None:
     assert responses.stored_id(unkept, stream=False) is None
 
 
+def test_a_streamed_response_the_upstream_did_not_keep_has_no_id_to_find_it_by_either() -> None:
+    unkept = {**DONE, "store": False}
+    stream = typed("response.created", response={**RESPONSE, "store": False}, sequence_number=0)
+    recorder = record(stream + typed("response.completed", response=unkept, sequence_number=1))
+    assert recorder.complete and recorder.response_id is None
+    assert record(START + END).response_id == "resp_abc"
+
+
+def test_the_marks_of_a_deletion_and_a_holder_are_keys_of_their_own() -> None:
+    """No mark may equal another's, an index entry's or a request's key (their domains differ),
+    and a holder's names both the tenant and the entry."""
+    keys = {
+        responses.deleted_key("resp_1"),
+        responses.deleted_key("resp_2"),
+        responses.holder_key("tenant-a", "k" * 64),
+        responses.holder_key("tenant-b", "k" * 64),
+        responses.holder_key("tenant-a", "j" * 64),
+        responses.index_key("resp_1", "", "resp_1"),
+        request_key(RESPONSES, "shared", "", {"id": "resp_1"}),
+    }
+    assert len(keys) == 7
+
+
+@pytest.mark.parametrize(
+    ("body", "chained"),
+    [
+        ({"previous_response_id": "resp_1"}, "resp_1"),
+        ({"previous_response_id": None}, None),
+        ({"previous_response_id": 7}, None),
+        ({"previous_response_id": ["resp_1"]}, None),
+        ({"previous_response_id": "r" * 129}, None),
+        ({"previous_response_id": "resp_1\r\nX: y"}, None),
+    ],
+)
+def test_a_call_names_the_response_it_continues_only_when_it_is_a_plain_id(
+    body: dict[str, Any], chained: str | None
+) -> None:
+    assert decide(routes.RESPONSES, {**BODY, **body}).chained == chained
+    chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    assert decide(routes.CHAT, {**chat, **body}).chained is None
+
+
 @pytest.mark.parametrize(
     ("query", "fetch"),
     [

@@ -268,6 +268,11 @@ async def _create_response(request: web.Request) -> web.StreamResponse:
     body = parse_object(await request.read())
     response, answer = responses.answer_of(body, state)
     await _pause(state.latency)
+    previous = body.get("previous_response_id")
+    if previous is not None and previous not in state.responses:
+        message = f"Previous response with id '{previous[:128]}' not found."
+        code = "previous_response_not_found"
+        return error_response(400, message, code=code, param="previous_response_id")
     if (fault is None or fault.kind not in _ENDINGS) and body.get("store") is not False:
         state.keep_response(response)
     if body.get("background") is True:

@@ -1,9 +1,11 @@
 """The Responses API's answers (pure): a response object, or the typed events that stream it.
 
 The Responses API takes no seed, so the text is fixed by the body and the system_fingerprint
-alone. Ids are fresh on every answer, as on the real service. A forced function (`tool_choice`
-"required" or naming one) gets a `function_call` item with arguments fitting its schema, so
-agent loops that call tools can run against the simulator.
+alone. Ids are fresh on every answer, as on the real service, and a request may continue
+(`previous_response_id`) only a response the simulator keeps: one made with `store` on and
+not deleted. A forced function (`tool_choice` "required" or naming one) gets a
+`function_call` item with arguments fitting its schema, so agent loops that call tools can run
+against the simulator.
 """
 
 from __future__ import annotations
@@ -124,6 +126,10 @@ def answer_of(body: JSON, state: SimState) -> tuple[JSON, Answer]:
     """The complete response object, and the answer it holds (for streaming it piece by piece)."""
     if not isinstance(body.get("input"), str | list):
         raise BadRequest("input must be a string or an array of items", "input")
+    previous = body.get("previous_response_id")
+    if previous is not None and not isinstance(previous, str):
+        name = "previous_response_id"
+        raise BadRequest(f"Invalid type for '{name}': expected a string.", name)
     rng = _rng(body, state.fingerprint)
     function = _forced_function(body)
     answer = sentence(rng, max_tokens(body, "max_output_tokens"))
