@@ -55,18 +55,17 @@ async def holds(services: Services, tenant: str, key: str) -> bool:
     return await _marked(services, mark, responses.HOLDER_FINGERPRINT) is True
 
 
-async def continuable(services: Services, call: Call) -> bool:
-    """Whether the response `call` continues may be continued from the cache for this caller."""
-    if call.chained is None:
-        return True
-    if await was_deleted(services, call.chained):
+async def continuable(services: Services, call: Call, chained: str) -> bool:
+    """Whether the response `chained` that `call` continues may be continued from the cache for
+    this caller."""
+    if await was_deleted(services, chained):
         return False
     if services.settings.cache_scope is not policy.CacheScope.SHARED:
         return True
     version = responses.api_version(call.keyed_query)
     if version is None:
         return False
-    index = responses.index_key(policy.SHARED, call.namespace, call.chained, call.vary, version)
+    index = responses.index_key(policy.SHARED, call.namespace, chained, call.vary, version)
     try:
         pointer = await services.store.get(index, [responses.INDEX_FINGERPRINT])
     except StoreError as exc:

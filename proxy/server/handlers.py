@@ -118,7 +118,8 @@ async def decide(services: Services, request: web.Request, call: Call) -> web.St
     a response the cache may not continue for this caller (proxy/server/chains.py) is the
     upstream's to answer, never a stored answer's, stale ones included."""
     reads = call.plan.lookup or call.stale_if_error > 0
-    if reads and not await continuable(services, call):
+    chained = call.chained
+    if chained is not None and reads and not await continuable(services, call, chained):
         call = unlooked(call)._replace(stale_if_error=0)
     if not call.plan.lookup:
         return await go_upstream(services, request, call)
@@ -149,7 +150,8 @@ async def serve_if_trusted(
     """A HIT goes only to a key the upstream accepts; any other key is the upstream's to answer."""
     if await key_accepted(services, request, call):
         services.verifier.sample(call, entry, request.headers)
-        await hold(services, call)
+        if call.kind == routes.RESPONSES:  # a chat HIT awaits nothing more
+            await hold(services, call)
         return serve_hit(services, call, entry)
     return await go_upstream(services, request, unlooked(call))
 

@@ -81,7 +81,7 @@ def test_in_shared_scope_a_replayed_chain_and_its_id_are_only_for_who_asked_them
 ) -> None:
     """In replay the upstream is out of reach: an intruder who knows both ids gets a 504,
     never the owner's responses, by chaining or by fetching, through any proxy on the store."""
-    common = (*SHARED, "--store", redis_url, "--secret", "s3cret")
+    common = (*SHARED, "--store", redis_url, "--secret", "a-shared-secret-of-32-characters")
     recorder, replayer = start_proxy(*common), start_proxy(*common, "--cache-mode", "replay")
     first = client(recorder, ns).responses.create(model=MODEL, input=INPUT)
     made = chain(client(recorder, ns), first.id).parse()
@@ -159,7 +159,7 @@ def test_a_deletion_reaches_every_namespace_and_proxy_sharing_the_store(
 ) -> None:
     """The id is gone upstream for everyone: a chain made in another namespace, or asked
     through another proxy on the same Redis, or replayed, is no longer answered from the cache."""
-    common = ("--store", redis_url, "--secret", "s3cret")
+    common = ("--store", redis_url, "--secret", "a-shared-secret-of-32-characters")
     one, two = start_proxy(*common), start_proxy(*common)
     replayer = start_proxy(*common, "--cache-mode", "replay")
     first = client(one, ns).responses.create(model=MODEL, input=INPUT)
