@@ -12,6 +12,7 @@ sharing a tag; only on a standalone server does `record` write across keys in on
     {prefix}models             set   model names                       index for the admin route
     {prefix}secret             string                                  the shared HMAC secret
     {prefix}dictionary         string                                  the shared zstd dictionary
+    {prefix}generation         string  random, rewritten after a loss  what near-caches check
     {prefix}l:{<key>}          string  token, with an expiry           one cache key's fill lock
     {prefix}g:{<sha256(name)>} zset  attempt times, expiring           wrong admin tokens
     {prefix}rv:{<sha256(name)>} string "1", with an expiry             a logged-out session
@@ -275,6 +276,12 @@ class RedisStore(Scans):
         """At most a little more than a dictionary may hold (room for a seal): enough to refuse
         a larger value without reading it whole (asked again while entries name one unknown)."""
         return await self._first_wins("dictionary", candidate, MAX_DICTIONARY_BYTES + 1024)
+
+    async def generation(self) -> bytes:
+        """A mark of what the store holds: the same until Redis loses its keys (a FLUSHALL, a
+        failover to an empty replica), which no message announces. The first to find it gone
+        writes a fresh one, so every caller then reads a mark it has not seen before."""
+        return cast(bytes, await self._first_wins("generation", secrets.token_bytes(16)))
 
     async def _first_wins(
         self, name: str, candidate: bytes | None, limit: int | None = None
