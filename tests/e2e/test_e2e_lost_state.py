@@ -26,7 +26,8 @@ ADMIN = "t"
 
 @pytest.fixture
 def url(tmp_path: Path) -> Iterator[str]:
-    """A Redis of this test's own: it is flushed while proxies use it."""
+    """A Redis of this test's own: it is flushed while proxies use it. Asked for before the
+    proxies, so that it stops after them."""
     with running_redis(tmp_path / "redis") as server:
         yield server.url
 
@@ -48,7 +49,7 @@ def only_if_cached(proxy: Proxy, content: str) -> int:
 
 
 def test_a_proxy_started_after_a_flush_reads_what_a_running_one_writes_with_its_dictionary(
-    start_proxy: ProxyFactory, url: str
+    url: str, start_proxy: ProxyFactory
 ) -> None:
     shared = ("--store", url, "--near-cache", "0", "--compression-dictionary", "40")
     running = start_proxy(*shared)
@@ -71,7 +72,7 @@ def test_a_proxy_started_after_a_flush_reads_what_a_running_one_writes_with_its_
 
 
 def test_after_a_flush_the_near_cache_stops_serving_within_a_round(
-    start_proxy: ProxyFactory, sim: Sim, url: str
+    url: str, start_proxy: ProxyFactory, sim: Sim
 ) -> None:
     """An operator flushes Redis to empty the cache: memory must follow, not serve what is gone
     until the proxy restarts. Afterwards the cache fills and serves from memory again."""
@@ -89,7 +90,7 @@ def test_after_a_flush_the_near_cache_stops_serving_within_a_round(
 
 
 def test_fingerprint_records_lost_mid_rotation_are_learnt_again(
-    start_proxy: ProxyFactory, sim: Sim, url: str
+    url: str, start_proxy: ProxyFactory, sim: Sim
 ) -> None:
     """The upstream moved from FP1 to FP2; Redis then loses the fingerprint records (evicted),
     while the entries of both generations stay. An FP1 answer is never served for it: the
