@@ -177,8 +177,9 @@ async def _layered_store(settings: Settings, injected: Store | None) -> tuple[St
         store = GuardedStore(store, timeout=timeout, bounded=bounded)
     local_bytes = backend.max_bytes if isinstance(backend, MemoryStore) else 0
     if isinstance(backend, RedisStore) and backend.invalidations:
-        store = NearCache(store, backend, settings.near_cache)
-        local_bytes = settings.near_cache
+        near = NearCache(store, backend, settings.near_cache)
+        await near.keep()  # the generation it starts on: its first round then empties nothing
+        store, local_bytes = near, settings.near_cache
     return store, local_bytes
 
 

@@ -72,8 +72,8 @@ class NearCache(StoreWrapper):
 
     async def keep(self) -> None:
         """Empty memory if the store is not the one last seen: what was remembered before may be
-        gone. The first round empties it too (nothing was seen before it); a failing store is
-        left to the subscription's heartbeat."""
+        gone. Asked first before anything is remembered; while no mark could be read, the first
+        one read empties memory too. A failing store is left to the subscription's heartbeat."""
         try:
             mark = await self._bus.generation()
         except StoreError:

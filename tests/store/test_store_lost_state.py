@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from proxy.core.codec import Codec
 from proxy.core.policy import FingerprintPolicy
 from proxy.metrics import Metrics
+from proxy.server import keep
 from proxy.server.dictionary import Dictionaries
 from proxy.server.fingerprints import FingerprintTracker
 from proxy.server.secret import Secret
@@ -264,3 +265,54 @@ async def test_fingerprint_records_lost_mid_rotation_are_learnt_again(
     assert tracker.acceptable("m", relearnt) == ["fp1"]
     assert await store.all_fingerprints() == {"m": relearnt}
     await tracker.close()
+
+
+async def test_a_hostile_dictionary_written_after_a_flush_is_refused_once_and_ours_kept(
+    shared: tuple[Store, aioredis.Redis], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whoever writes Redis first after a flush may write anything there: the running replica
+    keeps compressing with its own, and says so once, not every round."""
+    store, raw = shared
+    running, codec = await dictionary_in_use(store)
+    number = codec.dictionary
+    await raw.flushall()
+    await raw.set("repro:dictionary", b"\x37\xa4\x30\xec" + b"\xff" * 64)
+    for _ in range(3):
+        await running.keep()
+    assert codec.dictionary == number
+    assert codec.unpack(codec.pack(entry(3))) == entry(3)
+    refused = [r for r in caplog.records if "is not one" in r.getMessage()]
+    assert len(refused) == 1
+
+
+async def test_a_generation_key_of_another_type_neither_raises_nor_empties_memory(
+    near: tuple[NearCache, aioredis.Redis],
+) -> None:
+    cache, raw = near
+    await raw.delete("repro:generation")
+    await raw.hset("repro:generation", "x", "y")
+    await cache.keep()  # a WRONGTYPE answer: a failing store, left to the subscription
+    await raw.delete("repro:e:{q}")
+    assert (await cache.lookup("q", "m"))[1] == {"fp": b"answer"}
+
+
+class Part:
+    def __init__(self, fails: bool) -> None:
+        self.fails = fails
+        self.rounds = 0
+
+    async def keep(self) -> None:
+        self.rounds += 1
+        if self.fails:
+            raise RuntimeError("a fault of this part")
+
+
+async def test_a_part_that_fails_stops_neither_the_others_nor_the_next_round() -> None:
+    failing, kept = Part(fails=True), Part(fails=False)
+    rounds = asyncio.ensure_future(keep.keep([failing, kept], every=0.01))
+    try:
+        await until(lambda: kept.rounds >= 3)
+    finally:
+        rounds.cancel()
+        await asyncio.gather(rounds, return_exceptions=True)
+    assert failing.rounds >= 3
