@@ -16,6 +16,7 @@ from bench.procs import settled, wait_until
 from proxy.core.codec import ZSTD_DICTIONARY, dictionary_id
 from tests.e2e.test_e2e_compression import ask, passage, stored, wait_for_codec
 from tests.e2e.test_e2e_fingerprints import FP1, FP2, MODEL, chat, outcome
+from tests.e2e.test_faults import own_redis
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim
 from tests.fixtures_redis import running_redis
 
@@ -69,6 +70,40 @@ def test_a_proxy_started_after_a_flush_reads_what_a_running_one_writes_with_its_
     assert again.headers["X-Repro-Cache"] == "HIT"
     assert again.content == written.content
     assert running.store_errors() == {} and late.store_errors() == {}
+
+
+def test_after_a_failover_to_an_empty_redis_a_new_replica_shares_the_running_ones_cache(
+    start_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """Redis replaced by an empty one at the same address (a failover to a replica that had not
+    synced, a restart without persistence): the running proxy gives it back its secret and
+    dictionary, so that a replica started then reads what the running one writes."""
+    with own_redis(tmp_path / "redis") as server:
+        shared = ("--store", server.url, "--compression-dictionary", "40")
+        running = start_proxy(*shared)
+        for number in range(40):
+            ask(running, passage(number))
+        wait_for_codec(server.url, running, ZSTD_DICTIONARY)
+        secret, dictionary = held(server.url, "repro:secret"), held(server.url, "repro:dictionary")
+        server.kill()
+        server.start()  # same port, no data
+
+        def restored() -> bool:
+            return (held(server.url, "repro:secret"), held(server.url, "repro:dictionary")) == (
+                secret,
+                dictionary,
+            )
+
+        wait_until(restored, "the secret and the dictionary offered again", ROUND)
+        written = settled(
+            lambda: ask(running, passage(8000)),
+            lambda answer: stored(server.url, answer.headers["X-Repro-Key"])[1] == ZSTD_DICTIONARY,
+            ROUND,
+        )
+        late = start_proxy(*shared)
+        again = ask(late, passage(8000))
+        assert again.headers["X-Repro-Cache"] == "HIT"
+        assert again.content == written.content
 
 
 def test_after_a_flush_the_near_cache_stops_serving_within_a_round(
