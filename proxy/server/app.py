@@ -154,7 +154,7 @@ def _keeping(services: Services) -> Callable[[], Coroutine[Any, Any, None]] | No
         return None
     parts: list[keep.Kept] = [services.secret, services.dictionaries]
     if isinstance(store, NearCache):
-        parts.append(store)
+        parts.insert(0, store)  # first: no other call delays the check that bounds stale HITs
     return functools.partial(keep.keep, parts)
 
 
