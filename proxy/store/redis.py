@@ -233,15 +233,16 @@ class RedisStore(Scans):
     async def observe_fingerprint(
         self, model: str, fingerprint: str, now: float, count: int = 1, moves: bool = True
     ) -> Observation:
-        """One atomic script on the model's keys; the index is only touched by the first caller."""
+        """One atomic script on the model's keys, and the model named in the index in the same
+        batch each time, not only by the first caller: an index Redis evicted (it is rarely
+        read, so among the first under `allkeys-lru`) is written again by the next observation."""
         args = [model, fingerprint, repr(now), count, self.invalidations, int(moves)]
         name = self._model(model)
         with mapped("observe_fingerprint"):
-            reply = await self._batch.script(
-                scripts.OBSERVE, [name, layout.history_key(name)], args
+            reply, _ = await replies(
+                self._batch.script_sent(scripts.OBSERVE, [name, layout.history_key(name)], args),
+                self._batch.send("SADD", self._models(), model),
             )
-            if reply[1]:
-                await self._batch.call("SADD", self._models(), model)
             return layout.observation(reply, fingerprint, moves)
 
     async def fingerprints(self, model: str) -> ModelFingerprints | None:

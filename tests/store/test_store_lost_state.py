@@ -316,3 +316,21 @@ async def test_a_part_that_fails_stops_neither_the_others_nor_the_next_round() -
         rounds.cancel()
         await asyncio.gather(rounds, return_exceptions=True)
     assert failing.rounds >= 3
+
+
+@pytest.mark.parametrize("observed", ["observe", "record"])
+async def test_an_evicted_model_index_is_written_again_by_the_next_observation(
+    shared: tuple[Store, aioredis.Redis], observed: str
+) -> None:
+    """The index is read only by the admin routes: under allkeys-lru it goes before the records
+    it names, and the admin view would lose every model whose fingerprint never changes."""
+    store, raw = shared
+    await store.observe_fingerprint("m", "fp", 1.0)
+    await raw.delete("repro:models")
+    assert await store.all_fingerprints() == {}
+    if observed == "observe":
+        await store.observe_fingerprint("m", "fp", 2.0, count=3, moves=False)
+    else:
+        await store.record(Write("q", "fp", b"answer", 0, model="m", now=2.0))
+    found = await store.all_fingerprints()
+    assert list(found) == ["m"] and found["m"].current == "fp"
