@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -24,7 +25,7 @@ from proxy.core.keyed import Keying
 from proxy.core.policy import SHARED, CacheMode, CacheScope
 from proxy.core.routes import AZURE_RESPONSES, AZURE_V1, DEPLOYMENT_CALLS, DEPLOYMENTS
 from proxy.metrics import Metrics
-from proxy.server import admin, bodies, handlers, responses, rotations, transfer, ui
+from proxy.server import admin, bodies, handlers, keep, responses, rotations, transfer, ui
 from proxy.server.coalesce import Coalescer
 from proxy.server.context import SERVICES, Services, entry_memo
 from proxy.server.dictionary import Dictionaries
@@ -130,12 +131,10 @@ def _services(
             prober = services.prober
             probe = prober.run if prober.enabled else None
             near = store.run if isinstance(store, NearCache) else None
-            secret = services.secret
-            keep = secret.run if store.shared and not secret.fixed else None
             async with (
                 _background(probe, "fingerprint-probe"),
                 _background(near, "near-cache"),
-                _background(keep, "secret"),
+                _background(_keeping(services), "keep"),
             ):
                 yield
             # A dictionary another process trained meanwhile, which stored entries may name.
@@ -145,6 +144,18 @@ def _services(
             await _close(services)
 
     return context
+
+
+def _keeping(services: Services) -> Callable[[], Coroutine[Any, Any, None]] | None:
+    """The rounds that give a shared store back what it lost (see keep.py); a store of this
+    process's own loses nothing while it runs."""
+    store = services.store
+    if not store.shared:
+        return None
+    parts: list[keep.Kept] = [services.secret, services.dictionaries]
+    if isinstance(store, NearCache):
+        parts.insert(0, store)  # first: no other call delays the check that bounds stale HITs
+    return functools.partial(keep.keep, parts)
 
 
 async def _layered_store(settings: Settings, injected: Store | None) -> tuple[Store, int]:
@@ -166,8 +177,9 @@ async def _layered_store(settings: Settings, injected: Store | None) -> tuple[St
         store = GuardedStore(store, timeout=timeout, bounded=bounded)
     local_bytes = backend.max_bytes if isinstance(backend, MemoryStore) else 0
     if isinstance(backend, RedisStore) and backend.invalidations:
-        store = NearCache(store, backend, settings.near_cache)
-        local_bytes = settings.near_cache
+        near = NearCache(store, backend, settings.near_cache)
+        await near.keep()  # the generation it starts on: its first round then empties nothing
+        store, local_bytes = near, settings.near_cache
     return store, local_bytes
 
 

@@ -5,6 +5,11 @@ of the first entries it writes (`--compression-dictionary`), trains a dictionary
 event loop, and offers it to the store: the first offer wins, and every process then compresses
 with the winner. An entry naming a dictionary this process does not hold reads as a miss, and
 makes it fetch the store's (at most once a second), so replicas started earlier catch up.
+
+A store can lose the dictionary while replicas run (see `keep`): the entries they go on writing
+name it, and a replica started then could not read them. So each round of `keep` offers the
+dictionary in use again, as the secret is: an emptied store gets it back, and a replica that
+finds another adopts it (reading its own older entries still, see Codec.use).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any
 
 import zstandard
 
-from proxy.core.codec import Codec, dictionary_id, train
+from proxy.core.codec import Codec, train
 from proxy.store.base import Store, StoreError
 
 log = logging.getLogger("proxy.store")
@@ -43,10 +48,19 @@ class Dictionaries:
         self._clock = clock
         self._task: asyncio.Task[Any] | None = None
         self._fetched_at = -FETCH_INTERVAL
+        self._held: bytes | None = None  # the store's dictionary as last adopted, to offer again
+        self._refused: bytes | None = None
+        self._failed = False
 
     async def settle(self) -> None:
         """Adopt the store's dictionary, if it has one; a failing store leaves it for later."""
         await self._adopt(None)
+
+    async def keep(self) -> None:
+        """Offer the dictionary in use again; adopt the store's if it holds another. Unlike the
+        secret it weighs kilobytes, sent and read back once a round: nothing next to answers."""
+        if self._held is not None:
+            await self._adopt(self._held)
 
     def written(self) -> None:
         """After a write: train once the codec has kept enough payloads."""
@@ -91,15 +105,23 @@ class Dictionaries:
             async with asyncio.timeout(self._timeout):
                 data = await self._store.dictionary(candidate)
         except (StoreError, TimeoutError) as exc:
-            log.warning("compression dictionary not shared", extra={"error": str(exc)})
+            if not self._failed:  # once until it answers: rounds go on while the store is down
+                log.warning("compression dictionary not shared", extra={"error": str(exc)})
+            self._failed = True
             return False
+        self._failed = False
         if data is None:
             return False
-        if not self._codec.knows(dictionary_id(data)):
-            try:
-                number = self._codec.use(data)
-            except zstandard.ZstdError:
-                log.warning("the store's compression dictionary is not one")
-                return False
-            log.info("compression dictionary in use", extra={"dictionary": f"{number:08x}"})
+        if data == self._held:
+            return True
+        if data == self._refused:
+            return False
+        try:  # another one than in use (known or not): new entries use it
+            number = self._codec.use(data)
+        except zstandard.ZstdError:
+            log.warning("the store's compression dictionary is not one")
+            self._refused = data  # said once, though each round finds it again
+            return False
+        log.info("compression dictionary in use", extra={"dictionary": f"{number:08x}"})
+        self._held = data
         return True

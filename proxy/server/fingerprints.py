@@ -10,7 +10,9 @@ record in the store on every miss: a hot key on one node of a cluster, and the l
 Redis's work per miss. A repeat of the fingerprint this process knows to be current is counted
 here instead and reaches the store within `FLUSH_AFTER` seconds as one observation standing for
 all of them. Anything else (a new fingerprint, a rotation back, a model not seen yet) is recorded
-at once, after the repeats counted so far, so the store's order of events is kept.
+at once, after the repeats counted so far, so the store's order of events is kept. So is the
+next answer of a model whose record the store lost (a FLUSHALL, an eviction): counted, it would
+leave the model without a current fingerprint, every lookup a MISS, until the count is flushed.
 """
 
 from __future__ import annotations
@@ -67,7 +69,9 @@ class FingerprintTracker:
     def acceptable(self, model: str, state: ModelFingerprints | None) -> Sequence[str] | None:
         """Fingerprints whose entries may be served for `model`; None means any."""
         now = self._clock()
-        if state is not None:
+        if state is None:  # the store lost the model's record (flushed, evicted), if it had one:
+            self._current.pop(model, None)  # the next answer writes it again, not counted here
+        else:
             self._metrics.fingerprint_current(model, state.current)
             self._metrics.fingerprint_alternating(model, alternating(state, now, self._flap_window))
             if self._current.get(model, state.current) != state.current:

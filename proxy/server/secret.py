@@ -10,14 +10,13 @@ empty, the provisional secret becomes the shared one.
 
 A store can lose the secret while replicas run (a Redis restarted without persistence, a
 FLUSHALL, an eviction): a replica started then would write one of its own, and it and the
-running ones would never share a cache again. So every `KEEP_EVERY` seconds a settled replica
+running ones would never share a cache again. So in each round of `keep` a settled replica
 offers its secret again, first writer winning as at start: an emptied store gets back the one the
 running replicas use, and a replica that finds another adopts it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import os
@@ -32,9 +31,6 @@ MAX_REMEMBERED = 4096
 MAX_REMEMBERED_BYTES = 1 << 20
 """Credentials held by the tenant memo: every request's are hashed, a refused caller's too, and
 a request may carry 128 headers of 8 KiB."""
-
-KEEP_EVERY = 5.0
-"""Seconds between offers of the settled secret (one small write and read each)."""
 
 ASK_AGAIN_AFTER = 1.0
 """Seconds before asking again a store that answered but could not give a secret (a key of
@@ -83,12 +79,6 @@ class Secret:
         if self._failed:
             log.warning("store answers: now using the shared secret")
         self.provisional = False
-
-    async def run(self, every: float = KEEP_EVERY) -> None:
-        """Offer the settled secret every `every` seconds, for as long as the proxy runs."""
-        while True:
-            await asyncio.sleep(every)
-            await self.keep()
 
     async def keep(self) -> None:
         """Offer the settled secret again; adopt the store's if it holds another (see above). A

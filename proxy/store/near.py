@@ -8,7 +8,10 @@ HIT can be answered from this process's memory without a round trip. Coherence r
   so does one silent beyond its heartbeat (see subscription.listen), which may be lost unseen;
 - a fetch that raced with an invalidation of its key, of a model's state or of everything is not
   remembered (a set of the keys changed while read, and a generation counter for the rest);
-- expiry needs no message: HITs check each entry's age against the TTL themselves.
+- expiry needs no message: HITs check each entry's age against the TTL themselves;
+- a flush announces nothing (FLUSHALL, FLUSHDB, a failover to an empty replica): each round of
+  the proxy's keep (server/keep.py) reads the store's generation mark, and memory is emptied
+  when it is not the one last read, so what Redis lost is served for at most a round.
 Redis Cluster has no asyncio pub/sub in redis-py, so the near-cache serves standalone Redis only.
 """
 
@@ -21,7 +24,7 @@ from collections import OrderedDict
 from typing import Any
 
 from proxy.core.fingerprints import ModelFingerprints, Observation
-from proxy.store.base import Selector, Store, Write
+from proxy.store.base import Selector, Store, StoreError, Write
 from proxy.store.memory import charged
 from proxy.store.redis import ENTRY_CHANGED, MODEL_CHANGED, RedisStore
 from proxy.store.redis_scan import EVERYTHING_CHANGED
@@ -50,6 +53,7 @@ class NearCache(StoreWrapper):
         self._generation = 0
         self._fetching: dict[str, int] = {}  # keys with reads in flight, and how many
         self._changed: set[str] = set()  # those of them invalidated meanwhile
+        self._mark: bytes | None = None  # the store's generation as last read
         self.live = False
 
     async def run(self) -> None:
@@ -65,6 +69,21 @@ class NearCache(StoreWrapper):
             except Exception as exc:  # any failure: forget everything, then try again
                 self._forget(f"subscription lost: {type(exc).__name__}")
             await asyncio.sleep(RESUBSCRIBE_AFTER)
+
+    async def keep(self) -> None:
+        """Empty memory if the store is not the one last seen: what was remembered before may be
+        gone. Asked first before anything is remembered; while no mark could be read, the first
+        one read empties memory too. A failing store is left to the subscription's heartbeat."""
+        try:
+            mark = await self._bus.generation()
+        except StoreError:
+            return
+        if mark == self._mark:
+            return
+        if self._mark is not None:
+            log.warning("the store lost what it held: near-cache emptied")
+        self._mark = mark
+        self._invalidate(EVERYTHING_CHANGED)
 
     def _subscribed(self) -> None:
         self._forget("")

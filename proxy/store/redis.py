@@ -12,6 +12,7 @@ sharing a tag; only on a standalone server does `record` write across keys in on
     {prefix}models             set   model names                       index for the admin route
     {prefix}secret             string                                  the shared HMAC secret
     {prefix}dictionary         string                                  the shared zstd dictionary
+    {prefix}generation         string  random, rewritten after a loss  what near-caches check
     {prefix}l:{<key>}          string  token, with an expiry           one cache key's fill lock
     {prefix}g:{<sha256(name)>} zset  attempt times, expiring           wrong admin tokens
     {prefix}rv:{<sha256(name)>} string "1", with an expiry             a logged-out session
@@ -232,15 +233,16 @@ class RedisStore(Scans):
     async def observe_fingerprint(
         self, model: str, fingerprint: str, now: float, count: int = 1, moves: bool = True
     ) -> Observation:
-        """One atomic script on the model's keys; the index is only touched by the first caller."""
+        """One atomic script on the model's keys, and the model named in the index in the same
+        batch each time, not only by the first caller: an index Redis evicted (it is rarely
+        read, so among the first under `allkeys-lru`) is written again by the next observation."""
         args = [model, fingerprint, repr(now), count, self.invalidations, int(moves)]
         name = self._model(model)
         with mapped("observe_fingerprint"):
-            reply = await self._batch.script(
-                scripts.OBSERVE, [name, layout.history_key(name)], args
+            reply, _ = await replies(
+                self._batch.script_sent(scripts.OBSERVE, [name, layout.history_key(name)], args),
+                self._batch.send("SADD", self._models(), model),
             )
-            if reply[1]:
-                await self._batch.call("SADD", self._models(), model)
             return layout.observation(reply, fingerprint, moves)
 
     async def fingerprints(self, model: str) -> ModelFingerprints | None:
@@ -275,6 +277,12 @@ class RedisStore(Scans):
         """At most a little more than a dictionary may hold (room for a seal): enough to refuse
         a larger value without reading it whole (asked again while entries name one unknown)."""
         return await self._first_wins("dictionary", candidate, MAX_DICTIONARY_BYTES + 1024)
+
+    async def generation(self) -> bytes:
+        """A mark of what the store holds: the same until Redis loses its keys (a FLUSHALL, a
+        failover to an empty replica), which no message announces. The first to find it gone
+        writes a fresh one, so every caller then reads a mark it has not seen before."""
+        return cast(bytes, await self._first_wins("generation", secrets.token_bytes(16)))
 
     async def _first_wins(
         self, name: str, candidate: bytes | None, limit: int | None = None

@@ -127,7 +127,7 @@ RECORD = (
     + _PUT_FUNCTION
     + """
 local seen = observe(KEYS[1], KEYS[2], ARGV[1], ARGV[3], tonumber(ARGV[2]), 1, ARGV[8], 1)
-if seen[2] == 1 then redis.call('SADD', KEYS[3], ARGV[1]) end
+redis.call('SADD', KEYS[3], ARGV[1])  -- each time: the index may have been evicted
 put(KEYS[4], KEYS[5], unpack(ARGV, 3, 10))
 return seen
 """
