@@ -321,6 +321,21 @@ def run_cli(
     )
 
 
+def run_command(argv: list[str], **env: str) -> tuple[int, str]:
+    """`repro-proxy ARGV` with this machine's environment but its REPRO_* settings (and with
+    `env`): its exit status and standard error."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("REPRO_")} | env
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy", *argv],
+        capture_output=True,
+        env=environ,
+        stdin=subprocess.DEVNULL,
+        timeout=30,
+        check=False,
+    )
+    return done.returncode, done.stderr.decode(errors="replace")
+
+
 def started(argv: list[str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
     """A process started with --port 0, and the URL it says it listens on."""
     with log.open("wb") as sink:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import os
-import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
@@ -18,20 +16,7 @@ import orjson
 import pytest
 
 from proxy.cli import build_parser
-from tests.fixtures_procs import started, stop
-
-
-def run(argv: list[str], **env: str) -> tuple[int, str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("REPRO_")} | env
-    done = subprocess.run(
-        [sys.executable, "-m", "proxy", *argv],
-        capture_output=True,
-        env=environ,
-        stdin=subprocess.DEVNULL,
-        timeout=30,
-        check=False,
-    )
-    return done.returncode, done.stderr.decode(errors="replace")
+from tests.fixtures_procs import run_command, started, stop
 
 
 def commands(
@@ -78,14 +63,14 @@ def test_no_command_takes_an_abbreviated_flag(
 ) -> None:
     short = abbreviation(parser)
     assert short is not None
-    status, stderr = run([*path, *placeholders(parser), short, "x"], REPRO_ADMIN_TOKEN="t")
+    status, stderr = run_command([*path, *placeholders(parser), short, "x"], REPRO_ADMIN_TOKEN="t")
     assert status == 2, stderr
     assert "Traceback" not in stderr
     assert f"unrecognized arguments: {short} x" in stderr.strip().splitlines()[-1]
 
 
 def test_serve_names_the_abbreviation_it_refuses_rather_than_serving() -> None:
-    status, stderr = run(["serve", "--port", "0", "--up", "http://127.0.0.1:9/v1"])
+    status, stderr = run_command(["serve", "--port", "0", "--up", "http://127.0.0.1:9/v1"])
     assert status == 2, stderr
     assert "unrecognized arguments: --up" in stderr
 
@@ -106,7 +91,7 @@ def test_serve_names_the_abbreviation_it_refuses_rather_than_serving() -> None:
     ],
 )
 def test_sim_refuses_a_number_it_cannot_wait_for(flag: str, value: str) -> None:
-    status, stderr = run(["sim", "--port", "0", flag, value])
+    status, stderr = run_command(["sim", "--port", "0", flag, value])
     assert status == 2, stderr
     assert "Traceback" not in stderr
     assert f"argument {flag}: " in stderr.strip().splitlines()[-1]
@@ -133,7 +118,7 @@ SERVE = ["serve", "--port", "0", "--upstream", "http://127.0.0.1:9/v1"]
 )  # fmt: skip
 def test_serve_refuses_a_secret_without_repeating_it(flag: str | None, env: str | None) -> None:
     argv = SERVE + (["--secret", flag] if flag is not None else [])
-    status, stderr = run(argv, **({"REPRO_SECRET": env} if env is not None else {}))
+    status, stderr = run_command(argv, **({"REPRO_SECRET": env} if env is not None else {}))
     assert status == 2, stderr
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1].startswith("repro-proxy: --secret / REPRO_SECRET: ")
@@ -146,7 +131,7 @@ def test_import_refuses_a_short_secret_before_connecting(tmp_path: Path) -> None
     cassette = tmp_path / "empty.jsonl"
     cassette.write_bytes(b"")
     argv = ["import", "--store", "redis://127.0.0.1:9/0", "--cache-scope", "key"]
-    status, stderr = run([*argv, "--api-key", "k", str(cassette)], REPRO_SECRET="hunter2")
+    status, stderr = run_command([*argv, "--api-key", "k", str(cassette)], REPRO_SECRET="hunter2")
     assert status == 2, stderr
     assert "--secret / REPRO_SECRET" in stderr.strip().splitlines()[-1]
     assert "hunter2" not in stderr
@@ -189,7 +174,9 @@ def test_each_list_flag_given_twice_keeps_both_values(tmp_path: Path) -> None:
 )
 def test_an_encryption_key_given_before_another_is_read_too(argv: list[str]) -> None:
     # The first key was dropped: a store written under it read as misses, or not at all.
-    status, stderr = run([*argv, "--encryption-key", "not-a-key", "--encryption-key", KEY_A])
+    status, stderr = run_command(
+        [*argv, "--encryption-key", "not-a-key", "--encryption-key", KEY_A]
+    )
     assert status == 2, stderr
     assert "--encryption-key / REPRO_ENCRYPTION_KEY" in stderr.strip().splitlines()[-1]
     assert KEY_A not in stderr
@@ -197,7 +184,7 @@ def test_an_encryption_key_given_before_another_is_read_too(argv: list[str]) -> 
 
 def test_an_encryption_key_flag_wins_over_the_variable(tmp_path: Path) -> None:
     argv = ["export", "--store", "redis://127.0.0.1:9/0", "--encryption-key", KEY_A]
-    status, stderr = run(argv, REPRO_ENCRYPTION_KEY="not-a-key")
+    status, stderr = run_command(argv, REPRO_ENCRYPTION_KEY="not-a-key")
     assert status == 1, stderr  # the key passed; the store at the discard port did not answer
     assert "--encryption-key" not in stderr
 

@@ -7,30 +7,17 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures_procs import run_command
+
 QUIET_UPSTREAM = "http://127.0.0.1:9/v1"  # the discard port: nothing is sent to it
 
 
-def run(argv: list[str], **env: str) -> tuple[int, str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("REPRO_")} | env
-    done = subprocess.run(
-        [sys.executable, "-m", "proxy", *argv],
-        capture_output=True,
-        env=environ,
-        stdin=subprocess.DEVNULL,
-        timeout=30,
-        check=False,
-    )
-    return done.returncode, done.stderr.decode(errors="replace")
-
-
 def refused(argv: list[str], named: str, **env: str) -> str:
-    status, stderr = run(argv, **env)
+    status, stderr = run_command(argv, **env)
     assert status == 2, stderr
     assert "Traceback" not in stderr
     last = stderr.strip().splitlines()[-1]
