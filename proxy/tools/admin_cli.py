@@ -151,11 +151,15 @@ def _selector(args: argparse.Namespace) -> dict[str, Any]:
 
 def _show_stats(stats: dict[str, Any]) -> None:
     ratio = stats.get("hit_ratio")
+    stored = f"{plural(stats['entries'], 'answer')}, {size(stats['bytes'])}"
+    if raw := stats.get("raw_bytes"):
+        stored += f" ({size(raw)} uncompressed)"
     rows = [
-        ("stored", f"{plural(stats['entries'], 'answer')}, {size(stats['bytes'])}"),
+        ("stored", stored),
         ("hits", plural(stats["hits"], "hit")),
         ("misses", plural(stats["misses"], "miss", "misses")),
         ("hit ratio", "n/a" if ratio is None else f"{ratio:.1%}"),
+        ("tokens saved", plural(stats["tokens_saved"], "token")),
     ]
     print_table("repro-proxy stats", ("", "value"), rows)
 

@@ -9,6 +9,8 @@ import httpx
 import orjson
 import pytest
 
+from proxy.tools.output import size
+from tests.e2e.test_cli_attacks import run_tty
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim, free_port, run_cli
 
 TOKEN = "admin-secret"
@@ -47,6 +49,12 @@ def test_stats_count_entries_bytes_and_the_hit_ratio(admin_proxy: Proxy) -> None
         admin_proxy.metric("repro_tokens_saved_total", type=t) for t in ("prompt", "completion")
     )
     assert stats["tokens_saved"] == saved > 0
+    token = ["--url", admin_proxy.url, "--admin-token", TOKEN]
+    status, table = run_tty("stats", *token)  # what docs/operations.md says it shows
+    assert status == 0, table
+    stored = f"2 answers, {size(stats['bytes'])} ({size(stats['raw_bytes'])} uncompressed)"
+    for row in (stored, "50.0%", f"tokens saved │ {saved:.0f} tokens"):
+        assert row in table, table
 
 
 def test_purge_by_namespace_model_and_fingerprint_with_a_dry_run(
