@@ -118,6 +118,7 @@ def test_an_import_into_a_per_key_proxy_is_for_the_key_named(
     nameless = cli("import", "--url", target.url, str(tape))
     assert nameless.returncode == 1
     assert "X-Repro-Api-Key" in nameless.stderr and "--api-key" in nameless.stderr
+    assert "OPENAI_API_KEY" in nameless.stderr  # what docs/operations.md sets for it
     wrong_scope = cli("import", "--url", target.url, "--cache-scope", "shared", str(tape))
     assert "--cache-scope key" in wrong_scope.stderr
 
