@@ -88,6 +88,9 @@ def test_purge_refuses_an_empty_selector_without_all(admin_proxy: Proxy) -> None
 def test_admin_routes_need_the_token(admin_proxy: Proxy, start_proxy: ProxyFactory) -> None:
     for path, method in (("/admin/stats", "GET"), ("/admin/purge", "POST")):
         assert httpx.request(method, admin_proxy.url + path, timeout=5).status_code == 401
+    wrong = run_cli("stats", "--url", admin_proxy.url, admin_token="not-the-token")
+    assert wrong.returncode == 1
+    assert "HTTP 401" in wrong.stderr and "the one given is not it" in wrong.stderr
     no_token = start_proxy()
     assert httpx.get(no_token.url + "/admin/stats", timeout=5).status_code == 404
 
