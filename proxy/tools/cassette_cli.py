@@ -214,13 +214,21 @@ async def _export(args: argparse.Namespace, url: str) -> int:
     store = await _open(args, url)
     selector = Selector(namespace=args.namespace, model=args.model)
     count = 0
+    skipped = cassette.Skipped()
     try:
         with _output(args.output) as out:
-            async for line in cassette.lines(store, selector, await _codec(store)):
+            async for line in cassette.lines(store, selector, await _codec(store), skipped):
                 out.write(line)
                 count += 1
     finally:
         await store.close()
+    if skipped.count:
+        fail(
+            args.command,
+            f"left out {plural(skipped.count, 'stored answer')} it cannot read: encrypted ones "
+            "need the store's --encryption-key (or REPRO_ENCRYPTION_KEY), others were written "
+            "by another version",
+        )
     return count
 
 
