@@ -6,6 +6,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -153,6 +154,20 @@ def test_the_readme_quickstart_runs_as_written(proxy: Proxy, sim: Sim) -> None:
     learn = shell(curl.replace("Name a colour.", "Name a river."))
     assert re.search(r"^X-Repro-Fingerprint: fp_new\r?$", learn, re.MULTILINE | re.IGNORECASE)
     assert re.search(r"^X-Repro-Cache: MISS\r?$", shell(curl), re.MULTILINE | re.IGNORECASE)
+
+
+def test_what_the_quickstart_imports_the_readme_says_to_install() -> None:
+    """`pip install .` brings the package's dependencies only: a module the snippet imports
+    beyond them is named in a `pip install` of the README (a fresh venv would fail without)."""
+    snippet, _, _ = quickstart()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    dependencies = {
+        re.split(r"[\s\[<>=;]", name)[0] for name in pyproject["project"]["dependencies"]
+    }
+    installed = set(re.findall(r"`pip install ([\w-]+)`", readme))
+    imported = set(re.findall(r"^(?:from|import) (\w+)", snippet, re.MULTILINE))
+    assert imported and imported <= dependencies | installed, imported - dependencies
 
 
 def test_the_readme_ci_recipe_works_as_written(project: pytest.Pytester, sim: Sim) -> None:
