@@ -28,13 +28,16 @@ def add_connection_arguments(
     parser: argparse.ArgumentParser,
     timeout: float = 30,
     waits: str = "seconds to wait for the whole answer",
+    url_default: str | None = DEFAULT_URL,
 ) -> None:
     """--url, --admin-token and --timeout, as every command that talks to a running proxy
-    takes them; `waits` says what the timeout bounds, which differs for streamed commands."""
+    takes them; `waits` says what the timeout bounds, which differs for streamed commands;
+    a command that may also open a store has no default URL (`url_default` None)."""
+    default = f", default {url_default}" if url_default else ""
     parser.add_argument(
         "--url",
         default=None,
-        help=f"the running proxy's base URL (env REPRO_URL, default {DEFAULT_URL})",
+        help=f"the running proxy's base URL (env REPRO_URL{default})",
     )
     parser.add_argument(
         "--admin-token",

@@ -84,7 +84,7 @@ def _source_arguments(parser: argparse.ArgumentParser, waits: str) -> None:
         default=os.environ.get("REPRO_ENCRYPTION_KEY"),
         help="with --store: the store's --encryption-key, if it has one (env REPRO_ENCRYPTION_KEY)",
     )
-    add_connection_arguments(parser, timeout=300, waits=waits)
+    add_connection_arguments(parser, timeout=300, waits=waits, url_default=None)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -167,11 +167,16 @@ def _target(args: argparse.Namespace) -> str | None:
         raise Refused("give --store or --url, not both")
     if args.url:
         return None
-    store = args.store or os.environ.get("REPRO_STORE") or "memory://"
-    if not store.startswith("memory:"):
+    store = args.store or os.environ.get("REPRO_STORE")
+    if store and not store.startswith("memory:"):
         return str(store)
     if args.store is None and os.environ.get("REPRO_URL"):
         return None
+    if not store:
+        raise Refused(
+            "name where the answers are: --url http://HOST:PORT (a running proxy, with "
+            "--admin-token) or --store redis://… (its Redis)"
+        )
     raise Refused(
         f"--store {store} would be an empty store of this command's own; reach a running "
         "proxy with --url (and --admin-token), or its Redis with --store redis://…"

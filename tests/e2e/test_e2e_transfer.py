@@ -191,7 +191,8 @@ def test_a_hostile_import_is_refused_whole(
 @pytest.mark.parametrize(
     ("args", "names"),
     [
-        (("export",), "--url"),
+        (("export",), "name where the answers are: --url"),  # not a store it was not given
+        (("import", "tape.jsonl"), "name where the answers are: --url"),
         (("export", "--store", "memory://"), "--store memory://"),
         (("import", "--store", "memory://", "tape.jsonl"), "--store memory://"),
         (

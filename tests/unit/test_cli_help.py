@@ -64,3 +64,10 @@ def test_every_option_that_has_a_default_names_it(command: str) -> None:
     for action in subcommand(command)._actions:
         if action.default not in (None, False, argparse.SUPPRESS):
             assert "default" in (action.help or ""), (command, action.option_strings)
+
+
+@pytest.mark.parametrize("command", ["export", "import"])
+def test_a_transfer_claims_no_default_url(command: str) -> None:
+    """Without --url or --store, export and import ask which: --url has no default there."""
+    url = next(a for a in subcommand(command)._actions if "--url" in a.option_strings)
+    assert url.help and "default" not in url.help
