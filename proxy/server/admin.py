@@ -54,8 +54,12 @@ async def check_admin(request: web.Request, services: Services) -> None:
         return
     scheme, _, given = (header or "").partition(" ")
     bearer = given.strip() if header is not None and scheme.lower() == "bearer" else None
-    if header is None or not await token_accepted(request, services, bearer, token):
+    if header is None:
         raise Unauthorized("This route needs the admin bearer token (--admin-token).")
+    if not await token_accepted(request, services, bearer, token):
+        raise Unauthorized(
+            "This route needs the admin bearer token (--admin-token): the one given is not it."
+        )
 
 
 async def token_accepted(

@@ -252,10 +252,11 @@ def cache_miss(services: Services, call: Call) -> CacheMissError:
     if call.plan.lookup:
         found = f"No stored answer for {asked}"
     else:  # only-if-cached with no-cache or no-store, cache mode off, a response never cached
-        found = f"{asked} may not be answered from the cache (cache mode {mode} or Cache-Control)"
+        why = "cache mode off" if mode == "off" else "no-cache, no-store, or a request never cached"
+        found = f"{asked} may not be answered from the cache ({why})"
+    barred = "cache mode replay" if mode == "replay" else "Cache-Control: only-if-cached"
     return CacheMissError(
-        f"{found}, and this request may not reach the upstream (cache mode {mode} or "
-        "only-if-cached).",
+        f"{found}, and this request may not reach the upstream ({barred}).",
         headers=repro_headers(call, call.plan.outcome, None),
     )
 

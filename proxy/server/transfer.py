@@ -93,7 +93,7 @@ async def _tenant(request: web.Request, services: Services) -> str:
     if not key:
         raise InvalidParameter(
             f"This proxy keys its cache per API key: name the key the answers are for in "
-            f"{API_KEY_HEADER} (the CLI's --api-key).",
+            f"{API_KEY_HEADER} (the CLI's --api-key, or OPENAI_API_KEY).",
             "api_key",
         )
     await services.secret.settle()

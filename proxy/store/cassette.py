@@ -71,14 +71,26 @@ class CassetteError(ValueError):
     """A cassette line we cannot use; the message names the line."""
 
 
-async def lines(store: Store, selector: Selector, codec: Codec) -> AsyncIterator[bytes]:
+@dataclass
+class Skipped:
+    """Stored values an export passed over, unreadable here: an operator told nothing would take
+    a store of answers sealed with a key the command lacks for an empty one."""
+
+    count: int = 0
+
+
+async def lines(
+    store: Store, selector: Selector, codec: Codec, skipped: Skipped | None = None
+) -> AsyncIterator[bytes]:
     """One JSON line per stored answer the selector matches, oldest first within a batch."""
     async for key, _fingerprint, value in store.entries(selector):
         try:
             entry = codec.unpack(value)
         except CorruptEntry:
-            continue
-        if not 0 <= entry.stored_at < _YEAR_9999:  # a line could not say when (a forged value)
+            entry = None
+        if entry is None or not 0 <= entry.stored_at < _YEAR_9999:  # forged: it cannot say when
+            if skipped is not None:
+                skipped.count += 1
             continue
         yield orjson.dumps(to_record(key, entry)) + b"\n"
 

@@ -190,6 +190,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         config.workeroutput[WORKER_OUTPUT] = [line.decode() for line in lines]
     elif llm.records:
         _write(session, llm, [lines])
+    elif llm.proxy is not None and not llm.exists:
+        config.stash[SUMMARY] = f"no cassette at {llm.cassette}: nothing to replay"
     elif llm.proxy is not None:
         config.stash[SUMMARY] = f"replayed from {llm.cassette} ({_answers(len(llm.recorded))})"
 

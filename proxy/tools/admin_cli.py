@@ -28,13 +28,16 @@ def add_connection_arguments(
     parser: argparse.ArgumentParser,
     timeout: float = 30,
     waits: str = "seconds to wait for the whole answer",
+    url_default: str | None = DEFAULT_URL,
 ) -> None:
     """--url, --admin-token and --timeout, as every command that talks to a running proxy
-    takes them; `waits` says what the timeout bounds, which differs for streamed commands."""
+    takes them; `waits` says what the timeout bounds, which differs for streamed commands;
+    a command that may also open a store has no default URL (`url_default` None)."""
+    default = f", default {url_default}" if url_default else ""
     parser.add_argument(
         "--url",
         default=None,
-        help=f"the running proxy's base URL (env REPRO_URL, default {DEFAULT_URL})",
+        help=f"the running proxy's base URL (env REPRO_URL{default})",
     )
     parser.add_argument(
         "--admin-token",
@@ -151,11 +154,15 @@ def _selector(args: argparse.Namespace) -> dict[str, Any]:
 
 def _show_stats(stats: dict[str, Any]) -> None:
     ratio = stats.get("hit_ratio")
+    stored = f"{plural(stats['entries'], 'answer')}, {size(stats['bytes'])}"
+    if raw := stats.get("raw_bytes"):
+        stored += f" ({size(raw)} uncompressed)"
     rows = [
-        ("stored", f"{plural(stats['entries'], 'answer')}, {size(stats['bytes'])}"),
+        ("stored", stored),
         ("hits", plural(stats["hits"], "hit")),
         ("misses", plural(stats["misses"], "miss", "misses")),
         ("hit ratio", "n/a" if ratio is None else f"{ratio:.1%}"),
+        ("tokens saved", plural(stats["tokens_saved"], "token")),
     ]
     print_table("repro-proxy stats", ("", "value"), rows)
 

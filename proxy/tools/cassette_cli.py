@@ -85,7 +85,7 @@ def _source_arguments(parser: argparse.ArgumentParser, waits: str) -> None:
         help="with --store: the store's --encryption-key, if it has one; repeat the flag or "
         "separate with commas (env REPRO_ENCRYPTION_KEY)",
     )
-    add_connection_arguments(parser, timeout=300, waits=waits)
+    add_connection_arguments(parser, timeout=300, waits=waits, url_default=None)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -181,11 +181,16 @@ def _target(args: argparse.Namespace) -> str | None:
         raise Refused("give --store or --url, not both")
     if args.url:
         return None
-    store = args.store or os.environ.get("REPRO_STORE") or "memory://"
-    if not store.startswith("memory:"):
+    store = args.store or os.environ.get("REPRO_STORE")
+    if store and not store.startswith("memory:"):
         return str(store)
     if args.store is None and os.environ.get("REPRO_URL"):
         return None
+    if not store:
+        raise Refused(
+            "name where the answers are: --url http://HOST:PORT (a running proxy, with "
+            "--admin-token) or --store redis://… (its Redis)"
+        )
     raise Refused(
         f"--store {store} would be an empty store of this command's own; reach a running "
         "proxy with --url (and --admin-token), or its Redis with --store redis://…"
@@ -228,13 +233,21 @@ async def _export(args: argparse.Namespace, url: str) -> int:
     store = await _open(args, url)
     selector = Selector(namespace=args.namespace, model=args.model)
     count = 0
+    skipped = cassette.Skipped()
     try:
         with _output(args.output) as out:
-            async for line in cassette.lines(store, selector, await _codec(store)):
+            async for line in cassette.lines(store, selector, await _codec(store), skipped):
                 out.write(line)
                 count += 1
     finally:
         await store.close()
+    if skipped.count:
+        fail(
+            args.command,
+            f"left out {plural(skipped.count, 'stored answer')} it cannot read: encrypted ones "
+            "need the store's --encryption-key (or REPRO_ENCRYPTION_KEY), others were written "
+            "by another version",
+        )
     return count
 
 

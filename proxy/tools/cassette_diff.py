@@ -131,7 +131,11 @@ def render(rows: list[Compared], console: Console) -> None:
     table = Table(title="cassette diff")
     for column in ("status", "route", "model", "prompt", "distance", "fingerprint"):
         table.add_column(
-            column, justify="right" if column == "distance" else "left", no_wrap=column == "route"
+            column,
+            justify="right" if column == "distance" else "left",
+            no_wrap=column in ("status", "route"),
+            # a CI log is 80 columns wide: the status is what a reader looks for, never cut
+            min_width=max(map(len, STATUSES)) if column == "status" else None,
         )
     for row in rows:
         distance = "" if row.distance is None else f"{row.distance:.3f}"

@@ -34,10 +34,14 @@ def add_command(commands: Any) -> None:
         "--examples",
         type=values.argument(EXAMPLES),
         default=3,
-        help="changed answers shown per rotation (0-10)",
+        help="changed answers shown per rotation (0-10, default 3)",
     )
     add("--distance", choices=("text", "embedding"), default="text", help="default: text")
-    add("--embedding-model", default="text-embedding-3-small", help="for --distance embedding")
+    add(
+        "--embedding-model",
+        default="text-embedding-3-small",
+        help="for --distance embedding (default text-embedding-3-small)",
+    )
     add("--api-key", help="API key for the embeddings (default: $OPENAI_API_KEY)")
 
 

@@ -9,6 +9,8 @@ import httpx
 import orjson
 import pytest
 
+from proxy.tools.output import size
+from tests.e2e.test_cli_attacks import run_tty
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim, free_port, run_cli
 
 TOKEN = "admin-secret"
@@ -47,6 +49,12 @@ def test_stats_count_entries_bytes_and_the_hit_ratio(admin_proxy: Proxy) -> None
         admin_proxy.metric("repro_tokens_saved_total", type=t) for t in ("prompt", "completion")
     )
     assert stats["tokens_saved"] == saved > 0
+    token = ["--url", admin_proxy.url, "--admin-token", TOKEN]
+    status, table = run_tty("stats", *token)  # what docs/operations.md says it shows
+    assert status == 0, table
+    stored = f"2 answers, {size(stats['bytes'])} ({size(stats['raw_bytes'])} uncompressed)"
+    for row in (stored, "50.0%", f"tokens saved │ {saved:.0f} tokens"):
+        assert row in table, table
 
 
 def test_purge_by_namespace_model_and_fingerprint_with_a_dry_run(
@@ -80,6 +88,9 @@ def test_purge_refuses_an_empty_selector_without_all(admin_proxy: Proxy) -> None
 def test_admin_routes_need_the_token(admin_proxy: Proxy, start_proxy: ProxyFactory) -> None:
     for path, method in (("/admin/stats", "GET"), ("/admin/purge", "POST")):
         assert httpx.request(method, admin_proxy.url + path, timeout=5).status_code == 401
+    wrong = run_cli("stats", "--url", admin_proxy.url, admin_token="not-the-token")
+    assert wrong.returncode == 1
+    assert "HTTP 401" in wrong.stderr and "the one given is not it" in wrong.stderr
     no_token = start_proxy()
     assert httpx.get(no_token.url + "/admin/stats", timeout=5).status_code == 404
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import signal
 from pathlib import Path
 
@@ -118,6 +119,22 @@ def test_export_and_import_between_redis_stores(
         "--store", target, "--cache-scope", "shared", "--cache-mode", "replay", upstream=offline
     )
     assert traffic(replay, "sk-anyone") == recorded
+
+
+def test_an_export_without_the_stores_encryption_key_says_what_it_left_out(
+    start_proxy: ProxyFactory, sim: Sim, redis_url: str
+) -> None:
+    """docs/operations.md: export takes --encryption-key when the store has one. Without it the
+    sealed answers cannot be read: the command says so, rather than report an empty store."""
+    key = base64.b64encode(b"k" * 32).decode()
+    source = start_proxy("--store", redis_url, env={"REPRO_ENCRYPTION_KEY": key})
+    traffic(source, "sk-alice")
+    blind = run_cli("export", "--store", redis_url)
+    assert (blind.returncode, blind.stdout) == (0, "")
+    assert "left out 3 stored answers it cannot read" in blind.stderr
+    assert "--encryption-key" in blind.stderr and key not in blind.stderr
+    opened = run_cli("export", "--store", redis_url, env={"REPRO_ENCRYPTION_KEY": key})
+    assert len(opened.stdout.splitlines()) == 3 and "left out" not in opened.stderr
 
 
 def test_import_for_one_key_scope(

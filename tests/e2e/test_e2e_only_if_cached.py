@@ -56,6 +56,11 @@ def test_only_if_cached_with_no_cache_or_no_store_is_a_504_in_every_mode(
             assert (error.status_code, error.code) == (504, "cache_miss"), (mode, cache_control)
             assert error.response.headers["x-should-retry"] == "false"  # one request, not three
             assert "may not be answered from the cache" in error.message
+            # the message names what bars each way: never a cache mode that bars neither
+            barred = "cache mode replay" if mode is CacheMode.REPLAY else "Cache-Control: only"
+            assert f"may not reach the upstream ({barred}" in error.message, error.message
+            why = "cache mode off" if mode is CacheMode.OFF else "no-cache, no-store"
+            assert f"may not be answered from the cache ({why}" in error.message, error.message
         route = "/v1/chat/completions"
         assert proxy.metric("repro_requests_total", route=route, cache="error") == 3, mode
         if mode is not CacheMode.OFF:  # the answer is there, for a request that accepts it

@@ -118,6 +118,7 @@ def test_an_import_into_a_per_key_proxy_is_for_the_key_named(
     nameless = cli("import", "--url", target.url, str(tape))
     assert nameless.returncode == 1
     assert "X-Repro-Api-Key" in nameless.stderr and "--api-key" in nameless.stderr
+    assert "OPENAI_API_KEY" in nameless.stderr  # what docs/operations.md sets for it
     wrong_scope = cli("import", "--url", target.url, "--cache-scope", "shared", str(tape))
     assert "--cache-scope key" in wrong_scope.stderr
 
@@ -190,7 +191,8 @@ def test_a_hostile_import_is_refused_whole(
 @pytest.mark.parametrize(
     ("args", "names"),
     [
-        (("export",), "--url"),
+        (("export",), "name where the answers are: --url"),  # not a store it was not given
+        (("import", "tape.jsonl"), "name where the answers are: --url"),
         (("export", "--store", "memory://"), "--store memory://"),
         (("import", "--store", "memory://", "tape.jsonl"), "--store memory://"),
         (

@@ -298,6 +298,8 @@ def test_a_missing_cassette_in_none_mode_says_how_to_record(project: pytest.Pyte
     result.stdout.fnmatch_lines(
         ["*nothing is recorded*", "*record one with --llm-record-mode=once*"]
     )
+    result.stdout.fnmatch_lines(["repro-proxy: no cassette at *elsewhere/llm.jsonl: nothing*"])
+    result.stdout.no_fnmatch_line("*replayed from*")  # from a file that is not there
     assert not (project.path / "elsewhere").exists()
 
 

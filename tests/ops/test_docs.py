@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from bench.procs import free_port
 from tests import settings_table
-from tests.fixtures_procs import Sim
+from tests.fixtures_procs import Proxy, Sim
 from tests.llm_project import plugin_args
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,6 +105,69 @@ def test_the_persian_quickstart_runs_what_the_readme_runs() -> None:
     assert len(blocks) == 5
     for block in blocks:
         assert block.replace("https://api.gilas.io/v1", "https://api.openai.com/v1") in readme
+
+
+def quickstart() -> tuple[str, str, str]:
+    """The README Quickstart's Python snippet, its curl command (an inline code span over
+    lines) and the offline block's rotation command."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("\n## Quickstart\n")
+    text = readme[start : readme.index("\n## ", start + 1)]
+    python = re.search(r"^```python\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+    curl = re.search(r"`(curl -si [^`]*)`", prose(ROOT / "README.md"))
+    rotate = re.search(r"^(curl -X POST \S+/_sim/fingerprint .*)$", text, re.MULTILINE)
+    assert python and curl and rotate
+    return python.group(1), " ".join(curl.group(1).split()), rotate.group(1)
+
+
+def test_the_readme_quickstart_runs_as_written(proxy: Proxy, sim: Sim) -> None:
+    """The Quickstart run as a user would, against a real proxy before the sim: the snippet
+    prints what its comments say, curl with the same key HITs the snippet's answer, and after
+    the sim's rotation a repeat stays a HIT until a MISS brings the new fingerprint."""
+    snippet, curl, rotate = quickstart()
+    code = snippet.replace("http://127.0.0.1:8080", proxy.url)
+    ran = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PATH": "/usr/bin:/bin"},  # no forward proxy from the test machine's environment
+    )
+    assert ran.returncode == 0, ran.stderr
+    printed = re.findall(r"^print\(.*\)\s+# (.*)$", snippet, re.MULTILINE)
+    assert ran.stdout.splitlines() == printed == ["MISS 12345", "HIT"]
+
+    def shell(command: str) -> str:
+        command = command.replace("http://127.0.0.1:8080", proxy.url)
+        command = command.replace("http://127.0.0.1:8090", sim.url)
+        env = {"PATH": "/usr/bin:/bin", "KEY": "sk-..."}  # the snippet's key
+        done = subprocess.run(
+            ["sh", "-c", command], capture_output=True, text=True, timeout=30, env=env, check=True
+        )
+        return done.stdout
+
+    assert re.search(r"^X-Repro-Cache: HIT\r?$", shell(curl), re.MULTILINE | re.IGNORECASE)
+    shell(rotate)
+    assert sim.control("GET", "fingerprint")["fingerprint"] == "fp_new"
+    assert re.search(r"^X-Repro-Cache: HIT\r?$", shell(curl), re.MULTILINE | re.IGNORECASE)
+    learn = shell(curl.replace("Name a colour.", "Name a river."))
+    assert re.search(r"^X-Repro-Fingerprint: fp_new\r?$", learn, re.MULTILINE | re.IGNORECASE)
+    assert re.search(r"^X-Repro-Cache: MISS\r?$", shell(curl), re.MULTILINE | re.IGNORECASE)
+
+
+def test_what_the_quickstart_imports_the_readme_says_to_install() -> None:
+    """`pip install .` brings the package's dependencies only: a module the snippet imports
+    beyond them is named in a `pip install` of the README (a fresh venv would fail without)."""
+    snippet, _, _ = quickstart()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    dependencies = {
+        re.split(r"[\s\[<>=;]", name)[0] for name in pyproject["project"]["dependencies"]
+    }
+    installed = set(re.findall(r"`pip install ([\w-]+)`", readme))
+    imported = set(re.findall(r"^(?:from|import) (\w+)", snippet, re.MULTILINE))
+    assert imported and imported <= dependencies | installed, imported - dependencies
 
 
 def test_the_readme_ci_recipe_works_as_written(project: pytest.Pytester, sim: Sim) -> None:

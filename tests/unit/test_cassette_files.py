@@ -178,6 +178,21 @@ def test_diff_reports_identical_changed_and_one_sided(
     assert "3 identical" in capsys.readouterr().out
 
 
+def test_the_diff_table_in_a_ci_log_shows_each_status_whole(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Piped into a CI log (80 columns, no terminal) long prompts squeeze the table, never the
+    status a reader scans for."""
+    long = "Name every river of Europe in the order of its length, longest first. " * 3
+    old = [line(long + "a", "Blue."), line(long + "b", "Red."), line(long + "c", "Gone.")]
+    new = [line(long + "a", "Blue."), line(long + "b", "Green."), line(long + "d", "New.")]
+    assert diff(tmp_path, old, new) == 1
+    table = capsys.readouterr().out.rsplit("\n", 2)[0]  # the summary line left out
+    assert max(map(len, table.splitlines())) <= 80
+    for status in ("identical", "changed", "only_old", "only_new"):
+        assert f"│ {status} " in table, table
+
+
 def test_diff_of_an_unreadable_cassette_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -54,3 +54,20 @@ def test_each_distance_stays_within_the_range_the_report_names() -> None:
     assert normalized_levenshtein("abc", "xyz") == most("text")
     assert cosine_distance([1.0, 0.0], [-1.0, 0.0]) == most("embedding")
     assert "0 to 2" in re.sub(r"\s+", " ", subcommand("check").format_help())
+
+
+@pytest.mark.parametrize("command", [name for name in COMMANDS if name not in ("serve", "sim")])
+def test_every_option_that_has_a_default_names_it(command: str) -> None:
+    """An operator reads `--help`, not the reference: `check` without --base-url asks the proxy
+    on 8080, which its help must say (serve's and sim's defaults are checked with the settings
+    and above)."""
+    for action in subcommand(command)._actions:
+        if action.default not in (None, False, argparse.SUPPRESS):
+            assert "default" in (action.help or ""), (command, action.option_strings)
+
+
+@pytest.mark.parametrize("command", ["export", "import"])
+def test_a_transfer_claims_no_default_url(command: str) -> None:
+    """Without --url or --store, export and import ask which: --url has no default there."""
+    url = next(a for a in subcommand(command)._actions if "--url" in a.option_strings)
+    assert url.help and "default" not in url.help

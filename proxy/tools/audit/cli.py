@@ -35,13 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--base-url",
         type=values.argument(values.http_url),
         default=DEFAULT_BASE_URL,
-        help="the proxy's or an upstream's URL, with /v1",
+        help=f"the proxy's or an upstream's URL, with /v1 (default {DEFAULT_BASE_URL})",
     )
     add("--api-key", help="API key (default: $OPENAI_API_KEY)")
     add("-n", "--requests", type=_at_least(2), default=10, help="requests per arm (default 10)")
     add("--concurrency", type=_at_least(1), default=4, help="requests in flight (default 4)")
     add("--model", default="gpt-4o-mini", help="chat model (default gpt-4o-mini)")
-    add("--prompt", default=DEFAULT_PROMPT, help="the user message")
+    add("--prompt", default=DEFAULT_PROMPT, help=f"the user message (default {DEFAULT_PROMPT!r})")
     add("--system", help="an optional system message")
     add(
         "--seed",
@@ -57,7 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="text: normalized edit distance, 0 to 1; embedding: cosine distance (1 - cosine "
         "similarity) of the upstream's embeddings, 0 to 2 (default: text)",
     )
-    add("--embedding-model", default="text-embedding-3-small", help="for --distance embedding")
+    add(
+        "--embedding-model",
+        default="text-embedding-3-small",
+        help="for --distance embedding (default text-embedding-3-small)",
+    )
     add(
         "--timeout",
         type=values.argument(values.positive_seconds),
