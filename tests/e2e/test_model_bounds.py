@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import httpx
 import orjson
+import redis
 
+from bench.procs import settled
 from proxy.core.fingerprints import MODELS_KEPT
 from tests.fixtures_procs import ProxyFactory
 
@@ -64,3 +66,22 @@ def test_a_forgotten_model_is_learned_again_by_its_next_answer(
         assert ask(client, proxy.v1, REGULAR) == "HIT"
         assert ask(client, proxy.v1, REGULAR, "another") == "MISS"
         assert ask(client, proxy.v1, REGULAR, "another") == "HIT"
+
+
+def test_redis_keeps_the_records_of_a_bounded_number_of_models(
+    start_proxy: ProxyFactory, redis_url: str
+) -> None:
+    """Shared through Redis, the models past the bound leave the index with their records at
+    the proxy's next keep round, and the near-cache in front goes on answering."""
+    proxy = start_proxy("--store", redis_url, "--near-cache", "16MiB")
+    with httpx.Client(timeout=10) as client:
+        for number in range(MODELS_KEPT + 64):
+            ask(client, proxy.v1, f"made-up-{number:05d}")
+        with redis.Redis.from_url(redis_url) as server:
+            assert server.scard("repro:models") == MODELS_KEPT + 64
+            left = settled(lambda: server.scard("repro:models"), lambda n: n <= MODELS_KEPT)
+            assert left == MODELS_KEPT
+            kept = list(server.scan_iter(match="repro:fp:*", count=1000))
+            assert len(kept) == MODELS_KEPT
+        assert ask(client, proxy.v1, REGULAR) == "MISS"
+        assert ask(client, proxy.v1, REGULAR) == "HIT"
