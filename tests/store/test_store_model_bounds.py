@@ -81,3 +81,20 @@ async def test_a_round_on_a_store_that_holds_another_type_there_changes_nothing(
     await client.set("repro:models", b"not a set")
     await store.keep()
     assert await client.get("repro:models") == b"not a set"
+
+
+@pytest.mark.slow  # a three-node cluster takes seconds to form
+async def test_a_round_on_a_cluster_forgets_records_on_every_node(redis_cluster_url: str) -> None:
+    """The index and each model's keys sit on slots of their own: one command each."""
+    store = await open_store(redis_cluster_url)
+    assert isinstance(store, RedisStore)
+    try:
+        models = [f"made-up-{number:05d}" for number in range(MODELS_KEPT + 8)]
+        for model in models:
+            await store.observe_fingerprint(model, "fp", 1.0)
+        await store.keep()
+        kept = [model for model in models if await store.fingerprints(model) is not None]
+        assert len(kept) == MODELS_KEPT
+        assert sorted(await store.all_fingerprints()) == sorted(kept)
+    finally:
+        await store.close()
