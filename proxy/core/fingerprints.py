@@ -24,6 +24,13 @@ MAX_MODEL_NAME = 256
 name is the client's to choose, as long as a request body, and each new one is state kept for
 good: a model named longer than any real one is passed through, learned and stored nothing."""
 
+MODELS_KEPT = 1024
+"""Models whose fingerprint state a store and each process keep, the least recently used
+forgotten past it. Which names the upstream answers for is not the proxy's to choose: one that
+answers any name (a local server that serves one model whatever it is called) would otherwise
+grow the state by one model per request naming a new one. A forgotten model's next lookup is a
+MISS, whose answer teaches its fingerprint again; a deployment serves far fewer models."""
+
 BACKS_KEPT = 8
 """Times of the latest changes back to an earlier fingerprint kept in the model's state: what
 the policy needs to tell an alternating upstream from a rotated one."""

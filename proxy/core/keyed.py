@@ -122,6 +122,10 @@ MAX_SPELLINGS = 4096
 """Names as sent that a process remembers as never keyed (see `Keying.lines`): a client may
 spell each name in any case, and hostile ones only make the next request take the longer way."""
 
+MAX_SPELLING = 128
+"""Characters of a name remembered as spelled: a header name may be as long as a header line
+(8 KiB), and MAX_SPELLINGS of those would be tens of MiB; a longer one takes the longer way."""
+
 
 class Keying:
     """One process's rule: which header names the key covers, and the keyed lines of a request.
@@ -177,6 +181,8 @@ class Keying:
             lower = name.lower()
             if self.keys(lower):
                 found.append((lower, value))
+                continue
+            if len(name) > MAX_SPELLING:
                 continue
             if len(spellings) >= MAX_SPELLINGS:
                 spellings.clear()

@@ -34,6 +34,14 @@ class LRU(Generic[K, V]):
         self._items.move_to_end(key)
         return found[0]
 
+    def pop(self, key: K) -> V | None:
+        """Forget `key`; what it held, or None."""
+        found = self._items.pop(key, None)
+        if found is None:
+            return None
+        self.bytes -= found[1]
+        return found[0]
+
     def put(self, key: K, value: V, size: int = 0) -> None:
         previous = self._items.pop(key, None)
         if previous is not None:

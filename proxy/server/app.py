@@ -41,6 +41,7 @@ from proxy.store.base import Store, StoreUnusable
 from proxy.store.encrypted import EncryptedStore, parse_keys
 from proxy.store.guard import GuardedStore
 from proxy.store.near import NearCache
+from proxy.store.wrapper import StoreWrapper
 from proxy.upstream.client import Upstream
 from proxy.upstream.egress import Egress, env_proxy
 
@@ -153,9 +154,19 @@ def _keeping(services: Services) -> Callable[[], Coroutine[Any, Any, None]] | No
     if not store.shared:
         return None
     parts: list[keep.Kept] = [services.secret, services.dictionaries]
+    backend = _backend(store)
+    if isinstance(backend, RedisStore):
+        parts.append(backend)  # its index of models, trimmed to its bound
     if isinstance(store, NearCache):
         parts.insert(0, store)  # first: no other call delays the check that bounds stale HITs
     return functools.partial(keep.keep, parts)
+
+
+def _backend(store: Store) -> Store:
+    """The store under the layers `_layered_store` puts on it."""
+    while isinstance(store, GuardedStore | StoreWrapper):
+        store = store.inner
+    return store
 
 
 async def _layered_store(settings: Settings, injected: Store | None) -> tuple[Store, int]:

@@ -22,7 +22,8 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from proxy.core.fingerprints import ModelFingerprints, Observation
+from proxy.core.fingerprints import MODELS_KEPT, ModelFingerprints, Observation
+from proxy.core.lru import LRU
 from proxy.core.policy import FingerprintPolicy, acceptable_fingerprints, alternating
 from proxy.metrics import Metrics
 from proxy.store.base import Store, StoreError
@@ -61,7 +62,9 @@ class FingerprintTracker:
         self._flap_window = flap_window
         self._clock = clock
         self._flush_after = flush_after
-        self._current: dict[str, str] = {}  # per model, the fingerprint the store said is current
+        # Per model, the fingerprint the store said is current (a model forgotten past the
+        # bound has its next answer recorded, not counted).
+        self._current: LRU[str, str] = LRU(MODELS_KEPT)
         self._repeats: dict[str, _Repeats] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._flushing: set[asyncio.Task[None]] = set()
@@ -70,12 +73,13 @@ class FingerprintTracker:
         """Fingerprints whose entries may be served for `model`; None means any."""
         now = self._clock()
         if state is None:  # the store lost the model's record (flushed, evicted), if it had one:
-            self._current.pop(model, None)  # the next answer writes it again, not counted here
+            self._current.pop(model)  # the next answer writes it again, not counted here
         else:
             self._metrics.fingerprint_current(model, state.current)
             self._metrics.fingerprint_alternating(model, alternating(state, now, self._flap_window))
-            if self._current.get(model, state.current) != state.current:
-                del self._current[model]  # another replica moved it: record the next one at once
+            known = self._current.get(model)
+            if known is not None and known != state.current:
+                self._current.pop(model)  # another replica moved it: record the next one at once
         return acceptable_fingerprints(self._policy, state, self._grace, now, self._flap_window)
 
     def now(self) -> float:
@@ -102,7 +106,7 @@ class FingerprintTracker:
         """The store failed to write an answer: its observation is lost with it (a repeat
         `counted` here is taken back), and until the store confirms a fingerprint again every
         answer of the model is recorded, not counted."""
-        self._current.pop(model, None)
+        self._current.pop(model)
         repeats = self._repeats.get(model)
         if counted and repeats is not None:
             repeats.count -= 1
@@ -120,9 +124,9 @@ class FingerprintTracker:
     def learned(self, model: str, fingerprint: str, seen: Observation) -> None:
         """What the store said of an observation (`observe`, or a write's `Store.record`)."""
         if seen.current == fingerprint:
-            self._current[model] = fingerprint
+            self._current.put(model, fingerprint)
         else:  # a late flush of repeats: another replica moved it since
-            self._current.pop(model, None)
+            self._current.pop(model)
         self._metrics.fingerprint_current(model, seen.current)
         if seen.changed:
             change = "rotated back" if seen.back else "rotated"

@@ -19,6 +19,7 @@ import orjson
 
 from proxy.core.canonical import CHAT, COMPLETIONS
 from proxy.core.entry import fingerprint_of, is_answer
+from proxy.core.fingerprints import tracked
 from proxy.errors import UpstreamError
 from proxy.server.fingerprints import FingerprintTracker
 from proxy.store.base import StoreError
@@ -60,13 +61,14 @@ class Prober:
         return self._interval > 0 and bool(self._api_key)
 
     def requested(self, model: str, route: str) -> None:
-        """A client asked for `model` on `route` (chat or completions)."""
-        if self.enabled and model and route in (CHAT, COMPLETIONS):
+        """A client asked for `model` on `route` (chat or completions). A name longer than any
+        model's is never probed: the proxy keeps nothing for it (`tracked`)."""
+        if self.enabled and model and tracked(model) and route in (CHAT, COMPLETIONS):
             _newest(self._requested, model, (route, self._clock()))
 
     def answered(self, model: str) -> None:
         """The upstream answered for `model`: its fingerprint is known to be fresh."""
-        if self.enabled:
+        if self.enabled and tracked(model):
             _newest(self._answered, model, self._clock())
 
     def due(self) -> list[tuple[str, str]]:

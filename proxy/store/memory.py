@@ -18,6 +18,7 @@ from proxy.core.codec import raw_size
 from proxy.core.fingerprints import (
     BACKS_KEPT,
     FINGERPRINTS_KEPT,
+    MODELS_KEPT,
     ROTATIONS_KEPT,
     FingerprintSeen,
     ModelFingerprints,
@@ -53,7 +54,8 @@ class _Model:
 
 class MemoryStore:
     """Answers per key in an LRU bounded by bytes, as stored (compressed: the bound counts what
-    memory holds); fingerprint state in dicts.
+    memory holds); fingerprint state per model, of at most `max_models` models (MODELS_KEPT),
+    the least recently looked up or observed forgotten first.
 
     A key's answers (one per fingerprint) live and leave together, and a TTL is the key's, as in
     Redis: a write with a TTL renews the key's other answers, one without makes them all
@@ -62,9 +64,13 @@ class MemoryStore:
     shared = False
 
     def __init__(
-        self, max_bytes: int = DEFAULT_MAX_BYTES, clock: Callable[[], float] = time.time
+        self,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        clock: Callable[[], float] = time.time,
+        max_models: int = MODELS_KEPT,
     ) -> None:
         self._max_bytes = max_bytes
+        self._max_models = max_models
         self._clock = clock
         self._entries: OrderedDict[str, _Held] = OrderedDict()
         self._answers = 0
@@ -73,7 +79,7 @@ class MemoryStore:
         self._size = 0
         self._expansion = 0
         self._labels = NO_LABELS  # the last labels written, shared by the answers that match
-        self._models: dict[str, _Model] = {}
+        self._models: OrderedDict[str, _Model] = OrderedDict()  # least recently used first
         self._secret: bytes | None = None
         self._dictionary: bytes | None = None
         self._locks: dict[str, tuple[str, float]] = {}
@@ -178,6 +184,10 @@ class MemoryStore:
         previous = state.current if state is not None else None
         if state is None:
             state = self._models[model] = _Model(current=fingerprint)
+            while len(self._models) > self._max_models:
+                self._models.popitem(last=False)
+        else:
+            self._models.move_to_end(model)
         seen = state.seen.get(fingerprint)
         state.seen[fingerprint] = _seen_again(seen, fingerprint, now, count)
         outcome = observed(previous, fingerprint, seen is None, moves)
@@ -197,8 +207,12 @@ class MemoryStore:
         return self._state_of(model)
 
     def _state_of(self, model: str) -> ModelFingerprints | None:
+        """Every lookup asks: a model looked up is used, and is forgotten last."""
         state = self._models.get(model)
-        return None if state is None else _snapshot(state)
+        if state is None:
+            return None
+        self._models.move_to_end(model)
+        return _snapshot(state)
 
     async def all_fingerprints(self) -> dict[str, ModelFingerprints]:
         return {model: _snapshot(state) for model, state in self._models.items()}
@@ -294,6 +308,11 @@ class MemoryStore:
         self._keep(key, (held[0], *rest))  # an existing key keeps its place
 
     def _count(self, key: str, held: _Held, sign: int) -> None:
+        """An answer counts its value and address; the key's labels count once, as long as
+        they are: a namespace and a model name are the client's, new with each write if it
+        likes, and may be longer than a small answer."""
+        labels = held[0]
+        self._size += sign * (len(labels.namespace) + len(labels.model))
         for fingerprint, value in _answers(held):
             self._answers += sign
             self._size += sign * charged(key, fingerprint, value)

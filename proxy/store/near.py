@@ -23,7 +23,8 @@ import sys
 from collections import OrderedDict
 from typing import Any
 
-from proxy.core.fingerprints import ModelFingerprints, Observation
+from proxy.core.fingerprints import MODELS_KEPT, ModelFingerprints, Observation
+from proxy.core.lru import LRU
 from proxy.store.base import Selector, Store, StoreError, Write
 from proxy.store.memory import charged
 from proxy.store.redis import ENTRY_CHANGED, MODEL_CHANGED, RedisStore
@@ -46,7 +47,7 @@ class NearCache(StoreWrapper):
         self._max_bytes = max_bytes
         self._entries: OrderedDict[str, _Flat] = OrderedDict()
         self._size = 0
-        self._states: dict[str, ModelFingerprints] = {}
+        self._states: LRU[str, ModelFingerprints] = LRU(MODELS_KEPT)
         # What moved while a fetch was on its way. Per key for entries: every replica's writes
         # reach every near-cache, so a global counter would leave a busy cluster remembering
         # almost nothing. Model states and purges are rare: one counter serves them.
@@ -108,7 +109,7 @@ class NearCache(StoreWrapper):
             return
         self._generation += 1
         if message.startswith(MODEL_CHANGED):
-            self._states.pop(message[len(MODEL_CHANGED) :], None)
+            self._states.pop(message[len(MODEL_CHANGED) :])
         else:
             self._entries.clear()
             self._states.clear()
@@ -211,7 +212,7 @@ class NearCache(StoreWrapper):
         its entry), the values unless the key itself changed."""
         if not self.live or generation != self._generation or model is None or state is None:
             return
-        self._states[model] = state
+        self._states.put(model, state)
         if values and key not in self._changed:
             self._remember(key, values)
 

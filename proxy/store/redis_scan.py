@@ -17,6 +17,12 @@ EVERYTHING_CHANGED = "*"
 
 _SCAN_BATCH = 500
 
+NAMES_REMEMBERED = 1 << 18
+"""Entry names a walk remembers to skip SCAN's repeats: remembering each, a walk of a large
+Redis (stats, purge, export) held the names of every entry in the proxy's memory at once. Past
+it a name repeated (only while Redis resizes its table during the walk) counts twice in the
+stats, a purge's dry run, or an export (whose import stores the same answer twice)."""
+
 
 class Scans:
     """What RedisStore walks its entries with; it provides the client, the batcher, the channel
@@ -74,15 +80,17 @@ class Scans:
                 for item in await self._read_batch(batch, selector):
                     yield item
 
-    async def _scanned(self) -> AsyncIterator[list[bytes]]:
-        """Every entry's name once, in batches. SCAN may return a name twice (while Redis grows
-        its table), which would count or export an entry twice: names are deduplicated here."""
+    async def _scanned(self, remember: int = NAMES_REMEMBERED) -> AsyncIterator[list[bytes]]:
+        """Every entry's name, in batches. SCAN may return a name twice (while Redis resizes
+        its table), which would count or export an entry twice: the first `remember` names
+        are deduplicated here (see NAMES_REMEMBERED)."""
         seen: set[bytes] = set()
         batch: list[bytes] = []
         async for name in self._client.scan_iter(match=self._entry("*"), count=_SCAN_BATCH):
             if name in seen:
                 continue
-            seen.add(name)
+            if len(seen) < remember:
+                seen.add(name)
             batch.append(name)
             if len(batch) >= _SCAN_BATCH:
                 yield batch

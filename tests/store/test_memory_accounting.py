@@ -88,3 +88,22 @@ async def test_the_near_cache_charges_what_its_answers_take(size: int) -> None:
 
     taken = await traced(fill)
     assert 0.9 <= near._size / taken <= 1.2, (near._size / ENTRIES, taken / ENTRIES)
+
+
+async def test_labels_of_their_own_are_charged_with_their_key() -> None:
+    """A namespace is the client's (`X-Repro-Namespace`, up to 256 characters), and so is a
+    model name: a tenant naming a new one with each small answer keeps labels larger than the
+    answers, which must count to the bound, or `max_bytes` bounds a third of what is held.
+    Their characters are charged; the few object headers a Python tuple and two strings take
+    are not (labels repeated by consecutive writes share one)."""
+    store = MemoryStore(max_bytes=1 << 40)
+
+    async def fill() -> None:
+        for number in range(ENTRIES):
+            write = fresh_write(number, 96)
+            labels = Labels(namespace=f"{number:08d}" + "n" * 248, model=f"{number:06d}" * 40)
+            await store.put(write._replace(labels=labels))
+
+    taken = await traced(fill)
+    charged = (await store.usage()).bytes
+    assert 0.8 <= charged / taken <= 1.2, (charged / ENTRIES, taken / ENTRIES)

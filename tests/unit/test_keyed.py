@@ -260,6 +260,18 @@ def test_remembered_spellings_stay_bounded_and_correct() -> None:
     assert lines([("User-Agent", "u")], keying) == ()
 
 
+def test_long_spellings_are_never_remembered() -> None:
+    """Names as long as a header line allows, thousands of them, would hold tens of MiB."""
+    keying = Keying()
+    long_name = "X-Stainless-" + "a" * 8000
+    for _ in range(2):
+        assert lines([(long_name, "1"), ("x-route", "1")], keying) == (("x-route", "1"),)
+    assert long_name not in keying._unkeyed_spellings
+    assert "X-Stainless-Lang" not in keying._unkeyed_spellings
+    lines([("X-Stainless-Lang", "python")], keying)
+    assert "X-Stainless-Lang" in keying._unkeyed_spellings
+
+
 def test_a_cassette_line_names_the_digest_never_the_header_and_keys_again_alike() -> None:
     pairs = [*SDK, ("x-portkey-config", "pc-secret-config")]
     call = call_of(pairs, Keying(shared=True), SHARED_RULES)

@@ -62,3 +62,12 @@ def test_bounds_hold_for_any_sequence(puts: list[tuple[int, int]], items: int, b
         found = memo.get(key)
         assert found is None or found == latest[key]
     assert memo.bytes == sum(size for size in (memo.get(k) for k in latest) if size is not None)
+
+
+def test_pop_forgets_a_key_and_its_bytes() -> None:
+    memo: LRU[str, str] = LRU(max_items=100, max_bytes=10)
+    memo.put("a", "x", 4)
+    memo.put("b", "y", 4)
+    assert memo.pop("a") == "x"
+    assert memo.pop("a") is None
+    assert (memo.get("a"), memo.bytes, len(memo)) == (None, 4, 1)
