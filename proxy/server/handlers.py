@@ -117,10 +117,9 @@ async def decide(services: Services, request: web.Request, call: Call) -> web.St
     flight). In `key` scope a caller looks only into its own partition. A request continuing
     a response the cache may not continue for this caller (proxy/server/chains.py) is the
     upstream's to answer, never a stored answer's, stale ones included."""
-    chained = call.chained
-    if chained is not None and (call.plan.lookup or call.stale_if_error > 0):
-        if not await continuable(services, call, chained):
-            call = unlooked(call)._replace(stale_if_error=0)
+    chained, reads = call.chained, call.plan.lookup or call.stale_if_error > 0
+    if chained is not None and reads and not await continuable(services, call, chained):
+        call = unlooked(call)._replace(stale_if_error=0)
     if not call.plan.lookup:
         return await go_upstream(services, request, call)
     shared = services.settings.cache_scope is CacheScope.SHARED
