@@ -40,12 +40,18 @@ def observed(handler: Handler, route: str | None = None) -> Handler:
             response = _error_response(exc)
         except ProxyError as exc:
             response = _error_response(exc)
+        except ConnectionResetError:
+            if not _client_left(request):
+                response = _bug(request)
+            else:
+                # Nobody to answer and nothing asked (its body cut short): as nginx's 499,
+                # logged and not counted.
+                log.info("client left before its request ended", extra={"route": _where(request)})
+                return web.Response(status=CLIENT_CLOSED)
         except web.HTTPException:
             raise
         except Exception:
-            # A bug of ours must still answer in OpenAI's shape, be counted and be logged.
-            log.exception("unhandled error", extra={"route": _where(request)})
-            response = _error_response(ProxyError("The proxy failed to handle this request."))
+            response = _bug(request)
         took = services.clock() - started
         if route is not None:
             _count(services, request, route, response, took)
@@ -54,6 +60,21 @@ def observed(handler: Handler, route: str | None = None) -> Handler:
         return response
 
     return observe
+
+
+CLIENT_CLOSED = 499
+"""nginx's status for a request whose client left: never sent, since nobody is there."""
+
+
+def _bug(request: web.Request) -> web.Response:
+    """A bug of ours must still answer in OpenAI's shape, be counted and be logged."""
+    log.exception("unhandled error", extra={"route": _where(request)})
+    return _error_response(ProxyError("The proxy failed to handle this request."))
+
+
+def _client_left(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def check_headers(headers: CIMultiDictProxy[str]) -> None:
