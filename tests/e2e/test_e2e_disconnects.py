@@ -24,7 +24,7 @@ import redis
 from bench.procs import settled
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim, running_proxy
 from tests.fixtures_redis import running_redis
-from tests.hostile import Received, Scripted, dripping_json
+from tests.hostile import Received, Scripted, Writer, completion, dripping_json, http_answer
 
 CHAT = "/v1/chat/completions"
 BROKEN = (
@@ -183,7 +183,7 @@ def test_a_client_that_leaves_while_redis_is_frozen_leaves_no_lock_and_no_error(
         os.kill(server.pid, signal.SIGSTOP)
         try:
             with leaving(proxy.port, post(CHAT, chat_body("frozen store"))):
-                time.sleep(0.5)  # its head and body are in: it waits on the store now
+                time.sleep(1.0)  # past --store-timeout: its lookup and lock went unanswered
         finally:
             os.kill(server.pid, signal.SIGCONT)
         answer = proxy.chat("frozen store", timeout=10)
@@ -309,4 +309,45 @@ def test_two_hundred_clients_leaving_everywhere_leave_the_proxy_as_it_was(
     assert open_connections(proxy.proc.pid, sim.port) <= 1
     assert proxy.chat("left 1").headers["X-Repro-Cache"] == "HIT"  # finished and stored
     assert rss_kib(proxy.proc.pid) - baseline < 16 * 1024
+    assert_whole_log(log)
+
+
+def held_until(release: threading.Event) -> Writer:
+    """Answer each request once `release` is set (at most 20 s)."""
+
+    async def write(writer: asyncio.StreamWriter, request: Received) -> None:
+        await asyncio.to_thread(release.wait, 20)
+        writer.write(http_answer(completion(request.body.decode()[-20:])))
+        await writer.drain()
+
+    return write
+
+
+def test_a_request_whose_client_left_keeps_its_connection_slot_until_it_ends(
+    tmp_path: Path,
+) -> None:
+    """Its handler goes on and holds an upstream connection: freed at once, its slot would let
+    a client that opens, asks and leaves in a loop hold any number of upstream connections
+    (and descriptors) past --max-connections. nginx counts such a request against
+    worker_connections until it ends too."""
+    log = tmp_path / "proxy.log"
+    release = threading.Event()
+    with (
+        Scripted(held_until(release)) as upstream,
+        log.open("wb") as sink,
+        running_proxy(upstream.v1, "--max-connections", "2", stderr=sink) as proxy,
+    ):
+        try:
+            for n in range(2):
+                with leaving(proxy.port, post(CHAT, chat_body(f"held {n}"))):
+                    settled(lambda: len(upstream.received), lambda k, n=n: k > n, within=5)
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+                sock.sendall(post(CHAT, chat_body("third")))
+                refused = sock.recv(65536)
+        finally:
+            release.set()
+        assert refused.startswith(b"HTTP/1.1 503"), refused[:200]
+        served_after = settled(lambda: proxy.chat("held 0", timeout=10), lambda r: r.is_success)
+        assert served_after.headers["X-Repro-Cache"] == "HIT"
+    assert upstream.most_open == 2
     assert_whole_log(log)
