@@ -351,3 +351,35 @@ def test_a_request_whose_client_left_keeps_its_connection_slot_until_it_ends(
         assert served_after.headers["X-Repro-Cache"] == "HIT"
     assert upstream.most_open == 2
     assert_whole_log(log)
+
+
+def test_a_large_answer_whose_client_left_is_still_read_aside_and_stored(tmp_path: Path) -> None:
+    """An answer of a MiB and more is parsed in the offload child: a client gone meanwhile
+    changes nothing of it, as for any miss."""
+    log = tmp_path / "proxy.log"
+    release = threading.Event()
+    large = http_answer(completion("x" * (2 << 20)))
+
+    async def answer(writer: asyncio.StreamWriter, _: Received) -> None:
+        await asyncio.to_thread(release.wait, 20)
+        writer.write(large)
+        await writer.drain()
+
+    with (
+        Scripted(answer) as upstream,
+        log.open("wb") as sink,
+        running_proxy(upstream.v1, stderr=sink) as proxy,
+    ):
+        try:
+            with leaving(proxy.port, post(CHAT, chat_body("large"))):
+                settled(lambda: len(upstream.received), lambda n: n == 1, within=5)
+        finally:
+            release.set()
+        stored = settled(
+            lambda: proxy.chat("large", headers={"Cache-Control": "only-if-cached"}),
+            lambda r: r.status_code == 200,
+        )
+        assert stored.headers["X-Repro-Cache"] == "HIT"
+        assert len(stored.content) > 2 << 20
+        assert len(upstream.received) == 1
+    assert_whole_log(log)
