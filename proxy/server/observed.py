@@ -35,6 +35,8 @@ def observed(handler: Handler, route: str | None = None) -> Handler:
             check_headers(request.headers)
             response = await handler(request)
         except UpstreamError as exc:
+            if _cut_short(request):  # the client's leaving broke the upload, not the upstream
+                return _left(request)
             # Our own wording, naming the host or the timeout; nothing of the request.
             log.warning("upstream failed", extra={"route": _where(request), "error": exc.message})
             response = _error_response(exc)
@@ -44,10 +46,7 @@ def observed(handler: Handler, route: str | None = None) -> Handler:
             if not _client_left(request):
                 response = _bug(request)
             else:
-                # Nobody to answer and nothing asked (its body cut short): as nginx's 499,
-                # logged and not counted.
-                log.info("client left before its request ended", extra={"route": _where(request)})
-                return web.Response(status=CLIENT_CLOSED)
+                return _left(request)
         except web.HTTPException:
             raise
         except Exception:
@@ -72,9 +71,21 @@ def _bug(request: web.Request) -> web.Response:
     return _error_response(ProxyError("The proxy failed to handle this request."))
 
 
+def _left(request: web.Request) -> web.Response:
+    """Nobody to answer, and nothing whole was asked (its body cut short): as nginx's 499,
+    logged and not counted."""
+    log.info("client left before its request ended", extra={"route": _where(request)})
+    return web.Response(status=CLIENT_CLOSED)
+
+
 def _client_left(request: web.Request) -> bool:
     transport = request.transport
     return transport is None or transport.is_closing()
+
+
+def _cut_short(request: web.Request) -> bool:
+    """The client left before its whole body came: an upstream failure is then its own."""
+    return _client_left(request) and not request.content.is_eof()
 
 
 def check_headers(headers: CIMultiDictProxy[str]) -> None:
