@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pytest
 import redis
 
 from bench.procs import settled
@@ -276,14 +277,25 @@ def test_a_passthrough_upload_left_midway_is_cut_short_upstream_too(tmp_path: Pa
     assert "upstream failed" not in log.read_text()
 
 
+@pytest.mark.parametrize("setup", ["memory", "redis", "cancel"])
 def test_two_hundred_clients_leaving_everywhere_leave_the_proxy_as_it_was(
-    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
+    start_proxy: ProxyFactory,
+    sim: Sim,
+    tmp_path: Path,
+    setup: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     """One upstream connection in all: a single one held by a request nobody waits for would
     leave the last request no connection at all."""
     log = tmp_path / "proxy.log"
+    flags = ["--upstream-connections", "1", "--lock-timeout", "60"]
+    redis_url = request.getfixturevalue("redis_url") if setup == "redis" else None
+    if redis_url is not None:
+        flags += ["--store", redis_url, "--secret", "s-sixteen-bytes!"]
+    if setup == "cancel":
+        flags += ["--stream-disconnect", "cancel"]
     with log.open("wb") as sink:
-        proxy = start_proxy("--upstream-connections", "1", stderr=sink)
+        proxy = start_proxy(*flags, stderr=sink)
     sim.settings(latency=0.01, chunk_delay=0.005)
     for n in range(10):  # warm: every path's modules loaded, its memos made
         proxy.chat(f"warm {n}")
@@ -312,6 +324,8 @@ def test_two_hundred_clients_leaving_everywhere_leave_the_proxy_as_it_was(
     assert open_connections(proxy.proc.pid, sim.port) <= 1
     assert proxy.chat("left 1").headers["X-Repro-Cache"] == "HIT"  # finished and stored
     assert rss_kib(proxy.proc.pid) - baseline < 16 * 1024
+    if redis_url is not None:
+        assert redis.Redis.from_url(redis_url).keys("*l:{*") == []
     assert_whole_log(log)
 
 
