@@ -400,3 +400,46 @@ def test_a_large_answer_whose_client_left_is_still_read_aside_and_stored(tmp_pat
         assert len(stored.content) > 2 << 20
         assert len(upstream.received) == 1
     assert_whole_log(log)
+
+
+def test_a_client_that_leaves_during_its_key_check_holds_back_nobody(tmp_path: Path) -> None:
+    """In `shared` scope the key is checked with the upstream before the lookup; a second
+    request of the key joins that check. The first client leaving changes neither."""
+    log = tmp_path / "proxy.log"
+    release = threading.Event()
+    models = orjson.dumps({"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]})
+    refused = orjson.dumps({"error": {"message": "bad key", "type": "invalid_request_error"}})
+
+    async def answer(writer: asyncio.StreamWriter, request: Received) -> None:
+        if request.request_line.startswith("GET /v1/models"):
+            if request.headers.get("authorization") != "Bearer sk-tenant":
+                writer.write(http_answer(refused, status="401 Unauthorized"))
+            else:
+                await asyncio.to_thread(release.wait, 20)
+                writer.write(http_answer(models, "Content-Type: application/json"))
+        else:
+            writer.write(http_answer(completion("checked"), "Content-Type: application/json"))
+        await writer.drain()
+
+    flags = ("--cache-scope", "shared", "--secret", "s-sixteen-bytes!")
+    answers: list[httpx.Response] = []
+    with (
+        Scripted(answer) as upstream,
+        log.open("wb") as sink,
+        running_proxy(upstream.v1, *flags, stderr=sink) as proxy,
+    ):
+        joined = threading.Thread(target=lambda: answers.append(proxy.chat("checked")))
+        try:
+            with leaving(proxy.port, post(CHAT, chat_body("checked"))):
+                settled(lambda: len(upstream.received), lambda n: n >= 1, within=5)
+                joined.start()
+        finally:
+            release.set()
+            joined.join(20)
+        assert [a.status_code for a in answers] == [200]
+        again = proxy.chat("checked")
+        assert again.headers["X-Repro-Cache"] == "HIT"
+        assert upstream.received[0].request_line.startswith("GET /v1/models")  # the held check
+        chats = [r for r in upstream.received if r.request_line.startswith("POST")]
+        assert len(chats) == 1
+    assert_whole_log(log)
