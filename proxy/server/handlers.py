@@ -46,7 +46,7 @@ from proxy.server.chains import continuable
 from proxy.server.coalesce import Lease
 from proxy.server.context import SERVICES, Services
 from proxy.server.offload import OFF_LOOP_BODY
-from proxy.server.streaming import forward_stream
+from proxy.server.streaming import CLIENT_GONE, forward_stream
 from proxy.store.base import StoreError
 from proxy.upstream.client import StreamedBody
 from proxy.upstream.headers import REQUEST_SKIP, request_headers, response_headers
@@ -314,14 +314,17 @@ async def passthrough(
         request.method, forward_target(request.raw_path), headers, data, decode=False
     )
     try:
-        if answering is not None:
-            await answering(upstream.status)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.update(response_headers(upstream.headers, decoded=False))
         response.headers["X-Repro-Cache"] = "BYPASS"
+        if answering is not None:
+            await answering(upstream.status)
         await response.prepare(request)
         async for chunk in upstream.chunks():
             await response.write(chunk)
+    except CLIENT_GONE:  # the rest is nobody's: released unread, its connection closed
+        log.info("client left a pass-through answer", extra={"status": upstream.status})
+        return response
     finally:
         upstream.release()
     await response.write_eof()

@@ -35,17 +35,22 @@ def observed(handler: Handler, route: str | None = None) -> Handler:
             check_headers(request.headers)
             response = await handler(request)
         except UpstreamError as exc:
+            if _cut_short(request):  # the client's leaving broke the upload, not the upstream
+                return _left(request)
             # Our own wording, naming the host or the timeout; nothing of the request.
             log.warning("upstream failed", extra={"route": _where(request), "error": exc.message})
             response = _error_response(exc)
         except ProxyError as exc:
             response = _error_response(exc)
+        except ConnectionResetError:
+            if not _client_left(request):
+                response = _bug(request)
+            else:
+                return _left(request)
         except web.HTTPException:
             raise
         except Exception:
-            # A bug of ours must still answer in OpenAI's shape, be counted and be logged.
-            log.exception("unhandled error", extra={"route": _where(request)})
-            response = _error_response(ProxyError("The proxy failed to handle this request."))
+            response = _bug(request)
         took = services.clock() - started
         if route is not None:
             _count(services, request, route, response, took)
@@ -54,6 +59,33 @@ def observed(handler: Handler, route: str | None = None) -> Handler:
         return response
 
     return observe
+
+
+CLIENT_CLOSED = 499
+"""nginx's status for a request whose client left: never sent, since nobody is there."""
+
+
+def _bug(request: web.Request) -> web.Response:
+    """A bug of ours must still answer in OpenAI's shape, be counted and be logged."""
+    log.exception("unhandled error", extra={"route": _where(request)})
+    return _error_response(ProxyError("The proxy failed to handle this request."))
+
+
+def _left(request: web.Request) -> web.Response:
+    """Nobody to answer, and nothing whole was asked (its body cut short): as nginx's 499,
+    logged and not counted."""
+    log.info("client left before its request ended", extra={"route": _where(request)})
+    return web.Response(status=CLIENT_CLOSED)
+
+
+def _client_left(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def _cut_short(request: web.Request) -> bool:
+    """The client left before its whole body came: an upstream failure is then its own."""
+    return _client_left(request) and not request.content.is_eof()
 
 
 def check_headers(headers: CIMultiDictProxy[str]) -> None:

@@ -10,9 +10,11 @@ them, closes a connection whose head is not complete in time, and closes one who
 stops reading its answer (`--send-timeout`, nginx's `send_timeout`): aiohttp would wait on such
 a client forever, holding the answer's unsent bytes and, for a stream, an upstream connection.
 
-The guard reads two attributes of aiohttp's handler, the only internals used, because aiohttp
-exposes no event for "a head was parsed": `_request_count` (heads parsed so far) and `_waiter`
-(pending while the handler waits for the next head, so bytes arriving then start one). A head
+The guard reads three attributes of aiohttp's handler, the only internals used, because aiohttp
+exposes no event for "a head was parsed" nor for "the connection's requests are done":
+`_request_count` (heads parsed so far), `_waiter` (pending while the handler waits for the next
+head, so bytes arriving then start one) and `_task_handler` (the task serving the connection,
+which ends after the request in progress, even once the client has left). A head
 that arrives whole in one read, the common case, arms no timer. The handler itself is aiohttp's,
 but for requests it cannot parse (see `Handler`).
 """
@@ -116,9 +118,12 @@ class Guard(asyncio.Protocol):
         self._inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """The connection's slot is freed once its request is done, not when its client left:
+        the handler goes on (to store what it asked the upstream for), holding an upstream
+        connection, and a client that asks and leaves in a loop must not hold any number of
+        them past the cap."""
         if self._transport is None:
             return
-        self._gate.open -= 1
         self._transport = None
         if self._timer is not None:
             self._timer.cancel()
@@ -126,7 +131,15 @@ class Guard(asyncio.Protocol):
         if self._stall is not None:
             self._stall.cancel()
             self._stall = None
+        serving = self._inner._task_handler
         self._inner.connection_lost(exc)
+        if serving is None or serving.done():
+            self._free()
+        else:
+            serving.add_done_callback(self._free)
+
+    def _free(self, _: object = None) -> None:
+        self._gate.open -= 1
 
     def pause_writing(self) -> None:
         """The client's socket takes no more for now: it has `send_timeout` to take some."""

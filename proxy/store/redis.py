@@ -128,7 +128,7 @@ class RedisStore(Scans):
             try:
                 found, *state = await replies(*reads)
             except BaseException:
-                dropped(lock)
+                self._given_up(lock, key, token)
                 raise
             taken = await redis_client.taken(lock)
         if found and taken:
@@ -335,8 +335,24 @@ class RedisStore(Scans):
         misses that found the key locked ask; the lookup beside a HIT takes locks plainly."""
         with mapped("lock"):
             ms = max(1, int(ttl * 1000))
-            taken = await self._batch.script(scripts.LOCK, [self._lock(key)], [token, ms])
+            sent = self._batch.script_sent(scripts.LOCK, [self._lock(key)], [token, ms])
+            try:
+                taken = await sent
+            except BaseException:
+                self._given_up(sent, key, token)
+                raise
         return bool(taken)
+
+    def _given_up(self, lock: asyncio.Future[Any], key: str, token: str) -> None:
+        """A lock asked for whose caller stopped waiting (the store deadline, a cancelled
+        request) may still be taken when Redis answers, by a token nobody will release: every
+        fill of the key would then wait the lock timeout out. Its release is queued behind it
+        on the same connection, unawaited; it deletes the lock only if that token holds it."""
+        if lock.done() and not lock.cancelled() and lock.exception() is None and not lock.result():
+            return
+        dropped(lock)
+        release = self._batch.script_sent(scripts.UNLOCK, [self._lock(key)], [token])
+        release.add_done_callback(dropped)
 
     async def unlock(self, key: str, token: str) -> None:
         with mapped("unlock"):

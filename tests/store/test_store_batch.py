@@ -230,3 +230,36 @@ async def test_ticks_issued_while_a_batch_is_on_its_way_go_together_after_it_in_
     assert await slow == b"slow"
     assert [await f for f in later] == [f"m{i}".encode() for i in range(5)]
     assert writes == [(False, 0), (True, 5)]  # the script alone, then the five ticks at once
+
+
+async def test_a_lock_whose_caller_gave_up_is_released_when_redis_answers(
+    tmp_path: Path,
+) -> None:
+    """Asked for, then not waited for (a store deadline the batch outlives, a cancelled
+    request): Redis takes the lock once it answers, and nobody would release it; every fill of
+    the key would wait the lock timeout out. Both ways of asking (the leader's lookup, the
+    follower's script) queue the release behind the lock."""
+    with running_redis(tmp_path) as server:
+        client = Redis.from_url(server.url)
+        store = RedisStore(client)
+        try:
+            await store.lookup_or_lock("warm", None, "t0", 60)  # connected, scripts loaded
+            await store.lock("warm", "t0", 60)
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(store.lookup_or_lock("a", None, "t1", 60), 0.2)
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(store.lock("b", "t2", 60), 0.2)
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            assert await store.locked("warm")  # what was not given up stays
+            for key in ("a", "b"):
+                for _ in range(100):  # bounded: the releases follow the locks in one batch
+                    if not await store.locked(key):
+                        break
+                    await asyncio.sleep(0.02)
+                assert not await store.locked(key)
+        finally:
+            await client.aclose()
+            await store.close()
