@@ -23,10 +23,10 @@ from proxy import values
 from proxy.core import policy
 from proxy.core.codec import Codec
 from proxy.store import cassette, open_store
-from proxy.store.base import Selector, Store
+from proxy.store.base import Selector, Store, StoreError
 from proxy.store.encrypted import EncryptedStore, parse_keys
 from proxy.tools import remote
-from proxy.tools.admin_cli import Refused, add_connection_arguments, connect
+from proxy.tools.admin_cli import Refused, add_connection_arguments, add_filter, connect
 from proxy.tools.output import fail, plural
 
 if TYPE_CHECKING:
@@ -39,8 +39,8 @@ BATCH_BYTES = 4 * 1024 * 1024
 def add_commands(commands: Any) -> None:
     export = commands.add_parser("export", help="write stored answers to a JSONL cassette")
     _source_arguments(export, "seconds the export may go silent between two reads")
-    export.add_argument("--namespace", help="only answers of this X-Repro-Namespace")
-    export.add_argument("--model", help="only answers of this model")
+    add_filter(export, "--namespace", "only answers of this X-Repro-Namespace")
+    add_filter(export, "--model", "only answers of this model")
     export.add_argument("--output", "-o", default="-", help="file to write (default stdout)")
     load = commands.add_parser("import", help="load a JSONL cassette into a store or a proxy")
     _source_arguments(load, "seconds to wait for the answer to each batch of the cassette")
@@ -121,10 +121,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             work = _export(args, target) if args.command == "export" else _import(args, target)
             count = asyncio.run(work)
-    except Refused as exc:
+    except (Refused, cassette.CassetteError) as exc:  # the operator's input: as `cassette diff`
         fail(args.command, exc)
         return 2
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, StoreError) as exc:
         fail(args.command, exc)
         return 1
     print(f"{args.command}ed {plural(count, 'answer')}", file=sys.stderr)
