@@ -24,7 +24,8 @@ from proxy.core import policy
 from proxy.core.codec import Codec
 from proxy.store import cassette, open_store
 from proxy.store.base import Selector, Store, StoreError
-from proxy.store.encrypted import EncryptedStore, parse_keys
+from proxy.store.encrypted import EncryptedStore, key_id, parse_keys
+from proxy.store.redis import RedisStore
 from proxy.tools import remote
 from proxy.tools.admin_cli import Refused, add_connection_arguments, add_filter, connect
 from proxy.tools.output import fail, plural
@@ -203,9 +204,36 @@ def _scope(args: argparse.Namespace) -> str | None:
 
 async def _open(args: argparse.Namespace, url: str) -> Store:
     store = await open_store(url)
+    try:
+        await _check_sealed(args, store)
+    except BaseException:
+        await store.close()
+        raise
     if args.encryption_key:
         return EncryptedStore(store, parse_keys(args.encryption_key))
     return store
+
+
+async def _check_sealed(args: argparse.Namespace, store: Store) -> None:
+    """Before anything is read or written, by the key ids its encrypting proxies left (see
+    proxy.store.encrypted): without one of their keys an import would write answers they read
+    as absent, in the clear, and an export would read none."""
+    if not isinstance(store, RedisStore):
+        return
+    given = [key_id(key) for key in parse_keys(args.encryption_key)] if args.encryption_key else []
+    sealers, known = await store.sealers(None, given)
+    if not sealers:
+        return
+    if not given:
+        raise Refused(
+            "the store's proxies encrypt its answers: give their key with --encryption-key "
+            "(or REPRO_ENCRYPTION_KEY)"
+        )
+    if not known:
+        raise Refused(
+            "--encryption-key / REPRO_ENCRYPTION_KEY: none of the keys given is one the store's "
+            "proxies encrypt with"
+        )
 
 
 @contextlib.contextmanager
@@ -241,14 +269,21 @@ async def _export(args: argparse.Namespace, url: str) -> int:
                 count += 1
     finally:
         await store.close()
-    if skipped.count:
-        fail(
-            args.command,
-            f"left out {plural(skipped.count, 'stored answer')} it cannot read: encrypted ones "
-            "need the store's --encryption-key (or REPRO_ENCRYPTION_KEY), others were written "
-            "by another version",
-        )
+    _left_out(args, store.unopened if isinstance(store, EncryptedStore) else 0, skipped.count)
     return count
+
+
+def _left_out(args: argparse.Namespace, unopened: int, unread: int) -> None:
+    """What an export passed over and why: a store of answers it could not read is no backup."""
+    left = "left out {} it cannot read: {}"
+    if unopened:
+        keys = "the keys given open none of them (--encryption-key / REPRO_ENCRYPTION_KEY)"
+        fail(args.command, left.format(plural(unopened, "stored answer"), keys))
+    if unread:
+        why = "written by another version"
+        if not args.encryption_key:
+            why = f"give the store's --encryption-key (or REPRO_ENCRYPTION_KEY), or they were {why}"
+        fail(args.command, left.format(plural(unread, "stored answer"), why))
 
 
 async def _import(args: argparse.Namespace, url: str) -> int:
