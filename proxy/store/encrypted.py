@@ -132,6 +132,11 @@ class EncryptedStore(StoreWrapper):
                 yield key, fingerprint, value
 
 
+def sealed_dictionary(stored: bytes | None) -> bool:
+    """Whether the store's dictionary was sealed (a trained one starts with zstd's magic, 0x37)."""
+    return stored is not None and stored.startswith(_VERSION)
+
+
 def _head(value: bytes) -> bytes:
     """An entry's head, kept in the clear; empty for any other value (sealed whole)."""
     return value[:HEAD_SIZE] if value[:1] == _ENTRY and len(value) >= HEAD_SIZE else b""

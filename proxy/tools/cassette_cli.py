@@ -24,7 +24,7 @@ from proxy.core import policy
 from proxy.core.codec import Codec
 from proxy.store import cassette, open_store
 from proxy.store.base import Selector, Store, StoreError
-from proxy.store.encrypted import EncryptedStore, key_id, parse_keys
+from proxy.store.encrypted import EncryptedStore, key_id, parse_keys, sealed_dictionary
 from proxy.store.redis import RedisStore
 from proxy.tools import remote
 from proxy.tools.admin_cli import Refused, add_connection_arguments, add_filter, connect
@@ -216,13 +216,14 @@ async def _open(args: argparse.Namespace, url: str) -> Store:
 
 async def _check_sealed(args: argparse.Namespace, store: Store) -> None:
     """Before anything is read or written, by the key ids its encrypting proxies left (see
-    proxy.store.encrypted): without one of their keys an import would write answers they read
-    as absent, in the clear, and an export would read none."""
+    proxy.store.encrypted), or in a store sealed before them, by its dictionary: without one of
+    their keys an import would write answers they read as absent, in the clear, and an export
+    would read none."""
     if not isinstance(store, RedisStore):
         return
     given = [key_id(key) for key in parse_keys(args.encryption_key)] if args.encryption_key else []
     sealers, known = await store.sealers(None, given)
-    if not sealers:
+    if not sealers and (given or not sealed_dictionary(await store.dictionary(None))):
         return
     if not given:
         raise Refused(

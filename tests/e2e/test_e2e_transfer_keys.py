@@ -8,8 +8,11 @@ import base64
 from pathlib import Path
 
 import redis
+import zstandard
 from openai import OpenAI
 
+from proxy.store.encrypted import EncryptedStore, parse_keys
+from proxy.store.memory import MemoryStore
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim, free_port, run_cli
 
 KEY = base64.b64encode(b"k" * 32).decode()
@@ -127,3 +130,21 @@ def test_a_hostile_mark_is_neither_a_traceback_nor_a_way_in(
     planted = run_cli("import", "--store", redis_url, str(tape))
     assert planted.returncode == 2 and "--encryption-key" in planted.stderr
     assert stored_keys(redis_url) == []
+
+
+def test_a_store_sealed_before_the_mark_is_told_by_its_sealed_dictionary(
+    start_proxy: ProxyFactory, sim: Sim, redis_url: str, tmp_path: Path
+) -> None:
+    """Encrypting proxies of an earlier version left no mark, but their dictionary is sealed."""
+    tape = recorded(start_proxy, tmp_path)
+    trained = zstandard.train_dictionary(1024, [f"answer {n} ".encode() * 20 for n in range(200)])
+    sealer = EncryptedStore(MemoryStore(), parse_keys(KEY))
+    with redis.Redis.from_url(redis_url) as client:
+        client.set("repro:dictionary", sealer.seal("\x00dictionary", "", trained.as_bytes()))
+    blind = run_cli("import", "--store", redis_url, str(tape))
+    assert blind.returncode == 2 and "--encryption-key" in blind.stderr
+    assert stored_keys(redis_url) == []
+    with redis.Redis.from_url(redis_url) as client:
+        client.set("repro:dictionary", trained.as_bytes())  # a plain store's: no refusal
+    plain = run_cli("import", "--store", redis_url, str(tape))
+    assert plain.returncode == 0, plain.stderr
