@@ -37,7 +37,7 @@ from proxy.server.probe import Prober
 from proxy.server.secret import Secret
 from proxy.server.verify import Verifier
 from proxy.store import MemoryStore, RedisStore, cassette, open_store
-from proxy.store.base import Store, StoreUnusable
+from proxy.store.base import Store, StoreError, StoreUnusable
 from proxy.store.encrypted import EncryptedStore, parse_keys
 from proxy.store.guard import GuardedStore
 from proxy.store.near import NearCache
@@ -183,6 +183,8 @@ async def _layered_store(settings: Settings, injected: Store | None) -> tuple[St
             "grant them (see the Redis section of docs/operations.md)"
         )
     store = _encrypted(settings, backend)
+    if isinstance(backend, RedisStore) and isinstance(store, EncryptedStore):
+        await _mark_sealed(backend, store.key_ids[0])
     if not isinstance(backend, MemoryStore):  # this process's memory neither hangs nor fails
         bounded = isinstance(backend, RedisStore) and backend.deadline == timeout
         store = GuardedStore(store, timeout=timeout, bounded=bounded)
@@ -332,6 +334,15 @@ async def _save_cassette(settings: Settings, store: Store, codec: Codec) -> None
         return
     count = await cassette.write(store, settings.cassette, codec)
     log.info("cassette written", extra={"path": settings.cassette, "answers": count})
+
+
+async def _mark_sealed(backend: RedisStore, key_id: str) -> None:
+    """Name the key in the store (see proxy.store.encrypted); a store down now is no reason not
+    to start, as for every other call, and the next start names it."""
+    try:
+        await backend.sealers(key_id)
+    except StoreError as exc:
+        log.warning("the store was not told it is encrypted", extra={"error": str(exc)})
 
 
 def _encrypted(settings: Settings, store: Store) -> Store:

@@ -7,12 +7,18 @@ rotate: the first key encrypts, every key given decrypts; a value no key opens r
 Fingerprint state and locks stay in the clear: they hold no content. So does the head of an
 entry (its format, codec and uncompressed size, see proxy.core.codec), authenticated with the
 slot, so that the store can count what its answers stand for without a key.
+
+A proxy that encrypts names its key in the store (`key_id`, which reveals nothing of the key):
+`import` and `export` can then tell a store that needs a key, and a key that is not the store's,
+before they write answers no proxy would read, or read none.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import os
 from collections.abc import AsyncIterator, Sequence
 
@@ -44,12 +50,21 @@ def parse_keys(text: str) -> list[bytes]:
     return keys
 
 
+def key_id(key: bytes) -> str:
+    """A short name of a key, the same in every process: a keyed hash, which tells keys apart
+    and says nothing of the key."""
+    return hmac.new(key, b"repro-proxy key id", hashlib.sha256).hexdigest()[:16]
+
+
 class EncryptedStore(StoreWrapper):
     def __init__(self, inner: Store, keys: Sequence[bytes]) -> None:
         if not keys:
             raise ValueError("at least one key is needed")
         super().__init__(inner)
         self._ciphers = [AESGCM(key) for key in keys]
+        self.key_ids = [key_id(key) for key in keys]
+        self.unopened = 0
+        """Entries `entries` passed over, sealed with no key given: an export says how many."""
 
     def seal(self, key: str, fingerprint: str, value: bytes) -> bytes:
         head = _head(value)
@@ -111,8 +126,15 @@ class EncryptedStore(StoreWrapper):
     async def entries(self, selector: Selector) -> AsyncIterator[tuple[str, str, bytes]]:
         async for key, fingerprint, blob in self.inner.entries(selector):
             value = self.open(key, fingerprint, blob)
-            if value is not None:
+            if value is None:
+                self.unopened += 1
+            else:
                 yield key, fingerprint, value
+
+
+def sealed_dictionary(stored: bytes | None) -> bool:
+    """Whether the store's dictionary was sealed (a trained one starts with zstd's magic, 0x37)."""
+    return stored is not None and stored.startswith(_VERSION)
 
 
 def _head(value: bytes) -> bytes:

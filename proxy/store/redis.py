@@ -13,6 +13,7 @@ sharing a tag; only on a standalone server does `record` write across keys in on
     {prefix}secret             string                                  the shared HMAC secret
     {prefix}dictionary         string                                  the shared zstd dictionary
     {prefix}generation         string  random, rewritten after a loss  what near-caches check
+    {prefix}sealed             set   ids of encrypting proxies' keys   what import/export check
     {prefix}l:{<key>}          string  token, with an expiry           one cache key's fill lock
     {prefix}g:{<sha256(name)>} zset  attempt times, expiring           wrong admin tokens
     {prefix}rv:{<sha256(name)>} string "1", with an expiry             a logged-out session
@@ -310,6 +311,20 @@ class RedisStore(Scans):
         failover to an empty replica), which no message announces. The first to find it gone
         writes a fresh one, so every caller then reads a mark it has not seen before."""
         return cast(bytes, await self._first_wins("generation", secrets.token_bytes(16)))
+
+    async def sealers(self, mine: str | None, asked: Sequence[str] = ()) -> tuple[int, bool]:
+        """Add `mine` (an encrypting proxy's key id) to the store's unless None; how many ids
+        it holds, and whether any of `asked` is one. Counted, never read whole: anyone may add."""
+        key = self._prefix + "sealed"
+        with mapped("sealed"):
+            async with asyncio.timeout(self.deadline), self._client.pipeline() as pipe:
+                if mine is not None:
+                    pipe.sadd(key, mine)
+                pipe.scard(key)
+                for name in asked:
+                    pipe.sismember(key, name)
+                found = (await pipe.execute())[-1 - len(asked) :]
+        return int(found[0]), any(found[1:])
 
     async def _first_wins(
         self, name: str, candidate: bytes | None, limit: int | None = None

@@ -24,6 +24,25 @@ class Refused(Exception):
     """The command cannot do what was asked; the message says which option to change."""
 
 
+class Once(argparse.Action):
+    """A filter that selects one value: given twice it is refused (status 2), where argparse
+    would keep the last value and the command quietly select less than its line reads as."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: Any,
+        option: str | None = None,
+    ) -> None:  # fmt: skip
+        if getattr(namespace, self.dest) is not None:
+            raise argparse.ArgumentError(
+                self, "may be given once: it selects one value (run the command once per value)"
+            )
+        setattr(namespace, self.dest, value)
+
+
+def add_filter(parser: argparse.ArgumentParser, flag: str, help_text: str) -> None:
+    parser.add_argument(flag, action=Once, help=f"{help_text} (once)")
+
+
 def add_connection_arguments(
     parser: argparse.ArgumentParser,
     timeout: float = 30,
@@ -65,9 +84,9 @@ def add_commands(commands: Any) -> None:
             "--json", action="store_true", help="print JSON (the default when stdout is not a TTY)"
         )
         if name == "purge":
-            parser.add_argument("--namespace", help="only answers of this X-Repro-Namespace")
-            parser.add_argument("--model", help="only answers of this model")
-            parser.add_argument("--fingerprint", help="only answers with this system_fingerprint")
+            add_filter(parser, "--namespace", "only answers of this X-Repro-Namespace")
+            add_filter(parser, "--model", "only answers of this model")
+            add_filter(parser, "--fingerprint", "only answers with this system_fingerprint")
             parser.add_argument("--all", action="store_true", help="purge every stored answer")
             parser.add_argument(
                 "--dry-run", action="store_true", help="only count what would be purged"

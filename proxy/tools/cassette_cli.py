@@ -23,10 +23,11 @@ from proxy import values
 from proxy.core import policy
 from proxy.core.codec import Codec
 from proxy.store import cassette, open_store
-from proxy.store.base import Selector, Store
-from proxy.store.encrypted import EncryptedStore, parse_keys
+from proxy.store.base import Selector, Store, StoreError
+from proxy.store.encrypted import EncryptedStore, key_id, parse_keys, sealed_dictionary
+from proxy.store.redis import RedisStore
 from proxy.tools import remote
-from proxy.tools.admin_cli import Refused, add_connection_arguments, connect
+from proxy.tools.admin_cli import Refused, add_connection_arguments, add_filter, connect
 from proxy.tools.output import fail, plural
 
 if TYPE_CHECKING:
@@ -39,8 +40,8 @@ BATCH_BYTES = 4 * 1024 * 1024
 def add_commands(commands: Any) -> None:
     export = commands.add_parser("export", help="write stored answers to a JSONL cassette")
     _source_arguments(export, "seconds the export may go silent between two reads")
-    export.add_argument("--namespace", help="only answers of this X-Repro-Namespace")
-    export.add_argument("--model", help="only answers of this model")
+    add_filter(export, "--namespace", "only answers of this X-Repro-Namespace")
+    add_filter(export, "--model", "only answers of this model")
     export.add_argument("--output", "-o", default="-", help="file to write (default stdout)")
     load = commands.add_parser("import", help="load a JSONL cassette into a store or a proxy")
     _source_arguments(load, "seconds to wait for the answer to each batch of the cassette")
@@ -121,10 +122,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             work = _export(args, target) if args.command == "export" else _import(args, target)
             count = asyncio.run(work)
-    except Refused as exc:
+    except (Refused, cassette.CassetteError) as exc:  # the operator's input: as `cassette diff`
         fail(args.command, exc)
         return 2
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, StoreError) as exc:
         fail(args.command, exc)
         return 1
     print(f"{args.command}ed {plural(count, 'answer')}", file=sys.stderr)
@@ -203,9 +204,37 @@ def _scope(args: argparse.Namespace) -> str | None:
 
 async def _open(args: argparse.Namespace, url: str) -> Store:
     store = await open_store(url)
+    try:
+        await _check_sealed(args, store)
+    except BaseException:
+        await store.close()
+        raise
     if args.encryption_key:
         return EncryptedStore(store, parse_keys(args.encryption_key))
     return store
+
+
+async def _check_sealed(args: argparse.Namespace, store: Store) -> None:
+    """Before anything is read or written, by the key ids its encrypting proxies left (see
+    proxy.store.encrypted), or in a store sealed before them, by its dictionary: without one of
+    their keys an import would write answers they read as absent, in the clear, and an export
+    would read none."""
+    if not isinstance(store, RedisStore):
+        return
+    given = [key_id(key) for key in parse_keys(args.encryption_key)] if args.encryption_key else []
+    sealers, known = await store.sealers(None, given)
+    if not sealers and (given or not sealed_dictionary(await store.dictionary(None))):
+        return
+    if not given:
+        raise Refused(
+            "the store's proxies encrypt its answers: give their key with --encryption-key "
+            "(or REPRO_ENCRYPTION_KEY)"
+        )
+    if not known:
+        raise Refused(
+            "--encryption-key / REPRO_ENCRYPTION_KEY: none of the keys given is one the store's "
+            "proxies encrypt with"
+        )
 
 
 @contextlib.contextmanager
@@ -241,14 +270,21 @@ async def _export(args: argparse.Namespace, url: str) -> int:
                 count += 1
     finally:
         await store.close()
-    if skipped.count:
-        fail(
-            args.command,
-            f"left out {plural(skipped.count, 'stored answer')} it cannot read: encrypted ones "
-            "need the store's --encryption-key (or REPRO_ENCRYPTION_KEY), others were written "
-            "by another version",
-        )
+    _left_out(args, store.unopened if isinstance(store, EncryptedStore) else 0, skipped.count)
     return count
+
+
+def _left_out(args: argparse.Namespace, unopened: int, unread: int) -> None:
+    """What an export passed over and why: a store of answers it could not read is no backup."""
+    left = "left out {} it cannot read: {}"
+    if unopened:
+        keys = "the keys given open none of them (--encryption-key / REPRO_ENCRYPTION_KEY)"
+        fail(args.command, left.format(plural(unopened, "stored answer"), keys))
+    if unread:
+        why = "written by another version"
+        if not args.encryption_key:
+            why = f"give the store's --encryption-key (or REPRO_ENCRYPTION_KEY), or they were {why}"
+        fail(args.command, left.format(plural(unread, "stored answer"), why))
 
 
 async def _import(args: argparse.Namespace, url: str) -> int:

@@ -11,9 +11,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from proxy.config import SettingError, load
 from proxy.core.codec import HEAD_SIZE, Codec, raw_size
 from proxy.core.entry import Entry
+from proxy.store import open_store
 from proxy.store.base import Store, Write
-from proxy.store.encrypted import EncryptedStore, parse_keys
+from proxy.store.encrypted import EncryptedStore, key_id, parse_keys
 from proxy.store.memory import MemoryStore
+from proxy.store.redis import RedisStore
 from tests.store.test_store_contract import Elapse, FakeClock, StoreContract
 
 KEY_A, KEY_B = os.urandom(32), os.urandom(32)
@@ -136,3 +138,23 @@ async def test_the_dictionary_is_sealed_like_the_answers_it_was_trained_on() -> 
     assert held is not None and b"launch code" not in held
     assert await EncryptedStore(inner, [KEY_B, KEY_A]).dictionary(None) == dictionary
     assert await EncryptedStore(inner, [KEY_B]).dictionary(None) is None  # cannot open it
+
+
+def test_a_key_id_tells_keys_apart_and_says_nothing_of_the_key() -> None:
+    first, second = b"k" * 32, b"o" * 32
+    assert key_id(first) == key_id(first) != key_id(second)
+    assert len(key_id(first)) == 16
+
+
+async def test_the_store_counts_the_key_ids_it_was_told_and_checks_those_asked(
+    redis_url: str,
+) -> None:
+    store = await open_store(redis_url)
+    assert isinstance(store, RedisStore)
+    try:
+        assert await store.sealers(None, ["a"]) == (0, False)
+        assert await store.sealers("a") == (1, False)
+        assert await store.sealers("b", ["c", "a"]) == (2, True)
+        assert await store.sealers(None, ["c"]) == (2, False)
+    finally:
+        await store.close()

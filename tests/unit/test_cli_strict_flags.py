@@ -198,3 +198,33 @@ def test_sim_answers_with_every_fingerprint_it_was_given(tmp_path: Path) -> None
     finally:
         stop(proc)
     assert shown["fingerprints"] == ["fp_a", "fp_b", "fp_c"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["purge", "--url", "http://127.0.0.1:9", "--model", "gpt-4o", "--model", "gpt-4o-mini"],
+        ["purge", "--url", "http://127.0.0.1:9", "--namespace", "a", "--namespace", "b"],
+        ["purge", "--url", "http://127.0.0.1:9", "--fingerprint", "fp_a", "--fingerprint", "fp_b"],
+        ["export", "--store", "redis://127.0.0.1:9/0", "--model", "a", "--model", "b"],
+        ["export", "--url", "http://127.0.0.1:9", "--namespace", "a", "--namespace", "b"],
+    ],
+    ids=["purge-model", "purge-namespace", "purge-fingerprint", "export-model", "export-url"],
+)
+def test_a_filter_given_twice_is_refused_rather_than_narrowed_to_its_last_value(
+    argv: list[str],
+) -> None:
+    """A purge of `--model a --model b` that deleted only b's answers, or an export of b alone,
+    would do less than the command line reads as, and say nothing."""
+    flag = next(word for word in argv[3:] if word.startswith("--") and argv.count(word) == 2)
+    status, stderr = run_command(argv, REPRO_ADMIN_TOKEN="t")
+    assert status == 2, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert flag in last and "once" in last, last
+
+
+def test_a_store_that_does_not_answer_is_one_line_and_status_1(tmp_path: Path) -> None:
+    """Status 1 is for the store or the network; a traceback is for nobody."""
+    status, stderr = run_command(["export", "--store", "redis://127.0.0.1:9/0"])
+    assert status == 1, stderr
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
