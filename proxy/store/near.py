@@ -27,8 +27,8 @@ from proxy.core.fingerprints import MODELS_KEPT, ModelFingerprints, Observation
 from proxy.core.lru import LRU
 from proxy.store.base import Selector, Store, StoreError, Write
 from proxy.store.memory import charged
-from proxy.store.redis import ENTRY_CHANGED, MODEL_CHANGED, RedisStore
-from proxy.store.redis_scan import EVERYTHING_CHANGED
+from proxy.store.redis import RedisStore
+from proxy.store.redis_scan import ENTRY_CHANGED, EVERYTHING_CHANGED, MODEL_CHANGED
 from proxy.store.subscription import HEARTBEAT
 from proxy.store.wrapper import StoreWrapper
 

@@ -30,24 +30,21 @@ import asyncio
 import hashlib
 import math
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoPermissionError
 
 from proxy.core.codec import MAX_DICTIONARY_BYTES
-from proxy.core.fingerprints import MODELS_KEPT, ModelFingerprints, Observation, Rotation
+from proxy.core.fingerprints import ModelFingerprints, Observation, Rotation
 from proxy.core.lru import LRU
 from proxy.store import layout, redis_client, scripts, subscription
-from proxy.store.base import StoreError, Write
+from proxy.store.base import Write
 from proxy.store.batch import Batcher, dropped, replies, sha
 from proxy.store.redis_client import mapped
-from proxy.store.redis_scan import Scans
+from proxy.store.redis_scan import ENTRY_CHANGED, Scans
 from proxy.store.subscription import HEARTBEAT
-
-ENTRY_CHANGED, MODEL_CHANGED = "e\x00", "m\x00"
-"""Invalidation messages: an entry key, a model's fingerprint state (a purge's: redis_scan)."""
 
 _MODELS_REMEMBERED = 256
 _MODEL_NAME_REMEMBERED = 256
@@ -243,35 +240,6 @@ class RedisStore(Scans):
                 self._batch.send("SADD", self._models(), model),
             )
             return layout.observation(reply, fingerprint, moves)
-
-    async def keep(self) -> None:
-        """One round of the proxy's keep (server/keep.py): the models past MODELS_KEPT leave
-        the index with their records, drawn at random as Redis's `allkeys-random` draws (knowing
-        the least recently used would cost a write per HIT). Which names the upstream answers
-        for is not the proxy's to choose, and each was a record kept for good; one forgotten
-        is learned again from its next answer. Near-caches hear of each. A failing store is
-        left for the next round."""
-        index = self._models()
-        try:
-            with mapped("keep"):
-                async with asyncio.timeout(self.deadline):
-                    over = await self._client.scard(index) - MODELS_KEPT
-                    if over <= 0:
-                        return
-                    gone = await self._client.spop(index, min(over, MODELS_KEPT))
-                    await self._forget_models(filter(None, map(layout.name, gone)))
-        except StoreError:
-            return
-
-    async def _forget_models(self, models: Iterable[str]) -> None:
-        async with self._client.pipeline(transaction=False) as pipe:
-            for model in models:
-                name = self._model(model)
-                pipe.delete(name)
-                pipe.delete(layout.history_key(name))
-                if self.invalidations:
-                    pipe.publish(self.invalidations, MODEL_CHANGED + model)
-            await pipe.execute()
 
     async def fingerprints(self, model: str) -> ModelFingerprints | None:
         with mapped("fingerprints"):

@@ -1,16 +1,21 @@
-"""The Redis store's operator calls: purge, export and usage walk every entry with SCAN, in
-batches (on every node of a cluster), never blocking the server, apart from the hot path."""
+"""The Redis store's calls apart from the hot path: purge, export and usage walk every entry
+with SCAN, in batches (on every node of a cluster), never blocking the server; the keep round
+trims the model index. And the invalidation messages near-caches read."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+from proxy.core.fingerprints import MODELS_KEPT
 from proxy.store import layout, scripts
-from proxy.store.base import Selector, Usage
+from proxy.store.base import Selector, StoreError, Usage
 from proxy.store.batch import Batcher
 from proxy.store.redis_client import mapped
+
+ENTRY_CHANGED, MODEL_CHANGED = "e\x00", "m\x00"
+"""Invalidation messages: an entry key, a model's fingerprint state."""
 
 EVERYTHING_CHANGED = "*"
 """The invalidation a purge announces: near-caches drop everything."""
@@ -26,13 +31,20 @@ stats, a purge's dry run, or an export (whose import stores the same answer twic
 
 class Scans:
     """What RedisStore walks its entries with; it provides the client, the batcher, the channel
-    writes announce themselves on, and the entries' key names."""
+    writes announce themselves on, its deadline, and the key names of entries and models."""
 
     _client: Any
     _batch: Batcher
     invalidations: str
+    deadline: float | None
 
     def _entry(self, key: str) -> str:
+        raise NotImplementedError
+
+    def _model(self, model: str) -> str:
+        raise NotImplementedError
+
+    def _models(self) -> str:
         raise NotImplementedError
 
     async def purge(self, selector: Selector, dry_run: bool) -> int:
@@ -132,3 +144,32 @@ class Scans:
 
     def _measure(self, name: bytes) -> Any:
         return self._batch.script(scripts.USAGE, [layout.text(name)], [layout.LABELS])
+
+    async def keep(self) -> None:
+        """One round of the proxy's keep (server/keep.py): the models past MODELS_KEPT leave
+        the index with their records, drawn at random as Redis's `allkeys-random` draws (knowing
+        the least recently used would cost a write per HIT). Which names the upstream answers
+        for is not the proxy's to choose, and each was a record kept for good; one forgotten
+        is learned again from its next answer. Near-caches hear of each. A failing store is
+        left for the next round."""
+        index = self._models()
+        try:
+            with mapped("keep"):
+                async with asyncio.timeout(self.deadline):
+                    over = await self._client.scard(index) - MODELS_KEPT
+                    if over <= 0:
+                        return
+                    gone = await self._client.spop(index, min(over, MODELS_KEPT))
+                    await self._forget_models(filter(None, map(layout.name, gone)))
+        except StoreError:
+            return
+
+    async def _forget_models(self, models: Iterable[str]) -> None:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for model in models:
+                name = self._model(model)
+                pipe.delete(name)
+                pipe.delete(layout.history_key(name))
+                if self.invalidations:
+                    pipe.publish(self.invalidations, MODEL_CHANGED + model)
+            await pipe.execute()
