@@ -183,8 +183,8 @@ async def _layered_store(settings: Settings, injected: Store | None) -> tuple[St
             "grant them (see the Redis section of docs/operations.md)"
         )
     store = _encrypted(settings, backend)
-    if isinstance(backend, RedisStore) and isinstance(store, EncryptedStore):
-        await _mark_sealed(backend, store.key_ids[0])
+    if isinstance(backend, RedisStore):
+        await _sealing(backend, store)
     if not isinstance(backend, MemoryStore):  # this process's memory neither hangs nor fails
         bounded = isinstance(backend, RedisStore) and backend.deadline == timeout
         store = GuardedStore(store, timeout=timeout, bounded=bounded)
@@ -336,13 +336,25 @@ async def _save_cassette(settings: Settings, store: Store, codec: Codec) -> None
     log.info("cassette written", extra={"path": settings.cassette, "answers": count})
 
 
-async def _mark_sealed(backend: RedisStore, key_id: str) -> None:
-    """Name the key in the store (see proxy.store.encrypted); a store down now is no reason not
-    to start, as for every other call, and the next start names it."""
+async def _sealing(backend: RedisStore, store: Store) -> None:
+    """An encrypting proxy names its key in the store (see proxy.store.encrypted). One without a
+    key refuses a store whose proxies encrypt: it would write answers in the clear that they
+    read as absent, and read theirs as absent, a cache of nothing that looks like one. A store
+    down now is no reason not to start, as for every other call; the next start names it."""
+    mine = store.key_ids[0] if isinstance(store, EncryptedStore) else None
     try:
-        await backend.sealers(key_id)
+        sealers, _ = await backend.sealers(mine)
     except StoreError as exc:
-        log.warning("the store was not told it is encrypted", extra={"error": str(exc)})
+        if mine is not None:
+            log.warning("the store was not told it is encrypted", extra={"error": str(exc)})
+        return
+    if mine is None and sealers:
+        await backend.close()
+        raise StoreUnusable(
+            "the proxies of this store encrypt its answers: give this one their key with "
+            "--encryption-key (or REPRO_ENCRYPTION_KEY); to stop encrypting, purge the store "
+            "and delete its `sealed` key (repro:sealed by default)"
+        )
 
 
 def _encrypted(settings: Settings, store: Store) -> Store:

@@ -148,3 +148,30 @@ def test_a_store_sealed_before_the_mark_is_told_by_its_sealed_dictionary(
         client.set("repro:dictionary", trained.as_bytes())  # a plain store's: no refusal
     plain = run_cli("import", "--store", redis_url, str(tape))
     assert plain.returncode == 0, plain.stderr
+
+
+def test_a_proxy_without_the_key_refuses_a_store_its_peers_encrypt(
+    start_proxy: ProxyFactory, sim: Sim, redis_url: str
+) -> None:
+    """It would write answers in the clear that its encrypting peers read as absent, and read
+    theirs as absent: a cache of nothing that looks like one. A proxy with another key starts
+    (a rotation begins with one), and encrypts."""
+    start_proxy("--store", redis_url, env={"REPRO_ENCRYPTION_KEY": KEY})
+    upstream = sim.url + "/v1"
+    blind = run_cli(
+        "serve", "--port", str(free_port()), "--upstream", upstream, "--store", redis_url
+    )
+    assert blind.returncode == 2, blind.stderr
+    assert "Traceback" not in blind.stderr
+    last = blind.stderr.strip().splitlines()[-1]
+    assert last.startswith("repro-proxy: --store: the proxies of this store encrypt its answers")
+    assert "--encryption-key" in last and "REPRO_ENCRYPTION_KEY" in last
+    other = start_proxy("--store", redis_url, env={"REPRO_ENCRYPTION_KEY": OTHER})
+    assert ask(other)
+    with redis.Redis.from_url(redis_url) as client:
+        assert client.scard("repro:sealed") == 2
+        assert all(
+            b"Seal me." not in value
+            for key in stored_keys(redis_url)
+            for value in client.hvals(key)
+        )
