@@ -115,5 +115,9 @@ def test_encryption_at_rest_keeps_answers_unreadable_in_redis(
         raw.close()
     assert values
     assert not any(answer in value for value in values)
-    other = start_proxy("--store", redis_url)  # no key: sealed entries read as absent
+    # Another key opens none of them: they read as absent (a proxy with no key refuses the
+    # store: tests/e2e/test_e2e_transfer_keys.py).
+    other = start_proxy(
+        "--store", redis_url, "--encryption-key", base64.b64encode(os.urandom(32)).decode()
+    )
     assert chat_as(other, "sk-alice").headers["X-Repro-Cache"] == "MISS"
