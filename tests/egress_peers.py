@@ -201,6 +201,8 @@ class Upstream:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
+        # Every connection's writer, ended or not: `_shut` makes sure each let its socket go,
+        # or a transport left closing would be collected (a ResourceWarning) in a later test.
         self._writers: set[asyncio.StreamWriter] = set()
         self._handlers: set[asyncio.Task[None]] = set()
 
@@ -225,9 +227,10 @@ class Upstream:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        for writer in self._writers:
-            writer.close()
+        for writer in self._writers:  # those closed too: a TLS close may still wait on its peer
+            writer.transport.abort()
         await asyncio.gather(*self._handlers, return_exceptions=True)
+        await asyncio.sleep(0)  # an aborted transport lets its socket go on the next turn
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.open += 1
@@ -249,7 +252,6 @@ class Upstream:
             return
         finally:
             self.open -= 1
-            self._writers.discard(writer)
             writer.close()
 
 

@@ -156,6 +156,12 @@ class Scripted:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             for writer in self._tasks.values():  # closed already, or its task never got to run
                 writer.close()
+            # A transport finishes closing on a later turn of the loop: closed with the loop
+            # first, it would be left "closing" for the collector (a ResourceWarning that fails
+            # whichever test happens to be running when it is collected).
+            closing = (writer.wait_closed() for writer in self._tasks.values())
+            async with asyncio.timeout(5):
+                await asyncio.gather(*closing, return_exceptions=True)
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Each connection's task and writer are known from its first moment: one that arrives
