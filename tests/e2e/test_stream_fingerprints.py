@@ -23,20 +23,7 @@ from tests.e2e.test_stream_attacks import (
 )
 from tests.fixtures_procs import ProxyFactory
 from tests.hostile import Received, Scripted
-
-MISSING = object()
-
-
-def chunk(fingerprint: object, delta: dict[str, object], finish: str | None = None) -> bytes:
-    event: dict[str, object] = {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "model": "m",
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-    }
-    if fingerprint is not MISSING:
-        event["system_fingerprint"] = fingerprint
-    return b"data: " + orjson.dumps(event) + b"\n\n"
+from tests.unit.test_stream_fingerprints import MISSING, chunk
 
 
 def stream(first: object, middle: object, last: object) -> tuple[bytes, ...]:

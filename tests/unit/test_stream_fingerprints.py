@@ -19,9 +19,12 @@ ROLE = {"role": "assistant", "content": "", "refusal": None}
 
 
 def chunk(fingerprint: object, delta: dict[str, Any], finish: str | None = None) -> bytes:
+    """A chat chunk naming `fingerprint` (MISSING: no such field); the end-to-end tests send
+    these too."""
     event: dict[str, Any] = {
         "id": "chatcmpl-1",
         "object": "chat.completion.chunk",
+        "model": "m",
         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
     }
     if fingerprint is not MISSING:
