@@ -34,17 +34,19 @@ _SAMPLING_DEFAULTS: dict[str, Any] = {
     "presence_penalty": 0,
     "frequency_penalty": 0,
     "stream": False,
-    "logprobs": False,
 }
 
 # Documented defaults per route: a parameter sent at this value means the same as leaving it out.
 DEFAULTS: dict[str, dict[str, Any]] = {
     CHAT: {
         **_SAMPLING_DEFAULTS,
+        "logprobs": False,
         "parallel_tool_calls": True,
         "response_format": {"type": "text"},
         "store": False,
     },
+    # Not `logprobs`: here an integer (0 returns the chosen token's) whose default is null, and
+    # an upstream that reads `false` as 0 answers with log probabilities.
     COMPLETIONS: {**_SAMPLING_DEFAULTS, "echo": False, "best_of": 1},
     EMBEDDINGS: {"encoding_format": "float"},
     RESPONSES: {
