@@ -47,6 +47,7 @@ from proxy.server.coalesce import Lease
 from proxy.server.context import SERVICES, Services
 from proxy.server.offload import OFF_LOOP_BODY
 from proxy.server.streaming import CLIENT_GONE, forward_stream
+from proxy.server.unframed import Unframed
 from proxy.store.base import StoreError
 from proxy.upstream.client import StreamedBody
 from proxy.upstream.headers import REQUEST_SKIP, request_headers, response_headers
@@ -314,7 +315,7 @@ async def passthrough(
         request.method, forward_target(request.raw_path), headers, data, decode=False
     )
     try:
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response = Unframed(status=upstream.status, reason=upstream.reason)
         response.headers.update(response_headers(upstream.headers, decoded=False))
         response.headers["X-Repro-Cache"] = "BYPASS"
         if answering is not None:

@@ -37,6 +37,7 @@ from proxy.server.caching import (
     record,
 )
 from proxy.server.context import Services
+from proxy.server.unframed import Unframed
 from proxy.upstream.client import UpstreamResponse
 from proxy.upstream.headers import response_headers, undecoded
 
@@ -64,7 +65,7 @@ async def forward_stream(
     return response
 
 
-class _HeadWithFirstFrame(web.StreamResponse):
+class _HeadWithFirstFrame(Unframed):
     """Headers held back until the first write, then sent in the same packet as the first
     frame: the client's first token then needs one wakeup, not two. aiohttp's own Response
     buffers its headers the same way (this class attribute); by default a StreamResponse sends

@@ -27,6 +27,7 @@ from proxy.server.admin import (
 from proxy.server.bodies import read
 from proxy.server.context import SERVICES, Services
 from proxy.server.streaming import CLIENT_GONE
+from proxy.server.unframed import Unframed
 from proxy.store import cassette
 from proxy.store.base import Selector, StoreError
 
@@ -44,7 +45,7 @@ async def admin_export(request: web.Request) -> web.StreamResponse:
     lines = cassette.lines(services.store, selector, services.codec)
     with store_answers():
         first = await anext(lines, None)
-    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", **NOT_KEPT})
+    response = Unframed(headers={"Content-Type": "application/x-ndjson", **NOT_KEPT})
     await response.prepare(request)
     try:
         if first is not None:
