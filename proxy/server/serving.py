@@ -16,7 +16,8 @@ exposes no event for "a head was parsed" nor for "the connection's requests are 
 head, so bytes arriving then start one) and `_task_handler` (the task serving the connection,
 which ends after the request in progress, even once the client has left). A head
 that arrives whole in one read, the common case, arms no timer. The handler itself is aiohttp's,
-but for requests it cannot parse (see `Handler`).
+but for requests it cannot parse (see `Handler`) or whose framing HTTP/1.0 cannot carry
+(`framed_by_version`).
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ import os
 import resource
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
@@ -210,6 +212,34 @@ class Handler(RequestHandler):
         return response
 
 
+RequestHandlerFn = Callable[[BaseRequest], Awaitable[web.StreamResponse]]
+
+
+def framed_by_version(handler: RequestHandlerFn) -> RequestHandlerFn:
+    """`handler`, but an HTTP/1.0 request naming a Transfer-Encoding is refused and its
+    connection closed (RFC 9112 6.1: its framing is faulty, even beside a Content-Length).
+    HTTP/1.0 knows no chunks: a reader in front of the proxy takes such a body for none, and
+    the chunks for the next request, while aiohttp reads them as the body and serves what
+    follows on the connection. A plain function (no frame of its own per request)."""
+
+    def checked(request: BaseRequest) -> Awaitable[web.StreamResponse]:
+        if request.version < HttpVersion11 and hdrs.TRANSFER_ENCODING in request.headers:
+            return _faulty_framing()
+        return handler(request)
+
+    return checked
+
+
+async def _faulty_framing() -> web.StreamResponse:
+    log.info("malformed request refused", extra={"status": 400, "error": "TransferEncoding10"})
+    error = MalformedRequest(
+        "The request is not HTTP/1.1 the proxy can read (HTTP/1.0 with a Transfer-Encoding)."
+    )
+    response = web.Response(status=400, body=error.body(), content_type="application/json")
+    response.force_close()
+    return response
+
+
 def _refusal_bytes() -> bytes:
     error = TooManyConnections(
         "The proxy has reached its limit of open connections (--max-connections); retry later."
@@ -299,6 +329,7 @@ async def serve(app: web.Application, settings: Settings, *, reuse_port: bool) -
     await _preflight(app, settings)
     manager = runner.server
     assert manager is not None
+    manager.request_handler = framed_by_version(manager.request_handler)
     loop = asyncio.get_running_loop()
     # access_log=None turns aiohttp's access log off, as AppRunner's does; its annotation
     # names only a Logger.

@@ -512,3 +512,34 @@ def test_an_answer_of_unknown_length_to_an_http_1_0_client_ends_with_its_connect
     got = asyncio.run(ask())
     assert got.status == 200 and "content-length" not in got.headers
     assert got.body.endswith(b"[DONE]\n\n" if body is not None else b"}")
+
+
+@pytest.mark.parametrize("target", ["/v1/chat/completions", "/v1/files", "/elsewhere"])
+def test_an_http_1_0_request_in_chunks_is_refused_and_its_connection_closed(
+    start_proxy: ProxyFactory, sim: Sim, target: str
+) -> None:
+    """HTTP/1.0 has no chunked coding (RFC 9112 6.1: such framing is faulty). A reader in front
+    that knows it takes the body for empty and the chunks for the next request; the proxy read
+    them as the body, answered, and served the request smuggled after them."""
+    proxy = start_proxy()
+    body = orjson.dumps(valid_base("chat", "chunks-in-1.0"))
+    head = f"POST {target} HTTP/1.0\r\nAuthorization: {AUTH}\r\nConnection: keep-alive\r\n"
+    sent = head.encode() + b"Transfer-Encoding: chunked\r\n\r\n"
+    sent += b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    sent += b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: " + AUTH.encode()
+
+    async def ask() -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(sent + b"\r\n\r\n")
+        try:
+            async with asyncio.timeout(10):
+                return await reader.read()  # to the connection's end
+        finally:
+            writer.close()
+
+    head, _, rest = asyncio.run(ask()).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 400 ")
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    assert rest[length:] == b""  # nothing answered after it: the connection closed
+    assert orjson.loads(rest[:length])["error"]["code"] == "invalid_http"
+    assert sim.requests() == []
