@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from aiohttp import hdrs, web
-from aiohttp.http import HttpVersion11
+from aiohttp.http import HttpVersion, HttpVersion10, HttpVersion11
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
@@ -216,25 +216,30 @@ RequestHandlerFn = Callable[[BaseRequest], Awaitable[web.StreamResponse]]
 
 
 def framed_by_version(handler: RequestHandlerFn) -> RequestHandlerFn:
-    """`handler`, but an HTTP/1.0 request naming a Transfer-Encoding is refused and its
-    connection closed (RFC 9112 6.1: its framing is faulty, even beside a Content-Length).
-    HTTP/1.0 knows no chunks: a reader in front of the proxy takes such a body for none, and
-    the chunks for the next request, while aiohttp reads them as the body and serves what
-    follows on the connection. A plain function (no frame of its own per request)."""
+    """`handler`, for HTTP/1.1 and for HTTP/1.0 without a Transfer-Encoding; anything else is
+    refused and its connection closed. HTTP/1.0 knows no chunks (RFC 9112 6.1: such framing
+    is faulty): a reader in front of the proxy takes the body for none and the chunks for the
+    next request, while aiohttp reads them as the body and serves what follows on the
+    connection. Its parser also takes `HTTP/2.0` and `HTTP/0.9` request lines, which no reader
+    in front frames alike (nginx refuses them). A plain function: no frame of its own."""
 
     def checked(request: BaseRequest) -> Awaitable[web.StreamResponse]:
-        if request.version < HttpVersion11 and hdrs.TRANSFER_ENCODING in request.headers:
-            return _faulty_framing()
+        version = request.version
+        if version != HttpVersion11 and (
+            version != HttpVersion10 or hdrs.TRANSFER_ENCODING in request.headers
+        ):
+            return _refused(version)
         return handler(request)
 
     return checked
 
 
-async def _faulty_framing() -> web.StreamResponse:
-    log.info("malformed request refused", extra={"status": 400, "error": "TransferEncoding10"})
-    error = MalformedRequest(
-        "The request is not HTTP/1.1 the proxy can read (HTTP/1.0 with a Transfer-Encoding)."
-    )
+async def _refused(version: HttpVersion) -> web.StreamResponse:
+    why = f"HTTP/{version.major}.{version.minor}"
+    if version == HttpVersion10:
+        why += " with a Transfer-Encoding"
+    log.info("malformed request refused", extra={"status": 400, "error": why})
+    error = MalformedRequest(f"The request is not HTTP/1.1 the proxy can read ({why}).")
     response = web.Response(status=400, body=error.body(), content_type="application/json")
     response.force_close()
     return response
