@@ -145,7 +145,8 @@ class Sent:
         if "host" not in names and self.version == "HTTP/1.1":
             head.append("Host: 127.0.0.1")
         head += [f"{name}: {value}" for name, value in self.headers]
-        if "content-length" not in names and (self.body or self.method == "POST"):
+        framed = "content-length" in names or "transfer-encoding" in names
+        if not framed and (self.body or self.method == "POST"):
             head.append(f"Content-Length: {len(self.body)}")
         return ("\r\n".join(head) + "\r\n\r\n").encode("utf-8", "surrogateescape") + self.body
 
@@ -282,7 +283,11 @@ def generate(rnd: random.Random, count: int) -> list[Sent]:
         elif kind == 7:
             body = orjson.dumps({**valid_base(route, nonce), "stream": rnd.random() < 0.5})
             keep = [("Connection", "keep-alive")] if rnd.random() < 0.5 else []
-            out.append(Sent("POST", route, headers + keep, body, "HTTP/1.0", why="http/1.0"))
+            version = rnd.choice(["HTTP/1.0", "HTTP/1.0", "HTTP/2.0", "HTTP/0.9"])
+            if rnd.random() < 0.3:
+                keep.append(("Transfer-Encoding", "chunked"))
+                body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+            out.append(Sent("POST", route, headers + keep, body, version, why=version))
         elif kind == 8:
             body = {**valid_base(route, nonce), "stream": True}
             body["stream_options"] = rnd.choice([{"include_usage": True}, None, value(rnd)])
