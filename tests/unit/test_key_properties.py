@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.core.call import Asked, Call, prepare_with
-from proxy.core.canonical import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES
+from proxy.core.canonical import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, request_key
 from proxy.core.policy import CacheMode, CacheScope, Enforce
 from proxy.errors import ProxyError
 
@@ -400,3 +400,19 @@ def test_the_upstream_receives_every_parameter_the_client_sent(
         if name not in pinned:
             assert _tagged(sent[name]) == _tagged(value), name
     assert set(sent) - set(body) <= pinned
+
+
+parts = st.text(alphabet=st.sampled_from('a",:{}\\=&;?é\x00 '), max_size=6)
+
+
+@PROPS
+@given(st.tuples(parts, parts, parts, parts), st.tuples(parts, parts, parts, parts))
+def test_scope_namespace_query_and_vary_never_run_into_each_other(
+    a: tuple[str, str, str, str], b: tuple[str, str, str, str]
+) -> None:
+    """Each part is a field of its own, however it is spelled: no two different sets of
+    (scope, namespace, query, keyed headers' digest) share a key."""
+    body = base(CHAT, "hi")
+    first = request_key(CHAT, a[0], a[1], body, a[2], a[3])
+    second = request_key(CHAT, b[0], b[1], body, b[2], b[3])
+    assert (first == second) == (a == b)
