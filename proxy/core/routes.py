@@ -99,15 +99,27 @@ def azure_target(path: str, raw_path: str, query: str) -> tuple[str, str]:
 
 
 RESPONSES_LINEAGE = "@responses"
+EMBEDDINGS_LINEAGE = "@embeddings"
+_APART = {RESPONSES: RESPONSES_LINEAGE, EMBEDDINGS: EMBEDDINGS_LINEAGE}
 
 
 def lineage(model: str, route: str) -> str:
     """The name a model's fingerprints are tracked under on `route`. The Responses API
-    reports no fingerprint where chat reports one for the same model: tracked together, each
-    answer of one would look like a rotation away from the other's, and under `follow` the two
-    would evict each other's answers. So the Responses API keeps a history of its own.
+    reports no fingerprint where chat reports one for the same model, nor do embeddings
+    (whose model a local server or gateway may also chat with): tracked together, each answer
+    of one would look like a rotation away from the other's, and under `follow` the two would
+    evict each other's answers, one tenant's embeddings another's chats. So each keeps a
+    history of its own.
     On a per-deployment route the deployment answers, not the body's `model` (Azure does not
     read it): tracked under that name, any caller could make one deployment's fingerprint
     another's current one, and every stored answer of that one a miss."""
     model = deployment_of(route) or model
-    return model + RESPONSES_LINEAGE if model and kind(route) == RESPONSES else model
+    return model + _APART.get(kind(route), "") if model else model
+
+
+def model_of(lineage: str) -> str:
+    """The model a lineage tracks (`lineage` without its route's suffix)."""
+    for suffix in _APART.values():
+        if lineage.endswith(suffix):
+            return lineage.removesuffix(suffix)
+    return lineage

@@ -139,7 +139,7 @@ async def _answers(
         return {}
     any_wanted = set().union(*wanted.values())
     found: dict[str, dict[str, dict[str, str]]] = {}
-    selected = None if model is None else model.removesuffix(routes.RESPONSES_LINEAGE)
+    selected = None if model is None else routes.model_of(model)
     async for key, fingerprint, value in services.store.entries(Selector(model=selected)):
         if not budget.read():
             break

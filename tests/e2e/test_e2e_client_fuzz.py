@@ -599,3 +599,26 @@ def test_a_request_in_chunks_its_version_cannot_carry_is_refused_and_its_connect
     assert rest[length:] == b""  # nothing answered after it: the connection closed
     assert orjson.loads(rest[:length])["error"]["code"] == "invalid_http"
     assert sim.requests() == []
+
+
+def test_embeddings_of_a_model_never_turn_its_chats_into_misses(start_proxy: ProxyFactory) -> None:
+    """A server that both chats and embeds with one model reports a fingerprint on chats and
+    none on embeddings. Tracked as one history, each embedding (any tenant's) was a rotation:
+    under `follow`, every stored chat answer of the model stopped being served."""
+    proxy = start_proxy()
+    chat = Sent("POST", CACHED[0], HEADERS, orjson.dumps(valid_base("chat", "thrash")))
+    embed = orjson.dumps({"model": "gpt-4o-mini", "input": "thrash"})
+    other = [("Authorization", "Bearer sk-other"), ("Content-Type", "application/json")]
+    embedding = Sent("POST", "/v1/embeddings", other, embed)
+    ports = Ports(proxy.port, proxy.port)
+
+    async def run() -> list[str | None]:
+        seen = []
+        for sent in (chat, embedding, chat, embedding, chat):
+            got = (await exchange(ports, [sent]))[0]
+            assert got.status == 200
+            seen.append(got.headers.get("x-repro-cache"))
+        return seen
+
+    assert asyncio.run(run()) == ["MISS", "MISS", "HIT", "HIT", "HIT"]
+    assert proxy.metric("repro_fingerprint_changes_total", model="gpt-4o-mini") <= 1

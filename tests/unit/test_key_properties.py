@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from proxy.core import routes
 from proxy.core.call import Asked, Call, prepare_with
 from proxy.core.canonical import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, request_key
 from proxy.core.policy import CacheMode, CacheScope, Enforce
@@ -416,3 +417,16 @@ def test_scope_namespace_query_and_vary_never_run_into_each_other(
     first = request_key(CHAT, a[0], a[1], body, a[2], a[3])
     second = request_key(CHAT, b[0], b[1], body, b[2], b[3])
     assert (first == second) == (a == b)
+
+
+def test_embeddings_keep_a_fingerprint_history_apart_from_chat() -> None:
+    """Embeddings carry no fingerprint; a server that chats with the same model reports one.
+    Tracked together, each embedding's answer was a rotation away from the chats' fingerprint,
+    and under `follow` every stored chat answer of the model a miss, whoever asked."""
+    chat = prepared(Rules(), CHAT, raw_of(base(CHAT, "hi")))
+    embedding = prepared(Rules(), EMBEDDINGS, raw_of({**base(EMBEDDINGS, "hi"), "model": "m"}))
+    responses = prepared(Rules(), RESPONSES, raw_of({**base(RESPONSES, "hi"), "model": "m"}))
+    assert chat is not None and embedding is not None and responses is not None
+    lineages = {chat.lineage, embedding.lineage, responses.lineage}
+    assert lineages == {"gpt-4o-mini", "m@embeddings", "m@responses"}
+    assert {routes.model_of(lineage) for lineage in lineages} == {"gpt-4o-mini", "m"}
