@@ -128,6 +128,12 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
     model = named if isinstance(named, str) else routes.deployment_of(route)
     lineage = routes.lineage(model, route)
     keyed_query, in_query = split_query(asked.query)
+    if in_query and ";" in asked.query:
+        raise InvalidParameter(
+            "The query carries a credential and separates parameters with ';', which servers "
+            "read two ways (some split at it, some do not): separate them with '&' alone.",
+            "query",
+        )
     vary = vary_of(asked.headers, in_query, shared)
     key, respelled = canonical.keyed(route, scope, namespace, seeded.body, keyed_query, vary)
     return Call(

@@ -672,3 +672,28 @@ def test_embeddings_of_a_model_never_turn_its_chats_into_misses(start_proxy: Pro
 
     assert asyncio.run(run()) == ["MISS", "MISS", "HIT", "HIT", "HIT"]
     assert proxy.metric("repro_fingerprint_changes_total", model="gpt-4o-mini") <= 1
+
+
+def test_a_query_that_hides_its_api_version_from_azure_never_gets_anothers_answer(
+    start_proxy: ProxyFactory, sim: Sim
+) -> None:
+    """Azure splits a query at `&` alone: `foo=1;api-version=V&api-key=K` names no api-version
+    there (the upstream refuses it). Keyed without its credential, cut at `;` too, it read as
+    `foo=1&api-version=V` and was served that request's stored answer."""
+    proxy = start_proxy(upstream=sim.url)
+    route = "/openai/deployments/dep-1/chat/completions"
+    body = orjson.dumps(valid_base("chat", "semicolon"))
+    ports = Ports(proxy.port, proxy.port)
+
+    def ask(query: str) -> Sent:
+        return Sent("POST", f"{route}?{query}", HEADERS, body, why="query")
+
+    async def run() -> tuple[Got, Got]:
+        first = (await exchange(ports, [ask("foo=1&api-version=2024-10-21&api-key=K")]))[0]
+        hidden = (await exchange(ports, [ask("foo=1;api-version=2024-10-21&api-key=K")]))[0]
+        return first, hidden
+
+    first, hidden = asyncio.run(run())
+    assert first.status == 200
+    assert hidden.status == 400 and hidden.headers.get("x-repro-cache") != "HIT"
+    assert hidden.error()["code"] == "invalid_value"

@@ -430,3 +430,26 @@ def test_embeddings_keep_a_fingerprint_history_apart_from_chat() -> None:
     lineages = {chat.lineage, embedding.lineage, responses.lineage}
     assert lineages == {"gpt-4o-mini", "m@embeddings", "m@responses"}
     assert {routes.model_of(lineage) for lineage in lineages} == {"gpt-4o-mini", "m"}
+
+
+@pytest.mark.parametrize(
+    ("route", "query"),
+    [
+        (AZURE_CHAT, "foo=1;api-version=2024-06-01&api-key=K"),
+        (CHAT, "a=1;key=K&b=2"),
+        (CHAT, "key=K;a=1"),
+    ],
+)
+def test_a_query_whose_credential_readers_cut_out_differently_is_refused(
+    route: str, query: str
+) -> None:
+    """The key names the query without its credential parameters, cut at `&` and `;`. A
+    server splitting at `&` alone reads `foo=1;api-version=…` as one `foo` (and no
+    api-version): keyed as `foo=1&api-version=…`, it got the answer of a request that names
+    an api-version, one the upstream would have refused."""
+    other = query.replace(";", "&")
+    raw = raw_of(base(CHAT, "hi"))
+    plain = prepared(Rules(), route, raw, query=other)
+    assert plain is not None
+    assert prepared(Rules(), route, raw, query=query) is None
+    assert prepared(Rules(), route, raw, query=query.replace("key=K", "x=1")) is not None
