@@ -6,6 +6,7 @@
      │    └── InvalidType              400  invalid_type (a parameter the proxy acts on)
      ├── InvalidPath                   400  invalid_path (a pass-through path leaving /v1/)
      ├── InvalidHeader                 400  invalid_header (a value not in Latin-1)
+     │    └── ExpectationFailed        417  invalid_header (an Expect besides 100-continue)
      ├── InvalidHost                   400  invalid_host (a Host that names no host)
      ├── HostNotAllowed                403  host_not_allowed (--allowed-host)
      ├── RequestTimeout                408  request_timeout (a body that went silent)
@@ -94,6 +95,12 @@ class InvalidHeader(ProxyError):
     status = 400
     code = "invalid_header"
     type = "invalid_request_error"
+
+
+class ExpectationFailed(InvalidHeader):
+    """An `Expect` other than 100-continue (RFC 9110 10.1.1)."""
+
+    status = 417
 
 
 class InvalidHost(ProxyError):

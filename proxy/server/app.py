@@ -31,7 +31,7 @@ from proxy.server.context import SERVICES, Services, entry_memo
 from proxy.server.dictionary import Dictionaries
 from proxy.server.fingerprints import FingerprintTracker
 from proxy.server.keycheck import KeyChecker
-from proxy.server.observed import observed
+from proxy.server.observed import expect, observed
 from proxy.server.offload import Offload
 from proxy.server.probe import Prober
 from proxy.server.secret import Secret
@@ -71,28 +71,29 @@ def create_app(
     app = web.Application(client_max_size=settings.max_body, handler_args=bodies.HANDLER_ARGS)
     metrics = Metrics(registry or CollectorRegistry(), multiprocess_dir)
     app.cleanup_ctx.append(_services(settings, store, metrics, clock, environ, on_miss))
+    router = app.router  # each route answers `Expect` in our shape (`expect`)
     for route in cacheable_routes():
-        app.router.add_post(route, observed(handlers.cacheable, route))
+        router.add_post(route, observed(handlers.cacheable, route), expect_handler=expect)
     for route in ("/v1/responses/{id}", AZURE_V1 + "responses/{id}", AZURE_RESPONSES + "/{id}"):
-        app.router.add_get(route, observed(responses.by_id, route))
-        app.router.add_delete(route, observed(responses.delete_by_id, route))
-    app.router.add_route("*", "/v1/{tail:.*}", observed(handlers.passthrough, PASSTHROUGH_ROUTE))
-    app.router.add_route(
-        "*", "/openai/{tail:.*}", observed(handlers.passthrough, AZURE_PASSTHROUGH_ROUTE)
-    )
-    app.router.add_get("/healthz", observed(handlers.healthz))
-    app.router.add_get("/readyz", observed(handlers.readyz))
-    app.router.add_get("/metrics", observed(handlers.metrics))
-    app.router.add_get("/admin/fingerprints", observed(admin.admin_fingerprints))
-    app.router.add_get("/admin/stats", observed(admin.admin_stats))
-    app.router.add_post("/admin/purge", observed(admin.admin_purge))
-    app.router.add_get("/admin/export", observed(transfer.admin_export))
-    app.router.add_post("/admin/import", observed(transfer.admin_import))
-    app.router.add_get("/admin/rotations", observed(rotations.admin_rotations))
-    app.router.add_get("/admin/ui", observed(ui.admin_ui))
-    app.router.add_post("/admin/ui/login", observed(ui.ui_login))
-    app.router.add_post("/admin/ui/logout", observed(ui.ui_logout))
-    app.router.add_get("/admin/ui/static/{name}", observed(ui.ui_static))
+        router.add_get(route, observed(responses.by_id, route), expect_handler=expect)
+        router.add_delete(route, observed(responses.delete_by_id, route), expect_handler=expect)
+    passing = observed(handlers.passthrough, PASSTHROUGH_ROUTE)
+    router.add_route("*", "/v1/{tail:.*}", passing, expect_handler=expect)
+    passing = observed(handlers.passthrough, AZURE_PASSTHROUGH_ROUTE)
+    router.add_route("*", "/openai/{tail:.*}", passing, expect_handler=expect)
+    router.add_get("/healthz", observed(handlers.healthz), expect_handler=expect)
+    router.add_get("/readyz", observed(handlers.readyz), expect_handler=expect)
+    router.add_get("/metrics", observed(handlers.metrics), expect_handler=expect)
+    router.add_get("/admin/fingerprints", observed(admin.admin_fingerprints), expect_handler=expect)
+    router.add_get("/admin/stats", observed(admin.admin_stats), expect_handler=expect)
+    router.add_post("/admin/purge", observed(admin.admin_purge), expect_handler=expect)
+    router.add_get("/admin/export", observed(transfer.admin_export), expect_handler=expect)
+    router.add_post("/admin/import", observed(transfer.admin_import), expect_handler=expect)
+    router.add_get("/admin/rotations", observed(rotations.admin_rotations), expect_handler=expect)
+    router.add_get("/admin/ui", observed(ui.admin_ui), expect_handler=expect)
+    router.add_post("/admin/ui/login", observed(ui.ui_login), expect_handler=expect)
+    router.add_post("/admin/ui/logout", observed(ui.ui_logout), expect_handler=expect)
+    router.add_get("/admin/ui/static/{name}", observed(ui.ui_static), expect_handler=expect)
     return app
 
 

@@ -6,10 +6,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11
 from multidict import CIMultiDictProxy
 
-from proxy.errors import InvalidBody, InvalidHeader, ProxyError, UpstreamError
+from proxy.errors import (
+    ExpectationFailed,
+    InvalidBody,
+    InvalidHeader,
+    ProxyError,
+    UpstreamError,
+)
 from proxy.server.context import SERVICES, Services
 from proxy.server.hostcheck import check_host
 from proxy.upstream.headers import framing_error
@@ -118,6 +125,24 @@ def _where(request: web.Request) -> str:
     """The route a request matched, as the router names it (`/v1/{tail}`): a path is the
     client's to write, a few KiB of anything, and must not reach a log line at warning."""
     return request.match_info.route.resource.canonical if request.match_info.route.resource else "?"
+
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+async def expect(request: web.Request) -> web.StreamResponse | None:
+    """aiohttp's handling of `Expect` on every route of ours, but an expectation other than
+    100-continue is refused in OpenAI's shape, quoting none of it: aiohttp's own 417 is plain
+    text echoing the header's value. HTTP/1.0 knows no expectations: ignored, as aiohttp does."""
+    if request.version != HttpVersion11:
+        return None
+    if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
+        await request.writer.write(CONTINUE)
+        request.writer.output_size = 0  # the interim answer is not the answer's first byte
+        return None
+    return _error_response(
+        ExpectationFailed("The proxy meets no expectation but 100-continue.", "Expect")
+    )
 
 
 def _error_response(exc: ProxyError) -> web.Response:

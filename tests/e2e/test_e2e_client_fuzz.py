@@ -298,7 +298,8 @@ def generate(rnd: random.Random, count: int) -> list[Sent]:
             body = orjson.dumps(valid_base(route, nonce))
             odd = rnd.choice(
                 [
-                    [("Expect", "100-continue")], [("Content-Length", str(len(body)))] * 2,
+                    [("Expect", "100-continue")], [("Expect", "x<y>")],
+                    [("Content-Length", str(len(body)))] * 2,
                     [("Content-Type", "application/json")] * 2, [("X-Repro-Namespace", "é" * 300)],
                     [("api-key", "sk-fuzz")], [("x-api-key", "k"), ("api-key", "k")],
                     [("Connection", "close")], [("Connection", "Authorization")],
@@ -697,3 +698,22 @@ def test_a_query_that_hides_its_api_version_from_azure_never_gets_anothers_answe
     assert first.status == 200
     assert hidden.status == 400 and hidden.headers.get("x-repro-cache") != "HIT"
     assert hidden.error()["code"] == "invalid_value"
+
+
+@pytest.mark.parametrize("target", ["/v1/chat/completions", "/v1/models", "/openai/responses"])
+def test_an_expectation_besides_100_continue_is_refused_in_openai_shape(
+    start_proxy: ProxyFactory, sim: Sim, target: str
+) -> None:
+    """aiohttp answered it itself, in plain text echoing the header (`Unknown Expect: …`), on
+    the proxy's own routes; 100-continue still gets its interim answer first."""
+    proxy = start_proxy()
+    body = orjson.dumps(valid_base("chat", "expect"))
+    ports = Ports(proxy.port, proxy.port)
+    refused = Sent("POST", target, [*HEADERS, ("Expect", "<b>sk-echo</b>")], body)
+    ok = Sent("POST", CACHED[0], [*HEADERS, ("Expect", "100-Continue")], body)
+    got, fine = asyncio.run(exchange(ports, [refused])), asyncio.run(exchange(ports, [ok]))
+    assert got[0].status == 417 and b"sk-echo" not in got[0].body
+    check(refused, got[0])
+    assert got[0].error()["code"] == "invalid_header"
+    assert fine[0].status == 200
+    assert [r["path"] for r in sim.requests()] == [CACHED[0]]
