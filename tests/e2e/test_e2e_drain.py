@@ -89,6 +89,20 @@ async def read_by(proxy: Proxy) -> None:
         assert response.status == 200
 
 
+async def refused(proxy: Proxy) -> None:
+    """Until the proxy refuses new connections (at most 10 s): it has begun to stop."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        except ConnectionRefusedError:
+            return
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.sleep(0.05)
+    raise AssertionError("the proxy still accepts connections")
+
+
 async def exit_status(proxy: Proxy, within: float = EXIT_WITHIN) -> int:
     return await asyncio.to_thread(proxy.proc.wait, within)
 
@@ -125,9 +139,6 @@ async def test_a_whole_miss_in_flight_is_answered_and_stored_in_redis(
     assert orjson.loads(got.body)["choices"][0]["finish_reason"] == "stop"
     assert got.headers["Connection"] == "close"  # the client must not reuse it
     assert await exit_status(proxy) == 0
-    await logged(log, '"stopping: every request finished","requests":1')
-    await logged(log, '"msg":"stopped"')
-    clean(log)
 
     sim.settings(latency=0.0)
     successor = start_proxy("--store", redis_url)
@@ -136,6 +147,9 @@ async def test_a_whole_miss_in_flight_is_answered_and_stored_in_redis(
     assert again.headers["X-Repro-Cache"] == "HIT"
     assert again.body == got.body
     assert len(chats(sim)) == 1
+    await logged(log, '"stopping: every request finished","requests":1')
+    await logged(log, '"msg":"stopped"')
+    clean(log)
 
 
 async def test_a_stream_in_flight_runs_to_its_end_and_is_stored_in_redis(
@@ -158,8 +172,6 @@ async def test_a_stream_in_flight_runs_to_its_end_and_is_stored_in_redis(
     assert streamed.endswith(b"data: [DONE]\n\n")
     assert streamed.count(b"data: ") > 10  # many chunks came after the signal
     assert await exit_status(proxy) == 0
-    await logged(log, '"stopping: every request finished","requests":1')
-    clean(log)
 
     successor = start_proxy("--store", redis_url)
     async with (
@@ -169,6 +181,8 @@ async def test_a_stream_in_flight_runs_to_its_end_and_is_stored_in_redis(
         assert again.headers["X-Repro-Cache"] == "HIT"
         assert await again.read() == streamed
     assert len(chats(sim)) == 1
+    await logged(log, '"stopping: every request finished","requests":1')
+    clean(log)
 
 
 def server_socket(pid: int, client_port: int) -> str | None:
@@ -221,7 +235,6 @@ async def test_the_answer_of_a_client_that_left_is_stored_before_exit(
     assert gone is None  # the proxy has seen its client leave
     proxy.proc.send_signal(signal.SIGTERM)
     assert await exit_status(proxy) == 0
-    await logged(log, '"stopping: every request finished","requests":1')
 
     sim.settings(latency=0.0)
     successor = start_proxy("--store", redis_url)
@@ -229,6 +242,7 @@ async def test_the_answer_of_a_client_that_left_is_stored_before_exit(
         again = await ask(session, successor, "left before sigterm")
     assert again.headers["X-Repro-Cache"] == "HIT"
     assert len(chats(sim)) == 1
+    await logged(log, '"stopping: every request finished","requests":1')
     clean(log)
 
 
@@ -273,7 +287,7 @@ async def test_coalesced_followers_and_a_passthrough_in_flight_are_answered(
         await asyncio.wait_for(sent_half.wait(), 10)
         await read_by(proxy)
         proxy.proc.send_signal(signal.SIGTERM)
-        await logged(log, '"stopping: draining requests in flight"')
+        await refused(proxy)  # the drain has begun
         go_on.set()
         answers = await asyncio.gather(*asked)
         assert await uploading == (200, len(upload))
@@ -305,7 +319,7 @@ def test_a_held_passthrough_answer_is_relayed_whole(tmp_path: Path) -> None:
                     lambda: upstream.received, lambda r: any("held" in x.request_line for x in r)
                 )
                 proxy.proc.send_signal(signal.SIGTERM)
-                settled(log.read_text, lambda t: "stopping: draining" in t)
+                asyncio.run(refused(proxy))  # the drain has begun
                 release.set()
                 answer = b""
                 while chunk := sock.recv(65536):
@@ -458,7 +472,7 @@ async def test_a_second_signal_to_the_supervisor_cuts_every_worker_short(
     asked = [asyncio.create_task(fresh(proxy, f"hung {n}")) for n in range(4)]
     await arrived(sim, 4)
     proxy.proc.send_signal(signal.SIGTERM)
-    await logged(log, '"msg":"stopping: draining requests in flight"', count=2)
+    await refused(proxy)  # by every worker: each has begun its drain
     signalled = time.monotonic()
     proxy.proc.send_signal(signal.SIGTERM)
     assert await exit_status(proxy, within=10) == 0
