@@ -367,11 +367,10 @@ async def drain(manager: web.Server, timeout: float, cut: asyncio.Event) -> None
     """Let the requests in flight finish, as nginx's graceful stop does: idle keep-alive
     connections are closed now, each busy one after its answer (a whole answer, or a stream to
     its end, stored as usual; its client may have left), for at most `timeout` seconds or until
-    `cut` is set; the requests left then are cancelled. aiohttp's own shutdown keeps idle
-    connections open until every request has ended, and stops reading the others, so that a
-    request whose body was still arriving waits for it until cut; and a stuck upstream must not
-    keep the process alive past an orchestrator's grace period, which then kills it without a
-    word (aiohttp would wait 60 s, twice)."""
+    `cut` is set; the requests left then are cancelled. aiohttp's own shutdown stops reading
+    every connection at once, so that a request whose body was still arriving waits for it
+    until cut; and a stuck upstream must not keep the process alive past an orchestrator's
+    grace period, which then kills it without a word (aiohttp would wait 60 s, twice)."""
     loop = asyncio.get_running_loop()
     began = loop.time()
     connections = manager.connections

@@ -174,11 +174,10 @@ def supervise(settings: Settings) -> int:
 
 
 def _terminate(workers: Sequence[BaseProcess]) -> None:
-    """SIGTERM to each worker started; one that has exited is a zombie until joined, so its
-    pid is still its own."""
+    """SIGTERM to each worker alive (the pid of one reaped may be another process's now)."""
     for worker in workers:
-        if worker.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
+        if worker.is_alive() and worker.pid is not None:
+            with contextlib.suppress(ProcessLookupError):  # it exited since
                 os.kill(worker.pid, signal.SIGTERM)
 
 
