@@ -76,6 +76,7 @@ class Settings:
     body_timeout: float = 60.0
     send_timeout: float = 60.0
     keepalive_timeout: float = 75.0
+    shutdown_timeout: float = 25.0
     max_connections: int | None = None
     stream_disconnect: StreamDisconnect = StreamDisconnect.FINISH
     cassette: str | None = None

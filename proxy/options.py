@@ -342,6 +342,14 @@ OPTIONS = (
         "seconds an idle keep-alive client connection stays open",
     ),
     Option(
+        "shutdown_timeout",
+        "REPRO_SHUTDOWN_TIMEOUT",
+        "25",
+        values.seconds,
+        "seconds requests in flight at SIGTERM have to finish before they are cut (a second "
+        "SIGTERM or SIGINT cuts them at once)",
+    ),
+    Option(
         "max_connections",
         "REPRO_MAX_CONNECTIONS",
         "auto",

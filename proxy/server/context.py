@@ -55,6 +55,15 @@ def entry_memo(local_bytes: int = 0) -> EntryMemo:
     return EntryMemo(MEMO_ITEMS, budget)
 
 
+@dataclass(slots=True)
+class Lifecycle:
+    """Set once the process is told to stop (see serving.drain): `/readyz` then answers 503 so
+    that a load balancer still asking on an open connection routes elsewhere, and every answer
+    closes its connection, so that no client reuses one the proxy is about to close."""
+
+    stopping: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class Services:
     settings: Settings
@@ -84,6 +93,7 @@ class Services:
     held: LRU[str, float] = field(default_factory=lambda: LRU(MEMO_ITEMS))
     offload: Offload = field(default_factory=Offload)
     guesses: Guesses = field(default_factory=Guesses)  # wrong admin tokens per address
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
 
 
 SERVICES = web.AppKey("services", Services)

@@ -341,12 +341,21 @@ def only_if_cached(request: web.Request) -> bool:
     return parse_cache_control(cache_control).only_if_cached
 
 
+STOPPING = "shutting down"
+"""/readyz's reason while the process drains its requests before it exits."""
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"}, dumps=_dumps)
 
 
 async def readyz(request: web.Request) -> web.Response:
-    store = request.app[SERVICES].store
+    services = request.app[SERVICES]
+    if services.lifecycle.stopping:
+        return web.json_response(
+            {"status": "unavailable", "reason": STOPPING}, status=503, dumps=_dumps
+        )
+    store = services.store
     try:
         await store.ping()
     except StoreError as exc:

@@ -17,7 +17,9 @@ head, so bytes arriving then start one) and `_task_handler` (the task serving th
 which ends after the request in progress, even once the client has left). A head
 that arrives whole in one read, the common case, arms no timer. The handler itself is aiohttp's,
 but for requests it cannot parse (see `Handler`) or whose framing HTTP/1.0 cannot carry
-(`framed_by_version`).
+(`framed_by_version`). `drain` reads two more, `_request_in_progress` and `_messages`, to tell
+a connection with a request in flight from an idle one, and sets `_handler_waiter`, the future
+aiohttp's own shutdown has it set when its request ends.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import resource
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 from aiohttp import hdrs, web
@@ -323,13 +325,25 @@ def announce(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-async def serve(app: web.Application, settings: Settings, *, reuse_port: bool) -> None:
-    """Serve `app` until SIGINT or SIGTERM, then close connections as aiohttp's run_app does."""
+async def serve(
+    app: web.Application,
+    settings: Settings,
+    *,
+    reuse_port: bool,
+    signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM),
+) -> None:
+    """Serve `app` until one of `signals`, then drain (see `drain`) and close."""
     descriptors = raise_descriptor_limit()
     cap = connection_cap(settings.max_connections, descriptors)
     gate = Gate(cap, settings.header_timeout, settings.send_timeout)
     keepalive = settings.keepalive_timeout
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, keepalive_timeout=keepalive)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        keepalive_timeout=keepalive,
+        shutdown_timeout=CUT_GRACE,  # what is left after `drain` is cut
+    )
     await runner.setup()
     await _preflight(app, settings)
     manager = runner.server
@@ -346,9 +360,9 @@ async def serve(app: web.Application, settings: Settings, *, reuse_port: bool) -
         keepalive_timeout=keepalive,
         **bodies.HANDLER_ARGS,
     )
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    told = Signals()
+    for sig in signals:
+        loop.add_signal_handler(sig, told.received)
     try:
         server = await loop.create_server(
             lambda: Guard(factory, gate),
@@ -358,10 +372,92 @@ async def serve(app: web.Application, settings: Settings, *, reuse_port: bool) -
             backlog=BACKLOG,
         )
         _listening(settings, server.sockets[0].getsockname()[1], gate, descriptors)
-        await stop.wait()
-        server.close()
+        await told.first.wait()
+        app[SERVICES].lifecycle.stopping = True
+        server.close()  # new connections are refused from now on
+        await asyncio.sleep(0)  # a request that has arrived is read, not taken for idleness
+        await drain(manager, settings.shutdown_timeout, told.second)
     finally:
         await runner.cleanup()
+    log.info("stopped", extra={"pid": os.getpid()})
+
+
+CUT_GRACE = 1.0
+"""Seconds a request cut at the end of the drain has to unwind (its fill lock released)."""
+
+
+@dataclass(slots=True)
+class Signals:
+    """The first stop signal starts the drain; a second one cuts it short."""
+
+    first: asyncio.Event = field(default_factory=asyncio.Event)
+    second: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def received(self) -> None:
+        if self.first.is_set():
+            self.second.set()
+        self.first.set()
+
+
+async def drain(manager: web.Server, timeout: float, cut: asyncio.Event) -> None:
+    """Let the requests in flight finish, as nginx's graceful stop does: idle keep-alive
+    connections are closed now, each busy one after its answer (a whole answer, or a stream to
+    its end, stored as usual; its client may have left), for at most `timeout` seconds or until
+    `cut` is set; the requests left then are cancelled. aiohttp's own shutdown stops reading
+    every connection at once, so that a request whose body was still arriving waits for it
+    until cut; and a stuck upstream must not keep the process alive past an orchestrator's
+    grace period, which then kills it without a word (aiohttp would wait 60 s, twice)."""
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    connections = manager.connections
+    answered: dict[RequestHandler, asyncio.Future[None]] = {}
+    for handler in connections:
+        if not _asked(handler):
+            handler.force_close()
+            continue
+        # aiohttp's own signal that the connection's request has ended (set by its shutdown)
+        done = handler._handler_waiter = loop.create_future()
+        done.add_done_callback(functools.partial(_ended, handler))
+        answered[handler] = done
+    log.info(
+        "stopping: draining requests in flight",
+        extra={"requests": len(answered), "connections": len(connections), "timeout": timeout},
+    )
+    if answered and timeout > 0:
+        waiting = asyncio.ensure_future(asyncio.wait(answered.values()))
+        cutting = asyncio.ensure_future(cut.wait())
+        try:
+            await asyncio.wait(
+                {waiting, cutting}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            waiting.cancel()
+            cutting.cancel()
+    took = round(loop.time() - began, 3)
+    left = [handler for handler, done in answered.items() if not done.done()]
+    if not left:
+        log.info(
+            "stopping: every request finished", extra={"requests": len(answered), "seconds": took}
+        )
+        return
+    why = "a second signal" if cut.is_set() else "--shutdown-timeout"
+    log.warning("stopping: requests cut", extra={"requests": len(left), "by": why, "seconds": took})
+    tasks = [h._task_handler for h in left if h._task_handler is not None]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=CUT_GRACE)
+
+
+def _asked(handler: RequestHandler) -> bool:
+    """A request is being served on the connection, or has arrived and waits its turn."""
+    return handler._request_in_progress or bool(handler._messages)
+
+
+def _ended(handler: RequestHandler, _: object) -> None:
+    """Its request answered, the connection ends as after a `Connection: close` request (this
+    only marks it; aiohttp's loop closes it once the answer is out)."""
+    handler.close()
 
 
 async def _preflight(app: web.Application, settings: Settings) -> None:

@@ -10,6 +10,7 @@ to stop or when one of them dies, so an orchestrator sees one process that lives
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import gc
 import logging
@@ -42,7 +43,9 @@ START_FAILED = 2
 """The exit status of a start refused for a setting, as for any other setting refused."""
 STARTING = (CassetteError, StoreUnusable, OSError)
 """What a process that cannot serve with its settings raises: each is one line naming one."""
-STOP_GRACE = 10.0
+STOP_MARGIN = 10.0
+"""Seconds a worker has beyond --shutdown-timeout to close (its store, the cassette) before it
+is killed."""
 # Allocations between two young collections of the cyclic GC (CPython's default is 700).
 GC_YOUNG_THRESHOLD = 10_000
 PR_SET_PDEATHSIG = 1  # prctl(2)
@@ -57,13 +60,18 @@ def run(
 ) -> None:
     """Serve in this process until SIGINT or SIGTERM; a worker is given its supervisor's
     metrics directory, never one found in the environment, and stops when the supervisor dies."""
+    signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
     if supervisor is not None:
         die_with(supervisor)
+        # Ctrl-C in a terminal signals the whole group: a worker waits for the supervisor's
+        # SIGTERM, so that one key press is one stop signal, not two (a second cuts the drain).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signals = (signal.SIGTERM,)
     logs.configure(settings.log_level)
     uvloop.install()
     tune_collector()
     app = create_app(settings, multiprocess_dir=multiprocess_dir)
-    asyncio.run(serving.serve(app, settings, reuse_port=reuse_port))
+    asyncio.run(serving.serve(app, settings, reuse_port=reuse_port, signals=signals))
 
 
 def start_failure(settings: Settings, exc: BaseException) -> str:
@@ -136,7 +144,11 @@ def supervise(settings: Settings) -> int:
     stopping = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
+        """The first signal stops the workers once this loop sees it; a second is passed on
+        at once, cutting their drain short."""
         nonlocal stopping
+        if stopping:
+            _terminate(workers)
         stopping = True
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -150,7 +162,7 @@ def supervise(settings: Settings) -> int:
         refused = None if stopping or failures.empty() else failures.get()
         if refused is None and failed:
             log.error("a worker died: stopping the others")
-        _stop(workers)
+        _stop(workers, settings.shutdown_timeout + STOP_MARGIN)
         if refused is not None:
             print(f"repro-proxy: {refused}", file=sys.stderr)
             return START_FAILED
@@ -161,11 +173,19 @@ def supervise(settings: Settings) -> int:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _stop(workers: Sequence[BaseProcess]) -> None:
+def _terminate(workers: Sequence[BaseProcess]) -> None:
+    """SIGTERM to each worker alive (the pid of one reaped may be another process's now)."""
     for worker in workers:
         if worker.is_alive() and worker.pid is not None:
-            os.kill(worker.pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE
+            with contextlib.suppress(ProcessLookupError):  # it exited since
+                os.kill(worker.pid, signal.SIGTERM)
+
+
+def _stop(workers: Sequence[BaseProcess], grace: float) -> None:
+    """Each worker drains its requests (see serving.drain) and exits; one still alive after
+    `grace` seconds is killed."""
+    _terminate(workers)
+    deadline = time.monotonic() + grace
     for worker in workers:
         worker.join(max(0.0, deadline - time.monotonic()))
         if worker.is_alive():

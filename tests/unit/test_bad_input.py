@@ -51,6 +51,7 @@ WRONG = {
     "body_timeout": "",
     "send_timeout": "-1",
     "keepalive_timeout": "forever",
+    "shutdown_timeout": "-5",
     "max_connections": "lots",
     "stream_disconnect": "abort",
     "workers": "0",

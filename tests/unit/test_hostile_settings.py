@@ -47,7 +47,7 @@ def refused(option: Option, text: str, *, env: bool) -> str:
 
 
 def test_the_numeric_settings_are_all_here() -> None:
-    assert len(NUMBERS) == 26
+    assert len(NUMBERS) == 27
     assert {"port", "ttl", "max_body", "upstream_timeout", "workers"} <= set(NUMBERS)
 
 
