@@ -147,7 +147,9 @@ def test_connections_beyond_the_cap_get_a_503_in_openai_shape_and_are_closed(
     proxy = start_proxy("--max-connections", "2", "--header-timeout", "30")
     held = [connect(proxy), connect(proxy)]
     try:
-        time.sleep(0.3)
+        for sock in held:  # answered, so accepted and counted; then idle on keep-alive
+            sock.sendall(HEALTHZ)
+            assert read_answer(sock).startswith(b"HTTP/1.1 200")
         with connect(proxy) as extra:
             extra.sendall(HEALTHZ)
             answer = read_answer(extra)
