@@ -36,7 +36,7 @@ from typing import Any
 
 import orjson
 
-from proxy.core.entry import fingerprint_of, is_answer, usage_of
+from proxy.core.entry import fingerprint_of, is_answer, is_objects, usage_of
 
 _DONE = b"[DONE]"
 # Two line ends in a row, a blank line, whatever ends each (CRLF, LF or CR): a CRLF's LF
@@ -335,9 +335,12 @@ class StreamRecorder:
         self._read_claim(event)
         if isinstance(event.get("usage"), dict):
             self.prompt_tokens, self.completion_tokens = usage_of(event)
-        for choice in event.get("choices") or ():
-            if isinstance(choice, dict):
-                self._read_choice(choice)
+        choices = event.get("choices")
+        if not is_objects(choices):
+            self.failed = True  # every chunk carries its list of choices, as the SDK reads it
+            return
+        for choice in choices:
+            self._read_choice(choice)
         self.finished = bool(self._ended) and not self._open
 
     def _read_choice(self, choice: dict[str, Any]) -> None:
