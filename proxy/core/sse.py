@@ -42,6 +42,7 @@ _DONE = b"[DONE]"
 # Two line ends in a row, a blank line, whatever ends each (CRLF, LF or CR): a CRLF's LF
 # followed by anything, or a CR followed by a CR.
 _ENDS = (b"\n\n", b"\r\r", b"\n\r")
+_BLANK = re.compile(b"|".join(map(re.escape, _ENDS)))
 _BOM = b"\xef\xbb\xbf"
 _LINE_END = re.compile(rb"\r\n?|\n")
 _SPLIT_AT_ONCE = 256 * 1024
@@ -63,10 +64,13 @@ def _past(data: bytes, at: int) -> int:
     return end + 1 if data[end - 1] == 13 and data[end : end + 1] == b"\n" else end
 
 
-def frame_end(data: bytes) -> int:
-    """Just past the first blank line of `data`, the end of its first frame; else its end."""
-    ends = [_past(data, at) for sep in _ENDS if (at := data.find(sep)) >= 0]
-    return min(ends, default=len(data))
+def frame_end(data: bytes, start: int = 0) -> int:
+    """Just past the first blank line of `data` from `start`, the end of the frame there; else
+    the end of `data`. The search stops at that blank line: a search for each kind of line end
+    would scan the rest of `data` for the kinds absent, and cutting a chunk of many frames
+    frame by frame would cost its length once per frame."""
+    found = _BLANK.search(data, start)
+    return _past(data, found.start()) if found is not None else len(data)
 
 
 def _last_end(data: bytes) -> int:
