@@ -41,7 +41,7 @@ SEED = 20261205
 CASES = 600
 TOKEN = "fuzz-admin-token-0123456789"
 AUTH = {"Authorization": "Bearer sk-fuzz", "Content-Type": "application/json"}
-ANSWER_BOUND = 15.0  # seconds a case's answer may take (the upstream timeout is 2)
+ANSWER_BOUND = 15.0  # seconds a case's answer may take (the upstream timeout is 1)
 RSS_GROWTH_BOUND_KIB = 96 * 1024
 _FINGERPRINT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+=/-]{0,127}")
 SANE_FP = "fp_sane"
@@ -69,6 +69,9 @@ class Case:
     decoded: bytes | None  # what a faithful relay delivers; None: no faithful reading exists
     coding: str = ""  # Content-Encoding sent, "" for none
     wire: bytes = b""  # the body under its coding, before the framing
+    stall: bool = False  # the upstream goes silent after writing `raw`, the connection open
+    storable: bool = True  # False: a faithful answer, but one the proxy must not store
+    mode: str = "miss"  # miss; refresh (over a sane entry, with no-cache); concurrent (3 at once)
     what: list[str] = field(default_factory=list)
 
     def request(self) -> tuple[str, bytes]:
@@ -408,11 +411,18 @@ def draw(rng: random.Random, number: int, upstream_port: int) -> Case:
     if rng.random() < 0.22:
         status = rng.choice(sorted(STATUS_LINES))
         what.append(f"status {status}")
+    whole = not stream or rng.random() < 0.05
+    if stream and whole:
+        what.append("a whole answer to a stream")
     if status == 200 or rng.random() < 0.3:
-        body = stream_body(rng, route, what) if stream else whole_body(rng, route, what)
+        body = whole_body(rng, route, what) if whole else stream_body(rng, route, what)
     else:
         body = rng.choice(ERROR_BODIES)
-    content_type = "text/event-stream" if stream else "application/json"
+    storable = True
+    if rng.random() < 0.02:
+        body, storable = big(body, stream, whole), False
+        what.append(f"{len(body)} bytes, over max-entry")
+    content_type = "application/json" if whole else "text/event-stream"
     if rng.random() < 0.1:
         content_type = rng.choice(
             [
@@ -496,15 +506,47 @@ def draw(rng: random.Random, number: int, upstream_port: int) -> Case:
         )
         what.append("1xx first")
     line = f"HTTP/1.1 {STATUS_LINES[status]}"
-    if rng.random() < 0.02:
+    if status == 200 and rng.random() < 0.02:
         line = rng.choice(["HTTP/1.0 200 OK", "HTTP/1.1 200", "HTTP/1.1 2000 OK", "HTTX/1.1 200"])
         what.append(f"status line {line!r}")
-        decoded = decoded if line.startswith("HTTP/1.0 200 ") else None
+        decoded = decoded if line in ("HTTP/1.0 200 OK", "HTTP/1.1 200") else None
     head = "\r\n".join([line, *headers, "", ""]).encode("latin-1")
     if status in (204, 304):
         decoded = b"" if decoded is not None else None
+    if not storable and not stream:
+        decoded = None  # a whole answer over max-entry is a 502
+    stall = False
+    if rng.random() < 0.01:
+        stall, decoded = True, None
+        sent = sent[: len(sent) // 2]
+        what.append("goes silent halfway")
+    mode = rng.choice(["miss"] * 6 + ["refresh", "refresh", "concurrent"])
+    what.append(mode)
     raw = prefix + head + sent
-    return Case(number, route, stream, raw, close, status, body, decoded, coding, wire, what)
+    return Case(
+        number,
+        route,
+        stream,
+        raw,
+        close,
+        status,
+        body,
+        decoded,
+        coding,
+        wire,
+        stall=stall,
+        storable=storable,
+        mode=mode,
+        what=what,
+    )
+
+
+def big(body: bytes, stream: bool, whole: bool) -> bytes:
+    """`body` grown past the proxy's 1 MiB max-entry: a stream by comments before it, a whole
+    answer by spaces inside it (still the same JSON)."""
+    if stream and not whole:
+        return b": padding\n\n" * 100_000 + body
+    return body[:1] + b" " * (1 << 20) + body[1:]
 
 
 def encode(rng: random.Random, body: bytes, what: list[str]) -> tuple[str, bytes, bytes | None]:
@@ -539,7 +581,8 @@ def encode(rng: random.Random, body: bytes, what: list[str]) -> tuple[str, bytes
         coding = rng.choice(["gzip, gzip", "identity", "x-unknown", "GZIP", "deflate, br"])
         what.append(f"coding {coding!r}")
         packed = gzip.compress(body) if "gzip" in coding.lower() else body
-        return coding, packed, None
+        # Codings are named case-blind, and identity is none (RFC 9110 8.4.1).
+        return coding, packed, body if coding in ("GZIP", "identity") else None
     what.append("raw deflate")
     compressor = zlib.compressobj(wbits=-15)
     return "deflate", compressor.compress(body) + compressor.flush(), body
@@ -596,11 +639,21 @@ class Script:
 
     raw: bytes = b""
     close: bool = False
+    stall: bool = False
+
+    def set(self, case: Case) -> None:
+        self.raw, self.close, self.stall = case.raw, case.close, case.stall
+
+    def turn_sane(self, case: Case) -> None:
+        self.raw, self.close, self.stall = sane(case), False, False
 
     async def __call__(self, writer: asyncio.StreamWriter, _: Received) -> None:
-        raw, close = self.raw, self.close
+        raw, close, stall = self.raw, self.close, self.stall
         writer.write(raw)
         await writer.drain()
+        if stall:
+            await asyncio.sleep(ANSWER_BOUND)  # cancelled with the upstream
+            raise ConnectionResetError
         if close:
             writer.close()
             raise ConnectionResetError  # ends the upstream's loop on this connection
@@ -615,6 +668,7 @@ class Got:
     headers: dict[str, str]
     body: bytes
     took: float
+    cut: bool = False  # the answer ended before its framing said it would
 
 
 async def ask(
@@ -630,11 +684,14 @@ async def ask(
         auto_decompress=False,
         allow_redirects=False,
     ) as answer:
+        data, cut = bytearray(), False
         try:
-            data = await answer.read()
+            async for piece in answer.content.iter_any():
+                data += piece
         except aiohttp.ClientPayloadError:
-            data = b"<cut>" + answer.content._buffer[0] if answer.content._buffer else b"<cut>"
-        return Got(answer.status, dict(answer.headers), data, time.monotonic() - started)
+            cut = True
+        took = time.monotonic() - started
+        return Got(answer.status, dict(answer.headers), bytes(data), took, cut)
 
 
 def is_proxy_error(got: Got) -> bool:
@@ -658,28 +715,49 @@ def valid_answer(case: Case, body: bytes) -> bool:
             return False
         field_name = {"embeddings": "data", "responses": "output"}.get(case.route, "choices")
         return isinstance(value.get(field_name), list)
-    text = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-    payloads = [line[5:].strip() for line in text.split(b"\n") if line.startswith(b"data:")]
+    payloads = sse_payloads(body)
     if case.route == "responses":
         try:
             return orjson.loads(payloads[-1])["type"] == "response.completed"
         except (orjson.JSONDecodeError, KeyError, TypeError, IndexError):
             return False
-    if not payloads or payloads[-1] != b"[DONE]":
+    if b"[DONE]" not in payloads:
         return False
+    # The SDK reads to the first [DONE]; what came after it in the same read of the upstream
+    # is relayed and kept too (frames that parse: any other spoils the recording).
+    done = payloads.index(b"[DONE]")
     try:
-        for payload in payloads[:-1]:
-            if not isinstance(orjson.loads(payload).get("choices"), list):
-                return False
-    except (orjson.JSONDecodeError, AttributeError):
+        chunks = [orjson.loads(p) for p in payloads[:done]]
+        after = [orjson.loads(p) for p in payloads[done + 1 :] if p != b"[DONE]"]
+    except orjson.JSONDecodeError:
         return False
-    return True
+    if not all(isinstance(c, dict) and "error" not in c for c in chunks + after):
+        return False
+    choices = [c.get("choices") for c in chunks]
+    if not all(isinstance(listed, list) for listed in choices):
+        return False
+    return any(choice.get("finish_reason") for listed in choices for choice in listed)
+
+
+def sse_payloads(body: bytes) -> list[bytes]:
+    """The data of each event, as the SSE specification reads a stream: lines end with CRLF,
+    LF or CR, an event's data lines are joined with LF, a blank line dispatches it."""
+    payloads, data = [], None
+    for line in re.split(rb"\r\n|\r|\n", body):
+        if not line:
+            if data is not None:
+                payloads.append(data)
+            data = None
+        elif line.startswith(b"data:"):
+            value = line[5:].removeprefix(b" ")
+            data = value if data is None else data + b"\n" + value
+    return payloads
 
 
 def check_first(case: Case, got: Got, problems: list[str]) -> None:
     if got.took > ANSWER_BOUND - 1:
         problems.append(f"slow: {got.took:.1f}s")
-    if got.body.startswith(b"<cut>"):
+    if got.cut:
         # A cut is only fair where the upstream broke it: a stream relayed as it came.
         if not (case.stream and (case.close or case.decoded is None)):
             problems.append("the proxy cut its answer short")
@@ -711,16 +789,19 @@ def check_first(case: Case, got: Got, problems: list[str]) -> None:
     problems.append(f"unfaithful: got {got.body[:160]!r}, expected {case.decoded[:160]!r}")
 
 
-def check_cached(case: Case, first: Got, later: Got, how: str, problems: list[str]) -> None:
-    """A HIT must be the first answer, byte for byte, and an answer."""
+def check_cached(case: Case, firsts: list[Got], later: Got, how: str, problems: list[str]) -> None:
+    """A HIT must be one of the answers the proxy gave, byte for byte, and an answer."""
     if later.headers.get("X-Repro-Cache") not in ("HIT", "STALE"):
         if how == "only-if-cached" and later.status != 504:
             problems.append(f"{how}: {later.status} without a HIT")
         return
-    if later.body != first.body:
-        problems.append(f"{how}: HIT {later.body[:120]!r} differs from {first.body[:120]!r}")
-    if first.status != 200:
-        problems.append(f"{how}: HIT of a {first.status}")
+    if not case.storable and later.body == case.body:
+        problems.append(f"{how}: stored an answer over max-entry")
+    served = [first for first in firsts if first.body == later.body]
+    if not served:
+        problems.append(f"{how}: HIT {later.body[:120]!r} is none of the answers given")
+    elif all(first.status != 200 or first.cut for first in served):
+        problems.append(f"{how}: HIT of a {served[0].status}, cut: {served[0].cut}")
     if not valid_answer(case, later.body):
         problems.append(f"{how}: stored a malformed answer {later.body[:160]!r}")
 
@@ -775,55 +856,72 @@ async def run_cases(
     proxy: Proxy, script: Script, upstream: Scripted, all_cases: list[Case]
 ) -> dict[int, list[str]]:
     problems: dict[int, list[str]] = {}
-    firsts: dict[int, Got] = {}
-    connector = aiohttp.TCPConnector(limit=4, force_close=True)
+    given: dict[int, list[Got]] = {}
+    connector = aiohttp.TCPConnector(limit=8, force_close=True)
     async with aiohttp.ClientSession(connector=connector) as session:
         for case in all_cases:
             found: list[str] = []
-            script.raw, script.close = case.raw, case.close
             before = len(upstream.received)
             try:
-                first = await ask(session, proxy, case, {})
+                firsts = await first_answers(session, proxy, script, case)
             except (TimeoutError, aiohttp.ClientError) as exc:
                 problems[case.number] = [f"no answer: {type(exc).__name__} {exc}"]
                 continue
-            firsts[case.number] = first
-            check_first(case, first, found)
+            given[case.number] = firsts
+            for first in firsts[-3 if case.mode == "concurrent" else -1 :]:
+                check_first(case, first, found)
             paths = [r.request_line for r in upstream.received[before:]]
             if any("redirected" in p for p in paths):
                 found.append("followed a redirect")
             try:
                 cached = await ask(session, proxy, case, {"Cache-Control": "only-if-cached"})
-                check_cached(case, first, cached, "only-if-cached", found)
-                script.raw, script.close = sane(case), False
+                check_cached(case, firsts, cached, "only-if-cached", found)
+                script.turn_sane(case)
                 again = await ask(session, proxy, case, {})
-                check_cached(case, first, again, "repeat", found)
+                firsts.append(again)
+                check_cached(case, firsts, again, "repeat", found)
             except (TimeoutError, aiohttp.ClientError) as exc:
                 found.append(f"no answer to a repeat: {type(exc).__name__} {exc}")
             if found:
                 problems[case.number] = found
         # A stream is stored once it has ended, maybe after its client read it: look again.
         for case in all_cases:
-            if case.number not in firsts:
+            if case.number not in given:
                 continue
             later = await ask(session, proxy, case, {"Cache-Control": "only-if-cached"})
-            if later.headers.get("X-Repro-Cache") == "HIT" and not valid_answer(case, later.body):
-                problems.setdefault(case.number, []).append(
-                    f"stored a malformed answer: {later.body[:160]!r}"
-                )
+            found = []
+            check_cached(case, given[case.number], later, "at the end", found)
+            if found:
+                problems.setdefault(case.number, []).extend(found)
     return problems
 
 
-def fuzz(proxy_flags: tuple[str, ...], tmp_path: Path, count: int = CASES) -> None:
+async def first_answers(
+    session: aiohttp.ClientSession, proxy: Proxy, script: Script, case: Case
+) -> list[Got]:
+    """The answers given while the upstream is hostile: one MISS; a sane answer stored, then
+    the hostile one asked for with no-cache; or three identical requests at once."""
+    if case.mode == "refresh":
+        script.turn_sane(case)
+        stored = await ask(session, proxy, case, {})
+        script.set(case)
+        return [stored, await ask(session, proxy, case, {"Cache-Control": "no-cache"})]
+    script.set(case)
+    if case.mode == "concurrent":
+        return list(await asyncio.gather(*(ask(session, proxy, case, {}) for _ in range(3))))
+    return [await ask(session, proxy, case, {})]
+
+
+def fuzz(proxy_flags: tuple[str, ...], tmp_path: Path, seed: int) -> None:
     script = Script()
     log = tmp_path / "proxy.log"
     started = time.monotonic()
     with Scripted(script) as upstream, log.open("wb") as sink:
-        all_cases = list(cases(upstream.port, count))
+        all_cases = list(cases(upstream.port, CASES, seed))
         proxy = launch_proxy(
             upstream.v1,
             "--upstream-timeout",
-            "2",
+            "1",
             "--admin-token",
             TOKEN,
             "--max-entry",
@@ -853,7 +951,7 @@ def fuzz(proxy_flags: tuple[str, ...], tmp_path: Path, count: int = CASES) -> No
         for fp in fingerprints
         if fp is not None and fp != "none" and not _FINGERPRINT.fullmatch(fp)
     }
-    print(f"fuzz: {count} cases in {took:.1f}s, rss {rss_before} -> {rss_after} KiB")
+    print(f"fuzz: {CASES} cases (seed {seed}) in {took:.1f}s, rss {rss_before} -> {rss_after} KiB")
     assert not report, "\n".join(report)
     assert not odd, f"fingerprints learned from invalid values: {odd}"
     assert healthy == 200
@@ -861,14 +959,16 @@ def fuzz(proxy_flags: tuple[str, ...], tmp_path: Path, count: int = CASES) -> No
     assert rss_after - rss_before < RSS_GROWTH_BOUND_KIB
 
 
-@pytest.mark.parametrize("policy", ["pin", "follow"])
-def test_fuzzed_upstream_answers_against_the_memory_store(policy: str, tmp_path: Path) -> None:
-    fuzz(("--fingerprint-policy", policy), tmp_path)
+@pytest.mark.parametrize(("policy", "seed"), [("pin", SEED), ("follow", SEED + 1)])
+def test_fuzzed_upstream_answers_against_the_memory_store(
+    policy: str, seed: int, tmp_path: Path
+) -> None:
+    fuzz(("--fingerprint-policy", policy), tmp_path, seed)
 
 
 def test_fuzzed_upstream_answers_against_redis(redis_server: RedisServer, tmp_path: Path) -> None:
     redis_server.flushall()
-    fuzz(("--store", redis_server.url, "--fingerprint-policy", "pin"), tmp_path)
+    fuzz(("--store", redis_server.url, "--fingerprint-policy", "pin"), tmp_path, SEED + 2)
 
 
 # --- what the fuzz found, each pinned by a small deterministic case ------------------------------
@@ -922,3 +1022,40 @@ def test_an_ill_typed_answer_is_relayed_but_neither_stored_nor_taught(
     assert (first.status, first.body) == (200, body)  # the upstream's answer, as it came
     assert again.status == 504, again.body  # and nothing stored
     assert "fp_taught" not in fingerprints
+
+
+PINGS = 100_000
+
+
+def test_a_stream_of_many_frames_naming_nothing_does_not_hold_the_proxy() -> None:
+    """Tens of thousands of `: ping` comments before the first token, in one chunk: the proxy
+    cut the chunk after every frame, copying the rest of it each time, and held its event loop
+    for a minute on a MiB of them (every other client waiting). Now: the time to relay them."""
+    token = (
+        b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]}'
+    )
+    body = b": ping\n\n" * PINGS + token + b"\n\ndata: [DONE]\n\n"
+    raw = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(body),
+        body,
+    )
+    case = Case(0, "chat", True, raw, False, 200, body, body)
+    with Scripted(Script(raw)) as upstream:
+        proxy = wait_up(launch_proxy(upstream.v1))
+        try:
+
+            async def relayed() -> tuple[Got, float]:
+                async with aiohttp.ClientSession() as session:
+                    asked = asyncio.create_task(ask(session, proxy, case, {}))
+                    await asyncio.sleep(0.2)  # the proxy is reading the pings by now
+                    started = time.monotonic()
+                    async with session.get(proxy.url + "/healthz") as health:
+                        assert health.status == 200
+                    return await asked, time.monotonic() - started
+
+            got, health_took = asyncio.run(relayed())
+        finally:
+            stop(proxy.proc)
+    assert (got.status, got.body) == (200, body)
+    assert got.took < 8, got.took  # was about 35 s
+    assert health_took < 4, health_took
