@@ -19,6 +19,7 @@ import gzip
 import json
 import random
 import re
+import socket
 import time
 import zlib
 from collections.abc import Iterator
@@ -43,6 +44,7 @@ TOKEN = "fuzz-admin-token-0123456789"
 AUTH = {"Authorization": "Bearer sk-fuzz", "Content-Type": "application/json"}
 ANSWER_BOUND = 15.0  # seconds a case's answer may take (the upstream timeout is 1)
 RSS_GROWTH_BOUND_KIB = 96 * 1024
+MAX_ENTRY = 1 << 20  # the proxy's --max-entry
 _FINGERPRINT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+=/-]{0,127}")
 SANE_FP = "fp_sane"
 
@@ -71,7 +73,9 @@ class Case:
     wire: bytes = b""  # the body under its coding, before the framing
     stall: bool = False  # the upstream goes silent after writing `raw`, the connection open
     storable: bool = True  # False: a faithful answer, but one the proxy must not store
-    mode: str = "miss"  # miss; refresh (over a sane entry, with no-cache); concurrent (3 at once)
+    mode: str = "miss"
+    """miss; refresh (over a sane entry, with no-cache); concurrent (3 at once); leave (the
+    client goes after its first bytes: the proxy reads on, and may store the stream)"""
     what: list[str] = field(default_factory=list)
 
     def request(self) -> tuple[str, bytes]:
@@ -85,6 +89,8 @@ class Case:
             body = {"model": "gpt-3.5-turbo-instruct", "prompt": content}
         elif self.route == "embeddings":
             body = {"model": "text-embedding-3-small", "input": content}
+        elif self.route == "moderations":  # a pass-through route, never cached
+            body = {"model": "omni-moderation-latest", "input": content}
         else:
             body = {"model": "gpt-4o-mini", "input": content}
         if self.stream:
@@ -404,8 +410,8 @@ ERROR_BODIES = [
 
 def draw(rng: random.Random, number: int, upstream_port: int) -> Case:
     """One case: the request's route and mode, then the upstream's answer to it."""
-    route = rng.choice(["chat", "chat", "completions", "embeddings", "responses"])
-    stream = route != "embeddings" and rng.random() < 0.4
+    route = rng.choice(["chat", "chat", "completions", "embeddings", "responses", "moderations"])
+    stream = route not in ("embeddings", "moderations") and rng.random() < 0.4
     what: list[str] = [route + (" stream" if stream else "")]
     status = 200
     if rng.random() < 0.22:
@@ -513,7 +519,8 @@ def draw(rng: random.Random, number: int, upstream_port: int) -> Case:
     head = "\r\n".join([line, *headers, "", ""]).encode("latin-1")
     if status in (204, 304):
         decoded = b"" if decoded is not None else None
-    if not storable and not stream:
+    cached = route != "moderations"
+    if cached and not storable and not stream and decoded is not None and len(decoded) > MAX_ENTRY:
         decoded = None  # a whole answer over max-entry is a 502
     stall = False
     if rng.random() < 0.01:
@@ -521,6 +528,8 @@ def draw(rng: random.Random, number: int, upstream_port: int) -> Case:
         sent = sent[: len(sent) // 2]
         what.append("goes silent halfway")
     mode = rng.choice(["miss"] * 6 + ["refresh", "refresh", "concurrent"])
+    if stream and rng.random() < 0.15:
+        mode = "leave"
     what.append(mode)
     raw = prefix + head + sent
     return Case(
@@ -758,21 +767,24 @@ def check_first(case: Case, got: Got, problems: list[str]) -> None:
     if got.took > ANSWER_BOUND - 1:
         problems.append(f"slow: {got.took:.1f}s")
     if got.cut:
-        # A cut is only fair where the upstream broke it: a stream relayed as it came.
-        if not (case.stream and (case.close or case.decoded is None)):
+        # A cut is only fair where the upstream broke it: a stream or a pass-through answer
+        # relayed as it came.
+        relayed = case.stream or case.route == "moderations"
+        if not (relayed and (case.close or case.decoded is None)):
             problems.append("the proxy cut its answer short")
         return
     if (got.status == 500 and case.status != 500) or b"internal_error" in got.body:
         problems.append(f"internal error {got.status}: {got.body[:200]!r}")
         return
-    if is_proxy_error(got) and got.status in (502, 504) and case.status != got.status:
+    if is_proxy_error(got) and got.status in (502, 504) and got.body != case.body:
         return  # a clear error of the proxy's own
     if case.coding and got.body == case.wire and got.headers.get("Content-Encoding") == case.coding:
         return  # passed on in the coding it came in, undecoded, for the client to decode
     if case.decoded is None:
         # No faithful reading of the answer exists: only a relayed stream may pass its bytes
         # on as they came, the upstream's own.
-        relayed = case.stream and case.body.startswith(got.body) and got.body
+        relayed = (case.stream or case.route == "moderations") and case.body.startswith(got.body)
+        relayed = relayed and bool(got.body)
         if got.status == case.status == 200 and not relayed:
             problems.append(f"relayed a broken answer: {got.status} {got.body[:120]!r}")
         return
@@ -797,10 +809,17 @@ def check_cached(case: Case, firsts: list[Got], later: Got, how: str, problems: 
         return
     if not case.storable and later.body == case.body:
         problems.append(f"{how}: stored an answer over max-entry")
+    if case.route == "moderations":
+        problems.append(f"{how}: a HIT on a pass-through route")
     served = [first for first in firsts if first.body == later.body]
-    if not served:
+    if case.mode == "leave" and not served:
+        # Read on after the client left: the upstream's stream to its clean end.
+        whole = case.decoded or (b"" if case.coding else case.body)
+        if not (whole.startswith(later.body) and later.body.startswith(firsts[0].body)):
+            problems.append(f"{how}: HIT {later.body[:120]!r} is not the upstream's stream")
+    elif not served:
         problems.append(f"{how}: HIT {later.body[:120]!r} is none of the answers given")
-    elif all(first.status != 200 or first.cut for first in served):
+    elif all(first.status != 200 or first.cut for first in served) and case.mode != "leave":
         problems.append(f"{how}: HIT of a {served[0].status}, cut: {served[0].cut}")
     if not valid_answer(case, later.body):
         problems.append(f"{how}: stored a malformed answer {later.body[:160]!r}")
@@ -869,7 +888,8 @@ async def run_cases(
                 continue
             given[case.number] = firsts
             for first in firsts[-3 if case.mode == "concurrent" else -1 :]:
-                check_first(case, first, found)
+                if case.mode != "leave":
+                    check_first(case, first, found)
             paths = [r.request_line for r in upstream.received[before:]]
             if any("redirected" in p for p in paths):
                 found.append("followed a redirect")
@@ -909,7 +929,29 @@ async def first_answers(
     script.set(case)
     if case.mode == "concurrent":
         return list(await asyncio.gather(*(ask(session, proxy, case, {}) for _ in range(3))))
+    if case.mode == "leave":
+        return [await leave(session, proxy, case)]
     return [await ask(session, proxy, case, {})]
+
+
+async def leave(session: aiohttp.ClientSession, proxy: Proxy, case: Case) -> Got:
+    """Ask, take the first bytes of the answer, and go."""
+    path, body = case.request()
+    started = time.monotonic()
+    async with session.post(
+        f"{proxy.v1}/{path}",
+        data=body,
+        headers=AUTH,
+        timeout=aiohttp.ClientTimeout(total=ANSWER_BOUND),
+        auto_decompress=False,
+        allow_redirects=False,
+    ) as answer:
+        try:
+            first = await answer.content.readany()
+        except aiohttp.ClientPayloadError:
+            first = b""
+        answer.close()
+        return Got(answer.status, dict(answer.headers), first, time.monotonic() - started, True)
 
 
 def fuzz(proxy_flags: tuple[str, ...], tmp_path: Path, seed: int) -> None:
@@ -925,7 +967,7 @@ def fuzz(proxy_flags: tuple[str, ...], tmp_path: Path, seed: int) -> None:
             "--admin-token",
             TOKEN,
             "--max-entry",
-            "1MiB",
+            str(MAX_ENTRY),
             *proxy_flags,
             stderr=sink,
         )
@@ -1059,3 +1101,43 @@ def test_a_stream_of_many_frames_naming_nothing_does_not_hold_the_proxy() -> Non
     assert (got.status, got.body) == (200, body)
     assert got.took < 8, got.took  # was about 35 s
     assert health_took < 4, health_took
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Content-Length: 100\r\n\r\n" + b'{"results": [',
+        b"Transfer-Encoding: chunked\r\n\r\n" + b'd\r\n{"results": [\r\n',
+    ],
+    ids=["length", "chunked"],
+)
+def test_a_pass_through_answer_the_upstream_breaks_is_broken_for_the_client(
+    framing: bytes,
+) -> None:
+    """The upstream sends a pass-through answer's head and part of its body, then closes:
+    the proxy wrote its own 502 after the bytes already relayed, a second head the client
+    read as the first answer's body (with chunked framing, as a broken chunk; with a length,
+    it waited for the rest until its keep-alive ended). The client must see the break."""
+    raw = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + framing
+    with Scripted(Script(raw, close=True)) as upstream:
+        proxy = wait_up(launch_proxy(upstream.v1))
+        try:
+            body = b'{"model": "omni-moderation-latest", "input": "hi"}'
+            request = (
+                b"POST /v1/moderations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Authorization: Bearer sk-fuzz\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            started = time.monotonic()
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+                sock.sendall(request)
+                received = b""
+                while part := sock.recv(65536):
+                    received += part
+            took = time.monotonic() - started
+        finally:
+            stop(proxy.proc)
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert received.count(b"HTTP/1.1 ") == 1, received
+    assert b'{"results": [' in received
+    assert took < 5, took
