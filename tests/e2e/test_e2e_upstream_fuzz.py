@@ -472,7 +472,8 @@ def draw(rng: random.Random, number: int, upstream_port: int) -> Case:
     elif framing < 0.26:
         short = rng.randrange(0, max(1, len(sent)))
         headers.append(f"Content-Length: {short}")
-        decoded = None
+        # The answer is what its length says; the bytes past it, junk on the connection.
+        decoded = None if coding else sent[:short]
         what.append(f"length {short} under the body")
     elif framing < 0.28:
         headers += [f"Content-Length: {len(sent)}", f"Content-Length: {len(sent) + 1}"]
