@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import itertools
 import json
 import random
 import re
@@ -45,6 +46,7 @@ AUTH = {"Authorization": "Bearer sk-fuzz", "Content-Type": "application/json"}
 ANSWER_BOUND = 15.0  # seconds a case's answer may take (the upstream timeout is 1)
 RSS_GROWTH_BOUND_KIB = 96 * 1024
 MAX_ENTRY = 1 << 20  # the proxy's --max-entry
+PIECE_PAUSE = 0.002
 _FINGERPRINT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+=/-]{0,127}")
 SANE_FP = "fp_sane"
 
@@ -72,6 +74,7 @@ class Case:
     coding: str = ""  # Content-Encoding sent, "" for none
     wire: bytes = b""  # the body under its coding, before the framing
     stall: bool = False  # the upstream goes silent after writing `raw`, the connection open
+    cuts: tuple[int, ...] = ()  # where `raw` is cut into pieces written apart
     storable: bool = True  # False: a faithful answer, but one the proxy must not store
     mode: str = "miss"
     """miss; refresh (over a sane entry, with no-cache); concurrent (3 at once); leave (the
@@ -473,7 +476,7 @@ def draw(rng: random.Random, number: int, upstream_port: int) -> Case:
         short = rng.randrange(0, max(1, len(sent)))
         headers.append(f"Content-Length: {short}")
         # The answer is what its length says; the bytes past it, junk on the connection.
-        decoded = None if coding else sent[:short]
+        decoded, wire = None if coding else sent[:short], sent[:short]
         what.append(f"length {short} under the body")
     elif framing < 0.28:
         headers += [f"Content-Length: {len(sent)}", f"Content-Length: {len(sent) + 1}"]
@@ -533,6 +536,10 @@ def draw(rng: random.Random, number: int, upstream_port: int) -> Case:
         mode = "leave"
     what.append(mode)
     raw = prefix + head + sent
+    cuts: tuple[int, ...] = ()
+    if rng.random() < 0.25:
+        cuts = tuple(sorted(rng.sample(range(1, len(raw)), min(len(raw) - 1, rng.randint(1, 6)))))
+        what.append(f"sent in {len(cuts) + 1} pieces")
     return Case(
         number,
         route,
@@ -545,6 +552,7 @@ def draw(rng: random.Random, number: int, upstream_port: int) -> Case:
         coding,
         wire,
         stall=stall,
+        cuts=cuts,
         storable=storable,
         mode=mode,
         what=what,
@@ -650,17 +658,21 @@ class Script:
     raw: bytes = b""
     close: bool = False
     stall: bool = False
+    cuts: tuple[int, ...] = ()
 
     def set(self, case: Case) -> None:
-        self.raw, self.close, self.stall = case.raw, case.close, case.stall
+        self.raw, self.close, self.stall, self.cuts = case.raw, case.close, case.stall, case.cuts
 
     def turn_sane(self, case: Case) -> None:
-        self.raw, self.close, self.stall = sane(case), False, False
+        self.raw, self.close, self.stall, self.cuts = sane(case), False, False, ()
 
     async def __call__(self, writer: asyncio.StreamWriter, _: Received) -> None:
-        raw, close, stall = self.raw, self.close, self.stall
-        writer.write(raw)
-        await writer.drain()
+        raw, close, stall, cuts = self.raw, self.close, self.stall, self.cuts
+        for start, end in itertools.pairwise((0, *cuts, len(raw))):
+            writer.write(raw[start:end])
+            await writer.drain()
+            if end < len(raw):
+                await asyncio.sleep(PIECE_PAUSE)  # a read of its own on the proxy's side
         if stall:
             await asyncio.sleep(ANSWER_BOUND)  # cancelled with the upstream
             raise ConnectionResetError
