@@ -7,7 +7,7 @@ it out without parsing. How an entry is laid out in a store is `proxy.core.codec
 from __future__ import annotations
 
 import re
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 import orjson
 
@@ -92,12 +92,22 @@ def is_answer(body: dict[str, Any], responses: bool = False) -> bool:
     than an error some gateways send with status 200: only answers are stored or teach a
     fingerprint. On the Responses API only a completed response is one: a queued, failed or
     incomplete one is not the answer a retry would get, nor one naming an `error` beside a
-    `completed` status, which has not said which it is."""
+    `completed` status, which has not said which it is. Elsewhere too an `error` beside the
+    answer leaves it unsaid, and an answer's choices (data, output) are a list of objects as
+    the SDK reads them: `"choices": null` or `"data": "x"` stored would be replayed to
+    clients that all fail on it."""
+    if body.get("error") is not None:
+        return False
     if responses:
         return (
             body.get("object") == "response"
             and body.get("status") == "completed"
-            and body.get("error") is None
-            and isinstance(body.get("output"), list)
+            and is_objects(body.get("output"))
         )
-    return any(name in body for name in _ANSWER_FIELDS)
+    present = [body[name] for name in _ANSWER_FIELDS if name in body]
+    return bool(present) and all(is_objects(value) for value in present)
+
+
+def is_objects(value: object) -> TypeGuard[list[dict[str, Any]]]:
+    """A JSON array of objects, as an answer's choices, data and output are."""
+    return isinstance(value, list) and all(isinstance(item, dict) for item in value)

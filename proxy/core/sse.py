@@ -36,12 +36,13 @@ from typing import Any
 
 import orjson
 
-from proxy.core.entry import fingerprint_of, is_answer, usage_of
+from proxy.core.entry import fingerprint_of, is_answer, is_objects, usage_of
 
 _DONE = b"[DONE]"
 # Two line ends in a row, a blank line, whatever ends each (CRLF, LF or CR): a CRLF's LF
 # followed by anything, or a CR followed by a CR.
 _ENDS = (b"\n\n", b"\r\r", b"\n\r")
+_BLANK = re.compile(b"|".join(map(re.escape, _ENDS)))
 _BOM = b"\xef\xbb\xbf"
 _LINE_END = re.compile(rb"\r\n?|\n")
 _SPLIT_AT_ONCE = 256 * 1024
@@ -63,10 +64,13 @@ def _past(data: bytes, at: int) -> int:
     return end + 1 if data[end - 1] == 13 and data[end : end + 1] == b"\n" else end
 
 
-def frame_end(data: bytes) -> int:
-    """Just past the first blank line of `data`, the end of its first frame; else its end."""
-    ends = [_past(data, at) for sep in _ENDS if (at := data.find(sep)) >= 0]
-    return min(ends, default=len(data))
+def frame_end(data: bytes, start: int = 0) -> int:
+    """Just past the first blank line of `data` from `start`, the end of the frame there; else
+    the end of `data`. The search stops at that blank line: a search for each kind of line end
+    would scan the rest of `data` for the kinds absent, and cutting a chunk of many frames
+    frame by frame would cost its length once per frame."""
+    found = _BLANK.search(data, start)
+    return _past(data, found.start()) if found is not None else len(data)
 
 
 def _last_end(data: bytes) -> int:
@@ -335,9 +339,12 @@ class StreamRecorder:
         self._read_claim(event)
         if isinstance(event.get("usage"), dict):
             self.prompt_tokens, self.completion_tokens = usage_of(event)
-        for choice in event.get("choices") or ():
-            if isinstance(choice, dict):
-                self._read_choice(choice)
+        choices = event.get("choices")
+        if not is_objects(choices):
+            self.failed = True  # every chunk carries its list of choices, as the SDK reads it
+            return
+        for choice in choices:
+            self._read_choice(choice)
         self.finished = bool(self._ended) and not self._open
 
     def _read_choice(self, choice: dict[str, Any]) -> None:

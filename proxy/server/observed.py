@@ -46,9 +46,9 @@ def observed(handler: Handler, route: str | None = None) -> Handler:
                 return _left(request)
             # Our own wording, naming the host or the timeout; nothing of the request.
             log.warning("upstream failed", extra={"route": _where(request), "error": exc.message})
-            response = _error_response(exc)
+            response = _error_response(exc, request)
         except ProxyError as exc:
-            response = _error_response(exc)
+            response = _error_response(exc, request)
         except ConnectionResetError:
             if not _client_left(request):
                 response = _bug(request)
@@ -75,7 +75,7 @@ CLIENT_CLOSED = 499
 def _bug(request: web.Request) -> web.Response:
     """A bug of ours must still answer in OpenAI's shape, be counted and be logged."""
     log.exception("unhandled error", extra={"route": _where(request)})
-    return _error_response(ProxyError("The proxy failed to handle this request."))
+    return _error_response(ProxyError("The proxy failed to handle this request."), request)
 
 
 def _left(request: web.Request) -> web.Response:
@@ -141,11 +141,18 @@ async def expect(request: web.Request) -> web.StreamResponse | None:
         request.writer.output_size = 0  # the interim answer is not the answer's first byte
         return None
     return _error_response(
-        ExpectationFailed("The proxy meets no expectation but 100-continue.", "Expect")
+        ExpectationFailed("The proxy meets no expectation but 100-continue.", "Expect"), request
     )
 
 
-def _error_response(exc: ProxyError) -> web.Response:
+def _error_response(exc: ProxyError, request: web.Request) -> web.Response:
+    """The error's answer; but once part of another answer went out (a pass-through whose
+    upstream broke mid-body), the client's connection is closed instead, as the upstream's
+    own break would have shown: a second head written after the first one's bytes would be
+    read as that answer's body, or as the answer to the client's next request."""
+    started = request.writer is not None and request.writer.output_size > 0
+    if started and request.transport is not None:
+        request.transport.close()
     return web.Response(
         status=exc.status, body=exc.body(), content_type="application/json", headers=exc.headers
     )

@@ -177,15 +177,26 @@ class _Relay:
 
     async def _chunks(self) -> AsyncGenerator[bytes, None]:
         """The upstream's bytes as they come, fed to the recorder. Until a frame names the
-        answer, a chunk is cut after each frame end: an answer that arrives all at once then
-        reaches the client's first token without waiting for the recorder to read the rest."""
+        answer, the recorder reads a chunk frame by frame and the chunk is cut after the frame
+        that named it: an answer that arrives all at once then reaches the client's first token
+        without waiting for the recorder to read the rest. A chunk is cut there only, into two
+        pieces at most: cut after every frame, a MiB of frames that name nothing (`: ping`
+        comments, role-only chunks) cost a copy of the chunk's rest and a write per frame,
+        which held the event loop for a minute."""
+        recorder = self.recorder
         try:
             async for chunk in self.upstream.chunks():
-                while chunk:
-                    cut = frame_end(chunk) if _before_head(self.recorder) else len(chunk)
-                    piece, chunk = chunk[:cut], chunk[cut:]
-                    self.recorder.feed(piece)
-                    yield piece
+                at = 0
+                while at < len(chunk):
+                    if _before_head(recorder):
+                        end = _read_until_named(recorder, chunk, at)
+                        yield chunk if at == 0 and end == len(chunk) else chunk[at:end]
+                    else:
+                        end = len(chunk)
+                        piece = chunk[at:] if at else chunk
+                        recorder.feed(piece)
+                        yield piece
+                    at = end
         except UpstreamError as exc:
             self.cut = True
             log.warning(
@@ -253,6 +264,16 @@ async def _until_first_frame(
         yield chunk
         if not _before_head(recorder):
             return
+
+
+def _read_until_named(recorder: StreamRecorder, chunk: bytes, at: int) -> int:
+    """Feed `chunk` from `at` to the recorder a frame at a time, until a frame names the
+    answer; where the frame that did ends (else the chunk's end)."""
+    while at < len(chunk) and _before_head(recorder):
+        end = frame_end(chunk, at)
+        recorder.feed(chunk[at:end] if at or end < len(chunk) else chunk)
+        at = end
+    return at
 
 
 def _before_head(recorder: StreamRecorder) -> bool:
