@@ -1,0 +1,411 @@
+"""What an application does with the official `openai` SDK through the proxy, surface by surface:
+the second identical call is a HIT, the answer parses into the SDK's types identically, and a
+proxy in replay mode, whose upstream nothing listens on, serves the same objects offline.
+
+One recorder (readwrite) and one replayer (`--cache-mode replay`, a dead upstream) share a Redis
+store and a secret, so an answer recorded a moment ago replays at once; every test keeps to a
+namespace of its own. The SDK's own transport hook records each `X-Repro-Cache` the proxy
+answered, which reaches through the helpers (`.stream`, `.parse`) that hide the raw response.
+
+The sim answers `logprobs` with null, one tool call per choice and prose whatever the
+`response_format`: what those features yield is not exercised here, only that they are keyed
+and replayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import openai
+import pydantic
+import pytest
+from openai import AsyncOpenAI, OpenAI
+
+from bench.procs import free_port
+from tests.fixtures_procs import Proxy, Sim, closed_after_test, running_proxies
+from tests.fixtures_redis import RedisServer
+
+SECRET = "sdk-surfaces-secret-16"
+KEY = "sk-app"
+MODEL = "gpt-4o-mini"
+ASK = [{"role": "user", "content": "Name a colour."}]
+
+
+@dataclass
+class Pair:
+    recorder: Proxy
+    replayer: Proxy
+
+
+@pytest.fixture(scope="module")
+def pair(sim_process: Sim, redis_server: RedisServer) -> Iterator[Pair]:
+    store = ("--store", redis_server.url, "--secret", SECRET)
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    with running_proxies(sim_process.v1, {"recorder": store}) as rec:
+        with running_proxies(dead, {"replayer": (*store, "--cache-mode", "replay")}) as rep:
+            yield Pair(rec["recorder"], rep["replayer"])
+
+
+class Seen:
+    """Every `X-Repro-Cache` the proxy answered a client with, in order."""
+
+    def __init__(self) -> None:
+        self.caches: list[str] = []
+
+    def hook(self, response: httpx.Response) -> None:
+        self.caches.append(response.headers.get("X-Repro-Cache", "-"))
+
+    async def ahook(self, response: httpx.Response) -> None:
+        self.hook(response)
+
+    def take(self) -> list[str]:
+        taken, self.caches = self.caches, []
+        return taken
+
+
+def sdk(proxy: Proxy, ns: str, seen: Seen, **options: Any) -> OpenAI:
+    transport = httpx.Client(event_hooks={"response": [seen.hook]})
+    options.setdefault("max_retries", 0)
+    made = OpenAI(
+        base_url=proxy.v1,
+        api_key=KEY,
+        default_headers={"X-Repro-Namespace": ns},
+        http_client=transport,
+        **options,
+    )
+    return closed_after_test(made)
+
+
+def dump(value: Any) -> Any:
+    """The SDK's objects as plain data, compared across calls."""
+    if isinstance(value, list):
+        return [dump(v) for v in value]
+    if isinstance(value, pydantic.BaseModel):
+        return value.model_dump(mode="json")
+    return value
+
+
+Surface = Callable[[OpenAI], Any]
+
+
+def recorded_then_replayed(pair: Pair, ns: str, surface: Surface, calls: int = 1) -> Any:
+    """Run `surface` twice against the recorder and once offline; each run makes `calls`
+    requests. The first is all MISS, the others all HIT, and the three parse alike."""
+    return replayed_as(pair, ns, surface, ["MISS"] * calls)
+
+
+def replayed_as(pair: Pair, ns: str, surface: Surface, first_seen: list[str]) -> Any:
+    """As `recorded_then_replayed`, for a surface whose requests the recorder first answers
+    with `first_seen` (a MISS turns into a HIT the second time, a BYPASS stays one)."""
+    seen = Seen()
+    recorder, replayer = sdk(pair.recorder, ns, seen), sdk(pair.replayer, ns, seen)
+    first = dump(surface(recorder))
+    assert seen.take() == first_seen
+    assert dump(surface(recorder)) == first
+    assert seen.take() == ["HIT" if c == "MISS" else c for c in first_seen]
+    assert dump(surface(replayer)) == first
+    assert seen.take() == ["HIT"] * len(first_seen)
+    return first
+
+
+def chat_raw(client: OpenAI) -> Any:
+    raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=ASK)  # type: ignore[arg-type]
+    assert raw.status_code == 200
+    return raw.parse()
+
+
+def chat_stream_usage(client: OpenAI) -> Any:
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=ASK,  # type: ignore[arg-type]
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    return list(stream)
+
+
+def chat_streaming_response(client: OpenAI) -> Any:
+    with client.chat.completions.with_streaming_response.create(
+        model=MODEL,
+        messages=ASK,  # type: ignore[arg-type]
+        stream=True,
+    ) as response:
+        return list(response.parse())
+
+
+def chat_stream_helper(client: OpenAI) -> Any:
+    with client.chat.completions.stream(model=MODEL, messages=ASK) as stream:  # type: ignore[arg-type]
+        events = [e.type for e in stream]
+        return events, stream.get_final_completion()
+
+
+class Weather(pydantic.BaseModel):
+    city: str
+    days: int
+
+
+def parse_tool(client: OpenAI) -> Any:
+    parsed = client.chat.completions.parse(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Weather in Paris for 3 days?"}],
+        tools=[openai.pydantic_function_tool(Weather)],
+        tool_choice="required",
+    )
+    (call,) = parsed.choices[0].message.tool_calls or []
+    assert isinstance(call.function.parsed_arguments, Weather)
+    return parsed
+
+
+def tools_named(client: OpenAI) -> Any:
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+        },
+    }
+    answer = client.chat.completions.create(
+        model=MODEL,
+        messages=ASK,  # type: ignore[arg-type]
+        tools=[tool],  # type: ignore[list-item]
+        tool_choice={"type": "function", "function": {"name": "lookup"}},
+        parallel_tool_calls=False,
+    )
+    assert answer.choices[0].finish_reason == "tool_calls"
+    return answer
+
+
+def n_two(client: OpenAI) -> Any:
+    answer = client.chat.completions.create(model=MODEL, messages=ASK, n=2)  # type: ignore[arg-type]
+    assert [c.index for c in answer.choices] == [0, 1]
+    return answer
+
+
+def logprobs(client: OpenAI) -> Any:
+    return client.chat.completions.create(
+        model=MODEL,
+        messages=ASK,  # type: ignore[arg-type]
+        logprobs=True,
+        top_logprobs=2,
+    )
+
+
+def extra_body_seed(client: OpenAI) -> Any:
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL,
+        messages=ASK,  # type: ignore[arg-type]
+        extra_body={"seed": 7},
+    )
+    assert (raw.headers["X-Repro-Seed"], raw.headers["X-Repro-Seed-Source"]) == ("7", "client")
+    return raw.parse()
+
+
+def legacy_completions(client: OpenAI) -> Any:
+    plain = client.completions.create(model="davinci-002", prompt="Say this")
+    streamed = list(client.completions.create(model="davinci-002", prompt="Say this", stream=True))
+    return plain, streamed
+
+
+def embeddings_default(client: OpenAI) -> Any:
+    made = client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
+    assert all(len(d.embedding) == 16 for d in made.data)
+    return made
+
+
+def responses_flow(client: OpenAI) -> Any:
+    first = client.responses.create(model=MODEL, input="Name a colour.")
+    streamed = [e.type for e in client.responses.create(model=MODEL, input="Stream.", stream=True)]
+    chained = client.responses.create(
+        model=MODEL, input="And another?", previous_response_id=first.id
+    )
+    fetched = client.responses.retrieve(chained.id)
+    assert fetched.output_text == chained.output_text
+    return first, streamed, chained, fetched
+
+
+SURFACES: dict[str, tuple[Surface, int]] = {
+    "with_raw_response": (chat_raw, 1),
+    "stream_include_usage": (chat_stream_usage, 1),
+    "with_streaming_response": (chat_streaming_response, 1),
+    "chat_completions_stream_helper": (chat_stream_helper, 1),
+    "parse_pydantic_tool": (parse_tool, 1),
+    "tool_choice_named": (tools_named, 1),
+    "n_2": (n_two, 1),
+    "logprobs_top_2": (logprobs, 1),
+    "extra_body_seed": (extra_body_seed, 1),
+    "legacy_completions": (legacy_completions, 2),
+    "embeddings_base64_default": (embeddings_default, 1),
+}
+
+
+@pytest.mark.parametrize("name", SURFACES)
+def test_a_surface_hits_the_second_time_and_replays_offline(
+    pair: Pair, ns: str, name: str
+) -> None:
+    surface, calls = SURFACES[name]
+    recorded_then_replayed(pair, ns, surface, calls)
+
+
+def test_responses_create_stream_chain_and_retrieve(pair: Pair, ns: str) -> None:
+    """`responses.retrieve` reaches the upstream in readwrite mode and the cache in replay."""
+    replayed_as(pair, ns, responses_flow, ["MISS", "MISS", "MISS", "BYPASS"])
+
+
+def test_the_stream_ends_with_the_usage_chunk_on_a_hit_too(pair: Pair, ns: str) -> None:
+    chunks = recorded_then_replayed(pair, ns, chat_stream_usage)
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] > 0
+    assert all(c["usage"] is None for c in chunks[:-1])
+
+
+def test_embeddings_in_base64_and_in_float_keep_apart_and_decode_alike(
+    pair: Pair, ns: str
+) -> None:
+    """The SDK asks for base64 unless told and decodes it; a float request must not be served
+    the base64 body (the SDK would hand the caller a string) nor the other way round."""
+    seen = Seen()
+    client = sdk(pair.recorder, ns, seen)
+    asked = {"model": "text-embedding-3-small", "input": "kept apart"}
+    raws = [
+        client.embeddings.with_raw_response.create(**asked, encoding_format=form)  # type: ignore[arg-type]
+        for form in ("base64", "float", "base64", "float")
+    ]
+    assert seen.take() == ["MISS", "MISS", "HIT", "HIT"]
+    assert raws[0].headers["X-Repro-Key"] != raws[1].headers["X-Repro-Key"]
+    b64, floats = raws[2].http_response.json(), raws[3].http_response.json()
+    assert isinstance(b64["data"][0]["embedding"], str)
+    assert isinstance(floats["data"][0]["embedding"], list)
+    decoded = client.embeddings.create(**asked).data[0].embedding  # type: ignore[arg-type]
+    assert seen.take() == ["HIT"]
+    assert decoded == pytest.approx(floats["data"][0]["embedding"], rel=1e-6)
+    offline = sdk(pair.replayer, ns, seen).embeddings.create(**asked).data[0].embedding  # type: ignore[arg-type]
+    assert seen.take() == ["HIT"]
+    assert offline == decoded
+    packed = struct.pack(f"<{len(decoded)}f", *decoded)
+    assert len(packed) == 4 * 16
+
+
+def test_the_async_client_hits_and_replays(pair: Pair, ns: str) -> None:
+    seen = Seen()
+
+    async def run(proxy: Proxy) -> Any:
+        transport = httpx.AsyncClient(event_hooks={"response": [seen.ahook]})
+        async with AsyncOpenAI(
+            base_url=proxy.v1,
+            api_key=KEY,
+            max_retries=0,
+            default_headers={"X-Repro-Namespace": ns},
+            http_client=transport,
+        ) as client:
+            chat = await client.chat.completions.create(model=MODEL, messages=ASK)  # type: ignore[arg-type]
+            stream = await client.chat.completions.create(
+                model=MODEL,
+                messages=ASK,  # type: ignore[arg-type]
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            chunks = [c async for c in stream]
+            embedded = await client.embeddings.create(model="text-embedding-3-small", input="x")
+            async with client.responses.stream(model=MODEL, input="Async.") as events:
+                kinds = [e.type async for e in events]
+                final = await events.get_final_response()
+            return dump([chat, chunks, embedded, final]), kinds
+
+    first = asyncio.run(run(pair.recorder))
+    assert seen.take() == ["MISS"] * 4
+    assert asyncio.run(run(pair.recorder)) == first
+    assert seen.take() == ["HIT"] * 4
+    assert asyncio.run(run(pair.replayer)) == first
+    assert seen.take() == ["HIT"] * 4
+
+
+def test_sdk_retries_of_a_429_and_a_500_land_on_one_key_and_the_success_is_cached(
+    pair: Pair, sim_process: Sim, ns: str
+) -> None:
+    """The SDK retries with a new `x-stainless-retry-count` (and read timeout when `timeout=`
+    differs): the proxy keys neither, so the retry's answer serves the next call, whatever
+    the client's timeout."""
+    sim_process.reset()
+    seen = Seen()
+    client = sdk(pair.recorder, ns, seen, max_retries=2, timeout=20.0)
+    sim_process.fault(kind="status", status=429, count=1, headers={"retry-after-ms": "10"})
+    sim_process.fault(kind="status", status=500, count=1, headers={"retry-after-ms": "10"})
+    made = client.chat.completions.create(model=MODEL, messages=ASK)  # type: ignore[arg-type]
+    assert seen.take() == ["MISS", "MISS", "MISS"]
+    sent = sim_process.llm_requests()
+    assert [r["headers"]["x-stainless-retry-count"] for r in sent] == ["0", "1", "2"]
+    other = sdk(pair.recorder, ns, seen, timeout=3.0)
+    again = other.chat.completions.with_raw_response.create(model=MODEL, messages=ASK)  # type: ignore[arg-type]
+    assert again.headers["X-Repro-Cache"] == "HIT" and again.parse() == made
+    assert len(sim_process.llm_requests()) == 3
+
+
+def test_per_request_control_headers_through_extra_headers(pair: Pair, ns: str) -> None:
+    seen = Seen()
+    client = sdk(pair.recorder, ns, seen, max_retries=2)
+
+    def ask(**headers: str) -> Any:
+        return client.chat.completions.create(model=MODEL, messages=ASK, extra_headers=headers)  # type: ignore[arg-type]
+
+    first = ask()
+    ask(**{"Cache-Control": "no-store"})
+    ask(**{"Cache-Control": "no-cache"})
+    ask()
+    ask(**{"X-Repro-Namespace": ns + "-other"})
+    ask(**{"Cache-Control": "max-age=3600"})
+    assert seen.take() == ["MISS", "BYPASS", "REFRESH", "HIT", "MISS", "HIT"]
+    with pytest.raises(openai.APIStatusError) as missed:
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Never asked."}],
+            extra_headers={"Cache-Control": "only-if-cached"},
+        )
+    assert (missed.value.status_code, missed.value.code) == (504, "cache_miss")
+    assert seen.take() == ["MISS"]  # once: a cache_miss says it is not worth a retry
+    assert first.choices[0].message.content
+
+
+def test_record_mode_refreshes_and_replay_serves_the_last_recording(
+    pair: Pair, sim_process: Sim, redis_server: RedisServer, ns: str
+) -> None:
+    seen = Seen()
+    with running_proxies(
+        sim_process.v1,
+        {"record": ("--store", redis_server.url, "--secret", SECRET, "--cache-mode", "record")},
+    ) as started:
+        recording = sdk(started["record"], ns, seen)
+        made = [chat_raw(recording) for _ in range(2)]
+        assert seen.take() == ["REFRESH", "REFRESH"]
+    assert dump(chat_raw(sdk(pair.replayer, ns, seen))) == dump(made[1])
+    assert seen.take() == ["HIT"]
+
+
+def test_options_that_change_the_answer_change_the_key(pair: Pair, ns: str) -> None:
+    """Each of these asks for something else of the answer (a usage chunk, log probabilities,
+    more choices, one tool call at most): none may be served another's entry."""
+    client = sdk(pair.recorder, ns, Seen())
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    base: dict[str, Any] = {"model": MODEL, "messages": ASK}
+    variants: list[dict[str, Any]] = [
+        {},
+        {"stream": True},
+        {"stream": True, "stream_options": {"include_usage": True}},
+        {"logprobs": True},
+        {"logprobs": True, "top_logprobs": 2},
+        {"logprobs": True, "top_logprobs": 3},
+        {"n": 2},
+        {"tools": [tool]},
+        {"tools": [tool], "parallel_tool_calls": False},
+        {"tools": [tool], "tool_choice": "required"},
+        {"response_format": {"type": "json_object"}},
+    ]
+    keys = []
+    for extra in variants:
+        with client.chat.completions.with_streaming_response.create(**base, **extra) as raw:
+            raw.read()
+            keys.append(raw.headers["X-Repro-Key"])
+    assert len(set(keys)) == len(variants)
