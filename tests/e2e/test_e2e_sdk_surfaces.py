@@ -20,20 +20,27 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import openai
 import pydantic
 import pytest
-from openai import AsyncOpenAI, OpenAI
+from openai import AsyncOpenAI, AzureOpenAI, OpenAI
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
 from bench.procs import free_port
-from tests.fixtures_procs import Proxy, Sim, closed_after_test, running_proxies
+from tests.fixtures_procs import (
+    AZURE_VERSION,
+    Proxy,
+    ProxyFactory,
+    Sim,
+    closed_after_test,
+    running_proxies,
+)
 from tests.fixtures_redis import RedisServer
 
 SECRET = "sdk-surfaces-secret-16"
 KEY = "sk-app"
 MODEL = "gpt-4o-mini"
-ASK = [{"role": "user", "content": "Name a colour."}]
+ASK: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Name a colour."}]
 
 
 @dataclass
@@ -46,9 +53,12 @@ class Pair:
 def pair(sim_process: Sim, redis_server: RedisServer) -> Iterator[Pair]:
     store = ("--store", redis_server.url, "--secret", SECRET)
     dead = f"http://127.0.0.1:{free_port()}/v1"
-    with running_proxies(sim_process.v1, {"recorder": store}) as rec:
-        with running_proxies(dead, {"replayer": (*store, "--cache-mode", "replay")}) as rep:
-            yield Pair(rec["recorder"], rep["replayer"])
+    replaying = {"replayer": (*store, "--cache-mode", "replay")}
+    with (
+        running_proxies(sim_process.v1, {"recorder": store}) as rec,
+        running_proxies(dead, replaying) as rep,
+    ):
+        yield Pair(rec["recorder"], rep["replayer"])
 
 
 class Seen:
@@ -57,10 +67,10 @@ class Seen:
     def __init__(self) -> None:
         self.caches: list[str] = []
 
-    def hook(self, response: httpx.Response) -> None:
+    def hook(self, response: Any) -> None:
         self.caches.append(response.headers.get("X-Repro-Cache", "-"))
 
-    async def ahook(self, response: httpx.Response) -> None:
+    async def ahook(self, response: Any) -> None:
         self.hook(response)
 
     def take(self) -> list[str]:
@@ -69,7 +79,7 @@ class Seen:
 
 
 def sdk(proxy: Proxy, ns: str, seen: Seen, **options: Any) -> OpenAI:
-    transport = httpx.Client(event_hooks={"response": [seen.hook]})
+    transport = openai.DefaultHttpxClient(event_hooks={"response": [seen.hook]})
     options.setdefault("max_retries", 0)
     made = OpenAI(
         base_url=proxy.v1,
@@ -114,7 +124,7 @@ def replayed_as(pair: Pair, ns: str, surface: Surface, first_seen: list[str]) ->
 
 
 def chat_raw(client: OpenAI) -> Any:
-    raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=ASK)  # type: ignore[arg-type]
+    raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=ASK)
     assert raw.status_code == 200
     return raw.parse()
 
@@ -122,7 +132,7 @@ def chat_raw(client: OpenAI) -> Any:
 def chat_stream_usage(client: OpenAI) -> Any:
     stream = client.chat.completions.create(
         model=MODEL,
-        messages=ASK,  # type: ignore[arg-type]
+        messages=ASK,
         stream=True,
         stream_options={"include_usage": True},
     )
@@ -132,14 +142,14 @@ def chat_stream_usage(client: OpenAI) -> Any:
 def chat_streaming_response(client: OpenAI) -> Any:
     with client.chat.completions.with_streaming_response.create(
         model=MODEL,
-        messages=ASK,  # type: ignore[arg-type]
+        messages=ASK,
         stream=True,
     ) as response:
         return list(response.parse())
 
 
 def chat_stream_helper(client: OpenAI) -> Any:
-    with client.chat.completions.stream(model=MODEL, messages=ASK) as stream:  # type: ignore[arg-type]
+    with client.chat.completions.stream(model=MODEL, messages=ASK) as stream:
         events = [e.type for e in stream]
         return events, stream.get_final_completion()
 
@@ -162,7 +172,7 @@ def parse_tool(client: OpenAI) -> Any:
 
 
 def tools_named(client: OpenAI) -> Any:
-    tool = {
+    tool: ChatCompletionToolParam = {
         "type": "function",
         "function": {
             "name": "lookup",
@@ -171,8 +181,8 @@ def tools_named(client: OpenAI) -> Any:
     }
     answer = client.chat.completions.create(
         model=MODEL,
-        messages=ASK,  # type: ignore[arg-type]
-        tools=[tool],  # type: ignore[list-item]
+        messages=ASK,
+        tools=[tool],
         tool_choice={"type": "function", "function": {"name": "lookup"}},
         parallel_tool_calls=False,
     )
@@ -181,7 +191,7 @@ def tools_named(client: OpenAI) -> Any:
 
 
 def n_two(client: OpenAI) -> Any:
-    answer = client.chat.completions.create(model=MODEL, messages=ASK, n=2)  # type: ignore[arg-type]
+    answer = client.chat.completions.create(model=MODEL, messages=ASK, n=2)
     assert [c.index for c in answer.choices] == [0, 1]
     return answer
 
@@ -189,7 +199,7 @@ def n_two(client: OpenAI) -> Any:
 def logprobs(client: OpenAI) -> Any:
     return client.chat.completions.create(
         model=MODEL,
-        messages=ASK,  # type: ignore[arg-type]
+        messages=ASK,
         logprobs=True,
         top_logprobs=2,
     )
@@ -198,7 +208,7 @@ def logprobs(client: OpenAI) -> Any:
 def extra_body_seed(client: OpenAI) -> Any:
     raw = client.chat.completions.with_raw_response.create(
         model=MODEL,
-        messages=ASK,  # type: ignore[arg-type]
+        messages=ASK,
         extra_body={"seed": 7},
     )
     assert (raw.headers["X-Repro-Seed"], raw.headers["X-Repro-Seed-Source"]) == ("7", "client")
@@ -244,9 +254,7 @@ SURFACES: dict[str, tuple[Surface, int]] = {
 
 
 @pytest.mark.parametrize("name", SURFACES)
-def test_a_surface_hits_the_second_time_and_replays_offline(
-    pair: Pair, ns: str, name: str
-) -> None:
+def test_a_surface_hits_the_second_time_and_replays_offline(pair: Pair, ns: str, name: str) -> None:
     surface, calls = SURFACES[name]
     recorded_then_replayed(pair, ns, surface, calls)
 
@@ -262,16 +270,14 @@ def test_the_stream_ends_with_the_usage_chunk_on_a_hit_too(pair: Pair, ns: str) 
     assert all(c["usage"] is None for c in chunks[:-1])
 
 
-def test_embeddings_in_base64_and_in_float_keep_apart_and_decode_alike(
-    pair: Pair, ns: str
-) -> None:
+def test_embeddings_in_base64_and_in_float_keep_apart_and_decode_alike(pair: Pair, ns: str) -> None:
     """The SDK asks for base64 unless told and decodes it; a float request must not be served
     the base64 body (the SDK would hand the caller a string) nor the other way round."""
     seen = Seen()
     client = sdk(pair.recorder, ns, seen)
-    asked = {"model": "text-embedding-3-small", "input": "kept apart"}
+    asked: dict[str, Any] = {"model": "text-embedding-3-small", "input": "kept apart"}
     raws = [
-        client.embeddings.with_raw_response.create(**asked, encoding_format=form)  # type: ignore[arg-type]
+        client.embeddings.with_raw_response.create(**asked, encoding_format=form)
         for form in ("base64", "float", "base64", "float")
     ]
     assert seen.take() == ["MISS", "MISS", "HIT", "HIT"]
@@ -279,10 +285,10 @@ def test_embeddings_in_base64_and_in_float_keep_apart_and_decode_alike(
     b64, floats = raws[2].http_response.json(), raws[3].http_response.json()
     assert isinstance(b64["data"][0]["embedding"], str)
     assert isinstance(floats["data"][0]["embedding"], list)
-    decoded = client.embeddings.create(**asked).data[0].embedding  # type: ignore[arg-type]
+    decoded = client.embeddings.create(**asked).data[0].embedding
     assert seen.take() == ["HIT"]
     assert decoded == pytest.approx(floats["data"][0]["embedding"], rel=1e-6)
-    offline = sdk(pair.replayer, ns, seen).embeddings.create(**asked).data[0].embedding  # type: ignore[arg-type]
+    offline = sdk(pair.replayer, ns, seen).embeddings.create(**asked).data[0].embedding
     assert seen.take() == ["HIT"]
     assert offline == decoded
     packed = struct.pack(f"<{len(decoded)}f", *decoded)
@@ -293,7 +299,7 @@ def test_the_async_client_hits_and_replays(pair: Pair, ns: str) -> None:
     seen = Seen()
 
     async def run(proxy: Proxy) -> Any:
-        transport = httpx.AsyncClient(event_hooks={"response": [seen.ahook]})
+        transport = openai.DefaultAsyncHttpxClient(event_hooks={"response": [seen.ahook]})
         async with AsyncOpenAI(
             base_url=proxy.v1,
             api_key=KEY,
@@ -301,10 +307,10 @@ def test_the_async_client_hits_and_replays(pair: Pair, ns: str) -> None:
             default_headers={"X-Repro-Namespace": ns},
             http_client=transport,
         ) as client:
-            chat = await client.chat.completions.create(model=MODEL, messages=ASK)  # type: ignore[arg-type]
+            chat = await client.chat.completions.create(model=MODEL, messages=ASK)
             stream = await client.chat.completions.create(
                 model=MODEL,
-                messages=ASK,  # type: ignore[arg-type]
+                messages=ASK,
                 stream=True,
                 stream_options={"include_usage": True},
             )
@@ -324,32 +330,55 @@ def test_the_async_client_hits_and_replays(pair: Pair, ns: str) -> None:
 
 
 def test_sdk_retries_of_a_429_and_a_500_land_on_one_key_and_the_success_is_cached(
-    pair: Pair, sim_process: Sim, ns: str
+    pair: Pair, sim: Sim, ns: str
 ) -> None:
     """The SDK retries with a new `x-stainless-retry-count` (and read timeout when `timeout=`
     differs): the proxy keys neither, so the retry's answer serves the next call, whatever
     the client's timeout."""
-    sim_process.reset()
     seen = Seen()
     client = sdk(pair.recorder, ns, seen, max_retries=2, timeout=20.0)
-    sim_process.fault(kind="status", status=429, count=1, headers={"retry-after-ms": "10"})
-    sim_process.fault(kind="status", status=500, count=1, headers={"retry-after-ms": "10"})
-    made = client.chat.completions.create(model=MODEL, messages=ASK)  # type: ignore[arg-type]
+    sim.fault(kind="status", status=429, count=1, headers={"retry-after-ms": "10"})
+    sim.fault(kind="status", status=500, count=1, headers={"retry-after-ms": "10"})
+    made = client.chat.completions.create(model=MODEL, messages=ASK)
     assert seen.take() == ["MISS", "MISS", "MISS"]
-    sent = sim_process.llm_requests()
+    sent = sim.llm_requests()
     assert [r["headers"]["x-stainless-retry-count"] for r in sent] == ["0", "1", "2"]
     other = sdk(pair.recorder, ns, seen, timeout=3.0)
-    again = other.chat.completions.with_raw_response.create(model=MODEL, messages=ASK)  # type: ignore[arg-type]
+    again = other.chat.completions.with_raw_response.create(model=MODEL, messages=ASK)
     assert again.headers["X-Repro-Cache"] == "HIT" and again.parse() == made
-    assert len(sim_process.llm_requests()) == 3
+    assert len(sim.llm_requests()) == 3 and seen.take() == ["HIT"]
+    sim.fault(kind="status", status=503, count=1, headers={"retry-after-ms": "10"})
+    streamed = list(client.chat.completions.create(model=MODEL, messages=ASK, stream=True))
+    assert seen.take() == ["MISS", "MISS"]  # a 503, then the stream, stored
+    replayed = list(
+        sdk(pair.replayer, ns, seen).chat.completions.create(model=MODEL, messages=ASK, stream=True)
+    )
+    assert seen.take() == ["HIT"] and dump(replayed) == dump(streamed)
+
+
+def test_a_client_timeout_retried_joins_the_call_in_flight_which_is_then_cached(
+    pair: Pair, sim: Sim, ns: str
+) -> None:
+    """The SDK gives up on a slow answer and retries; the proxy neither calls the upstream
+    twice nor drops the answer it was waiting for."""
+    seen = Seen()
+    sim.settings(latency=1.5)
+    impatient = sdk(pair.recorder, ns, seen, max_retries=1, timeout=0.4)
+    with pytest.raises(openai.APITimeoutError):
+        impatient.chat.completions.create(model=MODEL, messages=ASK)
+    patient = sdk(pair.recorder, ns, seen, timeout=10.0)
+    made = patient.chat.completions.create(model=MODEL, messages=ASK)
+    again = patient.chat.completions.create(model=MODEL, messages=ASK)
+    assert seen.take()[-1] == "HIT" and again == made
+    assert len(sim.llm_requests()) == 1
 
 
 def test_per_request_control_headers_through_extra_headers(pair: Pair, ns: str) -> None:
     seen = Seen()
     client = sdk(pair.recorder, ns, seen, max_retries=2)
 
-    def ask(**headers: str) -> Any:
-        return client.chat.completions.create(model=MODEL, messages=ASK, extra_headers=headers)  # type: ignore[arg-type]
+    def ask(**headers: Any) -> Any:
+        return client.chat.completions.create(model=MODEL, messages=ASK, extra_headers=headers)
 
     first = ask()
     ask(**{"Cache-Control": "no-store"})
@@ -370,11 +399,11 @@ def test_per_request_control_headers_through_extra_headers(pair: Pair, ns: str) 
 
 
 def test_record_mode_refreshes_and_replay_serves_the_last_recording(
-    pair: Pair, sim_process: Sim, redis_server: RedisServer, ns: str
+    pair: Pair, sim: Sim, redis_server: RedisServer, ns: str
 ) -> None:
     seen = Seen()
     with running_proxies(
-        sim_process.v1,
+        sim.v1,
         {"record": ("--store", redis_server.url, "--secret", SECRET, "--cache-mode", "record")},
     ) as started:
         recording = sdk(started["record"], ns, seen)
@@ -409,3 +438,50 @@ def test_options_that_change_the_answer_change_the_key(pair: Pair, ns: str) -> N
             raw.read()
             keys.append(raw.headers["X-Repro-Key"])
     assert len(set(keys)) == len(variants)
+
+
+def test_azure_client_with_azure_deployment_hits_and_replays(
+    start_proxy: ProxyFactory, sim: Sim, redis_server: RedisServer, ns: str
+) -> None:
+    """`AzureOpenAI(azure_deployment=…)` puts the deployment in the base URL: chat (plain and
+    streamed), embeddings (base64 by default) and responses go through the proxy's Azure routes."""
+    store = ("--store", redis_server.url, "--secret", SECRET)
+    recorder = start_proxy(*store, upstream=sim.url)
+    replayer = start_proxy(
+        *store, "--cache-mode", "replay", upstream=f"http://127.0.0.1:{free_port()}"
+    )
+    seen = Seen()
+
+    def run(proxy: Proxy) -> Any:
+        client = closed_after_test(
+            AzureOpenAI(
+                azure_endpoint=proxy.url,
+                api_version=AZURE_VERSION,
+                azure_deployment="chat-dep",
+                api_key="az-key",
+                max_retries=0,
+                default_headers={"X-Repro-Namespace": ns},
+                http_client=openai.DefaultHttpxClient(event_hooks={"response": [seen.hook]}),
+            )
+        )
+        chat = client.chat.completions.create(model="unused", messages=ASK)
+        chunks = list(
+            client.chat.completions.create(
+                model="unused",
+                messages=ASK,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+        embedded = client.embeddings.create(model="unused", input="x")
+        answered = client.responses.create(model="chat-dep", input="hi")
+        return dump([chat, chunks, embedded, answered])
+
+    first = run(recorder)
+    assert seen.take() == ["MISS"] * 4
+    assert run(recorder) == first and seen.take() == ["HIT"] * 4
+    assert run(replayer) == first and seen.take() == ["HIT"] * 4
+    paths = [r["path"] for r in sim.llm_requests()]
+    assert paths[:3] == ["/openai/deployments/chat-dep/chat/completions"] * 2 + [
+        "/openai/deployments/chat-dep/embeddings"
+    ]
