@@ -229,13 +229,20 @@ def embeddings_default(client: OpenAI) -> Any:
 
 def responses_flow(client: OpenAI) -> Any:
     first = client.responses.create(model=MODEL, input="Name a colour.")
-    streamed = [e.type for e in client.responses.create(model=MODEL, input="Stream.", stream=True)]
     chained = client.responses.create(
         model=MODEL, input="And another?", previous_response_id=first.id
     )
+    events = list(
+        client.responses.create(
+            model=MODEL, input="Streamed.", previous_response_id=chained.id, stream=True
+        )
+    )
+    (done,) = [e for e in events if e.type == "response.completed"]
     fetched = client.responses.retrieve(chained.id)
     assert fetched.output_text == chained.output_text
-    return first, streamed, chained, fetched
+    streamed = client.responses.retrieve(done.response.id)
+    assert streamed.output_text == done.response.output_text
+    return first, chained, events, fetched, streamed
 
 
 SURFACES: dict[str, tuple[Surface, int]] = {
@@ -261,7 +268,7 @@ def test_a_surface_hits_the_second_time_and_replays_offline(pair: Pair, ns: str,
 
 def test_responses_create_stream_chain_and_retrieve(pair: Pair, ns: str) -> None:
     """`responses.retrieve` reaches the upstream in readwrite mode and the cache in replay."""
-    replayed_as(pair, ns, responses_flow, ["MISS", "MISS", "MISS", "BYPASS"])
+    replayed_as(pair, ns, responses_flow, ["MISS"] * 3 + ["BYPASS"] * 2)
 
 
 def test_the_stream_ends_with_the_usage_chunk_on_a_hit_too(pair: Pair, ns: str) -> None:
@@ -485,3 +492,20 @@ def test_azure_client_with_azure_deployment_hits_and_replays(
     assert paths[:3] == ["/openai/deployments/chat-dep/chat/completions"] * 2 + [
         "/openai/deployments/chat-dep/embeddings"
     ]
+
+
+def test_the_helpers_share_the_entries_of_the_plain_calls(pair: Pair, ns: str) -> None:
+    """`parse` sends `"stream": false` and a helper header, `.stream()` a helper header: the
+    same question through a helper is the same entry."""
+    seen = Seen()
+    client = sdk(pair.recorder, ns, seen)
+    made = client.chat.completions.create(model=MODEL, messages=ASK)
+    parsed = client.chat.completions.parse(model=MODEL, messages=ASK)
+    assert parsed.choices[0].message.content == made.choices[0].message.content
+    chunks = list(client.chat.completions.create(model=MODEL, messages=ASK, stream=True))
+    with client.chat.completions.stream(model=MODEL, messages=ASK) as stream:
+        final = stream.get_final_completion()
+    assert final.choices[0].message.content == "".join(
+        c.choices[0].delta.content or "" for c in chunks
+    )
+    assert seen.take() == ["MISS", "HIT", "MISS", "HIT"]
