@@ -509,3 +509,53 @@ def test_the_helpers_share_the_entries_of_the_plain_calls(pair: Pair, ns: str) -
         c.choices[0].delta.content or "" for c in chunks
     )
     assert seen.take() == ["MISS", "HIT", "MISS", "HIT"]
+
+
+def test_offline_misses_are_final_for_the_sdk_on_every_surface(pair: Pair, ns: str) -> None:
+    """With its default two retries the SDK asks once per miss: streamed, embeddings, legacy,
+    Responses (created and retrieved) all carry `x-should-retry: false`."""
+    seen = Seen()
+    client = sdk(pair.replayer, ns, seen, max_retries=2)
+    calls: list[Callable[[], Any]] = [
+        lambda: list(client.chat.completions.create(model=MODEL, messages=ASK, stream=True)),
+        lambda: client.embeddings.create(model="text-embedding-3-small", input="never"),
+        lambda: client.completions.create(model="davinci-002", prompt="never"),
+        lambda: client.responses.create(model=MODEL, input="never"),
+        lambda: list(client.responses.create(model=MODEL, input="never", stream=True)),
+        lambda: client.responses.retrieve("resp_never"),
+    ]
+    for call in calls:
+        with pytest.raises(openai.APIStatusError) as missed:
+            call()
+        assert missed.value.response.headers["x-should-retry"] == "false"
+        assert len(seen.take()) == 1
+
+
+def test_an_async_batch_of_identical_questions_reaches_the_upstream_once(
+    pair: Pair, sim: Sim, ns: str
+) -> None:
+    """`asyncio.gather` of the same question (a batch job's duplicates) in flight together:
+    one upstream call, one answer for all."""
+    sim.settings(latency=0.3)
+
+    async def batch() -> list[Any]:
+        async with AsyncOpenAI(
+            base_url=pair.recorder.v1,
+            api_key=KEY,
+            max_retries=0,
+            default_headers={"X-Repro-Namespace": ns},
+        ) as client:
+            asks = [("Same.", 0)] * 5 + [("Other.", 1), ("Other.", 2)]
+            return await asyncio.gather(
+                *(
+                    client.chat.completions.create(
+                        model=MODEL, messages=[{"role": "user", "content": text}], seed=seed
+                    )
+                    for text, seed in asks
+                )
+            )
+
+    answers = asyncio.run(batch())
+    assert len({a.id for a in answers[:5]}) == 1
+    assert answers[5].id != answers[6].id
+    assert len(sim.llm_requests()) == 3
