@@ -15,9 +15,11 @@ and replayed.
 from __future__ import annotations
 
 import asyncio
+import signal
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -559,3 +561,33 @@ def test_an_async_batch_of_identical_questions_reaches_the_upstream_once(
     assert len({a.id for a in answers[:5]}) == 1
     assert answers[5].id != answers[6].id
     assert len(sim.llm_requests()) == 3
+
+
+def test_every_surface_replays_from_a_cassette_offline(
+    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
+) -> None:
+    """The README's CI story: record into a cassette, stop, replay it with no upstream. Every
+    surface above, base64 embeddings and Responses (by id too) included, comes back alike."""
+    tape = tmp_path / "llm.jsonl"
+    recorder = start_proxy("--cache-scope", "shared", "--cassette", str(tape))
+    seen = Seen()
+    made = {
+        name: dump(surface(sdk(recorder, "tape", seen))) for name, (surface, _) in SURFACES.items()
+    }
+    made["responses"] = dump(responses_flow(sdk(recorder, "tape", seen)))
+    recorder.proc.send_signal(signal.SIGTERM)
+    assert recorder.proc.wait(timeout=15) == 0
+    replayer = start_proxy(
+        "--cache-scope",
+        "shared",
+        "--cassette",
+        str(tape),
+        "--cache-mode",
+        "replay",
+        upstream=f"http://127.0.0.1:{free_port()}/v1",
+    )
+    seen.take()
+    for name, (surface, _) in SURFACES.items():
+        assert dump(surface(sdk(replayer, "tape", seen))) == made[name], name
+    assert dump(responses_flow(sdk(replayer, "tape", seen))) == made["responses"]
+    assert set(seen.take()) == {"HIT"}
