@@ -23,12 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import openai
+import orjson
 import pydantic
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from openai import AsyncOpenAI, AzureOpenAI, OpenAI
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
 from bench.procs import free_port
+from proxy import config
+from proxy.server.app import create_app
 from tests.fixtures_procs import (
     AZURE_VERSION,
     Proxy,
@@ -591,3 +595,77 @@ def test_every_surface_replays_from_a_cassette_offline(
         assert dump(surface(sdk(replayer, "tape", seen))) == made[name], name
     assert dump(responses_flow(sdk(replayer, "tape", seen))) == made["responses"]
     assert set(seen.take()) == {"HIT"}
+
+
+@pytest.mark.parametrize(("scope", "renewed"), [("key", "MISS"), ("shared", "HIT")])
+def test_an_entra_token_renewed_shares_answers_only_in_shared_scope(
+    start_proxy: ProxyFactory, sim: Sim, ns: str, scope: str, renewed: str
+) -> None:
+    """`AzureOpenAI(azure_ad_token=…)` sends `Authorization: Bearer`, a new token each hour:
+    the README's advice for it (shared scope) holds: the upstream vouches for the new token,
+    as it refuses made-up ones."""
+    sim.accept_keys("entra-token-1", "entra-token-2")
+    proxy = start_proxy("--cache-scope", scope, upstream=sim.url)
+    seen = Seen()
+    for token in ("entra-token-1", "entra-token-1", "entra-token-2"):
+        client = AzureOpenAI(
+            azure_endpoint=proxy.url,
+            api_version=AZURE_VERSION,
+            azure_ad_token=token,
+            max_retries=0,
+            default_headers={"X-Repro-Namespace": ns},
+            http_client=openai.DefaultHttpxClient(event_hooks={"response": [seen.hook]}),
+        )
+        with closed_after_test(client) as made:
+            made.chat.completions.create(model="chat-dep", messages=ASK)
+    assert seen.take() == ["MISS", "HIT", renewed]
+    assert [r["headers"]["Authorization"] for r in sim.llm_requests()][:1] == [
+        "Bearer entra-token-1"
+    ]
+
+
+@dataclass
+class Clock:
+    now: float = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/openai/deployments/chat-dep/chat/completions?api-version={AZURE_VERSION}",
+        "/openai/v1/chat/completions",
+    ],
+)
+async def test_a_revoked_azure_key_reads_nothing_once_its_verdict_expires(
+    sim: Sim, path: str
+) -> None:
+    """The key check asked `<root>/models`, which an Azure resource (whose root has no /v1)
+    answers 404: it could never tell, so a revoked `api-key` read its own entries forever. It
+    asks Azure's own model list now, as the upstream's 401 for the key then says."""
+    clock = Clock()
+    settings = config.load({"upstream": sim.url, "key_check_interval": "300"}, environ={})
+    client: TestClient[object, object] = TestClient(
+        TestServer(create_app(settings, clock=clock, environ={}))
+    )
+    await client.start_server()
+    body = orjson.dumps({"model": "chat-dep", "messages": ASK})
+
+    async def post() -> tuple[int, str]:
+        response = await client.post(path, data=body, headers={"api-key": "az-revoked"})
+        await response.read()
+        return response.status, response.headers.get("X-Repro-Cache", "-")
+
+    try:
+        assert await post() == (200, "MISS")
+        assert await post() == (200, "HIT")
+        sim.accept_keys("az-other")
+        for _ in range(3):
+            clock.now += 301
+            assert (await post())[0] == 401
+    finally:
+        await client.close()
+    checks = [r for r in sim.requests() if r["method"] == "GET"]
+    assert checks and all(r["path"].startswith("/openai/") for r in checks)
