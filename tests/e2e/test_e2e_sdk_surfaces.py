@@ -15,6 +15,7 @@ and replayed.
 from __future__ import annotations
 
 import asyncio
+import base64
 import signal
 import struct
 from collections.abc import Callable, Iterator
@@ -304,8 +305,8 @@ def test_embeddings_in_base64_and_in_float_keep_apart_and_decode_alike(pair: Pai
     offline = sdk(pair.replayer, ns, seen).embeddings.create(**asked).data[0].embedding
     assert seen.take() == ["HIT"]
     assert offline == decoded
-    packed = struct.pack(f"<{len(decoded)}f", *decoded)
-    assert len(packed) == 4 * 16
+    stored = base64.b64decode(b64["data"][0]["embedding"])
+    assert list(struct.unpack(f"<{len(stored) // 4}f", stored)) == decoded  # the bytes, kept
 
 
 def test_the_async_client_hits_and_replays(pair: Pair, ns: str) -> None:
