@@ -648,9 +648,7 @@ async def test_a_revoked_azure_key_reads_nothing_once_its_verdict_expires(
     asks Azure's own model list now, as the upstream's 401 for the key then says."""
     clock = Clock()
     settings = config.load({"upstream": sim.url, "key_check_interval": "300"}, environ={})
-    client: TestClient[object, object] = TestClient(
-        TestServer(create_app(settings, clock=clock, environ={}))
-    )
+    client = TestClient(TestServer(create_app(settings, clock=clock, environ={})))
     await client.start_server()
     body = orjson.dumps({"model": "chat-dep", "messages": ASK})
 
