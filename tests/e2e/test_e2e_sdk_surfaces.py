@@ -68,6 +68,11 @@ def pair(sim_process: Sim, redis_server: RedisServer) -> Iterator[Pair]:
         yield Pair(rec["recorder"], rep["replayer"])
 
 
+@pytest.fixture(autouse=True)
+def calm_sim(sim: Sim) -> None:
+    """Every test starts with the sim reset: no latency, fault or key list left by another."""
+
+
 class Seen:
     """Every `X-Repro-Cache` the proxy answered a client with, in order."""
 
