@@ -3,7 +3,8 @@
 Without this, a revoked key would keep reading its own entries (scope `key`), and with scope
 `shared` any string in a credential header would read everyone's. A tenant counts as accepted
 when the upstream answered its credentials with a 2xx within `interval` seconds, on a real
-request (`remember`) or on a `GET /v1/models` the proxy sends when it needs to know. A 2xx
+request (`remember`) or on a `GET /v1/models` the proxy sends when it needs to know (for an
+Azure route, Azure's own list: `/openai/models?api-version=`, or `/openai/v1/models`). A 2xx
 counts only as an answer (a model list, a completion): gateways refuse a bad key with a 200
 and an error body, which is a refusal.
 
@@ -30,6 +31,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Hashable, Mapping
 from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from urllib.parse import urlencode
 
 from multidict import CIMultiDictProxy
 
@@ -44,7 +46,8 @@ from proxy.core.credentials import (
 )
 from proxy.core.entry import is_answer, json_object
 from proxy.core.lru import LRU
-from proxy.core.routes import RESPONSES
+from proxy.core.responses import api_version
+from proxy.core.routes import AZURE_V1, RESPONSES, is_azure
 from proxy.core.sse import StreamRecorder
 from proxy.errors import UpstreamError
 from proxy.server.offload import Offload
@@ -145,24 +148,26 @@ class KeyChecker:
         await self._probes.close()
 
     async def _check(self, call: Call, credentials: Credentials, shared: bool) -> bool | None:
-        models = with_query("/v1/models", "", credentials)
+        listed, query = models_list(call)
+        models = with_query(listed, query, credentials)
         served = await self._ask("GET", models, upstream_headers(credentials), None, lists_models)
         if served is False:
             log.info("credentials refused by the upstream: no cached answers for them")
             return self._record(call.tenant, False)
         if served is None:
             return None
-        if not shared or await self._models_tell_apart(credentials):
+        if not shared or await self._models_tell_apart(call, credentials):
             return self._record(call.tenant, True)
         served = await self._serves_strangers(call, credentials)
         return None if served is None else self._record(call.tenant, served)
 
-    async def _models_tell_apart(self, credentials: Credentials) -> bool:
-        """Whether `/v1/models` refuses made-up credentials of this shape (learned per
-        interval); when the upstream cannot say, it does not."""
-        key = ("models", shape(credentials))
+    async def _models_tell_apart(self, call: Call, credentials: Credentials) -> bool:
+        """Whether the model list refuses made-up credentials of this shape (learned per
+        interval and list); when the upstream cannot say, it does not."""
+        listed, query = models_list(call)
+        key = ("models", shape(credentials), listed, query)
         made_up = stranger(credentials)
-        models = with_query("/v1/models", "", made_up)
+        models = with_query(listed, query, made_up)
         served = await self._learn(
             key, "GET", models, upstream_headers(made_up), None, lists_models
         )
@@ -244,6 +249,20 @@ class KeyChecker:
     def _record(self, tenant: str, accepted: bool) -> bool:
         self._verdicts.put(tenant, (accepted, self._clock()))
         return accepted
+
+
+def models_list(call: Call) -> tuple[str, str]:
+    """The path and query of the model list that tells whether the upstream accepts the
+    caller's credentials. An Azure upstream is its resource root, without `/v1`: `/v1/models`
+    would reach `<root>/models`, a 404 that never tells, and a revoked `api-key` would keep
+    reading its own entries; Azure lists models under its own paths, with the api-version
+    the caller asked for on a versioned route."""
+    if call.route.startswith(AZURE_V1):
+        return "/openai/v1/models", ""
+    if is_azure(call.route):
+        version = api_version(call.keyed_query)
+        return "/openai/models", urlencode({"api-version": version}) if version else ""
+    return "/v1/models", ""
 
 
 def _ok(status: int | None) -> bool:

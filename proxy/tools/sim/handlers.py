@@ -341,4 +341,7 @@ def routes() -> list[web.RouteDef]:
             web.get(base + "/responses/{id}", _get_response),
             web.delete(base + "/responses/{id}", _delete_response),
         ]
-    return [*listed, web.get("/v1/models", _models), web.post("/v1/files", _files)]
+    models = [
+        web.get(path, _models) for path in ("/v1/models", "/openai/models", "/openai/v1/models")
+    ]
+    return [*listed, *models, web.post("/v1/files", _files)]
