@@ -4,11 +4,16 @@
      ├── InvalidJSON                   400  invalid_json
      ├── InvalidParameter              400  invalid_value (names the parameter)
      │    └── InvalidType              400  invalid_type (a parameter the proxy acts on)
-     ├── InvalidPath                   400  invalid_path (a pass-through path leaving /v1/)
-     ├── InvalidHeader                 400  invalid_header (a value not in Latin-1)
+     ├── InvalidPath                   400  invalid_path (a pass-through path leaving /v1/,
+     │                                      or read by a lenient server as a route of ours)
+     ├── InvalidHeader                 400  invalid_header (a value not in Latin-1, an
+     │                                      X-Repro-* header given twice with two values)
      │    └── ExpectationFailed        417  invalid_header (an Expect besides 100-continue)
      ├── InvalidHost                   400  invalid_host (a Host that names no host)
      ├── HostNotAllowed                403  host_not_allowed (--allowed-host)
+     ├── NotFound                      404  not_found (no route of the proxy's, or admin
+     │                                      routes without --admin-token)
+     ├── MethodNotAllowed              405  method_not_allowed (with `Allow`; CONNECT too)
      ├── RequestTimeout                408  request_timeout (a body that went silent)
      ├── InvalidBodyLength             400  invalid_body_length (pass-through)
      ├── InvalidBody                   400  invalid_body (broken chunks or Content-Encoding)
@@ -21,6 +26,7 @@
      ├── ReplayPassthrough             501  replay_passthrough (a route replay cannot answer)
      ├── StoreUnavailable              503  store_unavailable (admin routes only)
      ├── TooManyConnections            503  too_many_connections (--max-connections)
+     ├── ShuttingDown                  503  shutting_down (cut at --shutdown-timeout)
      └── UpstreamError
           ├── UpstreamUnreachable      502  upstream_unreachable (also: an answer that is not
           │                                  well-formed HTTP, or framed as smugglers frame)
@@ -122,6 +128,25 @@ class HostNotAllowed(ProxyError):
     final = True
 
 
+class NotFound(ProxyError):
+    """No route of the proxy's: a message of ours alone, since the path is the client's."""
+
+    status = 404
+    code = "not_found"
+    type = "invalid_request_error"
+
+
+NO_ROUTE = "The proxy has no route for this path."
+
+
+class MethodNotAllowed(ProxyError):
+    """A method the path's route does not serve; `Allow` names those it does (RFC 9110 15.5.6)."""
+
+    status = 405
+    code = "method_not_allowed"
+    type = "invalid_request_error"
+
+
 class RequestTimeout(ProxyError):
     status = 408
     code = "request_timeout"
@@ -213,6 +238,14 @@ class TooManyConnections(ProxyError):
 
     status = 503
     code = "too_many_connections"
+
+
+class ShuttingDown(ProxyError):
+    """A request still unanswered when the drain ran out of --shutdown-timeout: worth a retry
+    on another replica (`Retry-After`), never on this connection, which is closed after it."""
+
+    status = 503
+    code = "shutting_down"
 
 
 class UpstreamError(ProxyError):

@@ -18,7 +18,7 @@ from proxy.core.entry import fingerprint_of, is_answer, json_object, usage_of
 from proxy.core.fingerprints import tracked
 from proxy.core.keyed import HeaderLines, Keying, vary_of
 from proxy.core.policy import CacheMode, CacheScope, Enforce, Outcome, Plan
-from proxy.errors import InvalidParameter, InvalidType
+from proxy.errors import InvalidHeader, InvalidParameter, InvalidType
 
 
 class Rules(Protocol):
@@ -105,7 +105,7 @@ class Asked(NamedTuple):
             query,
             raw,
             of_request(headers, query, carriers),
-            headers.get("X-Repro-Namespace", ""),
+            control(headers, NAMESPACE),
             tuple(headers.getall("Cache-Control", ())),
             keying.lines(headers),
         )
@@ -209,6 +209,20 @@ def _reads_state(body: dict[str, object]) -> bool:
 
 
 MAX_NAMESPACE = 256
+NAMESPACE = "X-Repro-Namespace"
+
+
+def control(headers: CIMultiDictProxy[str], name: str) -> str:
+    """The value of the proxy's own request header `name` ("" when absent). Lines of it that
+    disagree are refused, as nginx refuses two Hosts: a reader in front of the proxy (a
+    gateway's allow-list, a log) may take the other one than the proxy's first, and a request
+    would be answered from a partition no one checked it for."""
+    values = headers.getall(name, ())
+    if len(values) > 1 and values.count(values[0]) != len(values):
+        raise InvalidHeader(
+            f"The header {name} is given more than once, with different values.", name
+        )
+    return values[0] if values else ""
 
 
 def checked_namespace(value: str) -> str:

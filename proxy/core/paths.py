@@ -40,6 +40,21 @@ def forward_target(raw: str) -> str:
     return "/" + "/".join(segments) + mark + query
 
 
+def lenient(path: str) -> str:
+    """`path` (the path of a `forward_target`) as the most lenient reader in use reads it:
+    escapes decoded, `\\` as `/`, `;params` dropped, empty segments (`//`, a trailing `/`)
+    merged as nginx's merge_slashes does, letters in lower case. A pass-through path that reads
+    so as one of the proxy's own routes is one an upstream may answer as that route."""
+    decoded = path
+    for _ in range(_DECODINGS):
+        once = unquote(decoded)
+        if once == decoded:
+            break
+        decoded = once
+    segments = (part.partition(";")[0] for part in _SEPARATORS.split(decoded))
+    return "/" + "/".join(segment for segment in segments if segment).lower()
+
+
 def raw_query(raw: str) -> str:
     """The query of `raw`, the client's request target, exactly as sent (still
     percent-encoded): what a cached route keys and the upstream receives. A decoded query sent

@@ -151,7 +151,10 @@ def parse_cache_control(values: Sequence[str]) -> Directives:
         elif name in ("max-age", "stale-if-error") and arg is not None:
             arg = arg.strip().strip('"')
             if arg.isascii() and arg.isdigit():
-                found[name.replace("-", "_")] = _delta_seconds(arg)
+                # Given twice (in one line or two), the stricter counts: readers in front of
+                # the proxy disagree on which copy wins, so no copy may widen what was allowed.
+                key, seconds = name.replace("-", "_"), _delta_seconds(arg)
+                found[key] = min(seconds, found.get(key, seconds))
     return Directives(**found)
 
 

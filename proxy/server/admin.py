@@ -13,7 +13,14 @@ import orjson
 from aiohttp import web
 
 from proxy.core.fingerprints import ModelFingerprints
-from proxy.errors import InvalidJSON, InvalidParameter, StoreUnavailable, Unauthorized
+from proxy.errors import (
+    NO_ROUTE,
+    InvalidJSON,
+    InvalidParameter,
+    NotFound,
+    StoreUnavailable,
+    Unauthorized,
+)
 from proxy.server import bodies, session
 from proxy.server.context import SERVICES, Services
 from proxy.store.base import Selector, StoreError
@@ -47,7 +54,7 @@ async def check_admin(request: web.Request, services: Services) -> None:
     bearer, so no page can forge one. Wrong bearers are counted per address (`guesses`)."""
     token = services.settings.admin_token
     if not token:
-        raise web.HTTPNotFound()
+        raise NotFound(NO_ROUTE)
     header = request.headers.get("Authorization")
     is_read = header is None and request.method == "GET"
     if is_read and await session.valid(request, token, services.clock(), services.store):

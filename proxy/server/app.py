@@ -31,7 +31,7 @@ from proxy.server.context import SERVICES, Services, entry_memo
 from proxy.server.dictionary import Dictionaries
 from proxy.server.fingerprints import FingerprintTracker
 from proxy.server.keycheck import KeyChecker
-from proxy.server.observed import expect, observed
+from proxy.server.observed import UNROUTED, expect, observed, unrouted
 from proxy.server.offload import Offload
 from proxy.server.probe import Prober
 from proxy.server.secret import Secret
@@ -95,6 +95,7 @@ def create_app(
     router.add_post("/admin/ui/login", observed(ui.ui_login), expect_handler=expect)
     router.add_post("/admin/ui/logout", observed(ui.ui_logout), expect_handler=expect)
     router.add_get("/admin/ui/static/{name}", observed(ui.ui_static), expect_handler=expect)
+    router.add_route("*", UNROUTED, observed(unrouted), expect_handler=expect)  # the last
     return app
 
 

@@ -10,12 +10,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
+from yarl import URL
 
 from proxy.core import routes
 from proxy.core.call import Asked, Call, repro_headers
 from proxy.core.credentials import Carriers, hop_by_hop
 from proxy.core.entry import Entry
-from proxy.core.paths import forward_target, raw_query
+from proxy.core.paths import forward_target, lenient, raw_query
 from proxy.core.policy import (
     STALE_STATUSES,
     CacheMode,
@@ -26,6 +27,7 @@ from proxy.core.policy import (
 from proxy.errors import (
     CacheMissError,
     InvalidHeader,
+    InvalidPath,
     ReplayPassthrough,
     UpstreamError,
 )
@@ -45,6 +47,7 @@ from proxy.server.caching import (
 from proxy.server.chains import continuable
 from proxy.server.coalesce import Lease
 from proxy.server.context import SERVICES, Services
+from proxy.server.observed import UNROUTED_PATH
 from proxy.server.offload import OFF_LOOP_BODY
 from proxy.server.streaming import CLIENT_GONE, forward_stream
 from proxy.server.unframed import Unframed
@@ -311,9 +314,9 @@ async def passthrough(
         settings = services.settings
         chunks = bodies.stream(request, settings.max_body, settings.body_timeout)
         data = StreamedBody(chunks, None if inflated else request.content_length)
-    upstream = await services.upstream.send(
-        request.method, forward_target(request.raw_path), headers, data, decode=False
-    )
+    target = forward_target(request.raw_path)
+    await check_not_own_route(request, target)
+    upstream = await services.upstream.send(request.method, target, headers, data, decode=False)
     try:
         response = Unframed(status=upstream.status, reason=upstream.reason)
         response.headers.update(response_headers(upstream.headers, decoded=False))
@@ -333,6 +336,25 @@ async def passthrough(
 
 
 _INFLATED_SKIP = REQUEST_SKIP | {"content-encoding"}
+
+
+async def check_not_own_route(request: web.Request, target: str) -> None:
+    """Refuse a pass-through path that an upstream merging slashes, decoding escapes or
+    dropping `;params` would answer as one of the proxy's own routes (`/v1//chat/completions`,
+    `/v1/chat/completions/`): forwarded, it would be answered uncached and unseeded, the
+    determinism promise silently skipped. The answer names the route's own path, nothing sent."""
+    path = lenient(target.partition("?")[0])
+    match = await request.app.router.resolve(request.clone(rel_url=URL.build(path=path)))
+    resource = match.route.resource
+    if match.http_exception is not None or resource is None:
+        return
+    if resource is request.match_info.route.resource or resource.canonical == UNROUTED_PATH:
+        return
+    raise InvalidPath(
+        f"This path reads as {resource.canonical}, a route of the proxy's own: send it as that "
+        "path, without extra slashes, `;` parameters or escapes.",
+        "path",
+    )
 
 
 def only_if_cached(request: web.Request) -> bool:

@@ -11,9 +11,12 @@ from aiohttp.http import HttpVersion11
 from multidict import CIMultiDictProxy
 
 from proxy.errors import (
+    NO_ROUTE,
     ExpectationFailed,
     InvalidBody,
     InvalidHeader,
+    MethodNotAllowed,
+    NotFound,
     ProxyError,
     UpstreamError,
 )
@@ -54,8 +57,10 @@ def observed(handler: Handler, route: str | None = None) -> Handler:
                 response = _bug(request)
             else:
                 return _left(request)
-        except web.HTTPException:
-            raise
+        except web.HTTPException as exc:
+            if exc.status < 400:  # the operators' page's redirects
+                raise
+            response = _error_response(refused(exc))
         except Exception:
             response = _bug(request)
         took = services.clock() - started
@@ -125,6 +130,39 @@ def _where(request: web.Request) -> str:
     """The route a request matched, as the router names it (`/v1/{tail}`): a path is the
     client's to write, a few KiB of anything, and must not reach a log line at warning."""
     return request.match_info.route.resource.canonical if request.match_info.route.resource else "?"
+
+
+def refused(exc: web.HTTPException) -> ProxyError:
+    """A refusal raised the aiohttp way (the operators' page's 403 and 415) in OpenAI's shape:
+    its text is ours, its code the status's reason (`forbidden`, `unsupported_media_type`)."""
+    error = ProxyError(exc.text or exc.reason)
+    error.status = exc.status
+    error.code = exc.reason.lower().replace(" ", "_")
+    error.type = "invalid_request_error"
+    return error
+
+
+UNROUTED = "/{tail:.*}"
+"""The last route: what no other route takes, answered in our shape instead of aiohttp's plain
+text. Only requests that missed every other route reach it, so the rest pay nothing for it."""
+UNROUTED_PATH = "/{tail}"
+"""Its name as the router gives it (`canonical`)."""
+
+
+async def unrouted(request: web.Request) -> web.StreamResponse:
+    """404, or 405 naming in `Allow` the methods the path's routes do serve; quoting nothing
+    of the request."""
+    allowed: set[str] = set()
+    itself = request.match_info.route.resource
+    for resource in request.app.router.resources():
+        if resource is not itself:
+            allowed |= (await resource.resolve(request))[1]
+    if not allowed:
+        raise NotFound(NO_ROUTE)
+    raise MethodNotAllowed(
+        "This path's route does not serve this method; Allow names those it does.",
+        headers={hdrs.ALLOW: ",".join(sorted(allowed))},
+    )
 
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"

@@ -13,7 +13,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from proxy.core import policy, responses
-from proxy.core.call import checked_namespace
+from proxy.core.call import NAMESPACE, checked_namespace, control
 from proxy.core.codec import UnknownDictionary
 from proxy.core.credentials import Credentials, of_request, split_query
 from proxy.core.entry import CorruptEntry, Entry
@@ -65,7 +65,7 @@ async def delete_by_id(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     # Refused before the upstream deletes anything, not after, when the client would be told
     # a deletion failed that took place.
-    checked_namespace(request.headers.get("X-Repro-Namespace", ""))
+    checked_namespace(control(request.headers, NAMESPACE))
 
     async def forget(status: int) -> None:
         response_id = request.match_info["id"]
@@ -105,7 +105,7 @@ async def _held(
         request.headers, raw_query(request.raw_path), services.credential_names
     )
     tenant = services.secret.tenant(credentials)
-    namespace = checked_namespace(request.headers.get("X-Repro-Namespace", ""))
+    namespace = checked_namespace(control(request.headers, NAMESPACE))
     scope = scope_of(services, tenant)
     shared = services.settings.cache_scope is policy.CacheScope.SHARED
     vary = vary_of(services.keying.lines(request.headers), in_query, shared)

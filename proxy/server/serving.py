@@ -42,7 +42,13 @@ from aiohttp.web_request import BaseRequest
 
 from proxy.config import Settings
 from proxy.core.policy import CacheMode
-from proxy.errors import MalformedRequest, TooManyConnections
+from proxy.errors import (
+    MalformedRequest,
+    MethodNotAllowed,
+    ProxyError,
+    ShuttingDown,
+    TooManyConnections,
+)
 from proxy.server import bodies
 from proxy.server.context import SERVICES
 from proxy.server.preflight import check_store, check_upstream
@@ -231,9 +237,32 @@ def framed_by_version(handler: RequestHandlerFn) -> RequestHandlerFn:
             version != HttpVersion10 or hdrs.TRANSFER_ENCODING in request.headers
         ):
             return _refused(version)
+        if request.method == hdrs.METH_CONNECT:
+            return _untunnelled()
         return handler(request)
 
     return checked
+
+
+TUNNELLED = "DELETE,GET,HEAD,OPTIONS,PATCH,POST,PUT"
+"""What a 405 to CONNECT allows: the methods the proxy's routes serve, none of them a tunnel."""
+
+
+async def _untunnelled() -> web.StreamResponse:
+    """CONNECT asks for a tunnel, and aiohttp reads its target as an authority that no route
+    matches, answering a plain-text 404 itself: refused here in our shape instead, and the
+    connection closed, since a client may already be sending the tunnel's bytes."""
+    error = MethodNotAllowed(
+        "The proxy tunnels nothing: CONNECT is not served.", headers={hdrs.ALLOW: TUNNELLED}
+    )
+    response = web.Response(
+        status=error.status,
+        body=error.body(),
+        content_type="application/json",
+        headers=error.headers,
+    )
+    response.force_close()
+    return response
 
 
 async def _refused(version: HttpVersion) -> web.StreamResponse:
@@ -247,10 +276,9 @@ async def _refused(version: HttpVersion) -> web.StreamResponse:
     return response
 
 
-def _refusal_bytes() -> bytes:
-    error = TooManyConnections(
-        "The proxy has reached its limit of open connections (--max-connections); retry later."
-    )
+def closing_answer(error: ProxyError) -> bytes:
+    """`error` as the bytes of a whole answer that asks for a retry later and closes the
+    connection: written straight to a transport no request of aiohttp's answers."""
     body = error.body()
     head = (
         f"HTTP/1.1 {error.status} Service Unavailable\r\n"
@@ -262,7 +290,11 @@ def _refusal_bytes() -> bytes:
     return head.encode() + body
 
 
-REFUSAL = _refusal_bytes()
+REFUSAL = closing_answer(
+    TooManyConnections(
+        "The proxy has reached its limit of open connections (--max-connections); retry later."
+    )
+)
 
 
 class Refusal(asyncio.Protocol):
@@ -442,11 +474,32 @@ async def drain(manager: web.Server, timeout: float, cut: asyncio.Event) -> None
         return
     why = "a second signal" if cut.is_set() else "--shutdown-timeout"
     log.warning("stopping: requests cut", extra={"requests": len(left), "by": why, "seconds": took})
+    for handler in left:
+        _unavailable(handler)
     tasks = [h._task_handler for h in left if h._task_handler is not None]
     for task in tasks:
         task.cancel()
     if tasks:
         await asyncio.wait(tasks, timeout=CUT_GRACE)
+
+
+def _unavailable(handler: RequestHandler) -> None:
+    """A request cut before a byte of its answer went out is told so, as nginx tells it (a
+    503 to retry elsewhere), rather than finding its connection closed under it, which a
+    client cannot tell from a crash. The connection is closed after it: whatever the request
+    writes as it unwinds goes nowhere. An answer begun can only be cut."""
+    request, transport = handler._current_request, handler.transport
+    if transport is None or transport.is_closing():
+        return
+    if request is not None and request.writer.output_size > 0:
+        return
+    transport.write(_CUT)
+    transport.close()
+
+
+_CUT = closing_answer(
+    ShuttingDown("The proxy stopped before answering (--shutdown-timeout ran out); retry.")
+)
 
 
 def _asked(handler: RequestHandler) -> bool:

@@ -14,6 +14,7 @@ import logging
 
 from aiohttp import web
 
+from proxy.core.call import control
 from proxy.core.policy import SHARED, CacheScope
 from proxy.errors import InvalidParameter, RequestTooLarge
 from proxy.server.admin import (
@@ -90,7 +91,7 @@ async def _tenant(request: web.Request, services: Services) -> str:
         )
     if own is CacheScope.SHARED:
         return SHARED
-    key = request.headers.get(API_KEY_HEADER, "").strip()
+    key = control(request.headers, API_KEY_HEADER).strip()
     if not key:
         raise InvalidParameter(
             f"This proxy keys its cache per API key: name the key the answers are for in "

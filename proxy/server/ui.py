@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from aiohttp import web
 
+from proxy.errors import NO_ROUTE, NotFound
 from proxy.server import bodies, session
 from proxy.server.admin import token_accepted
 from proxy.server.context import SERVICES
@@ -42,7 +43,7 @@ def _file(name: str) -> bytes:
 def _token(request: web.Request) -> str:
     token = request.app[SERVICES].settings.admin_token
     if not token:
-        raise web.HTTPNotFound()
+        raise NotFound(NO_ROUTE)
     return token
 
 
@@ -65,7 +66,7 @@ async def ui_static(request: web.Request) -> web.Response:
     _token(request)
     name = request.match_info["name"]
     if name not in STATIC:
-        raise web.HTTPNotFound()
+        raise NotFound(NO_ROUTE)
     kind = "text/css" if name.endswith(".css") else "text/javascript"
     return web.Response(body=_file(name), content_type=kind, charset="utf-8", headers=HEADERS)
 

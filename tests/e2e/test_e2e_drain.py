@@ -384,8 +384,7 @@ async def test_a_stuck_upstream_is_cut_at_the_shutdown_timeout(
         proxy.proc.send_signal(signal.SIGTERM)
         assert await exit_status(proxy, within=10) == 0
         took = time.monotonic() - signalled
-        with pytest.raises(aiohttp.ServerDisconnectedError):
-            await stuck
+        assert (await stuck).status == 503  # unanswered yet: told so (test_e2e_shape.py)
     assert 2.0 <= took < 6.0
     await logged(log, '"stopping: requests cut","requests":1,"by":"--shutdown-timeout"')
     await logged(log, '"msg":"stopped"')
@@ -406,8 +405,7 @@ async def test_a_second_signal_cuts_the_drain_short(
         await logged(log, '"stopping: draining requests in flight","requests":1')
         proxy.proc.send_signal(signal.SIGINT)
         assert await exit_status(proxy, within=5) == 0
-        with pytest.raises(aiohttp.ServerDisconnectedError):
-            await stuck
+        assert (await stuck).status == 503
     await logged(log, '"stopping: requests cut","requests":1,"by":"a second signal"')
     clean(log)
 
@@ -477,8 +475,7 @@ async def test_a_second_signal_to_the_supervisor_cuts_every_worker_short(
     proxy.proc.send_signal(signal.SIGTERM)
     assert await exit_status(proxy, within=10) == 0
     assert time.monotonic() - signalled < 5.0
-    for outcome in await asyncio.gather(*asked, return_exceptions=True):
-        assert isinstance(outcome, aiohttp.ServerDisconnectedError), outcome
+    assert [answer.status for answer in await asyncio.gather(*asked)] == [503] * 4
     cut = [orjson.loads(line) for line in log.read_text().splitlines() if "requests cut" in line]
     assert {line["by"] for line in cut} == {"a second signal"}
     assert sum(line["requests"] for line in cut) == 4  # however the kernel spread them

@@ -1,0 +1,38 @@
+"""A Cache-Control directive given twice counts with its stricter value, and a lenient reader's
+reading of a path (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.core.paths import lenient
+from proxy.core.policy import parse_cache_control
+
+
+@pytest.mark.parametrize(
+    "values",
+    [("max-age=0", "max-age=100"), ("max-age=100", "max-age=0"), ("max-age=100, max-age=0",)],
+)
+def test_a_max_age_given_twice_counts_with_the_smaller(values: tuple[str, ...]) -> None:
+    """Readers in front of the proxy disagree on which copy wins: none may widen the other."""
+    assert parse_cache_control(values).max_age == 0
+
+
+def test_a_stale_if_error_given_twice_counts_with_the_smaller() -> None:
+    assert parse_cache_control(("stale-if-error=5", "stale-if-error=60")).stale_if_error == 5
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1//chat/completions",
+        "/v1/chat/completions/",
+        "/v1/chat/completions;x=1",
+        "/v1/chat/%2563ompletions",
+        "/v1/chat%2Fcompletions",
+        "/v1/chat\\completions",
+        "/V1/Chat/Completions",
+    ],
+)
+def test_a_lenient_reader_reads_these_as_chat(path: str) -> None:
+    assert lenient(path) == "/v1/chat/completions"
