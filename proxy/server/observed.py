@@ -60,7 +60,7 @@ def observed(handler: Handler, route: str | None = None) -> Handler:
         except web.HTTPException as exc:
             if exc.status < 400:  # the operators' page's redirects
                 raise
-            response = _error_response(refused(exc))
+            response = _error_response(refused(exc), request)
         except Exception:
             response = _bug(request)
         took = services.clock() - started
