@@ -57,7 +57,7 @@ def entry_memo(local_bytes: int = 0) -> EntryMemo:
 
 @dataclass(slots=True)
 class Lifecycle:
-    """Set once the process is told to stop (see serving.drain): `/readyz` then answers 503 so
+    """Set once the process is told to stop (see proxy.server.drain): `/readyz` then answers 503 so
     that a load balancer still asking on an open connection routes elsewhere, and every answer
     closes its connection, so that no client reuses one the proxy is about to close."""
 

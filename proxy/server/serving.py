@@ -16,10 +16,8 @@ exposes no event for "a head was parsed" nor for "the connection's requests are 
 head, so bytes arriving then start one) and `_task_handler` (the task serving the connection,
 which ends after the request in progress, even once the client has left). A head
 that arrives whole in one read, the common case, arms no timer. The handler itself is aiohttp's,
-but for requests it cannot parse (see `Handler`) or whose framing HTTP/1.0 cannot carry
-(`framed_by_version`). `drain` reads two more, `_request_in_progress` and `_messages`, to tell
-a connection with a request in flight from an idle one, and sets `_handler_waiter`, the future
-aiohttp's own shutdown has it set when its request ends.
+but for requests it must refuse before any route sees them (`proxy.server.refusals`). At a stop
+signal the requests in flight are drained (`proxy.server.drain`).
 """
 
 from __future__ import annotations
@@ -31,27 +29,21 @@ import os
 import resource
 import signal
 import sys
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import cast
 
-from aiohttp import hdrs, web
-from aiohttp.http import HttpVersion, HttpVersion10, HttpVersion11
+from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
-from aiohttp.web_request import BaseRequest
 
 from proxy.config import Settings
 from proxy.core.policy import CacheMode
-from proxy.errors import (
-    MalformedRequest,
-    MethodNotAllowed,
-    ProxyError,
-    ShuttingDown,
-    TooManyConnections,
-)
+from proxy.errors import TooManyConnections
 from proxy.server import bodies
 from proxy.server.context import SERVICES
+from proxy.server.drain import CUT_GRACE, Signals, drain
 from proxy.server.preflight import check_store, check_upstream
+from proxy.server.refusals import Handler, closing_answer, framed_by_version
 from proxy.upstream.egress import env_proxy
 
 log = logging.getLogger("proxy.serving")
@@ -193,103 +185,6 @@ class Guard(asyncio.Protocol):
             self._transport.abort()
 
 
-class Handler(RequestHandler):
-    """aiohttp's request handler, but a request that is not HTTP/1.1 it can parse is the
-    client's error, not the server's: answered in OpenAI's shape, quoting none of its bytes, and
-    logged at info with the kind of error only. aiohttp answers such a request in plain text
-    quoting the offending line (credentials included) and logs it as an error with a traceback,
-    so that any client could fill the error log. Failures of the server itself (5xx) keep
-    aiohttp's handling."""
-
-    def handle_error(
-        self,
-        request: BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        if status >= 500 or request.writer.output_size > 0:
-            return super().handle_error(request, status, exc, message)
-        kind = type(exc).__name__ if exc is not None else "unknown"
-        log.info("malformed request refused", extra={"status": status, "error": kind})
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("malformed request", extra={"detail": message or str(exc)})
-        error = MalformedRequest(f"The request is not HTTP/1.1 the proxy can read ({kind}).")
-        response = web.Response(status=status, body=error.body(), content_type="application/json")
-        response.force_close()
-        return response
-
-
-RequestHandlerFn = Callable[[BaseRequest], Awaitable[web.StreamResponse]]
-
-
-def framed_by_version(handler: RequestHandlerFn) -> RequestHandlerFn:
-    """`handler`, for HTTP/1.1 and for HTTP/1.0 without a Transfer-Encoding; anything else is
-    refused and its connection closed. HTTP/1.0 knows no chunks (RFC 9112 6.1: such framing
-    is faulty): a reader in front of the proxy takes the body for none and the chunks for the
-    next request, while aiohttp reads them as the body and serves what follows on the
-    connection. Its parser also takes `HTTP/2.0` and `HTTP/0.9` request lines, which no reader
-    in front frames alike (nginx refuses them). A plain function: no frame of its own."""
-
-    def checked(request: BaseRequest) -> Awaitable[web.StreamResponse]:
-        version = request.version
-        if version != HttpVersion11 and (
-            version != HttpVersion10 or hdrs.TRANSFER_ENCODING in request.headers
-        ):
-            return _refused(version)
-        if request.method == hdrs.METH_CONNECT:
-            return _untunnelled()
-        return handler(request)
-
-    return checked
-
-
-TUNNELLED = "DELETE,GET,HEAD,OPTIONS,PATCH,POST,PUT"
-"""What a 405 to CONNECT allows: the methods the proxy's routes serve, none of them a tunnel."""
-
-
-async def _untunnelled() -> web.StreamResponse:
-    """CONNECT asks for a tunnel, and aiohttp reads its target as an authority that no route
-    matches, answering a plain-text 404 itself: refused here in our shape instead, and the
-    connection closed, since a client may already be sending the tunnel's bytes."""
-    error = MethodNotAllowed(
-        "The proxy tunnels nothing: CONNECT is not served.", headers={hdrs.ALLOW: TUNNELLED}
-    )
-    response = web.Response(
-        status=error.status,
-        body=error.body(),
-        content_type="application/json",
-        headers=error.headers,
-    )
-    response.force_close()
-    return response
-
-
-async def _refused(version: HttpVersion) -> web.StreamResponse:
-    why = f"HTTP/{version.major}.{version.minor}"
-    if version == HttpVersion10:
-        why += " with a Transfer-Encoding"
-    log.info("malformed request refused", extra={"status": 400, "error": why})
-    error = MalformedRequest(f"The request is not HTTP/1.1 the proxy can read ({why}).")
-    response = web.Response(status=400, body=error.body(), content_type="application/json")
-    response.force_close()
-    return response
-
-
-def closing_answer(error: ProxyError) -> bytes:
-    """`error` as the bytes of a whole answer that asks for a retry later and closes the
-    connection: written straight to a transport no request of aiohttp's answers."""
-    body = error.body()
-    head = (
-        f"HTTP/1.1 {error.status} Service Unavailable\r\n"
-        "Content-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        "Retry-After: 1\r\n"
-        "Connection: close\r\n\r\n"
-    )
-    return head.encode() + body
-
-
 REFUSAL = closing_answer(
     TooManyConnections(
         "The proxy has reached its limit of open connections (--max-connections); retry later."
@@ -412,105 +307,6 @@ async def serve(
     finally:
         await runner.cleanup()
     log.info("stopped", extra={"pid": os.getpid()})
-
-
-CUT_GRACE = 1.0
-"""Seconds a request cut at the end of the drain has to unwind (its fill lock released)."""
-
-
-@dataclass(slots=True)
-class Signals:
-    """The first stop signal starts the drain; a second one cuts it short."""
-
-    first: asyncio.Event = field(default_factory=asyncio.Event)
-    second: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def received(self) -> None:
-        if self.first.is_set():
-            self.second.set()
-        self.first.set()
-
-
-async def drain(manager: web.Server, timeout: float, cut: asyncio.Event) -> None:
-    """Let the requests in flight finish, as nginx's graceful stop does: idle keep-alive
-    connections are closed now, each busy one after its answer (a whole answer, or a stream to
-    its end, stored as usual; its client may have left), for at most `timeout` seconds or until
-    `cut` is set; the requests left then are cancelled. aiohttp's own shutdown stops reading
-    every connection at once, so that a request whose body was still arriving waits for it
-    until cut; and a stuck upstream must not keep the process alive past an orchestrator's
-    grace period, which then kills it without a word (aiohttp would wait 60 s, twice)."""
-    loop = asyncio.get_running_loop()
-    began = loop.time()
-    connections = manager.connections
-    answered: dict[RequestHandler, asyncio.Future[None]] = {}
-    for handler in connections:
-        if not _asked(handler):
-            handler.force_close()
-            continue
-        # aiohttp's own signal that the connection's request has ended (set by its shutdown)
-        done = handler._handler_waiter = loop.create_future()
-        done.add_done_callback(functools.partial(_ended, handler))
-        answered[handler] = done
-    log.info(
-        "stopping: draining requests in flight",
-        extra={"requests": len(answered), "connections": len(connections), "timeout": timeout},
-    )
-    if answered and timeout > 0:
-        waiting = asyncio.ensure_future(asyncio.wait(answered.values()))
-        cutting = asyncio.ensure_future(cut.wait())
-        try:
-            await asyncio.wait(
-                {waiting, cutting}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            waiting.cancel()
-            cutting.cancel()
-    took = round(loop.time() - began, 3)
-    left = [handler for handler, done in answered.items() if not done.done()]
-    if not left:
-        log.info(
-            "stopping: every request finished", extra={"requests": len(answered), "seconds": took}
-        )
-        return
-    why = "a second signal" if cut.is_set() else "--shutdown-timeout"
-    log.warning("stopping: requests cut", extra={"requests": len(left), "by": why, "seconds": took})
-    for handler in left:
-        _unavailable(handler)
-    tasks = [h._task_handler for h in left if h._task_handler is not None]
-    for task in tasks:
-        task.cancel()
-    if tasks:
-        await asyncio.wait(tasks, timeout=CUT_GRACE)
-
-
-def _unavailable(handler: RequestHandler) -> None:
-    """A request cut before a byte of its answer went out is told so, as nginx tells it (a
-    503 to retry elsewhere), rather than finding its connection closed under it, which a
-    client cannot tell from a crash. The connection is closed after it: whatever the request
-    writes as it unwinds goes nowhere. An answer begun can only be cut."""
-    request, transport = handler._current_request, handler.transport
-    if transport is None or transport.is_closing():
-        return
-    if request is not None and request.writer.output_size > 0:
-        return
-    transport.write(_CUT)
-    transport.close()
-
-
-_CUT = closing_answer(
-    ShuttingDown("The proxy stopped before answering (--shutdown-timeout ran out); retry.")
-)
-
-
-def _asked(handler: RequestHandler) -> bool:
-    """A request is being served on the connection, or has arrived and waits its turn."""
-    return handler._request_in_progress or bool(handler._messages)
-
-
-def _ended(handler: RequestHandler, _: object) -> None:
-    """Its request answered, the connection ends as after a `Connection: close` request (this
-    only marks it; aiohttp's loop closes it once the answer is out)."""
-    handler.close()
 
 
 async def _preflight(app: web.Application, settings: Settings) -> None:

@@ -182,7 +182,7 @@ def _terminate(workers: Sequence[BaseProcess]) -> None:
 
 
 def _stop(workers: Sequence[BaseProcess], grace: float) -> None:
-    """Each worker drains its requests (see serving.drain) and exits; one still alive after
+    """Each worker drains its requests (see proxy.server.drain) and exits; one still alive after
     `grace` seconds is killed."""
     _terminate(workers)
     deadline = time.monotonic() + grace
