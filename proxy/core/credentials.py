@@ -25,6 +25,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.core.hops import connection_named
 from proxy.core.policy import ANONYMOUS
+from proxy.errors import InvalidHeader
 
 STANDARD = (
     "authorization",
@@ -137,7 +138,30 @@ def extract(headers: CIMultiDictProxy[str], carriers: tuple[str, ...] = STANDARD
         named = _as_named(raw_name)
         if named is not None and named not in carriers and value.strip():
             found.append((named, value))
+    if len(found) > 1:  # nearly every request carries one credential, or none
+        refuse_disagreeing(sorted(found, key=_first), exempt="cookie")
     return tuple(found)
+
+
+def _first(line: tuple[str, str]) -> str:
+    return line[0]
+
+
+def refuse_disagreeing(lines: Iterable[tuple[str, str]], exempt: str = "") -> None:
+    """Refuse a header (or query parameter) given twice with different values (`lines` sorted by name,
+    stably). The proxy keys and scopes by every line, while an upstream, or a gateway in front
+    of the proxy, may read only the first or the last: `Bearer A` then `Bearer B` would be
+    one partition answered as A or as B, as the reader picks. Identical lines read alike.
+    `exempt`: a name whose lines every reader joins (Cookie, RFC 9113 8.2.3)."""
+    previous = ("", "")
+    for line in lines:
+        if line[0] == previous[0] and line[1] != previous[1] and line[0] != exempt:
+            name = line[0].removeprefix(IN_QUERY)
+            what = "query parameter" if name != line[0] else "header"
+            raise InvalidHeader(
+                f"The {what} {name} is given more than once, with different values.", name
+            )
+        previous = line
 
 
 @functools.lru_cache(maxsize=1024)
@@ -193,7 +217,10 @@ def of_request(
     headers: CIMultiDictProxy[str], query: str, carriers: tuple[str, ...] = STANDARD
 ) -> Credentials:
     """Every credential a request carries: its credential headers, then its query's."""
-    return extract(headers, carriers) + split_query(query)[1]
+    in_query = split_query(query)[1]
+    if len(in_query) > 1:  # `?key=A&key=B`: a server reads the first, or the last
+        refuse_disagreeing(sorted(in_query, key=_first))
+    return extract(headers, carriers) + in_query
 
 
 def in_query(credentials: Credentials) -> str:

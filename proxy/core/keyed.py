@@ -38,6 +38,7 @@ from proxy.core.credentials import (
     Credentials,
     named_as_one,
     parse_names,
+    refuse_disagreeing,
 )
 from proxy.core.hops import HOP_BY_HOP, connection_named
 
@@ -191,6 +192,7 @@ class Keying:
         if found and "Connection" in headers:
             found = _sent(found, headers.getall("Connection"))
         found.sort(key=_name)
+        refuse_disagreeing(found, exempt="cookie")
         return tuple(found)
 
 
