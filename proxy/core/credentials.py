@@ -148,10 +148,11 @@ def _first(line: tuple[str, str]) -> str:
 
 
 def refuse_disagreeing(lines: Iterable[tuple[str, str]], exempt: str = "") -> None:
-    """Refuse a header (or query parameter) given twice with different values (`lines` sorted by name,
-    stably). The proxy keys and scopes by every line, while an upstream, or a gateway in front
-    of the proxy, may read only the first or the last: `Bearer A` then `Bearer B` would be
-    one partition answered as A or as B, as the reader picks. Identical lines read alike.
+    """Refuse a header (or query parameter) given twice with different values (`lines` sorted
+    by name, stably). The proxy keys and scopes by every line, while an upstream, or a gateway
+    in front of the proxy, may read only the first or the last: `Bearer A` then `Bearer B`
+    would be one partition answered as A or as B, as the reader picks. Identical lines read
+    alike.
     `exempt`: a name whose lines every reader joins (Cookie, RFC 9113 8.2.3)."""
     previous = ("", "")
     for line in lines:
