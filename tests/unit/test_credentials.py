@@ -24,6 +24,7 @@ from proxy.core.credentials import (
     with_query,
 )
 from proxy.core.policy import ANONYMOUS, CacheScope, cache_scope
+from proxy.errors import InvalidHeader
 
 SECRET = b"s" * 32
 
@@ -62,9 +63,15 @@ def test_any_differing_credential_value_is_another_tenant() -> None:
         tenant(base[0]),
         tenant(base[1]),
         tenant(("Authorization", "Basic sk-a"), base[1]),
-        tenant(*base, ("x-api-key", "k3")),
+        tenant(*base, ("x-api-key", "k1")),  # an identical line: one reading, another input
     }
     assert len(tenants) == 6
+
+
+def test_a_credential_repeated_with_another_value_is_refused_not_scoped() -> None:
+    """The scope is order-blind, an upstream reads one line: see test_e2e_duplicate_headers."""
+    with pytest.raises(InvalidHeader, match="x-api-key"):
+        tenant(("x-api-key", "k1"), ("Authorization", "Bearer sk-a"), ("X-Api-Key", "k3"))
 
 
 def test_header_name_case_and_order_do_not_matter() -> None:
