@@ -192,7 +192,8 @@ class Keying:
         if found and "Connection" in headers:
             found = _sent(found, headers.getall("Connection"))
         found.sort(key=_name)
-        refuse_disagreeing(found, exempt="cookie")
+        if len(found) > 1:
+            refuse_disagreeing(found, exempt="cookie")
         return tuple(found)
 
 
