@@ -95,7 +95,7 @@ async def refused(proxy: Proxy) -> None:
     while time.monotonic() < deadline:
         try:
             _, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-        except ConnectionRefusedError:
+        except ConnectionError:  # refused; or reset, when the listener closed on it in backlog
             return
         writer.close()
         await writer.wait_closed()
