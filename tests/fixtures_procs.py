@@ -6,6 +6,7 @@ terminated after the test. The sim is shared by the session and reset before eac
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -349,3 +350,14 @@ def started(argv: list[str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
         return proc, found.group(1)
     stop(proc)
     raise AssertionError(f"no listening line: {log.read_text()}")
+
+
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets `pid` holds open (to find its connections in /proc/PID/net/tcp)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    return inodes

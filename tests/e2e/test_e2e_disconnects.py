@@ -23,7 +23,7 @@ import pytest
 import redis
 
 from bench.procs import settled
-from tests.fixtures_procs import Proxy, ProxyFactory, Sim, running_proxy
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim, running_proxy, socket_inodes
 from tests.fixtures_redis import running_redis
 from tests.hostile import Received, Scripted, Writer, completion, dripping_json, http_answer
 
@@ -78,12 +78,7 @@ def assert_whole_log(log: Path) -> None:
 
 def open_connections(pid: int, port: int) -> int:
     """The process's established TCP connections to `port` on loopback."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        with contextlib.suppress(OSError):
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
+    inodes = socket_inodes(pid)
     count = 0
     with open(f"/proc/{pid}/net/tcp") as table:
         for line in table.readlines()[1:]:

@@ -29,7 +29,7 @@ import pytest
 from multidict import CIMultiDictProxy
 
 from bench.procs import settled
-from tests.fixtures_procs import Proxy, ProxyFactory, Sim, running_proxy
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim, running_proxy, socket_inodes
 from tests.hostile import Received, Scripted, Writer, http_answer
 
 CHAT = "/v1/chat/completions"
@@ -188,12 +188,7 @@ async def test_a_stream_in_flight_runs_to_its_end_and_is_stored_in_redis(
 def server_socket(pid: int, client_port: int) -> str | None:
     """The inode of `pid`'s end of the loopback connection from `client_port`, while it holds
     it open."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        with contextlib.suppress(OSError):
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
+    inodes = socket_inodes(pid)
     with open(f"/proc/{pid}/net/tcp") as table:
         for line in table.readlines()[1:]:
             fields = line.split()
