@@ -21,7 +21,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from multiprocessing.process import BaseProcess
 from multiprocessing.queues import SimpleQueue
 from types import FrameType
@@ -153,8 +153,9 @@ def supervise(settings: Settings) -> int:
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        for worker in workers:
-            worker.start()
+        with sigint_ignored_by_children():
+            for worker in workers:
+                worker.start()
         log.info("workers started", extra={"workers": [w.pid for w in workers]})
         while not stopping and all(worker.is_alive() for worker in workers):
             time.sleep(0.2)
@@ -171,6 +172,22 @@ def supervise(settings: Settings) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def sigint_ignored_by_children() -> Iterator[None]:
+    """Spawn workers that ignore SIGINT from their first instruction: `run` ignores it too late
+    for a Ctrl-C pressed while a worker still imports, which ended it with a KeyboardInterrupt
+    traceback. An ignored disposition survives exec; the supervisor blocks SIGINT meanwhile, and
+    Linux keeps a blocked signal pending even while it is ignored, so its own Ctrl-C is not
+    lost but handled once the workers are spawned."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _terminate(workers: Sequence[BaseProcess]) -> None:

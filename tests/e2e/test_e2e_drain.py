@@ -28,8 +28,15 @@ import orjson
 import pytest
 from multidict import CIMultiDictProxy
 
-from bench.procs import settled
-from tests.fixtures_procs import Proxy, ProxyFactory, Sim, running_proxy, socket_inodes
+from bench.procs import settled, stop
+from tests.fixtures_procs import (
+    Proxy,
+    ProxyFactory,
+    Sim,
+    launch_proxy,
+    running_proxy,
+    socket_inodes,
+)
 from tests.hostile import Received, Scripted, Writer, http_answer
 
 CHAT = "/v1/chat/completions"
@@ -415,6 +422,10 @@ def group_proxy(sim: Sim, redis_url: str, tmp_path: Path) -> Iterator[tuple[Prox
             sim.v1, "--workers", "2", "--store", redis_url, stderr=sink, preexec_fn=os.setsid
         ) as proxy,
     ):
+        # Up means one worker answers; the tests need both serving (and a signal that reaches
+        # a worker still starting stops it before it serves anything).
+        up = settled(lambda: log.read_text(errors="replace"), lambda t: t.count('"listening"') == 2)
+        assert up.count('"listening"') == 2, up[-3000:]
         yield proxy, log
 
 
@@ -474,3 +485,22 @@ async def test_a_second_signal_to_the_supervisor_cuts_every_worker_short(
     cut = [orjson.loads(line) for line in log.read_text().splitlines() if "requests cut" in line]
     assert {line["by"] for line in cut} == {"a second signal"}
     assert sum(line["requests"] for line in cut) == 4  # however the kernel spread them
+
+
+async def test_ctrl_c_while_the_workers_start_stops_them_without_a_traceback(
+    sim: Sim, redis_url: str, tmp_path: Path
+) -> None:
+    """A worker ignored SIGINT only once its own code ran: a Ctrl-C while it still imported
+    ended it with a KeyboardInterrupt traceback on the operator's terminal."""
+    log = tmp_path / "proxy.log"
+    with log.open("wb") as sink:
+        proxy = launch_proxy(
+            sim.v1, "--workers", "2", "--store", redis_url, stderr=sink, preexec_fn=os.setsid
+        )
+    try:
+        await logged(log, '"msg":"workers started"')
+        os.killpg(proxy.proc.pid, signal.SIGINT)  # while the workers import
+        assert await exit_status(proxy) == 0
+    finally:
+        stop(proxy.proc)
+    assert "listening" not in clean(log)  # it did land before they served
