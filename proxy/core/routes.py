@@ -101,6 +101,13 @@ def azure_target(path: str, raw_path: str, query: str) -> tuple[str, str]:
 RESPONSES_LINEAGE = "@responses"
 EMBEDDINGS_LINEAGE = "@embeddings"
 _APART = {RESPONSES: RESPONSES_LINEAGE, EMBEDDINGS: EMBEDDINGS_LINEAGE}
+OWN_NAME = "@"
+"""Ends the lineage of a chat or completions model whose own name ends as another route's
+lineage does (`x@embeddings`), or in this mark: the name is the client's to choose, and tracked
+as is, a chat model `x@embeddings` would share embeddings model `x`'s fingerprint history, each
+one's answers a rotation of the other's, its state and rotations shown as the other's. Marked so
+only such names move: every lineage already in a store, and `MODEL@embeddings`, stay put."""
+_MARKED = (*_APART.values(), OWN_NAME)
 
 
 def lineage(model: str, route: str) -> str:
@@ -109,17 +116,20 @@ def lineage(model: str, route: str) -> str:
     (whose model a local server or gateway may also chat with): tracked together, each answer
     of one would look like a rotation away from the other's, and under `follow` the two would
     evict each other's answers, one tenant's embeddings another's chats. So each keeps a
-    history of its own.
+    history of its own, and no model's lineage is another's (`OWN_NAME`).
     On a per-deployment route the deployment answers, not the body's `model` (Azure does not
     read it): tracked under that name, any caller could make one deployment's fingerprint
     another's current one, and every stored answer of that one a miss."""
     model = deployment_of(route) or model
-    return model + _APART.get(kind(route), "") if model else model
+    suffix = _APART.get(kind(route))
+    if suffix is not None:
+        return model + suffix
+    return model + OWN_NAME if model.endswith(_MARKED) else model
 
 
 def model_of(lineage: str) -> str:
-    """The model a lineage tracks (`lineage` without its route's suffix)."""
-    for suffix in _APART.values():
+    """The model a lineage tracks (`lineage` without its route's suffix or `OWN_NAME`)."""
+    for suffix in _MARKED:
         if lineage.endswith(suffix):
             return lineage.removesuffix(suffix)
     return lineage

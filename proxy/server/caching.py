@@ -308,7 +308,7 @@ async def record(
     if entry is None:
         await observe_fingerprint(services, call.lineage, answer.fingerprint)
         return
-    services.prober.answered(call.model)
+    services.prober.answered(call.lineage)
     tracker = services.fingerprints
     counted = tracker.counted(call.lineage, answer.fingerprint)
     try:

@@ -14,7 +14,7 @@ from yarl import URL
 
 from proxy.core import routes
 from proxy.core.call import Asked, Call, repro_headers
-from proxy.core.credentials import Carriers, hop_by_hop
+from proxy.core.credentials import Carriers, hop_by_hop, of_request
 from proxy.core.entry import Entry
 from proxy.core.paths import forward_target, lenient, raw_query
 from proxy.core.policy import (
@@ -293,6 +293,7 @@ async def passthrough(
     """Any other /v1 route, streamed both ways and never cached; refused in replay mode.
     `answering` is told the upstream's status before the client hears a byte of it."""
     services = request.app[SERVICES]
+    check_one_credential(request, services)
     if services.settings.cache_mode is CacheMode.REPLAY:
         raise ReplayPassthrough(
             f"{request.method} {request.path} is not answered from the cache, and in replay mode "
@@ -336,6 +337,16 @@ async def passthrough(
 
 
 _INFLATED_SKIP = REQUEST_SKIP | {"content-encoding"}
+
+
+def check_one_credential(request: web.Request, services: Services) -> None:
+    """Refuse a credential header or query parameter given twice with different values, as the
+    cacheable routes do (400 `invalid_header`, see `credentials.refuse_disagreeing`): forwarded
+    as sent, a gateway in front of the proxy could authorize and bill the request by one value
+    while the upstream acts on it as the other, and the proxy's own readings of a pass-through
+    (a deleted response forgotten in the caller's partition, a stored one fetched in replay
+    mode) would pick a partition by both. Lines that agree pass, forwarded as sent."""
+    of_request(request.headers, raw_query(request.raw_path), services.credential_names)
 
 
 async def check_not_own_route(request: web.Request, target: str) -> None:

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from proxy.core import routes
 from proxy.core.canonical import CHAT, COMPLETIONS
 from proxy.core.entry import fingerprint_of, is_answer
 from proxy.core.fingerprints import tracked
@@ -53,7 +54,9 @@ class Prober:
         self._api_key = api_key
         self._seed = seed
         self._clock = clock
-        self._requested: dict[str, tuple[str, float]] = {}
+        # By lineage, the name answers teach (a chat model and an embeddings model of one name
+        # are two): the model and route to probe it with, and when it was last asked for.
+        self._requested: dict[str, tuple[str, str, float]] = {}
         self._answered: dict[str, float] = {}
 
     @property
@@ -63,24 +66,27 @@ class Prober:
     def requested(self, model: str, route: str) -> None:
         """A client asked for `model` on `route` (chat or completions). A name longer than any
         model's is never probed: the proxy keeps nothing for it (`tracked`)."""
-        if self.enabled and model and tracked(model) and route in (CHAT, COMPLETIONS):
-            _newest(self._requested, model, (route, self._clock()))
+        if not (self.enabled and model and route in (CHAT, COMPLETIONS)):
+            return
+        lineage = routes.lineage(model, route)
+        if tracked(lineage):
+            _newest(self._requested, lineage, (model, route, self._clock()))
 
-    def answered(self, model: str) -> None:
-        """The upstream answered for `model`: its fingerprint is known to be fresh."""
-        if self.enabled and tracked(model):
-            _newest(self._answered, model, self._clock())
+    def answered(self, lineage: str) -> None:
+        """The upstream answered on `lineage` (`routes.lineage`): its fingerprint is fresh."""
+        if self.enabled and tracked(lineage):
+            _newest(self._answered, lineage, self._clock())
 
     def due(self) -> list[tuple[str, str]]:
         """(model, route) pairs to probe now; models idle for long are forgotten."""
         now = self._clock()
-        for model, (_, last) in list(self._requested.items()):
+        for lineage, (_, _, last) in list(self._requested.items()):
             if now - last > ACTIVE_INTERVALS * self._interval:
-                del self._requested[model]
+                del self._requested[lineage]
         return [
             (model, route)
-            for model, (route, _) in self._requested.items()
-            if now - self._answered.get(model, float("-inf")) >= self._interval
+            for lineage, (model, route, _) in self._requested.items()
+            if now - self._answered.get(lineage, float("-inf")) >= self._interval
         ]
 
     async def run(self) -> None:
@@ -95,7 +101,7 @@ class Prober:
             if status == 400:
                 continue  # some models take only max_tokens, others only max_completion_tokens
             if status == 200 and answer is not None and is_answer(answer):
-                await self._learn(model, fingerprint_of(answer))
+                await self._learn(routes.lineage(model, route), fingerprint_of(answer))
             else:
                 log.warning("probe failed", extra={"model": model, "status": status})
             return
@@ -111,12 +117,12 @@ class Prober:
             return status, answer if isinstance(answer, dict) else None
         return status, None
 
-    async def _learn(self, model: str, fingerprint: str) -> None:
-        self.answered(model)
+    async def _learn(self, lineage: str, fingerprint: str) -> None:
+        self.answered(lineage)
         try:
-            await self._fingerprints.observe(model, fingerprint)
+            await self._fingerprints.observe(lineage, fingerprint)
         except StoreError:
-            log.warning("probe could not record the fingerprint", extra={"model": model})
+            log.warning("probe could not record the fingerprint", extra={"model": lineage})
 
 
 def _newest(recent: dict[str, V], model: str, value: V) -> None:

@@ -64,8 +64,10 @@ async def delete_by_id(request: web.Request) -> web.StreamResponse:
     a request continuing it would still be answered, where the upstream refuses it."""
     services = request.app[SERVICES]
     # Refused before the upstream deletes anything, not after, when the client would be told
-    # a deletion failed that took place.
+    # a deletion failed that took place (and the proxy would still answer with the response):
+    # `forget` reads the namespace and the keyed lines, `passthrough` checks the credentials.
     checked_namespace(control(request.headers, NAMESPACE))
+    services.keying.lines(request.headers)
 
     async def forget(status: int) -> None:
         response_id = request.match_info["id"]
