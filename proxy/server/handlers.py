@@ -294,6 +294,10 @@ async def passthrough(
     `answering` is told the upstream's status before the client hears a byte of it."""
     services = request.app[SERVICES]
     check_one_credential(request, services)
+    # A path that reads as one of our routes is the client's mistake to name first: in replay
+    # mode, or with only-if-cached, the fix is that route, not a recording.
+    target = forward_target(request.raw_path)
+    await check_not_own_route(request, target)
     if services.settings.cache_mode is CacheMode.REPLAY:
         raise ReplayPassthrough(
             f"{request.method} {request.path} is not answered from the cache, and in replay mode "
@@ -315,8 +319,6 @@ async def passthrough(
         settings = services.settings
         chunks = bodies.stream(request, settings.max_body, settings.body_timeout)
         data = StreamedBody(chunks, None if inflated else request.content_length)
-    target = forward_target(request.raw_path)
-    await check_not_own_route(request, target)
     upstream = await services.upstream.send(request.method, target, headers, data, decode=False)
     try:
         response = Unframed(status=upstream.status, reason=upstream.reason)

@@ -178,6 +178,26 @@ async def test_a_path_an_upstream_would_read_as_a_cached_route_is_refused(
     assert sim.requests() == []
 
 
+@pytest.mark.parametrize(
+    ("flags", "headers"),
+    [(("--cache-mode", "replay"), {}), ((), {"Cache-Control": "only-if-cached"})],
+)
+async def test_a_path_read_as_a_cached_route_is_named_before_replay_refuses_it(
+    start_proxy: ProxyFactory, sim: Sim, flags: tuple[str, ...], headers: dict[str, str]
+) -> None:
+    """In replay mode (or with only-if-cached) `/v1//chat/completions` was refused as a
+    pass-through the cache cannot answer (501 `replay_passthrough`, 504): the client was told to
+    record, where its path was the mistake."""
+    proxy = start_proxy(*flags)
+    async with client() as session:
+        url = URL(proxy.url + "/v1//chat/completions", encoded=True)
+        async with session.post(url, data=BODY, headers={**AUTH, **headers}) as response:
+            status, body = response.status, await response.read()
+    assert status == 400
+    assert f"reads as {CHAT}," in str(error_of(status, body, "invalid_path")["message"])
+    assert sim.requests() == []
+
+
 async def test_pass_through_paths_are_still_forwarded(proxy: Proxy, sim: Sim) -> None:
     async with client() as session:
         async with session.get(proxy.v1 + "/models", headers=AUTH) as r:
