@@ -179,21 +179,24 @@ class _Relay:
     async def _chunks(self) -> AsyncGenerator[bytes, None]:
         """The upstream's bytes as they come, fed to the recorder, up to the stream's clean end
         (the recorder takes nothing past it, see `_past_the_end`). A chunk is fed in slices
-        of at most _SLICE bytes, the event loop free between them: reading a MiB of tiny
-        frames at once held it for a second, every other client waiting. Until a frame names
-        the answer, a slice is cut after the frame that named it: an answer that arrives all
-        at once then reaches the client's first token without waiting for the recorder to
-        read the rest."""
+        of at most _SLICE bytes, the event loop let run every _SLICE bytes read: a MiB of tiny
+        frames read at once (or inflated from a few KiB) held it for a second, every other
+        client waiting. Until a frame names the answer, a slice is cut after the frame that
+        named it: an answer that arrives all at once then reaches the client's first token
+        without waiting for the recorder to read the rest."""
         recorder = self.recorder
+        unyielded = 0  # bytes read since the loop last ran (an inflated body's pieces come at once)
         try:
             async for chunk in self.upstream.chunks():
                 at = 0
                 while at < len(chunk) and not recorder.at_end:
-                    if at:
+                    if unyielded >= _SLICE:
+                        unyielded = 0
                         await asyncio.sleep(0)
                     piece = chunk[at : at + _SLICE] if at or len(chunk) > _SLICE else chunk
                     taken = recorder.feed(piece, until_named=_before_head(recorder))
                     at += len(taken)
+                    unyielded += len(taken)
                     if taken:  # none: the LF the end's CR might have had did not come
                         yield taken
                 if at < len(chunk):
