@@ -249,7 +249,10 @@ class StreamRecorder:
             ended = data[:end] if end < len(data) else data
         stop = self._read_frames(ended, until_named)
         if stop is not None:
-            return stop - held  # past a blank line, never one within the frame held before
+            taken = stop - held  # past a blank line, never one within the frame held before
+            # A line end's LF may come next only if no byte came after its CR yet.
+            self._after_cr = self._after_cr and taken == len(data)
+            return taken
         if end < len(data):
             self._hold(data[end:])
         return len(data)
@@ -279,7 +282,7 @@ class StreamRecorder:
                     self._over = self.answered
                     if self._over or (until_named and self.named):
                         stop = _past_line(ended, at, number)
-                        self._after_cr = ended[stop - 1] == 13  # an LF may come next, then
+                        self._after_cr = ended[stop - 1] == 13
                         return stop
             elif line.startswith(b":"):
                 self.failed = self.failed or not _text(line)
