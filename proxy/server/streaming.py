@@ -44,8 +44,8 @@ from proxy.upstream.headers import response_headers, undecoded
 log = logging.getLogger("proxy.stream")
 
 CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
-# The most of a chunk read before the event loop is let run: tiny frames cost the recorder
-# about a microsecond per 4 bytes, so some milliseconds.
+# Bytes fed to the recorder between two turns of the event loop: some milliseconds of reading
+# for the frames that cost it most per byte (a few bytes each).
 _SLICE = 16 * 1024
 
 
