@@ -83,10 +83,16 @@ def _spans(ended: bytes, at: int) -> Iterator[tuple[int, int]]:
         at = found.end()
 
 
-def _past_line(data: bytes, at: int, number: int) -> int:
-    """Just past the end of line `number` (from 0) of `data` from `at`, its lines as `_lines`
-    reads them."""
-    return next(itertools.islice(_LINE_END.finditer(data, at), number, None)).end()
+def _past_blank(data: bytes, at: int, count: int) -> int:
+    """Just past the `count`th blank line of `data` from `at` (it has that many), its lines
+    as `_lines` reads them."""
+    for found in _LINE_END.finditer(data, at):
+        if found.start() == at:
+            count -= 1
+            if not count:
+                break
+        at = found.end()
+    return found.end()
 
 
 def _text(line: bytes) -> bool:
@@ -274,14 +280,18 @@ class StreamRecorder:
             self._started = True
             self.failed = self.failed or ended.startswith(_BOM)
         event = _Event()
-        for number, line in enumerate(_lines(ended, at)):
+        blanks = 0
+        for line in _lines(ended, at):
             if not line:
+                blanks += 1
                 if event.data is not None or event.names or event.retry or self._named_by_id:
                     self._read_frame(event)
                     event = _Event()
+                    if not (self.done or until_named):  # the end not yet read, no head awaited
+                        continue
                     self._over = self.answered
                     if self._over or (until_named and self.named):
-                        stop = _past_line(ended, at, number)
+                        stop = _past_blank(ended, at, blanks)
                         self._after_cr = ended[stop - 1] == 13
                         return stop
             elif line.startswith(b":"):

@@ -150,3 +150,20 @@ def test_the_head_ends_with_the_frame_that_named_the_answer() -> None:
     recorder = StreamRecorder(1 << 20)
     _, head = fed(recorder, [b": ping\n\n" + role + first + chunk("lo", "stop")], True)
     assert head == [b": ping\n\n" + role + first]
+
+
+FRAMES = [b": hi", chunk("hel")[:-2], chunk("lo", "stop")[:-2], b"data: [DONE]"]
+BLANK_LINES = [b"\n\n", b"\r\n\r\n", b"\r\r", b"\n\r\n", b"\r\n\n", b"\n\r"]
+
+
+@given(
+    st.lists(st.sampled_from(BLANK_LINES), min_size=4, max_size=4),
+    st.sampled_from([b"", *AFTER]),
+)
+def test_a_stream_of_mixed_line_ends_is_taken_to_its_end(ends: list[bytes], after: bytes) -> None:
+    answer = b"".join(frame + end for frame, end in zip(FRAMES, ends, strict=True))
+    if answer.endswith(b"\r") and after.startswith(b"\n"):
+        after = after[1:]  # an LF there would be the answer's own
+    recorder = StreamRecorder(1 << 20)
+    assert recorder.feed(answer + after) == recorder.body() == answer
+    assert recorder.complete
