@@ -42,7 +42,6 @@ _DONE = b"[DONE]"
 # Two line ends in a row, a blank line, whatever ends each (CRLF, LF or CR): a CRLF's LF
 # followed by anything, or a CR followed by a CR.
 _ENDS = (b"\n\n", b"\r\r", b"\n\r")
-_BLANK = re.compile(b"|".join(map(re.escape, _ENDS)))
 _BOM = b"\xef\xbb\xbf"
 _LINE_END = re.compile(rb"\r\n?|\n")
 _SPLIT_AT_ONCE = 256 * 1024
@@ -64,15 +63,6 @@ def _past(data: bytes, at: int) -> int:
     return end + 1 if data[end - 1] == 13 and data[end : end + 1] == b"\n" else end
 
 
-def frame_end(data: bytes, start: int = 0) -> int:
-    """Just past the first blank line of `data` from `start`, the end of the frame there; else
-    the end of `data`. The search stops at that blank line: a search for each kind of line end
-    would scan the rest of `data` for the kinds absent, and cutting a chunk of many frames
-    frame by frame would cost its length once per frame."""
-    found = _BLANK.search(data, start)
-    return _past(data, found.start()) if found is not None else len(data)
-
-
 def _last_end(data: bytes) -> int:
     """Just past the last blank line of `data`, -1 if it has none."""
     return max((_past(data, at) for sep in _ENDS if (at := data.rfind(sep)) >= 0), default=-1)
@@ -91,6 +81,18 @@ def _spans(ended: bytes, at: int) -> Iterator[tuple[int, int]]:
     for found in _LINE_END.finditer(ended, at):
         yield at, found.start()
         at = found.end()
+
+
+def _past_blank(data: bytes, at: int, count: int) -> int:
+    """Just past the `count`th blank line of `data` from `at` (it has that many), its lines
+    as `_lines` reads them."""
+    for found in _LINE_END.finditer(data, at):
+        if found.start() == at:
+            count -= 1
+            if not count:
+                break
+        at = found.end()
+    return found.end()
 
 
 def _text(line: bytes) -> bool:
@@ -211,9 +213,20 @@ class StreamRecorder:
         self.failed = False
         self.oversize = False
         self.reading = True
+        self._over = False  # the stream ended cleanly: nothing after that is taken
 
-    def feed(self, data: bytes) -> None:
-        """Take the next bytes as they came from the upstream."""
+    def feed(self, data: bytes, until_named: bool = False) -> bytes:
+        """Take the next bytes as they came from the upstream, up to the frame that ended the
+        stream cleanly (`answered`): what follows is no part of the answer, neither read nor
+        recorded, so that the relay passes on what a HIT replays. `until_named`: stop as well
+        after the frame that names the answer (see `named`), for the relay to send its head
+        then. The bytes taken, `data` itself when all were: the rest is for the next call."""
+        if self._over:  # only the LF of the CRLF that ended the stream, if it came apart
+            data = b"\n" if self._after_cr and data.startswith(b"\n") else b""
+            self._after_cr = False
+        elif self.reading and data:
+            taken = self._split(data, until_named)
+            data = data[:taken] if taken < len(data) else data
         if self.oversize:
             pass
         elif self._chunks.size + len(data) > self._max_bytes:
@@ -221,28 +234,34 @@ class StreamRecorder:
             self._chunks = _Pieces()
         else:
             self._chunks.append(data)
-        if self.reading and data:
-            self._split(data)
+        return data
 
-    def _split(self, data: bytes) -> None:
-        """Read the frames `data` ends. Only the new bytes (and the one before them) can hold
-        a new frame end, and only the frames ended are joined: a frame sent in many pieces
-        costs its length once, not once per piece."""
+    def _split(self, data: bytes, until_named: bool) -> int:
+        """Read the frames `data` ends; how much of `data` was taken (see `feed`). Only the new
+        bytes (and the one before them) can hold a new frame end, and only the frames ended
+        are joined: a frame sent in many pieces costs its length once, not once per piece."""
         pending = self._pending
         before = pending.last_byte() if pending.size else b""
         found = _last_end(before + data if before else data)
         if found < 0:
             self._hold(data)
-            return
+            return len(data)
         end = found - len(before)
-        if pending.size:
+        held = pending.size
+        if held:
             ended = pending.joined(data[:end])
             self._pending = _Pieces()
         else:
             ended = data[:end] if end < len(data) else data
+        stop = self._read_frames(ended, until_named)
+        if stop is not None:
+            taken = stop - held  # past a blank line, never one within the frame held before
+            # A line end's LF may come next only if no byte came after its CR yet.
+            self._after_cr = self._after_cr and taken == len(data)
+            return taken
         if end < len(data):
             self._hold(data[end:])
-        self._read_frames(ended)
+        return len(data)
 
     def _hold(self, data: bytes) -> None:
         """Keep the start of a frame not yet ended; one larger than the cap stops the reading."""
@@ -250,25 +269,36 @@ class StreamRecorder:
         if self._pending.size > self._max_bytes:
             self.reading, self._pending = False, _Pieces()
 
-    def _read_frames(self, ended: bytes) -> None:
-        """Read lines as the SDK's decoder does, dispatching an event at each blank line. One
-        line at a time, and the data of an event in one buffer: a frame of a million short
-        lines cost an object per line, many times the frame's own size."""
+    def _read_frames(self, ended: bytes, until_named: bool) -> int | None:
+        """Read lines as the SDK's decoder does, dispatching an event at each blank line; where
+        the reading stopped (see `feed`), if it did. One line at a time, and the data of an
+        event in one buffer: a frame of a million short lines cost an object per line, many
+        times the frame's own size."""
         at = 1 if self._after_cr and ended.startswith(b"\n") else 0  # a CRLF's LF
         self._after_cr = ended.endswith(b"\r")
         if not self._started:
             self._started = True
             self.failed = self.failed or ended.startswith(_BOM)
         event = _Event()
+        blanks = 0
         for line in _lines(ended, at):
             if not line:
+                blanks += 1
                 if event.data is not None or event.names or event.retry or self._named_by_id:
                     self._read_frame(event)
                     event = _Event()
+                    if not (self.done or until_named):  # the end not yet read, no head awaited
+                        continue
+                    self._over = self.answered
+                    if self._over or (until_named and self.named):
+                        stop = _past_blank(ended, at, blanks)
+                        self._after_cr = ended[stop - 1] == 13
+                        return stop
             elif line.startswith(b":"):
                 self.failed = self.failed or not _text(line)
             else:
                 self._read_field(event, line)
+        return None
 
     def _read_field(self, event: _Event, line: bytes) -> None:
         name, _, value = line.partition(b":")
@@ -398,6 +428,11 @@ class StreamRecorder:
         if self.fingerprint is not None:
             return True
         return self.frames > 0 and (self._responses or self.failed or self.token)
+
+    @property
+    def at_end(self) -> bool:
+        """Past the stream's clean end: `feed` takes nothing more."""
+        return self._over and not self._after_cr
 
     @property
     def answered(self) -> bool:

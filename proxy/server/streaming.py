@@ -28,7 +28,7 @@ from multidict import CIMultiDict
 from proxy.core.call import Answer, Call, repro_headers
 from proxy.core.policy import StreamDisconnect
 from proxy.core.routes import RESPONSES
-from proxy.core.sse import StreamRecorder, frame_end
+from proxy.core.sse import StreamRecorder
 from proxy.errors import UpstreamError, UpstreamUnreachable
 from proxy.server.caching import (
     as_upstream_allows,
@@ -44,6 +44,9 @@ from proxy.upstream.headers import response_headers, undecoded
 log = logging.getLogger("proxy.stream")
 
 CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
+# Bytes fed to the recorder between two turns of the event loop: some milliseconds of reading
+# for the frames that cost it most per byte (a few bytes each).
+_SLICE = 16 * 1024
 
 
 async def forward_stream(
@@ -110,9 +113,6 @@ class _Relay:
                 await self._pass(response, chunk)
             del head
             async for chunk in chunks:
-                if self.committed:  # past the clean end stored: see `_past_the_end`
-                    self._past_the_end()
-                    break
                 await self._pass(response, chunk)
                 if self.client_gone and not self._worth_reading():
                     self.upstream.release()
@@ -142,10 +142,11 @@ class _Relay:
             await self._send(response, chunk)
 
     def _past_the_end(self) -> None:
-        """Bytes after a clean end that is stored are not passed on: a HIT will not have them
-        (an `error` event after `response.completed`, which the SDK reads on to), and the
-        client gets the answer as stored, its stream ended cleanly. The upstream connection,
-        not read to its end, is closed."""
+        """Bytes after a clean end are not passed on: a HIT will not have them (an `error`
+        event after `response.completed`, which the SDK reads on to), and the client gets the
+        answer as stored, its stream ended cleanly. The upstream connection, not read to its
+        end, is closed. A compressed stream, whose own end is then never seen, is not stored
+        (see `_pass`)."""
         log.info("upstream sent on past the stream's end", extra={"key": self.call.key})
         self.upstream.release()
 
@@ -176,27 +177,31 @@ class _Relay:
         return self.recorder.fingerprint or "none"
 
     async def _chunks(self) -> AsyncGenerator[bytes, None]:
-        """The upstream's bytes as they come, fed to the recorder. Until a frame names the
-        answer, the recorder reads a chunk frame by frame and the chunk is cut after the frame
-        that named it: an answer that arrives all at once then reaches the client's first token
-        without waiting for the recorder to read the rest. A chunk is cut there only, into two
-        pieces at most: cut after every frame, a MiB of frames that name nothing (`: ping`
-        comments, role-only chunks) cost a copy of the chunk's rest and a write per frame,
-        which held the event loop for a minute."""
+        """The upstream's bytes as they come, fed to the recorder, up to the stream's clean end
+        (the recorder takes nothing past it, see `_past_the_end`). A chunk is fed in slices
+        of at most _SLICE bytes, the event loop let run every _SLICE bytes read: a MiB of tiny
+        frames read at once (or inflated from a few KiB) held it for a second, every other
+        client waiting. Until a frame names the answer, a slice is cut after the frame that
+        named it: an answer that arrives all at once then reaches the client's first token
+        without waiting for the recorder to read the rest."""
         recorder = self.recorder
+        unyielded = 0  # bytes read since the loop last ran (an inflated body's pieces come at once)
         try:
             async for chunk in self.upstream.chunks():
                 at = 0
-                while at < len(chunk):
-                    if _before_head(recorder):
-                        end = _read_until_named(recorder, chunk, at)
-                        yield chunk if at == 0 and end == len(chunk) else chunk[at:end]
-                    else:
-                        end = len(chunk)
-                        piece = chunk[at:] if at else chunk
-                        recorder.feed(piece)
-                        yield piece
-                    at = end
+                while at < len(chunk) and not recorder.at_end:
+                    if unyielded >= _SLICE:
+                        unyielded = 0
+                        await asyncio.sleep(0)
+                    piece = chunk[at : at + _SLICE] if at or len(chunk) > _SLICE else chunk
+                    taken = recorder.feed(piece, until_named=_before_head(recorder))
+                    at += len(taken)
+                    unyielded += len(taken)
+                    if taken:  # none: the LF the end's CR might have had did not come
+                        yield taken
+                if at < len(chunk):
+                    self._past_the_end()
+                    return
         except UpstreamError as exc:
             self.cut = True
             log.warning(
@@ -264,16 +269,6 @@ async def _until_first_frame(
         yield chunk
         if not _before_head(recorder):
             return
-
-
-def _read_until_named(recorder: StreamRecorder, chunk: bytes, at: int) -> int:
-    """Feed `chunk` from `at` to the recorder a frame at a time, until a frame names the
-    answer; where the frame that did ends (else the chunk's end)."""
-    while at < len(chunk) and _before_head(recorder):
-        end = frame_end(chunk, at)
-        recorder.feed(chunk[at:end] if at or end < len(chunk) else chunk)
-        at = end
-    return at
 
 
 def _before_head(recorder: StreamRecorder) -> bool:

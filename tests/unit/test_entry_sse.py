@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.core.entry import fingerprint_of, usage_of
-from proxy.core.sse import StreamRecorder, frame_end
+from proxy.core.sse import StreamRecorder
 
 # --------------------------------------------------------------------------------------------
 # usage_of / fingerprint_of
@@ -291,40 +291,6 @@ class TestStreamRecorder:
         recorder = record(sse([ROLE, two, end, USAGE]))
         assert recorder.complete
         assert recorder.frames == 5
-
-
-# --------------------------------------------------------------------------------------------
-# Cutting the first chunk of a stream after its first frame (proxy.streaming)
-
-
-@pytest.mark.parametrize(
-    ("chunk", "end"),
-    [
-        (b"data: 1\n\ndata: 2\n\n", 9),
-        (b"data: 1\r\n\r\ndata: 2\r\n\r\n", 11),
-        (b"data: 1\n\r\ndata: 2\n\n", 10),
-        (b": ping\n\ndata: 1\n\n", 8),
-        (b"data: 1\ndata: 2", 15),  # no frame end yet: the whole chunk
-        (b"", 0),
-    ],
-)
-def test_frame_end_is_just_past_the_first_blank_line(chunk: bytes, end: int) -> None:
-    assert frame_end(chunk) == end
-
-
-@given(st.lists(st.sampled_from([b"data: {}\n\n", b"data: x\r\n\r\n", b"\n", b"da", b"ta"])))
-def test_cutting_at_frame_ends_reads_the_same_frames(parts: list[bytes]) -> None:
-    """The relay's cut changes where the recorder's input is split, never what it reads."""
-    whole, cut = StreamRecorder(1 << 20), StreamRecorder(1 << 20)
-    data = b"".join(parts)
-    whole.feed(data)
-    for _ in range(len(data) + 1):
-        if not data:
-            break
-        end = frame_end(data)
-        cut.feed(data[:end])
-        data = data[end:]
-    assert (cut.frames, cut.failed, cut.body()) == (whole.frames, whole.failed, whole.body())
 
 
 def test_a_frame_that_never_ends_holds_at_most_the_cap_and_one_chunk() -> None:

@@ -17,7 +17,7 @@ from openai._streaming import SSEDecoder
 
 from proxy.core import responses
 from proxy.core.answers import text as text_of
-from proxy.core.sse import StreamRecorder, frame_end
+from proxy.core.sse import StreamRecorder
 from proxy.server.verify import answer_text
 
 CHUNK = {"system_fingerprint": "fp_a", "choices": [{"index": 0, "delta": {"content": "Hi é✓"}}]}
@@ -176,7 +176,8 @@ def test_whatever_the_recorder_stores_the_sdk_reads_cleanly(
     ],
 )
 def test_the_first_frame_ends_at_a_blank_line_of_any_line_ends(chunk: bytes, end: int) -> None:
-    assert frame_end(chunk) == end
+    """Where the relay cuts a chunk for the head (`data: 1`, no answer, names the stream)."""
+    assert len(StreamRecorder(1 << 20).feed(chunk, until_named=True)) == end
 
 
 # --- the Responses API's typed events ---------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 
 from proxy.core.call import facts_of
 from proxy.core.entry import is_answer
-from proxy.core.sse import StreamRecorder, frame_end
+from proxy.core.sse import StreamRecorder
 
 CHOICE = {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
 ILL_TYPED = [None, 0, -1, 1.5, True, "", "x", {}, [None], [1], ["x"], [CHOICE, 5]]
@@ -74,13 +74,3 @@ def test_a_usage_chunk_with_no_choices_keeps_the_stream_whole() -> None:
     recorder.feed(_stream(_chunk([])))
     assert recorder.complete
     assert recorder.taught == "fp_stream"
-
-
-@pytest.mark.parametrize(
-    "data",
-    [b": a\n\n: b\r\n\r\ndata: c\r\rdata: d\n\rx", b"no end at all", b"\n\n\n\n", b"\r\n\r\n\r\n"],
-)
-def test_frame_end_from_a_start_is_the_end_of_the_frame_there(data: bytes) -> None:
-    """What `_chunks` cuts a chunk by, frame after frame, without copying its rest."""
-    for start in range(len(data) + 1):
-        assert frame_end(data, start) == start + frame_end(data[start:])
