@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any
 
-from aiohttp import hdrs, web
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from proxy.config import Settings
@@ -71,7 +71,6 @@ def create_app(
     app = web.Application(client_max_size=settings.max_body, handler_args=bodies.HANDLER_ARGS)
     metrics = Metrics(registry or CollectorRegistry(), multiprocess_dir)
     app.cleanup_ctx.append(_services(settings, store, metrics, clock, environ, on_miss))
-    app.on_response_prepare.append(_closing)
     router = app.router  # each route answers `Expect` in our shape (`expect`)
     for route in cacheable_routes():
         router.add_post(route, observed(handlers.cacheable, route), expect_handler=expect)
@@ -97,14 +96,6 @@ def create_app(
     router.add_get("/admin/ui/static/{name}", observed(ui.ui_static), expect_handler=expect)
     router.add_route("*", UNROUTED, observed(unrouted), expect_handler=expect)  # the last
     return app
-
-
-async def _closing(request: web.Request, response: web.StreamResponse) -> None:
-    """While the process stops, each answer says `Connection: close`: a client that would
-    reuse the connection would find it closed under its next request."""
-    if request.app[SERVICES].lifecycle.stopping:
-        response.force_close()  # closed after it: its head is made already, hence the header
-        response.headers[hdrs.CONNECTION] = "close"
 
 
 def cacheable_routes() -> list[str]:

@@ -59,6 +59,8 @@ def observed(handler: Handler, route: str | None = None) -> Handler:
                 return _left(request)
         except web.HTTPException as exc:
             if exc.status < 400:  # the operators' page's redirects
+                if services.lifecycle.stopping:
+                    exc.force_close()
                 raise
             response = _error_response(refused(exc), request)
         except Exception:
@@ -68,6 +70,8 @@ def observed(handler: Handler, route: str | None = None) -> Handler:
             _count(services, request, route, response, took)
         if services.settings.access_log:
             _access(request, response, took)
+        if services.lifecycle.stopping:  # no client reuses a connection about to close
+            response.force_close()
         return response
 
     return observe
