@@ -57,6 +57,11 @@ class Coalescer:
     def enabled(self) -> bool:
         return self._timeout > 0
 
+    @property
+    def shared(self) -> bool:
+        """Whether other processes fill through the store too: a lease must then win its lock."""
+        return self._store.shared
+
     def claim(self, key: str) -> Lease | None:
         """Lead the fill of `key` in this process; None when another request here already does.
         On a shared store the lease must still win the store lock: `Store.lookup_or_lock` takes

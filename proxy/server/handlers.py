@@ -66,7 +66,8 @@ async def cacheable(request: web.Request) -> web.StreamResponse:
         route, query = routes.azure_target(route, request.raw_path, query)
     check_credential_headers(request, Carriers(services.credential_names))
     raw = await bodies.read(request, settings.max_body, settings.body_timeout)
-    await services.secret.settle()
+    if services.secret.provisional:
+        await services.secret.settle()
     asked = Asked.of(route, query, raw, request.headers, services.credential_names, services.keying)
     if len(raw) >= OFF_LOOP_BODY:  # never remembered: hashing it would hold the loop too
         return await answer(services, request, await prepare_aside(services, asked))
@@ -151,7 +152,7 @@ async def serve_if_trusted(
     services: Services, request: web.Request, call: Call, entry: Entry
 ) -> web.StreamResponse:
     """A HIT goes only to a key the upstream accepts; any other key is the upstream's to answer."""
-    if await key_accepted(services, request, call):
+    if known(services, request, call) or await key_accepted(services, request, call):
         services.verifier.sample(call, entry, request.headers)
         if call.kind == routes.RESPONSES:  # a chat HIT awaits nothing more
             await hold(services, call)
@@ -164,24 +165,35 @@ KEY_VERDICT = web.RequestKey("repro_key_verdict", bool)
 `--key-check-timeout`, not one per place that asks (before the lookup, the HIT, a stale one)."""
 
 
+def known(services: Services, request: web.Request, call: Call) -> bool:
+    """`key_accepted` when it need not wait, as for nearly every HIT: an accepted key's verdict
+    still fresh. A HIT then awaits nothing more (a coroutine each costs it measurable CPU)."""
+    return services.keys.known(call.tenant) is True
+
+
 async def key_accepted(services: Services, request: web.Request, call: Call) -> bool:
     """Credentials the upstream refuses read nothing; replay mode never asks the upstream."""
     settings = services.settings
     if not services.keys.enabled or settings.cache_mode is CacheMode.REPLAY:
         return True
-    known = services.keys.known(call.tenant)
-    if known is None:
-        known = request.get(KEY_VERDICT)  # a check this request made, even one with no answer
-    if known is None:
+    verdict = services.keys.known(call.tenant)
+    if verdict is None:
+        verdict = request.get(KEY_VERDICT)  # a check this request made, even one with no answer
+    if verdict is None:
         shared = settings.cache_scope is CacheScope.SHARED
-        known = request[KEY_VERDICT] = await services.keys.accepted(call, request.headers, shared)
-    return known
+        verdict = request[KEY_VERDICT] = await services.keys.accepted(call, request.headers, shared)
+    return verdict
 
 
 async def fill(services: Services, request: web.Request, call: Call) -> web.StreamResponse:
     """Look up; on a miss, lead the upstream call for this key, or wait for its leader and look
     again. A leader's lookup takes the store lock in the same round trip."""
     coalescer = services.coalescer
+    looked = not coalescer.shared
+    if looked:  # no store lock to take with the lookup: a HIT claims nothing
+        entry = await lookup(services, call)
+        if entry is not None:
+            return await serve_if_trusted(services, request, call, entry)
     lease = coalescer.claim(call.key)
     if lease is None:  # another request of this process leads
         entry = await lookup(services, call)
@@ -190,7 +202,9 @@ async def fill(services: Services, request: web.Request, call: Call) -> web.Stre
             return await after_leader(services, request, call)
         return await serve_if_trusted(services, request, call, entry)
     try:
-        entry = await lookup_or_lock(services, call, lease)
+        # Claimed right after a lookup in this process's own store, which does not wait: a
+        # second lookup would find what the first did.
+        entry = None if looked else await lookup_or_lock(services, call, lease)
         if entry is None and await coalescer.lock(lease):
             return await go_upstream(services, request, call, lease)
     finally:
