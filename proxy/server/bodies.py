@@ -57,16 +57,25 @@ async def read(request: web.Request, limit: int, idle: float) -> bytes:
             "send it plain (identity), gzip or deflate.",
             headers={"Accept-Encoding": ACCEPTED},
         )
-    content = _checked(request, limit)
-    if content.is_eof() and not encoding:  # all of it came with the head: no reads to wait on
-        body = _received(content)
-        if len(body) > limit:
-            raise RequestTooLarge(_too_large(limit))
+    body = whole(request, limit)
+    if body is not None:
         return body
     received = bytearray()
-    async for chunk in _chunks(content, encoding, limit, idle):
+    async for chunk in _chunks(request.content, encoding, limit, idle):  # length checked
         received += chunk
     return bytes(received)
+
+
+def whole(request: web.Request, limit: int) -> bytes | None:
+    """The body when all of it came with the head, plain: no reads to wait on, so no coroutine
+    (a HIT pays for each); else None, for `read`."""
+    content = _checked(request, limit)
+    if not content.is_eof() or coding(request):
+        return None
+    body = _received(content)
+    if len(body) > limit:
+        raise RequestTooLarge(_too_large(limit))
+    return body
 
 
 def stream(request: web.Request, limit: int, idle: float) -> AsyncIterator[bytes]:

@@ -65,7 +65,9 @@ async def cacheable(request: web.Request) -> web.StreamResponse:
     if routes.is_azure(route):
         route, query = routes.azure_target(route, request.raw_path, query)
     check_credential_headers(request, Carriers(services.credential_names))
-    raw = await bodies.read(request, settings.max_body, settings.body_timeout)
+    raw = bodies.whole(request, settings.max_body)
+    if raw is None:
+        raw = await bodies.read(request, settings.max_body, settings.body_timeout)
     if services.secret.provisional:
         await services.secret.settle()
     asked = Asked.of(route, query, raw, request.headers, services.credential_names, services.keying)
@@ -94,11 +96,33 @@ def check_credential_headers(request: web.Request, carriers: Carriers) -> None:
 
 
 async def answer(services: Services, request: web.Request, call: Call) -> web.StreamResponse:
-    """`decide`, and the request counted once its outcome is known: only a served request
-    names its model (see `Metrics.of`), and only a served model is worth probing."""
+    """A HIT when allowed and found; else the upstream, once for identical concurrent misses;
+    counted once its outcome is known: only a served request names its model (see
+    `Metrics.of`), and only a served model is worth probing. One coroutine, not two: a HIT pays
+    for each.
+
+    In `shared` scope the key is checked before the lookup, not only before a HIT: a caller the
+    upstream refuses would otherwise learn whether anyone asked its question before (a key check
+    made only when something is stored) or is asking it now (a follower waiting for the fill in
+    flight). In `key` scope a caller looks only into its own partition. A request continuing
+    a response the cache may not continue for this caller (proxy/server/chains.py) is the
+    upstream's to answer, never a stored answer's, stale ones included."""
     served = False
     try:
-        response = await decide(services, request, call)
+        chained, reads = call.chained, call.plan.lookup or call.stale_if_error > 0
+        if chained is not None and reads and not await continuable(services, call, chained):
+            call = unlooked(call)._replace(stale_if_error=0)
+        shared = services.settings.cache_scope is CacheScope.SHARED
+        if not call.plan.lookup:
+            response = await go_upstream(services, request, call)
+        elif shared and not await key_accepted(services, request, call):
+            response = await go_upstream(services, request, unlooked(call))
+        elif coalesces(services, call):
+            response = await fill(services, request, call)
+        elif (entry := await lookup(services, call)) is not None:
+            response = await serve_if_trusted(services, request, call, entry)
+        else:
+            response = await go_upstream(services, request, call)
         served = is_served(response)
     finally:
         if call.seed_source == "default":
@@ -111,31 +135,6 @@ async def answer(services: Services, request: web.Request, call: Call) -> web.St
 def is_served(response: web.StreamResponse) -> bool:
     """An answer from the cache (HIT, STALE) or a 2xx from the upstream."""
     return 200 <= response.status < 300
-
-
-async def decide(services: Services, request: web.Request, call: Call) -> web.StreamResponse:
-    """A HIT when allowed and found; else the upstream, once for identical concurrent misses.
-
-    In `shared` scope the key is checked before the lookup, not only before a HIT: a caller the
-    upstream refuses would otherwise learn whether anyone asked its question before (a key check
-    made only when something is stored) or is asking it now (a follower waiting for the fill in
-    flight). In `key` scope a caller looks only into its own partition. A request continuing
-    a response the cache may not continue for this caller (proxy/server/chains.py) is the
-    upstream's to answer, never a stored answer's, stale ones included."""
-    chained, reads = call.chained, call.plan.lookup or call.stale_if_error > 0
-    if chained is not None and reads and not await continuable(services, call, chained):
-        call = unlooked(call)._replace(stale_if_error=0)
-    if not call.plan.lookup:
-        return await go_upstream(services, request, call)
-    shared = services.settings.cache_scope is CacheScope.SHARED
-    if shared and not await key_accepted(services, request, call):
-        return await go_upstream(services, request, unlooked(call))
-    if coalesces(services, call):
-        return await fill(services, request, call)
-    entry = await lookup(services, call)
-    if entry is not None:
-        return await serve_if_trusted(services, request, call, entry)
-    return await go_upstream(services, request, call)
 
 
 def unlooked(call: Call) -> Call:
