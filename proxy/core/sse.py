@@ -37,6 +37,7 @@ from typing import Any
 import orjson
 
 from proxy.core.entry import fingerprint_of, is_answer, is_objects, usage_of
+from proxy.core.pieces import Pieces
 
 _DONE = b"[DONE]"
 # Two line ends in a row, a blank line, whatever ends each (CRLF, LF or CR): a CRLF's LF
@@ -45,8 +46,6 @@ _ENDS = (b"\n\n", b"\r\r", b"\n\r")
 _BOM = b"\xef\xbb\xbf"
 _LINE_END = re.compile(rb"\r\n?|\n")
 _SPLIT_AT_ONCE = 256 * 1024
-_SMALL = 256  # pieces shorter than this are gathered (see `_Pieces`), in buffers of _GATHERED
-_GATHERED = 4096
 _COMPLETED = "response.completed"
 _SPOILED = frozenset({"response.failed", "response.incomplete", "error"})
 _MAX_CHOICES = 128  # the API's bound on `n`
@@ -118,42 +117,6 @@ def payloads(stream: bytes) -> Iterator[bytes]:
                 data.append(_value(value))
 
 
-class _Pieces:
-    """Bytes kept as the objects they came in, but for small ones, gathered in one buffer: a
-    stream arriving a few bytes at a time would otherwise cost an object of tens of bytes
-    per few bytes kept, many times what it holds."""
-
-    __slots__ = ("parts", "size", "tail")
-
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-        self.tail = bytearray()
-        self.size = 0
-
-    def append(self, data: bytes) -> None:
-        self.size += len(data)
-        if len(data) >= _SMALL:
-            self._settle()
-            self.parts.append(data)
-            return
-        self.tail += data
-        if len(self.tail) >= _GATHERED:
-            self._settle()
-
-    def _settle(self) -> None:
-        if self.tail:
-            self.parts.append(bytes(self.tail))
-            self.tail = bytearray()
-
-    def last_byte(self) -> bytes:
-        if self.tail:
-            return bytes(self.tail[-1:])
-        return self.parts[-1][-1:] if self.parts else b""
-
-    def joined(self, more: bytes = b"") -> bytes:
-        return b"".join([*self.parts, self.tail, more])
-
-
 class _Event:
     """The fields of the event being read: its data lines joined, its `event:` name."""
 
@@ -195,8 +158,8 @@ class StreamRecorder:
         self._max_bytes = max_bytes
         self._responses = responses
         self.response_id: str | None = None
-        self._chunks = _Pieces()
-        self._pending = _Pieces()
+        self._chunks = Pieces()
+        self._pending = Pieces()
         self._after_cr = False  # the last frame read ended with a CR: an LF next ends that line
         self._started = False
         self._named_by_id = False  # the SDK dispatches every blank line after an `id:` field
@@ -231,7 +194,7 @@ class StreamRecorder:
             pass
         elif self._chunks.size + len(data) > self._max_bytes:
             self.oversize = True
-            self._chunks = _Pieces()
+            self._chunks = Pieces()
         else:
             self._chunks.append(data)
         return data
@@ -250,7 +213,7 @@ class StreamRecorder:
         held = pending.size
         if held:
             ended = pending.joined(data[:end])
-            self._pending = _Pieces()
+            self._pending = Pieces()
         else:
             ended = data[:end] if end < len(data) else data
         stop = self._read_frames(ended, until_named)
@@ -267,7 +230,7 @@ class StreamRecorder:
         """Keep the start of a frame not yet ended; one larger than the cap stops the reading."""
         self._pending.append(data)
         if self._pending.size > self._max_bytes:
-            self.reading, self._pending = False, _Pieces()
+            self.reading, self._pending = False, Pieces()
 
     def _read_frames(self, ended: bytes, until_named: bool) -> int | None:
         """Read lines as the SDK's decoder does, dispatching an event at each blank line; where
