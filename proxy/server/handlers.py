@@ -151,7 +151,7 @@ async def serve_if_trusted(
     services: Services, request: web.Request, call: Call, entry: Entry
 ) -> web.StreamResponse:
     """A HIT goes only to a key the upstream accepts; any other key is the upstream's to answer."""
-    if known(services, request, call) or await key_accepted(services, request, call):
+    if known(services, call) or await key_accepted(services, request, call):
         services.verifier.sample(call, entry, request.headers)
         if call.kind == routes.RESPONSES:  # a chat HIT awaits nothing more
             await hold(services, call)
@@ -164,7 +164,7 @@ KEY_VERDICT = web.RequestKey("repro_key_verdict", bool)
 `--key-check-timeout`, not one per place that asks (before the lookup, the HIT, a stale one)."""
 
 
-def known(services: Services, request: web.Request, call: Call) -> bool:
+def known(services: Services, call: Call) -> bool:
     """`key_accepted` when it need not wait, as for nearly every HIT: an accepted key's verdict
     still fresh. A HIT then awaits nothing more (a coroutine each costs it measurable CPU)."""
     return services.keys.known(call.tenant) is True
