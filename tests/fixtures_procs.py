@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -361,3 +362,15 @@ def socket_inodes(pid: int) -> set[str]:
             if target.startswith("socket:["):
                 inodes.add(target[8:-1])
     return inodes
+
+
+def raw_answer(port: int, request: bytes) -> tuple[int, bytes, bytes]:
+    """Status, head and body of the proxy's answer to `request` sent as raw bytes on a
+    connection of its own (for what a client library would refuse to send), read to its close."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, answer = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), head, answer

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import socket
 from collections.abc import Iterator
 
 import orjson
 import pytest
 
-from tests.fixtures_procs import Proxy, ProxyFactory
+from tests.fixtures_procs import Proxy, ProxyFactory, raw_answer
 from tests.hostile import CHAT, Received, Scripted, completion, http_answer
 
 PATH = b"/v1/chat/completions"
@@ -50,13 +49,7 @@ def ask(
     lines += [b"Content-Type: application/json", *headers]
     if not any(h.lower().startswith((b"content-length:", b"transfer-encoding:")) for h in headers):
         lines.append(b"Content-Length: %d" % len(body))
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
-        sock.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + body)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    head, _, answer = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ")[1]), head, answer
+    return raw_answer(proxy.port, b"\r\n".join(lines) + b"\r\n\r\n" + body)
 
 
 def refused(answer: bytes) -> tuple[str, str]:

@@ -10,13 +10,12 @@ and the proxy went on answering with the deleted response."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 
 import orjson
 import pytest
 
-from tests.fixtures_procs import Proxy, ProxyFactory
+from tests.fixtures_procs import Proxy, ProxyFactory, raw_answer
 from tests.hostile import Received, Scripted, fixed, http_answer
 
 ANSWER = http_answer(b'{"object": "list", "data": []}', "Content-Type: application/json")
@@ -33,13 +32,8 @@ def ask(proxy: Proxy, method: bytes, target: bytes, *headers: bytes) -> tuple[in
     lines = [method + b" " + target + b" HTTP/1.1", b"Host: localhost", b"Connection: close"]
     body = b'{"purpose": "batch"}' if method == b"POST" else b""
     lines += [*headers, b"Content-Length: %d" % len(body)]
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
-        sock.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + body)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    head, _, answer = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ")[1]), answer
+    status, _, answer = raw_answer(proxy.port, b"\r\n".join(lines) + b"\r\n\r\n" + body)
+    return status, answer
 
 
 def refused(answer: bytes) -> tuple[str, str]:
