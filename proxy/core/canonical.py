@@ -23,7 +23,10 @@ from proxy.errors import InvalidJSON
 
 MAX_DEPTH = 128
 KEY_VERSION = 1
-_EXACT_INT_LIMIT = 2**53
+_LOWEST_INT, _HIGHEST_INT = -(2**63), 2**64 - 1
+"""An integer-valued double in this range (64 bits, what orjson writes) is respelled as the
+integer it is exactly: 1e16 is 10000000000000000. Beyond it a double stays one, its integer too
+long for an upstream's integer types."""
 
 CACHEABLE_ROUTES = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES})
 
@@ -105,7 +108,7 @@ def _checked(value: Any, level: int) -> Any:
         if level > MAX_DEPTH:
             raise InvalidJSON(f"The request body nests deeper than {MAX_DEPTH} levels.")
         return [v if type(v) in _UNCHANGED else _checked(v, level + 1) for v in value]
-    if isinstance(value, float) and value.is_integer() and abs(value) < _EXACT_INT_LIMIT:
+    if isinstance(value, float) and value.is_integer() and _LOWEST_INT <= value <= _HIGHEST_INT:
         return int(value)
     return value
 
@@ -120,15 +123,12 @@ def reject_ambiguous(raw: bytes) -> None:
     json.loads(raw, object_pairs_hook=_unique_object, parse_int=_int_within_range)
 
 
-_INT_RANGE = (-(2**63), 2**64 - 1)
-
-
 def _int_within_range(digits: str) -> int:
     """The integer, or InvalidJSON; never converts more than 21 digits (Python refuses over
     4,300 with a ValueError of its own)."""
     if len(digits) <= 21:
         value = int(digits)
-        if _INT_RANGE[0] <= value <= _INT_RANGE[1]:
+        if _LOWEST_INT <= value <= _HIGHEST_INT:
             return value
     shown = digits if len(digits) <= 24 else digits[:24] + "…"
     raise InvalidJSON(
@@ -149,7 +149,7 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def normalize(value: Any) -> Any:
     """Respell numbers so that 1, 1.0 and 1e0 become one value; everything else is unchanged."""
     if isinstance(value, float):
-        if value.is_integer() and abs(value) < _EXACT_INT_LIMIT:
+        if value.is_integer() and _LOWEST_INT <= value <= _HIGHEST_INT:
             return int(value)
         return value
     if isinstance(value, dict):

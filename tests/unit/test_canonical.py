@@ -243,6 +243,29 @@ class TestDumps:
         limit = 2**53 - 1
         assert dumps({"v": float(limit)}) == dumps({"v": limit}) == f'{{"v":{limit}}}'.encode()
 
+    @pytest.mark.parametrize(
+        ("spelling", "integer"),
+        [
+            (b"1e16", b"10000000000000000"),
+            (b"10000000000000000.0", b"10000000000000000"),
+            (b"9.3e18", b"9300000000000000000"),
+            (b"-9.223372036854775808e18", b"-9223372036854775808"),
+        ],
+    )
+    def test_integer_valued_doubles_up_to_64_bits_are_their_integer(
+        self, spelling: bytes, integer: bytes
+    ) -> None:
+        """Beyond 2^53 too: 1e16 is exactly 10000000000000000, and an upstream reading numbers
+        exactly (or as doubles) reads both as one value."""
+        parsed = dumps(parse_body(b'{"v": ' + spelling + b"}"))
+        assert parsed == dumps(parse_body(b'{"v": ' + integer + b"}")) == b'{"v":' + integer + b"}"
+
+    def test_a_double_past_64_bits_stays_a_double(self) -> None:
+        """2^64 is no integer an upstream's integer types hold: it stays the double it is."""
+        two_to_the_64 = parse_body(b'{"v": 18446744073709551616.0}')
+        assert dumps(two_to_the_64) == b'{"v":1.8446744073709552e+19}'
+        assert dumps(parse_body(b'{"v": 1e300}')) == b'{"v":1e+300}'
+
     def test_booleans_are_not_numbers(self) -> None:
         assert dumps({"v": True}) != dumps({"v": 1})
         assert dumps({"v": False}) != dumps({"v": 0})
@@ -279,7 +302,7 @@ json_objects = st.dictionaries(st.text(max_size=6), json_values, max_size=5)
 
 
 def _spell_float(value: float, rnd: random.Random) -> str:
-    if value.is_integer() and abs(value) < 2**53:
+    if value.is_integer() and -(2**63) <= value < 2**64:
         return _spell_int(int(value), rnd, negative_zero=str(value).startswith("-"))
     text = repr(value)
     choice = rnd.randrange(4)
@@ -297,8 +320,8 @@ def _spell_float(value: float, rnd: random.Random) -> str:
 def _spell_int(value: int, rnd: random.Random, negative_zero: bool = False) -> str:
     sign = "-" if value < 0 or negative_zero else ""
     digits = str(abs(value))
-    if abs(value) >= 2**53:
-        return sign + digits
+    if abs(value) >= 2**53:  # a double only where it is this integer exactly
+        return sign + (digits + rnd.choice(["", ".0"]) if float(value) == value else digits)
     spellings = [digits, digits + ".0", digits + "e0", digits + ".000E+0"]
     if value:
         spellings.append(digits + "0e-1")

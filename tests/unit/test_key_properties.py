@@ -252,6 +252,8 @@ def spelled(value: Any, rnd: random.Random) -> str:
     if isinstance(value, int):
         if value and abs(value) < 2**53 and rnd.random() < 0.5:
             return rnd.choice([f"{value}.0", f"{value}e0", f"{value}0E-1"])
+        if float(value) == value and rnd.random() < 0.5:  # past 2^53, only exact doubles
+            return f"{value}.0"
         return str(value)
     if isinstance(value, float):
         return rnd.choice([repr(value), f"{value:.17e}"])
