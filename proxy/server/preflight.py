@@ -2,9 +2,11 @@
 commonest first-hour mistake, and otherwise shows only as bare 404s to every client.
 
 The look resolves the upstream's host and, when the base URL does not end in `/v1`, asks
-`GET <upstream>/models` without any credential (a 401 then means the path exists). It is bounded
-by a few seconds and only warns in the log whatever it finds: the proxy serves anyway, since the
-upstream may simply be down for now.
+`GET <upstream>/models` without any credential (a 401 then means the path exists); after a 404,
+`GET <upstream>/openai/models` too, since a root with Azure OpenAI's paths (a gateway or an
+emulator on a host that is not Azure's) is rightly given without `/v1`. It is bounded by a few
+seconds and only warns in the log whatever it finds: the proxy serves anyway, since the upstream
+may simply be down for now.
 """
 
 from __future__ import annotations
@@ -41,8 +43,9 @@ async def check_upstream(
                 await asyncio.get_running_loop().getaddrinfo(url.host, url.port)
             if not asks_models(url):
                 return
-            status, _ = await upstream.fetch(
-                "GET", "/v1/models", {"User-Agent": CHECK_AGENT}, None, LIMIT
+            lacks_v1 = (
+                await _status(upstream, "/v1/models") == 404
+                and await _status(upstream, AZURE_MODELS) == 404
             )
     except TimeoutError:
         log.warning(
@@ -55,7 +58,7 @@ async def check_upstream(
     except UpstreamError as exc:
         log.warning("the upstream is unreachable", extra={"upstream": shown, "error": exc.message})
         return
-    if status == 404:
+    if lacks_v1:
         log.warning(
             "the upstream answers 404 for its models list: does --upstream lack its /v1?",
             extra={
@@ -65,6 +68,16 @@ async def check_upstream(
             },
         )
 
+
+async def _status(upstream: Upstream, path: str) -> int:
+    """The status of a credential-free GET of `path`, under the base URL."""
+    status, _ = await upstream.fetch("GET", path, {"User-Agent": CHECK_AGENT}, None, LIMIT)
+    return status
+
+
+AZURE_MODELS = "/openai/models"
+"""Azure OpenAI's models list, under its resource root: a path outside `/v1`, so the upstream
+client maps it onto the base URL as it is."""
 
 AZURE_HOSTS = (".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com")
 """Azure OpenAI is given without `/v1` (its paths start with `/openai/`): no models list there."""

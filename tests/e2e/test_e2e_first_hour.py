@@ -71,10 +71,24 @@ def test_a_base_url_without_v1_is_named_at_start_without_any_key(logged: Logged)
     assert len(warnings) == 1
     assert warnings[0]["level"] == "warning"
     assert warnings[0]["suggestion"] == f"--upstream {root}/v1"
-    (check,) = upstream.received
-    assert check.request_line == "GET /models HTTP/1.1"
-    assert "authorization" not in check.headers
-    assert check.headers["user-agent"] == CHECK_AGENT
+    assert [check.request_line for check in upstream.received] == [
+        "GET /models HTTP/1.1",
+        "GET /openai/models HTTP/1.1",  # not an Azure-shaped root either
+    ]
+    for check in upstream.received:
+        assert "authorization" not in check.headers
+        assert check.headers["user-agent"] == CHECK_AGENT
+
+
+def test_a_root_with_azure_paths_on_any_host_starts_without_a_warning(
+    logged: Logged, sim: Sim
+) -> None:
+    """The sim's root serves Azure OpenAI's paths, as a gateway or an emulator would on a host
+    that is not Azure's: given without /v1 rightly, it is not told it lacks one."""
+    logged.start(upstream=sim.url)
+    assert by_logger(logged.lines(), "proxy.preflight") == []
+    # after GET /models, a 404 the sim does not record
+    assert [(r["method"], r["path"]) for r in sim.requests()] == [("GET", "/openai/models")]
 
 
 def test_a_base_url_with_v1_starts_without_a_word_or_a_request(logged: Logged, sim: Sim) -> None:
