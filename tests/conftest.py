@@ -4,7 +4,8 @@ Tests sit in folders by kind, and each folder marks its tests: `unit` (pure logi
 `store` (the storage contract, against a real redis-server), `e2e` (real proxy, sim and Redis
 processes) and `ops` (deploy files, Prometheus, the benchmark). `pytest -m "not slow"` runs the
 first two (less the few store tests marked slow themselves: a Redis Cluster, a broken
-connection's wait), a contributor's loop of under a minute; `.ci/run` runs everything.
+connection's wait), a contributor's loop of under a minute (`-n 2` spreads it over two
+processes; tests/ops/test_parallel_collection.py keeps that working); `.ci/run` runs everything.
 """
 
 from __future__ import annotations
