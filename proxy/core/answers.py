@@ -58,8 +58,15 @@ def _choice(message: dict[str, Any]) -> str:
     ]
     for call in _dicts(message.get("tool_calls")):
         function = call.get("function") or {}
-        parts.append(f"{function.get('name')}({function.get('arguments')})")
+        parts.append(f"{_flat(function.get('name'))}({_flat(function.get('arguments'))})")
     return "".join(parts)
+
+
+def _flat(value: Any) -> str:
+    """A string as it is, anything else (an upstream's arguments as an object, not the JSON text
+    the API sends) as orjson writes it: the same text on every Python, whose own repr of deep
+    nesting fails on 3.11 and not on 3.13."""
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
 def _output(item: dict[str, Any]) -> str:
@@ -96,8 +103,8 @@ def _delta(delta: dict[str, Any]) -> str:
     parts = [part for part in (delta.get("content"), delta.get("text")) if isinstance(part, str)]
     for call in _dicts(delta.get("tool_calls")):
         function = call.get("function") or {}
-        parts.extend(p for p in (function.get("name"), function.get("arguments")) if p)
-    return "".join(str(part) for part in parts)
+        parts.extend(_flat(p) for p in (function.get("name"), function.get("arguments")) if p)
+    return "".join(parts)
 
 
 def _dicts(value: Any) -> list[dict[str, Any]]:

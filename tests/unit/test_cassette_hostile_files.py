@@ -241,6 +241,8 @@ DEEP_LIST = b"[" * 1000 + b"]" * 1000
         (b'{"data":[{"embedding":' + DEEP_LIST + b"}]}", False),
         (b'{"output":[{"type":"x","deep":' + DEEP_LIST + b"}]}", False),
         (b'{"kept":' + DEEP_LIST + b"}", False),
+        (b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"function":{"arguments":'
+         + DEEP_LIST + b"}}]}}]}\n\n", True),
     ],
 )  # fmt: skip
 def test_an_answer_nested_too_deeply_to_flatten_is_compared_as_its_bytes(
