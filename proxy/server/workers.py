@@ -68,10 +68,17 @@ def run(
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signals = (signal.SIGTERM,)
     logs.configure(settings.log_level)
-    uvloop.install()
     tune_collector()
     app = create_app(settings, multiprocess_dir=multiprocess_dir)
-    asyncio.run(serving.serve(app, settings, reuse_port=reuse_port, signals=signals))
+    with event_loop() as runner:
+        runner.run(serving.serve(app, settings, reuse_port=reuse_port, signals=signals))
+
+
+def event_loop() -> asyncio.Runner:
+    """uvloop's loop, asked for by this runner only: `uvloop.install()`, which sets it for the
+    whole process through the event loop policy, is deprecated from Python 3.12 (the policies
+    themselves from 3.14)."""
+    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
 
 
 def start_failure(settings: Settings, exc: BaseException) -> str:

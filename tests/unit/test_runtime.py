@@ -1,8 +1,11 @@
-"""The serving process's runtime settings: the cyclic collector's young threshold."""
+"""The serving process's runtime settings: the cyclic collector's young threshold, the loop."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
+
+import uvloop
 
 from proxy.server import workers
 
@@ -14,3 +17,10 @@ def test_the_collector_walks_young_objects_less_often() -> None:
         assert gc.get_threshold() == (workers.GC_YOUNG_THRESHOLD, before[1], before[2])
     finally:
         gc.set_threshold(*before)
+
+
+def test_serving_runs_on_uvloop_without_a_deprecated_call() -> None:
+    """The suite turns warnings into errors: on Python 3.12 and later `uvloop.install()` warns."""
+    with workers.event_loop() as runner:
+        assert isinstance(runner.get_loop(), uvloop.Loop)
+    assert asyncio.get_event_loop_policy().__class__.__module__.startswith("asyncio")
