@@ -42,16 +42,18 @@ DRIPS = int(TIMEOUT * 1.5 / PAUSE)
 EMPTY_BLOCK = b"\x00\x00\x00\xff\xff"
 """A stored deflate block holding nothing, as zlib's Z_FULL_FLUSH writes it."""
 SSE = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-WBITS = {"gzip": 31, "deflate": 15, None: 0}
+WBITS = {"gzip": 31, "deflate": 15}
 
 
 @dataclass
 class Script:
     """One prompt's answer: `body` in its coding (flushed, so that all of it inflates), then,
-    compressed, an empty block every PAUSE seconds; plain, silence. Never the body's end."""
+    compressed, an empty block every PAUSE seconds; plain, silence. Never the body's end, unless
+    it `ends` (the compressed stream's and the body's, at once)."""
 
     body: bytes
     coding: str | None = None
+    ends: bool = False
     closed: threading.Event = field(default_factory=threading.Event)
     """Set when a write failed: the proxy closed the connection."""
 
@@ -76,7 +78,12 @@ async def answer(writer: asyncio.StreamWriter, request: Received) -> None:
         writer.write(chunked(script.body))
     else:
         packer = zlib.compressobj(wbits=WBITS[script.coding])
-        writer.write(chunked(packer.compress(script.body) + packer.flush(zlib.Z_SYNC_FLUSH)))
+        flush = zlib.Z_FINISH if script.ends else zlib.Z_SYNC_FLUSH
+        writer.write(chunked(packer.compress(script.body) + packer.flush(flush)))
+    if script.ends:
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return
     try:
         await writer.drain()
         for _ in range(DRIPS):
@@ -131,7 +138,7 @@ async def assert_pool_sound(proxy: Proxy, upstream: Scripted, held: str) -> None
     """A new answer after the held one comes whole, on another connection than the held one:
     that one was not handed back to the pool (a request sent on it would wait forever)."""
     prompt = f"after {held}"
-    SCRIPTS[prompt] = Script(CHAT_ANSWER, "gzip")
+    SCRIPTS[prompt] = Script(CHAT_ANSWER, "gzip", ends=True)
     after = await read(proxy, prompt)
     assert after.body == CHAT_ANSWER and after.seconds < PROMPT
     [first] = asked_upstream(upstream, held)
