@@ -9,7 +9,9 @@ The recording is stored only after a clean end, and then before the bytes that e
 or the Responses API's `response.completed`) are passed on: a client that has seen the end of a
 stream finds it stored when it asks again, even on another connection or another replica
 sharing the store. Nothing the upstream sends after that end reaches the client, and a break
-after it ends the client's stream cleanly: the first client gets what a HIT replays. When the
+after it ends the client's stream cleanly: the first client gets what a HIT replays. Nor can the
+upstream hold the client's stream open past that end: its own end (the body's, and a compressed
+stream's) is waited for END_GRACE at most, then its connection is closed. When the
 client leaves mid-stream, `--stream-disconnect finish` reads the upstream on and stores it (so
 the retry is a HIT, as nginx does when it caches); `cancel` closes the upstream connection at
 once.
@@ -47,6 +49,11 @@ CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
 # Bytes fed to the recorder between two turns of the event loop: some milliseconds of reading
 # for the frames that cost it most per byte (a few bytes each).
 _SLICE = 16 * 1024
+END_GRACE = 1.0
+"""Seconds the upstream is given, after its stream's clean end, to end its body (and its
+compressed stream): a healthy one does at once, and its connection goes back to the pool; one
+that holds it open (silent, or dripping empty deflate blocks, which inflate to nothing) is hung
+up on, the answer kept."""
 
 
 async def forward_stream(
@@ -92,6 +99,8 @@ class _Relay:
             # Bytes in a coding the proxy does not decode are no frames to read: read as SSE,
             # they held the head back for a frame, or named a fingerprint they do not carry.
             self.recorder.reading = False
+        self.source: AsyncIterator[bytes] | None = upstream.chunks()
+        self.grace: float | None = None
         self.client_gone = False
         self.cut = False
         self.committed = False
@@ -115,22 +124,24 @@ class _Relay:
             async for chunk in chunks:
                 await self._pass(response, chunk)
                 if self.client_gone and not self._worth_reading():
-                    self.upstream.release()
+                    self._hang_up()
                     break
         finally:
             await chunks.aclose()
-        await self._pass(response, b"")
+        await self._pass(response, b"", last=True)
         await self._send_held(response)
         await self._end(response)
         return response
 
-    async def _pass(self, response: web.StreamResponse, chunk: bytes) -> None:
+    async def _pass(self, response: web.StreamResponse, chunk: bytes, last: bool = False) -> None:
         """Store a recording that just became complete before its last bytes reach the client.
-        An inflated answer's are held until its compressed stream is seen to end: one cut
-        short is never stored, and its held bytes go on after all (bounded by the recording's
-        cap, past which it is no longer complete)."""
+        An inflated answer's are held while its compressed stream is read on for its end
+        (END_GRACE at most, see `_next`): one seen to break by then is never stored, and its
+        held bytes go on after all (bounded by the recording's cap, past which it is no longer
+        complete). The `last` call, once the reading is over, stores one that did not break:
+        its answer ended cleanly, as a plain stream's does, whatever came after."""
         if self.recorder.complete and not self.committed:
-            if self.upstream.end_unchecked and not self.cut:
+            if self.upstream.end_unchecked and not self.cut and not last:
                 self.held.append(chunk)
                 return
             if not self.cut:
@@ -145,10 +156,35 @@ class _Relay:
         """Bytes after a clean end are not passed on: a HIT will not have them (an `error`
         event after `response.completed`, which the SDK reads on to), and the client gets the
         answer as stored, its stream ended cleanly. The upstream connection, not read to its
-        end, is closed. A compressed stream, whose own end is then never seen, is not stored
-        (see `_pass`)."""
+        end, is closed."""
         log.info("upstream sent on past the stream's end", extra={"key": self.call.key})
+        self._hang_up()
+
+    def _hang_up(self) -> None:
+        """Done with the upstream before its end: its connection is closed, never pooled."""
+        self.source = None
         self.upstream.release()
+
+    async def _next(self) -> bytes | None:
+        """The upstream's next chunk, None at its end. Once the answer has ended cleanly, only
+        the upstream's own end is awaited (read before the client's stream ends, so that a
+        next request finds the connection back in the pool), for END_GRACE at most: one that
+        holds its stream open past that is hung up on. Silent, it would hold the client until
+        the upstream timeout; dripping empty deflate blocks, each resetting that timeout, for
+        ever (and an SDK reading a stream to its end, a Responses one, with it)."""
+        if self.source is None:
+            return None
+        if not self.recorder.answered:
+            return await anext(self.source, None)
+        if self.grace is None:
+            self.grace = asyncio.get_running_loop().time() + END_GRACE
+        try:
+            async with asyncio.timeout_at(self.grace):
+                return await anext(self.source, None)
+        except TimeoutError:
+            log.info("upstream held its stream open past its end", extra={"key": self.call.key})
+            self._hang_up()
+            return None
 
     async def _send_held(self, response: web.StreamResponse) -> None:
         held, self.held = self.held, []
@@ -178,7 +214,8 @@ class _Relay:
 
     async def _chunks(self) -> AsyncGenerator[bytes, None]:
         """The upstream's bytes as they come, fed to the recorder, up to the stream's clean end
-        (the recorder takes nothing past it, see `_past_the_end`). A chunk is fed in slices
+        (the recorder takes nothing past it, see `_past_the_end`), then nothing but the
+        upstream's own end, for a moment at most (see `_next`). A chunk is fed in slices
         of at most _SLICE bytes, the event loop let run every _SLICE bytes read: a MiB of tiny
         frames read at once (or inflated from a few KiB) held it for a second, every other
         client waiting. Until a frame names the answer, a slice is cut after the frame that
@@ -187,7 +224,7 @@ class _Relay:
         recorder = self.recorder
         unyielded = 0  # bytes read since the loop last ran (an inflated body's pieces come at once)
         try:
-            async for chunk in self.upstream.chunks():
+            while (chunk := await self._next()) is not None:
                 at = 0
                 while at < len(chunk) and not recorder.at_end:
                     if unyielded >= _SLICE:

@@ -82,12 +82,15 @@ class UpstreamResponse:
         response: aiohttp.ClientResponse,
         deadline: float | None = None,
         decode: bool = False,
+        silence: float | None = None,
     ) -> None:
         """`deadline`: seconds a whole read may take in all, for an answer to a request sent
         as a stream, whose connection waits only on silences (a whole one has its own).
-        `decode`: inflate a gzip or deflate answer."""
+        `decode`: inflate a gzip or deflate answer. `silence`: seconds an inflated answer may
+        go without a byte of it (see `_inflated`)."""
         self._response = response
         self._deadline = deadline
+        self._silence = silence
         self.status = response.status
         self.reason = response.reason or ""
         self.headers = safe_headers(response.headers)
@@ -141,9 +144,29 @@ class UpstreamResponse:
         return self._inflated(self._coding)
 
     async def _inflated(self, coding: str) -> AsyncIterator[bytes]:
+        """Compressed bytes that inflate to nothing (empty deflate blocks, a flush without
+        data) are silence to whoever reads the answer: the upstream timeout counts from the
+        last byte inflated, not the last one received, or blocks dripped for ever would keep
+        a stream open with nothing to read, its client and connection held past every bound."""
         inflater = Inflater(coding, UpstreamUnreachable, "The upstream's answer")
-        async for chunk in self._received():
+        received = self._received()
+        loop = asyncio.get_running_loop()
+        quiet_until: float | None = None
+        while True:
+            if quiet_until is None and self._silence is not None:
+                quiet_until = loop.time() + self._silence
+            try:
+                async with asyncio.timeout_at(quiet_until):
+                    chunk = await anext(received, None)
+            except TimeoutError:
+                raise UpstreamTimeout(
+                    f"The upstream sent nothing of its answer for {self._silence:g} s, only "
+                    "compressed bytes that inflate to nothing."
+                ) from None
+            if chunk is None:
+                break
             for piece in inflater.feed(chunk):
+                quiet_until = None
                 yield piece
         inflater.finish()
         self.end_unchecked = False
@@ -267,7 +290,7 @@ class Upstream:
             response.close()
             raise UpstreamUnreachable(f"The upstream's answer has {problem}; connection closed.")
         deadline = None if whole else self.read_timeout or None
-        return UpstreamResponse(response, deadline, decode)
+        return UpstreamResponse(response, deadline, decode, self.read_timeout or None)
 
     async def fetch(
         self,
