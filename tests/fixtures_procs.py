@@ -365,6 +365,9 @@ def socket_inodes(pid: int) -> set[str]:
     return inodes
 
 
+CHUNKED_END = b"\r\n0\r\n\r\n"  # the last chunk of a chunked body, that ends it
+
+
 def raw_exchange(port: int, request: bytes, *, until: bytes = b"", within: float = 10) -> bytes:
     """The bytes the proxy sends back to `request`, written as is on a connection of its own
     (for what a client library would refuse to send, or would tidy first), exactly as framed:
