@@ -368,19 +368,19 @@ def socket_inodes(pid: int) -> set[str]:
 CHUNKED_END = b"\r\n0\r\n\r\n"  # the last chunk of a chunked body, that ends it
 
 
-def raw_exchange(port: int, request: bytes, *, until: bytes = b"", within: float = 10) -> bytes:
+def raw_exchange(port: int, request: bytes, *, until: bytes = b"") -> bytes:
     """The bytes the proxy sends back to `request`, written as is on a connection of its own
     (for what a client library would refuse to send, or would tidy first), exactly as framed:
     read until the proxy closes the connection or, on one it keeps alive, until what came ends
-    with `until`. Bounded: a TimeoutError once `within` seconds have passed in all."""
-    deadline = time.monotonic() + within
+    with `until`. Bounded: a TimeoutError once 10 s have passed in all."""
+    deadline = time.monotonic() + 10
     received = bytearray()
-    with socket.create_connection(("127.0.0.1", port), timeout=within) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(request)
         while not (until and received.endswith(until)):
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"no end within {within:g} s: {bytes(received[:300])!r}")
+                raise TimeoutError(f"no end within 10 s: {bytes(received[:300])!r}")
             sock.settimeout(left)
             if not (chunk := sock.recv(65536)):
                 break
@@ -388,8 +388,8 @@ def raw_exchange(port: int, request: bytes, *, until: bytes = b"", within: float
     return bytes(received)
 
 
-def raw_answer(port: int, request: bytes, *, within: float = 10) -> tuple[int, bytes, bytes]:
+def raw_answer(port: int, request: bytes) -> tuple[int, bytes, bytes]:
     """Status, head and body of the proxy's answer to `request` (see raw_exchange), read to the
     connection's close."""
-    head, _, body = raw_exchange(port, request, within=within).partition(b"\r\n\r\n")
+    head, _, body = raw_exchange(port, request).partition(b"\r\n\r\n")
     return int(head.split(b" ")[1]), head, body
