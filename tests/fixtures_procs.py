@@ -12,6 +12,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -364,13 +365,31 @@ def socket_inodes(pid: int) -> set[str]:
     return inodes
 
 
-def raw_answer(port: int, request: bytes) -> tuple[int, bytes, bytes]:
-    """Status, head and body of the proxy's answer to `request` sent as raw bytes on a
-    connection of its own (for what a client library would refuse to send), read to its close."""
+CHUNKED_END = b"\r\n0\r\n\r\n"  # the last chunk of a chunked body, that ends it
+
+
+def raw_exchange(port: int, request: bytes, *, until: bytes = b"") -> bytes:
+    """The bytes the proxy sends back to `request`, written as is on a connection of its own
+    (for what a client library would refuse to send, or would tidy first), exactly as framed:
+    read until the proxy closes the connection or, on one it keeps alive, until what came ends
+    with `until`. Bounded: a TimeoutError once 10 s have passed in all."""
+    deadline = time.monotonic() + 10
+    received = bytearray()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(request)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    head, _, answer = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ")[1]), head, answer
+        while not (until and received.endswith(until)):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no end within 10 s: {bytes(received[:300])!r}")
+            sock.settimeout(left)
+            if not (chunk := sock.recv(65536)):
+                break
+            received += chunk
+    return bytes(received)
+
+
+def raw_answer(port: int, request: bytes) -> tuple[int, bytes, bytes]:
+    """Status, head and body of the proxy's answer to `request` (see raw_exchange), read to the
+    connection's close."""
+    head, _, body = raw_exchange(port, request).partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), head, body

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import socket
 import zlib
 
 import httpx
@@ -17,7 +16,7 @@ from openai import OpenAI
 
 from tests.e2e.test_e2e_errors import AUTH
 from tests.e2e.test_upstream_attacks import chat
-from tests.fixtures_procs import ProxyFactory
+from tests.fixtures_procs import CHUNKED_END, ProxyFactory, raw_exchange
 from tests.hostile import STREAM, Received, Scripted, completion, sse_frames
 
 ANSWER = completion("inflated, but cut short")
@@ -80,21 +79,6 @@ def test_a_cut_compressed_answer_is_a_502_and_is_never_stored(
     assert len(upstream.received) == 2  # nothing was stored to answer the second
 
 
-def read_raw(port: int, request: bytes) -> tuple[bytes, bool]:
-    """The proxy's whole answer off the socket, and whether its chunked body ended cleanly."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(request)
-        received = bytearray()
-        for _ in range(1000):
-            data = sock.recv(65536)
-            if not data:
-                break
-            received += data
-            if received.endswith(b"\r\n0\r\n\r\n"):
-                return bytes(received), True
-    return bytes(received), False
-
-
 @pytest.mark.parametrize(("coding", "chunked"), CASES)
 def test_a_cut_compressed_stream_is_relayed_without_its_clean_end_and_never_stored(
     start_proxy: ProxyFactory, coding: str, chunked: bool
@@ -109,11 +93,12 @@ def test_a_cut_compressed_stream_is_relayed_without_its_clean_end_and_never_stor
     )
     with answering(framed(body, "text/event-stream", coding, chunked)) as upstream:
         proxy = start_proxy(upstream=upstream.v1)
-        answers = [read_raw(proxy.port, request) for _ in range(2)]
-    for answer, clean in answers:
+        answers = [raw_exchange(proxy.port, request, until=CHUNKED_END) for _ in range(2)]
+    for answer in answers:
         assert answer.startswith(b"HTTP/1.1 200"), answer[:80]
         assert b"data: [DONE]" in answer  # relayed as it came
-        assert not clean  # but the connection closed without the chunked body's end
+        # but the connection closed without the chunked body's end
+        assert not answer.endswith(CHUNKED_END)
         assert b"\r\nX-Repro-Cache: MISS\r\n" in answer  # the first was not stored
     assert len(upstream.received) == 2
 

@@ -9,7 +9,6 @@ refused before anything reaches the upstream.
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import httpx
@@ -24,6 +23,7 @@ from tests.fixtures_procs import (
     Sim,
     azure_client,
     closed_after_test,
+    raw_answer,
 )
 
 VERSION = AZURE_VERSION
@@ -161,13 +161,7 @@ def raw_request(proxy: Proxy, target: str) -> tuple[int, bytes, bytes]:
         "Content-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     ).encode()
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
-        sock.sendall(head + body)
-        received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-    head, _, rest = received.partition(b"\r\n\r\n")
-    return int(received.split(b" ", 2)[1]), head, rest
+    return raw_answer(proxy.port, head + body)
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.fixtures_procs import ProxyFactory, Sim
+from tests.fixtures_procs import ProxyFactory, Sim, raw_answer
 
 SEED = 20261205
 AUTH = "Bearer sk-fuzz"
@@ -634,17 +634,7 @@ def test_a_request_in_chunks_its_version_cannot_carry_is_refused_and_its_connect
     sent = head.encode() + b"Transfer-Encoding: chunked\r\n\r\n"
     sent += b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
     sent += b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: " + AUTH.encode()
-
-    async def ask() -> bytes:
-        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-        writer.write(sent + b"\r\n\r\n")
-        try:
-            async with asyncio.timeout(10):
-                return await reader.read()  # to the connection's end
-        finally:
-            writer.close()
-
-    head, _, rest = asyncio.run(ask()).partition(b"\r\n\r\n")
+    _, head, rest = raw_answer(proxy.port, sent + b"\r\n\r\n")  # to the connection's end
     assert head.startswith(version.encode() + b" 400 ")
     length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
     assert rest[length:] == b""  # nothing answered after it: the connection closed

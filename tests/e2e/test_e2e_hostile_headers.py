@@ -3,24 +3,13 @@ encode get a 400 in OpenAI's shape, and no credential reaches the log."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import orjson
 
-from tests.fixtures_procs import Proxy, ProxyFactory, stop
+from tests.fixtures_procs import Proxy, ProxyFactory, raw_answer, stop
 
 EURO = "€".encode()  # UTF-8 bytes: outside Latin-1 once read
-
-
-def ask(proxy: Proxy, head: bytes, body: bytes = b"") -> tuple[int, bytes]:
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
-        sock.sendall(head + body)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    head_out, _, answer = data.partition(b"\r\n\r\n")
-    return int(head_out.split(b" ")[1]), answer
 
 
 def request(method: bytes, path: bytes, *headers: bytes, body: bytes = b"") -> bytes:
@@ -51,7 +40,7 @@ def test_header_values_outside_latin1_get_a_400_in_openai_shape_on_every_route(
     proxy = start_proxy("--admin-token", "admin-secret")
     for method, path, body in ROUTES:
         for header in HOSTILE:
-            status, answer = ask(proxy, request(method, path, header, body=body))
+            status, _, answer = raw_answer(proxy.port, request(method, path, header, body=body))
             assert status == 400, (path, header)
             error = orjson.loads(answer)["error"]
             assert (error["code"], error["type"]) == ("invalid_header", "invalid_request_error")
@@ -67,7 +56,7 @@ def test_the_namespace_header_may_still_carry_utf8(proxy: Proxy) -> None:
         b"X-Repro-Namespace: caf\xc3\xa9-" + EURO,
         body=CHAT,
     )
-    assert ask(proxy, head)[0] == 200
+    assert raw_answer(proxy.port, head)[0] == 200
 
 
 MALFORMED = [
@@ -84,7 +73,7 @@ MALFORMED = [
 def refuse_malformed(proxy: Proxy) -> None:
     """Each malformed request gets a 400 in OpenAI's shape that quotes none of its bytes."""
     for raw in MALFORMED:
-        status, answer = ask(proxy, raw)
+        status, _, answer = raw_answer(proxy.port, raw)
         assert status == 400
         assert orjson.loads(answer)["error"]["code"] == "invalid_http"
         assert b"sk-secret" not in answer

@@ -6,7 +6,6 @@ name to 127.0.0.1 as a rebound browser does, and the official SDK plays the user
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from openai import OpenAI
 
 from proxy.testing.local import LocalProxy
 from proxy.testing.session import LLMSession, RecordMode
-from tests.fixtures_procs import Proxy, ProxyFactory, Sim, running_proxies
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim, raw_answer, running_proxies
 
 AUTH = "Bearer sk-alice"
 CHAT = orjson.dumps(
@@ -33,19 +32,6 @@ ROUTES_A_PAGE_WOULD_READ = [
     ("GET", "/admin/ui"),
     ("POST", "/admin/ui/login"),
 ]
-
-
-def ask(port: int, sent: bytes) -> tuple[int, bytes]:
-    """One request written as is on a new connection; the status and the body answered."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-        conn.sendall(sent)
-        received = b""
-        while chunk := conn.recv(65536):
-            received += chunk
-            if len(received) > 1 << 20:
-                break
-    status_line, _, rest = received.partition(b"\r\n")
-    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
 
 
 def request(method: str, path: str, host: str | None, body: bytes = b"") -> bytes:
@@ -80,12 +66,16 @@ def test_a_rebound_page_reads_no_route_of_a_loopback_proxy(
     asked = len(sim.requests())
     for method, path in ROUTES_A_PAGE_WOULD_READ:
         body = CHAT if method == "POST" else b""
-        status, answer = ask(proxy.port, request(method, path, f"evil.example:{proxy.port}", body))
+        status, _, answer = raw_answer(
+            proxy.port, request(method, path, f"evil.example:{proxy.port}", body)
+        )
         assert (status, code(answer)) == (403, "host_not_allowed"), path
         assert b"evil.example" in answer and b"--allowed-host" in answer
         assert content.encode() not in answer and b"repro_requests_total" not in answer
     assert len(sim.requests()) == asked  # the pass-through reached nothing
-    status, answer = ask(proxy.port, request("POST", "/v1/chat/completions", "localhost", CHAT))
+    status, _, answer = raw_answer(
+        proxy.port, request("POST", "/v1/chat/completions", "localhost", CHAT)
+    )
     assert status == 200 and content.encode() in answer
 
 
@@ -97,17 +87,18 @@ def test_a_replaying_proxy_which_checks_no_key_keeps_its_answers_from_a_rebound_
     with running_proxies(sim.v1, configs) as proxies:
         recorder, replayer = proxies["record"], proxies["replay"]
         assert (
-            ask(recorder.port, request("POST", "/v1/chat/completions", "localhost", CHAT))[0] == 200
+            raw_answer(recorder.port, request("POST", "/v1/chat/completions", "localhost", CHAT))[0]
+            == 200
         )
         keyless = request("POST", "/v1/chat/completions", "localhost", CHAT).replace(
             f"Authorization: {AUTH}\r\n".encode(), b""
         )
-        status, answer = ask(replayer.port, keyless)
+        status, _, answer = raw_answer(replayer.port, keyless)
         assert status == 200 and b"chat.completion" in answer  # replay checks no key
         rebound = keyless.replace(
             b"Host: localhost", f"Host: evil.example:{replayer.port}".encode()
         )
-        status, answer = ask(replayer.port, rebound)
+        status, _, answer = raw_answer(replayer.port, rebound)
         assert (status, code(answer)) == (403, "host_not_allowed")
 
 
@@ -157,7 +148,7 @@ def test_curl_resolving_a_page_name_to_loopback_is_refused_and_localhost_is_serv
 def test_host_values_a_page_or_a_raw_client_may_send(
     proxy: Proxy, host: str, status: int, expected: str | None
 ) -> None:
-    got, answer = ask(proxy.port, request("GET", "/healthz", host))
+    got, _, answer = raw_answer(proxy.port, request("GET", "/healthz", host))
     assert got == status
     assert (code(answer) if expected else None) == expected
 
@@ -180,7 +171,7 @@ ODD_REQUESTS = [
 def test_requests_that_name_their_host_oddly(
     proxy: Proxy, head: bytes, status: int, expected: str | None
 ) -> None:
-    got, answer = ask(proxy.port, head + b"\r\nConnection: close\r\n\r\n")
+    got, _, answer = raw_answer(proxy.port, head + b"\r\nConnection: close\r\n\r\n")
     assert got == status
     assert (code(answer) if expected else None) == expected
 
@@ -211,7 +202,7 @@ def test_a_proxy_on_every_interface_serves_any_name_by_default(
     proxy = start_proxy("--host", "0.0.0.0")
     for host in POD_HOSTS:
         for path in ("/healthz", "/readyz", "/metrics"):
-            assert ask(proxy.port, request("GET", path, host))[0] == 200, (host, path)
+            assert raw_answer(proxy.port, request("GET", path, host))[0] == 200, (host, path)
 
 
 def test_named_hosts_on_every_interface_serve_those_localhost_and_addresses(
@@ -220,8 +211,8 @@ def test_named_hosts_on_every_interface_serve_those_localhost_and_addresses(
     proxy = start_proxy("--host", "0.0.0.0", "--allowed-host", "proxy,.svc.cluster.local")
     for host in [*POD_HOSTS[:3], "localhost:8080", "127.0.0.1:8080"]:
         for path in ("/healthz", "/readyz", "/metrics"):  # probes and Prometheus ask by address
-            assert ask(proxy.port, request("GET", path, host))[0] == 200, (host, path)
-    status, answer = ask(proxy.port, request("GET", "/metrics", "evil.example"))
+            assert raw_answer(proxy.port, request("GET", path, host))[0] == 200, (host, path)
+    status, _, answer = raw_answer(proxy.port, request("GET", "/metrics", "evil.example"))
     assert (status, code(answer)) == (403, "host_not_allowed")
 
 
@@ -229,22 +220,22 @@ def test_names_given_in_the_environment_are_served_on_loopback(
     start_proxy: ProxyFactory,
 ) -> None:
     proxy = start_proxy(env={"REPRO_ALLOWED_HOST": "my-laptop.lan"})
-    assert ask(proxy.port, request("GET", "/healthz", "my-laptop.lan:8080"))[0] == 200
-    assert ask(proxy.port, request("GET", "/healthz", "other.lan"))[0] == 403
+    assert raw_answer(proxy.port, request("GET", "/healthz", "my-laptop.lan:8080"))[0] == 200
+    assert raw_answer(proxy.port, request("GET", "/healthz", "other.lan"))[0] == 403
     anyone = start_proxy("--allowed-host", "*")
-    assert ask(anyone.port, request("GET", "/healthz", "evil.example"))[0] == 200
+    assert raw_answer(anyone.port, request("GET", "/healthz", "evil.example"))[0] == 200
 
 
 def test_every_worker_refuses_a_rebound_name(start_proxy: ProxyFactory, redis_url: str) -> None:
     proxy = start_proxy("--workers", "2", "--store", redis_url)
     for _ in range(12):  # a new connection each, so both workers answer
-        assert ask(proxy.port, request("GET", "/metrics", "evil.example"))[0] == 403
-        assert ask(proxy.port, request("GET", "/healthz", "localhost"))[0] == 200
+        assert raw_answer(proxy.port, request("GET", "/metrics", "evil.example"))[0] == 403
+        assert raw_answer(proxy.port, request("GET", "/healthz", "localhost"))[0] == 200
 
 
 def test_a_refused_host_is_counted_as_an_error(proxy: Proxy) -> None:
     for _ in range(3):
-        ask(proxy.port, request("POST", "/v1/chat/completions", "evil.example", CHAT))
+        raw_answer(proxy.port, request("POST", "/v1/chat/completions", "evil.example", CHAT))
     route = "/v1/chat/completions"
     assert proxy.metric("repro_requests_total", route=route, cache="error") == 3
 
@@ -270,9 +261,9 @@ def test_the_pytest_plugins_proxy_refuses_a_rebound_name_once_with_its_own_check
     try:
         port = local.port
         for host in ("evil.example", f"evil.example:{port}", f"127.0.0.1.evil.example:{port}"):
-            status, answer = ask(port, request("GET", "/healthz", host))
+            status, _, answer = raw_answer(port, request("GET", "/healthz", host))
             assert (status, code(answer)) == (403, "not_this_session"), host
         for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"LocalHost.:{port}"):
-            assert ask(port, request("GET", "/healthz", host))[0] == 200, host
+            assert raw_answer(port, request("GET", "/healthz", host))[0] == 200, host
     finally:
         local.stop()

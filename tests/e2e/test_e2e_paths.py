@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from tests.fixtures_procs import Proxy, ProxyFactory
+from tests.fixtures_procs import Proxy, ProxyFactory, raw_answer
 
 ANSWER = (
     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
@@ -62,18 +62,13 @@ def upstream() -> Iterator[RecordingUpstream]:
         recording.close()
 
 
-def ask(proxy: Proxy, target: str) -> tuple[int, bytes]:
+def ask(proxy: Proxy, target: str) -> tuple[int, bytes, bytes]:
     """Send `target` exactly as written (an HTTP library would resolve it first)."""
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
-        sock.sendall(
-            b"GET " + target.encode("latin-1") + b" HTTP/1.1\r\nHost: localhost\r\n"
-            b"Authorization: Bearer sk-tenant\r\nConnection: close\r\n\r\n"
-        )
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ")[1]), body
+    return raw_answer(
+        proxy.port,
+        b"GET " + target.encode("latin-1") + b" HTTP/1.1\r\nHost: localhost\r\n"
+        b"Authorization: Bearer sk-tenant\r\nConnection: close\r\n\r\n",
+    )
 
 
 HOSTILE = [
@@ -94,7 +89,7 @@ def test_no_hostile_path_reaches_the_upstream_outside_v1(
 ) -> None:
     proxy = start_proxy(upstream=f"http://127.0.0.1:{upstream.port}/v1")
     for target in HOSTILE:
-        status, body = ask(proxy, target)
+        status, _, body = ask(proxy, target)
         assert status == 400, target
         assert orjson.loads(body)["error"]["code"] == "invalid_path", target
     assert upstream.targets == []

@@ -10,7 +10,6 @@ chain on another tenant's id is never answered from the cache."""
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import httpx
@@ -18,7 +17,7 @@ import openai
 import pytest
 
 from tests.e2e.test_e2e_responses import INPUT, MODEL, client, post, stored
-from tests.fixtures_procs import Proxy, ProxyFactory, Sim, azure_client
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim, azure_client, raw_answer
 from tests.hostile import Scripted, fixed, http_answer
 
 
@@ -308,16 +307,11 @@ def test_a_hostile_id_never_reaches_the_upstream_outside_v1_responses(
                 f"{method} /v1/responses/{hostile}{suffix} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                 "Authorization: Bearer sk-a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
             )
-            with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
-                sock.sendall(head.encode())
-                answer = b""
-                while part := sock.recv(65536):
-                    answer += part
-            status = int(answer.split(b" ", 2)[1])
+            status, answer_head, answer = raw_answer(proxy.port, head.encode())
             if status == 400:
                 assert len(upstream.received) == sent, hostile
                 continue
-            assert status == 200, (hostile, answer[:200])
+            assert status == 200, (hostile, answer_head, answer[:200])
             (seen,) = upstream.received[sent:]
             target = seen.request_line.split(" ")[1]
             assert target.startswith("/v1/responses/"), target

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from bench.procs import settled
-from tests.fixtures_procs import Proxy, ProxyFactory, Sim
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim, raw_answer
 
 CHAT = "/v1/chat/completions"
 AUTH = {"Authorization": "Bearer sk-tenant"}
@@ -45,19 +44,6 @@ def error_of(status: int, body: bytes, code: str) -> dict[str, object]:
     assert set(error) == {"message", "type", "param", "code"}, error
     assert error["code"] == code, (status, error)
     return dict(error)
-
-
-def raw(port: int, request: bytes) -> bytes:
-    """Everything the proxy sends back until it closes the connection (bounded: 10 s)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(request)
-        received = b""
-        for _ in range(1000):
-            data = sock.recv(65536)
-            if not data:
-                break
-            received += data
-    return received
 
 
 @pytest.mark.parametrize(
@@ -90,10 +76,9 @@ async def test_connect_is_refused_in_openai_shape_and_the_connection_closed(
     proxy: Proxy, target: bytes
 ) -> None:
     request = b"CONNECT " + target + b" HTTP/1.1\r\nHost: " + target + b"\r\n\r\n"
-    answer = await asyncio.to_thread(raw, proxy.port, request)  # ends: the proxy closes it
-    head, _, body = answer.partition(b"\r\n\r\n")
+    _, head, body = await asyncio.to_thread(raw_answer, proxy.port, request)  # the proxy closes it
     lines = head.decode().split("\r\n")
-    assert lines[0] == "HTTP/1.1 405 Method Not Allowed", answer
+    assert lines[0] == "HTTP/1.1 405 Method Not Allowed", (head, body)
     headers = {name.lower(): value for name, _, value in (h.partition(": ") for h in lines[1:])}
     assert headers["content-type"] == "application/json"
     assert headers["connection"] == "close"
@@ -112,9 +97,8 @@ async def test_an_unmet_expectation_on_any_path_is_refused_in_openai_shape(
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: {MARK}\r\n"
         "Content-Length: 2\r\nConnection: close\r\n\r\n{}"
     )
-    answer = await asyncio.to_thread(raw, proxy.port, request.encode())
-    head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 417 "), answer
+    _, head, body = await asyncio.to_thread(raw_answer, proxy.port, request.encode())
+    assert head.startswith(b"HTTP/1.1 417 "), (head, body)
     error_of(417, body, "invalid_header")
 
 

@@ -20,7 +20,6 @@ import itertools
 import json
 import random
 import re
-import socket
 import time
 import zlib
 from collections.abc import Iterator
@@ -35,7 +34,7 @@ import pytest
 import zstandard
 
 from bench.procs import stop
-from tests.fixtures_procs import Proxy, launch_proxy, wait_up
+from tests.fixtures_procs import Proxy, launch_proxy, raw_exchange, wait_up
 from tests.fixtures_redis import RedisServer
 from tests.hostile import Received, Scripted
 
@@ -1161,11 +1160,7 @@ def test_a_pass_through_answer_the_upstream_breaks_is_broken_for_the_client(
                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
             )
             started = time.monotonic()
-            with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
-                sock.sendall(request)
-                received = b""
-                while part := sock.recv(65536):
-                    received += part
+            received = raw_exchange(proxy.port, request)
             took = time.monotonic() - started
         finally:
             stop(proxy.proc)

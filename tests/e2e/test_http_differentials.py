@@ -13,7 +13,7 @@ import orjson
 import pytest
 import zstandard
 
-from tests.fixtures_procs import ProxyFactory
+from tests.fixtures_procs import ProxyFactory, raw_exchange
 from tests.hostile import CHAT, STREAM, Received, Scripted, completion, http_answer, sse_frames
 
 AUTH = {"Authorization": "Bearer sk-victim", "Content-Type": "application/json"}
@@ -499,23 +499,11 @@ def test_a_pass_through_request_carries_no_header_its_client_did_not_send(
     )
     with Scripted(answers_its_request_line) as upstream:
         proxy = start_proxy(upstream=upstream.v1)
-        answer = asyncio.run(until_closed(proxy.port, request))
+        answer = raw_exchange(proxy.port, request)
     assert answer.startswith(b"HTTP/1.1 200 ")
     (received,) = upstream.received
     names = sorted(line.split(b":")[0].lower() for line in received.head.split(b"\r\n")[1:])
     assert names == [b"authorization", b"content-length", b"host", b"user-agent"]
-
-
-async def until_closed(port: int, request: bytes) -> bytes:
-    """Write one request and read until the proxy closes the connection."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(request)
-        await writer.drain()
-        async with asyncio.timeout(10):
-            return await reader.read()
-    finally:
-        writer.close()
 
 
 @pytest.mark.parametrize("name", ["api_key", "X_API_KEY", "x_gateway_key"])
