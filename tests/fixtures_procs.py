@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from bench.procs import free_port, settled, stop, wait_until_up
+from proxy.server.preflight import CHECK_AGENT
 
 if TYPE_CHECKING:
     from openai import AzureOpenAI
@@ -73,8 +74,13 @@ class Sim(Served):
     def set_fingerprint(self, fingerprint: str | None) -> None:
         self.control("POST", "fingerprint", {"fingerprint": fingerprint})
 
-    def requests(self) -> list[dict[str, Any]]:
-        return list(self.control("GET", "requests"))
+    def requests(self, start_up_checks: bool = False) -> list[dict[str, Any]]:
+        """What the sim was asked; without the proxy's own look at it before serving (asked
+        only of a base URL without /v1, as the sim's root is for Azure's paths) unless wanted."""
+        asked = list(self.control("GET", "requests"))
+        if start_up_checks:
+            return asked
+        return [r for r in asked if r["headers"].get("User-Agent") != CHECK_AGENT]
 
     def llm_requests(self) -> list[dict[str, Any]]:
         return [r for r in self.requests() if r["method"] == "POST"]
