@@ -18,7 +18,7 @@ def test_the_collector_walks_young_objects_less_often() -> None:
         gc.set_threshold(*before)
 
 
-def test_serving_runs_on_uvloop_without_a_deprecated_call() -> None:
-    """The suite turns warnings into errors: on Python 3.12 and later `uvloop.install()` warns."""
+def test_the_serving_loop_is_uvloops_from_a_runner_of_its_own() -> None:
+    """Asked for by the runner, not installed as the process's policy (deprecated from 3.12)."""
     with workers.event_loop() as runner:
         assert isinstance(runner.get_loop(), uvloop.Loop)
