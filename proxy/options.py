@@ -279,7 +279,8 @@ OPTIONS = (
         "REPRO_UPSTREAM_TIMEOUT",
         "600",
         values.seconds,
-        "seconds the upstream has to send a whole answer, or between two chunks of a stream",
+        "seconds the upstream has to send a whole answer, or may go silent within a stream (bytes "
+        "that add nothing to it, such as empty deflate blocks, count as silence)",
     ),
     Option(
         "upstream_ca",
