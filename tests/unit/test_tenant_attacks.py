@@ -13,8 +13,10 @@ from proxy.config import Settings
 from proxy.core.call import Asked, Call, prepare_with
 from proxy.core.credentials import of_request, scope
 from proxy.core.policy import CacheScope
+from proxy.server.coalesce import Coalescer
 from proxy.server.keycheck import KeyChecker
 from proxy.server.offload import Offload
+from proxy.store.memory import MemoryStore
 from proxy.upstream.client import Upstream
 
 SECRET = b"0123456789abcdef0123456789abcdef"
@@ -76,3 +78,24 @@ async def test_a_key_check_for_one_question_is_no_answer_for_another_asked_meanw
         assert await second is False
     assert checker.known(paid) is False
     await checker.close()
+
+
+async def test_a_hung_leader_holds_identical_requests_only_until_its_own_deadline() -> None:
+    """A fill that hangs (its upstream call lasts up to --upstream-timeout) held every
+    identical request that came later for a whole lock timeout of its own, and none of them
+    could lead and store: past the leader's deadline a request neither waits nor follows."""
+    now = [0.0]
+    coalescer = Coalescer(MemoryStore(), 30.0, clock=lambda: now[0])
+    hung = coalescer.claim("k")
+    assert hung is not None
+    now[0] = 10.0
+    assert coalescer.claim("k") is None  # within the deadline: one fill at a time
+    now[0] = 31.0
+    async with asyncio.timeout(5):  # the lock timeout is 30 s: waited afresh, this fails
+        await coalescer.wait("k")
+    successor = coalescer.claim("k")
+    assert successor is not None
+    await coalescer.release(hung)  # the hung one ending late lets nobody else lead
+    assert coalescer.claim("k") is None
+    await coalescer.release(successor)
+    assert coalescer.claim("k") is not None
