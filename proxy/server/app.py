@@ -261,6 +261,7 @@ async def _assemble(
         clock,
         timeout=settings.key_check_timeout,
         carriers=carriers,
+        shared=shared,
     )
     return Services(
         settings=settings,

@@ -5,7 +5,12 @@ lock (so leaders in other replicas sharing Redis are excluded too), while it cal
 stores the answer; the leader's lookup takes the lock, and its write releases it. Followers wait,
 in-process on the event or across replicas by polling the lock, then look the key up again and
 usually HIT. A leader that dies or outlives the lock timeout lets the followers go: they then call
-the upstream themselves, so nothing ever deadlocks. A store that fails makes everyone a leader:
+the upstream themselves, so nothing ever deadlocks. The timeout counts from the leader's claim, not
+from each follower's arrival: a leader that hangs (its upstream call may last
+`--upstream-timeout`, ten minutes by default) holds every identical request at most what is left of
+its timeout, and once that ran out the next request leads in its place (as nginx's
+proxy_cache_lock_age lets one more through), so a hung fill neither delays nor keeps out of the
+cache every later request of its key. A store that fails makes everyone a leader:
 coalescing is an optimisation, never a dependency.
 """
 
@@ -30,6 +35,7 @@ class Lease:
 
     key: str
     token: str | None  # the store lock's token; None when no store lock is to be had
+    deadline: float  # when followers stop waiting for it, and the next request may lead
     held: bool = False  # the store lock is held now (released by the write, or by `release`)
     # Made by the first follower to wait: most leases (every HIT's, every unique miss's) have
     # no follower, and an Event per request costs a miss measurable CPU.
@@ -65,11 +71,13 @@ class Coalescer:
     def claim(self, key: str) -> Lease | None:
         """Lead the fill of `key` in this process; None when another request here already does.
         On a shared store the lease must still win the store lock: `Store.lookup_or_lock` takes
-        it with the lookup, else `lock` does."""
-        if key in self._local:
+        it with the lookup, else `lock` does. A leader past its deadline is taken over."""
+        now = self._clock()
+        leader = self._local.get(key)
+        if leader is not None and now < leader.deadline:
             return None
         token = f"{self._holder}.{next(self._leases):x}" if self._store.shared else None
-        lease = self._local[key] = Lease(key, token)
+        lease = self._local[key] = Lease(key, token, now + self._timeout)
         return lease
 
     async def lock(self, lease: Lease) -> bool:
@@ -92,12 +100,15 @@ class Coalescer:
         return False
 
     async def wait(self, key: str) -> None:
-        """Until this process's leader for `key` is done, or the lock timeout."""
+        """Until this process's leader for `key` is done, or its deadline."""
         leader = self._local.get(key)
         if leader is not None:
+            left = leader.deadline - self._clock()
+            if left <= 0:
+                return
             if leader.event is None:
                 leader.event = asyncio.Event()
-            await _wait(leader.event, self._timeout)
+            await _wait(leader.event, left)
 
     async def release(self, lease: Lease) -> None:
         """Let the followers look again; the store lock goes only if it is still ours."""

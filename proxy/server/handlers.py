@@ -167,7 +167,7 @@ KEY_VERDICT = web.RequestKey("repro_key_verdict", bool)
 def known(services: Services, call: Call) -> bool:
     """`key_accepted` when it need not wait, as for nearly every HIT: an accepted key's verdict
     still fresh. A HIT then awaits nothing more (a coroutine each costs it measurable CPU)."""
-    return services.keys.known(call.tenant) is True
+    return services.keys.known(call) is True
 
 
 async def key_accepted(services: Services, request: web.Request, call: Call) -> bool:
@@ -175,12 +175,11 @@ async def key_accepted(services: Services, request: web.Request, call: Call) -> 
     settings = services.settings
     if not services.keys.enabled or settings.cache_mode is CacheMode.REPLAY:
         return True
-    verdict = services.keys.known(call.tenant)
+    verdict = services.keys.known(call)
     if verdict is None:
         verdict = request.get(KEY_VERDICT)  # a check this request made, even one with no answer
     if verdict is None:
-        shared = settings.cache_scope is CacheScope.SHARED
-        verdict = request[KEY_VERDICT] = await services.keys.accepted(call, request.headers, shared)
+        verdict = request[KEY_VERDICT] = await services.keys.accepted(call, request.headers)
     return verdict
 
 
@@ -248,7 +247,7 @@ async def go_upstream(
     served = is_served(response)
     count_miss(services, call, served)
     if served and not call.stream and "X-Repro-Fingerprint" in response.headers:
-        services.keys.remember(call.tenant)  # an answer, not an error dressed as a 200
+        services.keys.remember(call)  # an answer, not an error dressed as a 200
     # A stream's headers go before its end is known: the relay vouches once it ended clean.
     return response
 

@@ -15,6 +15,13 @@ upstream served this very request to made-up credentials (an open upstream, with
 protect). A keyless caller is never vouched for by `/v1/models`: it reads, in either scope, only
 within `interval` of a keyless request the upstream served with a 2xx.
 
+A served request vouches only for what it asked (`KeyChecker.asking`): gateways grant access
+per model, per routing header or per query (a free local model beside a paid one), so the
+upstream serving one request to made-up credentials, or to none, says nothing of the others.
+Wherever a partition is shared (`shared` scope, and the `anonymous` tenant in either), such a
+verdict is kept under the tenant with the route, keyed query, keyed headers and model it was
+served for; only a model list that refuses made-up credentials vouches for a tenant as a whole.
+
 Each check has its own deadline (`timeout`), and identical concurrent checks share one upstream
 call. When the upstream cannot say (down, hung, no `/v1/models`), a refusal stands, an accepted
 tenant keeps reading for at most one more interval, and then it is treated as never checked:
@@ -25,7 +32,6 @@ credentials). Verdicts are kept by the tenant's HMAC, never by the credentials.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Mapping
 from concurrent.futures.process import BrokenProcessPool
@@ -33,7 +39,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import urlencode
 
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.core.credentials import (
     STANDARD,
@@ -45,7 +51,9 @@ from proxy.core.credentials import (
     with_query,
 )
 from proxy.core.entry import is_answer, json_object
+from proxy.core.keyed import digest
 from proxy.core.lru import LRU
+from proxy.core.policy import ANONYMOUS
 from proxy.core.responses import api_version
 from proxy.core.routes import AZURE_V1, RESPONSES, is_azure
 from proxy.core.sse import StreamRecorder
@@ -102,13 +110,16 @@ class KeyChecker:
         *,
         timeout: float = 5.0,
         carriers: tuple[str, ...] = STANDARD,
+        shared: bool = False,
     ) -> None:
+        """`shared`: the cache scope is `shared` (one cache for all keys)."""
         self._upstream = upstream
         self._offload = offload
         self._interval = interval
         self._clock = clock
         self._timeout = timeout
         self._carriers = carriers
+        self._shared = shared
         self._verdicts: LRU[str, tuple[bool, float]] = LRU(MAX_VERDICTS)
         self._learned: LRU[Hashable, tuple[bool, float]] = LRU(MAX_LEARNED)
         self._checks: Flights[str, bool | None] = Flights()
@@ -118,36 +129,55 @@ class KeyChecker:
     def enabled(self) -> bool:
         return self._interval > 0
 
-    def remember(self, tenant: str) -> None:
-        """The upstream just answered a real request of this tenant with a 2xx."""
-        self._verdicts.put(tenant, (True, self._clock()))
+    def remember(self, call: Call) -> None:
+        """The upstream just answered a real request of this caller with a 2xx: it vouches for
+        what that request asked (`asking`)."""
+        self._verdicts.put(self.asking(call), (True, self._clock()))
 
-    def known(self, tenant: str) -> bool | None:
-        """The verdict on `tenant` while it is fresh, else None: what nearly every HIT reads."""
-        verdict = self._verdicts.get(tenant)
+    def asking(self, call: Call) -> str:
+        """The name a verdict from a served request is kept under: the tenant, in a partition
+        of its own; where a partition is shared, the tenant and what it asked (route, keyed
+        query, keyed headers, model), since an upstream may serve anyone some requests and
+        only its keys others. Never a tenant's name (those are hex or `anonymous`)."""
+        if not self._shared and call.tenant != ANONYMOUS:
+            return call.tenant
+        return call.tenant + " " + _asked(call)
+
+    def known(self, call: Call) -> bool | None:
+        """The verdict on the caller of `call` while it is fresh, else None: what nearly every
+        HIT reads. One on what it asks comes first, then one on the tenant as a whole."""
+        asking = self.asking(call)
+        if asking != call.tenant:
+            verdict = self._fresh(asking)
+            if verdict is not None:
+                return verdict
+        return self._fresh(call.tenant)
+
+    def _fresh(self, name: str) -> bool | None:
+        verdict = self._verdicts.get(name)
         if verdict is not None and self._clock() - verdict[1] < self._interval:
             return verdict[0]
         return None
 
-    async def accepted(self, call: Call, headers: CIMultiDictProxy[str], shared: bool) -> bool:
+    async def accepted(self, call: Call, headers: CIMultiDictProxy[str]) -> bool:
         """Whether the caller of `call` (credentials in its request `headers`, read only when
-        the upstream must be asked) may read the cache now; `shared` is the cache scope."""
-        known = self.known(call.tenant)
+        the upstream must be asked) may read the cache now."""
+        known = self.known(call)
         if known is not None:
             return known
         credentials = of_request(headers, call.query, self._carriers)
         if not credentials:
             return False  # nothing to ask about: only a keyless request served 2xx vouches
         found = await self._checks.join(
-            call.tenant, lambda: self._deadline(self._check(call, credentials, shared))
+            self.asking(call), lambda: self._deadline(self._check(call, credentials))
         )
-        return self._fallback(call.tenant, shared) if found is None else found
+        return self._fallback(call) if found is None else found
 
     async def close(self) -> None:
         await self._checks.close()
         await self._probes.close()
 
-    async def _check(self, call: Call, credentials: Credentials, shared: bool) -> bool | None:
+    async def _check(self, call: Call, credentials: Credentials) -> bool | None:
         listed, query = models_list(call)
         models = with_query(listed, query, credentials)
         served = await self._ask("GET", models, upstream_headers(credentials), None, lists_models)
@@ -156,10 +186,10 @@ class KeyChecker:
             return self._record(call.tenant, False)
         if served is None:
             return None
-        if not shared or await self._models_tell_apart(call, credentials):
+        if not self._shared or await self._models_tell_apart(call, credentials):
             return self._record(call.tenant, True)
         served = await self._serves_strangers(call, credentials)
-        return None if served is None else self._record(call.tenant, served)
+        return None if served is None else self._record(self.asking(call), served)
 
     async def _models_tell_apart(self, call: Call, credentials: Credentials) -> bool:
         """Whether the model list refuses made-up credentials of this shape (learned per
@@ -175,11 +205,15 @@ class KeyChecker:
 
     async def _serves_strangers(self, call: Call, credentials: Credentials) -> bool | None:
         """Whether the upstream answers this request, sent with made-up credentials, with an
-        answer (learned per shape, route and model, once per interval)."""
-        model = hashlib.sha256(call.model.encode("utf-8", "surrogateescape")).hexdigest()
-        key = ("route", shape(credentials), call.route, model)  # a model name may be huge
+        answer (learned per shape and what it asks, once per interval). It goes with the
+        request's keyed headers (a gateway's routing ones), as the caller's does: without, a
+        gateway open for its default provider would vouch for a paid one a header names."""
+        key = ("route", shape(credentials), _asked(call))
         made_up = stranger(credentials)
-        headers = {**upstream_headers(made_up), "Content-Type": "application/json"}
+        replaced = {name for name, _ in credentials}
+        headers = CIMultiDict((n, v) for n, v in call.headers if n not in replaced)
+        headers.extend(upstream_headers(made_up))
+        headers["Content-Type"] = "application/json"
         path = with_query(call.route, call.keyed_query, made_up)
         judge = partial(answers, stream=call.stream, responses=call.kind == RESPONSES)
         return await self._learn(key, "POST", path, headers, call.body, judge)
@@ -237,18 +271,25 @@ class KeyChecker:
         except BrokenProcessPool:
             return None
 
-    def _fallback(self, tenant: str, shared: bool) -> bool:
+    def _fallback(self, call: Call) -> bool:
         """The upstream cannot say: a refusal stands, an acceptance lasts one more interval."""
-        verdict = self._verdicts.get(tenant)
+        verdict = self._verdicts.get(self.asking(call)) or self._verdicts.get(call.tenant)
         if verdict is not None and not verdict[0]:
             return False
         if verdict is not None and self._clock() - verdict[1] < 2 * self._interval:
             return True
-        return not shared
+        return not self._shared
 
-    def _record(self, tenant: str, accepted: bool) -> bool:
-        self._verdicts.put(tenant, (accepted, self._clock()))
+    def _record(self, name: str, accepted: bool) -> bool:
+        self._verdicts.put(name, (accepted, self._clock()))
         return accepted
+
+
+def _asked(call: Call) -> str:
+    """What a served request vouches for, as a digest (a model name may be huge): the route,
+    the keyed query, the keyed headers and the model."""
+    asked = (("route", call.route), ("query", call.keyed_query), ("vary", call.vary))
+    return digest((*asked, ("model", call.model)))
 
 
 def models_list(call: Call) -> tuple[str, str]:

@@ -276,7 +276,7 @@ class _Relay:
         (see `StreamRecorder.taught`)."""
         recorder = self.recorder
         if recorder.answered or self.committed:
-            self.services.keys.remember(self.call.tenant)
+            self.services.keys.remember(self.call)
         if not self.committed and recorder.taught is not None:
             await observe_fingerprint(self.services, self.call.lineage, recorder.taught)
 
