@@ -16,11 +16,16 @@ trailer for the whole answer: one that does not end where its format says is an 
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn, cast
 
 import aiohttp
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.http_parser import RawResponseMessage
+from aiohttp.streams import StreamReader
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -35,6 +40,8 @@ from proxy.errors import (
 )
 from proxy.upstream.egress import Egress, tls_context
 from proxy.upstream.headers import coding_error, framing_error, safe_headers, status_error
+
+log = logging.getLogger("proxy.upstream")
 
 MAX_URLS = 256
 ANSWER_CODINGS = "gzip, deflate"
@@ -186,6 +193,49 @@ class UpstreamResponse:
             self._response.close()
 
 
+class _Solicited(ResponseHandler):
+    """A pooled upstream connection that takes no answer it did not ask for. aiohttp parses
+    whatever arrives on an idle connection in its pool and queues it, and the next request
+    sent on that connection, another tenant's as likely as not, reads the queued answer as
+    its own: an upstream (or a gateway) sending an answer late, or one of its own making,
+    would have it served and stored under a request it never saw. Bytes that arrive once the
+    final answer to the last request has ended, before the next request is sent, close the
+    connection instead (RFC 9112 9.3.2: a client closes on an unsolicited answer)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self._answer: StreamReader | None = None  # the body of the last request's final answer
+
+    def set_response_params(self, **params: Any) -> None:
+        """A request is about to be sent: what comes now answers it."""
+        self._answer = None
+        super().set_response_params(**params)
+
+    def feed_data(self, data: tuple[RawResponseMessage, StreamReader], size: int = 0) -> None:
+        if not 100 <= data[0].code < 200:  # an informational answer comes before the final one
+            self._answer = data[1]
+        super().feed_data(data, size)
+
+    def data_received(self, data: bytes) -> None:
+        if data and self._answer is not None and self._answer.is_eof():
+            self._answer = None
+            log.warning("upstream sent bytes nobody asked for: connection closed")
+            if self.transport is not None:
+                self.transport.close()
+            return
+        super().data_received(data)
+
+
+class _Connector(aiohttp.TCPConnector):
+    """aiohttp's pool, of connections that refuse unsolicited answers (`_Solicited`). The
+    protocol factory is the one attribute of aiohttp's connector set here."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        factory = functools.partial(_Solicited, loop=self._loop)
+        self._factory = cast("functools.partial[ResponseHandler]", factory)
+
+
 class Upstream:
     """Sends requests to the configured base URL only: bodies never choose the destination."""
 
@@ -221,7 +271,7 @@ class Upstream:
     def _client(self) -> aiohttp.ClientSession:
         """Built on first use, inside the running loop, as aiohttp requires."""
         if self._session is None:
-            connector = aiohttp.TCPConnector(
+            connector = _Connector(
                 limit=self._connections, ssl=self._tls or True, keepalive_timeout=15
             )
             self._session = aiohttp.ClientSession(
