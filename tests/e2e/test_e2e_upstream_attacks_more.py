@@ -1,0 +1,118 @@
+"""More attacks by a hostile upstream (or a compromised gateway in front of OpenAI), against a
+real proxy process: on the pooled connections one upstream client shares between tenants, and
+on the paths less attacked before (the Responses API, Azure routes, embeddings, the key check,
+the fingerprint probe, the drift sampler). Each upstream is written for the attack
+(tests/hostile.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import httpx
+import orjson
+
+from bench.procs import peak_rss_kib
+from tests.fixtures_procs import ProxyFactory
+from tests.hostile import Received, Scripted, completion, http_answer
+
+WAIT = 20.0
+
+
+def chat(content: str) -> bytes:
+    return orjson.dumps(
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]}
+    )
+
+
+def asked_by(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+
+
+def content_of(response: httpx.Response) -> str:
+    return str(response.json()["choices"][0]["message"]["content"])
+
+
+def test_an_answer_nobody_asked_for_never_answers_the_next_request_on_its_connection(
+    start_proxy: ProxyFactory,
+) -> None:
+    """The upstream answers tenant A's request, then, once the connection is back in the pool,
+    sends a second answer of its own making. aiohttp parsed it and queued it on the idle
+    connection, and tenant B's next request sent on that connection read it as its answer
+    (served and stored under B's key, B's request never answered by anyone). Bytes on an idle
+    connection now close it: B's request goes out on another and gets its own answer."""
+    forged = threading.Event()
+
+    async def answer(writer: asyncio.StreamWriter, request: Received) -> None:
+        content = orjson.loads(request.body)["messages"][0]["content"]
+        writer.write(http_answer(completion(f"answer to {content}"), "Content-Type: text/json"))
+        await writer.drain()
+        if content == "first":  # A's answer is read whole (and its connection pooled) by now
+            await asyncio.sleep(0.2)
+            writer.write(http_answer(completion("FORGED"), "Content-Type: application/json"))
+            await writer.drain()
+            forged.set()
+
+    with Scripted(answer) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        with httpx.Client(base_url=proxy.url, timeout=WAIT) as client:
+            first = client.post(
+                "/v1/chat/completions", content=chat("first"), headers=asked_by("sk-a")
+            )
+            assert content_of(first) == "answer to first"
+            assert forged.wait(WAIT)
+            # The forged bytes were in the proxy's socket when `forged` was set (loopback): one
+            # round trip through the proxy's loop, and they have been read.
+            assert client.get("/healthz").status_code == 200
+            second = client.post(
+                "/v1/chat/completions", content=chat("second"), headers=asked_by("sk-b")
+            )
+            again = client.post(
+                "/v1/chat/completions", content=chat("second"), headers=asked_by("sk-b")
+            )
+    assert content_of(second) == "answer to second"
+    assert again.headers["X-Repro-Cache"] == "HIT"
+    assert content_of(again) == "answer to second"
+    assert [orjson.loads(r.body)["messages"][0]["content"] for r in upstream.received] == [
+        "first",
+        "second",
+    ]
+
+
+def test_a_huge_answer_to_the_fingerprint_probe_is_not_read_whole_nor_parsed_on_the_loop(
+    start_proxy: ProxyFactory,
+) -> None:
+    """The probe asks for one token, and read whatever came (up to the 32 MiB bound of the
+    proxy's side requests), then parsed it on the event loop: 32 MiB of numbers are a quarter
+    of a GiB of objects, built while every client waits, once per probed model per interval.
+    A one-token answer is small: one larger is a failed probe, read no further."""
+    probes = threading.Event()
+    asked: list[str] = []
+    padding = b"[" + b"0.5," * (7 * 1024 * 1024) + b"0.5]"  # within the 32 MiB bound
+
+    async def answer(writer: asyncio.StreamWriter, request: Received) -> None:
+        if request.headers.get("authorization") != "Bearer sk-probe":
+            body = completion("a client's answer")
+        else:
+            asked.append(request.request_line)
+            if len(asked) >= 2:  # probes run one after another: the first one is done with
+                probes.set()
+            body = completion("pong")[:-1] + b',"padding":' + padding + b"}"
+        writer.write(http_answer(body, "Content-Type: application/json"))
+        await writer.drain()
+
+    with Scripted(answer) as upstream:
+        proxy = start_proxy(
+            "--probe-interval", "0.3", "--probe-key", "sk-probe", upstream=upstream.v1
+        )
+        before = peak_rss_kib(proxy.proc.pid)
+        first = httpx.post(
+            proxy.v1 + "/chat/completions",
+            content=chat("x"),
+            headers=asked_by("sk-a"),
+            timeout=WAIT,
+        )
+        assert first.status_code == 200
+        assert probes.wait(WAIT)
+        rise_mib = (peak_rss_kib(proxy.proc.pid) - before) / 1024
+    assert rise_mib < 40, f"peak RSS rose {rise_mib:.0f} MiB"
