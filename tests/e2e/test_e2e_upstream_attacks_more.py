@@ -14,7 +14,7 @@ import orjson
 
 from bench.procs import peak_rss_kib
 from tests.fixtures_procs import ProxyFactory
-from tests.hostile import Received, Scripted, completion, http_answer
+from tests.hostile import Received, Scripted, completion, fixed, http_answer
 
 WAIT = 20.0
 
@@ -116,3 +116,24 @@ def test_a_huge_answer_to_the_fingerprint_probe_is_not_read_whole_nor_parsed_on_
         assert probes.wait(WAIT)
         rise_mib = (peak_rss_kib(proxy.proc.pid) - before) / 1024
     assert rise_mib < 40, f"peak RSS rose {rise_mib:.0f} MiB"
+
+
+def test_an_answer_labelled_with_bytes_that_are_not_utf8_is_relayed_not_a_500(
+    start_proxy: ProxyFactory,
+) -> None:
+    """`Content-Type: application/json<FF>`: the HTTP client reads the byte as a lone surrogate,
+    which the entry's JSON cannot hold; the write failed, and the client got a 500 for an
+    answer the upstream gave. Such an answer is passed on as it came, and not stored."""
+    body = completion("labelled oddly")
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\xff\r\n"
+    answer = head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    with Scripted(fixed(answer)) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        answers = [
+            httpx.post(proxy.v1 + path, content=chat("x"), headers=asked_by("sk-a"), timeout=WAIT)
+            for path in ("/chat/completions", "/chat/completions", "/embeddings")
+        ]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert [a.headers["X-Repro-Cache"] for a in answers] == ["MISS", "MISS", "MISS"]
+    assert {content_of(a) for a in answers} == {"labelled oddly"}
+    assert len(upstream.received) == 3
