@@ -8,9 +8,11 @@ past a declared length is ever written on a pooled connection.
 What comes back is hostile until checked: headers with control characters are dropped, a
 `Transfer-Encoding` that is not plain `chunked` (or one beside a `Content-Length`) closes the
 connection with a 502, a whole answer is read only up to a size bound and within one deadline
-(a slow drip cannot stretch it), and a streamed one only while it keeps sending. A gzip or
-deflate answer is inflated here, not by aiohttp, whose client takes a gzip stream cut before its
-trailer for the whole answer: one that does not end where its format says is an error.
+(a slow drip cannot stretch it), and a streamed one only while it keeps sending (informational
+answers and bytes that inflate to nothing are silence). A gzip or deflate answer is inflated
+here, not by aiohttp, whose client takes a gzip stream cut before its trailer for the whole
+answer: one that does not end where its format says is an error. Bytes on a pooled connection
+that no request asked for close it (`_Solicited`).
 """
 
 from __future__ import annotations
@@ -194,26 +196,38 @@ class UpstreamResponse:
 
 
 class _Solicited(ResponseHandler):
-    """A pooled upstream connection that takes no answer it did not ask for. aiohttp parses
-    whatever arrives on an idle connection in its pool and queues it, and the next request
-    sent on that connection, another tenant's as likely as not, reads the queued answer as
-    its own: an upstream (or a gateway) sending an answer late, or one of its own making,
-    would have it served and stored under a request it never saw. Bytes that arrive once the
-    final answer to the last request has ended, before the next request is sent, close the
-    connection instead (RFC 9112 9.3.2: a client closes on an unsolicited answer)."""
+    """A pooled upstream connection that takes no answer it did not ask for, and no end of
+    informational ones. aiohttp parses whatever arrives on an idle connection in its pool and
+    queues it, and the next request sent on that connection, another tenant's as likely as
+    not, reads the queued answer as its own: an upstream (or a gateway) sending an answer
+    late, or one of its own making, would have it served and stored under a request it never
+    saw. Bytes that arrive once the final answer to the last request has ended, before the
+    next request is sent, close the connection instead (RFC 9112 9.3.2: a client closes on an
+    unsolicited answer). And aiohttp reads past any number of informational answers (1xx),
+    each resetting the wait for the next byte: they carry nothing of the answer, so once the
+    first has come the final one is due within that wait (the upstream timeout), or a stream
+    request, whose head waits only on silences, would wait for ever."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop)
         self._answer: StreamReader | None = None  # the body of the last request's final answer
+        self._final_within: float | None = None
+        self._final_due: asyncio.TimerHandle | None = None
 
     def set_response_params(self, **params: Any) -> None:
         """A request is about to be sent: what comes now answers it."""
         self._answer = None
+        self._final_within = params.get("read_timeout")
+        self._stop_waiting()
         super().set_response_params(**params)
 
     def feed_data(self, data: tuple[RawResponseMessage, StreamReader], size: int = 0) -> None:
-        if not 100 <= data[0].code < 200:  # an informational answer comes before the final one
+        if not 100 <= data[0].code < 200:
             self._answer = data[1]
+            self._stop_waiting()
+        elif self._final_due is None and self._final_within:
+            loop = asyncio.get_running_loop()
+            self._final_due = loop.call_later(self._final_within, self._no_final_answer)
         super().feed_data(data, size)
 
     def data_received(self, data: bytes) -> None:
@@ -224,6 +238,23 @@ class _Solicited(ResponseHandler):
                 self.transport.close()
             return
         super().data_received(data)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._stop_waiting()
+        super().connection_lost(exc)
+
+    def _stop_waiting(self) -> None:
+        if self._final_due is not None:
+            self._final_due.cancel()
+            self._final_due = None
+
+    def _no_final_answer(self) -> None:
+        self._final_due = None
+        self.set_exception(
+            aiohttp.ServerTimeoutError("informational answers only, and no final one in time")
+        )
+        if self.transport is not None:
+            self.transport.close()
 
 
 class _Connector(aiohttp.TCPConnector):

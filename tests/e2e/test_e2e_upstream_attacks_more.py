@@ -11,10 +11,11 @@ import threading
 
 import httpx
 import orjson
+import pytest
 
 from bench.procs import peak_rss_kib
 from tests.fixtures_procs import ProxyFactory
-from tests.hostile import Received, Scripted, completion, fixed, http_answer
+from tests.hostile import STREAM, Received, Scripted, Writer, completion, fixed, http_answer
 
 WAIT = 20.0
 
@@ -137,3 +138,37 @@ def test_an_answer_labelled_with_bytes_that_are_not_utf8_is_relayed_not_a_500(
     assert [a.headers["X-Repro-Cache"] for a in answers] == ["MISS", "MISS", "MISS"]
     assert {content_of(a) for a in answers} == {"labelled oddly"}
     assert len(upstream.received) == 3
+
+
+def informational_only(count: int, pause: float, done: threading.Event) -> Writer:
+    """Answer with `count` informational answers (103), one every `pause` seconds, and no
+    final one (then set `done`)."""
+
+    async def write(writer: asyncio.StreamWriter, _: Received) -> None:
+        for _ in range(count):
+            writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(pause)
+        done.set()
+
+    return write
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("/chat/completions", STREAM), ("/files", b"{}")],
+    ids=["stream", "pass-through"],
+)
+def test_informational_answers_without_end_are_bounded_by_the_upstream_timeout(
+    start_proxy: ProxyFactory, path: str, body: bytes
+) -> None:
+    """A stream request's (or a pass-through's) head waits only on silences, and aiohttp reads
+    past any number of 1xx answers, each a byte that breaks the silence: a 103 every 200 ms
+    held the client for as long as the upstream kept them coming. They carry nothing of the
+    answer: the final one is due within --upstream-timeout of the first."""
+    done = threading.Event()
+    with Scripted(informational_only(100, 0.2, done)) as upstream:
+        proxy = start_proxy("--upstream-timeout", "1", upstream=upstream.v1)
+        answer = httpx.post(proxy.v1 + path, content=body, headers=asked_by("sk-a"), timeout=WAIT)
+        assert not done.is_set()  # answered while the upstream was still sending 103s
+    assert (answer.status_code, answer.json()["error"]["code"]) == (504, "upstream_timeout")
