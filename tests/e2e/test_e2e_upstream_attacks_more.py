@@ -13,7 +13,7 @@ import httpx
 import orjson
 import pytest
 
-from bench.procs import peak_rss_kib
+from bench.procs import peak_rss_kib, settled
 from tests.fixtures_procs import ProxyFactory
 from tests.hostile import STREAM, Received, Scripted, Writer, completion, fixed, http_answer
 
@@ -172,3 +172,31 @@ def test_informational_answers_without_end_are_bounded_by_the_upstream_timeout(
         answer = httpx.post(proxy.v1 + path, content=body, headers=asked_by("sk-a"), timeout=WAIT)
         assert not done.is_set()  # answered while the upstream was still sending 103s
     assert (answer.status_code, answer.json()["error"]["code"]) == (504, "upstream_timeout")
+
+
+def test_an_answer_of_an_odd_shape_is_still_checked_for_drift(start_proxy: ProxyFactory) -> None:
+    """`"tool_calls": 5` beside the message's content (or a Responses output item whose
+    `content` is a number) is stored, as clients read the text; the drift check iterated the
+    field and died on it, counted nowhere: an upstream answering so blinded --verify-rate."""
+    answer = orjson.loads(completion("odd"))
+    answer["choices"][0]["message"]["tool_calls"] = 5
+    body = orjson.dumps(answer)
+    with Scripted(fixed(http_answer(body, "Content-Type: application/json"))) as upstream:
+        proxy = start_proxy("--verify-rate", "1", upstream=upstream.v1)
+        asked = [
+            httpx.post(
+                proxy.v1 + "/chat/completions", content=chat("q"), headers=asked_by("sk-a")
+            ).headers["X-Repro-Cache"]
+            for _ in range(2)
+        ]
+        assert asked == ["MISS", "HIT"]
+        results = ("same", "differs", "rotated", "error")
+
+        def verified() -> dict[str, float]:
+            return {
+                r: proxy.metric("repro_verify_total", model="gpt-4o-mini", result=r)
+                for r in results
+            }
+
+        counted = settled(verified, lambda found: sum(found.values()) >= 1)
+    assert counted["same"] == 1, counted
