@@ -211,23 +211,33 @@ class _Solicited(ResponseHandler):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop)
         self._answer: StreamReader | None = None  # the body of the last request's final answer
-        self._final_within: float | None = None
+        self._sent = False  # the request went out whole: its answer is being waited for
+        self._informed = False  # an informational answer came
         self._final_due: asyncio.TimerHandle | None = None
 
     def set_response_params(self, **params: Any) -> None:
         """A request is about to be sent: what comes now answers it."""
         self._answer = None
-        self._final_within = params.get("read_timeout")
+        self._sent = self._informed = False
         self._stop_waiting()
         super().set_response_params(**params)
+
+    def start_timeout(self) -> None:
+        """The request went out whole (aiohttp starts the wait for its answer here): a 1xx sent
+        while a client's body was still going up does not shorten the time for sending it."""
+        super().start_timeout()
+        self._sent = True
+        if self._informed:
+            self._wait_for_final()
 
     def feed_data(self, data: tuple[RawResponseMessage, StreamReader], size: int = 0) -> None:
         if not 100 <= data[0].code < 200:
             self._answer = data[1]
             self._stop_waiting()
-        elif self._final_due is None and self._final_within:
-            loop = asyncio.get_running_loop()
-            self._final_due = loop.call_later(self._final_within, self._no_final_answer)
+        else:
+            self._informed = True
+            if self._sent:
+                self._wait_for_final()
         super().feed_data(data, size)
 
     def data_received(self, data: bytes) -> None:
@@ -242,6 +252,11 @@ class _Solicited(ResponseHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         self._stop_waiting()
         super().connection_lost(exc)
+
+    def _wait_for_final(self) -> None:
+        if self._final_due is None and self.read_timeout:
+            loop = asyncio.get_running_loop()
+            self._final_due = loop.call_later(self.read_timeout, self._no_final_answer)
 
     def _stop_waiting(self) -> None:
         if self._final_due is not None:
