@@ -200,3 +200,35 @@ def test_an_answer_of_an_odd_shape_is_still_checked_for_drift(start_proxy: Proxy
 
         counted = settled(verified, lambda found: sum(found.values()) >= 1)
     assert counted["same"] == 1, counted
+
+
+def test_a_client_that_left_before_its_head_is_not_held_for_by_a_pinging_upstream(
+    start_proxy: ProxyFactory,
+) -> None:
+    """A stream of `: ping` comments and no event: the proxy holds the client's head back for a
+    first frame, so the client gives up and leaves, and nothing written to it ever showed that
+    it had. The proxy read on for as long as the upstream pinged, holding the request, its slot
+    under --max-connections and an upstream connection; now it reads on for --upstream-timeout
+    after the client left, as for one that left mid-stream."""
+    done = threading.Event()
+
+    async def pings(writer: asyncio.StreamWriter, _: Received) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        for _ in range(150):  # 30 s of pings
+            writer.write(b"8\r\n: ping\n\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.2)
+        done.set()
+
+    with Scripted(pings) as upstream:
+        proxy = start_proxy("--upstream-timeout", "2", upstream=upstream.v1)
+        with pytest.raises(httpx.ReadTimeout):  # no head: the client leaves
+            httpx.post(
+                proxy.v1 + "/chat/completions", content=STREAM, headers=asked_by("sk-a"), timeout=1
+            )
+        still_open = settled(lambda: upstream.open_now, lambda n: n == 0, within=10)
+        assert not done.is_set()
+    assert still_open == 0
