@@ -1,7 +1,8 @@
 """More attacks by a hostile upstream (or a compromised gateway in front of OpenAI), against a
-real proxy process: on the pooled connections one upstream client shares between tenants, and
-on the paths less attacked before (the Responses API, Azure routes, embeddings, the key check,
-the fingerprint probe, the drift sampler). Each upstream is written for the attack
+real proxy process: on the pooled connections one upstream client shares between tenants, on
+the waits for an answer's head (informational answers, a stream that pings and never names its
+answer), on the labels an answer is stored under, and on the proxy's own side requests (the
+fingerprint probe, the drift sampler). Each upstream is written for the attack
 (tests/hostile.py)."""
 
 from __future__ import annotations
