@@ -51,7 +51,7 @@ def usage_of(answer: dict[str, Any]) -> tuple[int, int]:
 
 
 _FINGERPRINT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+=/-]{0,127}")
-_HEADER_VALUE = re.compile(r"[^\x00-\x1f\x7f]{0,8190}")
+_HEADER_VALUE = re.compile(r"[^\x00-\x1f\x7f\ud800-\udfff]{0,8190}")
 _ANSWER_FIELDS = ("choices", "data", "output")
 
 
@@ -78,7 +78,9 @@ def is_fingerprint(value: str) -> bool:
 
 def is_content_type(value: str) -> bool:
     """A type a stored answer can be labelled with: a header value as an upstream's can be
-    (no control character, within the HTTP client's bound on a header), or none."""
+    (no control character, within the HTTP client's bound on a header), or none; and text:
+    a byte that is not UTF-8 reaches the proxy as a lone surrogate, which no entry's JSON can
+    hold."""
     return _HEADER_VALUE.fullmatch(value) is not None
 
 

@@ -31,6 +31,11 @@ log = logging.getLogger("proxy.probe")
 V = TypeVar("V")
 
 ACTIVE_INTERVALS = 10
+ANSWER_LIMIT = 64 * 1024
+"""Bytes of a probe's answer read at most: one completion token is a few hundred. Read up to the
+32 MiB of the proxy's other side requests and parsed here, on the event loop, a hostile
+upstream's answer to each probe built a quarter of a GiB of objects while every client waited;
+a larger one is a failed probe."""
 MAX_PROBED = 64
 """Models probed per interval at most, the most recently requested: which models are requested
 is the clients' to choose (any name the upstream serves), and each probe is a request billed to
@@ -109,7 +114,9 @@ class Prober:
     async def _send(self, route: str, body: dict[str, Any]) -> tuple[int | None, Any]:
         headers = {"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json"}
         try:
-            status, data = await self._upstream.fetch("POST", route, headers, orjson.dumps(body))
+            status, data = await self._upstream.fetch(
+                "POST", route, headers, orjson.dumps(body), ANSWER_LIMIT
+            )
         except UpstreamError:
             return None, None
         with contextlib.suppress(orjson.JSONDecodeError):

@@ -113,7 +113,7 @@ class _Relay:
     async def run(self) -> web.StreamResponse:
         chunks = self._chunks()
         try:
-            head = [chunk async for chunk in _until_first_frame(chunks, self.recorder)]
+            head = [chunk async for chunk in self._until_first_frame(chunks)]
             if self.cut and not self.recorder.frames:
                 raise UpstreamUnreachable("The upstream broke its stream before the first event.")
             response = _HeadWithFirstFrame(headers=self._headers())
@@ -251,9 +251,28 @@ class _Relay:
         try:
             await response.write(chunk)
         except CLIENT_GONE:
-            self.client_gone = True
-            self.gone_at = asyncio.get_running_loop().time()
-            log.info("client left mid-stream", extra={"key": self.call.key})
+            self._left()
+
+    def _left(self) -> None:
+        self.client_gone = True
+        self.gone_at = asyncio.get_running_loop().time()
+        log.info("client left mid-stream", extra={"key": self.call.key})
+
+    async def _until_first_frame(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """The chunks up to the first frame that names the answer (`StreamRecorder.named`), or
+        up to the cap's worth without one: an upstream sending comments (`: ping`) and no event
+        for ever would otherwise make these chunks grow without bound, and the client wait for
+        its head. Or until the client is seen gone: nothing written to it yet, its leaving shows
+        nowhere else, and such an upstream held the request, its connection's slot under
+        --max-connections and an upstream connection for as long as it kept pinging, not the
+        --upstream-timeout a client that left mid-stream is read on for (`_worth_reading`)."""
+        async for chunk in chunks:
+            yield chunk
+            if not _before_head(self.recorder):
+                return
+            if self.request.transport is None:
+                self._left()
+                return
 
     async def _end(self, response: web.StreamResponse) -> None:
         if self.client_gone:
@@ -293,19 +312,6 @@ class _Relay:
             response_id=recorder.response_id,
         )
         await record(self.services, self.call, answer)
-
-
-async def _until_first_frame(
-    chunks: AsyncIterator[bytes], recorder: StreamRecorder
-) -> AsyncIterator[bytes]:
-    """The chunks up to the first frame that names the answer (`StreamRecorder.named`), or up
-    to the cap's worth without one: an upstream sending comments (`: ping`) and no event for
-    ever would otherwise make these chunks grow without bound, and the client wait for its
-    head."""
-    async for chunk in chunks:
-        yield chunk
-        if not _before_head(recorder):
-            return
 
 
 def _before_head(recorder: StreamRecorder) -> bool:

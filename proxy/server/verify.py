@@ -52,7 +52,7 @@ def answer_text(body: bytes, stream: bool) -> str:
         response = event.get("response") if event.get("type") == "response.completed" else event
         if isinstance(response, dict) and isinstance(response.get("output"), list):
             parts.setdefault(0, []).extend(_output_texts(response["output"]))
-        for choice in event.get("choices") or ():
+        for choice in _listed(event.get("choices")):
             if isinstance(choice, dict):
                 index = choice.get("index", 0)
                 parts.setdefault(index if isinstance(index, int) else 0, []).extend(_texts(choice))
@@ -67,7 +67,7 @@ def _texts(choice: dict[str, Any]) -> list[str]:
         for name in ("content", "text"):
             if isinstance(holder.get(name), str):
                 found.append(holder[name])
-        for call in holder.get("tool_calls") or ():
+        for call in _listed(holder.get("tool_calls")):
             function = call.get("function") if isinstance(call, dict) else None
             if isinstance(function, dict):
                 found += [v for v in (function.get("name"), function.get("arguments")) if v]
@@ -80,11 +80,18 @@ def _output_texts(output: list[Any]) -> list[str]:
     for item in output:
         if not isinstance(item, dict):
             continue
-        for part in item.get("content") or ():
+        for part in _listed(item.get("content")):
             if isinstance(part, dict) and isinstance(part.get("text"), str):
                 found.append(part["text"])
         found += [v for v in (item.get("name"), item.get("arguments")) if isinstance(v, str)]
     return found
+
+
+def _listed(value: object) -> list[Any]:
+    """A field read as a list, as clients read it; anything else an upstream puts there (`5`,
+    an object) holds no text. Iterated as it came, a number failed the whole drift check, and
+    an uncounted failure let an upstream blind the sampler with answers of that shape."""
+    return value if isinstance(value, list) else []
 
 
 def _events(body: bytes) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ import re
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy import __version__
+from proxy.core.entry import is_content_type
 from proxy.core.hops import HOP_BY_HOP, connection_named
 from proxy.core.inflate import CODINGS
 
@@ -98,12 +99,16 @@ def undecoded(headers: Headers) -> str | None:
 
 def unstorable(headers: Headers) -> str | None:
     """Why an answer cannot be stored as the bytes it is, or None: in a coding the client did
-    not decode (`undecoded`), or labelled by two Content-Type lines, of which its caller reads
-    one of its choice and a stored answer would keep one only."""
+    not decode (`undecoded`), labelled by two Content-Type lines, of which its caller reads
+    one of its choice and a stored answer would keep one only, or by one an entry cannot keep
+    (`is_content_type`: bytes that are not UTF-8 failed the write, and the answer with it)."""
     if undecoded(headers) is not None:
         return "Content-Encoding"
-    if len(headers.getall("Content-Type", ())) > 1:
+    types = headers.getall("Content-Type", ())
+    if len(types) > 1:
         return "Content-Type twice"
+    if types and not is_content_type(types[0]):
+        return "Content-Type not text"
     return None
 
 

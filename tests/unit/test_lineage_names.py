@@ -94,7 +94,7 @@ class ChatUpstream:
     """Answers every probe with a chat completion of fingerprint `fp_chat`."""
 
     async def fetch(
-        self, method: str, route: str, headers: dict[str, str], body: bytes
+        self, method: str, route: str, headers: dict[str, str], body: bytes, limit: int
     ) -> tuple[int, bytes]:
         choice = {"index": 0, "message": {"role": "assistant", "content": "pong"}}
         answer = {"object": "chat.completion", "system_fingerprint": "fp_chat", "choices": [choice]}
