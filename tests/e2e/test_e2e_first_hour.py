@@ -80,16 +80,39 @@ def test_a_base_url_without_v1_is_named_at_start_without_any_key(logged: Logged)
         assert check.headers["user-agent"] == CHECK_AGENT
 
 
-def test_a_root_with_azure_paths_on_any_host_starts_without_a_warning(
-    logged: Logged, sim: Sim
-) -> None:
-    """The sim's root serves Azure OpenAI's paths, as a gateway or an emulator would on a host
-    that is not Azure's: given without /v1 rightly, it is not told it lacks one."""
+def test_a_root_with_azure_paths_on_any_host_starts_without_a_warning(logged: Logged) -> None:
+    """A gateway or an emulator serving Azure OpenAI's paths alone, on a host that is not
+    Azure's: given without /v1 rightly, it is not told it lacks one."""
+
+    async def azure_only(writer: asyncio.StreamWriter, asked: Received) -> None:
+        found = asked.request_line.startswith("GET /openai/")
+        status = "401 Unauthorized" if found else "404 Not Found"
+        writer.write(http_answer(b'{"error": {}}', status=status))
+        await writer.drain()
+
+    with Scripted(azure_only) as upstream:
+        logged.start(upstream=f"http://127.0.0.1:{upstream.port}")
+        assert by_logger(logged.lines(), "proxy.preflight") == []
+    assert [check.request_line for check in upstream.received] == [
+        "GET /models HTTP/1.1",
+        "GET /openai/models HTTP/1.1",
+        "GET /v1/models HTTP/1.1",  # not an OpenAI root left without its /v1 either
+    ]
+
+
+def test_the_sims_root_without_v1_is_named_at_start(logged: Logged, sim: Sim) -> None:
+    """The README's offline demo with its /v1 left out: the sim's root serves Azure's paths
+    too, but OpenAI-shaped requests would all be bare 404s, so the start says what to fix."""
     logged.start(upstream=sim.url)
-    assert by_logger(logged.lines(), "proxy.preflight") == []
+    (warning,) = by_logger(logged.lines(), "proxy.preflight")
+    assert warning["level"] == "warning"
+    assert warning["suggestion"] == f"--upstream {sim.url}/v1"
     # after GET /models, a 404 the sim does not record
     checks = sim.requests(start_up_checks=True)
-    assert [(r["method"], r["path"]) for r in checks] == [("GET", "/openai/models")]
+    assert [(r["method"], r["path"]) for r in checks] == [
+        ("GET", "/openai/models"),
+        ("GET", "/v1/models"),
+    ]
 
 
 def test_a_base_url_with_v1_starts_without_a_word_or_a_request(logged: Logged, sim: Sim) -> None:
