@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from proxy.server.preflight import CHECK_AGENT
-from tests.fixtures_procs import Proxy, ProxyFactory, Sim, free_port, stop
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim, free_port, run_command, stop
 from tests.hostile import Received, Scripted, http_answer
 
 SECRET_KEY = "sk-first-hour-secret-0042"
@@ -219,3 +219,32 @@ def test_metrics_show_the_process_and_count_refused_answers_as_errors(
     assert "python_gc_objects_collected_total" in text
     error = proxy.metric("repro_requests_total", route="/v1/chat/completions", cache="error")
     assert error == 1
+
+
+@pytest.mark.parametrize("command", ["stats", "fingerprints", "rotations", "export", "health"])
+def test_a_url_with_the_sdks_v1_is_refused_before_anything_is_sent(command: str) -> None:
+    """`--url http://127.0.0.1:8080/v1`, the base URL the user just gave the SDK: the command
+    asked /v1/admin/…, which the proxy passes on to the upstream, admin token and all, and
+    printed the upstream's 404."""
+
+    async def not_found(writer: asyncio.StreamWriter, _: Received) -> None:
+        writer.write(http_answer(b'{"error": {"message": "Invalid URL"}}', status="404 Not Found"))
+        await writer.drain()
+
+    with Scripted(not_found) as server:
+        argv = [command, "--url", server.v1]
+        status, stderr = run_command(argv, REPRO_ADMIN_TOKEN="first-hour-admin-token")
+    assert status == 2, stderr
+    assert "without the /v1" in stderr.strip().splitlines()[-1]
+    assert server.received == []
+
+
+def test_an_admin_command_told_404_names_the_admin_token(start_proxy: ProxyFactory) -> None:
+    """A proxy started without --admin-token has no /admin routes: its 404 says only that the
+    path has no route, so the command's line says what that most often means."""
+    proxy = start_proxy()
+    status, stderr = run_command(["stats", "--url", proxy.url], REPRO_ADMIN_TOKEN="some-token")
+    assert status == 1, stderr
+    (line,) = stderr.strip().splitlines()
+    assert "HTTP 404" in line
+    assert "started without --admin-token" in line
