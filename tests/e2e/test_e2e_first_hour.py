@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 import httpx
+import openai
 import orjson
 import pytest
 
@@ -248,3 +249,21 @@ def test_an_admin_command_told_404_names_the_admin_token(start_proxy: ProxyFacto
     (line,) = stderr.strip().splitlines()
     assert "HTTP 404" in line
     assert "started without --admin-token" in line
+
+
+def test_an_sdk_given_the_address_without_v1_is_told_where_the_api_is(
+    start_proxy: ProxyFactory,
+) -> None:
+    """`OpenAI(base_url="http://127.0.0.1:8080")` asks /chat/completions, outside every route:
+    the 404 said only that the path has no route."""
+    proxy = start_proxy()
+    client = openai.OpenAI(base_url=proxy.url, api_key=SECRET_KEY, max_retries=0)
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}]
+        )
+    error = caught.value.body
+    assert isinstance(error, dict)
+    assert error["code"] == "not_found"
+    assert "base URL ends in /v1" in error["message"]
+    assert PROMPT not in error["message"] and "/chat/completions" not in error["message"]
