@@ -1,0 +1,55 @@
+"""What a newcomer's first mistakes print (pure): `repro-proxy check` given a base URL without
+its /v1 asks every request of a path that does not exist."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+
+import pytest
+from rich.console import Console
+
+from proxy.tools.audit.plan import Plan
+from proxy.tools.audit.tally import ArmReport, Report, Tally
+from proxy.tools.audit.view import render
+
+PLAN = Plan(
+    base_url="http://127.0.0.1:8080",
+    model="gpt-4o-mini",
+    prompt="Name three rivers.",
+    system=None,
+    seed=12345,
+    n=2,
+    max_tokens=16,
+    concurrency=1,
+    distance="text",
+    embedding_model="text-embedding-3-small",
+)
+HINT = "does --base-url lack its /v1"
+
+
+def shown(*errors: str) -> str:
+    """The table `check` prints when each arm failed every request with `errors`."""
+    tally = Tally(Counter(), Counter(), Counter(errors), 0, 0, 0)
+    report = Report(PLAN, tuple(ArmReport(arm, tally, None) for arm in PLAN.arms))
+    out = io.StringIO()
+    Console(file=out, width=400, color_system=None).print(render(report))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "errors",
+    [("HTTP 404",), ("HTTP 404 not_found",), ("HTTP 404 invalid_request_error",)],
+    ids=["sim", "proxy", "openai"],
+)
+def test_nothing_but_404s_asks_whether_the_base_url_lacks_v1(errors: tuple[str, ...]) -> None:
+    assert HINT in shown(*errors)
+
+
+@pytest.mark.parametrize(
+    "errors",
+    [("HTTP 404 model_not_found",), ("HTTP 401 invalid_api_key",), ("HTTP 404", "HTTP 500")],
+    ids=["unknown-model", "no-key", "mixed"],
+)
+def test_other_failures_are_not_blamed_on_the_base_url(errors: tuple[str, ...]) -> None:
+    assert HINT not in shown(*errors)
