@@ -22,7 +22,7 @@ from yarl import URL
 
 from proxy.config import mask_password
 from proxy.errors import UpstreamError
-from proxy.store.base import Store, StoreError
+from proxy.store.base import Store, StoreError, StoreTimeout
 from proxy.upstream.client import Upstream
 from proxy.upstream.headers import USER_AGENT
 
@@ -117,7 +117,14 @@ async def check_store(store: Store, url: str) -> None:
             cause = f"{cause}: {exc.__cause__}"
         if password:
             cause = cause.replace(password, "***")
+        extra = {"store": mask_password(url), "error": cause}
+        if isinstance(exc, StoreTimeout) and url.lower().startswith("rediss://"):
+            extra["hint"] = TLS_HINT
         log.warning(
-            "the store is unavailable at start: serving without it until it answers",
-            extra={"store": mask_password(url), "error": cause},
+            "the store is unavailable at start: serving without it until it answers", extra=extra
         )
+
+
+TLS_HINT = "rediss:// speaks TLS first, which a Redis without TLS never answers: redis:// then?"
+"""A Redis without TLS reads a TLS handshake as the start of a command and waits for its end:
+the ping merely times out, which says nothing of the scheme."""

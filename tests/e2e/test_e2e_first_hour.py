@@ -162,6 +162,22 @@ def test_a_store_down_at_start_is_named_without_its_password(logged: Logged) -> 
     assert "Connection refused" in down["error"]
 
 
+def test_rediss_to_a_redis_without_tls_is_named_at_start(logged: Logged, redis_url: str) -> None:
+    """`rediss://` given for a plain Redis: the TLS handshake is never answered, and the start
+    said only that the store timed out (and, of the dictionary, an empty error)."""
+    logged.start("--store", redis_url.replace("redis://", "rediss://", 1))
+    lines = logged.lines()
+    (down,) = [line for line in lines if line["msg"].startswith("the store is unavailable")]
+    assert down["hint"].startswith("rediss:// speaks TLS")
+    assert all(line.get("error") != "" for line in lines)
+
+
+def test_a_store_down_at_start_is_not_told_about_tls(logged: Logged) -> None:
+    logged.start("--store", f"rediss://127.0.0.1:{free_port()}/0")
+    (down,) = [line for line in logged.lines() if line["msg"].startswith("the store is unavail")]
+    assert "hint" not in down
+
+
 def test_the_settings_line_holds_json_values(logged: Logged, sim: Sim) -> None:
     logged.start("--admin-token", "tok-hidden", "--credential-header", "x-tenant")
     text = logged.text()
