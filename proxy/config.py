@@ -238,6 +238,17 @@ def secrets_on_command_line(flags: Mapping[str, str | list[str] | None]) -> list
     return found
 
 
+def nothing_to_replay(settings: Settings) -> bool:
+    """Replay mode over a memory store that starts empty, with no cassette to fill it and no
+    admin token to import one: every request would be a 504 cache_miss."""
+    return (
+        settings.cache_mode is CacheMode.REPLAY
+        and settings.store.lower().startswith("memory:")
+        and settings.cassette is None
+        and not settings.admin_token
+    )
+
+
 def exposed_keys(settings: Settings) -> list[tuple[str, str]]:
     """The private key files every local user may read, each with the setting naming it: a
     client certificate's key (--upstream-key, or the --upstream-cert file holding it) and a

@@ -7,6 +7,7 @@ import asyncio
 import socket
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import IO, Any
 
 import httpx
@@ -125,6 +126,31 @@ def test_a_base_url_with_v1_starts_without_a_word_or_a_request(logged: Logged, s
 def test_a_replaying_proxy_never_looks_at_the_upstream(logged: Logged, sim: Sim) -> None:
     logged.start("--cache-mode", "replay", upstream=sim.url)
     assert by_logger(logged.lines(), "proxy.preflight") == []
+
+
+def test_replay_mode_with_nothing_to_replay_is_named_at_start(logged: Logged) -> None:
+    """`serve --cache-mode replay` alone: an empty memory store, no cassette, no admin token to
+    import one, so every request is a 504; the start said nothing of it."""
+    logged.start("--cache-mode", "replay")
+    (warning,) = [line for line in logged.lines() if line["msg"].startswith("replay mode")]
+    assert warning["level"] == "warning"
+    assert warning["setting"] == "--cache-mode / REPRO_CACHE_MODE"
+
+
+@pytest.mark.parametrize("given", ["cassette", "store", "admin-token"])
+def test_replay_mode_with_a_source_of_answers_starts_without_that_warning(
+    logged: Logged, given: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if given == "cassette":
+        cassette = tmp_path / "llm.jsonl"
+        cassette.write_bytes(b"")
+        flags = ["--cache-scope", "shared", "--cassette", str(cassette)]
+    elif given == "store":
+        flags = ["--store", request.getfixturevalue("redis_url")]
+    else:
+        flags = ["--admin-token", "first-hour-admin-token"]
+    logged.start("--cache-mode", "replay", *flags)
+    assert [line for line in logged.lines() if line["msg"].startswith("replay mode")] == []
 
 
 def test_an_upstream_that_never_answers_delays_the_start_by_seconds_only(logged: Logged) -> None:
