@@ -186,6 +186,30 @@ def _check_forward_proxy(upstream: str, environ: Mapping[str, str]) -> None:
         )
 
 
+_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+_EVERY_INTERFACE = {"0.0.0.0", "::"}
+
+
+def _check_not_itself(settings: Settings, environ: Mapping[str, str]) -> None:
+    """An --upstream that is the proxy's own address (the SDK's base URL copied into it): each
+    request would call the proxy again, a coalesced one waiting --lock-timeout on itself, the
+    others opening connections until --max-connections. Reached directly only: a forward
+    proxy's loopback is another machine's."""
+    parts = urlsplit(settings.upstream)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = (parts.hostname or "").lower()
+    if port != settings.port or env_proxy(settings.upstream, environ) is not None:
+        return
+    listen = settings.host.lower().strip("[]")
+    loopback = host in _LOOPBACK or host.startswith("127.")
+    if host == listen or (loopback and (listen in _LOOPBACK or listen in _EVERY_INTERFACE)):
+        raise SettingError(
+            f"--upstream / REPRO_UPSTREAM: {values.shown(settings.upstream)!r} is this proxy's "
+            f"own address (--port {settings.port}): it would call itself; give the upstream's "
+            "base URL, such as https://api.openai.com/v1 or the sim's http://127.0.0.1:8090/v1"
+        )
+
+
 _ENUMS: dict[str, Callable[[str], Any]] = {
     "enforce": Enforce,
     "cache_mode": CacheMode,
@@ -312,6 +336,7 @@ def _check_together(settings: Settings, environ: Mapping[str, str]) -> None:
     _check_cassette(settings)
     _check_tls(settings)
     _check_forward_proxy(settings.upstream, environ)
+    _check_not_itself(settings, environ)
     if settings.probe_interval > 0 and not settings.probe_key:
         raise SettingError(
             "--probe-interval / REPRO_PROBE_INTERVAL: probes need --probe-key / REPRO_PROBE_KEY, "

@@ -1,5 +1,6 @@
 """What a newcomer's first mistakes print (pure): `repro-proxy check` given a base URL without
-its /v1 asks every request of a path that does not exist."""
+its /v1 asks every request of a path that does not exist; `serve` given its own address as the
+upstream would call itself."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections import Counter
 import pytest
 from rich.console import Console
 
+from proxy.config import SettingError, load
 from proxy.tools.audit.plan import Plan
 from proxy.tools.audit.tally import ArmReport, Report, Tally
 from proxy.tools.audit.view import render
@@ -53,3 +55,41 @@ def test_nothing_but_404s_asks_whether_the_base_url_lacks_v1(errors: tuple[str, 
 )
 def test_other_failures_are_not_blamed_on_the_base_url(errors: tuple[str, ...]) -> None:
     assert HINT not in shown(*errors)
+
+
+@pytest.mark.parametrize(
+    ("flags", "environ"),
+    [
+        ({"upstream": "http://127.0.0.1:8080/v1"}, {}),
+        ({"upstream": "http://localhost:8080/v1"}, {}),
+        ({"upstream": "http://127.0.0.1:9000/v1"}, {"REPRO_PORT": "9000"}),
+        ({"upstream": "http://127.0.0.1:80/v1", "port": "80", "host": "0.0.0.0"}, {}),
+        ({"upstream": "http://[::1]:8080/v1", "host": "::"}, {}),
+        ({"upstream": "http://10.1.2.3:8080/v1", "host": "10.1.2.3"}, {}),
+    ],
+    ids=["loopback", "localhost", "env-port", "default-port", "ipv6", "same-address"],
+)
+def test_an_upstream_that_is_the_proxy_itself_is_refused(
+    flags: dict[str, str], environ: dict[str, str]
+) -> None:
+    """The SDK's base URL copied into --upstream: a request made the proxy call itself, waiting
+    --lock-timeout (30 s) on its own fill lock, then again, until --max-connections."""
+    with pytest.raises(SettingError, match=r"^--upstream / REPRO_UPSTREAM: .*call itself"):
+        load(flags, environ)
+
+
+@pytest.mark.parametrize(
+    ("flags", "environ"),
+    [
+        ({"upstream": "http://127.0.0.1:8090/v1"}, {}),  # the sim
+        ({"upstream": "http://127.0.0.1:8080/v1", "port": "0"}, {}),
+        ({"upstream": "http://10.1.2.3:8080/v1"}, {}),  # another machine, same port
+        ({"upstream": "http://127.0.0.1:8080/v1", "host": "10.1.2.3"}, {}),
+        ({"upstream": "http://127.0.0.1:8080/v1"}, {"HTTP_PROXY": "http://egress:3128"}),
+    ],
+    ids=["sim", "free-port", "other-host", "listening-elsewhere", "forward-proxy"],
+)
+def test_an_upstream_elsewhere_is_not_taken_for_the_proxy(
+    flags: dict[str, str], environ: dict[str, str]
+) -> None:
+    assert load(flags, environ).upstream == flags["upstream"]
