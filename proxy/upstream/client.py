@@ -324,6 +324,11 @@ def _payload(data: Body, headers: Mapping[str, str]) -> tuple[object, Mapping[st
     return exact(data.chunks, data.length), framed
 
 
+PLAIN_HTTP_HINT = " (what a server speaking plain HTTP answers: does --upstream mean http://?)"
+"""OpenSSL's reason when the first bytes back are no TLS record: an https:// base URL given
+for a plain server (the sim, a local gateway) is the usual cause."""
+
+
 def _raise_mapped(exc: BaseException, when: str) -> NoReturn:
     """aiohttp's errors, and timeouts, become ours; a refusal of our own (a client body that
     broke its length or limit) surfaces as itself."""
@@ -348,8 +353,9 @@ def _raise_mapped(exc: BaseException, when: str) -> NoReturn:
         ) from exc
     if isinstance(exc, aiohttp.ClientConnectorSSLError):
         why = tls_reason(exc.os_error) or type(exc.os_error).__name__
+        plain = PLAIN_HTTP_HINT if why == "wrong version number" else ""
         raise UpstreamUnreachable(
-            f"No TLS with the upstream ({exc.host}:{exc.port}): {why}."
+            f"No TLS with the upstream ({exc.host}:{exc.port}): {why}{plain}."
         ) from exc
     if isinstance(exc, aiohttp.ClientProxyConnectionError):
         raise UpstreamUnreachable(f"Could not connect to the forward proxy: {exc}.") from exc

@@ -309,3 +309,17 @@ def test_an_sdk_given_the_address_without_v1_is_told_where_the_api_is(
     assert error["code"] == "not_found"
     assert "base URL ends in /v1" in error["message"]
     assert PROMPT not in error["message"] and "/chat/completions" not in error["message"]
+
+
+def test_https_to_a_plain_upstream_says_it_may_mean_http(
+    start_proxy: ProxyFactory, sim: Sim
+) -> None:
+    """`--upstream https://127.0.0.1:8090/v1` for the sim: OpenSSL's 'wrong version number'
+    alone does not tell a newcomer that the server speaks plain HTTP."""
+    proxy = start_proxy(upstream=sim.v1.replace("http://", "https://", 1))
+    answer = chat(proxy)
+    assert answer.status_code == 502
+    error = answer.json()["error"]
+    assert error["code"] == "upstream_unreachable"
+    assert "wrong version number" in error["message"]
+    assert "does --upstream mean http://?" in error["message"]
