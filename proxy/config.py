@@ -108,6 +108,19 @@ class Settings:
 _QUERY_PASSWORD = re.compile(r"(?i)(password=)[^&]*")
 
 
+def store_failure(exc: BaseException, url: str) -> str:
+    """A store's failure in one line: what failed and redis-py's own words for why (the host,
+    'Connection refused'), without the password of `url`, which redis-py may repeat."""
+    cause = str(exc) or type(exc).__name__
+    if exc.__cause__ is not None and str(exc.__cause__):
+        cause = f"{cause}: {exc.__cause__}"
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    return cause.replace(password, "***") if password else cause
+
+
 def mask_password(url: str) -> str:
     """The URL with any password, in its userinfo or its query, replaced by ***."""
     try:

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from urllib.parse import urlsplit
 
 from yarl import URL
 
-from proxy.config import mask_password
+from proxy.config import mask_password, store_failure
 from proxy.errors import UpstreamError
 from proxy.store.base import Store, StoreError, StoreTimeout
 from proxy.upstream.client import Upstream
@@ -111,13 +110,7 @@ async def check_store(store: Store, url: str) -> None:
     try:
         await store.ping()
     except StoreError as exc:
-        password = urlsplit(url).password
-        cause = str(exc) or type(exc).__name__
-        if exc.__cause__ is not None and str(exc.__cause__):
-            cause = f"{cause}: {exc.__cause__}"
-        if password:
-            cause = cause.replace(password, "***")
-        extra = {"store": mask_password(url), "error": cause}
+        extra = {"store": mask_password(url), "error": store_failure(exc, url)}
         if isinstance(exc, StoreTimeout) and url.lower().startswith("rediss://"):
             extra["hint"] = TLS_HINT
         log.warning(

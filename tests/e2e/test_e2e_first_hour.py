@@ -323,3 +323,22 @@ def test_https_to_a_plain_upstream_says_it_may_mean_http(
     assert error["code"] == "upstream_unreachable"
     assert "wrong version number" in error["message"]
     assert "does --upstream mean http://?" in error["message"]
+
+
+@pytest.mark.parametrize("command", ["export", "import"])
+def test_a_store_the_cassette_commands_cannot_reach_is_named_with_its_cause(
+    command: str, tmp_path: Path
+) -> None:
+    """`export --store redis://…` with nothing listening said 'redis sealed failed:
+    ConnectionError': neither which store nor why."""
+    port = free_port()
+    url = f"redis://:pw-first-hour@127.0.0.1:{port}/0"
+    cassette = tmp_path / "llm.jsonl"
+    cassette.write_bytes(b"")
+    argv = [command, "--store", url, *([str(cassette)] if command == "import" else [])]
+    status, stderr = run_command(argv)
+    assert status == 1, stderr
+    (line,) = stderr.strip().splitlines()
+    assert f"the store redis://:***@127.0.0.1:{port}/0" in line
+    assert f"connecting to 127.0.0.1:{port}" in line  # redis-py's words for why
+    assert "pw-first-hour" not in stderr
