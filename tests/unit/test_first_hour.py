@@ -8,12 +8,15 @@ import io
 from collections import Counter
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from rich.console import Console
 
 from proxy.config import SettingError, load
 from proxy.tools.audit.plan import Plan
 from proxy.tools.audit.tally import ArmReport, Report, Tally
 from proxy.tools.audit.view import render
+from proxy.tools.sim.app import create_sim_app
+from proxy.tools.sim.state import SimSettings
 
 PLAN = Plan(
     base_url="http://127.0.0.1:8080",
@@ -93,3 +96,26 @@ def test_an_upstream_elsewhere_is_not_taken_for_the_proxy(
     flags: dict[str, str], environ: dict[str, str]
 ) -> None:
     assert load(flags, environ).upstream == flags["upstream"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "said"),
+    [
+        ({}, "You didn't provide an API key"),
+        ({"Authorization": "Bearer "}, "You didn't provide an API key"),  # $KEY never set
+        ({"Authorization": "Bearer sk-other"}, "Incorrect API key provided."),
+    ],
+    ids=["none", "empty", "wrong"],
+)
+async def test_the_sim_tells_a_missing_key_from_a_wrong_one(
+    headers: dict[str, str], said: str
+) -> None:
+    """The README's curl with $KEY unset sent `Bearer ` and was told 'Incorrect API key', though
+    the sim takes any non-empty one."""
+    app = create_sim_app(SimSettings(api_keys=("sk-good",)))
+    async with TestClient(TestServer(app)) as client:
+        answer = await client.get("/v1/models", headers=headers)
+        assert answer.status == 401
+        error = (await answer.json())["error"]
+    assert error["message"].startswith(said)
+    assert error["code"] == "invalid_api_key"
