@@ -119,3 +119,12 @@ async def test_the_sim_tells_a_missing_key_from_a_wrong_one(
         error = (await answer.json())["error"]
     assert error["message"].startswith(said)
     assert error["code"] == "invalid_api_key"
+
+
+def test_a_hex_encryption_key_is_told_to_use_base64() -> None:
+    """`openssl rand -hex 32`, the form of key --secret suggests, is valid base64 of 48 bytes:
+    the refusal said only that it must decode to 32."""
+    hex_key = "ab" * 32
+    with pytest.raises(SettingError, match="openssl rand -base64 32") as caught:
+        load({"encryption_key": hex_key}, {})
+    assert hex_key not in str(caught.value)
