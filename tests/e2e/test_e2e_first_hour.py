@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from proxy.server.preflight import CHECK_AGENT
-from tests.fixtures_procs import Proxy, ProxyFactory, Sim, free_port, run_command, stop
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim, free_port, run_cli, run_command, stop
 from tests.hostile import Received, Scripted, http_answer
 
 SECRET_KEY = "sk-first-hour-secret-0042"
@@ -342,3 +342,30 @@ def test_a_store_the_cassette_commands_cannot_reach_is_named_with_its_cause(
     assert f"the store redis://:***@127.0.0.1:{port}/0" in line
     assert f"connecting to 127.0.0.1:{port}" in line  # redis-py's words for why
     assert "pw-first-hour" not in stderr
+
+
+def test_a_cassette_imported_twice_logs_no_rotation_the_upstream_never_made(
+    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
+) -> None:
+    """Re-running `repro-proxy import` with a cassette holding two fingerprints of a model
+    replayed its history again: the model 'rotated back' and forth on each import, three of
+    which within the flap window made it alternating (every fingerprint current)."""
+    token = "first-hour-admin-token"
+    proxy = start_proxy("--cache-scope", "shared", "--admin-token", token)
+    chat(proxy)
+    sim.set_fingerprint("fp_first_hour_b")
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "another"}]}
+    httpx.post(proxy.v1 + "/chat/completions", json=body, headers=AUTH, timeout=10)
+    cassette = tmp_path / "answers.jsonl"
+    exported = run_cli("export", "--url", proxy.url, "-o", str(cassette), admin_token=token)
+    assert exported.returncode == 0, exported.stderr
+    for _ in range(3):
+        imported = run_cli("import", "--url", proxy.url, str(cassette), admin_token=token)
+        assert imported.returncode == 0, imported.stderr
+    admin = {"Authorization": f"Bearer {token}"}
+    report = httpx.get(proxy.url + "/admin/rotations", headers=admin, timeout=10).json()
+    rotations = report["models"]["gpt-4o-mini"]["rotations"]
+    assert [(r["from"], r["to"], r["change"]) for r in rotations] == [
+        ("fp_sim_0001", "fp_first_hour_b", "rotated")
+    ]
+    assert report["models"]["gpt-4o-mini"]["current"] == "fp_first_hour_b"
