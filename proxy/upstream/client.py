@@ -16,6 +16,7 @@ trailer for the whole answer: one that does not end where its format says is an 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import NoReturn
@@ -362,7 +363,13 @@ def _raise_mapped(exc: BaseException, when: str) -> NoReturn:
     if isinstance(exc, aiohttp.ClientHttpProxyError):
         raise UpstreamUnreachable(f"The forward proxy refused: {exc.status}.") from exc
     if isinstance(exc, aiohttp.ClientConnectorError):
-        raise UpstreamUnreachable(f"Could not connect to the upstream: {exc}.") from exc
+        # aiohttp's own text reads 'Cannot connect to host H:P ssl:default [Connect call
+        # failed (...)]', TLS named for a plain http:// upstream and the cause left unsaid.
+        errno = exc.os_error.errno
+        why = os.strerror(errno) if errno else str(exc.os_error)
+        raise UpstreamUnreachable(
+            f"Could not connect to the upstream ({exc.host}:{exc.port}): {why}."
+        ) from exc
     if isinstance(exc, aiohttp.ClientError | OSError | ValueError):
         raise UpstreamUnreachable(
             f"The upstream connection broke {when}: {type(exc).__name__}."

@@ -369,3 +369,16 @@ def test_a_cassette_imported_twice_logs_no_rotation_the_upstream_never_made(
         ("fp_sim_0001", "fp_first_hour_b", "rotated")
     ]
     assert report["models"]["gpt-4o-mini"]["current"] == "fp_first_hour_b"
+
+
+def test_an_upstream_nothing_listens_on_is_named_with_the_cause(
+    start_proxy: ProxyFactory,
+) -> None:
+    """`serve` started before the sim: the 502 read 'Cannot connect to host 127.0.0.1:P
+    ssl:default [Connect call failed (...)]', naming TLS for a plain http:// upstream."""
+    port = free_port()
+    proxy = start_proxy(upstream=f"http://127.0.0.1:{port}/v1")
+    answer = chat(proxy)
+    assert answer.status_code == 502
+    message = answer.json()["error"]["message"]
+    assert message == f"Could not connect to the upstream (127.0.0.1:{port}): Connection refused."
