@@ -68,6 +68,12 @@ def serve(flags: dict[str, str | None]) -> int:
             "environment variable names no setting: ignored",
             extra={"variable": name, "did_you_mean": closest},
         )
+    if config.nothing_to_replay(settings):
+        log.warning(
+            "replay mode with nothing to replay: every request will be a 504 cache_miss; give "
+            "--cassette, a shared --store, or --admin-token to import one",
+            extra={"setting": "--cache-mode / REPRO_CACHE_MODE"},
+        )
     for setting, path in config.exposed_keys(settings):
         log.warning(
             "a private key file is readable by every local user: chmod o-r it",

@@ -108,6 +108,19 @@ class Settings:
 _QUERY_PASSWORD = re.compile(r"(?i)(password=)[^&]*")
 
 
+def store_failure(exc: BaseException, url: str) -> str:
+    """A store's failure in one line: what failed and redis-py's own words for why (the host,
+    'Connection refused'), without the password of `url`, which redis-py may repeat."""
+    cause = str(exc) or type(exc).__name__
+    if exc.__cause__ is not None and str(exc.__cause__):
+        cause = f"{cause}: {exc.__cause__}"
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    return cause.replace(password, "***") if password else cause
+
+
 def mask_password(url: str) -> str:
     """The URL with any password, in its userinfo or its query, replaced by ***."""
     try:
@@ -186,6 +199,30 @@ def _check_forward_proxy(upstream: str, environ: Mapping[str, str]) -> None:
         )
 
 
+_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+_EVERY_INTERFACE = {"0.0.0.0", "::"}
+
+
+def _check_not_itself(settings: Settings, environ: Mapping[str, str]) -> None:
+    """An --upstream that is the proxy's own address (the SDK's base URL copied into it): each
+    request would call the proxy again, a coalesced one waiting --lock-timeout on itself, the
+    others opening connections until --max-connections. Reached directly only: a forward
+    proxy's loopback is another machine's."""
+    parts = urlsplit(settings.upstream)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = (parts.hostname or "").lower()
+    if port != settings.port or env_proxy(settings.upstream, environ) is not None:
+        return
+    listen = settings.host.lower().strip("[]")
+    loopback = host in _LOOPBACK or host.startswith("127.")
+    if host == listen or (loopback and (listen in _LOOPBACK or listen in _EVERY_INTERFACE)):
+        raise SettingError(
+            f"--upstream / REPRO_UPSTREAM: {values.shown(settings.upstream)!r} is this proxy's "
+            f"own address (--port {settings.port}): it would call itself; give the upstream's "
+            "base URL, such as https://api.openai.com/v1 or the sim's http://127.0.0.1:8090/v1"
+        )
+
+
 _ENUMS: dict[str, Callable[[str], Any]] = {
     "enforce": Enforce,
     "cache_mode": CacheMode,
@@ -236,6 +273,17 @@ def secrets_on_command_line(flags: Mapping[str, str | list[str] | None]) -> list
         ):
             found.append(option)
     return found
+
+
+def nothing_to_replay(settings: Settings) -> bool:
+    """Replay mode over a memory store that starts empty, with no cassette to fill it and no
+    admin token to import one: every request would be a 504 cache_miss."""
+    return (
+        settings.cache_mode is CacheMode.REPLAY
+        and settings.store.lower().startswith("memory:")
+        and settings.cassette is None
+        and not settings.admin_token
+    )
 
 
 def exposed_keys(settings: Settings) -> list[tuple[str, str]]:
@@ -301,6 +349,7 @@ def _check_together(settings: Settings, environ: Mapping[str, str]) -> None:
     _check_cassette(settings)
     _check_tls(settings)
     _check_forward_proxy(settings.upstream, environ)
+    _check_not_itself(settings, environ)
     if settings.probe_interval > 0 and not settings.probe_key:
         raise SettingError(
             "--probe-interval / REPRO_PROBE_INTERVAL: probes need --probe-key / REPRO_PROBE_KEY, "

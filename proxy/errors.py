@@ -138,6 +138,13 @@ class NotFound(ProxyError):
 
 NO_ROUTE = "The proxy has no route for this path."
 
+NO_API_ROUTE = (
+    "The proxy has no route for this path: OpenAI's API is under /v1/ (a client's base URL ends "
+    "in /v1, such as http://127.0.0.1:8080/v1), Azure OpenAI's under /openai/."
+)
+"""A path outside every prefix the proxy serves: most often an SDK given the proxy's address
+without its /v1, which asks /chat/completions."""
+
 
 class MethodNotAllowed(ProxyError):
     """A method the path's route does not serve; `Allow` names those it does (RFC 9110 15.5.6)."""

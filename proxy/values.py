@@ -190,6 +190,19 @@ def http_url(text: str) -> str:
     return text
 
 
+def proxy_url(text: str) -> str:
+    """A running proxy's own address, under which its /admin and /healthz routes lie. The
+    SDK's base URL (with /v1) is refused: the command would ask /v1/admin/…, which the proxy
+    passes to the upstream, admin token and all."""
+    http_url(text)
+    if urlsplit(text).path.rstrip("/").lower().endswith("/v1"):
+        raise ValueError(
+            "expected the proxy's own address such as http://127.0.0.1:8080, without the /v1 "
+            "of the SDK's base URL"
+        )
+    return text
+
+
 MAX_FILE = 16 * 1024 * 1024
 """Above any PEM bundle or key: a larger file is a wrong path, not one to read at start."""
 

@@ -106,7 +106,8 @@ class Dictionaries:
                 data = await self._store.dictionary(candidate)
         except (StoreError, TimeoutError) as exc:
             if not self._failed:  # once until it answers: rounds go on while the store is down
-                log.warning("compression dictionary not shared", extra={"error": str(exc)})
+                cause = str(exc) or f"no answer within {self._timeout:g}s"
+                log.warning("compression dictionary not shared", extra={"error": cause})
             self._failed = True
             return False
         self._failed = False

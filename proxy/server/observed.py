@@ -11,7 +11,7 @@ from aiohttp.http import HttpVersion11
 from multidict import CIMultiDictProxy
 
 from proxy.errors import (
-    NO_ROUTE,
+    NO_API_ROUTE,
     ExpectationFailed,
     InvalidBody,
     InvalidHeader,
@@ -162,7 +162,7 @@ async def unrouted(request: web.Request) -> web.StreamResponse:
         if resource is not itself:
             allowed |= (await resource.resolve(request))[1]
     if not allowed:
-        raise NotFound(NO_ROUTE)
+        raise NotFound(NO_API_ROUTE)
     raise MethodNotAllowed(
         "This path's route does not serve this method; Allow names those it does.",
         headers={hdrs.ALLOW: ",".join(sorted(allowed))},

@@ -4,7 +4,10 @@ commonest first-hour mistake, and otherwise shows only as bare 404s to every cli
 The look resolves the upstream's host and, when the base URL does not end in `/v1`, asks
 `GET <upstream>/models` without any credential (a 401 then means the path exists); after a 404,
 `GET <upstream>/openai/models` too, since a root with Azure OpenAI's paths (a gateway or an
-emulator on a host that is not Azure's) is rightly given without `/v1`. It is bounded by a few
+emulator on a host that is not Azure's) is rightly given without `/v1`; unless that root also
+answers `GET <upstream>/v1/models` (the sim's does), where OpenAI-shaped requests, mapped onto
+`<upstream>/chat/completions`, would all be 404s: the newcomer who left out `/v1` is warned
+there too. It is bounded by a few
 seconds and only warns in the log whatever it finds: the proxy serves anyway, since the upstream
 may simply be down for now.
 """
@@ -13,13 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from urllib.parse import urlsplit
 
 from yarl import URL
 
-from proxy.config import mask_password
+from proxy.config import mask_password, store_failure
 from proxy.errors import UpstreamError
-from proxy.store.base import Store, StoreError
+from proxy.store.base import Store, StoreError, StoreTimeout
 from proxy.upstream.client import Upstream
 from proxy.upstream.headers import USER_AGENT
 
@@ -43,9 +45,9 @@ async def check_upstream(
                 await asyncio.get_running_loop().getaddrinfo(url.host, url.port)
             if not asks_models(url):
                 return
-            lacks_v1 = (
-                await _status(upstream, "/v1/models") == 404
-                and await _status(upstream, AZURE_MODELS) == 404
+            lacks_v1 = await _status(upstream, "/v1/models") == 404 and (
+                await _status(upstream, AZURE_MODELS) == 404
+                or await _status(upstream, V1_MODELS) != 404
             )
     except TimeoutError:
         log.warning(
@@ -79,6 +81,9 @@ AZURE_MODELS = "/openai/models"
 """Azure OpenAI's models list, under its resource root: a path outside `/v1`, so the upstream
 client maps it onto the base URL as it is."""
 
+V1_MODELS = "/v1/v1/models"
+"""`<base>/v1/models`: the client's `/v1` is mapped onto the base URL's, which here has none."""
+
 AZURE_HOSTS = (".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com")
 """Azure OpenAI is given without `/v1` (its paths start with `/openai/`): no models list there."""
 
@@ -105,13 +110,14 @@ async def check_store(store: Store, url: str) -> None:
     try:
         await store.ping()
     except StoreError as exc:
-        password = urlsplit(url).password
-        cause = str(exc) or type(exc).__name__
-        if exc.__cause__ is not None and str(exc.__cause__):
-            cause = f"{cause}: {exc.__cause__}"
-        if password:
-            cause = cause.replace(password, "***")
+        extra = {"store": mask_password(url), "error": store_failure(exc, url)}
+        if isinstance(exc, StoreTimeout) and url.lower().startswith("rediss://"):
+            extra["hint"] = TLS_HINT
         log.warning(
-            "the store is unavailable at start: serving without it until it answers",
-            extra={"store": mask_password(url), "error": cause},
+            "the store is unavailable at start: serving without it until it answers", extra=extra
         )
+
+
+TLS_HINT = "rediss:// speaks TLS first, which a Redis without TLS never answers: redis:// then?"
+"""A Redis without TLS reads a TLS handshake as the start of a command and waits for its end:
+the ping merely times out, which says nothing of the scheme."""

@@ -243,7 +243,12 @@ def parse(text_lines: Iterable[bytes], scope: str) -> list[Loaded]:
 
 
 async def load(store: Store, entries: list[Loaded], codec: Codec) -> int:
-    """Write the entries, then teach the store each model's fingerprints in time order."""
+    """Write the entries, then teach the store each model's fingerprints in time order. An
+    answer recorded before the model's current fingerprint last answered (a cassette loaded a
+    second time, an old one into a live store) is history the store has passed: it may add a
+    fingerprint but never moves the current one back, which logged rotations the upstream never
+    made (and, loaded three times, took the model for alternating)."""
+    since: dict[str, float] = {}
     for item in entries:
         entry = item.entry
         labels = Labels(namespace=entry.namespace, model=entry.model)
@@ -252,7 +257,11 @@ async def load(store: Store, entries: list[Loaded], codec: Codec) -> int:
             pointer = responses.index_value(item.key, entry.fingerprint)
             await store.put(Write(item.index, responses.INDEX_FINGERPRINT, pointer, 0, labels))
         lineage = routes.lineage(entry.model, entry.route)
-        await store.observe_fingerprint(lineage, entry.fingerprint, entry.stored_at)
+        if lineage not in since:
+            known = await store.fingerprints(lineage)
+            since[lineage] = (known and known.last_seen(known.current)) or float("-inf")
+        moves = entry.stored_at > since[lineage]
+        await store.observe_fingerprint(lineage, entry.fingerprint, entry.stored_at, moves=moves)
     return len(entries)
 
 

@@ -45,7 +45,10 @@ def parse_keys(text: str) -> list[bytes]:
         except binascii.Error:
             raise ValueError("each key must be base64 (e.g. `openssl rand -base64 32`)") from None
         if len(key) != 32:
-            raise ValueError("each key must decode to 32 bytes (AES-256)")
+            raise ValueError(
+                "each key must decode to 32 bytes (AES-256): base64 of 32 random bytes, as "
+                "`openssl rand -base64 32` prints (`-hex 32` is 64 characters, 48 bytes as base64)"
+            )
         keys.append(key)
     return keys
 

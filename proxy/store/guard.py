@@ -205,7 +205,7 @@ class GuardedStore:
             async with asyncio.timeout(self._timeout):
                 await self.inner.ping()
         except TimeoutError:
-            raise StoreError(f"store did not answer a ping within {self._timeout:g}s") from None
+            raise StoreTimeout(f"store did not answer a ping within {self._timeout:g}s") from None
         except StoreError:
             raise
         except Exception as exc:

@@ -56,7 +56,7 @@ def add_connection_arguments(
     parser.add_argument(
         "--url",
         default=None,
-        help=f"the running proxy's base URL (env REPRO_URL{default})",
+        help=f"the running proxy's address, without /v1 (env REPRO_URL{default})",
     )
     parser.add_argument(
         "--admin-token",
@@ -96,7 +96,7 @@ def add_commands(commands: Any) -> None:
 def base_url(args: argparse.Namespace) -> str:
     url = str(args.url or os.environ.get("REPRO_URL") or DEFAULT_URL).rstrip("/")
     try:
-        values.http_url(url)
+        values.proxy_url(url)
     except ValueError as exc:
         raise Refused(f"--url / REPRO_URL: {exc}, got {remote.shown_url(url)!r}") from None
     return url

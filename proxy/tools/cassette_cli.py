@@ -20,6 +20,7 @@ from typing import IO, TYPE_CHECKING, Any
 import orjson
 
 from proxy import values
+from proxy.config import mask_password, store_failure
 from proxy.core import policy
 from proxy.core.codec import Codec
 from proxy.store import cassette, open_store
@@ -125,7 +126,11 @@ def run(args: argparse.Namespace) -> int:
     except (Refused, cassette.CassetteError) as exc:  # the operator's input: as `cassette diff`
         fail(args.command, exc)
         return 2
-    except (OSError, ValueError, StoreError) as exc:
+    except StoreError as exc:
+        url = target or ""  # only a store of the command's own raises it
+        fail(args.command, f"the store {mask_password(url)}: {store_failure(exc, url)}")
+        return 1
+    except (OSError, ValueError) as exc:
         fail(args.command, exc)
         return 1
     print(f"{args.command}ed {plural(count, 'answer')}", file=sys.stderr)

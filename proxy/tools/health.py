@@ -30,9 +30,10 @@ _ANY = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--url",
-        type=values.argument(values.http_url),
+        type=values.argument(values.proxy_url),
         default=None,
-        help="the proxy's base URL; default: the address of the `serve` process --pid names",
+        help="the proxy's address, without /v1; default: the address of the `serve` process "
+        "--pid names",
     )
     parser.add_argument(
         "--pid",

@@ -199,11 +199,16 @@ def parsed(body: bytes) -> Any:
 
 
 def reason(status: int, body: bytes) -> str:
-    """`HTTP 503: <the proxy's one-line message>`, or the start of whatever else answered."""
+    """`HTTP 503: <the proxy's one-line message>`, or the start of whatever else answered. A
+    404 of an admin route most often means a proxy started without --admin-token, which has
+    none: the line says so, since the proxy's own 404 cannot (it tells nobody they exist)."""
     try:
         message = orjson.loads(body)["error"]["message"]
     except (orjson.JSONDecodeError, KeyError, TypeError, IndexError):
         message = None
     if not isinstance(message, str):
         message = body[:200].decode(errors="replace")
-    return f"HTTP {status}: {message[:500]}" if message else f"HTTP {status}"
+    said = f"HTTP {status}: {message[:500]}" if message else f"HTTP {status}"
+    if status == 404:
+        said += " (a proxy started without --admin-token has no /admin routes)"
+    return said

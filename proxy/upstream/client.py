@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn, cast
@@ -420,6 +421,11 @@ def _payload(data: Body, headers: Mapping[str, str]) -> tuple[object, Mapping[st
     return exact(data.chunks, data.length), framed
 
 
+PLAIN_HTTP_HINT = " (what a server speaking plain HTTP answers: does --upstream mean http://?)"
+"""OpenSSL's reason when the first bytes back are no TLS record: an https:// base URL given
+for a plain server (the sim, a local gateway) is the usual cause."""
+
+
 def _raise_mapped(exc: BaseException, when: str) -> NoReturn:
     """aiohttp's errors, and timeouts, become ours; a refusal of our own (a client body that
     broke its length or limit) surfaces as itself."""
@@ -444,15 +450,22 @@ def _raise_mapped(exc: BaseException, when: str) -> NoReturn:
         ) from exc
     if isinstance(exc, aiohttp.ClientConnectorSSLError):
         why = tls_reason(exc.os_error) or type(exc.os_error).__name__
+        plain = PLAIN_HTTP_HINT if why == "wrong version number" else ""
         raise UpstreamUnreachable(
-            f"No TLS with the upstream ({exc.host}:{exc.port}): {why}."
+            f"No TLS with the upstream ({exc.host}:{exc.port}): {why}{plain}."
         ) from exc
     if isinstance(exc, aiohttp.ClientProxyConnectionError):
         raise UpstreamUnreachable(f"Could not connect to the forward proxy: {exc}.") from exc
     if isinstance(exc, aiohttp.ClientHttpProxyError):
         raise UpstreamUnreachable(f"The forward proxy refused: {exc.status}.") from exc
     if isinstance(exc, aiohttp.ClientConnectorError):
-        raise UpstreamUnreachable(f"Could not connect to the upstream: {exc}.") from exc
+        # aiohttp's own text reads 'Cannot connect to host H:P ssl:default [Connect call
+        # failed (...)]', TLS named for a plain http:// upstream and the cause left unsaid.
+        errno = exc.os_error.errno
+        why = os.strerror(errno) if errno else str(exc.os_error)
+        raise UpstreamUnreachable(
+            f"Could not connect to the upstream ({exc.host}:{exc.port}): {why}."
+        ) from exc
     if isinstance(exc, aiohttp.ClientError | OSError | ValueError):
         raise UpstreamUnreachable(
             f"The upstream connection broke {when}: {type(exc).__name__}."

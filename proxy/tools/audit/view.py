@@ -71,13 +71,31 @@ _LABELS = (
 
 
 def _caption(report: Report) -> str | None:
+    notes = []
     injected = sum(r.tally.seed_injected for r in report.arms if r.arm.seed is None)
-    if not injected:
-        return None
+    if injected:
+        notes.append(
+            f"The proxy injected its default seed into {plural(injected, 'unseeded request')}: "
+            "the unseeded arm measures the proxy's seed. Point --base-url at the upstream to see "
+            "the upstream alone."
+        )
+    if _all_not_found(report):
+        notes.append(
+            "Every request was a 404: does --base-url lack its /v1 (such as "
+            "http://127.0.0.1:8080/v1)?"
+        )
+    return " ".join(notes) or None
+
+
+def _all_not_found(report: Report) -> bool:
+    """Nothing but 404s, none for a model (`model_not_found`): the likeliest cause is a base
+    URL without its /v1, which the table alone does not say."""
+    errors = [reason for r in report.arms for reason in r.tally.errors]
+    answered = sum(r.tally.ok for r in report.arms)
     return (
-        f"The proxy injected its default seed into {plural(injected, 'unseeded request')}: the "
-        "unseeded arm measures the proxy's seed. Point --base-url at the upstream to see the "
-        "upstream alone."
+        not answered
+        and bool(errors)
+        and all(e.split(" ")[:2] == ["HTTP", "404"] and "model" not in e for e in errors)
     )
 
 

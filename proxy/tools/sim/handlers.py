@@ -88,12 +88,20 @@ async def _recorded(request: web.Request) -> JSON:
     }
 
 
-def _authorized(request: web.Request, keys: frozenset[str]) -> bool:
-    """A bearer key, or Azure's `api-key` header."""
+def _key(request: web.Request) -> str:
+    """A bearer key, or Azure's `api-key` header; empty when neither is given."""
     scheme, _, key = request.headers.get("Authorization", "").partition(" ")
     key = key.strip() if scheme.lower() == "bearer" else ""
-    key = key or request.headers.get("api-key", "").strip()
-    return bool(key) and (not keys or key in keys)
+    return key or request.headers.get("api-key", "").strip()
+
+
+NO_KEY = (
+    "You didn't provide an API key. Give it in an Authorization header using Bearer auth "
+    "(Authorization: Bearer YOUR_KEY); this sim accepts any non-empty key unless started with "
+    "--api-key."
+)
+"""As OpenAI words it, for the newcomer whose $KEY was never set: 'Incorrect API key' sent them
+looking for a key the sim would have rejected, when it wanted any."""
 
 
 @web.middleware
@@ -106,7 +114,10 @@ async def v1_middleware(request: web.Request, handler: Handler) -> web.StreamRes
     recorded = await _recorded(request)
     state.record(recorded, len(recorded["body"]))
     state.count(request.path)
-    if not _authorized(request, state.api_keys):
+    key = _key(request)
+    if not key:
+        return error_response(401, NO_KEY, code="invalid_api_key")
+    if state.api_keys and key not in state.api_keys:
         return error_response(401, "Incorrect API key provided.", code="invalid_api_key")
     try:
         return await handler(request)
