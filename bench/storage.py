@@ -100,8 +100,13 @@ def fill(proxy: bench.Server, bodies: list[dict[str, Any]]) -> list[str]:
     with httpx.Client(headers=bench.AUTH, timeout=30) as client:
         for body in bodies:
             response = client.post(proxy.url + "/chat/completions", json=body)
-            if response.status_code != 200 or response.headers["X-Repro-Cache"] != "MISS":
-                raise bench.BenchError(f"{proxy.name}: expected a 200 MISS, got {response}")
+            cache = response.headers.get("X-Repro-Cache")
+            if response.status_code != 200 or cache != "MISS":
+                key = response.headers.get("X-Repro-Key")
+                raise bench.BenchError(
+                    f"{proxy.name}: expected a 200 MISS, got {response.status_code} {cache} "
+                    f"(key {key}, request {len(keys) + 1} of {len(bodies)})"
+                )
             keys.append(response.headers["X-Repro-Key"])
     return keys
 
