@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -24,10 +25,50 @@ STOP_GRACE = 5.0
 T = TypeVar("T")
 
 
-def free_port() -> int:
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_EPHEMERAL = _ephemeral_range()
+_given: set[int] = set()
+_pick = random.Random()
+
+
+def _candidates(room: int) -> Iterator[int]:
+    """Ports outside the kernel's ephemeral range with `room` more above each, in a random
+    order that differs between test processes."""
+    low, high = _EPHEMERAL
+    span = range(10000, low - room) if low - room > 11000 else range(high + 1, 65535 - room)
+    for _ in range(500):
+        yield _pick.choice(span)
+
+
+def _is_free(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(bus: bool = False) -> int:
+    """A port free now, for a process started next. Not one from the kernel's ephemeral range:
+    a port bound with 0 and closed is soon any outbound connection's source port (a client of
+    another server in the same run), and the process then fails with 'address in use'. Never the
+    same port twice from one process. With `bus`, the Redis cluster bus port 10000 above it is
+    free too (and outside the range as well)."""
+    room = 10000 if bus else 0
+    for port in _candidates(room):
+        wanted = (port, port + room) if bus else (port,)
+        if not any(p in _given or not _is_free(p) for p in wanted):
+            _given.update(wanted)
+            return port
+    raise RuntimeError("no free port outside the ephemeral range")
 
 
 def settled(

@@ -8,7 +8,6 @@ without having tested Redis.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack, contextmanager
@@ -19,7 +18,7 @@ import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
 
-from bench.procs import wait_until
+from bench.procs import free_port, wait_until
 from proxy.store.batch import Batcher
 
 _START_TIMEOUT = 10.0
@@ -63,26 +62,6 @@ def _binary(name: str) -> str:
     return path
 
 
-def _free_port(bus: bool = False) -> int:
-    """A port free now; with `bus`, also the cluster bus port 10000 above it."""
-    for _ in range(100):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        if not bus or (port < 55535 and _is_free(port + 10000)):
-            return port
-    pytest.fail("no free port pair for a Redis cluster node")
-
-
-def _is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _answers_ping(port: int, password: str | None = None) -> bool:
     try:
         with redis.Redis(
@@ -100,7 +79,7 @@ def running_redis(
     """Start a redis-server in `directory`, wait for PING (with `password`, when the options
     set one), and stop it on exit."""
     directory.mkdir(parents=True, exist_ok=True)
-    port = _free_port(bus)
+    port = free_port(bus)
     command = [_binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1"]
     command += ["--save", "", "--appendonly", "no", "--dir", str(directory), *options]
     log = (directory / "redis.log").open("wb")

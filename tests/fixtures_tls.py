@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from bench.procs import wait_until
+from bench.procs import free_port, wait_until
 from tests.egress_peers import Authority
-from tests.fixtures_redis import _START_TIMEOUT, _binary, _free_port
+from tests.fixtures_redis import _START_TIMEOUT, _binary
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def running_tls_redis(directory: Path) -> Iterator[TlsRedis]:
     directory.mkdir(parents=True, exist_ok=True)
     authority = Authority.create(directory, "redis-ca")
     identity = authority.issue(directory, "redis", server=True)
-    server = TlsRedis(_free_port(), authority.pem)
+    server = TlsRedis(free_port(), authority.pem)
     command = [_binary("redis-server"), "--port", "0", "--tls-port", str(server.port)]
     command += ["--bind", "127.0.0.1", "--tls-auth-clients", "no"]
     command += ["--tls-cert-file", str(identity.cert), "--tls-key-file", str(identity.key)]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 import redis
 from redis.asyncio import Redis, RedisCluster
 
+from bench.procs import free_port
 from proxy.core.codec import Codec, raw_size
 from proxy.core.entry import Entry
 from proxy.core.fingerprints import (
@@ -737,17 +737,10 @@ class TestNearCacheRedisStore(RealTime, StoreContract):
             await near.close()
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 @pytest.mark.parametrize("query", ["", "?cluster=true"])
 async def test_unreachable_redis_fails_fast_without_failing_to_open(query: str) -> None:
     started = time.monotonic()
-    store = await open_store(f"redis://127.0.0.1:{_closed_port()}/0{query}")
+    store = await open_store(f"redis://127.0.0.1:{free_port()}/0{query}")
     with pytest.raises(StoreError):
         await store.ping()
     await store.close()
