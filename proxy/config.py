@@ -201,6 +201,13 @@ def _check_forward_proxy(upstream: str, environ: Mapping[str, str]) -> None:
 
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 _EVERY_INTERFACE = {"0.0.0.0", "::"}
+_REACHES = {
+    "127.0.0.1": {"127.0.0.1", "localhost"},
+    "::1": {"::1", "localhost"},
+    "localhost": _LOOPBACK,
+}
+"""The upstream hosts that reach a proxy listening on a loopback address: not another 127.x,
+which is another socket unless the proxy listens on every interface."""
 
 
 def _check_not_itself(settings: Settings, environ: Mapping[str, str]) -> None:
@@ -215,7 +222,11 @@ def _check_not_itself(settings: Settings, environ: Mapping[str, str]) -> None:
         return
     listen = settings.host.lower().strip("[]")
     loopback = host in _LOOPBACK or host.startswith("127.")
-    if host == listen or (loopback and (listen in _LOOPBACK or listen in _EVERY_INTERFACE)):
+    if (
+        host == listen
+        or host in _REACHES.get(listen, ())
+        or (loopback and listen in _EVERY_INTERFACE)
+    ):
         raise SettingError(
             f"--upstream / REPRO_UPSTREAM: {values.shown(settings.upstream)!r} is this proxy's "
             f"own address (--port {settings.port}): it would call itself; give the upstream's "

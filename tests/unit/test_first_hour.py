@@ -69,8 +69,9 @@ def test_other_failures_are_not_blamed_on_the_base_url(errors: tuple[str, ...]) 
         ({"upstream": "http://127.0.0.1:80/v1", "port": "80", "host": "0.0.0.0"}, {}),
         ({"upstream": "http://[::1]:8080/v1", "host": "::"}, {}),
         ({"upstream": "http://10.1.2.3:8080/v1", "host": "10.1.2.3"}, {}),
+        ({"upstream": "http://127.0.0.2:8080/v1", "host": "0.0.0.0"}, {}),
     ],
-    ids=["loopback", "localhost", "env-port", "default-port", "ipv6", "same-address"],
+    ids=["loopback", "localhost", "env-port", "default-port", "ipv6", "same-address", "any-127"],
 )
 def test_an_upstream_that_is_the_proxy_itself_is_refused(
     flags: dict[str, str], environ: dict[str, str]
@@ -89,8 +90,18 @@ def test_an_upstream_that_is_the_proxy_itself_is_refused(
         ({"upstream": "http://10.1.2.3:8080/v1"}, {}),  # another machine, same port
         ({"upstream": "http://127.0.0.1:8080/v1", "host": "10.1.2.3"}, {}),
         ({"upstream": "http://127.0.0.1:8080/v1"}, {"HTTP_PROXY": "http://egress:3128"}),
+        ({"upstream": "http://127.0.0.2:8080/v1"}, {}),  # another loopback socket
+        ({"upstream": "http://[::1]:8080/v1"}, {}),  # the proxy listens on 127.0.0.1 only
     ],
-    ids=["sim", "free-port", "other-host", "listening-elsewhere", "forward-proxy"],
+    ids=[
+        "sim",
+        "free-port",
+        "other-host",
+        "listening-elsewhere",
+        "forward-proxy",
+        "127-0-0-2",
+        "v6",
+    ],
 )
 def test_an_upstream_elsewhere_is_not_taken_for_the_proxy(
     flags: dict[str, str], environ: dict[str, str]
