@@ -19,6 +19,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
+from proxy.errors import NO_ROUTE
+
 if TYPE_CHECKING:
     import httpx
 
@@ -200,8 +202,9 @@ def parsed(body: bytes) -> Any:
 
 def reason(status: int, body: bytes) -> str:
     """`HTTP 503: <the proxy's one-line message>`, or the start of whatever else answered. A
-    404 of an admin route most often means a proxy started without --admin-token, which has
-    none: the line says so, since the proxy's own 404 cannot (it tells nobody they exist)."""
+    404 of the proxy's own (no route) on an admin path most often means a proxy started without
+    --admin-token, which has none: the line says so, since that 404 cannot (it tells nobody they
+    exist). Another server's 404 (a wrong --url) gets no such hint."""
     try:
         message = orjson.loads(body)["error"]["message"]
     except (orjson.JSONDecodeError, KeyError, TypeError, IndexError):
@@ -209,6 +212,6 @@ def reason(status: int, body: bytes) -> str:
     if not isinstance(message, str):
         message = body[:200].decode(errors="replace")
     said = f"HTTP {status}: {message[:500]}" if message else f"HTTP {status}"
-    if status == 404:
+    if status == 404 and message == NO_ROUTE:
         said += " (a proxy started without --admin-token has no /admin routes)"
     return said

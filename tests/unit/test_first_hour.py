@@ -7,14 +7,17 @@ from __future__ import annotations
 import io
 from collections import Counter
 
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from rich.console import Console
 
 from proxy.config import SettingError, load
+from proxy.errors import NO_ROUTE
 from proxy.tools.audit.plan import Plan
 from proxy.tools.audit.tally import ArmReport, Report, Tally
 from proxy.tools.audit.view import render
+from proxy.tools.remote import reason
 from proxy.tools.sim.app import create_sim_app
 from proxy.tools.sim.state import SimSettings
 
@@ -139,3 +142,13 @@ def test_a_hex_encryption_key_is_told_to_use_base64() -> None:
     with pytest.raises(SettingError, match="openssl rand -base64 32") as caught:
         load({"encryption_key": hex_key}, {})
     assert hex_key not in str(caught.value)
+
+
+def test_only_the_proxys_own_404_hints_at_the_admin_token() -> None:
+    """A wrong --url that reaches another server (its own 404 page) is not a proxy without
+    --admin-token: the hint would send the operator the wrong way."""
+    ours = orjson.dumps({"error": {"message": NO_ROUTE, "code": "not_found"}})
+    assert "started without --admin-token" in reason(404, ours)
+    other = reason(404, b"<html><body><h1>404 Not Found</h1></body></html>")
+    assert other.startswith("HTTP 404: <html>")
+    assert "admin-token" not in other
