@@ -13,8 +13,8 @@ from typing import NamedTuple, Protocol
 from multidict import CIMultiDictProxy
 
 from proxy.core import canonical, policy, responses, routes
-from proxy.core.credentials import STANDARD, Credentials, of_request, split_query
-from proxy.core.entry import fingerprint_of, is_answer, json_object, usage_of
+from proxy.core.credentials import STANDARD, Credentials, in_query, of_request, split_query
+from proxy.core.entry import Entry, fingerprint_of, is_answer, json_object, usage_of
 from proxy.core.fingerprints import tracked
 from proxy.core.keyed import HeaderLines, Keying, vary_of
 from proxy.core.policy import CacheMode, CacheScope, Enforce, Outcome, Plan
@@ -156,6 +156,34 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
         vary=vary,
         headers=asked.headers,
         chained=responses.chained_on(body) if kind == routes.RESPONSES else None,
+    )
+
+
+def of_entry(entry: Entry, key: str, tenant: str, query: str, headers: HeaderLines) -> Call:
+    """The request that made the stored `entry` (under `key`), as `tenant` would send it again
+    with the credentials of `query` and the keyed `headers`: what serving that answer by
+    another way (a fetch by id) must be checked for, as a HIT of that request is. The key
+    check vouches for a route, keyed query, keyed headers and model, all of them the entry's."""
+    credentials = in_query(split_query(query)[1])
+    return Call(
+        route=entry.route,
+        kind=routes.kind(entry.route),
+        tenant=tenant,
+        namespace=entry.namespace,
+        query="&".join(part for part in (entry.query, credentials) if part),
+        keyed_query=entry.query,
+        model=entry.model,
+        lineage=routes.lineage(entry.model, entry.route),
+        key=key,
+        body=entry.request,
+        seed=entry.seed,
+        seed_source=entry.seed_source,
+        plan=policy.plan(policy.CacheMode.READWRITE, policy.Directives(only_if_cached=True)),
+        max_age=None,
+        stale_if_error=0,
+        stream=entry.stream,
+        vary=entry.vary,
+        headers=headers,
     )
 
 
