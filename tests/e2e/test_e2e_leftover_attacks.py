@@ -13,10 +13,16 @@ scripted hostile upstream, real Redis where proxies share a store.
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
+import uuid
+
 import httpx
 import pytest
 
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim
+from tests.hostile import Received, Scripted, Writer, completion, http_answer
 
 RESPONSE = {"model": "gpt-4o-mini", "input": "Name three rivers."}
 
@@ -61,3 +67,48 @@ def test_a_revoked_key_fetches_no_stored_response_by_id(
     asked = [r["path"] for r in sim.requests() if r["method"] == "GET"]
     assert "/v1/models" in asked  # the reader asked about alice's key
     assert f"/v1/responses/{revoked}" not in asked  # and never sent the fetch itself upstream
+
+
+def huge_model_list(cut: threading.Event) -> Writer:
+    """Answer `GET /v1/models` with a 200 declaring 32 MiB (the bound a side request was read
+    to), sending 256 KiB of it and then a byte at a time for as long as the proxy reads on
+    (at most 20 s): `cut` is set once the proxy closed the connection. Anything else is
+    answered with a chat completion."""
+
+    async def write(writer: asyncio.StreamWriter, received: Received) -> None:
+        if not received.request_line.startswith("GET /v1/models"):
+            writer.write(http_answer(completion("hi"), "Content-Type: application/json"))
+            await writer.drain()
+            return
+        head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        writer.write(f"{head}Content-Length: {32 * 1024 * 1024}\r\n\r\n".encode())
+        writer.write(b'{"object": "list", "data": [' + b" " * (256 * 1024))
+        try:
+            for _ in range(400):
+                await writer.drain()
+                await asyncio.sleep(0.05)
+                writer.write(b" ")
+        except ConnectionError:
+            cut.set()
+
+    return write
+
+
+def test_a_key_check_reads_no_more_of_the_upstreams_answer_than_it_needs(
+    start_proxy: ProxyFactory,
+) -> None:
+    """A key check needs a status and a short answer; it read up to 32 MiB of `/v1/models`
+    (each made-up key one more such read), and waited for all of it within
+    --key-check-timeout. Now it stops past 64 KiB and closes that connection; a 2xx model list
+    that long is a list (an error dressed as a 200 is short), and the request goes on."""
+    cut = threading.Event()
+    with Scripted(huge_model_list(cut)) as upstream:
+        proxy = start_proxy(
+            "--cache-scope", "shared", "--key-check-timeout", "30", upstream=upstream.v1
+        )
+        started = time.monotonic()
+        answered = proxy.chat("long list", key="sk-" + uuid.uuid4().hex, timeout=10)
+        assert answered.status_code == 200, answered.text
+        assert time.monotonic() - started < 8
+        assert cut.wait(10)  # the proxy closed the connection instead of reading on
+    assert any(r.request_line.startswith("GET /v1/models") for r in upstream.received)

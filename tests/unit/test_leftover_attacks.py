@@ -1,0 +1,116 @@
+"""Leftover attacks against pure logic and the key checker with an in-process upstream: a flood
+of made-up keys, answers without the route's shape, gateway credential headers, Set-Cookie
+lines naming the operators' cookie."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import cast
+
+import orjson
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from proxy.config import Settings
+from proxy.core.call import Asked, Call, prepare_with
+from proxy.core.credentials import of_request, scope
+from proxy.core.policy import CacheScope
+from proxy.errors import UpstreamTooLarge
+from proxy.server.keycheck import MAX_CHECKS, KeyChecker
+from proxy.upstream.client import Upstream
+
+SECRET = b"0123456789abcdef0123456789abcdef"
+
+
+def _call(key: str, shared: bool = True) -> tuple[Call, CIMultiDictProxy[str]]:
+    headers = CIMultiDictProxy(CIMultiDict({"Authorization": f"Bearer {key}"}))
+    body = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "q"}]})
+    asked = Asked.of("/v1/chat/completions", "", body, headers)
+    tenant = scope(of_request(headers, ""), SECRET)
+    cache_scope = CacheScope.SHARED if shared else CacheScope.KEY
+    return prepare_with(Settings(cache_scope=cache_scope), tenant, asked), headers
+
+
+class Hung:
+    """An upstream that never answers: counts the calls in flight, and the most at once."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.most = 0
+        self.calls = 0
+
+    async def send(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes | None, **_: bool
+    ) -> Answered:
+        self.calls += 1
+        self.now += 1
+        self.most = max(self.most, self.now)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.now -= 1
+        raise AssertionError("never answers")
+
+
+@dataclass
+class Answered:
+    """An upstream answer as the key checker reads it; `body` None: longer than any limit."""
+
+    status: int
+    body: bytes | None
+
+    async def read(self, limit: int) -> bytes:
+        if self.body is None:
+            raise UpstreamTooLarge(f"larger than {limit} bytes")
+        return self.body
+
+    def release(self) -> None:
+        pass
+
+
+async def test_a_flood_of_made_up_keys_opens_a_bounded_number_of_upstream_calls() -> None:
+    """Each made-up key is a check of its own (identical ones share a call): a flood opened
+    one upstream call per key. Beyond MAX_CHECKS a check waits for a slot within its deadline,
+    then fares as a check that timed out: in `shared` scope it reads nothing."""
+    upstream = Hung()
+    checker = KeyChecker(cast(Upstream, upstream), 300, lambda: 0.0, timeout=0.5, shared=True)
+    flood = [_call("sk-" + uuid.uuid4().hex) for _ in range(MAX_CHECKS + 40)]
+    async with asyncio.timeout(10):
+        verdicts = await asyncio.gather(*(checker.accepted(*each) for each in flood))
+    assert upstream.most == MAX_CHECKS
+    assert upstream.calls == MAX_CHECKS  # the others timed out waiting, never calling
+    assert verdicts == [False] * len(flood)
+    await checker.close()
+
+
+class Lists:
+    """An upstream whose model list answers 2xx `listed` to every key; any other request is
+    answered with `answered`."""
+
+    def __init__(self, listed: Answered, answered: Answered) -> None:
+        self.listed, self.answered = listed, answered
+
+    async def send(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes | None, **_: bool
+    ) -> Answered:
+        return self.listed if method == "GET" else self.answered
+
+
+async def test_a_model_list_past_the_read_bound_accepts_and_a_long_answer_says_nothing() -> None:
+    """Only 64 KiB of a key check's answer is read. A longer 2xx model list is a list (a
+    gateway routing to hundreds of models lists more than that; a refusal dressed as a 200 is
+    short); a request's own answer that long says nothing, since a gateway's error may quote
+    the caller's long prompt."""
+    error = Answered(200, b'{"error": {"message": "bad key"}}')
+    checker = KeyChecker(
+        cast(Upstream, Lists(Answered(200, None), error)), 300, lambda: 0.0, timeout=5
+    )
+    assert await checker.accepted(*_call("sk-long-list", shared=False)) is True
+    refused = KeyChecker(cast(Upstream, Lists(error, error)), 300, lambda: 0.0, timeout=5)
+    assert await refused.accepted(*_call("sk-error-200", shared=False)) is False
+    # shared scope: a list served to made-up keys proves nothing; the request is asked
+    open_list = Lists(Answered(200, None), Answered(200, None))
+    shared = KeyChecker(cast(Upstream, open_list), 300, lambda: 0.0, timeout=5, shared=True)
+    assert await shared.accepted(*_call("sk-unknown")) is False  # not said: shared reads nothing
