@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim
-from tests.hostile import Received, Scripted, Writer, completion, http_answer
+from tests.hostile import Received, Scripted, Writer, completion, http_answer, sse_frames
 
 RESPONSE = {"model": "gpt-4o-mini", "input": "Name three rivers."}
 
@@ -112,3 +112,58 @@ def test_a_key_check_reads_no_more_of_the_upstreams_answer_than_it_needs(
         assert time.monotonic() - started < 8
         assert cut.wait(10)  # the proxy closed the connection instead of reading on
     assert any(r.request_line.startswith("GET /v1/models") for r in upstream.received)
+
+
+COOKIES = (
+    "Set-Cookie: session=victim-session; Path=/",
+    "Set-Cookie: repro_admin=; Path=/admin; Max-Age=0",
+    "Set-Cookie:  Repro_Admin =forged.session; Path=/admin",
+)
+
+
+async def cookie_setter(writer: asyncio.StreamWriter, received: Received) -> None:
+    """Every answer sets a session cookie of its own and two for the operators' page. The
+    model list refuses made-up keys (the proxy's `sk-repro-…`) and lists models to others, so
+    that in `shared` scope another key reads the stored answers."""
+    if received.request_line.startswith("GET /v1/models"):
+        made_up = "sk-repro-" in received.headers.get("authorization", "")
+        status = "401 Unauthorized" if made_up else "200 OK"
+        listed = b'{"object": "list", "data": []}'
+        writer.write(http_answer(listed, "Content-Type: application/json", *COOKIES, status=status))
+        await writer.drain()
+        return
+    if b'"stream":true' in received.body.replace(b" ", b""):
+        body, kind = sse_frames("hi"), "Content-Type: text/event-stream"
+    else:
+        body, kind = completion("hi"), "Content-Type: application/json"
+    writer.write(http_answer(body, kind, *COOKIES))
+    await writer.drain()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstreams_cookies_never_reach_other_callers_nor_the_admin_session(
+    start_proxy: ProxyFactory, stream: bool
+) -> None:
+    """A Set-Cookie on a stored answer goes to the caller it was sent for, never with a HIT to
+    another (it is stored without it, as every upstream header); and no relayed answer, cached
+    route or pass-through, carries one for the operators' session cookie (`repro_admin`, on
+    the same origin), which would overwrite or clear the operator's session in a browser."""
+    with Scripted(cookie_setter) as upstream:
+        proxy = start_proxy("--cache-scope", "shared", upstream=upstream.v1)
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "c"}]}
+        if stream:
+            body["stream"] = True
+        sent = []
+        for key in ("sk-first", "sk-second"):
+            headers = {"Authorization": f"Bearer {key}"}
+            sent.append(
+                httpx.post(proxy.v1 + "/chat/completions", json=body, headers=headers, timeout=10)
+            )
+        passed = httpx.get(proxy.v1 + "/files", headers=headers, timeout=10)
+    first, hit = sent
+    assert first.headers["X-Repro-Cache"] == "MISS"
+    assert first.headers.get_list("set-cookie") == ["session=victim-session; Path=/"]
+    assert hit.headers["X-Repro-Cache"] == "HIT"
+    assert hit.headers.get_list("set-cookie") == []
+    assert passed.headers["X-Repro-Cache"] == "BYPASS"
+    assert passed.headers.get_list("set-cookie") == ["session=victim-session; Path=/"]
