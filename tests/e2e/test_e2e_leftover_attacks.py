@@ -19,10 +19,19 @@ import time
 import uuid
 
 import httpx
+import orjson
 import pytest
 
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim
-from tests.hostile import Received, Scripted, Writer, completion, http_answer, sse_frames
+from tests.hostile import (
+    Received,
+    Scripted,
+    Writer,
+    completion,
+    fixed,
+    http_answer,
+    sse_frames,
+)
 
 RESPONSE = {"model": "gpt-4o-mini", "input": "Name three rivers."}
 
@@ -167,3 +176,60 @@ def test_an_upstreams_cookies_never_reach_other_callers_nor_the_admin_session(
     assert hit.headers.get_list("set-cookie") == []
     assert passed.headers["X-Repro-Cache"] == "BYPASS"
     assert passed.headers.get_list("set-cookie") == ["session=victim-session; Path=/"]
+
+
+def embeddings_answer(embedding: object) -> bytes:
+    item = {"object": "embedding", "index": 0, "embedding": embedding}
+    usage = {"prompt_tokens": 2, "total_tokens": 2}
+    answer = {"object": "list", "data": [item], "model": "text-embedding-3-small", "usage": usage}
+    return http_answer(orjson.dumps(answer), "Content-Type: application/json")
+
+
+@pytest.mark.parametrize(
+    ("encoding", "embedding"),
+    [
+        ("float", None),
+        ("float", "AAAAAA=="),
+        ("float", ["0.1", "0.2"]),
+        ("float", []),
+        ("base64", None),
+        ("base64", [0.1, 0.2]),
+        ("base64", "not base64!"),
+        ("base64", "AAAA"),  # three bytes: no float32 whole
+    ],
+)
+def test_an_embeddings_answer_without_vectors_is_relayed_but_never_stored(
+    start_proxy: ProxyFactory, encoding: str, embedding: object
+) -> None:
+    """A hostile or broken upstream's embeddings answer whose items hold no vector as the
+    request asked for it (`"embedding": null`, strings where numbers were asked, numbers where
+    base64 was) was stored and served to every later caller as a HIT, for as long as the entry
+    lives. It reaches its own caller as it came, and the next request asks the upstream."""
+    with Scripted(fixed(embeddings_answer(embedding))) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        body = {"model": "text-embedding-3-small", "input": "hi", "encoding_format": encoding}
+        headers = {"Authorization": "Bearer sk-tenant"}
+        outcomes = [
+            httpx.post(proxy.v1 + "/embeddings", json=body, headers=headers, timeout=10)
+            for _ in range(2)
+        ]
+    assert [r.status_code for r in outcomes] == [200, 200]
+    assert [r.headers["X-Repro-Cache"] for r in outcomes] == ["MISS", "MISS"]
+    assert len([r for r in upstream.received if "/embeddings" in r.request_line]) == 2
+
+
+@pytest.mark.parametrize(
+    ("encoding", "embedding"), [("float", [0.5, -1, 2e-3]), ("base64", "AAAAAA==")]
+)
+def test_an_embeddings_answer_with_its_vectors_is_stored(
+    start_proxy: ProxyFactory, encoding: str, embedding: object
+) -> None:
+    with Scripted(fixed(embeddings_answer(embedding))) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        body = {"model": "text-embedding-3-small", "input": "hi", "encoding_format": encoding}
+        headers = {"Authorization": "Bearer sk-tenant"}
+        outcomes = [
+            httpx.post(proxy.v1 + "/embeddings", json=body, headers=headers, timeout=10)
+            for _ in range(2)
+        ]
+    assert [r.headers["X-Repro-Cache"] for r in outcomes] == ["MISS", "HIT"]

@@ -14,7 +14,7 @@ import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.config import Settings
-from proxy.core.call import Asked, Call, prepare_with
+from proxy.core.call import Asked, Call, facts_of, prepare_with
 from proxy.core.credentials import of_request, scope
 from proxy.core.policy import CacheScope
 from proxy.errors import UpstreamTooLarge
@@ -130,3 +130,29 @@ def test_an_upstreams_set_cookie_for_the_admin_cookie_is_dropped_and_others_kept
     relayed = response_headers(incoming, decoded=True).getall("Set-Cookie")
     assert relayed == ["session=abc; Path=/", "repro_admin_other=1"]
     assert ADMIN_COOKIE == session.COOKIE
+
+
+def _embeddings(*vectors: object) -> bytes:
+    data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
+    return orjson.dumps({"object": "list", "data": data, "model": "m"})
+
+
+def test_an_embeddings_answer_is_an_answer_only_with_the_vectors_asked_for() -> None:
+    assert facts_of(_embeddings([0.1, 2]), False, "float") is not None
+    assert facts_of(_embeddings("AAAAAAAAAAA="), False, "base64") is not None
+    for bad in (None, [], [True], ["0.1"], [[0.1]], {"0": 0.1}, "AAAAAA=="):
+        assert facts_of(_embeddings([0.1], bad), False, "float") is None, bad
+    for bad in (None, "", "AAA", "AAAA", "@@@@", [0.1]):
+        assert facts_of(_embeddings("AAAAAA==", bad), False, "base64") is None, bad
+    assert facts_of(orjson.dumps({"object": "list", "data": []}), False, "float") is None
+    # elsewhere, a data list is read as before
+    assert facts_of(orjson.dumps({"data": [{"id": "x"}]}), False) is not None
+
+
+def test_the_vectors_asked_for_follow_the_requests_encoding_format() -> None:
+    for encoding, expected in (("base64", "base64"), ("float", "float"), (None, "float")):
+        body = {"model": "m", "input": "hi"} | ({"encoding_format": encoding} if encoding else {})
+        asked = Asked.of("/v1/embeddings", "", orjson.dumps(body), CIMultiDictProxy(CIMultiDict()))
+        assert prepare_with(Settings(), "t", asked).vectors == expected
+    chat, _ = _call("sk-a")
+    assert chat.vectors is None
