@@ -28,6 +28,7 @@ from proxy.server.chains import holds, mark_deleted, was_deleted
 from proxy.server.context import SERVICES, Services
 from proxy.server.handlers import key_accepted, known, only_if_cached, passthrough
 from proxy.store.base import StoreError
+from proxy.upstream.headers import INERT
 
 
 async def by_id(request: web.Request) -> web.StreamResponse:
@@ -56,6 +57,7 @@ async def by_id(request: web.Request) -> web.StreamResponse:
         "X-Repro-Fingerprint": entry.fingerprint,
         "Age": str(max(0, int(services.clock() - entry.stored_at))),
         "Content-Type": "text/event-stream" if fetch.streamed else "application/json",
+        **INERT,  # the upstream's bytes, on the origin of the operators' page
     }
     return web.Response(body=body, headers=headers)
 

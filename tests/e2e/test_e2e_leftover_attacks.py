@@ -69,6 +69,9 @@ def test_a_revoked_key_fetches_no_stored_response_by_id(
     served = fetch_by_id(reader, kept, "sk-carol", ns + "-carol")
     assert served.status_code == 200, served.text  # a key still accepted reads by id
     assert served.headers["X-Repro-Cache"] == "HIT"
+    # as every answer holding the upstream's bytes, on the origin of the operators' page
+    assert served.headers["Content-Security-Policy"] == "sandbox; default-src 'none'"
+    assert served.headers["X-Content-Type-Options"] == "nosniff"
     refused = fetch_by_id(reader, revoked, "sk-alice", ns)
     assert refused.status_code == 504, refused.text
     assert refused.json()["error"]["code"] == "cache_miss"
