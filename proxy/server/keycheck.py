@@ -23,7 +23,8 @@ verdict is kept under the tenant with the route, keyed query, keyed headers and 
 served for; only a model list that refuses made-up credentials vouches for a tenant as a whole.
 
 Each check has its own deadline (`timeout`), and identical concurrent checks share one upstream
-call. When the upstream cannot say (down, hung, no `/v1/models`), a refusal stands, an accepted
+call; distinct ones make at most MAX_CHECKS calls at once, each read to ANSWER_LIMIT at most.
+When the upstream cannot say (down, hung, no `/v1/models`), a refusal stands, an accepted
 tenant keeps reading for at most one more interval, and then it is treated as never checked:
 nothing in `shared` scope, its own partition in `key` scope (answers made for those very
 credentials). Verdicts are kept by the tenant's HMAC, never by the credentials.
