@@ -13,8 +13,8 @@ from typing import NamedTuple, Protocol
 from multidict import CIMultiDictProxy
 
 from proxy.core import canonical, policy, responses, routes
-from proxy.core.credentials import STANDARD, Credentials, of_request, split_query
-from proxy.core.entry import fingerprint_of, is_answer, json_object, usage_of
+from proxy.core.credentials import STANDARD, Credentials, in_query, of_request, split_query
+from proxy.core.entry import Entry, fingerprint_of, has_vectors, is_answer, json_object, usage_of
 from proxy.core.fingerprints import tracked
 from proxy.core.keyed import HeaderLines, Keying, vary_of
 from proxy.core.policy import CacheMode, CacheScope, Enforce, Outcome, Plan
@@ -58,6 +58,7 @@ class Call(NamedTuple):
     vary: str = ""  # the digest of `headers` (`keyed.vary_of`) the key names, "" for none
     headers: HeaderLines = ()  # the keyed request headers, sent upstream as the client sent them
     chained: str | None = None  # the response a Responses request continues (`chained_on`)
+    vectors: str | None = None  # an embeddings answer's: `float` or `base64` (`vectors_of`)
 
     @property
     def target(self) -> str:
@@ -156,6 +157,41 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
         vary=vary,
         headers=asked.headers,
         chained=responses.chained_on(body) if kind == routes.RESPONSES else None,
+        vectors=vectors_of(body) if kind == routes.EMBEDDINGS else None,
+    )
+
+
+def vectors_of(body: dict[str, object]) -> str:
+    """How an embeddings answer must hold its vectors: as base64 when the request asks for it
+    (the SDK's default), else as lists of numbers."""
+    return "base64" if body.get("encoding_format") == "base64" else "float"
+
+
+def of_entry(entry: Entry, key: str, tenant: str, query: str, headers: HeaderLines) -> Call:
+    """The request that made the stored `entry` (under `key`), as `tenant` would send it again
+    with the credentials of `query` and the keyed `headers`: what serving that answer by
+    another way (a fetch by id) must be checked for, as a HIT of that request is. The key
+    check vouches for a route, keyed query, keyed headers and model, all of them the entry's."""
+    credentials = in_query(split_query(query)[1])
+    return Call(
+        route=entry.route,
+        kind=routes.kind(entry.route),
+        tenant=tenant,
+        namespace=entry.namespace,
+        query="&".join(part for part in (entry.query, credentials) if part),
+        keyed_query=entry.query,
+        model=entry.model,
+        lineage=routes.lineage(entry.model, entry.route),
+        key=key,
+        body=entry.request,
+        seed=entry.seed,
+        seed_source=entry.seed_source,
+        plan=policy.plan(policy.CacheMode.READWRITE, policy.Directives(only_if_cached=True)),
+        max_age=None,
+        stale_if_error=0,
+        stream=entry.stream,
+        vary=entry.vary,
+        headers=headers,
     )
 
 
@@ -254,12 +290,15 @@ Facts = tuple[str, int, int, str | None]
 Responses answer's id."""
 
 
-def facts_of(body: bytes, is_response: bool) -> Facts | None:
+def facts_of(body: bytes, is_response: bool, vectors: str | None = None) -> Facts | None:
     """What the proxy reads of a 200's body; None for one that is no answer (an error some
-    gateways send with a 200). Plain data in and out, so that a large body can be read in a
-    child process and only its facts come back (see `proxy.server.caching.read_facts`)."""
+    gateways send with a 200), or, on the embeddings route (`vectors`, `Call.vectors`), one
+    without the vectors asked for. Plain data in and out, so that a large body can be read in
+    a child process and only its facts come back (see `proxy.server.caching.read_facts`)."""
     parsed = json_object(body)
     if parsed is None or not is_answer(parsed, is_response):
+        return None
+    if vectors is not None and not has_vectors(parsed, vectors == "base64"):
         return None
     prompt, completion = usage_of(parsed)
     found_by = responses.id_of(parsed) if is_response else None  # only responses are fetched

@@ -6,6 +6,7 @@ it out without parsing. How an entry is laid out in a store is `proxy.core.codec
 
 from __future__ import annotations
 
+import binascii
 import re
 from typing import Any, NamedTuple, TypeGuard
 
@@ -113,3 +114,32 @@ def is_answer(body: dict[str, Any], responses: bool = False) -> bool:
 def is_objects(value: object) -> TypeGuard[list[dict[str, Any]]]:
     """A JSON array of objects, as an answer's choices, data and output are."""
     return isinstance(value, list) and all(isinstance(item, dict) for item in value)
+
+
+def has_vectors(answer: dict[str, Any], base64: bool) -> bool:
+    """Whether an embeddings answer holds a vector in each of its items, as its request asked
+    for them: a list of numbers, or with `encoding_format: base64` base64 of float32s. An
+    item's `"embedding": null`, or a string where numbers were asked, stored would be served
+    to every later caller, whose client fails on it, for as long as the entry lives."""
+    data = answer.get("data")
+    return (
+        is_objects(data)
+        and bool(data)
+        and all(_is_vector(item.get("embedding"), base64) for item in data)
+    )
+
+
+def _is_vector(value: object, base64: bool) -> bool:
+    if base64:
+        if not isinstance(value, str):
+            return False
+        try:
+            raw = binascii.a2b_base64(value, strict_mode=True)
+        except binascii.Error:
+            return False
+        return bool(raw) and len(raw) % 4 == 0
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(type(number) is float or type(number) is int for number in value)
+    )

@@ -256,7 +256,6 @@ async def _assemble(
     )
     keys = KeyChecker(
         upstream,
-        offload,
         settings.key_check_interval,
         clock,
         timeout=settings.key_check_timeout,

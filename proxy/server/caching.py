@@ -245,7 +245,9 @@ async def forward(
     headers = response_headers(upstream.headers, decoded=True)
     status, content_type = upstream.status, upstream.headers.get("Content-Type", "")
     fingerprint = None
-    facts = await read_facts(services, data, call.kind == RESPONSES) if status == 200 else None
+    facts = None
+    if status == 200:
+        facts = await read_facts(services, data, call.kind == RESPONSES, call.vectors)
     if facts is not None:
         fingerprint, prompt, completion, found_by = facts
         answer = Answer(data, content_type, fingerprint, prompt, completion, False, found_by)
@@ -254,12 +256,14 @@ async def forward(
     return web.Response(status=status, body=data, headers=headers)
 
 
-async def read_facts(services: Services, data: bytes, is_response: bool) -> Facts | None:
+async def read_facts(
+    services: Services, data: bytes, is_response: bool, vectors: str | None
+) -> Facts | None:
     """`facts_of`, in the offload child for an answer of OFF_LOOP_BODY and more: parsing tens of
     MiB of an upstream's JSON on the loop would stall every request the process serves. A child
     that died (out of memory) leaves the answer unread: served, not stored."""
     try:
-        return await services.offload.parse(facts_of, data, is_response)
+        return await services.offload.parse(facts_of, data, is_response, vectors)
     except BrokenProcessPool:
         log.warning("answer not stored: the process reading it died", extra={"bytes": len(data)})
         return None

@@ -23,7 +23,8 @@ verdict is kept under the tenant with the route, keyed query, keyed headers and 
 served for; only a model list that refuses made-up credentials vouches for a tenant as a whole.
 
 Each check has its own deadline (`timeout`), and identical concurrent checks share one upstream
-call. When the upstream cannot say (down, hung, no `/v1/models`), a refusal stands, an accepted
+call; distinct ones make at most MAX_CHECKS calls at once, each read to ANSWER_LIMIT at most.
+When the upstream cannot say (down, hung, no `/v1/models`), a refusal stands, an accepted
 tenant keeps reading for at most one more interval, and then it is treated as never checked:
 nothing in `shared` scope, its own partition in `key` scope (answers made for those very
 credentials). Verdicts are kept by the tenant's HMAC, never by the credentials.
@@ -34,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Mapping
-from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import urlencode
@@ -57,8 +57,8 @@ from proxy.core.policy import ANONYMOUS
 from proxy.core.responses import api_version
 from proxy.core.routes import AZURE_V1, RESPONSES, is_azure
 from proxy.core.sse import StreamRecorder
-from proxy.errors import UpstreamError
-from proxy.server.offload import Offload
+from proxy.errors import UpstreamError, UpstreamTooLarge
+from proxy.server.probe import ANSWER_LIMIT
 from proxy.upstream.client import Upstream
 
 if TYPE_CHECKING:
@@ -68,6 +68,13 @@ log = logging.getLogger("proxy.keys")
 
 MAX_VERDICTS = 10_000
 MAX_LEARNED = 1024
+MAX_CHECKS = 32
+"""Upstream calls of key checks in flight at most, whatever the keys: identical checks share
+one call, and made-up keys, each a distinct check, must not open calls without bound."""
+LISTED = True
+"""What a model list's 2xx past ANSWER_LIMIT says: a list (a gateway routing to hundreds of
+models lists more than that), since an error dressed as a 200 is a short object. A request's
+own answer past it says nothing (None): a gateway's error may quote the caller's long prompt."""
 REFUSED = frozenset({401, 403})
 
 K = TypeVar("K", bound=Hashable)
@@ -104,7 +111,6 @@ class KeyChecker:
     def __init__(
         self,
         upstream: Upstream,
-        offload: Offload,
         interval: float,
         clock: Callable[[], float],
         *,
@@ -114,7 +120,6 @@ class KeyChecker:
     ) -> None:
         """`shared`: the cache scope is `shared` (one cache for all keys)."""
         self._upstream = upstream
-        self._offload = offload
         self._interval = interval
         self._clock = clock
         self._timeout = timeout
@@ -124,6 +129,7 @@ class KeyChecker:
         self._learned: LRU[Hashable, tuple[bool, float]] = LRU(MAX_LEARNED)
         self._checks: Flights[str, bool | None] = Flights()
         self._probes: Flights[Hashable, bool | None] = Flights()
+        self._slots = asyncio.Semaphore(MAX_CHECKS)
 
     @property
     def enabled(self) -> bool:
@@ -180,7 +186,8 @@ class KeyChecker:
     async def _check(self, call: Call, credentials: Credentials) -> bool | None:
         listed, query = models_list(call)
         models = with_query(listed, query, credentials)
-        served = await self._ask("GET", models, upstream_headers(credentials), None, lists_models)
+        headers = upstream_headers(credentials)
+        served = await self._ask("GET", models, headers, None, lists_models, LISTED)
         if served is False:
             log.info("credentials refused by the upstream: no cached answers for them")
             return self._record(call.tenant, False)
@@ -199,7 +206,7 @@ class KeyChecker:
         made_up = stranger(credentials)
         models = with_query(listed, query, made_up)
         served = await self._learn(
-            key, "GET", models, upstream_headers(made_up), None, lists_models
+            key, "GET", models, upstream_headers(made_up), None, lists_models, LISTED
         )
         return served is False
 
@@ -216,7 +223,7 @@ class KeyChecker:
         headers["Content-Type"] = "application/json"
         path = with_query(call.route, call.keyed_query, made_up)
         judge = partial(answers, stream=call.stream, responses=call.kind == RESPONSES)
-        return await self._learn(key, "POST", path, headers, call.body, judge)
+        return await self._learn(key, "POST", path, headers, call.body, judge, None)
 
     async def _learn(
         self,
@@ -226,13 +233,14 @@ class KeyChecker:
         headers: Mapping[str, str],
         body: bytes | None,
         judge: Callable[[bytes], bool],
+        beyond: bool | None,
     ) -> bool | None:
         """Whether the upstream serves these made-up credentials (None: it did not say)."""
         known = self._learned.get(key)
         if known is not None and self._clock() - known[1] < self._interval:
             return known[0]
         served = await self._probes.join(
-            key, lambda: self._deadline(self._ask(method, path, headers, body, judge))
+            key, lambda: self._deadline(self._ask(method, path, headers, body, judge, beyond))
         )
         if served is not None:
             self._learned.put(key, (served, self._clock()))
@@ -243,7 +251,7 @@ class KeyChecker:
             async with asyncio.timeout(self._timeout):
                 return await work
         except TimeoutError:
-            log.info("key check timed out: the upstream did not answer in time")
+            log.info("key check timed out: no answer in time, or too many checks in flight")
             return None
 
     async def _ask(
@@ -253,23 +261,40 @@ class KeyChecker:
         headers: Mapping[str, str],
         body: bytes | None,
         judge: Callable[[bytes], bool],
+        beyond: bool | None,
     ) -> bool | None:
         """Whether the upstream served this request (None: it did not say). A 2xx whose body
         `judge` finds no answer is a refusal: gateways refuse a bad key with a 200 and an
-        error body, and such an answer vouches for nothing. A large answer (a gateway's list of
-        every model it routes to) is judged in the offload child, off the loop."""
-        try:
-            status, answer = await self._upstream.fetch(method, path, headers, body)
-        except UpstreamError:
-            return None
+        error body, and such an answer vouches for nothing. A 2xx past ANSWER_LIMIT is
+        `beyond`, never read whole (made-up keys would each have the proxy buffer and parse
+        what the upstream likes); one within it is judged here, on the loop.
+        At most MAX_CHECKS calls are in flight: past that, a check waits for one to end,
+        within its deadline."""
+        async with self._slots:
+            try:
+                status, answer = await self._fetch(method, path, headers, body)
+            except UpstreamError:
+                return None
         if status in REFUSED:
             return False
         if not _ok(status):
             return None
+        if answer is None:
+            return beyond
+        return judge(answer)
+
+    async def _fetch(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes | None
+    ) -> tuple[int, bytes | None]:
+        """The status and body of the upstream's answer, the body None past ANSWER_LIMIT: a
+        check needs the status and, of a 2xx, enough to tell an answer from an error."""
+        answer = await self._upstream.send(method, path, headers, body, whole=True)
         try:
-            return await self._offload.parse(judge, answer)
-        except BrokenProcessPool:
-            return None
+            return answer.status, await answer.read(ANSWER_LIMIT)
+        except UpstreamTooLarge:
+            return answer.status, None
+        finally:
+            answer.release()
 
     def _fallback(self, call: Call) -> bool:
         """The upstream cannot say: a refusal stands, an acceptance lasts one more interval."""

@@ -3,7 +3,9 @@
 
 SDK flows fetch a response by id after creating it; in replay mode the upstream is out of reach,
 so the id is looked up in the index the proxy keeps beside each stored response (see
-proxy/core/responses.py), under the caller's own scope and namespace. In every other mode the
+proxy/core/responses.py), under the caller's own scope and namespace. Asked `only-if-cached`
+in another mode, the upstream is there to say whether it still accepts the caller's key, and
+a stored response is served only as a HIT is: after the same key check. In every other mode the
 upstream holds the truth (a background response's progress, a deletion), and the request
 passes through.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from proxy.core import policy, responses
-from proxy.core.call import NAMESPACE, checked_namespace, control
+from proxy.core.call import NAMESPACE, checked_namespace, control, of_entry
 from proxy.core.codec import UnknownDictionary
 from proxy.core.credentials import Credentials, of_request, split_query
 from proxy.core.entry import CorruptEntry, Entry
@@ -24,8 +26,9 @@ from proxy.errors import CacheMissError
 from proxy.server.caching import scope_of, store_failed
 from proxy.server.chains import holds, mark_deleted, was_deleted
 from proxy.server.context import SERVICES, Services
-from proxy.server.handlers import only_if_cached, passthrough
+from proxy.server.handlers import key_accepted, known, only_if_cached, passthrough
 from proxy.store.base import StoreError
+from proxy.upstream.headers import INERT
 
 
 async def by_id(request: web.Request) -> web.StreamResponse:
@@ -38,6 +41,8 @@ async def by_id(request: web.Request) -> web.StreamResponse:
     found = None
     if fetch is not None:
         found = await _held(services, request, response_id, fetch.version, in_query)
+    if found is not None and not await _trusted(services, request, *found):
+        found = None
     body = None if found is None or fetch is None else _body(found[1], fetch.streamed)
     if found is None or body is None or fetch is None:
         raise CacheMissError(
@@ -52,6 +57,7 @@ async def by_id(request: web.Request) -> web.StreamResponse:
         "X-Repro-Fingerprint": entry.fingerprint,
         "Age": str(max(0, int(services.clock() - entry.stored_at))),
         "Content-Type": "text/event-stream" if fetch.streamed else "application/json",
+        **INERT,  # the upstream's bytes, on the origin of the operators' page
     }
     return web.Response(body=body, headers=headers)
 
@@ -116,6 +122,19 @@ async def _held(
     if found is None or not await holds(services, tenant, found[0]):
         return None
     return found
+
+
+async def _trusted(services: Services, request: web.Request, key: str, entry: Entry) -> bool:
+    """A stored response goes only to credentials the upstream accepts, as a HIT of the
+    request that made it does (`key_accepted`; replay mode never asks): otherwise a revoked
+    key would go on fetching its own responses by id, and in `shared` scope its holder marks'."""
+    credentials = of_request(
+        request.headers, raw_query(request.raw_path), services.credential_names
+    )
+    tenant = services.secret.tenant(credentials)
+    lines = services.keying.lines(request.headers)
+    call = of_entry(entry, key, tenant, raw_query(request.raw_path), lines)
+    return known(services, call) or await key_accepted(services, request, call)
 
 
 async def _indexed(services: Services, index: str, response_id: str) -> tuple[str, Entry] | None:

@@ -19,8 +19,9 @@ import secrets
 from aiohttp import web
 
 from proxy.store.base import Store, StoreError
+from proxy.upstream.headers import ADMIN_COOKIE
 
-COOKIE = "repro_admin"
+COOKIE = ADMIN_COOKIE
 LIFETIME = 12 * 3600
 
 log = logging.getLogger("proxy.admin")

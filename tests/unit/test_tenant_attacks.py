@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import cast
 
 import orjson
@@ -15,7 +16,6 @@ from proxy.core.credentials import of_request, scope
 from proxy.core.policy import CacheScope
 from proxy.server.coalesce import Coalescer
 from proxy.server.keycheck import KeyChecker
-from proxy.server.offload import Offload
 from proxy.store.memory import MemoryStore
 from proxy.upstream.client import Upstream
 
@@ -37,16 +37,30 @@ class FreeModelGateway:
         self.asked_free = asyncio.Event()
         self.release = asyncio.Event()
 
-    async def fetch(
-        self, method: str, path: str, headers: Mapping[str, str], body: bytes | None
-    ) -> tuple[int, bytes]:
+    async def send(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes | None, **_: bool
+    ) -> Answered:
         if method == "GET":
-            return 200, b'{"object": "list", "data": []}'
+            return Answered(200, b'{"object": "list", "data": []}')
         if orjson.loads(body or b"{}").get("model") == "free-local":
             self.asked_free.set()
             await self.release.wait()
-            return 200, ANSWER
-        return 401, b'{"error": {"message": "Incorrect API key provided."}}'
+            return Answered(200, ANSWER)
+        return Answered(401, b'{"error": {"message": "Incorrect API key provided."}}')
+
+
+@dataclass
+class Answered:
+    """An upstream answer as the key checker reads it."""
+
+    status: int
+    body: bytes
+
+    async def read(self, limit: int) -> bytes:
+        return self.body
+
+    def release(self) -> None:
+        pass
 
 
 def _call(model: str) -> tuple[Call, CIMultiDictProxy[str]]:
@@ -62,9 +76,7 @@ async def test_a_key_check_for_one_question_is_no_answer_for_another_asked_meanw
     made-up key whose free model's check was in flight read, through it, the paid model's
     stored answers (the upstream refuses it those)."""
     gateway = FreeModelGateway()
-    checker = KeyChecker(
-        cast(Upstream, gateway), Offload(), 300, lambda: 0.0, timeout=10, shared=True
-    )
+    checker = KeyChecker(cast(Upstream, gateway), 300, lambda: 0.0, timeout=10, shared=True)
     free, headers = _call("free-local")
     paid, _ = _call("gpt-4o-mini")
     assert free.tenant == paid.tenant

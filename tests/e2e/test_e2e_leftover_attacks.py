@@ -1,0 +1,238 @@
+"""Leftover attacks of a hostile client or upstream, each against real processes: the sim or a
+scripted hostile upstream, real Redis where proxies share a store.
+
+- A stored answer served another way than a HIT (a Responses fetch by id, `only-if-cached`)
+  passes the same key check as a HIT: a revoked key reads nothing.
+- A key check reads a bounded part of the upstream's answer, and only so many distinct checks
+  are in flight: made-up keys cannot make the proxy buffer 32 MiB each, or open upstream calls
+  without bound.
+- An upstream's `Set-Cookie` reaches only the client it answered, and never one for the
+  operators' session cookie.
+- An embeddings answer without vectors is relayed but never stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+
+import httpx
+import orjson
+import pytest
+
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim
+from tests.hostile import (
+    Received,
+    Scripted,
+    Writer,
+    completion,
+    fixed,
+    http_answer,
+    sse_frames,
+)
+
+RESPONSE = {"model": "gpt-4o-mini", "input": "Name three rivers."}
+
+
+def fetch_by_id(proxy: Proxy, response_id: str, key: str, ns: str) -> httpx.Response:
+    headers = {
+        "Authorization": f"Bearer {key}",
+        "X-Repro-Namespace": ns,
+        "Cache-Control": "only-if-cached",
+    }
+    return httpx.get(f"{proxy.v1}/responses/{response_id}", headers=headers, timeout=10)
+
+
+def create(proxy: Proxy, key: str, ns: str) -> str:
+    headers = {"Authorization": f"Bearer {key}", "X-Repro-Namespace": ns}
+    made = httpx.post(proxy.v1 + "/responses", json=RESPONSE, headers=headers, timeout=10)
+    assert made.status_code == 200, made.text
+    return str(made.json()["id"])
+
+
+@pytest.mark.parametrize("scope", ["key", "shared"])
+def test_a_revoked_key_fetches_no_stored_response_by_id(
+    start_proxy: ProxyFactory, sim: Sim, redis_url: str, ns: str, scope: str
+) -> None:
+    """`GET /v1/responses/{id}` with `only-if-cached` outside replay mode serves the stored
+    response: it must pass the key check a HIT of the request that made it passes. A second
+    proxy on the same store has no verdict on the key yet, as any proxy once the key-check
+    interval has passed: it asks the upstream, which refuses the revoked key."""
+    store = ("--store", redis_url, "--secret", "s3cret-of-16-bytes", "--cache-scope", scope)
+    recorder, reader = start_proxy(*store), start_proxy(*store)
+    sim.accept_keys("sk-alice", "sk-carol")
+    revoked = create(recorder, "sk-alice", ns)
+    kept = create(recorder, "sk-carol", ns + "-carol")
+    sim.accept_keys("sk-carol")  # alice's key is revoked
+    served = fetch_by_id(reader, kept, "sk-carol", ns + "-carol")
+    assert served.status_code == 200, served.text  # a key still accepted reads by id
+    assert served.headers["X-Repro-Cache"] == "HIT"
+    # as every answer holding the upstream's bytes, on the origin of the operators' page
+    assert served.headers["Content-Security-Policy"] == "sandbox; default-src 'none'"
+    assert served.headers["X-Content-Type-Options"] == "nosniff"
+    refused = fetch_by_id(reader, revoked, "sk-alice", ns)
+    assert refused.status_code == 504, refused.text
+    assert refused.json()["error"]["code"] == "cache_miss"
+    assert "output" not in refused.json()
+    asked = [r["path"] for r in sim.requests() if r["method"] == "GET"]
+    assert "/v1/models" in asked  # the reader asked about alice's key
+    assert f"/v1/responses/{revoked}" not in asked  # and never sent the fetch itself upstream
+
+
+def huge_model_list(cut: threading.Event) -> Writer:
+    """Answer `GET /v1/models` with a 200 declaring 32 MiB (the bound a side request was read
+    to), sending 256 KiB of it and then a byte at a time for as long as the proxy reads on
+    (at most 20 s): `cut` is set once the proxy closed the connection. Anything else is
+    answered with a chat completion."""
+
+    async def write(writer: asyncio.StreamWriter, received: Received) -> None:
+        if not received.request_line.startswith("GET /v1/models"):
+            writer.write(http_answer(completion("hi"), "Content-Type: application/json"))
+            await writer.drain()
+            return
+        head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        writer.write(f"{head}Content-Length: {32 * 1024 * 1024}\r\n\r\n".encode())
+        writer.write(b'{"object": "list", "data": [' + b" " * (256 * 1024))
+        try:
+            for _ in range(400):
+                await writer.drain()
+                await asyncio.sleep(0.05)
+                writer.write(b" ")
+        except ConnectionError:
+            cut.set()
+
+    return write
+
+
+def test_a_key_check_reads_no_more_of_the_upstreams_answer_than_it_needs(
+    start_proxy: ProxyFactory,
+) -> None:
+    """A key check needs a status and a short answer; it read up to 32 MiB of `/v1/models`
+    (each made-up key one more such read), and waited for all of it within
+    --key-check-timeout. Now it stops past 64 KiB and closes that connection; a 2xx model list
+    that long is a list (an error dressed as a 200 is short), and the request goes on."""
+    cut = threading.Event()
+    with Scripted(huge_model_list(cut)) as upstream:
+        proxy = start_proxy(
+            "--cache-scope", "shared", "--key-check-timeout", "30", upstream=upstream.v1
+        )
+        started = time.monotonic()
+        answered = proxy.chat("long list", key="sk-" + uuid.uuid4().hex, timeout=10)
+        assert answered.status_code == 200, answered.text
+        assert time.monotonic() - started < 8
+        assert cut.wait(10)  # the proxy closed the connection instead of reading on
+    assert any(r.request_line.startswith("GET /v1/models") for r in upstream.received)
+
+
+COOKIES = (
+    "Set-Cookie: session=victim-session; Path=/",
+    "Set-Cookie: repro_admin=; Path=/admin; Max-Age=0",
+    "Set-Cookie:  Repro_Admin =forged.session; Path=/admin",
+)
+
+
+async def cookie_setter(writer: asyncio.StreamWriter, received: Received) -> None:
+    """Every answer sets a session cookie of its own and two for the operators' page. The
+    model list refuses made-up keys (the proxy's `sk-repro-…`) and lists models to others, so
+    that in `shared` scope another key reads the stored answers."""
+    if received.request_line.startswith("GET /v1/models"):
+        made_up = "sk-repro-" in received.headers.get("authorization", "")
+        status = "401 Unauthorized" if made_up else "200 OK"
+        listed = b'{"object": "list", "data": []}'
+        writer.write(http_answer(listed, "Content-Type: application/json", *COOKIES, status=status))
+        await writer.drain()
+        return
+    if b'"stream":true' in received.body.replace(b" ", b""):
+        body, kind = sse_frames("hi"), "Content-Type: text/event-stream"
+    else:
+        body, kind = completion("hi"), "Content-Type: application/json"
+    writer.write(http_answer(body, kind, *COOKIES))
+    await writer.drain()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstreams_cookies_never_reach_other_callers_nor_the_admin_session(
+    start_proxy: ProxyFactory, stream: bool
+) -> None:
+    """A Set-Cookie on a stored answer goes to the caller it was sent for, never with a HIT to
+    another (it is stored without it, as every upstream header); and no relayed answer, cached
+    route or pass-through, carries one for the operators' session cookie (`repro_admin`, on
+    the same origin), which would overwrite or clear the operator's session in a browser."""
+    with Scripted(cookie_setter) as upstream:
+        proxy = start_proxy("--cache-scope", "shared", upstream=upstream.v1)
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "c"}]}
+        if stream:
+            body["stream"] = True
+        sent = []
+        for key in ("sk-first", "sk-second"):
+            headers = {"Authorization": f"Bearer {key}"}
+            sent.append(
+                httpx.post(proxy.v1 + "/chat/completions", json=body, headers=headers, timeout=10)
+            )
+        passed = httpx.get(proxy.v1 + "/files", headers=headers, timeout=10)
+    first, hit = sent
+    assert first.headers["X-Repro-Cache"] == "MISS"
+    assert first.headers.get_list("set-cookie") == ["session=victim-session; Path=/"]
+    assert hit.headers["X-Repro-Cache"] == "HIT"
+    assert hit.headers.get_list("set-cookie") == []
+    assert passed.headers["X-Repro-Cache"] == "BYPASS"
+    assert passed.headers.get_list("set-cookie") == ["session=victim-session; Path=/"]
+
+
+def embeddings_answer(embedding: object) -> bytes:
+    item = {"object": "embedding", "index": 0, "embedding": embedding}
+    usage = {"prompt_tokens": 2, "total_tokens": 2}
+    answer = {"object": "list", "data": [item], "model": "text-embedding-3-small", "usage": usage}
+    return http_answer(orjson.dumps(answer), "Content-Type: application/json")
+
+
+@pytest.mark.parametrize(
+    ("encoding", "embedding"),
+    [
+        ("float", None),
+        ("float", "AAAAAA=="),
+        ("float", ["0.1", "0.2"]),
+        ("float", []),
+        ("base64", None),
+        ("base64", [0.1, 0.2]),
+        ("base64", "not base64!"),
+        ("base64", "AAAA"),  # three bytes: no float32 whole
+    ],
+)
+def test_an_embeddings_answer_without_vectors_is_relayed_but_never_stored(
+    start_proxy: ProxyFactory, encoding: str, embedding: object
+) -> None:
+    """A hostile or broken upstream's embeddings answer whose items hold no vector as the
+    request asked for it (`"embedding": null`, strings where numbers were asked, numbers where
+    base64 was) was stored and served to every later caller as a HIT, for as long as the entry
+    lives. It reaches its own caller as it came, and the next request asks the upstream."""
+    with Scripted(fixed(embeddings_answer(embedding))) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        body = {"model": "text-embedding-3-small", "input": "hi", "encoding_format": encoding}
+        headers = {"Authorization": "Bearer sk-tenant"}
+        outcomes = [
+            httpx.post(proxy.v1 + "/embeddings", json=body, headers=headers, timeout=10)
+            for _ in range(2)
+        ]
+    assert [r.status_code for r in outcomes] == [200, 200]
+    assert [r.headers["X-Repro-Cache"] for r in outcomes] == ["MISS", "MISS"]
+    assert len([r for r in upstream.received if "/embeddings" in r.request_line]) == 2
+
+
+@pytest.mark.parametrize(
+    ("encoding", "embedding"), [("float", [0.5, -1, 2e-3]), ("base64", "AAAAAA==")]
+)
+def test_an_embeddings_answer_with_its_vectors_is_stored(
+    start_proxy: ProxyFactory, encoding: str, embedding: object
+) -> None:
+    with Scripted(fixed(embeddings_answer(embedding))) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        body = {"model": "text-embedding-3-small", "input": "hi", "encoding_format": encoding}
+        headers = {"Authorization": "Bearer sk-tenant"}
+        outcomes = [
+            httpx.post(proxy.v1 + "/embeddings", json=body, headers=headers, timeout=10)
+            for _ in range(2)
+        ]
+    assert [r.headers["X-Repro-Cache"] for r in outcomes] == ["MISS", "HIT"]

@@ -1,0 +1,181 @@
+"""Leftover attacks against pure logic and the key checker with an in-process upstream: a flood
+of made-up keys, answers without the route's shape, gateway credential headers, Set-Cookie
+lines naming the operators' cookie."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import cast
+
+import orjson
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from proxy.config import Settings
+from proxy.core.call import Asked, Call, facts_of, prepare_with
+from proxy.core.credentials import of_request, scope
+from proxy.core.keyed import Keying
+from proxy.core.policy import CacheScope
+from proxy.errors import UpstreamTooLarge
+from proxy.server import session
+from proxy.server.keycheck import MAX_CHECKS, KeyChecker
+from proxy.upstream.client import Upstream
+from proxy.upstream.headers import ADMIN_COOKIE, response_headers
+
+SECRET = b"0123456789abcdef0123456789abcdef"
+
+
+def _call(key: str, shared: bool = True) -> tuple[Call, CIMultiDictProxy[str]]:
+    headers = CIMultiDictProxy(CIMultiDict({"Authorization": f"Bearer {key}"}))
+    body = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "q"}]})
+    asked = Asked.of("/v1/chat/completions", "", body, headers)
+    tenant = scope(of_request(headers, ""), SECRET)
+    cache_scope = CacheScope.SHARED if shared else CacheScope.KEY
+    return prepare_with(Settings(cache_scope=cache_scope), tenant, asked), headers
+
+
+class Hung:
+    """An upstream that never answers: counts the calls in flight, and the most at once."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.most = 0
+
+    async def send(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes | None, **_: bool
+    ) -> Answered:
+        self.now += 1
+        self.most = max(self.most, self.now)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.now -= 1
+        raise AssertionError("never answers")
+
+
+@dataclass
+class Answered:
+    """An upstream answer as the key checker reads it; `body` None: longer than any limit."""
+
+    status: int
+    body: bytes | None
+
+    async def read(self, limit: int) -> bytes:
+        if self.body is None:
+            raise UpstreamTooLarge(f"larger than {limit} bytes")
+        return self.body
+
+    def release(self) -> None:
+        pass
+
+
+async def test_a_flood_of_made_up_keys_opens_a_bounded_number_of_upstream_calls() -> None:
+    """Each made-up key is a check of its own (identical ones share a call): a flood opened
+    one upstream call per key. Beyond MAX_CHECKS a check waits for a slot within its deadline,
+    then fares as a check that timed out: in `shared` scope it reads nothing."""
+    upstream = Hung()
+    checker = KeyChecker(cast(Upstream, upstream), 300, lambda: 0.0, timeout=0.5, shared=True)
+    flood = [_call("sk-" + uuid.uuid4().hex) for _ in range(MAX_CHECKS + 40)]
+    async with asyncio.timeout(10):
+        verdicts = await asyncio.gather(*(checker.accepted(*each) for each in flood))
+    assert upstream.most == MAX_CHECKS  # the old code: one call per key, all at once
+    assert verdicts == [False] * len(flood)
+    await checker.close()
+
+
+class Lists:
+    """An upstream whose model list answers 2xx `listed` to every key; any other request is
+    answered with `answered`."""
+
+    def __init__(self, listed: Answered, answered: Answered) -> None:
+        self.listed, self.answered = listed, answered
+
+    async def send(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes | None, **_: bool
+    ) -> Answered:
+        return self.listed if method == "GET" else self.answered
+
+
+async def test_a_model_list_past_the_read_bound_accepts_and_a_long_answer_says_nothing() -> None:
+    """Only 64 KiB of a key check's answer is read. A longer 2xx model list is a list (a
+    gateway routing to hundreds of models lists more than that; a refusal dressed as a 200 is
+    short); a request's own answer that long says nothing, since a gateway's error may quote
+    the caller's long prompt."""
+    error = Answered(200, b'{"error": {"message": "bad key"}}')
+    checker = KeyChecker(
+        cast(Upstream, Lists(Answered(200, None), error)), 300, lambda: 0.0, timeout=5
+    )
+    assert await checker.accepted(*_call("sk-long-list", shared=False)) is True
+    refused = KeyChecker(cast(Upstream, Lists(error, error)), 300, lambda: 0.0, timeout=5)
+    assert await refused.accepted(*_call("sk-error-200", shared=False)) is False
+    # shared scope: a list served to made-up keys proves nothing; the request is asked
+    open_list = Lists(Answered(200, None), Answered(200, None))
+    shared = KeyChecker(cast(Upstream, open_list), 300, lambda: 0.0, timeout=5, shared=True)
+    assert await shared.accepted(*_call("sk-unknown")) is False  # not said: shared reads nothing
+
+
+def test_an_upstreams_set_cookie_for_the_admin_cookie_is_dropped_and_others_kept() -> None:
+    incoming = CIMultiDict(
+        [
+            ("Set-Cookie", "session=abc; Path=/"),
+            ("Set-Cookie", "repro_admin=; Path=/admin; Max-Age=0"),
+            ("set-cookie", " REPRO_ADMIN = forged; Path=/admin"),
+            ("Set-Cookie", "repro_admin_other=1"),
+        ]
+    )
+    relayed = response_headers(incoming, decoded=True).getall("Set-Cookie")
+    assert relayed == ["session=abc; Path=/", "repro_admin_other=1"]
+    assert ADMIN_COOKIE == session.COOKIE
+
+
+def _embeddings(*vectors: object) -> bytes:
+    data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
+    return orjson.dumps({"object": "list", "data": data, "model": "m"})
+
+
+def test_an_embeddings_answer_is_an_answer_only_with_the_vectors_asked_for() -> None:
+    assert facts_of(_embeddings([0.1, 2]), False, "float") is not None
+    assert facts_of(_embeddings("AAAAAAAAAAA="), False, "base64") is not None
+    for bad in (None, [], [True], ["0.1"], [[0.1]], {"0": 0.1}, "AAAAAA=="):
+        assert facts_of(_embeddings([0.1], bad), False, "float") is None, bad
+    for bad in (None, "", "AAA", "AAAA", "@@@@", [0.1]):
+        assert facts_of(_embeddings("AAAAAA==", bad), False, "base64") is None, bad
+    assert facts_of(orjson.dumps({"object": "list", "data": []}), False, "float") is None
+    # elsewhere, a data list is read as before
+    assert facts_of(orjson.dumps({"data": [{"id": "x"}]}), False) is not None
+
+
+def test_the_vectors_asked_for_follow_the_requests_encoding_format() -> None:
+    for encoding, expected in (("base64", "base64"), ("float", "float"), (None, "float")):
+        body = {"model": "m", "input": "hi"} | ({"encoding_format": encoding} if encoding else {})
+        asked = Asked.of("/v1/embeddings", "", orjson.dumps(body), CIMultiDictProxy(CIMultiDict()))
+        assert prepare_with(Settings(), "t", asked).vectors == expected
+    chat, _ = _call("sk-a")
+    assert chat.vectors is None
+
+
+def test_gateway_credential_headers_make_tenants_and_idempotency_key_nothing() -> None:
+    """Portkey's `x-portkey-virtual-key` selects whose provider key pays (and which provider
+    answers), `x-portkey-api-key` is the caller's own: both are credentials by default, so
+    callers differing in either never share a partition in `key` scope, and neither is ever a
+    keyed value (a store would hold its digest). `Idempotency-Key`, new for every request, is
+    neither a credential nor keyed, in either scope."""
+    base = {"x-portkey-api-key": "pk-one", "x-portkey-virtual-key": "vk-openai"}
+    variants = [
+        base,
+        base | {"x-portkey-virtual-key": "vk-azure"},
+        base | {"x-portkey-api-key": "pk-two"},
+    ]
+    tenants = {scope(of_request(CIMultiDictProxy(CIMultiDict(h)), ""), SECRET) for h in variants}
+    assert len(tenants) == len(variants)
+    alone = CIMultiDictProxy(CIMultiDict({"x-portkey-virtual-key": "vk-openai"}))
+    assert of_request(alone, "") == (("x-portkey-virtual-key", "vk-openai"),)
+    for shared in (False, True):
+        keying = Keying(shared=shared)
+        for name in ("x-portkey-api-key", "x-portkey-virtual-key", "Idempotency-Key"):
+            assert not keying.keys(name.lower()), (name, shared)
+    with_retry_id = CIMultiDictProxy(CIMultiDict({"Idempotency-Key": "req-1"}))
+    assert of_request(with_retry_id, "") == ()
+    assert Keying().lines(with_retry_id) == Keying(shared=True).lines(with_retry_id) == ()
