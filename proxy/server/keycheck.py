@@ -58,8 +58,7 @@ from proxy.core.responses import api_version
 from proxy.core.routes import AZURE_V1, RESPONSES, is_azure
 from proxy.core.sse import StreamRecorder
 from proxy.errors import UpstreamError, UpstreamTooLarge
-from proxy.server.probe import ANSWER_LIMIT
-from proxy.upstream.client import Upstream
+from proxy.upstream.client import ANSWER_LIMIT, Upstream
 
 if TYPE_CHECKING:
     from proxy.core.call import Call

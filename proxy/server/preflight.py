@@ -22,11 +22,10 @@ from yarl import URL
 from proxy.config import mask_password, store_failure
 from proxy.errors import UpstreamError
 from proxy.store.base import Store, StoreError, StoreTimeout
-from proxy.upstream.client import Upstream
+from proxy.upstream.client import ANSWER_LIMIT, Upstream
 from proxy.upstream.headers import USER_AGENT
 
 TIMEOUT = 3.0
-LIMIT = 64 * 1024
 CHECK_AGENT = f"{USER_AGENT} (start-up check)"
 
 log = logging.getLogger("proxy.preflight")
@@ -73,7 +72,7 @@ async def check_upstream(
 
 async def _status(upstream: Upstream, path: str) -> int:
     """The status of a credential-free GET of `path`, under the base URL."""
-    status, _ = await upstream.fetch("GET", path, {"User-Agent": CHECK_AGENT}, None, LIMIT)
+    status, _ = await upstream.fetch("GET", path, {"User-Agent": CHECK_AGENT}, None, ANSWER_LIMIT)
     return status
 
 

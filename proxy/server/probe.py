@@ -24,18 +24,13 @@ from proxy.core.fingerprints import tracked
 from proxy.errors import UpstreamError
 from proxy.server.fingerprints import FingerprintTracker
 from proxy.store.base import StoreError
-from proxy.upstream.client import Upstream
+from proxy.upstream.client import ANSWER_LIMIT, Upstream
 
 log = logging.getLogger("proxy.probe")
 
 V = TypeVar("V")
 
 ACTIVE_INTERVALS = 10
-ANSWER_LIMIT = 64 * 1024
-"""Bytes of a probe's answer read at most: one completion token is a few hundred. Read up to the
-32 MiB of the proxy's other side requests and parsed here, on the event loop, a hostile
-upstream's answer to each probe built a quarter of a GiB of objects while every client waited;
-a larger one is a failed probe."""
 MAX_PROBED = 64
 """Models probed per interval at most, the most recently requested: which models are requested
 is the clients' to choose (any name the upstream serves), and each probe is a request billed to

@@ -57,7 +57,13 @@ _CLIENTS_OWN = ("Accept-Encoding", "Accept", "Content-Type")
 `Accept: */*`): a pass-through carries the client's, or none at all."""
 
 FETCH_LIMIT = 32 * 1024 * 1024
-"""Bytes of an answer to the proxy's own side requests (key checks, probes, drift samples)."""
+"""Bytes of an answer to the proxy's own side requests that must be read whole (drift samples,
+which compare a whole answer)."""
+ANSWER_LIMIT = 64 * 1024
+"""Bytes read at most of an answer to a side request that needs its status and a few fields
+(start-up check, key check, fingerprint probe: one completion token is a few hundred). Read up
+to FETCH_LIMIT and parsed on the event loop, a hostile upstream's answer to each built a quarter
+of a GiB of objects while every client waited."""
 
 
 @dataclass(frozen=True, slots=True)
