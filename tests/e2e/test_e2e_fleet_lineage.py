@@ -14,7 +14,8 @@ import httpx
 import orjson
 import pytest
 
-from tests.fixtures_procs import Proxy, ProxyFactory
+from bench.procs import settled
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim
 from tests.hostile import Received, Scripted, http_answer
 
 ADMIN = "admin-token-for-tests"
@@ -111,3 +112,27 @@ def test_the_api_version_of_an_azure_deployment_keeps_its_lineage(
         auth = {"Authorization": f"Bearer {ADMIN}"}
         states = httpx.get(proxy.url + "/admin/fingerprints", headers=auth, timeout=5).json()
         assert sorted(states) == ["dep-1"]
+
+
+def test_the_probe_asks_for_no_routed_request(start_proxy: ProxyFactory, sim: Sim) -> None:
+    """The probe sends no client's headers, so it would ask the plain fleet: before, a routed
+    request made it probe the model and teach the plain lineage, spending `--probe-key` on a
+    fleet that request never reaches."""
+    proxy = start_proxy("--probe-interval", "0.3", "--probe-key", "sk-probe")
+    auth = {"Authorization": "Bearer sk-alice"}
+    for model, headers in (("routed-model", {"x-provider": ROUTE_VALUE}), ("plain-model", {})):
+        body = {"model": model, "messages": [{"role": "user", "content": "q"}]}
+        answer = httpx.post(
+            proxy.v1 + "/chat/completions", json=body, headers={**auth, **headers}, timeout=10
+        )
+        assert answer.status_code == 200, answer.text
+
+    def probed() -> list[str]:
+        return [
+            orjson.loads(r["body"])["model"]
+            for r in sim.llm_requests()
+            if r["headers"].get("Authorization") == "Bearer sk-probe"
+        ]
+
+    assert settled(lambda: probed().count("plain-model"), lambda n: n >= 2) >= 2
+    assert "routed-model" not in probed()
