@@ -13,6 +13,7 @@ import tempfile
 import httpx
 import orjson
 import pytest
+import redis
 
 from bench.procs import settled
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim
@@ -26,7 +27,12 @@ ROUTE_VALUE = "fleet-b-7f3a9c"
 
 
 async def _two_fleets(writer: asyncio.StreamWriter, request: Received) -> None:
-    """Answers from fleet `fp_b` when a header or the query names ROUTE_VALUE, else `fp_a`."""
+    """Answers from fleet `fp_b` when a header or the query names ROUTE_VALUE, else `fp_a`;
+    its model list (which a key check reads) to anyone."""
+    if request.request_line.startswith("GET "):
+        writer.write(http_answer(b'{"object": "list", "data": [{"id": "gpt-4o-mini"}]}'))
+        await writer.drain()
+        return
     target = request.request_line.split(" ")[1]
     routed = request.headers.get("x-provider") == ROUTE_VALUE or ROUTE_VALUE in target
     body = {
@@ -136,3 +142,37 @@ def test_the_probe_asks_for_no_routed_request(start_proxy: ProxyFactory, sim: Si
 
     assert settled(lambda: probed().count("plain-model"), lambda n: n >= 2) >= 2
     assert "routed-model" not in probed()
+
+
+def test_replicas_sharing_redis_keep_each_fleet_apart_and_name_no_routing_value(
+    start_proxy: ProxyFactory, redis_url: str
+) -> None:
+    """One replica's routed answers neither rotate the model for the other replica, nor put
+    the routing value into a Redis key, hash field or set member (what the names show)."""
+    with Scripted(_two_fleets) as upstream:
+        one = start_proxy("--store", redis_url, upstream=upstream.v1)
+        two = start_proxy("--store", redis_url, upstream=upstream.v1)
+        stored = _post(one, "alice asks", ALICE)
+        for text in ("one", "two"):
+            routed = _post(two, text, {**MALLORY, "x-provider": ROUTE_VALUE})
+            assert routed.headers["X-Repro-Fingerprint"] == "fp_b"
+        for proxy in (one, two):
+            again = _post(proxy, "alice asks", ALICE)
+            assert (again.headers["X-Repro-Cache"], again.content) == ("HIT", stored.content)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        names = []
+        for key in client.scan_iter(count=1000):
+            names.append(key)
+            kind = client.type(key)
+            if kind == b"hash":
+                names.extend(client.hkeys(key))
+            elif kind == b"set":
+                names.extend(client.smembers(key))
+            elif kind == b"zset":
+                names.extend(client.zrange(key, 0, -1))
+    finally:
+        client.close()
+    assert names
+    assert not [name for name in names if ROUTE_VALUE.encode() in name]
+    assert any(b"gpt-4o-mini@fleet-" in name for name in names)  # the routed lineage is kept
