@@ -28,9 +28,14 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from proxy.core import routes
 from proxy.tallies import CounterFamily, Counts, HistogramFamily, Observes, Tallies
 
 MAX_MODELS = 200
+MAX_ROUTED = 50
+"""Label values for routed lineages (`routes.routed`: a model on a request that keyed headers or
+query parameters route), apart from MAX_MODELS: a routing is the client's to invent with any
+header value an upstream ignores, and must not use up the slots of models' labels."""
 MAX_FINGERPRINTS = 16
 """Fingerprint label values per model label: they are the upstream's to name, and a real model
 rotates a few times a year, while a hostile upstream could name a new one per answer."""
@@ -99,6 +104,7 @@ class Metrics:
         self.registry = registry
         self._multiprocess_dir = multiprocess_dir
         self._models: set[str] = set()
+        self._routed = 0  # of `_models`
         self._fingerprints: dict[str, str] = {}
         self._fingerprint_labels: dict[str, set[str]] = {}
         self._alternating: dict[str, bool] = {}
@@ -280,8 +286,12 @@ class Metrics:
         """A bounded label value for a model name."""
         if name in self._models:
             return name
-        if len(self._models) >= MAX_MODELS or not name or len(name) > 128:
+        if not name or len(name) > 128:
             return OTHER
+        routed = routes.routed(name)
+        if self._routed >= MAX_ROUTED if routed else len(self._models) - self._routed >= MAX_MODELS:
+            return OTHER
+        self._routed += routed
         self._models.add(name)
         # Series born at 0, so that increase() sees the first hit, miss or rotation too.
         for counter in (self.hits, self.misses, self.fingerprint_changes, self.fingerprint_flaps):

@@ -46,7 +46,8 @@ class Call(NamedTuple):
     query: str  # as sent, credential parameters included: what the upstream receives
     keyed_query: str  # without credential parameters: what the key names and a store keeps
     model: str
-    lineage: str  # the name the model's fingerprints are tracked under (routes.lineage)
+    lineage: str  # the name the model's fingerprints are tracked under (routes.lineage): by
+    # model and route family, and by what else routed the request (keyed headers and query)
     key: str
     body: bytes  # exactly what the upstream receives
     seed: int | None
@@ -127,7 +128,6 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
     directives = policy.parse_cache_control(asked.cache_control)
     named = body.get("model")
     model = named if isinstance(named, str) else routes.deployment_of(route)
-    lineage = routes.lineage(model, route)
     keyed_query, in_query = split_query(asked.query)
     if in_query and ";" in asked.query:
         raise InvalidParameter(
@@ -136,6 +136,7 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
             "query",
         )
     vary = vary_of(asked.headers, in_query, shared)
+    lineage = routes.lineage(model, route, routes.fleet(vary, keyed_query))
     key, respelled = canonical.keyed(route, scope, namespace, seeded.body, keyed_query, vary)
     return Call(
         route=route,

@@ -13,6 +13,7 @@ letter case) is refused, since readers disagree on which copy wins.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from urllib.parse import parse_qsl
 
@@ -103,14 +104,46 @@ EMBEDDINGS_LINEAGE = "@embeddings"
 _APART = {RESPONSES: RESPONSES_LINEAGE, EMBEDDINGS: EMBEDDINGS_LINEAGE}
 OWN_NAME = "@"
 """Ends the lineage of a chat or completions model whose own name ends as another route's
-lineage does (`x@embeddings`), or in this mark: the name is the client's to choose, and tracked
-as is, a chat model `x@embeddings` would share embeddings model `x`'s fingerprint history, each
-one's answers a rotation of the other's, its state and rotations shown as the other's. Marked so
-only such names move: every lineage already in a store, and `MODEL@embeddings`, stay put."""
+lineage does (`x@embeddings`), or a fleet's (`FLEET`), or in this mark: the name is the
+client's to choose, and tracked as is, a chat model `x@embeddings` would share embeddings model
+`x`'s fingerprint history, each one's answers a rotation of the other's, its state and
+rotations shown as the other's. Marked so only such names move: every lineage already in a
+store, and `MODEL@embeddings`, stay put."""
 _MARKED = (*_APART.values(), OWN_NAME)
 
+FLEET = "@fleet-"
+"""Ends the lineage of a model on a request that a keyed header or query parameter routes,
+followed by `FLEET_DIGITS` hex digits of `fleet`."""
+FLEET_DIGITS = 16
+_FLEET = re.compile(re.escape(FLEET) + f"[0-9a-f]{{{FLEET_DIGITS}}}\\Z")
 
-def lineage(model: str, route: str) -> str:
+
+def fleet(vary: str, query: str) -> str:
+    """What a request routed by keyed headers (`vary`, their digest) or keyed query parameters
+    (but `api-version`, which names the API, not who answers) adds to its lineage; "" for none.
+
+    A gateway's provider header, or a query parameter it reads, sends a request to another
+    fleet, which answers with a fingerprint of its own: tracked under the model's name, each
+    such answer would rotate the model's current fingerprint, and make every tenant's stored
+    answers of the model misses. A digest, so that no header or query value reaches a store's
+    names, a metric label or a log; 64 bits, so that no two routings a store holds share one.
+    It depends on the request alone (no process's secret), as a cassette loaded elsewhere
+    must name the same lineages; `vary` is already a SHA-256 of the header values."""
+    routing = [
+        (name, value)
+        for name, value in parse_qsl(query, keep_blank_values=True)
+        if name.lower() != "api-version"
+    ]
+    if not vary and not routing:
+        return ""
+    out = bytearray(b"repro-proxy fleet\0")
+    for part in (vary, *(item for pair in routing for item in pair)):
+        raw = part.encode("utf-8", "surrogateescape")
+        out += b"%d:%s," % (len(raw), raw)
+    return FLEET + hashlib.sha256(out).hexdigest()[:FLEET_DIGITS]
+
+
+def lineage(model: str, route: str, routed: str = "") -> str:
     """The name a model's fingerprints are tracked under on `route`. The Responses API
     reports no fingerprint where chat reports one for the same model, nor do embeddings
     (whose model a local server or gateway may also chat with): tracked together, each answer
@@ -119,16 +152,26 @@ def lineage(model: str, route: str) -> str:
     history of its own, and no model's lineage is another's (`OWN_NAME`).
     On a per-deployment route the deployment answers, not the body's `model` (Azure does not
     read it): tracked under that name, any caller could make one deployment's fingerprint
-    another's current one, and every stored answer of that one a miss."""
+    another's current one, and every stored answer of that one a miss. Likewise a request
+    that keyed headers or query parameters route (`routed`, its `fleet`) keeps a history of
+    its routing's."""
     model = deployment_of(route) or model
     suffix = _APART.get(kind(route))
     if suffix is not None:
-        return model + suffix
-    return model + OWN_NAME if model.endswith(_MARKED) else model
+        return model + suffix + routed
+    marked = model.endswith(_MARKED) or _FLEET.search(model) is not None
+    return (model + OWN_NAME if marked else model) + routed
+
+
+def routed(lineage: str) -> bool:
+    """Whether a lineage is a routed request's (`fleet`): the probe, which sends no client's
+    headers, cannot ask the fleet that answers it."""
+    return _FLEET.search(lineage) is not None
 
 
 def model_of(lineage: str) -> str:
-    """The model a lineage tracks (`lineage` without its route's suffix or `OWN_NAME`)."""
+    """The model a lineage tracks (`lineage` without its fleet, route's suffix or `OWN_NAME`)."""
+    lineage = _FLEET.sub("", lineage)
     for suffix in _MARKED:
         if lineage.endswith(suffix):
             return lineage.removesuffix(suffix)

@@ -127,7 +127,7 @@ async def answer(services: Services, request: web.Request, call: Call) -> web.St
     finally:
         if call.seed_source == "default":
             services.metrics.of(call.model, served).seed_injected.inc()
-        if served:
+        if served and not routes.routed(call.lineage):
             services.prober.requested(call.model, call.route)
     return response
 

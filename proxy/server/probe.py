@@ -4,7 +4,9 @@ The proxy learns a model's fingerprint from upstream answers. A model whose requ
 never shows a rotation, so with `--probe-interval` the proxy sends, per model requested within
 the last `ACTIVE_INTERVALS` intervals and not answered by the upstream during the last one, one
 minimal request (one completion token, the default seed) with `--probe-key`. Cost: at most one
-such request per active model per interval, for at most MAX_PROBED models.
+such request per active model per interval, for at most MAX_PROBED models. A request that keyed
+headers or query parameters route (`routes.routed`) is not probed for: the probe sends no
+client's headers, so it would ask another fleet than the one that answers it.
 """
 
 from __future__ import annotations

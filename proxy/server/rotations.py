@@ -151,7 +151,8 @@ async def _answers(
             entry = services.codec.unpack(value)
         except CorruptEntry:
             continue
-        lineage = routes.lineage(entry.model, entry.route)  # what its fingerprints are told by
+        routed = routes.fleet(entry.vary, entry.query)
+        lineage = routes.lineage(entry.model, entry.route, routed)  # what taught its fingerprint
         if fingerprint not in wanted.get(lineage, ()):
             continue
         text = clipped(said.text(entry.body, entry.stream))

@@ -157,11 +157,6 @@ async def _fleet_by_header(writer: asyncio.StreamWriter, request: Received) -> N
     await writer.drain()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed yet: a model's fingerprint state is one per model name (and Azure "
-    "deployment), whatever keyed header or query routed the answer (docs/security.md)",
-)
 def test_a_tenant_routed_to_another_fleet_does_not_turn_other_tenants_hits_into_misses(
     start_proxy: ProxyFactory,
 ) -> None:

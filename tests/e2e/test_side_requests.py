@@ -90,7 +90,7 @@ def test_the_probe_spends_its_key_on_a_bounded_number_of_models(
     with httpx.Client(timeout=10) as client:
         for model in models:
             body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": "q"}]})
-            headers = {**AUTH, "OpenAI-Organization": "org-client", "Cookie": "session=c"}
+            headers = {**AUTH, "X-Request-ID": "req-client", "Cookie": "session=c"}
             answer = client.post(proxy.v1 + "/chat/completions", content=body, headers=headers)
             assert answer.status_code == 200
 
@@ -106,5 +106,5 @@ def test_the_probe_spends_its_key_on_a_bounded_number_of_models(
     assert set(probes()) == set(models[-MAX_PROBED:])
     probe_heads = [r["headers"] for r in sim.llm_requests() if "sk-probe" in str(r["headers"])]
     assert probe_heads
-    assert not [h for h in probe_heads if {"OpenAI-Organization", "Cookie"} & set(h)]
-    assert "sk-alice" not in str(probe_heads) and "org-client" not in str(probe_heads)
+    assert not [h for h in probe_heads if {"X-Request-ID", "Cookie"} & set(h)]
+    assert "sk-alice" not in str(probe_heads) and "req-client" not in str(probe_heads)
