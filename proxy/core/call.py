@@ -136,7 +136,7 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
             "query",
         )
     vary = vary_of(asked.headers, in_query, shared)
-    lineage = routes.lineage(model, route, routes.fleet(vary, keyed_query))
+    lineage = routes.lineage_of(model, route, vary, keyed_query)
     key, respelled = canonical.keyed(route, scope, namespace, seeded.body, keyed_query, vary)
     return Call(
         route=route,
@@ -182,7 +182,7 @@ def of_entry(entry: Entry, key: str, tenant: str, query: str, headers: HeaderLin
         query="&".join(part for part in (entry.query, credentials) if part),
         keyed_query=entry.query,
         model=entry.model,
-        lineage=routes.lineage(entry.model, entry.route),
+        lineage=routes.lineage_of(entry.model, entry.route, entry.vary, entry.query),
         key=key,
         body=entry.request,
         seed=entry.seed,

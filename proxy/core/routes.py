@@ -129,6 +129,8 @@ def fleet(vary: str, query: str) -> str:
     names, a metric label or a log; 64 bits, so that no two routings a store holds share one.
     It depends on the request alone (no process's secret), as a cassette loaded elsewhere
     must name the same lineages; `vary` is already a SHA-256 of the header values."""
+    if not vary and not query:
+        return ""
     routing = [
         (name, value)
         for name, value in parse_qsl(query, keep_blank_values=True)
@@ -165,8 +167,15 @@ def lineage(model: str, route: str, routed: str = "") -> str:
 
 def routed(lineage: str) -> bool:
     """Whether a lineage is a routed request's (`fleet`): the probe, which sends no client's
-    headers, cannot ask the fleet that answers it."""
-    return _FLEET.search(lineage) is not None
+    headers, cannot ask the fleet that answers it. Asked of every served request: the substring
+    test spares nearly all of them the pattern's."""
+    return FLEET in lineage and _FLEET.search(lineage) is not None
+
+
+def lineage_of(model: str, route: str, vary: str, query: str) -> str:
+    """`lineage` of a request, or of the stored answer to one, by its keyed headers' digest
+    (`vary`) and keyed query."""
+    return lineage(model, route, fleet(vary, query))
 
 
 def model_of(lineage: str) -> str:

@@ -151,8 +151,8 @@ async def _answers(
             entry = services.codec.unpack(value)
         except CorruptEntry:
             continue
-        routed = routes.fleet(entry.vary, entry.query)
-        lineage = routes.lineage(entry.model, entry.route, routed)  # what taught its fingerprint
+        # What taught its fingerprint:
+        lineage = routes.lineage_of(entry.model, entry.route, entry.vary, entry.query)
         if fingerprint not in wanted.get(lineage, ()):
             continue
         text = clipped(said.text(entry.body, entry.stream))

@@ -256,7 +256,7 @@ async def load(store: Store, entries: list[Loaded], codec: Codec) -> int:
         if item.index is not None:
             pointer = responses.index_value(item.key, entry.fingerprint)
             await store.put(Write(item.index, responses.INDEX_FINGERPRINT, pointer, 0, labels))
-        lineage = routes.lineage(entry.model, entry.route, routes.fleet(entry.vary, entry.query))
+        lineage = routes.lineage_of(entry.model, entry.route, entry.vary, entry.query)
         if lineage not in since:
             known = await store.fingerprints(lineage)
             since[lineage] = (known and known.last_seen(known.current)) or float("-inf")
