@@ -816,6 +816,7 @@ def test_parse_size_rejects(text: str) -> None:
         parse_size(text)
 
 
+@pytest.mark.slow  # a three-node cluster takes seconds to form, as for TestRedisClusterStore
 async def test_a_burst_on_a_new_cluster_store_does_not_fail(redis_cluster_url: str) -> None:
     """redis-py clients race on their first concurrent commands unless initialized first."""
     store = await open_store(redis_cluster_url)
