@@ -26,6 +26,17 @@ pytest_plugins = [
 SLOW_FOLDERS = frozenset({"e2e", "ops"})
 
 
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Under `-m "not slow"` no test of the slow folders can be selected (each is marked slow
+    below), so they are not even imported: that spares each process of the fast run about two
+    seconds of collection (the OpenAI and Agents SDKs among others). Any other -m collects them."""
+    if " ".join(str(config.getoption("markexpr")).split()) != "not slow":
+        return None
+    if collection_path.parent == Path(__file__).parent and collection_path.name in SLOW_FOLDERS:
+        return True
+    return None
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     root = Path(__file__).parent
     for item in items:
