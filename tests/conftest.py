@@ -4,9 +4,11 @@ Tests sit in folders by kind, and each folder marks its tests: `unit` (pure logi
 `store` (the storage contract, against a real redis-server), `e2e` (real proxy, sim and Redis
 processes) and `ops` (deploy files, Prometheus, the benchmark). `pytest -m "not slow"` runs the
 first two (less the few store tests marked slow themselves: a Redis Cluster, a broken
-connection's wait), a contributor's loop of a little over a minute with `-n 2` (two processes;
-tests/ops/test_parallel_collection.py keeps that working); `.ci/run` runs everything. A test
-that starts a process of its own (a command line, a server) belongs in `e2e`.
+connection's wait, `repro-proxy serve` under a limited Redis user), a contributor's loop of
+under a minute with `-n 2` (two processes; tests/ops/test_parallel_collection.py keeps that
+working) and a little over one in a single process; `.ci/run` runs everything. A test that
+starts a process of its own (a command line, a server) belongs in `e2e`, or is marked slow in
+`store`, whose fast tests start redis-server only.
 """
 
 from __future__ import annotations
