@@ -17,11 +17,16 @@ from pathlib import Path
 import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from bench.procs import free_port, wait_until
 from proxy.store.batch import Batcher
 
 _START_TIMEOUT = 10.0
+# One attempt per poll: redis-py's default retries a refused connection three times with a
+# backoff of seconds, which made each start wait about a second past the moment Redis listened.
+ONE_TRY = Retry(NoBackoff(), 0)
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,11 @@ def _binary(name: str) -> str:
 def _answers_ping(port: int, password: str | None = None) -> bool:
     try:
         with redis.Redis(
-            port=port, password=password, socket_timeout=0.5, socket_connect_timeout=0.5
+            port=port,
+            password=password,
+            socket_timeout=0.5,
+            socket_connect_timeout=0.5,
+            retry=ONE_TRY,
         ) as client:
             return bool(client.ping())
     except redis.RedisError:

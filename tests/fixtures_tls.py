@@ -17,7 +17,7 @@ import redis
 
 from bench.procs import free_port, wait_until
 from tests.egress_peers import Authority
-from tests.fixtures_redis import _START_TIMEOUT, _binary
+from tests.fixtures_redis import _START_TIMEOUT, ONE_TRY, _binary
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,8 @@ class TlsRedis:
 
 def _answers_ping(server: TlsRedis) -> bool:
     try:
-        with server.client() as client:
+        ca = str(server.ca)
+        with redis.Redis(port=server.port, ssl=True, ssl_ca_certs=ca, retry=ONE_TRY) as client:
             return bool(client.ping())
     except redis.RedisError:
         return False

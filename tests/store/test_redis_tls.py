@@ -24,7 +24,11 @@ async def test_a_rediss_url_to_a_plain_redis_fails_instead_of_falling_back_to_pl
     redis_server: RedisServer,
 ) -> None:
     before = pings(redis_server)
-    store = await open_store(redis_server.url.replace("redis://", "rediss://", 1))
+    plain = redis_server.url.replace("redis://", "rediss://", 1)
+    # The handshake never completes (a plain Redis waits for a command line): each attempt
+    # ends at its connect timeout, 1 s by default, four times over (cluster probe and ping,
+    # each retried). A short one fails the same way, sooner.
+    store = await open_store(plain + "?socket_connect_timeout=0.2")
     try:
         with pytest.raises(StoreError, match="redis ping failed"):
             await store.ping()

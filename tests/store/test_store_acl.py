@@ -69,6 +69,7 @@ async def test_a_store_that_does_not_answer_denies_nothing() -> None:
         await store.close()
 
 
+@pytest.mark.slow  # starts `repro-proxy serve` (and its workers) per case
 @pytest.mark.parametrize("workers", ["1", "2", "3"])
 def test_serve_refuses_a_user_without_scripts_naming_what_to_grant(
     limited: RedisServer, workers: str
@@ -103,6 +104,7 @@ async def test_a_refusal_inside_a_script_is_named_by_its_kind_not_its_first_word
         await store.close()
 
 
+@pytest.mark.slow  # starts `repro-proxy serve` with two workers
 def test_workers_that_cannot_bind_their_port_say_so_once(limited: RedisServer) -> None:
     port = free_port()
     with socket.socket() as holder:  # no SO_REUSEPORT: the workers cannot share it
