@@ -163,12 +163,15 @@ def _check_tls(settings: Settings) -> None:
                 f"{option.flag} / {option.env}: applies to an https:// --upstream only; this "
                 "one is plain http://, where it would be ignored"
             )
-    try:
-        tls_context(Egress(ca=settings.upstream_ca))
-    except (OSError, ssl.SSLError) as exc:
-        raise SettingError(
-            f"--upstream-ca / REPRO_UPSTREAM_CA: not a PEM CA bundle: {exc}"
-        ) from None
+    if settings.upstream_ca:  # a context loads the system's CAs: tens of ms at every start
+        try:
+            tls_context(Egress(ca=settings.upstream_ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise SettingError(
+                f"--upstream-ca / REPRO_UPSTREAM_CA: not a PEM CA bundle: {exc}"
+            ) from None
+    if not settings.upstream_cert:
+        return
     try:
         tls_context(Egress(cert=settings.upstream_cert, key=settings.upstream_key))
     except EncryptedKey as exc:
