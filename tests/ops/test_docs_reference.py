@@ -40,7 +40,10 @@ OTHER_PROGRAMS_FLAGS = {
 ROUTE = re.compile(r"^(?:(GET|POST|PUT|PATCH|DELETE) )?(/\S*)$")
 # A metric name in prose; recording rules (`model:repro_cache_hits:rate5m`) are not metrics.
 METRIC = re.compile(r"(?<![:\w])(repro_[a-z0-9_]+)(?![:\w])")
-NOT_METRICS = {"repro_proxy": "the pytest plugin's name"}
+NOT_METRICS = {
+    "repro_proxy": "the pytest plugin's name",
+    "repro_admin": "the operators' session cookie",
+}
 SERIES_SUFFIXES = ("_bucket", "_sum", "_count", "_created")
 
 
