@@ -208,6 +208,17 @@ def test_an_embeddings_answer_without_vectors_is_relayed_but_never_stored(
     request asked for it (`"embedding": null`, strings where numbers were asked, numbers where
     base64 was) was stored and served to every later caller as a HIT, for as long as the entry
     lives. It reaches its own caller as it came, and the next request asks the upstream."""
+    outcomes, asked = _embed_twice(start_proxy, encoding, embedding)
+    assert [r.status_code for r in outcomes] == [200, 200]
+    assert [r.headers["X-Repro-Cache"] for r in outcomes] == ["MISS", "MISS"]
+    assert asked == 2
+
+
+def _embed_twice(
+    start_proxy: ProxyFactory, encoding: str, embedding: object
+) -> tuple[list[httpx.Response], int]:
+    """Two identical embeddings requests to an upstream answering `embedding` in each item:
+    the answers, and how many reached the upstream."""
     with Scripted(fixed(embeddings_answer(embedding))) as upstream:
         proxy = start_proxy(upstream=upstream.v1)
         body = {"model": "text-embedding-3-small", "input": "hi", "encoding_format": encoding}
@@ -216,9 +227,7 @@ def test_an_embeddings_answer_without_vectors_is_relayed_but_never_stored(
             httpx.post(proxy.v1 + "/embeddings", json=body, headers=headers, timeout=10)
             for _ in range(2)
         ]
-    assert [r.status_code for r in outcomes] == [200, 200]
-    assert [r.headers["X-Repro-Cache"] for r in outcomes] == ["MISS", "MISS"]
-    assert len([r for r in upstream.received if "/embeddings" in r.request_line]) == 2
+    return outcomes, len([r for r in upstream.received if "/embeddings" in r.request_line])
 
 
 @pytest.mark.parametrize(
@@ -227,12 +236,6 @@ def test_an_embeddings_answer_without_vectors_is_relayed_but_never_stored(
 def test_an_embeddings_answer_with_its_vectors_is_stored(
     start_proxy: ProxyFactory, encoding: str, embedding: object
 ) -> None:
-    with Scripted(fixed(embeddings_answer(embedding))) as upstream:
-        proxy = start_proxy(upstream=upstream.v1)
-        body = {"model": "text-embedding-3-small", "input": "hi", "encoding_format": encoding}
-        headers = {"Authorization": "Bearer sk-tenant"}
-        outcomes = [
-            httpx.post(proxy.v1 + "/embeddings", json=body, headers=headers, timeout=10)
-            for _ in range(2)
-        ]
+    outcomes, asked = _embed_twice(start_proxy, encoding, embedding)
     assert [r.headers["X-Repro-Cache"] for r in outcomes] == ["MISS", "HIT"]
+    assert asked == 1
