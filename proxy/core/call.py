@@ -14,7 +14,18 @@ from multidict import CIMultiDictProxy
 
 from proxy.core import canonical, policy, responses, routes
 from proxy.core.credentials import STANDARD, Credentials, in_query, of_request, split_query
-from proxy.core.entry import Entry, fingerprint_of, has_vectors, is_answer, json_object, usage_of
+from proxy.core.entry import (
+    BASE64,
+    FLOATS,
+    MESSAGES,
+    TEXTS,
+    Entry,
+    fingerprint_of,
+    has_shape,
+    is_answer,
+    json_object,
+    usage_of,
+)
 from proxy.core.fingerprints import tracked
 from proxy.core.keyed import HeaderLines, Keying, vary_of
 from proxy.core.policy import CacheMode, CacheScope, Enforce, Outcome, Plan
@@ -59,7 +70,7 @@ class Call(NamedTuple):
     vary: str = ""  # the digest of `headers` (`keyed.vary_of`) the key names, "" for none
     headers: HeaderLines = ()  # the keyed request headers, sent upstream as the client sent them
     chained: str | None = None  # the response a Responses request continues (`chained_on`)
-    vectors: str | None = None  # an embeddings answer's: `float` or `base64` (`vectors_of`)
+    shape: str | None = None  # what a whole answer's items must hold to be stored (`shape_of`)
 
     @property
     def target(self) -> str:
@@ -158,14 +169,17 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
         vary=vary,
         headers=asked.headers,
         chained=responses.chained_on(body) if kind == routes.RESPONSES else None,
-        vectors=vectors_of(body) if kind == routes.EMBEDDINGS else None,
+        shape=shape_of(kind, body),
     )
 
 
-def vectors_of(body: dict[str, object]) -> str:
-    """How an embeddings answer must hold its vectors: as base64 when the request asks for it
-    (the SDK's default), else as lists of numbers."""
-    return "base64" if body.get("encoding_format") == "base64" else "float"
+def shape_of(kind: str, body: dict[str, object]) -> str | None:
+    """What the items of an answer on route `kind` must hold (`entry.has_shape`): an embeddings
+    answer's vectors as base64 when the request asks for it (the SDK's default), else as lists
+    of numbers. None on the Responses API, whose answer `is_answer` reads whole."""
+    if kind == routes.EMBEDDINGS:
+        return BASE64 if body.get("encoding_format") == "base64" else FLOATS
+    return {routes.CHAT: MESSAGES, routes.COMPLETIONS: TEXTS}.get(kind)
 
 
 def of_entry(entry: Entry, key: str, tenant: str, query: str, headers: HeaderLines) -> Call:
@@ -291,15 +305,15 @@ Facts = tuple[str, int, int, str | None]
 Responses answer's id."""
 
 
-def facts_of(body: bytes, is_response: bool, vectors: str | None = None) -> Facts | None:
+def facts_of(body: bytes, is_response: bool, shape: str | None = None) -> Facts | None:
     """What the proxy reads of a 200's body; None for one that is no answer (an error some
-    gateways send with a 200), or, on the embeddings route (`vectors`, `Call.vectors`), one
-    without the vectors asked for. Plain data in and out, so that a large body can be read in
-    a child process and only its facts come back (see `proxy.server.caching.read_facts`)."""
+    gateways send with a 200), or one whose items lack what the route's client reads of them
+    (`shape`, `Call.shape`). Plain data in and out, so that a large body can be read in a
+    child process and only its facts come back (see `proxy.server.caching.read_facts`)."""
     parsed = json_object(body)
     if parsed is None or not is_answer(parsed, is_response):
         return None
-    if vectors is not None and not has_vectors(parsed, vectors == "base64"):
+    if shape is not None and not has_shape(parsed, shape):
         return None
     prompt, completion = usage_of(parsed)
     found_by = responses.id_of(parsed) if is_response else None  # only responses are fetched

@@ -116,6 +116,28 @@ def is_objects(value: object) -> TypeGuard[list[dict[str, Any]]]:
     return isinstance(value, list) and all(isinstance(item, dict) for item in value)
 
 
+# What a whole answer's items must hold to be stored, by route (`has_shape`): a chat choice
+# its message, a completions choice its text, an embeddings item its vector as asked for.
+MESSAGES = "message"
+TEXTS = "text"
+FLOATS = "float"
+BASE64 = "base64"
+
+
+def has_shape(answer: dict[str, Any], shape: str) -> bool:
+    """Whether an answer's items hold what its route's client reads of them (`shape`): a chat
+    choice with `"message": null`, or a completions choice without its text, stored would be
+    served to every later caller, whose client fails on it, for as long as the entry lives."""
+    if shape in (FLOATS, BASE64):
+        return has_vectors(answer, shape == BASE64)
+    choices = answer.get("choices")
+    if not is_objects(choices):
+        return False
+    if shape == MESSAGES:
+        return all(isinstance(choice.get("message"), dict) for choice in choices)
+    return all(isinstance(choice.get("text"), str) for choice in choices)
+
+
 def has_vectors(answer: dict[str, Any], base64: bool) -> bool:
     """Whether an embeddings answer holds a vector in each of its items, as its request asked
     for them: a list of numbers, or with `encoding_format: base64` base64 of float32s. An

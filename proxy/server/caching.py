@@ -247,7 +247,7 @@ async def forward(
     fingerprint = None
     facts = None
     if status == 200:
-        facts = await read_facts(services, data, call.kind == RESPONSES, call.vectors)
+        facts = await read_facts(services, data, call.kind == RESPONSES, call.shape)
     if facts is not None:
         fingerprint, prompt, completion, found_by = facts
         answer = Answer(data, content_type, fingerprint, prompt, completion, False, found_by)
@@ -257,13 +257,13 @@ async def forward(
 
 
 async def read_facts(
-    services: Services, data: bytes, is_response: bool, vectors: str | None
+    services: Services, data: bytes, is_response: bool, shape: str | None
 ) -> Facts | None:
     """`facts_of`, in the offload child for an answer of OFF_LOOP_BODY and more: parsing tens of
     MiB of an upstream's JSON on the loop would stall every request the process serves. A child
     that died (out of memory) leaves the answer unread: served, not stored."""
     try:
-        return await services.offload.parse(facts_of, data, is_response, vectors)
+        return await services.offload.parse(facts_of, data, is_response, shape)
     except BrokenProcessPool:
         log.warning("answer not stored: the process reading it died", extra={"bytes": len(data)})
         return None

@@ -8,7 +8,8 @@ scripted hostile upstream, real Redis where proxies share a store.
   without bound.
 - An upstream's `Set-Cookie` reaches only the client it answered, and never one for the
   operators' session cookie.
-- An embeddings answer without vectors is relayed but never stored.
+- An answer whose items lack what their client reads (a chat message, a completion's text, an
+  embedding) is relayed but never stored.
 """
 
 from __future__ import annotations
@@ -239,3 +240,59 @@ def test_an_embeddings_answer_with_its_vectors_is_stored(
     outcomes, asked = _embed_twice(start_proxy, encoding, embedding)
     assert [r.headers["X-Repro-Cache"] for r in outcomes] == ["MISS", "HIT"]
     assert asked == 1
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "choice", "stored"),
+    [
+        ("/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}, {}, False),
+        (
+            "/chat/completions",
+            {"messages": [{"role": "user", "content": "hi"}]},
+            {"message": None},
+            False,
+        ),
+        (
+            "/chat/completions",
+            {"messages": [{"role": "user", "content": "hi"}]},
+            {"message": {"role": "assistant", "content": "Hi"}},
+            True,
+        ),
+        ("/completions", {"prompt": "hi"}, {"text": None}, False),
+        ("/completions", {"prompt": "hi"}, {"text": "Hi"}, True),
+    ],
+    ids=["chat-no-message", "chat-null-message", "chat", "completions-null-text", "completions"],
+)
+def test_a_choice_without_what_its_client_reads_is_relayed_but_never_stored(
+    start_proxy: ProxyFactory,
+    route: str,
+    body: dict[str, object],
+    choice: dict[str, object],
+    stored: bool,
+) -> None:
+    """A broken or hostile upstream's choice with `"message": null` (chat) or no text
+    (completions) reaches its caller as it came; stored, it was every later caller's HIT,
+    on which the SDK fails."""
+    choices = [{"index": 0, "finish_reason": "stop", **choice}]
+    answer = {
+        "object": "chat.completion",
+        "model": "gpt-4o-mini",
+        "choices": choices,
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+    served = http_answer(orjson.dumps(answer), "Content-Type: application/json")
+    with Scripted(fixed(served)) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        headers = {"Authorization": "Bearer sk-tenant"}
+        outcomes = [
+            httpx.post(
+                proxy.v1 + route, json={"model": "gpt-4o-mini", **body}, headers=headers, timeout=10
+            )
+            for _ in range(2)
+        ]
+    assert [r.status_code for r in outcomes] == [200, 200]
+    assert [r.json()["choices"] for r in outcomes] == [choices, choices]  # relayed as it came
+    expected = ["MISS", "HIT"] if stored else ["MISS", "MISS"]
+    assert [r.headers["X-Repro-Cache"] for r in outcomes] == expected
+    asked = [r for r in upstream.received if route in r.request_line]
+    assert len(asked) == (1 if stored else 2)

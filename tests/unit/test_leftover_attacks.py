@@ -147,13 +147,44 @@ def test_an_embeddings_answer_is_an_answer_only_with_the_vectors_asked_for() -> 
     assert facts_of(orjson.dumps({"data": [{"id": "x"}]}), False) is not None
 
 
+def _choices(*choices: object) -> bytes:
+    return orjson.dumps({"object": "chat.completion", "choices": list(choices), "model": "m"})
+
+
+def test_a_chat_or_completions_answer_is_one_only_with_what_its_client_reads() -> None:
+    """A choice with `"message": null` (chat) or without its text (completions), stored, was
+    every later caller's HIT, which the SDK fails on (`choices[0].message.content`)."""
+    message = {"index": 0, "message": {"role": "assistant", "content": "Hi"}}
+    assert facts_of(_choices(message), False, "message") is not None
+    assert facts_of(_choices({"index": 0, "message": {"role": "assistant"}}), False, "message")
+    for bad in (None, "Hi", ["Hi"], 0):
+        answer = _choices(message, {"index": 1, "message": bad})
+        assert facts_of(answer, False, "message") is None, bad
+    assert facts_of(_choices({"index": 0, "text": ""}), False, "text") is not None
+    for bad in (None, ["Hi"], {"text": "Hi"}, 0):
+        assert facts_of(_choices({"index": 0, "text": bad}), False, "text") is None, bad
+    assert facts_of(_choices({"index": 0}), False, "text") is None
+    # a chat answer with no choices field is not one, whatever else it holds
+    assert facts_of(orjson.dumps({"data": [{"id": "x"}]}), False, "message") is None
+
+
+def test_each_route_asks_its_own_shape() -> None:
+    for route, body, expected in (
+        ("/v1/chat/completions", {"model": "m", "messages": []}, "message"),
+        ("/v1/completions", {"model": "m", "prompt": "p"}, "text"),
+        ("/v1/responses", {"model": "m", "input": "i"}, None),
+    ):
+        asked = Asked.of(route, "", orjson.dumps(body), CIMultiDictProxy(CIMultiDict()))
+        assert prepare_with(Settings(), "t", asked).shape == expected, route
+
+
 def test_the_vectors_asked_for_follow_the_requests_encoding_format() -> None:
     for encoding, expected in (("base64", "base64"), ("float", "float"), (None, "float")):
         body = {"model": "m", "input": "hi"} | ({"encoding_format": encoding} if encoding else {})
         asked = Asked.of("/v1/embeddings", "", orjson.dumps(body), CIMultiDictProxy(CIMultiDict()))
-        assert prepare_with(Settings(), "t", asked).vectors == expected
+        assert prepare_with(Settings(), "t", asked).shape == expected
     chat, _ = _call("sk-a")
-    assert chat.vectors is None
+    assert chat.shape == "message"
 
 
 def test_gateway_credential_headers_make_tenants_and_idempotency_key_nothing() -> None:
