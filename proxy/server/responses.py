@@ -12,6 +12,8 @@ passes through.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from aiohttp import web
 
 from proxy.core import policy, responses
@@ -19,7 +21,7 @@ from proxy.core.call import NAMESPACE, checked_namespace, control, of_entry
 from proxy.core.codec import UnknownDictionary
 from proxy.core.credentials import Credentials, of_request, split_query
 from proxy.core.entry import CorruptEntry, Entry
-from proxy.core.keyed import vary_of
+from proxy.core.keyed import HeaderLines, vary_of
 from proxy.core.paths import raw_query
 from proxy.core.policy import CacheMode, Outcome
 from proxy.errors import CacheMissError
@@ -40,9 +42,10 @@ async def by_id(request: web.Request) -> web.StreamResponse:
     fetch = responses.fetch_of(query)
     found = None
     if fetch is not None:
-        found = await _held(services, request, response_id, fetch.version, in_query)
-    if found is not None and not await _trusted(services, request, *found):
-        found = None
+        caller = await _caller(services, request)
+        found = await _held(services, caller, response_id, fetch.version, in_query)
+        if found is not None and not await _trusted(services, request, caller, *found):
+            found = None
     body = None if found is None or fetch is None else _body(found[1], fetch.streamed)
     if found is None or body is None or fetch is None:
         raise CacheMissError(
@@ -83,7 +86,8 @@ async def delete_by_id(request: web.Request) -> web.StreamResponse:
         version = responses.api_version(query)
         found = None
         if version is not None:
-            found = await _held(services, request, response_id, version, in_query)
+            caller = await _caller(services, request)
+            found = await _held(services, caller, response_id, version, in_query)
         # Every scope and namespace: whoever sent a request continuing it.
         await mark_deleted(services, response_id)
         if found is None:
@@ -96,9 +100,26 @@ async def delete_by_id(request: web.Request) -> web.StreamResponse:
     return await passthrough(request, forget)
 
 
+class _Caller(NamedTuple):
+    tenant: str
+    lines: HeaderLines  # the request's keyed headers
+    query: str  # as sent, credential parameters included
+    namespace: str
+
+
+async def _caller(services: Services, request: web.Request) -> _Caller:
+    """Who asks, read once for the lookup and the key check."""
+    await services.secret.settle()
+    query = raw_query(request.raw_path)
+    credentials = of_request(request.headers, query, services.credential_names)
+    namespace = checked_namespace(control(request.headers, NAMESPACE))
+    lines = services.keying.lines(request.headers)
+    return _Caller(services.secret.tenant(credentials), lines, query, namespace)
+
+
 async def _held(
     services: Services,
-    request: web.Request,
+    caller: _Caller,
     response_id: str,
     version: str,
     in_query: Credentials,
@@ -108,32 +129,23 @@ async def _held(
     caller that was answered with it (see proxy/server/chains.py)."""
     if not responses.valid_id(response_id) or await was_deleted(services, response_id):
         return None
-    await services.secret.settle()
-    credentials = of_request(
-        request.headers, raw_query(request.raw_path), services.credential_names
-    )
-    tenant = services.secret.tenant(credentials)
-    namespace = checked_namespace(control(request.headers, NAMESPACE))
-    scope = scope_of(services, tenant)
+    scope = scope_of(services, caller.tenant)
     shared = services.settings.cache_scope is policy.CacheScope.SHARED
-    vary = vary_of(services.keying.lines(request.headers), in_query, shared)
-    index = responses.index_key(scope, namespace, response_id, vary, version)
+    vary = vary_of(caller.lines, in_query, shared)
+    index = responses.index_key(scope, caller.namespace, response_id, vary, version)
     found = await _indexed(services, index, response_id)
-    if found is None or not await holds(services, tenant, found[0]):
+    if found is None or not await holds(services, caller.tenant, found[0]):
         return None
     return found
 
 
-async def _trusted(services: Services, request: web.Request, key: str, entry: Entry) -> bool:
+async def _trusted(
+    services: Services, request: web.Request, caller: _Caller, key: str, entry: Entry
+) -> bool:
     """A stored response goes only to credentials the upstream accepts, as a HIT of the
     request that made it does (`key_accepted`; replay mode never asks): otherwise a revoked
     key would go on fetching its own responses by id, and in `shared` scope its holder marks'."""
-    credentials = of_request(
-        request.headers, raw_query(request.raw_path), services.credential_names
-    )
-    tenant = services.secret.tenant(credentials)
-    lines = services.keying.lines(request.headers)
-    call = of_entry(entry, key, tenant, raw_query(request.raw_path), lines)
+    call = of_entry(entry, key, caller.tenant, caller.query, caller.lines)
     return known(services, call) or await key_accepted(services, request, call)
 
 
