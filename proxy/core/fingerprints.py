@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from proxy.core.lru import LRU
+from proxy.core.routes import routed
 
 ROTATIONS_KEPT = 50
 """Rotations remembered per model, newest first out of the store: enough to see a rollout's
@@ -30,6 +34,46 @@ forgotten past it. Which names the upstream answers for is not the proxy's to ch
 answers any name (a local server that serves one model whatever it is called) would otherwise
 grow the state by one model per request naming a new one. A forgotten model's next lookup is a
 MISS, whose answer teaches its fingerprint again; a deployment serves far fewer models."""
+
+ROUTED_KEPT = 256
+"""Routed lineages (`routes.routed`: a model on a request that keyed headers or query parameters
+route, `<model>@fleet-…`) whose fingerprint state a store and each process keep, apart from and
+besides MODELS_KEPT's: a routing is the client's to invent with any header value an upstream
+ignores, one new lineage per request, and counted with the models they would push every
+tenant's models out of the state kept, each of their next lookups a MISS. Kept apart, a routed
+lineage only ever makes another routed lineage forgotten; real gateways route to a handful of
+fleets per model."""
+
+V = TypeVar("V")
+
+
+class Lineages(Generic[V]):
+    """An LRU per lineage, routed lineages bounded apart (ROUTED_KEPT) from the others
+    (MODELS_KEPT), so that no number of routed ones makes a model's own state forgotten."""
+
+    def __init__(self, models: int = MODELS_KEPT, routed_lineages: int = ROUTED_KEPT) -> None:
+        self._models: LRU[str, V] = LRU(models)
+        self._routed: LRU[str, V] = LRU(routed_lineages)
+
+    def _of(self, lineage: str) -> LRU[str, V]:
+        return self._routed if routed(lineage) else self._models
+
+    def __len__(self) -> int:
+        return len(self._models) + len(self._routed)
+
+    def get(self, lineage: str) -> V | None:
+        return self._of(lineage).get(lineage)
+
+    def pop(self, lineage: str) -> V | None:
+        return self._of(lineage).pop(lineage)
+
+    def put(self, lineage: str, value: V) -> None:
+        self._of(lineage).put(lineage, value)
+
+    def clear(self) -> None:
+        self._models.clear()
+        self._routed.clear()
+
 
 BACKS_KEPT = 8
 """Times of the latest changes back to an earlier fingerprint kept in the model's state: what

@@ -22,8 +22,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from proxy.core.fingerprints import MODELS_KEPT, ModelFingerprints, Observation
-from proxy.core.lru import LRU
+from proxy.core.fingerprints import Lineages, ModelFingerprints, Observation
 from proxy.core.policy import FingerprintPolicy, acceptable_fingerprints, alternating
 from proxy.metrics import Metrics
 from proxy.store.base import Store, StoreError
@@ -62,9 +61,9 @@ class FingerprintTracker:
         self._flap_window = flap_window
         self._clock = clock
         self._flush_after = flush_after
-        # Per model, the fingerprint the store said is current (a model forgotten past the
-        # bound has its next answer recorded, not counted).
-        self._current: LRU[str, str] = LRU(MODELS_KEPT)
+        # Per lineage, the fingerprint the store said is current (one forgotten past its bound
+        # has its next answer recorded, not counted).
+        self._current: Lineages[str] = Lineages()
         self._repeats: dict[str, _Repeats] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._flushing: set[asyncio.Task[None]] = set()

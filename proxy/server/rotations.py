@@ -95,19 +95,28 @@ def _count(request: web.Request, name: str, default: int, most: int) -> int:
 async def rotations_report(services: Services, asked: Asked) -> dict[str, Any]:
     """One pass over the store for every model asked for, however many there are."""
     states = await services.store.all_fingerprints()
-    chosen = {m: s for m, s in sorted(states.items()) if asked.model in (None, m)}
+    chosen = {m: s for m, s in sorted(states.items()) if _asked_for(asked.model, m)}
     history = {model: await services.store.rotations(model) for model in chosen}
     budget = Budget()
     answers = await _answers(services, asked.model, history, budget)
     models = {
-        model: await _model_report(services, state, history[model], answers.get(model, {}), asked)
-        for model, state in chosen.items()
+        lineage: await _model_report(
+            services, lineage, state, history[lineage], answers.get(lineage, {}), asked
+        )
+        for lineage, state in chosen.items()
     }
     return {"models": models, "scanned": budget.scanned, "complete": not budget.exhausted}
 
 
+def _asked_for(model: str | None, lineage: str) -> bool:
+    """Every lineage of the model asked for (its fleets', its route's), or the lineage named:
+    a user filtering by model expects each history its answers keep."""
+    return model is None or model in (lineage, routes.model_of(lineage))
+
+
 async def _model_report(
     services: Services,
+    lineage: str,
     state: ModelFingerprints,
     rotations: Sequence[Rotation],
     answers: dict[str, dict[str, str]],
@@ -124,7 +133,7 @@ async def _model_report(
         if first_old != rotation.old:  # the same two fingerprints, the other way round
             pairs = [Pair(pair.key, pair.new, pair.old) for pair in pairs]
         report.append(_rotation(rotation, pairs, distances, asked))
-    return {"current": state.current, "rotations": report}
+    return {"model": routes.model_of(lineage), "current": state.current, "rotations": report}
 
 
 async def _answers(

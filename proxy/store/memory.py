@@ -20,6 +20,7 @@ from proxy.core.fingerprints import (
     FINGERPRINTS_KEPT,
     MODELS_KEPT,
     ROTATIONS_KEPT,
+    ROUTED_KEPT,
     FingerprintSeen,
     ModelFingerprints,
     Observation,
@@ -27,6 +28,7 @@ from proxy.core.fingerprints import (
     least_recent,
     observed,
 )
+from proxy.core.routes import routed
 from proxy.store.base import NO_LABELS, Selector, Usage, Write
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
@@ -54,8 +56,9 @@ class _Model:
 
 class MemoryStore:
     """Answers per key in an LRU bounded by bytes, as stored (compressed: the bound counts what
-    memory holds); fingerprint state per model, of at most `max_models` models (MODELS_KEPT),
-    the least recently looked up or observed forgotten first.
+    memory holds); fingerprint state per model, of at most `max_models` models (MODELS_KEPT)
+    and apart from them `max_routed` routed lineages (ROUTED_KEPT), the least recently looked
+    up or observed of each forgotten first.
 
     A key's answers (one per fingerprint) live and leave together, and a TTL is the key's, as in
     Redis: a write with a TTL renews the key's other answers, one without makes them all
@@ -68,9 +71,11 @@ class MemoryStore:
         max_bytes: int = DEFAULT_MAX_BYTES,
         clock: Callable[[], float] = time.time,
         max_models: int = MODELS_KEPT,
+        max_routed: int = ROUTED_KEPT,
     ) -> None:
         self._max_bytes = max_bytes
         self._max_models = max_models
+        self._max_routed = max_routed
         self._clock = clock
         self._entries: OrderedDict[str, _Held] = OrderedDict()
         self._answers = 0
@@ -80,6 +85,7 @@ class MemoryStore:
         self._expansion = 0
         self._labels = NO_LABELS  # the last labels written, shared by the answers that match
         self._models: OrderedDict[str, _Model] = OrderedDict()  # least recently used first
+        self._routed: OrderedDict[str, _Model] = OrderedDict()  # routed lineages, as _models
         self._secret: bytes | None = None
         self._dictionary: bytes | None = None
         self._locks: dict[str, tuple[str, float]] = {}
@@ -180,14 +186,15 @@ class MemoryStore:
     async def observe_fingerprint(
         self, model: str, fingerprint: str, now: float, count: int = 1, moves: bool = True
     ) -> Observation:
-        state = self._models.get(model)
+        kept, bound = self._kept(model)
+        state = kept.get(model)
         previous = state.current if state is not None else None
         if state is None:
-            state = self._models[model] = _Model(current=fingerprint)
-            while len(self._models) > self._max_models:
-                self._models.popitem(last=False)
+            state = kept[model] = _Model(current=fingerprint)
+            while len(kept) > bound:
+                kept.popitem(last=False)
         else:
-            self._models.move_to_end(model)
+            kept.move_to_end(model)
         seen = state.seen.get(fingerprint)
         state.seen[fingerprint] = _seen_again(seen, fingerprint, now, count)
         outcome = observed(previous, fingerprint, seen is None, moves)
@@ -206,19 +213,27 @@ class MemoryStore:
     async def fingerprints(self, model: str) -> ModelFingerprints | None:
         return self._state_of(model)
 
+    def _kept(self, model: str) -> tuple[OrderedDict[str, _Model], int]:
+        """Where a lineage's state is kept, and how many that holds: routed lineages apart."""
+        if routed(model):
+            return self._routed, self._max_routed
+        return self._models, self._max_models
+
     def _state_of(self, model: str) -> ModelFingerprints | None:
         """Every lookup asks: a model looked up is used, and is forgotten last."""
-        state = self._models.get(model)
+        kept = self._kept(model)[0]
+        state = kept.get(model)
         if state is None:
             return None
-        self._models.move_to_end(model)
+        kept.move_to_end(model)
         return _snapshot(state)
 
     async def all_fingerprints(self) -> dict[str, ModelFingerprints]:
-        return {model: _snapshot(state) for model, state in self._models.items()}
+        kept = (*self._models.items(), *self._routed.items())
+        return {model: _snapshot(state) for model, state in kept}
 
     async def rotations(self, model: str) -> tuple[Rotation, ...]:
-        state = self._models.get(model)
+        state = self._kept(model)[0].get(model)
         return () if state is None else tuple(state.rotations)
 
     async def secret(self, candidate: bytes) -> bytes:

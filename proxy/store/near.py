@@ -23,8 +23,7 @@ import sys
 from collections import OrderedDict
 from typing import Any
 
-from proxy.core.fingerprints import MODELS_KEPT, ModelFingerprints, Observation
-from proxy.core.lru import LRU
+from proxy.core.fingerprints import Lineages, ModelFingerprints, Observation
 from proxy.store.base import Selector, Store, StoreError, Write
 from proxy.store.memory import charged
 from proxy.store.redis import RedisStore
@@ -47,7 +46,7 @@ class NearCache(StoreWrapper):
         self._max_bytes = max_bytes
         self._entries: OrderedDict[str, _Flat] = OrderedDict()
         self._size = 0
-        self._states: LRU[str, ModelFingerprints] = LRU(MODELS_KEPT)
+        self._states: Lineages[ModelFingerprints] = Lineages()
         # What moved while a fetch was on its way. Per key for entries: every replica's writes
         # reach every near-cache, so a global counter would leave a busy cluster remembering
         # almost nothing. Model states and purges are rare: one counter serves them.

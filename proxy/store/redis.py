@@ -10,6 +10,7 @@ sharing a tag; only on a standalone server does `record` write across keys in on
                                      fp:<fingerprint> -> JSON record   one model's fingerprints
     {prefix}rot:{<sha1(model)>} list JSON {old, new, at, back}, newest first, bounded: rotations
     {prefix}models             set   model names                       index for the admin route
+    {prefix}routed             set   routed lineages (`routes.routed`) the same, bounded apart
     {prefix}secret             string                                  the shared HMAC secret
     {prefix}dictionary         string                                  the shared zstd dictionary
     {prefix}generation         string  random, rewritten after a loss  what near-caches check
@@ -193,7 +194,7 @@ class RedisStore(Scans):
             finally:
                 await writing
         model = self._model(write.model)
-        keys = [model, layout.history_key(model), self._models(), *self._put_keys(write)]
+        keys = [model, layout.history_key(model), self._index(write.model), *self._put_keys(write)]
         args = [write.model, repr(write.now), *self._put_args(write)]
         with mapped("record"):
             reply = await self._batch.script(scripts.RECORD, keys, args)
@@ -237,7 +238,7 @@ class RedisStore(Scans):
         with mapped("observe_fingerprint"):
             reply, _ = await replies(
                 self._batch.script_sent(scripts.OBSERVE, [name, layout.history_key(name)], args),
-                self._batch.send("SADD", self._models(), model),
+                self._batch.send("SADD", self._index(model), model),
             )
             return layout.observation(reply, fingerprint, moves)
 
@@ -247,10 +248,11 @@ class RedisStore(Scans):
             return layout.parse_model(state)
 
     async def all_fingerprints(self) -> dict[str, ModelFingerprints]:
-        """The index, then every model's hash in one pipeline (split per node on a cluster)."""
+        """The indexes, then every model's hash in one pipeline (split per node on a cluster)."""
         with mapped("all_fingerprints"):
             async with asyncio.timeout(self.deadline):
                 names = await self._client.smembers(self._models())
+                names |= await self._client.smembers(self._routed())
                 models = sorted(filter(None, map(layout.name, names)))
                 async with self._client.pipeline(transaction=False) as pipe:
                     for model in models:
@@ -427,3 +429,6 @@ class RedisStore(Scans):
 
     def _models(self) -> str:
         return f"{self._prefix}models"
+
+    def _routed(self) -> str:
+        return f"{self._prefix}routed"

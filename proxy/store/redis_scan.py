@@ -8,7 +8,8 @@ import asyncio
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from proxy.core.fingerprints import MODELS_KEPT
+from proxy.core.fingerprints import MODELS_KEPT, ROUTED_KEPT
+from proxy.core.routes import routed
 from proxy.store import layout, scripts
 from proxy.store.base import Selector, StoreError, Usage
 from proxy.store.batch import Batcher
@@ -21,6 +22,9 @@ EVERYTHING_CHANGED = "*"
 """The invalidation a purge announces: near-caches drop everything."""
 
 _SCAN_BATCH = 500
+
+_TRIM_BATCH = 1024
+"""Names a keep round forgets per command batch."""
 
 NAMES_REMEMBERED = 1 << 18
 """Entry names a walk remembers to skip SCAN's repeats: remembering each, a walk of a large
@@ -46,6 +50,13 @@ class Scans:
 
     def _models(self) -> str:
         raise NotImplementedError
+
+    def _routed(self) -> str:
+        raise NotImplementedError
+
+    def _index(self, model: str) -> str:
+        """The index a lineage is named in: routed ones apart, trimmed to a bound of their own."""
+        return self._routed() if routed(model) else self._models()
 
     async def purge(self, selector: Selector, dry_run: bool) -> int:
         """SCAN in batches (every node of a cluster), reading labels and field names only."""
@@ -150,19 +161,27 @@ class Scans:
         the index with their records, drawn at random as Redis's `allkeys-random` draws (knowing
         the least recently used would cost a write per HIT). Which names the upstream answers
         for is not the proxy's to choose, and each was a record kept for good; one forgotten
-        is learned again from its next answer. Near-caches hear of each. A failing store is
-        left for the next round."""
-        index = self._models()
+        is learned again from its next answer. Routed lineages, past ROUTED_KEPT, leave their
+        own index alike, so no number of them draws a model's record. Near-caches hear of each.
+        A failing store is left for the next round."""
         try:
             with mapped("keep"):
                 async with asyncio.timeout(self.deadline):
-                    over = await self._client.scard(index) - MODELS_KEPT
-                    if over <= 0:
-                        return
-                    gone = await self._client.spop(index, min(over, MODELS_KEPT))
-                    await self._forget_models(filter(None, map(layout.name, gone)))
+                    await self._trim(self._models(), MODELS_KEPT)
+                    await self._trim(self._routed(), ROUTED_KEPT)
         except StoreError:
             return
+
+    async def _trim(self, index: str, bound: int) -> None:
+        """Down to `bound`, however many came in since the last round (a client inventing a
+        routing per request adds far more than `bound` a round), `_TRIM_BATCH` at a time."""
+        over = await self._client.scard(index) - bound
+        while over > 0:
+            gone = await self._client.spop(index, min(over, _TRIM_BATCH))
+            if not gone:
+                return
+            await self._forget_models(filter(None, map(layout.name, gone)))
+            over -= len(gone)
 
     async def _forget_models(self, models: Iterable[str]) -> None:
         async with self._client.pipeline(transaction=False) as pipe:

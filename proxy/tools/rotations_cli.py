@@ -29,7 +29,7 @@ def add_command(commands: Any) -> None:
     add_connection_arguments(parser, timeout=300)
     add = parser.add_argument
     add("--json", action="store_true", help="print JSON (the default when stdout is not a TTY)")
-    add("--model", help="only this model")
+    add("--model", help="only this model's lineages (its fleets' too), or the lineage named")
     add(
         "--examples",
         type=values.argument(EXAMPLES),

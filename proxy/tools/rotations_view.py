@@ -18,13 +18,16 @@ from proxy.tools.output import literal, plain
 def render(report: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console(highlight=False)
     table = Table(title=literal(f"Fingerprint rotations ({report['distance_kind']} distance)"))
-    for column in ("model", "when", "change", "from", "to", "requests", "identical", "mean", "p90"):
+    # The lineage (`<model>@fleet-…`) folded onto more lines, never cut short: it says which
+    # fleet rotated.
+    table.add_column("lineage", overflow="fold")
+    for column in ("when", "change", "from", "to", "requests", "identical", "mean", "p90"):
         table.add_column(column, justify="right" if column in _NUMBERS else "left")
     examples = []
-    for model, state in report["models"].items():
+    for lineage, state in report["models"].items():
         for rotation in state["rotations"]:
             distance = rotation["distance"]
-            cells = (model, rotation["at"], rotation["change"], rotation["from"], rotation["to"])
+            cells = (lineage, rotation["at"], rotation["change"], rotation["from"], rotation["to"])
             table.add_row(
                 *(literal(cell) for cell in cells),
                 literal(rotation["requests"]),
@@ -32,11 +35,11 @@ def render(report: dict[str, Any], console: Console | None = None) -> None:
                 literal(_number(distance["mean"])),
                 literal(_number(distance["p90"])),
             )
-            examples += [(model, rotation, example) for example in rotation["examples"]]
+            examples += [(lineage, rotation, example) for example in rotation["examples"]]
     console.print(table)
-    for model, rotation, example in examples:
+    for lineage, rotation, example in examples:
         heading = (
-            f"{plain(model)} {plain(rotation['from'])} -> {plain(rotation['to'])}, "
+            f"{plain(lineage)} {plain(rotation['from'])} -> {plain(rotation['to'])}, "
             f"key {plain(example['key'])[:16]}…, distance {_number(example['distance'])}"
         )
         console.print(literal(heading), style="bold")

@@ -24,12 +24,15 @@ from proxy.core.entry import Entry
 from proxy.core.fingerprints import (
     BACKS_KEPT,
     FINGERPRINTS_KEPT,
+    MODELS_KEPT,
     ROTATIONS_KEPT,
+    ROUTED_KEPT,
     FingerprintSeen,
     ModelFingerprints,
     Observation,
     Rotation,
 )
+from proxy.core.routes import FLEET, routed
 from proxy.store import MemoryStore, Store, StoreError, open_store, parse_size
 from proxy.store.base import Labels, Selector, Usage, Write
 from proxy.store.encrypted import EncryptedStore
@@ -37,6 +40,7 @@ from proxy.store.guard import GuardedStore
 from proxy.store.memory import ENTRY_OVERHEAD
 from proxy.store.near import NearCache
 from proxy.store.redis import RedisStore
+from proxy.store.wrapper import StoreWrapper
 from tests.egress_peers import Authority
 from tests.fixtures_redis import RedisClusterNodes, running_redis
 from tests.fixtures_tls import TlsRedis
@@ -186,6 +190,22 @@ class StoreContract:
         state = await store.fingerprints("m")
         assert state is not None
         assert state.seen == (FingerprintSeen("fp_a", T0 + 0.123456, T0 + 0.123456, 2),)
+
+    async def test_routed_lineages_are_bounded_apart_and_never_push_out_a_model(
+        self, store: Store
+    ) -> None:
+        """More routed lineages than models kept (a client inventing a keyed header value per
+        request) leave at most ROUTED_KEPT of them after the keep, and every model's state."""
+        await store.observe_fingerprint("m", "fp", 1.0)
+        lineages = [f"m{FLEET}{number:016x}" for number in range(MODELS_KEPT + 8)]
+        for start in range(0, len(lineages), 64):
+            batch = lineages[start : start + 64]
+            await asyncio.gather(*(store.observe_fingerprint(n, "fp_r", 2.0) for n in batch))
+        await kept(store)
+        assert await store.fingerprints("m") is not None
+        left = [lineage for lineage in await store.all_fingerprints() if routed(lineage)]
+        assert len(left) == ROUTED_KEPT
+        assert "m" in await store.all_fingerprints()
 
     async def test_all_fingerprints_per_model(self, store: Store) -> None:
         await store.observe_fingerprint("org/{odd}:model", "fp_1", 1.0)
@@ -589,6 +609,15 @@ class RedisContract(RealTime, StoreContract):
         assert 0 < await raw.ttl("repro:e:{k}") <= 30
         await store.put(Write("k", "fp_b", b"v", 0))
         assert await raw.ttl("repro:e:{k}") == -1
+
+
+async def kept(store: Store) -> None:
+    """A round of the proxy's keep where the backend has one (Redis trims its indexes there;
+    the memory store keeps its bounds at each observation)."""
+    while isinstance(store, GuardedStore | StoreWrapper):
+        store = store.inner
+    if isinstance(store, RedisStore):
+        await store.keep()
 
 
 async def _all_keys(raw: Redis | RedisCluster) -> list[bytes]:
