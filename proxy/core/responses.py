@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from proxy.core.canonical import KEY_VERSION
+from proxy.core.entry import rewritten
 from proxy.core.sse import payloads
 
 INDEX_FINGERPRINT = "id-index"
@@ -152,7 +153,8 @@ def fetch_of(query: str) -> Fetch | None:
 
 def final_response(sse: bytes) -> bytes | None:
     """The response object a recorded stream completed with: what `GET /v1/responses/{id}`
-    answers for a response that was created streaming."""
+    answers for a response that was created streaming; None for one nested deeper than JSON
+    is written again (`rewritten`), which is then not found by id."""
     last = None
     for payload in payloads(sse):
         if payload.strip() != b"[DONE]":
@@ -165,7 +167,7 @@ def final_response(sse: bytes) -> bytes | None:
         return None
     if isinstance(event, dict) and event.get("type") == "response.completed":
         response = event.get("response")
-        return orjson.dumps(response) if isinstance(response, dict) else None
+        return rewritten(response) if isinstance(response, dict) else None
     return None
 
 
