@@ -244,7 +244,11 @@ def _plan(
     name: a `conversation` (each answer adds its turn to it, so the same body asks about a
     longer conversation each time, and a HIT would not add the turn), or a stored `prompt`
     without a `version` (its latest one, which its owner may publish anew at any time). Nor a
-    model named longer than any real one (`tracked`): the proxy keeps no state for it."""
+    chain on a response whose id is not of the form the proxy indexes and marks (a gateway's:
+    LiteLLM's are base64, past 128 characters): whether the upstream deleted it, and who was
+    answered with it, cannot be known (proxy/server/chains.py), and stored, its continuation
+    was every sender's who learnt the id. Nor a model named longer than any real one
+    (`tracked`): the proxy keeps no state for it."""
     if not tracked(lineage):
         return policy.uncached(mode, directives)
     if kind == routes.RESPONSES and (body.get("background") is True or _reads_state(body)):
@@ -256,7 +260,8 @@ def _reads_state(body: dict[str, object]) -> bool:
     prompt = body.get("prompt")
     pinned = isinstance(prompt, dict) and prompt.get("version") is not None
     unpinned = prompt is not None and not pinned
-    return body.get("conversation") is not None or unpinned
+    untracked = body.get("previous_response_id") is not None and responses.chained_on(body) is None
+    return body.get("conversation") is not None or unpinned or untracked
 
 
 MAX_NAMESPACE = 256

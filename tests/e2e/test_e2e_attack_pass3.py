@@ -2,7 +2,10 @@
 
 A value nested 255 to 1023 levels deep: orjson reads it and cannot write it again. An upstream
 answering with one made every request that met it a 500 (a stream's fingerprint, a streamed
-response fetched by id)."""
+response fetched by id).
+
+A chain (`previous_response_id`) on an id outside the form the proxy indexes, as a gateway
+makes them, skipped the rules that keep a chain for the tenant it belongs to."""
 
 from __future__ import annotations
 
@@ -87,3 +90,85 @@ def test_a_stream_whose_fingerprint_is_too_deep_to_write_is_relayed_and_never_st
 async def _write(writer: asyncio.StreamWriter, data: bytes) -> None:
     writer.write(data)
     await writer.drain()
+
+
+# --- a chain on an id the proxy cannot track --------------------------------------------------
+
+KEYS = ("sk-alice", "sk-bob")
+SECRET = "Alice's continuation"
+
+
+def gateway_id(number: int) -> str:
+    """An id as LiteLLM's proxy makes them: `resp_` and standard base64 of the provider, model
+    and upstream id, 150 characters or more, with `+` and `=`: no id the proxy indexes."""
+    return f"resp_{'bGl0ZWxsbTpjdXN0b21fbGxtX3Byb3ZpZGVy+' * 4}{number:04d}=="
+
+
+class Gateway:
+    """Answers a Responses request with a new id of the gateway's form; a chain only for the
+    tenant that made the response it continues (as the real API does, else 400
+    previous_response_not_found); the model list only to its known keys."""
+
+    def __init__(self) -> None:
+        self.owners: dict[str, str] = {}
+        self.posted: list[str] = []
+
+    async def __call__(self, writer: asyncio.StreamWriter, received: Received) -> None:
+        key = received.headers.get("authorization", "").removeprefix("Bearer ")
+        if not received.request_line.startswith("POST"):
+            known = key in KEYS
+            body = b'{"object":"list","data":[{"id":"m","object":"model"}]}'
+            status = "200 OK" if known else "401 Unauthorized"
+            await _write(writer, http_answer(body, "Content-Type: application/json", status=status))
+            return
+        self.posted.append(key)
+        asked = orjson.loads(received.body)
+        previous = asked.get("previous_response_id")
+        if previous is not None and self.owners.get(previous) != key:
+            error = {"error": {"message": "not found", "type": "invalid_request_error",
+                               "param": "previous_response_id",
+                               "code": "previous_response_not_found"}}  # fmt: skip
+            answer = http_answer(orjson.dumps(error), "Content-Type: application/json",
+                                 status="400 Bad Request")  # fmt: skip
+            await _write(writer, answer)
+            return
+        made = gateway_id(len(self.owners))
+        self.owners[made] = key
+        text = SECRET if previous is not None else "First answer."
+        response = {
+            "object": "response", "id": made, "status": "completed", "model": "m",
+            "output": [{"type": "message", "role": "assistant",
+                        "content": [{"type": "output_text", "text": text}]}],
+        }  # fmt: skip
+        await _write(writer, http_answer(orjson.dumps(response), "Content-Type: application/json"))
+
+
+def test_in_shared_scope_a_chain_on_an_id_the_proxy_cannot_track_is_never_served_from_the_cache(
+    start_proxy: ProxyFactory,
+) -> None:
+    """A gateway's ids (LiteLLM's are base64, longer than 128 characters) are outside the form
+    the proxy indexes and marks: a chain on one skipped both rules of proxy/server/chains.py, so
+    a tenant who learnt the id and sent the owner's next turn read the owner's continuation
+    (in `key` scope, a chain on a deleted one still HIT). Such a chain is the upstream's alone."""
+    gateway = Gateway()
+    with Scripted(gateway) as upstream:
+        proxy = start_proxy("--cache-scope", "shared", upstream=upstream.v1)
+
+        def ask(key: str, body: dict[str, object]) -> httpx.Response:
+            headers = {"Authorization": f"Bearer {key}"}
+            return httpx.post(proxy.v1 + "/responses", json=body, headers=headers, timeout=WAIT)
+
+        first = ask("sk-alice", {"model": "m", "input": "Hello."}).json()["id"]
+        assert len(first) > 128
+        chained = {"model": "m", "input": "What did I tell you?", "previous_response_id": first}
+        made = ask("sk-alice", chained)
+        assert made.status_code == 200 and SECRET in made.text
+        assert ask("sk-bob", {"model": "m", "input": "Hi."}).status_code == 200  # served once
+
+        for _ in range(2):
+            sent = len(gateway.posted)
+            theirs = ask("sk-bob", chained)
+            assert SECRET not in theirs.text
+            assert theirs.status_code == 400 and gateway.posted[sent:] == ["sk-bob"]
+        again = ask("sk-alice", chained)  # the owner's own chain: the upstream's too
+        assert again.headers["X-Repro-Cache"] == "BYPASS" and gateway.posted[-1] == "sk-alice"

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 
+from proxy.core import routes
 from proxy.core.entry import Entry
+from proxy.core.policy import CacheMode, CacheScope, Outcome
 from proxy.store import cassette
+from tests.unit.test_responses_azure import BODY, Rules, decide
 
 DEPTH = 300  # orjson reads up to 1024 levels, and writes at most 254
 DEEP = b"[" * DEPTH + b"]" * DEPTH
@@ -47,3 +51,30 @@ def test_a_cassette_holding_a_streamed_response_too_deep_to_write_loads_without_
     line = orjson.dumps(cassette.to_record("k", entry))
     (loaded,) = cassette.parse([line], "shared")
     assert loaded.entry.body == entry.body and loaded.index is None
+
+
+@pytest.mark.parametrize(
+    "previous",
+    [
+        "resp_" + "bGl0ZWxsbTpjdXN0b21fbGxtX3Byb3ZpZGVy" * 4 + "==",  # LiteLLM's form
+        "resp_a+b/c=",
+        "r" * 129,
+        "",
+        7,
+        ["resp_1"],
+    ],
+)
+@pytest.mark.parametrize("scope", list(CacheScope))
+@pytest.mark.parametrize("mode", [CacheMode.READWRITE, CacheMode.RECORD])
+def test_a_chain_on_an_id_the_proxy_cannot_track_is_never_cached(
+    previous: object, scope: CacheScope, mode: CacheMode
+) -> None:
+    """Neither its deletion nor its holders can be known (proxy/server/chains.py)."""
+    call = decide(
+        routes.RESPONSES,
+        {**BODY, "previous_response_id": previous},
+        rules=Rules(cache_scope=scope, cache_mode=mode),
+    )
+    assert (call.plan.lookup, call.plan.store, call.plan.outcome) == (False, False, Outcome.BYPASS)
+    tracked = decide(routes.RESPONSES, {**BODY, "previous_response_id": "resp_1"})
+    assert tracked.plan.lookup and tracked.plan.store and tracked.chained == "resp_1"
