@@ -13,6 +13,7 @@ import asyncio
 
 import httpx
 import orjson
+import pytest
 
 from tests.fixtures_procs import ProxyFactory
 from tests.hostile import Received, Scripted, http_answer
@@ -105,9 +106,10 @@ def gateway_id(number: int) -> str:
 
 
 class Gateway:
-    """Answers a Responses request with a new id of the gateway's form; a chain only for the
-    tenant that made the response it continues (as the real API does, else 400
-    previous_response_not_found); the model list only to its known keys."""
+    """Answers a Responses request with a new id of the gateway's form and an output message
+    of its own id; a request continuing a response (`previous_response_id`) or naming one of
+    its items (`item_reference`) only for the tenant that made it (as the real API does, else
+    400); the model list only to its known keys."""
 
     def __init__(self) -> None:
         self.owners: dict[str, str] = {}
@@ -123,33 +125,53 @@ class Gateway:
             return
         self.posted.append(key)
         asked = orjson.loads(received.body)
-        previous = asked.get("previous_response_id")
-        if previous is not None and self.owners.get(previous) != key:
+        named = [asked.get("previous_response_id")]
+        if isinstance(asked["input"], list):
+            named += [item.get("id") for item in asked["input"] if "role" not in item]
+        named = [name for name in named if name is not None]
+        if any(self.owners.get(name) != key for name in named):
             error = {"error": {"message": "not found", "type": "invalid_request_error",
-                               "param": "previous_response_id",
                                "code": "previous_response_not_found"}}  # fmt: skip
             answer = http_answer(orjson.dumps(error), "Content-Type: application/json",
                                  status="400 Bad Request")  # fmt: skip
             await _write(writer, answer)
             return
-        made = gateway_id(len(self.owners))
-        self.owners[made] = key
-        text = SECRET if previous is not None else "First answer."
+        made, item = gateway_id(len(self.owners)), f"msg_{len(self.owners)}"
+        self.owners[made] = self.owners[item] = key
+        text = SECRET if named else "First answer."
         response = {
             "object": "response", "id": made, "status": "completed", "model": "m",
-            "output": [{"type": "message", "role": "assistant",
+            "output": [{"type": "message", "id": item, "role": "assistant",
                         "content": [{"type": "output_text", "text": text}]}],
         }  # fmt: skip
         await _write(writer, http_answer(orjson.dumps(response), "Content-Type: application/json"))
 
 
-def test_in_shared_scope_a_chain_on_an_id_the_proxy_cannot_track_is_never_served_from_the_cache(
-    start_proxy: ProxyFactory,
+TURN = {"role": "user", "content": "What did I tell you?"}
+CONTINUATIONS = {
+    "chain on a gateway's id": lambda first: {
+        "input": "What did I tell you?",
+        "previous_response_id": first["id"],
+    },
+    "item reference": lambda first: {
+        "input": [{"type": "item_reference", "id": first["output"][0]["id"]}, TURN],
+    },
+    "item reference without its type": lambda first: {
+        "input": [{"id": first["output"][0]["id"]}, TURN],
+    },
+}
+
+
+@pytest.mark.parametrize("continuation", sorted(CONTINUATIONS))
+def test_in_shared_scope_a_continuation_the_proxy_cannot_track_is_never_served_from_the_cache(
+    start_proxy: ProxyFactory, continuation: str
 ) -> None:
-    """A gateway's ids (LiteLLM's are base64, longer than 128 characters) are outside the form
-    the proxy indexes and marks: a chain on one skipped both rules of proxy/server/chains.py, so
-    a tenant who learnt the id and sent the owner's next turn read the owner's continuation
-    (in `key` scope, a chain on a deleted one still HIT). Such a chain is the upstream's alone."""
+    """The rules of proxy/server/chains.py (the upstream's deletion, who was answered with the
+    response) need a response id of the form the proxy indexes and marks. A gateway's ids
+    (LiteLLM's are base64, longer than 128 characters) are not, and an input item naming a
+    stored item by its id alone names no response: either request skipped both rules, so a
+    tenant who learnt the id and sent the owner's next turn read the owner's continuation (in
+    `key` scope, one on a deleted response still HIT). Such a request is the upstream's alone."""
     gateway = Gateway()
     with Scripted(gateway) as upstream:
         proxy = start_proxy("--cache-scope", "shared", upstream=upstream.v1)
@@ -158,17 +180,17 @@ def test_in_shared_scope_a_chain_on_an_id_the_proxy_cannot_track_is_never_served
             headers = {"Authorization": f"Bearer {key}"}
             return httpx.post(proxy.v1 + "/responses", json=body, headers=headers, timeout=WAIT)
 
-        first = ask("sk-alice", {"model": "m", "input": "Hello."}).json()["id"]
-        assert len(first) > 128
-        chained = {"model": "m", "input": "What did I tell you?", "previous_response_id": first}
-        made = ask("sk-alice", chained)
+        first = ask("sk-alice", {"model": "m", "input": "Hello."}).json()
+        assert len(first["id"]) > 128
+        continued = {"model": "m", **CONTINUATIONS[continuation](first)}
+        made = ask("sk-alice", continued)
         assert made.status_code == 200 and SECRET in made.text
         assert ask("sk-bob", {"model": "m", "input": "Hi."}).status_code == 200  # served once
 
         for _ in range(2):
             sent = len(gateway.posted)
-            theirs = ask("sk-bob", chained)
+            theirs = ask("sk-bob", continued)
             assert SECRET not in theirs.text
             assert theirs.status_code == 400 and gateway.posted[sent:] == ["sk-bob"]
-        again = ask("sk-alice", chained)  # the owner's own chain: the upstream's too
+        again = ask("sk-alice", continued)  # the owner's own: the upstream's too
         assert again.headers["X-Repro-Cache"] == "BYPASS" and gateway.posted[-1] == "sk-alice"

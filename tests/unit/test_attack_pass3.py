@@ -78,3 +78,21 @@ def test_a_chain_on_an_id_the_proxy_cannot_track_is_never_cached(
     assert (call.plan.lookup, call.plan.store, call.plan.outcome) == (False, False, Outcome.BYPASS)
     tracked = decide(routes.RESPONSES, {**BODY, "previous_response_id": "resp_1"})
     assert tracked.plan.lookup and tracked.plan.store and tracked.chained == "resp_1"
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [{"type": "item_reference", "id": "msg_1"}],
+        [{"id": "msg_1"}],
+        [{"type": "reasoning", "id": "rs_1"}],
+        [{"role": "user", "content": "Hi."}, {"type": "item_reference", "id": "msg_1"}],
+    ],
+)
+def test_a_request_naming_a_stored_item_by_its_id_alone_is_never_cached(
+    items: list[dict[str, str]],
+) -> None:
+    call = decide(routes.RESPONSES, {**BODY, "input": items})
+    assert (call.plan.lookup, call.plan.store) == (False, False)
+    inline = [{"type": "message", "id": "msg_1", "role": "user", "content": "Hi."}]
+    assert decide(routes.RESPONSES, {**BODY, "input": inline}).plan.store  # carried whole
