@@ -5,7 +5,8 @@ answering with one made every request that met it a 500 (a stream's fingerprint,
 response fetched by id).
 
 A chain (`previous_response_id`) on an id outside the form the proxy indexes, as a gateway
-makes them, skipped the rules that keep a chain for the tenant it belongs to."""
+makes them, or on a stored item by its id, skipped the rules that keep a chain for the tenant
+it belongs to; and an id answered through a routing query parameter took over the owner's."""
 
 from __future__ import annotations
 
@@ -194,3 +195,78 @@ def test_in_shared_scope_a_continuation_the_proxy_cannot_track_is_never_served_f
             assert theirs.status_code == 400 and gateway.posted[sent:] == ["sk-bob"]
         again = ask("sk-alice", continued)  # the owner's own: the upstream's too
         assert again.headers["X-Repro-Cache"] == "BYPASS" and gateway.posted[-1] == "sk-alice"
+
+
+# --- a response id answered through another routing -------------------------------------------
+
+
+class Routed:
+    """A gateway that routes by `?provider=`: the default provider makes new ids and continues
+    a response only for its owner; `provider=own` is a tenant's own server, answering with any
+    id it is told (`input` "echo:<id>")."""
+
+    def __init__(self) -> None:
+        self.owners: dict[str, str] = {}
+        self.posted: list[tuple[str, str]] = []
+
+    async def __call__(self, writer: asyncio.StreamWriter, received: Received) -> None:
+        key = received.headers.get("authorization", "").removeprefix("Bearer ")
+        target = received.request_line.split(" ")[1]
+        if not received.request_line.startswith("POST"):
+            status = "200 OK" if key in KEYS else "401 Unauthorized"
+            body = b'{"object":"list","data":[{"id":"m","object":"model"}]}'
+            await _write(writer, http_answer(body, "Content-Type: application/json", status=status))
+            return
+        self.posted.append((key, target))
+        asked = orjson.loads(received.body)
+        previous, text = asked.get("previous_response_id"), str(asked["input"])
+        if "provider=own" in target:
+            made = text.removeprefix("echo:")
+        elif previous is not None and self.owners.get(previous) != key:
+            error = {"error": {"message": "not found", "type": "invalid_request_error",
+                               "code": "previous_response_not_found"}}  # fmt: skip
+            answer = http_answer(orjson.dumps(error), "Content-Type: application/json",
+                                 status="400 Bad Request")  # fmt: skip
+            await _write(writer, answer)
+            return
+        else:
+            made = f"resp_{len(self.owners):04d}"
+            self.owners[made] = key
+        said = SECRET if previous is not None else "First answer."
+        response = {
+            "object": "response", "id": made, "status": "completed", "model": "m",
+            "output": [{"type": "message", "role": "assistant",
+                        "content": [{"type": "output_text", "text": said}]}],
+        }  # fmt: skip
+        await _write(writer, http_answer(orjson.dumps(response), "Content-Type: application/json"))
+
+
+def test_an_id_answered_through_a_routing_query_never_opens_anothers_chain(
+    start_proxy: ProxyFactory,
+) -> None:
+    """In `shared` scope a tenant routing through its own server (here `?provider=own`, which a
+    gateway reads as keyed headers are read) answered its own request with the owner's response
+    id: the id index, keyed by keyed headers and api-version but not by the rest of the keyed
+    query, then pointed that id at the tenant's own entry, which it holds, and the owner's
+    stored continuation was the tenant's to read. An id's index names the routing it came by."""
+    gateway = Routed()
+    with Scripted(gateway) as upstream:
+        proxy = start_proxy("--cache-scope", "shared", upstream=upstream.v1)
+
+        def ask(key: str, body: dict[str, object], query: str = "") -> httpx.Response:
+            headers = {"Authorization": f"Bearer {key}"}
+            url = proxy.v1 + "/responses" + query
+            return httpx.post(url, json=body, headers=headers, timeout=WAIT)
+
+        first = ask("sk-alice", {"model": "m", "input": "Hello."}).json()["id"]
+        chained = {"model": "m", "input": "What did I tell you?", "previous_response_id": first}
+        assert SECRET in ask("sk-alice", chained).text
+        assert ask("sk-alice", chained).headers["X-Repro-Cache"] == "HIT"
+
+        echoed = ask("sk-bob", {"model": "m", "input": f"echo:{first}"}, "?provider=own")
+        assert echoed.status_code == 200 and echoed.json()["id"] == first
+        sent = len(gateway.posted)
+        theirs = ask("sk-bob", chained)
+        assert SECRET not in theirs.text
+        assert theirs.status_code == 400 and gateway.posted[sent:] == [("sk-bob", "/v1/responses")]
+        assert ask("sk-alice", chained).headers["X-Repro-Cache"] == "HIT"  # still the owner's

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from proxy.core import routes
+from proxy.core import responses, routes
 from proxy.core.entry import Entry
 from proxy.core.policy import CacheMode, CacheScope, Outcome
 from proxy.store import cassette
@@ -96,3 +96,18 @@ def test_a_request_naming_a_stored_item_by_its_id_alone_is_never_cached(
     assert (call.plan.lookup, call.plan.store) == (False, False)
     inline = [{"type": "message", "id": "msg_1", "role": "user", "content": "Hi."}]
     assert decide(routes.RESPONSES, {**BODY, "input": inline}).plan.store  # carried whole
+
+
+def test_a_response_ids_index_names_the_routing_query_and_not_the_api_version() -> None:
+    """An answer routed by a query parameter may carry any id (tests/e2e/test_e2e_attack_pass3.py):
+    its index entry is not the one a chain or fetch sent without that parameter looks up."""
+    plain = responses.index_key("shared", "", "resp_1", "", "2025-04-01")
+    assert (
+        responses.index_key("shared", "", "resp_1", "", "2025-04-01", "api-version=2025-04-01")
+        == plain
+    )
+    routed = {
+        responses.index_key("shared", "", "resp_1", "", "2025-04-01", query)
+        for query in ("provider=own", "provider=other", "api-version=2025-04-01&provider=own", "x=")
+    }
+    assert plain not in routed and len(routed) == 3  # api-version beside provider=own: the same
