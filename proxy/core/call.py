@@ -248,8 +248,8 @@ def _plan(
     LiteLLM's are base64, past 128 characters), nor one naming a stored item by its id alone
     (`_references`): whether the upstream deleted it, and who was answered with it, cannot be
     known (proxy/server/chains.py), and stored, its continuation was every sender's who learnt
-    the id. Nor a model named longer than any real one
-    (`tracked`): the proxy keeps no state for it."""
+    the id. Nor a model named longer than any real one (`tracked`): the proxy keeps no state
+    for it."""
     if not tracked(lineage):
         return policy.uncached(mode, directives)
     if kind == routes.RESPONSES and (body.get("background") is True or _reads_state(body)):
