@@ -244,7 +244,12 @@ def _plan(
     name: a `conversation` (each answer adds its turn to it, so the same body asks about a
     longer conversation each time, and a HIT would not add the turn), or a stored `prompt`
     without a `version` (its latest one, which its owner may publish anew at any time). Nor a
-    model named longer than any real one (`tracked`): the proxy keeps no state for it."""
+    chain on a response whose id is not of the form the proxy indexes and marks (a gateway's:
+    LiteLLM's are base64, past 128 characters), nor one naming a stored item by its id alone
+    (`_references`): whether the upstream deleted it, and who was answered with it, cannot be
+    known (proxy/server/chains.py), and stored, its continuation was every sender's who learnt
+    the id. Nor a model named longer than any real one (`tracked`): the proxy keeps no state
+    for it."""
     if not tracked(lineage):
         return policy.uncached(mode, directives)
     if kind == routes.RESPONSES and (body.get("background") is True or _reads_state(body)):
@@ -256,7 +261,22 @@ def _reads_state(body: dict[str, object]) -> bool:
     prompt = body.get("prompt")
     pinned = isinstance(prompt, dict) and prompt.get("version") is not None
     unpinned = prompt is not None and not pinned
-    return body.get("conversation") is not None or unpinned
+    untracked = body.get("previous_response_id") is not None and responses.chained_on(body) is None
+    return body.get("conversation") is not None or unpinned or untracked or _references(body)
+
+
+def _references(body: dict[str, object]) -> bool:
+    """Whether an input item names a stored item by its id alone (`item_reference`, whose
+    `type` may be left out): the upstream reads it from the response that made it, which the
+    proxy cannot tell, so neither its deletion nor who holds it can be known."""
+    items = body.get("input")
+    return isinstance(items, list) and any(
+        isinstance(item, dict)
+        and (
+            item.get("type") == "item_reference" or ("id" in item and item.keys() <= {"id", "type"})
+        )
+        for item in items
+    )
 
 
 MAX_NAMESPACE = 256

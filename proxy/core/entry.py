@@ -36,6 +36,16 @@ class Entry(NamedTuple):
     vary: str = ""  # the digest of the keyed request headers (`proxy.core.keyed`), never them
 
 
+def rewritten(value: Any) -> bytes | None:
+    """`value`, read from an upstream's or a store's JSON, written as JSON again; None when it
+    nests deeper than orjson writes (254 levels, where it reads 1024): written as is, such a
+    value raised TypeError, a 500 for every request that met it."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return None
+
+
 def usage_of(answer: dict[str, Any]) -> tuple[int, int]:
     """Prompt and completion tokens an answer reports, zero where it reports none, or a count
     no counter can add (below zero, beyond 64 bits). The Responses API names them input and

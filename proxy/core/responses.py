@@ -18,7 +18,9 @@ from urllib.parse import parse_qsl
 
 import orjson
 
+from proxy.core import routes
 from proxy.core.canonical import KEY_VERSION
+from proxy.core.entry import rewritten
 from proxy.core.sse import payloads
 
 INDEX_FINGERPRINT = "id-index"
@@ -38,16 +40,22 @@ def valid_id(response_id: str) -> bool:
 
 
 def index_key(
-    scope: str, namespace: str, response_id: str, vary: str = "", version: str = ""
+    scope: str,
+    namespace: str,
+    response_id: str,
+    vary: str = "",
+    version: str = "",
+    query: str = "",
 ) -> str:
     """The key of the index entry for `response_id` in this scope and namespace, and with the
-    keyed request headers' digest `vary` (as its entry's key has them, "" for none): an id is
-    whatever the upstream answering says, and an answer routed by a header (a tenant's own
-    server behind a gateway) may name another answer's id; it must answer only a fetch asked
-    through the same route. Likewise an Azure `api-version` (`version`, "" for none) names the
-    shape the object is served in: fetched under another, it is not the one stored. A domain
-    of its own, so it never equals a request's key."""
-    material = {
+    keyed request headers' digest `vary` (as its entry's key has them, "" for none) and the
+    keyed `query`'s parameters but api-version (`routes.routing`): an id is whatever the
+    upstream answering says, and an answer routed by a header or a query parameter (a tenant's
+    own server behind a gateway) may name another answer's id; it must answer only a fetch,
+    or open only a chain, asked through the same route. Likewise an Azure `api-version`
+    (`version`, "" for none) names the shape the object is served in: fetched under another,
+    it is not the one stored. A domain of its own, so it never equals a request's key."""
+    material: dict[str, object] = {
         "id": response_id,
         "index": "response",
         "namespace": namespace,
@@ -58,6 +66,9 @@ def index_key(
         material["vary"] = vary
     if version:
         material["version"] = version
+    routed = routes.routing(query)
+    if routed:
+        material["routing"] = [list(pair) for pair in routed]
     return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -152,7 +163,8 @@ def fetch_of(query: str) -> Fetch | None:
 
 def final_response(sse: bytes) -> bytes | None:
     """The response object a recorded stream completed with: what `GET /v1/responses/{id}`
-    answers for a response that was created streaming."""
+    answers for a response that was created streaming; None for one nested deeper than JSON
+    is written again (`rewritten`), which is then not found by id."""
     last = None
     for payload in payloads(sse):
         if payload.strip() != b"[DONE]":
@@ -165,7 +177,7 @@ def final_response(sse: bytes) -> bytes | None:
         return None
     if isinstance(event, dict) and event.get("type") == "response.completed":
         response = event.get("response")
-        return orjson.dumps(response) if isinstance(response, dict) else None
+        return rewritten(response) if isinstance(response, dict) else None
     return None
 
 

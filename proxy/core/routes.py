@@ -131,18 +131,23 @@ def fleet(vary: str, query: str) -> str:
     must name the same lineages; `vary` is already a SHA-256 of the header values."""
     if not vary and not query:
         return ""
-    routing = [
-        (name, value)
-        for name, value in parse_qsl(query, keep_blank_values=True)
-        if name.lower() != "api-version"
-    ]
-    if not vary and not routing:
+    routed = routing(query)
+    if not vary and not routed:
         return ""
     out = bytearray(b"repro-proxy fleet\0")
-    for part in (vary, *(item for pair in routing for item in pair)):
+    for part in (vary, *(item for pair in routed for item in pair)):
         raw = part.encode("utf-8", "surrogateescape")
         out += b"%d:%s," % (len(raw), raw)
     return FLEET + hashlib.sha256(out).hexdigest()[:FLEET_DIGITS]
+
+
+def routing(query: str) -> list[tuple[str, str]]:
+    """The parameters of a keyed query that may say who answers (a gateway's `?provider=`):
+    every one but `api-version`, which names the API."""
+    if not query:
+        return []
+    pairs = parse_qsl(query, keep_blank_values=True)
+    return [(name, value) for name, value in pairs if name.lower() != "api-version"]
 
 
 def lineage(model: str, route: str, routed: str = "") -> str:

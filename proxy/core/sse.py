@@ -36,7 +36,7 @@ from typing import Any
 
 import orjson
 
-from proxy.core.entry import fingerprint_of, is_answer, is_objects, usage_of
+from proxy.core.entry import fingerprint_of, is_answer, is_objects, rewritten, usage_of
 from proxy.core.pieces import Pieces
 
 _DONE = b"[DONE]"
@@ -373,9 +373,11 @@ class StreamRecorder:
         if value is None or value == self._claim:  # a digest, bytes, equals no parsed value
             return
         fingerprint = fingerprint_of(holder)
-        claim = (
-            fingerprint if fingerprint != "none" else hashlib.sha256(orjson.dumps(value)).digest()
-        )
+        written = b"" if fingerprint != "none" else rewritten(value)
+        if written is None:  # too deep to tell from another claim: the stream names nothing
+            self.failed = True
+            return
+        claim = fingerprint if fingerprint != "none" else hashlib.sha256(written).digest()
         if self._claim is None:
             self._claim = claim
             self.fingerprint = fingerprint

@@ -349,7 +349,12 @@ async def index_response(
         return
     write = Write(
         key=responses.index_key(
-            scope_of(services, call.tenant), call.namespace, response_id, call.vary, version
+            scope_of(services, call.tenant),
+            call.namespace,
+            response_id,
+            call.vary,
+            version,
+            call.keyed_query,
         ),
         fingerprint=responses.INDEX_FINGERPRINT,
         value=responses.index_value(call.key, fingerprint),

@@ -65,7 +65,9 @@ async def continuable(services: Services, call: Call, chained: str) -> bool:
     version = responses.api_version(call.keyed_query)
     if version is None:
         return False
-    index = responses.index_key(policy.SHARED, call.namespace, chained, call.vary, version)
+    index = responses.index_key(
+        policy.SHARED, call.namespace, chained, call.vary, version, call.keyed_query
+    )
     try:
         pointer = await services.store.get(index, [responses.INDEX_FINGERPRINT])
     except StoreError as exc:

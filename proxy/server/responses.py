@@ -87,7 +87,7 @@ async def delete_by_id(request: web.Request) -> web.StreamResponse:
         found = None
         if version is not None:
             caller = await _caller(services, request)
-            found = await _held(services, caller, response_id, version, in_query)
+            found = await _held(services, caller, response_id, version, in_query, query)
         # Every scope and namespace: whoever sent a request continuing it.
         await mark_deleted(services, response_id)
         if found is None:
@@ -123,16 +123,18 @@ async def _held(
     response_id: str,
     version: str,
     in_query: Credentials,
+    query: str = "",
 ) -> tuple[str, Entry] | None:
     """The key and entry of the response `response_id` in the caller's partition, created with
-    the keyed headers and the api-version this request sends; in `shared` scope, only for a
-    caller that was answered with it (see proxy/server/chains.py)."""
+    the keyed headers, the api-version and the routing `query` (without credentials) this
+    request sends (a fetch sends none: `fetch_of`); in `shared` scope, only for a caller that
+    was answered with it (see proxy/server/chains.py)."""
     if not responses.valid_id(response_id) or await was_deleted(services, response_id):
         return None
     scope = scope_of(services, caller.tenant)
     shared = services.settings.cache_scope is policy.CacheScope.SHARED
     vary = vary_of(caller.lines, in_query, shared)
-    index = responses.index_key(scope, caller.namespace, response_id, vary, version)
+    index = responses.index_key(scope, caller.namespace, response_id, vary, version, query)
     found = await _indexed(services, index, response_id)
     if found is None or not await holds(services, caller.tenant, found[0]):
         return None

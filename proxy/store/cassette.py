@@ -208,7 +208,7 @@ def _index(entry: Entry, scope: str) -> str | None:
     version = responses.api_version(entry.query)
     if found is None or version is None:
         return None
-    return responses.index_key(scope, entry.namespace, found, entry.vary, version)
+    return responses.index_key(scope, entry.namespace, found, entry.vary, version, entry.query)
 
 
 def _check_fields(record: dict[str, Any]) -> None:

@@ -149,7 +149,8 @@ def _refusing(call: Call, mode: str) -> str:
     why = "its Cache-Control (only-if-cached with no-cache or no-store) refuses every stored answer"
     if call.kind == routes.RESPONSES:
         why = (
-            "it is never cached (a background response, one continuing a conversation, a stored "
+            "it is never cached (a background response, one continuing a conversation, a "
+            "response whose id the proxy cannot track or a stored item named by id, a stored "
             f"prompt without a version), or {why}"
         )
     return (
