@@ -28,6 +28,7 @@ from proxy.core.entry import (
 )
 from proxy.core.fingerprints import tracked
 from proxy.core.keyed import HeaderLines, Keying, vary_of
+from proxy.core.owned import names_owned_objects
 from proxy.core.policy import CacheMode, CacheScope, Enforce, Outcome, Plan
 from proxy.errors import InvalidHeader, InvalidParameter, InvalidType
 
@@ -134,7 +135,7 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
         canonical.reject_ambiguous(raw)
     seeded = policy.enforce(body, route, settings.enforce, settings.default_seed)
     shared = settings.cache_scope is policy.CacheScope.SHARED
-    scope = policy.SHARED if shared else tenant
+    scope = policy.SHARED if shared and not _tenants_own(settings, raw, body) else tenant
     namespace = checked_namespace(asked.namespace)
     directives = policy.parse_cache_control(asked.cache_control)
     named = body.get("model")
@@ -171,6 +172,13 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
         chained=responses.chained_on(body) if kind == routes.RESPONSES else None,
         shape=shape_of(kind, body),
     )
+
+
+def _tenants_own(settings: Rules, raw: bytes, body: dict[str, object]) -> bool:
+    """Whether a request's answer is its tenant's alone even in `shared` scope: one made of
+    its account's own files or prompts (proxy.core.owned). Not in replay mode, which reads
+    only the cassette its operator loaded, keyed in the shared partition."""
+    return settings.cache_mode is not CacheMode.REPLAY and names_owned_objects(raw, body)
 
 
 def shape_of(kind: str, body: dict[str, object]) -> str | None:
