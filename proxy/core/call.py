@@ -20,10 +20,8 @@ from proxy.core.entry import (
     MESSAGES,
     TEXTS,
     Entry,
+    answer_of,
     fingerprint_of,
-    has_shape,
-    is_answer,
-    json_object,
     usage_of,
 )
 from proxy.core.fingerprints import tracked
@@ -338,10 +336,8 @@ def facts_of(body: bytes, is_response: bool, shape: str | None = None) -> Facts 
     gateways send with a 200), or one whose items lack what the route's client reads of them
     (`shape`, `Call.shape`). Plain data in and out, so that a large body can be read in a
     child process and only its facts come back (see `proxy.server.caching.read_facts`)."""
-    parsed = json_object(body)
-    if parsed is None or not is_answer(parsed, is_response):
-        return None
-    if shape is not None and not has_shape(parsed, shape):
+    parsed = answer_of(body, is_response, shape)
+    if parsed is None:
         return None
     prompt, completion = usage_of(parsed)
     found_by = responses.id_of(parsed) if is_response else None  # only responses are fetched

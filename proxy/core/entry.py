@@ -17,6 +17,11 @@ class CorruptEntry(ValueError):
     """A stored value that is not an entry; it is treated as absent."""
 
 
+class Misshapen(CorruptEntry):
+    """An entry that is not the answer the request reading it can use (`is_served_as`): written
+    before this proxy checked what it stores, or by another writer; treated as absent."""
+
+
 class Entry(NamedTuple):
     body: bytes
     content_type: str
@@ -132,6 +137,26 @@ MESSAGES = "message"
 TEXTS = "text"
 FLOATS = "float"
 BASE64 = "base64"
+
+
+def answer_of(body: bytes, is_response: bool, shape: str | None) -> dict[str, Any] | None:
+    """`body` parsed, if it is a whole answer as its route's clients read it: an answer
+    (`is_answer`) whose items hold what `shape` names (`has_shape`; None: nothing more)."""
+    parsed = json_object(body)
+    if parsed is None or not is_answer(parsed, is_response):
+        return None
+    return parsed if shape is None or has_shape(parsed, shape) else None
+
+
+def is_served_as(entry: Entry, is_response: bool, shape: str | None, stream: bool) -> bool:
+    """Whether a stored entry can answer the request reading it: of the kind it asked for (a
+    stream, or one whole answer), and a whole one as `answer_of` would store it now. An older
+    proxy stored what `answer_of` refuses today (a chat choice without its message), and a
+    store has other writers: served, such an entry fails every caller's client for as long as
+    it lives. A stream's clean end was checked as it was recorded (`proxy.core.sse`)."""
+    if entry.stream != stream:
+        return False
+    return stream or answer_of(entry.body, is_response, shape) is not None
 
 
 def has_shape(answer: dict[str, Any], shape: str) -> bool:

@@ -19,10 +19,7 @@ from multidict import CIMultiDict
 from proxy.core import policy, responses, routes
 from proxy.core.call import Answer, Asked, Call, Facts, facts_of, prepare_with, repro_headers
 from proxy.core.codec import Codec, UnknownDictionary
-from proxy.core.entry import (
-    CorruptEntry,
-    Entry,
-)
+from proxy.core.entry import CorruptEntry, Entry, Misshapen, is_served_as
 from proxy.core.fingerprints import ModelFingerprints, tracked
 from proxy.core.keyed import KEYED_OTHERWISE, REROUTING
 from proxy.core.policy import Outcome
@@ -120,11 +117,9 @@ def choose(services: Services, call: Call, accepted: Any, blobs: dict[str, bytes
     entries = []
     for fingerprint, blob in blobs.items():
         try:
-            entry = decoded(services.codec, services.entries, call.key, fingerprint, blob)
+            entry = decoded(services.codec, services.entries, call, fingerprint, blob)
         except CorruptEntry as exc:
-            if isinstance(exc, UnknownDictionary):
-                services.dictionaries.unknown()
-            unreadable(services)
+            unservable(services, call, exc)
             continue
         if policy.is_fresh(entry.stored_at, now, services.settings.ttl, call.max_age):
             entries.append(entry)
@@ -136,29 +131,72 @@ def choose(services: Services, call: Call, accepted: Any, blobs: dict[str, bytes
     return min(entries, key=lambda e: rank.get(e.fingerprint, len(rank)))
 
 
-def decoded(codec: Codec, memo: EntryMemo, key: str, fingerprint: str, blob: bytes) -> Entry:
+def decoded(codec: Codec, memo: EntryMemo, call: Call, fingerprint: str, blob: bytes) -> Entry:
     """`Codec.unpack`, remembered per stored slot while its blob stays the same: a HIT then
     decompresses once, and later ones skip parsing and copying. Keyed by the slot, not by the
     blob, so that an answer written again (evicted and filled, or refreshed) replaces its old
-    decoding instead of leaving it in memory beside the new one. A blob that is no entry is
-    remembered too (`memo.unreadable`, asked only when the memo has no entry, so a HIT pays
-    nothing for it): a value of a few KiB may claim tens of MiB, and decompressing it on each
-    request held the loop."""
-    slot = (key, fingerprint)
+    decoding instead of leaving it in memory beside the new one. A blob that is no entry, or
+    an entry `call` cannot be answered with (`Misshapen`, checked here once per decoding: the
+    key names the route and what its answer must hold), is remembered too (`memo.unreadable`,
+    asked only when the memo has no entry, so a HIT pays nothing for it): a value of a few KiB
+    may claim tens of MiB, and decompressing it on each request held the loop."""
+    slot = (call.key, fingerprint)
     held = memo.get(slot)
     if held is not None and held[0] == blob:  # bytes compare by identity first
         return held[1]
-    if memo.unreadable.get(slot) == blob:
+    found = memo.unreadable.get(slot)
+    if found is not None and found == _digest(blob):
         raise CorruptEntry("stored value found unreadable before")
     try:
         entry = codec.unpack(blob)
+        if not is_served_as(entry, call.kind == RESPONSES, call.shape, call.stream):
+            raise Misshapen("stored answer is not its route's shape")
     except UnknownDictionary:  # not remembered: the dictionary may come
         raise
     except CorruptEntry:
-        memo.unreadable.put(slot, blob, len(blob))
+        memo.unreadable.put(slot, _digest(blob), UNREADABLE_CHARGE + len(call.key))
         raise
     memo.put(slot, (blob, entry), len(blob) + len(entry.body) + len(entry.request))
     return entry
+
+
+def _digest(blob: bytes) -> tuple[int, int]:
+    """What an unreadable blob is remembered by: its size and hash, not its bytes, so that one
+    of many MiB (an older proxy's misshapen answer) is neither held nor decoded again. The hash
+    is salted per process (PYTHONHASHSEED) and kept by the bytes object, which the memory
+    store and the near-cache hand out again."""
+    return len(blob), hash(blob)
+
+
+UNREADABLE_CHARGE = 128
+"""Bytes charged per unreadable slot remembered, on top of its key."""
+
+
+def unservable(services: Services, call: Call, exc: CorruptEntry) -> None:
+    """A stored value `call` cannot be answered with reads as absent, counted as unreadable; a
+    misshapen answer is also logged, once per key, so that whoever wrote it can be found."""
+    if isinstance(exc, UnknownDictionary):
+        services.dictionaries.unknown()
+    elif isinstance(exc, Misshapen) and services.entries.first_drop(call.key):
+        dropped(services, call.key, call.route, call.model)
+    unreadable(services)
+
+
+def dropped(services: Services, key: str, route: str, model: str) -> None:
+    """Log a stored answer no client of its route can read, at warning: the store is shared
+    with an older proxy, or written to by others. Route, model and key only."""
+    mode = services.settings.cache_mode
+    then = (
+        "in replay mode a cache miss: record it again"
+        if mode is policy.CacheMode.REPLAY
+        else "read as a miss"
+    )
+    log.warning(
+        "stored answer dropped: not what clients of its route read (a choice without its "
+        "message or text, an item without its vector, no answer), as an older proxy or "
+        f"another writer stored it; {then}",
+        extra={"route": route, "model": model, "key": key, "cache_mode": mode.value},
+    )
 
 
 async def stale_entry(services: Services, call: Call) -> Entry | None:
@@ -173,12 +211,11 @@ async def stale_entry(services: Services, call: Call) -> Entry | None:
         return None
     now = services.clock()
     entries = []
-    for blob in blobs.values():
+    for fingerprint, blob in blobs.items():
         try:
-            entries.append(services.codec.unpack(blob))
-        except CorruptEntry:
-            unreadable(services)
-            continue
+            entries.append(decoded(services.codec, services.entries, call, fingerprint, blob))
+        except CorruptEntry as exc:
+            unservable(services, call, exc)
     ttl = services.settings.ttl
     usable = [
         e

@@ -44,7 +44,18 @@ class EntryMemo(LRU[tuple[str, str], tuple[bytes, Entry]]):
 
     def __init__(self, max_items: int, max_bytes: int) -> None:
         super().__init__(max_items, max_bytes)
-        self.unreadable: LRU[tuple[str, str], bytes] = LRU(max_items, UNREADABLE_BYTES)
+        self.unreadable: LRU[tuple[str, str], tuple[int, int]] = LRU(max_items, UNREADABLE_BYTES)
+        self._dropped: set[str] = set()
+        self._most_dropped = max_items
+
+    def first_drop(self, key: str) -> bool:
+        """Whether a misshapen answer under `key` is news, to be logged: once per key, for as
+        many keys as the memo holds entries, so that a store full of them grows neither the log
+        nor this set without bound (each drop is still counted as unreadable)."""
+        if key in self._dropped or len(self._dropped) >= self._most_dropped:
+            return False
+        self._dropped.add(key)
+        return True
 
 
 def entry_memo(local_bytes: int = 0) -> EntryMemo:

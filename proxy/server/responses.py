@@ -20,12 +20,12 @@ from proxy.core import policy, responses
 from proxy.core.call import NAMESPACE, checked_namespace, control, of_entry
 from proxy.core.codec import UnknownDictionary
 from proxy.core.credentials import Credentials, of_request, split_query
-from proxy.core.entry import CorruptEntry, Entry
+from proxy.core.entry import CorruptEntry, Entry, is_served_as
 from proxy.core.keyed import HeaderLines, vary_of
 from proxy.core.paths import raw_query
 from proxy.core.policy import CacheMode, Outcome
 from proxy.errors import CacheMissError
-from proxy.server.caching import scope_of, store_failed
+from proxy.server.caching import dropped, scope_of, store_failed, unreadable
 from proxy.server.chains import holds, mark_deleted, was_deleted
 from proxy.server.context import SERVICES, Services
 from proxy.server.handlers import key_accepted, known, only_if_cached, passthrough
@@ -171,6 +171,12 @@ async def _indexed(services: Services, index: str, response_id: str) -> tuple[st
         services.dictionaries.unknown()
         return None
     except CorruptEntry:
+        unreadable(services)
+        return None
+    if not is_served_as(entry, True, None, entry.stream):  # not a response: an older proxy's?
+        if services.entries.first_drop(target[0]):
+            dropped(services, target[0], entry.route, entry.model)
+        unreadable(services)
         return None
     # --ttl bounds every answer served, and a store may hold one past it.
     fresh = policy.is_fresh(entry.stored_at, services.clock(), services.settings.ttl, None)

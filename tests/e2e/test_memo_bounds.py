@@ -13,12 +13,15 @@ import struct
 import tracemalloc
 from collections.abc import AsyncIterator
 
+import orjson
 import pytest
 import zstandard
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.config import Settings
+from proxy.core.call import Asked, Call, prepare_with
 from proxy.core.codec import Codec
 from proxy.core.entry import CorruptEntry, Entry
 from proxy.core.policy import CacheScope
@@ -32,8 +35,21 @@ CODEC = Codec()
 UNUSED = "http://127.0.0.1:9"  # no request reaches the upstream here
 
 
+CHAT = prepare_with(
+    Settings(),
+    "t",
+    Asked.of("/v1/chat/completions", "", b'{"model": "m"}', CIMultiDictProxy(CIMultiDict())),
+)
+
+
+def call(key: str) -> Call:
+    """A chat request whose key is `key`: what `decoded` checks an entry against."""
+    return CHAT._replace(key=key)
+
+
 def answer(number: int, stored_at: float = 0.0) -> tuple[bytes, Entry]:
-    body = random.Random(number).randbytes(400)  # incompressible: the memo is bound by both sizes
+    text = random.Random(number).randbytes(400).hex()  # random: the memo is bound by both sizes
+    body = orjson.dumps({"choices": [{"index": 0, "message": {"content": text}}]})
     entry = Entry(body, "application/json", "fp_1", stored_at, "m", seed=number)
     return CODEC.pack(entry), entry
 
@@ -42,7 +58,7 @@ def test_the_memo_holds_at_most_twice_what_the_store_keeps() -> None:
     memo = entry_memo(local_bytes=10_000)
     blobs = [answer(number) for number in range(40)]
     for number, (blob, _) in enumerate(blobs):
-        decoded(CODEC, memo, f"key{number}", "fp_1", blob)
+        decoded(CODEC, memo, call(f"key{number}"), "fp_1", blob)
     assert memo.bytes <= 20_000
     assert 0 < len(memo) < 40
     assert memo.get(("key0", "fp_1")) is None  # the oldest answers went first
@@ -55,7 +71,7 @@ def test_an_answer_written_again_replaces_its_decoding() -> None:
     memo = entry_memo()
     for second in range(100):
         blob, entry = answer(7, stored_at=float(second))
-        assert decoded(CODEC, memo, "key", "fp_1", blob) == entry
+        assert decoded(CODEC, memo, call("key"), "fp_1", blob) == entry
     assert len(memo) == 1
     assert memo.bytes == len(blob) + len(entry.body) + len(entry.request)
 
@@ -63,14 +79,16 @@ def test_an_answer_written_again_replaces_its_decoding() -> None:
 def test_a_changed_blob_is_decoded_again_and_an_equal_one_is_not() -> None:
     memo = entry_memo()
     old, _ = answer(1, stored_at=1.0)
-    first = decoded(CODEC, memo, "key", "fp_1", old)
+    first = decoded(CODEC, memo, call("key"), "fp_1", old)
     assert (
-        decoded(CODEC, memo, "key", "fp_1", bytes(old)) is first
+        decoded(CODEC, memo, call("key"), "fp_1", bytes(old)) is first
     )  # equal bytes (Redis): remembered
     new, entry = answer(1, stored_at=2.0)
-    assert decoded(CODEC, memo, "key", "fp_1", new) == entry
-    assert decoded(CODEC, memo, "key", "fp_1", new).stored_at == 2.0
-    assert decoded(CODEC, memo, "key", "fp_2", old) is not first  # another slot, its own decoding
+    assert decoded(CODEC, memo, call("key"), "fp_1", new) == entry
+    assert decoded(CODEC, memo, call("key"), "fp_1", new).stored_at == 2.0
+    assert (
+        decoded(CODEC, memo, call("key"), "fp_2", old) is not first
+    )  # another slot, its own decoding
 
 
 def test_without_a_local_store_the_memo_keeps_its_own_bound() -> None:
@@ -244,10 +262,10 @@ def test_a_value_that_is_no_entry_is_decompressed_once_while_it_stays() -> None:
     assert len(bomb) < 4096
     for _ in range(3):
         with pytest.raises(CorruptEntry):
-            decoded(codec, memo, "key", "fp_1", bytes(bomb))
+            decoded(codec, memo, call("key"), "fp_1", bytes(bomb))
     assert codec.unpacked == 1
     fixed, entry = answer(7)
-    assert decoded(codec, memo, "key", "fp_1", fixed) == entry  # written over: read again
+    assert decoded(codec, memo, call("key"), "fp_1", fixed) == entry  # written over: read again
     with pytest.raises(CorruptEntry):
-        decoded(codec, memo, "key", "fp_2", bomb)  # another slot is its own
+        decoded(codec, memo, call("key"), "fp_2", bomb)  # another slot is its own
     assert codec.unpacked == 3
