@@ -24,6 +24,22 @@ AUTH = {"Authorization": "Bearer sk-a"}
 WAIT = 10.0
 
 
+NOT_FOUND = http_answer(
+    orjson.dumps(
+        {
+            "error": {
+                "message": "not found",
+                "type": "invalid_request_error",
+                "code": "previous_response_not_found",
+            }
+        }
+    ),
+    "Content-Type: application/json",
+    status="400 Bad Request",
+)
+"""The upstream's answer to a chain on a response the caller's account does not own."""
+
+
 def sse_answer(body: bytes) -> bytes:
     return http_answer(body, "Content-Type: text/event-stream")
 
@@ -131,11 +147,7 @@ class Gateway:
             named += [item.get("id") for item in asked["input"] if "role" not in item]
         named = [name for name in named if name is not None]
         if any(self.owners.get(name) != key for name in named):
-            error = {"error": {"message": "not found", "type": "invalid_request_error",
-                               "code": "previous_response_not_found"}}  # fmt: skip
-            answer = http_answer(orjson.dumps(error), "Content-Type: application/json",
-                                 status="400 Bad Request")  # fmt: skip
-            await _write(writer, answer)
+            await _write(writer, NOT_FOUND)
             return
         made, item = gateway_id(len(self.owners)), f"msg_{len(self.owners)}"
         self.owners[made] = self.owners[item] = key
@@ -223,11 +235,7 @@ class Routed:
         if "provider=own" in target:
             made = text.removeprefix("echo:")
         elif previous is not None and self.owners.get(previous) != key:
-            error = {"error": {"message": "not found", "type": "invalid_request_error",
-                               "code": "previous_response_not_found"}}  # fmt: skip
-            answer = http_answer(orjson.dumps(error), "Content-Type: application/json",
-                                 status="400 Bad Request")  # fmt: skip
-            await _write(writer, answer)
+            await _write(writer, NOT_FOUND)
             return
         else:
             made = f"resp_{len(self.owners):04d}"
