@@ -142,6 +142,8 @@ def from_record(record: dict[str, Any], scope: str) -> Loaded:
             raise CassetteError(f"{name!r} has the wrong type")
     request = record["request"]
     body = canonical.parse_body(_request_bytes(request))
+    if isinstance(request, str):
+        _unambiguous(request, "'request' ")
     if "body_base64" in record:
         answer = base64.b64decode(record["body_base64"])
     else:
@@ -211,6 +213,19 @@ def _index(entry: Entry, scope: str) -> str | None:
     return responses.index_key(scope, entry.namespace, found, entry.vary, version, entry.query)
 
 
+def _unambiguous(text: bytes | str, what: str) -> None:
+    """Refuse JSON naming a key twice at any depth: orjson (the key, the answer served) keeps the
+    last copy while a reviewer reading the line sees the first, so one line could pass review
+    with one request or answer and replay another. Call once the line's depth is bounded."""
+    try:
+        canonical.reject_duplicate_keys(text)
+    except canonical.DuplicateKey as exc:
+        raise CassetteError(
+            f"{what}names the key {_quoted(exc.name)} more than once: readers disagree on which "
+            "copy counts"
+        ) from None
+
+
 def _check_fields(record: dict[str, Any]) -> None:
     for name in record:
         if name in _FIELDS:
@@ -237,6 +252,7 @@ def parse(text_lines: Iterable[bytes], scope: str) -> list[Loaded]:
             continue
         try:
             loaded.append(from_record(orjson.loads(line), scope))
+            _unambiguous(line, "")
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, ProxyError) as exc:
             raise CassetteError(f"cassette line {number}: {exc}") from None
     return sorted(loaded, key=lambda item: item.entry.stored_at)
@@ -315,6 +331,7 @@ def records(path: str) -> list[dict[str, Any]]:
             try:
                 record = orjson.loads(line)
                 from_record(record, "")
+                _unambiguous(line, "")
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, ProxyError) as exc:
                 raise CassetteError(f"cassette line {number}: {exc}") from None
             found.append(record)
