@@ -30,7 +30,7 @@ from typing import IO, Any
 
 import orjson
 
-from proxy.core import canonical, responses, routes
+from proxy.core import canonical, responses, routes, sse
 from proxy.core.codec import Codec
 from proxy.core.credentials import split_query
 from proxy.core.entry import CorruptEntry, Entry, is_fingerprint
@@ -148,6 +148,7 @@ def from_record(record: dict[str, Any], scope: str) -> Loaded:
         answer = base64.b64decode(record["body_base64"])
     else:
         answer = str(record["body"]).encode()
+        _unambiguous_answer(answer, record["stream"] is True)
     raw_request = request.encode() if isinstance(request, str) else canonical.dumps(request)
     meta = {name: record[name] for name in _META}
     meta["query"] = split_query(meta["query"])[0]  # a credential is never keyed nor kept
@@ -224,6 +225,21 @@ def _unambiguous(text: bytes | str, what: str) -> None:
             f"{what}names the key {_quoted(exc.name)} more than once: readers disagree on which "
             "copy counts"
         ) from None
+
+
+def _unambiguous_answer(answer: bytes, stream: bool) -> None:
+    """Refuse an answer whose JSON (the whole body, or each event's data) names a key twice:
+    it is served as it stands, and the client's parser (as `cassette diff` and the id index)
+    keeps the last copy where a reviewer reads the first. An answer that is no JSON has no keys
+    to read twice. Nor is one nested deeper than Python's json reads (orjson reads 1024 levels,
+    it some 1000) checked: `cassette diff` compares such answers, so they load."""
+    for payload in sse.payloads(answer) if stream else (answer,):
+        try:
+            orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            continue
+        with contextlib.suppress(RecursionError):
+            _unambiguous(payload, "'body' ")
 
 
 def _check_fields(record: dict[str, Any]) -> None:

@@ -60,3 +60,51 @@ def test_the_same_line_without_the_twin_loads(tmp_path: Path) -> None:
     path = tmp_path / "llm.jsonl"
     path.write_bytes(line("first", "1") + orjson.dumps(record) + b"\n")
     assert len(cassette.read(str(path), "shared")) == 2
+
+
+def answer_line(body: bytes, stream: bool) -> bytes:
+    """A line whose answer is `body`, a stream's events when `stream`."""
+    record = orjson.loads(line(PROMPT, "1"))
+    record["body"] = body.decode()
+    if stream:
+        record["request"]["stream"] = True
+        record.update(stream=True, content_type="text/event-stream")
+    return orjson.dumps(record) + b"\n"
+
+
+CHUNK = b'{"choices":[{"index":0,"delta":{"content":"served"},"finish_reason":"stop"}]}'
+TWICE = CHUNK.replace(b'"content":', b'"content":"reviewed","content":')
+
+
+@pytest.mark.parametrize(
+    ("body", "stream"),
+    [
+        (TWICE, False),  # a reviewer reads "reviewed" (first), the client "served" (last)
+        (b"data: " + CHUNK + b"\n\ndata: " + TWICE + b"\n\ndata: [DONE]\n\n", True),
+        (b"data: " + TWICE + b"\r\rdata: [DONE]\r\r", True),
+    ],
+)
+def test_an_answer_naming_a_key_twice_is_refused(tmp_path: Path, body: bytes, stream: bool) -> None:
+    path = tmp_path / "llm.jsonl"
+    path.write_bytes(line("first", "1") + answer_line(body, stream))
+    said = "cassette line 2: 'body' names the key 'content' more than once"
+    with pytest.raises(cassette.CassetteError, match=said):
+        cassette.read(str(path), "shared")
+    with pytest.raises(cassette.CassetteError, match=said):
+        cassette.records(str(path))
+
+
+@pytest.mark.parametrize(
+    ("body", "stream"),
+    [
+        (CHUNK, False),
+        (b"Not JSON at all.", False),
+        (b"data: " + CHUNK + b"\n\ndata: {oops\n\ndata: [DONE]\n\n", True),
+    ],
+)
+def test_an_answer_naming_each_key_once_or_no_json_loads(
+    tmp_path: Path, body: bytes, stream: bool
+) -> None:
+    path = tmp_path / "llm.jsonl"
+    path.write_bytes(answer_line(body, stream))
+    assert len(cassette.read(str(path), "shared")) == 1
