@@ -137,11 +137,26 @@ def _int_within_range(digits: str) -> int:
     )
 
 
+class DuplicateKey(InvalidJSON):
+    """A JSON object naming a key twice; `name` is the key, for a caller to word its own error."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"The request body names the key {name!r} more than once.")
+        self.name = name
+
+
+def reject_duplicate_keys(raw: bytes | str) -> None:
+    """Raise DuplicateKey if any object in the JSON text, at any depth, names a key twice:
+    orjson keeps the last copy where a human reading the text sees the first. The text must be
+    JSON that orjson has read already (this parser accepts NaN and any depth otherwise)."""
+    json.loads(raw, object_pairs_hook=_unique_object)
+
+
 def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj: dict[str, Any] = {}
     for name, value in pairs:
         if name in obj:
-            raise InvalidJSON(f"The request body names the key {name!r} more than once.")
+            raise DuplicateKey(name)
         obj[name] = value
     return obj
 

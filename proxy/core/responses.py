@@ -72,10 +72,18 @@ def index_key(
     return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def deleted_key(response_id: str) -> str:
+def deleted_key(response_id: str, vary: str = "", query: str = "") -> str:
     """The key of the mark a deletion leaves for `response_id`: one for every scope and
-    namespace, since the upstream deleted the response for everyone it would have answered."""
-    material = {"id": response_id, "index": "deleted", "v": KEY_VERSION}
+    namespace, since the upstream deleted the response for everyone it would have answered;
+    but one per routing, as the id index (`index_key`): a `DELETE` that keyed headers (`vary`)
+    or a keyed `query` send to a tenant's own server, which may accept any id, deleted nothing
+    an unrouted request, or one routed elsewhere, would be answered with."""
+    material: dict[str, object] = {"id": response_id, "index": "deleted", "v": KEY_VERSION}
+    if vary:
+        material["vary"] = vary
+    routed = routes.routing(query)
+    if routed:
+        material["routing"] = [list(pair) for pair in routed]
     return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 

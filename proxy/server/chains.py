@@ -3,7 +3,8 @@
 
 The upstream answers a chain only while the response exists, and only for its owner: the answer
 reads the conversation stored under the id. So a chain is answered from the cache only
-- while no proxy on the store has seen the upstream delete that response (`mark_deleted`), and
+- while no proxy on the store has seen the upstream delete that response through the same
+  routing (`mark_deleted`), and
 - in `shared` scope, to a tenant that was answered with that response itself (`caching.hold`),
   so asked the request that made it and knows the conversation the chain continues. An id
   learnt any other way (a log, a guess, another tenant's screen) reads nothing: the request goes
@@ -24,11 +25,12 @@ from proxy.server.context import Services
 from proxy.store.base import StoreError, Write
 
 
-async def mark_deleted(services: Services, response_id: str) -> None:
-    """Remember that the upstream deleted `response_id`, in every scope and namespace: a
+async def mark_deleted(services: Services, response_id: str, vary: str, query: str) -> None:
+    """Remember that the upstream deleted `response_id`, in every scope and namespace, for
+    requests routed as the `DELETE` was (keyed headers' digest `vary`, keyed `query`): such a
     request continuing it, or fetching it, must reach the upstream again."""
     write = Write(
-        key=responses.deleted_key(response_id),
+        key=responses.deleted_key(response_id, vary, query),
         fingerprint=responses.DELETED_FINGERPRINT,
         value=responses.MARK,
         ttl=services.settings.ttl,
@@ -39,10 +41,12 @@ async def mark_deleted(services: Services, response_id: str) -> None:
         store_failed(services, "put", exc)
 
 
-async def was_deleted(services: Services, response_id: str) -> bool:
-    """Whether the upstream deleted `response_id`; a failing store says yes, so that the
-    upstream, which knows, answers."""
-    key, fingerprint = responses.deleted_key(response_id), responses.DELETED_FINGERPRINT
+async def was_deleted(services: Services, response_id: str, vary: str, query: str) -> bool:
+    """Whether the upstream deleted `response_id` for requests routed as one with keyed
+    headers' digest `vary` and keyed `query`; a failing store says yes, so that the upstream,
+    which knows, answers."""
+    key = responses.deleted_key(response_id, vary, query)
+    fingerprint = responses.DELETED_FINGERPRINT
     return await _marked(services, key, fingerprint) is not False
 
 
@@ -58,7 +62,7 @@ async def holds(services: Services, tenant: str, key: str) -> bool:
 async def continuable(services: Services, call: Call, chained: str) -> bool:
     """Whether the response `chained` that `call` continues may be continued from the cache for
     this caller."""
-    if await was_deleted(services, chained):
+    if await was_deleted(services, chained, call.vary, call.keyed_query):
         return False
     if services.settings.cache_scope is not policy.CacheScope.SHARED:
         return True

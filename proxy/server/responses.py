@@ -84,12 +84,12 @@ async def delete_by_id(request: web.Request) -> web.StreamResponse:
             return
         query, in_query = split_query(raw_query(request.raw_path))
         version = responses.api_version(query)
+        caller = await _caller(services, request)
         found = None
         if version is not None:
-            caller = await _caller(services, request)
             found = await _held(services, caller, response_id, version, in_query, query)
-        # Every scope and namespace: whoever sent a request continuing it.
-        await mark_deleted(services, response_id)
+        # Every scope and namespace: whoever sent a request continuing it, routed as this one.
+        await mark_deleted(services, response_id, _vary(services, caller, in_query), query)
         if found is None:
             return
         try:
@@ -129,16 +129,21 @@ async def _held(
     the keyed headers, the api-version and the routing `query` (without credentials) this
     request sends (a fetch sends none: `fetch_of`); in `shared` scope, only for a caller that
     was answered with it (see proxy/server/chains.py)."""
-    if not responses.valid_id(response_id) or await was_deleted(services, response_id):
+    vary = _vary(services, caller, in_query)
+    if not responses.valid_id(response_id) or await was_deleted(services, response_id, vary, query):
         return None
     scope = scope_of(services, caller.tenant)
-    shared = services.settings.cache_scope is policy.CacheScope.SHARED
-    vary = vary_of(caller.lines, in_query, shared)
     index = responses.index_key(scope, caller.namespace, response_id, vary, version, query)
     found = await _indexed(services, index, response_id)
     if found is None or not await holds(services, caller.tenant, found[0]):
         return None
     return found
+
+
+def _vary(services: Services, caller: _Caller, in_query: Credentials) -> str:
+    """The digest of the caller's keyed lines its key and id index name (`vary_of`)."""
+    shared = services.settings.cache_scope is policy.CacheScope.SHARED
+    return vary_of(caller.lines, in_query, shared)
 
 
 async def _trusted(

@@ -30,7 +30,7 @@ from typing import IO, Any
 
 import orjson
 
-from proxy.core import canonical, responses, routes
+from proxy.core import canonical, responses, routes, sse
 from proxy.core.codec import Codec
 from proxy.core.credentials import split_query
 from proxy.core.entry import CorruptEntry, Entry, is_fingerprint
@@ -142,10 +142,13 @@ def from_record(record: dict[str, Any], scope: str) -> Loaded:
             raise CassetteError(f"{name!r} has the wrong type")
     request = record["request"]
     body = canonical.parse_body(_request_bytes(request))
+    if isinstance(request, str):
+        _unambiguous(request, "'request' ")
     if "body_base64" in record:
         answer = base64.b64decode(record["body_base64"])
     else:
         answer = str(record["body"]).encode()
+        _unambiguous_answer(answer, record["stream"] is True)
     raw_request = request.encode() if isinstance(request, str) else canonical.dumps(request)
     meta = {name: record[name] for name in _META}
     meta["query"] = split_query(meta["query"])[0]  # a credential is never keyed nor kept
@@ -211,6 +214,34 @@ def _index(entry: Entry, scope: str) -> str | None:
     return responses.index_key(scope, entry.namespace, found, entry.vary, version, entry.query)
 
 
+def _unambiguous(text: bytes | str, what: str) -> None:
+    """Refuse JSON naming a key twice at any depth: orjson (the key, the answer served) keeps the
+    last copy while a reviewer reading the line sees the first, so one line could pass review
+    with one request or answer and replay another. Call once the line's depth is bounded."""
+    try:
+        canonical.reject_duplicate_keys(text)
+    except canonical.DuplicateKey as exc:
+        raise CassetteError(
+            f"{what}names the key {_quoted(exc.name)} more than once: readers disagree on which "
+            "copy counts"
+        ) from None
+
+
+def _unambiguous_answer(answer: bytes, stream: bool) -> None:
+    """Refuse an answer whose JSON (the whole body, or each event's data) names a key twice:
+    it is served as it stands, and the client's parser (as `cassette diff` and the id index)
+    keeps the last copy where a reviewer reads the first. An answer that is no JSON has no keys
+    to read twice. Nor is one nested deeper than Python's json reads (orjson reads 1024 levels,
+    it some 1000) checked: `cassette diff` compares such answers, so they load."""
+    for payload in sse.payloads(answer) if stream else (answer,):
+        try:
+            orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            continue
+        with contextlib.suppress(RecursionError):
+            _unambiguous(payload, "'body' ")
+
+
 def _check_fields(record: dict[str, Any]) -> None:
     for name in record:
         if name in _FIELDS:
@@ -237,6 +268,7 @@ def parse(text_lines: Iterable[bytes], scope: str) -> list[Loaded]:
             continue
         try:
             loaded.append(from_record(orjson.loads(line), scope))
+            _unambiguous(line, "")
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, ProxyError) as exc:
             raise CassetteError(f"cassette line {number}: {exc}") from None
     return sorted(loaded, key=lambda item: item.entry.stored_at)
@@ -315,6 +347,7 @@ def records(path: str) -> list[dict[str, Any]]:
             try:
                 record = orjson.loads(line)
                 from_record(record, "")
+                _unambiguous(line, "")
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, ProxyError) as exc:
                 raise CassetteError(f"cassette line {number}: {exc}") from None
             found.append(record)
