@@ -47,6 +47,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "parallel_tool_calls": True,
         "response_format": {"type": "text"},
         "store": False,
+        "metadata": {},
     },
     # Not `logprobs`: here an integer (0 returns the chosen token's) whose default is null, and
     # an upstream that reads `false` as 0 answers with log probabilities.
@@ -66,14 +67,27 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 
-# Fields that label a request for the provider's bookkeeping and cannot change the output.
-# `store` is not one: a stored answer's id is fetched (`GET /v1/responses/{id}`, stored chat
-# completions) or chained (`previous_response_id`) later, which only works when the upstream
-# kept it; an answer made with `store: false` must not answer a request that asked to keep it.
-# Nor are they on the Responses API, whose answer echoes `metadata`, `user`, `safety_identifier`
-# and `prompt_cache_key`: served to a request with other labels, one caller's answer would hand
-# another caller's labels (in `shared` scope, another tenant's) back as its own.
-NON_SEMANTIC = frozenset({"user", "metadata"})
+# Fields that label a request for the provider's bookkeeping and cannot change the output, nor
+# come back in the answer: `user`, and what replaces it (`safety_identifier`, an end user's id
+# for abuse detection; `prompt_cache_key`, `prompt_cache_retention` and `prompt_cache_options`,
+# hints to the provider's own prompt cache). Keyed, an app following the provider's advice to
+# send one per end user would cache per end user.
+# `metadata` is not one: a chat completion echoes it (as a response object does), so an answer
+# served to other metadata would hand over another caller's (in `shared` scope, another
+# tenant's). Nor is `store`: a stored answer's id is fetched (`GET /v1/responses/{id}`, stored
+# chat completions) or chained (`previous_response_id`) later, which only works when the
+# upstream kept it; an answer made with `store: false` must not answer a request that asked to
+# keep it. On the Responses API, whose answer echoes `user`, `safety_identifier` and
+# `prompt_cache_key` too, every field is keyed.
+NON_SEMANTIC = frozenset(
+    {
+        "user",
+        "safety_identifier",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "prompt_cache_options",
+    }
+)
 _LABELS: dict[str, frozenset[str]] = {RESPONSES: frozenset()}
 
 

@@ -16,6 +16,7 @@ from proxy.core.canonical import (
     COMPLETIONS,
     EMBEDDINGS,
     MAX_DEPTH,
+    RESPONSES,
     dumps,
     key_view,
     keyed,
@@ -393,7 +394,11 @@ class TestKeyViewDropsWhatCannotMatter:
             pytest.param({"tools": None, "tool_choice": None}, id="tools-null"),
             pytest.param({"temperature": None, "max_tokens": None}, id="sampling-null"),
             pytest.param({"user": "alice"}, id="user"),
-            pytest.param({"metadata": {"run": "42"}}, id="metadata"),
+            pytest.param({"metadata": {}}, id="metadata-empty"),
+            pytest.param({"prompt_cache_options": {"mode": "explicit"}}, id="prompt_cache_options"),
+            pytest.param({"safety_identifier": "user-7f3a"}, id="safety_identifier"),
+            pytest.param({"prompt_cache_key": "tenant-42"}, id="prompt_cache_key"),
+            pytest.param({"prompt_cache_retention": "24h"}, id="prompt_cache_retention"),
             pytest.param({"store": False}, id="store-false"),
             pytest.param(
                 {"stream_options": {"include_usage": True}}, id="stream_options-no-stream"
@@ -407,6 +412,14 @@ class TestKeyViewDropsWhatCannotMatter:
     def test_chat_defaults_and_labels(self, extra: dict[str, Any]) -> None:
         assert key_view(CHAT, {**BASE, **extra}) == BASE
         assert key({**BASE, **extra}) == key(BASE)
+
+    @pytest.mark.parametrize("route", [CHAT, RESPONSES])
+    def test_metadata_keys_where_the_answer_echoes_it(self, route: str) -> None:
+        """A chat completion (like a response object) carries the request's metadata: served
+        to other metadata, one caller's answer would show another caller's."""
+        body = {**BASE, "metadata": {"customer": "acme"}}
+        assert key(body, route) != key(BASE, route)
+        assert key(body, route) != key({**BASE, "metadata": {"customer": "other"}}, route)
 
     def test_all_defaults_at_once(self) -> None:
         body = {

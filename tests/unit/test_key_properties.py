@@ -62,6 +62,7 @@ DOCUMENTED: dict[str, dict[str, Any]] = {
         "parallel_tool_calls": True,
         "response_format": {"type": "text"},
         "store": False,
+        "metadata": {},
     },
     # `logprobs` is an integer here (0 to 5) whose default is null, not false.
     COMPLETIONS: {**_SAMPLING, "stream": False, "echo": False, "best_of": 1},
@@ -79,8 +80,10 @@ DOCUMENTED: dict[str, dict[str, Any]] = {
         "metadata": {},
     },
 }
-LABELS = {CHAT: {"user", "metadata"}, COMPLETIONS: {"user", "metadata"}}
-LABELS[EMBEDDINGS] = LABELS[CHAT]
+# Not `metadata`: a chat completion echoes it.
+_PROVIDERS_OWN = {"safety_identifier", "prompt_cache_key", "prompt_cache_retention"}
+LABELS = {CHAT: {"user", "prompt_cache_options", *_PROVIDERS_OWN}}
+LABELS[COMPLETIONS] = LABELS[EMBEDDINGS] = LABELS[CHAT]
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,7 @@ LOOKALIKES: list[Any] = [
 PARAMETERS = sorted(
     {name for table in DOCUMENTED.values() for name in table}
     | {"seed", "user", "metadata", "stream_options", "logprobs", "top_logprobs", "max_tokens"}
+    | {"safety_identifier", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options"}
     | {"tools", "tool_choice", "stop", "logit_bias", "dimensions", "previous_response_id"}
 )
 values = st.sampled_from(LOOKALIKES)

@@ -83,6 +83,7 @@ def test_responses_defaults_do_not_change_the_key() -> None:
         {"user": "u-1"},
         {"safety_identifier": "hash-1"},
         {"prompt_cache_key": "pck"},
+        {"prompt_cache_retention": "24h"},
         {"temperature": 0.2},
         {"top_p": 0.5},
         {"max_output_tokens": 50},

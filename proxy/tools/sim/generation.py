@@ -31,7 +31,16 @@ _VOCAB = (
     "falcon", "willow", "marble", "saffron", "cobalt", "maple", "tide", "dune", "summit",
     "is", "was", "will", "can", "under", "over", "through", "beside", "and", "but", "then",
 )  # fmt: skip
-_VOLATILE = frozenset({"stream", "stream_options", "user"})
+_VOLATILE = frozenset(
+    {
+        "stream",
+        "stream_options",
+        "user",
+        "safety_identifier",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +236,8 @@ def chat_reply(body: JSON, state: SimState) -> Reply:
         head["object"] = "chat.completion.chunk"
         return _chunks(head, _chat_choices(answers), usage, _include_usage(body))
     choices = [_chat_choice(i, a) for i, a in enumerate(answers)]
-    return {**head, "choices": choices, "usage": usage}
+    echoed = {"metadata": body["metadata"]} if body.get("metadata") else {}
+    return {**head, "choices": choices, "usage": usage, **echoed}
 
 
 def _prompts(body: JSON) -> list[Any]:
