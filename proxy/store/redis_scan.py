@@ -30,6 +30,9 @@ the next round."""
 _TRIM_BATCH = 1024
 """Names a keep round forgets per command batch."""
 
+_TRIM_ROUNDS = 1024
+"""Batches a keep round trims an index by: a million names; the rest waits for the next."""
+
 NAMES_REMEMBERED = 1 << 18
 """Entry names a walk remembers to skip SCAN's repeats: remembering each, a walk of a large
 Redis (stats, purge, export) held the names of every entry in the proxy's memory at once. Past
@@ -206,14 +209,15 @@ class Scans:
 
     async def _trim(self, index: str, bound: int) -> None:
         """Down to `bound`, however many came in since the last round (a client inventing a
-        routing per request adds far more than `bound` a round), `_TRIM_BATCH` at a time."""
-        over = await self._client.scard(index) - bound
-        while over > 0:
-            gone = await self._client.spop(index, min(over, _TRIM_BATCH))
+        routing per request adds far more than `bound` a round), `_TRIM_BATCH` at a time, at
+        most `_TRIM_ROUNDS` batches a round. Each batch is counted and drawn in one script:
+        counted first and drawn after, two replicas trimming at once each drew all that was
+        over, forgetting real models' records under the bound."""
+        for _ in range(_TRIM_ROUNDS):
+            gone = await self._batch.script(scripts.TRIM, [index], [bound, _TRIM_BATCH])
             if not gone:
                 return
             await self._forget_models(filter(None, map(layout.name, gone)))
-            over -= len(gone)
 
     async def _forget_models(self, models: Iterable[str]) -> None:
         async with self._client.pipeline(transaction=False) as pipe:
