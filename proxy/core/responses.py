@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 from typing import Any, NamedTuple
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
 
@@ -144,29 +144,45 @@ def api_version(query: str) -> str | None:
 
 
 class Fetch(NamedTuple):
-    """What a fetch by id asks for, of what a stored response can answer."""
+    """What a fetch by id asks for, of what a stored response can answer, and through which
+    routing: its keyed query's parameters but `stream` (`routes.routing` drops api-version)."""
 
     streamed: bool
     version: str
+    routing: str = ""
 
 
 _STREAM = {"true": True, "false": False}
+_MORE = frozenset({"include", "include[]", "starting_after", "include_obfuscation"})
+"""Parameters of a fetch that ask for what the stored object does not hold: `include` adds
+fields to it, `starting_after` skips events, `include_obfuscation` pads the events."""
 
 
 def fetch_of(query: str) -> Fetch | None:
     """The fetch a query (without its credential parameters) asks for, or None when it asks
-    for what the stored object does not hold: `include` adds fields to it, `starting_after`
-    skips events, and any other parameter may mean something the proxy does not know."""
+    for what the stored object does not hold (`_MORE`, a `stream` or api-version named twice
+    or a `stream` of no boolean, a `;`). Any other parameter routes it, as it routes a create (a
+    gateway's `?provider=`): it is found only in the id index and deletion marks of that
+    routing, so a parameter no create sent finds nothing."""
     streamed: bool | None = None
     version: str | None = None
+    routing: list[tuple[str, str]] = []
+    if ";" in query:  # servers read it two ways: as a separator, or within a name
+        return None
     for name, value in parse_qsl(query, keep_blank_values=True):
-        if name.lower() == "api-version" and version is None:
+        if name.lower() == "api-version":
+            if version is not None:
+                return None
             version = value
-        elif name == "stream" and streamed is None and value in _STREAM:
+        elif name == "stream":
+            if streamed is not None or value not in _STREAM:
+                return None
             streamed = _STREAM[value]
-        else:
+        elif name in _MORE:
             return None
-    return Fetch(streamed is True, version or "")
+        else:
+            routing.append((name, value))
+    return Fetch(streamed is True, version or "", urlencode(routing))
 
 
 def final_response(sse: bytes) -> bytes | None:

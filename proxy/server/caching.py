@@ -27,7 +27,7 @@ from proxy.core.routes import RESPONSES
 from proxy.errors import UpstreamError
 from proxy.server.coalesce import Lease
 from proxy.server.context import EntryMemo, Services
-from proxy.store.base import Labels, StoreError, Write
+from proxy.store.base import StoreError, Write, labelled
 from proxy.store.guard import CircuitOpen
 from proxy.upstream.client import ANSWER_CODINGS, UpstreamResponse
 from proxy.upstream.headers import (
@@ -396,7 +396,7 @@ async def index_response(
         fingerprint=responses.INDEX_FINGERPRINT,
         value=responses.index_value(call.key, fingerprint),
         ttl=services.settings.ttl,
-        labels=Labels(namespace=call.namespace, model=call.model),
+        labels=labelled(call.namespace, call.model, call.lineage),
     )
     try:
         await services.store.put(write)
@@ -431,7 +431,7 @@ async def hold(services: Services, call: Call, fresh: bool = False) -> None:
         fingerprint=responses.HOLDER_FINGERPRINT,
         value=responses.MARK,
         ttl=ttl,
-        labels=Labels(namespace=call.namespace, model=call.model),
+        labels=labelled(call.namespace, call.model, call.lineage),
     )
     try:
         await services.store.put(write)
@@ -450,7 +450,7 @@ def _write(
         fingerprint=entry.fingerprint,
         value=services.codec.pack(entry),
         ttl=services.settings.ttl,
-        labels=Labels(namespace=call.namespace, model=call.model),
+        labels=labelled(call.namespace, call.model, call.lineage),
         unlock=lease.token if lease is not None and lease.held else None,
         model=call.lineage,
         now=now,

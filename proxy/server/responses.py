@@ -43,7 +43,7 @@ async def by_id(request: web.Request) -> web.StreamResponse:
     found = None
     if fetch is not None:
         caller = await _caller(services, request)
-        found = await _held(services, caller, response_id, fetch.version, in_query)
+        found = await _held(services, caller, response_id, fetch.version, in_query, fetch.routing)
         if found is not None and not await _trusted(services, request, caller, *found):
             found = None
     body = None if found is None or fetch is None else _body(found[1], fetch.streamed)
@@ -127,8 +127,8 @@ async def _held(
 ) -> tuple[str, Entry] | None:
     """The key and entry of the response `response_id` in the caller's partition, created with
     the keyed headers, the api-version and the routing `query` (without credentials) this
-    request sends (a fetch sends none: `fetch_of`); in `shared` scope, only for a caller that
-    was answered with it (see proxy/server/chains.py)."""
+    request sends (a fetch's, without its own parameters: `fetch_of`); in `shared` scope,
+    only for a caller that was answered with it (see proxy/server/chains.py)."""
     vary = _vary(services, caller, in_query)
     if not responses.valid_id(response_id) or await was_deleted(services, response_id, vary, query):
         return None

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from proxy.core.fingerprints import ModelFingerprints, Observation, Rotation
+from proxy.core.routes import model_of
 
 
 class StoreError(Exception):
@@ -35,10 +36,20 @@ class StoreUnusable(Exception):
 
 
 class Labels(NamedTuple):
-    """What an operator selects entries by, kept beside the (possibly encrypted) value."""
+    """What an operator selects entries by, kept beside the (possibly encrypted) value.
+
+    `lineage`: the name the answer's fingerprints are tracked under (`routes.lineage_of`: a
+    routed request's `MODEL@fleet-…`, a deployment's name), "" where it is `model` itself, as
+    for nearly every answer, or unknown (an entry of an older version)."""
 
     namespace: str = ""
     model: str = ""
+    lineage: str = ""
+
+
+def labelled(namespace: str, model: str, lineage: str) -> Labels:
+    """An answer's labels, its lineage left out where it is the model's own name."""
+    return Labels(namespace, model, "" if lineage == model else lineage)
 
 
 NO_LABELS = Labels()
@@ -46,7 +57,9 @@ NO_LABELS = Labels()
 
 @dataclass(frozen=True, slots=True)
 class Selector:
-    """Entries to purge: every given field must match; None matches anything."""
+    """Entries to purge: every given field must match; None matches anything. `model` matches
+    a model's answers whatever their lineage, or the lineage named alone, as
+    `/admin/rotations` reads it: `M` selects `M@fleet-…`'s answers too, `M@fleet-…` its own."""
 
     namespace: str | None = None
     model: str | None = None
@@ -55,7 +68,7 @@ class Selector:
     def matches(self, labels: Labels, fingerprint: str) -> bool:
         return (
             (self.namespace is None or labels.namespace == self.namespace)
-            and (self.model is None or labels.model == self.model)
+            and (self.model is None or self.model in _named(labels))
             and (self.fingerprint is None or fingerprint == self.fingerprint)
         )
 
@@ -187,3 +200,11 @@ class Store(Protocol):
 
     async def close(self) -> None:
         """Release connections."""
+
+
+def _named(labels: Labels) -> tuple[str, ...]:
+    """The names a `model` selector finds an entry by: its model, its lineage and the model
+    that lineage tracks (a deployment's name, for an Azure per-deployment route)."""
+    if not labels.lineage:
+        return (labels.model,)
+    return labels.model, labels.lineage, model_of(labels.lineage)

@@ -35,7 +35,7 @@ from proxy.core.codec import Codec
 from proxy.core.credentials import split_query
 from proxy.core.entry import CorruptEntry, Entry, is_fingerprint
 from proxy.errors import ProxyError
-from proxy.store.base import Labels, Selector, Store, Write
+from proxy.store.base import Selector, Store, Write, labelled
 
 FORMAT = 1
 _META = (
@@ -283,12 +283,12 @@ async def load(store: Store, entries: list[Loaded], codec: Codec) -> int:
     since: dict[str, float] = {}
     for item in entries:
         entry = item.entry
-        labels = Labels(namespace=entry.namespace, model=entry.model)
+        lineage = routes.lineage_of(entry.model, entry.route, entry.vary, entry.query)
+        labels = labelled(entry.namespace, entry.model, lineage)
         await store.put(Write(item.key, entry.fingerprint, codec.pack(entry), 0, labels))
         if item.index is not None:
             pointer = responses.index_value(item.key, entry.fingerprint)
             await store.put(Write(item.index, responses.INDEX_FINGERPRINT, pointer, 0, labels))
-        lineage = routes.lineage_of(entry.model, entry.route, entry.vary, entry.query)
         if lineage not in since:
             known = await store.fingerprints(lineage)
             since[lineage] = (known and known.last_seen(known.current)) or float("-inf")

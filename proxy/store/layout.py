@@ -57,7 +57,11 @@ def parse_rotation(raw: bytes | str) -> Rotation | None:
 
 
 def tags(labels: Labels) -> bytes:
-    return orjson.dumps({"namespace": labels.namespace, "model": labels.model})
+    """The labels field; `lineage` only where there is one, which older versions ignore."""
+    fields = {"namespace": labels.namespace, "model": labels.model}
+    if labels.lineage:
+        fields["lineage"] = labels.lineage
+    return orjson.dumps(fields)
 
 
 def values(fields: Iterable[tuple[bytes | str, bytes | str]]) -> dict[str, bytes]:
@@ -83,7 +87,7 @@ def parse_labels(raw: bytes | str | None) -> Labels:
         data = {}
     if not isinstance(data, dict):
         data = {}
-    return Labels(namespace=str(data.get("namespace", "")), model=str(data.get("model", "")))
+    return Labels(*(str(data.get(name, "")) for name in Labels._fields))
 
 
 def name(raw: bytes | str) -> str | None:

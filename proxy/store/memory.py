@@ -327,7 +327,7 @@ class MemoryStore:
         they are: a namespace and a model name are the client's, new with each write if it
         likes, and may be longer than a small answer."""
         labels = held[0]
-        self._size += sign * (len(labels.namespace) + len(labels.model))
+        self._size += sign * sum(map(len, labels))
         for fingerprint, value in _answers(held):
             self._answers += sign
             self._size += sign * charged(key, fingerprint, value)

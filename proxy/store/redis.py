@@ -4,7 +4,8 @@ Key layout (hash-tagged: on a cluster every command stays within one slot, an en
 sharing a tag; only on a standalone server does `record` write across keys in one script):
 
     {prefix}e:{<key>}          hash  <fingerprint> -> value            one cache key's answers,
-                                     NUL"labels" -> {"namespace", "model"} (what purges select)
+                                     NUL"labels" -> {"namespace", "model"[, "lineage"]}
+                                     (what purges and exports select by)
     {prefix}fp:{<sha1(model)>} hash  model, current, seen (a counter),
                                      backs (times of the latest moves back),
                                      fp:<fingerprint> -> JSON record   one model's fingerprints

@@ -23,8 +23,15 @@ EVERYTHING_CHANGED = "*"
 
 _SCAN_BATCH = 500
 
+_SORT_ROUNDS = 256
+"""SSCAN batches a keep round reads of the models index for routed names; the rest waits for
+the next round."""
+
 _TRIM_BATCH = 1024
 """Names a keep round forgets per command batch."""
+
+_TRIM_ROUNDS = 1024
+"""Batches a keep round trims an index by: a million names; the rest waits for the next."""
 
 NAMES_REMEMBERED = 1 << 18
 """Entry names a walk remembers to skip SCAN's repeats: remembering each, a walk of a large
@@ -156,6 +163,8 @@ class Scans:
     def _measure(self, name: bytes) -> Any:
         return self._batch.script(scripts.USAGE, [layout.text(name)], [layout.LABELS])
 
+    _routed_sorted = False  # whether this process has moved the older versions' routed names
+
     async def keep(self) -> None:
         """One round of the proxy's keep (server/keep.py): the models past MODELS_KEPT leave
         the index with their records, drawn at random as Redis's `allkeys-random` draws (knowing
@@ -163,25 +172,52 @@ class Scans:
         for is not the proxy's to choose, and each was a record kept for good; one forgotten
         is learned again from its next answer. Routed lineages, past ROUTED_KEPT, leave their
         own index alike, so no number of them draws a model's record. Near-caches hear of each.
-        A failing store is left for the next round."""
+        Routed lineages an older version named in the models index move to theirs first
+        (`_sort_routed`). A failing store is left for the next round."""
         try:
             with mapped("keep"):
                 async with asyncio.timeout(self.deadline):
+                    over = await self._client.scard(self._models()) > MODELS_KEPT
+                    if over or not self._routed_sorted:
+                        await self._sort_routed()
                     await self._trim(self._models(), MODELS_KEPT)
                     await self._trim(self._routed(), ROUTED_KEPT)
         except StoreError:
             return
 
+    async def _sort_routed(self) -> None:
+        """Move the routed lineages (`routes.routed`) the models index holds to the routed one.
+        Versions before the routed bound named them with the models: there they count against
+        MODELS_KEPT, drawing models' records out, and no routed bound trims them. Done on a
+        process's first round, and again on any round that finds the models index over its
+        bound (an older replica still running, in a rolling upgrade, names them there still).
+        Added to the routed index before they leave the models one, so a name is never in
+        neither; each step is idempotent, so replicas doing it at once end alike, and the two
+        indexes may sit on two nodes of a cluster. `_SORT_ROUNDS` batches a round at most."""
+        models, cursor = self._models(), 0
+        for _ in range(_SORT_ROUNDS):
+            cursor, names = await self._client.sscan(models, cursor, count=_SCAN_BATCH)
+            moved = [raw for raw in names if routed(layout.name(raw) or "")]
+            if moved:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    pipe.sadd(self._routed(), *moved)
+                    pipe.srem(models, *moved)
+                    await pipe.execute()
+            if int(cursor) == 0:
+                self._routed_sorted = True
+                return
+
     async def _trim(self, index: str, bound: int) -> None:
         """Down to `bound`, however many came in since the last round (a client inventing a
-        routing per request adds far more than `bound` a round), `_TRIM_BATCH` at a time."""
-        over = await self._client.scard(index) - bound
-        while over > 0:
-            gone = await self._client.spop(index, min(over, _TRIM_BATCH))
+        routing per request adds far more than `bound` a round), `_TRIM_BATCH` at a time, at
+        most `_TRIM_ROUNDS` batches a round. Each batch is counted and drawn in one script:
+        counted first and drawn after, two replicas trimming at once each drew all that was
+        over, forgetting real models' records under the bound."""
+        for _ in range(_TRIM_ROUNDS):
+            gone = await self._batch.script(scripts.TRIM, [index], [bound, _TRIM_BATCH])
             if not gone:
                 return
             await self._forget_models(filter(None, map(layout.name, gone)))
-            over -= len(gone)
 
     async def _forget_models(self, models: Iterable[str]) -> None:
         async with self._client.pipeline(transaction=False) as pipe:

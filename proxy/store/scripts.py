@@ -187,3 +187,12 @@ for i = 1, #all, 2 do
 end
 return {answers, redis.call('MEMORY', 'USAGE', KEYS[1]) or 0, expansion}
 """
+
+# KEYS[1] = a model index (a set); ARGV = its bound, most names to draw. Draws at random what
+# is over the bound, at most that many, and returns them: counted and drawn in one step, so
+# replicas trimming at once never draw more than is over it between them.
+TRIM = """
+local over = redis.call('SCARD', KEYS[1]) - tonumber(ARGV[1])
+if over <= 0 then return {} end
+return redis.call('SPOP', KEYS[1], math.min(over, tonumber(ARGV[2])))
+"""

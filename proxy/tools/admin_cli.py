@@ -39,6 +39,9 @@ class Once(argparse.Action):
         setattr(namespace, self.dest, value)
 
 
+MODEL_HELP = "only answers of this model, whatever their lineage, or of the lineage named"
+
+
 def add_filter(parser: argparse.ArgumentParser, flag: str, help_text: str) -> None:
     parser.add_argument(flag, action=Once, help=f"{help_text} (once)")
 
@@ -85,7 +88,7 @@ def add_commands(commands: Any) -> None:
         )
         if name == "purge":
             add_filter(parser, "--namespace", "only answers of this X-Repro-Namespace")
-            add_filter(parser, "--model", "only answers of this model")
+            add_filter(parser, "--model", MODEL_HELP)
             add_filter(parser, "--fingerprint", "only answers with this system_fingerprint")
             parser.add_argument("--all", action="store_true", help="purge every stored answer")
             parser.add_argument(

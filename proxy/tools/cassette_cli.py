@@ -28,7 +28,13 @@ from proxy.store.base import Selector, Store, StoreError
 from proxy.store.encrypted import EncryptedStore, key_id, parse_keys, sealed_dictionary
 from proxy.store.redis import RedisStore
 from proxy.tools import remote
-from proxy.tools.admin_cli import Refused, add_connection_arguments, add_filter, connect
+from proxy.tools.admin_cli import (
+    MODEL_HELP,
+    Refused,
+    add_connection_arguments,
+    add_filter,
+    connect,
+)
 from proxy.tools.output import fail, plural
 
 if TYPE_CHECKING:
@@ -42,7 +48,7 @@ def add_commands(commands: Any) -> None:
     export = commands.add_parser("export", help="write stored answers to a JSONL cassette")
     _source_arguments(export, "seconds the export may go silent between two reads")
     add_filter(export, "--namespace", "only answers of this X-Repro-Namespace")
-    add_filter(export, "--model", "only answers of this model")
+    add_filter(export, "--model", MODEL_HELP)
     export.add_argument("--output", "-o", default="-", help="file to write (default stdout)")
     load = commands.add_parser("import", help="load a JSONL cassette into a store or a proxy")
     _source_arguments(load, "seconds to wait for the answer to each batch of the cassette")

@@ -443,6 +443,11 @@ def test_a_call_names_the_response_it_continues_only_when_it_is_a_plain_id(
         ("stream=true&stream=false", None),
         ("api-version=a&API-VERSION=b", None),
         ("a;stream=true", None),
+        ("provider=x", responses.Fetch(False, "", "provider=x")),
+        (
+            "provider=x&stream=true&api-version=v1&b=%26",
+            responses.Fetch(True, "v1", "provider=x&b=%26"),
+        ),
     ],
 )
 def test_a_fetch_is_answered_only_for_what_a_stored_response_holds(
