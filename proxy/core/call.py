@@ -26,7 +26,7 @@ from proxy.core.entry import (
 )
 from proxy.core.fingerprints import tracked
 from proxy.core.keyed import HeaderLines, Keying, vary_of
-from proxy.core.owned import names_owned_objects
+from proxy.core.owned import tenants_own
 from proxy.core.policy import CacheMode, CacheScope, Enforce, Outcome, Plan
 from proxy.errors import InvalidHeader, InvalidParameter, InvalidType
 
@@ -174,9 +174,10 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
 
 def _tenants_own(settings: Rules, raw: bytes, body: dict[str, object]) -> bool:
     """Whether a request's answer is its tenant's alone even in `shared` scope: one made of
-    its account's own files or prompts (proxy.core.owned). Not in replay mode, which reads
-    only the cassette its operator loaded, keyed in the shared partition."""
-    return settings.cache_mode is not CacheMode.REPLAY and names_owned_objects(raw, body)
+    its account's own files, prompts or reasoning, or of what credentials in its body fetched
+    (proxy.core.owned). Not in replay mode, which reads only the cassette its operator loaded,
+    keyed in the shared partition."""
+    return settings.cache_mode is not CacheMode.REPLAY and tenants_own(raw, body)
 
 
 def shape_of(kind: str, body: dict[str, object]) -> str | None:
