@@ -13,12 +13,19 @@ caches its own, and another tenant sending the same body asks the upstream, whic
   OAuth token, a connector's. Its answer is what they fetched (a mailbox, a private server),
   and the proxy cannot tell whether they are still good: a token that leaked and was revoked
   would go on reading its owner's mail from a shared partition. Asked upstream, the third
-  party checks it again.
+  party checks it again. Nor are those credentials kept, nor a server URL's path (where some
+  servers take a key): the key and the stored request name each by its SHA-256 (`sealed`),
+  so no store, export or cassette holds them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Any
+from urllib.parse import urlsplit
+
+from proxy.core import canonical
 
 OWNED_IDS = frozenset({"file_id", "file_ids", "vector_store_ids"})
 """Fields holding ids of an account's uploaded files or vector stores, wherever they appear:
@@ -102,3 +109,59 @@ def carries_credentials(body: dict[str, Any]) -> bool:
         )
         for tool in tools
     )
+
+
+SEAL = "sha256:"
+_SEALED = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def sealed(body: dict[str, Any], loaded: bool = False) -> dict[str, Any] | None:
+    """The body with each credential its tools carry replaced by `sha256:` and its hex SHA-256
+    (every value of their `headers`, their `authorization`; of a `server_url`, what follows its
+    host: some servers put a key in the path, which OpenAI cuts from the response object for
+    that reason); None when it carries none. What the key names and a store keeps, so that an
+    export or a committed cassette holds no token, as it holds no credential header: the
+    upstream still receives the body as sent. A digest tells tokens apart (two end users'
+    mailboxes stay two answers) and is the same for every process, so a recorded cassette
+    replays. A cassette's line is `loaded`: a value it holds sealed stays as it is. A
+    request's is sealed whatever it looks like, so that no one sending a token's digest reads
+    what the token fetched. Not keyed by `--secret`, which would bind a cassette to one proxy:
+    a guessable password gains nothing from this."""
+    tools = body.get("tools")
+    if not isinstance(tools, list):
+        return None
+    hidden = [_sealed_tool(tool, loaded) for tool in tools]
+    return None if hidden == tools else body | {"tools": hidden}
+
+
+def _sealed_tool(tool: Any, loaded: bool) -> Any:
+    if not isinstance(tool, dict) or not tool.keys() & {"headers", "authorization", "server_url"}:
+        return tool
+    hidden = dict(tool)
+    headers = tool.get("headers")
+    if isinstance(headers, dict):
+        hidden["headers"] = {name: _seal(value, loaded) for name, value in headers.items()}
+    if tool.get("authorization") is not None:
+        hidden["authorization"] = _seal(tool["authorization"], loaded)
+    url = tool.get("server_url")
+    if isinstance(url, str):
+        hidden["server_url"] = _sealed_url(url, loaded)
+    return hidden
+
+
+def _sealed_url(url: str, loaded: bool) -> str:
+    """The URL's scheme and host (without a user's password), then the digest of the whole
+    URL as its path; one naming nothing past its host stays as it is."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    bare = parts.netloc == host and not parts.query and not parts.fragment
+    if bare and (parts.path in ("", "/") or (loaded and _SEALED.fullmatch(parts.path[1:]))):
+        return url
+    return f"{parts.scheme}://{host}/{_seal(url, False)}"
+
+
+def _seal(value: Any, loaded: bool) -> str:
+    if loaded and isinstance(value, str) and _SEALED.fullmatch(value):
+        return value
+    data = value.encode() if isinstance(value, str) else canonical.dumps(value)
+    return SEAL + hashlib.sha256(data).hexdigest()

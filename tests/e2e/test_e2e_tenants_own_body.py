@@ -2,21 +2,33 @@
 tool's headers or OAuth token, a connector's), or resting on a reasoning item its owner passed
 back by id, is never served to another tenant sending the same body: that tenant's request goes
 upstream, where the third party checks the credentials and the upstream the id. The owner keeps
-its own HITs; a tool carrying no credential stays shared. Real proxy and sim processes, the
-official openai SDK."""
+its own HITs; a tool carrying no credential stays shared. Nor does a store, an export or a
+cassette keep those credentials: the upstream receives them, the key and the stored request
+name their SHA-256, and a replayed cassette still answers the request that carries them. Real
+proxy and sim processes, the official openai SDK."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
+import httpx
+import orjson
 import pytest
 from openai import OpenAI
 
-from tests.fixtures_procs import Proxy, Sim
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim
 
-CONFIGS = {"shared": ["--cache-scope", "shared"]}
+TOKEN = "admin-secret"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+CONFIGS = {"shared": ["--cache-scope", "shared", "--admin-token", TOKEN]}
 
-MCP = {"type": "mcp", "server_label": "mail", "server_url": "https://mcp.example.com/sse"}
+URL_SECRET = "owner-url-key"  # some servers take a key in the URL's path
+MCP = {
+    "type": "mcp",
+    "server_label": "mail",
+    "server_url": f"https://mcp.example.com/s/{URL_SECRET}/sse",
+}
 TOOLS: dict[str, list[dict[str, Any]]] = {
     "headers": [MCP | {"headers": {"Authorization": "Bearer owner-mcp-token"}}],
     "authorization": [MCP | {"authorization": "owner-oauth-token"}],
@@ -83,3 +95,47 @@ def test_a_tool_carrying_no_credential_stays_shared(
 ) -> None:
     body = {"input": "What can this server do?", "tools": [MCP | {"headers": {}}]}
     assert owners_then_others(proxies["shared"], sim_process, ns, **body) == ("HIT", "same key", 0)
+
+
+@pytest.mark.parametrize("shape", TOOLS)
+def test_no_export_holds_the_token_and_a_replayed_cassette_still_answers(
+    proxies: dict[str, Proxy], sim_process: Sim, start_proxy: ProxyFactory, ns: str, shape: str
+) -> None:
+    body = {"input": f"Summarise my unread mail ({shape}).", "tools": TOOLS[shape]}
+    secrets = [
+        value
+        for tool in TOOLS[shape]
+        for value in [tool.get("authorization"), *tool.get("headers", {}).values()]
+        if value
+    ]
+    state, _, text = ask(proxies["shared"], "sk-owner", ns, **body)
+    assert state == "MISS"
+    sent = str(sim_process.llm_requests()[-1]["body"])
+    assert all(secret in sent for secret in secrets)  # the upstream got them as sent
+    assert ("server_url" not in TOOLS[shape][0]) or URL_SECRET in sent
+    exported = httpx.get(
+        proxies["shared"].url + "/admin/export", params={"namespace": ns}, headers=ADMIN, timeout=10
+    ).content
+    assert exported.count(b"\n") == 1
+    assert b"mail (" + shape.encode() in exported
+    # Neither the request as kept nor the answer (the sim echoes the tools as OpenAI does,
+    # without credentials and with the URL cut to its host) holds one.
+    assert not any(secret.encode() in exported for secret in [*secrets, URL_SECRET]), exported
+    request = orjson.dumps(orjson.loads(exported)["request"])
+    digests = [hashlib.sha256(secret.encode()).hexdigest().encode() for secret in secrets]
+    assert all(digest in request for digest in digests)  # what tells tokens apart
+
+    replay = start_proxy(
+        "--cache-scope", "shared", "--cache-mode", "replay", "--admin-token", TOKEN
+    )
+    imported = httpx.post(replay.url + "/admin/import", content=exported, headers=ADMIN, timeout=10)
+    assert imported.json() == {"imported": 1}
+    assert ask(replay, "sk-ci", ns, **body)[::2] == ("HIT", text)
+    others = {"headers": {"Authorization": "Bearer x"}, "authorization": "x"}
+    missed = httpx.post(
+        replay.v1 + "/responses",
+        json={"model": "o4-mini", **body, "tools": [tool | others for tool in TOOLS[shape]]},
+        headers={"Authorization": "Bearer sk-ci", "X-Repro-Namespace": ns},
+        timeout=10,
+    )
+    assert missed.status_code == 504  # another token is another request

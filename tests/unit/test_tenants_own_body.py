@@ -6,6 +6,7 @@ the same body. A tool naming no credential, and a request without reasoning item
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import orjson
@@ -14,9 +15,11 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.config import Settings
 from proxy.core import canonical
-from proxy.core.call import Asked, prepare_with
-from proxy.core.owned import carries_credentials, passes_reasoning
-from proxy.core.policy import CacheMode, CacheScope
+from proxy.core.call import Asked, Call, prepare_with
+from proxy.core.entry import Entry
+from proxy.core.owned import carries_credentials, passes_reasoning, sealed
+from proxy.core.policy import CacheMode, CacheScope, Enforce
+from proxy.store.cassette import from_record, to_record
 
 RESPONSES = "/v1/responses"
 MCP = {"type": "mcp", "server_label": "crm", "server_url": "https://mcp.example.com/sse"}
@@ -160,4 +163,110 @@ def test_replay_keeps_them_in_the_shared_partition_its_cassette_was_loaded_in() 
     for body in (CREDENTIALED["headers object"], REASONING["by id"]):
         raw = orjson.dumps(body)
         replayed = {key_for(raw, key, CacheMode.REPLAY) for key in ("sk-a", "sk-b")}
-        assert replayed == {canonical.request_key(RESPONSES, "shared", "", body)}
+        keyed = sealed(body) or body
+        assert replayed == {canonical.request_key(RESPONSES, "shared", "", keyed)}
+
+
+def prepared(body: dict[str, Any], enforce: Enforce = Enforce.SEED) -> Call:
+    headers = CIMultiDictProxy(CIMultiDict({"Authorization": "Bearer sk-app"}))
+    settings = Settings(cache_scope=CacheScope.KEY, enforce=enforce)
+    return prepare_with(settings, "t", Asked.of(RESPONSES, "", orjson.dumps(body), headers))
+
+
+@pytest.mark.parametrize("enforce", [Enforce.SEED, Enforce.OFF])
+@pytest.mark.parametrize("name", ["headers object", "a custom header", "authorization string"])
+def test_the_upstream_gets_the_credentials_and_no_store_keeps_them(
+    name: str, enforce: Enforce
+) -> None:
+    body = CREDENTIALED[name]
+    secrets = [
+        value
+        for tool in body["tools"]
+        for value in [tool.get("authorization"), *(tool.get("headers") or {}).values()]
+        if value
+    ]
+    call = prepared(body, enforce)
+    assert all(secret.encode() in call.body for secret in secrets)
+    assert not any(secret.encode() in call.request for secret in secrets)
+    for secret in secrets:
+        assert hashlib.sha256(secret.encode()).hexdigest().encode() in call.request
+
+
+def test_the_key_tells_tokens_apart_but_not_their_digests() -> None:
+    """Two end users of one API key (one tenant) with their own OAuth tokens ask for two
+    mailboxes; a client sending a token's digest is not taken for its holder."""
+    tool = CREDENTIALED["authorization string"]["tools"][0]
+    body = CREDENTIALED["authorization string"]
+    other = body | {"tools": [tool | {"authorization": "another-users-token"}]}
+    digest = "sha256:" + hashlib.sha256(b"oauth-token").hexdigest()
+    posing = body | {"tools": [tool | {"authorization": digest}]}
+    keys = {prepared(b).key for b in (body, other, posing)}
+    assert len(keys) == 3
+    assert prepared(body).key == prepared(body).key
+
+
+def test_a_cassette_line_keeps_no_token_and_keys_as_the_live_request_does() -> None:
+    """A recorded line (sealed) and a hand-written or older one (the token as sent) load
+    alike: keyed as the live request carrying the token is, holding its digest alone."""
+    body = CREDENTIALED["headers object"]
+    live = prepare_with(
+        Settings(cache_scope=CacheScope.SHARED, cache_mode=CacheMode.REPLAY),
+        "t",
+        Asked.of(
+            RESPONSES,
+            "",
+            orjson.dumps(body),
+            CIMultiDictProxy(CIMultiDict({"Authorization": "Bearer sk-ci"})),
+        ),
+    )
+    entry = Entry(
+        body=b"{}",
+        content_type="application/json",
+        fingerprint="fp_1",
+        stored_at=1.0,
+        model="o4-mini",
+        seed=None,
+        seed_source=None,
+        prompt_tokens=0,
+        completion_tokens=0,
+        stream=False,
+        route=RESPONSES,
+        query="",
+        namespace="",
+        request=live.request,
+    )
+    recorded = to_record(live.key, entry)
+    written = recorded | {"request": body}
+    for line in (recorded, written):
+        loaded = from_record(line, "shared")
+        assert loaded.key == live.key
+        assert b"mcp-secret" not in loaded.entry.request
+        assert loaded.entry.request == live.request
+
+
+@pytest.mark.parametrize(
+    ("url", "kept"),
+    [
+        ("https://mcp.zapier.com/api/mcp/s/KEY-IN-PATH/mcp", "https://mcp.zapier.com/sha256:"),
+        ("https://mcp.example.com/sse?token=KEY-IN-QUERY", "https://mcp.example.com/sha256:"),
+        ("https://user:KEY-AS-PASSWORD@mcp.example.com", "https://mcp.example.com/sha256:"),
+        ("https://mcp.example.com", "https://mcp.example.com"),
+        ("https://mcp.example.com/", "https://mcp.example.com/"),
+    ],
+)
+def test_a_server_urls_path_is_sent_and_never_kept(url: str, kept: str) -> None:
+    """Some servers take a key in the URL (OpenAI cuts the path from the response object for
+    that reason): the upstream gets the URL, the key and the store its host and digest. A
+    URL alone names no credential of an account: the request stays shared."""
+    body = asking(tools=[MCP | {"server_url": url}])
+    call = prepared(body)
+    assert url.encode() in call.body
+    stored = orjson.loads(call.request)["tools"][0]["server_url"]
+    assert stored.startswith(kept) and "KEY" not in stored
+    raw = orjson.dumps(body)
+    assert key_for(raw, "sk-owner") == key_for(raw, "sk-other")
+    if stored != url:
+        assert stored == kept + hashlib.sha256(url.encode()).hexdigest()
+        other = asking(tools=[MCP | {"server_url": url.replace("KEY", "OTHER")}])
+        assert prepared(other).key != call.key
+        assert sealed(orjson.loads(call.request), loaded=True) is None  # a cassette's, as it is
