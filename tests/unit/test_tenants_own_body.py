@@ -17,9 +17,11 @@ from proxy.config import Settings
 from proxy.core import canonical
 from proxy.core.call import Asked, Call, prepare_with
 from proxy.core.entry import Entry
+from proxy.core.nearest import Request, readable
 from proxy.core.owned import carries_credentials, passes_reasoning, sealed
 from proxy.core.policy import CacheMode, CacheScope, Enforce
 from proxy.store.cassette import from_record, to_record
+from proxy.testing.session import LLMSession, RecordMode
 
 RESPONSES = "/v1/responses"
 MCP = {"type": "mcp", "server_label": "crm", "server_url": "https://mcp.example.com/sse"}
@@ -270,3 +272,16 @@ def test_a_server_urls_path_is_sent_and_never_kept(url: str, kept: str) -> None:
         other = asking(tools=[MCP | {"server_url": url.replace("KEY", "OTHER")}])
         assert prepared(other).key != call.key
         assert sealed(orjson.loads(call.request), loaded=True) is None  # a cassette's, as it is
+
+
+def test_the_plugins_miss_report_shows_no_token() -> None:
+    """A test run's failure (printed in CI logs) shows the request the cassette lacks as a
+    store keeps it: the token's digest, never the token."""
+    body = CREDENTIALED["headers object"]
+    tool = body["tools"][0]
+    recorded = prepared(body | {"tools": [tool | {"headers": {"Authorization": "Bearer old"}}]})
+    session = LLMSession(RecordMode.NONE, "tests/cassettes/llm.jsonl", "http://127.0.0.1:9/v1")
+    session.recorded = [Request(recorded.route, recorded.model, "", "", readable(recorded.request))]
+    report = session.explain([prepared(body)])
+    assert "not in the cassette" in report and "sha256:" in report, report
+    assert "mcp-secret" not in report
