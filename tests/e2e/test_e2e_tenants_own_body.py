@@ -9,6 +9,7 @@ proxy and sim processes, the official openai SDK."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 from openai import OpenAI
 
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim
+from tests.hostile import Received, Scripted, completion, http_answer
 
 TOKEN = "admin-secret"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -139,3 +141,37 @@ def test_no_export_holds_the_token_and_a_replayed_cassette_still_answers(
         timeout=10,
     )
     assert missed.status_code == 504  # another token is another request
+
+
+def test_a_key_check_never_sends_a_tools_token_with_made_up_credentials(
+    start_proxy: ProxyFactory,
+) -> None:
+    """Where a model list answers anyone, the key check asks whether the upstream serves the
+    very request to made-up credentials. It asks with the request as a store keeps it: an open
+    gateway would otherwise run the owner's MCP tools with the owner's token for a stranger."""
+
+    async def write(writer: asyncio.StreamWriter, received: Received) -> None:
+        models = {"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]}
+        listing = received.request_line.startswith("GET ")
+        body = orjson.dumps(models) if listing else completion("Three unread.")
+        writer.write(http_answer(body, "Content-Type: application/json"))
+        await writer.drain()
+
+    tool = MCP | {"headers": {"Authorization": "Bearer owner-mcp-token"}}
+    asked = {"model": "gpt-4o-mini", "messages": [TURN], "tools": [tool]}
+    with Scripted(write) as upstream:
+        proxy = start_proxy("--cache-scope", "shared", upstream=upstream.v1)
+        for _ in range(2):
+            answer = httpx.post(
+                proxy.v1 + "/chat/completions",
+                json=asked,
+                headers={"Authorization": "Bearer sk-owner"},
+                timeout=10,
+            )
+            assert answer.status_code == 200
+        posted = [r for r in upstream.received if r.request_line.startswith("POST ")]
+    assert answer.headers["X-Repro-Cache"] == "HIT"
+    strangers = [r for r in posted if r.headers.get("authorization") != "Bearer sk-owner"]
+    assert strangers  # the check was made
+    assert not any(b"owner-mcp-token" in r.body or URL_SECRET.encode() in r.body for r in strangers)
+    assert all(b"owner-mcp-token" in r.body for r in posted if r not in strangers)
