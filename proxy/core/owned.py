@@ -151,9 +151,15 @@ def _sealed_tool(tool: Any, loaded: bool) -> Any:
 
 def _sealed_url(url: str, loaded: bool) -> str:
     """The URL's scheme and host (without a user's password), then the digest of the whole
-    URL as its path; one naming nothing past its host stays as it is."""
-    parts = urlsplit(url)
+    URL as its path; one naming nothing past its host stays as it is, one naming no host (or
+    that no parser reads, `http://[::1`) is its digest alone."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return _seal(url, loaded)
     host = parts.netloc.rpartition("@")[2]
+    if not host:
+        return _seal(url, loaded) if url else url
     bare = parts.netloc == host and not parts.query and not parts.fragment
     if bare and (parts.path in ("", "/") or (loaded and _SEALED.fullmatch(parts.path[1:]))):
         return url

@@ -254,6 +254,8 @@ def test_a_cassette_line_keeps_no_token_and_keys_as_the_live_request_does() -> N
         ("https://user:KEY-AS-PASSWORD@mcp.example.com", "https://mcp.example.com/sha256:"),
         ("https://mcp.example.com", "https://mcp.example.com"),
         ("https://mcp.example.com/", "https://mcp.example.com/"),
+        ("http://[KEY-no-parser-reads", "sha256:"),  # urlsplit raises: sealed whole
+        ("KEY-and-no-host", "sha256:"),
     ],
 )
 def test_a_server_urls_path_is_sent_and_never_kept(url: str, kept: str) -> None:
