@@ -26,7 +26,7 @@ from proxy.core.entry import (
 )
 from proxy.core.fingerprints import tracked
 from proxy.core.keyed import HeaderLines, Keying, vary_of
-from proxy.core.owned import names_owned_objects
+from proxy.core.owned import sealed, tenants_own
 from proxy.core.policy import CacheMode, CacheScope, Enforce, Outcome, Plan
 from proxy.errors import InvalidHeader, InvalidParameter, InvalidType
 
@@ -70,6 +70,12 @@ class Call(NamedTuple):
     headers: HeaderLines = ()  # the keyed request headers, sent upstream as the client sent them
     chained: str | None = None  # the response a Responses request continues (`chained_on`)
     shape: str | None = None  # what a whole answer's items must hold to be stored (`shape_of`)
+    kept: bytes | None = None  # what a store keeps of `body` when not it: credentials `sealed`
+
+    @property
+    def request(self) -> bytes:
+        """The body as a store, an export or a report holds it: what the key names."""
+        return self.body if self.kept is None else self.kept
 
     @property
     def target(self) -> str:
@@ -147,7 +153,12 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
         )
     vary = vary_of(asked.headers, in_query, shared)
     lineage = routes.lineage_of(model, route, vary, keyed_query)
-    key, respelled = canonical.keyed(route, scope, namespace, seeded.body, keyed_query, vary)
+    hidden = sealed(seeded.body)
+    keyed = seeded.body if hidden is None else hidden
+    key, respelled = canonical.keyed(route, scope, namespace, keyed, keyed_query, vary)
+    sent = raw if settings.enforce is policy.Enforce.OFF else respelled
+    if hidden is not None and settings.enforce is not policy.Enforce.OFF:
+        sent = canonical.dumps(seeded.body)
     return Call(
         route=route,
         kind=kind,
@@ -158,7 +169,7 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
         model=model,
         lineage=lineage,
         key=key,
-        body=raw if settings.enforce is policy.Enforce.OFF else respelled,
+        body=sent,
         seed=seeded.seed,
         seed_source=seeded.source,
         plan=_plan(settings.cache_mode, directives, kind, body, lineage),
@@ -169,14 +180,16 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
         headers=asked.headers,
         chained=responses.chained_on(body) if kind == routes.RESPONSES else None,
         shape=shape_of(kind, body),
+        kept=None if hidden is None else respelled,
     )
 
 
 def _tenants_own(settings: Rules, raw: bytes, body: dict[str, object]) -> bool:
     """Whether a request's answer is its tenant's alone even in `shared` scope: one made of
-    its account's own files or prompts (proxy.core.owned). Not in replay mode, which reads
-    only the cassette its operator loaded, keyed in the shared partition."""
-    return settings.cache_mode is not CacheMode.REPLAY and names_owned_objects(raw, body)
+    its account's own files, prompts or reasoning, or of what credentials in its body fetched
+    (proxy.core.owned). Not in replay mode, which reads only the cassette its operator loaded,
+    keyed in the shared partition."""
+    return settings.cache_mode is not CacheMode.REPLAY and tenants_own(raw, body)
 
 
 def shape_of(kind: str, body: dict[str, object]) -> str | None:

@@ -1,17 +1,31 @@
-"""Requests that name objects an upstream account owns (pure).
+"""Requests whose answer is their tenant's own (pure).
 
 `shared` scope serves one tenant's stored answer to every key the upstream accepts, on the
-premise that the answer follows from the request alone. A request naming an uploaded file, a
-vector store, a code-interpreter container or a stored prompt by its id breaks that premise:
-its answer is made of the owner's data, which the body only points to, and the upstream would
-refuse the id to any other account. Served from a shared partition, that answer would go to
-anyone who learnt the id and sent the same body. Such requests are keyed in their tenant's own
-partition instead (`call.prepare_with`): each account still caches its own.
+premise that the answer follows from the request alone. Three kinds of request break it, and
+are keyed in their tenant's own partition instead (`call.prepare_with`): each account still
+caches its own, and another tenant sending the same body asks the upstream, which decides.
+- One naming an uploaded file, a vector store, a code-interpreter container or a stored prompt
+  by its id (`names_owned_objects`): its answer is made of the owner's data, which the body only
+  points to, and the upstream would refuse the id to any other account.
+- One passing back a reasoning item (`passes_reasoning`): its content is the owner's stored
+  state read by id, or sealed for the owner's account (`encrypted_content`), as a file is.
+- One carrying credentials for a third party (`carries_credentials`): an MCP tool's headers or
+  OAuth token, a connector's. Its answer is what they fetched (a mailbox, a private server),
+  and the proxy cannot tell whether they are still good: a token that leaked and was revoked
+  would go on reading its owner's mail from a shared partition. Asked upstream, the third
+  party checks it again. Nor are those credentials kept, nor a server URL's path (where some
+  servers take a key): the key and the stored request name each by its SHA-256 (`sealed`),
+  so no store, export or cassette holds them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Any
+from urllib.parse import urlsplit
+
+from proxy.core import canonical
 
 OWNED_IDS = frozenset({"file_id", "file_ids", "vector_store_ids"})
 """Fields holding ids of an account's uploaded files or vector stores, wherever they appear:
@@ -55,3 +69,105 @@ def _names_ids(value: Any) -> bool:
     if isinstance(value, str):
         return True
     return isinstance(value, list) and any(isinstance(item, str) for item in value)
+
+
+def tenants_own(raw: bytes, body: dict[str, Any]) -> bool:
+    """Whether the request's answer is its tenant's alone, even in `shared` scope."""
+    return names_owned_objects(raw, body) or passes_reasoning(body) or carries_credentials(body)
+
+
+def passes_reasoning(body: dict[str, Any]) -> bool:
+    """Whether a Responses `input` holds a reasoning item by its `id` or `encrypted_content`.
+    The upstream reads its reasoning from the response that made it (a summary is no copy of
+    it), or decrypts it for the owner's account: like an `item_reference`, the answer rests on
+    state the body only points to. Unlike one, it is not left uncached (`call._references`):
+    every turn of an agent on a reasoning model passes its reasoning back, and the rest of the
+    conversation is in the body, so the owner keeps caching its own turns; only sharing them
+    is wrong, as the upstream refuses another account the id."""
+    items = body.get("input")
+    return isinstance(items, list) and any(
+        isinstance(item, dict)
+        and item.get("type") == "reasoning"
+        and (item.get("id") is not None or item.get("encrypted_content") is not None)
+        for item in items
+    )
+
+
+def carries_credentials(body: dict[str, Any]) -> bool:
+    """Whether a tool carries credentials for the server it calls: `headers` holding any (the
+    proxy cannot tell which header a third party reads a key in), an `authorization` (an OAuth
+    token), or a `connector_id`, which always reads its user's account (Gmail, Dropbox) with
+    one. A tool with empty or no headers reaches a server that answers anyone sending the same
+    body, so names nothing."""
+    tools = body.get("tools")
+    return isinstance(tools, list) and any(
+        isinstance(tool, dict)
+        and (
+            (isinstance(tool.get("headers"), dict) and bool(tool["headers"]))
+            or bool(tool.get("authorization"))
+            or tool.get("connector_id") is not None
+        )
+        for tool in tools
+    )
+
+
+SEAL = "sha256:"
+_SEALED = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def sealed(body: dict[str, Any], loaded: bool = False) -> dict[str, Any] | None:
+    """The body with each credential its tools carry replaced by `sha256:` and its hex SHA-256
+    (every value of their `headers`, their `authorization`; of a `server_url`, what follows its
+    host: some servers put a key in the path, which OpenAI cuts from the response object for
+    that reason); None when it carries none. What the key names and a store keeps, so that an
+    export or a committed cassette holds no token, as it holds no credential header: the
+    upstream still receives the body as sent. A digest tells tokens apart (two end users'
+    mailboxes stay two answers) and is the same for every process, so a recorded cassette
+    replays. A cassette's line is `loaded`: a value it holds sealed stays as it is. A
+    request's is sealed whatever it looks like, so that no one sending a token's digest reads
+    what the token fetched. Not keyed by `--secret`, which would bind a cassette to one proxy:
+    a guessable password gains nothing from this."""
+    tools = body.get("tools")
+    if not isinstance(tools, list):
+        return None
+    hidden = [_sealed_tool(tool, loaded) for tool in tools]
+    return None if hidden == tools else body | {"tools": hidden}
+
+
+def _sealed_tool(tool: Any, loaded: bool) -> Any:
+    if not isinstance(tool, dict) or not tool.keys() & {"headers", "authorization", "server_url"}:
+        return tool
+    hidden = dict(tool)
+    headers = tool.get("headers")
+    if isinstance(headers, dict):
+        hidden["headers"] = {name: _seal(value, loaded) for name, value in headers.items()}
+    if tool.get("authorization") is not None:
+        hidden["authorization"] = _seal(tool["authorization"], loaded)
+    url = tool.get("server_url")
+    if isinstance(url, str):
+        hidden["server_url"] = _sealed_url(url, loaded)
+    return hidden
+
+
+def _sealed_url(url: str, loaded: bool) -> str:
+    """The URL's scheme and host (without a user's password), then the digest of the whole
+    URL as its path; one naming nothing past its host stays as it is, one naming no host (or
+    that no parser reads, `http://[::1`) is its digest alone."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return _seal(url, loaded)
+    host = parts.netloc.rpartition("@")[2]
+    if not host:
+        return _seal(url, loaded) if url else url
+    bare = parts.netloc == host and not parts.query and not parts.fragment
+    if bare and (parts.path in ("", "/") or (loaded and _SEALED.fullmatch(parts.path[1:]))):
+        return url
+    return f"{parts.scheme}://{host}/{_seal(url, False)}"
+
+
+def _seal(value: Any, loaded: bool) -> str:
+    if loaded and isinstance(value, str) and _SEALED.fullmatch(value):
+        return value
+    data = value.encode() if isinstance(value, str) else canonical.dumps(value)
+    return SEAL + hashlib.sha256(data).hexdigest()

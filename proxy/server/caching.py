@@ -54,12 +54,13 @@ def remember(services: Services, asked: Asked, call: Call) -> None:
     byte, and preparing (parse, canonical form, SHA-256) is the largest cost of a HIT. Misses
     are not kept: most are one-offs (unique prompts), and keeping every one costs a miss
     measurable CPU (bench/bench.py shows it) for calls nobody asks for again."""
-    size = CALL_OVERHEAD + asked.size + len(call.body)
+    size = CALL_OVERHEAD + asked.size + len(call.body) + len(call.kept or b"")
     services.calls.put((asked, services.secret.value), call, size)
 
 
 CALL_OVERHEAD = 512
-"""Bytes charged per remembered call on top of what its request holds and the body sent."""
+"""Bytes charged per remembered call on top of what its request holds and the bodies sent and
+kept."""
 
 
 async def prepare_aside(services: Services, asked: Asked) -> Call:
@@ -473,7 +474,7 @@ def _storable(services: Services, call: Call, answer: Answer) -> Entry | None:
         route=call.route,
         query=call.keyed_query,
         namespace=call.namespace,
-        request=call.body,
+        request=call.request,
         vary=call.vary,
     )
     if len(entry.body) > services.settings.max_entry:

@@ -213,7 +213,9 @@ class KeyChecker:
         """Whether the upstream answers this request, sent with made-up credentials, with an
         answer (learned per shape and what it asks, once per interval). It goes with the
         request's keyed headers (a gateway's routing ones), as the caller's does: without, a
-        gateway open for its default provider would vouch for a paid one a header names."""
+        gateway open for its default provider would vouch for a paid one a header names. It
+        goes as a store keeps it, a tool's credentials sealed (`owned.sealed`): an open
+        gateway would otherwise run the caller's tools with the caller's token for a stranger."""
         key = ("route", shape(credentials), _asked(call))
         made_up = stranger(credentials)
         replaced = {name for name, _ in credentials}
@@ -222,7 +224,7 @@ class KeyChecker:
         headers["Content-Type"] = "application/json"
         path = with_query(call.route, call.keyed_query, made_up)
         judge = partial(answers, stream=call.stream, responses=call.kind == RESPONSES)
-        return await self._learn(key, "POST", path, headers, call.body, judge, None)
+        return await self._learn(key, "POST", path, headers, call.request, judge, None)
 
     async def _learn(
         self,

@@ -1,11 +1,12 @@
 """Cassettes: stored answers as a JSONL file a repository can commit, loadable into any store.
 
 A line holds one answer with what was asked (route, query, namespace, the request body the
-upstream received, and the digest its key names of the request's keyed headers, `vary`) and
-never an API key or a header's value. Cache keys are not portable, since they hash the tenant
-scope, so loading recomputes each key for the target's scope: with `shared` every caller can
-replay the cassette (the usual choice in CI); with `key`, it is bound to one API key. Loading also
-replays the fingerprint history, so `follow` serves the newest fingerprint of each model.
+upstream received with a tool's credentials sealed (`owned.sealed`), and the digest its key
+names of the request's keyed headers, `vary`) and never an API key or a header's value. Cache
+keys are not portable, since they hash the tenant scope, so loading recomputes each key for the
+target's scope: with `shared` every caller can replay the cassette (the usual choice in CI); with
+`key`, it is bound to one API key. Loading also replays the fingerprint history, so `follow`
+serves the newest fingerprint of each model.
 
 A file is written whole and then moved into place, its lines sorted by what was asked, so that
 recording the same requests again changes only the lines whose answers changed. Reading refuses
@@ -34,6 +35,7 @@ from proxy.core import canonical, responses, routes, sse
 from proxy.core.codec import Codec
 from proxy.core.credentials import split_query
 from proxy.core.entry import CorruptEntry, Entry, is_fingerprint
+from proxy.core.owned import sealed
 from proxy.errors import ProxyError
 from proxy.store.base import Selector, Store, Write, labelled
 
@@ -150,6 +152,9 @@ def from_record(record: dict[str, Any], scope: str) -> Loaded:
         answer = str(record["body"]).encode()
         _unambiguous_answer(answer, record["stream"] is True)
     raw_request = request.encode() if isinstance(request, str) else canonical.dumps(request)
+    hidden = sealed(body, loaded=True)  # a token a line holds is never keyed nor kept
+    if hidden is not None:
+        body, raw_request = hidden, canonical.dumps(hidden)
     meta = {name: record[name] for name in _META}
     meta["query"] = split_query(meta["query"])[0]  # a credential is never keyed nor kept
     meta["stored_at"] = min(_checked(meta, body), time.time())

@@ -170,7 +170,7 @@ def _without_proxy(listed: str | None) -> str:
 def _request(asked: Call | Entry) -> Request:
     """What a failure shows of a request: its query as keyed, without a key sent in the URL."""
     if isinstance(asked, Call):
-        body, query = asked.body, asked.keyed_query
+        body, query = asked.request, asked.keyed_query
     else:
         body, query = asked.request, asked.query
     return Request(asked.route, asked.model, asked.namespace, query, readable(body))

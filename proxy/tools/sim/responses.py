@@ -16,6 +16,7 @@ import secrets
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -80,6 +81,21 @@ def _item(answer: Answer) -> JSON:
     }
 
 
+def _echoed(tool: Any) -> Any:
+    """A tool as the response object repeats it: an MCP tool's credentials (`headers`,
+    `authorization`) left out and its `server_url` cut to the host, as OpenAI does, since some
+    servers put a key in the URL's path."""
+    if not isinstance(tool, dict) or tool.get("type") != "mcp":
+        return tool
+    echoed = {name: value for name, value in tool.items() if name != "authorization"}
+    echoed["headers"] = None
+    url = tool.get("server_url")
+    if isinstance(url, str):
+        parts = urlsplit(url)
+        echoed["server_url"] = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+    return echoed
+
+
 def _response(body: JSON, state: SimState, output: list[JSON], usage: JSON | None) -> JSON:
     return {
         "id": "resp_" + secrets.token_hex(24),
@@ -100,7 +116,7 @@ def _response(body: JSON, state: SimState, output: list[JSON], usage: JSON | Non
         "temperature": body.get("temperature", 1.0),
         "text": body.get("text") or {"format": {"type": "text"}},
         "tool_choice": body.get("tool_choice", "auto"),
-        "tools": body.get("tools") or [],
+        "tools": [_echoed(tool) for tool in body.get("tools") or []],
         "top_p": body.get("top_p", 1.0),
         "truncation": body.get("truncation", "disabled"),
         "usage": usage,
