@@ -27,13 +27,19 @@ HOSTILE = "Answered twice."
 TWICE = completion("served").replace(b'"content":', b'"content":"reviewed","content":')
 
 
-def answer_by_prompt() -> Scripted:
-    """An upstream answering a prompt saying HOSTILE with a key named twice, any other with a
-    plain completion."""
+TWICE_ANSWER = http_answer(TWICE, "Content-Type: application/json")
+LONG_TYPE = http_answer(  # served on a HIT (up to 8 KiB), a cassette line holds 255 characters
+    completion("served"), "Content-Type: application/json; profile=" + "x" * 300
+)
+
+
+def answer_by_prompt(hostile: bytes = TWICE_ANSWER) -> Scripted:
+    """An upstream answering a prompt saying HOSTILE with `hostile`, any other with a plain
+    completion."""
 
     async def write(writer: asyncio.StreamWriter, request: Received) -> None:
-        body = TWICE if HOSTILE.encode() in request.body else completion("A colour: red.")
-        writer.write(http_answer(body, "Content-Type: application/json"))
+        plain = http_answer(completion("A colour: red."), "Content-Type: application/json")
+        writer.write(hostile if HOSTILE.encode() in request.body else plain)
         await writer.drain()
 
     return Scripted(write)
@@ -45,13 +51,15 @@ def ask(url: str, prompt: str) -> httpx.Response:
     return httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=30)
 
 
-def test_serve_writes_a_cassette_it_can_start_with_again(tmp_path: Path) -> None:
+@pytest.mark.parametrize("hostile", [TWICE_ANSWER, LONG_TYPE], ids=["key-twice", "long-type"])
+def test_serve_writes_a_cassette_it_can_start_with_again(tmp_path: Path, hostile: bytes) -> None:
     path = tmp_path / "llm.jsonl"
     flags = ("--cassette", str(path), "--cache-scope", "shared")
-    with answer_by_prompt() as upstream:
+    with answer_by_prompt(hostile) as upstream:
         proxy = wait_up(launch_proxy(upstream.v1, *flags, stderr=subprocess.PIPE))
         try:
             assert ask(proxy.url, HOSTILE).status_code == 200  # served live, as sent
+            assert ask(proxy.url, HOSTILE).headers["X-Repro-Cache"] == "HIT"
             assert ask(proxy.url, "Name a colour.").status_code == 200
         finally:
             proxy.proc.send_signal(signal.SIGTERM)
