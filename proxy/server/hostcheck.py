@@ -1,12 +1,21 @@
-"""The Host check as the server applies it to each request (the names: `proxy.core.hosts`)."""
+"""The Host check as the server applies it to each request (the names: `proxy.core.hosts`), and
+the refusal of a page of another site spending the proxy's own identity upstream."""
 
 from __future__ import annotations
 
 from aiohttp import hdrs, web
 from yarl import URL
 
+from proxy.core.credentials import of_request
 from proxy.core.hosts import HostCheck, Verdict, read_host
-from proxy.errors import HostNotAllowed, InvalidHost
+from proxy.core.paths import raw_query
+from proxy.errors import CrossSite, HostNotAllowed, InvalidHost
+
+FOREIGN_SITES = frozenset({"cross-site", "same-site"})
+"""`Sec-Fetch-Site` of a request a page of another origin made: another port of the same host is
+the same site, and another origin all the same."""
+AMBIENT = frozenset({"cookie"})
+"""Credentials a browser adds by itself, whichever page asks: no sign of the page's own key."""
 
 
 def check_host(request: web.Request, hosts: HostCheck) -> None:
@@ -49,3 +58,23 @@ def _authority(target: str) -> str:
     except ValueError:
         return ""
     return "" if "@" in authority else authority
+
+
+def check_site(request: web.Request, carriers: tuple[str, ...]) -> None:
+    """Refuse a request to the upstream that a browser sent from a page of another site with no
+    key of the page's own. Such a page cannot add a key without the upstream's CORS consent and
+    cannot read the answer, so it was harmless while every upstream wanted a key; but one that
+    knows the proxy itself (a client certificate, `--upstream-cert`; a gateway or a model server
+    trusting its network) answered it as the proxy, a `no-cors` POST from any site starting
+    fine-tuning jobs or spending on completions. A browser app with its user's key, behind a
+    gateway adding CORS, passes; a link followed or a URL typed (`none`) is no page's request.
+    A request without the header (every program; browsers before 2023) pays one lookup."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is None or site.lower() not in FOREIGN_SITES:
+        return
+    credentials = of_request(request.headers, raw_query(request.raw_path), carriers)
+    if all(name in AMBIENT for name, _ in credentials):
+        raise CrossSite(
+            "A page of another site may not use this proxy without an API key of its own: the "
+            "upstream would answer it as the proxy."
+        )
