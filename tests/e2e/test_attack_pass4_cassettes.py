@@ -107,12 +107,17 @@ def test_hostile():
 """
 
 
-def test_the_plugin_says_what_it_left_out_and_its_replay_loads(project: pytest.Pytester) -> None:
+@pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["one-process", "xdist"])
+def test_the_plugin_says_what_it_left_out_and_its_replay_loads(
+    project: pytest.Pytester, workers: tuple[str, ...]
+) -> None:
     project.makepyfile(llm_helpers=ASKING)
     project.makepyfile(test_llm=RECORDED)
     with answer_by_prompt() as upstream, pytest.MonkeyPatch.context() as patch:
         patch.setenv("OPENAI_API_KEY", RECORDING_KEY)
-        recording = run(project, "--llm-record-mode=once", f"--llm-upstream={upstream.v1}")
+        recording = run(
+            project, *workers, "--llm-record-mode=once", f"--llm-upstream={upstream.v1}"
+        )
     recording.assert_outcomes(passed=2)
     assert recording.ret == pytest.ExitCode.USAGE_ERROR
     recording.stderr.fnmatch_lines(
