@@ -67,10 +67,12 @@ def check_site(request: web.Request, carriers: tuple[str, ...]) -> None:
     knows the proxy itself (a client certificate, `--upstream-cert`; a gateway or a model server
     trusting its network) answered it as the proxy, a `no-cors` POST from any site starting
     fine-tuning jobs or spending on completions. A browser app with its user's key, behind a
-    gateway adding CORS, passes; a link followed or a URL typed (`none`) is no page's request.
-    A request without the header (every program; browsers before 2023) pays one lookup."""
+    gateway adding CORS, passes, and so does its CORS preflight, which never carries a key and
+    asks the upstream only whether the page may send one; a link followed or a URL typed
+    (`none`) is no page's request. A request without the header (every program; browsers
+    before 2023) pays one lookup."""
     site = request.headers.get("Sec-Fetch-Site")
-    if site is None or site.lower() not in FOREIGN_SITES:
+    if site is None or site.lower() not in FOREIGN_SITES or _preflight(request):
         return
     credentials = of_request(request.headers, raw_query(request.raw_path), carriers)
     if all(name in AMBIENT for name, _ in credentials):
@@ -78,3 +80,9 @@ def check_site(request: web.Request, carriers: tuple[str, ...]) -> None:
             "A page of another site may not use this proxy without an API key of its own: the "
             "upstream would answer it as the proxy."
         )
+
+
+def _preflight(request: web.Request) -> bool:
+    return (
+        request.method == hdrs.METH_OPTIONS and "Access-Control-Request-Method" in request.headers
+    )

@@ -96,6 +96,9 @@ def test_what_a_browser_sends_from_another_site_without_a_key_is_refused(
     keyed = {"Sec-Fetch-Site": "cross-site", "Authorization": "Bearer sk-users-own"}
     passed = httpx.post(proxy.v1 + "/chat/completions", json=chat, headers=keyed, timeout=30)
     assert passed.status_code == 200
+    preflight = {"Sec-Fetch-Site": "cross-site", "Access-Control-Request-Method": "POST"}
+    asked = httpx.options(proxy.v1 + "/chat/completions", headers=preflight, timeout=30)
+    assert asked.status_code != 403  # the page asks whether it may send its key: the upstream's
     typed = {"Sec-Fetch-Site": "none"}  # the user typed the URL: no page asked
     assert httpx.get(proxy.v1 + "/models", headers=typed, timeout=30).status_code == 200
     assert httpx.get(proxy.url + "/healthz", headers=keyed, timeout=30).status_code == 200
