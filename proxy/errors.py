@@ -11,8 +11,7 @@
      │    └── ExpectationFailed        417  invalid_header (an Expect besides 100-continue)
      ├── InvalidHost                   400  invalid_host (a Host that names no host)
      ├── HostNotAllowed                403  host_not_allowed (--allowed-host)
-     ├── CrossSite                     403  cross_site_request (a page of another site,
-     │                                      without a key of its own)
+     ├── CrossSite                     403  cross_site_request (a page of another site)
      ├── NotFound                      404  not_found (no route of the proxy's, or admin
      │                                      routes without --admin-token)
      ├── MethodNotAllowed              405  method_not_allowed (with `Allow`; CONNECT too)
@@ -131,8 +130,8 @@ class HostNotAllowed(ProxyError):
 
 
 class CrossSite(ProxyError):
-    """A request a browser sent from a page of another site, carrying no key of its own: the
-    upstream would answer it as the proxy (its client certificate, its place on the network),
+    """A request a browser sent from a page of another site: an upstream that knows the proxy
+    itself (its client certificate, its place on the network) would answer it as the proxy,
     for a page that cannot even read the answer."""
 
     status = 403

@@ -6,16 +6,12 @@ from __future__ import annotations
 from aiohttp import hdrs, web
 from yarl import URL
 
-from proxy.core.credentials import of_request
 from proxy.core.hosts import HostCheck, Verdict, read_host
-from proxy.core.paths import raw_query
 from proxy.errors import CrossSite, HostNotAllowed, InvalidHost
 
 FOREIGN_SITES = frozenset({"cross-site", "same-site"})
 """`Sec-Fetch-Site` of a request a page of another origin made: another port of the same host is
 the same site, and another origin all the same."""
-AMBIENT = frozenset({"cookie"})
-"""Credentials a browser adds by itself, whichever page asks: no sign of the page's own key."""
 
 
 def check_host(request: web.Request, hosts: HostCheck) -> None:
@@ -60,29 +56,20 @@ def _authority(target: str) -> str:
     return "" if "@" in authority else authority
 
 
-def check_site(request: web.Request, carriers: tuple[str, ...]) -> None:
-    """Refuse a request to the upstream that a browser sent from a page of another site with no
-    key of the page's own. Such a page cannot add a key without the upstream's CORS consent and
-    cannot read the answer, so it was harmless while every upstream wanted a key; but one that
-    knows the proxy itself (a client certificate, `--upstream-cert`; a gateway or a model server
-    trusting its network) answered it as the proxy, a `no-cors` POST from any site starting
-    fine-tuning jobs or spending on completions. A browser app with its user's key, behind a
-    gateway adding CORS, passes, and so does its CORS preflight, which never carries a key and
-    asks the upstream only whether the page may send one; a link followed or a URL typed
-    (`none`) is no page's request. A request without the header (every program; browsers
-    before 2023) pays one lookup."""
+def check_site(request: web.Request) -> None:
+    """Refuse a request to the upstream that a browser sent from a page of another site. Such a
+    page cannot read the answer, nor send a key without CORS consent, so it was harmless while
+    the upstream refused keyless callers; but one that knows the proxy itself (a gateway
+    admitting its client certificate, `--upstream-cert`, or a model server trusting its network)
+    answered it as the proxy: a `no-cors` POST from any site started fine-tuning jobs or spent
+    on completions. A key the page makes up proves nothing to an upstream that reads none (a
+    form can put `?api-key=` in its URL), so none lets such a request through. Same-origin
+    requests (a browser app behind a reverse proxy of its own origin), a link followed or a URL
+    typed (`none`), and every program (no header: one lookup) are served."""
     site = request.headers.get("Sec-Fetch-Site")
-    if site is None or site.lower() not in FOREIGN_SITES or _preflight(request):
-        return
-    credentials = of_request(request.headers, raw_query(request.raw_path), carriers)
-    if all(name in AMBIENT for name, _ in credentials):
+    if site is not None and site.lower() in FOREIGN_SITES:
         raise CrossSite(
-            "A page of another site may not use this proxy without an API key of its own: the "
-            "upstream would answer it as the proxy."
+            "A page of another site may not use this proxy: the upstream would answer it as the "
+            "proxy. A gateway in front that serves other sites' pages on purpose can drop "
+            "Sec-Fetch-Site."
         )
-
-
-def _preflight(request: web.Request) -> bool:
-    return (
-        request.method == hdrs.METH_OPTIONS and "Access-Control-Request-Method" in request.headers
-    )

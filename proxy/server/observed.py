@@ -43,7 +43,7 @@ def observed(handler: Handler, route: str | None = None) -> Handler:
         try:
             check_host(request, services.hosts)
             if route is not None:  # the routes that reach the upstream
-                check_site(request, services.credential_names)
+                check_site(request)
             check_headers(request.headers)
             response = await handler(request)
         except UpstreamError as exc:

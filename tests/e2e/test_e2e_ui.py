@@ -277,15 +277,14 @@ def test_an_upstreams_html_never_runs_on_the_proxys_origin(
             relayed = http.request("POST" if "chat" in path else "GET", path, json={})
         sign_in(driver, proxy)  # the operator's browser holds the session
         driver.get("about:blank")  # then follows another site's link, or its form
-        if "chat" in path:  # text/plain, so that the form's body is JSON; with a key of its
-            # own (in the query, all a form can set), or it is refused as cross_site_request
+        if "chat" in path:  # text/plain, so that the form's body is JSON
             driver.execute_script(
                 "const f = document.createElement('form'); f.method = 'POST';"
                 "f.enctype = 'text/plain'; f.action = arguments[0];"
                 "const i = document.createElement('input');"
                 'i.name = \'{"model": "m", "messages": [], "pad": "\'; i.value = \'"}\';'
                 "f.append(i); document.body.append(f); f.submit();",
-                proxy.url + path + "?api-key=sk-page",
+                proxy.url + path,
             )
         else:
             driver.get(proxy.url + path)
@@ -296,7 +295,11 @@ def test_an_upstreams_html_never_runs_on_the_proxys_origin(
             )
         )
         title = driver.title  # an inline script runs before the page completes loading
-    assert title == "inert", title[:200]  # unsandboxed: "ran", then "200:" and the export
+        shown = driver.page_source
+    if "chat" in path:  # another site's form never reaches the upstream at all
+        assert "cross_site_request" in shown and title != "ran", title[:200]
+    else:
+        assert title == "inert", title[:200]  # unsandboxed: "ran", then "200:" and the export
     assert "sandbox" in relayed.headers["content-security-policy"]
     assert relayed.headers["x-content-type-options"] == "nosniff"
 
