@@ -11,6 +11,7 @@
      │    └── ExpectationFailed        417  invalid_header (an Expect besides 100-continue)
      ├── InvalidHost                   400  invalid_host (a Host that names no host)
      ├── HostNotAllowed                403  host_not_allowed (--allowed-host)
+     ├── CrossSite                     403  cross_site_request (a page of another site)
      ├── NotFound                      404  not_found (no route of the proxy's, or admin
      │                                      routes without --admin-token)
      ├── MethodNotAllowed              405  method_not_allowed (with `Allow`; CONNECT too)
@@ -124,6 +125,17 @@ class HostNotAllowed(ProxyError):
 
     status = 403
     code = "host_not_allowed"
+    type = "permission_error"
+    final = True
+
+
+class CrossSite(ProxyError):
+    """A request a browser sent from a page of another site: an upstream that knows the proxy
+    itself (its client certificate, its place on the network) would answer it as the proxy,
+    for a page that cannot even read the answer."""
+
+    status = 403
+    code = "cross_site_request"
     type = "permission_error"
     final = True
 

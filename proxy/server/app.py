@@ -334,8 +334,10 @@ async def _save_cassette(settings: Settings, store: Store, codec: Codec) -> None
     """A recording proxy leaves its answers in the cassette; a replaying one leaves it alone."""
     if settings.cassette is None or settings.cache_mode is CacheMode.REPLAY:
         return
-    count = await cassette.write(store, settings.cassette, codec)
+    skipped = cassette.Skipped()
+    count = await cassette.write(store, settings.cassette, codec, skipped)
     log.info("cassette written", extra={"path": settings.cassette, "answers": count})
+    transfer.left_out(skipped)
 
 
 async def _sealing(backend: RedisStore, store: Store) -> None:

@@ -1,4 +1,5 @@
-"""The Host check as the server applies it to each request (the names: `proxy.core.hosts`)."""
+"""The Host check as the server applies it to each request (the names: `proxy.core.hosts`), and
+the refusal of a page of another site spending the proxy's own identity upstream."""
 
 from __future__ import annotations
 
@@ -6,7 +7,11 @@ from aiohttp import hdrs, web
 from yarl import URL
 
 from proxy.core.hosts import HostCheck, Verdict, read_host
-from proxy.errors import HostNotAllowed, InvalidHost
+from proxy.errors import CrossSite, HostNotAllowed, InvalidHost
+
+FOREIGN_SITES = frozenset({"cross-site", "same-site"})
+"""`Sec-Fetch-Site` of a request a page of another origin made: another port of the same host is
+the same site, and another origin all the same."""
 
 
 def check_host(request: web.Request, hosts: HostCheck) -> None:
@@ -49,3 +54,22 @@ def _authority(target: str) -> str:
     except ValueError:
         return ""
     return "" if "@" in authority else authority
+
+
+def check_site(request: web.Request) -> None:
+    """Refuse a request to the upstream that a browser sent from a page of another site. Such a
+    page cannot read the answer, nor send a key without CORS consent, so it was harmless while
+    the upstream refused keyless callers; but one that knows the proxy itself (a gateway
+    admitting its client certificate, `--upstream-cert`, or a model server trusting its network)
+    answered it as the proxy: a `no-cors` POST from any site started fine-tuning jobs or spent
+    on completions. A key the page makes up proves nothing to an upstream that reads none (a
+    form can put `?api-key=` in its URL), so none lets such a request through. Same-origin
+    requests (a browser app behind a reverse proxy of its own origin), a link followed or a URL
+    typed (`none`), and every program (no header: one lookup) are served."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site.lower() in FOREIGN_SITES:
+        raise CrossSite(
+            "A page of another site may not use this proxy: the upstream would answer it as the "
+            "proxy. A gateway in front that serves other sites' pages on purpose can drop "
+            "Sec-Fetch-Site."
+        )

@@ -21,7 +21,7 @@ from proxy.errors import (
     UpstreamError,
 )
 from proxy.server.context import SERVICES, Services
-from proxy.server.hostcheck import check_host
+from proxy.server.hostcheck import check_host, check_site
 from proxy.upstream.headers import framing_error
 
 log = logging.getLogger("proxy.app")
@@ -42,6 +42,8 @@ def observed(handler: Handler, route: str | None = None) -> Handler:
         started = services.clock()
         try:
             check_host(request, services.hosts)
+            if route is not None:  # the routes that reach the upstream
+                check_site(request)
             check_headers(request.headers)
             response = await handler(request)
         except UpstreamError as exc:

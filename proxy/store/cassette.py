@@ -25,13 +25,13 @@ import secrets
 import stat
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any
 
 import orjson
 
-from proxy.core import canonical, responses, routes, sse
+from proxy.core import canonical, responses, routes, sse, terminal
 from proxy.core.codec import Codec
 from proxy.core.credentials import split_query
 from proxy.core.entry import CorruptEntry, Entry, is_fingerprint
@@ -75,16 +75,19 @@ class CassetteError(ValueError):
 
 @dataclass
 class Skipped:
-    """Stored values an export passed over, unreadable here: an operator told nothing would take
-    a store of answers sealed with a key the command lacks for an empty one."""
+    """Stored values an export passed over: `count` unreadable here (an operator told nothing
+    would take a store of answers sealed with a key the command lacks for an empty one), and
+    `refused` those a cassette may not hold, each as why."""
 
     count: int = 0
+    refused: list[str] = field(default_factory=list)
 
 
 async def lines(
     store: Store, selector: Selector, codec: Codec, skipped: Skipped | None = None
 ) -> AsyncIterator[bytes]:
-    """One JSON line per stored answer the selector matches, oldest first within a batch."""
+    """One JSON line per stored answer the selector matches, oldest first within a batch. A line
+    every reader of cassettes would refuse is left out (see `refusal`)."""
     async for key, _fingerprint, value in store.entries(selector):
         try:
             entry = codec.unpack(value)
@@ -94,7 +97,26 @@ async def lines(
             if skipped is not None:
                 skipped.count += 1
             continue
-        yield orjson.dumps(to_record(key, entry)) + b"\n"
+        record = to_record(key, entry)
+        refused = refusal(record)
+        if refused is not None:
+            if skipped is not None:
+                skipped.refused.append(refused)
+            continue
+        yield orjson.dumps(record) + b"\n"
+
+
+def refusal(record: dict[str, Any]) -> str | None:
+    """Why the readers of cassettes (the proxy, the plugin, import, diff) would refuse this
+    line, or None. The store holds what the upstream answered, and a cassette's checks are
+    stricter than a HIT's (an answer naming a key twice is served live as the upstream sent
+    it): written as it is, one such answer made the whole cassette unloadable, so a recording
+    session wrote a cassette its own replay, `serve --cassette` and `import` then refused."""
+    try:
+        from_record(record, "")
+    except (KeyError, TypeError, ValueError, ProxyError) as exc:
+        return f"{record['route']} (model {terminal.shown(str(record['model']))[:256]!r}): {exc}"
+    return None
 
 
 def to_record(key: str, entry: Entry) -> dict[str, Any]:
@@ -432,6 +454,6 @@ def _kept_mode(path: str) -> int | None:
     return stat.S_IMODE(found.st_mode) if stat.S_ISREG(found.st_mode) else None
 
 
-async def write(store: Store, path: str, codec: Codec) -> int:
+async def write(store: Store, path: str, codec: Codec, skipped: Skipped | None = None) -> int:
     """Write every stored answer to `path` (see `save`)."""
-    return save(path, [line async for line in lines(store, Selector(), codec)])
+    return save(path, [line async for line in lines(store, Selector(), codec, skipped)])

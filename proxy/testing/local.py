@@ -44,6 +44,7 @@ class LocalProxy:
         self._error: BaseException | None = None
         self.port = 0
         self.lines: list[bytes] = []
+        self.left_out: list[str] = []
 
     @property
     def url(self) -> str:
@@ -106,6 +107,8 @@ class LocalProxy:
             self.port = site.port
             self._ready.set()
             await self._stop.wait()
-            self.lines = [line async for line in cassette.lines(store, Selector(), codec)]
+            skipped = cassette.Skipped()
+            self.lines = [line async for line in cassette.lines(store, Selector(), codec, skipped)]
+            self.left_out = skipped.refused
         finally:
             await runner.cleanup()

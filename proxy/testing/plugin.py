@@ -31,6 +31,8 @@ SESSION = pytest.StashKey["LLMSession"]()
 BATCHES = pytest.StashKey[list[list[bytes]]]()
 SUMMARY = pytest.StashKey[str]()
 WORKER_OUTPUT = "repro_proxy_cassette"
+LEFT_OUT = pytest.StashKey[list[str]]()
+WORKER_LEFT_OUT = "repro_proxy_left_out"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -72,6 +74,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.issue_config_time_warning(pytest.PytestConfigWarning(f"repro-proxy: {warning}"), 2)
     if _controller(config):
         config.stash[BATCHES] = []
+        config.stash[LEFT_OUT] = []
     if llm.loads:  # a bad cassette is one clear error, before any worker starts
         from proxy.store.cassette import CassetteError
 
@@ -177,7 +180,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     if _controller(config):
         if llm.records:
-            _write(session, llm, config.stash[BATCHES])
+            _write(session, llm, config.stash[BATCHES], config.stash[LEFT_OUT])
         return
     from proxy.testing.local import ProxyFailed
 
@@ -186,18 +189,24 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     except ProxyFailed as exc:
         print(f"repro-proxy: {exc}", file=sys.stderr)
         return
+    left_out = [] if llm.proxy is None or not llm.records else llm.proxy.left_out
     if hasattr(config, "workeroutput"):
         config.workeroutput[WORKER_OUTPUT] = [line.decode() for line in lines]
+        config.workeroutput[WORKER_LEFT_OUT] = left_out
     elif llm.records:
-        _write(session, llm, [lines])
+        _write(session, llm, [lines], left_out)
     elif llm.proxy is not None and not llm.exists:
         config.stash[SUMMARY] = f"no cassette at {llm.cassette}: nothing to replay"
     elif llm.proxy is not None:
         config.stash[SUMMARY] = f"replayed from {llm.cassette} ({_answers(len(llm.recorded))})"
 
 
-def _write(session: pytest.Session, llm: LLMSession, batches: list[list[bytes]]) -> None:
-    """Write the cassette; one that cannot be written fails the run with one line saying why."""
+def _write(
+    session: pytest.Session, llm: LLMSession, batches: list[list[bytes]], left_out: list[str]
+) -> None:
+    """Write the cassette; one that cannot be written fails the run with one line saying why,
+    and so does an answer left out of it as no cassette may hold it (`cassette.refusal`): the
+    run passed, but its replay would miss that request."""
     from proxy.testing.session import write
 
     config = session.config
@@ -210,6 +219,14 @@ def _write(session: pytest.Session, llm: LLMSession, batches: list[list[bytes]])
         return
     done = f"wrote {_answers(count)} to {llm.cassette}" if count else "recorded nothing"
     config.stash[SUMMARY] = f"{done} (--llm-record-mode={llm.mode})"
+    for why in left_out:
+        print(
+            f"repro-proxy: left out of the cassette, no cassette may hold it: {why}",
+            file=sys.stderr,
+        )
+    if left_out:
+        config.stash[SUMMARY] += f"; left out {_answers(len(left_out))} no cassette may hold"
+        session.exitstatus = pytest.ExitCode.USAGE_ERROR
 
 
 def _answers(count: int) -> str:
@@ -223,6 +240,7 @@ def pytest_testnodedown(node: object, error: object) -> None:
     config = getattr(node, "config", None)
     if config is not None and WORKER_OUTPUT in output and BATCHES in config.stash:
         config.stash[BATCHES].append([line.encode() for line in output[WORKER_OUTPUT]])
+        config.stash[LEFT_OUT].extend(output.get(WORKER_LEFT_OUT, []))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -282,6 +282,8 @@ async def _export(args: argparse.Namespace, url: str) -> int:
     finally:
         await store.close()
     _left_out(args, store.unopened if isinstance(store, EncryptedStore) else 0, skipped.count)
+    for why in skipped.refused:
+        fail(args.command, f"left out a stored answer no cassette may hold: {why}")
     return count
 
 

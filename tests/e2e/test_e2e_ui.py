@@ -295,7 +295,11 @@ def test_an_upstreams_html_never_runs_on_the_proxys_origin(
             )
         )
         title = driver.title  # an inline script runs before the page completes loading
-    assert title == "inert", title[:200]  # unsandboxed: "ran", then "200:" and the export
+        shown = driver.page_source
+    if "chat" in path:  # another site's form never reaches the upstream at all
+        assert "cross_site_request" in shown and title != "ran", title[:200]
+    else:
+        assert title == "inert", title[:200]  # unsandboxed: "ran", then "200:" and the export
     assert "sandbox" in relayed.headers["content-security-policy"]
     assert relayed.headers["x-content-type-options"] == "nosniff"
 

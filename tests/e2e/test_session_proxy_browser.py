@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from proxy.server import hostcheck
 from proxy.testing import peers
 from proxy.testing.session import LLMSession, RecordMode
 from tests.e2e.test_e2e_ui import browser_only, driver  # noqa: F401  (the browser fixture)
@@ -50,5 +51,6 @@ def test_a_page_in_the_developers_browser_cannot_use_the_session_proxy(
     assert missed == []
     assert environ == {}  # every variable the session set is gone again
     monkeypatch.setattr(peers, "refusal", lambda *args, **kwargs: None)
+    monkeypatch.setattr(hostcheck, "FOREIGN_SITES", frozenset())  # nor the proxy's own
     unchecked, _ = page_attack(driver, sim, tmp_path)
     assert unchecked == ["gpt-4o-mini"]  # the control: without the check, the page gets in

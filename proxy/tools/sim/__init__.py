@@ -9,6 +9,7 @@ recorded requests and stream statistics. All mutable state lives in one `SimStat
     generation.py  the answers (pure): chat, text completions, embeddings
     handlers.py    the /v1 routes: recording, authentication, faults, streaming
     control.py     the /_sim/* routes tests steer it with
+    guard.py       Host names served, and no web page of another origin (rebinding, CSRF)
     app.py         create_sim_app: the aiohttp application
     cli.py         the command's flags, and run_sim
 """
