@@ -254,8 +254,8 @@ def _plan(
     LiteLLM's are base64, past 128 characters), nor one naming a stored item by its id alone
     (`_references`): whether the upstream deleted it, and who was answered with it, cannot be
     known (proxy/server/chains.py), and stored, its continuation was every sender's who learnt
-    the id. Nor a model named longer than any real one (`tracked`): the proxy keeps no state
-    for it."""
+    the id. Nor one probing the upstream's prompt cache (`_probes_prompt_cache`). Nor a model
+    named longer than any real one (`tracked`): the proxy keeps no state for it."""
     if not tracked(lineage):
         return policy.uncached(mode, directives)
     if kind == routes.RESPONSES and (body.get("background") is True or _reads_state(body)):
@@ -268,7 +268,26 @@ def _reads_state(body: dict[str, object]) -> bool:
     pinned = isinstance(prompt, dict) and prompt.get("version") is not None
     unpinned = prompt is not None and not pinned
     untracked = body.get("previous_response_id") is not None and responses.chained_on(body) is None
-    return body.get("conversation") is not None or unpinned or untracked or _references(body)
+    return (
+        body.get("conversation") is not None
+        or unpinned
+        or untracked
+        or _references(body)
+        or _probes_prompt_cache(body)
+    )
+
+
+def _probes_prompt_cache(body: dict[str, object]) -> bool:
+    """Whether a request asks about, or for, the upstream's own prompt cache rather than an
+    answer (`prompt_cache_options`): `prewarm` fills that cache and generates no output, so
+    the call is its side effect, which a HIT would skip; `comparison_response_id` asks for
+    `prompt_cache_diagnostics`, whether that cache was reused against an earlier response
+    just now, which the same body answers otherwise each time, and a HIT with the past's."""
+    options = body.get("prompt_cache_options")
+    return isinstance(options, dict) and (
+        options.get("prewarm") not in (None, False)
+        or options.get("comparison_response_id") is not None
+    )
 
 
 def _references(body: dict[str, object]) -> bool:
