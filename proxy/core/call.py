@@ -254,9 +254,10 @@ def _plan(
     LiteLLM's are base64, past 128 characters), nor one naming a stored item by its id alone
     (`_references`): whether the upstream deleted it, and who was answered with it, cannot be
     known (proxy/server/chains.py), and stored, its continuation was every sender's who learnt
-    the id. Nor one probing the upstream's prompt cache (`_probes_prompt_cache`). Nor a model
-    named longer than any real one (`tracked`): the proxy keeps no state for it."""
-    if not tracked(lineage):
+    the id. Nor a model named longer than any real one (`tracked`): the proxy keeps no state
+    for it; nor, on any route, a request probing the upstream's prompt cache
+    (`_probes_prompt_cache`)."""
+    if not tracked(lineage) or _probes_prompt_cache(body):
         return policy.uncached(mode, directives)
     if kind == routes.RESPONSES and (body.get("background") is True or _reads_state(body)):
         return policy.uncached(mode, directives)
@@ -268,21 +269,25 @@ def _reads_state(body: dict[str, object]) -> bool:
     pinned = isinstance(prompt, dict) and prompt.get("version") is not None
     unpinned = prompt is not None and not pinned
     untracked = body.get("previous_response_id") is not None and responses.chained_on(body) is None
-    return (
-        body.get("conversation") is not None
-        or unpinned
-        or untracked
-        or _references(body)
-        or _probes_prompt_cache(body)
-    )
+    return body.get("conversation") is not None or unpinned or untracked or _references(body)
 
 
 def _probes_prompt_cache(body: dict[str, object]) -> bool:
     """Whether a request asks about, or for, the upstream's own prompt cache rather than an
-    answer (`prompt_cache_options`): `prewarm` fills that cache and generates no output, so
-    the call is its side effect, which a HIT would skip; `comparison_response_id` asks for
-    `prompt_cache_diagnostics`, whether that cache was reused against an earlier response
-    just now, which the same body answers otherwise each time, and a HIT with the past's."""
+    answer (`prompt_cache_options`, the Responses API's today): `prewarm` fills that cache and
+    generates no output, so the call is its side effect, which a HIT would skip;
+    `comparison_response_id` asks for `prompt_cache_diagnostics`, whether that cache was
+    reused against an earlier response just now, which the same body answers otherwise each
+    time, and a HIT with the past's. On any route: chat's key leaves `prompt_cache_options`
+    out (`canonical.NON_SEMANTIC`), and a prewarm there would land on the plain request's key.
+
+    Other fields that point upstream were weighed and are keyed as they are: chat's
+    `messages[].audio.id` names an earlier audio answer, immutable while it lives, in a body
+    that carries the whole conversation it belongs to (past its `expires_at` the upstream
+    refuses it, and a HIT answers as it did while it lived); `context_management` compacts the
+    input the body holds (or a chain's, which `chained_on` tracks); `background_options` only
+    paces background jobs, never cached, and its `continuation_id` "does not add prior
+    history"."""
     options = body.get("prompt_cache_options")
     return isinstance(options, dict) and (
         options.get("prewarm") not in (None, False)

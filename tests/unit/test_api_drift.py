@@ -45,6 +45,10 @@ def test_a_request_probing_the_upstreams_prompt_cache_is_never_cached(
     plan = call(RESPONSES, {**ASK, "prompt_cache_options": options}).plan
     assert plan.outcome is Outcome.BYPASS
     assert not plan.lookup and not plan.store
+    # Chat's key leaves prompt_cache_options out: a prewarm there would take the plain key.
+    messages = [{"role": "user", "content": "Name a colour."}]
+    chat = {"model": "gpt-5.6", "messages": messages, "prompt_cache_options": options}
+    assert call(CHAT, chat).plan.outcome is Outcome.BYPASS
 
 
 @pytest.mark.parametrize(
@@ -54,6 +58,9 @@ def test_a_request_probing_the_upstreams_prompt_cache_is_never_cached(
 def test_prompt_cache_options_that_only_hint_are_cached(options: dict[str, Any]) -> None:
     plan = call(RESPONSES, {**ASK, "prompt_cache_options": options}).plan
     assert plan.lookup and plan.store
+    messages = [{"role": "user", "content": "Name a colour."}]
+    chat = call(CHAT, {"model": "gpt-5.6", "messages": messages, "prompt_cache_options": options})
+    assert chat.plan.lookup and chat.plan.store
 
 
 RESULTS = {"type": "moderation_results", "model": "omni-moderation-latest", "results": []}
