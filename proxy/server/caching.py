@@ -138,8 +138,15 @@ def _lives(services: Services, call: Call, entry: Entry, now: float) -> bool:
     the client names in its next turn, is kept until its `expires_at` (`entry.expires_at`);
     served later, it fails that turn. Past it the answer is no longer fresh, as a response
     past its `Expires` is not, and a readwrite cache asks again. Replay mode serves what was
-    recorded (the cassette is the reference, offline), and stale-if-error what there is."""
-    if call.kind != CHAT or services.settings.cache_mode is not policy.CacheMode.READWRITE:
+    recorded (the cassette is the reference, offline), `--fingerprint-policy pin` what was
+    stored (a suite that must never change: the pytest plugin's new_episodes), and
+    stale-if-error what there is."""
+    settings = services.settings
+    if (
+        call.kind != CHAT
+        or settings.cache_mode is not policy.CacheMode.READWRITE
+        or settings.fingerprint_policy is policy.FingerprintPolicy.PIN
+    ):
         return True
     until = expires_at(entry.body)
     return until is None or now < until

@@ -55,9 +55,18 @@ def twice(base_url: str, **extra: Any) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize(("lives_for", "second"), [(-1, "MISS"), (3600, "HIT")])
+@pytest.mark.parametrize(
+    ("lives_for", "flags", "second"),
+    [
+        (-1, (), "MISS"),
+        (3600, (), "HIT"),
+        # pin serves what was stored, for suites that must never change (the plugin's
+        # new_episodes runs in readwrite mode with it)
+        (-1, ("--fingerprint-policy", "pin"), "HIT"),
+    ],
+)
 def test_an_audio_answer_past_its_ids_expiry_is_asked_again(
-    start_proxy: ProxyFactory, lives_for: int, second: str
+    start_proxy: ProxyFactory, lives_for: int, flags: tuple[str, ...], second: str
 ) -> None:
     audio = {
         "id": "audio_abc",
@@ -66,7 +75,7 @@ def test_an_audio_answer_past_its_ids_expiry_is_asked_again(
         "expires_at": int(time.time()) + lives_for,
     }
     with answering(message={"audio": audio}) as upstream:
-        proxy = start_proxy(upstream=upstream.v1)
+        proxy = start_proxy(*flags, upstream=upstream.v1)
         seen = twice(
             proxy.v1,
             modalities=["text", "audio"],
