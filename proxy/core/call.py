@@ -249,7 +249,8 @@ def _plan(
     is a response that reads state the upstream changes between calls, which the key cannot
     name: a `conversation` (each answer adds its turn to it, so the same body asks about a
     longer conversation each time, and a HIT would not add the turn), or a stored `prompt`
-    without a `version` (its latest one, which its owner may publish anew at any time). Nor a
+    without a `version` (its latest one, which its owner may publish anew at any time), or a
+    tool running in a live container or an unpinned skill (`_runs_in_live_state`). Nor a
     chain on a response whose id is not of the form the proxy indexes and marks (a gateway's:
     LiteLLM's are base64, past 128 characters), nor one naming a stored item by its id alone
     (`_references`): whether the upstream deleted it, and who was answered with it, cannot be
@@ -269,7 +270,13 @@ def _reads_state(body: dict[str, object]) -> bool:
     pinned = isinstance(prompt, dict) and prompt.get("version") is not None
     unpinned = prompt is not None and not pinned
     untracked = body.get("previous_response_id") is not None and responses.chained_on(body) is None
-    return body.get("conversation") is not None or unpinned or untracked or _references(body)
+    return (
+        body.get("conversation") is not None
+        or unpinned
+        or untracked
+        or _references(body)
+        or _runs_in_live_state(body.get("tools"))
+    )
 
 
 def _probes_prompt_cache(body: dict[str, object]) -> bool:
@@ -307,6 +314,30 @@ def _references(body: dict[str, object]) -> bool:
         )
         for item in items
     )
+
+
+def _runs_in_live_state(tools: object) -> bool:
+    """Whether a tool runs in, or loads, something the upstream keeps and its owner changes,
+    which the key cannot name: an existing container, named by its id (a code interpreter's
+    `container` string, a shell tool's `environment` of `container_reference`), whose files
+    each run reads and writes (and the client fetches after from /v1/containers), so the same
+    body asks about another container each time, and a HIT runs nothing; or a skill
+    (`skill_reference`) without a pinned `version`, its default or `latest`, which its owner
+    may publish anew at any time, as a stored `prompt` without one. Only `tools` say where
+    this call runs: a container named in an input item is a past call's record."""
+    pending: list[object] = [tools]
+    while pending:  # bounded: a parsed body nests at most canonical.MAX_DEPTH deep
+        value = pending.pop()
+        if isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, dict):
+            kind = value.get("type")
+            if kind == "container_reference" or isinstance(value.get("container"), str):
+                return True
+            if kind == "skill_reference" and value.get("version") in (None, "latest"):
+                return True
+            pending.extend(item for item in value.values() if isinstance(item, dict | list))
+    return False
 
 
 MAX_NAMESPACE = 256

@@ -167,3 +167,53 @@ def test_text_quoting_expires_at_names_no_expiry() -> None:
     assert expires_at(chat_answer(metadata={"expires_at": "1"})) is None
     assert expires_at(orjson.dumps({"choices": [{"index": 0, "message": quoted}]})) is None
     assert expires_at(chat_answer()) is None
+
+
+def skill(**version: str) -> dict[str, Any]:
+    return {"type": "skill_reference", "skill_id": "skill_abc", **version}
+
+
+def shell(environment: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "shell", "environment": environment}
+
+
+# CodeInterpreter.container: "Can be a container ID"; FunctionShellToolParam.environment:
+# ContainerReferenceParam ("References a container created with the /v1/containers endpoint");
+# SkillReferenceParam.version: "Use a positive integer or 'latest'. Omit for default."
+LIVE = [
+    pytest.param({"type": "code_interpreter", "container": "cntr_abc"}, id="container-id"),
+    pytest.param(shell({"type": "container_reference", "container_id": "cntr_abc"}), id="shell"),
+    pytest.param(shell({"type": "container_auto", "skills": [skill()]}), id="skill-default"),
+    pytest.param(
+        shell({"type": "container_auto", "skills": [skill(version="latest")]}), id="latest"
+    ),
+]
+FIXED = [
+    pytest.param({"type": "code_interpreter", "container": {"type": "auto"}}, id="new-container"),
+    pytest.param(shell({"type": "container_auto", "skills": [skill(version="2")]}), id="pinned"),
+    pytest.param(shell({"type": "local"}), id="local"),
+]
+
+
+@pytest.mark.parametrize("tool", LIVE)
+def test_a_tool_running_in_live_upstream_state_is_never_cached(tool: dict[str, Any]) -> None:
+    plan = call(RESPONSES, {**ASK, "tools": [tool]}).plan
+    assert plan.outcome is Outcome.BYPASS
+    assert not plan.lookup and not plan.store
+
+
+@pytest.mark.parametrize("tool", FIXED)
+def test_a_tool_in_a_new_container_or_a_pinned_skill_is_cached(tool: dict[str, Any]) -> None:
+    plan = call(RESPONSES, {**ASK, "tools": [tool]}).plan
+    assert plan.lookup and plan.store
+
+
+def test_a_container_named_in_a_past_calls_record_runs_nothing() -> None:
+    past = {
+        "type": "shell_call",
+        "call_id": "call_1",
+        "action": {"commands": ["ls"]},
+        "environment": {"type": "container_reference", "container_id": "cntr_abc"},
+    }
+    plan = call(RESPONSES, {**ASK, "input": [past], "tools": [shell({"type": "local"})]}).plan
+    assert plan.lookup and plan.store
