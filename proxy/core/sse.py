@@ -8,7 +8,9 @@ end with `response.completed`, and a `response.failed`, `response.incomplete` or
 spoils the stream, whatever follows. So does a frame whose `event:` name says something else
 than its data: clients that dispatch on the name (an EventSource's `error` listener) and this
 recorder, which reads the data, would disagree on what was answered, and an `event: error`
-above data that reads as a token would be stored and replayed as a clean answer.
+above data that reads as a token would be stored and replayed as a clean answer. A stream whose
+requested moderation failed (`entry.moderation_failed`, in a chat chunk or the completed
+response) is an answer, relayed and teaching its fingerprint, but not stored.
 
 Lines are read as the SSE specification and the official SDK read them: a line ends with CRLF,
 LF or CR alone, a field's value loses one leading space. Whatever the SDK would fail on is no
