@@ -275,8 +275,22 @@ def _reads_state(body: dict[str, object]) -> bool:
         or unpinned
         or untracked
         or _references(body)
-        or _runs_in_live_state(body.get("tools"))
+        or _runs_in_live_state(_tools_of(body))
     )
+
+
+def _tools_of(body: dict[str, object]) -> list[object]:
+    """The tools a request makes available: its `tools`, and those an `additional_tools`
+    input item adds at that point of the input."""
+    tools: list[object] = [body.get("tools")]
+    items = body.get("input")
+    if isinstance(items, list):
+        tools.extend(
+            item.get("tools")
+            for item in items
+            if isinstance(item, dict) and item.get("type") == "additional_tools"
+        )
+    return tools
 
 
 def _probes_prompt_cache(body: dict[str, object]) -> bool:
@@ -323,8 +337,9 @@ def _runs_in_live_state(tools: object) -> bool:
     each run reads and writes (and the client fetches after from /v1/containers), so the same
     body asks about another container each time, and a HIT runs nothing; or a skill
     (`skill_reference`) without a pinned `version`, its default or `latest`, which its owner
-    may publish anew at any time, as a stored `prompt` without one. Only `tools` say where
-    this call runs: a container named in an input item is a past call's record."""
+    may publish anew at any time, as a stored `prompt` without one. Only tools (`_tools_of`)
+    say where this call runs: a container named in another input item is a past call's
+    record."""
     pending: list[object] = [tools]
     while pending:  # bounded: a parsed body nests at most canonical.MAX_DEPTH deep
         value = pending.pop()

@@ -217,3 +217,13 @@ def test_a_container_named_in_a_past_calls_record_runs_nothing() -> None:
     }
     plan = call(RESPONSES, {**ASK, "input": [past], "tools": [shell({"type": "local"})]}).plan
     assert plan.lookup and plan.store
+
+
+@pytest.mark.parametrize("tool", LIVE)
+def test_a_tool_added_by_an_input_item_is_read_as_a_tool(tool: dict[str, Any]) -> None:
+    """ResponseInputItemParam.AdditionalTools: "A list of additional tools made available at
+    this item"."""
+    added = {"type": "additional_tools", "role": "developer", "tools": [tool]}
+    user = {"role": "user", "content": "Name a colour."}
+    plan = call(RESPONSES, {"model": "gpt-5.6", "input": [user, added]}).plan
+    assert plan.outcome is Outcome.BYPASS
