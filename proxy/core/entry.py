@@ -143,9 +143,39 @@ def answer_of(body: bytes, is_response: bool, shape: str | None) -> dict[str, An
     """`body` parsed, if it is a whole answer as its route's clients read it: an answer
     (`is_answer`) whose items hold what `shape` names (`has_shape`; None: nothing more)."""
     parsed = json_object(body)
-    if parsed is None or not is_answer(parsed, is_response):
+    if parsed is None or not is_answer(parsed, is_response) or moderation_failed(parsed):
         return None
     return parsed if shape is None or has_shape(parsed, shape) else None
+
+
+def moderation_failed(answer: dict[str, Any]) -> bool:
+    """Whether an answer (a chat completion, a chunk, a response) reports that the moderation
+    its request asked for (`moderation`) failed, on the input or the output: an answer, but
+    not the one a retry would get, which carries the results; stored, every later caller
+    would be told moderation failed for as long as it lives. Not stored, as a response cut
+    short is not, and (whole) nothing is learnt from it."""
+    moderation = answer.get("moderation")
+    return isinstance(moderation, dict) and any(
+        isinstance(part, dict) and part.get("type") == "error"
+        for part in (moderation.get("input"), moderation.get("output"))
+    )
+
+
+_EXPIRES_AT = re.compile(
+    rb'"expires_at"[ \t\r\n]*:[ \t\r\n]*(-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)'
+)
+
+
+def expires_at(body: bytes) -> float | None:
+    """The earliest `expires_at` a chat answer (whole, or a stream's frames) names, None for
+    none: an audio answer's id (`message.audio.id`, a chunk's `delta.audio.id`) is kept
+    upstream until then, for the client to name in its next turn. Read from the bytes, not
+    parsed: only an object's key is `"expires_at"` unescaped, a string holding it has its
+    quotes escaped, and an answer with audio is mostly its base64."""
+    if b'"expires_at"' not in body:
+        return None
+    found = [float(number) for number in _EXPIRES_AT.findall(body)]
+    return min(found, default=None)
 
 
 def is_served_as(entry: Entry, is_response: bool, shape: str | None, stream: bool) -> bool:

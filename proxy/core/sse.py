@@ -8,7 +8,9 @@ end with `response.completed`, and a `response.failed`, `response.incomplete` or
 spoils the stream, whatever follows. So does a frame whose `event:` name says something else
 than its data: clients that dispatch on the name (an EventSource's `error` listener) and this
 recorder, which reads the data, would disagree on what was answered, and an `event: error`
-above data that reads as a token would be stored and replayed as a clean answer.
+above data that reads as a token would be stored and replayed as a clean answer. A stream whose
+requested moderation failed (`entry.moderation_failed`, in a chat chunk or the completed
+response) is an answer, relayed and teaching its fingerprint, but not stored.
 
 Lines are read as the SSE specification and the official SDK read them: a line ends with CRLF,
 LF or CR alone, a field's value loses one leading space. Whatever the SDK would fail on is no
@@ -36,7 +38,14 @@ from typing import Any
 
 import orjson
 
-from proxy.core.entry import fingerprint_of, is_answer, is_objects, rewritten, usage_of
+from proxy.core.entry import (
+    fingerprint_of,
+    is_answer,
+    is_objects,
+    moderation_failed,
+    rewritten,
+    usage_of,
+)
 from proxy.core.pieces import Pieces
 
 _DONE = b"[DONE]"
@@ -174,6 +183,7 @@ class StreamRecorder:
         self.finished = False
         self.done = False
         self.failed = False
+        self.unmoderated = False  # the moderation asked for failed: an answer, not stored
         self.oversize = False
         self.reading = True
         self._over = False  # the stream ended cleanly: nothing after that is taken
@@ -325,11 +335,13 @@ class StreamRecorder:
             self.response_id = response["id"] if kept else None
         if kind == _COMPLETED:
             self.prompt_tokens, self.completion_tokens = usage_of(response)
+            self.unmoderated = self.unmoderated or moderation_failed(response)
             # A stored stream answers as its whole form would: by the same rule (see is_answer).
             self.finished = self.done = is_answer(response, responses=True)
 
     def _read_event(self, event: dict[str, Any]) -> None:
         self._read_claim(event)
+        self.unmoderated = self.unmoderated or moderation_failed(event)
         if isinstance(event.get("usage"), dict):
             self.prompt_tokens, self.completion_tokens = usage_of(event)
         choices = event.get("choices")
@@ -419,8 +431,9 @@ class StreamRecorder:
 
     @property
     def complete(self) -> bool:
-        """A clean end within the cap: what may be stored."""
-        return self.answered and not self.oversize
+        """A clean end within the cap, with the moderation asked for (`moderation_failed`):
+        what may be stored."""
+        return self.answered and not self.oversize and not self.unmoderated
 
     def body(self) -> bytes:
         return self._chunks.joined()

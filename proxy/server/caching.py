@@ -19,11 +19,11 @@ from multidict import CIMultiDict
 from proxy.core import policy, responses, routes
 from proxy.core.call import Answer, Asked, Call, Facts, facts_of, prepare_with, repro_headers
 from proxy.core.codec import Codec, UnknownDictionary
-from proxy.core.entry import CorruptEntry, Entry, Misshapen, is_served_as
+from proxy.core.entry import CorruptEntry, Entry, Misshapen, expires_at, is_served_as
 from proxy.core.fingerprints import ModelFingerprints, tracked
 from proxy.core.keyed import KEYED_OTHERWISE, REROUTING
 from proxy.core.policy import Outcome
-from proxy.core.routes import RESPONSES
+from proxy.core.routes import CHAT, RESPONSES
 from proxy.errors import UpstreamError
 from proxy.server.coalesce import Lease
 from proxy.server.context import EntryMemo, Services
@@ -122,7 +122,9 @@ def choose(services: Services, call: Call, accepted: Any, blobs: dict[str, bytes
         except CorruptEntry as exc:
             unservable(services, call, exc)
             continue
-        if policy.is_fresh(entry.stored_at, now, services.settings.ttl, call.max_age):
+        if policy.is_fresh(entry.stored_at, now, services.settings.ttl, call.max_age) and (
+            _lives(services, call, entry, now)
+        ):
             entries.append(entry)
     if len(entries) < 2:  # the common case: one fresh entry, already of an accepted fingerprint
         return entries[0] if entries else None
@@ -130,6 +132,25 @@ def choose(services: Services, call: Call, accepted: Any, blobs: dict[str, bytes
         return max(entries, key=lambda e: e.stored_at)
     rank = {fp: i for i, fp in enumerate(accepted)}
     return min(entries, key=lambda e: rank.get(e.fingerprint, len(rank)))
+
+
+def _lives(services: Services, call: Call, entry: Entry, now: float) -> bool:
+    """Whether what a chat answer hands out still lives upstream: an audio answer's id, which
+    the client names in its next turn, is kept until its `expires_at` (`entry.expires_at`);
+    served later, it fails that turn. Past it the answer is no longer fresh, as a response
+    past its `Expires` is not, and a readwrite cache asks again. Replay mode serves what was
+    recorded (the cassette is the reference, offline), `--fingerprint-policy pin` what was
+    stored (a suite that must never change: the pytest plugin's new_episodes), and
+    stale-if-error what there is."""
+    settings = services.settings
+    if (
+        call.kind != CHAT
+        or settings.cache_mode is not policy.CacheMode.READWRITE
+        or settings.fingerprint_policy is policy.FingerprintPolicy.PIN
+    ):
+        return True
+    until = expires_at(entry.body)
+    return until is None or now < until
 
 
 def decoded(codec: Codec, memo: EntryMemo, call: Call, fingerprint: str, blob: bytes) -> Entry:
