@@ -33,7 +33,6 @@ CACHEABLE_ROUTES = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES})
 _SAMPLING_DEFAULTS: dict[str, Any] = {
     "temperature": 1,
     "top_p": 1,
-    "n": 1,
     "presence_penalty": 0,
     "frequency_penalty": 0,
     "stream": False,
@@ -49,9 +48,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "store": False,
         "metadata": {},
     },
+    # Not `n` on chat: newer models refuse it explicit, even 1, where they answer it left out;
+    # keyed alike, a HIT would answer the request the upstream refuses.
     # Not `logprobs`: here an integer (0 returns the chosen token's) whose default is null, and
     # an upstream that reads `false` as 0 answers with log probabilities.
-    COMPLETIONS: {**_SAMPLING_DEFAULTS, "echo": False, "best_of": 1},
+    COMPLETIONS: {**_SAMPLING_DEFAULTS, "n": 1, "echo": False, "best_of": 1},
     EMBEDDINGS: {"encoding_format": "float"},
     RESPONSES: {
         "temperature": 1,

@@ -53,7 +53,7 @@ KIND = {
 }
 
 # The defaults the OpenAI API reference documents, each of the type the parameter takes.
-_SAMPLING = {"temperature": 1, "top_p": 1, "n": 1, "presence_penalty": 0, "frequency_penalty": 0}
+_SAMPLING = {"temperature": 1, "top_p": 1, "presence_penalty": 0, "frequency_penalty": 0}
 DOCUMENTED: dict[str, dict[str, Any]] = {
     CHAT: {
         **_SAMPLING,
@@ -65,7 +65,8 @@ DOCUMENTED: dict[str, dict[str, Any]] = {
         "metadata": {},
     },
     # `logprobs` is an integer here (0 to 5) whose default is null, not false.
-    COMPLETIONS: {**_SAMPLING, "stream": False, "echo": False, "best_of": 1},
+    # Not `n` on chat: newer models refuse it given, even 1.
+    COMPLETIONS: {**_SAMPLING, "n": 1, "stream": False, "echo": False, "best_of": 1},
     EMBEDDINGS: {"encoding_format": "float"},
     RESPONSES: {
         "temperature": 1,

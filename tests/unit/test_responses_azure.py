@@ -116,7 +116,7 @@ def test_responses_and_chat_with_one_body_never_share_a_key() -> None:
 
 def test_an_azure_route_keys_with_the_defaults_of_its_openai_counterpart() -> None:
     route = "/openai/deployments/dep-1/chat/completions"
-    body = {"messages": [], "temperature": 1, "n": 1, "user": "x"}
+    body = {"messages": [], "temperature": 1, "top_p": 1, "user": "x"}
     assert key_view(route, body) == {"messages": []}
     assert key_view("/openai/v1/responses", {**BODY, "truncation": "disabled"}) == BODY
 
