@@ -177,9 +177,11 @@ def passes_stored_items(body: dict[str, Any]) -> bool:
     if not isinstance(items, list):
         return False
     asked = {
-        item.get("id")
+        item["id"]
         for item in items
-        if isinstance(item, dict) and item.get("type") == "mcp_approval_request"
+        if isinstance(item, dict)
+        and item.get("type") == "mcp_approval_request"
+        and isinstance(item.get("id"), str)
     }
     chained = body.get("previous_response_id") is not None
     return any(
@@ -187,14 +189,18 @@ def passes_stored_items(body: dict[str, Any]) -> bool:
     )
 
 
-def _self_contained(item: dict[str, Any], asked: set[Any], chained: bool) -> bool:
+def _self_contained(item: dict[str, Any], asked: set[str], chained: bool) -> bool:
     """`asked`: the ids of the approval requests the same input holds; `chained`: the request
-    continues a stored response, which holds the others."""
+    continues a stored response, which holds the others. A type or an id that is no string
+    (which the upstream refuses) is no known one."""
     kind = item.get("type", "message" if "role" in item else None)
+    if not isinstance(kind, str):
+        return False
     if kind == "image_generation_call":
         return isinstance(item.get("result"), str)
     if kind == "mcp_approval_response":
-        return chained or item.get("approval_request_id") in asked
+        request = item.get("approval_request_id")
+        return chained or (isinstance(request, str) and request in asked)
     return kind in SELF_CONTAINED
 
 

@@ -189,6 +189,22 @@ def test_an_item_carrying_its_content_stays_shared(items: list[dict[str, Any]]) 
     assert not own({"input": [TURN, *items]})
 
 
+@pytest.mark.parametrize(
+    "items",
+    [
+        [{"type": ["message"], "content": "x"}],
+        [ASKED | {"id": ["mcpr_1"]}, APPROVAL | {"approval_request_id": ["mcpr_1"]}],
+        [APPROVAL | {"approval_request_id": {"id": "mcpr_1"}}],
+    ],
+    ids=["a listed type", "a listed request id", "an object for an id"],
+)
+def test_a_type_or_id_that_is_no_string_is_no_known_one(items: list[dict[str, Any]]) -> None:
+    """Hashing them raised out of `prepare`: an internal error for a body the upstream would
+    refuse with a 400."""
+    assert passes_stored_items({"input": items})
+    assert own({"input": items})
+
+
 def test_an_approval_continuing_a_response_is_left_to_the_chain_rules() -> None:
     """The request it answers is in the response continued, which only a tenant that was
     answered with it may continue from the cache (proxy/server/chains.py)."""
