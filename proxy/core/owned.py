@@ -26,7 +26,7 @@ caches its own, and another tenant sending the same body asks the upstream, whic
     does not know (a new one may be either: sharing is what must be earned);
   - an `item_reference`, holding nothing but the id, is not cached at all (`call._references`).
 - One carrying credentials for a third party (`carries_credentials`): an MCP tool's headers or
-  OAuth token, a connector's. Its answer is what they fetched (a mailbox, a private server),
+  OAuth token, a connector's, among the body's tools or an input item's. Its answer is what they fetched (a mailbox, a private server),
   and the proxy cannot tell whether they are still good: a token that leaked and was revoked
   would go on reading its owner's mail from a shared partition. Asked upstream, the third
   party checks it again. Nor are those credentials kept, nor a server URL's path (where some
@@ -209,17 +209,29 @@ def carries_credentials(body: dict[str, Any]) -> bool:
     proxy cannot tell which header a third party reads a key in), an `authorization` (an OAuth
     token), or a `connector_id`, which always reads its user's account (Gmail, Dropbox) with
     one. A tool with empty or no headers reaches a server that answers anyone sending the same
-    body, so names nothing."""
-    tools = body.get("tools")
-    return isinstance(tools, list) and any(
+    body, so names nothing. Tools are read where a body gives them: its `tools`, and an input
+    item's (`additional_tools`, `tool_search_output`)."""
+    return any(
         isinstance(tool, dict)
         and (
             (isinstance(tool.get("headers"), dict) and bool(tool["headers"]))
             or bool(tool.get("authorization"))
             or tool.get("connector_id") is not None
         )
+        for tools in _tool_lists(body)
         for tool in tools
     )
+
+
+def _tool_lists(body: dict[str, Any]) -> list[list[Any]]:
+    """The body's `tools`, then each input item's."""
+    items = body.get("input")
+    holders = [body, *(items if isinstance(items, list) else ())]
+    return [
+        holder["tools"]
+        for holder in holders
+        if isinstance(holder, dict) and isinstance(holder.get("tools"), list)
+    ]
 
 
 SEAL = "sha256:"
@@ -237,12 +249,24 @@ def sealed(body: dict[str, Any], loaded: bool = False) -> dict[str, Any] | None:
     replays. A cassette's line is `loaded`: a value it holds sealed stays as it is. A
     request's is sealed whatever it looks like, so that no one sending a token's digest reads
     what the token fetched. Not keyed by `--secret`, which would bind a cassette to one proxy:
-    a guessable password gains nothing from this."""
-    tools = body.get("tools")
+    a guessable password gains nothing from this. An input item's tools are sealed as the
+    body's are (`_tool_lists`)."""
+    hidden = _sealed_tools(body, loaded)
+    items = body.get("input")
+    if isinstance(items, list):
+        kept = [_sealed_tools(item, loaded) if isinstance(item, dict) else item for item in items]
+        if kept != items:
+            hidden = hidden | {"input": kept}
+    return None if hidden is body else hidden
+
+
+def _sealed_tools(holder: dict[str, Any], loaded: bool) -> dict[str, Any]:
+    """`holder` with its `tools` sealed; itself when they hold nothing to seal."""
+    tools = holder.get("tools")
     if not isinstance(tools, list):
-        return None
+        return holder
     hidden = [_sealed_tool(tool, loaded) for tool in tools]
-    return None if hidden == tools else body | {"tools": hidden}
+    return holder if hidden == tools else holder | {"tools": hidden}
 
 
 def _sealed_tool(tool: Any, loaded: bool) -> Any:

@@ -11,12 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 from openai import OpenAI
 
 from tests.fixtures_procs import Proxy, Sim
 
-CONFIGS = {"shared": ["--cache-scope", "shared"]}
+TOKEN = "admin-secret"
+CONFIGS = {"shared": ["--cache-scope", "shared", "--admin-token", TOKEN]}
 
 TURN = {"role": "user", "content": "And what did it find?"}
 APPROVAL = {"type": "mcp_approval_response", "approval_request_id": "mcpr_owner", "approve": True}
@@ -174,3 +176,31 @@ def test_an_explicit_standard_program_stays_shared(
 ) -> None:
     body = {"input": "Explain this CVE.", "access_programs": {"cyber": "standard"}}
     assert owners_then_others(proxies["shared"], sim_process, ns, **body) == ("HIT", "same key", 0)
+
+
+MCP_TOKEN = "owner-mcp-oauth-token"
+
+
+def test_a_tools_credentials_an_input_item_gives_are_neither_shared_nor_kept(
+    proxies: dict[str, Proxy], sim_process: Sim, ns: str
+) -> None:
+    """An `additional_tools` item gives the model an MCP server with the owner's token: the
+    answer is what the token fetched, and the token must not be stored."""
+    mcp = {"type": "mcp", "server_label": "crm", "server_url": "https://mcp.example.com"}
+    item = {
+        "type": "additional_tools",
+        "role": "developer",
+        "tools": [mcp | {"authorization": MCP_TOKEN}],
+    }
+    body = {"input": [TURN | {"content": "List my open deals."}, item]}
+    outcome = owners_then_others(proxies["shared"], sim_process, ns, **body)
+    assert outcome == ("MISS", "own key", 1)
+    assert MCP_TOKEN in str(sim_process.llm_requests()[-1]["body"])  # the upstream got it
+    exported = httpx.get(
+        proxies["shared"].url + "/admin/export",
+        params={"namespace": ns},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=10,
+    ).content
+    assert exported.count(b"\n") == 2  # the owner's answer and the other's, apart
+    assert MCP_TOKEN.encode() not in exported

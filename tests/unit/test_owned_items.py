@@ -21,10 +21,12 @@ from proxy.core import canonical
 from proxy.core.call import Asked, facts_of, prepare_with
 from proxy.core.owned import (
     SELF_CONTAINED,
+    carries_credentials,
     entitled,
     names_owned_objects,
     names_program,
     passes_stored_items,
+    sealed,
 )
 from proxy.core.policy import CacheScope
 from proxy.core.sse import StreamRecorder
@@ -327,3 +329,37 @@ def test_a_stream_whose_completed_event_alone_names_the_program_is_entitled() ->
     recorder = StreamRecorder(1 << 20, responses=True)
     recorder.feed(b"".join(b"data: %s\n\n" % orjson.dumps(event) for event in listed))
     assert recorder.done and recorder.entitled
+
+
+TOKEN = "owner-oauth-token"
+MCP = {"type": "mcp", "server_label": "crm", "server_url": "https://mcp.example.com/sse"}
+TOOLS_IN_ITEMS: dict[str, dict[str, Any]] = {
+    "additional_tools": {
+        "type": "additional_tools",
+        "role": "developer",
+        "tools": [MCP | {"authorization": TOKEN}],
+    },
+    "tool_search_output": {
+        "type": "tool_search_output",
+        "execution": "client",
+        "tools": [MCP | {"headers": {"Authorization": f"Bearer {TOKEN}"}}],
+    },
+}
+
+
+@pytest.mark.parametrize("item", TOOLS_IN_ITEMS.values(), ids=TOOLS_IN_ITEMS.keys())
+def test_credentials_of_a_tool_an_input_item_gives_are_the_tenants_and_sealed(
+    item: dict[str, Any],
+) -> None:
+    """An item may give the model tools (`additional_tools`, a `tool_search_output`), with an
+    MCP server's token: read only in the body's `tools` before, such a request was shared and
+    its token stored."""
+    body = {"input": [TURN, item]}
+    assert carries_credentials(body)
+    assert own(body)
+    for loaded in (False, True):
+        hidden = sealed(body, loaded)
+        assert hidden is not None and TOKEN.encode() not in orjson.dumps(hidden)
+        assert sealed(hidden, loaded=True) is None  # a cassette's line stays as it is
+    bare = MCP | {"server_url": "https://mcp.example.com"}
+    assert sealed({"input": [TURN, item | {"tools": [bare]}]}) is None
