@@ -4,9 +4,10 @@
 premise that the answer follows from the request alone. These kinds of request break it, and
 are keyed in their tenant's own partition instead (`call.prepare_with`): each account still
 caches its own, and another tenant sending the same body asks the upstream, which decides.
-- One naming an uploaded file, a vector store, a container, a skill, a Secure MCP Tunnel or a
-  stored prompt by its id (`names_owned_objects`): its answer is made of the owner's data,
-  which the body only points to, and the upstream would refuse the id to any other account.
+- One naming an uploaded file, a vector store, a container, a skill, a Secure MCP Tunnel, a
+  stored prompt or a fine-tuned model by its id (`names_owned_objects`): its answer is made of
+  the owner's data, which the body only points to, and the upstream would refuse the id to
+  any other account.
 - One passing back an input item whose content the upstream reads from the owner's stored
   state by its id, or decrypts for the owner's account (`passes_stored_items`), as it reads a
   file. Of the Responses input items (the SDK's `ResponseInputItemParam`):
@@ -26,12 +27,12 @@ caches its own, and another tenant sending the same body asks the upstream, whic
     does not know (a new one may be either: sharing is what must be earned);
   - an `item_reference`, holding nothing but the id, is not cached at all (`call._references`).
 - One carrying credentials for a third party (`carries_credentials`): an MCP tool's headers or
-  OAuth token, a connector's, among the body's tools or an input item's. Its answer is what they fetched (a mailbox, a private server),
-  and the proxy cannot tell whether they are still good: a token that leaked and was revoked
-  would go on reading its owner's mail from a shared partition. Asked upstream, the third
-  party checks it again. Nor are those credentials kept, nor a server URL's path (where some
-  servers take a key): the key and the stored request name each by its SHA-256 (`sealed`),
-  so no store, export or cassette holds them.
+  OAuth token, a connector's, among the body's tools or an input item's. Its answer is what they
+  fetched (a mailbox, a private server), and the proxy cannot tell whether they are still good: a
+  token that leaked and was revoked would go on reading its owner's mail from a shared partition.
+  Asked upstream, the third party checks it again. Nor are those credentials kept, nor a server
+  URL's path (where some servers take a key): the key and the stored request name each by its
+  SHA-256 (`sealed`), so no store, export or cassette holds them.
 - One naming an access program other than `standard` (`names_program`): the answer is made
   under an entitlement its organization holds (a Daybreak cyber program), which another
   would be refused with a 403. An answer the upstream made under one without being asked
@@ -75,9 +76,13 @@ the walk reads as the name it is."""
 
 def names_owned_objects(raw: bytes, body: dict[str, Any]) -> bool:
     """Whether the request (`raw`, parsed as `body`) names an object by an id its account owns:
-    a field of OWNED_IDS holding ids anywhere, a `container` given as an id, or a stored
-    `prompt`. A field of that name holding no id (a JSON schema's property `file_id`, an
-    object) names nothing."""
+    a field of OWNED_IDS holding ids anywhere, a `container` given as an id, a stored
+    `prompt`, or a fine-tuned `model` (`ft:`, or a legacy `:ft-`: the upstream serves it only
+    to the organization that trained it). A field of that name holding no id (a JSON schema's
+    property `file_id`, an object) names nothing."""
+    model = body.get("model")
+    if isinstance(model, str) and (model.startswith("ft:") or ":ft-" in model):
+        return True
     if not any(mark in raw for mark in _MARKS):
         return False
     prompt = body.get("prompt")

@@ -204,3 +204,27 @@ def test_a_tools_credentials_an_input_item_gives_are_neither_shared_nor_kept(
     ).content
     assert exported.count(b"\n") == 2  # the owner's answer and the other's, apart
     assert MCP_TOKEN.encode() not in exported
+
+
+def test_a_fine_tuned_models_answer_is_not_another_organizations(
+    proxies: dict[str, Proxy], sim_process: Sim, ns: str
+) -> None:
+    """The upstream serves a fine-tuned model only to the organization that trained it; a key
+    of any other, which the model list vouches for, read its stored answers."""
+    model = "ft:gpt-4o-mini-2024-07-18:acme::9abcDEF1"
+    states, keys = [], []
+    for key in ("sk-owner", "sk-owner", "sk-other"):
+        with OpenAI(
+            base_url=proxies["shared"].v1,
+            api_key=key,
+            max_retries=0,
+            default_headers={"X-Repro-Namespace": ns},
+        ) as sdk:
+            raw = sdk.chat.completions.with_raw_response.create(
+                model=model, messages=[{"role": "user", "content": "Summarise ticket 4411."}]
+            )
+        states.append(raw.headers["X-Repro-Cache"])
+        keys.append(raw.headers["X-Repro-Key"])
+    assert states == ["MISS", "HIT", "MISS"]
+    assert keys[0] == keys[1] != keys[2]
+    assert sim_process.llm_requests()[-1]["headers"]["Authorization"] == "Bearer sk-other"

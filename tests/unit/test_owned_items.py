@@ -166,15 +166,15 @@ CARRIED: dict[str, list[dict[str, Any]]] = {
 }
 
 
-def key_for(body: dict[str, Any], api_key: str) -> str:
+def key_for(body: dict[str, Any], api_key: str, route: str = RESPONSES) -> str:
     headers = CIMultiDictProxy(CIMultiDict({"Authorization": f"Bearer {api_key}"}))
     settings = Settings(cache_scope=CacheScope.SHARED)
     raw = orjson.dumps({"model": "o4-mini"} | body)
-    return prepare_with(settings, "tenant-of-" + api_key, Asked.of(RESPONSES, "", raw, headers)).key
+    return prepare_with(settings, "tenant-of-" + api_key, Asked.of(route, "", raw, headers)).key
 
 
-def own(body: dict[str, Any]) -> bool:
-    return key_for(body, "sk-owner") != key_for(body, "sk-other")
+def own(body: dict[str, Any], route: str = RESPONSES) -> bool:
+    return key_for(body, "sk-owner", route) != key_for(body, "sk-other", route)
 
 
 @pytest.mark.parametrize("items", STORED_INPUTS.values(), ids=STORED_INPUTS.keys())
@@ -363,3 +363,23 @@ def test_credentials_of_a_tool_an_input_item_gives_are_the_tenants_and_sealed(
         assert sealed(hidden, loaded=True) is None  # a cassette's line stays as it is
     bare = MCP | {"server_url": "https://mcp.example.com"}
     assert sealed({"input": [TURN, item | {"tools": [bare]}]}) is None
+
+
+@pytest.mark.parametrize(
+    ("model", "owned"),
+    [
+        ("ft:gpt-4o-mini-2024-07-18:acme::9abcDEF1", True),
+        ("ft:gpt-4o-mini-2024-07-18:acme:support:9abcDEF1:ckpt-step-88", True),
+        ("davinci:ft-acme-2023-01-01-00-00-00", True),
+        ("gpt-4o-mini", False),
+        ("o4-mini", False),
+    ],
+)
+def test_a_fine_tuned_model_is_its_organizations_own(model: str, owned: bool) -> None:
+    """Served only to the organization that trained it: any other key the upstream accepts
+    (a model list vouches for a key as a whole) read the owner's answers from `shared`."""
+    chat = {"model": model, "messages": [{"role": "user", "content": "Summarise ticket 4411."}]}
+    raw = orjson.dumps(chat)
+    assert names_owned_objects(raw, canonical.parse_body(raw)) is owned
+    assert own(chat, "/v1/chat/completions") is owned
+    assert own({"model": model, "input": "Summarise ticket 4411."}) is owned
