@@ -5,9 +5,9 @@ premise that the answer follows from the request alone. These kinds of request b
 are keyed in their tenant's own partition instead (`call.prepare_with`): each account still
 caches its own, and another tenant sending the same body asks the upstream, which decides.
 - One naming an uploaded file, a vector store, a container, a skill, a Secure MCP Tunnel, a
-  stored prompt or a fine-tuned model by its id (`names_owned_objects`): its answer is made of
-  the owner's data, which the body only points to, and the upstream would refuse the id to
-  any other account.
+  custom voice, a previous audio answer, a stored prompt or a fine-tuned model by its id
+  (`names_owned_objects`): its answer is made of the owner's data, which the body only points
+  to, and the upstream would refuse the id to any other account.
 - One passing back an input item whose content the upstream reads from the owner's stored
   state by its id, or decrypts for the owner's account (`passes_stored_items`), as it reads a
   file. Of the Responses input items (the SDK's `ResponseInputItemParam`):
@@ -60,12 +60,19 @@ OWNED_IDS = frozenset(
 interpreter's `container.file_ids`, a shell's `container_reference`, a `skill_reference`, an
 MCP tool's `tunnel_id`, which reaches the owner's private server)."""
 
+BY_ID = frozenset({"audio", "voice"})
+"""Fields naming an account's object as `{"id": ...}`: a chat assistant message's `audio` (a
+previous audio answer, read from the owner's stored state), a custom `voice` (made from the
+owner's samples)."""
+
 _MARKS = (
     b"file_id",
     b"vector_store_ids",
     b"container",
     b"skill_id",
     b"tunnel_id",
+    b'"audio"',
+    b'"voice"',
     b'"prompt"',
     b"\\u",
 )
@@ -76,7 +83,8 @@ the walk reads as the name it is."""
 
 def names_owned_objects(raw: bytes, body: dict[str, Any]) -> bool:
     """Whether the request (`raw`, parsed as `body`) names an object by an id its account owns:
-    a field of OWNED_IDS holding ids anywhere, a `container` given as an id, a stored
+    a field of OWNED_IDS holding ids anywhere, a `container` given as an id, one of BY_ID
+    given as an object holding an id, a stored
     `prompt`, or a fine-tuned `model` (`ft:`, or a legacy `:ft-`: the upstream serves it only
     to the organization that trained it). A field of that name holding no id (a JSON schema's
     property `file_id`, an object) names nothing."""
@@ -96,6 +104,8 @@ def names_owned_objects(raw: bytes, body: dict[str, Any]) -> bool:
                 if name in OWNED_IDS and _names_ids(item):
                     return True
                 if name == "container" and isinstance(item, str):
+                    return True
+                if name in BY_ID and isinstance(item, dict) and isinstance(item.get("id"), str):
                     return True
                 if isinstance(item, dict | list):
                     pending.append(item)

@@ -206,12 +206,33 @@ def test_a_tools_credentials_an_input_item_gives_are_neither_shared_nor_kept(
     assert MCP_TOKEN.encode() not in exported
 
 
-def test_a_fine_tuned_models_answer_is_not_another_organizations(
-    proxies: dict[str, Proxy], sim_process: Sim, ns: str
+CHATS: dict[str, dict[str, Any]] = {
+    "fine-tuned model": {"model": "ft:gpt-4o-mini-2024-07-18:acme::9abcDEF1"},
+    "custom voice": {
+        "model": "gpt-4o-audio-preview",
+        "modalities": ["text", "audio"],
+        "audio": {"voice": {"id": "voice_owner"}, "format": "mp3"},
+    },
+    "previous audio answer": {
+        "model": "gpt-4o-audio-preview",
+        "messages": [
+            {"role": "user", "content": "Read my note."},
+            {"role": "assistant", "audio": {"id": "audio_owner_1"}},
+        ],
+    },
+}
+
+
+@pytest.mark.parametrize("shape", CHATS)
+def test_a_chat_naming_an_organizations_model_voice_or_audio_is_not_anothers(
+    proxies: dict[str, Proxy], sim_process: Sim, ns: str, shape: str
 ) -> None:
-    """The upstream serves a fine-tuned model only to the organization that trained it; a key
-    of any other, which the model list vouches for, read its stored answers."""
-    model = "ft:gpt-4o-mini-2024-07-18:acme::9abcDEF1"
+    """The upstream serves a fine-tuned model, a custom voice or a stored audio answer only to
+    the organization that made it; a key of any other, which the model list vouches for, read
+    its stored answers."""
+    turn = [{"role": "user", "content": "Summarise ticket 4411."}]
+    body: dict[str, Any] = {"messages": turn} | CHATS[shape]
+    body["messages"] = [*body["messages"], *turn]
     states, keys = [], []
     for key in ("sk-owner", "sk-owner", "sk-other"):
         with OpenAI(
@@ -220,9 +241,7 @@ def test_a_fine_tuned_models_answer_is_not_another_organizations(
             max_retries=0,
             default_headers={"X-Repro-Namespace": ns},
         ) as sdk:
-            raw = sdk.chat.completions.with_raw_response.create(
-                model=model, messages=[{"role": "user", "content": "Summarise ticket 4411."}]
-            )
+            raw = sdk.chat.completions.with_raw_response.create(**body)
         states.append(raw.headers["X-Repro-Cache"])
         keys.append(raw.headers["X-Repro-Key"])
     assert states == ["MISS", "HIT", "MISS"]

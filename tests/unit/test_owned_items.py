@@ -383,3 +383,45 @@ def test_a_fine_tuned_model_is_its_organizations_own(model: str, owned: bool) ->
     assert names_owned_objects(raw, canonical.parse_body(raw)) is owned
     assert own(chat, "/v1/chat/completions") is owned
     assert own({"model": model, "input": "Summarise ticket 4411."}) is owned
+
+
+CHAT_AUDIO: dict[str, tuple[dict[str, Any], bool]] = {
+    "a custom voice": ({"audio": {"voice": {"id": "voice_1234"}, "format": "mp3"}}, True),
+    "a previous audio answer": (
+        {
+            "messages": [
+                {"role": "user", "content": "Say it."},
+                {"role": "assistant", "audio": {"id": "audio_owner_1"}},
+                {"role": "user", "content": "Again, slower."},
+            ]
+        },
+        True,
+    ),
+    "a built-in voice": ({"audio": {"voice": "alloy", "format": "mp3"}}, False),
+    "audio sent inline": (
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "input_audio", "input_audio": {"data": "AAA", "format": "wav"}}
+                    ],
+                }
+            ]
+        },
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize(("fields", "owned"), CHAT_AUDIO.values(), ids=CHAT_AUDIO.keys())
+def test_a_custom_voice_or_a_previous_audio_answer_is_its_accounts_own(
+    fields: dict[str, Any], owned: bool
+) -> None:
+    """Named by id, they are the owner's (a voice made from its samples, an audio answer the
+    upstream keeps): any other key read the owner's audio from `shared`."""
+    chat = {"model": "gpt-4o-audio-preview", "modalities": ["text", "audio"]}
+    chat |= {"messages": [{"role": "user", "content": "Read my note."}]} | fields
+    raw = orjson.dumps(chat)
+    assert names_owned_objects(raw, canonical.parse_body(raw)) is owned
+    assert own(chat, "/v1/chat/completions") is owned
