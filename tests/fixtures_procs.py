@@ -104,6 +104,7 @@ class Sim(Served):
         self.set_fingerprint("fp_sim_0001")
         self.settings(latency=0.0, chunk_delay=0.0, divergence=0.0, drift=1.0)
         self.accept_keys()
+        self.control("POST", "access_programs", {"access_programs": None})
 
 
 @dataclass

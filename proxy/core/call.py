@@ -26,7 +26,7 @@ from proxy.core.entry import (
 )
 from proxy.core.fingerprints import tracked
 from proxy.core.keyed import HeaderLines, Keying, vary_of
-from proxy.core.owned import sealed, tenants_own
+from proxy.core.owned import entitled, sealed, tenants_own
 from proxy.core.policy import CacheMode, CacheScope, Enforce, Outcome, Plan
 from proxy.errors import InvalidHeader, InvalidParameter, InvalidType
 
@@ -71,6 +71,7 @@ class Call(NamedTuple):
     chained: str | None = None  # the response a Responses request continues (`chained_on`)
     shape: str | None = None  # what a whole answer's items must hold to be stored (`shape_of`)
     kept: bytes | None = None  # what a store keeps of `body` when not it: credentials `sealed`
+    shared: bool = False  # keyed in the shared partition: every tenant the upstream accepts reads
 
     @property
     def request(self) -> bytes:
@@ -181,14 +182,15 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
         chained=responses.chained_on(body) if kind == routes.RESPONSES else None,
         shape=shape_of(kind, body),
         kept=None if hidden is None else respelled,
+        shared=scope == policy.SHARED,
     )
 
 
 def _tenants_own(settings: Rules, raw: bytes, body: dict[str, object]) -> bool:
     """Whether a request's answer is its tenant's alone even in `shared` scope: one made of
-    its account's own files, prompts or reasoning, or of what credentials in its body fetched
-    (proxy.core.owned). Not in replay mode, which reads only the cassette its operator loaded,
-    keyed in the shared partition."""
+    its account's own files, prompts or stored items, of what credentials in its body fetched,
+    or under an access program its organization holds (proxy.core.owned). Not in replay mode,
+    which reads only the cassette its operator loaded, keyed in the shared partition."""
     return settings.cache_mode is not CacheMode.REPLAY and tenants_own(raw, body)
 
 
@@ -409,9 +411,9 @@ def repro_headers(call: Call, outcome: Outcome, fingerprint: str | None) -> dict
     return headers
 
 
-Facts = tuple[str, int, int, str | None]
-"""What the proxy reads of a whole answer: its fingerprint, prompt and completion tokens, and a
-Responses answer's id."""
+Facts = tuple[str, int, int, str | None, bool]
+"""What the proxy reads of a whole answer: its fingerprint, prompt and completion tokens, a
+Responses answer's id, and whether it was made under an access program (`owned.entitled`)."""
 
 
 def facts_of(body: bytes, is_response: bool, shape: str | None = None) -> Facts | None:
@@ -424,7 +426,7 @@ def facts_of(body: bytes, is_response: bool, shape: str | None = None) -> Facts 
         return None
     prompt, completion = usage_of(parsed)
     found_by = responses.id_of(parsed) if is_response else None  # only responses are fetched
-    return fingerprint_of(parsed), prompt, completion, found_by
+    return fingerprint_of(parsed), prompt, completion, found_by, entitled(parsed)
 
 
 class Answer(NamedTuple):
@@ -437,3 +439,4 @@ class Answer(NamedTuple):
     completion_tokens: int
     stream: bool
     response_id: str | None = None  # a Responses API answer's id, to find it by id later
+    entitled: bool = False  # made under an access program its organization holds (`owned`)

@@ -1,21 +1,45 @@
 """Requests whose answer is their tenant's own (pure).
 
 `shared` scope serves one tenant's stored answer to every key the upstream accepts, on the
-premise that the answer follows from the request alone. Three kinds of request break it, and
+premise that the answer follows from the request alone. These kinds of request break it, and
 are keyed in their tenant's own partition instead (`call.prepare_with`): each account still
 caches its own, and another tenant sending the same body asks the upstream, which decides.
-- One naming an uploaded file, a vector store, a code-interpreter container or a stored prompt
-  by its id (`names_owned_objects`): its answer is made of the owner's data, which the body only
-  points to, and the upstream would refuse the id to any other account.
-- One passing back a reasoning item (`passes_reasoning`): its content is the owner's stored
-  state read by id, or sealed for the owner's account (`encrypted_content`), as a file is.
+- One naming an uploaded file, a vector store, a container, a skill, a Secure MCP Tunnel, a
+  custom voice, a previous audio answer, a stored prompt or a fine-tuned model by its id
+  (`names_owned_objects`): its answer is made of the owner's data, which the body only points
+  to, and the upstream would refuse the id to any other account.
+- One passing back an input item whose content the upstream reads from the owner's stored
+  state by its id, or decrypts for the owner's account (`passes_stored_items`), as it reads a
+  file. Of the Responses input items (the SDK's `ResponseInputItemParam`):
+  - the body carries the content (SELF_CONTAINED): messages, function, custom, computer,
+    shell, local shell and apply-patch calls and their outputs, `mcp_list_tools`,
+    `mcp_approval_request`, `mcp_call`, tool search calls and outputs, `additional_tools`,
+    `configuration_update`, `compaction_trigger`, `program_output`; an
+    `image_generation_call` holding its `result`; an `mcp_approval_response` whose request
+    is in the same input, or in the response a `previous_response_id` continues (whose own
+    rules, proxy/server/chains.py, decide who may continue it);
+  - read by id, or sealed: `reasoning` (its text is not in its summary; `encrypted_content`),
+    `compaction` (`encrypted_content`), `web_search_call` and `file_search_call` (the pages
+    and passages found are not in the item, or come from the owner's vector stores),
+    `code_interpreter_call` (the owner's container), `program` (an opaque `fingerprint`
+    made for the account), an `image_generation_call` without its `result`, an
+    `mcp_approval_response` answering a request it does not hold, and any type this list
+    does not know (a new one may be either: sharing is what must be earned);
+  - an `item_reference`, holding nothing but the id, is not cached at all (`call._references`).
 - One carrying credentials for a third party (`carries_credentials`): an MCP tool's headers or
-  OAuth token, a connector's. Its answer is what they fetched (a mailbox, a private server),
-  and the proxy cannot tell whether they are still good: a token that leaked and was revoked
-  would go on reading its owner's mail from a shared partition. Asked upstream, the third
-  party checks it again. Nor are those credentials kept, nor a server URL's path (where some
-  servers take a key): the key and the stored request name each by its SHA-256 (`sealed`),
-  so no store, export or cassette holds them.
+  OAuth token, a connector's, among the body's tools or an input item's. Its answer is what they
+  fetched (a mailbox, a private server), and the proxy cannot tell whether they are still good: a
+  token that leaked and was revoked would go on reading its owner's mail from a shared partition.
+  Asked upstream, the third party checks it again. Nor are those credentials kept, nor a server
+  URL's path (where some servers take a key): the key and the stored request name each by its
+  SHA-256 (`sealed`), so no store, export or cassette holds them.
+- One naming an access program other than `standard` (`names_program`): the answer is made
+  under an entitlement its organization holds (a Daybreak cyber program), which another
+  would be refused with a 403. An answer the upstream made under one without being asked
+  (`entitled`: it resolves an omitted program from the organization's authorization) is not
+  stored in the shared partition at all (`caching.record`): its key, made before the answer
+  came, is the shared one every tenant looks up, and a second partition looked up on every
+  shared request would cost each one more lookup. Naming the program keeps its caching.
 """
 
 from __future__ import annotations
@@ -27,12 +51,31 @@ from urllib.parse import urlsplit
 
 from proxy.core import canonical
 
-OWNED_IDS = frozenset({"file_id", "file_ids", "vector_store_ids"})
-"""Fields holding ids of an account's uploaded files or vector stores, wherever they appear:
-chat content parts (`file.file_id`), Responses inputs (`input_file`, `input_image`), tools
-(`file_search.vector_store_ids`, a code interpreter's `container.file_ids`)."""
+OWNED_IDS = frozenset(
+    {"file_id", "file_ids", "vector_store_ids", "container_id", "skill_id", "tunnel_id"}
+)
+"""Fields holding ids of an account's objects, wherever they appear: chat content parts
+(`file.file_id`), Responses inputs (`input_file`, `input_image`, a `code_interpreter_call`'s
+`container_id`, a container file citation), tools (`file_search.vector_store_ids`, a code
+interpreter's `container.file_ids`, a shell's `container_reference`, a `skill_reference`, an
+MCP tool's `tunnel_id`, which reaches the owner's private server)."""
 
-_MARKS = (b"file_id", b"vector_store_ids", b'"container"', b'"prompt"', b"\\u")
+BY_ID = frozenset({"audio", "voice"})
+"""Fields naming an account's object as `{"id": ...}`: a chat assistant message's `audio` (a
+previous audio answer, read from the owner's stored state), a custom `voice` (made from the
+owner's samples)."""
+
+_MARKS = (
+    b"file_id",
+    b"vector_store_ids",
+    b"container",
+    b"skill_id",
+    b"tunnel_id",
+    b'"audio"',
+    b'"voice"',
+    b'"prompt"',
+    b"\\u",
+)
 """Bytes one of which any such body holds: nearly every body is cleared by a search in C,
 without a walk. A field name may be spelled with JSON escapes (`file\\u005fid`), which only
 the walk reads as the name it is."""
@@ -40,9 +83,14 @@ the walk reads as the name it is."""
 
 def names_owned_objects(raw: bytes, body: dict[str, Any]) -> bool:
     """Whether the request (`raw`, parsed as `body`) names an object by an id its account owns:
-    a field of OWNED_IDS holding ids anywhere, a `container` given as an id, or a stored
-    `prompt`. A field of that name holding no id (a JSON schema's property `file_id`, an
-    object) names nothing."""
+    a field of OWNED_IDS holding ids anywhere, a `container` given as an id, one of BY_ID
+    given as an object holding an id, a stored
+    `prompt`, or a fine-tuned `model` (`ft:`, or a legacy `:ft-`: the upstream serves it only
+    to the organization that trained it). A field of that name holding no id (a JSON schema's
+    property `file_id`, an object) names nothing."""
+    model = body.get("model")
+    if isinstance(model, str) and (model.startswith("ft:") or ":ft-" in model):
+        return True
     if not any(mark in raw for mark in _MARKS):
         return False
     prompt = body.get("prompt")
@@ -56,6 +104,8 @@ def names_owned_objects(raw: bytes, body: dict[str, Any]) -> bool:
                 if name in OWNED_IDS and _names_ids(item):
                     return True
                 if name == "container" and isinstance(item, str):
+                    return True
+                if name in BY_ID and isinstance(item, dict) and isinstance(item.get("id"), str):
                     return True
                 if isinstance(item, dict | list):
                     pending.append(item)
@@ -73,24 +123,100 @@ def _names_ids(value: Any) -> bool:
 
 def tenants_own(raw: bytes, body: dict[str, Any]) -> bool:
     """Whether the request's answer is its tenant's alone, even in `shared` scope."""
-    return names_owned_objects(raw, body) or passes_reasoning(body) or carries_credentials(body)
-
-
-def passes_reasoning(body: dict[str, Any]) -> bool:
-    """Whether a Responses `input` holds a reasoning item by its `id` or `encrypted_content`.
-    The upstream reads its reasoning from the response that made it (a summary is no copy of
-    it), or decrypts it for the owner's account: like an `item_reference`, the answer rests on
-    state the body only points to. Unlike one, it is not left uncached (`call._references`):
-    every turn of an agent on a reasoning model passes its reasoning back, and the rest of the
-    conversation is in the body, so the owner keeps caching its own turns; only sharing them
-    is wrong, as the upstream refuses another account the id."""
-    items = body.get("input")
-    return isinstance(items, list) and any(
-        isinstance(item, dict)
-        and item.get("type") == "reasoning"
-        and (item.get("id") is not None or item.get("encrypted_content") is not None)
-        for item in items
+    return (
+        names_owned_objects(raw, body)
+        or passes_stored_items(body)
+        or carries_credentials(body)
+        or names_program(body)
     )
+
+
+def names_program(body: dict[str, Any]) -> bool:
+    """Whether a request names an access program other than `standard` (`access_programs`)."""
+    return "access_programs" in body and _beyond_standard(body["access_programs"])
+
+
+def entitled(answer: dict[str, Any]) -> bool:
+    """Whether a response object says it was made under an access program other than
+    `standard`: null (an implicit standard fallback) or absent says no."""
+    return _beyond_standard(answer.get("access_programs"))
+
+
+def _beyond_standard(programs: Any) -> bool:
+    """Programs naming one that is not `standard`, in any domain (`cyber`, or one the API adds
+    later); anything but an object or null (which the upstream refuses) counts as one."""
+    if programs is None:
+        return False
+    if not isinstance(programs, dict):
+        return True
+    return any(value != "standard" for value in programs.values())
+
+
+SELF_CONTAINED = frozenset(
+    {
+        "message",
+        "function_call",
+        "function_call_output",
+        "custom_tool_call",
+        "custom_tool_call_output",
+        "computer_call",
+        "computer_call_output",
+        "shell_call",
+        "shell_call_output",
+        "local_shell_call",
+        "local_shell_call_output",
+        "apply_patch_call",
+        "apply_patch_call_output",
+        "mcp_list_tools",
+        "mcp_approval_request",
+        "mcp_call",
+        "tool_search_call",
+        "tool_search_output",
+        "additional_tools",
+        "configuration_update",
+        "compaction_trigger",
+        "program_output",
+    }
+)
+"""Responses input item types that carry in the body all the upstream reads of them."""
+
+
+def passes_stored_items(body: dict[str, Any]) -> bool:
+    """Whether a Responses `input` holds an item the upstream reads from its owner's stored
+    state by id, or decrypts for the owner's account (see the module's list). Unlike an
+    `item_reference` it is not left uncached (`call._references`): every turn of an agent on a
+    reasoning model passes its reasoning and tool calls back, and the rest of the conversation
+    is in the body, so the owner keeps caching its own turns; only sharing them is wrong, as
+    the upstream refuses another account the id."""
+    items = body.get("input")
+    if not isinstance(items, list):
+        return False
+    asked = {
+        item["id"]
+        for item in items
+        if isinstance(item, dict)
+        and item.get("type") == "mcp_approval_request"
+        and isinstance(item.get("id"), str)
+    }
+    chained = body.get("previous_response_id") is not None
+    return any(
+        isinstance(item, dict) and not _self_contained(item, asked, chained) for item in items
+    )
+
+
+def _self_contained(item: dict[str, Any], asked: set[str], chained: bool) -> bool:
+    """`asked`: the ids of the approval requests the same input holds; `chained`: the request
+    continues a stored response, which holds the others. A type or an id that is no string
+    (which the upstream refuses) is no known one."""
+    kind = item.get("type", "message" if "role" in item else None)
+    if not isinstance(kind, str):
+        return False
+    if kind == "image_generation_call":
+        return isinstance(item.get("result"), str)
+    if kind == "mcp_approval_response":
+        request = item.get("approval_request_id")
+        return chained or (isinstance(request, str) and request in asked)
+    return kind in SELF_CONTAINED
 
 
 def carries_credentials(body: dict[str, Any]) -> bool:
@@ -98,17 +224,29 @@ def carries_credentials(body: dict[str, Any]) -> bool:
     proxy cannot tell which header a third party reads a key in), an `authorization` (an OAuth
     token), or a `connector_id`, which always reads its user's account (Gmail, Dropbox) with
     one. A tool with empty or no headers reaches a server that answers anyone sending the same
-    body, so names nothing."""
-    tools = body.get("tools")
-    return isinstance(tools, list) and any(
+    body, so names nothing. Tools are read where a body gives them: its `tools`, and an input
+    item's (`additional_tools`, `tool_search_output`)."""
+    return any(
         isinstance(tool, dict)
         and (
             (isinstance(tool.get("headers"), dict) and bool(tool["headers"]))
             or bool(tool.get("authorization"))
             or tool.get("connector_id") is not None
         )
+        for tools in _tool_lists(body)
         for tool in tools
     )
+
+
+def _tool_lists(body: dict[str, Any]) -> list[list[Any]]:
+    """The body's `tools`, then each input item's."""
+    items = body.get("input")
+    holders = [body, *(items if isinstance(items, list) else ())]
+    return [
+        holder["tools"]
+        for holder in holders
+        if isinstance(holder, dict) and isinstance(holder.get("tools"), list)
+    ]
 
 
 SEAL = "sha256:"
@@ -126,12 +264,24 @@ def sealed(body: dict[str, Any], loaded: bool = False) -> dict[str, Any] | None:
     replays. A cassette's line is `loaded`: a value it holds sealed stays as it is. A
     request's is sealed whatever it looks like, so that no one sending a token's digest reads
     what the token fetched. Not keyed by `--secret`, which would bind a cassette to one proxy:
-    a guessable password gains nothing from this."""
-    tools = body.get("tools")
+    a guessable password gains nothing from this. An input item's tools are sealed as the
+    body's are (`_tool_lists`)."""
+    hidden = _sealed_tools(body, loaded)
+    items = body.get("input")
+    if isinstance(items, list):
+        kept = [_sealed_tools(item, loaded) if isinstance(item, dict) else item for item in items]
+        if kept != items:
+            hidden = hidden | {"input": kept}
+    return None if hidden is body else hidden
+
+
+def _sealed_tools(holder: dict[str, Any], loaded: bool) -> dict[str, Any]:
+    """`holder` with its `tools` sealed; itself when they hold nothing to seal."""
+    tools = holder.get("tools")
     if not isinstance(tools, list):
-        return None
+        return holder
     hidden = [_sealed_tool(tool, loaded) for tool in tools]
-    return None if hidden == tools else body | {"tools": hidden}
+    return holder if hidden == tools else holder | {"tools": hidden}
 
 
 def _sealed_tool(tool: Any, loaded: bool) -> Any:

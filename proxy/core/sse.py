@@ -46,6 +46,7 @@ from proxy.core.entry import (
     rewritten,
     usage_of,
 )
+from proxy.core.owned import entitled
 from proxy.core.pieces import Pieces
 
 _DONE = b"[DONE]"
@@ -167,6 +168,7 @@ class StreamRecorder:
         self._max_bytes = max_bytes
         self._responses = responses
         self.response_id: str | None = None
+        self.entitled = False  # a response event named an access program (`owned.entitled`)
         self._chunks = Pieces()
         self._pending = Pieces()
         self._after_cr = False  # the last frame read ended with a CR: an LF next ends that line
@@ -328,6 +330,7 @@ class StreamRecorder:
                 self._read_claim(holder)
         if not isinstance(response, dict):
             return
+        self.entitled = self.entitled or entitled(response)
         if isinstance(response.get("id"), str):
             # Nor is a response made with `store: false` found by its id: the upstream never
             # kept it (the rule `responses.id_of` reads in a whole answer).

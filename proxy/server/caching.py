@@ -308,8 +308,10 @@ async def forward(
     if status == 200:
         facts = await read_facts(services, data, call.kind == RESPONSES, call.shape)
     if facts is not None:
-        fingerprint, prompt, completion, found_by = facts
-        answer = Answer(data, content_type, fingerprint, prompt, completion, False, found_by)
+        fingerprint, prompt, completion, found_by, programmed = facts
+        answer = Answer(
+            data, content_type, fingerprint, prompt, completion, False, found_by, programmed
+        )
         await record(services, call, answer, lease)
     headers.update(repro_headers(call, call.plan.outcome, fingerprint))
     return web.Response(status=status, body=data, headers=headers)
@@ -366,8 +368,10 @@ async def record(
     the current fingerprint is counted in process (see FingerprintTracker) and only the answer
     is written; anything else is observed and written in one step (`Store.record`), the
     observation first, so under `follow` the entry is servable once written. A leader's `lease`
-    gives up its store lock in the same write."""
-    entry = _storable(services, call, answer) if call.plan.store else None
+    gives up its store lock in the same write. An answer made under an access program the
+    caller's organization holds is not stored in the shared partition (`owned.entitled`)."""
+    stores = call.plan.store and not (call.shared and answer.entitled)
+    entry = _storable(services, call, answer) if stores else None
     if entry is None:
         await observe_fingerprint(services, call.lineage, answer.fingerprint)
         return

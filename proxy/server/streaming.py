@@ -310,6 +310,7 @@ class _Relay:
             completion_tokens=recorder.completion_tokens,
             stream=True,
             response_id=recorder.response_id,
+            entitled=recorder.entitled,
         )
         await record(self.services, self.call, answer)
 

@@ -18,7 +18,7 @@ from proxy.core import canonical
 from proxy.core.call import Asked, Call, prepare_with
 from proxy.core.entry import Entry
 from proxy.core.nearest import Request, readable
-from proxy.core.owned import carries_credentials, passes_reasoning, sealed
+from proxy.core.owned import carries_credentials, passes_stored_items, sealed
 from proxy.core.policy import CacheMode, CacheScope, Enforce
 from proxy.store.cassette import from_record, to_record
 from proxy.testing.session import LLMSession, RecordMode
@@ -132,7 +132,7 @@ def test_a_request_passing_back_a_reasoning_item_is_keyed_per_tenant(
     body: dict[str, Any],
 ) -> None:
     raw = orjson.dumps(body)
-    assert passes_reasoning(canonical.parse_body(raw))
+    assert passes_stored_items(canonical.parse_body(raw))
     assert key_for(raw, "sk-owner") != key_for(raw, "sk-other")
     assert key_for(raw, "sk-owner") == key_for(raw, "sk-owner")
 
@@ -151,7 +151,7 @@ def test_a_reasoning_item_leaves_the_request_cacheable() -> None:
 def test_a_request_naming_no_credential_nor_reasoning_stays_shared(body: dict[str, Any]) -> None:
     raw = orjson.dumps(body)
     parsed = canonical.parse_body(raw)
-    assert not carries_credentials(parsed) and not passes_reasoning(parsed)
+    assert not carries_credentials(parsed) and not passes_stored_items(parsed)
     assert key_for(raw, "sk-owner") == key_for(raw, "sk-other")
 
 

@@ -24,6 +24,8 @@ control routes (unauthenticated; JSON bodies):
   GET    /_sim/settings      latency, chunk_delay, divergence, drift
   POST   /_sim/settings      change any of them at run time
   POST   /_sim/keys          {"api_keys": […]}: the keys accepted from now on ([] = any)
+  POST   /_sim/access_programs  {"access_programs": {"cyber": "daybreak_blue"} | null}: what a
+                             Responses request naming none is answered under
   POST   /_sim/faults        {"kind": "status"|"cut"|"error_event"|"hang"|"drop"|…, "count": N, …}:
                              fail the next N LLM requests (status, headers, body, after)
   DELETE /_sim/faults        drop the queued faults

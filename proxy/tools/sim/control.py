@@ -83,6 +83,16 @@ async def _set_keys(request: web.Request) -> web.Response:
     return json_response({"api_keys": sorted(keys)})
 
 
+async def _set_access_programs(request: web.Request) -> web.Response:
+    """The access programs a Responses request naming none is answered under, as the API
+    resolves them from the organization's authorization (null: the implicit standard)."""
+    programs = (await _control_body(request)).get("access_programs")
+    if not (programs is None or isinstance(programs, dict)):
+        raise BadRequest("'access_programs' must be an object or null", "access_programs")
+    request.app[STATE].access_programs = programs
+    return json_response({"access_programs": programs})
+
+
 async def _add_fault(request: web.Request) -> web.Response:
     state = request.app[STATE]
     state.queue(Fault.from_json(await _control_body(request)))
@@ -121,6 +131,7 @@ def routes() -> list[web.RouteDef]:
         web.get("/_sim/settings", _get_settings),
         web.post("/_sim/settings", _set_settings),
         web.post("/_sim/keys", _set_keys),
+        web.post("/_sim/access_programs", _set_access_programs),
         web.post("/_sim/faults", _add_fault),
         web.delete("/_sim/faults", _clear_faults),
         web.get("/_sim/requests", _get_requests),

@@ -124,6 +124,7 @@ def _response(body: JSON, state: SimState, output: list[JSON], usage: JSON | Non
         "safety_identifier": body.get("safety_identifier"),
         "prompt_cache_key": body.get("prompt_cache_key"),
         "metadata": body.get("metadata") or {},
+        "access_programs": body.get("access_programs", state.access_programs),
     }
 
 

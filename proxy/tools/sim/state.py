@@ -144,6 +144,7 @@ class SimState:
     streams_completed: int = 0
     streams_cancelled: int = 0
     responses: OrderedDict[str, JSON] = field(default_factory=OrderedDict)
+    access_programs: JSON | None = None  # what a Responses request naming none resolves to
 
     @classmethod
     def from_settings(cls, settings: SimSettings) -> SimState:
