@@ -311,7 +311,7 @@ class _Relay:
             stream=True,
             response_id=recorder.response_id,
         )
-        await record(self.services, self.call, answer)
+        await record(self.services, self.call, answer, self.request.headers)
 
 
 def _before_head(recorder: StreamRecorder) -> bool:

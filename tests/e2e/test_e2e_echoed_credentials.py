@@ -1,0 +1,96 @@
+"""An upstream that echoes the caller's key into its answer, in `shared` scope. Stored, that
+answer went to every tenant sending the same body (tenant B read tenant A's key off a HIT) and
+into the cassette and the export users commit. It is now relayed to its caller as sent and
+never stored: B asks the upstream, and nothing written holds a key."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from tests.fixtures_procs import launch_proxy, wait_up
+from tests.hostile import Received, Scripted, completion, http_answer, sse_frames
+
+TOKEN = "admin-secret-for-echo"
+# A `/` in each: the upstream below escapes it as PHP does (`\/`), as a JSON field may.
+KEY_A = "sk-proj-tenantA/7f3c9e1b2d4a6c8e0f1a3b5c7d9e"
+KEY_B = "sk-proj-tenantB/1a2b3c4d5e6f708192a3b4c5d6e7"
+MODELS = orjson.dumps({"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]})
+REFUSED = orjson.dumps({"error": {"message": "bad key", "type": "invalid_request_error"}})
+
+
+def _echoing() -> Scripted:
+    """An upstream that lists models to real-looking keys (the proxy's made-up ones, `sk-repro-`,
+    are refused: the key check then trusts the list) and answers a chat request, whole or
+    streamed, with the Authorization header it got, `/` escaped as `\\/`."""
+
+    async def write(writer: asyncio.StreamWriter, request: Received) -> None:
+        authorization = request.headers.get("authorization", "")
+        if request.request_line.startswith("GET /v1/models"):
+            if "sk-repro-" in authorization:
+                answer = http_answer(REFUSED, "Content-Type: application/json", status="401 No")
+            else:
+                answer = http_answer(MODELS, "Content-Type: application/json")
+        else:
+            said = "Debug: you sent " + authorization
+            if orjson.loads(request.body).get("stream"):
+                body, kind = sse_frames(said), "Content-Type: text/event-stream"
+            else:
+                body, kind = completion(said), "Content-Type: application/json"
+            answer = http_answer(body.replace(b"/", b"\\/"), kind)
+        writer.write(answer)
+        await writer.drain()
+
+    return Scripted(write)
+
+
+def _ask(url: str, key: str, stream: bool) -> httpx.Response:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    if stream:
+        body["stream"] = True
+    headers = {"Authorization": f"Bearer {key}"}
+    return httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+
+
+def _escaped(key: str) -> bytes:
+    return key.replace("/", "\\/").encode()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_an_echoed_key_reaches_its_caller_only(tmp_path: Path, stream: bool) -> None:
+    cassette = tmp_path / "llm.jsonl"
+    flags = ("--cache-scope", "shared", "--cassette", str(cassette), "--admin-token", TOKEN)
+    with _echoing() as upstream:
+        proxy = wait_up(launch_proxy(upstream.v1, *flags, stderr=subprocess.PIPE))
+        try:
+            first = _ask(proxy.url, KEY_A, stream)
+            assert first.status_code == 200
+            assert _escaped(KEY_A) in first.content  # relayed as the upstream sent it
+            second = _ask(proxy.url, KEY_B, stream)
+            assert second.status_code == 200
+            assert _escaped(KEY_A) not in second.content  # before: a HIT holding A's key
+            assert second.headers["X-Repro-Cache"] == "MISS"
+            assert _escaped(KEY_B) in second.content  # its own, from the upstream
+            exported = httpx.get(
+                f"{proxy.url}/admin/export",
+                headers={"Authorization": f"Bearer {TOKEN}"},
+                timeout=30,
+            )
+            assert exported.status_code == 200
+        finally:
+            proxy.proc.send_signal(signal.SIGTERM)
+            _, err = proxy.proc.communicate(timeout=60)
+    chats = [r for r in upstream.received if r.request_line.startswith("POST")]
+    assert len(chats) == 2  # nothing was served from the cache
+    written = cassette.read_bytes() if cassette.exists() else b""
+    for key in (KEY_A, KEY_B):
+        for leaked in (exported.content, written, err):
+            assert _escaped(key) not in leaked
+            assert key.split("/")[1].encode() not in leaked
+    assert err.count(b"answer not stored: it holds a credential of the request") == 2
