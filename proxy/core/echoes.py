@@ -130,8 +130,9 @@ def needles(secrets: Iterable[bytes]) -> tuple[bytes, ...]:
 
 def _escaped(secret: bytes) -> Iterator[bytes]:
     text = secret.decode("utf-8", "surrogateescape")
-    yield orjson.dumps(text.encode("utf-8", "replace").decode())[1:-1]
-    yield secret.replace(b"/", b"\\/")
+    as_json = orjson.dumps(text.encode("utf-8", "replace").decode())[1:-1]
+    yield as_json
+    yield as_json.replace(b"/", b"\\/")
     for digits in ("%04x", "%04X"):
         yield "".join(
             ch if _PLAIN.fullmatch(ch.encode("utf-8", "replace")) else "\\u" + digits % ord(ch)

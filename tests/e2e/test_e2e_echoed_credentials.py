@@ -25,19 +25,24 @@ MODELS = orjson.dumps({"object": "list", "data": [{"id": "gpt-4o-mini", "object"
 REFUSED = orjson.dumps({"error": {"message": "bad key", "type": "invalid_request_error"}})
 
 
+def _model_list(request: Received) -> bytes | None:
+    """The answer to a key check's model list, None to any other request: real-looking keys
+    are listed, the proxy's made-up ones (`sk-repro-`) refused, so the list vouches for keys."""
+    if not request.request_line.startswith("GET /v1/models"):
+        return None
+    if "sk-repro-" in request.headers.get("authorization", ""):
+        return http_answer(REFUSED, "Content-Type: application/json", status="401 No")
+    return http_answer(MODELS, "Content-Type: application/json")
+
+
 def _echoing() -> Scripted:
-    """An upstream that lists models to real-looking keys (the proxy's made-up ones, `sk-repro-`,
-    are refused: the key check then trusts the list) and answers a chat request, whole or
-    streamed, with the Authorization header it got, `/` escaped as `\\/`."""
+    """An upstream answering a chat request, whole or streamed, with the Authorization header
+    it got, `/` escaped as `\\/` (and a key check's `_model_list`)."""
 
     async def write(writer: asyncio.StreamWriter, request: Received) -> None:
         authorization = request.headers.get("authorization", "")
-        if request.request_line.startswith("GET /v1/models"):
-            if "sk-repro-" in authorization:
-                answer = http_answer(REFUSED, "Content-Type: application/json", status="401 No")
-            else:
-                answer = http_answer(MODELS, "Content-Type: application/json")
-        else:
+        answer = _model_list(request)
+        if answer is None:
             said = "Debug: you sent " + authorization
             if orjson.loads(request.body).get("stream"):
                 body, kind = sse_frames(said), "Content-Type: text/event-stream"
@@ -94,3 +99,69 @@ def test_an_echoed_key_reaches_its_caller_only(tmp_path: Path, stream: bool) -> 
             assert _escaped(key) not in leaked
             assert key.split("/")[1].encode() not in leaked
     assert err.count(b"answer not stored: it holds a credential of the request") == 2
+
+
+TOOL_TOKEN = "ya29.tool-oauth-token-0123456789"
+TOOL_BODY = {
+    "model": "o4-mini",
+    "input": "Any new mail?",
+    "tools": [
+        {
+            "type": "mcp",
+            "server_label": "mail",
+            "server_url": "https://mcp.example.com/sse",
+            "authorization": TOOL_TOKEN,
+        }
+    ],
+}
+
+
+def _response_quoting_tools() -> Scripted:
+    """An upstream whose Responses answer quotes the tools it was sent, tokens included."""
+
+    async def write(writer: asyncio.StreamWriter, request: Received) -> None:
+        listed = _model_list(request)
+        if listed is not None:
+            writer.write(listed)
+            await writer.drain()
+            return
+        said = "Calling with " + orjson.loads(request.body)["tools"][0]["authorization"]
+        answer = {
+            "id": "resp_echo1",
+            "object": "response",
+            "status": "completed",
+            "model": "o4-mini",
+            "output": [
+                {
+                    "type": "message",
+                    "id": "msg_1",
+                    "role": "assistant",
+                    "status": "completed",
+                    "content": [{"type": "output_text", "text": said, "annotations": []}],
+                }
+            ],
+            "usage": {"input_tokens": 3, "output_tokens": 3, "total_tokens": 6},
+        }
+        writer.write(http_answer(orjson.dumps(answer), "Content-Type: application/json"))
+        await writer.drain()
+
+    return Scripted(write)
+
+
+def test_a_tools_token_echoed_is_never_recorded(tmp_path: Path) -> None:
+    cassette = tmp_path / "llm.jsonl"
+    with _response_quoting_tools() as upstream:
+        flags = ("--cache-scope", "shared", "--cassette", str(cassette))
+        proxy = wait_up(launch_proxy(upstream.v1, *flags))
+        try:
+            url, key = f"{proxy.url}/v1/responses", {"Authorization": f"Bearer {KEY_A}"}
+            for _ in range(2):
+                sent = httpx.post(url, json=TOOL_BODY, headers=key, timeout=30)
+                assert sent.status_code == 200
+                assert sent.headers["X-Repro-Cache"] == "MISS"  # before: a HIT the 2nd time
+                assert TOOL_TOKEN.encode() in sent.content
+        finally:
+            proxy.proc.send_signal(signal.SIGTERM)
+            proxy.proc.communicate(timeout=60)
+    assert sum(r.request_line.startswith("POST") for r in upstream.received) == 2
+    assert TOOL_TOKEN.encode() not in (cassette.read_bytes() if cassette.exists() else b"")
