@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -24,6 +25,12 @@ SHORTEST = 8
 """Bytes a secret must have to be looked for: a shorter value (a test key `sk-a`, a password
 `1234`) turns up in ordinary text, so every answer mentioning it would go unstored, and a
 credential that short is guessed sooner than leaked."""
+
+RUN = 16
+"""Bytes a run of a secret's unescaped characters must have to be looked for alone: 96 bits
+of a random token, and longer than nearly any word, so that a value such as
+`application/json` (a tool's header, sealed as any) is not found in every answer saying
+`application`."""
 
 _PLAIN = re.compile(rb"[A-Za-z0-9_.~-]+")
 """Characters no JSON writer escapes (RFC 8259 needs none of them; PHP escapes `/`, Gson `=`
@@ -111,33 +118,40 @@ def _in_url(url: Any) -> Iterator[str]:
 
 
 def needles(secrets: Iterable[bytes]) -> tuple[bytes, ...]:
-    """What to look for in an answer: each secret, and for one a JSON writer may escape (it
-    holds a character outside _PLAIN: `/`, `+`, `=`, `"`, non-ASCII), its longest run of
-    characters none escapes, when that run alone is long enough to mean the secret; else its
-    escaped spellings (`\\/`, `\\u00xx` in either case, and JSON's own `\\"` and `\\\\`)."""
+    """What to look for in an answer: each secret and, for one a JSON writer may escape (it
+    holds a character outside _PLAIN: `/`, `+`, `=`, `"`, non-ASCII), its escaped spellings
+    (JSON's own `\\"` and `\\\\`, with `\\/` or without, every such character as `\\u00xx` in
+    either case) and its longest run of characters none escapes when that run is RUN bytes or
+    more: it then still means the secret, however a writer mixed its escapes."""
     out: list[bytes] = []
     for secret in secrets:
         out.append(secret)
         if _PLAIN.fullmatch(secret):
             continue
+        out.extend(_escaped(secret))
         run = max(_PLAIN.findall(secret), key=len, default=b"")
-        if len(run) >= SHORTEST:
+        if len(run) >= RUN:
             out.append(run)
-        else:
-            out.extend(_escaped(secret))
     return tuple(dict.fromkeys(out))
 
 
 def _escaped(secret: bytes) -> Iterator[bytes]:
-    text = secret.decode("utf-8", "surrogateescape")
-    as_json = orjson.dumps(text.encode("utf-8", "replace").decode())[1:-1]
-    yield as_json
-    yield as_json.replace(b"/", b"\\/")
-    for digits in ("%04x", "%04X"):
-        yield "".join(
-            ch if _PLAIN.fullmatch(ch.encode("utf-8", "replace")) else "\\u" + digits % ord(ch)
-            for ch in text
-        ).encode("utf-8", "surrogateescape")
+    """JSON's own escapes, non-ASCII kept (orjson, Go) or as `\\u00e9` (Python, PHP), each
+    with `/` as `\\/` or not (PHP); then every ASCII character a writer may escape as
+    `\\u00xx`, lower case or upper, non-ASCII kept (as Gson does `=`)."""
+    text = secret.decode("utf-8", "replace")
+    for spelled in (orjson.dumps(text)[1:-1], json.dumps(text)[1:-1].encode()):
+        yield spelled
+        yield spelled.replace(b"/", b"\\/")
+    for table in _AS_HEX:
+        yield text.translate(table).encode()
+
+
+_AS_HEX = tuple(
+    {code: form % code for code in range(128) if not _PLAIN.fullmatch(bytes([code]))}
+    for form in ("\\u%04x", "\\u%04X")
+)
+"""Each ASCII character a writer may escape, as `\\u00xx` in lower and upper case."""
 
 
 def echoed(answer: bytes, looked_for: Iterable[bytes]) -> bool:

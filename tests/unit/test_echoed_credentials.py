@@ -121,7 +121,26 @@ def test_a_secret_of_short_plain_runs_is_found_in_its_escaped_spellings(spelled:
     assert found(b'{"echo":"' + spelled.encode() + b'"}', (("api-key", CHOPPED),))
 
 
+def test_a_random_tokens_long_run_is_found_however_escapes_are_mixed() -> None:
+    mixed = SLASHED.replace("/", "\\/").replace("=", "\\u003d").replace("+", "\\u002B")
+    assert found(mixed.encode(), (("x-api-key", SLASHED),))
+
+
+def test_a_words_run_alone_is_not_looked_for() -> None:
+    header = (("x-api-key", "application/json"),)
+    assert not found(b'{"content":"a web application"}', header)
+    assert found(b'{"content":"sent application\\/json"}', header)
+
+
 def test_an_answer_without_the_credential_is_not_matched() -> None:
     answer = b'{"choices":[{"message":{"content":"sk-proj-Ab3dEf6 is a prefix only"}}]}'
     assert not found(answer, (("authorization", f"Bearer {TOKEN}"),))
     assert not found(answer, ())
+
+
+@pytest.mark.parametrize("ensure_ascii", [False, True], ids=["kept", "escaped"])
+def test_a_non_ascii_secret_is_found_as_python_and_php_write_it(ensure_ascii: bool) -> None:
+    secret = "geheim/Pässwort€2024"
+    spelled = json.dumps({"sent": secret}, ensure_ascii=ensure_ascii).encode()
+    assert found(spelled, (("x-api-key", secret),))
+    assert found(spelled.replace(b"/", b"\\/"), (("x-api-key", secret),))
