@@ -491,7 +491,7 @@ def _storable(
 ) -> Entry | None:
     """The entry to store, or None when it is over the size cap or holds a credential of its
     request (`echoes`; logged)."""
-    if _echoes(services, call, answer.body, asked_with):
+    if _echoes(services, call, answer, asked_with):
         return None
     entry = Entry(
         body=answer.body,
@@ -518,13 +518,19 @@ def _storable(
     return entry
 
 
-def _echoes(services: Services, call: Call, body: bytes, asked_with: CIMultiDictProxy[str]) -> bool:
-    """Whether the answer holds a credential its request carried, in a header, the query or
-    (sealed in what is kept) a tool: stored, it would be served to every tenant of a shared
-    partition and written into cassettes. Logged without it."""
+def _echoes(
+    services: Services, call: Call, answer: Answer, asked_with: CIMultiDictProxy[str]
+) -> bool:
+    """Whether the answer (its body, or its Content-Type, stored and served with it) holds a
+    credential its request carried, in a header, the query or (sealed in what is kept) a
+    tool: stored, it would be served to every tenant of a shared partition and written into
+    cassettes. Logged without it."""
     credentials = of_request(asked_with, call.query, services.credential_names)
-    secrets = echoes.secrets_of(credentials, None if call.kept is None else call.body)
-    if not echoes.echoed(body, echoes.needles(secrets)):
+    looked_for = echoes.needles(
+        echoes.secrets_of(credentials, None if call.kept is None else call.body)
+    )
+    stored = (answer.body, answer.content_type.encode("utf-8", "surrogateescape"))
+    if not any(echoes.echoed(part, looked_for) for part in stored):
         return False
     log.warning(
         "answer not stored: it holds a credential of the request it answers (the upstream "

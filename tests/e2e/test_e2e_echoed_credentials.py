@@ -14,6 +14,7 @@ import httpx
 import orjson
 import pytest
 
+from bench.procs import stop
 from tests.fixtures_procs import launch_proxy, wait_up
 from tests.hostile import Received, Scripted, completion, http_answer, sse_frames
 
@@ -165,3 +166,24 @@ def test_a_tools_token_echoed_is_never_recorded(tmp_path: Path) -> None:
             proxy.proc.communicate(timeout=60)
     assert sum(r.request_line.startswith("POST") for r in upstream.received) == 2
     assert TOOL_TOKEN.encode() not in (cassette.read_bytes() if cassette.exists() else b"")
+
+
+def test_a_key_echoed_in_the_content_type_is_not_stored() -> None:
+    """The Content-Type is stored and served with the body (8 KiB of it)."""
+
+    async def write(writer: asyncio.StreamWriter, request: Received) -> None:
+        authorization = request.headers.get("authorization", "")
+        listed = _model_list(request)
+        kind = f"Content-Type: application/json; debug-auth={authorization.split()[-1]}"
+        writer.write(listed or http_answer(completion("A colour: red."), kind))
+        await writer.drain()
+
+    with Scripted(write) as upstream:
+        proxy = wait_up(launch_proxy(upstream.v1, "--cache-scope", "shared"))
+        try:
+            assert KEY_A in _ask(proxy.url, KEY_A, False).headers["Content-Type"]
+            second = _ask(proxy.url, KEY_B, False)
+            assert KEY_A not in second.headers["Content-Type"]
+            assert second.headers["X-Repro-Cache"] == "MISS"
+        finally:
+            stop(proxy.proc)
