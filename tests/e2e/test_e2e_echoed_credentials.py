@@ -182,6 +182,9 @@ def test_a_key_echoed_in_the_content_type_is_not_stored() -> None:
         proxy = wait_up(launch_proxy(upstream.v1, "--cache-scope", "shared"))
         try:
             assert KEY_A in _ask(proxy.url, KEY_A, False).headers["Content-Type"]
+            # Not stored, but the model's answer: its fingerprint is learnt.
+            learnt = {"model": "gpt-4o-mini", "fingerprint": "fp_hostile"}
+            assert proxy.metric("repro_fingerprint_info", **learnt) == 1
             second = _ask(proxy.url, KEY_B, False)
             assert KEY_A not in second.headers["Content-Type"]
             assert second.headers["X-Repro-Cache"] == "MISS"
