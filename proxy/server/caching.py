@@ -14,11 +14,12 @@ from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.core import policy, responses, routes
+from proxy.core import echoes, policy, responses, routes
 from proxy.core.call import Answer, Asked, Call, Facts, facts_of, prepare_with, repro_headers
 from proxy.core.codec import Codec, UnknownDictionary
+from proxy.core.credentials import of_request
 from proxy.core.entry import CorruptEntry, Entry, Misshapen, expires_at, is_served_as
 from proxy.core.fingerprints import ModelFingerprints, tracked
 from proxy.core.keyed import KEYED_OTHERWISE, REROUTING
@@ -312,7 +313,7 @@ async def forward(
         answer = Answer(
             data, content_type, fingerprint, prompt, completion, False, found_by, programmed
         )
-        await record(services, call, answer, lease)
+        await record(services, call, answer, request.headers, lease)
     headers.update(repro_headers(call, call.plan.outcome, fingerprint))
     return web.Response(status=status, body=data, headers=headers)
 
@@ -362,16 +363,23 @@ async def observe_fingerprint(services: Services, model: str, fingerprint: str) 
 
 
 async def record(
-    services: Services, call: Call, answer: Answer, lease: Lease | None = None
+    services: Services,
+    call: Call,
+    answer: Answer,
+    asked_with: CIMultiDictProxy[str],
+    lease: Lease | None = None,
 ) -> None:
-    """Learn the answer's fingerprint and store the answer (when the plan stores). A repeat of
-    the current fingerprint is counted in process (see FingerprintTracker) and only the answer
-    is written; anything else is observed and written in one step (`Store.record`), the
-    observation first, so under `follow` the entry is servable once written. A leader's `lease`
-    gives up its store lock in the same write. An answer made under an access program the
-    caller's organization holds is not stored in the shared partition (`owned.entitled`)."""
+    """Learn the answer's fingerprint and store the answer (when the plan stores, it holds no
+    credential of its request, `asked_with` its headers, and it was made under no access
+    program the caller's organization holds, where the partition is shared: `owned.entitled`).
+    A repeat of the current fingerprint is counted in process (see FingerprintTracker) and only
+    the answer is written; anything else is observed and written in one step (`Store.record`),
+    the observation first, so under `follow` the entry is servable once written. A leader's
+    `lease` gives up its store lock in the same write. An answer left unstored is still
+    observed: it is the model's, and what it says of its fingerprint holds whoever may read
+    it."""
     stores = call.plan.store and not (call.shared and answer.entitled)
-    entry = _storable(services, call, answer) if stores else None
+    entry = _storable(services, call, answer, asked_with) if stores else None
     if entry is None:
         await observe_fingerprint(services, call.lineage, answer.fingerprint)
         return
@@ -483,8 +491,13 @@ def _write(
     )
 
 
-def _storable(services: Services, call: Call, answer: Answer) -> Entry | None:
-    """The entry to store, or None when it is over the size cap (logged)."""
+def _storable(
+    services: Services, call: Call, answer: Answer, asked_with: CIMultiDictProxy[str]
+) -> Entry | None:
+    """The entry to store, or None when it is over the size cap or holds a credential of its
+    request (`echoes`; logged)."""
+    if _echoes(services, call, answer, asked_with):
+        return None
     entry = Entry(
         body=answer.body,
         content_type=answer.content_type,
@@ -508,6 +521,28 @@ def _storable(services: Services, call: Call, answer: Answer) -> Entry | None:
         )
         return None
     return entry
+
+
+def _echoes(
+    services: Services, call: Call, answer: Answer, asked_with: CIMultiDictProxy[str]
+) -> bool:
+    """Whether the answer (its body, or its Content-Type, stored and served with it) holds a
+    credential its request carried, in a header, the query or (sealed in what is kept) a
+    tool: stored, it would be served to every tenant of a shared partition and written into
+    cassettes. Logged without it."""
+    credentials = of_request(asked_with, call.query, services.credential_names)
+    looked_for = echoes.needles(
+        echoes.secrets_of(credentials, None if call.kept is None else call.body)
+    )
+    stored = (answer.body, answer.content_type.encode("utf-8", "surrogateescape"))
+    if not any(echoes.echoed(part, looked_for) for part in stored):
+        return False
+    log.warning(
+        "answer not stored: it holds a credential of the request it answers (the upstream "
+        "echoed it); relayed to its caller only",
+        extra={"key": call.key, "route": call.route, "model": call.model},
+    )
+    return True
 
 
 def unreadable(services: Services) -> None:
