@@ -334,17 +334,18 @@ def _sealed_within(value: Any, loaded: bool) -> Any:
 
 
 def _sealed_field(name: str, value: Any, loaded: bool) -> Any:
-    """A tool's field `name` holding `value`, sealed when it is a credential's."""
+    """A tool's field `name` holding `value`, sealed when it is a credential's; one of a shape
+    the SDK does not give (which the upstream refuses) sealed whole."""
     if name == "headers" and isinstance(value, dict):
         headers = {header: _seal(secret, loaded) for header, secret in value.items()}
         return value if headers == value else headers
-    if name == "authorization" and value is not None:
-        return _seal(value, loaded)
     if name == "server_url" and isinstance(value, str):
         return _sealed_url(value, loaded)
     if name == "domain_secrets" and isinstance(value, list):
         secrets = [_sealed_secret(secret, loaded) for secret in value]
         return value if secrets == value else secrets
+    if name in CREDENTIALS - {"connector_id"} and value is not None:
+        return _seal(value, loaded)
     return _sealed_within(value, loaded)
 
 

@@ -224,3 +224,13 @@ def test_every_field_the_sdk_documents_as_a_secret_is_sealed() -> None:
         if field not in CREDENTIALS and not (cls.endswith("DomainSecretParam") and field in ENTRIES)
     }
     assert unread == set(), "a new secret field: read it in proxy/core/owned.py CREDENTIALS"
+
+
+@pytest.mark.parametrize("odd", [SECRET, {"GITHUB_TOKEN": SECRET}, [SECRET]])
+def test_a_secret_field_of_a_shape_the_sdk_does_not_give_is_sealed_whole(odd: Any) -> None:
+    """The upstream refuses it, but the key and a store would hold it until then."""
+    policy = POLICY | {"domain_secrets": odd}
+    body = ASK | {"tools": [SHELL | {"environment": {"network_policy": policy}}]}
+    call = prepared(body)
+    assert SECRET.encode() in call.body and SECRET.encode() not in call.request
+    assert call.key != prepared(body, "sk-other").key
