@@ -27,12 +27,14 @@ caches its own, and another tenant sending the same body asks the upstream, whic
     does not know (a new one may be either: sharing is what must be earned);
   - an `item_reference`, holding nothing but the id, is not cached at all (`call._references`).
 - One carrying credentials for a third party (`carries_credentials`): an MCP tool's headers or
-  OAuth token, a connector's, among the body's tools or an input item's. Its answer is what they
-  fetched (a mailbox, a private server), and the proxy cannot tell whether they are still good: a
-  token that leaked and was revoked would go on reading its owner's mail from a shared partition.
-  Asked upstream, the third party checks it again. Nor are those credentials kept, nor a server
-  URL's path (where some servers take a key): the key and the stored request name each by its
-  SHA-256 (`sealed`), so no store, export or cassette holds them.
+  OAuth token, a connector's, a hosted container's domain secrets (its network policy's), among
+  the body's tools or an input item's (CREDENTIALS). Its answer is what they fetched (a mailbox,
+  a private server, what the container read with the secret), and the proxy cannot tell
+  whether they are still good: a token that leaked and was revoked would go on reading its
+  owner's mail from a shared partition. Asked upstream, the third party checks it again. Nor
+  are those credentials kept, nor a server URL's path (where some servers take a key): the key
+  and the stored request name each by its SHA-256 (`sealed`), so no store, export or cassette
+  holds them.
 - One naming an access program other than `standard` (`names_program`): the answer is made
   under an entitlement its organization holds (a Daybreak cyber program), which another
   would be refused with a 403. An answer the upstream made under one without being asked
@@ -219,23 +221,55 @@ def _self_contained(item: dict[str, Any], asked: set[str], chained: bool) -> boo
     return kind in SELF_CONTAINED
 
 
+CREDENTIALS = frozenset(
+    {"headers", "authorization", "server_url", "connector_id", "domain_secrets"}
+)
+"""Fields holding, or naming, credentials a tool reaches a third party with (the SDK's request
+types, surveyed for a field documented as a secret, token, password, key or credential): an MCP
+tool's `headers`, `authorization` (an OAuth token), `server_url` (some servers take a key in
+the path), `connector_id`; a hosted container's network policy's `domain_secrets` (each
+`{domain, name, value}`, its `value` injected into the container's requests to `domain`),
+which a code interpreter's `container` or a shell's `environment` gives. Read wherever a tool
+holds them, at any depth (`_reaches`): a new place the SDK puts one is covered, and one that
+is none (a free-form field the SDK adds) only costs sharing."""
+
+SCHEMAS = frozenset({"parameters", "output_schema"})
+"""A function tool's JSON Schemas, the one place a tool holds the client's own field names: a
+property `headers` or `authorization` there is no credential."""
+
+
 def carries_credentials(body: dict[str, Any]) -> bool:
-    """Whether a tool carries credentials for the server it calls: `headers` holding any (the
-    proxy cannot tell which header a third party reads a key in), an `authorization` (an OAuth
-    token), or a `connector_id`, which always reads its user's account (Gmail, Dropbox) with
-    one. A tool with empty or no headers reaches a server that answers anyone sending the same
-    body, so names nothing. Tools are read where a body gives them: its `tools`, and an input
-    item's (`additional_tools`, `tool_search_output`)."""
+    """Whether a tool carries credentials for the server it calls (CREDENTIALS): `headers`
+    holding any (the proxy cannot tell which header a third party reads a key in), an
+    `authorization`, a `connector_id`, which always reads its user's account (Gmail, Dropbox)
+    with one, or `domain_secrets` holding any. A tool with empty or no headers reaches a server
+    that answers anyone sending the same body, so names nothing; nor does a `server_url`
+    alone (sealed all the same). Tools are read where a body gives them: its `tools`, and an
+    input item's (`additional_tools`, `tool_search_output`)."""
     return any(
-        isinstance(tool, dict)
-        and (
-            (isinstance(tool.get("headers"), dict) and bool(tool["headers"]))
-            or bool(tool.get("authorization"))
-            or tool.get("connector_id") is not None
-        )
+        (isinstance(reach.get("headers"), dict) and bool(reach["headers"]))
+        or bool(reach.get("authorization"))
+        or reach.get("connector_id") is not None
+        or bool(reach.get("domain_secrets"))
         for tools in _tool_lists(body)
         for tool in tools
+        for reach in _reaches(tool)
     )
+
+
+def _reaches(tool: Any) -> list[dict[str, Any]]:
+    """The objects within a tool, itself included, outside its SCHEMAS: bounded, as a parsed
+    body nests at most canonical.MAX_DEPTH deep."""
+    found: list[dict[str, Any]] = []
+    pending = [tool]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            found.append(value)
+            pending.extend(item for name, item in value.items() if name not in SCHEMAS)
+        elif isinstance(value, list):
+            pending.extend(value)
+    return found
 
 
 def _tool_lists(body: dict[str, Any]) -> list[list[Any]]:
@@ -254,18 +288,18 @@ _SEALED = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 def sealed(body: dict[str, Any], loaded: bool = False) -> dict[str, Any] | None:
-    """The body with each credential its tools carry replaced by `sha256:` and its hex SHA-256
-    (every value of their `headers`, their `authorization`; of a `server_url`, what follows its
-    host: some servers put a key in the path, which OpenAI cuts from the response object for
-    that reason); None when it carries none. What the key names and a store keeps, so that an
-    export or a committed cassette holds no token, as it holds no credential header: the
-    upstream still receives the body as sent. A digest tells tokens apart (two end users'
-    mailboxes stay two answers) and is the same for every process, so a recorded cassette
-    replays. A cassette's line is `loaded`: a value it holds sealed stays as it is. A
-    request's is sealed whatever it looks like, so that no one sending a token's digest reads
-    what the token fetched. Not keyed by `--secret`, which would bind a cassette to one proxy:
-    a guessable password gains nothing from this. An input item's tools are sealed as the
-    body's are (`_tool_lists`)."""
+    """The body with each credential its tools carry (CREDENTIALS) replaced by `sha256:` and
+    its hex SHA-256 (every value of their `headers`, their `authorization`, a domain secret's
+    `value`; of a `server_url`, what follows its host: some servers put a key in the path,
+    which OpenAI cuts from the response object for that reason); None when it carries none.
+    What the key names and a store keeps, so that an export or a committed cassette holds no
+    token, as it holds no credential header: the upstream still receives the body as sent. A
+    digest tells tokens apart (two end users' mailboxes stay two answers) and is the same for
+    every process, so a recorded cassette replays. A cassette's line is `loaded`: a value it
+    holds sealed stays as it is. A request's is sealed whatever it looks like, so that no one
+    sending a token's digest reads what the token fetched. Not keyed by `--secret`, which
+    would bind a cassette to one proxy: a guessable password gains nothing from this. An input
+    item's tools are sealed as the body's are (`_tool_lists`)."""
     hidden = _sealed_tools(body, loaded)
     items = body.get("input")
     if isinstance(items, list):
@@ -280,23 +314,49 @@ def _sealed_tools(holder: dict[str, Any], loaded: bool) -> dict[str, Any]:
     tools = holder.get("tools")
     if not isinstance(tools, list):
         return holder
-    hidden = [_sealed_tool(tool, loaded) for tool in tools]
-    return holder if hidden == tools else holder | {"tools": hidden}
+    hidden = _sealed_within(tools, loaded)
+    return holder if hidden is tools else holder | {"tools": hidden}
 
 
-def _sealed_tool(tool: Any, loaded: bool) -> Any:
-    if not isinstance(tool, dict) or not tool.keys() & {"headers", "authorization", "server_url"}:
-        return tool
-    hidden = dict(tool)
-    headers = tool.get("headers")
-    if isinstance(headers, dict):
-        hidden["headers"] = {name: _seal(value, loaded) for name, value in headers.items()}
-    if tool.get("authorization") is not None:
-        hidden["authorization"] = _seal(tool["authorization"], loaded)
-    url = tool.get("server_url")
-    if isinstance(url, str):
-        hidden["server_url"] = _sealed_url(url, loaded)
-    return hidden
+def _sealed_within(value: Any, loaded: bool) -> Any:
+    """`value` with every CREDENTIALS field it holds, outside SCHEMAS, sealed; itself when it
+    holds none. Recursive, bounded by canonical.MAX_DEPTH."""
+    if isinstance(value, list):
+        items = [_sealed_within(item, loaded) for item in value]
+        return value if all(new is old for new, old in zip(items, value, strict=True)) else items
+    if not isinstance(value, dict):
+        return value
+    hidden = {
+        name: item if name in SCHEMAS else _sealed_field(name, item, loaded)
+        for name, item in value.items()
+    }
+    return value if all(hidden[name] is item for name, item in value.items()) else hidden
+
+
+def _sealed_field(name: str, value: Any, loaded: bool) -> Any:
+    """A tool's field `name` holding `value`, sealed when it is a credential's; one of a shape
+    the SDK does not give (which the upstream refuses) sealed whole."""
+    if name == "headers" and isinstance(value, dict):
+        headers = {header: _seal(secret, loaded) for header, secret in value.items()}
+        return value if headers == value else headers
+    if name == "server_url" and isinstance(value, str):
+        return _sealed_url(value, loaded)
+    if name == "domain_secrets" and isinstance(value, list):
+        secrets = [_sealed_secret(secret, loaded) for secret in value]
+        return value if secrets == value else secrets
+    if name in CREDENTIALS - {"connector_id"} and value is not None:
+        return _seal(value, loaded)
+    return _sealed_within(value, loaded)
+
+
+def _sealed_secret(secret: Any, loaded: bool) -> Any:
+    """A domain secret with its `value` sealed (its domain and name, which say where it goes,
+    kept); anything else (which the upstream refuses) sealed whole."""
+    if not isinstance(secret, dict):
+        return _seal(secret, loaded)
+    if "value" not in secret:
+        return secret
+    return secret | {"value": _seal(secret["value"], loaded)}
 
 
 def _sealed_url(url: str, loaded: bool) -> str:

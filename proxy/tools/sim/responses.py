@@ -84,9 +84,13 @@ def _item(answer: Answer) -> JSON:
 def _echoed(tool: Any) -> Any:
     """A tool as the response object repeats it: an MCP tool's credentials (`headers`,
     `authorization`) left out and its `server_url` cut to the host, as OpenAI does, since some
-    servers put a key in the URL's path."""
-    if not isinstance(tool, dict) or tool.get("type") != "mcp":
+    servers put a key in the URL's path. A hosted container's domain secrets are repeated
+    without their `value` (what OpenAI repeats of them is not documented: an upstream that
+    repeats it has it stored with the answer, as docs/security.md says)."""
+    if not isinstance(tool, dict):
         return tool
+    if tool.get("type") != "mcp":
+        return {name: _without_secrets(value) for name, value in tool.items()}
     echoed = {name: value for name, value in tool.items() if name != "authorization"}
     echoed["headers"] = None
     url = tool.get("server_url")
@@ -94,6 +98,20 @@ def _echoed(tool: Any) -> Any:
         parts = urlsplit(url)
         echoed["server_url"] = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
     return echoed
+
+
+def _without_secrets(place: Any) -> Any:
+    """A tool's `container` or `environment`, its network policy's domain secrets valueless."""
+    policy = place.get("network_policy") if isinstance(place, dict) else None
+    if not isinstance(policy, dict) or not isinstance(policy.get("domain_secrets"), list):
+        return place
+    secrets = [
+        {name: value for name, value in secret.items() if name != "value"}
+        if isinstance(secret, dict)
+        else secret
+        for secret in policy["domain_secrets"]
+    ]
+    return place | {"network_policy": policy | {"domain_secrets": secrets}}
 
 
 def _response(body: JSON, state: SimState, output: list[JSON], usage: JSON | None) -> JSON:
