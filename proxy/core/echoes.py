@@ -14,12 +14,12 @@ import binascii
 import json
 import re
 from collections.abc import Iterable, Iterator
-from typing import Any
 from urllib.parse import unquote_plus, urlsplit
 
 import orjson
 
 from proxy.core.credentials import Credentials
+from proxy.core.owned import sealed, sealed_values
 
 SHORTEST = 8
 """Bytes a secret must have to be looked for: a shorter value (a test key `sk-a`, a password
@@ -80,41 +80,30 @@ def _basic_password(token: str) -> Iterator[str]:
 
 
 def _in_tools(body: bytes) -> Iterator[str]:
-    """What `proxy.core.owned.sealed` hides of a body's tools: each header value, an
-    `authorization`, and what a `server_url` holds past its host."""
+    """What `proxy.core.owned.sealed` hides of a body's tools (`sealed_values`): of a URL, its
+    password and all past its host (a key in the path, the query); of anything else, the
+    value as sent and its last word (a header's token without its scheme)."""
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
         return
-    tools = parsed.get("tools") if isinstance(parsed, dict) else None
-    for tool in tools if isinstance(tools, list) else ():
-        if not isinstance(tool, dict):
-            continue
-        headers = tool.get("headers")
-        if isinstance(headers, dict):
-            yield from (_last_word(value) for value in headers.values())
-        yield _last_word(tool.get("authorization"))
-        yield from _in_url(tool.get("server_url"))
+    hidden = sealed(parsed) if isinstance(parsed, dict) else None
+    for value in () if hidden is None else sealed_values(parsed, hidden):
+        in_url = list(_in_url(value))
+        yield from in_url or (value, *value.split()[-1:])
 
 
-def _last_word(value: Any) -> str:
-    words = value.split() if isinstance(value, str) else ()
-    return words[-1] if words else ""
-
-
-def _in_url(url: Any) -> Iterator[str]:
-    """A URL's password, and all past its host (a key in the path, the query)."""
-    if not isinstance(url, str):
-        return
+def _in_url(url: str) -> Iterator[str]:
+    """A URL's password, and all past its host; nothing of a string that names no host."""
     try:
         parts = urlsplit(url)
         password = parts.password
     except ValueError:
-        yield url
         return
     host = parts.netloc.rpartition("@")[2]
-    yield password or ""
-    yield url.partition(host)[2] if host else url
+    if host:
+        yield password or ""
+        yield url.partition(host)[2]
 
 
 def needles(secrets: Iterable[bytes]) -> tuple[bytes, ...]:

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -307,6 +308,22 @@ def sealed(body: dict[str, Any], loaded: bool = False) -> dict[str, Any] | None:
         if kept != items:
             hidden = hidden | {"input": kept}
     return None if hidden is body else hidden
+
+
+def sealed_values(body: dict[str, Any], hidden: dict[str, Any]) -> Iterator[str]:
+    """The strings of `body` that `sealed` (which gave `hidden`) replaced: the secrets its
+    tools carry, as sent, for whoever must look for them elsewhere (`proxy.core.echoes`)."""
+    pending: list[tuple[Any, Any]] = [(body, hidden)]
+    while pending:  # bounded: a parsed body nests at most canonical.MAX_DEPTH deep
+        sent, kept = pending.pop()
+        if sent is kept:
+            continue
+        if isinstance(sent, dict) and isinstance(kept, dict):
+            pending.extend((item, kept.get(name)) for name, item in sent.items())
+        elif isinstance(sent, list) and isinstance(kept, list):
+            pending.extend(zip(sent, kept, strict=False))
+        elif isinstance(sent, str) and sent != kept:
+            yield sent
 
 
 def _sealed_tools(holder: dict[str, Any], loaded: bool) -> dict[str, Any]:

@@ -70,6 +70,7 @@ def test_tool_credentials_in_the_body_are_looked_for() -> None:
     assert set(secrets_of((), body)) == {
         b"tool-header-token-1",
         b"oauth-token-value-1",
+        b"Bearer oauth-token-value-1",
         b"url-password-1",
         b"/k/secret-path-key",
     }
@@ -144,3 +145,21 @@ def test_a_non_ascii_secret_is_found_as_python_and_php_write_it(ensure_ascii: bo
     spelled = json.dumps({"sent": secret}, ensure_ascii=ensure_ascii).encode()
     assert found(spelled, (("x-api-key", secret),))
     assert found(spelled.replace(b"/", b"\\/"), (("x-api-key", secret),))
+
+
+def test_every_credential_a_tool_carries_is_looked_for_as_sealing_reads_it() -> None:
+    """What `owned.sealed` hides is what an echo is looked for: a container's domain secret
+    as well as an MCP tool's token, in the body's tools and an input item's."""
+    secret = {"domain": "api.example.com", "name": "API_KEY", "value": "domain-secret-value-1"}
+    container = {
+        "type": "auto",
+        "network_policy": {"type": "allowlist", "domain_secrets": [secret]},
+    }
+    tool = {"type": "code_interpreter", "container": container}
+    added = {
+        "type": "additional_tools",
+        "tools": [{"type": "mcp", "headers": {"X": "item-token-1"}}],
+    }
+    body = orjson.dumps({"tools": [tool], "input": [added]})
+    assert set(secrets_of((), body)) == {b"domain-secret-value-1", b"item-token-1"}
+    assert found(b'{"text":"the key is domain-secret-value-1"}', (), body)
