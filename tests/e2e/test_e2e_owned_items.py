@@ -16,6 +16,7 @@ import pytest
 from openai import OpenAI
 
 from tests.fixtures_procs import Proxy, Sim
+from tests.shared_scope import owners_then_others, respond
 
 TOKEN = "admin-secret"
 CONFIGS = {"shared": ["--cache-scope", "shared", "--admin-token", TOKEN]}
@@ -81,31 +82,14 @@ CARRIED: dict[str, list[dict[str, Any]]] = {
 def ask(proxy: Proxy, key: str, ns: str, **body: Any) -> tuple[str, str, Any]:
     """X-Repro-Cache, X-Repro-Key and the answer's `access_programs`, as the SDK reads them,
     whole or from a stream's `response.completed`."""
-    with OpenAI(
-        base_url=proxy.v1,
-        api_key=key,
-        max_retries=0,
-        default_headers={"X-Repro-Namespace": ns},
-    ) as sdk:
-        raw = sdk.responses.with_raw_response.create(model="o4-mini", **body)
-        if body.get("stream"):
-            completed = [e for e in raw.parse() if e.type == "response.completed"]
-            assert len(completed) == 1
-            programs = completed[0].response.access_programs  # type: ignore[union-attr]
-        else:
-            programs = raw.parse().access_programs  # type: ignore[union-attr]
+    raw, answer = respond(proxy, key, ns, "o4-mini", body)
+    if body.get("stream"):
+        completed = [e for e in answer if e.type == "response.completed"]
+        assert len(completed) == 1
+        programs = completed[0].response.access_programs
+    else:
+        programs = answer.access_programs
     return raw.headers["X-Repro-Cache"], raw.headers["X-Repro-Key"], programs
-
-
-def owners_then_others(proxy: Proxy, sim: Sim, ns: str, **body: Any) -> tuple[str, str, int]:
-    """Once the owner's answer is stored: the other tenant's X-Repro-Cache, whether its key is
-    the owner's, and the upstream calls its request made."""
-    state, key, _ = ask(proxy, "sk-owner", ns, **body)
-    assert state == "MISS"
-    assert ask(proxy, "sk-owner", ns, **body)[:2] == ("HIT", key)  # the owner's own cache
-    calls = len(sim.llm_requests())
-    other, others_key, _ = ask(proxy, "sk-other", ns, **body)
-    return other, "same key" if others_key == key else "own key", len(sim.llm_requests()) - calls
 
 
 @pytest.mark.parametrize("shape", STORED)
@@ -113,7 +97,7 @@ def test_an_answer_resting_on_the_owners_stored_items_is_not_another_tenants(
     proxies: dict[str, Proxy], sim_process: Sim, ns: str, shape: str
 ) -> None:
     body = {"input": [TURN | {"content": "Look it up."}, STORED[shape], TURN]}
-    outcome = owners_then_others(proxies["shared"], sim_process, ns, **body)
+    outcome = owners_then_others(ask, proxies["shared"], sim_process, ns, body)
     assert outcome == ("MISS", "own key", 1)  # the upstream decides whether it may read the id
     assert sim_process.llm_requests()[-1]["headers"]["Authorization"] == "Bearer sk-other"
 
@@ -123,7 +107,8 @@ def test_items_carrying_their_content_stay_shared(
     proxies: dict[str, Proxy], sim_process: Sim, ns: str, shape: str
 ) -> None:
     body = {"input": [TURN, *CARRIED[shape]]}
-    assert owners_then_others(proxies["shared"], sim_process, ns, **body) == ("HIT", "same key", 0)
+    outcome = owners_then_others(ask, proxies["shared"], sim_process, ns, body)
+    assert outcome == ("HIT", "same key", 0)
 
 
 @pytest.fixture
@@ -142,7 +127,7 @@ def test_a_request_naming_a_daybreak_program_is_its_organizations_own(
     proxies: dict[str, Proxy], sim_process: Sim, ns: str
 ) -> None:
     body = {"input": "Triage this exploit.", "access_programs": {"cyber": "daybreak_red"}}
-    outcome = owners_then_others(proxies["shared"], sim_process, ns, **body)
+    outcome = owners_then_others(ask, proxies["shared"], sim_process, ns, body)
     assert outcome == ("MISS", "own key", 1)  # the upstream checks the other's authorization
 
 
@@ -175,7 +160,8 @@ def test_an_explicit_standard_program_stays_shared(
     proxies: dict[str, Proxy], sim_process: Sim, ns: str
 ) -> None:
     body = {"input": "Explain this CVE.", "access_programs": {"cyber": "standard"}}
-    assert owners_then_others(proxies["shared"], sim_process, ns, **body) == ("HIT", "same key", 0)
+    outcome = owners_then_others(ask, proxies["shared"], sim_process, ns, body)
+    assert outcome == ("HIT", "same key", 0)
 
 
 MCP_TOKEN = "owner-mcp-oauth-token"
@@ -193,7 +179,7 @@ def test_a_tools_credentials_an_input_item_gives_are_neither_shared_nor_kept(
         "tools": [mcp | {"authorization": MCP_TOKEN}],
     }
     body = {"input": [TURN | {"content": "List my open deals."}, item]}
-    outcome = owners_then_others(proxies["shared"], sim_process, ns, **body)
+    outcome = owners_then_others(ask, proxies["shared"], sim_process, ns, body)
     assert outcome == ("MISS", "own key", 1)
     assert MCP_TOKEN in str(sim_process.llm_requests()[-1]["body"])  # the upstream got it
     exported = httpx.get(

@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from openai import OpenAI
 
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim
 from tests.hostile import Received, Scripted, completion, http_answer
+from tests.shared_scope import owners_then_others, text_asker
 
 TOKEN = "admin-secret"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -47,27 +47,8 @@ TOOLS: dict[str, list[dict[str, Any]]] = {
 TURN = {"role": "user", "content": "And what did the last one say?"}
 
 
-def ask(proxy: Proxy, key: str, ns: str, **body: Any) -> tuple[str, str, str]:
-    """X-Repro-Cache, X-Repro-Key and the answer's text, as the SDK reads them."""
-    with OpenAI(
-        base_url=proxy.v1,
-        api_key=key,
-        max_retries=0,
-        default_headers={"X-Repro-Namespace": ns},
-    ) as sdk:
-        raw = sdk.responses.with_raw_response.create(model="o4-mini", **body)
-    return raw.headers["X-Repro-Cache"], raw.headers["X-Repro-Key"], raw.parse().output_text
-
-
-def owners_then_others(proxy: Proxy, sim: Sim, ns: str, **body: Any) -> tuple[str, str, int]:
-    """Once the owner's answer is stored: the other tenant's X-Repro-Cache, whether its key is
-    the owner's, and the upstream calls its request made."""
-    state, key, text = ask(proxy, "sk-owner", ns, **body)
-    assert state == "MISS"
-    assert ask(proxy, "sk-owner", ns, **body) == ("HIT", key, text)  # the owner's own cache
-    calls = len(sim.llm_requests())
-    other, others_key, _ = ask(proxy, "sk-other", ns, **body)
-    return other, "same key" if others_key == key else "own key", len(sim.llm_requests()) - calls
+ask = text_asker("o4-mini")
+"""X-Repro-Cache, X-Repro-Key and the answer's text, as the SDK reads them."""
 
 
 @pytest.mark.parametrize("shape", TOOLS)
@@ -77,7 +58,7 @@ def test_an_answer_fetched_with_the_owners_credentials_is_not_another_tenants(
     body = {"input": "Summarise my unread mail.", "tools": TOOLS[shape]}
     # asked upstream, where the third party checks the token; in the caller's own partition,
     # where the owner's token is not stored
-    outcome = owners_then_others(proxies["shared"], sim_process, ns, **body)
+    outcome = owners_then_others(ask, proxies["shared"], sim_process, ns, body)
     assert outcome == ("MISS", "own key", 1)
     assert sim_process.llm_requests()[-1]["headers"]["Authorization"] == "Bearer sk-other"
 
@@ -87,7 +68,7 @@ def test_an_answer_resting_on_the_owners_reasoning_is_not_another_tenants(
 ) -> None:
     reasoning = {"type": "reasoning", "id": "rs_owner_0001", "summary": []}
     body = {"input": [TURN | {"content": "Read the notes."}, reasoning, TURN]}
-    outcome = owners_then_others(proxies["shared"], sim_process, ns, **body)
+    outcome = owners_then_others(ask, proxies["shared"], sim_process, ns, body)
     assert outcome == ("MISS", "own key", 1)  # the upstream decides whether it may read the id
     assert ask(proxies["shared"], "sk-other", ns, **body)[0] == "HIT"  # its own, kept apart
 
@@ -96,7 +77,8 @@ def test_a_tool_carrying_no_credential_stays_shared(
     proxies: dict[str, Proxy], sim_process: Sim, ns: str
 ) -> None:
     body = {"input": "What can this server do?", "tools": [MCP | {"headers": {}}]}
-    assert owners_then_others(proxies["shared"], sim_process, ns, **body) == ("HIT", "same key", 0)
+    outcome = owners_then_others(ask, proxies["shared"], sim_process, ns, body)
+    assert outcome == ("HIT", "same key", 0)
 
 
 @pytest.mark.parametrize("shape", TOOLS)

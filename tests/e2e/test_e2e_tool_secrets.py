@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from openai import OpenAI
 
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim
+from tests.shared_scope import owners_then_others, text_asker
 
 TOKEN = "admin-secret"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -36,16 +36,8 @@ TOOLS: dict[str, dict[str, Any]] = {
 }
 
 
-def ask(proxy: Proxy, key: str, ns: str, body: dict[str, Any]) -> tuple[str, str, str]:
-    """X-Repro-Cache, X-Repro-Key and the answer's text, as the SDK reads them."""
-    with OpenAI(
-        base_url=proxy.v1,
-        api_key=key,
-        max_retries=0,
-        default_headers={"X-Repro-Namespace": ns},
-    ) as sdk:
-        raw = sdk.responses.with_raw_response.create(model="gpt-5", **body)
-    return raw.headers["X-Repro-Cache"], raw.headers["X-Repro-Key"], raw.parse().output_text
+ask = text_asker("gpt-5")
+"""X-Repro-Cache, X-Repro-Key and the answer's text, as the SDK reads them."""
 
 
 @pytest.mark.parametrize("shape", TOOLS)
@@ -53,15 +45,9 @@ def test_another_tenant_never_reads_what_a_domain_secret_fetched(
     proxies: dict[str, Proxy], sim_process: Sim, ns: str, shape: str
 ) -> None:
     body = {"input": "List my open pull requests.", "tools": [TOOLS[shape]]}
-    shared = proxies["shared"]
-    state, key, text = ask(shared, "sk-tenant-a", ns, body)
-    assert state == "MISS"
-    assert ask(shared, "sk-tenant-a", ns, body) == ("HIT", key, text)  # the owner's own cache
-    calls = len(sim_process.llm_requests())
-    other, others_key, _ = ask(shared, "sk-tenant-b", ns, body)
-    assert (other, others_key != key) == ("MISS", True)
-    assert len(sim_process.llm_requests()) == calls + 1  # asked upstream, which checks it
-    assert sim_process.llm_requests()[-1]["headers"]["Authorization"] == "Bearer sk-tenant-b"
+    outcome = owners_then_others(ask, proxies["shared"], sim_process, ns, body)
+    assert outcome == ("MISS", "own key", 1)  # asked upstream, which checks it
+    assert sim_process.llm_requests()[-1]["headers"]["Authorization"] == "Bearer sk-other"
 
 
 @pytest.mark.parametrize("shape", TOOLS)
@@ -69,7 +55,7 @@ def test_no_export_holds_the_secret_and_a_replayed_cassette_still_answers(
     proxies: dict[str, Proxy], sim_process: Sim, start_proxy: ProxyFactory, ns: str, shape: str
 ) -> None:
     body = {"input": f"List my open pull requests ({shape}).", "tools": [TOOLS[shape]]}
-    state, _, text = ask(proxies["shared"], "sk-tenant-a", ns, body)
+    state, _, text = ask(proxies["shared"], "sk-tenant-a", ns, **body)
     assert state == "MISS"
     assert SECRET in str(sim_process.llm_requests()[-1]["body"])  # the upstream got it as sent
     exported = httpx.get(
@@ -87,7 +73,7 @@ def test_no_export_holds_the_secret_and_a_replayed_cassette_still_answers(
     )
     imported = httpx.post(replay.url + "/admin/import", content=exported, headers=ADMIN, timeout=10)
     assert imported.json() == {"imported": 1}
-    assert ask(replay, "sk-ci", ns, body)[::2] == ("HIT", text)
+    assert ask(replay, "sk-ci", ns, **body)[::2] == ("HIT", text)
     other = orjson.loads(orjson.dumps(body).replace(SECRET.encode(), b"ghp_another"))
     missed = httpx.post(
         replay.v1 + "/responses",

@@ -16,12 +16,12 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from proxy.config import Settings
 from proxy.core import canonical
 from proxy.core.call import Asked, Call, prepare_with
-from proxy.core.entry import Entry
 from proxy.core.nearest import Request, readable
 from proxy.core.owned import carries_credentials, passes_stored_items, sealed
 from proxy.core.policy import CacheMode, CacheScope, Enforce
 from proxy.store.cassette import from_record, to_record
 from proxy.testing.session import LLMSession, RecordMode
+from tests.shared_scope import recorded_entry
 
 RESPONSES = "/v1/responses"
 MCP = {"type": "mcp", "server_label": "crm", "server_url": "https://mcp.example.com/sse"}
@@ -221,22 +221,7 @@ def test_a_cassette_line_keeps_no_token_and_keys_as_the_live_request_does() -> N
             CIMultiDictProxy(CIMultiDict({"Authorization": "Bearer sk-ci"})),
         ),
     )
-    entry = Entry(
-        body=b"{}",
-        content_type="application/json",
-        fingerprint="fp_1",
-        stored_at=1.0,
-        model="o4-mini",
-        seed=None,
-        seed_source=None,
-        prompt_tokens=0,
-        completion_tokens=0,
-        stream=False,
-        route=RESPONSES,
-        query="",
-        namespace="",
-        request=live.request,
-    )
+    entry = recorded_entry(live, "o4-mini")
     recorded = to_record(live.key, entry)
     written = recorded | {"request": body}
     for line in (recorded, written):

@@ -22,10 +22,10 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from proxy.config import Settings
 from proxy.core import canonical
 from proxy.core.call import Asked, Call, prepare_with
-from proxy.core.entry import Entry
 from proxy.core.owned import CREDENTIALS, carries_credentials, sealed
 from proxy.core.policy import CacheMode, CacheScope
 from proxy.store.cassette import from_record, to_record
+from tests.shared_scope import recorded_entry
 
 RESPONSES = "/v1/responses"
 SECRET = "ghp_owner-domain-secret"
@@ -152,22 +152,7 @@ def test_a_cassette_line_holding_the_secret_is_sealed_when_loaded() -> None:
     keyed as the live request carrying it, holding its digest alone."""
     body = SHAPES["shell"]
     live = prepared(body, "sk-ci", cache_mode=CacheMode.REPLAY)
-    entry = Entry(
-        body=b"{}",
-        content_type="application/json",
-        fingerprint="fp_1",
-        stored_at=1.0,
-        model="gpt-5",
-        seed=None,
-        seed_source=None,
-        prompt_tokens=0,
-        completion_tokens=0,
-        stream=False,
-        route=RESPONSES,
-        query="",
-        namespace="",
-        request=live.request,
-    )
+    entry = recorded_entry(live, "gpt-5")
     recorded = to_record(live.key, entry)
     assert SECRET not in orjson.dumps(recorded).decode()
     for line in (recorded, recorded | {"request": body}):
