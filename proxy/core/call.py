@@ -72,6 +72,7 @@ class Call(NamedTuple):
     shape: str | None = None  # what a whole answer's items must hold to be stored (`shape_of`)
     kept: bytes | None = None  # what a store keeps of `body` when not it: credentials `sealed`
     shared: bool = False  # keyed in the shared partition: every tenant the upstream accepts reads
+    credentials: Credentials = ()  # the request's (`Asked.credentials`): no stored answer holds one
 
     @property
     def request(self) -> bytes:
@@ -183,6 +184,7 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
         shape=shape_of(kind, body),
         kept=None if hidden is None else respelled,
         shared=scope == policy.SHARED,
+        credentials=asked.credentials,
     )
 
 

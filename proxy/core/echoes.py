@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -35,6 +36,19 @@ of a random token, and longer than nearly any word, so that a value such as
 _PLAIN = re.compile(rb"[A-Za-z0-9_.~-]+")
 """Characters no JSON writer escapes (RFC 8259 needs none of them; PHP escapes `/`, Gson `=`
 and `'`, Go `<>&`, others `+` or every non-ASCII one): a token's usual alphabet but `+/=`."""
+
+
+def looked_for(credentials: Credentials, body: bytes | None = None) -> tuple[bytes, ...]:
+    """`needles` of the request's credentials, and of its tools' in `body` (given only when
+    the call seals some, `Call.kept`). A tenant's credentials repeat from request to request:
+    their needles are worked out once (`_needles_of`)."""
+    found = _needles_of(credentials)
+    return found if body is None else found + needles(secrets_of((), body))
+
+
+@functools.lru_cache(maxsize=1024)
+def _needles_of(credentials: Credentials) -> tuple[bytes, ...]:
+    return needles(secrets_of(credentials))
 
 
 def secrets_of(credentials: Credentials, body: bytes | None = None) -> list[bytes]:

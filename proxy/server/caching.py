@@ -14,12 +14,11 @@ from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
 from proxy.core import echoes, policy, responses, routes
 from proxy.core.call import Answer, Asked, Call, Facts, facts_of, prepare_with, repro_headers
 from proxy.core.codec import Codec, UnknownDictionary
-from proxy.core.credentials import of_request
 from proxy.core.entry import CorruptEntry, Entry, Misshapen, expires_at, is_served_as
 from proxy.core.fingerprints import ModelFingerprints, tracked
 from proxy.core.keyed import KEYED_OTHERWISE, REROUTING
@@ -313,7 +312,7 @@ async def forward(
         answer = Answer(
             data, content_type, fingerprint, prompt, completion, False, found_by, programmed
         )
-        await record(services, call, answer, request.headers, lease)
+        await record(services, call, answer, lease)
     headers.update(repro_headers(call, call.plan.outcome, fingerprint))
     return web.Response(status=status, body=data, headers=headers)
 
@@ -366,11 +365,10 @@ async def record(
     services: Services,
     call: Call,
     answer: Answer,
-    asked_with: CIMultiDictProxy[str],
     lease: Lease | None = None,
 ) -> None:
     """Learn the answer's fingerprint and store the answer (when the plan stores, it holds no
-    credential of its request, `asked_with` its headers, and it was made under no access
+    credential of its request (`echoes`), and it was made under no access
     program the caller's organization holds, where the partition is shared: `owned.entitled`).
     A repeat of the current fingerprint is counted in process (see FingerprintTracker) and only
     the answer is written; anything else is observed and written in one step (`Store.record`),
@@ -379,7 +377,7 @@ async def record(
     observed: it is the model's, and what it says of its fingerprint holds whoever may read
     it."""
     stores = call.plan.store and not (call.shared and answer.entitled)
-    entry = _storable(services, call, answer, asked_with) if stores else None
+    entry = _storable(services, call, answer) if stores else None
     if entry is None:
         await observe_fingerprint(services, call.lineage, answer.fingerprint)
         return
@@ -491,12 +489,10 @@ def _write(
     )
 
 
-def _storable(
-    services: Services, call: Call, answer: Answer, asked_with: CIMultiDictProxy[str]
-) -> Entry | None:
+def _storable(services: Services, call: Call, answer: Answer) -> Entry | None:
     """The entry to store, or None when it is over the size cap or holds a credential of its
     request (`echoes`; logged)."""
-    if _echoes(services, call, answer, asked_with):
+    if _echoes(call, answer):
         return None
     entry = Entry(
         body=answer.body,
@@ -523,17 +519,12 @@ def _storable(
     return entry
 
 
-def _echoes(
-    services: Services, call: Call, answer: Answer, asked_with: CIMultiDictProxy[str]
-) -> bool:
+def _echoes(call: Call, answer: Answer) -> bool:
     """Whether the answer (its body, or its Content-Type, stored and served with it) holds a
     credential its request carried, in a header, the query or (sealed in what is kept) a
     tool: stored, it would be served to every tenant of a shared partition and written into
     cassettes. Logged without it."""
-    credentials = of_request(asked_with, call.query, services.credential_names)
-    looked_for = echoes.needles(
-        echoes.secrets_of(credentials, None if call.kept is None else call.body)
-    )
+    looked_for = echoes.looked_for(call.credentials, None if call.kept is None else call.body)
     stored = (answer.body, answer.content_type.encode("utf-8", "surrogateescape"))
     if not any(echoes.echoed(part, looked_for) for part in stored):
         return False

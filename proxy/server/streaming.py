@@ -312,7 +312,7 @@ class _Relay:
             response_id=recorder.response_id,
             entitled=recorder.entitled,
         )
-        await record(self.services, self.call, answer, self.request.headers)
+        await record(self.services, self.call, answer)
 
 
 def _before_head(recorder: StreamRecorder) -> bool:
