@@ -7,6 +7,7 @@ holds; now that request reaches the upstream again, as it would without the prox
 from __future__ import annotations
 
 import httpx
+import orjson
 import pytest
 
 from tests.fixtures_procs import ProxyFactory, Sim
@@ -21,19 +22,29 @@ ASKED = {
 }
 
 
+def id_of(answer: httpx.Response) -> str:
+    """The completion's id: the object's, or a stream's first chunk's."""
+    if answer.headers["Content-Type"].startswith("text/event-stream"):
+        line = next(x for x in answer.text.splitlines() if x.startswith("data: "))
+        return str(orjson.loads(line.removeprefix("data: "))["id"])
+    return str(answer.json()["id"])
+
+
+@pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("scope", ["key", "shared"])
 @pytest.mark.parametrize("change", ["delete", "update"])
 def test_a_changed_stored_chat_completion_is_not_served_again(
-    start_proxy: ProxyFactory, sim: Sim, scope: str, change: str
+    start_proxy: ProxyFactory, sim: Sim, scope: str, change: str, stream: bool
 ) -> None:
     proxy = start_proxy("--cache-scope", scope)
+    asked = {**ASKED, "stream": stream}
 
     def ask() -> httpx.Response:
-        return httpx.post(proxy.v1 + "/chat/completions", json=ASKED, headers=AUTH, timeout=WAIT)
+        return httpx.post(proxy.v1 + "/chat/completions", json=asked, headers=AUTH, timeout=WAIT)
 
     first = ask()
     assert first.headers["X-Repro-Cache"] == "MISS"
-    made = first.json()["id"]
+    made = id_of(first)
     assert ask().headers["X-Repro-Cache"] == "HIT"
 
     url = f"{proxy.v1}/chat/completions/{made}"
@@ -45,8 +56,8 @@ def test_a_changed_stored_chat_completion_is_not_served_again(
 
     after = ask()
     assert after.headers["X-Repro-Cache"] == "MISS"  # was a HIT carrying the changed id
-    assert after.json()["id"] != made
-    assert httpx.get(f"{proxy.v1}/chat/completions/{after.json()['id']}", headers=AUTH).is_success
+    assert id_of(after) != made
+    assert httpx.get(f"{proxy.v1}/chat/completions/{id_of(after)}", headers=AUTH).is_success
     assert ask().headers["X-Repro-Cache"] == "HIT"  # the new one is cached as any answer
 
 

@@ -257,8 +257,8 @@ async def _serve_llm(
     body = parse_object(await request.read())
     reply = build(body, state)
     await _pause(state.latency)
-    if isinstance(reply, dict) and reply.get("object") == "chat.completion" and body.get("store"):
-        state.keep_chat(reply)
+    if body.get("store") is True:
+        _keep_chat(state, reply, body)
     if isinstance(reply, list):
         return await _stream(request, state, reply, fault)
     return await _answer(request, reply, fault)
@@ -310,6 +310,15 @@ async def _delete_response(request: web.Request) -> web.Response:
         message = f"No response found with id '{response_id[:128]}'."
         return error_response(404, message, param="response_id")
     return json_response({"id": response_id, "object": "response.deleted", "deleted": True})
+
+
+def _keep_chat(state: SimState, reply: Reply, body: JSON) -> None:
+    """Keep a chat completion made with `store: true`; a streamed one as its id and metadata."""
+    if isinstance(reply, dict) and reply.get("object") == "chat.completion":
+        state.keep_chat(reply)
+    elif isinstance(reply, list) and reply and reply[0].get("object") == "chat.completion.chunk":
+        head: JSON = {k: reply[0][k] for k in ("id", "created", "model") if k in reply[0]}
+        state.keep_chat({**head, "object": "chat.completion", "metadata": body.get("metadata")})
 
 
 async def _chat_by_id(request: web.Request) -> web.Response:
