@@ -402,7 +402,7 @@ async def record(
         lease.held = False  # released with the write
     if answer.response_id is not None:
         await index_response(services, call, answer.response_id, entry.fingerprint)
-    elif call.kept_upstream:
+    elif call.upstream_keeps:
         chat_id = responses.chat_id_of(entry.body, entry.stream)
         if chat_id is not None:
             await index_response(services, call, chat_id, entry.fingerprint, responses.CHAT_INDEX)
