@@ -9,8 +9,10 @@ from __future__ import annotations
 import httpx
 import orjson
 import pytest
+from openai import OpenAI
+from openai.types.chat import ChatCompletionMessageParam
 
-from tests.fixtures_procs import ProxyFactory, Sim
+from tests.fixtures_procs import ProxyFactory, Sim, closed_after_test
 
 WAIT = 10.0
 AUTH = {"Authorization": "Bearer sk-alice"}
@@ -71,3 +73,28 @@ def test_a_failed_change_forgets_nothing(start_proxy: ProxyFactory, sim: Sim) ->
     url = f"{proxy.v1}/chat/completions/chatcmpl-unknown"
     assert httpx.delete(url, headers=AUTH, timeout=WAIT).status_code == 404
     assert ask().headers["X-Repro-Cache"] == "HIT"
+
+
+def test_the_sdks_update_and_delete_reach_the_upstream_and_forget(
+    start_proxy: ProxyFactory, sim: Sim
+) -> None:
+    """The official SDK's `chat.completions.update` and `.delete`, as an app calls them."""
+    proxy = start_proxy()
+    client = closed_after_test(
+        OpenAI(base_url=proxy.v1, api_key="sk-alice", max_retries=0, timeout=WAIT)
+    )
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hi."}]
+
+    def made() -> str:
+        return client.chat.completions.create(
+            model="gpt-4o-mini", messages=messages, store=True, metadata={"topic": "a"}
+        ).id
+
+    first = made()
+    assert made() == first  # a HIT
+    assert client.chat.completions.update(first, metadata={"topic": "b"}).metadata == {"topic": "b"}
+    second = made()
+    assert second != first
+    assert made() == second
+    assert client.chat.completions.delete(second).deleted
+    assert made() not in (first, second)
