@@ -6,7 +6,9 @@ entry from its id to the cache key and fingerprint that hold it. The index key h
 with the tenant scope and the namespace, as the answer's own key does: a tenant that learns
 another's response id still finds nothing under its own scope. Two marks, store entries as
 the index is, say who may continue a response or fetch it (see proxy/server/chains.py): that
-the upstream deleted it, and, in `shared` scope, which tenants were answered with it.
+the upstream deleted it, and, in `shared` scope, which tenants were answered with it. A chat
+completion made with `store: true` is indexed alike (`CHAT_INDEX`), so that its update or
+deletion drops the answer carrying it.
 """
 
 from __future__ import annotations
