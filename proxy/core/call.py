@@ -69,6 +69,7 @@ class Call(NamedTuple):
     vary: str = ""  # the digest of `headers` (`keyed.vary_of`) the key names, "" for none
     headers: HeaderLines = ()  # the keyed request headers, sent upstream as the client sent them
     chained: str | None = None  # the response a Responses request continues (`chained_on`)
+    upstream_keeps: bool = False  # a chat completion the upstream keeps (`store: true`): by its id
     shape: str | None = None  # what a whole answer's items must hold to be stored (`shape_of`)
     kept: bytes | None = None  # what a store keeps of `body` when not it: credentials `sealed`
     shared: bool = False  # keyed in the shared partition: every tenant the upstream accepts reads
@@ -181,6 +182,7 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
         vary=vary,
         headers=asked.headers,
         chained=responses.chained_on(body) if kind == routes.RESPONSES else None,
+        upstream_keeps=kind == routes.CHAT and body.get("store") is True,
         shape=shape_of(kind, body),
         kept=None if hidden is None else respelled,
         shared=scope == policy.SHARED,

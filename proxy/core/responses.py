@@ -6,7 +6,9 @@ entry from its id to the cache key and fingerprint that hold it. The index key h
 with the tenant scope and the namespace, as the answer's own key does: a tenant that learns
 another's response id still finds nothing under its own scope. Two marks, store entries as
 the index is, say who may continue a response or fetch it (see proxy/server/chains.py): that
-the upstream deleted it, and, in `shared` scope, which tenants were answered with it.
+the upstream deleted it, and, in `shared` scope, which tenants were answered with it. A chat
+completion made with `store: true` is indexed alike (`CHAT_INDEX`), so that its update or
+deletion drops the answer carrying it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ from proxy.core.entry import rewritten
 from proxy.core.sse import payloads
 
 INDEX_FINGERPRINT = "id-index"
+RESPONSE_INDEX = "response"
+CHAT_INDEX = "chat"
+"""The domains of the id index: a response's (fetched, chained on, deleted) and a stored chat
+completion's (updated or deleted: `forget_changed`), so that neither id finds the other's."""
 DELETED_FINGERPRINT = "deleted"
 HOLDER_FINGERPRINT = "holder"
 MARK = b"repro-mark:1"
@@ -46,18 +52,19 @@ def index_key(
     vary: str = "",
     version: str = "",
     query: str = "",
+    index: str = RESPONSE_INDEX,
 ) -> str:
-    """The key of the index entry for `response_id` in this scope and namespace, and with the
-    keyed request headers' digest `vary` (as its entry's key has them, "" for none) and the
-    keyed `query`'s parameters but api-version (`routes.routing`): an id is whatever the
-    upstream answering says, and an answer routed by a header or a query parameter (a tenant's
-    own server behind a gateway) may name another answer's id; it must answer only a fetch,
-    or open only a chain, asked through the same route. Likewise an Azure `api-version`
+    """The key of the index entry for `response_id` (of the domain `index`) in this scope and
+    namespace, and with the keyed request headers' digest `vary` (as its entry's key has them,
+    "" for none) and the keyed `query`'s parameters but api-version (`routes.routing`): an id is
+    whatever the upstream answering says, and an answer routed by a header or a query parameter
+    (a tenant's own server behind a gateway) may name another answer's id; it must answer only a
+    fetch, or open only a chain, asked through the same route. Likewise an Azure `api-version`
     (`version`, "" for none) names the shape the object is served in: fetched under another,
     it is not the one stored. A domain of its own, so it never equals a request's key."""
     material: dict[str, object] = {
         "id": response_id,
-        "index": "response",
+        "index": index,
         "namespace": namespace,
         "scope": scope,
         "v": KEY_VERSION,
@@ -130,6 +137,19 @@ def id_of(answer: dict[str, Any]) -> str | None:
     value = answer.get("id")
     kept = answer.get("store") is not False
     return value if kept and isinstance(value, str) and valid_id(value) else None
+
+
+def chat_id_of(body: bytes, stream: bool) -> str | None:
+    """The id of the chat completion a stored answer holds: the object's, or a stream's first
+    chunk's (every chunk names it)."""
+    for payload in payloads(body) if stream else (body,):
+        try:
+            found = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return None
+        value = found.get("id") if isinstance(found, dict) else None
+        return value if isinstance(value, str) and valid_id(value) else None
+    return None
 
 
 def api_version(query: str) -> str | None:

@@ -77,6 +77,10 @@ def create_app(
     for route in ("/v1/responses/{id}", AZURE_V1 + "responses/{id}", AZURE_RESPONSES + "/{id}"):
         router.add_get(route, observed(responses.by_id, route), expect_handler=expect)
         router.add_delete(route, observed(responses.delete_by_id, route), expect_handler=expect)
+    for route in ("/v1/chat/completions/{id}", AZURE_V1 + "chat/completions/{id}"):
+        changed = observed(responses.forget_changed, route)
+        router.add_post(route, changed, expect_handler=expect)
+        router.add_delete(route, changed, expect_handler=expect)
     passing = observed(handlers.passthrough, PASSTHROUGH_ROUTE)
     router.add_route("*", "/v1/{tail:.*}", passing, expect_handler=expect)
     passing = observed(handlers.passthrough, AZURE_PASSTHROUGH_ROUTE)

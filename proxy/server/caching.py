@@ -402,6 +402,10 @@ async def record(
         lease.held = False  # released with the write
     if answer.response_id is not None:
         await index_response(services, call, answer.response_id, entry.fingerprint)
+    elif call.upstream_keeps:
+        chat_id = responses.chat_id_of(entry.body, entry.stream)
+        if chat_id is not None:
+            await index_response(services, call, chat_id, entry.fingerprint, responses.CHAT_INDEX)
 
 
 def scope_of(services: Services, tenant: str) -> str:
@@ -410,9 +414,14 @@ def scope_of(services: Services, tenant: str) -> str:
 
 
 async def index_response(
-    services: Services, call: Call, response_id: str, fingerprint: str
+    services: Services,
+    call: Call,
+    response_id: str,
+    fingerprint: str,
+    index: str = responses.RESPONSE_INDEX,
 ) -> None:
-    """Remember which entry holds the response `response_id`, for `GET /v1/responses/{id}`."""
+    """Remember which entry holds the response `response_id`, for `GET /v1/responses/{id}`
+    (or the stored chat completion, for `forget_changed`: `index`)."""
     version = responses.api_version(call.keyed_query)
     if version is None or not responses.valid_id(response_id):
         return
@@ -424,6 +433,7 @@ async def index_response(
             call.vary,
             version,
             call.keyed_query,
+            index,
         ),
         fingerprint=responses.INDEX_FINGERPRINT,
         value=responses.index_value(call.key, fingerprint),

@@ -1,5 +1,6 @@
 """`GET /v1/responses/{id}`: a response the proxy holds, served from the cache in replay mode
-(or asked `only-if-cached`); `DELETE`, which the proxy follows.
+(or asked `only-if-cached`); `DELETE`, which the proxy follows, as it follows an update or a
+deletion of a stored chat completion (`/v1/chat/completions/{id}`).
 
 SDK flows fetch a response by id after creating it; in replay mode the upstream is out of reach,
 so the id is looked up in the index the proxy keeps beside each stored response (see
@@ -98,6 +99,50 @@ async def delete_by_id(request: web.Request) -> web.StreamResponse:
             store_failed(services, "delete", exc)
 
     return await passthrough(request, forget)
+
+
+async def forget_changed(request: web.Request) -> web.StreamResponse:
+    """An update (`POST`, new `metadata`) or a deletion of a stored chat completion passes
+    through; once the upstream has made it, the proxy forgets the answer that carries the id,
+    before the client hears so, as it does for a deleted response: otherwise the request that
+    made it would still be answered with an id the upstream no longer knows, or with the
+    metadata it no longer holds (a chat completion echoes it). Only the caller's partition and
+    routing are looked in: no other could hold that answer."""
+    services = request.app[SERVICES]
+    checked_namespace(control(request.headers, NAMESPACE))  # refused before, as delete_by_id
+    services.keying.lines(request.headers)
+
+    async def forget(status: int) -> None:
+        chat_id = request.match_info["id"]
+        query, in_query = split_query(raw_query(request.raw_path))
+        version = responses.api_version(query)
+        if status // 100 != 2 or not responses.valid_id(chat_id) or version is None:
+            return
+        caller = await _caller(services, request)
+        vary, scope = _vary(services, caller, in_query), scope_of(services, caller.tenant)
+        index = responses.index_key(
+            scope, caller.namespace, chat_id, vary, version, query, responses.CHAT_INDEX
+        )
+        try:
+            pointer = await services.store.get(index, [responses.INDEX_FINGERPRINT])
+            target = responses.parse_index(pointer.get(responses.INDEX_FINGERPRINT, b""))
+            if target is not None and await _carries(services, *target, chat_id):
+                await services.store.delete(target[0])
+        except StoreError as exc:
+            store_failed(services, "delete", exc)
+
+    return await passthrough(request, forget)
+
+
+async def _carries(services: Services, key: str, fingerprint: str, chat_id: str) -> bool:
+    """Whether entry `key` still holds the chat completion `chat_id`: a refresh may have put
+    another answer (another id) there since, which the change leaves as it is."""
+    blob = (await services.store.get(key, [fingerprint])).get(fingerprint)
+    try:
+        entry = None if blob is None else services.codec.unpack(blob)
+    except (UnknownDictionary, CorruptEntry):
+        return True  # unreadable: nothing to keep
+    return entry is not None and responses.chat_id_of(entry.body, entry.stream) == chat_id
 
 
 class _Caller(NamedTuple):

@@ -254,8 +254,11 @@ async def _serve_llm(
         if fault.kind == "status":  # an error is an answer too: as slow as the others
             await _pause(state.latency)
         return await _immediate_fault(request, fault)
-    reply = build(parse_object(await request.read()), state)
+    body = parse_object(await request.read())
+    reply = build(body, state)
     await _pause(state.latency)
+    if body.get("store") is True:
+        _keep_chat(state, reply, body)
     if isinstance(reply, list):
         return await _stream(request, state, reply, fault)
     return await _answer(request, reply, fault)
@@ -309,6 +312,30 @@ async def _delete_response(request: web.Request) -> web.Response:
     return json_response({"id": response_id, "object": "response.deleted", "deleted": True})
 
 
+def _keep_chat(state: SimState, reply: Reply, body: JSON) -> None:
+    """Keep a chat completion made with `store: true`; a streamed one as its id and metadata."""
+    if isinstance(reply, dict) and reply.get("object") == "chat.completion":
+        state.keep_chat(reply)
+    elif isinstance(reply, list) and reply and reply[0].get("object") == "chat.completion.chunk":
+        head: JSON = {k: reply[0][k] for k in ("id", "created", "model") if k in reply[0]}
+        state.keep_chat({**head, "object": "chat.completion", "metadata": body.get("metadata")})
+
+
+async def _chat_by_id(request: web.Request) -> web.Response:
+    """A stored chat completion: fetched (GET), its `metadata` replaced (POST), deleted."""
+    chats, chat_id = request.app[STATE].chats, request.match_info["id"]
+    found = chats.get(chat_id)
+    if found is None:
+        message = f"Chat completion with id '{chat_id[:128]}' not found."
+        return error_response(404, message, param="completion_id")
+    if request.method == "DELETE":
+        del chats[chat_id]
+        return json_response({"id": chat_id, "object": "chat.completion.deleted", "deleted": True})
+    if request.method == "POST":
+        found["metadata"] = parse_object(await request.read()).get("metadata")
+    return json_response(found)
+
+
 async def _models(request: web.Request) -> web.Response:
     data = [
         {"id": model, "object": "model", "created": 1_700_000_000, "owned_by": "system"}
@@ -351,6 +378,10 @@ def routes() -> list[web.RouteDef]:
             web.post(base + "/responses", _create_response),
             web.get(base + "/responses/{id}", _get_response),
             web.delete(base + "/responses/{id}", _delete_response),
+            *(
+                web.route(method, base + "/chat/completions/{id}", _chat_by_id)
+                for method in ("GET", "POST", "DELETE")
+            ),
         ]
     models = [
         web.get(path, _models) for path in ("/v1/models", "/openai/models", "/openai/v1/models")

@@ -144,6 +144,7 @@ class SimState:
     streams_completed: int = 0
     streams_cancelled: int = 0
     responses: OrderedDict[str, JSON] = field(default_factory=OrderedDict)
+    chats: OrderedDict[str, JSON] = field(default_factory=OrderedDict)  # made with `store: true`
     access_programs: JSON | None = None  # what a Responses request naming none resolves to
 
     @classmethod
@@ -208,6 +209,12 @@ class SimState:
         self.responses[response["id"]] = response
         while len(self.responses) > _RESPONSES_KEPT:
             self.responses.popitem(last=False)
+
+    def keep_chat(self, completion: JSON) -> None:
+        """Keep a chat completion made with `store: true` for `/v1/chat/completions/{id}`."""
+        self.chats[completion["id"]] = completion
+        while len(self.chats) > _RESPONSES_KEPT:
+            self.chats.popitem(last=False)
 
 
 STATE = web.AppKey("sim_state", SimState)
