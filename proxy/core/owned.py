@@ -288,7 +288,9 @@ SEAL = "sha256:"
 _SEALED = re.compile(r"sha256:[0-9a-f]{64}")
 
 
-def sealed(body: dict[str, Any], loaded: bool = False) -> dict[str, Any] | None:
+def sealed(
+    body: dict[str, Any], loaded: bool = False, raw: bytes | None = None
+) -> dict[str, Any] | None:
     """The body with each credential its tools carry (CREDENTIALS) replaced by `sha256:` and
     its hex SHA-256 (every value of their `headers`, their `authorization`, a domain secret's
     `value`; of a `server_url`, what follows its host: some servers put a key in the path,
@@ -300,13 +302,17 @@ def sealed(body: dict[str, Any], loaded: bool = False) -> dict[str, Any] | None:
     holds sealed stays as it is. A request's is sealed whatever it looks like, so that no one
     sending a token's digest reads what the token fetched. Not keyed by `--secret`, which
     would bind a cassette to one proxy: a guessable password gains nothing from this. An input
-    item's tools are sealed as the body's are (`_tool_lists`)."""
+    item's tools are sealed as the body's are (`_tool_lists`). So is a signed URL's credential
+    in a content part (`_sealed_parts`); `raw`, the body's bytes, lets one naming no URL skip
+    the walk."""
     hidden = _sealed_tools(body, loaded)
     items = body.get("input")
     if isinstance(items, list):
         kept = [_sealed_tools(item, loaded) if isinstance(item, dict) else item for item in items]
         if kept != items:
             hidden = hidden | {"input": kept}
+    if raw is None or any(mark in raw for mark in _URL_MARKS):
+        hidden = _sealed_parts(hidden, loaded)
     return None if hidden is body else hidden
 
 
@@ -391,6 +397,78 @@ def _sealed_url(url: str, loaded: bool) -> str:
     if bare and (parts.path in ("", "/") or (loaded and _SEALED.fullmatch(parts.path[1:]))):
         return url
     return f"{parts.scheme}://{host}/{_seal(url, False)}"
+
+
+_URL_MARKS = (b"://", b":\\/\\/", b"\\u")
+"""Bytes a body holding an http(s) URL holds, as written or JSON-escaped (`\\/`, `\\u003a`):
+nearly every body is cleared by a search in C, without a walk."""
+
+SIGNING = ("sig", "token", "credential", "key", "secret", "password", "auth")
+"""Parts of a query parameter's name (case-insensitive) whose value a signed URL's reader
+proves itself with: AWS S3's `X-Amz-Signature`, `X-Amz-Credential`, `X-Amz-Security-Token`,
+Google Cloud Storage's `X-Goog-Signature` and `X-Goog-Credential`, an Azure Blob SAS's `sig`,
+CloudFront's `Signature` and `Key-Pair-Id`, a generic `token`, `signature`, `access_token`,
+`key` or `api_key`. A name holding one by chance (`design`, `monkey`) only loses readability;
+the rest (`X-Amz-Expires`, `se`, `sp`, `Policy`) says what the URL grants and stays."""
+
+_QUERY_PIECE = re.compile(r"([^&;=]*)(=?)([^&;]*)")
+
+
+def _sealed_parts(body: dict[str, Any], loaded: bool) -> dict[str, Any]:
+    """`body` with the signed URLs its content parts hold sealed (`_sealed_links`): a chat
+    message's `content` (an `image_url`'s `url`, a `file`'s), a Responses input item's
+    `content` and `output` (an `input_image`'s `image_url`, an `input_file`'s `file_url`, a
+    tool output's parts); itself when they hold none. The key names the object the URL
+    reads, as it names an image's bytes; only its credential is digested, as a tool's is."""
+    for field, parts in (("messages", ("content",)), ("input", ("content", "output"))):
+        items = body.get(field)
+        if not isinstance(items, list):
+            continue
+        kept = [
+            item | {part: _sealed_links(item[part], loaded) for part in parts if part in item}
+            if isinstance(item, dict)
+            else item
+            for item in items
+        ]
+        if kept != items:
+            body = body | {field: kept}
+    return body
+
+
+def _sealed_links(value: Any, loaded: bool) -> Any:
+    """`value` with every http(s) URL string it holds, at any depth, sealed (`_sealed_query`).
+    Recursive, bounded by canonical.MAX_DEPTH."""
+    if isinstance(value, list):
+        return [_sealed_links(item, loaded) for item in value]
+    if isinstance(value, dict):
+        return {name: _sealed_links(item, loaded) for name, item in value.items()}
+    if isinstance(value, str) and value[:8].lower().startswith(("http://", "https://")):
+        return _sealed_query(value, loaded)
+    return value
+
+
+def _sealed_query(url: str, loaded: bool) -> str:
+    """The URL with the value of each query parameter whose name holds one of SIGNING, and of
+    its user's password, replaced by its digest (of the value as written, so a line recorded
+    from the request keys as the request does); the rest as written. A `data:` URL is none."""
+    head, mark, rest = url.partition("?")
+    query, hash_mark, fragment = rest.partition("#")
+
+    def piece(found: re.Match[str]) -> str:
+        name, equals, value = found.groups()
+        if not equals or not any(part in name.lower() for part in SIGNING):
+            return found.group()
+        return f"{name}={_seal(value, loaded)}"
+
+    if mark:
+        url = f"{head}?{_QUERY_PIECE.sub(piece, query)}{hash_mark}{fragment}"
+    scheme, slashes, tail = url.partition("://")
+    authority, slash, path = tail.partition("/")
+    user, at, host = authority.rpartition("@")
+    name, colon, password = user.partition(":")
+    if not at or not colon:
+        return url
+    return f"{scheme}{slashes}{name}:{_seal(password, loaded)}@{host}{slash}{path}"
 
 
 def _seal(value: Any, loaded: bool) -> str:
