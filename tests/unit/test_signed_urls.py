@@ -14,6 +14,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.config import Settings
 from proxy.core.call import Asked, Call, prepare_with
+from proxy.core.echoes import secrets_of
 from proxy.core.owned import sealed
 from proxy.core.policy import CacheMode, CacheScope
 from proxy.store.cassette import from_record, to_record
@@ -170,3 +171,15 @@ def test_a_cassette_line_holding_a_signature_is_sealed_when_loaded(
         assert loaded.key == live.key
         assert loaded.entry.request == live.request
         assert not any(secret.encode() in loaded.entry.request for secret in secrets)
+
+
+def test_an_answer_quoting_a_signature_alone_is_found() -> None:
+    """An answer echoing the signature (a gateway's error, the model quoting the link) must
+    not be stored: the needles of a signed URL's request hold each signing value, as written
+    and decoded, besides the URL's path and query."""
+    query, secrets = SIGNED["s3"]
+    found = secrets_of((), orjson.dumps(chat(f"{OBJECT}?{query}")))
+    for secret in secrets:
+        assert secret.encode() in found
+    assert b"AKIAEXAMPLE/20261206/us-east-1" in found
+    assert b"AWS4-HMAC-SHA256" not in found  # the algorithm, alone, is no secret
