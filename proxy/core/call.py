@@ -155,7 +155,7 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
         )
     vary = vary_of(asked.headers, in_query, shared)
     lineage = routes.lineage_of(model, route, vary, keyed_query)
-    hidden = sealed(seeded.body, raw=raw)
+    hidden = sealed(seeded.body)
     keyed = seeded.body if hidden is None else hidden
     key, respelled = canonical.keyed(route, scope, namespace, keyed, keyed_query, vary)
     sent = raw if settings.enforce is policy.Enforce.OFF else respelled

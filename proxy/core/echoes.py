@@ -101,7 +101,7 @@ def _in_tools(body: bytes) -> Iterator[str]:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
         return
-    hidden = sealed(parsed, raw=body) if isinstance(parsed, dict) else None
+    hidden = sealed(parsed) if isinstance(parsed, dict) else None
     for value in () if hidden is None else sealed_values(parsed, hidden):
         in_url = list(_in_url(value))
         yield from in_url or (value, *value.split()[-1:])

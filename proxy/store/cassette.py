@@ -174,9 +174,7 @@ def from_record(record: dict[str, Any], scope: str) -> Loaded:
         answer = str(record["body"]).encode()
         _unambiguous_answer(answer, record["stream"] is True)
     raw_request = request.encode() if isinstance(request, str) else canonical.dumps(request)
-    hidden = sealed(
-        body, loaded=True, raw=raw_request
-    )  # a token a line holds is never keyed nor kept
+    hidden = sealed(body, loaded=True)  # a token a line holds is never keyed nor kept
     if hidden is not None:
         body, raw_request = hidden, canonical.dumps(hidden)
     meta = {name: record[name] for name in _META}
