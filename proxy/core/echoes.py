@@ -20,7 +20,7 @@ from urllib.parse import unquote_plus, urlsplit
 import orjson
 
 from proxy.core.credentials import Credentials
-from proxy.core.owned import sealed, sealed_values
+from proxy.core.owned import SIGNING, sealed, sealed_values
 
 SHORTEST = 8
 """Bytes a secret must have to be looked for: a shorter value (a test key `sk-a`, a password
@@ -108,7 +108,9 @@ def _in_tools(body: bytes) -> Iterator[str]:
 
 
 def _in_url(url: str) -> Iterator[str]:
-    """A URL's password, and all past its host; nothing of a string that names no host."""
+    """A URL's password, all past its host, and each signing parameter's value (SIGNING) as
+    written and decoded, which an answer may quote alone; nothing of a string that names no
+    host."""
     try:
         parts = urlsplit(url)
         password = parts.password
@@ -118,6 +120,9 @@ def _in_url(url: str) -> Iterator[str]:
     if host:
         yield password or ""
         yield url.partition(host)[2]
+        for name, _, value in (piece.partition("=") for piece in re.split("[&;]", parts.query)):
+            if any(part in name.lower() for part in SIGNING):
+                yield from (value, unquote_plus(value))
 
 
 def needles(secrets: Iterable[bytes]) -> tuple[bytes, ...]:

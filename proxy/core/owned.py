@@ -300,13 +300,15 @@ def sealed(body: dict[str, Any], loaded: bool = False) -> dict[str, Any] | None:
     holds sealed stays as it is. A request's is sealed whatever it looks like, so that no one
     sending a token's digest reads what the token fetched. Not keyed by `--secret`, which
     would bind a cassette to one proxy: a guessable password gains nothing from this. An input
-    item's tools are sealed as the body's are (`_tool_lists`)."""
+    item's tools are sealed as the body's are (`_tool_lists`). So is a signed URL's credential
+    in a content part (`_sealed_parts`)."""
     hidden = _sealed_tools(body, loaded)
     items = body.get("input")
     if isinstance(items, list):
         kept = [_sealed_tools(item, loaded) if isinstance(item, dict) else item for item in items]
         if kept != items:
             hidden = hidden | {"input": kept}
+    hidden = _sealed_parts(hidden, loaded)
     return None if hidden is body else hidden
 
 
@@ -391,6 +393,83 @@ def _sealed_url(url: str, loaded: bool) -> str:
     if bare and (parts.path in ("", "/") or (loaded and _SEALED.fullmatch(parts.path[1:]))):
         return url
     return f"{parts.scheme}://{host}/{_seal(url, False)}"
+
+
+SIGNING = ("sig", "token", "credential", "key", "secret", "password", "auth")
+"""Parts of a query parameter's name (case-insensitive) whose value a signed URL's reader
+proves itself with: AWS S3's `X-Amz-Signature`, `X-Amz-Credential`, `X-Amz-Security-Token`,
+Google Cloud Storage's `X-Goog-Signature` and `X-Goog-Credential`, an Azure Blob SAS's `sig`,
+CloudFront's `Signature` and `Key-Pair-Id`, a generic `token`, `signature`, `access_token`,
+`key` or `api_key`. A name holding one by chance (`design`, `monkey`) only loses readability;
+the rest (`X-Amz-Expires`, `se`, `sp`, `Policy`) says what the URL grants and stays."""
+
+_QUERY_PIECE = re.compile(r"([^&;=]*)(=?)([^&;]*)")
+
+
+def _sealed_parts(body: dict[str, Any], loaded: bool) -> dict[str, Any]:
+    """`body` with the signed URLs its content parts hold sealed (`_sealed_links`): a chat
+    message's `content` (an `image_url`'s `url`, a `file`'s), a Responses input item's
+    `content` and `output` (an `input_image`'s `image_url`, an `input_file`'s `file_url`, a
+    tool output's parts); itself when they hold none. The key names the object the URL
+    reads, as it names an image's bytes; only its credential is digested, as a tool's is.
+    Content given as a string is text, read as written. No byte search comes first (as
+    `_MARKS`): this reads two fields of each item and no string past its first 8 characters,
+    where a search reads every byte: measured, it cost 2.5 times this walk on a chat of 1000
+    text messages, and 300 times on one holding a megabyte's image as `data:`."""
+    for field, parts in (("messages", ("content",)), ("input", ("content", "output"))):
+        items = body.get(field)
+        if not isinstance(items, list):
+            continue
+        kept = items
+        for index, item in enumerate(items):
+            for part in parts if isinstance(item, dict) else ():
+                value = item.get(part)
+                hidden = _sealed_links(value, loaded) if isinstance(value, list) else value
+                if hidden is not value:
+                    kept = kept if kept is not items else list(items)
+                    kept[index] = kept[index] | {part: hidden}
+        if kept is not items:
+            body = body | {field: kept}
+    return body
+
+
+def _sealed_links(value: Any, loaded: bool) -> Any:
+    """`value` with every http(s) URL string it holds, at any depth, sealed (`_sealed_query`);
+    itself when it holds none. Recursive, bounded by canonical.MAX_DEPTH."""
+    if isinstance(value, list):
+        items = [_sealed_links(item, loaded) for item in value]
+        return value if all(new is old for new, old in zip(items, value, strict=True)) else items
+    if isinstance(value, dict):
+        hidden = {name: _sealed_links(item, loaded) for name, item in value.items()}
+        return value if all(hidden[name] is item for name, item in value.items()) else hidden
+    if isinstance(value, str) and value[:8].lower().startswith(("http://", "https://")):
+        sealed_url = _sealed_query(value, loaded)
+        return value if sealed_url == value else sealed_url
+    return value
+
+
+def _sealed_query(url: str, loaded: bool) -> str:
+    """The URL with the value of each query parameter whose name holds one of SIGNING, and of
+    its user's password, replaced by its digest (of the value as written, so a line recorded
+    from the request keys as the request does); the rest as written. A `data:` URL is none."""
+    head, mark, rest = url.partition("?")
+    query, hash_mark, fragment = rest.partition("#")
+
+    def piece(found: re.Match[str]) -> str:
+        name, equals, value = found.groups()
+        if not equals or not any(part in name.lower() for part in SIGNING):
+            return found.group()
+        return f"{name}={_seal(value, loaded)}"
+
+    if mark:
+        url = f"{head}?{_QUERY_PIECE.sub(piece, query)}{hash_mark}{fragment}"
+    scheme, slashes, tail = url.partition("://")
+    authority, slash, path = tail.partition("/")
+    user, at, host = authority.rpartition("@")
+    name, colon, password = user.partition(":")
+    if not at or not colon:
+        return url
+    return f"{scheme}{slashes}{name}:{_seal(password, loaded)}@{host}{slash}{path}"
 
 
 def _seal(value: Any, loaded: bool) -> str:
