@@ -362,17 +362,14 @@ async def observe_fingerprint(services: Services, model: str, fingerprint: str) 
 
 
 async def record(
-    services: Services,
-    call: Call,
-    answer: Answer,
-    lease: Lease | None = None,
+    services: Services, call: Call, answer: Answer, lease: Lease | None = None
 ) -> None:
     """Learn the answer's fingerprint and store the answer (when the plan stores, it holds no
-    credential of its request (`echoes`), and it was made under no access
-    program the caller's organization holds, where the partition is shared: `owned.entitled`).
-    A repeat of the current fingerprint is counted in process (see FingerprintTracker) and only
-    the answer is written; anything else is observed and written in one step (`Store.record`),
-    the observation first, so under `follow` the entry is servable once written. A leader's
+    credential of its request, `echoes`, and, where the partition is shared, it was made under
+    no access program the caller's organization holds, `owned.entitled`). A repeat of the
+    current fingerprint is counted in process (see FingerprintTracker) and only the answer is
+    written; anything else is observed and written in one step (`Store.record`), the
+    observation first, so under `follow` the entry is servable once written. A leader's
     `lease` gives up its store lock in the same write. An answer left unstored is still
     observed: it is the model's, and what it says of its fingerprint holds whoever may read
     it."""
