@@ -18,7 +18,8 @@ Asker = Callable[..., tuple[str, str, Any]]
 
 
 def respond(proxy: Proxy, key: str, ns: str, model: str, body: dict[str, Any]) -> tuple[Any, Any]:
-    """The SDK's raw answer to one Responses request in namespace `ns`, and its parse."""
+    """The SDK's raw answer to one Responses request in namespace `ns`, and its parse: a
+    stream's events read whole while the client is open."""
     with OpenAI(
         base_url=proxy.v1,
         api_key=key,
@@ -26,7 +27,8 @@ def respond(proxy: Proxy, key: str, ns: str, model: str, body: dict[str, Any]) -
         default_headers={"X-Repro-Namespace": ns},
     ) as sdk:
         raw = sdk.responses.with_raw_response.create(model=model, **body)
-        return raw, raw.parse()
+        answer = raw.parse()
+        return raw, list(answer) if body.get("stream") else answer
 
 
 def text_asker(model: str) -> Asker:

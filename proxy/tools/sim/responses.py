@@ -161,6 +161,8 @@ def answer_of(body: JSON, state: SimState) -> tuple[JSON, Answer]:
     """The complete response object, and the answer it holds (for streaming it piece by piece)."""
     if not isinstance(body.get("input"), str | list):
         raise BadRequest("input must be a string or an array of items", "input")
+    if not isinstance(body.get("tools", []), list | None):
+        raise BadRequest("Invalid type for 'tools': expected an array.", "tools")
     previous = body.get("previous_response_id")
     if previous is not None and not isinstance(previous, str):
         name = "previous_response_id"
