@@ -47,6 +47,9 @@ class Offload:
         return await self.run(work, data, *args)
 
     def close(self) -> None:
+        """Stop the child, waiting for its manager thread: left to end on its own, it closed
+        its wakeup pipe while the interpreter's exit hook (`concurrent.futures.process`) wrote
+        to it, and a stopping proxy printed an OSError traceback now and then."""
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
