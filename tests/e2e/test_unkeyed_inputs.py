@@ -246,7 +246,7 @@ def gateway_checking(name: str, valid: str) -> Writer:
 
     async def write(writer: asyncio.StreamWriter, request: Received) -> None:
         if request.headers.get(name) == valid:
-            answer = http_answer(completion("for " + valid), "Content-Type: application/json")
+            answer = http_answer(completion("for " + name), "Content-Type: application/json")
         else:
             refusal = b'{"error": {"message": "no key", "type": "invalid_request_error"}}'
             answer = http_answer(refusal, "Content-Type: application/json", status="401 No")
