@@ -5,7 +5,7 @@ The upstream answers a chain only while the response exists, and only for its ow
 reads the conversation stored under the id. So a chain is answered from the cache only
 - while no proxy on the store has seen the upstream delete that response through the same
   routing (`mark_deleted`), and
-- in `shared` scope, to a tenant that was answered with that response itself (`caching.hold`),
+- in `shared` scope, to a tenant that was answered with that response itself (`recording.hold`),
   so asked the request that made it and knows the conversation the chain continues. An id
   learnt any other way (a log, a guess, another tenant's screen) reads nothing: the request goes
   to the upstream, which refuses a stranger's id.
@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from proxy.core import policy, responses
 from proxy.core.call import Call
-from proxy.server.caching import store_failed
 from proxy.server.context import Services
+from proxy.server.failopen import store_failed
 from proxy.store.base import StoreError, Write
 
 

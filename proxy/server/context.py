@@ -100,7 +100,7 @@ class Services:
         default_factory=lambda: LRU(MEMO_ITEMS, CALL_MEMO_BYTES)
     )
     entries: EntryMemo = field(default_factory=entry_memo)
-    # holder marks this process wrote (`caching.hold`), and when: a repeated HIT writes none
+    # holder marks this process wrote (`recording.hold`), and when: a repeated HIT writes none
     held: LRU[str, float] = field(default_factory=lambda: LRU(MEMO_ITEMS))
     offload: Offload = field(default_factory=Offload)
     guesses: Guesses = field(default_factory=Guesses)  # wrong admin tokens per address

@@ -34,7 +34,6 @@ from proxy.errors import (
 from proxy.server import bodies
 from proxy.server.caching import (
     forward,
-    hold,
     lookup,
     lookup_or_lock,
     prepare,
@@ -49,6 +48,7 @@ from proxy.server.coalesce import Lease
 from proxy.server.context import SERVICES, Services
 from proxy.server.observed import UNROUTED_PATH
 from proxy.server.offload import OFF_LOOP_BODY
+from proxy.server.recording import hold
 from proxy.server.streaming import CLIENT_GONE, forward_stream
 from proxy.server.unframed import Unframed
 from proxy.store.base import StoreError

@@ -26,10 +26,12 @@ from proxy.core.keyed import HeaderLines, vary_of
 from proxy.core.paths import raw_query
 from proxy.core.policy import CacheMode, Outcome
 from proxy.errors import CacheMissError
-from proxy.server.caching import dropped, scope_of, store_failed, unreadable
+from proxy.server.caching import dropped
 from proxy.server.chains import holds, mark_deleted, was_deleted
 from proxy.server.context import SERVICES, Services
+from proxy.server.failopen import store_failed, unreadable
 from proxy.server.handlers import key_accepted, known, only_if_cached, passthrough
+from proxy.server.recording import scope_of
 from proxy.store.base import StoreError
 from proxy.upstream.headers import INERT
 

@@ -32,13 +32,9 @@ from proxy.core.policy import StreamDisconnect
 from proxy.core.routes import RESPONSES
 from proxy.core.sse import StreamRecorder
 from proxy.errors import UpstreamError, UpstreamUnreachable
-from proxy.server.caching import (
-    as_upstream_allows,
-    call_upstream,
-    observe_fingerprint,
-    record,
-)
+from proxy.server.caching import as_upstream_allows, call_upstream
 from proxy.server.context import Services
+from proxy.server.recording import observe_fingerprint, record
 from proxy.server.unframed import Unframed
 from proxy.upstream.client import UpstreamResponse
 from proxy.upstream.headers import response_headers, undecoded
