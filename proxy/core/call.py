@@ -26,8 +26,9 @@ from proxy.core.entry import (
 )
 from proxy.core.fingerprints import tracked
 from proxy.core.keyed import HeaderLines, Keying, vary_of
-from proxy.core.owned import entitled, sealed, tenants_own
+from proxy.core.owned import entitled, tenants_own
 from proxy.core.policy import CacheMode, CacheScope, Enforce, Outcome, Plan
+from proxy.core.sealing import sealed
 from proxy.errors import InvalidHeader, InvalidParameter, InvalidType
 
 

@@ -20,7 +20,7 @@ from urllib.parse import unquote_plus, urlsplit
 import orjson
 
 from proxy.core.credentials import Credentials
-from proxy.core.owned import SIGNING, sealed, sealed_values
+from proxy.core.sealing import SIGNING, sealed, sealed_values
 
 SHORTEST = 8
 """Bytes a secret must have to be looked for: a shorter value (a test key `sk-a`, a password
@@ -94,7 +94,7 @@ def _basic_password(token: str) -> Iterator[str]:
 
 
 def _in_tools(body: bytes) -> Iterator[str]:
-    """What `proxy.core.owned.sealed` hides of a body's tools (`sealed_values`): of a URL, its
+    """What `proxy.core.sealing.sealed` hides of a body's tools (`sealed_values`): of a URL, its
     password and all past its host (a key in the path, the query); of anything else, the
     value as sent and its last word (a header's token without its scheme)."""
     try:

@@ -37,7 +37,7 @@ class Entry(NamedTuple):
     route: str = ""
     query: str = ""
     namespace: str = ""
-    request: bytes = b""  # the body the upstream received, credentials `owned.sealed`
+    request: bytes = b""  # the body the upstream received, credentials `sealing.sealed`
     vary: str = ""  # the digest of the keyed request headers (`proxy.core.keyed`), never them
 
 

@@ -214,7 +214,7 @@ class KeyChecker:
         answer (learned per shape and what it asks, once per interval). It goes with the
         request's keyed headers (a gateway's routing ones), as the caller's does: without, a
         gateway open for its default provider would vouch for a paid one a header names. It
-        goes as a store keeps it, a tool's credentials sealed (`owned.sealed`): an open
+        goes as a store keeps it, a tool's credentials sealed (`sealing.sealed`): an open
         gateway would otherwise run the caller's tools with the caller's token for a stranger."""
         key = ("route", shape(credentials), _asked(call))
         made_up = stranger(credentials)

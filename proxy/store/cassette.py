@@ -1,7 +1,7 @@
 """Cassettes: stored answers as a JSONL file a repository can commit, loadable into any store.
 
 A line holds one answer with what was asked (route, query, namespace, the request body the
-upstream received with a tool's credentials sealed (`owned.sealed`), and the digest its key
+upstream received with a tool's credentials sealed (`sealing.sealed`), and the digest its key
 names of the request's keyed headers, `vary`) and never an API key or a header's value. Cache
 keys are not portable, since they hash the tenant scope, so loading recomputes each key for the
 target's scope: with `shared` every caller can replay the cassette (the usual choice in CI); with
@@ -35,7 +35,7 @@ from proxy.core import canonical, responses, routes, sse, terminal
 from proxy.core.codec import Codec
 from proxy.core.credentials import split_query
 from proxy.core.entry import CorruptEntry, Entry, is_fingerprint
-from proxy.core.owned import sealed
+from proxy.core.sealing import sealed
 from proxy.errors import ProxyError
 from proxy.store.base import Selector, Store, Write, labelled
 

@@ -148,7 +148,7 @@ def test_a_non_ascii_secret_is_found_as_python_and_php_write_it(ensure_ascii: bo
 
 
 def test_every_credential_a_tool_carries_is_looked_for_as_sealing_reads_it() -> None:
-    """What `owned.sealed` hides is what an echo is looked for: a container's domain secret
+    """What `sealing.sealed` hides is what an echo is looked for: a container's domain secret
     as well as an MCP tool's token, in the body's tools and an input item's."""
     secret = {"domain": "api.example.com", "name": "API_KEY", "value": "domain-secret-value-1"}
     container = {

@@ -21,14 +21,13 @@ from proxy.core import canonical
 from proxy.core.call import Asked, facts_of, prepare_with
 from proxy.core.owned import (
     SELF_CONTAINED,
-    carries_credentials,
     entitled,
     names_owned_objects,
     names_program,
     passes_stored_items,
-    sealed,
 )
 from proxy.core.policy import CacheScope
+from proxy.core.sealing import carries_credentials, sealed
 from proxy.core.sse import StreamRecorder
 from proxy.tools.sim.responses import answer_of, events
 from proxy.tools.sim.state import SimState

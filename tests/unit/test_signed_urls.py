@@ -1,7 +1,7 @@
 """A content part's URL may be presigned (S3, GCS, Azure SAS, CloudFront): its query holds a
 credential granting read access to a private object until it expires. The key names the URL,
 but the stored request, an export and a cassette hold each signing parameter's digest, as
-they do an MCP tool's token (proxy/core/owned.py `sealed`); the upstream gets it as sent."""
+they do an MCP tool's token (proxy/core/sealing.py `sealed`); the upstream gets it as sent."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from proxy.config import Settings
 from proxy.core.call import Asked, Call, prepare_with
 from proxy.core.echoes import secrets_of
-from proxy.core.owned import sealed
 from proxy.core.policy import CacheMode, CacheScope
+from proxy.core.sealing import sealed
 from proxy.store.cassette import from_record, to_record
 from tests.shared_scope import recorded_entry
 

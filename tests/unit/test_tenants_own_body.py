@@ -17,8 +17,9 @@ from proxy.config import Settings
 from proxy.core import canonical
 from proxy.core.call import Asked, Call, prepare_with
 from proxy.core.nearest import Request, readable
-from proxy.core.owned import carries_credentials, passes_stored_items, sealed
+from proxy.core.owned import passes_stored_items
 from proxy.core.policy import CacheMode, CacheScope, Enforce
+from proxy.core.sealing import carries_credentials, sealed
 from proxy.store.cassette import from_record, to_record
 from proxy.testing.session import LLMSession, RecordMode
 from tests.shared_scope import recorded_entry

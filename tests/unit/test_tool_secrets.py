@@ -1,7 +1,7 @@
 """A hosted container's network policy carries secrets in the body (`domain_secrets`, each
 `{domain, name, value}`, the value injected into the container's requests to the domain): the
 request is its tenant's own in `shared` scope, and the key, the stored request, an export and a
-cassette name each value by its SHA-256, as they do an MCP tool's token (proxy/core/owned.py).
+cassette name each value by its SHA-256, as they do an MCP tool's token (proxy/core/sealing.py).
 The rule reads a credential field wherever a tool holds it, outside a function's JSON Schemas;
 the installed SDK's request types are surveyed for fields documented as secrets, so that a new
 one fails here until it is classified."""
@@ -22,8 +22,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from proxy.config import Settings
 from proxy.core import canonical
 from proxy.core.call import Asked, Call, prepare_with
-from proxy.core.owned import CREDENTIALS, carries_credentials, sealed
 from proxy.core.policy import CacheMode, CacheScope
+from proxy.core.sealing import CREDENTIALS, carries_credentials, sealed
 from proxy.store.cassette import from_record, to_record
 from tests.shared_scope import recorded_entry
 
@@ -208,7 +208,7 @@ def test_every_field_the_sdk_documents_as_a_secret_is_sealed() -> None:
         for path, cls, field in found
         if field not in CREDENTIALS and not (cls.endswith("DomainSecretParam") and field in ENTRIES)
     }
-    assert unread == set(), "a new secret field: read it in proxy/core/owned.py CREDENTIALS"
+    assert unread == set(), "a new secret field: read it in proxy/core/sealing.py CREDENTIALS"
 
 
 @pytest.mark.parametrize("odd", [SECRET, {"GITHUB_TOKEN": SECRET}, [SECRET]])
