@@ -201,6 +201,22 @@ def test_the_readme_ci_recipe_works_as_written(project: pytest.Pytester, sim: Si
     assert len(sim.llm_requests()) == 1  # recorded once, replayed offline
 
 
+MODULE_LINES = 460
+"""About 450 lines, the size a module may reach before it is holding more than one idea."""
+
+
+def test_no_module_outgrows_one_idea() -> None:
+    """A module past MODULE_LINES is split along its seams (as caching.py was into caching,
+    recording and failopen) before it grows further: a newcomer reads the design from
+    `ls -R proxy`, not from section comments inside one file."""
+    sizes = {
+        str(path.relative_to(ROOT)): path.read_text(encoding="utf-8").count("\n")
+        for path in (ROOT / "proxy").rglob("*.py")
+    }
+    assert len(sizes) > 100
+    assert {path: n for path, n in sizes.items() if n > MODULE_LINES} == {}
+
+
 def test_the_module_map_names_every_module() -> None:
     """docs/architecture.md's tables name each module of proxy/ by its name or its path (a
     package's `__init__.py` only where it holds more than imports; the sim and the audit as one)."""
