@@ -69,14 +69,27 @@ def index_key(
         "scope": scope,
         "v": KEY_VERSION,
     }
-    if vary:
-        material["vary"] = vary
     if version:
         material["version"] = version
-    routed = routes.routing(query)
-    if routed:
-        material["routing"] = [list(pair) for pair in routed]
-    return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return _routed_key(material, vary, query)
+
+
+def everywhere_key(
+    response_id: str, vary: str = "", query: str = "", index: str = RESPONSE_INDEX
+) -> str:
+    """The key of the pointer to the last entry stored holding `response_id`, whatever its
+    scope and namespace: the upstream keeps a response (or a chat completion) for its whole
+    organization, and any key of it may delete the object, so a deletion the upstream confirms
+    drops the answer carrying it from every partition, not only the deleter's (`index_key`).
+    One per routing, as a deletion's mark (`deleted_key`). Read only after the upstream said
+    the object is gone, to drop what holds it: never to serve."""
+    material: dict[str, object] = {
+        "id": response_id,
+        "index": "everywhere",
+        "of": index,
+        "v": KEY_VERSION,
+    }
+    return _routed_key(material, vary, query)
 
 
 def deleted_key(response_id: str, vary: str = "", query: str = "") -> str:
@@ -86,6 +99,12 @@ def deleted_key(response_id: str, vary: str = "", query: str = "") -> str:
     or a keyed `query` send to a tenant's own server, which may accept any id, deleted nothing
     an unrouted request, or one routed elsewhere, would be answered with."""
     material: dict[str, object] = {"id": response_id, "index": "deleted", "v": KEY_VERSION}
+    return _routed_key(material, vary, query)
+
+
+def _routed_key(material: dict[str, object], vary: str, query: str) -> str:
+    """SHA-256 of `material` with the routing it was asked through: the keyed headers' digest
+    `vary` and the keyed `query`'s parameters but api-version (`routes.routing`)."""
     if vary:
         material["vary"] = vary
     routed = routes.routing(query)

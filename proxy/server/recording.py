@@ -8,6 +8,7 @@ upstream keeps) is indexed by its id, and in `shared` scope its tenant is marked
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from proxy.core import echoes, policy, responses
@@ -90,30 +91,34 @@ async def index_response(
     index: str = responses.RESPONSE_INDEX,
 ) -> None:
     """Remember which entry holds the response `response_id`, for `GET /v1/responses/{id}`
-    (or the stored chat completion, for `forget_changed`: `index`)."""
+    (or the stored chat completion, for `forget_changed`: `index`), in the caller's partition;
+    and, for a deletion by any key the upstream lets delete it, in every one (`everywhere_key`).
+    Both are written at once: a Redis store sends them in one round trip."""
     version = responses.api_version(call.keyed_query)
     if version is None or not responses.valid_id(response_id):
         return
-    write = Write(
-        key=responses.index_key(
-            scope_of(services, call.tenant),
-            call.namespace,
-            response_id,
-            call.vary,
-            version,
-            call.keyed_query,
-            index,
+    scope = scope_of(services, call.tenant)
+    keys = (
+        responses.index_key(
+            scope, call.namespace, response_id, call.vary, version, call.keyed_query, index
         ),
-        fingerprint=responses.INDEX_FINGERPRINT,
-        value=responses.index_value(call.key, fingerprint),
-        ttl=services.settings.ttl,
-        labels=labelled(call.namespace, call.model, call.lineage),
+        responses.everywhere_key(response_id, call.vary, call.keyed_query, index),
     )
+    value, ttl = responses.index_value(call.key, fingerprint), services.settings.ttl
+    labels = labelled(call.namespace, call.model, call.lineage)
+    pointer = responses.INDEX_FINGERPRINT
+    await asyncio.gather(*(_put(services, Write(k, pointer, value, ttl, labels)) for k in keys))
+    await hold(services, call, fresh=True)
+
+
+async def _put(services: Services, write: Write) -> bool:
+    """Whether the write took; a store that errs is counted and logged (`failopen`)."""
     try:
         await services.store.put(write)
     except StoreError as exc:
         store_failed(services, "put", exc)
-    await hold(services, call, fresh=True)
+        return False
+    return True
 
 
 HELD_FOR = 60.0
@@ -144,12 +149,8 @@ async def hold(services: Services, call: Call, fresh: bool = False) -> None:
         ttl=ttl,
         labels=labelled(call.namespace, call.model, call.lineage),
     )
-    try:
-        await services.store.put(write)
-    except StoreError as exc:
-        store_failed(services, "put", exc)
-        return
-    services.held.put(mark, now)
+    if await _put(services, write):
+        services.held.put(mark, now)
 
 
 def _write(

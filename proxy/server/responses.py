@@ -73,7 +73,9 @@ async def delete_by_id(request: web.Request) -> web.StreamResponse:
     forgets it too, before the client hears so: otherwise the request that created it would
     still be answered with an id the upstream no longer knows (a 404 to fetch, an error to
     chain on with `previous_response_id`), where without the proxy it would make a new one; and
-    a request continuing it would still be answered, where the upstream refuses it."""
+    a request continuing it would still be answered, where the upstream refuses it. Forgotten
+    in every partition (`responses.everywhere_key`): another key of the organization may have
+    made it, whose HIT would otherwise hand out the deleted id."""
     services = request.app[SERVICES]
     # Refused before the upstream deletes anything, not after, when the client would be told
     # a deletion failed that took place (and the proxy would still answer with the response):
@@ -88,17 +90,15 @@ async def delete_by_id(request: web.Request) -> web.StreamResponse:
         query, in_query = split_query(raw_query(request.raw_path))
         version = responses.api_version(query)
         caller = await _caller(services, request)
+        vary = _vary(services, caller, in_query)
         found = None
         if version is not None:
             found = await _held(services, caller, response_id, version, in_query, query)
         # Every scope and namespace: whoever sent a request continuing it, routed as this one.
-        await mark_deleted(services, response_id, _vary(services, caller, in_query), query)
-        if found is None:
-            return
-        try:
-            await services.store.delete(found[0])
-        except StoreError as exc:
-            store_failed(services, "delete", exc)
+        await mark_deleted(services, response_id, vary, query)
+        everywhere = responses.everywhere_key(response_id, vary, query)
+        elsewhere = await _indexed(services, everywhere, response_id)
+        await _dropped(services, {held[0] for held in (found, elsewhere) if held is not None})
 
     return await passthrough(request, forget)
 
@@ -108,8 +108,10 @@ async def forget_changed(request: web.Request) -> web.StreamResponse:
     through; once the upstream has made it, the proxy forgets the answer that carries the id,
     before the client hears so, as it does for a deleted response: otherwise the request that
     made it would still be answered with an id the upstream no longer knows, or with the
-    metadata it no longer holds (a chat completion echoes it). Only the caller's partition and
-    routing are looked in: no other could hold that answer."""
+    metadata it no longer holds (a chat completion echoes it). Looked for in the caller's
+    partition, and in every other one (`responses.everywhere_key`): another key of the same
+    organization may have made it, and the upstream let this one change it. Only the routing
+    it was asked through is looked in: no other could hold that answer."""
     services = request.app[SERVICES]
     checked_namespace(control(request.headers, NAMESPACE))  # refused before, as delete_by_id
     services.keying.lines(request.headers)
@@ -122,18 +124,38 @@ async def forget_changed(request: web.Request) -> web.StreamResponse:
             return
         caller = await _caller(services, request)
         vary, scope = _vary(services, caller, in_query), scope_of(services, caller.tenant)
-        index = responses.index_key(
-            scope, caller.namespace, chat_id, vary, version, query, responses.CHAT_INDEX
+        pointers = (
+            responses.index_key(
+                scope, caller.namespace, chat_id, vary, version, query, responses.CHAT_INDEX
+            ),
+            responses.everywhere_key(chat_id, vary, query, responses.CHAT_INDEX),
         )
+        carrying: set[str] = set()
         try:
-            pointer = await services.store.get(index, [responses.INDEX_FINGERPRINT])
-            target = responses.parse_index(pointer.get(responses.INDEX_FINGERPRINT, b""))
-            if target is not None and await _carries(services, *target, chat_id):
-                await services.store.delete(target[0])
+            for pointer in pointers:
+                target = await _pointed(services, pointer)
+                if target is not None and await _carries(services, *target, chat_id):
+                    carrying.add(target[0])
         except StoreError as exc:
-            store_failed(services, "delete", exc)
+            store_failed(services, "get", exc)
+        await _dropped(services, carrying)
 
     return await passthrough(request, forget)
+
+
+async def _pointed(services: Services, pointer: str) -> tuple[str, str] | None:
+    """The (key, fingerprint) the index entry `pointer` names, if it is one."""
+    found = await services.store.get(pointer, [responses.INDEX_FINGERPRINT])
+    return responses.parse_index(found.get(responses.INDEX_FINGERPRINT, b""))
+
+
+async def _dropped(services: Services, keys: set[str]) -> None:
+    """Delete the entries `keys`, which hold what the upstream no longer has."""
+    for key in sorted(keys):
+        try:
+            await services.store.delete(key)
+        except StoreError as exc:
+            store_failed(services, "delete", exc)
 
 
 async def _carries(services: Services, key: str, fingerprint: str, chat_id: str) -> bool:
@@ -206,8 +228,7 @@ async def _trusted(
 async def _indexed(services: Services, index: str, response_id: str) -> tuple[str, Entry] | None:
     """The key and entry the index entry `index` points at, while it holds `response_id`."""
     try:
-        pointer = await services.store.get(index, [responses.INDEX_FINGERPRINT])
-        target = responses.parse_index(pointer.get(responses.INDEX_FINGERPRINT, b""))
+        target = await _pointed(services, index)
         if target is None:
             return None
         blobs = await services.store.get(target[0], [target[1]])

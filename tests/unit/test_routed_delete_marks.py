@@ -24,3 +24,21 @@ def test_an_unrouted_mark_keeps_its_key_and_a_routed_one_is_apart() -> None:
         responses.deleted_key("resp_1", VARY, "provider=own"),
     }
     assert len(routed) == 4 and unrouted not in routed
+
+
+def test_the_pointer_for_every_partition_names_id_domain_and_routing_alone() -> None:
+    """`everywhere_key` takes no scope nor namespace (a deletion by any key of the organization
+    reaches each partition), but is apart from each partition's index and from the deletion
+    mark, per domain (a chat id never finds a response's entry) and per routing."""
+    everywhere = responses.everywhere_key("resp_1")
+    apart = {
+        everywhere,
+        responses.everywhere_key("resp_1", index=responses.CHAT_INDEX),
+        responses.everywhere_key("resp_2"),
+        responses.everywhere_key("resp_1", VARY),
+        responses.everywhere_key("resp_1", "", "provider=own"),
+        responses.index_key("", "", "resp_1"),
+        responses.deleted_key("resp_1"),
+    }
+    assert len(apart) == 7
+    assert responses.everywhere_key("resp_1", "", "api-version=2025-01-01") == everywhere
