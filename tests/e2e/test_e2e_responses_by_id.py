@@ -116,14 +116,16 @@ def test_a_response_deleted_upstream_no_longer_answers_the_request_that_made_it(
     hit = owner.responses.with_raw_response.create(model=MODEL, input=INPUT)
     assert (hit.headers["X-Repro-Cache"], hit.parse().id) == ("HIT", first.id)
 
-    other.responses.delete(first.id)  # the upstream obliges; the owner's entry is not theirs
-    assert (
-        owner.responses.with_raw_response.create(model=MODEL, input=INPUT).headers["X-Repro-Cache"]
-        == "HIT"
-    )
+    # Another key the upstream lets delete it (of the same organization): gone for everyone,
+    # so the owner's stored answer goes too (test_e2e_deleted_everywhere.py).
+    other.responses.delete(first.id)
+    remade = owner.responses.with_raw_response.create(model=MODEL, input=INPUT)
+    assert remade.headers["X-Repro-Cache"] == "MISS" and remade.parse().id != first.id
     with pytest.raises(openai.NotFoundError):
         owner.responses.delete(first.id)  # already gone upstream: the cache keeps its answer
     assert stored(proxy, ns, {"model": MODEL, "input": INPUT})
+    hit = owner.responses.with_raw_response.create(model=MODEL, input=INPUT)
+    assert (hit.headers["X-Repro-Cache"], hit.parse().id) == ("HIT", remade.parse().id)
 
     second = owner.responses.create(model=MODEL, input="Another.")
     owner.responses.delete(second.id)
