@@ -4,6 +4,7 @@
     python bench/floors.py redis       --port P --upstream ... --redis redis://127.0.0.1:R/1
     python bench/floors.py passthrough --port P --upstream ...
     python bench/floors.py relay       --port P --upstream ...
+    python bench/floors.py caching     --port P --upstream ...
 
 `dict` answers from a dict keyed by the raw request body; `redis` does one GET per request
 (redis-py's asyncio client, hiredis parser); `passthrough` forwards every request with one
@@ -14,6 +15,11 @@ the proxy does, so the benchmark verifies them the same way, and count what they
 `GET /_floor/stats`. Plain asyncio loop, no logging, no access log: the least a Python server
 can do per request.
 
+`caching` is a minimal caching proxy: the work any cache of this stack does on a request (parse,
+seed, canonical form, SHA-256; on a miss, the answer parsed, zstd, a dict), and nothing else. It
+is not a floor the proxy is held to, but how much of the proxy's distance from the pass-through
+and dict floors no design of it could remove.
+
 `relay` parses no HTTP at all: it copies bytes between each client connection and an upstream
 connection of its own. It is what a Python hop costs below HTTP (the loopback, the wake-ups,
 the event loop), so the first byte through it shows how much of an HTTP hop's cost is the HTTP.
@@ -23,18 +29,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 from collections import Counter
 from typing import cast
 from urllib.parse import urlsplit
 
 import aiohttp
+import orjson
 import redis.asyncio
 import redis.utils
+import zstandard
 from aiohttp import web
 
 ROUTE = "/v1/{tail:.*}"
 HIT = {"X-Repro-Cache": "HIT"}
 MISS = {"X-Repro-Cache": "MISS"}
+JSON = "application/json"
 FORWARDED = ("Authorization", "Content-Type")
 
 
@@ -145,7 +155,49 @@ def passthrough_floor(upstream: str, _: str) -> web.Application:
     return app
 
 
-FLOORS = {"dict": dict_floor, "redis": redis_floor, "passthrough": passthrough_floor}
+def caching_floor(upstream: str, _: str) -> web.Application:
+    """The least any caching proxy of this stack does per request, and nothing else: parse the
+    body, inject a seed, respell it canonically, hash it with the route; on a miss relay the
+    respelled body over one ClientSession, parse the answer for its fingerprint, compress the
+    request and the answer with zstd and keep them in a dict under the key and fingerprint. No
+    tenant, no key check, no coalescing, metrics, header checks or fail-open store: the part of
+    the proxy's miss (and HIT) that no design of it can remove, measured against the bare
+    floors."""
+    app, stats, session = base_app(upstream)
+    stored: dict[tuple[str, str], bytes] = {}
+    current = {"fingerprint": ""}
+    pack = zstandard.ZstdCompressor(level=1).compress
+    unpack = zstandard.ZstdDecompressor().decompress
+
+    async def handle(request: web.Request) -> web.Response:
+        asked = orjson.loads(await request.read())
+        asked.setdefault("seed", 12345)
+        body = orjson.dumps(asked, option=orjson.OPT_SORT_KEYS)
+        key = hashlib.sha256(request.path.encode() + b"\0" + body).hexdigest()
+        blob = stored.get((key, current["fingerprint"]))
+        if blob is not None:
+            stats["hit"] += 1
+            entry = unpack(blob)
+            return answer(200, entry[4 + int.from_bytes(entry[:4], "big") :], JSON, HIT)
+        stats["miss"] += 1
+        async with session[0].post(request.path, data=body, headers=forwarded(request)) as up:
+            status, data = up.status, await up.read()
+        if status == 200:
+            fingerprint = orjson.loads(data).get("system_fingerprint") or ""
+            current["fingerprint"] = fingerprint
+            stored[key, fingerprint] = pack(len(body).to_bytes(4, "big") + body + data)
+        return answer(status, data, JSON, MISS)
+
+    app.router.add_post(ROUTE, handle)
+    return app
+
+
+FLOORS = {
+    "dict": dict_floor,
+    "redis": redis_floor,
+    "passthrough": passthrough_floor,
+    "caching": caching_floor,
+}
 
 
 class _Pipe(asyncio.Protocol):

@@ -3,6 +3,7 @@
     python bench/pinned.py miss                      # memory miss vs the pass-through floor
     python bench/pinned.py hit-many --rounds 5       # memory HIT, 4000 keys, vs the dict floor
     python bench/pinned.py miss --against ../other   # also another checkout of the proxy (A/B)
+    python bench/pinned.py miss --also caching       # also a minimal caching proxy
 
 On a shared machine req/s measures the scheduler as much as the code; the CPU a server spends per
 request moves far less. The server under test gets the first core of this process's affinity,
@@ -166,7 +167,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         upstream = ["--upstream", f"http://127.0.0.1:{sim_port}/v1"]
         wait_until_up(f"http://127.0.0.1:{sim_port}/_sim/settings", sim)
-        servers["floor"] = ([py, str(BENCH / "floors.py"), work.floor, *upstream], bench.ROOT)
+        for name, kind in [("floor", work.floor), *((f"floor ({k})", k) for k in args.also)]:
+            servers[name] = ([py, str(BENCH / "floors.py"), kind, *upstream], bench.ROOT)
         serve = [py, "-m", "proxy", "serve", *upstream, *args.proxy_args.split()]
         servers["proxy"] = (serve, bench.ROOT)
         for other in args.against:
@@ -223,6 +225,14 @@ def main() -> int:
         action="append",
         default=[],
         help="another checkout of the proxy, measured too (repeatable)",
+    )
+    parser.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        choices=["caching", "dict", "passthrough"],
+        help="another floor of bench/floors.py, measured too (repeatable): `caching`, the work "
+        "any caching proxy does, shows how much of the proxy's distance no design of it removes",
     )
     parser.add_argument("--proxy-args", default="", help="settings for every proxy started")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from tests.fixtures_procs import Sim, free_port
@@ -110,3 +111,28 @@ def test_the_relay_closes_the_client_when_the_upstream_is_gone() -> None:
     closed = pytest.raises((httpx.RemoteProtocolError, httpx.ReadError))
     with started("relay", upstream, None) as url, closed:
         httpx.post(url + "/v1/chat/completions", json=BODY, headers=AUTH, timeout=10)
+
+
+def test_the_caching_floor_caches_by_canonical_body_and_fingerprint(sim: Sim) -> None:
+    """`caching` does a cache's work, or its figure would flatter the proxy's distance from it:
+    a seed injected, the body respelled (key order does not split the key), the answer stored
+    under the fingerprint it was made with; a rotation, learned from the next miss as the proxy
+    learns it, makes every answer of the old one a miss."""
+    with started("caching", sim.v1, "/_floor/stats") as url:
+
+        def ask(body: dict[str, object]) -> httpx.Response:
+            return httpx.post(url + "/v1/chat/completions", json=body, headers=AUTH)
+
+        first = ask(BODY)
+        assert (first.status_code, first.headers["X-Repro-Cache"]) == (200, "MISS")
+        assert orjson.loads(sim.llm_requests()[-1]["body"])["seed"] == 12345
+        reordered = dict(reversed(list(BODY.items())))
+        again = ask(reordered)
+        assert (again.headers["X-Repro-Cache"], again.content) == ("HIT", first.content)
+        sim.set_fingerprint("fp_rotated")
+        assert ask({**BODY, "max_tokens": 5}).headers["X-Repro-Cache"] == "MISS"
+        rotated = ask(BODY)
+        assert rotated.headers["X-Repro-Cache"] == "MISS"
+        assert rotated.json()["system_fingerprint"] == "fp_rotated"
+        assert ask(BODY).headers["X-Repro-Cache"] == "HIT"
+        assert httpx.get(url + "/_floor/stats").json() == {"miss": 3, "hit": 2}
