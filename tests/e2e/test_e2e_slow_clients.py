@@ -145,11 +145,20 @@ def test_connections_beyond_the_cap_get_a_503_in_openai_shape_and_are_closed(
     start_proxy: ProxyFactory,
 ) -> None:
     proxy = start_proxy("--max-connections", "2", "--header-timeout", "30")
-    held = [connect(proxy), connect(proxy)]
+
+    def answered() -> socket.socket | None:
+        """A connection answered, so accepted and counted, then idle on keep-alive; None while
+        the start-up check's connection still holds a slot (the proxy has yet to see it end)."""
+        sock = connect(proxy)
+        sock.sendall(HEALTHZ)
+        if read_answer(sock).startswith(b"HTTP/1.1 200"):
+            return sock
+        sock.close()
+        return None
+
+    held = [sock for sock in (settled(answered, within=5), settled(answered, within=5)) if sock]
     try:
-        for sock in held:  # answered, so accepted and counted; then idle on keep-alive
-            sock.sendall(HEALTHZ)
-            assert read_answer(sock).startswith(b"HTTP/1.1 200")
+        assert len(held) == 2
         with connect(proxy) as extra:
             extra.sendall(HEALTHZ)
             answer = read_answer(extra)
