@@ -21,7 +21,7 @@ from __future__ import annotations
 from proxy.core import policy, responses
 from proxy.core.call import Call
 from proxy.server.context import Services
-from proxy.server.failopen import store_failed
+from proxy.server.failopen import put, store_failed
 from proxy.store.base import StoreError, Write
 
 
@@ -35,10 +35,7 @@ async def mark_deleted(services: Services, response_id: str, vary: str, query: s
         value=responses.MARK,
         ttl=services.settings.ttl,
     )
-    try:
-        await services.store.put(write)
-    except StoreError as exc:
-        store_failed(services, "put", exc)
+    await put(services, write)
 
 
 async def was_deleted(services: Services, response_id: str, vary: str, query: str) -> bool:

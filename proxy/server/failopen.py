@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from proxy.server.context import Services
-from proxy.store.base import StoreError
+from proxy.store.base import StoreError, Write
 from proxy.store.guard import CircuitOpen
 
 log = logging.getLogger("proxy.cache")
@@ -26,3 +26,13 @@ def store_failed(services: Services, op: str, exc: StoreError) -> None:
     services.metrics.store_errors.labels(op).inc()
     if not isinstance(exc, CircuitOpen):
         log.warning("store failed, serving without it", extra={"op": op, "error": str(exc)})
+
+
+async def put(services: Services, write: Write) -> bool:
+    """Whether the write took: one that errs is a no-op, counted and logged."""
+    try:
+        await services.store.put(write)
+    except StoreError as exc:
+        store_failed(services, "put", exc)
+        return False
+    return True

@@ -18,7 +18,7 @@ from proxy.core.fingerprints import tracked
 from proxy.core.routes import RESPONSES
 from proxy.server.coalesce import Lease
 from proxy.server.context import Services
-from proxy.server.failopen import store_failed
+from proxy.server.failopen import put, store_failed
 from proxy.store.base import StoreError, Write, labelled
 
 log = logging.getLogger("proxy.cache")
@@ -107,18 +107,8 @@ async def index_response(
     value, ttl = responses.index_value(call.key, fingerprint), services.settings.ttl
     labels = labelled(call.namespace, call.model, call.lineage)
     pointer = responses.INDEX_FINGERPRINT
-    await asyncio.gather(*(_put(services, Write(k, pointer, value, ttl, labels)) for k in keys))
+    await asyncio.gather(*(put(services, Write(k, pointer, value, ttl, labels)) for k in keys))
     await hold(services, call, fresh=True)
-
-
-async def _put(services: Services, write: Write) -> bool:
-    """Whether the write took; a store that errs is counted and logged (`failopen`)."""
-    try:
-        await services.store.put(write)
-    except StoreError as exc:
-        store_failed(services, "put", exc)
-        return False
-    return True
 
 
 HELD_FOR = 60.0
@@ -149,7 +139,7 @@ async def hold(services: Services, call: Call, fresh: bool = False) -> None:
         ttl=ttl,
         labels=labelled(call.namespace, call.model, call.lineage),
     )
-    if await _put(services, write):
+    if await put(services, write):
         services.held.put(mark, now)
 
 
