@@ -36,7 +36,7 @@ from proxy.server.offload import Offload
 from proxy.server.probe import Prober
 from proxy.server.secret import Secret
 from proxy.server.verify import Verifier
-from proxy.store import MemoryStore, RedisStore, cassette, open_store
+from proxy.store import MemoryStore, RedisStore, cassette, cassette_write, open_store
 from proxy.store.base import Store, StoreError, StoreUnusable
 from proxy.store.encrypted import EncryptedStore, parse_keys
 from proxy.store.guard import GuardedStore
@@ -339,7 +339,7 @@ async def _save_cassette(settings: Settings, store: Store, codec: Codec) -> None
     if settings.cassette is None or settings.cache_mode is CacheMode.REPLAY:
         return
     skipped = cassette.Skipped()
-    count = await cassette.write(store, settings.cassette, codec, skipped)
+    count = await cassette_write.write(store, settings.cassette, codec, skipped)
     log.info("cassette written", extra={"path": settings.cassette, "answers": count})
     transfer.left_out(skipped)
 

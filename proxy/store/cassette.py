@@ -9,7 +9,8 @@ target's scope: with `shared` every caller can replay the cassette (the usual ch
 serves the newest fingerprint of each model.
 
 A file is written whole and then moved into place, its lines sorted by what was asked, so that
-recording the same requests again changes only the lines whose answers changed. Reading refuses
+recording the same requests again changes only the lines whose answers changed
+(`cassette_write`). Reading refuses
 a line that is not one of ours (a field we do not write, such as headers or a key) and one too
 large to be an answer, naming the line.
 """
@@ -21,7 +22,6 @@ import contextlib
 import io
 import os
 import re
-import secrets
 import stat
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -146,7 +146,7 @@ def _json_or_text(request: bytes) -> Any:
 class Loaded:
     key: str
     entry: Entry
-    index: str | None = None  # a Responses answer's id-index key under the target's scope
+    indexes: tuple[str, ...] = ()  # the id's index keys (`_indexes`), each written a pointer
 
 
 def from_record(record: dict[str, Any], scope: str) -> Loaded:
@@ -185,7 +185,7 @@ def from_record(record: dict[str, Any], scope: str) -> Loaded:
         raise CassetteError("'vary' is not the SHA-256 of a request's keyed headers")
     entry = Entry(body=answer, request=raw_request, vary=vary, **meta)
     key = canonical.request_key(entry.route, scope, entry.namespace, body, entry.query, vary)
-    return Loaded(key, entry, _index(entry, scope))
+    return Loaded(key, entry, _indexes(entry, scope, body))
 
 
 def _request_bytes(request: dict[str, Any] | str) -> bytes:
@@ -230,15 +230,24 @@ def _checked(meta: dict[str, Any], body: dict[str, Any]) -> float:
     return stored_at
 
 
-def _index(entry: Entry, scope: str) -> str | None:
-    """The key of a loaded response's id index, so it can be fetched by id in replay."""
-    if routes.kind(entry.route) != routes.RESPONSES:
-        return None
-    found = responses.stored_id(entry.body, entry.stream)
-    version = responses.api_version(entry.query)
-    if found is None or version is None:
-        return None
-    return responses.index_key(scope, entry.namespace, found, entry.vary, version, entry.query)
+def _indexes(entry: Entry, scope: str, body: dict[str, Any]) -> tuple[str, ...]:
+    """The keys of the pointers to a loaded answer that the upstream keeps by its id, as a
+    proxy writes them beside one it stored (`recording.index_response`): a response's, fetched
+    by id in replay, and a `store: true` chat completion's; in the target's scope, and the one
+    a deletion or an update by any key follows (`responses.everywhere_key`)."""
+    kind, version = routes.kind(entry.route), responses.api_version(entry.query)
+    found, domain = None, responses.RESPONSE_INDEX
+    if kind == routes.RESPONSES:
+        found = responses.stored_id(entry.body, entry.stream)
+    elif kind == routes.CHAT and body.get("store") is True:
+        found, domain = responses.chat_id_of(entry.body, entry.stream), responses.CHAT_INDEX
+    if found is None or version is None or not responses.valid_id(found):
+        return ()
+    vary, query = entry.vary, entry.query
+    return (
+        responses.index_key(scope, entry.namespace, found, vary, version, query, domain),
+        responses.everywhere_key(found, vary, query, domain),
+    )
 
 
 def _unambiguous(text: bytes | str, what: str) -> None:
@@ -313,9 +322,9 @@ async def load(store: Store, entries: list[Loaded], codec: Codec) -> int:
         lineage = routes.lineage_of(entry.model, entry.route, entry.vary, entry.query)
         labels = labelled(entry.namespace, entry.model, lineage)
         await store.put(Write(item.key, entry.fingerprint, codec.pack(entry), 0, labels))
-        if item.index is not None:
-            pointer = responses.index_value(item.key, entry.fingerprint)
-            await store.put(Write(item.index, responses.INDEX_FINGERPRINT, pointer, 0, labels))
+        pointer = responses.index_value(item.key, entry.fingerprint)
+        for index in item.indexes:
+            await store.put(Write(index, responses.INDEX_FINGERPRINT, pointer, 0, labels))
         if lineage not in since:
             known = await store.fingerprints(lineage)
             since[lineage] = (known and known.last_seen(known.current)) or float("-inf")
@@ -379,81 +388,3 @@ def records(path: str) -> list[dict[str, Any]]:
                 raise CassetteError(f"cassette line {number}: {exc}") from None
             found.append(record)
     return found
-
-
-def identity(record: dict[str, Any]) -> tuple[str, str, str, str, str]:
-    """What was asked: the same request recorded twice has the same identity (the same body
-    with other keyed headers is another request)."""
-    request = record.get("request")
-    asked = request if isinstance(request, str) else canonical.dumps(request).decode()
-    route, namespace, query = (str(record[name]) for name in ("route", "namespace", "query"))
-    return (route, namespace, query, asked, str(record.get("vary", "")))
-
-
-def _order(record: dict[str, Any]) -> tuple[Any, ...]:
-    route, namespace, query, asked, vary = identity(record)
-    model, fingerprint = str(record["model"]), str(record["fingerprint"])
-    return (route, model, namespace, query, asked, vary, fingerprint)
-
-
-def merged(batches: Iterable[Iterable[bytes]]) -> list[bytes]:
-    """Lines of several recordings as one cassette: one answer per request and fingerprint (the
-    earliest recorded), sorted."""
-    chosen: dict[tuple[Any, ...], tuple[float, bytes]] = {}
-    for batch in batches:
-        for line in batch:
-            record = orjson.loads(line)
-            slot = _order(record)
-            stored_at = float(record["stored_at"])
-            if slot not in chosen or stored_at < chosen[slot][0]:
-                chosen[slot] = (stored_at, line if line.endswith(b"\n") else line + b"\n")
-    return [chosen[slot][1] for slot in sorted(chosen)]
-
-
-def save(path: str, batch: Iterable[bytes]) -> int:
-    """Write the lines sorted to `path`, replacing it only once the new file is complete."""
-    sorted_lines = merged([batch])
-    with replacing(path) as handle:
-        handle.writelines(sorted_lines)
-    return len(sorted_lines)
-
-
-@contextlib.contextmanager
-def replacing(path: str) -> Iterator[IO[bytes]]:
-    """A new file that replaces `path` once written whole; a failure leaves what was there.
-
-    It is created under a name no one can have planted (random, exclusive, never through a
-    symlink), so a link left in a checkout or a shared directory cannot turn the write onto
-    another file; a link at `path` itself is replaced, not followed. A file being replaced
-    keeps its permissions, from its creation on (whoever opens a file keeps reading it through
-    a later chmod); a new one gets what the umask gives."""
-    folder, name = os.path.split(os.path.abspath(path))
-    temporary = os.path.join(folder, f".{name[:200]}.{secrets.token_hex(8)}.tmp")  # NAME_MAX
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-    kept = _kept_mode(path)
-    descriptor = os.open(temporary, flags, 0o666 if kept is None else kept & 0o777)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            if kept is not None:  # what the umask took off the kept mode
-                os.fchmod(handle.fileno(), kept)
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-
-
-def _kept_mode(path: str) -> int | None:
-    try:
-        found = os.lstat(path)
-    except FileNotFoundError:
-        return None
-    return stat.S_IMODE(found.st_mode) if stat.S_ISREG(found.st_mode) else None
-
-
-async def write(store: Store, path: str, codec: Codec, skipped: Skipped | None = None) -> int:
-    """Write every stored answer to `path` (see `save`)."""
-    return save(path, [line async for line in lines(store, Selector(), codec, skipped)])

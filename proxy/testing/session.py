@@ -28,7 +28,7 @@ from proxy.core.call import Call
 from proxy.core.entry import Entry
 from proxy.core.nearest import Request, explain, readable
 from proxy.core.policy import SHARED
-from proxy.store import cassette
+from proxy.store import cassette, cassette_write
 from proxy.store.cassette import Loaded
 from proxy.testing.local import LocalProxy
 
@@ -178,8 +178,8 @@ def _request(asked: Call | Entry) -> Request:
 
 def write(path: str, batches: Iterable[Iterable[bytes]]) -> int:
     """Write the recorded lines as one cassette; nothing when nothing was recorded."""
-    lines = cassette.merged(batches)
+    lines = cassette_write.merged(batches)
     if not lines:
         return 0
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    return cassette.save(path, lines)
+    return cassette_write.save(path, lines)

@@ -23,7 +23,7 @@ from proxy import values
 from proxy.config import mask_password, store_failure
 from proxy.core import policy
 from proxy.core.codec import Codec
-from proxy.store import cassette, open_store
+from proxy.store import cassette, cassette_write, open_store
 from proxy.store.base import Selector, Store, StoreError
 from proxy.store.encrypted import EncryptedStore, key_id, parse_keys, sealed_dictionary
 from proxy.store.redis import RedisStore
@@ -256,7 +256,7 @@ def _output(path: str) -> Iterator[IO[bytes]]:
         yield sys.stdout.buffer
         sys.stdout.buffer.flush()
         return
-    with cassette.replacing(path) as out:
+    with cassette_write.replacing(path) as out:
         yield out
 
 

@@ -23,7 +23,7 @@ from rich.text import Text
 from proxy.core import answers
 from proxy.core.terminal import shown
 from proxy.core.textdistance import bounded_distance
-from proxy.store import cassette
+from proxy.store import cassette, cassette_write
 
 PREVIEW = 48
 STATUSES = ("changed", "only_old", "only_new", "identical")
@@ -93,7 +93,7 @@ def _latest(records: list[dict[str, Any]]) -> dict[tuple[str, ...], dict[str, An
     """Per request, its latest recording (a cassette may hold one per fingerprint)."""
     found: dict[tuple[str, ...], dict[str, Any]] = {}
     for record in sorted(records, key=lambda r: float(r["stored_at"])):
-        found[cassette.identity(record)] = record
+        found[cassette_write.identity(record)] = record
     return found
 
 

@@ -127,3 +127,29 @@ def test_the_sdks_delete_by_another_key_reaches_every_partition(
     assert bob.chat.completions.delete(chat.id).deleted
     again = alice.chat.completions.create(model="gpt-4o-mini", messages=messages, store=True)
     assert again.id != chat.id
+
+
+@pytest.mark.parametrize("kind", sorted(PATHS))
+def test_an_imported_answers_id_is_followed_as_a_recorded_ones(
+    start_proxy: ProxyFactory, sim: Sim, kind: str
+) -> None:
+    """A cassette imported into a live proxy (`/admin/import`) brings the ids of what the
+    upstream keeps: before, a loaded chat completion's id was not indexed at all, and a loaded
+    response's only for fetches by its own tenant, so a deletion through this proxy left the
+    imported answer handing out the deleted id."""
+    admin = {"Authorization": "Bearer admin-token-for-imports"}
+    flags = ("--admin-token", "admin-token-for-imports", "--cache-scope", "shared")
+    source, target = start_proxy(*flags), start_proxy(*flags)
+    made = asker(source.v1, kind, ALICE).json()["id"]
+    exported = httpx.get(f"{source.url}/admin/export", headers=admin, timeout=WAIT)
+    imported = httpx.post(
+        f"{target.url}/admin/import", content=exported.content, headers=admin, timeout=WAIT
+    )
+    assert imported.json() == {"imported": 1}
+    assert asker(target.v1, kind, ALICE).headers["X-Repro-Cache"] == "HIT"
+
+    url = f"{target.v1}{PATHS[kind][0]}/{made}"
+    assert httpx.delete(url, headers=BOB, timeout=WAIT).status_code == 200
+    after = asker(target.v1, kind, ALICE)
+    assert after.headers["X-Repro-Cache"] == "MISS"  # was a HIT carrying the deleted id
+    assert after.json()["id"] != made

@@ -14,11 +14,11 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.config import Settings
-from proxy.core import answers
+from proxy.core import answers, responses
 from proxy.core.call import Asked, prepare_with
 from proxy.core.entry import Entry
 from proxy.core.nearest import Request, closest, explain, readable
-from proxy.store import cassette
+from proxy.store import cassette, cassette_write
 from proxy.testing import session
 from proxy.tools import cassette_diff
 
@@ -59,9 +59,9 @@ def test_saving_sorts_by_request_so_rerecording_changes_only_changed_answers(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "llm.jsonl"
-    cassette.save(str(path), [line("b", "2", stored_at=1), line("a", "1", stored_at=2)])
+    cassette_write.save(str(path), [line("b", "2", stored_at=1), line("a", "1", stored_at=2)])
     first = path.read_bytes().splitlines()
-    cassette.save(str(path), [line("a", "1", stored_at=2), line("b", "3", stored_at=1)])
+    cassette_write.save(str(path), [line("a", "1", stored_at=2), line("b", "3", stored_at=1)])
     second = path.read_bytes().splitlines()
     assert first[0] == second[0]  # request "a": same answer, same line
     assert first[1] != second[1]
@@ -70,7 +70,7 @@ def test_saving_sorts_by_request_so_rerecording_changes_only_changed_answers(
 
 
 def test_merging_workers_keeps_one_answer_per_request_the_earliest() -> None:
-    merged = cassette.merged(
+    merged = cassette_write.merged(
         [[line("a", "late", stored_at=5), line("b", "only")], [line("a", "early", stored_at=3)]]
     )
     assert [orjson.loads(x)["stored_at"] for x in merged] == [3, 1]
@@ -223,3 +223,41 @@ def test_a_miss_is_shown_without_format_characters_nor_a_key_from_its_url() -> N
     assert "\u202e" not in said and "\\u202e" in said
     assert shown.query == "x=1" and "Sub-Secret-1" not in said
     assert "\n" in readable({"a": 1}) and readable("plain\x1b[2Ktext\n") == "plain\\x1b[2Ktext\n"
+
+
+@pytest.mark.parametrize(
+    ("route", "asked", "answer", "domain"),
+    [
+        (
+            "/v1/chat/completions",
+            {"model": "m", "messages": [], "store": True},
+            {"id": "chatcmpl-1", "object": "chat.completion", "choices": []},
+            "chat",
+        ),
+        ("/v1/responses", {"model": "m", "input": "x"}, {"id": "chatcmpl-1"}, "response"),
+    ],
+)
+def test_a_loaded_answer_the_upstream_keeps_is_indexed_as_a_stored_one(
+    route: str, asked: dict[str, Any], answer: dict[str, Any], domain: str
+) -> None:
+    """What `recording.index_response` writes beside an answer it stores, a cassette's line
+    brings too: its id in the target's partition, and the pointer any key's deletion follows.
+    A chat completion made without `store: true` is kept by no upstream: nothing to index."""
+    entry = Entry(
+        body=orjson.dumps(answer),
+        content_type="application/json",
+        fingerprint="fp_a",
+        stored_at=1.0,
+        model="m",
+        route=route,
+        request=orjson.dumps(asked),
+    )
+    (loaded,) = cassette.parse([orjson.dumps(cassette.to_record("k", entry))], "shared")
+    assert loaded.indexes == (
+        responses.index_key("shared", "", "chatcmpl-1", index=domain),
+        responses.everywhere_key("chatcmpl-1", index=domain),
+    )
+    if domain == "chat":
+        unkept = entry._replace(request=orjson.dumps({**asked, "store": False}))
+        (loaded,) = cassette.parse([orjson.dumps(cassette.to_record("k", unkept))], "shared")
+        assert loaded.indexes == ()

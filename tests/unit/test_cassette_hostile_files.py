@@ -15,7 +15,7 @@ from rich.console import Console
 from proxy.core import answers
 from proxy.core.entry import Entry
 from proxy.core.textdistance import MAX_COMPARED, bounded_distance
-from proxy.store import cassette
+from proxy.store import cassette, cassette_write
 from proxy.tools import cassette_diff
 
 
@@ -40,7 +40,7 @@ def test_a_link_planted_at_a_temporary_name_is_not_written_through(tmp_path: Pat
     path = tmp_path / "llm.jsonl"
     planted = tmp_path / f"llm.jsonl.tmp-{os.getpid()}"  # a name a writer could predict
     planted.symlink_to(victim)
-    cassette.save(str(path), [line("Hello.")])
+    cassette_write.save(str(path), [line("Hello.")])
     assert victim.read_bytes() == b"precious"
     assert path.is_file() and not path.is_symlink()
     assert cassette.records(str(path))[0]["body"].endswith('"content":"Hello."}}]}')
@@ -52,7 +52,7 @@ def test_a_link_at_the_cassette_itself_is_replaced_not_followed(tmp_path: Path) 
     victim.write_bytes(b"precious")
     path = tmp_path / "llm.jsonl"
     path.symlink_to(victim)
-    cassette.save(str(path), [line("Hello.")])
+    cassette_write.save(str(path), [line("Hello.")])
     assert victim.read_bytes() == b"precious"
     assert not path.is_symlink() and len(cassette.records(str(path))) == 1
 
@@ -61,7 +61,7 @@ def test_a_rewritten_cassette_keeps_its_permissions(tmp_path: Path) -> None:
     path = tmp_path / "llm.jsonl"
     path.write_bytes(line("Old."))
     path.chmod(0o640)
-    cassette.save(str(path), [line("New.")])
+    cassette_write.save(str(path), [line("New.")])
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
 
 
@@ -84,7 +84,7 @@ def test_a_private_cassettes_next_version_is_never_readable_by_others(
     monkeypatch.setattr(os, "fchmod", first_look)
     previous = os.umask(0o022)
     try:
-        cassette.save(str(path), [line("New.")])
+        cassette_write.save(str(path), [line("New.")])
     finally:
         os.umask(previous)
     assert seen and all(mode & 0o077 == 0 for mode in seen), [oct(mode) for mode in seen]
@@ -95,7 +95,7 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path: Path) -> None:
     path = tmp_path / "llm.jsonl"
     path.mkdir()  # written in full, then it cannot be moved into place
     with pytest.raises(IsADirectoryError):
-        cassette.save(str(path), [line("New.")])
+        cassette_write.save(str(path), [line("New.")])
     assert os.listdir(tmp_path) == ["llm.jsonl"]
 
 
@@ -179,7 +179,7 @@ def test_an_error_quotes_a_line_briefly(tmp_path: Path, text: bytes) -> None:
 
 def test_a_cassette_with_the_longest_name_a_folder_allows_is_written(tmp_path: Path) -> None:
     path = tmp_path / ("c" * 249 + ".jsonl")
-    assert cassette.save(str(path), [line("Hello.")]) == 1
+    assert cassette_write.save(str(path), [line("Hello.")]) == 1
     assert os.listdir(tmp_path) == [path.name]
 
 
