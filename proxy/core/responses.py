@@ -92,6 +92,23 @@ def everywhere_key(
     return _routed_key(material, vary, query)
 
 
+def pointer_keys(
+    scope: str,
+    namespace: str,
+    object_id: str,
+    vary: str,
+    version: str,
+    query: str,
+    index: str = RESPONSE_INDEX,
+) -> tuple[str, str]:
+    """The keys an answer the upstream keeps by its id is found under: its partition's index
+    (`index_key`), and the pointer a deletion by any key follows (`everywhere_key`)."""
+    return (
+        index_key(scope, namespace, object_id, vary, version, query, index),
+        everywhere_key(object_id, vary, query, index),
+    )
+
+
 def deleted_key(response_id: str, vary: str = "", query: str = "") -> str:
     """The key of the mark a deletion leaves for `response_id`: one for every scope and
     namespace, since the upstream deleted the response for everyone it would have answered;

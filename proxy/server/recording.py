@@ -98,11 +98,8 @@ async def index_response(
     if version is None or not responses.valid_id(response_id):
         return
     scope = scope_of(services, call.tenant)
-    keys = (
-        responses.index_key(
-            scope, call.namespace, response_id, call.vary, version, call.keyed_query, index
-        ),
-        responses.everywhere_key(response_id, call.vary, call.keyed_query, index),
+    keys = responses.pointer_keys(
+        scope, call.namespace, response_id, call.vary, version, call.keyed_query, index
     )
     value, ttl = responses.index_value(call.key, fingerprint), services.settings.ttl
     labels = labelled(call.namespace, call.model, call.lineage)

@@ -124,11 +124,8 @@ async def forget_changed(request: web.Request) -> web.StreamResponse:
             return
         caller = await _caller(services, request)
         vary, scope = _vary(services, caller, in_query), scope_of(services, caller.tenant)
-        pointers = (
-            responses.index_key(
-                scope, caller.namespace, chat_id, vary, version, query, responses.CHAT_INDEX
-            ),
-            responses.everywhere_key(chat_id, vary, query, responses.CHAT_INDEX),
+        pointers = responses.pointer_keys(
+            scope, caller.namespace, chat_id, vary, version, query, responses.CHAT_INDEX
         )
         carrying: set[str] = set()
         try:

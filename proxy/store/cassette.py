@@ -243,10 +243,8 @@ def _indexes(entry: Entry, scope: str, body: dict[str, Any]) -> tuple[str, ...]:
         found, domain = responses.chat_id_of(entry.body, entry.stream), responses.CHAT_INDEX
     if found is None or version is None or not responses.valid_id(found):
         return ()
-    vary, query = entry.vary, entry.query
-    return (
-        responses.index_key(scope, entry.namespace, found, vary, version, query, domain),
-        responses.everywhere_key(found, vary, query, domain),
+    return responses.pointer_keys(
+        scope, entry.namespace, found, entry.vary, version, entry.query, domain
     )
 
 
