@@ -41,6 +41,7 @@ from proxy.store.base import Store, StoreError, StoreUnusable
 from proxy.store.encrypted import EncryptedStore, parse_keys
 from proxy.store.guard import GuardedStore
 from proxy.store.near import NearCache
+from proxy.store.retired import Retired
 from proxy.store.wrapper import StoreWrapper
 from proxy.upstream.client import Upstream
 from proxy.upstream.egress import Egress, env_proxy
@@ -61,16 +62,18 @@ def create_app(
     multiprocess_dir: str | None = None,
     environ: Mapping[str, str] = os.environ,
     on_miss: Callable[[Call], None] | None = None,
+    retired: Retired | None = None,
 ) -> web.Application:
     """The proxy application; the store is opened from settings unless one is injected.
 
     `multiprocess_dir` is prometheus-client's shared directory when several workers serve;
     `environ` holds the forward-proxy variables (HTTPS_PROXY, HTTP_PROXY, NO_PROXY); `on_miss`
-    is told of every request refused as a cache miss.
+    is told of every request refused as a cache miss; `retired` keeps the answers the upstream
+    deletes for a cassette recorded by the caller (`--cassette` records its own).
     """
     app = web.Application(client_max_size=settings.max_body, handler_args=bodies.HANDLER_ARGS)
     metrics = Metrics(registry or CollectorRegistry(), multiprocess_dir)
-    app.cleanup_ctx.append(_services(settings, store, metrics, clock, environ, on_miss))
+    app.cleanup_ctx.append(_services(settings, store, metrics, clock, environ, on_miss, retired))
     router = app.router  # each route answers `Expect` in our shape (`expect`)
     for route in cacheable_routes():
         router.add_post(route, observed(handlers.cacheable, route), expect_handler=expect)
@@ -128,10 +131,14 @@ def _services(
     clock: Callable[[], float],
     environ: Mapping[str, str],
     on_miss: Callable[[Call], None] | None,
+    retired: Retired | None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def context(app: web.Application) -> AsyncIterator[None]:
         store, local_bytes = await _layered_store(settings, injected)
-        services = await _assemble(settings, store, local_bytes, metrics, clock, environ, on_miss)
+        kept = retired if retired is not None else _recording(settings)
+        services = await _assemble(
+            settings, store, local_bytes, metrics, clock, environ, on_miss, kept
+        )
         app[SERVICES] = services
         await _load_cassette(settings, store, services.codec)
         try:
@@ -146,7 +153,7 @@ def _services(
                 yield
             # A dictionary another process trained meanwhile, which stored entries may name.
             await services.dictionaries.settle()
-            await _save_cassette(settings, store, services.codec)
+            await _save_cassette(settings, store, services.codec, services.retired)
         finally:
             await _close(services)
 
@@ -210,6 +217,7 @@ async def _assemble(
     clock: Callable[[], float],
     environ: Mapping[str, str],
     on_miss: Callable[[Call], None] | None,
+    retired: Retired | None,
 ) -> Services:
     """Every part the handlers share, built on `store`; the secret and the compression
     dictionary are settled with the other processes before the first request."""
@@ -286,6 +294,7 @@ async def _assemble(
         keying=Keying(settings.unkeyed_header, carriers, shared),
         entries=entry_memo(local_bytes),
         on_miss=on_miss,
+        retired=retired,
     )
 
 
@@ -334,12 +343,21 @@ async def _load_cassette(settings: Settings, store: Store, codec: Codec) -> None
     log.info("cassette loaded", extra={"path": settings.cassette, "answers": count})
 
 
-async def _save_cassette(settings: Settings, store: Store, codec: Codec) -> None:
+def _recording(settings: Settings) -> Retired | None:
+    """A proxy that writes its answers to a cassette keeps those the upstream deletes for it."""
+    if settings.cassette is None or settings.cache_mode is CacheMode.REPLAY:
+        return None
+    return Retired()
+
+
+async def _save_cassette(
+    settings: Settings, store: Store, codec: Codec, retired: Retired | None
+) -> None:
     """A recording proxy leaves its answers in the cassette; a replaying one leaves it alone."""
     if settings.cassette is None or settings.cache_mode is CacheMode.REPLAY:
         return
     skipped = cassette.Skipped()
-    count = await cassette_write.write(store, settings.cassette, codec, skipped)
+    count = await cassette_write.write(store, settings.cassette, codec, skipped, retired)
     log.info("cassette written", extra={"path": settings.cassette, "answers": count})
     transfer.left_out(skipped)
 

@@ -26,6 +26,7 @@ from proxy.server.probe import Prober
 from proxy.server.secret import Secret
 from proxy.server.verify import Verifier
 from proxy.store.base import Store
+from proxy.store.retired import Retired
 from proxy.upstream.client import Upstream
 
 if TYPE_CHECKING:
@@ -95,6 +96,9 @@ class Services:
     keying: Keying = field(default_factory=Keying)  # which other request headers the key covers
     # Told of every request refused as a cache miss (the pytest plugin fails the test with it).
     on_miss: Callable[[Call], None] | None = None
+    # Answers the upstream deleted, kept for the cassette this process records (None: it records
+    # none, and a deleted answer is gone).
+    retired: Retired | None = None
     # Results of pure functions, remembered for repeated requests (see proxy/server/caching.py).
     calls: LRU[tuple[Any, ...], Call] = field(
         default_factory=lambda: LRU(MEMO_ITEMS, CALL_MEMO_BYTES)

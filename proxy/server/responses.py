@@ -9,13 +9,18 @@ in another mode, the upstream is there to say whether it still accepts the calle
 a stored response is served only as a HIT is: after the same key check. In every other mode the
 upstream holds the truth (a background response's progress, a deletion), and the request
 passes through.
+
+Replay mode answers a deletion too, of an id the caller holds, and changes nothing: a test that
+cleans up what it made replays as it was recorded, in whatever order a suite runs its tests. A
+recording process keeps what a deletion drops for the cassette it writes (`store.retired`).
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from aiohttp import web
+import orjson
+from aiohttp import hdrs, web
 
 from proxy.core import policy, responses
 from proxy.core.call import NAMESPACE, checked_namespace, control, of_entry
@@ -82,6 +87,8 @@ async def delete_by_id(request: web.Request) -> web.StreamResponse:
     # `forget` reads the namespace and the keyed lines, `passthrough` checks the credentials.
     checked_namespace(control(request.headers, NAMESPACE))
     services.keying.lines(request.headers)
+    if services.settings.cache_mode is CacheMode.REPLAY:
+        return await _replayed_deletion(services, request, responses.RESPONSE_INDEX)
 
     async def forget(status: int) -> None:
         response_id = request.match_info["id"]
@@ -115,6 +122,8 @@ async def forget_changed(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     checked_namespace(control(request.headers, NAMESPACE))  # refused before, as delete_by_id
     services.keying.lines(request.headers)
+    if services.settings.cache_mode is CacheMode.REPLAY and request.method == hdrs.METH_DELETE:
+        return await _replayed_deletion(services, request, responses.CHAT_INDEX)
 
     async def forget(status: int) -> None:
         chat_id = request.match_info["id"]
@@ -140,6 +149,65 @@ async def forget_changed(request: web.Request) -> web.StreamResponse:
     return await passthrough(request, forget)
 
 
+DELETED = {
+    responses.RESPONSE_INDEX: ("response.deleted", "response"),
+    responses.CHAT_INDEX: ("chat.completion.deleted", "chat completion"),
+}
+"""Per index: the `object` the upstream's answer to a deletion names, and what it deleted."""
+
+
+async def _replayed_deletion(services: Services, request: web.Request, index: str) -> web.Response:
+    """The upstream's answer to deleting an id the caller holds (found as a fetch of it finds
+    it), `{"id", "object", "deleted": true}`, from replay mode: the cassette stays as it is, so
+    a fetch of the id still finds it, and every test replays alike whatever ran before it. Any
+    other id is a cache miss, as its fetch is: who asks learns nothing of other partitions."""
+    object_id = request.match_info["id"]
+    query, in_query = split_query(raw_query(request.raw_path))
+    version = responses.api_version(query)
+    caller = await _caller(services, request)
+    found = None
+    if version is not None and index == responses.RESPONSE_INDEX:
+        found = await _held(services, caller, object_id, version, in_query, query)
+    elif version is not None:
+        found = await _held_chat(services, caller, object_id, version, in_query, query)
+    if found is not None and not await _trusted(services, request, caller, *found):
+        found = None
+    named, what = DELETED[index]
+    if found is None:
+        raise CacheMissError(
+            f"No stored {what} with id {object_id[:128]} for this caller and namespace, and in "
+            "replay mode its deletion may not reach the upstream.",
+            headers={"X-Repro-Cache": Outcome.MISS.value},
+        )
+    headers = {
+        "X-Repro-Cache": Outcome.HIT.value,
+        "X-Repro-Key": found[0],
+        "Content-Type": "application/json",
+        **INERT,
+    }
+    body = orjson.dumps({"id": object_id, "object": named, "deleted": True})
+    return web.Response(body=body, headers=headers)
+
+
+async def _held_chat(
+    services: Services,
+    caller: _Caller,
+    chat_id: str,
+    version: str,
+    in_query: Credentials,
+    query: str,
+) -> tuple[str, Entry] | None:
+    """The key and entry of the stored chat completion `chat_id` in the caller's partition (the
+    index `recording.index_response` writes), while it holds that id."""
+    if not responses.valid_id(chat_id):
+        return None
+    vary, scope = _vary(services, caller, in_query), scope_of(services, caller.tenant)
+    index = responses.index_key(
+        scope, caller.namespace, chat_id, vary, version, query, responses.CHAT_INDEX
+    )
+    return await _indexed(services, index, chat_id, responses.CHAT_INDEX)
+
+
 async def _pointed(services: Services, pointer: str) -> tuple[str, str] | None:
     """The (key, fingerprint) the index entry `pointer` names, if it is one."""
     found = await services.store.get(pointer, [responses.INDEX_FINGERPRINT])
@@ -147,9 +215,12 @@ async def _pointed(services: Services, pointer: str) -> tuple[str, str] | None:
 
 
 async def _dropped(services: Services, keys: set[str]) -> None:
-    """Delete the entries `keys`, which hold what the upstream no longer has."""
+    """Delete the entries `keys`, which hold what the upstream no longer has; a process that
+    records a cassette keeps what they held for it (`services.retired`)."""
     for key in sorted(keys):
         try:
+            if services.retired is not None:
+                services.retired.keep(key, await services.store.get(key, None))
             await services.store.delete(key)
         except StoreError as exc:
             store_failed(services, "delete", exc)
@@ -222,8 +293,11 @@ async def _trusted(
     return known(services, call) or await key_accepted(services, request, call)
 
 
-async def _indexed(services: Services, index: str, response_id: str) -> tuple[str, Entry] | None:
-    """The key and entry the index entry `index` points at, while it holds `response_id`."""
+async def _indexed(
+    services: Services, index: str, object_id: str, kind: str = responses.RESPONSE_INDEX
+) -> tuple[str, Entry] | None:
+    """The key and entry the index entry `index` points at, while it holds `object_id` (a
+    response, or a stored chat completion: `kind`)."""
     try:
         target = await _pointed(services, index)
         if target is None:
@@ -243,16 +317,18 @@ async def _indexed(services: Services, index: str, response_id: str) -> tuple[st
     except CorruptEntry:
         unreadable(services)
         return None
-    if not is_served_as(entry, True, None, entry.stream):  # not a response: an older proxy's?
+    is_response = kind == responses.RESPONSE_INDEX
+    if is_response and not is_served_as(entry, True, None, entry.stream):  # an older proxy's?
         if services.entries.first_drop(target[0]):
             dropped(services, target[0], entry.route, entry.model)
         unreadable(services)
         return None
     # --ttl bounds every answer served, and a store may hold one past it.
     fresh = policy.is_fresh(entry.stored_at, services.clock(), services.settings.ttl, None)
-    # A refresh, or a purge and the same request again, puts another response (another id)
+    # A refresh, or a purge and the same request again, puts another answer (another id)
     # where the index points: it is not the one asked for.
-    same = responses.stored_id(entry.body, entry.stream) == response_id
+    held = responses.stored_id if is_response else responses.chat_id_of
+    same = held(entry.body, entry.stream) == object_id
     return (target[0], entry) if fresh and same else None
 
 

@@ -38,6 +38,7 @@ from proxy.core.entry import CorruptEntry, Entry, is_fingerprint
 from proxy.core.sealing import sealed
 from proxy.errors import ProxyError
 from proxy.store.base import Selector, Store, Write, labelled
+from proxy.store.retired import Retired
 
 FORMAT = 1
 _META = (
@@ -84,26 +85,45 @@ class Skipped:
 
 
 async def lines(
-    store: Store, selector: Selector, codec: Codec, skipped: Skipped | None = None
+    store: Store,
+    selector: Selector,
+    codec: Codec,
+    skipped: Skipped | None = None,
+    retired: Retired | None = None,
 ) -> AsyncIterator[bytes]:
-    """One JSON line per stored answer the selector matches, oldest first within a batch. A line
-    every reader of cassettes would refuse is left out (see `refusal`)."""
+    """One JSON line per stored answer the selector matches, oldest first within a batch, then
+    one per answer a recording kept after the upstream deleted it (`retired`, whole recordings
+    only), unless the store holds a newer answer under its key. A line every reader of
+    cassettes would refuse is left out (see `refusal`)."""
+    held: set[str] = set()  # only read for `retired`
     async for key, _fingerprint, value in store.entries(selector):
-        try:
-            entry = codec.unpack(value)
-        except CorruptEntry:
-            entry = None
-        if entry is None or not 0 <= entry.stored_at < _YEAR_9999:  # forged: it cannot say when
-            if skipped is not None:
-                skipped.count += 1
-            continue
-        record = to_record(key, entry)
-        refused = refusal(record)
-        if refused is not None:
-            if skipped is not None:
-                skipped.refused.append(refused)
-            continue
-        yield orjson.dumps(record) + b"\n"
+        if retired is not None:
+            held.add(key)
+        line = _line(key, value, codec, skipped)
+        if line is not None:
+            yield line
+    for key, _fingerprint, value in () if retired is None else retired.entries(held):
+        line = _line(key, value, codec, skipped)
+        if line is not None:
+            yield line
+
+
+def _line(key: str, value: bytes, codec: Codec, skipped: Skipped | None) -> bytes | None:
+    try:
+        entry = codec.unpack(value)
+    except CorruptEntry:
+        entry = None
+    if entry is None or not 0 <= entry.stored_at < _YEAR_9999:  # forged: it cannot say when
+        if skipped is not None:
+            skipped.count += 1
+        return None
+    record = to_record(key, entry)
+    refused = refusal(record)
+    if refused is not None:
+        if skipped is not None:
+            skipped.refused.append(refused)
+        return None
+    return orjson.dumps(record) + b"\n"
 
 
 def refusal(record: dict[str, Any]) -> str | None:

@@ -20,6 +20,7 @@ from proxy.core import canonical
 from proxy.core.codec import Codec
 from proxy.store.base import Selector, Store
 from proxy.store.cassette import Skipped, lines
+from proxy.store.retired import Retired
 
 
 def identity(record: dict[str, Any]) -> tuple[str, str, str, str, str]:
@@ -95,6 +96,13 @@ def _kept_mode(path: str) -> int | None:
     return stat.S_IMODE(found.st_mode) if stat.S_ISREG(found.st_mode) else None
 
 
-async def write(store: Store, path: str, codec: Codec, skipped: Skipped | None = None) -> int:
-    """Write every stored answer to `path` (see `save`)."""
-    return save(path, [line async for line in lines(store, Selector(), codec, skipped)])
+async def write(
+    store: Store,
+    path: str,
+    codec: Codec,
+    skipped: Skipped | None = None,
+    retired: Retired | None = None,
+) -> int:
+    """Write every stored answer, and those a recording kept past their deletion (`retired`),
+    to `path` (see `save`)."""
+    return save(path, [line async for line in lines(store, Selector(), codec, skipped, retired)])

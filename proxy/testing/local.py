@@ -16,10 +16,12 @@ from aiohttp import web
 
 from proxy.config import Settings
 from proxy.core.call import Call
+from proxy.core.policy import CacheMode
 from proxy.server.app import create_app
 from proxy.server.context import SERVICES
 from proxy.store import cassette
 from proxy.store.base import Selector
+from proxy.store.retired import Retired
 from proxy.testing.peers import own_user_only
 
 START_TIMEOUT = 30.0
@@ -42,6 +44,9 @@ class LocalProxy:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._error: BaseException | None = None
+        # A recording session writes the answers the upstream deleted too (`Retired`).
+        records = settings.cache_mode is CacheMode.READWRITE
+        self._retired = Retired() if records else None
         self.port = 0
         self.lines: list[bytes] = []
         self.left_out: list[str] = []
@@ -64,7 +69,8 @@ class LocalProxy:
         return self.url
 
     def stop(self) -> list[bytes]:
-        """Stop serving; return the cassette lines of every answer the store holds."""
+        """Stop serving; return the cassette lines of every answer the store holds, and of
+        those a recording session kept after the upstream deleted them."""
         if self._loop is not None and self._stop is not None and self.alive:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(STOP_TIMEOUT)
@@ -93,7 +99,7 @@ class LocalProxy:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        app = create_app(self._settings, on_miss=self._missed)
+        app = create_app(self._settings, on_miss=self._missed, retired=self._retired)
         app.middlewares.insert(0, own_user_only(lambda: self.port))
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT
@@ -108,7 +114,8 @@ class LocalProxy:
             self._ready.set()
             await self._stop.wait()
             skipped = cassette.Skipped()
-            self.lines = [line async for line in cassette.lines(store, Selector(), codec, skipped)]
+            every = cassette.lines(store, Selector(), codec, skipped, self._retired)
+            self.lines = [line async for line in every]
             self.left_out = skipped.refused
         finally:
             await runner.cleanup()

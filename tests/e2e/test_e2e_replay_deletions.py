@@ -1,0 +1,162 @@
+"""Deletions through a recording proxy and a replaying one (`--cassette`), with the official SDK
+and raw HTTP: what a test deletes stays in its cassette, and replay answers the deletion of an
+id the caller holds, as the upstream did, without changing what it replays; any other id is a
+cache miss that says nothing of other callers' answers."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from openai import NotFoundError, OpenAI
+
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim
+
+KEY = "sk-recorder"
+
+
+def stop(proxy: Proxy) -> None:
+    proxy.proc.send_signal(signal.SIGTERM)
+    assert proxy.proc.wait(timeout=15) == 0
+
+
+def client(proxy: Proxy, key: str = KEY) -> OpenAI:
+    return OpenAI(base_url=proxy.v1, api_key=key, max_retries=0)
+
+
+def lines(tape: Path) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in tape.read_bytes().splitlines()]
+
+
+def recorded(start_proxy: ProxyFactory, tape: Path) -> tuple[str, str]:
+    """A response and a stored chat completion made, and deleted, through a recording proxy;
+    their ids."""
+    recorder = start_proxy("--cassette", str(tape), "--cache-scope", "shared")
+    with client(recorder) as sdk:
+        made = sdk.responses.create(model="gpt-4o-mini", input="Name a colour.")
+        chat = sdk.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Name a river."}], store=True
+        )
+        sdk.responses.delete(made.id)
+        assert sdk.chat.completions.delete(chat.id).deleted
+        with pytest.raises(NotFoundError):  # the upstream deleted it, and the proxy follows
+            sdk.responses.retrieve(made.id)
+    stop(recorder)
+    return made.id, chat.id
+
+
+def replayer(start_proxy: ProxyFactory, tape: Path) -> Proxy:
+    return start_proxy("--cassette", str(tape), "--cache-scope", "shared", "--cache-mode", "replay")
+
+
+def delete(proxy: Proxy, path: str, key: str = KEY) -> httpx.Response:
+    return httpx.delete(proxy.v1 + path, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+
+
+def test_deleted_answers_are_recorded_and_their_deletion_replayed(
+    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
+) -> None:
+    tape = tmp_path / "llm.jsonl"
+    response_id, chat_id = recorded(start_proxy, tape)
+    assert sorted(str(line["route"]) for line in lines(tape)) == [
+        "/v1/chat/completions",
+        "/v1/responses",
+    ]
+    sim.reset()
+    proxy = replayer(start_proxy, tape)
+    try:
+        with client(proxy) as sdk:
+            made = sdk.responses.create(model="gpt-4o-mini", input="Name a colour.")
+            assert made.id == response_id
+            chat = sdk.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": "Name a river."}],
+                store=True,
+            )
+            assert chat.id == chat_id
+            assert sdk.responses.delete(made.id) is None
+            gone = sdk.chat.completions.delete(chat.id)
+            assert (gone.id, gone.deleted) == (chat_id, True)
+            assert gone.object == "chat.completion.deleted"
+            # Replay changes nothing: the same requests, and fetches, answer as before.
+            assert sdk.responses.retrieve(made.id).id == response_id
+            assert sdk.responses.create(model="gpt-4o-mini", input="Name a colour.").id == made.id
+        raw = delete(proxy, f"/responses/{response_id}")
+        assert raw.status_code == 200
+        assert raw.json() == {"id": response_id, "object": "response.deleted", "deleted": True}
+        assert raw.headers["X-Repro-Cache"] == "HIT" and raw.headers["X-Repro-Key"]
+        assert raw.headers["Content-Type"] == "application/json"
+        again = delete(proxy, f"/chat/completions/{chat_id}")
+        assert again.json() == {"id": chat_id, "object": "chat.completion.deleted", "deleted": True}
+    finally:
+        assert sim.requests() == []  # replay reached the upstream for none of it
+
+
+def test_an_answer_made_again_after_its_deletion_is_recorded_once(
+    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
+) -> None:
+    tape = tmp_path / "llm.jsonl"
+    recorder = start_proxy("--cassette", str(tape), "--cache-scope", "shared")
+    with client(recorder) as sdk:
+        first = sdk.responses.create(model="gpt-4o-mini", input="Name a colour.")
+        sdk.responses.delete(first.id)
+        second = sdk.responses.create(model="gpt-4o-mini", input="Name a colour.")
+        assert second.id != first.id  # the proxy forgot the deleted one: the upstream made anew
+    stop(recorder)
+    [line] = lines(tape)
+    assert orjson.loads(str(line["body"]))["id"] == second.id
+
+
+def test_a_proxy_recording_no_cassette_keeps_nothing_deleted(
+    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
+) -> None:
+    """Deleting is how a user makes the upstream, and the proxy, forget a stored answer: a
+    proxy that records no cassette keeps none of it (its export has nothing)."""
+    proxy = start_proxy("--admin-token", "admin-secret-token-0123")
+    with client(proxy) as sdk:
+        made = sdk.responses.create(model="gpt-4o-mini", input="Forget me.")
+        sdk.responses.delete(made.id)
+    exported = httpx.get(
+        proxy.url + "/admin/export",
+        headers={"Authorization": "Bearer admin-secret-token-0123"},
+        timeout=10,
+    )
+    assert exported.status_code == 200
+    assert made.id not in exported.text and b"Forget me" not in exported.content
+
+
+def test_replay_tells_no_other_caller_of_an_id(
+    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
+) -> None:
+    """The attacker's side: a caller never answered with the response (the shared partition
+    lets only those reach a response by its id, proxy/server/chains.py), an id never recorded,
+    a malformed or overlong one, or an ambiguous api-version, each get the fetch's cache miss:
+    final (no retry), quoting at most 128 characters of the id, and nothing deleted. A chat
+    completion has no such holder: any caller who names a replayed one's id, which the answer
+    to its request hands everyone, is told it was deleted."""
+    tape = tmp_path / "llm.jsonl"
+    response_id, chat_id = recorded(start_proxy, tape)
+    proxy = replayer(start_proxy, tape)
+    with client(proxy) as sdk:  # the owner is answered with it: its holder
+        sdk.responses.create(model="gpt-4o-mini", input="Name a colour.")
+    probes = [
+        (f"/responses/{response_id}", "sk-somebody-else"),
+        ("/responses/resp_never_recorded", KEY),
+        (f"/chat/completions/{response_id}", KEY),  # a response's id is no chat completion's
+        ("/responses/" + "r" * 5000, KEY),
+        ("/responses/bad%0d%0aid", KEY),
+        (f"/responses/{response_id}?api-version=1&api-version=2", KEY),
+    ]
+    for path, key in probes:
+        answer = delete(proxy, path, key)
+        assert answer.status_code == 504, path
+        error = answer.json()["error"]
+        assert error["code"] == "cache_miss" and answer.headers["x-should-retry"] == "false"
+        assert "r" * 129 not in error["message"]
+        assert answer.headers["X-Repro-Cache"] == "MISS"
+    owner = delete(proxy, f"/responses/{response_id}")
+    assert owner.status_code == 200 and owner.json()["deleted"] is True
+    assert delete(proxy, f"/chat/completions/{chat_id}", "sk-somebody-else").status_code == 200
