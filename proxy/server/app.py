@@ -81,6 +81,7 @@ def create_app(
         router.add_get(route, observed(responses.by_id, route), expect_handler=expect)
         router.add_delete(route, observed(responses.delete_by_id, route), expect_handler=expect)
     for route in ("/v1/chat/completions/{id}", AZURE_V1 + "chat/completions/{id}"):
+        router.add_get(route, observed(responses.chat_by_id, route), expect_handler=expect)
         changed = observed(responses.forget_changed, route)
         router.add_post(route, changed, expect_handler=expect)
         router.add_delete(route, changed, expect_handler=expect)

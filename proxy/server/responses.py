@@ -61,16 +61,47 @@ async def by_id(request: web.Request) -> web.StreamResponse:
             "answers this query, and in replay mode the request may not reach the upstream.",
             headers={"X-Repro-Cache": Outcome.MISS.value},
         )
-    key, entry = found
-    headers = {
+    kind = "text/event-stream" if fetch.streamed else "application/json"
+    return web.Response(body=body, headers=_served(services, *found, kind))
+
+
+async def chat_by_id(request: web.Request) -> web.StreamResponse:
+    """`GET /v1/chat/completions/{id}`: in replay mode, a stored chat completion (`store: true`)
+    the caller's partition and namespace hold, as it was created (one created streaming is not
+    kept whole: a miss); in any other mode the upstream's, which holds the truth."""
+    services = request.app[SERVICES]
+    if services.settings.cache_mode is not CacheMode.REPLAY:
+        return await passthrough(request)
+    chat_id = request.match_info["id"]
+    query, in_query = split_query(raw_query(request.raw_path))
+    version = responses.api_version(query)
+    caller = await _caller(services, request)
+    found = None
+    if version is not None:
+        found = await _held_chat(services, caller, chat_id, version, in_query, query)
+    if found is not None and (
+        found[1].stream or not await _trusted(services, request, caller, *found)
+    ):
+        found = None
+    if found is None:
+        raise CacheMissError(
+            f"No stored chat completion with id {chat_id[:128]} for this caller and namespace, "
+            "and in replay mode the request may not reach the upstream.",
+            headers={"X-Repro-Cache": Outcome.MISS.value},
+        )
+    return web.Response(body=found[1].body, headers=_served(services, *found, "application/json"))
+
+
+def _served(services: Services, key: str, entry: Entry, content_type: str) -> dict[str, str]:
+    """The headers of a stored object served by its id, as a HIT's."""
+    return {
         "X-Repro-Cache": Outcome.HIT.value,
         "X-Repro-Key": key,
         "X-Repro-Fingerprint": entry.fingerprint,
         "Age": str(max(0, int(services.clock() - entry.stored_at))),
-        "Content-Type": "text/event-stream" if fetch.streamed else "application/json",
+        "Content-Type": content_type,
         **INERT,  # the upstream's bytes, on the origin of the operators' page
     }
-    return web.Response(body=body, headers=headers)
 
 
 async def delete_by_id(request: web.Request) -> web.StreamResponse:

@@ -1,7 +1,7 @@
 """Deletions through a recording proxy and a replaying one (`--cassette`), with the official SDK
-and raw HTTP: what a test deletes stays in its cassette, and replay answers the deletion of an
-id the caller holds, as the upstream did, without changing what it replays; any other id is a
-cache miss that says nothing of other callers' answers."""
+and raw HTTP: what a test deletes stays in its cassette, and replay answers the fetch and the
+deletion of an id the caller holds, as the upstream did, without changing what it replays; any
+other id is a cache miss that says nothing of other callers' answers."""
 
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ def recorded(start_proxy: ProxyFactory, tape: Path) -> tuple[str, str]:
         chat = sdk.chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "Name a river."}], store=True
         )
+        assert sdk.chat.completions.retrieve(chat.id).id == chat.id  # the upstream's
         sdk.responses.delete(made.id)
         assert sdk.chat.completions.delete(chat.id).deleted
         with pytest.raises(NotFoundError):  # the upstream deleted it, and the proxy follows
@@ -77,6 +78,8 @@ def test_deleted_answers_are_recorded_and_their_deletion_replayed(
                 store=True,
             )
             assert chat.id == chat_id
+            kept = sdk.chat.completions.retrieve(chat_id)
+            assert kept.id == chat_id and kept.choices[0].message == chat.choices[0].message
             assert sdk.responses.delete(made.id) is None
             gone = sdk.chat.completions.delete(chat.id)
             assert (gone.id, gone.deleted) == (chat_id, True)
@@ -89,6 +92,11 @@ def test_deleted_answers_are_recorded_and_their_deletion_replayed(
         assert raw.json() == {"id": response_id, "object": "response.deleted", "deleted": True}
         assert raw.headers["X-Repro-Cache"] == "HIT" and raw.headers["X-Repro-Key"]
         assert raw.headers["Content-Type"] == "application/json"
+        fetched = httpx.get(
+            f"{proxy.v1}/chat/completions/{chat_id}", headers={"Authorization": f"Bearer {KEY}"}
+        )
+        assert fetched.headers["X-Repro-Cache"] == "HIT"
+        assert fetched.json()["id"] == chat_id and fetched.json()["object"] == "chat.completion"
         again = delete(proxy, f"/chat/completions/{chat_id}")
         assert again.json() == {"id": chat_id, "object": "chat.completion.deleted", "deleted": True}
     finally:
@@ -128,7 +136,7 @@ def test_a_proxy_recording_no_cassette_keeps_nothing_deleted(
     assert made.id not in exported.text and b"Forget me" not in exported.content
 
 
-def test_replay_tells_no_other_caller_of_an_id(
+def test_replay_tells_no_caller_of_an_id_it_does_not_hold(
     start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
 ) -> None:
     """The attacker's side: a caller never answered with the response (the shared partition
@@ -150,8 +158,14 @@ def test_replay_tells_no_other_caller_of_an_id(
         ("/responses/bad%0d%0aid", KEY),
         (f"/responses/{response_id}?api-version=1&api-version=2", KEY),
     ]
-    for path, key in probes:
-        answer = delete(proxy, path, key)
+    fetches = [
+        (f"/chat/completions/{response_id}", KEY),
+        ("/chat/completions/chatcmpl-never", KEY),
+        ("/chat/completions/" + "r" * 5000, KEY),
+    ]
+    for path, key in probes + fetches:
+        asks = httpx.get if (path, key) in fetches else httpx.delete
+        answer = asks(proxy.v1 + path, headers={"Authorization": f"Bearer {key}"}, timeout=10)
         assert answer.status_code == 504, path
         error = answer.json()["error"]
         assert error["code"] == "cache_miss" and answer.headers["x-should-retry"] == "false"

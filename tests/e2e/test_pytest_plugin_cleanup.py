@@ -25,6 +25,7 @@ def test_a_stored_chat_completion_made_and_deleted():
             model="gpt-4o-mini", messages=[{"role": "user", "content": "Name a river."}], store=True
         )
         assert made.choices[0].message.content
+        assert client.chat.completions.retrieve(made.id).id == made.id
         gone = client.chat.completions.delete(made.id)
         assert gone.deleted and gone.id == made.id
 """
