@@ -17,7 +17,6 @@ from prometheus_client import CollectorRegistry
 
 from proxy.config import Settings
 from proxy.core import credentials
-from proxy.core.call import Call
 from proxy.core.canonical import CACHEABLE_ROUTES
 from proxy.core.codec import Codec
 from proxy.core.hosts import HostCheck, allowed_hosts
@@ -27,7 +26,7 @@ from proxy.core.routes import AZURE_RESPONSES, AZURE_V1, DEPLOYMENT_CALLS, DEPLO
 from proxy.metrics import Metrics
 from proxy.server import admin, bodies, handlers, keep, responses, rotations, transfer, ui
 from proxy.server.coalesce import Coalescer
-from proxy.server.context import SERVICES, Services, entry_memo
+from proxy.server.context import SERVICES, Services, Watch, entry_memo
 from proxy.server.dictionary import Dictionaries
 from proxy.server.fingerprints import FingerprintTracker
 from proxy.server.keycheck import KeyChecker
@@ -61,19 +60,19 @@ def create_app(
     clock: Callable[[], float] = time.time,
     multiprocess_dir: str | None = None,
     environ: Mapping[str, str] = os.environ,
-    on_miss: Callable[[Call], None] | None = None,
+    watch: Watch | None = None,
     retired: Retired | None = None,
 ) -> web.Application:
     """The proxy application; the store is opened from settings unless one is injected.
 
     `multiprocess_dir` is prometheus-client's shared directory when several workers serve;
-    `environ` holds the forward-proxy variables (HTTPS_PROXY, HTTP_PROXY, NO_PROXY); `on_miss`
-    is told of every request refused as a cache miss; `retired` keeps the answers the upstream
+    `environ` holds the forward-proxy variables (HTTPS_PROXY, HTTP_PROXY, NO_PROXY); `watch` is
+    told of the requests a replay misses or cannot answer; `retired` keeps the answers the upstream
     deletes for a cassette recorded by the caller (`--cassette` records its own).
     """
     app = web.Application(client_max_size=settings.max_body, handler_args=bodies.HANDLER_ARGS)
     metrics = Metrics(registry or CollectorRegistry(), multiprocess_dir)
-    app.cleanup_ctx.append(_services(settings, store, metrics, clock, environ, on_miss, retired))
+    app.cleanup_ctx.append(_services(settings, store, metrics, clock, environ, watch, retired))
     router = app.router  # each route answers `Expect` in our shape (`expect`)
     for route in cacheable_routes():
         router.add_post(route, observed(handlers.cacheable, route), expect_handler=expect)
@@ -131,14 +130,14 @@ def _services(
     metrics: Metrics,
     clock: Callable[[], float],
     environ: Mapping[str, str],
-    on_miss: Callable[[Call], None] | None,
+    watch: Watch | None,
     retired: Retired | None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def context(app: web.Application) -> AsyncIterator[None]:
         store, local_bytes = await _layered_store(settings, injected)
         kept = retired if retired is not None else _recording(settings)
         services = await _assemble(
-            settings, store, local_bytes, metrics, clock, environ, on_miss, kept
+            settings, store, local_bytes, metrics, clock, environ, watch, kept
         )
         app[SERVICES] = services
         await _load_cassette(settings, store, services.codec)
@@ -217,7 +216,7 @@ async def _assemble(
     metrics: Metrics,
     clock: Callable[[], float],
     environ: Mapping[str, str],
-    on_miss: Callable[[Call], None] | None,
+    watch: Watch | None,
     retired: Retired | None,
 ) -> Services:
     """Every part the handlers share, built on `store`; the secret and the compression
@@ -294,7 +293,7 @@ async def _assemble(
         credential_names=carriers,
         keying=Keying(settings.unkeyed_header, carriers, shared),
         entries=entry_memo(local_bytes),
-        on_miss=on_miss,
+        watch=watch,
         retired=retired,
     )
 

@@ -77,6 +77,16 @@ class Lifecycle:
 
 
 @dataclass(frozen=True, slots=True)
+class Watch:
+    """What a test session (the pytest plugin) is told of its requests as they are answered,
+    to fail or warn the test that made them even when it swallowed the error."""
+
+    missed: Callable[[Call], None]  # refused as a cache miss
+    # a request no replay answers (`METHOD /path`): refused replaying, passed through recording
+    unreplayable: Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
 class Services:
     settings: Settings
     store: Store
@@ -94,8 +104,8 @@ class Services:
     hosts: HostCheck  # the Host names served (against DNS rebinding)
     credential_names: tuple[str, ...] = STANDARD  # headers that carry a tenant's credential
     keying: Keying = field(default_factory=Keying)  # which other request headers the key covers
-    # Told of every request refused as a cache miss (the pytest plugin fails the test with it).
-    on_miss: Callable[[Call], None] | None = None
+    # What a test session learns of its requests as they are answered (the pytest plugin).
+    watch: Watch | None = None
     # Answers the upstream deleted, kept for the cassette this process records (None: it records
     # none, and a deleted answer is gone).
     retired: Retired | None = None

@@ -261,8 +261,8 @@ def cache_miss(services: Services, call: Call) -> CacheMissError:
         "cache miss: not allowed to call the upstream",
         extra={"route": call.route, "model": model, "key": call.key, "cache_mode": mode},
     )
-    if services.on_miss is not None:
-        services.on_miss(call)
+    if services.watch is not None:
+        services.watch.missed(call)
     asked = f"POST {call.route} (model {model or 'none'!r}, key {call.key})"
     if call.plan.lookup:
         found = f"No stored answer for {asked}"
@@ -300,16 +300,23 @@ def count_miss(services: Services, call: Call, served: bool) -> None:
 
 
 async def passthrough(
-    request: web.Request, answering: Callable[[int], Awaitable[None]] | None = None
+    request: web.Request,
+    answering: Callable[[int], Awaitable[None]] | None = None,
+    *,
+    replayed: bool = False,
 ) -> web.StreamResponse:
     """Any other /v1 route, streamed both ways and never cached; refused in replay mode.
-    `answering` is told the upstream's status before the client hears a byte of it."""
+    `answering` is told the upstream's status before the client hears a byte of it;
+    `replayed`: replay mode answers this request from the cache (a fetch or a deletion by id),
+    else a test session's watch is told that no cassette holds it."""
     services = request.app[SERVICES]
     check_one_credential(request, services)
     # A path that reads as one of our routes is the client's mistake to name first: in replay
     # mode, or with only-if-cached, the fix is that route, not a recording.
     target = forward_target(request.raw_path)
     await check_not_own_route(request, target)
+    if services.watch is not None and not replayed:
+        services.watch.unreplayable(f"{request.method} {request.path[:MAX_SHOWN_PATH]}")
     if services.settings.cache_mode is CacheMode.REPLAY:
         raise ReplayPassthrough(
             f"{request.method} {request.path} is not answered from the cache, and in replay mode "
@@ -380,6 +387,10 @@ async def check_not_own_route(request: web.Request, target: str) -> None:
         "path, without extra slashes, `;` parameters or escapes.",
         "path",
     )
+
+
+MAX_SHOWN_PATH = 200
+"""Characters of a path a test session is told of: a path may be KiBs of the client's text."""
 
 
 def only_if_cached(request: web.Request) -> bool:

@@ -44,7 +44,7 @@ from proxy.upstream.headers import INERT
 async def by_id(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     if services.settings.cache_mode is not CacheMode.REPLAY and not only_if_cached(request):
-        return await passthrough(request)
+        return await passthrough(request, replayed=True)
     response_id = request.match_info["id"]
     query, in_query = split_query(raw_query(request.raw_path))
     fetch = responses.fetch_of(query)
@@ -71,7 +71,7 @@ async def chat_by_id(request: web.Request) -> web.StreamResponse:
     kept whole: a miss); in any other mode the upstream's, which holds the truth."""
     services = request.app[SERVICES]
     if services.settings.cache_mode is not CacheMode.REPLAY:
-        return await passthrough(request)
+        return await passthrough(request, replayed=True)
     chat_id = request.match_info["id"]
     query, in_query = split_query(raw_query(request.raw_path))
     version = responses.api_version(query)
@@ -138,7 +138,7 @@ async def delete_by_id(request: web.Request) -> web.StreamResponse:
         elsewhere = await _indexed(services, everywhere, response_id)
         await _dropped(services, {held[0] for held in (found, elsewhere) if held is not None})
 
-    return await passthrough(request, forget)
+    return await passthrough(request, forget, replayed=True)
 
 
 async def forget_changed(request: web.Request) -> web.StreamResponse:
@@ -177,7 +177,7 @@ async def forget_changed(request: web.Request) -> web.StreamResponse:
             store_failed(services, "get", exc)
         await _dropped(services, carrying)
 
-    return await passthrough(request, forget)
+    return await passthrough(request, forget, replayed=request.method == hdrs.METH_DELETE)
 
 
 DELETED = {

@@ -18,7 +18,7 @@ from proxy.config import Settings
 from proxy.core.call import Call
 from proxy.core.policy import CacheMode
 from proxy.server.app import create_app
-from proxy.server.context import SERVICES
+from proxy.server.context import SERVICES, Watch
 from proxy.store import cassette
 from proxy.store.base import Selector
 from proxy.store.retired import Retired
@@ -38,6 +38,7 @@ class LocalProxy:
         self._settings = settings
         self._recorded = recorded
         self._misses: list[Call] = []
+        self._unreplayable: list[str] = []
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="repro-proxy", daemon=True)
@@ -88,6 +89,17 @@ class LocalProxy:
         with self._lock:
             self._misses.append(call)
 
+    def take_unreplayable(self) -> list[str]:
+        """The requests no replay answers (`METHOD /path`) since the last call: refused while
+        replaying, passed through to the upstream while recording."""
+        with self._lock:
+            taken, self._unreplayable = self._unreplayable, []
+        return taken
+
+    def _unreplayed(self, request_line: str) -> None:
+        with self._lock:
+            self._unreplayable.append(request_line)
+
     def _run(self) -> None:
         try:
             asyncio.run(self._serve())
@@ -99,7 +111,8 @@ class LocalProxy:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        app = create_app(self._settings, on_miss=self._missed, retired=self._retired)
+        watch = Watch(missed=self._missed, unreplayable=self._unreplayed)
+        app = create_app(self._settings, watch=watch, retired=self._retired)
         app.middlewares.insert(0, own_user_only(lambda: self.port))
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT

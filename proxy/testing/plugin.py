@@ -35,6 +35,11 @@ LEFT_OUT = pytest.StashKey[list[str]]()
 WORKER_LEFT_OUT = "repro_proxy_left_out"
 
 
+class LLMReplayWarning(UserWarning):
+    """A recorded test made a call no cassette holds: replayed, it will fail. `-W
+    error::proxy.testing.plugin.LLMReplayWarning` makes such a recording fail at once."""
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("repro-proxy", "deterministic LLM tests (repro-proxy)")
     group.addoption(
@@ -158,8 +163,9 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, object, object
 
 
 def _guarded(item: pytest.Item) -> Generator[None, object, object]:
-    """Run a test phase; fail it when one of its requests was not in the cassette, or when the
-    session's proxy has stopped."""
+    """Run a test phase; fail it when one of its requests was not in the cassette, or is one no
+    cassette holds (replaying), or when the session's proxy has stopped; warn a recording test
+    of a call no cassette holds, which will fail it replayed."""
     try:
         return (yield)
     finally:
@@ -169,6 +175,15 @@ def _guarded(item: pytest.Item) -> Generator[None, object, object]:
             misses = proxy.take_misses()
             if misses:
                 pytest.fail(llm.explain(misses), pytrace=False)
+            beyond = proxy.take_unreplayable()
+            if beyond:
+                from proxy.testing.session import unreplayable
+
+                told = unreplayable(beyond, llm.records, llm.mode)
+                if llm.records:
+                    item.warn(LLMReplayWarning(told))
+                else:
+                    pytest.fail(told, pytrace=False)
             if not proxy.alive:
                 pytest.fail("repro-proxy: the session's proxy has stopped", pytrace=False)
 

@@ -144,6 +144,33 @@ class LLMSession:
         return "\n".join(parts)
 
 
+MAX_LISTED = 5
+"""Requests a failure or a warning names one by one; past them, how many more."""
+
+
+def unreplayable(request_lines: Iterable[str], records: bool, mode: str) -> str:
+    """Why a test's calls outside what a cassette holds fail replaying, or will: a cassette
+    holds answers to the cached routes (and replays fetches and deletions by id of what they
+    stored); any other call reaches the upstream while recording and is refused replaying."""
+    distinct = list(dict.fromkeys(request_lines))
+    named = ", ".join(distinct[:MAX_LISTED])
+    if len(distinct) > MAX_LISTED:
+        named += f" and {len(distinct) - MAX_LISTED} more"
+    held = (
+        "a cassette holds answers to POST /v1/chat/completions, /v1/completions, /v1/embeddings "
+        "and /v1/responses, and replays fetches and deletions of stored ones by id"
+    )
+    if records:
+        return (
+            f"repro-proxy: {named} went to the upstream and is not in the cassette: {held}. "
+            "Replayed, this test will fail: mock that call in the test."
+        )
+    return (
+        f"repro-proxy: {named} cannot be replayed (--llm-record-mode={mode}): {held}; any other "
+        "call reaches the upstream only when recording. Mock that call in the test."
+    )
+
+
 def _refusing(call: Call, mode: str) -> str:
     """Why a request the cassette may hold still could not be answered from it."""
     why = "its Cache-Control (only-if-cached with no-cache or no-store) refuses every stored answer"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.test_pytest_plugin import cassette_lines, record, run
+from tests.e2e.test_pytest_plugin import RECORDING_KEY, cassette_lines, record, run
 from tests.fixtures_procs import Sim
 
 CLEANING_UP = """
@@ -39,3 +39,48 @@ def test_a_test_that_deletes_what_it_made_replays(project: pytest.Pytester, sim:
     assert routes == ["/v1/chat/completions", "/v1/responses"]
     replayed = run(project)
     replayed.assert_outcomes(passed=2)
+
+
+BEYOND = """
+import openai
+from openai import OpenAI
+
+def test_lists_models_and_swallows_errors():
+    with OpenAI() as client:
+        answer = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Name a lake."}]
+        )
+        assert answer.choices[0].message.content
+        try:
+            names = [model.id for model in client.models.list()]
+        except openai.APIError:
+            names = ["gpt-4o-mini"]  # the app's fallback: the test would pass replayed
+        assert "gpt-4o-mini" in names
+"""
+
+
+def test_a_call_no_cassette_holds_warns_recording_and_fails_replaying(
+    project: pytest.Pytester, sim: Sim
+) -> None:
+    """The user's view: recording, the test passes and is warned that it will not replay;
+    replaying, it fails with that reason, although its code caught the SDK's error."""
+    project.makepyfile(test_beyond=BEYOND)
+    recorded = record(project, sim)
+    recorded.assert_outcomes(passed=1, warnings=1)
+    recorded.stdout.fnmatch_lines(
+        ["*LLMReplayWarning: repro-proxy: GET /v1/models went to the upstream and is not in*"]
+    )
+    replayed = run(project)
+    replayed.assert_outcomes(failed=1)
+    replayed.stdout.fnmatch_lines(["*repro-proxy: GET /v1/models cannot be replayed*Mock that*"])
+    with pytest.MonkeyPatch.context() as patch:  # recording again, the warning as an error
+        patch.setenv("OPENAI_API_KEY", RECORDING_KEY)
+        strict = run(
+            project,
+            "--llm-record-mode=all",
+            f"--llm-upstream={sim.v1}",
+            "-W",
+            "error::proxy.testing.plugin.LLMReplayWarning",
+        )
+    strict.assert_outcomes(failed=1)
+    strict.stdout.fnmatch_lines(["*GET /v1/models went to the upstream*"])
