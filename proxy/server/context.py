@@ -82,6 +82,7 @@ class Watch:
     to fail or warn the test that made them even when it swallowed the error."""
 
     missed: Callable[[Call], None]  # refused as a cache miss
+    absent: Callable[[str], None]  # a fetch or deletion by id that found nothing (`METHOD /path`)
     # a request no replay answers (`METHOD /path`): refused replaying, passed through recording
     unreplayable: Callable[[str], None]
 

@@ -35,7 +35,13 @@ from proxy.server.caching import dropped
 from proxy.server.chains import holds, mark_deleted, was_deleted
 from proxy.server.context import SERVICES, Services
 from proxy.server.failopen import store_failed, unreadable
-from proxy.server.handlers import key_accepted, known, only_if_cached, passthrough
+from proxy.server.handlers import (
+    MAX_SHOWN_PATH,
+    key_accepted,
+    known,
+    only_if_cached,
+    passthrough,
+)
 from proxy.server.recording import scope_of
 from proxy.store.base import StoreError
 from proxy.upstream.headers import INERT
@@ -56,10 +62,11 @@ async def by_id(request: web.Request) -> web.StreamResponse:
             found = None
     body = None if found is None or fetch is None else _body(found[1], fetch.streamed)
     if found is None or body is None or fetch is None:
-        raise CacheMissError(
+        raise _absent(
+            services,
+            request,
             f"No stored response with id {response_id[:128]} for this caller and namespace "
             "answers this query, and in replay mode the request may not reach the upstream.",
-            headers={"X-Repro-Cache": Outcome.MISS.value},
         )
     kind = "text/event-stream" if fetch.streamed else "application/json"
     return web.Response(body=body, headers=_served(services, *found, kind))
@@ -84,12 +91,21 @@ async def chat_by_id(request: web.Request) -> web.StreamResponse:
     ):
         found = None
     if found is None:
-        raise CacheMissError(
+        raise _absent(
+            services,
+            request,
             f"No stored chat completion with id {chat_id[:128]} for this caller and namespace, "
             "and in replay mode the request may not reach the upstream.",
-            headers={"X-Repro-Cache": Outcome.MISS.value},
         )
     return web.Response(body=found[1].body, headers=_served(services, *found, "application/json"))
+
+
+def _absent(services: Services, request: web.Request, message: str) -> CacheMissError:
+    """The cache miss of a request by id, told to a test session's watch (it fails the test
+    even if its code swallows the error)."""
+    if services.watch is not None:
+        services.watch.absent(f"{request.method} {request.path[:MAX_SHOWN_PATH]}")
+    return CacheMissError(message, headers={"X-Repro-Cache": Outcome.MISS.value})
 
 
 def _served(services: Services, key: str, entry: Entry, content_type: str) -> dict[str, str]:
@@ -205,10 +221,11 @@ async def _replayed_deletion(services: Services, request: web.Request, index: st
         found = None
     named, what = DELETED[index]
     if found is None:
-        raise CacheMissError(
+        raise _absent(
+            services,
+            request,
             f"No stored {what} with id {object_id[:128]} for this caller and namespace, and in "
             "replay mode its deletion may not reach the upstream.",
-            headers={"X-Repro-Cache": Outcome.MISS.value},
         )
     headers = {
         "X-Repro-Cache": Outcome.HIT.value,

@@ -39,6 +39,7 @@ class LocalProxy:
         self._recorded = recorded
         self._misses: list[Call] = []
         self._unreplayable: list[str] = []
+        self._absences: list[str] = []
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="repro-proxy", daemon=True)
@@ -89,6 +90,16 @@ class LocalProxy:
         with self._lock:
             self._misses.append(call)
 
+    def take_absent(self) -> list[str]:
+        """The requests by id (`METHOD /path`) that found nothing since the last call."""
+        with self._lock:
+            taken, self._absences = self._absences, []
+        return taken
+
+    def _absent(self, request_line: str) -> None:
+        with self._lock:
+            self._absences.append(request_line)
+
     def take_unreplayable(self) -> list[str]:
         """The requests no replay answers (`METHOD /path`) since the last call: refused while
         replaying, passed through to the upstream while recording."""
@@ -111,7 +122,7 @@ class LocalProxy:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        watch = Watch(missed=self._missed, unreplayable=self._unreplayed)
+        watch = Watch(self._missed, self._absent, self._unreplayed)
         app = create_app(self._settings, watch=watch, retired=self._retired)
         app.middlewares.insert(0, own_user_only(lambda: self.port))
         runner = web.AppRunner(

@@ -163,9 +163,9 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, object, object
 
 
 def _guarded(item: pytest.Item) -> Generator[None, object, object]:
-    """Run a test phase; fail it when one of its requests was not in the cassette, or is one no
-    cassette holds (replaying), or when the session's proxy has stopped; warn a recording test
-    of a call no cassette holds, which will fail it replayed."""
+    """Run a test phase; fail it when one of its requests was not in the cassette (by id too),
+    or is one no cassette holds (replaying), or when the session's proxy has stopped; warn a
+    recording test of a call no cassette holds, which will fail it replayed."""
     try:
         return (yield)
     finally:
@@ -175,6 +175,11 @@ def _guarded(item: pytest.Item) -> Generator[None, object, object]:
             misses = proxy.take_misses()
             if misses:
                 pytest.fail(llm.explain(misses), pytrace=False)
+            gone = proxy.take_absent()
+            if gone:
+                from proxy.testing.session import absent
+
+                pytest.fail(absent(gone, llm.cassette, llm.mode), pytrace=False)
             beyond = proxy.take_unreplayable()
             if beyond:
                 from proxy.testing.session import unreplayable

@@ -152,10 +152,7 @@ def unreplayable(request_lines: Iterable[str], records: bool, mode: str) -> str:
     """Why a test's calls outside what a cassette holds fail replaying, or will: a cassette
     holds answers to the cached routes (and replays fetches and deletions by id of what they
     stored); any other call reaches the upstream while recording and is refused replaying."""
-    distinct = list(dict.fromkeys(request_lines))
-    named = ", ".join(distinct[:MAX_LISTED])
-    if len(distinct) > MAX_LISTED:
-        named += f" and {len(distinct) - MAX_LISTED} more"
+    named = _listed(request_lines)
     held = (
         "a cassette holds answers to POST /v1/chat/completions, /v1/completions, /v1/embeddings "
         "and /v1/responses, and replays fetches and deletions of stored ones by id"
@@ -169,6 +166,25 @@ def unreplayable(request_lines: Iterable[str], records: bool, mode: str) -> str:
         f"repro-proxy: {named} cannot be replayed (--llm-record-mode={mode}): {held}; any other "
         "call reaches the upstream only when recording. Mock that call in the test."
     )
+
+
+def absent(request_lines: Iterable[str], cassette: str, mode: str) -> str:
+    """Why a fetch or deletion by id found nothing: the answer holding the id was not recorded
+    (or, in `shared` scope, a response is reached by id only by a test it answered)."""
+    return (
+        f"repro-proxy: {_listed(request_lines)} found no stored answer with that id in the "
+        f"cassette {cassette} (--llm-record-mode={mode}): record the request that made it "
+        "(--llm-record-mode=new_episodes), and make it before fetching or deleting its id."
+    )
+
+
+def _listed(request_lines: Iterable[str]) -> str:
+    """Each request once, in order; past MAX_LISTED, how many more."""
+    distinct = list(dict.fromkeys(request_lines))
+    named = ", ".join(distinct[:MAX_LISTED])
+    if len(distinct) > MAX_LISTED:
+        named += f" and {len(distinct) - MAX_LISTED} more"
+    return named
 
 
 def _refusing(call: Call, mode: str) -> str:

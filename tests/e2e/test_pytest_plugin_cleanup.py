@@ -84,3 +84,29 @@ def test_a_call_no_cassette_holds_warns_recording_and_fails_replaying(
         )
     strict.assert_outcomes(failed=1)
     strict.stdout.fnmatch_lines(["*GET /v1/models went to the upstream*"])
+
+
+BY_ID = """
+import openai
+from openai import OpenAI
+
+def test_fetches_an_id_never_recorded_and_swallows_the_error():
+    with OpenAI() as client:
+        try:
+            client.responses.retrieve("resp_never_recorded")
+        except openai.APIError:
+            pass  # the app's fallback: without the plugin's watch the replay would pass
+"""
+
+
+def test_a_fetch_by_id_the_cassette_lacks_fails_its_test(
+    project: pytest.Pytester, sim: Sim
+) -> None:
+    project.makepyfile(test_cleanup=CLEANING_UP)
+    record(project, sim).assert_outcomes(passed=2)
+    project.makepyfile(test_by_id=BY_ID)
+    replayed = run(project)
+    replayed.assert_outcomes(passed=2, failed=1)
+    replayed.stdout.fnmatch_lines(
+        ["*repro-proxy: GET /v1/responses/resp_never_recorded found no stored answer*"]
+    )
