@@ -140,7 +140,7 @@ def _services(
             settings, store, local_bytes, metrics, clock, environ, watch, kept
         )
         app[SERVICES] = services
-        await _load_cassette(settings, store, services.codec)
+        await _load_cassette(settings, services)
         try:
             prober = services.prober
             probe = prober.run if prober.enabled else None
@@ -336,10 +336,13 @@ ENTRY_SLACK = 64 * 1024
 """Bytes of an entry's metadata, beyond its answer and request."""
 
 
-async def _load_cassette(settings: Settings, store: Store, codec: Codec) -> None:
+async def _load_cassette(settings: Settings, services: Services) -> None:
+    """Load `--cassette`; requests by id for what it holds are answered from it (`recorded`)."""
     if settings.cassette is None or not os.path.isfile(settings.cassette):
         return
-    count = await cassette.load(store, cassette.read(settings.cassette, SHARED), codec)
+    loaded = cassette.read(settings.cassette, SHARED)
+    count = await cassette.load(services.store, loaded, services.codec)
+    services.recorded.update(cassette.index_keys(loaded))
     log.info("cassette loaded", extra={"path": settings.cassette, "answers": count})
 
 

@@ -107,6 +107,9 @@ class Services:
     keying: Keying = field(default_factory=Keying)  # which other request headers the key covers
     # What a test session learns of its requests as they are answered (the pytest plugin).
     watch: Watch | None = None
+    # The id index keys of the answers a loaded cassette holds: requests by id for those are
+    # answered as replay answers them, in every mode (proxy/server/responses.py)
+    recorded: set[str] = field(default_factory=set)
     # Answers the upstream deleted, kept for the cassette this process records (None: it records
     # none, and a deleted answer is gone).
     retired: Retired | None = None

@@ -49,7 +49,8 @@ from proxy.upstream.headers import INERT
 
 async def by_id(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
-    if services.settings.cache_mode is not CacheMode.REPLAY and not only_if_cached(request):
+    replays = await _replays(services, request, responses.RESPONSE_INDEX)
+    if not replays and not only_if_cached(request):
         return await passthrough(request, replayed=True)
     response_id = request.match_info["id"]
     query, in_query = split_query(raw_query(request.raw_path))
@@ -77,7 +78,7 @@ async def chat_by_id(request: web.Request) -> web.StreamResponse:
     the caller's partition and namespace hold, as it was created (one created streaming is not
     kept whole: a miss); in any other mode the upstream's, which holds the truth."""
     services = request.app[SERVICES]
-    if services.settings.cache_mode is not CacheMode.REPLAY:
+    if not await _replays(services, request, responses.CHAT_INDEX):
         return await passthrough(request, replayed=True)
     chat_id = request.match_info["id"]
     query, in_query = split_query(raw_query(request.raw_path))
@@ -134,7 +135,7 @@ async def delete_by_id(request: web.Request) -> web.StreamResponse:
     # `forget` reads the namespace and the keyed lines, `passthrough` checks the credentials.
     checked_namespace(control(request.headers, NAMESPACE))
     services.keying.lines(request.headers)
-    if services.settings.cache_mode is CacheMode.REPLAY:
+    if await _replays(services, request, responses.RESPONSE_INDEX):
         return await _replayed_deletion(services, request, responses.RESPONSE_INDEX)
 
     async def forget(status: int) -> None:
@@ -169,7 +170,8 @@ async def forget_changed(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     checked_namespace(control(request.headers, NAMESPACE))  # refused before, as delete_by_id
     services.keying.lines(request.headers)
-    if services.settings.cache_mode is CacheMode.REPLAY and request.method == hdrs.METH_DELETE:
+    deletes = request.method == hdrs.METH_DELETE
+    if deletes and await _replays(services, request, responses.CHAT_INDEX):
         return await _replayed_deletion(services, request, responses.CHAT_INDEX)
 
     async def forget(status: int) -> None:
@@ -194,6 +196,31 @@ async def forget_changed(request: web.Request) -> web.StreamResponse:
         await _dropped(services, carrying)
 
     return await passthrough(request, forget, replayed=request.method == hdrs.METH_DELETE)
+
+
+async def _replays(services: Services, request: web.Request, index: str) -> bool:
+    """Whether a request by id is answered as replay mode answers it: in replay mode, and where
+    a cassette loaded into a recording process (`--cassette`, the plugin's `new_episodes`)
+    holds the object it names, for this caller as a fetch finds it. The upstream no longer has
+    such an object (the recording that made it deleted it, or it expired) or never had it for
+    this key, so passed through, a test's fetch or cleanup of what the cassette answered would
+    fail; and a deletion answered upstream would drop the cassette's answer."""
+    if services.settings.cache_mode is CacheMode.REPLAY:
+        return True
+    if not services.recorded:
+        return False
+    query, in_query = split_query(raw_query(request.raw_path))
+    version, routing = responses.api_version(query), query
+    if index == responses.RESPONSE_INDEX and request.method == hdrs.METH_GET:
+        fetch = responses.fetch_of(query)
+        version, routing = (None, "") if fetch is None else (fetch.version, fetch.routing)
+    object_id = request.match_info["id"]
+    if version is None or not responses.valid_id(object_id):
+        return False
+    caller = await _caller(services, request)
+    scope, vary = scope_of(services, caller.tenant), _vary(services, caller, in_query)
+    key = responses.index_key(scope, caller.namespace, object_id, vary, version, routing, index)
+    return key in services.recorded
 
 
 DELETED = {

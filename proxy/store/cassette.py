@@ -351,6 +351,11 @@ async def load(store: Store, entries: list[Loaded], codec: Codec) -> int:
     return len(entries)
 
 
+def index_keys(loaded: Iterable[Loaded]) -> set[str]:
+    """The keys of every id index the loaded answers write (`_indexes`)."""
+    return {index for item in loaded for index in item.indexes}
+
+
 def read(path: str, scope: str) -> list[Loaded]:
     with opened(path) as handle:
         return parse(bounded(handle), scope)

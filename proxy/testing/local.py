@@ -130,8 +130,10 @@ class LocalProxy:
         )
         await runner.setup()
         try:
-            store, codec = app[SERVICES].store, app[SERVICES].codec
+            services = app[SERVICES]
+            store, codec = services.store, services.codec
             await cassette.load(store, list(self._recorded), codec)
+            services.recorded.update(cassette.index_keys(self._recorded))
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
             self.port = site.port

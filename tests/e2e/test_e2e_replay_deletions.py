@@ -174,3 +174,32 @@ def test_replay_tells_no_caller_of_an_id_it_does_not_hold(
     owner = delete(proxy, f"/responses/{response_id}")
     assert owner.status_code == 200 and owner.json()["deleted"] is True
     assert delete(proxy, f"/chat/completions/{chat_id}", "sk-somebody-else").status_code == 200
+
+
+def test_recording_beside_a_cassette_answers_its_ids_and_passes_others_on(
+    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
+) -> None:
+    """A proxy recording with a cassette loaded (`--cassette`, read-write) answers a fetch or a
+    deletion of an object the cassette holds as replay does, without the upstream, which
+    deleted it when the cassette was recorded; an id the cassette lacks goes upstream as ever."""
+    tape = tmp_path / "llm.jsonl"
+    response_id, chat_id = recorded(start_proxy, tape)
+    before = tape.read_bytes()
+    sim.reset()
+    proxy = start_proxy("--cassette", str(tape), "--cache-scope", "shared")
+    with client(proxy) as sdk:
+        made = sdk.responses.create(model="gpt-4o-mini", input="Name a colour.")
+        assert made.id == response_id
+        assert sdk.responses.retrieve(response_id).id == response_id
+        sdk.responses.delete(response_id)
+        assert sdk.chat.completions.delete(chat_id).deleted
+        with pytest.raises(NotFoundError):  # not the cassette's: the upstream says
+            sdk.responses.retrieve("resp_not_in_the_cassette")
+    by_id = [  # the key checks' requests aside
+        r["path"]
+        for r in sim.requests()
+        if r["path"].startswith(("/v1/responses/", "/v1/chat/completions/"))
+    ]
+    assert by_id == ["/v1/responses/resp_not_in_the_cassette"]
+    stop(proxy)
+    assert tape.read_bytes() == before

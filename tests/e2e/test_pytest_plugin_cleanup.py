@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.test_pytest_plugin import RECORDING_KEY, cassette_lines, record, run
+from tests.e2e.test_pytest_plugin import CASSETTE, RECORDING_KEY, cassette_lines, record, run
 from tests.fixtures_procs import Sim
 
 CLEANING_UP = """
@@ -110,3 +110,17 @@ def test_a_fetch_by_id_the_cassette_lacks_fails_its_test(
     replayed.stdout.fnmatch_lines(
         ["*repro-proxy: GET /v1/responses/resp_never_recorded found no stored answer*"]
     )
+
+
+def test_new_episodes_answers_the_cassettes_ids_itself(project: pytest.Pytester, sim: Sim) -> None:
+    """Recording what is missing beside a cassette, a test's fetch and deletion of what the
+    cassette answered are the cassette's to answer: the upstream deleted those objects when the
+    cassette was recorded. The cassette comes out as it went in."""
+    project.makepyfile(test_cleanup=CLEANING_UP)
+    record(project, sim).assert_outcomes(passed=2)
+    before = (project.path / CASSETTE).read_bytes()
+    sim.reset()
+    again = record(project, sim, "new_episodes")
+    again.assert_outcomes(passed=2)
+    assert sim.requests() == []  # every call answered from the cassette
+    assert (project.path / CASSETTE).read_bytes() == before
