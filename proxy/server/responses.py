@@ -220,7 +220,13 @@ async def _replays(services: Services, request: web.Request, index: str) -> bool
     caller = await _caller(services, request)
     scope, vary = scope_of(services, caller.tenant), _vary(services, caller, in_query)
     key = responses.index_key(scope, caller.namespace, object_id, vary, version, routing, index)
-    return key in services.recorded
+    if key not in services.recorded:
+        return False
+    if index == responses.RESPONSE_INDEX:  # and held by this caller: else the upstream's to say
+        found = await _held(services, caller, object_id, version, in_query, routing)
+    else:
+        found = await _held_chat(services, caller, object_id, version, in_query, routing)
+    return found is not None
 
 
 DELETED = {

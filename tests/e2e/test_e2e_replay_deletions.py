@@ -187,6 +187,9 @@ def test_recording_beside_a_cassette_answers_its_ids_and_passes_others_on(
     before = tape.read_bytes()
     sim.reset()
     proxy = start_proxy("--cassette", str(tape), "--cache-scope", "shared")
+    # Before anyone here was answered with it, the response is not the caller's: the upstream's
+    # to say (it deleted it), as any id is.
+    assert delete(proxy, f"/responses/{response_id}", "sk-stranger").status_code == 404
     with client(proxy) as sdk:
         made = sdk.responses.create(model="gpt-4o-mini", input="Name a colour.")
         assert made.id == response_id
@@ -200,6 +203,6 @@ def test_recording_beside_a_cassette_answers_its_ids_and_passes_others_on(
         for r in sim.requests()
         if r["path"].startswith(("/v1/responses/", "/v1/chat/completions/"))
     ]
-    assert by_id == ["/v1/responses/resp_not_in_the_cassette"]
+    assert by_id == [f"/v1/responses/{response_id}", "/v1/responses/resp_not_in_the_cassette"]
     stop(proxy)
     assert tape.read_bytes() == before
