@@ -31,10 +31,10 @@ def lines(tape: Path) -> list[dict[str, object]]:
     return [orjson.loads(line) for line in tape.read_bytes().splitlines()]
 
 
-def recorded(start_proxy: ProxyFactory, tape: Path) -> tuple[str, str]:
+def recorded(start_proxy: ProxyFactory, tape: Path, *flags: str) -> tuple[str, str]:
     """A response and a stored chat completion made, and deleted, through a recording proxy;
     their ids."""
-    recorder = start_proxy("--cassette", str(tape), "--cache-scope", "shared")
+    recorder = start_proxy("--cassette", str(tape), "--cache-scope", "shared", *flags)
     with client(recorder) as sdk:
         made = sdk.responses.create(model="gpt-4o-mini", input="Name a colour.")
         chat = sdk.chat.completions.create(
@@ -57,11 +57,13 @@ def delete(proxy: Proxy, path: str, key: str = KEY) -> httpx.Response:
     return httpx.delete(proxy.v1 + path, headers={"Authorization": f"Bearer {key}"}, timeout=10)
 
 
+@pytest.mark.parametrize("store", ["memory", "redis"])
 def test_deleted_answers_are_recorded_and_their_deletion_replayed(
-    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
+    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path, request: pytest.FixtureRequest, store: str
 ) -> None:
     tape = tmp_path / "llm.jsonl"
-    response_id, chat_id = recorded(start_proxy, tape)
+    flags = ("--store", request.getfixturevalue("redis_url")) if store == "redis" else ()
+    response_id, chat_id = recorded(start_proxy, tape, *flags)
     assert sorted(str(line["route"]) for line in lines(tape)) == [
         "/v1/chat/completions",
         "/v1/responses",
