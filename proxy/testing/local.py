@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Sequence
+from typing import Generic, TypeVar
 
 from aiohttp import web
 
@@ -24,6 +25,8 @@ from proxy.store.base import Selector
 from proxy.store.retired import Retired
 from proxy.testing.peers import own_user_only
 
+T = TypeVar("T")
+
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
 SHUTDOWN_TIMEOUT = 1.0  # for requests still open when the session ends
@@ -33,14 +36,32 @@ class ProxyFailed(RuntimeError):
     """The session's proxy could not start, or stopped."""
 
 
+class Told(Generic[T]):
+    """What the proxy's thread tells the test's, in order, each taken once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: list[T] = []
+
+    def tell(self, item: T) -> None:
+        with self._lock:
+            self._items.append(item)
+
+    def take(self) -> list[T]:
+        """What was told since the last call."""
+        with self._lock:
+            taken, self._items = self._items, []
+        return taken
+
+
 class LocalProxy:
     def __init__(self, settings: Settings, recorded: Sequence[cassette.Loaded]) -> None:
         self._settings = settings
         self._recorded = recorded
-        self._misses: list[Call] = []
-        self._unreplayable: list[str] = []
-        self._absences: list[str] = []
-        self._lock = threading.Lock()
+        # What the proxy's thread tells the session (`Watch`), each taken once by the test's.
+        self.misses = Told[Call]()  # refused as cache misses
+        self.absent = Told[str]()  # requests by id that found nothing (`METHOD /path`)
+        self.unreplayable = Told[str]()  # requests no replay answers (`METHOD /path`)
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="repro-proxy", daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -80,37 +101,6 @@ class LocalProxy:
             raise ProxyFailed(f"the proxy failed: {self._error}") from self._error
         return self.lines
 
-    def take_misses(self) -> list[Call]:
-        """The requests refused as cache misses since the last call."""
-        with self._lock:
-            taken, self._misses = self._misses, []
-        return taken
-
-    def _missed(self, call: Call) -> None:
-        with self._lock:
-            self._misses.append(call)
-
-    def take_absent(self) -> list[str]:
-        """The requests by id (`METHOD /path`) that found nothing since the last call."""
-        with self._lock:
-            taken, self._absences = self._absences, []
-        return taken
-
-    def _absent(self, request_line: str) -> None:
-        with self._lock:
-            self._absences.append(request_line)
-
-    def take_unreplayable(self) -> list[str]:
-        """The requests no replay answers (`METHOD /path`) since the last call: refused while
-        replaying, passed through to the upstream while recording."""
-        with self._lock:
-            taken, self._unreplayable = self._unreplayable, []
-        return taken
-
-    def _unreplayed(self, request_line: str) -> None:
-        with self._lock:
-            self._unreplayable.append(request_line)
-
     def _run(self) -> None:
         try:
             asyncio.run(self._serve())
@@ -122,7 +112,7 @@ class LocalProxy:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        watch = Watch(self._missed, self._absent, self._unreplayed)
+        watch = Watch(self.misses.tell, self.absent.tell, self.unreplayable.tell)
         app = create_app(self._settings, watch=watch, retired=self._retired)
         app.middlewares.insert(0, own_user_only(lambda: self.port))
         runner = web.AppRunner(

@@ -172,15 +172,15 @@ def _guarded(item: pytest.Item) -> Generator[None, object, object]:
         llm = item.config.stash.get(SESSION, None)
         proxy = None if llm is None else llm.proxy
         if llm is not None and proxy is not None:
-            misses = proxy.take_misses()
+            misses = proxy.misses.take()
             if misses:
                 pytest.fail(llm.explain(misses), pytrace=False)
-            gone = proxy.take_absent()
+            gone = proxy.absent.take()
             if gone:
                 from proxy.testing.session import absent
 
                 pytest.fail(absent(gone, llm.cassette, llm.mode), pytrace=False)
-            beyond = proxy.take_unreplayable()
+            beyond = proxy.unreplayable.take()
             if beyond:
                 from proxy.testing.session import unreplayable
 

@@ -34,7 +34,7 @@ def page_attack(browser: Any, sim: Sim, tmp_path: Path) -> tuple[list[str], dict
         browser.get(sim.url + "/_sim/stats")  # any page of another origin
         assert browser.execute_async_script(PAGE_POSTS, url) == "answered"
         assert session.proxy is not None
-        missed = [call.model for call in session.proxy.take_misses()]
+        missed = [call.model for call in session.proxy.misses.take()]
     finally:
         session.stop(environ)
     return missed, environ
