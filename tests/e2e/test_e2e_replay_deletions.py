@@ -120,24 +120,6 @@ def test_an_answer_made_again_after_its_deletion_is_recorded_once(
     assert orjson.loads(str(line["body"]))["id"] == second.id
 
 
-def test_a_proxy_recording_no_cassette_keeps_nothing_deleted(
-    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
-) -> None:
-    """Deleting is how a user makes the upstream, and the proxy, forget a stored answer: a
-    proxy that records no cassette keeps none of it (its export has nothing)."""
-    proxy = start_proxy("--admin-token", "admin-secret-token-0123")
-    with client(proxy) as sdk:
-        made = sdk.responses.create(model="gpt-4o-mini", input="Forget me.")
-        sdk.responses.delete(made.id)
-    exported = httpx.get(
-        proxy.url + "/admin/export",
-        headers={"Authorization": "Bearer admin-secret-token-0123"},
-        timeout=10,
-    )
-    assert exported.status_code == 200
-    assert made.id not in exported.text and b"Forget me" not in exported.content
-
-
 def test_replay_tells_no_caller_of_an_id_it_does_not_hold(
     start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
 ) -> None:

@@ -7,7 +7,10 @@ import asyncio
 
 import pytest
 
+from proxy.config import Settings
 from proxy.core.codec import Codec
+from proxy.core.policy import CacheMode
+from proxy.server.app import _recording
 from proxy.store import cassette
 from proxy.store.base import Selector
 from proxy.store.memory import MemoryStore
@@ -59,3 +62,18 @@ def test_the_cassette_holds_a_retired_answer_unless_the_store_has_a_newer_one() 
     assert b"New answer." in newer
     both = asyncio.run(exported("Another."))
     assert sorted(b"Old answer." in item for item in both) == [False, True]
+
+
+@pytest.mark.parametrize(
+    ("cassette", "mode", "keeps"),
+    [
+        (None, CacheMode.READWRITE, False),  # deleting is how a user makes the proxy forget
+        ("llm.jsonl", CacheMode.REPLAY, False),  # replay writes no cassette
+        ("llm.jsonl", CacheMode.READWRITE, True),
+        ("llm.jsonl", CacheMode.RECORD, True),
+    ],
+)
+def test_only_a_process_writing_a_cassette_keeps_deleted_answers(
+    cassette: str | None, mode: CacheMode, keeps: bool
+) -> None:
+    assert (_recording(Settings(cassette=cassette, cache_mode=mode)) is not None) is keeps
