@@ -222,11 +222,8 @@ async def _replays(services: Services, request: web.Request, index: str) -> bool
     key = responses.index_key(scope, caller.namespace, object_id, vary, version, routing, index)
     if key not in services.recorded:
         return False
-    if index == responses.RESPONSE_INDEX:  # and held by this caller: else the upstream's to say
-        found = await _held(services, caller, object_id, version, in_query, routing)
-    else:
-        found = await _held_chat(services, caller, object_id, version, in_query, routing)
-    return found is not None
+    found = await _held_in(index, services, caller, object_id, version, in_query, routing)
+    return found is not None  # held by this caller: else the upstream's to say
 
 
 DELETED = {
@@ -246,10 +243,8 @@ async def _replayed_deletion(services: Services, request: web.Request, index: st
     version = responses.api_version(query)
     caller = await _caller(services, request)
     found = None
-    if version is not None and index == responses.RESPONSE_INDEX:
-        found = await _held(services, caller, object_id, version, in_query, query)
-    elif version is not None:
-        found = await _held_chat(services, caller, object_id, version, in_query, query)
+    if version is not None:
+        found = await _held_in(index, services, caller, object_id, version, in_query, query)
     if found is not None and not await _trusted(services, request, caller, *found):
         found = None
     named, what = DELETED[index]
@@ -268,6 +263,22 @@ async def _replayed_deletion(services: Services, request: web.Request, index: st
     }
     body = orjson.dumps({"id": object_id, "object": named, "deleted": True})
     return web.Response(body=body, headers=headers)
+
+
+async def _held_in(
+    index: str,
+    services: Services,
+    caller: _Caller,
+    object_id: str,
+    version: str,
+    in_query: Credentials,
+    query: str,
+) -> tuple[str, Entry] | None:
+    """`_held` or `_held_chat`, as the index that names the object is a response's or a chat
+    completion's."""
+    if index == responses.RESPONSE_INDEX:
+        return await _held(services, caller, object_id, version, in_query, query)
+    return await _held_chat(services, caller, object_id, version, in_query, query)
 
 
 async def _held_chat(
