@@ -153,7 +153,7 @@ async def serve_if_trusted(
     """A HIT goes only to a key the upstream accepts; any other key is the upstream's to answer."""
     if known(services, call) or await key_accepted(services, request, call):
         services.verifier.sample(call, entry, request.headers)
-        if call.kind == routes.RESPONSES:  # a chat HIT awaits nothing more
+        if call.kind == routes.RESPONSES or call.upstream_keeps:  # others await nothing more
             await hold(services, call)
         return serve_hit(services, call, entry)
     return await go_upstream(services, request, unlooked(call))

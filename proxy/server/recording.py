@@ -113,12 +113,15 @@ HELD_FOR = 60.0
 
 
 async def hold(services: Services, call: Call, fresh: bool = False) -> None:
-    """In `shared` scope, remember that this tenant was answered with the response `call.key`
-    holds: it may continue that response, or fetch it by id (see proxy/server/chains.py). A
+    """In `shared` scope, remember that this tenant was answered with the response (or stored
+    chat completion) `call.key` holds: it may continue that response, or fetch either by id
+    (see proxy/server/chains.py). A
     HIT rewrites a mark this process wrote within HELD_FOR only once that has passed, so that a
     mark lost since (evicted, purged) costs its tenant MISSes for that long at most; a `fresh`
     answer, just stored, always writes."""
-    if services.settings.cache_scope is not policy.CacheScope.SHARED or call.kind != RESPONSES:
+    if services.settings.cache_scope is not policy.CacheScope.SHARED:
+        return
+    if call.kind != RESPONSES and not call.upstream_keeps:
         return
     mark, now, ttl = (
         responses.holder_key(call.tenant, call.key),

@@ -290,14 +290,18 @@ async def _held_chat(
     query: str,
 ) -> tuple[str, Entry] | None:
     """The key and entry of the stored chat completion `chat_id` in the caller's partition (the
-    index `recording.index_response` writes), while it holds that id."""
+    index `recording.index_response` writes), while it holds that id; in `shared` scope, only
+    for a caller that was answered with it, as a response (`_held`)."""
     if not responses.valid_id(chat_id):
         return None
     vary, scope = _vary(services, caller, in_query), scope_of(services, caller.tenant)
     index = responses.index_key(
         scope, caller.namespace, chat_id, vary, version, query, responses.CHAT_INDEX
     )
-    return await _indexed(services, index, chat_id, responses.CHAT_INDEX)
+    found = await _indexed(services, index, chat_id, responses.CHAT_INDEX)
+    if found is None or not await holds(services, caller.tenant, found[0]):
+        return None
+    return found
 
 
 async def _pointed(services: Services, pointer: str) -> tuple[str, str] | None:

@@ -126,9 +126,9 @@ def test_replay_tells_no_caller_of_an_id_it_does_not_hold(
     """The attacker's side: a caller never answered with the response (the shared partition
     lets only those reach a response by its id, proxy/server/chains.py), an id never recorded,
     a malformed or overlong one, or an ambiguous api-version, each get the fetch's cache miss:
-    final (no retry), quoting at most 128 characters of the id, and nothing deleted. A chat
-    completion has no such holder: any caller who names a replayed one's id, which the answer
-    to its request hands everyone, is told it was deleted."""
+    final (no retry), quoting at most 128 characters of the id, and nothing deleted. A stored
+    chat completion likewise: a caller who only learnt its id neither reads it nor hears of its
+    deletion, until it is answered with it (by asking the request that made it)."""
     tape = tmp_path / "llm.jsonl"
     response_id, chat_id = recorded(start_proxy, tape)
     proxy = replayer(start_proxy, tape)
@@ -142,13 +142,15 @@ def test_replay_tells_no_caller_of_an_id_it_does_not_hold(
         ("/responses/bad%0d%0aid", KEY),
         (f"/responses/{response_id}?api-version=1&api-version=2", KEY),
     ]
+    chat_probes = [(f"/chat/completions/{chat_id}", "sk-somebody-else")]
     fetches = [
+        *chat_probes,
         (f"/chat/completions/{response_id}", KEY),
         ("/chat/completions/chatcmpl-never", KEY),
         ("/chat/completions/" + "r" * 5000, KEY),
     ]
-    for path, key in probes + fetches:
-        asks = httpx.get if (path, key) in fetches else httpx.delete
+    asked = [(httpx.delete, *probe) for probe in probes + chat_probes]
+    for asks, path, key in asked + [(httpx.get, *fetch) for fetch in fetches]:
         answer = asks(proxy.v1 + path, headers={"Authorization": f"Bearer {key}"}, timeout=10)
         assert answer.status_code == 504, path
         error = answer.json()["error"]
@@ -157,7 +159,11 @@ def test_replay_tells_no_caller_of_an_id_it_does_not_hold(
         assert answer.headers["X-Repro-Cache"] == "MISS"
     owner = delete(proxy, f"/responses/{response_id}")
     assert owner.status_code == 200 and owner.json()["deleted"] is True
-    assert delete(proxy, f"/chat/completions/{chat_id}", "sk-somebody-else").status_code == 200
+    with client(proxy, "sk-somebody-else") as sdk:  # asks what made it: now a holder
+        asked = [{"role": "user", "content": "Name a river."}]
+        assert sdk.chat.completions.create(model="gpt-4o-mini", messages=asked, store=True).id
+        assert sdk.chat.completions.retrieve(chat_id).id == chat_id
+        assert sdk.chat.completions.delete(chat_id).deleted
 
 
 def test_recording_beside_a_cassette_answers_its_ids_and_passes_others_on(
@@ -179,6 +185,9 @@ def test_recording_beside_a_cassette_answers_its_ids_and_passes_others_on(
         assert made.id == response_id
         assert sdk.responses.retrieve(response_id).id == response_id
         sdk.responses.delete(response_id)
+        asked = [{"role": "user", "content": "Name a river."}]
+        chat = sdk.chat.completions.create(model="gpt-4o-mini", messages=asked, store=True)
+        assert chat.id == chat_id
         assert sdk.chat.completions.delete(chat_id).deleted
         with pytest.raises(NotFoundError):  # not the cassette's: the upstream says
             sdk.responses.retrieve("resp_not_in_the_cassette")
