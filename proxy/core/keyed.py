@@ -119,6 +119,12 @@ and the fetch metadata and client hints a runtime adds by itself (Node's fetch s
 
 _NEVER_KEYED_PREFIXES = ("x-repro-", "proxy-")  # read by the proxy, or hop-by-hop
 
+ASKS_NOTHING = frozenset({("accept-language", "*")})
+"""Lines of a keyed name whose value asks what the header's absence asks, so keyed as absent:
+`Accept-Language: *` is any language (RFC 9110 12.5.4), and Node's fetch sends it with every
+request; keyed, the OpenAI JS SDK and the Python one would never share an answer. Any other
+language asked for is keyed."""
+
 MAX_SPELLINGS = 4096
 """Names as sent that a process remembers as never keyed (see `Keying.lines`): a client may
 spell each name in any case, and hostile ones only make the next request take the longer way."""
@@ -181,7 +187,8 @@ class Keying:
                 continue
             lower = name.lower()
             if self.keys(lower):
-                found.append((lower, value))
+                if (lower, value) not in ASKS_NOTHING:
+                    found.append((lower, value))
                 continue
             if len(name) > MAX_SPELLING:
                 continue

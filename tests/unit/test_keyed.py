@@ -53,6 +53,7 @@ SDK = [  # what openai 3.x sends with every call (read from a real client), and 
     ("X-Forwarded-For", "10.0.0.7"),
     ("X-Repro-Namespace", "suite"),
     ("sec-fetch-mode", "cors"),  # Node's fetch adds it
+    ("Accept-Language", "*"),  # and this: any language, as without it
 ]
 
 
@@ -107,6 +108,17 @@ def test_a_routing_header_changes_the_key_and_travels_with_the_call() -> None:
 def test_any_header_not_known_inert_is_keyed(name: str) -> None:
     assert lines([(name, "1")]) == ((name.lower(), "1"),)
     assert name.lower() in Keying() and name.lower() in Keying(shared=True)
+
+
+def test_any_language_is_keyed_as_none_asked_and_a_language_asked_is_keyed() -> None:
+    """`Accept-Language: *`, which Node's fetch adds to every OpenAI JS SDK call, asks what no
+    Accept-Language asks: the JS SDK's key is the Python SDK's. A language named is keyed,
+    and the name still is for Vary (an upstream that varies by it stores per language)."""
+    assert lines([("Accept-Language", "*")]) == ()
+    assert call_of(SDK).key == call_of(SDK[:-1]).key  # SDK ends with it
+    for value in ("fa-IR", "*;q=0.5", "en, *"):
+        assert lines([("Accept-Language", value)]) == (("accept-language", value),)
+    assert "accept-language" in Keying()
 
 
 def test_the_name_is_keyed_whatever_its_case_and_the_value_exactly() -> None:

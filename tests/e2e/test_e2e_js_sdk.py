@@ -1,0 +1,91 @@
+"""The official OpenAI JS SDK (Node, tests/js) through a real proxy and the sim: a Node
+application changes only `baseURL`, as a Python one does, and shares the cache with it.
+
+Node's fetch adds headers the Python SDK never sends (`Accept-Language: *`, `Sec-Fetch-Mode`);
+the JS SDK asks embeddings as base64 unless told otherwise, streams through fetch, and reads
+`x-should-retry` on its own. `.ci/run` installs the SDK (`npm ci --prefix tests/js`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openai import OpenAI
+
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim
+
+JS = Path(__file__).resolve().parent.parent / "js"
+KEY = "sk-node-app"
+
+
+def node_flow(proxy: Proxy, flow: str) -> list[dict[str, Any]]:
+    node = shutil.which("node")
+    if node is None or not (JS / "node_modules" / "openai").is_dir():
+        pytest.fail("the JS SDK is not installed: run .ci/run, or npm ci --prefix tests/js")
+    done = subprocess.run(
+        [node, str(JS / "flows.mjs"), proxy.v1, KEY, flow],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=JS,
+    )
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_a_node_application_is_cached_as_a_python_one(proxy: Proxy, sim: Sim) -> None:
+    with OpenAI(base_url=proxy.v1, api_key=KEY, max_retries=0) as sdk:  # Python asks first
+        first = sdk.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Name a colour."}]
+        )
+    assert first.headers["X-Repro-Cache"] == "MISS"
+    calls = node_flow(proxy, "readwrite")
+    by_call: dict[str, list[dict[str, Any]]] = {}
+    for call in calls:
+        by_call.setdefault(call["call"], []).append(call)
+
+    # The Python SDK's answer, under its key: Node's headers leave the key as it was.
+    assert [c["cache"] for c in by_call["chat"]] == ["HIT", "HIT"]
+    assert {c["key"] for c in by_call["chat"]} == {first.headers["X-Repro-Key"]}
+    assert by_call["chat"][0]["content"] == first.parse().choices[0].message.content
+    stream, embedding = by_call["stream"], by_call["embedding"]
+    assert [c["cache"] for c in stream] == ["MISS", "HIT"]
+    assert stream[0]["content"] and stream[0]["content"] == stream[1]["content"]
+    assert [c["cache"] for c in embedding] == ["MISS", "HIT"]
+    assert len(embedding[0]["vector"]) > 1 and embedding[0]["vector"] == embedding[1]["vector"]
+    [response] = by_call["response"]
+    assert response["cache"] == "MISS" and response["fetched"] == response["id"]
+    assert response["text"]
+    # Three upstream calls for four questions asked twice: the colour was Python's.
+    asked = [r["path"] for r in sim.llm_requests()]
+    assert asked == [
+        "/v1/chat/completions",
+        "/v1/chat/completions",
+        "/v1/embeddings",
+        "/v1/responses",
+    ]
+    sent = sim.llm_requests()[1]["headers"]
+    assert sent.get("Accept-Language") == "*"  # forwarded as sent: only the key leaves it out
+
+
+def test_a_replay_miss_fails_a_node_call_once_with_the_proxys_error(
+    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
+) -> None:
+    """The JS SDK retries a 504 twice unless told not to: the miss says `x-should-retry:
+    false`, so the call fails at once with the OpenAI-shaped error, and the proxy is asked
+    once."""
+    tape = tmp_path / "llm.jsonl"
+    tape.write_bytes(b"")
+    proxy = start_proxy(
+        "--cassette", str(tape), "--cache-scope", "shared", "--cache-mode", "replay"
+    )
+    [miss] = node_flow(proxy, "replay")
+    assert miss == {"call": "miss", "status": 504, "code": "cache_miss", "type": miss["type"]}
+    assert miss["type"]
+    route = "/v1/chat/completions"
+    assert proxy.metric("repro_requests_total", route=route, cache="error") == 1
+    assert sim.llm_requests() == []

@@ -1,0 +1,50 @@
+// What a Node application does through the proxy with the official OpenAI JS SDK: chat (whole
+// and streamed), embeddings (the SDK asks base64 by default), a response and its fetch by id,
+// and a replay miss. Each call's answer and the proxy's headers, as one JSON line per call on
+// stdout, for tests/e2e/test_e2e_js_sdk.py to judge. Usage: node flows.mjs BASE_URL KEY FLOW
+import OpenAI from "openai";
+
+const [baseURL, apiKey, flow] = process.argv.slice(2);
+const client = new OpenAI({ baseURL, apiKey, maxRetries: 2, timeout: 10_000 });
+const say = (call, response, extra) =>
+  console.log(JSON.stringify({
+    call,
+    cache: response.headers.get("x-repro-cache"),
+    key: response.headers.get("x-repro-key"),
+    ...extra,
+  }));
+const ask = { model: "gpt-4o-mini", messages: [{ role: "user", content: "Name a colour." }] };
+
+async function readwrite() {
+  for (const round of [1, 2]) {
+    const { data, response } = await client.chat.completions.create(ask).withResponse();
+    say("chat", response, { content: data.choices[0].message.content, round });
+  }
+  const streamed = { ...ask, stream: true, messages: [{ role: "user", content: "Name a river." }] };
+  for (const round of [1, 2]) {
+    const { data, response } = await client.chat.completions.create(streamed).withResponse();
+    let content = "";
+    for await (const chunk of data) content += chunk.choices[0]?.delta?.content ?? "";
+    say("stream", response, { content, round });
+  }
+  const embed = { model: "text-embedding-3-small", input: "hello" };
+  for (const round of [1, 2]) {
+    const { data, response } = await client.embeddings.create(embed).withResponse();
+    say("embedding", response, { vector: data.data[0].embedding, round });
+  }
+  const { data: made, response } = await client.responses.create({ model: "gpt-4o-mini", input: "hi" })
+    .withResponse();
+  const fetched = await client.responses.retrieve(made.id);
+  say("response", response, { id: made.id, fetched: fetched.id, text: made.output_text });
+}
+
+async function replay() {
+  try {
+    await client.chat.completions.create({ ...ask, messages: [{ role: "user", content: "Never recorded." }] });
+    console.log(JSON.stringify({ call: "miss", error: null }));
+  } catch (error) {
+    console.log(JSON.stringify({ call: "miss", status: error.status, code: error.code, type: error.type }));
+  }
+}
+
+await ({ readwrite, replay })[flow]();
