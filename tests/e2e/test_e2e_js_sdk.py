@@ -8,6 +8,7 @@ the JS SDK asks embeddings as base64 unless told otherwise, streams through fetc
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -26,12 +27,14 @@ def node_flow(proxy: Proxy, flow: str) -> list[dict[str, Any]]:
     node = shutil.which("node")
     if node is None or not (JS / "node_modules" / "openai").is_dir():
         pytest.fail("the JS SDK is not installed: run .ci/run, or npm ci --prefix tests/js")
+    environment = {"PATH": os.environ["PATH"], "OPENAI_BASE_URL": proxy.v1, "OPENAI_API_KEY": KEY}
     done = subprocess.run(
-        [node, str(JS / "flows.mjs"), proxy.v1, KEY, flow],
+        [node, str(JS / "flows.mjs"), flow],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=JS,
+        env=environment,
     )
     assert done.returncode == 0, done.stderr
     return [json.loads(line) for line in done.stdout.splitlines()]

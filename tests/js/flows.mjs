@@ -1,11 +1,13 @@
 // What a Node application does through the proxy with the official OpenAI JS SDK: chat (whole
 // and streamed), embeddings (the SDK asks base64 by default), a response and its fetch by id,
 // and a replay miss. Each call's answer and the proxy's headers, as one JSON line per call on
-// stdout, for tests/e2e/test_e2e_js_sdk.py to judge. Usage: node flows.mjs BASE_URL KEY FLOW
+// stdout, for tests/e2e/test_e2e_js_sdk.py to judge. Usage: node flows.mjs FLOW, the proxy's
+// URL in OPENAI_BASE_URL and the key in OPENAI_API_KEY, which the SDK reads as a test suite's
+// client would.
 import OpenAI from "openai";
 
-const [baseURL, apiKey, flow] = process.argv.slice(2);
-const client = new OpenAI({ baseURL, apiKey, maxRetries: 2, timeout: 10_000 });
+const [flow] = process.argv.slice(2);
+const client = new OpenAI({ maxRetries: 2, timeout: 10_000 });
 const say = (call, response, extra) =>
   console.log(JSON.stringify({
     call,
