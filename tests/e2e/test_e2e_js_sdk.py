@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -92,3 +93,25 @@ def test_a_replay_miss_fails_a_node_call_once_with_the_proxys_error(
     route = "/v1/chat/completions"
     assert proxy.metric("repro_requests_total", route=route, cache="error") == 1
     assert sim.llm_requests() == []
+
+
+def test_a_node_suite_records_a_cassette_and_replays_it_offline(
+    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
+) -> None:
+    """A Vitest or Jest suite's way (docs/operations.md, without pytest): record through a
+    proxy with a cassette, then replay with no upstream: every call the same, a HIT, the
+    response's fetch by id too."""
+    tape = tmp_path / "llm.jsonl"
+    recorder = start_proxy("--cassette", str(tape), "--cache-scope", "shared")
+    recorded = node_flow(recorder, "readwrite")
+    recorder.proc.send_signal(signal.SIGTERM)
+    assert recorder.proc.wait(timeout=15) == 0
+    sim.reset()
+    replayer = start_proxy(
+        "--cassette", str(tape), "--cache-scope", "shared", "--cache-mode", "replay"
+    )
+    replayed = node_flow(replayer, "readwrite")
+    assert [call["cache"] for call in replayed] == ["HIT"] * len(recorded)
+    for before, after in zip(recorded, replayed, strict=True):
+        assert {**before, "cache": "HIT"} == after
+    assert sim.requests() == []
