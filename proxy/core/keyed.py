@@ -120,10 +120,10 @@ and the fetch metadata and client hints a runtime adds by itself (Node's fetch s
 _NEVER_KEYED_PREFIXES = ("x-repro-", "proxy-")  # read by the proxy, or hop-by-hop
 
 ASKS_NOTHING = frozenset({("accept-language", "*")})
-"""Lines of a keyed name whose value asks what the header's absence asks, so keyed as absent:
-`Accept-Language: *` is any language (RFC 9110 12.5.4), and Node's fetch sends it with every
-request; keyed, the OpenAI JS SDK and the Python one would never share an answer. Any other
-language asked for is keyed."""
+"""Lines of a keyed name whose value, sent alone, asks what the header's absence asks, so keyed
+as absent: `Accept-Language: *` is any language (RFC 9110 12.5.4), and Node's fetch sends it
+with every request; keyed, the OpenAI JS SDK and the Python one would never share an answer. Any
+language named is keyed."""
 
 MAX_SPELLINGS = 4096
 """Names as sent that a process remembers as never keyed (see `Keying.lines`): a client may
@@ -187,8 +187,7 @@ class Keying:
                 continue
             lower = name.lower()
             if self.keys(lower):
-                if (lower, value) not in ASKS_NOTHING:
-                    found.append((lower, value))
+                found.append((lower, value))
                 continue
             if len(name) > MAX_SPELLING:
                 continue
@@ -198,6 +197,8 @@ class Keying:
             spellings.add(name)
         if found and "Connection" in headers:
             found = _sent(found, headers.getall("Connection"))
+        if found:
+            found = _asking(found)
         found.sort(key=_name)
         if len(found) > 1:
             refuse_disagreeing(found, exempt="cookie")
@@ -210,6 +211,14 @@ def _sent(found: list[tuple[str, str]], connection: list[str]) -> list[tuple[str
     be stored under the key of one with it."""
     dropped = connection_named(connection)
     return [line for line in found if line[0] not in dropped]
+
+
+def _asking(found: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """`found` without a line that asks nothing (ASKS_NOTHING) when it is its name's only one:
+    beside another (`*` and `fa`) it is kept, and the two are refused as any two lines of one
+    name that disagree (`refuse_disagreeing`), as they were before any line was left out."""
+    names = [name for name, _ in found]
+    return [line for line in found if line not in ASKS_NOTHING or names.count(line[0]) > 1]
 
 
 def _name(line: tuple[str, str]) -> str:

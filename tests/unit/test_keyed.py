@@ -118,6 +118,9 @@ def test_any_language_is_keyed_as_none_asked_and_a_language_asked_is_keyed() -> 
     assert call_of(SDK).key == call_of(SDK[:-1]).key  # SDK ends with it
     for value in ("fa-IR", "*;q=0.5", "en, *"):
         assert lines([("Accept-Language", value)]) == (("accept-language", value),)
+    with pytest.raises(InvalidHeader):  # beside a language, as any two lines that disagree
+        lines([("Accept-Language", "*"), ("Accept-Language", "fa")])
+    assert lines([("Accept-Language", "*"), ("OpenAI-Beta", "v")]) == (("openai-beta", "v"),)
     assert "accept-language" in Keying()
 
 
