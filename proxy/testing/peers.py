@@ -29,7 +29,10 @@ from proxy.core.hosts import LOCALHOST, is_loopback, read_host
 from proxy.errors import ProxyError
 
 TCP_TABLE = "/proc/net/tcp"
-BROWSER_HEADERS = ("origin", "sec-fetch-site", "sec-fetch-mode")
+BROWSER_HEADERS = ("origin", "sec-fetch-site", "sec-fetch-dest")
+"""Headers browsers send and programs do not: a browser names the site and the destination of
+every request it makes (`Sec-Fetch-Site`, `Sec-Fetch-Dest`), and the origin of every POST. Not
+`Sec-Fetch-Mode`: Node's fetch sends it (`cors`) with every request, the OpenAI JS SDK's too."""
 
 
 class NotThisSession(ProxyError):

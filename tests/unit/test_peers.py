@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import make_mocked_request
 
 from proxy.core.hosts import HostCheck, Verdict, allowed_hosts
-from proxy.testing.peers import TCP_TABLE, own_host, socket_owner
+from proxy.testing.peers import TCP_TABLE, own_host, refusal, socket_owner
 
 HEAD = (
     "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
@@ -74,3 +75,29 @@ def test_the_session_answers_loopback_names_of_its_own_port_only(value: str, own
 def test_what_the_session_admits_the_proxys_own_host_check_admits_too(value: str) -> None:
     assert own_host(value, 8080)
     assert HostCheck(allowed_hosts("127.0.0.1", ())).verdict(value) is Verdict.ALLOWED
+
+
+NODE = {  # what the OpenAI JS SDK sends through Node's fetch, besides the X-Stainless-* family
+    "Host": "127.0.0.1:8080",
+    "Accept": "application/json",
+    "Accept-Language": "*",
+    "Sec-Fetch-Mode": "cors",
+    "User-Agent": "OpenAI/JS 7.60.0",
+}
+
+
+@pytest.mark.parametrize(
+    ("extra", "refused"),
+    [
+        ({}, False),  # a Node program: its fetch's Sec-Fetch-Mode is no browser's
+        ({"Origin": "http://127.0.0.1:3000"}, True),
+        ({"Sec-Fetch-Site": "same-origin"}, True),
+        ({"Sec-Fetch-Dest": "empty"}, True),
+    ],
+)
+def test_a_node_program_is_no_browser_and_a_browser_is_told_by_its_own_headers(
+    extra: dict[str, str], refused: bool
+) -> None:
+    request = make_mocked_request("POST", "/v1/chat/completions", headers={**NODE, **extra})
+    said = refusal(request, 8080, os.geteuid(), table="/nonexistent")
+    assert (said == "a request a browser sent") is refused
