@@ -12,6 +12,7 @@ from typing import Any
 from proxy import __version__, config, logs
 from proxy.server import workers
 from proxy.store import weakened_tls
+from proxy.testing import run
 from proxy.tools import admin_cli, audit, cassette_cli, health, rotations_cli, sim
 
 log = logging.getLogger("proxy.cli")
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_arguments(checkup)
     cassette_cli.add_commands(commands)
     rotations_cli.add_command(commands)
+    run.add_command(commands)
     return parser
 
 
@@ -124,4 +126,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cassette_cli.run(args)
     if args.command == "rotations":
         return rotations_cli.run(args)
+    if args.command == "run":
+        return run.main(args)
     return admin_cli.run(args)

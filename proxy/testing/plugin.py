@@ -172,23 +172,17 @@ def _guarded(item: pytest.Item) -> Generator[None, object, object]:
         llm = item.config.stash.get(SESSION, None)
         proxy = None if llm is None else llm.proxy
         if llm is not None and proxy is not None:
-            misses = proxy.misses.take()
-            if misses:
-                pytest.fail(llm.explain(misses), pytrace=False)
-            gone = proxy.absent.take()
-            if gone:
-                from proxy.testing.session import absent
+            from proxy.testing.session import heard
 
-                pytest.fail(absent(gone, llm.cassette, llm.mode), pytrace=False)
-            beyond = proxy.unreplayable.take()
-            if beyond:
-                from proxy.testing.session import unreplayable
-
-                told = unreplayable(beyond, llm.records, llm.mode)
+            told = heard(llm)
+            for fatal in (told.missing, told.absent):
+                if fatal is not None:
+                    pytest.fail(fatal, pytrace=False)
+            if told.unreplayable is not None:
                 if llm.records:
-                    item.warn(LLMReplayWarning(told))
+                    item.warn(LLMReplayWarning(told.unreplayable))
                 else:
-                    pytest.fail(told, pytrace=False)
+                    pytest.fail(told.unreplayable, pytrace=False)
             if not proxy.alive:
                 pytest.fail("repro-proxy: the session's proxy has stopped", pytrace=False)
 
@@ -218,7 +212,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     elif llm.proxy is not None and not llm.exists:
         config.stash[SUMMARY] = f"no cassette at {llm.cassette}: nothing to replay"
     elif llm.proxy is not None:
-        config.stash[SUMMARY] = f"replayed from {llm.cassette} ({_answers(len(llm.recorded))})"
+        from proxy.testing.session import answers
+
+        config.stash[SUMMARY] = f"replayed from {llm.cassette} ({answers(len(llm.recorded))})"
 
 
 def _write(
@@ -227,7 +223,7 @@ def _write(
     """Write the cassette; one that cannot be written fails the run with one line saying why,
     and so does an answer left out of it as no cassette may hold it (`cassette.refusal`): the
     run passed, but its replay would miss that request."""
-    from proxy.testing.session import write
+    from proxy.testing.session import answers, left_out_line, write
 
     config = session.config
     try:
@@ -237,20 +233,13 @@ def _write(
         config.stash[SUMMARY] = f"recorded answers lost: {llm.cassette} could not be written"
         session.exitstatus = pytest.ExitCode.USAGE_ERROR
         return
-    done = f"wrote {_answers(count)} to {llm.cassette}" if count else "recorded nothing"
+    done = f"wrote {answers(count)} to {llm.cassette}" if count else "recorded nothing"
     config.stash[SUMMARY] = f"{done} (--llm-record-mode={llm.mode})"
     for why in left_out:
-        print(
-            f"repro-proxy: left out of the cassette, no cassette may hold it: {why}",
-            file=sys.stderr,
-        )
+        print(left_out_line(why), file=sys.stderr)
     if left_out:
-        config.stash[SUMMARY] += f"; left out {_answers(len(left_out))} no cassette may hold"
+        config.stash[SUMMARY] += f"; left out {answers(len(left_out))} no cassette may hold"
         session.exitstatus = pytest.ExitCode.USAGE_ERROR
-
-
-def _answers(count: int) -> str:
-    return f"{count} answer" if count == 1 else f"{count} answers"
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -20,6 +20,7 @@ import os
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple
 
 from proxy import config
 from proxy.config import Settings
@@ -33,6 +34,7 @@ from proxy.store.cassette import Loaded
 from proxy.testing.local import LocalProxy
 
 PLACEHOLDER_KEY = "sk-repro-replay-placeholder"
+PLUGIN_FLAG = "--llm-record-mode"
 MEMORY_STORE = "memory://?max_bytes=4GiB"  # a cassette is never evicted from its session
 
 
@@ -52,6 +54,7 @@ class LLMSession:
     proxy: LocalProxy | None = None
     recorded: list[Request] = field(default_factory=list)
     saved_env: dict[str, str | None] = field(default_factory=dict)
+    options: str = "--llm-"  # its user's options start so (the plugin's), in what it says
     _loaded: list[Loaded] | None = None
 
     @property
@@ -79,7 +82,12 @@ class LLMSession:
         try:
             return config.load(flags, environ={})
         except config.SettingError as exc:
-            raise config.SettingError(f"--llm-upstream: {exc}") from None
+            raise config.SettingError(f"{self.options}upstream: {exc}") from None
+
+    @property
+    def flag(self) -> str:
+        """The record mode's option, as its user names it."""
+        return f"{self.options}record-mode"
 
     def read(self) -> list[Loaded]:
         """The answers to replay (read once; CassetteError names a bad line)."""
@@ -123,32 +131,64 @@ class LLMSession:
         calls = list(misses)
         refused = [call for call in calls if not call.plan.lookup]
         absent = [call for call in calls if call.plan.lookup]
-        parts = [_refusing(call, self.mode) for call in refused]
+        parts = [_refusing(call, f"{self.flag}={self.mode}") for call in refused]
         if not absent:
             return "\n".join(parts)
-        parts.append(
-            f"LLM request not in the cassette {self.cassette} (--llm-record-mode={self.mode})"
-        )
+        parts.append(f"LLM request not in the cassette {self.cassette} ({self.flag}={self.mode})")
         for call in absent:
             parts.append(explain(_request(call), self.recorded))
         if not self.exists:
             parts.append(
-                "There is no cassette yet: record one with --llm-record-mode=once (needs the "
+                f"There is no cassette yet: record one with {self.flag}=once (needs the "
                 "upstream and its API key)."
             )
         else:
             parts.append(
-                "Record what is missing with --llm-record-mode=new_episodes, or everything "
-                "anew with --llm-record-mode=all."
+                f"Record what is missing with {self.flag}=new_episodes, or everything "
+                f"anew with {self.flag}=all."
             )
         return "\n".join(parts)
+
+
+class Heard(NamedTuple):
+    """What the session's proxy told since last asked, as messages (None: nothing): requests
+    the cassette lacks, fetches or deletions by id that found nothing, and calls no cassette
+    holds (fatal replaying, a warning recording)."""
+
+    missing: str | None
+    absent: str | None
+    unreplayable: str | None
+
+
+def heard(llm: LLMSession) -> Heard:
+    """What `llm`'s proxy was told since the last call (each thing once)."""
+    if llm.proxy is None:
+        return Heard(None, None, None)
+    misses, gone = llm.proxy.misses.take(), llm.proxy.absent.take()
+    beyond = llm.proxy.unreplayable.take()
+    return Heard(
+        llm.explain(misses) if misses else None,
+        absent(gone, llm.cassette, llm.mode, llm.flag) if gone else None,
+        unreplayable(beyond, llm.records, llm.mode, llm.flag) if beyond else None,
+    )
+
+
+def answers(count: int) -> str:
+    return f"{count} answer" if count == 1 else f"{count} answers"
+
+
+def left_out_line(why: str) -> str:
+    """What a recording says of an answer no cassette may hold (`cassette.refusal`)."""
+    return f"repro-proxy: left out of the cassette, no cassette may hold it: {why}"
 
 
 MAX_LISTED = 5
 """Requests a failure or a warning names one by one; past them, how many more."""
 
 
-def unreplayable(request_lines: Iterable[str], records: bool, mode: str) -> str:
+def unreplayable(
+    request_lines: Iterable[str], records: bool, mode: str, flag: str = PLUGIN_FLAG
+) -> str:
     """Why a test's calls outside what a cassette holds fail replaying, or will: a cassette
     holds answers to the cached routes (and replays fetches and deletions by id of what they
     stored); any other call reaches the upstream while recording and is refused replaying."""
@@ -163,18 +203,18 @@ def unreplayable(request_lines: Iterable[str], records: bool, mode: str) -> str:
             "Replayed, this test will fail: mock that call in the test."
         )
     return (
-        f"repro-proxy: {named} cannot be replayed (--llm-record-mode={mode}): {held}; any other "
+        f"repro-proxy: {named} cannot be replayed ({flag}={mode}): {held}; any other "
         "call reaches the upstream only when recording. Mock that call in the test."
     )
 
 
-def absent(request_lines: Iterable[str], cassette: str, mode: str) -> str:
+def absent(request_lines: Iterable[str], cassette: str, mode: str, flag: str = PLUGIN_FLAG) -> str:
     """Why a fetch or deletion by id found nothing: the answer holding the id was not recorded
     (or, in `shared` scope, a response is reached by id only by a test it answered)."""
     return (
         f"repro-proxy: {_listed(request_lines)} found no stored answer with that id in the "
-        f"cassette {cassette} (--llm-record-mode={mode}): record the request that made it "
-        "(--llm-record-mode=new_episodes), and make it before fetching or deleting its id."
+        f"cassette {cassette} ({flag}={mode}): record the request that made it "
+        f"({flag}=new_episodes), and make it before fetching or deleting its id."
     )
 
 
@@ -188,7 +228,8 @@ def _listed(request_lines: Iterable[str]) -> str:
 
 
 def _refusing(call: Call, mode: str) -> str:
-    """Why a request the cassette may hold still could not be answered from it."""
+    """Why a request the cassette may hold still could not be answered from it; `mode` as the
+    user gave it (`--llm-record-mode=none`)."""
     why = "its Cache-Control (only-if-cached with no-cache or no-store) refuses every stored answer"
     if call.kind == routes.RESPONSES:
         why = (
@@ -198,7 +239,7 @@ def _refusing(call: Call, mode: str) -> str:
         )
     return (
         f"LLM request {call.route} (model {call.model!r}) cannot be answered from the cassette: "
-        f"{why}; nor may it reach the upstream (--llm-record-mode={mode})."
+        f"{why}; nor may it reach the upstream ({mode})."
     )
 
 

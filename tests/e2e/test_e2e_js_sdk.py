@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -114,4 +115,37 @@ def test_a_node_suite_records_a_cassette_and_replays_it_offline(
     assert [call["cache"] for call in replayed] == ["HIT"] * len(recorded)
     for before, after in zip(recorded, replayed, strict=True):
         assert {**before, "cache": "HIT"} == after
+    assert sim.requests() == []
+
+
+def test_repro_proxy_run_records_and_replays_a_node_command(tmp_path: Path, sim: Sim) -> None:
+    """`repro-proxy run -- node ...`, as a Node suite's CI runs it: recorded once, replayed
+    with no key and no upstream, the same answers."""
+    node = shutil.which("node")
+    assert node is not None and (JS / "node_modules" / "openai").is_dir()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("REPRO_", "OPENAI_"))}
+    tape = str(tmp_path / "llm.jsonl")
+    command = ["--", node, str(JS / "flows.mjs"), "readwrite"]
+
+    def run(*flags: str, key: str | None = None) -> subprocess.CompletedProcess[str]:
+        keyed = {"OPENAI_API_KEY": key} if key else {}
+        return subprocess.run(
+            [sys.executable, "-m", "proxy", "run", "--cassette", tape, *flags, *command],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            cwd=JS,
+            env=environ | keyed,
+            check=False,
+        )
+
+    recorded = run("--record-mode", "once", "--upstream", sim.v1, key=KEY)
+    assert recorded.returncode == 0, recorded.stderr
+    sim.reset()
+    replayed = run()
+    assert replayed.returncode == 0, replayed.stderr
+    before = [json.loads(line) for line in recorded.stdout.splitlines()]
+    after = [json.loads(line) for line in replayed.stdout.splitlines()]
+    assert [call["cache"] for call in after] == ["HIT"] * len(before)
+    assert [{**call, "cache": "HIT"} for call in before] == after
     assert sim.requests() == []
