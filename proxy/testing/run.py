@@ -41,7 +41,7 @@ def add_command(commands: Any) -> None:
         help="run a test command (any language) against a cassette: record once, then replay",
         description="Run COMMAND with OPENAI_BASE_URL pointing at a proxy that replays the "
         "cassette, or records it (--record-mode), as the pytest plugin does; exits with "
-        "COMMAND's status, or 1 if a request was missing from the cassette.",
+        "COMMAND's status, or 1 where COMMAND exited 0 after a request missed the cassette.",
     )
     run.add_argument(
         "--cassette",
