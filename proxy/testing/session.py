@@ -34,7 +34,8 @@ from proxy.store.cassette import Loaded
 from proxy.testing.local import LocalProxy
 
 PLACEHOLDER_KEY = "sk-repro-replay-placeholder"
-PLUGIN_FLAG = "--llm-record-mode"
+PLUGIN_OPTIONS = "--llm-"  # what the plugin's options start with (`run`'s: "--")
+PLUGIN_FLAG = f"{PLUGIN_OPTIONS}record-mode"
 MEMORY_STORE = "memory://?max_bytes=4GiB"  # a cassette is never evicted from its session
 
 
@@ -54,7 +55,7 @@ class LLMSession:
     proxy: LocalProxy | None = None
     recorded: list[Request] = field(default_factory=list)
     saved_env: dict[str, str | None] = field(default_factory=dict)
-    options: str = "--llm-"  # its user's options start so (the plugin's), in what it says
+    options: str = PLUGIN_OPTIONS  # as its user's options start, in what it says
     _loaded: list[Loaded] | None = None
 
     @property
