@@ -48,7 +48,7 @@ from proxy.server.coalesce import Lease
 from proxy.server.context import SERVICES, Services
 from proxy.server.observed import UNROUTED_PATH
 from proxy.server.offload import OFF_LOOP_BODY
-from proxy.server.recording import hold
+from proxy.server.recording import held_by_id, hold
 from proxy.server.streaming import CLIENT_GONE, forward_stream
 from proxy.server.unframed import Unframed
 from proxy.store.base import StoreError
@@ -153,7 +153,7 @@ async def serve_if_trusted(
     """A HIT goes only to a key the upstream accepts; any other key is the upstream's to answer."""
     if known(services, call) or await key_accepted(services, request, call):
         services.verifier.sample(call, entry, request.headers)
-        if call.kind == routes.RESPONSES or call.upstream_keeps:  # others await nothing more
+        if held_by_id(call):  # any other HIT awaits nothing more
             await hold(services, call)
         return serve_hit(services, call, entry)
     return await go_upstream(services, request, unlooked(call))

@@ -108,20 +108,23 @@ async def index_response(
     await hold(services, call, fresh=True)
 
 
+def held_by_id(call: Call) -> bool:
+    """Whether what answers `call` is reached by its id later (a response, a chat completion
+    the upstream keeps), so a holder mark says who may."""
+    return call.kind == RESPONSES or call.upstream_keeps
+
+
 HELD_FOR = 60.0
 """Seconds a process trusts a holder mark it wrote to be in the store still."""
 
 
 async def hold(services: Services, call: Call, fresh: bool = False) -> None:
     """In `shared` scope, remember that this tenant was answered with the response (or stored
-    chat completion) `call.key` holds: it may continue that response, or fetch either by id
-    (see proxy/server/chains.py). A
-    HIT rewrites a mark this process wrote within HELD_FOR only once that has passed, so that a
-    mark lost since (evicted, purged) costs its tenant MISSes for that long at most; a `fresh`
-    answer, just stored, always writes."""
-    if services.settings.cache_scope is not policy.CacheScope.SHARED:
-        return
-    if call.kind != RESPONSES and not call.upstream_keeps:
+    chat completion) `call.key` holds (`held_by_id`): it may continue that response, or fetch
+    either by id (see proxy/server/chains.py). A HIT rewrites a mark this process wrote within
+    HELD_FOR only once that has passed, so that a mark lost since (evicted, purged) costs its
+    tenant MISSes for that long at most; a `fresh` answer, just stored, always writes."""
+    if services.settings.cache_scope is not policy.CacheScope.SHARED or not held_by_id(call):
         return
     mark, now, ttl = (
         responses.holder_key(call.tenant, call.key),

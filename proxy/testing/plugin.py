@@ -21,12 +21,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from proxy.testing import DEFAULT_CASSETTE, DEFAULT_UPSTREAM, RECORD_MODES
+
 if TYPE_CHECKING:
     from proxy.testing.session import LLMSession
 
-DEFAULT_CASSETTE = "tests/cassettes/llm.jsonl"
-DEFAULT_UPSTREAM = "https://api.openai.com/v1"
-RECORD_MODES = ("none", "once", "new_episodes", "all")
 SESSION = pytest.StashKey["LLMSession"]()
 BATCHES = pytest.StashKey[list[list[bytes]]]()
 SUMMARY = pytest.StashKey[str]()

@@ -21,12 +21,11 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from proxy.testing import DEFAULT_CASSETTE, DEFAULT_UPSTREAM, RECORD_MODES
+
 if TYPE_CHECKING:
     from proxy.testing.session import LLMSession
 
-DEFAULT_CASSETTE = "tests/cassettes/llm.jsonl"
-DEFAULT_UPSTREAM = "https://api.openai.com/v1"
-RECORD_MODES = ("none", "once", "new_episodes", "all")
 POLL_SECONDS = 0.2
 """How often what the proxy was told is reported while the command runs."""
 NOT_RUN = 127  # as a shell's exit status for a command it cannot find or run
