@@ -74,6 +74,8 @@ class Lifecycle:
     closes its connection, so that no client reuses one the proxy is about to close."""
 
     stopping: bool = False
+    # the WebSockets open to clients (proxy/server/websocket.py), closed at once on a stop
+    tunnels: set[web.WebSocketResponse] = field(default_factory=set)
 
 
 @dataclass(frozen=True, slots=True)

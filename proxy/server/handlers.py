@@ -31,7 +31,7 @@ from proxy.errors import (
     ReplayPassthrough,
     UpstreamError,
 )
-from proxy.server import bodies
+from proxy.server import bodies, websocket
 from proxy.server.caching import (
     forward,
     lookup,
@@ -329,6 +329,8 @@ async def passthrough(
             "Cache-Control: only-if-cached forbids calling the upstream.",
             headers={"X-Repro-Cache": Outcome.BYPASS.value},
         )
+    if websocket.asked(request):
+        return await websocket.relay(request, services, target)
     # An inflated body goes upstream chunked, without the client's Content-Encoding and
     # length; any other exactly as sent, never a mix of inflated bytes and compressed framing.
     inflated = bodies.inflates(request)

@@ -39,7 +39,7 @@ from aiohttp.web_protocol import RequestHandler
 from proxy.config import Settings
 from proxy.core.policy import CacheMode
 from proxy.errors import TooManyConnections
-from proxy.server import bodies
+from proxy.server import bodies, websocket
 from proxy.server.context import SERVICES
 from proxy.server.drain import CUT_GRACE, Signals, drain
 from proxy.server.preflight import check_store, check_upstream
@@ -303,7 +303,10 @@ async def serve(
         app[SERVICES].lifecycle.stopping = True
         server.close()  # new connections are refused from now on
         await asyncio.sleep(0)  # a request that has arrived is read, not taken for idleness
-        await drain(manager, settings.shutdown_timeout, told.second)
+        await asyncio.gather(
+            websocket.close_all(app[SERVICES]),
+            drain(manager, settings.shutdown_timeout, told.second),
+        )
     finally:
         await runner.cleanup()
     log.info("stopped", extra={"pid": os.getpid()})

@@ -20,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import NoReturn
 
 import aiohttp
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy.core.inflate import CODINGS, Inflater
@@ -61,6 +63,8 @@ ANSWER_LIMIT = 64 * 1024
 (start-up check, key check, fingerprint probe: one completion token is a few hundred). Read up
 to FETCH_LIMIT and parsed on the event loop, a hostile upstream's answer to each built a quarter
 of a GiB of objects while every client waited."""
+CLOSE_WAIT = 10.0
+"""Seconds a WebSocket's closing waits for the upstream's close frame in reply."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +89,44 @@ async def exact(chunks: AsyncIterable[bytes], length: int) -> AsyncIterator[byte
         yield chunk
     if sent != length:
         raise InvalidBodyLength(f"The request body has {sent} of its {length} bytes.")
+
+
+class WebSocketRefused(Exception):
+    """The upstream answered a WebSocket handshake with an HTTP answer of its own: its status,
+    its headers (checked as every answer's) and its body (None when over ANSWER_LIMIT), for the
+    client to read as the upstream's."""
+
+    def __init__(self, status: int, headers: CIMultiDictProxy[str], body: bytes | None) -> None:
+        super().__init__(f"the upstream refused the WebSocket with {status}")
+        self.status = status
+        self.headers = safe_headers(headers)
+        self.body = body
+
+
+UpstreamSocket = aiohttp.ClientWebSocketResponse
+"""A WebSocket to the upstream (`Upstream.websocket`), as the relay uses it."""
+
+_refusal: ContextVar[bytes | None] = ContextVar("refusal", default=None)
+"""The body of an answer that refused the handshake in progress, in the task that asked."""
+
+
+async def _keep_refusal(
+    _session: aiohttp.ClientSession, _trace: SimpleNamespace, params: aiohttp.TraceRequestEndParams
+) -> None:
+    """aiohttp's `ws_connect` drops the body of an answer that is no 101: read here first (at
+    most ANSWER_LIMIT of it), so the client reads the upstream's own error ("Incorrect API key
+    provided"), as from any pass-through."""
+    answer = params.response
+    if answer.status == 101:
+        return
+    body, content = b"", answer.content
+    while len(body) <= ANSWER_LIMIT:
+        chunk = await content.read(ANSWER_LIMIT + 1 - len(body))
+        if not chunk:
+            _refusal.set(body)
+            return
+        body += chunk
+    _refusal.set(None)
 
 
 class UpstreamResponse:
@@ -219,6 +261,7 @@ class Upstream:
         self._tls = tls_context(egress) if url.scheme == "https" else None
         self._connections = egress.connections
         self._session: aiohttp.ClientSession | None = None
+        self._websockets: aiohttp.ClientSession | None = None
         self._urls: dict[str, URL] = {}
         wait = read_timeout or None
         # A stream is bounded by its silences; a whole answer by one deadline for all of it, so
@@ -248,6 +291,61 @@ class Upstream:
                 skip_auto_headers=("User-Agent",),
             )
         return self._session
+
+    def _websocket_client(self) -> aiohttp.ClientSession:
+        """The pool's connections again, with a trace that keeps a refusal's body
+        (`_keep_refusal`), which the requests of `send` do not pay for. No Accept-Encoding but
+        the client's own: a refusal is relayed as it comes."""
+        if self._websockets is None:
+            trace = aiohttp.TraceConfig()
+            trace.on_request_end.append(_keep_refusal)
+            self._websockets = aiohttp.ClientSession(
+                connector=self._client().connector,
+                connector_owner=False,
+                timeout=self._stream_timeout,
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
+                skip_auto_headers=("User-Agent", "Accept-Encoding"),
+                trace_configs=[trace],
+            )
+        return self._websockets
+
+    async def websocket(
+        self,
+        path_qs: str,
+        headers: Mapping[str, str],
+        protocols: Sequence[str],
+        max_message: int,
+        heartbeat: float,
+    ) -> UpstreamSocket:
+        """A WebSocket to the upstream, offering the client's subprotocols; no compression
+        (no inflating a peer's frames past `max_message`). The handshake, a refusal's body
+        included, is bounded by the upstream timeout; `heartbeat` pings find a dead upstream.
+        Raises WebSocketRefused for an answer that is no 101."""
+        _refusal.set(None)
+        try:
+            async with asyncio.timeout(self.read_timeout or None):
+                return await self._websocket_client().ws_connect(
+                    self._url(path_qs),
+                    headers=headers,
+                    protocols=protocols,
+                    proxy=self._proxy,
+                    max_msg_size=max_message,
+                    compress=0,
+                    heartbeat=heartbeat,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_WAIT),
+                )
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status == 101 or exc.headers is None:  # a 101 that is no WebSocket's
+                raise UpstreamUnreachable(
+                    f"The upstream's answer to a WebSocket handshake is not one ({exc.message})."
+                ) from None
+            raise WebSocketRefused(
+                exc.status, CIMultiDictProxy(CIMultiDict(exc.headers)), _refusal.get()
+            ) from None
+        except Exception as exc:
+            _raise_mapped(exc, "before opening the WebSocket")
 
     def target(self, path_qs: str) -> str:
         """Map `/v1/x?q` onto the base URL's path, which carries its own `/v1`."""
@@ -321,6 +419,8 @@ class Upstream:
             response.release()
 
     async def close(self) -> None:
+        if self._websockets is not None:
+            await self._websockets.close()
         if self._session is not None:
             await self._session.close()
 

@@ -28,7 +28,9 @@ class Solicited(ResponseHandler):
     late, or one of its own making, would have it served and stored under a request it never
     saw. Bytes that arrive once the final answer to the last request has ended, before the
     next request is sent, close the connection instead (RFC 9112 9.3.2: a client closes on an
-    unsolicited answer). And aiohttp reads past any number of informational answers (1xx),
+    unsolicited answer). A 101 ends HTTP on its connection, never pooled again: a WebSocket
+    the proxy asked for (`Upstream.websocket`), or one a request did not ask for, which
+    `status_error` refuses. And aiohttp reads past any number of informational answers (1xx),
     each resetting the wait for the next byte: they carry nothing of the answer, so once the
     first has come the final one is due within that wait (the upstream timeout), or a stream
     request, whose head waits only on silences, would wait for ever."""
@@ -56,7 +58,10 @@ class Solicited(ResponseHandler):
             self._wait_for_final()
 
     def feed_data(self, data: tuple[RawResponseMessage, StreamReader], size: int = 0) -> None:
-        if not 100 <= data[0].code < 200:
+        if data[0].code == 101:  # a WebSocket's: what follows is its frames, read by their parser
+            self._answer = None
+            self._stop_waiting()
+        elif not 100 <= data[0].code < 200:
             self._answer = data[1]
             self._stop_waiting()
         else:

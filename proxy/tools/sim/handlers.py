@@ -89,10 +89,18 @@ async def _recorded(request: web.Request) -> JSON:
 
 
 def _key(request: web.Request) -> str:
-    """A bearer key, or Azure's `api-key` header; empty when neither is given."""
+    """A bearer key, Azure's `api-key` header, or (a browser's WebSocket, which sets no
+    header) a subprotocol `openai-insecure-api-key.KEY`; empty when none is given."""
     scheme, _, key = request.headers.get("Authorization", "").partition(" ")
     key = key.strip() if scheme.lower() == "bearer" else ""
-    return key or request.headers.get("api-key", "").strip()
+    offered = ",".join(request.headers.getall("Sec-WebSocket-Protocol", ())).split(",")
+    in_protocol = [
+        p.strip()[len(_KEY_PROTOCOL) :] for p in offered if p.strip().startswith(_KEY_PROTOCOL)
+    ]
+    return key or request.headers.get("api-key", "").strip() or (in_protocol or [""])[0]
+
+
+_KEY_PROTOCOL = "openai-insecure-api-key."
 
 
 NO_KEY = (
