@@ -14,16 +14,14 @@ waiting for the drain to cut them.
 from __future__ import annotations
 
 import asyncio
-import logging
+from urllib.parse import urlsplit
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from proxy.errors import InvalidBody, InvalidHeader, ProxyError
-from proxy.server.context import Services
+from proxy.errors import CrossSite, InvalidBody, InvalidHeader, ProxyError
+from proxy.server.context import Lifecycle, Services
 from proxy.upstream.client import UpstreamSocket, WebSocketRefused
 from proxy.upstream.headers import REQUEST_SKIP, request_headers, response_headers
-
-log = logging.getLogger("proxy.websocket")
 
 HEARTBEAT = 30.0
 """Seconds between pings on each side; a peer that answers none within half of it is gone."""
@@ -64,6 +62,7 @@ async def relay(request: web.Request, services: Services, target: str) -> web.St
     client = web.WebSocketResponse(
         max_msg_size=services.settings.max_body, compress=False, heartbeat=HEARTBEAT
     )
+    _check_origin(request)
     if request.body_exists:
         raise InvalidBody("A WebSocket handshake carries no body.")
     if not client.can_prepare(request).ok:
@@ -98,15 +97,15 @@ async def relay(request: web.Request, services: Services, target: str) -> web.St
         )
         client.headers["X-Repro-Cache"] = "BYPASS"
         await client.prepare(request)
-        tunnels = services.lifecycle.tunnels
-        tunnels.add(client)
+        lifecycle = services.lifecycle
+        lifecycle.tunnels.add(client)
         try:
             await asyncio.gather(
-                _pump(upstream, client, WSCloseCode.BAD_GATEWAY),
-                _pump(client, upstream, WSCloseCode.GOING_AWAY),
+                _pump(upstream, client, UPSTREAM_FAILED, lifecycle),
+                _pump(client, upstream, CLIENT_FAILED, lifecycle),
             )
         finally:
-            tunnels.discard(client)
+            lifecycle.tunnels.discard(client)
     finally:
         if not upstream.closed:
             await upstream.close(code=WSCloseCode.GOING_AWAY)
@@ -116,24 +115,55 @@ async def relay(request: web.Request, services: Services, target: str) -> web.St
 Socket = web.WebSocketResponse | UpstreamSocket
 
 
-async def _pump(source: Socket, sink: Socket, failed: int) -> None:
+def _check_origin(request: web.Request) -> None:
+    """Refuse a browser's WebSocket from a page of another origin (cross-site WebSocket
+    hijacking). CORS does not cover WebSockets: such a page reads every message, so the
+    `Origin` every browser sends must name the proxy's own origin. Programs send none (or
+    their own, which a browser's `Sec-Fetch-Site`, checked first, would have refused)."""
+    origin = request.headers.get("Origin")
+    if origin is not None and urlsplit(origin).netloc.lower() != request.host.lower():
+        raise CrossSite(
+            "A page of another origin may not open a WebSocket through this proxy: it would "
+            "read every message. Serve the page from the proxy's origin, or drop Origin in a "
+            "gateway in front that serves other sites' pages on purpose."
+        )
+
+
+UPSTREAM_FAILED = WSCloseCode.BAD_GATEWAY
+"""What the client is told when the upstream's side failed without a close code (1014)."""
+CLIENT_FAILED = WSCloseCode.GOING_AWAY
+"""What the upstream is told when the client's side failed without one (1001)."""
+
+
+async def _pump(source: Socket, sink: Socket, failed: int, lifecycle: Lifecycle) -> None:
     """Relay `source`'s messages to `sink` until `source` ends, then close `sink` with the code
-    `source` closed with, or `failed` when it ended without one."""
+    `source` closed with, or `failed` when it ended without one; 1001 when the proxy stops
+    (`close_all` closed the client's side: what the client replied is no word of its own). A
+    `sink` that cannot be written to is gone: `source` is closed as its failure says."""
     while True:
         message = await source.receive()
         kind = message.type
-        if kind is WSMsgType.TEXT:
-            await sink.send_str(message.data)
-        elif kind is WSMsgType.BINARY:
-            await sink.send_bytes(message.data)
-        else:
-            break
-    if kind is WSMsgType.CLOSE:
+        try:
+            if kind is WSMsgType.TEXT:
+                await sink.send_str(message.data)
+            elif kind is WSMsgType.BINARY:
+                await sink.send_bytes(message.data)
+            else:
+                break
+        except ConnectionError:
+            gone = CLIENT_FAILED if failed == UPSTREAM_FAILED else UPSTREAM_FAILED
+            await source.close(code=gone)
+            return
+    if kind is WSMsgType.CLOSE:  # the peer's close frame: its code and reason
         code = message.data if message.data in _SENDABLE else WSCloseCode.OK
         reason = (message.extra or "").encode("utf-8")
-    else:  # an error, a lost connection, or closed from this side (a stop)
+    elif kind is WSMsgType.ERROR:  # what it sent broke the protocol or the bound
+        code, reason = failed, b""
+    else:  # closed from this side (by the other direction, or a stop), or the connection lost
         code = source.close_code if source.close_code in _SENDABLE else failed
         reason = b""
+    if lifecycle.stopping:
+        code, reason = WSCloseCode.GOING_AWAY, STOPPING
     if not sink.closed:
         await sink.close(code=code, message=reason)
 
@@ -157,7 +187,8 @@ def _refusal(refused: WebSocketRefused) -> web.Response:
 
 
 async def close_all(services: Services) -> None:
-    """A stop closes every session at once (1001), rather than letting the drain cut them."""
+    """A stop closes every session at once (1001), rather than letting the drain cut them: the
+    client's side here, the upstream's by its relay (`_pump`)."""
     closing = [
         client.close(code=WSCloseCode.GOING_AWAY, message=STOPPING)
         for client in list(services.lifecycle.tunnels)

@@ -120,6 +120,7 @@ async def _stats(request: web.Request) -> web.Response:
             "requests": dict(state.hits),
             "streams_completed": state.streams_completed,
             "streams_cancelled": state.streams_cancelled,
+            "realtime_closes": list(state.realtime_closes),
         }
     )
 

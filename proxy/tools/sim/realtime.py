@@ -6,7 +6,8 @@ A session opens with `session.created`; `session.update`, `conversation.item.cre
 queued fault (`/_sim/faults`) of kind `status` refuses the handshake with its status and body.
 Three events of the sim's own let tests play a hostile or unusual upstream: `sim.close`
 (`code`, `reason`) closes the socket with them, `sim.big` (`bytes`) sends one text message that
-long, and a binary message comes back as it was sent.
+long, and a binary message comes back as it was sent. `/_sim/stats` names the close code each
+session ended with (`realtime_closes`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,14 @@ async def _session(request: web.Request) -> web.StreamResponse:
         return web.Response(body=orjson.dumps(body), status=fault.status, headers=headers)
     socket = web.WebSocketResponse(protocols=(PROTOCOL,), max_msg_size=MAX_MESSAGE)
     await socket.prepare(request)
+    try:
+        await _converse(socket, request)
+    finally:
+        request.app[STATE].realtime_closes.append(socket.close_code)
+    return socket
+
+
+async def _converse(socket: web.WebSocketResponse, request: web.Request) -> None:
     ids = (f"{n:04d}" for n in itertools.count(1))
     session: Event = {
         "id": "sess_" + secrets.token_hex(8),
@@ -94,7 +103,6 @@ async def _session(request: web.Request) -> web.StreamResponse:
             await socket.send_str("x" * min(int(event.get("bytes", 0)), MAX_BIG))
         else:
             await send(_error("unknown_event", f"Unknown event type {str(kind)[:40]!r}."))
-    return socket
 
 
 def _error(code: str, message: str) -> Event:

@@ -143,6 +143,8 @@ class SimState:
     hits: Counter[str] = field(default_factory=Counter)
     streams_completed: int = 0
     streams_cancelled: int = 0
+    # how each realtime session ended, its close code (None: no close frame), newest last
+    realtime_closes: deque[int | None] = field(default_factory=lambda: deque(maxlen=100))
     responses: OrderedDict[str, JSON] = field(default_factory=OrderedDict)
     chats: OrderedDict[str, JSON] = field(default_factory=OrderedDict)  # made with `store: true`
     access_programs: JSON | None = None  # what a Responses request naming none resolves to
@@ -178,6 +180,7 @@ class SimState:
 
     def forget_requests(self) -> None:
         self.requests.clear()
+        self.realtime_closes.clear()
         self.recorded_sizes.clear()
         self.recorded_bytes = 0
 
