@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
 import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,6 +23,7 @@ from openai import AsyncOpenAI
 
 from bench.procs import free_port, settled
 from tests.e2e.test_e2e_ui import CHROMEDRIVER, CHROMIUM, browser_only
+from tests.egress_peers import Authority, Tinyproxy, server_tls
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim
 from tests.hostile import Scripted, fixed, http_answer
 
@@ -326,13 +329,14 @@ class Accepting:
     """An upstream that opens a WebSocket for anyone, browsers too (the sim refuses pages),
     saying "opened" and the Origin it was sent; in a thread of its own, on 127.0.0.1."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.port = free_port()
+        self.tls = tls
         self.origins: list[str | None] = []
 
     @property
     def v1(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/v1"
 
     async def _socket(self, request: web.Request) -> web.WebSocketResponse:
         self.origins.append(request.headers.get("Origin"))
@@ -348,7 +352,7 @@ class Accepting:
         app.router.add_get("/v1/realtime", self._socket)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=self.tls).start()
 
     def __enter__(self) -> Accepting:
         self._loop = asyncio.new_event_loop()
@@ -410,3 +414,26 @@ def test_a_page_in_a_real_browser_cannot_hijack_a_session(
             browser.quit()
     assert (said, own) == ("refused", "read: opened")
     assert upstream.origins == [proxy.url]
+
+
+async def test_wss_through_a_forward_proxy_with_the_proxys_client_certificate(
+    start_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """The egress settings hold for a WebSocket as for any request: HTTPS_PROXY (a CONNECT
+    through tinyproxy), --upstream-ca, and the client certificate the upstream asks for."""
+    ca = Authority.create(tmp_path, "corporate-ca")
+    served, identity = (
+        ca.issue(tmp_path, "upstream", server=True),
+        ca.issue(tmp_path, "client", server=False),
+    )
+    tls = server_tls(served, client_ca=ca.pem)
+    with Accepting(tls) as upstream, Tinyproxy(tmp_path) as forward:
+        proxy = start_proxy(
+            *("--upstream-ca", str(ca.pem)),
+            *("--upstream-cert", str(identity.cert), "--upstream-key", str(identity.key)),
+            upstream=upstream.v1,
+            env={"HTTPS_PROXY": forward.url},
+        )
+        async with opened(realtime(proxy)) as ws:
+            assert (await asyncio.wait_for(ws.receive(), WAIT)).data == "opened"
+        assert forward.requests() == [f"CONNECT 127.0.0.1:{upstream.port} HTTP/1.1"]
