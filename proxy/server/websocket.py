@@ -20,8 +20,9 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from proxy.errors import CrossSite, InvalidBody, InvalidHeader, ProxyError
 from proxy.server.context import Lifecycle, Services
-from proxy.upstream.client import UpstreamSocket, WebSocketRefused
+from proxy.upstream.client import UpstreamSocket
 from proxy.upstream.headers import REQUEST_SKIP, request_headers, response_headers
+from proxy.upstream.refusal import WebSocketRefused
 
 HEARTBEAT = 30.0
 """Seconds between pings on each side; a peer that answers none within half of it is gone."""

@@ -21,13 +21,11 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import NoReturn
 
 import aiohttp
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.core.inflate import CODINGS, Inflater
@@ -39,6 +37,7 @@ from proxy.errors import (
     UpstreamTooLarge,
     UpstreamUnreachable,
 )
+from proxy.upstream import refusal
 from proxy.upstream.egress import Egress, tls_context
 from proxy.upstream.headers import coding_error, framing_error, safe_headers, status_error
 from proxy.upstream.pool import Connector
@@ -91,42 +90,8 @@ async def exact(chunks: AsyncIterable[bytes], length: int) -> AsyncIterator[byte
         raise InvalidBodyLength(f"The request body has {sent} of its {length} bytes.")
 
 
-class WebSocketRefused(Exception):
-    """The upstream answered a WebSocket handshake with an HTTP answer of its own: its status,
-    its headers (checked as every answer's) and its body (None when over ANSWER_LIMIT), for the
-    client to read as the upstream's."""
-
-    def __init__(self, status: int, headers: CIMultiDictProxy[str], body: bytes | None) -> None:
-        super().__init__(f"the upstream refused the WebSocket with {status}")
-        self.status = status
-        self.headers = safe_headers(headers)
-        self.body = body
-
-
 UpstreamSocket = aiohttp.ClientWebSocketResponse
 """A WebSocket to the upstream (`Upstream.websocket`), as the relay uses it."""
-
-_refusal: ContextVar[bytes | None] = ContextVar("refusal", default=None)
-"""The body of an answer that refused the handshake in progress, in the task that asked."""
-
-
-async def _keep_refusal(
-    _session: aiohttp.ClientSession, _trace: SimpleNamespace, params: aiohttp.TraceRequestEndParams
-) -> None:
-    """aiohttp's `ws_connect` drops the body of an answer that is no 101: read here first (at
-    most ANSWER_LIMIT of it), so the client reads the upstream's own error ("Incorrect API key
-    provided"), as from any pass-through."""
-    answer = params.response
-    if answer.status == 101:
-        return
-    body, content = b"", answer.content
-    while len(body) <= ANSWER_LIMIT:
-        chunk = await content.read(ANSWER_LIMIT + 1 - len(body))
-        if not chunk:
-            _refusal.set(body)
-            return
-        body += chunk
-    _refusal.set(None)
 
 
 class UpstreamResponse:
@@ -294,11 +259,9 @@ class Upstream:
 
     def _websocket_client(self) -> aiohttp.ClientSession:
         """The pool's connections again, with a trace that keeps a refusal's body
-        (`_keep_refusal`), which the requests of `send` do not pay for. No Accept-Encoding but
-        the client's own: a refusal is relayed as it comes."""
+        (`proxy.upstream.refusal`), which the requests of `send` do not pay for. No
+        Accept-Encoding but the client's own: a refusal is relayed as it comes."""
         if self._websockets is None:
-            trace = aiohttp.TraceConfig()
-            trace.on_request_end.append(_keep_refusal)
             self._websockets = aiohttp.ClientSession(
                 connector=self._client().connector,
                 connector_owner=False,
@@ -307,7 +270,7 @@ class Upstream:
                 cookie_jar=aiohttp.DummyCookieJar(),
                 trust_env=False,
                 skip_auto_headers=("User-Agent", "Accept-Encoding"),
-                trace_configs=[trace],
+                trace_configs=[refusal.keeping(ANSWER_LIMIT)],
             )
         return self._websockets
 
@@ -323,7 +286,7 @@ class Upstream:
         (no inflating a peer's frames past `max_message`). The handshake, a refusal's body
         included, is bounded by the upstream timeout; `heartbeat` pings find a dead upstream.
         Raises WebSocketRefused for an answer that is no 101."""
-        _refusal.set(None)
+        refusal.forget()
         try:
             async with asyncio.timeout(self.read_timeout or None):
                 return await self._websocket_client().ws_connect(
@@ -341,9 +304,7 @@ class Upstream:
                 raise UpstreamUnreachable(
                     f"The upstream's answer to a WebSocket handshake is not one ({exc.message})."
                 ) from None
-            raise WebSocketRefused(
-                exc.status, CIMultiDictProxy(CIMultiDict(exc.headers)), _refusal.get()
-            ) from None
+            raise refusal.refused(exc) from None
         except Exception as exc:
             _raise_mapped(exc, "before opening the WebSocket")
 

@@ -333,6 +333,7 @@ class Accepting:
         self.port = free_port()
         self.tls = tls
         self.origins: list[str | None] = []
+        self._open: set[web.WebSocketResponse] = set()
 
     @property
     def v1(self) -> str:
@@ -342,9 +343,11 @@ class Accepting:
         self.origins.append(request.headers.get("Origin"))
         socket = web.WebSocketResponse(protocols=("realtime",))
         await socket.prepare(request)
+        self._open.add(socket)
         await socket.send_str("opened")
         async for _ in socket:
             pass
+        self._open.discard(socket)
         return socket
 
     async def _start(self) -> None:
@@ -361,8 +364,13 @@ class Accepting:
         asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(WAIT)
         return self
 
+    async def _stop(self) -> None:
+        """Sockets a client left open (a page's) closed first: the runner would wait for them."""
+        await asyncio.gather(*(socket.close() for socket in self._open), return_exceptions=True)
+        await self._runner.cleanup()
+
     def __exit__(self, *_: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(WAIT)
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(WAIT)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(WAIT)
         self._loop.close()
