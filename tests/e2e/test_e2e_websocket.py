@@ -22,7 +22,7 @@ from multidict import CIMultiDict
 from openai import AsyncOpenAI
 
 from bench.procs import free_port, settled
-from tests.e2e.test_e2e_ui import CHROMEDRIVER, CHROMIUM, browser_only
+from tests.e2e.test_e2e_ui import browser_only, driver  # noqa: F401 (a fixture)
 from tests.egress_peers import Authority, Tinyproxy, server_tls
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim
 from tests.hostile import Scripted, fixed, http_answer
@@ -400,26 +400,18 @@ socket.onerror = () => done("refused");
 
 @browser_only
 def test_a_page_in_a_real_browser_cannot_hijack_a_session(
-    start_proxy: ProxyFactory, sim: Sim
+    start_proxy: ProxyFactory,
+    sim: Sim,
+    driver: Any,  # noqa: F811
 ) -> None:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(flag)
-    browser = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    browser.set_script_timeout(20)
+    driver.set_script_timeout(20)
     with Accepting() as upstream:
         proxy = start_proxy(upstream=upstream.v1)
-        try:
-            browser.get(sim.url + "/_sim/stats")  # a page of another origin than the proxy's
-            said = browser.execute_async_script(OPENS, realtime(proxy))
-            browser.get(proxy.url + "/healthz")  # a page of the proxy's own origin
-            own = browser.execute_async_script(OPENS, realtime(proxy))
-        finally:
-            browser.quit()
+        driver.get(sim.url + "/_sim/stats")  # a page of another origin than the proxy's
+        said = driver.execute_async_script(OPENS, realtime(proxy))
+        driver.get(proxy.url + "/healthz")  # a page of the proxy's own origin
+        own = driver.execute_async_script(OPENS, realtime(proxy))
+        driver.get("about:blank")  # the page's socket closed before the upstream stops
     assert (said, own) == ("refused", "read: opened")
     assert upstream.origins == [proxy.url]
 
