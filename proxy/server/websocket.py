@@ -47,6 +47,8 @@ said; 1014 is IANA's bad gateway)."""
 
 STOPPING = b"the proxy is shutting down"
 
+Socket = web.WebSocketResponse | UpstreamSocket
+
 
 def asked(request: web.Request) -> bool:
     """A WebSocket handshake: GET asking to upgrade to `websocket` (RFC 6455 4.1). Any other
@@ -60,13 +62,10 @@ def asked(request: web.Request) -> bool:
 async def relay(request: web.Request, services: Services, target: str) -> web.StreamResponse:
     """Open the upstream's WebSocket first, so that its refusal (a 401, a 404) reaches the
     client as the HTTP answer it is, then accept the client's and relay both ways."""
-    client = web.WebSocketResponse(
-        max_msg_size=services.settings.max_body, compress=False, heartbeat=HEARTBEAT
-    )
     _check_origin(request)
     if request.body_exists:
         raise InvalidBody("A WebSocket handshake carries no body.")
-    if not client.can_prepare(request).ok:
+    if not web.WebSocketResponse().can_prepare(request).ok:
         raise InvalidHeader(
             "This WebSocket handshake is incomplete (RFC 6455 4.1: Connection: Upgrade, "
             "Sec-WebSocket-Key, Sec-WebSocket-Version: 13).",
@@ -111,9 +110,6 @@ async def relay(request: web.Request, services: Services, target: str) -> web.St
         if not upstream.closed:
             await upstream.close(code=WSCloseCode.GOING_AWAY)
     return client
-
-
-Socket = web.WebSocketResponse | UpstreamSocket
 
 
 def _check_origin(request: web.Request) -> None:
