@@ -437,3 +437,22 @@ async def test_wss_through_a_forward_proxy_with_the_proxys_client_certificate(
         async with opened(realtime(proxy)) as ws:
             assert (await asyncio.wait_for(ws.receive(), WAIT)).data == "opened"
         assert forward.requests() == [f"CONNECT 127.0.0.1:{upstream.port} HTTP/1.1"]
+
+
+async def test_the_sims_realtime_socket_survives_junk_events(proxy: Proxy, sim: Sim) -> None:
+    """The sim is a peer tests lean on: what a careless client sends gets an answer, not a
+    crash, and the session goes on."""
+    async with opened(realtime(proxy)) as ws:
+        await event(ws)
+        for junk in ('{"type": "session.update", "session": [1]}', "[]", "{", '"text"'):
+            await ws.send_str(junk)
+            answered = await event(ws)
+            assert answered["type"] in ("session.updated", "error"), answered
+        await ws.send_str('{"type": "conversation.item.create", "item": "nothing"}')
+        added, done = await event(ws), await event(ws)
+        assert (added["type"], done["item"]["status"]) == ("conversation.item.added", "completed")
+        await ws.send_str('{"type": "sim.big", "bytes": "lots"}')
+        assert (await asyncio.wait_for(ws.receive(), WAIT)).data == ""
+        await ws.send_str('{"type": "sim.close", "code": "soon", "reason": 7}')
+        end = await ended(ws)
+        assert (end.data, end.extra) == (1000, "7")

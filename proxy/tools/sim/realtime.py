@@ -25,6 +25,8 @@ PROTOCOL = "realtime"
 MODEL = "gpt-realtime"
 MAX_BIG = 64 * 1024 * 1024
 MAX_MESSAGE = 16 * 1024 * 1024
+KEPT_ITEMS = 100
+"""Conversation items a session remembers (the last said is what a reply names)."""
 
 Event = dict[str, Any]
 
@@ -80,29 +82,40 @@ async def _converse(socket: web.WebSocketResponse, request: web.Request) -> None
             continue
         kind = event.get("type") if isinstance(event, dict) else None
         if kind == "session.update":
-            session.update(event.get("session") or {})
+            session.update(_object(event.get("session")))
             await send({"type": "session.updated", "session": session})
         elif kind == "conversation.item.create":
             item = {
                 "id": "item_" + secrets.token_hex(6),
                 "status": "completed",
-                **(event.get("item") or {}),
+                **_object(event.get("item")),
             }
-            conversation.append(_text_of(item))
+            conversation[:] = [*conversation[-KEPT_ITEMS + 1 :], _text_of(item)]
             await send({"type": "conversation.item.added", "previous_item_id": None, "item": item})
             await send({"type": "conversation.item.done", "previous_item_id": None, "item": item})
         elif kind == "response.create":
             for reply in _response(conversation):
                 await send(reply)
         elif kind == "sim.close":
+            code = _number(event.get("code"), 1000)
             await socket.close(
-                code=int(event.get("code", 1000)), message=str(event.get("reason", "")).encode()
+                code=code if 1000 <= code < 5000 else 1000,
+                message=str(event.get("reason", ""))[:100].encode(),
             )
             break
         elif kind == "sim.big":
-            await socket.send_str("x" * min(int(event.get("bytes", 0)), MAX_BIG))
+            await socket.send_str("x" * min(max(_number(event.get("bytes"), 0), 0), MAX_BIG))
         else:
             await send(_error("unknown_event", f"Unknown event type {str(kind)[:40]!r}."))
+
+
+def _object(value: object) -> Event:
+    """A client's JSON object, or an empty one for anything else it sent."""
+    return value if isinstance(value, dict) else {}
+
+
+def _number(value: object, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
 def _error(code: str, message: str) -> Event:
