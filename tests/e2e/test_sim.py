@@ -461,6 +461,7 @@ async def test_stats_count_completed_and_cancelled_streams() -> None:
             "requests": {"/v1/chat/completions": 2},
             "streams_completed": 1,
             "streams_cancelled": 1,
+            "realtime_closes": [],
         }
 
 
