@@ -215,6 +215,25 @@ async def test_the_upstreams_refusal_reaches_the_client_as_its_answer(
     assert orjson.loads(body)["error"]["message"] == "Simulated error 429."
 
 
+async def test_an_upstream_that_drops_or_hangs_the_handshake_is_a_gateway_error(
+    start_proxy: ProxyFactory, sim: Sim
+) -> None:
+    """As on any route: a dropped socket is a 502 (a handshake is a GET, which the client
+    library sends once more on a dropped connection), a silent one a 504 after the timeout."""
+    proxy = start_proxy("--upstream-timeout", "1")
+    url = realtime(proxy).replace("ws://", "http://")
+    sim.fault(kind="drop", count=2)
+    status, _, body = await handshake(url, upgrade())
+    assert status == 502 and orjson.loads(body)["error"]["code"] == "upstream_unreachable"
+    sim.fault(kind="hang", count=1)
+    began = time.monotonic()
+    status, _, body = await handshake(url, upgrade())
+    assert status == 504 and orjson.loads(body)["error"]["code"] == "upstream_timeout"
+    assert time.monotonic() - began < WAIT
+    async with opened(realtime(proxy)) as ws:  # the faults are spent: the next one opens
+        assert (await event(ws))["type"] == "session.created"
+
+
 async def test_replay_mode_and_only_if_cached_never_open_one(
     start_proxy: ProxyFactory, sim: Sim
 ) -> None:

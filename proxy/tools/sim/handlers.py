@@ -21,7 +21,7 @@ from proxy.tools.sim.generation import Reply, chat_reply, embeddings_reply, text
 from proxy.tools.sim.state import JSON, STATE, BadRequest, Fault, SimState
 
 _MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-3.5-turbo-instruct", "text-embedding-3-small")
-_IMMEDIATE_FAULTS = frozenset({"status", "hang", "drop"})
+IMMEDIATE_FAULTS = frozenset({"status", "hang", "drop"})
 _HANG_LIMIT = 3600.0
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _DONE = b"data: [DONE]\n\n"
@@ -141,7 +141,7 @@ async def bad_request_middleware(request: web.Request, handler: Handler) -> web.
         return error_response(400, exc.message, param=exc.param)
 
 
-async def _immediate_fault(request: web.Request, fault: Fault) -> web.StreamResponse:
+async def immediate_fault(request: web.Request, fault: Fault) -> web.StreamResponse:
     """Faults that replace the whole answer: an error status, a hang, or a dropped socket."""
     if fault.kind == "status":
         default = error_body(f"Simulated error {fault.status}.", "server_error", None)
@@ -258,10 +258,10 @@ async def _serve_llm(
     """The flow shared by the LLM routes: fault, validation, latency, then the answer."""
     state = request.app[STATE]
     fault = state.next_fault()
-    if fault is not None and fault.kind in _IMMEDIATE_FAULTS:
+    if fault is not None and fault.kind in IMMEDIATE_FAULTS:
         if fault.kind == "status":  # an error is an answer too: as slow as the others
             await _pause(state.latency)
-        return await _immediate_fault(request, fault)
+        return await immediate_fault(request, fault)
     body = parse_object(await request.read())
     reply = build(body, state)
     await _pause(state.latency)
@@ -283,10 +283,10 @@ async def _create_response(request: web.Request) -> web.StreamResponse:
     """`POST /v1/responses`: whole, streamed as typed events, or queued (`background`)."""
     state = request.app[STATE]
     fault = state.next_fault()
-    if fault is not None and fault.kind in _IMMEDIATE_FAULTS:
+    if fault is not None and fault.kind in IMMEDIATE_FAULTS:
         if fault.kind == "status":
             await _pause(state.latency)
-        return await _immediate_fault(request, fault)
+        return await immediate_fault(request, fault)
     body = parse_object(await request.read())
     response, answer = responses.answer_of(body, state)
     await _pause(state.latency)

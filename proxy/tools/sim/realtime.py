@@ -3,7 +3,8 @@
 A session opens with `session.created`; `session.update`, `conversation.item.create` and
 `response.create` are answered as the Realtime API answers them (a response's text comes in
 `response.output_text.delta` events, one per word); anything else gets an `error` event. A
-queued fault (`/_sim/faults`) of kind `status` refuses the handshake with its status and body.
+queued fault (`/_sim/faults`) of kind `status`, `hang` or `drop` answers the handshake as it
+answers any LLM route (an error status and body, no answer, a dropped socket).
 Three events of the sim's own let tests play a hostile or unusual upstream: `sim.close`
 (`code`, `reason`) closes the socket with them, `sim.big` (`bytes`) sends one text message that
 long, and a binary message comes back as it was sent. `/_sim/stats` names the close code each
@@ -19,6 +20,7 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
+from proxy.tools.sim.handlers import IMMEDIATE_FAULTS, immediate_fault
 from proxy.tools.sim.state import STATE
 
 PROTOCOL = "realtime"
@@ -40,11 +42,8 @@ def routes() -> list[web.RouteDef]:
 
 async def _session(request: web.Request) -> web.StreamResponse:
     fault = request.app[STATE].next_fault()
-    if fault is not None and fault.kind == "status":
-        default = {"message": f"Simulated error {fault.status}.", "type": "server_error"}
-        body = {"error": default} if fault.body is None else fault.body
-        headers = {"Content-Type": "application/json", **fault.headers}
-        return web.Response(body=orjson.dumps(body), status=fault.status, headers=headers)
+    if fault is not None and fault.kind in IMMEDIATE_FAULTS:
+        return await immediate_fault(request, fault)
     socket = web.WebSocketResponse(protocols=(PROTOCOL,), max_msg_size=MAX_MESSAGE)
     await socket.prepare(request)
     try:
