@@ -72,6 +72,8 @@ _PROXY_BUCKETS = (
     60,
 )
 _DISTANCE_BUCKETS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+_SESSION_BUCKETS = (1, 10, 30, 60, 300, 600, 1800, 3600, 7200, 14400)
+"""A WebSocket session's length: a realtime conversation lasts seconds to hours."""
 _UPSTREAM_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 
 
@@ -199,6 +201,18 @@ class Metrics:
             ["op"],
             registry=registry,
         )
+        self.websockets_open = Gauge(
+            "repro_websockets_open",
+            "WebSocket sessions relayed to the upstream now",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.websocket_sessions = Histogram(
+            "repro_websocket_session_seconds",
+            "How long each relayed WebSocket session lasted, from the handshake to its close",
+            buckets=_SESSION_BUCKETS,
+            registry=registry,
+        )
 
     def _counter(
         self, tallies: Tallies | None, name: str, documentation: str, *labelnames: str
@@ -241,6 +255,15 @@ class Metrics:
                 route, status_label(status)
             )
         child.observe(took)
+
+    def websocket_opened(self) -> None:
+        self.websockets_open.inc()
+
+    def websocket_closed(self, lasted: float) -> None:
+        """A session's length, kept apart from repro_request_duration_seconds: there the
+        handshake is what a WebSocket request took, or minutes of talk would read as latency."""
+        self.websockets_open.dec()
+        self.websocket_sessions.observe(lasted)
 
     def exposition(self) -> bytes:
         """The text format: this process's metrics, or every worker's when there are several."""

@@ -316,6 +316,46 @@ def latency_row(board: db.Dashboard) -> None:
         )
     board.with_panel(proxy_latency)
     board.with_panel(upstream_latency)
+    board.with_panel(
+        graph(
+            "WebSocket sessions",
+            "Realtime sessions relayed now, and how long the sessions that ended lasted (p50, "
+            "p99). A session's request counts its handshake in the latency above; its length "
+            "is counted here.",
+            "short",
+        )
+        .with_target(query("sum(repro_websockets_open)", "open"))
+        .with_target(
+            query(
+                "histogram_quantile(0.5, sum by (le) "
+                f"(rate(repro_websocket_session_seconds_bucket[{RATE}])))",
+                "p50 length",
+                "B",
+            )
+        )
+        .with_target(
+            query(
+                "histogram_quantile(0.99, sum by (le) "
+                f"(rate(repro_websocket_session_seconds_bucket[{RATE}])))",
+                "p99 length",
+                "C",
+            )
+        )
+        .override_by_query(
+            "B",
+            [
+                DynamicConfigValue(id_val="unit", value="s"),
+                DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
+            ],
+        )
+        .override_by_query(
+            "C",
+            [
+                DynamicConfigValue(id_val="unit", value="s"),
+                DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
+            ],
+        )
+    )
 
 
 def error_row(board: db.Dashboard) -> None:

@@ -22,6 +22,7 @@ from proxy.errors import (
 )
 from proxy.server.context import SERVICES, Services
 from proxy.server.hostcheck import check_host, check_site
+from proxy.server.websocket import OPENED
 from proxy.upstream.headers import framing_error
 
 log = logging.getLogger("proxy.app")
@@ -68,6 +69,8 @@ def observed(handler: Handler, route: str | None = None) -> Handler:
         except Exception:
             response = _bug(request)
         took = services.clock() - started
+        if type(response) is web.WebSocketResponse:  # its request took the handshake's time
+            took = response[OPENED] - started
         if route is not None:
             _count(services, request, route, response, took)
         if services.settings.access_log:

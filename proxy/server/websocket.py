@@ -47,6 +47,9 @@ said; 1014 is IANA's bad gateway)."""
 
 STOPPING = b"the proxy is shutting down"
 
+OPENED = web.ResponseKey("opened", float)
+"""When the client's session opened (the services' clock): where its request's time ends."""
+
 Socket = web.WebSocketResponse | UpstreamSocket
 
 
@@ -99,6 +102,8 @@ async def relay(request: web.Request, services: Services, target: str) -> web.St
         await client.prepare(request)
         lifecycle = services.lifecycle
         lifecycle.tunnels.add(client)
+        client[OPENED] = services.clock()
+        services.metrics.websocket_opened()
         try:
             await asyncio.gather(
                 _pump(upstream, client, UPSTREAM_FAILED, lifecycle),
@@ -106,6 +111,7 @@ async def relay(request: web.Request, services: Services, target: str) -> web.St
             )
         finally:
             lifecycle.tunnels.discard(client)
+            services.metrics.websocket_closed(services.clock() - client[OPENED])
     finally:
         if not upstream.closed:
             await upstream.close(code=WSCloseCode.GOING_AWAY)

@@ -184,6 +184,31 @@ async def test_close_codes_cross_both_ways(proxy: Proxy, sim: Sim) -> None:
     assert closes(sim, 2)[-1] == 4002  # the client's own code reached the upstream
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_sessions_length_is_counted_apart_from_request_latency(
+    start_proxy: ProxyFactory, sim: Sim, workers: int, request: pytest.FixtureRequest
+) -> None:
+    """Minutes of talk must not read as the pass-through's latency on the dashboard: the
+    request took its handshake; the session has a histogram, and a gauge while open (summed
+    over the workers that are alive, when several share the metrics)."""
+    shared = ("--workers", "2", "--store", request.getfixturevalue("redis_url"))
+    proxy = start_proxy(*shared) if workers == 2 else start_proxy()
+    held = 2.0
+    async with opened(realtime(proxy)) as ws:
+        await event(ws)
+        assert proxy.metric("repro_websockets_open") == 1
+        await asyncio.sleep(held)
+    assert settled(lambda: proxy.metric("repro_websockets_open"), lambda v: v == 0, WAIT) == 0
+    assert proxy.metric("repro_websocket_session_seconds_count") == 1
+    assert held <= proxy.metric("repro_websocket_session_seconds_sum") < held + WAIT
+    assert proxy.metric("repro_websocket_session_seconds_bucket", le="1.0") == 0
+    assert proxy.metric("repro_websocket_session_seconds_bucket", le="10.0") == 1
+    bypass = {"route": "/v1/*", "cache": "bypass"}
+    assert proxy.metric("repro_requests_total", **bypass) == 1
+    assert proxy.metric("repro_request_duration_seconds_count", **bypass) == 1
+    assert proxy.metric("repro_request_duration_seconds_sum", **bypass) < 1.0
+
+
 async def test_azure_realtime_route_passes_through(start_proxy: ProxyFactory, sim: Sim) -> None:
     proxy = start_proxy(upstream=sim.url)  # Azure: the resource's root
     url = (

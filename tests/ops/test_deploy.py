@@ -369,6 +369,8 @@ def test_dashboard_queries_use_only_exported_metrics_and_recorded_series() -> No
         "repro_upstream_duration_seconds_count",
         "repro_store_errors_total",
         "repro_store_compression_ratio",
+        "repro_websockets_open",
+        "repro_websocket_session_seconds_bucket",
         "repro:cache_hit_ratio:rate5m",
         "repro_verify_total",
         "repro_verify_distance_bucket",
