@@ -19,6 +19,7 @@ from proxy.core.entry import (
     FLOATS,
     MESSAGES,
     TEXTS,
+    VERDICTS,
     Entry,
     answer_of,
     fingerprint_of,
@@ -147,7 +148,11 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
     namespace = checked_namespace(asked.namespace)
     directives = policy.parse_cache_control(asked.cache_control)
     named = body.get("model")
-    model = named if isinstance(named, str) else routes.deployment_of(route)
+    model = (
+        named
+        if isinstance(named, str)
+        else routes.deployment_of(route) or routes.DEFAULT_MODELS.get(kind, "")
+    )
     keyed_query, in_query = split_query(asked.query)
     if in_query and ";" in asked.query:
         raise InvalidParameter(
@@ -205,7 +210,10 @@ def shape_of(kind: str, body: dict[str, object]) -> str | None:
     of numbers. None on the Responses API, whose answer `is_answer` reads whole."""
     if kind == routes.EMBEDDINGS:
         return BASE64 if body.get("encoding_format") == "base64" else FLOATS
-    return {routes.CHAT: MESSAGES, routes.COMPLETIONS: TEXTS}.get(kind)
+    return _SHAPES.get(kind)
+
+
+_SHAPES = {routes.CHAT: MESSAGES, routes.COMPLETIONS: TEXTS, routes.MODERATIONS: VERDICTS}
 
 
 def of_entry(entry: Entry, key: str, tenant: str, query: str, headers: HeaderLines) -> Call:

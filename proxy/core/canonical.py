@@ -16,9 +16,10 @@ import orjson
 
 from proxy.core.routes import CHAT as CHAT
 from proxy.core.routes import COMPLETIONS as COMPLETIONS
+from proxy.core.routes import DEFAULT_MODELS, kind
 from proxy.core.routes import EMBEDDINGS as EMBEDDINGS
+from proxy.core.routes import MODERATIONS as MODERATIONS
 from proxy.core.routes import RESPONSES as RESPONSES
-from proxy.core.routes import kind
 from proxy.errors import InvalidJSON
 
 MAX_DEPTH = 128
@@ -28,7 +29,7 @@ _LOWEST_INT, _HIGHEST_INT = -(2**63), 2**64 - 1
 integer it is exactly: 1e16 is 10000000000000000. Beyond it a double stays one, its integer too
 long for an upstream's integer types."""
 
-CACHEABLE_ROUTES = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES})
+CACHEABLE_ROUTES = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, MODERATIONS, RESPONSES})
 
 _SAMPLING_DEFAULTS: dict[str, Any] = {
     "temperature": 1,
@@ -54,6 +55,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # an upstream that reads `false` as 0 answers with log probabilities.
     COMPLETIONS: {**_SAMPLING_DEFAULTS, "n": 1, "echo": False, "best_of": 1},
     EMBEDDINGS: {"encoding_format": "float"},
+    MODERATIONS: {"model": DEFAULT_MODELS[MODERATIONS]},
     RESPONSES: {
         "temperature": 1,
         "top_p": 1,

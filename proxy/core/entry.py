@@ -68,7 +68,7 @@ def usage_of(answer: dict[str, Any]) -> tuple[int, int]:
 
 _FINGERPRINT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+=/-]{0,127}")
 _HEADER_VALUE = re.compile(r"[^\x00-\x1f\x7f\ud800-\udfff]{0,8190}")
-_ANSWER_FIELDS = ("choices", "data", "output")
+_ANSWER_FIELDS = ("choices", "data", "output", "results")
 
 
 def json_object(data: bytes) -> dict[str, Any] | None:
@@ -106,7 +106,8 @@ def is_count(value: int) -> bool:
 
 
 def is_answer(body: dict[str, Any], responses: bool = False) -> bool:
-    """Whether a 200 body is an answer (choices, embeddings data or Responses output) rather
+    """Whether a 200 body is an answer (choices, embeddings data, moderation results or
+    Responses output) rather
     than an error some gateways send with status 200: only answers are stored or teach a
     fingerprint. On the Responses API only a completed response is one: a queued, failed or
     incomplete one is not the answer a retry would get, nor one naming an `error` beside a
@@ -132,11 +133,13 @@ def is_objects(value: object) -> TypeGuard[list[dict[str, Any]]]:
 
 
 # What a whole answer's items must hold to be stored, by route (`has_shape`): a chat choice
-# its message, a completions choice its text, an embeddings item its vector as asked for.
+# its message, a completions choice its text, an embeddings item its vector as asked for, a
+# moderation result its verdict.
 MESSAGES = "message"
 TEXTS = "text"
 FLOATS = "float"
 BASE64 = "base64"
+VERDICTS = "verdict"
 
 
 def answer_of(body: bytes, is_response: bool, shape: str | None) -> dict[str, Any] | None:
@@ -195,6 +198,17 @@ def has_shape(answer: dict[str, Any], shape: str) -> bool:
     served to every later caller, whose client fails on it, for as long as the entry lives."""
     if shape in (FLOATS, BASE64):
         return has_vectors(answer, shape == BASE64)
+    if shape == VERDICTS:
+        results = answer.get("results")
+        return (
+            is_objects(results)
+            and bool(results)
+            and all(
+                isinstance(result.get("flagged"), bool)
+                and isinstance(result.get("categories"), dict)
+                for result in results
+            )
+        )
     choices = answer.get("choices")
     if not is_objects(choices):
         return False

@@ -23,6 +23,10 @@ CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 EMBEDDINGS = "/v1/embeddings"
 RESPONSES = "/v1/responses"
+MODERATIONS = "/v1/moderations"
+DEFAULT_MODELS = {MODERATIONS: "omni-moderation-latest"}
+"""The model a route's upstream answers with when the body names none: the name the request's
+metrics and fingerprint history go under."""
 
 DEPLOYMENTS = "/openai/deployments/"
 AZURE_V1 = "/openai/v1/"
@@ -101,7 +105,12 @@ def azure_target(path: str, raw_path: str, query: str) -> tuple[str, str]:
 
 RESPONSES_LINEAGE = "@responses"
 EMBEDDINGS_LINEAGE = "@embeddings"
-_APART = {RESPONSES: RESPONSES_LINEAGE, EMBEDDINGS: EMBEDDINGS_LINEAGE}
+MODERATIONS_LINEAGE = "@moderations"
+_APART = {
+    RESPONSES: RESPONSES_LINEAGE,
+    EMBEDDINGS: EMBEDDINGS_LINEAGE,
+    MODERATIONS: MODERATIONS_LINEAGE,
+}
 OWN_NAME = "@"
 """Ends the lineage of a chat or completions model whose own name ends as another route's
 lineage does (`x@embeddings`), or a fleet's (`FLEET`), or in this mark: the name is the

@@ -195,8 +195,8 @@ def unreplayable(
     stored); any other call reaches the upstream while recording and is refused replaying."""
     named = _listed(request_lines)
     held = (
-        "a cassette holds answers to POST /v1/chat/completions, /v1/completions, /v1/embeddings "
-        "and /v1/responses, and replays fetches and deletions of stored ones by id"
+        "a cassette holds answers to POST /v1/chat/completions, /v1/completions, /v1/embeddings, "
+        "/v1/moderations and /v1/responses, and replays fetches and deletions of stored ones by id"
     )
     if records:
         return (

@@ -161,6 +161,26 @@ async def test_embeddings_base64_is_little_endian_float32() -> None:
         assert decoded == pytest.approx(floats, rel=1e-6)
 
 
+async def test_moderations_flag_what_the_input_names_and_nothing_else() -> None:
+    async with sim() as client:
+        body = {"input": ["calm words", "words of hate and violence"]}
+        first = await post(client, "/v1/moderations", body)
+        again = await post(client, "/v1/moderations", body)
+        assert first["model"] == "omni-moderation-2024-09-26" and first["id"] != again["id"]
+        assert first["results"] == again["results"]  # fixed by the input alone
+        calm, hostile = first["results"]
+        assert not calm["flagged"] and not any(calm["categories"].values())
+        flagged = {name for name, on in hostile["categories"].items() if on}
+        assert flagged == {"hate", "hate/threatening", "violence", "violence/graphic"}
+        assert hostile["category_scores"]["violence"] > 0.9 > calm["category_scores"]["violence"]
+        parts = [{"type": "text", "text": "x"}, {"type": "image_url", "image_url": {"url": "u"}}]
+        (one,) = (await post(client, "/v1/moderations", {"input": parts}))["results"]
+        assert one["category_applied_input_types"]["hate"] == ["image", "text"]
+        for bad in ({"input": 3}, {"input": []}, {"input": ["x"] * 33}, {"input": "x", "model": 1}):
+            resp = await client.post("/v1/moderations", json=bad, headers=AUTH)
+            assert resp.status == 400, bad
+
+
 async def test_files_echo_upload_size_and_type() -> None:
     async with sim() as client:
         form = aiohttp.FormData()

@@ -16,6 +16,7 @@ from proxy.core.canonical import (
     COMPLETIONS,
     EMBEDDINGS,
     MAX_DEPTH,
+    MODERATIONS,
     RESPONSES,
     dumps,
     key_view,
@@ -463,6 +464,16 @@ class TestKeyViewDropsWhatCannotMatter:
         same = {**body, "encoding_format": "float", "user": "u", "dimensions": None}
         assert key(same, EMBEDDINGS) == key(body, EMBEDDINGS)
         assert key({**body, "encoding_format": "base64"}, EMBEDDINGS) != key(body, EMBEDDINGS)
+
+    def test_moderations_default_model(self) -> None:
+        """The API answers a body naming no model with omni-moderation-latest's verdict."""
+        body = {"input": ["one", "two"]}
+        named = {**body, "model": "omni-moderation-latest"}
+        assert key(named, MODERATIONS) == key(body, MODERATIONS)
+        assert key({**body, "model": "text-moderation-latest"}, MODERATIONS) != key(
+            body, MODERATIONS
+        )
+        assert key(named, MODERATIONS) != key(named, EMBEDDINGS)
 
     def test_key_order_whitespace_and_numbers(self) -> None:
         a = parse_body(

@@ -1,10 +1,12 @@
-"""A Cache-Control directive given twice counts with its stricter value, and a lenient reader's
-reading of a path (pure)."""
+"""A Cache-Control directive given twice counts with its stricter value, a lenient reader's
+reading of a path, and what a moderation answer must hold to be stored (pure)."""
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
+from proxy.core.entry import VERDICTS, answer_of
 from proxy.core.paths import lenient
 from proxy.core.policy import parse_cache_control
 
@@ -36,3 +38,21 @@ def test_a_stale_if_error_given_twice_counts_with_the_smaller() -> None:
 )
 def test_a_lenient_reader_reads_these_as_chat(path: str) -> None:
     assert lenient(path) == "/v1/chat/completions"
+
+
+@pytest.mark.parametrize(
+    ("results", "stored"),
+    [
+        ([{"flagged": True, "categories": {"violence": True}}], True),
+        ([{"flagged": False, "categories": {}}, {"flagged": True, "categories": {}}], True),
+        ([], False),
+        ([{"flagged": "false", "categories": {}}], False),
+        ([{"flagged": False, "categories": None}], False),
+        ([{"flagged": False}], False),
+        ("flagged", False),
+    ],
+)
+def test_a_moderation_answer_is_stored_only_as_verdicts(results: object, stored: bool) -> None:
+    """What the SDK reads of each result: a verdict and its categories."""
+    body = orjson.dumps({"id": "modr-1", "model": "omni-moderation-2024-09-26", "results": results})
+    assert (answer_of(body, False, VERDICTS) is not None) is stored

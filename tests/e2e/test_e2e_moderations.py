@@ -1,0 +1,116 @@
+"""Moderations (`POST /v1/moderations`) are cached like embeddings: a chat app that screens its
+input keeps its test suite offline in replay mode. The official SDK through a real proxy to the
+sim, and an upstream written here to answer what no verdict is."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from openai import OpenAI
+
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim
+from tests.hostile import Scripted, fixed, http_answer
+
+KEY = "sk-moderated"
+
+
+def client(proxy: Proxy) -> OpenAI:
+    return OpenAI(base_url=proxy.v1, api_key=KEY, max_retries=0)
+
+
+def moderate(proxy: Proxy, body: dict[str, object]) -> httpx.Response:
+    return httpx.post(
+        proxy.v1 + "/moderations",
+        json=body,
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=10,
+    )
+
+
+def test_the_sdk_gets_the_same_verdict_the_second_time_from_the_cache(
+    proxy: Proxy, sim: Sim
+) -> None:
+    openai = client(proxy)
+    first = openai.moderations.with_raw_response.create(input="a story of violence")
+    again = openai.moderations.with_raw_response.create(input="a story of violence")
+    assert (first.headers["X-Repro-Cache"], again.headers["X-Repro-Cache"]) == ("MISS", "HIT")
+    verdict = again.parse()
+    assert verdict.model_dump() == first.parse().model_dump()
+    assert verdict.results[0].flagged and verdict.results[0].categories.violence
+    assert verdict.model == "omni-moderation-2024-09-26"
+    (asked,) = [r for r in sim.requests() if r["path"] == "/v1/moderations"]
+    assert "seed" not in orjson.loads(asked["body"])  # a moderation takes no seed
+    assert "X-Repro-Seed" not in again.headers
+    clean = openai.moderations.with_raw_response.create(input="a story of kittens")
+    assert clean.headers["X-Repro-Cache"] == "MISS" and not clean.parse().results[0].flagged
+    assert proxy.metric("repro_cache_hits_total", model="omni-moderation-latest") == 1
+
+
+def test_the_default_model_named_or_left_out_is_one_key_and_other_models_are_not(
+    proxy: Proxy, sim: Sim
+) -> None:
+    left_out = moderate(proxy, {"input": ["one", "two"]})
+    named = moderate(proxy, {"input": ["one", "two"], "model": "omni-moderation-latest"})
+    other = moderate(proxy, {"input": ["one", "two"], "model": "text-moderation-latest"})
+    assert [r.headers["X-Repro-Cache"] for r in (left_out, named, other)] == [
+        "MISS",
+        "HIT",
+        "MISS",
+    ]
+    assert len(named.json()["results"]) == 2
+    assert left_out.headers["X-Repro-Key"] == named.headers["X-Repro-Key"]
+    assert other.json()["model"] == "text-moderation-007"
+
+
+def test_a_recorded_verdict_replays_offline(
+    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
+) -> None:
+    tape = tmp_path / "llm.jsonl"
+    recorder = start_proxy("--cache-scope", "shared", "--cassette", str(tape))
+    image = [
+        {"type": "text", "text": "look"},
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+    ]
+    recorded = client(recorder).moderations.create(input=image, model="omni-moderation-latest")
+    recorder.proc.send_signal(signal.SIGTERM)
+    assert recorder.proc.wait(timeout=15) == 0
+    sim.reset()
+    replaying = start_proxy(
+        "--cache-scope", "shared", "--cassette", str(tape), "--cache-mode", "replay",
+        upstream="http://127.0.0.1:9/v1",
+    )  # fmt: skip
+    replayed = client(replaying).moderations.create(input=image, model="omni-moderation-latest")
+    assert replayed.model_dump() == recorded.model_dump()
+    assert replayed.results[0].category_applied_input_types.violence == ["image", "text"]
+    missed = moderate(replaying, {"input": "never recorded"})
+    assert missed.status_code == 504 and missed.json()["error"]["code"] == "cache_miss"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"error": {"message": "overloaded"}, "results": []},
+        {"id": "modr-1", "model": "m", "results": "flagged"},
+        {"id": "modr-1", "model": "m", "results": []},
+        {"id": "modr-1", "model": "m", "results": [{"flagged": "no", "categories": {}}]},
+        {"id": "modr-1", "model": "m", "results": [{"flagged": False}]},
+    ],
+    ids=["error", "not-a-list", "empty", "flag-not-bool", "no-categories"],
+)
+def test_an_answer_that_is_no_verdict_is_relayed_and_never_stored(
+    start_proxy: ProxyFactory, answer: dict[str, object]
+) -> None:
+    """A gateway's error sent with 200, or results a client cannot read: stored, every later
+    caller would get it for as long as the entry lived."""
+    body = orjson.dumps(answer)
+    with Scripted(fixed(http_answer(body, "Content-Type: application/json"))) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        for _ in range(2):
+            relayed = moderate(proxy, {"input": "x"})
+            assert relayed.status_code == 200 and relayed.content == body
+            assert relayed.headers["X-Repro-Cache"] == "MISS"
+        assert len(upstream.received) == 2
