@@ -439,7 +439,7 @@ def facts_of(body: bytes, is_response: bool, shape: str | None = None) -> Facts 
         return None
     prompt, completion = usage_of(parsed)
     found_by = responses.id_of(parsed) if is_response else None  # only responses are fetched
-    return fingerprint_of(parsed), prompt, completion, found_by, entitled(parsed)
+    return fingerprint_of(parsed, shape), prompt, completion, found_by, entitled(parsed)
 
 
 class Answer(NamedTuple):

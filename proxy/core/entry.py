@@ -80,11 +80,14 @@ def json_object(data: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def fingerprint_of(answer: dict[str, Any]) -> str:
+def fingerprint_of(answer: dict[str, Any], shape: str | None = None) -> str:
     """The answer's system_fingerprint; a null, missing or ill-formed one is called `none`.
     It ends up in headers, metric labels and store fields, so only a short printable token
-    counts: anything else from the upstream is not trusted as a name."""
-    value = answer.get("system_fingerprint")
+    counts: anything else from the upstream is not trusted as a name. A moderation answer
+    (`shape` VERDICTS) names none, but answers with its model's dated snapshot (asked for
+    `omni-moderation-latest`, it is `omni-moderation-2024-09-26`): that names the weights that
+    judged, as a fingerprint does, and moves when the alias does."""
+    value = answer.get("model" if shape == VERDICTS else "system_fingerprint")
     return value if isinstance(value, str) and is_fingerprint(value) else "none"
 
 

@@ -45,10 +45,20 @@ MAX_IN_FLIGHT = 4
 
 def answer_text(body: bytes, stream: bool) -> str:
     """The text an answer carries (contents, completions, tool-call arguments), in choice order;
-    for the Responses API, in output order (a stream's, from its `response.completed`)."""
+    for the Responses API, in output order (a stream's, from its `response.completed`); for a
+    moderation, its verdicts (flagged and categories, not the scores behind them)."""
     parts: dict[int, list[str]] = {}
     events = _events(body) if stream else [_object(body)]
     for event in events:
+        verdicts = [
+            {"flagged": result.get("flagged"), "categories": result.get("categories")}
+            for result in _listed(event.get("results"))
+            if isinstance(result, dict)
+        ]
+        if verdicts:
+            parts.setdefault(0, []).append(
+                orjson.dumps(verdicts, option=orjson.OPT_SORT_KEYS).decode()
+            )
         response = event.get("response") if event.get("type") == "response.completed" else event
         if isinstance(response, dict) and isinstance(response.get("output"), list):
             parts.setdefault(0, []).extend(_output_texts(response["output"]))
@@ -127,14 +137,16 @@ def drift(stored: str, fresh: str) -> float:
     return distance or 1 / max(len(stored), len(fresh))
 
 
-def fresh_fingerprint(body: bytes, stream: bool, responses: bool = False) -> str | None:
+def fresh_fingerprint(
+    body: bytes, stream: bool, responses: bool = False, shape: str | None = None
+) -> str | None:
     """The fingerprint the fresh answer teaches, as the client path would learn it from the
     same answer; None for one that teaches nothing (an error some gateways send with status
     200, a stream that named no fingerprint and never ended cleanly): such an answer is an
     `error`, not a rotation to `none` that would make every stored answer of the model stale."""
     if not stream:
         answer = _object(body)
-        return fingerprint_of(answer) if is_answer(answer, responses) else None
+        return fingerprint_of(answer, shape) if is_answer(answer, responses) else None
     recorder = StreamRecorder(len(body) + 1, responses)
     recorder.feed(body)
     return recorder.taught
@@ -187,7 +199,7 @@ class Verifier:
         large = max(len(fresh), len(entry.body)) >= OFF_LOOP_BODY
         aside = self._offload.run if large else asyncio.to_thread
         try:
-            fingerprint = await aside(fresh_fingerprint, fresh, entry.stream, responses)
+            fingerprint = await aside(fresh_fingerprint, fresh, entry.stream, responses, call.shape)
         except BrokenProcessPool:
             fingerprint = None
         if fingerprint is None:

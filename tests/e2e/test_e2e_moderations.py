@@ -4,6 +4,7 @@ sim, and an upstream written here to answer what no verdict is."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from openai import OpenAI
 
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim
-from tests.hostile import Scripted, fixed, http_answer
+from tests.hostile import Received, Scripted, fixed, http_answer
 
 KEY = "sk-moderated"
 
@@ -42,6 +43,7 @@ def test_the_sdk_gets_the_same_verdict_the_second_time_from_the_cache(
     assert verdict.model_dump() == first.parse().model_dump()
     assert verdict.results[0].flagged and verdict.results[0].categories.violence
     assert verdict.model == "omni-moderation-2024-09-26"
+    assert again.headers["X-Repro-Fingerprint"] == "omni-moderation-2024-09-26"
     (asked,) = [r for r in sim.requests() if r["path"] == "/v1/moderations"]
     assert "seed" not in orjson.loads(asked["body"])  # a moderation takes no seed
     assert "X-Repro-Seed" not in again.headers
@@ -114,3 +116,30 @@ def test_an_answer_that_is_no_verdict_is_relayed_and_never_stored(
             assert relayed.status_code == 200 and relayed.content == body
             assert relayed.headers["X-Repro-Cache"] == "MISS"
         assert len(upstream.received) == 2
+
+
+def test_a_new_snapshot_behind_the_alias_is_a_rotation(start_proxy: ProxyFactory) -> None:
+    """`omni-moderation-latest` answers as a dated snapshot, which names the weights that
+    judged: when the alias moves, verdicts of the old one are no longer served (`follow`)."""
+    snapshot = ["omni-moderation-2024-09-26"]
+
+    async def answer(writer: asyncio.StreamWriter, _: Received) -> None:
+        verdict = {"flagged": False, "categories": {"hate": False}}
+        body = orjson.dumps({"id": "modr-1", "model": snapshot[0], "results": [verdict]})
+        writer.write(http_answer(body, "Content-Type: application/json"))
+        await writer.drain()
+
+    with Scripted(answer) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        first = moderate(proxy, {"input": "first"})
+        assert first.headers["X-Repro-Fingerprint"] == "omni-moderation-2024-09-26"
+        assert moderate(proxy, {"input": "first"}).headers["X-Repro-Cache"] == "HIT"
+        snapshot[0] = "omni-moderation-2026-11-30"
+        other = moderate(proxy, {"input": "other"})
+        assert other.headers["X-Repro-Fingerprint"] == "omni-moderation-2026-11-30"
+        again = moderate(proxy, {"input": "first"})
+        assert again.headers["X-Repro-Cache"] == "MISS"
+        assert again.json()["model"] == "omni-moderation-2026-11-30"
+        assert len(upstream.received) == 3
+        lineage = "omni-moderation-latest@moderations"
+        assert proxy.metric("repro_fingerprint_changes_total", model=lineage) == 1

@@ -7,6 +7,7 @@ import time
 import httpx
 import orjson
 
+from proxy.core.entry import VERDICTS
 from proxy.server.verify import MAX_COMPARED, answer_text, drift, fresh_fingerprint
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim
 
@@ -69,6 +70,36 @@ def test_a_fresh_answer_that_is_no_answer_teaches_no_fingerprint() -> None:
     spoiled = named + b'data: {"error": {"message": "overloaded"}}\n\n'
     assert fresh_fingerprint(spoiled, stream=True) is None  # as the client path: not learned
     assert fresh_fingerprint(named, stream=True) == "fp_new"  # cut short: learned
+
+
+def test_a_moderations_text_is_its_verdicts_and_its_fingerprint_its_snapshot() -> None:
+    """Scores move a little between two runs of one snapshot; a verdict moving is drift."""
+
+    def verdict(flagged: bool, score: float) -> bytes:
+        result = {
+            "flagged": flagged,
+            "categories": {"hate": flagged},
+            "category_scores": {"hate": score},
+        }
+        return orjson.dumps({"model": "omni-moderation-2024-09-26", "results": [result]})
+
+    assert answer_text(verdict(False, 0.001), False) == answer_text(verdict(False, 0.002), False)
+    assert drift(answer_text(verdict(False, 0.1), False), answer_text(verdict(True, 0.9), False))
+    moderated = verdict(False, 0.001)
+    assert fresh_fingerprint(moderated, False, shape=VERDICTS) == "omni-moderation-2024-09-26"
+    assert fresh_fingerprint(moderated, False) == "none"  # a chat answer naming its model
+
+
+def test_verify_rate_samples_moderations_too(start_proxy: ProxyFactory, sim: Sim) -> None:
+    proxy = start_proxy("--verify-rate", "1")
+    body = {"input": "words of violence"}
+    headers = {"Authorization": "Bearer sk-alice"}
+    for expected in ("MISS", "HIT"):
+        answer = httpx.post(proxy.v1 + "/moderations", json=body, headers=headers, timeout=10)
+        assert answer.headers["X-Repro-Cache"] == expected
+    model = "omni-moderation-latest"
+    assert wait_for(proxy, 1, model=model, result="same") == 1
+    assert proxy.metric("repro_verify_total", model=model, result="rotated") == 0
 
 
 def ask(proxy: Proxy, content: str) -> httpx.Response:
