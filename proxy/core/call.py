@@ -147,12 +147,7 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
     scope = policy.SHARED if shared and not _tenants_own(settings, raw, body) else tenant
     namespace = checked_namespace(asked.namespace)
     directives = policy.parse_cache_control(asked.cache_control)
-    named = body.get("model")
-    model = (
-        named
-        if isinstance(named, str)
-        else routes.deployment_of(route) or routes.DEFAULT_MODELS.get(kind, "")
-    )
+    model = routes.asked_model(route, body)
     keyed_query, in_query = split_query(asked.query)
     if in_query and ";" in asked.query:
         raise InvalidParameter(

@@ -63,6 +63,15 @@ def deployment_of(route: str) -> str:
     return route[len(DEPLOYMENTS) :].partition("/")[0]
 
 
+def asked_model(route: str, body: dict[str, object]) -> str:
+    """The model a request is counted and tracked under: the one its body names, else its
+    deployment's name, else the model its route's upstream answers with (`DEFAULT_MODELS`)."""
+    named = body.get("model")
+    if isinstance(named, str):
+        return named
+    return deployment_of(route) or DEFAULT_MODELS.get(kind(route), "")
+
+
 def check_deployment(raw_segment: str) -> str:
     """A deployment name as the client sent it (still percent-encoded), refused unless plain:
     an encoded slash or dot segment would make the key name one deployment and the upstream

@@ -229,8 +229,7 @@ def _checked(meta: dict[str, Any], body: dict[str, Any]) -> float:
     response headers, metrics and exports as they are, so each is bounded as the proxy bounds
     the upstream's. A stored_at from the future would be served past --ttl: `from_record`
     is taken as now."""
-    named = body.get("model")
-    if meta["model"] != (named if isinstance(named, str) else routes.deployment_of(meta["route"])):
+    if meta["model"] != routes.asked_model(meta["route"], body):
         raise CassetteError("'model' is not the model its request names")
     if meta["stream"] != (body.get("stream") is True):
         raise CassetteError("'stream' does not say what its request asked")

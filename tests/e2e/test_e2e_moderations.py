@@ -78,6 +78,7 @@ def test_a_recorded_verdict_replays_offline(
         {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
     ]
     recorded = client(recorder).moderations.create(input=image, model="omni-moderation-latest")
+    unnamed = client(recorder).moderations.create(input="no model named")
     recorder.proc.send_signal(signal.SIGTERM)
     assert recorder.proc.wait(timeout=15) == 0
     sim.reset()
@@ -88,6 +89,7 @@ def test_a_recorded_verdict_replays_offline(
     replayed = client(replaying).moderations.create(input=image, model="omni-moderation-latest")
     assert replayed.model_dump() == recorded.model_dump()
     assert replayed.results[0].category_applied_input_types.violence == ["image", "text"]
+    assert client(replaying).moderations.create(input="no model named") == unnamed
     missed = moderate(replaying, {"input": "never recorded"})
     assert missed.status_code == 504 and missed.json()["error"]["code"] == "cache_miss"
 
