@@ -17,6 +17,7 @@ from proxy.core.credentials import STANDARD, Credentials, in_query, of_request, 
 from proxy.core.entry import (
     BASE64,
     FLOATS,
+    IMAGE_BYTES,
     MESSAGES,
     TEXTS,
     VERDICTS,
@@ -208,7 +209,12 @@ def shape_of(kind: str, body: dict[str, object]) -> str | None:
     return _SHAPES.get(kind)
 
 
-_SHAPES = {routes.CHAT: MESSAGES, routes.COMPLETIONS: TEXTS, routes.MODERATIONS: VERDICTS}
+_SHAPES = {
+    routes.CHAT: MESSAGES,
+    routes.COMPLETIONS: TEXTS,
+    routes.MODERATIONS: VERDICTS,
+    routes.IMAGES: IMAGE_BYTES,
+}
 
 
 def of_entry(entry: Entry, key: str, tenant: str, query: str, headers: HeaderLines) -> Call:
@@ -280,10 +286,13 @@ def _plan(
     known (proxy/server/chains.py), and stored, its continuation was every sender's who learnt
     the id. Nor a model named longer than any real one (`tracked`): the proxy keeps no state
     for it; nor, on any route, a request probing the upstream's prompt cache
-    (`_probes_prompt_cache`)."""
+    (`_probes_prompt_cache`). Nor a streamed image generation: partial images, whose events
+    no recorder here checks for a clean end."""
     if not tracked(lineage) or _probes_prompt_cache(body):
         return policy.uncached(mode, directives)
     if kind == routes.RESPONSES and (body.get("background") is True or _reads_state(body)):
+        return policy.uncached(mode, directives)
+    if kind == routes.IMAGES and body.get("stream") is True:
         return policy.uncached(mode, directives)
     return policy.plan(mode, directives)
 

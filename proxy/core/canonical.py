@@ -18,6 +18,7 @@ from proxy.core.routes import CHAT as CHAT
 from proxy.core.routes import COMPLETIONS as COMPLETIONS
 from proxy.core.routes import DEFAULT_MODELS, kind
 from proxy.core.routes import EMBEDDINGS as EMBEDDINGS
+from proxy.core.routes import IMAGES as IMAGES
 from proxy.core.routes import MODERATIONS as MODERATIONS
 from proxy.core.routes import RESPONSES as RESPONSES
 from proxy.errors import InvalidJSON
@@ -29,7 +30,7 @@ _LOWEST_INT, _HIGHEST_INT = -(2**63), 2**64 - 1
 integer it is exactly: 1e16 is 10000000000000000. Beyond it a double stays one, its integer too
 long for an upstream's integer types."""
 
-CACHEABLE_ROUTES = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, MODERATIONS, RESPONSES})
+CACHEABLE_ROUTES = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, IMAGES, MODERATIONS, RESPONSES})
 
 _SAMPLING_DEFAULTS: dict[str, Any] = {
     "temperature": 1,
@@ -56,6 +57,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     COMPLETIONS: {**_SAMPLING_DEFAULTS, "n": 1, "echo": False, "best_of": 1},
     EMBEDDINGS: {"encoding_format": "float"},
     MODERATIONS: {"model": DEFAULT_MODELS[MODERATIONS]},
+    IMAGES: {"n": 1},
     RESPONSES: {
         "temperature": 1,
         "top_p": 1,

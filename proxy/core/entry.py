@@ -137,12 +137,13 @@ def is_objects(value: object) -> TypeGuard[list[dict[str, Any]]]:
 
 # What a whole answer's items must hold to be stored, by route (`has_shape`): a chat choice
 # its message, a completions choice its text, an embeddings item its vector as asked for, a
-# moderation result its verdict.
+# moderation result its verdict, a generated image its bytes.
 MESSAGES = "message"
 TEXTS = "text"
 FLOATS = "float"
 BASE64 = "base64"
 VERDICTS = "verdict"
+IMAGE_BYTES = "b64_json"
 
 
 def answer_of(body: bytes, is_response: bool, shape: str | None) -> dict[str, Any] | None:
@@ -201,6 +202,13 @@ def has_shape(answer: dict[str, Any], shape: str) -> bool:
     served to every later caller, whose client fails on it, for as long as the entry lives."""
     if shape in (FLOATS, BASE64):
         return has_vectors(answer, shape == BASE64)
+    if shape == IMAGE_BYTES:
+        data = answer.get("data")
+        return (
+            is_objects(data)
+            and bool(data)
+            and all(isinstance(item.get("b64_json"), str) and item["b64_json"] for item in data)
+        )
     if shape == VERDICTS:
         results = answer.get("results")
         return (

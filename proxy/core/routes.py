@@ -24,6 +24,7 @@ COMPLETIONS = "/v1/completions"
 EMBEDDINGS = "/v1/embeddings"
 RESPONSES = "/v1/responses"
 MODERATIONS = "/v1/moderations"
+IMAGES = "/v1/images/generations"
 DEFAULT_MODELS = {MODERATIONS: "omni-moderation-latest"}
 """The model a route's upstream answers with when the body names none: the name the request's
 metrics and fingerprint history go under."""
@@ -115,10 +116,12 @@ def azure_target(path: str, raw_path: str, query: str) -> tuple[str, str]:
 RESPONSES_LINEAGE = "@responses"
 EMBEDDINGS_LINEAGE = "@embeddings"
 MODERATIONS_LINEAGE = "@moderations"
+IMAGES_LINEAGE = "@images"
 _APART = {
     RESPONSES: RESPONSES_LINEAGE,
     EMBEDDINGS: EMBEDDINGS_LINEAGE,
     MODERATIONS: MODERATIONS_LINEAGE,
+    IMAGES: IMAGES_LINEAGE,
 }
 OWN_NAME = "@"
 """Ends the lineage of a chat or completions model whose own name ends as another route's

@@ -181,6 +181,28 @@ async def test_moderations_flag_what_the_input_names_and_nothing_else() -> None:
             assert resp.status == 400, bad
 
 
+async def test_images_are_pngs_another_each_time_in_the_format_asked() -> None:
+    async with sim() as client:
+        body = {"model": "gpt-image-1", "prompt": "a fox", "n": 2}
+        first, again = [await post(client, "/v1/images/generations", body) for _ in range(2)]
+        images = [base64.b64decode(item["b64_json"]) for item in first["data"]]
+        assert len(images) == 2 and all(i.startswith(b"\x89PNG\r\n\x1a\n") for i in images)
+        assert first["data"] != again["data"]  # no seed: a cache is what makes them alike
+        assert first["usage"]["output_tokens"] == 2 * 272
+        linked = await post(client, "/v1/images/generations", {"prompt": "a fox"})
+        assert linked["data"][0]["url"].startswith("https://") and "usage" not in linked
+        b64 = {"prompt": "a fox", "model": "dall-e-3", "response_format": "b64_json"}
+        assert "b64_json" in (await post(client, "/v1/images/generations", b64))["data"][0]
+        for bad in (
+            {"prompt": ""},
+            {"prompt": "x", "n": 11},
+            {"prompt": "x", "model": "gpt-image-1", "response_format": "url"},
+            {"prompt": "x", "response_format": "png"},
+        ):
+            resp = await client.post("/v1/images/generations", json=bad, headers=AUTH)
+            assert resp.status == 400, bad
+
+
 async def test_files_echo_upload_size_and_type() -> None:
     async with sim() as client:
         form = aiohttp.FormData()

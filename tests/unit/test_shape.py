@@ -1,12 +1,12 @@
 """A Cache-Control directive given twice counts with its stricter value, a lenient reader's
-reading of a path, and what a moderation answer must hold to be stored (pure)."""
+reading of a path, and what moderation and image answers must hold to be stored (pure)."""
 
 from __future__ import annotations
 
 import orjson
 import pytest
 
-from proxy.core.entry import VERDICTS, answer_of
+from proxy.core.entry import IMAGE_BYTES, VERDICTS, answer_of
 from proxy.core.paths import lenient
 from proxy.core.policy import parse_cache_control
 
@@ -56,3 +56,20 @@ def test_a_moderation_answer_is_stored_only_as_verdicts(results: object, stored:
     """What the SDK reads of each result: a verdict and its categories."""
     body = orjson.dumps({"id": "modr-1", "model": "omni-moderation-2024-09-26", "results": results})
     assert (answer_of(body, False, VERDICTS) is not None) is stored
+
+
+@pytest.mark.parametrize(
+    ("data", "stored"),
+    [
+        ([{"b64_json": "iVBORw0K"}], True),
+        ([{"b64_json": "iVBORw0K", "revised_prompt": "a fox"}, {"b64_json": "aGk="}], True),
+        ([{"url": "https://images.invalid/1.png"}], False),
+        ([{"b64_json": "aGk="}, {"url": "https://images.invalid/1.png"}], False),
+        ([{"b64_json": ""}], False),
+        ([], False),
+    ],
+)
+def test_an_image_answer_is_stored_only_with_its_bytes(data: object, stored: bool) -> None:
+    """A signed URL expires within hours: a stored one would be a dead link."""
+    body = orjson.dumps({"created": 1, "data": data})
+    assert (answer_of(body, False, IMAGE_BYTES) is not None) is stored

@@ -18,6 +18,7 @@ from aiohttp.typedefs import Handler
 
 from proxy.tools.sim import responses
 from proxy.tools.sim.generation import Reply, chat_reply, embeddings_reply, text_reply
+from proxy.tools.sim.images import images_reply
 from proxy.tools.sim.moderation import moderation_reply
 from proxy.tools.sim.state import JSON, STATE, BadRequest, Fault, SimState
 
@@ -369,8 +370,9 @@ async def _files(request: web.Request) -> web.Response:
 def routes() -> list[web.RouteDef]:
     """The OpenAI-compatible routes the proxy calls, and Azure OpenAI's shapes of them: per
     deployment, under /openai/v1, and /openai/responses."""
-    chat, text, embed, moderate = (
-        _llm_route(b) for b in (chat_reply, text_reply, embeddings_reply, moderation_reply)
+    chat, text, embed, moderate, draw = (
+        _llm_route(b)
+        for b in (chat_reply, text_reply, embeddings_reply, moderation_reply, images_reply)
     )
     deployment = "/openai/deployments/{deployment}"
     listed = [
@@ -387,6 +389,7 @@ def routes() -> list[web.RouteDef]:
             web.post(base + "/completions", text),
             web.post(base + "/embeddings", embed),
             web.post(base + "/moderations", moderate),
+            web.post(base + "/images/generations", draw),
             web.post(base + "/responses", _create_response),
             web.get(base + "/responses/{id}", _get_response),
             web.delete(base + "/responses/{id}", _delete_response),

@@ -1,0 +1,74 @@
+"""The simulator's image generations (`POST /v1/images/generations`): small PNGs fixed by the
+prompt and the sampling seed the sim draws for unseeded answers, so two calls differ as a real
+model's do and a cache is what makes them alike. As OpenAI's: `gpt-image-*` models answer with
+base64 and token usage; others with a URL by default (`response_format`: `url` or `b64_json`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import struct
+import time
+import zlib
+
+from proxy.tools.sim.state import JSON, BadRequest, SimState, int_param
+
+MAX_IMAGES = 10  # OpenAI's own limit of images per request
+SIDE = 8
+"""Pixels on a side: the sim's images are tiny; a test of large answers asks for many."""
+
+
+def images_reply(body: JSON, state: SimState) -> JSON:
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt:
+        raise BadRequest("prompt must be a non-empty string", "prompt")
+    model = body.get("model", "dall-e-2")
+    if not isinstance(model, str):
+        raise BadRequest("model must be a string", "model")
+    count = int_param(body, "n", 1, lo=1, hi=MAX_IMAGES)
+    native = model.startswith("gpt-image")
+    wanted = body.get("response_format", "b64_json" if native else "url")
+    if wanted not in ("url", "b64_json") or (native and "response_format" in body):
+        raise BadRequest(
+            "response_format must be url or b64_json, and only for dall-e", "response_format"
+        )
+    data = []
+    for _ in range(count):
+        image = _png(prompt, secrets.token_bytes(8))
+        if wanted == "b64_json":
+            data.append({"b64_json": base64.b64encode(image).decode()})
+        else:
+            name = hashlib.sha256(image).hexdigest()[:24]
+            data.append({"url": f"https://images.sim.invalid/{name}.png?se=1h"})
+    answer: JSON = {"created": int(time.time()), "data": data}
+    if native:
+        words = len(prompt.split())
+        answer["usage"] = {
+            "input_tokens": words,
+            "output_tokens": 272 * count,
+            "total_tokens": words + 272 * count,
+        }
+    return answer
+
+
+def _png(prompt: str, noise: bytes) -> bytes:
+    """A SIDE x SIDE grey image whose shades come from the prompt and `noise`."""
+    shades = hashlib.sha256(prompt.encode() + noise).digest()
+    rows = b"".join(
+        b"\x00" + bytes(shades[(y * SIDE + x) % 32] for x in range(SIDE)) for y in range(SIDE)
+    )
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    head = struct.pack(">IIBBBBB", SIDE, SIDE, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", head)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )

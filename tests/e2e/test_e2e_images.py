@@ -1,0 +1,108 @@
+"""Image generations (`POST /v1/images/generations`) are cached when they carry their bytes: an
+image costs cents, and a test suite drawing one runs offline in replay mode. The official SDK
+through a real proxy to the sim, and an upstream written here to answer what no image is."""
+
+from __future__ import annotations
+
+import base64
+import signal
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from openai import OpenAI
+
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim
+from tests.hostile import Scripted, fixed, http_answer
+
+KEY = "sk-painter"
+
+
+def client(proxy: Proxy) -> OpenAI:
+    return OpenAI(base_url=proxy.v1, api_key=KEY, max_retries=0)
+
+
+def draw(proxy: Proxy, body: dict[str, object]) -> httpx.Response:
+    return httpx.post(
+        proxy.v1 + "/images/generations",
+        json=body,
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=10,
+    )
+
+
+def test_the_same_prompt_draws_the_same_image_the_second_time(proxy: Proxy, sim: Sim) -> None:
+    images = client(proxy).images
+    first = images.with_raw_response.generate(model="gpt-image-1", prompt="a red fox")
+    again = images.with_raw_response.generate(model="gpt-image-1", prompt="a red fox")
+    assert (first.headers["X-Repro-Cache"], again.headers["X-Repro-Cache"]) == ("MISS", "HIT")
+    drawn = again.parse()
+    assert drawn.model_dump() == first.parse().model_dump()
+    assert drawn.data and drawn.data[0].b64_json
+    assert base64.b64decode(drawn.data[0].b64_json).startswith(b"\x89PNG\r\n\x1a\n")
+    (asked,) = [r for r in sim.requests() if r["path"] == "/v1/images/generations"]
+    assert "seed" not in orjson.loads(asked["body"])
+    assert drawn.usage is not None
+    saved = proxy.metric("repro_tokens_saved_total", model="gpt-image-1", type="completion")
+    assert saved == drawn.usage.output_tokens > 0
+    other = images.with_raw_response.generate(model="gpt-image-1", prompt="a blue fox")
+    assert other.headers["X-Repro-Cache"] == "MISS"
+    assert other.parse().data[0].b64_json != drawn.data[0].b64_json  # type: ignore[index]
+
+
+def test_an_answer_of_urls_is_relayed_but_never_stored(proxy: Proxy, sim: Sim) -> None:
+    """A URL the upstream signs expires within hours: served from the cache it would be a dead
+    link. The bytes, asked for with `response_format: b64_json`, are what is stored."""
+    for _ in range(2):
+        linked = draw(proxy, {"model": "dall-e-3", "prompt": "a fox"})
+        assert linked.headers["X-Repro-Cache"] == "MISS"
+        assert linked.json()["data"][0]["url"].startswith("https://")
+    body = {"model": "dall-e-3", "prompt": "a fox", "response_format": "b64_json"}
+    assert [draw(proxy, body).headers["X-Repro-Cache"] for _ in range(2)] == ["MISS", "HIT"]
+    assert draw(proxy, {**body, "n": 1}).headers["X-Repro-Cache"] == "HIT"  # n's default
+
+
+def test_a_recorded_image_replays_offline_and_a_stream_is_never_cached(
+    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
+) -> None:
+    tape = tmp_path / "llm.jsonl"
+    recorder = start_proxy("--cache-scope", "shared", "--cassette", str(tape))
+    recorded = client(recorder).images.generate(model="gpt-image-1", prompt="a fox", n=2)
+    streamed = draw(recorder, {"model": "gpt-image-1", "prompt": "a fox", "stream": True})
+    assert streamed.headers["X-Repro-Cache"] == "BYPASS"
+    recorder.proc.send_signal(signal.SIGTERM)
+    assert recorder.proc.wait(timeout=15) == 0
+    replaying = start_proxy(
+        "--cache-scope", "shared", "--cassette", str(tape), "--cache-mode", "replay",
+        upstream="http://127.0.0.1:9/v1",
+    )  # fmt: skip
+    replayed = client(replaying).images.generate(model="gpt-image-1", prompt="a fox", n=2)
+    assert replayed.model_dump() == recorded.model_dump()
+    refused = draw(replaying, {"model": "gpt-image-1", "prompt": "a fox", "stream": True})
+    assert refused.status_code == 504 and refused.json()["error"]["code"] == "cache_miss"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"created": 1, "data": []},
+        {"created": 1, "data": [{"b64_json": ""}]},
+        {"created": 1, "data": [{"b64_json": 7}]},
+        {"created": 1, "data": [{"b64_json": "aGk="}, {"url": "https://x.invalid/1.png"}]},
+        {"created": 1, "data": "aGk="},
+        {"error": {"message": "busy"}, "data": [{"b64_json": "aGk="}]},
+    ],
+    ids=["empty", "empty-bytes", "not-text", "one-url", "not-a-list", "error"],
+)
+def test_an_answer_that_is_no_image_is_relayed_and_never_stored(
+    start_proxy: ProxyFactory, answer: dict[str, object]
+) -> None:
+    body = orjson.dumps(answer)
+    with Scripted(fixed(http_answer(body, "Content-Type: application/json"))) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        for _ in range(2):
+            relayed = draw(proxy, {"model": "gpt-image-1", "prompt": "x"})
+            assert relayed.status_code == 200 and relayed.content == body
+            assert relayed.headers["X-Repro-Cache"] == "MISS"
+        assert len(upstream.received) == 2
