@@ -26,7 +26,7 @@ from bench.procs import free_port, settled, stop, wait_until_up
 from proxy.server.preflight import CHECK_AGENT
 
 if TYPE_CHECKING:
-    from openai import AzureOpenAI
+    from openai import AzureOpenAI, OpenAI
     from prometheus_client.samples import Sample
 
 LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
@@ -138,12 +138,31 @@ class Proxy(Served):
     ) -> httpx.Response:
         """One chat question as raw HTTP, so that the test reads the proxy's own headers and
         statuses (the SDK would retry an error and hide both)."""
+        body = {"model": model, "messages": [{"role": "user", "content": content}]}
+        return self.post("/chat/completions", body, key=key, headers=headers, timeout=timeout)
+
+    def post(
+        self,
+        path: str,
+        body: Mapping[str, object],
+        *,
+        key: str = "sk-tenant",
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 10,
+    ) -> httpx.Response:
+        """A JSON body to `/v1` + `path` as raw HTTP, as `chat` sends one."""
         return httpx.post(
-            self.v1 + "/chat/completions",
-            json={"model": model, "messages": [{"role": "user", "content": content}]},
+            self.v1 + path,
+            json=body,
             headers={"Authorization": f"Bearer {key}", **(headers or {})},
             timeout=timeout,
         )
+
+    def sdk(self, key: str = "sk-tenant") -> OpenAI:
+        """The official SDK against the proxy, without retries, closed after the test."""
+        from openai import OpenAI
+
+        return closed_after_test(OpenAI(base_url=self.v1, api_key=key, max_retries=0))
 
     def metric_reaching(
         self, name: str, at_least: float, within: float = 10.0, **labels: str

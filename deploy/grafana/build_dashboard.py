@@ -80,6 +80,14 @@ def instant(expr: str, ref: str = "A") -> prometheus.Dataquery:
     return prometheus.Dataquery().expr(expr).ref_id(ref).instant()
 
 
+def right_axis(unit: str) -> list[DynamicConfigValue]:
+    """A second series in its own unit, read off an axis on the right."""
+    return [
+        DynamicConfigValue(id_val="unit", value=unit),
+        DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
+    ]
+
+
 def graph(title: str, description: str, unit: str, width: int = 12) -> timeseries.Panel:
     return (
         timeseries.Panel()
@@ -316,46 +324,23 @@ def latency_row(board: db.Dashboard) -> None:
         )
     board.with_panel(proxy_latency)
     board.with_panel(upstream_latency)
-    board.with_panel(
-        graph(
-            "WebSocket sessions",
-            "Realtime sessions relayed now, and how long the sessions that ended lasted (p50, "
-            "p99). A session's request counts its handshake in the latency above; its length "
-            "is counted here.",
-            "short",
-        )
-        .with_target(query("sum(repro_websockets_open)", "open"))
-        .with_target(
+    sessions = graph(
+        "WebSocket sessions",
+        "Realtime sessions relayed now, and how long the sessions that ended lasted (p50, "
+        "p99). A session's request counts its handshake in the latency above; its length "
+        "is counted here.",
+        "short",
+    ).with_target(query("sum(repro_websockets_open)", "open"))
+    for quantile, ref in (("0.5", "B"), ("0.99", "C")):
+        sessions.with_target(
             query(
-                "histogram_quantile(0.5, sum by (le) "
+                f"histogram_quantile({quantile}, sum by (le) "
                 f"(rate(repro_websocket_session_seconds_bucket[{RATE}])))",
-                "p50 length",
-                "B",
+                f"p{round(float(quantile) * 100)} length",
+                ref,
             )
-        )
-        .with_target(
-            query(
-                "histogram_quantile(0.99, sum by (le) "
-                f"(rate(repro_websocket_session_seconds_bucket[{RATE}])))",
-                "p99 length",
-                "C",
-            )
-        )
-        .override_by_query(
-            "B",
-            [
-                DynamicConfigValue(id_val="unit", value="s"),
-                DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
-            ],
-        )
-        .override_by_query(
-            "C",
-            [
-                DynamicConfigValue(id_val="unit", value="s"),
-                DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
-            ],
-        )
-    )
+        ).override_by_query(ref, right_axis("s"))
+    board.with_panel(sessions)
 
 
 def error_row(board: db.Dashboard) -> None:
@@ -389,13 +374,7 @@ def error_row(board: db.Dashboard) -> None:
                 "B",
             )
         )
-        .override_by_query(
-            "B",
-            [
-                DynamicConfigValue(id_val="unit", value="reqps"),
-                DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
-            ],
-        )
+        .override_by_query("B", right_axis("reqps"))
     )
     board.with_panel(
         graph(

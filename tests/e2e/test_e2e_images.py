@@ -20,16 +20,11 @@ KEY = "sk-painter"
 
 
 def client(proxy: Proxy) -> OpenAI:
-    return OpenAI(base_url=proxy.v1, api_key=KEY, max_retries=0)
+    return proxy.sdk(KEY)
 
 
 def draw(proxy: Proxy, body: dict[str, object]) -> httpx.Response:
-    return httpx.post(
-        proxy.v1 + "/images/generations",
-        json=body,
-        headers={"Authorization": f"Bearer {KEY}"},
-        timeout=10,
-    )
+    return proxy.post("/images/generations", body, key=KEY)
 
 
 def test_the_same_prompt_draws_the_same_image_the_second_time(proxy: Proxy, sim: Sim) -> None:

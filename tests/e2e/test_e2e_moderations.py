@@ -20,16 +20,11 @@ KEY = "sk-moderated"
 
 
 def client(proxy: Proxy) -> OpenAI:
-    return OpenAI(base_url=proxy.v1, api_key=KEY, max_retries=0)
+    return proxy.sdk(KEY)
 
 
 def moderate(proxy: Proxy, body: dict[str, object]) -> httpx.Response:
-    return httpx.post(
-        proxy.v1 + "/moderations",
-        json=body,
-        headers={"Authorization": f"Bearer {KEY}"},
-        timeout=10,
-    )
+    return proxy.post("/moderations", body, key=KEY)
 
 
 def test_the_sdk_gets_the_same_verdict_the_second_time_from_the_cache(
