@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import binascii
 import re
+from collections.abc import Callable
 from typing import Any, NamedTuple, TypeGuard
 
 import orjson
@@ -109,15 +110,14 @@ def is_count(value: int) -> bool:
 
 
 def is_answer(body: dict[str, Any], responses: bool = False) -> bool:
-    """Whether a 200 body is an answer (choices, embeddings data, moderation results or
-    Responses output) rather
-    than an error some gateways send with status 200: only answers are stored or teach a
-    fingerprint. On the Responses API only a completed response is one: a queued, failed or
-    incomplete one is not the answer a retry would get, nor one naming an `error` beside a
-    `completed` status, which has not said which it is. Elsewhere too an `error` beside the
-    answer leaves it unsaid, and an answer's choices (data, output) are a list of objects as
-    the SDK reads them: `"choices": null` or `"data": "x"` stored would be replayed to
-    clients that all fail on it."""
+    """Whether a 200 body is an answer (choices, embeddings or image data, moderation results
+    or Responses output) rather than an error some gateways send with status 200: only answers
+    are stored or teach a fingerprint. On the Responses API only a completed response is one: a
+    queued, failed or incomplete one is not the answer a retry would get, nor one naming an
+    `error` beside a `completed` status, which has not said which it is. Elsewhere too an
+    `error` beside the answer leaves it unsaid, and an answer's choices (data, output, results)
+    are a list of objects as the SDK reads them: `"choices": null` or `"data": "x"` stored
+    would be replayed to clients that all fail on it."""
     if body.get("error") is not None:
         return False
     if responses:
@@ -203,23 +203,9 @@ def has_shape(answer: dict[str, Any], shape: str) -> bool:
     if shape in (FLOATS, BASE64):
         return has_vectors(answer, shape == BASE64)
     if shape == IMAGE_BYTES:
-        data = answer.get("data")
-        return (
-            is_objects(data)
-            and bool(data)
-            and all(isinstance(item.get("b64_json"), str) and item["b64_json"] for item in data)
-        )
+        return _each(answer.get("data"), _is_image)
     if shape == VERDICTS:
-        results = answer.get("results")
-        return (
-            is_objects(results)
-            and bool(results)
-            and all(
-                isinstance(result.get("flagged"), bool)
-                and isinstance(result.get("categories"), dict)
-                for result in results
-            )
-        )
+        return _each(answer.get("results"), _is_verdict)
     choices = answer.get("choices")
     if not is_objects(choices):
         return False
@@ -233,12 +219,20 @@ def has_vectors(answer: dict[str, Any], base64: bool) -> bool:
     for them: a list of numbers, or with `encoding_format: base64` base64 of float32s. An
     item's `"embedding": null`, or a string where numbers were asked, stored would be served
     to every later caller, whose client fails on it, for as long as the entry lives."""
-    data = answer.get("data")
-    return (
-        is_objects(data)
-        and bool(data)
-        and all(_is_vector(item.get("embedding"), base64) for item in data)
-    )
+    return _each(answer.get("data"), lambda item: _is_vector(item.get("embedding"), base64))
+
+
+def _each(items: object, holds: Callable[[dict[str, Any]], bool]) -> bool:
+    """A non-empty list of objects, each of which `holds`."""
+    return is_objects(items) and bool(items) and all(holds(item) for item in items)
+
+
+def _is_image(item: dict[str, Any]) -> bool:
+    return isinstance(item.get("b64_json"), str) and bool(item["b64_json"])
+
+
+def _is_verdict(item: dict[str, Any]) -> bool:
+    return isinstance(item.get("flagged"), bool) and isinstance(item.get("categories"), dict)
 
 
 def _is_vector(value: object, base64: bool) -> bool:
