@@ -88,6 +88,9 @@ def test_a_moderations_text_is_its_verdicts_and_its_fingerprint_its_snapshot() -
     moderated = verdict(False, 0.001)
     assert fresh_fingerprint(moderated, False, shape=VERDICTS) == "omni-moderation-2024-09-26"
     assert fresh_fingerprint(moderated, False) == "none"  # a chat answer naming its model
+    for hostile in ("omni moderation", "x" * 200, "fp\r\nSet-Cookie: a=b", 7):
+        answer = orjson.dumps({"model": hostile, "results": [{"flagged": False}]})
+        assert fresh_fingerprint(answer, False, shape=VERDICTS) == "none"
 
 
 def test_verify_rate_samples_moderations_too(start_proxy: ProxyFactory, sim: Sim) -> None:
