@@ -32,7 +32,7 @@ metrics and fingerprint history go under."""
 DEPLOYMENTS = "/openai/deployments/"
 AZURE_V1 = "/openai/v1/"
 AZURE_RESPONSES = "/openai/responses"
-DEPLOYMENT_CALLS = ("chat/completions", "completions", "embeddings")
+DEPLOYMENT_CALLS = ("chat/completions", "completions", "embeddings", "images/generations")
 
 _DEPLOYMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _API_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")

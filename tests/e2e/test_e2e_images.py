@@ -13,7 +13,7 @@ import orjson
 import pytest
 from openai import OpenAI
 
-from tests.fixtures_procs import Proxy, ProxyFactory, Sim
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim, azure_client
 from tests.hostile import Scripted, fixed, http_answer
 
 KEY = "sk-painter"
@@ -76,6 +76,20 @@ def test_a_recorded_image_replays_offline_and_a_stream_is_never_cached(
     assert replayed.model_dump() == recorded.model_dump()
     refused = draw(replaying, {"model": "gpt-image-1", "prompt": "a fox", "stream": True})
     assert refused.status_code == 504 and refused.json()["error"]["code"] == "cache_miss"
+
+
+def test_an_azure_deployment_draws_from_the_cache_too(start_proxy: ProxyFactory, sim: Sim) -> None:
+    proxy = start_proxy(upstream=sim.url)  # Azure: the resource's root
+    images = azure_client(proxy, "drawings").images
+    asked = {"model": "img-deploy", "prompt": "a fox", "response_format": "b64_json"}
+    first = images.with_raw_response.generate(**asked)
+    again = images.with_raw_response.generate(**asked)
+    assert (first.headers["X-Repro-Cache"], again.headers["X-Repro-Cache"]) == ("MISS", "HIT")
+    assert again.parse().model_dump() == first.parse().model_dump()
+    (sent,) = [r for r in sim.requests() if r["path"].endswith("/images/generations")]
+    assert sent["path"] == "/openai/deployments/img-deploy/images/generations"
+    route = "/openai/deployments/{deployment}/images/generations"
+    assert proxy.metric("repro_requests_total", route=route, cache="hit") == 1
 
 
 @pytest.mark.parametrize(

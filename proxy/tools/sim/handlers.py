@@ -379,6 +379,7 @@ def routes() -> list[web.RouteDef]:
         web.post(deployment + "/chat/completions", chat),
         web.post(deployment + "/completions", text),
         web.post(deployment + "/embeddings", embed),
+        web.post(deployment + "/images/generations", draw),
         web.post("/openai/responses", _create_response),
         web.get("/openai/responses/{id}", _get_response),
         web.delete("/openai/responses/{id}", _delete_response),
