@@ -25,7 +25,7 @@ caches its own, and another tenant sending the same body asks the upstream, whic
     made for the account), an `image_generation_call` without its `result`, an
     `mcp_approval_response` answering a request it does not hold, and any type this list
     does not know (a new one may be either: sharing is what must be earned);
-  - an `item_reference`, holding nothing but the id, is not cached at all (`call._references`).
+  - an `item_reference`, holding nothing but the id, is not cached at all (`uncached._references`).
 - One carrying credentials for a third party (`carries_credentials`): an MCP tool's headers or
   OAuth token, a connector's, a hosted container's domain secrets (its network policy's), among
   the body's tools or an input item's (CREDENTIALS). Its answer is what they fetched (a mailbox,
@@ -183,7 +183,7 @@ SELF_CONTAINED = frozenset(
 def passes_stored_items(body: dict[str, Any]) -> bool:
     """Whether a Responses `input` holds an item the upstream reads from its owner's stored
     state by id, or decrypts for the owner's account (see the module's list). Unlike an
-    `item_reference` it is not left uncached (`call._references`): every turn of an agent on a
+    `item_reference` it is not left uncached (`uncached._references`): every turn of an agent on a
     reasoning model passes its reasoning and tool calls back, and the rest of the conversation
     is in the body, so the owner keeps caching its own turns; only sharing them is wrong, as
     the upstream refuses another account the id."""
