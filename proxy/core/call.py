@@ -15,6 +15,7 @@ from multidict import CIMultiDictProxy
 from proxy.core import canonical, policy, responses, routes, uncached
 from proxy.core.credentials import STANDARD, Credentials, in_query, of_request, split_query
 from proxy.core.entry import (
+    AUDIO,
     BASE64,
     FLOATS,
     IMAGE_BYTES,
@@ -24,6 +25,7 @@ from proxy.core.entry import (
     Entry,
     answer_of,
     fingerprint_of,
+    is_audio,
     usage_of,
 )
 from proxy.core.keyed import HeaderLines, Keying, vary_of
@@ -213,6 +215,7 @@ _SHAPES = {
     routes.COMPLETIONS: TEXTS,
     routes.MODERATIONS: VERDICTS,
     routes.IMAGES: IMAGE_BYTES,
+    routes.SPEECH: AUDIO,
 }
 
 
@@ -312,11 +315,17 @@ Facts = tuple[str, int, int, str | None, bool]
 Responses answer's id, and whether it was made under an access program (`owned.entitled`)."""
 
 
-def facts_of(body: bytes, is_response: bool, shape: str | None = None) -> Facts | None:
+def facts_of(
+    body: bytes, is_response: bool, shape: str | None = None, content_type: str = ""
+) -> Facts | None:
     """What the proxy reads of a 200's body; None for one that is no answer (an error some
     gateways send with a 200), or one whose items lack what the route's client reads of them
     (`shape`, `Call.shape`). Plain data in and out, so that a large body can be read in a
-    child process and only its facts come back (see `proxy.server.caching.read_facts`)."""
+    child process and only its facts come back (see `proxy.server.caching.read_facts`).
+    Speech is sound, not JSON: its label (`content_type`) says whether it is an answer, and
+    it names no fingerprint nor usage."""
+    if shape == AUDIO:
+        return ("none", 0, 0, None, False) if is_audio(body, content_type) else None
     parsed = answer_of(body, is_response, shape)
     if parsed is None:
         return None

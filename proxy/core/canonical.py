@@ -21,6 +21,7 @@ from proxy.core.routes import EMBEDDINGS as EMBEDDINGS
 from proxy.core.routes import IMAGES as IMAGES
 from proxy.core.routes import MODERATIONS as MODERATIONS
 from proxy.core.routes import RESPONSES as RESPONSES
+from proxy.core.routes import SPEECH as SPEECH
 from proxy.errors import InvalidJSON
 
 MAX_DEPTH = 128
@@ -30,7 +31,9 @@ _LOWEST_INT, _HIGHEST_INT = -(2**63), 2**64 - 1
 integer it is exactly: 1e16 is 10000000000000000. Beyond it a double stays one, its integer too
 long for an upstream's integer types."""
 
-CACHEABLE_ROUTES = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, IMAGES, MODERATIONS, RESPONSES})
+CACHEABLE_ROUTES = frozenset(
+    {CHAT, COMPLETIONS, EMBEDDINGS, IMAGES, MODERATIONS, RESPONSES, SPEECH}
+)
 
 _SAMPLING_DEFAULTS: dict[str, Any] = {
     "temperature": 1,
@@ -58,6 +61,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     EMBEDDINGS: {"encoding_format": "float"},
     MODERATIONS: {"model": DEFAULT_MODELS[MODERATIONS]},
     IMAGES: {"n": 1},
+    SPEECH: {"response_format": "mp3", "speed": 1, "stream_format": "audio"},
     RESPONSES: {
         "temperature": 1,
         "top_p": 1,

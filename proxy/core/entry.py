@@ -137,13 +137,25 @@ def is_objects(value: object) -> TypeGuard[list[dict[str, Any]]]:
 
 # What a whole answer's items must hold to be stored, by route (`has_shape`): a chat choice
 # its message, a completions choice its text, an embeddings item its vector as asked for, a
-# moderation result its verdict, a generated image its bytes.
+# moderation result its verdict, a generated image its bytes; speech is audio (`is_audio`).
 MESSAGES = "message"
 TEXTS = "text"
 FLOATS = "float"
 BASE64 = "base64"
 VERDICTS = "verdict"
 IMAGE_BYTES = "b64_json"
+AUDIO = "audio"
+UNCOMPARED = frozenset({IMAGE_BYTES, AUDIO})
+"""Shapes whose answers hold no text to compare: bytes a model draws or speaks anew each
+time, so two answers always differ and no distance between them says drift."""
+
+
+def is_audio(body: bytes, content_type: str) -> bool:
+    """Whether a 200's body is speech: bytes labelled as audio (`audio/mpeg`, `audio/wav`, raw
+    `audio/pcm`, which has no header to check), never empty. An error some gateways send with
+    a 200 is labelled JSON, and stored it would be replayed to every later caller as sound."""
+    media = content_type.partition(";")[0].strip().lower()
+    return bool(body) and (media.startswith("audio/") or media == "application/octet-stream")
 
 
 def answer_of(body: bytes, is_response: bool, shape: str | None) -> dict[str, Any] | None:
@@ -193,6 +205,8 @@ def is_served_as(entry: Entry, is_response: bool, shape: str | None, stream: boo
     it lives. A stream's clean end was checked as it was recorded (`proxy.core.sse`)."""
     if entry.stream != stream:
         return False
+    if shape == AUDIO:
+        return not stream and is_audio(entry.body, entry.content_type)
     return stream or answer_of(entry.body, is_response, shape) is not None
 
 

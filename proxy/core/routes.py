@@ -25,6 +25,7 @@ EMBEDDINGS = "/v1/embeddings"
 RESPONSES = "/v1/responses"
 MODERATIONS = "/v1/moderations"
 IMAGES = "/v1/images/generations"
+SPEECH = "/v1/audio/speech"
 DEFAULT_MODELS = {MODERATIONS: "omni-moderation-latest"}
 """The model a route's upstream answers with when the body names none: the name the request's
 metrics and fingerprint history go under."""
@@ -32,7 +33,13 @@ metrics and fingerprint history go under."""
 DEPLOYMENTS = "/openai/deployments/"
 AZURE_V1 = "/openai/v1/"
 AZURE_RESPONSES = "/openai/responses"
-DEPLOYMENT_CALLS = ("chat/completions", "completions", "embeddings", "images/generations")
+DEPLOYMENT_CALLS = (
+    "chat/completions",
+    "completions",
+    "embeddings",
+    "images/generations",
+    "audio/speech",
+)
 
 _DEPLOYMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _API_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
@@ -117,11 +124,13 @@ RESPONSES_LINEAGE = "@responses"
 EMBEDDINGS_LINEAGE = "@embeddings"
 MODERATIONS_LINEAGE = "@moderations"
 IMAGES_LINEAGE = "@images"
+SPEECH_LINEAGE = "@speech"
 _APART = {
     RESPONSES: RESPONSES_LINEAGE,
     EMBEDDINGS: EMBEDDINGS_LINEAGE,
     MODERATIONS: MODERATIONS_LINEAGE,
     IMAGES: IMAGES_LINEAGE,
+    SPEECH: SPEECH_LINEAGE,
 }
 OWN_NAME = "@"
 """Ends the lineage of a chat or completions model whose own name ends as another route's

@@ -19,7 +19,7 @@ from multidict import CIMultiDict
 from proxy.core import policy, routes
 from proxy.core.call import Answer, Asked, Call, Facts, facts_of, prepare_with, repro_headers
 from proxy.core.codec import Codec, UnknownDictionary
-from proxy.core.entry import CorruptEntry, Entry, Misshapen, expires_at, is_served_as
+from proxy.core.entry import AUDIO, CorruptEntry, Entry, Misshapen, expires_at, is_served_as
 from proxy.core.fingerprints import ModelFingerprints
 from proxy.core.keyed import KEYED_OTHERWISE, REROUTING
 from proxy.core.policy import Outcome
@@ -307,7 +307,7 @@ async def forward(
     fingerprint = None
     facts = None
     if status == 200:
-        facts = await read_facts(services, data, call.kind == RESPONSES, call.shape)
+        facts = await read_facts(services, data, call.kind == RESPONSES, call.shape, content_type)
     if facts is not None:
         fingerprint, prompt, completion, found_by, programmed = facts
         answer = Answer(
@@ -319,13 +319,16 @@ async def forward(
 
 
 async def read_facts(
-    services: Services, data: bytes, is_response: bool, shape: str | None
+    services: Services, data: bytes, is_response: bool, shape: str | None, content_type: str
 ) -> Facts | None:
     """`facts_of`, in the offload child for an answer of OFF_LOOP_BODY and more: parsing tens of
     MiB of an upstream's JSON on the loop would stall every request the process serves. A child
-    that died (out of memory) leaves the answer unread: served, not stored."""
+    that died (out of memory) leaves the answer unread: served, not stored. Speech is read by
+    its label alone, on the loop: its MiB of sound need no parse, nor a copy to the child."""
+    if shape == AUDIO:
+        return facts_of(data, is_response, shape, content_type)
     try:
-        return await services.offload.parse(facts_of, data, is_response, shape)
+        return await services.offload.parse(facts_of, data, is_response, shape, content_type)
     except BrokenProcessPool:
         log.warning("answer not stored: the process reading it died", extra={"bytes": len(data)})
         return None

@@ -50,7 +50,7 @@ from proxy.core.credentials import (
     upstream_headers,
     with_query,
 )
-from proxy.core.entry import is_answer, json_object
+from proxy.core.entry import AUDIO, is_answer, is_audio, json_object
 from proxy.core.keyed import digest
 from proxy.core.lru import LRU
 from proxy.core.policy import ANONYMOUS
@@ -70,10 +70,10 @@ MAX_LEARNED = 1024
 MAX_CHECKS = 32
 """Upstream calls of key checks in flight at most, whatever the keys: identical checks share
 one call, and made-up keys, each a distinct check, must not open calls without bound."""
-LISTED = True
-"""What a model list's 2xx past ANSWER_LIMIT says: a list (a gateway routing to hundreds of
-models lists more than that), since an error dressed as a 200 is a short object. A request's
-own answer past it says nothing (None): a gateway's error may quote the caller's long prompt."""
+Judge = Callable[[bytes | None, str], bool | None]
+"""Whether a 2xx is what was asked for, from its body (None past ANSWER_LIMIT, never read
+whole: made-up keys would each have the proxy buffer and parse what the upstream likes) and
+its Content-Type; None when it does not say."""
 REFUSED = frozenset({401, 403})
 
 K = TypeVar("K", bound=Hashable)
@@ -186,7 +186,7 @@ class KeyChecker:
         listed, query = models_list(call)
         models = with_query(listed, query, credentials)
         headers = upstream_headers(credentials)
-        served = await self._ask("GET", models, headers, None, lists_models, LISTED)
+        served = await self._ask("GET", models, headers, None, lists_models)
         if served is False:
             log.info("credentials refused by the upstream: no cached answers for them")
             return self._record(call.tenant, False)
@@ -204,9 +204,8 @@ class KeyChecker:
         key = ("models", shape(credentials), listed, query)
         made_up = stranger(credentials)
         models = with_query(listed, query, made_up)
-        served = await self._learn(
-            key, "GET", models, upstream_headers(made_up), None, lists_models, LISTED
-        )
+        headers = upstream_headers(made_up)
+        served = await self._learn(key, "GET", models, headers, None, lists_models)
         return served is False
 
     async def _serves_strangers(self, call: Call, credentials: Credentials) -> bool | None:
@@ -223,8 +222,10 @@ class KeyChecker:
         headers.extend(upstream_headers(made_up))
         headers["Content-Type"] = "application/json"
         path = with_query(call.route, call.keyed_query, made_up)
-        judge = partial(answers, stream=call.stream, responses=call.kind == RESPONSES)
-        return await self._learn(key, "POST", path, headers, call.request, judge, None)
+        judge = partial(
+            answers, stream=call.stream, responses=call.kind == RESPONSES, shape=call.shape
+        )
+        return await self._learn(key, "POST", path, headers, call.request, judge)
 
     async def _learn(
         self,
@@ -233,15 +234,14 @@ class KeyChecker:
         path: str,
         headers: Mapping[str, str],
         body: bytes | None,
-        judge: Callable[[bytes], bool],
-        beyond: bool | None,
+        judge: Judge,
     ) -> bool | None:
         """Whether the upstream serves these made-up credentials (None: it did not say)."""
         known = self._learned.get(key)
         if known is not None and self._clock() - known[1] < self._interval:
             return known[0]
         served = await self._probes.join(
-            key, lambda: self._deadline(self._ask(method, path, headers, body, judge, beyond))
+            key, lambda: self._deadline(self._ask(method, path, headers, body, judge))
         )
         if served is not None:
             self._learned.put(key, (served, self._clock()))
@@ -261,39 +261,36 @@ class KeyChecker:
         path: str,
         headers: Mapping[str, str],
         body: bytes | None,
-        judge: Callable[[bytes], bool],
-        beyond: bool | None,
+        judge: Judge,
     ) -> bool | None:
-        """Whether the upstream served this request (None: it did not say). A 2xx whose body
+        """Whether the upstream served this request (None: it did not say). A 2xx that
         `judge` finds no answer is a refusal: gateways refuse a bad key with a 200 and an
-        error body, and such an answer vouches for nothing. A 2xx past ANSWER_LIMIT is
-        `beyond`, never read whole (made-up keys would each have the proxy buffer and parse
-        what the upstream likes); one within it is judged here, on the loop.
+        error body, and such an answer vouches for nothing. It is judged here, on the loop.
         At most MAX_CHECKS calls are in flight: past that, a check waits for one to end,
         within its deadline."""
         async with self._slots:
             try:
-                status, answer = await self._fetch(method, path, headers, body)
+                status, answer, content_type = await self._fetch(method, path, headers, body)
             except UpstreamError:
                 return None
         if status in REFUSED:
             return False
         if not _ok(status):
             return None
-        if answer is None:
-            return beyond
-        return judge(answer)
+        return judge(answer, content_type)
 
     async def _fetch(
         self, method: str, path: str, headers: Mapping[str, str], body: bytes | None
-    ) -> tuple[int, bytes | None]:
-        """The status and body of the upstream's answer, the body None past ANSWER_LIMIT: a
-        check needs the status and, of a 2xx, enough to tell an answer from an error."""
+    ) -> tuple[int, bytes | None, str]:
+        """The status, body and Content-Type of the upstream's answer, the body None past
+        ANSWER_LIMIT: a check needs the status and, of a 2xx, enough to tell an answer from
+        an error."""
         answer = await self._upstream.send(method, path, headers, body, whole=True)
+        content_type = answer.headers.get("Content-Type", "")
         try:
-            return answer.status, await answer.read(ANSWER_LIMIT)
+            return answer.status, await answer.read(ANSWER_LIMIT), content_type
         except UpstreamTooLarge:
-            return answer.status, None
+            return answer.status, None, content_type
         finally:
             answer.release()
 
@@ -336,15 +333,27 @@ def _ok(status: int | None) -> bool:
     return status is not None and 200 <= status < 300
 
 
-def lists_models(body: bytes) -> bool:
-    """A model list (`{"object": "list", "data": [...]}`), not an error dressed as a 200."""
+def lists_models(body: bytes | None, content_type: str) -> bool:
+    """A model list (`{"object": "list", "data": [...]}`), not an error dressed as a 200. Past
+    ANSWER_LIMIT a list (a gateway routing to hundreds of models lists more than that), since
+    an error dressed as a 200 is a short object."""
+    if body is None:
+        return True
     listed = json_object(body)
     return listed is not None and isinstance(listed.get("data"), list)
 
 
-def answers(body: bytes, stream: bool, responses: bool) -> bool:
+def answers(
+    body: bytes | None, content_type: str, stream: bool, responses: bool, shape: str | None
+) -> bool | None:
     """Whether a 2xx body answers the request it came for: a whole answer, or a stream that
-    was an answer to its clean end."""
+    was an answer to its clean end; speech, by its label (`is_audio`), however long. Any
+    other answer past ANSWER_LIMIT says nothing: a gateway's error may quote the caller's
+    long prompt."""
+    if shape == AUDIO:
+        return is_audio(b"past the limit" if body is None else body, content_type)
+    if body is None:
+        return None
     if not stream:
         answer = json_object(body)
         return answer is not None and is_answer(answer, responses)

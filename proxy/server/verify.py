@@ -9,6 +9,8 @@ At most `MAX_IN_FLIGHT` checks run at once; samples beyond that are skipped, not
 answer is read up to `--max-entry`, as large as the stored one may be; beyond, it is an `error`.
 The fresh answer is parsed, and the texts compared over a bounded length (MAX_COMPARED), in a
 thread, or in the offload child when either answer is large: orjson holds the GIL throughout.
+Images and speech are never sampled (`UNCOMPARED`): drawn or spoken anew, they always differ,
+and they name no fingerprint to watch.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.core.credentials import STANDARD, extract, upstream_headers
-from proxy.core.entry import Entry, fingerprint_of, is_answer
+from proxy.core.entry import UNCOMPARED, Entry, fingerprint_of, is_answer
 from proxy.core.routes import RESPONSES
 from proxy.core.sse import StreamRecorder, payloads
 from proxy.core.textdistance import normalized_levenshtein
@@ -177,7 +179,9 @@ class Verifier:
     def sample(self, call: Call, entry: Entry, headers: CIMultiDictProxy[str]) -> None:
         """Maybe start a background check of this HIT, with the caller's credentials from its
         request `headers` (read only when sampled); returns at once either way."""
-        if self._rate <= 0 or self._draw() >= self._rate or len(self._tasks) >= MAX_IN_FLIGHT:
+        if self._rate <= 0 or call.shape in UNCOMPARED:
+            return
+        if self._draw() >= self._rate or len(self._tasks) >= MAX_IN_FLIGHT:
             return
         auth = upstream_headers(extract(headers, self._carriers))
         task = asyncio.create_task(self._check(call, entry, auth))

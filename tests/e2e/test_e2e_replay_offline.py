@@ -80,7 +80,7 @@ def asked(response_id: str) -> list[tuple[str, str, dict[str, object] | None, di
             "/v1/files",
             "/v1/batches/b1",
             "/v1/%2e%2e/x",
-            "/v1/audio/speech",
+            "/v1/audio/transcriptions",
         ):
             cases.append((method, path, None, {}))
     return cases

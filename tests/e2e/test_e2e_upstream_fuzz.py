@@ -45,7 +45,7 @@ AUTH = {"Authorization": "Bearer sk-fuzz", "Content-Type": "application/json"}
 ANSWER_BOUND = 15.0  # seconds a case's answer may take (the upstream timeout is 1)
 RSS_GROWTH_BOUND_KIB = 96 * 1024
 MAX_ENTRY = 1 << 20  # the proxy's --max-entry
-SPEECH = "audio/speech"  # a pass-through route: its answers are relayed, never cached
+PASSING = "batches"  # a pass-through route: its answers are relayed, never cached
 PIECE_PAUSE = 0.002
 _FINGERPRINT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+=/-]{0,127}")
 SANE_FP = "fp_sane"
@@ -92,8 +92,8 @@ class Case:
             body = {"model": "gpt-3.5-turbo-instruct", "prompt": content}
         elif self.route == "embeddings":
             body = {"model": "text-embedding-3-small", "input": content}
-        elif self.route == SPEECH:  # a pass-through route, never cached
-            body = {"model": "tts-1", "input": content, "voice": "alloy"}
+        elif self.route == PASSING:  # a pass-through route, never cached
+            body = {"input_file_id": content, "endpoint": "/v1/chat/completions"}
         else:
             body = {"model": "gpt-4o-mini", "input": content}
         if self.stream:
@@ -413,8 +413,8 @@ ERROR_BODIES = [
 
 def draw(rng: random.Random, number: int, upstream_port: int) -> Case:
     """One case: the request's route and mode, then the upstream's answer to it."""
-    route = rng.choice(["chat", "chat", "completions", "embeddings", "responses", SPEECH])
-    stream = route not in ("embeddings", SPEECH) and rng.random() < 0.4
+    route = rng.choice(["chat", "chat", "completions", "embeddings", "responses", PASSING])
+    stream = route not in ("embeddings", PASSING) and rng.random() < 0.4
     what: list[str] = [route + (" stream" if stream else "")]
     status = 200
     if rng.random() < 0.22:
@@ -523,7 +523,7 @@ def draw(rng: random.Random, number: int, upstream_port: int) -> Case:
     head = "\r\n".join([line, *headers, "", ""]).encode("latin-1")
     if status in (204, 304):
         decoded = b"" if decoded is not None else None
-    cached = route != SPEECH
+    cached = route != PASSING
     if cached and not storable and not stream and decoded is not None and len(decoded) > MAX_ENTRY:
         decoded = None  # a whole answer over max-entry is a 502
     stall = False
@@ -798,7 +798,7 @@ def check_first(case: Case, got: Got, problems: list[str]) -> None:
     if got.cut:
         # A cut is only fair where the upstream broke it: a stream or a pass-through answer
         # relayed as it came.
-        relayed = case.stream or case.route == SPEECH
+        relayed = case.stream or case.route == PASSING
         if not (relayed and (case.close or case.decoded is None)):
             problems.append("the proxy cut its answer short")
         return
@@ -812,7 +812,7 @@ def check_first(case: Case, got: Got, problems: list[str]) -> None:
     if case.decoded is None:
         # No faithful reading of the answer exists: only a relayed stream may pass its bytes
         # on as they came, the upstream's own.
-        relayed = (case.stream or case.route == SPEECH) and case.body.startswith(got.body)
+        relayed = (case.stream or case.route == PASSING) and case.body.startswith(got.body)
         relayed = relayed and bool(got.body)
         if got.status == case.status == 200 and not relayed:
             problems.append(f"relayed a broken answer: {got.status} {got.body[:120]!r}")
@@ -841,7 +841,7 @@ def check_cached(case: Case, firsts: list[Got], later: Got, how: str, problems: 
         return
     if not case.storable and later.body == case.body:
         problems.append(f"{how}: stored an answer over max-entry")
-    if case.route == SPEECH:
+    if case.route == PASSING:
         problems.append(f"{how}: a HIT on a pass-through route")
     served = [first for first in firsts if first.body == later.body]
     if case.mode == "leave" and not served:
@@ -1154,9 +1154,9 @@ def test_a_pass_through_answer_the_upstream_breaks_is_broken_for_the_client(
     with Scripted(Script(raw, close=True)) as upstream:
         proxy = wait_up(launch_proxy(upstream.v1))
         try:
-            body = b'{"model": "tts-1", "input": "hi", "voice": "alloy"}'
+            body = b'{"input_file_id": "file-1", "endpoint": "/v1/chat/completions"}'
             request = (
-                b"POST /v1/audio/speech HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"POST /v1/batches HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                 b"Authorization: Bearer sk-fuzz\r\nContent-Type: application/json\r\n"
                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
             )

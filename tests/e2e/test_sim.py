@@ -203,6 +203,38 @@ async def test_images_are_pngs_another_each_time_in_the_format_asked() -> None:
             assert resp.status == 400, bad
 
 
+async def test_speech_is_sound_of_the_format_asked_another_take_each_time() -> None:
+    async with sim() as client:
+        body = {"model": "tts-1", "voice": "alloy", "input": "Hello there"}
+        takes = []
+        for _ in range(2):
+            resp = await client.post("/v1/audio/speech", json=body, headers=AUTH)
+            assert resp.status == 200 and resp.headers["Content-Type"] == "audio/mpeg"
+            assert resp.headers["Transfer-Encoding"] == "chunked"
+            takes.append(await resp.read())
+        assert takes[0].startswith(b"ID3") and takes[0] != takes[1]  # a cache makes them alike
+        wav = await client.post(
+            "/v1/audio/speech", json={**body, "response_format": "wav"}, headers=AUTH
+        )
+        sound = await wav.read()
+        assert wav.headers["Content-Type"] == "audio/wav" and sound[8:12] == b"WAVE"
+        assert int.from_bytes(sound[4:8], "little") == len(sound) - 8
+        events = await client.post(
+            "/v1/audio/speech", json={**body, "stream_format": "sse"}, headers=AUTH
+        )
+        assert events.headers["Content-Type"] == "text/event-stream"
+        assert b'"type":"speech.audio.done"' in await events.read()
+        for bad in (
+            {**body, "input": ""},
+            {**body, "voice": 7},
+            {**body, "response_format": "ogg"},
+            {**body, "speed": 5},
+            {**body, "stream_format": "chunks"},
+        ):
+            resp = await client.post("/v1/audio/speech", json=bad, headers=AUTH)
+            assert resp.status == 400, bad
+
+
 async def test_files_echo_upload_size_and_type() -> None:
     async with sim() as client:
         form = aiohttp.FormData()

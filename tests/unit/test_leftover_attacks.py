@@ -8,7 +8,7 @@ import asyncio
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import cast
+from typing import ClassVar, cast
 
 import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -61,6 +61,7 @@ class Answered:
 
     status: int
     body: bytes | None
+    headers: ClassVar[dict[str, str]] = {"Content-Type": "application/json"}
 
     async def read(self, limit: int) -> bytes:
         if self.body is None:

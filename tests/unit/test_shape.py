@@ -1,14 +1,17 @@
 """A Cache-Control directive given twice counts with its stricter value, a lenient reader's
-reading of a path, and what moderation and image answers must hold to be stored (pure)."""
+reading of a path, and what moderation, image and speech answers must hold to be stored
+(pure)."""
 
 from __future__ import annotations
 
 import orjson
 import pytest
 
-from proxy.core.entry import IMAGE_BYTES, VERDICTS, answer_of
+from proxy.core.call import facts_of
+from proxy.core.entry import AUDIO, IMAGE_BYTES, VERDICTS, answer_of
 from proxy.core.paths import lenient
 from proxy.core.policy import parse_cache_control
+from proxy.server.keycheck import answers
 
 
 @pytest.mark.parametrize(
@@ -73,3 +76,30 @@ def test_an_image_answer_is_stored_only_with_its_bytes(data: object, stored: boo
     """A signed URL expires within hours: a stored one would be a dead link."""
     body = orjson.dumps({"created": 1, "data": data})
     assert (answer_of(body, False, IMAGE_BYTES) is not None) is stored
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "stored"),
+    [
+        (b"ID3\x04sound", "audio/mpeg", True),
+        (b"RIFF....WAVE", "Audio/WAV; rate=24000", True),
+        (b"\x00\x01", "application/octet-stream", True),
+        (b"", "audio/mpeg", False),
+        (b'{"error": {"message": "busy"}}', "application/json", False),
+        (b"<html>down</html>", "text/html", False),
+        (b"ID3\x04sound", "", False),
+        (b"ID3\x04sound", "audiox/mpeg", False),
+    ],
+)
+def test_speech_is_stored_only_as_sound(body: bytes, content_type: str, stored: bool) -> None:
+    facts = facts_of(body, False, AUDIO, content_type)
+    assert (facts == ("none", 0, 0, None, False)) is stored
+    assert answers(body, content_type, False, False, AUDIO) is stored
+
+
+def test_a_key_check_reads_speech_past_its_limit_by_its_label_and_nothing_else_so() -> None:
+    """Seconds of speech pass the key check's 64 KiB read: its label says it is sound, where
+    the rest of an answer that long could be a gateway's error quoting the prompt."""
+    assert answers(None, "audio/mpeg", False, False, AUDIO) is True
+    assert answers(None, "application/json", False, False, AUDIO) is False
+    assert answers(None, "application/json", False, False, None) is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import cast
+from typing import ClassVar, cast
 
 import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -55,6 +55,7 @@ class Answered:
 
     status: int
     body: bytes
+    headers: ClassVar[dict[str, str]] = {"Content-Type": "application/json"}
 
     async def read(self, limit: int) -> bytes:
         return self.body

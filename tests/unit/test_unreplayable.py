@@ -14,6 +14,6 @@ def test_each_call_is_named_once_and_a_long_list_is_cut() -> None:
 
 
 def test_recording_is_told_the_replay_will_fail() -> None:
-    said = unreplayable(["POST /v1/audio/speech"], True, "once")
-    assert said.startswith("repro-proxy: POST /v1/audio/speech went to the upstream")
+    said = unreplayable(["POST /v1/audio/transcriptions"], True, "once")
+    assert said.startswith("repro-proxy: POST /v1/audio/transcriptions went to the upstream")
     assert "will fail" in said and "mock that call" in said

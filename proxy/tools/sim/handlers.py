@@ -20,6 +20,7 @@ from proxy.tools.sim import responses
 from proxy.tools.sim.generation import Reply, chat_reply, embeddings_reply, text_reply
 from proxy.tools.sim.images import images_reply
 from proxy.tools.sim.moderation import moderation_reply
+from proxy.tools.sim.speech import speech_reply
 from proxy.tools.sim.state import JSON, STATE, BadRequest, Fault, SimState
 
 _MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-3.5-turbo-instruct", "text-embedding-3-small")
@@ -274,6 +275,34 @@ async def _serve_llm(
     return await _answer(request, reply, fault)
 
 
+async def _speak(request: web.Request) -> web.StreamResponse:
+    """`POST /v1/audio/speech`: the sound sent chunked, as OpenAI's is; a `cut` fault ends it
+    halfway with the connection closed."""
+    state = request.app[STATE]
+    fault = state.next_fault()
+    if fault is not None and fault.kind in IMMEDIATE_FAULTS:
+        if fault.kind == "status":
+            await _pause(state.latency)
+        return await immediate_fault(request, fault)
+    reply = speech_reply(parse_object(await request.read()))
+    await _pause(state.latency)
+    if isinstance(reply, list):
+        return await _stream(request, state, reply, fault)
+    if fault is not None and fault.kind != "cut":
+        return error_response(500, "The server had an error while processing your request.")
+    sound, content_type = reply
+    response = web.StreamResponse(headers={"Content-Type": content_type})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    if fault is not None:
+        await response.write(sound[: len(sound) // 2])
+        _close(request)
+        return response
+    await response.write(sound)
+    await response.write_eof()
+    return response
+
+
 def _llm_route(build: Callable[[JSON, SimState], Reply]) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         return await _serve_llm(request, build)
@@ -380,6 +409,7 @@ def routes() -> list[web.RouteDef]:
         web.post(deployment + "/completions", text),
         web.post(deployment + "/embeddings", embed),
         web.post(deployment + "/images/generations", draw),
+        web.post(deployment + "/audio/speech", _speak),
         web.post("/openai/responses", _create_response),
         web.get("/openai/responses/{id}", _get_response),
         web.delete("/openai/responses/{id}", _delete_response),
@@ -391,6 +421,7 @@ def routes() -> list[web.RouteDef]:
             web.post(base + "/embeddings", embed),
             web.post(base + "/moderations", moderate),
             web.post(base + "/images/generations", draw),
+            web.post(base + "/audio/speech", _speak),
             web.post(base + "/responses", _create_response),
             web.get(base + "/responses/{id}", _get_response),
             web.delete(base + "/responses/{id}", _delete_response),

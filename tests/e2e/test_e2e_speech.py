@@ -1,0 +1,189 @@
+"""Speech (`POST /v1/audio/speech`) is cached: the same words in the same voice are the same
+sound the second time, at no cost, and a voice app's test suite runs offline in replay mode.
+The official SDK through a real proxy to the sim, and upstreams written here to answer what no
+sound is."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim, azure_client
+from tests.hostile import Received, Scripted, fixed, http_answer
+
+KEY = "sk-speaker"
+HELLO = {"model": "tts-1", "voice": "alloy", "input": "Hello, and welcome."}
+
+
+def speak(proxy: Proxy, body: dict[str, object], path: str = "/audio/speech") -> httpx.Response:
+    return proxy.post(path, body, key=KEY)
+
+
+def test_the_same_words_are_the_same_sound_the_second_time(proxy: Proxy, sim: Sim) -> None:
+    speech = proxy.sdk(KEY).audio.speech
+    first = speech.with_raw_response.create(model="tts-1", voice="alloy", input="Hello there")
+    again = speech.with_raw_response.create(model="tts-1", voice="alloy", input="Hello there")
+    assert (first.headers["X-Repro-Cache"], again.headers["X-Repro-Cache"]) == ("MISS", "HIT")
+    assert again.headers["Content-Type"] == "audio/mpeg"
+    sound = again.content
+    assert sound == first.content and sound.startswith(b"ID3")
+    (asked,) = [r for r in sim.requests() if r["path"] == "/v1/audio/speech"]
+    assert "seed" not in orjson.loads(asked["body"])  # speech takes no seed
+    assert "X-Repro-Seed" not in again.headers
+    other = speech.with_raw_response.create(model="tts-1", voice="echo", input="Hello there")
+    assert other.headers["X-Repro-Cache"] == "MISS" and other.content != sound
+    assert proxy.metric("repro_cache_hits_total", model="tts-1") == 1
+
+
+def test_the_defaults_spelled_out_are_one_key_and_another_format_is_not(
+    proxy: Proxy, sim: Sim
+) -> None:
+    plain = speak(proxy, HELLO)
+    spelled = speak(proxy, {**HELLO, "response_format": "mp3", "speed": 1.0})
+    streamed_as_audio = speak(proxy, {**HELLO, "stream_format": "audio"})
+    wav = speak(proxy, {**HELLO, "response_format": "wav"})
+    assert [r.headers["X-Repro-Cache"] for r in (plain, spelled, streamed_as_audio, wav)] == [
+        "MISS",
+        "HIT",
+        "HIT",
+        "MISS",
+    ]
+    assert spelled.content == plain.content
+    assert wav.headers["Content-Type"] == "audio/wav" and wav.content.startswith(b"RIFF")
+    assert speak(proxy, {**HELLO, "response_format": "wav"}).content == wav.content
+
+
+def test_the_sdk_streams_a_cached_answer_to_a_file(proxy: Proxy, sim: Sim, tmp_path: Path) -> None:
+    speech = proxy.sdk(KEY).audio.speech
+    for name in ("first.mp3", "again.mp3"):
+        with speech.with_streaming_response.create(**HELLO) as answer:  # type: ignore[arg-type]
+            answer.stream_to_file(tmp_path / name)
+    assert (tmp_path / "first.mp3").read_bytes() == (tmp_path / "again.mp3").read_bytes()
+    assert len([r for r in sim.requests() if r["path"] == "/v1/audio/speech"]) == 1
+
+
+def test_speech_as_events_is_relayed_and_never_cached(proxy: Proxy, sim: Sim) -> None:
+    """Only the sound is stored; its events (`stream_format: sse`) pass through as they come."""
+    body = {**HELLO, "model": "gpt-4o-mini-tts", "stream_format": "sse"}
+    for _ in range(2):
+        events = speak(proxy, body)
+        assert events.status_code == 200 and events.headers["X-Repro-Cache"] == "BYPASS"
+        assert b'"type":"speech.audio.delta"' in events.content
+    assert len([r for r in sim.requests() if r["path"] == "/v1/audio/speech"]) == 2
+
+
+def test_a_recorded_voice_replays_offline(
+    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
+) -> None:
+    tape = tmp_path / "llm.jsonl"
+    recorder = start_proxy("--cache-scope", "shared", "--cassette", str(tape))
+    recorded = speak(recorder, {**HELLO, "response_format": "pcm"})
+    assert recorded.headers["X-Repro-Cache"] == "MISS"
+    recorder.proc.send_signal(signal.SIGTERM)
+    assert recorder.proc.wait(timeout=15) == 0
+    (line,) = [orjson.loads(text) for text in tape.read_text().splitlines()]
+    assert line["content_type"] == "audio/pcm" and "body_base64" in line
+    replaying = start_proxy(
+        "--cache-scope", "shared", "--cassette", str(tape), "--cache-mode", "replay",
+        upstream="http://127.0.0.1:9/v1",
+    )  # fmt: skip
+    replayed = speak(replaying, {**HELLO, "response_format": "pcm"})
+    assert replayed.headers["X-Repro-Cache"] == "HIT"
+    assert replayed.content == recorded.content
+    assert replayed.headers["Content-Type"] == "audio/pcm"
+    missed = speak(replaying, {**HELLO, "input": "never said"})
+    assert missed.status_code == 504 and missed.json()["error"]["code"] == "cache_miss"
+
+
+def test_an_azure_deployment_speaks_from_the_cache(start_proxy: ProxyFactory, sim: Sim) -> None:
+    proxy = start_proxy(upstream=sim.url)  # Azure: the resource's root
+    speech = azure_client(proxy, "voices").audio.speech
+    asked = {"model": "tts-deploy", "voice": "nova", "input": "From Azure."}
+    first = speech.with_raw_response.create(**asked)  # type: ignore[arg-type]
+    again = speech.with_raw_response.create(**asked)  # type: ignore[arg-type]
+    assert (first.headers["X-Repro-Cache"], again.headers["X-Repro-Cache"]) == ("MISS", "HIT")
+    assert again.content == first.content and again.headers["Content-Type"] == "audio/mpeg"
+    (sent,) = [r for r in sim.requests() if r["path"].endswith("/audio/speech")]
+    assert sent["path"] == "/openai/deployments/tts-deploy/audio/speech"
+    route = "/openai/deployments/{deployment}/audio/speech"
+    assert proxy.metric("repro_requests_total", route=route, cache="hit") == 1
+
+
+def test_a_hit_on_speech_is_never_sampled_for_drift(start_proxy: ProxyFactory, sim: Sim) -> None:
+    """A voice says the same words anew each time: a fresh take always differs from the stored
+    one, and names no fingerprint, so re-asking would cost a call and measure nothing."""
+    proxy = start_proxy("--verify-rate", "1")
+    assert [speak(proxy, HELLO).headers["X-Repro-Cache"] for _ in range(3)] == [
+        "MISS",
+        "HIT",
+        "HIT",
+    ]
+    chat = proxy.chat("drift me")
+    assert chat.headers["X-Repro-Cache"] == "MISS"
+    assert proxy.chat("drift me").headers["X-Repro-Cache"] == "HIT"
+    assert proxy.metric_reaching("repro_verify_total", 1, model="gpt-4o-mini", result="same") == 1
+    assert len([r for r in sim.requests() if r["path"] == "/v1/audio/speech"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("answer", "content_type"),
+    [
+        (b'{"error": {"message": "overloaded"}}', "application/json"),
+        (b"", "audio/mpeg"),
+        (b"<html>maintenance</html>", "text/html"),
+        (b"ID3\x04\x00sound", ""),
+    ],
+    ids=["json-error", "empty", "html", "unlabelled"],
+)
+def test_an_answer_that_is_no_sound_is_relayed_and_never_stored(
+    start_proxy: ProxyFactory, answer: bytes, content_type: str
+) -> None:
+    """A gateway's error sent with 200, a maintenance page, nothing at all: stored, every later
+    caller would be played it for as long as the entry lived."""
+    labelled = (f"Content-Type: {content_type}",) if content_type else ()
+    with Scripted(fixed(http_answer(answer, *labelled))) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        for _ in range(2):
+            relayed = speak(proxy, HELLO)
+            assert relayed.status_code == 200 and relayed.content == answer
+            assert relayed.headers["X-Repro-Cache"] == "MISS"
+        assert len(upstream.received) == 2
+
+
+def test_sound_cut_short_by_the_upstream_is_never_stored(start_proxy: ProxyFactory) -> None:
+    """Half of the bytes announced, then a closed connection: a 502, and the next caller is
+    not played half a sentence from the cache."""
+
+    async def answer(writer: asyncio.StreamWriter, _: Received) -> None:
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: audio/mpeg\r\nContent-Length: 4000\r\n\r\n"
+        writer.write(head + b"ID3" + b"\x00" * 1000)
+        await writer.drain()
+        writer.close()
+
+    with Scripted(answer) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        for _ in range(2):
+            cut = speak(proxy, HELLO)
+            assert cut.status_code == 502
+            assert cut.json()["error"]["code"] == "upstream_unreachable"
+        assert len(upstream.received) == 2
+
+
+def test_a_custom_voice_is_its_owners_alone_in_shared_scope(
+    start_proxy: ProxyFactory, sim: Sim
+) -> None:
+    """A custom voice is made from its owner's recordings: in `shared` scope another tenant
+    asking with its id is not played the owner's take from the cache."""
+    proxy = start_proxy("--cache-scope", "shared")
+    custom = {**HELLO, "model": "gpt-4o-mini-tts", "voice": {"id": "voice_owner1"}}
+    owner = [proxy.post("/audio/speech", custom, key="sk-owner") for _ in range(2)]
+    assert [r.headers["X-Repro-Cache"] for r in owner] == ["MISS", "HIT"]
+    other = proxy.post("/audio/speech", custom, key="sk-other")
+    assert other.headers["X-Repro-Cache"] == "MISS" and other.content != owner[0].content
+    shared = [proxy.post("/audio/speech", HELLO, key=key) for key in ("sk-owner", "sk-other")]
+    assert [r.headers["X-Repro-Cache"] for r in shared] == ["MISS", "HIT"]
