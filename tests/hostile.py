@@ -16,10 +16,18 @@ import threading
 import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import orjson
 
 from tests.fixtures_procs import free_port
+
+if TYPE_CHECKING:
+    import httpx
+
+    from tests.fixtures_procs import Proxy, ProxyFactory
+
+    Asking = Callable[[Proxy], httpx.Response]
 
 IDLE_LIMIT = 30.0
 CHAT = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
@@ -111,6 +119,20 @@ def sse_frames(content: str) -> bytes:
 def http_answer(body: bytes, *headers: str, status: str = "200 OK") -> bytes:
     lines = [f"HTTP/1.1 {status}", *headers, f"Content-Length: {len(body)}", "", ""]
     return "\r\n".join(lines).encode("latin-1") + body
+
+
+def relayed_never_stored(
+    start_proxy: ProxyFactory, answer: bytes, headers: tuple[str, ...], ask: Asking
+) -> None:
+    """An upstream answering every request with `answer` (a 200 that is not what the route's
+    clients can read): relayed to each of two identical requests, each a MISS, never stored."""
+    with Scripted(fixed(http_answer(answer, *headers))) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        for _ in range(2):
+            relayed = ask(proxy)
+            assert relayed.status_code == 200 and relayed.content == answer
+            assert relayed.headers["X-Repro-Cache"] == "MISS"
+        assert len(upstream.received) == 2
 
 
 @dataclass

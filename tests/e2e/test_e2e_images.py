@@ -14,7 +14,7 @@ import pytest
 from openai import OpenAI
 
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim, azure_client
-from tests.hostile import Scripted, fixed, http_answer
+from tests.hostile import relayed_never_stored
 
 KEY = "sk-painter"
 
@@ -107,11 +107,6 @@ def test_an_azure_deployment_draws_from_the_cache_too(start_proxy: ProxyFactory,
 def test_an_answer_that_is_no_image_is_relayed_and_never_stored(
     start_proxy: ProxyFactory, answer: dict[str, object]
 ) -> None:
-    body = orjson.dumps(answer)
-    with Scripted(fixed(http_answer(body, "Content-Type: application/json"))) as upstream:
-        proxy = start_proxy(upstream=upstream.v1)
-        for _ in range(2):
-            relayed = draw(proxy, {"model": "gpt-image-1", "prompt": "x"})
-            assert relayed.status_code == 200 and relayed.content == body
-            assert relayed.headers["X-Repro-Cache"] == "MISS"
-        assert len(upstream.received) == 2
+    json = ("Content-Type: application/json",)
+    asked = {"model": "gpt-image-1", "prompt": "x"}
+    relayed_never_stored(start_proxy, orjson.dumps(answer), json, lambda proxy: draw(proxy, asked))

@@ -14,7 +14,7 @@ import pytest
 from openai import OpenAI
 
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim
-from tests.hostile import Received, Scripted, fixed, http_answer
+from tests.hostile import Received, Scripted, http_answer, relayed_never_stored
 
 KEY = "sk-moderated"
 
@@ -105,14 +105,10 @@ def test_an_answer_that_is_no_verdict_is_relayed_and_never_stored(
 ) -> None:
     """A gateway's error sent with 200, or results a client cannot read: stored, every later
     caller would get it for as long as the entry lived."""
-    body = orjson.dumps(answer)
-    with Scripted(fixed(http_answer(body, "Content-Type: application/json"))) as upstream:
-        proxy = start_proxy(upstream=upstream.v1)
-        for _ in range(2):
-            relayed = moderate(proxy, {"input": "x"})
-            assert relayed.status_code == 200 and relayed.content == body
-            assert relayed.headers["X-Repro-Cache"] == "MISS"
-        assert len(upstream.received) == 2
+    json = ("Content-Type: application/json",)
+    relayed_never_stored(
+        start_proxy, orjson.dumps(answer), json, lambda proxy: moderate(proxy, {"input": "x"})
+    )
 
 
 def test_a_new_snapshot_behind_the_alias_is_a_rotation(start_proxy: ProxyFactory) -> None:

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim, azure_client
-from tests.hostile import Received, Scripted, fixed, http_answer
+from tests.hostile import Received, Scripted, relayed_never_stored
 
 KEY = "sk-speaker"
 HELLO = {"model": "tts-1", "voice": "alloy", "input": "Hello, and welcome."}
@@ -146,13 +146,7 @@ def test_an_answer_that_is_no_sound_is_relayed_and_never_stored(
     """A gateway's error sent with 200, a maintenance page, nothing at all: stored, every later
     caller would be played it for as long as the entry lived."""
     labelled = (f"Content-Type: {content_type}",) if content_type else ()
-    with Scripted(fixed(http_answer(answer, *labelled))) as upstream:
-        proxy = start_proxy(upstream=upstream.v1)
-        for _ in range(2):
-            relayed = speak(proxy, HELLO)
-            assert relayed.status_code == 200 and relayed.content == answer
-            assert relayed.headers["X-Repro-Cache"] == "MISS"
-        assert len(upstream.received) == 2
+    relayed_never_stored(start_proxy, answer, labelled, lambda proxy: speak(proxy, HELLO))
 
 
 def test_sound_cut_short_by_the_upstream_is_never_stored(start_proxy: ProxyFactory) -> None:
