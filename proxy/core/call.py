@@ -12,7 +12,7 @@ from typing import NamedTuple, Protocol
 
 from multidict import CIMultiDictProxy
 
-from proxy.core import canonical, policy, responses, routes, uncached
+from proxy.core import canonical, forms, policy, responses, routes, uncached
 from proxy.core.credentials import STANDARD, Credentials, in_query, of_request, split_query
 from proxy.core.entry import (
     AUDIO,
@@ -21,11 +21,13 @@ from proxy.core.entry import (
     IMAGE_BYTES,
     MESSAGES,
     TEXTS,
+    TRANSCRIPT,
     VERDICTS,
     Entry,
     answer_of,
     fingerprint_of,
     is_audio,
+    transcript_of,
     usage_of,
 )
 from proxy.core.keyed import HeaderLines, Keying, vary_of
@@ -33,6 +35,8 @@ from proxy.core.owned import entitled, tenants_own
 from proxy.core.policy import CacheMode, CacheScope, Enforce, Outcome, Plan
 from proxy.core.sealing import sealed
 from proxy.errors import InvalidHeader, InvalidParameter, InvalidType
+
+JSON = "application/json"
 
 
 class Rules(Protocol):
@@ -78,11 +82,19 @@ class Call(NamedTuple):
     kept: bytes | None = None  # what a store keeps of `body` when not it: credentials `sealed`
     shared: bool = False  # keyed in the shared partition: every tenant the upstream accepts reads
     credentials: Credentials = ()  # the request's (`Asked.credentials`): no stored answer holds one
+    content_type: str = JSON  # of `body`: a form's (`proxy.core.forms`) names its boundary
 
     @property
     def request(self) -> bytes:
         """The body as a store, an export or a report holds it: what the key names."""
         return self.body if self.kept is None else self.kept
+
+    @property
+    def shareable(self) -> bytes:
+        """The body that may go upstream with another caller's credentials (the key check's
+        test of an open upstream): as a store keeps it, a tool's credentials sealed; a form
+        as sent, since a store keeps only its file's digest."""
+        return self.body if self.content_type != JSON else self.request
 
     @property
     def target(self) -> str:
@@ -102,12 +114,14 @@ class Asked(NamedTuple):
     namespace: str
     cache_control: tuple[str, ...]
     headers: HeaderLines = ()  # the keyed ones (`proxy.core.keyed`)
+    content_type: str = ""  # read only on a route that takes a form (`routes.takes_form`)
 
     @property
     def size(self) -> int:
         """Bytes these facts hold, for a memo that keeps them: a request may carry 128 headers
         of 8 KiB, credentials or keyed ones, beside its body."""
         held = len(self.route) + len(self.query) + len(self.raw) + len(self.namespace)
+        held += len(self.content_type)
         for lines in (self.credentials, self.headers):
             held += sum(len(name) + len(value) for name, value in lines)
         return held + sum(map(len, self.cache_control))
@@ -133,17 +147,22 @@ class Asked(NamedTuple):
             control(headers, NAMESPACE),
             tuple(headers.getall("Cache-Control", ())),
             keying.lines(headers),
+            headers.get("Content-Type", "") if routes.takes_form(route) else "",
         )
 
 
 def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
     """Everything about a request decided from its facts, before any I/O (pure)."""
     route, raw = asked.route, asked.raw
-    body = canonical.parse_body(raw)
     kind = routes.kind(route)
-    checked_flags(body, kind)
-    if settings.enforce is policy.Enforce.OFF:
-        canonical.reject_ambiguous(raw)
+    form = forms.read(raw, asked.content_type) if kind in routes.FORMS else None
+    if form is not None:
+        body = form.keyed
+    else:
+        body = canonical.parse_body(raw)
+        checked_flags(body, kind)
+        if settings.enforce is policy.Enforce.OFF:
+            canonical.reject_ambiguous(raw)
     seeded = policy.enforce(body, route, settings.enforce, settings.default_seed)
     shared = settings.cache_scope is policy.CacheScope.SHARED
     scope = policy.SHARED if shared and not _tenants_own(settings, raw, body) else tenant
@@ -163,8 +182,11 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
     keyed = seeded.body if hidden is None else hidden
     key, respelled = canonical.keyed(route, scope, namespace, keyed, keyed_query, vary)
     sent = raw if settings.enforce is policy.Enforce.OFF else respelled
+    kept = None if hidden is None else respelled
     if hidden is not None and settings.enforce is not policy.Enforce.OFF:
         sent = canonical.dumps(seeded.body)
+    if form is not None:  # the upload as the proxy wrote it; a store keeps what the key names
+        sent, kept = form.body, respelled
     return Call(
         route=route,
         kind=kind,
@@ -187,9 +209,10 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
         chained=responses.chained_on(body) if kind == routes.RESPONSES else None,
         upstream_keeps=kind == routes.CHAT and body.get("store") is True,
         shape=shape_of(kind, body),
-        kept=None if hidden is None else respelled,
+        kept=kept,
         shared=scope == policy.SHARED,
         credentials=asked.credentials,
+        content_type=JSON if form is None else form.content_type,
     )
 
 
@@ -216,6 +239,8 @@ _SHAPES = {
     routes.MODERATIONS: VERDICTS,
     routes.IMAGES: IMAGE_BYTES,
     routes.SPEECH: AUDIO,
+    routes.TRANSCRIPTIONS: TRANSCRIPT,
+    routes.TRANSLATIONS: TRANSCRIPT,
 }
 
 
@@ -326,6 +351,9 @@ def facts_of(
     it names no fingerprint nor usage."""
     if shape == AUDIO:
         return ("none", 0, 0, None, False) if is_audio(body, content_type) else None
+    if shape == TRANSCRIPT:
+        said = transcript_of(body, content_type)
+        return None if said is None else ("none", *usage_of(said), None, False)
     parsed = answer_of(body, is_response, shape)
     if parsed is None:
         return None

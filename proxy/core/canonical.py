@@ -22,6 +22,8 @@ from proxy.core.routes import IMAGES as IMAGES
 from proxy.core.routes import MODERATIONS as MODERATIONS
 from proxy.core.routes import RESPONSES as RESPONSES
 from proxy.core.routes import SPEECH as SPEECH
+from proxy.core.routes import TRANSCRIPTIONS as TRANSCRIPTIONS
+from proxy.core.routes import TRANSLATIONS as TRANSLATIONS
 from proxy.errors import InvalidJSON
 
 MAX_DEPTH = 128
@@ -33,6 +35,7 @@ long for an upstream's integer types."""
 
 CACHEABLE_ROUTES = frozenset(
     {CHAT, COMPLETIONS, EMBEDDINGS, IMAGES, MODERATIONS, RESPONSES, SPEECH}
+    | {TRANSCRIPTIONS, TRANSLATIONS}
 )
 
 _SAMPLING_DEFAULTS: dict[str, Any] = {
@@ -62,6 +65,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     MODERATIONS: {"model": DEFAULT_MODELS[MODERATIONS]},
     IMAGES: {"n": 1},
     SPEECH: {"response_format": "mp3", "speed": 1, "stream_format": "audio"},
+    # A form's fields are text: these are the values as sent (`temperature` is read as a number).
+    TRANSCRIPTIONS: {"response_format": "json", "temperature": 0, "stream": "false"},
+    TRANSLATIONS: {"response_format": "json", "temperature": 0},
     RESPONSES: {
         "temperature": 1,
         "top_p": 1,

@@ -137,7 +137,8 @@ def is_objects(value: object) -> TypeGuard[list[dict[str, Any]]]:
 
 # What a whole answer's items must hold to be stored, by route (`has_shape`): a chat choice
 # its message, a completions choice its text, an embeddings item its vector as asked for, a
-# moderation result its verdict, a generated image its bytes; speech is audio (`is_audio`).
+# moderation result its verdict, a generated image its bytes; speech is audio (`is_audio`), a
+# transcript its text (`transcript_of`).
 MESSAGES = "message"
 TEXTS = "text"
 FLOATS = "float"
@@ -145,6 +146,7 @@ BASE64 = "base64"
 VERDICTS = "verdict"
 IMAGE_BYTES = "b64_json"
 AUDIO = "audio"
+TRANSCRIPT = "transcript"
 UNCOMPARED = frozenset({IMAGE_BYTES, AUDIO})
 """Shapes whose answers hold no text to compare: bytes a model draws or speaks anew each
 time, so two answers always differ and no distance between them says drift."""
@@ -197,6 +199,26 @@ def expires_at(body: bytes) -> float | None:
     return min(found, default=None)
 
 
+def transcript_of(body: bytes, content_type: str) -> dict[str, Any] | None:
+    """A transcription's or translation's answer, parsed ({} for plain text), if it is one: a
+    JSON object with its `text` and no `error` (`json`, `verbose_json`), or non-empty UTF-8
+    labelled text (`text`, `srt`, `vtt`). A gateway's error sent with a 200, or an HTML page,
+    stored, would be every later caller's transcript."""
+    media = content_type.partition(";")[0].strip().lower()
+    if media == "application/json":
+        parsed = json_object(body)
+        if parsed is None or parsed.get("error") is not None:
+            return None
+        return parsed if isinstance(parsed.get("text"), str) else None
+    if media.startswith("text/") and media != "text/html" and body.strip():
+        try:
+            body.decode()
+        except UnicodeDecodeError:
+            return None
+        return {}
+    return None
+
+
 def is_served_as(entry: Entry, is_response: bool, shape: str | None, stream: bool) -> bool:
     """Whether a stored entry can answer the request reading it: of the kind it asked for (a
     stream, or one whole answer), and a whole one as `answer_of` would store it now. An older
@@ -207,6 +229,8 @@ def is_served_as(entry: Entry, is_response: bool, shape: str | None, stream: boo
         return False
     if shape == AUDIO:
         return not stream and is_audio(entry.body, entry.content_type)
+    if shape == TRANSCRIPT:
+        return not stream and transcript_of(entry.body, entry.content_type) is not None
     return stream or answer_of(entry.body, is_response, shape) is not None
 
 

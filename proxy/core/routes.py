@@ -26,6 +26,11 @@ RESPONSES = "/v1/responses"
 MODERATIONS = "/v1/moderations"
 IMAGES = "/v1/images/generations"
 SPEECH = "/v1/audio/speech"
+TRANSCRIPTIONS = "/v1/audio/transcriptions"
+TRANSLATIONS = "/v1/audio/translations"
+FORMS = frozenset({TRANSCRIPTIONS, TRANSLATIONS})
+"""Routes whose requests are multipart forms (an upload), not JSON (`proxy.core.forms`)."""
+_FORM_ENDINGS = tuple("/" + route.removeprefix("/v1/") for route in FORMS)
 DEFAULT_MODELS = {MODERATIONS: "omni-moderation-latest"}
 """The model a route's upstream answers with when the body names none: the name the request's
 metrics and fingerprint history go under."""
@@ -39,6 +44,8 @@ DEPLOYMENT_CALLS = (
     "embeddings",
     "images/generations",
     "audio/speech",
+    "audio/transcriptions",
+    "audio/translations",
 )
 
 _DEPLOYMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -105,6 +112,12 @@ def check_query(query: str) -> str:
     return query
 
 
+def takes_form(route: str) -> bool:
+    """Whether a cacheable route's body is a form (`FORMS`, or Azure's shape of one): asked of
+    every request, so by its ending alone."""
+    return route.endswith(_FORM_ENDINGS)
+
+
 def is_azure(route: str) -> bool:
     return route.startswith("/openai/")
 
@@ -125,12 +138,15 @@ EMBEDDINGS_LINEAGE = "@embeddings"
 MODERATIONS_LINEAGE = "@moderations"
 IMAGES_LINEAGE = "@images"
 SPEECH_LINEAGE = "@speech"
+TRANSCRIPTS_LINEAGE = "@transcripts"
 _APART = {
     RESPONSES: RESPONSES_LINEAGE,
     EMBEDDINGS: EMBEDDINGS_LINEAGE,
     MODERATIONS: MODERATIONS_LINEAGE,
     IMAGES: IMAGES_LINEAGE,
     SPEECH: SPEECH_LINEAGE,
+    TRANSCRIPTIONS: TRANSCRIPTS_LINEAGE,
+    TRANSLATIONS: TRANSCRIPTS_LINEAGE,
 }
 OWN_NAME = "@"
 """Ends the lineage of a chat or completions model whose own name ends as another route's

@@ -267,11 +267,11 @@ _UPSTREAM_SKIP = REQUEST_SKIP | REROUTING | KEYED_OTHERWISE
 """What a cached route never forwards as the client sent it (see `proxy.core.keyed`)."""
 
 
-def upstream_headers(request: web.Request) -> CIMultiDict[str]:
-    """The client's headers for the upstream; the body is ours now: plain JSON, whatever
-    encoding the client sent it in."""
+def upstream_headers(request: web.Request, call: Call) -> CIMultiDict[str]:
+    """The client's headers for the upstream; the body is ours now: plain JSON (or a form
+    as the proxy wrote it), whatever encoding the client sent it in."""
     headers = request_headers(request.headers, _UPSTREAM_SKIP)
-    headers["Content-Type"] = "application/json"
+    headers["Content-Type"] = call.content_type
     headers["Accept-Encoding"] = ANSWER_CODINGS
     return headers
 
@@ -284,7 +284,7 @@ async def call_upstream(services: Services, request: web.Request, call: Call) ->
     started = services.clock()
     try:
         upstream = await services.upstream.send(
-            "POST", call.target, upstream_headers(request), call.body, whole=not call.stream
+            "POST", call.target, upstream_headers(request, call), call.body, whole=not call.stream
         )
     except UpstreamError as exc:
         observe_upstream(services, call.route, exc.status, started)

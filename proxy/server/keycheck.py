@@ -50,7 +50,7 @@ from proxy.core.credentials import (
     upstream_headers,
     with_query,
 )
-from proxy.core.entry import AUDIO, is_answer, is_audio, json_object
+from proxy.core.entry import AUDIO, TRANSCRIPT, is_answer, is_audio, json_object, transcript_of
 from proxy.core.keyed import digest
 from proxy.core.lru import LRU
 from proxy.core.policy import ANONYMOUS
@@ -214,18 +214,19 @@ class KeyChecker:
         request's keyed headers (a gateway's routing ones), as the caller's does: without, a
         gateway open for its default provider would vouch for a paid one a header names. It
         goes as a store keeps it, a tool's credentials sealed (`sealing.sealed`): an open
-        gateway would otherwise run the caller's tools with the caller's token for a stranger."""
+        gateway would otherwise run the caller's tools with the caller's token for a stranger.
+        A form goes as sent (`Call.shareable`): a store keeps only its file's digest."""
         key = ("route", shape(credentials), _asked(call))
         made_up = stranger(credentials)
         replaced = {name for name, _ in credentials}
         headers = CIMultiDict((n, v) for n, v in call.headers if n not in replaced)
         headers.extend(upstream_headers(made_up))
-        headers["Content-Type"] = "application/json"
+        headers["Content-Type"] = call.content_type
         path = with_query(call.route, call.keyed_query, made_up)
         judge = partial(
             answers, stream=call.stream, responses=call.kind == RESPONSES, shape=call.shape
         )
-        return await self._learn(key, "POST", path, headers, call.request, judge)
+        return await self._learn(key, "POST", path, headers, call.shareable, judge)
 
     async def _learn(
         self,
@@ -354,6 +355,8 @@ def answers(
         return is_audio(b"past the limit" if body is None else body, content_type)
     if body is None:
         return None
+    if shape == TRANSCRIPT:
+        return transcript_of(body, content_type) is not None
     if not stream:
         answer = json_object(body)
         return answer is not None and is_answer(answer, responses)

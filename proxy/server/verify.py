@@ -26,7 +26,7 @@ import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.core.credentials import STANDARD, extract, upstream_headers
-from proxy.core.entry import UNCOMPARED, Entry, fingerprint_of, is_answer
+from proxy.core.entry import TRANSCRIPT, UNCOMPARED, Entry, fingerprint_of, is_answer
 from proxy.core.routes import RESPONSES
 from proxy.core.sse import StreamRecorder, payloads
 from proxy.core.textdistance import normalized_levenshtein
@@ -125,9 +125,27 @@ whole, two of them would hold a core for seconds, and the GIL with it, whatever 
 the comparison. Drift shows in the first pages of an answer as well as in the whole."""
 
 
-def answers_drift(stored: bytes, fresh: bytes, stream: bool) -> float:
+def answers_drift(stored: bytes, fresh: bytes, stream: bool, shape: str | None = None) -> float:
     """`drift` between the texts of two answer bodies (parsed here: this runs off the loop)."""
+    if shape == TRANSCRIPT:
+        return drift(transcript_text(stored) or "", transcript_text(fresh) or "")
     return drift(answer_text(stored, stream), answer_text(fresh, stream))
+
+
+def transcript_text(body: bytes) -> str | None:
+    """A transcript's text, None for no transcript: a JSON object's `text` (`json`,
+    `verbose_json`), or the body itself (`text`, `srt`, `vtt`). A fetch reads no label, so a
+    JSON object without its text (a gateway's error sent with a 200) is none, where a text
+    that happens to parse as something else (`42`) is still text."""
+    answer = _object(body)
+    if answer:
+        text = answer.get("text")
+        return text if answer.get("error") is None and isinstance(text, str) else None
+    try:
+        said = body.decode()
+    except UnicodeDecodeError:
+        return None
+    return said if said.strip() else None
 
 
 def drift(stored: str, fresh: str) -> float:
@@ -146,6 +164,8 @@ def fresh_fingerprint(
     same answer; None for one that teaches nothing (an error some gateways send with status
     200, a stream that named no fingerprint and never ended cleanly): such an answer is an
     `error`, not a rotation to `none` that would make every stored answer of the model stale."""
+    if shape == TRANSCRIPT:
+        return None if transcript_text(body) is None else "none"
     if not stream:
         answer = _object(body)
         return fingerprint_of(answer, shape) if is_answer(answer, responses) else None
@@ -215,7 +235,7 @@ class Verifier:
             self._metrics.verify.labels(model, "rotated").inc()
             return
         try:
-            distance = await aside(answers_drift, entry.body, fresh, entry.stream)
+            distance = await aside(answers_drift, entry.body, fresh, entry.stream, call.shape)
         except BrokenProcessPool:
             self._metrics.verify.labels(model, "error").inc()
             return
@@ -228,7 +248,7 @@ class Verifier:
         # What the answer was keyed by (its gateway route, its org); a credential keyed too (a
         # cookie in `shared` scope) is among `auth` already, and sent twice it asks otherwise.
         headers.extend((name, value) for name, value in call.headers if name not in auth)
-        headers["Content-Type"] = "application/json"
+        headers["Content-Type"] = call.content_type
         try:
             status, body = await self._upstream.fetch(
                 "POST", call.target, headers, call.body, self._limit

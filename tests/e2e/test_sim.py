@@ -235,6 +235,33 @@ async def test_speech_is_sound_of_the_format_asked_another_take_each_time() -> N
             assert resp.status == 400, bad
 
 
+async def test_transcripts_come_in_each_format_asked_with_a_word_drawn_anew() -> None:
+    async def transcribe(
+        fields: dict[str, str], audio: bytes = b"ID3sound"
+    ) -> aiohttp.ClientResponse:
+        form = aiohttp.FormData()
+        for name, value in fields.items():
+            form.add_field(name, value)
+        form.add_field("file", audio, filename="a.mp3", content_type="audio/mpeg")
+        return await client.post("/v1/audio/transcriptions", data=form, headers=AUTH)
+
+    async with sim() as client:
+        takes = [await (await transcribe({"model": "whisper-1"})).json() for _ in range(2)]
+        assert takes[0]["text"].split()[:-1] == takes[1]["text"].split()[:-1]
+        assert takes[0]["usage"]["type"] == "duration"
+        verbose = await transcribe({"model": "whisper-1", "response_format": "verbose_json"})
+        assert (await verbose.json())["segments"][0]["start"] == 0.0
+        for chosen, start in (("text", ""), ("srt", "1\n00:00:00,000 --> "), ("vtt", "WEBVTT")):
+            plain = await transcribe({"model": "whisper-1", "response_format": chosen})
+            assert plain.headers["Content-Type"] == "text/plain; charset=utf-8"
+            assert (await plain.text()).startswith(start)
+        events = await transcribe({"model": "gpt-4o-transcribe", "stream": "true"})
+        assert b'"type":"transcript.text.done"' in await events.read()
+        for fields, audio in (({}, b"x"), ({"model": "m", "response_format": "mp3"}, b"x")):
+            assert (await transcribe(fields, audio)).status == 400
+        assert (await transcribe({"model": "m"}, b"")).status == 400
+
+
 async def test_files_echo_upload_size_and_type() -> None:
     async with sim() as client:
         form = aiohttp.FormData()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proxy.tools.sim import control, guard, handlers, realtime
+from proxy.tools.sim import control, guard, handlers, media, realtime
 from proxy.tools.sim.state import STATE, SimSettings, SimState
 
 _MAX_BODY = 64 * 1024 * 1024
@@ -21,5 +21,5 @@ def create_sim_app(settings: SimSettings) -> web.Application:
         client_max_size=_MAX_BODY,
     )
     app[STATE] = SimState.from_settings(settings)
-    app.add_routes([*handlers.routes(), *realtime.routes(), *control.routes()])
+    app.add_routes([*handlers.routes(), *media.routes(), *realtime.routes(), *control.routes()])
     return app

@@ -23,7 +23,7 @@ from proxy.tools.sim.state import JSON, BadRequest, SimState, int_param, is_int
 
 Reply = JSON | list[JSON]  # a list holds the chunks of a streamed answer
 
-_VOCAB = (
+VOCAB = (
     "the", "a", "of", "answer", "model", "token", "seed", "cache", "proxy", "stable", "river",
     "mountain", "quiet", "bright", "signal", "garden", "window", "silver", "paper", "orbit",
     "lantern", "harbor", "meadow", "copper", "echo", "forest", "thunder", "velvet", "crystal",
@@ -80,7 +80,7 @@ def sentence(rng: random.Random, limit: int | None) -> Answer:
     """12-30 words, one token each; a max_tokens cap cuts it short with finish_reason length."""
     count = rng.randint(12, 30)
     size = count if limit is None else min(limit, count)
-    words = [rng.choice(_VOCAB) for _ in range(size)]
+    words = [rng.choice(VOCAB) for _ in range(size)]
     if words:
         words[0] = words[0].capitalize()
     pieces = [w + " " for w in words[:-1]] + [w + "." for w in words[-1:]]
@@ -113,7 +113,7 @@ def _forced_function(body: JSON) -> JSON | None:
 def _schema_value(spec: object, rng: random.Random) -> object:
     """A plausible value for one JSON-schema property, so clients can parse the arguments."""
     if not isinstance(spec, dict):
-        return rng.choice(_VOCAB)
+        return rng.choice(VOCAB)
     if isinstance(spec.get("enum"), list) and spec["enum"]:
         return rng.choice(spec["enum"])
     kind = spec.get("type")
@@ -121,7 +121,7 @@ def _schema_value(spec: object, rng: random.Random) -> object:
         return rng.randint(0, 100)
     if kind == "boolean":
         return rng.random() < 0.5
-    return " ".join(rng.choices(_VOCAB, k=2))
+    return " ".join(rng.choices(VOCAB, k=2))
 
 
 def tool_call(function: JSON, rng: random.Random) -> Answer:

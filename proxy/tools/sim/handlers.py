@@ -20,7 +20,6 @@ from proxy.tools.sim import responses
 from proxy.tools.sim.generation import Reply, chat_reply, embeddings_reply, text_reply
 from proxy.tools.sim.images import images_reply
 from proxy.tools.sim.moderation import moderation_reply
-from proxy.tools.sim.speech import speech_reply
 from proxy.tools.sim.state import JSON, STATE, BadRequest, Fault, SimState
 
 _MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-3.5-turbo-instruct", "text-embedding-3-small")
@@ -59,12 +58,12 @@ def parse_object(raw: bytes) -> JSON:
     return data
 
 
-async def _pause(seconds: float) -> None:
+async def pause(seconds: float) -> None:
     if seconds > 0:
         await asyncio.sleep(seconds)
 
 
-def _close(request: web.Request) -> None:
+def close_connection(request: web.Request) -> None:
     """Close the connection under the response, as a crashing or overloaded upstream does."""
     if request.transport is not None:
         request.transport.close()
@@ -153,7 +152,7 @@ async def immediate_fault(request: web.Request, fault: Fault) -> web.StreamRespo
     if fault.kind == "hang":
         await asyncio.sleep(_HANG_LIMIT)  # cancelled when the client goes away
         return error_response(504, "Simulated hang ended.")
-    _close(request)
+    close_connection(request)
     return web.Response()
 
 
@@ -163,7 +162,7 @@ async def _truncated(request: web.Request, data: bytes) -> web.StreamResponse:
     response.content_length = len(data)
     await response.prepare(request)
     await response.write(data[: len(data) // 2])
-    _close(request)
+    close_connection(request)
     return response
 
 
@@ -184,7 +183,7 @@ async def _end_stream(
         await response.write_eof()
         state.streams_completed += 1
     elif fault.kind == "cut":
-        _close(request)
+        close_connection(request)
     else:
         error = error_body("The server had an error while streaming.", "server_error", None)
         await response.write(_frame(error))
@@ -205,7 +204,7 @@ async def _end_typed_stream(
         state.streams_completed += 1
         return
     if fault.kind == "cut":
-        _close(request)
+        close_connection(request)
         return
     if fault.kind in _ENDINGS:
         event = responses.ended_badly(created, _ENDINGS[fault.kind])
@@ -216,7 +215,7 @@ async def _end_typed_stream(
     await response.write_eof()
 
 
-async def _stream(
+async def send_stream(
     request: web.Request,
     state: SimState,
     chunks: list[JSON],
@@ -236,7 +235,7 @@ async def _stream(
         await response.prepare(request)
         for index, chunk in enumerate(chunks[:stop]):
             if index:
-                await _pause(state.chunk_delay)
+                await pause(state.chunk_delay)
             await response.write(frame(chunk))
         await end(request, response, fault, state)
     except ConnectionResetError:
@@ -247,7 +246,9 @@ async def _stream(
     return response
 
 
-async def _answer(request: web.Request, payload: JSON, fault: Fault | None) -> web.StreamResponse:
+async def send_answer(
+    request: web.Request, payload: JSON, fault: Fault | None
+) -> web.StreamResponse:
     if fault is None:
         return json_response(payload)
     if fault.kind == "cut":
@@ -255,52 +256,35 @@ async def _answer(request: web.Request, payload: JSON, fault: Fault | None) -> w
     return error_response(500, "The server had an error while processing your request.")
 
 
+async def drawn_fault(
+    request: web.Request, state: SimState
+) -> tuple[Fault | None, web.StreamResponse | None]:
+    """The next queued fault, and the answer it is when it strikes before the request is read
+    (`IMMEDIATE_FAULTS`); an error status is an answer too: as slow as the others."""
+    fault = state.next_fault()
+    if fault is None or fault.kind not in IMMEDIATE_FAULTS:
+        return fault, None
+    if fault.kind == "status":
+        await pause(state.latency)
+    return fault, await immediate_fault(request, fault)
+
+
 async def _serve_llm(
     request: web.Request, build: Callable[[JSON, SimState], Reply]
 ) -> web.StreamResponse:
     """The flow shared by the LLM routes: fault, validation, latency, then the answer."""
     state = request.app[STATE]
-    fault = state.next_fault()
-    if fault is not None and fault.kind in IMMEDIATE_FAULTS:
-        if fault.kind == "status":  # an error is an answer too: as slow as the others
-            await _pause(state.latency)
-        return await immediate_fault(request, fault)
+    fault, struck = await drawn_fault(request, state)
+    if struck is not None:
+        return struck
     body = parse_object(await request.read())
     reply = build(body, state)
-    await _pause(state.latency)
+    await pause(state.latency)
     if body.get("store") is True:
         _keep_chat(state, reply, body)
     if isinstance(reply, list):
-        return await _stream(request, state, reply, fault)
-    return await _answer(request, reply, fault)
-
-
-async def _speak(request: web.Request) -> web.StreamResponse:
-    """`POST /v1/audio/speech`: the sound sent chunked, as OpenAI's is; a `cut` fault ends it
-    halfway with the connection closed."""
-    state = request.app[STATE]
-    fault = state.next_fault()
-    if fault is not None and fault.kind in IMMEDIATE_FAULTS:
-        if fault.kind == "status":
-            await _pause(state.latency)
-        return await immediate_fault(request, fault)
-    reply = speech_reply(parse_object(await request.read()))
-    await _pause(state.latency)
-    if isinstance(reply, list):
-        return await _stream(request, state, reply, fault)
-    if fault is not None and fault.kind != "cut":
-        return error_response(500, "The server had an error while processing your request.")
-    sound, content_type = reply
-    response = web.StreamResponse(headers={"Content-Type": content_type})
-    response.enable_chunked_encoding()
-    await response.prepare(request)
-    if fault is not None:
-        await response.write(sound[: len(sound) // 2])
-        _close(request)
-        return response
-    await response.write(sound)
-    await response.write_eof()
-    return response
+        return await send_stream(request, state, reply, fault)
+    return await send_answer(request, reply, fault)
 
 
 def _llm_route(build: Callable[[JSON, SimState], Reply]) -> Handler:
@@ -313,14 +297,12 @@ def _llm_route(build: Callable[[JSON, SimState], Reply]) -> Handler:
 async def _create_response(request: web.Request) -> web.StreamResponse:
     """`POST /v1/responses`: whole, streamed as typed events, or queued (`background`)."""
     state = request.app[STATE]
-    fault = state.next_fault()
-    if fault is not None and fault.kind in IMMEDIATE_FAULTS:
-        if fault.kind == "status":
-            await _pause(state.latency)
-        return await immediate_fault(request, fault)
+    fault, struck = await drawn_fault(request, state)
+    if struck is not None:
+        return struck
     body = parse_object(await request.read())
     response, answer = responses.answer_of(body, state)
-    await _pause(state.latency)
+    await pause(state.latency)
     previous = body.get("previous_response_id")
     if previous is not None and previous not in state.responses:
         message = f"Previous response with id '{previous[:128]}' not found."
@@ -331,8 +313,10 @@ async def _create_response(request: web.Request) -> web.StreamResponse:
     if body.get("background") is True:
         return json_response({**response, "status": "queued", "background": True})
     if body.get("stream") is True:
-        return await _stream(request, state, responses.events(response, answer), fault, response)
-    return await _answer(request, response, fault)
+        return await send_stream(
+            request, state, responses.events(response, answer), fault, response
+        )
+    return await send_answer(request, response, fault)
 
 
 async def _get_response(request: web.Request) -> web.Response:
@@ -409,7 +393,6 @@ def routes() -> list[web.RouteDef]:
         web.post(deployment + "/completions", text),
         web.post(deployment + "/embeddings", embed),
         web.post(deployment + "/images/generations", draw),
-        web.post(deployment + "/audio/speech", _speak),
         web.post("/openai/responses", _create_response),
         web.get("/openai/responses/{id}", _get_response),
         web.delete("/openai/responses/{id}", _delete_response),
@@ -421,7 +404,6 @@ def routes() -> list[web.RouteDef]:
             web.post(base + "/embeddings", embed),
             web.post(base + "/moderations", moderate),
             web.post(base + "/images/generations", draw),
-            web.post(base + "/audio/speech", _speak),
             web.post(base + "/responses", _create_response),
             web.get(base + "/responses/{id}", _get_response),
             web.delete(base + "/responses/{id}", _delete_response),

@@ -11,7 +11,7 @@ import hashlib
 import secrets
 import struct
 
-from proxy.tools.sim.state import JSON, BadRequest
+from proxy.tools.sim.state import JSON, BadRequest, Said
 
 MAX_INPUT = 4096  # OpenAI's own limit of characters per request
 FORMATS = {
@@ -26,7 +26,7 @@ SAMPLES_PER_CHARACTER = 64
 """The sim's speech is short: 8 kHz, 8-bit, this many samples a character, 8 ms."""
 
 
-def speech_reply(body: JSON) -> tuple[bytes, str] | list[JSON]:
+def speech_reply(body: JSON) -> Said:
     """The audio and its type; the events of an `sse` answer."""
     text = body.get("input")
     if not isinstance(text, str) or not text or len(text) > MAX_INPUT:

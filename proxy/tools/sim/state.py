@@ -17,6 +17,9 @@ from aiohttp import web
 from proxy.values import MAX_SECONDS
 
 JSON = dict[str, Any]
+Said = tuple[bytes, str] | JSON | list[JSON]
+"""A media route's answer: bytes and their type (sound, a transcript as text), JSON, or a
+stream's events."""
 
 TUNABLES = ("latency", "chunk_delay", "divergence", "drift")
 _SHARES = frozenset({"divergence", "drift"})
