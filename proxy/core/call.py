@@ -155,7 +155,8 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
     """Everything about a request decided from its facts, before any I/O (pure)."""
     route, raw = asked.route, asked.raw
     kind = routes.kind(route)
-    form = forms.read(raw, asked.content_type) if kind in routes.FORMS else None
+    upload = kind in routes.FORMS and not forms.is_json(asked.content_type)
+    form = forms.read(raw, asked.content_type) if upload else None
     if form is not None:
         body = form.keyed
     else:
@@ -241,6 +242,8 @@ _SHAPES = {
     routes.SPEECH: AUDIO,
     routes.TRANSCRIPTIONS: TRANSCRIPT,
     routes.TRANSLATIONS: TRANSCRIPT,
+    routes.IMAGE_EDITS: IMAGE_BYTES,
+    routes.IMAGE_VARIATIONS: IMAGE_BYTES,
 }
 
 

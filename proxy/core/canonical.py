@@ -18,6 +18,8 @@ from proxy.core.routes import CHAT as CHAT
 from proxy.core.routes import COMPLETIONS as COMPLETIONS
 from proxy.core.routes import DEFAULT_MODELS, kind
 from proxy.core.routes import EMBEDDINGS as EMBEDDINGS
+from proxy.core.routes import IMAGE_EDITS as IMAGE_EDITS
+from proxy.core.routes import IMAGE_VARIATIONS as IMAGE_VARIATIONS
 from proxy.core.routes import IMAGES as IMAGES
 from proxy.core.routes import MODERATIONS as MODERATIONS
 from proxy.core.routes import RESPONSES as RESPONSES
@@ -35,7 +37,7 @@ long for an upstream's integer types."""
 
 CACHEABLE_ROUTES = frozenset(
     {CHAT, COMPLETIONS, EMBEDDINGS, IMAGES, MODERATIONS, RESPONSES, SPEECH}
-    | {TRANSCRIPTIONS, TRANSLATIONS}
+    | {TRANSCRIPTIONS, TRANSLATIONS, IMAGE_EDITS, IMAGE_VARIATIONS}
 )
 
 _SAMPLING_DEFAULTS: dict[str, Any] = {
@@ -64,6 +66,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     EMBEDDINGS: {"encoding_format": "float"},
     MODERATIONS: {"model": DEFAULT_MODELS[MODERATIONS]},
     IMAGES: {"n": 1},
+    IMAGE_EDITS: {"n": 1},
+    IMAGE_VARIATIONS: {"n": 1},
     SPEECH: {"response_format": "mp3", "speed": 1, "stream_format": "audio"},
     # A form's fields are text: these are the values as sent (`temperature` is read as a number).
     TRANSCRIPTIONS: {"response_format": "json", "temperature": 0, "stream": "false"},

@@ -1,10 +1,10 @@
-"""Form requests (audio transcriptions and translations): the multipart body read as the key
-names it, and written again as the upstream receives it (pure).
+"""Form requests (audio transcriptions and translations, image edits and variations): the
+multipart body read as the key names it, and written again as the upstream receives it (pure).
 
 An upload is keyed by what can change its answer: each text field's value, and each file by
 the SHA-256 of its bytes, their length, the filename's extension and the declared type (the
 format a server reads them as), never the name the client gave it nor the boundary it chose.
-A store keeps that view, not the audio: an entry, a cassette line, holds the file's digest.
+A store keeps that view, not the upload: an entry, a cassette line, holds the file's digest.
 
 The upstream receives the parts as the proxy read them, written anew with a boundary of its
 own: a body that two multipart readers would read apart (a repeated part, a stray header, a
@@ -33,7 +33,7 @@ MAX_PARTS = 64
 """Parts a form may have: an upload names a dozen parameters at most."""
 MAX_FIELD = 1024 * 1024
 """Bytes of a text field: a `prompt` is a few hundred tokens."""
-NUMBERS = frozenset({"temperature"})
+NUMBERS = frozenset({"temperature", "n"})
 """Fields read as numbers, so that `0`, `0.0` and `0e0` are one key."""
 _EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,16}\Z")
 _PLAIN = re.compile(r"[ -~]{1,255}")
@@ -57,8 +57,10 @@ class Form(NamedTuple):
     content_type: str
 
 
-def is_form(content_type: str) -> bool:
-    return content_type.partition(";")[0].strip().lower() == FORM_TYPE
+def is_json(content_type: str) -> bool:
+    """Whether a request on a form route is JSON instead (image edits may name their images
+    by URL or file id): read as JSON, as on any other route, and sent on as JSON."""
+    return content_type.partition(";")[0].strip().lower() == "application/json"
 
 
 def read(raw: bytes, content_type: str) -> Form:

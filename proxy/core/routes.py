@@ -25,11 +25,14 @@ EMBEDDINGS = "/v1/embeddings"
 RESPONSES = "/v1/responses"
 MODERATIONS = "/v1/moderations"
 IMAGES = "/v1/images/generations"
+IMAGE_EDITS = "/v1/images/edits"
+IMAGE_VARIATIONS = "/v1/images/variations"
 SPEECH = "/v1/audio/speech"
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
 TRANSLATIONS = "/v1/audio/translations"
-FORMS = frozenset({TRANSCRIPTIONS, TRANSLATIONS})
-"""Routes whose requests are multipart forms (an upload), not JSON (`proxy.core.forms`)."""
+FORMS = frozenset({TRANSCRIPTIONS, TRANSLATIONS, IMAGE_EDITS, IMAGE_VARIATIONS})
+"""Routes whose requests are multipart forms (an upload, `proxy.core.forms`); image edits may
+also be JSON, naming their images by URL or file id."""
 _FORM_ENDINGS = tuple("/" + route.removeprefix("/v1/") for route in FORMS)
 DEFAULT_MODELS = {MODERATIONS: "omni-moderation-latest"}
 """The model a route's upstream answers with when the body names none: the name the request's
@@ -43,6 +46,7 @@ DEPLOYMENT_CALLS = (
     "completions",
     "embeddings",
     "images/generations",
+    "images/edits",
     "audio/speech",
     "audio/transcriptions",
     "audio/translations",
@@ -144,6 +148,8 @@ _APART = {
     EMBEDDINGS: EMBEDDINGS_LINEAGE,
     MODERATIONS: MODERATIONS_LINEAGE,
     IMAGES: IMAGES_LINEAGE,
+    IMAGE_EDITS: IMAGES_LINEAGE,
+    IMAGE_VARIATIONS: IMAGES_LINEAGE,
     SPEECH: SPEECH_LINEAGE,
     TRANSCRIPTIONS: TRANSCRIPTS_LINEAGE,
     TRANSLATIONS: TRANSCRIPTS_LINEAGE,

@@ -29,8 +29,8 @@ def plan(
     for it; nor, on any route, a request probing the upstream's prompt cache
     (`_probes_prompt_cache`). Nor a streamed image generation: partial images, whose events
     no recorder here checks for a clean end; nor speech asked for as events (`stream_format`
-    `sse`), nor a streamed transcript (a form's `stream` other than `false`): only the sound,
-    and whole transcripts, are stored."""
+    `sse`), nor a streamed transcript or image edit (a form's `stream` other than `false`):
+    only the sound, and whole transcripts and images, are stored."""
     if not tracked(lineage) or _probes_prompt_cache(body):
         return policy.uncached(mode, directives)
     if kind == routes.RESPONSES and (body.get("background") is True or _reads_state(body)):
@@ -39,7 +39,7 @@ def plan(
         return policy.uncached(mode, directives)
     if kind == routes.SPEECH and body.get("stream_format") not in (None, "audio"):
         return policy.uncached(mode, directives)
-    if kind in routes.FORMS and body.get("stream") not in (None, "false"):
+    if kind in routes.FORMS and body.get("stream") not in (None, False, "false"):
         return policy.uncached(mode, directives)
     return policy.plan(mode, directives)
 

@@ -1,5 +1,6 @@
-"""Image generations (`POST /v1/images/generations`) are cached when they carry their bytes: an
-image costs cents, and a test suite drawing one runs offline in replay mode. The official SDK
+"""Image generations, edits and variations (`POST /v1/images/generations`, `/v1/images/edits`,
+`/v1/images/variations`) are cached when they carry their bytes: an image costs cents, and a
+test suite drawing one runs offline in replay mode. The official SDK
 through a real proxy to the sim, and an upstream written here to answer what no image is."""
 
 from __future__ import annotations
@@ -110,3 +111,74 @@ def test_an_answer_that_is_no_image_is_relayed_and_never_stored(
     json = ("Content-Type: application/json",)
     asked = {"model": "gpt-image-1", "prompt": "x"}
     relayed_never_stored(start_proxy, orjson.dumps(answer), json, lambda proxy: draw(proxy, asked))
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(64))
+
+
+def test_an_edit_of_the_same_images_is_the_same_image_the_second_time(
+    proxy: Proxy, sim: Sim
+) -> None:
+    images = proxy.sdk(KEY).images
+    two = [("a.png", PNG, "image/png"), ("b.png", PNG + b"b", "image/png")]
+    first = images.with_raw_response.edit(model="gpt-image-1", image=two, prompt="add a hat")
+    again = images.with_raw_response.edit(model="gpt-image-1", image=two, prompt="add a hat")
+    assert (first.headers["X-Repro-Cache"], again.headers["X-Repro-Cache"]) == ("MISS", "HIT")
+    assert again.parse().model_dump() == first.parse().model_dump()
+    others = [
+        images.with_raw_response.edit(model="gpt-image-1", image=two[:1], prompt="add a hat"),
+        images.with_raw_response.edit(model="gpt-image-1", image=two[::-1], prompt="add a hat"),
+        images.with_raw_response.edit(
+            model="gpt-image-1", image=two, prompt="add a hat", mask=("m.png", PNG, "image/png")
+        ),
+    ]
+    assert [r.headers["X-Repro-Cache"] for r in others] == ["MISS"] * 3
+    streamed = httpx.post(
+        proxy.v1 + "/images/edits",
+        data={"model": "gpt-image-1", "prompt": "add a hat", "stream": "true"},
+        files={"image": ("a.png", PNG, "image/png")},
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=10,
+    )
+    assert streamed.headers["X-Repro-Cache"] == "BYPASS"
+
+
+def test_an_edit_naming_its_images_by_url_is_json_and_cached_too(proxy: Proxy, sim: Sim) -> None:
+    body = {
+        "model": "gpt-image-1",
+        "prompt": "add a hat",
+        "images": [{"image_url": "https://example.com/cat.png"}],
+    }
+    sent = [proxy.post("/images/edits", body, key=KEY) for _ in range(2)]
+    assert [r.headers["X-Repro-Cache"] for r in sent] == ["MISS", "HIT"]
+    (asked,) = [r for r in sim.requests() if r["path"] == "/v1/images/edits"]
+    assert asked["headers"]["Content-Type"] == "application/json"
+
+
+def test_a_variation_is_stored_with_its_bytes_and_never_as_links(proxy: Proxy, sim: Sim) -> None:
+    def vary(fields: dict[str, str], name: str = "a.png") -> httpx.Response:
+        return httpx.post(
+            proxy.v1 + "/images/variations",
+            data=fields,
+            files={"image": (name, PNG, "image/png")},
+            headers={"Authorization": f"Bearer {KEY}"},
+            timeout=10,
+        )  # not the SDK's create_variation, deprecated
+
+    assert [vary({}).headers["X-Repro-Cache"] for _ in range(2)] == ["MISS", "MISS"]  # links
+    kept = [vary({"response_format": "b64_json", "n": "1"}), vary({"response_format": "b64_json"})]
+    assert [r.headers["X-Repro-Cache"] for r in kept] == ["MISS", "HIT"]  # n's default
+    assert kept[1].json() == kept[0].json() and kept[1].json()["data"][0]["b64_json"]
+    assert vary({"response_format": "b64_json"}, "other.png").headers["X-Repro-Cache"] == "HIT"
+
+
+def test_an_azure_deployment_edits_from_the_cache(start_proxy: ProxyFactory, sim: Sim) -> None:
+    proxy = start_proxy(upstream=sim.url)  # Azure: the resource's root
+    images = azure_client(proxy, "edits").images
+    asked = {"model": "img-deploy", "prompt": "a hat", "image": ("a.png", PNG, "image/png")}
+    asked["response_format"] = "b64_json"  # a DALL-E deployment answers with links otherwise
+    first = images.with_raw_response.edit(**asked)  # type: ignore[arg-type]
+    again = images.with_raw_response.edit(**asked)  # type: ignore[arg-type]
+    assert (first.headers["X-Repro-Cache"], again.headers["X-Repro-Cache"]) == ("MISS", "HIT")
+    (sent,) = [r for r in sim.requests() if r["path"].endswith("/images/edits")]
+    assert sent["path"] == "/openai/deployments/img-deploy/images/edits"

@@ -222,13 +222,19 @@ def test_a_form_two_readers_could_read_apart_is_refused(
     assert asked(sim) == []
 
 
-def test_a_transcription_route_takes_only_a_form(proxy: Proxy, sim: Sim) -> None:
+def test_a_transcription_route_reads_a_form_or_passes_json_on(proxy: Proxy, sim: Sim) -> None:
+    """JSON is read as JSON, as on every route (image edits take it), and its answer relayed;
+    a body of any other type is refused before it reaches the upstream."""
     sent = httpx.post(
         proxy.v1 + "/audio/transcriptions", json={"model": "whisper-1"}, headers=AUTH, timeout=10
     )
-    assert sent.status_code == 400 and sent.json()["error"]["code"] == "invalid_header"
-    assert sent.json()["error"]["param"] == "Content-Type"
-    assert asked(sim) == []
+    assert sent.status_code == 400 and sent.headers["X-Repro-Cache"] == "MISS"
+    assert "multipart/form-data" in sent.json()["error"]["message"]  # the sim's own refusal
+    typed = {**AUTH, "Content-Type": "text/plain"}
+    plain = httpx.post(proxy.v1 + "/audio/transcriptions", content=b"x", headers=typed)
+    assert plain.status_code == 400 and plain.json()["error"]["code"] == "invalid_header"
+    assert plain.json()["error"]["param"] == "Content-Type"
+    assert len(asked(sim)) == 1
 
 
 @pytest.mark.parametrize(

@@ -262,6 +262,24 @@ async def test_transcripts_come_in_each_format_asked_with_a_word_drawn_anew() ->
         assert (await transcribe({"model": "m"}, b"")).status == 400
 
 
+async def test_image_edits_take_a_form_or_json_and_answer_as_generations_do() -> None:
+    async with sim() as client:
+        form = aiohttp.FormData()
+        form.add_field("prompt", "a hat")
+        form.add_field("model", "gpt-image-1")
+        form.add_field("image[]", b"\x89PNG one", filename="a.png", content_type="image/png")
+        edited = await (await client.post("/v1/images/edits", data=form, headers=AUTH)).json()
+        png = base64.b64decode(edited["data"][0]["b64_json"])
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and edited["usage"]["output_tokens"] == 272
+        named = {"model": "gpt-image-1", "prompt": "a hat", "images": [{"file_id": "file-1"}]}
+        by_id = await client.post("/v1/images/edits", json=named, headers=AUTH)
+        assert "b64_json" in (await by_id.json())["data"][0]
+        bare = aiohttp.FormData()
+        bare.add_field("prompt", "a hat")
+        refused = await client.post("/v1/images/edits", data=bare, headers=AUTH)
+        assert refused.status == 400
+
+
 async def test_files_echo_upload_size_and_type() -> None:
     async with sim() as client:
         form = aiohttp.FormData()

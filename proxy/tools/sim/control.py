@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proxy.tools.sim.handlers import json_response, parse_object
+from proxy.tools.sim.handlers import json_response
 from proxy.tools.sim.state import (
     JSON,
     STATE,
@@ -18,6 +18,7 @@ from proxy.tools.sim.state import (
     SimState,
     check_fingerprints,
     check_tunable,
+    parse_object,
 )
 
 MAX_CONTROL_BODY = 64 * 1024

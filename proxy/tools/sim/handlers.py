@@ -20,7 +20,7 @@ from proxy.tools.sim import responses
 from proxy.tools.sim.generation import Reply, chat_reply, embeddings_reply, text_reply
 from proxy.tools.sim.images import images_reply
 from proxy.tools.sim.moderation import moderation_reply
-from proxy.tools.sim.state import JSON, STATE, BadRequest, Fault, SimState
+from proxy.tools.sim.state import JSON, STATE, BadRequest, Fault, SimState, parse_object
 
 _MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-3.5-turbo-instruct", "text-embedding-3-small")
 IMMEDIATE_FAULTS = frozenset({"status", "hang", "drop"})
@@ -46,16 +46,6 @@ def error_response(
 ) -> web.Response:
     kind = "server_error" if status >= 500 else "invalid_request_error"
     return json_response(error_body(message, kind, code, param), status=status)
-
-
-def parse_object(raw: bytes) -> JSON:
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from exc
-    if not isinstance(data, dict):
-        raise BadRequest("The request body must be a JSON object.")
-    return data
 
 
 async def pause(seconds: float) -> None:

@@ -13,7 +13,11 @@ import struct
 import time
 import zlib
 
-from proxy.tools.sim.state import JSON, BadRequest, SimState, int_param
+import orjson
+from aiohttp import web
+
+from proxy.tools.sim.state import JSON, STATE, BadRequest, Said, SimState, int_param, parse_object
+from proxy.tools.sim.uploads import read_form
 
 MAX_IMAGES = 10  # OpenAI's own limit of images per request
 SIDE = 8
@@ -72,3 +76,26 @@ def _png(prompt: str, noise: bytes) -> bytes:
         + chunk(b"IDAT", zlib.compress(rows))
         + chunk(b"IEND", b"")
     )
+
+
+async def edited(request: web.Request, variation: bool) -> Said:
+    """`POST /v1/images/edits` and `/v1/images/variations`: images fixed by the prompt and the
+    uploaded images' bytes, and noise drawn anew; an edit may also be JSON, naming its images
+    by URL or file id, as OpenAI's may."""
+    raw, content_type = await request.read(), request.headers.get("Content-Type", "")
+    if content_type.startswith("application/json") and not variation:
+        body = parse_object(raw)
+        shown = orjson.dumps(body.get("images"))
+    else:
+        fields, files = read_form(raw, content_type)
+        images = files.get("image") or files.get("image[]") or []
+        if not images or not all(images):
+            raise BadRequest("image must be one or more uploaded files", "image")
+        body = {**fields, "n": int(fields["n"]) if fields.get("n", "").isdigit() else 1}
+        shown = b"".join(hashlib.sha256(image).digest() for image in images)
+    if variation:
+        body["prompt"] = "a variation"
+    elif not isinstance(body.get("prompt"), str):
+        raise BadRequest("prompt must be a non-empty string", "prompt")
+    body["prompt"] = f"{body['prompt']} of {hashlib.sha256(shown).hexdigest()[:16]}"
+    return images_reply(body, request.app[STATE])

@@ -1,5 +1,6 @@
-"""The simulator's routes whose answers may be bytes of a type (speech's sound, a transcript
-as text) besides JSON or events, and Azure OpenAI's shapes of them."""
+"""The simulator's routes whose requests or answers are not JSON alone: speech's sound, form
+uploads (transcriptions and translations, image edits and variations), and Azure OpenAI's
+shapes of them."""
 
 from __future__ import annotations
 
@@ -13,30 +14,26 @@ from proxy.tools.sim.handlers import (
     close_connection,
     drawn_fault,
     error_response,
-    parse_object,
     pause,
     send_answer,
     send_stream,
 )
+from proxy.tools.sim.images import edited
 from proxy.tools.sim.speech import speech_reply
-from proxy.tools.sim.state import STATE, Said
+from proxy.tools.sim.state import STATE, Said, parse_object
 from proxy.tools.sim.transcription import transcription
 
 
 def routes() -> list[web.RouteDef]:
-    speak, transcribe, translate = (
-        _media_route(_speech),
-        _media_route(functools.partial(transcription, translate=False)),
-        _media_route(functools.partial(transcription, translate=True)),
-    )
-    listed = []
-    for base in ("/v1", "/openai/v1", "/openai/deployments/{deployment}"):
-        listed += [
-            web.post(base + "/audio/speech", speak),
-            web.post(base + "/audio/transcriptions", transcribe),
-            web.post(base + "/audio/translations", translate),
-        ]
-    return listed
+    answered = {
+        "/audio/speech": _media_route(_speech),
+        "/audio/transcriptions": _media_route(functools.partial(transcription, translate=False)),
+        "/audio/translations": _media_route(functools.partial(transcription, translate=True)),
+        "/images/edits": _media_route(functools.partial(edited, variation=False)),
+        "/images/variations": _media_route(functools.partial(edited, variation=True)),
+    }
+    bases = ("/v1", "/openai/v1", "/openai/deployments/{deployment}")
+    return [web.post(base + path, handle) for base in bases for path, handle in answered.items()]
 
 
 def _media_route(build: Callable[[web.Request], Awaitable[Said]]) -> Handler:

@@ -12,6 +12,7 @@ from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
+import orjson
 from aiohttp import web
 
 from proxy.values import MAX_SECONDS
@@ -81,6 +82,16 @@ class BadRequest(Exception):
         super().__init__(message)
         self.message = message
         self.param = param
+
+
+def parse_object(raw: bytes) -> JSON:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"We could not parse the JSON body of your request: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    return data
 
 
 def is_int(value: object) -> TypeGuard[int]:

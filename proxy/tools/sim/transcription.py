@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from email.message import EmailMessage
-from email.parser import BytesParser
-from email.policy import HTTP
 
 from aiohttp import web
 
 from proxy.tools.sim.generation import VOCAB
 from proxy.tools.sim.state import JSON, BadRequest, Said
+from proxy.tools.sim.uploads import read_form
 
 FORMATS = ("json", "verbose_json", "text", "srt", "vtt")
 TEXT = "text/plain; charset=utf-8"
@@ -25,7 +23,8 @@ SECONDS_PER_WORD = 0.4
 
 
 async def transcription(request: web.Request, translate: bool) -> Said:
-    fields, heard = _form(await request.read(), request.headers.get("Content-Type", ""))
+    fields, files = read_form(await request.read(), request.headers.get("Content-Type", ""))
+    heard = b"".join(files.get("file", []))
     model = fields.get("model")
     if not model:
         raise BadRequest("model must be a string", "model")
@@ -41,30 +40,6 @@ async def transcription(request: web.Request, translate: bool) -> Said:
             {"type": "transcript.text.done", "text": text},
         ]
     return _answer(text, chosen, model, translate)
-
-
-def _form(raw: bytes, content_type: str) -> tuple[dict[str, str], bytes]:
-    """The text fields and the `file` of a form, read with the standard library's MIME parser:
-    another reader than the proxy's, so that what the proxy writes is checked by a second."""
-    if not content_type.startswith("multipart/form-data"):
-        raise BadRequest("The body must be multipart/form-data.")
-    message = BytesParser(policy=HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + raw
-    )
-    if not isinstance(message, EmailMessage) or not message.is_multipart():
-        raise BadRequest("The body is not a multipart form.")
-    fields: dict[str, str] = {}
-    heard = b""
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        data = part.get_payload(decode=True)
-        if not isinstance(name, str) or not isinstance(data, bytes):
-            raise BadRequest("Each part must be named form-data.")
-        if name == "file" and part.get_filename() is not None:
-            heard = data
-        else:
-            fields[name] = data.decode()
-    return fields, heard
 
 
 def _heard(audio: bytes, translate: bool) -> str:
