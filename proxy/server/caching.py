@@ -276,15 +276,22 @@ def upstream_headers(request: web.Request, call: Call) -> CIMultiDict[str]:
     return headers
 
 
-async def call_upstream(services: Services, request: web.Request, call: Call) -> UpstreamResponse:
+async def call_upstream(
+    services: Services, request: web.Request, call: Call, relayed: bool = False
+) -> UpstreamResponse:
     """The upstream's answer to `call` (the caller releases it), timed to its headers in the
-    upstream histogram. No answer at all (unreachable, timed out) counts as the status the
-    client gets instead, 502 or 504, as nginx's $upstream_status does: a dead upstream must
-    show in the error ratio."""
+    upstream histogram; one `relayed` as it comes (a stream's, speech) is bounded by its
+    silences, not one deadline for all of it. No answer at all (unreachable, timed out)
+    counts as the status the client gets instead, 502 or 504, as nginx's $upstream_status
+    does: a dead upstream must show in the error ratio."""
     started = services.clock()
     try:
         upstream = await services.upstream.send(
-            "POST", call.target, upstream_headers(request, call), call.body, whole=not call.stream
+            "POST",
+            call.target,
+            upstream_headers(request, call),
+            call.body,
+            whole=not (call.stream or relayed),
         )
     except UpstreamError as exc:
         observe_upstream(services, call.route, exc.status, started)
@@ -316,6 +323,15 @@ async def forward(
         await record(services, call, answer, lease)
     headers.update(repro_headers(call, call.plan.outcome, fingerprint))
     return web.Response(status=status, body=data, headers=headers)
+
+
+async def unrelayed(services: Services, call: Call, upstream: UpstreamResponse) -> web.Response:
+    """An answer to a request relayed as it comes that is not what it asked for (an error, a
+    JSON body where a stream or sound was due): read whole, passed on, never stored."""
+    data = await upstream.read(services.settings.max_entry)
+    headers = response_headers(upstream.headers, decoded=True)
+    headers.update(repro_headers(call, call.plan.outcome, None))
+    return web.Response(status=upstream.status, body=data, headers=headers)
 
 
 async def read_facts(

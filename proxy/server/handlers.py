@@ -15,7 +15,7 @@ from yarl import URL
 from proxy.core import routes
 from proxy.core.call import Asked, Call, repro_headers
 from proxy.core.credentials import Carriers, hop_by_hop, of_request
-from proxy.core.entry import Entry
+from proxy.core.entry import AUDIO, Entry
 from proxy.core.paths import forward_target, lenient, raw_query
 from proxy.core.policy import (
     STALE_STATUSES,
@@ -49,6 +49,7 @@ from proxy.server.context import SERVICES, Services
 from proxy.server.observed import UNROUTED_PATH
 from proxy.server.offload import OFF_LOOP_BODY
 from proxy.server.recording import held_by_id, hold
+from proxy.server.sound import forward_sound
 from proxy.server.streaming import CLIENT_GONE, forward_stream
 from proxy.server.unframed import Unframed
 from proxy.store.base import StoreError
@@ -143,8 +144,10 @@ def unlooked(call: Call) -> Call:
 
 def coalesces(services: Services, call: Call) -> bool:
     """Only stored, non-streamed misses wait for a leader: a stream follower would lose its
-    first token to the leader's whole stream, so identical streams each go upstream."""
-    return services.coalescer.enabled and call.plan.store and call.plan.upstream and not call.stream
+    first token to the leader's whole stream, so identical streams each go upstream, and so
+    does speech, relayed as it comes (`proxy.server.sound`)."""
+    relayed = call.stream or call.shape == AUDIO
+    return services.coalescer.enabled and call.plan.store and call.plan.upstream and not relayed
 
 
 async def serve_if_trusted(
@@ -232,6 +235,8 @@ async def go_upstream(
     try:
         if call.stream:
             response = await forward_stream(services, request, call)
+        elif call.shape == AUDIO:
+            response = await forward_sound(services, request, call)
         else:
             response = await forward(services, request, call, lease)
     except UpstreamError:

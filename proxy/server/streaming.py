@@ -32,7 +32,7 @@ from proxy.core.policy import StreamDisconnect
 from proxy.core.routes import RESPONSES
 from proxy.core.sse import StreamRecorder
 from proxy.errors import UpstreamError, UpstreamUnreachable
-from proxy.server.caching import as_upstream_allows, call_upstream
+from proxy.server.caching import as_upstream_allows, call_upstream, unrelayed
 from proxy.server.context import Services
 from proxy.server.recording import observe_fingerprint, record
 from proxy.server.unframed import Unframed
@@ -58,10 +58,7 @@ async def forward_stream(
     upstream = await call_upstream(services, request, call)
     try:
         if upstream.status != 200 or upstream.content_type != "text/event-stream":
-            data = await upstream.read(services.settings.max_entry)
-            headers = response_headers(upstream.headers, decoded=True)
-            headers.update(repro_headers(call, call.plan.outcome, None))
-            return web.Response(status=upstream.status, body=data, headers=headers)
+            return await unrelayed(services, call, upstream)
         call = as_upstream_allows(services, call, upstream.headers)
         relay = _Relay(services, request, call, upstream)
         response = await relay.run()

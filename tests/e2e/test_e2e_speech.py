@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -14,9 +16,10 @@ import orjson
 import pytest
 
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim, azure_client
-from tests.hostile import Received, Scripted, relayed_never_stored
+from tests.hostile import Received, Scripted, fixed, relayed_never_stored
 
 KEY = "sk-speaker"
+AUTH = {"Authorization": f"Bearer {KEY}"}
 HELLO = {"model": "tts-1", "voice": "alloy", "input": "Hello, and welcome."}
 
 
@@ -149,22 +152,105 @@ def test_an_answer_that_is_no_sound_is_relayed_and_never_stored(
     relayed_never_stored(start_proxy, answer, labelled, lambda proxy: speak(proxy, HELLO))
 
 
-def test_sound_cut_short_by_the_upstream_is_never_stored(start_proxy: ProxyFactory) -> None:
-    """Half of the bytes announced, then a closed connection: a 502, and the next caller is
-    not played half a sentence from the cache."""
+def chunked(*pieces: bytes) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces)
+
+
+SOUND_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: audio/mpeg\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def test_the_first_words_are_heard_before_the_upstream_has_said_the_last(
+    start_proxy: ProxyFactory,
+) -> None:
+    """A miss relays the sound as it comes (an app plays speech as it arrives): the client
+    has the first chunk while the upstream still holds the rest; the whole is stored."""
+    rest = threading.Event()
 
     async def answer(writer: asyncio.StreamWriter, _: Received) -> None:
-        head = b"HTTP/1.1 200 OK\r\nContent-Type: audio/mpeg\r\nContent-Length: 4000\r\n\r\n"
-        writer.write(head + b"ID3" + b"\x00" * 1000)
+        writer.write(SOUND_HEAD + chunked(b"ID3 first words "))
+        await writer.drain()
+        await asyncio.get_running_loop().run_in_executor(None, rest.wait, 10)
+        writer.write(chunked(b"and the last.") + b"0\r\n\r\n")
+        await writer.drain()
+
+    with Scripted(answer) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        with httpx.stream(
+            "POST", proxy.v1 + "/audio/speech", json=HELLO, headers=AUTH, timeout=10
+        ) as relayed:
+            assert relayed.headers["X-Repro-Cache"] == "MISS"
+            heard = relayed.iter_raw()
+            assert next(heard) == b"ID3 first words "  # while the upstream holds the rest
+            rest.set()
+            assert b"".join(heard) == b"and the last."
+        again = speak(proxy, HELLO)
+        assert again.headers["X-Repro-Cache"] == "HIT"
+        assert again.content == b"ID3 first words and the last."
+        assert len(upstream.received) == 1
+
+
+def test_sound_a_client_left_is_read_on_and_stored(start_proxy: ProxyFactory) -> None:
+    """`--stream-disconnect finish` (the default): the retry of a client that hung up on the
+    first words is a HIT, as a stream's is."""
+    rest, said = threading.Event(), threading.Event()
+
+    async def answer(writer: asyncio.StreamWriter, _: Received) -> None:
+        writer.write(SOUND_HEAD + chunked(b"ID3 first words "))
+        await writer.drain()
+        await asyncio.get_running_loop().run_in_executor(None, rest.wait, 10)
+        for piece in (b"and more ", b"and the last."):
+            await asyncio.sleep(0.2)
+            writer.write(chunked(piece))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        said.set()
+
+    with Scripted(answer) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        with httpx.stream(
+            "POST", proxy.v1 + "/audio/speech", json=HELLO, headers=AUTH, timeout=10
+        ) as relayed:
+            assert next(relayed.iter_raw()) == b"ID3 first words "
+        rest.set()
+        assert said.wait(10)
+        time.sleep(0.5)  # the proxy reads the end and stores: no signal of it but the HIT
+        hit = speak(proxy, HELLO)
+        assert hit.headers["X-Repro-Cache"] == "HIT"
+        assert hit.content == b"ID3 first words and more and the last."
+        assert len(upstream.received) == 1
+
+
+def test_sound_cut_short_by_the_upstream_is_cut_short_and_never_stored(
+    start_proxy: ProxyFactory,
+) -> None:
+    """The client hears the break as sent (its connection closed mid-body), and the next
+    caller is not played half a sentence from the cache."""
+
+    async def answer(writer: asyncio.StreamWriter, _: Received) -> None:
+        writer.write(SOUND_HEAD + chunked(b"ID3 half a sen"))
         await writer.drain()
         writer.close()
 
     with Scripted(answer) as upstream:
         proxy = start_proxy(upstream=upstream.v1)
         for _ in range(2):
-            cut = speak(proxy, HELLO)
-            assert cut.status_code == 502
-            assert cut.json()["error"]["code"] == "upstream_unreachable"
+            with pytest.raises(httpx.RemoteProtocolError):
+                speak(proxy, HELLO)
+        assert len(upstream.received) == 2
+
+
+def test_sound_longer_than_max_entry_is_heard_whole_and_never_stored(
+    start_proxy: ProxyFactory,
+) -> None:
+    long = [b"ID3" + b"\x01" * 4000] + [b"\x02" * 4000] * 3
+    whole = SOUND_HEAD + chunked(*long) + b"0\r\n\r\n"
+    with Scripted(fixed(whole)) as upstream:
+        proxy = start_proxy("--max-entry", "10000", upstream=upstream.v1)
+        for _ in range(2):
+            heard = speak(proxy, HELLO)
+            assert heard.status_code == 200 and heard.content == b"".join(long)
+            assert heard.headers["X-Repro-Cache"] == "MISS"
         assert len(upstream.received) == 2
 
 
