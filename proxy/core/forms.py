@@ -15,6 +15,7 @@ upstream answer another. Parsing is python-multipart's (Starlette's), within bou
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -193,7 +194,8 @@ def _value(part: Part) -> object:
     except UnicodeDecodeError:
         raise InvalidParameter("A field's value must be UTF-8.", part.name) from None
     if part.name in NUMBERS and _NUMBER.fullmatch(text):
-        return float(text)
+        number = float(text)
+        return number if math.isfinite(number) else text  # `1e999` is no number JSON can key
     return text
 
 

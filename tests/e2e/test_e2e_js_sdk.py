@@ -77,6 +77,23 @@ def test_a_node_application_is_cached_as_a_python_one(proxy: Proxy, sim: Sim) ->
     assert sent.get("Accept-Language") == "*"  # forwarded as sent: only the key leaves it out
 
 
+def test_a_node_upload_shares_its_transcript_with_a_python_one(proxy: Proxy, sim: Sim) -> None:
+    """Node's fetch writes a form its own way (its boundary, its part headers): the upload is
+    keyed by what it holds, so the Python SDK's, of another filename, is the same question."""
+    calls = node_flow(proxy, "transcribe")
+    assert [c["cache"] for c in calls] == ["MISS", "HIT"]
+    assert calls[0]["text"] and calls[0]["text"] == calls[1]["text"]
+    clip = b"ID3 a clip a Python test uploads too"
+    with OpenAI(base_url=proxy.v1, api_key=KEY, max_retries=0) as sdk:
+        python = sdk.audio.transcriptions.with_raw_response.create(
+            model="whisper-1", file=("recording.MP3", clip, "audio/mpeg")
+        )
+    assert python.headers["X-Repro-Cache"] == "HIT"
+    assert python.headers["X-Repro-Key"] == calls[0]["key"]
+    assert python.parse().text == calls[0]["text"]
+    assert [r["path"] for r in sim.llm_requests()] == ["/v1/audio/transcriptions"]
+
+
 def test_a_replay_miss_fails_a_node_call_once_with_the_proxys_error(
     start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
 ) -> None:

@@ -1,10 +1,10 @@
 // What a Node application does through the proxy with the official OpenAI JS SDK: chat (whole
 // and streamed), embeddings (the SDK asks base64 by default), a response and its fetch by id,
-// and a replay miss. Each call's answer and the proxy's headers, as one JSON line per call on
+// an audio upload transcribed (a form as Node's fetch writes one), and a replay miss. Each call's answer and the proxy's headers, as one JSON line per call on
 // stdout, for tests/e2e/test_e2e_js_sdk.py to judge. Usage: node flows.mjs FLOW, the proxy's
 // URL in OPENAI_BASE_URL and the key in OPENAI_API_KEY, which the SDK reads as a test suite's
 // client would.
-import OpenAI from "openai";
+import OpenAI, { toFile } from "openai";
 
 const [flow] = process.argv.slice(2);
 const client = new OpenAI({ maxRetries: 2, timeout: 10_000 });
@@ -40,6 +40,16 @@ async function readwrite() {
   say("response", response, { id: made.id, fetched: fetched.id, text: made.output_text });
 }
 
+async function transcribe() {
+  const clip = Buffer.from("ID3 a clip a Python test uploads too");
+  for (const round of [1, 2]) {
+    const file = await toFile(clip, `clip-${round}.mp3`, { type: "audio/mpeg" });
+    const { data, response } = await client.audio.transcriptions
+      .create({ model: "whisper-1", file }).withResponse();
+    say("transcription", response, { text: data.text, round });
+  }
+}
+
 async function replay() {
   try {
     await client.chat.completions.create({ ...ask, messages: [{ role: "user", content: "Never recorded." }] });
@@ -49,4 +59,4 @@ async function replay() {
   }
 }
 
-await ({ readwrite, replay })[flow]();
+await ({ readwrite, transcribe, replay })[flow]();

@@ -80,3 +80,13 @@ def test_a_form_of_more_parts_than_any_upload_names_is_refused() -> None:
     fields = [(f"f{n}", "x") for n in range(forms.MAX_PARTS)]
     with pytest.raises(InvalidBody):
         forms.read(written(fields, b"x", "b1", "a.mp3"), "multipart/form-data; boundary=b1")
+
+
+def test_a_number_no_json_can_hold_is_keyed_as_the_text_it_is() -> None:
+    """Read as a float, `1e999` is infinite, which JSON writes as null: keyed as absent, its
+    answer would be stored as the default `n`'s, while the upstream read something else."""
+    sent = forms.read(
+        written([("n", "1e999"), ("temperature", "0.50")], b"x", "b1", "a.png"),
+        "multipart/form-data; boundary=b1",
+    )
+    assert sent.keyed["n"] == "1e999" and sent.keyed["temperature"] == 0.5
