@@ -2,27 +2,36 @@
 
 Two recordings of the same request differ in ids, timestamps and framing even when the model
 said the same thing; a drift report compares only what was said: the text of each choice, tool
-calls, embedding vectors, Responses output, whether it came whole or streamed.
+calls, embedding vectors, Responses output, a transcript's text, whether it came whole or
+streamed. An image or a sound is named by the digest of its bytes: two takes differ or do not,
+and no edit distance between their bytes measures by how much.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 from collections import defaultdict
 from typing import Any
 
 import orjson
 
+from proxy.core.entry import is_audio
 from proxy.core.sse import payloads
 
 VOLATILE = frozenset({"id", "created", "created_at", "system_fingerprint", "usage"})
 
 
-def text(body: bytes, stream: bool) -> str:
-    """The content of an answer, as one string comparable across recordings.
+def text(body: bytes, stream: bool, content_type: str = "") -> str:
+    """The content of an answer, as one string comparable across recordings; sound (by its
+    `content_type`) as its digest.
 
     The answer is an upstream's or a cassette's bytes: one nested too deeply to flatten (JSON
     allows 1024 levels, serializing 254, Python's own recursion about 1000) is compared as the
     bytes it is, never an error that would stop a diff or a rotations report."""
+    if not stream and is_audio(body, content_type):
+        return "sound " + _digest(body)
     try:
         return _text(body, stream)
     except (TypeError, ValueError, RecursionError):
@@ -45,11 +54,29 @@ def _whole(answer: dict[str, Any]) -> str:
             _choice(choice.get("message") or choice) for choice in _dicts(answer["choices"])
         )
     if isinstance(answer.get("data"), list):
-        return orjson.dumps([item.get("embedding") for item in _dicts(answer["data"])]).decode()
+        return orjson.dumps([_item(item) for item in _dicts(answer["data"])]).decode()
+    said = answer.get("text")
+    if isinstance(said, str):  # a transcript: its segments say it again
+        return said
     if isinstance(answer.get("output"), list):
         return "\n".join(_output(item) for item in _dicts(answer["output"]))
     kept = {name: value for name, value in answer.items() if name not in VOLATILE}
     return orjson.dumps(kept, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _item(item: dict[str, Any]) -> Any:
+    """An embedding's vector; an image's digest (and the prompt its model revised it to)."""
+    if "b64_json" not in item:
+        return item.get("embedding")
+    try:
+        image = base64.b64decode(str(item["b64_json"]), validate=True)
+    except (binascii.Error, ValueError):
+        image = str(item["b64_json"]).encode()
+    return {"image": _digest(image), "revised_prompt": item.get("revised_prompt")}
+
+
+def _digest(data: bytes) -> str:
+    return f"sha256:{hashlib.sha256(data).hexdigest()[:16]} ({len(data)} bytes)"
 
 
 def _choice(message: dict[str, Any]) -> str:

@@ -164,7 +164,7 @@ async def _answers(
         lineage = routes.lineage_of(entry.model, entry.route, entry.vary, entry.query)
         if fingerprint not in wanted.get(lineage, ()):
             continue
-        text = clipped(said.text(entry.body, entry.stream))
+        text = clipped(said.text(entry.body, entry.stream, entry.content_type))
         if not budget.take(text):
             break
         found.setdefault(lineage, {}).setdefault(key, {})[fingerprint] = text

@@ -102,7 +102,7 @@ def _said(record: dict[str, Any]) -> str:
         body = base64.b64decode(record["body_base64"])
     else:
         body = str(record["body"]).encode()
-    return answers.text(body, bool(record.get("stream")))
+    return answers.text(body, bool(record.get("stream")), str(record.get("content_type", "")))
 
 
 def _prompt(record: dict[str, Any]) -> str:
