@@ -6,6 +6,7 @@ sound is."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import signal
 import threading
 import time
@@ -267,3 +268,29 @@ def test_a_custom_voice_is_its_owners_alone_in_shared_scope(
     assert other.headers["X-Repro-Cache"] == "MISS" and other.content != owner[0].content
     shared = [proxy.post("/audio/speech", HELLO, key=key) for key in ("sk-owner", "sk-other")]
     assert [r.headers["X-Repro-Cache"] for r in shared] == ["MISS", "HIT"]
+
+
+def test_two_replicas_sharing_redis_share_sound_and_transcripts(
+    start_proxy: ProxyFactory, sim: Sim, redis_url: str
+) -> None:
+    """Bytes that are not text, stored sealed in Redis by one replica, read by another: the
+    sound and its label as sent, and a transcript asked with another client's form."""
+    flags = ("--store", redis_url, "--encryption-key", base64.b64encode(b"k" * 32).decode())
+    first, second = start_proxy(*flags), start_proxy(*flags)
+    spoken = speak(first, {**HELLO, "response_format": "wav"})
+    heard = speak(second, {**HELLO, "response_format": "wav"})
+    assert (spoken.headers["X-Repro-Cache"], heard.headers["X-Repro-Cache"]) == ("MISS", "HIT")
+    assert heard.content == spoken.content and heard.headers["Content-Type"] == "audio/wav"
+    clip = ("clip.mp3", b"ID3 shared clip", "audio/mpeg")
+    made = first.sdk(KEY).audio.transcriptions.with_raw_response.create(
+        model="whisper-1", file=clip
+    )
+    read = httpx.post(
+        second.v1 + "/audio/transcriptions",
+        data={"model": "whisper-1"},
+        files={"file": ("other.mp3", b"ID3 shared clip", "audio/mpeg")},
+        headers=AUTH,
+        timeout=10,
+    )
+    assert (made.headers["X-Repro-Cache"], read.headers["X-Repro-Cache"]) == ("MISS", "HIT")
+    assert read.json()["text"] == made.parse().text
