@@ -15,6 +15,7 @@ import httpx
 import orjson
 import pytest
 
+from proxy.server.offload import OFF_LOOP_BODY
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim, azure_client
 from tests.hostile import relayed_never_stored
 
@@ -254,3 +255,13 @@ def test_an_answer_that_is_no_transcript_is_relayed_and_never_stored(
     labelled = (f"Content-Type: {content_type}",) if content_type else ()
     ask = {"model": "whisper-1"}
     relayed_never_stored(start_proxy, answer, labelled, lambda proxy: upload(proxy, ask))
+
+
+def test_a_long_recording_is_read_in_the_offload_child_and_cached(proxy: Proxy, sim: Sim) -> None:
+    """An upload past OFF_LOOP_BODY is read, hashed and written again off the event loop."""
+    long = AUDIO * (3 * OFF_LOOP_BODY // len(AUDIO))
+    sent = [upload(proxy, {"model": "whisper-1"}, audio=long) for _ in range(2)]
+    assert [r.headers["X-Repro-Cache"] for r in sent] == ["MISS", "HIT"]
+    assert sent[1].json() == sent[0].json()
+    (asked_once,) = asked(sim)
+    assert len(body_of(asked_once)) > len(long)
