@@ -153,11 +153,17 @@ time, so two answers always differ and no distance between them says drift."""
 
 
 def is_audio(body: bytes, content_type: str) -> bool:
-    """Whether a 200's body is speech: bytes labelled as audio (`audio/mpeg`, `audio/wav`, raw
-    `audio/pcm`, which has no header to check), never empty. An error some gateways send with
-    a 200 is labelled JSON, and stored it would be replayed to every later caller as sound."""
+    """Whether a 200's body is speech: bytes labelled as audio, never empty. An error some
+    gateways send with a 200 is labelled JSON, and stored it would be replayed to every later
+    caller as sound."""
+    return bool(body) and is_sound_type(content_type)
+
+
+def is_sound_type(content_type: str) -> bool:
+    """A label of sound (`audio/mpeg`, `audio/wav`, raw `audio/pcm`, which has no header to
+    check in its bytes), read before the body has come."""
     media = content_type.partition(";")[0].strip().lower()
-    return bool(body) and (media.startswith("audio/") or media == "application/octet-stream")
+    return media.startswith("audio/") or media == "application/octet-stream"
 
 
 def answer_of(body: bytes, is_response: bool, shape: str | None) -> dict[str, Any] | None:

@@ -50,7 +50,15 @@ from proxy.core.credentials import (
     upstream_headers,
     with_query,
 )
-from proxy.core.entry import AUDIO, TRANSCRIPT, is_answer, is_audio, json_object, transcript_of
+from proxy.core.entry import (
+    AUDIO,
+    TRANSCRIPT,
+    is_answer,
+    is_audio,
+    is_sound_type,
+    json_object,
+    transcript_of,
+)
 from proxy.core.keyed import digest
 from proxy.core.lru import LRU
 from proxy.core.policy import ANONYMOUS
@@ -352,7 +360,7 @@ def answers(
     other answer past ANSWER_LIMIT says nothing: a gateway's error may quote the caller's
     long prompt."""
     if shape == AUDIO:
-        return is_audio(b"past the limit" if body is None else body, content_type)
+        return is_sound_type(content_type) if body is None else is_audio(body, content_type)
     if body is None:
         return None
     if shape == TRANSCRIPT:

@@ -20,7 +20,7 @@ import logging
 from aiohttp import web
 
 from proxy.core.call import Answer, Call, repro_headers
-from proxy.core.entry import is_audio
+from proxy.core.entry import is_sound_type
 from proxy.core.policy import StreamDisconnect
 from proxy.errors import UpstreamError
 from proxy.server.caching import as_upstream_allows, call_upstream, unrelayed
@@ -37,7 +37,7 @@ async def forward_sound(services: Services, request: web.Request, call: Call) ->
     upstream = await call_upstream(services, request, call, relayed=True)
     try:
         content_type = upstream.headers.get("Content-Type", "")
-        if upstream.status != 200 or not is_audio(b"sound", content_type):
+        if upstream.status != 200 or not is_sound_type(content_type):
             return await unrelayed(services, call, upstream)
         call = as_upstream_allows(services, call, upstream.headers)
         return await _Sound(services, request, call, upstream).relay(content_type)
