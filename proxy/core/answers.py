@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from proxy.core.entry import is_audio
-from proxy.core.sse import payloads
+from proxy.core.sse_wire import payloads
 
 VOLATILE = frozenset({"id", "created", "created_at", "system_fingerprint", "usage"})
 

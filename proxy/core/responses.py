@@ -23,7 +23,7 @@ import orjson
 from proxy.core import routes
 from proxy.core.canonical import KEY_VERSION
 from proxy.core.entry import rewritten
-from proxy.core.sse import payloads
+from proxy.core.sse_wire import payloads
 
 INDEX_FINGERPRINT = "id-index"
 RESPONSE_INDEX = "response"

@@ -31,9 +31,6 @@ ended, to read it.
 from __future__ import annotations
 
 import hashlib
-import itertools
-import re
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -48,83 +45,14 @@ from proxy.core.entry import (
 )
 from proxy.core.owned import entitled
 from proxy.core.pieces import Pieces
+from proxy.core.sse_wire import is_text, last_end, lines, past_blank
+from proxy.core.sse_wire import value as field_value
 
 _DONE = b"[DONE]"
-# Two line ends in a row, a blank line, whatever ends each (CRLF, LF or CR): a CRLF's LF
-# followed by anything, or a CR followed by a CR.
-_ENDS = (b"\n\n", b"\r\r", b"\n\r")
 _BOM = b"\xef\xbb\xbf"
-_LINE_END = re.compile(rb"\r\n?|\n")
-_SPLIT_AT_ONCE = 256 * 1024
 _COMPLETED = "response.completed"
 _SPOILED = frozenset({"response.failed", "response.incomplete", "error"})
 _MAX_CHOICES = 128  # the API's bound on `n`
-
-
-def _value(field: bytes) -> bytes:
-    """A field's value as the SSE specification reads it: one leading space dropped."""
-    return field[1:] if field.startswith(b" ") else field
-
-
-def _past(data: bytes, at: int) -> int:
-    """Just past the blank line whose two line ends start at `at` (and the LF of a CRLF)."""
-    end = at + 2
-    return end + 1 if data[end - 1] == 13 and data[end : end + 1] == b"\n" else end
-
-
-def _last_end(data: bytes) -> int:
-    """Just past the last blank line of `data`, -1 if it has none."""
-    return max((_past(data, at) for sep in _ENDS if (at := data.rfind(sep)) >= 0), default=-1)
-
-
-def _lines(ended: bytes, at: int) -> Iterator[bytes]:
-    """The lines of `ended` from `at`: all at once from a region of up to a read's size (the
-    faster way), one at a time from a longer one, whose lines as objects could take many
-    times its size."""
-    if len(ended) <= _SPLIT_AT_ONCE:
-        return iter(ended[at:].splitlines() if at else ended.splitlines())
-    return (ended[start:end] for start, end in _spans(ended, at))
-
-
-def _spans(ended: bytes, at: int) -> Iterator[tuple[int, int]]:
-    for found in _LINE_END.finditer(ended, at):
-        yield at, found.start()
-        at = found.end()
-
-
-def _past_blank(data: bytes, at: int, count: int) -> int:
-    """Just past the `count`th blank line of `data` from `at` (it has that many), its lines
-    as `_lines` reads them."""
-    for found in _LINE_END.finditer(data, at):
-        if found.start() == at:
-            count -= 1
-            if not count:
-                break
-        at = found.end()
-    return found.end()
-
-
-def _text(line: bytes) -> bool:
-    try:
-        line.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def payloads(stream: bytes) -> Iterator[bytes]:
-    """The data of each event of a whole stream, in order, its lines read as `StreamRecorder`
-    reads them."""
-    data: list[bytes] = []
-    for line in itertools.chain(_lines(stream, 0), [b""]):
-        if not line:
-            if data:
-                yield b"\n".join(data)
-            data = []
-        else:
-            name, _, value = line.partition(b":")
-            if name == b"data":
-                data.append(_value(value))
 
 
 class _Event:
@@ -217,7 +145,7 @@ class StreamRecorder:
         are joined: a frame sent in many pieces costs its length once, not once per piece."""
         pending = self._pending
         before = pending.last_byte() if pending.size else b""
-        found = _last_end(before + data if before else data)
+        found = last_end(before + data if before else data)
         if found < 0:
             self._hold(data)
             return len(data)
@@ -256,7 +184,7 @@ class StreamRecorder:
             self.failed = self.failed or ended.startswith(_BOM)
         event = _Event()
         blanks = 0
-        for line in _lines(ended, at):
+        for line in lines(ended, at):
             if not line:
                 blanks += 1
                 if event.data is not None or event.names or event.retry or self._named_by_id:
@@ -266,21 +194,21 @@ class StreamRecorder:
                         continue
                     self._over = self.answered
                     if self._over or (until_named and self.named):
-                        stop = _past_blank(ended, at, blanks)
+                        stop = past_blank(ended, at, blanks)
                         self._after_cr = ended[stop - 1] == 13
                         return stop
             elif line.startswith(b":"):
-                self.failed = self.failed or not _text(line)
+                self.failed = self.failed or not is_text(line)
             else:
                 self._read_field(event, line)
         return None
 
     def _read_field(self, event: _Event, line: bytes) -> None:
         name, _, value = line.partition(b":")
-        value = _value(value)
+        value = field_value(value)
         if name == b"data":
             event.add(value)
-        elif not _text(line):
+        elif not is_text(line):
             self.failed = True
         elif name == b"event":
             event.name, event.names = value, event.names + 1

@@ -28,7 +28,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from proxy.core.credentials import STANDARD, extract, upstream_headers
 from proxy.core.entry import TRANSCRIPT, UNCOMPARED, Entry, fingerprint_of, is_answer
 from proxy.core.routes import RESPONSES
-from proxy.core.sse import StreamRecorder, payloads
+from proxy.core.sse import StreamRecorder
+from proxy.core.sse_wire import payloads
 from proxy.core.textdistance import normalized_levenshtein
 from proxy.errors import UpstreamError
 from proxy.metrics import Metrics

@@ -31,7 +31,7 @@ from typing import IO, Any
 
 import orjson
 
-from proxy.core import canonical, responses, routes, sse, terminal
+from proxy.core import canonical, responses, routes, sse_wire, terminal
 from proxy.core.codec import Codec
 from proxy.core.credentials import split_query
 from proxy.core.entry import CorruptEntry, Entry, is_fingerprint
@@ -286,7 +286,7 @@ def _unambiguous_answer(answer: bytes, stream: bool) -> None:
     keeps the last copy where a reviewer reads the first. An answer that is no JSON has no keys
     to read twice. Nor is one nested deeper than Python's json reads (orjson reads 1024 levels,
     it some 1000) checked: `cassette diff` compares such answers, so they load."""
-    for payload in sse.payloads(answer) if stream else (answer,):
+    for payload in sse_wire.payloads(answer) if stream else (answer,):
         try:
             orjson.loads(payload)
         except orjson.JSONDecodeError:

@@ -2,10 +2,10 @@
 for the client as soon as its upstream's body does, as one ending with LF does: not after the
 END_GRACE the relay gives an upstream that holds its body open past the answer's clean end.
 
-Checked, not fixed: the recorder sees the blank line `\\r\\r` ends at once (`sse._last_end`), and
-waits for a CRLF's LF after the end only while the upstream's body goes on, which it waits for
-whatever the line ends. An upstream holding a chunked body open after `[DONE]` is waited for
-END_GRACE with every line end alike (see proxy/server/streaming.py)."""
+Checked, not fixed: the recorder sees the blank line `\\r\\r` ends at once
+(`sse_wire.last_end`), and waits for a CRLF's LF after the end only while the upstream's body
+goes on, which it waits for whatever the line ends. An upstream holding a chunked body open
+after `[DONE]` is waited for END_GRACE with every line end alike (see proxy/server/streaming.py)."""
 
 from __future__ import annotations
 
