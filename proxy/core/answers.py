@@ -21,6 +21,7 @@ from proxy.core.entry import is_audio
 from proxy.core.sse_wire import payloads
 
 VOLATILE = frozenset({"id", "created", "created_at", "system_fingerprint", "usage"})
+_TEXT_DELTAS = frozenset({"response.output_text.delta", "transcript.text.delta"})
 
 
 def text(body: bytes, stream: bool, content_type: str = "") -> str:
@@ -68,11 +69,16 @@ def _item(item: dict[str, Any]) -> Any:
     """An embedding's vector; an image's digest (and the prompt its model revised it to)."""
     if "b64_json" not in item:
         return item.get("embedding")
-    try:
-        image = base64.b64decode(str(item["b64_json"]), validate=True)
-    except (binascii.Error, ValueError):
-        image = str(item["b64_json"]).encode()
+    image = _decoded(item["b64_json"])
     return {"image": _digest(image), "revised_prompt": item.get("revised_prompt")}
+
+
+def _decoded(value: Any) -> bytes:
+    """Base64's bytes; what is no base64 (an upstream's), as the text it is."""
+    try:
+        return base64.b64decode(str(value), validate=True)
+    except (binascii.Error, ValueError):
+        return str(value).encode()
 
 
 def _digest(data: bytes) -> str:
@@ -105,8 +111,10 @@ def _output(item: dict[str, Any]) -> str:
 
 
 def _streamed(body: bytes) -> str:
-    """The deltas of an SSE stream, joined per choice (chat, completions, Responses)."""
+    """The deltas of an SSE stream, joined per choice (chat, completions, Responses, a
+    transcript); speech sent as events, by the digest of its sound."""
     choices: dict[int, list[str]] = defaultdict(list)
+    sound = bytearray()
     for payload in payloads(body):
         if payload.strip() == b"[DONE]":
             continue
@@ -116,12 +124,17 @@ def _streamed(body: bytes) -> str:
             continue
         if not isinstance(event, dict):
             continue
-        if event.get("type") == "response.output_text.delta":
+        kind = event.get("type")
+        if isinstance(kind, str) and kind in _TEXT_DELTAS:
             choices[0].append(str(event.get("delta", "")))
+        elif kind == "speech.audio.delta":
+            sound += _decoded(event.get("audio", ""))
         for choice in _dicts(event.get("choices")):
             index = choice.get("index")
             index = index if isinstance(index, int) else 0
             choices[index].append(_delta(choice.get("delta") or choice))
+    if sound:
+        return "sound " + _digest(bytes(sound))
     return "\n".join("".join(choices[index]) for index in sorted(choices))
 
 

@@ -204,7 +204,7 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
         plan=uncached.plan(settings.cache_mode, directives, kind, body, lineage),
         max_age=directives.max_age,
         stale_if_error=policy.stale_window(settings.stale_if_error, directives.stale_if_error),
-        stream=body.get("stream") is True,
+        stream=streamed(kind, body),
         vary=vary,
         headers=asked.headers,
         chained=responses.chained_on(body) if kind == routes.RESPONSES else None,
@@ -215,6 +215,15 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
         credentials=asked.credentials,
         content_type=JSON if form is None else form.content_type,
     )
+
+
+def streamed(kind: str, body: dict[str, object]) -> bool:
+    """Whether the answer comes as events: `stream: true`, in a form the field `true` as the
+    SDK writes it, and speech asked for with `stream_format: sse`."""
+    if kind == routes.SPEECH:
+        return body.get("stream_format") == "sse"
+    flag = body.get("stream")
+    return flag is True or (flag == "true" and kind in routes.FORMS)
 
 
 def _tenants_own(settings: Rules, raw: bytes, body: dict[str, object]) -> bool:

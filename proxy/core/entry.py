@@ -233,11 +233,13 @@ def is_served_as(entry: Entry, is_response: bool, shape: str | None, stream: boo
     it lives. A stream's clean end was checked as it was recorded (`proxy.core.sse`)."""
     if entry.stream != stream:
         return False
+    if stream:
+        return True
     if shape == AUDIO:
-        return not stream and is_audio(entry.body, entry.content_type)
+        return is_audio(entry.body, entry.content_type)
     if shape == TRANSCRIPT:
-        return not stream and transcript_of(entry.body, entry.content_type) is not None
-    return stream or answer_of(entry.body, is_response, shape) is not None
+        return transcript_of(entry.body, entry.content_type) is not None
+    return answer_of(entry.body, is_response, shape) is not None
 
 
 def has_shape(answer: dict[str, Any], shape: str) -> bool:

@@ -5,10 +5,12 @@ fingerprint, the usage and whether the stream ended cleanly, and nothing went ov
 Only such a stream is ever stored. A clean end depends on the route: chat and text completions
 end with a finish_reason, then `[DONE]`, and no error event; the Responses API's typed events
 end with `response.completed`, and a `response.failed`, `response.incomplete` or `error` event
-spoils the stream, whatever follows. So does a frame whose `event:` name says something else
-than its data: clients that dispatch on the name (an EventSource's `error` listener) and this
-recorder, which reads the data, would disagree on what was answered, and an `event: error`
-above data that reads as a token would be stored and replayed as a clean answer. A stream whose
+spoils the stream, whatever follows. A streamed transcript ends with `transcript.text.done`
+holding its text, speech sent as events with `speech.audio.done`; an `error` event spoils
+either. So does a frame whose `event:` name says something else than its data: clients that
+dispatch on the name (an EventSource's `error` listener) and this recorder, which reads the
+data, would disagree on what was answered, and an `event: error` above data that reads as a
+token would be stored and replayed as a clean answer. A stream whose
 requested moderation failed (`entry.moderation_failed`, in a chat chunk or the completed
 response) is an answer, relayed and teaching its fingerprint, but not stored.
 
@@ -35,6 +37,7 @@ from typing import Any
 
 import orjson
 
+from proxy.core import routes
 from proxy.core.entry import (
     fingerprint_of,
     is_answer,
@@ -52,6 +55,17 @@ _DONE = b"[DONE]"
 _BOM = b"\xef\xbb\xbf"
 _COMPLETED = "response.completed"
 _SPOILED = frozenset({"response.failed", "response.incomplete", "error"})
+_ENDINGS = {
+    routes.RESPONSES: _COMPLETED,
+    routes.TRANSCRIPTIONS: "transcript.text.done",
+    routes.TRANSLATIONS: "transcript.text.done",
+    routes.SPEECH: "speech.audio.done",
+}
+"""The event that ends each typed stream: the Responses API's, a streamed transcript's, speech
+asked for as events. Other routes stream chat chunks, read by their choices."""
+_HOLDS = {"transcript.text.done": "text"}
+"""What an ending event must hold as a string to end an answer: a transcript's whole text,
+which the SDK's `TranscriptionTextDoneEvent` requires."""
 _MAX_CHOICES = 128  # the API's bound on `n`
 
 
@@ -91,10 +105,14 @@ def _carries_token(choice: dict[str, Any]) -> bool:
 
 
 class StreamRecorder:
-    def __init__(self, max_bytes: int, responses: bool = False) -> None:
-        """`responses`: the stream is the Responses API's typed events."""
+    def __init__(self, max_bytes: int, kind: str = routes.CHAT) -> None:
+        """`kind`: the route the stream answers (`routes.kind`), which says how its events read:
+        chat chunks, or typed events and the one that ends them (`_ENDINGS`)."""
         self._max_bytes = max_bytes
-        self._responses = responses
+        self._ending = _ENDINGS.get(kind)
+        self._typed = self._ending is not None
+        self._holds = _HOLDS.get(self._ending or "")
+        self._responses = kind == routes.RESPONSES
         self.response_id: str | None = None
         self.entitled = False  # a response event named an access program (`owned.entitled`)
         self._chunks = Pieces()
@@ -224,11 +242,11 @@ class StreamRecorder:
             return
         self.frames += 1
         name = event.name
-        if event.names > 1 or (name is not None and not self._responses and name != b"message"):
+        if event.names > 1 or (name is not None and not self._typed and name != b"message"):
             self.failed = True  # a chat frame may be named `message` only, and only once
             return
         if payload.startswith(_DONE):  # where the SDK stops reading: after the answer only
-            self.done = self.done or not self._responses
+            self.done = self.done or not self._typed
             self.failed = self.failed or not self.finished or payload.rstrip() != _DONE
             return
         try:
@@ -239,11 +257,16 @@ class StreamRecorder:
         if not isinstance(parsed, dict) or "error" in parsed:
             self.failed = True
             return
-        if name is not None and self._responses and name != str(parsed.get("type")).encode():
+        if self._typed and not isinstance(parsed.get("type"), str):
+            self.failed = True  # what no SDK dispatches on: and unhashable, no name to look up
+            return
+        if name is not None and self._typed and name != parsed["type"].encode():
             self.failed = True  # a typed frame may be named by its own type only
             return
         if self._responses:
             self._read_typed(parsed)
+        elif self._typed:
+            self._read_media(parsed)
         else:
             self._read_event(parsed)
 
@@ -269,6 +292,18 @@ class StreamRecorder:
             self.unmoderated = self.unmoderated or moderation_failed(response)
             # A stored stream answers as its whole form would: by the same rule (see is_answer).
             self.finished = self.done = is_answer(response, responses=True)
+
+    def _read_media(self, event: dict[str, Any]) -> None:
+        """A typed event of a transcript or of speech: it names no fingerprint (these routes
+        have none, as their whole answers do not); its ending event carries the usage, and a
+        transcript's its whole text."""
+        kind = event.get("type")
+        if kind in _SPOILED:
+            self.failed = True
+        elif kind == self._ending:
+            self.prompt_tokens, self.completion_tokens = usage_of(event)
+            held = self._holds
+            self.finished = self.done = held is None or isinstance(event.get(held), str)
 
     def _read_event(self, event: dict[str, Any]) -> None:
         self._read_claim(event)
@@ -335,7 +370,7 @@ class StreamRecorder:
         event. A frame that spoiled the stream ends the wait too."""
         if self.fingerprint is not None:
             return True
-        return self.frames > 0 and (self._responses or self.failed or self.token)
+        return self.frames > 0 and (self._typed or self.failed or self.token)
 
     @property
     def at_end(self) -> bool:

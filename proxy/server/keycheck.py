@@ -231,9 +231,7 @@ class KeyChecker:
         headers.extend(upstream_headers(made_up))
         headers["Content-Type"] = call.content_type
         path = with_query(call.route, call.keyed_query, made_up)
-        judge = partial(
-            answers, stream=call.stream, responses=call.kind == RESPONSES, shape=call.shape
-        )
+        judge = partial(answers, stream=call.stream, kind=call.kind, shape=call.shape)
         return await self._learn(key, "POST", path, headers, call.shareable, judge)
 
     async def _learn(
@@ -353,21 +351,21 @@ def lists_models(body: bytes | None, content_type: str) -> bool:
 
 
 def answers(
-    body: bytes | None, content_type: str, stream: bool, responses: bool, shape: str | None
+    body: bytes | None, content_type: str, stream: bool, kind: str, shape: str | None
 ) -> bool | None:
     """Whether a 2xx body answers the request it came for: a whole answer, or a stream that
     was an answer to its clean end; speech, by its label (`is_audio`), however long. Any
     other answer past ANSWER_LIMIT says nothing: a gateway's error may quote the caller's
     long prompt."""
-    if shape == AUDIO:
+    if shape == AUDIO and not stream:
         return is_sound_type(content_type) if body is None else is_audio(body, content_type)
     if body is None:
         return None
+    if stream:
+        recorder = StreamRecorder(len(body), kind)
+        recorder.feed(body)
+        return recorder.answered
     if shape == TRANSCRIPT:
         return transcript_of(body, content_type) is not None
-    if not stream:
-        answer = json_object(body)
-        return answer is not None and is_answer(answer, responses)
-    recorder = StreamRecorder(len(body), responses)
-    recorder.feed(body)
-    return recorder.answered
+    answer = json_object(body)
+    return answer is not None and is_answer(answer, kind == RESPONSES)

@@ -29,7 +29,6 @@ from multidict import CIMultiDict
 
 from proxy.core.call import Answer, Call, repro_headers
 from proxy.core.policy import StreamDisconnect
-from proxy.core.routes import RESPONSES
 from proxy.core.sse import StreamRecorder
 from proxy.errors import UpstreamError, UpstreamUnreachable
 from proxy.server.caching import as_upstream_allows, call_upstream, unrelayed
@@ -87,7 +86,7 @@ class _Relay:
         self.request = request
         self.call = call
         self.upstream = upstream
-        self.recorder = StreamRecorder(services.settings.max_entry, call.kind == RESPONSES)
+        self.recorder = StreamRecorder(services.settings.max_entry, call.kind)
         if undecoded(upstream.headers) is not None:
             # Bytes in a coding the proxy does not decode are no frames to read: read as SSE,
             # they held the head back for a frame, or named a fingerprint they do not carry.

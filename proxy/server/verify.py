@@ -27,7 +27,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.core.credentials import STANDARD, extract, upstream_headers
 from proxy.core.entry import TRANSCRIPT, UNCOMPARED, Entry, fingerprint_of, is_answer
-from proxy.core.routes import RESPONSES
+from proxy.core.routes import CHAT, RESPONSES
 from proxy.core.sse import StreamRecorder
 from proxy.core.sse_wire import payloads
 from proxy.core.textdistance import normalized_levenshtein
@@ -129,15 +129,20 @@ the comparison. Drift shows in the first pages of an answer as well as in the wh
 def answers_drift(stored: bytes, fresh: bytes, stream: bool, shape: str | None = None) -> float:
     """`drift` between the texts of two answer bodies (parsed here: this runs off the loop)."""
     if shape == TRANSCRIPT:
-        return drift(transcript_text(stored) or "", transcript_text(fresh) or "")
+        return drift(transcript_text(stored, stream) or "", transcript_text(fresh, stream) or "")
     return drift(answer_text(stored, stream), answer_text(fresh, stream))
 
 
-def transcript_text(body: bytes) -> str | None:
+def transcript_text(body: bytes, stream: bool = False) -> str | None:
     """A transcript's text, None for no transcript: a JSON object's `text` (`json`,
-    `verbose_json`), or the body itself (`text`, `srt`, `vtt`). A fetch reads no label, so a
-    JSON object without its text (a gateway's error sent with a 200) is none, where a text
-    that happens to parse as something else (`42`) is still text."""
+    `verbose_json`), or the body itself (`text`, `srt`, `vtt`); a stream's, its ending event's
+    (`transcript.text.done`). A fetch reads no label, so a JSON object without its text (a
+    gateway's error sent with a 200) is none, where a text that happens to parse as something
+    else (`42`) is still text."""
+    if stream:
+        ends = [e for e in _events(body) if e.get("type") == "transcript.text.done"]
+        text = ends[-1].get("text") if ends else None
+        return text if isinstance(text, str) else None
     answer = _object(body)
     if answer:
         text = answer.get("text")
@@ -159,20 +164,20 @@ def drift(stored: str, fresh: str) -> float:
 
 
 def fresh_fingerprint(
-    body: bytes, stream: bool, responses: bool = False, shape: str | None = None
+    body: bytes, stream: bool, kind: str = CHAT, shape: str | None = None
 ) -> str | None:
     """The fingerprint the fresh answer teaches, as the client path would learn it from the
     same answer; None for one that teaches nothing (an error some gateways send with status
     200, a stream that named no fingerprint and never ended cleanly): such an answer is an
     `error`, not a rotation to `none` that would make every stored answer of the model stale."""
+    if stream:
+        recorder = StreamRecorder(len(body) + 1, kind)
+        recorder.feed(body)
+        return recorder.taught
     if shape == TRANSCRIPT:
         return None if transcript_text(body) is None else "none"
-    if not stream:
-        answer = _object(body)
-        return fingerprint_of(answer, shape) if is_answer(answer, responses) else None
-    recorder = StreamRecorder(len(body) + 1, responses)
-    recorder.feed(body)
-    return recorder.taught
+    answer = _object(body)
+    return fingerprint_of(answer, shape) if is_answer(answer, kind == RESPONSES) else None
 
 
 class Verifier:
@@ -220,11 +225,10 @@ class Verifier:
         if fresh is None:
             self._metrics.verify.labels(model, "error").inc()
             return
-        responses = call.kind == RESPONSES
         large = max(len(fresh), len(entry.body)) >= OFF_LOOP_BODY
         aside = self._offload.run if large else asyncio.to_thread
         try:
-            fingerprint = await aside(fresh_fingerprint, fresh, entry.stream, responses, call.shape)
+            fingerprint = await aside(fresh_fingerprint, fresh, entry.stream, call.kind, call.shape)
         except BrokenProcessPool:
             fingerprint = None
         if fingerprint is None:

@@ -71,16 +71,6 @@ def test_the_sdk_streams_a_cached_answer_to_a_file(proxy: Proxy, sim: Sim, tmp_p
     assert len([r for r in sim.requests() if r["path"] == "/v1/audio/speech"]) == 1
 
 
-def test_speech_as_events_is_relayed_and_never_cached(proxy: Proxy, sim: Sim) -> None:
-    """Only the sound is stored; its events (`stream_format: sse`) pass through as they come."""
-    body = {**HELLO, "model": "gpt-4o-mini-tts", "stream_format": "sse"}
-    for _ in range(2):
-        events = speak(proxy, body)
-        assert events.status_code == 200 and events.headers["X-Repro-Cache"] == "BYPASS"
-        assert b'"type":"speech.audio.delta"' in events.content
-    assert len([r for r in sim.requests() if r["path"] == "/v1/audio/speech"]) == 2
-
-
 def test_a_recorded_voice_replays_offline(
     start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
 ) -> None:

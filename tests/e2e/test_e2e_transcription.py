@@ -115,15 +115,6 @@ def test_a_form_is_keyed_by_what_it_says_not_how_it_was_written(proxy: Proxy, si
     assert text[1].text == text[0].text and text[1].text.startswith("1\n00:00:00,000 --> ")
 
 
-def test_a_streamed_transcript_is_relayed_and_never_cached(proxy: Proxy, sim: Sim) -> None:
-    fields = {"model": "gpt-4o-transcribe", "stream": "true"}
-    for _ in range(2):
-        streamed = upload(proxy, fields)
-        assert streamed.status_code == 200 and streamed.headers["X-Repro-Cache"] == "BYPASS"
-        assert b'"type":"transcript.text.done"' in streamed.content
-    assert len(asked(sim)) == 2
-
-
 def test_a_recorded_transcript_replays_offline_and_the_cassette_holds_no_audio(
     start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
 ) -> None:

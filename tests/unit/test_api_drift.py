@@ -15,10 +15,9 @@ from proxy.config import Settings
 from proxy.core.call import Asked, Call, prepare_with
 from proxy.core.entry import answer_of, expires_at, moderation_failed
 from proxy.core.policy import Outcome
+from proxy.core.routes import CHAT, RESPONSES
 from proxy.core.sse import StreamRecorder
 
-CHAT = "/v1/chat/completions"
-RESPONSES = "/v1/responses"
 ASK = {"model": "gpt-5.6", "input": "Name a colour."}
 
 
@@ -102,7 +101,7 @@ def frames(*events: object) -> bytes:
 
 
 def recorded(data: bytes, responses: bool = False) -> StreamRecorder:
-    recorder = StreamRecorder(1 << 20, responses)
+    recorder = StreamRecorder(1 << 20, RESPONSES if responses else CHAT)
     recorder.feed(data)
     return recorder
 

@@ -27,12 +27,12 @@ from proxy.core.owned import (
     passes_stored_items,
 )
 from proxy.core.policy import CacheScope
+from proxy.core.routes import RESPONSES
 from proxy.core.sealing import carries_credentials, sealed
 from proxy.core.sse import StreamRecorder
 from proxy.tools.sim.responses import answer_of, events
 from proxy.tools.sim.state import SimState
 
-RESPONSES = "/v1/responses"
 TURN = {"role": "user", "content": "Go on."}
 APPROVAL = {"type": "mcp_approval_response", "approval_request_id": "mcpr_1", "approve": True}
 ASKED = {
@@ -311,7 +311,7 @@ def test_an_answer_made_under_a_program_says_so_whole_and_streamed() -> None:
         response, answer = answer_of({"model": "o4-mini", "input": "hi"}, state)
         facts = facts_of(orjson.dumps(response), True)
         assert facts is not None and facts[4] is expected
-        recorder = StreamRecorder(1 << 20, responses=True)
+        recorder = StreamRecorder(1 << 20, RESPONSES)
         stream = b"".join(
             b"event: %s\ndata: %s\n\n" % (event["type"].encode(), orjson.dumps(event))
             for event in events(response, answer)
@@ -325,7 +325,7 @@ def test_a_stream_whose_completed_event_alone_names_the_program_is_entitled() ->
     response, answer = answer_of({"model": "o4-mini", "input": "hi"}, state)
     listed = events(response, answer)
     listed[-1]["response"] = listed[-1]["response"] | {"access_programs": {"cyber": "daybreak_red"}}
-    recorder = StreamRecorder(1 << 20, responses=True)
+    recorder = StreamRecorder(1 << 20, RESPONSES)
     recorder.feed(b"".join(b"data: %s\n\n" % orjson.dumps(event) for event in listed))
     assert recorder.done and recorder.entitled
 

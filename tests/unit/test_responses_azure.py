@@ -284,7 +284,7 @@ END = typed("response.completed", response=DONE, sequence_number=2)
 
 
 def record(data: bytes, split: int = 7) -> StreamRecorder:
-    recorder = StreamRecorder(1 << 20, responses=True)
+    recorder = StreamRecorder(1 << 20, routes.RESPONSES)
     for start in range(0, len(data), split):
         recorder.feed(data[start : start + split])
     return recorder
@@ -552,7 +552,7 @@ def test_drift_sampling_reads_the_text_of_whole_and_streamed_responses() -> None
     streamed = START + typed("response.completed", response={**DONE, "output": output})
     assert answer_text(streamed, stream=True) == 'Hi there.f{"a":1}'
     fingerprinted = typed("response.created", response={**RESPONSE, "system_fingerprint": "fp_9"})
-    assert fresh_fingerprint(fingerprinted + END, stream=True, responses=True) == "fp_9"
+    assert fresh_fingerprint(fingerprinted + END, stream=True, kind=routes.RESPONSES) == "fp_9"
 
 
 def test_an_index_entry_is_never_read_as_an_answer() -> None:

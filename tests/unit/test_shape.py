@@ -11,6 +11,7 @@ from proxy.core.call import facts_of
 from proxy.core.entry import AUDIO, IMAGE_BYTES, VERDICTS, answer_of
 from proxy.core.paths import lenient
 from proxy.core.policy import parse_cache_control
+from proxy.core.routes import CHAT, SPEECH
 from proxy.server.keycheck import answers
 
 
@@ -94,12 +95,12 @@ def test_an_image_answer_is_stored_only_with_its_bytes(data: object, stored: boo
 def test_speech_is_stored_only_as_sound(body: bytes, content_type: str, stored: bool) -> None:
     facts = facts_of(body, False, AUDIO, content_type)
     assert (facts == ("none", 0, 0, None, False)) is stored
-    assert answers(body, content_type, False, False, AUDIO) is stored
+    assert answers(body, content_type, False, SPEECH, AUDIO) is stored
 
 
 def test_a_key_check_reads_speech_past_its_limit_by_its_label_and_nothing_else_so() -> None:
     """Seconds of speech pass the key check's 64 KiB read: its label says it is sound, where
     the rest of an answer that long could be a gateway's error quoting the prompt."""
-    assert answers(None, "audio/mpeg", False, False, AUDIO) is True
-    assert answers(None, "application/json", False, False, AUDIO) is False
-    assert answers(None, "application/json", False, False, None) is None
+    assert answers(None, "audio/mpeg", False, SPEECH, AUDIO) is True
+    assert answers(None, "application/json", False, SPEECH, AUDIO) is False
+    assert answers(None, "application/json", False, CHAT, None) is None

@@ -17,6 +17,7 @@ from openai._streaming import SSEDecoder
 
 from proxy.core import responses
 from proxy.core.answers import text as text_of
+from proxy.core.routes import CHAT, RESPONSES
 from proxy.core.sse import StreamRecorder
 from proxy.server.verify import answer_text
 
@@ -47,7 +48,7 @@ def joined(lines: list[bytes], ends: list[bytes] | bytes = b"\n") -> bytes:
 
 
 def recorded(stream: bytes, cuts: list[int] | None = None, typed: bool = False) -> StreamRecorder:
-    recorder = StreamRecorder(1 << 20, responses=typed)
+    recorder = StreamRecorder(1 << 20, RESPONSES if typed else CHAT)
     start = 0
     for cut in [*sorted(set(cuts or [])), len(stream)]:
         recorder.feed(stream[start:cut])

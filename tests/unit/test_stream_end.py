@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from proxy.core.routes import RESPONSES
 from proxy.core.sse import StreamRecorder
 
 
@@ -88,7 +89,7 @@ def test_nothing_past_a_clean_end_is_taken(answer: bytes, after: bytes) -> None:
 
 @pytest.mark.parametrize("after", [typed("error", message="late"), typed("response.failed")])
 def test_nothing_past_response_completed_is_taken(after: bytes) -> None:
-    recorder = StreamRecorder(1 << 20, responses=True)
+    recorder = StreamRecorder(1 << 20, RESPONSES)
     assert recorder.feed(TYPED + after) == TYPED
     assert recorder.complete and recorder.body() == TYPED
 

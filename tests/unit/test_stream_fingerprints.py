@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from proxy.core.routes import CHAT, RESPONSES
 from proxy.core.sse import StreamRecorder
 from proxy.server.verify import fresh_fingerprint
 
@@ -42,7 +43,7 @@ def stream(*fingerprints: object, done: bool = True) -> bytes:
 
 
 def recorded(data: bytes, typed: bool = False) -> StreamRecorder:
-    recorder = StreamRecorder(1 << 20, responses=typed)
+    recorder = StreamRecorder(1 << 20, RESPONSES if typed else CHAT)
     recorder.feed(data)
     return recorder
 

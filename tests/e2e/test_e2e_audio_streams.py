@@ -1,0 +1,174 @@
+"""A streamed transcript (`stream=true` on a transcription) and speech asked for as events
+(`stream_format: sse`) are cached like chat streams: relayed as they come, stored at their
+clean end, replayed byte for byte, and offline in replay mode. The official SDK and raw clients
+through a real proxy to the sim, and upstreams written here ending their streams otherwise."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim
+from tests.hostile import relayed_never_stored
+
+KEY = "sk-listener"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+AUDIO = b"ID3\x04\x00" + bytes(range(256)) * 8
+STREAMED = {"model": "gpt-4o-transcribe", "stream": "true"}
+SPOKEN = {"model": "gpt-4o-mini-tts", "voice": "alloy", "input": "Hello.", "stream_format": "sse"}
+SSE = ("Content-Type: text/event-stream",)
+
+
+def upload(proxy: Proxy, fields: dict[str, str], audio: bytes = AUDIO) -> httpx.Response:
+    return httpx.post(
+        f"{proxy.v1}/audio/transcriptions",
+        data=fields,
+        files={"file": ("talk.mp3", audio, "audio/mpeg")},
+        headers=AUTH,
+        timeout=10,
+    )
+
+
+def asked(sim: Sim, route: str) -> int:
+    return len([r for r in sim.requests() if str(r["path"]).endswith(route)])
+
+
+def test_the_sdk_hears_the_same_streamed_transcript_the_second_time(proxy: Proxy, sim: Sim) -> None:
+    """The sim draws one word anew on each call: only a HIT repeats a transcript."""
+    audio = proxy.sdk(KEY).audio.transcriptions
+    heard = []
+    for _ in range(2):
+        with audio.with_streaming_response.create(
+            model="gpt-4o-transcribe", file=("talk.mp3", AUDIO), stream=True
+        ) as response:
+            state = response.headers["X-Repro-Cache"]
+            events = list(response.parse())
+        (done,) = [e for e in events if e.type == "transcript.text.done"]
+        deltas = "".join(e.delta for e in events if e.type == "transcript.text.delta")
+        assert deltas.strip() == done.text
+        heard.append((state, done.text))
+    assert [state for state, _ in heard] == ["MISS", "HIT"]
+    assert heard[0][1] == heard[1][1]
+    assert asked(sim, "/audio/transcriptions") == 1
+
+
+def test_a_streamed_transcript_is_another_key_than_the_whole_one(proxy: Proxy, sim: Sim) -> None:
+    streamed = upload(proxy, STREAMED)
+    whole = upload(proxy, {"model": "gpt-4o-transcribe"})
+    assert (streamed.headers["X-Repro-Cache"], whole.headers["X-Repro-Cache"]) == ("MISS", "MISS")
+    assert streamed.headers["Content-Type"].startswith("text/event-stream")
+    assert whole.json()["text"]
+    again = upload(proxy, STREAMED)
+    assert again.headers["X-Repro-Cache"] == "HIT" and again.content == streamed.content
+    assert b"[DONE]" not in again.content  # the relay ends where the answer ends
+    assert asked(sim, "/audio/transcriptions") == 2
+
+
+@pytest.mark.parametrize("spelt", ["True", "1", "yes"])
+def test_a_form_stream_spelt_otherwise_than_true_or_false_is_never_cached(
+    proxy: Proxy, sim: Sim, spelt: str
+) -> None:
+    """Upstreams disagree on what `1` means in a form: the proxy cannot know whether the
+    answer will be events or one whole transcript."""
+    fields = {**STREAMED, "stream": spelt}
+    assert [upload(proxy, fields).headers["X-Repro-Cache"] for _ in range(2)] == ["BYPASS"] * 2
+    assert asked(sim, "/audio/transcriptions") == 2
+
+
+def test_speech_as_events_is_the_same_sound_the_second_time(proxy: Proxy, sim: Sim) -> None:
+    first = proxy.post("/audio/speech", SPOKEN, key=KEY)
+    again = proxy.post("/audio/speech", SPOKEN, key=KEY)
+    assert (first.headers["X-Repro-Cache"], again.headers["X-Repro-Cache"]) == ("MISS", "HIT")
+    assert first.content == again.content and b'"type":"speech.audio.done"' in again.content
+    sound = proxy.post("/audio/speech", {**SPOKEN, "stream_format": "audio"}, key=KEY)
+    assert sound.headers["X-Repro-Cache"] == "MISS" and sound.headers["Content-Type"] != (
+        "text/event-stream"
+    )
+    other = proxy.post("/audio/speech", {**SPOKEN, "stream_format": "frames"}, key=KEY)
+    assert other.headers["X-Repro-Cache"] == "BYPASS" and other.status_code == 400
+    assert asked(sim, "/audio/speech") == 3
+
+
+def test_recorded_audio_streams_replay_offline(
+    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
+) -> None:
+    tape = tmp_path / "llm.jsonl"
+    recorder = start_proxy("--cache-scope", "shared", "--cassette", str(tape))
+    heard = upload(recorder, STREAMED)
+    spoken = recorder.post("/audio/speech", SPOKEN, key=KEY)
+    assert heard.headers["X-Repro-Cache"] == spoken.headers["X-Repro-Cache"] == "MISS"
+    recorder.proc.send_signal(signal.SIGTERM)
+    assert recorder.proc.wait(timeout=15) == 0
+    lines = [orjson.loads(text) for text in tape.read_text().splitlines()]
+    assert sorted((line["route"], line["stream"]) for line in lines) == [
+        ("/v1/audio/speech", True),
+        ("/v1/audio/transcriptions", True),
+    ]
+    replaying = start_proxy(
+        "--cache-scope", "shared", "--cassette", str(tape), "--cache-mode", "replay",
+        upstream="http://127.0.0.1:9/v1",
+    )  # fmt: skip
+    with replaying.sdk(KEY).audio.transcriptions.with_streaming_response.create(
+        model="gpt-4o-transcribe", file=("again.mp3", AUDIO), stream=True
+    ) as response:
+        assert response.headers["X-Repro-Cache"] == "HIT"
+        events = list(response.parse())
+    assert events[-1].type == "transcript.text.done" and events[-1].text in heard.text
+    replayed = replaying.post("/audio/speech", SPOKEN, key=KEY)
+    assert replayed.headers["X-Repro-Cache"] == "HIT" and replayed.content == spoken.content
+    missed = upload(replaying, STREAMED, audio=b"never heard")
+    assert missed.status_code == 504 and missed.json()["error"]["code"] == "cache_miss"
+
+
+def frame(kind: str, **fields: object) -> bytes:
+    return b"data: " + orjson.dumps({"type": kind, **fields}) + b"\n\n"
+
+
+DELTA = frame("transcript.text.delta", delta="Hi")
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [
+        DELTA,
+        DELTA + frame("error", error={"message": "The server had an error."}),
+        DELTA + frame("transcript.text.done"),
+        DELTA + b"data: [DONE]\n\n",
+        DELTA + b"event: error\n" + frame("transcript.text.done", text="Hi"),
+        b'data: {"type": ["transcript.text.done"], "text": "Hi"}\n\n',
+    ],
+    ids=["no-end", "error-event", "end-without-text", "done-marker-only", "misnamed", "type-list"],
+)
+def test_a_transcript_stream_that_is_no_answer_is_relayed_and_never_stored(
+    start_proxy: ProxyFactory, stream: bytes
+) -> None:
+    """Stored, every later caller's client would fail on it, or read an error as a transcript,
+    for as long as the entry lived."""
+    relayed_never_stored(start_proxy, stream, SSE, lambda proxy: upload(proxy, STREAMED))
+
+
+def test_speech_events_cut_before_their_end_are_never_stored(start_proxy: ProxyFactory) -> None:
+    stream = frame("speech.audio.delta", audio="SUQz")
+    relayed_never_stored(
+        start_proxy, stream, SSE, lambda proxy: proxy.post("/audio/speech", SPOKEN, key=KEY)
+    )
+
+
+def test_a_sampled_hit_on_a_streamed_transcript_compares_its_text(
+    start_proxy: ProxyFactory, sim: Sim
+) -> None:
+    """The sim's transcripts end in a word drawn anew: the fresh stream's text differs by one
+    word, which a sampler reading no text (or failing on events) would miss or count as an
+    error."""
+    proxy = start_proxy("--verify-rate", "1")
+    assert [upload(proxy, STREAMED).headers["X-Repro-Cache"] for _ in range(2)] == ["MISS", "HIT"]
+    model = STREAMED["model"]
+    checked = proxy.metric_reaching("repro_verify_total", 1, model=model, result="differs")
+    same = proxy.metric("repro_verify_total", model=model, result="same")
+    assert checked + same == 1
+    assert proxy.metric("repro_verify_total", model=model, result="error") == 0
+    assert asked(sim, "/audio/transcriptions") == 2

@@ -1,0 +1,149 @@
+"""A streamed transcript and speech sent as events are typed streams that end with one event
+(`transcript.text.done`, `speech.audio.done`): the recorder knows an answer from its end, and
+everything else (an error event, a transcript's end without its text, `[DONE]` before the end,
+an event named otherwise than its type, a type that is no string) is no answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from proxy.core import answers
+from proxy.core.routes import (
+    CHAT,
+    IMAGE_EDITS,
+    RESPONSES,
+    SPEECH,
+    TRANSCRIPTIONS,
+    TRANSLATIONS,
+)
+from proxy.core.sse import StreamRecorder
+from proxy.server.keycheck import answers as key_check_answers
+from proxy.server.verify import answers_drift, fresh_fingerprint, transcript_text
+
+
+def event(kind: str, named: bool = False, **fields: Any) -> bytes:
+    head = b"event: " + kind.encode() + b"\n" if named else b""
+    return head + b"data: " + orjson.dumps({"type": kind, **fields}) + b"\n\n"
+
+
+USAGE = {"type": "tokens", "input_tokens": 12, "output_tokens": 3, "total_tokens": 15}
+HEARD = (
+    event("transcript.text.delta", delta="Hello ")
+    + event("transcript.text.delta", delta="there.")
+    + event("transcript.text.done", text="Hello there.", usage=USAGE)
+)
+SPOKEN = event("speech.audio.delta", audio="SUQzBA==") + event(
+    "speech.audio.done", usage={"input_tokens": 2, "output_tokens": 40, "total_tokens": 42}
+)
+
+
+def recorded(stream: bytes, kind: str) -> StreamRecorder:
+    recorder = StreamRecorder(1 << 20, kind)
+    recorder.feed(stream)
+    return recorder
+
+
+@pytest.mark.parametrize("kind", [TRANSCRIPTIONS, TRANSLATIONS])
+def test_a_transcript_ends_with_its_text_and_teaches_no_fingerprint(kind: str) -> None:
+    recorder = recorded(HEARD, kind)
+    assert recorder.complete and recorder.taught == "none"
+    assert (recorder.prompt_tokens, recorder.completion_tokens) == (12, 3)
+    assert recorder.body() == HEARD
+
+
+def test_speech_as_events_ends_with_its_done_event() -> None:
+    recorder = recorded(SPOKEN, SPEECH)
+    assert recorder.complete and (recorder.prompt_tokens, recorder.completion_tokens) == (2, 40)
+
+
+def test_events_named_by_their_own_type_read_as_unnamed_ones() -> None:
+    named = b"".join(
+        event(kind, named=True, **fields)
+        for kind, fields in [
+            ("transcript.text.delta", {"delta": "Hi."}),
+            ("transcript.text.done", {"text": "Hi."}),
+        ]
+    )
+    assert recorded(named, TRANSCRIPTIONS).complete
+
+
+def test_nothing_after_the_end_is_taken_so_the_relay_passes_what_a_hit_replays() -> None:
+    after = b"data: [DONE]\n\n" + event("transcript.text.delta", delta="more")
+    recorder = StreamRecorder(1 << 20, TRANSCRIPTIONS)
+    assert recorder.feed(HEARD + after) == HEARD
+    assert recorder.complete and recorder.at_end
+
+
+@pytest.mark.parametrize(
+    ("stream", "kind"),
+    [
+        (HEARD.rsplit(b"data:", 1)[0], TRANSCRIPTIONS),  # cut before its end
+        (
+            event("transcript.text.delta", delta="Hi") + event("transcript.text.done"),
+            TRANSCRIPTIONS,
+        ),
+        (event("transcript.text.done", text=None), TRANSCRIPTIONS),
+        (event("transcript.text.delta", delta="Hi") + b"data: [DONE]\n\n", TRANSCRIPTIONS),
+        (event("error", error={"message": "overloaded"}) + HEARD, TRANSCRIPTIONS),
+        (b'data: {"error": {"message": "no"}}\n\n' + HEARD, TRANSCRIPTIONS),
+        (
+            b"event: transcript.text.delta\n" + event("transcript.text.done", text="x"),
+            TRANSCRIPTIONS,
+        ),
+        (b'data: {"type": ["transcript.text.done"], "text": "x"}\n\n' + HEARD, TRANSCRIPTIONS),
+        (event("speech.audio.delta", audio="SUQz"), SPEECH),
+        (event("error", error={"message": "no"}) + SPOKEN, SPEECH),
+        (HEARD, SPEECH),  # a transcript's end ends no speech
+        (b'data: {"type": {}}\n\n', RESPONSES),
+    ],
+    ids=[
+        "cut",
+        "done-without-text",
+        "done-text-null",
+        "done-marker-first",
+        "error-event",
+        "error-object",
+        "misnamed",
+        "type-a-list",
+        "speech-cut",
+        "speech-error",
+        "another-routes-end",
+        "responses-type-an-object",
+    ],
+)
+def test_what_is_no_answer_is_never_complete(stream: bytes, kind: str) -> None:
+    recorder = recorded(stream, kind)
+    assert not recorder.complete and recorder.taught is None
+
+
+def test_routes_without_a_typed_end_read_chat_chunks_and_never_end_early() -> None:
+    """An image edit's events have no recorder: read as chat chunks they spoil the recording
+    at once, so all of them are relayed, however many images end in the stream."""
+    images = event("image_edit.completed", b64_json="aW1n") * 2
+    recorder = StreamRecorder(1 << 20, IMAGE_EDITS)
+    assert recorder.feed(images) == images and recorder.failed
+    assert recorded(HEARD, CHAT).failed
+
+
+def test_the_key_check_and_the_sampler_read_a_streamed_transcript() -> None:
+    assert key_check_answers(HEARD, "text/event-stream", True, TRANSCRIPTIONS, "transcript")
+    cut = HEARD.rsplit(b"data:", 1)[0]
+    assert not key_check_answers(cut, "text/event-stream", True, TRANSCRIPTIONS, "transcript")
+    assert key_check_answers(SPOKEN, "text/event-stream", True, SPEECH, "audio")
+    assert fresh_fingerprint(HEARD, True, TRANSCRIPTIONS, "transcript") == "none"
+    assert fresh_fingerprint(cut, True, TRANSCRIPTIONS, "transcript") is None
+    assert transcript_text(HEARD, stream=True) == "Hello there."
+    other = HEARD.replace(b"there.", b"then.")
+    assert answers_drift(HEARD, HEARD, True, "transcript") == 0.0
+    assert 0 < answers_drift(HEARD, other, True, "transcript") < 0.5
+
+
+def test_a_diff_reads_a_streamed_transcripts_words_and_speechs_sound() -> None:
+    assert answers.text(HEARD, True) == "Hello there."
+    sound = answers.text(SPOKEN, True)
+    assert sound.startswith("sound sha256:") and sound.endswith("(4 bytes)")
+    louder = SPOKEN.replace(b"SUQzBA==", b"SUQzBQ==")
+    assert answers.text(louder, True) != sound
