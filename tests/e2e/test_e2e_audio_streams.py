@@ -172,3 +172,16 @@ def test_a_sampled_hit_on_a_streamed_transcript_compares_its_text(
     assert checked + same == 1
     assert proxy.metric("repro_verify_total", model=model, result="error") == 0
     assert asked(sim, "/audio/transcriptions") == 2
+
+
+@pytest.mark.parametrize("kind", [b"[]", b"{}", b"7", b"null"])
+def test_a_responses_event_whose_type_is_no_string_is_relayed_and_never_stored(
+    start_proxy: ProxyFactory, kind: bytes
+) -> None:
+    """Every typed stream is read alike: an unhashable `type` once raised in the relay, which
+    then answered nothing readable."""
+    stream = b'data: {"type": ' + kind + b', "response": {"id": "resp_1"}}\n\n'
+    body = {"model": "gpt-4o-mini", "input": "Hi.", "stream": True}
+    relayed_never_stored(
+        start_proxy, stream, SSE, lambda proxy: proxy.post("/responses", body, key=KEY)
+    )
