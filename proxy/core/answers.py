@@ -22,6 +22,7 @@ from proxy.core.sse_wire import payloads
 
 VOLATILE = frozenset({"id", "created", "created_at", "system_fingerprint", "usage"})
 _TEXT_DELTAS = frozenset({"response.output_text.delta", "transcript.text.delta"})
+_IMAGES_DONE = frozenset({"image_generation.completed", "image_edit.completed"})
 
 
 def text(body: bytes, stream: bool, content_type: str = "") -> str:
@@ -112,9 +113,11 @@ def _output(item: dict[str, Any]) -> str:
 
 def _streamed(body: bytes) -> str:
     """The deltas of an SSE stream, joined per choice (chat, completions, Responses, a
-    transcript); speech sent as events, by the digest of its sound."""
+    transcript); speech sent as events, by the digest of its sound; images, by their final
+    takes' digests (partial ones are drafts of them)."""
     choices: dict[int, list[str]] = defaultdict(list)
     sound = bytearray()
+    images: list[str] = []
     for payload in payloads(body):
         if payload.strip() == b"[DONE]":
             continue
@@ -129,12 +132,16 @@ def _streamed(body: bytes) -> str:
             choices[0].append(str(event.get("delta", "")))
         elif kind == "speech.audio.delta":
             sound += _decoded(event.get("audio", ""))
+        elif isinstance(kind, str) and kind in _IMAGES_DONE:
+            images.append(_digest(_decoded(event.get("b64_json", ""))))
         for choice in _dicts(event.get("choices")):
             index = choice.get("index")
             index = index if isinstance(index, int) else 0
             choices[index].append(_delta(choice.get("delta") or choice))
     if sound:
         return "sound " + _digest(bytes(sound))
+    if images:
+        return "images " + ", ".join(images)
     return "\n".join("".join(choices[index]) for index in sorted(choices))
 
 

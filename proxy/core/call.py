@@ -83,6 +83,7 @@ class Call(NamedTuple):
     shared: bool = False  # keyed in the shared partition: every tenant the upstream accepts reads
     credentials: Credentials = ()  # the request's (`Asked.credentials`): no stored answer holds one
     content_type: str = JSON  # of `body`: a form's (`proxy.core.forms`) names its boundary
+    events: str = routes.CHAT  # the route a streamed answer's events are read as (`events_of`)
 
     @property
     def request(self) -> bytes:
@@ -204,7 +205,8 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
         plan=uncached.plan(settings.cache_mode, directives, kind, body, lineage),
         max_age=directives.max_age,
         stale_if_error=policy.stale_window(settings.stale_if_error, directives.stale_if_error),
-        stream=streamed(kind, body),
+        stream=routes.streamed(kind, body),
+        events=routes.events_of(kind, body),
         vary=vary,
         headers=asked.headers,
         chained=responses.chained_on(body) if kind == routes.RESPONSES else None,
@@ -215,15 +217,6 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
         credentials=asked.credentials,
         content_type=JSON if form is None else form.content_type,
     )
-
-
-def streamed(kind: str, body: dict[str, object]) -> bool:
-    """Whether the answer comes as events: `stream: true`, in a form the field `true` as the
-    SDK writes it, and speech asked for with `stream_format: sse`."""
-    if kind == routes.SPEECH:
-        return body.get("stream_format") == "sse"
-    flag = body.get("stream")
-    return flag is True or (flag == "true" and kind in routes.FORMS)
 
 
 def _tenants_own(settings: Rules, raw: bytes, body: dict[str, object]) -> bool:
@@ -281,6 +274,7 @@ def of_entry(entry: Entry, key: str, tenant: str, query: str, headers: HeaderLin
         stream=entry.stream,
         vary=entry.vary,
         headers=headers,
+        events=routes.kind(entry.route),
     )
 
 

@@ -122,6 +122,27 @@ def takes_form(route: str) -> bool:
     return route.endswith(_FORM_ENDINGS)
 
 
+def streamed(kind: str, body: dict[str, object]) -> bool:
+    """Whether the answer comes as events: `stream: true`, in a form the field `true` as the
+    SDK writes it, and speech asked for with `stream_format: sse`."""
+    if kind == SPEECH:
+        return body.get("stream_format") == "sse"
+    flag = body.get("stream")
+    return flag is True or (flag == "true" and kind in FORMS)
+
+
+def events_of(kind: str, body: dict[str, object]) -> str:
+    """The route whose events a streamed answer is read as (`proxy.core.sse`): its own, but
+    for several images, whose stream ends once per image: read as chat chunks, which they are
+    not, their recording is spoilt at once and every event relayed (never cached, see
+    `proxy.core.uncached`), where read as images it would end at the first."""
+    return CHAT if kind in IMAGE_STREAMS and body.get("n") not in (None, 1) else kind
+
+
+IMAGE_STREAMS = frozenset({IMAGES, IMAGE_EDITS})
+"""Routes whose streamed answers are images: partial takes, then each final image."""
+
+
 def is_azure(route: str) -> bool:
     return route.startswith("/openai/")
 

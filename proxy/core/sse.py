@@ -6,13 +6,14 @@ Only such a stream is ever stored. A clean end depends on the route: chat and te
 end with a finish_reason, then `[DONE]`, and no error event; the Responses API's typed events
 end with `response.completed`, and a `response.failed`, `response.incomplete` or `error` event
 spoils the stream, whatever follows. A streamed transcript ends with `transcript.text.done`
-holding its text, speech sent as events with `speech.audio.done`; an `error` event spoils
-either. So does a frame whose `event:` name says something else than its data: clients that
-dispatch on the name (an EventSource's `error` listener) and this recorder, which reads the
-data, would disagree on what was answered, and an `event: error` above data that reads as a
-token would be stored and replayed as a clean answer. A stream whose
-requested moderation failed (`entry.moderation_failed`, in a chat chunk or the completed
-response) is an answer, relayed and teaching its fingerprint, but not stored.
+holding its text, speech sent as events with `speech.audio.done`, a streamed image with its
+`completed` event holding the image; an `error` event spoils any of them. So does a frame whose
+`event:` name says something else than its data: clients that dispatch on the name (an
+EventSource's `error` listener) and this recorder, which reads the data, would disagree on what
+was answered, and an `event: error` above data that reads as a token would be stored and
+replayed as a clean answer. A stream whose requested moderation failed
+(`entry.moderation_failed`, in a chat chunk or the completed response) is an answer, relayed and
+teaching its fingerprint, but not stored.
 
 Lines are read as the SSE specification and the official SDK read them: a line ends with CRLF,
 LF or CR alone, a field's value loses one leading space. Whatever the SDK would fail on is no
@@ -60,12 +61,18 @@ _ENDINGS = {
     routes.TRANSCRIPTIONS: "transcript.text.done",
     routes.TRANSLATIONS: "transcript.text.done",
     routes.SPEECH: "speech.audio.done",
+    routes.IMAGES: "image_generation.completed",
+    routes.IMAGE_EDITS: "image_edit.completed",
 }
 """The event that ends each typed stream: the Responses API's, a streamed transcript's, speech
 asked for as events. Other routes stream chat chunks, read by their choices."""
-_HOLDS = {"transcript.text.done": "text"}
-"""What an ending event must hold as a string to end an answer: a transcript's whole text,
-which the SDK's `TranscriptionTextDoneEvent` requires."""
+_HOLDS = {
+    "transcript.text.done": "text",
+    "image_generation.completed": "b64_json",
+    "image_edit.completed": "b64_json",
+}
+"""What an ending event must hold as a string to end an answer, as the SDK's event types
+require it: a transcript's whole text, an image's bytes."""
 _MAX_CHOICES = 128  # the API's bound on `n`
 
 

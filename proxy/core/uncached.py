@@ -27,31 +27,32 @@ def plan(
     known (proxy/server/chains.py), and stored, its continuation was every sender's who learnt
     the id. Nor a model named longer than any real one (`tracked`): the proxy keeps no state
     for it; nor, on any route, a request probing the upstream's prompt cache
-    (`_probes_prompt_cache`). Nor a streamed image generation or edit: partial images, whose
-    events no recorder here checks for a clean end (with `n` above 1, several images end one
-    stream); nor speech asked for in another `stream_format` than `audio` and `sse`, nor a
-    form's `stream` spelt otherwise than `true` or `false` (an upstream may read `1` as true
-    and stream where the proxy expects one whole answer)."""
+    (`_probes_prompt_cache`). Nor a streamed image generation or edit of several images
+    (`routes.events_of`), whose stream ends once per image; nor speech asked for in another
+    `stream_format` than `audio` and `sse`, nor a form's `stream` spelt otherwise than `true`
+    or `false` (an upstream may read `1` as true and stream where the proxy expects one whole
+    answer)."""
     if not tracked(lineage) or _probes_prompt_cache(body):
         return policy.uncached(mode, directives)
     if kind == routes.RESPONSES and (body.get("background") is True or _reads_state(body)):
         return policy.uncached(mode, directives)
-    if kind == routes.IMAGES and body.get("stream") is True:
+    if routes.streamed(kind, body) and routes.events_of(kind, body) != kind:
         return policy.uncached(mode, directives)
     if kind == routes.SPEECH and body.get("stream_format") not in (None, "audio", "sse"):
         return policy.uncached(mode, directives)
-    if kind in routes.FORMS and body.get("stream") not in _TRANSCRIPT_STREAMS.get(kind, _WHOLE):
+    if kind in routes.FORMS and body.get("stream") not in _STREAMS.get(kind, _WHOLE):
         return policy.uncached(mode, directives)
     return policy.plan(mode, directives)
 
 
 _WHOLE = (None, False, "false")
-_TRANSCRIPT_STREAMS = {
+_STREAMS = {
     routes.TRANSCRIPTIONS: (*_WHOLE, True, "true"),
     routes.TRANSLATIONS: (*_WHOLE, True, "true"),
+    routes.IMAGE_EDITS: (*_WHOLE, True, "true"),
 }
-"""The `stream` values a form route is cached with: a transcript's, whole or as events
-(`proxy.core.sse` reads its end); an image edit's, whole only."""
+"""The `stream` values a form route is cached with: whole, or as events (`proxy.core.sse`
+reads their end); a variation's, whole only."""
 
 
 def _reads_state(body: dict[str, object]) -> bool:

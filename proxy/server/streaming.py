@@ -86,7 +86,7 @@ class _Relay:
         self.request = request
         self.call = call
         self.upstream = upstream
-        self.recorder = StreamRecorder(services.settings.max_entry, call.kind)
+        self.recorder = StreamRecorder(services.settings.max_entry, call.events)
         if undecoded(upstream.headers) is not None:
             # Bytes in a coding the proxy does not decode are no frames to read: read as SSE,
             # they held the head back for a frame, or named a fingerprint they do not carry.

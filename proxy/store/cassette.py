@@ -32,7 +32,6 @@ from typing import IO, Any
 import orjson
 
 from proxy.core import canonical, responses, routes, sse_wire, terminal
-from proxy.core.call import streamed
 from proxy.core.codec import Codec
 from proxy.core.credentials import split_query
 from proxy.core.entry import CorruptEntry, Entry, is_fingerprint
@@ -232,7 +231,7 @@ def _checked(meta: dict[str, Any], body: dict[str, Any]) -> float:
     is taken as now."""
     if meta["model"] != routes.asked_model(meta["route"], body):
         raise CassetteError("'model' is not the model its request names")
-    if meta["stream"] != streamed(routes.kind(meta["route"]), body):
+    if meta["stream"] != routes.streamed(routes.kind(meta["route"]), body):
         raise CassetteError("'stream' does not say what its request asked")
     if not is_fingerprint(meta["fingerprint"]):
         raise CassetteError("'fingerprint' is not a short printable token")

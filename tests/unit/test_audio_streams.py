@@ -10,10 +10,11 @@ from typing import Any
 import orjson
 import pytest
 
-from proxy.core import answers
+from proxy.core import answers, routes
 from proxy.core.routes import (
     CHAT,
     IMAGE_EDITS,
+    IMAGES,
     RESPONSES,
     SPEECH,
     TRANSCRIPTIONS,
@@ -119,13 +120,31 @@ def test_what_is_no_answer_is_never_complete(stream: bytes, kind: str) -> None:
     assert not recorder.complete and recorder.taught is None
 
 
-def test_routes_without_a_typed_end_read_chat_chunks_and_never_end_early() -> None:
-    """An image edit's events have no recorder: read as chat chunks they spoil the recording
-    at once, so all of them are relayed, however many images end in the stream."""
-    images = event("image_edit.completed", b64_json="aW1n") * 2
-    recorder = StreamRecorder(1 << 20, IMAGE_EDITS)
+def test_a_stream_of_several_images_is_read_as_chunks_and_never_ends_early() -> None:
+    """One image's stream ends at its `completed` event; one of several images ends once per
+    image: read as chat chunks, which they are not, its recording is spoilt at once and all
+    of it relayed. Read as one image's, the relay would end it at the first."""
+    images = event("image_edit.completed", named=True, b64_json="aW1n") * 2
+    for kind in (IMAGES, IMAGE_EDITS):
+        assert routes.events_of(kind, {"n": 2}) == CHAT
+        assert routes.events_of(kind, {}) == routes.events_of(kind, {"n": 1}) == kind
+    recorder = StreamRecorder(1 << 20, routes.events_of(IMAGE_EDITS, {"n": 2}))
     assert recorder.feed(images) == images and recorder.failed
+    one = StreamRecorder(1 << 20, IMAGE_EDITS)
+    assert one.feed(images) == images[: len(images) // 2] and one.complete
     assert recorded(HEARD, CHAT).failed
+
+
+def test_an_image_streams_end_holds_its_image() -> None:
+    partial = event("image_generation.partial_image", b64_json="cGFy", partial_image_index=0)
+    done = event("image_generation.completed", b64_json="aW1n", usage=USAGE)
+    assert recorded(partial + done, IMAGES).complete
+    assert not recorded(partial + event("image_generation.completed"), IMAGES).complete
+    assert not recorded(partial, IMAGES).complete
+    assert not recorded(partial + event("image_edit.completed", b64_json="aW1n"), IMAGES).complete
+    said = answers.text(partial + done, True)
+    assert said.startswith("images sha256:") and said.endswith("(3 bytes)")
+    assert answers.text(partial.replace(b"cGFy", b"b3Ro") + done, True) == said
 
 
 def test_the_key_check_and_the_sampler_read_a_streamed_transcript() -> None:

@@ -18,7 +18,7 @@ from aiohttp.typedefs import Handler
 
 from proxy.tools.sim import responses
 from proxy.tools.sim.generation import Reply, chat_reply, embeddings_reply, text_reply
-from proxy.tools.sim.images import images_reply
+from proxy.tools.sim.images import images_reply, is_image_stream
 from proxy.tools.sim.moderation import moderation_reply
 from proxy.tools.sim.state import JSON, STATE, BadRequest, Fault, SimState, parse_object
 
@@ -213,7 +213,8 @@ async def send_stream(
     created: JSON | None = None,
 ) -> web.StreamResponse:
     """Send each chunk as it is produced; a client leaving early counts as a cancelled stream.
-    `created`: the response a typed stream (the Responses API's) streams."""
+    `created`: the response a typed stream (the Responses API's) streams, `{}` for another
+    typed stream (images'): each event named on an `event:` line, and no `[DONE]`."""
     response = web.StreamResponse(headers=_SSE_HEADERS)
     stop = len(chunks) if fault is None else fault.after
     frame: Callable[[JSON], bytes] = _frame
@@ -273,7 +274,8 @@ async def _serve_llm(
     if body.get("store") is True:
         _keep_chat(state, reply, body)
     if isinstance(reply, list):
-        return await send_stream(request, state, reply, fault)
+        typed: JSON | None = {} if is_image_stream(reply) else None
+        return await send_stream(request, state, reply, fault, typed)
     return await send_answer(request, reply, fault)
 
 

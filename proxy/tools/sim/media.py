@@ -18,9 +18,9 @@ from proxy.tools.sim.handlers import (
     send_answer,
     send_stream,
 )
-from proxy.tools.sim.images import edited
+from proxy.tools.sim.images import edited, is_image_stream
 from proxy.tools.sim.speech import speech_reply
-from proxy.tools.sim.state import STATE, Said, parse_object
+from proxy.tools.sim.state import JSON, STATE, Said, parse_object
 from proxy.tools.sim.transcription import transcription
 
 
@@ -49,7 +49,8 @@ def _media_route(build: Callable[[web.Request], Awaitable[Said]]) -> Handler:
         reply = await build(request)
         await pause(state.latency)
         if isinstance(reply, list):
-            return await send_stream(request, state, reply, fault)
+            typed: JSON | None = {} if is_image_stream(reply) else None
+            return await send_stream(request, state, reply, fault, typed)
         if isinstance(reply, dict):
             return await send_answer(request, reply, fault)
         if fault is not None and fault.kind != "cut":

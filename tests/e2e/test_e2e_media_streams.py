@@ -1,7 +1,8 @@
-"""A streamed transcript (`stream=true` on a transcription) and speech asked for as events
-(`stream_format: sse`) are cached like chat streams: relayed as they come, stored at their
-clean end, replayed byte for byte, and offline in replay mode. The official SDK and raw clients
-through a real proxy to the sim, and upstreams written here ending their streams otherwise."""
+"""A streamed transcript (`stream=true` on a transcription), speech asked for as events
+(`stream_format: sse`) and a streamed image (generated or edited, partial takes first) are
+cached like chat streams: relayed as they come, stored at their clean end, replayed byte for
+byte, and offline in replay mode. The official SDK and raw clients through a real proxy to the
+sim, and upstreams written here ending their streams otherwise."""
 
 from __future__ import annotations
 
@@ -184,4 +185,94 @@ def test_a_responses_event_whose_type_is_no_string_is_relayed_and_never_stored(
     body = {"model": "gpt-4o-mini", "input": "Hi.", "stream": True}
     relayed_never_stored(
         start_proxy, stream, SSE, lambda proxy: proxy.post("/responses", body, key=KEY)
+    )
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(64)
+PAINTED = {"model": "gpt-image-1", "prompt": "A lighthouse at dusk.", "partial_images": 2}
+
+
+def test_the_sdk_sees_the_same_image_drawn_again_partial_takes_and_all(
+    proxy: Proxy, sim: Sim
+) -> None:
+    images = proxy.sdk(KEY).images
+    seen = []
+    for _ in range(2):
+        with images.with_streaming_response.generate(**PAINTED, stream=True) as response:
+            state = response.headers["X-Repro-Cache"]
+            events = list(response.parse())
+        assert [e.type for e in events] == ["image_generation.partial_image"] * 2 + [
+            "image_generation.completed"
+        ]
+        seen.append((state, [e.b64_json for e in events]))
+    assert [state for state, _ in seen] == ["MISS", "HIT"] and seen[0][1] == seen[1][1]
+    whole = images.with_raw_response.generate(**PAINTED)
+    assert whole.headers["X-Repro-Cache"] == "MISS"  # one whole image is another answer
+    assert asked(sim, "/images/generations") == 2
+
+
+def test_a_streamed_edit_of_an_upload_is_cached(proxy: Proxy, sim: Sim) -> None:
+    images = proxy.sdk(KEY).images
+    finals = []
+    for _ in range(2):
+        with images.with_streaming_response.edit(
+            model="gpt-image-1", image=("a.png", PNG, "image/png"), prompt="Add a hat.", stream=True
+        ) as response:
+            state = response.headers["X-Repro-Cache"]
+            (done,) = [e for e in response.parse() if e.type == "image_edit.completed"]
+        finals.append((state, done.b64_json))
+    assert [state for state, _ in finals] == ["MISS", "HIT"] and finals[0][1] == finals[1][1]
+    assert asked(sim, "/images/edits") == 1
+
+
+def test_a_stream_of_several_images_reaches_the_client_whole_and_is_never_cached(
+    proxy: Proxy, sim: Sim
+) -> None:
+    """Such a stream ends once per image: relayed to its last, never stored at its first."""
+    body = {**PAINTED, "n": 3, "partial_images": 0, "stream": True}
+    for _ in range(2):
+        drawn = proxy.post("/images/generations", body, key=KEY)
+        assert drawn.status_code == 200 and drawn.headers["X-Repro-Cache"] == "BYPASS"
+        assert drawn.content.count(b'"type":"image_generation.completed"') == 3
+    assert asked(sim, "/images/generations") == 2
+
+
+def test_a_recorded_image_stream_replays_offline(
+    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
+) -> None:
+    tape = tmp_path / "llm.jsonl"
+    recorder = start_proxy("--cache-scope", "shared", "--cassette", str(tape))
+    drawn = recorder.post("/images/generations", {**PAINTED, "stream": True}, key=KEY)
+    assert drawn.headers["X-Repro-Cache"] == "MISS"
+    recorder.proc.send_signal(signal.SIGTERM)
+    assert recorder.proc.wait(timeout=15) == 0
+    replaying = start_proxy(
+        "--cache-scope", "shared", "--cassette", str(tape), "--cache-mode", "replay",
+        upstream="http://127.0.0.1:9/v1",
+    )  # fmt: skip
+    again = replaying.post("/images/generations", {**PAINTED, "stream": True}, key=KEY)
+    assert again.headers["X-Repro-Cache"] == "HIT" and again.content == drawn.content
+
+
+IMAGE_TAKE = b"event: image_generation.partial_image\n" + frame(
+    "image_generation.partial_image", b64_json="cGFy", partial_image_index=0
+)
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [
+        IMAGE_TAKE,
+        IMAGE_TAKE + frame("image_generation.completed"),
+        IMAGE_TAKE + frame("error", error={"message": "Your request was rejected."}),
+        IMAGE_TAKE + frame("image_edit.completed", b64_json="aW1n"),
+    ],
+    ids=["partial-only", "final-without-image", "error-event", "another-routes-end"],
+)
+def test_an_image_stream_that_is_no_answer_is_relayed_and_never_stored(
+    start_proxy: ProxyFactory, stream: bytes
+) -> None:
+    body = {**PAINTED, "stream": True}
+    relayed_never_stored(
+        start_proxy, stream, SSE, lambda proxy: proxy.post("/images/generations", body, key=KEY)
     )
