@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -330,6 +331,15 @@ def start_proxy(sim: Sim) -> Iterator[ProxyFactory]:
 def proxy(start_proxy: ProxyFactory) -> Proxy:
     """A proxy with default settings and the memory store."""
     return start_proxy()
+
+
+def replaying(start_proxy: ProxyFactory, recorder: Proxy, tape: Path, *flags: str) -> Proxy:
+    """Stop `recorder`, which writes its cassette `tape` as it stops, and start a proxy that
+    replays `tape` offline: its upstream a port nothing listens on."""
+    recorder.proc.send_signal(signal.SIGTERM)
+    assert recorder.proc.wait(timeout=15) == 0
+    offline = "http://127.0.0.1:9/v1"
+    return start_proxy(*flags, "--cassette", str(tape), "--cache-mode", "replay", upstream=offline)
 
 
 def run_cli(

@@ -6,7 +6,6 @@ through a real proxy to the sim, and an upstream written here to answer what no 
 from __future__ import annotations
 
 import base64
-import signal
 from pathlib import Path
 
 import httpx
@@ -14,7 +13,7 @@ import orjson
 import pytest
 from openai import OpenAI
 
-from tests.fixtures_procs import Proxy, ProxyFactory, Sim, azure_client
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim, azure_client, replaying
 from tests.hostile import relayed_never_stored
 
 KEY = "sk-painter"
@@ -67,15 +66,10 @@ def test_a_recorded_image_replays_offline_and_a_stream_of_several_is_never_cache
     recorded = client(recorder).images.generate(model="gpt-image-1", prompt="a fox", n=2)
     several = {"model": "gpt-image-1", "prompt": "a fox", "n": 2, "stream": True}
     assert draw(recorder, several).headers["X-Repro-Cache"] == "BYPASS"
-    recorder.proc.send_signal(signal.SIGTERM)
-    assert recorder.proc.wait(timeout=15) == 0
-    replaying = start_proxy(
-        "--cache-scope", "shared", "--cassette", str(tape), "--cache-mode", "replay",
-        upstream="http://127.0.0.1:9/v1",
-    )  # fmt: skip
-    replayed = client(replaying).images.generate(model="gpt-image-1", prompt="a fox", n=2)
+    offline = replaying(start_proxy, recorder, tape, "--cache-scope", "shared")
+    replayed = client(offline).images.generate(model="gpt-image-1", prompt="a fox", n=2)
     assert replayed.model_dump() == recorded.model_dump()
-    refused = draw(replaying, several)
+    refused = draw(offline, several)
     assert refused.status_code == 504 and refused.json()["error"]["code"] == "cache_miss"
 
 

@@ -6,14 +6,13 @@ sim, and upstreams written here ending their streams otherwise."""
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
 
-from tests.fixtures_procs import Proxy, ProxyFactory, Sim
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim, replaying
 from tests.hostile import relayed_never_stored
 
 KEY = "sk-listener"
@@ -22,6 +21,8 @@ AUDIO = b"ID3\x04\x00" + bytes(range(256)) * 8
 STREAMED = {"model": "gpt-4o-transcribe", "stream": "true"}
 SPOKEN = {"model": "gpt-4o-mini-tts", "voice": "alloy", "input": "Hello.", "stream_format": "sse"}
 SSE = ("Content-Type: text/event-stream",)
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(64)
+PAINTED = {"model": "gpt-image-1", "prompt": "A lighthouse at dusk.", "partial_images": 2}
 
 
 def upload(proxy: Proxy, fields: dict[str, str], audio: bytes = AUDIO) -> httpx.Response:
@@ -94,34 +95,33 @@ def test_speech_as_events_is_the_same_sound_the_second_time(proxy: Proxy, sim: S
     assert asked(sim, "/audio/speech") == 3
 
 
-def test_recorded_audio_streams_replay_offline(
+def test_recorded_media_streams_replay_offline(
     start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
 ) -> None:
     tape = tmp_path / "llm.jsonl"
     recorder = start_proxy("--cache-scope", "shared", "--cassette", str(tape))
     heard = upload(recorder, STREAMED)
     spoken = recorder.post("/audio/speech", SPOKEN, key=KEY)
-    assert heard.headers["X-Repro-Cache"] == spoken.headers["X-Repro-Cache"] == "MISS"
-    recorder.proc.send_signal(signal.SIGTERM)
-    assert recorder.proc.wait(timeout=15) == 0
+    drawn = recorder.post("/images/generations", {**PAINTED, "stream": True}, key=KEY)
+    assert {r.headers["X-Repro-Cache"] for r in (heard, spoken, drawn)} == {"MISS"}
+    offline = replaying(start_proxy, recorder, tape, "--cache-scope", "shared")
     lines = [orjson.loads(text) for text in tape.read_text().splitlines()]
     assert sorted((line["route"], line["stream"]) for line in lines) == [
         ("/v1/audio/speech", True),
         ("/v1/audio/transcriptions", True),
+        ("/v1/images/generations", True),
     ]
-    replaying = start_proxy(
-        "--cache-scope", "shared", "--cassette", str(tape), "--cache-mode", "replay",
-        upstream="http://127.0.0.1:9/v1",
-    )  # fmt: skip
-    with replaying.sdk(KEY).audio.transcriptions.with_streaming_response.create(
+    with offline.sdk(KEY).audio.transcriptions.with_streaming_response.create(
         model="gpt-4o-transcribe", file=("again.mp3", AUDIO), stream=True
     ) as response:
         assert response.headers["X-Repro-Cache"] == "HIT"
         events = list(response.parse())
     assert events[-1].type == "transcript.text.done" and events[-1].text in heard.text
-    replayed = replaying.post("/audio/speech", SPOKEN, key=KEY)
+    replayed = offline.post("/audio/speech", SPOKEN, key=KEY)
     assert replayed.headers["X-Repro-Cache"] == "HIT" and replayed.content == spoken.content
-    missed = upload(replaying, STREAMED, audio=b"never heard")
+    again = offline.post("/images/generations", {**PAINTED, "stream": True}, key=KEY)
+    assert again.headers["X-Repro-Cache"] == "HIT" and again.content == drawn.content
+    missed = upload(offline, STREAMED, audio=b"never heard")
     assert missed.status_code == 504 and missed.json()["error"]["code"] == "cache_miss"
 
 
@@ -188,10 +188,6 @@ def test_a_responses_event_whose_type_is_no_string_is_relayed_and_never_stored(
     )
 
 
-PNG = b"\x89PNG\r\n\x1a\n" + bytes(64)
-PAINTED = {"model": "gpt-image-1", "prompt": "A lighthouse at dusk.", "partial_images": 2}
-
-
 def test_the_sdk_sees_the_same_image_drawn_again_partial_takes_and_all(
     proxy: Proxy, sim: Sim
 ) -> None:
@@ -235,23 +231,6 @@ def test_a_stream_of_several_images_reaches_the_client_whole_and_is_never_cached
         assert drawn.status_code == 200 and drawn.headers["X-Repro-Cache"] == "BYPASS"
         assert drawn.content.count(b'"type":"image_generation.completed"') == 3
     assert asked(sim, "/images/generations") == 2
-
-
-def test_a_recorded_image_stream_replays_offline(
-    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
-) -> None:
-    tape = tmp_path / "llm.jsonl"
-    recorder = start_proxy("--cache-scope", "shared", "--cassette", str(tape))
-    drawn = recorder.post("/images/generations", {**PAINTED, "stream": True}, key=KEY)
-    assert drawn.headers["X-Repro-Cache"] == "MISS"
-    recorder.proc.send_signal(signal.SIGTERM)
-    assert recorder.proc.wait(timeout=15) == 0
-    replaying = start_proxy(
-        "--cache-scope", "shared", "--cassette", str(tape), "--cache-mode", "replay",
-        upstream="http://127.0.0.1:9/v1",
-    )  # fmt: skip
-    again = replaying.post("/images/generations", {**PAINTED, "stream": True}, key=KEY)
-    assert again.headers["X-Repro-Cache"] == "HIT" and again.content == drawn.content
 
 
 IMAGE_TAKE = b"event: image_generation.partial_image\n" + frame(
