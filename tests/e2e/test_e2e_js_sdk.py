@@ -80,7 +80,8 @@ def test_a_node_application_is_cached_as_a_python_one(proxy: Proxy, sim: Sim) ->
 def test_a_node_upload_shares_its_transcript_with_a_python_one(proxy: Proxy, sim: Sim) -> None:
     """Node's fetch writes a form its own way (its boundary, its part headers): the upload is
     keyed by what it holds, so the Python SDK's, of another filename, is the same question."""
-    calls = node_flow(proxy, "transcribe")
+    flow = node_flow(proxy, "transcribe")
+    calls = [c for c in flow if c["call"] == "transcription"]
     assert [c["cache"] for c in calls] == ["MISS", "HIT"]
     assert calls[0]["text"] and calls[0]["text"] == calls[1]["text"]
     clip = b"ID3 a clip a Python test uploads too"
@@ -91,7 +92,11 @@ def test_a_node_upload_shares_its_transcript_with_a_python_one(proxy: Proxy, sim
     assert python.headers["X-Repro-Cache"] == "HIT"
     assert python.headers["X-Repro-Key"] == calls[0]["key"]
     assert python.parse().text == calls[0]["text"]
-    assert [r["path"] for r in sim.llm_requests()] == ["/v1/audio/transcriptions"]
+    streamed = [c for c in flow if c["call"] == "streamed transcription"]
+    assert [c["cache"] for c in streamed] == ["MISS", "HIT"]
+    assert streamed[0]["text"] and streamed[0]["text"] == streamed[1]["text"]
+    assert streamed[1]["deltas"].strip() == streamed[1]["text"]  # the SDK read every event
+    assert [r["path"] for r in sim.llm_requests()] == ["/v1/audio/transcriptions"] * 2
 
 
 def test_a_replay_miss_fails_a_node_call_once_with_the_proxys_error(

@@ -1,6 +1,7 @@
 // What a Node application does through the proxy with the official OpenAI JS SDK: chat (whole
 // and streamed), embeddings (the SDK asks base64 by default), a response and its fetch by id,
-// an audio upload transcribed (a form as Node's fetch writes one), and a replay miss. Each call's answer and the proxy's headers, as one JSON line per call on
+// an audio upload transcribed whole and as events (a form as Node's fetch writes one), and a
+// replay miss. Each call's answer and the proxy's headers, as one JSON line per call on
 // stdout, for tests/e2e/test_e2e_js_sdk.py to judge. Usage: node flows.mjs FLOW, the proxy's
 // URL in OPENAI_BASE_URL and the key in OPENAI_API_KEY, which the SDK reads as a test suite's
 // client would.
@@ -47,6 +48,18 @@ async function transcribe() {
     const { data, response } = await client.audio.transcriptions
       .create({ model: "whisper-1", file }).withResponse();
     say("transcription", response, { text: data.text, round });
+  }
+  for (const round of [1, 2]) {
+    const file = await toFile(clip, `clip-${round}.mp3`, { type: "audio/mpeg" });
+    const { data, response } = await client.audio.transcriptions
+      .create({ model: "gpt-4o-transcribe", file, stream: true }).withResponse();
+    let deltas = "";
+    let text = null;
+    for await (const event of data) {
+      if (event.type === "transcript.text.delta") deltas += event.delta;
+      if (event.type === "transcript.text.done") text = event.text;
+    }
+    say("streamed transcription", response, { text, deltas, round });
   }
 }
 
