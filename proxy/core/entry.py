@@ -205,18 +205,22 @@ def expires_at(body: bytes) -> float | None:
     return min(found, default=None)
 
 
+_NOT_TEXT = frozenset({"text/html", "text/event-stream"})
+
+
 def transcript_of(body: bytes, content_type: str) -> dict[str, Any] | None:
     """A transcription's or translation's answer, parsed ({} for plain text), if it is one: a
     JSON object with its `text` and no `error` (`json`, `verbose_json`), or non-empty UTF-8
     labelled text (`text`, `srt`, `vtt`). A gateway's error sent with a 200, or an HTML page,
-    stored, would be every later caller's transcript."""
+    stored, would be every later caller's transcript; so would events (`text/event-stream`)
+    sent to a request for a whole one, which its client cannot read."""
     media = content_type.partition(";")[0].strip().lower()
     if media == "application/json":
         parsed = json_object(body)
         if parsed is None or parsed.get("error") is not None:
             return None
         return parsed if isinstance(parsed.get("text"), str) else None
-    if media.startswith("text/") and media != "text/html" and body.strip():
+    if media.startswith("text/") and media not in _NOT_TEXT and body.strip():
         try:
             body.decode()
         except UnicodeDecodeError:

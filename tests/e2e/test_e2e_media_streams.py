@@ -152,6 +152,16 @@ def test_a_transcript_stream_that_is_no_answer_is_relayed_and_never_stored(
     relayed_never_stored(start_proxy, stream, SSE, lambda proxy: upload(proxy, STREAMED))
 
 
+def test_events_sent_for_a_whole_transcript_are_relayed_and_never_stored(
+    start_proxy: ProxyFactory,
+) -> None:
+    """An upstream streaming where the request asked for one transcript: stored, it would be
+    served to every later whole request, whose client reads one JSON object or text."""
+    stream = DELTA + frame("transcript.text.done", text="Hi")
+    whole = {"model": "whisper-1", "response_format": "text"}
+    relayed_never_stored(start_proxy, stream, SSE, lambda proxy: upload(proxy, whole))
+
+
 def test_speech_events_cut_before_their_end_are_never_stored(start_proxy: ProxyFactory) -> None:
     stream = frame("speech.audio.delta", audio="SUQz")
     relayed_never_stored(
