@@ -1,14 +1,18 @@
-"""A streamed transcript and speech sent as events are typed streams that end with one event
-(`transcript.text.done`, `speech.audio.done`): the recorder knows an answer from its end, and
-everything else (an error event, a transcript's end without its text, `[DONE]` before the end,
-an event named otherwise than its type, a type that is no string) is no answer."""
+"""A streamed transcript, speech sent as events and a streamed image are typed streams that
+end with one event (`transcript.text.done`, `speech.audio.done`, `image_generation.completed`,
+`image_edit.completed`): the recorder knows an answer from its end, and everything else (an
+error event, an end without what it must hold, `[DONE]` before the end, an event named
+otherwise than its type, a type that is no string) is no answer."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.core import answers, routes
 from proxy.core.routes import (
@@ -166,3 +170,90 @@ def test_a_diff_reads_a_streamed_transcripts_words_and_speechs_sound() -> None:
     assert sound.startswith("sound sha256:") and sound.endswith("(4 bytes)")
     louder = SPOKEN.replace(b"SUQzBA==", b"SUQzBQ==")
     assert answers.text(louder, True) != sound
+
+
+TYPES = st.sampled_from(
+    [
+        "transcript.text.delta",
+        "transcript.text.done",
+        "speech.audio.delta",
+        "speech.audio.done",
+        "image_generation.partial_image",
+        "image_generation.completed",
+        "image_edit.completed",
+        "response.created",
+        "response.completed",
+        "error",
+    ]
+)
+ODD = st.one_of(
+    st.none(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.lists(st.text(max_size=3), max_size=2),
+    st.text(max_size=8),
+)
+"""Values of every JSON type an upstream may put where a string belongs."""
+STRING = st.one_of(st.text(max_size=8), st.text(max_size=8), ODD)
+EVENT = st.builds(
+    lambda kind, named, text, image, error: (
+        (b"event: " + str(named).encode() + b"\n" if named is not None else b"")
+        + b"data: "
+        + orjson.dumps(
+            {"type": kind, "text": text, "b64_json": image}
+            | ({"error": error} if error is not None else {})
+        )
+        + b"\n\n"
+    ),
+    st.one_of(TYPES, TYPES, TYPES, ODD),
+    st.one_of(st.none(), st.none(), TYPES),
+    STRING,
+    STRING,
+    st.one_of(st.none(), st.none(), st.none(), st.just({"message": "no"})),
+)
+FRAME = st.one_of(EVENT, EVENT, EVENT, st.just(b"data: [DONE]\n\n"))
+"""Frames drawn mostly well-formed, so that many streams end cleanly: an example where
+nothing ever ends tests only that nothing raised."""
+ENDS = {
+    TRANSCRIPTIONS: ("transcript.text.done", "text"),
+    SPEECH: ("speech.audio.done", None),
+    IMAGES: ("image_generation.completed", "b64_json"),
+    IMAGE_EDITS: ("image_edit.completed", "b64_json"),
+}
+
+
+def ended(kind: str) -> bytes:
+    """A clean end of `kind`'s stream, among the hostile frames."""
+    ending, held = ENDS[kind]
+    return event(ending, **({held: "x"} if held else {}))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(ENDS)), st.data())
+def test_any_frames_in_any_pieces_end_only_at_their_routes_end_holding_what_it_must(
+    kind: str, data: st.DataObject
+) -> None:
+    """A hostile upstream's events: types of any JSON type, names that lie, errors anywhere,
+    `[DONE]` anywhere, cut at any byte. The recorder never raises, takes the same bytes
+    however they were cut, and is complete only at its route's end event holding what the
+    SDK requires of it, with no error or `[DONE]` before."""
+    frames = data.draw(st.lists(st.one_of(FRAME, st.just(ended(kind))), max_size=8))
+    cuts = data.draw(st.lists(st.integers(min_value=0, max_value=2000), max_size=6))
+    stream = b"".join(frames)
+    whole = StreamRecorder(1 << 20, kind)
+    taken = whole.feed(stream)
+    pieces = StreamRecorder(1 << 20, kind)
+    bounds = [0, *sorted(min(cut, len(stream)) for cut in cuts), len(stream)]
+    cut_taken = b"".join(pieces.feed(stream[a:b]) for a, b in itertools.pairwise(bounds))
+    assert (cut_taken, pieces.complete) == (taken, whole.complete)
+    assert stream.startswith(taken) and whole.body() == taken
+    if not whole.complete:
+        return
+    ends = list(itertools.accumulate(len(f) for f in frames))
+    read = frames[: ends.index(len(taken)) + 1]  # the recorder stops at a frame's end
+    assert b"".join(read) == taken and b"[DONE]" not in taken
+    events = [orjson.loads(f.partition(b"data: ")[2]) for f in read]
+    ending, held = ENDS[kind]
+    assert events[-1]["type"] == ending and (held is None or isinstance(events[-1][held], str))
+    assert all(e["type"] != "error" and "error" not in e for e in events)
+    named = [f.partition(b"\n")[0] for f in read if f.startswith(b"event: ")]
+    assert all(line[len(b"event: ") :].decode() in {e["type"] for e in events} for line in named)
