@@ -333,11 +333,17 @@ def proxy(start_proxy: ProxyFactory) -> Proxy:
     return start_proxy()
 
 
+def stopped(proxy: Proxy) -> None:
+    """Stop `proxy` as an operator does (SIGTERM), and see it exit cleanly: a recording proxy
+    has written its cassette then."""
+    proxy.proc.send_signal(signal.SIGTERM)
+    assert proxy.proc.wait(timeout=15) == 0
+
+
 def replaying(start_proxy: ProxyFactory, recorder: Proxy, tape: Path, *flags: str) -> Proxy:
     """Stop `recorder`, which writes its cassette `tape` as it stops, and start a proxy that
     replays `tape` offline: its upstream a port nothing listens on."""
-    recorder.proc.send_signal(signal.SIGTERM)
-    assert recorder.proc.wait(timeout=15) == 0
+    stopped(recorder)
     offline = "http://127.0.0.1:9/v1"
     return start_proxy(*flags, "--cassette", str(tape), "--cache-mode", "replay", upstream=offline)
 

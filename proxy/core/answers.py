@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -55,8 +56,11 @@ def _whole(answer: dict[str, Any]) -> str:
         return "\n".join(
             _choice(choice.get("message") or choice) for choice in _dicts(answer["choices"])
         )
+    items = _dicts(answer.get("data"))
+    if any("b64_json" in item for item in items):
+        return "images " + ", ".join(_image(item) for item in items)
     if isinstance(answer.get("data"), list):
-        return orjson.dumps([_item(item) for item in _dicts(answer["data"])]).decode()
+        return orjson.dumps([item.get("embedding") for item in items]).decode()
     said = answer.get("text")
     if isinstance(said, str):  # a transcript: its segments say it again
         return said
@@ -66,12 +70,14 @@ def _whole(answer: dict[str, Any]) -> str:
     return orjson.dumps(kept, option=orjson.OPT_SORT_KEYS).decode()
 
 
-def _item(item: dict[str, Any]) -> Any:
-    """An embedding's vector; an image's digest (and the prompt its model revised it to)."""
+def _image(item: dict[str, Any]) -> str:
+    """An image's digest, and the prompt its model revised it to (one sent as a URL, which
+    is never stored, by its URL)."""
     if "b64_json" not in item:
-        return item.get("embedding")
-    image = _decoded(item["b64_json"])
-    return {"image": _digest(image), "revised_prompt": item.get("revised_prompt")}
+        return _flat(item.get("url"))
+    revised = item.get("revised_prompt")
+    shown = f" revised to {_flat(revised)}" if revised is not None else ""
+    return _digest(_decoded(item["b64_json"])) + shown
 
 
 def _decoded(value: Any) -> bytes:
@@ -80,6 +86,21 @@ def _decoded(value: Any) -> bytes:
         return base64.b64decode(str(value), validate=True)
     except (binascii.Error, ValueError):
         return str(value).encode()
+
+
+DIGESTED = ("sound sha256:", "images sha256:")
+"""How the texts of answers named by their bytes' digests begin."""
+
+
+def distance(old: str, new: str, measure: Callable[[str, str], float]) -> float:
+    """`measure`, a normalized edit distance, between two answers' texts; 1 between two takes
+    named by their digests (images, sound) that differ: such takes are alike or wholly other,
+    and no count of edits between two digests says by how much."""
+    if old == new:
+        return 0.0
+    if old.startswith(DIGESTED) or new.startswith(DIGESTED):
+        return 1.0
+    return measure(old, new)
 
 
 def _digest(data: bytes) -> str:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.core.answers import distance
 from proxy.core.textdistance import normalized_levenshtein
 
 DISTANCE_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
@@ -36,8 +37,9 @@ def clipped(text: str) -> str:
 
 
 def text_distances(pairs: Sequence[tuple[str, str]]) -> list[float]:
-    """Normalised edit distance of each pair (module level: it runs in the offload child)."""
-    return [0.0 if old == new else normalized_levenshtein(old, new) for old, new in pairs]
+    """Normalised edit distance of each pair (module level: it runs in the offload child); 1
+    between images or sounds that differ (`answers.distance`)."""
+    return [distance(old, new, normalized_levenshtein) for old, new in pairs]
 
 
 def summary(distances: Sequence[float]) -> dict[str, Any]:

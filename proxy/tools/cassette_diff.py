@@ -3,7 +3,8 @@
 Requests are matched by what was asked (route, namespace, query, canonical body); answers are
 compared by what they say (`proxy.core.answers`), so new ids and timestamps are not changes.
 Each request is identical, changed (with the normalized edit distance of the two answers: the
-share of characters that differ), or only in one cassette. Exit status 1 when anything changed,
+share of characters that differ; 1 for an image or a sound that changed, which are compared by
+their digests), or only in one cassette. Exit status 1 when anything changed,
 so a scheduled re-record can gate a pull request; 2 when a cassette cannot be read.
 """
 
@@ -70,7 +71,7 @@ def compare(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[Compar
         assert record is not None
         distance = None
         if was is not None and now is not None:
-            distance = bounded_distance(_said(was), _said(now))
+            distance = answers.distance(_said(was), _said(now), bounded_distance)
             status = "identical" if distance == 0 else "changed"
         else:
             status = "only_new" if was is None else "only_old"

@@ -12,7 +12,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.fixtures_procs import Proxy, ProxyFactory, Sim, replaying
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim, replaying, run_cli, stopped
 from tests.hostile import relayed_never_stored
 
 KEY = "sk-listener"
@@ -265,3 +265,21 @@ def test_an_image_stream_that_is_no_answer_is_relayed_and_never_stored(
     relayed_never_stored(
         start_proxy, stream, SSE, lambda proxy: proxy.post("/images/generations", body, key=KEY)
     )
+
+
+def test_a_diff_of_two_recordings_tells_a_new_take_of_speech_as_wholly_changed(
+    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
+) -> None:
+    """The sim's speech is another take each time: the sound differs, and a distance counted
+    between two digests' characters would call it a little different."""
+    tapes = [tmp_path / "old.jsonl", tmp_path / "new.jsonl"]
+    for tape in tapes:
+        recorder = start_proxy("--cache-scope", "shared", "--cassette", str(tape))
+        for body in (SPOKEN, {**SPOKEN, "stream_format": "audio"}):
+            assert recorder.post("/audio/speech", body, key=KEY).headers["X-Repro-Cache"] == "MISS"
+        stopped(recorder)
+    result = run_cli("cassette", "diff", "--json", *map(str, tapes))
+    assert result.returncode == 1, result.stderr
+    report = orjson.loads(result.stdout)
+    assert report["summary"]["changed"] == 2
+    assert [row["distance"] for row in report["requests"]] == [1.0, 1.0]
