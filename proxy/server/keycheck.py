@@ -231,7 +231,7 @@ class KeyChecker:
         headers.extend(upstream_headers(made_up))
         headers["Content-Type"] = call.content_type
         path = with_query(call.route, call.keyed_query, made_up)
-        judge = partial(answers, stream=call.stream, kind=call.kind, shape=call.shape)
+        judge = partial(answers, stream=call.stream, kind=call.events, shape=call.shape)
         return await self._learn(key, "POST", path, headers, call.shareable, judge)
 
     async def _learn(

@@ -228,7 +228,9 @@ class Verifier:
         large = max(len(fresh), len(entry.body)) >= OFF_LOOP_BODY
         aside = self._offload.run if large else asyncio.to_thread
         try:
-            fingerprint = await aside(fresh_fingerprint, fresh, entry.stream, call.kind, call.shape)
+            fingerprint = await aside(
+                fresh_fingerprint, fresh, entry.stream, call.events, call.shape
+            )
         except BrokenProcessPool:
             fingerprint = None
         if fingerprint is None:
