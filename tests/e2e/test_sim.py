@@ -235,6 +235,28 @@ async def test_speech_is_sound_of_the_format_asked_another_take_each_time() -> N
             assert resp.status == 400, bad
 
 
+async def test_streamed_images_come_as_named_events_partial_takes_first() -> None:
+    """As OpenAI's: each event named on an `event:` line, no `[DONE]`, the usage with the last;
+    several images end once each; only the gpt-image models stream."""
+    async with sim() as client:
+        body = {"model": "gpt-image-1", "prompt": "a fox", "stream": True, "partial_images": 2}
+        resp = await client.post("/v1/images/generations", json=body, headers=AUTH)
+        stream = await resp.read()
+        assert resp.headers["Content-Type"] == "text/event-stream" and b"[DONE]" not in stream
+        frames = [frame.split(b"\n") for frame in stream.strip().split(b"\n\n")]
+        kinds = [orjson.loads(data[len(b"data: ") :])["type"] for _, data in frames]
+        assert kinds == ["image_generation.partial_image"] * 2 + ["image_generation.completed"]
+        named = [name for name, _ in frames]
+        assert named == [b"event: " + kind.encode() for kind in kinds]
+        assert "usage" in orjson.loads(frames[-1][1][len(b"data: ") :])
+        several = await client.post(
+            "/v1/images/generations", json={**body, "n": 2, "partial_images": 0}, headers=AUTH
+        )
+        assert (await several.read()).count(b"event: image_generation.completed") == 2
+        dalle = {**body, "model": "dall-e-3", "partial_images": 0}
+        assert (await client.post("/v1/images/generations", json=dalle, headers=AUTH)).status == 400
+
+
 async def test_transcripts_come_in_each_format_asked_with_a_word_drawn_anew() -> None:
     async def transcribe(
         fields: dict[str, str], audio: bytes = b"ID3sound"
