@@ -65,7 +65,8 @@ _ENDINGS = {
     routes.IMAGE_EDITS: "image_edit.completed",
 }
 """The event that ends each typed stream: the Responses API's, a streamed transcript's, speech
-asked for as events. Other routes stream chat chunks, read by their choices."""
+asked for as events, one streamed image's (a stream of several is read as no typed stream,
+`routes.events_of`). Other routes stream chat chunks, read by their choices."""
 _HOLDS = {
     "transcript.text.done": "text",
     "image_generation.completed": "b64_json",
