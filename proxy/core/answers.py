@@ -19,11 +19,11 @@ from typing import Any
 import orjson
 
 from proxy.core.entry import is_audio
+from proxy.core.sse import IMAGES_DONE
 from proxy.core.sse_wire import payloads
 
 VOLATILE = frozenset({"id", "created", "created_at", "system_fingerprint", "usage"})
 _TEXT_DELTAS = frozenset({"response.output_text.delta", "transcript.text.delta"})
-_IMAGES_DONE = frozenset({"image_generation.completed", "image_edit.completed"})
 
 
 def text(body: bytes, stream: bool, content_type: str = "") -> str:
@@ -153,7 +153,7 @@ def _streamed(body: bytes) -> str:
             choices[0].append(str(event.get("delta", "")))
         elif kind == "speech.audio.delta":
             sound += _decoded(event.get("audio", ""))
-        elif isinstance(kind, str) and kind in _IMAGES_DONE:
+        elif isinstance(kind, str) and kind in IMAGES_DONE:
             images.append(_digest(_decoded(event.get("b64_json", ""))))
         for choice in _dicts(event.get("choices")):
             index = choice.get("index")

@@ -23,6 +23,7 @@ import orjson
 from proxy.core import routes
 from proxy.core.canonical import KEY_VERSION
 from proxy.core.entry import rewritten
+from proxy.core.sse import RESPONSE_DONE
 from proxy.core.sse_wire import payloads
 
 INDEX_FINGERPRINT = "id-index"
@@ -255,7 +256,7 @@ def final_response(sse: bytes) -> bytes | None:
         event = orjson.loads(last)
     except orjson.JSONDecodeError:
         return None
-    if isinstance(event, dict) and event.get("type") == "response.completed":
+    if isinstance(event, dict) and event.get("type") == RESPONSE_DONE:
         response = event.get("response")
         return rewritten(response) if isinstance(response, dict) else None
     return None

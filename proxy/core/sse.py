@@ -54,12 +54,13 @@ from proxy.core.sse_wire import value as field_value
 
 _DONE = b"[DONE]"
 _BOM = b"\xef\xbb\xbf"
-_COMPLETED = "response.completed"
+RESPONSE_DONE = "response.completed"
+TRANSCRIPT_DONE = "transcript.text.done"
 _SPOILED = frozenset({"response.failed", "response.incomplete", "error"})
 _ENDINGS = {
-    routes.RESPONSES: _COMPLETED,
-    routes.TRANSCRIPTIONS: "transcript.text.done",
-    routes.TRANSLATIONS: "transcript.text.done",
+    routes.RESPONSES: RESPONSE_DONE,
+    routes.TRANSCRIPTIONS: TRANSCRIPT_DONE,
+    routes.TRANSLATIONS: TRANSCRIPT_DONE,
     routes.SPEECH: "speech.audio.done",
     routes.IMAGES: "image_generation.completed",
     routes.IMAGE_EDITS: "image_edit.completed",
@@ -67,11 +68,8 @@ _ENDINGS = {
 """The event that ends each typed stream: the Responses API's, a streamed transcript's, speech
 asked for as events, one streamed image's (a stream of several is read as no typed stream,
 `routes.events_of`). Other routes stream chat chunks, read by their choices."""
-_HOLDS = {
-    "transcript.text.done": "text",
-    "image_generation.completed": "b64_json",
-    "image_edit.completed": "b64_json",
-}
+IMAGES_DONE = frozenset(_ENDINGS[kind] for kind in routes.IMAGE_STREAMS)
+_HOLDS = {TRANSCRIPT_DONE: "text", **dict.fromkeys(IMAGES_DONE, "b64_json")}
 """What an ending event must hold as a string to end an answer, as the SDK's event types
 require it: a transcript's whole text, an image's bytes."""
 _MAX_CHOICES = 128  # the API's bound on `n`
@@ -295,7 +293,7 @@ class StreamRecorder:
             # kept it (the rule `responses.id_of` reads in a whole answer).
             kept = response.get("store") is not False
             self.response_id = response["id"] if kept else None
-        if kind == _COMPLETED:
+        if kind == RESPONSE_DONE:
             self.prompt_tokens, self.completion_tokens = usage_of(response)
             self.unmoderated = self.unmoderated or moderation_failed(response)
             # A stored stream answers as its whole form would: by the same rule (see is_answer).

@@ -28,7 +28,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from proxy.core.credentials import STANDARD, extract, upstream_headers
 from proxy.core.entry import TRANSCRIPT, UNCOMPARED, Entry, fingerprint_of, is_answer
 from proxy.core.routes import CHAT, RESPONSES
-from proxy.core.sse import StreamRecorder
+from proxy.core.sse import RESPONSE_DONE, TRANSCRIPT_DONE, StreamRecorder
 from proxy.core.sse_wire import payloads
 from proxy.core.textdistance import normalized_levenshtein
 from proxy.errors import UpstreamError
@@ -62,7 +62,7 @@ def answer_text(body: bytes, stream: bool) -> str:
             parts.setdefault(0, []).append(
                 orjson.dumps(verdicts, option=orjson.OPT_SORT_KEYS).decode()
             )
-        response = event.get("response") if event.get("type") == "response.completed" else event
+        response = event.get("response") if event.get("type") == RESPONSE_DONE else event
         if isinstance(response, dict) and isinstance(response.get("output"), list):
             parts.setdefault(0, []).extend(_output_texts(response["output"]))
         for choice in _listed(event.get("choices")):
@@ -140,7 +140,7 @@ def transcript_text(body: bytes, stream: bool = False) -> str | None:
     gateway's error sent with a 200) is none, where a text that happens to parse as something
     else (`42`) is still text."""
     if stream:
-        ends = [e for e in _events(body) if e.get("type") == "transcript.text.done"]
+        ends = [e for e in _events(body) if e.get("type") == TRANSCRIPT_DONE]
         text = ends[-1].get("text") if ends else None
         return text if isinstance(text, str) else None
     answer = _object(body)
