@@ -379,3 +379,4 @@ class Answer(NamedTuple):
     stream: bool
     response_id: str | None = None  # a Responses API answer's id, to find it by id later
     entitled: bool = False  # made under an access program its organization holds (`owned`)
+    request_id: str = ""  # the upstream's `x-request-id`, if `entry.is_request_id` accepts it

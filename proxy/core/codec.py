@@ -30,7 +30,14 @@ from typing import Any
 import orjson
 import zstandard
 
-from proxy.core.entry import CorruptEntry, Entry, is_content_type, is_count, is_fingerprint
+from proxy.core.entry import (
+    CorruptEntry,
+    Entry,
+    is_content_type,
+    is_count,
+    is_fingerprint,
+    is_request_id,
+)
 
 FORMAT = 2
 PLAIN, ZSTD, ZSTD_DICTIONARY = 0, 1, 2
@@ -41,10 +48,10 @@ _LENGTH = struct.Struct(">I")
 _MAX_RAW = 0xFFFFFFFF
 DICTIONARY_BYTES = 16 * 1024
 MAX_DICTIONARY_BYTES = 1024 * 1024
+"""The largest dictionary adopted from a store: a value that big is no dictionary we trained."""
 SAMPLE_BYTES = 16 * 1024
 """The largest payload kept to train from: dictionaries are for small records (zstd compresses
 large ones well alone), and the samples kept stay bounded by count times this."""
-"""The largest dictionary adopted from a store: a value that big is no dictionary we trained."""
 DICTIONARIES_HELD = 4
 """Dictionaries held to read entries with, the newest: one is adopted each time the store's is
 replaced, which another writer may do without end; entries naming an older one read as a miss."""
@@ -146,10 +153,11 @@ class Codec:
         return self.packed_bytes / self.raw_bytes if self.raw_bytes else math.nan
 
     def pack(self, entry: Entry) -> bytes:
-        # The fields after the body, in the order `_parsed` reads them back; `vary` after
-        # them only when there is one, so an entry without stays byte for byte what it was.
+        # The fields after the body, in the order `_parsed` reads them back; then the fields
+        # later versions appended, up to the last one set, so that an entry without them stays
+        # byte for byte what it was (and readable by a version that knows none of them).
         fields = entry[1 : 1 + len(_META)]
-        meta = orjson.dumps((*fields, entry.vary) if entry.vary else fields)
+        meta = orjson.dumps((*fields, *_appended(entry)))
         request = entry.request
         payload = b"".join(
             (_LENGTH.pack(len(meta)), meta, _LENGTH.pack(len(request)), request, entry.body)
@@ -237,10 +245,26 @@ def _parsed(payload: bytes) -> Entry:
     if request_end > len(payload) or not _well_typed(meta):
         raise CorruptEntry("stored value is not an entry")
     request = payload[meta_end + _LENGTH.size : request_end]
-    vary = meta[len(_META)] if len(meta) > len(_META) else ""
-    vary = vary if isinstance(vary, str) else ""
-    body = payload[request_end:]
-    return Entry(body, *meta[: len(_META)], request=request, vary=vary)  # type: ignore[misc]
+    vary, request_id = (meta[i] if i < len(meta) else "" for i in (_VARY, _VARY + 1))
+    return Entry(
+        payload[request_end:],
+        *meta[: len(_META)],
+        request=request,
+        vary=vary if isinstance(vary, str) else "",
+        request_id=_kept_id(request_id),
+    )  # type: ignore[misc]
+
+
+def _appended(entry: Entry) -> tuple[str, ...]:
+    if entry.request_id:
+        return entry.vary, entry.request_id
+    return (entry.vary,) if entry.vary else ()
+
+
+def _kept_id(value: object) -> str:
+    """A stored request id, if it is one to send again: a store another writer reaches may
+    hold anything, and this one ends up in a header."""
+    return value if isinstance(value, str) and is_request_id(value) else ""
 
 
 def _well_typed(meta: Any) -> bool:
@@ -259,6 +283,7 @@ def _well_typed(meta: Any) -> bool:
 
 
 _COMPLETION = _META.index("completion_tokens")
+_VARY = len(_META)  # where the appended fields start: `vary`, then `request_id`
 
 _LEGACY_LENGTH = 4
 
@@ -274,4 +299,4 @@ def _legacy(blob: bytes) -> Entry:
         raise CorruptEntry("stored value is not an entry") from exc
     if not _well_typed([getattr(entry, name) for name in _META]):
         raise CorruptEntry("stored value is not an entry")
-    return entry
+    return entry._replace(request_id=_kept_id(entry.request_id))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import binascii
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, TypeGuard
 
 import orjson
@@ -40,6 +40,10 @@ class Entry(NamedTuple):
     namespace: str = ""
     request: bytes = b""  # the body the upstream received, credentials `sealing.sealed`
     vary: str = ""  # the digest of the keyed request headers (`proxy.core.keyed`), never them
+    # The upstream's `x-request-id` for the call that made the answer, sent again with each HIT
+    # as an HTTP cache sends the stored headers: the SDKs' `_request_id`, which the upstream's
+    # support can look up. Empty when it named none, or none `is_request_id` accepts.
+    request_id: str = ""
 
 
 def rewritten(value: Any) -> bytes | None:
@@ -94,6 +98,19 @@ def fingerprint_of(answer: dict[str, Any], shape: str | None = None) -> str:
 
 def is_fingerprint(value: str) -> bool:
     return _FINGERPRINT.fullmatch(value) is not None
+
+
+def is_request_id(value: str) -> bool:
+    """A request id that may be stored and sent again: a short printable token, as a
+    fingerprint must be (OpenAI's are `req_` and 32 hex digits), never what a hostile upstream
+    could make a header, a log line or a cassette's field of."""
+    return _FINGERPRINT.fullmatch(value) is not None
+
+
+def request_id_of(headers: Mapping[str, str]) -> str:
+    """The upstream's request id among its answer's headers, empty where there is none to keep."""
+    value = headers.get("x-request-id", "")
+    return value if is_request_id(value) else ""
 
 
 def is_content_type(value: str) -> bool:

@@ -19,7 +19,15 @@ from multidict import CIMultiDict
 from proxy.core import policy, routes
 from proxy.core.call import Answer, Asked, Call, Facts, facts_of, prepare_with, repro_headers
 from proxy.core.codec import Codec, UnknownDictionary
-from proxy.core.entry import AUDIO, CorruptEntry, Entry, Misshapen, expires_at, is_served_as
+from proxy.core.entry import (
+    AUDIO,
+    CorruptEntry,
+    Entry,
+    Misshapen,
+    expires_at,
+    is_served_as,
+    request_id_of,
+)
 from proxy.core.fingerprints import ModelFingerprints
 from proxy.core.keyed import KEYED_OTHERWISE, REROUTING
 from proxy.core.policy import Outcome
@@ -259,6 +267,8 @@ def serve_hit(
     headers = repro_headers(call, outcome, entry.fingerprint)
     headers["Age"] = str(max(0, int(services.clock() - entry.stored_at)))
     headers["Content-Type"] = entry.content_type
+    if entry.request_id:
+        headers["x-request-id"] = entry.request_id
     headers.update(INERT)
     return web.Response(body=entry.body, headers=headers)
 
@@ -318,7 +328,15 @@ async def forward(
     if facts is not None:
         fingerprint, prompt, completion, found_by, programmed = facts
         answer = Answer(
-            data, content_type, fingerprint, prompt, completion, False, found_by, programmed
+            data,
+            content_type,
+            fingerprint,
+            prompt,
+            completion,
+            False,
+            found_by,
+            programmed,
+            request_id_of(upstream.headers),
         )
         await record(services, call, answer, lease)
     headers.update(repro_headers(call, call.plan.outcome, fingerprint))

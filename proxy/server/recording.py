@@ -183,6 +183,7 @@ def _storable(services: Services, call: Call, answer: Answer) -> Entry | None:
         namespace=call.namespace,
         request=call.request,
         vary=call.vary,
+        request_id=answer.request_id,
     )
     if len(entry.body) > services.settings.max_entry:
         log.info(

@@ -117,6 +117,7 @@ def _served(services: Services, key: str, entry: Entry, content_type: str) -> di
         "X-Repro-Fingerprint": entry.fingerprint,
         "Age": str(max(0, int(services.clock() - entry.stored_at))),
         "Content-Type": content_type,
+        **({"x-request-id": entry.request_id} if entry.request_id else {}),
         **INERT,  # the upstream's bytes, on the origin of the operators' page
     }
 

@@ -20,7 +20,7 @@ import logging
 from aiohttp import web
 
 from proxy.core.call import Answer, Call, repro_headers
-from proxy.core.entry import is_sound_type
+from proxy.core.entry import is_sound_type, request_id_of
 from proxy.core.policy import StreamDisconnect
 from proxy.errors import UpstreamError
 from proxy.server.caching import as_upstream_allows, call_upstream, unrelayed
@@ -77,7 +77,9 @@ class _Sound:
             return response
         if self.kept:
             body = b"".join(self.kept)
-            await record(self.services, self.call, Answer(body, content_type, "none", 0, 0, False))
+            request_id = request_id_of(self.upstream.headers)
+            answer = Answer(body, content_type, "none", 0, 0, False, request_id=request_id)
+            await record(self.services, self.call, answer)
         if self.gone_at is None:
             with contextlib.suppress(*CLIENT_GONE):
                 await response.write_eof()

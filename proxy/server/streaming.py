@@ -28,6 +28,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.core.call import Answer, Call, repro_headers
+from proxy.core.entry import request_id_of
 from proxy.core.policy import StreamDisconnect
 from proxy.core.sse import StreamRecorder
 from proxy.errors import UpstreamError, UpstreamUnreachable
@@ -303,6 +304,7 @@ class _Relay:
             stream=True,
             response_id=recorder.response_id,
             entitled=recorder.entitled,
+            request_id=request_id_of(self.upstream.headers),
         )
         await record(self.services, self.call, answer)
 

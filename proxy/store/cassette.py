@@ -34,7 +34,7 @@ import orjson
 from proxy.core import canonical, responses, routes, sse_wire, terminal
 from proxy.core.codec import Codec
 from proxy.core.credentials import split_query
-from proxy.core.entry import CorruptEntry, Entry, is_fingerprint
+from proxy.core.entry import CorruptEntry, Entry, is_fingerprint, is_request_id
 from proxy.core.sealing import sealed
 from proxy.errors import ProxyError
 from proxy.store.base import Selector, Store, Write, labelled
@@ -53,11 +53,12 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
 # Fields every reader (load, import, diff) takes as they are: a wrong type is refused here.
 _OPTIONAL_TYPES: dict[str, type | tuple[type, ...]] = {
     "request": (dict, str), "body": str, "body_base64": str, "recorded_at": str, "vary": str,
+    "request_id": str,
 }  # fmt: skip
 
 
 _FIELDS = frozenset(
-    {"format", "key", "request", "body", "body_base64", "recorded_at", "vary", *_META}
+    {"format", "key", "request", "body", "body_base64", "recorded_at", "vary", "request_id", *_META}
 )
 # Fields a hand-edited or foreign line may carry that must never be committed with a cassette.
 _SECRET_FIELDS = ("header", "authorization", "api_key", "api-key", "token", "secret", "cookie")
@@ -148,6 +149,8 @@ def to_record(key: str, entry: Entry) -> dict[str, Any]:
     record["request"] = _json_or_text(entry.request)
     if entry.vary:
         record["vary"] = entry.vary
+    if entry.request_id:
+        record["request_id"] = entry.request_id
     try:
         record["body"] = entry.body.decode()
     except UnicodeDecodeError:
@@ -203,7 +206,10 @@ def from_record(record: dict[str, Any], scope: str) -> Loaded:
     vary = record.get("vary", "")
     if vary and not _DIGEST.fullmatch(vary):
         raise CassetteError("'vary' is not the SHA-256 of a request's keyed headers")
-    entry = Entry(body=answer, request=raw_request, vary=vary, **meta)
+    request_id = record.get("request_id", "")
+    if request_id and not is_request_id(request_id):
+        raise CassetteError("'request_id' is not a request id (a short printable token)")
+    entry = Entry(body=answer, request=raw_request, vary=vary, request_id=request_id, **meta)
     key = canonical.request_key(entry.route, scope, entry.namespace, body, entry.query, vary)
     return Loaded(key, entry, _indexes(entry, scope, body))
 

@@ -72,7 +72,10 @@ entries = st.builds(
     namespace=st.text(max_size=30),
     request=st.binary(max_size=2048),
     vary=st.sampled_from(["", "ab" * 32]),
+    request_id=st.sampled_from(["", "req_" + "0f" * 16])
+    | st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:+=/-]{0,127}", fullmatch=True),
 )
+REQUEST_ID = "req_" + "5e" * 16
 
 
 def framed(codec: int, raw: int, payload: bytes) -> bytes:
@@ -111,12 +114,8 @@ class TestRoundTrip:
         assert CODEC.unpack(CODEC.pack(entry)) == entry
 
     def test_a_later_version_may_append_metadata(self) -> None:
-        varied = ENTRY._replace(vary="ab" * 32)
-        payload = PLAIN_CODEC.pack(varied)[6:]
-        meta_end = 4 + int.from_bytes(payload[:4], "big")
-        meta = orjson.dumps([*orjson.loads(payload[4:meta_end]), "more"])
-        longer = len(meta).to_bytes(4, "big") + meta + payload[meta_end:]
-        assert CODEC.unpack(framed(PLAIN, len(longer), longer)) == varied
+        varied = ENTRY._replace(vary="ab" * 32, request_id=REQUEST_ID)
+        assert CODEC.unpack(with_meta(PLAIN_CODEC.pack(varied), lambda m: [*m, "more"])) == varied
 
     def test_an_entry_without_keyed_headers_packs_as_it_always_did(self) -> None:
         """Entries written before keyed headers existed, and entries of requests with none,
@@ -129,6 +128,58 @@ class TestRoundTrip:
             *meta,
             "ab" * 32,
         ]
+
+    def test_a_request_id_alone_comes_after_an_empty_vary(self) -> None:
+        """The fields a version appended are positional: an entry with a request id and no
+        keyed headers holds both, the second version's `vary` empty; one written by that version
+        (without a request id) reads with none."""
+        named = ENTRY._replace(request_id=REQUEST_ID)
+        assert meta_of(PLAIN_CODEC.pack(named))[12:] == ["", REQUEST_ID]
+        assert CODEC.unpack(PLAIN_CODEC.pack(named)) == named
+        older = with_meta(PLAIN_CODEC.pack(named), lambda m: m[:13])
+        assert CODEC.unpack(older) == ENTRY
+
+    @pytest.mark.parametrize(
+        "stored",
+        [
+            pytest.param("req_1\r\nSet-Cookie: admin=1", id="header-injection"),
+            pytest.param("x" * 129, id="too-long"),
+            pytest.param(" req_1", id="leading-space"),
+            pytest.param("req_\u00e9", id="not-ascii"),
+            pytest.param(42, id="a-number"),
+            pytest.param(None, id="null"),
+        ],
+    )
+    def test_a_request_id_no_header_may_carry_is_dropped_on_reading(self, stored: Any) -> None:
+        """A store another writer reaches may hold anything after the known fields: the entry
+        is still served, without a request id, since this one ends up in a header."""
+        blob = with_meta(PLAIN_CODEC.pack(ENTRY), lambda m: [*m, "", stored])
+        assert CODEC.unpack(blob) == ENTRY
+        legacy = orjson.dumps({**_legacy_meta(), "request_id": stored})
+        assert CODEC.unpack(len(legacy).to_bytes(4, "big") + legacy + b"{}").request_id == ""
+
+
+def meta_of(blob: bytes) -> Any:
+    payload = blob[6:]
+    return orjson.loads(payload[4 : 4 + int.from_bytes(payload[:4], "big")])
+
+
+def with_meta(blob: bytes, change: Any) -> bytes:
+    """A plain blob with its metadata list changed, as another version could write it."""
+    payload = blob[6:]
+    meta_end = 4 + int.from_bytes(payload[:4], "big")
+    meta = orjson.dumps(change(orjson.loads(payload[4:meta_end])))
+    changed = len(meta).to_bytes(4, "big") + meta + payload[meta_end:]
+    return framed(PLAIN, len(changed), changed)
+
+
+def _legacy_meta() -> dict[str, Any]:
+    return {
+        "content_type": "application/json",
+        "fingerprint": "fp_a",
+        "stored_at": 1.0,
+        "model": "m",
+    }
 
 
 class TestFirstFormat:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 from aiohttp import web
 
 from proxy.tools.sim import control, guard, handlers, media, realtime
@@ -22,4 +24,12 @@ def create_sim_app(settings: SimSettings) -> web.Application:
     )
     app[STATE] = SimState.from_settings(settings)
     app.add_routes([*handlers.routes(), *media.routes(), *realtime.routes(), *control.routes()])
+    app.on_response_prepare.append(_request_id)
     return app
+
+
+async def _request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """Every API answer names its request, as OpenAI's do (`x-request-id`, `req_` and 32 hex
+    digits), so that what a proxy keeps of an answer's headers is tried against the sim."""
+    if request.path.startswith(("/v1/", "/openai/")):
+        response.headers.setdefault("x-request-id", f"req_{secrets.token_hex(16)}")
