@@ -57,6 +57,8 @@ def test_a_node_application_is_cached_as_a_python_one(proxy: Proxy, sim: Sim) ->
     assert [c["cache"] for c in by_call["chat"]] == ["HIT", "HIT"]
     assert {c["key"] for c in by_call["chat"]} == {first.headers["X-Repro-Key"]}
     assert by_call["chat"][0]["content"] == first.parse().choices[0].message.content
+    # The SDK's `_request_id` names the request that made the answer, Python's, on each HIT.
+    assert [c["id"] for c in by_call["chat"]] == [first.request_id] * 2 and first.request_id
     stream, embedding = by_call["stream"], by_call["embedding"]
     assert [c["cache"] for c in stream] == ["MISS", "HIT"]
     assert stream[0]["content"] and stream[0]["content"] == stream[1]["content"]

@@ -21,7 +21,7 @@ const ask = { model: "gpt-4o-mini", messages: [{ role: "user", content: "Name a 
 async function readwrite() {
   for (const round of [1, 2]) {
     const { data, response } = await client.chat.completions.create(ask).withResponse();
-    say("chat", response, { content: data.choices[0].message.content, round });
+    say("chat", response, { content: data.choices[0].message.content, round, id: data._request_id });
   }
   const streamed = { ...ask, stream: true, messages: [{ role: "user", content: "Name a river." }] };
   for (const round of [1, 2]) {
