@@ -6,6 +6,7 @@ sim, and upstreams written here ending their streams otherwise."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import httpx
@@ -13,7 +14,7 @@ import orjson
 import pytest
 
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim, replaying, run_cli, stopped
-from tests.hostile import relayed_never_stored
+from tests.hostile import Received, Scripted, http_answer, relayed_never_stored
 
 KEY = "sk-listener"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -183,6 +184,32 @@ def test_a_sampled_hit_on_a_streamed_transcript_compares_its_text(
     assert checked + same == 1
     assert proxy.metric("repro_verify_total", model=model, result="error") == 0
     assert asked(sim, "/audio/transcriptions") == 2
+
+
+def test_a_sampled_hit_whose_fresh_stream_says_the_same_in_other_chunks_is_the_same(
+    start_proxy: ProxyFactory,
+) -> None:
+    """A model streams the same words in other pieces from one call to the next: the bytes
+    differ, the transcript does not, and only a sampler reading the text says so."""
+    text = "The keeper lit the lamp."
+    takes = [("The keeper ", "lit the lamp."), ("The ", "keeper lit ", "the lamp.")]
+
+    async def write(writer: asyncio.StreamWriter, received: Received) -> None:
+        pieces = takes[len(calls) % 2]
+        calls.append(received)
+        deltas = b"".join(frame("transcript.text.delta", delta=piece) for piece in pieces)
+        stream = deltas + frame("transcript.text.done", text=text)
+        writer.write(http_answer(stream, *SSE))
+
+    calls: list[Received] = []
+    with Scripted(write) as upstream:
+        proxy = start_proxy("--verify-rate", "1", upstream=upstream.v1)
+        served = [upload(proxy, STREAMED) for _ in range(2)]
+        assert [s.headers["X-Repro-Cache"] for s in served] == ["MISS", "HIT"]
+        model = STREAMED["model"]
+        assert proxy.metric_reaching("repro_verify_total", 1, model=model, result="same") == 1
+        assert proxy.metric("repro_verify_total", model=model, result="differs") == 0
+        assert len(calls) == 2 and served[1].content == served[0].content
 
 
 @pytest.mark.parametrize("kind", [b"[]", b"{}", b"7", b"null"])
