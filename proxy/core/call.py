@@ -17,6 +17,7 @@ from proxy.core.credentials import STANDARD, Credentials, in_query, of_request, 
 from proxy.core.entry import (
     AUDIO,
     BASE64,
+    COMPACTED,
     FLOATS,
     IMAGE_BYTES,
     MESSAGES,
@@ -209,7 +210,7 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
         events=routes.events_of(kind, body),
         vary=vary,
         headers=asked.headers,
-        chained=responses.chained_on(body) if kind == routes.RESPONSES else None,
+        chained=responses.chained_on(body) if kind in routes.RESPONSES_STATE else None,
         upstream_keeps=kind == routes.CHAT and body.get("store") is True,
         shape=shape_of(kind, body),
         kept=kept,
@@ -246,6 +247,7 @@ _SHAPES = {
     routes.TRANSLATIONS: TRANSCRIPT,
     routes.IMAGE_EDITS: IMAGE_BYTES,
     routes.IMAGE_VARIATIONS: IMAGE_BYTES,
+    routes.COMPACT: COMPACTED,
 }
 
 

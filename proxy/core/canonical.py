@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from proxy.core.routes import CHAT as CHAT
+from proxy.core.routes import COMPACT as COMPACT
 from proxy.core.routes import COMPLETIONS as COMPLETIONS
 from proxy.core.routes import DEFAULT_MODELS, kind
 from proxy.core.routes import EMBEDDINGS as EMBEDDINGS
@@ -37,7 +38,7 @@ long for an upstream's integer types."""
 
 CACHEABLE_ROUTES = frozenset(
     {CHAT, COMPLETIONS, EMBEDDINGS, IMAGES, MODERATIONS, RESPONSES, SPEECH}
-    | {TRANSCRIPTIONS, TRANSLATIONS, IMAGE_EDITS, IMAGE_VARIATIONS}
+    | {TRANSCRIPTIONS, TRANSLATIONS, IMAGE_EDITS, IMAGE_VARIATIONS, COMPACT}
 )
 
 _SAMPLING_DEFAULTS: dict[str, Any] = {
@@ -97,7 +98,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 # chat completions) or chained (`previous_response_id`) later, which only works when the
 # upstream kept it; an answer made with `store: false` must not answer a request that asked to
 # keep it. On the Responses API, whose answer echoes `user`, `safety_identifier` and
-# `prompt_cache_key` too, every field is keyed.
+# `prompt_cache_key` too, every field is keyed; so on its compaction, which echoes
+# `safety_identifier`.
 NON_SEMANTIC = frozenset(
     {
         "user",
@@ -107,7 +109,7 @@ NON_SEMANTIC = frozenset(
         "prompt_cache_options",
     }
 )
-_LABELS: dict[str, frozenset[str]] = {RESPONSES: frozenset()}
+_LABELS: dict[str, frozenset[str]] = {RESPONSES: frozenset(), COMPACT: frozenset()}
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:

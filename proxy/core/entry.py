@@ -154,8 +154,8 @@ def is_objects(value: object) -> TypeGuard[list[dict[str, Any]]]:
 
 # What a whole answer's items must hold to be stored, by route (`has_shape`): a chat choice
 # its message, a completions choice its text, an embeddings item its vector as asked for, a
-# moderation result its verdict, a generated image its bytes; speech is audio (`is_audio`), a
-# transcript its text (`transcript_of`).
+# moderation result its verdict, a generated image its bytes, a compaction its items; speech
+# is audio (`is_audio`), a transcript its text (`transcript_of`).
 MESSAGES = "message"
 TEXTS = "text"
 FLOATS = "float"
@@ -164,9 +164,11 @@ VERDICTS = "verdict"
 IMAGE_BYTES = "b64_json"
 AUDIO = "audio"
 TRANSCRIPT = "transcript"
-UNCOMPARED = frozenset({IMAGE_BYTES, AUDIO})
+COMPACTED = "response.compaction"
+UNCOMPARED = frozenset({IMAGE_BYTES, AUDIO, COMPACTED})
 """Shapes whose answers hold no text to compare: bytes a model draws or speaks anew each
-time, so two answers always differ and no distance between them says drift."""
+time, so two answers always differ and no distance between them says drift; a compaction's
+summary is encrypted (`encrypted_content`), the rest of it the request's own messages."""
 
 
 def is_audio(body: bytes, content_type: str) -> bool:
@@ -273,6 +275,8 @@ def has_shape(answer: dict[str, Any], shape: str) -> bool:
         return _each(answer.get("data"), _is_image)
     if shape == VERDICTS:
         return _each(answer.get("results"), _is_verdict)
+    if shape == COMPACTED:
+        return answer.get("object") == COMPACTED and _each(answer.get("output"), bool)
     choices = answer.get("choices")
     if not is_objects(choices):
         return False

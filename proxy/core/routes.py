@@ -23,6 +23,11 @@ CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 EMBEDDINGS = "/v1/embeddings"
 RESPONSES = "/v1/responses"
+COMPACT = "/v1/responses/compact"
+RESPONSES_STATE = frozenset({RESPONSES, COMPACT})
+"""Routes of the Responses API that may read what the upstream keeps of it (a chain's
+response, a conversation, a stored prompt): what makes such a request uncacheable, or a
+cached one servable only to some callers, is read alike on each (`proxy.core.uncached`)."""
 MODERATIONS = "/v1/moderations"
 IMAGES = "/v1/images/generations"
 IMAGE_EDITS = "/v1/images/edits"
@@ -164,8 +169,10 @@ MODERATIONS_LINEAGE = "@moderations"
 IMAGES_LINEAGE = "@images"
 SPEECH_LINEAGE = "@speech"
 TRANSCRIPTS_LINEAGE = "@transcripts"
+COMPACTIONS_LINEAGE = "@compactions"
 _APART = {
     RESPONSES: RESPONSES_LINEAGE,
+    COMPACT: COMPACTIONS_LINEAGE,
     EMBEDDINGS: EMBEDDINGS_LINEAGE,
     MODERATIONS: MODERATIONS_LINEAGE,
     IMAGES: IMAGES_LINEAGE,

@@ -34,7 +34,7 @@ def plan(
     answer)."""
     if not tracked(lineage) or _probes_prompt_cache(body):
         return policy.uncached(mode, directives)
-    if kind == routes.RESPONSES and (body.get("background") is True or _reads_state(body)):
+    if kind in routes.RESPONSES_STATE and (body.get("background") is True or _reads_state(body)):
         return policy.uncached(mode, directives)
     if routes.streamed(kind, body) and routes.events_of(kind, body) != kind:
         return policy.uncached(mode, directives)

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from proxy.core.call import facts_of
-from proxy.core.entry import AUDIO, IMAGE_BYTES, VERDICTS, answer_of
+from proxy.core.entry import AUDIO, COMPACTED, IMAGE_BYTES, VERDICTS, answer_of
 from proxy.core.paths import lenient
 from proxy.core.policy import parse_cache_control
 from proxy.core.routes import CHAT, SPEECH
@@ -77,6 +77,26 @@ def test_an_image_answer_is_stored_only_with_its_bytes(data: object, stored: boo
     """A signed URL expires within hours: a stored one would be a dead link."""
     body = orjson.dumps({"created": 1, "data": data})
     assert (answer_of(body, False, IMAGE_BYTES) is not None) is stored
+
+
+SUMMARY = {"type": "compaction", "id": "cmp_1", "encrypted_content": "gAAAA"}
+
+
+@pytest.mark.parametrize(
+    ("answer", "stored"),
+    [
+        ({"object": "response.compaction", "output": [SUMMARY]}, True),
+        ({"object": "response.compaction", "output": [{"role": "user"}, SUMMARY]}, True),
+        ({"object": "response.compaction", "output": []}, False),
+        ({"object": "response.compaction", "output": [{}]}, False),
+        ({"object": "response", "output": [SUMMARY]}, False),
+        ({"output": [SUMMARY]}, False),
+        ({"object": "response.compaction", "output": [SUMMARY], "error": {"code": "x"}}, False),
+    ],
+)
+def test_a_compaction_is_stored_only_as_one(answer: dict[str, object], stored: bool) -> None:
+    """What `client.responses.compact()` reads: a `response.compaction` with its items."""
+    assert (answer_of(orjson.dumps(answer), False, COMPACTED) is not None) is stored
 
 
 @pytest.mark.parametrize(

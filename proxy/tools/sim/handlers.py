@@ -311,6 +311,23 @@ async def _create_response(request: web.Request) -> web.StreamResponse:
     return await send_answer(request, response, fault)
 
 
+async def _compact(request: web.Request) -> web.StreamResponse:
+    """`POST /v1/responses/compact`: a chain's response must be one the sim keeps."""
+    state = request.app[STATE]
+    fault, struck = await drawn_fault(request, state)
+    if struck is not None:
+        return struck
+    body = parse_object(await request.read())
+    previous = body.get("previous_response_id")
+    if previous is not None and previous not in state.responses:
+        message = f"Previous response with id '{str(previous)[:128]}' not found."
+        code = "previous_response_not_found"
+        return error_response(400, message, code=code, param="previous_response_id")
+    compaction = responses.compacted(body)
+    await pause(state.latency)
+    return await send_answer(request, compaction, fault)
+
+
 async def _get_response(request: web.Request) -> web.Response:
     found = request.app[STATE].responses.get(request.match_info["id"])
     if found is None:
@@ -397,6 +414,7 @@ def routes() -> list[web.RouteDef]:
             web.post(base + "/moderations", moderate),
             web.post(base + "/images/generations", draw),
             web.post(base + "/responses", _create_response),
+            web.post(base + "/responses/compact", _compact),
             web.get(base + "/responses/{id}", _get_response),
             web.delete(base + "/responses/{id}", _delete_response),
             *(

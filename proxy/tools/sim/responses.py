@@ -10,6 +10,7 @@ against the simulator.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import random
 import secrets
@@ -173,6 +174,39 @@ def answer_of(body: JSON, state: SimState) -> tuple[JSON, Answer]:
     if function is not None:
         answer = tool_call(function, rng)
     return _response(body, state, [_item(answer)], _usage(body, answer)), answer
+
+
+def compacted(body: JSON) -> JSON:
+    """A compaction (`POST /v1/responses/compact`): the input's user messages, then one
+    compaction item. Its `encrypted_content` is drawn anew on every call, as a model's summary
+    may come out otherwise each time: only a cache repeats it."""
+    items = body.get("input", [] if body.get("previous_response_id") else None)
+    if not isinstance(items, str | list):
+        raise BadRequest("input must be a string or an array of items", "input")
+    if isinstance(items, str):
+        items = [{"role": "user", "content": [{"type": "input_text", "text": items}]}]
+    kept = [item for item in items if isinstance(item, dict) and item.get("role") == "user"]
+    messages = [
+        {**item, "type": "message", "id": "msg_" + secrets.token_hex(24), "status": "completed"}
+        for item in kept
+    ]
+    summary = base64.b64encode(secrets.token_bytes(48)).decode()
+    compaction = {"type": "compaction", "id": "cmp_" + secrets.token_hex(24)}
+    prompt = word_count(body.get("input")) + word_count(body.get("instructions") or "")
+    return {
+        "id": "resp_" + secrets.token_hex(24),
+        "object": "response.compaction",
+        "created_at": int(time.time()),
+        "output": [*messages, {**compaction, "encrypted_content": summary}],
+        "usage": {
+            "input_tokens": prompt,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": 12,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": prompt + 12,
+        },
+        "safety_identifier": body.get("safety_identifier"),
+    }
 
 
 def events(response: JSON, answer: Answer) -> list[JSON]:
