@@ -181,6 +181,39 @@ async def test_moderations_flag_what_the_input_names_and_nothing_else() -> None:
             assert resp.status == 400, bad
 
 
+async def test_a_compaction_keeps_the_user_messages_and_draws_its_summary_anew() -> None:
+    async with sim() as client:
+        turns = [
+            {"role": "user", "content": "Plan a trip."},
+            {"role": "assistant", "content": "Lisbon."},
+        ]
+        body = {"model": "gpt-5.4", "input": turns}
+        first = await post(client, "/v1/responses/compact", body)
+        again = await post(client, "/openai/v1/responses/compact", body)
+        assert first["object"] == "response.compaction"
+        message, summary = first["output"]
+        assert (message["type"], message["role"], message["content"]) == (
+            "message",
+            "user",
+            turns[0]["content"],
+        )
+        assert summary["type"] == "compaction" and summary["id"].startswith("cmp_")
+        assert again["output"][-1]["encrypted_content"] != summary["encrypted_content"]
+        made = await post(client, "/v1/responses", {"model": "gpt-4o-mini", "input": "Hi"})
+        chained = await post(
+            client, "/v1/responses/compact", {"model": "m", "previous_response_id": made["id"]}
+        )
+        assert chained["output"][-1]["type"] == "compaction"
+        for bad, code in (
+            ({"model": "m", "previous_response_id": "resp_gone"}, "previous_response_not_found"),
+            ({"model": "m", "previous_response_id": ["resp_1"]}, None),
+            ({"model": "m", "input": 3}, None),
+        ):
+            resp = await client.post("/v1/responses/compact", json=bad, headers=AUTH)
+            assert resp.status == 400, bad
+            assert (await resp.json())["error"]["code"] == code
+
+
 async def test_images_are_pngs_another_each_time_in_the_format_asked() -> None:
     async with sim() as client:
         body = {"model": "gpt-image-1", "prompt": "a fox", "n": 2}

@@ -11,6 +11,7 @@ import base64
 import functools
 import secrets
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import orjson
 from aiohttp import web
@@ -28,6 +29,7 @@ _HANG_LIMIT = 3600.0
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _DONE = b"data: [DONE]\n\n"
 _ENDINGS = {"response_failed": "failed", "response_incomplete": "incomplete"}
+Built = TypeVar("Built")
 
 
 def json_response(
@@ -289,17 +291,10 @@ def _llm_route(build: Callable[[JSON, SimState], Reply]) -> Handler:
 async def _create_response(request: web.Request) -> web.StreamResponse:
     """`POST /v1/responses`: whole, streamed as typed events, or queued (`background`)."""
     state = request.app[STATE]
-    fault, struck = await drawn_fault(request, state)
-    if struck is not None:
-        return struck
-    body = parse_object(await request.read())
-    response, answer = responses.answer_of(body, state)
-    await pause(state.latency)
-    previous = body.get("previous_response_id")
-    if previous is not None and previous not in state.responses:
-        message = f"Previous response with id '{previous[:128]}' not found."
-        code = "previous_response_not_found"
-        return error_response(400, message, code=code, param="previous_response_id")
+    called = await _responses_call(request, responses.answer_of)
+    if isinstance(called, web.StreamResponse):
+        return called
+    (response, answer), body, fault = called
     if (fault is None or fault.kind not in _ENDINGS) and body.get("store") is not False:
         state.keep_response(response)
     if body.get("background") is True:
@@ -312,20 +307,33 @@ async def _create_response(request: web.Request) -> web.StreamResponse:
 
 
 async def _compact(request: web.Request) -> web.StreamResponse:
-    """`POST /v1/responses/compact`: a chain's response must be one the sim keeps."""
+    """`POST /v1/responses/compact`."""
+    called = await _responses_call(request, lambda body, _: responses.compacted(body))
+    if isinstance(called, web.StreamResponse):
+        return called
+    compaction, _, fault = called
+    return await send_answer(request, compaction, fault)
+
+
+async def _responses_call(
+    request: web.Request, build: Callable[[JSON, SimState], Built]
+) -> tuple[Built, JSON, Fault | None] | web.StreamResponse:
+    """The flow of a Responses API call, which may continue a response: fault, validation,
+    latency; then the answer built, or the 400 of a chain on a response the sim does not keep
+    (deleted, made with `store: false`, or never made), as OpenAI answers it."""
     state = request.app[STATE]
     fault, struck = await drawn_fault(request, state)
     if struck is not None:
         return struck
     body = parse_object(await request.read())
+    built = build(body, state)
+    await pause(state.latency)
     previous = body.get("previous_response_id")
     if previous is not None and previous not in state.responses:
-        message = f"Previous response with id '{str(previous)[:128]}' not found."
+        message = f"Previous response with id '{previous[:128]}' not found."
         code = "previous_response_not_found"
         return error_response(400, message, code=code, param="previous_response_id")
-    compaction = responses.compacted(body)
-    await pause(state.latency)
-    return await send_answer(request, compaction, fault)
+    return built, body, fault
 
 
 async def _get_response(request: web.Request) -> web.Response:

@@ -164,10 +164,7 @@ def answer_of(body: JSON, state: SimState) -> tuple[JSON, Answer]:
         raise BadRequest("input must be a string or an array of items", "input")
     if not isinstance(body.get("tools", []), list | None):
         raise BadRequest("Invalid type for 'tools': expected an array.", "tools")
-    previous = body.get("previous_response_id")
-    if previous is not None and not isinstance(previous, str):
-        name = "previous_response_id"
-        raise BadRequest(f"Invalid type for '{name}': expected a string.", name)
+    _check_previous(body)
     rng = _rng(body, state.fingerprint)
     function = _forced_function(body)
     answer = sentence(rng, max_tokens(body, "max_output_tokens"))
@@ -176,10 +173,18 @@ def answer_of(body: JSON, state: SimState) -> tuple[JSON, Answer]:
     return _response(body, state, [_item(answer)], _usage(body, answer)), answer
 
 
+def _check_previous(body: JSON) -> None:
+    previous = body.get("previous_response_id")
+    if previous is not None and not isinstance(previous, str):
+        name = "previous_response_id"
+        raise BadRequest(f"Invalid type for '{name}': expected a string.", name)
+
+
 def compacted(body: JSON) -> JSON:
     """A compaction (`POST /v1/responses/compact`): the input's user messages, then one
     compaction item. Its `encrypted_content` is drawn anew on every call, as a model's summary
     may come out otherwise each time: only a cache repeats it."""
+    _check_previous(body)
     items = body.get("input", [] if body.get("previous_response_id") else None)
     if not isinstance(items, str | list):
         raise BadRequest("input must be a string or an array of items", "input")
