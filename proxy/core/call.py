@@ -18,6 +18,7 @@ from proxy.core.entry import (
     AUDIO,
     BASE64,
     COMPACTED,
+    COUNTED,
     FLOATS,
     IMAGE_BYTES,
     MESSAGES,
@@ -248,6 +249,7 @@ _SHAPES = {
     routes.IMAGE_EDITS: IMAGE_BYTES,
     routes.IMAGE_VARIATIONS: IMAGE_BYTES,
     routes.COMPACT: COMPACTED,
+    routes.INPUT_TOKENS: COUNTED,
 }
 
 

@@ -22,6 +22,7 @@ from proxy.core.routes import EMBEDDINGS as EMBEDDINGS
 from proxy.core.routes import IMAGE_EDITS as IMAGE_EDITS
 from proxy.core.routes import IMAGE_VARIATIONS as IMAGE_VARIATIONS
 from proxy.core.routes import IMAGES as IMAGES
+from proxy.core.routes import INPUT_TOKENS as INPUT_TOKENS
 from proxy.core.routes import MODERATIONS as MODERATIONS
 from proxy.core.routes import RESPONSES as RESPONSES
 from proxy.core.routes import SPEECH as SPEECH
@@ -38,7 +39,7 @@ long for an upstream's integer types."""
 
 CACHEABLE_ROUTES = frozenset(
     {CHAT, COMPLETIONS, EMBEDDINGS, IMAGES, MODERATIONS, RESPONSES, SPEECH}
-    | {TRANSCRIPTIONS, TRANSLATIONS, IMAGE_EDITS, IMAGE_VARIATIONS, COMPACT}
+    | {TRANSCRIPTIONS, TRANSLATIONS, IMAGE_EDITS, IMAGE_VARIATIONS, COMPACT, INPUT_TOKENS}
 )
 
 _SAMPLING_DEFAULTS: dict[str, Any] = {

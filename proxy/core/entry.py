@@ -155,7 +155,8 @@ def is_objects(value: object) -> TypeGuard[list[dict[str, Any]]]:
 # What a whole answer's items must hold to be stored, by route (`has_shape`): a chat choice
 # its message, a completions choice its text, an embeddings item its vector as asked for, a
 # moderation result its verdict, a generated image its bytes, a compaction its items; speech
-# is audio (`is_audio`), a transcript its text (`transcript_of`).
+# is audio (`is_audio`), a transcript its text (`transcript_of`), a token count its number
+# (`counted`).
 MESSAGES = "message"
 TEXTS = "text"
 FLOATS = "float"
@@ -165,10 +166,12 @@ IMAGE_BYTES = "b64_json"
 AUDIO = "audio"
 TRANSCRIPT = "transcript"
 COMPACTED = "response.compaction"
-UNCOMPARED = frozenset({IMAGE_BYTES, AUDIO, COMPACTED})
+COUNTED = "response.input_tokens"
+UNCOMPARED = frozenset({IMAGE_BYTES, AUDIO, COMPACTED, COUNTED})
 """Shapes whose answers hold no text to compare: bytes a model draws or speaks anew each
 time, so two answers always differ and no distance between them says drift; a compaction's
-summary is encrypted (`encrypted_content`), the rest of it the request's own messages."""
+summary is encrypted (`encrypted_content`), the rest of it the request's own messages; a
+token count holds no text, and a tokenizer counts alike each time."""
 
 
 def is_audio(body: bytes, content_type: str) -> bool:
@@ -189,9 +192,24 @@ def answer_of(body: bytes, is_response: bool, shape: str | None) -> dict[str, An
     """`body` parsed, if it is a whole answer as its route's clients read it: an answer
     (`is_answer`) whose items hold what `shape` names (`has_shape`; None: nothing more)."""
     parsed = json_object(body)
+    if shape == COUNTED:
+        return parsed if parsed is not None and counted(parsed) else None
     if parsed is None or not is_answer(parsed, is_response) or moderation_failed(parsed):
         return None
     return parsed if shape is None or has_shape(parsed, shape) else None
+
+
+def counted(answer: dict[str, Any]) -> bool:
+    """Whether an answer is a token count (`POST /v1/responses/input_tokens`): the one answer
+    with no list of items, so `is_answer`, which looks for one, never takes it."""
+    tokens = answer.get("input_tokens")
+    return (
+        answer.get("object") == COUNTED
+        and answer.get("error") is None
+        and isinstance(tokens, int)
+        and not isinstance(tokens, bool)
+        and is_count(tokens)
+    )
 
 
 def moderation_failed(answer: dict[str, Any]) -> bool:

@@ -24,7 +24,8 @@ COMPLETIONS = "/v1/completions"
 EMBEDDINGS = "/v1/embeddings"
 RESPONSES = "/v1/responses"
 COMPACT = "/v1/responses/compact"
-RESPONSES_STATE = frozenset({RESPONSES, COMPACT})
+INPUT_TOKENS = "/v1/responses/input_tokens"
+RESPONSES_STATE = frozenset({RESPONSES, COMPACT, INPUT_TOKENS})
 """Routes of the Responses API that may read what the upstream keeps of it (a chain's
 response, a conversation, a stored prompt): what makes such a request uncacheable, or a
 cached one servable only to some callers, is read alike on each (`proxy.core.uncached`)."""
@@ -170,9 +171,11 @@ IMAGES_LINEAGE = "@images"
 SPEECH_LINEAGE = "@speech"
 TRANSCRIPTS_LINEAGE = "@transcripts"
 COMPACTIONS_LINEAGE = "@compactions"
+COUNTS_LINEAGE = "@input_tokens"
 _APART = {
     RESPONSES: RESPONSES_LINEAGE,
     COMPACT: COMPACTIONS_LINEAGE,
+    INPUT_TOKENS: COUNTS_LINEAGE,
     EMBEDDINGS: EMBEDDINGS_LINEAGE,
     MODERATIONS: MODERATIONS_LINEAGE,
     IMAGES: IMAGES_LINEAGE,

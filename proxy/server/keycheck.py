@@ -52,7 +52,9 @@ from proxy.core.credentials import (
 )
 from proxy.core.entry import (
     AUDIO,
+    COUNTED,
     TRANSCRIPT,
+    counted,
     is_answer,
     is_audio,
     is_sound_type,
@@ -368,4 +370,6 @@ def answers(
     if shape == TRANSCRIPT:
         return transcript_of(body, content_type) is not None
     answer = json_object(body)
+    if answer is not None and shape == COUNTED:
+        return counted(answer)
     return answer is not None and is_answer(answer, kind == RESPONSES)

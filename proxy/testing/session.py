@@ -197,8 +197,9 @@ def unreplayable(
     held = (
         "a cassette holds answers to POST /v1/chat/completions, /v1/completions, /v1/embeddings, "
         "/v1/moderations, /v1/images/generations, /v1/images/edits, /v1/images/variations, "
-        "/v1/audio/speech, /v1/audio/transcriptions, /v1/audio/translations, /v1/responses and "
-        "/v1/responses/compact, and replays fetches and deletions of stored ones by id"
+        "/v1/audio/speech, /v1/audio/transcriptions, /v1/audio/translations, /v1/responses, "
+        "/v1/responses/compact and /v1/responses/input_tokens, and replays fetches and "
+        "deletions of stored ones by id"
     )
     if records:
         return (

@@ -214,6 +214,15 @@ async def test_a_compaction_keeps_the_user_messages_and_draws_its_summary_anew()
             assert (await resp.json())["error"]["code"] == code
 
 
+async def test_a_token_count_is_a_word_a_token_of_the_input_and_instructions() -> None:
+    async with sim() as client:
+        body = {"model": "gpt-5.4", "input": "Three words here", "instructions": "Be brief."}
+        counted = await post(client, "/v1/responses/input_tokens", body)
+        assert counted == {"object": "response.input_tokens", "input_tokens": 5}
+        resp = await client.post("/v1/responses/input_tokens", json={"input": 3}, headers=AUTH)
+        assert resp.status == 400
+
+
 async def test_images_are_pngs_another_each_time_in_the_format_asked() -> None:
     async with sim() as client:
         body = {"model": "gpt-image-1", "prompt": "a fox", "n": 2}

@@ -70,6 +70,7 @@ def test_names_that_end_in_no_mark_keep_the_lineage_stores_hold() -> None:
     assert routes.lineage("m", routes.RESPONSES) == "m@responses"
     assert routes.lineage("m", routes.COMPACT) == "m@compactions"
     assert routes.lineage("m", "/openai/v1/responses/compact") == "m@compactions"
+    assert routes.lineage("m", routes.INPUT_TOKENS) == "m@input_tokens"
     assert routes.lineage("m@", routes.EMBEDDINGS) == "m@@embeddings"
     assert routes.lineage("", routes.CHAT) == ""
     assert routes.lineage("ignored", "/openai/deployments/dep-1/embeddings") == "dep-1@embeddings"

@@ -8,10 +8,10 @@ import orjson
 import pytest
 
 from proxy.core.call import facts_of
-from proxy.core.entry import AUDIO, COMPACTED, IMAGE_BYTES, VERDICTS, answer_of
+from proxy.core.entry import AUDIO, COMPACTED, COUNTED, IMAGE_BYTES, VERDICTS, answer_of
 from proxy.core.paths import lenient
 from proxy.core.policy import parse_cache_control
-from proxy.core.routes import CHAT, SPEECH
+from proxy.core.routes import CHAT, INPUT_TOKENS, SPEECH
 from proxy.server.keycheck import answers
 
 
@@ -97,6 +97,31 @@ SUMMARY = {"type": "compaction", "id": "cmp_1", "encrypted_content": "gAAAA"}
 def test_a_compaction_is_stored_only_as_one(answer: dict[str, object], stored: bool) -> None:
     """What `client.responses.compact()` reads: a `response.compaction` with its items."""
     assert (answer_of(orjson.dumps(answer), False, COMPACTED) is not None) is stored
+
+
+@pytest.mark.parametrize(
+    ("answer", "stored"),
+    [
+        ({"object": "response.input_tokens", "input_tokens": 42}, True),
+        ({"object": "response.input_tokens", "input_tokens": 0}, True),
+        ({"object": "response.input_tokens", "input_tokens": -1}, False),
+        ({"object": "response.input_tokens", "input_tokens": 2**63}, False),
+        ({"object": "response.input_tokens", "input_tokens": True}, False),
+        ({"object": "response.input_tokens", "input_tokens": "42"}, False),
+        ({"object": "response.input_tokens"}, False),
+        ({"object": "response", "input_tokens": 42}, False),
+        ({"object": "response.input_tokens", "input_tokens": 4, "error": {"code": "x"}}, False),
+    ],
+)
+def test_a_token_count_is_stored_only_as_one(answer: dict[str, object], stored: bool) -> None:
+    """The one answer without a list of items: read by its own rule, by the store and by the
+    key check alike (an open upstream counting for a made-up key serves strangers)."""
+    body = orjson.dumps(answer)
+    assert (answer_of(body, False, COUNTED) is not None) is stored
+    assert answers(body, "application/json", False, INPUT_TOKENS, COUNTED) is stored
+    assert facts_of(body, False, COUNTED, "application/json") == (
+        ("none", 0, 0, None, False) if stored else None
+    )
 
 
 @pytest.mark.parametrize(

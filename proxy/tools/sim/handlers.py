@@ -306,13 +306,17 @@ async def _create_response(request: web.Request) -> web.StreamResponse:
     return await send_answer(request, response, fault)
 
 
-async def _compact(request: web.Request) -> web.StreamResponse:
-    """`POST /v1/responses/compact`."""
-    called = await _responses_call(request, lambda body, _: responses.compacted(body))
-    if isinstance(called, web.StreamResponse):
-        return called
-    compaction, _, fault = called
-    return await send_answer(request, compaction, fault)
+def _answered_whole(build: Callable[[JSON], JSON]) -> Handler:
+    """A Responses API call that `build` answers whole: a compaction, a token count."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        called = await _responses_call(request, lambda body, _: build(body))
+        if isinstance(called, web.StreamResponse):
+            return called
+        answer, _, fault = called
+        return await send_answer(request, answer, fault)
+
+    return handle
 
 
 async def _responses_call(
@@ -404,6 +408,7 @@ def routes() -> list[web.RouteDef]:
         _llm_route(b)
         for b in (chat_reply, text_reply, embeddings_reply, moderation_reply, images_reply)
     )
+    compact, count = (_answered_whole(b) for b in (responses.compacted, responses.token_count))
     deployment = "/openai/deployments/{deployment}"
     listed = [
         web.post(deployment + "/chat/completions", chat),
@@ -422,7 +427,8 @@ def routes() -> list[web.RouteDef]:
             web.post(base + "/moderations", moderate),
             web.post(base + "/images/generations", draw),
             web.post(base + "/responses", _create_response),
-            web.post(base + "/responses/compact", _compact),
+            web.post(base + "/responses/compact", compact),
+            web.post(base + "/responses/input_tokens", count),
             web.get(base + "/responses/{id}", _get_response),
             web.delete(base + "/responses/{id}", _delete_response),
             *(

@@ -214,6 +214,17 @@ def compacted(body: JSON) -> JSON:
     }
 
 
+def token_count(body: JSON) -> JSON:
+    """A token count (`POST /v1/responses/input_tokens`), a word a token as the sim's usage
+    counts them: fixed by the body, as a tokenizer's count is."""
+    _check_previous(body)
+    items = body.get("input")
+    if items is not None and not isinstance(items, str | list):
+        raise BadRequest("input must be a string or an array of items", "input")
+    tokens = word_count(items or "") + word_count(body.get("instructions") or "")
+    return {"object": "response.input_tokens", "input_tokens": tokens}
+
+
 def events(response: JSON, answer: Answer) -> list[JSON]:
     """The typed events of a streamed response, numbered in order; the last is completed."""
     item = response["output"][0]
