@@ -91,6 +91,18 @@ async def test_any_key_is_accepted_without_a_key_list() -> None:
         assert {m["object"] for m in models["data"]} == {"model"}
 
 
+async def test_a_listed_model_is_retrieved_and_another_is_a_404() -> None:
+    async with sim() as client:
+        listed = await (await client.get("/v1/models", headers=AUTH)).json()
+        for base in ("/v1/models", "/openai/v1/models"):
+            for model in listed["data"]:
+                one = await client.get(f"{base}/{model['id']}", headers=AUTH)
+                assert await one.json() == model
+            unknown = await client.get(f"{base}/gpt-9", headers=AUTH)
+            assert unknown.status == 404
+            assert (await unknown.json())["error"]["param"] == "model"
+
+
 async def test_errors_have_openai_shape() -> None:
     async with sim() as client:
         resp = await client.post("/v1/chat/completions", data=b"{nope", headers=AUTH)

@@ -380,12 +380,19 @@ async def _chat_by_id(request: web.Request) -> web.Response:
     return json_response(found)
 
 
+def _model(name: str) -> JSON:
+    return {"id": name, "object": "model", "created": 1_700_000_000, "owned_by": "system"}
+
+
 async def _models(request: web.Request) -> web.Response:
-    data = [
-        {"id": model, "object": "model", "created": 1_700_000_000, "owned_by": "system"}
-        for model in _MODELS
-    ]
-    return json_response({"object": "list", "data": data})
+    return json_response({"object": "list", "data": [_model(name) for name in _MODELS]})
+
+
+async def _model_by_id(request: web.Request) -> web.Response:
+    name = request.match_info["model"]
+    if name not in _MODELS:
+        return error_response(404, f"The model '{name[:128]}' does not exist", param="model")
+    return json_response(_model(name))
 
 
 async def _files(request: web.Request) -> web.Response:
@@ -436,7 +443,7 @@ def routes() -> list[web.RouteDef]:
                 for method in ("GET", "POST", "DELETE")
             ),
         ]
-    models = [
-        web.get(path, _models) for path in ("/v1/models", "/openai/models", "/openai/v1/models")
-    ]
+    bases = ("/v1/models", "/openai/models", "/openai/v1/models")
+    models = [web.get(path, _models) for path in bases]
+    models += [web.get(path + "/{model}", _model_by_id) for path in bases]
     return [*listed, *models, web.post("/v1/files", _files)]
