@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 
+from proxy.core.codec import UnknownDictionary
+from proxy.core.entry import CorruptEntry, Entry
 from proxy.server.context import Services
 from proxy.store.base import StoreError, Write
 from proxy.store.guard import CircuitOpen
@@ -36,3 +38,23 @@ async def put(services: Services, write: Write) -> bool:
         store_failed(services, "put", exc)
         return False
     return True
+
+
+async def stored_entry(services: Services, key: str, fingerprint: str) -> Entry | None:
+    """The entry in slot (`key`, `fingerprint`), read without the HIT path's memo (a fetch by
+    id, a recorded read); None when there is none, the store errs, or the value is none this
+    process can read (an unknown dictionary's, or no entry: each counted)."""
+    try:
+        blob = (await services.store.get(key, [fingerprint])).get(fingerprint)
+    except StoreError as exc:
+        store_failed(services, "get", exc)
+        return None
+    if blob is None:
+        return None
+    try:
+        return services.codec.unpack(blob)
+    except UnknownDictionary:
+        services.dictionaries.unknown()
+    except CorruptEntry:
+        unreadable(services)
+    return None

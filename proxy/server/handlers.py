@@ -31,7 +31,7 @@ from proxy.errors import (
     ReplayPassthrough,
     UpstreamError,
 )
-from proxy.server import bodies, websocket
+from proxy.server import bodies, reads, websocket
 from proxy.server.caching import (
     forward,
     lookup,
@@ -43,6 +43,7 @@ from proxy.server.caching import (
     serve_hit,
     stale_entry,
 )
+from proxy.server.caller import MAX_SHOWN_PATH
 from proxy.server.chains import continuable
 from proxy.server.coalesce import Lease
 from proxy.server.context import SERVICES, Services
@@ -310,7 +311,8 @@ async def passthrough(
     *,
     replayed: bool = False,
 ) -> web.StreamResponse:
-    """Any other /v1 route, streamed both ways and never cached; refused in replay mode.
+    """Any other /v1 route, streamed both ways and never cached; refused in replay mode, but
+    for a `GET` a cassette may hold (`reads`).
     `answering` is told the upstream's status before the client hears a byte of it;
     `replayed`: replay mode answers this request from the cache (a fetch or a deletion by id),
     else a test session's watch is told that no cassette holds it."""
@@ -320,6 +322,11 @@ async def passthrough(
     # mode, or with only-if-cached, the fix is that route, not a recording.
     target = forward_target(request.raw_path)
     await check_not_own_route(request, target)
+    read = not replayed and reads.is_read(request) and not websocket.asked(request)
+    if read and services.settings.cache_mode is CacheMode.REPLAY:
+        return await reads.replayed(services, request, target)
+    if read and reads.records(services):
+        return await reads.recorded(services, request, target)
     if services.watch is not None and not replayed:
         services.watch.unreplayable(f"{request.method} {request.path[:MAX_SHOWN_PATH]}")
     if services.settings.cache_mode is CacheMode.REPLAY:
@@ -394,10 +401,6 @@ async def check_not_own_route(request: web.Request, target: str) -> None:
         "path, without extra slashes, `;` parameters or escapes.",
         "path",
     )
-
-
-MAX_SHOWN_PATH = 200
-"""Characters of a path a test session is told of: a path may be KiBs of the client's text."""
 
 
 def only_if_cached(request: web.Request) -> bool:

@@ -17,31 +17,22 @@ recording process keeps what a deletion drops for the cassette it writes (`store
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import orjson
 from aiohttp import hdrs, web
 
 from proxy.core import policy, responses
 from proxy.core.call import NAMESPACE, checked_namespace, control, of_entry
 from proxy.core.codec import UnknownDictionary
-from proxy.core.credentials import Credentials, of_request, split_query
+from proxy.core.credentials import Credentials, split_query
 from proxy.core.entry import CorruptEntry, Entry, is_served_as
-from proxy.core.keyed import HeaderLines, vary_of
 from proxy.core.paths import raw_query
 from proxy.core.policy import CacheMode, Outcome
-from proxy.errors import CacheMissError
 from proxy.server.caching import dropped
+from proxy.server.caller import Caller, absent, caller_of, served_headers, vary_for
 from proxy.server.chains import holds, mark_deleted, was_deleted
 from proxy.server.context import SERVICES, Services
-from proxy.server.failopen import store_failed, unreadable
-from proxy.server.handlers import (
-    MAX_SHOWN_PATH,
-    key_accepted,
-    known,
-    only_if_cached,
-    passthrough,
-)
+from proxy.server.failopen import store_failed, stored_entry, unreadable
+from proxy.server.handlers import key_accepted, known, only_if_cached, passthrough
 from proxy.server.recording import scope_of
 from proxy.store.base import StoreError
 from proxy.upstream.headers import INERT
@@ -57,20 +48,20 @@ async def by_id(request: web.Request) -> web.StreamResponse:
     fetch = responses.fetch_of(query)
     found = None
     if fetch is not None:
-        caller = await _caller(services, request)
+        caller = await caller_of(services, request)
         found = await _held(services, caller, response_id, fetch.version, in_query, fetch.routing)
         if found is not None and not await _trusted(services, request, caller, *found):
             found = None
     body = None if found is None or fetch is None else _body(found[1], fetch.streamed)
     if found is None or body is None or fetch is None:
-        raise _absent(
+        raise absent(
             services,
             request,
             f"No stored response with id {response_id[:128]} for this caller and namespace "
             "answers this query, and in replay mode the request may not reach the upstream.",
         )
     kind = "text/event-stream" if fetch.streamed else "application/json"
-    return web.Response(body=body, headers=_served(services, *found, kind))
+    return web.Response(body=body, headers=served_headers(services, *found, kind))
 
 
 async def chat_by_id(request: web.Request) -> web.StreamResponse:
@@ -83,7 +74,7 @@ async def chat_by_id(request: web.Request) -> web.StreamResponse:
     chat_id = request.match_info["id"]
     query, in_query = split_query(raw_query(request.raw_path))
     version = responses.api_version(query)
-    caller = await _caller(services, request)
+    caller = await caller_of(services, request)
     found = None
     if version is not None:
         found = await _held_chat(services, caller, chat_id, version, in_query, query)
@@ -92,34 +83,15 @@ async def chat_by_id(request: web.Request) -> web.StreamResponse:
     ):
         found = None
     if found is None:
-        raise _absent(
+        raise absent(
             services,
             request,
             f"No stored chat completion with id {chat_id[:128]} for this caller and namespace, "
             "and in replay mode the request may not reach the upstream.",
         )
-    return web.Response(body=found[1].body, headers=_served(services, *found, "application/json"))
-
-
-def _absent(services: Services, request: web.Request, message: str) -> CacheMissError:
-    """The cache miss of a request by id, told to a test session's watch (it fails the test
-    even if its code swallows the error)."""
-    if services.watch is not None:
-        services.watch.absent(f"{request.method} {request.path[:MAX_SHOWN_PATH]}")
-    return CacheMissError(message, headers={"X-Repro-Cache": Outcome.MISS.value})
-
-
-def _served(services: Services, key: str, entry: Entry, content_type: str) -> dict[str, str]:
-    """The headers of a stored object served by its id, as a HIT's."""
-    return {
-        "X-Repro-Cache": Outcome.HIT.value,
-        "X-Repro-Key": key,
-        "X-Repro-Fingerprint": entry.fingerprint,
-        "Age": str(max(0, int(services.clock() - entry.stored_at))),
-        "Content-Type": content_type,
-        **({"x-request-id": entry.request_id} if entry.request_id else {}),
-        **INERT,  # the upstream's bytes, on the origin of the operators' page
-    }
+    return web.Response(
+        body=found[1].body, headers=served_headers(services, *found, "application/json")
+    )
 
 
 async def delete_by_id(request: web.Request) -> web.StreamResponse:
@@ -145,8 +117,8 @@ async def delete_by_id(request: web.Request) -> web.StreamResponse:
             return
         query, in_query = split_query(raw_query(request.raw_path))
         version = responses.api_version(query)
-        caller = await _caller(services, request)
-        vary = _vary(services, caller, in_query)
+        caller = await caller_of(services, request)
+        vary = vary_for(services, caller, in_query)
         found = None
         if version is not None:
             found = await _held(services, caller, response_id, version, in_query, query)
@@ -181,8 +153,8 @@ async def forget_changed(request: web.Request) -> web.StreamResponse:
         version = responses.api_version(query)
         if status // 100 != 2 or not responses.valid_id(chat_id) or version is None:
             return
-        caller = await _caller(services, request)
-        vary, scope = _vary(services, caller, in_query), scope_of(services, caller.tenant)
+        caller = await caller_of(services, request)
+        vary, scope = vary_for(services, caller, in_query), scope_of(services, caller.tenant)
         pointers = responses.pointer_keys(
             scope, caller.namespace, chat_id, vary, version, query, responses.CHAT_INDEX
         )
@@ -218,8 +190,8 @@ async def _replays(services: Services, request: web.Request, index: str) -> bool
     object_id = request.match_info["id"]
     if version is None or not responses.valid_id(object_id):
         return False
-    caller = await _caller(services, request)
-    scope, vary = scope_of(services, caller.tenant), _vary(services, caller, in_query)
+    caller = await caller_of(services, request)
+    scope, vary = scope_of(services, caller.tenant), vary_for(services, caller, in_query)
     key = responses.index_key(scope, caller.namespace, object_id, vary, version, routing, index)
     if key not in services.recorded:
         return False
@@ -242,7 +214,7 @@ async def _replayed_deletion(services: Services, request: web.Request, index: st
     object_id = request.match_info["id"]
     query, in_query = split_query(raw_query(request.raw_path))
     version = responses.api_version(query)
-    caller = await _caller(services, request)
+    caller = await caller_of(services, request)
     found = None
     if version is not None:
         found = await _held_in(index, services, caller, object_id, version, in_query, query)
@@ -250,7 +222,7 @@ async def _replayed_deletion(services: Services, request: web.Request, index: st
         found = None
     named, what = DELETED[index]
     if found is None:
-        raise _absent(
+        raise absent(
             services,
             request,
             f"No stored {what} with id {object_id[:128]} for this caller and namespace, and in "
@@ -269,7 +241,7 @@ async def _replayed_deletion(services: Services, request: web.Request, index: st
 async def _held_in(
     index: str,
     services: Services,
-    caller: _Caller,
+    caller: Caller,
     object_id: str,
     version: str,
     in_query: Credentials,
@@ -284,7 +256,7 @@ async def _held_in(
 
 async def _held_chat(
     services: Services,
-    caller: _Caller,
+    caller: Caller,
     chat_id: str,
     version: str,
     in_query: Credentials,
@@ -295,7 +267,7 @@ async def _held_chat(
     for a caller that was answered with it, as a response (`_held`)."""
     if not responses.valid_id(chat_id):
         return None
-    vary, scope = _vary(services, caller, in_query), scope_of(services, caller.tenant)
+    vary, scope = vary_for(services, caller, in_query), scope_of(services, caller.tenant)
     index = responses.index_key(
         scope, caller.namespace, chat_id, vary, version, query, responses.CHAT_INDEX
     )
@@ -334,26 +306,9 @@ async def _carries(services: Services, key: str, fingerprint: str, chat_id: str)
     return entry is not None and responses.chat_id_of(entry.body, entry.stream) == chat_id
 
 
-class _Caller(NamedTuple):
-    tenant: str
-    lines: HeaderLines  # the request's keyed headers
-    query: str  # as sent, credential parameters included
-    namespace: str
-
-
-async def _caller(services: Services, request: web.Request) -> _Caller:
-    """Who asks, read once for the lookup and the key check."""
-    await services.secret.settle()
-    query = raw_query(request.raw_path)
-    credentials = of_request(request.headers, query, services.credential_names)
-    namespace = checked_namespace(control(request.headers, NAMESPACE))
-    lines = services.keying.lines(request.headers)
-    return _Caller(services.secret.tenant(credentials), lines, query, namespace)
-
-
 async def _held(
     services: Services,
-    caller: _Caller,
+    caller: Caller,
     response_id: str,
     version: str,
     in_query: Credentials,
@@ -363,7 +318,7 @@ async def _held(
     the keyed headers, the api-version and the routing `query` (without credentials) this
     request sends (a fetch's, without its own parameters: `fetch_of`); in `shared` scope,
     only for a caller that was answered with it (see proxy/server/chains.py)."""
-    vary = _vary(services, caller, in_query)
+    vary = vary_for(services, caller, in_query)
     if not responses.valid_id(response_id) or await was_deleted(services, response_id, vary, query):
         return None
     scope = scope_of(services, caller.tenant)
@@ -374,14 +329,8 @@ async def _held(
     return found
 
 
-def _vary(services: Services, caller: _Caller, in_query: Credentials) -> str:
-    """The digest of the caller's keyed lines its key and id index name (`vary_of`)."""
-    shared = services.settings.cache_scope is policy.CacheScope.SHARED
-    return vary_of(caller.lines, in_query, shared)
-
-
 async def _trusted(
-    services: Services, request: web.Request, caller: _Caller, key: str, entry: Entry
+    services: Services, request: web.Request, caller: Caller, key: str, entry: Entry
 ) -> bool:
     """A stored response goes only to credentials the upstream accepts, as a HIT of the
     request that made it does (`key_accepted`; replay mode never asks): otherwise a revoked
@@ -397,22 +346,11 @@ async def _indexed(
     response, or a stored chat completion: `kind`)."""
     try:
         target = await _pointed(services, index)
-        if target is None:
-            return None
-        blobs = await services.store.get(target[0], [target[1]])
     except StoreError as exc:
         store_failed(services, "get", exc)
         return None
-    blob = blobs.get(target[1])
-    if blob is None:
-        return None
-    try:
-        entry = services.codec.unpack(blob)
-    except UnknownDictionary:
-        services.dictionaries.unknown()
-        return None
-    except CorruptEntry:
-        unreadable(services)
+    entry = None if target is None else await stored_entry(services, *target)
+    if target is None or entry is None:
         return None
     is_response = kind == responses.RESPONSE_INDEX
     if is_response and not is_served_as(entry, True, None, entry.stream):  # an older proxy's?

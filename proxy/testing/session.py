@@ -198,8 +198,9 @@ def unreplayable(
         "a cassette holds answers to POST /v1/chat/completions, /v1/completions, /v1/embeddings, "
         "/v1/moderations, /v1/images/generations, /v1/images/edits, /v1/images/variations, "
         "/v1/audio/speech, /v1/audio/transcriptions, /v1/audio/translations, /v1/responses, "
-        "/v1/responses/compact and /v1/responses/input_tokens, and replays fetches and "
-        "deletions of stored ones by id"
+        "/v1/responses/compact and /v1/responses/input_tokens, and to the GETs of other routes "
+        "a recording made (their JSON answers), and replays fetches and deletions of stored "
+        "ones by id"
     )
     if records:
         return (
@@ -213,12 +214,13 @@ def unreplayable(
 
 
 def absent(request_lines: Iterable[str], cassette: str, mode: str, flag: str = PLUGIN_FLAG) -> str:
-    """Why a fetch or deletion by id found nothing: the answer holding the id was not recorded
-    (or, in `shared` scope, a response is reached by id only by a test it answered)."""
+    """Why a fetch or deletion by id, or a read, found nothing: the answer holding the id, or
+    the read, was not recorded (or, in `shared` scope, a response is reached by id only by a
+    test it answered)."""
     return (
-        f"repro-proxy: {_listed(request_lines)} found no stored answer with that id in the "
-        f"cassette {cassette} ({flag}={mode}): record the request that made it "
-        f"({flag}=new_episodes), and make it before fetching or deleting its id."
+        f"repro-proxy: {_listed(request_lines)} found no stored answer in the cassette "
+        f"{cassette} ({flag}={mode}): record it ({flag}=new_episodes); an id after the request "
+        "that made it, before fetching or deleting it."
     )
 
 

@@ -1,7 +1,8 @@
 """`repro-proxy cassette diff OLD NEW`: how two recordings of the same requests differ.
 
 Requests are matched by what was asked (route, namespace, query, canonical body); answers are
-compared by what they say (`proxy.core.answers`), so new ids and timestamps are not changes.
+compared by what they say (`proxy.core.answers`), so new ids and timestamps are not changes;
+a recorded read (`proxy.core.reads`) by the whole object it holds.
 Each request is identical, changed (with the normalized edit distance of the two answers: the
 share of characters that differ; 1 for an image or a sound that changed, which are compared by
 their digests), or only in one cassette. Exit status 1 when anything changed,
@@ -21,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from proxy.core import answers
+from proxy.core import answers, reads
 from proxy.core.terminal import shown
 from proxy.core.textdistance import bounded_distance
 from proxy.store import cassette, cassette_write
@@ -103,17 +104,24 @@ def _said(record: dict[str, Any]) -> str:
         body = base64.b64decode(record["body_base64"])
     else:
         body = str(record["body"]).encode()
+    if reads.is_read(str(record["route"])):
+        return reads.said(body)
     return answers.text(body, bool(record.get("stream")), str(record.get("content_type", "")))
 
 
 def _prompt(record: dict[str, Any]) -> str:
+    if reads.is_read(str(record["route"])):  # a read asks by its query alone
+        return _preview(str(record["query"]))
     request = record.get("request")
     if not isinstance(request, dict):
         return ""
     asked: Any = request.get("messages") or request.get("input") or request.get("prompt") or ""
     if isinstance(asked, list) and asked:
         asked = asked[-1].get("content", "") if isinstance(asked[-1], dict) else asked[-1]
-    text = asked if isinstance(asked, str) else orjson.dumps(asked).decode()
+    return _preview(asked if isinstance(asked, str) else orjson.dumps(asked).decode())
+
+
+def _preview(text: str) -> str:
     return text if len(text) <= PREVIEW else text[: PREVIEW - 1] + "…"
 
 

@@ -63,7 +63,10 @@ def test_replay_with_the_upstream_up_sends_it_nothing(
         start_proxy, tape, "--verify-rate", "1", "--probe-interval", "0.05", "--probe-key", "sk-p"
     )
     assert ask(proxy, "Prompt 0.").headers["X-Repro-Cache"] == "HIT"
-    for method, path in [("GET", "/models"), ("POST", "/files"), ("DELETE", "/files/f-1")]:
+    unread = httpx.get(proxy.v1 + "/models", headers={"Authorization": "Bearer k"})
+    assert unread.status_code == 504  # a read, which this recording did not make
+    assert unread.json()["error"]["code"] == "cache_miss"
+    for method, path in [("POST", "/files"), ("DELETE", "/files/f-1")]:
         refused = httpx.request(method, proxy.v1 + path, headers={"Authorization": "Bearer k"})
         assert refused.status_code == 501
         assert refused.headers["x-should-retry"] == "false"
@@ -92,7 +95,7 @@ def test_a_miss_is_final_for_the_sdk_and_names_route_and_model(
     assert raised.value.response.headers["X-Repro-Key"] in message
     assert proxy.metric("repro_requests_total", route="/v1/chat/completions", cache="error") == 1
     with pytest.raises(APIStatusError) as refused:
-        client.models.list()
+        client.files.delete("file-1")
     assert (refused.value.status_code, refused.value.code) == (501, "replay_passthrough")
     assert proxy.metric("repro_requests_total", route="/v1/*", cache="error") == 1
 

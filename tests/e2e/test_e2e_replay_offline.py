@@ -119,7 +119,8 @@ def test_replay_opens_no_connection_to_the_upstream(
         assert statuses["POST", "/v1/chat/completions"] == 200
         assert statuses["GET", f"/v1/responses/{response_id}"] == 200
         assert statuses["GET", f"/openai/v1/responses/{response_id}"] == 200
-        assert statuses["GET", "/v1/models"] == statuses["POST", "/v1/files"] == 501
+        assert statuses["GET", "/v1/models"] == 504  # a read, which this cassette lacks
+        assert statuses["POST", "/v1/files"] == 501
         assert statuses["GET", "/admin/export"] == 200
         stop(replayer)
         assert upstream.connections == 0

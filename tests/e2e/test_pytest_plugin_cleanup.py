@@ -45,17 +45,17 @@ BEYOND = """
 import openai
 from openai import OpenAI
 
-def test_lists_models_and_swallows_errors():
+def test_uploads_a_file_and_swallows_errors():
     with OpenAI() as client:
         answer = client.chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "Name a lake."}]
         )
         assert answer.choices[0].message.content
         try:
-            names = [model.id for model in client.models.list()]
+            made = client.files.create(file=("notes.txt", b"hi"), purpose="assistants").id
         except openai.APIError:
-            names = ["gpt-4o-mini"]  # the app's fallback: the test would pass replayed
-        assert "gpt-4o-mini" in names
+            made = "file-none"  # the app's fallback: the test would pass replayed
+        assert made.startswith("file-")
 """
 
 
@@ -68,11 +68,11 @@ def test_a_call_no_cassette_holds_warns_recording_and_fails_replaying(
     recorded = record(project, sim)
     recorded.assert_outcomes(passed=1, warnings=1)
     recorded.stdout.fnmatch_lines(
-        ["*LLMReplayWarning: repro-proxy: GET /v1/models went to the upstream and is not in*"]
+        ["*LLMReplayWarning: repro-proxy: POST /v1/files went to the upstream and is not in*"]
     )
     replayed = run(project)
     replayed.assert_outcomes(failed=1)
-    replayed.stdout.fnmatch_lines(["*repro-proxy: GET /v1/models cannot be replayed*Mock that*"])
+    replayed.stdout.fnmatch_lines(["*repro-proxy: POST /v1/files cannot be replayed*Mock that*"])
     with pytest.MonkeyPatch.context() as patch:  # recording again, the warning as an error
         patch.setenv("OPENAI_API_KEY", RECORDING_KEY)
         strict = run(
@@ -83,20 +83,29 @@ def test_a_call_no_cassette_holds_warns_recording_and_fails_replaying(
             "error::proxy.testing.plugin.LLMReplayWarning",
         )
     strict.assert_outcomes(failed=1)
-    strict.stdout.fnmatch_lines(["*GET /v1/models went to the upstream*"])
+    strict.stdout.fnmatch_lines(["*POST /v1/files went to the upstream*"])
 
 
-BY_ID = """
+def swallowing(name: str, call: str) -> str:
+    """A test module whose one test makes `call` (with `client`) and swallows the SDK's error,
+    as an app with a fallback does: without the plugin's watch its replay would pass."""
+    return f"""
 import openai
 from openai import OpenAI
 
-def test_fetches_an_id_never_recorded_and_swallows_the_error():
+def {name}():
     with OpenAI() as client:
         try:
-            client.responses.retrieve("resp_never_recorded")
+            {call}
         except openai.APIError:
-            pass  # the app's fallback: without the plugin's watch the replay would pass
+            pass
 """
+
+
+BY_ID = swallowing(
+    "test_fetches_an_id_never_recorded_and_swallows_the_error",
+    'client.responses.retrieve("resp_never_recorded")',
+)
 
 
 def test_a_fetch_by_id_the_cassette_lacks_fails_its_test(
