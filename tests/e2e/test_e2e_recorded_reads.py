@@ -13,6 +13,7 @@ import orjson
 import pytest
 from openai import OpenAI
 
+from bench.procs import peak_rss_kib
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim
 from tests.hostile import Scripted, fixed, http_answer
 
@@ -223,3 +224,31 @@ def test_record_mode_keeps_a_read_that_an_export_carries_to_a_replaying_proxy(
         assert theirs.status_code == 504  # --cache-scope key: the importing key's partition
         stop(replayer)
         assert upstream.connections == 0
+
+
+def test_a_gzip_bomb_read_reaches_the_client_in_pieces_and_is_never_kept(
+    start_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """256 KiB of gzip that inflates to 256 MiB of JSON: the recording inflates it as it
+    relays it, in bounded pieces, stops keeping it at --max-entry, and never holds it whole."""
+    import gzip
+
+    inflated = 256 * 1024 * 1024
+    bomb = gzip.compress(b'{"pad":"' + b" " * (inflated - 10) + b'"}', compresslevel=9)
+    answer = http_answer(bomb, "Content-Type: application/json", "Content-Encoding: gzip")
+    tape = tmp_path / "llm.jsonl"
+    with Scripted(fixed(answer)) as upstream:
+        recorder = start_proxy(
+            *RECORDING, "--cassette", str(tape), "--max-entry", "1048576", upstream=upstream.v1
+        )
+        before = peak_rss_kib(recorder.proc.pid)
+        received = 0
+        with httpx.stream("GET", recorder.v1 + "/models", headers=AUTH, timeout=120) as got:
+            assert got.headers["X-Repro-Cache"] == "REFRESH"
+            for chunk in got.iter_raw():
+                received += len(chunk)
+        rise_mib = (peak_rss_kib(recorder.proc.pid) - before) / 1024
+        stop(recorder)
+    assert received == inflated
+    assert rise_mib < 40, f"peak RSS rose {rise_mib:.0f} MiB"
+    assert lines(tape) == []
