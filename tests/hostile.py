@@ -16,7 +16,7 @@ import threading
 import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -133,6 +133,18 @@ def relayed_never_stored(
             assert relayed.status_code == 200 and relayed.content == answer
             assert relayed.headers["X-Repro-Cache"] == "MISS"
         assert len(upstream.received) == 2
+
+
+def json_never_stored(
+    start_proxy: ProxyFactory, answer: object, route: str, body: Any, key: str
+) -> None:
+    """`relayed_never_stored` of a JSON `answer` to a POST of `body` to `route` with `key`."""
+    relayed_never_stored(
+        start_proxy,
+        orjson.dumps(answer),
+        ("Content-Type: application/json",),
+        lambda proxy: proxy.post(route, body, key=key),
+    )
 
 
 @dataclass

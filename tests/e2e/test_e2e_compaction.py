@@ -13,7 +13,7 @@ import pytest
 from openai import OpenAI
 
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim, replaying
-from tests.hostile import relayed_never_stored
+from tests.hostile import json_never_stored
 
 KEY = "sk-agent"
 TURNS = [
@@ -116,9 +116,4 @@ def test_a_cassette_replays_a_compaction_offline(
 def test_a_200_that_is_no_compaction_is_relayed_and_never_stored(
     start_proxy: ProxyFactory, answer: dict[str, object]
 ) -> None:
-    relayed_never_stored(
-        start_proxy,
-        orjson.dumps(answer),
-        ("Content-Type: application/json",),
-        lambda proxy: proxy.post(ROUTE, ASK, key=KEY),
-    )
+    json_never_stored(start_proxy, answer, ROUTE, ASK, KEY)
