@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import NamedTuple
 
 from aiohttp import web
 
@@ -51,14 +52,14 @@ def records(services: Services) -> bool:
 
 async def replayed(services: Services, request: web.Request, target: str) -> web.Response:
     """The kept answer to this `GET`, as a HIT; a cache miss when none was kept."""
-    caller = await caller_of(services, request)
-    key = _key(services, caller, target)
+    asked = _asked(services, await caller_of(services, request), target)
+    key = asked.key
     entry = await _kept(services, key)
     if entry is None:
         raise absent(
             services,
             request,
-            f"No recorded answer to GET {target.partition('?')[0][:200]} for this caller and "
+            f"No recorded answer to GET {asked.path[:MAX_SHOWN_PATH]} for this caller and "
             "namespace, and in replay mode the request may not reach the upstream.",
         )
     return web.Response(
@@ -69,7 +70,8 @@ async def replayed(services: Services, request: web.Request, target: str) -> web
 async def recorded(services: Services, request: web.Request, target: str) -> web.StreamResponse:
     """This `GET` relayed from the upstream, its answer kept for replay where it may be."""
     caller = await caller_of(services, request)
-    key = _key(services, caller, target)
+    asked = _asked(services, caller, target)
+    key = asked.key
     headers = request_headers(request.headers, _SKIP)
     upstream = await services.upstream.send("GET", target, headers, None, decode=True)
     try:
@@ -86,19 +88,19 @@ async def recorded(services: Services, request: web.Request, target: str) -> web
     if not whole:
         return response
     content_type = upstream.headers.get("Content-Type", "")
-    stored = body is not None and not _echoes(services, request, body, content_type)
-    if stored and body is not None:
+    stored = False
+    if body is not None and not _echoes(services, request, body, content_type):
         entry = Entry(
             body=body,
             content_type=content_type,
             fingerprint=reads.FINGERPRINT,
             stored_at=services.clock(),
             model="",
-            route=reads.route_of(target.partition("?")[0]),
-            query=split_query(caller.query)[0],
+            route=reads.route_of(asked.path),
+            query=asked.query,
             namespace=caller.namespace,
             request=b"{}",
-            vary=vary_for(services, caller, split_query(caller.query)[1]),
+            vary=asked.vary,
             request_id=request_id_of(upstream.headers),
         )
         stored = await put(services, _write(services, key, entry))
@@ -109,11 +111,20 @@ async def recorded(services: Services, request: web.Request, target: str) -> web
     return response
 
 
-def _key(services: Services, caller: Caller, target: str) -> str:
+class _Asked(NamedTuple):
+    path: str  # as the upstream receives it
+    query: str  # without credentials
+    vary: str  # the keyed headers' digest
+    key: str
+
+
+def _asked(services: Services, caller: Caller, target: str) -> _Asked:
+    """What a read asks, as its key and its entry name it."""
     query, in_query = split_query(caller.query)
     path = target.partition("?")[0]
     vary = vary_for(services, caller, in_query)
-    return reads.key_of(path, scope_of(services, caller.tenant), caller.namespace, query, vary)
+    scope = scope_of(services, caller.tenant)
+    return _Asked(path, query, vary, reads.key_of(path, scope, caller.namespace, query, vary))
 
 
 def _keeps(services: Services, upstream: UpstreamResponse, key: str) -> bool:
