@@ -4,8 +4,8 @@ A test that lists the models, or fetches a file's or a batch's metadata, before 
 its LLM calls failed replaying: the proxy never calls the upstream in replay mode, and these
 routes pass through. A process that records (`record` mode, or writing a cassette) therefore
 keeps the upstream's JSON answer to each such `GET` it relays, and replay mode answers the
-same `GET` with it. Outside
-replay they still pass through, fresh, as HTTP would have a read of a live object be.
+same `GET` with it. Outside replay they still pass through, fresh, as HTTP would have a read
+of a live object be.
 
 A read is keyed as an answer is (`canonical.request_key`): its route is the method and the
 path as the upstream receives it (`GET /v1/models`), its body empty, its query without

@@ -322,7 +322,7 @@ async def passthrough(
     # mode, or with only-if-cached, the fix is that route, not a recording.
     target = forward_target(request.raw_path)
     await check_not_own_route(request, target)
-    read = not replayed and reads.is_read(request) and not websocket.asked(request)
+    read = not replayed and reads.asks_read(request) and not websocket.asked(request)
     if read and services.settings.cache_mode is CacheMode.REPLAY:
         return await reads.replayed(services, request, target)
     if read and reads.records(services):

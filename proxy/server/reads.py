@@ -37,7 +37,7 @@ log = logging.getLogger("proxy.reads")
 _SKIP = REQUEST_SKIP | {"accept-encoding"}  # the proxy asks for codings it inflates itself
 
 
-def is_read(request: web.Request) -> bool:
+def asks_read(request: web.Request) -> bool:
     """A `GET` without a body (nor a WebSocket's handshake, which the caller tells apart)."""
     return request.method == "GET" and not request.body_exists
 
