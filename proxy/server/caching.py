@@ -34,7 +34,7 @@ from proxy.core.policy import Outcome
 from proxy.core.routes import CHAT, RESPONSES
 from proxy.errors import UpstreamError
 from proxy.server.coalesce import Lease
-from proxy.server.context import EntryMemo, Services
+from proxy.server.context import Decoded, EntryMemo, Services
 from proxy.server.failopen import store_failed, unreadable
 from proxy.server.recording import record
 from proxy.store.base import StoreError
@@ -127,12 +127,12 @@ def choose(services: Services, call: Call, accepted: Any, blobs: dict[str, bytes
     entries = []
     for fingerprint, blob in blobs.items():
         try:
-            entry = decoded(services.codec, services.entries, call, fingerprint, blob)
+            _, entry, until = decoding(services.codec, services.entries, call, fingerprint, blob)
         except CorruptEntry as exc:
             unservable(services, call, exc)
             continue
         if policy.is_fresh(entry.stored_at, now, services.settings.ttl, call.max_age) and (
-            _lives(services, call, entry, now)
+            _lives(services, call, until, now)
         ):
             entries.append(entry)
     if len(entries) < 2:  # the common case: one fresh entry, already of an accepted fingerprint
@@ -143,9 +143,9 @@ def choose(services: Services, call: Call, accepted: Any, blobs: dict[str, bytes
     return min(entries, key=lambda e: rank.get(e.fingerprint, len(rank)))
 
 
-def _lives(services: Services, call: Call, entry: Entry, now: float) -> bool:
+def _lives(services: Services, call: Call, until: float | None, now: float) -> bool:
     """Whether what a chat answer hands out still lives upstream: an audio answer's id, which
-    the client names in its next turn, is kept until its `expires_at` (`entry.expires_at`);
+    the client names in its next turn, is kept until its `expires_at` (`until`);
     served later, it fails that turn. Past it the answer is no longer fresh, as a response
     past its `Expires` is not, and a readwrite cache asks again. Replay mode serves what was
     recorded (the cassette is the reference, offline), `--fingerprint-policy pin` what was
@@ -158,13 +158,18 @@ def _lives(services: Services, call: Call, entry: Entry, now: float) -> bool:
         or settings.fingerprint_policy is policy.FingerprintPolicy.PIN
     ):
         return True
-    until = expires_at(entry.body)
     return until is None or now < until
 
 
 def decoded(codec: Codec, memo: EntryMemo, call: Call, fingerprint: str, blob: bytes) -> Entry:
+    return decoding(codec, memo, call, fingerprint, blob)[1]
+
+
+def decoding(codec: Codec, memo: EntryMemo, call: Call, fingerprint: str, blob: bytes) -> Decoded:
     """`Codec.unpack`, remembered per stored slot while its blob stays the same: a HIT then
-    decompresses once, and later ones skip parsing and copying. Keyed by the slot, not by the
+    decompresses once, and later ones skip parsing and copying, and the scan of the answer
+    for its `expires_at` (`_lives`), which on a stream's frames cost a HIT more than its
+    lookup. Keyed by the slot, not by the
     blob, so that an answer written again (evicted and filled, or refreshed) replaces its old
     decoding instead of leaving it in memory beside the new one. A blob that is no entry, or
     an entry `call` cannot be answered with (`Misshapen`, checked here once per decoding: the
@@ -174,7 +179,7 @@ def decoded(codec: Codec, memo: EntryMemo, call: Call, fingerprint: str, blob: b
     slot = (call.key, fingerprint)
     held = memo.get(slot)
     if held is not None and held[0] == blob:  # bytes compare by identity first
-        return held[1]
+        return held
     found = memo.unreadable.get(slot)
     if found is not None and found == _digest(blob):
         raise CorruptEntry("stored value found unreadable before")
@@ -187,8 +192,9 @@ def decoded(codec: Codec, memo: EntryMemo, call: Call, fingerprint: str, blob: b
     except CorruptEntry:
         memo.unreadable.put(slot, _digest(blob), UNREADABLE_CHARGE + len(call.key))
         raise
-    memo.put(slot, (blob, entry), len(blob) + len(entry.body) + len(entry.request))
-    return entry
+    held = (blob, entry, expires_at(entry.body))
+    memo.put(slot, held, len(blob) + len(entry.body) + len(entry.request))
+    return held
 
 
 def _digest(blob: bytes) -> tuple[int, int]:

@@ -39,7 +39,11 @@ ENTRY_MEMO_BYTES = 32 * 1024 * 1024
 UNREADABLE_BYTES = 1024 * 1024
 
 
-class EntryMemo(LRU[tuple[str, str], tuple[bytes, Entry]]):
+Decoded = tuple[bytes, Entry, float | None]
+"""A stored blob, its entry, and the earliest `expires_at` its answer names (`entry.expires_at`)."""
+
+
+class EntryMemo(LRU[tuple[str, str], Decoded]):
     """Decoded entries by stored slot (key, fingerprint), with the blob each was decoded from;
     and the blobs found to be no entry, by slot (`unreadable`), so each is decoded once."""
 

@@ -62,7 +62,7 @@ def test_the_memo_holds_at_most_twice_what_the_store_keeps() -> None:
     assert memo.bytes <= 20_000
     assert 0 < len(memo) < 40
     assert memo.get(("key0", "fp_1")) is None  # the oldest answers went first
-    assert memo.get(("key39", "fp_1")) == blobs[-1]
+    assert memo.get(("key39", "fp_1")) == (*blobs[-1], None)
 
 
 def test_an_answer_written_again_replaces_its_decoding() -> None:
