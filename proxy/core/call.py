@@ -173,13 +173,7 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
     namespace = checked_namespace(asked.namespace)
     directives = policy.parse_cache_control(asked.cache_control)
     model = routes.asked_model(route, body)
-    keyed_query, in_query = split_query(asked.query)
-    if in_query and ";" in asked.query:
-        raise InvalidParameter(
-            "The query carries a credential and separates parameters with ';', which servers "
-            "read two ways (some split at it, some do not): separate them with '&' alone.",
-            "query",
-        )
+    keyed_query, in_query = split_query(asked.query)  # unambiguous: `of_request` checked it
     vary = vary_of(asked.headers, in_query, shared)
     lineage = routes.lineage_of(model, route, vary, keyed_query)
     hidden = sealed(seeded.body)

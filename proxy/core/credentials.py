@@ -25,7 +25,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.core.hops import connection_named
 from proxy.core.policy import ANONYMOUS
-from proxy.errors import InvalidHeader
+from proxy.errors import InvalidHeader, InvalidParameter
 
 STANDARD = (
     "authorization",
@@ -217,8 +217,19 @@ def split_query(query: str) -> tuple[str, Credentials]:
 def of_request(
     headers: CIMultiDictProxy[str], query: str, carriers: tuple[str, ...] = STANDARD
 ) -> Credentials:
-    """Every credential a request carries: its credential headers, then its query's."""
+    """Every credential a request carries: its credential headers, then its query's. A query
+    carrying one and separating parameters with `;` is refused: the key names the query without
+    its credentials, cut at `&` and `;` and joined by `&`, while servers read `;` two ways (some
+    split at it, some do not), so `foo=1;api-version=V&key=K` would share the key of
+    `foo=1&api-version=V&key=K`, which an upstream splitting at `&` alone answers otherwise.
+    Read here, every route that keys or partitions by the query refuses it alike."""
     in_query = split_query(query)[1]
+    if in_query and ";" in query:
+        raise InvalidParameter(
+            "The query carries a credential and separates parameters with ';', which servers "
+            "read two ways (some split at it, some do not): separate them with '&' alone.",
+            "query",
+        )
     if len(in_query) > 1:  # `?key=A&key=B`: a server reads the first, or the last
         refuse_disagreeing(sorted(in_query, key=_first))
     return extract(headers, carriers) + in_query

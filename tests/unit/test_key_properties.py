@@ -108,8 +108,8 @@ def prepared(
     pairs = [("Authorization", "Bearer sk-a")]
     if namespace:
         pairs.append(("X-Repro-Namespace", namespace))
-    asked = Asked.of(route, query, raw, CIMultiDictProxy(CIMultiDict(pairs)))
-    try:
+    try:  # the request's facts are checked as they are read (its query's credentials)
+        asked = Asked.of(route, query, raw, CIMultiDictProxy(CIMultiDict(pairs)))
         return prepare_with(rules, tenant, asked)
     except ProxyError as exc:
         assert 400 <= exc.status < 500, exc
