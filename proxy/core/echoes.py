@@ -165,3 +165,14 @@ _AS_HEX = tuple(
 def echoed(answer: bytes, looked_for: Iterable[bytes]) -> bool:
     """Whether `answer` holds any of `looked_for` (see `needles`)."""
     return any(needle in answer for needle in looked_for)
+
+
+def echoed_in_kept(
+    looked_for: Iterable[bytes], body: bytes, content_type: str, request_id: str
+) -> bool:
+    """Whether anything of an answer that is kept and served again holds one of `looked_for`:
+    its body, and the headers kept with it (its Content-Type, and its request id, which may be
+    any short token and so a key's very shape)."""
+    needles = tuple(looked_for)
+    kept = (body, content_type.encode("utf-8", "surrogateescape"), request_id.encode())
+    return any(echoed(part, needles) for part in kept)

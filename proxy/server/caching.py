@@ -279,14 +279,15 @@ def serve_hit(
     return web.Response(body=entry.body, headers=headers)
 
 
-_UPSTREAM_SKIP = REQUEST_SKIP | REROUTING | KEYED_OTHERWISE
-"""What a cached route never forwards as the client sent it (see `proxy.core.keyed`)."""
+UPSTREAM_SKIP = REQUEST_SKIP | REROUTING | KEYED_OTHERWISE
+"""What a request whose answer is kept never forwards as the client sent it (see
+`proxy.core.keyed`): a header the key leaves out must not change the answer kept under it."""
 
 
 def upstream_headers(request: web.Request, call: Call) -> CIMultiDict[str]:
     """The client's headers for the upstream; the body is ours now: plain JSON (or a form
     as the proxy wrote it), whatever encoding the client sent it in."""
-    headers = request_headers(request.headers, _UPSTREAM_SKIP)
+    headers = request_headers(request.headers, UPSTREAM_SKIP)
     headers["Content-Type"] = call.content_type
     headers["Accept-Encoding"] = ANSWER_CODINGS
     return headers

@@ -322,12 +322,12 @@ async def passthrough(
     # mode, or with only-if-cached, the fix is that route, not a recording.
     target = forward_target(request.raw_path)
     await check_not_own_route(request, target)
+    directives = parse_cache_control(tuple(request.headers.getall("Cache-Control", ())))
     read = not replayed and reads.asks_read(request) and not websocket.asked(request)
+    read = read and not directives.no_store  # neither looked up nor kept, as a cached route's
     if read and services.settings.cache_mode is CacheMode.REPLAY:
         return await reads.replayed(services, request, target)
-    if read and reads.records(services):
-        return await reads.recorded(services, request, target)
-    if services.watch is not None and not replayed:
+    if services.watch is not None and not replayed and not read:
         services.watch.unreplayable(f"{request.method} {request.path[:MAX_SHOWN_PATH]}")
     if services.settings.cache_mode is CacheMode.REPLAY:
         raise ReplayPassthrough(
@@ -335,12 +335,14 @@ async def passthrough(
             "(--cache-mode replay) the proxy never calls the upstream.",
             headers={"X-Repro-Cache": Outcome.BYPASS.value},
         )
-    if only_if_cached(request):
+    if directives.only_if_cached:  # a recording process serves no read from its store
         raise CacheMissError(
             f"{request.method} {request.path} is not answered from the cache, and "
             "Cache-Control: only-if-cached forbids calling the upstream.",
             headers={"X-Repro-Cache": Outcome.BYPASS.value},
         )
+    if read and reads.records(services):
+        return await reads.recorded(services, request, target)
     if websocket.asked(request):
         return await websocket.relay(request, services, target)
     # An inflated body goes upstream chunked, without the client's Content-Encoding and

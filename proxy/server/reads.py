@@ -22,6 +22,7 @@ from proxy.core.entry import Entry, request_id_of
 from proxy.core.paths import raw_query
 from proxy.core.policy import Outcome
 from proxy.errors import UpstreamError
+from proxy.server.caching import UPSTREAM_SKIP
 from proxy.server.caller import MAX_SHOWN_PATH, Caller, absent, caller_of, served_headers, vary_for
 from proxy.server.context import Services
 from proxy.server.failopen import put, stored_entry
@@ -30,11 +31,9 @@ from proxy.server.streaming import CLIENT_GONE
 from proxy.server.unframed import Unframed
 from proxy.store.base import Write, labelled
 from proxy.upstream.client import UpstreamResponse
-from proxy.upstream.headers import REQUEST_SKIP, request_headers, response_headers, unstorable
+from proxy.upstream.headers import request_headers, response_headers, unstorable
 
 log = logging.getLogger("proxy.reads")
-
-_SKIP = REQUEST_SKIP | {"accept-encoding"}  # the proxy asks for codings it inflates itself
 
 
 def asks_read(request: web.Request) -> bool:
@@ -51,10 +50,17 @@ def records(services: Services) -> bool:
 
 
 async def replayed(services: Services, request: web.Request, target: str) -> web.Response:
-    """The kept answer to this `GET`, as a HIT; a cache miss when none was kept."""
-    asked = _asked(services, await caller_of(services, request), target)
+    """The kept answer to this `GET`, as a HIT; a cache miss when none was kept. Looked up in
+    the caller's own partition, where a recording process keeps it, then in `shared` scope in
+    the shared one, where a cassette loads every answer it holds (`cassette.from_record`)."""
+    caller = await caller_of(services, request)
+    asked = _asked(services, caller, target, caller.tenant)
     key = asked.key
     entry = await _kept(services, key)
+    shared = scope_of(services, caller.tenant)
+    if entry is None and shared != caller.tenant:
+        key = _asked(services, caller, target, shared).key
+        entry = await _kept(services, key)
     if entry is None:
         raise absent(
             services,
@@ -70,9 +76,9 @@ async def replayed(services: Services, request: web.Request, target: str) -> web
 async def recorded(services: Services, request: web.Request, target: str) -> web.StreamResponse:
     """This `GET` relayed from the upstream, its answer kept for replay where it may be."""
     caller = await caller_of(services, request)
-    asked = _asked(services, caller, target)
+    asked = _asked(services, caller, target, caller.tenant)
     key = asked.key
-    headers = request_headers(request.headers, _SKIP)
+    headers = request_headers(request.headers, UPSTREAM_SKIP)
     upstream = await services.upstream.send("GET", target, headers, None, decode=True)
     try:
         kept = _keeps(services, upstream, key)
@@ -88,8 +94,9 @@ async def recorded(services: Services, request: web.Request, target: str) -> web
     if not whole:
         return response
     content_type = upstream.headers.get("Content-Type", "")
+    request_id = request_id_of(upstream.headers)
     stored = False
-    if body is not None and not _echoes(services, request, body, content_type):
+    if body is not None and not _echoes(services, request, body, content_type, request_id):
         entry = Entry(
             body=body,
             content_type=content_type,
@@ -101,7 +108,7 @@ async def recorded(services: Services, request: web.Request, target: str) -> web
             namespace=caller.namespace,
             request=b"{}",
             vary=asked.vary,
-            request_id=request_id_of(upstream.headers),
+            request_id=request_id,
         )
         stored = await put(services, _write(services, key, entry))
     if not stored and services.watch is not None:
@@ -118,12 +125,11 @@ class _Asked(NamedTuple):
     key: str
 
 
-def _asked(services: Services, caller: Caller, target: str) -> _Asked:
-    """What a read asks, as its key and its entry name it."""
+def _asked(services: Services, caller: Caller, target: str, scope: str) -> _Asked:
+    """What a read asks, as its key and its entry name it, in the partition `scope`."""
     query, in_query = split_query(caller.query)
     path = target.partition("?")[0]
     vary = vary_for(services, caller, in_query)
-    scope = scope_of(services, caller.tenant)
     return _Asked(path, query, vary, reads.key_of(path, scope, caller.namespace, query, vary))
 
 
@@ -176,15 +182,16 @@ async def _relay(
     return True, body if body is not None and reads.is_object(body) else None
 
 
-def _echoes(services: Services, request: web.Request, body: bytes, content_type: str) -> bool:
-    """Whether the answer (its body, or the Content-Type kept with it) holds a credential of
-    the request: kept, a cassette would carry it (logged without it)."""
+def _echoes(
+    services: Services, request: web.Request, body: bytes, content_type: str, request_id: str
+) -> bool:
+    """Whether the answer (its body, or the headers kept with it) holds a credential of the
+    request: kept, a cassette would carry it (logged without it)."""
     credentials = of_request(
         request.headers, raw_query(request.raw_path), services.credential_names
     )
     looked_for = echoes.looked_for(credentials)
-    kept = (body, content_type.encode("utf-8", "surrogateescape"))
-    if not any(echoes.echoed(part, looked_for) for part in kept):
+    if not echoes.echoed_in_kept(looked_for, body, content_type, request_id):
         return False
     log.warning("read not kept: it holds a credential of its request (the upstream echoed it)")
     return True

@@ -194,13 +194,12 @@ def _storable(services: Services, call: Call, answer: Answer) -> Entry | None:
 
 
 def _echoes(call: Call, answer: Answer) -> bool:
-    """Whether the answer (its body, or its Content-Type, stored and served with it) holds a
+    """Whether the answer (its body, or the headers stored and served with it) holds a
     credential its request carried, in a header, the query or (sealed in what is kept) a
     tool: stored, it would be served to every tenant of a shared partition and written into
     cassettes. Logged without it."""
     looked_for = echoes.looked_for(call.credentials, None if call.kept is None else call.body)
-    stored = (answer.body, answer.content_type.encode("utf-8", "surrogateescape"))
-    if not any(echoes.echoed(part, looked_for) for part in stored):
+    if not echoes.echoed_in_kept(looked_for, answer.body, answer.content_type, answer.request_id):
         return False
     log.warning(
         "answer not stored: it holds a credential of the request it answers (the upstream "

@@ -17,7 +17,7 @@ from proxy.core.entry import Entry
 from proxy.core.keyed import Keying, digest, parse_unkeyed
 from proxy.core.policy import SHARED, CacheScope, refused_by_upstream
 from proxy.errors import InvalidHeader
-from proxy.server.caching import _UPSTREAM_SKIP
+from proxy.server.caching import UPSTREAM_SKIP
 from proxy.store import cassette
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -191,7 +191,7 @@ def test_what_never_goes_upstream_as_sent_is_never_keyed() -> None:
     """Hop-by-hop, framing, Host and the rerouting headers a cached route drops, the proxy's
     own X-Repro-*, and what the key covers otherwise (the body is sent as plain JSON)."""
     keying = Keying()
-    for name in _UPSTREAM_SKIP:
+    for name in UPSTREAM_SKIP:
         assert not keying.keys(name), name
     for name in ("x-repro-namespace", "x-repro-anything", "proxy-authorization"):
         assert not keying.keys(name)
