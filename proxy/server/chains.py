@@ -20,8 +20,9 @@ from __future__ import annotations
 
 from proxy.core import policy, responses
 from proxy.core.call import Call
+from proxy.core.entry import Entry
 from proxy.server.context import Services
-from proxy.server.failopen import put, store_failed
+from proxy.server.failopen import put, store_failed, stored_entry
 from proxy.store.base import StoreError, Write
 
 
@@ -69,13 +70,36 @@ async def continuable(services: Services, call: Call, chained: str) -> bool:
     index = responses.index_key(
         policy.SHARED, call.namespace, chained, call.vary, version, call.keyed_query
     )
+    found = await indexed(services, index, chained)
+    return found is not None and await holds(services, call.tenant, found[0])
+
+
+async def pointed(services: Services, pointer: str) -> tuple[str, str] | None:
+    """The (key, fingerprint) the index entry `pointer` names, if it is one."""
+    found = await services.store.get(pointer, [responses.INDEX_FINGERPRINT])
+    return responses.parse_index(found.get(responses.INDEX_FINGERPRINT, b""))
+
+
+async def indexed(
+    services: Services, index: str, object_id: str, kind: str = responses.RESPONSE_INDEX
+) -> tuple[str, Entry] | None:
+    """The key and entry the index entry `index` points at, while that entry is fresh and
+    holds `object_id` (a response, or a stored chat completion: `kind`); None for anything
+    else, a failing store included. A refresh, or a purge and the same request again, puts
+    another answer (another id) where the index points: a holder of that one was never
+    answered with `object_id`, and may neither fetch nor continue it."""
     try:
-        pointer = await services.store.get(index, [responses.INDEX_FINGERPRINT])
+        target = await pointed(services, index)
     except StoreError as exc:
         store_failed(services, "get", exc)
-        return False
-    target = responses.parse_index(pointer.get(responses.INDEX_FINGERPRINT, b""))
-    return target is not None and await holds(services, call.tenant, target[0])
+        return None
+    entry = None if target is None else await stored_entry(services, *target)
+    if target is None or entry is None:
+        return None
+    # --ttl bounds every answer served, and a store may hold one past it.
+    fresh = policy.is_fresh(entry.stored_at, services.clock(), services.settings.ttl, None)
+    held = responses.stored_id if kind == responses.RESPONSE_INDEX else responses.chat_id_of
+    return (target[0], entry) if fresh and held(entry.body, entry.stream) == object_id else None
 
 
 async def _marked(services: Services, key: str, fingerprint: str) -> bool | None:

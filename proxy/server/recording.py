@@ -16,6 +16,7 @@ from proxy.core.call import Answer, Call
 from proxy.core.entry import Entry
 from proxy.core.fingerprints import tracked
 from proxy.core.routes import RESPONSES
+from proxy.server.chains import indexed
 from proxy.server.coalesce import Lease
 from proxy.server.context import Services
 from proxy.server.failopen import put, store_failed
@@ -93,7 +94,12 @@ async def index_response(
     """Remember which entry holds the response `response_id`, for `GET /v1/responses/{id}`
     (or the stored chat completion, for `forget_changed`: `index`), in the caller's partition;
     and, for a deletion by any key the upstream lets delete it, in every one (`everywhere_key`).
-    Both are written at once: a Redis store sends them in one round trip."""
+    Both are written at once: a Redis store sends them in one round trip. A pointer already
+    naming another entry that still holds the id is left as it is: ids are unique, so a second
+    answer claiming one is a lie (a backend the caller picked by the body's model, answering
+    with the id it was given), and pointed at it, the index would open the owner's chains and
+    fetches to the liar's holder marks (`chains.continuable`), and send the owner's fetch to
+    the liar's entry."""
     version = responses.api_version(call.keyed_query)
     if version is None or not responses.valid_id(response_id):
         return
@@ -101,10 +107,14 @@ async def index_response(
     keys = responses.pointer_keys(
         scope, call.namespace, response_id, call.vary, version, call.keyed_query, index
     )
+    claimed = await asyncio.gather(*(indexed(services, k, response_id, index) for k in keys))
+    free = [
+        k for k, found in zip(keys, claimed, strict=True) if found is None or found[0] == call.key
+    ]
     value, ttl = responses.index_value(call.key, fingerprint), services.settings.ttl
     labels = labelled(call.namespace, call.model, call.lineage)
     pointer = responses.INDEX_FINGERPRINT
-    await asyncio.gather(*(put(services, Write(k, pointer, value, ttl, labels)) for k in keys))
+    await asyncio.gather(*(put(services, Write(k, pointer, value, ttl, labels)) for k in free))
     await hold(services, call, fresh=True)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import hdrs, web
 
-from proxy.core import policy, responses
+from proxy.core import responses
 from proxy.core.call import NAMESPACE, checked_namespace, control, of_entry
 from proxy.core.codec import UnknownDictionary
 from proxy.core.credentials import Credentials, split_query
@@ -29,9 +29,9 @@ from proxy.core.paths import raw_query
 from proxy.core.policy import CacheMode, Outcome
 from proxy.server.caching import dropped
 from proxy.server.caller import Caller, absent, caller_of, served_headers, vary_for
-from proxy.server.chains import holds, mark_deleted, was_deleted
+from proxy.server.chains import holds, indexed, mark_deleted, pointed, was_deleted
 from proxy.server.context import SERVICES, Services
-from proxy.server.failopen import store_failed, stored_entry, unreadable
+from proxy.server.failopen import store_failed, unreadable
 from proxy.server.handlers import key_accepted, known, only_if_cached, passthrough
 from proxy.server.recording import scope_of
 from proxy.store.base import StoreError
@@ -161,7 +161,7 @@ async def forget_changed(request: web.Request) -> web.StreamResponse:
         carrying: set[str] = set()
         try:
             for pointer in pointers:
-                target = await _pointed(services, pointer)
+                target = await pointed(services, pointer)
                 if target is not None and await _carries(services, *target, chat_id):
                     carrying.add(target[0])
         except StoreError as exc:
@@ -277,12 +277,6 @@ async def _held_chat(
     return found
 
 
-async def _pointed(services: Services, pointer: str) -> tuple[str, str] | None:
-    """The (key, fingerprint) the index entry `pointer` names, if it is one."""
-    found = await services.store.get(pointer, [responses.INDEX_FINGERPRINT])
-    return responses.parse_index(found.get(responses.INDEX_FINGERPRINT, b""))
-
-
 async def _dropped(services: Services, keys: set[str]) -> None:
     """Delete the entries `keys`, which hold what the upstream no longer has; a process that
     records a cassette keeps what they held for it (`services.retired`)."""
@@ -342,29 +336,17 @@ async def _trusted(
 async def _indexed(
     services: Services, index: str, object_id: str, kind: str = responses.RESPONSE_INDEX
 ) -> tuple[str, Entry] | None:
-    """The key and entry the index entry `index` points at, while it holds `object_id` (a
-    response, or a stored chat completion: `kind`)."""
-    try:
-        target = await _pointed(services, index)
-    except StoreError as exc:
-        store_failed(services, "get", exc)
-        return None
-    entry = None if target is None else await stored_entry(services, *target)
-    if target is None or entry is None:
-        return None
-    is_response = kind == responses.RESPONSE_INDEX
-    if is_response and not is_served_as(entry, True, None, entry.stream):  # an older proxy's?
-        if services.entries.first_drop(target[0]):
-            dropped(services, target[0], entry.route, entry.model)
+    """`chains.indexed`, and a response stored in a shape no client reads (an older proxy's)
+    dropped as unreadable."""
+    found = await indexed(services, index, object_id, kind)
+    if found is None or kind != responses.RESPONSE_INDEX:
+        return found
+    if not is_served_as(found[1], True, None, found[1].stream):
+        if services.entries.first_drop(found[0]):
+            dropped(services, found[0], found[1].route, found[1].model)
         unreadable(services)
         return None
-    # --ttl bounds every answer served, and a store may hold one past it.
-    fresh = policy.is_fresh(entry.stored_at, services.clock(), services.settings.ttl, None)
-    # A refresh, or a purge and the same request again, puts another answer (another id)
-    # where the index points: it is not the one asked for.
-    held = responses.stored_id if is_response else responses.chat_id_of
-    same = held(entry.body, entry.stream) == object_id
-    return (target[0], entry) if fresh and same else None
+    return found
 
 
 def _body(entry: Entry, streamed: bool) -> bytes | None:
