@@ -51,10 +51,16 @@ CREDENTIAL_WORDS = frozenset(
 )  # fmt: skip
 """Words of a header or parameter name that say it holds a credential (see `named_as_one`)."""
 
+QUERY_WORDS = frozenset({"sig", "signature", "code"})
+"""Words of a query parameter's name that say it holds a credential in a URL only: a signed
+URL's signature (an Azure SAS's `sig`, `X-Amz-Signature`, as `sealing.SIGNING` reads a URL in
+a body), an Azure Functions key (`code`). A header so named says nothing (an HTTP message
+signature is new per request, and read as a credential would split every request off)."""
+
 NOT_CREDENTIALS = frozenset({"idempotency-key", "idempotency_key"})
 """Names made of those words that hold no credential: a retry's identity, new per request."""
 
-_WORD_CUES = ("key", "token", "auth", "secret", "pass", "credential", "cookie")
+_WORD_CUES = ("key", "token", "auth", "secret", "pass", "credential", "cookie", "sig", "code")
 _WORDS = re.compile(r"[^a-z0-9]+")
 
 
@@ -205,7 +211,7 @@ def split_query(query: str) -> tuple[str, Credentials]:
     for item in items:
         raw_name, _, value = item.partition("=")
         name = unquote_plus(raw_name).strip().lower()
-        if not value or (name not in QUERY_PARAMETERS and not named_as_one(name)):
+        if not value or not _in_query_as_one(name):
             kept.append(item)  # one without a value holds no credential, and is still sent
         else:
             found.append((IN_QUERY + name, value))
@@ -233,6 +239,15 @@ def of_request(
     if len(in_query) > 1:  # `?key=A&key=B`: a server reads the first, or the last
         refuse_disagreeing(sorted(in_query, key=_first))
     return extract(headers, carriers) + in_query
+
+
+def _in_query_as_one(name: str) -> bool:
+    """Whether a (decoded, lower-case) query parameter's name says it holds a credential."""
+    return (
+        name in QUERY_PARAMETERS
+        or named_as_one(name)
+        or any(word in QUERY_WORDS for word in _WORDS.split(name))
+    )
 
 
 def in_query(credentials: Credentials) -> str:

@@ -360,7 +360,11 @@ async def _save_cassette(
     if settings.cassette is None or settings.cache_mode is CacheMode.REPLAY:
         return
     skipped = cassette.Skipped()
-    count = await cassette_write.write(store, settings.cassette, codec, skipped, retired)
+    try:
+        count = await cassette_write.write(store, settings.cassette, codec, skipped, retired)
+    except OSError as exc:  # named as the cassette's, not taken for the port's (`start_failure`)
+        reason = (exc.strerror or str(exc)).lower()
+        raise cassette.CassetteError(f"cannot write {settings.cassette!r}: {reason}") from None
     log.info("cassette written", extra={"path": settings.cassette, "answers": count})
     transfer.left_out(skipped)
 

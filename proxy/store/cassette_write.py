@@ -68,12 +68,16 @@ def replacing(path: str) -> Iterator[IO[bytes]]:
     symlink), so a link left in a checkout or a shared directory cannot turn the write onto
     another file; a link at `path` itself is replaced, not followed. A file being replaced
     keeps its permissions, from its creation on (whoever opens a file keeps reading it through
-    a later chmod); a new one gets what the umask gives."""
+    a later chmod); a new one is its writer's alone (0600, less if the umask says so): it holds
+    prompts and answers, an export every tenant's. The temporary name is the file's cut to
+    NAME_MAX in bytes, not characters: 200 two-byte characters were a name the system refuses,
+    and the recording was lost at exit."""
     folder, name = os.path.split(os.path.abspath(path))
-    temporary = os.path.join(folder, f".{name[:200]}.{secrets.token_hex(8)}.tmp")  # NAME_MAX
+    short = os.fsdecode(os.fsencode(name)[:200])  # a character cut in two stays its bytes
+    temporary = os.path.join(folder, f".{short}.{secrets.token_hex(8)}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
     kept = _kept_mode(path)
-    descriptor = os.open(temporary, flags, 0o666 if kept is None else kept & 0o777)
+    descriptor = os.open(temporary, flags, 0o600 if kept is None else kept & 0o777)
     try:
         with os.fdopen(descriptor, "wb") as handle:
             if kept is not None:  # what the umask took off the kept mode

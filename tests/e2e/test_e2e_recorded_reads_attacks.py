@@ -165,3 +165,22 @@ def test_a_semicolon_beside_a_query_credential_is_refused_on_a_read(
         assert kept.status_code == 200 and kept.headers["X-Repro-Cache"] == "REFRESH"
         stop(recorder)
     assert routes(tape) == ["GET /v1/files"] and KEY not in tape.read_text()
+
+
+def test_a_signed_query_is_neither_kept_nor_keyed(
+    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
+) -> None:
+    """A gateway taking a signature (`sig`, as an Azure SAS) or a function key (`code`) in the
+    URL: the cassette's `query` held both in the clear. Now they are credentials, as a
+    signed URL's in a body: the tenant, not the key, and never written."""
+    tape = tmp_path / "llm.jsonl"
+    recorder = start_proxy(*RECORDING, "--cassette", str(tape))
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi."}]}
+    signed = recorder.post("/chat/completions?sig=SIGSECRET-1&code=CODESECRET-1&a=1", body)
+    assert signed.status_code == 200 and signed.headers["X-Repro-Cache"] == "MISS"
+    read = httpx.get(recorder.v1 + "/models?sig=SIGSECRET-2", headers=AUTH)
+    assert read.headers["X-Repro-Cache"] == "REFRESH"
+    stop(recorder)
+    text = tape.read_text()
+    assert "SECRET" not in text
+    assert sorted(orjson.loads(line)["query"] for line in text.splitlines()) == ["", "a=1"]

@@ -257,3 +257,27 @@ def deep_requests(folder: Path) -> list[Path]:
         path.write_bytes(text + b"\n")
         paths.append(path)
     return paths
+
+
+def test_a_new_cassette_is_its_writers_alone(tmp_path: Path) -> None:
+    """It holds prompts and answers, an export every tenant's. Before: 0644 under the usual
+    umask, readable by every local user."""
+    previous = os.umask(0o022)
+    try:
+        path = tmp_path / "new.jsonl"
+        cassette_write.save(str(path), [line("Hello.")])
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("length", [120, 127])  # 240 and 254 bytes, each under NAME_MAX
+def test_a_name_of_many_bytes_per_character_is_written(tmp_path: Path, length: int) -> None:
+    """The temporary name is cut to NAME_MAX in bytes. Before: cut in characters, a valid name
+    of two-byte characters made a temporary one the system refused, and the recording was lost
+    at exit (with a message naming the port)."""
+    path = tmp_path / ("é" * length + "x")
+    assert len(os.fsencode(path.name)) <= 255
+    cassette_write.save(str(path), [line("Hello.")])
+    assert len(cassette.records(str(path))) == 1
+    assert os.listdir(tmp_path) == [path.name]

@@ -219,3 +219,26 @@ def test_a_credential_after_a_semicolon_is_a_credential() -> None:
     """Rack (and Python before 3.9.2) split a query at `;` as at `&`."""
     assert split_query("a=1;key=sk-x&b=2") == ("a=1&b=2", (("?key", "sk-x"),))
     assert split_query("a=1;b=2") == ("a=1;b=2", ())
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "sig=SAS-SIGNATURE&a=1",  # an Azure SAS
+        "a=1&X-Amz-Signature=AWS-SIGNATURE",  # a presigned S3 URL
+        "a=1&signature=SIGNED",
+        "code=FUNCTION-KEY&a=1",  # an Azure Functions key
+    ],
+)
+def test_a_signature_or_function_key_in_the_query_is_a_credential(query: str) -> None:
+    """As `sealing.SIGNING` reads a URL in a body, so the request's own query: neither keyed
+    nor kept in a cassette. Before: written to the cassette's `query` in the clear."""
+    kept, found = split_query(query)
+    assert kept == "a=1"
+    assert len(found) == 1 and found[0][1] not in kept
+
+
+def test_a_header_named_signature_is_no_credential() -> None:
+    """An HTTP message signature is new per request: read as a credential it would make every
+    request a tenant of its own."""
+    assert extract(CIMultiDictProxy(CIMultiDict({"Signature": "sig1=:abc:"}))) == ()
