@@ -48,16 +48,19 @@ def test_the_storage_bench_weighs_and_compares_in_one_run() -> None:
 
 
 def _bytes(*extra: str) -> dict[tuple[str, str], dict[str, float]]:
-    result, _ = storage("--bytes-only", "--entries", "10", *extra)
+    result, _ = storage("--bytes-only", "--entries", "30", *extra)
     return {(row["kind"], row["proxy"]): row for row in result["bytes"]}
 
 
 def test_a_compact_hash_setting_stores_every_entry_smaller() -> None:
     """What docs/operations.md advises: with hash-max-listpack-value above an entry's size,
-    Redis keeps each cache key's hash compactly, whatever the entry's compression."""
+    Redis keeps each cache key's hash compactly, whatever the entry's compression. What an
+    entry saves depends on where its value falls among the allocator's size classes, so the
+    mean over 10 entries moved from 50 to 114 bytes from run to run: over 30 entries, at
+    least 25."""
     default = _bytes()
     compact = _bytes("--redis-config", "hash-max-listpack-value=4096")
     for kind in ("chat", "stream"):
         row = (kind, "proxy redis://")
         assert abs(compact[row]["raw"] - default[row]["raw"]) < 0.01 * default[row]["raw"]
-        assert compact[row]["stored"] < default[row]["stored"] - 50
+        assert compact[row]["stored"] < default[row]["stored"] - 25
