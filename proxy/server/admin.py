@@ -29,7 +29,7 @@ from proxy.upstream.headers import INERT
 
 async def admin_fingerprints(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    await check_admin(request, services)
+    await check_admin(request, services, page=True)
     with store_answers():
         states = await services.store.all_fingerprints()
     return json_response(
@@ -47,16 +47,17 @@ def store_answers() -> Iterator[None]:
         raise StoreUnavailable(f"The store did not answer: {exc}") from exc
 
 
-async def check_admin(request: web.Request, services: Services) -> None:
-    """Admin routes do not exist without a token, and need it as a bearer when they do. A read
-    (GET) without an Authorization header may show the operators' page's session cookie
-    instead, which a cross-site request never carries (SameSite=Strict): a write needs the
-    bearer, so no page can forge one. Wrong bearers are counted per address (`guesses`)."""
+async def check_admin(request: web.Request, services: Services, page: bool = False) -> None:
+    """Admin routes do not exist without a token, and need it as a bearer when they do. What
+    the operators' `page` reads (a GET without an Authorization header) may show its session
+    instead (`session`): the session reads what the page shows and nothing else, neither a
+    write nor the export of every stored prompt. Wrong bearers are counted per address
+    (`guesses`)."""
     token = services.settings.admin_token
     if not token:
         raise NotFound(NO_ROUTE)
     header = request.headers.get("Authorization")
-    is_read = header is None and request.method == "GET"
+    is_read = page and header is None and request.method == "GET"
     if is_read and await session.valid(request, token, services.clock(), services.store):
         return
     scheme, _, given = (header or "").partition(" ")
@@ -119,7 +120,7 @@ def rfc3339(timestamp: float) -> str:
 async def admin_stats(request: web.Request) -> web.Response:
     """What the store holds, and how this process has served since it started."""
     services = request.app[SERVICES]
-    await check_admin(request, services)
+    await check_admin(request, services, page=True)
     with store_answers():
         usage = await services.store.usage()
     hits, misses = services.metrics.hit_counts()

@@ -72,7 +72,7 @@ class Asked:
 
 async def admin_rotations(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    await check_admin(request, services)
+    await check_admin(request, services, page=True)
     asked = Asked(
         request.query.get("model"),
         _count(request, "examples", 3, MAX_EXAMPLES),

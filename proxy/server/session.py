@@ -1,12 +1,17 @@
-"""The operators' page's session: a cookie derived from the admin token, never the token itself.
+"""The operators' page's session: a value derived from the admin token, never the token itself.
 
 `<expiry>.<nonce>.<HMAC-SHA256 of both under the token>`: every worker and replica with the
 same token can check it, in constant time. It proves the holder once posted the token, expires
 after `LIFETIME`, and all sessions end when the token changes. Logging out revokes the session
-in the store (its name is a digest of the cookie) until it would have expired, so a copy of the
-cookie taken before reads nothing after, on every process that shares the store; the random
-nonce makes each login's cookie a new one. A store that cannot say whether a session was
-revoked admits none: the bearer still works.
+in the store (its name is a digest of the value) until it would have expired, so a copy taken
+before reads nothing after, on every process that shares the store; the random nonce makes each
+login's session a new one. A store that cannot say whether a session was revoked admits none:
+the bearer still works.
+
+The page keeps it in `sessionStorage` and sends it in the `HEADER`, never in a cookie: a
+browser sends a cookie to every port of its host (and SameSite counts them one site), so any
+other server on `localhost` would receive it, while `sessionStorage` is the origin's alone, port
+included. A header is also one no other site's page can make a browser send: no CSRF.
 """
 
 from __future__ import annotations
@@ -19,9 +24,8 @@ import secrets
 from aiohttp import web
 
 from proxy.store.base import Store, StoreError
-from proxy.upstream.headers import ADMIN_COOKIE
 
-COOKIE = ADMIN_COOKIE
+HEADER = "X-Repro-Session"
 LIFETIME = 12 * 3600
 
 log = logging.getLogger("proxy.admin")
@@ -34,7 +38,7 @@ def issue(token: str, now: float) -> str:
 
 
 def _expiry(value: str, token: str, now: float) -> int | None:
-    """The expiry of a genuine, unexpired session cookie; None for anything else."""
+    """The expiry of a genuine, unexpired session; None for anything else."""
     expires, _, rest = value.partition(".")
     nonce, _, mac = rest.partition(".")
     # isascii: str.isdigit also takes superscripts, which int() refuses
@@ -48,7 +52,7 @@ def _expiry(value: str, token: str, now: float) -> int | None:
 
 
 async def valid(request: web.Request, token: str, now: float, store: Store) -> bool:
-    value = request.cookies.get(COOKIE, "")
+    value = request.headers.get(HEADER, "")
     if _expiry(value, token, now) is None:
         return False
     try:
@@ -60,14 +64,14 @@ async def valid(request: web.Request, token: str, now: float, store: Store) -> b
 async def revoke(request: web.Request, token: str, now: float, store: Store) -> None:
     """End the request's session everywhere the store is shared (a session only: anyone may
     post a logout, and only the holder of a real session can make the store remember one)."""
-    value = request.cookies.get(COOKIE, "")
+    value = request.headers.get(HEADER, "")
     expires = _expiry(value, token, now)
     if expires is None:
         return
     try:
         await store.revoke(_name(value), expires - now)
     except StoreError:
-        log.warning("logout not remembered: the store failed; the cookie lives until it expires")
+        log.warning("logout not remembered: the store failed; the session lives until it expires")
 
 
 def _name(value: str) -> str:

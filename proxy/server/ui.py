@@ -1,10 +1,10 @@
 """`/admin/ui`: the operators' page, behind the admin token.
 
-Static files from the package (no build step, no CDN): a login form that posts the token once,
-then a page whose script reads the admin routes with the session cookie (see `session`). The
-token never appears in a URL, a cookie or a log. Every answer shown is the upstream's text, so
-the script writes it as text only (`textContent`), and the Content-Security-Policy allows no
-inline script, no other origin, and no framing.
+Static files from the package (no build step, no CDN): one page whose script posts the token
+once, keeps the session it gets in exchange and reads the admin routes with it (see `session`).
+The token never appears in a URL, a cookie, the browser's storage or a log. Every answer shown
+is the upstream's text, so the script writes it as text only (`textContent`), and the
+Content-Security-Policy allows no inline script, no other origin, and no framing.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from __future__ import annotations
 from importlib import resources
 from urllib.parse import parse_qs, urlsplit
 
+import orjson
 from aiohttp import web
 
-from proxy.errors import NO_ROUTE, NotFound
+from proxy.errors import NO_ROUTE, NotFound, Unauthorized
 from proxy.server import bodies, session
 from proxy.server.admin import token_accepted
 from proxy.server.context import SERVICES
@@ -32,8 +33,6 @@ HEADERS = {
     "Referrer-Policy": "same-origin",  # no-referrer would make a browser post Origin: null
     "Cache-Control": "no-store",
 }
-_FAILED = b'<p id="error" class="error" hidden>'
-_FAILED_SHOWN = b'<p id="error" class="error">'
 
 
 def _file(name: str) -> bytes:
@@ -54,12 +53,10 @@ def _page(body: bytes, status: int = 200) -> web.Response:
 
 
 async def admin_ui(request: web.Request) -> web.Response:
-    """The page for a session, else the login form."""
-    token = _token(request)
-    services = request.app[SERVICES]
-    if await session.valid(request, token, services.clock(), services.store):
-        return _page(_file("ui.html"))
-    return _page(_file("login.html"))
+    """The page: its script signs in or reads with the session it keeps (`session`), so the
+    page itself holds nothing to protect."""
+    _token(request)
+    return _page(_file("ui.html"))
 
 
 async def ui_static(request: web.Request) -> web.Response:
@@ -72,9 +69,8 @@ async def ui_static(request: web.Request) -> web.Response:
 
 
 async def ui_login(request: web.Request) -> web.Response:
-    """Check the posted token (constant time, wrong ones counted per address) and set the
-    session cookie: HttpOnly (no script reads it), SameSite=Strict (no other site's request
-    carries it), Secure over HTTPS, the proxy's own or a terminating proxy's."""
+    """Check the posted token (constant time, wrong ones counted per address) and answer a
+    session, which the page's script keeps in `sessionStorage` (`session`)."""
     token = _token(request)
     _same_origin(request)
     services = request.app[SERVICES]
@@ -82,18 +78,10 @@ async def ui_login(request: web.Request) -> web.Response:
     await services.guesses.check(services.store, request.remote, services.clock())
     given = await _posted_token(request, services.settings.body_timeout)
     if not await token_accepted(request, services, given, token):
-        return _page(_file("login.html").replace(_FAILED, _FAILED_SHOWN), status=401)
-    response = web.HTTPSeeOther("/admin/ui", headers=HEADERS)
-    response.set_cookie(
-        session.COOKIE,
-        session.issue(token, request.app[SERVICES].clock()),
-        max_age=session.LIFETIME,
-        path="/admin",
-        httponly=True,
-        samesite="Strict",
-        secure=over_https(request),
-    )
-    raise response
+        raise Unauthorized("That is not the admin token.")
+    made = session.issue(token, services.clock())
+    body = orjson.dumps({"session": made, "expires_in": session.LIFETIME})
+    return web.Response(body=body, content_type="application/json", headers=HEADERS)
 
 
 async def _posted_token(request: web.Request, idle: float) -> str | None:
@@ -111,14 +99,12 @@ async def _posted_token(request: web.Request, idle: float) -> str | None:
 
 
 async def ui_logout(request: web.Request) -> web.Response:
-    """Delete the browser's cookie, and revoke its session for every copy of it (`session`)."""
+    """Revoke the session shown for every copy of it (`session`); the page forgets its own."""
     token = _token(request)
     _same_origin(request)
     services = request.app[SERVICES]
     await session.revoke(request, token, services.clock(), services.store)
-    response = web.HTTPSeeOther("/admin/ui", headers=HEADERS)
-    response.del_cookie(session.COOKIE, path="/admin")
-    raise response
+    return web.Response(status=204, headers=HEADERS)
 
 
 def _same_origin(request: web.Request) -> None:
@@ -127,15 +113,3 @@ def _same_origin(request: web.Request) -> None:
     origin = request.headers.get("Origin")
     if origin is not None and urlsplit(origin).netloc != request.host:
         raise web.HTTPForbidden(text="cross-site form refused")
-
-
-def over_https(request: web.Request) -> bool:
-    """HTTPS here, or at a TLS-terminating proxy in front that says so (`X-Forwarded-Proto`,
-    `Forwarded: proto=`). Believing a client that claims it only adds `Secure`, which a
-    browser on plain HTTP then refuses to store: no one gains a cookie by lying."""
-    if request.secure:
-        return True
-    claimed = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
-    return claimed == "https" or any(
-        hop.get("proto", "").lower() == "https" for hop in request.forwarded[:1]
-    )

@@ -121,16 +121,11 @@ def coding_error(headers: Headers) -> str | None:
     return None
 
 
-ADMIN_COOKIE = "repro_admin"
-"""The operators' page's session cookie (proxy/server/session.py): the proxy's alone to set."""
-
-
 def response_headers(incoming: Headers, decoded: bool) -> CIMultiDict[str]:
     """Headers to send back: end-to-end ones; length and encoding are the server's business.
     `X-Repro-*` headers are this proxy's word (on the cache, the seed, the fingerprint): an
-    upstream's, or another repro-proxy's before it, never pass for it; nor does a Set-Cookie
-    of ADMIN_COOKIE (`own_cookie`). INERT goes over the upstream's own. A `decoded` answer
-    keeps a Content-Encoding that was not decoded."""
+    upstream's, or another repro-proxy's before it, never pass for it. INERT goes over the
+    upstream's own. A `decoded` answer keeps a Content-Encoding that was not decoded."""
     decoded = decoded and undecoded(incoming) is None
     skip = _skipped(incoming, _DECODED_SKIP if decoded else _RESPONSE_SKIP)
     out: CIMultiDict[str] = CIMultiDict()
@@ -138,19 +133,9 @@ def response_headers(incoming: Headers, decoded: bool) -> CIMultiDict[str]:
         lower = name.lower()
         if lower in skip or lower.startswith("x-repro-"):
             continue
-        if lower == "set-cookie" and own_cookie(value):
-            continue
         out.add(name, value)
     out.update(INERT)
     return out
-
-
-def own_cookie(set_cookie: str) -> bool:
-    """Whether a Set-Cookie line names the operators' session cookie. The page shares its
-    origin with every relayed answer, so an upstream's line for that name would, in the
-    operator's browser, overwrite the session (one of the upstream's choosing) or clear it.
-    Any letter case counts: dropping a line of another cookie costs nothing."""
-    return set_cookie.partition("=")[0].strip().lower() == ADMIN_COOKIE
 
 
 def status_error(status: int) -> str | None:

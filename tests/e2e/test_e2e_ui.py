@@ -1,6 +1,7 @@
 """`/admin/ui` in a real browser (Debian's headless chromium through chromedriver): the models,
 their fingerprints and a side-by-side diff after a rotation in the sim; a hostile answer renders
-as text. Then the session's rules over plain HTTP: login, cookie, cross-site posts, no token."""
+as text; the session stays on the page's origin. Then the session's rules over plain HTTP:
+login, what it reads, logout, cross-site posts, no token."""
 
 from __future__ import annotations
 
@@ -89,13 +90,10 @@ def test_the_page_shows_models_fingerprints_and_a_side_by_side_diff(
 
     sign_in(driver, proxy)
     assert "token" not in driver.current_url and ADMIN not in driver.current_url
-    (cookie,) = driver.get_cookies()
-    assert (cookie["name"], cookie["httpOnly"], cookie["sameSite"]) == (
-        "repro_admin",
-        True,
-        "Strict",
-    )
-    assert ADMIN not in cookie["value"]
+    assert driver.get_cookies() == []
+    kept = driver.execute_script("return Object.entries(sessionStorage)")
+    assert [name for name, _ in kept] == ["repro-session"] and ADMIN not in kept[0][1]
+    assert driver.execute_script("return localStorage.length") == 0
     rows = driver.find_elements(By.CSS_SELECTOR, "#models tbody tr")
     assert [row.find_element(By.CLASS_NAME, "model").text for row in rows] == [MODEL]
     assert rows[0].find_element(By.CLASS_NAME, "current").text == "fp_sim_0002"
@@ -115,6 +113,55 @@ def test_the_page_shows_models_fingerprints_and_a_side_by_side_diff(
     assert shown == {(before[key], after[key]) for key in before}
     assert pairs[0].find_elements(By.TAG_NAME, "del") and pairs[0].find_elements(By.TAG_NAME, "ins")
     assert ADMIN.encode() not in log.read_bytes()
+
+
+@browser_only
+def test_another_server_on_the_same_host_receives_nothing_of_the_session(
+    start_proxy: ProxyFactory, driver: Any
+) -> None:
+    """A browser sends a host's cookies to every port of it, and SameSite counts every port one
+    site: a session in a cookie would reach any other server on the operator's machine that the
+    browser visits (a dev server, another tool's admin page) and read stored answers. The page's
+    session is in the origin's own `sessionStorage`, and sent only by its script."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    proxy = start_proxy("--admin-token", ADMIN)
+    driver.get(proxy.url + "/admin/ui")
+    driver.find_element(By.ID, "token").send_keys("not-the-token")
+    driver.find_element(By.ID, "sign-in").click()
+    WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "error").is_displayed())
+    assert driver.execute_script("return sessionStorage.length") == 0
+    assert driver.find_element(By.ID, "token").get_attribute("value") == ""
+    with Scripted(fixed(http_answer(b"<p>another app</p>", "Content-Type: text/html"))) as other:
+        sign_in(driver, proxy)
+        host = proxy.url.split("//")[1].rsplit(":", 1)[0]
+        for path in ("/admin/ui", "/admin/stats", "/"):
+            driver.get(f"http://{host}:{other.port}{path}")
+        heads = b"".join(received.head for received in other.received).lower()
+        assert other.received and b"get /admin/stats" in heads
+        assert b"cookie" not in heads and b"repro" not in heads
+        leaked = driver.execute_script("return sessionStorage.length + localStorage.length")
+        assert leaked == 0, "another origin's page can see the session"
+    sign_out_after_coming_back(driver, proxy)
+
+
+def sign_out_after_coming_back(driver: Any, proxy: Proxy) -> None:
+    """The tab keeps its session across another site's pages; signing out revokes it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(proxy.url + "/admin/ui")
+    WebDriverWait(driver, 20).until(
+        lambda d: d.execute_script("return document.body.dataset.loaded === 'true'")
+    )
+    kept = driver.execute_script("return sessionStorage.getItem('repro-session')")
+    driver.find_element(By.ID, "sign-out").click()
+    WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "token").is_displayed())
+    assert driver.execute_script("return sessionStorage.length") == 0
+    assert not driver.find_element(By.ID, "board").is_displayed()
+    shown = httpx.get(proxy.url + "/admin/stats", headers={session.HEADER: kept}, timeout=10)
+    assert shown.status_code == 401  # a copy taken before reads nothing after
 
 
 @browser_only
@@ -176,55 +223,72 @@ async def page() -> AsyncIterator[TestClient[Any, Any]]:
         yield made
 
 
-async def test_without_a_session_the_page_is_the_login_form(page: TestClient[Any, Any]) -> None:
+async def test_the_page_is_one_shell_that_holds_nothing(page: TestClient[Any, Any]) -> None:
     response = await page.get("/admin/ui")
     assert response.status == 200
     text = await response.text()
     assert 'action="/admin/ui/login"' in text and 'type="password"' in text
+    assert 'src="/admin/ui/static/ui.js"' in text
     assert "script-src 'self'" in response.headers["Content-Security-Policy"]
     assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+    assert response.headers["Cache-Control"] == "no-store"
 
 
-async def test_a_wrong_token_is_refused_and_sets_no_cookie(page: TestClient[Any, Any]) -> None:
-    response = await page.post("/admin/ui/login", data={"token": "nope"}, allow_redirects=False)
+async def login(page: TestClient[Any, Any]) -> str:
+    response = await page.post("/admin/ui/login", data={"token": ADMIN})
+    assert response.status == 200 and "Set-Cookie" not in response.headers
+    assert response.headers["Cache-Control"] == "no-store"
+    made = await response.json()
+    assert made["expires_in"] == session.LIFETIME and ADMIN not in made["session"]
+    return str(made["session"])
+
+
+async def test_a_wrong_token_is_refused_and_gives_no_session(page: TestClient[Any, Any]) -> None:
+    response = await page.post("/admin/ui/login", data={"token": "nope"})
     assert response.status == 401
     assert "Set-Cookie" not in response.headers
-    assert "That is not the admin token." in await response.text()
+    error = (await response.json())["error"]
+    assert error["message"] == "That is not the admin token." and "session" not in error
 
 
-async def test_the_session_reads_but_never_writes(page: TestClient[Any, Any]) -> None:
-    response = await page.post("/admin/ui/login", data={"token": ADMIN}, allow_redirects=False)
-    assert response.status == 303 and response.headers["Location"] == "/admin/ui"
-    cookie = response.headers["Set-Cookie"]
-    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/admin" in cookie
-    assert ADMIN not in cookie
-    assert "ui.js" in await (await page.get("/admin/ui")).text()
-    assert (await page.get("/admin/stats")).status == 200
-    purge = await page.post("/admin/purge", json={"all": True})
-    assert purge.status == 401
-
-
-async def test_a_copy_of_the_cookie_reads_nothing_after_the_logout(
+async def test_the_session_reads_what_the_page_shows_and_nothing_else(
     page: TestClient[Any, Any],
 ) -> None:
-    response = await page.post("/admin/ui/login", data={"token": ADMIN}, allow_redirects=False)
-    copied = response.cookies[session.COOKIE].value
-    assert (await page.post("/admin/ui/logout", allow_redirects=False)).status == 303
-    page.session.cookie_jar.update_cookies({session.COOKIE: copied})
+    """The page reads stats, fingerprints and rotations. The export of every stored prompt
+    and every write need the bearer: a stolen session shows no more than the page."""
+    shown = {session.HEADER: await login(page)}
+    for path in ("/admin/stats", "/admin/fingerprints", "/admin/rotations?examples=10"):
+        assert (await page.get(path, headers=shown)).status == 200, path
+    assert (await page.get("/admin/export", headers=shown)).status == 401
+    purge = await page.post("/admin/purge", json={"all": True}, headers=shown)
+    assert purge.status == 401
     assert (await page.get("/admin/stats")).status == 401
-    again = await page.post("/admin/ui/login", data={"token": ADMIN}, allow_redirects=False)
-    assert again.cookies[session.COOKIE].value != copied  # each login a session of its own
-    assert (await page.get("/admin/stats")).status == 200
+
+
+async def test_a_session_sent_as_a_cookie_reads_nothing(page: TestClient[Any, Any]) -> None:
+    """A cookie reaches every port of the host: another server on localhost would have it."""
+    value = await login(page)
+    for name in ("repro_admin", session.HEADER):
+        cookie = {"Cookie": f"{name}={value}"}
+        assert (await page.get("/admin/stats", headers=cookie)).status == 401
+
+
+async def test_a_copy_of_the_session_reads_nothing_after_the_logout(
+    page: TestClient[Any, Any],
+) -> None:
+    copied = {session.HEADER: await login(page)}
+    assert (await page.post("/admin/ui/logout", headers=copied)).status == 204
+    assert (await page.get("/admin/stats", headers=copied)).status == 401
+    again = await login(page)
+    assert again != copied[session.HEADER]  # each login a session of its own
+    assert (await page.get("/admin/stats", headers={session.HEADER: again})).status == 200
 
 
 async def test_a_forged_or_expired_session_is_refused(page: TestClient[Any, Any]) -> None:
     expired = session.issue(ADMIN, 0.0)
     forged = session.issue("another-token", 4_000_000_000.0)
     for value in (expired, forged, "9999999999.00", "x", ""):
-        page.session.cookie_jar.clear()
-        page.session.cookie_jar.update_cookies({session.COOKIE: value})
-        assert (await page.get("/admin/stats")).status == 401
-        assert 'action="/admin/ui/login"' in await (await page.get("/admin/ui")).text()
+        assert (await page.get("/admin/stats", headers={session.HEADER: value})).status == 401
 
 
 async def test_a_cross_site_login_or_logout_is_refused(page: TestClient[Any, Any]) -> None:
@@ -232,7 +296,7 @@ async def test_a_cross_site_login_or_logout_is_refused(page: TestClient[Any, Any
         for origin in ("https://evil.example", "null"):
             response = await page.post(path, data={"token": ADMIN}, headers={"Origin": origin})
             assert response.status == 403
-            assert "Set-Cookie" not in response.headers
+            assert "session" not in await response.text()
 
 
 async def test_a_huge_login_body_is_refused(page: TestClient[Any, Any]) -> None:
@@ -253,9 +317,11 @@ async def test_no_admin_token_no_page() -> None:
         assert (await made.post("/admin/ui/login", data={"token": ""})).status == 404
 
 
-STEALS_THE_EXPORT = b"""<!doctype html><title>inert</title><script>
+STEALS_THE_SESSION = b"""<!doctype html><title>inert</title><script>
 document.title = "ran";
-fetch("/admin/export").then(r => r.text().then(t => { document.title = r.status + ":" + t; }));
+const kept = { "X-Repro-Session": sessionStorage.getItem("repro-session") || "" };
+fetch("/admin/rotations?examples=10", { headers: kept })
+  .then(r => r.text().then(t => { document.title = r.status + ":" + t; }));
 </script>"""
 
 
@@ -264,14 +330,14 @@ fetch("/admin/export").then(r => r.text().then(t => { document.title = r.status 
 def test_an_upstreams_html_never_runs_on_the_proxys_origin(
     start_proxy: ProxyFactory, driver: Any, path: str
 ) -> None:
-    """The proxy's origin also serves the operators' page, whose session reads every stored
-    prompt and answer (/admin/export). A page the upstream (or a network path to an http://
-    upstream) answers with, relayed as it came, would run there with that session: every
-    answer relayed from the upstream is sandboxed (an opaque origin, no session) and never
-    sniffed into HTML."""
+    """The proxy's origin also serves the operators' page, whose session (in the tab's
+    `sessionStorage`) reads stored answers (/admin/rotations). A page the upstream (or a network
+    path to an http:// upstream) answers with, relayed as it came, would run there and read that
+    session: every answer relayed from the upstream is sandboxed (an opaque origin, no storage)
+    and never sniffed into HTML."""
     from selenium.webdriver.support.ui import WebDriverWait
 
-    with Scripted(fixed(http_answer(STEALS_THE_EXPORT, "Content-Type: text/html"))) as upstream:
+    with Scripted(fixed(http_answer(STEALS_THE_SESSION, "Content-Type: text/html"))) as upstream:
         proxy = start_proxy("--admin-token", ADMIN, upstream=upstream.v1)
         with client(proxy) as http:
             relayed = http.request("POST" if "chat" in path else "GET", path, json={})
@@ -299,7 +365,7 @@ def test_an_upstreams_html_never_runs_on_the_proxys_origin(
     if "chat" in path:  # another site's form never reaches the upstream at all
         assert "cross_site_request" in shown and title != "ran", title[:200]
     else:
-        assert title == "inert", title[:200]  # unsandboxed: "ran", then "200:" and the export
+        assert title == "inert", title[:200]  # unsandboxed: "ran", then "200:" and the answers
     assert "sandbox" in relayed.headers["content-security-policy"]
     assert relayed.headers["x-content-type-options"] == "nosniff"
 

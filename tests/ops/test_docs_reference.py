@@ -42,7 +42,6 @@ ROUTE = re.compile(r"^(?:(GET|POST|PUT|PATCH|DELETE) )?(/\S*)$")
 METRIC = re.compile(r"(?<![:\w])(repro_[a-z0-9_]+)(?![:\w])")
 NOT_METRICS = {
     "repro_proxy": "the pytest plugin's name",
-    "repro_admin": "the operators' session cookie",
 }
 SERIES_SUFFIXES = ("_bucket", "_sum", "_count", "_created")
 

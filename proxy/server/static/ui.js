@@ -1,8 +1,12 @@
-// The operators' page: reads the admin routes with the session cookie and writes every value
-// as text (textContent, never innerHTML): answers and names come from clients and upstreams.
+// The operators' page: signs in with the admin token once, keeps the session it gets in
+// exchange in sessionStorage (this origin's alone, port included, unlike a cookie), sends it in
+// a header to read the admin routes, and writes every value as text (textContent, never
+// innerHTML): answers and names come from clients and upstreams.
 "use strict";
 
 const MAX_CELLS = 1000000; // word-diff table bound; past it the two answers are shown whole
+const SESSION = "repro-session";
+const HEADER = "X-Repro-Session";
 
 function el(tag, text, className) {
   const node = document.createElement(tag);
@@ -11,14 +15,42 @@ function el(tag, text, className) {
   return node;
 }
 
+function showLogin(failed) {
+  sessionStorage.removeItem(SESSION);
+  document.getElementById("board").hidden = true;
+  document.getElementById("login").hidden = false;
+  document.getElementById("error").hidden = !failed;
+  document.getElementById("token").focus();
+}
+
 async function getJSON(path) {
-  const response = await fetch(path, { credentials: "same-origin", headers: { Accept: "application/json" } });
+  const headers = { Accept: "application/json", [HEADER]: sessionStorage.getItem(SESSION) || "" };
+  const response = await fetch(path, { credentials: "omit", headers });
   if (response.status === 401 || response.status === 404) {
-    window.location.assign("/admin/ui");
+    showLogin(false);
     throw new Error("signed out");
   }
   if (!response.ok) throw new Error(path + ": HTTP " + response.status);
   return response.json();
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  const field = document.getElementById("token");
+  const response = await fetch("/admin/ui/login", {
+    method: "POST", credentials: "omit", body: new URLSearchParams({ token: field.value }),
+  });
+  field.value = "";
+  if (!response.ok) { showLogin(true); return; }
+  sessionStorage.setItem(SESSION, (await response.json()).session);
+  await load();
+}
+
+async function signOut() {
+  const session = sessionStorage.getItem(SESSION) || "";
+  sessionStorage.removeItem(SESSION);
+  await fetch("/admin/ui/logout", { method: "POST", credentials: "omit", headers: { [HEADER]: session } });
+  showLogin(false);
 }
 
 // A client's name between bidi isolates: its direction controls cannot reorder the text after it
@@ -157,7 +189,11 @@ function showRotations(report) {
 }
 
 async function load() {
+  if (!sessionStorage.getItem(SESSION)) { showLogin(false); return; }
+  document.getElementById("login").hidden = true;
+  document.getElementById("board").hidden = false;
   const status = document.getElementById("status");
+  status.hidden = true;
   try {
     const [stats, fingerprints, report] = await Promise.all([
       getJSON("/admin/stats"), getJSON("/admin/fingerprints"), getJSON("/admin/rotations?examples=10"),
@@ -167,9 +203,14 @@ async function load() {
     showRotations(report);
     document.body.dataset.loaded = "true";
   } catch (error) {
+    if (!sessionStorage.getItem(SESSION)) return; // signed out: the form is shown
     status.textContent = String(error.message || error);
     status.hidden = false;
   }
 }
 
-document.addEventListener("DOMContentLoaded", load);
+document.addEventListener("DOMContentLoaded", () => {
+  document.getElementById("login-form").addEventListener("submit", signIn);
+  document.getElementById("sign-out").addEventListener("click", signOut);
+  load();
+});
