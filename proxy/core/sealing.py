@@ -1,8 +1,9 @@
-"""Credentials a request's tools carry for a third party, and the body with them sealed (pure).
+"""Credentials a request's body carries, and the body with them sealed (pure).
 
 A tool may carry what reaches a third party on its owner's behalf: an MCP server's headers or
 OAuth token, a connector, a container's domain secrets (CREDENTIALS); a content part may hold
-a URL signed for its owner. Such a request is its tenant's own (`owned.tenants_own`), and what
+a URL signed for its owner; a gateway may take its own key in the body (`in_body`). Such a
+request is its tenant's own (`owned.tenants_own`), and what
 the key names and a store, an export or a cassette keeps holds each of those values as its
 SHA-256 (`sealed`), never as sent: the upstream alone receives them. `proxy.core.echoes` looks
 for the same values (`sealed_values`) in an answer before it is stored.
@@ -10,6 +11,7 @@ for the same values (`sealed_values`) in an answer before it is stored.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from proxy.core import canonical
+from proxy.core.credentials import named_as_one
 
 CREDENTIALS = frozenset(
     {"headers", "authorization", "server_url", "connector_id", "domain_secrets"}
@@ -35,6 +38,37 @@ SCHEMAS = frozenset({"parameters", "output_schema"})
 property `headers` or `authorization` there is no credential."""
 
 
+API_FIELDS = frozenset({"prompt_cache_key"})
+"""Fields of the API a credential's name would match (`named_as_one`) that hold none."""
+
+HEADER_FIELDS = frozenset({"extra_headers", "headers"})
+"""Fields some gateways read headers from, to send on to their own upstream: every value is
+sealed, as a tool's `headers` are (which of them holds a key, the proxy cannot tell)."""
+
+
+def in_body(holder: dict[str, Any]) -> list[str]:
+    """The names of the fields of `holder` (a body, or its `metadata`) holding a credential
+    for a gateway: LiteLLM's client-side `api_key`, `azure_ad_token`, `aws_secret_access_key`,
+    an `extra_headers` object; any name a header's or a query's would be read as a credential
+    by (`named_as_one`), the API's own fields aside (API_FIELDS). Empty values hold none."""
+    return [
+        name
+        for name, value in holder.items()
+        if _credential_name(name) and value not in (None, "", {}, [])
+    ]
+
+
+@functools.lru_cache(maxsize=1024)
+def _credential_name(name: str) -> bool:
+    """Remembered: every request's body is read so, and a few names make nearly all of them."""
+    return name not in API_FIELDS and (name in HEADER_FIELDS or named_as_one(name.lower()))
+
+
+def _metadata(body: dict[str, Any]) -> dict[str, Any]:
+    metadata = body.get("metadata")
+    return metadata if isinstance(metadata, dict) else {}
+
+
 def carries_credentials(body: dict[str, Any]) -> bool:
     """Whether a tool carries credentials for the server it calls (CREDENTIALS): `headers`
     holding any (the proxy cannot tell which header a third party reads a key in), an
@@ -42,7 +76,10 @@ def carries_credentials(body: dict[str, Any]) -> bool:
     with one, or `domain_secrets` holding any. A tool with empty or no headers reaches a server
     that answers anyone sending the same body, so names nothing; nor does a `server_url`
     alone (sealed all the same). Tools are read where a body gives them: its `tools`, and an
-    input item's (`additional_tools`, `tool_search_output`)."""
+    input item's (`additional_tools`, `tool_search_output`). So does a gateway's credential in
+    the body or its `metadata` (`in_body`)."""
+    if in_body(body) or in_body(_metadata(body)):
+        return True
     return any(
         (isinstance(reach.get("headers"), dict) and bool(reach["headers"]))
         or bool(reach.get("authorization"))
@@ -97,8 +134,15 @@ def sealed(body: dict[str, Any], loaded: bool = False) -> dict[str, Any] | None:
     sending a token's digest reads what the token fetched. Not keyed by `--secret`, which
     would bind a cassette to one proxy: a guessable password gains nothing from this. An input
     item's tools are sealed as the body's are (`_tool_lists`). So is a signed URL's credential
-    in a content part (`_sealed_parts`)."""
-    hidden = _sealed_tools(body, loaded)
+    in a content part (`_sealed_parts`), and a gateway's in the body or its `metadata`
+    (`in_body`)."""
+    hidden = _sealed_fields(body, loaded)
+    metadata = body.get("metadata")
+    if isinstance(metadata, dict):
+        fields = _sealed_fields(metadata, loaded)
+        if fields is not metadata:
+            hidden = hidden | {"metadata": fields}
+    hidden = _sealed_tools(hidden, loaded)
     items = body.get("input")
     if isinstance(items, list):
         kept = [_sealed_tools(item, loaded) if isinstance(item, dict) else item for item in items]
@@ -122,6 +166,23 @@ def sealed_values(body: dict[str, Any], hidden: dict[str, Any]) -> Iterator[str]
             pending.extend(zip(sent, kept, strict=False))
         elif isinstance(sent, str) and sent != kept:
             yield sent
+
+
+def _sealed_fields(holder: dict[str, Any], loaded: bool) -> dict[str, Any]:
+    """`holder` with the fields `in_body` names sealed (each header of a HEADER_FIELDS object,
+    and any other value whole); itself when it holds none."""
+    if not any(map(_credential_name, holder)):  # nearly every body: no call per field
+        return holder
+    names = in_body(holder)
+    if not names:
+        return holder
+    return holder | {name: _sealed_field_value(name, holder[name], loaded) for name in names}
+
+
+def _sealed_field_value(name: str, value: Any, loaded: bool) -> Any:
+    if name in HEADER_FIELDS and isinstance(value, dict):
+        return {header: _seal(secret, loaded) for header, secret in value.items()}
+    return _seal(value, loaded)
 
 
 def _sealed_tools(holder: dict[str, Any], loaded: bool) -> dict[str, Any]:
@@ -269,7 +330,13 @@ def _sealed_query(url: str, loaded: bool) -> str:
 
 
 def _seal(value: Any, loaded: bool) -> str:
+    """A string's digest is of its UTF-8 bytes; anything else's of its JSON text after a byte
+    UTF-8 never holds (0xFF), so that `"1"` and `1` (which the upstream tells apart, and
+    refuses one of) are two keys."""
     if loaded and isinstance(value, str) and _SEALED.fullmatch(value):
         return value
-    data = value.encode() if isinstance(value, str) else canonical.dumps(value)
+    data = value.encode() if isinstance(value, str) else _NOT_TEXT + canonical.dumps(value)
     return SEAL + hashlib.sha256(data).hexdigest()
+
+
+_NOT_TEXT = b"\xff"
