@@ -164,6 +164,8 @@ def prepare_with(settings: Rules, tenant: str, asked: Asked) -> Call:
         body = form.keyed
     else:
         body = canonical.parse_body(raw)
+        if kind in routes.FORMS:
+            forms.check_json(body)
         checked_flags(body, kind)
         if settings.enforce is policy.Enforce.OFF:
             canonical.reject_ambiguous(raw)

@@ -185,6 +185,23 @@ def _keyed(parts: list[Part]) -> dict[str, Any]:
     return canonical.parse_body(orjson.dumps(keyed))
 
 
+FILE_VIEW = frozenset({"sha256", "bytes", "extension", "type"})
+"""The fields of a file as the key names it (`_value`)."""
+
+
+def check_json(body: dict[str, Any]) -> None:
+    """A JSON body on a form route is refused where it holds an object shaped as the key names
+    an uploaded file: it would share the key of the upload it mimics, and an upstream reading
+    it leniently would answer it without the file, an answer then served to whoever uploads
+    the file (in `shared` scope, any tenant). No API reads a file so."""
+    for name, value in body.items():
+        for item in value if isinstance(value, list) else (value,):
+            if isinstance(item, dict) and item.keys() == FILE_VIEW:
+                raise InvalidParameter(
+                    "A file is uploaded as multipart/form-data, not named in a JSON body.", name
+                )
+
+
 def _value(part: Part) -> object:
     if part.filename is not None:
         found = _EXTENSION.search(part.filename)
