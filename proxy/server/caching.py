@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.core import policy, routes
+from proxy.core import canonical, policy, routes
 from proxy.core.call import Answer, Asked, Call, Facts, facts_of, prepare_with, repro_headers
 from proxy.core.codec import Codec, UnknownDictionary
 from proxy.core.entry import (
@@ -64,7 +64,16 @@ def remember(services: Services, asked: Asked, call: Call) -> None:
     are not kept: most are one-offs (unique prompts), and keeping every one costs a miss
     measurable CPU (bench/bench.py shows it) for calls nobody asks for again."""
     size = CALL_OVERHEAD + asked.size + len(call.body) + len(call.kept or b"")
-    services.calls.put((asked, services.secret.value), call, size)
+    services.calls.put((asked, services.secret.value), _compacted(call), size)
+
+
+def _compacted(call: Call) -> Call:
+    """The call with the bodies it holds in objects of their own size (`canonical.compact`),
+    one object still where both were one."""
+    body = canonical.compact(call.body)
+    if call.kept is None or call.kept is call.body:
+        return call._replace(body=body, kept=call.kept and body)
+    return call._replace(body=body, kept=canonical.compact(call.kept))
 
 
 CALL_OVERHEAD = 512

@@ -209,7 +209,8 @@ def from_record(record: dict[str, Any], scope: str) -> Loaded:
     request_id = record.get("request_id", "")
     if request_id and not is_request_id(request_id):
         raise CassetteError("'request_id' is not a request id (a short printable token)")
-    entry = Entry(body=answer, request=raw_request, vary=vary, request_id=request_id, **meta)
+    request_kept = canonical.compact(raw_request)
+    entry = Entry(body=answer, request=request_kept, vary=vary, request_id=request_id, **meta)
     key = canonical.request_key(entry.route, scope, entry.namespace, body, entry.query, vary)
     return Loaded(key, entry, _indexes(entry, scope, body))
 

@@ -13,10 +13,22 @@ import gc
 import hashlib
 import tracemalloc
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import SimpleNamespace
 from typing import cast
 
+import orjson
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
 
+from proxy.config import Settings
+from proxy.core.call import Asked, prepare_with
+from proxy.core.lru import LRU
+from proxy.core.policy import SHARED
+from proxy.core.routes import CHAT
+from proxy.server.caching import remember
+from proxy.server.context import MEMO_ITEMS, Services
+from proxy.store import cassette
 from proxy.store.base import Labels, Write
 from proxy.store.memory import MemoryStore
 from proxy.store.near import NearCache
@@ -107,3 +119,80 @@ async def test_labels_of_their_own_are_charged_with_their_key() -> None:
     taken = await traced(fill)
     charged = (await store.usage()).bytes
     assert 0.8 <= charged / taken <= 1.2, (charged / ENTRIES, taken / ENTRIES)
+
+
+def chat(number: int) -> dict[str, object]:
+    return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"{number}"}]}
+
+
+async def test_the_call_memo_charges_what_its_calls_take() -> None:
+    """A remembered call holds the bodies it sends and keeps; orjson writes them in a buffer of
+    4 KiB at least, which a memo charged by their length never saw (`canonical.compact`)."""
+    settings = Settings()
+    services = SimpleNamespace(
+        calls=LRU(MEMO_ITEMS, 1 << 40), secret=SimpleNamespace(value="memo-secret")
+    )
+    headers = CIMultiDictProxy(CIMultiDict({"Authorization": "Bearer sk-a"}))
+    count = 1000
+    asked = [
+        Asked.of(
+            CHAT,
+            "",
+            orjson.dumps(
+                {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"{n}"}]}
+            ),
+            headers,
+        )
+        for n in range(count)
+    ]
+
+    async def fill() -> None:
+        for one in asked:
+            remember(cast(Services, services), one, prepare_with(settings, "tenant-a", one))
+
+    taken = await traced(fill)
+    charged = services.calls.bytes - sum(one.size for one in asked)  # the request facts: before
+    assert len(services.calls) == count
+    assert taken <= 1.5 * charged, (taken / count, charged / count)
+
+
+def test_a_loaded_cassette_takes_about_its_size(tmp_path: Path) -> None:
+    """Every reader of a cassette (the proxy, the plugin, import, diff) holds it whole: its
+    requests were kept in orjson's 4 KiB buffers, four times the file for a chat cassette."""
+    line = {
+        "format": 1,
+        "key": "0" * 64,
+        "route": CHAT,
+        "query": "",
+        "namespace": "",
+        "model": "gpt-4o-mini",
+        "fingerprint": "fp_1",
+        "stored_at": 1.0,
+        "seed": 1,
+        "seed_source": "default",
+        "stream": False,
+        "content_type": "application/json",
+        "prompt_tokens": 1,
+        "completion_tokens": 1,
+        "recorded_at": "2026-01-01T00:00:00+00:00",
+        "body": orjson.dumps({"choices": [{"message": {"content": "An answer. " * 40}}]}).decode(),
+    }
+    tape = tmp_path / "tape.jsonl"
+    with tape.open("wb") as sink:
+        for n in range(2000):
+            ask = {
+                "model": "gpt-4o-mini",
+                "seed": 1,
+                "messages": [{"role": "user", "content": f"{n}"}],
+            }
+            sink.write(orjson.dumps({**line, "request": ask}) + b"\n")
+    gc.collect()
+    tracemalloc.start()
+    try:
+        loaded = cassette.read(str(tape), SHARED)
+        gc.collect()
+        taken = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(loaded) == 2000
+    assert taken <= 2 * tape.stat().st_size, (taken / 2000, tape.stat().st_size / 2000)
