@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 
 from aiohttp import web
@@ -37,14 +38,18 @@ def issue(token: str, now: float) -> str:
     return f"{expires}.{nonce}.{_mac(token, expires, nonce)}"
 
 
+_ISSUED = re.compile(r"([1-9][0-9]{0,11})\.([0-9a-f]{32})\.([0-9a-f]{64})")
+"""A session as `issue` spells it, and no other way: revoked by the digest of its value, a
+session accepted under a second spelling (`0` before its expiry) would outlive its logout."""
+
+
 def _expiry(value: str, token: str, now: float) -> int | None:
     """The expiry of a genuine, unexpired session; None for anything else."""
-    expires, _, rest = value.partition(".")
-    nonce, _, mac = rest.partition(".")
-    # isascii: str.isdigit also takes superscripts, which int() refuses
-    if not (expires.isascii() and expires.isdigit()) or len(expires) > 12:
+    issued = _ISSUED.fullmatch(value)
+    if issued is None:
         return None
-    if int(expires) <= now or len(nonce) != 32:
+    expires, nonce, mac = issued.groups()
+    if int(expires) <= now:
         return None
     if not hmac.compare_digest(mac.encode(), _mac(token, int(expires), nonce).encode()):
         return None

@@ -284,6 +284,20 @@ async def test_a_copy_of_the_session_reads_nothing_after_the_logout(
     assert (await page.get("/admin/stats", headers={session.HEADER: again})).status == 200
 
 
+async def test_a_session_reads_under_its_own_spelling_alone(page: TestClient[Any, Any]) -> None:
+    """A logout revokes the session's value: a second spelling of it accepted (a `0` before its
+    expiry, upper-case hex) would read on after the logout, as the copy taken before."""
+    value = await login(page)
+    expires, nonce, mac = value.split(".")
+    others = [f"0{value}", f"00{value}", f"{expires}.{nonce.upper()}.{mac}", f"+{value}"]
+    others += [f"{expires}.{nonce}.{mac.upper()}", f"{value}.", f"{value}.{nonce}"]
+    for other in others:
+        assert (await page.get("/admin/stats", headers={session.HEADER: other})).status == 401
+    assert (await page.post("/admin/ui/logout", headers={session.HEADER: value})).status == 204
+    for other in (value, *others):
+        assert (await page.get("/admin/stats", headers={session.HEADER: other})).status == 401
+
+
 async def test_a_forged_or_expired_session_is_refused(page: TestClient[Any, Any]) -> None:
     expired = session.issue(ADMIN, 0.0)
     forged = session.issue("another-token", 4_000_000_000.0)
