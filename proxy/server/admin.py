@@ -77,11 +77,11 @@ async def token_accepted(
     counts against the caller's address, and an address out of guesses is refused (429)
     whatever it gives (`guesses`)."""
     now = services.clock()
-    await services.guesses.check(services.store, request.remote, now)
-    if given is not None and same_token(given, token):
-        return True
-    await services.guesses.failed(services.store, request.remote, now)
-    return False
+    async with services.guesses.attempt(services.store, request.remote, now):
+        if given is not None and same_token(given, token):
+            return True
+        await services.guesses.failed(services.store, request.remote, now)
+        return False
 
 
 def same_token(given: str, token: str) -> bool:

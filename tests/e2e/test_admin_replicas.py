@@ -1,8 +1,11 @@
 """The admin surface attacked across replicas sharing one Redis: a guesser spreading its
-guesses over them, and a session copied before its owner logged out. Real proxy
+guesses over them or sending them all at once, and a session copied before its owner logged
+out. Real proxy
 processes and a real redis-server; raw aiohttp requests."""
 
 from __future__ import annotations
+
+import asyncio
 
 import aiohttp
 
@@ -47,9 +50,42 @@ async def test_logging_out_ends_the_session_on_every_replica(
             headers={**copied, "Origin": first.url},
         ) as response:
             assert response.status == 204
+        respelled = {session.HEADER: "0" + copied[session.HEADER]}  # no second spelling
         for proxy in (first, second):
-            async with http.get(proxy.url + "/admin/stats", headers=copied) as response:
-                assert response.status == 401
+            for shown in (copied, respelled):
+                async with http.get(proxy.url + "/admin/stats", headers=shown) as response:
+                    assert response.status == 401
         fresh = {session.HEADER: await session_value(second)}
         async with http.get(first.url + "/admin/stats", headers=fresh) as response:
             assert response.status == 200  # a new login opens a new session
+
+
+async def test_concurrent_wrong_tokens_are_heard_no_more_than_the_allowance(
+    start_proxy: ProxyFactory, redis_url: str
+) -> None:
+    """Each try waits on Redis for the shared count before its token is compared: sent at
+    once, every try passed that check before any was counted wrong, and a guesser was heard as
+    many times as it opened connections (200 of 200)."""
+    proxy = start_proxy("--admin-token", ADMIN, "--store", redis_url)
+    tries = 10 * guesses.ALLOWED
+    connector = aiohttp.TCPConnector(limit=tries)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def login(attempt: int) -> int:
+            url, wrong = proxy.url + "/admin/ui/login", {"token": f"guess-{attempt}"}
+            async with http.post(url, data=wrong, headers={"Origin": proxy.url}) as response:
+                return response.status
+
+        async def bearer(attempt: int) -> int:
+            wrong = {"Authorization": f"Bearer guess-{attempt}"}
+            async with http.get(proxy.url + "/admin/export", headers=wrong) as response:
+                return response.status
+
+        statuses = await asyncio.gather(
+            *(login(n) for n in range(tries // 2)), *(bearer(n) for n in range(tries // 2))
+        )
+        assert set(statuses) == {401, 429}
+        assert statuses.count(401) <= guesses.ALLOWED, statuses.count(401)
+        right = {"Authorization": f"Bearer {ADMIN}"}
+        async with http.get(proxy.url + "/admin/stats", headers=right) as response:
+            assert response.status == 429

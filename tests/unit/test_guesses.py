@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import cast
 
 import pytest
 
 from proxy.errors import TooManyGuesses
 from proxy.server.guesses import ADDRESSES, ALLOWED, WINDOW, Guesses
 from proxy.store import MemoryStore
+from proxy.store.base import Store
 
 
 async def guessed(guesses: Guesses, address: str, times: int, now: float = 0.0) -> None:
@@ -74,3 +77,61 @@ async def test_guesses_counted_by_another_process_sharing_the_store_refuse_here_
     await here.check(store, "192.0.2.8", 2.0)
     await here.check(store, "192.0.2.7", 1.0 + WINDOW)  # the window has passed
     await here.check(MemoryStore(), "192.0.2.7", 2.0)  # a process's own store: its own count
+
+
+class SlowSharedStore:
+    """A shared store whose count of guesses takes a while to answer, as Redis's does: every
+    try in flight is past its check before any is counted wrong."""
+
+    shared = True
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    async def attempts(
+        self, name: str, now: float, window: float, keep: int, add: bool
+    ) -> tuple[float, ...]:
+        await asyncio.sleep(0.01)
+        if add:
+            self.times.append(now)
+        return tuple(self.times[-keep:])
+
+
+async def test_concurrent_tries_are_heard_no_more_than_the_allowance() -> None:
+    guesses, store = Guesses(), SlowSharedStore()
+    heard = 0
+
+    async def guess() -> None:
+        nonlocal heard
+        try:
+            async with guesses.attempt(cast(Store, store), "192.0.2.7", 1.0):
+                heard += 1
+                await asyncio.sleep(0.01)  # the comparison, the answer
+                await guesses.failed(cast(Store, store), "192.0.2.7", 1.0)
+        except TooManyGuesses as refused:
+            assert refused.headers["Retry-After"] in {"1", str(int(WINDOW))}
+
+    await asyncio.gather(*(guess() for _ in range(5 * ALLOWED)))
+    assert heard == ALLOWED
+    assert guesses._trying == {}  # nothing left in flight, nothing remembered for it
+    with pytest.raises(TooManyGuesses):
+        await guesses.check(cast(Store, store), "192.0.2.7", 2.0)
+
+
+async def test_a_right_token_in_flight_counts_only_while_it_is_judged() -> None:
+    guesses = Guesses()
+    for _ in range(3 * ALLOWED):  # an operator's scripts, right every time
+        async with guesses.attempt(None, "192.0.2.8", 1.0):
+            pass
+    await guesses.check(None, "192.0.2.8", 1.0)
+
+
+async def test_ipv4_callers_of_a_dual_stack_listener_count_by_their_own_address() -> None:
+    guesses = Guesses()
+    await guessed(guesses, "::ffff:10.1.2.3", ALLOWED)
+    with pytest.raises(TooManyGuesses):
+        await guesses.check(None, "::ffff:10.1.2.3", 1.0)
+    with pytest.raises(TooManyGuesses):
+        await guesses.check(None, "10.1.2.3", 1.0)  # one host however it is written
+    await guesses.check(None, "::ffff:10.1.2.4", 1.0)
+    await guesses.check(None, "::1", 1.0)  # not the ::/64 every mapped address fell in
