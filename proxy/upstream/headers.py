@@ -24,7 +24,9 @@ USER_AGENT = f"repro-proxy/{__version__}"
 
 REQUEST_SKIP = HOP_BY_HOP | {"host", "content-length", "expect"}
 """What never goes upstream as the client sent it; callers add to it (lower case)."""
-_RESPONSE_SKIP = HOP_BY_HOP | {"content-length"}
+_RESPONSE_SKIP = HOP_BY_HOP | {"content-length", "clear-site-data"}
+"""`Clear-Site-Data` too: on the proxy's origin an upstream's would clear the operators' page's
+storage, its session with it (which INERT's sandbox does not keep a header from doing)."""
 _DECODED_SKIP = _RESPONSE_SKIP | {"content-encoding"}
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")

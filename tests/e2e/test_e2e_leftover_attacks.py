@@ -126,11 +126,12 @@ def test_a_key_check_reads_no_more_of_the_upstreams_answer_than_it_needs(
     assert any(r.request_line.startswith("GET /v1/models") for r in upstream.received)
 
 
-COOKIES = ("Set-Cookie: session=victim-session; Path=/",)
+COOKIES = ("Set-Cookie: session=victim-session; Path=/", 'Clear-Site-Data: "storage"')
 
 
 async def cookie_setter(writer: asyncio.StreamWriter, received: Received) -> None:
-    """Every answer sets a session cookie of its own. The model list refuses made-up keys
+    """Every answer sets a session cookie of its own, and would clear the storage of the origin
+    it is relayed on. The model list refuses made-up keys
     (the proxy's `sk-repro-…`) and lists models to others, so that in `shared` scope another
     key reads the stored answers."""
     if received.request_line.startswith("GET /v1/models"):
@@ -149,11 +150,12 @@ async def cookie_setter(writer: asyncio.StreamWriter, received: Received) -> Non
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_an_upstreams_cookies_never_reach_other_callers(
+def test_an_upstreams_cookies_never_reach_other_callers_nor_clear_the_proxys_origin(
     start_proxy: ProxyFactory, stream: bool
 ) -> None:
     """A Set-Cookie on a stored answer goes to the caller it was sent for, never with a HIT to
-    another (it is stored without it, as every upstream header)."""
+    another (it is stored without it, as every upstream header). No relayed answer carries a
+    `Clear-Site-Data`: on the proxy's origin, it would clear the operators' page's session."""
     with Scripted(cookie_setter) as upstream:
         proxy = start_proxy("--cache-scope", "shared", upstream=upstream.v1)
         body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "c"}]}
@@ -173,6 +175,7 @@ def test_an_upstreams_cookies_never_reach_other_callers(
     assert hit.headers.get_list("set-cookie") == []
     assert passed.headers["X-Repro-Cache"] == "BYPASS"
     assert passed.headers.get_list("set-cookie") == ["session=victim-session; Path=/"]
+    assert all("clear-site-data" not in answer.headers for answer in (first, hit, passed))
 
 
 def embeddings_answer(embedding: object) -> bytes:
