@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import signal
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 
+from tests.e2e.test_e2e_cassette import stop
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim, free_port
 from tests.hostile import Received, Scripted, completion, http_answer
 
@@ -48,8 +48,7 @@ def test_a_cassette_holds_no_body_credential_and_still_replays(
     assert first.headers["X-Repro-Cache"] == "MISS"
     received = sim.llm_requests()[-1]["body"]
     assert all(secret in str(received) for secret in SENT)  # the upstream got them as sent
-    recorder.proc.send_signal(signal.SIGTERM)
-    assert recorder.proc.wait(timeout=15) == 0
+    stop(recorder)
     text = tape.read_text()
     assert "Which key am I?" in text and "nightly" in text
     for secret in SENT:
