@@ -1,5 +1,6 @@
-"""The Host check as the server applies it to each request (the names: `proxy.core.hosts`), and
-the refusal of a page of another site spending the proxy's own identity upstream."""
+"""The Host check as the server applies it to each request (the names: `proxy.core.hosts`), the
+refusal of a page of another site spending the proxy's own identity upstream, and what the
+proxy's own origin is (`own_origin`)."""
 
 from __future__ import annotations
 
@@ -73,3 +74,28 @@ def check_site(request: web.Request) -> None:
             "proxy. A gateway in front that serves other sites' pages on purpose can drop "
             "Sec-Fetch-Site."
         )
+
+
+def own_origin(request: web.Request, origin: str) -> bool:
+    """Whether a browser's `Origin` names the proxy as this request reached it: its scheme,
+    host and port, default ports filled in. The scheme is https where TLS ends here, or at a
+    terminator in front that says so (`X-Forwarded-Proto`, `Forwarded: proto=`; a page cannot
+    set either). A page of https://localhost is not the proxy on http://localhost, though both
+    name `localhost` and no port."""
+    try:
+        given = URL(origin)
+        here = URL.build(scheme=_scheme(request), authority=request.host)
+    except (TypeError, ValueError):
+        return False
+    if not given.absolute or given.raw_path not in ("", "/") or given.raw_user is not None:
+        return False
+    return (given.scheme, given.host, given.port) == (here.scheme, here.host, here.port)
+
+
+def _scheme(request: web.Request) -> str:
+    if request.secure:
+        return "https"
+    claimed = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    forwarded = request.forwarded[:1]
+    https = claimed == "https" or any(hop.get("proto", "").lower() == "https" for hop in forwarded)
+    return "https" if https else "http"

@@ -10,7 +10,7 @@ Content-Security-Policy allows no inline script, no other origin, and no framing
 from __future__ import annotations
 
 from importlib import resources
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 import orjson
 from aiohttp import web
@@ -19,6 +19,7 @@ from proxy.errors import NO_ROUTE, NotFound, Unauthorized
 from proxy.server import bodies, session
 from proxy.server.admin import token_accepted
 from proxy.server.context import SERVICES
+from proxy.server.hostcheck import own_origin
 
 STATIC = frozenset({"ui.css", "ui.js"})
 MAX_LOGIN_BODY = 4096
@@ -111,5 +112,5 @@ def _same_origin(request: web.Request) -> None:
     """A form posted from another site (or an opaque origin, "null") is refused: browsers name
     the posting page's origin. Clients without one (curl) are not browsers to forge with."""
     origin = request.headers.get("Origin")
-    if origin is not None and urlsplit(origin).netloc != request.host:
+    if origin is not None and not own_origin(request, origin):
         raise web.HTTPForbidden(text="cross-site form refused")

@@ -14,12 +14,12 @@ waiting for the drain to cut them.
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import urlsplit
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from proxy.errors import CrossSite, InvalidBody, InvalidHeader, ProxyError
 from proxy.server.context import Lifecycle, Services
+from proxy.server.hostcheck import own_origin
 from proxy.upstream.client import UpstreamSocket
 from proxy.upstream.headers import REQUEST_SKIP, request_headers, response_headers
 from proxy.upstream.refusal import WebSocketRefused
@@ -124,7 +124,7 @@ def _check_origin(request: web.Request) -> None:
     `Origin` every browser sends must name the proxy's own origin. Programs send none (or
     their own, which a browser's `Sec-Fetch-Site`, checked first, would have refused)."""
     origin = request.headers.get("Origin")
-    if origin is not None and urlsplit(origin).netloc.lower() != request.host.lower():
+    if origin is not None and not own_origin(request, origin):
         raise CrossSite(
             "A page of another origin may not open a WebSocket through this proxy: it would "
             "read every message. Serve the page from the proxy's origin, or drop Origin in a "

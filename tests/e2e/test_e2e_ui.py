@@ -306,11 +306,26 @@ async def test_a_forged_or_expired_session_is_refused(page: TestClient[Any, Any]
 
 
 async def test_a_cross_site_login_or_logout_is_refused(page: TestClient[Any, Any]) -> None:
+    here = str(page.make_url("")).rstrip("/")
+    others = ("https://evil.example", "null", here.replace("http://", "https://"))
     for path in ("/admin/ui/login", "/admin/ui/logout"):
-        for origin in ("https://evil.example", "null"):
+        for origin in others:
             response = await page.post(path, data={"token": ADMIN}, headers={"Origin": origin})
-            assert response.status == 403
+            assert response.status == 403, origin
             assert "session" not in await response.text()
+    own = await page.post("/admin/ui/login", data={"token": ADMIN}, headers={"Origin": here})
+    assert own.status == 200
+
+
+async def test_behind_a_tls_terminator_the_pages_origin_is_https(
+    page: TestClient[Any, Any],
+) -> None:
+    """The terminator says the request came over TLS; the page it served posts from https."""
+    https = str(page.make_url("")).rstrip("/").replace("http://", "https://")
+    told = {"Origin": https, "X-Forwarded-Proto": "https"}
+    assert (await page.post("/admin/ui/login", data={"token": ADMIN}, headers=told)).status == 200
+    plain = {"Origin": https.replace("https://", "http://"), "X-Forwarded-Proto": "https"}
+    assert (await page.post("/admin/ui/login", data={"token": ADMIN}, headers=plain)).status == 403
 
 
 async def test_a_huge_login_body_is_refused(page: TestClient[Any, Any]) -> None:

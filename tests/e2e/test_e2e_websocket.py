@@ -425,13 +425,39 @@ async def test_a_page_of_another_origin_opens_no_websocket(start_proxy: ProxyFac
     with Accepting() as upstream:
         proxy = start_proxy(upstream=upstream.v1)
         url = realtime(proxy).replace("ws://", "http://")
-        for origin in ("http://evil.example", "null", proxy.url.replace("127.0.0.1", "localhost")):
+        others = ["http://evil.example", "null", proxy.url.replace("127.0.0.1", "localhost")]
+        others.append(proxy.url.replace("http://", "https://"))  # same host and port, not origin
+        for origin in others:
             status, _, body = await handshake(url, {**upgrade(), "Origin": origin})
             assert status == 403 and orjson.loads(body)["error"]["code"] == "cross_site_request"
         assert upstream.origins == []
         async with opened(realtime(proxy), origin=proxy.url) as ws:  # the proxy's own origin
             assert (await asyncio.wait_for(ws.receive(), WAIT)).data == "opened"
         assert upstream.origins == [proxy.url]
+
+
+async def test_an_origin_on_a_default_port_is_told_apart_by_its_scheme(
+    start_proxy: ProxyFactory,
+) -> None:
+    """Reached without a port in Host (published on :80), the proxy's origin is
+    http://localhost: a page of https://localhost (another server, on :443) is another origin
+    that named the same host and no port. Behind a terminator that says the request came over
+    TLS, https://localhost is the proxy's own."""
+    with Accepting() as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        url = realtime(proxy).replace("ws://", "http://")
+        plain = {**upgrade(), "Host": "localhost", "Origin": "https://localhost"}
+        status, _, body = await handshake(url, plain)
+        assert status == 403 and orjson.loads(body)["error"]["code"] == "cross_site_request"
+        assert upstream.origins == []
+        for said in ({"X-Forwarded-Proto": "https"}, {"Forwarded": "for=192.0.2.1;proto=https"}):
+            status, _, _ = await handshake(url, {**plain, **said})
+            assert status == 101, said
+        status, _, _ = await handshake(
+            url, {**upgrade(), "Host": "localhost", "Origin": "http://localhost"}
+        )
+        assert status == 101
+        assert upstream.origins == ["https://localhost", "https://localhost", "http://localhost"]
 
 
 OPENS = """
