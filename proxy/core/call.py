@@ -88,6 +88,13 @@ class Call(NamedTuple):
     events: str = routes.CHAT  # the route a streamed answer's events are read as (`events_of`)
 
     @property
+    def counted(self) -> str:
+        """The model the metrics count the request under: on a per-deployment route its
+        deployment, which answers it (Azure does not read the body's `model`: a 2xx there proves
+        no name of the caller's, and such names would use up the label slots), as `lineage`."""
+        return routes.deployment_of(self.route) or self.model
+
+    @property
     def request(self) -> bytes:
         """The body as a store, an export or a report holds it: what the key names."""
         return self.body if self.kept is None else self.kept

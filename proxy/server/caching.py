@@ -274,7 +274,7 @@ async def stale_entry(services: Services, call: Call) -> Entry | None:
 def serve_hit(
     services: Services, call: Call, entry: Entry, outcome: Outcome = Outcome.HIT
 ) -> web.Response:
-    counters = services.metrics.of(call.model)
+    counters = services.metrics.of(call.counted)
     if outcome is Outcome.HIT:
         counters.hits.inc()
     counters.prompt_saved.inc(entry.prompt_tokens)

@@ -128,7 +128,7 @@ async def answer(services: Services, request: web.Request, call: Call) -> web.St
         served = is_served(response)
     finally:
         if call.seed_source == "default":
-            services.metrics.of(call.model, served).seed_injected.inc()
+            services.metrics.of(call.counted, served).seed_injected.inc()
         if served and not routes.routed(call.lineage):
             services.prober.requested(call.model, call.route)
     return response
@@ -302,7 +302,7 @@ async def trusted_stale(services: Services, request: web.Request, call: Call) ->
 
 def count_miss(services: Services, call: Call, served: bool) -> None:
     if call.plan.lookup:
-        services.metrics.of(call.model, served).misses.inc()
+        services.metrics.of(call.counted, served).misses.inc()
 
 
 async def passthrough(
@@ -389,20 +389,30 @@ def check_one_credential(request: web.Request, services: Services) -> None:
 async def check_not_own_route(request: web.Request, target: str) -> None:
     """Refuse a pass-through path that an upstream merging slashes, decoding escapes or
     dropping `;params` would answer as one of the proxy's own routes (`/v1//chat/completions`,
-    `/v1/chat/completions/`): forwarded, it would be answered uncached and unseeded, the
-    determinism promise silently skipped. The answer names the route's own path, nothing sent."""
-    path = lenient(target.partition("?")[0])
-    match = await request.app.router.resolve(request.clone(rel_url=URL.build(path=path)))
-    resource = match.route.resource
-    if match.http_exception is not None or resource is None:
-        return
-    if resource is request.match_info.route.resource or resource.canonical == UNROUTED_PATH:
-        return
-    raise InvalidPath(
-        f"This path reads as {resource.canonical}, a route of the proxy's own: send it as that "
-        "path, without extra slashes, `;` parameters or escapes.",
-        "path",
-    )
+    `/v1/chat/completions/`), or that reaches the upstream where one of them does (under an
+    Azure resource's root, `/v1/openai/...` is `/openai/...`: `Upstream.aliases`): forwarded,
+    it would be answered uncached and unseeded, the determinism promise silently skipped, and a
+    deletion by id would leave the cache serving what it deleted. The answer names the route's
+    own path, nothing sent."""
+    upstream = request.app[SERVICES].upstream
+    for path in upstream.aliases(target.partition("?")[0]):
+        clone = request.clone(rel_url=URL.build(path=lenient(path)))
+        match = await request.app.router.resolve(clone)
+        resource = match.route.resource
+        if match.http_exception is not None or resource is None:
+            continue
+        if resource is request.match_info.route.resource or resource.canonical in PASSING:
+            continue
+        raise InvalidPath(
+            f"This path reads as {resource.canonical}, a route of the proxy's own: send it as "
+            "that path, without extra slashes, `;` parameters, escapes or another prefix.",
+            "path",
+        )
+
+
+PASSING = frozenset({"/v1/{tail}", "/openai/{tail}", UNROUTED_PATH})
+"""The routes that pass a request through (or refuse it unrouted): an alias of one is no
+route of the proxy's own."""
 
 
 def only_if_cached(request: web.Request) -> bool:

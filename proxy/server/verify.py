@@ -220,7 +220,7 @@ class Verifier:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _check(self, call: Call, entry: Entry, auth: Mapping[str, str]) -> None:
-        model = self._metrics.model(call.model)
+        model = self._metrics.model(call.counted)
         fresh = await self._ask(call, auth)
         if fresh is None:
             self._metrics.verify.labels(model, "error").inc()

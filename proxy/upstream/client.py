@@ -313,6 +313,13 @@ class Upstream:
         rest = path_qs[3:] if path_qs.startswith("/v1") else path_qs
         return self._base_path + rest
 
+    def aliases(self, path: str) -> tuple[str, ...]:
+        """The paths that `target` sends where it sends `path`: under a base without `/v1` (an
+        Azure resource's root), `/v1/openai/deployments/...` reaches what the proxy's own
+        `/openai/deployments/...` does."""
+        rest = self.target(path)[len(self._base_path) :]
+        return ("/v1" + rest, rest) if not rest.startswith("/v1") else ("/v1" + rest,)
+
     def _url(self, path_qs: str) -> URL:
         """The absolute URL of `path_qs`, kept as given (already normalised, still encoded).
         Cacheable routes repeat a handful of paths: those are parsed once."""
