@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -77,6 +78,12 @@ log = logging.getLogger("proxy.keys")
 
 MAX_VERDICTS = 10_000
 MAX_LEARNED = 1024
+MAX_LEARNING = 256
+"""Made-up-credential asks (`_learn`) per interval, whatever their shapes: a shape is the
+credential header names a caller sends, which it may invent per request, and each new one cost
+the upstream two more calls (four per request, one of them the caller's whole body). Past the
+budget the upstream is taken as unable to say: the request reads nothing shared and is asked
+upstream, as a miss is; shapes already learned keep their verdicts."""
 MAX_CHECKS = 32
 """Upstream calls of key checks in flight at most, whatever the keys: identical checks share
 one call, and made-up keys, each a distinct check, must not open calls without bound."""
@@ -136,6 +143,7 @@ class KeyChecker:
         self._shared = shared
         self._verdicts: LRU[str, tuple[bool, float]] = LRU(MAX_VERDICTS)
         self._learned: LRU[Hashable, tuple[bool, float]] = LRU(MAX_LEARNED)
+        self._asked: deque[float] = deque(maxlen=MAX_LEARNING)  # when `_learn` last asked
         self._checks: Flights[str, bool | None] = Flights()
         self._probes: Flights[Hashable, bool | None] = Flights()
         self._slots = asyncio.Semaphore(MAX_CHECKS)
@@ -246,9 +254,13 @@ class KeyChecker:
         judge: Judge,
     ) -> bool | None:
         """Whether the upstream serves these made-up credentials (None: it did not say)."""
+        now = self._clock()
         known = self._learned.get(key)
-        if known is not None and self._clock() - known[1] < self._interval:
+        if known is not None and now - known[1] < self._interval:
             return known[0]
+        if len(self._asked) == MAX_LEARNING and now - self._asked[0] < self._interval:
+            return None  # the budget is spent (MAX_LEARNING)
+        self._asked.append(now)
         served = await self._probes.join(
             key, lambda: self._deadline(self._ask(method, path, headers, body, judge))
         )

@@ -18,7 +18,7 @@ from proxy.core.credentials import of_request, scope
 from proxy.core.keyed import Keying
 from proxy.core.policy import CacheScope
 from proxy.errors import UpstreamTooLarge
-from proxy.server.keycheck import MAX_CHECKS, KeyChecker
+from proxy.server.keycheck import MAX_CHECKS, MAX_LEARNING, KeyChecker
 from proxy.upstream.client import Upstream
 
 SECRET = b"0123456789abcdef0123456789abcdef"
@@ -194,3 +194,43 @@ def test_gateway_credential_headers_make_tenants_and_idempotency_key_nothing() -
     with_retry_id = CIMultiDictProxy(CIMultiDict({"Idempotency-Key": "req-1"}))
     assert of_request(with_retry_id, "") == ()
     assert Keying().lines(with_retry_id) == Keying(shared=True).lines(with_retry_id) == ()
+
+
+class Open:
+    """A gateway that answers everyone, made-up keys included; counts the calls those made."""
+
+    def __init__(self) -> None:
+        self.made_up = 0
+
+    async def send(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes | None, **_: bool
+    ) -> Answered:
+        self.made_up += any("sk-repro-" in value for value in headers.values())
+        listed = b'{"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]}'
+        return Answered(200, listed if method == "GET" else b'{"choices": []}')
+
+
+async def test_invented_credential_names_cannot_make_the_key_check_ask_without_bound() -> None:
+    """A shape is the credential header names a request carries, which a caller may invent
+    per request: each new one cost the upstream two more calls with made-up credentials, one
+    of them the caller's whole body. Past MAX_LEARNING per interval the upstream is taken as
+    unable to say (the request reads nothing shared); the budget returns with the interval."""
+    upstream, now = Open(), [0.0]
+    checker = KeyChecker(cast(Upstream, upstream), 300, lambda: now[0], timeout=5, shared=True)
+
+    async def ask(number: int) -> bool:
+        sent = {"Authorization": "Bearer sk-a", f"x-v{number}-token": "t"}
+        headers = CIMultiDictProxy(CIMultiDict(sent))
+        body = orjson.dumps({"model": "gpt-4o-mini", "messages": []})
+        asked = Asked.of("/v1/chat/completions", "", body, headers)
+        tenant = scope(of_request(headers, ""), SECRET)  # a new tenant per invented name
+        call = prepare_with(Settings(cache_scope=CacheScope.SHARED), tenant, asked)
+        return await checker.accepted(call, headers)
+
+    verdicts = [await ask(number) for number in range(MAX_LEARNING + 40)]
+    assert upstream.made_up == MAX_LEARNING  # the code before: two per request
+    assert verdicts[-40:] == [False] * 40  # past the budget: nothing shared is read
+    now[0] = 301.0
+    await ask(10_000)
+    assert upstream.made_up == MAX_LEARNING + 2
+    await checker.close()
