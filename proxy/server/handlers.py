@@ -10,13 +10,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
-from yarl import URL
 
 from proxy.core import routes
 from proxy.core.call import Asked, Call, repro_headers
 from proxy.core.credentials import Carriers, hop_by_hop, of_request
 from proxy.core.entry import AUDIO, Entry
-from proxy.core.paths import forward_target, lenient, raw_query
+from proxy.core.paths import forward_target, raw_query
 from proxy.core.policy import (
     STALE_STATUSES,
     CacheMode,
@@ -27,11 +26,10 @@ from proxy.core.policy import (
 from proxy.errors import (
     CacheMissError,
     InvalidHeader,
-    InvalidPath,
     ReplayPassthrough,
     UpstreamError,
 )
-from proxy.server import bodies, reads, websocket
+from proxy.server import bodies, own_route, reads, websocket
 from proxy.server.caching import (
     forward,
     lookup,
@@ -47,7 +45,6 @@ from proxy.server.caller import MAX_SHOWN_PATH
 from proxy.server.chains import continuable
 from proxy.server.coalesce import Lease
 from proxy.server.context import SERVICES, Services
-from proxy.server.observed import UNROUTED_PATH
 from proxy.server.offload import OFF_LOOP_BODY
 from proxy.server.recording import held_by_id, hold
 from proxy.server.sound import forward_sound
@@ -321,7 +318,7 @@ async def passthrough(
     # A path that reads as one of our routes is the client's mistake to name first: in replay
     # mode, or with only-if-cached, the fix is that route, not a recording.
     target = forward_target(request.raw_path)
-    await check_not_own_route(request, target)
+    await own_route.refuse_alias(request, target)
     directives = parse_cache_control(tuple(request.headers.getall("Cache-Control", ())))
     read = not replayed and reads.asks_read(request) and not websocket.asked(request)
     read = read and not directives.no_store  # neither looked up nor kept, as a cached route's
@@ -384,35 +381,6 @@ def check_one_credential(request: web.Request, services: Services) -> None:
     (a deleted response forgotten in the caller's partition, a stored one fetched in replay
     mode) would pick a partition by both. Lines that agree pass, forwarded as sent."""
     of_request(request.headers, raw_query(request.raw_path), services.credential_names)
-
-
-async def check_not_own_route(request: web.Request, target: str) -> None:
-    """Refuse a pass-through path that an upstream merging slashes, decoding escapes or
-    dropping `;params` would answer as one of the proxy's own routes (`/v1//chat/completions`,
-    `/v1/chat/completions/`), or that reaches the upstream where one of them does (under an
-    Azure resource's root, `/v1/openai/...` is `/openai/...`: `Upstream.aliases`): forwarded,
-    it would be answered uncached and unseeded, the determinism promise silently skipped, and a
-    deletion by id would leave the cache serving what it deleted. The answer names the route's
-    own path, nothing sent."""
-    upstream = request.app[SERVICES].upstream
-    for path in upstream.aliases(target.partition("?")[0]):
-        clone = request.clone(rel_url=URL.build(path=lenient(path)))
-        match = await request.app.router.resolve(clone)
-        resource = match.route.resource
-        if match.http_exception is not None or resource is None:
-            continue
-        if resource is request.match_info.route.resource or resource.canonical in PASSING:
-            continue
-        raise InvalidPath(
-            f"This path reads as {resource.canonical}, a route of the proxy's own: send it as "
-            "that path, without extra slashes, `;` parameters, escapes or another prefix.",
-            "path",
-        )
-
-
-PASSING = frozenset({"/v1/{tail}", "/openai/{tail}", UNROUTED_PATH})
-"""The routes that pass a request through (or refuse it unrouted): an alias of one is no
-route of the proxy's own."""
 
 
 def only_if_cached(request: web.Request) -> bool:

@@ -64,3 +64,15 @@ def test_a_per_deployment_route_is_counted_by_its_deployment(
     assert "made-up" not in metrics
     sent = [orjson.loads(r["body"]) for r in sim.llm_requests()]
     assert [s["model"] for s in sent] == ["made-up-0", "made-up-1", "made-up-2"]  # as sent
+
+
+def test_a_path_the_upstream_receives_as_a_local_route_of_the_proxy_passes_through(
+    start_proxy: ProxyFactory, sim: Sim
+) -> None:
+    """`/metrics`, `/healthz` and `/admin/...` are the proxy's own and never go upstream: a
+    pass-through reaching the upstream's `/v1/metrics` is no alias of them."""
+    proxy = start_proxy(upstream=sim.v1)
+    for path in ("/v1/metrics", "/v1/healthz", "/v1/admin/stats"):
+        answer = httpx.get(proxy.url + path, headers={"Authorization": "Bearer sk-a"}, timeout=10)
+        assert answer.headers["X-Repro-Cache"] == "BYPASS", (path, answer.text)
+    assert [r["path"] for r in sim.requests()] == ["/v1/metrics", "/v1/healthz", "/v1/admin/stats"]
