@@ -3,10 +3,10 @@
 A tool may carry what reaches a third party on its owner's behalf: an MCP server's headers or
 OAuth token, a connector, a container's domain secrets (CREDENTIALS); a content part may hold
 a URL signed for its owner; a gateway may take its own key in the body (`in_body`). Such a
-request is its tenant's own (`owned.tenants_own`), and what
-the key names and a store, an export or a cassette keeps holds each of those values as its
-SHA-256 (`sealed`), never as sent: the upstream alone receives them. `proxy.core.echoes` looks
-for the same values (`sealed_values`) in an answer before it is stored.
+request is its tenant's own (`owned.tenants_own`), and what the key names and a store, an
+export or a cassette keeps holds each of those values as its SHA-256 (`sealed`), never as
+sent: the upstream alone receives them. `proxy.core.echoes` looks for the same values
+(`sealed_values`) in an answer before it is stored.
 """
 
 from __future__ import annotations
