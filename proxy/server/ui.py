@@ -47,17 +47,12 @@ def _token(request: web.Request) -> str:
     return token
 
 
-def _page(body: bytes, status: int = 200) -> web.Response:
-    return web.Response(
-        body=body, status=status, content_type="text/html", charset="utf-8", headers=HEADERS
-    )
-
-
 async def admin_ui(request: web.Request) -> web.Response:
     """The page: its script signs in or reads with the session it keeps (`session`), so the
     page itself holds nothing to protect."""
     _token(request)
-    return _page(_file("ui.html"))
+    page = _file("ui.html")
+    return web.Response(body=page, content_type="text/html", charset="utf-8", headers=HEADERS)
 
 
 async def ui_static(request: web.Request) -> web.Response:
