@@ -65,11 +65,11 @@ def _reads_state(body: dict[str, object]) -> bool:
         or unpinned
         or untracked
         or _references(body)
-        or _runs_in_live_state(_tools_of(body))
+        or _runs_in_live_state(tools_of(body))
     )
 
 
-def _tools_of(body: dict[str, object]) -> list[object]:
+def tools_of(body: dict[str, object]) -> list[object]:
     """The tools a request makes available: its `tools`, and those an `additional_tools`
     input item adds at that point of the input."""
     tools: list[object] = [body.get("tools")]
@@ -127,7 +127,7 @@ def _runs_in_live_state(tools: object) -> bool:
     each run reads and writes (and the client fetches after from /v1/containers), so the same
     body asks about another container each time, and a HIT runs nothing; or a skill
     (`skill_reference`) without a pinned `version`, its default or `latest`, which its owner
-    may publish anew at any time, as a stored `prompt` without one. Only tools (`_tools_of`)
+    may publish anew at any time, as a stored `prompt` without one. Only tools (`tools_of`)
     say where this call runs: a container named in another input item is a past call's
     record."""
     pending: list[object] = [tools]

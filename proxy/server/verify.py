@@ -10,7 +10,9 @@ answer is read up to `--max-entry`, as large as the stored one may be; beyond, i
 The fresh answer is parsed, and the texts compared over a bounded length (MAX_COMPARED), in a
 thread, or in the offload child when either answer is large: orjson holds the GIL throughout.
 Images and speech are never sampled (`UNCOMPARED`): drawn or spoken anew, they always differ,
-and they name no fingerprint to watch.
+and they name no fingerprint to watch. Nor is a HIT whose request forbade the upstream
+(`only-if-cached`), nor one that must not be sent again (`proxy.core.reask`); an answer the
+upstream keeps is re-asked with `store: false`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.core.credentials import STANDARD, extract, upstream_headers
 from proxy.core.entry import TRANSCRIPT, UNCOMPARED, Entry, fingerprint_of, is_answer
+from proxy.core.reask import reasked
 from proxy.core.routes import CHAT, RESPONSES
 from proxy.core.sse import RESPONSE_DONE, TRANSCRIPT_DONE, StreamRecorder
 from proxy.core.sse_wire import payloads
@@ -205,7 +208,7 @@ class Verifier:
     def sample(self, call: Call, entry: Entry, headers: CIMultiDictProxy[str]) -> None:
         """Maybe start a background check of this HIT, with the caller's credentials from its
         request `headers` (read only when sampled); returns at once either way."""
-        if self._rate <= 0 or call.shape in UNCOMPARED:
+        if self._rate <= 0 or call.shape in UNCOMPARED or not call.plan.upstream:
             return
         if self._draw() >= self._rate or len(self._tasks) >= MAX_IN_FLIGHT:
             return
@@ -221,7 +224,15 @@ class Verifier:
 
     async def _check(self, call: Call, entry: Entry, auth: Mapping[str, str]) -> None:
         model = self._metrics.model(call.counted)
-        fresh = await self._ask(call, auth)
+        aside = self._offload.run if len(call.body) >= OFF_LOOP_BODY else asyncio.to_thread
+        try:
+            body = await aside(reasked, call.kind, call.body)
+        except BrokenProcessPool:
+            self._metrics.verify.labels(model, "error").inc()
+            return
+        if body is None:
+            return
+        fresh = await self._ask(call, body, auth)
         if fresh is None:
             self._metrics.verify.labels(model, "error").inc()
             return
@@ -250,7 +261,7 @@ class Verifier:
         self._metrics.verify_distance.labels(model, fingerprint).observe(distance)
         self._metrics.verify.labels(model, "same" if distance == 0 else "differs").inc()
 
-    async def _ask(self, call: Call, auth: Mapping[str, str]) -> bytes | None:
+    async def _ask(self, call: Call, body: bytes, auth: Mapping[str, str]) -> bytes | None:
         headers = CIMultiDict(auth)
         # What the answer was keyed by (its gateway route, its org); a credential keyed too (a
         # cookie in `shared` scope) is among `auth` already, and sent twice it asks otherwise.
@@ -258,7 +269,7 @@ class Verifier:
         headers["Content-Type"] = call.content_type
         try:
             status, body = await self._upstream.fetch(
-                "POST", call.target, headers, call.body, self._limit
+                "POST", call.target, headers, body, self._limit
             )
         except UpstreamError as exc:
             log.info("verification failed", extra={"key": call.key, "error": exc.code})

@@ -148,3 +148,56 @@ def test_no_verification_by_default(proxy: Proxy, sim: Sim) -> None:
     ask(proxy, "q")
     time.sleep(0.5)
     assert len(sim.llm_requests()) == 1
+
+
+def reasks(sim: Sim, text: str) -> list[dict[str, object]]:
+    """The bodies of the requests the sim received holding `text`, in order."""
+    asked = [orjson.loads(r["body"]) for r in sim.llm_requests()]
+    return [body for body in asked if text in orjson.dumps(body).decode()]
+
+
+def test_a_check_asks_the_upstream_not_to_keep_its_answer(
+    start_proxy: ProxyFactory, sim: Sim
+) -> None:
+    """A response is kept upstream unless it says otherwise; re-asked as it was, every check
+    added one, with an id nobody knows, to what its owner lists and pays for."""
+    proxy = start_proxy("--verify-rate", "1")
+    responses = {"model": "m", "input": "a response kept by default"}
+    chat = {"model": "m", "messages": [{"role": "user", "content": "kept chat"}], "store": True}
+    chat["metadata"] = {"run": "7"}
+    for expected in ("MISS", "HIT"):
+        for path, body in (("/responses", responses), ("/chat/completions", chat)):
+            answer = proxy.post(path, body, key="sk-alice")
+            assert answer.headers["X-Repro-Cache"] == expected
+    assert wait_for(proxy, 2, model="m", result="same") == 2
+    first, again = reasks(sim, "kept by default")
+    assert "store" not in first and again["store"] is False
+    first, again = reasks(sim, "kept chat")
+    assert first["store"] is True and first["metadata"] == {"run": "7"}
+    assert "store" not in again and "metadata" not in again
+    assert again["messages"] == first["messages"]
+
+
+def test_no_check_re_runs_an_mcp_call_or_asks_where_the_client_forbade_it(
+    start_proxy: ProxyFactory, sim: Sim
+) -> None:
+    """A remote MCP server's tools act on the world, and `only-if-cached` says the upstream
+    is not to be asked: neither HIT is re-asked, while a plain one, after them, is."""
+    proxy = start_proxy("--verify-rate", "1")
+    mcp = {"type": "mcp", "server_label": "mail", "server_url": "https://127.0.0.1/mcp"}
+    acting = {"model": "m", "input": "send the mail", "tools": [mcp], "store": False}
+    forbidden = {"model": "m", "input": "only from the cache", "store": False}
+    plain = {"model": "m", "input": "a plain question", "store": False}
+    for body in (acting, forbidden, plain):
+        assert proxy.post("/responses", body, key="sk-alice").headers["X-Repro-Cache"] == "MISS"
+    only_cached = {"Cache-Control": "only-if-cached"}
+    for body, headers in ((acting, {}), (forbidden, only_cached), (plain, {})):
+        answer = proxy.post("/responses", body, key="sk-alice", headers=headers)
+        assert answer.headers["X-Repro-Cache"] == "HIT"
+    assert wait_for(proxy, 1, model="m", result="same") == 1
+    assert len(reasks(sim, "a plain question")) == 2
+    deadline = time.monotonic() + 1.0  # a check started before the plain one's had ended
+    while time.monotonic() < deadline:
+        assert len(reasks(sim, "send the mail")) == 1
+        assert len(reasks(sim, "only from the cache")) == 1
+        time.sleep(0.1)

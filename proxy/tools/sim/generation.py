@@ -39,8 +39,11 @@ _VOLATILE = frozenset(
         "safety_identifier",
         "prompt_cache_key",
         "prompt_cache_retention",
+        "store",
+        "metadata",
     }
 )
+"""Fields that change nothing the real service writes: its text is the same with them or without."""
 
 
 @dataclass(frozen=True, slots=True)
