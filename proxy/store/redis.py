@@ -239,7 +239,7 @@ class RedisStore(Scans):
         with mapped("observe_fingerprint"):
             reply, _ = await replies(
                 self._batch.script_sent(scripts.OBSERVE, [name, layout.history_key(name)], args),
-                self._batch.send("SADD", self._index(model), model),
+                self._batch.script_sent(scripts.INDEX, [self._index(model)], [model]),
             )
             return layout.observation(reply, fingerprint, moves)
 

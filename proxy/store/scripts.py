@@ -5,6 +5,16 @@ from __future__ import annotations
 
 from proxy.core.fingerprints import BACKS_KEPT, FINGERPRINTS_KEPT, ROTATIONS_KEPT
 
+# A key of the proxy's holding another type than the proxy writes there is none of its state
+# (a buggy client's, or a version's that laid keys out otherwise): written over, as a forged
+# record is. Left, it would refuse every write naming it, and every answer names the models index.
+_CLAIM_FUNCTION = """
+local function claim(key, kind)
+  local found = redis.call('TYPE', key).ok
+  if found ~= kind and found ~= 'none' then redis.call('DEL', key) end
+end
+"""
+
 # The observation of one answer's fingerprint: `key` is the model's hash, `rotations` its
 # history list. Returns {previous current or nil, 1 if the fingerprint is new for the model else 0,
 # 1 if this call moved the current fingerprint else 0}: the rule of core.fingerprints.observed.
@@ -13,7 +23,8 @@ from proxy.core.fingerprints import BACKS_KEPT, FINGERPRINTS_KEPT, ROTATIONS_KEP
 # the last_seen of the others for the grace window) changes only then.
 # Timestamps are written with %.17g so that they round-trip exactly through JSON.
 _OBSERVE_FUNCTION = (
-    """
+    _CLAIM_FUNCTION
+    + """
 local function dated(stamp)  -- a time a date can name, as layout.parse_model reads them
   return type(stamp) == 'number' and stamp >= 0 and stamp < 253402300800
 end
@@ -40,6 +51,8 @@ local function forget_oldest(key, keep1, keep2)
 end
 
 local function observe(key, rotations, model, fingerprint, now, count, channel, moves)
+  claim(key, 'hash')
+  claim(rotations, 'list')
   local field = 'fp:' .. fingerprint
   local previous = redis.call('HGET', key, 'current')
   local raw = redis.call('HGET', key, field)
@@ -115,6 +128,9 @@ OBSERVE = _OBSERVE_FUNCTION + (
     " ARGV[5], tonumber(ARGV[6]))"
 )
 
+# KEYS[1] = a models index; ARGV[1] = a model. Names it there, as RECORD does.
+INDEX = _CLAIM_FUNCTION + "claim(KEYS[1], 'set')\nreturn redis.call('SADD', KEYS[1], ARGV[1])"
+
 # KEYS = an entry hash, its lock; ARGV = fingerprint, value, labels field, labels, ttl, channel,
 # message, lock token or ''.
 PUT = _PUT_FUNCTION + "put(KEYS[1], KEYS[2], unpack(ARGV, 1, 8))\nreturn 1"
@@ -127,6 +143,7 @@ RECORD = (
     + _PUT_FUNCTION
     + """
 local seen = observe(KEYS[1], KEYS[2], ARGV[1], ARGV[3], tonumber(ARGV[2]), 1, ARGV[8], 1)
+claim(KEYS[3], 'set')
 redis.call('SADD', KEYS[3], ARGV[1])  -- each time: the index may have been evicted
 put(KEYS[4], KEYS[5], unpack(ARGV, 3, 10))
 return seen

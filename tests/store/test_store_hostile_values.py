@@ -17,6 +17,7 @@ from proxy.core.codec import DICTIONARIES_HELD, MAX_DICTIONARY_BYTES, Codec, dic
 from proxy.core.credentials import scope
 from proxy.server.dictionary import Dictionaries
 from proxy.server.secret import Secret
+from proxy.store import layout
 from proxy.store.base import Labels, Selector, Store, StoreRefused, Write
 from proxy.store.encrypted import EncryptedStore
 from proxy.store.guard import GuardedStore
@@ -345,3 +346,29 @@ async def test_a_secret_the_store_cannot_give_is_not_asked_for_on_every_request(
     finally:
         await store.close()
         await client.aclose()
+
+
+@pytest.mark.parametrize("left", ["models", "model", "history"])
+async def test_a_key_of_another_type_where_state_is_kept_is_written_over(
+    stores: tuple[GuardedStore, aioredis.Redis], left: str
+) -> None:
+    """The models index is named by every answer's write: left as a string, every write was
+    refused, so nothing was stored again while the process looked ready. A model's hash or
+    its rotation list of another type refused every answer of the model."""
+    store, client = stores
+    model = await model_key(client, b"n")
+    name = {"models": b"repro:models", "model": model}
+    name["history"] = layout.history_key(model.decode()).encode()
+    await client.delete(name[left])
+    await client.set(name[left], b"left by another writer")
+    for index in range(3):
+        await store.record(Write(f"new{index}", "fp_b", b"stored", 0, model="n"))
+        assert (await store.lookup(f"new{index}", "n"))[1] == {"fp_b": b"stored"}
+    state, _ = await store.lookup("new0", "n")
+    assert state is not None and state.current == "fp_b"
+    assert await client.smembers("repro:models") >= {b"n"}
+    assert await client.type(model) == b"hash"
+    assert not store.is_open
+    await client.set("repro:models", b"again")
+    await store.observe_fingerprint("n", "fp_c", 1.0)
+    assert await client.smembers("repro:models") == {b"n"}
