@@ -35,6 +35,7 @@ from proxy.core.entry import (
     Entry,
     is_content_type,
     is_count,
+    is_dated,
     is_fingerprint,
     is_request_id,
 )
@@ -273,9 +274,12 @@ def _well_typed(meta: Any) -> bool:
         return False
     if not all(isinstance(value, kind) for value, kind in zip(meta, _TYPES, strict=False)):
         return False
-    content_type, fingerprint, *_, prompt_tokens, completion_tokens = meta[: _COMPLETION + 1]
+    content_type, fingerprint, stored_at, *_, prompt_tokens, completion_tokens = meta[
+        : _COMPLETION + 1
+    ]
     return (
-        is_fingerprint(fingerprint)
+        is_dated(stored_at)
+        and is_fingerprint(fingerprint)
         and is_content_type(content_type)
         and is_count(prompt_tokens)
         and is_count(completion_tokens)

@@ -46,6 +46,15 @@ class Entry(NamedTuple):
     request_id: str = ""
 
 
+LAST_DATE = 253402300800.0
+"""The year 10000: the first time a date cannot name. Stored times are written as dates (the
+admin reports, an export's `recorded_at`), and a time past it, or before 1970, is no writer's."""
+
+
+def is_dated(stamp: float) -> bool:
+    return 0 <= stamp < LAST_DATE
+
+
 def rewritten(value: Any) -> bytes | None:
     """`value`, read from an upstream's or a store's JSON, written as JSON again; None when it
     nests deeper than orjson writes (254 levels, where it reads 1024): written as is, such a

@@ -34,7 +34,7 @@ import orjson
 from proxy.core import canonical, responses, routes, sse_wire, terminal
 from proxy.core.codec import Codec
 from proxy.core.credentials import split_query
-from proxy.core.entry import CorruptEntry, Entry, is_fingerprint, is_request_id
+from proxy.core.entry import CorruptEntry, Entry, is_dated, is_fingerprint, is_request_id
 from proxy.core.sealing import sealed
 from proxy.errors import ProxyError
 from proxy.store.base import Selector, Store, Write, labelled
@@ -64,7 +64,6 @@ _FIELDS = frozenset(
 _SECRET_FIELDS = ("header", "authorization", "api_key", "api-key", "token", "secret", "cookie")
 _CONTENT_TYPE = re.compile(r"[ -~]{1,255}")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
-_YEAR_9999 = 253402300800.0  # what a datetime can name, so an export can write recorded_at
 MAX_LINE = 64 * 1024 * 1024  # above the largest answer stored (--max-entry), base64 included
 MAX_CASSETTE = 1024 * 1024 * 1024
 """Every reader (the proxy, the plugin, import, diff) holds the whole file: beyond this it is
@@ -112,9 +111,7 @@ async def lines(
 def _line(key: str, value: bytes, codec: Codec, skipped: Skipped | None) -> bytes | None:
     try:
         entry = codec.unpack(value)
-    except CorruptEntry:
-        entry = None
-    if entry is None or not 0 <= entry.stored_at < _YEAR_9999:  # forged: it cannot say when
+    except CorruptEntry:  # a time no date can name among them: it cannot say when
         if skipped is not None:
             skipped.count += 1
         return None
@@ -251,7 +248,7 @@ def _checked(meta: dict[str, Any], body: dict[str, Any]) -> float:
         if meta[name] is not None and not least <= meta[name] < 2**63:
             raise CassetteError(f"{name!r} is out of range")
     stored_at = float(meta["stored_at"])
-    if not 0 <= stored_at < _YEAR_9999:
+    if not is_dated(stored_at):
         raise CassetteError("'stored_at' is out of range")
     return stored_at
 

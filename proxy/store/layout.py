@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from proxy.core.entry import is_fingerprint
+from proxy.core.entry import is_dated, is_fingerprint
 from proxy.core.fingerprints import (
     FingerprintSeen,
     ModelFingerprints,
@@ -163,10 +163,7 @@ def _time(value: Any) -> float | None:
         stamp = float(value)
     except (TypeError, ValueError):
         return None
-    return stamp if 0 <= stamp < _YEAR_10000 else None
-
-
-_YEAR_10000 = 253402300800.0
+    return stamp if is_dated(stamp) else None
 
 
 def text(value: bytes | str) -> str:

@@ -38,8 +38,13 @@ def stored(client: redis.Redis, proxy: Proxy, content: str) -> tuple[bytes, byte
         {"content_type": "x" * 100_000},
         {"prompt_tokens": -1},
         {"completion_tokens": -(2**40)},
+        {"stored_at": 1e300},
+        {"stored_at": -1e18},
     ],
-    ids=["crlf-fingerprint", "long-fingerprint", "crlf-type", "long-type", "tokens", "negative"],
+    ids=[
+        *("crlf-fingerprint", "long-fingerprint", "crlf-type", "long-type", "tokens"),
+        *("negative", "stored-after-any-date", "stored-before-1970"),
+    ],
 )
 def test_an_entry_whose_fields_no_answer_has_is_a_miss(
     start_proxy: ProxyFactory, redis_url: str, forgery: dict[str, object]
@@ -51,7 +56,7 @@ def test_an_entry_whose_fields_no_answer_has_is_a_miss(
     client = redis.Redis.from_url(redis_url)
     key, field, value = stored(client, proxy, "forged fields")
     entry = Codec().unpack(value)
-    client.hset(key, field, Codec().pack(entry._replace(stored_at=time.time(), **forgery)))
+    client.hset(key, field, Codec().pack(entry._replace(**{"stored_at": time.time(), **forgery})))
 
     answer = ask(proxy, "forged fields")
     assert (answer.status_code, answer.headers["X-Repro-Cache"]) == (200, "MISS")

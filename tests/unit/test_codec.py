@@ -27,7 +27,7 @@ from proxy.core.codec import (
     raw_size,
     train,
 )
-from proxy.core.entry import CorruptEntry, Entry
+from proxy.core.entry import LAST_DATE, CorruptEntry, Entry
 
 DATA = Path(__file__).parent / "data"
 PROSE = (
@@ -60,7 +60,7 @@ entries = st.builds(
     | st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=30),
     fingerprint=st.sampled_from(["none"])
     | st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:+=/-]{0,19}", fullmatch=True),
-    stored_at=st.floats(allow_nan=False, allow_infinity=False),
+    stored_at=st.floats(min_value=0, max_value=LAST_DATE, exclude_max=True),
     model=st.text(max_size=30),
     seed=st.none() | st.integers(min_value=-(2**63), max_value=2**63 - 1),
     seed_source=st.sampled_from([None, "client", "default"]),
@@ -291,6 +291,8 @@ class TestHostileBlobs:
             {"content_type": "t" * 8191},
             {"prompt_tokens": -1},
             {"completion_tokens": 2**63},
+            {"stored_at": LAST_DATE},
+            {"stored_at": -1.0},
         ],
     )
     @pytest.mark.parametrize("codec", [CODEC, PLAIN_CODEC], ids=["zstd", "plain"])
