@@ -23,6 +23,13 @@ rollout answers with two or three; an upstream naming a new one with every answe
 state every lookup reads without end. Past this, a new fingerprint makes the model forget the
 one it saw last longest ago (never the current one)."""
 
+ANSWERS_KEPT = 8
+"""Answers a key keeps, one per fingerprint: the current one's, and a few before it for a
+grace window, a pin or a fleet answering with several. An upstream naming a new fingerprint
+with every answer would otherwise add one to the key with every miss, each up to `--max-entry`,
+and every lookup of the key reads them all. Past it, a new answer makes the key forget others
+(the oldest in the memory store; any in Redis)."""
+
 MAX_MODEL_NAME = 256
 """Characters of a model name the proxy keeps anything for (fingerprints, answers, probes). The
 name is the client's to choose, as long as a request body, and each new one is state kept for

@@ -16,6 +16,7 @@ from typing import Any
 
 from proxy.core.codec import raw_size
 from proxy.core.fingerprints import (
+    ANSWERS_KEPT,
     BACKS_KEPT,
     FINGERPRINTS_KEPT,
     MODELS_KEPT,
@@ -141,7 +142,7 @@ class MemoryStore:
         held = self._remove(key)  # and its expiry: a write without a TTL makes the key persist
         answers = () if held is None else _without(held, fingerprint)
         if charged(key, fingerprint, value) <= self._max_bytes:
-            answers += (fingerprint, value)
+            answers = (*answers, fingerprint, value)[-2 * ANSWERS_KEPT :]  # the oldest go first
         if not answers:
             return
         self._keep(key, (labels, *answers))

@@ -182,7 +182,9 @@ class RedisStore(Scans):
                 sent.append(self._batch.send("PUBLISH", self.invalidations, news))
             if write.unlock:
                 sent.append(self._batch.send("DEL", self._lock(write.key)))
-            await replies(*sent)
+            added, *_ = await replies(*sent)
+            if added == 1:  # a fingerprint the key did not hold (a new key adds its labels too)
+                await self._batch.script(scripts.TRIM_ANSWERS, [entry], [write.fingerprint])
 
     async def record(self, write: Write) -> Observation:
         """One script on a standalone server. A cluster keeps the two on their own slots, sent

@@ -3,7 +3,7 @@ a pipeline with plain commands. Keys and fields as `proxy/store/redis.py` lays t
 
 from __future__ import annotations
 
-from proxy.core.fingerprints import BACKS_KEPT, FINGERPRINTS_KEPT, ROTATIONS_KEPT
+from proxy.core.fingerprints import ANSWERS_KEPT, BACKS_KEPT, FINGERPRINTS_KEPT, ROTATIONS_KEPT
 
 # A key of the proxy's holding another type than the proxy writes there is none of its state
 # (a buggy client's, or a version's that laid keys out otherwise): written over, as a forged
@@ -109,18 +109,41 @@ end
     .replace("FINGERPRINTS_KEPT", str(FINGERPRINTS_KEPT))
 )
 
+# Past ANSWERS_KEPT answers (one per fingerprint), a key forgets others than the one just
+# written: any, as Redis lists a hash's fields in no order of writing.
+_TRIM_FUNCTION = """
+local function trim(entry, kept)
+  local over = redis.call('HLEN', entry) - ANSWERS_KEPT - 1  -- and the labels field
+  if over <= 0 then return end
+  for _, field in ipairs(redis.call('HKEYS', entry)) do
+    if over <= 0 then break end
+    if field ~= kept and string.byte(field, 1) ~= 0 then  -- not the labels (layout.LABELS)
+      redis.call('HDEL', entry, field)
+      over = over - 1
+    end
+  end
+end
+""".replace("ANSWERS_KEPT", str(ANSWERS_KEPT))
+
+# KEYS[1] = an entry hash; ARGV[1] = the fingerprint just written there, which stays.
+TRIM_ANSWERS = _TRIM_FUNCTION + "trim(KEYS[1], ARGV[1])\nreturn 1"
+
 # One answer's write: an entry hash and its fill lock (same hash tag: same slot on a cluster);
 # the lock is released when `token` is given (see RedisStore.put). A script rather than
 # MULTI/EXEC, so that it is one command and can share a pipeline.
-_PUT_FUNCTION = """
+_PUT_FUNCTION = (
+    _TRIM_FUNCTION
+    + """
 local function put(entry, lock, fingerprint, value, field, labels, ttl, channel, message, token)
   redis.call('HSET', entry, fingerprint, value, field, labels)
+  trim(entry, fingerprint)
   if tonumber(ttl) > 0 then redis.call('EXPIRE', entry, ttl)
   else redis.call('PERSIST', entry) end
   if channel ~= '' then redis.call('PUBLISH', channel, message) end
   if token ~= '' then redis.call('DEL', lock) end
 end
 """
+)
 
 # KEYS = the model's hash, its history; ARGV = model, fingerprint, now, count, channel, moves.
 OBSERVE = _OBSERVE_FUNCTION + (

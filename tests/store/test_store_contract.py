@@ -22,6 +22,7 @@ from bench.procs import free_port
 from proxy.core.codec import Codec, raw_size
 from proxy.core.entry import Entry
 from proxy.core.fingerprints import (
+    ANSWERS_KEPT,
     BACKS_KEPT,
     FINGERPRINTS_KEPT,
     MODELS_KEPT,
@@ -84,6 +85,20 @@ class StoreContract:
         assert await store.get("k", ["fp_b", "fp_c"]) == {"fp_b": b"B"}
         assert await store.get("k", None) == {"fp_a": b"A", "fp_b": b"B"}
         assert await store.get("k", []) == {}
+
+    @pytest.mark.parametrize("ttl", [0, 3600])
+    async def test_a_key_keeps_a_bounded_number_of_answers(self, store: Store, ttl: int) -> None:
+        """An upstream naming a new fingerprint with every answer added one to the key with
+        every miss, and every lookup of the key read them all."""
+        written = [f"fp_{index:02d}" for index in range(ANSWERS_KEPT + 12)]
+        for fingerprint in written:
+            await store.put(Write("k", fingerprint, fingerprint.encode(), ttl))
+            held = await store.get("k", None)
+            assert len(held) <= ANSWERS_KEPT and held[fingerprint] == fingerprint.encode()
+        assert len(await store.get("k", None)) == ANSWERS_KEPT
+        await store.record(Write("k", "fp_new", b"new", ttl, model="m"))
+        held = await store.get("k", None)
+        assert len(held) == ANSWERS_KEPT and held["fp_new"] == b"new"
 
     async def test_put_replaces_and_keeps_empty_values(self, store: Store) -> None:
         await store.put(Write("k", "fp_a", b"old", 0))
