@@ -51,6 +51,7 @@ from proxy.core.owned import entitled
 from proxy.core.pieces import Pieces
 from proxy.core.sse_wire import is_text, last_end, lines, past_blank
 from proxy.core.sse_wire import value as field_value
+from proxy.core.weight import CONTAINERS_ON_LOOP, containers
 
 _DONE = b"[DONE]"
 _BOM = b"\xef\xbb\xbf"
@@ -254,6 +255,9 @@ class StreamRecorder:
         if payload.startswith(_DONE):  # where the SDK stops reading: after the answer only
             self.done = self.done or not self._typed
             self.failed = self.failed or not self.finished or payload.rstrip() != _DONE
+            return
+        if containers(payload) > CONTAINERS_ON_LOOP:
+            self.failed = True  # relayed, never parsed here: it would hold the loop (weight)
             return
         try:
             parsed: Any = orjson.loads(payload)

@@ -371,10 +371,11 @@ async def unrelayed(services: Services, call: Call, upstream: UpstreamResponse) 
 async def read_facts(
     services: Services, data: bytes, is_response: bool, shape: str | None, content_type: str
 ) -> Facts | None:
-    """`facts_of`, in the offload child for an answer of OFF_LOOP_BODY and more: parsing tens of
-    MiB of an upstream's JSON on the loop would stall every request the process serves. A child
-    that died (out of memory) leaves the answer unread: served, not stored. Speech is read by
-    its label alone, on the loop: its MiB of sound need no parse, nor a copy to the child."""
+    """`facts_of`, in the offload child for a `heavy` answer (proxy.core.weight): parsing tens
+    of MiB of an upstream's JSON, or one MiB nested deep, on the loop would stall every request
+    the process serves. A child that died (out of memory) leaves the answer unread: served,
+    not stored. Speech is read by its label alone, on the loop: its MiB of sound need no
+    parse, nor a copy to the child."""
     if shape == AUDIO:
         return facts_of(data, is_response, shape, content_type)
     try:

@@ -23,6 +23,7 @@ from proxy.core.policy import (
     Outcome,
     parse_cache_control,
 )
+from proxy.core.weight import OFF_LOOP_BODY, heavy
 from proxy.errors import (
     CacheMissError,
     InvalidHeader,
@@ -45,7 +46,6 @@ from proxy.server.caller import MAX_SHOWN_PATH
 from proxy.server.chains import continuable
 from proxy.server.coalesce import Lease
 from proxy.server.context import SERVICES, Services
-from proxy.server.offload import OFF_LOOP_BODY
 from proxy.server.recording import held_by_id, hold
 from proxy.server.sound import forward_sound
 from proxy.server.streaming import CLIENT_GONE, forward_stream
@@ -75,7 +75,7 @@ async def cacheable(request: web.Request) -> web.StreamResponse:
     call = remembered(services, asked)
     if call is not None:
         return await answer(services, request, call)
-    call = prepare(services, asked)
+    call = await prepare_aside(services, asked) if heavy(raw) else prepare(services, asked)
     response = await answer(services, request, call)
     if response.headers.get("X-Repro-Cache") == Outcome.HIT.value:
         remember(services, asked, call)

@@ -17,10 +17,9 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
-T = TypeVar("T")
+from proxy.core.weight import heavy
 
-OFF_LOOP_BODY = 1 << 20
-"""Bytes from which a body, a client's or the upstream's, is parsed in the child."""
+T = TypeVar("T")
 
 
 class Offload:
@@ -40,9 +39,9 @@ class Offload:
             raise
 
     async def parse(self, work: Callable[..., T], data: bytes, *args: object) -> T:
-        """`work(data, *args)`: at once for a small `data`, in the child from OFF_LOOP_BODY
+        """`work(data, *args)`: at once for a light `data`, in the child for a `heavy` one
         (BrokenProcessPool if the child died)."""
-        if len(data) < OFF_LOOP_BODY:
+        if not heavy(data):
             return work(data, *args)
         return await self.run(work, data, *args)
 

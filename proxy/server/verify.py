@@ -34,10 +34,11 @@ from proxy.core.routes import CHAT, RESPONSES
 from proxy.core.sse import RESPONSE_DONE, TRANSCRIPT_DONE, StreamRecorder
 from proxy.core.sse_wire import payloads
 from proxy.core.textdistance import normalized_levenshtein
+from proxy.core.weight import heavy
 from proxy.errors import UpstreamError
 from proxy.metrics import Metrics
 from proxy.server.fingerprints import FingerprintTracker
-from proxy.server.offload import OFF_LOOP_BODY, Offload
+from proxy.server.offload import Offload
 from proxy.store.base import StoreError
 from proxy.upstream.client import FETCH_LIMIT, Upstream
 
@@ -224,7 +225,7 @@ class Verifier:
 
     async def _check(self, call: Call, entry: Entry, auth: Mapping[str, str]) -> None:
         model = self._metrics.model(call.counted)
-        aside = self._offload.run if len(call.body) >= OFF_LOOP_BODY else asyncio.to_thread
+        aside = self._offload.run if heavy(call.body) else asyncio.to_thread
         try:
             body = await aside(reasked, call.kind, call.body)
         except BrokenProcessPool:
@@ -236,8 +237,7 @@ class Verifier:
         if fresh is None:
             self._metrics.verify.labels(model, "error").inc()
             return
-        large = max(len(fresh), len(entry.body)) >= OFF_LOOP_BODY
-        aside = self._offload.run if large else asyncio.to_thread
+        aside = self._offload.run if heavy(fresh) or heavy(entry.body) else asyncio.to_thread
         try:
             fingerprint = await aside(
                 fresh_fingerprint, fresh, entry.stream, call.events, call.shape

@@ -225,3 +225,77 @@ def test_the_drift_sampler_reads_a_large_fresh_answer_off_the_loop(
     assert statuses == [200]
     # Parsed in a thread, the worst /healthz took 290 to 310 ms here; off it, 25 to 55 ms.
     assert worst < STALL_BOUND
+
+
+def nested(depth: int = 120, below: int = (1 << 20) - 8192) -> bytes:
+    """Empty arrays nested `depth` deep, again and again, in about `below` bytes: what costs
+    most to parse per byte (orjson makes each a list, the canonical walk visits each)."""
+    unit = b"[" * depth + b"]" * depth + b","
+    return b"[" + unit * (below // len(unit)) + b"0]"
+
+
+def test_a_body_under_the_size_bound_nested_deep_is_parsed_off_the_loop(
+    start_proxy: ProxyFactory, sim: Sim
+) -> None:
+    """Below OFF_LOOP_BODY a body was parsed on the loop whatever its shape: a MiB of nested
+    empty arrays held it 600 ms, sent without credentials, and four clients sending it again
+    and again made every other request (HITs included) wait seconds."""
+    proxy = start_proxy()
+    head = b'{"model": "gpt-4o-mini", "messages": [], "x": '
+    bodies = [head + nested() + b', "n": %d}' % n for n in range(BODIES)]
+    assert all(len(body) < 2**20 for body in bodies)
+
+    def post_keyless() -> list[int]:
+        headers = {"Content-Type": "application/json", "Cache-Control": "only-if-cached"}
+        with httpx.Client(timeout=60) as client:
+            return [
+                client.post(proxy.url + CHAT, content=b, headers=headers).status_code
+                for b in bodies
+            ]
+
+    worst, statuses = asyncio.run(worst_health_latency(proxy.url, post_keyless))
+    assert statuses == [504] * BODIES  # parsed, keyed, and not in the cache
+    # On the loop, the worst /healthz took 600 to 700 ms; off it, about as long as without.
+    assert worst < STALL_BOUND
+    assert sim.llm_requests() == []
+
+
+def test_an_upstreams_answer_or_frame_nested_deep_is_not_parsed_on_the_loop(
+    start_proxy: ProxyFactory,
+) -> None:
+    """A whole answer under OFF_LOOP_BODY is read in the child when it nests many arrays; a
+    stream's frame that does is relayed and not stored, never parsed on the loop."""
+    deep = nested(below=(1 << 20) - 65536)
+    whole = orjson.loads(small_answer())
+    whole["choices"][0]["logprobs"] = {"deep": orjson.Fragment(deep)}
+    frame = {"id": "c", "object": "chat.completion.chunk", "x": orjson.Fragment(deep)}
+    frame["choices"] = [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]
+    stream = b"data: " + orjson.dumps(frame) + b"\n\ndata: [DONE]\n\n"
+    assert len(orjson.dumps(whole)) < 2**20 and len(stream) < 2**20
+
+    async def upstream(writer: asyncio.StreamWriter, request: Received) -> None:
+        if b'"stream":true' in request.body.replace(b" ", b""):
+            writer.write(http_answer(stream, "Content-Type: text/event-stream"))
+        else:
+            writer.write(http_answer(orjson.dumps(whole), JSON_HEAD))
+        await writer.drain()
+
+    def ask_both() -> list[int]:
+        with httpx.Client(timeout=60, headers={"Authorization": "Bearer sk-deep"}) as client:
+            asked = []
+            for n in range(BODIES):
+                for streamed in (False, True):
+                    question = {"model": "m", "messages": [{"role": "user", "content": f"{n}"}]}
+                    answer = client.post(proxy.url + CHAT, json={**question, "stream": streamed})
+                    asked.append(answer.status_code)
+                    assert len(answer.content) > 2**19
+            again = client.post(proxy.url + CHAT, json={**question, "stream": True})
+            assert again.headers["X-Repro-Cache"] == "MISS"  # the deep frame: not stored
+            assert again.content == stream
+            return asked
+
+    with Scripted(upstream) as scripted:
+        proxy = start_proxy(upstream=scripted.v1)
+        worst, statuses = asyncio.run(worst_health_latency(proxy.url, ask_both))
+    assert statuses == [200] * 2 * BODIES
+    assert worst < STALL_BOUND

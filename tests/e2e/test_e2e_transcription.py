@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 
-from proxy.server.offload import OFF_LOOP_BODY
+from proxy.core.weight import OFF_LOOP_BODY
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim, azure_client
 from tests.hostile import relayed_never_stored
 
