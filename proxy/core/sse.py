@@ -39,6 +39,7 @@ from typing import Any
 import orjson
 
 from proxy.core import routes
+from proxy.core.budget import Budget
 from proxy.core.entry import (
     fingerprint_of,
     is_answer,
@@ -112,10 +113,15 @@ def _carries_token(choice: dict[str, Any]) -> bool:
 
 
 class StreamRecorder:
-    def __init__(self, max_bytes: int, kind: str = routes.CHAT) -> None:
+    def __init__(
+        self, max_bytes: int, kind: str = routes.CHAT, budget: Budget | None = None
+    ) -> None:
         """`kind`: the route the stream answers (`routes.kind`), which says how its events read:
-        chat chunks, or typed events and the one that ends them (`_ENDINGS`)."""
+        chat chunks, or typed events and the one that ends them (`_ENDINGS`). `budget`: what
+        the recordings in flight hold together (proxy.core.budget); its holder `release`s
+        this one once done with it."""
         self._max_bytes = max_bytes
+        self._budget = Budget(max_bytes) if budget is None else budget
         self._ending = _ENDINGS.get(kind)
         self._typed = self._ending is not None
         self._holds = _HOLDS.get(self._ending or "")
@@ -157,12 +163,18 @@ class StreamRecorder:
             data = data[:taken] if taken < len(data) else data
         if self.oversize:
             pass
-        elif self._chunks.size + len(data) > self._max_bytes:
+        elif self._chunks.size + len(data) > self._max_bytes or not self._budget.take(len(data)):
             self.oversize = True
-            self._chunks = Pieces()
+            self.release()
         else:
             self._chunks.append(data)
         return data
+
+    def release(self) -> None:
+        """Drop the recording and give its bytes back to the budget: once it is stored, or
+        can no longer be."""
+        self._budget.give(self._chunks.size)
+        self._chunks = Pieces()
 
     def _split(self, data: bytes, until_named: bool) -> int:
         """Read the frames `data` ends; how much of `data` was taken (see `feed`). Only the new

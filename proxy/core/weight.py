@@ -13,7 +13,7 @@ makes each a list, the canonical walk visits each, about a microsecond apiece), 
 sending one without credentials held every other request, HITs included, that long."""
 
 
-def containers(data: bytes) -> int:
+def containers(data: bytes | bytearray) -> int:
     """Arrays and objects `data` may open: its brackets and braces, those inside strings too
     (an estimate from above, which costs a microsecond or two per KiB)."""
     return data.count(b"[") + data.count(b"{")

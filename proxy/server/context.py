@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from proxy.config import Settings
+from proxy.core.budget import RECORDINGS_HELD, Budget
 from proxy.core.codec import Codec
 from proxy.core.credentials import STANDARD
 from proxy.core.entry import Entry
@@ -127,6 +128,8 @@ class Services:
     # holder marks this process wrote (`recording.hold`), and when: a repeated HIT writes none
     held: LRU[str, float] = field(default_factory=lambda: LRU(MEMO_ITEMS))
     offload: Offload = field(default_factory=Offload)
+    # what the streams being recorded hold together (proxy.core.budget)
+    recordings: Budget = field(default_factory=lambda: Budget(RECORDINGS_HELD))
     guesses: Guesses = field(default_factory=Guesses)  # wrong admin tokens per address
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
 

@@ -57,6 +57,7 @@ class _Sound:
         self.upstream = upstream
         self.kept: list[bytes] | None = [] if call.plan.store else None
         self.size = 0
+        self.held = 0  # of `kept`, counted in services.recordings
         self.gone_at: float | None = None
 
     async def relay(self, content_type: str) -> web.StreamResponse:
@@ -64,6 +65,12 @@ class _Sound:
         headers.update(repro_headers(self.call, self.call.plan.outcome, "none"))
         response = web.StreamResponse(headers=headers)
         await response.prepare(self.request)
+        try:
+            return await self._copy(response, content_type)
+        finally:
+            self.services.recordings.give(self.held)
+
+    async def _copy(self, response: web.StreamResponse, content_type: str) -> web.StreamResponse:
         try:
             async for chunk in self.upstream.chunks():
                 self._keep(chunk)
@@ -86,14 +93,24 @@ class _Sound:
         return response
 
     def _keep(self, chunk: bytes) -> None:
+        """Keep `chunk` within --max-entry, and within what the recordings in flight may hold
+        together (proxy.core.budget); past either, the sound is relayed, not stored."""
         if self.kept is None:
             return
         self.size += len(chunk)
         if self.size > self.services.settings.max_entry:
-            log.info("sound not stored: over --max-entry", extra={"key": self.call.key})
-            self.kept = None
-            return
-        self.kept.append(chunk)
+            self._drop("over --max-entry")
+        elif not self.services.recordings.take(len(chunk)):
+            self._drop("recordings in flight at their bound")
+        else:
+            self.held += len(chunk)
+            self.kept.append(chunk)
+
+    def _drop(self, why: str) -> None:
+        log.info("sound not stored", extra={"key": self.call.key, "why": why})
+        self.kept = None
+        self.services.recordings.give(self.held)
+        self.held = 0
 
     async def _send(self, response: web.StreamResponse, chunk: bytes) -> None:
         if self.gone_at is not None:

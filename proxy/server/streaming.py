@@ -87,7 +87,9 @@ class _Relay:
         self.request = request
         self.call = call
         self.upstream = upstream
-        self.recorder = StreamRecorder(services.settings.max_entry, call.events)
+        self.recorder = StreamRecorder(
+            services.settings.max_entry, call.events, services.recordings
+        )
         if undecoded(upstream.headers) is not None:
             # Bytes in a coding the proxy does not decode are no frames to read: read as SSE,
             # they held the head back for a frame, or named a fingerprint they do not carry.
@@ -104,6 +106,12 @@ class _Relay:
         self.gone_at = 0.0
 
     async def run(self) -> web.StreamResponse:
+        try:
+            return await self._run()
+        finally:
+            self.recorder.release()
+
+    async def _run(self) -> web.StreamResponse:
         chunks = self._chunks()
         try:
             head = [chunk async for chunk in self._until_first_frame(chunks)]
