@@ -294,8 +294,9 @@ def is_served_as(entry: Entry, is_response: bool, shape: str | None, stream: boo
 
 def has_shape(answer: dict[str, Any], shape: str) -> bool:
     """Whether an answer's items hold what its route's client reads of them (`shape`): a chat
-    choice with `"message": null`, or a completions choice without its text, stored would be
-    served to every later caller, whose client fails on it, for as long as the entry lives."""
+    choice with `"message": null`, a completions choice without its text, or no choice at all
+    (`"choices": []`, where a client reads `choices[0]`), stored would be served to every
+    later caller, whose client fails on it, for as long as the entry lives."""
     if shape in (FLOATS, BASE64):
         return has_vectors(answer, shape == BASE64)
     if shape == IMAGE_BYTES:
@@ -304,12 +305,16 @@ def has_shape(answer: dict[str, Any], shape: str) -> bool:
         return _each(answer.get("results"), _is_verdict)
     if shape == COMPACTED:
         return answer.get("object") == COMPACTED and _each(answer.get("output"), bool)
-    choices = answer.get("choices")
-    if not is_objects(choices):
-        return False
-    if shape == MESSAGES:
-        return all(isinstance(choice.get("message"), dict) for choice in choices)
-    return all(isinstance(choice.get("text"), str) for choice in choices)
+    holds = _is_message if shape == MESSAGES else _is_text
+    return _each(answer.get("choices"), holds)
+
+
+def _is_message(choice: dict[str, Any]) -> bool:
+    return isinstance(choice.get("message"), dict)
+
+
+def _is_text(choice: dict[str, Any]) -> bool:
+    return isinstance(choice.get("text"), str)
 
 
 def has_vectors(answer: dict[str, Any], base64: bool) -> bool:

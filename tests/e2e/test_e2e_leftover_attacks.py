@@ -30,6 +30,7 @@ from tests.hostile import (
     completion,
     fixed,
     http_answer,
+    json_never_stored,
     sse_frames,
 )
 
@@ -292,3 +293,21 @@ def test_a_choice_without_what_its_client_reads_is_relayed_but_never_stored(
     assert [r.headers["X-Repro-Cache"] for r in outcomes] == expected
     asked = [r for r in upstream.received if route in r.request_line]
     assert len(asked) == (1 if stored else 2)
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+        ("/completions", {"prompt": "hi"}),
+    ],
+    ids=["chat", "completions"],
+)
+def test_an_answer_without_a_choice_is_relayed_but_never_stored(
+    start_proxy: ProxyFactory, route: str, body: dict[str, object]
+) -> None:
+    """`"choices": []` from a gateway's glitch: a client reads `choices[0]` and fails. Streamed,
+    such an answer never ended (no finish_reason) and was never stored; whole, it was every
+    later caller's HIT."""
+    answer = {"object": "chat.completion", "model": "gpt-4o-mini", "choices": []}
+    json_never_stored(start_proxy, answer, route, {"model": "gpt-4o-mini", **body}, "sk-tenant")

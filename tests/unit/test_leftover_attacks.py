@@ -150,6 +150,9 @@ def test_a_chat_or_completions_answer_is_one_only_with_what_its_client_reads() -
     assert facts_of(_choices({"index": 0}), False, "text") is None
     # a chat answer with no choices field is not one, whatever else it holds
     assert facts_of(orjson.dumps({"data": [{"id": "x"}]}), False, "message") is None
+    # nor one with no choice, where a client reads `choices[0]`: streamed, it was never stored
+    for shape in ("message", "text"):
+        assert facts_of(orjson.dumps({"choices": []}), False, shape) is None
 
 
 def test_each_route_asks_its_own_shape() -> None:
