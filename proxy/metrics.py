@@ -306,10 +306,13 @@ class Metrics:
         return name if name in self._models else OTHER
 
     def model(self, name: str) -> str:
-        """A bounded label value for a model name."""
+        """A bounded label value for a model name; one holding control or format characters
+        (an escape sequence, a bidi override), which no real model's name does, is `other`:
+        /metrics writes a label's characters as they are, to a terminal running curl, and an
+        alert's text quotes them to whoever is on call."""
         if name in self._models:
             return name
-        if not name or len(name) > 128:
+        if not name or len(name) > 128 or not name.isprintable():
             return OTHER
         routed = routes.routed(name)
         if self._routed >= MAX_ROUTED if routed else len(self._models) - self._routed >= MAX_MODELS:

@@ -160,3 +160,21 @@ def test_an_upstream_answering_with_made_up_statuses_cannot_grow_the_series(
     counts = series(text, "repro_upstream_duration_seconds_count")
     assert {dict(key)["status"] for key in counts} == {"431", "451", "4xx"}
     assert sum(counts.values()) == 40
+
+
+def test_a_served_model_named_with_control_characters_is_labelled_other(
+    start_proxy: ProxyFactory, sim: Sim
+) -> None:
+    """An upstream serving any model name (a local server) served `d\\x1b[2J`: /metrics wrote
+    the escape as it is, to the terminal of whoever ran curl on it, and an alert's summary
+    quotes the label to whoever is on call."""
+    proxy = start_proxy()
+    names = ["d\x1b[2J\x1b]0;pwn\x07", "c\u202ename", "e\rX", "f\u200bzero-width"]
+    headers = {"Authorization": f"Bearer {GOOD_KEY}", "Content-Type": "application/json"}
+    for name in names:
+        for expected in ("MISS", "HIT"):
+            answer = httpx.post(proxy.url + CHAT, content=body(name), headers=headers, timeout=10)
+            assert answer.headers["X-Repro-Cache"] == expected
+    raw = httpx.get(proxy.url + "/metrics", timeout=10).content
+    assert not any(c in raw.decode() for c in "\x1b\x07\r\u202e\u200b")
+    assert series(raw.decode(), "repro_cache_hits_total") == {labels(model="other"): len(names)}
