@@ -26,6 +26,7 @@ from proxy.core import answers, reads
 from proxy.core.terminal import shown
 from proxy.core.textdistance import bounded_distance
 from proxy.store import cassette, cassette_write
+from proxy.tools.output import print_json
 
 PREVIEW = 48
 STATUSES = ("changed", "only_old", "only_new", "identical")
@@ -56,7 +57,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"repro-proxy cassette diff: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        sys.stdout.write(orjson.dumps(report(rows), option=orjson.OPT_INDENT_2).decode() + "\n")
+        print_json(report(rows))
     else:
         render(rows, Console())
     return 1 if any(row.status != "identical" for row in rows) else 0

@@ -9,6 +9,7 @@ JSON never pay for it.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -34,8 +35,28 @@ def wants_json(flag: bool) -> bool:
     return flag or not sys.stdout.isatty()
 
 
-def print_json(value: Any) -> None:
-    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+def print_json(value: Any, indent: bool = True) -> None:
+    sys.stdout.write(json_text(value, indent) + "\n")
+
+
+def json_text(value: Any, indent: bool = True) -> str:
+    """`value` as JSON in which every control and format character is an escape: orjson
+    escapes only those below U+0020, and a hostile server's U+009B (a terminal's 8-bit CSI) or
+    U+202E (a bidi override) reached the terminal as they were. A JSON reader reads the same
+    value."""
+    text = orjson.dumps(value, option=orjson.OPT_INDENT_2 if indent else 0).decode()
+    return _BEYOND_ASCII.sub(_escaped, text)
+
+
+_BEYOND_ASCII = re.compile(r"[^\x00-\x7e]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    if char.isprintable():
+        return char
+    units = char.encode("utf-16-be")
+    return "".join(f"\\u{units[i]:02x}{units[i + 1]:02x}" for i in range(0, len(units), 2))
 
 
 def plain(value: object) -> str:

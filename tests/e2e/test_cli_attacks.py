@@ -95,6 +95,21 @@ def test_fingerprints_table_shows_a_servers_text_literally() -> None:
     assert_literal(shown)
 
 
+def test_fingerprints_as_json_on_a_terminal_escape_what_orjson_leaves_raw() -> None:
+    """orjson escapes only characters below U+0020: a server's U+009B (an 8-bit CSI, which
+    some terminals act on), DEL and U+202E reached the terminal as they were."""
+    hostile = HOSTILE + "\u009b2J\x7f\u2066"
+    answer = {hostile: {**FINGERPRINTS[HOSTILE], "current": hostile}}
+    with Scripted(fixed(json_answer(answer))) as server:
+        status, shown = run_tty(
+            "fingerprints", "--json", "--url", f"http://127.0.0.1:{server.port}"
+        )
+    assert status == 0, shown
+    assert not any(char in shown for char in "\x1b\x07\x7f\u009b\u202e\u2066")
+    assert "\\u009b" in shown and "\\u202e" in shown
+    assert orjson.loads(shown.replace("\r\n", "\n"))[hostile]["current"] == hostile
+
+
 def test_an_error_message_from_the_server_is_shown_literally() -> None:
     error = {"error": {"message": HOSTILE}}
     with Scripted(fixed(json_answer(error, status="500 Internal Server Error"))) as server:

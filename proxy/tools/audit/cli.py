@@ -13,8 +13,6 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import orjson
-
 from proxy import values
 from proxy.core.numbers import integer
 from proxy.tools.audit.plan import DEFAULT_BASE_URL, DEFAULT_PROMPT, Plan
@@ -122,7 +120,7 @@ async def run(ns: argparse.Namespace) -> int:
 
     from proxy.tools.audit.network import audit
     from proxy.tools.audit.view import progress, render
-    from proxy.tools.output import literal
+    from proxy.tools.output import literal, print_json
     from proxy.tools.remote import Unusable, cleartext_warning, header_safe
 
     plan, err = plan_from_args(ns), Console(stderr=True, highlight=False)
@@ -143,7 +141,7 @@ async def run(ns: argparse.Namespace) -> int:
         with progress(err, plan.arms, plan.n) as advance:
             report = await audit(client, plan, advance)
     if ns.json:
-        print(orjson.dumps(report.to_json()).decode(), flush=True)
+        print_json(report.to_json(), indent=False)
     else:
         Console(highlight=False).print(render(report))
     return report.exit_code
