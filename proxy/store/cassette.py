@@ -31,12 +31,14 @@ from typing import IO, Any
 
 import orjson
 
-from proxy.core import canonical, responses, routes, sse_wire, terminal
+from proxy.core import canonical, paths, reads, responses, routes, sse_wire, terminal
+from proxy.core.call import MAX_NAMESPACE
 from proxy.core.codec import Codec
 from proxy.core.credentials import split_query
 from proxy.core.entry import CorruptEntry, Entry, is_dated, is_fingerprint, is_request_id
+from proxy.core.fingerprints import MAX_MODEL_NAME, tracked
 from proxy.core.sealing import sealed
-from proxy.errors import ProxyError
+from proxy.errors import InvalidPath, ProxyError
 from proxy.store.base import Selector, Store, Write, labelled
 from proxy.store.retired import Retired
 
@@ -189,7 +191,7 @@ def from_record(record: dict[str, Any], scope: str) -> Loaded:
     if isinstance(request, str):
         _unambiguous(request, "'request' ")
     if "body_base64" in record:
-        answer = base64.b64decode(record["body_base64"])
+        answer = base64.b64decode(record["body_base64"], validate=True)
     else:
         answer = str(record["body"]).encode()
         _unambiguous_answer(answer, record["stream"] is True)
@@ -233,8 +235,13 @@ def _checked(meta: dict[str, Any], body: dict[str, Any]) -> float:
     response headers, metrics and exports as they are, so each is bounded as the proxy bounds
     the upstream's. A stored_at from the future would be served past --ttl: `from_record`
     is taken as now."""
+    _routable(meta["route"])
+    if len(meta["namespace"]) > MAX_NAMESPACE:
+        raise CassetteError(f"'namespace' is longer than {MAX_NAMESPACE} characters")
     if meta["model"] != routes.asked_model(meta["route"], body):
         raise CassetteError("'model' is not the model its request names")
+    if not tracked(routes.lineage(meta["model"], meta["route"])):
+        raise CassetteError(f"'model' is longer than {MAX_MODEL_NAME} characters")
     if meta["stream"] != routes.streamed(routes.kind(meta["route"]), body):
         raise CassetteError("'stream' does not say what its request asked")
     if not is_fingerprint(meta["fingerprint"]):
@@ -251,6 +258,34 @@ def _checked(meta: dict[str, Any], body: dict[str, Any]) -> float:
     if not is_dated(stored_at):
         raise CassetteError("'stored_at' is out of range")
     return stored_at
+
+
+def _routable(route: str) -> None:
+    """Refuse a route no request reaches the cache by: a proxy stores nothing under it, so a
+    line naming one is no recording, and its entry would be kept and never served. A read's is
+    its path as the upstream receives it (`paths.forward_target`)."""
+    if reads.is_read(route):
+        path = route.removeprefix(reads.PREFIX)
+        try:
+            plain = paths.forward_target(path) == path and "?" not in path
+        except InvalidPath:
+            plain = False
+        if not plain:
+            raise CassetteError("'route' reads a path no request is sent upstream as")
+        return
+    called = routes.kind(route) in canonical.CACHEABLE_ROUTES
+    if route.startswith(routes.DEPLOYMENTS):
+        deployment, _, call = route.removeprefix(routes.DEPLOYMENTS).partition("/")
+        try:
+            called = (
+                called
+                and call in routes.DEPLOYMENT_CALLS
+                and bool(routes.check_deployment(deployment))
+            )
+        except InvalidPath:
+            called = False
+    if not called:
+        raise CassetteError("'route' is no route the proxy caches")
 
 
 def _indexes(entry: Entry, scope: str, body: dict[str, Any]) -> tuple[str, ...]:

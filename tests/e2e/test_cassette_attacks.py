@@ -58,6 +58,16 @@ def admin_get(proxy: Proxy, path: str) -> httpx.Response:
         {"seed": 2**63},
         {"stored_at": 1e300},  # every export and fingerprint report was a 500
         {"stored_at": -1.0},
+        # what no request reaches, kept and never served: a route the proxy does not cache,
+        {"route": "/v1/files"},
+        {"route": "/v1/chat/completions/../../admin/stats"},
+        {"route": ""},
+        {"route": "/openai/deployments/a%2Fb/chat/completions"},
+        {"route": "GET /v1/../admin/stats"},
+        # names past the bounds live requests are held to (every process keeps the model's),
+        {"model": "m" * 300, "request": {"model": "m" * 300}},
+        {"namespace": "n" * 300},
+        {"body_base64": "!!!"},  # and an answer that is no base64, read as an empty one
     ],
 )
 def test_a_line_that_says_what_its_request_cannot_is_refused_whole(
