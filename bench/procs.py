@@ -136,11 +136,20 @@ def cpu_seconds(pid: int) -> float:
 
 def peak_rss_kib(pid: int) -> int:
     """The most resident memory a process has held so far (VmHWM)."""
+    return _status_kib(pid, "VmHWM:")
+
+
+def rss_kib(pid: int) -> int:
+    """The resident memory a process holds now (VmRSS)."""
+    return _status_kib(pid, "VmRSS:")
+
+
+def _status_kib(pid: int, field: str) -> int:
     with open(f"/proc/{pid}/status") as status:
         for line in status:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field):
                 return int(line.split()[1])
-    raise AssertionError("no VmHWM")
+    raise AssertionError(f"no {field}")
 
 
 def stop(proc: subprocess.Popen[bytes], grace: float = STOP_GRACE) -> None:

@@ -27,6 +27,7 @@
      ├── ReplayPassthrough             501  replay_passthrough (a route replay cannot answer)
      ├── StoreUnavailable              503  store_unavailable (admin routes only)
      ├── TooManyConnections            503  too_many_connections (--max-connections)
+     ├── TooManyBodies                 503  too_many_bodies (bodies being read at once)
      ├── ShuttingDown                  503  shutting_down (cut at --shutdown-timeout)
      └── UpstreamError
           ├── UpstreamUnreachable      502  upstream_unreachable (also: an answer that is not
@@ -257,6 +258,14 @@ class TooManyConnections(ProxyError):
 
     status = 503
     code = "too_many_connections"
+
+
+class TooManyBodies(ProxyError):
+    """A request body that would take the bodies being read at once past their budget
+    (proxy.core.budget): worth a retry in a moment (`Retry-After`)."""
+
+    status = 503
+    code = "too_many_bodies"
 
 
 class ShuttingDown(ProxyError):

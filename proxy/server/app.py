@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from proxy.config import Settings
 from proxy.core import credentials
-from proxy.core.budget import Budget, recordings_budget
+from proxy.core.budget import Budget, budget_for
 from proxy.core.canonical import CACHEABLE_ROUTES
 from proxy.core.codec import Codec
 from proxy.core.hosts import HostCheck, allowed_hosts
@@ -294,7 +294,8 @@ async def _assemble(
         credential_names=carriers,
         keying=Keying(settings.unkeyed_header, carriers, shared),
         entries=entry_memo(local_bytes),
-        recordings=Budget(recordings_budget(settings.max_entry)),
+        recordings=Budget(budget_for(settings.max_entry)),
+        reading=Budget(budget_for(settings.max_body)),
         watch=watch,
         retired=retired,
     )

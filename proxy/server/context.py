@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from proxy.config import Settings
-from proxy.core.budget import RECORDINGS_HELD, Budget
+from proxy.core.budget import HELD_AT_ONCE, Budget
 from proxy.core.codec import Codec
 from proxy.core.credentials import STANDARD
 from proxy.core.entry import Entry
@@ -129,7 +129,9 @@ class Services:
     held: LRU[str, float] = field(default_factory=lambda: LRU(MEMO_ITEMS))
     offload: Offload = field(default_factory=Offload)
     # what the streams being recorded hold together (proxy.core.budget)
-    recordings: Budget = field(default_factory=lambda: Budget(RECORDINGS_HELD))
+    recordings: Budget = field(default_factory=lambda: Budget(HELD_AT_ONCE))
+    # what the request bodies being read hold together (proxy.core.budget)
+    reading: Budget = field(default_factory=lambda: Budget(HELD_AT_ONCE))
     guesses: Guesses = field(default_factory=Guesses)  # wrong admin tokens per address
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
 

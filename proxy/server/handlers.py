@@ -66,7 +66,7 @@ async def cacheable(request: web.Request) -> web.StreamResponse:
     check_credential_headers(request, Carriers(services.credential_names))
     raw = bodies.whole(request, settings.max_body)
     if raw is None:
-        raw = await bodies.read(request, settings.max_body, settings.body_timeout)
+        raw = await bodies.read(request, settings.max_body, settings.body_timeout, services.reading)
     if services.secret.provisional:
         await services.secret.settle()
     asked = Asked.of(route, query, raw, request.headers, services.credential_names, services.keying)

@@ -22,7 +22,7 @@ import orjson
 import pytest
 import redis
 
-from bench.procs import settled
+from bench.procs import rss_kib, settled
 from tests.fixtures_procs import Proxy, ProxyFactory, Sim, running_proxy, socket_inodes
 from tests.fixtures_redis import running_redis
 from tests.hostile import Received, Scripted, Writer, completion, dripping_json, http_answer
@@ -87,14 +87,6 @@ def open_connections(pid: int, port: int) -> int:
             if remote_port == port and fields[3] == "01" and fields[9] in inodes:
                 count += 1
     return count
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def served(proxy: Proxy) -> float:

@@ -10,13 +10,13 @@ import threading
 import httpx
 import orjson
 
-from proxy.core.budget import RECORDINGS_HELD
+from proxy.core.budget import HELD_AT_ONCE
 from tests.fixtures_procs import ProxyFactory
 from tests.hostile import Received, Scripted
 
 MIB = 1 << 20
 STREAM_MIB = 30
-STREAMS = RECORDINGS_HELD // (STREAM_MIB * MIB) * 2  # twice what the budget holds
+STREAMS = HELD_AT_ONCE // (STREAM_MIB * MIB) * 2  # twice what the budget holds
 PADDING = b": " + b"x" * (MIB - 4) + b"\n\n"  # a comment event of one MiB
 
 
@@ -91,4 +91,4 @@ def test_streams_recorded_at_once_hold_no_more_than_the_budget(
             )
             stored += again.status_code == 200
     # Those that would have taken the recordings past the budget were relayed, not stored.
-    assert 1 <= stored <= RECORDINGS_HELD // (STREAM_MIB * MIB)
+    assert 1 <= stored <= HELD_AT_ONCE // (STREAM_MIB * MIB)

@@ -33,7 +33,7 @@ import orjson
 import pytest
 import zstandard
 
-from bench.procs import stop
+from bench.procs import rss_kib, stop
 from tests.fixtures_procs import Proxy, launch_proxy, raw_exchange, wait_up
 from tests.fixtures_redis import RedisServer
 from tests.hostile import Received, Scripted
@@ -869,13 +869,6 @@ def log_problems(log: Path) -> list[str]:
         if "exc" in record or record.get("level") in ("error", "critical"):
             found.append(f"{record.get('msg')}: {str(record.get('exc'))[-600:]}")
     return found
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def learned_fingerprints(proxy: Proxy) -> set[str]:

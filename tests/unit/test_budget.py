@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from proxy.core.budget import RECORDINGS_HELD, Budget, recordings_budget
+from proxy.core.budget import HELD_AT_ONCE, Budget, budget_for
 from proxy.core.sse import StreamRecorder
 
 FRAME = b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n'
 
 
 def test_the_budget_is_at_least_four_answers_as_large_as_allowed() -> None:
-    assert recordings_budget(1 << 20) == RECORDINGS_HELD
-    assert recordings_budget(1 << 30) == 4 << 30
+    assert budget_for(1 << 20) == HELD_AT_ONCE
+    assert budget_for(1 << 30) == 4 << 30
 
 
 def test_a_recording_past_the_shared_budget_stops_and_gives_its_bytes_back() -> None:
