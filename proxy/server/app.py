@@ -50,7 +50,6 @@ log = logging.getLogger("proxy.app")
 
 PASSTHROUGH_ROUTE = "/v1/*"
 AZURE_PASSTHROUGH_ROUTE = "/openai/*"
-INVALIDATIONS = "repro:invalidate"
 
 
 def create_app(
@@ -187,10 +186,11 @@ async def _layered_store(settings: Settings, injected: Store | None) -> tuple[St
     """The store the handlers use, and how many bytes of entries it keeps in this process (the
     memo of decoded entries is sized after it): the backend, encrypted when a key is set,
     guarded when it can hang or fail, fronted by the near-cache when Redis announces changes."""
-    channel = INVALIDATIONS if settings.near_cache else ""
     timeout = settings.store_timeout
-    backend = injected or await open_store(settings.store, channel, deadline=timeout)
-    if isinstance(backend, RedisStore) and (denied := await backend.denied()):
+    # Announced whether or not this process keeps a near-cache (INVALIDATIONS): another may.
+    backend = injected or await open_store(settings.store, deadline=timeout)
+    subscribes = bool(settings.near_cache)
+    if isinstance(backend, RedisStore) and (denied := await backend.denied(subscribes)):
         await backend.close()
         raise StoreUnusable(
             f"the Redis user may not run {', '.join(denied)}, which the proxy needs: "
@@ -203,7 +203,7 @@ async def _layered_store(settings: Settings, injected: Store | None) -> tuple[St
         bounded = isinstance(backend, RedisStore) and backend.deadline == timeout
         store = GuardedStore(store, timeout=timeout, bounded=bounded)
     local_bytes = backend.max_bytes if isinstance(backend, MemoryStore) else 0
-    if isinstance(backend, RedisStore) and backend.invalidations:
+    if isinstance(backend, RedisStore) and backend.invalidations and settings.near_cache:
         near = NearCache(store, backend, settings.near_cache)
         await near.keep()  # the generation it starts on: its first round then empties nothing
         store, local_bytes = near, settings.near_cache

@@ -144,7 +144,15 @@ def _unknown(name: str, scheme: str, known: frozenset[str]) -> str:
     return f"unknown {scheme}:// option {name!r}; {hint}known: {', '.join(sorted(known))}"
 
 
-async def open_store(url: str, invalidations: str = "", deadline: float | None = None) -> Store:
+INVALIDATIONS = "repro:invalidate"
+"""The pub/sub channel every writer to a Redis store announces its changes on, for the
+replicas' near-caches: a writer that announced nothing (a replica without a near-cache of its
+own, `import --store`) had them serve what they held before, for as long as they held it."""
+
+
+async def open_store(
+    url: str, invalidations: str = INVALIDATIONS, deadline: float | None = None
+) -> Store:
     """The store for a `--store` URL; a Redis that is down now does not stop the proxy starting.
 
     `invalidations` names the pub/sub channel Redis writes announce themselves on (near-caches);

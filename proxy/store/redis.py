@@ -369,11 +369,12 @@ class RedisStore(Scans):
         with mapped("revoked"):
             return bool(await self._batch.call("EXISTS", self._named("rv", name)))
 
-    async def denied(self) -> list[str]:
+    async def denied(self, subscribes: bool = True) -> list[str]:
         """The commands the proxy runs beside plain reads and writes that the Redis user may
-        not run (ACL): the scripts every write with a TTL and every fingerprint record is, and
-        the near-caches' news and their subscription. Checked without side effects (a script
-        that returns, news of no key); a store that does not answer now denies nothing."""
+        not run (ACL): the scripts every write with a TTL and every fingerprint record is, the
+        news every writer sends, and the subscription a near-cache (`subscribes`) listens on.
+        Checked without side effects (a script that returns, news of no key); a store that
+        does not answer now denies nothing."""
         probe = "return 1"
         checks: list[tuple[Any, ...]] = [("EVAL", probe, 0), ("EVALSHA", sha(probe), 0)]
         if self.invalidations:
@@ -388,7 +389,11 @@ class RedisStore(Scans):
         named = zip(checks, answers, strict=True)
         denied = [args[0] for args, answer in named if isinstance(answer, NoPermissionError)]
         channel = self.invalidations
-        if channel and not await subscription.permitted(self._client, channel, self.deadline):
+        if (
+            channel
+            and subscribes
+            and not await subscription.permitted(self._client, channel, self.deadline)
+        ):
             denied.append("SUBSCRIBE")
         return denied
 

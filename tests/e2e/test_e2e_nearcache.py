@@ -10,9 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import orjson
+import pytest
 
 from bench.procs import settled
-from tests.fixtures_procs import Proxy, ProxyFactory, Sim
+from tests.fixtures_procs import Proxy, ProxyFactory, Sim, run_cli
 from tests.fixtures_redis import running_redis
 
 ADMIN = {"Authorization": "Bearer t"}
@@ -22,14 +24,26 @@ def ask(proxy: Proxy, content: str, **headers: str) -> httpx.Response:
     return proxy.chat(content, model="m", key="sk-alice", headers=headers)
 
 
-def replicas(start_proxy: ProxyFactory, url: str, *flags: str) -> tuple[Proxy, Proxy]:
-    made = [start_proxy("--store", url, "--admin-token", "t", *flags) for _ in range(2)]
+def replicas(
+    start_proxy: ProxyFactory, url: str, *flags: str, writer: tuple[str, ...] = ()
+) -> tuple[Proxy, Proxy]:
+    """Two replicas; the first also with the `writer` flags."""
+    made = [start_proxy("--store", url, "--admin-token", "t", *flags, *w) for w in (writer, ())]
     return made[0], made[1]
 
 
-def answered_on_both(start_proxy: ProxyFactory, url: str) -> tuple[Proxy, Proxy]:
+WRITERS = pytest.mark.parametrize(
+    "writer", [(), ("--near-cache", "0")], ids=["writer-near-cache", "writer-without"]
+)
+"""A replica without a near-cache of its own announced nothing: the others served what they
+held before its refreshes, purges and rotations, for as long as they held it."""
+
+
+def answered_on_both(
+    start_proxy: ProxyFactory, url: str, writer: tuple[str, ...] = ()
+) -> tuple[Proxy, Proxy]:
     """Two replicas, "q" asked on the first and a HIT on the second."""
-    a, b = replicas(start_proxy, url)
+    a, b = replicas(start_proxy, url, writer=writer)
     ask(a, "q")
     assert ask(b, "q").headers["X-Repro-Cache"] == "HIT"
     return a, b
@@ -80,29 +94,32 @@ def test_misses_with_the_current_fingerprint_leave_the_others_memory_alone(
         assert frozen.headers["X-Repro-Cache"] == "HIT"
 
 
+@WRITERS
 def test_a_purge_on_one_replica_reaches_the_others(
-    start_proxy: ProxyFactory, sim: Sim, redis_url: str
+    start_proxy: ProxyFactory, sim: Sim, redis_url: str, writer: tuple[str, ...]
 ) -> None:
-    a, b = answered_on_both(start_proxy, redis_url)
+    a, b = answered_on_both(start_proxy, redis_url, writer)
     assert ask(b, "q").headers["X-Repro-Cache"] == "HIT"
     purged = httpx.post(a.url + "/admin/purge", json={"all": True}, headers=ADMIN, timeout=10)
     assert purged.json()["deleted"] == 1
     assert settled(lambda: not cached(b, "q"), within=5)
 
 
+@WRITERS
 def test_a_rotation_learned_by_one_replica_reaches_the_others(
-    start_proxy: ProxyFactory, sim: Sim, redis_url: str
+    start_proxy: ProxyFactory, sim: Sim, redis_url: str, writer: tuple[str, ...]
 ) -> None:
-    a, b = answered_on_both(start_proxy, redis_url)
+    a, b = answered_on_both(start_proxy, redis_url, writer)
     sim.set_fingerprint("fp_sim_0002")
     assert ask(a, "another question").headers["X-Repro-Fingerprint"] == "fp_sim_0002"
     assert settled(lambda: not cached(b, "q"), within=5)
 
 
+@WRITERS
 def test_a_refresh_on_one_replica_replaces_the_others_copy(
-    start_proxy: ProxyFactory, sim: Sim, redis_url: str
+    start_proxy: ProxyFactory, sim: Sim, redis_url: str, writer: tuple[str, ...]
 ) -> None:
-    a, b = replicas(start_proxy, redis_url)
+    a, b = replicas(start_proxy, redis_url, writer=writer)
     first = ask(a, "q")
     assert ask(b, "q").content == first.content
     refreshed = ask(a, "q", **{"Cache-Control": "no-cache"})
@@ -165,3 +182,22 @@ def test_a_miss_of_a_known_model_reads_only_its_entry(
         assert model_reads == []
         assert len(entry_reads) == 3  # one per miss
         assert ask(proxy, "fresh 0").headers["X-Repro-Cache"] == "HIT"
+
+
+def test_an_import_into_the_store_reaches_the_near_caches(
+    start_proxy: ProxyFactory, sim: Sim, redis_url: str, tmp_path: Path
+) -> None:
+    """`import --store` into a live store announced nothing: a replica went on serving what
+    it held, while the others served the imported answer."""
+    proxy = start_proxy("--store", redis_url, "--admin-token", "t", "--cache-scope", "shared")
+    first = ask(proxy, "q")
+    assert ask(proxy, "q").headers["X-Repro-Cache"] == "HIT"  # held in its near-cache now
+    line = orjson.loads(httpx.get(proxy.url + "/admin/export", headers=ADMIN, timeout=5).content)
+    said = orjson.loads(line["body"])
+    said["choices"][0]["message"]["content"] = "imported over what was stored"
+    line["body"] = orjson.dumps(said).decode()
+    cassette = tmp_path / "edited.jsonl"
+    cassette.write_bytes(orjson.dumps(line) + b"\n")
+    imported = run_cli("import", "--store", redis_url, str(cassette))
+    assert imported.returncode == 0, imported.stderr
+    assert settled(lambda: "imported over" in ask(proxy, "q").text, within=5), first.text

@@ -26,7 +26,7 @@ from openai import APIStatusError, AsyncOpenAI, OpenAI
 from proxy.config import Settings
 from proxy.core.codec import Codec
 from proxy.core.entry import Entry
-from proxy.server.app import INVALIDATIONS, create_app
+from proxy.server.app import create_app
 from proxy.server.context import SERVICES
 from proxy.store import open_store
 from proxy.store.base import Labels, Write
@@ -69,7 +69,7 @@ def written(key: str, entry: Entry, ns: str) -> Write:
 
 async def older_proxy_writes(redis_url: str, key: str, entry: Entry, ns: str) -> None:
     """Put `entry` into Redis through the store API, announcing it as every proxy does."""
-    store = await open_store(redis_url, INVALIDATIONS)
+    store = await open_store(redis_url)
     try:
         await store.put(written(key, entry, ns))
     finally:

@@ -814,7 +814,12 @@ async def test_credentials_and_database_come_from_the_url(tmp_path: Path) -> Non
     with running_redis(tmp_path) as server:
         with redis.Redis(port=server.port) as admin:
             admin.acl_setuser(
-                "alice", enabled=True, passwords=["+s3cret"], keys=["*"], commands=["+@all"]
+                "alice",
+                enabled=True,
+                passwords=["+s3cret"],
+                keys=["*"],
+                channels=["repro:invalidate"],
+                commands=["+@all"],
             )
             admin.acl_setuser("default", enabled=False)  # from now on nothing works unnamed
         store = await open_store(f"redis://alice:s3cret@127.0.0.1:{server.port}/3")
