@@ -235,11 +235,13 @@ class NearCache(StoreWrapper):
 
     async def purge(self, selector: Selector, dry_run: bool) -> int:
         """Everything goes, as the purge's own announcement would have it: once the purge has
-        answered, no HIT of this process may serve what it removed."""
-        purged = await self.inner.purge(selector, dry_run)
-        if not dry_run:
-            self._invalidate(EVERYTHING_CHANGED)
-        return purged
+        answered, no HIT of this process may serve what it removed, nor what a purge that
+        failed part way may have."""
+        try:
+            return await self.inner.purge(selector, dry_run)
+        finally:
+            if not dry_run:
+                self._invalidate(EVERYTHING_CHANGED)
 
     async def observe_fingerprint(
         self, model: str, fingerprint: str, now: float, count: int = 1, moves: bool = True

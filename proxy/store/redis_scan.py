@@ -71,8 +71,6 @@ class Scans:
         with mapped("purge"):
             async for batch in self._scanned():
                 matched += await self._purge_batch(batch, selector, dry_run)
-            if self.invalidations and not dry_run:
-                await self._client.publish(self.invalidations, EVERYTHING_CHANGED)
         return matched
 
     async def _purge_batch(self, names: list[bytes], selector: Selector, dry_run: bool) -> int:
@@ -101,6 +99,10 @@ class Scans:
                     pipe.delete(name)
                 for name, chosen in partial:
                     pipe.hdel(name, *chosen)
+                # With each batch's deletions, not once after the last: a purge that fails
+                # part way (a Redis that stalls) left what it had deleted in every near-cache.
+                if self.invalidations:
+                    pipe.publish(self.invalidations, EVERYTHING_CHANGED)
                 await pipe.execute()
         return matched
 

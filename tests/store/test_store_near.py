@@ -268,3 +268,46 @@ async def test_a_purge_is_forgotten_when_it_answers_not_when_its_news_arrives(
     finally:
         listening.cancel()
         await own.close()
+
+
+class Stalling(RedisStore):
+    """A store whose walk over the entries fails after its first batch, as Redis stalling in
+    the middle of a long purge makes it."""
+
+    async def _scanned(self, remember: int = 0) -> AsyncIterator[list[bytes]]:
+        async for batch in super()._scanned():
+            yield batch
+            raise StoreError("redis purge: the store stalled")
+
+
+async def test_a_purge_that_fails_part_way_is_forgotten_and_announced(redis_url: str) -> None:
+    """What it deleted before failing stayed in every near-cache, its own too: the news was
+    sent once, after the last batch, and the memory forgot only once the purge answered."""
+    own = Stalling(Redis.from_url(redis_url), invalidations=CHANNEL)
+    cache = NearCache(own, own, 1 << 20)
+    listening = asyncio.ensure_future(cache.run())
+    other = Redis.from_url(redis_url)
+    feed = other.pubsub()
+    try:
+        await until(lambda: cache.live)
+        await feed.subscribe(CHANNEL)
+        await own.observe_fingerprint("m", "fp", 1.0)
+        await own.put(Write("q", "fp", b"answer", 0))
+        assert (await cache.lookup("q", "m"))[1] == {"fp": b"answer"}  # now in memory
+        with pytest.raises(StoreError):
+            await cache.purge(Selector(), dry_run=False)
+        assert await other.exists("repro:e:{q}") == 0  # deleted before the failure
+        assert (await cache.lookup("q", "m"))[1] == {}
+        heard = []
+        for _ in range(50):
+            message = await feed.get_message(ignore_subscribe_messages=True, timeout=0.1)
+            if message is not None:
+                heard.append(message["data"])
+            if b"*" in heard:
+                break
+        assert b"*" in heard
+    finally:
+        listening.cancel()
+        await feed.aclose()
+        await other.aclose()
+        await own.close()
