@@ -2,11 +2,13 @@
 
 `<expiry>.<nonce>.<HMAC-SHA256 of both under the token>`: every worker and replica with the
 same token can check it, in constant time. It proves the holder once posted the token, expires
-after `LIFETIME`, and all sessions end when the token changes. Logging out revokes the session
-in the store (its name is a digest of the value) until it would have expired, so a copy taken
-before reads nothing after, on every process that shares the store; the random nonce makes each
-login's session a new one. A store that cannot say whether a session was revoked admits none:
-the bearer still works.
+after `LIFETIME`, and all sessions end when the token changes. The store marks each session
+issued (by a digest of its value) and each one logged out, until it would have expired: a
+session reads only while the first mark holds and the second does not, so a copy taken before
+a logout reads nothing after, on every process that shares the store, and neither does any
+session once the store lost its marks (restarted empty, flushed), where a logout remembered
+alone was forgotten and its session read again. The random nonce makes each login's session a
+new one. A store that cannot say admits no session: the bearer still works.
 
 The page keeps it in `sessionStorage` and sends it in the `HEADER`, never in a cookie: a
 browser sends a cookie to every port of its host (and SameSite counts them one site), so any
@@ -32,8 +34,14 @@ LIFETIME = 12 * 3600
 log = logging.getLogger("proxy.admin")
 
 
-def issue(token: str, now: float) -> str:
-    expires = int(now) + LIFETIME
+async def issue(token: str, now: float, store: Store) -> str:
+    """A new session, marked issued in the store (StoreError when the store cannot)."""
+    value = signed(token, int(now) + LIFETIME)
+    await store.mark(_name(value, ISSUED), LIFETIME)
+    return value
+
+
+def signed(token: str, expires: int) -> str:
     nonce = secrets.token_hex(16)
     return f"{expires}.{nonce}.{_mac(token, expires, nonce)}"
 
@@ -61,7 +69,8 @@ async def valid(request: web.Request, token: str, now: float, store: Store) -> b
     if _expiry(value, token, now) is None:
         return False
     try:
-        return not await store.revoked(_name(value))
+        issued = await store.marked(_name(value, ISSUED))
+        return issued and not await store.marked(_name(value, ENDED))
     except StoreError:
         return False
 
@@ -74,13 +83,16 @@ async def revoke(request: web.Request, token: str, now: float, store: Store) -> 
     if expires is None:
         return
     try:
-        await store.revoke(_name(value), expires - now)
+        await store.mark(_name(value, ENDED), expires - now)
     except StoreError:
         log.warning("logout not remembered: the store failed; the session lives until it expires")
 
 
-def _name(value: str) -> str:
-    return "session:" + hashlib.sha256(value.encode()).hexdigest()
+ISSUED, ENDED = "issued:", "session:"  # a logout's mark keeps the name it always had
+
+
+def _name(value: str, mark: str) -> str:
+    return mark + hashlib.sha256(value.encode()).hexdigest()
 
 
 def _mac(token: str, expires: int, nonce: str) -> str:

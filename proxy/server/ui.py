@@ -17,7 +17,7 @@ from aiohttp import web
 
 from proxy.errors import NO_ROUTE, NotFound, Unauthorized
 from proxy.server import bodies, session
-from proxy.server.admin import token_accepted
+from proxy.server.admin import store_answers, token_accepted
 from proxy.server.context import SERVICES
 from proxy.server.hostcheck import own_origin
 
@@ -75,7 +75,8 @@ async def ui_login(request: web.Request) -> web.Response:
     given = await _posted_token(request, services.settings.body_timeout)
     if not await token_accepted(request, services, given, token):
         raise Unauthorized("That is not the admin token.")
-    made = session.issue(token, services.clock())
+    with store_answers():
+        made = await session.issue(token, services.clock(), services.store)
     body = orjson.dumps({"session": made, "expires_in": session.LIFETIME})
     return web.Response(body=body, content_type="application/json", headers=HEADERS)
 

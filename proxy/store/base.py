@@ -189,11 +189,11 @@ class Store(Protocol):
         most the newest `keep`, oldest first), after adding one at `now` when `add`: the
         admin token's guesses, counted once for every process that shares the store."""
 
-    async def revoke(self, name: str, ttl: float) -> None:
-        """Remember `name` as revoked for `ttl` seconds (an admin session logged out)."""
+    async def mark(self, name: str, ttl: float) -> None:
+        """Remember `name` for `ttl` seconds (an admin session issued, or logged out)."""
 
-    async def revoked(self, name: str) -> bool:
-        """Whether `name` was revoked, and its time is not over."""
+    async def marked(self, name: str) -> bool:
+        """Whether `name` was marked, and its time is not over."""
 
     async def ping(self) -> None:
         """Raise StoreError unless the backend answers."""

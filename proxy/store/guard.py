@@ -193,11 +193,11 @@ class GuardedStore:
     ) -> tuple[float, ...]:
         return await self._call("admin", lambda: self.inner.attempts(name, now, window, keep, add))
 
-    async def revoke(self, name: str, ttl: float) -> None:
-        await self._call("admin", lambda: self.inner.revoke(name, ttl))
+    async def mark(self, name: str, ttl: float) -> None:
+        await self._call("admin", lambda: self.inner.mark(name, ttl))
 
-    async def revoked(self, name: str) -> bool:
-        return await self._call("admin", lambda: self.inner.revoked(name))
+    async def marked(self, name: str) -> bool:
+        return await self._call("admin", lambda: self.inner.marked(name))
 
     async def ping(self) -> None:
         """Readiness asks the store itself, open circuit or not; an answer closes the circuit."""

@@ -91,7 +91,7 @@ class MemoryStore:
         self._dictionary: bytes | None = None
         self._locks: dict[str, tuple[str, float]] = {}
         self._attempts: OrderedDict[str, deque[float]] = OrderedDict()
-        self._revoked: OrderedDict[str, float] = OrderedDict()  # name -> until
+        self._marks: OrderedDict[str, float] = OrderedDict()  # name -> until
 
     @property
     def max_bytes(self) -> int:
@@ -280,17 +280,18 @@ class MemoryStore:
                 self._attempts.popitem(last=False)
         return tuple(times)
 
-    async def revoke(self, name: str, ttl: float) -> None:
-        """Bounded as `attempts`: only a valid session is revoked, so the names are few."""
-        self._revoked.pop(name, None)
-        self._revoked[name] = self._clock() + ttl
-        while len(self._revoked) > REMEMBERED:
-            self._revoked.popitem(last=False)
+    async def mark(self, name: str, ttl: float) -> None:
+        """Bounded as `attempts`: only the admin token's holder marks a session (issued, or
+        logged out), so the names are few."""
+        self._marks.pop(name, None)
+        self._marks[name] = self._clock() + ttl
+        while len(self._marks) > REMEMBERED:
+            self._marks.popitem(last=False)
 
-    async def revoked(self, name: str) -> bool:
-        until = self._revoked.get(name)
+    async def marked(self, name: str) -> bool:
+        until = self._marks.get(name)
         if until is not None and until <= self._clock():
-            del self._revoked[name]
+            del self._marks[name]
             until = None
         return until is not None
 

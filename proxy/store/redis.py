@@ -359,14 +359,14 @@ class RedisStore(Scans):
             found = await self._batch.script(scripts.ATTEMPTS, [self._named("g", name)], args)
             return layout.times(found)
 
-    async def revoke(self, name: str, ttl: float) -> None:
-        with mapped("revoke"):
+    async def mark(self, name: str, ttl: float) -> None:
+        with mapped("mark"):
             await self._batch.call(
                 "SET", self._named("rv", name), b"1", "PX", max(1, math.ceil(ttl * 1000))
             )
 
-    async def revoked(self, name: str) -> bool:
-        with mapped("revoked"):
+    async def marked(self, name: str) -> bool:
+        with mapped("marked"):
             return bool(await self._batch.call("EXISTS", self._named("rv", name)))
 
     async def denied(self, subscribes: bool = True) -> list[str]:

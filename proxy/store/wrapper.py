@@ -82,11 +82,11 @@ class StoreWrapper:
     ) -> tuple[float, ...]:
         return await self.inner.attempts(name, now, window, keep, add)
 
-    async def revoke(self, name: str, ttl: float) -> None:
-        await self.inner.revoke(name, ttl)
+    async def mark(self, name: str, ttl: float) -> None:
+        await self.inner.mark(name, ttl)
 
-    async def revoked(self, name: str) -> bool:
-        return await self.inner.revoked(name)
+    async def marked(self, name: str) -> bool:
+        return await self.inner.marked(name)
 
     async def ping(self) -> None:
         await self.inner.ping()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import redis
 
 from proxy.server import guesses, session
 from tests.e2e.test_e2e_admin_attacks import ADMIN, session_value
@@ -89,3 +90,28 @@ async def test_concurrent_wrong_tokens_are_heard_no_more_than_the_allowance(
         right = {"Authorization": f"Bearer {ADMIN}"}
         async with http.get(proxy.url + "/admin/stats", headers=right) as response:
             assert response.status == 429
+
+
+async def test_a_store_that_lost_its_marks_admits_no_session_issued_before(
+    start_proxy: ProxyFactory, redis_url: str
+) -> None:
+    """A logout was remembered alone, as a mark in the store: a Redis restarted empty (or
+    flushed) forgot it, and the copy taken before the logout read again for the rest of its
+    twelve hours."""
+    first, second = (start_proxy("--admin-token", ADMIN, "--store", redis_url) for _ in range(2))
+    copied = {session.HEADER: await session_value(first)}
+    kept = {session.HEADER: await session_value(second)}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            first.url + "/admin/ui/logout", headers={**copied, "Origin": first.url}
+        ) as response:
+            assert response.status == 204
+        with redis.Redis.from_url(redis_url) as client:
+            client.flushall()
+        for proxy in (first, second):
+            for shown in (copied, kept):
+                async with http.get(proxy.url + "/admin/stats", headers=shown) as response:
+                    assert response.status == 401
+        fresh = {session.HEADER: await session_value(second)}
+        async with http.get(first.url + "/admin/stats", headers=fresh) as response:
+            assert response.status == 200

@@ -299,8 +299,8 @@ async def test_a_session_reads_under_its_own_spelling_alone(page: TestClient[Any
 
 
 async def test_a_forged_or_expired_session_is_refused(page: TestClient[Any, Any]) -> None:
-    expired = session.issue(ADMIN, 0.0)
-    forged = session.issue("another-token", 4_000_000_000.0)
+    expired = session.signed(ADMIN, 0)
+    forged = session.signed("another-token", 4_000_000_000)
     for value in (expired, forged, "9999999999.00", "x", ""):
         assert (await page.get("/admin/stats", headers={session.HEADER: value})).status == 401
 

@@ -311,13 +311,13 @@ class StoreContract:
     async def test_a_revocation_holds_until_its_time_is_over(
         self, store: Store, elapse: Elapse
     ) -> None:
-        assert not await store.revoked("s")
-        await store.revoke("s", 0.3)
-        await store.revoke("long", 60)
-        assert await store.revoked("s") and not await store.revoked("t")
+        assert not await store.marked("s")
+        await store.mark("s", 0.3)
+        await store.mark("long", 60)
+        assert await store.marked("s") and not await store.marked("t")
         await elapse(0.3)
-        assert not await store.revoked("s")
-        assert await store.revoked("long")
+        assert not await store.marked("s")
+        assert await store.marked("long")
 
     async def test_lookup_or_lock_takes_the_lock_only_for_an_empty_key(self, store: Store) -> None:
         await store.observe_fingerprint("m", "fp", 1.0)
