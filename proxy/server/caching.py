@@ -36,6 +36,7 @@ from proxy.errors import UpstreamError
 from proxy.server.coalesce import Lease
 from proxy.server.context import Decoded, EntryMemo, Services
 from proxy.server.failopen import store_failed, unreadable
+from proxy.server.paced import whole
 from proxy.server.recording import record
 from proxy.store.base import StoreError
 from proxy.upstream.client import ANSWER_CODINGS, UpstreamResponse
@@ -273,7 +274,7 @@ async def stale_entry(services: Services, call: Call) -> Entry | None:
 
 def serve_hit(
     services: Services, call: Call, entry: Entry, outcome: Outcome = Outcome.HIT
-) -> web.Response:
+) -> web.StreamResponse:
     counters = services.metrics.of(call.counted)
     if outcome is Outcome.HIT:
         counters.hits.inc()
@@ -285,7 +286,7 @@ def serve_hit(
     if entry.request_id:
         headers["x-request-id"] = entry.request_id
     headers.update(INERT)
-    return web.Response(body=entry.body, headers=headers)
+    return whole(entry.body, headers)
 
 
 UPSTREAM_SKIP = REQUEST_SKIP | REROUTING | KEYED_OTHERWISE
@@ -328,7 +329,7 @@ async def call_upstream(
 
 async def forward(
     services: Services, request: web.Request, call: Call, lease: Lease | None = None
-) -> web.Response:
+) -> web.StreamResponse:
     upstream = await call_upstream(services, request, call)
     try:
         data = await upstream.read(services.settings.max_entry)
@@ -356,16 +357,18 @@ async def forward(
         )
         await record(services, call, answer, lease)
     headers.update(repro_headers(call, call.plan.outcome, fingerprint))
-    return web.Response(status=status, body=data, headers=headers)
+    return whole(data, headers, status)
 
 
-async def unrelayed(services: Services, call: Call, upstream: UpstreamResponse) -> web.Response:
+async def unrelayed(
+    services: Services, call: Call, upstream: UpstreamResponse
+) -> web.StreamResponse:
     """An answer to a request relayed as it comes that is not what it asked for (an error, a
     JSON body where a stream or sound was due): read whole, passed on, never stored."""
     data = await upstream.read(services.settings.max_entry)
     headers = response_headers(upstream.headers, decoded=True)
     headers.update(repro_headers(call, call.plan.outcome, None))
-    return web.Response(status=upstream.status, body=data, headers=headers)
+    return whole(data, headers, upstream.status)
 
 
 async def read_facts(

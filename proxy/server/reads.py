@@ -26,6 +26,7 @@ from proxy.server.caching import UPSTREAM_SKIP
 from proxy.server.caller import MAX_SHOWN_PATH, Caller, absent, caller_of, served_headers, vary_for
 from proxy.server.context import Services
 from proxy.server.failopen import put, stored_entry
+from proxy.server.paced import whole
 from proxy.server.recording import scope_of
 from proxy.server.streaming import CLIENT_GONE
 from proxy.server.unframed import Unframed
@@ -49,7 +50,7 @@ def records(services: Services) -> bool:
     return mode is policy.CacheMode.RECORD or services.retired is not None
 
 
-async def replayed(services: Services, request: web.Request, target: str) -> web.Response:
+async def replayed(services: Services, request: web.Request, target: str) -> web.StreamResponse:
     """The kept answer to this `GET`, as a HIT; a cache miss when none was kept. Looked up in
     the caller's own partition, where a recording process keeps it, then in `shared` scope in
     the shared one, where a cassette loads every answer it holds (`cassette.from_record`)."""
@@ -68,9 +69,7 @@ async def replayed(services: Services, request: web.Request, target: str) -> web
             f"No recorded answer to GET {asked.path[:MAX_SHOWN_PATH]} for this caller and "
             "namespace, and in replay mode the request may not reach the upstream.",
         )
-    return web.Response(
-        body=entry.body, headers=served_headers(services, key, entry, entry.content_type)
-    )
+    return whole(entry.body, served_headers(services, key, entry, entry.content_type))
 
 
 async def recorded(services: Services, request: web.Request, target: str) -> web.StreamResponse:

@@ -33,6 +33,7 @@ from proxy.server.chains import holds, indexed, mark_deleted, pointed, was_delet
 from proxy.server.context import SERVICES, Services
 from proxy.server.failopen import store_failed, unreadable
 from proxy.server.handlers import key_accepted, known, only_if_cached, passthrough
+from proxy.server.paced import whole
 from proxy.server.recording import scope_of
 from proxy.store.base import StoreError
 from proxy.upstream.headers import INERT
@@ -61,7 +62,7 @@ async def by_id(request: web.Request) -> web.StreamResponse:
             "answers this query, and in replay mode the request may not reach the upstream.",
         )
     kind = "text/event-stream" if fetch.streamed else "application/json"
-    return web.Response(body=body, headers=served_headers(services, *found, kind))
+    return whole(body, served_headers(services, *found, kind))
 
 
 async def chat_by_id(request: web.Request) -> web.StreamResponse:
@@ -89,9 +90,7 @@ async def chat_by_id(request: web.Request) -> web.StreamResponse:
             f"No stored chat completion with id {chat_id[:128]} for this caller and namespace, "
             "and in replay mode the request may not reach the upstream.",
         )
-    return web.Response(
-        body=found[1].body, headers=served_headers(services, *found, "application/json")
-    )
+    return whole(found[1].body, served_headers(services, *found, "application/json"))
 
 
 async def delete_by_id(request: web.Request) -> web.StreamResponse:
