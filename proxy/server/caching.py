@@ -32,10 +32,11 @@ from proxy.core.fingerprints import ModelFingerprints
 from proxy.core.keyed import KEYED_OTHERWISE, REROUTING
 from proxy.core.policy import Outcome
 from proxy.core.routes import CHAT, RESPONSES
-from proxy.errors import UpstreamError
+from proxy.errors import TooManyBodies, UpstreamError
 from proxy.server.coalesce import Lease
 from proxy.server.context import Decoded, EntryMemo, Services
 from proxy.server.failopen import store_failed, unreadable
+from proxy.server.offload import Busy
 from proxy.server.paced import whole
 from proxy.server.recording import record
 from proxy.store.base import StoreError
@@ -87,7 +88,14 @@ async def prepare_aside(services: Services, asked: Asked) -> Call:
     grow with the body, and on the loop a body of several MiB would stall every request the
     process serves. The tenant's HMAC is taken here: its memo belongs to the loop."""
     tenant = services.secret.tenant(asked.credentials)
-    return await services.offload.run(prepare_with, services.settings, tenant, asked)
+    try:
+        return await services.offload.run(prepare_with, services.settings, tenant, asked)
+    except Busy:
+        raise TooManyBodies(
+            "The proxy is reading as many large request bodies as it takes at once; retry in "
+            "a moment.",
+            headers={"Retry-After": "1"},
+        ) from None
 
 
 def prepare(services: Services, asked: Asked) -> Call:
@@ -385,6 +393,9 @@ async def read_facts(
         return await services.offload.parse(facts_of, data, is_response, shape, content_type)
     except BrokenProcessPool:
         log.warning("answer not stored: the process reading it died", extra={"bytes": len(data)})
+        return None
+    except Busy:
+        log.info("answer not stored: too many large bodies to read", extra={"bytes": len(data)})
         return None
 
 

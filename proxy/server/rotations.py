@@ -183,7 +183,7 @@ async def _distances(services: Services, pairs: list[Pair]) -> list[float]:
     texts = [(pair.old, pair.new) for pair in pairs]
     if sum(len(old) + len(new) for old, new in texts) <= INLINE_CHARS:
         return text_distances(texts)
-    return await services.offload.run(text_distances, texts)
+    return await services.offload.run(text_distances, texts, wait=True)
 
 
 def _rotation(

@@ -38,7 +38,7 @@ from proxy.core.weight import heavy
 from proxy.errors import UpstreamError
 from proxy.metrics import Metrics
 from proxy.server.fingerprints import FingerprintTracker
-from proxy.server.offload import Offload
+from proxy.server.offload import Busy, Offload
 from proxy.store.base import StoreError
 from proxy.upstream.client import FETCH_LIMIT, Upstream
 
@@ -228,7 +228,7 @@ class Verifier:
         aside = self._offload.run if heavy(call.body) else asyncio.to_thread
         try:
             body = await aside(reasked, call.kind, call.body)
-        except BrokenProcessPool:
+        except (BrokenProcessPool, Busy):
             self._metrics.verify.labels(model, "error").inc()
             return
         if body is None:
@@ -242,7 +242,7 @@ class Verifier:
             fingerprint = await aside(
                 fresh_fingerprint, fresh, entry.stream, call.events, call.shape
             )
-        except BrokenProcessPool:
+        except (BrokenProcessPool, Busy):
             fingerprint = None
         if fingerprint is None:
             self._metrics.verify.labels(model, "error").inc()
@@ -254,7 +254,7 @@ class Verifier:
             return
         try:
             distance = await aside(answers_drift, entry.body, fresh, entry.stream, call.shape)
-        except BrokenProcessPool:
+        except (BrokenProcessPool, Busy):
             self._metrics.verify.labels(model, "error").inc()
             return
         fingerprint = self._metrics.fingerprint(model, entry.fingerprint)
