@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
-import re
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote_plus, urlsplit
 
 from proxy import values
 from proxy.core.policy import CacheMode, CacheScope, Enforce, FingerprintPolicy, StreamDisconnect
@@ -105,9 +104,6 @@ class Settings:
         return f"Settings({shown})"
 
 
-_QUERY_PASSWORD = re.compile(r"(?i)(password=)[^&]*")
-
-
 def store_failure(exc: BaseException, url: str) -> str:
     """A store's failure in one line: what failed and redis-py's own words for why (the host,
     'Connection refused'), without the password of `url`, which redis-py may repeat."""
@@ -129,7 +125,15 @@ def mask_password(url: str) -> str:
         password = None
     if password:
         url = url.replace(f":{password}@", ":***@", 1)
-    return _QUERY_PASSWORD.sub(r"\1***", url)
+    base, mark, query = url.partition("?")
+    return base + mark + "&".join(_masked(field) for field in query.split("&")) if mark else url
+
+
+def _masked(field: str) -> str:
+    """A query field with its value masked when its name, decoded as redis-py decodes it
+    (`pass%77ord` is `password`), names a password."""
+    name, equals, _ = field.partition("=")
+    return f"{name}=***" if equals and "password" in unquote_plus(name).lower() else field
 
 
 def _shown(option: Option, text: str) -> str:
