@@ -43,6 +43,10 @@ class _Repeats:
     last_seen: float
 
 
+WARNED_EVERY = 60.0
+"""Seconds between two warnings of one model's fingerprint changes (`FingerprintTracker._loud`)."""
+
+
 class FingerprintTracker:
     def __init__(
         self,
@@ -66,6 +70,7 @@ class FingerprintTracker:
         self._current: Lineages[str] = Lineages()
         self._repeats: dict[str, _Repeats] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._warned: Lineages[float] = Lineages()  # when each lineage's last warning was
         self._flushing: set[asyncio.Task[None]] = set()
 
     def acceptable(self, model: str, state: ModelFingerprints | None) -> Sequence[str] | None:
@@ -130,10 +135,23 @@ class FingerprintTracker:
         if seen.changed:
             change = "rotated back" if seen.back else "rotated"
             self._metrics.fingerprint_changed(model, back=seen.back)
-            log.warning(
+            log.log(
+                logging.WARNING if self._loud(model) else logging.INFO,
                 f"fingerprint {change}",
                 extra={"model": model, "old": seen.previous, "new": fingerprint, "change": change},
             )
+
+    def _loud(self, model: str) -> bool:
+        """Whether a change of `model` is a warning: the first in WARNED_EVERY seconds. A fleet
+        mid-rollout (or an upstream naming a new fingerprint with every answer) changes it on
+        every other miss, a warning each, which buried every other; the later ones are at info,
+        and every change is counted (repro_fingerprint_changes_total)."""
+        now = self._clock()
+        last = self._warned.get(model)
+        if last is not None and now - last < WARNED_EVERY:
+            return False
+        self._warned.put(model, now)
+        return True
 
     async def flush(self, model: str | None = None) -> None:
         """Give the store the repeats counted so far (of one model, or of all). A store that

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from proxy.core.fingerprints import FingerprintSeen, ModelFingerprints
 from proxy.core.policy import FingerprintPolicy
 from proxy.metrics import Metrics
-from proxy.server.fingerprints import FingerprintTracker
+from proxy.server.fingerprints import WARNED_EVERY, FingerprintTracker
 from proxy.store.memory import MemoryStore
 
 
@@ -113,7 +113,7 @@ async def test_a_rotation_back_is_counted_and_logged_as_rotated_back(
 ) -> None:
     store = MemoryStore()
     fingerprints, metrics = tracker(store)
-    caplog.set_level(logging.WARNING, "proxy.fingerprints")
+    caplog.set_level(logging.INFO, "proxy.fingerprints")
     for fingerprint in ("fp_1", "fp_2", "fp_1"):
         await fingerprints.observe("m", fingerprint)
     assert changes(metrics) == (2, 1)
@@ -123,6 +123,32 @@ async def test_a_rotation_back_is_counted_and_logged_as_rotated_back(
         ("fingerprint rotated back", "fp_2", "fp_1"),
     ]
     assert [r.back for r in await store.rotations("m")] == [False, True]
+
+
+async def test_a_model_changing_on_every_miss_warns_once_a_minute_and_logs_every_change(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A fleet mid-rollout answers with two fingerprints at random: a warning on every other
+    miss buried every other warning. Every change is still counted and logged, at info."""
+    store = MemoryStore()
+    clock = Clock()
+    metrics = Metrics(CollectorRegistry())
+    fingerprints = FingerprintTracker(store, metrics, FingerprintPolicy.FOLLOW, 0.0, clock, 60.0)
+    caplog.set_level(logging.INFO, "proxy.fingerprints")
+    for fingerprint in ["fp_1", "fp_2", "fp_1", "fp_2", "fp_1"]:
+        await fingerprints.observe("m", fingerprint)
+    await fingerprints.observe("other", "fp_a")
+    await fingerprints.observe("other", "fp_b")
+    clock.now += WARNED_EVERY
+    await fingerprints.observe("m", "fp_2")
+    levels = [(r.__dict__["model"], r.levelname) for r in caplog.records]
+    assert levels == [
+        ("m", "WARNING"),
+        *[("m", "INFO")] * 3,
+        ("other", "WARNING"),  # each model its own
+        ("m", "WARNING"),  # a minute later, again
+    ]
+    assert changes(metrics) == (5, 4)
 
 
 async def test_a_late_flush_after_another_replicas_rotation_logs_nothing() -> None:
