@@ -151,7 +151,7 @@ def refused(exc: web.HTTPException) -> ProxyError:
     return error
 
 
-UNROUTED = "/{tail:.*}"
+UNROUTED = "/{tail:(?s:.*)}"
 """The last route: what no other route takes, answered in our shape instead of aiohttp's plain
 text. Only requests that missed every other route reach it, so the rest pay nothing for it."""
 UNROUTED_PATH = "/{tail}"

@@ -384,3 +384,24 @@ def test_an_upstream_nothing_listens_on_is_named_with_the_cause(
     assert answer.status_code == 502
     message = answer.json()["error"]["message"]
     assert message == f"Could not connect to the upstream (127.0.0.1:{port}): Connection refused."
+
+
+def test_a_path_holding_a_line_break_is_routed_answered_in_our_shape_and_logged(
+    start_proxy: ProxyFactory, sim: Sim
+) -> None:
+    """No route's pattern matched a path whose decoded form holds CR or LF: aiohttp answered
+    its own plain `404: Not Found`, with no access-log line, so a client could probe unseen."""
+    with tempfile.TemporaryFile() as stderr:
+        proxy = start_proxy("--access-log", stderr=stderr)
+        with httpx.Client(timeout=5) as client:
+            unrouted = client.get(proxy.url + "/nothing%0Ahere")
+            passed = client.get(proxy.v1 + "/models%0Ax", headers=AUTH)
+        stop(proxy.proc)
+        stderr.seek(0)
+        text = stderr.read()
+    assert unrouted.status_code == 404 and unrouted.json()["error"]["code"] == "not_found"
+    assert passed.headers["X-Repro-Cache"] == "BYPASS"  # a pass-through, sent as it came
+    assert sim.requests()[-1]["path"] == "/v1/models\nx"
+    lines = [orjson.loads(line) for line in text.splitlines() if line.startswith(b"{")]
+    logged = [a["path"] for a in by_logger(lines, "proxy.access")]
+    assert "/nothing\\nhere" in logged and "/v1/models\\nx" in logged  # as visible escapes
