@@ -290,7 +290,8 @@ def serve_hit(
     counters.completion_saved.inc(entry.completion_tokens)
     headers = repro_headers(call, outcome, entry.fingerprint)
     headers["Age"] = str(max(0, int(services.clock() - entry.stored_at)))
-    headers["Content-Type"] = entry.content_type
+    if entry.content_type:  # else aiohttp's, as the answer that was stored had
+        headers["Content-Type"] = entry.content_type
     if entry.request_id:
         headers["x-request-id"] = entry.request_id
     headers.update(INERT)

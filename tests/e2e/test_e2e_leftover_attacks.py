@@ -311,3 +311,16 @@ def test_an_answer_without_a_choice_is_relayed_but_never_stored(
     later caller's HIT."""
     answer = {"object": "chat.completion", "model": "gpt-4o-mini", "choices": []}
     json_never_stored(start_proxy, answer, route, {"model": "gpt-4o-mini", **body}, "sk-tenant")
+
+
+def test_a_hit_of_an_answer_sent_without_a_content_type_has_the_one_the_miss_had(
+    start_proxy: ProxyFactory,
+) -> None:
+    """The MISS reached its client labelled `application/octet-stream` (aiohttp's default for
+    a body of no type), and every HIT with an empty `Content-Type:`."""
+    served = http_answer(completion("untyped"))
+    with Scripted(fixed(served)) as upstream:
+        proxy = start_proxy(upstream=upstream.v1)
+        answers = [proxy.chat("untyped", key="sk-tenant") for _ in range(2)]
+    assert [a.headers["X-Repro-Cache"] for a in answers] == ["MISS", "HIT"]
+    assert answers[0].headers["Content-Type"] == answers[1].headers["Content-Type"] != ""
