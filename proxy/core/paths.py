@@ -12,6 +12,7 @@ percent-encoded, as the client wrote it.
 from __future__ import annotations
 
 import re
+import unicodedata
 from urllib.parse import quote, unquote
 
 from proxy.errors import InvalidPath
@@ -43,16 +44,27 @@ def forward_target(raw: str) -> str:
 def lenient(path: str) -> str:
     """`path` (the path of a `forward_target`) as the most lenient reader in use reads it:
     escapes decoded, `\\` as `/`, `;params` dropped, empty segments (`//`, a trailing `/`)
-    merged as nginx's merge_slashes does, letters in lower case. A pass-through path that reads
-    so as one of the proxy's own routes is one an upstream may answer as that route."""
+    merged as nginx's merge_slashes does, letters in lower case, and each segment as
+    `_segment` reads it. A pass-through path that reads so as one of the proxy's own routes is
+    one an upstream may answer as that route."""
     decoded = path
     for _ in range(_DECODINGS):
         once = unquote(decoded)
         if once == decoded:
             break
         decoded = once
-    segments = (part.partition(";")[0] for part in _SEPARATORS.split(decoded))
+    segments = (_segment(part) for part in _SEPARATORS.split(decoded))
     return "/" + "/".join(segment for segment in segments if segment).lower()
+
+
+def _segment(part: str) -> str:
+    """A segment as some server reads it: up to a `;` (params) or a NUL (a C string's end),
+    without format characters (a zero-width space), trailing dots and spaces (Windows
+    servers: `completions.` is `completions`), or a `.json` suffix (suffix patterns)."""
+    part = part.partition(";")[0].partition("\x00")[0]
+    if not part.isascii():
+        part = "".join(char for char in part if unicodedata.category(char) != "Cf")
+    return part.rstrip(". ").removesuffix(".json")
 
 
 def raw_query(raw: str) -> str:

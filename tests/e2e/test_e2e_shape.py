@@ -137,6 +137,13 @@ async def test_a_control_header_sent_twice_with_two_values_is_refused(
         ("POST", "/v1/chat%2Fcompletions", CHAT),
         ("POST", "/v1/./chat/completions", CHAT),
         ("POST", "/v1/Chat/Completions", CHAT),
+        # how Windows servers (trailing dots, spaces), C servers (NUL), suffix patterns
+        # (`.json`) and a zero-width space read it
+        ("POST", "/v1/chat/completions.", CHAT),
+        ("POST", "/v1/chat/completions%20", CHAT),
+        ("POST", "/v1/chat/completions%00", CHAT),
+        ("POST", "/v1/chat/completions.json", CHAT),
+        ("POST", "/v1/chat/complet%E2%80%8Bions", CHAT),
         ("POST", "/v1/embeddings/", "/v1/embeddings"),
         ("GET", "/v1/responses//resp_abc", "/v1/responses/{id}"),
         (

@@ -38,6 +38,12 @@ def test_a_stale_if_error_given_twice_counts_with_the_smaller() -> None:
         "/v1/chat%2Fcompletions",
         "/v1/chat\\completions",
         "/V1/Chat/Completions",
+        "/v1/chat/completions.",  # Windows servers drop trailing dots and spaces
+        "/v1/chat/completions%20",
+        "/v1/chat/completions%2e",
+        "/v1/chat/completions%00x",  # a C string ends at NUL
+        "/v1/chat/completions.json",  # suffix patterns
+        "/v1/chat/complet%E2%80%8Bions",  # a zero-width space
     ],
 )
 def test_a_lenient_reader_reads_these_as_chat(path: str) -> None:
