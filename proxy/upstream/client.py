@@ -305,6 +305,8 @@ class Upstream:
                     f"The upstream's answer to a WebSocket handshake is not one ({exc.message})."
                 ) from None
             raise refusal.refused(exc) from None
+        except refusal.WebSocketRefused:  # a redirect, not followed (refusal.keeping)
+            raise
         except Exception as exc:
             _raise_mapped(exc, "before opening the WebSocket")
 

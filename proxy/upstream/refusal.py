@@ -34,27 +34,43 @@ _kept: ContextVar[bytes | None] = ContextVar("refusal", default=None)
 
 def keeping(limit: int) -> aiohttp.TraceConfig:
     """A trace that keeps the body (at most `limit` bytes, else None) of an answer that is no
-    101; `refused` reads it."""
+    101, which `refused` reads; and that refuses to follow a redirect, which `ws_connect`
+    does (it takes no `allow_redirects`): followed, it sent the client's `api-key` (aiohttp
+    drops only `Authorization` and cookies) to whatever host, path or plain-http URL the
+    upstream named, ten times over. The redirect is the upstream's answer, relayed as such."""
 
     async def keep(
         _session: aiohttp.ClientSession,
         _trace: SimpleNamespace,
         params: aiohttp.TraceRequestEndParams,
     ) -> None:
+        if params.response.status != 101:
+            _kept.set(await _body(params.response, limit))
+
+    async def refuse(
+        _session: aiohttp.ClientSession,
+        _trace: SimpleNamespace,
+        params: aiohttp.TraceRequestRedirectParams,
+    ) -> None:
         answer = params.response
-        if answer.status == 101:
-            return
-        body, content = b"", answer.content
-        while len(body) <= limit:
-            chunk = await content.read(limit + 1 - len(body))
-            if not chunk:
-                _kept.set(body)
-                return
-            body += chunk
+        body = await _body(answer, limit)
+        answer.close()  # not read to its end: never back in the pool
+        raise WebSocketRefused(answer.status, CIMultiDictProxy(CIMultiDict(answer.headers)), body)
 
     trace = aiohttp.TraceConfig()
     trace.on_request_end.append(keep)
+    trace.on_request_redirect.append(refuse)
     return trace
+
+
+async def _body(answer: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    body, content = b"", answer.content
+    while len(body) <= limit:
+        chunk = await content.read(limit + 1 - len(body))
+        if not chunk:
+            return body
+        body += chunk
+    return None
 
 
 def forget() -> None:

@@ -75,7 +75,7 @@ async def handshake(
     """A handshake sent as plain HTTP, for the answer a refusal gives."""
     async with (
         aiohttp.ClientSession() as session,
-        session.get(url, headers=headers, data=body) as answer,
+        session.get(url, headers=headers, data=body, allow_redirects=False) as answer,
     ):
         return answer.status, CIMultiDict(answer.headers), await answer.read()
 
@@ -327,6 +327,27 @@ async def test_a_refusal_too_long_to_relay_keeps_its_status(start_proxy: ProxyFa
         )
     assert status == 403 and headers["Content-Type"] == "application/json"
     assert orjson.loads(body)["error"]["code"] == "websocket_refused"
+
+
+@pytest.mark.parametrize("status", ["302 Found", "307 Temporary Redirect"])
+async def test_a_redirected_handshake_is_relayed_never_followed(
+    start_proxy: ProxyFactory, status: str
+) -> None:
+    """aiohttp's `ws_connect` follows redirects, and drops only `Authorization` and cookies
+    on the way: the client's `api-key` went to whatever host, path or plain-http URL the
+    upstream named, ten times over. The redirect is the upstream's answer to the client."""
+    with Scripted(fixed(http_answer(b"", "Content-Type: text/plain"))) as elsewhere:
+        moved = f"Location: http://127.0.0.1:{elsewhere.port}/stolen"
+        with Scripted(fixed(http_answer(b"moved", moved, status=status))) as upstream:
+            proxy = start_proxy(upstream=upstream.v1)
+            headers = {**upgrade(), "api-key": "sk-azure-secret", "x-api-key": "sk-gateway"}
+            answer, answered, body = await handshake(
+                realtime(proxy).replace("ws://", "http://"), headers
+            )
+            assert len(upstream.received) == 1
+        assert elsewhere.received == []
+    assert answer == int(status.split()[0]) and body == b"moved"
+    assert answered["Location"] == f"http://127.0.0.1:{elsewhere.port}/stolen"
 
 
 async def test_an_upstream_that_never_answers_the_handshake_times_out(
