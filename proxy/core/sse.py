@@ -127,6 +127,7 @@ class StreamRecorder:
         self._holds = _HOLDS.get(self._ending or "")
         self._responses = kind == routes.RESPONSES
         self.response_id: str | None = None
+        self._named_id: str | None = None  # the id the response's events name, kept or not
         self.entitled = False  # a response event named an access program (`owned.entitled`)
         self._chunks = Pieces()
         self._pending = Pieces()
@@ -305,6 +306,12 @@ class StreamRecorder:
             return
         self.entitled = self.entitled or entitled(response)
         if isinstance(response.get("id"), str):
+            if self._named_id not in (None, response["id"]):
+                # One response's events all name it; the SDK takes the id from the first, and
+                # the index would have filed the answer under the last.
+                self.failed = True
+                return
+            self._named_id = response["id"]
             # Nor is a response made with `store: false` found by its id: the upstream never
             # kept it (the rule `responses.id_of` reads in a whole answer).
             kept = response.get("store") is not False

@@ -31,6 +31,7 @@ from tests.hostile import (
     fixed,
     http_answer,
     json_never_stored,
+    relayed_never_stored,
     sse_frames,
 )
 
@@ -324,3 +325,25 @@ def test_a_hit_of_an_answer_sent_without_a_content_type_has_the_one_the_miss_had
         answers = [proxy.chat("untyped", key="sk-tenant") for _ in range(2)]
     assert [a.headers["X-Repro-Cache"] for a in answers] == ["MISS", "HIT"]
     assert answers[0].headers["Content-Type"] == answers[1].headers["Content-Type"] != ""
+
+
+def test_a_response_stream_naming_two_ids_is_relayed_but_never_stored(
+    start_proxy: ProxyFactory,
+) -> None:
+    """`response.created` named one id and `response.completed` another: stored, the answer
+    was filed under the second, where the SDK (and the client) had the first."""
+
+    def event(kind: str, response: dict[str, object]) -> bytes:
+        data = orjson.dumps({"type": kind, "response": response})
+        return b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
+
+    made = {"id": "resp_first", "object": "response", "status": "in_progress", "output": []}
+    done = {**made, "id": "resp_second", "status": "completed"}
+    done["output"] = [{"type": "message", "content": [{"type": "output_text", "text": "hi"}]}]
+    stream = event("response.created", made) + event("response.completed", done)
+    relayed_never_stored(
+        start_proxy,
+        stream,
+        ("Content-Type: text/event-stream",),
+        lambda proxy: proxy.post("/responses", {**RESPONSE, "stream": True}, key="sk-tenant"),
+    )

@@ -339,6 +339,15 @@ def test_a_typed_frame_named_otherwise_than_its_type_spoils_the_stream(frame: by
     assert not record(START + frame + END).complete
 
 
+def test_a_stream_whose_events_name_two_responses_is_no_answer() -> None:
+    """The SDK takes the id from `response.created`; stored, the answer was filed under the
+    id `response.completed` named, and a fetch by the id the client had found nothing."""
+    other = typed("response.completed", response={**DONE, "id": "resp_other"}, sequence_number=2)
+    recorder = record(START + other)
+    assert not recorder.complete
+    assert record(START + END).response_id == "resp_abc"
+
+
 def test_a_completed_event_whose_response_did_not_complete_is_not_a_clean_end() -> None:
     bad = typed("response.completed", response={**RESPONSE, "status": "failed"})
     assert not record(START + bad).complete
