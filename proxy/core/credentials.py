@@ -47,7 +47,7 @@ QUERY_PARAMETERS = frozenset({"subscription-key", "api-key", "api_key", "key"})
 
 CREDENTIAL_WORDS = frozenset(
     {"auth", "authorization", "apikey", "key", "token", "secret", "password", "passwd",
-     "credential", "credentials", "cookie"}
+     "credential", "credentials", "cookie", "jwt", "bearer"}
 )  # fmt: skip
 """Words of a header or parameter name that say it holds a credential (see `named_as_one`)."""
 
@@ -60,7 +60,10 @@ signature is new per request, and read as a credential would split every request
 NOT_CREDENTIALS = frozenset({"idempotency-key", "idempotency_key"})
 """Names made of those words that hold no credential: a retry's identity, new per request."""
 
-_WORD_CUES = ("key", "token", "auth", "secret", "pass", "credential", "cookie", "sig", "code")
+_WORD_CUES = (
+    *("key", "token", "auth", "secret", "pass", "credential", "cookie", "sig", "code", "jwt"),
+    "bearer",
+)
 _WORDS = re.compile(r"[^a-z0-9]+")
 
 

@@ -120,7 +120,8 @@ def test_extra_names_are_read_only_when_configured() -> None:
 @pytest.mark.parametrize(
     "name",
     ["apikey", "X-Apikey", "x-litellm-api-key", "Helicone-Auth", "X-Auth-Token", "Cookie",
-     "x-client-secret", "X-Access-Token", "x-myapikey", "X-Password"],
+     "x-client-secret", "X-Access-Token", "x-myapikey", "X-Password", "X-JWT-Assertion",
+     "X-Bearer"],
 )  # fmt: skip
 def test_a_name_that_says_it_holds_a_credential_is_read_as_one(name: str) -> None:
     assert tenant((name, "1")) != ANONYMOUS
@@ -228,6 +229,8 @@ def test_a_credential_after_a_semicolon_is_a_credential() -> None:
         "a=1&X-Amz-Signature=AWS-SIGNATURE",  # a presigned S3 URL
         "a=1&signature=SIGNED",
         "code=FUNCTION-KEY&a=1",  # an Azure Functions key
+        "jwt=HEADER.PAYLOAD.SIG&a=1",  # a token some gateways take in a URL
+        "a=1&bearer=TOKEN",
     ],
 )
 def test_a_signature_or_function_key_in_the_query_is_a_credential(query: str) -> None:
