@@ -6,6 +6,7 @@ processes and a real redis-server; raw aiohttp requests."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import aiohttp
 import redis
@@ -18,6 +19,24 @@ from tests.fixtures_procs import Proxy, ProxyFactory
 async def guess(http: aiohttp.ClientSession, proxy: Proxy, attempt: int) -> int:
     wrong = {"Authorization": f"Bearer guess-{attempt}"}
     async with http.get(proxy.url + "/admin/stats", headers=wrong) as response:
+        return response.status
+
+
+async def reads(
+    http: aiohttp.ClientSession, proxies: Sequence[Proxy], sessions: Sequence[dict[str, str]]
+) -> set[int]:
+    """The statuses each session's read of `/admin/stats` gets on each proxy."""
+    found = set()
+    for proxy in proxies:
+        for shown in sessions:
+            async with http.get(proxy.url + "/admin/stats", headers=shown) as response:
+                found.add(response.status)
+    return found
+
+
+async def log_out(http: aiohttp.ClientSession, proxy: Proxy, shown: dict[str, str]) -> int:
+    url, headers = proxy.url + "/admin/ui/logout", {**shown, "Origin": proxy.url}
+    async with http.post(url, headers=headers) as response:
         return response.status
 
 
@@ -46,19 +65,11 @@ async def test_logging_out_ends_the_session_on_every_replica(
     async with aiohttp.ClientSession() as http:
         async with http.get(second.url + "/admin/stats", headers=copied) as response:
             assert response.status == 200
-        async with http.post(
-            first.url + "/admin/ui/logout",
-            headers={**copied, "Origin": first.url},
-        ) as response:
-            assert response.status == 204
+        assert await log_out(http, first, copied) == 204
         respelled = {session.HEADER: "0" + copied[session.HEADER]}  # no second spelling
-        for proxy in (first, second):
-            for shown in (copied, respelled):
-                async with http.get(proxy.url + "/admin/stats", headers=shown) as response:
-                    assert response.status == 401
+        assert await reads(http, (first, second), (copied, respelled)) == {401}
         fresh = {session.HEADER: await session_value(second)}
-        async with http.get(first.url + "/admin/stats", headers=fresh) as response:
-            assert response.status == 200  # a new login opens a new session
+        assert await reads(http, (first,), (fresh,)) == {200}  # a new login, a new session
 
 
 async def test_concurrent_wrong_tokens_are_heard_no_more_than_the_allowance(
@@ -102,16 +113,9 @@ async def test_a_store_that_lost_its_marks_admits_no_session_issued_before(
     copied = {session.HEADER: await session_value(first)}
     kept = {session.HEADER: await session_value(second)}
     async with aiohttp.ClientSession() as http:
-        async with http.post(
-            first.url + "/admin/ui/logout", headers={**copied, "Origin": first.url}
-        ) as response:
-            assert response.status == 204
+        assert await log_out(http, first, copied) == 204
         with redis.Redis.from_url(redis_url) as client:
             client.flushall()
-        for proxy in (first, second):
-            for shown in (copied, kept):
-                async with http.get(proxy.url + "/admin/stats", headers=shown) as response:
-                    assert response.status == 401
+        assert await reads(http, (first, second), (copied, kept)) == {401}
         fresh = {session.HEADER: await session_value(second)}
-        async with http.get(first.url + "/admin/stats", headers=fresh) as response:
-            assert response.status == 200
+        assert await reads(http, (first,), (fresh,)) == {200}
