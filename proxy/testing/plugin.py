@@ -121,10 +121,11 @@ def _start(llm: LLMSession) -> str:
     from proxy.config import SettingError
     from proxy.store.cassette import CassetteError
     from proxy.testing.local import ProxyFailed
+    from proxy.testing.session import EarlyClient
 
     try:
         return llm.start()
-    except (CassetteError, SettingError, ProxyFailed, OSError) as exc:
+    except (CassetteError, SettingError, ProxyFailed, OSError, EarlyClient) as exc:
         raise pytest.UsageError(f"repro-proxy: {exc}") from None
 
 
@@ -184,6 +185,10 @@ def _guarded(item: pytest.Item) -> Generator[None, object, object]:
                     pytest.fail(told.unreplayable, pytrace=False)
             if not proxy.alive:
                 pytest.fail("repro-proxy: the session's proxy has stopped", pytrace=False)
+            escaped = llm.elsewhere()
+            if escaped is not None:
+                llm.point()  # the later tests' clients at the proxy again
+                pytest.fail(f"repro-proxy: {escaped}", pytrace=False)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -196,7 +201,14 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             _write(session, llm, config.stash[BATCHES], config.stash[LEFT_OUT])
         return
     from proxy.testing.local import ProxyFailed
+    from proxy.testing.session import heard
 
+    if llm.proxy is not None:  # what no test's phase was there to fail: a call made after the last
+        told = heard(llm)
+        late = [told.missing, told.absent, None if llm.records else told.unreplayable]
+        for message in filter(None, late):
+            print(f"after the last test: {message}", file=sys.stderr)
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
     try:
         lines = llm.stop()
     except ProxyFailed as exc:

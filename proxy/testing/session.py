@@ -16,8 +16,10 @@ the recorded answer. The cassette is written once, at the end, and only by a rec
 
 from __future__ import annotations
 
+import gc
 import os
-from collections.abc import Iterable, MutableMapping
+import sys
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
@@ -102,7 +104,16 @@ class LLMSession:
         self.recorded = [_request(item.entry) for item in loaded]
         self.proxy = LocalProxy(self.settings(), loaded)
         url = self.proxy.start()
-        self._set(environ, "OPENAI_BASE_URL", url)
+        early = early_clients(url)
+        if early:
+            self.stop(environ)
+            raise EarlyClient(
+                f"{early[0]} was made before the session's proxy started (at import time, in a "
+                "conftest or a plugin), with the base URL it had then: its calls would skip "
+                "the cassette, sent to the network with the real key. Make it in a fixture or "
+                "lazily, or pass it base_url from the llm_base_url fixture."
+            )
+        self.point(environ)
         for name in ("NO_PROXY", "no_proxy"):  # httpx reads either, the lower-case first
             self._set(environ, name, _without_proxy(environ.get(name)))
         if not self.records and not environ.get("OPENAI_API_KEY"):
@@ -121,6 +132,23 @@ class LLMSession:
             return []
         lines = self.proxy.stop()
         return lines if self.records else []
+
+    def elsewhere(self, environ: Mapping[str, str] = os.environ) -> str | None:
+        """Why the OpenAI clients made from now on would reach something else than the
+        session's proxy, or None: `OPENAI_BASE_URL` changed by a test (without monkeypatch),
+        which every later client took, its calls sent to the network with the real key while
+        the run said it replayed."""
+        if self.proxy is None or environ.get("OPENAI_BASE_URL") == self.proxy.url:
+            return None
+        return (
+            "OPENAI_BASE_URL was changed during the session (by a test, without monkeypatch?): "
+            "the OpenAI clients made after it skip the cassette"
+        )
+
+    def point(self, environ: MutableMapping[str, str] = os.environ) -> None:
+        """Point this process's OpenAI SDKs at the proxy, as `start` does."""
+        if self.proxy is not None:
+            self._set(environ, "OPENAI_BASE_URL", self.proxy.url)
 
     def _set(self, environ: MutableMapping[str, str], name: str, value: str) -> None:
         self.saved_env.setdefault(name, environ.get(name))
@@ -159,6 +187,23 @@ class Heard(NamedTuple):
     missing: str | None
     absent: str | None
     unreplayable: str | None
+
+
+class EarlyClient(Exception):
+    """An OpenAI client made before the session's proxy started, pointing elsewhere."""
+
+
+def early_clients(url: str) -> list[str]:
+    """The OpenAI SDK clients alive in this process whose base URL is not under `url`, each
+    as `ClassName(base_url)`; none when the SDK was never imported."""
+    openai = sys.modules.get("openai")
+    named = (getattr(openai, name, None) for name in ("OpenAI", "AsyncOpenAI"))
+    kinds = tuple(kind for kind in named if isinstance(kind, type))
+    if not kinds:
+        return []
+    clients = (client for client in gc.get_objects() if isinstance(client, kinds))
+    urls = ((type(client).__name__, str(getattr(client, "base_url", ""))) for client in clients)
+    return [f"{kind}({base})" for kind, base in urls if not base.startswith(url)]
 
 
 def heard(llm: LLMSession) -> Heard:
