@@ -234,11 +234,12 @@ def _write(
     """Write the cassette; one that cannot be written fails the run with one line saying why,
     and so does an answer left out of it as no cassette may hold it (`cassette.refusal`): the
     run passed, but its replay would miss that request."""
-    from proxy.testing.session import answers, left_out_line, write
+    from proxy.testing.session import RecordMode, answers, left_out_line, write
 
     config = session.config
     try:
-        count = write(llm.cassette, batches)
+        keep = llm.mode is RecordMode.ALL and _partial(session)
+        count = write(llm.cassette, batches, keep=keep)
     except (OSError, ValueError) as exc:  # ValueError: a path with a NUL byte
         print(f"repro-proxy: the cassette was not written: {exc}", file=sys.stderr)
         config.stash[SUMMARY] = f"recorded answers lost: {llm.cassette} could not be written"
@@ -251,6 +252,17 @@ def _write(
     if left_out:
         config.stash[SUMMARY] += f"; left out {answers(len(left_out))} no cassette may hold"
         session.exitstatus = pytest.ExitCode.USAGE_ERROR
+
+
+def _partial(session: pytest.Session) -> bool:
+    """Whether the session ran less than its suite: tests left out by `-k`, `-m` or
+    `--deselect`, or a run stopped by `-x`, `--maxfail` or Ctrl-C. `all` then keeps the
+    cassette's other lines: written over, a run of a few tests left a cassette of those few,
+    and every other test missed."""
+    option = session.config.option
+    chosen = any(getattr(option, name, None) for name in ("keyword", "markexpr", "deselect"))
+    stopped = bool(session.shouldfail or session.shouldstop)
+    return chosen or stopped or session.exitstatus == pytest.ExitCode.INTERRUPTED
 
 
 @pytest.hookimpl(optionalhook=True)

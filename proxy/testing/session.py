@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
 
+import orjson
+
 from proxy import config
 from proxy.config import Settings
 from proxy.core import routes
@@ -311,9 +313,20 @@ def _request(asked: Call | Entry) -> Request:
     return Request(asked.route, asked.model, asked.namespace, query, readable(body))
 
 
-def write(path: str, batches: Iterable[Iterable[bytes]]) -> int:
-    """Write the recorded lines as one cassette; nothing when nothing was recorded."""
-    lines = cassette_write.merged(batches)
+def write(path: str, batches: Iterable[Iterable[bytes]], keep: bool = False) -> int:
+    """Write the recorded lines as one cassette; nothing when nothing was recorded. `keep`
+    (`all` mode in a session that ran part of its suite): the cassette's lines for requests
+    this session did not ask stay, those it asked again are replaced."""
+    fresh = [list(batch) for batch in batches]
+    asked = {cassette_write.identity(orjson.loads(line)) for batch in fresh for line in batch}
+    if keep and any(asked) and os.path.isfile(path):
+        kept = [
+            orjson.dumps(record) + b"\n"
+            for record in cassette.records(path)
+            if cassette_write.identity(record) not in asked
+        ]
+        fresh.append(kept)
+    lines = cassette_write.merged(fresh)
     if not lines:
         return 0
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -117,11 +117,11 @@ def test_record_once_then_replay_with_the_upstream_gone(
     assert len(seen) == 3 and seen[0] == seen[1] == seen[2] and all(seen[0])
 
 
-def record(project: pytest.Pytester, sim: Sim, mode: str = "once") -> pytest.RunResult:
+def record(project: pytest.Pytester, sim: Sim, mode: str = "once", *args: str) -> pytest.RunResult:
     """A recording run, with an API key as a developer's shell has one."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("OPENAI_API_KEY", RECORDING_KEY)
-        return run(project, f"--llm-record-mode={mode}", f"--llm-upstream={sim.v1}")
+        return run(project, f"--llm-record-mode={mode}", f"--llm-upstream={sim.v1}", *args)
 
 
 def test_a_changed_prompt_fails_its_test_with_a_diff_and_no_network_call(
@@ -225,6 +225,22 @@ def test_all_records_everything_anew(project: pytest.Pytester, sim: Sim) -> None
     lines = cassette_lines(project)
     assert len(lines) == 1  # what the suite no longer asks is dropped
     assert lines[0]["stored_at"] > first["Name a colour."]["stored_at"]  # type: ignore[operator]
+
+
+def test_all_over_part_of_the_suite_keeps_the_other_tests_answers(
+    project: pytest.Pytester, sim: Sim
+) -> None:
+    """`--llm-record-mode=all -k colour` wrote a cassette of the one answer it asked for, and
+    every other test missed on the next replay (so did a run stopped by `-x` or Ctrl-C)."""
+    tests_asking(project, colour="Name a colour.", river="Name a river.")
+    record(project, sim).assert_outcomes(passed=2)
+    first = {line["request"]["messages"][0]["content"]: line for line in cassette_lines(project)}  # type: ignore[index]
+    sim.reset()
+    record(project, sim, "all", "-k", "colour").assert_outcomes(passed=1, deselected=1)
+    assert len(sim.llm_requests()) == 1
+    lines = {line["request"]["messages"][0]["content"]: line for line in cassette_lines(project)}  # type: ignore[index]
+    assert lines["Name a river."] == first["Name a river."]  # kept as it was
+    assert lines["Name a colour."]["stored_at"] > first["Name a colour."]["stored_at"]  # type: ignore[operator]
 
 
 def test_xdist_workers_write_one_cassette(project: pytest.Pytester, sim: Sim) -> None:
