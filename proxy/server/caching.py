@@ -96,6 +96,12 @@ async def prepare_aside(services: Services, asked: Asked) -> Call:
             "a moment.",
             headers={"Retry-After": "1"},
         ) from None
+    except BrokenProcessPool:  # the child died (out of memory, killed): a new one next time
+        raise TooManyBodies(
+            "The process reading large request bodies stopped while reading this one; retry "
+            "in a moment.",
+            headers={"Retry-After": "1"},
+        ) from None
 
 
 def prepare(services: Services, asked: Asked) -> Call:

@@ -10,6 +10,9 @@ cores from the proxy."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 
@@ -299,3 +302,52 @@ def test_an_upstreams_answer_or_frame_nested_deep_is_not_parsed_on_the_loop(
         worst, statuses = asyncio.run(worst_health_latency(proxy.url, ask_both))
     assert statuses == [200] * 2 * BODIES
     assert worst < STALL_BOUND
+
+
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as listed:
+        return [int(child) for child in listed.read().split()]
+
+
+def cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        return sum(int(value) for value in stat.read().rpartition(")")[2].split()[11:13])
+
+
+def test_a_body_whose_parsing_process_died_gets_a_503_to_retry(
+    start_proxy: ProxyFactory, sim: Sim
+) -> None:
+    """The child parsing a large body killed (as the OOM killer would): the client got a 500
+    internal_error and the log a traceback; it is the proxy's capacity, worth a retry."""
+    proxy = start_proxy("--max-body", "64MiB")
+    headers = {"Authorization": "Bearer sk-large", "Content-Type": "application/json"}
+    with httpx.Client(timeout=60, headers=headers) as client:
+        warm = client.post(proxy.url + CHAT, content=large_body(0))  # the child is up
+        assert warm.status_code == 200
+        (child,) = [c for c in children(proxy.proc.pid) if b"spawn_main" in cmdline(c)]
+        slow = orjson.dumps(
+            {"model": "m", "messages": [{"role": "user", "content": "a"}] * 600_000}
+        )
+        answers: list[httpx.Response] = []
+        asking = threading.Thread(
+            target=lambda: answers.append(client.post(proxy.url + CHAT, content=slow))
+        )
+        before = cpu_ticks(child)
+        asking.start()
+        for _ in range(200):  # until the child is at work on it, 10 s at most
+            if cpu_ticks(child) - before > 5:
+                break
+            time.sleep(0.05)
+        os.kill(child, signal.SIGKILL)
+        asking.join(60)
+        (answer,) = answers
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["code"] == "too_many_bodies"
+        assert answer.headers["Retry-After"] == "1"
+        again = client.post(proxy.url + CHAT, content=large_body(1))  # a new child takes it
+        assert again.status_code == 200
+
+
+def cmdline(pid: int) -> bytes:
+    with open(f"/proc/{pid}/cmdline", "rb") as line:
+        return line.read()
