@@ -252,12 +252,17 @@ def announce(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+STOPPING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""The signals that stop `serve` with a drain: SIGHUP too (a terminal or an ssh session that
+closed), which killed the process at once, every request in flight and `--cassette` lost."""
+
+
 async def serve(
     app: web.Application,
     settings: Settings,
     *,
     reuse_port: bool,
-    signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM),
+    signals: tuple[signal.Signals, ...] = STOPPING,
 ) -> None:
     """Serve `app` until one of `signals`, then drain (see `drain`) and close."""
     descriptors = raise_descriptor_limit()

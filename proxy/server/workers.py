@@ -58,14 +58,17 @@ def run(
     multiprocess_dir: str | None = None,
     supervisor: int | None = None,
 ) -> None:
-    """Serve in this process until SIGINT or SIGTERM; a worker is given its supervisor's
-    metrics directory, never one found in the environment, and stops when the supervisor dies."""
-    signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
+    """Serve in this process until SIGINT, SIGTERM or SIGHUP (a terminal or an ssh session
+    that closed: killed at once by default, it lost every request in flight and the cassette
+    of `--cassette`); a worker is given its supervisor's metrics directory, never one found in
+    the environment, and stops when the supervisor dies."""
+    signals: tuple[signal.Signals, ...] = serving.STOPPING
     if supervisor is not None:
         die_with(supervisor)
-        # Ctrl-C in a terminal signals the whole group: a worker waits for the supervisor's
-        # SIGTERM, so that one key press is one stop signal, not two (a second cuts the drain).
+        # Ctrl-C or a hang-up in a terminal signals the whole group: a worker waits for the
+        # supervisor's SIGTERM, so that one stop is one signal, not two (a second cuts the drain).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signals = (signal.SIGTERM,)
     logs.configure(settings.log_level)
     tune_collector()
@@ -158,7 +161,7 @@ def supervise(settings: Settings) -> int:
             _terminate(workers)
         stopping = True
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, stop) for sig in serving.STOPPING}
     try:
         with sigint_ignored_by_children():
             for worker in workers:

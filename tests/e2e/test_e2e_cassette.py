@@ -201,3 +201,16 @@ def test_cassette_diff_tells_a_rerecording_that_drifted(
     missing = run_cli("cassette", "diff", first, str(tmp_path / "none.jsonl"))
     assert missing.returncode == 2
     assert missing.stderr.startswith("repro-proxy cassette diff: ")
+
+
+def test_a_hang_up_stops_with_a_drain_and_writes_the_cassette(
+    start_proxy: ProxyFactory, sim: Sim, tmp_path: Path
+) -> None:
+    """The terminal or ssh session that ran `serve --cassette` closed: SIGHUP's default killed
+    the process at once, every request in flight and the whole session's recording lost."""
+    tape = tmp_path / "llm.jsonl"
+    recorder = start_proxy("--cache-scope", "shared", "--cassette", str(tape))
+    traffic(recorder, "sk-recording-key")
+    recorder.proc.send_signal(signal.SIGHUP)
+    assert recorder.proc.wait(timeout=15) == 0
+    assert len(tape.read_text().splitlines()) == 3

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pytest
 
 from bench.procs import wait_until
 from tests.fixtures_procs import ProxyFactory, Sim
@@ -61,13 +62,16 @@ def test_workers_share_the_port_the_cache_and_the_metrics(
     assert proxy.metric("repro_fingerprint_info", model="m", fingerprint="fp_sim_0001") == 1
 
 
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["term", "hang-up"])
 def test_the_supervisor_stops_its_workers_and_cleans_up(
-    start_proxy: ProxyFactory, redis_url: str, tmp_path: Path
+    start_proxy: ProxyFactory, redis_url: str, tmp_path: Path, stop: signal.Signals
 ) -> None:
+    """A hang-up (the terminal or ssh session closed) killed the supervisor at once, and left
+    its metrics directory behind."""
     proxy = start_proxy("--workers", "2", "--store", redis_url, env={"TMPDIR": str(tmp_path)})
     workers = serving_children(proxy.proc.pid)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("repro-metrics-")]
-    proxy.proc.send_signal(signal.SIGTERM)
+    proxy.proc.send_signal(stop)
     assert proxy.proc.wait(timeout=15) == 0
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
     assert list(tmp_path.iterdir()) == []
