@@ -159,10 +159,10 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, object, object]:
-    return (yield from _guarded(item))
+    return (yield from _guarded(item, last=True))
 
 
-def _guarded(item: pytest.Item) -> Generator[None, object, object]:
+def _guarded(item: pytest.Item, last: bool = False) -> Generator[None, object, object]:
     """Run a test phase; fail it when one of its requests was not in the cassette (by id too),
     or is one no cassette holds (replaying), or when the session's proxy has stopped; warn a
     recording test of a call no cassette holds, which will fail it replayed."""
@@ -185,7 +185,8 @@ def _guarded(item: pytest.Item) -> Generator[None, object, object]:
                     pytest.fail(told.unreplayable, pytrace=False)
             if not proxy.alive:
                 pytest.fail("repro-proxy: the session's proxy has stopped", pytrace=False)
-            escaped = llm.elsewhere()
+            # after the teardown only: `monkeypatch` puts a changed variable back in it
+            escaped = llm.elsewhere() if last else None
             if escaped is not None:
                 llm.point()  # the later tests' clients at the proxy again
                 pytest.fail(f"repro-proxy: {escaped}", pytrace=False)

@@ -48,11 +48,15 @@ def test_1_points_elsewhere():
 
 def test_2_asks():
     ask("q")
+
+def test_3_changes_it_with_monkeypatch(monkeypatch):
+    monkeypatch.setenv("OPENAI_BASE_URL", "{network.v1}")  # put back at its teardown
 """
         )
         done = run(project, "--llm-record-mode=none", "-p", "no:randomly")
         assert network.received == []
-    done.assert_outcomes(failed=2)  # the change, and the miss of the call after it
+    # test_1's teardown errs (the change), test_2 fails (its call missed), test_3 passes
+    done.assert_outcomes(passed=2, errors=1, failed=1)
     done.stdout.fnmatch_lines(["*OPENAI_BASE_URL was changed during the session*"])
 
 
