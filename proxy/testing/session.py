@@ -203,7 +203,11 @@ def early_clients(url: str) -> list[str]:
     kinds = tuple(kind for kind in named if isinstance(kind, type))
     if not kinds:
         return []
-    clients = (client for client in gc.get_objects() if isinstance(client, kinds))
+    clients = (
+        client
+        for client in gc.get_objects()
+        if isinstance(client, kinds) and type(client).__name__ != "_ModuleClient"
+    )  # `openai.chat`'s own client: made anew when its module settings change, not checked
     urls = ((type(client).__name__, str(getattr(client, "base_url", ""))) for client in clients)
     return [f"{kind}({base})" for kind, base in urls if not base.startswith(url)]
 
